@@ -1,0 +1,31 @@
+//! wsgate: a small, secure, synchronous WebSocket server.
+//!
+//! A connection flows one way through these stages, one module each:
+//!
+//! 1. [`listener`]: one thread, blocking `accept`; never touches client bytes.
+//! 2. [`admit`]: the bounded worker pool and the per-IP cap; refuses at once when full.
+//! 3. [`tls`]: rustls handshake on the worker, under its deadline.
+//! 4. [`upgrade`]: reads the HTTP head (bounded), lets [`policy`] decide (path, Origin,
+//!    credentials), and has tungstenite answer 101 or the refusal.
+//! 5. [`connection`]: the connection's own loop — reads, writes its outbox, pings, closes.
+//! 6. [`hub`]: channel membership and fan-out to bounded outboxes.
+//!
+//! [`config`] parses the INI file once into typed values; [`server`] wires the stages together and
+//! owns start-up and shutdown; [`users`] and [`passwd`] manage credentials; [`certs`] loads (or
+//! generates) the certificate.
+#![forbid(unsafe_code)]
+
+pub mod admit;
+pub mod certs;
+pub mod config;
+pub mod connection;
+pub mod deadline;
+pub mod hub;
+pub mod listener;
+pub mod origin;
+pub mod passwd;
+pub mod policy;
+pub mod server;
+pub mod tls;
+pub mod upgrade;
+pub mod users;

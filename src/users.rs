@@ -44,3 +44,13 @@ impl Authenticator {
         todo!()
     }
 }
+impl std::fmt::Display for UsersError {
+    fn fmt(&self, _f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Ok(())
+    }
+}
+impl UserStore {
+    pub fn len(&self) -> usize {
+        0
+    }
+}

@@ -1,0 +1,196 @@
+//! Admission: the bounded worker pool. A connection gets a [`Ticket`] only if the pool (workers
+//! plus a short wait queue) and its address's share have room; otherwise it is refused at once so
+//! the listener never waits. `threadpool::execute` queues without limit: the bound is ours.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use threadpool::ThreadPool;
+
+use crate::config::ServerConfig;
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every worker is busy and the wait queue is full.
+    PoolFull,
+    /// This address already has `max_connections_per_ip` connections.
+    PerIpCap,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refused::PoolFull => "pool full",
+            Refused::PerIpCap => "per-ip connection cap reached",
+        })
+    }
+}
+
+/// Admission counters.
+#[derive(Debug, Default)]
+pub struct AdmitStats {
+    pub admitted: AtomicU64,
+    pub refused_pool_full: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+}
+
+#[derive(Default)]
+struct Counts {
+    in_flight: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// The worker pool and its admission bounds.
+pub struct Admission {
+    pool: Mutex<ThreadPool>,
+    capacity: usize,
+    per_ip_cap: usize,
+    counts: Mutex<Counts>,
+    drained: Condvar,
+    pub stats: AdmitStats,
+}
+
+/// One admitted connection's place in the pool; giving it back is dropping it (also on panic).
+pub struct Ticket {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    /// Starts `workers` threads with `worker_stack_size` stacks.
+    pub fn new(server: &ServerConfig) -> Arc<Admission> {
+        let pool = threadpool::Builder::new()
+            .num_threads(server.workers.get())
+            .thread_stack_size(server.worker_stack_size.get())
+            .thread_name("wsgate-worker".into())
+            .build();
+        Arc::new(Admission {
+            pool: Mutex::new(pool),
+            capacity: server.workers.get() + server.queue,
+            per_ip_cap: server.max_connections_per_ip.get(),
+            counts: Mutex::default(),
+            drained: Condvar::new(),
+            stats: AdmitStats::default(),
+        })
+    }
+
+    /// Runs `job` on a worker if there is room for a connection from `ip`.
+    ///
+    /// # Errors
+    /// [`Refused`] when the pool or the address's share is full; `job` is dropped unrun.
+    pub fn dispatch(self: &Arc<Self>, ip: IpAddr, job: impl FnOnce(Ticket) + Send + 'static) -> Result<(), Refused> {
+        let ip = ip.to_canonical();
+        {
+            let mut counts = self.counts();
+            if counts.in_flight >= self.capacity {
+                self.stats.refused_pool_full.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::PoolFull);
+            }
+            let mine = counts.per_ip.entry(ip).or_insert(0);
+            if *mine >= self.per_ip_cap {
+                self.stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+                return Err(Refused::PerIpCap);
+            }
+            *mine += 1;
+            counts.in_flight += 1;
+        }
+        self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+        let ticket = Ticket { admission: Arc::clone(self), ip };
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).execute(move || job(ticket));
+        Ok(())
+    }
+
+    /// Connections admitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.counts().in_flight
+    }
+
+    /// Waits until no connection is in flight, or `grace` passes. True if all finished.
+    pub fn wait_drained(&self, grace: Duration) -> bool {
+        let until = Instant::now() + grace;
+        let mut counts = self.counts();
+        while counts.in_flight > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            counts = self.drained.wait_timeout(counts, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut counts = self.admission.counts();
+        counts.in_flight -= 1;
+        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_ip.remove(&self.ip);
+            }
+        }
+        if counts.in_flight == 0 {
+            self.admission.drained.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use std::num::NonZeroUsize;
+    use std::sync::mpsc;
+
+    fn server(workers: usize, queue: usize, per_ip: usize) -> ServerConfig {
+        ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: NonZeroUsize::new(workers).unwrap(),
+            queue,
+            max_connections_per_ip: NonZeroUsize::new(per_ip).unwrap(),
+            worker_stack_size: NonZeroUsize::new(256 * 1024).unwrap(),
+            shutdown_grace: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn pool_and_queue_bound_admission_and_free_on_drop() {
+        let admission = Admission::new(&server(1, 1, 10));
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        for _ in 0..2 {
+            let rx = Arc::clone(&release_rx);
+            admission.dispatch(ip, move |_t| drop(rx.lock().unwrap().recv())).unwrap();
+        }
+        assert_eq!(admission.dispatch(ip, |_t| {}), Err(Refused::PoolFull));
+        release_tx.send(()).unwrap();
+        release_tx.send(()).unwrap();
+        assert!(admission.wait_drained(Duration::from_secs(5)));
+        assert!(admission.dispatch(ip, |_t| {}).is_ok());
+    }
+
+    #[test]
+    fn per_ip_cap_counts_v4_mapped_as_v4() {
+        let admission = Admission::new(&server(4, 0, 1));
+        let (tx, rx) = mpsc::channel::<()>();
+        let rx = Arc::new(Mutex::new(rx));
+        let r = Arc::clone(&rx);
+        admission.dispatch(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), move |_t| drop(r.lock().unwrap().recv())).unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(admission.dispatch(mapped, |_t| {}), Err(Refused::PerIpCap));
+        assert!(admission.dispatch(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), |_t| {}).is_ok());
+        tx.send(()).unwrap();
+        assert!(admission.wait_drained(Duration::from_secs(5)));
+    }
+}

@@ -1,0 +1,310 @@
+//! One connection's life after the upgrade, on its worker thread: read frames, echo or publish
+//! them, write what the hub queued, ping the silent, close with the right code. The socket is
+//! non-blocking; the thread sleeps in `poll(2)` on the socket and its hub wake-up fd, so an idle
+//! connection costs no CPU and a broadcast reaches it at once. It never blocks on another
+//! connection: the hub only ever `try_send`s into this connection's bounded outbox.
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::TryRecvError;
+use rustix::event::{PollFd, PollFlags, poll};
+use tungstenite::error::{CapacityError, ProtocolError};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Error as WsError, Message};
+
+use crate::config::{Limits, Mode};
+use crate::hub::Membership;
+use crate::upgrade::WsStream;
+
+/// How long we wait for the peer's close frame after sending ours (and for the last bytes to go).
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// How a connection ended, for the close log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The peer started the close handshake with this code (1005: no code given).
+    PeerClosed(u16),
+    /// We closed with this code and reason.
+    Closed(u16, &'static str),
+    /// The transport failed or the peer vanished without a close frame.
+    Dropped(String),
+}
+
+impl End {
+    /// The close code to log (1006 when no close frame was exchanged).
+    pub fn code(&self) -> u16 {
+        match self {
+            End::PeerClosed(c) | End::Closed(c, _) => *c,
+            End::Dropped(_) => 1006,
+        }
+    }
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::PeerClosed(c) => write!(f, "code={c} by=peer"),
+            End::Closed(c, why) => write!(f, "code={c} by=server reason=\"{why}\""),
+            End::Dropped(why) => write!(f, "code=1006 reason=\"{why}\""),
+        }
+    }
+}
+
+/// Runs the connection until it ends. Consumes the socket and the membership.
+pub fn run(ws: WsStream, member: Membership, mode: Mode, limits: &Limits) -> End {
+    let mut conn = Conn {
+        ws,
+        member,
+        mode,
+        last_heard: Instant::now(),
+        ping_sent: false,
+        write_stalled_since: None,
+        held: None,
+    };
+    if let Err(e) = conn.ws.get_ref().get_ref().socket().set_nonblocking(true) {
+        return End::Dropped(format!("set non-blocking: {e}"));
+    }
+    let end = conn.serve(limits);
+    conn.finish(&end);
+    end
+}
+
+struct Conn {
+    ws: WsStream,
+    member: Membership,
+    mode: Mode,
+    /// When we last received any frame (data, ping, pong).
+    last_heard: Instant,
+    /// A ping is out and unanswered.
+    ping_sent: bool,
+    /// Since when our writes have been blocked by a full socket.
+    write_stalled_since: Option<Instant>,
+    /// A message the write buffer had no room for; sent before anything else from the outbox.
+    held: Option<Message>,
+}
+
+/// What a step of the loop decided.
+type Step = Result<(), End>;
+
+impl Conn {
+    fn serve(&mut self, limits: &Limits) -> End {
+        loop {
+            if let Err(end) = self.read_available().and_then(|()| self.drain_outbox()).and_then(|()| self.flush()) {
+                return end;
+            }
+            let now = Instant::now();
+            let silent = now.duration_since(self.last_heard);
+            if silent >= limits.idle_timeout {
+                return End::Closed(1001, "idle timeout");
+            }
+            if let Some(since) = self.write_stalled_since {
+                if now.duration_since(since) >= limits.write_timeout {
+                    return End::Dropped("write timeout".into());
+                }
+            }
+            if silent >= limits.ping_interval && !self.ping_sent {
+                self.ping_sent = true;
+                if let Err(end) = self.send(Message::Ping(Default::default())).and_then(|()| self.flush()) {
+                    return end;
+                }
+            }
+            let mut wake_at = self.last_heard + limits.idle_timeout;
+            if !self.ping_sent {
+                wake_at = wake_at.min(self.last_heard + limits.ping_interval);
+            }
+            if let Some(since) = self.write_stalled_since {
+                wake_at = wake_at.min(since + limits.write_timeout);
+            }
+            if let Err(e) = self.wait(Some(wake_at.saturating_duration_since(Instant::now()))) {
+                return End::Dropped(format!("poll: {e}"));
+            }
+        }
+    }
+
+    /// Reads and handles every complete frame available without blocking.
+    fn read_available(&mut self) -> Step {
+        loop {
+            match self.ws.read() {
+                Ok(msg) => {
+                    self.last_heard = Instant::now();
+                    self.ping_sent = false;
+                    match msg {
+                        Message::Text(_) | Message::Binary(_) => self.handle_data(msg)?,
+                        Message::Close(frame) => {
+                            // tungstenite queued the reply; the next read reports ConnectionClosed
+                            // once it is flushed.
+                            return Err(End::PeerClosed(frame.map_or(1005, |f| u16::from(f.code))));
+                        }
+                        // Pongs to pings are queued by tungstenite; pongs and raw frames need nothing.
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(e)),
+            }
+        }
+    }
+
+    fn handle_data(&mut self, msg: Message) -> Step {
+        match self.mode {
+            Mode::Echo => self.send(msg),
+            Mode::Broadcast => {
+                self.member.publish(&msg);
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves messages from the hub's outbox into the WebSocket write buffer until either is empty
+    /// or the write buffer is full.
+    fn drain_outbox(&mut self) -> Step {
+        let shared = &self.member.shared;
+        if shared.slow.load(Ordering::Acquire) {
+            return Err(End::Closed(1008, "slow consumer"));
+        }
+        shared.waker.reset();
+        if let Some(msg) = self.held.take() {
+            self.send(msg)?;
+            if self.held.is_some() {
+                return Ok(());
+            }
+        }
+        loop {
+            match self.member.outbox.try_recv() {
+                Ok(msg) => {
+                    self.send(msg)?;
+                    if self.held.is_some() {
+                        return Ok(());
+                    }
+                }
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => return Err(End::Closed(1001, "going away")),
+            }
+        }
+    }
+
+    /// Queues one message. A full write buffer holds it back (outbox messages) or, for an echo the
+    /// peer is not reading, ends the connection as a slow consumer.
+    fn send(&mut self, msg: Message) -> Step {
+        match self.ws.write(msg) {
+            Ok(()) => Ok(()),
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(WsError::WriteBufferFull(msg)) => {
+                if self.mode == Mode::Echo {
+                    return Err(End::Closed(1008, "slow consumer"));
+                }
+                self.held = Some(*msg);
+                Ok(())
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// Writes out what is buffered; remembers when the socket stopped taking bytes.
+    fn flush(&mut self) -> Step {
+        match self.ws.flush() {
+            Ok(()) => {
+                self.write_stalled_since = None;
+                Ok(())
+            }
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.write_stalled_since.get_or_insert_with(Instant::now);
+                Ok(())
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// Sleeps until the socket is readable (or writable, when writes are pending), the hub wakes
+    /// us, or `timeout` passes.
+    fn wait(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let mut sock_events = PollFlags::IN;
+        if self.write_stalled_since.is_some() {
+            sock_events |= PollFlags::OUT;
+        }
+        let sock = self.ws.get_ref().get_ref().as_fd();
+        let mut fds = [PollFd::new(&sock, sock_events), PollFd::new(&self.member.shared.waker, PollFlags::IN)];
+        let timeout = timeout.map(|t| rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        }));
+        match poll(&mut fds, timeout.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends our close frame where one is due, waits briefly for the peer's, and ends TLS cleanly.
+    fn finish(&mut self, end: &End) {
+        let deadline = Instant::now() + CLOSE_WAIT;
+        match end {
+            End::Closed(code, reason) => {
+                let frame = CloseFrame { code: CloseCode::from(*code), reason: (*reason).into() };
+                let _ = self.ws.close(Some(frame));
+            }
+            End::PeerClosed(_) => {}
+            End::Dropped(_) => return,
+        }
+        // A protocol violation ends the conversation: no point waiting for the peer's reply.
+        let wait_reply = match end {
+            End::Closed(code, _) => matches!(code, 1000 | 1001 | 1008),
+            _ => true,
+        };
+        loop {
+            let flushed = match self.ws.flush() {
+                Ok(()) => true,
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(_) => break, // closed handshake complete, or the transport is gone
+            };
+            if flushed && !wait_reply {
+                break;
+            }
+            if wait_reply {
+                match self.ws.read() {
+                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let sock = self.ws.get_ref().get_ref().as_fd();
+            let events = if flushed { PollFlags::IN } else { PollFlags::IN | PollFlags::OUT };
+            let mut fds = [PollFd::new(&sock, events)];
+            let t = rustix::event::Timespec::try_from(left).unwrap_or_default();
+            if poll(&mut fds, Some(&t)).is_err() {
+                break;
+            }
+        }
+        let tls = self.ws.get_mut().get_mut();
+        tls.send_close_notify();
+        let _ = std::io::Write::flush(tls);
+    }
+}
+
+/// Maps a tungstenite error after the upgrade to how the connection ends.
+fn classify(e: WsError) -> End {
+    match e {
+        WsError::ConnectionClosed | WsError::AlreadyClosed => End::PeerClosed(1005),
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => End::Closed(1009, "message too big"),
+        WsError::Capacity(CapacityError::TooManyHeaders) => End::Closed(1002, "protocol error"),
+        WsError::Utf8(_) => End::Closed(1007, "invalid utf-8"),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            End::Dropped("reset without closing handshake".into())
+        }
+        WsError::Protocol(ProtocolError::InvalidCloseSequence) => End::Closed(1002, "invalid close sequence"),
+        WsError::Protocol(_) => End::Closed(1002, "protocol error"),
+        WsError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => End::Dropped("closed without close_notify".into()),
+        WsError::Io(e) => End::Dropped(e.to_string()),
+        WsError::AttackAttempt => End::Closed(1008, "policy violation"),
+        other => End::Dropped(other.to_string()),
+    }
+}

@@ -1,0 +1,259 @@
+//! The hub: which connections are on which channel path, and fan-out of broadcast messages to
+//! their bounded outboxes. It never blocks and never touches a socket: a full outbox is a slow
+//! consumer, handled by that consumer's own policy. Every connection joins (echo ones too), so
+//! shutdown reaches all of them by dropping their senders.
+//!
+//! A cluster bridge (Redis) will sit beside [`Hub::publish`]: local fan-out stays here.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use rustix::event::{EventfdFlags, eventfd};
+use tungstenite::Message;
+
+use crate::config::SlowConsumer;
+
+/// Wakes one connection's `poll` from another thread: an eventfd, written at most once between
+/// two [`Waker::reset`]s (wake-ups coalesce, so a burst of messages costs one syscall).
+pub struct Waker {
+    fd: OwnedFd,
+    pending: AtomicBool,
+}
+
+impl Waker {
+    /// # Errors
+    /// The `eventfd` error (e.g. out of file descriptors).
+    pub fn new() -> io::Result<Waker> {
+        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(Waker { fd, pending: AtomicBool::new(false) })
+    }
+
+    pub fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            // Cannot fail short of a counter overflow at 2^64-1, which coalescing rules out.
+            let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Clears the wake-up. Call before draining what the wake-up announced, so that a message
+    /// pushed after the drain wakes the connection again.
+    pub fn reset(&self) {
+        self.pending.store(false, Ordering::Release);
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut buf);
+    }
+}
+
+impl AsFd for Waker {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Hub-wide counters (read by logs now, metrics later).
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Messages handed to subscribers' outboxes.
+    pub delivered: AtomicU64,
+    /// Messages dropped for a slow subscriber whose policy is `drop`.
+    pub dropped: AtomicU64,
+    /// Subscribers disconnected as slow consumers.
+    pub slow_disconnects: AtomicU64,
+}
+
+struct Member {
+    id: u64,
+    tx: Sender<Message>,
+    shared: Arc<MemberShared>,
+    policy: SlowConsumer,
+}
+
+/// State the hub and the connection both see.
+pub struct MemberShared {
+    pub waker: Waker,
+    /// Set by the hub when the outbox overflowed under the `disconnect` policy.
+    pub slow: AtomicBool,
+}
+
+/// The registry of channel members.
+#[derive(Default)]
+pub struct Hub {
+    groups: RwLock<HashMap<String, Vec<Member>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    pub stats: HubStats,
+    /// Serialises joins against shutdown so nobody joins a hub that is being emptied.
+    gate: Mutex<()>,
+}
+
+/// The hub is shutting down: no new members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubClosed;
+
+/// A connection's membership; leaving the channel is dropping it.
+pub struct Membership {
+    hub: Arc<Hub>,
+    path: String,
+    pub id: u64,
+    /// This connection's outbox. `Disconnected` means the server is shutting down.
+    pub outbox: Receiver<Message>,
+    pub shared: Arc<MemberShared>,
+}
+
+impl Hub {
+    pub fn new() -> Arc<Hub> {
+        Arc::new(Hub::default())
+    }
+
+    /// Adds a connection to `path` with an outbox of `outbox` messages.
+    ///
+    /// # Errors
+    /// `Ok(Err(HubClosed))` during shutdown; `Err` if no eventfd could be made.
+    pub fn join(
+        self: &Arc<Self>,
+        path: &str,
+        outbox: usize,
+        policy: SlowConsumer,
+    ) -> io::Result<Result<Membership, HubClosed>> {
+        let shared = Arc::new(MemberShared { waker: Waker::new()?, slow: AtomicBool::new(false) });
+        let (tx, rx) = crossbeam_channel::bounded(outbox);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(Err(HubClosed));
+        }
+        let member = Member { id, tx, shared: Arc::clone(&shared), policy };
+        self.write_groups().entry(path.to_string()).or_default().push(member);
+        Ok(Ok(Membership { hub: Arc::clone(self), path: path.to_string(), id, outbox: rx, shared }))
+    }
+
+    /// Sends `msg` to every member of `path` except `from`. Never blocks.
+    pub fn publish(&self, path: &str, from: u64, msg: &Message) {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        let Some(members) = groups.get(path) else { return };
+        for m in members.iter().filter(|m| m.id != from) {
+            match m.tx.try_send(msg.clone()) {
+                Ok(()) => {
+                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    m.shared.waker.wake();
+                }
+                Err(TrySendError::Full(_)) => match m.policy {
+                    SlowConsumer::Drop => {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    SlowConsumer::Disconnect => {
+                        if !m.shared.slow.swap(true, Ordering::AcqRel) {
+                            self.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                            m.shared.waker.wake();
+                        }
+                    }
+                },
+                // The member is leaving; its Membership drop removes it.
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    /// Members currently on `path`.
+    pub fn members(&self, path: &str) -> usize {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).get(path).map_or(0, Vec::len)
+    }
+
+    /// Members on all paths.
+    pub fn total_members(&self) -> usize {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).values().map(Vec::len).sum()
+    }
+
+    /// Refuses new members and disconnects every outbox, waking each member so that it closes
+    /// with 1001 (going away).
+    pub fn shutdown(&self) {
+        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        self.closed.store(true, Ordering::Release);
+        let groups = std::mem::take(&mut *self.write_groups());
+        for member in groups.into_values().flatten() {
+            let shared = Arc::clone(&member.shared);
+            drop(member); // drops the sender: the outbox reports Disconnected
+            shared.waker.wake();
+        }
+    }
+
+    fn write_groups(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<Member>>> {
+        self.groups.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Membership {
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Broadcasts `msg` to the other members of this path.
+    pub fn publish(&self, msg: &Message) {
+        self.hub.publish(&self.path, self.id, msg);
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut groups = self.hub.write_groups();
+        if let Some(members) = groups.get_mut(&self.path) {
+            members.retain(|m| m.id != self.id);
+            if members.is_empty() {
+                groups.remove(&self.path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Message {
+        Message::text(s)
+    }
+
+    #[test]
+    fn broadcast_reaches_others_not_sender() {
+        let hub = Hub::new();
+        let a = hub.join("/c", 4, SlowConsumer::Disconnect).unwrap().unwrap();
+        let b = hub.join("/c", 4, SlowConsumer::Disconnect).unwrap().unwrap();
+        let other = hub.join("/d", 4, SlowConsumer::Disconnect).unwrap().unwrap();
+        a.publish(&text("hi"));
+        assert_eq!(b.outbox.try_recv().unwrap(), text("hi"));
+        assert!(a.outbox.try_recv().is_err());
+        assert!(other.outbox.try_recv().is_err());
+    }
+
+    #[test]
+    fn full_outbox_marks_slow_or_drops() {
+        let hub = Hub::new();
+        let a = hub.join("/c", 1, SlowConsumer::Disconnect).unwrap().unwrap();
+        let slow = hub.join("/c", 1, SlowConsumer::Disconnect).unwrap().unwrap();
+        let dropper = hub.join("/c", 1, SlowConsumer::Drop).unwrap().unwrap();
+        a.publish(&text("1"));
+        a.publish(&text("2"));
+        assert!(slow.shared.slow.load(Ordering::Acquire));
+        assert!(!dropper.shared.slow.load(Ordering::Acquire));
+        assert_eq!(hub.stats.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(dropper.outbox.try_recv().unwrap(), text("1"));
+    }
+
+    #[test]
+    fn leaving_and_shutdown() {
+        let hub = Hub::new();
+        let a = hub.join("/c", 1, SlowConsumer::Disconnect).unwrap().unwrap();
+        let b = hub.join("/c", 1, SlowConsumer::Disconnect).unwrap().unwrap();
+        drop(a);
+        assert_eq!(hub.members("/c"), 1);
+        hub.shutdown();
+        assert!(matches!(b.outbox.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected)));
+        assert_eq!(hub.join("/c", 1, SlowConsumer::Drop).unwrap().err(), Some(HubClosed));
+        drop(b);
+        assert_eq!(hub.total_members(), 0);
+    }
+}

@@ -1,0 +1,144 @@
+//! TLS on the worker: the rustls server configuration, the handshake under its deadline, and
+//! [`TlsStream`], the Read/Write adapter the upgrade and the connection loop run on. It works on
+//! blocking sockets (handshake, upgrade) and non-blocking ones (connection loop) alike:
+//! `WouldBlock` passes through as a normal state, never a corrupt one.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use rustls::{ServerConfig, ServerConnection};
+
+use crate::certs::{CertError, CertifiedKey};
+use crate::deadline::{Deadline, is_timeout};
+
+/// Builds the rustls configuration: `ring` provider, TLS 1.3 and 1.2 with rustls' safe default
+/// suites only (no CBC, no RSA key exchange), ALPN `http/1.1`.
+///
+/// # Errors
+/// [`CertError::Rejected`] when rustls refuses the pair (for example a key that does not match).
+pub fn server_config(
+    pair: CertifiedKey,
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> Result<Arc<ServerConfig>, CertError> {
+    let rejected = |error| CertError::Rejected { cert: cert_path.to_path_buf(), key: key_path.to_path_buf(), error };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(rejected)?
+        .with_no_client_auth()
+        .with_single_cert(pair.chain, pair.key)
+        .map_err(rejected)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A TLS session over a TCP socket, readable and writable like a plain stream.
+pub struct TlsStream {
+    conn: ServerConnection,
+    sock: TcpStream,
+}
+
+/// Runs the server side of the TLS handshake, giving up at `deadline`.
+///
+/// # Errors
+/// `TimedOut` naming the phase when the client stalls; `InvalidData` for a client that does not
+/// speak TLS or offers nothing acceptable (rustls has already sent the alert); other I/O errors.
+pub fn handshake(sock: TcpStream, config: Arc<ServerConfig>, deadline: Deadline) -> io::Result<TlsStream> {
+    let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+    let mut tls = TlsStream { conn, sock };
+    while tls.conn.is_handshaking() {
+        deadline.arm(&tls.sock)?;
+        match tls.conn.complete_io(&mut tls.sock) {
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(tls)
+}
+
+impl TlsStream {
+    /// The TCP socket underneath, for timeouts, non-blocking mode and `poll`.
+    pub fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    /// Whether TLS records are waiting to be written to the socket.
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    /// Queues a TLS `close_notify`; the next flush sends it.
+    pub fn send_close_notify(&mut self) {
+        self.conn.send_close_notify();
+    }
+
+    /// Caps what rustls buffers for sending (plaintext before the handshake, records after it).
+    pub fn set_buffer_limit(&mut self, limit: usize) {
+        self.conn.set_buffer_limit(Some(limit));
+    }
+
+    fn write_records(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            if self.conn.write_tls(&mut self.sock)? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.conn.reader().read(buf) {
+                // Ok(0) here is a clean close_notify; a TCP close without one is UnexpectedEof.
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            // No plaintext buffered: fetch more records. WouldBlock/TimedOut pass to the caller.
+            self.conn.read_tls(&mut self.sock)?;
+            if let Err(e) = self.conn.process_new_packets() {
+                // Best effort to tell the peer why (the alert is queued by rustls).
+                let _ = self.write_records();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            if self.conn.wants_write() {
+                // Handshake-layer replies (key updates, alerts). A full socket is fine: flush retries.
+                match self.write_records() {
+                    Err(e) if !is_timeout(&e) => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            let n = self.conn.writer().write(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // rustls' send buffer is at its limit: move records to the socket first.
+            if self.conn.write_tls(&mut self.sock)? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_records()
+    }
+}
+
+impl AsFd for TlsStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}

@@ -1,0 +1,222 @@
+//! The HTTP upgrade: reads the request head ourselves (bounded size and header count, under the
+//! upgrade deadline), answers malformed requests with their status, then replays the bytes to
+//! tungstenite, whose callback asks [`policy::decide`] and turns a refusal into its response.
+//! Never reads past its deadline; never logs a credential.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use tungstenite::handshake::HandshakeError;
+use tungstenite::handshake::server::{Request, Response, write_response};
+use tungstenite::WebSocket;
+
+use crate::config::Config;
+use crate::deadline::{Deadline, Phase, is_timeout};
+use crate::policy::{self, Grant, Reason};
+use crate::tls::TlsStream;
+use crate::users::AuthOutcome;
+
+/// How long a refused client gets to read our answer before the socket closes.
+const LINGER: Duration = Duration::from_secs(2);
+/// How much a refused client may still send while we linger.
+const LINGER_DRAIN: usize = 64 * 1024;
+
+/// The stream a WebSocket runs on: bytes already read while parsing the head, then the socket.
+pub struct Replay<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Replay<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Replay { prefix, pos: 0, inner }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: Read> Read for Replay<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.len());
+            buf[..n].copy_from_slice(&self.prefix[self.pos..self.pos + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl<S: Write> Write for Replay<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub type WsStream = WebSocket<Replay<TlsStream>>;
+
+/// How an upgrade ended without a WebSocket.
+#[derive(Debug)]
+pub enum UpgradeError {
+    /// We answered with an HTTP error status (already written and lingered).
+    Refused(Reason),
+    /// The client went away, stalled past the deadline, or broke TLS.
+    Io(io::Error),
+}
+
+/// Reads the upgrade request from `tls`, decides it, and completes the handshake.
+/// `enter` runs on a granted request just before the 101 is sent (the server joins the hub
+/// there), and may still refuse it (503 while shutting down).
+///
+/// # Errors
+/// [`UpgradeError`]; refusals have already been answered.
+pub fn upgrade<T>(
+    mut tls: TlsStream,
+    config: &Config,
+    verify: impl FnOnce(&str, &str) -> AuthOutcome,
+    enter: impl FnOnce(&Grant) -> Result<T, Reason>,
+) -> Result<(WsStream, Grant, T), UpgradeError> {
+    let deadline = Deadline::new(Phase::Upgrade, Instant::now(), config.limits.upgrade_timeout);
+    let (bytes, path) = match read_head(&mut tls, config, deadline) {
+        Ok(read) => read,
+        Err(HeadError::Refuse(reason)) => {
+            refuse(&mut tls, &reason);
+            return Err(UpgradeError::Refused(reason));
+        }
+        Err(HeadError::Io(e)) => return Err(UpgradeError::Io(e)),
+    };
+    // The channel's limits size this connection's buffers; an unknown path is refused by the
+    // callback (404), with the default limits in the meantime.
+    let ws_config = policy::route(&path, config).map_or(&config.limits.ws, |c| &c.limits).websocket_config();
+
+    let outcome: RefCell<Option<Result<(Grant, T), Reason>>> = RefCell::new(None);
+    let callback = |req: &Request, resp: Response| {
+        let decision = policy::decide(req, config, verify).and_then(|grant| enter(&grant).map(|t| (grant, t)));
+        let answer = match &decision {
+            Ok(_) => Ok(resp),
+            Err(reason) => Err(reason.response()),
+        };
+        *outcome.borrow_mut() = Some(decision);
+        answer
+    };
+    let result = tungstenite::accept_hdr_with_config(Replay::new(bytes, tls), callback, Some(ws_config));
+    let outcome = outcome.borrow_mut().take();
+    match result {
+        Ok(ws) => match outcome {
+            Some(Ok((grant, entered))) => Ok((ws, grant, entered)),
+            // Unreachable: tungstenite only accepts after the callback said yes.
+            _ => Err(UpgradeError::Io(io::Error::other("upgrade accepted without a decision"))),
+        },
+        Err(HandshakeError::Failure(tungstenite::Error::Http(_))) => {
+            let reason = match outcome {
+                Some(Err(reason)) => reason,
+                _ => Reason::Malformed,
+            };
+            Err(UpgradeError::Refused(reason))
+        }
+        Err(HandshakeError::Failure(tungstenite::Error::Io(e))) => Err(UpgradeError::Io(e)),
+        Err(HandshakeError::Failure(e)) => Err(UpgradeError::Io(io::Error::new(io::ErrorKind::InvalidData, e))),
+        Err(HandshakeError::Interrupted(_)) => Err(UpgradeError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{} deadline expired while answering", Phase::Upgrade),
+        ))),
+    }
+}
+
+enum HeadError {
+    Refuse(Reason),
+    Io(io::Error),
+}
+
+/// Reads until the blank line ending the head, returning every byte read (the head and anything
+/// the client sent after it) and the request path. Parses once, when the head is complete, so a
+/// head dripped one byte at a time costs linear work.
+fn read_head(tls: &mut TlsStream, config: &Config, deadline: Deadline) -> Result<(Vec<u8>, String), HeadError> {
+    let max = config.limits.max_request_head.get();
+    let mut buf = Vec::with_capacity(1024.min(max));
+    let mut chunk = [0u8; 1024];
+    let head_len = loop {
+        deadline.arm(tls.socket()).map_err(HeadError::Io)?;
+        let n = match tls.read(&mut chunk) {
+            Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if is_timeout(&e) => continue, // the deadline check above decides
+            Err(e) => return Err(HeadError::Io(e)),
+        };
+        let scan_from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf[scan_from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            break scan_from + end + 4;
+        }
+        if buf.len() >= max {
+            return Err(HeadError::Refuse(Reason::HeadTooLarge));
+        }
+    };
+    if head_len > max {
+        return Err(HeadError::Refuse(Reason::HeadTooLarge));
+    }
+    let mut headers = vec![httparse::EMPTY_HEADER; config.limits.max_headers.get()];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&buf[..head_len]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HeadError::Refuse(Reason::Malformed)),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Refuse(Reason::TooManyHeaders)),
+        Err(_) => return Err(HeadError::Refuse(Reason::Malformed)),
+    }
+    policy::check_head(&req).map_err(HeadError::Refuse)?;
+    let target = req.path.unwrap_or("/");
+    let path = target.split_once('?').map_or(target, |(p, _)| p).to_string();
+    Ok((buf, path))
+}
+
+/// Writes the refusal for `reason` and closes politely.
+fn refuse(tls: &mut TlsStream, reason: &Reason) {
+    let response = reason.response();
+    let mut out = Vec::with_capacity(256);
+    if write_response(&mut out, &response).is_ok() {
+        if let Some(body) = response.body() {
+            out.extend_from_slice(body.as_bytes());
+        }
+        let _ = tls.write_all(&out);
+    }
+    linger_close(tls);
+}
+
+/// Flushes what is pending, sends close_notify, half-closes, then reads and discards what the
+/// client still sends (bounded in bytes and time) so our answer is not lost to a reset.
+pub fn linger_close(tls: &mut TlsStream) {
+    let deadline = Deadline::new(Phase::Linger, Instant::now(), LINGER);
+    tls.send_close_notify();
+    if deadline.arm(tls.socket()).is_err() || tls.flush().is_err() {
+        return;
+    }
+    let _ = tls.socket().shutdown(Shutdown::Write);
+    let mut drained = 0;
+    let mut sink = [0u8; 4096];
+    while drained < LINGER_DRAIN && deadline.arm(tls.socket()).is_ok() {
+        match tls.read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Shared helpers for the black-box tests: start the real `wsgate` binary on 127.0.0.1:0 with a
+//! certificate generated for the test, and connect real TLS WebSocket clients to it. Every socket
+//! has a timeout, and the server is killed when the handle drops, so a hang fails instead of
+//! stalling CI.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub const ALICE: (&str, &str) = ("alice", "alice-secret-pw");
+pub const BOB: (&str, &str) = ("bob", "bob-secret-pw");
+pub const ORIGIN_OK: &str = "https://app.example.com";
+
+pub type Tls = StreamOwned<ClientConnection, TcpStream>;
+pub type Client = WebSocket<Tls>;
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wsgate-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A users file line for each test user, hashed once per test process.
+pub fn users_file_text() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        [ALICE, BOB]
+            .iter()
+            .map(|(u, p)| format!("{u}:{}\n", wsgate::users::hash_password(p).unwrap()))
+            .collect()
+    })
+}
+
+/// The config the tests start from; `set` overrides keys, `section` adds sections.
+pub struct Setup {
+    sections: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        let mut s = Setup { sections: BTreeMap::new() };
+        s.set("server", "listen", "127.0.0.1:0")
+            .set("tls", "cert", "cert.pem")
+            .set("tls", "key", "key.pem")
+            .set("origins", "allow", &format!("{ORIGIN_OK}, https://*.example.org"))
+            .set("origins", "allow_missing", "true")
+            .set("auth", "users_file", "users")
+            .set("log", "level", "debug")
+            .set("channel:/echo", "mode", "echo")
+            .set("channel:/chat/*", "mode", "broadcast")
+            .set("channel:/news", "mode", "broadcast");
+        s
+    }
+}
+
+impl Setup {
+    pub fn set(&mut self, section: &str, key: &str, value: &str) -> &mut Self {
+        self.sections.entry(section.into()).or_default().insert(key.into(), value.into());
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, keys) in &self.sections {
+            out.push_str(&format!("[{name}]\n"));
+            for (k, v) in keys {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Writes cert, key, users and config into a fresh directory; returns it and the CA cert.
+    pub fn write(&self) -> (TempDir, PathBuf, CertificateDer<'static>) {
+        let dir = TempDir::new("srv");
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), pair.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), pair.signing_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("users"), users_file_text()).unwrap();
+        let config = dir.path().join("wsgate.ini");
+        std::fs::write(&config, self.render()).unwrap();
+        (dir, config, pair.cert.der().clone())
+    }
+
+    pub fn start(&self) -> Server {
+        let (dir, config, ca) = self.write();
+        Server::spawn(dir, &config, ca)
+    }
+}
+
+/// A running `wsgate serve`; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub ca: CertificateDer<'static>,
+    log: Arc<Mutex<Vec<String>>>,
+    pub dir: TempDir,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_wsgate")
+}
+
+impl Server {
+    pub fn spawn(dir: TempDir, config: &Path, ca: CertificateDer<'static>) -> Server {
+        let mut child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wsgate");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", log.lock().unwrap().join("\n"));
+            }
+        };
+        Server { child, addr, ca, log, dir }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Everything the server logged so far.
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Counts log lines containing `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    /// A TCP connection to the server with timeouts.
+    pub fn tcp(&self) -> TcpStream {
+        let tcp = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT).unwrap();
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        tcp
+    }
+
+    /// A TLS connection to the server (handshake completed).
+    pub fn tls(&self) -> Tls {
+        let conn = ClientConnection::new(self.client_config(), ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut tls = StreamOwned::new(conn, self.tcp());
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).expect("tls handshake");
+        }
+        tls
+    }
+
+    /// Opens a WebSocket on `path_query` with extra request headers.
+    pub fn connect_with(&self, path_query: &str, headers: &[(&str, &str)]) -> Result<Client, tungstenite::Error> {
+        let url = format!("wss://localhost:{}{path_query}", self.addr.port());
+        let mut req = url.into_client_request()?;
+        for (k, v) in headers {
+            req.headers_mut().append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        let config = WebSocketConfig::default().max_message_size(Some(64 << 20));
+        match tungstenite::client::client_with_config(req, self.tls(), Some(config)) {
+            Ok((ws, _resp)) => Ok(ws),
+            Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+            Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("handshake interrupted"),
+        }
+    }
+
+    /// Opens a WebSocket as `user` with Basic credentials and the allowed Origin.
+    pub fn connect_as(&self, path: &str, (user, pass): (&str, &str)) -> Client {
+        let basic = format!("Basic {}", data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes()));
+        self.connect_with(path, &[("Authorization", &basic), ("Origin", ORIGIN_OK)])
+            .unwrap_or_else(|e| panic!("connect {path} as {user}: {e}; log:\n{}", self.logs()))
+    }
+
+    /// Sends a raw request over TLS and returns the whole response text (until close).
+    pub fn raw_request(&self, request: &[u8]) -> String {
+        let mut tls = self.tls();
+        tls.write_all(request).unwrap();
+        tls.flush().unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.pid()).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+    }
+
+    /// Waits for the process to exit, returning its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The HTTP status a refused handshake got.
+pub fn status_of(result: Result<Client, tungstenite::Error>) -> u16 {
+    match result {
+        Ok(_) => 101,
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+    }
+}
+
+/// Reads the next data message, skipping pings/pongs.
+pub fn next_data(ws: &mut Client) -> Message {
+    loop {
+        match ws.read().expect("read") {
+            m @ (Message::Text(_) | Message::Binary(_)) => return m,
+            Message::Close(f) => panic!("unexpected close {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the server's close frame; returns its code.
+pub fn close_code(ws: &mut Client) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return u16::from(f.code),
+            Ok(Message::Close(None)) => return 1005,
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}

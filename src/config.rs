@@ -261,11 +261,11 @@ impl fmt::Display for ConfigError {
                     write!(f, ":{line}")?;
                 }
                 f.write_str(": ")?;
-                if !section.is_empty() {
-                    write!(f, "[{section}] ")?;
-                }
-                if let Some(key) = key {
-                    write!(f, "{key}: ")?;
+                match (section.is_empty(), key) {
+                    (false, Some(key)) => write!(f, "[{section}] {key}: ")?,
+                    (false, None) => write!(f, "[{section}]: ")?,
+                    (true, Some(key)) => write!(f, "{key}: ")?,
+                    (true, None) => {}
                 }
                 f.write_str(message)
             }
@@ -1087,4 +1087,904 @@ fn parse_config(text: &str, source: &Path) -> Result<Config, ConfigError> {
         channels,
         log_level,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A temporary directory holding `wsgate.ini`'s neighbours (`users`, `c.crt`, `c.key`).
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new() -> Dir {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("wsgate-config-test-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["users", "c.crt", "c.key"] {
+                std::fs::write(dir.join(f), "").unwrap();
+            }
+            Dir(dir)
+        }
+
+        fn ini(&self) -> PathBuf {
+            self.0.join("wsgate.ini")
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const MINIMAL: &str = "[tls]\nself_signed = true\n[channel:/echo]\nmode = echo\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = Dir::new();
+        Config::parse(text, &dir.ini())
+    }
+
+    fn ok(text: &str) -> Config {
+        parse(text).unwrap_or_else(|e| panic!("{e}\n--- in ---\n{text}"))
+    }
+
+    /// The error's Display with the temp path replaced by `F`.
+    fn err(text: &str) -> String {
+        let dir = Dir::new();
+        let e = Config::parse(text, &dir.ini()).expect_err(text);
+        let s = e.to_string();
+        s.replace(&dir.ini().display().to_string(), "F")
+            .replace(&dir.0.display().to_string(), "D")
+    }
+
+    /// `MINIMAL` plus `extra`; `extra` starts on line 5.
+    fn with(extra: &str) -> String {
+        format!("{MINIMAL}{extra}")
+    }
+
+    #[test]
+    fn defaults() {
+        let dir = Dir::new();
+        let c = Config::parse(MINIMAL, &dir.ini()).unwrap();
+        assert_eq!(c.source, dir.ini());
+        assert_eq!(c.server.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(c.server.workers.get(), 64);
+        assert_eq!(c.server.queue, 16);
+        assert_eq!(c.server.max_connections_per_ip.get(), 16);
+        assert_eq!(c.server.worker_stack_size.get(), 256 * 1024);
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.tls.cert, dir.0.join("wsgate.crt"));
+        assert_eq!(c.tls.key, dir.0.join("wsgate.key"));
+        assert!(c.tls.self_signed);
+        assert_eq!(c.tls.handshake_timeout, Duration::from_secs(10));
+        assert!(c.origins.allow.is_empty());
+        assert!(!c.origins.allow_missing);
+        assert!(!c.origins.allow_any);
+        assert_eq!(c.auth.users_file, dir.0.join("users"));
+        assert_eq!(c.auth.cache_size, 1024);
+        assert_eq!(c.auth.cache_ttl, Duration::from_secs(600));
+        assert_eq!(c.auth.max_concurrent_hashes.get(), 2);
+        let l = &c.limits;
+        assert_eq!(l.upgrade_timeout, Duration::from_secs(10));
+        assert_eq!(l.max_request_head.get(), 8192);
+        assert_eq!(l.max_headers.get(), 32);
+        assert_eq!(l.ping_interval, Duration::from_secs(30));
+        assert_eq!(l.idle_timeout, Duration::from_secs(75));
+        assert_eq!(l.write_timeout, Duration::from_secs(30));
+        assert_eq!(l.ws, default_ws_limits());
+        assert_eq!(l.ws.max_message_size.get(), 65536);
+        assert_eq!(l.ws.max_frame_size.get(), 65536);
+        assert_eq!(l.ws.read_buffer_size.get(), 8192);
+        assert_eq!(l.ws.write_buffer_size, 8192);
+        assert_eq!(l.ws.max_write_buffer_size.get(), 131072);
+        assert_eq!(l.ws.outbox.get(), 64);
+        assert_eq!(l.ws.slow_consumer, SlowConsumer::Disconnect);
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(c.channels.len(), 1);
+        assert_eq!(c.channels[0].pattern, ChannelPattern::Exact("/echo".into()));
+        assert_eq!(c.channels[0].mode, Mode::Echo);
+        assert_eq!(c.channels[0].limits, l.ws);
+        // The defaults are a valid tungstenite configuration.
+        let _ = l.ws.websocket_config();
+    }
+
+    #[test]
+    fn set_values() {
+        let c = ok(&with(
+            "[server]\nlisten = [::1]:9000\nworkers = 3\nqueue = 0\nmax_connections_per_ip = 2\n\
+             worker_stack_size = 64K\nshutdown_grace = 0\n\
+             [auth]\nusers_file = users\ncache_size = 0\ncache_ttl = 1h\n\
+             max_concurrent_hashes = 1\n\
+             [log]\nlevel = DEBUG\n\
+             [origins]\nallow = https://a.com , https://*.b.com:8443\nallow_missing = yes\nallow_any = off\n",
+        ));
+        assert_eq!(c.server.listen, "[::1]:9000".parse().unwrap());
+        assert_eq!(c.server.workers.get(), 3);
+        assert_eq!(c.server.queue, 0);
+        assert_eq!(c.server.worker_stack_size.get(), 65536);
+        assert_eq!(c.server.shutdown_grace, Duration::ZERO);
+        assert_eq!(c.auth.cache_size, 0);
+        assert_eq!(c.auth.cache_ttl, Duration::from_secs(3600));
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        assert_eq!(c.origins.allow.len(), 2);
+        assert_eq!(
+            c.origins.allow[1],
+            OriginPattern::parse("https://*.B.com:8443").unwrap()
+        );
+        assert!(c.origins.allow_missing);
+        assert!(!c.origins.allow_any);
+        assert!(c.origins.check(&[b"https://x.b.com:8443"]).is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("500ms", Duration::from_millis(500)),
+            ("10s", Duration::from_secs(10)),
+            ("10", Duration::from_secs(10)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            ("2 S", Duration::from_secs(2)),
+            ("0", Duration::ZERO),
+            ("168h", MAX_DURATION),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "-1s",
+            "1.5s",
+            "s",
+            "10 sec",
+            "1d",
+            "169h",
+            "99999999999999999999",
+            "1h30m",
+        ] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(
+                e.starts_with(|c: char| c.is_ascii_lowercase() || c == '`'),
+                "{e}"
+            );
+        }
+        let c = ok(&with("[auth]\ncache_ttl = 1500ms\n"));
+        assert_eq!(c.auth.cache_ttl, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn sizes() {
+        let cases = [
+            ("65536", 65536),
+            ("64K", 65536),
+            ("64k", 65536),
+            ("64KiB", 65536),
+            ("64 kib", 65536),
+            ("1M", 1 << 20),
+            ("1MiB", 1 << 20),
+            ("1G", 1 << 30),
+            ("100b", 100),
+            ("0", 0),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_size(text), Ok(want), "{text}");
+        }
+        for bad in ["", "-1", "64KB", "1.5M", "K", "2G", "1T", "64 K B", "0x10"] {
+            let e = parse_size(bad).expect_err(bad);
+            assert!(
+                e.starts_with(|c: char| c.is_ascii_lowercase() || c == '`'),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn booleans() {
+        for t in ["true", "TRUE", "yes", "on", "1"] {
+            assert_eq!(parse_bool(t), Ok(true), "{t}");
+        }
+        for f in ["false", "No", "off", "0"] {
+            assert_eq!(parse_bool(f), Ok(false), "{f}");
+        }
+        for bad in ["", "2", "y", "enabled"] {
+            assert!(parse_bool(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            err(&with("[origins]\nallow_any = maybe\n")),
+            "config: F:6: [origins] allow_any: `maybe` is not a boolean; expected true or false (yes/no, on/off, 1/0)"
+        );
+    }
+
+    #[test]
+    fn display_format() {
+        assert_eq!(
+            err(&with("[tls]\n")),
+            "config: F:5: [tls]: repeated section (first on line 1); merge the two"
+        );
+        let e = err("[tls]\ncert = c.crt\nkey = nope/k.pem\n[channel:/a]\nmode = echo\n");
+        assert_eq!(e, "config: F:3: [tls] key: file not found: D/nope/k.pem");
+        let e = ConfigError::Read {
+            path: "x.ini".into(),
+            error: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("config: x.ini: cannot read the file: "),
+            "{e}"
+        );
+        let e = ConfigError::Syntax {
+            path: "x.ini".into(),
+            line: None,
+            message: "m".into(),
+        };
+        assert_eq!(e.to_string(), "config: x.ini: m");
+        let e = ConfigError::Invalid {
+            path: "x.ini".into(),
+            line: None,
+            section: "s".into(),
+            key: None,
+            message: "m".into(),
+        };
+        assert_eq!(e.to_string(), "config: x.ini: [s]: m");
+    }
+
+    #[test]
+    fn load_reads_the_file() {
+        let dir = Dir::new();
+        std::fs::write(dir.ini(), MINIMAL).unwrap();
+        let c = Config::load(&dir.ini()).unwrap();
+        assert_eq!(c.channels.len(), 1);
+        let missing = dir.0.join("missing.ini");
+        assert!(matches!(
+            Config::load(&missing),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn tls_files() {
+        // Present files are accepted, relative to the config file's directory.
+        let dir = Dir::new();
+        let c = Config::parse(
+            "[tls]\ncert = c.crt\nkey = ./c.key\n[channel:/a]\nmode = echo\n",
+            &dir.ini(),
+        )
+        .unwrap();
+        assert_eq!(c.tls.cert, dir.0.join("c.crt"));
+        assert!(c.tls.key.ends_with("c.key"));
+        assert!(c.tls.key.is_absolute());
+        assert!(!c.tls.self_signed);
+        // Missing defaults are reported against the section header, or without a line.
+        assert_eq!(
+            err("[tls]\n[channel:/a]\nmode = echo\n"),
+            "config: F:1: [tls] cert: file not found: D/wsgate.crt"
+        );
+        assert_eq!(
+            err("[channel:/a]\nmode = echo\n"),
+            "config: F: [tls] cert: file not found: D/wsgate.crt"
+        );
+        assert_eq!(
+            err("[tls]\ncert = c.crt\n[channel:/a]\nmode = echo\n"),
+            "config: F:1: [tls] key: file not found: D/wsgate.key"
+        );
+        assert_eq!(
+            err("[tls]\ncert = .\nkey = c.key\n[channel:/a]\nmode = echo\n"),
+            "config: F:2: [tls] cert: not a regular file: D"
+        );
+        // self_signed skips the checks.
+        ok("[tls]\nself_signed = on\ncert = a/b.crt\nkey = a/b.key\n[channel:/a]\nmode = echo\n");
+        assert_eq!(
+            err(&with("[server]\n[tls]\n")),
+            "config: F:6: [tls]: repeated section (first on line 1); merge the two"
+        );
+    }
+
+    #[test]
+    fn relative_paths_use_the_config_directory() {
+        let dir = Dir::new();
+        std::fs::create_dir_all(dir.0.join("sub")).unwrap();
+        std::fs::write(dir.0.join("sub/u"), "").unwrap();
+        let nested = dir.0.join("sub").join("wsgate.ini");
+        let c = Config::parse(&with("[auth]\nusers_file = u\n"), &nested).unwrap();
+        assert_eq!(c.auth.users_file, dir.0.join("sub/u"));
+        assert_eq!(c.source, nested);
+        // Absolute paths are kept.
+        let abs = dir.0.join("users");
+        let c = Config::parse(
+            &with(&format!("[auth]\nusers_file = {}\n", abs.display())),
+            &nested,
+        )
+        .unwrap();
+        assert_eq!(c.auth.users_file, abs);
+    }
+
+    #[test]
+    fn users_file_must_exist() {
+        assert_eq!(
+            err(&with("[auth]\nusers_file = nobody\n")),
+            "config: F:6: [auth] users_file: file not found: D/nobody"
+        );
+        assert_eq!(
+            err(&with("[auth]\nusers_file =\n")),
+            "config: F:6: [auth] users_file: empty path"
+        );
+        let dir = Dir::new();
+        std::fs::remove_file(dir.0.join("users")).unwrap();
+        let e = Config::parse(MINIMAL, &dir.ini()).unwrap_err().to_string();
+        assert!(
+            e.ends_with(&format!(
+                ": [auth] users_file: file not found: {}",
+                dir.0.join("users").display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn structure_errors() {
+        assert_eq!(
+            err(&format!("workers = 2\n{MINIMAL}")),
+            "config: F:1: workers: key outside any section; put it under a `[section]` header"
+        );
+        assert_eq!(
+            err(&with("[bogus]\n")),
+            "config: F:5: [bogus]: unknown section; expected server, tls, origins, auth, limits, log or channel:/path"
+        );
+        assert_eq!(
+            err(&with("[channel]\nmode = echo\n")),
+            "config: F:5: [channel]: unknown section; expected server, tls, origins, auth, limits, log or channel:/path"
+        );
+        assert_eq!(
+            err(&with("[server]\nworkers = 2\n\n# comment\nworkers = 3\n")),
+            "config: F:9: [server] workers: repeated key (first set on line 6); keep one"
+        );
+        assert_eq!(
+            err(&with("[channel:/echo]\nmode = echo\n")),
+            "config: F:5: [channel:/echo]: repeated section (first on line 3); merge the two"
+        );
+        assert_eq!(
+            err(&with("[server\nworkers = 2\n")),
+            "config: F:5: section header must end with `]`"
+        );
+        assert_eq!(err(&with("[]\n")), "config: F:5: empty section name `[]`");
+        assert_eq!(
+            err(&with("[server]\njust words\n")),
+            "config: F:6: expected `key = value`, a `[section]` header or a `#` comment"
+        );
+        assert_eq!(
+            err(&with("[server]\n= 3\n")),
+            "config: F:6: missing key before `=`"
+        );
+        assert_eq!(err(&with("[tls]\ncert = C:\\certs\\\n")).lines().count(), 1);
+        assert!(
+            err(&with("[server]\nlisten = a\rb\n")).starts_with("config: F:6: control character")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_every_section() {
+        for section in [
+            "server",
+            "tls",
+            "origins",
+            "auth",
+            "limits",
+            "log",
+            "channel:/other",
+        ] {
+            let e = err(&format!(
+                "[channel:/echo]\nmode = echo\n\n\n[{section}]\nbogus = 1\n"
+            ));
+            assert!(
+                e.starts_with(&format!(
+                    "config: F:6: [{section}] bogus: unknown key; [{section}] accepts "
+                )),
+                "{e}"
+            );
+        }
+        // Keys are case-sensitive.
+        assert!(
+            err(&with("[server]\nWorkers = 2\n"))
+                .starts_with("config: F:6: [server] Workers: unknown key")
+        );
+        // Channel-only keys are not accepted in [limits] and vice versa.
+        assert!(
+            err(&with("[limits]\nmode = echo\n"))
+                .starts_with("config: F:6: [limits] mode: unknown key")
+        );
+        assert!(
+            err(&with("[channel:/x]\nmode = echo\nping_interval = 1s\n"))
+                .starts_with("config: F:7: [channel:/x] ping_interval: unknown key")
+        );
+    }
+
+    #[test]
+    fn comments_and_whitespace() {
+        let c = ok(
+            "# top\n; also a comment\n\n  [tls]  \n   self_signed   =   true   \n\t# indented comment\n[channel:/echo]\r\nmode=echo\r\n",
+        );
+        assert!(c.tls.self_signed);
+        // An inline comment is part of the value, and so an error.
+        assert_eq!(
+            err(&with("[server]\nworkers = 2 # two\n")),
+            "config: F:6: [server] workers: `2 # two` is not a whole number"
+        );
+        // Escapes and quotes are off: Windows paths and quotes survive.
+        let c = ok(
+            "[tls]\nself_signed = true\ncert = C:\\certs\\\"a\".pem\n[channel:/a]\nmode = echo\n",
+        );
+        assert!(
+            c.tls
+                .cert
+                .to_string_lossy()
+                .ends_with("C:\\certs\\\"a\".pem"),
+            "{:?}",
+            c.tls.cert
+        );
+        // `key: value` is rust-ini's other separator.
+        assert_eq!(ok(&with("[server]\nworkers: 7\n")).server.workers.get(), 7);
+        // A byte-order mark is ignored.
+        ok(&format!("\u{feff}{MINIMAL}"));
+    }
+
+    #[test]
+    fn bad_values() {
+        let cases = [
+            (
+                "[server]\nlisten = 8443\n",
+                "[server] listen: `8443` is not an address:port",
+            ),
+            (
+                "[server]\nlisten = localhost:8443\n",
+                "[server] listen: `localhost:8443` is not an address:port",
+            ),
+            (
+                "[server]\nworkers = 0\n",
+                "[server] workers: must be at least 1",
+            ),
+            (
+                "[server]\nworkers = -1\n",
+                "[server] workers: must not be negative",
+            ),
+            (
+                "[server]\nworkers = 2K\n",
+                "[server] workers: `2K` is not a whole number",
+            ),
+            ("[server]\nworkers =\n", "[server] workers: empty value"),
+            (
+                "[server]\nqueue = -3\n",
+                "[server] queue: must not be negative",
+            ),
+            (
+                "[server]\nmax_connections_per_ip = 0\n",
+                "[server] max_connections_per_ip: must be at least 1",
+            ),
+            (
+                "[server]\nworker_stack_size = 0\n",
+                "[server] worker_stack_size: must be greater than 0",
+            ),
+            (
+                "[server]\nworker_stack_size = 65535\n",
+                "[server] worker_stack_size: 65535 bytes is too small; at least 64kib",
+            ),
+            (
+                "[server]\nshutdown_grace = -5s\n",
+                "[server] shutdown_grace: must not be negative",
+            ),
+            (
+                "[tls]\nhandshake_timeout = 0s\n",
+                "[tls] handshake_timeout: must be greater than 0",
+            ),
+            (
+                "[tls]\nself_signed = 2\n",
+                "[tls] self_signed: `2` is not a boolean",
+            ),
+            (
+                "[origins]\nallow = https://a.com,\n",
+                "[origins] allow: empty entry in the list (a stray comma?)",
+            ),
+            (
+                "[origins]\nallow = https://a.com, a.com\n",
+                "[origins] allow: `a.com`: expected scheme://host[:port]",
+            ),
+            (
+                "[origins]\nallow = ftp://a.com\n",
+                "[origins] allow: `ftp://a.com`: scheme must be http or https",
+            ),
+            (
+                "[origins]\nallow = null\n",
+                "[origins] allow: `null`: `null` is the opaque origin",
+            ),
+            (
+                "[auth]\ncache_size = -1\n",
+                "[auth] cache_size: must not be negative",
+            ),
+            (
+                "[auth]\nmax_concurrent_hashes = 0\n",
+                "[auth] max_concurrent_hashes: must be at least 1",
+            ),
+            (
+                "[auth]\ncache_ttl = 10 minutes\n",
+                "[auth] cache_ttl: unknown unit in `10 minutes`",
+            ),
+            (
+                "[limits]\nupgrade_timeout = 0\n",
+                "[limits] upgrade_timeout: must be greater than 0",
+            ),
+            (
+                "[limits]\nmax_request_head = 0\n",
+                "[limits] max_request_head: must be greater than 0",
+            ),
+            (
+                "[limits]\nmax_headers = 0\n",
+                "[limits] max_headers: must be at least 1",
+            ),
+            (
+                "[limits]\nping_interval = 0\n",
+                "[limits] ping_interval: must be greater than 0",
+            ),
+            (
+                "[limits]\nwrite_timeout = 0ms\n",
+                "[limits] write_timeout: must be greater than 0",
+            ),
+            (
+                "[limits]\nmax_message_size = 0\n",
+                "[limits] max_message_size: must be greater than 0",
+            ),
+            (
+                "[limits]\nread_buffer_size = 0\n",
+                "[limits] read_buffer_size: must be greater than 0",
+            ),
+            (
+                "[limits]\noutbox = 0\n",
+                "[limits] outbox: must be at least 1",
+            ),
+            (
+                "[limits]\nslow_consumer = block\n",
+                "[limits] slow_consumer: `block` is not a slow_consumer action; expected disconnect or drop",
+            ),
+            (
+                "[limits]\nmax_message_size = 2G\n",
+                "[limits] max_message_size: `2G` is too large; at most 1gib",
+            ),
+            (
+                "[log]\nlevel = verbose\n",
+                "[log] level: `verbose` is not a log level",
+            ),
+            (
+                "[channel:/x]\nmode = fanout\n",
+                "[channel:/x] mode: `fanout` is not a mode; expected echo or broadcast",
+            ),
+            (
+                "[channel:/x]\nmode = echo\noutbox = 0\n",
+                "[channel:/x] outbox: must be at least 1",
+            ),
+        ];
+        for (extra, want) in cases {
+            // [tls] is in MINIMAL; these cases bring their own, after four lines.
+            let text = match extra.strip_prefix("[tls]\n") {
+                Some(rest) => {
+                    format!(
+                        "[channel:/echo]\nmode = echo\n\n\n[tls]\n{rest}cert = c.crt\nkey = c.key\n"
+                    )
+                }
+                None => with(extra),
+            };
+            let e = err(&text);
+            let line = 4 + extra.matches('\n').count();
+            let want = format!("config: F:{line}: {want}");
+            assert!(
+                e.to_lowercase().starts_with(&want.to_lowercase()),
+                "got  {e}\nwant {want}"
+            );
+        }
+        // The write buffer may be 0.
+        assert_eq!(
+            ok(&with("[limits]\nwrite_buffer_size = 0\n"))
+                .limits
+                .ws
+                .write_buffer_size,
+            0
+        );
+    }
+
+    #[test]
+    fn nothing_to_serve() {
+        assert_eq!(
+            err("[tls]\nself_signed = true\n"),
+            "config: F: nothing to serve: add at least one [channel:/path] section with a mode"
+        );
+        assert_eq!(
+            err(""),
+            "config: F: [tls] cert: file not found: D/wsgate.crt"
+        );
+    }
+
+    #[test]
+    fn channel_paths() {
+        let c = ok(&with(
+            "[channel:/chat/*]\nmode = broadcast\n[channel:/*]\nmode = echo\n[channel:/a/b.c-d_e~%20]\nmode = echo\n",
+        ));
+        assert_eq!(
+            c.channels[1].pattern,
+            ChannelPattern::Prefix("/chat/".into())
+        );
+        assert_eq!(c.channels[1].mode, Mode::Broadcast);
+        assert_eq!(c.channels[2].pattern, ChannelPattern::Prefix("/".into()));
+        assert_eq!(
+            c.channels[3].pattern,
+            ChannelPattern::Exact("/a/b.c-d_e~%20".into())
+        );
+        let bad = [
+            ("[channel:echo]", "channel path `echo` must start with `/`"),
+            ("[channel:]", "channel path `` must start with `/`"),
+            ("[channel:/a?b]", "channel path `/a?b` must not contain `?`"),
+            ("[channel:/a#b]", "channel path `/a#b` must not contain `#`"),
+            (
+                "[channel:/a b]",
+                "channel path `/a b` contains ' '; only visible ascii, no spaces",
+            ),
+            (
+                "[channel:/chat*]",
+                "channel path `/chat*`: `*` is only allowed as a single trailing `/*` (e.g. /chat/*)",
+            ),
+            ("[channel:/*/x]", "channel path `/*/x`: `*` is only allowed"),
+            (
+                "[channel:/a/*/*]",
+                "channel path `/a/*/*`: `*` is only allowed",
+            ),
+            (
+                "[channel:/a/**]",
+                "channel path `/a/**`: `*` is only allowed",
+            ),
+            (
+                "[channel:/caf\u{e9}]",
+                "channel path `/caf\u{e9}` contains '\u{e9}'",
+            ),
+        ];
+        for (header, want) in bad {
+            let e = err(&with(&format!("{header}\nmode = echo\n")));
+            let name = &header[1..header.len() - 1];
+            let want = format!("config: F:5: [{name}]: {want}");
+            assert!(e.starts_with(&want), "got  {e}\nwant {want}");
+        }
+        assert_eq!(
+            err(&with("[channel:/x]\nslow_consumer = drop\n")),
+            "config: F:5: [channel:/x] mode: missing; every channel needs mode = echo or mode = broadcast"
+        );
+    }
+
+    #[test]
+    fn duplicate_channel_patterns() {
+        // Only reachable through the same section name, which is a repeated section.
+        assert!(err(&with("[channel:/echo]\nmode = broadcast\n")).contains("repeated section"));
+        // `/chat/*` and `/chat/` are different patterns.
+        let c = ok(&with(
+            "[channel:/chat/*]\nmode = broadcast\n[channel:/chat/]\nmode = echo\n",
+        ));
+        assert_eq!(c.channels.len(), 3);
+    }
+
+    #[test]
+    fn channel_for() {
+        let c = ok(&with(
+            "[channel:/chat/*]\nmode = broadcast\n[channel:/chat/vip/*]\nmode = broadcast\n\
+             [channel:/chat/lobby]\nmode = echo\n",
+        ));
+        let pat = |p: &str| c.channel_for(p).map(|c| c.pattern.clone());
+        assert_eq!(pat("/echo"), Some(ChannelPattern::Exact("/echo".into())));
+        assert_eq!(pat("/echo/"), None);
+        assert_eq!(pat("/ech"), None);
+        assert_eq!(
+            pat("/chat/lobby"),
+            Some(ChannelPattern::Exact("/chat/lobby".into()))
+        );
+        assert_eq!(
+            pat("/chat/room"),
+            Some(ChannelPattern::Prefix("/chat/".into()))
+        );
+        assert_eq!(
+            pat("/chat/a/b"),
+            Some(ChannelPattern::Prefix("/chat/".into()))
+        );
+        assert_eq!(
+            pat("/chat/vip/x"),
+            Some(ChannelPattern::Prefix("/chat/vip/".into()))
+        );
+        assert_eq!(
+            pat("/chat/vip/"),
+            Some(ChannelPattern::Prefix("/chat/".into()))
+        );
+        assert_eq!(pat("/chat/"), None);
+        assert_eq!(pat("/chat"), None);
+        assert_eq!(pat("/other"), None);
+    }
+
+    #[test]
+    fn channel_limits_inherit_and_override() {
+        let c = ok(&with(
+            "[limits]\nmax_message_size = 32K\nmax_frame_size = 16K\noutbox = 8\n\
+             [channel:/big]\nmode = broadcast\nmax_message_size = 1M\nmax_frame_size = 1M\n\
+             max_write_buffer_size = 2M\nslow_consumer = drop\n",
+        ));
+        let echo = &c.channels[0].limits;
+        assert_eq!(echo, &c.limits.ws);
+        assert_eq!(echo.max_message_size.get(), 32 * 1024);
+        assert_eq!(echo.max_frame_size.get(), 16 * 1024);
+        assert_eq!(echo.outbox.get(), 8);
+        let big = &c.channels[1].limits;
+        assert_eq!(big.max_message_size.get(), 1 << 20);
+        assert_eq!(big.max_frame_size.get(), 1 << 20);
+        assert_eq!(big.max_write_buffer_size.get(), 2 << 20);
+        assert_eq!(big.outbox.get(), 8);
+        assert_eq!(big.read_buffer_size.get(), 8192);
+        assert_eq!(big.slow_consumer, SlowConsumer::Drop);
+        let _ = big.websocket_config();
+    }
+
+    #[test]
+    fn frame_not_larger_than_message() {
+        ok(&with(
+            "[limits]\nmax_message_size = 1000\nmax_frame_size = 1000\n",
+        ));
+        assert_eq!(
+            err(&with(
+                "[limits]\nmax_message_size = 1000\nmax_frame_size = 1001\n"
+            )),
+            "config: F:7: [limits] max_frame_size: max_frame_size (1001) must not exceed max_message_size (1000)"
+        );
+        // On a channel, against the inherited value, pointing at the key the channel set.
+        assert_eq!(
+            err(&with("[channel:/x]\nmode = echo\nmax_message_size = 1K\n")),
+            "config: F:7: [channel:/x] max_message_size: max_frame_size (65536, inherited from [limits]) must not exceed max_message_size (1024)"
+        );
+        ok(&with(
+            "[channel:/x]\nmode = echo\nmax_message_size = 1K\nmax_frame_size = 1K\n",
+        ));
+    }
+
+    #[test]
+    fn write_buffer_must_hold_a_frame() {
+        // Defaults: 8K + 64K + 14 = 73742.
+        ok(&with("[limits]\nmax_write_buffer_size = 73742\n"));
+        assert_eq!(
+            err(&with("[limits]\nmax_write_buffer_size = 73741\n")),
+            "config: F:6: [limits] max_write_buffer_size: max_write_buffer_size (73741) must be at least \
+             write_buffer_size (8192) + max_message_size (65536) + 14 = 73742 (a whole frame must fit after a full write buffer)"
+        );
+        // write_buffer_size 0: max_write_buffer_size must still exceed it by message + 14.
+        ok(&with(
+            "[limits]\nwrite_buffer_size = 0\nmax_message_size = 100\nmax_frame_size = 100\nmax_write_buffer_size = 114\n",
+        ));
+        assert!(err(&with("[limits]\nwrite_buffer_size = 0\nmax_message_size = 100\nmax_frame_size = 100\nmax_write_buffer_size = 113\n"))
+            .starts_with("config: F:9: [limits] max_write_buffer_size: "));
+        // Raising the message size in a channel breaks the inherited write buffer.
+        let e = err(&with(
+            "[channel:/x]\nmode = echo\nmax_message_size = 120K\nmax_frame_size = 1K\n",
+        ));
+        assert!(
+            e.starts_with("config: F:7: [channel:/x] max_message_size: max_write_buffer_size (131072, inherited from [limits]) must be at least write_buffer_size (8192, inherited from [limits]) + max_message_size (122880) + 14 = 131086"),
+            "{e}"
+        );
+        ok(&with(
+            "[channel:/x]\nmode = echo\nmax_message_size = 120K\nmax_frame_size = 1K\nmax_write_buffer_size = 131086\n",
+        ));
+        assert!(err(&with("[channel:/x]\nmode = echo\nmax_message_size = 120K\nmax_frame_size = 1K\nmax_write_buffer_size = 131085\n"))
+            .starts_with("config: F:9: [channel:/x] max_write_buffer_size: "));
+        // write_buffer_size equal to max_write_buffer_size is refused (tungstenite would panic).
+        assert!(
+            err(&with("[limits]\nwrite_buffer_size = 128K\n"))
+                .starts_with("config: F:6: [limits] write_buffer_size: ")
+        );
+    }
+
+    #[test]
+    fn idle_timeout_exceeds_ping_interval() {
+        ok(&with(
+            "[limits]\nping_interval = 10s\nidle_timeout = 10001ms\n",
+        ));
+        assert_eq!(
+            err(&with("[limits]\nping_interval = 10s\nidle_timeout = 10s\n")),
+            "config: F:7: [limits] idle_timeout: idle_timeout (10s) must be greater than ping_interval (10s), so a ping can be answered before the connection counts as idle"
+        );
+        assert!(err(&with("[limits]\nping_interval = 2m\n")).starts_with("config: F:6: [limits] ping_interval: idle_timeout (75s) must be greater than ping_interval (120s)"));
+    }
+
+    /// Reads `conf/wsgate.ini` and parses it from a temporary directory holding a `users` file.
+    fn shipped() -> (String, Dir) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/wsgate.ini");
+        (std::fs::read_to_string(path).unwrap(), Dir::new())
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let (text, dir) = shipped();
+        let c = Config::parse(&text, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.tls.self_signed);
+        assert_eq!(c.tls.cert, dir.0.join("../certs/wsgate.crt"));
+        assert_eq!(c.tls.key, dir.0.join("../certs/wsgate.key"));
+        assert!(c.origins.allow_missing);
+        assert!(!c.origins.allow_any);
+        assert_eq!(
+            c.origins.allow,
+            vec![OriginPattern::parse("https://localhost:8443").unwrap()]
+        );
+        assert_eq!(c.auth.users_file, dir.0.join("users"));
+        assert_eq!(c.server.listen, "0.0.0.0:8443".parse().unwrap());
+        let patterns: Vec<_> = c
+            .channels
+            .iter()
+            .map(|c| (c.pattern.clone(), c.mode))
+            .collect();
+        assert_eq!(
+            patterns,
+            vec![
+                (ChannelPattern::Exact("/echo".into()), Mode::Echo),
+                (ChannelPattern::Prefix("/chat/".into()), Mode::Broadcast),
+                (ChannelPattern::Exact("/broadcast".into()), Mode::Broadcast),
+            ]
+        );
+    }
+
+    /// Every `#key = value` line in the example documents the true default: uncommenting them all
+    /// (except where the example sets the key) changes nothing, and every known key is listed.
+    #[test]
+    fn shipped_example_documents_the_defaults() {
+        let (text, dir) = shipped();
+        let mut section = String::new();
+        let mut active: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[') {
+                section = name.trim_end_matches(']').to_string();
+            } else if !line.starts_with('#') && line.contains('=') {
+                active.push((
+                    section.clone(),
+                    line.split('=').next().unwrap().trim().to_string(),
+                ));
+            }
+        }
+        let mut documented: Vec<(String, String)> = Vec::new();
+        let mut uncommented = String::new();
+        section.clear();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[') {
+                section = name.trim_end_matches(']').to_string();
+            }
+            let default = Some(line)
+                .filter(|_| !section.is_empty())
+                .and_then(|line| line.strip_prefix('#'))
+                .filter(|rest| rest.starts_with(|c: char| c.is_ascii_lowercase()))
+                .and_then(|rest| rest.split_once(" = "))
+                .map(|(k, _)| k.to_string());
+            match default {
+                Some(key) => {
+                    documented.push((section.clone(), key.clone()));
+                    if active.contains(&(section.clone(), key)) {
+                        uncommented.push_str(line);
+                    } else {
+                        uncommented.push_str(&line[1..]);
+                    }
+                }
+                None => uncommented.push_str(line),
+            }
+            uncommented.push('\n');
+        }
+        let a = Config::parse(&text, &dir.ini()).unwrap();
+        let b = Config::parse(&uncommented, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        for (name, keys) in SECTIONS {
+            for key in *keys {
+                let entry = (name.to_string(), key.to_string());
+                assert!(
+                    documented.contains(&entry) || active.contains(&entry),
+                    "[{name}] {key} is not in conf/wsgate.ini"
+                );
+            }
+        }
+    }
 }

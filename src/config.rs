@@ -2,12 +2,14 @@
 //! Owns every default, every unit, every cross-field rule; nothing downstream re-checks a value
 //! or reads the INI again. A reload builds a whole new `Config` and swaps it in.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::origin::OriginPolicy;
+use crate::origin::{OriginPattern, OriginPolicy};
 
 /// Everything the server needs to run, as typed values. Built only by [`Config::load`].
 #[derive(Debug, Clone)]
@@ -148,9 +150,16 @@ pub enum Mode {
 #[derive(Debug)]
 pub enum ConfigError {
     /// The config file itself could not be read.
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// The INI syntax is broken.
-    Syntax { path: PathBuf, line: Option<usize>, message: String },
+    Syntax {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
     /// A section or key is wrong: unknown, repeated, bad value, missing file, cross-field rule.
     Invalid {
         path: PathBuf,
@@ -167,8 +176,22 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming file, line and key for the first problem found.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let _ = path;
-        todo!("config parsing")
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text` as if it had been read from `source`: relative paths resolve
+    /// against `source`'s directory, and the files named (`[tls] cert`/`key` unless
+    /// `self_signed`, `[auth] users_file`) must exist there. [`Config::load`] is this after
+    /// reading the file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming file, line and key for the first problem found.
+    pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
+        parse_config(text, source)
     }
 
     /// The channel serving `path`, if any (exact first, then the longest prefix).
@@ -180,7 +203,9 @@ impl Config {
                 self.channels
                     .iter()
                     .filter(|c| match &c.pattern {
-                        ChannelPattern::Prefix(p) => path.len() > p.len() && path.starts_with(p.as_str()),
+                        ChannelPattern::Prefix(p) => {
+                            path.len() > p.len() && path.starts_with(p.as_str())
+                        }
                         ChannelPattern::Exact(_) => false,
                     })
                     .max_by_key(|c| match &c.pattern {
@@ -200,5 +225,1766 @@ impl WsLimits {
             .max_write_buffer_size(self.max_write_buffer_size.get())
             .max_message_size(Some(self.max_message_size.get()))
             .max_frame_size(Some(self.max_frame_size.get()))
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, error } => {
+                write!(
+                    f,
+                    "config: {}: cannot read the file: {error}",
+                    path.display()
+                )
+            }
+            ConfigError::Syntax {
+                path,
+                line,
+                message,
+            } => {
+                write!(f, "config: {}", path.display())?;
+                if let Some(line) = line {
+                    write!(f, ":{line}")?;
+                }
+                write!(f, ": {message}")
+            }
+            ConfigError::Invalid {
+                path,
+                line,
+                section,
+                key,
+                message,
+            } => {
+                write!(f, "config: {}", path.display())?;
+                if let Some(line) = line {
+                    write!(f, ":{line}")?;
+                }
+                f.write_str(": ")?;
+                match (section.is_empty(), key) {
+                    (false, Some(key)) => write!(f, "[{section}] {key}: ")?,
+                    (false, None) => write!(f, "[{section}]: ")?,
+                    (true, Some(key)) => write!(f, "{key}: ")?,
+                    (true, None) => {}
+                }
+                f.write_str(message)
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults.
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+const GIB: usize = 1024 * MIB;
+
+/// Largest size any key accepts; keeps typos (`64G`) and the `+ 14` arithmetic sane.
+const MAX_SIZE: usize = GIB;
+/// Longest duration any key accepts; keeps `Instant + Duration` far from overflow.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Smallest `worker_stack_size`: below this TLS and the handshake may overflow the stack.
+const MIN_WORKER_STACK: usize = 64 * KIB;
+/// The largest WebSocket frame header: what must fit beside a full write buffer and a message.
+const FRAME_HEADER_MAX: usize = 14;
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+const DEFAULT_CERT: &str = "wsgate.crt";
+const DEFAULT_KEY: &str = "wsgate.key";
+const DEFAULT_USERS: &str = "users";
+
+/// Keys each fixed section accepts; `[channel:…]` accepts `CHANNEL_KEYS`.
+const SECTIONS: &[(&str, &[&str])] = &[
+    (
+        "server",
+        &[
+            "listen",
+            "workers",
+            "queue",
+            "max_connections_per_ip",
+            "worker_stack_size",
+            "shutdown_grace",
+        ],
+    ),
+    ("tls", &["cert", "key", "self_signed", "handshake_timeout"]),
+    ("origins", &["allow", "allow_missing", "allow_any"]),
+    (
+        "auth",
+        &[
+            "users_file",
+            "cache_size",
+            "cache_ttl",
+            "max_concurrent_hashes",
+        ],
+    ),
+    (
+        "limits",
+        &[
+            "upgrade_timeout",
+            "max_request_head",
+            "max_headers",
+            "ping_interval",
+            "idle_timeout",
+            "write_timeout",
+            "max_message_size",
+            "max_frame_size",
+            "read_buffer_size",
+            "write_buffer_size",
+            "max_write_buffer_size",
+            "outbox",
+            "slow_consumer",
+        ],
+    ),
+    ("log", &["level"]),
+];
+
+const CHANNEL_PREFIX: &str = "channel:";
+const CHANNEL_KEYS: &[&str] = &[
+    "mode",
+    "max_message_size",
+    "max_frame_size",
+    "read_buffer_size",
+    "write_buffer_size",
+    "max_write_buffer_size",
+    "outbox",
+    "slow_consumer",
+];
+
+fn nz(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn default_ws_limits() -> WsLimits {
+    WsLimits {
+        max_message_size: nz(64 * KIB),
+        max_frame_size: nz(64 * KIB),
+        read_buffer_size: nz(8 * KIB),
+        write_buffer_size: 8 * KIB,
+        max_write_buffer_size: nz(128 * KIB),
+        outbox: nz(64),
+        slow_consumer: SlowConsumer::Disconnect,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The locator: a line scan that finds every section header and key with its line number, and
+// rejects what rust-ini would silently accept or misread (keys outside sections, repeated
+// sections and keys, unterminated headers, lines that are neither).
+
+/// A key as found by the scan.
+struct ScannedKey {
+    key: String,
+    line: usize,
+}
+
+/// A section as found by the scan, keys in file order.
+struct ScannedSection {
+    name: String,
+    line: usize,
+    keys: Vec<ScannedKey>,
+}
+
+/// Scans `text`, returning the sections and a cleaned copy for rust-ini (comments and blank
+/// lines emptied, indentation removed, same line numbers).
+fn scan(text: &str, source: &Path) -> Result<(Vec<ScannedSection>, String), ConfigError> {
+    let syntax = |line: usize, message: String| ConfigError::Syntax {
+        path: source.to_path_buf(),
+        line: Some(line),
+        message,
+    };
+    let invalid =
+        |line: usize, section: &str, key: Option<&str>, message: String| ConfigError::Invalid {
+            path: source.to_path_buf(),
+            line: Some(line),
+            section: section.to_string(),
+            key: key.map(str::to_string),
+            message,
+        };
+
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut sections: Vec<ScannedSection> = Vec::new();
+    let mut clean = String::with_capacity(text.len());
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        if let Some(c) = raw.chars().find(|&c| c.is_control() && c != '\t') {
+            return Err(syntax(line, format!("control character {c:?} in the line")));
+        }
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+            clean.push('\n');
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix('[') {
+            let Some(name) = rest.strip_suffix(']') else {
+                return Err(syntax(line, "section header must end with `]`".into()));
+            };
+            if name.contains(['[', ']']) {
+                return Err(syntax(line, "section header has a stray `[` or `]`".into()));
+            }
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(syntax(line, "empty section name `[]`".into()));
+            }
+            if let Some(first) = sections.iter().find(|s| s.name == name) {
+                return Err(invalid(
+                    line,
+                    name,
+                    None,
+                    format!(
+                        "repeated section (first on line {}); merge the two",
+                        first.line
+                    ),
+                ));
+            }
+            sections.push(ScannedSection {
+                name: name.to_string(),
+                line,
+                keys: Vec::new(),
+            });
+        } else {
+            let Some(split) = trimmed.find(['=', ':']) else {
+                return Err(syntax(
+                    line,
+                    "expected `key = value`, a `[section]` header or a `#` comment".into(),
+                ));
+            };
+            let key = trimmed[..split].trim();
+            if key.is_empty() {
+                return Err(syntax(line, "missing key before `=`".into()));
+            }
+            let value = trimmed[split + 1..].trim();
+            if value.ends_with('\\') {
+                return Err(invalid(
+                    line,
+                    sections.last().map_or("", |s| s.name.as_str()),
+                    Some(key),
+                    "a value must not end with `\\` (it would continue on the next line)".into(),
+                ));
+            }
+            let Some(section) = sections.last_mut() else {
+                return Err(invalid(
+                    line,
+                    "",
+                    Some(key),
+                    "key outside any section; put it under a `[section]` header".into(),
+                ));
+            };
+            if let Some(first) = section.keys.iter().find(|k| k.key == key) {
+                return Err(invalid(
+                    line,
+                    &section.name,
+                    Some(key),
+                    format!("repeated key (first set on line {}); keep one", first.line),
+                ));
+            }
+            section.keys.push(ScannedKey {
+                key: key.to_string(),
+                line,
+            });
+        }
+        clean.push_str(trimmed);
+        clean.push('\n');
+    }
+    Ok((sections, clean))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed access to one section.
+
+/// One section's keys and values, with what is needed to report errors.
+#[derive(Clone)]
+struct Section<'a> {
+    source: &'a Path,
+    name: &'a str,
+    /// The header's line; `None` for a section absent from the file.
+    line: Option<usize>,
+    /// key → (value, line), in the order found.
+    values: HashMap<&'a str, (&'a str, usize)>,
+}
+
+impl<'a> Section<'a> {
+    fn absent(source: &'a Path, name: &'a str) -> Self {
+        Section {
+            source,
+            name,
+            line: None,
+            values: HashMap::new(),
+        }
+    }
+
+    /// An error about `key` (at its line if set here, else at the header).
+    fn invalid(&self, key: Option<&str>, message: impl Into<String>) -> ConfigError {
+        let line = key
+            .and_then(|k| self.values.get(k))
+            .map(|&(_, line)| line)
+            .or(self.line);
+        ConfigError::Invalid {
+            path: self.source.to_path_buf(),
+            line,
+            section: self.name.to_string(),
+            key: key.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    fn is_set(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    /// `key` parsed by `parse`, or `default` when absent.
+    fn get<T>(
+        &self,
+        key: &str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.values.get(key) {
+            None => Ok(default),
+            Some(&(value, _)) => parse(value).map_err(|m| self.invalid(Some(key), m)),
+        }
+    }
+
+    fn duration(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        self.get(key, default, parse_duration)
+    }
+
+    /// A duration that must not be zero.
+    fn positive_duration(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        self.get(key, default, |v| match parse_duration(v)? {
+            d if d.is_zero() => Err("must be greater than 0".into()),
+            d => Ok(d),
+        })
+    }
+
+    fn size(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
+        self.get(key, default, parse_size)
+    }
+
+    fn nonzero_size(&self, key: &str, default: NonZeroUsize) -> Result<NonZeroUsize, ConfigError> {
+        self.get(key, default, |v| {
+            NonZeroUsize::new(parse_size(v)?).ok_or_else(|| "must be greater than 0".into())
+        })
+    }
+
+    fn count(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
+        self.get(key, default, parse_count)
+    }
+
+    fn nonzero_count(&self, key: &str, default: NonZeroUsize) -> Result<NonZeroUsize, ConfigError> {
+        self.get(key, default, |v| {
+            NonZeroUsize::new(parse_count(v)?).ok_or_else(|| "must be at least 1".into())
+        })
+    }
+
+    fn boolean(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        self.get(key, default, parse_bool)
+    }
+
+    /// A path, resolved against `base` (the config file's directory).
+    fn path(&self, key: &str, default: &str, base: &Path) -> Result<PathBuf, ConfigError> {
+        let raw = self.get(key, default.to_string(), |v| {
+            if v.is_empty() {
+                Err("empty path".into())
+            } else {
+                Ok(v.to_string())
+            }
+        })?;
+        let joined = base.join(raw);
+        Ok(std::path::absolute(&joined).unwrap_or(joined))
+    }
+
+    /// Fails unless `path` (the value of `key`) is an existing regular file.
+    fn require_file(&self, key: &str, path: &Path) -> Result<(), ConfigError> {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => Ok(()),
+            Ok(_) => {
+                Err(self.invalid(Some(key), format!("not a regular file: {}", path.display())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(self.invalid(Some(key), format!("file not found: {}", path.display())))
+            }
+            Err(e) => Err(self.invalid(
+                Some(key),
+                format!(
+                    "cannot access {}: {}",
+                    path.display(),
+                    e.to_string().to_lowercase()
+                ),
+            )),
+        }
+    }
+
+    /// `name = value` for messages, noting where an inherited value came from.
+    fn describe(&self, key: &str, value: impl fmt::Display) -> String {
+        if self.name.starts_with(CHANNEL_PREFIX) && !self.is_set(key) {
+            format!("{key} ({value}, inherited from [limits])")
+        } else {
+            format!("{key} ({value})")
+        }
+    }
+
+    /// The first of `keys` set in this section (the line to point at for a cross-field rule).
+    fn first_set(&self, keys: &[&'static str]) -> Option<&'static str> {
+        keys.iter().copied().find(|k| self.is_set(k))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value parsers: each returns a lower-case message saying what was expected.
+
+/// Splits `123unit` into the number and the (trimmed, lower-cased) unit.
+fn number_and_unit(value: &str, what: &str) -> Result<(u64, String), String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(format!("empty value; expected {what}"));
+    }
+    if value.starts_with('-') {
+        return Err(format!("must not be negative; expected {what}"));
+    }
+    let end = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let digits = &value[..end];
+    if digits.is_empty() {
+        return Err(format!("`{value}` is not a number; expected {what}"));
+    }
+    let n = digits
+        .parse::<u64>()
+        .map_err(|_| format!("`{value}` is too large"))?;
+    Ok((n, value[end..].trim().to_ascii_lowercase()))
+}
+
+const DURATION_FORMS: &str = "a duration such as 500ms, 10s, 5m or 1h (a bare number is seconds)";
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let (n, unit) = number_and_unit(value, DURATION_FORMS)?;
+    let millis_per_unit: u64 = match unit.as_str() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => {
+            return Err(format!(
+                "unknown unit in `{}`; expected {DURATION_FORMS}",
+                value.trim()
+            ));
+        }
+    };
+    let d = n.checked_mul(millis_per_unit).map(Duration::from_millis);
+    match d {
+        Some(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!("`{}` is too long; at most 168h", value.trim())),
+    }
+}
+
+const SIZE_FORMS: &str = "a size such as 65536, 64K, 64KiB, 1M or 1MiB (K = 1024)";
+
+fn parse_size(value: &str) -> Result<usize, String> {
+    let (n, unit) = number_and_unit(value, SIZE_FORMS)?;
+    let per_unit: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => KIB as u64,
+        "m" | "mib" => MIB as u64,
+        "g" | "gib" => GIB as u64,
+        _ => {
+            return Err(format!(
+                "unknown unit in `{}`; expected {SIZE_FORMS}",
+                value.trim()
+            ));
+        }
+    };
+    match n
+        .checked_mul(per_unit)
+        .and_then(|b| usize::try_from(b).ok())
+    {
+        Some(b) if b <= MAX_SIZE => Ok(b),
+        _ => Err(format!("`{}` is too large; at most 1GiB", value.trim())),
+    }
+}
+
+fn parse_count(value: &str) -> Result<usize, String> {
+    const WHAT: &str = "a whole number";
+    let (n, unit) = number_and_unit(value, WHAT)?;
+    if !unit.is_empty() {
+        return Err(format!("`{}` is not a whole number", value.trim()));
+    }
+    usize::try_from(n).map_err(|_| format!("`{}` is too large", value.trim()))
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(format!(
+            "`{value}` is not a boolean; expected true or false (yes/no, on/off, 1/0)"
+        )),
+    }
+}
+
+fn parse_slow_consumer(value: &str) -> Result<SlowConsumer, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "disconnect" => Ok(SlowConsumer::Disconnect),
+        "drop" => Ok(SlowConsumer::Drop),
+        _ => Err(format!(
+            "`{value}` is not a slow_consumer action; expected disconnect or drop"
+        )),
+    }
+}
+
+fn parse_mode(value: &str) -> Result<Mode, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "echo" => Ok(Mode::Echo),
+        "broadcast" => Ok(Mode::Broadcast),
+        _ => Err(format!(
+            "`{value}` is not a mode; expected echo or broadcast"
+        )),
+    }
+}
+
+fn parse_level(value: &str) -> Result<log::LevelFilter, String> {
+    value.parse::<log::LevelFilter>().map_err(|_| {
+        format!("`{value}` is not a log level; expected error, warn, info, debug, trace or off")
+    })
+}
+
+fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| {
+        format!("`{value}` is not an address:port; expected e.g. 0.0.0.0:8443 or [::]:8443")
+    })
+}
+
+fn parse_allow(value: &str) -> Result<Vec<OriginPattern>, String> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(str::trim)
+        .map(|entry| {
+            if entry.is_empty() {
+                Err("empty entry in the list (a stray comma?)".to_string())
+            } else {
+                OriginPattern::parse(entry).map_err(|m| format!("`{entry}`: {m}"))
+            }
+        })
+        .collect()
+}
+
+/// `[channel:PATH]`'s PATH as a pattern.
+fn parse_channel_path(path: &str) -> Result<ChannelPattern, String> {
+    if !path.starts_with('/') {
+        return Err(format!("channel path `{path}` must start with `/`"));
+    }
+    if let Some(c) = path.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "channel path `{path}` contains {c:?}; only visible ascii, no spaces"
+        ));
+    }
+    if let Some(c) = path.chars().find(|c| matches!(c, '?' | '#')) {
+        return Err(format!("channel path `{path}` must not contain `{c}`"));
+    }
+    let (prefix, is_prefix) = match path.strip_suffix("/*") {
+        Some(head) => (&path[..=head.len()], true),
+        None => (path, false),
+    };
+    if prefix.contains('*') {
+        return Err(format!(
+            "channel path `{path}`: `*` is only allowed as a single trailing `/*` (e.g. /chat/*)"
+        ));
+    }
+    Ok(if is_prefix {
+        ChannelPattern::Prefix(prefix.to_string())
+    } else {
+        ChannelPattern::Exact(path.to_string())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sections.
+
+fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
+    let listen = s.get(
+        "listen",
+        DEFAULT_LISTEN.parse().expect("valid default"),
+        parse_listen,
+    )?;
+    let workers = s.nonzero_count("workers", nz(64))?;
+    let queue = s.count("queue", 16)?;
+    let max_connections_per_ip = s.nonzero_count("max_connections_per_ip", nz(16))?;
+    let worker_stack_size = s.nonzero_size("worker_stack_size", nz(256 * KIB))?;
+    if worker_stack_size.get() < MIN_WORKER_STACK {
+        return Err(s.invalid(
+            Some("worker_stack_size"),
+            format!("{} bytes is too small; at least 64KiB", worker_stack_size),
+        ));
+    }
+    let shutdown_grace = s.duration("shutdown_grace", Duration::from_secs(5))?;
+    Ok(ServerConfig {
+        listen,
+        workers,
+        queue,
+        max_connections_per_ip,
+        worker_stack_size,
+        shutdown_grace,
+    })
+}
+
+fn parse_tls(s: &Section<'_>, base: &Path) -> Result<TlsConfig, ConfigError> {
+    let cert = s.path("cert", DEFAULT_CERT, base)?;
+    let key = s.path("key", DEFAULT_KEY, base)?;
+    let self_signed = s.boolean("self_signed", false)?;
+    if !self_signed {
+        s.require_file("cert", &cert)?;
+        s.require_file("key", &key)?;
+    }
+    let handshake_timeout = s.positive_duration("handshake_timeout", Duration::from_secs(10))?;
+    Ok(TlsConfig {
+        cert,
+        key,
+        self_signed,
+        handshake_timeout,
+    })
+}
+
+fn parse_origins(s: &Section<'_>) -> Result<OriginPolicy, ConfigError> {
+    Ok(OriginPolicy {
+        allow: s.get("allow", Vec::new(), parse_allow)?,
+        allow_missing: s.boolean("allow_missing", false)?,
+        allow_any: s.boolean("allow_any", false)?,
+    })
+}
+
+fn parse_auth(s: &Section<'_>, base: &Path) -> Result<AuthConfig, ConfigError> {
+    let users_file = s.path("users_file", DEFAULT_USERS, base)?;
+    s.require_file("users_file", &users_file)?;
+    Ok(AuthConfig {
+        users_file,
+        cache_size: s.count("cache_size", 1024)?,
+        cache_ttl: s.duration("cache_ttl", Duration::from_secs(600))?,
+        max_concurrent_hashes: s.nonzero_count("max_concurrent_hashes", nz(2))?,
+    })
+}
+
+/// The WebSocket bounds of `[limits]` or a channel, each key defaulting to `base`'s.
+fn parse_ws(s: &Section<'_>, base: &WsLimits) -> Result<WsLimits, ConfigError> {
+    let ws = WsLimits {
+        max_message_size: s.nonzero_size("max_message_size", base.max_message_size)?,
+        max_frame_size: s.nonzero_size("max_frame_size", base.max_frame_size)?,
+        read_buffer_size: s.nonzero_size("read_buffer_size", base.read_buffer_size)?,
+        write_buffer_size: s.size("write_buffer_size", base.write_buffer_size)?,
+        max_write_buffer_size: s
+            .nonzero_size("max_write_buffer_size", base.max_write_buffer_size)?,
+        outbox: s.nonzero_count("outbox", base.outbox)?,
+        slow_consumer: s.get("slow_consumer", base.slow_consumer, parse_slow_consumer)?,
+    };
+    check_ws(s, &ws)?;
+    Ok(ws)
+}
+
+/// The cross-field rules on effective limits (what tungstenite would otherwise assert on).
+fn check_ws(s: &Section<'_>, ws: &WsLimits) -> Result<(), ConfigError> {
+    let message = ws.max_message_size.get();
+    let frame = ws.max_frame_size.get();
+    if frame > message {
+        let key = s.first_set(&["max_frame_size", "max_message_size"]);
+        return Err(s.invalid(
+            key.or(Some("max_frame_size")),
+            format!(
+                "{} must not exceed {}",
+                s.describe("max_frame_size", frame),
+                s.describe("max_message_size", message)
+            ),
+        ));
+    }
+    let write = ws.write_buffer_size;
+    let max_write = ws.max_write_buffer_size.get();
+    // Sizes are capped at 1GiB, so this cannot overflow; checked anyway.
+    let needed = write
+        .saturating_add(message)
+        .saturating_add(FRAME_HEADER_MAX);
+    if max_write < needed {
+        let key = s.first_set(&[
+            "max_write_buffer_size",
+            "write_buffer_size",
+            "max_message_size",
+        ]);
+        return Err(s.invalid(
+            key.or(Some("max_write_buffer_size")),
+            format!(
+                "{} must be at least {} + {} + 14 = {needed} (a whole frame must fit after a full write buffer)",
+                s.describe("max_write_buffer_size", max_write),
+                s.describe("write_buffer_size", write),
+                s.describe("max_message_size", message),
+            ),
+        ));
+    }
+    debug_assert!(max_write > write);
+    Ok(())
+}
+
+fn parse_limits(s: &Section<'_>) -> Result<Limits, ConfigError> {
+    let upgrade_timeout = s.positive_duration("upgrade_timeout", Duration::from_secs(10))?;
+    let max_request_head = s.nonzero_size("max_request_head", nz(8 * KIB))?;
+    let max_headers = s.nonzero_count("max_headers", nz(32))?;
+    let ping_interval = s.positive_duration("ping_interval", Duration::from_secs(30))?;
+    let idle_timeout = s.positive_duration("idle_timeout", Duration::from_secs(75))?;
+    let write_timeout = s.positive_duration("write_timeout", Duration::from_secs(30))?;
+    if idle_timeout <= ping_interval {
+        let key = s
+            .first_set(&["idle_timeout", "ping_interval"])
+            .unwrap_or("idle_timeout");
+        return Err(s.invalid(
+            Some(key),
+            format!(
+                "idle_timeout ({idle_timeout:?}) must be greater than ping_interval ({ping_interval:?}), \
+                 so a ping can be answered before the connection counts as idle"
+            ),
+        ));
+    }
+    let ws = parse_ws(s, &default_ws_limits())?;
+    Ok(Limits {
+        upgrade_timeout,
+        max_request_head,
+        max_headers,
+        ping_interval,
+        idle_timeout,
+        write_timeout,
+        ws,
+    })
+}
+
+fn parse_channel(
+    s: &Section<'_>,
+    path: &str,
+    base: &WsLimits,
+) -> Result<ChannelConfig, ConfigError> {
+    let pattern = parse_channel_path(path).map_err(|m| s.invalid(None, m))?;
+    if !s.is_set("mode") {
+        return Err(s.invalid(
+            Some("mode"),
+            "missing; every channel needs mode = echo or mode = broadcast",
+        ));
+    }
+    let mode = s.get("mode", Mode::Echo, parse_mode)?;
+    let limits = parse_ws(s, base)?;
+    Ok(ChannelConfig {
+        pattern,
+        mode,
+        limits,
+    })
+}
+
+fn parse_config(text: &str, source: &Path) -> Result<Config, ConfigError> {
+    let (scanned, clean) = scan(text, source)?;
+
+    // rust-ini does the key/value split on the cleaned text (escapes and quotes off, so
+    // `C:\certs\a.pem` and `"` survive as written); the scan supplies lines and structure.
+    let option = ini::ParseOption {
+        enabled_quote: false,
+        enabled_escape: false,
+        enabled_indented_mutiline_value: false,
+        enabled_preserve_key_leading_whitespace: false,
+    };
+    let ini = ini::Ini::load_from_str_opt(&clean, option).map_err(|e| ConfigError::Syntax {
+        path: source.to_path_buf(),
+        line: Some(e.line),
+        message: e.msg.to_lowercase(),
+    })?;
+
+    let mut sections: Vec<Section<'_>> = Vec::with_capacity(scanned.len());
+    for sc in &scanned {
+        let props = ini.section(Some(sc.name.as_str()));
+        let mut section = Section {
+            source,
+            name: &sc.name,
+            line: Some(sc.line),
+            values: HashMap::new(),
+        };
+        for k in &sc.keys {
+            let mut all = props.into_iter().flat_map(|p| p.get_all(&k.key));
+            let (Some(value), None) = (all.next(), all.next()) else {
+                return Err(section.invalid(Some(&k.key), "could not read this key's value"));
+            };
+            section.values.insert(&k.key, (value, k.line));
+        }
+        sections.push(section);
+    }
+
+    // Unknown sections and keys first, in file order.
+    for (s, sc) in sections.iter().zip(&scanned) {
+        let allowed = if s.name.starts_with(CHANNEL_PREFIX) {
+            CHANNEL_KEYS
+        } else if let Some((_, keys)) = SECTIONS.iter().find(|(name, _)| *name == s.name) {
+            keys
+        } else {
+            return Err(s.invalid(
+                None,
+                "unknown section; expected server, tls, origins, auth, limits, log or channel:/path",
+            ));
+        };
+        if let Some(k) = sc.keys.iter().find(|k| !allowed.contains(&k.key.as_str())) {
+            return Err(s.invalid(
+                Some(&k.key),
+                format!("unknown key; [{}] accepts {}", s.name, allowed.join(", ")),
+            ));
+        }
+    }
+
+    let base = source.parent().unwrap_or(Path::new(""));
+    let fixed = |name: &'static str| {
+        sections
+            .iter()
+            .find(|s| s.name == name)
+            .map_or_else(|| Section::absent(source, name), Section::clone)
+    };
+
+    let server = parse_server(&fixed("server"))?;
+    let tls = parse_tls(&fixed("tls"), base)?;
+    let origins = parse_origins(&fixed("origins"))?;
+    let auth = parse_auth(&fixed("auth"), base)?;
+    let limits = parse_limits(&fixed("limits"))?;
+    let log_level = fixed("log").get("level", log::LevelFilter::Info, parse_level)?;
+
+    let mut channels: Vec<ChannelConfig> = Vec::new();
+    for s in &sections {
+        let Some(path) = s.name.strip_prefix(CHANNEL_PREFIX) else {
+            continue;
+        };
+        let channel = parse_channel(s, path, &limits.ws)?;
+        if channels.iter().any(|c| c.pattern == channel.pattern) {
+            return Err(s.invalid(None, "another channel already has this path"));
+        }
+        channels.push(channel);
+    }
+    if channels.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: source.to_path_buf(),
+            line: None,
+            section: String::new(),
+            key: None,
+            message: "nothing to serve: add at least one [channel:/path] section with a mode"
+                .into(),
+        });
+    }
+
+    Ok(Config {
+        source: source.to_path_buf(),
+        server,
+        tls,
+        origins,
+        auth,
+        limits,
+        channels,
+        log_level,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A temporary directory holding `wsgate.ini`'s neighbours (`users`, `c.crt`, `c.key`).
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new() -> Dir {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("wsgate-config-test-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["users", "c.crt", "c.key"] {
+                std::fs::write(dir.join(f), "").unwrap();
+            }
+            Dir(dir)
+        }
+
+        fn ini(&self) -> PathBuf {
+            self.0.join("wsgate.ini")
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const MINIMAL: &str = "[tls]\nself_signed = true\n[channel:/echo]\nmode = echo\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = Dir::new();
+        Config::parse(text, &dir.ini())
+    }
+
+    fn ok(text: &str) -> Config {
+        parse(text).unwrap_or_else(|e| panic!("{e}\n--- in ---\n{text}"))
+    }
+
+    /// The error's Display with the temp path replaced by `F`.
+    fn err(text: &str) -> String {
+        let dir = Dir::new();
+        let e = Config::parse(text, &dir.ini()).expect_err(text);
+        let s = e.to_string();
+        s.replace(&dir.ini().display().to_string(), "F")
+            .replace(&dir.0.display().to_string(), "D")
+    }
+
+    /// `MINIMAL` plus `extra`; `extra` starts on line 5.
+    fn with(extra: &str) -> String {
+        format!("{MINIMAL}{extra}")
+    }
+
+    #[test]
+    fn defaults() {
+        let dir = Dir::new();
+        let c = Config::parse(MINIMAL, &dir.ini()).unwrap();
+        assert_eq!(c.source, dir.ini());
+        assert_eq!(c.server.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(c.server.workers.get(), 64);
+        assert_eq!(c.server.queue, 16);
+        assert_eq!(c.server.max_connections_per_ip.get(), 16);
+        assert_eq!(c.server.worker_stack_size.get(), 256 * 1024);
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.tls.cert, dir.0.join("wsgate.crt"));
+        assert_eq!(c.tls.key, dir.0.join("wsgate.key"));
+        assert!(c.tls.self_signed);
+        assert_eq!(c.tls.handshake_timeout, Duration::from_secs(10));
+        assert!(c.origins.allow.is_empty());
+        assert!(!c.origins.allow_missing);
+        assert!(!c.origins.allow_any);
+        assert_eq!(c.auth.users_file, dir.0.join("users"));
+        assert_eq!(c.auth.cache_size, 1024);
+        assert_eq!(c.auth.cache_ttl, Duration::from_secs(600));
+        assert_eq!(c.auth.max_concurrent_hashes.get(), 2);
+        let l = &c.limits;
+        assert_eq!(l.upgrade_timeout, Duration::from_secs(10));
+        assert_eq!(l.max_request_head.get(), 8192);
+        assert_eq!(l.max_headers.get(), 32);
+        assert_eq!(l.ping_interval, Duration::from_secs(30));
+        assert_eq!(l.idle_timeout, Duration::from_secs(75));
+        assert_eq!(l.write_timeout, Duration::from_secs(30));
+        assert_eq!(l.ws, default_ws_limits());
+        assert_eq!(l.ws.max_message_size.get(), 65536);
+        assert_eq!(l.ws.max_frame_size.get(), 65536);
+        assert_eq!(l.ws.read_buffer_size.get(), 8192);
+        assert_eq!(l.ws.write_buffer_size, 8192);
+        assert_eq!(l.ws.max_write_buffer_size.get(), 131072);
+        assert_eq!(l.ws.outbox.get(), 64);
+        assert_eq!(l.ws.slow_consumer, SlowConsumer::Disconnect);
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(c.channels.len(), 1);
+        assert_eq!(c.channels[0].pattern, ChannelPattern::Exact("/echo".into()));
+        assert_eq!(c.channels[0].mode, Mode::Echo);
+        assert_eq!(c.channels[0].limits, l.ws);
+        // The defaults are a valid tungstenite configuration.
+        let _ = l.ws.websocket_config();
+    }
+
+    #[test]
+    fn set_values() {
+        let c = ok(&with(
+            "[server]\nlisten = [::1]:9000\nworkers = 3\nqueue = 0\nmax_connections_per_ip = 2\n\
+             worker_stack_size = 64K\nshutdown_grace = 0\n\
+             [auth]\nusers_file = users\ncache_size = 0\ncache_ttl = 1h\n\
+             max_concurrent_hashes = 1\n\
+             [log]\nlevel = DEBUG\n\
+             [origins]\nallow = https://a.com , https://*.b.com:8443\nallow_missing = yes\nallow_any = off\n",
+        ));
+        assert_eq!(c.server.listen, "[::1]:9000".parse().unwrap());
+        assert_eq!(c.server.workers.get(), 3);
+        assert_eq!(c.server.queue, 0);
+        assert_eq!(c.server.worker_stack_size.get(), 65536);
+        assert_eq!(c.server.shutdown_grace, Duration::ZERO);
+        assert_eq!(c.auth.cache_size, 0);
+        assert_eq!(c.auth.cache_ttl, Duration::from_secs(3600));
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        assert_eq!(c.origins.allow.len(), 2);
+        assert_eq!(
+            c.origins.allow[1],
+            OriginPattern::parse("https://*.B.com:8443").unwrap()
+        );
+        assert!(c.origins.allow_missing);
+        assert!(!c.origins.allow_any);
+        assert!(c.origins.check(&[b"https://x.b.com:8443"]).is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("500ms", Duration::from_millis(500)),
+            ("10s", Duration::from_secs(10)),
+            ("10", Duration::from_secs(10)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            ("2 S", Duration::from_secs(2)),
+            ("0", Duration::ZERO),
+            ("168h", MAX_DURATION),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "-1s",
+            "1.5s",
+            "s",
+            "10 sec",
+            "1d",
+            "169h",
+            "99999999999999999999",
+            "1h30m",
+        ] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(
+                e.starts_with(|c: char| c.is_ascii_lowercase() || c == '`'),
+                "{e}"
+            );
+        }
+        let c = ok(&with("[auth]\ncache_ttl = 1500ms\n"));
+        assert_eq!(c.auth.cache_ttl, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn sizes() {
+        let cases = [
+            ("65536", 65536),
+            ("64K", 65536),
+            ("64k", 65536),
+            ("64KiB", 65536),
+            ("64 kib", 65536),
+            ("1M", 1 << 20),
+            ("1MiB", 1 << 20),
+            ("1G", 1 << 30),
+            ("100b", 100),
+            ("0", 0),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_size(text), Ok(want), "{text}");
+        }
+        for bad in ["", "-1", "64KB", "1.5M", "K", "2G", "1T", "64 K B", "0x10"] {
+            let e = parse_size(bad).expect_err(bad);
+            assert!(
+                e.starts_with(|c: char| c.is_ascii_lowercase() || c == '`'),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn booleans() {
+        for t in ["true", "TRUE", "yes", "on", "1"] {
+            assert_eq!(parse_bool(t), Ok(true), "{t}");
+        }
+        for f in ["false", "No", "off", "0"] {
+            assert_eq!(parse_bool(f), Ok(false), "{f}");
+        }
+        for bad in ["", "2", "y", "enabled"] {
+            assert!(parse_bool(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            err(&with("[origins]\nallow_any = maybe\n")),
+            "config: F:6: [origins] allow_any: `maybe` is not a boolean; expected true or false (yes/no, on/off, 1/0)"
+        );
+    }
+
+    #[test]
+    fn display_format() {
+        assert_eq!(
+            err(&with("[tls]\n")),
+            "config: F:5: [tls]: repeated section (first on line 1); merge the two"
+        );
+        let e = err("[tls]\ncert = c.crt\nkey = nope/k.pem\n[channel:/a]\nmode = echo\n");
+        assert_eq!(e, "config: F:3: [tls] key: file not found: D/nope/k.pem");
+        let e = ConfigError::Read {
+            path: "x.ini".into(),
+            error: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("config: x.ini: cannot read the file: "),
+            "{e}"
+        );
+        let e = ConfigError::Syntax {
+            path: "x.ini".into(),
+            line: None,
+            message: "m".into(),
+        };
+        assert_eq!(e.to_string(), "config: x.ini: m");
+        let e = ConfigError::Invalid {
+            path: "x.ini".into(),
+            line: None,
+            section: "s".into(),
+            key: None,
+            message: "m".into(),
+        };
+        assert_eq!(e.to_string(), "config: x.ini: [s]: m");
+    }
+
+    #[test]
+    fn load_reads_the_file() {
+        let dir = Dir::new();
+        std::fs::write(dir.ini(), MINIMAL).unwrap();
+        let c = Config::load(&dir.ini()).unwrap();
+        assert_eq!(c.channels.len(), 1);
+        let missing = dir.0.join("missing.ini");
+        assert!(matches!(
+            Config::load(&missing),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn tls_files() {
+        // Present files are accepted, relative to the config file's directory.
+        let dir = Dir::new();
+        let c = Config::parse(
+            "[tls]\ncert = c.crt\nkey = ./c.key\n[channel:/a]\nmode = echo\n",
+            &dir.ini(),
+        )
+        .unwrap();
+        assert_eq!(c.tls.cert, dir.0.join("c.crt"));
+        assert!(c.tls.key.ends_with("c.key"));
+        assert!(c.tls.key.is_absolute());
+        assert!(!c.tls.self_signed);
+        // Missing defaults are reported against the section header, or without a line.
+        assert_eq!(
+            err("[tls]\n[channel:/a]\nmode = echo\n"),
+            "config: F:1: [tls] cert: file not found: D/wsgate.crt"
+        );
+        assert_eq!(
+            err("[channel:/a]\nmode = echo\n"),
+            "config: F: [tls] cert: file not found: D/wsgate.crt"
+        );
+        assert_eq!(
+            err("[tls]\ncert = c.crt\n[channel:/a]\nmode = echo\n"),
+            "config: F:1: [tls] key: file not found: D/wsgate.key"
+        );
+        assert_eq!(
+            err("[tls]\ncert = .\nkey = c.key\n[channel:/a]\nmode = echo\n"),
+            "config: F:2: [tls] cert: not a regular file: D"
+        );
+        // self_signed skips the checks.
+        ok("[tls]\nself_signed = on\ncert = a/b.crt\nkey = a/b.key\n[channel:/a]\nmode = echo\n");
+        assert_eq!(
+            err(&with("[server]\n[tls]\n")),
+            "config: F:6: [tls]: repeated section (first on line 1); merge the two"
+        );
+    }
+
+    #[test]
+    fn relative_paths_use_the_config_directory() {
+        let dir = Dir::new();
+        std::fs::create_dir_all(dir.0.join("sub")).unwrap();
+        std::fs::write(dir.0.join("sub/u"), "").unwrap();
+        let nested = dir.0.join("sub").join("wsgate.ini");
+        let c = Config::parse(&with("[auth]\nusers_file = u\n"), &nested).unwrap();
+        assert_eq!(c.auth.users_file, dir.0.join("sub/u"));
+        assert_eq!(c.source, nested);
+        // Absolute paths are kept.
+        let abs = dir.0.join("users");
+        let c = Config::parse(
+            &with(&format!("[auth]\nusers_file = {}\n", abs.display())),
+            &nested,
+        )
+        .unwrap();
+        assert_eq!(c.auth.users_file, abs);
+    }
+
+    #[test]
+    fn users_file_must_exist() {
+        assert_eq!(
+            err(&with("[auth]\nusers_file = nobody\n")),
+            "config: F:6: [auth] users_file: file not found: D/nobody"
+        );
+        assert_eq!(
+            err(&with("[auth]\nusers_file =\n")),
+            "config: F:6: [auth] users_file: empty path"
+        );
+        let dir = Dir::new();
+        std::fs::remove_file(dir.0.join("users")).unwrap();
+        let e = Config::parse(MINIMAL, &dir.ini()).unwrap_err().to_string();
+        assert!(
+            e.ends_with(&format!(
+                ": [auth] users_file: file not found: {}",
+                dir.0.join("users").display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn structure_errors() {
+        assert_eq!(
+            err(&format!("workers = 2\n{MINIMAL}")),
+            "config: F:1: workers: key outside any section; put it under a `[section]` header"
+        );
+        assert_eq!(
+            err(&with("[bogus]\n")),
+            "config: F:5: [bogus]: unknown section; expected server, tls, origins, auth, limits, log or channel:/path"
+        );
+        assert_eq!(
+            err(&with("[channel]\nmode = echo\n")),
+            "config: F:5: [channel]: unknown section; expected server, tls, origins, auth, limits, log or channel:/path"
+        );
+        assert_eq!(
+            err(&with("[server]\nworkers = 2\n\n# comment\nworkers = 3\n")),
+            "config: F:9: [server] workers: repeated key (first set on line 6); keep one"
+        );
+        assert_eq!(
+            err(&with("[channel:/echo]\nmode = echo\n")),
+            "config: F:5: [channel:/echo]: repeated section (first on line 3); merge the two"
+        );
+        assert_eq!(
+            err(&with("[server\nworkers = 2\n")),
+            "config: F:5: section header must end with `]`"
+        );
+        assert_eq!(err(&with("[]\n")), "config: F:5: empty section name `[]`");
+        assert_eq!(
+            err(&with("[server]\njust words\n")),
+            "config: F:6: expected `key = value`, a `[section]` header or a `#` comment"
+        );
+        assert_eq!(
+            err(&with("[server]\n= 3\n")),
+            "config: F:6: missing key before `=`"
+        );
+        assert_eq!(err(&with("[tls]\ncert = C:\\certs\\\n")).lines().count(), 1);
+        assert!(
+            err(&with("[server]\nlisten = a\rb\n")).starts_with("config: F:6: control character")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_every_section() {
+        for section in [
+            "server",
+            "tls",
+            "origins",
+            "auth",
+            "limits",
+            "log",
+            "channel:/other",
+        ] {
+            let e = err(&format!(
+                "[channel:/echo]\nmode = echo\n\n\n[{section}]\nbogus = 1\n"
+            ));
+            assert!(
+                e.starts_with(&format!(
+                    "config: F:6: [{section}] bogus: unknown key; [{section}] accepts "
+                )),
+                "{e}"
+            );
+        }
+        // Keys are case-sensitive.
+        assert!(
+            err(&with("[server]\nWorkers = 2\n"))
+                .starts_with("config: F:6: [server] Workers: unknown key")
+        );
+        // Channel-only keys are not accepted in [limits] and vice versa.
+        assert!(
+            err(&with("[limits]\nmode = echo\n"))
+                .starts_with("config: F:6: [limits] mode: unknown key")
+        );
+        assert!(
+            err(&with("[channel:/x]\nmode = echo\nping_interval = 1s\n"))
+                .starts_with("config: F:7: [channel:/x] ping_interval: unknown key")
+        );
+    }
+
+    #[test]
+    fn comments_and_whitespace() {
+        let c = ok(
+            "# top\n; also a comment\n\n  [tls]  \n   self_signed   =   true   \n\t# indented comment\n[channel:/echo]\r\nmode=echo\r\n",
+        );
+        assert!(c.tls.self_signed);
+        // An inline comment is part of the value, and so an error.
+        assert_eq!(
+            err(&with("[server]\nworkers = 2 # two\n")),
+            "config: F:6: [server] workers: `2 # two` is not a whole number"
+        );
+        // Escapes and quotes are off: Windows paths and quotes survive.
+        let c = ok(
+            "[tls]\nself_signed = true\ncert = C:\\certs\\\"a\".pem\n[channel:/a]\nmode = echo\n",
+        );
+        assert!(
+            c.tls
+                .cert
+                .to_string_lossy()
+                .ends_with("C:\\certs\\\"a\".pem"),
+            "{:?}",
+            c.tls.cert
+        );
+        // `key: value` is rust-ini's other separator.
+        assert_eq!(ok(&with("[server]\nworkers: 7\n")).server.workers.get(), 7);
+        // A byte-order mark is ignored.
+        ok(&format!("\u{feff}{MINIMAL}"));
+    }
+
+    #[test]
+    fn bad_values() {
+        let cases = [
+            (
+                "[server]\nlisten = 8443\n",
+                "[server] listen: `8443` is not an address:port",
+            ),
+            (
+                "[server]\nlisten = localhost:8443\n",
+                "[server] listen: `localhost:8443` is not an address:port",
+            ),
+            (
+                "[server]\nworkers = 0\n",
+                "[server] workers: must be at least 1",
+            ),
+            (
+                "[server]\nworkers = -1\n",
+                "[server] workers: must not be negative",
+            ),
+            (
+                "[server]\nworkers = 2K\n",
+                "[server] workers: `2K` is not a whole number",
+            ),
+            ("[server]\nworkers =\n", "[server] workers: empty value"),
+            (
+                "[server]\nqueue = -3\n",
+                "[server] queue: must not be negative",
+            ),
+            (
+                "[server]\nmax_connections_per_ip = 0\n",
+                "[server] max_connections_per_ip: must be at least 1",
+            ),
+            (
+                "[server]\nworker_stack_size = 0\n",
+                "[server] worker_stack_size: must be greater than 0",
+            ),
+            (
+                "[server]\nworker_stack_size = 65535\n",
+                "[server] worker_stack_size: 65535 bytes is too small; at least 64kib",
+            ),
+            (
+                "[server]\nshutdown_grace = -5s\n",
+                "[server] shutdown_grace: must not be negative",
+            ),
+            (
+                "[tls]\nhandshake_timeout = 0s\n",
+                "[tls] handshake_timeout: must be greater than 0",
+            ),
+            (
+                "[tls]\nself_signed = 2\n",
+                "[tls] self_signed: `2` is not a boolean",
+            ),
+            (
+                "[origins]\nallow = https://a.com,\n",
+                "[origins] allow: empty entry in the list (a stray comma?)",
+            ),
+            (
+                "[origins]\nallow = https://a.com, a.com\n",
+                "[origins] allow: `a.com`: expected scheme://host[:port]",
+            ),
+            (
+                "[origins]\nallow = ftp://a.com\n",
+                "[origins] allow: `ftp://a.com`: scheme must be http or https",
+            ),
+            (
+                "[origins]\nallow = null\n",
+                "[origins] allow: `null`: `null` is the opaque origin",
+            ),
+            (
+                "[auth]\ncache_size = -1\n",
+                "[auth] cache_size: must not be negative",
+            ),
+            (
+                "[auth]\nmax_concurrent_hashes = 0\n",
+                "[auth] max_concurrent_hashes: must be at least 1",
+            ),
+            (
+                "[auth]\ncache_ttl = 10 minutes\n",
+                "[auth] cache_ttl: unknown unit in `10 minutes`",
+            ),
+            (
+                "[limits]\nupgrade_timeout = 0\n",
+                "[limits] upgrade_timeout: must be greater than 0",
+            ),
+            (
+                "[limits]\nmax_request_head = 0\n",
+                "[limits] max_request_head: must be greater than 0",
+            ),
+            (
+                "[limits]\nmax_headers = 0\n",
+                "[limits] max_headers: must be at least 1",
+            ),
+            (
+                "[limits]\nping_interval = 0\n",
+                "[limits] ping_interval: must be greater than 0",
+            ),
+            (
+                "[limits]\nwrite_timeout = 0ms\n",
+                "[limits] write_timeout: must be greater than 0",
+            ),
+            (
+                "[limits]\nmax_message_size = 0\n",
+                "[limits] max_message_size: must be greater than 0",
+            ),
+            (
+                "[limits]\nread_buffer_size = 0\n",
+                "[limits] read_buffer_size: must be greater than 0",
+            ),
+            (
+                "[limits]\noutbox = 0\n",
+                "[limits] outbox: must be at least 1",
+            ),
+            (
+                "[limits]\nslow_consumer = block\n",
+                "[limits] slow_consumer: `block` is not a slow_consumer action; expected disconnect or drop",
+            ),
+            (
+                "[limits]\nmax_message_size = 2G\n",
+                "[limits] max_message_size: `2G` is too large; at most 1gib",
+            ),
+            (
+                "[log]\nlevel = verbose\n",
+                "[log] level: `verbose` is not a log level",
+            ),
+            (
+                "[channel:/x]\nmode = fanout\n",
+                "[channel:/x] mode: `fanout` is not a mode; expected echo or broadcast",
+            ),
+            (
+                "[channel:/x]\nmode = echo\noutbox = 0\n",
+                "[channel:/x] outbox: must be at least 1",
+            ),
+        ];
+        for (extra, want) in cases {
+            // [tls] is in MINIMAL; these cases bring their own, after four lines.
+            let text = match extra.strip_prefix("[tls]\n") {
+                Some(rest) => {
+                    format!(
+                        "[channel:/echo]\nmode = echo\n\n\n[tls]\n{rest}cert = c.crt\nkey = c.key\n"
+                    )
+                }
+                None => with(extra),
+            };
+            let e = err(&text);
+            let line = 4 + extra.matches('\n').count();
+            let want = format!("config: F:{line}: {want}");
+            assert!(
+                e.to_lowercase().starts_with(&want.to_lowercase()),
+                "got  {e}\nwant {want}"
+            );
+        }
+        // The write buffer may be 0.
+        assert_eq!(
+            ok(&with("[limits]\nwrite_buffer_size = 0\n"))
+                .limits
+                .ws
+                .write_buffer_size,
+            0
+        );
+    }
+
+    #[test]
+    fn nothing_to_serve() {
+        assert_eq!(
+            err("[tls]\nself_signed = true\n"),
+            "config: F: nothing to serve: add at least one [channel:/path] section with a mode"
+        );
+        assert_eq!(
+            err(""),
+            "config: F: [tls] cert: file not found: D/wsgate.crt"
+        );
+    }
+
+    #[test]
+    fn channel_paths() {
+        let c = ok(&with(
+            "[channel:/chat/*]\nmode = broadcast\n[channel:/*]\nmode = echo\n[channel:/a/b.c-d_e~%20]\nmode = echo\n",
+        ));
+        assert_eq!(
+            c.channels[1].pattern,
+            ChannelPattern::Prefix("/chat/".into())
+        );
+        assert_eq!(c.channels[1].mode, Mode::Broadcast);
+        assert_eq!(c.channels[2].pattern, ChannelPattern::Prefix("/".into()));
+        assert_eq!(
+            c.channels[3].pattern,
+            ChannelPattern::Exact("/a/b.c-d_e~%20".into())
+        );
+        let bad = [
+            ("[channel:echo]", "channel path `echo` must start with `/`"),
+            ("[channel:]", "channel path `` must start with `/`"),
+            ("[channel:/a?b]", "channel path `/a?b` must not contain `?`"),
+            ("[channel:/a#b]", "channel path `/a#b` must not contain `#`"),
+            (
+                "[channel:/a b]",
+                "channel path `/a b` contains ' '; only visible ascii, no spaces",
+            ),
+            (
+                "[channel:/chat*]",
+                "channel path `/chat*`: `*` is only allowed as a single trailing `/*` (e.g. /chat/*)",
+            ),
+            ("[channel:/*/x]", "channel path `/*/x`: `*` is only allowed"),
+            (
+                "[channel:/a/*/*]",
+                "channel path `/a/*/*`: `*` is only allowed",
+            ),
+            (
+                "[channel:/a/**]",
+                "channel path `/a/**`: `*` is only allowed",
+            ),
+            (
+                "[channel:/caf\u{e9}]",
+                "channel path `/caf\u{e9}` contains '\u{e9}'",
+            ),
+        ];
+        for (header, want) in bad {
+            let e = err(&with(&format!("{header}\nmode = echo\n")));
+            let name = &header[1..header.len() - 1];
+            let want = format!("config: F:5: [{name}]: {want}");
+            assert!(e.starts_with(&want), "got  {e}\nwant {want}");
+        }
+        assert_eq!(
+            err(&with("[channel:/x]\nslow_consumer = drop\n")),
+            "config: F:5: [channel:/x] mode: missing; every channel needs mode = echo or mode = broadcast"
+        );
+    }
+
+    #[test]
+    fn duplicate_channel_patterns() {
+        // Only reachable through the same section name, which is a repeated section.
+        assert!(err(&with("[channel:/echo]\nmode = broadcast\n")).contains("repeated section"));
+        // `/chat/*` and `/chat/` are different patterns.
+        let c = ok(&with(
+            "[channel:/chat/*]\nmode = broadcast\n[channel:/chat/]\nmode = echo\n",
+        ));
+        assert_eq!(c.channels.len(), 3);
+    }
+
+    #[test]
+    fn channel_for() {
+        let c = ok(&with(
+            "[channel:/chat/*]\nmode = broadcast\n[channel:/chat/vip/*]\nmode = broadcast\n\
+             [channel:/chat/lobby]\nmode = echo\n",
+        ));
+        let pat = |p: &str| c.channel_for(p).map(|c| c.pattern.clone());
+        assert_eq!(pat("/echo"), Some(ChannelPattern::Exact("/echo".into())));
+        assert_eq!(pat("/echo/"), None);
+        assert_eq!(pat("/ech"), None);
+        assert_eq!(
+            pat("/chat/lobby"),
+            Some(ChannelPattern::Exact("/chat/lobby".into()))
+        );
+        assert_eq!(
+            pat("/chat/room"),
+            Some(ChannelPattern::Prefix("/chat/".into()))
+        );
+        assert_eq!(
+            pat("/chat/a/b"),
+            Some(ChannelPattern::Prefix("/chat/".into()))
+        );
+        assert_eq!(
+            pat("/chat/vip/x"),
+            Some(ChannelPattern::Prefix("/chat/vip/".into()))
+        );
+        assert_eq!(
+            pat("/chat/vip/"),
+            Some(ChannelPattern::Prefix("/chat/".into()))
+        );
+        assert_eq!(pat("/chat/"), None);
+        assert_eq!(pat("/chat"), None);
+        assert_eq!(pat("/other"), None);
+    }
+
+    #[test]
+    fn channel_limits_inherit_and_override() {
+        let c = ok(&with(
+            "[limits]\nmax_message_size = 32K\nmax_frame_size = 16K\noutbox = 8\n\
+             [channel:/big]\nmode = broadcast\nmax_message_size = 1M\nmax_frame_size = 1M\n\
+             max_write_buffer_size = 2M\nslow_consumer = drop\n",
+        ));
+        let echo = &c.channels[0].limits;
+        assert_eq!(echo, &c.limits.ws);
+        assert_eq!(echo.max_message_size.get(), 32 * 1024);
+        assert_eq!(echo.max_frame_size.get(), 16 * 1024);
+        assert_eq!(echo.outbox.get(), 8);
+        let big = &c.channels[1].limits;
+        assert_eq!(big.max_message_size.get(), 1 << 20);
+        assert_eq!(big.max_frame_size.get(), 1 << 20);
+        assert_eq!(big.max_write_buffer_size.get(), 2 << 20);
+        assert_eq!(big.outbox.get(), 8);
+        assert_eq!(big.read_buffer_size.get(), 8192);
+        assert_eq!(big.slow_consumer, SlowConsumer::Drop);
+        let _ = big.websocket_config();
+    }
+
+    #[test]
+    fn frame_not_larger_than_message() {
+        ok(&with(
+            "[limits]\nmax_message_size = 1000\nmax_frame_size = 1000\n",
+        ));
+        assert_eq!(
+            err(&with(
+                "[limits]\nmax_message_size = 1000\nmax_frame_size = 1001\n"
+            )),
+            "config: F:7: [limits] max_frame_size: max_frame_size (1001) must not exceed max_message_size (1000)"
+        );
+        // On a channel, against the inherited value, pointing at the key the channel set.
+        assert_eq!(
+            err(&with("[channel:/x]\nmode = echo\nmax_message_size = 1K\n")),
+            "config: F:7: [channel:/x] max_message_size: max_frame_size (65536, inherited from [limits]) must not exceed max_message_size (1024)"
+        );
+        ok(&with(
+            "[channel:/x]\nmode = echo\nmax_message_size = 1K\nmax_frame_size = 1K\n",
+        ));
+    }
+
+    #[test]
+    fn write_buffer_must_hold_a_frame() {
+        // Defaults: 8K + 64K + 14 = 73742.
+        ok(&with("[limits]\nmax_write_buffer_size = 73742\n"));
+        assert_eq!(
+            err(&with("[limits]\nmax_write_buffer_size = 73741\n")),
+            "config: F:6: [limits] max_write_buffer_size: max_write_buffer_size (73741) must be at least \
+             write_buffer_size (8192) + max_message_size (65536) + 14 = 73742 (a whole frame must fit after a full write buffer)"
+        );
+        // write_buffer_size 0: max_write_buffer_size must still exceed it by message + 14.
+        ok(&with(
+            "[limits]\nwrite_buffer_size = 0\nmax_message_size = 100\nmax_frame_size = 100\nmax_write_buffer_size = 114\n",
+        ));
+        assert!(err(&with("[limits]\nwrite_buffer_size = 0\nmax_message_size = 100\nmax_frame_size = 100\nmax_write_buffer_size = 113\n"))
+            .starts_with("config: F:9: [limits] max_write_buffer_size: "));
+        // Raising the message size in a channel breaks the inherited write buffer.
+        let e = err(&with(
+            "[channel:/x]\nmode = echo\nmax_message_size = 120K\nmax_frame_size = 1K\n",
+        ));
+        assert!(
+            e.starts_with("config: F:7: [channel:/x] max_message_size: max_write_buffer_size (131072, inherited from [limits]) must be at least write_buffer_size (8192, inherited from [limits]) + max_message_size (122880) + 14 = 131086"),
+            "{e}"
+        );
+        ok(&with(
+            "[channel:/x]\nmode = echo\nmax_message_size = 120K\nmax_frame_size = 1K\nmax_write_buffer_size = 131086\n",
+        ));
+        assert!(err(&with("[channel:/x]\nmode = echo\nmax_message_size = 120K\nmax_frame_size = 1K\nmax_write_buffer_size = 131085\n"))
+            .starts_with("config: F:9: [channel:/x] max_write_buffer_size: "));
+        // write_buffer_size equal to max_write_buffer_size is refused (tungstenite would panic).
+        assert!(
+            err(&with("[limits]\nwrite_buffer_size = 128K\n"))
+                .starts_with("config: F:6: [limits] write_buffer_size: ")
+        );
+    }
+
+    #[test]
+    fn idle_timeout_exceeds_ping_interval() {
+        ok(&with(
+            "[limits]\nping_interval = 10s\nidle_timeout = 10001ms\n",
+        ));
+        assert_eq!(
+            err(&with("[limits]\nping_interval = 10s\nidle_timeout = 10s\n")),
+            "config: F:7: [limits] idle_timeout: idle_timeout (10s) must be greater than ping_interval (10s), so a ping can be answered before the connection counts as idle"
+        );
+        assert!(err(&with("[limits]\nping_interval = 2m\n")).starts_with("config: F:6: [limits] ping_interval: idle_timeout (75s) must be greater than ping_interval (120s)"));
+    }
+
+    /// Reads `conf/wsgate.ini` and parses it from a temporary directory holding a `users` file.
+    fn shipped() -> (String, Dir) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/wsgate.ini");
+        (std::fs::read_to_string(path).unwrap(), Dir::new())
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let (text, dir) = shipped();
+        let c = Config::parse(&text, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.tls.self_signed);
+        assert_eq!(c.tls.cert, dir.0.join("../certs/wsgate.crt"));
+        assert_eq!(c.tls.key, dir.0.join("../certs/wsgate.key"));
+        assert!(c.origins.allow_missing);
+        assert!(!c.origins.allow_any);
+        assert_eq!(
+            c.origins.allow,
+            vec![OriginPattern::parse("https://localhost:8443").unwrap()]
+        );
+        assert_eq!(c.auth.users_file, dir.0.join("users"));
+        assert_eq!(c.server.listen, "0.0.0.0:8443".parse().unwrap());
+        let patterns: Vec<_> = c
+            .channels
+            .iter()
+            .map(|c| (c.pattern.clone(), c.mode))
+            .collect();
+        assert_eq!(
+            patterns,
+            vec![
+                (ChannelPattern::Exact("/echo".into()), Mode::Echo),
+                (ChannelPattern::Prefix("/chat/".into()), Mode::Broadcast),
+                (ChannelPattern::Exact("/broadcast".into()), Mode::Broadcast),
+            ]
+        );
+    }
+
+    /// Every `#key = value` line in the example documents the true default: uncommenting them all
+    /// (except where the example sets the key) changes nothing, and every known key is listed.
+    #[test]
+    fn shipped_example_documents_the_defaults() {
+        let (text, dir) = shipped();
+        let mut section = String::new();
+        let mut active: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[') {
+                section = name.trim_end_matches(']').to_string();
+            } else if !line.starts_with('#') && line.contains('=') {
+                active.push((
+                    section.clone(),
+                    line.split('=').next().unwrap().trim().to_string(),
+                ));
+            }
+        }
+        let mut documented: Vec<(String, String)> = Vec::new();
+        let mut uncommented = String::new();
+        section.clear();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[') {
+                section = name.trim_end_matches(']').to_string();
+            }
+            let default = Some(line)
+                .filter(|_| !section.is_empty())
+                .and_then(|line| line.strip_prefix('#'))
+                .filter(|rest| rest.starts_with(|c: char| c.is_ascii_lowercase()))
+                .and_then(|rest| rest.split_once(" = "))
+                .map(|(k, _)| k.to_string());
+            match default {
+                Some(key) => {
+                    documented.push((section.clone(), key.clone()));
+                    if active.contains(&(section.clone(), key)) {
+                        uncommented.push_str(line);
+                    } else {
+                        uncommented.push_str(&line[1..]);
+                    }
+                }
+                None => uncommented.push_str(line),
+            }
+            uncommented.push('\n');
+        }
+        let a = Config::parse(&text, &dir.ini()).unwrap();
+        let b = Config::parse(&uncommented, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        for (name, keys) in SECTIONS {
+            for key in *keys {
+                let entry = (name.to_string(), key.to_string());
+                assert!(
+                    documented.contains(&entry) || active.contains(&entry),
+                    "[{name}] {key} is not in conf/wsgate.ini"
+                );
+            }
+        }
     }
 }

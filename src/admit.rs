@@ -83,7 +83,11 @@ impl Admission {
     ///
     /// # Errors
     /// [`Refused`] when the pool or the address's share is full; `job` is dropped unrun.
-    pub fn dispatch(self: &Arc<Self>, ip: IpAddr, job: impl FnOnce(Ticket) + Send + 'static) -> Result<(), Refused> {
+    pub fn dispatch(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        job: impl FnOnce(Ticket) + Send + 'static,
+    ) -> Result<(), Refused> {
         let ip = ip.to_canonical();
         {
             let mut counts = self.counts();
@@ -100,8 +104,14 @@ impl Admission {
             counts.in_flight += 1;
         }
         self.stats.admitted.fetch_add(1, Ordering::Relaxed);
-        let ticket = Ticket { admission: Arc::clone(self), ip };
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).execute(move || job(ticket));
+        let ticket = Ticket {
+            admission: Arc::clone(self),
+            ip,
+        };
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .execute(move || job(ticket));
         Ok(())
     }
 
@@ -119,7 +129,11 @@ impl Admission {
             if left.is_zero() {
                 return false;
             }
-            counts = self.drained.wait_timeout(counts, left).unwrap_or_else(|p| p.into_inner()).0;
+            counts = self
+                .drained
+                .wait_timeout(counts, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         true
     }
@@ -171,7 +185,11 @@ mod tests {
         let release_rx = Arc::new(Mutex::new(release_rx));
         for _ in 0..2 {
             let rx = Arc::clone(&release_rx);
-            admission.dispatch(ip, move |_t| drop(rx.lock().unwrap().recv())).unwrap();
+            admission
+                .dispatch(ip, move |_t| {
+                    let _ = rx.lock().unwrap().recv();
+                })
+                .unwrap();
         }
         assert_eq!(admission.dispatch(ip, |_t| {}), Err(Refused::PoolFull));
         release_tx.send(()).unwrap();
@@ -186,10 +204,18 @@ mod tests {
         let (tx, rx) = mpsc::channel::<()>();
         let rx = Arc::new(Mutex::new(rx));
         let r = Arc::clone(&rx);
-        admission.dispatch(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), move |_t| drop(r.lock().unwrap().recv())).unwrap();
+        admission
+            .dispatch(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), move |_t| {
+                let _ = r.lock().unwrap().recv();
+            })
+            .unwrap();
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(admission.dispatch(mapped, |_t| {}), Err(Refused::PerIpCap));
-        assert!(admission.dispatch(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), |_t| {}).is_ok());
+        assert!(
+            admission
+                .dispatch(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), |_t| {})
+                .is_ok()
+        );
         tx.send(()).unwrap();
         assert!(admission.wait_drained(Duration::from_secs(5)));
     }

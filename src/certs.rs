@@ -14,11 +14,19 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug)]
 pub enum CertError {
     /// A PEM file could not be read or holds nothing usable.
-    Pem { path: PathBuf, what: &'static str, error: String },
+    Pem {
+        path: PathBuf,
+        what: &'static str,
+        error: String,
+    },
     /// Generating or writing the self-signed pair failed.
     Generate { path: PathBuf, error: String },
     /// rustls refused the pair (e.g. the key does not match the certificate).
-    Rejected { cert: PathBuf, key: PathBuf, error: rustls::Error },
+    Rejected {
+        cert: PathBuf,
+        key: PathBuf,
+        error: rustls::Error,
+    },
 }
 
 impl fmt::Display for CertError {
@@ -28,7 +36,11 @@ impl fmt::Display for CertError {
                 write!(f, "tls: {}: cannot load {what}: {error}", path.display())
             }
             CertError::Generate { path, error } => {
-                write!(f, "tls: {}: cannot write self-signed certificate: {error}", path.display())
+                write!(
+                    f,
+                    "tls: {}: cannot write self-signed certificate: {error}",
+                    path.display()
+                )
             }
             CertError::Rejected { cert, key, error } => write!(
                 f,
@@ -53,16 +65,28 @@ pub struct CertifiedKey {
 /// # Errors
 /// [`CertError::Pem`] naming the file that is missing, unreadable or empty.
 pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
-    let pem_err = |path: &Path, what, error: String| CertError::Pem { path: path.to_path_buf(), what, error };
+    let pem_err = |path: &Path, what, error: String| CertError::Pem {
+        path: path.to_path_buf(),
+        what,
+        error,
+    };
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|e| pem_err(cert, "certificate", e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_err(cert, "certificate", e.to_string()))?;
     if chain.is_empty() {
-        return Err(pem_err(cert, "certificate", "no CERTIFICATE block found".into()));
+        return Err(pem_err(
+            cert,
+            "certificate",
+            "no CERTIFICATE block found".into(),
+        ));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, "private key", e.to_string()))?;
-    Ok(CertifiedKey { chain, key: key_der })
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| pem_err(key, "private key", e.to_string()))?;
+    Ok(CertifiedKey {
+        chain,
+        key: key_der,
+    })
 }
 
 /// Writes a fresh self-signed certificate for `localhost` (plus this host's name) and its key
@@ -82,15 +106,23 @@ pub fn ensure_self_signed(cert: &Path, key: &Path) -> Result<bool, CertError> {
         }
         (false, false) => {}
     }
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if let Ok(host) = fs::read_to_string("/etc/hostname") {
         let host = host.trim();
         if !host.is_empty() && host != "localhost" {
             names.push(host.to_string());
         }
     }
-    let gen_err = |path: &Path, error: String| CertError::Generate { path: path.to_path_buf(), error };
-    let pair = rcgen::generate_simple_self_signed(names).map_err(|e| gen_err(cert, e.to_string()))?;
+    let gen_err = |path: &Path, error: String| CertError::Generate {
+        path: path.to_path_buf(),
+        error,
+    };
+    let pair =
+        rcgen::generate_simple_self_signed(names).map_err(|e| gen_err(cert, e.to_string()))?;
     for (path, text, mode) in [
         (key, pair.signing_key.serialize_pem(), 0o600),
         (cert, pair.cert.pem(), 0o644),
@@ -113,5 +145,10 @@ pub fn ensure_self_signed(cert: &Path, key: &Path) -> Result<bool, CertError> {
 /// (the form `openssl x509 -fingerprint -sha256` prints).
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
-    digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -94,7 +94,11 @@ type Step = Result<(), End>;
 impl Conn {
     fn serve(&mut self, limits: &Limits) -> End {
         loop {
-            if let Err(end) = self.read_available().and_then(|()| self.drain_outbox()).and_then(|()| self.flush()) {
+            if let Err(end) = self
+                .read_available()
+                .and_then(|()| self.drain_outbox())
+                .and_then(|()| self.flush())
+            {
                 return end;
             }
             let now = Instant::now();
@@ -109,7 +113,10 @@ impl Conn {
             }
             if silent >= limits.ping_interval && !self.ping_sent {
                 self.ping_sent = true;
-                if let Err(end) = self.send(Message::Ping(Default::default())).and_then(|()| self.flush()) {
+                if let Err(end) = self
+                    .send(Message::Ping(Default::default()))
+                    .and_then(|()| self.flush())
+                {
                     return end;
                 }
             }
@@ -229,11 +236,16 @@ impl Conn {
             sock_events |= PollFlags::OUT;
         }
         let sock = self.ws.get_ref().get_ref().as_fd();
-        let mut fds = [PollFd::new(&sock, sock_events), PollFd::new(&self.member.shared.waker, PollFlags::IN)];
-        let timeout = timeout.map(|t| rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec {
-            tv_sec: i64::MAX,
-            tv_nsec: 0,
-        }));
+        let mut fds = [
+            PollFd::new(&sock, sock_events),
+            PollFd::new(&self.member.shared.waker, PollFlags::IN),
+        ];
+        let timeout = timeout.map(|t| {
+            rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            })
+        });
         match poll(&mut fds, timeout.as_ref()) {
             Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
             Err(e) => Err(e.into()),
@@ -245,7 +257,10 @@ impl Conn {
         let deadline = Instant::now() + CLOSE_WAIT;
         match end {
             End::Closed(code, reason) => {
-                let frame = CloseFrame { code: CloseCode::from(*code), reason: (*reason).into() };
+                let frame = CloseFrame {
+                    code: CloseCode::from(*code),
+                    reason: (*reason).into(),
+                };
                 let _ = self.ws.close(Some(frame));
             }
             End::PeerClosed(_) => {}
@@ -277,7 +292,11 @@ impl Conn {
                 break;
             }
             let sock = self.ws.get_ref().get_ref().as_fd();
-            let events = if flushed { PollFlags::IN } else { PollFlags::IN | PollFlags::OUT };
+            let events = if flushed {
+                PollFlags::IN
+            } else {
+                PollFlags::IN | PollFlags::OUT
+            };
             let mut fds = [PollFd::new(&sock, events)];
             let t = rustix::event::Timespec::try_from(left).unwrap_or_default();
             if poll(&mut fds, Some(&t)).is_err() {
@@ -294,15 +313,21 @@ impl Conn {
 fn classify(e: WsError) -> End {
     match e {
         WsError::ConnectionClosed | WsError::AlreadyClosed => End::PeerClosed(1005),
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => End::Closed(1009, "message too big"),
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            End::Closed(1009, "message too big")
+        }
         WsError::Capacity(CapacityError::TooManyHeaders) => End::Closed(1002, "protocol error"),
         WsError::Utf8(_) => End::Closed(1007, "invalid utf-8"),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             End::Dropped("reset without closing handshake".into())
         }
-        WsError::Protocol(ProtocolError::InvalidCloseSequence) => End::Closed(1002, "invalid close sequence"),
+        WsError::Protocol(ProtocolError::InvalidCloseSequence) => {
+            End::Closed(1002, "invalid close sequence")
+        }
         WsError::Protocol(_) => End::Closed(1002, "protocol error"),
-        WsError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => End::Dropped("closed without close_notify".into()),
+        WsError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            End::Dropped("closed without close_notify".into())
+        }
         WsError::Io(e) => End::Dropped(e.to_string()),
         WsError::AttackAttempt => End::Closed(1008, "policy violation"),
         other => End::Dropped(other.to_string()),

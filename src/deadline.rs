@@ -37,7 +37,10 @@ pub struct Deadline {
 
 impl Deadline {
     pub fn new(phase: Phase, start: Instant, budget: Duration) -> Self {
-        Deadline { phase, at: start + budget }
+        Deadline {
+            phase,
+            at: start + budget,
+        }
     }
 
     /// Time left, or a `TimedOut` error naming the phase.
@@ -47,7 +50,10 @@ impl Deadline {
     pub fn remaining(&self) -> io::Result<Duration> {
         let left = self.at.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            Err(io::Error::new(io::ErrorKind::TimedOut, format!("{} deadline expired", self.phase)))
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{} deadline expired", self.phase),
+            ))
         } else {
             Ok(left)
         }
@@ -67,5 +73,8 @@ impl Deadline {
 /// True for the errors a socket timeout produces (`WouldBlock` on Linux, `TimedOut` elsewhere):
 /// the caller re-checks its deadline rather than treating them as faults.
 pub fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }

@@ -29,7 +29,10 @@ impl Waker {
     /// The `eventfd` error (e.g. out of file descriptors).
     pub fn new() -> io::Result<Waker> {
         let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        Ok(Waker { fd, pending: AtomicBool::new(false) })
+        Ok(Waker {
+            fd,
+            pending: AtomicBool::new(false),
+        })
     }
 
     pub fn wake(&self) {
@@ -119,22 +122,41 @@ impl Hub {
         outbox: usize,
         policy: SlowConsumer,
     ) -> io::Result<Result<Membership, HubClosed>> {
-        let shared = Arc::new(MemberShared { waker: Waker::new()?, slow: AtomicBool::new(false) });
+        let shared = Arc::new(MemberShared {
+            waker: Waker::new()?,
+            slow: AtomicBool::new(false),
+        });
         let (tx, rx) = crossbeam_channel::bounded(outbox);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         if self.closed.load(Ordering::Acquire) {
             return Ok(Err(HubClosed));
         }
-        let member = Member { id, tx, shared: Arc::clone(&shared), policy };
-        self.write_groups().entry(path.to_string()).or_default().push(member);
-        Ok(Ok(Membership { hub: Arc::clone(self), path: path.to_string(), id, outbox: rx, shared }))
+        let member = Member {
+            id,
+            tx,
+            shared: Arc::clone(&shared),
+            policy,
+        };
+        self.write_groups()
+            .entry(path.to_string())
+            .or_default()
+            .push(member);
+        Ok(Ok(Membership {
+            hub: Arc::clone(self),
+            path: path.to_string(),
+            id,
+            outbox: rx,
+            shared,
+        }))
     }
 
     /// Sends `msg` to every member of `path` except `from`. Never blocks.
     pub fn publish(&self, path: &str, from: u64, msg: &Message) {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
-        let Some(members) = groups.get(path) else { return };
+        let Some(members) = groups.get(path) else {
+            return;
+        };
         for m in members.iter().filter(|m| m.id != from) {
             match m.tx.try_send(msg.clone()) {
                 Ok(()) => {
@@ -160,12 +182,21 @@ impl Hub {
 
     /// Members currently on `path`.
     pub fn members(&self, path: &str) -> usize {
-        self.groups.read().unwrap_or_else(|p| p.into_inner()).get(path).map_or(0, Vec::len)
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .map_or(0, Vec::len)
     }
 
     /// Members on all paths.
     pub fn total_members(&self) -> usize {
-        self.groups.read().unwrap_or_else(|p| p.into_inner()).values().map(Vec::len).sum()
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     /// Refuses new members and disconnects every outbox, waking each member so that it closes
@@ -220,9 +251,18 @@ mod tests {
     #[test]
     fn broadcast_reaches_others_not_sender() {
         let hub = Hub::new();
-        let a = hub.join("/c", 4, SlowConsumer::Disconnect).unwrap().unwrap();
-        let b = hub.join("/c", 4, SlowConsumer::Disconnect).unwrap().unwrap();
-        let other = hub.join("/d", 4, SlowConsumer::Disconnect).unwrap().unwrap();
+        let a = hub
+            .join("/c", 4, SlowConsumer::Disconnect)
+            .unwrap()
+            .unwrap();
+        let b = hub
+            .join("/c", 4, SlowConsumer::Disconnect)
+            .unwrap()
+            .unwrap();
+        let other = hub
+            .join("/d", 4, SlowConsumer::Disconnect)
+            .unwrap()
+            .unwrap();
         a.publish(&text("hi"));
         assert_eq!(b.outbox.try_recv().unwrap(), text("hi"));
         assert!(a.outbox.try_recv().is_err());
@@ -232,8 +272,14 @@ mod tests {
     #[test]
     fn full_outbox_marks_slow_or_drops() {
         let hub = Hub::new();
-        let a = hub.join("/c", 1, SlowConsumer::Disconnect).unwrap().unwrap();
-        let slow = hub.join("/c", 1, SlowConsumer::Disconnect).unwrap().unwrap();
+        let a = hub
+            .join("/c", 1, SlowConsumer::Disconnect)
+            .unwrap()
+            .unwrap();
+        let slow = hub
+            .join("/c", 1, SlowConsumer::Disconnect)
+            .unwrap()
+            .unwrap();
         let dropper = hub.join("/c", 1, SlowConsumer::Drop).unwrap().unwrap();
         a.publish(&text("1"));
         a.publish(&text("2"));
@@ -246,13 +292,25 @@ mod tests {
     #[test]
     fn leaving_and_shutdown() {
         let hub = Hub::new();
-        let a = hub.join("/c", 1, SlowConsumer::Disconnect).unwrap().unwrap();
-        let b = hub.join("/c", 1, SlowConsumer::Disconnect).unwrap().unwrap();
+        let a = hub
+            .join("/c", 1, SlowConsumer::Disconnect)
+            .unwrap()
+            .unwrap();
+        let b = hub
+            .join("/c", 1, SlowConsumer::Disconnect)
+            .unwrap()
+            .unwrap();
         drop(a);
         assert_eq!(hub.members("/c"), 1);
         hub.shutdown();
-        assert!(matches!(b.outbox.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected)));
-        assert_eq!(hub.join("/c", 1, SlowConsumer::Drop).unwrap().err(), Some(HubClosed));
+        assert!(matches!(
+            b.outbox.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        ));
+        assert_eq!(
+            hub.join("/c", 1, SlowConsumer::Drop).unwrap().err(),
+            Some(HubClosed)
+        );
         drop(b);
         assert_eq!(hub.total_members(), 0);
     }

@@ -29,7 +29,10 @@ pub fn run(
     let mut last_error_log: Option<Instant> = None;
     let mut suppressed = 0u64;
     loop {
-        let mut fds = [PollFd::new(listener, PollFlags::IN), PollFd::new(stop, PollFlags::IN)];
+        let mut fds = [
+            PollFd::new(listener, PollFlags::IN),
+            PollFd::new(stop, PollFlags::IN),
+        ];
         match poll(&mut fds, None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -47,12 +50,18 @@ pub fn run(
                     handle(stream, peer, Instant::now());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS/ENOMEM: resources run out. Wait for some to free.
                     let now = Instant::now();
                     if last_error_log.is_none_or(|t| now.duration_since(t) >= ERROR_LOG_EVERY) {
-                        log::error!("accept failed: {e} (backing off; {suppressed} similar errors not logged)");
+                        log::error!(
+                            "accept failed: {e} (backing off; {suppressed} similar errors not logged)"
+                        );
                         last_error_log = Some(now);
                         suppressed = 0;
                     } else {

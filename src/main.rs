@@ -22,9 +22,18 @@ usage:
   wsgate --version";
 
 enum Command {
-    Serve { config: PathBuf, log_level: Option<log::LevelFilter> },
-    CheckConfig { config: PathBuf },
-    Passwd { file: PathBuf, user: String, delete: bool },
+    Serve {
+        config: PathBuf,
+        log_level: Option<log::LevelFilter>,
+    },
+    CheckConfig {
+        config: PathBuf,
+    },
+    Passwd {
+        file: PathBuf,
+        user: String,
+        delete: bool,
+    },
     Help,
     Version,
 }
@@ -38,10 +47,15 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut it = rest.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--config" | "-c" => config = Some(PathBuf::from(it.next().ok_or("--config needs a file")?)),
+            "--config" | "-c" => {
+                config = Some(PathBuf::from(it.next().ok_or("--config needs a file")?))
+            }
             "--log-level" => {
                 let v = it.next().ok_or("--log-level needs a level")?;
-                log_level = Some(log::LevelFilter::from_str(v).map_err(|_| format!("unknown log level {v:?}"))?);
+                log_level = Some(
+                    log::LevelFilter::from_str(v)
+                        .map_err(|_| format!("unknown log level {v:?}"))?,
+                );
             }
             "--delete" => delete = true,
             s if s.starts_with('-') => return Err(format!("unknown option {s:?}")),
@@ -49,12 +63,19 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         }
     }
     let no_extra = |n: usize, positional: &[String]| {
-        if positional.len() > n { Err(format!("unexpected argument {:?}", positional[n])) } else { Ok(()) }
+        if positional.len() > n {
+            Err(format!("unexpected argument {:?}", positional[n]))
+        } else {
+            Ok(())
+        }
     };
     match cmd.as_str() {
         "serve" => {
             no_extra(0, &positional)?;
-            Ok(Command::Serve { config: config.unwrap_or_else(|| DEFAULT_CONFIG.into()), log_level })
+            Ok(Command::Serve {
+                config: config.unwrap_or_else(|| DEFAULT_CONFIG.into()),
+                log_level,
+            })
         }
         "check-config" => {
             let config = match (config, positional.first()) {
@@ -67,7 +88,11 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             Ok(Command::CheckConfig { config })
         }
         "passwd" => match positional.as_slice() {
-            [file, user] => Ok(Command::Passwd { file: file.into(), user: user.clone(), delete }),
+            [file, user] => Ok(Command::Passwd {
+                file: file.into(),
+                user: user.clone(),
+                delete,
+            }),
             _ => Err("passwd needs FILE and USER".into()),
         },
         "help" | "--help" | "-h" => Ok(Command::Help),
@@ -125,7 +150,11 @@ fn serve(path: &std::path::Path, log_level: Option<log::LevelFilter>) -> ExitCod
     };
     let level = log_level.unwrap_or(config.log_level);
     // rustls logs every failed handshake at warn; at our info level keep it to errors.
-    let rustls_level = if level >= log::LevelFilter::Debug { level } else { log::LevelFilter::Error };
+    let rustls_level = if level >= log::LevelFilter::Debug {
+        level
+    } else {
+        log::LevelFilter::Error
+    };
     if let Err(e) = simple_logger::SimpleLogger::new()
         .with_level(level)
         .with_module_level("rustls", rustls_level)

@@ -51,8 +51,12 @@ pub enum Reason {
 impl Reason {
     pub fn status(&self) -> StatusCode {
         match self {
-            Reason::Malformed | Reason::HttpVersion | Reason::NotUpgrade | Reason::BadKey => StatusCode::BAD_REQUEST,
-            Reason::HeadTooLarge | Reason::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::Malformed | Reason::HttpVersion | Reason::NotUpgrade | Reason::BadKey => {
+                StatusCode::BAD_REQUEST
+            }
+            Reason::HeadTooLarge | Reason::TooManyHeaders => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             Reason::Method => StatusCode::METHOD_NOT_ALLOWED,
             Reason::WsVersion => StatusCode::UPGRADE_REQUIRED,
             Reason::UnknownPath => StatusCode::NOT_FOUND,
@@ -66,23 +70,30 @@ impl Reason {
     /// header the status calls for (`WWW-Authenticate`, `Sec-WebSocket-Version`, `Allow`).
     pub fn response(&self) -> ErrorResponse {
         let status = self.status();
-        let body = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+        let body = format!(
+            "{} {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
         let mut builder = http::Response::builder()
             .status(status)
             .header("Connection", "close")
             .header("Content-Type", "text/plain; charset=utf-8")
             .header("Content-Length", body.len().to_string());
         builder = match self {
-            Reason::NoCredentials | Reason::BadCredentials { .. } => {
-                builder.header("WWW-Authenticate", "Basic realm=\"wsgate\", charset=\"UTF-8\"")
-            }
+            Reason::NoCredentials | Reason::BadCredentials { .. } => builder.header(
+                "WWW-Authenticate",
+                "Basic realm=\"wsgate\", charset=\"UTF-8\"",
+            ),
             Reason::WsVersion => builder.header("Sec-WebSocket-Version", "13"),
             Reason::Method => builder.header("Allow", "GET"),
             Reason::ShuttingDown => builder.header("Retry-After", "5"),
             _ => builder,
         };
         // Every header above is a valid static name and ASCII value.
-        builder.body(Some(body)).unwrap_or_else(|_| http::Response::new(None))
+        builder
+            .body(Some(body))
+            .unwrap_or_else(|_| http::Response::new(None))
     }
 }
 
@@ -100,8 +111,13 @@ impl fmt::Display for Reason {
             Reason::UnknownPath => f.write_str("unknown path"),
             Reason::Origin(r) => write!(f, "origin refused ({r:?})"),
             Reason::NoCredentials => f.write_str("no credentials"),
-            Reason::BadCredentials { unknown_user: true, .. } => f.write_str("unknown user"),
-            Reason::BadCredentials { unknown_user: false, .. } => f.write_str("bad password"),
+            Reason::BadCredentials {
+                unknown_user: true, ..
+            } => f.write_str("unknown user"),
+            Reason::BadCredentials {
+                unknown_user: false,
+                ..
+            } => f.write_str("bad password"),
             Reason::ShuttingDown => f.write_str("shutting down"),
         }
     }
@@ -128,17 +144,28 @@ pub fn check_head(req: &httparse::Request<'_, '_>) -> Result<(), Reason> {
         return Err(Reason::HttpVersion);
     }
     let header = |name: &str| -> Vec<&[u8]> {
-        req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value).collect()
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect()
     };
     let single = |name: &str| -> Option<&[u8]> {
         let values = header(name);
-        if values.len() == 1 { Some(values[0]) } else { None }
+        if values.len() == 1 {
+            Some(values[0])
+        } else {
+            None
+        }
     };
     if single("host").is_none_or(|h| h.is_empty()) {
         return Err(Reason::NotUpgrade);
     }
     let has_token = |name: &str, token: &str| {
-        header(name).iter().any(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
+        header(name).iter().any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
     };
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
         return Err(Reason::NotUpgrade);
@@ -162,7 +189,9 @@ pub fn check_head(req: &httparse::Request<'_, '_>) -> Result<(), Reason> {
 pub fn route<'c>(path: &str, config: &'c Config) -> Result<&'c ChannelConfig, Reason> {
     let clean = path.starts_with('/')
         && path.len() <= 1024
-        && !path[1..].split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        && !path[1..]
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
         && path.bytes().all(|b| b.is_ascii_graphic());
     if !clean {
         return Err(Reason::UnknownPath);
@@ -179,25 +208,36 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials").field("user", &self.user).field("password", &"<redacted>").finish()
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
 /// Finds credentials: `Authorization: Basic` first, else `?user=&pass=` in the query.
 /// `Ok(None)` when none are offered; `Err(user)` when some are offered but unusable
 /// (bad base64, no colon, not UTF-8, too long, two Authorization headers).
-pub fn credentials(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credentials>, String> {
+pub fn credentials(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<Credentials>, String> {
     let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
     if let Some(value) = auth.next() {
         if auth.next().is_some() {
             return Err(String::new());
         }
         let value = value.as_bytes();
-        let Some(b64) = value.get(..6).filter(|s| s.eq_ignore_ascii_case(b"basic ")).map(|_| value[6..].trim_ascii())
+        let Some(b64) = value
+            .get(..6)
+            .filter(|s| s.eq_ignore_ascii_case(b"basic "))
+            .map(|_| value[6..].trim_ascii())
         else {
             return Err(String::new());
         };
-        let decoded = data_encoding::BASE64.decode(b64).map_err(|_| String::new())?;
+        let decoded = data_encoding::BASE64
+            .decode(b64)
+            .map_err(|_| String::new())?;
         let text = String::from_utf8(decoded).map_err(|_| String::new())?;
         let (user, password) = text.split_once(':').ok_or_else(String::new)?;
         return checked(user.to_string(), password.to_string()).map(Some);
@@ -221,7 +261,10 @@ pub fn credentials(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Cr
 }
 
 fn checked(user: String, password: String) -> Result<Credentials, String> {
-    if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) || password.len() > MAX_PASSWORD_LEN
+    if user.is_empty()
+        || user.len() > MAX_USER_LEN
+        || user.chars().any(char::is_control)
+        || password.len() > MAX_PASSWORD_LEN
     {
         return Err(safe_user(&user));
     }
@@ -230,7 +273,10 @@ fn checked(user: String, password: String) -> Result<Credentials, String> {
 
 /// A user name fit for a log line: control characters escaped, length capped.
 pub fn safe_user(user: &str) -> String {
-    user.chars().take(MAX_USER_LEN).flat_map(char::escape_debug).collect()
+    user.chars()
+        .take(MAX_USER_LEN)
+        .flat_map(char::escape_debug)
+        .collect()
 }
 
 /// Decodes `%XX` escapes and `+` (as space), as `application/x-www-form-urlencoded` does.
@@ -270,18 +316,230 @@ pub fn decide(
 ) -> Result<Grant, Reason> {
     let path = req.uri().path();
     let channel = route(path, config)?;
-    let origins: Vec<&[u8]> = req.headers().get_all(http::header::ORIGIN).iter().map(|v| v.as_bytes()).collect();
+    let origins: Vec<&[u8]> = req
+        .headers()
+        .get_all(http::header::ORIGIN)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     config.origins.check(&origins).map_err(Reason::Origin)?;
     let creds = match credentials(req.headers(), req.uri().query()) {
         Ok(Some(c)) => c,
         Ok(None) => return Err(Reason::NoCredentials),
-        Err(user) => return Err(Reason::BadCredentials { user, unknown_user: false }),
+        Err(user) => {
+            return Err(Reason::BadCredentials {
+                user,
+                unknown_user: false,
+            });
+        }
     };
     match verify(&creds.user, &creds.password) {
-        AuthOutcome::Ok => Ok(Grant { user: creds.user, path: path.to_string(), channel: channel.clone() }),
+        AuthOutcome::Ok => Ok(Grant {
+            user: creds.user,
+            path: path.to_string(),
+            channel: channel.clone(),
+        }),
         outcome => Err(Reason::BadCredentials {
             user: safe_user(&creds.user),
             unknown_user: outcome == AuthOutcome::UnknownUser,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config() -> Config {
+        // Any existing regular file will do as the users file: policy never reads it.
+        let text = format!(
+            "[tls]\nself_signed = true\ncert = /nonexistent/c.pem\nkey = /nonexistent/k.pem\n\
+             [auth]\nusers_file = {}/Cargo.toml\n\
+             [origins]\nallow = https://app.example.com\n\
+             [channel:/echo]\nmode = echo\n[channel:/chat/*]\nmode = broadcast\n",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        Config::parse(&text, Path::new("/tmp/policy-test.ini")).unwrap()
+    }
+
+    /// Parses a raw request head into tungstenite's request type, as the callback sees it.
+    fn request(raw: &str) -> Request {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(raw.as_bytes()).unwrap().is_complete());
+        let mut builder = http::Request::builder()
+            .method(req.method.unwrap())
+            .uri(req.path.unwrap());
+        for h in req.headers.iter() {
+            builder = builder.header(h.name, h.value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn head(raw: &str) -> Result<(), Reason> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(raw.as_bytes()).unwrap().is_complete());
+        check_head(&req)
+    }
+
+    const UPGRADE: &str = "Host: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+                           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    fn alice_ok(user: &str, pass: &str) -> AuthOutcome {
+        match (user, pass) {
+            ("alice", "pw") => AuthOutcome::Ok,
+            ("alice", _) => AuthOutcome::BadPassword,
+            _ => AuthOutcome::UnknownUser,
+        }
+    }
+
+    #[test]
+    fn head_checks_give_each_malformation_its_status() {
+        assert_eq!(head(&format!("GET / HTTP/1.1\r\n{UPGRADE}\r\n")), Ok(()));
+        assert_eq!(
+            head(&format!("POST / HTTP/1.1\r\n{UPGRADE}\r\n")),
+            Err(Reason::Method)
+        );
+        assert_eq!(
+            head(&format!("GET / HTTP/1.0\r\n{UPGRADE}\r\n")),
+            Err(Reason::HttpVersion)
+        );
+        assert_eq!(
+            head(&format!(
+                "GET / HTTP/1.1\r\n{}\r\n",
+                UPGRADE.replace("Host: h\r\n", "")
+            )),
+            Err(Reason::NotUpgrade)
+        );
+        assert_eq!(
+            head(&format!(
+                "GET / HTTP/1.1\r\n{}\r\n",
+                UPGRADE.replace("Upgrade: websocket", "Upgrade: h2c")
+            )),
+            Err(Reason::NotUpgrade)
+        );
+        assert_eq!(
+            head(&format!(
+                "GET / HTTP/1.1\r\n{}\r\n",
+                UPGRADE.replace("Version: 13", "Version: 8")
+            )),
+            Err(Reason::WsVersion)
+        );
+        assert_eq!(
+            head(&format!(
+                "GET / HTTP/1.1\r\n{}\r\n",
+                UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")
+            )),
+            Err(Reason::BadKey)
+        );
+        assert_eq!(
+            Reason::WsVersion.response().headers()["sec-websocket-version"],
+            "13"
+        );
+        assert_eq!(Reason::Method.status(), 405);
+    }
+
+    #[test]
+    fn decide_checks_path_then_origin_then_credentials() {
+        let cfg = config();
+        let get = |target: &str, extra: &str| {
+            decide(
+                &request(&format!("GET {target} HTTP/1.1\r\n{UPGRADE}{extra}\r\n")),
+                &cfg,
+                alice_ok,
+            )
+        };
+        // Basic "alice:pw"
+        let basic = "Authorization: Basic YWxpY2U6cHc=\r\n";
+        assert_eq!(get("/nope", basic).unwrap_err(), Reason::UnknownPath);
+        assert_eq!(
+            get("/echo", &format!("{basic}Origin: https://evil.example\r\n")).unwrap_err(),
+            Reason::Origin(OriginRefusal::NotAllowed)
+        );
+        // allow_missing defaults to false: no Origin is refused.
+        assert_eq!(
+            get("/echo", basic).unwrap_err(),
+            Reason::Origin(OriginRefusal::Missing)
+        );
+        let origin = "Origin: https://app.example.com\r\n";
+        assert_eq!(get("/echo", origin).unwrap_err(), Reason::NoCredentials);
+        let grant = get("/chat/room?x=1", &format!("{basic}{origin}")).unwrap();
+        assert_eq!(
+            (grant.user.as_str(), grant.path.as_str()),
+            ("alice", "/chat/room")
+        );
+        let grant = get("/echo?user=alice&pass=pw", origin).unwrap();
+        assert_eq!(grant.user, "alice");
+        assert_eq!(
+            get("/echo?user=alice&pass=bad", origin).unwrap_err(),
+            Reason::BadCredentials {
+                user: "alice".into(),
+                unknown_user: false
+            }
+        );
+        assert_eq!(
+            get("/echo?user=bob&pass=pw", origin).unwrap_err(),
+            Reason::BadCredentials {
+                user: "bob".into(),
+                unknown_user: true
+            }
+        );
+    }
+
+    #[test]
+    fn credentials_parse_basic_and_query_and_refuse_junk() {
+        let mut h = HeaderMap::new();
+        assert_eq!(credentials(&h, Some("a=1")), Ok(None));
+        assert_eq!(
+            credentials(&h, Some("user=al%20ice&pass=p%2Bw+x"))
+                .unwrap()
+                .unwrap(),
+            Credentials {
+                user: "al ice".into(),
+                password: "p+w x".into()
+            }
+        );
+        assert!(credentials(&h, Some("user=alice")).is_err());
+        assert!(credentials(&h, Some("user=alice&pass=%zz")).is_err());
+        h.insert(
+            http::header::AUTHORIZATION,
+            "Basic YWxpY2U6cDp3".parse().unwrap(),
+        ); // alice:p:w
+        assert_eq!(credentials(&h, None).unwrap().unwrap().password, "p:w");
+        h.insert(http::header::AUTHORIZATION, "Bearer xyz".parse().unwrap());
+        assert!(credentials(&h, None).is_err());
+        h.insert(http::header::AUTHORIZATION, "Basic !!!".parse().unwrap());
+        assert!(credentials(&h, None).is_err());
+        assert!(
+            !format!(
+                "{:?}",
+                Credentials {
+                    user: "u".into(),
+                    password: "s3cret".into()
+                }
+            )
+            .contains("s3cret")
+        );
+    }
+
+    #[test]
+    fn routes_refuse_dot_and_empty_segments() {
+        let cfg = config();
+        assert!(route("/echo", &cfg).is_ok());
+        assert!(route("/chat/a", &cfg).is_ok());
+        for bad in [
+            "/chat/../echo",
+            "/chat/./a",
+            "/chat//a",
+            "/chat/",
+            "echo",
+            "/chat/a b",
+            "/nope",
+        ] {
+            assert_eq!(route(bad, &cfg).unwrap_err(), Reason::UnknownPath, "{bad}");
+        }
+        assert_eq!(safe_user("a\nb\u{7}"), "a\\nb\\u{7}");
     }
 }

@@ -86,7 +86,9 @@ impl Server {
     /// [`StartError`] naming what is wrong.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let tls_cfg = &config.tls;
-        if tls_cfg.self_signed && certs::ensure_self_signed(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)? {
+        if tls_cfg.self_signed
+            && certs::ensure_self_signed(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?
+        {
             log::warn!(
                 "generated a self-signed certificate at {} (key {}, mode 0600): for trying wsgate out; \
                  clients must be told to trust it",
@@ -96,11 +98,19 @@ impl Server {
         }
         let pair = certs::load(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?;
         let fingerprint = certs::fingerprint(&pair.chain[0]);
-        let tls = tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?;
-        log::info!("certificate {} sha256 fingerprint {fingerprint}", tls_cfg.cert.display());
+        let tls =
+            tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?;
+        log::info!(
+            "certificate {} sha256 fingerprint {fingerprint}",
+            tls_cfg.cert.display()
+        );
 
         let store = UserStore::load(&config.auth.users_file).map_err(StartError::Users)?;
-        log::info!("{} users loaded from {}", store.len(), config.auth.users_file.display());
+        log::info!(
+            "{} users loaded from {}",
+            store.len(),
+            config.auth.users_file.display()
+        );
         let auth = Authenticator::new(
             store,
             config.auth.cache_size,
@@ -109,9 +119,13 @@ impl Server {
         );
 
         if config.origins.allow_any {
-            log::warn!("[origins] allow_any = true: any web page may open connections with its visitors' credentials");
+            log::warn!(
+                "[origins] allow_any = true: any web page may open connections with its visitors' credentials"
+            );
         } else if config.origins.allow.is_empty() {
-            log::warn!("[origins] allow is empty: every browser (any request with an Origin header) is refused");
+            log::warn!(
+                "[origins] allow is empty: every browser (any request with an Origin header) is refused"
+            );
         }
         log_memory_budget(&config);
 
@@ -119,8 +133,18 @@ impl Server {
         let listener = TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
         let admission = Admission::new(&config.server);
         let stop = Arc::new(Waker::new().map_err(StartError::System)?);
-        let runtime = Arc::new(Runtime { config: Arc::new(config), tls, auth: Arc::new(auth) });
-        Ok(Server { runtime, hub: Hub::new(), admission, listener, stop })
+        let runtime = Arc::new(Runtime {
+            config: Arc::new(config),
+            tls,
+            auth: Arc::new(auth),
+        });
+        Ok(Server {
+            runtime,
+            hub: Hub::new(),
+            admission,
+            listener,
+            stop,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -142,35 +166,59 @@ impl Server {
     /// Only if the listener itself fails.
     pub fn run(self) -> io::Result<bool> {
         log::info!("listening on {}", self.local_addr()?);
-        let Server { runtime, hub, admission, listener, stop } = self;
+        let Server {
+            runtime,
+            hub,
+            admission,
+            listener,
+            stop,
+        } = self;
         listener::run(&listener, &stop, |stream, peer, accepted| {
             let (rt, hub2) = (Arc::clone(&runtime), Arc::clone(&hub));
-            if let Err(why) = admission.dispatch(peer.ip(), move |ticket| serve(&rt, &hub2, stream, peer, accepted, ticket)) {
+            if let Err(why) = admission.dispatch(peer.ip(), move |ticket| {
+                serve(&rt, &hub2, stream, peer, accepted, ticket)
+            }) {
                 log::debug!("refused peer={peer}: {why}");
             }
         })?;
         drop(listener);
         let grace = runtime.config.server.shutdown_grace;
-        log::info!("shutting down: closing {} connections (grace {grace:?})", hub.total_members());
+        log::info!(
+            "shutting down: closing {} connections (grace {grace:?})",
+            hub.total_members()
+        );
         hub.shutdown();
         let drained = admission.wait_drained(grace);
         if drained {
             log::info!("shutdown complete");
         } else {
-            log::warn!("shutdown grace expired with {} connections still open", admission.in_flight());
+            log::warn!(
+                "shutdown grace expired with {} connections still open",
+                admission.in_flight()
+            );
         }
         Ok(drained)
     }
 }
 
 /// One connection's pipeline on its worker: TLS, upgrade, connection loop, one log line at the end.
-fn serve(rt: &Runtime, hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr, accepted: Instant, _ticket: Ticket) {
+fn serve(
+    rt: &Runtime,
+    hub: &Arc<Hub>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    _ticket: Ticket,
+) {
     let config = &rt.config;
     let deadline = Deadline::new(Phase::TlsHandshake, accepted, config.tls.handshake_timeout);
     let tls = match tls::handshake(stream, Arc::clone(&rt.tls), deadline) {
         Ok(tls) => tls,
         Err(e) => {
-            log::debug!("tls handshake failed peer={peer} after={:?}: {e}", accepted.elapsed());
+            log::debug!(
+                "tls handshake failed peer={peer} after={:?}: {e}",
+                accepted.elapsed()
+            );
             return;
         }
     };
@@ -185,17 +233,18 @@ fn serve(rt: &Runtime, hub: &Arc<Hub>, stream: TcpStream, peer: SocketAddr, acce
             }
         }
     };
-    let (ws, grant, member) = match upgrade::upgrade(tls, config, |u, p| rt.auth.verify(u, p), enter) {
-        Ok(upgraded) => upgraded,
-        Err(UpgradeError::Refused(reason)) => {
-            log_refusal(peer, &reason);
-            return;
-        }
-        Err(UpgradeError::Io(e)) => {
-            log::debug!("upgrade failed peer={peer}: {e}");
-            return;
-        }
-    };
+    let (ws, grant, member) =
+        match upgrade::upgrade(tls, config, |u, p| rt.auth.verify(u, p), enter) {
+            Ok(upgraded) => upgraded,
+            Err(UpgradeError::Refused(reason)) => {
+                log_refusal(peer, &reason);
+                return;
+            }
+            Err(UpgradeError::Io(e)) => {
+                log::debug!("upgrade failed peer={peer}: {e}");
+                return;
+            }
+        };
     let user = safe_user(&grant.user);
     log::info!("open peer={peer} user=\"{user}\" path={}", grant.path);
     let opened = Instant::now();
@@ -225,12 +274,16 @@ fn log_refusal(peer: SocketAddr, reason: &Reason) {
 /// Logs the worst-case memory the configured limits allow, so an admin can size a small host.
 fn log_memory_budget(config: &Config) {
     let s = &config.server;
-    let ws = config.channels.iter().map(|c| &c.limits).fold(config.limits.ws.clone(), |a, l| crate::config::WsLimits {
-        read_buffer_size: a.read_buffer_size.max(l.read_buffer_size),
-        max_write_buffer_size: a.max_write_buffer_size.max(l.max_write_buffer_size),
-        max_message_size: a.max_message_size.max(l.max_message_size),
-        ..a
-    });
+    let ws = config
+        .channels
+        .iter()
+        .map(|c| &c.limits)
+        .fold(config.limits.ws.clone(), |a, l| crate::config::WsLimits {
+            read_buffer_size: a.read_buffer_size.max(l.read_buffer_size),
+            max_write_buffer_size: a.max_write_buffer_size.max(l.max_write_buffer_size),
+            max_message_size: a.max_message_size.max(l.max_message_size),
+            ..a
+        });
     let per_conn = s.worker_stack_size.get()
         + ws.read_buffer_size.get()
         + ws.max_write_buffer_size.get()

@@ -14,11 +14,16 @@ use crate::server::StopHandle;
 /// If the handlers cannot be registered.
 pub fn stop_on_terminate(stop: StopHandle) -> io::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
-    std::thread::Builder::new().name("wsgate-signals".into()).spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            log::info!("received {}, stopping", if sig == SIGTERM { "SIGTERM" } else { "SIGINT" });
-            stop.stop();
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("wsgate-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!(
+                    "received {}, stopping",
+                    if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
+                );
+                stop.stop();
+            }
+        })?;
     Ok(())
 }

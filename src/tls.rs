@@ -23,7 +23,11 @@ pub fn server_config(
     cert_path: &std::path::Path,
     key_path: &std::path::Path,
 ) -> Result<Arc<ServerConfig>, CertError> {
-    let rejected = |error| CertError::Rejected { cert: cert_path.to_path_buf(), key: key_path.to_path_buf(), error };
+    let rejected = |error| CertError::Rejected {
+        cert: cert_path.to_path_buf(),
+        key: key_path.to_path_buf(),
+        error,
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -46,7 +50,11 @@ pub struct TlsStream {
 /// # Errors
 /// `TimedOut` naming the phase when the client stalls; `InvalidData` for a client that does not
 /// speak TLS or offers nothing acceptable (rustls has already sent the alert); other I/O errors.
-pub fn handshake(sock: TcpStream, config: Arc<ServerConfig>, deadline: Deadline) -> io::Result<TlsStream> {
+pub fn handshake(
+    sock: TcpStream,
+    config: Arc<ServerConfig>,
+    deadline: Deadline,
+) -> io::Result<TlsStream> {
     let conn = ServerConnection::new(config).map_err(io::Error::other)?;
     let mut tls = TlsStream { conn, sock };
     while tls.conn.is_handshaking() {

@@ -8,9 +8,9 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
+use tungstenite::WebSocket;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::handshake::server::{Request, Response, write_response};
-use tungstenite::WebSocket;
 
 use crate::config::Config;
 use crate::deadline::{Deadline, Phase, is_timeout};
@@ -32,7 +32,11 @@ pub struct Replay<S> {
 
 impl<S> Replay<S> {
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
-        Replay { prefix, pos: 0, inner }
+        Replay {
+            prefix,
+            pos: 0,
+            inner,
+        }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -93,7 +97,11 @@ pub fn upgrade<T>(
     verify: impl FnOnce(&str, &str) -> AuthOutcome,
     enter: impl FnOnce(&Grant) -> Result<T, Reason>,
 ) -> Result<(WsStream, Grant, T), UpgradeError> {
-    let deadline = Deadline::new(Phase::Upgrade, Instant::now(), config.limits.upgrade_timeout);
+    let deadline = Deadline::new(
+        Phase::Upgrade,
+        Instant::now(),
+        config.limits.upgrade_timeout,
+    );
     let (bytes, path) = match read_head(&mut tls, config, deadline) {
         Ok(read) => read,
         Err(HeadError::Refuse(reason)) => {
@@ -104,11 +112,14 @@ pub fn upgrade<T>(
     };
     // The channel's limits size this connection's buffers; an unknown path is refused by the
     // callback (404), with the default limits in the meantime.
-    let ws_config = policy::route(&path, config).map_or(&config.limits.ws, |c| &c.limits).websocket_config();
+    let ws_config = policy::route(&path, config)
+        .map_or(&config.limits.ws, |c| &c.limits)
+        .websocket_config();
 
     let outcome: RefCell<Option<Result<(Grant, T), Reason>>> = RefCell::new(None);
     let callback = |req: &Request, resp: Response| {
-        let decision = policy::decide(req, config, verify).and_then(|grant| enter(&grant).map(|t| (grant, t)));
+        let decision =
+            policy::decide(req, config, verify).and_then(|grant| enter(&grant).map(|t| (grant, t)));
         let answer = match &decision {
             Ok(_) => Ok(resp),
             Err(reason) => Err(reason.response()),
@@ -116,13 +127,16 @@ pub fn upgrade<T>(
         *outcome.borrow_mut() = Some(decision);
         answer
     };
-    let result = tungstenite::accept_hdr_with_config(Replay::new(bytes, tls), callback, Some(ws_config));
+    let result =
+        tungstenite::accept_hdr_with_config(Replay::new(bytes, tls), callback, Some(ws_config));
     let outcome = outcome.borrow_mut().take();
     match result {
         Ok(ws) => match outcome {
             Some(Ok((grant, entered))) => Ok((ws, grant, entered)),
             // Unreachable: tungstenite only accepts after the callback said yes.
-            _ => Err(UpgradeError::Io(io::Error::other("upgrade accepted without a decision"))),
+            _ => Err(UpgradeError::Io(io::Error::other(
+                "upgrade accepted without a decision",
+            ))),
         },
         Err(HandshakeError::Failure(tungstenite::Error::Http(_))) => {
             let reason = match outcome {
@@ -132,7 +146,10 @@ pub fn upgrade<T>(
             Err(UpgradeError::Refused(reason))
         }
         Err(HandshakeError::Failure(tungstenite::Error::Io(e))) => Err(UpgradeError::Io(e)),
-        Err(HandshakeError::Failure(e)) => Err(UpgradeError::Io(io::Error::new(io::ErrorKind::InvalidData, e))),
+        Err(HandshakeError::Failure(e)) => Err(UpgradeError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            e,
+        ))),
         Err(HandshakeError::Interrupted(_)) => Err(UpgradeError::Io(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("{} deadline expired while answering", Phase::Upgrade),
@@ -148,7 +165,11 @@ enum HeadError {
 /// Reads until the blank line ending the head, returning every byte read (the head and anything
 /// the client sent after it) and the request path. Parses once, when the head is complete, so a
 /// head dripped one byte at a time costs linear work.
-fn read_head(tls: &mut TlsStream, config: &Config, deadline: Deadline) -> Result<(Vec<u8>, String), HeadError> {
+fn read_head(
+    tls: &mut TlsStream,
+    config: &Config,
+    deadline: Deadline,
+) -> Result<(Vec<u8>, String), HeadError> {
     let max = config.limits.max_request_head.get();
     let mut buf = Vec::with_capacity(1024.min(max));
     let mut chunk = [0u8; 1024];
@@ -178,12 +199,17 @@ fn read_head(tls: &mut TlsStream, config: &Config, deadline: Deadline) -> Result
     match req.parse(&buf[..head_len]) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(HeadError::Refuse(Reason::Malformed)),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Refuse(Reason::TooManyHeaders)),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError::Refuse(Reason::TooManyHeaders));
+        }
         Err(_) => return Err(HeadError::Refuse(Reason::Malformed)),
     }
     policy::check_head(&req).map_err(HeadError::Refuse)?;
     let target = req.path.unwrap_or("/");
-    let path = target.split_once('?').map_or(target, |(p, _)| p).to_string();
+    let path = target
+        .split_once('?')
+        .map_or(target, |(p, _)| p)
+        .to_string();
     Ok((buf, path))
 }
 

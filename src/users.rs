@@ -34,7 +34,12 @@ impl UserStore {
 }
 
 impl Authenticator {
-    pub fn new(store: UserStore, cache_size: usize, cache_ttl: Duration, max_concurrent_hashes: usize) -> Self {
+    pub fn new(
+        store: UserStore,
+        cache_size: usize,
+        cache_ttl: Duration,
+        max_concurrent_hashes: usize,
+    ) -> Self {
         let _ = (store, cache_size, cache_ttl, max_concurrent_hashes);
         todo!()
     }

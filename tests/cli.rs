@@ -10,15 +10,30 @@ use common::*;
 use tungstenite::Message;
 
 fn check_config(path: &std::path::Path) -> (i32, String) {
-    let out = Command::new(bin()).arg("check-config").arg(path).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn check_config_accepts_a_good_file() {
     let (_dir, config, _ca) = Setup::default().write();
-    let out = Command::new(bin()).arg("check-config").arg(&config).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -28,15 +43,33 @@ fn check_config_errors_name_file_line_and_key() {
     let allow = format!("allow = {ORIGIN_OK}, https://*.example.org");
     let cases = [
         // (the edited file, the key the message must name); each key appears once in its file.
-        (good.replace("[server]\n", "[server]\nmax_mesage_size = 10\n"), "max_mesage_size"),
-        (good.replace("[server]\n", "[server]\nworkers = 0\n"), "workers"),
-        (good.replace("[server]\n", "[server]\nworkers = -3\n"), "workers"),
-        (good.replace("cert = cert.pem", "cert = missing.pem"), "cert"),
         (
-            good.replace("[server]\n", "[limits]\nwrite_buffer_size = 8KiB\nmax_write_buffer_size = 8KiB\n\n[server]\n"),
+            good.replace("[server]\n", "[server]\nmax_mesage_size = 10\n"),
+            "max_mesage_size",
+        ),
+        (
+            good.replace("[server]\n", "[server]\nworkers = 0\n"),
+            "workers",
+        ),
+        (
+            good.replace("[server]\n", "[server]\nworkers = -3\n"),
+            "workers",
+        ),
+        (
+            good.replace("cert = cert.pem", "cert = missing.pem"),
+            "cert",
+        ),
+        (
+            good.replace(
+                "[server]\n",
+                "[limits]\nwrite_buffer_size = 8KiB\nmax_write_buffer_size = 8KiB\n\n[server]\n",
+            ),
             "max_write_buffer_size",
         ),
-        (good.replace(&allow, "allow = https://ok.example, not a url"), "allow"),
+        (
+            good.replace(&allow, "allow = https://ok.example, not a url"),
+            "allow",
+        ),
     ];
     for (text, key) in cases {
         assert_ne!(text, good, "edit for {key} did not apply");
@@ -44,8 +77,15 @@ fn check_config_errors_name_file_line_and_key() {
         std::fs::write(&bad, &text).unwrap();
         let (code, stderr) = check_config(&bad);
         assert_eq!(code, 2, "for {key}: {stderr}");
-        let line = text.lines().position(|l| l.starts_with(&format!("{key} ="))).unwrap() + 1;
-        assert!(stderr.contains(&format!("bad.ini:{line}:")), "no line {line} for {key} in: {stderr}");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with(&format!("{key} =")))
+            .unwrap()
+            + 1;
+        assert!(
+            stderr.contains(&format!("bad.ini:{line}:")),
+            "no line {line} for {key} in: {stderr}"
+        );
         assert!(stderr.contains(key), "no key {key} in: {stderr}");
     }
 }
@@ -53,13 +93,22 @@ fn check_config_errors_name_file_line_and_key() {
 #[test]
 fn serve_with_a_bad_config_exits_2_before_listening() {
     let (dir, config, _ca) = Setup::default().write();
-    let text = std::fs::read_to_string(&config).unwrap().replace("[server]\n", "[server]\nbogus = 1\n");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[server]\n", "[server]\nbogus = 1\n");
     let bad = dir.path().join("bad.ini");
     std::fs::write(&bad, text).unwrap();
-    let out = Command::new(bin()).args(["serve", "--config"]).arg(&bad).output().unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.ini:") && stderr.contains("bogus"), "{stderr}");
+    assert!(
+        stderr.contains("bad.ini:") && stderr.contains("bogus"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -76,9 +125,18 @@ fn passwd_creates_a_file_the_server_accepts() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"carol-new-password\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"carol-new-password\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mode = std::fs::metadata(&users).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let text = std::fs::read_to_string(&users).unwrap();
@@ -89,7 +147,10 @@ fn passwd_creates_a_file_the_server_accepts() {
     let mut ws = server.connect_as("/echo", ("carol", "carol-new-password"));
     ws.send(Message::text("hi carol")).unwrap();
     assert_eq!(next_data(&mut ws), Message::text("hi carol"));
-    assert_eq!(status_of(server.connect_with("/echo?user=carol&pass=nope", &[])), 401);
+    assert_eq!(
+        status_of(server.connect_with("/echo?user=carol&pass=nope", &[])),
+        401
+    );
 }
 
 #[test]
@@ -98,12 +159,31 @@ fn passwd_refuses_the_password_on_the_command_line_and_deletes_users() {
     let users = dir.path().join("users");
     std::fs::write(&users, users_file_text()).unwrap();
     // Too many arguments: a password on argv is a usage error, never accepted.
-    let out = Command::new(bin()).arg("passwd").arg(&users).args(["alice", "secret"]).output().unwrap();
+    let out = Command::new(bin())
+        .arg("passwd")
+        .arg(&users)
+        .args(["alice", "secret"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(bin()).args(["passwd", "--delete"]).arg(&users).arg("alice").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["passwd", "--delete"])
+        .arg(&users)
+        .arg("alice")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&users).unwrap();
     assert!(!text.contains("alice:") && text.contains("bob:"), "{text}");
-    let out = Command::new(bin()).args(["passwd", "--delete"]).arg(&users).arg("alice").output().unwrap();
+    let out = Command::new(bin())
+        .args(["passwd", "--delete"])
+        .arg(&users)
+        .arg("alice")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -11,7 +11,10 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 fn basic(user: &str, pass: &str) -> String {
-    format!("Basic {}", data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes()))
+    format!(
+        "Basic {}",
+        data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes())
+    )
 }
 
 /// No secret a test used may ever appear in the server's log.
@@ -46,7 +49,9 @@ fn echo_round_trip_text_and_binary() {
 fn broadcast_reaches_every_other_subscriber_but_not_the_sender() {
     let server = Setup::default().start();
     let mut sender = server.connect_as("/chat/room1", ALICE);
-    let mut others: Vec<Client> = (0..3).map(|_| server.connect_as("/chat/room1", BOB)).collect();
+    let mut others: Vec<Client> = (0..3)
+        .map(|_| server.connect_as("/chat/room1", BOB))
+        .collect();
     let mut elsewhere = server.connect_as("/chat/room2", BOB);
     // Everyone has joined once their upgrade completed; broadcast.
     sender.send(Message::text("to the room")).unwrap();
@@ -58,29 +63,51 @@ fn broadcast_reaches_every_other_subscriber_but_not_the_sender() {
     // The sender and the other room get nothing: a marker from each proves the order.
     others[0].send(Message::text("marker")).unwrap();
     assert_eq!(next_data(&mut sender), Message::text("marker"));
-    elsewhere.get_mut().sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    assert!(matches!(elsewhere.read(), Err(tungstenite::Error::Io(_))), "other room got a message");
+    elsewhere
+        .get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        matches!(elsewhere.read(), Err(tungstenite::Error::Io(_))),
+        "other room got a message"
+    );
 }
 
 #[test]
 fn wrong_password_is_401_and_logged_for_fail2ban() {
     let server = Setup::default().start();
-    let err = server.connect_with("/echo", &[("Authorization", &basic("alice", "wrong-password"))]).unwrap_err();
+    let err = server
+        .connect_with(
+            "/echo",
+            &[("Authorization", &basic("alice", "wrong-password"))],
+        )
+        .unwrap_err();
     match err {
         tungstenite::Error::Http(resp) => {
             assert_eq!(resp.status(), 401);
-            assert_eq!(resp.headers()["www-authenticate"].to_str().unwrap(), "Basic realm=\"wsgate\", charset=\"UTF-8\"");
+            assert_eq!(
+                resp.headers()["www-authenticate"].to_str().unwrap(),
+                "Basic realm=\"wsgate\", charset=\"UTF-8\""
+            );
         }
         e => panic!("expected 401, got {e}"),
     }
-    assert!(server.wait_log("auth failed: user=\"alice\" peer=127.0.0.1:", IO_TIMEOUT), "{}", server.logs());
+    assert!(
+        server.wait_log("auth failed: user=\"alice\" peer=127.0.0.1:", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
     assert_no_secrets(&server);
 }
 
 #[test]
 fn unknown_user_is_401_like_a_wrong_password() {
     let server = Setup::default().start();
-    let status = status_of(server.connect_with("/echo", &[("Authorization", &basic("mallory", "wrong-password"))]));
+    let status = status_of(server.connect_with(
+        "/echo",
+        &[("Authorization", &basic("mallory", "wrong-password"))],
+    ));
     assert_eq!(status, 401);
     assert!(server.wait_log("auth failed: user=\"mallory\"", IO_TIMEOUT));
     // Same body as a wrong password: the response does not tell which one was wrong.
@@ -100,14 +127,20 @@ fn no_credentials_is_401() {
 #[test]
 fn basic_and_query_credentials_both_work() {
     let server = Setup::default().start();
-    let mut a = server.connect_with("/echo", &[("Authorization", &basic(ALICE.0, ALICE.1))]).unwrap();
-    let mut b = server.connect_with(&format!("/echo?user={}&pass={}", BOB.0, BOB.1), &[]).unwrap();
+    let mut a = server
+        .connect_with("/echo", &[("Authorization", &basic(ALICE.0, ALICE.1))])
+        .unwrap();
+    let mut b = server
+        .connect_with(&format!("/echo?user={}&pass={}", BOB.0, BOB.1), &[])
+        .unwrap();
     for ws in [&mut a, &mut b] {
         ws.send(Message::text("ping")).unwrap();
         assert_eq!(next_data(ws), Message::text("ping"));
     }
     // Percent-encoded query values are decoded.
-    let mut c = server.connect_with("/echo?user=alice&pass=alice%2Dsecret%2Dpw", &[]).unwrap();
+    let mut c = server
+        .connect_with("/echo?user=alice&pass=alice%2Dsecret%2Dpw", &[])
+        .unwrap();
     c.send(Message::text("x")).unwrap();
     assert_eq!(next_data(&mut c), Message::text("x"));
     assert!(server.wait_log("open peer=", IO_TIMEOUT));
@@ -119,7 +152,9 @@ fn basic_and_query_credentials_both_work() {
 fn disallowed_origin_is_403_and_allowed_origins_pass() {
     let server = Setup::default().start();
     let creds = basic(ALICE.0, ALICE.1);
-    let with_origin = |origin: &str| status_of(server.connect_with("/echo", &[("Authorization", &creds), ("Origin", origin)]));
+    let with_origin = |origin: &str| {
+        status_of(server.connect_with("/echo", &[("Authorization", &creds), ("Origin", origin)]))
+    };
     assert_eq!(with_origin("https://evil.example"), 403);
     assert_eq!(with_origin("https://app.example.com.evil.net"), 403);
     assert_eq!(with_origin("http://app.example.com"), 403);
@@ -130,10 +165,20 @@ fn disallowed_origin_is_403_and_allowed_origins_pass() {
     assert_eq!(with_origin("HTTPS://APP.EXAMPLE.COM:443"), 101);
     assert_eq!(with_origin("https://a.b.example.org"), 101);
     // Two Origin headers are refused even if one is allowed.
-    let two = server.connect_with("/echo", &[("Authorization", &creds), ("Origin", ORIGIN_OK), ("Origin", ORIGIN_OK)]);
+    let two = server.connect_with(
+        "/echo",
+        &[
+            ("Authorization", &creds),
+            ("Origin", ORIGIN_OK),
+            ("Origin", ORIGIN_OK),
+        ],
+    );
     assert_eq!(status_of(two), 403);
     // Origin is checked before credentials: a hijacking page learns nothing about them.
-    assert_eq!(status_of(server.connect_with("/echo", &[("Origin", "https://evil.example")])), 403);
+    assert_eq!(
+        status_of(server.connect_with("/echo", &[("Origin", "https://evil.example")])),
+        403
+    );
 }
 
 #[test]
@@ -142,23 +187,44 @@ fn missing_origin_follows_allow_missing() {
     setup.set("origins", "allow_missing", "false");
     let server = setup.start();
     let creds = basic(ALICE.0, ALICE.1);
-    assert_eq!(status_of(server.connect_with("/echo", &[("Authorization", &creds)])), 403);
-    assert_eq!(status_of(server.connect_with("/echo", &[("Authorization", &creds), ("Origin", ORIGIN_OK)])), 101);
+    assert_eq!(
+        status_of(server.connect_with("/echo", &[("Authorization", &creds)])),
+        403
+    );
+    assert_eq!(
+        status_of(
+            server.connect_with("/echo", &[("Authorization", &creds), ("Origin", ORIGIN_OK)])
+        ),
+        101
+    );
 }
 
 #[test]
 fn unknown_path_is_404() {
     let server = Setup::default().start();
     let creds = basic(ALICE.0, ALICE.1);
-    for path in ["/nope", "/chat", "/chat/", "/echo/extra", "/chat/../echo", "/chat//x"] {
-        assert_eq!(status_of(server.connect_with(path, &[("Authorization", &creds)])), 404, "{path}");
+    for path in [
+        "/nope",
+        "/chat",
+        "/chat/",
+        "/echo/extra",
+        "/chat/../echo",
+        "/chat//x",
+    ] {
+        assert_eq!(
+            status_of(server.connect_with(path, &[("Authorization", &creds)])),
+            404,
+            "{path}"
+        );
     }
 }
 
 #[test]
 fn message_at_the_limit_passes_and_one_byte_over_closes_1009() {
     let mut setup = Setup::default();
-    setup.set("limits", "max_message_size", "1KiB").set("limits", "max_frame_size", "1KiB");
+    setup
+        .set("limits", "max_message_size", "1KiB")
+        .set("limits", "max_frame_size", "1KiB");
     let server = setup.start();
     let mut ws = server.connect_as("/echo", ALICE);
     ws.send(Message::binary(vec![7u8; 1024])).unwrap();
@@ -180,7 +246,10 @@ fn invalid_utf8_text_closes_1007() {
 #[test]
 fn stalled_tls_handshake_is_dropped_at_the_deadline_while_others_work() {
     let mut setup = Setup::default();
-    setup.set("server", "workers", "2").set("server", "queue", "0").set("tls", "handshake_timeout", "1s");
+    setup
+        .set("server", "workers", "2")
+        .set("server", "queue", "0")
+        .set("tls", "handshake_timeout", "1s");
     let server = setup.start();
     let mut working = server.connect_as("/echo", ALICE);
     // Takes the second worker and sends nothing.
@@ -194,7 +263,10 @@ fn stalled_tls_handshake_is_dropped_at_the_deadline_while_others_work() {
     let n = stalled.read(&mut buf).unwrap_or(0);
     let waited = t0.elapsed();
     assert_eq!(n, 0);
-    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(5), "dropped after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "dropped after {waited:?}"
+    );
     // The worker is free again: a new client gets in.
     let mut again = server.connect_as("/echo", BOB);
     again.send(Message::text("in")).unwrap();
@@ -204,7 +276,9 @@ fn stalled_tls_handshake_is_dropped_at_the_deadline_while_others_work() {
 #[test]
 fn full_pool_refuses_at_once_then_admits_when_a_slot_frees() {
     let mut setup = Setup::default();
-    setup.set("server", "workers", "2").set("server", "queue", "0");
+    setup
+        .set("server", "workers", "2")
+        .set("server", "queue", "0");
     let server = setup.start();
     let mut a = server.connect_as("/echo", ALICE);
     let b = server.connect_as("/echo", BOB);
@@ -255,7 +329,11 @@ fn publish_lockstep(server: &Server, path: &str, fast: &mut Client, count: usize
         body[..8].copy_from_slice(&(i as u64).to_be_bytes());
         publisher.send(Message::binary(body)).unwrap();
         match next_data(fast) {
-            Message::Binary(b) => assert_eq!(u64::from_be_bytes(b[..8].try_into().unwrap()), i as u64, "out of order"),
+            Message::Binary(b) => assert_eq!(
+                u64::from_be_bytes(b[..8].try_into().unwrap()),
+                i as u64,
+                "out of order"
+            ),
             m => panic!("unexpected {m:?}"),
         }
     }
@@ -267,11 +345,18 @@ fn slow_consumer_is_closed_1008_while_a_fast_subscriber_gets_every_message() {
     setup.set("channel:/chat/*", "outbox", "16");
     let server = setup.start();
     let mut slow = server.connect_as("/chat/load", BOB);
-    slow.get_mut().sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut fast = server.connect_as("/chat/load", BOB);
     // 1500 x 32 KiB = 48 MiB: far more than socket buffers, write buffer and outbox hold.
     publish_lockstep(&server, "/chat/load", &mut fast, 1500, 32 * 1024);
-    assert!(server.wait_log("reason=\"slow consumer\"", IO_TIMEOUT), "{}", server.logs());
+    assert!(
+        server.wait_log("reason=\"slow consumer\"", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
     // The slow one gets what was already in flight, in order, then the 1008.
     let mut expected = 0u64;
     loop {
@@ -294,13 +379,18 @@ fn slow_consumer_is_closed_1008_while_a_fast_subscriber_gets_every_message() {
 #[test]
 fn slow_consumer_under_drop_policy_loses_messages_but_stays() {
     let mut setup = Setup::default();
-    setup.set("channel:/chat/*", "outbox", "16").set("channel:/chat/*", "slow_consumer", "drop");
+    setup
+        .set("channel:/chat/*", "outbox", "16")
+        .set("channel:/chat/*", "slow_consumer", "drop");
     let server = setup.start();
     let mut slow = server.connect_as("/chat/load", BOB);
     let mut fast = server.connect_as("/chat/load", BOB);
     publish_lockstep(&server, "/chat/load", &mut fast, 1500, 32 * 1024);
     // Drain what the slow one got: increasing sequence numbers with a gap, no close.
-    slow.get_mut().sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    slow.get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let mut last = None;
     let mut got = 0;
     while let Ok(msg) = slow.read() {
@@ -317,7 +407,10 @@ fn slow_consumer_under_drop_policy_loses_messages_but_stays() {
     }
     assert!(got < 1500, "nothing was dropped");
     // Still subscribed: a new message arrives.
-    slow.get_mut().sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    slow.get_mut()
+        .sock
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .unwrap();
     fast.send(Message::text("after")).unwrap();
     assert_eq!(next_data(&mut slow), Message::text("after"));
 }
@@ -330,21 +423,32 @@ fn sigterm_sends_1001_to_clients_and_exits_zero() {
     server.terminate();
     assert_eq!(close_code(&mut a), 1001);
     assert_eq!(close_code(&mut b), 1001);
-    let status = server.wait_exit(Duration::from_secs(10)).expect("server did not exit");
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("server did not exit");
     assert!(status.success(), "exit status {status:?}");
-    assert!(server.logs().contains("shutdown complete"), "{}", server.logs());
+    assert!(
+        server.logs().contains("shutdown complete"),
+        "{}",
+        server.logs()
+    );
 }
 
 #[test]
 fn server_pings_and_drops_a_silent_peer_at_the_idle_timeout() {
     let mut setup = Setup::default();
-    setup.set("limits", "ping_interval", "300ms").set("limits", "idle_timeout", "1s");
+    setup
+        .set("limits", "ping_interval", "300ms")
+        .set("limits", "idle_timeout", "1s");
     let server = setup.start();
     let mut ws = server.connect_as("/echo", ALICE);
     // A client that reads answers pings automatically (tungstenite queues pongs) and stays.
     let until = Instant::now() + Duration::from_millis(1500);
     let mut pings = 0;
-    ws.get_mut().sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    ws.get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     while Instant::now() < until {
         match ws.read() {
             Ok(Message::Ping(_)) => pings += 1,
@@ -358,12 +462,17 @@ fn server_pings_and_drops_a_silent_peer_at_the_idle_timeout() {
     assert!(pings >= 2, "only {pings} pings");
     // A raw TLS client that upgrades and then never answers is dropped at the idle timeout.
     let mut silent = server.tls();
-    silent.write_all(&upgrade_request("/echo", &basic(BOB.0, BOB.1))).unwrap();
+    silent
+        .write_all(&upgrade_request("/echo", &basic(BOB.0, BOB.1)))
+        .unwrap();
     let t0 = Instant::now();
     let mut sink = Vec::new();
     let _ = silent.read_to_end(&mut sink);
     let waited = t0.elapsed();
-    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "dropped after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "dropped after {waited:?}"
+    );
     assert!(server.wait_log("reason=\"idle timeout\"", IO_TIMEOUT));
 }
 

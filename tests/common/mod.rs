@@ -75,11 +75,17 @@ pub struct Setup {
 
 impl Default for Setup {
     fn default() -> Self {
-        let mut s = Setup { sections: BTreeMap::new() };
+        let mut s = Setup {
+            sections: BTreeMap::new(),
+        };
         s.set("server", "listen", "127.0.0.1:0")
             .set("tls", "cert", "cert.pem")
             .set("tls", "key", "key.pem")
-            .set("origins", "allow", &format!("{ORIGIN_OK}, https://*.example.org"))
+            .set(
+                "origins",
+                "allow",
+                &format!("{ORIGIN_OK}, https://*.example.org"),
+            )
             .set("origins", "allow_missing", "true")
             .set("auth", "users_file", "users")
             .set("log", "level", "debug")
@@ -92,7 +98,10 @@ impl Default for Setup {
 
 impl Setup {
     pub fn set(&mut self, section: &str, key: &str, value: &str) -> &mut Self {
-        self.sections.entry(section.into()).or_default().insert(key.into(), value.into());
+        self.sections
+            .entry(section.into())
+            .or_default()
+            .insert(key.into(), value.into());
         self
     }
 
@@ -111,7 +120,11 @@ impl Setup {
     /// Writes cert, key, users and config into a fresh directory; returns it and the CA cert.
     pub fn write(&self) -> (TempDir, PathBuf, CertificateDer<'static>) {
         let dir = TempDir::new("srv");
-        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let pair = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .unwrap();
         std::fs::write(dir.path().join("cert.pem"), pair.cert.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), pair.signing_key.serialize_pem()).unwrap();
         std::fs::write(dir.path().join("users"), users_file_text()).unwrap();
@@ -165,10 +178,19 @@ impl Server {
             Ok(a) => a.parse().unwrap(),
             Err(_) => {
                 let _ = child.kill();
-                panic!("server did not start; log:\n{}", log.lock().unwrap().join("\n"));
+                panic!(
+                    "server did not start; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
             }
         };
-        Server { child, addr, ca, log, dir }
+        Server {
+            child,
+            addr,
+            ca,
+            log,
+            dir,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -194,7 +216,12 @@ impl Server {
 
     /// Counts log lines containing `needle`.
     pub fn count_log(&self, needle: &str) -> usize {
-        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     pub fn client_config(&self) -> Arc<ClientConfig> {
@@ -220,7 +247,11 @@ impl Server {
 
     /// A TLS connection to the server (handshake completed).
     pub fn tls(&self) -> Tls {
-        let conn = ClientConnection::new(self.client_config(), ServerName::try_from("localhost").unwrap()).unwrap();
+        let conn = ClientConnection::new(
+            self.client_config(),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
         let mut tls = StreamOwned::new(conn, self.tcp());
         while tls.conn.is_handshaking() {
             tls.conn.complete_io(&mut tls.sock).expect("tls handshake");
@@ -229,11 +260,16 @@ impl Server {
     }
 
     /// Opens a WebSocket on `path_query` with extra request headers.
-    pub fn connect_with(&self, path_query: &str, headers: &[(&str, &str)]) -> Result<Client, tungstenite::Error> {
+    pub fn connect_with(
+        &self,
+        path_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, tungstenite::Error> {
         let url = format!("wss://localhost:{}{path_query}", self.addr.port());
         let mut req = url.into_client_request()?;
         for (k, v) in headers {
-            req.headers_mut().append(*k, HeaderValue::from_str(v).unwrap());
+            req.headers_mut()
+                .append(*k, HeaderValue::from_str(v).unwrap());
         }
         let config = WebSocketConfig::default().max_message_size(Some(64 << 20));
         match tungstenite::client::client_with_config(req, self.tls(), Some(config)) {
@@ -245,7 +281,10 @@ impl Server {
 
     /// Opens a WebSocket as `user` with Basic credentials and the allowed Origin.
     pub fn connect_as(&self, path: &str, (user, pass): (&str, &str)) -> Client {
-        let basic = format!("Basic {}", data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes()));
+        let basic = format!(
+            "Basic {}",
+            data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes())
+        );
         self.connect_with(path, &[("Authorization", &basic), ("Origin", ORIGIN_OK)])
             .unwrap_or_else(|e| panic!("connect {path} as {user}: {e}; log:\n{}", self.logs()))
     }

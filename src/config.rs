@@ -426,7 +426,10 @@ fn scan(text: &str, source: &Path) -> Result<(Vec<ScannedSection>, String), Conf
         }
         if let Some(rest) = trimmed.strip_prefix('[') {
             let Some(name) = rest.strip_suffix(']') else {
-                return Err(syntax(line, "section header must end with `]`".into()));
+                return Err(syntax(
+                    line,
+                    "section header must end with `]` (comments go on their own line)".into(),
+                ));
             };
             if name.contains(['[', ']']) {
                 return Err(syntax(line, "section header has a stray `[` or `]`".into()));
@@ -1449,7 +1452,7 @@ mod tests {
         );
         assert_eq!(
             err(&with("[server\nworkers = 2\n")),
-            "config: F:5: section header must end with `]`"
+            "config: F:5: section header must end with `]` (comments go on their own line)"
         );
         assert_eq!(err(&with("[]\n")), "config: F:5: empty section name `[]`");
         assert_eq!(

@@ -935,10 +935,19 @@ fn check_ws(s: &Section<'_>, ws: &WsLimits) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// tungstenite parses the handshake again with a fixed array of this many headers.
+const MAX_HEADERS_LIMIT: usize = 124;
+
 fn parse_limits(s: &Section<'_>) -> Result<Limits, ConfigError> {
     let upgrade_timeout = s.positive_duration("upgrade_timeout", Duration::from_secs(10))?;
     let max_request_head = s.nonzero_size("max_request_head", nz(8 * KIB))?;
     let max_headers = s.nonzero_count("max_headers", nz(32))?;
+    if max_headers.get() > MAX_HEADERS_LIMIT {
+        return Err(s.invalid(
+            Some("max_headers"),
+            format!("must be at most {MAX_HEADERS_LIMIT} (the most tungstenite's handshake parser accepts)"),
+        ));
+    }
     let ping_interval = s.positive_duration("ping_interval", Duration::from_secs(30))?;
     let idle_timeout = s.positive_duration("idle_timeout", Duration::from_secs(75))?;
     let write_timeout = s.positive_duration("write_timeout", Duration::from_secs(30))?;
@@ -1626,6 +1635,10 @@ mod tests {
             (
                 "[limits]\nmax_headers = 0\n",
                 "[limits] max_headers: must be at least 1",
+            ),
+            (
+                "[limits]\nmax_headers = 125\n",
+                "[limits] max_headers: must be at most 124",
             ),
             (
                 "[limits]\nping_interval = 0\n",

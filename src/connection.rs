@@ -94,11 +94,7 @@ type Step = Result<(), End>;
 impl Conn {
     fn serve(&mut self, limits: &Limits) -> End {
         loop {
-            if let Err(end) = self
-                .read_available()
-                .and_then(|()| self.drain_outbox())
-                .and_then(|()| self.flush())
-            {
+            if let Err(end) = self.read_available().and_then(|()| self.write_available()) {
                 return end;
             }
             let now = Instant::now();
@@ -164,6 +160,18 @@ impl Conn {
             Mode::Broadcast => {
                 self.member.publish(&msg);
                 Ok(())
+            }
+        }
+    }
+
+    /// Writes queued messages until the outbox is empty or the socket is full. A message held back
+    /// by a full write buffer is retried as soon as a flush made room, not at the next wake-up.
+    fn write_available(&mut self) -> Step {
+        loop {
+            self.drain_outbox()?;
+            self.flush()?;
+            if self.held.is_none() || self.write_stalled_since.is_some() {
+                return Ok(());
             }
         }
     }

@@ -268,8 +268,10 @@ impl Server {
         let url = format!("wss://localhost:{}{path_query}", self.addr.port());
         let mut req = url.into_client_request()?;
         for (k, v) in headers {
-            req.headers_mut()
-                .append(*k, HeaderValue::from_str(v).unwrap());
+            req.headers_mut().append(
+                tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         let config = WebSocketConfig::default().max_message_size(Some(64 << 20));
         match tungstenite::client::client_with_config(req, self.tls(), Some(config)) {

@@ -247,16 +247,18 @@ impl Server {
 
     /// A TLS connection to the server (handshake completed).
     pub fn tls(&self) -> Tls {
-        let conn = ClientConnection::new(
-            self.client_config(),
-            ServerName::try_from("localhost").unwrap(),
-        )
-        .unwrap();
+        self.try_tls().expect("tls handshake")
+    }
+
+    /// A TLS connection, or the error that ended its handshake.
+    pub fn try_tls(&self) -> std::io::Result<Tls> {
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = ClientConnection::new(self.client_config(), name).unwrap();
         let mut tls = StreamOwned::new(conn, self.tcp());
         while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock).expect("tls handshake");
+            tls.conn.complete_io(&mut tls.sock)?;
         }
-        tls
+        Ok(tls)
     }
 
     /// Opens a WebSocket on `path_query` with extra request headers.
@@ -274,7 +276,7 @@ impl Server {
             );
         }
         let config = WebSocketConfig::default().max_message_size(Some(64 << 20));
-        match tungstenite::client::client_with_config(req, self.tls(), Some(config)) {
+        match tungstenite::client::client_with_config(req, self.try_tls()?, Some(config)) {
             Ok((ws, _resp)) => Ok(ws),
             Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
             Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("handshake interrupted"),

@@ -117,6 +117,7 @@ pub fn upgrade<T>(
         .websocket_config();
 
     let outcome: RefCell<Option<Result<(Grant, T), Reason>>> = RefCell::new(None);
+    #[allow(clippy::result_large_err, reason = "the error type is tungstenite's ErrorResponse")]
     let callback = |req: &Request, resp: Response| {
         let decision =
             policy::decide(req, config, verify).and_then(|grant| enter(&grant).map(|t| (grant, t)));

@@ -1931,7 +1931,7 @@ mod tests {
             vec![OriginPattern::parse("https://localhost:8443").unwrap()]
         );
         assert_eq!(c.auth.users_file, dir.0.join("users"));
-        assert_eq!(c.server.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(c.server.listen, "127.0.0.1:8443".parse().unwrap());
         let patterns: Vec<_> = c
             .channels
             .iter()

@@ -24,17 +24,23 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_DRAIN: usize = 64 * 1024;
 
 /// The stream a WebSocket runs on: bytes already read while parsing the head, then the socket.
+/// A read never returns head and post-head bytes together: tungstenite's handshake refuses a
+/// request followed by "junk", so it sees the head alone, and the first frame a client sent in
+/// the same segment is read by the WebSocket after the 101.
 pub struct Replay<S> {
     prefix: Vec<u8>,
     pos: usize,
+    head_len: usize,
     inner: S,
 }
 
 impl<S> Replay<S> {
-    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+    /// `prefix[..head_len]` is the request head; the rest arrived behind it.
+    pub fn new(prefix: Vec<u8>, head_len: usize, inner: S) -> Self {
         Replay {
             prefix,
             pos: 0,
+            head_len,
             inner,
         }
     }
@@ -51,12 +57,18 @@ impl<S> Replay<S> {
 impl<S: Read> Read for Replay<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos < self.prefix.len() {
-            let n = (self.prefix.len() - self.pos).min(buf.len());
+            let end = if self.pos < self.head_len {
+                self.head_len
+            } else {
+                self.prefix.len()
+            };
+            let n = (end - self.pos).min(buf.len());
             buf[..n].copy_from_slice(&self.prefix[self.pos..self.pos + n]);
             self.pos += n;
             if self.pos == self.prefix.len() {
                 self.prefix = Vec::new();
                 self.pos = 0;
+                self.head_len = 0;
             }
             return Ok(n);
         }
@@ -102,7 +114,7 @@ pub fn upgrade<T>(
         Instant::now(),
         config.limits.upgrade_timeout,
     );
-    let (bytes, path) = match read_head(&mut tls, config, deadline) {
+    let (bytes, head_len, path) = match read_head(&mut tls, config, deadline) {
         Ok(read) => read,
         Err(HeadError::Refuse(reason)) => {
             refuse(&mut tls, &reason);
@@ -117,7 +129,10 @@ pub fn upgrade<T>(
         .websocket_config();
 
     let outcome: RefCell<Option<Result<(Grant, T), Reason>>> = RefCell::new(None);
-    #[allow(clippy::result_large_err, reason = "the error type is tungstenite's ErrorResponse")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error type is tungstenite's ErrorResponse"
+    )]
     let callback = |req: &Request, resp: Response| {
         let decision =
             policy::decide(req, config, verify).and_then(|grant| enter(&grant).map(|t| (grant, t)));
@@ -128,8 +143,11 @@ pub fn upgrade<T>(
         *outcome.borrow_mut() = Some(decision);
         answer
     };
-    let result =
-        tungstenite::accept_hdr_with_config(Replay::new(bytes, tls), callback, Some(ws_config));
+    let result = tungstenite::accept_hdr_with_config(
+        Replay::new(bytes, head_len, tls),
+        callback,
+        Some(ws_config),
+    );
     let outcome = outcome.borrow_mut().take();
     match result {
         Ok(ws) => match outcome {
@@ -164,13 +182,13 @@ enum HeadError {
 }
 
 /// Reads until the blank line ending the head, returning every byte read (the head and anything
-/// the client sent after it) and the request path. Parses once, when the head is complete, so a
+/// the client sent after it), the head's length and the request path. Parses once, when the head is complete, so a
 /// head dripped one byte at a time costs linear work.
 fn read_head(
     tls: &mut TlsStream,
     config: &Config,
     deadline: Deadline,
-) -> Result<(Vec<u8>, String), HeadError> {
+) -> Result<(Vec<u8>, usize, String), HeadError> {
     let max = config.limits.max_request_head.get();
     let mut buf = Vec::with_capacity(1024.min(max));
     let mut chunk = [0u8; 1024];
@@ -211,7 +229,7 @@ fn read_head(
         .split_once('?')
         .map_or(target, |(p, _)| p)
         .to_string();
-    Ok((buf, path))
+    Ok((buf, head_len, path))
 }
 
 /// Writes the refusal for `reason` and closes politely.

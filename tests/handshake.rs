@@ -1,0 +1,181 @@
+//! What malformed clients get before and during the upgrade: the status we write ourselves
+//! (tungstenite alone would reset the connection), and a server that keeps serving.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn request(first_line: &str, headers: &[impl AsRef<str>]) -> Vec<u8> {
+    let mut out = format!("{first_line}\r\n");
+    for h in headers {
+        out.push_str(h.as_ref());
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+fn upgrade_headers() -> Vec<String> {
+    let auth = data_encoding::BASE64.encode(format!("{}:{}", ALICE.0, ALICE.1).as_bytes());
+    vec![
+        "Host: localhost".into(),
+        "Upgrade: websocket".into(),
+        "Connection: Upgrade".into(),
+        format!("Sec-WebSocket-Key: {KEY}"),
+        "Sec-WebSocket-Version: 13".into(),
+        format!("Authorization: Basic {auth}"),
+    ]
+}
+
+fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+/// The well-behaved client that must keep working next to each bad one.
+fn still_serving(server: &Server) {
+    let mut ws = server.connect_as("/echo", BOB);
+    ws.send(Message::text("alive")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("alive"));
+}
+
+#[test]
+fn malformed_upgrades_get_their_status_and_connection_close() {
+    let server = Setup::default().start();
+    let good = upgrade_headers();
+    let without = |name: &str| {
+        good.iter()
+            .filter(|h| !h.starts_with(name))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mut version_8 = without("Sec-WebSocket-Version");
+    version_8.push("Sec-WebSocket-Version: 8".into());
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (request("POST /echo HTTP/1.1", &good), "405"),
+        (request("GET /echo HTTP/1.0", &good), "400"),
+        (request("GET /echo HTTP/1.1", &without("Upgrade")), "400"),
+        (request("GET /echo HTTP/1.1", &without("Host")), "400"),
+        (
+            request("GET /echo HTTP/1.1", &without("Sec-WebSocket-Key")),
+            "400",
+        ),
+        (request("GET /echo HTTP/1.1", &version_8), "426"),
+        (
+            b"GET /echo HTTP/1.1\r\nHost: a\x00b\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (b"\x16\x03\x01garbage\r\n\r\n".to_vec(), "400"),
+    ];
+    for (req, want) in cases {
+        let resp = server.raw_request(&req);
+        assert!(
+            status_line(&resp).starts_with(&format!("HTTP/1.1 {want}")),
+            "want {want}, got {resp:?}"
+        );
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close"),
+            "{resp}"
+        );
+        if want == "426" {
+            assert!(
+                resp.contains("sec-websocket-version: 13")
+                    || resp.contains("Sec-WebSocket-Version: 13")
+            );
+        }
+    }
+    still_serving(&server);
+}
+
+#[test]
+fn header_count_limit_at_n_passes_and_n_plus_one_is_431() {
+    let mut setup = Setup::default();
+    setup.set("limits", "max_headers", "10");
+    let server = setup.start();
+    let mut headers = upgrade_headers();
+    while headers.len() < 10 {
+        headers.push(format!("X-Filler-{}: x", headers.len()));
+    }
+    let resp = server.raw_request(&request("GET /echo HTTP/1.1", &headers));
+    assert!(status_line(&resp).starts_with("HTTP/1.1 101"), "{resp}");
+    headers.push("X-One-Too-Many: x".into());
+    let resp = server.raw_request(&request("GET /echo HTTP/1.1", &headers));
+    assert!(status_line(&resp).starts_with("HTTP/1.1 431"), "{resp}");
+    still_serving(&server);
+}
+
+#[test]
+fn oversized_head_is_431_quickly_even_dripped_byte_by_byte() {
+    let mut setup = Setup::default();
+    setup.set("limits", "max_request_head", "2KiB");
+    let server = setup.start();
+    let mut headers = upgrade_headers();
+    headers.push(format!("X-Big: {}", "a".repeat(4096)));
+    let req = request("GET /echo HTTP/1.1", &headers);
+    let t0 = Instant::now();
+    let resp = server.raw_request(&req);
+    assert!(status_line(&resp).starts_with("HTTP/1.1 431"), "{resp}");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    // The same head, one byte per TLS record.
+    let mut tls = server.tls();
+    for b in &req[..2100] {
+        tls.write_all(std::slice::from_ref(b)).unwrap();
+    }
+    tls.flush().unwrap();
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(status_line(&resp).starts_with("HTTP/1.1 431"), "{resp}");
+    still_serving(&server);
+}
+
+#[test]
+fn plain_http_on_the_tls_port_is_dropped_with_a_debug_line() {
+    let server = Setup::default().start();
+    let mut tcp = server.tcp();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    let mut sink = Vec::new();
+    let _ = tcp.read_to_end(&mut sink);
+    assert!(t0.elapsed() < Duration::from_secs(3), "not dropped at once");
+    assert!(
+        server.wait_log("tls handshake failed", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    still_serving(&server);
+    assert!(!server.logs().contains("panicked"));
+}
+
+#[test]
+fn handshake_and_first_frame_in_one_segment_are_both_served() {
+    let server = Setup::default().start();
+    let mut tls = server.tls();
+    let mut bytes = request("GET /echo HTTP/1.1", &upgrade_headers());
+    // A masked text frame "hi" (mask 1,2,3,4) right behind the head.
+    bytes.extend_from_slice(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+    tls.write_all(&bytes).unwrap();
+    tls.flush().unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let until = Instant::now() + IO_TIMEOUT;
+    while !got.ends_with(&[0x81, 2, b'h', b'i']) && Instant::now() < until {
+        let n = tls
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("{e}; log:\n{}", server.logs()));
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(got.ends_with(&[0x81, 2, b'h', b'i']), "echo missing");
+}

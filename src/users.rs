@@ -1,16 +1,70 @@
 //! The users file (`name:argon2id-PHC` lines) and password verification: parsing, atomic
 //! rewriting for `wsgate passwd`, Argon2id checks bounded in concurrency, and a keyed cache of
 //! recent successes so a reconnect storm does not cost one Argon2 run per client.
+//!
+//! Nothing here logs or displays a password or a stored hash: errors name the file, the line and
+//! the user only, and [`UserStore`]'s `Debug` lists names, not hashes.
 
-use std::path::Path;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use crossbeam_channel::{Receiver, Sender};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// The longest user name accepted.
+pub const MAX_USER_NAME_LEN: usize = 64;
 
 /// A loaded, validated users file.
-#[derive(Debug, Clone)]
-pub struct UserStore {}
+#[derive(Clone)]
+pub struct UserStore {
+    /// `name -> Argon2id PHC string`, each validated at parse time.
+    users: HashMap<String, String>,
+    /// Names in file order (the first one's parameters shape the dummy hash).
+    order: Vec<String>,
+}
+
+impl fmt::Debug for UserStore {
+    /// Names only: a stored hash is offline-crackable and must not reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserStore")
+            .field("users", &self.order)
+            .finish()
+    }
+}
 
 /// Verifies credentials against a [`UserStore`]; shared by all workers.
-pub struct Authenticator {}
+pub struct Authenticator {
+    current: RwLock<Arc<StoreState>>,
+    cache: Mutex<Cache>,
+    cache_size: usize,
+    cache_ttl: Duration,
+    cache_key: hmac::Key,
+    /// One token per Argon2 run allowed at once; a verification takes one and gives it back.
+    tokens_tx: Sender<()>,
+    tokens_rx: Receiver<()>,
+    argon2_runs: AtomicU64,
+    #[cfg(test)]
+    in_flight: std::sync::atomic::AtomicUsize,
+    #[cfg(test)]
+    peak_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// A store plus the dummy hash an unknown user is checked against (made lazily, with the same
+/// parameters as the store's hashes, so an unknown user costs what a wrong password costs).
+struct StoreState {
+    store: Arc<UserStore>,
+    dummy: OnceLock<Option<String>>,
+}
 
 /// The result of a credential check. Callers answer `UnknownUser` and `BadPassword` identically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,40 +76,892 @@ pub enum AuthOutcome {
 
 /// Why the users file could not be read or written.
 #[derive(Debug)]
-pub enum UsersError {}
+pub enum UsersError {
+    /// The file could not be opened or read (including: not UTF-8).
+    Read { path: PathBuf, source: io::Error },
+    /// A line is malformed. `user` is the line's name when that name itself is valid.
+    Line {
+        path: PathBuf,
+        line: usize,
+        user: Option<String>,
+        problem: LineProblem,
+    },
+    /// Hashing a new password failed (random source or Argon2 parameters).
+    Hash(String),
+}
 
-impl UserStore {
-    /// # Errors
-    /// A [`UsersError`] naming the file and line.
-    pub fn load(path: &Path) -> Result<UserStore, UsersError> {
-        let _ = path;
-        todo!()
+/// What is wrong with one line of a users file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineProblem {
+    /// No `:` separating name and hash.
+    MissingColon,
+    /// The name is not a valid user name.
+    BadName(NameError),
+    /// `name:` with nothing after it.
+    EmptyHash,
+    /// The hash field does not look like a PHC string at all (it may be a plain password: never
+    /// shown).
+    NotPhc,
+    /// A PHC string of another algorithm (`argon2i`, `argon2d`, `bcrypt`, ...).
+    UnknownHashType(String),
+    /// An `$argon2id$` string that does not parse or has invalid parameters.
+    InvalidHash,
+    /// The name was already defined on an earlier line.
+    Duplicate { first_line: usize },
+}
+
+/// Why a user name is invalid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameError {
+    Empty,
+    TooLong {
+        len: usize,
+    },
+    /// The name as written (escaped when shown), containing a character outside
+    /// `[A-Za-z0-9._@+-]`.
+    BadCharacter(String),
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Empty => write!(f, "empty user name"),
+            NameError::TooLong { len } => write!(
+                f,
+                "user name is {len} bytes long, the limit is {MAX_USER_NAME_LEN}"
+            ),
+            NameError::BadCharacter(name) => write!(
+                f,
+                "user name \"{}\" has characters outside A-Z a-z 0-9 . _ @ + -",
+                name.escape_debug()
+            ),
+        }
     }
 }
 
+impl std::error::Error for NameError {}
+
+impl fmt::Display for LineProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LineProblem::MissingColon => {
+                write!(f, "missing ':' (expected name:hash; use `wsgate passwd`)")
+            }
+            LineProblem::BadName(e) => write!(f, "{e}"),
+            LineProblem::EmptyHash => write!(
+                f,
+                "empty hash (empty passwords are not allowed; set one with `wsgate passwd`)"
+            ),
+            LineProblem::NotPhc => write!(
+                f,
+                "hash is not an $argon2id$ PHC string (create it with `wsgate passwd`)"
+            ),
+            LineProblem::UnknownHashType(alg) => write!(
+                f,
+                "unknown hash type \"{alg}\" (only argon2id is accepted; reset it with `wsgate passwd`)"
+            ),
+            LineProblem::InvalidHash => write!(
+                f,
+                "invalid argon2id hash (malformed PHC string or parameters; reset it with `wsgate passwd`)"
+            ),
+            LineProblem::Duplicate { first_line } => {
+                write!(f, "duplicate user (first defined on line {first_line})")
+            }
+        }
+    }
+}
+
+impl fmt::Display for UsersError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UsersError::Read { path, source } => {
+                write!(f, "users: {}: cannot read: {source}", path.display())
+            }
+            UsersError::Line {
+                path,
+                line,
+                user: Some(user),
+                problem,
+            } => write!(
+                f,
+                "users: {}:{line}: user \"{user}\": {problem}",
+                path.display()
+            ),
+            UsersError::Line {
+                path,
+                line,
+                user: None,
+                problem,
+            } => write!(f, "users: {}:{line}: {problem}", path.display()),
+            UsersError::Hash(why) => write!(f, "users: cannot hash the password: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for UsersError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UsersError::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a user name: 1 to 64 bytes of `[A-Za-z0-9._@+-]`.
+///
+/// # Errors
+/// The [`NameError`] saying what is wrong.
+pub fn check_user_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'))
+    {
+        // Shown escaped and cut short: it is a name field, but keep the message bounded.
+        let shown: String = name.chars().take(MAX_USER_NAME_LEN).collect();
+        return Err(NameError::BadCharacter(shown));
+    }
+    if name.len() > MAX_USER_NAME_LEN {
+        return Err(NameError::TooLong { len: name.len() });
+    }
+    Ok(())
+}
+
+/// The name part of a users-file line, or `None` for a blank or comment line. A trailing `\r`
+/// is ignored. Does not validate: use on text that [`UserStore::parse`] accepted.
+#[must_use]
+pub fn line_user(line: &str) -> Option<&str> {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if is_blank_or_comment(line) {
+        return None;
+    }
+    Some(line.split_once(':').map_or(line, |(name, _)| name))
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim_start();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// Validates one hash field: a parseable `$argon2id$` PHC string with valid Argon2 parameters.
+fn check_hash(hash: &str) -> Result<(), LineProblem> {
+    if hash.is_empty() {
+        return Err(LineProblem::EmptyHash);
+    }
+    let Some(rest) = hash.strip_prefix('$') else {
+        return Err(LineProblem::NotPhc);
+    };
+    let alg = rest.split('$').next().unwrap_or("");
+    if alg != "argon2id" {
+        // Only show something that looks like a PHC algorithm identifier; anything else may be
+        // a secret pasted in the wrong place.
+        let plausible = !alg.is_empty()
+            && alg.len() <= 32
+            && alg
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        return Err(if plausible {
+            LineProblem::UnknownHashType(alg.to_string())
+        } else {
+            LineProblem::NotPhc
+        });
+    }
+    let parsed = PasswordHash::new(hash).map_err(|_| LineProblem::InvalidHash)?;
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err(LineProblem::InvalidHash);
+    }
+    if let Some(v) = parsed.version {
+        Version::try_from(v).map_err(|_| LineProblem::InvalidHash)?;
+    }
+    Params::try_from(&parsed).map_err(|_| LineProblem::InvalidHash)?;
+    Ok(())
+}
+
+impl UserStore {
+    /// Reads and validates a users file. A file readable or writable by group or others loads,
+    /// with one warning suggesting `chmod 600`.
+    ///
+    /// # Errors
+    /// A [`UsersError`] naming the file and line.
+    pub fn load(path: &Path) -> Result<UserStore, UsersError> {
+        let read_err = |source| UsersError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(path).map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
+            return Err(read_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            log::warn!(
+                "users file {} is accessible by group/others (mode {mode:03o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(read_err)?;
+        UserStore::parse(&text, path)
+    }
+
+    /// Parses users-file text; `path` is only used in error messages.
+    ///
+    /// # Errors
+    /// A [`UsersError::Line`] for the first bad line.
+    pub fn parse(text: &str, path: &Path) -> Result<UserStore, UsersError> {
+        let mut users = HashMap::new();
+        let mut order = Vec::new();
+        let mut first_lines: HashMap<String, usize> = HashMap::new();
+        for (index, raw) in text.split('\n').enumerate() {
+            let line_no = index + 1;
+            let line = raw.strip_suffix('\r').unwrap_or(raw);
+            if is_blank_or_comment(line) {
+                continue;
+            }
+            let err = |user: Option<&str>, problem| UsersError::Line {
+                path: path.to_path_buf(),
+                line: line_no,
+                user: user.map(str::to_string),
+                problem,
+            };
+            let Some((name, hash)) = line.split_once(':') else {
+                return Err(err(None, LineProblem::MissingColon));
+            };
+            check_user_name(name).map_err(|e| err(None, LineProblem::BadName(e)))?;
+            check_hash(hash).map_err(|p| err(Some(name), p))?;
+            if let Some(&first_line) = first_lines.get(name) {
+                return Err(err(Some(name), LineProblem::Duplicate { first_line }));
+            }
+            first_lines.insert(name.to_string(), line_no);
+            users.insert(name.to_string(), hash.to_string());
+            order.push(name.to_string());
+        }
+        Ok(UserStore { users, order })
+    }
+
+    /// How many users the file defines.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// True when the file defines no user (then every login fails).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Whether `name` is a user.
+    #[must_use]
+    pub fn contains(&self, name: &str) -> bool {
+        self.users.contains_key(name)
+    }
+
+    /// User names in file order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.order.iter().map(String::as_str)
+    }
+
+    /// Argon2 parameters of the first user's hash (the dummy hash uses them), else the defaults.
+    fn typical_params(&self) -> Params {
+        self.order
+            .first()
+            .and_then(|name| self.users.get(name))
+            .and_then(|hash| {
+                let parsed = PasswordHash::new(hash).ok()?;
+                let p = Params::try_from(&parsed).ok()?;
+                Params::new(p.m_cost(), p.t_cost(), p.p_cost(), p.output_len()).ok()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Hashes `password` with Argon2id, the argon2 crate's default parameters (m=19456 KiB, t=2,
+/// p=1) and a random 16-byte salt; returns the PHC string for the users file.
+///
+/// # Errors
+/// [`UsersError::Hash`] if the system random source or Argon2 fails.
+pub fn hash_password(password: &str) -> Result<String, UsersError> {
+    hash_password_with(password, Params::default())
+}
+
+/// [`hash_password`] with explicit Argon2id parameters (tests use cheap ones).
+///
+/// # Errors
+/// [`UsersError::Hash`] if the system random source or Argon2 fails.
+pub fn hash_password_with(password: &str, params: Params) -> Result<String, UsersError> {
+    let mut salt = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| UsersError::Hash("the system random source failed".into()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| UsersError::Hash(e.to_string()))?;
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UsersError::Hash(e.to_string()))
+}
+
+/// FIFO set of HMAC tags of recent successful checks, each with its insertion time. Insertions
+/// happen under the lock with `Instant::now()`, so the queue is in time order and expired entries
+/// are always a prefix of it.
+#[derive(Default)]
+struct Cache {
+    order: VecDeque<([u8; 32], Instant)>,
+    tags: HashSet<[u8; 32]>,
+}
+
+impl Cache {
+    fn purge_expired(&mut self, now: Instant, ttl: Duration) {
+        while let Some(&(tag, at)) = self.order.front() {
+            if now.duration_since(at) < ttl {
+                break;
+            }
+            self.order.pop_front();
+            self.tags.remove(&tag);
+        }
+    }
+
+    fn hit(&mut self, tag: &[u8; 32], ttl: Duration) -> bool {
+        self.purge_expired(Instant::now(), ttl);
+        self.tags.contains(tag)
+    }
+
+    fn insert(&mut self, tag: [u8; 32], ttl: Duration, capacity: usize) {
+        let now = Instant::now();
+        self.purge_expired(now, ttl);
+        if capacity == 0 || self.tags.contains(&tag) {
+            return;
+        }
+        while self.order.len() >= capacity {
+            if let Some((old, _)) = self.order.pop_front() {
+                self.tags.remove(&old);
+            }
+        }
+        self.order.push_back((tag, now));
+        self.tags.insert(tag);
+    }
+
+    fn clear(&mut self) {
+        self.order.clear();
+        self.tags.clear();
+    }
+}
+
+/// Gives the concurrency token back when the Argon2 run ends, even on panic.
+struct Token<'a>(&'a Sender<()>);
+
+impl Drop for Token<'_> {
+    fn drop(&mut self) {
+        // Never blocks: exactly as many tokens exist as the channel holds.
+        let _ = self.0.try_send(());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Authenticator {
+    /// `cache_size` successes are remembered for `cache_ttl` (0 disables the cache); at most
+    /// `max_concurrent_hashes` Argon2 runs (each ~19 MiB) happen at once (0 is taken as 1).
+    ///
+    /// # Panics
+    /// If the system random source cannot produce the process's cache key.
+    #[must_use]
     pub fn new(
         store: UserStore,
         cache_size: usize,
         cache_ttl: Duration,
         max_concurrent_hashes: usize,
     ) -> Self {
-        let _ = (store, cache_size, cache_ttl, max_concurrent_hashes);
-        todo!()
+        let permits = max_concurrent_hashes.max(1);
+        let (tokens_tx, tokens_rx) = crossbeam_channel::bounded(permits);
+        for _ in 0..permits {
+            tokens_tx
+                .send(())
+                .expect("the token channel has room for every permit");
+        }
+        let cache_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
+            .expect("the system random source must work to key the credential cache");
+        Authenticator {
+            current: RwLock::new(Arc::new(StoreState::new(store))),
+            cache: Mutex::new(Cache::default()),
+            cache_size,
+            cache_ttl,
+            cache_key,
+            tokens_tx,
+            tokens_rx,
+            argon2_runs: AtomicU64::new(0),
+            #[cfg(test)]
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            #[cfg(test)]
+            peak_in_flight: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
+    /// Checks `user`'s `password`. An unknown user costs one Argon2 run against a dummy hash, like
+    /// a wrong password. Logs nothing.
     pub fn verify(&self, user: &str, password: &str) -> AuthOutcome {
-        let _ = (user, password);
-        todo!()
+        let state = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
+        let Some(stored) = state.store.users.get(user) else {
+            if let Some(dummy) = state.dummy_hash() {
+                let _ = self.argon2_verify(dummy, password);
+            }
+            return AuthOutcome::UnknownUser;
+        };
+        let tag = self
+            .cache_enabled()
+            .then(|| self.tag(user, stored, password));
+        if let Some(tag) = &tag {
+            if lock(&self.cache).hit(tag, self.cache_ttl) {
+                return AuthOutcome::Ok;
+            }
+        }
+        if !self.argon2_verify(stored, password) {
+            return AuthOutcome::BadPassword;
+        }
+        if let Some(tag) = tag {
+            lock(&self.cache).insert(tag, self.cache_ttl, self.cache_size);
+        }
+        AuthOutcome::Ok
+    }
+
+    /// Swaps in a newly loaded store (SIGHUP reload) and forgets every cached success.
+    pub fn replace_store(&self, store: UserStore) {
+        let state = Arc::new(StoreState::new(store));
+        {
+            let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            *current = state;
+        }
+        lock(&self.cache).clear();
+    }
+
+    /// How many Argon2 verifications ran (dummy ones included); cache hits do not count.
+    pub fn argon2_runs(&self) -> u64 {
+        self.argon2_runs.load(Ordering::Relaxed)
+    }
+
+    /// How many users the current store holds.
+    pub fn user_count(&self) -> usize {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .store
+            .len()
+    }
+
+    /// How many successes are cached now (expired ones may still be counted until the next use).
+    pub fn cached_entries(&self) -> usize {
+        lock(&self.cache).order.len()
+    }
+
+    fn cache_enabled(&self) -> bool {
+        self.cache_size > 0 && !self.cache_ttl.is_zero()
+    }
+
+    /// HMAC-SHA256(process key, user || 0 || stored PHC || 0 || password). Names and PHC strings
+    /// contain no NUL, so the encoding is unambiguous; the stored hash in the key makes a password
+    /// change invalidate old entries.
+    fn tag(&self, user: &str, stored: &str, password: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.cache_key);
+        ctx.update(user.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(stored.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(password.as_bytes());
+        let mut tag = [0u8; 32];
+        tag.copy_from_slice(ctx.sign().as_ref());
+        tag
+    }
+
+    /// One Argon2 run, waiting for a concurrency token first.
+    fn argon2_verify(&self, phc: &str, password: &str) -> bool {
+        // The sender lives in `self`, so the channel never disconnects.
+        if self.tokens_rx.recv().is_err() {
+            return false;
+        }
+        let _token = Token(&self.tokens_tx);
+        self.argon2_runs.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        }
+        let ok = match PasswordHash::new(phc) {
+            Ok(parsed) => Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok(),
+            Err(_) => false,
+        };
+        #[cfg(test)]
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        ok
     }
 }
-impl std::fmt::Display for UsersError {
-    fn fmt(&self, _f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        Ok(())
+
+impl StoreState {
+    fn new(store: UserStore) -> Self {
+        StoreState {
+            store: Arc::new(store),
+            dummy: OnceLock::new(),
+        }
+    }
+
+    /// The dummy hash for unknown users, made on first need with the store's parameters.
+    fn dummy_hash(&self) -> Option<&str> {
+        self.dummy
+            .get_or_init(|| {
+                hash_password_with("wsgate-dummy-password", self.store.typical_params()).ok()
+            })
+            .as_deref()
     }
 }
-impl UserStore {
-    pub fn len(&self) -> usize {
-        0
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cheap parameters so the tests run fast even unoptimized.
+    fn cheap() -> Params {
+        Params::new(8, 1, 1, None).unwrap()
+    }
+
+    fn h(pw: &str) -> String {
+        hash_password_with(pw, cheap()).unwrap()
+    }
+
+    fn p() -> &'static Path {
+        Path::new("conf/users")
+    }
+
+    fn parse_err(text: &str) -> UsersError {
+        UserStore::parse(text, p()).unwrap_err()
+    }
+
+    fn line_of(e: &UsersError) -> (usize, LineProblem) {
+        match e {
+            UsersError::Line { line, problem, .. } => (*line, problem.clone()),
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn parses_comments_blank_lines_and_crlf() {
+        let text = format!(
+            "# header\r\n\r\n   \nalice:{}\r\n# bob:x\nbob:{}\n",
+            h("a"),
+            h("b")
+        );
+        let store = UserStore::parse(&text, p()).unwrap();
+        assert_eq!(store.len(), 2);
+        assert!(store.contains("alice"));
+        assert!(store.contains("bob"));
+        assert!(!store.contains("carol"));
+        assert_eq!(store.names().collect::<Vec<_>>(), ["alice", "bob"]);
+        let auth = Authenticator::new(store, 0, Duration::ZERO, 1);
+        assert_eq!(auth.verify("alice", "a"), AuthOutcome::Ok);
+    }
+
+    #[test]
+    fn empty_file_is_an_empty_store() {
+        let store = UserStore::parse("", p()).unwrap();
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn rejections_carry_line_numbers() {
+        let good = h("x");
+        let cases: Vec<(String, usize, LineProblem)> = vec![
+            (
+                format!("# c\nalice:{good}\nnocolon\n"),
+                3,
+                LineProblem::MissingColon,
+            ),
+            (
+                format!("\n:{good}\n"),
+                2,
+                LineProblem::BadName(NameError::Empty),
+            ),
+            ("#\n#\nbob:\n".to_string(), 3, LineProblem::EmptyHash),
+            ("bob:hunter2\n".to_string(), 1, LineProblem::NotPhc),
+            (
+                "bob:$argon2i$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA\n".to_string(),
+                1,
+                LineProblem::UnknownHashType("argon2i".into()),
+            ),
+            (
+                "bob:$argon2d$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA\n".to_string(),
+                1,
+                LineProblem::UnknownHashType("argon2d".into()),
+            ),
+            (
+                "bob:$2b$10$abcdefghijklmnopqrstuv\n".to_string(),
+                1,
+                LineProblem::UnknownHashType("2b".into()),
+            ),
+            (
+                "x\nbob:$argon2id$garbage\n".to_string(),
+                1,
+                LineProblem::MissingColon,
+            ),
+            (
+                "bob:$argon2id$garbage\n".to_string(),
+                1,
+                LineProblem::InvalidHash,
+            ),
+            (
+                "bob:$argon2id$v=19$m=1,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n".to_string(),
+                1,
+                LineProblem::InvalidHash,
+            ),
+            (
+                "bob:$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ\n".to_string(),
+                1,
+                LineProblem::InvalidHash,
+            ),
+            (
+                format!("alice:{good}\n\nalice:{good}\n"),
+                3,
+                LineProblem::Duplicate { first_line: 1 },
+            ),
+            (
+                format!("al ice:{good}\n"),
+                1,
+                LineProblem::BadName(NameError::BadCharacter("al ice".into())),
+            ),
+            (
+                format!("{}:{good}\n", "a".repeat(65)),
+                1,
+                LineProblem::BadName(NameError::TooLong { len: 65 }),
+            ),
+        ];
+        for (text, line, problem) in cases {
+            let e = parse_err(&text);
+            assert_eq!(line_of(&e), (line, problem), "for {text:?}");
+        }
+        // 64 characters and the whole allowed alphabet are fine.
+        let ok = format!("{}:{good}\nA-z.0_9@x+y:{good}\n", "a".repeat(64));
+        assert_eq!(UserStore::parse(&ok, p()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn messages_are_actionable_and_never_show_secrets() {
+        let e = parse_err("#\n#\nbob:\n");
+        assert!(
+            e.to_string()
+                .starts_with("users: conf/users:3: user \"bob\": empty hash"),
+            "{e}"
+        );
+        let e = parse_err("bob:hunter2\n");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = parse_err("bob:$not a hash id$x\n");
+        assert!(!e.to_string().contains("not a hash"), "{e}");
+        let e = parse_err("bob:$argon2i$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA\n");
+        assert!(e.to_string().contains("unknown hash type"), "{e}");
+        assert!(!e.to_string().contains("aGFzaA"), "{e}");
+        let e = parse_err("secretpassword\n");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = UserStore::load(Path::new("/nonexistent/wsgate-users")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("users: /nonexistent/wsgate-users: cannot read: "),
+            "{e}"
+        );
+        let good = h("pw");
+        let store = UserStore::parse(&format!("alice:{good}\n"), p()).unwrap();
+        assert!(!format!("{store:?}").contains(&good));
+    }
+
+    #[test]
+    fn line_user_names() {
+        assert_eq!(line_user("alice:$argon2id$x\r\n"), Some("alice"));
+        assert_eq!(line_user("  # c"), None);
+        assert_eq!(line_user("\r\n"), None);
+    }
+
+    #[test]
+    fn default_hash_format() {
+        let phc = hash_password("pw").unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        let parsed = PasswordHash::new(&phc).unwrap();
+        assert_eq!(parsed.salt.unwrap().len(), 22); // 16 bytes, unpadded base64
+        assert_ne!(phc, hash_password("pw").unwrap(), "salts are random");
+    }
+
+    #[test]
+    fn verify_outcomes() {
+        let store = UserStore::parse(&format!("alice:{}\n", h("right")), p()).unwrap();
+        let auth = Authenticator::new(store, 16, Duration::from_secs(60), 2);
+        assert_eq!(auth.verify("alice", "right"), AuthOutcome::Ok);
+        assert_eq!(auth.verify("alice", "wrong"), AuthOutcome::BadPassword);
+        assert_eq!(auth.verify("alice", ""), AuthOutcome::BadPassword);
+        assert_eq!(auth.verify("Alice", "right"), AuthOutcome::UnknownUser);
+        assert_eq!(auth.verify("mallory", "right"), AuthOutcome::UnknownUser);
+        // Unknown user and bad password each cost one Argon2 run; the success was cached only
+        // after its own run.
+        assert_eq!(auth.argon2_runs(), 5);
+        assert_eq!(auth.user_count(), 1);
+    }
+
+    #[test]
+    fn unknown_user_on_empty_store_still_costs_a_run() {
+        let auth = Authenticator::new(
+            UserStore::parse("", p()).unwrap(),
+            4,
+            Duration::from_secs(60),
+            1,
+        );
+        assert_eq!(auth.verify("x", "y"), AuthOutcome::UnknownUser);
+        assert_eq!(auth.argon2_runs(), 1);
+    }
+
+    #[test]
+    fn cache_hit_skips_argon2_and_failures_are_not_cached() {
+        let store = UserStore::parse(&format!("alice:{}\n", h("pw")), p()).unwrap();
+        let auth = Authenticator::new(store, 16, Duration::from_secs(60), 1);
+        assert_eq!(auth.verify("alice", "pw"), AuthOutcome::Ok);
+        assert_eq!(auth.argon2_runs(), 1);
+        for _ in 0..5 {
+            assert_eq!(auth.verify("alice", "pw"), AuthOutcome::Ok);
+        }
+        assert_eq!(auth.argon2_runs(), 1);
+        assert_eq!(auth.verify("alice", "nope"), AuthOutcome::BadPassword);
+        assert_eq!(auth.verify("alice", "nope"), AuthOutcome::BadPassword);
+        assert_eq!(auth.argon2_runs(), 3);
+        assert_eq!(auth.cached_entries(), 1);
+    }
+
+    #[test]
+    fn cache_disabled_with_size_zero() {
+        let store = UserStore::parse(&format!("alice:{}\n", h("pw")), p()).unwrap();
+        let auth = Authenticator::new(store, 0, Duration::from_secs(60), 1);
+        assert_eq!(auth.verify("alice", "pw"), AuthOutcome::Ok);
+        assert_eq!(auth.verify("alice", "pw"), AuthOutcome::Ok);
+        assert_eq!(auth.argon2_runs(), 2);
+        assert_eq!(auth.cached_entries(), 0);
+    }
+
+    #[test]
+    fn cache_respects_ttl() {
+        let store = UserStore::parse(&format!("alice:{}\n", h("pw")), p()).unwrap();
+        let auth = Authenticator::new(store, 16, Duration::from_millis(100), 1);
+        assert_eq!(auth.verify("alice", "pw"), AuthOutcome::Ok);
+        assert_eq!(auth.verify("alice", "pw"), AuthOutcome::Ok);
+        assert_eq!(auth.argon2_runs(), 1);
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(auth.verify("alice", "pw"), AuthOutcome::Ok);
+        assert_eq!(auth.argon2_runs(), 2);
+        assert_eq!(auth.verify("alice", "pw"), AuthOutcome::Ok);
+        assert_eq!(auth.argon2_runs(), 2);
+    }
+
+    #[test]
+    fn cache_respects_size_fifo() {
+        let text = format!("a:{}\nb:{}\nc:{}\n", h("1"), h("2"), h("3"));
+        let store = UserStore::parse(&text, p()).unwrap();
+        let auth = Authenticator::new(store, 2, Duration::from_secs(60), 1);
+        assert_eq!(auth.verify("a", "1"), AuthOutcome::Ok);
+        assert_eq!(auth.verify("b", "2"), AuthOutcome::Ok);
+        assert_eq!(auth.argon2_runs(), 2);
+        assert_eq!(auth.verify("c", "3"), AuthOutcome::Ok); // evicts a
+        assert_eq!(auth.argon2_runs(), 3);
+        assert_eq!(auth.cached_entries(), 2);
+        assert_eq!(auth.verify("b", "2"), AuthOutcome::Ok);
+        assert_eq!(auth.verify("c", "3"), AuthOutcome::Ok);
+        assert_eq!(auth.argon2_runs(), 3);
+        assert_eq!(auth.verify("a", "1"), AuthOutcome::Ok); // miss, evicts b
+        assert_eq!(auth.argon2_runs(), 4);
+        assert_eq!(auth.verify("b", "2"), AuthOutcome::Ok);
+        assert_eq!(auth.argon2_runs(), 5);
+    }
+
+    #[test]
+    fn password_change_invalidates() {
+        let old = UserStore::parse(&format!("alice:{}\n", h("old")), p()).unwrap();
+        let auth = Authenticator::new(old, 16, Duration::from_secs(60), 1);
+        assert_eq!(auth.verify("alice", "old"), AuthOutcome::Ok);
+        assert_eq!(auth.verify("alice", "old"), AuthOutcome::Ok);
+        assert_eq!(auth.argon2_runs(), 1);
+        let new = UserStore::parse(&format!("alice:{}\n", h("new")), p()).unwrap();
+        auth.replace_store(new);
+        assert_eq!(auth.cached_entries(), 0);
+        assert_eq!(auth.verify("alice", "old"), AuthOutcome::BadPassword);
+        assert_eq!(auth.verify("alice", "new"), AuthOutcome::Ok);
+        // A removed user is unknown at once, cache or not.
+        auth.replace_store(UserStore::parse("", p()).unwrap());
+        assert_eq!(auth.verify("alice", "new"), AuthOutcome::UnknownUser);
+    }
+
+    #[test]
+    fn stored_hash_is_part_of_the_cache_key() {
+        // Same password, new hash (new salt): the old entry must not match the new hash.
+        let a = Authenticator::new(UserStore::parse("", p()).unwrap(), 4, Duration::ZERO, 1);
+        assert_ne!(
+            a.tag("alice", &h("pw"), "pw"),
+            a.tag("alice", &h("pw"), "pw")
+        );
+        let stored = h("pw");
+        assert_eq!(a.tag("alice", &stored, "pw"), a.tag("alice", &stored, "pw"));
+        assert_ne!(
+            a.tag("alice", &stored, "pw"),
+            a.tag("alice", &stored, "pw2")
+        );
+    }
+
+    #[test]
+    fn concurrency_is_bounded_and_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Authenticator>();
+        // Heavier than `cheap()` so that runs overlap.
+        let phc = hash_password_with("pw", Params::new(2048, 1, 1, None).unwrap()).unwrap();
+        let store = UserStore::parse(&format!("alice:{phc}\n"), p()).unwrap();
+        let auth = Arc::new(Authenticator::new(store, 0, Duration::ZERO, 2));
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let auth = Arc::clone(&auth);
+                std::thread::spawn(move || {
+                    let pw = if i % 2 == 0 { "pw" } else { "bad" };
+                    auth.verify("alice", pw)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| **r == AuthOutcome::Ok).count(), 4);
+        assert_eq!(auth.argon2_runs(), 8);
+        // All tokens came back, and never more than two runs were in flight.
+        assert_eq!(auth.tokens_rx.len(), 2);
+        let peak = auth.peak_in_flight.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&peak), "peak {peak}");
+    }
+
+    #[test]
+    fn load_reads_a_file() {
+        let dir = std::env::temp_dir().join(format!("wsgate-users-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("users");
+        std::fs::write(&path, format!("# x\nalice:{}\n", h("pw"))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = UserStore::load(&path).unwrap(); // loads, with a warning
+        assert_eq!(store.len(), 1);
+        std::fs::write(&path, "alice:\n").unwrap();
+        let e = UserStore::load(&path).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "users: {}:1: user \"alice\": empty hash",
+                path.display()
+            )),
+            "{e}"
+        );
+        let e = UserStore::load(&dir).unwrap_err();
+        assert!(matches!(e, UsersError::Read { .. }), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

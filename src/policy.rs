@@ -109,7 +109,7 @@ impl fmt::Display for Reason {
             Reason::BadKey => f.write_str("bad Sec-WebSocket-Key"),
             Reason::WsVersion => f.write_str("unsupported Sec-WebSocket-Version"),
             Reason::UnknownPath => f.write_str("unknown path"),
-            Reason::Origin(r) => write!(f, "origin refused ({r:?})"),
+            Reason::Origin(r) => write!(f, "{r}"),
             Reason::NoCredentials => f.write_str("no credentials"),
             Reason::BadCredentials {
                 unknown_user: true, ..

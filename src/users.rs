@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{self, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use crossbeam_channel::{Receiver, Sender};
 use ring::hmac;
@@ -50,8 +50,8 @@ pub struct Authenticator {
     cache_ttl: Duration,
     cache_key: hmac::Key,
     /// One token per Argon2 run allowed at once; a verification takes one and gives it back.
-    tokens_tx: Sender<()>,
-    tokens_rx: Receiver<()>,
+    tokens_tx: Sender<Vec<argon2::Block>>,
+    tokens_rx: Receiver<Vec<argon2::Block>>,
     argon2_runs: AtomicU64,
     #[cfg(test)]
     in_flight: std::sync::atomic::AtomicUsize,
@@ -455,13 +455,20 @@ impl Cache {
     }
 }
 
-/// Gives the concurrency token back when the Argon2 run ends, even on panic.
-struct Token<'a>(&'a Sender<()>);
+/// A permit to run Argon2, carrying that permit's working memory. The memory (m_cost KiB, 19 MiB
+/// by default) is allocated once per permit and reused: allocating and freeing it per run leaves
+/// each glibc malloc arena holding ~19 MiB after its first run (a freed large block raises
+/// glibc's mmap threshold, so later ones come from, and stay in, the arenas), which grows RSS with
+/// the number of worker threads. Reuse bounds it at `max_concurrent_hashes` buffers.
+struct Token<'a> {
+    home: &'a Sender<Vec<argon2::Block>>,
+    memory: Vec<argon2::Block>,
+}
 
 impl Drop for Token<'_> {
     fn drop(&mut self) {
-        // Never blocks: exactly as many tokens exist as the channel holds.
-        let _ = self.0.try_send(());
+        // Never blocks: exactly as many permits exist as the channel holds.
+        let _ = self.home.try_send(std::mem::take(&mut self.memory));
     }
 }
 
@@ -486,7 +493,7 @@ impl Authenticator {
         let (tokens_tx, tokens_rx) = crossbeam_channel::bounded(permits);
         for _ in 0..permits {
             tokens_tx
-                .send(())
+                .send(Vec::new())
                 .expect("the token channel has room for every permit");
         }
         let cache_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
@@ -582,29 +589,69 @@ impl Authenticator {
         tag
     }
 
-    /// One Argon2 run, waiting for a concurrency token first.
+    /// One Argon2 run, waiting for a concurrency permit (and its memory) first.
     fn argon2_verify(&self, phc: &str, password: &str) -> bool {
         // The sender lives in `self`, so the channel never disconnects.
-        if self.tokens_rx.recv().is_err() {
+        let Ok(memory) = self.tokens_rx.recv() else {
             return false;
-        }
-        let _token = Token(&self.tokens_tx);
+        };
+        let mut token = Token {
+            home: &self.tokens_tx,
+            memory,
+        };
         self.argon2_runs.fetch_add(1, Ordering::Relaxed);
         #[cfg(test)]
         {
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.peak_in_flight.fetch_max(now, Ordering::SeqCst);
         }
-        let ok = match PasswordHash::new(phc) {
-            Ok(parsed) => Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok(),
-            Err(_) => false,
-        };
+        let ok = PasswordHash::new(phc)
+            .ok()
+            .is_some_and(|parsed| argon2_matches(&parsed, password.as_bytes(), &mut token.memory));
         #[cfg(test)]
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         ok
     }
+}
+
+/// Recomputes `parsed`'s Argon2 hash of `password` in `memory` (grown to the hash's m_cost if
+/// needed) and compares it with the stored output in constant time.
+fn argon2_matches(
+    parsed: &PasswordHash<'_>,
+    password: &[u8],
+    memory: &mut Vec<argon2::Block>,
+) -> bool {
+    let (Some(expected), Some(salt)) = (parsed.hash, parsed.salt) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(parsed),
+    ) else {
+        return false;
+    };
+    let Ok(version) = Version::try_from(parsed.version.unwrap_or(0x13)) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; password_hash::Salt::MAX_LENGTH];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let need = params.block_count();
+    if memory.len() < need {
+        memory.resize(need, argon2::Block::default());
+    }
+    let mut out = [0u8; password_hash::Output::MAX_LENGTH];
+    let out = &mut out[..expected.len()];
+    let hasher = Argon2::new(algorithm, version, params);
+    if hasher
+        .hash_password_into_with_memory(password, salt, out, &mut memory[..need])
+        .is_err()
+    {
+        return false;
+    }
+    // `Output`'s equality is constant-time.
+    password_hash::Output::new(out).is_ok_and(|computed| computed == expected)
 }
 
 impl StoreState {

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# measure-idle.sh — the idle figures of issue 2: server RSS at start, RSS with N idle TLS
+# connections (KiB per connection), and the CPU the server burns over 10 s holding them.
+#
+#   scripts/measure-idle.sh [CONNS [WORKERS]]        defaults: 200 connections, 210 workers
+#
+# Uses the shared harness's load generator (../shared/bench/wsload, built here on first use) to
+# open and hold the connections, and reads the server's /proc/PID/status and /proc/PID/stat.
+# One login happens first, so the figure per connection excludes the Argon2 working memory
+# (19 MiB per permit, allocated at the first login and kept).
+set -euo pipefail
+CONNS=${1:-200} WORKERS=${2:-210}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=${BENCH:-$ROOT/../shared/bench}
+export CARGO_TARGET_DIR=${BENCH_TARGET:-$ROOT/target/bench}
+WSLOAD=$CARGO_TARGET_DIR/release/wsload
+[[ -x $WSLOAD ]] || (cd "$BENCH" && cargo build --release -q -p wsload)
+(cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target cargo build --release -q)
+BIN=$ROOT/target/release/wsgate
+
+DIR=$(mktemp -d)
+trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
+echo bench | "$BIN" passwd "$DIR/users" bench 2>/dev/null
+PORT=$((20000 + RANDOM % 20000))
+cat > "$DIR/wsgate.ini" <<INI
+[server]
+listen = 127.0.0.1:$PORT
+workers = $WORKERS
+max_connections_per_ip = $((CONNS + 10))
+[tls]
+cert = wsgate.crt
+key = wsgate.key
+self_signed = true
+[origins]
+allow = https://localhost
+[auth]
+users_file = users
+[log]
+level = warn
+[channel:/echo]
+mode = echo
+INI
+"$BIN" serve --config "$DIR/wsgate.ini" 2>"$DIR/server.log" &
+PID=$!
+for _ in $(seq 50); do grep -q "listening" "$DIR/server.log" 2>/dev/null && break; ss -ltn | grep -q ":$PORT " && break; sleep 0.1; done
+rss() { awk '/VmRSS/ {print $2}' /proc/$PID/status; }
+ticks() { awk '{print $14 + $15}' /proc/$PID/stat; }
+echo "start: RSS $(rss) KiB with $WORKERS workers"
+"$WSLOAD" idle --url "wss://127.0.0.1:$PORT/echo" --conns 1 --hold 0 --origin https://localhost \
+  --user bench --pass bench >/dev/null 2>&1
+echo "after one login: RSS $(rss) KiB"
+"$WSLOAD" idle --url "wss://127.0.0.1:$PORT/echo" --conns "$CONNS" --hold 13 --origin https://localhost \
+  --user bench --pass bench --server-pid $PID >"$DIR/idle.json" 2>"$DIR/wsload.log" &
+LOAD=$!
+until grep -q READY "$DIR/wsload.log" 2>/dev/null; do sleep 0.2; done
+sleep 1
+t0=$(ticks); r0=$(rss)
+sleep 10
+t1=$(ticks)
+wait $LOAD
+echo "with $CONNS idle connections: RSS $r0 KiB"
+echo "CPU over 10 s holding them: $((t1 - t0)) ticks of $(getconf CLK_TCK)/s (/proc/$PID/stat utime+stime)"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("wsload: opened %d, per connection %.1f KiB, server CPU %.1f%%, dropped %d" % (r["opened"], r["per_conn_kib"], r["server_cpu_pct"], r["dropped"]))' "$DIR/idle.json"

@@ -187,3 +187,87 @@ fn passwd_refuses_the_password_on_the_command_line_and_deletes_users() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn first_run_generates_a_self_signed_certificate_when_allowed() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut setup = Setup::default();
+    setup
+        .set("tls", "cert", "gen/wsgate.crt")
+        .set("tls", "key", "gen/wsgate.key");
+    let (dir, config, _unused) = setup.write();
+    // Without self_signed, missing files are a config error (exit 2).
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[tls]\n", "[tls]\nself_signed = true\n");
+    std::fs::write(&config, text).unwrap();
+    let placeholder = CertificateDer::from(Vec::new());
+    let mut server = Server::spawn(dir, &config, placeholder);
+    let cert_path = server.dir.path().join("gen/wsgate.crt");
+    let key_mode = std::fs::metadata(server.dir.path().join("gen/wsgate.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o600);
+    assert!(
+        server
+            .logs()
+            .contains("generated a self-signed certificate"),
+        "{}",
+        server.logs()
+    );
+    let fingerprint_line = server
+        .logs()
+        .lines()
+        .find(|l| l.contains("sha256 fingerprint"))
+        .unwrap()
+        .to_string();
+    // A client that trusts the generated certificate connects.
+    server.ca = CertificateDer::from_pem_file(&cert_path).unwrap();
+    let mut ws = server.connect_as("/echo", ALICE);
+    ws.send(Message::text("trusted")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("trusted"));
+    drop(ws);
+    // A restart reuses the pair instead of generating a new one.
+    server.terminate();
+    server
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("exit");
+    let again = Command::new(bin())
+        .args(["check-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let dir = std::mem::replace(&mut server.dir, TempDir::new("unused"));
+    let server2 = Server::spawn(
+        dir,
+        &config,
+        CertificateDer::from_pem_file(&cert_path).unwrap(),
+    );
+    assert!(
+        !server2
+            .logs()
+            .contains("generated a self-signed certificate")
+    );
+    let fp = fingerprint_line.split("fingerprint ").nth(1).unwrap();
+    assert!(
+        server2.logs().contains(fp),
+        "certificate changed on restart"
+    );
+}

@@ -397,43 +397,36 @@ mod tests {
 
     #[test]
     fn head_checks_give_each_malformation_its_status() {
-        assert_eq!(head(&format!("GET / HTTP/1.1\r\n{UPGRADE}\r\n")), Ok(()));
-        assert_eq!(
-            head(&format!("POST / HTTP/1.1\r\n{UPGRADE}\r\n")),
-            Err(Reason::Method)
-        );
-        assert_eq!(
-            head(&format!("GET / HTTP/1.0\r\n{UPGRADE}\r\n")),
-            Err(Reason::HttpVersion)
-        );
-        assert_eq!(
-            head(&format!(
-                "GET / HTTP/1.1\r\n{}\r\n",
-                UPGRADE.replace("Host: h\r\n", "")
-            )),
-            Err(Reason::NotUpgrade)
-        );
-        assert_eq!(
-            head(&format!(
-                "GET / HTTP/1.1\r\n{}\r\n",
-                UPGRADE.replace("Upgrade: websocket", "Upgrade: h2c")
-            )),
-            Err(Reason::NotUpgrade)
-        );
-        assert_eq!(
-            head(&format!(
-                "GET / HTTP/1.1\r\n{}\r\n",
-                UPGRADE.replace("Version: 13", "Version: 8")
-            )),
-            Err(Reason::WsVersion)
-        );
-        assert_eq!(
-            head(&format!(
-                "GET / HTTP/1.1\r\n{}\r\n",
-                UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")
-            )),
-            Err(Reason::BadKey)
-        );
+        let with = |first: &str, from: &str, to: &str| {
+            head(&format!("{first}\r\n{}\r\n", UPGRADE.replace(from, to)))
+        };
+        assert_eq!(with("GET / HTTP/1.1", "", ""), Ok(()));
+        let cases = [
+            ("POST / HTTP/1.1", "", "", Reason::Method),
+            ("GET / HTTP/1.0", "", "", Reason::HttpVersion),
+            ("GET / HTTP/1.1", "Host: h\r\n", "", Reason::NotUpgrade),
+            (
+                "GET / HTTP/1.1",
+                "Upgrade: websocket",
+                "Upgrade: h2c",
+                Reason::NotUpgrade,
+            ),
+            (
+                "GET / HTTP/1.1",
+                "Version: 13",
+                "Version: 8",
+                Reason::WsVersion,
+            ),
+            (
+                "GET / HTTP/1.1",
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                "c2hvcnQ=",
+                Reason::BadKey,
+            ),
+        ];
+        for (first, from, to, reason) in cases {
+            assert_eq!(with(first, from, to), Err(reason), "{first} {from} -> {to}");
+        }
         assert_eq!(
             Reason::WsVersion.response().headers()["sec-websocket-version"],
             "13"

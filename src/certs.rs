@@ -152,3 +152,117 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+/// The user name a client certificate names: the subject's last common name (CN), else the first
+/// DNS subject alternative name. Only called on certificates rustls has verified against the
+/// configured client CA.
+pub fn user_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    common_name(parsed.subject())
+        .or_else(|| parsed.valid_dns_names().next().map(str::to_string))
+        .filter(|name| !name.is_empty())
+}
+
+/// The last `CN` in a DER `RDNSequence` body (the subject without its outer SEQUENCE header).
+fn common_name(mut rdns: &[u8]) -> Option<String> {
+    const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
+    let mut found = None;
+    while !rdns.is_empty() {
+        let (tag, set, rest) = der_item(rdns)?;
+        rdns = rest;
+        if tag != 0x31 {
+            return None; // every RDN is a SET
+        }
+        let mut attrs = set;
+        while !attrs.is_empty() {
+            let (tag, attr, rest) = der_item(attrs)?;
+            attrs = rest;
+            if tag != 0x30 {
+                return None;
+            }
+            let (oid_tag, oid, value) = der_item(attr)?;
+            let (value_tag, value, _) = der_item(value)?;
+            // UTF8String, PrintableString, IA5String
+            if oid_tag == 0x06 && oid == CN_OID && matches!(value_tag, 0x0c | 0x13 | 0x16) {
+                found = std::str::from_utf8(value).ok().map(str::to_string);
+            }
+        }
+    }
+    found
+}
+
+/// Splits one DER item off `input`: (tag, contents, rest). Short-form and long-form lengths up to
+/// four bytes; anything else is refused.
+fn der_item(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with(cn: Option<&str>, sans: &[&str]) -> CertificateDer<'static> {
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example Org");
+        if let Some(cn) = cn {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn client_user_is_the_common_name_else_the_first_dns_san() {
+        assert_eq!(
+            user_name(&cert_with(Some("alice"), &["device.example"])).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            user_name(&cert_with(None, &["sensor-7.example", "x.example"])).as_deref(),
+            Some("sensor-7.example")
+        );
+        assert_eq!(user_name(&cert_with(None, &[])), None);
+    }
+
+    #[test]
+    fn der_walker_refuses_truncated_input() {
+        assert_eq!(der_item(&[0x30, 0x05, 1, 2]), None);
+        assert_eq!(der_item(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
+        assert_eq!(
+            der_item(&[0x30, 0x02, 1, 2, 9]),
+            Some((0x30, &[1u8, 2][..], &[9u8][..]))
+        );
+        assert_eq!(common_name(&[0x31, 0x03, 0x30, 0x01]), None);
+    }
+
+    #[test]
+    fn fingerprint_is_colon_separated_sha256() {
+        let fp = fingerprint(&cert_with(Some("x"), &[]));
+        assert_eq!(fp.len(), 32 * 3 - 1);
+        assert!(
+            fp.split(':')
+                .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()))
+        );
+    }
+}

@@ -98,8 +98,8 @@ impl Server {
         }
         let pair = certs::load(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?;
         let fingerprint = certs::fingerprint(&pair.chain[0]);
-        let tls =
-            tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?;
+        let tls = tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key, tls::ClientCerts::Off)
+            .map_err(StartError::Cert)?;
         log::info!(
             "certificate {} sha256 fingerprint {fingerprint}",
             tls_cfg.cert.display()

@@ -8,20 +8,39 @@ use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
-use rustls::{ServerConfig, ServerConnection};
+use std::path::Path;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
 
 use crate::certs::{CertError, CertifiedKey};
 use crate::deadline::{Deadline, is_timeout};
 
+/// Whether and how clients present certificates (mTLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts<'a> {
+    /// No client certificates are asked for.
+    Off,
+    /// Asked for and verified against the CA file when presented; clients without one pass TLS.
+    Optional(&'a Path),
+    /// Every client must present a certificate the CA file vouches for.
+    Required(&'a Path),
+}
+
 /// Builds the rustls configuration: `ring` provider, TLS 1.3 and 1.2 with rustls' safe default
-/// suites only (no CBC, no RSA key exchange), ALPN `http/1.1`.
+/// suites only (no CBC, no RSA key exchange), ALPN `http/1.1`, and client certificate
+/// verification when `client` asks for it.
 ///
 /// # Errors
-/// [`CertError::Rejected`] when rustls refuses the pair (for example a key that does not match).
+/// [`CertError::Rejected`] when rustls refuses the pair (for example a key that does not match);
+/// [`CertError::Pem`] when the client CA file is unusable.
 pub fn server_config(
     pair: CertifiedKey,
-    cert_path: &std::path::Path,
-    key_path: &std::path::Path,
+    cert_path: &Path,
+    key_path: &Path,
+    client: ClientCerts<'_>,
 ) -> Result<Arc<ServerConfig>, CertError> {
     let rejected = |error| CertError::Rejected {
         cert: cert_path.to_path_buf(),
@@ -29,10 +48,37 @@ pub fn server_config(
         error,
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = match client {
+        ClientCerts::Off => WebPkiClientVerifier::no_client_auth(),
+        ClientCerts::Optional(ca) | ClientCerts::Required(ca) => {
+            let ca_err = |error: String| CertError::Pem {
+                path: ca.to_path_buf(),
+                what: "client CA",
+                error,
+            };
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| ca_err(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| ca_err(e.to_string()))?)
+                    .map_err(|e| ca_err(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(ca_err("no CERTIFICATE block found".into()));
+            }
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+            let builder = if matches!(client, ClientCerts::Optional(_)) {
+                builder.allow_unauthenticated()
+            } else {
+                builder
+            };
+            builder.build().map_err(|e| ca_err(e.to_string()))?
+        }
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(rejected)?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(pair.chain, pair.key)
         .map_err(rejected)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -72,6 +118,15 @@ impl TlsStream {
     /// The TCP socket underneath, for timeouts, non-blocking mode and `poll`.
     pub fn socket(&self) -> &TcpStream {
         &self.sock
+    }
+
+    /// The user name a verified client certificate maps to: its subject's common name, else its
+    /// first DNS subject alternative name. None without a (verified) client certificate.
+    pub fn client_user(&self) -> Option<String> {
+        self.conn
+            .peer_certificates()?
+            .first()
+            .and_then(crate::certs::user_name)
     }
 
     /// Whether TLS records are waiting to be written to the socket.

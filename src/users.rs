@@ -53,6 +53,9 @@ pub struct Authenticator {
     tokens_tx: Sender<Vec<argon2::Block>>,
     tokens_rx: Receiver<Vec<argon2::Block>>,
     argon2_runs: AtomicU64,
+    /// Checks waiting for a permit, and how many may wait before new ones are refused as busy.
+    waiting: std::sync::atomic::AtomicUsize,
+    max_waiting: usize,
     #[cfg(test)]
     in_flight: std::sync::atomic::AtomicUsize,
     #[cfg(test)]
@@ -72,6 +75,8 @@ pub enum AuthOutcome {
     Ok,
     UnknownUser,
     BadPassword,
+    /// Too many password checks are already waiting for an Argon2 permit; try again shortly.
+    Busy,
 }
 
 /// Why the users file could not be read or written.
@@ -507,11 +512,21 @@ impl Authenticator {
             tokens_tx,
             tokens_rx,
             argon2_runs: AtomicU64::new(0),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            max_waiting: usize::MAX,
             #[cfg(test)]
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             #[cfg(test)]
             peak_in_flight: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Refuses checks (as [`AuthOutcome::Busy`]) while `max_waiting` others already wait for an
+    /// Argon2 permit, so a password flood cannot hold every worker in the queue.
+    #[must_use]
+    pub fn with_queue_limit(mut self, max_waiting: usize) -> Self {
+        self.max_waiting = max_waiting;
+        self
     }
 
     /// Checks `user`'s `password`. An unknown user costs one Argon2 run against a dummy hash, like
@@ -520,7 +535,9 @@ impl Authenticator {
         let state = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
         let Some(stored) = state.store.users.get(user) else {
             if let Some(dummy) = state.dummy_hash() {
-                let _ = self.argon2_verify(dummy, password);
+                if self.argon2_verify(dummy, password).is_none() {
+                    return AuthOutcome::Busy;
+                }
             }
             return AuthOutcome::UnknownUser;
         };
@@ -532,8 +549,10 @@ impl Authenticator {
                 return AuthOutcome::Ok;
             }
         }
-        if !self.argon2_verify(stored, password) {
-            return AuthOutcome::BadPassword;
+        match self.argon2_verify(stored, password) {
+            None => return AuthOutcome::Busy,
+            Some(false) => return AuthOutcome::BadPassword,
+            Some(true) => {}
         }
         if let Some(tag) = tag {
             lock(&self.cache).insert(tag, self.cache_ttl, self.cache_size);
@@ -589,11 +608,21 @@ impl Authenticator {
         tag
     }
 
-    /// One Argon2 run, waiting for a concurrency permit (and its memory) first.
-    fn argon2_verify(&self, phc: &str, password: &str) -> bool {
-        // The sender lives in `self`, so the channel never disconnects.
-        let Ok(memory) = self.tokens_rx.recv() else {
-            return false;
+    /// One Argon2 run, waiting for a concurrency permit (and its memory) first. None when too
+    /// many checks already wait.
+    fn argon2_verify(&self, phc: &str, password: &str) -> Option<bool> {
+        let memory = match self.tokens_rx.try_recv() {
+            Ok(memory) => memory,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return None;
+                }
+                // The sender lives in `self`, so the channel never disconnects.
+                let memory = self.tokens_rx.recv();
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                memory.ok()?
+            }
         };
         let mut token = Token {
             home: &self.tokens_tx,
@@ -610,7 +639,7 @@ impl Authenticator {
             .is_some_and(|parsed| argon2_matches(&parsed, password.as_bytes(), &mut token.memory));
         #[cfg(test)]
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        ok
+        Some(ok)
     }
 }
 
@@ -841,6 +870,19 @@ mod tests {
         let parsed = PasswordHash::new(&phc).unwrap();
         assert_eq!(parsed.salt.unwrap().len(), 22); // 16 bytes, unpadded base64
         assert_ne!(phc, hash_password("pw").unwrap(), "salts are random");
+    }
+
+    #[test]
+    fn a_full_argon2_queue_answers_busy_without_hashing() {
+        let store = UserStore::parse(&format!("alice:{}\n", h("right")), p()).unwrap();
+        let auth = Authenticator::new(store, 0, Duration::from_secs(60), 1).with_queue_limit(0);
+        // Another check holds the only permit; with no room to wait, new checks are busy.
+        let held = auth.tokens_rx.recv().unwrap();
+        assert_eq!(auth.verify("alice", "right"), AuthOutcome::Busy);
+        assert_eq!(auth.verify("mallory", "right"), AuthOutcome::Busy);
+        assert_eq!(auth.argon2_runs(), 0);
+        auth.tokens_tx.send(held).unwrap();
+        assert_eq!(auth.verify("alice", "right"), AuthOutcome::Ok);
     }
 
     #[test]

@@ -28,5 +28,6 @@ pub mod policy;
 pub mod server;
 pub mod signals;
 pub mod tls;
+pub mod tokens;
 pub mod upgrade;
 pub mod users;

@@ -26,6 +26,7 @@ pub mod origin;
 pub mod passwd;
 pub mod policy;
 pub mod server;
+pub mod session;
 pub mod signals;
 pub mod tls;
 pub mod tokens;

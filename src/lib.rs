@@ -28,6 +28,7 @@ pub mod policy;
 pub mod server;
 pub mod session;
 pub mod signals;
+pub mod throttle;
 pub mod tls;
 pub mod tokens;
 pub mod upgrade;

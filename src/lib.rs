@@ -25,6 +25,7 @@ pub mod listener;
 pub mod origin;
 pub mod passwd;
 pub mod policy;
+pub mod ratelimit;
 pub mod server;
 pub mod session;
 pub mod signals;

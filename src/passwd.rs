@@ -265,17 +265,25 @@ fn rewrite(text: &str, user: &str, new_line: Option<&str>) -> (String, bool) {
     (out, found)
 }
 
+/// [`write_file_atomic`] with its error as a [`PasswdError::Write`] naming `file`.
+fn write_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result<(), PasswdError> {
+    write_file_atomic(file, contents, owner).map_err(|source| PasswdError::Write {
+        path: file.to_path_buf(),
+        source,
+    })
+}
+
 /// Writes `contents` to a 0600 temporary file beside `file`, fsyncs it, renames it over `file`
 /// and fsyncs the directory. `owner` (uid, gid) is given to the new file when it differs from
 /// ours, so root editing the service's file leaves it readable by the service. A symlink is
-/// followed: its target is replaced, the link kept.
-fn write_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result<(), PasswdError> {
-    let write_err = |source| PasswdError::Write {
-        path: file.to_path_buf(),
-        source,
-    };
+/// followed: its target is replaced, the link kept. Shared by the other credential files
+/// (`tokens`).
+///
+/// # Errors
+/// The I/O error; `file` is then unchanged and no temporary file is left behind.
+pub fn write_file_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> io::Result<()> {
     let target = match fs::symlink_metadata(file) {
-        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(file).map_err(write_err)?,
+        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(file)?,
         _ => file.to_path_buf(),
     };
     let dir = match target.parent() {
@@ -283,10 +291,10 @@ fn write_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> Resul
         _ => PathBuf::from("."),
     };
     let Some(name) = target.file_name() else {
-        return Err(write_err(io::Error::new(
+        return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a file name",
-        )));
+        ));
     };
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -300,8 +308,7 @@ fn write_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> Resul
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(write_err)?;
+        .open(&tmp)?;
     let result = (|| {
         // The umask can only remove bits; make it exactly 0600.
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
@@ -326,7 +333,7 @@ fn write_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> Resul
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(write_err)
+    result
 }
 
 /// Reads the password: a no-echo prompt twice on a terminal, else one line of stdin.

@@ -1,0 +1,477 @@
+//! Failed-login throttling, asked before any Argon2 work: after `max_failures` failures within a
+//! window, from one peer address or against one user name, further attempts are refused until
+//! the window ends. Memory is bounded: at most `capacity` addresses and `capacity` names.
+//!
+//! Windows are fixed, starting at the first failure: a key gets at most `max_failures` tries per
+//! window, and the block lifts exactly when its window ends (a sliding window would need a
+//! timestamp per failure; attempts made while blocked are refused unhashed, so they neither count
+//! nor extend anything). Counting by user name as well as by address means one user attacked
+//! from many addresses is protected — at the price that anyone can hold a known user name
+//! blocked by failing against it; a success from the right password clears only that name.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::users::MAX_USER_NAME_LEN;
+
+/// Counts failed logins per peer address and per user name. Shared by all workers.
+pub struct LoginThrottle {
+    max_failures: u32,
+    window: Duration,
+    capacity: usize,
+    state: Mutex<State>,
+}
+
+impl fmt::Debug for LoginThrottle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (ips, users) = self.tracked();
+        f.debug_struct("LoginThrottle")
+            .field("max_failures", &self.max_failures)
+            .field("window", &self.window)
+            .field("capacity", &self.capacity)
+            .field("tracked_ips", &ips)
+            .field("tracked_users", &users)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    ips: Counters<IpAddr>,
+    users: Counters<String>,
+}
+
+/// One key's window: when its first failure was, and how many there have been since.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    failures: u32,
+}
+
+struct Counters<K> {
+    map: HashMap<K, Window>,
+}
+
+impl<K> Default for Counters<K> {
+    fn default() -> Self {
+        Counters {
+            map: HashMap::new(),
+        }
+    }
+}
+
+/// Why an attempt is refused without checking its credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// Until the blocking window ends (for a `Retry-After` header, rounded up).
+    pub retry_after: Duration,
+    /// What is blocked; when both are, the one blocked longer.
+    pub key: BlockedKey,
+}
+
+/// The address or the name that reached the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockedKey {
+    /// The peer's address as counted: IPv4, or an IPv6 /64 prefix (host bits zero).
+    Ip(IpAddr),
+    User(String),
+}
+
+impl fmt::Display for Blocked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        match &self.key {
+            BlockedKey::Ip(ip) => write!(f, "too many failed logins from {ip}")?,
+            BlockedKey::User(user) => write!(
+                f,
+                "too many failed logins for user \"{}\"",
+                user.escape_debug()
+            )?,
+        }
+        write!(f, " (blocked for {secs} s more)")
+    }
+}
+
+/// What [`LoginThrottle::record_failure`] tells the caller to log: `true` for a key only on the
+/// failure that reached the limit, so a blocked key is logged once per window, not per attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Logging {
+    pub ip_tripped: bool,
+    pub user_tripped: bool,
+}
+
+impl Logging {
+    /// Whether this failure blocked the address or the name.
+    #[must_use]
+    pub fn tripped(&self) -> bool {
+        self.ip_tripped || self.user_tripped
+    }
+}
+
+/// The address an attempt is counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64,
+/// the smallest block one host normally gets — counting single IPv6 addresses would let one
+/// client rotate through 2^64 of them.
+#[must_use]
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
+/// The name an attempt is counted under; `None` for no name, or one longer than any valid user
+/// name (no account to protect; the address is still counted), which also bounds memory.
+fn user_key(user: Option<&str>) -> Option<&str> {
+    user.filter(|u| u.len() <= MAX_USER_NAME_LEN)
+}
+
+impl<K: Hash + Eq + Clone> Counters<K> {
+    fn expired(w: &Window, now: Instant, window: Duration) -> bool {
+        now.saturating_duration_since(w.start) >= window
+    }
+
+    /// How long `key` stays blocked, if it is.
+    fn blocked<Q>(&self, key: &Q, now: Instant, max: u32, window: Duration) -> Option<Duration>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let w = self.map.get(key)?;
+        if w.failures < max || Self::expired(w, now, window) {
+            return None;
+        }
+        Some(window - now.saturating_duration_since(w.start))
+    }
+
+    /// Counts a failure; true if it is the one that reaches `max` in this window.
+    fn fail(&mut self, key: K, now: Instant, max: u32, window: Duration, capacity: usize) -> bool {
+        if let Some(w) = self.map.get_mut(&key) {
+            if Self::expired(w, now, window) {
+                *w = Window {
+                    start: now,
+                    failures: 1,
+                };
+            } else {
+                w.failures = w.failures.saturating_add(1);
+            }
+            return w.failures == max;
+        }
+        if self.map.len() >= capacity {
+            // Expired entries first; if none, the oldest window. O(capacity), but only when
+            // full, and failures come at most at the pace of Argon2 checks.
+            self.map.retain(|_, w| !Self::expired(w, now, window));
+            while self.map.len() >= capacity {
+                let oldest = self
+                    .map
+                    .iter()
+                    .min_by_key(|(_, w)| w.start)
+                    .map(|(k, _)| k.clone());
+                match oldest {
+                    Some(k) => self.map.remove(&k),
+                    None => break,
+                };
+            }
+        }
+        self.map.insert(
+            key,
+            Window {
+                start: now,
+                failures: 1,
+            },
+        );
+        max == 1
+    }
+}
+
+impl LoginThrottle {
+    /// At most `max_failures` failed logins per `window`, per address and per user name, with at
+    /// most `capacity` addresses and `capacity` names tracked (0 is taken as 1).
+    /// `max_failures == 0` turns throttling off (nothing is counted or stored).
+    #[must_use]
+    pub fn new(max_failures: u32, window: Duration, capacity: usize) -> Self {
+        LoginThrottle {
+            max_failures,
+            window,
+            capacity: capacity.max(1),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether an attempt from `ip` for `user` may be checked at all. Call it before any
+    /// password hashing.
+    ///
+    /// # Errors
+    /// [`Blocked`] when the address or the name has reached the limit in its current window.
+    pub fn check(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Result<(), Blocked> {
+        if self.max_failures == 0 {
+            return Ok(());
+        }
+        let state = self.lock();
+        let ip = ip_key(ip);
+        let by_ip = state
+            .ips
+            .blocked(&ip, now, self.max_failures, self.window)
+            .map(|d| (d, BlockedKey::Ip(ip)));
+        let by_user = user_key(user).and_then(|u| {
+            state
+                .users
+                .blocked(u, now, self.max_failures, self.window)
+                .map(|d| (d, BlockedKey::User(u.to_string())))
+        });
+        match (by_ip, by_user) {
+            (None, None) => Ok(()),
+            (Some((retry_after, key)), None) | (None, Some((retry_after, key))) => {
+                Err(Blocked { retry_after, key })
+            }
+            (Some(a), Some(b)) => {
+                let (retry_after, key) = if b.0 > a.0 { b } else { a };
+                Err(Blocked { retry_after, key })
+            }
+        }
+    }
+
+    /// Counts a failed login against `ip` and `user` (when given).
+    pub fn record_failure(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Logging {
+        if self.max_failures == 0 {
+            return Logging::default();
+        }
+        let (max, window, cap) = (self.max_failures, self.window, self.capacity);
+        let mut state = self.lock();
+        let ip_tripped = state.ips.fail(ip_key(ip), now, max, window, cap);
+        let user_tripped =
+            user_key(user).is_some_and(|u| state.users.fail(u.to_string(), now, max, window, cap));
+        Logging {
+            ip_tripped,
+            user_tripped,
+        }
+    }
+
+    /// A successful login: clears `user`'s count (not the address's, which may be trying many
+    /// names and got one right).
+    pub fn record_success(&self, ip: IpAddr, user: &str, now: Instant) {
+        // Same arguments as the other calls; neither is needed to forget a name.
+        let _ = (ip, now);
+        if self.max_failures == 0 {
+            return;
+        }
+        self.lock().users.map.remove(user);
+    }
+
+    /// How many addresses and names are tracked now (each at most `capacity`).
+    #[must_use]
+    pub fn tracked(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.ips.map.len(), state.users.map.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const W: Duration = Duration::from_secs(60);
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, n))
+    }
+
+    #[test]
+    fn trips_at_the_nth_failure_and_recovers() {
+        let t = LoginThrottle::new(3, W, 100);
+        let t0 = Instant::now();
+        for i in 0..2 {
+            assert!(t.check(ip(1), Some("alice"), t0).is_ok());
+            let log = t.record_failure(ip(1), Some("alice"), t0 + Duration::from_secs(i));
+            assert!(!log.tripped());
+        }
+        assert!(
+            t.check(ip(1), Some("alice"), t0 + Duration::from_secs(2))
+                .is_ok()
+        );
+        let log = t.record_failure(ip(1), Some("alice"), t0 + Duration::from_secs(2));
+        assert_eq!(
+            log,
+            Logging {
+                ip_tripped: true,
+                user_tripped: true
+            }
+        );
+        // Blocked: retry_after counts down to the end of the window that began at t0.
+        let b = t
+            .check(ip(1), Some("alice"), t0 + Duration::from_secs(10))
+            .unwrap_err();
+        assert_eq!(b.retry_after, Duration::from_secs(50));
+        let b = t
+            .check(ip(1), None, t0 + Duration::from_secs(59))
+            .unwrap_err();
+        assert_eq!(b.retry_after, Duration::from_secs(1));
+        assert_eq!(b.key, BlockedKey::Ip(ip(1)));
+        assert_eq!(
+            b.to_string(),
+            "too many failed logins from 192.0.2.1 (blocked for 1 s more)"
+        );
+        // The window ends: allowed again, and counting starts over.
+        assert!(t.check(ip(1), Some("alice"), t0 + W).is_ok());
+        assert!(!t.record_failure(ip(1), Some("alice"), t0 + W).tripped());
+        assert!(t.check(ip(1), Some("alice"), t0 + W).is_ok());
+    }
+
+    #[test]
+    fn trips_flag_once_per_window() {
+        let t = LoginThrottle::new(2, W, 100);
+        let t0 = Instant::now();
+        let trips: Vec<bool> = (0..6)
+            .map(|i| {
+                t.record_failure(ip(1), None, t0 + Duration::from_secs(i))
+                    .ip_tripped
+            })
+            .collect();
+        assert_eq!(trips, [false, true, false, false, false, false]);
+        // Next window: trips again, once.
+        let later = t0 + W + Duration::from_secs(5);
+        assert!(!t.record_failure(ip(1), None, later).tripped());
+        assert!(t.record_failure(ip(1), None, later).tripped());
+        assert!(!t.record_failure(ip(1), None, later).tripped());
+        // max_failures == 1 trips on the first failure.
+        let one = LoginThrottle::new(1, W, 10);
+        assert!(one.record_failure(ip(1), Some("a"), t0).ip_tripped);
+        assert!(one.record_failure(ip(2), Some("b"), t0).user_tripped);
+    }
+
+    #[test]
+    fn user_counted_across_addresses() {
+        let t = LoginThrottle::new(3, W, 100);
+        let t0 = Instant::now();
+        let mut log = Logging::default();
+        for n in 1..=3 {
+            log = t.record_failure(ip(n), Some("alice"), t0);
+        }
+        assert_eq!(
+            log,
+            Logging {
+                ip_tripped: false,
+                user_tripped: true
+            }
+        );
+        let b = t.check(ip(9), Some("alice"), t0).unwrap_err();
+        assert_eq!(b.key, BlockedKey::User("alice".into()));
+        assert_eq!(b.retry_after, W);
+        // Other names from a fresh address are fine; so is that address without a name.
+        assert!(t.check(ip(9), Some("bob"), t0).is_ok());
+        assert!(t.check(ip(9), None, t0).is_ok());
+    }
+
+    #[test]
+    fn address_counted_across_users() {
+        let t = LoginThrottle::new(3, W, 100);
+        let t0 = Instant::now();
+        for name in ["a", "b", "c"] {
+            t.record_failure(ip(1), Some(name), t0);
+        }
+        let b = t.check(ip(1), Some("d"), t0).unwrap_err();
+        assert_eq!(b.key, BlockedKey::Ip(ip(1)));
+    }
+
+    #[test]
+    fn success_resets_the_user_not_the_address() {
+        let t = LoginThrottle::new(3, W, 100);
+        let t0 = Instant::now();
+        t.record_failure(ip(1), Some("alice"), t0);
+        t.record_failure(ip(1), Some("alice"), t0);
+        t.record_success(ip(1), "alice", t0);
+        // Alice has 0 now, the address 2: one more failure blocks the address only.
+        assert!(t.record_failure(ip(1), Some("alice"), t0).ip_tripped);
+        assert_eq!(t.check(ip(2), Some("alice"), t0), Ok(()));
+        assert!(t.check(ip(1), Some("alice"), t0).is_err());
+    }
+
+    #[test]
+    fn ipv6_counted_by_64_and_mapped_v4_as_v4() {
+        let t = LoginThrottle::new(2, W, 100);
+        let t0 = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        t.record_failure(a, None, t0);
+        t.record_failure(b, None, t0);
+        let blocked = t.check("2001:db8:1:2::77".parse().unwrap(), None, t0);
+        assert_eq!(
+            blocked.unwrap_err().key,
+            BlockedKey::Ip("2001:db8:1:2::".parse().unwrap())
+        );
+        assert!(
+            t.check("2001:db8:1:3::1".parse().unwrap(), None, t0)
+                .is_ok()
+        );
+        t.record_failure("::ffff:192.0.2.7".parse().unwrap(), None, t0);
+        t.record_failure(ip(7), None, t0);
+        assert!(t.check(ip(7), None, t0).is_err());
+    }
+
+    #[test]
+    fn disabled_counts_nothing() {
+        let t = LoginThrottle::new(0, W, 100);
+        let t0 = Instant::now();
+        for n in 0..50 {
+            assert!(!t.record_failure(ip(n), Some("alice"), t0).tripped());
+            assert!(t.check(ip(n), Some("alice"), t0).is_ok());
+        }
+        assert_eq!(t.tracked(), (0, 0));
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let t = LoginThrottle::new(3, W, 16);
+        let t0 = Instant::now();
+        for n in 0..1000u32 {
+            let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
+            let at = t0 + Duration::from_millis(u64::from(n));
+            t.record_failure(addr, Some(&format!("user{n}")), at);
+            let (ips, users) = t.tracked();
+            assert!(ips <= 16 && users <= 16, "{ips} {users}");
+        }
+        // Over-long names are not tracked at all (no account can have them).
+        let long = "x".repeat(MAX_USER_NAME_LEN + 1);
+        let t2 = LoginThrottle::new(1, W, 16);
+        assert!(!t2.record_failure(ip(1), Some(&long), t0).user_tripped);
+        assert_eq!(t2.tracked(), (1, 0));
+    }
+
+    #[test]
+    fn eviction_prefers_expired_then_oldest() {
+        let t = LoginThrottle::new(2, W, 3);
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // ip1 blocked early; ip2 and ip3 one failure each, later.
+        t.record_failure(ip(1), None, t0);
+        t.record_failure(ip(1), None, t0);
+        t.record_failure(ip(2), None, t0 + s(30));
+        t.record_failure(ip(3), None, t0 + s(40));
+        // ip4 arrives while full and nothing has expired: the oldest (ip1) goes.
+        t.record_failure(ip(4), None, t0 + s(50));
+        assert!(t.check(ip(1), None, t0 + s(50)).is_ok());
+        assert_eq!(t.tracked().0, 3);
+        // ip2 and ip3 block; then, after ip2's and ip3's windows ended, ip5 and ip6 purge them
+        // rather than evicting ip4 — whose second failure then still trips.
+        t.record_failure(ip(2), None, t0 + s(51));
+        t.record_failure(ip(3), None, t0 + s(52));
+        let late = t0 + s(101);
+        t.record_failure(ip(5), None, late);
+        assert_eq!(t.tracked().0, 2, "expired ip2 and ip3 purged together");
+        assert!(t.record_failure(ip(4), None, late).ip_tripped);
+    }
+}

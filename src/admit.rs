@@ -174,6 +174,7 @@ mod tests {
             max_connections_per_ip: NonZeroUsize::new(per_ip).unwrap(),
             worker_stack_size: NonZeroUsize::new(256 * 1024).unwrap(),
             shutdown_grace: Duration::from_secs(1),
+            max_pre_auth: NonZeroUsize::new(workers.div_ceil(2)).unwrap(),
         }
     }
 

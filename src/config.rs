@@ -24,6 +24,11 @@ pub struct Config {
     /// In file order; the first channel whose pattern matches a path serves it
     /// (exact paths are tried before prefix patterns).
     pub channels: Vec<ChannelConfig>,
+    /// `[role:NAME]` sections in file order: who may subscribe and publish where. Access is denied
+    /// unless a role grants it (see [`crate::acl`]).
+    pub roles: Vec<Role>,
+    /// `[admin]`: the admin endpoint, `None` when `listen` is not set.
+    pub admin: Option<AdminConfig>,
     pub log_level: log::LevelFilter,
 }
 
@@ -42,6 +47,10 @@ pub struct ServerConfig {
     pub worker_stack_size: NonZeroUsize,
     /// `shutdown_grace`: how long SIGTERM waits for connections to finish closing. Default 5 s.
     pub shutdown_grace: Duration,
+    /// `max_pre_auth`: connections that may be in the TLS handshake or the HTTP upgrade at once.
+    /// Smaller than the pool, so clients that stall before authenticating cannot hold every
+    /// worker. Default: half of `workers`, rounded up; never more than `workers`.
+    pub max_pre_auth: NonZeroUsize,
 }
 
 /// `[tls]`.
@@ -55,6 +64,26 @@ pub struct TlsConfig {
     pub self_signed: bool,
     /// `handshake_timeout`: deadline for the whole TLS handshake, from accept. Default 10 s.
     pub handshake_timeout: Duration,
+    /// `client_auth`: whether clients present a certificate. Default `off`.
+    pub client_auth: ClientAuth,
+    /// `client_ca`: PEM file of the CAs that sign client certificates. `Some` (and an existing
+    /// file) exactly when `client_auth` is not `off`; setting it with `client_auth = off` is an
+    /// error, so a half-done mTLS set-up is not mistaken for a working one.
+    pub client_ca: Option<PathBuf>,
+    /// `reload_check_interval`: how often the server compares the cert/key files' mtimes and
+    /// reloads them when they changed. Default 60 s; zero turns the check off.
+    pub reload_check_interval: Duration,
+}
+
+/// `[tls] client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificates are asked for.
+    Off,
+    /// A client may present a certificate signed by `client_ca`; one that does not still connects.
+    Optional,
+    /// Every client must present a certificate signed by `client_ca`, or the handshake fails.
+    Required,
 }
 
 /// `[auth]`.
@@ -68,6 +97,31 @@ pub struct AuthConfig {
     pub cache_ttl: Duration,
     /// `max_concurrent_hashes`: Argon2 runs at once (each takes ~19 MiB). Default 2.
     pub max_concurrent_hashes: NonZeroUsize,
+    /// `tokens_file`: API tokens (`wsgate token add` creates it). Relative to the config file.
+    /// May be missing, meaning no tokens; if it exists it must be a regular file.
+    /// Default `tokens` next to the config.
+    pub tokens_file: PathBuf,
+    /// `session_key_file`: the key that signs session cookies, created by the server at first
+    /// start. May be missing; if it exists it must be a regular file. Default `session.key`.
+    pub session_key_file: PathBuf,
+    /// `session_ttl`: how long a session stays valid. Zero turns sessions off. Default 12 h.
+    pub session_ttl: Duration,
+    /// `max_failures`: failed logins allowed per peer IP and per user name within
+    /// `failure_window` before further attempts get 429. Zero turns the throttle off. Default 5.
+    pub max_failures: u32,
+    /// `failure_window`: how long a failed login counts. Greater than zero. Default 5 min.
+    pub failure_window: Duration,
+    /// `max_pending_hashes`: password logins that may wait for an Argon2 permit; beyond that new
+    /// password logins get 503 at once, so a password flood cannot hold every worker.
+    /// Zero: no waiting. Default 32.
+    pub max_pending_hashes: usize,
+}
+
+/// `[admin]`: the admin endpoint. Present only when `listen` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `listen`: the admin endpoint's address; never the same as `[server] listen`.
+    pub listen: SocketAddr,
 }
 
 /// `[limits]`: deadlines and per-connection bounds; channels may override the `ws` part.
@@ -107,6 +161,42 @@ pub struct WsLimits {
     pub outbox: NonZeroUsize,
     /// `slow_consumer`: what happens when the outbox is full. Default `disconnect`.
     pub slow_consumer: SlowConsumer,
+    /// `max_messages_per_sec`: messages one connection may send per second (a token bucket of
+    /// one second's worth). Default 1000; zero means unlimited.
+    pub max_messages_per_sec: u32,
+    /// `max_bytes_per_sec`: message bytes one connection may send per second (a token bucket of
+    /// one second's worth). Default 4 MiB; zero means unlimited. Otherwise at least
+    /// `max_message_size`, or the largest allowed message could never pass.
+    pub max_bytes_per_sec: usize,
+    /// `on_rate_limit`: what happens to a message over either rate. Default `close`
+    /// (1008 "rate limit exceeded" is the integrator's wording).
+    pub on_rate_limit: Overflow,
+}
+
+/// What happens to a client message that is over a limit or not allowed
+/// (`on_rate_limit`, `on_forbidden`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Close the connection with 1008 and a reason.
+    Close,
+    /// Drop the message, count it, keep the connection.
+    Drop,
+}
+
+impl Overflow {
+    /// The config spelling: `close` or `drop`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::Close => "close",
+            Overflow::Drop => "drop",
+        }
+    }
+}
+
+impl fmt::Display for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What to do with a subscriber whose outbox is full.
@@ -124,6 +214,14 @@ pub struct ChannelConfig {
     pub pattern: ChannelPattern,
     pub mode: Mode,
     pub limits: WsLimits,
+    /// `anonymous`: clients without credentials may connect, with the rights of the role named
+    /// `anonymous` (none if there is no such role). Default false.
+    pub anonymous: bool,
+    /// `on_forbidden`: what happens when a connected client without publish rights sends a
+    /// message: `close` (1008 "publish not allowed", the default) or `drop` (dropped and counted).
+    pub on_forbidden: Overflow,
+    /// The section header's line in the config file (`None` if built in code).
+    pub line: Option<usize>,
 }
 
 /// A channel path as written in the section name.
@@ -136,6 +234,207 @@ pub enum ChannelPattern {
     Prefix(String),
 }
 
+impl fmt::Display for ChannelPattern {
+    /// As written in the section name: `/echo`, `/chat/*`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChannelPattern::Exact(p) => f.write_str(p),
+            ChannelPattern::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// `[role:NAME]`: a set of users and the paths they may subscribe and publish to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    /// NAME: 1 to 64 of `A-Z a-z 0-9 _ . -`. The role named `anonymous` is special.
+    pub name: String,
+    pub members: Members,
+    /// `subscribe`: paths whose channel a member may connect to and receive from.
+    pub subscribe: Vec<PathPattern>,
+    /// `publish`: paths a member may send messages to.
+    pub publish: Vec<PathPattern>,
+    /// The section header's line in the config file (`None` if built in code).
+    pub line: Option<usize>,
+}
+
+/// `members` of a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Members {
+    /// The role named `anonymous`, which has no `members` key: clients without credentials,
+    /// on channels with `anonymous = true`.
+    Anonymous,
+    /// `members = *`: every authenticated user.
+    Everyone,
+    /// `members = alice, bob`: these users (valid user names, no repeats).
+    Users(Vec<String>),
+}
+
+impl Members {
+    /// Whether the role applies to `user` (`None`: a client without credentials).
+    pub fn includes(&self, user: Option<&str>) -> bool {
+        match (self, user) {
+            (Members::Anonymous, None) => true,
+            (Members::Everyone, Some(_)) => true,
+            (Members::Users(names), Some(user)) => names.iter().any(|n| n == user),
+            _ => false,
+        }
+    }
+}
+
+/// A path pattern in a role: an exact path (`/echo`) or a prefix (`/chat/*`, which matches
+/// `/chat/x` and `/chat/x/y` but not `/chat/` or `/chat`, like a channel pattern), where `%u`
+/// stands for the user's own name (`/inbox/%u`, `/user/%u/*`, `/u-%u/*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    /// As written.
+    text: String,
+    /// The part that must match (for a prefix, up to and including the last `/`), split at `%u`.
+    parts: Vec<PatternPart>,
+    prefix: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatternPart {
+    /// Never empty.
+    Literal(String),
+    /// `%u`.
+    User,
+}
+
+/// The placeholder for the user's own name in a role's path pattern.
+pub const USER_PLACEHOLDER: &str = "%u";
+
+impl PathPattern {
+    /// Parses a pattern with the character rules of channel paths, plus `%u`.
+    ///
+    /// # Errors
+    /// A lower-case message saying what is wrong with `text`.
+    pub fn parse(text: &str) -> Result<PathPattern, String> {
+        let (body, prefix) = check_path(text, "pattern")?;
+        let mut parts = Vec::new();
+        for (i, literal) in body.split(USER_PLACEHOLDER).enumerate() {
+            if i > 0 {
+                parts.push(PatternPart::User);
+            }
+            if !literal.is_empty() {
+                parts.push(PatternPart::Literal(literal.to_string()));
+            }
+        }
+        Ok(PathPattern {
+            text: text.to_string(),
+            parts,
+            prefix,
+        })
+    }
+
+    /// Whether `path` matches, with `%u` standing for `user`. A pattern with `%u` never matches
+    /// for `None` (no credentials), for an empty name, `.` or `..`, or a name containing `/`:
+    /// the name is substituted literally and must fill whole characters of the path.
+    pub fn matches(&self, path: &str, user: Option<&str>) -> bool {
+        let mut expanded = String::with_capacity(path.len());
+        for part in &self.parts {
+            match part {
+                PatternPart::Literal(l) => expanded.push_str(l),
+                PatternPart::User => match user {
+                    Some(u) if !u.is_empty() && u != "." && u != ".." && !u.contains('/') => {
+                        expanded.push_str(u);
+                    }
+                    _ => return false,
+                },
+            }
+        }
+        if self.prefix {
+            path.len() > expanded.len() && path.starts_with(&expanded)
+        } else {
+            path == expanded
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether this is a `/*` prefix pattern.
+    pub fn is_prefix(&self) -> bool {
+        self.prefix
+    }
+
+    /// Whether the pattern contains `%u`.
+    pub fn has_user(&self) -> bool {
+        self.parts.contains(&PatternPart::User)
+    }
+
+    /// Whether some path could match both this pattern (for some user name, `%u` standing for any
+    /// non-empty text without `/`) and `channel`. Used by [`crate::acl::lint`].
+    pub fn overlaps(&self, channel: &ChannelPattern) -> bool {
+        use Fit::{GlobPrefix, SPrefix};
+        match (self.prefix, channel) {
+            (false, ChannelPattern::Exact(c)) => fit(&self.parts, c, Fit::Full),
+            // Some instance is `c` followed by at least one more character.
+            (false, ChannelPattern::Prefix(c)) => fit(&self.parts, c, SPrefix { proper: true }),
+            // Some instance followed by at least one character is `c`.
+            (true, ChannelPattern::Exact(c)) => fit(&self.parts, c, GlobPrefix { proper: true }),
+            // Some instance and `c` are prefix-comparable; extend the longer by one character.
+            (true, ChannelPattern::Prefix(c)) => {
+                fit(&self.parts, c, GlobPrefix { proper: false })
+                    || fit(&self.parts, c, SPrefix { proper: false })
+            }
+        }
+    }
+}
+
+/// How a glob (literals and `%u` = one or more characters other than `/`) must fit a string `s`.
+#[derive(Clone, Copy)]
+enum Fit {
+    /// Some instance equals `s`.
+    Full,
+    /// Some instance is a prefix of `s` (a proper one if `proper`).
+    GlobPrefix { proper: bool },
+    /// `s` is a prefix of some instance (a proper one if `proper`).
+    SPrefix { proper: bool },
+}
+
+fn fit(parts: &[PatternPart], s: &str, how: Fit) -> bool {
+    let Some((first, rest)) = parts.split_first() else {
+        return match how {
+            Fit::Full => s.is_empty(),
+            Fit::GlobPrefix { proper } => !proper || !s.is_empty(),
+            Fit::SPrefix { proper } => s.is_empty() && !proper,
+        };
+    };
+    if s.is_empty() {
+        // Every remaining part produces at least one character.
+        return matches!(how, Fit::SPrefix { .. });
+    }
+    match first {
+        PatternPart::Literal(l) => {
+            if let Some(after) = s.strip_prefix(l.as_str()) {
+                fit(rest, after, how)
+            } else {
+                matches!(how, Fit::SPrefix { .. }) && l.starts_with(s)
+            }
+        }
+        PatternPart::User => {
+            let run = s.find('/').unwrap_or(s.len());
+            if run == s.len() && matches!(how, Fit::SPrefix { .. }) {
+                // `%u` can take all of `s` and more.
+                return true;
+            }
+            (1..=run)
+                .filter(|&k| s.is_char_boundary(k))
+                .any(|k| fit(rest, &s[k..], how))
+        }
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// `mode` of a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -143,6 +442,16 @@ pub enum Mode {
     Echo,
     /// Each message goes to every other connection on the same path.
     Broadcast,
+}
+
+impl fmt::Display for Mode {
+    /// The config spelling: `echo` or `broadcast`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Echo => "echo",
+            Mode::Broadcast => "broadcast",
+        })
+    }
 }
 
 /// Why a configuration could not be used. `Display` names the file, line (where there is one)
@@ -302,6 +611,8 @@ const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 const DEFAULT_CERT: &str = "wsgate.crt";
 const DEFAULT_KEY: &str = "wsgate.key";
 const DEFAULT_USERS: &str = "users";
+const DEFAULT_TOKENS: &str = "tokens";
+const DEFAULT_SESSION_KEY: &str = "session.key";
 
 /// Keys each fixed section accepts; `[channel:…]` accepts `CHANNEL_KEYS`.
 const SECTIONS: &[(&str, &[&str])] = &[
@@ -314,9 +625,21 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_connections_per_ip",
             "worker_stack_size",
             "shutdown_grace",
+            "max_pre_auth",
         ],
     ),
-    ("tls", &["cert", "key", "self_signed", "handshake_timeout"]),
+    (
+        "tls",
+        &[
+            "cert",
+            "key",
+            "self_signed",
+            "handshake_timeout",
+            "client_auth",
+            "client_ca",
+            "reload_check_interval",
+        ],
+    ),
     ("origins", &["allow", "allow_missing", "allow_any"]),
     (
         "auth",
@@ -325,6 +648,12 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "cache_size",
             "cache_ttl",
             "max_concurrent_hashes",
+            "tokens_file",
+            "session_key_file",
+            "session_ttl",
+            "max_failures",
+            "failure_window",
+            "max_pending_hashes",
         ],
     ),
     (
@@ -343,9 +672,13 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_write_buffer_size",
             "outbox",
             "slow_consumer",
+            "max_messages_per_sec",
+            "max_bytes_per_sec",
+            "on_rate_limit",
         ],
     ),
     ("log", &["level"]),
+    ("admin", &["listen"]),
 ];
 
 const CHANNEL_PREFIX: &str = "channel:";
@@ -358,7 +691,18 @@ const CHANNEL_KEYS: &[&str] = &[
     "max_write_buffer_size",
     "outbox",
     "slow_consumer",
+    "max_messages_per_sec",
+    "max_bytes_per_sec",
+    "on_rate_limit",
+    "anonymous",
+    "on_forbidden",
 ];
+
+const ROLE_PREFIX: &str = "role:";
+const ROLE_KEYS: &[&str] = &["members", "subscribe", "publish"];
+/// The role that applies to clients without credentials.
+pub const ANONYMOUS_ROLE: &str = "anonymous";
+const MAX_ROLE_NAME: usize = 64;
 
 fn nz(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
@@ -373,6 +717,9 @@ fn default_ws_limits() -> WsLimits {
         max_write_buffer_size: nz(128 * KIB),
         outbox: nz(64),
         slow_consumer: SlowConsumer::Disconnect,
+        max_messages_per_sec: 1000,
+        max_bytes_per_sec: 4 * MIB,
+        on_rate_limit: Overflow::Close,
     }
 }
 
@@ -589,6 +936,14 @@ impl<'a> Section<'a> {
         })
     }
 
+    /// A whole number that fits in a `u32`.
+    fn count_u32(&self, key: &str, default: u32) -> Result<u32, ConfigError> {
+        self.get(key, default, |v| {
+            u32::try_from(parse_count(v)?)
+                .map_err(|_| format!("`{v}` is too large; at most {}", u32::MAX))
+        })
+    }
+
     fn boolean(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
         self.get(key, default, parse_bool)
     }
@@ -624,6 +979,15 @@ impl<'a> Section<'a> {
                     e.to_string().to_lowercase()
                 ),
             )),
+        }
+    }
+
+    /// Fails if `path` (the value of `key`) exists and is not a regular file; a missing file is
+    /// fine (the server creates it, or it is optional).
+    fn allow_missing_file(&self, key: &str, path: &Path) -> Result<(), ConfigError> {
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            _ => self.require_file(key, path),
         }
     }
 
@@ -744,6 +1108,70 @@ fn parse_slow_consumer(value: &str) -> Result<SlowConsumer, String> {
     }
 }
 
+fn parse_overflow(value: &str) -> Result<Overflow, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "close" => Ok(Overflow::Close),
+        "drop" => Ok(Overflow::Drop),
+        _ => Err(format!(
+            "`{value}` is not an action; expected close or drop"
+        )),
+    }
+}
+
+fn parse_client_auth(value: &str) -> Result<ClientAuth, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "off" => Ok(ClientAuth::Off),
+        "optional" => Ok(ClientAuth::Optional),
+        "required" => Ok(ClientAuth::Required),
+        _ => Err(format!(
+            "`{value}` is not a client_auth setting; expected off, optional or required"
+        )),
+    }
+}
+
+fn parse_members(value: &str) -> Result<Members, String> {
+    if value.trim() == "*" {
+        return Ok(Members::Everyone);
+    }
+    let mut names: Vec<String> = Vec::new();
+    for entry in value.split(',').map(str::trim) {
+        if entry.is_empty() {
+            return Err(if value.trim().is_empty() {
+                "empty; list user names, or `*` for every authenticated user".to_string()
+            } else {
+                "empty entry in the list (a stray comma?)".to_string()
+            });
+        }
+        if entry == "*" {
+            return Err("`*` (every authenticated user) must stand alone".into());
+        }
+        crate::users::check_user_name(entry).map_err(|e| format!("`{entry}`: {e}"))?;
+        if names.iter().any(|n| n == entry) {
+            return Err(format!("`{entry}` is listed twice"));
+        }
+        names.push(entry.to_string());
+    }
+    Ok(Members::Users(names))
+}
+
+fn parse_patterns(value: &str) -> Result<Vec<PathPattern>, String> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut patterns: Vec<PathPattern> = Vec::new();
+    for entry in value.split(',').map(str::trim) {
+        if entry.is_empty() {
+            return Err("empty entry in the list (a stray comma?)".to_string());
+        }
+        let pattern = PathPattern::parse(entry)?;
+        if patterns.contains(&pattern) {
+            return Err(format!("`{entry}` is listed twice"));
+        }
+        patterns.push(pattern);
+    }
+    Ok(patterns)
+}
+
 fn parse_mode(value: &str) -> Result<Mode, String> {
     match value.to_ascii_lowercase().as_str() {
         "echo" => Ok(Mode::Echo),
@@ -783,18 +1211,19 @@ fn parse_allow(value: &str) -> Result<Vec<OriginPattern>, String> {
         .collect()
 }
 
-/// `[channel:PATH]`'s PATH as a pattern.
-fn parse_channel_path(path: &str) -> Result<ChannelPattern, String> {
+/// The rules shared by channel paths and role patterns (`what` names which, for messages):
+/// returns the part before a trailing `*` (so `/chat/` for `/chat/*`) and whether it was there.
+fn check_path<'p>(path: &'p str, what: &str) -> Result<(&'p str, bool), String> {
     if !path.starts_with('/') {
-        return Err(format!("channel path `{path}` must start with `/`"));
+        return Err(format!("{what} `{path}` must start with `/`"));
     }
     if let Some(c) = path.chars().find(|c| !c.is_ascii_graphic()) {
         return Err(format!(
-            "channel path `{path}` contains {c:?}; only visible ascii, no spaces"
+            "{what} `{path}` contains {c:?}; only visible ascii, no spaces"
         ));
     }
     if let Some(c) = path.chars().find(|c| matches!(c, '?' | '#')) {
-        return Err(format!("channel path `{path}` must not contain `{c}`"));
+        return Err(format!("{what} `{path}` must not contain `{c}`"));
     }
     let (prefix, is_prefix) = match path.strip_suffix("/*") {
         Some(head) => (&path[..=head.len()], true),
@@ -802,9 +1231,15 @@ fn parse_channel_path(path: &str) -> Result<ChannelPattern, String> {
     };
     if prefix.contains('*') {
         return Err(format!(
-            "channel path `{path}`: `*` is only allowed as a single trailing `/*` (e.g. /chat/*)"
+            "{what} `{path}`: `*` is only allowed as a single trailing `/*` (e.g. /chat/*)"
         ));
     }
+    Ok((prefix, is_prefix))
+}
+
+/// `[channel:PATH]`'s PATH as a pattern.
+fn parse_channel_path(path: &str) -> Result<ChannelPattern, String> {
+    let (prefix, is_prefix) = check_path(path, "channel path")?;
     Ok(if is_prefix {
         ChannelPattern::Prefix(prefix.to_string())
     } else {
@@ -832,6 +1267,18 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
         ));
     }
     let shutdown_grace = s.duration("shutdown_grace", Duration::from_secs(5))?;
+    let max_pre_auth = s.nonzero_count("max_pre_auth", nz(workers.get().div_ceil(2)))?;
+    if max_pre_auth > workers {
+        let key = s.first_set(&["max_pre_auth", "workers"]);
+        return Err(s.invalid(
+            key,
+            format!(
+                "{} must not exceed {}",
+                s.describe("max_pre_auth", max_pre_auth),
+                s.describe("workers", workers)
+            ),
+        ));
+    }
     Ok(ServerConfig {
         listen,
         workers,
@@ -839,6 +1286,7 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
         max_connections_per_ip,
         worker_stack_size,
         shutdown_grace,
+        max_pre_auth,
     })
 }
 
@@ -851,11 +1299,37 @@ fn parse_tls(s: &Section<'_>, base: &Path) -> Result<TlsConfig, ConfigError> {
         s.require_file("key", &key)?;
     }
     let handshake_timeout = s.positive_duration("handshake_timeout", Duration::from_secs(10))?;
+    let client_auth = s.get("client_auth", ClientAuth::Off, parse_client_auth)?;
+    let client_ca = match (client_auth, s.is_set("client_ca")) {
+        (ClientAuth::Off, false) => None,
+        (ClientAuth::Off, true) => {
+            return Err(s.invalid(
+                Some("client_ca"),
+                "set, but client_auth is off: set client_auth = optional or required, \
+                 or remove client_ca",
+            ));
+        }
+        (_, false) => {
+            return Err(s.invalid(
+                Some("client_ca"),
+                "missing; client_auth needs the CA file that signs client certificates",
+            ));
+        }
+        (_, true) => {
+            let path = s.path("client_ca", "", base)?;
+            s.require_file("client_ca", &path)?;
+            Some(path)
+        }
+    };
+    let reload_check_interval = s.duration("reload_check_interval", Duration::from_secs(60))?;
     Ok(TlsConfig {
         cert,
         key,
         self_signed,
         handshake_timeout,
+        client_auth,
+        client_ca,
+        reload_check_interval,
     })
 }
 
@@ -870,11 +1344,21 @@ fn parse_origins(s: &Section<'_>) -> Result<OriginPolicy, ConfigError> {
 fn parse_auth(s: &Section<'_>, base: &Path) -> Result<AuthConfig, ConfigError> {
     let users_file = s.path("users_file", DEFAULT_USERS, base)?;
     s.require_file("users_file", &users_file)?;
+    let tokens_file = s.path("tokens_file", DEFAULT_TOKENS, base)?;
+    s.allow_missing_file("tokens_file", &tokens_file)?;
+    let session_key_file = s.path("session_key_file", DEFAULT_SESSION_KEY, base)?;
+    s.allow_missing_file("session_key_file", &session_key_file)?;
     Ok(AuthConfig {
         users_file,
         cache_size: s.count("cache_size", 1024)?,
         cache_ttl: s.duration("cache_ttl", Duration::from_secs(600))?,
         max_concurrent_hashes: s.nonzero_count("max_concurrent_hashes", nz(2))?,
+        tokens_file,
+        session_key_file,
+        session_ttl: s.duration("session_ttl", Duration::from_secs(12 * 3600))?,
+        max_failures: s.count_u32("max_failures", 5)?,
+        failure_window: s.positive_duration("failure_window", Duration::from_secs(300))?,
+        max_pending_hashes: s.count("max_pending_hashes", 32)?,
     })
 }
 
@@ -889,6 +1373,9 @@ fn parse_ws(s: &Section<'_>, base: &WsLimits) -> Result<WsLimits, ConfigError> {
             .nonzero_size("max_write_buffer_size", base.max_write_buffer_size)?,
         outbox: s.nonzero_count("outbox", base.outbox)?,
         slow_consumer: s.get("slow_consumer", base.slow_consumer, parse_slow_consumer)?,
+        max_messages_per_sec: s.count_u32("max_messages_per_sec", base.max_messages_per_sec)?,
+        max_bytes_per_sec: s.size("max_bytes_per_sec", base.max_bytes_per_sec)?,
+        on_rate_limit: s.get("on_rate_limit", base.on_rate_limit, parse_overflow)?,
     };
     check_ws(s, &ws)?;
     Ok(ws)
@@ -932,6 +1419,19 @@ fn check_ws(s: &Section<'_>, ws: &WsLimits) -> Result<(), ConfigError> {
         ));
     }
     debug_assert!(max_write > write);
+    let bytes = ws.max_bytes_per_sec;
+    if bytes != 0 && bytes < message {
+        let key = s.first_set(&["max_bytes_per_sec", "max_message_size"]);
+        return Err(s.invalid(
+            key.or(Some("max_bytes_per_sec")),
+            format!(
+                "{} must be 0 (unlimited) or at least {}: the rate bucket holds one second's \
+                 worth, so a larger message could never pass",
+                s.describe("max_bytes_per_sec", bytes),
+                s.describe("max_message_size", message),
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -993,7 +1493,85 @@ fn parse_channel(
         pattern,
         mode,
         limits,
+        anonymous: s.boolean("anonymous", false)?,
+        on_forbidden: s.get("on_forbidden", Overflow::Close, parse_overflow)?,
+        line: s.line,
     })
+}
+
+fn parse_role(s: &Section<'_>, name: &str) -> Result<Role, ConfigError> {
+    if name.is_empty()
+        || name.len() > MAX_ROLE_NAME
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(s.invalid(
+            None,
+            format!(
+                "role name `{}` must be 1 to {MAX_ROLE_NAME} characters of A-Z a-z 0-9 _ . -",
+                name.escape_debug()
+            ),
+        ));
+    }
+    let anonymous = name == ANONYMOUS_ROLE;
+    let members = match (anonymous, s.is_set("members")) {
+        (true, false) => Members::Anonymous,
+        (true, true) => {
+            return Err(s.invalid(
+                Some("members"),
+                "the anonymous role applies to clients without credentials and takes no members",
+            ));
+        }
+        (false, false) => {
+            return Err(s.invalid(
+                Some("members"),
+                "missing; list user names, or `*` for every authenticated user",
+            ));
+        }
+        (false, true) => s.get("members", Members::Everyone, parse_members)?,
+    };
+    let subscribe = s.get("subscribe", Vec::new(), parse_patterns)?;
+    let publish = s.get("publish", Vec::new(), parse_patterns)?;
+    if anonymous {
+        for (key, patterns) in [("subscribe", &subscribe), ("publish", &publish)] {
+            if let Some(p) = patterns.iter().find(|p| p.has_user()) {
+                return Err(s.invalid(
+                    Some(key),
+                    format!(
+                        "`{p}`: the anonymous role has no user name, so {USER_PLACEHOLDER} cannot be used"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Role {
+        name: name.to_string(),
+        members,
+        subscribe,
+        publish,
+        line: s.line,
+    })
+}
+
+fn parse_admin(s: &Section<'_>, server: &ServerConfig) -> Result<Option<AdminConfig>, ConfigError> {
+    if !s.is_set("listen") {
+        return Ok(None);
+    }
+    let listen = s.get("listen", server.listen, parse_listen)?;
+    let main = server.listen;
+    let clash = listen.port() != 0
+        && listen.port() == main.port()
+        && (listen.ip() == main.ip() || listen.ip().is_unspecified() || main.ip().is_unspecified());
+    if clash {
+        return Err(s.invalid(
+            Some("listen"),
+            format!(
+                "`{listen}` clashes with [server] listen ({main}); the admin endpoint needs its own port"
+            ),
+        ));
+    }
+    Ok(Some(AdminConfig { listen }))
 }
 
 fn parse_config(text: &str, source: &Path) -> Result<Config, ConfigError> {
@@ -1036,12 +1614,14 @@ fn parse_config(text: &str, source: &Path) -> Result<Config, ConfigError> {
     for (s, sc) in sections.iter().zip(&scanned) {
         let allowed = if s.name.starts_with(CHANNEL_PREFIX) {
             CHANNEL_KEYS
+        } else if s.name.starts_with(ROLE_PREFIX) {
+            ROLE_KEYS
         } else if let Some((_, keys)) = SECTIONS.iter().find(|(name, _)| *name == s.name) {
             keys
         } else {
             return Err(s.invalid(
                 None,
-                "unknown section; expected server, tls, origins, auth, limits, log or channel:/path",
+                "unknown section; expected server, tls, origins, auth, limits, log, admin, channel:/path or role:NAME",
             ));
         };
         if let Some(k) = sc.keys.iter().find(|k| !allowed.contains(&k.key.as_str())) {
@@ -1066,6 +1646,7 @@ fn parse_config(text: &str, source: &Path) -> Result<Config, ConfigError> {
     let auth = parse_auth(&fixed("auth"), base)?;
     let limits = parse_limits(&fixed("limits"))?;
     let log_level = fixed("log").get("level", log::LevelFilter::Info, parse_level)?;
+    let admin = parse_admin(&fixed("admin"), &server)?;
 
     let mut channels: Vec<ChannelConfig> = Vec::new();
     for s in &sections {
@@ -1089,6 +1670,13 @@ fn parse_config(text: &str, source: &Path) -> Result<Config, ConfigError> {
         });
     }
 
+    let mut roles: Vec<Role> = Vec::new();
+    for s in &sections {
+        if let Some(name) = s.name.strip_prefix(ROLE_PREFIX) {
+            roles.push(parse_role(s, name)?);
+        }
+    }
+
     Ok(Config {
         source: source.to_path_buf(),
         server,
@@ -1097,6 +1685,8 @@ fn parse_config(text: &str, source: &Path) -> Result<Config, ConfigError> {
         auth,
         limits,
         channels,
+        roles,
+        admin,
         log_level,
     })
 }
@@ -1445,11 +2035,11 @@ mod tests {
         );
         assert_eq!(
             err(&with("[bogus]\n")),
-            "config: F:5: [bogus]: unknown section; expected server, tls, origins, auth, limits, log or channel:/path"
+            "config: F:5: [bogus]: unknown section; expected server, tls, origins, auth, limits, log, admin, channel:/path or role:NAME"
         );
         assert_eq!(
             err(&with("[channel]\nmode = echo\n")),
-            "config: F:5: [channel]: unknown section; expected server, tls, origins, auth, limits, log or channel:/path"
+            "config: F:5: [channel]: unknown section; expected server, tls, origins, auth, limits, log, admin, channel:/path or role:NAME"
         );
         assert_eq!(
             err(&with("[server]\nworkers = 2\n\n# comment\nworkers = 3\n")),
@@ -1947,8 +2537,12 @@ mod tests {
         );
     }
 
+    /// Keys without a default: the example shows them with an example value, left commented out.
+    const UNSET_BY_DEFAULT: &[(&str, &str)] = &[("tls", "client_ca"), ("admin", "listen")];
+
     /// Every `#key = value` line in the example documents the true default: uncommenting them all
-    /// (except where the example sets the key) changes nothing, and every known key is listed.
+    /// (except where the example sets the key, or the key has no default) changes nothing, and
+    /// every known key is listed, channel and role keys included.
     #[test]
     fn shipped_example_documents_the_defaults() {
         let (text, dir) = shipped();
@@ -1980,7 +2574,8 @@ mod tests {
             match default {
                 Some(key) => {
                     documented.push((section.clone(), key.clone()));
-                    if active.contains(&(section.clone(), key)) {
+                    let entry = (section.clone(), key);
+                    if active.contains(&entry) || UNSET_BY_DEFAULT.contains(&(&entry.0, &entry.1)) {
                         uncommented.push_str(line);
                     } else {
                         uncommented.push_str(&line[1..]);
@@ -2002,5 +2597,24 @@ mod tests {
                 );
             }
         }
+        for key in CHANNEL_KEYS.iter().chain(ROLE_KEYS) {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with('#') && l.contains(&format!("{key} "))
+                        || l.starts_with(&format!("{key} = "))),
+                "channel/role key {key} is not described in conf/wsgate.ini"
+            );
+        }
+        // The example values of keys without a default are valid.
+        let admin = text.replace("#listen = 127.0.0.1:9480", "listen = 127.0.0.1:9480");
+        let c = Config::parse(&admin, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.admin.unwrap().listen, "127.0.0.1:9480".parse().unwrap());
+        std::fs::write(dir.0.join("clients-ca.pem"), "").unwrap();
+        let mtls = text.replace(
+            "#client_ca = clients-ca.pem",
+            "client_ca = clients-ca.pem\nclient_auth = required",
+        );
+        let c = Config::parse(&mtls, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.tls.client_ca, Some(dir.0.join("clients-ca.pem")));
     }
 }

@@ -15,6 +15,7 @@
 //! generates) the certificate.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod admit;
 pub mod certs;
 pub mod config;

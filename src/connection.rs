@@ -17,8 +17,9 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message};
 
-use crate::config::{Limits, Mode};
+use crate::config::{Limits, Mode, Overflow, WsLimits};
 use crate::hub::Membership;
+use crate::ratelimit::MessageLimiter;
 use crate::upgrade::WsStream;
 
 /// How long we wait for the peer's close frame after sending ours (and for the last bytes to go).
@@ -55,13 +56,37 @@ impl fmt::Display for End {
     }
 }
 
+/// What this connection may send, decided at upgrade.
+#[derive(Debug, Clone, Copy)]
+pub struct Rights {
+    pub mode: Mode,
+    /// Whether a role lets this user publish on this path.
+    pub may_publish: bool,
+    /// What a message without publish rights gets.
+    pub on_forbidden: Overflow,
+    /// What a message over the rate limit gets.
+    pub on_rate_limit: Overflow,
+}
+
 /// Runs the connection until it ends. Consumes the socket and the membership.
-pub fn run(ws: WsStream, member: Membership, mode: Mode, limits: &Limits) -> End {
+pub fn run(
+    ws: WsStream,
+    member: Membership,
+    rights: Rights,
+    channel: &WsLimits,
+    limits: &Limits,
+) -> End {
+    let now = Instant::now();
     let mut conn = Conn {
         ws,
         member,
-        mode,
-        last_heard: Instant::now(),
+        rights,
+        limiter: MessageLimiter::new(
+            channel.max_messages_per_sec,
+            channel.max_bytes_per_sec as u64,
+            now,
+        ),
+        last_heard: now,
         ping_sent: false,
         write_stalled_since: None,
         held: None,
@@ -77,7 +102,8 @@ pub fn run(ws: WsStream, member: Membership, mode: Mode, limits: &Limits) -> End
 struct Conn {
     ws: WsStream,
     member: Membership,
-    mode: Mode,
+    rights: Rights,
+    limiter: MessageLimiter,
     /// When we last received any frame (data, ping, pong).
     last_heard: Instant,
     /// A ping is out and unanswered.
@@ -154,8 +180,27 @@ impl Conn {
         }
     }
 
+    /// Applies publish rights and the rate limit, then echoes or publishes.
     fn handle_data(&mut self, msg: Message) -> Step {
-        match self.mode {
+        if !self.rights.may_publish {
+            return match self.rights.on_forbidden {
+                Overflow::Close => Err(End::Closed(1008, "publish not allowed")),
+                Overflow::Drop => {
+                    self.member.count_dropped_forbidden();
+                    Ok(())
+                }
+            };
+        }
+        if !self.limiter.allow(msg.len(), Instant::now()) {
+            return match self.rights.on_rate_limit {
+                Overflow::Close => Err(End::Closed(1008, "rate limit")),
+                Overflow::Drop => {
+                    self.member.count_dropped_rate_limited();
+                    Ok(())
+                }
+            };
+        }
+        match self.rights.mode {
             Mode::Echo => self.send(msg),
             Mode::Broadcast => {
                 self.member.publish(&msg);
@@ -211,7 +256,7 @@ impl Conn {
             Ok(()) => Ok(()),
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
             Err(WsError::WriteBufferFull(msg)) => {
-                if self.mode == Mode::Echo {
+                if self.rights.mode == Mode::Echo {
                     return Err(End::Closed(1008, "slow consumer"));
                 }
                 self.held = Some(*msg);

@@ -66,6 +66,10 @@ pub struct HubStats {
     pub dropped: AtomicU64,
     /// Subscribers disconnected as slow consumers.
     pub slow_disconnects: AtomicU64,
+    /// Messages dropped because their sender may not publish (`on_forbidden = drop`).
+    pub dropped_forbidden: AtomicU64,
+    /// Messages dropped over a sender's rate limit (`on_rate_limit = drop`).
+    pub dropped_rate_limited: AtomicU64,
 }
 
 struct Member {
@@ -220,6 +224,20 @@ impl Hub {
 impl Membership {
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    pub fn count_dropped_forbidden(&self) {
+        self.hub
+            .stats
+            .dropped_forbidden
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_dropped_rate_limited(&self) {
+        self.hub
+            .stats
+            .dropped_rate_limited
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Broadcasts `msg` to the other members of this path.

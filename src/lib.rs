@@ -17,6 +17,7 @@
 
 pub mod acl;
 pub mod admit;
+pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod connection;

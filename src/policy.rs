@@ -1,20 +1,30 @@
 //! The upgrade decisions, as pure functions over a parsed request: is this a well-formed WebSocket
-//! upgrade, which channel serves the path, is the Origin allowed, who is asking. No sockets, no
-//! logging: callers turn a [`Reason`] into its HTTP status and log it once.
+//! upgrade, which channel serves the path, is the Origin allowed, who is asking and what may they
+//! do. No sockets, no logging, no clocks: credential checks go through the [`Verifier`] trait, and
+//! callers turn a [`Reason`] into its HTTP status and log it once.
 
 use std::fmt;
+use std::time::Duration;
 
 use tungstenite::handshake::server::{ErrorResponse, Request};
 use tungstenite::http::{self, HeaderMap, StatusCode};
 
+use crate::acl;
 use crate::config::{ChannelConfig, Config};
 use crate::origin::OriginRefusal;
-use crate::users::AuthOutcome;
 
 /// Longest user name we look up or log; longer ones are refused unread.
 pub const MAX_USER_LEN: usize = 64;
 /// Longest password we hand to Argon2.
 pub const MAX_PASSWORD_LEN: usize = 1024;
+/// Longest bearer value (API or session token) we look at.
+pub const MAX_TOKEN_LEN: usize = 512;
+/// The subprotocol a browser lists next to `wsgate.bearer.<token>`; the server answers with it.
+pub const SUBPROTOCOL: &str = "wsgate.v1";
+/// The subprotocol prefix that carries a bearer token from browsers, which cannot set headers.
+pub const BEARER_SUBPROTOCOL: &str = "wsgate.bearer.";
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "wsgate_session";
 
 /// Why an upgrade request is refused. Each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,21 +39,29 @@ pub enum Reason {
     Method,
     /// Not HTTP/1.1. 400.
     HttpVersion,
-    /// Missing `Host`, `Upgrade: websocket` or `Connection: Upgrade`. 400 (426 when the
-    /// request is otherwise plain HTTP: it needs to upgrade).
+    /// Missing `Host`, `Upgrade: websocket` or `Connection: Upgrade`. 400.
     NotUpgrade,
     /// `Sec-WebSocket-Key` missing or not 16 base64-encoded bytes. 400.
     BadKey,
     /// `Sec-WebSocket-Version` other than 13. 426.
     WsVersion,
+    /// A `wsgate.bearer.` subprotocol without `wsgate.v1` beside it to answer with. 400.
+    Subprotocol,
     /// No channel serves this path. 404.
     UnknownPath,
     /// The Origin is not allowed. 403.
     Origin(OriginRefusal),
-    /// No credentials were offered. 401.
+    /// No credentials were offered and the channel is not anonymous. 401.
     NoCredentials,
-    /// Credentials were offered and are wrong (unknown user or bad password: same answer). 401.
-    BadCredentials { user: String, unknown_user: bool },
+    /// Credentials were offered and are wrong. `why` says which kind failed, for the log only:
+    /// the client gets the same 401 whatever it was.
+    BadCredentials { user: String, why: &'static str },
+    /// Too many failed logins from this address or for this user. 429 with `Retry-After`.
+    Throttled { user: String, retry_after: Duration },
+    /// Authenticated, but no role lets this user subscribe to this path. 403.
+    Forbidden { user: String },
+    /// Too many password checks are waiting for Argon2. 503 with `Retry-After`.
+    Busy,
     /// The server is shutting down. 503.
     ShuttingDown,
 }
@@ -51,23 +69,27 @@ pub enum Reason {
 impl Reason {
     pub fn status(&self) -> StatusCode {
         match self {
-            Reason::Malformed | Reason::HttpVersion | Reason::NotUpgrade | Reason::BadKey => {
-                StatusCode::BAD_REQUEST
-            }
+            Reason::Malformed
+            | Reason::HttpVersion
+            | Reason::NotUpgrade
+            | Reason::BadKey
+            | Reason::Subprotocol => StatusCode::BAD_REQUEST,
             Reason::HeadTooLarge | Reason::TooManyHeaders => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             Reason::Method => StatusCode::METHOD_NOT_ALLOWED,
             Reason::WsVersion => StatusCode::UPGRADE_REQUIRED,
             Reason::UnknownPath => StatusCode::NOT_FOUND,
-            Reason::Origin(_) => StatusCode::FORBIDDEN,
+            Reason::Origin(_) | Reason::Forbidden { .. } => StatusCode::FORBIDDEN,
             Reason::NoCredentials | Reason::BadCredentials { .. } => StatusCode::UNAUTHORIZED,
-            Reason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Reason::Busy | Reason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// The response sent for this refusal: status, a one-line body, `Connection: close`, and the
-    /// header the status calls for (`WWW-Authenticate`, `Sec-WebSocket-Version`, `Allow`).
+    /// header the status calls for (`WWW-Authenticate`, `Sec-WebSocket-Version`, `Allow`,
+    /// `Retry-After`).
     pub fn response(&self) -> ErrorResponse {
         let status = self.status();
         let body = format!(
@@ -87,6 +109,10 @@ impl Reason {
             ),
             Reason::WsVersion => builder.header("Sec-WebSocket-Version", "13"),
             Reason::Method => builder.header("Allow", "GET"),
+            Reason::Throttled { retry_after, .. } => {
+                builder.header("Retry-After", retry_after.as_secs().max(1).to_string())
+            }
+            Reason::Busy => builder.header("Retry-After", "1"),
             Reason::ShuttingDown => builder.header("Retry-After", "5"),
             _ => builder,
         };
@@ -108,27 +134,253 @@ impl fmt::Display for Reason {
             Reason::NotUpgrade => f.write_str("not a websocket upgrade"),
             Reason::BadKey => f.write_str("bad Sec-WebSocket-Key"),
             Reason::WsVersion => f.write_str("unsupported Sec-WebSocket-Version"),
+            Reason::Subprotocol => f.write_str("bearer subprotocol without wsgate.v1"),
             Reason::UnknownPath => f.write_str("unknown path"),
             Reason::Origin(r) => write!(f, "{r}"),
             Reason::NoCredentials => f.write_str("no credentials"),
-            Reason::BadCredentials {
-                unknown_user: true, ..
-            } => f.write_str("unknown user"),
-            Reason::BadCredentials {
-                unknown_user: false,
-                ..
-            } => f.write_str("bad password"),
+            Reason::BadCredentials { why, .. } => f.write_str(why),
+            Reason::Throttled { retry_after, .. } => {
+                write!(
+                    f,
+                    "too many failed logins (retry after {}s)",
+                    retry_after.as_secs().max(1)
+                )
+            }
+            Reason::Forbidden { .. } => f.write_str("no role allows subscribing"),
+            Reason::Busy => f.write_str("too many logins waiting for password checks"),
             Reason::ShuttingDown => f.write_str("shutting down"),
         }
     }
 }
 
-/// What an accepted upgrade is allowed: who, which channel, which path (the broadcast group).
+/// How a client proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Password,
+    ApiToken,
+    Session,
+    ClientCert,
+    /// Nothing: an anonymous channel, governed by the `anonymous` role.
+    Anonymous,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Password => "password",
+            Method::ApiToken => "token",
+            Method::Session => "session",
+            Method::ClientCert => "client-cert",
+            Method::Anonymous => "anonymous",
+        })
+    }
+}
+
+/// What an accepted upgrade is allowed: who, how they proved it, which channel and path (the
+/// broadcast group), whether they may publish, and the subprotocol to answer with.
 #[derive(Debug, Clone)]
 pub struct Grant {
-    pub user: String,
+    /// None for anonymous clients.
+    pub user: Option<String>,
+    pub method: Method,
+    /// Set when the client resumed a session; the server makes a new one otherwise.
+    pub session_id: Option<String>,
     pub path: String,
     pub channel: ChannelConfig,
+    pub may_publish: bool,
+    pub subprotocol: Option<&'static str>,
+}
+
+impl Grant {
+    /// The user name for log lines (`-` when anonymous), control characters escaped.
+    pub fn log_user(&self) -> String {
+        self.user
+            .as_deref()
+            .map_or_else(|| "-".to_string(), safe_user)
+    }
+}
+
+/// A credential check's answer, from the server's [`Verifier`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Proven: this user (and, for a resumed session, its id).
+    Ok {
+        user: String,
+        session_id: Option<String>,
+    },
+    /// Wrong: `user` as claimed (escaped for logs; empty if none), `why` for the log.
+    Bad { user: String, why: &'static str },
+    /// Too many recent failures: answered without checking anything.
+    Throttled { user: String, retry_after: Duration },
+    /// Too many password checks waiting.
+    Busy,
+}
+
+/// The server's credential checks. Implementations own the users file, API tokens, session key
+/// and failed-login throttling; `decide` stays pure by asking through this trait.
+pub trait Verifier {
+    fn password(&self, user: &str, password: &str) -> Verdict;
+    fn api_token(&self, token: &str) -> Verdict;
+    fn session(&self, token: &str) -> Verdict;
+}
+
+/// Credentials as offered by a client. `Debug` never shows the secret.
+#[derive(PartialEq, Eq)]
+pub enum Offer {
+    Password { user: String, password: String },
+    ApiToken(String),
+    Session(String),
+}
+
+impl fmt::Debug for Offer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Offer::Password { user, .. } => write!(f, "Password {{ user: {user:?}, .. }}"),
+            Offer::ApiToken(_) => f.write_str("ApiToken(<redacted>)"),
+            Offer::Session(_) => f.write_str("Session(<redacted>)"),
+        }
+    }
+}
+
+/// Classifies a bearer value: session tokens start with `s1.`, anything else is an API token.
+fn bearer(value: &str) -> Offer {
+    if value.starts_with("s1.") {
+        Offer::Session(value.to_string())
+    } else {
+        Offer::ApiToken(value.to_string())
+    }
+}
+
+/// What the client offered, looked for in this order: `Authorization` (Basic or Bearer), a
+/// `wsgate.bearer.<token>` subprotocol, the query (`user`+`pass`, `token`, `session`), the
+/// `wsgate_session` cookie. Also the subprotocol to answer with (`wsgate.v1` when listed).
+///
+/// # Errors
+/// `Err(user)` for credentials that are present but unusable (bad base64, no colon, not UTF-8,
+/// too long, two `Authorization` headers, a user without a password); `Err` of
+/// [`Reason::Subprotocol`] is reported by [`decide`].
+pub fn offered(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(Option<Offer>, Option<&'static str>), Result<String, Reason>> {
+    let protocols: Vec<&str> = headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let answer = protocols.contains(&SUBPROTOCOL).then_some(SUBPROTOCOL);
+    let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
+    if let Some(value) = auth.next() {
+        if auth.next().is_some() {
+            return Err(Ok(String::new()));
+        }
+        return authorization(value.as_bytes())
+            .map(|o| (Some(o), answer))
+            .map_err(Ok);
+    }
+    if let Some(token) = protocols
+        .iter()
+        .find_map(|p| p.strip_prefix(BEARER_SUBPROTOCOL))
+    {
+        if answer.is_none() {
+            return Err(Err(Reason::Subprotocol));
+        }
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(Ok(String::new()));
+        }
+        return Ok((Some(bearer(token)), answer));
+    }
+    if let Some(offer) = from_query(query).map_err(Ok)? {
+        return Ok((Some(offer), answer));
+    }
+    let cookie = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='));
+    match cookie {
+        Some(token) if !token.is_empty() && token.len() <= MAX_TOKEN_LEN => {
+            Ok((Some(Offer::Session(token.to_string())), answer))
+        }
+        _ => Ok((None, answer)),
+    }
+}
+
+/// `Authorization: Basic base64(user:password)` or `Authorization: Bearer TOKEN`.
+fn authorization(value: &[u8]) -> Result<Offer, String> {
+    let scheme = |name: &[u8]| {
+        value
+            .get(..name.len())
+            .filter(|s| s.eq_ignore_ascii_case(name))
+            .map(|_| value[name.len()..].trim_ascii())
+    };
+    if let Some(b64) = scheme(b"basic ") {
+        let decoded = data_encoding::BASE64
+            .decode(b64)
+            .map_err(|_| String::new())?;
+        let text = String::from_utf8(decoded).map_err(|_| String::new())?;
+        let (user, password) = text.split_once(':').ok_or_else(String::new)?;
+        return checked(user.to_string(), password.to_string());
+    }
+    if let Some(token) = scheme(b"bearer ") {
+        let token = std::str::from_utf8(token).map_err(|_| String::new())?;
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(String::new());
+        }
+        return Ok(bearer(token));
+    }
+    Err(String::new())
+}
+
+/// `?user=&pass=`, `?token=`, `?session=`.
+fn from_query(query: Option<&str>) -> Result<Option<Offer>, String> {
+    let Some(query) = query else { return Ok(None) };
+    let (mut user, mut password, mut token, mut session) = (None, None, None, None);
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match k {
+            "user" => &mut user,
+            "pass" => &mut password,
+            "token" => &mut token,
+            "session" => &mut session,
+            _ => continue,
+        };
+        *slot = Some(percent_decode(v).ok_or_else(String::new)?);
+    }
+    match (user, password) {
+        (Some(user), Some(password)) => return checked(user, password).map(Some),
+        (Some(user), None) => return Err(safe_user(&user)),
+        (None, Some(_)) => return Err(String::new()),
+        (None, None) => {}
+    }
+    let limited = |t: String| {
+        if t.is_empty() || t.len() > MAX_TOKEN_LEN {
+            Err(String::new())
+        } else {
+            Ok(t)
+        }
+    };
+    if let Some(token) = token {
+        return limited(token).map(|t| Some(Offer::ApiToken(t)));
+    }
+    session
+        .map(limited)
+        .transpose()
+        .map(|s| s.map(Offer::Session))
+}
+
+fn checked(user: String, password: String) -> Result<Offer, String> {
+    if user.is_empty()
+        || user.len() > MAX_USER_LEN
+        || user.chars().any(char::is_control)
+        || password.len() > MAX_PASSWORD_LEN
+    {
+        return Err(safe_user(&user));
+    }
+    Ok(Offer::Password { user, password })
 }
 
 /// Checks that a parsed request head is a WebSocket upgrade tungstenite will accept, so that every
@@ -199,78 +451,6 @@ pub fn route<'c>(path: &str, config: &'c Config) -> Result<&'c ChannelConfig, Re
     config.channel_for(path).ok_or(Reason::UnknownPath)
 }
 
-/// Credentials as offered by a client. `Debug` never shows the password.
-#[derive(PartialEq, Eq)]
-pub struct Credentials {
-    pub user: String,
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
-
-/// Finds credentials: `Authorization: Basic` first, else `?user=&pass=` in the query.
-/// `Ok(None)` when none are offered; `Err(user)` when some are offered but unusable
-/// (bad base64, no colon, not UTF-8, too long, two Authorization headers).
-pub fn credentials(
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Result<Option<Credentials>, String> {
-    let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
-    if let Some(value) = auth.next() {
-        if auth.next().is_some() {
-            return Err(String::new());
-        }
-        let value = value.as_bytes();
-        let Some(b64) = value
-            .get(..6)
-            .filter(|s| s.eq_ignore_ascii_case(b"basic "))
-            .map(|_| value[6..].trim_ascii())
-        else {
-            return Err(String::new());
-        };
-        let decoded = data_encoding::BASE64
-            .decode(b64)
-            .map_err(|_| String::new())?;
-        let text = String::from_utf8(decoded).map_err(|_| String::new())?;
-        let (user, password) = text.split_once(':').ok_or_else(String::new)?;
-        return checked(user.to_string(), password.to_string()).map(Some);
-    }
-    let Some(query) = query else { return Ok(None) };
-    let (mut user, mut password) = (None, None);
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "user" => user = Some(percent_decode(v).ok_or_else(String::new)?),
-            "pass" => password = Some(percent_decode(v).ok_or_else(String::new)?),
-            _ => {}
-        }
-    }
-    match (user, password) {
-        (None, None) => Ok(None),
-        (Some(user), Some(password)) => checked(user, password).map(Some),
-        (Some(user), None) => Err(safe_user(&user)),
-        (None, Some(_)) => Err(String::new()),
-    }
-}
-
-fn checked(user: String, password: String) -> Result<Credentials, String> {
-    if user.is_empty()
-        || user.len() > MAX_USER_LEN
-        || user.chars().any(char::is_control)
-        || password.len() > MAX_PASSWORD_LEN
-    {
-        return Err(safe_user(&user));
-    }
-    Ok(Credentials { user, password })
-}
-
 /// A user name fit for a log line: control characters escaped, length capped.
 pub fn safe_user(user: &str) -> String {
     user.chars()
@@ -304,15 +484,16 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The upgrade decision, in order: path (404), Origin (403), credentials (401).
-/// `verify` checks a user name and password (Argon2 behind a cache in the server; a stub in tests).
+/// The upgrade decision, in order: path (404), Origin (403), credentials (401, 429, 503),
+/// subscribe permission (403). `client_user` is the user a verified TLS client certificate names.
 ///
 /// # Errors
 /// The [`Reason`] for refusing.
 pub fn decide(
     req: &Request,
     config: &Config,
-    verify: impl FnOnce(&str, &str) -> AuthOutcome,
+    verifier: &dyn Verifier,
+    client_user: Option<&str>,
 ) -> Result<Grant, Reason> {
     let path = req.uri().path();
     let channel = route(path, config)?;
@@ -323,27 +504,52 @@ pub fn decide(
         .map(|v| v.as_bytes())
         .collect();
     config.origins.check(&origins).map_err(Reason::Origin)?;
-    let creds = match credentials(req.headers(), req.uri().query()) {
-        Ok(Some(c)) => c,
-        Ok(None) => return Err(Reason::NoCredentials),
-        Err(user) => {
+    let (offer, subprotocol) = match offered(req.headers(), req.uri().query()) {
+        Ok(found) => found,
+        Err(Ok(user)) => {
             return Err(Reason::BadCredentials {
                 user,
-                unknown_user: false,
+                why: "malformed credentials",
             });
         }
+        Err(Err(reason)) => return Err(reason),
     };
-    match verify(&creds.user, &creds.password) {
-        AuthOutcome::Ok => Ok(Grant {
-            user: creds.user,
-            path: path.to_string(),
-            channel: channel.clone(),
-        }),
-        outcome => Err(Reason::BadCredentials {
-            user: safe_user(&creds.user),
-            unknown_user: outcome == AuthOutcome::UnknownUser,
-        }),
+    let verdict = match &offer {
+        Some(Offer::Password { user, password }) => {
+            Some((verifier.password(user, password), Method::Password))
+        }
+        Some(Offer::ApiToken(token)) => Some((verifier.api_token(token), Method::ApiToken)),
+        Some(Offer::Session(token)) => Some((verifier.session(token), Method::Session)),
+        None => None,
+    };
+    let (user, method, session_id) = match verdict {
+        Some((Verdict::Ok { user, session_id }, method)) => (Some(user), method, session_id),
+        Some((Verdict::Bad { user, why }, _)) => return Err(Reason::BadCredentials { user, why }),
+        Some((Verdict::Throttled { user, retry_after }, _)) => {
+            return Err(Reason::Throttled { user, retry_after });
+        }
+        Some((Verdict::Busy, _)) => return Err(Reason::Busy),
+        None => match client_user {
+            Some(user) => (Some(user.to_string()), Method::ClientCert, None),
+            None if channel.anonymous => (None, Method::Anonymous, None),
+            None => return Err(Reason::NoCredentials),
+        },
+    };
+    let access = acl::evaluate(&config.roles, user.as_deref(), path);
+    if !access.can_subscribe() {
+        return Err(Reason::Forbidden {
+            user: user.as_deref().map_or_else(String::new, safe_user),
+        });
     }
+    Ok(Grant {
+        user,
+        method,
+        session_id,
+        path: path.to_string(),
+        channel: channel.clone(),
+        may_publish: access.can_publish(),
+        subprotocol,
+    })
 }
 
 #[cfg(test)]
@@ -357,7 +563,12 @@ mod tests {
             "[tls]\nself_signed = true\ncert = /nonexistent/c.pem\nkey = /nonexistent/k.pem\n\
              [auth]\nusers_file = {}/Cargo.toml\n\
              [origins]\nallow = https://app.example.com\n\
-             [channel:/echo]\nmode = echo\n[channel:/chat/*]\nmode = broadcast\n",
+             [channel:/echo]\nmode = echo\n[channel:/chat/*]\nmode = broadcast\n\
+             [channel:/feed]\nmode = broadcast\n[channel:/private]\nmode = broadcast\n\
+             [channel:/public]\nmode = broadcast\nanonymous = true\n\
+             [role:everyone]\nmembers = *\nsubscribe = /echo, /chat/*, /feed\npublish = /echo, /chat/*\n\
+             [role:operators]\nmembers = root\nsubscribe = /private\n\
+             [role:anonymous]\nsubscribe = /public\n",
             env!("CARGO_MANIFEST_DIR")
         );
         Config::parse(&text, Path::new("/tmp/policy-test.ini")).unwrap()
@@ -387,134 +598,249 @@ mod tests {
     const UPGRADE: &str = "Host: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
                            Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
-    fn alice_ok(user: &str, pass: &str) -> AuthOutcome {
-        match (user, pass) {
-            ("alice", "pw") => AuthOutcome::Ok,
-            ("alice", _) => AuthOutcome::BadPassword,
-            _ => AuthOutcome::UnknownUser,
+    /// A fake credential store: alice/pw, token `wsg_good` for bob, session `s1.good` for carol.
+    struct Fake;
+
+    impl Verifier for Fake {
+        fn password(&self, user: &str, password: &str) -> Verdict {
+            match (user, password) {
+                ("alice", "pw") => Verdict::Ok {
+                    user: "alice".into(),
+                    session_id: None,
+                },
+                ("slow", _) => Verdict::Busy,
+                ("locked", _) => Verdict::Throttled {
+                    user: user.into(),
+                    retry_after: Duration::from_secs(30),
+                },
+                ("alice", _) => Verdict::Bad {
+                    user: user.into(),
+                    why: "bad password",
+                },
+                _ => Verdict::Bad {
+                    user: user.into(),
+                    why: "unknown user",
+                },
+            }
+        }
+        fn api_token(&self, token: &str) -> Verdict {
+            match token {
+                "wsg_good" => Verdict::Ok {
+                    user: "bob".into(),
+                    session_id: None,
+                },
+                _ => Verdict::Bad {
+                    user: String::new(),
+                    why: "bad token",
+                },
+            }
+        }
+        fn session(&self, token: &str) -> Verdict {
+            match token {
+                "s1.good" => Verdict::Ok {
+                    user: "carol".into(),
+                    session_id: Some("sid1".into()),
+                },
+                _ => Verdict::Bad {
+                    user: String::new(),
+                    why: "bad session",
+                },
+            }
         }
     }
 
-    #[test]
-    fn head_checks_give_each_malformation_its_status() {
-        let with = |first: &str, from: &str, to: &str| {
-            head(&format!("{first}\r\n{}\r\n", UPGRADE.replace(from, to)))
-        };
-        assert_eq!(with("GET / HTTP/1.1", "", ""), Ok(()));
-        let cases = [
-            ("POST / HTTP/1.1", "", "", Reason::Method),
-            ("GET / HTTP/1.0", "", "", Reason::HttpVersion),
-            ("GET / HTTP/1.1", "Host: h\r\n", "", Reason::NotUpgrade),
-            (
-                "GET / HTTP/1.1",
-                "Upgrade: websocket",
-                "Upgrade: h2c",
-                Reason::NotUpgrade,
-            ),
-            (
-                "GET / HTTP/1.1",
-                "Version: 13",
-                "Version: 8",
-                Reason::WsVersion,
-            ),
-            (
-                "GET / HTTP/1.1",
-                "dGhlIHNhbXBsZSBub25jZQ==",
-                "c2hvcnQ=",
-                Reason::BadKey,
-            ),
-        ];
-        for (first, from, to, reason) in cases {
-            assert_eq!(with(first, from, to), Err(reason), "{first} {from} -> {to}");
-        }
-        assert_eq!(
-            Reason::WsVersion.response().headers()["sec-websocket-version"],
-            "13"
-        );
-        assert_eq!(Reason::Method.status(), 405);
+    fn get(cfg: &Config, target: &str, extra: &str) -> Result<Grant, Reason> {
+        let raw = format!("GET {target} HTTP/1.1\r\n{UPGRADE}{extra}\r\n");
+        decide(&request(&raw), cfg, &Fake, None)
     }
 
+    const ORIGIN: &str = "Origin: https://app.example.com\r\n";
+
     #[test]
-    fn decide_checks_path_then_origin_then_credentials() {
+    fn decide_checks_path_then_origin_then_credentials_then_roles() {
         let cfg = config();
-        let get = |target: &str, extra: &str| {
-            decide(
-                &request(&format!("GET {target} HTTP/1.1\r\n{UPGRADE}{extra}\r\n")),
-                &cfg,
-                alice_ok,
-            )
-        };
         // Basic "alice:pw"
         let basic = "Authorization: Basic YWxpY2U6cHc=\r\n";
-        assert_eq!(get("/nope", basic).unwrap_err(), Reason::UnknownPath);
+        assert_eq!(get(&cfg, "/nope", basic).unwrap_err(), Reason::UnknownPath);
         assert_eq!(
-            get("/echo", &format!("{basic}Origin: https://evil.example\r\n")).unwrap_err(),
+            get(
+                &cfg,
+                "/echo",
+                &format!("{basic}Origin: https://evil.example\r\n")
+            )
+            .unwrap_err(),
             Reason::Origin(OriginRefusal::NotAllowed)
         );
         // allow_missing defaults to false: no Origin is refused.
         assert_eq!(
-            get("/echo", basic).unwrap_err(),
+            get(&cfg, "/echo", basic).unwrap_err(),
             Reason::Origin(OriginRefusal::Missing)
         );
-        let origin = "Origin: https://app.example.com\r\n";
-        assert_eq!(get("/echo", origin).unwrap_err(), Reason::NoCredentials);
-        let grant = get("/chat/room?x=1", &format!("{basic}{origin}")).unwrap();
         assert_eq!(
-            (grant.user.as_str(), grant.path.as_str()),
-            ("alice", "/chat/room")
+            get(&cfg, "/echo", ORIGIN).unwrap_err(),
+            Reason::NoCredentials
         );
-        let grant = get("/echo?user=alice&pass=pw", origin).unwrap();
-        assert_eq!(grant.user, "alice");
+        let grant = get(&cfg, "/chat/room?x=1", &format!("{basic}{ORIGIN}")).unwrap();
         assert_eq!(
-            get("/echo?user=alice&pass=bad", origin).unwrap_err(),
+            (grant.user.as_deref(), grant.path.as_str()),
+            (Some("alice"), "/chat/room")
+        );
+        assert_eq!(grant.method, Method::Password);
+        assert!(grant.may_publish);
+        assert_eq!(
+            get(&cfg, "/echo?user=alice&pass=pw", ORIGIN)
+                .unwrap()
+                .user
+                .as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            get(&cfg, "/echo?user=alice&pass=bad", ORIGIN).unwrap_err(),
             Reason::BadCredentials {
                 user: "alice".into(),
-                unknown_user: false
+                why: "bad password"
             }
         );
         assert_eq!(
-            get("/echo?user=bob&pass=pw", origin).unwrap_err(),
-            Reason::BadCredentials {
-                user: "bob".into(),
-                unknown_user: true
+            get(&cfg, "/echo?user=locked&pass=x", ORIGIN)
+                .unwrap_err()
+                .status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            get(&cfg, "/echo?user=slow&pass=x", ORIGIN).unwrap_err(),
+            Reason::Busy
+        );
+        // A role that may subscribe but not publish; no role at all for /private.
+        let grant = get(&cfg, "/feed", &format!("{basic}{ORIGIN}")).unwrap();
+        assert!(!grant.may_publish);
+        assert_eq!(
+            get(&cfg, "/private", &format!("{basic}{ORIGIN}")).unwrap_err(),
+            Reason::Forbidden {
+                user: "alice".into()
             }
         );
     }
 
     #[test]
-    fn credentials_parse_basic_and_query_and_refuse_junk() {
-        let mut h = HeaderMap::new();
-        assert_eq!(credentials(&h, Some("a=1")), Ok(None));
+    fn tokens_and_sessions_are_taken_from_every_place() {
+        let cfg = config();
+        let ok = |target: &str, extra: &str| get(&cfg, target, &format!("{ORIGIN}{extra}"));
+        let via_bearer = ok("/echo", "Authorization: Bearer wsg_good\r\n").unwrap();
         assert_eq!(
-            credentials(&h, Some("user=al%20ice&pass=p%2Bw+x"))
+            (via_bearer.user.as_deref(), via_bearer.method),
+            (Some("bob"), Method::ApiToken)
+        );
+        assert_eq!(
+            ok("/echo?token=wsg_good", "").unwrap().user.as_deref(),
+            Some("bob")
+        );
+        let via_protocol = ok(
+            "/echo",
+            "Sec-WebSocket-Protocol: wsgate.bearer.wsg_good, wsgate.v1\r\n",
+        )
+        .unwrap();
+        assert_eq!(via_protocol.user.as_deref(), Some("bob"));
+        assert_eq!(via_protocol.subprotocol, Some(SUBPROTOCOL));
+        assert_eq!(
+            ok(
+                "/echo",
+                "Sec-WebSocket-Protocol: wsgate.bearer.wsg_good\r\n"
+            )
+            .unwrap_err(),
+            Reason::Subprotocol
+        );
+        let session = ok("/echo", "Cookie: theme=dark; wsgate_session=s1.good\r\n").unwrap();
+        assert_eq!(
+            (
+                session.user.as_deref(),
+                session.method,
+                session.session_id.as_deref()
+            ),
+            (Some("carol"), Method::Session, Some("sid1"))
+        );
+        assert_eq!(
+            ok("/echo?session=s1.good", "").unwrap().method,
+            Method::Session
+        );
+        assert_eq!(
+            ok("/echo", "Authorization: Bearer s1.good\r\n")
                 .unwrap()
-                .unwrap(),
-            Credentials {
-                user: "al ice".into(),
-                password: "p+w x".into()
+                .method,
+            Method::Session
+        );
+        assert_eq!(
+            ok("/echo", "Authorization: Bearer wsg_bad\r\n").unwrap_err(),
+            Reason::BadCredentials {
+                user: String::new(),
+                why: "bad token"
             }
         );
-        assert!(credentials(&h, Some("user=alice")).is_err());
-        assert!(credentials(&h, Some("user=alice&pass=%zz")).is_err());
+        assert_eq!(
+            ok("/echo?session=s1.forged", "").unwrap_err().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        // No subprotocol is answered unless wsgate.v1 was offered.
+        assert_eq!(ok("/echo?token=wsg_good", "").unwrap().subprotocol, None);
+    }
+
+    #[test]
+    fn client_certificates_and_anonymous_channels() {
+        let cfg = config();
+        let raw = format!("GET /echo HTTP/1.1\r\n{UPGRADE}{ORIGIN}\r\n");
+        let grant = decide(&request(&raw), &cfg, &Fake, Some("alice")).unwrap();
+        assert_eq!(
+            (grant.user.as_deref(), grant.method),
+            (Some("alice"), Method::ClientCert)
+        );
+        let anon = get(&cfg, "/public", ORIGIN).unwrap();
+        assert_eq!(
+            (anon.user, anon.method, anon.may_publish),
+            (None, Method::Anonymous, false)
+        );
+        // Offered credentials are still checked on an anonymous channel.
+        assert!(get(&cfg, "/public?user=alice&pass=bad", ORIGIN).is_err());
+    }
+
+    #[test]
+    fn offered_credentials_parse_and_refuse_junk() {
+        let mut h = HeaderMap::new();
+        assert_eq!(offered(&h, Some("a=1")).unwrap().0, None);
+        assert_eq!(
+            offered(&h, Some("user=al%20ice&pass=p%2Bw+x")).unwrap().0,
+            Some(Offer::Password {
+                user: "al ice".into(),
+                password: "p+w x".into()
+            })
+        );
+        assert!(offered(&h, Some("user=alice")).is_err());
+        assert!(offered(&h, Some("user=alice&pass=%zz")).is_err());
+        assert!(offered(&h, Some("token=")).is_err());
         h.insert(
             http::header::AUTHORIZATION,
             "Basic YWxpY2U6cDp3".parse().unwrap(),
         ); // alice:p:w
-        assert_eq!(credentials(&h, None).unwrap().unwrap().password, "p:w");
-        h.insert(http::header::AUTHORIZATION, "Bearer xyz".parse().unwrap());
-        assert!(credentials(&h, None).is_err());
-        h.insert(http::header::AUTHORIZATION, "Basic !!!".parse().unwrap());
-        assert!(credentials(&h, None).is_err());
-        assert!(
-            !format!(
-                "{:?}",
-                Credentials {
-                    user: "u".into(),
-                    password: "s3cret".into()
-                }
-            )
-            .contains("s3cret")
+        assert_eq!(
+            offered(&h, None).unwrap().0,
+            Some(Offer::Password {
+                user: "alice".into(),
+                password: "p:w".into()
+            })
         );
+        h.insert(http::header::AUTHORIZATION, "Digest xyz".parse().unwrap());
+        assert!(offered(&h, None).is_err());
+        h.insert(http::header::AUTHORIZATION, "Basic !!!".parse().unwrap());
+        assert!(offered(&h, None).is_err());
+        for offer in [
+            Offer::Password {
+                user: "u".into(),
+                password: "s3cret".into(),
+            },
+            Offer::ApiToken("s3cret".into()),
+            Offer::Session("s3cret".into()),
+        ] {
+            assert!(!format!("{offer:?}").contains("s3cret"));
+        }
     }
 
     #[test]

@@ -6,19 +6,27 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::admit::{Admission, Ticket};
+use crate::auth::Credentials;
 use crate::certs::{self, CertError};
-use crate::config::Config;
-use crate::connection;
+use crate::config::{ClientAuth, Config};
+use crate::connection::{self, Rights};
 use crate::deadline::{Deadline, Phase};
 use crate::hub::{Hub, HubClosed, Waker};
 use crate::listener;
-use crate::policy::{Reason, safe_user};
+use crate::policy::{Grant, Reason};
+use crate::session::{self, SessionError, SessionKey};
+use crate::throttle::LoginThrottle;
 use crate::tls;
+use crate::tokens::{TokenStore, TokensError};
 use crate::upgrade::{self, UpgradeError};
 use crate::users::{Authenticator, UserStore, UsersError};
+
+/// Peer addresses and user names the failed-login throttle remembers (each map); the oldest are
+/// forgotten first, so a flood of distinct addresses cannot grow memory.
+const THROTTLE_ENTRIES: usize = 4096;
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -27,6 +35,10 @@ pub enum StartError {
     Cert(CertError),
     /// The users file is missing or malformed (a config problem: exit 2).
     Users(UsersError),
+    /// The API tokens file is malformed (a config problem: exit 2).
+    Tokens(TokensError),
+    /// The session key file cannot be read or created (a config problem: exit 2).
+    Session(SessionError),
     /// The listen address could not be bound (a runtime problem: exit 1).
     Bind { addr: SocketAddr, error: io::Error },
     /// Some other system resource (eventfd, signal handler) was not available.
@@ -36,7 +48,13 @@ pub enum StartError {
 impl StartError {
     /// True for errors an admin fixes in the configuration (exit code 2).
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Cert(_) | StartError::Users(_))
+        matches!(
+            self,
+            StartError::Cert(_)
+                | StartError::Users(_)
+                | StartError::Tokens(_)
+                | StartError::Session(_)
+        )
     }
 }
 
@@ -45,6 +63,8 @@ impl fmt::Display for StartError {
         match self {
             StartError::Cert(e) => e.fmt(f),
             StartError::Users(e) => e.fmt(f),
+            StartError::Tokens(e) => e.fmt(f),
+            StartError::Session(e) => e.fmt(f),
             StartError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             StartError::System(e) => write!(f, "system resource unavailable: {e}"),
         }
@@ -57,7 +77,7 @@ impl std::error::Error for StartError {}
 struct Runtime {
     config: Arc<Config>,
     tls: Arc<rustls::ServerConfig>,
-    auth: Arc<Authenticator>,
+    creds: Arc<Credentials>,
 }
 
 /// A bound, ready server.
@@ -98,7 +118,12 @@ impl Server {
         }
         let pair = certs::load(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?;
         let fingerprint = certs::fingerprint(&pair.chain[0]);
-        let tls = tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key, tls::ClientCerts::Off)
+        let client_certs = match (&tls_cfg.client_auth, &tls_cfg.client_ca) {
+            (ClientAuth::Optional, Some(ca)) => tls::ClientCerts::Optional(ca),
+            (ClientAuth::Required, Some(ca)) => tls::ClientCerts::Required(ca),
+            _ => tls::ClientCerts::Off,
+        };
+        let tls = tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key, client_certs)
             .map_err(StartError::Cert)?;
         log::info!(
             "certificate {} sha256 fingerprint {fingerprint}",
@@ -111,12 +136,31 @@ impl Server {
             store.len(),
             config.auth.users_file.display()
         );
-        let auth = Authenticator::new(
+        let a = &config.auth;
+        let users = Authenticator::new(
             store,
-            config.auth.cache_size,
-            config.auth.cache_ttl,
-            config.auth.max_concurrent_hashes.get(),
-        );
+            a.cache_size,
+            a.cache_ttl,
+            a.max_concurrent_hashes.get(),
+        )
+        .with_queue_limit(a.max_pending_hashes);
+        let tokens = TokenStore::load(&a.tokens_file).map_err(StartError::Tokens)?;
+        if !tokens.is_empty() {
+            log::info!(
+                "{} API tokens loaded from {}",
+                tokens.len(),
+                a.tokens_file.display()
+            );
+        }
+        let sessions = if a.session_ttl.is_zero() {
+            None
+        } else {
+            let key =
+                SessionKey::load_or_create(&a.session_key_file).map_err(StartError::Session)?;
+            Some((key, a.session_ttl))
+        };
+        let throttle = LoginThrottle::new(a.max_failures, a.failure_window, THROTTLE_ENTRIES);
+        let creds = Credentials::new(users, tokens, sessions, throttle);
 
         if config.origins.allow_any {
             log::warn!(
@@ -136,7 +180,7 @@ impl Server {
         let runtime = Arc::new(Runtime {
             config: Arc::new(config),
             tls,
-            auth: Arc::new(auth),
+            creds: Arc::new(creds),
         });
         Ok(Server {
             runtime,
@@ -222,38 +266,75 @@ fn serve(
             return;
         }
     };
-    let enter = |grant: &crate::policy::Grant| {
+    // Joins the hub and issues the session just before the 101, so a server that is shutting
+    // down still answers 503 and a client only gets a session it can use.
+    let enter = |grant: &Grant| {
         let limits = &grant.channel.limits;
-        match hub.join(&grant.path, limits.outbox.get(), limits.slow_consumer) {
-            Ok(Ok(member)) => Ok(member),
-            Ok(Err(HubClosed)) => Err(Reason::ShuttingDown),
+        let member = match hub.join(&grant.path, limits.outbox.get(), limits.slow_consumer) {
+            Ok(Ok(member)) => member,
+            Ok(Err(HubClosed)) => return Err(Reason::ShuttingDown),
             Err(e) => {
                 log::error!("cannot create wake-up fd for peer={peer}: {e}");
-                Err(Reason::ShuttingDown)
-            }
-        }
-    };
-    let (ws, grant, member) =
-        match upgrade::upgrade(tls, config, |u, p| rt.auth.verify(u, p), enter) {
-            Ok(upgraded) => upgraded,
-            Err(UpgradeError::Refused(reason)) => {
-                log_refusal(peer, &reason);
-                return;
-            }
-            Err(UpgradeError::Io(e)) => {
-                log::debug!("upgrade failed peer={peer}: {e}");
-                return;
+                return Err(Reason::ShuttingDown);
             }
         };
-    let user = safe_user(&grant.user);
-    log::info!("open peer={peer} user=\"{user}\" path={}", grant.path);
-    let opened = Instant::now();
-    let end = connection::run(ws, member, grant.channel.mode, &config.limits);
+        let session_id = grant
+            .session_id
+            .clone()
+            .unwrap_or_else(session::new_session_id);
+        let mut headers = Vec::new();
+        if let Some(user) = &grant.user {
+            if let Some((token, ttl)) = rt.creds.issue_session(user, &session_id) {
+                headers.push(("Set-Cookie", session_cookie(&token, ttl)));
+                headers.push(("X-Wsgate-Session", token));
+            }
+        }
+        if let Some(protocol) = grant.subprotocol {
+            headers.push(("Sec-WebSocket-Protocol", protocol.to_string()));
+        }
+        Ok(((member, session_id), headers))
+    };
+    let verifier = rt.creds.for_peer(peer.ip());
+    let (ws, grant, (member, session_id)) = match upgrade::upgrade(tls, config, &verifier, enter) {
+        Ok(upgraded) => upgraded,
+        Err(UpgradeError::Refused(reason)) => {
+            log_refusal(peer, &reason);
+            return;
+        }
+        Err(UpgradeError::Io(e)) => {
+            log::debug!("upgrade failed peer={peer}: {e}");
+            return;
+        }
+    };
+    let user = grant.log_user();
     log::info!(
-        "close peer={peer} user=\"{user}\" path={} duration={:.3}s {end}",
+        "open peer={peer} user=\"{user}\" auth={} session={session_id} path={}",
+        grant.method,
+        grant.path
+    );
+    let opened = Instant::now();
+    let channel = &grant.channel;
+    let rights = Rights {
+        mode: channel.mode,
+        may_publish: grant.may_publish,
+        on_forbidden: channel.on_forbidden,
+        on_rate_limit: channel.limits.on_rate_limit,
+    };
+    let end = connection::run(ws, member, rights, &channel.limits, &config.limits);
+    log::info!(
+        "close peer={peer} user=\"{user}\" session={session_id} path={} duration={:.3}s {end}",
         grant.path,
         opened.elapsed().as_secs_f64()
     );
+}
+
+/// The session cookie: only sent over TLS, invisible to page scripts, never sent cross-site.
+fn session_cookie(token: &str, ttl: Duration) -> String {
+    format!(
+        "{}={token}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        crate::policy::SESSION_COOKIE,
+        ttl.as_secs()
+    )
 }
 
 /// One line per refused upgrade. Credential failures are at warn, in a fixed form fail2ban can
@@ -261,6 +342,9 @@ fn serve(
 fn log_refusal(peer: SocketAddr, reason: &Reason) {
     let status = reason.status().as_u16();
     match reason {
+        Reason::Throttled { .. } => {
+            log::debug!("refused peer={peer} status={status} reason={reason}");
+        }
         Reason::BadCredentials { user, .. } => {
             log::warn!("auth failed: user=\"{user}\" peer={peer} reason={reason} status={status}");
         }

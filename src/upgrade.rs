@@ -8,15 +8,14 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use tungstenite::WebSocket;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::handshake::server::{Request, Response, write_response};
+use tungstenite::{WebSocket, http};
 
 use crate::config::Config;
 use crate::deadline::{Deadline, Phase, is_timeout};
-use crate::policy::{self, Grant, Reason};
+use crate::policy::{self, Grant, Reason, Verifier};
 use crate::tls::TlsStream;
-use crate::users::AuthOutcome;
 
 /// How long a refused client gets to read our answer before the socket closes.
 const LINGER: Duration = Duration::from_secs(2);
@@ -97,18 +96,23 @@ pub enum UpgradeError {
     Io(io::Error),
 }
 
+/// Headers added to the 101 response (session token, cookie, subprotocol).
+pub type ExtraHeaders = Vec<(&'static str, String)>;
+
 /// Reads the upgrade request from `tls`, decides it, and completes the handshake.
-/// `enter` runs on a granted request just before the 101 is sent (the server joins the hub
-/// there), and may still refuse it (503 while shutting down).
+/// `enter` runs on a granted request just before the 101 is sent (the server joins the hub and
+/// issues the session there): it may add response headers, or still refuse (503 while shutting
+/// down).
 ///
 /// # Errors
 /// [`UpgradeError`]; refusals have already been answered.
 pub fn upgrade<T>(
     mut tls: TlsStream,
     config: &Config,
-    verify: impl FnOnce(&str, &str) -> AuthOutcome,
-    enter: impl FnOnce(&Grant) -> Result<T, Reason>,
+    verifier: &dyn Verifier,
+    enter: impl FnOnce(&Grant) -> Result<(T, ExtraHeaders), Reason>,
 ) -> Result<(WsStream, Grant, T), UpgradeError> {
+    let client_user = tls.client_user();
     let deadline = Deadline::new(
         Phase::Upgrade,
         Instant::now(),
@@ -133,14 +137,22 @@ pub fn upgrade<T>(
         clippy::result_large_err,
         reason = "the error type is tungstenite's ErrorResponse"
     )]
-    let callback = |req: &Request, resp: Response| {
-        let decision =
-            policy::decide(req, config, verify).and_then(|grant| enter(&grant).map(|t| (grant, t)));
+    let callback = |req: &Request, mut resp: Response| {
+        let decision = policy::decide(req, config, verifier, client_user.as_deref())
+            .and_then(|grant| enter(&grant).map(|entered| (grant, entered)));
         let answer = match &decision {
-            Ok(_) => Ok(resp),
+            Ok((_, (_, headers))) => {
+                for (name, value) in headers {
+                    // Values are our own tokens and fixed strings: always valid header values.
+                    if let Ok(value) = http::HeaderValue::from_str(value) {
+                        resp.headers_mut().append(*name, value);
+                    }
+                }
+                Ok(resp)
+            }
             Err(reason) => Err(reason.response()),
         };
-        *outcome.borrow_mut() = Some(decision);
+        *outcome.borrow_mut() = Some(decision.map(|(grant, (t, _))| (grant, t)));
         answer
     };
     let result = tungstenite::accept_hdr_with_config(

@@ -576,6 +576,13 @@ impl Authenticator {
     }
 
     /// How many users the current store holds.
+    /// The stored PHC hash of `user`, if the user exists (for session fingerprints: a password
+    /// change or deletion changes it).
+    pub fn password_hash(&self, user: &str) -> Option<String> {
+        let state = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        state.store.users.get(user).cloned()
+    }
+
     pub fn user_count(&self) -> usize {
         self.current
             .read()

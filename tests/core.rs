@@ -347,7 +347,11 @@ fn publish_lockstep(server: &Server, path: &str, fast: &mut Client, count: usize
 #[test]
 fn slow_consumer_is_closed_1008_while_a_fast_subscriber_gets_every_message() {
     let mut setup = Setup::default();
-    setup.set("channel:/chat/*", "outbox", "16");
+    setup
+        .set("channel:/chat/*", "outbox", "16")
+        // 48 MiB in a few seconds: far over the default rate limits, which are not under test.
+        .set("channel:/chat/*", "max_bytes_per_sec", "0")
+        .set("channel:/chat/*", "max_messages_per_sec", "0");
     let server = setup.start();
     let mut slow = server.connect_as("/chat/load", BOB);
     slow.get_mut()
@@ -386,6 +390,8 @@ fn slow_consumer_under_drop_policy_loses_messages_but_stays() {
     let mut setup = Setup::default();
     setup
         .set("channel:/chat/*", "outbox", "16")
+        .set("channel:/chat/*", "max_bytes_per_sec", "0")
+        .set("channel:/chat/*", "max_messages_per_sec", "0")
         .set("channel:/chat/*", "slow_consumer", "drop");
     let server = setup.start();
     let mut slow = server.connect_as("/chat/load", BOB);

@@ -91,7 +91,10 @@ impl Default for Setup {
             .set("log", "level", "debug")
             .set("channel:/echo", "mode", "echo")
             .set("channel:/chat/*", "mode", "broadcast")
-            .set("channel:/news", "mode", "broadcast");
+            .set("channel:/news", "mode", "broadcast")
+            .set("role:everyone", "members", "*")
+            .set("role:everyone", "subscribe", "/echo, /chat/*, /news")
+            .set("role:everyone", "publish", "/echo, /chat/*, /news");
         s
     }
 }

@@ -168,8 +168,8 @@ pub struct WsLimits {
     /// one second's worth). Default 4 MiB; zero means unlimited. Otherwise at least
     /// `max_message_size`, or the largest allowed message could never pass.
     pub max_bytes_per_sec: usize,
-    /// `on_rate_limit`: what happens to a message over either rate. Default `close`
-    /// (1008 "rate limit exceeded" is the integrator's wording).
+    /// `on_rate_limit`: what happens to a message over either rate: `close` (with 1008, the
+    /// default) or `drop` (dropped and counted).
     pub on_rate_limit: Overflow,
 }
 

@@ -168,8 +168,8 @@ pub struct WsLimits {
     /// one second's worth). Default 4 MiB; zero means unlimited. Otherwise at least
     /// `max_message_size`, or the largest allowed message could never pass.
     pub max_bytes_per_sec: usize,
-    /// `on_rate_limit`: what happens to a message over either rate. Default `close`
-    /// (1008 "rate limit exceeded" is the integrator's wording).
+    /// `on_rate_limit`: what happens to a message over either rate: `close` (with 1008, the
+    /// default) or `drop` (dropped and counted).
     pub on_rate_limit: Overflow,
 }
 
@@ -1793,6 +1793,391 @@ mod tests {
         assert_eq!(c.channels[0].limits, l.ws);
         // The defaults are a valid tungstenite configuration.
         let _ = l.ws.websocket_config();
+        // Access, rate limits and the rest.
+        assert_eq!(c.server.max_pre_auth.get(), 32);
+        assert_eq!(c.tls.client_auth, ClientAuth::Off);
+        assert_eq!(c.tls.client_ca, None);
+        assert_eq!(c.tls.reload_check_interval, Duration::from_secs(60));
+        assert_eq!(c.auth.tokens_file, dir.0.join("tokens"));
+        assert_eq!(c.auth.session_key_file, dir.0.join("session.key"));
+        assert_eq!(c.auth.session_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(c.auth.max_failures, 5);
+        assert_eq!(c.auth.failure_window, Duration::from_secs(300));
+        assert_eq!(c.auth.max_pending_hashes, 32);
+        assert_eq!(l.ws.max_messages_per_sec, 1000);
+        assert_eq!(l.ws.max_bytes_per_sec, 4 << 20);
+        assert_eq!(l.ws.on_rate_limit, Overflow::Close);
+        assert!(!c.channels[0].anonymous);
+        assert_eq!(c.channels[0].on_forbidden, Overflow::Close);
+        assert_eq!(c.channels[0].line, Some(3));
+        assert!(c.roles.is_empty());
+        assert_eq!(c.admin, None);
+    }
+
+    #[test]
+    fn set_access_and_limit_values() {
+        let dir = Dir::new();
+        std::fs::write(dir.0.join("ca.pem"), "").unwrap();
+        let c = Config::parse(
+            &with(
+                "[server]
+workers = 5
+max_pre_auth = 5
+                 [tls]
+",
+            )
+            .replace(
+                "[tls]
+self_signed = true
+",
+                "",
+            )
+            .replace(
+                "[tls]
+",
+                "[tls]
+self_signed = true
+client_auth = Required
+client_ca = ca.pem
+                 reload_check_interval = 0
+",
+            ),
+            &dir.ini(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.server.max_pre_auth.get(), 5);
+        assert_eq!(c.tls.client_auth, ClientAuth::Required);
+        assert_eq!(c.tls.client_ca, Some(dir.0.join("ca.pem")));
+        assert_eq!(c.tls.reload_check_interval, Duration::ZERO);
+        let c = ok(&with(
+            "[auth]
+tokens_file = sub/t
+session_key_file = /var/lib/wsgate/s.key
+             session_ttl = 0
+max_failures = 0
+failure_window = 1h
+max_pending_hashes = 0
+             [limits]
+max_messages_per_sec = 0
+max_bytes_per_sec = 0
+on_rate_limit = drop
+             [channel:/x]
+mode = broadcast
+anonymous = yes
+on_forbidden = DROP
+             max_messages_per_sec = 10
+max_bytes_per_sec = 64K
+on_rate_limit = close
+             [admin]
+listen = [::1]:9480
+",
+        ));
+        assert!(c.auth.tokens_file.ends_with("sub/t"));
+        assert_eq!(c.auth.session_key_file, Path::new("/var/lib/wsgate/s.key"));
+        assert_eq!(c.auth.session_ttl, Duration::ZERO);
+        assert_eq!(c.auth.max_failures, 0);
+        assert_eq!(c.auth.failure_window, Duration::from_secs(3600));
+        assert_eq!(c.auth.max_pending_hashes, 0);
+        let echo = &c.channels[0];
+        assert_eq!(echo.limits.max_messages_per_sec, 0);
+        assert_eq!(echo.limits.max_bytes_per_sec, 0);
+        assert_eq!(echo.limits.on_rate_limit, Overflow::Drop);
+        assert!(!echo.anonymous);
+        let x = &c.channels[1];
+        assert!(x.anonymous);
+        assert_eq!(x.on_forbidden, Overflow::Drop);
+        assert_eq!(x.limits.max_messages_per_sec, 10);
+        assert_eq!(x.limits.max_bytes_per_sec, 64 * 1024);
+        assert_eq!(x.limits.on_rate_limit, Overflow::Close);
+        assert_eq!(x.line, Some(16));
+        assert_eq!(
+            c.admin,
+            Some(AdminConfig {
+                listen: "[::1]:9480".parse().unwrap()
+            })
+        );
+        assert_eq!(Overflow::Drop.to_string(), "drop");
+        assert_eq!(Mode::Broadcast.to_string(), "broadcast");
+        assert_eq!(
+            ChannelPattern::Prefix("/chat/".into()).to_string(),
+            "/chat/*"
+        );
+    }
+
+    #[test]
+    fn max_pre_auth_defaults_to_half_the_workers() {
+        for (workers, want) in [(1, 1), (2, 1), (3, 2), (64, 32), (65, 33)] {
+            let c = ok(&with(&format!("[server]\nworkers = {workers}\n")));
+            assert_eq!(c.server.max_pre_auth.get(), want, "{workers}");
+        }
+        assert_eq!(
+            err(&with("[server]\nworkers = 4\nmax_pre_auth = 5\n")),
+            "config: F:7: [server] max_pre_auth: max_pre_auth (5) must not exceed workers (4)"
+        );
+        assert_eq!(
+            err(&with("[server]\nmax_pre_auth = 65\n")),
+            "config: F:6: [server] max_pre_auth: max_pre_auth (65) must not exceed workers (64)"
+        );
+        assert_eq!(
+            err(&with("[server]\nmax_pre_auth = 0\n")),
+            "config: F:6: [server] max_pre_auth: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn client_auth_needs_a_ca() {
+        let head = "[channel:/echo]\nmode = echo\n[tls]\nself_signed = true\n";
+        assert_eq!(
+            err(&format!("{head}client_auth = optional\n")),
+            "config: F:3: [tls] client_ca: missing; client_auth needs the CA file that signs client certificates"
+        );
+        assert_eq!(
+            err(&format!(
+                "{head}client_auth = required\nclient_ca = nope.pem\n"
+            )),
+            "config: F:6: [tls] client_ca: file not found: D/nope.pem"
+        );
+        assert_eq!(
+            err(&format!("{head}client_ca = c.crt\n")),
+            "config: F:5: [tls] client_ca: set, but client_auth is off: set client_auth = optional or required, or remove client_ca"
+        );
+        assert_eq!(
+            err(&format!("{head}client_auth = maybe\n")),
+            "config: F:5: [tls] client_auth: `maybe` is not a client_auth setting; expected off, optional or required"
+        );
+        let c = ok(&format!(
+            "{head}client_auth = optional\nclient_ca = c.crt\n"
+        ));
+        assert_eq!(c.tls.client_auth, ClientAuth::Optional);
+    }
+
+    #[test]
+    fn optional_auth_files() {
+        // Missing is fine; a directory is not.
+        ok(&with(
+            "[auth]\ntokens_file = none/yet\nsession_key_file = later.key\n",
+        ));
+        assert_eq!(
+            err(&with("[auth]\ntokens_file = .\n")),
+            "config: F:6: [auth] tokens_file: not a regular file: D"
+        );
+        assert_eq!(
+            err(&with("[auth]\nsession_key_file = .\n")),
+            "config: F:6: [auth] session_key_file: not a regular file: D"
+        );
+        assert_eq!(
+            err(&with("[auth]\ntokens_file =\n")),
+            "config: F:6: [auth] tokens_file: empty path"
+        );
+        // Existing files are accepted.
+        ok(&with(
+            "[auth]\ntokens_file = users\nsession_key_file = c.key\n",
+        ));
+    }
+
+    #[test]
+    fn admin_listen_must_differ() {
+        let clash = [
+            ("127.0.0.1:8443", "0.0.0.0:8443"),
+            ("127.0.0.1:9000", "127.0.0.1:9000"),
+            ("0.0.0.0:9000", "127.0.0.1:9000"),
+            ("[::]:9000", "[::1]:9000"),
+        ];
+        for (admin, main) in clash {
+            let e = err(&with(&format!(
+                "[server]\nlisten = {main}\n[admin]\nlisten = {admin}\n"
+            )));
+            assert_eq!(
+                e,
+                format!(
+                    "config: F:8: [admin] listen: `{admin}` clashes with [server] listen ({main}); the admin endpoint needs its own port"
+                )
+            );
+        }
+        for (admin, main) in [
+            ("127.0.0.1:9480", "127.0.0.1:8443"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("127.0.0.2:9000", "127.0.0.1:9000"),
+        ] {
+            let c = ok(&with(&format!(
+                "[server]\nlisten = {main}\n[admin]\nlisten = {admin}\n"
+            )));
+            assert_eq!(c.admin.unwrap().listen, admin.parse().unwrap());
+        }
+        // An empty [admin] section is no admin endpoint.
+        assert_eq!(ok(&with("[admin]\n")).admin, None);
+        assert!(
+            err(&with("[admin]\nlisten = 9480\n"))
+                .starts_with("config: F:6: [admin] listen: `9480` is not an address:port")
+        );
+    }
+
+    #[test]
+    fn byte_rate_holds_a_message() {
+        ok(&with("[limits]\nmax_bytes_per_sec = 64K\n"));
+        assert_eq!(
+            err(&with("[limits]\nmax_bytes_per_sec = 65535\n")),
+            "config: F:6: [limits] max_bytes_per_sec: max_bytes_per_sec (65535) must be 0 (unlimited) \
+             or at least max_message_size (65536): the rate bucket holds one second's worth, so a \
+             larger message could never pass"
+        );
+        // Inherited on a channel that raises its message size.
+        let e = err(&with(
+            "[channel:/big]\nmode = echo\nmax_message_size = 8M\nmax_frame_size = 1M\n\
+             max_write_buffer_size = 9M\n",
+        ));
+        assert!(
+            e.starts_with("config: F:7: [channel:/big] max_message_size: max_bytes_per_sec (4194304, inherited from [limits]) must be 0 (unlimited) or at least max_message_size (8388608)"),
+            "{e}"
+        );
+        ok(&with(
+            "[channel:/big]\nmode = echo\nmax_message_size = 8M\nmax_frame_size = 1M\n\
+             max_write_buffer_size = 9M\nmax_bytes_per_sec = 0\n",
+        ));
+    }
+
+    #[test]
+    fn roles() {
+        let c = ok(&with(
+            "[channel:/chat/*]\nmode = broadcast\n\
+             [role:ops.team-1_]\nmembers = alice , bob@x.org\nsubscribe = /chat/*, /echo\n\
+             publish = /user/%u/*, /inbox/u-%u\n\
+             [role:all]\nmembers = *\n\
+             [role:anonymous]\nsubscribe = /echo\npublish =\n",
+        ));
+        assert_eq!(c.roles.len(), 3);
+        let ops = &c.roles[0];
+        assert_eq!(ops.name, "ops.team-1_");
+        assert_eq!(ops.line, Some(7));
+        assert_eq!(
+            ops.members,
+            Members::Users(vec!["alice".into(), "bob@x.org".into()])
+        );
+        let shown: Vec<_> = ops.subscribe.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown, ["/chat/*", "/echo"]);
+        assert!(ops.subscribe[0].is_prefix() && !ops.subscribe[0].has_user());
+        assert_eq!(ops.publish[0].as_str(), "/user/%u/*");
+        assert!(ops.publish[0].is_prefix() && ops.publish[0].has_user());
+        assert!(ops.publish[1].matches("/inbox/u-alice", Some("alice")));
+        let all = &c.roles[1];
+        assert_eq!(all.members, Members::Everyone);
+        assert!(all.subscribe.is_empty() && all.publish.is_empty());
+        let anon = &c.roles[2];
+        assert_eq!(anon.members, Members::Anonymous);
+        assert!(anon.publish.is_empty());
+        assert!(Members::Anonymous.includes(None));
+        assert!(!Members::Anonymous.includes(Some("a")));
+        assert!(Members::Everyone.includes(Some("a")));
+        assert!(!Members::Everyone.includes(None));
+        assert!(!Members::Users(vec!["a".into()]).includes(Some("b")));
+    }
+
+    #[test]
+    fn role_errors() {
+        let cases = [
+            (
+                5,
+                "[role:x]\n",
+                "[role:x] members: missing; list user names, or `*` for every authenticated user",
+            ),
+            (
+                6,
+                "[role:x]\nmembers =\n",
+                "[role:x] members: empty; list user names, or `*` for every authenticated user",
+            ),
+            (
+                6,
+                "[role:x]\nmembers = a,\n",
+                "[role:x] members: empty entry in the list (a stray comma?)",
+            ),
+            (
+                6,
+                "[role:x]\nmembers = a, *\n",
+                "[role:x] members: `*` (every authenticated user) must stand alone",
+            ),
+            (
+                6,
+                "[role:x]\nmembers = a, a\n",
+                "[role:x] members: `a` is listed twice",
+            ),
+            (
+                6,
+                "[role:x]\nmembers = a b\n",
+                "[role:x] members: `a b`: user name \"a b\" has characters outside",
+            ),
+            (
+                6,
+                "[role:anonymous]\nmembers = *\n",
+                "[role:anonymous] members: the anonymous role applies to clients without credentials and takes no members",
+            ),
+            (
+                6,
+                "[role:anonymous]\nsubscribe = /inbox/%u\n",
+                "[role:anonymous] subscribe: `/inbox/%u`: the anonymous role has no user name, so %u cannot be used",
+            ),
+            (
+                6,
+                "[role:anonymous]\npublish = /a, /u/%u/*\n",
+                "[role:anonymous] publish: `/u/%u/*`: the anonymous role has no user name",
+            ),
+            (
+                7,
+                "[role:x]\nmembers = *\nsubscribe = echo\n",
+                "[role:x] subscribe: pattern `echo` must start with `/`",
+            ),
+            (
+                7,
+                "[role:x]\nmembers = *\nsubscribe = /a,,/b\n",
+                "[role:x] subscribe: empty entry in the list (a stray comma?)",
+            ),
+            (
+                7,
+                "[role:x]\nmembers = *\npublish = /chat*\n",
+                "[role:x] publish: pattern `/chat*`: `*` is only allowed as a single trailing `/*`",
+            ),
+            (
+                7,
+                "[role:x]\nmembers = *\npublish = /a?b\n",
+                "[role:x] publish: pattern `/a?b` must not contain `?`",
+            ),
+            (
+                7,
+                "[role:x]\nmembers = *\npublish = /a, /a\n",
+                "[role:x] publish: `/a` is listed twice",
+            ),
+            (
+                7,
+                "[role:x]\nmembers = *\nbogus = 1\n",
+                "[role:x] bogus: unknown key; [role:x] accepts members, subscribe, publish",
+            ),
+            (
+                5,
+                "[role:]\nmembers = *\n",
+                "[role:]: role name `` must be 1 to 64 characters of A-Z a-z 0-9 _ . -",
+            ),
+            (
+                5,
+                "[role:a b]\nmembers = *\n",
+                "[role:a b]: role name `a b` must be 1 to 64",
+            ),
+            (
+                5,
+                "[role:a/b]\nmembers = *\n",
+                "[role:a/b]: role name `a/b` must be 1 to 64",
+            ),
+        ];
+        for (line, extra, want) in cases {
+            let e = err(&with(extra));
+            let want = format!("config: F:{line}: {want}");
+            assert!(e.starts_with(&want), "got  {e}\nwant {want}");
+        }
+        let long = "r".repeat(65);
+        assert!(err(&with(&format!("[role:{long}]\nmembers = *\n"))).contains("must be 1 to 64"));
+        ok(&with(&format!("[role:{}]\nmembers = *\n", "r".repeat(64))));
+        assert!(
+            err(&with("[role:x]\nmembers = *\n[role:x]\nmembers = a\n"))
+                .contains("repeated section")
+        );
     }
 
     #[test]
@@ -2535,6 +2920,24 @@ mod tests {
                 (ChannelPattern::Exact("/broadcast".into()), Mode::Broadcast),
             ]
         );
+        assert_eq!(c.admin, None);
+        assert_eq!(c.roles.len(), 1);
+        let users = &c.roles[0];
+        assert_eq!(users.name, "users");
+        assert_eq!(users.members, Members::Everyone);
+        let written =
+            |v: &[PathPattern]| v.iter().map(|p| p.as_str().to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            written(&users.subscribe),
+            ["/echo", "/chat/*", "/broadcast"]
+        );
+        assert_eq!(written(&users.publish), ["/echo", "/chat/*", "/broadcast"]);
+        // Under default deny, the demo user can still use every demo channel.
+        for path in ["/echo", "/chat/lobby", "/broadcast"] {
+            let a = crate::acl::evaluate(&c.roles, Some("demo"), path);
+            assert!(a.can_subscribe() && a.can_publish(), "{path}");
+        }
+        assert_eq!(crate::acl::lint(&c, &["demo"]), Vec::<String>::new());
     }
 
     /// Keys without a default: the example shows them with an example value, left commented out.

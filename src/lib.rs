@@ -19,6 +19,7 @@ pub mod acl;
 pub mod admit;
 pub mod auth;
 pub mod certs;
+pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod deadline;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 
+use wsgate::commands;
 use wsgate::config::Config;
 use wsgate::server::Server;
 
@@ -19,6 +20,10 @@ usage:
   wsgate passwd FILE USER                            add a user or change a password (read from the
                                                      terminal without echo, or one line from stdin)
   wsgate passwd --delete FILE USER                   remove a user
+  wsgate check-access [--config FILE] USER PATH      what USER (- for anonymous) may do on PATH, and why
+  wsgate token add [--config FILE] USER [--name N]   create an API token for USER (printed once)
+  wsgate token list [--config FILE] [USER]           list API tokens (names and hash prefixes)
+  wsgate token revoke [--config FILE] USER NAME      revoke an API token
   wsgate --version";
 
 enum Command {
@@ -34,6 +39,25 @@ enum Command {
         user: String,
         delete: bool,
     },
+    CheckAccess {
+        config: PathBuf,
+        user: String,
+        path: String,
+    },
+    TokenAdd {
+        config: PathBuf,
+        user: String,
+        name: Option<String>,
+    },
+    TokenList {
+        config: PathBuf,
+        user: Option<String>,
+    },
+    TokenRevoke {
+        config: PathBuf,
+        user: String,
+        name: String,
+    },
     Help,
     Version,
 }
@@ -43,6 +67,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut config = None;
     let mut log_level = None;
     let mut delete = false;
+    let mut name = None;
     let mut positional = Vec::new();
     let mut it = rest.iter();
     while let Some(arg) = it.next() {
@@ -58,7 +83,8 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                 );
             }
             "--delete" => delete = true,
-            s if s.starts_with('-') => return Err(format!("unknown option {s:?}")),
+            "--name" => name = Some(it.next().ok_or("--name needs a value")?.clone()),
+            s if s.starts_with('-') && s != "-" => return Err(format!("unknown option {s:?}")),
             s => positional.push(s.to_string()),
         }
     }
@@ -95,6 +121,40 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             }),
             _ => Err("passwd needs FILE and USER".into()),
         },
+        "check-access" => match positional.as_slice() {
+            [user, path] => Ok(Command::CheckAccess {
+                config: config.unwrap_or_else(|| DEFAULT_CONFIG.into()),
+                user: user.clone(),
+                path: path.clone(),
+            }),
+            _ => Err("check-access needs USER and PATH".into()),
+        },
+        "token" => {
+            let config = config.unwrap_or_else(|| DEFAULT_CONFIG.into());
+            match positional
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                ["add", user] => Ok(Command::TokenAdd {
+                    config,
+                    user: user.to_string(),
+                    name,
+                }),
+                ["list"] => Ok(Command::TokenList { config, user: None }),
+                ["list", user] => Ok(Command::TokenList {
+                    config,
+                    user: Some(user.to_string()),
+                }),
+                ["revoke", user, name] => Ok(Command::TokenRevoke {
+                    config,
+                    user: user.to_string(),
+                    name: name.to_string(),
+                }),
+                _ => Err("token needs add USER, list [USER] or revoke USER NAME".into()),
+            }
+        }
         "help" | "--help" | "-h" => Ok(Command::Help),
         "version" | "--version" | "-V" => Ok(Command::Version),
         other => Err(format!("unknown command {other:?}")),
@@ -119,16 +179,32 @@ fn main() -> ExitCode {
             println!("wsgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!("{}: ok ({} channels)", config.display(), c.channels.len());
-                ExitCode::SUCCESS
+        Command::CheckConfig { config } => print_or_fail(commands::check_config(&config)),
+        Command::CheckAccess { config, user, path } => {
+            print_or_fail(commands::check_access(&config, &user, &path))
+        }
+        Command::TokenAdd { config, user, name } => {
+            match commands::token_add(&config, &user, name.as_deref()) {
+                Ok(token) => {
+                    eprintln!("token for \"{user}\" (shown once; only its SHA-256 is stored):");
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
+        }
+        Command::TokenList { config, user } => {
+            print_or_fail(commands::token_list(&config, user.as_deref()))
+        }
+        Command::TokenRevoke { config, user, name } => {
+            match commands::token_revoke(&config, &user, &name) {
+                Ok(()) => {
+                    eprintln!("revoked token \"{name}\" of \"{user}\"");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
             }
-        },
+        }
         Command::Passwd { file, user, delete } => match wsgate::passwd::run(&file, &user, delete) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -138,6 +214,22 @@ fn main() -> ExitCode {
         },
         Command::Serve { config, log_level } => serve(&config, log_level),
     }
+}
+
+/// Prints a command's output, or its error with exit code 2.
+fn print_or_fail(result: Result<String, commands::CommandError>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &commands::CommandError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(2)
 }
 
 fn serve(path: &std::path::Path, log_level: Option<log::LevelFilter>) -> ExitCode {

@@ -251,18 +251,30 @@ fn bearer(value: &str) -> Offer {
     }
 }
 
+/// What a request carries: the credentials it offers (if any) and the subprotocol to answer with.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Offered {
+    pub offer: Option<Offer>,
+    pub subprotocol: Option<&'static str>,
+}
+
+/// Why the offered credentials cannot even be checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OfferError {
+    /// Present but unusable: bad base64, no colon, not UTF-8, too long, two `Authorization`
+    /// headers, a user without a password. Carries the claimed user name, escaped (or empty).
+    Unusable(String),
+    /// A `wsgate.bearer.` subprotocol without `wsgate.v1` to answer with.
+    Subprotocol,
+}
+
 /// What the client offered, looked for in this order: `Authorization` (Basic or Bearer), a
 /// `wsgate.bearer.<token>` subprotocol, the query (`user`+`pass`, `token`, `session`), the
 /// `wsgate_session` cookie. Also the subprotocol to answer with (`wsgate.v1` when listed).
 ///
 /// # Errors
-/// `Err(user)` for credentials that are present but unusable (bad base64, no colon, not UTF-8,
-/// too long, two `Authorization` headers, a user without a password); `Err` of
-/// [`Reason::Subprotocol`] is reported by [`decide`].
-pub fn offered(
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Result<(Option<Offer>, Option<&'static str>), Result<String, Reason>> {
+/// [`OfferError`] for credentials that are present but unusable.
+pub fn offered(headers: &HeaderMap, query: Option<&str>) -> Result<Offered, OfferError> {
     let protocols: Vec<&str> = headers
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -270,30 +282,31 @@ pub fn offered(
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
-    let answer = protocols.contains(&SUBPROTOCOL).then_some(SUBPROTOCOL);
+    let subprotocol = protocols.contains(&SUBPROTOCOL).then_some(SUBPROTOCOL);
+    let found = |offer| Ok(Offered { offer, subprotocol });
     let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
     if let Some(value) = auth.next() {
         if auth.next().is_some() {
-            return Err(Ok(String::new()));
+            return Err(OfferError::Unusable(String::new()));
         }
-        return authorization(value.as_bytes())
-            .map(|o| (Some(o), answer))
-            .map_err(Ok);
+        return found(Some(
+            authorization(value.as_bytes()).map_err(OfferError::Unusable)?,
+        ));
     }
     if let Some(token) = protocols
         .iter()
         .find_map(|p| p.strip_prefix(BEARER_SUBPROTOCOL))
     {
-        if answer.is_none() {
-            return Err(Err(Reason::Subprotocol));
+        if subprotocol.is_none() {
+            return Err(OfferError::Subprotocol);
         }
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-            return Err(Ok(String::new()));
+            return Err(OfferError::Unusable(String::new()));
         }
-        return Ok((Some(bearer(token)), answer));
+        return found(Some(bearer(token)));
     }
-    if let Some(offer) = from_query(query).map_err(Ok)? {
-        return Ok((Some(offer), answer));
+    if let Some(offer) = from_query(query).map_err(OfferError::Unusable)? {
+        return found(Some(offer));
     }
     let cookie = headers
         .get_all(http::header::COOKIE)
@@ -303,9 +316,9 @@ pub fn offered(
         .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='));
     match cookie {
         Some(token) if !token.is_empty() && token.len() <= MAX_TOKEN_LEN => {
-            Ok((Some(Offer::Session(token.to_string())), answer))
+            found(Some(Offer::Session(token.to_string())))
         }
-        _ => Ok((None, answer)),
+        _ => found(None),
     }
 }
 
@@ -504,15 +517,15 @@ pub fn decide(
         .map(|v| v.as_bytes())
         .collect();
     config.origins.check(&origins).map_err(Reason::Origin)?;
-    let (offer, subprotocol) = match offered(req.headers(), req.uri().query()) {
+    let Offered { offer, subprotocol } = match offered(req.headers(), req.uri().query()) {
         Ok(found) => found,
-        Err(Ok(user)) => {
+        Err(OfferError::Unusable(user)) => {
             return Err(Reason::BadCredentials {
                 user,
                 why: "malformed credentials",
             });
         }
-        Err(Err(reason)) => return Err(reason),
+        Err(OfferError::Subprotocol) => return Err(Reason::Subprotocol),
     };
     let verdict = match &offer {
         Some(Offer::Password { user, password }) => {
@@ -655,6 +668,52 @@ mod tests {
     }
 
     const ORIGIN: &str = "Origin: https://app.example.com\r\n";
+
+    #[test]
+    fn head_checks_give_each_malformation_its_status() {
+        assert_eq!(head(&format!("GET / HTTP/1.1\r\n{UPGRADE}\r\n")), Ok(()));
+        assert_eq!(
+            head(&format!("POST / HTTP/1.1\r\n{UPGRADE}\r\n")),
+            Err(Reason::Method)
+        );
+        assert_eq!(
+            head(&format!("GET / HTTP/1.0\r\n{UPGRADE}\r\n")),
+            Err(Reason::HttpVersion)
+        );
+        assert_eq!(
+            head(&format!(
+                "GET / HTTP/1.1\r\n{}\r\n",
+                UPGRADE.replace("Host: h\r\n", "")
+            )),
+            Err(Reason::NotUpgrade)
+        );
+        assert_eq!(
+            head(&format!(
+                "GET / HTTP/1.1\r\n{}\r\n",
+                UPGRADE.replace("Upgrade: websocket", "Upgrade: h2c")
+            )),
+            Err(Reason::NotUpgrade)
+        );
+        assert_eq!(
+            head(&format!(
+                "GET / HTTP/1.1\r\n{}\r\n",
+                UPGRADE.replace("Version: 13", "Version: 8")
+            )),
+            Err(Reason::WsVersion)
+        );
+        assert_eq!(
+            head(&format!(
+                "GET / HTTP/1.1\r\n{}\r\n",
+                UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")
+            )),
+            Err(Reason::BadKey)
+        );
+        assert_eq!(
+            Reason::WsVersion.response().headers()["sec-websocket-version"],
+            "13"
+        );
+        assert_eq!(Reason::Method.status(), 405);
+    }
 
     #[test]
     fn decide_checks_path_then_origin_then_credentials_then_roles() {
@@ -805,9 +864,11 @@ mod tests {
     #[test]
     fn offered_credentials_parse_and_refuse_junk() {
         let mut h = HeaderMap::new();
-        assert_eq!(offered(&h, Some("a=1")).unwrap().0, None);
+        assert_eq!(offered(&h, Some("a=1")).unwrap().offer, None);
         assert_eq!(
-            offered(&h, Some("user=al%20ice&pass=p%2Bw+x")).unwrap().0,
+            offered(&h, Some("user=al%20ice&pass=p%2Bw+x"))
+                .unwrap()
+                .offer,
             Some(Offer::Password {
                 user: "al ice".into(),
                 password: "p+w x".into()
@@ -821,7 +882,7 @@ mod tests {
             "Basic YWxpY2U6cDp3".parse().unwrap(),
         ); // alice:p:w
         assert_eq!(
-            offered(&h, None).unwrap().0,
+            offered(&h, None).unwrap().offer,
             Some(Offer::Password {
                 user: "alice".into(),
                 password: "p:w".into()

@@ -255,8 +255,13 @@ impl Server {
 
     /// A TLS connection, or the error that ended its handshake.
     pub fn try_tls(&self) -> std::io::Result<Tls> {
+        self.tls_with(self.client_config())
+    }
+
+    /// A TLS connection with the given client configuration.
+    pub fn tls_with(&self, config: Arc<ClientConfig>) -> std::io::Result<Tls> {
         let name = ServerName::try_from("localhost").unwrap();
-        let conn = ClientConnection::new(self.client_config(), name).unwrap();
+        let conn = ClientConnection::new(config, name).unwrap();
         let mut tls = StreamOwned::new(conn, self.tcp());
         while tls.conn.is_handshaking() {
             tls.conn.complete_io(&mut tls.sock)?;
@@ -270,6 +275,18 @@ impl Server {
         path_query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Client, tungstenite::Error> {
+        self.connect_full(path_query, headers, self.client_config())
+            .map(|(ws, _)| ws)
+    }
+
+    /// Opens a WebSocket with a given TLS client configuration (e.g. a client certificate) and
+    /// returns the 101 response too (session headers, subprotocol).
+    pub fn connect_full(
+        &self,
+        path_query: &str,
+        headers: &[(&str, &str)],
+        tls: Arc<ClientConfig>,
+    ) -> Result<(Client, tungstenite::handshake::client::Response), tungstenite::Error> {
         let url = format!("wss://localhost:{}{path_query}", self.addr.port());
         let mut req = url.into_client_request()?;
         for (k, v) in headers {
@@ -279,8 +296,8 @@ impl Server {
             );
         }
         let config = WebSocketConfig::default().max_message_size(Some(64 << 20));
-        match tungstenite::client::client_with_config(req, self.try_tls()?, Some(config)) {
-            Ok((ws, _resp)) => Ok(ws),
+        match tungstenite::client::client_with_config(req, self.tls_with(tls)?, Some(config)) {
+            Ok(done) => Ok(done),
             Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
             Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("handshake interrupted"),
         }

@@ -1,0 +1,430 @@
+//! Access levels, tokens, sessions and abuse limits, end to end against the real binary.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ClientConfig, RootCertStore};
+use tungstenite::Message;
+
+fn basic(user: &str, pass: &str) -> String {
+    format!(
+        "Basic {}",
+        data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes())
+    )
+}
+
+/// A setup with roles: everyone may use /echo and /chat/*; only alice may publish on /feed;
+/// alice (operators) alone may subscribe to /ops; each user has /user/%u/*; /public is anonymous.
+fn roles() -> Setup {
+    let mut s = Setup::default();
+    s.set("channel:/feed", "mode", "broadcast")
+        .set("channel:/ops", "mode", "broadcast")
+        .set("channel:/user/*", "mode", "broadcast")
+        .set("channel:/public", "mode", "broadcast")
+        .set("channel:/public", "anonymous", "true")
+        .set("channel:/quiet", "mode", "broadcast")
+        .set("channel:/quiet", "on_forbidden", "drop")
+        .set(
+            "role:everyone",
+            "subscribe",
+            "/echo, /chat/*, /news, /feed, /user/%u/*, /quiet",
+        )
+        .set(
+            "role:everyone",
+            "publish",
+            "/echo, /chat/*, /news, /user/%u/*",
+        )
+        .set("role:operators", "members", "alice")
+        .set("role:operators", "subscribe", "/ops")
+        .set("role:operators", "publish", "/ops, /feed, /quiet")
+        .set("role:anonymous", "subscribe", "/public");
+    s
+}
+
+fn status_as(server: &Server, path: &str, who: (&str, &str)) -> u16 {
+    status_of(server.connect_with(path, &[("Authorization", &basic(who.0, who.1))]))
+}
+
+#[test]
+fn roles_allow_and_deny_subscribe_with_403() {
+    let server = roles().start();
+    assert_eq!(status_as(&server, "/ops", ALICE), 101);
+    assert_eq!(status_as(&server, "/ops", BOB), 403);
+    assert!(server.wait_log("refused peer=", IO_TIMEOUT));
+}
+
+#[test]
+fn publish_without_rights_closes_1008_and_nothing_is_broadcast() {
+    let server = roles().start();
+    let mut listener = server.connect_as("/feed", ALICE);
+    let mut reader = server.connect_as("/feed", BOB);
+    reader.send(Message::text("not allowed")).unwrap();
+    assert_eq!(close_code(&mut reader), 1008);
+    assert!(server.wait_log("reason=\"publish not allowed\"", IO_TIMEOUT));
+    // alice may publish; the listener sees only that.
+    let mut publisher = server.connect_as("/feed", ALICE);
+    publisher.send(Message::text("allowed")).unwrap();
+    assert_eq!(next_data(&mut listener), Message::text("allowed"));
+}
+
+#[test]
+fn publish_without_rights_is_dropped_where_configured() {
+    let server = roles().start();
+    let mut listener = server.connect_as("/quiet", ALICE);
+    let mut reader = server.connect_as("/quiet", BOB);
+    reader.send(Message::text("dropped")).unwrap();
+    // Still open: an echo of its own publish rights is not possible, so prove it with alice's.
+    let mut publisher = server.connect_as("/quiet", ALICE);
+    publisher.send(Message::text("kept")).unwrap();
+    assert_eq!(next_data(&mut listener), Message::text("kept"));
+    assert_eq!(next_data(&mut reader), Message::text("kept"));
+}
+
+#[test]
+fn user_placeholder_patterns_match_only_the_users_own_paths() {
+    let server = roles().start();
+    assert_eq!(status_as(&server, "/user/alice/inbox", ALICE), 101);
+    assert_eq!(status_as(&server, "/user/bob/inbox", ALICE), 403);
+    assert_eq!(status_as(&server, "/user/bob/inbox", BOB), 101);
+}
+
+#[test]
+fn anonymous_channel_admits_clients_without_credentials_only_there() {
+    let server = roles().start();
+    let mut anon = server.connect_with("/public", &[]).unwrap();
+    assert_eq!(status_of(server.connect_with("/chat/x", &[])), 401);
+    // Anonymous clients may not publish unless the anonymous role says so.
+    anon.send(Message::text("hi")).unwrap();
+    assert_eq!(close_code(&mut anon), 1008);
+    // Wrong credentials are still refused on an anonymous channel.
+    assert_eq!(
+        status_as(&server, "/public", ("alice", "wrong-password")),
+        401
+    );
+}
+
+/// Runs `wsgate token add` against the server's config and returns the token.
+#[allow(dead_code)]
+fn add_token(server: &Server, user: &str) -> String {
+    let out = Command::new(bin())
+        .args(["token", "add", "--config"])
+        .arg(server.dir.path().join("wsgate.ini"))
+        .arg(user)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn api_tokens_work_as_bearer_query_and_subprotocol() {
+    let setup = roles();
+    let (dir, config, ca) = setup.write();
+    let out = Command::new(bin())
+        .args(["token", "add", "--config"])
+        .arg(&config)
+        .arg("bob")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("wsg_"), "{token}");
+    let stored = std::fs::read_to_string(dir.path().join("tokens")).unwrap();
+    assert!(!stored.contains(&token), "token stored in clear");
+    let server = Server::spawn(dir, &config, ca);
+
+    let mut a = server
+        .connect_with("/echo", &[("Authorization", &format!("Bearer {token}"))])
+        .unwrap();
+    let mut b = server
+        .connect_with(&format!("/echo?token={token}"), &[])
+        .unwrap();
+    let protocols = format!("wsgate.bearer.{token}, wsgate.v1");
+    let (mut c, resp) = server
+        .connect_full(
+            "/echo",
+            &[("Sec-WebSocket-Protocol", &protocols)],
+            server.client_config(),
+        )
+        .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "wsgate.v1");
+    for ws in [&mut a, &mut b, &mut c] {
+        ws.send(Message::text("tok")).unwrap();
+        assert_eq!(next_data(ws), Message::text("tok"));
+    }
+    assert!(
+        server.wait_log("user=\"bob\" auth=token", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    // A wrong token, and a bearer subprotocol without wsgate.v1 to answer with.
+    assert_eq!(
+        status_of(server.connect_with("/echo?token=wsg_nope", &[])),
+        401
+    );
+    let lone = format!("wsgate.bearer.{token}");
+    assert_eq!(
+        status_of(server.connect_with("/echo", &[("Sec-WebSocket-Protocol", &lone)])),
+        400
+    );
+    assert!(!server.logs().contains(&token), "token in log");
+}
+
+#[test]
+fn sessions_resume_without_the_password_and_keep_their_id() {
+    let server = roles().start();
+    let creds = basic(ALICE.0, ALICE.1);
+    let (ws, resp) = server
+        .connect_full(
+            "/echo",
+            &[("Authorization", &creds)],
+            server.client_config(),
+        )
+        .unwrap();
+    drop(ws);
+    let token = resp.headers()["x-wsgate-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with(&format!("wsgate_session={token};")),
+        "{cookie}"
+    );
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie} lacks {attr}");
+    }
+    assert!(server.wait_log("auth=password session=", IO_TIMEOUT));
+    let first = server.logs();
+    let sid = first
+        .split("auth=password session=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    // Back with the session: by query, by cookie and as a bearer — no password.
+    let mut q = server
+        .connect_with(&format!("/echo?session={token}"), &[])
+        .unwrap();
+    let mut k = server
+        .connect_with(
+            "/echo",
+            &[("Cookie", &format!("a=b; wsgate_session={token}"))],
+        )
+        .unwrap();
+    let mut b = server
+        .connect_with("/echo", &[("Authorization", &format!("Bearer {token}"))])
+        .unwrap();
+    for ws in [&mut q, &mut k, &mut b] {
+        ws.send(Message::text("resumed")).unwrap();
+        assert_eq!(next_data(ws), Message::text("resumed"));
+    }
+    assert_eq!(
+        server.count_log(&format!("auth=session session={sid}")),
+        3,
+        "{}",
+        server.logs()
+    );
+    assert!(!server.logs().contains(&token), "session token in log");
+}
+
+#[test]
+fn tampered_and_expired_sessions_are_refused_with_401() {
+    let mut setup = roles();
+    setup.set("auth", "session_ttl", "1s");
+    let server = setup.start();
+    let (_ws, resp) = server
+        .connect_full(
+            "/echo",
+            &[("Authorization", &basic(ALICE.0, ALICE.1))],
+            server.client_config(),
+        )
+        .unwrap();
+    let token = resp.headers()["x-wsgate-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut tampered = token.clone().into_bytes();
+    let at = tampered.len() / 2;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert_eq!(
+        status_of(server.connect_with(&format!("/echo?session={tampered}"), &[])),
+        401
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(
+        status_of(server.connect_with(&format!("/echo?session={token}"), &[])),
+        401
+    );
+}
+
+#[test]
+fn failed_logins_are_throttled_with_429_and_recover_after_the_window() {
+    let mut setup = roles();
+    setup
+        .set("auth", "max_failures", "3")
+        .set("auth", "failure_window", "2s");
+    let server = setup.start();
+    for _ in 0..3 {
+        assert_eq!(
+            status_as(&server, "/echo", ("alice", "wrong-password")),
+            401
+        );
+    }
+    // Now even the right password is answered 429 without being checked.
+    let t0 = Instant::now();
+    match server.connect_with("/echo", &[("Authorization", &basic(ALICE.0, ALICE.1))]) {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429);
+            let retry: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&retry), "Retry-After {retry}");
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert_eq!(server.count_log("login throttled"), 1, "{}", server.logs());
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(status_as(&server, "/echo", ALICE), 101);
+}
+
+#[test]
+fn message_rate_limit_closes_a_flooder_while_others_are_unaffected() {
+    let mut setup = roles();
+    setup.set("channel:/chat/*", "max_messages_per_sec", "20");
+    let server = setup.start();
+    let mut calm = server.connect_as("/chat/r", BOB);
+    let mut flooder = server.connect_as("/chat/r", ALICE);
+    let mut talker = server.connect_as("/chat/r", BOB);
+    for i in 0..200 {
+        if flooder.send(Message::text(format!("flood {i}"))).is_err() {
+            break;
+        }
+    }
+    assert_eq!(close_code(&mut flooder), 1008);
+    assert!(server.wait_log("reason=\"rate limit\"", IO_TIMEOUT));
+    // The calm subscriber got a bounded prefix of the flood, then the talker's message.
+    talker.send(Message::text("normal")).unwrap();
+    let mut floods = 0;
+    loop {
+        match next_data(&mut calm) {
+            Message::Text(t) if t.as_str() == "normal" => break,
+            Message::Text(t) if t.as_str().starts_with("flood") => floods += 1,
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    assert!(floods <= 21, "{floods} flood messages passed a 20/s limit");
+}
+
+/// A client CA and one client certificate it signed for `cn`.
+struct ClientPki {
+    ca_pem: String,
+    leaf: CertificateDer<'static>,
+    leaf_key: Vec<u8>,
+}
+
+fn client_pki(cn: &str) -> ClientPki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test client CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    ClientPki {
+        ca_pem: ca.pem(),
+        leaf: leaf.der().clone(),
+        leaf_key: leaf_key.serialize_der(),
+    }
+}
+
+impl ClientPki {
+    /// A client configuration that trusts `server` and presents the client certificate.
+    fn config_for(&self, server: &Server) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(server.ca.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.clone()));
+        Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![self.leaf.clone()], key)
+                .unwrap(),
+        )
+    }
+}
+
+fn mtls_server(mode: &str, pki: &ClientPki) -> Server {
+    let mut setup = roles();
+    setup
+        .set("tls", "client_auth", mode)
+        .set("tls", "client_ca", "client-ca.pem");
+    let (dir, config, ca) = setup.write();
+    std::fs::write(dir.path().join("client-ca.pem"), &pki.ca_pem).unwrap();
+    Server::spawn(dir, &config, ca)
+}
+
+#[test]
+fn client_certificates_required_and_optional() {
+    let pki = client_pki("alice");
+    let required = mtls_server("required", &pki);
+    // Without a certificate the server ends the TLS handshake (TLS 1.3 reports it on first read).
+    let refused = required.try_tls().and_then(|mut t| {
+        use std::io::{Read, Write};
+        t.write_all(b"GET / HTTP/1.1\r\n\r\n")?;
+        t.flush()?;
+        let mut b = [0u8; 1];
+        t.read(&mut b).map(|_| ())
+    });
+    assert!(
+        refused.is_err(),
+        "a client without a certificate got through"
+    );
+    // With one, the certificate's CN is the user: alice may use /ops.
+    let (mut ws, _) = required
+        .connect_full("/ops", &[], pki.config_for(&required))
+        .unwrap();
+    ws.send(Message::text("hello")).unwrap();
+    assert!(
+        required.wait_log("user=\"alice\" auth=client-cert", IO_TIMEOUT),
+        "{}",
+        required.logs()
+    );
+
+    let optional = mtls_server("optional", &pki);
+    // No certificate: a password works, nothing at all is 401; the certificate alone works.
+    assert_eq!(status_as(&optional, "/echo", BOB), 101);
+    assert_eq!(status_of(optional.connect_with("/echo", &[])), 401);
+    assert!(
+        optional
+            .connect_full("/ops", &[], pki.config_for(&optional))
+            .is_ok()
+    );
+}

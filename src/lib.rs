@@ -13,8 +13,13 @@
 //! [`config`] parses the INI file once into typed values; [`server`] wires the stages together and
 //! owns start-up and shutdown; [`users`] and [`passwd`] manage credentials; [`certs`] loads (or
 //! generates) the certificate.
+//!
+//! Operations, beside the pipeline: [`notify`] tells systemd about readiness, reloads and
+//! liveness; [`metrics`] counts what the stages do; [`admin`] serves `/healthz` and `/metrics` on
+//! its own thread and listener.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admit;
 pub mod certs;
 pub mod config;
@@ -22,6 +27,8 @@ pub mod connection;
 pub mod deadline;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
+pub mod notify;
 pub mod origin;
 pub mod passwd;
 pub mod policy;

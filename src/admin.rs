@@ -21,6 +21,9 @@ pub const DEADLINE: Duration = Duration::from_secs(2);
 /// The largest request head read; a longer one gets 431.
 pub const MAX_HEAD: usize = 4096;
 const MAX_HEADERS: usize = 32;
+/// After answering, how long and how much to read while waiting for the client to close.
+const LINGER: Duration = Duration::from_millis(250);
+const LINGER_BYTES: usize = 64 * 1024;
 /// At most one accept-error log line per this interval.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -130,9 +133,30 @@ fn exchange(mut stream: TcpStream, state: &AdminState) -> io::Result<()> {
     stream.set_write_timeout(Some(remaining(deadline)?))?;
     stream.write_all(&answer.into_bytes())?;
     stream.flush()?;
-    // Close our side cleanly; an unread request body does not matter.
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    linger_close(&mut stream, deadline);
     Ok(())
+}
+
+/// Sends our FIN, then reads what the client still sends (a body, the rest of an oversized
+/// head) until it closes, briefly: closing with unread bytes makes the kernel send a reset,
+/// which can destroy the answer before the client has read it.
+fn linger_close(stream: &mut TcpStream, deadline: Instant) {
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let until = deadline.min(Instant::now() + LINGER);
+    let mut sink = [0u8; 1024];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        let Ok(left) = remaining(until) else { return };
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
+    }
 }
 
 enum Head {

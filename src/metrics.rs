@@ -57,11 +57,13 @@ pub enum Outcome {
     TlsError,
     /// The TLS handshake or the upgrade request missed its deadline.
     HandshakeTimeout,
+    /// The connection failed (reset, closed by the peer) before the upgrade was answered.
+    IoError,
 }
 
 impl Outcome {
     /// Every outcome, in label order of the exposition.
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Accepted,
         Outcome::BadRequest,
         Outcome::Unauthorized,
@@ -75,6 +77,7 @@ impl Outcome {
         Outcome::Busy,
         Outcome::TlsError,
         Outcome::HandshakeTimeout,
+        Outcome::IoError,
     ];
 
     /// The label value: the HTTP status for refusals, a word otherwise.
@@ -93,6 +96,7 @@ impl Outcome {
             Outcome::Busy => "busy",
             Outcome::TlsError => "tls_error",
             Outcome::HandshakeTimeout => "handshake_timeout",
+            Outcome::IoError => "io_error",
         }
     }
 
@@ -301,7 +305,7 @@ impl Metrics {
             o,
             "wsgate_connections_total",
             "counter",
-            "Accepted connections by upgrade outcome (HTTP status of a refusal, busy, tls_error, handshake_timeout, accepted).",
+            "Accepted connections by upgrade outcome (accepted, the HTTP status of a refusal, busy, tls_error, handshake_timeout, io_error).",
         );
         for oc in Outcome::ALL {
             sample(
@@ -886,7 +890,8 @@ mod tests {
 
     #[test]
     fn every_status_outcome_round_trips() {
-        for oc in Outcome::ALL {
+        for (i, oc) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(oc.index(), i, "Outcome::ALL out of declaration order");
             if let Ok(status) = oc.label().parse::<u16>() {
                 assert_eq!(Outcome::from_status(status), Some(oc));
             }

@@ -13,9 +13,14 @@
 //! [`config`] parses the INI file once into typed values; [`server`] wires the stages together and
 //! owns start-up and shutdown; [`users`] and [`passwd`] manage credentials; [`certs`] loads (or
 //! generates) the certificate.
+//!
+//! Operations, beside the pipeline: [`notify`] tells systemd about readiness, reloads and
+//! liveness; [`metrics`] counts what the stages do; [`admin`] serves `/healthz` and `/metrics` on
+//! its own thread and listener.
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod admin;
 pub mod admit;
 pub mod auth;
 pub mod certs;
@@ -25,6 +30,8 @@ pub mod connection;
 pub mod deadline;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
+pub mod notify;
 pub mod origin;
 pub mod passwd;
 pub mod policy;

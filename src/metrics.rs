@@ -1,0 +1,978 @@
+//! Counters any thread can bump (relaxed atomics, no locks on the hot path) and their rendering
+//! in the Prometheus text exposition format 0.0.4. It owns no sockets and reads no config: the
+//! server bumps it, [`crate::admin`] renders it.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `wsgate_build_info` | gauge | `version` | always 1; the version in the label |
+//! | `wsgate_start_time_seconds` | gauge | | process start, Unix time |
+//! | `wsgate_connections_total` | counter | `outcome` | accepted connections by how they ended their upgrade ([`Outcome`]) |
+//! | `wsgate_connections_open` | gauge | `channel` | open WebSocket connections per channel *pattern* |
+//! | `wsgate_messages_received_total` | counter | | WebSocket data messages read from clients |
+//! | `wsgate_messages_sent_total` | counter | | data messages written to clients |
+//! | `wsgate_received_bytes_total` | counter | | payload bytes of messages received |
+//! | `wsgate_sent_bytes_total` | counter | | payload bytes of messages sent |
+//! | `wsgate_broadcast_dropped_total` | counter | | messages dropped for slow subscribers (`slow_consumer = drop`) |
+//! | `wsgate_slow_consumer_closes_total` | counter | | connections closed with 1008 as slow consumers |
+//! | `wsgate_rate_limited_total` | counter | | messages or connections refused by a rate limit |
+//! | `wsgate_auth_cache_hits_total` | counter | | credential checks answered from the verification cache |
+//! | `wsgate_argon2_runs_total` | counter | | Argon2id verifications computed |
+//! | `wsgate_upgrade_duration_seconds` | histogram | | accept to 101 (TLS handshake plus upgrade) |
+//! | `wsgate_pool_workers` | gauge | `state` = busy, idle | worker threads, from [`Gauges`] |
+//! | `wsgate_pool_queued` | gauge | | admitted connections waiting for a worker, from [`Gauges`] |
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How an accepted connection's upgrade ended: the `outcome` label of
+/// `wsgate_connections_total`. Every accepted TCP connection is counted exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Upgraded (101).
+    Accepted,
+    /// 400: malformed request, not HTTP/1.1, not an upgrade, bad key.
+    BadRequest,
+    /// 401: no or wrong credentials.
+    Unauthorized,
+    /// 403: Origin refused.
+    Forbidden,
+    /// 404: no channel serves the path.
+    NotFound,
+    /// 405: not GET.
+    MethodNotAllowed,
+    /// 426: unsupported WebSocket version.
+    UpgradeRequired,
+    /// 429: rate limited.
+    TooManyRequests,
+    /// 431: head too large or too many headers.
+    HeadersTooLarge,
+    /// 503: shutting down.
+    Unavailable,
+    /// Refused by admission before any byte was read (pool full, per-IP cap).
+    Busy,
+    /// The TLS handshake failed.
+    TlsError,
+    /// The TLS handshake or the upgrade request missed its deadline.
+    HandshakeTimeout,
+    /// The connection failed (reset, closed by the peer) before the upgrade was answered.
+    IoError,
+}
+
+impl Outcome {
+    /// Every outcome, in label order of the exposition.
+    pub const ALL: [Outcome; 14] = [
+        Outcome::Accepted,
+        Outcome::BadRequest,
+        Outcome::Unauthorized,
+        Outcome::Forbidden,
+        Outcome::NotFound,
+        Outcome::MethodNotAllowed,
+        Outcome::UpgradeRequired,
+        Outcome::TooManyRequests,
+        Outcome::HeadersTooLarge,
+        Outcome::Unavailable,
+        Outcome::Busy,
+        Outcome::TlsError,
+        Outcome::HandshakeTimeout,
+        Outcome::IoError,
+    ];
+
+    /// The label value: the HTTP status for refusals, a word otherwise.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::BadRequest => "400",
+            Outcome::Unauthorized => "401",
+            Outcome::Forbidden => "403",
+            Outcome::NotFound => "404",
+            Outcome::MethodNotAllowed => "405",
+            Outcome::UpgradeRequired => "426",
+            Outcome::TooManyRequests => "429",
+            Outcome::HeadersTooLarge => "431",
+            Outcome::Unavailable => "503",
+            Outcome::Busy => "busy",
+            Outcome::TlsError => "tls_error",
+            Outcome::HandshakeTimeout => "handshake_timeout",
+            Outcome::IoError => "io_error",
+        }
+    }
+
+    /// The outcome of a refusal with this HTTP status (`Reason::status()`), if it is one.
+    pub fn from_status(status: u16) -> Option<Outcome> {
+        Some(match status {
+            400 => Outcome::BadRequest,
+            401 => Outcome::Unauthorized,
+            403 => Outcome::Forbidden,
+            404 => Outcome::NotFound,
+            405 => Outcome::MethodNotAllowed,
+            426 => Outcome::UpgradeRequired,
+            429 => Outcome::TooManyRequests,
+            431 => Outcome::HeadersTooLarge,
+            503 => Outcome::Unavailable,
+            _ => return None,
+        })
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Upper bounds (seconds) of the upgrade-latency buckets; `+Inf` is implied.
+pub const UPGRADE_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Values that are read, not counted: supplied by the caller at render time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Workers serving a connection.
+    pub pool_busy: u64,
+    /// Workers waiting for one.
+    pub pool_idle: u64,
+    /// Admitted connections waiting for a free worker.
+    pub pool_queued: u64,
+}
+
+/// The server's counters. `Send + Sync`; share it as `Arc<Metrics>`.
+#[derive(Debug)]
+pub struct Metrics {
+    version: String,
+    start_time: f64,
+    outcomes: [AtomicU64; Outcome::ALL.len()],
+    /// Open connections per channel pattern. The patterns are registered at start; a pattern
+    /// first seen later (after a reload) takes the write lock once.
+    open: RwLock<BTreeMap<String, AtomicI64>>,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    broadcast_dropped: AtomicU64,
+    slow_consumer_closes: AtomicU64,
+    rate_limited: AtomicU64,
+    auth_cache_hits: AtomicU64,
+    argon2_runs: AtomicU64,
+    /// Non-cumulative counts per bucket; the last is `+Inf`.
+    upgrade_buckets: [AtomicU64; UPGRADE_BUCKETS.len() + 1],
+    upgrade_sum_ns: AtomicU64,
+}
+
+impl Metrics {
+    /// Counters at zero, with an open-connections gauge at 0 for each channel pattern (so every
+    /// channel appears in the exposition from the start), e.g. `["/echo", "/chat/*"]`.
+    pub fn new<S: Into<String>>(channels: impl IntoIterator<Item = S>) -> Metrics {
+        let start_time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Metrics {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            start_time,
+            outcomes: Default::default(),
+            open: RwLock::new(
+                channels
+                    .into_iter()
+                    .map(|c| (c.into(), AtomicI64::new(0)))
+                    .collect(),
+            ),
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            broadcast_dropped: AtomicU64::new(0),
+            slow_consumer_closes: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            auth_cache_hits: AtomicU64::new(0),
+            argon2_runs: AtomicU64::new(0),
+            upgrade_buckets: Default::default(),
+            upgrade_sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one accepted connection's outcome.
+    pub fn outcome(&self, outcome: Outcome) {
+        bump(&self.outcomes[outcome.index()], 1);
+    }
+
+    /// Records how long an upgrade took, from accept to the 101 being written.
+    pub fn observe_upgrade(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = UPGRADE_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(UPGRADE_BUCKETS.len());
+        bump(&self.upgrade_buckets[i], 1);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        bump(&self.upgrade_sum_ns, ns);
+    }
+
+    /// A connection joined the channel with this pattern (the `[channel:…]` path as configured,
+    /// never the request path: that would make the label set unbounded).
+    pub fn channel_opened(&self, pattern: &str) {
+        self.channel_add(pattern, 1);
+    }
+
+    /// A connection left the channel with this pattern.
+    pub fn channel_closed(&self, pattern: &str) {
+        self.channel_add(pattern, -1);
+    }
+
+    fn channel_add(&self, pattern: &str, delta: i64) {
+        {
+            let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = open.get(pattern) {
+                n.fetch_add(delta, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+        open.entry(pattern.to_string())
+            .or_insert_with(|| AtomicI64::new(0))
+            .fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// A data message of `bytes` payload bytes was read from a client.
+    pub fn message_in(&self, bytes: usize) {
+        bump(&self.messages_in, 1);
+        bump(&self.bytes_in, bytes as u64);
+    }
+
+    /// A data message of `bytes` payload bytes was written to a client.
+    pub fn message_out(&self, bytes: usize) {
+        bump(&self.messages_out, 1);
+        bump(&self.bytes_out, bytes as u64);
+    }
+
+    /// A broadcast message was dropped for a slow subscriber.
+    pub fn broadcast_dropped(&self) {
+        bump(&self.broadcast_dropped, 1);
+    }
+
+    /// A slow consumer was closed with 1008.
+    pub fn slow_consumer_closed(&self) {
+        bump(&self.slow_consumer_closes, 1);
+    }
+
+    /// A rate limit refused something.
+    pub fn rate_limited(&self) {
+        bump(&self.rate_limited, 1);
+    }
+
+    /// A credential check was answered from the cache.
+    pub fn auth_cache_hit(&self) {
+        bump(&self.auth_cache_hits, 1);
+    }
+
+    /// An Argon2id verification was computed.
+    pub fn argon2_run(&self) {
+        bump(&self.argon2_runs, 1);
+    }
+
+    /// The current count for one outcome (tests, logs).
+    pub fn outcome_count(&self, outcome: Outcome) -> u64 {
+        self.outcomes[outcome.index()].load(Ordering::Relaxed)
+    }
+
+    /// Open connections on one channel pattern (tests, logs).
+    pub fn open_on(&self, pattern: &str) -> i64 {
+        let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+        open.get(pattern).map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// The exposition, Prometheus text format 0.0.4. Each counter is read once, so a histogram's
+    /// buckets, `+Inf` and `_count` always agree even while workers keep bumping.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let o = &mut out;
+        family(
+            o,
+            "wsgate_build_info",
+            "gauge",
+            "Build information; the value is always 1.",
+        );
+        sample(o, "wsgate_build_info", &[("version", &self.version)], &"1");
+        family(
+            o,
+            "wsgate_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch in seconds.",
+        );
+        sample(o, "wsgate_start_time_seconds", &[], &self.start_time);
+
+        family(
+            o,
+            "wsgate_connections_total",
+            "counter",
+            "Accepted connections by upgrade outcome (accepted, the HTTP status of a refusal, busy, tls_error, handshake_timeout, io_error).",
+        );
+        for oc in Outcome::ALL {
+            sample(
+                o,
+                "wsgate_connections_total",
+                &[("outcome", oc.label())],
+                &self.outcome_count(oc),
+            );
+        }
+
+        family(
+            o,
+            "wsgate_connections_open",
+            "gauge",
+            "Open WebSocket connections per channel pattern.",
+        );
+        {
+            let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+            for (pattern, n) in open.iter() {
+                sample(
+                    o,
+                    "wsgate_connections_open",
+                    &[("channel", pattern)],
+                    &n.load(Ordering::Relaxed),
+                );
+            }
+        }
+
+        let counters: [(&str, &str, &AtomicU64); 9] = [
+            (
+                "wsgate_messages_received_total",
+                "WebSocket data messages received from clients.",
+                &self.messages_in,
+            ),
+            (
+                "wsgate_messages_sent_total",
+                "WebSocket data messages sent to clients.",
+                &self.messages_out,
+            ),
+            (
+                "wsgate_received_bytes_total",
+                "Payload bytes of WebSocket messages received from clients.",
+                &self.bytes_in,
+            ),
+            (
+                "wsgate_sent_bytes_total",
+                "Payload bytes of WebSocket messages sent to clients.",
+                &self.bytes_out,
+            ),
+            (
+                "wsgate_broadcast_dropped_total",
+                "Broadcast messages dropped for slow subscribers (slow_consumer = drop).",
+                &self.broadcast_dropped,
+            ),
+            (
+                "wsgate_slow_consumer_closes_total",
+                "Connections closed with 1008 as slow consumers.",
+                &self.slow_consumer_closes,
+            ),
+            (
+                "wsgate_rate_limited_total",
+                "Requests or messages refused by a rate limit.",
+                &self.rate_limited,
+            ),
+            (
+                "wsgate_auth_cache_hits_total",
+                "Credential checks answered from the verification cache.",
+                &self.auth_cache_hits,
+            ),
+            (
+                "wsgate_argon2_runs_total",
+                "Argon2id password verifications computed.",
+                &self.argon2_runs,
+            ),
+        ];
+        for (name, help, value) in counters {
+            family(o, name, "counter", help);
+            sample(o, name, &[], &value.load(Ordering::Relaxed));
+        }
+
+        let name = "wsgate_upgrade_duration_seconds";
+        family(
+            o,
+            name,
+            "histogram",
+            "Time from accepting a connection to its 101 answer (TLS handshake and upgrade).",
+        );
+        let counts: Vec<u64> = self
+            .upgrade_buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let sum_ns = self.upgrade_sum_ns.load(Ordering::Relaxed);
+        let mut cumulative = 0u64;
+        let bucket = format!("{name}_bucket");
+        for (i, count) in counts.iter().enumerate() {
+            cumulative += count;
+            let le = UPGRADE_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            sample(o, &bucket, &[("le", &le)], &cumulative);
+        }
+        sample(o, &format!("{name}_sum"), &[], &(sum_ns as f64 / 1e9));
+        sample(o, &format!("{name}_count"), &[], &cumulative);
+
+        family(
+            o,
+            "wsgate_pool_workers",
+            "gauge",
+            "Worker threads by state.",
+        );
+        sample(
+            o,
+            "wsgate_pool_workers",
+            &[("state", "busy")],
+            &gauges.pool_busy,
+        );
+        sample(
+            o,
+            "wsgate_pool_workers",
+            &[("state", "idle")],
+            &gauges.pool_idle,
+        );
+        family(
+            o,
+            "wsgate_pool_queued",
+            "gauge",
+            "Admitted connections waiting for a free worker.",
+        );
+        sample(o, "wsgate_pool_queued", &[], &gauges.pool_queued);
+        out
+    }
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: &dyn std::fmt::Display) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            out.push_str(&escape_label(v));
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+pub fn escape_label(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Checks `text` against the text exposition format 0.0.4, strictly enough for our own output:
+/// every line ends in `\n`; every sample's family has `# HELP` and `# TYPE` before its first
+/// sample; a family's samples are contiguous; names match `[a-zA-Z_:][a-zA-Z0-9_:]*` and label
+/// names `[a-zA-Z_][a-zA-Z0-9_]*`; label values are properly escaped; values are floats (`NaN`,
+/// `+Inf`, `-Inf` included); no sample repeats; counters are not negative; a histogram's buckets
+/// have `le`, increase in `le` and in count, end in `+Inf`, and that count equals `_count`, with
+/// a `_sum`.
+///
+/// # Errors
+/// The first problem found, with its line number.
+pub fn validate_exposition(text: &str) -> Result<(), String> {
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err("exposition does not end with a line feed".into());
+    }
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    let mut finished: Vec<String> = Vec::new(); // families whose samples have ended
+    let mut current: Option<String> = None;
+    let mut seen: std::collections::BTreeSet<String> = Default::default();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let err = |m: String| format!("line {n}: {m}: {line:?}");
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('#') {
+            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            let mut parts = rest.splitn(3, ' ');
+            let keyword = parts.next().unwrap_or("");
+            if keyword != "HELP" && keyword != "TYPE" {
+                continue; // a comment
+            }
+            let name = parts.next().ok_or_else(|| err("no metric name".into()))?;
+            check_metric_name(name).map_err(err)?;
+            let arg = parts.next();
+            if current.as_deref() != Some(name) && families.get(name).is_some_and(|f| f.samples > 0)
+            {
+                return Err(err(format!("{keyword} after the samples of {name}")));
+            }
+            let fam = families.entry(name.to_string()).or_default();
+            match keyword {
+                "HELP" => {
+                    if fam.help {
+                        return Err(err("second HELP".into()));
+                    }
+                    check_help(arg.unwrap_or("")).map_err(err)?;
+                    fam.help = true;
+                }
+                _ => {
+                    if fam.kind.is_some() {
+                        return Err(err("second TYPE".into()));
+                    }
+                    let kind = arg.ok_or_else(|| err("TYPE without a type".into()))?;
+                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                        return Err(err(format!("unknown type {kind:?}")));
+                    }
+                    if fam.samples > 0 {
+                        return Err(err("TYPE after samples".into()));
+                    }
+                    fam.kind = Some(kind.to_string());
+                }
+            }
+            continue;
+        }
+        let s = parse_sample(line).map_err(err)?;
+        let family_name = family_of(&s.name, &families);
+        let fam = families
+            .get_mut(&family_name)
+            .ok_or_else(|| err(format!("sample before HELP and TYPE of {family_name}")))?;
+        let kind = fam
+            .kind
+            .clone()
+            .ok_or_else(|| err(format!("sample before TYPE of {family_name}")))?;
+        if !fam.help {
+            return Err(err(format!("sample before HELP of {family_name}")));
+        }
+        if current.as_deref() != Some(family_name.as_str()) {
+            if finished.contains(&family_name) {
+                return Err(err(format!("samples of {family_name} are not contiguous")));
+            }
+            if let Some(prev) = current.take() {
+                finished.push(prev);
+            }
+            current = Some(family_name.clone());
+        }
+        fam.samples += 1;
+        let key = format!("{}{:?}", s.name, s.labels);
+        if !seen.insert(key) {
+            return Err(err("duplicate sample".into()));
+        }
+        match kind.as_str() {
+            "counter" if s.value < 0.0 || s.value.is_nan() => {
+                return Err(err("negative or NaN counter".into()));
+            }
+            "histogram" => {
+                let mut others: Vec<(String, String)> = s
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| k != "le")
+                    .cloned()
+                    .collect();
+                others.sort();
+                let h = fam.histograms.entry(format!("{others:?}")).or_default();
+                if s.name == format!("{family_name}_bucket") {
+                    let le = s
+                        .labels
+                        .iter()
+                        .find(|(k, _)| k == "le")
+                        .ok_or_else(|| err("bucket without le".into()))?;
+                    let le = parse_value(&le.1).map_err(err)?;
+                    if let Some(&(prev_le, prev_count)) = h.buckets.last() {
+                        if le <= prev_le {
+                            return Err(err("bucket le not increasing".into()));
+                        }
+                        if s.value < prev_count {
+                            return Err(err("bucket counts not cumulative".into()));
+                        }
+                    }
+                    h.buckets.push((le, s.value));
+                } else if s.name == format!("{family_name}_sum") {
+                    h.sum = true;
+                } else if s.name == format!("{family_name}_count") {
+                    h.count = Some(s.value);
+                } else {
+                    return Err(err("histogram sample is not _bucket, _sum or _count".into()));
+                }
+            }
+            "counter" | "gauge" | "untyped" if s.name != family_name => {
+                return Err(err(format!(
+                    "sample name differs from family {family_name}"
+                )));
+            }
+            _ => {}
+        }
+    }
+    for (name, fam) in &families {
+        for (labels, h) in &fam.histograms {
+            let what = format!("histogram {name}{labels}");
+            let Some(&(le, inf)) = h.buckets.last() else {
+                return Err(format!("{what}: no buckets"));
+            };
+            if le != f64::INFINITY {
+                return Err(format!("{what}: last bucket is not le=\"+Inf\""));
+            }
+            match h.count {
+                Some(c) if c == inf => {}
+                Some(c) => return Err(format!("{what}: +Inf bucket {inf} != _count {c}")),
+                None => return Err(format!("{what}: no _count")),
+            }
+            if !h.sum {
+                return Err(format!("{what}: no _sum"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Family {
+    help: bool,
+    kind: Option<String>,
+    samples: usize,
+    histograms: BTreeMap<String, Histogram>,
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: Vec<(f64, f64)>,
+    sum: bool,
+    count: Option<f64>,
+}
+
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// The family a sample belongs to: itself, or for `_bucket`/`_sum`/`_count` the histogram (or
+/// summary) it is a part of, when one is declared.
+fn family_of(name: &str, families: &BTreeMap<String, Family>) -> String {
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if families
+                .get(base)
+                .and_then(|f| f.kind.as_deref())
+                .is_some_and(|k| k == "histogram" || k == "summary")
+            {
+                return base.to_string();
+            }
+        }
+    }
+    name.to_string()
+}
+
+fn check_metric_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("bad metric name {name:?}"))
+    }
+}
+
+fn check_label_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("bad label name {name:?}"))
+    }
+}
+
+/// HELP text may escape only `\\` and `\n`.
+fn check_help(help: &str) -> Result<(), String> {
+    let mut chars = help.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' && !matches!(chars.next(), Some('\\' | 'n')) {
+            return Err("bad escape in HELP".into());
+        }
+    }
+    Ok(())
+}
+
+fn parse_value(v: &str) -> Result<f64, String> {
+    match v {
+        "+Inf" => Ok(f64::INFINITY),
+        "-Inf" => Ok(f64::NEG_INFINITY),
+        "NaN" => Ok(f64::NAN),
+        // Rust's parser also takes "inf"/"infinity"/"nan", which the format does not.
+        v if v
+            .bytes()
+            .any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E') =>
+        {
+            Err(format!("bad value {v:?}"))
+        }
+        v => v.parse().map_err(|_| format!("bad value {v:?}")),
+    }
+}
+
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line.find(['{', ' ']).ok_or("no value")?;
+    let name = &line[..name_end];
+    check_metric_name(name)?;
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(after) = rest.strip_prefix('{') {
+        let mut s = after;
+        loop {
+            s = s.trim_start_matches(' ');
+            if let Some(r) = s.strip_prefix('}') {
+                s = r;
+                break;
+            }
+            let eq = s.find('=').ok_or("label without =")?;
+            let lname = s[..eq].trim_end_matches(' ');
+            check_label_name(lname)?;
+            s = s[eq + 1..].trim_start_matches(' ');
+            s = s.strip_prefix('"').ok_or("label value not quoted")?;
+            let mut value = String::new();
+            let mut chars = s.char_indices();
+            let end = loop {
+                match chars.next() {
+                    None => return Err("unterminated label value".into()),
+                    Some((i, '"')) => break i,
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, '\\')) => value.push('\\'),
+                        Some((_, '"')) => value.push('"'),
+                        Some((_, 'n')) => value.push('\n'),
+                        _ => return Err("bad escape in label value".into()),
+                    },
+                    Some((_, '\n')) => return Err("raw line feed in label value".into()),
+                    Some((_, c)) => value.push(c),
+                }
+            };
+            if labels.iter().any(|(k, _): &(String, String)| k == lname) {
+                return Err(format!("label {lname} repeated"));
+            }
+            labels.push((lname.to_string(), value));
+            s = s[end + 1..].trim_start_matches(' ');
+            if let Some(r) = s.strip_prefix(',') {
+                s = r;
+            } else if !s.starts_with('}') {
+                return Err("expected , or } after a label".into());
+            }
+        }
+        rest = s;
+    }
+    let rest = rest.strip_prefix(' ').ok_or("no space before the value")?;
+    let mut fields = rest.split(' ').filter(|f| !f.is_empty());
+    let value = parse_value(fields.next().ok_or("no value")?)?;
+    if let Some(ts) = fields.next() {
+        ts.parse::<i64>()
+            .map_err(|_| format!("bad timestamp {ts:?}"))?;
+    }
+    if fields.next().is_some() {
+        return Err("trailing fields".into());
+    }
+    labels.sort();
+    Ok(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value_of(text: &str, prefix: &str) -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?} in\n{text}"))
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn fresh_metrics_render_valid_exposition() {
+        let m = Metrics::new(["/echo", "/chat/*"]);
+        let text = m.render(&Gauges::default());
+        validate_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(text.contains(&format!(
+            "wsgate_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains("wsgate_connections_open{channel=\"/chat/*\"} 0\n"));
+        assert!(text.contains("wsgate_upgrade_duration_seconds_bucket{le=\"+Inf\"} 0\n"));
+        assert!(text.contains("wsgate_upgrade_duration_seconds_count 0\n"));
+    }
+
+    #[test]
+    fn bumps_show_up() {
+        let m = Metrics::new(["/echo"]);
+        m.outcome(Outcome::Accepted);
+        m.outcome(Outcome::Accepted);
+        m.outcome(Outcome::from_status(401).unwrap());
+        m.outcome(Outcome::Busy);
+        m.channel_opened("/echo");
+        m.channel_opened("/echo");
+        m.channel_closed("/echo");
+        m.channel_opened("/new/*"); // a pattern first seen after a reload
+        m.message_in(10);
+        m.message_out(5);
+        m.message_out(7);
+        m.broadcast_dropped();
+        m.slow_consumer_closed();
+        m.rate_limited();
+        m.auth_cache_hit();
+        m.argon2_run();
+        m.observe_upgrade(Duration::from_micros(500)); // 0.001
+        m.observe_upgrade(Duration::from_millis(30)); // 0.05
+        m.observe_upgrade(Duration::from_secs(60)); // +Inf
+        let text = m.render(&Gauges {
+            pool_busy: 3,
+            pool_idle: 61,
+            pool_queued: 2,
+        });
+        validate_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let v = |p: &str| value_of(&text, p);
+        assert_eq!(v("wsgate_connections_total{outcome=\"accepted\"}"), "2");
+        assert_eq!(v("wsgate_connections_total{outcome=\"401\"}"), "1");
+        assert_eq!(v("wsgate_connections_total{outcome=\"busy\"}"), "1");
+        assert_eq!(v("wsgate_connections_total{outcome=\"403\"}"), "0");
+        assert_eq!(v("wsgate_connections_open{channel=\"/echo\"}"), "1");
+        assert_eq!(v("wsgate_connections_open{channel=\"/new/*\"}"), "1");
+        assert_eq!(v("wsgate_messages_received_total"), "1");
+        assert_eq!(v("wsgate_received_bytes_total"), "10");
+        assert_eq!(v("wsgate_messages_sent_total"), "2");
+        assert_eq!(v("wsgate_sent_bytes_total"), "12");
+        for name in [
+            "wsgate_broadcast_dropped_total",
+            "wsgate_slow_consumer_closes_total",
+            "wsgate_rate_limited_total",
+            "wsgate_auth_cache_hits_total",
+            "wsgate_argon2_runs_total",
+        ] {
+            assert_eq!(v(&format!("{name} ")), "1", "{name}");
+        }
+        let b = |le: &str| {
+            v(&format!(
+                "wsgate_upgrade_duration_seconds_bucket{{le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(b("0.001"), "1");
+        assert_eq!(b("0.025"), "1");
+        assert_eq!(b("0.05"), "2");
+        assert_eq!(b("10"), "2");
+        assert_eq!(b("+Inf"), "3");
+        assert_eq!(v("wsgate_upgrade_duration_seconds_count"), "3");
+        let sum: f64 = v("wsgate_upgrade_duration_seconds_sum").parse().unwrap();
+        assert!((sum - 60.0305).abs() < 1e-9, "{sum}");
+        assert_eq!(v("wsgate_pool_workers{state=\"busy\"}"), "3");
+        assert_eq!(v("wsgate_pool_workers{state=\"idle\"}"), "61");
+        assert_eq!(v("wsgate_pool_queued"), "2");
+        assert_eq!(m.open_on("/echo"), 1);
+        assert_eq!(m.outcome_count(Outcome::Accepted), 2);
+    }
+
+    #[test]
+    fn every_status_outcome_round_trips() {
+        for (i, oc) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(oc.index(), i, "Outcome::ALL out of declaration order");
+            if let Ok(status) = oc.label().parse::<u16>() {
+                assert_eq!(Outcome::from_status(status), Some(oc));
+            }
+        }
+        assert_eq!(Outcome::from_status(200), None);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new(["/a\"b\\c\nd"]);
+        let text = m.render(&Gauges::default());
+        assert!(
+            text.contains("wsgate_connections_open{channel=\"/a\\\"b\\\\c\\nd\"} 0\n"),
+            "{text}"
+        );
+        validate_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    }
+
+    #[test]
+    fn validator_accepts_the_format() {
+        let ok = "# HELP a_total Things.\n# TYPE a_total counter\na_total 3\n\
+                  # a comment\n\
+                  # HELP g A \\\\ gauge\\n.\n# TYPE g gauge\ng{x=\"1\",y=\"a\\\"b\",} -1.5e3 1700000000\n\
+                  g{x=\"2\"} NaN\n\
+                  # HELP h H.\n# TYPE h histogram\nh_bucket{le=\"0.5\"} 1\nh_bucket{le=\"+Inf\"} 2\n\
+                  h_sum 0.7\nh_count 2\n";
+        validate_exposition(ok).unwrap();
+        validate_exposition("").unwrap();
+    }
+
+    #[test]
+    fn validator_rejects_what_it_must() {
+        let bad = [
+            ("a 1\n", "before HELP"),
+            ("# HELP a A.\na 1\n", "before TYPE"),
+            ("# TYPE a gauge\na 1\n", "before HELP"),
+            ("# HELP a A.\n# TYPE a gauge\na 1", "line feed"),
+            ("# HELP 1a A.\n# TYPE 1a gauge\n1a 1\n", "bad metric name"),
+            (
+                "# HELP a A.\n# TYPE a gauge\na{1x=\"v\"} 1\n",
+                "bad label name",
+            ),
+            ("# HELP a A.\n# TYPE a gauge\na{x=v} 1\n", "not quoted"),
+            (
+                "# HELP a A.\n# TYPE a gauge\na{x=\"\\t\"} 1\n",
+                "bad escape",
+            ),
+            ("# HELP a A.\n# TYPE a gauge\na{x=\"v\" 1\n", "expected"),
+            ("# HELP a A.\n# TYPE a gauge\na one\n", "bad value"),
+            ("# HELP a A.\n# TYPE a gauge\na inf\n", "bad value"),
+            ("# HELP a A.\n# TYPE a gauge\na 1\na 2\n", "duplicate"),
+            ("# HELP a A.\n# TYPE a wibble\n", "unknown type"),
+            ("# HELP a A.\n# TYPE a counter\na -1\n", "negative"),
+            (
+                "# HELP a A.\n# TYPE a gauge\na{x=\"1\"} 1\n# HELP b B.\n# TYPE b gauge\nb 1\na{x=\"2\"} 1\n",
+                "contiguous",
+            ),
+            (
+                "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+                "cumulative",
+            ),
+            (
+                "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n",
+                "+Inf",
+            ),
+            (
+                "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 1\n",
+                "_count",
+            ),
+            (
+                "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"1\"} 1\n",
+                "not increasing",
+            ),
+            (
+                "# HELP h H.\n# TYPE h histogram\nh_bucket 1\n",
+                "without le",
+            ),
+        ];
+        for (text, want) in bad {
+            let e = validate_exposition(text).expect_err(text);
+            assert!(e.contains(want), "{text:?}: got {e:?}, want {want:?}");
+        }
+    }
+}

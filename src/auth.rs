@@ -6,18 +6,22 @@ use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::metrics::Metrics;
 use crate::policy::{Verdict, Verifier, safe_user};
 use crate::session::{self, SessionKey};
 use crate::throttle::LoginThrottle;
 use crate::tokens::TokenStore;
-use crate::users::{AuthOutcome, Authenticator};
+use crate::users::{AuthOutcome, Authenticator, Cost, UserStore};
 
-/// Everything needed to check credentials, shared by all workers.
+/// Everything needed to check credentials, shared by all workers. It lives as long as the
+/// server: a reload swaps the users, tokens and session settings inside it, while the Argon2
+/// permits (and their memory), the cache key and the throttle's counts carry over.
 pub struct Credentials {
     pub users: Authenticator,
     tokens: RwLock<Arc<TokenStore>>,
-    sessions: Option<(SessionKey, Duration)>,
+    sessions: RwLock<Option<Arc<(SessionKey, Duration)>>>,
     throttle: LoginThrottle,
+    metrics: Arc<Metrics>,
 }
 
 /// Credential checks for one connection: the [`Verifier`] for its upgrade.
@@ -33,13 +37,30 @@ impl Credentials {
         tokens: TokenStore,
         sessions: Option<(SessionKey, Duration)>,
         throttle: LoginThrottle,
+        metrics: Arc<Metrics>,
     ) -> Credentials {
         Credentials {
             users,
             tokens: RwLock::new(Arc::new(tokens)),
-            sessions,
+            sessions: RwLock::new(sessions.map(Arc::new)),
             throttle,
+            metrics,
         }
+    }
+
+    /// Swaps in reloaded users, tokens and session settings; new checks use them at once.
+    pub fn reload(
+        &self,
+        users: UserStore,
+        tokens: TokenStore,
+        sessions: Option<(SessionKey, Duration)>,
+    ) {
+        self.users.replace_store(users);
+        *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
+        *self
+            .sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = sessions.map(Arc::new);
     }
 
     pub fn for_peer(&self, ip: IpAddr) -> PeerCheck<'_> {
@@ -63,12 +84,20 @@ impl Credentials {
     /// A signed session token for `user` and `session_id`, with its lifetime; None when sessions
     /// are off.
     pub fn issue_session(&self, user: &str, session_id: &str) -> Option<(String, Duration)> {
-        let (key, ttl) = self.sessions.as_ref()?;
+        let sessions = self.sessions()?;
+        let (key, ttl) = &*sessions;
         let expires = unix_now() + ttl.as_secs();
         Some((
             key.issue(user, session_id, &self.fingerprint(user), expires),
             *ttl,
         ))
+    }
+
+    fn sessions(&self) -> Option<Arc<(SessionKey, Duration)>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Counts a failure; logs once per window when it trips the throttle.
@@ -102,7 +131,13 @@ impl Verifier for PeerCheck<'_> {
         if let Some(throttled) = c.throttled(self.ip, Some(user)) {
             return throttled;
         }
-        let why = match c.users.verify(user, password) {
+        let (outcome, cost) = c.users.verify_costed(user, password);
+        match cost {
+            Cost::CacheHit => c.metrics.auth_cache_hit(),
+            Cost::Argon2 => c.metrics.argon2_run(),
+            Cost::Nothing => {}
+        }
+        let why = match outcome {
             AuthOutcome::Ok => {
                 c.throttle.record_success(self.ip, user, Instant::now());
                 return Verdict::Ok {
@@ -147,9 +182,8 @@ impl Verifier for PeerCheck<'_> {
             return throttled;
         }
         let claims = c
-            .sessions
-            .as_ref()
-            .and_then(|(key, _)| key.verify(token, unix_now()).ok());
+            .sessions()
+            .and_then(|s| s.0.verify(token, unix_now()).ok());
         match claims {
             Some(claims) if claims.fingerprint == c.fingerprint(&claims.user) => Verdict::Ok {
                 user: claims.user,

@@ -182,22 +182,20 @@ impl Conn {
 
     /// Applies publish rights and the rate limit, then echoes or publishes.
     fn handle_data(&mut self, msg: Message) -> Step {
+        let metrics = self.member.metrics();
+        metrics.message_in(msg.len());
         if !self.rights.may_publish {
+            metrics.publish_denied();
             return match self.rights.on_forbidden {
                 Overflow::Close => Err(End::Closed(1008, "publish not allowed")),
-                Overflow::Drop => {
-                    self.member.count_dropped_forbidden();
-                    Ok(())
-                }
+                Overflow::Drop => Ok(()),
             };
         }
         if !self.limiter.allow(msg.len(), Instant::now()) {
+            metrics.rate_limited();
             return match self.rights.on_rate_limit {
                 Overflow::Close => Err(End::Closed(1008, "rate limit")),
-                Overflow::Drop => {
-                    self.member.count_dropped_rate_limited();
-                    Ok(())
-                }
+                Overflow::Drop => Ok(()),
             };
         }
         match self.rights.mode {
@@ -252,9 +250,25 @@ impl Conn {
     /// Queues one message. A full write buffer holds it back (outbox messages) or, for an echo the
     /// peer is not reading, ends the connection as a slow consumer.
     fn send(&mut self, msg: Message) -> Step {
+        // Data messages, and data frames held back earlier, count as sent once accepted.
+        let data = matches!(
+            msg,
+            Message::Text(_) | Message::Binary(_) | Message::Frame(_)
+        );
+        let len = msg.len();
         match self.ws.write(msg) {
-            Ok(()) => Ok(()),
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Ok(()) => {
+                if data {
+                    self.member.metrics().message_out(len);
+                }
+                Ok(())
+            }
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                if data {
+                    self.member.metrics().message_out(len);
+                }
+                Ok(())
+            }
             Err(WsError::WriteBufferFull(msg)) => {
                 if self.rights.mode == Mode::Echo {
                     return Err(End::Closed(1008, "slow consumer"));

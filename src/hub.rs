@@ -16,6 +16,7 @@ use rustix::event::{EventfdFlags, eventfd};
 use tungstenite::Message;
 
 use crate::config::SlowConsumer;
+use crate::metrics::Metrics;
 
 /// Wakes one connection's `poll` from another thread: an eventfd, written at most once between
 /// two [`Waker::reset`]s (wake-ups coalesce, so a burst of messages costs one syscall).
@@ -57,21 +58,6 @@ impl AsFd for Waker {
     }
 }
 
-/// Hub-wide counters (read by logs now, metrics later).
-#[derive(Debug, Default)]
-pub struct HubStats {
-    /// Messages handed to subscribers' outboxes.
-    pub delivered: AtomicU64,
-    /// Messages dropped for a slow subscriber whose policy is `drop`.
-    pub dropped: AtomicU64,
-    /// Subscribers disconnected as slow consumers.
-    pub slow_disconnects: AtomicU64,
-    /// Messages dropped because their sender may not publish (`on_forbidden = drop`).
-    pub dropped_forbidden: AtomicU64,
-    /// Messages dropped over a sender's rate limit (`on_rate_limit = drop`).
-    pub dropped_rate_limited: AtomicU64,
-}
-
 struct Member {
     id: u64,
     tx: Sender<Message>,
@@ -87,12 +73,11 @@ pub struct MemberShared {
 }
 
 /// The registry of channel members.
-#[derive(Default)]
 pub struct Hub {
     groups: RwLock<HashMap<String, Vec<Member>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
-    pub stats: HubStats,
+    metrics: Arc<Metrics>,
     /// Serialises joins against shutdown so nobody joins a hub that is being emptied.
     gate: Mutex<()>,
 }
@@ -112,8 +97,15 @@ pub struct Membership {
 }
 
 impl Hub {
-    pub fn new() -> Arc<Hub> {
-        Arc::new(Hub::default())
+    /// An empty hub that counts drops and slow consumers in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Hub> {
+        Arc::new(Hub {
+            groups: RwLock::default(),
+            next_id: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            metrics,
+            gate: Mutex::new(()),
+        })
     }
 
     /// Adds a connection to `path` with an outbox of `outbox` messages.
@@ -163,17 +155,12 @@ impl Hub {
         };
         for m in members.iter().filter(|m| m.id != from) {
             match m.tx.try_send(msg.clone()) {
-                Ok(()) => {
-                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    m.shared.waker.wake();
-                }
+                Ok(()) => m.shared.waker.wake(),
                 Err(TrySendError::Full(_)) => match m.policy {
-                    SlowConsumer::Drop => {
-                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
+                    SlowConsumer::Drop => self.metrics.broadcast_dropped(),
                     SlowConsumer::Disconnect => {
                         if !m.shared.slow.swap(true, Ordering::AcqRel) {
-                            self.stats.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.slow_consumer_closed();
                             m.shared.waker.wake();
                         }
                     }
@@ -182,6 +169,11 @@ impl Hub {
                 Err(TrySendError::Disconnected(_)) => {}
             }
         }
+    }
+
+    /// True once shutdown began.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Members currently on `path`.
@@ -226,18 +218,9 @@ impl Membership {
         &self.path
     }
 
-    pub fn count_dropped_forbidden(&self) {
-        self.hub
-            .stats
-            .dropped_forbidden
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn count_dropped_rate_limited(&self) {
-        self.hub
-            .stats
-            .dropped_rate_limited
-            .fetch_add(1, Ordering::Relaxed);
+    /// The server's counters, for the connection loop's per-message figures.
+    pub fn metrics(&self) -> &Metrics {
+        &self.hub.metrics
     }
 
     /// Broadcasts `msg` to the other members of this path.
@@ -268,7 +251,7 @@ mod tests {
 
     #[test]
     fn broadcast_reaches_others_not_sender() {
-        let hub = Hub::new();
+        let hub = Hub::new(Arc::new(Metrics::new(["/c"])));
         let a = hub
             .join("/c", 4, SlowConsumer::Disconnect)
             .unwrap()
@@ -289,7 +272,7 @@ mod tests {
 
     #[test]
     fn full_outbox_marks_slow_or_drops() {
-        let hub = Hub::new();
+        let hub = Hub::new(Arc::new(Metrics::new(["/c"])));
         let a = hub
             .join("/c", 1, SlowConsumer::Disconnect)
             .unwrap()
@@ -303,13 +286,14 @@ mod tests {
         a.publish(&text("2"));
         assert!(slow.shared.slow.load(Ordering::Acquire));
         assert!(!dropper.shared.slow.load(Ordering::Acquire));
-        assert_eq!(hub.stats.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.metrics.broadcast_dropped_count(), 1);
+        assert_eq!(hub.metrics.slow_consumer_close_count(), 1);
         assert_eq!(dropper.outbox.try_recv().unwrap(), text("1"));
     }
 
     #[test]
     fn leaving_and_shutdown() {
-        let hub = Hub::new();
+        let hub = Hub::new(Arc::new(Metrics::new(["/c"])));
         let a = hub
             .join("/c", 1, SlowConsumer::Disconnect)
             .unwrap()

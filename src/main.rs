@@ -263,7 +263,7 @@ fn serve(path: &std::path::Path, log_level: Option<log::LevelFilter>) -> ExitCod
             return ExitCode::from(if e.is_config() { 2 } else { 1 });
         }
     };
-    if let Err(e) = wsgate::signals::stop_on_terminate(server.stop_handle()) {
+    if let Err(e) = wsgate::signals::handle(server.control()) {
         log::error!("cannot install signal handlers: {e}");
         return ExitCode::from(1);
     }

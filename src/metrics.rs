@@ -15,6 +15,7 @@
 //! | `wsgate_broadcast_dropped_total` | counter | | messages dropped for slow subscribers (`slow_consumer = drop`) |
 //! | `wsgate_slow_consumer_closes_total` | counter | | connections closed with 1008 as slow consumers |
 //! | `wsgate_rate_limited_total` | counter | | messages or connections refused by a rate limit |
+//! | `wsgate_publish_denied_total` | counter | | messages from clients without publish rights (closed or dropped) |
 //! | `wsgate_auth_cache_hits_total` | counter | | credential checks answered from the verification cache |
 //! | `wsgate_argon2_runs_total` | counter | | Argon2id verifications computed |
 //! | `wsgate_upgrade_duration_seconds` | histogram | | accept to 101 (TLS handshake plus upgrade) |
@@ -153,6 +154,7 @@ pub struct Metrics {
     broadcast_dropped: AtomicU64,
     slow_consumer_closes: AtomicU64,
     rate_limited: AtomicU64,
+    publish_denied: AtomicU64,
     auth_cache_hits: AtomicU64,
     argon2_runs: AtomicU64,
     /// Non-cumulative counts per bucket; the last is `+Inf`.
@@ -184,6 +186,7 @@ impl Metrics {
             broadcast_dropped: AtomicU64::new(0),
             slow_consumer_closes: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            publish_denied: AtomicU64::new(0),
             auth_cache_hits: AtomicU64::new(0),
             argon2_runs: AtomicU64::new(0),
             upgrade_buckets: Default::default(),
@@ -260,6 +263,21 @@ impl Metrics {
         bump(&self.rate_limited, 1);
     }
 
+    /// A client without publish rights sent a message (closed or dropped per `on_forbidden`).
+    pub fn publish_denied(&self) {
+        bump(&self.publish_denied, 1);
+    }
+
+    /// Messages dropped for slow subscribers so far.
+    pub fn broadcast_dropped_count(&self) -> u64 {
+        self.broadcast_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Slow-consumer closes so far.
+    pub fn slow_consumer_close_count(&self) -> u64 {
+        self.slow_consumer_closes.load(Ordering::Relaxed)
+    }
+
     /// A credential check was answered from the cache.
     pub fn auth_cache_hit(&self) {
         bump(&self.auth_cache_hits, 1);
@@ -334,7 +352,7 @@ impl Metrics {
             }
         }
 
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "wsgate_messages_received_total",
                 "WebSocket data messages received from clients.",
@@ -369,6 +387,11 @@ impl Metrics {
                 "wsgate_rate_limited_total",
                 "Requests or messages refused by a rate limit.",
                 &self.rate_limited,
+            ),
+            (
+                "wsgate_publish_denied_total",
+                "Messages from clients without publish rights (closed or dropped).",
+                &self.publish_denied,
             ),
             (
                 "wsgate_auth_cache_hits_total",
@@ -837,6 +860,7 @@ mod tests {
         m.broadcast_dropped();
         m.slow_consumer_closed();
         m.rate_limited();
+        m.publish_denied();
         m.auth_cache_hit();
         m.argon2_run();
         m.observe_upgrade(Duration::from_micros(500)); // 0.001
@@ -863,6 +887,7 @@ mod tests {
             "wsgate_broadcast_dropped_total",
             "wsgate_slow_consumer_closes_total",
             "wsgate_rate_limited_total",
+            "wsgate_publish_denied_total",
             "wsgate_auth_cache_hits_total",
             "wsgate_argon2_runs_total",
         ] {

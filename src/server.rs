@@ -1,21 +1,27 @@
-//! Start-up, the per-connection pipeline and shutdown. `start` prepares everything that can fail
-//! on a bad config (certificate, users, bind) before serving; `run` accepts until stopped, then
-//! drains: hub closed (1001 to every client), wait up to the grace time.
+//! Start-up, reload, the per-connection pipeline and shutdown. `start` prepares everything that
+//! can fail on a bad config (certificate, users, tokens, session key, bind) before serving; `run`
+//! accepts until stopped, then drains: `/healthz` 503 and `STOPPING=1` first, hub closed (1001 to
+//! every client), wait up to the grace time. A reload builds a whole new [`Runtime`] from the
+//! config file and swaps it in only if every part loaded; connections keep the one they started with.
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::admin::{self, AdminState};
 use crate::admit::{Admission, Ticket};
 use crate::auth::Credentials;
 use crate::certs::{self, CertError};
-use crate::config::{ClientAuth, Config};
+use crate::config::{ClientAuth, Config, ConfigError};
 use crate::connection::{self, Rights};
-use crate::deadline::{Deadline, Phase};
+use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::hub::{Hub, HubClosed, Waker};
 use crate::listener;
+use crate::metrics::{Gauges, Metrics, Outcome};
+use crate::notify::{self, Notifier};
 use crate::policy::{Grant, Reason};
 use crate::session::{self, SessionError, SessionKey};
 use crate::throttle::LoginThrottle;
@@ -43,6 +49,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, error: io::Error },
     /// Some other system resource (eventfd, signal handler) was not available.
     System(io::Error),
+    /// The config file itself is invalid (on reload; at start `main` loads it first).
+    Config(ConfigError),
 }
 
 impl StartError {
@@ -51,6 +59,7 @@ impl StartError {
         matches!(
             self,
             StartError::Cert(_)
+                | StartError::Config(_)
                 | StartError::Users(_)
                 | StartError::Tokens(_)
                 | StartError::Session(_)
@@ -67,127 +76,134 @@ impl fmt::Display for StartError {
             StartError::Session(e) => e.fmt(f),
             StartError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             StartError::System(e) => write!(f, "system resource unavailable: {e}"),
+            StartError::Config(e) => e.fmt(f),
         }
     }
 }
 
 impl std::error::Error for StartError {}
 
-/// What every connection shares, read-only. Reload will swap a whole new one in.
+/// What every connection shares, read-only: built whole at start and on each reload.
 struct Runtime {
     config: Arc<Config>,
     tls: Arc<rustls::ServerConfig>,
+    /// The certificate and key files' modification times when loaded (the file watcher compares).
+    cert_stamp: Option<(SystemTime, SystemTime)>,
+}
+
+/// Everything the listener, the workers and the control thread share.
+struct Shared {
+    runtime: RwLock<Arc<Runtime>>,
     creds: Arc<Credentials>,
+    hub: Arc<Hub>,
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
+    notifier: Notifier,
+    admin: Option<Arc<AdminState>>,
+    stop: Waker,
+    /// Serialises reloads (SIGHUP and the certificate watcher may race).
+    reloading: Mutex<()>,
 }
 
 /// A bound, ready server.
 pub struct Server {
-    runtime: Arc<Runtime>,
-    hub: Arc<Hub>,
-    admission: Arc<Admission>,
+    shared: Arc<Shared>,
     listener: TcpListener,
-    stop: Arc<Waker>,
+    admin_listener: Option<TcpListener>,
 }
 
-/// Stops a running server from another thread (a signal handler thread, a test).
+/// Controls a running server from another thread (the signal thread, a test): stop or reload.
 #[derive(Clone)]
-pub struct StopHandle(Arc<Waker>);
+pub struct Control(Arc<Shared>);
 
-impl StopHandle {
+impl Control {
+    /// Starts the drain: `/healthz` answers 503 and systemd hears `STOPPING=1` at once, then
+    /// the listener stops accepting.
     pub fn stop(&self) {
-        self.0.wake();
+        let shared = &self.0;
+        if let Some(admin) = &shared.admin {
+            admin.set_draining(true);
+        }
+        notify_or_log(&shared.notifier, Notifier::stopping);
+        shared.stop.wake();
+    }
+
+    /// Re-reads the config file and everything it names; applies it whole or not at all.
+    pub fn reload(&self) {
+        self.0.reload("reload requested");
     }
 }
 
 impl Server {
-    /// Loads the certificate (generating a self-signed one if allowed) and users, and binds.
+    /// Loads the certificate (generating a self-signed one if allowed), users, tokens and the
+    /// session key, and binds the listeners.
     ///
     /// # Errors
     /// [`StartError`] naming what is wrong.
     pub fn start(config: Config) -> Result<Server, StartError> {
-        let tls_cfg = &config.tls;
-        if tls_cfg.self_signed
-            && certs::ensure_self_signed(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?
-        {
-            log::warn!(
-                "generated a self-signed certificate at {} (key {}, mode 0600): for trying wsgate out; \
-                 clients must be told to trust it",
-                tls_cfg.cert.display(),
-                tls_cfg.key.display()
-            );
-        }
-        let pair = certs::load(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?;
-        let fingerprint = certs::fingerprint(&pair.chain[0]);
-        let client_certs = match (&tls_cfg.client_auth, &tls_cfg.client_ca) {
-            (ClientAuth::Optional, Some(ca)) => tls::ClientCerts::Optional(ca),
-            (ClientAuth::Required, Some(ca)) => tls::ClientCerts::Required(ca),
-            _ => tls::ClientCerts::Off,
-        };
-        let tls = tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key, client_certs)
-            .map_err(StartError::Cert)?;
-        log::info!(
-            "certificate {} sha256 fingerprint {fingerprint}",
-            tls_cfg.cert.display()
-        );
-
-        let store = UserStore::load(&config.auth.users_file).map_err(StartError::Users)?;
-        log::info!(
-            "{} users loaded from {}",
-            store.len(),
-            config.auth.users_file.display()
-        );
+        let metrics = Arc::new(Metrics::new(
+            config.channels.iter().map(|c| c.pattern.to_string()),
+        ));
         let a = &config.auth;
+        let loaded = load_credentials(&config)?;
         let users = Authenticator::new(
-            store,
+            loaded.users,
             a.cache_size,
             a.cache_ttl,
             a.max_concurrent_hashes.get(),
         )
         .with_queue_limit(a.max_pending_hashes);
-        let tokens = TokenStore::load(&a.tokens_file).map_err(StartError::Tokens)?;
-        if !tokens.is_empty() {
-            log::info!(
-                "{} API tokens loaded from {}",
-                tokens.len(),
-                a.tokens_file.display()
-            );
-        }
-        let sessions = if a.session_ttl.is_zero() {
-            None
-        } else {
-            let key =
-                SessionKey::load_or_create(&a.session_key_file).map_err(StartError::Session)?;
-            Some((key, a.session_ttl))
-        };
         let throttle = LoginThrottle::new(a.max_failures, a.failure_window, THROTTLE_ENTRIES);
-        let creds = Credentials::new(users, tokens, sessions, throttle);
-
-        if config.origins.allow_any {
-            log::warn!(
-                "[origins] allow_any = true: any web page may open connections with its visitors' credentials"
-            );
-        } else if config.origins.allow.is_empty() {
-            log::warn!(
-                "[origins] allow is empty: every browser (any request with an Origin header) is refused"
-            );
-        }
+        let creds = Arc::new(Credentials::new(
+            users,
+            loaded.tokens,
+            loaded.sessions,
+            throttle,
+            Arc::clone(&metrics),
+        ));
+        let runtime = build_runtime(config)?;
+        let config = Arc::clone(&runtime.config);
+        warn_about_origins(&config);
         log_memory_budget(&config);
 
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
         let admission = Admission::new(&config.server);
-        let stop = Arc::new(Waker::new().map_err(StartError::System)?);
-        let runtime = Arc::new(Runtime {
-            config: Arc::new(config),
-            tls,
-            creds: Arc::new(creds),
+        let (admin, admin_listener) = match &config.admin {
+            Some(admin_cfg) => {
+                let addr = admin_cfg.listen;
+                let l =
+                    TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
+                let (adm, workers) = (Arc::clone(&admission), config.server.workers.get() as u64);
+                let state = AdminState::new(Arc::clone(&metrics), move || {
+                    let in_flight = adm.in_flight() as u64;
+                    let busy = in_flight.min(workers);
+                    Gauges {
+                        pool_busy: busy,
+                        pool_idle: workers - busy,
+                        pool_queued: in_flight - busy,
+                    }
+                })
+                .map_err(StartError::System)?;
+                (Some(Arc::new(state)), Some(l))
+            }
+            None => (None, None),
+        };
+        let shared = Arc::new(Shared {
+            runtime: RwLock::new(Arc::new(runtime)),
+            creds,
+            hub: Hub::new(Arc::clone(&metrics)),
+            admission,
+            metrics,
+            notifier: Notifier::from_env(),
+            admin,
+            stop: Waker::new().map_err(StartError::System)?,
+            reloading: Mutex::new(()),
         });
         Ok(Server {
-            runtime,
-            hub: Hub::new(),
-            admission,
+            shared,
             listener,
-            stop,
+            admin_listener,
         })
     }
 
@@ -199,8 +215,8 @@ impl Server {
         self.listener.local_addr()
     }
 
-    pub fn stop_handle(&self) -> StopHandle {
-        StopHandle(Arc::clone(&self.stop))
+    pub fn control(&self) -> Control {
+        Control(Arc::clone(&self.shared))
     }
 
     /// Serves until stopped, then drains. Returns true if every connection finished within the
@@ -209,56 +225,299 @@ impl Server {
     /// # Errors
     /// Only if the listener itself fails.
     pub fn run(self) -> io::Result<bool> {
-        log::info!("listening on {}", self.local_addr()?);
         let Server {
-            runtime,
-            hub,
-            admission,
+            shared,
             listener,
-            stop,
+            admin_listener,
         } = self;
-        listener::run(&listener, &stop, |stream, peer, accepted| {
-            let (rt, hub2) = (Arc::clone(&runtime), Arc::clone(&hub));
-            if let Err(why) = admission.dispatch(peer.ip(), move |ticket| {
-                serve(&rt, &hub2, stream, peer, accepted, ticket)
-            }) {
+        if let (Some(state), Some(l)) = (&shared.admin, admin_listener) {
+            log::info!(
+                "admin endpoint (/healthz, /metrics) on http://{}",
+                l.local_addr()?
+            );
+            admin::spawn(l, Arc::clone(state))?;
+        }
+        let addr = listener.local_addr()?;
+        log::info!("listening on {addr}");
+        notify_or_log(&shared.notifier, Notifier::ready);
+        notify_or_log(&shared.notifier, |n| {
+            n.status(&format!("serving on {addr}"))
+        });
+        if let Some(interval) = notify::watchdog_interval() {
+            let alive = Arc::clone(&shared);
+            notify::spawn_watchdog(shared.notifier.clone(), interval, move || alive.is_alive())?;
+        }
+        spawn_cert_watcher(&shared)?;
+
+        listener::run(&listener, &shared.stop, |stream, peer, accepted| {
+            let worker = Arc::clone(&shared);
+            let dispatched = shared.admission.dispatch(peer.ip(), move |ticket| {
+                let rt = worker.current();
+                serve(&worker, &rt, stream, peer, accepted, ticket);
+            });
+            if let Err(why) = dispatched {
+                shared.metrics.outcome(Outcome::Busy);
                 log::debug!("refused peer={peer}: {why}");
             }
         })?;
         drop(listener);
-        let grace = runtime.config.server.shutdown_grace;
+        let grace = shared.current().config.server.shutdown_grace;
         log::info!(
             "shutting down: closing {} connections (grace {grace:?})",
-            hub.total_members()
+            shared.hub.total_members()
         );
-        hub.shutdown();
-        let drained = admission.wait_drained(grace);
+        shared.hub.shutdown();
+        let drained = shared.admission.wait_drained(grace);
         if drained {
             log::info!("shutdown complete");
         } else {
             log::warn!(
                 "shutdown grace expired with {} connections still open",
-                admission.in_flight()
+                shared.admission.in_flight()
             );
+        }
+        if let Some(admin) = &shared.admin {
+            admin.stop();
         }
         Ok(drained)
     }
 }
 
-/// One connection's pipeline on its worker: TLS, upgrade, connection loop, one log line at the end.
+impl Shared {
+    fn current(&self) -> Arc<Runtime> {
+        Arc::clone(&self.runtime.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// For the systemd watchdog: the listener and the pool still answer (the admission lock is
+    /// free and the hub is open). Never blocks for long.
+    fn is_alive(&self) -> bool {
+        let _ = self.admission.in_flight();
+        !self.hub.is_closed()
+    }
+
+    /// Builds a new runtime from the config file and swaps it in, or keeps the running one and
+    /// says why. Settings that need a restart (listen address, pool sizes, admin address,
+    /// password cache and hashing limits) are reported, and the rest applies.
+    fn reload(&self, why: &str) {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let started = Instant::now();
+        notify_or_log(&self.notifier, Notifier::reloading);
+        let old = self.current();
+        let result = Config::load(&old.config.source)
+            .map_err(StartError::Config)
+            .and_then(|config| {
+                let loaded = load_credentials(&config)?;
+                Ok((build_runtime(config)?, loaded))
+            });
+        match result {
+            Ok((runtime, loaded)) => {
+                warn_restart_needed(&old.config, &runtime.config);
+                warn_about_origins(&runtime.config);
+                self.creds
+                    .reload(loaded.users, loaded.tokens, loaded.sessions);
+                *self.runtime.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(runtime);
+                log::info!(
+                    "{why}: reloaded {} in {:?}",
+                    old.config.source.display(),
+                    started.elapsed()
+                );
+                notify_or_log(&self.notifier, |n| {
+                    n.status("serving (configuration reloaded)")
+                });
+            }
+            Err(e) => {
+                log::error!("{why}: reload failed, keeping the running configuration: {e}");
+                notify_or_log(&self.notifier, |n| n.status(&format!("reload failed: {e}")));
+            }
+        }
+        notify_or_log(&self.notifier, Notifier::ready);
+    }
+}
+
+/// Users, tokens and session settings, loaded from the files a config names.
+struct LoadedCredentials {
+    users: UserStore,
+    tokens: TokenStore,
+    sessions: Option<(SessionKey, Duration)>,
+}
+
+fn load_credentials(config: &Config) -> Result<LoadedCredentials, StartError> {
+    let a = &config.auth;
+    let users = UserStore::load(&a.users_file).map_err(StartError::Users)?;
+    log::info!(
+        "{} users loaded from {}",
+        users.len(),
+        a.users_file.display()
+    );
+    let tokens = TokenStore::load(&a.tokens_file).map_err(StartError::Tokens)?;
+    if !tokens.is_empty() {
+        log::info!(
+            "{} API tokens loaded from {}",
+            tokens.len(),
+            a.tokens_file.display()
+        );
+    }
+    let sessions = if a.session_ttl.is_zero() {
+        None
+    } else {
+        let key = SessionKey::load_or_create(&a.session_key_file).map_err(StartError::Session)?;
+        Some((key, a.session_ttl))
+    };
+    Ok(LoadedCredentials {
+        users,
+        tokens,
+        sessions,
+    })
+}
+
+/// The TLS configuration for `config`, generating a self-signed pair first where allowed.
+fn build_runtime(config: Config) -> Result<Runtime, StartError> {
+    let tls_cfg = &config.tls;
+    if tls_cfg.self_signed
+        && certs::ensure_self_signed(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?
+    {
+        log::warn!(
+            "generated a self-signed certificate at {} (key {}, mode 0600): for trying wsgate out; \
+             clients must be told to trust it",
+            tls_cfg.cert.display(),
+            tls_cfg.key.display()
+        );
+    }
+    let cert_stamp = stamp(&tls_cfg.cert, &tls_cfg.key);
+    let pair = certs::load(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?;
+    let fingerprint = certs::fingerprint(&pair.chain[0]);
+    let client_certs = match (&tls_cfg.client_auth, &tls_cfg.client_ca) {
+        (ClientAuth::Optional, Some(ca)) => tls::ClientCerts::Optional(ca),
+        (ClientAuth::Required, Some(ca)) => tls::ClientCerts::Required(ca),
+        _ => tls::ClientCerts::Off,
+    };
+    let tls = tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key, client_certs)
+        .map_err(StartError::Cert)?;
+    log::info!(
+        "certificate {} sha256 fingerprint {fingerprint}",
+        tls_cfg.cert.display()
+    );
+    Ok(Runtime {
+        config: Arc::new(config),
+        tls,
+        cert_stamp,
+    })
+}
+
+/// The modification times of the certificate and key files.
+fn stamp(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((mtime(cert)?, mtime(key)?))
+}
+
+/// Reloads by itself when the certificate or key file changes (a renewal whose deploy hook
+/// forgot to reload), checking their modification times every `reload_check_interval`.
+fn spawn_cert_watcher(shared: &Arc<Shared>) -> io::Result<()> {
+    let weak = Arc::downgrade(shared);
+    std::thread::Builder::new()
+        .name("wsgate-certwatch".into())
+        .spawn(move || {
+            loop {
+                let interval = match weak.upgrade() {
+                    Some(shared) => shared.current().config.tls.reload_check_interval,
+                    None => return,
+                };
+                std::thread::sleep(if interval.is_zero() {
+                    Duration::from_secs(60)
+                } else {
+                    interval
+                });
+                let Some(shared) = weak.upgrade() else { return };
+                let rt = shared.current();
+                let tls = &rt.config.tls;
+                if tls.reload_check_interval.is_zero() || shared.hub.is_closed() {
+                    continue;
+                }
+                let now = stamp(&tls.cert, &tls.key);
+                if now.is_some() && now != rt.cert_stamp {
+                    shared.reload("certificate or key file changed");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn warn_about_origins(config: &Config) {
+    if config.origins.allow_any {
+        log::warn!(
+            "[origins] allow_any = true: any web page may open connections with its visitors' credentials"
+        );
+    } else if config.origins.allow.is_empty() {
+        log::warn!(
+            "[origins] allow is empty: every browser (any request with an Origin header) is refused"
+        );
+    }
+}
+
+/// Names the changed settings a reload cannot apply to a running process.
+fn warn_restart_needed(old: &Config, new: &Config) {
+    let (o, n) = (&old.server, &new.server);
+    let mut changed = Vec::new();
+    if o.listen != n.listen {
+        changed.push("[server] listen");
+    }
+    if o.workers != n.workers || o.queue != n.queue || o.worker_stack_size != n.worker_stack_size {
+        changed.push("[server] workers/queue/worker_stack_size");
+    }
+    if o.max_connections_per_ip != n.max_connections_per_ip {
+        changed.push("[server] max_connections_per_ip");
+    }
+    if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
+        changed.push("[admin] listen");
+    }
+    let (oa, na) = (&old.auth, &new.auth);
+    if oa.cache_size != na.cache_size
+        || oa.cache_ttl != na.cache_ttl
+        || oa.max_concurrent_hashes != na.max_concurrent_hashes
+        || oa.max_pending_hashes != na.max_pending_hashes
+        || oa.max_failures != na.max_failures
+        || oa.failure_window != na.failure_window
+    {
+        changed.push("[auth] cache/hashing/throttle limits");
+    }
+    if !changed.is_empty() {
+        log::warn!(
+            "reload: {} changed; these take effect only after a restart",
+            changed.join(", ")
+        );
+    }
+}
+
+/// Sends one sd_notify message; a failure is logged (it never stops the server).
+fn notify_or_log(notifier: &Notifier, send: impl FnOnce(&Notifier) -> io::Result<()>) {
+    if let Err(e) = send(notifier) {
+        log::warn!("sd_notify failed: {e}");
+    }
+}
+
+/// One connection's pipeline on its worker: TLS, upgrade, connection loop, one log line at the
+/// end, one `wsgate_connections_total` outcome.
 fn serve(
+    shared: &Shared,
     rt: &Runtime,
-    hub: &Arc<Hub>,
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
     _ticket: Ticket,
 ) {
-    let config = &rt.config;
+    let (config, hub, metrics) = (&rt.config, &shared.hub, &shared.metrics);
     let deadline = Deadline::new(Phase::TlsHandshake, accepted, config.tls.handshake_timeout);
     let tls = match tls::handshake(stream, Arc::clone(&rt.tls), deadline) {
         Ok(tls) => tls,
         Err(e) => {
+            metrics.outcome(if is_timeout(&e) {
+                Outcome::HandshakeTimeout
+            } else {
+                Outcome::TlsError
+            });
             log::debug!(
                 "tls handshake failed peer={peer} after={:?}: {e}",
                 accepted.elapsed()
@@ -284,7 +543,7 @@ fn serve(
             .unwrap_or_else(session::new_session_id);
         let mut headers = Vec::new();
         if let Some(user) = &grant.user {
-            if let Some((token, ttl)) = rt.creds.issue_session(user, &session_id) {
+            if let Some((token, ttl)) = shared.creds.issue_session(user, &session_id) {
                 headers.push(("Set-Cookie", session_cookie(&token, ttl)));
                 headers.push(("X-Wsgate-Session", token));
             }
@@ -294,18 +553,31 @@ fn serve(
         }
         Ok(((member, session_id), headers))
     };
-    let verifier = rt.creds.for_peer(peer.ip());
+    let verifier = shared.creds.for_peer(peer.ip());
     let (ws, grant, (member, session_id)) = match upgrade::upgrade(tls, config, &verifier, enter) {
         Ok(upgraded) => upgraded,
         Err(UpgradeError::Refused(reason)) => {
+            if let Some(outcome) = Outcome::from_status(reason.status().as_u16()) {
+                metrics.outcome(outcome);
+            }
             log_refusal(peer, &reason);
             return;
         }
         Err(UpgradeError::Io(e)) => {
+            metrics.outcome(if is_timeout(&e) {
+                Outcome::HandshakeTimeout
+            } else {
+                Outcome::IoError
+            });
             log::debug!("upgrade failed peer={peer}: {e}");
             return;
         }
     };
+    metrics.outcome(Outcome::Accepted);
+    metrics.observe_upgrade(accepted.elapsed());
+    let channel = &grant.channel;
+    let pattern = channel.pattern.to_string();
+    metrics.channel_opened(&pattern);
     let user = grant.log_user();
     log::info!(
         "open peer={peer} user=\"{user}\" auth={} session={session_id} path={}",
@@ -313,7 +585,6 @@ fn serve(
         grant.path
     );
     let opened = Instant::now();
-    let channel = &grant.channel;
     let rights = Rights {
         mode: channel.mode,
         may_publish: grant.may_publish,
@@ -321,6 +592,7 @@ fn serve(
         on_rate_limit: channel.limits.on_rate_limit,
     };
     let end = connection::run(ws, member, rights, &channel.limits, &config.limits);
+    metrics.channel_closed(&pattern);
     log::info!(
         "close peer={peer} user=\"{user}\" session={session_id} path={} duration={:.3}s {end}",
         grant.path,

@@ -1,28 +1,34 @@
-//! Signals: a thread that turns SIGTERM and SIGINT into a server stop. The handler itself only
-//! records the signal (signal-hook); everything else happens on this ordinary thread.
+//! Signals: a thread that turns SIGTERM and SIGINT into a drain and SIGHUP into a reload. The
+//! handlers only record the signal (signal-hook); everything else happens on this ordinary thread.
 
 use std::io;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::server::StopHandle;
+use crate::server::Control;
 
-/// Stops the server on the first SIGTERM or SIGINT.
+/// Drains on the first SIGTERM or SIGINT; reloads on every SIGHUP until then.
 ///
 /// # Errors
 /// If the handlers cannot be registered.
-pub fn stop_on_terminate(stop: StopHandle) -> io::Result<()> {
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+pub fn handle(control: Control) -> io::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
         .name("wsgate-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    log::info!("received SIGHUP, reloading");
+                    control.reload();
+                    continue;
+                }
                 log::info!(
                     "received {}, stopping",
                     if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
                 );
-                stop.stop();
+                control.stop();
+                return;
             }
         })?;
     Ok(())

@@ -79,6 +79,17 @@ pub enum AuthOutcome {
     Busy,
 }
 
+/// What a password check cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    /// Answered from the verification cache.
+    CacheHit,
+    /// One Argon2id run (against the user's hash, or the dummy for an unknown user).
+    Argon2,
+    /// Refused before any work (busy).
+    Nothing,
+}
+
 /// Why the users file could not be read or written.
 #[derive(Debug)]
 pub enum UsersError {
@@ -532,32 +543,37 @@ impl Authenticator {
     /// Checks `user`'s `password`. An unknown user costs one Argon2 run against a dummy hash, like
     /// a wrong password. Logs nothing.
     pub fn verify(&self, user: &str, password: &str) -> AuthOutcome {
+        self.verify_costed(user, password).0
+    }
+
+    /// [`Authenticator::verify`], also saying what the answer cost (for metrics).
+    pub fn verify_costed(&self, user: &str, password: &str) -> (AuthOutcome, Cost) {
         let state = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
         let Some(stored) = state.store.users.get(user) else {
             if let Some(dummy) = state.dummy_hash() {
                 if self.argon2_verify(dummy, password).is_none() {
-                    return AuthOutcome::Busy;
+                    return (AuthOutcome::Busy, Cost::Nothing);
                 }
             }
-            return AuthOutcome::UnknownUser;
+            return (AuthOutcome::UnknownUser, Cost::Argon2);
         };
         let tag = self
             .cache_enabled()
             .then(|| self.tag(user, stored, password));
         if let Some(tag) = &tag {
             if lock(&self.cache).hit(tag, self.cache_ttl) {
-                return AuthOutcome::Ok;
+                return (AuthOutcome::Ok, Cost::CacheHit);
             }
         }
         match self.argon2_verify(stored, password) {
-            None => return AuthOutcome::Busy,
-            Some(false) => return AuthOutcome::BadPassword,
+            None => return (AuthOutcome::Busy, Cost::Nothing),
+            Some(false) => return (AuthOutcome::BadPassword, Cost::Argon2),
             Some(true) => {}
         }
         if let Some(tag) = tag {
             lock(&self.cache).insert(tag, self.cache_ttl, self.cache_size);
         }
-        AuthOutcome::Ok
+        (AuthOutcome::Ok, Cost::Argon2)
     }
 
     /// Swaps in a newly loaded store (SIGHUP reload) and forgets every cached success.

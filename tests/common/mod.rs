@@ -157,9 +157,20 @@ pub fn bin() -> &'static str {
 
 impl Server {
     pub fn spawn(dir: TempDir, config: &Path, ca: CertificateDer<'static>) -> Server {
+        Server::spawn_with_env(dir, config, ca, &[])
+    }
+
+    /// Starts the server with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn spawn_with_env(
+        dir: TempDir,
+        config: &Path,
+        ca: CertificateDer<'static>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -332,11 +343,32 @@ impl Server {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        rustix::process::kill_process(
-            rustix::process::Pid::from_raw(self.pid()).unwrap(),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
+        self.signal(rustix::process::Signal::TERM);
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn reload(&self) {
+        self.signal(rustix::process::Signal::HUP);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Sends SIGHUP and waits for the reload's log line (success or failure).
+    pub fn reload_and_wait(&self) {
+        let before = self.count_log("reloaded ") + self.count_log("reload failed");
+        self.reload();
+        let until = Instant::now() + IO_TIMEOUT;
+        while self.count_log("reloaded ") + self.count_log("reload failed") == before {
+            assert!(
+                Instant::now() < until,
+                "no reload line; log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for the process to exit, returning its status.

@@ -1,0 +1,400 @@
+//! Operations, end to end: live reload (certificate, config, users, tokens), the drain on
+//! SIGTERM with `/healthz`, `/metrics` from the real binary, and the sd_notify conversation.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls::pki_types::CertificateDer;
+use tungstenite::Message;
+
+fn basic(user: &str, pass: &str) -> String {
+    format!(
+        "Basic {}",
+        data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes())
+    )
+}
+
+fn config_path(server: &Server) -> std::path::PathBuf {
+    server.dir.path().join("wsgate.ini")
+}
+
+fn wsgate(args: &[&str], config: &std::path::Path, stdin: Option<&str>) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).arg("--config").arg(config);
+    let out = match stdin {
+        None => cmd.output().unwrap(),
+        Some(text) => {
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn passwd(server: &Server, args: &[&str], stdin: Option<&str>) {
+    let users = server.dir.path().join("users");
+    let mut cmd = Command::new(bin());
+    cmd.arg("passwd")
+        .args(&args[..args.len() - 1])
+        .arg(&users)
+        .arg(args[args.len() - 1]);
+    let out = match stdin {
+        None => cmd.output().unwrap(),
+        Some(text) => {
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A client config trusting only `ca`.
+fn trusting(ca: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+#[test]
+fn reload_swaps_the_certificate_for_new_clients_and_keeps_old_connections() {
+    let server = Setup::default().start();
+    let mut old = server.connect_as("/echo", ALICE);
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(server.dir.path().join("cert.pem"), pair.cert.pem()).unwrap();
+    std::fs::write(
+        server.dir.path().join("key.pem"),
+        pair.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    server.reload_and_wait();
+    let new_ca = pair.cert.der().clone();
+    let auth = basic(ALICE.0, ALICE.1);
+    // New clients get the new certificate: one trusting only it connects, one trusting only
+    // the old one fails its handshake.
+    assert!(
+        server
+            .connect_full("/echo", &[("Authorization", &auth)], trusting(&new_ca))
+            .is_ok()
+    );
+    assert!(
+        server
+            .connect_full("/echo", &[("Authorization", &auth)], trusting(&server.ca))
+            .is_err()
+    );
+    let fp = server
+        .logs()
+        .lines()
+        .filter(|l| l.contains("sha256 fingerprint"))
+        .count();
+    assert_eq!(fp, 2, "expected a fingerprint line per load");
+    // The connection made before the reload is still open and served.
+    old.send(Message::text("still here")).unwrap();
+    assert_eq!(next_data(&mut old), Message::text("still here"));
+}
+
+#[test]
+fn a_broken_config_or_certificate_on_reload_keeps_the_running_state() {
+    let server = Setup::default().start();
+    let config = config_path(&server);
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        good.replace("[server]\n", "[server]\nworkerz = 3\n"),
+    )
+    .unwrap();
+    server.reload_and_wait();
+    assert!(server.wait_log(
+        "reload failed, keeping the running configuration",
+        IO_TIMEOUT
+    ));
+    assert!(server.logs().contains("workerz"), "{}", server.logs());
+    let mut ws = server.connect_as("/echo", ALICE);
+    ws.send(Message::text("served")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("served"));
+    // A key that does not match the certificate: the old pair stays in service.
+    std::fs::write(&config, &good).unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(server.dir.path().join("key.pem"), other.serialize_pem()).unwrap();
+    server.reload_and_wait();
+    assert_eq!(server.count_log("reload failed"), 2, "{}", server.logs());
+    assert!(
+        server
+            .connect_full(
+                "/echo",
+                &[("Authorization", &basic(BOB.0, BOB.1))],
+                trusting(&server.ca)
+            )
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_removed_user_can_no_longer_connect_after_reload() {
+    let server = Setup::default().start();
+    assert_eq!(
+        status_of(server.connect_with("/echo", &[("Authorization", &basic(BOB.0, BOB.1))])),
+        101
+    );
+    passwd(&server, &["--delete", "bob"], None);
+    server.reload_and_wait();
+    assert_eq!(
+        status_of(server.connect_with("/echo", &[("Authorization", &basic(BOB.0, BOB.1))])),
+        401
+    );
+    assert_eq!(
+        status_of(server.connect_with("/echo", &[("Authorization", &basic(ALICE.0, ALICE.1))])),
+        101
+    );
+}
+
+#[test]
+fn a_revoked_token_is_refused_after_reload() {
+    let server = Setup::default().start();
+    let config = config_path(&server);
+    let token = wsgate(&["token", "add", "bob", "--name", "sensor"], &config, None)
+        .trim()
+        .to_string();
+    server.reload_and_wait();
+    let bearer = format!("Bearer {token}");
+    assert_eq!(
+        status_of(server.connect_with("/echo", &[("Authorization", &bearer)])),
+        101
+    );
+    let listed = wsgate(&["token", "list"], &config, None);
+    assert!(
+        listed.contains("bob\tsensor\t") && !listed.contains(&token),
+        "{listed}"
+    );
+    wsgate(&["token", "revoke", "bob", "sensor"], &config, None);
+    server.reload_and_wait();
+    assert_eq!(
+        status_of(server.connect_with("/echo", &[("Authorization", &bearer)])),
+        401
+    );
+}
+
+#[test]
+fn a_password_change_invalidates_the_users_sessions() {
+    let server = Setup::default().start();
+    let (_ws, resp) = server
+        .connect_full(
+            "/echo",
+            &[("Authorization", &basic(ALICE.0, ALICE.1))],
+            server.client_config(),
+        )
+        .unwrap();
+    let session = resp.headers()["x-wsgate-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (_bob, resp) = server
+        .connect_full(
+            "/echo",
+            &[("Authorization", &basic(BOB.0, BOB.1))],
+            server.client_config(),
+        )
+        .unwrap();
+    let bob_session = resp.headers()["x-wsgate-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let with = |s: &str| status_of(server.connect_with(&format!("/echo?session={s}"), &[]));
+    assert_eq!(with(&session), 101);
+    passwd(&server, &["alice"], Some("a-new-password\n"));
+    server.reload_and_wait();
+    assert_eq!(with(&session), 401);
+    // Other users' sessions are untouched; the new password works.
+    assert_eq!(with(&bob_session), 101);
+    assert_eq!(
+        status_of(server.connect_with(
+            "/echo",
+            &[("Authorization", &basic("alice", "a-new-password"))]
+        )),
+        101
+    );
+}
+
+/// Sends a plain HTTP GET to the admin endpoint; returns (status, body).
+fn admin_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn admin_addr(server: &Server) -> String {
+    assert!(
+        server.wait_log("admin endpoint", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    let logs = server.logs();
+    let line = logs.lines().find(|l| l.contains("admin endpoint")).unwrap();
+    line.rsplit("http://").next().unwrap().trim().to_string()
+}
+
+#[test]
+fn metrics_count_outcomes_and_messages_in_prometheus_format() {
+    let mut setup = Setup::default();
+    setup.set("admin", "listen", "127.0.0.1:0");
+    let server = setup.start();
+    let addr = admin_addr(&server);
+    let mut ws = server.connect_as("/echo", ALICE);
+    ws.send(Message::text("count me")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("count me"));
+    assert_eq!(status_of(server.connect_with("/echo", &[])), 401);
+    assert_eq!(status_of(server.connect_with("/nope", &[])), 404);
+    let (status, text) = admin_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    wsgate::metrics::validate_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(value("wsgate_connections_total{outcome=\"accepted\"}"), "1");
+    assert_eq!(value("wsgate_connections_total{outcome=\"401\"}"), "1");
+    assert_eq!(value("wsgate_connections_total{outcome=\"404\"}"), "1");
+    assert_eq!(value("wsgate_connections_open{channel=\"/echo\"}"), "1");
+    assert_eq!(value("wsgate_messages_received_total"), "1");
+    assert_eq!(value("wsgate_messages_sent_total"), "1");
+    assert_eq!(admin_get(&addr, "/healthz"), (200, "ok\n".to_string()));
+}
+
+#[test]
+fn sigterm_turns_healthz_503_first_then_closes_1001_and_exits_0() {
+    let mut setup = Setup::default();
+    setup.set("admin", "listen", "127.0.0.1:0");
+    let mut server = setup.start();
+    let addr = admin_addr(&server);
+    // This client does not read for now, so its close handshake holds the drain open briefly.
+    let mut client = server.connect_as("/chat/drain", BOB);
+    assert_eq!(admin_get(&addr, "/healthz").0, 200);
+    server.terminate();
+    let until = Instant::now() + IO_TIMEOUT;
+    loop {
+        let (status, body) = admin_get(&addr, "/healthz");
+        if status == 503 {
+            assert_eq!(body, "draining\n");
+            break;
+        }
+        assert!(Instant::now() < until, "healthz never turned 503");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(close_code(&mut client), 1001);
+    let status = server.wait_exit(Duration::from_secs(10)).expect("no exit");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn the_server_speaks_sd_notify_ready_reloading_watchdog_stopping_in_order() {
+    let (dir, config, ca) = Setup::default().write();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "200000"),
+    ];
+    let mut server = Server::spawn_with_env(dir, &config, ca, &env);
+    let mut seen: Vec<String> = Vec::new();
+    let mut next = |seen: &mut Vec<String>| {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notify datagram");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        seen.push(msg.clone());
+        msg
+    };
+    let wait_for =
+        |want: &str, seen: &mut Vec<String>, next: &mut dyn FnMut(&mut Vec<String>) -> String| {
+            let until = Instant::now() + IO_TIMEOUT;
+            while Instant::now() < until {
+                if next(seen).lines().any(|l| l == want) {
+                    return;
+                }
+            }
+            panic!("no {want}; saw {seen:?}");
+        };
+    wait_for("READY=1", &mut seen, &mut next);
+    wait_for("WATCHDOG=1", &mut seen, &mut next);
+    server.reload();
+    wait_for("RELOADING=1", &mut seen, &mut next);
+    assert!(seen.last().unwrap().contains("MONOTONIC_USEC="), "{seen:?}");
+    wait_for("READY=1", &mut seen, &mut next);
+    server.terminate();
+    wait_for("STOPPING=1", &mut seen, &mut next);
+    assert!(
+        server
+            .wait_exit(Duration::from_secs(10))
+            .expect("exit")
+            .success()
+    );
+    // In order: the first READY precedes RELOADING, which precedes the second READY and STOPPING.
+    let pos = |want: &str, from: usize| {
+        seen[from..]
+            .iter()
+            .position(|m| m.lines().any(|l| l == want))
+            .map(|p| p + from)
+    };
+    let ready = pos("READY=1", 0).unwrap();
+    let reloading = pos("RELOADING=1", ready).unwrap();
+    let ready_again = pos("READY=1", reloading).unwrap();
+    assert!(pos("STOPPING=1", ready_again).is_some(), "{seen:?}");
+}

@@ -38,10 +38,18 @@ fn measure(runs: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let hash = hash_password("correct horse").expect("hash");
-    let store = UserStore::parse(&format!("alice:{hash}\n"), Path::new("bench-users")).expect("users");
+    let store =
+        UserStore::parse(&format!("alice:{hash}\n"), Path::new("bench-users")).expect("users");
     let token = generate_token().expect("token");
-    let digest: String = token_digest(&token).iter().map(|b| format!("{b:02x}")).collect();
-    let tokens = TokenStore::parse(&format!("alice:bench:{digest}\n"), Path::new("bench-tokens")).expect("tokens");
+    let digest: String = token_digest(&token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tokens = TokenStore::parse(
+        &format!("alice:bench:{digest}\n"),
+        Path::new("bench-tokens"),
+    )
+    .expect("tokens");
     let users = Authenticator::new(store, 1024, Duration::from_secs(600), 2);
     let key = SessionKey::from_bytes(&[7u8; 32]);
     let creds = Credentials::new(
@@ -60,7 +68,9 @@ fn main() {
     });
     let cached = measure(20_000, || ok(peer.password("alice", "correct horse")));
     let api_token = measure(20_000, || ok(peer.api_token(&token)));
-    let (session, _) = creds.issue_session("alice", "bench-session").expect("sessions on");
+    let (session, _) = creds
+        .issue_session("alice", "bench-session")
+        .expect("sessions on");
     let resume = measure(20_000, || ok(peer.session(&session)));
     let issue = measure(20_000, || {
         let _ = creds.issue_session("alice", "bench-session");

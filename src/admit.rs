@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,8 @@ use crate::config::ServerConfig;
 pub enum Refused {
     /// Every worker is busy and the wait queue is full.
     PoolFull,
+    /// `max_pre_auth` connections are already in their TLS handshake or upgrade.
+    PreAuthFull,
     /// This address already has `max_connections_per_ip` connections.
     PerIpCap,
 }
@@ -26,22 +27,17 @@ impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Refused::PoolFull => "pool full",
+            Refused::PreAuthFull => "too many connections not yet authenticated",
             Refused::PerIpCap => "per-ip connection cap reached",
         })
     }
 }
 
-/// Admission counters.
-#[derive(Debug, Default)]
-pub struct AdmitStats {
-    pub admitted: AtomicU64,
-    pub refused_pool_full: AtomicU64,
-    pub refused_per_ip: AtomicU64,
-}
-
 #[derive(Default)]
 struct Counts {
     in_flight: usize,
+    /// Admitted connections not yet past their upgrade (TLS handshake or HTTP head).
+    pre_auth: usize,
     per_ip: HashMap<IpAddr, usize>,
 }
 
@@ -49,16 +45,18 @@ struct Counts {
 pub struct Admission {
     pool: Mutex<ThreadPool>,
     capacity: usize,
+    pre_auth_cap: usize,
     per_ip_cap: usize,
     counts: Mutex<Counts>,
     drained: Condvar,
-    pub stats: AdmitStats,
 }
 
 /// One admitted connection's place in the pool; giving it back is dropping it (also on panic).
 pub struct Ticket {
     admission: Arc<Admission>,
     ip: IpAddr,
+    /// Still counted against `max_pre_auth` (until [`Ticket::authenticated`]).
+    pre_auth: bool,
 }
 
 impl Admission {
@@ -72,17 +70,20 @@ impl Admission {
         Arc::new(Admission {
             pool: Mutex::new(pool),
             capacity: server.workers.get() + server.queue,
+            pre_auth_cap: server.max_pre_auth.get(),
             per_ip_cap: server.max_connections_per_ip.get(),
             counts: Mutex::default(),
             drained: Condvar::new(),
-            stats: AdmitStats::default(),
         })
     }
 
-    /// Runs `job` on a worker if there is room for a connection from `ip`.
+    /// Runs `job` on a worker if there is room for a connection from `ip`: in the pool, in the
+    /// pre-authentication budget (connections still in TLS or upgrade, a smaller share of the
+    /// pool, so clients that stall before authenticating cannot hold every worker) and in the
+    /// address's share.
     ///
     /// # Errors
-    /// [`Refused`] when the pool or the address's share is full; `job` is dropped unrun.
+    /// [`Refused`] when one of them is full; `job` is dropped unrun.
     pub fn dispatch(
         self: &Arc<Self>,
         ip: IpAddr,
@@ -92,21 +93,23 @@ impl Admission {
         {
             let mut counts = self.counts();
             if counts.in_flight >= self.capacity {
-                self.stats.refused_pool_full.fetch_add(1, Ordering::Relaxed);
                 return Err(Refused::PoolFull);
+            }
+            if counts.pre_auth >= self.pre_auth_cap {
+                return Err(Refused::PreAuthFull);
             }
             let mine = counts.per_ip.entry(ip).or_insert(0);
             if *mine >= self.per_ip_cap {
-                self.stats.refused_per_ip.fetch_add(1, Ordering::Relaxed);
                 return Err(Refused::PerIpCap);
             }
             *mine += 1;
             counts.in_flight += 1;
+            counts.pre_auth += 1;
         }
-        self.stats.admitted.fetch_add(1, Ordering::Relaxed);
         let ticket = Ticket {
             admission: Arc::clone(self),
             ip,
+            pre_auth: true,
         };
         self.pool
             .lock()
@@ -143,10 +146,22 @@ impl Admission {
     }
 }
 
+impl Ticket {
+    /// The connection finished its upgrade: it no longer counts against `max_pre_auth`.
+    pub fn authenticated(&mut self) {
+        if std::mem::take(&mut self.pre_auth) {
+            self.admission.counts().pre_auth -= 1;
+        }
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut counts = self.admission.counts();
         counts.in_flight -= 1;
+        if self.pre_auth {
+            counts.pre_auth -= 1;
+        }
         if let Some(n) = counts.per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -174,7 +189,8 @@ mod tests {
             max_connections_per_ip: NonZeroUsize::new(per_ip).unwrap(),
             worker_stack_size: NonZeroUsize::new(256 * 1024).unwrap(),
             shutdown_grace: Duration::from_secs(1),
-            max_pre_auth: NonZeroUsize::new(workers.div_ceil(2)).unwrap(),
+            // As large as the pool unless a test narrows it.
+            max_pre_auth: NonZeroUsize::new(workers + queue).unwrap(),
         }
     }
 
@@ -195,6 +211,42 @@ mod tests {
         assert_eq!(admission.dispatch(ip, |_t| {}), Err(Refused::PoolFull));
         release_tx.send(()).unwrap();
         release_tx.send(()).unwrap();
+        assert!(admission.wait_drained(Duration::from_secs(5)));
+        assert!(admission.dispatch(ip, |_t| {}).is_ok());
+    }
+
+    #[test]
+    fn the_pre_auth_budget_bounds_unauthenticated_connections_only() {
+        let mut config = server(4, 0, 10);
+        config.max_pre_auth = NonZeroUsize::new(2).unwrap();
+        let admission = Admission::new(&config);
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let (tx, rx) = mpsc::channel::<()>();
+        let rx = Arc::new(Mutex::new(rx));
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        // One connection authenticates, then holds its worker.
+        let (r, d) = (Arc::clone(&rx), done_tx.clone());
+        admission
+            .dispatch(ip, move |mut t| {
+                t.authenticated();
+                d.send(()).unwrap();
+                let _ = r.lock().unwrap().recv();
+            })
+            .unwrap();
+        done_rx.recv().unwrap();
+        // Two stall before authenticating: the budget is full, though workers are free.
+        for _ in 0..2 {
+            let r = Arc::clone(&rx);
+            admission
+                .dispatch(ip, move |_t| {
+                    let _ = r.lock().unwrap().recv();
+                })
+                .unwrap();
+        }
+        assert_eq!(admission.dispatch(ip, |_t| {}), Err(Refused::PreAuthFull));
+        for _ in 0..3 {
+            tx.send(()).unwrap();
+        }
         assert!(admission.wait_drained(Duration::from_secs(5)));
         assert!(admission.dispatch(ip, |_t| {}).is_ok());
     }

@@ -506,7 +506,7 @@ fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
-    _ticket: Ticket,
+    mut ticket: Ticket,
 ) {
     let (config, hub, metrics) = (&rt.config, &shared.hub, &shared.metrics);
     let deadline = Deadline::new(Phase::TlsHandshake, accepted, config.tls.handshake_timeout);
@@ -537,6 +537,8 @@ fn serve(
                 return Err(Reason::ShuttingDown);
             }
         };
+        // Authenticated: leave the pre-auth budget before the client can see the 101.
+        ticket.authenticated();
         let session_id = grant
             .session_id
             .clone()

@@ -252,6 +252,9 @@ fn stalled_tls_handshake_is_dropped_at_the_deadline_while_others_work() {
         .set("tls", "handshake_timeout", "1s");
     let server = setup.start();
     let mut working = server.connect_as("/echo", ALICE);
+    // One round trip: the server has finished this upgrade (and left the pre-auth budget).
+    working.send(Message::text("up")).unwrap();
+    assert_eq!(next_data(&mut working), Message::text("up"));
     // Takes the second worker and sends nothing.
     let mut stalled = server.tcp();
     let t0 = Instant::now();
@@ -495,4 +498,37 @@ pub fn upgrade_request(path: &str, authorization: &str) -> Vec<u8> {
          Authorization: {authorization}\r\n\r\n"
     )
     .into_bytes()
+}
+
+#[test]
+fn clients_that_stall_before_authenticating_hold_only_the_pre_auth_budget() {
+    let mut setup = Setup::default();
+    setup
+        .set("server", "workers", "4")
+        .set("server", "queue", "0")
+        .set("server", "max_pre_auth", "2")
+        .set("tls", "handshake_timeout", "1s");
+    let server = setup.start();
+    let mut established = server.connect_as("/echo", ALICE);
+    // One round trip: the server has finished this upgrade (and left the pre-auth budget).
+    established.send(Message::text("up")).unwrap();
+    assert_eq!(next_data(&mut established), Message::text("up"));
+    let _stallers: Vec<_> = (0..2).map(|_| server.tcp()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // Two workers are free, but the pre-auth budget is spent: a third silent client is closed at once.
+    let mut third = server.tcp();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 8];
+    assert_eq!(third.read(&mut buf).unwrap_or(0), 0);
+    assert!(
+        t0.elapsed() < Duration::from_millis(800),
+        "not refused at once"
+    );
+    // The authenticated connection is unaffected, and new clients get in once the stallers'
+    // deadline frees the budget.
+    established.send(Message::text("fine")).unwrap();
+    assert_eq!(next_data(&mut established), Message::text("fine"));
+    let mut later = connect_retrying(&server, BOB);
+    later.send(Message::text("in")).unwrap();
+    assert_eq!(next_data(&mut later), Message::text("in"));
 }

@@ -420,6 +420,8 @@ fn spawn_cert_watcher(shared: &Arc<Shared>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("wsgate-certwatch".into())
         .spawn(move || {
+            // The files as last tried, so a broken pair is reported once, not every interval.
+            let mut tried = None;
             loop {
                 let interval = match weak.upgrade() {
                     Some(shared) => shared.current().config.tls.reload_check_interval,
@@ -437,7 +439,8 @@ fn spawn_cert_watcher(shared: &Arc<Shared>) -> io::Result<()> {
                     continue;
                 }
                 let now = stamp(&tls.cert, &tls.key);
-                if now.is_some() && now != rt.cert_stamp {
+                if now.is_some() && now != rt.cert_stamp && now != tried {
+                    tried = now;
                     shared.reload("certificate or key file changed");
                 }
             }

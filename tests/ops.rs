@@ -398,3 +398,37 @@ fn the_server_speaks_sd_notify_ready_reloading_watchdog_stopping_in_order() {
     let ready_again = pos("READY=1", reloading).unwrap();
     assert!(pos("STOPPING=1", ready_again).is_some(), "{seen:?}");
 }
+
+#[test]
+fn a_renewed_certificate_is_noticed_without_a_reload_signal() {
+    let mut setup = Setup::default();
+    setup.set("tls", "reload_check_interval", "1s");
+    let server = setup.start();
+    // Modification times have a granularity: make sure the rewrite is a later time.
+    std::thread::sleep(Duration::from_millis(1100));
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(
+        server.dir.path().join("key.pem"),
+        pair.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    std::fs::write(server.dir.path().join("cert.pem"), pair.cert.pem()).unwrap();
+    assert!(
+        server.wait_log(
+            "certificate or key file changed: reloaded",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.logs()
+    );
+    let auth = basic(ALICE.0, ALICE.1);
+    assert!(
+        server
+            .connect_full(
+                "/echo",
+                &[("Authorization", &auth)],
+                trusting(&pair.cert.der().clone())
+            )
+            .is_ok()
+    );
+}

@@ -1,6 +1,8 @@
 //! Admission: the bounded worker pool. A connection gets a [`Ticket`] only if the pool (workers
 //! plus a short wait queue) and its address's share have room; otherwise it is refused at once so
 //! the listener never waits. `threadpool::execute` queues without limit: the bound is ours.
+//! Behind a load balancer the address is known only after the PROXY header: such a ticket is
+//! issued unclaimed and the worker claims its address share with [`Ticket::claim_ip`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -54,7 +56,8 @@ pub struct Admission {
 /// One admitted connection's place in the pool; giving it back is dropping it (also on panic).
 pub struct Ticket {
     admission: Arc<Admission>,
-    ip: IpAddr,
+    /// The address whose share this connection holds; `None` until claimed.
+    ip: Option<IpAddr>,
     /// Still counted against `max_pre_auth` (until [`Ticket::authenticated`]).
     pre_auth: bool,
 }
@@ -89,7 +92,28 @@ impl Admission {
         ip: IpAddr,
         job: impl FnOnce(Ticket) + Send + 'static,
     ) -> Result<(), Refused> {
-        let ip = ip.to_canonical();
+        self.admit(Some(ip.to_canonical()), job)
+    }
+
+    /// Like [`Admission::dispatch`] for a connection whose client address is not known yet (a
+    /// PROXY protocol listener, where the socket's peer is the load balancer): only the pool and
+    /// the pre-authentication budget are checked; the job claims the address's share with
+    /// [`Ticket::claim_ip`] once it has read it.
+    ///
+    /// # Errors
+    /// [`Refused`] when the pool or the budget is full; `job` is dropped unrun.
+    pub fn dispatch_unclaimed(
+        self: &Arc<Self>,
+        job: impl FnOnce(Ticket) + Send + 'static,
+    ) -> Result<(), Refused> {
+        self.admit(None, job)
+    }
+
+    fn admit(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        job: impl FnOnce(Ticket) + Send + 'static,
+    ) -> Result<(), Refused> {
         {
             let mut counts = self.counts();
             if counts.in_flight >= self.capacity {
@@ -98,11 +122,9 @@ impl Admission {
             if counts.pre_auth >= self.pre_auth_cap {
                 return Err(Refused::PreAuthFull);
             }
-            let mine = counts.per_ip.entry(ip).or_insert(0);
-            if *mine >= self.per_ip_cap {
-                return Err(Refused::PerIpCap);
+            if let Some(ip) = ip {
+                self.take_ip_share(&mut counts, ip)?;
             }
-            *mine += 1;
             counts.in_flight += 1;
             counts.pre_auth += 1;
         }
@@ -144,9 +166,46 @@ impl Admission {
     fn counts(&self) -> MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Counts one more connection from `ip`, if its share has room.
+    fn take_ip_share(&self, counts: &mut Counts, ip: IpAddr) -> Result<(), Refused> {
+        let mine = counts.per_ip.entry(ip).or_insert(0);
+        if *mine >= self.per_ip_cap {
+            return Err(Refused::PerIpCap);
+        }
+        *mine += 1;
+        Ok(())
+    }
+}
+
+/// Gives back one connection's share of `ip`.
+fn release_ip_share(counts: &mut Counts, ip: IpAddr) {
+    if let Some(n) = counts.per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            counts.per_ip.remove(&ip);
+        }
+    }
 }
 
 impl Ticket {
+    /// Counts this connection against `ip`'s `max_connections_per_ip` share: for tickets from
+    /// [`Admission::dispatch_unclaimed`], once the PROXY header has named the client. Claiming
+    /// again moves the share to the new address.
+    ///
+    /// # Errors
+    /// [`Refused::PerIpCap`] when `ip` already has its share; the ticket then holds none.
+    pub fn claim_ip(&mut self, ip: IpAddr) -> Result<(), Refused> {
+        let ip = ip.to_canonical();
+        let mut counts = self.admission.counts();
+        if let Some(old) = self.ip.take() {
+            release_ip_share(&mut counts, old);
+        }
+        self.admission.take_ip_share(&mut counts, ip)?;
+        self.ip = Some(ip);
+        Ok(())
+    }
+
     /// The connection finished its upgrade: it no longer counts against `max_pre_auth`.
     pub fn authenticated(&mut self) {
         if std::mem::take(&mut self.pre_auth) {
@@ -162,11 +221,8 @@ impl Drop for Ticket {
         if self.pre_auth {
             counts.pre_auth -= 1;
         }
-        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.per_ip.remove(&self.ip);
-            }
+        if let Some(ip) = self.ip {
+            release_ip_share(&mut counts, ip);
         }
         if counts.in_flight == 0 {
             self.admission.drained.notify_all();
@@ -191,6 +247,8 @@ mod tests {
             shutdown_grace: Duration::from_secs(1),
             // As large as the pool unless a test narrows it.
             max_pre_auth: NonZeroUsize::new(workers + queue).unwrap(),
+            proxy_protocol: false,
+            drain_delay: Duration::ZERO,
         }
     }
 
@@ -271,5 +329,32 @@ mod tests {
         );
         tx.send(()).unwrap();
         assert!(admission.wait_drained(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn claims_are_counted_per_address() {
+        let admission = Admission::new(&server(4, 0, 1));
+        let (tx, rx) = mpsc::channel();
+        let (hold_tx, hold_rx) = mpsc::channel::<()>();
+        let hold = Arc::new(Mutex::new(hold_rx));
+        let mut outcomes = Vec::new();
+        for carried in [[10, 0, 0, 1], [10, 0, 0, 2], [10, 0, 0, 1]] {
+            let (tx, hold) = (tx.clone(), Arc::clone(&hold));
+            admission
+                .dispatch_unclaimed(move |mut t| {
+                    let claimed = t.claim_ip(IpAddr::from(carried));
+                    tx.send(claimed).unwrap();
+                    if claimed.is_ok() {
+                        let _ = hold.lock().unwrap().recv();
+                    }
+                })
+                .unwrap();
+            outcomes.push(rx.recv_timeout(Duration::from_secs(5)).unwrap());
+        }
+        assert_eq!(outcomes, [Ok(()), Ok(()), Err(Refused::PerIpCap)]);
+        hold_tx.send(()).unwrap();
+        hold_tx.send(()).unwrap();
+        assert!(admission.wait_drained(Duration::from_secs(5)));
+        assert!(admission.counts().per_ip.is_empty());
     }
 }

@@ -51,6 +51,12 @@ pub struct ServerConfig {
     /// Smaller than the pool, so clients that stall before authenticating cannot hold every
     /// worker. Default: half of `workers`, rounded up; never more than `workers`.
     pub max_pre_auth: NonZeroUsize,
+    /// `proxy_protocol`: every connection starts with a PROXY protocol (v1 or v2) header from a
+    /// load balancer, whose client address then stands for the peer everywhere. Default false.
+    pub proxy_protocol: bool,
+    /// `drain_delay`: after SIGTERM, how long to keep accepting while `/healthz` answers 503, so
+    /// a load balancer's health check takes the instance out first. Default 0 s.
+    pub drain_delay: Duration,
 }
 
 /// `[tls]`.
@@ -626,6 +632,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "worker_stack_size",
             "shutdown_grace",
             "max_pre_auth",
+            "proxy_protocol",
+            "drain_delay",
         ],
     ),
     (
@@ -1279,6 +1287,8 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
             ),
         ));
     }
+    let proxy_protocol = s.boolean("proxy_protocol", false)?;
+    let drain_delay = s.duration("drain_delay", Duration::ZERO)?;
     Ok(ServerConfig {
         listen,
         workers,
@@ -1287,6 +1297,8 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
         worker_stack_size,
         shutdown_grace,
         max_pre_auth,
+        proxy_protocol,
+        drain_delay,
     })
 }
 
@@ -1760,6 +1772,8 @@ mod tests {
         assert_eq!(c.server.max_connections_per_ip.get(), 16);
         assert_eq!(c.server.worker_stack_size.get(), 256 * 1024);
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+        assert!(!c.server.proxy_protocol);
+        assert_eq!(c.server.drain_delay, Duration::ZERO);
         assert_eq!(c.tls.cert, dir.0.join("wsgate.crt"));
         assert_eq!(c.tls.key, dir.0.join("wsgate.key"));
         assert!(c.tls.self_signed);
@@ -2184,7 +2198,7 @@ listen = [::1]:9480
     fn set_values() {
         let c = ok(&with(
             "[server]\nlisten = [::1]:9000\nworkers = 3\nqueue = 0\nmax_connections_per_ip = 2\n\
-             worker_stack_size = 64K\nshutdown_grace = 0\n\
+             worker_stack_size = 64K\nshutdown_grace = 0\nproxy_protocol = on\ndrain_delay = 1500ms\n\
              [auth]\nusers_file = users\ncache_size = 0\ncache_ttl = 1h\n\
              max_concurrent_hashes = 1\n\
              [log]\nlevel = DEBUG\n\
@@ -2195,6 +2209,8 @@ listen = [::1]:9480
         assert_eq!(c.server.queue, 0);
         assert_eq!(c.server.worker_stack_size.get(), 65536);
         assert_eq!(c.server.shutdown_grace, Duration::ZERO);
+        assert!(c.server.proxy_protocol);
+        assert_eq!(c.server.drain_delay, Duration::from_millis(1500));
         assert_eq!(c.auth.cache_size, 0);
         assert_eq!(c.auth.cache_ttl, Duration::from_secs(3600));
         assert_eq!(c.log_level, log::LevelFilter::Debug);
@@ -2562,6 +2578,14 @@ listen = [::1]:9480
             (
                 "[server]\nshutdown_grace = -5s\n",
                 "[server] shutdown_grace: must not be negative",
+            ),
+            (
+                "[server]\ndrain_delay = -1s\n",
+                "[server] drain_delay: must not be negative",
+            ),
+            (
+                "[server]\nproxy_protocol = v2\n",
+                "[server] proxy_protocol: `v2` is not a boolean",
             ),
             (
                 "[tls]\nhandshake_timeout = 0s\n",

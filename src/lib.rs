@@ -35,6 +35,7 @@ pub mod notify;
 pub mod origin;
 pub mod passwd;
 pub mod policy;
+pub mod proxy;
 pub mod ratelimit;
 pub mod server;
 pub mod session;

@@ -1,6 +1,7 @@
 //! The listener: one thread in a blocking `poll` on the listening socket and a stop fd. It accepts
-//! and hands each connection to admission, never reading a byte from a client, so no client can
-//! stall it. `accept` failures such as fd exhaustion back off instead of spinning a core.
+//! and hands each connection to admission, never reading a byte from a client (not even a PROXY
+//! header), so no client can stall it. `accept` failures such as fd exhaustion back off instead of
+//! spinning a core.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,6 +23,34 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 pub fn run(
     listener: &TcpListener,
     stop: &Waker,
+    handle: impl FnMut(TcpStream, SocketAddr, Instant),
+) -> io::Result<()> {
+    accept_loop(listener, Until::Woken(stop), handle)
+}
+
+/// Accepts until `until` (the drain delay after a stop: the stop fd is already signalled, so
+/// only the clock ends this), calling `handle` as [`run`] does.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_until(
+    listener: &TcpListener,
+    until: Instant,
+    handle: impl FnMut(TcpStream, SocketAddr, Instant),
+) -> io::Result<()> {
+    accept_loop(listener, Until::Time(until), handle)
+}
+
+/// What ends an accept loop.
+#[derive(Clone, Copy)]
+enum Until<'a> {
+    Woken(&'a Waker),
+    Time(Instant),
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    until: Until<'_>,
     mut handle: impl FnMut(TcpStream, SocketAddr, Instant),
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
@@ -29,16 +58,37 @@ pub fn run(
     let mut last_error_log: Option<Instant> = None;
     let mut suppressed = 0u64;
     loop {
-        let mut fds = [
-            PollFd::new(listener, PollFlags::IN),
-            PollFd::new(stop, PollFlags::IN),
-        ];
-        match poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        if !fds[1].revents().is_empty() {
-            return Ok(());
+        let ready = match until {
+            Until::Woken(stop) => {
+                let mut fds = [
+                    PollFd::new(listener, PollFlags::IN),
+                    PollFd::new(stop, PollFlags::IN),
+                ];
+                match poll(&mut fds, None) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                if !fds[1].revents().is_empty() {
+                    return Ok(());
+                }
+                !fds[0].revents().is_empty()
+            }
+            Until::Time(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(());
+                }
+                let timeout = rustix::event::Timespec::try_from(left).map_err(io::Error::other)?;
+                let mut fds = [PollFd::new(listener, PollFlags::IN)];
+                match poll(&mut fds, Some(&timeout)) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                !fds[0].revents().is_empty()
+            }
+        };
+        if !ready {
+            continue;
         }
         loop {
             match listener.accept() {

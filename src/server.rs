@@ -1,7 +1,8 @@
 //! Start-up, reload, the per-connection pipeline and shutdown. `start` prepares everything that
 //! can fail on a bad config (certificate, users, tokens, session key, bind) before serving; `run`
-//! accepts until stopped, then drains: `/healthz` 503 and `STOPPING=1` first, hub closed (1001 to
-//! every client), wait up to the grace time. A reload builds a whole new [`Runtime`] from the
+//! accepts until stopped, then drains: `/healthz` 503 and `STOPPING=1` first, still accepting for
+//! `drain_delay` (a load balancer notices), hub closed (1001 to every client), wait up to the
+//! grace time. A reload builds a whole new [`Runtime`] from the
 //! config file and swaps it in only if every part loaded; connections keep the one they started with.
 
 use std::fmt;
@@ -23,6 +24,7 @@ use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
 use crate::policy::{Grant, Reason};
+use crate::proxy;
 use crate::session::{self, SessionError, SessionKey};
 use crate::throttle::LoginThrottle;
 use crate::tls;
@@ -118,7 +120,7 @@ pub struct Control(Arc<Shared>);
 
 impl Control {
     /// Starts the drain: `/healthz` answers 503 and systemd hears `STOPPING=1` at once, then
-    /// the listener stops accepting.
+    /// the listener stops accepting (after `[server] drain_delay`).
     pub fn stop(&self) {
         let shared = &self.0;
         if let Some(admin) = &shared.admin {
@@ -249,17 +251,35 @@ impl Server {
         }
         spawn_cert_watcher(&shared)?;
 
-        listener::run(&listener, &shared.stop, |stream, peer, accepted| {
+        let accept = |stream, peer: SocketAddr, accepted| {
             let worker = Arc::clone(&shared);
-            let dispatched = shared.admission.dispatch(peer.ip(), move |ticket| {
+            // Behind a load balancer the socket's peer is the balancer: the per-IP share is
+            // claimed on the worker, once the PROXY header has named the client.
+            let proxied = shared.current().config.server.proxy_protocol;
+            let job = move |ticket| {
                 let rt = worker.current();
-                serve(&worker, &rt, stream, peer, accepted, ticket);
-            });
+                serve(&worker, &rt, stream, peer, accepted, ticket, proxied);
+            };
+            let dispatched = if proxied {
+                shared.admission.dispatch_unclaimed(job)
+            } else {
+                shared.admission.dispatch(peer.ip(), job)
+            };
             if let Err(why) = dispatched {
                 shared.metrics.outcome(Outcome::Busy);
                 log::debug!("refused peer={peer}: {why}");
             }
-        })?;
+        };
+        listener::run(&listener, &shared.stop, accept)?;
+        // Stopped: /healthz already answers 503. Keep accepting for the drain delay, so a load
+        // balancer's health check takes this instance out before its port closes.
+        let delay = shared.current().config.server.drain_delay;
+        if !delay.is_zero() {
+            log::info!(
+                "draining: /healthz answers 503; still accepting for {delay:?} (drain_delay)"
+            );
+            listener::run_until(&listener, Instant::now() + delay, accept)?;
+        }
         drop(listener);
         let grace = shared.current().config.server.shutdown_grace;
         log::info!(
@@ -501,8 +521,8 @@ fn notify_or_log(notifier: &Notifier, send: impl FnOnce(&Notifier) -> io::Result
     }
 }
 
-/// One connection's pipeline on its worker: TLS, upgrade, connection loop, one log line at the
-/// end, one `wsgate_connections_total` outcome.
+/// One connection's pipeline on its worker: the PROXY header when `proxied`, TLS, upgrade,
+/// connection loop, one log line at the end, one `wsgate_connections_total` outcome.
 fn serve(
     shared: &Shared,
     rt: &Runtime,
@@ -510,9 +530,37 @@ fn serve(
     peer: SocketAddr,
     accepted: Instant,
     mut ticket: Ticket,
+    proxied: bool,
 ) {
     let (config, hub, metrics) = (&rt.config, &shared.hub, &shared.metrics);
     let deadline = Deadline::new(Phase::TlsHandshake, accepted, config.tls.handshake_timeout);
+    // From here on `peer` is the client: the carried address behind a load balancer.
+    let peer = if proxied {
+        let via = peer;
+        let peer = match proxy::read_header(&stream, deadline) {
+            Ok(header) => header.client(via),
+            Err(e) => {
+                metrics.outcome(if e.is_timeout() {
+                    Outcome::HandshakeTimeout
+                } else {
+                    Outcome::TlsError
+                });
+                log::debug!(
+                    "proxy header failed via={via} after={:?}: {e}",
+                    accepted.elapsed()
+                );
+                return;
+            }
+        };
+        if let Err(why) = ticket.claim_ip(peer.ip()) {
+            metrics.outcome(Outcome::Busy);
+            log::debug!("refused peer={peer} via={via}: {why}");
+            return;
+        }
+        peer
+    } else {
+        peer
+    };
     let tls = match tls::handshake(stream, Arc::clone(&rt.tls), deadline) {
         Ok(tls) => tls,
         Err(e) => {

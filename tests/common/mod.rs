@@ -280,6 +280,60 @@ impl Server {
         Ok(tls)
     }
 
+    /// A TLS connection over a socket the test connected itself (to a load balancer, or after
+    /// writing a PROXY header).
+    pub fn tls_over(&self, tcp: TcpStream) -> std::io::Result<Tls> {
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = ClientConnection::new(self.client_config(), name).unwrap();
+        let mut tls = StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(tls)
+    }
+
+    /// Opens a WebSocket on `path` as `user` (Basic credentials, allowed Origin) over a socket the
+    /// test connected itself.
+    pub fn connect_over(
+        &self,
+        tcp: TcpStream,
+        path: &str,
+        (user, pass): (&str, &str),
+    ) -> Result<Client, tungstenite::Error> {
+        let port = tcp.peer_addr()?.port();
+        let mut req = format!("wss://localhost:{port}{path}").into_client_request()?;
+        let basic = format!(
+            "Basic {}",
+            data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes())
+        );
+        for (k, v) in [("Authorization", basic.as_str()), ("Origin", ORIGIN_OK)] {
+            req.headers_mut()
+                .append(k, HeaderValue::from_str(v).unwrap());
+        }
+        match tungstenite::client::client(req, self.tls_over(tcp)?) {
+            Ok((ws, _)) => Ok(ws),
+            Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+            Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("handshake interrupted"),
+        }
+    }
+
+    /// The admin endpoint's address, from its start-up log line (`[admin] listen` must be set).
+    pub fn admin_addr(&self) -> SocketAddr {
+        assert!(
+            self.wait_log("admin endpoint", IO_TIMEOUT),
+            "no admin endpoint; log:\n{}",
+            self.logs()
+        );
+        let logs = self.logs();
+        let line = logs.lines().find(|l| l.contains("admin endpoint")).unwrap();
+        line.rsplit("http://")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// Opens a WebSocket on `path_query` with extra request headers.
     pub fn connect_with(
         &self,

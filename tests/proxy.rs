@@ -228,6 +228,53 @@ fn haproxy_bin() -> PathBuf {
         })
 }
 
+/// `haproxy -c` on a config text: it parses, and every file it names loads.
+fn haproxy_accepts(name: &str, config: &str) {
+    let dir = TempDir::new("haproxy-check");
+    let path = dir.path().join(name);
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(haproxy_bin())
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "haproxy -c {name}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_shipped_haproxy_examples_are_valid() {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("{}/conf/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    haproxy_accepts("haproxy.cfg", &read("haproxy.cfg"));
+    // The TLS-terminating example names certificate files: give it real ones.
+    let dir = TempDir::new("haproxy-certs");
+    let pair = rcgen::generate_simple_self_signed(vec!["wsgate.internal".to_string()]).unwrap();
+    let (crt, bundle) = (dir.path().join("ca.pem"), dir.path().join("wss.pem"));
+    std::fs::write(&crt, pair.cert.pem()).unwrap();
+    std::fs::write(&bundle, pair.cert.pem() + &pair.signing_key.serialize_pem()).unwrap();
+    let text = read("haproxy-tls-terminated.cfg");
+    for path in [
+        "/etc/haproxy/certs/wss.example.com.pem",
+        "/etc/haproxy/wsgate-ca.pem",
+    ] {
+        assert!(text.contains(path), "{path}");
+    }
+    let text = text
+        .replace(
+            "/etc/haproxy/certs/wss.example.com.pem",
+            bundle.to_str().unwrap(),
+        )
+        .replace("/etc/haproxy/wsgate-ca.pem", crt.to_str().unwrap());
+    haproxy_accepts("haproxy-tls-terminated.cfg", &text);
+}
+
 /// A running `haproxy -db` on a generated config; killed on drop.
 struct Haproxy {
     child: Child,

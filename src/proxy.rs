@@ -135,11 +135,10 @@ pub fn parse(buf: &[u8]) -> Result<(Header, usize), ProxyError> {
             }
         }
         Some(b'\r') => {
-            let Some(fixed) = buf.get(..V2_FIXED) else {
+            let Some(fixed) = buf.first_chunk::<V2_FIXED>() else {
                 check_v2_prefix(buf)?;
                 return Err(ProxyError::Truncated);
             };
-            let fixed: &[u8; V2_FIXED] = fixed.try_into().expect("16 bytes");
             let len = v2_length(fixed)?;
             let body = buf
                 .get(V2_FIXED..V2_FIXED + len)
@@ -273,25 +272,40 @@ pub fn parse_v2(fixed: &[u8; V2_FIXED], body: &[u8]) -> Result<Header, ProxyErro
     match family {
         // AF_UNSPEC: the spec says to accept it and use the real connection's addresses.
         0x00 => Ok(Header::Local),
-        // TCP over IPv4: 4 + 4 address bytes, 2 + 2 port bytes.
-        0x11 => {
-            let a = body.get(..12).ok_or_else(short)?;
-            let ip = |b: &[u8]| IpAddr::from(<[u8; 4]>::try_from(b).expect("4 bytes"));
-            Ok(Header::Proxied {
-                source: SocketAddr::new(ip(&a[0..4]), u16::from_be_bytes([a[8], a[9]])),
-                destination: SocketAddr::new(ip(&a[4..8]), u16::from_be_bytes([a[10], a[11]])),
-            })
-        }
-        // TCP over IPv6: 16 + 16 address bytes, 2 + 2 port bytes.
-        0x21 => {
-            let a = body.get(..36).ok_or_else(short)?;
-            let ip = |b: &[u8]| IpAddr::from(<[u8; 16]>::try_from(b).expect("16 bytes"));
-            Ok(Header::Proxied {
-                source: SocketAddr::new(ip(&a[0..16]), u16::from_be_bytes([a[32], a[33]])),
-                destination: SocketAddr::new(ip(&a[16..32]), u16::from_be_bytes([a[34], a[35]])),
-            })
-        }
+        // TCP over IPv4: 4 + 4 address bytes, 2 + 2 port bytes; TLVs may follow.
+        0x11 => addresses::<4>(body)
+            .map(|(s, d, sp, dp)| proxied((s.into(), sp), (d.into(), dp)))
+            .ok_or_else(short),
+        // TCP over IPv6: 16 + 16 address bytes, 2 + 2 port bytes; TLVs may follow.
+        0x21 => addresses::<16>(body)
+            .map(|(s, d, sp, dp)| proxied((s.into(), sp), (d.into(), dp)))
+            .ok_or_else(short),
         other => Err(ProxyError::V2Unsupported(other)),
+    }
+}
+
+/// Splits a v2 address block into source and destination addresses of `N` bytes and their
+/// ports; `None` when it is too short.
+fn addresses<const N: usize>(mut body: &[u8]) -> Option<([u8; N], [u8; N], u16, u16)> {
+    fn take<const M: usize>(buf: &mut &[u8]) -> Option<[u8; M]> {
+        let (head, rest) = buf.split_first_chunk::<M>()?;
+        *buf = rest;
+        Some(*head)
+    }
+    let (source, destination) = (take::<N>(&mut body)?, take::<N>(&mut body)?);
+    let (sport, dport) = (take::<2>(&mut body)?, take::<2>(&mut body)?);
+    Some((
+        source,
+        destination,
+        u16::from_be_bytes(sport),
+        u16::from_be_bytes(dport),
+    ))
+}
+
+fn proxied(source: (IpAddr, u16), destination: (IpAddr, u16)) -> Header {
+    Header::Proxied {
+        source: source.into(),
+        destination: destination.into(),
     }
 }
 

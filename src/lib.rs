@@ -28,6 +28,7 @@ pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod deadline;
+pub mod files;
 pub mod hub;
 pub mod listener;
 pub mod metrics;

@@ -140,6 +140,12 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// `write_timeout`: a connection that cannot flush anything for this long is dropped. Default 30 s.
     pub write_timeout: Duration,
+    /// `max_fragments`: frames one message may be split into before the sender is closed with
+    /// 1008. Default 64.
+    pub max_fragments: NonZeroUsize,
+    /// `message_timeout`: how long a fragmented message may take to complete before the sender
+    /// is closed with 1008. Default 30 s.
+    pub message_timeout: Duration,
     pub ws: WsLimits,
 }
 
@@ -665,6 +671,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "ping_interval",
             "idle_timeout",
             "write_timeout",
+            "max_fragments",
+            "message_timeout",
             "max_message_size",
             "max_frame_size",
             "read_buffer_size",
@@ -1451,6 +1459,8 @@ fn parse_limits(s: &Section<'_>) -> Result<Limits, ConfigError> {
     let ping_interval = s.positive_duration("ping_interval", Duration::from_secs(30))?;
     let idle_timeout = s.positive_duration("idle_timeout", Duration::from_secs(75))?;
     let write_timeout = s.positive_duration("write_timeout", Duration::from_secs(30))?;
+    let max_fragments = s.nonzero_count("max_fragments", nz(64))?;
+    let message_timeout = s.positive_duration("message_timeout", Duration::from_secs(30))?;
     if idle_timeout <= ping_interval {
         let key = s
             .first_set(&["idle_timeout", "ping_interval"])
@@ -1471,6 +1481,8 @@ fn parse_limits(s: &Section<'_>) -> Result<Limits, ConfigError> {
         ping_interval,
         idle_timeout,
         write_timeout,
+        max_fragments,
+        message_timeout,
         ws,
     })
 }
@@ -1778,6 +1790,8 @@ mod tests {
         assert_eq!(l.ping_interval, Duration::from_secs(30));
         assert_eq!(l.idle_timeout, Duration::from_secs(75));
         assert_eq!(l.write_timeout, Duration::from_secs(30));
+        assert_eq!(l.max_fragments.get(), 64);
+        assert_eq!(l.message_timeout, Duration::from_secs(30));
         assert_eq!(l.ws, default_ws_limits());
         assert_eq!(l.ws.max_message_size.get(), 65536);
         assert_eq!(l.ws.max_frame_size.get(), 65536);

@@ -29,6 +29,7 @@ pub mod config;
 pub mod connection;
 pub mod deadline;
 pub mod files;
+pub mod frames;
 pub mod hub;
 pub mod listener;
 pub mod metrics;

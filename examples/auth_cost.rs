@@ -3,6 +3,9 @@
 //! `cache_ttl`), an API token, and a session token — plus issuing the session every successful
 //! upgrade gets. In-process, through the same `Verifier` the upgrade uses; medians of many runs.
 //!
+//! Also the per-message cost access levels add to the common path (the rate-limit buckets; the
+//! publish check is one bool read): batched, because one check is below the clock's resolution.
+//!
 //!     cargo run --release --example auth_cost
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant};
 use wsgate::auth::Credentials;
 use wsgate::metrics::Metrics;
 use wsgate::policy::{Verdict, Verifier};
+use wsgate::ratelimit::MessageLimiter;
 use wsgate::session::SessionKey;
 use wsgate::throttle::LoginThrottle;
 use wsgate::tokens::{TokenStore, generate_token, token_digest};
@@ -82,6 +86,16 @@ fn main() {
     println!("  API token (SHA-256 lookup)         : {api_token:>10.2}");
     println!("  session token (HMAC + fingerprint) : {resume:>10.2}");
     println!("  issuing the session (every upgrade): {issue:>10.2}");
+    let mut limiter = MessageLimiter::new(1_000_000_000, u64::MAX / 4, Instant::now());
+    let batch = 1000;
+    let per_message_ns = measure(2000, || {
+        let now = Instant::now();
+        for _ in 0..batch {
+            assert!(limiter.allow(64, now));
+        }
+    }) * 1000.0
+        / f64::from(batch);
+    println!("per message: rate-limit buckets {per_message_ns:.1} ns");
     println!(
         "session login vs password login: {:+.2} µs against a cache hit, {:+.1} µs against Argon2",
         resume - cached,

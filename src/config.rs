@@ -146,6 +146,12 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// `write_timeout`: a connection that cannot flush anything for this long is dropped. Default 30 s.
     pub write_timeout: Duration,
+    /// `max_fragments`: frames one message may be split into before the sender is closed with
+    /// 1008. Default 64.
+    pub max_fragments: NonZeroUsize,
+    /// `message_timeout`: how long a fragmented message may take to complete before the sender
+    /// is closed with 1008. Default 30 s.
+    pub message_timeout: Duration,
     pub ws: WsLimits,
 }
 
@@ -506,7 +512,8 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming file, line and key for the first problem found.
     pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
-        parse_config(text, source)
+        let credentials = std::env::var_os(CREDENTIALS_ENV).map(PathBuf::from);
+        parse_config(text, source, credentials.as_deref())
     }
 
     /// The channel serving `path`, if any (exact first, then the longest prefix).
@@ -620,6 +627,12 @@ const DEFAULT_USERS: &str = "users";
 const DEFAULT_TOKENS: &str = "tokens";
 const DEFAULT_SESSION_KEY: &str = "session.key";
 
+/// A path value starting with this names a file in systemd's credentials directory
+/// (`key = credential:wsgate.key` is `$CREDENTIALS_DIRECTORY/wsgate.key`).
+const CREDENTIAL_PREFIX: &str = "credential:";
+/// The environment variable systemd sets to the service's credentials directory.
+const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
+
 /// Keys each fixed section accepts; `[channel:…]` accepts `CHANNEL_KEYS`.
 const SECTIONS: &[(&str, &[&str])] = &[
     (
@@ -673,6 +686,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "ping_interval",
             "idle_timeout",
             "write_timeout",
+            "max_fragments",
+            "message_timeout",
             "max_message_size",
             "max_frame_size",
             "read_buffer_size",
@@ -956,17 +971,11 @@ impl<'a> Section<'a> {
         self.get(key, default, parse_bool)
     }
 
-    /// A path, resolved against `base` (the config file's directory).
-    fn path(&self, key: &str, default: &str, base: &Path) -> Result<PathBuf, ConfigError> {
-        let raw = self.get(key, default.to_string(), |v| {
-            if v.is_empty() {
-                Err("empty path".into())
-            } else {
-                Ok(v.to_string())
-            }
-        })?;
-        let joined = base.join(raw);
-        Ok(std::path::absolute(&joined).unwrap_or(joined))
+    /// A path, resolved by [`resolve_path`] (against the config file's directory, or the
+    /// credentials directory for `credential:NAME`).
+    fn path(&self, key: &str, default: &str, base: &Bases<'_>) -> Result<PathBuf, ConfigError> {
+        let value = self.values.get(key).map_or(default, |&(value, _)| value);
+        resolve_path(value, base).map_err(|m| self.invalid(Some(key), m))
     }
 
     /// Fails unless `path` (the value of `key`) is an existing regular file.
@@ -1016,6 +1025,44 @@ impl<'a> Section<'a> {
 
 // ---------------------------------------------------------------------------------------------
 // Value parsers: each returns a lower-case message saying what was expected.
+
+/// What relative path values are resolved against.
+struct Bases<'a> {
+    /// The config file's directory.
+    dir: &'a Path,
+    /// `$CREDENTIALS_DIRECTORY`, if set (systemd sets it for services with `LoadCredential=`).
+    credentials: Option<&'a Path>,
+}
+
+/// Resolves a path value: `credential:NAME` is NAME in the credentials directory (an error
+/// without one), an absolute path stays, and a relative one is relative to the config file.
+fn resolve_path(value: &str, base: &Bases<'_>) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        return Err("empty path".into());
+    }
+    let joined = match value.strip_prefix(CREDENTIAL_PREFIX) {
+        Some(name) => {
+            if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+                return Err(format!(
+                    "`{value}`: a credential is named by a file name (`credential:wsgate.key`), \
+                     without `/`"
+                ));
+            }
+            match base.credentials.filter(|d| !d.as_os_str().is_empty()) {
+                Some(dir) => dir.join(name),
+                None => {
+                    return Err(format!(
+                        "credential: paths need ${CREDENTIALS_ENV}, which systemd sets for \
+                         LoadCredential= (to run wsgate by hand, set it to the directory \
+                         holding the credential files)"
+                    ));
+                }
+            }
+        }
+        None => base.dir.join(value),
+    };
+    Ok(std::path::absolute(&joined).unwrap_or(joined))
+}
 
 /// Splits `123unit` into the number and the (trimmed, lower-cased) unit.
 fn number_and_unit(value: &str, what: &str) -> Result<(u64, String), String> {
@@ -1302,7 +1349,7 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
     })
 }
 
-fn parse_tls(s: &Section<'_>, base: &Path) -> Result<TlsConfig, ConfigError> {
+fn parse_tls(s: &Section<'_>, base: &Bases<'_>) -> Result<TlsConfig, ConfigError> {
     let cert = s.path("cert", DEFAULT_CERT, base)?;
     let key = s.path("key", DEFAULT_KEY, base)?;
     let self_signed = s.boolean("self_signed", false)?;
@@ -1353,7 +1400,7 @@ fn parse_origins(s: &Section<'_>) -> Result<OriginPolicy, ConfigError> {
     })
 }
 
-fn parse_auth(s: &Section<'_>, base: &Path) -> Result<AuthConfig, ConfigError> {
+fn parse_auth(s: &Section<'_>, base: &Bases<'_>) -> Result<AuthConfig, ConfigError> {
     let users_file = s.path("users_file", DEFAULT_USERS, base)?;
     s.require_file("users_file", &users_file)?;
     let tokens_file = s.path("tokens_file", DEFAULT_TOKENS, base)?;
@@ -1463,6 +1510,8 @@ fn parse_limits(s: &Section<'_>) -> Result<Limits, ConfigError> {
     let ping_interval = s.positive_duration("ping_interval", Duration::from_secs(30))?;
     let idle_timeout = s.positive_duration("idle_timeout", Duration::from_secs(75))?;
     let write_timeout = s.positive_duration("write_timeout", Duration::from_secs(30))?;
+    let max_fragments = s.nonzero_count("max_fragments", nz(64))?;
+    let message_timeout = s.positive_duration("message_timeout", Duration::from_secs(30))?;
     if idle_timeout <= ping_interval {
         let key = s
             .first_set(&["idle_timeout", "ping_interval"])
@@ -1483,6 +1532,8 @@ fn parse_limits(s: &Section<'_>) -> Result<Limits, ConfigError> {
         ping_interval,
         idle_timeout,
         write_timeout,
+        max_fragments,
+        message_timeout,
         ws,
     })
 }
@@ -1586,7 +1637,13 @@ fn parse_admin(s: &Section<'_>, server: &ServerConfig) -> Result<Option<AdminCon
     Ok(Some(AdminConfig { listen }))
 }
 
-fn parse_config(text: &str, source: &Path) -> Result<Config, ConfigError> {
+/// Parses `text` read from `source`; `credentials` is `$CREDENTIALS_DIRECTORY` (a parameter, so
+/// tests need not set the environment).
+fn parse_config(
+    text: &str,
+    source: &Path,
+    credentials: Option<&Path>,
+) -> Result<Config, ConfigError> {
     let (scanned, clean) = scan(text, source)?;
 
     // rust-ini does the key/value split on the cleaned text (escapes and quotes off, so
@@ -1644,7 +1701,10 @@ fn parse_config(text: &str, source: &Path) -> Result<Config, ConfigError> {
         }
     }
 
-    let base = source.parent().unwrap_or(Path::new(""));
+    let base = Bases {
+        dir: source.parent().unwrap_or(Path::new("")),
+        credentials,
+    };
     let fixed = |name: &'static str| {
         sections
             .iter()
@@ -1653,9 +1713,9 @@ fn parse_config(text: &str, source: &Path) -> Result<Config, ConfigError> {
     };
 
     let server = parse_server(&fixed("server"))?;
-    let tls = parse_tls(&fixed("tls"), base)?;
+    let tls = parse_tls(&fixed("tls"), &base)?;
     let origins = parse_origins(&fixed("origins"))?;
-    let auth = parse_auth(&fixed("auth"), base)?;
+    let auth = parse_auth(&fixed("auth"), &base)?;
     let limits = parse_limits(&fixed("limits"))?;
     let log_level = fixed("log").get("level", log::LevelFilter::Info, parse_level)?;
     let admin = parse_admin(&fixed("admin"), &server)?;
@@ -1792,6 +1852,8 @@ mod tests {
         assert_eq!(l.ping_interval, Duration::from_secs(30));
         assert_eq!(l.idle_timeout, Duration::from_secs(75));
         assert_eq!(l.write_timeout, Duration::from_secs(30));
+        assert_eq!(l.max_fragments.get(), 64);
+        assert_eq!(l.message_timeout, Duration::from_secs(30));
         assert_eq!(l.ws, default_ws_limits());
         assert_eq!(l.ws.max_message_size.get(), 65536);
         assert_eq!(l.ws.max_frame_size.get(), 65536);
@@ -2404,6 +2466,95 @@ listen = [::1]:9480
         )
         .unwrap();
         assert_eq!(c.auth.users_file, abs);
+    }
+
+    #[test]
+    fn credential_paths_resolve_in_the_credentials_directory() {
+        let dir = Dir::new();
+        let creds = dir.0.join("creds");
+        std::fs::create_dir_all(&creds).unwrap();
+        for f in ["wsgate.key", "users", "tokens"] {
+            std::fs::write(creds.join(f), "").unwrap();
+        }
+        let text = "[tls]\ncert = c.crt\nkey = credential:wsgate.key\n\
+                    [auth]\nusers_file = credential:users\ntokens_file = credential:tokens\n\
+                    [channel:/a]\nmode = echo\n";
+        let c = parse_config(text, &dir.ini(), Some(&creds)).unwrap();
+        assert_eq!(c.tls.cert, dir.0.join("c.crt"));
+        assert_eq!(c.tls.key, creds.join("wsgate.key"));
+        assert_eq!(c.auth.users_file, creds.join("users"));
+        assert_eq!(c.auth.tokens_file, creds.join("tokens"));
+        // Files in the credentials directory are checked like any other.
+        let e = parse_config(
+            "[auth]\nusers_file = credential:nobody\n[tls]\nself_signed = true\n\
+             [channel:/a]\nmode = echo\n",
+            &dir.ini(),
+            Some(&creds),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.ends_with(&format!(
+                ":2: [auth] users_file: file not found: {}",
+                creds.join("nobody").display()
+            )),
+            "{e}"
+        );
+
+        // Without $CREDENTIALS_DIRECTORY (or with it empty): an error at the key's line.
+        for unset in [None, Some(Path::new(""))] {
+            let e = parse_config(text, &dir.ini(), unset)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e.replace(&dir.ini().display().to_string(), "F"),
+                "config: F:3: [tls] key: credential: paths need \
+                 $CREDENTIALS_DIRECTORY, which systemd sets for LoadCredential= (to run wsgate \
+                 by hand, set it to the directory holding the credential files)"
+            );
+        }
+
+        // A credential is a file name, nothing else.
+        for bad in [
+            "credential:",
+            "credential:a/b",
+            "credential:..",
+            "credential:/etc/x",
+        ] {
+            let e = parse_config(
+                &with(&format!("[auth]\nusers_file = {bad}\n")),
+                &dir.ini(),
+                Some(&creds),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(":6: [auth] users_file: `") && e.contains("without `/`"),
+                "{bad}: {e}"
+            );
+        }
+
+        // The pure resolver: only the prefix matters, and plain paths ignore the directory.
+        let base = Bases {
+            dir: Path::new("/etc/wsgate"),
+            credentials: Some(Path::new("/run/credentials/wsgate.service")),
+        };
+        assert_eq!(
+            resolve_path("credential:wsgate.key", &base).unwrap(),
+            Path::new("/run/credentials/wsgate.service/wsgate.key")
+        );
+        assert_eq!(
+            resolve_path("users", &base).unwrap(),
+            Path::new("/etc/wsgate/users")
+        );
+        assert_eq!(
+            resolve_path("/var/lib/wsgate/session.key", &base).unwrap(),
+            Path::new("/var/lib/wsgate/session.key")
+        );
+        assert_eq!(
+            resolve_path("./credential:x", &base).unwrap(),
+            Path::new("/etc/wsgate/credential:x")
+        );
     }
 
     #[test]

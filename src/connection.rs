@@ -18,6 +18,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Limits, Mode, Overflow, WsLimits};
+use crate::frames::{FrameLimit, FrameWatch};
 use crate::hub::Membership;
 use crate::ratelimit::MessageLimiter;
 use crate::upgrade::WsStream;
@@ -91,6 +92,10 @@ pub fn run(
         write_stalled_since: None,
         held: None,
     };
+    conn.ws.get_mut().watch_frames(FrameWatch::new(
+        limits.max_fragments.get(),
+        limits.message_timeout,
+    ));
     if let Err(e) = conn.ws.get_ref().get_ref().socket().set_nonblocking(true) {
         return End::Dropped(format!("set non-blocking: {e}"));
     }
@@ -133,6 +138,10 @@ impl Conn {
                     return End::Dropped("write timeout".into());
                 }
             }
+            let message_deadline = self.ws.get_ref().message_deadline();
+            if message_deadline.is_some_and(|d| now >= d) {
+                return End::Closed(1008, FrameLimit::TooSlow.reason());
+            }
             if silent >= limits.ping_interval && !self.ping_sent {
                 self.ping_sent = true;
                 if let Err(end) = self
@@ -148,6 +157,9 @@ impl Conn {
             }
             if let Some(since) = self.write_stalled_since {
                 wake_at = wake_at.min(since + limits.write_timeout);
+            }
+            if let Some(deadline) = message_deadline {
+                wake_at = wake_at.min(deadline);
             }
             if let Err(e) = self.wait(Some(wake_at.saturating_duration_since(Instant::now()))) {
                 return End::Dropped(format!("poll: {e}"));
@@ -392,6 +404,10 @@ fn classify(e: WsError) -> End {
             End::Closed(1002, "invalid close sequence")
         }
         WsError::Protocol(_) => End::Closed(1002, "protocol error"),
+        WsError::Io(e) if FrameLimit::from_io(&e).is_some() => End::Closed(
+            1008,
+            FrameLimit::from_io(&e).map_or("policy violation", FrameLimit::reason),
+        ),
         WsError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             End::Dropped("closed without close_notify".into())
         }

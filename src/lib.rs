@@ -2,21 +2,24 @@
 //!
 //! A connection flows one way through these stages, one module each:
 //!
-//! 1. [`listener`]: one thread, blocking `accept`; never touches client bytes.
-//! 2. [`admit`]: the bounded worker pool and the per-IP cap; refuses at once when full.
-//! 3. [`tls`]: rustls handshake on the worker, under its deadline.
+//! 1. [`listener`]: one thread, blocking `poll`/`accept`; never touches client bytes.
+//! 2. [`admit`]: the bounded worker pool, the pre-auth budget and the per-IP cap; refuses at once.
+//! 3. [`tls`]: rustls handshake on the worker, under its deadline (client certificates optional).
+//!    Behind a load balancer, [`proxy`] first reads its PROXY header, under the same deadline.
 //! 4. [`upgrade`]: reads the HTTP head (bounded), lets [`policy`] decide (path, Origin,
-//!    credentials), and has tungstenite answer 101 or the refusal.
-//! 5. [`connection`]: the connection's own loop — reads, writes its outbox, pings, closes.
+//!    credentials via [`auth`], roles via [`acl`]), and has tungstenite answer 101 or the refusal.
+//! 5. [`connection`]: the connection's own loop — reads (frame limits by [`frames`], rates by
+//!    [`ratelimit`]), writes its outbox, pings, closes.
 //! 6. [`hub`]: channel membership and fan-out to bounded outboxes.
 //!
 //! [`config`] parses the INI file once into typed values; [`server`] wires the stages together and
-//! owns start-up and shutdown; [`users`] and [`passwd`] manage credentials; [`certs`] loads (or
-//! generates) the certificate.
+//! owns start-up, reload and shutdown; [`users`], [`tokens`], [`session`] and [`throttle`] are the
+//! credential stores and limits behind [`auth`]; [`passwd`] and [`commands`] are the admin's
+//! one-shot commands; [`certs`] loads (or generates) certificates; [`files`] opens secret files.
 //!
 //! Operations, beside the pipeline: [`notify`] tells systemd about readiness, reloads and
 //! liveness; [`metrics`] counts what the stages do; [`admin`] serves `/healthz` and `/metrics` on
-//! its own thread and listener.
+//! its own thread and listener; [`signals`] turns SIGTERM/SIGHUP into a drain or a reload.
 #![forbid(unsafe_code)]
 
 pub mod acl;
@@ -28,6 +31,8 @@ pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod deadline;
+pub mod files;
+pub mod frames;
 pub mod hub;
 pub mod listener;
 pub mod metrics;

@@ -421,28 +421,7 @@ mod tests {
         hash_password_with(pw, argon2::Params::new(8, 1, 1, None).unwrap())
     }
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "wsgate-passwd-{tag}-{}-{}",
-                std::process::id(),
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::files::TestDir as TempDir;
 
     fn set(file: &Path, user: &str, pw: &str) -> Result<Change, PasswdError> {
         set_password_hashed(file, user, pw, cheap)

@@ -2,7 +2,7 @@
 //! can fail on a bad config (certificate, users, tokens, session key, bind) before serving; `run`
 //! accepts until stopped, then drains: `/healthz` 503 and `STOPPING=1` first, still accepting for
 //! `drain_delay` (a load balancer notices), hub closed (1001 to every client), wait up to the
-//! grace time. A reload builds a whole new [`Runtime`] from the
+//! grace time. A reload builds a whole new `Runtime` from the
 //! config file and swaps it in only if every part loaded; connections keep the one they started with.
 
 use std::fmt;

@@ -250,26 +250,11 @@ fn read_key(path: &Path) -> Result<Option<SessionKey>, SessionError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = match File::open(path) {
-        Ok(f) => f,
+    let (file, _) = match crate::files::open_private(path, "session key file") {
+        Ok(opened) => opened,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_err(e)),
     };
-    let meta = file.metadata().map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(read_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        log::warn!(
-            "session key file {} is accessible by group/others (mode {mode:03o}); run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
-    }
     let mut bytes = Vec::with_capacity(KEY_LEN);
     file.take(MAX_KEY_FILE_LEN as u64 + 1)
         .read_to_end(&mut bytes)
@@ -411,28 +396,7 @@ pub fn user_fingerprint(
 mod tests {
     use super::*;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "wsgate-session-{tag}-{}-{}",
-                std::process::id(),
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::files::TestDir as TempDir;
 
     const FP: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 0xff];
 

@@ -17,18 +17,25 @@ pub fn handle(control: Control) -> io::Result<()> {
     std::thread::Builder::new()
         .name("wsgate-signals".into())
         .spawn(move || {
+            // The thread (and so the handlers) stays for the process's life: a second SIGTERM
+            // or a late SIGHUP during the drain must not fall back to the default action.
+            let mut stopping = false;
             for sig in signals.forever() {
-                if sig == SIGHUP {
+                let name = match sig {
+                    SIGHUP => "SIGHUP",
+                    SIGTERM => "SIGTERM",
+                    _ => "SIGINT",
+                };
+                if stopping {
+                    log::info!("received {name} while stopping; the drain continues");
+                } else if sig == SIGHUP {
                     log::info!("received SIGHUP, reloading");
                     control.reload();
-                    continue;
+                } else {
+                    log::info!("received {name}, stopping");
+                    stopping = true;
+                    control.stop();
                 }
-                log::info!(
-                    "received {}, stopping",
-                    if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
-                );
-                control.stop();
-                return;
             }
         })?;
     Ok(())

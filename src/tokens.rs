@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use data_encoding::{BASE64URL_NOPAD, HEXLOWER};
@@ -403,26 +403,11 @@ fn read_file(path: &Path) -> Result<Option<(TokenStore, String, fs::Metadata)>, 
         path: path.to_path_buf(),
         source,
     };
-    let mut file = match File::open(path) {
-        Ok(f) => f,
+    let (mut file, meta) = match crate::files::open_private(path, "tokens file") {
+        Ok(opened) => opened,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_err(e)),
     };
-    let meta = file.metadata().map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(read_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        log::warn!(
-            "tokens file {} is accessible by group/others (mode {mode:03o}); run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
-    }
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(read_err)?;
     let store = TokenStore::parse(&text, path)?;
@@ -528,30 +513,9 @@ pub fn list_file(file: &Path) -> Result<Vec<(String, String, String)>, TokensErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::os::unix::fs::PermissionsExt;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "wsgate-tokens-{tag}-{}-{}",
-                std::process::id(),
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::files::TestDir as TempDir;
 
     fn parse(text: &str) -> Result<TokenStore, TokensError> {
         TokenStore::parse(text, Path::new("t"))

@@ -14,6 +14,7 @@ use tungstenite::{WebSocket, http};
 
 use crate::config::Config;
 use crate::deadline::{Deadline, Phase, is_timeout};
+use crate::frames::{FrameLimit, FrameWatch};
 use crate::policy::{self, Grant, Reason, Verifier};
 use crate::tls::TlsStream;
 
@@ -31,6 +32,8 @@ pub struct Replay<S> {
     pos: usize,
     head_len: usize,
     inner: S,
+    /// Follows frame boundaries once the connection loop turns it on (after the handshake).
+    watch: Option<FrameWatch>,
 }
 
 impl<S> Replay<S> {
@@ -41,6 +44,7 @@ impl<S> Replay<S> {
             pos: 0,
             head_len,
             inner,
+            watch: None,
         }
     }
 
@@ -50,6 +54,26 @@ impl<S> Replay<S> {
 
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
+    }
+
+    /// Starts following frame boundaries: reads fail with a [`FrameLimit`] error when a message
+    /// has too many fragments or takes too long.
+    pub fn watch_frames(&mut self, watch: FrameWatch) {
+        self.watch = Some(watch);
+    }
+
+    /// When the fragmented message in progress must be complete.
+    pub fn message_deadline(&self) -> Option<Instant> {
+        self.watch.as_ref().and_then(FrameWatch::message_deadline)
+    }
+
+    fn observe(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.watch {
+            Some(watch) => watch
+                .observe(data, Instant::now())
+                .map_err(FrameLimit::into_io),
+            None => Ok(()),
+        }
     }
 }
 
@@ -69,9 +93,12 @@ impl<S: Read> Read for Replay<S> {
                 self.pos = 0;
                 self.head_len = 0;
             }
+            self.observe(&buf[..n])?;
             return Ok(n);
         }
-        self.inner.read(buf)
+        let n = self.inner.read(buf)?;
+        self.observe(&buf[..n])?;
+        Ok(n)
     }
 }
 

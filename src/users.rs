@@ -7,9 +7,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -307,22 +305,7 @@ impl UserStore {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = File::open(path).map_err(read_err)?;
-        let meta = file.metadata().map_err(read_err)?;
-        if !meta.is_file() {
-            return Err(read_err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            )));
-        }
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            log::warn!(
-                "users file {} is accessible by group/others (mode {mode:03o}); run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            );
-        }
+        let (mut file, _) = crate::files::open_private(path, "users file").map_err(read_err)?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(read_err)?;
         UserStore::parse(&text, path)
@@ -727,6 +710,7 @@ impl StoreState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     /// Cheap parameters so the tests run fast even unoptimized.
     fn cheap() -> Params {

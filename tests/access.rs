@@ -109,21 +109,6 @@ fn anonymous_channel_admits_clients_without_credentials_only_there() {
 }
 
 /// Runs `wsgate token add` against the server's config and returns the token.
-#[allow(dead_code)]
-fn add_token(server: &Server, user: &str) -> String {
-    let out = Command::new(bin())
-        .args(["token", "add", "--config"])
-        .arg(server.dir.path().join("wsgate.ini"))
-        .arg(user)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 #[test]
 fn api_tokens_work_as_bearer_query_and_subprotocol() {
@@ -426,5 +411,63 @@ fn client_certificates_required_and_optional() {
         optional
             .connect_full("/ops", &[], pki.config_for(&optional))
             .is_ok()
+    );
+}
+
+#[test]
+fn over_the_rate_limit_messages_are_dropped_where_configured() {
+    let mut setup = roles();
+    setup
+        .set("channel:/chat/*", "max_messages_per_sec", "5")
+        .set("channel:/chat/*", "on_rate_limit", "drop");
+    let server = setup.start();
+    let mut calm = server.connect_as("/chat/d", BOB);
+    let mut flooder = server.connect_as("/chat/d", ALICE);
+    for i in 0..50 {
+        flooder.send(Message::text(format!("flood {i}"))).unwrap();
+    }
+    // The flooder stays connected; after a second its bucket has refilled and it is heard again.
+    std::thread::sleep(Duration::from_millis(1100));
+    flooder.send(Message::text("after")).unwrap();
+    let mut floods = 0;
+    loop {
+        match next_data(&mut calm) {
+            Message::Text(t) if t.as_str() == "after" => break,
+            Message::Text(_) => floods += 1,
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    assert!(
+        (5..=7).contains(&floods),
+        "{floods} of 50 passed a 5/s limit"
+    );
+}
+
+#[test]
+fn sessions_survive_a_restart_because_the_key_is_kept_on_disk() {
+    let mut server = roles().start();
+    let (_ws, resp) = server
+        .connect_full(
+            "/echo",
+            &[("Authorization", &basic(ALICE.0, ALICE.1))],
+            server.client_config(),
+        )
+        .unwrap();
+    let token = resp.headers()["x-wsgate-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let key = server.dir.path().join("session.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    server.terminate();
+    server.wait_exit(Duration::from_secs(10)).expect("exit");
+    let dir = std::mem::replace(&mut server.dir, TempDir::new("moved"));
+    let config = dir.path().join("wsgate.ini");
+    let again = Server::spawn(dir, &config, server.ca.clone());
+    assert_eq!(
+        status_of(again.connect_with(&format!("/echo?session={token}"), &[])),
+        101
     );
 }

@@ -9,6 +9,15 @@ use std::process::{Command, Stdio};
 use common::*;
 use tungstenite::Message;
 
+/// Runs `wsgate ARGS…` to completion.
+fn run_wsgate<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(bin()).args(args).output().unwrap()
+}
+
 fn check_config(path: &std::path::Path) -> (i32, String) {
     let out = Command::new(bin())
         .arg("check-config")
@@ -270,4 +279,71 @@ fn first_run_generates_a_self_signed_certificate_when_allowed() {
         server2.logs().contains(fp),
         "certificate changed on restart"
     );
+}
+
+#[test]
+fn check_config_warns_about_unknown_members_dead_patterns_and_unusable_channels() {
+    let mut setup = Setup::default();
+    setup
+        .set("role:ghosts", "members", "nobody")
+        .set("role:ghosts", "subscribe", "/nowhere/*")
+        .set("channel:/orphan", "mode", "broadcast");
+    let (_dir, config, _ca) = setup.write();
+    let out = run_wsgate([std::ffi::OsStr::new("check-config"), config.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("[role:ghosts]") && w.contains("nobody")),
+        "{text}"
+    );
+    assert!(warnings.iter().any(|w| w.contains("/nowhere/*")), "{text}");
+    assert!(
+        warnings.iter().any(|w| w.contains("[channel:/orphan]")),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_access_explains_the_deciding_rule_without_a_server() {
+    let mut setup = Setup::default();
+    setup
+        .set("channel:/ops", "mode", "broadcast")
+        .set("role:operators", "members", "alice")
+        .set("role:operators", "subscribe", "/ops");
+    let (_dir, config, _ca) = setup.write();
+    let ask = |user: &str, path: &str| {
+        let out = run_wsgate([
+            "check-access",
+            "--config",
+            config.to_str().unwrap(),
+            user,
+            path,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let alice = ask("alice", "/ops");
+    assert!(
+        alice.contains("[role:operators]") && alice.contains("101"),
+        "{alice}"
+    );
+    assert!(alice.contains("publish: denied"), "{alice}");
+    let bob = ask("bob", "/ops");
+    assert!(bob.contains("403"), "{bob}");
+    assert!(ask("bob", "/missing").contains("404"));
+    assert!(ask("-", "/echo").contains("401"));
 }

@@ -532,3 +532,60 @@ fn clients_that_stall_before_authenticating_hold_only_the_pre_auth_budget() {
     later.send(Message::text("in")).unwrap();
     assert_eq!(next_data(&mut later), Message::text("in"));
 }
+
+#[test]
+fn endless_continuations_close_1008_at_the_fragment_cap_and_at_the_message_deadline() {
+    let mut setup = Setup::default();
+    setup
+        .set("limits", "max_fragments", "8")
+        .set("limits", "message_timeout", "500ms");
+    let server = setup.start();
+    let continuation = |fin| {
+        Message::Frame(Frame::message(
+            vec![b'x'],
+            OpCode::Data(Data::Continue),
+            fin,
+        ))
+    };
+    // Exactly 8 frames: delivered.
+    let mut ws = server.connect_as("/echo", ALICE);
+    ws.send(Message::Frame(Frame::message(
+        vec![b'x'],
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .unwrap();
+    for i in 1..8 {
+        ws.send(continuation(i == 7)).unwrap();
+    }
+    assert_eq!(next_data(&mut ws), Message::text("xxxxxxxx"));
+    // A 9th frame in one message: 1008.
+    ws.send(Message::Frame(Frame::message(
+        vec![b'x'],
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .unwrap();
+    for _ in 1..9 {
+        ws.send(continuation(false)).unwrap();
+    }
+    assert_eq!(close_code(&mut ws), 1008);
+    assert!(server.wait_log("reason=\"too many fragments\"", IO_TIMEOUT));
+    // A message started and never finished: 1008 at the message deadline, pings or not.
+    let mut slow = server.connect_as("/echo", BOB);
+    slow.send(Message::Frame(Frame::message(
+        vec![b'x'],
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .unwrap();
+    let t0 = Instant::now();
+    slow.send(Message::Ping(Default::default())).unwrap();
+    assert_eq!(close_code(&mut slow), 1008);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert!(server.wait_log("reason=\"message too slow\"", IO_TIMEOUT));
+}

@@ -25,64 +25,44 @@ fn config_path(server: &Server) -> std::path::PathBuf {
     server.dir.path().join("wsgate.ini")
 }
 
-fn wsgate(args: &[&str], config: &std::path::Path, stdin: Option<&str>) -> String {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).arg("--config").arg(config);
-    let out = match stdin {
-        None => cmd.output().unwrap(),
-        Some(text) => {
-            let mut child = cmd
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            child.wait_with_output().unwrap()
-        }
-    };
+/// Runs `cmd` to success with `stdin` fed to it; returns its stdout.
+fn run_ok(mut cmd: Command, stdin: &str) -> String {
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "{args:?}: {}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn passwd(server: &Server, args: &[&str], stdin: Option<&str>) {
-    let users = server.dir.path().join("users");
+/// `wsgate ARGS --config CONFIG`.
+fn wsgate(args: &[&str], config: &std::path::Path) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).arg("--config").arg(config);
+    run_ok(cmd, "")
+}
+
+/// `wsgate passwd [OPTIONS] USERS_FILE USER` on the server's users file, with `stdin`.
+fn passwd(server: &Server, options: &[&str], user: &str, stdin: &str) {
     let mut cmd = Command::new(bin());
     cmd.arg("passwd")
-        .args(&args[..args.len() - 1])
-        .arg(&users)
-        .arg(args[args.len() - 1]);
-    let out = match stdin {
-        None => cmd.output().unwrap(),
-        Some(text) => {
-            let mut child = cmd
-                .stdin(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            child.wait_with_output().unwrap()
-        }
-    };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(options)
+        .arg(server.dir.path().join("users"))
+        .arg(user);
+    run_ok(cmd, stdin);
 }
 
 /// A client config trusting only `ca`.
@@ -179,7 +159,7 @@ fn a_removed_user_can_no_longer_connect_after_reload() {
         status_of(server.connect_with("/echo", &[("Authorization", &basic(BOB.0, BOB.1))])),
         101
     );
-    passwd(&server, &["--delete", "bob"], None);
+    passwd(&server, &["--delete"], "bob", "");
     server.reload_and_wait();
     assert_eq!(
         status_of(server.connect_with("/echo", &[("Authorization", &basic(BOB.0, BOB.1))])),
@@ -195,7 +175,7 @@ fn a_removed_user_can_no_longer_connect_after_reload() {
 fn a_revoked_token_is_refused_after_reload() {
     let server = Setup::default().start();
     let config = config_path(&server);
-    let token = wsgate(&["token", "add", "bob", "--name", "sensor"], &config, None)
+    let token = wsgate(&["token", "add", "bob", "--name", "sensor"], &config)
         .trim()
         .to_string();
     server.reload_and_wait();
@@ -204,12 +184,12 @@ fn a_revoked_token_is_refused_after_reload() {
         status_of(server.connect_with("/echo", &[("Authorization", &bearer)])),
         101
     );
-    let listed = wsgate(&["token", "list"], &config, None);
+    let listed = wsgate(&["token", "list"], &config);
     assert!(
         listed.contains("bob\tsensor\t") && !listed.contains(&token),
         "{listed}"
     );
-    wsgate(&["token", "revoke", "bob", "sensor"], &config, None);
+    wsgate(&["token", "revoke", "bob", "sensor"], &config);
     server.reload_and_wait();
     assert_eq!(
         status_of(server.connect_with("/echo", &[("Authorization", &bearer)])),
@@ -244,7 +224,7 @@ fn a_password_change_invalidates_the_users_sessions() {
         .to_string();
     let with = |s: &str| status_of(server.connect_with(&format!("/echo?session={s}"), &[]));
     assert_eq!(with(&session), 101);
-    passwd(&server, &["alice"], Some("a-new-password\n"));
+    passwd(&server, &[], "alice", "a-new-password\n");
     server.reload_and_wait();
     assert_eq!(with(&session), 401);
     // Other users' sessions are untouched; the new password works.

@@ -1,10 +1,12 @@
 //! The systemd unit and the packaged config: `systemd-analyze verify` finds nothing to say about
 //! the unit, `systemd-analyze security` rates it at most 1.5, it promises only what wsgate does,
-//! and the config the Debian package installs passes `wsgate check-config`. Without
-//! `systemd-analyze` these tests fail: CI installs systemd (see `.ci/run`).
+//! and the config the Debian package installs passes `wsgate check-config` with the credentials
+//! the unit loads, and lets users use its channels. Without `systemd-analyze` these tests fail:
+//! CI installs systemd (see `.ci/run`).
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -14,8 +16,12 @@ use common::TempDir;
 const MAX_EXPOSURE: f64 = 1.5;
 /// Where the unit expects the binary (the Debian package puts it there).
 const INSTALLED_BIN: &str = "/usr/bin/wsgate";
-/// The directory systemd puts the unit's credentials in.
-const CREDENTIALS: &str = "/run/credentials/wsgate.service/";
+/// Where the Debian package installs the config, and the credentials' sources.
+const ETC: &str = "/etc/wsgate/";
+/// Where the service may write (`StateDirectory=wsgate`).
+const STATE: &str = "/var/lib/wsgate/";
+/// How the packaged config names a file in `$CREDENTIALS_DIRECTORY`.
+const CREDENTIAL: &str = "credential:";
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -172,25 +178,70 @@ fn unit_promises_only_what_wsgate_does() {
     assert_eq!(one("DynamicUser"), "yes");
     assert_eq!(one("KillSignal"), "SIGTERM");
 
-    // Every credential path the packaged config reads is one the unit loads.
-    let creds: Vec<&str> = values(&s, "LoadCredential")
+    // Every credential the packaged config reads is one the unit loads, from the file of that
+    // name in /etc/wsgate (so `CREDENTIALS_DIRECTORY=/etc/wsgate wsgate …` works by hand).
+    let loaded: Vec<(&str, &str)> = values(&s, "LoadCredential")
         .into_iter()
-        .map(|v| v.split_once(':').expect("LoadCredential=ID:PATH").0)
+        .map(|v| v.split_once(':').expect("LoadCredential=ID:PATH"))
         .collect();
+    for (id, source) in &loaded {
+        assert_eq!(
+            *source,
+            format!("{ETC}{id}"),
+            "LoadCredential={id}:{source}"
+        );
+    }
     let config = read("packaging/wsgate.ini");
-    let mut used = 0;
-    for line in config.lines().filter(|l| !l.starts_with('#')) {
-        if let Some((_, cred)) = line.split_once(CREDENTIALS) {
-            assert!(creds.contains(&cred.trim()), "{line:?}: not in {creds:?}");
-            used += 1;
+    let mut used: Vec<(String, String)> = Vec::new();
+    for (key, value) in settings_of(&config) {
+        if let Some(id) = value.strip_prefix(CREDENTIAL) {
+            assert!(
+                loaded.iter().any(|(l, _)| *l == id),
+                "{key} = {value}: not in {loaded:?}"
+            );
+            used.push((key, id.to_string()));
         }
     }
-    assert_eq!(used, 3, "cert, key and users come from credentials");
+    let want = [
+        ("key", "wsgate.key"),
+        ("users_file", "users"),
+        ("tokens_file", "tokens"),
+    ];
+    assert_eq!(
+        used,
+        want.map(|(k, v)| (k.to_string(), v.to_string())),
+        "the private key, users and tokens come from credentials"
+    );
+    assert_eq!(loaded.len(), want.len(), "every loaded credential is used");
+    // The certificate is read in place, so a reload sees a renewal; the session key is written
+    // where the service may write.
+    let plain: Vec<(String, String)> = settings_of(&config);
+    let value = |key: &str| &plain.iter().find(|(k, _)| k == key).unwrap().1;
+    assert_eq!(value("cert"), &format!("{ETC}wsgate.crt"));
+    assert_eq!(value("session_key_file"), &format!("{STATE}session.key"));
+    assert_eq!(one("StateDirectory"), "wsgate");
 }
 
-#[test]
-fn packaged_config_passes_check_config() {
-    let dir = TempDir::new("pkg-config");
+/// `key = value` lines of an INI file (not comments or section headers), in order.
+fn settings_of(config: &str) -> Vec<(String, String)> {
+    config
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with(['#', ';', '[']))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect()
+}
+
+/// The packaged config with /etc/wsgate and /var/lib/wsgate moved into `dir`, next to a
+/// certificate, key, users file (alice) and tokens file: `dir` then stands for /etc/wsgate and
+/// for `$CREDENTIALS_DIRECTORY`, whose files have the same names.
+fn installed_copy(dir: &TempDir) -> PathBuf {
+    let etc = format!("{}/", dir.path().display());
     let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(dir.path().join("wsgate.crt"), pair.cert.pem()).unwrap();
     std::fs::write(
@@ -198,21 +249,106 @@ fn packaged_config_passes_check_config() {
         pair.signing_key.serialize_pem(),
     )
     .unwrap();
-    std::fs::copy(repo("packaging/users"), dir.path().join("users")).unwrap();
-    let creds = format!("{}/", dir.path().display());
-    let config = read("packaging/wsgate.ini").replace(CREDENTIALS, &creds);
+    for f in ["users", "tokens"] {
+        std::fs::copy(repo(&format!("packaging/{f}")), dir.path().join(f)).unwrap();
+    }
+    let config = read("packaging/wsgate.ini")
+        .replace(ETC, &etc)
+        .replace(STATE, &format!("{etc}state/"));
     let path = dir.path().join("wsgate.ini");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "packaged config refused:\n{}{}",
+    path
+}
+
+fn wsgate(args: &[&str], credentials: Option<&Path>) -> (Output, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+    cmd.args(args);
+    match credentials {
+        Some(dir) => cmd.env("CREDENTIALS_DIRECTORY", dir),
+        None => cmd.env_remove("CREDENTIALS_DIRECTORY"),
+    };
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+#[test]
+fn packaged_config_passes_check_config() {
+    let dir = TempDir::new("pkg-config");
+    let config = installed_copy(&dir);
+    let config = config.to_str().unwrap();
+    let creds = Some(dir.path());
+    let (out, text) = wsgate(&["check-config", config], creds);
+    assert!(out.status.success(), "packaged config refused:\n{text}");
+    assert!(!text.contains("warning"), "check-config warns:\n{text}");
+
+    // The admin's commands work on it, by hand, given the credentials' sources.
+    let (out, text) = wsgate(&["token", "add", "--config", config, "alice"], creds);
+    assert!(
+        !out.status.success(),
+        "a token for an unknown user:\n{text}"
+    );
+    let users = dir.path().join("users");
+    let mut passwd = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["passwd", users.to_str().unwrap(), "alice"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    passwd
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough password\n")
+        .unwrap();
+    assert!(passwd.wait().unwrap().success());
+    let (out, text) = wsgate(&["token", "add", "--config", config, "alice"], creds);
+    assert!(out.status.success(), "token add:\n{text}");
+    let (out, text) = wsgate(&["check-config", config], creds);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 users, 1 API tokens"), "{text}");
+
+    // Default-deny does not shut users out of the shipped channels.
+    for path in ["/echo", "/chat/lobby", "/broadcast"] {
+        let (out, text) = wsgate(&["check-access", "--config", config, "alice", path], creds);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("subscribe: allowed") && text.contains("publish: allowed"),
+            "alice on {path}:\n{text}"
+        );
+    }
+
+    // Outside the service, without $CREDENTIALS_DIRECTORY, the error says what is missing.
+    let (out, text) = wsgate(&["check-config", config], None);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("[tls] key: credential: paths need $CREDENTIALS_DIRECTORY"),
+        "{text}"
+    );
+}
+
+#[test]
+fn packaged_config_is_short_and_points_at_the_reference() {
+    let config = read("packaging/wsgate.ini");
+    let lines = config.lines().count();
+    assert!(
+        lines <= 60,
+        "packaging/wsgate.ini has {lines} lines: keep it short"
+    );
+    let reference = "/usr/share/doc/wsgate/wsgate.ini.example";
+    assert!(config.contains(reference));
+    let manifest = read("Cargo.toml");
+    assert!(
+        manifest.contains(&format!(
+            "[\"conf/wsgate.ini\", \"{}\", \"644\"]",
+            &reference[1..]
+        )),
+        "the package must ship conf/wsgate.ini as {reference}"
     );
 }
 
@@ -235,40 +371,11 @@ fn packaged_config_has_no_demo_settings() {
         set.iter()
             .all(|l| !l.contains("localhost") && !l.contains("127.0.0.1"))
     );
-    assert_eq!(
-        std::fs::metadata(repo("packaging/users")).unwrap().len(),
-        0,
-        "the packaged users file must be empty (no demo user)"
-    );
-}
-
-/// Keys (set or commented out) per section, as the reference config documents them.
-fn documented_keys(config: &str) -> Vec<String> {
-    let mut section = String::new();
-    let mut keys = Vec::new();
-    for line in config.lines() {
-        if line.starts_with('[') {
-            section = line.to_string();
-            continue;
-        }
-        let line = line.strip_prefix('#').unwrap_or(line);
-        if let Some((k, _)) = line.split_once('=') {
-            let k = k.trim_end();
-            if !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                keys.push(format!("{section} {k}"));
-            }
-        }
+    for f in ["packaging/users", "packaging/tokens"] {
+        assert_eq!(
+            std::fs::metadata(repo(f)).unwrap().len(),
+            0,
+            "{f} must be empty (no demo user, no token)"
+        );
     }
-    keys.sort();
-    keys.dedup();
-    keys
-}
-
-#[test]
-fn packaged_config_documents_every_key_the_example_does() {
-    // packaging/wsgate.ini is conf/wsgate.ini with production settings: keep them in step.
-    let example = documented_keys(&read("conf/wsgate.ini"));
-    let packaged = documented_keys(&read("packaging/wsgate.ini"));
-    let missing: Vec<&String> = example.iter().filter(|k| !packaged.contains(k)).collect();
-    assert!(missing.is_empty(), "packaging/wsgate.ini lacks {missing:?}");
 }

@@ -1,0 +1,60 @@
+//! Files that hold secrets (users, API tokens, the session key): opening them the same careful way
+//! everywhere — a regular file only, and a warning when group or others can read it.
+
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Opens the secret file `path` (`what` names it in the warning). Refuses anything but a regular
+/// file; warns, once per call, if its mode lets group or others read it.
+///
+/// # Errors
+/// The open error (including `NotFound`, which some callers treat as "none yet"), or
+/// `InvalidInput` for a directory, device or FIFO.
+pub fn open_private(path: &Path, what: &str) -> io::Result<(File, Metadata)> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        log::warn!(
+            "{what} {} is accessible by group/others (mode {mode:03o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok((file, meta))
+}
+
+/// A temporary directory for unit tests, removed on drop.
+#[cfg(test)]
+pub struct TestDir(pub std::path::PathBuf);
+
+#[cfg(test)]
+impl TestDir {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wsgate-unit-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDir(dir)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,236 @@
+//! Follows client frame boundaries in the raw byte stream after the upgrade, to bound what
+//! tungstenite does not: how many frames one message may be split into and how long it may take.
+//! It parses only frame headers (2 to 14 bytes) and skips payloads by count: constant memory,
+//! a few instructions per frame. Protocol errors are left to tungstenite.
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
+
+/// Why a sender was stopped (close 1008).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameLimit {
+    /// More than `max_fragments` frames in one message.
+    TooManyFragments,
+    /// A fragmented message took longer than `message_timeout`.
+    TooSlow,
+}
+
+impl FrameLimit {
+    /// The close reason sent with 1008.
+    pub fn reason(self) -> &'static str {
+        match self {
+            FrameLimit::TooManyFragments => "too many fragments",
+            FrameLimit::TooSlow => "message too slow",
+        }
+    }
+
+    /// The `io::Error` a read returns for this limit; [`FrameLimit::from_io`] recognises it.
+    pub fn into_io(self) -> io::Error {
+        io::Error::other(self)
+    }
+
+    /// The limit an I/O error carries, if it is one of ours.
+    pub fn from_io(e: &io::Error) -> Option<FrameLimit> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<FrameLimit>())
+            .copied()
+    }
+}
+
+impl fmt::Display for FrameLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for FrameLimit {}
+
+/// The frame-boundary state machine for one connection's incoming bytes.
+#[derive(Debug, Clone)]
+pub struct FrameWatch {
+    max_fragments: usize,
+    message_timeout: Duration,
+    header: [u8; 14],
+    header_len: usize,
+    /// Header bytes needed once the first two are known.
+    header_need: usize,
+    /// Payload bytes of the current frame still to skip.
+    skip: u64,
+    /// Frames so far of the message in progress, and when its first frame's header arrived.
+    fragments: usize,
+    started: Option<Instant>,
+}
+
+impl FrameWatch {
+    pub fn new(max_fragments: usize, message_timeout: Duration) -> FrameWatch {
+        FrameWatch {
+            max_fragments,
+            message_timeout,
+            header: [0; 14],
+            header_len: 0,
+            header_need: 2,
+            skip: 0,
+            fragments: 0,
+            started: None,
+        }
+    }
+
+    /// When the fragmented message in progress must be complete, if one is in progress.
+    pub fn message_deadline(&self) -> Option<Instant> {
+        self.started.map(|t| t + self.message_timeout)
+    }
+
+    /// Follows `data`, the next bytes the client sent.
+    ///
+    /// # Errors
+    /// The [`FrameLimit`] the bytes break.
+    pub fn observe(&mut self, mut data: &[u8], now: Instant) -> Result<(), FrameLimit> {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let take = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.skip -= take as u64;
+                data = &data[take..];
+                continue;
+            }
+            self.header[self.header_len] = data[0];
+            self.header_len += 1;
+            data = &data[1..];
+            if self.header_len == 2 {
+                let len7 = self.header[1] & 0x7f;
+                let ext = match len7 {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                };
+                let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+                self.header_need = 2 + ext + mask;
+            }
+            if self.header_len == self.header_need {
+                self.frame(now)?;
+            }
+        }
+        if self.message_deadline().is_some_and(|d| now > d) {
+            return Err(FrameLimit::TooSlow);
+        }
+        Ok(())
+    }
+
+    /// A whole header has arrived.
+    fn frame(&mut self, now: Instant) -> Result<(), FrameLimit> {
+        let fin = self.header[0] & 0x80 != 0;
+        let opcode = self.header[0] & 0x0f;
+        let len7 = self.header[1] & 0x7f;
+        self.skip = match len7 {
+            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            127 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&self.header[2..10]);
+                u64::from_be_bytes(b)
+            }
+            n => u64::from(n),
+        };
+        self.header_len = 0;
+        self.header_need = 2;
+        match opcode {
+            // A text or binary frame starts a message; without FIN, more frames follow.
+            1 | 2 if !fin => {
+                self.fragments = 1;
+                self.started = Some(now);
+            }
+            0 if self.started.is_some() => {
+                self.fragments += 1;
+                if self.fragments > self.max_fragments {
+                    return Err(FrameLimit::TooManyFragments);
+                }
+                if fin {
+                    self.fragments = 0;
+                    self.started = None;
+                }
+            }
+            // Whole messages, control frames (allowed between fragments) and protocol errors,
+            // which tungstenite answers.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame header for `len` payload bytes (payload zeros follow).
+    fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        match len {
+            0..=125 => out.push(0x80 | len as u8),
+            126..=65535 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&[1, 2, 3, 4]);
+        out.extend(std::iter::repeat_n(0u8, len));
+        out
+    }
+
+    #[test]
+    fn counts_fragments_up_to_the_limit_and_one_over() {
+        let now = Instant::now();
+        let mut w = FrameWatch::new(3, Duration::from_secs(10));
+        let mut bytes = frame(false, 1, 5);
+        bytes.extend(frame(false, 0, 0));
+        bytes.extend(frame(true, 0, 300));
+        assert_eq!(w.observe(&bytes, now), Ok(()), "3 frames are allowed");
+        assert_eq!(w.message_deadline(), None);
+        let mut over = frame(false, 2, 1);
+        for _ in 0..3 {
+            over.extend(frame(false, 0, 1));
+        }
+        assert_eq!(w.observe(&over, now), Err(FrameLimit::TooManyFragments));
+    }
+
+    #[test]
+    fn byte_by_byte_and_control_frames_between_fragments() {
+        let now = Instant::now();
+        let mut w = FrameWatch::new(2, Duration::from_secs(10));
+        let mut bytes = frame(false, 1, 70_000);
+        bytes.extend(frame(true, 9, 4)); // a ping in the middle
+        bytes.extend(frame(true, 0, 2));
+        bytes.extend(frame(true, 1, 3)); // a whole message after
+        for b in &bytes {
+            assert_eq!(w.observe(std::slice::from_ref(b), now), Ok(()));
+        }
+        assert_eq!(w.message_deadline(), None);
+    }
+
+    #[test]
+    fn a_fragmented_message_has_a_deadline() {
+        let t0 = Instant::now();
+        let mut w = FrameWatch::new(100, Duration::from_secs(2));
+        assert_eq!(w.observe(&frame(false, 1, 1), t0), Ok(()));
+        assert_eq!(w.message_deadline(), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(
+            w.observe(&frame(false, 0, 1), t0 + Duration::from_secs(1)),
+            Ok(())
+        );
+        assert_eq!(
+            w.observe(&frame(false, 0, 1), t0 + Duration::from_secs(3)),
+            Err(FrameLimit::TooSlow)
+        );
+    }
+
+    #[test]
+    fn limits_travel_through_io_errors() {
+        let e = FrameLimit::TooSlow.into_io();
+        assert_eq!(FrameLimit::from_io(&e), Some(FrameLimit::TooSlow));
+        assert_eq!(FrameLimit::from_io(&io::Error::other("x")), None);
+    }
+}

@@ -416,3 +416,103 @@ fn session_from_one_instance_is_accepted_by_another() {
         401
     );
 }
+
+/// The figures in README's "Scaling out": latency of one broadcast to a subscriber on the same
+/// instance and on another one (p50/p99 over 3000 sequential 100-byte messages), then a burst
+/// from one publisher until the other instance has all of it. A measurement, not a check:
+/// `cargo test --release --test cluster -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark; run with --release --ignored --nocapture"]
+fn benchmark_cross_instance_latency_and_throughput() {
+    let redis = Redis::start();
+    let start = |id: &str| {
+        let mut s = Setup::default();
+        s.set("admin", "listen", "127.0.0.1:0")
+            .set("log", "level", "info")
+            .set("limits", "outbox", "262144")
+            .set("limits", "max_messages_per_sec", "0")
+            .set("limits", "max_bytes_per_sec", "0")
+            .set("cluster", "redis_url", &redis.url())
+            .set("cluster", "publish_queue", "262144")
+            .set("cluster", "instance_id", id);
+        s.start()
+    };
+    let (a, b) = (start("a"), start("b"));
+    wait_joined(&a);
+    wait_joined(&b);
+    let mut local = a.connect_as("/chat/x", BOB);
+    let mut remote = b.connect_as("/chat/x", BOB);
+    let mut publisher = a.connect_as("/chat/x", ALICE);
+    for ws in [&mut local, &mut remote, &mut publisher] {
+        ws.get_mut().sock.set_nodelay(true).unwrap();
+    }
+    let payload = "x".repeat(100);
+    let percentile = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    let (mut l, mut r) = (Vec::new(), Vec::new());
+    for i in 0..3200 {
+        let t = Instant::now();
+        publisher
+            .send(Message::text(format!("{i} {payload}")))
+            .unwrap();
+        next_data(&mut local);
+        let on_a = t.elapsed();
+        next_data(&mut remote);
+        let on_b = t.elapsed();
+        if i >= 200 {
+            l.push(on_a.as_secs_f64() * 1e6);
+            r.push(on_b.as_secs_f64() * 1e6);
+        }
+    }
+    eprintln!(
+        "latency µs: same instance p50 {:.0} p99 {:.0}; other instance p50 {:.0} p99 {:.0}",
+        percentile(&mut l, 0.5),
+        percentile(&mut l, 0.99),
+        percentile(&mut r, 0.5),
+        percentile(&mut r, 0.99)
+    );
+
+    const N: usize = 50_000;
+    let reader = std::thread::spawn(move || {
+        let t = Instant::now();
+        for _ in 0..N {
+            next_data(&mut remote);
+        }
+        t.elapsed()
+    });
+    let local_reader = std::thread::spawn(move || {
+        for _ in 0..N {
+            next_data(&mut local);
+        }
+    });
+    let t = Instant::now();
+    for i in 0..N {
+        publisher
+            .send(Message::text(format!("{i} {payload}")))
+            .unwrap();
+    }
+    let sent = t.elapsed();
+    let (all_on_b, local_done) = (reader.join(), local_reader.join());
+    let (Ok(all_on_b), Ok(())) = (all_on_b, local_done) else {
+        panic!(
+            "burst not delivered; A:\n{}\nB:\n{}",
+            tail(&a.logs()),
+            tail(&b.logs())
+        );
+    };
+    eprintln!(
+        "burst: {N} x ~105 B sent in {:.2}s, all on the other instance after {:.2}s = {:.0} msg/s \
+         (not forwarded: {})",
+        sent.as_secs_f64(),
+        all_on_b.as_secs_f64(),
+        N as f64 / all_on_b.as_secs_f64(),
+        metric(&a, "wsgate_cluster_not_forwarded_total")
+    );
+}
+
+fn tail(logs: &str) -> String {
+    let lines: Vec<&str> = logs.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}

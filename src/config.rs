@@ -29,6 +29,8 @@ pub struct Config {
     pub roles: Vec<Role>,
     /// `[admin]`: the admin endpoint, `None` when `listen` is not set.
     pub admin: Option<AdminConfig>,
+    /// `[cluster]`: the Redis backbone between instances (inactive without `redis_url`).
+    pub cluster: ClusterConfig,
     pub log_level: log::LevelFilter,
 }
 
@@ -128,6 +130,90 @@ pub struct AuthConfig {
 pub struct AdminConfig {
     /// `listen`: the admin endpoint's address; never the same as `[server] listen`.
     pub listen: SocketAddr,
+}
+
+/// `[cluster]`: the broadcast backbone shared by several instances through Redis pub/sub. All of
+/// it is bound at start (a reload reports a change as needing a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis_url`: `redis://` or `rediss://` (TLS), optionally with a user and password. `None`
+    /// (the default): a purely local hub, no Redis.
+    pub redis_url: Option<RedisUrl>,
+    /// `instance_id`: this instance's name on the backbone; messages carrying it are its own and
+    /// are not delivered twice. Default: the host name, `-`, the process id.
+    pub instance_id: String,
+    /// `channel_prefix`: prepended to a channel path to make the Redis channel. Default `wsgate:`.
+    pub channel_prefix: String,
+    /// `publish_queue`: broadcasts waiting to be published to Redis; when full, further ones are
+    /// not forwarded (counted). Default 1024.
+    pub publish_queue: NonZeroUsize,
+    /// `max_backoff`: the cap of the reconnect delay, which starts at 100 ms and doubles. Default
+    /// 5 s.
+    pub max_backoff: Duration,
+}
+
+/// A Redis URL that never shows its password: `Display` and `Debug` print it as `***`, so the
+/// URL can be logged. [`RedisUrl::secret`] is the full URL, for connecting only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    full: String,
+    redacted: String,
+}
+
+impl RedisUrl {
+    /// Checks `value` is a `redis://` or `rediss://` URL the redis crate accepts.
+    ///
+    /// # Errors
+    /// What is wrong, in words that never repeat the value (it may hold a password).
+    pub fn parse(value: &str) -> Result<RedisUrl, String> {
+        const FORM: &str = "redis://[USER:PASSWORD@]HOST[:PORT][/DB] or rediss://… for TLS";
+        let scheme = value.split_once("://").map(|(s, _)| s);
+        if !matches!(scheme, Some("redis" | "rediss")) {
+            return Err(format!("expected {FORM}"));
+        }
+        let Some(mut url) = redis::parse_redis_url(value) else {
+            return Err(format!("not a valid URL; expected {FORM}"));
+        };
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("no host; expected {FORM}"));
+        }
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(value) {
+            // The crate's descriptions are fixed texts ("Invalid database number"), never the URL.
+            let text = e.to_string();
+            let why = text.split(" - ").next().unwrap_or(&text).to_lowercase();
+            return Err(format!("{why}; expected {FORM}"));
+        }
+        if url.password().is_some() {
+            // Cannot fail: the URL has a host, so it can have a password.
+            let _ = url.set_password(Some("***"));
+        }
+        Ok(RedisUrl {
+            full: value.to_string(),
+            redacted: url.to_string(),
+        })
+    }
+
+    /// The URL with its password, for connecting. Never log this.
+    pub fn secret(&self) -> &str {
+        &self.full
+    }
+
+    /// True for `rediss://` (TLS to Redis).
+    pub fn is_tls(&self) -> bool {
+        self.full.starts_with("rediss://")
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted)
+    }
 }
 
 /// `[limits]`: deadlines and per-connection bounds; channels may override the `ws` part.
@@ -626,6 +712,15 @@ const DEFAULT_KEY: &str = "wsgate.key";
 const DEFAULT_USERS: &str = "users";
 const DEFAULT_TOKENS: &str = "tokens";
 const DEFAULT_SESSION_KEY: &str = "session.key";
+const DEFAULT_CHANNEL_PREFIX: &str = "wsgate:";
+const DEFAULT_PUBLISH_QUEUE: usize = 1024;
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The first reconnect delay; `max_backoff` may not be below it.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest `instance_id`: it travels in a one-byte length field of every message.
+const MAX_INSTANCE_ID: usize = 255;
+/// Longest `channel_prefix`.
+const MAX_CHANNEL_PREFIX: usize = 128;
 
 /// A path value starting with this names a file in systemd's credentials directory
 /// (`key = credential:wsgate.key` is `$CREDENTIALS_DIRECTORY/wsgate.key`).
@@ -702,6 +797,16 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     ("log", &["level"]),
     ("admin", &["listen"]),
+    (
+        "cluster",
+        &[
+            "redis_url",
+            "instance_id",
+            "channel_prefix",
+            "publish_queue",
+            "max_backoff",
+        ],
+    ),
 ];
 
 const CHANNEL_PREFIX: &str = "channel:";
@@ -1637,6 +1742,77 @@ fn parse_admin(s: &Section<'_>, server: &ServerConfig) -> Result<Option<AdminCon
     Ok(Some(AdminConfig { listen }))
 }
 
+/// The default `instance_id`: the host name, `-`, the process id (unique among instances on
+/// one host, and recognisable in Redis' `CLIENT LIST` and our logs).
+fn default_instance_id() -> String {
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty() && h.len() < 200 && !h.contains(char::is_control))
+        })
+        .unwrap_or_else(|| "wsgate".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+fn parse_instance_id(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > MAX_INSTANCE_ID {
+        return Err(format!("must be 1 to {MAX_INSTANCE_ID} bytes"));
+    }
+    if value.contains(|c: char| c.is_control() || c.is_whitespace()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    Ok(value.to_string())
+}
+
+fn parse_channel_prefix(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > MAX_CHANNEL_PREFIX {
+        return Err(format!("must be 1 to {MAX_CHANNEL_PREFIX} bytes"));
+    }
+    // The prefix is the literal part of a PSUBSCRIBE pattern: glob characters would widen it.
+    if value.contains(|c: char| c.is_control() || c.is_whitespace() || "*?[]\\".contains(c)) {
+        return Err(
+            "must not contain spaces, control characters or the pattern characters * ? [ ] \\"
+                .into(),
+        );
+    }
+    Ok(value.to_string())
+}
+
+fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig, ConfigError> {
+    let redis_url = s.get("redis_url", None, |v| RedisUrl::parse(v).map(Some))?;
+    let instance_id = match s.values.get("instance_id") {
+        None => default_instance_id(),
+        Some(_) => s.get("instance_id", String::new(), parse_instance_id)?,
+    };
+    let channel_prefix = s.get(
+        "channel_prefix",
+        DEFAULT_CHANNEL_PREFIX.to_string(),
+        parse_channel_prefix,
+    )?;
+    let publish_queue = s.nonzero_count("publish_queue", nz(DEFAULT_PUBLISH_QUEUE))?;
+    let max_backoff = s.get(
+        "max_backoff",
+        DEFAULT_MAX_BACKOFF,
+        |v| match parse_duration(v)? {
+            d if d < MIN_BACKOFF => Err(format!(
+                "must be at least {}ms (the first reconnect delay)",
+                MIN_BACKOFF.as_millis()
+            )),
+            d => Ok(d),
+        },
+    )?;
+    Ok(ClusterConfig {
+        redis_url,
+        instance_id,
+        channel_prefix,
+        publish_queue,
+        max_backoff,
+    })
+}
+
 /// Parses `text` read from `source`; `credentials` is `$CREDENTIALS_DIRECTORY` (a parameter, so
 /// tests need not set the environment).
 fn parse_config(
@@ -1690,7 +1866,7 @@ fn parse_config(
         } else {
             return Err(s.invalid(
                 None,
-                "unknown section; expected server, tls, origins, auth, limits, log, admin, channel:/path or role:NAME",
+                "unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, channel:/path or role:NAME",
             ));
         };
         if let Some(k) = sc.keys.iter().find(|k| !allowed.contains(&k.key.as_str())) {
@@ -1719,6 +1895,7 @@ fn parse_config(
     let limits = parse_limits(&fixed("limits"))?;
     let log_level = fixed("log").get("level", log::LevelFilter::Info, parse_level)?;
     let admin = parse_admin(&fixed("admin"), &server)?;
+    let cluster = parse_cluster(&fixed("cluster"))?;
 
     let mut channels: Vec<ChannelConfig> = Vec::new();
     for s in &sections {
@@ -1759,6 +1936,7 @@ fn parse_config(
         channels,
         roles,
         admin,
+        cluster,
         log_level,
     })
 }
@@ -2085,6 +2263,91 @@ listen = [::1]:9480
         assert!(
             err(&with("[admin]\nlisten = 9480\n"))
                 .starts_with("config: F:6: [admin] listen: `9480` is not an address:port")
+        );
+    }
+
+    #[test]
+    fn cluster_settings() {
+        let c = ok(&with(""));
+        assert_eq!(c.cluster.redis_url, None);
+        assert_eq!(
+            c.cluster.instance_id,
+            format!(
+                "{}-{}",
+                c.cluster.instance_id.rsplit_once('-').unwrap().0,
+                std::process::id()
+            )
+        );
+        assert_eq!(c.cluster.channel_prefix, "wsgate:");
+        assert_eq!(c.cluster.publish_queue.get(), 1024);
+        assert_eq!(c.cluster.max_backoff, Duration::from_secs(5));
+
+        let c = ok(&with(
+            "[cluster]\nredis_url = rediss://app:s3cret@redis.example.com:6380/2\n\
+             instance_id = pi-1\nchannel_prefix = home:\npublish_queue = 10\nmax_backoff = 250ms\n",
+        ));
+        let url = c.cluster.redis_url.as_ref().unwrap();
+        assert_eq!(url.secret(), "rediss://app:s3cret@redis.example.com:6380/2");
+        assert!(url.is_tls());
+        // The password never shows in what is logged or debug-printed.
+        assert_eq!(url.to_string(), "rediss://app:***@redis.example.com:6380/2");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(c.cluster.instance_id, "pi-1");
+        assert_eq!(c.cluster.channel_prefix, "home:");
+        assert_eq!(c.cluster.publish_queue.get(), 10);
+        assert_eq!(c.cluster.max_backoff, Duration::from_millis(250));
+        let plain = ok(&with("[cluster]\nredis_url = redis://127.0.0.1\n"));
+        let plain = plain.cluster.redis_url.unwrap();
+        assert_eq!(plain.to_string(), "redis://127.0.0.1");
+        assert!(!plain.is_tls());
+
+        let cases = [
+            (
+                "redis_url = http://127.0.0.1/",
+                "[cluster] redis_url: expected redis://",
+            ),
+            (
+                "redis_url = 127.0.0.1:6379",
+                "[cluster] redis_url: expected redis://",
+            ),
+            ("redis_url = redis://", "[cluster] redis_url: "),
+            (
+                "redis_url = redis://:hunter2@127.0.0.1/x",
+                "[cluster] redis_url: invalid database number",
+            ),
+            (
+                "instance_id = a b",
+                "[cluster] instance_id: must not contain spaces",
+            ),
+            (
+                "channel_prefix = ws*",
+                "[cluster] channel_prefix: must not contain",
+            ),
+            (
+                "channel_prefix = ",
+                "[cluster] channel_prefix: must be 1 to 128 bytes",
+            ),
+            (
+                "publish_queue = 0",
+                "[cluster] publish_queue: must be at least 1",
+            ),
+            (
+                "max_backoff = 50ms",
+                "[cluster] max_backoff: must be at least 100ms",
+            ),
+        ];
+        for (line, want) in cases {
+            let e = err(&with(&format!("[cluster]\n{line}\n")));
+            assert!(
+                e.starts_with(&format!("config: F:6: {want}")),
+                "{line}: {e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let long = "x".repeat(256);
+        assert!(
+            err(&with(&format!("[cluster]\ninstance_id = {long}\n")))
+                .contains("must be 1 to 255 bytes")
         );
     }
 
@@ -2587,11 +2850,11 @@ listen = [::1]:9480
         );
         assert_eq!(
             err(&with("[bogus]\n")),
-            "config: F:5: [bogus]: unknown section; expected server, tls, origins, auth, limits, log, admin, channel:/path or role:NAME"
+            "config: F:5: [bogus]: unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, channel:/path or role:NAME"
         );
         assert_eq!(
             err(&with("[channel]\nmode = echo\n")),
-            "config: F:5: [channel]: unknown section; expected server, tls, origins, auth, limits, log, admin, channel:/path or role:NAME"
+            "config: F:5: [channel]: unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, channel:/path or role:NAME"
         );
         assert_eq!(
             err(&with("[server]\nworkers = 2\n\n# comment\nworkers = 3\n")),
@@ -2629,6 +2892,7 @@ listen = [::1]:9480
             "auth",
             "limits",
             "log",
+            "cluster",
             "channel:/other",
         ] {
             let e = err(&format!(
@@ -3116,7 +3380,12 @@ listen = [::1]:9480
     }
 
     /// Keys without a default: the example shows them with an example value, left commented out.
-    const UNSET_BY_DEFAULT: &[(&str, &str)] = &[("tls", "client_ca"), ("admin", "listen")];
+    const UNSET_BY_DEFAULT: &[(&str, &str)] = &[
+        ("tls", "client_ca"),
+        ("admin", "listen"),
+        ("cluster", "redis_url"),
+        ("cluster", "instance_id"),
+    ];
 
     /// Every `#key = value` line in the example documents the true default: uncommenting them all
     /// (except where the example sets the key, or the key has no default) changes nothing, and
@@ -3187,6 +3456,16 @@ listen = [::1]:9480
         let admin = text.replace("#listen = 127.0.0.1:9480", "listen = 127.0.0.1:9480");
         let c = Config::parse(&admin, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.admin.unwrap().listen, "127.0.0.1:9480".parse().unwrap());
+        let cluster = text
+            .replace(
+                "#redis_url = redis://127.0.0.1:6379/",
+                "redis_url = redis://127.0.0.1:6379/",
+            )
+            .replace("#instance_id = pi-kitchen", "instance_id = pi-kitchen");
+        let c = Config::parse(&cluster, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+        let url = c.cluster.redis_url.unwrap();
+        assert_eq!(url.secret(), "redis://127.0.0.1:6379/");
+        assert_eq!(c.cluster.instance_id, "pi-kitchen");
         std::fs::write(dir.0.join("clients-ca.pem"), "").unwrap();
         let mtls = text.replace(
             "#client_ca = clients-ca.pem",

@@ -3,7 +3,9 @@
 //! consumer, handled by that consumer's own policy. Every connection joins (echo ones too), so
 //! shutdown reaches all of them by dropping their senders.
 //!
-//! A cluster bridge (Redis) will sit beside [`Hub::publish`]: local fan-out stays here.
+//! With a cluster bridge attached ([`Hub::set_outlet`]), a broadcast is also `try_send` into the
+//! bridge's bounded queue after the local fan-out, and broadcasts from other instances come in
+//! through [`Hub::deliver`]. The hub never waits for the bridge: a full queue is counted.
 
 use std::collections::HashMap;
 use std::io;
@@ -72,9 +74,19 @@ pub struct MemberShared {
     pub slow: AtomicBool,
 }
 
+/// A broadcast leaving this instance for the others, queued for the cluster bridge.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The channel path it was published on.
+    pub path: String,
+    pub msg: Message,
+}
+
 /// The registry of channel members.
 pub struct Hub {
     groups: RwLock<HashMap<String, Vec<Member>>>,
+    /// The cluster bridge's queue, while one is attached; taken (dropped) at shutdown.
+    outlet: RwLock<Option<Sender<Outbound>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
     metrics: Arc<Metrics>,
@@ -101,6 +113,7 @@ impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Arc<Hub> {
         Arc::new(Hub {
             groups: RwLock::default(),
+            outlet: RwLock::new(None),
             next_id: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             metrics,
@@ -147,13 +160,41 @@ impl Hub {
         }))
     }
 
-    /// Sends `msg` to every member of `path` except `from`. Never blocks.
+    /// Attaches the cluster bridge: from now on every broadcast is also queued on `outlet`.
+    pub fn set_outlet(&self, outlet: Sender<Outbound>) {
+        *self.outlet.write().unwrap_or_else(|p| p.into_inner()) = Some(outlet);
+    }
+
+    /// Sends `msg` to every member of `path` except `from`, then queues it for the other
+    /// instances if a cluster bridge is attached. Never blocks.
     pub fn publish(&self, path: &str, from: u64, msg: &Message) {
+        self.fan_out(path, Some(from), msg);
+        let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(outlet) = outlet.as_ref() {
+            let out = Outbound {
+                path: path.to_string(),
+                msg: msg.clone(),
+            };
+            // Full: the bridge is behind (or Redis slow); Disconnected: the bridge stopped.
+            if outlet.try_send(out).is_err() {
+                self.metrics.cluster_not_forwarded(1);
+            }
+        }
+    }
+
+    /// Delivers a broadcast that another instance published to every member of `path` here.
+    /// It is never queued for the bridge again. Never blocks.
+    pub fn deliver(&self, path: &str, msg: &Message) {
+        self.fan_out(path, None, msg);
+    }
+
+    /// Sends `msg` to every member of `path` except `from`.
+    fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         let Some(members) = groups.get(path) else {
             return;
         };
-        for m in members.iter().filter(|m| m.id != from) {
+        for m in members.iter().filter(|m| Some(m.id) != from) {
             match m.tx.try_send(msg.clone()) {
                 Ok(()) => m.shared.waker.wake(),
                 Err(TrySendError::Full(_)) => match m.policy {
@@ -196,10 +237,16 @@ impl Hub {
     }
 
     /// Refuses new members and disconnects every outbox, waking each member so that it closes
-    /// with 1001 (going away).
+    /// with 1001 (going away). Detaches the cluster bridge (its queue reports Disconnected).
     pub fn shutdown(&self) {
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         self.closed.store(true, Ordering::Release);
+        drop(
+            self.outlet
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         let groups = std::mem::take(&mut *self.write_groups());
         for member in groups.into_values().flatten() {
             let shared = Arc::clone(&member.shared);
@@ -289,6 +336,55 @@ mod tests {
         assert_eq!(hub.metrics.broadcast_dropped_count(), 1);
         assert_eq!(hub.metrics.slow_consumer_close_count(), 1);
         assert_eq!(dropper.outbox.try_recv().unwrap(), text("1"));
+    }
+
+    #[test]
+    fn outlet_gets_broadcasts_once_and_counts_a_full_queue() {
+        let metrics = Arc::new(Metrics::new(["/c"]));
+        let hub = Hub::new(Arc::clone(&metrics));
+        let a = hub
+            .join("/c", 4, SlowConsumer::Disconnect)
+            .unwrap()
+            .unwrap();
+        let b = hub
+            .join("/c", 4, SlowConsumer::Disconnect)
+            .unwrap()
+            .unwrap();
+        // No bridge: local only, nothing counted.
+        a.publish(&text("local"));
+        assert_eq!(b.outbox.try_recv().unwrap(), text("local"));
+        assert_eq!(metrics.cluster_not_forwarded_count(), 0);
+
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        hub.set_outlet(tx);
+        a.publish(&text("1"));
+        a.publish(&text("2")); // the queue holds one: not forwarded
+        assert_eq!(b.outbox.try_recv().unwrap(), text("1"));
+        assert_eq!(b.outbox.try_recv().unwrap(), text("2"));
+        let out = rx.try_recv().unwrap();
+        assert_eq!((out.path.as_str(), out.msg), ("/c", text("1")));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(metrics.cluster_not_forwarded_count(), 1);
+
+        // From another instance: every member here gets it (the publisher is elsewhere), and
+        // it is not queued for Redis again.
+        hub.deliver("/c", &Message::binary(vec![0u8, 255]));
+        assert_eq!(
+            a.outbox.try_recv().unwrap(),
+            Message::binary(vec![0u8, 255])
+        );
+        assert_eq!(
+            b.outbox.try_recv().unwrap(),
+            Message::binary(vec![0u8, 255])
+        );
+        assert!(rx.try_recv().is_err());
+
+        // Shutdown detaches the bridge.
+        hub.shutdown();
+        assert!(matches!(
+            rx.recv_timeout(std::time::Duration::from_secs(1)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        ));
     }
 
     #[test]

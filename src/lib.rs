@@ -27,6 +27,7 @@ pub mod admin;
 pub mod admit;
 pub mod auth;
 pub mod certs;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod connection;

@@ -21,6 +21,10 @@
 //! | `wsgate_upgrade_duration_seconds` | histogram | | accept to 101 (TLS handshake plus upgrade) |
 //! | `wsgate_pool_workers` | gauge | `state` = busy, idle | worker threads, from [`Gauges`] |
 //! | `wsgate_pool_queued` | gauge | | admitted connections waiting for a worker, from [`Gauges`] |
+//! | `wsgate_cluster_connected` | gauge | | 1 while both Redis connections of the backbone are up, else 0 |
+//! | `wsgate_cluster_forwarded_total` | counter | | broadcasts published to Redis for the other instances |
+//! | `wsgate_cluster_not_forwarded_total` | counter | | broadcasts not published: queue full or Redis down |
+//! | `wsgate_cluster_received_total` | counter | | broadcasts received from other instances and delivered here |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -160,6 +164,10 @@ pub struct Metrics {
     /// Non-cumulative counts per bucket; the last is `+Inf`.
     upgrade_buckets: [AtomicU64; UPGRADE_BUCKETS.len() + 1],
     upgrade_sum_ns: AtomicU64,
+    cluster_connected: AtomicU64,
+    cluster_forwarded: AtomicU64,
+    cluster_not_forwarded: AtomicU64,
+    cluster_received: AtomicU64,
 }
 
 impl Metrics {
@@ -191,6 +199,10 @@ impl Metrics {
             argon2_runs: AtomicU64::new(0),
             upgrade_buckets: Default::default(),
             upgrade_sum_ns: AtomicU64::new(0),
+            cluster_connected: AtomicU64::new(0),
+            cluster_forwarded: AtomicU64::new(0),
+            cluster_not_forwarded: AtomicU64::new(0),
+            cluster_received: AtomicU64::new(0),
         }
     }
 
@@ -286,6 +298,32 @@ impl Metrics {
     /// An Argon2id verification was computed.
     pub fn argon2_run(&self) {
         bump(&self.argon2_runs, 1);
+    }
+
+    /// Whether the cluster backbone is up (both Redis connections).
+    pub fn set_cluster_connected(&self, up: bool) {
+        self.cluster_connected
+            .store(u64::from(up), Ordering::Relaxed);
+    }
+
+    /// `n` broadcasts were published to Redis.
+    pub fn cluster_forwarded(&self, n: u64) {
+        bump(&self.cluster_forwarded, n);
+    }
+
+    /// `n` broadcasts could not be published to Redis (queue full, Redis down).
+    pub fn cluster_not_forwarded(&self, n: u64) {
+        bump(&self.cluster_not_forwarded, n);
+    }
+
+    /// A broadcast from another instance was delivered to this instance's subscribers.
+    pub fn cluster_received(&self) {
+        bump(&self.cluster_received, 1);
+    }
+
+    /// Broadcasts not published to Redis so far.
+    pub fn cluster_not_forwarded_count(&self) -> u64 {
+        self.cluster_not_forwarded.load(Ordering::Relaxed)
     }
 
     /// The current count for one outcome (tests, logs).
@@ -459,6 +497,40 @@ impl Metrics {
             "Admitted connections waiting for a free worker.",
         );
         sample(o, "wsgate_pool_queued", &[], &gauges.pool_queued);
+
+        family(
+            o,
+            "wsgate_cluster_connected",
+            "gauge",
+            "1 while both Redis connections of the cluster backbone are up, else 0.",
+        );
+        sample(
+            o,
+            "wsgate_cluster_connected",
+            &[],
+            &self.cluster_connected.load(Ordering::Relaxed),
+        );
+        let cluster: [(&str, &str, &AtomicU64); 3] = [
+            (
+                "wsgate_cluster_forwarded_total",
+                "Broadcasts published to Redis for the other instances.",
+                &self.cluster_forwarded,
+            ),
+            (
+                "wsgate_cluster_not_forwarded_total",
+                "Broadcasts not published to Redis (publish queue full or Redis down).",
+                &self.cluster_not_forwarded,
+            ),
+            (
+                "wsgate_cluster_received_total",
+                "Broadcasts received from other instances through Redis and delivered here.",
+                &self.cluster_received,
+            ),
+        ];
+        for (name, help, value) in cluster {
+            family(o, name, "counter", help);
+            sample(o, name, &[], &value.load(Ordering::Relaxed));
+        }
         out
     }
 }
@@ -863,6 +935,10 @@ mod tests {
         m.publish_denied();
         m.auth_cache_hit();
         m.argon2_run();
+        m.set_cluster_connected(true);
+        m.cluster_forwarded(1);
+        m.cluster_not_forwarded(1);
+        m.cluster_received();
         m.observe_upgrade(Duration::from_micros(500)); // 0.001
         m.observe_upgrade(Duration::from_millis(30)); // 0.05
         m.observe_upgrade(Duration::from_secs(60)); // +Inf
@@ -890,6 +966,10 @@ mod tests {
             "wsgate_publish_denied_total",
             "wsgate_auth_cache_hits_total",
             "wsgate_argon2_runs_total",
+            "wsgate_cluster_connected",
+            "wsgate_cluster_forwarded_total",
+            "wsgate_cluster_not_forwarded_total",
+            "wsgate_cluster_received_total",
         ] {
             assert_eq!(v(&format!("{name} ")), "1", "{name}");
         }

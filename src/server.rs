@@ -16,7 +16,8 @@ use crate::admin::{self, AdminState};
 use crate::admit::{Admission, Ticket};
 use crate::auth::Credentials;
 use crate::certs::{self, CertError};
-use crate::config::{ClientAuth, Config, ConfigError};
+use crate::cluster::Bridge;
+use crate::config::{ClientAuth, Config, ConfigError, Mode};
 use crate::connection::{self, Rights};
 use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::hub::{Hub, HubClosed, Waker};
@@ -250,6 +251,7 @@ impl Server {
             notify::spawn_watchdog(shared.notifier.clone(), interval, move || alive.is_alive())?;
         }
         spawn_cert_watcher(&shared)?;
+        let bridge = start_bridge(&shared)?;
 
         let accept = |stream, peer: SocketAddr, accepted| {
             let worker = Arc::clone(&shared);
@@ -287,6 +289,9 @@ impl Server {
             shared.hub.total_members()
         );
         shared.hub.shutdown();
+        if let Some(bridge) = bridge {
+            bridge.stop();
+        }
         let drained = shared.admission.wait_drained(grace);
         if drained {
             log::info!("shutdown complete");
@@ -468,6 +473,22 @@ fn spawn_cert_watcher(shared: &Arc<Shared>) -> io::Result<()> {
     Ok(())
 }
 
+/// Starts the Redis bridge when `[cluster] redis_url` is set. Messages from other instances are
+/// delivered only on paths a broadcast channel of the current configuration serves.
+fn start_bridge(shared: &Arc<Shared>) -> io::Result<Option<Bridge>> {
+    let weak = Arc::downgrade(shared);
+    let accepts = move |path: &str| {
+        weak.upgrade().is_some_and(|s| {
+            s.current()
+                .config
+                .channel_for(path)
+                .is_some_and(|c| c.mode == Mode::Broadcast)
+        })
+    };
+    let config = &shared.current().config.cluster;
+    Bridge::start(config, &shared.hub, &shared.metrics, Arc::new(accepts))
+}
+
 fn warn_about_origins(config: &Config) {
     if config.origins.allow_any {
         log::warn!(
@@ -495,6 +516,9 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     }
     if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
         changed.push("[admin] listen");
+    }
+    if old.cluster != new.cluster {
+        changed.push("[cluster]");
     }
     let (oa, na) = (&old.auth, &new.auth);
     if oa.cache_size != na.cache_size

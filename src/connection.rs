@@ -100,7 +100,7 @@ pub fn run(
         return End::Dropped(format!("set non-blocking: {e}"));
     }
     let end = conn.serve(limits);
-    conn.finish(&end);
+    conn.finish(&end, limits.write_timeout);
     end
 }
 
@@ -332,32 +332,44 @@ impl Conn {
     }
 
     /// Sends our close frame where one is due, waits briefly for the peer's, and ends TLS cleanly.
-    fn finish(&mut self, end: &End) {
-        let deadline = Instant::now() + CLOSE_WAIT;
-        match end {
-            End::Closed(code, reason) => {
-                let frame = CloseFrame {
-                    code: CloseCode::from(*code),
-                    reason: (*reason).into(),
-                };
-                let _ = self.ws.close(Some(frame));
-            }
-            End::PeerClosed(_) => {}
+    /// Bytes already queued go out first (up to `write_timeout`, so a slow consumer still gets
+    /// everything before its 1008): only then is there sure to be room for the close frame, which
+    /// tungstenite would otherwise refuse as `WriteBufferFull`.
+    fn finish(&mut self, end: &End, write_timeout: Duration) {
+        let mut close_frame = match end {
+            End::Closed(code, reason) => Some(CloseFrame {
+                code: CloseCode::from(*code),
+                reason: (*reason).into(),
+            }),
+            End::PeerClosed(_) => None,
             End::Dropped(_) => return,
-        }
+        };
         // A protocol violation ends the conversation: no point waiting for the peer's reply.
         let wait_reply = match end {
             End::Closed(code, _) => matches!(code, 1000 | 1001 | 1008),
             _ => true,
         };
+        let flush_deadline = Instant::now() + write_timeout;
+        let mut reply_deadline = None;
         loop {
             let flushed = match self.ws.flush() {
                 Ok(()) => true,
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => false,
-                Err(_) => break, // closed handshake complete, or the transport is gone
+                Err(_) => break, // close handshake complete, or the transport is gone
             };
-            if flushed && !wait_reply {
-                break;
+            if flushed {
+                if let Some(frame) = close_frame.take() {
+                    match self.ws.close(Some(frame)) {
+                        Ok(()) => {}
+                        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => break,
+                    }
+                    continue;
+                }
+                if !wait_reply {
+                    break;
+                }
+                reply_deadline.get_or_insert_with(|| Instant::now() + CLOSE_WAIT);
             }
             if wait_reply {
                 match self.ws.read() {
@@ -366,7 +378,9 @@ impl Conn {
                     Err(_) => break,
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = reply_deadline
+                .unwrap_or(flush_deadline)
+                .saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }

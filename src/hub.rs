@@ -46,11 +46,13 @@ impl Waker {
     }
 
     /// Clears the wake-up. Call before draining what the wake-up announced, so that a message
-    /// pushed after the drain wakes the connection again.
+    /// pushed after the drain wakes the connection again. The counter is read before `pending`
+    /// is cleared: the other order could consume a wake-up written after the clear, leaving
+    /// `pending` set with nothing to wake the next `poll` — a lost wake-up under load.
     pub fn reset(&self) {
-        self.pending.store(false, Ordering::Release);
         let mut buf = [0u8; 8];
         let _ = rustix::io::read(&self.fd, &mut buf);
+        self.pending.store(false, Ordering::Release);
     }
 }
 

@@ -1601,10 +1601,21 @@ fn check_ws(s: &Section<'_>, ws: &WsLimits) -> Result<(), ConfigError> {
 
 /// tungstenite parses the handshake again with a fixed array of this many headers.
 const MAX_HEADERS_LIMIT: usize = 124;
+/// tungstenite refuses a handshake whose head exceeds this many bytes (`AttackCheck`'s
+/// `MAX_BYTES`) with a bare reset, after our parser has accepted it.
+const MAX_REQUEST_HEAD_LIMIT: usize = 64 * KIB;
 
 fn parse_limits(s: &Section<'_>) -> Result<Limits, ConfigError> {
     let upgrade_timeout = s.positive_duration("upgrade_timeout", Duration::from_secs(10))?;
     let max_request_head = s.nonzero_size("max_request_head", nz(8 * KIB))?;
+    if max_request_head.get() > MAX_REQUEST_HEAD_LIMIT {
+        return Err(s.invalid(
+            Some("max_request_head"),
+            "must be at most 64KiB (the most tungstenite's handshake accepts; a longer head \
+             would be reset without an answer)"
+                .to_string(),
+        ));
+    }
     let max_headers = s.nonzero_count("max_headers", nz(32))?;
     if max_headers.get() > MAX_HEADERS_LIMIT {
         return Err(s.invalid(
@@ -3045,6 +3056,10 @@ listen = [::1]:9480
             (
                 "[limits]\nmax_request_head = 0\n",
                 "[limits] max_request_head: must be greater than 0",
+            ),
+            (
+                "[limits]\nmax_request_head = 65537\n",
+                "[limits] max_request_head: must be at most 64KiB",
             ),
             (
                 "[limits]\nmax_headers = 0\n",

@@ -207,6 +207,58 @@ impl Server {
         }
     }
 
+    /// Starts the server under a wrapper command (e.g. `prlimit --nofile=64 --`, which execs
+    /// wsgate, so the child's pid is the server's).
+    pub fn spawn_wrapped(
+        dir: TempDir,
+        config: &Path,
+        ca: CertificateDer<'static>,
+        wrapper: &[&str],
+    ) -> Server {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(bin())
+            .args(["serve", "--config"])
+            .arg(config);
+        Server::from_command(dir, cmd, ca)
+    }
+
+    /// Spawns `cmd` (which runs `wsgate serve`) and waits for its `listening on` line.
+    fn from_command(dir: TempDir, mut cmd: Command, ca: CertificateDer<'static>) -> Server {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wsgate");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(START_TIMEOUT) else {
+            let _ = child.kill();
+            panic!(
+                "server did not start; log:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        };
+        Server {
+            child,
+            addr: addr.parse().unwrap(),
+            ca,
+            log,
+            dir,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

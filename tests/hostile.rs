@@ -10,11 +10,12 @@ mod common;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rustls::ClientConnection;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use tungstenite::Message;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -604,6 +605,108 @@ fn connections_dropped_without_close_notify_free_their_slot() {
     assert_clean_log(&server, &[]);
 }
 
+/// A client configuration trusting `server` that presents `cert` (signed with `key`).
+fn with_client_cert(
+    server: &Server,
+    cert: CertificateDer<'static>,
+    key: &rcgen::KeyPair,
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(server.ca.clone()).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![cert], key)
+            .unwrap(),
+    )
+}
+
+/// Whether a TLS connection with `config` is refused (TLS 1.3 reports a refused client
+/// certificate on the first read).
+fn tls_refused(server: &Server, config: Arc<ClientConfig>) -> bool {
+    server
+        .tls_with(config)
+        .and_then(|mut t| {
+            t.write_all(b"GET / HTTP/1.1\r\n\r\n")?;
+            t.flush()?;
+            let mut b = [0u8; 1];
+            t.read(&mut b).map(|_| ())
+        })
+        .is_err()
+}
+
+/// Row 20: with client certificates required, a self-signed certificate and an expired one
+/// issued by the trusted CA are refused in TLS, with one log line each; a valid one gets in.
+/// (No certificate at all: access.rs::client_certificates_required_and_optional.)
+#[test]
+fn self_signed_and_expired_client_certificates_are_refused_in_tls() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test client CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf = |expired: bool| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.der().clone(), key)
+    };
+    let mut setup = Setup::default();
+    setup
+        .set("tls", "client_auth", "required")
+        .set("tls", "client_ca", "client-ca.pem");
+    let (dir, config, server_ca) = setup.write();
+    std::fs::write(dir.path().join("client-ca.pem"), ca.pem()).unwrap();
+    let server = Server::spawn(dir, &config, server_ca);
+
+    let rogue_key = rcgen::KeyPair::generate().unwrap();
+    let mut rogue = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    rogue
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "alice");
+    let rogue = rogue.self_signed(&rogue_key).unwrap();
+    let (expired, expired_key) = leaf(true);
+    for (what, cert, key) in [
+        ("self-signed", rogue.der().clone(), &rogue_key),
+        ("expired", expired, &expired_key),
+    ] {
+        let before = server.count_log("tls handshake failed");
+        assert!(
+            tls_refused(&server, with_client_cert(&server, cert, key)),
+            "{what} client certificate got through"
+        );
+        let until = Instant::now() + IO_TIMEOUT;
+        while server.count_log("tls handshake failed") == before && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            server.count_log("tls handshake failed"),
+            before + 1,
+            "{what}: one line; log:\n{}",
+            server.logs()
+        );
+    }
+    let (good, good_key) = leaf(false);
+    let (mut ws, _) = server
+        .connect_full("/echo", &[], with_client_cert(&server, good, &good_key))
+        .unwrap_or_else(|e| panic!("valid client certificate: {e}; log:\n{}", server.logs()));
+    ws.send(Message::text("mtls")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("mtls"));
+    assert_clean_log(&server, &[]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // C. Frames after the upgrade
 
@@ -748,6 +851,55 @@ fn frame_level_violations_get_their_close_codes() {
     assert!(server.wait_log("code=1002 by=server", IO_TIMEOUT));
     assert!(server.wait_log("code=1007 by=server", IO_TIMEOUT));
     assert!(server.wait_log("code=1009 by=server", IO_TIMEOUT));
+    still_serving(&server);
+    assert_clean_log(&server, &[]);
+}
+
+/// Row 32, second half: connections that declare a whole `max_frame_size` frame and then stall
+/// are pinged and dropped at the idle timeout (a single unfinished frame holds no message
+/// deadline), each holding at most the frame it declared.
+#[test]
+fn connections_stalled_inside_a_max_size_frame_are_dropped_at_the_idle_timeout() {
+    let mut setup = Setup::default();
+    setup
+        .set("limits", "max_frame_size", "64KiB")
+        .set("limits", "ping_interval", "500ms")
+        .set("limits", "idle_timeout", "1500ms");
+    let server = setup.start();
+    let mut stalled: Vec<Tls> = (0..8).map(|_| open_raw(&server, "/echo", ALICE)).collect();
+    still_serving(&server); // both password-hashing buffers are allocated before we measure
+    let before = rss_kib(server.pid());
+    let t0 = Instant::now();
+    for tls in &mut stalled {
+        let whole = frame(true, 2, &vec![0u8; 64 * 1024]);
+        tls.write_all(&whole[..14 + 100]).unwrap();
+        tls.flush().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = rss_kib(server.pid()).saturating_sub(before);
+    assert!(
+        grown < 8 * 1024,
+        "RSS grew by {grown} KiB for 8 x 64 KiB frames"
+    );
+    for tls in &mut stalled {
+        assert_eq!(server_close_code(tls), Some(1001));
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1200) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // Each close line follows the close handshake's wait for our (never sent) reply.
+    let until = Instant::now() + IO_TIMEOUT;
+    while server.count_log("reason=\"idle timeout\"") < 8 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        server.count_log("reason=\"idle timeout\""),
+        8,
+        "{}",
+        server.logs()
+    );
     still_serving(&server);
     assert_clean_log(&server, &[]);
 }

@@ -31,6 +31,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[cluster]`: the Redis backbone between instances (inactive without `redis_url`).
     pub cluster: ClusterConfig,
+    /// `[demo]`: the built-in demo page at `GET /` (off by default).
+    pub demo: DemoConfig,
     pub log_level: log::LevelFilter,
 }
 
@@ -150,6 +152,17 @@ pub struct ClusterConfig {
     /// `max_backoff`: the cap of the reconnect delay, which starts at 100 ms and doubles. Default
     /// 5 s.
     pub max_backoff: Duration,
+}
+
+/// `[demo]`: the built-in demo page (see [`crate::demo`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoConfig {
+    /// `enabled`: `GET /` without an `Upgrade` header answers with the demo page. Default false.
+    pub enabled: bool,
+    /// `channel`: the path the page joins. When `enabled`, a broadcast channel must serve it
+    /// (checked at load). Only `A-Z a-z 0-9 / _ . ~ -`, so it can be written into the page as
+    /// it is. Default `/chat/demo`.
+    pub channel: String,
 }
 
 /// A Redis URL that never shows its password: `Display` and `Debug` print it as `***`, so the
@@ -604,24 +617,30 @@ impl Config {
 
     /// The channel serving `path`, if any (exact first, then the longest prefix).
     pub fn channel_for(&self, path: &str) -> Option<&ChannelConfig> {
-        self.channels
-            .iter()
-            .find(|c| matches!(&c.pattern, ChannelPattern::Exact(p) if p == path))
-            .or_else(|| {
-                self.channels
-                    .iter()
-                    .filter(|c| match &c.pattern {
-                        ChannelPattern::Prefix(p) => {
-                            path.len() > p.len() && path.starts_with(p.as_str())
-                        }
-                        ChannelPattern::Exact(_) => false,
-                    })
-                    .max_by_key(|c| match &c.pattern {
-                        ChannelPattern::Prefix(p) => p.len(),
-                        ChannelPattern::Exact(p) => p.len(),
-                    })
-            })
+        find_channel(&self.channels, path)
     }
+}
+
+/// The channel of `channels` serving `path`: an exact path first, else the longest matching
+/// prefix pattern.
+fn find_channel<'c>(channels: &'c [ChannelConfig], path: &str) -> Option<&'c ChannelConfig> {
+    channels
+        .iter()
+        .find(|c| matches!(&c.pattern, ChannelPattern::Exact(p) if p == path))
+        .or_else(|| {
+            channels
+                .iter()
+                .filter(|c| match &c.pattern {
+                    ChannelPattern::Prefix(p) => {
+                        path.len() > p.len() && path.starts_with(p.as_str())
+                    }
+                    ChannelPattern::Exact(_) => false,
+                })
+                .max_by_key(|c| match &c.pattern {
+                    ChannelPattern::Prefix(p) => p.len(),
+                    ChannelPattern::Exact(p) => p.len(),
+                })
+        })
 }
 
 impl WsLimits {
@@ -713,6 +732,7 @@ const DEFAULT_USERS: &str = "users";
 const DEFAULT_TOKENS: &str = "tokens";
 const DEFAULT_SESSION_KEY: &str = "session.key";
 const DEFAULT_CHANNEL_PREFIX: &str = "wsgate:";
+const DEFAULT_DEMO_CHANNEL: &str = "/chat/demo";
 const DEFAULT_PUBLISH_QUEUE: usize = 1024;
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The first reconnect delay; `max_backoff` may not be below it.
@@ -756,7 +776,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "reload_check_interval",
         ],
     ),
-    ("origins", &["allow", "allow_missing", "allow_any"]),
+    (
+        "origins",
+        &["allow", "allow_missing", "allow_any", "allow_same_origin"],
+    ),
     (
         "auth",
         &[
@@ -797,6 +820,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     ("log", &["level"]),
     ("admin", &["listen"]),
+    ("demo", &["enabled", "channel"]),
     (
         "cluster",
         &[
@@ -1502,6 +1526,37 @@ fn parse_origins(s: &Section<'_>) -> Result<OriginPolicy, ConfigError> {
         allow: s.get("allow", Vec::new(), parse_allow)?,
         allow_missing: s.boolean("allow_missing", false)?,
         allow_any: s.boolean("allow_any", false)?,
+        allow_same_origin: s.boolean("allow_same_origin", false)?,
+    })
+}
+
+/// The demo channel path: what a channel path may be, limited to characters that need no
+/// escaping in HTML, JavaScript or a URL.
+fn parse_demo_channel(value: &str) -> Result<String, String> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"/_.~-".contains(&b);
+    if !value.starts_with('/') || value.len() > 256 {
+        return Err("must be a path starting with `/`, at most 256 characters".into());
+    }
+    if !value.bytes().all(plain) {
+        return Err("only A-Z a-z 0-9 / _ . ~ - are allowed".into());
+    }
+    if value[1..]
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err("empty, `.` and `..` segments are never served".into());
+    }
+    Ok(value.to_string())
+}
+
+fn parse_demo(s: &Section<'_>) -> Result<DemoConfig, ConfigError> {
+    Ok(DemoConfig {
+        enabled: s.boolean("enabled", false)?,
+        channel: s.get(
+            "channel",
+            DEFAULT_DEMO_CHANNEL.to_string(),
+            parse_demo_channel,
+        )?,
     })
 }
 
@@ -1866,7 +1921,7 @@ fn parse_config(
         } else {
             return Err(s.invalid(
                 None,
-                "unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, channel:/path or role:NAME",
+                "unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, demo, channel:/path or role:NAME",
             ));
         };
         if let Some(k) = sc.keys.iter().find(|k| !allowed.contains(&k.key.as_str())) {
@@ -1896,6 +1951,8 @@ fn parse_config(
     let log_level = fixed("log").get("level", log::LevelFilter::Info, parse_level)?;
     let admin = parse_admin(&fixed("admin"), &server)?;
     let cluster = parse_cluster(&fixed("cluster"))?;
+    let demo_section = fixed("demo");
+    let demo = parse_demo(&demo_section)?;
 
     let mut channels: Vec<ChannelConfig> = Vec::new();
     for s in &sections {
@@ -1925,6 +1982,34 @@ fn parse_config(
             roles.push(parse_role(s, name)?);
         }
     }
+    if demo.enabled {
+        let key = if demo_section.is_set("channel") {
+            "channel"
+        } else {
+            "enabled"
+        };
+        match find_channel(&channels, &demo.channel).map(|c| c.mode) {
+            Some(Mode::Broadcast) => {}
+            Some(Mode::Echo) => {
+                return Err(demo_section.invalid(
+                    Some(key),
+                    format!(
+                        "the demo channel {} is an echo channel; the page needs a broadcast channel",
+                        demo.channel
+                    ),
+                ));
+            }
+            None => {
+                return Err(demo_section.invalid(
+                    Some(key),
+                    format!(
+                        "no channel serves the demo channel {}; add a broadcast [channel:…] for it",
+                        demo.channel
+                    ),
+                ));
+            }
+        }
+    }
 
     Ok(Config {
         source: source.to_path_buf(),
@@ -1937,6 +2022,7 @@ fn parse_config(
         roles,
         admin,
         cluster,
+        demo,
         log_level,
     })
 }
@@ -2019,6 +2105,14 @@ mod tests {
         assert!(c.origins.allow.is_empty());
         assert!(!c.origins.allow_missing);
         assert!(!c.origins.allow_any);
+        assert!(!c.origins.allow_same_origin);
+        assert_eq!(
+            c.demo,
+            DemoConfig {
+                enabled: false,
+                channel: "/chat/demo".into()
+            }
+        );
         assert_eq!(c.auth.users_file, dir.0.join("users"));
         assert_eq!(c.auth.cache_size, 1024);
         assert_eq!(c.auth.cache_ttl, Duration::from_secs(600));
@@ -2850,11 +2944,11 @@ listen = [::1]:9480
         );
         assert_eq!(
             err(&with("[bogus]\n")),
-            "config: F:5: [bogus]: unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, channel:/path or role:NAME"
+            "config: F:5: [bogus]: unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, demo, channel:/path or role:NAME"
         );
         assert_eq!(
             err(&with("[channel]\nmode = echo\n")),
-            "config: F:5: [channel]: unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, channel:/path or role:NAME"
+            "config: F:5: [channel]: unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, demo, channel:/path or role:NAME"
         );
         assert_eq!(
             err(&with("[server]\nworkers = 2\n\n# comment\nworkers = 3\n")),
@@ -2893,6 +2987,7 @@ listen = [::1]:9480
             "limits",
             "log",
             "cluster",
+            "demo",
             "channel:/other",
         ] {
             let e = err(&format!(
@@ -2919,6 +3014,47 @@ listen = [::1]:9480
             err(&with("[channel:/x]\nmode = echo\nping_interval = 1s\n"))
                 .starts_with("config: F:7: [channel:/x] ping_interval: unknown key")
         );
+    }
+
+    #[test]
+    fn demo_page_settings() {
+        // Off, the channel need not exist.
+        let c = ok(&with("[demo]\nchannel = /nowhere\n"));
+        assert!(!c.demo.enabled);
+        let c = ok(&with(
+            "[channel:/chat/*]\nmode = broadcast\n[demo]\nenabled = true\n\
+             [origins]\nallow_same_origin = true\n",
+        ));
+        assert!(c.demo.enabled && c.origins.allow_same_origin);
+        assert_eq!(c.demo.channel, "/chat/demo");
+        let c = ok(&with(
+            "[channel:/room]\nmode = broadcast\n[demo]\nenabled = yes\nchannel = /room\n",
+        ));
+        assert_eq!(c.demo.channel, "/room");
+        assert_eq!(
+            err(&with("[demo]\nenabled = true\n")),
+            "config: F:6: [demo] enabled: no channel serves the demo channel /chat/demo; add a broadcast [channel:…] for it"
+        );
+        assert_eq!(
+            err(&with("[demo]\nenabled = true\nchannel = /echo\n")),
+            "config: F:7: [demo] channel: the demo channel /echo is an echo channel; the page needs a broadcast channel"
+        );
+        for (bad, why) in [
+            ("chat", "must be a path starting with `/`"),
+            ("/chat/a b", "only A-Z a-z 0-9"),
+            ("/chat/\"x", "only A-Z a-z 0-9"),
+            ("/chat/<b>", "only A-Z a-z 0-9"),
+            ("/chat?x", "only A-Z a-z 0-9"),
+            ("/chat//a", "empty, `.` and `..` segments"),
+            ("/chat/../echo", "empty, `.` and `..` segments"),
+            ("/chat/", "empty, `.` and `..` segments"),
+        ] {
+            let e = err(&with(&format!("[demo]\nchannel = {bad}\n")));
+            assert!(
+                e.starts_with(&format!("config: F:6: [demo] channel: {why}")),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -640,6 +640,10 @@ fn serve(
             log_refusal(peer, &reason);
             return;
         }
+        Err(UpgradeError::DemoPage) => {
+            log::info!("demo page peer={peer} status=200");
+            return;
+        }
         Err(UpgradeError::Io(e)) => {
             metrics.outcome(if is_timeout(&e) {
                 Outcome::HandshakeTimeout

@@ -1,6 +1,7 @@
 //! The HTTP upgrade: reads the request head ourselves (bounded size and header count, under the
 //! upgrade deadline), answers malformed requests with their status, then replays the bytes to
 //! tungstenite, whose callback asks [`policy::decide`] and turns a refusal into its response.
+//! With `[demo] enabled`, a plain `GET /` gets the [`demo`] page instead.
 //! Never reads past its deadline; never logs a credential.
 
 use std::cell::RefCell;
@@ -14,6 +15,7 @@ use tungstenite::{WebSocket, http};
 
 use crate::config::Config;
 use crate::deadline::{Deadline, Phase, is_timeout};
+use crate::demo;
 use crate::frames::{FrameLimit, FrameWatch};
 use crate::policy::{self, Grant, Reason, Verifier};
 use crate::tls::TlsStream;
@@ -121,6 +123,8 @@ pub enum UpgradeError {
     Refused(Reason),
     /// The client went away, stalled past the deadline, or broke TLS.
     Io(io::Error),
+    /// A plain `GET /` with `[demo] enabled`: the demo page was sent (and the socket closed).
+    DemoPage,
 }
 
 /// Headers added to the 101 response (session token, cookie, subprotocol).
@@ -152,6 +156,12 @@ pub fn upgrade<T>(
             return Err(UpgradeError::Refused(reason));
         }
         Err(HeadError::Io(e)) => return Err(UpgradeError::Io(e)),
+        Err(HeadError::DemoPage) => {
+            let page = demo::response(&config.demo.channel);
+            let sent = tls.write_all(&page);
+            linger_close(&mut tls);
+            return Err(sent.map_or_else(UpgradeError::Io, |()| UpgradeError::DemoPage));
+        }
     };
     // The channel's limits size this connection's buffers; an unknown path is refused by the
     // callback (404), with the default limits in the meantime.
@@ -218,6 +228,8 @@ pub fn upgrade<T>(
 enum HeadError {
     Refuse(Reason),
     Io(io::Error),
+    /// Not an upgrade but the demo page's `GET /`, and the page is enabled.
+    DemoPage,
 }
 
 /// Reads until the blank line ending the head, returning every byte read (the head and anything
@@ -261,6 +273,9 @@ fn read_head(
             return Err(HeadError::Refuse(Reason::TooManyHeaders));
         }
         Err(_) => return Err(HeadError::Refuse(Reason::Malformed)),
+    }
+    if config.demo.enabled && demo::wants_page(&req) {
+        return Err(HeadError::DemoPage);
     }
     policy::check_head(&req).map_err(HeadError::Refuse)?;
     let target = req.path.unwrap_or("/");

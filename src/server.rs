@@ -494,9 +494,20 @@ fn warn_about_origins(config: &Config) {
         log::warn!(
             "[origins] allow_any = true: any web page may open connections with its visitors' credentials"
         );
-    } else if config.origins.allow.is_empty() {
+    } else if config.origins.allow.is_empty() && !config.origins.allow_same_origin {
         log::warn!(
             "[origins] allow is empty: every browser (any request with an Origin header) is refused"
+        );
+    }
+    if config.demo.enabled {
+        log::info!(
+            "demo page at GET / (channel {}){}",
+            config.demo.channel,
+            if config.origins.allow_same_origin {
+                ""
+            } else {
+                "; its own origin must be in [origins] allow, or set allow_same_origin = true"
+            }
         );
     }
 }

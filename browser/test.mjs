@@ -6,7 +6,8 @@
 //   (b) a page from another origin (a second, plain-HTTP server on another port) opens the
 //       channel with valid credentials and is refused with 403 "origin not allowed" (cross-site
 //       WebSocket hijacking), while the same-origin page can open the same URL;
-//   (c) after a password login the page reconnects without the password: the browser sends the
+//   (c) after a password login the page reconnects without the password, with its Reconnect
+//       button and by itself after the server closes the connection: the browser sends the
 //       HttpOnly session cookie and the server logs `auth=session` with the same session id.
 //
 // Usage: node browser/test.mjs  (after `cargo build --release`). Environment: WSGATE_BIN (the
@@ -91,6 +92,9 @@ enabled = true
 channel = ${CHANNEL}
 [channel:/chat/*]
 mode = broadcast
+# Small, so the test can make the server close a connection (1009) with one long message.
+max_message_size = 1K
+max_frame_size = 1K
 [role:users]
 members = *
 subscribe = /chat/*
@@ -252,7 +256,28 @@ async function run() {
   await received(a, 'after the reconnect');
   await send(a, 'alice is back');
   await received(b, 'alice is back');
-  console.log(`ok (c) reconnected without a password: ${resumed.replace(/peer=\S+ /, '')}`);
+  // The server closes the connection (a message over max_message_size: 1009); the page
+  // reconnects by itself, again with the cookie.
+  const beforeClose = log.length;
+  await send(a, 'x'.repeat(1500));
+  await waitForLog(
+    'the server closes alice for a long message',
+    /close peer=\S+ user="alice" .* code=1009/,
+    beforeClose,
+  );
+  await waitForLog(
+    'alice resumes by herself',
+    new RegExp(`open peer=\\S+ user="alice" auth=session session=${session} path=${CHANNEL}`),
+    beforeClose,
+  );
+  await a.waitForSelector('body[data-state="connected"]');
+  check(!socketsA.at(-1).includes('pass='), `automatic reconnect URL carried a password`);
+  check(socketsA.length === 3, `expected 3 sockets from page A, saw ${socketsA.length}`);
+  await send(b, 'after the automatic reconnect');
+  await received(a, 'after the automatic reconnect');
+  console.log(
+    `ok (c) reconnected without a password (button, then by itself after a 1009): ${resumed.replace(/peer=\S+ /, '')}`,
+  );
 
   // (b) a page from another origin is refused, with valid credentials, even in the context
   // that holds alice's session cookie; the same-origin page opens the same URL.

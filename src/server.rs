@@ -9,7 +9,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::admin::{self, AdminState};
@@ -26,6 +26,7 @@ use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
 use crate::policy::{Grant, Reason};
 use crate::proxy;
+use crate::ratelimit::TokenBucket;
 use crate::session::{self, SessionError, SessionKey};
 use crate::throttle::LoginThrottle;
 use crate::tls;
@@ -686,9 +687,34 @@ fn session_cookie(token: &str, ttl: Duration) -> String {
     )
 }
 
-/// One line per refused upgrade. Credential failures are at warn, in a fixed form fail2ban can
-/// match: `auth failed: user="NAME" peer=IP:PORT reason=REASON`. Never a password.
+/// Refusal lines logged per second at most (and as a burst); a flood of bad requests must not
+/// fill the disk or the journal. The rest are counted, and the count is logged with the next line.
+const REFUSAL_LINES_PER_SEC: u64 = 20;
+
+/// One line per refused upgrade, at most `REFUSAL_LINES_PER_SEC` a second. Credential failures
+/// are at warn, in a fixed form fail2ban can match:
+/// `auth failed: user="NAME" peer=IP:PORT reason=REASON`. Never a password.
 fn log_refusal(peer: SocketAddr, reason: &Reason) {
+    static BUDGET: OnceLock<Mutex<(TokenBucket, u64)>> = OnceLock::new();
+    let now = Instant::now();
+    let budget = BUDGET.get_or_init(|| {
+        let bucket = TokenBucket::new(REFUSAL_LINES_PER_SEC, REFUSAL_LINES_PER_SEC, now);
+        Mutex::new((bucket, 0))
+    });
+    let suppressed = {
+        let mut budget = budget.lock().unwrap_or_else(PoisonError::into_inner);
+        if !budget.0.try_take(1, now) {
+            budget.1 += 1;
+            return;
+        }
+        std::mem::take(&mut budget.1)
+    };
+    if suppressed > 0 {
+        log::warn!(
+            "{suppressed} refusal lines suppressed (more than {REFUSAL_LINES_PER_SEC} a second); \
+             see wsgate_connections_total in /metrics for every outcome"
+        );
+    }
     let status = reason.status().as_u16();
     match reason {
         Reason::Throttled { .. } => {

@@ -61,6 +61,12 @@ pub struct ServerConfig {
     /// `drain_delay`: after SIGTERM, how long to keep accepting while `/healthz` answers 503, so
     /// a load balancer's health check takes the instance out first. Default 0 s.
     pub drain_delay: Duration,
+    /// `tls`: serve `wss://` (true) or plain `ws://` for a TLS-terminating proxy in front (false).
+    /// Default true. Off on a non-loopback `listen` address needs `allow_plaintext`.
+    pub tls: bool,
+    /// `allow_plaintext`: lets `tls = off` listen on a non-loopback address. Default false, so
+    /// plaintext credentials never cross a network unless the admin wrote so.
+    pub allow_plaintext: bool,
 }
 
 /// `[tls]`.
@@ -762,6 +768,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_pre_auth",
             "proxy_protocol",
             "drain_delay",
+            "tls",
+            "allow_plaintext",
         ],
     ),
     (
@@ -1465,6 +1473,18 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
     }
     let proxy_protocol = s.boolean("proxy_protocol", false)?;
     let drain_delay = s.duration("drain_delay", Duration::ZERO)?;
+    let tls = s.boolean("tls", true)?;
+    let allow_plaintext = s.boolean("allow_plaintext", false)?;
+    if !tls && !allow_plaintext && !listen.ip().to_canonical().is_loopback() {
+        return Err(s.invalid(
+            Some("tls"),
+            format!(
+                "off on the non-loopback address {listen} would send credentials and messages \
+                 in clear text over the network; listen on 127.0.0.1 or ::1 behind a \
+                 TLS-terminating proxy, or write allow_plaintext = true if that is really meant"
+            ),
+        ));
+    }
     Ok(ServerConfig {
         listen,
         workers,
@@ -1475,19 +1495,28 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
         max_pre_auth,
         proxy_protocol,
         drain_delay,
+        tls,
+        allow_plaintext,
     })
 }
 
-fn parse_tls(s: &Section<'_>, base: &Bases<'_>) -> Result<TlsConfig, ConfigError> {
+/// `[tls]`; with `enabled` false (`[server] tls = off`) the certificate and key are not needed.
+fn parse_tls(s: &Section<'_>, base: &Bases<'_>, enabled: bool) -> Result<TlsConfig, ConfigError> {
     let cert = s.path("cert", DEFAULT_CERT, base)?;
     let key = s.path("key", DEFAULT_KEY, base)?;
     let self_signed = s.boolean("self_signed", false)?;
-    if !self_signed {
+    if enabled && !self_signed {
         s.require_file("cert", &cert)?;
         s.require_file("key", &key)?;
     }
     let handshake_timeout = s.positive_duration("handshake_timeout", Duration::from_secs(10))?;
     let client_auth = s.get("client_auth", ClientAuth::Off, parse_client_auth)?;
+    if !enabled && client_auth != ClientAuth::Off {
+        return Err(s.invalid(
+            Some("client_auth"),
+            "client certificates need TLS, but [server] tls is off",
+        ));
+    }
     let client_ca = match (client_auth, s.is_set("client_ca")) {
         (ClientAuth::Off, false) => None,
         (ClientAuth::Off, true) => {
@@ -1944,7 +1973,7 @@ fn parse_config(
     };
 
     let server = parse_server(&fixed("server"))?;
-    let tls = parse_tls(&fixed("tls"), &base)?;
+    let tls = parse_tls(&fixed("tls"), &base, server.tls)?;
     let origins = parse_origins(&fixed("origins"))?;
     let auth = parse_auth(&fixed("auth"), &base)?;
     let limits = parse_limits(&fixed("limits"))?;
@@ -2091,6 +2120,7 @@ mod tests {
         let c = Config::parse(MINIMAL, &dir.ini()).unwrap();
         assert_eq!(c.source, dir.ini());
         assert_eq!(c.server.listen, "0.0.0.0:8443".parse().unwrap());
+        assert!(c.server.tls && !c.server.allow_plaintext);
         assert_eq!(c.server.workers.get(), 64);
         assert_eq!(c.server.queue, 16);
         assert_eq!(c.server.max_connections_per_ip.get(), 16);
@@ -3459,6 +3489,41 @@ listen = [::1]:9480
             "config: F:7: [limits] idle_timeout: idle_timeout (10s) must be greater than ping_interval (10s), so a ping can be answered before the connection counts as idle"
         );
         assert!(err(&with("[limits]\nping_interval = 2m\n")).starts_with("config: F:6: [limits] ping_interval: idle_timeout (75s) must be greater than ping_interval (120s)"));
+    }
+
+    #[test]
+    fn plaintext_listener_needs_loopback_or_allow_plaintext() {
+        // No [tls] section at all: with tls off neither cert nor key is needed.
+        let chan = "[channel:/echo]\nmode = echo\n";
+        for listen in ["127.0.0.1:9001", "[::1]:9001", "[::ffff:127.0.0.1]:9001"] {
+            let c = ok(&format!("[server]\nlisten = {listen}\ntls = off\n{chan}"));
+            assert!(!c.server.tls && !c.server.allow_plaintext, "{listen}");
+        }
+        for listen in ["0.0.0.0:9001", "[::]:9001", "192.0.2.7:9001"] {
+            let e = err(&format!("[server]\nlisten = {listen}\ntls = off\n{chan}"));
+            assert!(
+                e.starts_with(&format!(
+                    "config: F:3: [server] tls: off on the non-loopback address {}",
+                    listen.parse::<SocketAddr>().unwrap()
+                )) && e.contains("allow_plaintext = true"),
+                "{e}"
+            );
+        }
+        let c = ok(&format!(
+            "[server]\nlisten = 0.0.0.0:9001\ntls = off\nallow_plaintext = true\n{chan}"
+        ));
+        assert!(!c.server.tls && c.server.allow_plaintext);
+        // TLS on (the default) still needs its files, whatever allow_plaintext says.
+        assert!(
+            err(&format!("[server]\nallow_plaintext = true\n{chan}"))
+                .starts_with("config: F: [tls] cert: file not found")
+        );
+        assert_eq!(
+            err(&format!(
+                "[server]\nlisten = 127.0.0.1:1\ntls = off\n[tls]\nclient_auth = required\n{chan}"
+            )),
+            "config: F:5: [tls] client_auth: client certificates need TLS, but [server] tls is off"
+        );
     }
 
     /// Reads `conf/wsgate.ini` and parses it from a temporary directory holding a `users` file.

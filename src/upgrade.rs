@@ -18,7 +18,7 @@ use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::demo;
 use crate::frames::{FrameLimit, FrameWatch};
 use crate::policy::{self, Grant, Reason, Verifier};
-use crate::tls::TlsStream;
+use crate::tls::Transport;
 
 /// How long a refused client gets to read our answer before the socket closes.
 const LINGER: Duration = Duration::from_secs(2);
@@ -114,7 +114,7 @@ impl<S: Write> Write for Replay<S> {
     }
 }
 
-pub type WsStream = WebSocket<Replay<TlsStream>>;
+pub type WsStream = WebSocket<Replay<Transport>>;
 
 /// How an upgrade ended without a WebSocket.
 #[derive(Debug)]
@@ -138,7 +138,7 @@ pub type ExtraHeaders = Vec<(&'static str, String)>;
 /// # Errors
 /// [`UpgradeError`]; refusals have already been answered.
 pub fn upgrade<T>(
-    mut tls: TlsStream,
+    mut tls: Transport,
     config: &Config,
     verifier: &dyn Verifier,
     enter: impl FnOnce(&Grant) -> Result<(T, ExtraHeaders), Reason>,
@@ -236,7 +236,7 @@ enum HeadError {
 /// the client sent after it), the head's length and the request path. Parses once, when the head is complete, so a
 /// head dripped one byte at a time costs linear work.
 fn read_head(
-    tls: &mut TlsStream,
+    tls: &mut Transport,
     config: &Config,
     deadline: Deadline,
 ) -> Result<(Vec<u8>, usize, String), HeadError> {
@@ -287,7 +287,7 @@ fn read_head(
 }
 
 /// Writes the refusal for `reason` and closes politely.
-fn refuse(tls: &mut TlsStream, reason: &Reason) {
+fn refuse(tls: &mut Transport, reason: &Reason) {
     let response = reason.response();
     let mut out = Vec::with_capacity(256);
     if write_response(&mut out, &response).is_ok() {
@@ -301,7 +301,7 @@ fn refuse(tls: &mut TlsStream, reason: &Reason) {
 
 /// Flushes what is pending, sends close_notify, half-closes, then reads and discards what the
 /// client still sends (bounded in bytes and time) so our answer is not lost to a reset.
-pub fn linger_close(tls: &mut TlsStream) {
+pub fn linger_close(tls: &mut Transport) {
     let deadline = Deadline::new(Phase::Linger, Instant::now(), LINGER);
     tls.send_close_notify();
     if deadline.arm(tls.socket()).is_err() || tls.flush().is_err() {

@@ -249,6 +249,8 @@ mod tests {
             max_pre_auth: NonZeroUsize::new(workers + queue).unwrap(),
             proxy_protocol: false,
             drain_delay: Duration::ZERO,
+            tls: true,
+            allow_plaintext: false,
         }
     }
 

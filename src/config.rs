@@ -31,6 +31,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[cluster]`: the Redis backbone between instances (inactive without `redis_url`).
     pub cluster: ClusterConfig,
+    /// `[demo]`: the built-in demo page at `GET /` (off by default).
+    pub demo: DemoConfig,
     pub log_level: log::LevelFilter,
 }
 
@@ -59,6 +61,12 @@ pub struct ServerConfig {
     /// `drain_delay`: after SIGTERM, how long to keep accepting while `/healthz` answers 503, so
     /// a load balancer's health check takes the instance out first. Default 0 s.
     pub drain_delay: Duration,
+    /// `tls`: serve `wss://` (true) or plain `ws://` for a TLS-terminating proxy in front (false).
+    /// Default true. Off on a non-loopback `listen` address needs `allow_plaintext`.
+    pub tls: bool,
+    /// `allow_plaintext`: lets `tls = off` listen on a non-loopback address. Default false, so
+    /// plaintext credentials never cross a network unless the admin wrote so.
+    pub allow_plaintext: bool,
 }
 
 /// `[tls]`.
@@ -150,6 +158,17 @@ pub struct ClusterConfig {
     /// `max_backoff`: the cap of the reconnect delay, which starts at 100 ms and doubles. Default
     /// 5 s.
     pub max_backoff: Duration,
+}
+
+/// `[demo]`: the built-in demo page (see [`crate::demo`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoConfig {
+    /// `enabled`: `GET /` without an `Upgrade` header answers with the demo page. Default false.
+    pub enabled: bool,
+    /// `channel`: the path the page joins. When `enabled`, a broadcast channel must serve it
+    /// (checked at load). Only `A-Z a-z 0-9 / _ . ~ -`, so it can be written into the page as
+    /// it is. Default `/chat/demo`.
+    pub channel: String,
 }
 
 /// A Redis URL that never shows its password: `Display` and `Debug` print it as `***`, so the
@@ -604,24 +623,30 @@ impl Config {
 
     /// The channel serving `path`, if any (exact first, then the longest prefix).
     pub fn channel_for(&self, path: &str) -> Option<&ChannelConfig> {
-        self.channels
-            .iter()
-            .find(|c| matches!(&c.pattern, ChannelPattern::Exact(p) if p == path))
-            .or_else(|| {
-                self.channels
-                    .iter()
-                    .filter(|c| match &c.pattern {
-                        ChannelPattern::Prefix(p) => {
-                            path.len() > p.len() && path.starts_with(p.as_str())
-                        }
-                        ChannelPattern::Exact(_) => false,
-                    })
-                    .max_by_key(|c| match &c.pattern {
-                        ChannelPattern::Prefix(p) => p.len(),
-                        ChannelPattern::Exact(p) => p.len(),
-                    })
-            })
+        find_channel(&self.channels, path)
     }
+}
+
+/// The channel of `channels` serving `path`: an exact path first, else the longest matching
+/// prefix pattern.
+fn find_channel<'c>(channels: &'c [ChannelConfig], path: &str) -> Option<&'c ChannelConfig> {
+    channels
+        .iter()
+        .find(|c| matches!(&c.pattern, ChannelPattern::Exact(p) if p == path))
+        .or_else(|| {
+            channels
+                .iter()
+                .filter(|c| match &c.pattern {
+                    ChannelPattern::Prefix(p) => {
+                        path.len() > p.len() && path.starts_with(p.as_str())
+                    }
+                    ChannelPattern::Exact(_) => false,
+                })
+                .max_by_key(|c| match &c.pattern {
+                    ChannelPattern::Prefix(p) => p.len(),
+                    ChannelPattern::Exact(p) => p.len(),
+                })
+        })
 }
 
 impl WsLimits {
@@ -713,6 +738,7 @@ const DEFAULT_USERS: &str = "users";
 const DEFAULT_TOKENS: &str = "tokens";
 const DEFAULT_SESSION_KEY: &str = "session.key";
 const DEFAULT_CHANNEL_PREFIX: &str = "wsgate:";
+const DEFAULT_DEMO_CHANNEL: &str = "/chat/demo";
 const DEFAULT_PUBLISH_QUEUE: usize = 1024;
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The first reconnect delay; `max_backoff` may not be below it.
@@ -742,6 +768,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_pre_auth",
             "proxy_protocol",
             "drain_delay",
+            "tls",
+            "allow_plaintext",
         ],
     ),
     (
@@ -756,7 +784,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "reload_check_interval",
         ],
     ),
-    ("origins", &["allow", "allow_missing", "allow_any"]),
+    (
+        "origins",
+        &["allow", "allow_missing", "allow_any", "allow_same_origin"],
+    ),
     (
         "auth",
         &[
@@ -797,6 +828,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     ("log", &["level"]),
     ("admin", &["listen"]),
+    ("demo", &["enabled", "channel"]),
     (
         "cluster",
         &[
@@ -1441,6 +1473,18 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
     }
     let proxy_protocol = s.boolean("proxy_protocol", false)?;
     let drain_delay = s.duration("drain_delay", Duration::ZERO)?;
+    let tls = s.boolean("tls", true)?;
+    let allow_plaintext = s.boolean("allow_plaintext", false)?;
+    if !tls && !allow_plaintext && !listen.ip().to_canonical().is_loopback() {
+        return Err(s.invalid(
+            Some("tls"),
+            format!(
+                "off on the non-loopback address {listen} would send credentials and messages \
+                 in clear text over the network; listen on 127.0.0.1 or ::1 behind a \
+                 TLS-terminating proxy, or write allow_plaintext = true if that is really meant"
+            ),
+        ));
+    }
     Ok(ServerConfig {
         listen,
         workers,
@@ -1451,19 +1495,28 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
         max_pre_auth,
         proxy_protocol,
         drain_delay,
+        tls,
+        allow_plaintext,
     })
 }
 
-fn parse_tls(s: &Section<'_>, base: &Bases<'_>) -> Result<TlsConfig, ConfigError> {
+/// `[tls]`; with `enabled` false (`[server] tls = off`) the certificate and key are not needed.
+fn parse_tls(s: &Section<'_>, base: &Bases<'_>, enabled: bool) -> Result<TlsConfig, ConfigError> {
     let cert = s.path("cert", DEFAULT_CERT, base)?;
     let key = s.path("key", DEFAULT_KEY, base)?;
     let self_signed = s.boolean("self_signed", false)?;
-    if !self_signed {
+    if enabled && !self_signed {
         s.require_file("cert", &cert)?;
         s.require_file("key", &key)?;
     }
     let handshake_timeout = s.positive_duration("handshake_timeout", Duration::from_secs(10))?;
     let client_auth = s.get("client_auth", ClientAuth::Off, parse_client_auth)?;
+    if !enabled && client_auth != ClientAuth::Off {
+        return Err(s.invalid(
+            Some("client_auth"),
+            "client certificates need TLS, but [server] tls is off",
+        ));
+    }
     let client_ca = match (client_auth, s.is_set("client_ca")) {
         (ClientAuth::Off, false) => None,
         (ClientAuth::Off, true) => {
@@ -1502,6 +1555,37 @@ fn parse_origins(s: &Section<'_>) -> Result<OriginPolicy, ConfigError> {
         allow: s.get("allow", Vec::new(), parse_allow)?,
         allow_missing: s.boolean("allow_missing", false)?,
         allow_any: s.boolean("allow_any", false)?,
+        allow_same_origin: s.boolean("allow_same_origin", false)?,
+    })
+}
+
+/// The demo channel path: what a channel path may be, limited to characters that need no
+/// escaping in HTML, JavaScript or a URL.
+fn parse_demo_channel(value: &str) -> Result<String, String> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"/_.~-".contains(&b);
+    if !value.starts_with('/') || value.len() > 256 {
+        return Err("must be a path starting with `/`, at most 256 characters".into());
+    }
+    if !value.bytes().all(plain) {
+        return Err("only A-Z a-z 0-9 / _ . ~ - are allowed".into());
+    }
+    if value[1..]
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err("empty, `.` and `..` segments are never served".into());
+    }
+    Ok(value.to_string())
+}
+
+fn parse_demo(s: &Section<'_>) -> Result<DemoConfig, ConfigError> {
+    Ok(DemoConfig {
+        enabled: s.boolean("enabled", false)?,
+        channel: s.get(
+            "channel",
+            DEFAULT_DEMO_CHANNEL.to_string(),
+            parse_demo_channel,
+        )?,
     })
 }
 
@@ -1877,7 +1961,7 @@ fn parse_config(
         } else {
             return Err(s.invalid(
                 None,
-                "unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, channel:/path or role:NAME",
+                "unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, demo, channel:/path or role:NAME",
             ));
         };
         if let Some(k) = sc.keys.iter().find(|k| !allowed.contains(&k.key.as_str())) {
@@ -1900,13 +1984,15 @@ fn parse_config(
     };
 
     let server = parse_server(&fixed("server"))?;
-    let tls = parse_tls(&fixed("tls"), &base)?;
+    let tls = parse_tls(&fixed("tls"), &base, server.tls)?;
     let origins = parse_origins(&fixed("origins"))?;
     let auth = parse_auth(&fixed("auth"), &base)?;
     let limits = parse_limits(&fixed("limits"))?;
     let log_level = fixed("log").get("level", log::LevelFilter::Info, parse_level)?;
     let admin = parse_admin(&fixed("admin"), &server)?;
     let cluster = parse_cluster(&fixed("cluster"))?;
+    let demo_section = fixed("demo");
+    let demo = parse_demo(&demo_section)?;
 
     let mut channels: Vec<ChannelConfig> = Vec::new();
     for s in &sections {
@@ -1936,6 +2022,34 @@ fn parse_config(
             roles.push(parse_role(s, name)?);
         }
     }
+    if demo.enabled {
+        let key = if demo_section.is_set("channel") {
+            "channel"
+        } else {
+            "enabled"
+        };
+        match find_channel(&channels, &demo.channel).map(|c| c.mode) {
+            Some(Mode::Broadcast) => {}
+            Some(Mode::Echo) => {
+                return Err(demo_section.invalid(
+                    Some(key),
+                    format!(
+                        "the demo channel {} is an echo channel; the page needs a broadcast channel",
+                        demo.channel
+                    ),
+                ));
+            }
+            None => {
+                return Err(demo_section.invalid(
+                    Some(key),
+                    format!(
+                        "no channel serves the demo channel {}; add a broadcast [channel:…] for it",
+                        demo.channel
+                    ),
+                ));
+            }
+        }
+    }
 
     Ok(Config {
         source: source.to_path_buf(),
@@ -1948,6 +2062,7 @@ fn parse_config(
         roles,
         admin,
         cluster,
+        demo,
         log_level,
     })
 }
@@ -2016,6 +2131,7 @@ mod tests {
         let c = Config::parse(MINIMAL, &dir.ini()).unwrap();
         assert_eq!(c.source, dir.ini());
         assert_eq!(c.server.listen, "0.0.0.0:8443".parse().unwrap());
+        assert!(c.server.tls && !c.server.allow_plaintext);
         assert_eq!(c.server.workers.get(), 64);
         assert_eq!(c.server.queue, 16);
         assert_eq!(c.server.max_connections_per_ip.get(), 16);
@@ -2030,6 +2146,14 @@ mod tests {
         assert!(c.origins.allow.is_empty());
         assert!(!c.origins.allow_missing);
         assert!(!c.origins.allow_any);
+        assert!(!c.origins.allow_same_origin);
+        assert_eq!(
+            c.demo,
+            DemoConfig {
+                enabled: false,
+                channel: "/chat/demo".into()
+            }
+        );
         assert_eq!(c.auth.users_file, dir.0.join("users"));
         assert_eq!(c.auth.cache_size, 1024);
         assert_eq!(c.auth.cache_ttl, Duration::from_secs(600));
@@ -2861,11 +2985,11 @@ listen = [::1]:9480
         );
         assert_eq!(
             err(&with("[bogus]\n")),
-            "config: F:5: [bogus]: unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, channel:/path or role:NAME"
+            "config: F:5: [bogus]: unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, demo, channel:/path or role:NAME"
         );
         assert_eq!(
             err(&with("[channel]\nmode = echo\n")),
-            "config: F:5: [channel]: unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, channel:/path or role:NAME"
+            "config: F:5: [channel]: unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, demo, channel:/path or role:NAME"
         );
         assert_eq!(
             err(&with("[server]\nworkers = 2\n\n# comment\nworkers = 3\n")),
@@ -2904,6 +3028,7 @@ listen = [::1]:9480
             "limits",
             "log",
             "cluster",
+            "demo",
             "channel:/other",
         ] {
             let e = err(&format!(
@@ -2930,6 +3055,47 @@ listen = [::1]:9480
             err(&with("[channel:/x]\nmode = echo\nping_interval = 1s\n"))
                 .starts_with("config: F:7: [channel:/x] ping_interval: unknown key")
         );
+    }
+
+    #[test]
+    fn demo_page_settings() {
+        // Off, the channel need not exist.
+        let c = ok(&with("[demo]\nchannel = /nowhere\n"));
+        assert!(!c.demo.enabled);
+        let c = ok(&with(
+            "[channel:/chat/*]\nmode = broadcast\n[demo]\nenabled = true\n\
+             [origins]\nallow_same_origin = true\n",
+        ));
+        assert!(c.demo.enabled && c.origins.allow_same_origin);
+        assert_eq!(c.demo.channel, "/chat/demo");
+        let c = ok(&with(
+            "[channel:/room]\nmode = broadcast\n[demo]\nenabled = yes\nchannel = /room\n",
+        ));
+        assert_eq!(c.demo.channel, "/room");
+        assert_eq!(
+            err(&with("[demo]\nenabled = true\n")),
+            "config: F:6: [demo] enabled: no channel serves the demo channel /chat/demo; add a broadcast [channel:…] for it"
+        );
+        assert_eq!(
+            err(&with("[demo]\nenabled = true\nchannel = /echo\n")),
+            "config: F:7: [demo] channel: the demo channel /echo is an echo channel; the page needs a broadcast channel"
+        );
+        for (bad, why) in [
+            ("chat", "must be a path starting with `/`"),
+            ("/chat/a b", "only A-Z a-z 0-9"),
+            ("/chat/\"x", "only A-Z a-z 0-9"),
+            ("/chat/<b>", "only A-Z a-z 0-9"),
+            ("/chat?x", "only A-Z a-z 0-9"),
+            ("/chat//a", "empty, `.` and `..` segments"),
+            ("/chat/../echo", "empty, `.` and `..` segments"),
+            ("/chat/", "empty, `.` and `..` segments"),
+        ] {
+            let e = err(&with(&format!("[demo]\nchannel = {bad}\n")));
+            assert!(
+                e.starts_with(&format!("config: F:6: [demo] channel: {why}")),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -3338,6 +3504,41 @@ listen = [::1]:9480
             "config: F:7: [limits] idle_timeout: idle_timeout (10s) must be greater than ping_interval (10s), so a ping can be answered before the connection counts as idle"
         );
         assert!(err(&with("[limits]\nping_interval = 2m\n")).starts_with("config: F:6: [limits] ping_interval: idle_timeout (75s) must be greater than ping_interval (120s)"));
+    }
+
+    #[test]
+    fn plaintext_listener_needs_loopback_or_allow_plaintext() {
+        // No [tls] section at all: with tls off neither cert nor key is needed.
+        let chan = "[channel:/echo]\nmode = echo\n";
+        for listen in ["127.0.0.1:9001", "[::1]:9001", "[::ffff:127.0.0.1]:9001"] {
+            let c = ok(&format!("[server]\nlisten = {listen}\ntls = off\n{chan}"));
+            assert!(!c.server.tls && !c.server.allow_plaintext, "{listen}");
+        }
+        for listen in ["0.0.0.0:9001", "[::]:9001", "192.0.2.7:9001"] {
+            let e = err(&format!("[server]\nlisten = {listen}\ntls = off\n{chan}"));
+            assert!(
+                e.starts_with(&format!(
+                    "config: F:3: [server] tls: off on the non-loopback address {}",
+                    listen.parse::<SocketAddr>().unwrap()
+                )) && e.contains("allow_plaintext = true"),
+                "{e}"
+            );
+        }
+        let c = ok(&format!(
+            "[server]\nlisten = 0.0.0.0:9001\ntls = off\nallow_plaintext = true\n{chan}"
+        ));
+        assert!(!c.server.tls && c.server.allow_plaintext);
+        // TLS on (the default) still needs its files, whatever allow_plaintext says.
+        assert!(
+            err(&format!("[server]\nallow_plaintext = true\n{chan}"))
+                .starts_with("config: F: [tls] cert: file not found")
+        );
+        assert_eq!(
+            err(&format!(
+                "[server]\nlisten = 127.0.0.1:1\ntls = off\n[tls]\nclient_auth = required\n{chan}"
+            )),
+            "config: F:5: [tls] client_auth: client certificates need TLS, but [server] tls is off"
+        );
     }
 
     /// Reads `conf/wsgate.ini` and parses it from a temporary directory holding a `users` file.

@@ -298,21 +298,20 @@ mod tests {
         Message::text(s)
     }
 
+    fn hub() -> Arc<Hub> {
+        Hub::new(Arc::new(Metrics::new(["/c"])))
+    }
+
+    fn join(hub: &Arc<Hub>, path: &str, outbox: usize, policy: SlowConsumer) -> Membership {
+        hub.join(path, outbox, policy).unwrap().unwrap()
+    }
+
     #[test]
     fn broadcast_reaches_others_not_sender() {
-        let hub = Hub::new(Arc::new(Metrics::new(["/c"])));
-        let a = hub
-            .join("/c", 4, SlowConsumer::Disconnect)
-            .unwrap()
-            .unwrap();
-        let b = hub
-            .join("/c", 4, SlowConsumer::Disconnect)
-            .unwrap()
-            .unwrap();
-        let other = hub
-            .join("/d", 4, SlowConsumer::Disconnect)
-            .unwrap()
-            .unwrap();
+        let hub = hub();
+        let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let other = join(&hub, "/d", 4, SlowConsumer::Disconnect);
         a.publish(&text("hi"));
         assert_eq!(b.outbox.try_recv().unwrap(), text("hi"));
         assert!(a.outbox.try_recv().is_err());
@@ -321,16 +320,10 @@ mod tests {
 
     #[test]
     fn full_outbox_marks_slow_or_drops() {
-        let hub = Hub::new(Arc::new(Metrics::new(["/c"])));
-        let a = hub
-            .join("/c", 1, SlowConsumer::Disconnect)
-            .unwrap()
-            .unwrap();
-        let slow = hub
-            .join("/c", 1, SlowConsumer::Disconnect)
-            .unwrap()
-            .unwrap();
-        let dropper = hub.join("/c", 1, SlowConsumer::Drop).unwrap().unwrap();
+        let hub = hub();
+        let a = join(&hub, "/c", 1, SlowConsumer::Disconnect);
+        let slow = join(&hub, "/c", 1, SlowConsumer::Disconnect);
+        let dropper = join(&hub, "/c", 1, SlowConsumer::Drop);
         a.publish(&text("1"));
         a.publish(&text("2"));
         assert!(slow.shared.slow.load(Ordering::Acquire));
@@ -344,14 +337,8 @@ mod tests {
     fn outlet_gets_broadcasts_once_and_counts_a_full_queue() {
         let metrics = Arc::new(Metrics::new(["/c"]));
         let hub = Hub::new(Arc::clone(&metrics));
-        let a = hub
-            .join("/c", 4, SlowConsumer::Disconnect)
-            .unwrap()
-            .unwrap();
-        let b = hub
-            .join("/c", 4, SlowConsumer::Disconnect)
-            .unwrap()
-            .unwrap();
+        let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         // No bridge: local only, nothing counted.
         a.publish(&text("local"));
         assert_eq!(b.outbox.try_recv().unwrap(), text("local"));
@@ -391,15 +378,9 @@ mod tests {
 
     #[test]
     fn leaving_and_shutdown() {
-        let hub = Hub::new(Arc::new(Metrics::new(["/c"])));
-        let a = hub
-            .join("/c", 1, SlowConsumer::Disconnect)
-            .unwrap()
-            .unwrap();
-        let b = hub
-            .join("/c", 1, SlowConsumer::Disconnect)
-            .unwrap()
-            .unwrap();
+        let hub = hub();
+        let a = join(&hub, "/c", 1, SlowConsumer::Disconnect);
+        let b = join(&hub, "/c", 1, SlowConsumer::Disconnect);
         drop(a);
         assert_eq!(hub.members("/c"), 1);
         hub.shutdown();

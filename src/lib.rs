@@ -15,7 +15,8 @@
 //! [`config`] parses the INI file once into typed values; [`server`] wires the stages together and
 //! owns start-up, reload and shutdown; [`users`], [`tokens`], [`session`] and [`throttle`] are the
 //! credential stores and limits behind [`auth`]; [`passwd`] and [`commands`] are the admin's
-//! one-shot commands; [`certs`] loads (or generates) certificates; [`files`] opens secret files.
+//! one-shot commands; [`certs`] loads (or generates) certificates; [`files`] opens secret files;
+//! [`demo`] is the built-in demo page that [`upgrade`] serves at `GET /` when enabled.
 //!
 //! Operations, beside the pipeline: [`notify`] tells systemd about readiness, reloads and
 //! liveness; [`metrics`] counts what the stages do; [`admin`] serves `/healthz` and `/metrics` on
@@ -32,6 +33,7 @@ pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod deadline;
+pub mod demo;
 pub mod files;
 pub mod frames;
 pub mod hub;

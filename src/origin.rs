@@ -9,6 +9,14 @@
 //! The request Origin `null` (sent by sandboxed frames, `file:` pages and after some redirects)
 //! is well-formed but opaque: it is refused as [`OriginRefusal::NotAllowed`] unless `allow_any`
 //! is set, and it cannot be put on the allow list.
+//!
+//! `allow_same_origin` also allows an `https` Origin whose host and port equal the request's
+//! `Host` header (both normalised, default port explicit): the page was served by this server
+//! (the built-in demo page) or by whatever shares its origin. A page on any other site always
+//! sends its own, different Origin, and a browser sets `Host` from the URL it connects to, so a
+//! hijacking page cannot make the two equal. `https` only: over TLS the browser has checked the
+//! server's certificate against that host name, so a DNS-rebound name (`evil.example` pointed at
+//! this server) cannot produce a matching pair without this server's key for `evil.example`.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -63,6 +71,8 @@ pub struct OriginPolicy {
     pub allow_missing: bool,
     /// `allow_any`: every origin passes (written deliberately; warned about at start).
     pub allow_any: bool,
+    /// `allow_same_origin`: an `https` origin equal to `https://` + the request's `Host` passes.
+    pub allow_same_origin: bool,
 }
 
 /// Why an Origin was refused (all become 403).
@@ -311,12 +321,45 @@ impl fmt::Display for OriginPattern {
     }
 }
 
+/// Whether `origin` is `https` with the host and port of the `Host` header value `host` (port
+/// 443 when the header has none). A `Host` that is not a plain `host[:port]` never matches.
+fn same_origin(origin: &Origin, host: &[u8]) -> bool {
+    if origin.scheme != Scheme::Https || host.len() > MAX_ORIGIN_LEN {
+        return false;
+    }
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let Ok(own) = parse_origin(&format!("https://{}", host.trim()), Flavour::Request) else {
+        return false;
+    };
+    let name = |h: &ParsedHost| match h {
+        ParsedHost::Name(n) | ParsedHost::Ip(n) => Some(n.clone()),
+        ParsedHost::Wildcard(_) => None,
+    };
+    own.port == origin.port && name(&own.host).is_some() && name(&own.host) == name(&origin.host)
+}
+
 impl OriginPolicy {
-    /// Decides on the request's Origin header values (zero, one or several).
+    /// Decides on the request's Origin header values (zero, one or several), without a `Host`
+    /// (so `allow_same_origin` never applies).
     ///
     /// # Errors
     /// The reason the origin is refused.
     pub fn check(&self, values: &[&[u8]]) -> Result<(), OriginRefusal> {
+        self.check_request(values, None)
+    }
+
+    /// Decides on the request's Origin header values, given its `Host` header value for
+    /// `allow_same_origin`.
+    ///
+    /// # Errors
+    /// The reason the origin is refused.
+    pub fn check_request(
+        &self,
+        values: &[&[u8]],
+        host: Option<&[u8]>,
+    ) -> Result<(), OriginRefusal> {
         let value = match values {
             [] => {
                 return if self.allow_missing {
@@ -341,7 +384,8 @@ impl OriginPolicy {
             };
         }
         let origin = parse_origin(text, Flavour::Request).map_err(|_| OriginRefusal::Malformed)?;
-        if self.allow_any || self.allow.iter().any(|p| p.matches(&origin)) {
+        let same = self.allow_same_origin && host.is_some_and(|h| same_origin(&origin, h));
+        if self.allow_any || same || self.allow.iter().any(|p| p.matches(&origin)) {
             Ok(())
         } else {
             Err(OriginRefusal::NotAllowed)
@@ -361,6 +405,7 @@ mod tests {
                 .collect(),
             allow_missing: false,
             allow_any: false,
+            allow_same_origin: false,
         }
     }
 
@@ -659,5 +704,80 @@ mod tests {
         let p = OriginPolicy::default();
         assert_eq!(check(&p, "https://a.com"), Err(OriginRefusal::NotAllowed));
         assert_eq!(p.check(&[]), Err(OriginRefusal::Missing));
+    }
+
+    #[test]
+    fn same_origin_matches_the_host_header() {
+        let mut p = policy(&["https://app.example.com"]);
+        let at = |p: &OriginPolicy, origin: &str, host: &str| {
+            p.check_request(&[origin.as_bytes()], Some(host.as_bytes()))
+        };
+        // Off by default: the Host header changes nothing.
+        assert_eq!(
+            at(&p, "https://localhost:8443", "localhost:8443"),
+            Err(OriginRefusal::NotAllowed)
+        );
+        p.allow_same_origin = true;
+        assert_eq!(at(&p, "https://localhost:8443", "localhost:8443"), Ok(()));
+        assert_eq!(at(&p, "https://LocalHost:8443", "localhost:8443"), Ok(()));
+        assert_eq!(at(&p, "https://pi.local", "pi.local:443"), Ok(()));
+        assert_eq!(at(&p, "https://pi.local:443", "PI.local"), Ok(()));
+        assert_eq!(at(&p, "https://127.0.0.1:8443", "127.0.0.1:8443"), Ok(()));
+        assert_eq!(at(&p, "https://[::1]:8443", "[0::1]:8443"), Ok(()));
+        // The allow list still applies beside it.
+        assert_eq!(at(&p, "https://app.example.com", "pi.local"), Ok(()));
+        // A different site, port or scheme is another origin.
+        for (origin, host) in [
+            ("https://evil.example:8443", "localhost:8443"),
+            ("https://localhost:9000", "localhost:8443"),
+            ("https://localhost", "localhost:8443"),
+            ("http://localhost:8443", "localhost:8443"),
+            ("http://localhost", "localhost:80"),
+            ("https://localhost.evil.example:8443", "localhost:8443"),
+            ("https://127.0.0.1:8443", "localhost:8443"),
+        ] {
+            assert_eq!(
+                at(&p, origin, host),
+                Err(OriginRefusal::NotAllowed),
+                "{origin} {host}"
+            );
+        }
+        // A Host that is not a plain host[:port] never matches.
+        for host in [
+            "",
+            "localhost:8443/x",
+            "user@localhost:8443",
+            "*.localhost:8443",
+            "localhost:0",
+            "local host:8443",
+            "localhost:8443?",
+        ] {
+            assert_eq!(
+                at(&p, "https://localhost:8443", host),
+                Err(OriginRefusal::NotAllowed),
+                "{host:?}"
+            );
+        }
+        assert_eq!(
+            p.check_request(&[b"https://localhost:8443"], Some(b"localhost:8443\xff")),
+            Err(OriginRefusal::NotAllowed)
+        );
+        // Without a Host header (or through `check`) it never applies; null stays refused.
+        assert_eq!(
+            p.check_request(&[b"https://localhost:8443"], None),
+            Err(OriginRefusal::NotAllowed)
+        );
+        assert_eq!(
+            p.check(&[b"https://localhost:8443"]),
+            Err(OriginRefusal::NotAllowed)
+        );
+        assert_eq!(
+            at(&p, "null", "localhost:8443"),
+            Err(OriginRefusal::NotAllowed)
+        );
+        assert_eq!(
+            p.check_request(&[], Some(b"localhost:8443")),
+            Err(OriginRefusal::Missing)
+        );
     }
 }

@@ -516,7 +516,11 @@ pub fn decide(
         .iter()
         .map(|v| v.as_bytes())
         .collect();
-    config.origins.check(&origins).map_err(Reason::Origin)?;
+    let host = req.headers().get(http::header::HOST).map(|h| h.as_bytes());
+    config
+        .origins
+        .check_request(&origins, host)
+        .map_err(Reason::Origin)?;
     let Offered { offer, subprotocol } = match offered(req.headers(), req.uri().query()) {
         Ok(found) => found,
         Err(OfferError::Unusable(user)) => {
@@ -902,6 +906,36 @@ mod tests {
         ] {
             assert!(!format!("{offer:?}").contains("s3cret"));
         }
+    }
+
+    #[test]
+    fn same_origin_uses_the_requests_host_header() {
+        let mut cfg = config();
+        // `UPGRADE` sends `Host: h`.
+        let own = "Authorization: Basic YWxpY2U6cHc=\r\nOrigin: https://h\r\n";
+        assert_eq!(
+            get(&cfg, "/echo", own).unwrap_err(),
+            Reason::Origin(OriginRefusal::NotAllowed)
+        );
+        cfg.origins.allow_same_origin = true;
+        assert!(get(&cfg, "/echo", own).is_ok());
+        assert_eq!(
+            get(&cfg, "/echo", &own.replace("https://h", "https://h:8443")).unwrap_err(),
+            Reason::Origin(OriginRefusal::NotAllowed)
+        );
+        assert_eq!(
+            get(&cfg, "/echo", &own.replace("https://h", "http://h")).unwrap_err(),
+            Reason::Origin(OriginRefusal::NotAllowed)
+        );
+        // The allow list still works beside it.
+        assert!(
+            get(
+                &cfg,
+                "/echo",
+                &format!("Authorization: Basic YWxpY2U6cHc=\r\n{ORIGIN}")
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::admin::{self, AdminState};
@@ -26,6 +26,7 @@ use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
 use crate::policy::{Grant, Reason};
 use crate::proxy;
+use crate::ratelimit::TokenBucket;
 use crate::session::{self, SessionError, SessionKey};
 use crate::throttle::LoginThrottle;
 use crate::tls;
@@ -89,7 +90,8 @@ impl std::error::Error for StartError {}
 /// What every connection shares, read-only: built whole at start and on each reload.
 struct Runtime {
     config: Arc<Config>,
-    tls: Arc<rustls::ServerConfig>,
+    /// None on a plaintext listener (`[server] tls = off`).
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// The certificate and key files' modification times when loaded (the file watcher compares).
     cert_stamp: Option<(SystemTime, SystemTime)>,
 }
@@ -167,6 +169,7 @@ impl Server {
         let runtime = build_runtime(config)?;
         let config = Arc::clone(&runtime.config);
         warn_about_origins(&config);
+        warn_about_plaintext(&config);
         log_memory_budget(&config);
 
         let addr = config.server.listen;
@@ -332,6 +335,7 @@ impl Shared {
         notify_or_log(&self.notifier, Notifier::reloading);
         let old = self.current();
         let result = Config::load(&old.config.source)
+            .and_then(|config| same_transport(&old.config, config))
             .map_err(StartError::Config)
             .and_then(|config| {
                 let loaded = load_credentials(&config)?;
@@ -398,8 +402,37 @@ fn load_credentials(config: &Config) -> Result<LoadedCredentials, StartError> {
     })
 }
 
-/// The TLS configuration for `config`, generating a self-signed pair first where allowed.
+/// A reload may not switch between TLS and plaintext: clients, the proxy in front and the
+/// firewall were set up for one of them. Changing `[server] tls` needs a restart.
+fn same_transport(old: &Config, new: Config) -> Result<Config, ConfigError> {
+    if old.server.tls == new.server.tls {
+        return Ok(new);
+    }
+    let on_off = |tls: bool| if tls { "on" } else { "off" };
+    Err(ConfigError::Invalid {
+        path: new.source.clone(),
+        line: None,
+        section: "server".into(),
+        key: Some("tls".into()),
+        message: format!(
+            "changed from {} to {}; a reload cannot switch between TLS and plaintext, restart \
+             wsgate to apply it",
+            on_off(old.server.tls),
+            on_off(new.server.tls)
+        ),
+    })
+}
+
+/// The TLS configuration for `config`, generating a self-signed pair first where allowed; none
+/// (no certificate needed, none generated) on a plaintext listener.
 fn build_runtime(config: Config) -> Result<Runtime, StartError> {
+    if !config.server.tls {
+        return Ok(Runtime {
+            config: Arc::new(config),
+            tls: None,
+            cert_stamp: None,
+        });
+    }
     let tls_cfg = &config.tls;
     if tls_cfg.self_signed
         && certs::ensure_self_signed(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?
@@ -427,7 +460,7 @@ fn build_runtime(config: Config) -> Result<Runtime, StartError> {
     );
     Ok(Runtime {
         config: Arc::new(config),
-        tls,
+        tls: Some(tls),
         cert_stamp,
     })
 }
@@ -460,7 +493,10 @@ fn spawn_cert_watcher(shared: &Arc<Shared>) -> io::Result<()> {
                 let Some(shared) = weak.upgrade() else { return };
                 let rt = shared.current();
                 let tls = &rt.config.tls;
-                if tls.reload_check_interval.is_zero() || shared.hub.is_closed() {
+                if !rt.config.server.tls
+                    || tls.reload_check_interval.is_zero()
+                    || shared.hub.is_closed()
+                {
                     continue;
                 }
                 let now = stamp(&tls.cert, &tls.key);
@@ -494,9 +530,32 @@ fn warn_about_origins(config: &Config) {
         log::warn!(
             "[origins] allow_any = true: any web page may open connections with its visitors' credentials"
         );
-    } else if config.origins.allow.is_empty() {
+    } else if config.origins.allow.is_empty() && !config.origins.allow_same_origin {
         log::warn!(
             "[origins] allow is empty: every browser (any request with an Origin header) is refused"
+        );
+    }
+    if config.demo.enabled {
+        log::info!(
+            "demo page at GET / (channel {}){}",
+            config.demo.channel,
+            if config.origins.allow_same_origin {
+                ""
+            } else {
+                "; its own origin must be in [origins] allow, or set allow_same_origin = true"
+            }
+        );
+    }
+}
+
+/// One warning at start when the listener speaks plain `ws://`.
+fn warn_about_plaintext(config: &Config) {
+    if !config.server.tls {
+        log::warn!(
+            "[server] tls = off: serving plain ws:// on {} without TLS; passwords, tokens and \
+             messages are readable by anyone on the path; run it only behind a TLS-terminating \
+             proxy on the same host or a trusted network",
+            config.server.listen
         );
     }
 }
@@ -585,8 +644,14 @@ fn serve(
     } else {
         peer
     };
-    let tls = match tls::handshake(stream, Arc::clone(&rt.tls), deadline) {
-        Ok(tls) => tls,
+    let handshake = match &rt.tls {
+        Some(tls_config) => {
+            tls::handshake(stream, Arc::clone(tls_config), deadline).map(tls::Transport::Tls)
+        }
+        None => Ok(tls::Transport::Plain(stream)),
+    };
+    let transport = match handshake {
+        Ok(transport) => transport,
         Err(e) => {
             metrics.outcome(if is_timeout(&e) {
                 Outcome::HandshakeTimeout
@@ -631,25 +696,30 @@ fn serve(
         Ok(((member, session_id), headers))
     };
     let verifier = shared.creds.for_peer(peer.ip());
-    let (ws, grant, (member, session_id)) = match upgrade::upgrade(tls, config, &verifier, enter) {
-        Ok(upgraded) => upgraded,
-        Err(UpgradeError::Refused(reason)) => {
-            if let Some(outcome) = Outcome::from_status(reason.status().as_u16()) {
-                metrics.outcome(outcome);
+    let (ws, grant, (member, session_id)) =
+        match upgrade::upgrade(transport, config, &verifier, enter) {
+            Ok(upgraded) => upgraded,
+            Err(UpgradeError::Refused(reason)) => {
+                if let Some(outcome) = Outcome::from_status(reason.status().as_u16()) {
+                    metrics.outcome(outcome);
+                }
+                log_refusal(peer, &reason);
+                return;
             }
-            log_refusal(peer, &reason);
-            return;
-        }
-        Err(UpgradeError::Io(e)) => {
-            metrics.outcome(if is_timeout(&e) {
-                Outcome::HandshakeTimeout
-            } else {
-                Outcome::IoError
-            });
-            log::debug!("upgrade failed peer={peer}: {e}");
-            return;
-        }
-    };
+            Err(UpgradeError::DemoPage) => {
+                log::info!("demo page peer={peer} status=200");
+                return;
+            }
+            Err(UpgradeError::Io(e)) => {
+                metrics.outcome(if is_timeout(&e) {
+                    Outcome::HandshakeTimeout
+                } else {
+                    Outcome::IoError
+                });
+                log::debug!("upgrade failed peer={peer}: {e}");
+                return;
+            }
+        };
     metrics.outcome(Outcome::Accepted);
     metrics.observe_upgrade(accepted.elapsed());
     let channel = &grant.channel;
@@ -686,9 +756,34 @@ fn session_cookie(token: &str, ttl: Duration) -> String {
     )
 }
 
-/// One line per refused upgrade. Credential failures are at warn, in a fixed form fail2ban can
-/// match: `auth failed: user="NAME" peer=IP:PORT reason=REASON`. Never a password.
+/// Refusal lines logged per second at most (and as a burst); a flood of bad requests must not
+/// fill the disk or the journal. The rest are counted, and the count is logged with the next line.
+const REFUSAL_LINES_PER_SEC: u64 = 20;
+
+/// One line per refused upgrade, at most `REFUSAL_LINES_PER_SEC` a second. Credential failures
+/// are at warn, in a fixed form fail2ban can match:
+/// `auth failed: user="NAME" peer=IP:PORT reason=REASON`. Never a password.
 fn log_refusal(peer: SocketAddr, reason: &Reason) {
+    static BUDGET: OnceLock<Mutex<(TokenBucket, u64)>> = OnceLock::new();
+    let now = Instant::now();
+    let budget = BUDGET.get_or_init(|| {
+        let bucket = TokenBucket::new(REFUSAL_LINES_PER_SEC, REFUSAL_LINES_PER_SEC, now);
+        Mutex::new((bucket, 0))
+    });
+    let suppressed = {
+        let mut budget = budget.lock().unwrap_or_else(PoisonError::into_inner);
+        if !budget.0.try_take(1, now) {
+            budget.1 += 1;
+            return;
+        }
+        std::mem::take(&mut budget.1)
+    };
+    if suppressed > 0 {
+        log::warn!(
+            "{suppressed} refusal lines suppressed (more than {REFUSAL_LINES_PER_SEC} a second); \
+             see wsgate_connections_total in /metrics for every outcome"
+        );
+    }
     let status = reason.status().as_u16();
     match reason {
         Reason::Throttled { .. } => {

@@ -1,7 +1,8 @@
 //! TLS on the worker: the rustls server configuration, the handshake under its deadline, and
-//! [`TlsStream`], the Read/Write adapter the upgrade and the connection loop run on. It works on
-//! blocking sockets (handshake, upgrade) and non-blocking ones (connection loop) alike:
-//! `WouldBlock` passes through as a normal state, never a corrupt one.
+//! [`Transport`], the Read/Write stream the upgrade and the connection loop run on: a
+//! [`TlsStream`], or the bare socket on a plaintext listener (`[server] tls = off`, behind a
+//! TLS-terminating proxy). It works on blocking sockets (handshake, upgrade) and non-blocking ones
+//! (connection loop) alike: `WouldBlock` passes through as a normal state, never a corrupt one.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -203,5 +204,81 @@ impl Write for TlsStream {
 impl AsFd for TlsStream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
+    }
+}
+
+/// What a connection runs on after accept: TLS, or the bare socket on a plaintext listener
+/// (`[server] tls = off`). The rest of the pipeline sees one type and never asks which.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per connection, held by its worker for the connection's life, as the bare \
+              TlsStream was; boxing would add an allocation per TLS connection to save bytes \
+              only on plaintext ones"
+)]
+pub enum Transport {
+    Tls(TlsStream),
+    Plain(TcpStream),
+}
+
+impl Transport {
+    /// The TCP socket underneath, for timeouts, non-blocking mode and `poll`.
+    pub fn socket(&self) -> &TcpStream {
+        match self {
+            Transport::Tls(tls) => tls.socket(),
+            Transport::Plain(sock) => sock,
+        }
+    }
+
+    /// The user a verified client certificate names; always None without TLS.
+    pub fn client_user(&self) -> Option<String> {
+        match self {
+            Transport::Tls(tls) => tls.client_user(),
+            Transport::Plain(_) => None,
+        }
+    }
+
+    /// Queues a TLS `close_notify` (the next flush sends it); nothing to do without TLS.
+    pub fn send_close_notify(&mut self) {
+        if let Transport::Tls(tls) = self {
+            tls.send_close_notify();
+        }
+    }
+
+    /// Caps what rustls buffers for sending; without TLS nothing is buffered here.
+    pub fn set_buffer_limit(&mut self, limit: usize) {
+        if let Transport::Tls(tls) = self {
+            tls.set_buffer_limit(limit);
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tls(tls) => tls.read(buf),
+            Transport::Plain(sock) => sock.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tls(tls) => tls.write(buf),
+            Transport::Plain(sock) => sock.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Tls(tls) => tls.flush(),
+            Transport::Plain(sock) => sock.flush(),
+        }
+    }
+}
+
+impl AsFd for Transport {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket().as_fd()
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP upgrade: reads the request head ourselves (bounded size and header count, under the
 //! upgrade deadline), answers malformed requests with their status, then replays the bytes to
 //! tungstenite, whose callback asks [`policy::decide`] and turns a refusal into its response.
+//! With `[demo] enabled`, a plain `GET /` gets the [`demo`] page instead.
 //! Never reads past its deadline; never logs a credential.
 
 use std::cell::RefCell;
@@ -14,9 +15,10 @@ use tungstenite::{WebSocket, http};
 
 use crate::config::Config;
 use crate::deadline::{Deadline, Phase, is_timeout};
+use crate::demo;
 use crate::frames::{FrameLimit, FrameWatch};
 use crate::policy::{self, Grant, Reason, Verifier};
-use crate::tls::TlsStream;
+use crate::tls::Transport;
 
 /// How long a refused client gets to read our answer before the socket closes.
 const LINGER: Duration = Duration::from_secs(2);
@@ -112,7 +114,7 @@ impl<S: Write> Write for Replay<S> {
     }
 }
 
-pub type WsStream = WebSocket<Replay<TlsStream>>;
+pub type WsStream = WebSocket<Replay<Transport>>;
 
 /// How an upgrade ended without a WebSocket.
 #[derive(Debug)]
@@ -121,6 +123,8 @@ pub enum UpgradeError {
     Refused(Reason),
     /// The client went away, stalled past the deadline, or broke TLS.
     Io(io::Error),
+    /// A plain `GET /` with `[demo] enabled`: the demo page was sent (and the socket closed).
+    DemoPage,
 }
 
 /// Headers added to the 101 response (session token, cookie, subprotocol).
@@ -134,7 +138,7 @@ pub type ExtraHeaders = Vec<(&'static str, String)>;
 /// # Errors
 /// [`UpgradeError`]; refusals have already been answered.
 pub fn upgrade<T>(
-    mut tls: TlsStream,
+    mut tls: Transport,
     config: &Config,
     verifier: &dyn Verifier,
     enter: impl FnOnce(&Grant) -> Result<(T, ExtraHeaders), Reason>,
@@ -152,6 +156,12 @@ pub fn upgrade<T>(
             return Err(UpgradeError::Refused(reason));
         }
         Err(HeadError::Io(e)) => return Err(UpgradeError::Io(e)),
+        Err(HeadError::DemoPage) => {
+            let page = demo::response(&config.demo.channel);
+            let sent = tls.write_all(&page);
+            linger_close(&mut tls);
+            return Err(sent.map_or_else(UpgradeError::Io, |()| UpgradeError::DemoPage));
+        }
     };
     // The channel's limits size this connection's buffers; an unknown path is refused by the
     // callback (404), with the default limits in the meantime.
@@ -218,13 +228,15 @@ pub fn upgrade<T>(
 enum HeadError {
     Refuse(Reason),
     Io(io::Error),
+    /// Not an upgrade but the demo page's `GET /`, and the page is enabled.
+    DemoPage,
 }
 
 /// Reads until the blank line ending the head, returning every byte read (the head and anything
 /// the client sent after it), the head's length and the request path. Parses once, when the head is complete, so a
 /// head dripped one byte at a time costs linear work.
 fn read_head(
-    tls: &mut TlsStream,
+    tls: &mut Transport,
     config: &Config,
     deadline: Deadline,
 ) -> Result<(Vec<u8>, usize, String), HeadError> {
@@ -262,6 +274,9 @@ fn read_head(
         }
         Err(_) => return Err(HeadError::Refuse(Reason::Malformed)),
     }
+    if config.demo.enabled && demo::wants_page(&req) {
+        return Err(HeadError::DemoPage);
+    }
     policy::check_head(&req).map_err(HeadError::Refuse)?;
     let target = req.path.unwrap_or("/");
     let path = target
@@ -272,7 +287,7 @@ fn read_head(
 }
 
 /// Writes the refusal for `reason` and closes politely.
-fn refuse(tls: &mut TlsStream, reason: &Reason) {
+fn refuse(tls: &mut Transport, reason: &Reason) {
     let response = reason.response();
     let mut out = Vec::with_capacity(256);
     if write_response(&mut out, &response).is_ok() {
@@ -286,7 +301,7 @@ fn refuse(tls: &mut TlsStream, reason: &Reason) {
 
 /// Flushes what is pending, sends close_notify, half-closes, then reads and discards what the
 /// client still sends (bounded in bytes and time) so our answer is not lost to a reset.
-pub fn linger_close(tls: &mut TlsStream) {
+pub fn linger_close(tls: &mut Transport) {
     let deadline = Deadline::new(Phase::Linger, Instant::now(), LINGER);
     tls.send_close_notify();
     if deadline.arm(tls.socket()).is_err() || tls.flush().is_err() {

@@ -11,13 +11,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, RootCertStore};
 use tungstenite::Message;
 
-fn basic(user: &str, pass: &str) -> String {
-    format!(
-        "Basic {}",
-        data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes())
-    )
-}
-
 /// A setup with roles: everyone may use /echo and /chat/*; only alice may publish on /feed;
 /// alice (operators) alone may subscribe to /ops; each user has /user/%u/*; /public is anonymous.
 fn roles() -> Setup {
@@ -233,17 +226,7 @@ fn tampered_and_expired_sessions_are_refused_with_401() {
     let mut setup = roles();
     setup.set("auth", "session_ttl", "1s");
     let server = setup.start();
-    let (_ws, resp) = server
-        .connect_full(
-            "/echo",
-            &[("Authorization", &basic(ALICE.0, ALICE.1))],
-            server.client_config(),
-        )
-        .unwrap();
-    let token = resp.headers()["x-wsgate-session"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let token = server.login_session(ALICE);
     let mut tampered = token.clone().into_bytes();
     let at = tampered.len() / 2;
     tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
@@ -446,17 +429,7 @@ fn over_the_rate_limit_messages_are_dropped_where_configured() {
 #[test]
 fn sessions_survive_a_restart_because_the_key_is_kept_on_disk() {
     let mut server = roles().start();
-    let (_ws, resp) = server
-        .connect_full(
-            "/echo",
-            &[("Authorization", &basic(ALICE.0, ALICE.1))],
-            server.client_config(),
-        )
-        .unwrap();
-    let token = resp.headers()["x-wsgate-session"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let token = server.login_session(ALICE);
     let key = server.dir.path().join("session.key");
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());

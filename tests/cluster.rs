@@ -118,36 +118,9 @@ fn instance(url: &str, id: Option<&str>) -> Server {
     setup.start()
 }
 
-/// Sends a plain HTTP GET to the admin endpoint; returns (status, body).
-fn admin_get(server: &Server, path: &str) -> (u16, String) {
-    assert!(
-        server.wait_log("admin endpoint", IO_TIMEOUT),
-        "{}",
-        server.logs()
-    );
-    let logs = server.logs();
-    let line = logs.lines().find(|l| l.contains("admin endpoint")).unwrap();
-    let addr = line.rsplit("http://").next().unwrap().trim().to_string();
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// One un-labelled sample from `/metrics`.
 fn metric(server: &Server, name: &str) -> u64 {
-    let (status, text) = admin_get(server, "/metrics");
+    let (status, text) = server.admin_get("/metrics");
     assert_eq!(status, 200);
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
@@ -320,7 +293,7 @@ fn redis_restart_keeps_local_delivery_and_resumes_the_backbone() {
     }
     assert_eq!(metric(&a, "wsgate_cluster_connected"), 0);
     assert!(metric(&a, "wsgate_cluster_not_forwarded_total") > 0);
-    let (status, _) = admin_get(&a, "/healthz");
+    let (status, _) = a.admin_get("/healthz");
     assert_eq!(status, 200, "/healthz stays 200 without Redis");
 
     redis.spawn();
@@ -354,7 +327,7 @@ fn redis_down_at_start_then_joins() {
         a.logs()
     );
     assert_eq!(metric(&a, "wsgate_cluster_connected"), 0);
-    let (status, _) = admin_get(&a, "/healthz");
+    let (status, _) = a.admin_get("/healthz");
     assert_eq!(status, 200);
 
     // Serves locally meanwhile.

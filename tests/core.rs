@@ -10,13 +10,6 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-fn basic(user: &str, pass: &str) -> String {
-    format!(
-        "Basic {}",
-        data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes())
-    )
-}
-
 /// No secret a test used may ever appear in the server's log.
 fn assert_no_secrets(server: &Server) {
     let logs = server.logs();

@@ -179,3 +179,35 @@ fn handshake_and_first_frame_in_one_segment_are_both_served() {
     );
     assert!(got.ends_with(&[0x81, 2, b'h', b'i']), "echo missing");
 }
+
+#[test]
+fn a_flood_of_bad_requests_is_logged_at_a_bounded_rate() {
+    let server = Setup::default().start();
+    // 60 malformed requests in quick succession: each is answered, but only about 20 lines a
+    // second are logged (a burst of 20, then 20 a second).
+    let t0 = Instant::now();
+    for _ in 0..60 {
+        let resp = server.raw_request(b"POST /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(status_line(&resp).starts_with("HTTP/1.1 405"), "{resp}");
+    }
+    let budget = 20 + (t0.elapsed().as_secs_f64() * 20.0).ceil() as usize + 1;
+    assert!(
+        budget < 60,
+        "the flood took {:?}: too slow to test the limit",
+        t0.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let logged = server.count_log("status=405");
+    assert!(
+        (20..=budget).contains(&logged),
+        "{logged} lines logged, budget {budget}"
+    );
+    // The next line that gets through says how many were left out.
+    let _ = server.raw_request(b"POST /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        server.wait_log("refusal lines suppressed", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    still_serving(&server);
+}

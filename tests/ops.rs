@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::sync::Arc;
@@ -13,13 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use rustls::pki_types::CertificateDer;
 use tungstenite::Message;
-
-fn basic(user: &str, pass: &str) -> String {
-    format!(
-        "Basic {}",
-        data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes())
-    )
-}
 
 fn config_path(server: &Server) -> std::path::PathBuf {
     server.dir.path().join("wsgate.ini")
@@ -200,28 +192,8 @@ fn a_revoked_token_is_refused_after_reload() {
 #[test]
 fn a_password_change_invalidates_the_users_sessions() {
     let server = Setup::default().start();
-    let (_ws, resp) = server
-        .connect_full(
-            "/echo",
-            &[("Authorization", &basic(ALICE.0, ALICE.1))],
-            server.client_config(),
-        )
-        .unwrap();
-    let session = resp.headers()["x-wsgate-session"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let (_bob, resp) = server
-        .connect_full(
-            "/echo",
-            &[("Authorization", &basic(BOB.0, BOB.1))],
-            server.client_config(),
-        )
-        .unwrap();
-    let bob_session = resp.headers()["x-wsgate-session"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let session = server.login_session(ALICE);
+    let bob_session = server.login_session(BOB);
     let with = |s: &str| status_of(server.connect_with(&format!("/echo?session={s}"), &[]));
     assert_eq!(with(&session), 101);
     passwd(&server, &[], "alice", "a-new-password\n");
@@ -238,48 +210,17 @@ fn a_password_change_invalidates_the_users_sessions() {
     );
 }
 
-/// Sends a plain HTTP GET to the admin endpoint; returns (status, body).
-fn admin_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn admin_addr(server: &Server) -> String {
-    assert!(
-        server.wait_log("admin endpoint", IO_TIMEOUT),
-        "{}",
-        server.logs()
-    );
-    let logs = server.logs();
-    let line = logs.lines().find(|l| l.contains("admin endpoint")).unwrap();
-    line.rsplit("http://").next().unwrap().trim().to_string()
-}
-
 #[test]
 fn metrics_count_outcomes_and_messages_in_prometheus_format() {
     let mut setup = Setup::default();
     setup.set("admin", "listen", "127.0.0.1:0");
     let server = setup.start();
-    let addr = admin_addr(&server);
     let mut ws = server.connect_as("/echo", ALICE);
     ws.send(Message::text("count me")).unwrap();
     assert_eq!(next_data(&mut ws), Message::text("count me"));
     assert_eq!(status_of(server.connect_with("/echo", &[])), 401);
     assert_eq!(status_of(server.connect_with("/nope", &[])), 404);
-    let (status, text) = admin_get(&addr, "/metrics");
+    let (status, text) = server.admin_get("/metrics");
     assert_eq!(status, 200);
     wsgate::metrics::validate_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let value = |name: &str| {
@@ -295,7 +236,7 @@ fn metrics_count_outcomes_and_messages_in_prometheus_format() {
     assert_eq!(value("wsgate_connections_open{channel=\"/echo\"}"), "1");
     assert_eq!(value("wsgate_messages_received_total"), "1");
     assert_eq!(value("wsgate_messages_sent_total"), "1");
-    assert_eq!(admin_get(&addr, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(server.admin_get("/healthz"), (200, "ok\n".to_string()));
 }
 
 #[test]
@@ -303,14 +244,13 @@ fn sigterm_turns_healthz_503_first_then_closes_1001_and_exits_0() {
     let mut setup = Setup::default();
     setup.set("admin", "listen", "127.0.0.1:0");
     let mut server = setup.start();
-    let addr = admin_addr(&server);
     // This client does not read for now, so its close handshake holds the drain open briefly.
     let mut client = server.connect_as("/chat/drain", BOB);
-    assert_eq!(admin_get(&addr, "/healthz").0, 200);
+    assert_eq!(server.admin_get("/healthz").0, 200);
     server.terminate();
     let until = Instant::now() + IO_TIMEOUT;
     loop {
-        let (status, body) = admin_get(&addr, "/healthz");
+        let (status, body) = server.admin_get("/healthz");
         if status == 503 {
             assert_eq!(body, "draining\n");
             break;

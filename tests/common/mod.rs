@@ -528,3 +528,47 @@ pub fn close_code(ws: &mut Client) -> u16 {
         }
     }
 }
+
+/// An `Authorization: Basic` value.
+pub fn basic(user: &str, pass: &str) -> String {
+    format!(
+        "Basic {}",
+        data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes())
+    )
+}
+
+impl Server {
+    /// A plain HTTP GET to the admin endpoint: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.admin_addr()).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Logs in to /echo with a password and returns the session token the 101 carried.
+    pub fn login_session(&self, (user, pass): (&str, &str)) -> String {
+        let (_ws, resp) = self
+            .connect_full(
+                "/echo",
+                &[("Authorization", &basic(user, pass))],
+                self.client_config(),
+            )
+            .unwrap_or_else(|e| panic!("login as {user}: {e}"));
+        resp.headers()["x-wsgate-session"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+}

@@ -1,0 +1,113 @@
+//! The demo page over a real socket: `GET /` answers with it only when `[demo] enabled`, nothing
+//! else changes, and the same-origin rule lets the page's own origin in. The browser itself is
+//! tested by `browser/test.mjs` (see README, "Demo page and browser tests").
+
+mod common;
+
+use common::*;
+use tungstenite::Message;
+
+const PAGE_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nAccept: text/html\r\n\r\n";
+
+fn head_and_body(response: &str) -> (&str, &str) {
+    response.split_once("\r\n\r\n").unwrap_or((response, ""))
+}
+
+#[test]
+fn get_root_is_the_page_only_when_enabled() {
+    // Off (the default): today's answer to a request that is not an upgrade.
+    let server = Setup::default().start();
+    let off = server.raw_request(PAGE_REQUEST);
+    assert!(off.starts_with("HTTP/1.1 400 "), "{off}");
+
+    let mut setup = Setup::default();
+    setup.set("demo", "enabled", "true");
+    let server = setup.start();
+    let on = server.raw_request(PAGE_REQUEST);
+    let (head, body) = head_and_body(&on);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {head}"))
+    };
+    assert_eq!(header("Content-Type"), "text/html; charset=utf-8");
+    assert_eq!(header("Content-Length"), body.len().to_string());
+    assert_eq!(header("Cache-Control"), "no-store");
+    assert_eq!(header("X-Content-Type-Options"), "nosniff");
+    assert_eq!(header("Connection"), "close");
+    assert!(header("Content-Security-Policy").starts_with("default-src 'none';"));
+    assert!(body.contains(r#"data-channel="/chat/demo""#), "{body}");
+    assert!(server.wait_log("demo page peer=", IO_TIMEOUT));
+
+    // Everything else is answered as before.
+    for (request, status) in [
+        (
+            &b"GET /index.html HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+            "400",
+        ),
+        (b"GET /chat/demo HTTP/1.1\r\nHost: localhost\r\n\r\n", "400"),
+        (
+            b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+            "405",
+        ),
+    ] {
+        let answer = server.raw_request(request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{}: {answer}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    // And the WebSocket channels still work.
+    let mut ws = server.connect_as("/echo", ALICE);
+    ws.send(Message::text("still here")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("still here"));
+}
+
+#[test]
+fn a_demo_channel_without_a_broadcast_channel_is_a_config_error() {
+    let mut setup = Setup::default();
+    setup
+        .set("demo", "enabled", "true")
+        .set("demo", "channel", "/echo");
+    let (_dir, config, _) = setup.write();
+    let out = std::process::Command::new(bin())
+        .args(["check-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[demo] channel: the demo channel /echo is an echo channel"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_pages_own_origin_passes_with_allow_same_origin() {
+    let mut setup = Setup::default();
+    setup.set("demo", "enabled", "true");
+    let server = setup.start();
+    let own = format!("https://localhost:{}", server.addr.port());
+    let basic = format!(
+        "Basic {}",
+        data_encoding::BASE64.encode(format!("{}:{}", ALICE.0, ALICE.1).as_bytes())
+    );
+    // tungstenite sends `Host: localhost:PORT`, as a browser would.
+    let attempt = |server: &Server, origin: &str| {
+        status_of(server.connect_with(
+            "/chat/demo",
+            &[("Authorization", basic.as_str()), ("Origin", origin)],
+        ))
+    };
+    assert_eq!(attempt(&server, &own), 403);
+
+    setup.set("origins", "allow_same_origin", "true");
+    let server = setup.start();
+    let own = format!("https://localhost:{}", server.addr.port());
+    assert_eq!(attempt(&server, &own), 101);
+    assert_eq!(attempt(&server, "https://evil.example"), 403);
+    assert_eq!(attempt(&server, &own.replace("https:", "http:")), 403);
+}

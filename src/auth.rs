@@ -63,6 +63,11 @@ impl Credentials {
             .unwrap_or_else(PoisonError::into_inner) = sessions.map(Arc::new);
     }
 
+    /// Whether `user` can still log in with a password or an API token.
+    pub fn has_account(&self, user: &str) -> bool {
+        self.users.password_hash(user).is_some() || self.tokens().hashes_for(user).next().is_some()
+    }
+
     pub fn for_peer(&self, ip: IpAddr) -> PeerCheck<'_> {
         PeerCheck { creds: self, ip }
     }

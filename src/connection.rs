@@ -238,6 +238,9 @@ impl Conn {
         if shared.slow.load(Ordering::Acquire) {
             return Err(End::Closed(1008, "slow consumer"));
         }
+        if shared.revoked.load(Ordering::Acquire) {
+            return Err(End::Closed(1008, "access revoked"));
+        }
         shared.waker.reset();
         if let Some(msg) = self.held.take() {
             self.send(msg)?;

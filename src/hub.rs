@@ -74,6 +74,32 @@ pub struct MemberShared {
     pub waker: Waker,
     /// Set by the hub when the outbox overflowed under the `disconnect` policy.
     pub slow: AtomicBool,
+    /// Set when a reload took away this member's access; it closes with 1008.
+    pub revoked: AtomicBool,
+    /// Who holds this membership, so a reload can re-check their access.
+    pub holder: Holder,
+}
+
+/// Who a member is, as far as a reload needs to know to re-check its access.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holder {
+    /// None for an anonymous client.
+    pub user: Option<String>,
+    /// Whether the user was let in to publish (so a reload that takes that away closes it).
+    pub may_publish: bool,
+    /// Whether the user must still have an account (a password or an API token) to stay: true
+    /// for password, token and session logins, false for client certificates and anonymous.
+    pub needs_account: bool,
+}
+
+impl MemberShared {
+    /// Ends this member's connection with 1008 `access revoked` (at its next wake-up, which this
+    /// triggers).
+    pub fn revoke(&self) {
+        if !self.revoked.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
 }
 
 /// A broadcast leaving this instance for the others, queued for the cluster bridge.
@@ -132,10 +158,13 @@ impl Hub {
         path: &str,
         outbox: usize,
         policy: SlowConsumer,
+        holder: Holder,
     ) -> io::Result<Result<Membership, HubClosed>> {
         let shared = Arc::new(MemberShared {
             waker: Waker::new()?,
             slow: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
+            holder,
         });
         let (tx, rx) = crossbeam_channel::bounded(outbox);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +239,16 @@ impl Hub {
                 },
                 // The member is leaving; its Membership drop removes it.
                 Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    /// Calls `f` with every member's path and shared state (for re-checking access on reload).
+    pub fn for_each_member(&self, mut f: impl FnMut(&str, &MemberShared)) {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        for (path, members) in groups.iter() {
+            for m in members {
+                f(path, &m.shared);
             }
         }
     }
@@ -303,7 +342,9 @@ mod tests {
     }
 
     fn join(hub: &Arc<Hub>, path: &str, outbox: usize, policy: SlowConsumer) -> Membership {
-        hub.join(path, outbox, policy).unwrap().unwrap()
+        hub.join(path, outbox, policy, Holder::default())
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
@@ -389,7 +430,9 @@ mod tests {
             Err(crossbeam_channel::TryRecvError::Disconnected)
         ));
         assert_eq!(
-            hub.join("/c", 1, SlowConsumer::Drop).unwrap().err(),
+            hub.join("/c", 1, SlowConsumer::Drop, Holder::default())
+                .unwrap()
+                .err(),
             Some(HubClosed)
         );
         drop(b);

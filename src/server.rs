@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::acl;
 use crate::admin::{self, AdminState};
 use crate::admit::{Admission, Ticket};
 use crate::auth::Credentials;
@@ -20,11 +21,11 @@ use crate::cluster::Bridge;
 use crate::config::{ClientAuth, Config, ConfigError, Mode};
 use crate::connection::{self, Rights};
 use crate::deadline::{Deadline, Phase, is_timeout};
-use crate::hub::{Hub, HubClosed, Waker};
+use crate::hub::{Holder, Hub, HubClosed, Waker};
 use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
-use crate::policy::{Grant, Reason};
+use crate::policy::{Grant, Method, Reason};
 use crate::proxy;
 use crate::ratelimit::TokenBucket;
 use crate::session::{self, SessionError, SessionKey};
@@ -347,6 +348,7 @@ impl Shared {
                 warn_about_origins(&runtime.config);
                 self.creds
                     .reload(loaded.users, loaded.tokens, loaded.sessions);
+                self.revoke_lost_access(&runtime.config);
                 *self.runtime.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(runtime);
                 log::info!(
                     "{why}: reloaded {} in {:?}",
@@ -363,6 +365,32 @@ impl Shared {
             }
         }
         notify_or_log(&self.notifier, Notifier::ready);
+    }
+}
+
+impl Shared {
+    /// After a reload: closes (1008 `access revoked`) every connection whose user no longer has
+    /// an account, whose path no channel serves, or whose roles no longer let it subscribe — or
+    /// publish, when it was let in to publish. Everyone else keeps running untouched.
+    fn revoke_lost_access(&self, config: &Config) {
+        let mut revoked = 0;
+        self.hub.for_each_member(|path, member| {
+            let h = &member.holder;
+            let user = h.user.as_deref();
+            let has_account = !h.needs_account || user.is_some_and(|u| self.creds.has_account(u));
+            let served = config
+                .channel_for(path)
+                .is_some_and(|c| user.is_some() || c.anonymous);
+            let access = acl::evaluate(&config.roles, user, path);
+            let allowed = access.can_subscribe() && (!h.may_publish || access.can_publish());
+            if !(has_account && served && allowed) {
+                member.revoke();
+                revoked += 1;
+            }
+        });
+        if revoked > 0 {
+            log::info!("reload: closing {revoked} connections whose access was taken away");
+        }
     }
 }
 
@@ -669,7 +697,20 @@ fn serve(
     // down still answers 503 and a client only gets a session it can use.
     let enter = |grant: &Grant| {
         let limits = &grant.channel.limits;
-        let member = match hub.join(&grant.path, limits.outbox.get(), limits.slow_consumer) {
+        let holder = Holder {
+            user: grant.user.clone(),
+            may_publish: grant.may_publish,
+            needs_account: matches!(
+                grant.method,
+                Method::Password | Method::ApiToken | Method::Session
+            ),
+        };
+        let member = match hub.join(
+            &grant.path,
+            limits.outbox.get(),
+            limits.slow_consumer,
+            holder,
+        ) {
             Ok(Ok(member)) => member,
             Ok(Err(HubClosed)) => return Err(Reason::ShuttingDown),
             Err(e) => {

@@ -352,3 +352,40 @@ fn a_renewed_certificate_is_noticed_without_a_reload_signal() {
             .is_ok()
     );
 }
+
+#[test]
+fn a_reload_closes_connections_whose_access_was_taken_away() {
+    let mut setup = Setup::default();
+    setup
+        .set("channel:/feed", "mode", "broadcast")
+        .set("role:feeders", "members", "alice")
+        .set("role:feeders", "subscribe", "/feed")
+        .set("role:feeders", "publish", "/feed");
+    let server = setup.start();
+    let mut deleted = server.connect_as("/echo", BOB);
+    let mut lowered = server.connect_as("/feed", ALICE);
+    let mut untouched = server.connect_as("/echo", ALICE);
+    // bob is deleted; alice loses publish (but not subscribe) on /feed.
+    passwd(&server, &["--delete"], "bob", "");
+    let config = config_path(&server);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "[role:feeders]\nmembers = alice\npublish = /feed\n",
+        "[role:feeders]\nmembers = alice\n",
+    );
+    assert!(!text.contains("publish = /feed"), "{text}");
+    std::fs::write(&config, text).unwrap();
+    server.reload_and_wait();
+    assert_eq!(close_code(&mut deleted), 1008);
+    assert_eq!(close_code(&mut lowered), 1008);
+    assert!(server.wait_log("reason=\"access revoked\"", IO_TIMEOUT));
+    assert!(
+        server
+            .logs()
+            .contains("closing 2 connections whose access was taken away"),
+        "{}",
+        server.logs()
+    );
+    untouched.send(Message::text("still mine")).unwrap();
+    assert_eq!(next_data(&mut untouched), Message::text("still mine"));
+}

@@ -1290,35 +1290,50 @@ fn parse_bool(value: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_slow_consumer(value: &str) -> Result<SlowConsumer, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "disconnect" => Ok(SlowConsumer::Disconnect),
-        "drop" => Ok(SlowConsumer::Drop),
-        _ => Err(format!(
-            "`{value}` is not a slow_consumer action; expected disconnect or drop"
-        )),
+/// One of a few words, case-insensitively; the error lists them (`expected a, b or c`).
+fn choice<T: Copy>(value: &str, what: &str, options: &[(&str, T)]) -> Result<T, String> {
+    let word = value.to_ascii_lowercase();
+    if let Some(&(_, v)) = options.iter().find(|(name, _)| *name == word) {
+        return Ok(v);
     }
+    let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+    let expected = match names.split_last() {
+        Some((last, [])) => (*last).to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(format!("`{value}` is not {what}; expected {expected}"))
+}
+
+fn parse_slow_consumer(value: &str) -> Result<SlowConsumer, String> {
+    choice(
+        value,
+        "a slow_consumer action",
+        &[
+            ("disconnect", SlowConsumer::Disconnect),
+            ("drop", SlowConsumer::Drop),
+        ],
+    )
 }
 
 fn parse_overflow(value: &str) -> Result<Overflow, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "close" => Ok(Overflow::Close),
-        "drop" => Ok(Overflow::Drop),
-        _ => Err(format!(
-            "`{value}` is not an action; expected close or drop"
-        )),
-    }
+    choice(
+        value,
+        "an action",
+        &[("close", Overflow::Close), ("drop", Overflow::Drop)],
+    )
 }
 
 fn parse_client_auth(value: &str) -> Result<ClientAuth, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "off" => Ok(ClientAuth::Off),
-        "optional" => Ok(ClientAuth::Optional),
-        "required" => Ok(ClientAuth::Required),
-        _ => Err(format!(
-            "`{value}` is not a client_auth setting; expected off, optional or required"
-        )),
-    }
+    choice(
+        value,
+        "a client_auth setting",
+        &[
+            ("off", ClientAuth::Off),
+            ("optional", ClientAuth::Optional),
+            ("required", ClientAuth::Required),
+        ],
+    )
 }
 
 fn parse_members(value: &str) -> Result<Members, String> {
@@ -1365,13 +1380,11 @@ fn parse_patterns(value: &str) -> Result<Vec<PathPattern>, String> {
 }
 
 fn parse_mode(value: &str) -> Result<Mode, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "echo" => Ok(Mode::Echo),
-        "broadcast" => Ok(Mode::Broadcast),
-        _ => Err(format!(
-            "`{value}` is not a mode; expected echo or broadcast"
-        )),
-    }
+    choice(
+        value,
+        "a mode",
+        &[("echo", Mode::Echo), ("broadcast", Mode::Broadcast)],
+    )
 }
 
 fn parse_level(value: &str) -> Result<log::LevelFilter, String> {

@@ -167,44 +167,11 @@ impl Server {
         ca: CertificateDer<'static>,
         env: &[(&str, &str)],
     ) -> Server {
-        let mut child = Command::new(bin())
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--config"])
             .arg(config)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start wsgate");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(a) => a.parse().unwrap(),
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "server did not start; log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
-        Server {
-            child,
-            addr,
-            ca,
-            log,
-            dir,
-        }
+            .envs(env.iter().copied());
+        Server::from_command(dir, cmd, ca)
     }
 
     /// Starts the server under a wrapper command (e.g. `prlimit --nofile=64 --`, which execs

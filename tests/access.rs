@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,18 +106,14 @@ fn anonymous_channel_admits_clients_without_credentials_only_there() {
 fn api_tokens_work_as_bearer_query_and_subprotocol() {
     let setup = roles();
     let (dir, config, ca) = setup.write();
-    let out = Command::new(bin())
-        .args(["token", "add", "--config"])
-        .arg(&config)
-        .arg("bob")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = run_wsgate([
+        std::ffi::OsStr::new("token"),
+        "add".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "bob".as_ref(),
+    ]);
+    let token = stdout_of_success(out).trim().to_string();
     assert!(token.starts_with("wsg_"), "{token}");
     let stored = std::fs::read_to_string(dir.path().join("tokens")).unwrap();
     assert!(!stored.contains(&token), "token stored in clear");

@@ -9,27 +9,6 @@ use std::process::{Command, Stdio};
 use common::*;
 use tungstenite::Message;
 
-/// Runs `wsgate ARGS…` to completion.
-fn run_wsgate<I, S>(args: I) -> std::process::Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    Command::new(bin()).args(args).output().unwrap()
-}
-
-fn check_config(path: &std::path::Path) -> (i32, String) {
-    let out = Command::new(bin())
-        .arg("check-config")
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_config_accepts_a_good_file() {
     let (_dir, config, _ca) = Setup::default().write();

@@ -44,18 +44,6 @@ fn connect_plain(server: &Server, path: &str) -> Result<WebSocket<TcpStream>, tu
     }
 }
 
-fn check_config(path: &std::path::Path) -> (i32, String) {
-    let out = Command::new(bin())
-        .arg("check-config")
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn plaintext_on_loopback_serves_ws_echo_without_a_certificate() {
     let server = plaintext().start();

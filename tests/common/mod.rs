@@ -539,3 +539,31 @@ impl Server {
             .to_string()
     }
 }
+
+/// Runs `wsgate ARGS…` to completion.
+pub fn run_wsgate<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+/// `wsgate check-config PATH`: (exit code, stderr).
+pub fn check_config(path: &Path) -> (i32, String) {
+    let out = run_wsgate([std::ffi::OsStr::new("check-config"), path.as_os_str()]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts a finished command succeeded; returns its stdout.
+pub fn stdout_of_success(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -302,10 +302,6 @@ impl Hub {
 }
 
 impl Membership {
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
     /// The server's counters, for the connection loop's per-message figures.
     pub fn metrics(&self) -> &Metrics {
         &self.hub.metrics

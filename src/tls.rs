@@ -130,11 +130,6 @@ impl TlsStream {
             .and_then(crate::certs::user_name)
     }
 
-    /// Whether TLS records are waiting to be written to the socket.
-    pub fn wants_write(&self) -> bool {
-        self.conn.wants_write()
-    }
-
     /// Queues a TLS `close_notify`; the next flush sends it.
     pub fn send_close_notify(&mut self) {
         self.conn.send_close_notify();

@@ -6,8 +6,10 @@
 
 use std::fmt;
 use std::io;
+use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::TryRecvError;
@@ -19,7 +21,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Limits, Mode, Overflow, WsLimits};
 use crate::frames::{FrameLimit, FrameWatch};
-use crate::hub::Membership;
+use crate::hub::{DirectWrite, Handoff, Membership};
 use crate::ratelimit::MessageLimiter;
 use crate::upgrade::WsStream;
 
@@ -78,8 +80,31 @@ pub fn run(
     limits: &Limits,
 ) -> End {
     let now = Instant::now();
-    let mut conn = Conn {
+    let sock = ws.get_ref().get_ref().shared_socket();
+    if let Err(e) = sock.set_nonblocking(true) {
+        return End::Dropped(format!("set non-blocking: {e}"));
+    }
+    let mut wire = Wire {
         ws,
+        held: None,
+        stalled_since: None,
+        open: true,
+    };
+    wire.ws.get_mut().watch_frames(FrameWatch::new(
+        limits.max_fragments.get(),
+        limits.message_timeout,
+    ));
+    wire.ws.get_mut().get_mut().poll_driven(true);
+    let wire = Arc::new(Mutex::new(wire));
+    if rights.mode == Mode::Broadcast {
+        // Only this loop sets it, once; a second set cannot happen.
+        let _ = member.shared.direct.set(Box::new(Direct {
+            wire: Arc::clone(&wire),
+        }));
+    }
+    let mut conn = Conn {
+        wire,
+        sock,
         member,
         rights,
         limiter: MessageLimiter::new(
@@ -89,23 +114,64 @@ pub fn run(
         ),
         last_heard: now,
         ping_sent: false,
-        write_stalled_since: None,
-        held: None,
     };
-    conn.ws.get_mut().watch_frames(FrameWatch::new(
-        limits.max_fragments.get(),
-        limits.message_timeout,
-    ));
-    if let Err(e) = conn.ws.get_ref().get_ref().socket().set_nonblocking(true) {
-        return End::Dropped(format!("set non-blocking: {e}"));
-    }
     let end = conn.serve(limits);
     conn.finish(&end, limits.write_timeout);
     end
 }
 
-struct Conn {
+/// The WebSocket and what its writes owe. The loop holds its lock while it works and lets go
+/// while it sleeps in `poll`, so a publisher on another thread can write a broadcast straight
+/// into the socket of an idle subscriber (see [`Direct`]).
+struct Wire {
     ws: WsStream,
+    /// A message the write buffer had no room for; sent before anything else from the outbox.
+    held: Option<Message>,
+    /// Since when our writes have been blocked by a full socket.
+    stalled_since: Option<Instant>,
+    /// False once the loop has ended: nothing more may be written but the close.
+    open: bool,
+}
+
+fn lock(wire: &Mutex<Wire>) -> MutexGuard<'_, Wire> {
+    wire.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The hub's way into an idle subscriber's socket.
+struct Direct {
+    wire: Arc<Mutex<Wire>>,
+}
+
+impl DirectWrite for Direct {
+    fn try_write(&self, msg: &Message, outbox_empty: &dyn Fn() -> bool) -> Handoff {
+        let Ok(mut w) = self.wire.try_lock() else {
+            return Handoff::Queue; // the loop is working (it drains the outbox) or poisoned
+        };
+        if !w.open || w.held.is_some() || w.stalled_since.is_some() || !outbox_empty() {
+            return Handoff::Queue;
+        }
+        match w.ws.write(msg.clone()) {
+            Ok(()) => {}
+            // Queued in the write buffer; flushing below finds out how far it got.
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Not taken (full, or the connection is failing): the loop deals with it.
+            Err(_) => return Handoff::Queue,
+        }
+        match w.ws.flush() {
+            Ok(()) => Handoff::Sent,
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                w.stalled_since.get_or_insert_with(Instant::now);
+                Handoff::SentWake
+            }
+            Err(_) => Handoff::SentWake,
+        }
+    }
+}
+
+struct Conn {
+    wire: Arc<Mutex<Wire>>,
+    /// The socket, for `poll` while the wire is unlocked.
+    sock: Arc<TcpStream>,
     member: Membership,
     rights: Rights,
     limiter: MessageLimiter,
@@ -113,10 +179,6 @@ struct Conn {
     last_heard: Instant,
     /// A ping is out and unanswered.
     ping_sent: bool,
-    /// Since when our writes have been blocked by a full socket.
-    write_stalled_since: Option<Instant>,
-    /// A message the write buffer had no room for; sent before anything else from the outbox.
-    held: Option<Message>,
 }
 
 /// What a step of the loop decided.
@@ -124,58 +186,77 @@ type Step = Result<(), End>;
 
 impl Conn {
     fn serve(&mut self, limits: &Limits) -> End {
+        let wire = Arc::clone(&self.wire);
+        let mut readable = false;
         loop {
-            if let Err(end) = self.read_available().and_then(|()| self.write_available()) {
-                return end;
+            let mut w = lock(&wire);
+            if readable {
+                w.ws.get_mut().get_mut().readable();
             }
-            let now = Instant::now();
-            let silent = now.duration_since(self.last_heard);
-            if silent >= limits.idle_timeout {
-                return End::Closed(1001, "idle timeout");
-            }
-            if let Some(since) = self.write_stalled_since {
-                if now.duration_since(since) >= limits.write_timeout {
-                    return End::Dropped("write timeout".into());
-                }
-            }
-            let message_deadline = self.ws.get_ref().message_deadline();
-            if message_deadline.is_some_and(|d| now >= d) {
-                return End::Closed(1008, FrameLimit::TooSlow.reason());
-            }
-            if silent >= limits.ping_interval && !self.ping_sent {
-                self.ping_sent = true;
-                if let Err(end) = self
-                    .send(Message::Ping(Default::default()))
-                    .and_then(|()| self.flush())
-                {
+            let (write_out, wake_at) = match self.step(&mut w, limits) {
+                Ok(next) => next,
+                Err(end) => {
+                    w.open = false;
                     return end;
                 }
-            }
-            let mut wake_at = self.last_heard + limits.idle_timeout;
-            if !self.ping_sent {
-                wake_at = wake_at.min(self.last_heard + limits.ping_interval);
-            }
-            if let Some(since) = self.write_stalled_since {
-                wake_at = wake_at.min(since + limits.write_timeout);
-            }
-            if let Some(deadline) = message_deadline {
-                wake_at = wake_at.min(deadline);
-            }
-            if let Err(e) = self.wait(Some(wake_at.saturating_duration_since(Instant::now()))) {
-                return End::Dropped(format!("poll: {e}"));
+            };
+            drop(w);
+            match self.wait(write_out, wake_at.saturating_duration_since(Instant::now())) {
+                Ok(r) => readable = r,
+                Err(e) => {
+                    lock(&wire).open = false;
+                    return End::Dropped(format!("poll: {e}"));
+                }
             }
         }
     }
 
+    /// One turn of the loop with the wire locked: read, write, check the timers. Returns whether
+    /// to wait for the socket to take writes, and when to wake up at the latest.
+    fn step(&mut self, w: &mut Wire, limits: &Limits) -> Result<(bool, Instant), End> {
+        self.read_available(w)?;
+        self.write_available(w)?;
+        let now = Instant::now();
+        let silent = now.duration_since(self.last_heard);
+        if silent >= limits.idle_timeout {
+            return Err(End::Closed(1001, "idle timeout"));
+        }
+        if let Some(since) = w.stalled_since {
+            if now.duration_since(since) >= limits.write_timeout {
+                return Err(End::Dropped("write timeout".into()));
+            }
+        }
+        let message_deadline = w.ws.get_ref().message_deadline();
+        if message_deadline.is_some_and(|d| now >= d) {
+            return Err(End::Closed(1008, FrameLimit::TooSlow.reason()));
+        }
+        if silent >= limits.ping_interval && !self.ping_sent {
+            self.ping_sent = true;
+            self.send(w, Message::Ping(Default::default()))?;
+            flush(w)?;
+        }
+        let mut wake_at = self.last_heard + limits.idle_timeout;
+        if !self.ping_sent {
+            wake_at = wake_at.min(self.last_heard + limits.ping_interval);
+        }
+        if let Some(since) = w.stalled_since {
+            wake_at = wake_at.min(since + limits.write_timeout);
+        }
+        if let Some(deadline) = message_deadline {
+            wake_at = wake_at.min(deadline);
+        }
+        Ok((w.stalled_since.is_some(), wake_at))
+    }
+
     /// Reads and handles every complete frame available without blocking.
-    fn read_available(&mut self) -> Step {
+    fn read_available(&mut self, w: &mut Wire) -> Step {
         loop {
-            match self.ws.read() {
+            match w.ws.read() {
                 Ok(msg) => {
                     self.last_heard = Instant::now();
                     self.ping_sent = false;
                     match msg {
-                        Message::Text(_) | Message::Binary(_) => self.handle_data(msg)?,
+                        Message::Text(_) | Message::Binary(_) => self.handle_data(w, msg)?,
                         Message::Close(frame) => {
                             // tungstenite queued the reply; the next read reports ConnectionClosed
                             // once it is flushed.
@@ -193,7 +274,7 @@ impl Conn {
     }
 
     /// Applies publish rights and the rate limit, then echoes or publishes.
-    fn handle_data(&mut self, msg: Message) -> Step {
+    fn handle_data(&mut self, w: &mut Wire, msg: Message) -> Step {
         let metrics = self.member.metrics();
         metrics.message_in(msg.len());
         if !self.rights.may_publish {
@@ -211,7 +292,7 @@ impl Conn {
             };
         }
         match self.rights.mode {
-            Mode::Echo => self.send(msg),
+            Mode::Echo => self.send(w, msg),
             Mode::Broadcast => {
                 self.member.publish(&msg);
                 Ok(())
@@ -221,11 +302,11 @@ impl Conn {
 
     /// Writes queued messages until the outbox is empty or the socket is full. A message held back
     /// by a full write buffer is retried as soon as a flush made room, not at the next wake-up.
-    fn write_available(&mut self) -> Step {
+    fn write_available(&mut self, w: &mut Wire) -> Step {
         loop {
-            self.drain_outbox()?;
-            self.flush()?;
-            if self.held.is_none() || self.write_stalled_since.is_some() {
+            self.drain_outbox(w)?;
+            flush(w)?;
+            if w.held.is_none() || w.stalled_since.is_some() {
                 return Ok(());
             }
         }
@@ -233,7 +314,7 @@ impl Conn {
 
     /// Moves messages from the hub's outbox into the WebSocket write buffer until either is empty
     /// or the write buffer is full.
-    fn drain_outbox(&mut self) -> Step {
+    fn drain_outbox(&mut self, w: &mut Wire) -> Step {
         let shared = &self.member.shared;
         if shared.slow.load(Ordering::Acquire) {
             return Err(End::Closed(1008, "slow consumer"));
@@ -242,17 +323,17 @@ impl Conn {
             return Err(End::Closed(1008, "access revoked"));
         }
         shared.waker.reset();
-        if let Some(msg) = self.held.take() {
-            self.send(msg)?;
-            if self.held.is_some() {
+        if let Some(msg) = w.held.take() {
+            self.send(w, msg)?;
+            if w.held.is_some() {
                 return Ok(());
             }
         }
         loop {
             match self.member.outbox.try_recv() {
                 Ok(msg) => {
-                    self.send(msg)?;
-                    if self.held.is_some() {
+                    self.send(w, msg)?;
+                    if w.held.is_some() {
                         return Ok(());
                     }
                 }
@@ -264,14 +345,14 @@ impl Conn {
 
     /// Queues one message. A full write buffer holds it back (outbox messages) or, for an echo the
     /// peer is not reading, ends the connection as a slow consumer.
-    fn send(&mut self, msg: Message) -> Step {
+    fn send(&mut self, w: &mut Wire, msg: Message) -> Step {
         // Data messages, and data frames held back earlier, count as sent once accepted.
         let data = matches!(
             msg,
             Message::Text(_) | Message::Binary(_) | Message::Frame(_)
         );
         let len = msg.len();
-        match self.ws.write(msg) {
+        match w.ws.write(msg) {
             Ok(()) => {
                 if data {
                     self.member.metrics().message_out(len);
@@ -288,48 +369,32 @@ impl Conn {
                 if self.rights.mode == Mode::Echo {
                     return Err(End::Closed(1008, "slow consumer"));
                 }
-                self.held = Some(*msg);
+                w.held = Some(*msg);
                 Ok(())
             }
             Err(e) => Err(classify(e)),
         }
     }
 
-    /// Writes out what is buffered; remembers when the socket stopped taking bytes.
-    fn flush(&mut self) -> Step {
-        match self.ws.flush() {
-            Ok(()) => {
-                self.write_stalled_since = None;
-                Ok(())
-            }
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.write_stalled_since.get_or_insert_with(Instant::now);
-                Ok(())
-            }
-            Err(e) => Err(classify(e)),
-        }
-    }
-
-    /// Sleeps until the socket is readable (or writable, when writes are pending), the hub wakes
-    /// us, or `timeout` passes.
-    fn wait(&self, timeout: Option<Duration>) -> io::Result<()> {
+    /// Sleeps until the socket is readable (or writable, when `write_out`), the hub wakes us, or
+    /// `timeout` passes. Returns whether the socket reported an event (so reads must ask it).
+    fn wait(&self, write_out: bool, timeout: Duration) -> io::Result<bool> {
         let mut sock_events = PollFlags::IN;
-        if self.write_stalled_since.is_some() {
+        if write_out {
             sock_events |= PollFlags::OUT;
         }
-        let sock = self.ws.get_ref().get_ref().as_fd();
         let mut fds = [
-            PollFd::new(&sock, sock_events),
+            PollFd::new(&*self.sock, sock_events),
             PollFd::new(&self.member.shared.waker, PollFlags::IN),
         ];
-        let timeout = timeout.map(|t| {
-            rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec {
+        let timeout =
+            rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
                 tv_sec: i64::MAX,
                 tv_nsec: 0,
-            })
-        });
-        match poll(&mut fds, timeout.as_ref()) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            });
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(_) => Ok(!fds[0].revents().is_empty()),
+            Err(rustix::io::Errno::INTR) => Ok(true),
             Err(e) => Err(e.into()),
         }
     }
@@ -339,6 +404,11 @@ impl Conn {
     /// everything before its 1008): only then is there sure to be room for the close frame, which
     /// tungstenite would otherwise refuse as `WriteBufferFull`.
     fn finish(&mut self, end: &End, write_timeout: Duration) {
+        let wire = Arc::clone(&self.wire);
+        let mut w = lock(&wire);
+        w.open = false;
+        w.ws.get_mut().get_mut().poll_driven(false);
+        let ws = &mut w.ws;
         let mut close_frame = match end {
             End::Closed(code, reason) => Some(CloseFrame {
                 code: CloseCode::from(*code),
@@ -355,14 +425,14 @@ impl Conn {
         let flush_deadline = Instant::now() + write_timeout;
         let mut reply_deadline = None;
         loop {
-            let flushed = match self.ws.flush() {
+            let flushed = match ws.flush() {
                 Ok(()) => true,
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => false,
                 Err(_) => break, // close handshake complete, or the transport is gone
             };
             if flushed {
                 if let Some(frame) = close_frame.take() {
-                    match self.ws.close(Some(frame)) {
+                    match ws.close(Some(frame)) {
                         Ok(()) => {}
                         Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => break,
@@ -375,7 +445,7 @@ impl Conn {
                 reply_deadline.get_or_insert_with(|| Instant::now() + CLOSE_WAIT);
             }
             if wait_reply {
-                match self.ws.read() {
+                match ws.read() {
                     Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Ok(_) => continue,
                     Err(_) => break,
@@ -387,7 +457,7 @@ impl Conn {
             if left.is_zero() {
                 break;
             }
-            let sock = self.ws.get_ref().get_ref().as_fd();
+            let sock = self.sock.as_fd();
             let events = if flushed {
                 PollFlags::IN
             } else {
@@ -399,9 +469,24 @@ impl Conn {
                 break;
             }
         }
-        let tls = self.ws.get_mut().get_mut();
+        let tls = ws.get_mut().get_mut();
         tls.send_close_notify();
         let _ = std::io::Write::flush(tls);
+    }
+}
+
+/// Writes out what is buffered; remembers when the socket stopped taking bytes.
+fn flush(w: &mut Wire) -> Step {
+    match w.ws.flush() {
+        Ok(()) => {
+            w.stalled_since = None;
+            Ok(())
+        }
+        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+            w.stalled_since.get_or_insert_with(Instant::now);
+            Ok(())
+        }
+        Err(e) => Err(classify(e)),
     }
 }
 

@@ -1,7 +1,10 @@
-//! The hub: which connections are on which channel path, and fan-out of broadcast messages to
-//! their bounded outboxes. It never blocks and never touches a socket: a full outbox is a slow
-//! consumer, handled by that consumer's own policy. Every connection joins (echo ones too), so
-//! shutdown reaches all of them by dropping their senders.
+//! The hub: which connections are on which channel path, and fan-out of broadcast messages.
+//! It never blocks. A member whose connection is idle (its loop asleep in `poll`, nothing queued
+//! or stuck) gets the broadcast written straight into its socket by the publishing thread,
+//! through [`DirectWrite`] — no wake-up, no context switch per delivery. Any other member gets it
+//! in its bounded outbox and is woken; a full outbox is a slow consumer, handled by that
+//! consumer's own policy. Every connection joins (echo ones too), so shutdown reaches all of
+//! them by dropping their senders.
 //!
 //! With a cluster bridge attached ([`Hub::set_outlet`]), a broadcast is also `try_send` into the
 //! bridge's bounded queue after the local fan-out, and broadcasts from other instances come in
@@ -11,7 +14,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rustix::event::{EventfdFlags, eventfd};
@@ -49,10 +52,18 @@ impl Waker {
     /// pushed after the drain wakes the connection again. The counter is read before `pending`
     /// is cleared: the other order could consume a wake-up written after the clear, leaving
     /// `pending` set with nothing to wake the next `poll` — a lost wake-up under load.
+    ///
+    /// Without a pending wake-up there is nothing to read (no syscall). When `pending` is set but
+    /// the waker has not written yet, the read finds nothing and `pending` stays set: the write
+    /// still comes, and the `poll` it wakes resets properly.
     pub fn reset(&self) {
+        if !self.pending.load(Ordering::Acquire) {
+            return;
+        }
         let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.fd, &mut buf);
-        self.pending.store(false, Ordering::Release);
+        if rustix::io::read(&self.fd, &mut buf).is_ok() {
+            self.pending.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -60,6 +71,26 @@ impl AsFd for Waker {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// A member's connection, as the hub may write a broadcast straight into it.
+pub trait DirectWrite: Send + Sync {
+    /// Writes `msg` now if that needs no waiting and overtakes nothing: the connection's lock is
+    /// free (taken with `try_lock`), `outbox_empty()` holds under that lock, and nothing written
+    /// earlier is still stuck in its buffers. The socket is non-blocking.
+    fn try_write(&self, msg: &Message, outbox_empty: &dyn Fn() -> bool) -> Handoff;
+}
+
+/// What [`DirectWrite::try_write`] did with a broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// Written to the socket.
+    Sent,
+    /// Accepted, but the socket was full (or failed): the connection must be woken to finish
+    /// the write (or to find the error).
+    SentWake,
+    /// Not taken: queue it in the outbox as usual.
+    Queue,
 }
 
 struct Member {
@@ -78,6 +109,8 @@ pub struct MemberShared {
     pub revoked: AtomicBool,
     /// Who holds this membership, so a reload can re-check their access.
     pub holder: Holder,
+    /// The connection's direct-write path, once its loop runs (see [`DirectWrite`]).
+    pub direct: OnceLock<Box<dyn DirectWrite>>,
 }
 
 /// Who a member is, as far as a reload needs to know to re-check its access.
@@ -165,6 +198,7 @@ impl Hub {
             slow: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             holder,
+            direct: OnceLock::new(),
         });
         let (tx, rx) = crossbeam_channel::bounded(outbox);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -226,6 +260,22 @@ impl Hub {
             return;
         };
         for m in members.iter().filter(|m| Some(m.id) != from) {
+            if let Some(direct) = m.shared.direct.get() {
+                if !m.shared.revoked.load(Ordering::Acquire) {
+                    match direct.try_write(msg, &|| m.tx.is_empty()) {
+                        Handoff::Sent => {
+                            self.metrics.message_out(msg.len());
+                            continue;
+                        }
+                        Handoff::SentWake => {
+                            self.metrics.message_out(msg.len());
+                            m.shared.waker.wake();
+                            continue;
+                        }
+                        Handoff::Queue => {}
+                    }
+                }
+            }
             match m.tx.try_send(msg.clone()) {
                 Ok(()) => m.shared.waker.wake(),
                 Err(TrySendError::Full(_)) => match m.policy {
@@ -335,6 +385,47 @@ mod tests {
 
     fn hub() -> Arc<Hub> {
         Hub::new(Arc::new(Metrics::new(["/c"])))
+    }
+
+    fn readable(waker: &Waker) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            waker,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec::default();
+        rustix::event::poll(&mut fds, Some(&zero)).unwrap() == 1
+    }
+
+    #[test]
+    fn waker_coalesces_and_reset_clears() {
+        let w = Waker::new().unwrap();
+        assert!(!readable(&w));
+        w.wake();
+        w.wake();
+        assert!(readable(&w));
+        w.reset();
+        assert!(!readable(&w));
+        assert!(!w.pending.load(Ordering::Acquire));
+        w.wake();
+        assert!(readable(&w), "a wake after a reset must write again");
+    }
+
+    #[test]
+    fn reset_before_the_wakers_write_keeps_the_wake_up_pending() {
+        let w = Waker::new().unwrap();
+        // A waker has claimed the wake-up but not written yet.
+        w.pending.store(true, Ordering::Release);
+        w.reset();
+        assert!(
+            w.pending.load(Ordering::Acquire),
+            "cleared with a write still to come"
+        );
+        // Its write lands: the next poll wakes, and that reset clears it.
+        rustix::io::write(&w.fd, &1u64.to_ne_bytes()).unwrap();
+        assert!(readable(&w));
+        w.reset();
+        assert!(!readable(&w));
+        assert!(!w.pending.load(Ordering::Acquire));
     }
 
     fn join(hub: &Arc<Hub>, path: &str, outbox: usize, policy: SlowConsumer) -> Membership {

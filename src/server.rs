@@ -676,7 +676,7 @@ fn serve(
         Some(tls_config) => {
             tls::handshake(stream, Arc::clone(tls_config), deadline).map(tls::Transport::Tls)
         }
-        None => Ok(tls::Transport::Plain(stream)),
+        None => Ok(tls::Transport::Plain(Arc::new(stream))),
     };
     let transport = match handshake {
         Ok(transport) => transport,

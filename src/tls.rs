@@ -89,7 +89,14 @@ pub fn server_config(
 /// A TLS session over a TCP socket, readable and writable like a plain stream.
 pub struct TlsStream {
     conn: ServerConnection,
-    sock: TcpStream,
+    /// Shared with the connection loop, which polls it without holding the stream.
+    sock: Arc<TcpStream>,
+    /// Reads are driven by `poll` ([`TlsStream::poll_driven`]): a short socket read means the
+    /// kernel buffer is empty, so the next read answers `WouldBlock` without a syscall until
+    /// [`TlsStream::readable`] says `poll` reported the socket readable again.
+    poll_driven: bool,
+    /// The last socket read came back short (see `poll_driven`).
+    drained: bool,
 }
 
 /// Runs the server side of the TLS handshake, giving up at `deadline`.
@@ -103,10 +110,15 @@ pub fn handshake(
     deadline: Deadline,
 ) -> io::Result<TlsStream> {
     let conn = ServerConnection::new(config).map_err(io::Error::other)?;
-    let mut tls = TlsStream { conn, sock };
+    let mut tls = TlsStream {
+        conn,
+        sock: Arc::new(sock),
+        poll_driven: false,
+        drained: false,
+    };
     while tls.conn.is_handshaking() {
         deadline.arm(&tls.sock)?;
-        match tls.conn.complete_io(&mut tls.sock) {
+        match tls.conn.complete_io(&mut &*tls.sock) {
             Ok(_) => {}
             Err(e) if is_timeout(&e) => {}
             Err(e) => return Err(e),
@@ -140,9 +152,21 @@ impl TlsStream {
         self.conn.set_buffer_limit(Some(limit));
     }
 
+    /// Switches reads to `poll`-driven mode (for a non-blocking socket; see the field's doc), or
+    /// back to plain reads (`false`).
+    pub fn poll_driven(&mut self, on: bool) {
+        self.poll_driven = on;
+        self.drained = false;
+    }
+
+    /// `poll` reported the socket readable (or failed): the next read asks the socket again.
+    pub fn readable(&mut self) {
+        self.drained = false;
+    }
+
     fn write_records(&mut self) -> io::Result<()> {
         while self.conn.wants_write() {
-            if self.conn.write_tls(&mut self.sock)? == 0 {
+            if self.conn.write_tls(&mut &*self.sock)? == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
         }
@@ -160,7 +184,15 @@ impl Read for TlsStream {
                 Err(e) => return Err(e),
             }
             // No plaintext buffered: fetch more records. WouldBlock/TimedOut pass to the caller.
-            self.conn.read_tls(&mut self.sock)?;
+            if self.poll_driven && self.drained {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut sock = ShortReads {
+                sock: &self.sock,
+                short: false,
+            };
+            self.conn.read_tls(&mut sock)?;
+            self.drained = sock.short;
             if let Err(e) = self.conn.process_new_packets() {
                 // Best effort to tell the peer why (the alert is queued by rustls).
                 let _ = self.write_records();
@@ -185,7 +217,7 @@ impl Write for TlsStream {
                 return Ok(n);
             }
             // rustls' send buffer is at its limit: move records to the socket first.
-            if self.conn.write_tls(&mut self.sock)? == 0 {
+            if self.conn.write_tls(&mut &*self.sock)? == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
         }
@@ -193,6 +225,20 @@ impl Write for TlsStream {
 
     fn flush(&mut self) -> io::Result<()> {
         self.write_records()
+    }
+}
+
+/// The socket as rustls reads it, noting a read that returned less than was asked for.
+struct ShortReads<'a> {
+    sock: &'a TcpStream,
+    short: bool,
+}
+
+impl Read for ShortReads<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (&mut &*self.sock).read(buf)?;
+        self.short |= n < buf.len();
+        Ok(n)
     }
 }
 
@@ -212,7 +258,7 @@ impl AsFd for TlsStream {
 )]
 pub enum Transport {
     Tls(TlsStream),
-    Plain(TcpStream),
+    Plain(Arc<TcpStream>),
 }
 
 impl Transport {
@@ -221,6 +267,15 @@ impl Transport {
         match self {
             Transport::Tls(tls) => tls.socket(),
             Transport::Plain(sock) => sock,
+        }
+    }
+
+    /// The TCP socket underneath, shared: for a loop that polls it while another thread may be
+    /// writing to the stream.
+    pub fn shared_socket(&self) -> Arc<TcpStream> {
+        match self {
+            Transport::Tls(tls) => Arc::clone(&tls.sock),
+            Transport::Plain(sock) => Arc::clone(sock),
         }
     }
 
@@ -239,6 +294,20 @@ impl Transport {
         }
     }
 
+    /// See [`TlsStream::poll_driven`]; plaintext reads always ask the socket.
+    pub fn poll_driven(&mut self, on: bool) {
+        if let Transport::Tls(tls) = self {
+            tls.poll_driven(on);
+        }
+    }
+
+    /// See [`TlsStream::readable`].
+    pub fn readable(&mut self) {
+        if let Transport::Tls(tls) = self {
+            tls.readable();
+        }
+    }
+
     /// Caps what rustls buffers for sending; without TLS nothing is buffered here.
     pub fn set_buffer_limit(&mut self, limit: usize) {
         if let Transport::Tls(tls) = self {
@@ -251,7 +320,7 @@ impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Tls(tls) => tls.read(buf),
-            Transport::Plain(sock) => sock.read(buf),
+            Transport::Plain(sock) => (&mut &**sock).read(buf),
         }
     }
 }
@@ -260,14 +329,14 @@ impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Tls(tls) => tls.write(buf),
-            Transport::Plain(sock) => sock.write(buf),
+            Transport::Plain(sock) => (&mut &**sock).write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Transport::Tls(tls) => tls.flush(),
-            Transport::Plain(sock) => sock.flush(),
+            Transport::Plain(sock) => (&mut &**sock).flush(),
         }
     }
 }

@@ -16,7 +16,7 @@ cat >"$DIR/wsgate.ini" <<INI
 listen = 127.0.0.1:$PORT
 workers = ${WSGATE_WORKERS:-1100}
 queue = 64
-max_pre_auth = 256
+max_pre_auth = $(( ${WSGATE_WORKERS:-1100} < 256 ? ${WSGATE_WORKERS:-1100} : 256 ))
 max_connections_per_ip = 4096
 [tls]
 cert = $CERT

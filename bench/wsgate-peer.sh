@@ -7,7 +7,7 @@
 set -euo pipefail
 : "${PORT:?} ${CERT:?} ${KEY:?}"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=$ROOT/target/release/wsgate
+BIN=${WSGATE_BIN:-$ROOT/target/release/wsgate}
 DIR=${WSGATE_PEER_DIR:-$(mktemp -d /tmp/wsgate-peer.XXXXXX)}
 mkdir -p "$DIR"
 [[ -s $DIR/users ]] || printf 'bench\n' | "$BIN" passwd "$DIR/users" bench 2>/dev/null

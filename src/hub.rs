@@ -110,7 +110,7 @@ pub struct MemberShared {
     /// Who holds this membership, so a reload can re-check their access.
     pub holder: Holder,
     /// The connection's direct-write path, once its loop runs (see [`DirectWrite`]).
-    pub direct: OnceLock<Box<dyn DirectWrite>>,
+    pub direct: OnceLock<Arc<dyn DirectWrite>>,
 }
 
 /// Who a member is, as far as a reload needs to know to re-check its access.

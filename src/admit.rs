@@ -3,6 +3,9 @@
 //! the listener never waits. `threadpool::execute` queues without limit: the bound is ours.
 //! Behind a load balancer the address is known only after the PROXY header: such a ticket is
 //! issued unclaimed and the worker claims its address share with [`Ticket::claim_ip`].
+//! A worker holds its ticket for the connection's life; the ticket travels to the connection's
+//! short-lived handshake thread and back (see `server::serve`), and dropping it anywhere, a
+//! panic included, gives the place back.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -244,6 +247,7 @@ mod tests {
             queue,
             max_connections_per_ip: NonZeroUsize::new(per_ip).unwrap(),
             worker_stack_size: NonZeroUsize::new(256 * 1024).unwrap(),
+            handshake_stack_size: NonZeroUsize::new(256 * 1024).unwrap(),
             shutdown_grace: Duration::from_secs(1),
             // As large as the pool unless a test narrows it.
             max_pre_auth: NonZeroUsize::new(workers + queue).unwrap(),

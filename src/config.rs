@@ -47,8 +47,11 @@ pub struct ServerConfig {
     pub queue: usize,
     /// `max_connections_per_ip`: concurrent connections (waiting or served) from one address. Default 16.
     pub max_connections_per_ip: NonZeroUsize,
-    /// `worker_stack_size` in bytes. Default 256 KiB.
+    /// `worker_stack_size` in bytes: the stack of the connection loop. Default 256 KiB.
     pub worker_stack_size: NonZeroUsize,
+    /// `handshake_stack_size` in bytes: the stack of the short-lived thread that runs each
+    /// connection's PROXY header, TLS handshake and upgrade. Default 256 KiB.
+    pub handshake_stack_size: NonZeroUsize,
     /// `shutdown_grace`: how long SIGTERM waits for connections to finish closing. Default 5 s.
     pub shutdown_grace: Duration,
     /// `max_pre_auth`: connections that may be in the TLS handshake or the HTTP upgrade at once.
@@ -726,8 +729,10 @@ const GIB: usize = 1024 * MIB;
 const MAX_SIZE: usize = GIB;
 /// Longest duration any key accepts; keeps `Instant + Duration` far from overflow.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Smallest `worker_stack_size`: below this TLS and the handshake may overflow the stack.
-const MIN_WORKER_STACK: usize = 64 * KIB;
+/// Smallest `worker_stack_size` and `handshake_stack_size`: below this the connection loop
+/// (tungstenite, rustls records) or the handshake (rustls, Argon2, the HTTP head) may overflow
+/// the stack.
+const MIN_STACK: usize = 64 * KIB;
 /// The largest WebSocket frame header: what must fit beside a full write buffer and a message.
 const FRAME_HEADER_MAX: usize = 14;
 
@@ -764,6 +769,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "queue",
             "max_connections_per_ip",
             "worker_stack_size",
+            "handshake_stack_size",
             "shutdown_grace",
             "max_pre_auth",
             "proxy_protocol",
@@ -1083,6 +1089,20 @@ impl<'a> Section<'a> {
     fn nonzero_size(&self, key: &str, default: NonZeroUsize) -> Result<NonZeroUsize, ConfigError> {
         self.get(key, default, |v| {
             NonZeroUsize::new(parse_size(v)?).ok_or_else(|| "must be greater than 0".into())
+        })
+    }
+
+    /// A thread's stack size: at least [`MIN_STACK`].
+    fn stack_size(&self, key: &str, default: NonZeroUsize) -> Result<NonZeroUsize, ConfigError> {
+        self.get(key, default, |v| {
+            let size = NonZeroUsize::new(parse_size(v)?).ok_or("must be greater than 0")?;
+            if size.get() < MIN_STACK {
+                return Err(format!(
+                    "{size} bytes is too small; at least {}KiB",
+                    MIN_STACK / KIB
+                ));
+            }
+            Ok(size)
         })
     }
 
@@ -1464,13 +1484,8 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
     let workers = s.nonzero_count("workers", nz(64))?;
     let queue = s.count("queue", 16)?;
     let max_connections_per_ip = s.nonzero_count("max_connections_per_ip", nz(16))?;
-    let worker_stack_size = s.nonzero_size("worker_stack_size", nz(256 * KIB))?;
-    if worker_stack_size.get() < MIN_WORKER_STACK {
-        return Err(s.invalid(
-            Some("worker_stack_size"),
-            format!("{} bytes is too small; at least 64KiB", worker_stack_size),
-        ));
-    }
+    let worker_stack_size = s.stack_size("worker_stack_size", nz(256 * KIB))?;
+    let handshake_stack_size = s.stack_size("handshake_stack_size", nz(256 * KIB))?;
     let shutdown_grace = s.duration("shutdown_grace", Duration::from_secs(5))?;
     let max_pre_auth = s.nonzero_count("max_pre_auth", nz(workers.get().div_ceil(2)))?;
     if max_pre_auth > workers {
@@ -1504,6 +1519,7 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
         queue,
         max_connections_per_ip,
         worker_stack_size,
+        handshake_stack_size,
         shutdown_grace,
         max_pre_auth,
         proxy_protocol,
@@ -2149,6 +2165,7 @@ mod tests {
         assert_eq!(c.server.queue, 16);
         assert_eq!(c.server.max_connections_per_ip.get(), 16);
         assert_eq!(c.server.worker_stack_size.get(), 256 * 1024);
+        assert_eq!(c.server.handshake_stack_size.get(), 256 * 1024);
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
         assert!(!c.server.proxy_protocol);
         assert_eq!(c.server.drain_delay, Duration::ZERO);
@@ -2671,7 +2688,7 @@ listen = [::1]:9480
     fn set_values() {
         let c = ok(&with(
             "[server]\nlisten = [::1]:9000\nworkers = 3\nqueue = 0\nmax_connections_per_ip = 2\n\
-             worker_stack_size = 64K\nshutdown_grace = 0\nproxy_protocol = on\ndrain_delay = 1500ms\n\
+             worker_stack_size = 64K\nhandshake_stack_size = 1M\nshutdown_grace = 0\nproxy_protocol = on\ndrain_delay = 1500ms\n\
              [auth]\nusers_file = users\ncache_size = 0\ncache_ttl = 1h\n\
              max_concurrent_hashes = 1\n\
              [log]\nlevel = DEBUG\n\
@@ -2681,6 +2698,7 @@ listen = [::1]:9480
         assert_eq!(c.server.workers.get(), 3);
         assert_eq!(c.server.queue, 0);
         assert_eq!(c.server.worker_stack_size.get(), 65536);
+        assert_eq!(c.server.handshake_stack_size.get(), 1024 * 1024);
         assert_eq!(c.server.shutdown_grace, Duration::ZERO);
         assert!(c.server.proxy_protocol);
         assert_eq!(c.server.drain_delay, Duration::from_millis(1500));
@@ -3179,6 +3197,18 @@ listen = [::1]:9480
             (
                 "[server]\nworker_stack_size = 65535\n",
                 "[server] worker_stack_size: 65535 bytes is too small; at least 64kib",
+            ),
+            (
+                "[server]\nhandshake_stack_size = 0\n",
+                "[server] handshake_stack_size: must be greater than 0",
+            ),
+            (
+                "[server]\nhandshake_stack_size = 32K\n",
+                "[server] handshake_stack_size: 32768 bytes is too small; at least 64kib",
+            ),
+            (
+                "[server]\nhandshake_stack_size = lots\n",
+                "[server] handshake_stack_size: ",
             ),
             (
                 "[server]\nshutdown_grace = -5s\n",

@@ -47,7 +47,7 @@ pub struct ServerConfig {
     pub queue: usize,
     /// `max_connections_per_ip`: concurrent connections (waiting or served) from one address. Default 16.
     pub max_connections_per_ip: NonZeroUsize,
-    /// `worker_stack_size` in bytes: the stack of the connection loop. Default 256 KiB.
+    /// `worker_stack_size` in bytes: the stack of the connection loop. Default 128 KiB.
     pub worker_stack_size: NonZeroUsize,
     /// `handshake_stack_size` in bytes: the stack of the short-lived thread that runs each
     /// connection's PROXY header, TLS handshake and upgrade. Default 256 KiB.
@@ -729,10 +729,21 @@ const GIB: usize = 1024 * MIB;
 const MAX_SIZE: usize = GIB;
 /// Longest duration any key accepts; keeps `Instant + Duration` far from overflow.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Smallest `worker_stack_size` and `handshake_stack_size`: below this the connection loop
-/// (tungstenite, rustls records) or the handshake (rustls, Argon2, the HTTP head) may overflow
-/// the stack.
-const MIN_STACK: usize = 64 * KIB;
+/// Smallest `worker_stack_size`. The connection loop (tungstenite, rustls records) touches about
+/// 20 KiB of stack in a release build (48 KiB in a debug build), thread start included, and a
+/// panic's message and backtrace about 30 KiB more (measured with 60000-byte echoes and
+/// broadcasts; `scripts/smaps-summary.py` shows each stack's resident pages).
+const MIN_WORKER_STACK: usize = 64 * KIB;
+/// Smallest `handshake_stack_size`. The handshake (rustls with an ECDSA key, Argon2, the HTTP
+/// head, tungstenite's accept) overflows 64 KiB in a release build and 112 KiB in a debug build
+/// (it fits in 72 KiB and 120 KiB); a panic needs about 30 KiB more.
+const MIN_HANDSHAKE_STACK: usize = 128 * KIB;
+/// Default `worker_stack_size`: more than twice what the loop and a panic need in a debug build
+/// (`cargo test` runs one), and only the touched pages are resident; the rest is address space,
+/// which counts on 32-bit hosts.
+const DEFAULT_WORKER_STACK: usize = 128 * KIB;
+/// Default `handshake_stack_size`: twice what a debug build's handshake needs.
+const DEFAULT_HANDSHAKE_STACK: usize = 256 * KIB;
 /// The largest WebSocket frame header: what must fit beside a full write buffer and a message.
 const FRAME_HEADER_MAX: usize = 14;
 
@@ -1092,14 +1103,19 @@ impl<'a> Section<'a> {
         })
     }
 
-    /// A thread's stack size: at least [`MIN_STACK`].
-    fn stack_size(&self, key: &str, default: NonZeroUsize) -> Result<NonZeroUsize, ConfigError> {
-        self.get(key, default, |v| {
+    /// A thread's stack size: at least `min` bytes.
+    fn stack_size(
+        &self,
+        key: &str,
+        default: usize,
+        min: usize,
+    ) -> Result<NonZeroUsize, ConfigError> {
+        self.get(key, nz(default), |v| {
             let size = NonZeroUsize::new(parse_size(v)?).ok_or("must be greater than 0")?;
-            if size.get() < MIN_STACK {
+            if size.get() < min {
                 return Err(format!(
                     "{size} bytes is too small; at least {}KiB",
-                    MIN_STACK / KIB
+                    min / KIB
                 ));
             }
             Ok(size)
@@ -1484,8 +1500,13 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
     let workers = s.nonzero_count("workers", nz(64))?;
     let queue = s.count("queue", 16)?;
     let max_connections_per_ip = s.nonzero_count("max_connections_per_ip", nz(16))?;
-    let worker_stack_size = s.stack_size("worker_stack_size", nz(256 * KIB))?;
-    let handshake_stack_size = s.stack_size("handshake_stack_size", nz(256 * KIB))?;
+    let worker_stack_size =
+        s.stack_size("worker_stack_size", DEFAULT_WORKER_STACK, MIN_WORKER_STACK)?;
+    let handshake_stack_size = s.stack_size(
+        "handshake_stack_size",
+        DEFAULT_HANDSHAKE_STACK,
+        MIN_HANDSHAKE_STACK,
+    )?;
     let shutdown_grace = s.duration("shutdown_grace", Duration::from_secs(5))?;
     let max_pre_auth = s.nonzero_count("max_pre_auth", nz(workers.get().div_ceil(2)))?;
     if max_pre_auth > workers {
@@ -2164,7 +2185,7 @@ mod tests {
         assert_eq!(c.server.workers.get(), 64);
         assert_eq!(c.server.queue, 16);
         assert_eq!(c.server.max_connections_per_ip.get(), 16);
-        assert_eq!(c.server.worker_stack_size.get(), 256 * 1024);
+        assert_eq!(c.server.worker_stack_size.get(), 128 * 1024);
         assert_eq!(c.server.handshake_stack_size.get(), 256 * 1024);
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
         assert!(!c.server.proxy_protocol);
@@ -3203,8 +3224,8 @@ listen = [::1]:9480
                 "[server] handshake_stack_size: must be greater than 0",
             ),
             (
-                "[server]\nhandshake_stack_size = 32K\n",
-                "[server] handshake_stack_size: 32768 bytes is too small; at least 64kib",
+                "[server]\nhandshake_stack_size = 127K\n",
+                "[server] handshake_stack_size: 130048 bytes is too small; at least 128kib",
             ),
             (
                 "[server]\nhandshake_stack_size = lots\n",

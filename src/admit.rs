@@ -249,8 +249,8 @@ mod tests {
             workers: NonZeroUsize::new(workers).unwrap(),
             queue,
             max_connections_per_ip: NonZeroUsize::new(per_ip).unwrap(),
-            worker_stack_size: NonZeroUsize::new(128 * 1024).unwrap(),
-            handshake_stack_size: NonZeroUsize::new(256 * 1024).unwrap(),
+            worker_stack_size: NonZeroUsize::new(256 * 1024).unwrap(),
+            handshake_stack_size: NonZeroUsize::new(192 * 1024).unwrap(),
             shutdown_grace: Duration::from_secs(1),
             // As large as the pool unless a test narrows it.
             max_pre_auth: NonZeroUsize::new(workers + queue).unwrap(),

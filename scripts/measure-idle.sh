@@ -3,6 +3,8 @@
 # connections (KiB per connection), and the CPU the server burns over 10 s holding them.
 #
 #   scripts/measure-idle.sh [CONNS [WORKERS]]        defaults: 200 connections, 210 workers
+#   WSGATE_BIN=path/to/wsgate scripts/measure-idle.sh  measure that binary (no build)
+#   SMAPS=1 scripts/measure-idle.sh                    also where the RSS is (scripts/smaps-summary.py)
 #
 # Uses the shared harness's load generator (../shared/bench/wsload, built here on first use) to
 # open and hold the connections, and reads the server's /proc/PID/status and /proc/PID/stat.
@@ -15,8 +17,10 @@ BENCH=${BENCH:-$ROOT/../shared/bench}
 export CARGO_TARGET_DIR=${BENCH_TARGET:-$ROOT/target/bench}
 WSLOAD=$CARGO_TARGET_DIR/release/wsload
 [[ -x $WSLOAD ]] || (cd "$BENCH" && cargo build --release -q -p wsload)
-(cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target cargo build --release -q)
-BIN=$ROOT/target/release/wsgate
+if [[ -z ${WSGATE_BIN:-} ]]; then
+  (cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target cargo build --release -q)
+fi
+BIN=${WSGATE_BIN:-$ROOT/target/release/wsgate}
 
 DIR=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
@@ -39,6 +43,10 @@ users_file = users
 level = warn
 [channel:/echo]
 mode = echo
+[role:bench]
+members = *
+subscribe = /echo
+publish = /echo
 INI
 "$BIN" serve --config "$DIR/wsgate.ini" 2>"$DIR/server.log" &
 PID=$!
@@ -46,6 +54,7 @@ for _ in $(seq 50); do grep -q "listening" "$DIR/server.log" 2>/dev/null && brea
 rss() { awk '/VmRSS/ {print $2}' /proc/$PID/status; }
 ticks() { awk '{print $14 + $15}' /proc/$PID/stat; }
 echo "start: RSS $(rss) KiB with $WORKERS workers"
+[[ -z ${SMAPS:-} ]] || python3 "$ROOT/scripts/smaps-summary.py" $PID
 "$WSLOAD" idle --url "wss://127.0.0.1:$PORT/echo" --conns 1 --hold 0 --origin https://localhost \
   --user bench --pass bench >/dev/null 2>&1
 echo "after one login: RSS $(rss) KiB"
@@ -55,9 +64,10 @@ LOAD=$!
 until grep -q READY "$DIR/wsload.log" 2>/dev/null; do sleep 0.2; done
 sleep 1
 t0=$(ticks); r0=$(rss)
+[[ -z ${SMAPS:-} ]] || python3 "$ROOT/scripts/smaps-summary.py" $PID
 sleep 10
 t1=$(ticks)
 wait $LOAD
 echo "with $CONNS idle connections: RSS $r0 KiB"
 echo "CPU over 10 s holding them: $((t1 - t0)) ticks of $(getconf CLK_TCK)/s (/proc/$PID/stat utime+stime)"
-python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("wsload: opened %d, per connection %.1f KiB, server CPU %.1f%%, dropped %d" % (r["opened"], r["per_conn_kib"], r["server_cpu_pct"], r["dropped"]))' "$DIR/idle.json"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("wsload: opened %d, per connection %.1f KiB, server CPU %.1f%%, dropped %d, errors %d %s" % (r["opened"], r["per_conn_kib"], r["server_cpu_pct"], r["dropped"], r["errors"], r["error_kinds"] or ""))' "$DIR/idle.json"

@@ -1,8 +1,12 @@
 //! Admission: the bounded worker pool. A connection gets a [`Ticket`] only if the pool (workers
 //! plus a short wait queue) and its address's share have room; otherwise it is refused at once so
-//! the listener never waits. `threadpool::execute` queues without limit: the bound is ours.
+//! the listener never waits. [`Pool::execute`] queues without limit: the bound is ours. Workers
+//! are started as connections need them (see [`crate::pool`]), up to `workers`.
 //! Behind a load balancer the address is known only after the PROXY header: such a ticket is
 //! issued unclaimed and the worker claims its address share with [`Ticket::claim_ip`].
+//! A worker holds its ticket for the connection's life; the ticket travels to the connection's
+//! short-lived handshake thread and back (see `server::serve`), and dropping it anywhere, a
+//! panic included, gives the place back.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,9 +14,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use threadpool::ThreadPool;
-
 use crate::config::ServerConfig;
+use crate::pool::Pool;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +26,8 @@ pub enum Refused {
     PreAuthFull,
     /// This address already has `max_connections_per_ip` connections.
     PerIpCap,
+    /// No idle worker, and a new worker thread could not be started (thread or memory limits).
+    NoThread,
 }
 
 impl fmt::Display for Refused {
@@ -31,6 +36,7 @@ impl fmt::Display for Refused {
             Refused::PoolFull => "pool full",
             Refused::PreAuthFull => "too many connections not yet authenticated",
             Refused::PerIpCap => "per-ip connection cap reached",
+            Refused::NoThread => "cannot start a worker thread",
         })
     }
 }
@@ -45,7 +51,7 @@ struct Counts {
 
 /// The worker pool and its admission bounds.
 pub struct Admission {
-    pool: Mutex<ThreadPool>,
+    pool: Arc<Pool>,
     capacity: usize,
     pre_auth_cap: usize,
     per_ip_cap: usize,
@@ -63,15 +69,15 @@ pub struct Ticket {
 }
 
 impl Admission {
-    /// Starts `workers` threads with `worker_stack_size` stacks.
+    /// A pool of up to `workers` threads with `worker_stack_size` stacks, started as needed.
     pub fn new(server: &ServerConfig) -> Arc<Admission> {
-        let pool = threadpool::Builder::new()
-            .num_threads(server.workers.get())
-            .thread_stack_size(server.worker_stack_size.get())
-            .thread_name("wsgate-worker".into())
-            .build();
+        let pool = Pool::new(
+            server.workers.get(),
+            server.worker_stack_size.get(),
+            "wsgate-worker",
+        );
         Arc::new(Admission {
-            pool: Mutex::new(pool),
+            pool,
             capacity: server.workers.get() + server.queue,
             pre_auth_cap: server.max_pre_auth.get(),
             per_ip_cap: server.max_connections_per_ip.get(),
@@ -133,11 +139,11 @@ impl Admission {
             ip,
             pre_auth: true,
         };
-        self.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .execute(move || job(ticket));
-        Ok(())
+        // On failure the job and its ticket were dropped: the counts are already given back.
+        self.pool.execute(move || job(ticket)).map_err(|e| {
+            log::debug!("cannot start a worker thread: {e}");
+            Refused::NoThread
+        })
     }
 
     /// Connections admitted and not yet finished.
@@ -244,6 +250,7 @@ mod tests {
             queue,
             max_connections_per_ip: NonZeroUsize::new(per_ip).unwrap(),
             worker_stack_size: NonZeroUsize::new(256 * 1024).unwrap(),
+            handshake_stack_size: NonZeroUsize::new(192 * 1024).unwrap(),
             shutdown_grace: Duration::from_secs(1),
             // As large as the pool unless a test narrows it.
             max_pre_auth: NonZeroUsize::new(workers + queue).unwrap(),

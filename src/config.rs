@@ -47,8 +47,11 @@ pub struct ServerConfig {
     pub queue: usize,
     /// `max_connections_per_ip`: concurrent connections (waiting or served) from one address. Default 16.
     pub max_connections_per_ip: NonZeroUsize,
-    /// `worker_stack_size` in bytes. Default 256 KiB.
+    /// `worker_stack_size` in bytes: the stack of the connection loop. Default 256 KiB.
     pub worker_stack_size: NonZeroUsize,
+    /// `handshake_stack_size` in bytes: the stack of the short-lived thread that runs each
+    /// connection's PROXY header, TLS handshake and upgrade. Default 192 KiB.
+    pub handshake_stack_size: NonZeroUsize,
     /// `shutdown_grace`: how long SIGTERM waits for connections to finish closing. Default 5 s.
     pub shutdown_grace: Duration,
     /// `max_pre_auth`: connections that may be in the TLS handshake or the HTTP upgrade at once.
@@ -726,8 +729,24 @@ const GIB: usize = 1024 * MIB;
 const MAX_SIZE: usize = GIB;
 /// Longest duration any key accepts; keeps `Instant + Duration` far from overflow.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Smallest `worker_stack_size`: below this TLS and the handshake may overflow the stack.
+/// Smallest `worker_stack_size`. The connection loop (tungstenite, rustls records) touches about
+/// 20 KiB of stack in a release build (48 KiB in a debug build), thread start included, and a
+/// panic's message and backtrace about 30 KiB more (measured with 60000-byte echoes and
+/// broadcasts; `scripts/smaps-summary.py` shows each stack's resident pages).
 const MIN_WORKER_STACK: usize = 64 * KIB;
+/// Smallest `handshake_stack_size`. The handshake (rustls with an ECDSA key, Argon2, the HTTP
+/// head, tungstenite's accept) overflows 64 KiB in a release build and 112 KiB in a debug build
+/// (it fits in 72 KiB and 120 KiB); a panic needs about 30 KiB more.
+const MIN_HANDSHAKE_STACK: usize = 128 * KIB;
+/// Default `worker_stack_size`. Only the touched pages (about 20 KiB) are resident; the rest is
+/// address space. It stays above `handshake_stack_size` on purpose: glibc gives a new thread a
+/// cached stack of an exited one if that is at least the requested size (and at most 4x it), and
+/// a reused handshake stack keeps about 24 KiB resident where a fresh worker stack has 20 KiB
+/// (measured: 44.0 against 41.6 KiB per connection with 3000 connections).
+const DEFAULT_WORKER_STACK: usize = 256 * KIB;
+/// Default `handshake_stack_size`: 1.6 times what a debug build's handshake needs (120 KiB),
+/// 2.7 times a release build's (72 KiB), and below `DEFAULT_WORKER_STACK` (see there).
+const DEFAULT_HANDSHAKE_STACK: usize = 192 * KIB;
 /// The largest WebSocket frame header: what must fit beside a full write buffer and a message.
 const FRAME_HEADER_MAX: usize = 14;
 
@@ -764,6 +783,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "queue",
             "max_connections_per_ip",
             "worker_stack_size",
+            "handshake_stack_size",
             "shutdown_grace",
             "max_pre_auth",
             "proxy_protocol",
@@ -1083,6 +1103,25 @@ impl<'a> Section<'a> {
     fn nonzero_size(&self, key: &str, default: NonZeroUsize) -> Result<NonZeroUsize, ConfigError> {
         self.get(key, default, |v| {
             NonZeroUsize::new(parse_size(v)?).ok_or_else(|| "must be greater than 0".into())
+        })
+    }
+
+    /// A thread's stack size: at least `min` bytes.
+    fn stack_size(
+        &self,
+        key: &str,
+        default: usize,
+        min: usize,
+    ) -> Result<NonZeroUsize, ConfigError> {
+        self.get(key, nz(default), |v| {
+            let size = NonZeroUsize::new(parse_size(v)?).ok_or("must be greater than 0")?;
+            if size.get() < min {
+                return Err(format!(
+                    "{size} bytes is too small; at least {}KiB",
+                    min / KIB
+                ));
+            }
+            Ok(size)
         })
     }
 
@@ -1464,13 +1503,13 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
     let workers = s.nonzero_count("workers", nz(64))?;
     let queue = s.count("queue", 16)?;
     let max_connections_per_ip = s.nonzero_count("max_connections_per_ip", nz(16))?;
-    let worker_stack_size = s.nonzero_size("worker_stack_size", nz(256 * KIB))?;
-    if worker_stack_size.get() < MIN_WORKER_STACK {
-        return Err(s.invalid(
-            Some("worker_stack_size"),
-            format!("{} bytes is too small; at least 64KiB", worker_stack_size),
-        ));
-    }
+    let worker_stack_size =
+        s.stack_size("worker_stack_size", DEFAULT_WORKER_STACK, MIN_WORKER_STACK)?;
+    let handshake_stack_size = s.stack_size(
+        "handshake_stack_size",
+        DEFAULT_HANDSHAKE_STACK,
+        MIN_HANDSHAKE_STACK,
+    )?;
     let shutdown_grace = s.duration("shutdown_grace", Duration::from_secs(5))?;
     let max_pre_auth = s.nonzero_count("max_pre_auth", nz(workers.get().div_ceil(2)))?;
     if max_pre_auth > workers {
@@ -1504,6 +1543,7 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
         queue,
         max_connections_per_ip,
         worker_stack_size,
+        handshake_stack_size,
         shutdown_grace,
         max_pre_auth,
         proxy_protocol,
@@ -2149,6 +2189,7 @@ mod tests {
         assert_eq!(c.server.queue, 16);
         assert_eq!(c.server.max_connections_per_ip.get(), 16);
         assert_eq!(c.server.worker_stack_size.get(), 256 * 1024);
+        assert_eq!(c.server.handshake_stack_size.get(), 192 * 1024);
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
         assert!(!c.server.proxy_protocol);
         assert_eq!(c.server.drain_delay, Duration::ZERO);
@@ -2671,7 +2712,7 @@ listen = [::1]:9480
     fn set_values() {
         let c = ok(&with(
             "[server]\nlisten = [::1]:9000\nworkers = 3\nqueue = 0\nmax_connections_per_ip = 2\n\
-             worker_stack_size = 64K\nshutdown_grace = 0\nproxy_protocol = on\ndrain_delay = 1500ms\n\
+             worker_stack_size = 64K\nhandshake_stack_size = 1M\nshutdown_grace = 0\nproxy_protocol = on\ndrain_delay = 1500ms\n\
              [auth]\nusers_file = users\ncache_size = 0\ncache_ttl = 1h\n\
              max_concurrent_hashes = 1\n\
              [log]\nlevel = DEBUG\n\
@@ -2681,6 +2722,7 @@ listen = [::1]:9480
         assert_eq!(c.server.workers.get(), 3);
         assert_eq!(c.server.queue, 0);
         assert_eq!(c.server.worker_stack_size.get(), 65536);
+        assert_eq!(c.server.handshake_stack_size.get(), 1024 * 1024);
         assert_eq!(c.server.shutdown_grace, Duration::ZERO);
         assert!(c.server.proxy_protocol);
         assert_eq!(c.server.drain_delay, Duration::from_millis(1500));
@@ -3179,6 +3221,18 @@ listen = [::1]:9480
             (
                 "[server]\nworker_stack_size = 65535\n",
                 "[server] worker_stack_size: 65535 bytes is too small; at least 64kib",
+            ),
+            (
+                "[server]\nhandshake_stack_size = 0\n",
+                "[server] handshake_stack_size: must be greater than 0",
+            ),
+            (
+                "[server]\nhandshake_stack_size = 127K\n",
+                "[server] handshake_stack_size: 130048 bytes is too small; at least 128kib",
+            ),
+            (
+                "[server]\nhandshake_stack_size = lots\n",
+                "[server] handshake_stack_size: ",
             ),
             (
                 "[server]\nshutdown_grace = -5s\n",

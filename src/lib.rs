@@ -43,6 +43,7 @@ pub mod notify;
 pub mod origin;
 pub mod passwd;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;

@@ -1,4 +1,8 @@
-//! Start-up, reload, the per-connection pipeline and shutdown. `start` prepares everything that
+//! Start-up, reload, the per-connection pipeline and shutdown. A connection belongs to its worker
+//! from admission to close; the steps before the 101 (PROXY header, TLS, upgrade) run on a
+//! handshake thread the worker spawns and joins, a sub-step whose life the handshake deadlines
+//! bound, so its deep stack is released when it ends and the worker keeps only the loop's.
+//! `start` prepares everything that
 //! can fail on a bad config (certificate, users, tokens, session key, bind) before serving; `run`
 //! accepts until stopped, then drains: `/healthz` 503 and `STOPPING=1` first, still accepting for
 //! `drain_delay` (a load balancer notices), hub closed (1001 to every client), wait up to the
@@ -21,7 +25,7 @@ use crate::cluster::Bridge;
 use crate::config::{ClientAuth, Config, ConfigError, Mode};
 use crate::connection::{self, Rights};
 use crate::deadline::{Deadline, Phase, is_timeout};
-use crate::hub::{Holder, Hub, HubClosed, Waker};
+use crate::hub::{Holder, Hub, HubClosed, Membership, Waker};
 use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
@@ -632,9 +636,101 @@ fn notify_or_log(notifier: &Notifier, send: impl FnOnce(&Notifier) -> io::Result
     }
 }
 
-/// One connection's pipeline on its worker: the PROXY header when `proxied`, TLS, upgrade,
-/// connection loop, one log line at the end, one `wsgate_connections_total` outcome.
+/// A connection past its 101, handed from the handshake thread back to its worker.
+struct Opened {
+    ws: upgrade::WsStream,
+    grant: Grant,
+    member: Membership,
+    session_id: String,
+    /// The client (the carried address behind a load balancer).
+    peer: SocketAddr,
+    /// The connection's place in the pool, held until the connection loop ends.
+    ticket: Ticket,
+}
+
+/// One connection's pipeline on its worker: the steps before the 101 (PROXY header, TLS,
+/// upgrade) on a short-lived handshake thread, then the connection loop on the worker itself,
+/// one log line at the end, one `wsgate_connections_total` outcome.
+///
+/// The worker owns the connection throughout: it waits for the handshake thread, which lives
+/// at most as long as the handshake deadlines allow. The handshake runs deep (rustls, Argon2,
+/// the HTTP head) and its own stack is freed when it exits (glibc releases an exiting thread's
+/// stack pages), so the stack a worker keeps resident for an idle connection is only what
+/// the loop touches.
 fn serve(
+    shared: &Shared,
+    rt: &Runtime,
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    ticket: Ticket,
+    proxied: bool,
+) {
+    let metrics = &shared.metrics;
+    let stack = rt.config.server.handshake_stack_size.get();
+    let opened = std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("wsgate-handshake".into())
+            .stack_size(stack)
+            .spawn_scoped(scope, || {
+                handshake(shared, rt, stream, peer, accepted, ticket, proxied)
+            });
+        match spawned.map(std::thread::ScopedJoinHandle::join) {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(_panic)) => {
+                metrics.outcome(Outcome::IoError);
+                log::error!("handshake thread panicked peer={peer}; connection dropped");
+                None
+            }
+            // The closure (socket and ticket) was dropped unrun: the connection is refused.
+            Err(e) => {
+                metrics.outcome(Outcome::Busy);
+                log::debug!("refused peer={peer}: cannot start a handshake thread: {e}");
+                None
+            }
+        }
+    });
+    let Some(Opened {
+        ws,
+        grant,
+        member,
+        session_id,
+        peer,
+        ticket,
+    }) = opened
+    else {
+        return;
+    };
+    let config = &rt.config;
+    let channel = &grant.channel;
+    let pattern = channel.pattern.to_string();
+    metrics.channel_opened(&pattern);
+    let user = grant.log_user();
+    log::info!(
+        "open peer={peer} user=\"{user}\" auth={} session={session_id} path={}",
+        grant.method,
+        grant.path
+    );
+    let opened = Instant::now();
+    let rights = Rights {
+        mode: channel.mode,
+        may_publish: grant.may_publish,
+        on_forbidden: channel.on_forbidden,
+        on_rate_limit: channel.limits.on_rate_limit,
+    };
+    let end = connection::run(ws, member, rights, &channel.limits, &config.limits);
+    metrics.channel_closed(&pattern);
+    log::info!(
+        "close peer={peer} user=\"{user}\" session={session_id} path={} duration={:.3}s {end}",
+        grant.path,
+        opened.elapsed().as_secs_f64()
+    );
+    drop(ticket);
+}
+
+/// The steps before the 101, on the handshake thread: the PROXY header when `proxied`, TLS, the
+/// upgrade. `None` when the connection ended here (its outcome counted and logged).
+fn handshake(
     shared: &Shared,
     rt: &Runtime,
     stream: TcpStream,
@@ -642,7 +738,7 @@ fn serve(
     accepted: Instant,
     mut ticket: Ticket,
     proxied: bool,
-) {
+) -> Option<Opened> {
     let (config, hub, metrics) = (&rt.config, &shared.hub, &shared.metrics);
     let deadline = Deadline::new(Phase::TlsHandshake, accepted, config.tls.handshake_timeout);
     // From here on `peer` is the client: the carried address behind a load balancer.
@@ -660,13 +756,13 @@ fn serve(
                     "proxy header failed via={via} after={:?}: {e}",
                     accepted.elapsed()
                 );
-                return;
+                return None;
             }
         };
         if let Err(why) = ticket.claim_ip(peer.ip()) {
             metrics.outcome(Outcome::Busy);
             log::debug!("refused peer={peer} via={via}: {why}");
-            return;
+            return None;
         }
         peer
     } else {
@@ -690,7 +786,7 @@ fn serve(
                 "tls handshake failed peer={peer} after={:?}: {e}",
                 accepted.elapsed()
             );
-            return;
+            return None;
         }
     };
     // Joins the hub and issues the session just before the 101, so a server that is shutting
@@ -745,11 +841,11 @@ fn serve(
                     metrics.outcome(outcome);
                 }
                 log_refusal(peer, &reason);
-                return;
+                return None;
             }
             Err(UpgradeError::DemoPage) => {
                 log::info!("demo page peer={peer} status=200");
-                return;
+                return None;
             }
             Err(UpgradeError::Io(e)) => {
                 metrics.outcome(if is_timeout(&e) {
@@ -758,34 +854,19 @@ fn serve(
                     Outcome::IoError
                 });
                 log::debug!("upgrade failed peer={peer}: {e}");
-                return;
+                return None;
             }
         };
     metrics.outcome(Outcome::Accepted);
     metrics.observe_upgrade(accepted.elapsed());
-    let channel = &grant.channel;
-    let pattern = channel.pattern.to_string();
-    metrics.channel_opened(&pattern);
-    let user = grant.log_user();
-    log::info!(
-        "open peer={peer} user=\"{user}\" auth={} session={session_id} path={}",
-        grant.method,
-        grant.path
-    );
-    let opened = Instant::now();
-    let rights = Rights {
-        mode: channel.mode,
-        may_publish: grant.may_publish,
-        on_forbidden: channel.on_forbidden,
-        on_rate_limit: channel.limits.on_rate_limit,
-    };
-    let end = connection::run(ws, member, rights, &channel.limits, &config.limits);
-    metrics.channel_closed(&pattern);
-    log::info!(
-        "close peer={peer} user=\"{user}\" session={session_id} path={} duration={:.3}s {end}",
-        grant.path,
-        opened.elapsed().as_secs_f64()
-    );
+    Some(Opened {
+        ws,
+        grant,
+        member,
+        session_id,
+        peer,
+        ticket,
+    })
 }
 
 /// The session cookie: only sent over TLS, invisible to page scripts, never sent cross-site.
@@ -860,13 +941,15 @@ fn log_memory_budget(config: &Config) {
         + 64 * 1024; // rustls buffers and state
     let conns = s.workers.get() + s.queue;
     let hashing = config.auth.max_concurrent_hashes.get() * 19 * 1024 * 1024;
-    let total = conns * per_conn + hashing;
+    let handshakes = s.max_pre_auth.get() * s.handshake_stack_size.get();
+    let total = conns * per_conn + hashing + handshakes;
     log::info!(
-        "memory budget: {} connections x {} KiB + {} MiB password hashing = {} MiB worst case \
-         (broadcast messages are shared between outboxes)",
+        "memory budget: {} connections x {} KiB + {} MiB password hashing + {} KiB handshake \
+         stacks = {} MiB worst case (broadcast messages are shared between outboxes)",
         conns,
         per_conn / 1024,
         hashing >> 20,
+        handshakes >> 10,
         total >> 20
     );
 }

@@ -5,7 +5,7 @@
 //! Behind a load balancer the address is known only after the PROXY header: such a ticket is
 //! issued unclaimed and the worker claims its address share with [`Ticket::claim_ip`].
 //! A worker holds its ticket for the connection's life; the ticket travels to the connection's
-//! short-lived handshake thread and back (see `server::serve`), and dropping it anywhere, a
+//! handshake thread and back (see `server::serve`), and dropping it anywhere, a
 //! panic included, gives the place back.
 
 use std::collections::HashMap;

@@ -49,7 +49,7 @@ pub struct ServerConfig {
     pub max_connections_per_ip: NonZeroUsize,
     /// `worker_stack_size` in bytes: the stack of the connection loop. Default 256 KiB.
     pub worker_stack_size: NonZeroUsize,
-    /// `handshake_stack_size` in bytes: the stack of the short-lived thread that runs each
+    /// `handshake_stack_size` in bytes: the stack of the handshake threads, which run each
     /// connection's PROXY header, TLS handshake and upgrade. Default 192 KiB.
     pub handshake_stack_size: NonZeroUsize,
     /// `shutdown_grace`: how long SIGTERM waits for connections to finish closing. Default 5 s.
@@ -739,13 +739,10 @@ const MIN_WORKER_STACK: usize = 64 * KIB;
 /// (it fits in 72 KiB and 120 KiB); a panic needs about 30 KiB more.
 const MIN_HANDSHAKE_STACK: usize = 128 * KIB;
 /// Default `worker_stack_size`. Only the touched pages (about 20 KiB) are resident; the rest is
-/// address space. It stays above `handshake_stack_size` on purpose: glibc gives a new thread a
-/// cached stack of an exited one if that is at least the requested size (and at most 4x it), and
-/// a reused handshake stack keeps about 24 KiB resident where a fresh worker stack has 20 KiB
-/// (measured: 44.0 against 41.6 KiB per connection with 3000 connections).
+/// address space.
 const DEFAULT_WORKER_STACK: usize = 256 * KIB;
 /// Default `handshake_stack_size`: 1.6 times what a debug build's handshake needs (120 KiB),
-/// 2.7 times a release build's (72 KiB), and below `DEFAULT_WORKER_STACK` (see there).
+/// 2.7 times a release build's (72 KiB).
 const DEFAULT_HANDSHAKE_STACK: usize = 192 * KIB;
 /// The largest WebSocket frame header: what must fit beside a full write buffer and a message.
 const FRAME_HEADER_MAX: usize = 14;

@@ -30,6 +30,7 @@ use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
 use crate::policy::{Grant, Method, Reason};
+use crate::pool::Pool;
 use crate::proxy;
 use crate::ratelimit::TokenBucket;
 use crate::session::{self, SessionError, SessionKey};
@@ -107,6 +108,8 @@ struct Shared {
     creds: Arc<Credentials>,
     hub: Arc<Hub>,
     admission: Arc<Admission>,
+    /// The handshake threads (see [`serve`]).
+    handshakes: Arc<Pool>,
     metrics: Arc<Metrics>,
     notifier: Notifier,
     admin: Option<Arc<AdminState>>,
@@ -205,6 +208,11 @@ impl Server {
             creds,
             hub: Hub::new(Arc::clone(&metrics)),
             admission,
+            handshakes: Pool::new(
+                config.server.max_pre_auth.get(),
+                config.server.handshake_stack_size.get(),
+                "wsgate-handshake",
+            ),
             metrics,
             notifier: Notifier::from_env(),
             admin,
@@ -649,17 +657,19 @@ struct Opened {
 }
 
 /// One connection's pipeline on its worker: the steps before the 101 (PROXY header, TLS,
-/// upgrade) on a short-lived handshake thread, then the connection loop on the worker itself,
-/// one log line at the end, one `wsgate_connections_total` outcome.
+/// upgrade) on a handshake thread, then the connection loop on the worker itself, one log line at
+/// the end, one `wsgate_connections_total` outcome.
 ///
-/// The worker owns the connection throughout: it waits for the handshake thread, which lives
-/// at most as long as the handshake deadlines allow. The handshake runs deep (rustls, Argon2,
-/// the HTTP head) and its own stack is freed when it exits (glibc releases an exiting thread's
-/// stack pages), so the stack a worker keeps resident for an idle connection is only what
+/// The worker owns the connection throughout: it hands the handshake to a handshake thread and
+/// waits for it, bounded by the handshake deadlines. The handshake runs deep (rustls, Argon2, the
+/// HTTP head: ~72 KiB of stack); on the worker, those pages would stay resident for the
+/// connection's life. Handshake threads are few (at most `max_pre_auth`, started on demand) and
+/// persist, so their deep stacks are paid once per thread, not per connection, and no thread is
+/// created per connection; the stack a worker keeps resident for an idle connection is only what
 /// the loop touches.
 fn serve(
-    shared: &Shared,
-    rt: &Runtime,
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
@@ -667,29 +677,32 @@ fn serve(
     proxied: bool,
 ) {
     let metrics = &shared.metrics;
-    let stack = rt.config.server.handshake_stack_size.get();
-    let opened = std::thread::scope(|scope| {
-        let spawned = std::thread::Builder::new()
-            .name("wsgate-handshake".into())
-            .stack_size(stack)
-            .spawn_scoped(scope, || {
-                handshake(shared, rt, stream, peer, accepted, ticket, proxied)
-            });
-        match spawned.map(std::thread::ScopedJoinHandle::join) {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(_panic)) => {
-                metrics.outcome(Outcome::IoError);
-                log::error!("handshake thread panicked peer={peer}; connection dropped");
-                None
-            }
-            // The closure (socket and ticket) was dropped unrun: the connection is refused.
-            Err(e) => {
-                metrics.outcome(Outcome::Busy);
-                log::debug!("refused peer={peer}: cannot start a handshake thread: {e}");
-                None
-            }
+    let (done, result) = crossbeam_channel::bounded(1);
+    let job = {
+        let (shared, rt) = (Arc::clone(shared), Arc::clone(rt));
+        move || {
+            let _ = done.send(handshake(
+                &shared, &rt, stream, peer, accepted, ticket, proxied,
+            ));
         }
-    });
+    };
+    let opened = match shared.handshakes.execute(job) {
+        Ok(()) => match result.recv() {
+            Ok(opened) => opened,
+            // The job panicked (the pool caught it): its socket and ticket are gone.
+            Err(_) => {
+                metrics.outcome(Outcome::IoError);
+                log::error!("handshake panicked peer={peer}; connection dropped");
+                None
+            }
+        },
+        // The job (socket and ticket) was dropped unrun: the connection is refused.
+        Err(e) => {
+            metrics.outcome(Outcome::Busy);
+            log::debug!("refused peer={peer}: cannot start a handshake thread: {e}");
+            None
+        }
+    };
     let Some(Opened {
         ws,
         grant,
@@ -923,33 +936,137 @@ fn log_refusal(peer: SocketAddr, reason: &Reason) {
 
 /// Logs the worst-case memory the configured limits allow, so an admin can size a small host.
 fn log_memory_budget(config: &Config) {
-    let s = &config.server;
-    let ws = config
-        .channels
-        .iter()
-        .map(|c| &c.limits)
-        .fold(config.limits.ws.clone(), |a, l| crate::config::WsLimits {
-            read_buffer_size: a.read_buffer_size.max(l.read_buffer_size),
-            max_write_buffer_size: a.max_write_buffer_size.max(l.max_write_buffer_size),
-            max_message_size: a.max_message_size.max(l.max_message_size),
-            ..a
-        });
-    let per_conn = s.worker_stack_size.get()
-        + ws.read_buffer_size.get()
-        + ws.max_write_buffer_size.get()
-        + 2 * ws.max_message_size.get() // one message being assembled, one held back
-        + 64 * 1024; // rustls buffers and state
-    let conns = s.workers.get() + s.queue;
-    let hashing = config.auth.max_concurrent_hashes.get() * 19 * 1024 * 1024;
-    let handshakes = s.max_pre_auth.get() * s.handshake_stack_size.get();
-    let total = conns * per_conn + hashing + handshakes;
+    let b = MemoryBudget::of(config);
     log::info!(
-        "memory budget: {} connections x {} KiB + {} MiB password hashing + {} KiB handshake \
-         stacks = {} MiB worst case (broadcast messages are shared between outboxes)",
-        conns,
-        per_conn / 1024,
-        hashing >> 20,
-        handshakes >> 10,
-        total >> 20
+        "memory budget (worst case the limits allow): {} connections x {} KiB (stack {} KiB, \
+         buffers {} KiB, outbox {} x {} KiB) + {} handshake stacks x {} KiB + {} MiB password \
+         hashing + {} KiB caches + {} KiB cluster queue = {} MiB",
+        b.connections,
+        b.per_connection() >> 10,
+        b.stack >> 10,
+        b.buffers >> 10,
+        b.outbox,
+        b.max_message >> 10,
+        b.handshakes,
+        b.handshake_stack >> 10,
+        b.hashing >> 20,
+        b.caches >> 10,
+        b.cluster >> 10,
+        b.total() >> 20
     );
+}
+
+/// The most memory the configured limits let the server use, in bytes, for the start-up log
+/// line: an admin sizing a Pi reads what each limit costs. Broadcast messages are shared between
+/// outboxes, so the outbox term is a bound that is rarely approached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MemoryBudget {
+    /// Connections the pool admits (`workers + queue`).
+    connections: usize,
+    /// `worker_stack_size` (address space; only touched pages are resident).
+    stack: usize,
+    /// Read buffer, write buffer, one message being assembled, TLS buffers and state.
+    buffers: usize,
+    /// Largest `outbox` of any channel, and largest `max_message_size`.
+    outbox: usize,
+    max_message: usize,
+    /// Handshake threads (`max_pre_auth`) and their stack.
+    handshakes: usize,
+    handshake_stack: usize,
+    /// Argon2 working memory of every hashing permit.
+    hashing: usize,
+    /// Verification cache and login throttle tables.
+    caches: usize,
+    /// The cluster bridge's publish queue of largest messages (0 without a cluster).
+    cluster: usize,
+}
+
+/// rustls's record buffers and connection state, per connection (a full 16 KiB record in, one
+/// out, and the state): generous, as a bound should be.
+const TLS_PER_CONNECTION: usize = 48 * 1024;
+/// One verification cache entry or throttle window: key, hash and bookkeeping.
+const CACHE_ENTRY: usize = 256;
+
+impl MemoryBudget {
+    fn of(config: &Config) -> MemoryBudget {
+        let s = &config.server;
+        let limits =
+            || std::iter::once(&config.limits.ws).chain(config.channels.iter().map(|c| &c.limits));
+        let max = |f: fn(&crate::config::WsLimits) -> usize| limits().map(f).max().unwrap_or(0);
+        let max_message = max(|l| l.max_message_size.get());
+        MemoryBudget {
+            connections: s.workers.get() + s.queue,
+            stack: s.worker_stack_size.get(),
+            buffers: max(|l| l.read_buffer_size.get())
+                + max(|l| l.max_write_buffer_size.get())
+                + max_message
+                + TLS_PER_CONNECTION,
+            outbox: max(|l| l.outbox.get()),
+            max_message,
+            handshakes: s.max_pre_auth.get(),
+            handshake_stack: s.handshake_stack_size.get(),
+            hashing: config.auth.max_concurrent_hashes.get() * 19 * 1024 * 1024,
+            caches: (config.auth.cache_size + 2 * THROTTLE_ENTRIES) * CACHE_ENTRY,
+            cluster: if config.cluster.redis_url.is_some() {
+                config.cluster.publish_queue.get() * max_message
+            } else {
+                0
+            },
+        }
+    }
+
+    fn per_connection(&self) -> usize {
+        self.stack + self.buffers + self.outbox * self.max_message
+    }
+
+    fn total(&self) -> usize {
+        self.connections * self.per_connection()
+            + self.handshakes * self.handshake_stack
+            + self.hashing
+            + self.caches
+            + self.cluster
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(body: &str) -> Config {
+        let text = format!(
+            "[tls]\nself_signed = true\ncert = /nonexistent/c.pem\nkey = /nonexistent/k.pem\n\
+             {body}\n[auth]\nusers_file = {}/Cargo.toml\nmax_concurrent_hashes = 2\n\
+             cache_size = 100\n",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        Config::parse(&text, Path::new("/tmp/budget-test.ini")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn memory_budget_counts_every_limit() {
+        let c = config(
+            "[server]\nworkers = 10\nqueue = 2\nmax_pre_auth = 4\nworker_stack_size = 128KiB\n\
+             handshake_stack_size = 256KiB\n\
+             [limits]\nread_buffer_size = 4KiB\nwrite_buffer_size = 4KiB\n\
+             max_write_buffer_size = 64KiB\nmax_frame_size = 16KiB\nmax_message_size = 16KiB\noutbox = 8\n\
+             [channel:/a]\nmode = echo\n\
+             [channel:/b]\nmode = broadcast\nmax_message_size = 32KiB\noutbox = 4\n",
+        );
+        let b = MemoryBudget::of(&c);
+        assert_eq!(b.connections, 12);
+        assert_eq!(b.stack, 128 * 1024);
+        // The largest of each limit over the defaults and every channel.
+        assert_eq!((b.outbox, b.max_message), (8, 32 * 1024));
+        assert_eq!(b.buffers, (4 + 64 + 32) * 1024 + TLS_PER_CONNECTION);
+        assert_eq!((b.handshakes, b.handshake_stack), (4, 256 * 1024));
+        assert_eq!(b.hashing, 2 * 19 * 1024 * 1024);
+        assert_eq!(b.caches, (100 + 2 * THROTTLE_ENTRIES) * CACHE_ENTRY);
+        assert_eq!(b.cluster, 0);
+        assert_eq!(b.per_connection(), b.stack + b.buffers + 8 * 32 * 1024);
+        assert_eq!(
+            b.total(),
+            12 * b.per_connection() + 4 * 256 * 1024 + b.hashing + b.caches
+        );
+    }
 }

@@ -270,7 +270,7 @@ pub struct WsLimits {
     pub max_message_size: NonZeroUsize,
     /// `max_frame_size`, default 64 KiB; never more than `max_message_size`.
     pub max_frame_size: NonZeroUsize,
-    /// `read_buffer_size`, default 8 KiB.
+    /// `read_buffer_size`, default 4 KiB.
     pub read_buffer_size: NonZeroUsize,
     /// `write_buffer_size`, default 8 KiB (0 allowed: write each frame at once).
     pub write_buffer_size: usize,
@@ -889,7 +889,7 @@ fn default_ws_limits() -> WsLimits {
     WsLimits {
         max_message_size: nz(64 * KIB),
         max_frame_size: nz(64 * KIB),
-        read_buffer_size: nz(8 * KIB),
+        read_buffer_size: nz(4 * KIB),
         write_buffer_size: 8 * KIB,
         max_write_buffer_size: nz(128 * KIB),
         outbox: nz(64),
@@ -2221,7 +2221,7 @@ mod tests {
         assert_eq!(l.ws, default_ws_limits());
         assert_eq!(l.ws.max_message_size.get(), 65536);
         assert_eq!(l.ws.max_frame_size.get(), 65536);
-        assert_eq!(l.ws.read_buffer_size.get(), 8192);
+        assert_eq!(l.ws.read_buffer_size.get(), 4096);
         assert_eq!(l.ws.write_buffer_size, 8192);
         assert_eq!(l.ws.max_write_buffer_size.get(), 131072);
         assert_eq!(l.ws.outbox.get(), 64);
@@ -3497,7 +3497,7 @@ listen = [::1]:9480
         assert_eq!(big.max_frame_size.get(), 1 << 20);
         assert_eq!(big.max_write_buffer_size.get(), 2 << 20);
         assert_eq!(big.outbox.get(), 8);
-        assert_eq!(big.read_buffer_size.get(), 8192);
+        assert_eq!(big.read_buffer_size.get(), 4096);
         assert_eq!(big.slow_consumer, SlowConsumer::Drop);
         let _ = big.websocket_config();
     }

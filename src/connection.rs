@@ -328,7 +328,7 @@ impl Conn {
             }
         }
         loop {
-            match self.member.outbox.try_recv() {
+            match self.member.next_queued() {
                 Ok(msg) => {
                     self.send(w, msg)?;
                     if w.held.is_some() {

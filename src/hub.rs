@@ -13,10 +13,10 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use rustix::event::{EventfdFlags, eventfd};
 use tungstenite::Message;
 
@@ -95,9 +95,26 @@ pub enum Handoff {
 
 struct Member {
     id: u64,
+    /// The outbox's sending side; at most `outbox` messages queued (counted in
+    /// [`MemberShared::queued`]).
     tx: Sender<Message>,
+    outbox: usize,
     shared: Arc<MemberShared>,
     policy: SlowConsumer,
+}
+
+impl Member {
+    /// Queues `msg` in the outbox unless it holds `outbox` messages already.
+    fn try_queue(&self, msg: &Message) -> Result<(), TrySendError<()>> {
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.outbox {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(TrySendError::Full(()));
+        }
+        self.tx.send(msg.clone()).map_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            TrySendError::Disconnected(())
+        })
+    }
 }
 
 /// State the hub and the connection both see.
@@ -109,6 +126,10 @@ pub struct MemberShared {
     pub revoked: AtomicBool,
     /// Who holds this membership, so a reload can re-check their access.
     pub holder: Holder,
+    /// Messages in the outbox. The outbox is an unbounded channel bounded by this count, so its
+    /// storage is allocated as messages queue (crossbeam's list flavour, blocks of 31) rather
+    /// than up front: most subscribers get their broadcasts written directly and never queue.
+    queued: AtomicUsize,
     /// The connection's direct-write path, once its loop runs (see [`DirectWrite`]).
     pub direct: OnceLock<Arc<dyn DirectWrite>>,
 }
@@ -164,8 +185,8 @@ pub struct Membership {
     hub: Arc<Hub>,
     path: String,
     pub id: u64,
-    /// This connection's outbox. `Disconnected` means the server is shutting down.
-    pub outbox: Receiver<Message>,
+    /// This connection's outbox (see [`Membership::next_queued`]).
+    outbox: Receiver<Message>,
     pub shared: Arc<MemberShared>,
 }
 
@@ -198,9 +219,10 @@ impl Hub {
             slow: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             holder,
+            queued: AtomicUsize::new(0),
             direct: OnceLock::new(),
         });
-        let (tx, rx) = crossbeam_channel::bounded(outbox);
+        let (tx, rx) = crossbeam_channel::unbounded();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         if self.closed.load(Ordering::Acquire) {
@@ -209,6 +231,7 @@ impl Hub {
         let member = Member {
             id,
             tx,
+            outbox,
             shared: Arc::clone(&shared),
             policy,
         };
@@ -276,9 +299,9 @@ impl Hub {
                     }
                 }
             }
-            match m.tx.try_send(msg.clone()) {
+            match m.try_queue(msg) {
                 Ok(()) => m.shared.waker.wake(),
-                Err(TrySendError::Full(_)) => match m.policy {
+                Err(TrySendError::Full(())) => match m.policy {
                     SlowConsumer::Drop => self.metrics.broadcast_dropped(),
                     SlowConsumer::Disconnect => {
                         if !m.shared.slow.swap(true, Ordering::AcqRel) {
@@ -361,6 +384,17 @@ impl Membership {
     pub fn publish(&self, msg: &Message) {
         self.hub.publish(&self.path, self.id, msg);
     }
+
+    /// The next message in this connection's outbox. `Disconnected` means the server is
+    /// shutting down.
+    ///
+    /// # Errors
+    /// `Empty` when nothing is queued.
+    pub fn next_queued(&self) -> Result<Message, TryRecvError> {
+        let msg = self.outbox.try_recv()?;
+        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        Ok(msg)
+    }
 }
 
 impl Drop for Membership {
@@ -441,9 +475,25 @@ mod tests {
         let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         let other = join(&hub, "/d", 4, SlowConsumer::Disconnect);
         a.publish(&text("hi"));
-        assert_eq!(b.outbox.try_recv().unwrap(), text("hi"));
-        assert!(a.outbox.try_recv().is_err());
-        assert!(other.outbox.try_recv().is_err());
+        assert_eq!(b.next_queued().unwrap(), text("hi"));
+        assert!(a.next_queued().is_err());
+        assert!(other.next_queued().is_err());
+    }
+
+    #[test]
+    fn outbox_bound_counts_only_what_is_still_queued() {
+        let hub = hub();
+        let sender = join(&hub, "/c", 1, SlowConsumer::Drop);
+        let b = join(&hub, "/c", 2, SlowConsumer::Drop);
+        for round in 0..3 {
+            for i in 0..3 {
+                hub.publish("/c", sender.id, &text(&format!("{round}.{i}")));
+            }
+            // Two fit, the third is dropped; draining makes room for the next round.
+            assert_eq!(b.next_queued().unwrap(), text(&format!("{round}.0")));
+            assert_eq!(b.next_queued().unwrap(), text(&format!("{round}.1")));
+            assert!(matches!(b.next_queued(), Err(TryRecvError::Empty)));
+        }
     }
 
     #[test]
@@ -458,7 +508,7 @@ mod tests {
         assert!(!dropper.shared.slow.load(Ordering::Acquire));
         assert_eq!(hub.metrics.broadcast_dropped_count(), 1);
         assert_eq!(hub.metrics.slow_consumer_close_count(), 1);
-        assert_eq!(dropper.outbox.try_recv().unwrap(), text("1"));
+        assert_eq!(dropper.next_queued().unwrap(), text("1"));
     }
 
     #[test]
@@ -469,15 +519,15 @@ mod tests {
         let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         // No bridge: local only, nothing counted.
         a.publish(&text("local"));
-        assert_eq!(b.outbox.try_recv().unwrap(), text("local"));
+        assert_eq!(b.next_queued().unwrap(), text("local"));
         assert_eq!(metrics.cluster_not_forwarded_count(), 0);
 
         let (tx, rx) = crossbeam_channel::bounded(1);
         hub.set_outlet(tx);
         a.publish(&text("1"));
         a.publish(&text("2")); // the queue holds one: not forwarded
-        assert_eq!(b.outbox.try_recv().unwrap(), text("1"));
-        assert_eq!(b.outbox.try_recv().unwrap(), text("2"));
+        assert_eq!(b.next_queued().unwrap(), text("1"));
+        assert_eq!(b.next_queued().unwrap(), text("2"));
         let out = rx.try_recv().unwrap();
         assert_eq!((out.path.as_str(), out.msg), ("/c", text("1")));
         assert!(rx.try_recv().is_err());
@@ -487,11 +537,11 @@ mod tests {
         // it is not queued for Redis again.
         hub.deliver("/c", &Message::binary(vec![0u8, 255]));
         assert_eq!(
-            a.outbox.try_recv().unwrap(),
+            a.next_queued().unwrap(),
             Message::binary(vec![0u8, 255])
         );
         assert_eq!(
-            b.outbox.try_recv().unwrap(),
+            b.next_queued().unwrap(),
             Message::binary(vec![0u8, 255])
         );
         assert!(rx.try_recv().is_err());
@@ -513,7 +563,7 @@ mod tests {
         assert_eq!(hub.members("/c"), 1);
         hub.shutdown();
         assert!(matches!(
-            b.outbox.try_recv(),
+            b.next_queued(),
             Err(crossbeam_channel::TryRecvError::Disconnected)
         ));
         assert_eq!(

@@ -96,6 +96,7 @@ pub fn run(
     ));
     wire.ws.get_mut().get_mut().poll_driven(true);
     let wire = Arc::new(Mutex::new(wire));
+    member.attach_socket(Arc::clone(&sock));
     if rights.mode == Mode::Broadcast {
         // Only this loop sets it, once; a second set cannot happen.
         let _ = member
@@ -212,6 +213,11 @@ impl Conn {
     /// One turn of the loop with the wire locked: read, write, check the timers. Returns whether
     /// to wait for the socket to take writes, and when to wake up at the latest.
     fn step(&mut self, w: &mut Wire, limits: &Limits) -> Result<(bool, Instant), End> {
+        // Before reading: a member without a waker is woken to end by a shut read side, which
+        // reads as the peer vanishing.
+        if let Some((code, why)) = self.member.ended() {
+            return Err(End::Closed(code, why));
+        }
         self.read_available(w)?;
         self.write_available(w)?;
         let now = Instant::now();
@@ -320,7 +326,10 @@ impl Conn {
         if shared.revoked.load(Ordering::Acquire) {
             return Err(End::Closed(1008, "access revoked"));
         }
-        shared.waker.reset();
+        let Some(waker) = &shared.waker else {
+            return Ok(()); // an echo connection: nothing is ever queued for it
+        };
+        waker.reset();
         if let Some(msg) = w.held.take() {
             self.send(w, msg)?;
             if w.held.is_some() {
@@ -381,16 +390,21 @@ impl Conn {
         if write_out {
             sock_events |= PollFlags::OUT;
         }
+        let waker = self.member.shared.waker.as_ref();
         let mut fds = [
             PollFd::new(&*self.sock, sock_events),
-            PollFd::new(&self.member.shared.waker, PollFlags::IN),
+            match waker {
+                Some(waker) => PollFd::new(waker, PollFlags::IN),
+                None => PollFd::new(&*self.sock, PollFlags::empty()), // not polled
+            },
         ];
+        let fds = &mut fds[..if waker.is_some() { 2 } else { 1 }];
         let timeout =
             rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
                 tv_sec: i64::MAX,
                 tv_nsec: 0,
             });
-        match poll(&mut fds, Some(&timeout)) {
+        match poll(fds, Some(&timeout)) {
             Ok(_) => Ok(!fds[0].revents().is_empty()),
             Err(rustix::io::Errno::INTR) => Ok(true),
             Err(e) => Err(e.into()),

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -119,7 +120,13 @@ impl Member {
 
 /// State the hub and the connection both see.
 pub struct MemberShared {
-    pub waker: Waker,
+    /// Wakes the connection's `poll` for queued broadcasts; only members of broadcast channels
+    /// have one (an eventfd). An echo connection receives nothing from the hub, so it spends no
+    /// descriptor on it: its one wake-up, the end (shutdown, revocation), shuts the read side of
+    /// its socket instead ([`MemberShared::end`]).
+    pub waker: Option<Waker>,
+    /// The connection's socket, once its loop runs (see [`MemberShared::end`]).
+    socket: OnceLock<Arc<TcpStream>>,
     /// Set by the hub when the outbox overflowed under the `disconnect` policy.
     pub slow: AtomicBool,
     /// Set when a reload took away this member's access; it closes with 1008.
@@ -151,7 +158,30 @@ impl MemberShared {
     /// triggers).
     pub fn revoke(&self) {
         if !self.revoked.swap(true, Ordering::AcqRel) {
-            self.waker.wake();
+            self.end();
+        }
+    }
+
+    /// Wakes the connection for queued broadcasts (members with a waker only).
+    fn wake(&self) {
+        if let Some(waker) = &self.waker {
+            waker.wake();
+        }
+    }
+
+    /// Wakes the connection to end it: the flag saying why (`slow`, `revoked`, the hub closed) is
+    /// set before this. Without a waker, shutting the socket's read side makes its `poll` return;
+    /// the loop checks the flags before reading, and can still write its close frame.
+    fn end(&self) {
+        if self.waker.is_some() {
+            self.wake();
+            return;
+        }
+        // Pairs with the fence in `attach_socket`: either the loop sees the flag, or we see the
+        // socket.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let Some(socket) = self.socket.get() {
+            let _ = socket.shutdown(Shutdown::Read);
         }
     }
 }
@@ -203,22 +233,25 @@ impl Hub {
         })
     }
 
-    /// Adds a connection to `path` with an outbox of `outbox` messages.
+    /// Adds a connection to `path` with an outbox of `outbox` messages; `receives` is false for
+    /// an echo connection, which gets no broadcasts (and no eventfd).
     ///
     /// # Errors
     /// `Ok(Err(HubClosed))` during shutdown; `Err` if no eventfd could be made.
     pub fn join(
         self: &Arc<Self>,
         path: &str,
+        receives: bool,
         outbox: usize,
         policy: SlowConsumer,
         holder: Holder,
     ) -> io::Result<Result<Membership, HubClosed>> {
         let shared = Arc::new(MemberShared {
-            waker: Waker::new()?,
+            waker: if receives { Some(Waker::new()?) } else { None },
             slow: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             holder,
+            socket: OnceLock::new(),
             queued: AtomicUsize::new(0),
             direct: OnceLock::new(),
         });
@@ -282,7 +315,10 @@ impl Hub {
         let Some(members) = groups.get(path) else {
             return;
         };
-        for m in members.iter().filter(|m| Some(m.id) != from) {
+        for m in members
+            .iter()
+            .filter(|m| Some(m.id) != from && m.shared.waker.is_some())
+        {
             if let Some(direct) = m.shared.direct.get() {
                 if !m.shared.revoked.load(Ordering::Acquire) {
                     match direct.try_write(msg, &|| m.tx.is_empty()) {
@@ -292,7 +328,7 @@ impl Hub {
                         }
                         Handoff::SentWake => {
                             self.metrics.message_out(msg.len());
-                            m.shared.waker.wake();
+                            m.shared.wake();
                             continue;
                         }
                         Handoff::Queue => {}
@@ -300,13 +336,13 @@ impl Hub {
                 }
             }
             match m.try_queue(msg) {
-                Ok(()) => m.shared.waker.wake(),
+                Ok(()) => m.shared.wake(),
                 Err(TrySendError::Full(())) => match m.policy {
                     SlowConsumer::Drop => self.metrics.broadcast_dropped(),
                     SlowConsumer::Disconnect => {
                         if !m.shared.slow.swap(true, Ordering::AcqRel) {
                             self.metrics.slow_consumer_closed();
-                            m.shared.waker.wake();
+                            m.shared.end();
                         }
                     }
                 },
@@ -365,7 +401,7 @@ impl Hub {
         for member in groups.into_values().flatten() {
             let shared = Arc::clone(&member.shared);
             drop(member); // drops the sender: the outbox reports Disconnected
-            shared.waker.wake();
+            shared.end();
         }
     }
 
@@ -383,6 +419,27 @@ impl Membership {
     /// Broadcasts `msg` to the other members of this path.
     pub fn publish(&self, msg: &Message) {
         self.hub.publish(&self.path, self.id, msg);
+    }
+
+    /// Gives the hub the connection's socket, so that ending a member without a waker can wake
+    /// its `poll` (see [`MemberShared::end`]). Check the end flags after this.
+    pub fn attach_socket(&self, socket: Arc<TcpStream>) {
+        let _ = self.shared.socket.set(socket);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Why the hub wants this connection to end, if it does: a slow consumer or revoked access
+    /// (1008), or shutdown with nothing left to deliver (1001).
+    pub fn ended(&self) -> Option<(u16, &'static str)> {
+        if self.shared.slow.load(Ordering::Acquire) {
+            Some((1008, "slow consumer"))
+        } else if self.shared.revoked.load(Ordering::Acquire) {
+            Some((1008, "access revoked"))
+        } else if self.hub.is_closed() && self.outbox.is_empty() {
+            Some((1001, "going away"))
+        } else {
+            None
+        }
     }
 
     /// The next message in this connection's outbox. `Disconnected` means the server is
@@ -463,7 +520,7 @@ mod tests {
     }
 
     fn join(hub: &Arc<Hub>, path: &str, outbox: usize, policy: SlowConsumer) -> Membership {
-        hub.join(path, outbox, policy, Holder::default())
+        hub.join(path, true, outbox, policy, Holder::default())
             .unwrap()
             .unwrap()
     }
@@ -478,6 +535,51 @@ mod tests {
         assert_eq!(b.next_queued().unwrap(), text("hi"));
         assert!(a.next_queued().is_err());
         assert!(other.next_queued().is_err());
+    }
+
+    #[test]
+    fn an_echo_member_gets_no_broadcasts_and_is_ended_through_its_socket() {
+        let hub = hub();
+        let sender = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let echo = hub
+            .join("/c", false, 4, SlowConsumer::Disconnect, Holder::default())
+            .unwrap()
+            .unwrap();
+        assert!(echo.shared.waker.is_none(), "no eventfd for an echo member");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        echo.attach_socket(Arc::new(server_side));
+        hub.publish("/c", sender.id, &text("x"));
+        assert!(matches!(echo.next_queued(), Err(TryRecvError::Empty)));
+        assert_eq!(echo.ended(), None);
+        // Revocation shuts the read side: the loop's poll wakes, and the flag says why.
+        echo.shared.revoke();
+        let sock = echo.shared.socket.get().unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &**sock,
+            rustix::event::PollFlags::IN,
+        )];
+        let second = rustix::event::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        assert_eq!(rustix::event::poll(&mut fds, Some(&second)).unwrap(), 1);
+        assert_eq!(echo.ended(), Some((1008, "access revoked")));
+        drop(client);
+    }
+
+    #[test]
+    fn shutdown_ends_every_member_with_1001_once_its_outbox_is_empty() {
+        let hub = hub();
+        let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        hub.publish("/c", a.id, &text("last"));
+        hub.shutdown();
+        assert_eq!(b.ended(), None, "a queued message goes out first");
+        assert_eq!(b.next_queued().unwrap(), text("last"));
+        assert_eq!(b.ended(), Some((1001, "going away")));
+        assert_eq!(a.ended(), Some((1001, "going away")));
     }
 
     #[test]
@@ -536,14 +638,8 @@ mod tests {
         // From another instance: every member here gets it (the publisher is elsewhere), and
         // it is not queued for Redis again.
         hub.deliver("/c", &Message::binary(vec![0u8, 255]));
-        assert_eq!(
-            a.next_queued().unwrap(),
-            Message::binary(vec![0u8, 255])
-        );
-        assert_eq!(
-            b.next_queued().unwrap(),
-            Message::binary(vec![0u8, 255])
-        );
+        assert_eq!(a.next_queued().unwrap(), Message::binary(vec![0u8, 255]));
+        assert_eq!(b.next_queued().unwrap(), Message::binary(vec![0u8, 255]));
         assert!(rx.try_recv().is_err());
 
         // Shutdown detaches the bridge.
@@ -567,7 +663,7 @@ mod tests {
             Err(crossbeam_channel::TryRecvError::Disconnected)
         ));
         assert_eq!(
-            hub.join("/c", 1, SlowConsumer::Drop, Holder::default())
+            hub.join("/c", true, 1, SlowConsumer::Drop, Holder::default())
                 .unwrap()
                 .err(),
             Some(HubClosed)

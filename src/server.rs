@@ -816,6 +816,7 @@ fn handshake(
         };
         let member = match hub.join(
             &grant.path,
+            grant.channel.mode == Mode::Broadcast,
             limits.outbox.get(),
             limits.slow_consumer,
             holder,

@@ -3,24 +3,29 @@
 # connections on loopback. Prints RSS at start, RSS with N connections held, KiB per connection,
 # server CPU while they idle, and thread counts (workers = N + 100, started as needed).
 #
-#   scripts/measure-scale.sh [N [HOLD_SECS]]          defaults: 10000 connections, held 20 s
+#   scripts/measure-scale.sh [--json] [N [HOLD_SECS]]  defaults: 10000 connections, held 20 s
 #   WSGATE_BIN=path/to/wsgate scripts/measure-scale.sh   measure that binary (no build)
 #   SMAPS=1 scripts/measure-scale.sh                     also where the RSS is (smaps-summary.py)
-#   WORKER_STACK=64KiB HANDSHAKE_STACK=320KiB RAMP=1000   the defaults here. glibc reuses a cached
-#     (exited handshake) stack for a new worker if it is at most 4x the requested size, and such a
-#     stack keeps ~24 KiB resident instead of a fresh one's ~20 KiB; a handshake stack more than 4x
-#     the worker's (or smaller than it) is never reused for a worker.
+#   WORKER_STACK=64KiB RAMP=1000                         the defaults here (small worker stacks:
+#     10,000 of them are 640 MiB of address space, of which only the touched pages are resident)
+# --json: the figures as one JSON line on stdout (for bench/run-peers.sh), the report on stderr.
 #
 # Raises the open-files limit (soft to hard) for itself, the server and the load generator, and
 # checks the kernel limits N threads and connections need. Uses the shared harness's `wsload`
 # (../shared/bench, built on first use into BENCH_TARGET or target/bench). Bounded: every wait
 # has a timeout, wsload has --max-time, and the server is stopped by PID on exit.
 set -euo pipefail
+JSON=0
+if [[ ${1:-} == --json ]]; then
+  JSON=1
+  shift
+  exec 3>&1 1>&2
+fi
 N=${1:-10000} HOLD=${2:-20}
 ((HOLD >= 15)) || { echo "measure-scale: HOLD_SECS must be at least 15 (the idle CPU is sampled over 10 s)" >&2; exit 1; }
 WORKERS=$((N + 100))
 RAMP=${RAMP:-1000}
-WORKER_STACK=${WORKER_STACK:-64KiB} HANDSHAKE_STACK=${HANDSHAKE_STACK:-320KiB}
+WORKER_STACK=${WORKER_STACK:-64KiB} HANDSHAKE_STACK=${HANDSHAKE_STACK:-192KiB}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=${BENCH:-$ROOT/../shared/bench}
 export CARGO_TARGET_DIR=${BENCH_TARGET:-$ROOT/target/bench}
@@ -30,16 +35,17 @@ fail() { echo "measure-scale: $*" >&2; exit 1; }
 warn() { echo "measure-scale: warning: $*" >&2; }
 
 # --- limits -------------------------------------------------------------------------------
-# The server holds per connection a socket and an eventfd (its hub wake-up), plus a few of its
-# own (stdio, listener, stop eventfd, ...); wsload a socket per connection.
-need_fds=$((2 * N + 64))
+# The server holds a socket per echo connection (broadcast ones also hold an eventfd, their hub
+# wake-up), plus a few of its own (stdio, listener, stop eventfd, ...); wsload a socket per
+# connection.
+need_fds=$((N + 64))
 hard=$(ulimit -Hn)
 if [[ $hard != unlimited ]] && ((hard < need_fds)); then
   # Root (CAP_SYS_RESOURCE) may raise the hard limit, up to fs.nr_open.
   ulimit -Hn "$need_fds" 2>/dev/null && hard=$need_fds
 fi
 if [[ $hard != unlimited ]] && ((hard < need_fds)); then
-  fail "open-files hard limit is $hard, need $need_fds for $N connections (2 per connection); at most $(((hard - 64) / 2)) fit; raise it (ulimit -Hn as root, LimitNOFILE=, /etc/security/limits.conf) or measure fewer"
+  fail "open-files hard limit is $hard, need $need_fds for $N connections (1 per echo connection); at most $((hard - 64)) fit; raise it (ulimit -Hn as root, LimitNOFILE=, /etc/security/limits.conf) or measure fewer"
 fi
 ulimit -Sn "$hard"
 echo "open files: soft limit raised to $(ulimit -Sn) (need $need_fds)"
@@ -167,3 +173,15 @@ echo "with $N idle connections: RSS $held_rss KiB, $held_threads threads"
 awk -v a="$held_rss" -v b="$login_rss" -v n="$N" 'BEGIN { printf "per connection: %.1f KiB (RSS growth over the RSS after one login)\n", (a - b) / n }'
 awk -v t=$((c1 - c0)) -v hz="$hz" 'BEGIN { printf "server CPU while idle: %d ticks in 10 s = %.2f %% of one core\n", t, 100 * t / hz / 10 }'
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("wsload: opened %d in %.1f s, per connection %.1f KiB, dropped %d, errors %d %s" % (r["opened"], r.get("open_secs", 0), r["per_conn_kib"], r["dropped"], r["errors"], r["error_kinds"] or ""))' "$DIR/idle.json"
+if ((JSON)); then
+  python3 - "$DIR/idle.json" "$N" "$held_rss" "$login_rss" "$start_rss" "$held_threads" "$((c1 - c0))" "$hz" >&3 <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+n, held, login, start, threads, ticks, hz = map(int, sys.argv[2:])
+print(json.dumps({"server": "wsgate", "scenario": f"scale-{n}", "rep": 1, "conns": n,
+                  "held": r["opened"] - r["dropped"], "errors": r["errors"],
+                  "rss_start_kib": start, "rss_login_kib": login, "rss_kib": held,
+                  "per_conn_kib": round((held - login) / n, 1), "threads": threads,
+                  "server_cpu_pct": round(100 * ticks / hz / 10, 2)}))
+EOF
+fi

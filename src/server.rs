@@ -677,20 +677,20 @@ fn serve(
     proxied: bool,
 ) {
     let metrics = &shared.metrics;
-    let (done, result) = crossbeam_channel::bounded(1);
+    let (done, result) = crate::pool::reply();
     let job = {
         let (shared, rt) = (Arc::clone(shared), Arc::clone(rt));
         move || {
-            let _ = done.send(handshake(
+            done.send(handshake(
                 &shared, &rt, stream, peer, accepted, ticket, proxied,
-            ));
+            ))
         }
     };
     let opened = match shared.handshakes.execute(job) {
-        Ok(()) => match result.recv() {
-            Ok(opened) => opened,
+        Ok(()) => match result.wait() {
+            Some(opened) => opened,
             // The job panicked (the pool caught it): its socket and ticket are gone.
-            Err(_) => {
+            None => {
                 metrics.outcome(Outcome::IoError);
                 log::error!("handshake panicked peer={peer}; connection dropped");
                 None

@@ -94,10 +94,11 @@ startup() {
   pid=$!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   sleep 1
-  rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+  read -r rss anon file < <(awk '/^VmRSS/ {r=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=$2}
+    END {print r, a, f}' "/proc/$pid/status")
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  printf '{"server":"wsgate","scenario":"startup","rep":1,"workers":64,"rss_kib":%d,"binary_bytes":%d}\n' \
-    "$rss" "$(stat -c %s "$ROOT/target/release/wsgate")" >>"$EXTRA_OUT"
+  printf '{"server":"wsgate","scenario":"startup","rep":1,"workers":64,"rss_kib":%d,"rss_anon_kib":%d,"rss_file_kib":%d,"binary_bytes":%d}\n' \
+    "$rss" "$anon" "$file" "$(stat -c %s "$ROOT/target/release/wsgate")" >>"$EXTRA_OUT"
 }
 
 run wsgate "$ROOT/bench/wsgate-peer.sh"

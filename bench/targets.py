@@ -162,7 +162,9 @@ def main(argv):
     if start:
         s = start[-1]
         target("start-up: idle RSS ≤ 3 MiB", f"{fmt(s.get('rss_kib', 0) / 1024, 2)} MiB",
-               s.get("rss_kib", 1e9) <= 3 * 1024, f"{s.get('workers')} workers (defaults)")
+               s.get("rss_kib", 1e9) <= 3 * 1024,
+               f"{s.get('workers')} workers; private (RssAnon) {fmt(s.get('rss_anon_kib', 0) / 1024, 2)} MiB, "
+               f"file-backed code (RssFile) {fmt(s.get('rss_file_kib', 0) / 1024, 2)} MiB")
         target("start-up: stripped binary ≤ 3 MiB", f"{fmt(s.get('binary_bytes', 0) / 2**20, 2)} MiB",
                s.get("binary_bytes", 1e12) <= 3 * 2**20, "target/release/wsgate")
     print("\nTargets (server pinned to one core, TLS 1.3, same run)\n")

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -142,19 +142,43 @@ fn lock(wire: &Mutex<Wire>) -> MutexGuard<'_, Wire> {
 /// The hub's way into an idle subscriber's socket (one pointer away from the hub's member entry:
 /// fan-out to a thousand subscribers is bound by cache misses as much as by work).
 impl DirectWrite for Mutex<Wire> {
-    fn try_write(&self, msg: &Message, outbox_empty: &dyn Fn() -> bool) -> Handoff {
+    fn try_write(
+        &self,
+        msg: &Message,
+        wire: Option<&[u8]>,
+        outbox_empty: &dyn Fn() -> bool,
+    ) -> Handoff {
         let Ok(mut w) = self.try_lock() else {
             return Handoff::Queue; // the loop is working (it drains the outbox) or poisoned
         };
         if !w.open || w.held.is_some() || w.stalled_since.is_some() || !outbox_empty() {
             return Handoff::Queue;
         }
-        match w.ws.write(msg.clone()) {
-            Ok(()) => {}
-            // Queued in the write buffer; flushing below finds out how far it got.
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            // Not taken (full, or the connection is failing): the loop deals with it.
-            Err(_) => return Handoff::Queue,
+        match wire {
+            // Not stalled, so tungstenite's and rustls' buffers are empty (the last flush went
+            // through) and the WebSocket is open: the pre-encoded frame goes to rustls whole (it
+            // is below rustls' 64 KiB send buffer; `frames::WIRE_FRAME_MAX`).
+            Some(frame) if w.ws.get_ref().get_ref().is_tls() => {
+                match io::Write::write(w.ws.get_mut(), frame) {
+                    Ok(n) if n == frame.len() => {}
+                    // Cannot happen with an empty send buffer; if it did, the frame is cut:
+                    // end the connection rather than send a corrupt stream on.
+                    Ok(_) => {
+                        w.open = false;
+                        log::error!("direct write cut a frame; closing the connection");
+                        let _ = w.ws.get_ref().get_ref().socket().shutdown(Shutdown::Both);
+                        return Handoff::SentWake;
+                    }
+                    Err(_) => return Handoff::Queue,
+                }
+            }
+            _ => match w.ws.write(msg.clone()) {
+                Ok(()) => {}
+                // Queued in the write buffer; flushing below finds out how far it got.
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Not taken (full, or the connection is failing): the loop deals with it.
+                Err(_) => return Handoff::Queue,
+            },
         }
         match w.ws.flush() {
             Ok(()) => Handoff::Sent,

@@ -158,8 +158,52 @@ impl FrameWatch {
     }
 }
 
+/// Largest broadcast encoded once and written as raw bytes to every idle subscriber (see
+/// [`wire_frame`]): well under rustls' 64 KiB send buffer, so an empty buffer always takes the
+/// whole frame in one write and a frame is never split by a full socket.
+pub const WIRE_FRAME_MAX: usize = 16 * 1024;
+
+/// A broadcast as it goes on the wire to every client: one final, unmasked frame (a server's
+/// frames are the same bytes for every client), so a fan-out encodes it once instead of once per
+/// subscriber. None for anything but a text or binary message of at most [`WIRE_FRAME_MAX`].
+pub fn wire_frame(msg: &tungstenite::Message) -> Option<Vec<u8>> {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let (opcode, payload): (OpCode, tungstenite::Bytes) = match msg {
+        tungstenite::Message::Text(text) => (OpCode::Data(Data::Text), text.clone().into()),
+        tungstenite::Message::Binary(bytes) => (OpCode::Data(Data::Binary), bytes.clone()),
+        _ => return None,
+    };
+    let frame = Frame::message(payload, opcode, true);
+    if frame.len() > WIRE_FRAME_MAX {
+        return None;
+    }
+    let mut out = Vec::with_capacity(frame.len());
+    frame.format(&mut out).ok()?;
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_wire_frame_is_what_tungstenite_reads_back() {
+        use tungstenite::protocol::frame::FrameHeader;
+        for msg in [
+            tungstenite::Message::text("hello"),
+            tungstenite::Message::binary(vec![7u8; 300]),
+            tungstenite::Message::binary(vec![1u8; 16_000]),
+        ] {
+            let wire = super::wire_frame(&msg).unwrap();
+            let mut cursor = std::io::Cursor::new(&wire[..]);
+            let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final && header.mask.is_none());
+            assert_eq!(len as usize, msg.len());
+            assert_eq!(&wire[cursor.position() as usize..], &msg.into_data()[..]);
+        }
+        assert!(super::wire_frame(&tungstenite::Message::binary(vec![0u8; 17 * 1024])).is_none());
+        assert!(super::wire_frame(&tungstenite::Message::Ping(Default::default())).is_none());
+    }
+
     use super::*;
 
     /// A masked client frame header for `len` payload bytes (payload zeros follow).

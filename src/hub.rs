@@ -78,8 +78,15 @@ impl AsFd for Waker {
 pub trait DirectWrite: Send + Sync {
     /// Writes `msg` now if that needs no waiting and overtakes nothing: the connection's lock is
     /// free (taken with `try_lock`), `outbox_empty()` holds under that lock, and nothing written
-    /// earlier is still stuck in its buffers. The socket is non-blocking.
-    fn try_write(&self, msg: &Message, outbox_empty: &dyn Fn() -> bool) -> Handoff;
+    /// earlier is still stuck in its buffers. The socket is non-blocking. `wire` is the message
+    /// already encoded as a frame ([`crate::frames::wire_frame`]) when it is small enough, the
+    /// same bytes for every subscriber.
+    fn try_write(
+        &self,
+        msg: &Message,
+        wire: Option<&[u8]>,
+        outbox_empty: &dyn Fn() -> bool,
+    ) -> Handoff;
 }
 
 /// What [`DirectWrite::try_write`] did with a broadcast.
@@ -315,13 +322,16 @@ impl Hub {
         let Some(members) = groups.get(path) else {
             return;
         };
+        // Encoded once, at the first direct write, for every subscriber.
+        let wire = std::cell::OnceCell::new();
         for m in members
             .iter()
             .filter(|m| Some(m.id) != from && m.shared.waker.is_some())
         {
             if let Some(direct) = m.shared.direct.get() {
                 if !m.shared.revoked.load(Ordering::Acquire) {
-                    match direct.try_write(msg, &|| m.tx.is_empty()) {
+                    let frame = wire.get_or_init(|| crate::frames::wire_frame(msg));
+                    match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
                         Handoff::Sent => {
                             self.metrics.message_out(msg.len());
                             continue;

@@ -294,6 +294,11 @@ impl Transport {
         }
     }
 
+    /// Whether this is TLS (whose writes rustls buffers whole up to its send buffer's limit).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
     /// The TCP socket underneath, shared: for a loop that polls it while another thread may be
     /// writing to the stream.
     pub fn shared_socket(&self) -> Arc<TcpStream> {

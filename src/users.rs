@@ -290,6 +290,15 @@ fn check_hash(hash: &str) -> Result<(), LineProblem> {
     if let Some(v) = parsed.version {
         Version::try_from(v).map_err(|_| LineProblem::InvalidHash)?;
     }
+    // argon2 0.5 multiplies `p` by 8 in a u32 before it checks `p`'s range, so a huge `p`
+    // overflows (a panic where overflow checks are on). Out of range is invalid anyway.
+    if parsed
+        .params
+        .get_decimal("p")
+        .is_some_and(|p| p > Params::MAX_P_COST)
+    {
+        return Err(LineProblem::InvalidHash);
+    }
     Params::try_from(&parsed).map_err(|_| LineProblem::InvalidHash)?;
     Ok(())
 }
@@ -807,6 +816,22 @@ mod tests {
             ),
             (
                 "bob:$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ\n".to_string(),
+                1,
+                LineProblem::InvalidHash,
+            ),
+            // p above argon2's range, large enough to overflow its `p * 8` (found by fuzzing):
+            // at N = MAX_P_COST + 1, and far beyond.
+            (
+                format!(
+                    "bob:$argon2id$v=19$m=19456,t=2,p={}$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n",
+                    Params::MAX_P_COST + 1
+                ),
+                1,
+                LineProblem::InvalidHash,
+            ),
+            (
+                "bob:$argon2id$v=19$m=19456,t=2,p=942125181$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n"
+                    .to_string(),
                 1,
                 LineProblem::InvalidHash,
             ),

@@ -290,14 +290,18 @@ fn check_hash(hash: &str) -> Result<(), LineProblem> {
     if let Some(v) = parsed.version {
         Version::try_from(v).map_err(|_| LineProblem::InvalidHash)?;
     }
+    // A parameter given twice is invalid (argon2 would take the last, a reader the first). And
     // argon2 0.5 multiplies `p` by 8 in a u32 before it checks `p`'s range, so a huge `p`
-    // overflows (a panic where overflow checks are on). Out of range is invalid anyway.
-    if parsed
-        .params
-        .get_decimal("p")
-        .is_some_and(|p| p > Params::MAX_P_COST)
-    {
-        return Err(LineProblem::InvalidHash);
+    // overflows (a panic where overflow checks are on); out of range is invalid anyway.
+    let mut seen: Vec<&str> = Vec::new();
+    for (ident, value) in parsed.params.iter() {
+        if seen.contains(&ident.as_str()) {
+            return Err(LineProblem::InvalidHash);
+        }
+        seen.push(ident.as_str());
+        if ident.as_str() == "p" && value.decimal().map_or(true, |p| p > Params::MAX_P_COST) {
+            return Err(LineProblem::InvalidHash);
+        }
     }
     Params::try_from(&parsed).map_err(|_| LineProblem::InvalidHash)?;
     Ok(())
@@ -831,6 +835,12 @@ mod tests {
             ),
             (
                 "bob:$argon2id$v=19$m=19456,t=2,p=942125181$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n"
+                    .to_string(),
+                1,
+                LineProblem::InvalidHash,
+            ),
+            (
+                "bob:$argon2id$v=19$m=19456,t=2,p=1,p=942125181$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n"
                     .to_string(),
                 1,
                 LineProblem::InvalidHash,

@@ -147,11 +147,6 @@ impl TlsStream {
         self.conn.send_close_notify();
     }
 
-    /// Caps what rustls buffers for sending (plaintext before the handshake, records after it).
-    pub fn set_buffer_limit(&mut self, limit: usize) {
-        self.conn.set_buffer_limit(Some(limit));
-    }
-
     /// Switches reads to `poll`-driven mode (for a non-blocking socket; see the field's doc), or
     /// back to plain reads (`false`).
     pub fn poll_driven(&mut self, on: bool) {
@@ -334,13 +329,6 @@ impl Transport {
     pub fn readable(&mut self) {
         if let Transport::Tls(tls) = self {
             tls.readable();
-        }
-    }
-
-    /// Caps what rustls buffers for sending; without TLS nothing is buffered here.
-    pub fn set_buffer_limit(&mut self, limit: usize) {
-        if let Transport::Tls(tls) = self {
-            tls.set_buffer_limit(limit);
         }
     }
 }

@@ -8,7 +8,6 @@ use std::fmt;
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -343,14 +342,9 @@ impl Conn {
     /// Moves messages from the hub's outbox into the WebSocket write buffer until either is empty
     /// or the write buffer is full.
     fn drain_outbox(&mut self, w: &mut Wire) -> Step {
-        let shared = &self.member.shared;
-        if shared.slow.load(Ordering::Acquire) {
-            return Err(End::Closed(1008, "slow consumer"));
-        }
-        if shared.revoked.load(Ordering::Acquire) {
-            return Err(End::Closed(1008, "access revoked"));
-        }
-        let Some(waker) = &shared.waker else {
+        // Slow-consumer and revocation flags are checked by `step` before reading; the hub wakes
+        // the loop after setting one, so a flag set during this step ends the next one.
+        let Some(waker) = &self.member.shared.waker else {
             return Ok(()); // an echo connection: nothing is ever queued for it
         };
         waker.reset();

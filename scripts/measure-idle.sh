@@ -26,28 +26,10 @@ DIR=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 echo bench | "$BIN" passwd "$DIR/users" bench 2>/dev/null
 PORT=$((20000 + RANDOM % 20000))
-cat > "$DIR/wsgate.ini" <<INI
-[server]
-listen = 127.0.0.1:$PORT
+. "$ROOT/scripts/idle-config.sh"
+write_idle_config "$DIR/wsgate.ini" "listen = 127.0.0.1:$PORT
 workers = $WORKERS
-max_connections_per_ip = $((CONNS + 10))
-[tls]
-cert = wsgate.crt
-key = wsgate.key
-self_signed = true
-[origins]
-allow = https://localhost
-[auth]
-users_file = users
-[log]
-level = warn
-[channel:/echo]
-mode = echo
-[role:bench]
-members = *
-subscribe = /echo
-publish = /echo
-INI
+max_connections_per_ip = $((CONNS + 10))"
 "$BIN" serve --config "$DIR/wsgate.ini" 2>"$DIR/server.log" &
 PID=$!
 for _ in $(seq 50); do grep -q "listening" "$DIR/server.log" 2>/dev/null && break; ss -ltn | grep -q ":$PORT " && break; sleep 0.1; done

@@ -92,33 +92,15 @@ cleanup() {
 trap cleanup EXIT
 echo bench | "$BIN" passwd "$DIR/users" bench 2>/dev/null
 PORT=$((20000 + RANDOM % 20000))
-cat >"$DIR/wsgate.ini" <<INI
-[server]
-listen = 127.0.0.1:$PORT
+. "$ROOT/scripts/idle-config.sh"
+write_idle_config "$DIR/wsgate.ini" "listen = 127.0.0.1:$PORT
 workers = $WORKERS
 queue = 64
 max_pre_auth = 256
 max_connections_per_ip = $((N + 100))
 worker_stack_size = $WORKER_STACK
 handshake_stack_size = $HANDSHAKE_STACK
-shutdown_grace = 2s
-[tls]
-cert = wsgate.crt
-key = wsgate.key
-self_signed = true
-[origins]
-allow = https://localhost
-[auth]
-users_file = users
-[log]
-level = warn
-[channel:/echo]
-mode = echo
-[role:bench]
-members = *
-subscribe = /echo
-publish = /echo
-INI
+shutdown_grace = 2s"
 
 alive() { kill -0 "$PID" 2>/dev/null || fail "the server exited: $(tail -3 "$DIR/server.log")"; }
 rss() { alive && awk '/^VmRSS/ {print $2}' "/proc/$PID/status"; }

@@ -200,7 +200,10 @@ mod tests {
             assert_eq!(len as usize, msg.len());
             assert_eq!(&wire[cursor.position() as usize..], &msg.into_data()[..]);
         }
-        assert!(super::wire_frame(&tungstenite::Message::binary(vec![0u8; 17 * 1024])).is_none());
+        // At the limit and one byte over (a 16,380-byte payload takes a 4-byte header).
+        let at = super::wire_frame(&tungstenite::Message::binary(vec![0u8; 16_380])).unwrap();
+        assert_eq!(at.len(), super::WIRE_FRAME_MAX);
+        assert!(super::wire_frame(&tungstenite::Message::binary(vec![0u8; 16_381])).is_none());
         assert!(super::wire_frame(&tungstenite::Message::Ping(Default::default())).is_none());
     }
 

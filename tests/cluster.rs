@@ -390,7 +390,7 @@ fn session_from_one_instance_is_accepted_by_another() {
     );
 }
 
-/// The figures in README's "Scaling out": latency of one broadcast to a subscriber on the same
+/// The figures in docs/deployment.md's "Scaling out": latency of one broadcast to a subscriber on the same
 /// instance and on another one (p50/p99 over 3000 sequential 100-byte messages), then a burst
 /// from one publisher until the other instance has all of it. A measurement, not a check:
 /// `cargo test --release --test cluster -- --ignored --nocapture`.

@@ -1,6 +1,6 @@
 //! The demo page over a real socket: `GET /` answers with it only when `[demo] enabled`, nothing
 //! else changes, and the same-origin rule lets the page's own origin in. The browser itself is
-//! tested by `browser/test.mjs` (see README, "Demo page and browser tests").
+//! tested by `browser/test.mjs` (see docs/demo.md).
 
 mod common;
 

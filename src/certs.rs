@@ -89,8 +89,12 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
     })
 }
 
-/// Writes a fresh self-signed certificate for `localhost` (plus this host's name) and its key
-/// (mode 0600), unless both files exist. Returns true if it generated them.
+/// How long a generated self-signed certificate is valid by default: 825 days, the most Apple
+/// devices accept for a TLS server certificate, so one generated pair serves a LAN for two years.
+pub const SELF_SIGNED_DAYS: u32 = 825;
+
+/// Writes a fresh self-signed certificate for this host ([`host_names`]) and its key (mode 0600),
+/// unless both files exist. Returns true if it generated them.
 ///
 /// # Errors
 /// [`CertError::Generate`] if generation or writing fails; refuses to overwrite one half of a pair.
@@ -106,39 +110,142 @@ pub fn ensure_self_signed(cert: &Path, key: &Path) -> Result<bool, CertError> {
         }
         (false, false) => {}
     }
+    write_self_signed(cert, key, &host_names(), SELF_SIGNED_DAYS, false)?;
+    Ok(true)
+}
+
+/// The names a certificate for this host should carry: `localhost`, `127.0.0.1`, `::1`, and the
+/// host's name with its mDNS form (`pi` and `pi.local`, as a LAN reaches a Raspberry Pi).
+pub fn host_names() -> Vec<String> {
     let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    if let Ok(host) = fs::read_to_string("/etc/hostname") {
-        let host = host.trim();
-        if !host.is_empty() && host != "localhost" {
-            names.push(host.to_string());
+    if let Some(host) = host_name() {
+        if !host.contains('.') {
+            names.push(format!("{host}.local"));
         }
+        names.insert(0, host);
     }
+    names
+}
+
+/// This host's name (`/etc/hostname`, else the kernel's), if it is one worth naming.
+pub fn host_name() -> Option<String> {
+    ["/etc/hostname", "/proc/sys/kernel/hostname"]
+        .iter()
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .map(|h| h.trim().to_ascii_lowercase())
+        .find(|h| {
+            !h.is_empty()
+                && h != "localhost"
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+}
+
+/// A self-signed pair written by [`write_self_signed`].
+pub struct SelfSigned {
+    pub fingerprint: String,
+    /// The last day of validity, `YYYY-MM-DD` (UTC).
+    pub expires: String,
+}
+
+/// Generates a self-signed certificate for `names` (DNS names or IP addresses; the first is the
+/// subject's common name), valid from yesterday for `days` days, and writes the key (mode 0600)
+/// then the certificate (0644). Existing files are refused unless `replace`, and then replaced
+/// atomically.
+///
+/// # Errors
+/// [`CertError::Generate`] naming the file that could not be written, or the name rcgen refused.
+pub fn write_self_signed(
+    cert: &Path,
+    key: &Path,
+    names: &[String],
+    days: u32,
+    replace: bool,
+) -> Result<SelfSigned, CertError> {
     let gen_err = |path: &Path, error: String| CertError::Generate {
         path: path.to_path_buf(),
         error,
     };
-    let pair =
-        rcgen::generate_simple_self_signed(names).map_err(|e| gen_err(cert, e.to_string()))?;
+    if !replace {
+        if let Some(existing) = [cert, key].into_iter().find(|p| p.exists()) {
+            return Err(gen_err(existing, "exists; refusing to overwrite it".into()));
+        }
+    }
+    let mut params =
+        rcgen::CertificateParams::new(names.to_vec()).map_err(|e| gen_err(cert, e.to_string()))?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(
+        rcgen::DnType::CommonName,
+        names.first().map_or("localhost", String::as_str),
+    );
+    dn.push(rcgen::DnType::OrganizationName, "wsgate self-signed");
+    params.distinguished_name = dn;
+    let today = days_since_epoch();
+    let (y, m, d) = civil_date(today - 1);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let last = civil_date(today + i64::from(days));
+    params.not_after = rcgen::date_time_ymd(last.0, last.1, last.2);
+    let pair = rcgen::KeyPair::generate().map_err(|e| gen_err(key, e.to_string()))?;
+    let generated = params
+        .self_signed(&pair)
+        .map_err(|e| gen_err(cert, e.to_string()))?;
     for (path, text, mode) in [
-        (key, pair.signing_key.serialize_pem(), 0o600),
-        (cert, pair.cert.pem(), 0o644),
+        (key, pair.serialize_pem(), 0o600),
+        (cert, generated.pem(), 0o644),
     ] {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir {
             fs::create_dir_all(dir).map_err(|e| gen_err(path, e.to_string()))?;
         }
+        // Written beside the target and renamed over it: a reader never sees half a file.
+        let tmp = path.with_extension("tmp-wsgate");
+        let _ = fs::remove_file(&tmp);
         fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
-            .open(path)
+            .open(&tmp)
             .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-            .map_err(|e| gen_err(path, e.to_string()))?;
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                gen_err(path, e.to_string())
+            })?;
     }
-    Ok(true)
+    Ok(SelfSigned {
+        fingerprint: fingerprint(generated.der()),
+        expires: format!("{:04}-{:02}-{:02}", last.0, last.1, last.2),
+    })
+}
+
+fn days_since_epoch() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    i64::try_from(secs / 86_400).unwrap_or(0)
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_date(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        i32::try_from(y).unwrap_or(9999),
+        u8::try_from(m).unwrap_or(1),
+        u8::try_from(d).unwrap_or(1),
+    )
 }
 
 /// The SHA-256 fingerprint of a DER certificate, as colon-separated upper-case hex
@@ -254,6 +361,15 @@ mod tests {
             Some((0x30, &[1u8, 2][..], &[9u8][..]))
         );
         assert_eq!(common_name(&[0x31, 0x03, 0x30, 0x01]), None);
+    }
+
+    #[test]
+    fn civil_dates_from_day_counts() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(-1), (1969, 12, 31));
+        assert_eq!(civil_date(59), (1970, 3, 1));
+        assert_eq!(civil_date(11_016), (2000, 2, 29));
+        assert_eq!(civil_date(20_793), (2026, 12, 6));
     }
 
     #[test]

@@ -89,8 +89,8 @@ pub struct TlsConfig {
     /// file) exactly when `client_auth` is not `off`; setting it with `client_auth = off` is an
     /// error, so a half-done mTLS set-up is not mistaken for a working one.
     pub client_ca: Option<PathBuf>,
-    /// `reload_check_interval`: how often the server compares the cert/key files' mtimes and
-    /// reloads them when they changed. Default 60 s; zero turns the check off.
+    /// `reload_check_interval`: how often the server compares the cert/key and users/tokens
+    /// files' stamps and reloads when one changed. Default 60 s; zero turns the check off.
     pub reload_check_interval: Duration,
 }
 
@@ -2011,13 +2011,21 @@ fn parse_config(
         } else {
             return Err(s.invalid(
                 None,
-                "unknown section; expected server, tls, origins, auth, limits, log, admin, cluster, demo, channel:/path or role:NAME",
+                format!(
+                    "unknown section{}; expected server, tls, origins, auth, limits, log, admin, cluster, demo, channel:/path or role:NAME",
+                    crate::suggest::hint(s.name, SECTIONS.iter().map(|(name, _)| *name))
+                ),
             ));
         };
         if let Some(k) = sc.keys.iter().find(|k| !allowed.contains(&k.key.as_str())) {
             return Err(s.invalid(
                 Some(&k.key),
-                format!("unknown key; [{}] accepts {}", s.name, allowed.join(", ")),
+                format!(
+                    "unknown key{}; [{}] accepts {}",
+                    crate::suggest::hint(&k.key, allowed.iter().copied()),
+                    s.name,
+                    allowed.join(", ")
+                ),
             ));
         }
     }
@@ -3095,8 +3103,17 @@ listen = [::1]:9480
         }
         // Keys are case-sensitive.
         assert!(
-            err(&with("[server]\nWorkers = 2\n"))
-                .starts_with("config: F:6: [server] Workers: unknown key")
+            err(&with("[server]\nWorkers = 2\n")).starts_with(
+                "config: F:6: [server] Workers: unknown key (did you mean `workers`?)"
+            )
+        );
+        // A typo names the key meant, before the list of every key.
+        assert!(err(&with("[server]\nlisen = 127.0.0.1:1\n")).starts_with(
+            "config: F:6: [server] lisen: unknown key (did you mean `listen`?); [server] accepts"
+        ));
+        assert!(
+            err(&with("[limts]\nbogus = 1\n"))
+                .starts_with("config: F:5: [limts]: unknown section (did you mean `limits`?)")
         );
         // Channel-only keys are not accepted in [limits] and vice versa.
         assert!(

@@ -3,176 +3,31 @@
 //! then stops restart loops on a bad config.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
-use std::str::FromStr;
 
+use wsgate::cli::{self, Command};
 use wsgate::commands;
 use wsgate::config::Config;
 use wsgate::server::Server;
 
-const DEFAULT_CONFIG: &str = "/etc/wsgate/wsgate.ini";
-
-const USAGE: &str = "\
-usage:
-  wsgate serve [--config FILE] [--log-level LEVEL]   run the server (default config /etc/wsgate/wsgate.ini)
-  wsgate check-config [--config] FILE                validate a config file and exit (like nginx -t)
-  wsgate passwd FILE USER                            add a user or change a password (read from the
-                                                     terminal without echo, or one line from stdin)
-  wsgate passwd --delete FILE USER                   remove a user
-  wsgate check-access [--config FILE] USER PATH      what USER (- for anonymous) may do on PATH, and why
-  wsgate token add [--config FILE] USER [--name N]   create an API token for USER (printed once)
-  wsgate token list [--config FILE] [USER]           list API tokens (names and hash prefixes)
-  wsgate token revoke [--config FILE] USER NAME      revoke an API token
-  wsgate --version";
-
-enum Command {
-    Serve {
-        config: PathBuf,
-        log_level: Option<log::LevelFilter>,
-    },
-    CheckConfig {
-        config: PathBuf,
-    },
-    Passwd {
-        file: PathBuf,
-        user: String,
-        delete: bool,
-    },
-    CheckAccess {
-        config: PathBuf,
-        user: String,
-        path: String,
-    },
-    TokenAdd {
-        config: PathBuf,
-        user: String,
-        name: Option<String>,
-    },
-    TokenList {
-        config: PathBuf,
-        user: Option<String>,
-    },
-    TokenRevoke {
-        config: PathBuf,
-        user: String,
-        name: String,
-    },
-    Help,
-    Version,
-}
-
-fn parse_args(args: &[String]) -> Result<Command, String> {
-    let (cmd, rest) = args.split_first().ok_or("no command given")?;
-    let mut config = None;
-    let mut log_level = None;
-    let mut delete = false;
-    let mut name = None;
-    let mut positional = Vec::new();
-    let mut it = rest.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--config" | "-c" => {
-                config = Some(PathBuf::from(it.next().ok_or("--config needs a file")?))
-            }
-            "--log-level" => {
-                let v = it.next().ok_or("--log-level needs a level")?;
-                log_level = Some(
-                    log::LevelFilter::from_str(v)
-                        .map_err(|_| format!("unknown log level {v:?}"))?,
-                );
-            }
-            "--delete" => delete = true,
-            "--name" => name = Some(it.next().ok_or("--name needs a value")?.clone()),
-            s if s.starts_with('-') && s != "-" => return Err(format!("unknown option {s:?}")),
-            s => positional.push(s.to_string()),
-        }
-    }
-    let no_extra = |n: usize, positional: &[String]| {
-        if positional.len() > n {
-            Err(format!("unexpected argument {:?}", positional[n]))
-        } else {
-            Ok(())
-        }
-    };
-    match cmd.as_str() {
-        "serve" => {
-            no_extra(0, &positional)?;
-            Ok(Command::Serve {
-                config: config.unwrap_or_else(|| DEFAULT_CONFIG.into()),
-                log_level,
-            })
-        }
-        "check-config" => {
-            let config = match (config, positional.first()) {
-                (Some(c), None) => c,
-                (None, Some(p)) => PathBuf::from(p),
-                (None, None) => DEFAULT_CONFIG.into(),
-                (Some(_), Some(p)) => return Err(format!("unexpected argument {p:?}")),
-            };
-            no_extra(1, &positional)?;
-            Ok(Command::CheckConfig { config })
-        }
-        "passwd" => match positional.as_slice() {
-            [file, user] => Ok(Command::Passwd {
-                file: file.into(),
-                user: user.clone(),
-                delete,
-            }),
-            _ => Err("passwd needs FILE and USER".into()),
-        },
-        "check-access" => match positional.as_slice() {
-            [user, path] => Ok(Command::CheckAccess {
-                config: config.unwrap_or_else(|| DEFAULT_CONFIG.into()),
-                user: user.clone(),
-                path: path.clone(),
-            }),
-            _ => Err("check-access needs USER and PATH".into()),
-        },
-        "token" => {
-            let config = config.unwrap_or_else(|| DEFAULT_CONFIG.into());
-            match positional
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .as_slice()
-            {
-                ["add", user] => Ok(Command::TokenAdd {
-                    config,
-                    user: user.to_string(),
-                    name,
-                }),
-                ["list"] => Ok(Command::TokenList { config, user: None }),
-                ["list", user] => Ok(Command::TokenList {
-                    config,
-                    user: Some(user.to_string()),
-                }),
-                ["revoke", user, name] => Ok(Command::TokenRevoke {
-                    config,
-                    user: user.to_string(),
-                    name: name.to_string(),
-                }),
-                _ => Err("token needs add USER, list [USER] or revoke USER NAME".into()),
-            }
-        }
-        "help" | "--help" | "-h" => Ok(Command::Help),
-        "version" | "--version" | "-V" => Ok(Command::Version),
-        other => Err(format!("unknown command {other:?}")),
-    }
-}
+/// What a change to the users or tokens file needs before clients see it.
+const APPLY_HINT: &str = "a running wsgate applies this by itself within [tls] \
+reload_check_interval (60 s by default), or at once on `systemctl reload wsgate`; under the \
+packaged unit, whose users and tokens are credentials copied at start, `systemctl restart wsgate`";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match parse_args(&args) {
+    let command = match cli::parse(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("wsgate: {e}\n{USAGE}");
+            eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
     match command {
-        Command::Help => {
-            println!("{USAGE}");
+        Command::Help(text) => {
+            println!("{}", text.trim_end());
             ExitCode::SUCCESS
         }
         Command::Version => {
@@ -188,6 +43,7 @@ fn main() -> ExitCode {
                 Ok(token) => {
                     eprintln!("token for \"{user}\" (shown once; only its SHA-256 is stored):");
                     println!("{token}");
+                    eprintln!("{APPLY_HINT}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),
@@ -199,20 +55,64 @@ fn main() -> ExitCode {
         Command::TokenRevoke { config, user, name } => {
             match commands::token_revoke(&config, &user, &name) {
                 Ok(()) => {
-                    eprintln!("revoked token \"{name}\" of \"{user}\"");
+                    eprintln!("revoked token \"{name}\" of \"{user}\"; {APPLY_HINT}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),
             }
         }
         Command::Passwd { file, user, delete } => match wsgate::passwd::run(&file, &user, delete) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => {
+                eprintln!("{APPLY_HINT}");
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("wsgate passwd: {e}");
                 ExitCode::from(2)
             }
         },
         Command::Serve { config, log_level } => serve(&config, log_level),
+        Command::Cert {
+            dir,
+            names,
+            days,
+            force,
+        } => cert(&dir, names, days, force),
+    }
+}
+
+/// `wsgate cert DIR`: a self-signed pair for this host's names and any given.
+fn cert(dir: &Path, extra: Vec<String>, days: u32, force: bool) -> ExitCode {
+    let mut names = wsgate::certs::host_names();
+    for name in extra {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let (cert, key) = (dir.join("wsgate.crt"), dir.join("wsgate.key"));
+    match wsgate::certs::write_self_signed(&cert, &key, &names, days, force) {
+        Ok(made) => {
+            println!(
+                "wrote {} and {} (mode 0600)\nnames: {}\nvalid until: {}\nsha256 fingerprint: {}",
+                cert.display(),
+                key.display(),
+                names.join(", "),
+                made.expires,
+                made.fingerprint
+            );
+            println!(
+                "set [tls] cert = {} and key = {} (and self_signed = false); clients must be told \
+                 to trust this certificate, e.g. `websocat --cafile {}` or by importing it",
+                cert.display(),
+                key.display(),
+                cert.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wsgate cert: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -232,7 +132,7 @@ fn fail(e: &commands::CommandError) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn serve(path: &std::path::Path, log_level: Option<log::LevelFilter>) -> ExitCode {
+fn serve(path: &Path, log_level: Option<log::LevelFilter>) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {

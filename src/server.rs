@@ -100,6 +100,8 @@ struct Runtime {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// The certificate and key files' modification times when loaded (the file watcher compares).
     cert_stamp: Option<(SystemTime, SystemTime)>,
+    /// The users and tokens files as they were just before they were read (the watcher compares).
+    creds_stamp: CredsStamp,
 }
 
 /// Everything the listener, the workers and the control thread share.
@@ -158,6 +160,7 @@ impl Server {
             config.channels.iter().map(|c| c.pattern.to_string()),
         ));
         let a = &config.auth;
+        let creds_stamp = creds_stamp(&config);
         let loaded = load_credentials(&config)?;
         let users = Authenticator::new(
             loaded.users,
@@ -174,7 +177,7 @@ impl Server {
             throttle,
             Arc::clone(&metrics),
         ));
-        let runtime = build_runtime(config)?;
+        let runtime = build_runtime(config, creds_stamp)?;
         let config = Arc::clone(&runtime.config);
         warn_about_origins(&config);
         warn_about_plaintext(&config);
@@ -266,7 +269,7 @@ impl Server {
             let alive = Arc::clone(&shared);
             notify::spawn_watchdog(shared.notifier.clone(), interval, move || alive.is_alive())?;
         }
-        spawn_cert_watcher(&shared)?;
+        spawn_file_watcher(&shared)?;
         let bridge = start_bridge(&shared)?;
 
         let accept = |stream, peer: SocketAddr, accepted| {
@@ -351,8 +354,9 @@ impl Shared {
             .and_then(|config| same_transport(&old.config, config))
             .map_err(StartError::Config)
             .and_then(|config| {
+                let creds_stamp = creds_stamp(&config);
                 let loaded = load_credentials(&config)?;
-                Ok((build_runtime(config)?, loaded))
+                Ok((build_runtime(config, creds_stamp)?, loaded))
             });
         match result {
             Ok((runtime, loaded)) => {
@@ -465,12 +469,13 @@ fn same_transport(old: &Config, new: Config) -> Result<Config, ConfigError> {
 
 /// The TLS configuration for `config`, generating a self-signed pair first where allowed; none
 /// (no certificate needed, none generated) on a plaintext listener.
-fn build_runtime(config: Config) -> Result<Runtime, StartError> {
+fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, StartError> {
     if !config.server.tls {
         return Ok(Runtime {
             config: Arc::new(config),
             tls: None,
             cert_stamp: None,
+            creds_stamp,
         });
     }
     let tls_cfg = &config.tls;
@@ -502,6 +507,7 @@ fn build_runtime(config: Config) -> Result<Runtime, StartError> {
         config: Arc::new(config),
         tls: Some(tls),
         cert_stamp,
+        creds_stamp,
     })
 }
 
@@ -511,15 +517,39 @@ fn stamp(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
     Some((mtime(cert)?, mtime(key)?))
 }
 
+/// A file's identity and version as far as `stat` tells: modification time, inode and size (an
+/// atomic replace by `wsgate passwd` changes the inode even within one mtime tick); `None` while
+/// the file is missing.
+type FileStamp = Option<(SystemTime, u64, u64)>;
+
+/// The users and tokens files' [`FileStamp`]s.
+type CredsStamp = (FileStamp, FileStamp);
+
+fn file_stamp(path: &Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.ino(), m.len()))
+}
+
+fn creds_stamp(config: &Config) -> CredsStamp {
+    (
+        file_stamp(&config.auth.users_file),
+        file_stamp(&config.auth.tokens_file),
+    )
+}
+
 /// Reloads by itself when the certificate or key file changes (a renewal whose deploy hook
-/// forgot to reload), checking their modification times every `reload_check_interval`.
-fn spawn_cert_watcher(shared: &Arc<Shared>) -> io::Result<()> {
+/// forgot to reload) or the users or tokens file does (`wsgate passwd`, `wsgate token`), checking
+/// every `reload_check_interval`. A change is acted on once: a file that fails to load is
+/// reported once, not every interval, until it changes again.
+fn spawn_file_watcher(shared: &Arc<Shared>) -> io::Result<()> {
     let weak = Arc::downgrade(shared);
     std::thread::Builder::new()
-        .name("wsgate-certwatch".into())
+        .name("wsgate-filewatch".into())
         .spawn(move || {
             // The files as last tried, so a broken pair is reported once, not every interval.
             let mut tried = None;
+            let mut tried_creds = None;
             loop {
                 let interval = match weak.upgrade() {
                     Some(shared) => shared.current().config.tls.reload_check_interval,
@@ -533,10 +563,16 @@ fn spawn_cert_watcher(shared: &Arc<Shared>) -> io::Result<()> {
                 let Some(shared) = weak.upgrade() else { return };
                 let rt = shared.current();
                 let tls = &rt.config.tls;
-                if !rt.config.server.tls
-                    || tls.reload_check_interval.is_zero()
-                    || shared.hub.is_closed()
-                {
+                if tls.reload_check_interval.is_zero() || shared.hub.is_closed() {
+                    continue;
+                }
+                let creds = creds_stamp(&rt.config);
+                if creds != rt.creds_stamp && Some(creds) != tried_creds {
+                    tried_creds = Some(creds);
+                    shared.reload("users or tokens file changed");
+                    continue;
+                }
+                if !rt.config.server.tls {
                     continue;
                 }
                 let now = stamp(&tls.cert, &tls.key);

@@ -5,6 +5,9 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
 
 use common::*;
 use tungstenite::Message;
@@ -325,4 +328,273 @@ fn check_access_explains_the_deciding_rule_without_a_server() {
     assert!(bob.contains("403"), "{bob}");
     assert!(ask("bob", "/missing").contains("404"));
     assert!(ask("-", "/echo").contains("401"));
+}
+
+/// Each command's usage, as `wsgate CMD --help`, `wsgate CMD -h` and `wsgate help CMD` print it.
+const COMMANDS: &[&str] = &[
+    "serve",
+    "check-config",
+    "check-access",
+    "passwd",
+    "token",
+    "cert",
+];
+
+#[test]
+fn every_command_prints_its_usage_for_help_and_exits_0() {
+    for cmd in COMMANDS {
+        for args in [vec![*cmd, "--help"], vec![*cmd, "-h"], vec!["help", *cmd]] {
+            let out = run_wsgate(&args);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {stdout}");
+            assert!(
+                stdout.starts_with(&format!("usage: wsgate {cmd}")),
+                "{args:?}: {stdout}"
+            );
+        }
+    }
+    for args in [vec!["help"], vec!["--help"], vec!["-h"]] {
+        let out = run_wsgate(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        for cmd in COMMANDS {
+            assert!(
+                stdout.contains(cmd),
+                "{args:?} does not list {cmd}: {stdout}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mistakes_exit_2_naming_what_was_meant() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["serv"],
+            "unknown command \"serv\" (did you mean `serve`?)",
+        ),
+        (
+            &["serve", "--log-level", "debugg"],
+            "unknown log level \"debugg\" (did you mean `debug`?); one of off, error, warn, info, debug, trace",
+        ),
+        (
+            &["serve", "--confg", "x.ini"],
+            "unknown option \"--confg\" (did you mean `--config`?)",
+        ),
+        (
+            &["token", "lsit"],
+            "unknown action \"lsit\" (did you mean `list`?)",
+        ),
+        (&["help", "passwrd"], "(did you mean `passwd`?)"),
+        (&["passwd", "onlyfile"], "needs FILE and USER"),
+        (&[], "no command given"),
+    ];
+    for (args, want) in cases {
+        let out = run_wsgate(*args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("usage: wsgate"),
+            "{args:?} shows no usage: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_mistyped_config_key_or_section_suggests_the_one_meant() {
+    let (dir, config, _ca) = Setup::default().write();
+    let good = std::fs::read_to_string(&config).unwrap();
+    for (edit, want) in [
+        (
+            good.replace("listen = ", "lisen = "),
+            "[server] lisen: unknown key (did you mean `listen`?); [server] accepts",
+        ),
+        (
+            good.replace("[limits]", "[limts]") + "\n[limts]\nidle_timeout = 1s\n",
+            "[limts]: unknown section (did you mean `limits`?)",
+        ),
+    ] {
+        let bad = dir.path().join("typo.ini");
+        std::fs::write(&bad, edit).unwrap();
+        let (code, stderr) = check_config(&bad);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+    }
+}
+
+#[test]
+fn serve_takes_the_config_file_as_its_argument() {
+    let (dir, config, ca) = Setup::default().write();
+    let server = Server::spawn_positional(dir, &config, ca);
+    let mut ws = server.connect_as("/echo", ALICE);
+    ws.send(Message::text("positional")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("positional"));
+}
+
+#[test]
+fn users_and_tokens_changed_by_the_commands_apply_without_a_reload() {
+    let mut setup = Setup::default();
+    setup
+        .set("tls", "reload_check_interval", "200ms")
+        .set("auth", "tokens_file", "tokens");
+    let (dir, config, ca) = setup.write();
+    let users = dir.path().join("users");
+    let server = Server::spawn(dir, &config, ca);
+    assert_eq!(
+        status_of(server.connect_with("/echo?user=carol&pass=carol-password", &[])),
+        401
+    );
+
+    // passwd: carol can log in once the watcher saw the file change, with no SIGHUP.
+    let mut child = Command::new(bin())
+        .arg("passwd")
+        .arg(&users)
+        .arg("carol")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"carol-password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("applies this by itself"),
+        "passwd does not say how the change applies: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        server.wait_log("users or tokens file changed: reloaded", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    let mut ws = server.connect_as("/echo", ("carol", "carol-password"));
+    ws.send(Message::text("carol")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("carol"));
+
+    // token add, then revoke: each applies by itself.
+    let out = run_wsgate([
+        "token".as_ref(),
+        "add".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "carol".as_ref(),
+        "--name".as_ref(),
+        "phone".as_ref(),
+    ]);
+    let token = stdout_of_success(out).trim().to_string();
+    let bearer = format!("Bearer {token}");
+    let until = Instant::now() + IO_TIMEOUT;
+    while status_of(server.connect_with("/echo", &[("Authorization", &bearer)])) != 101 {
+        assert!(Instant::now() < until, "the new token was never accepted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run_wsgate([
+        "token".as_ref(),
+        "revoke".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "carol".as_ref(),
+        "phone".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let until = Instant::now() + IO_TIMEOUT;
+    while status_of(server.connect_with("/echo", &[("Authorization", &bearer)])) != 401 {
+        assert!(Instant::now() < until, "the revoked token still works");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cert_writes_a_self_signed_pair_for_this_host_that_the_server_serves() {
+    let dir = TempDir::new("cert");
+    let out = run_wsgate([
+        "cert".as_ref(),
+        "--name".as_ref(),
+        "pi.lan".as_ref(),
+        "--name".as_ref(),
+        "192.0.2.7".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    let stdout = stdout_of_success(out);
+    assert!(stdout.contains("sha256 fingerprint"), "{stdout}");
+    let (crt, key) = (dir.path().join("wsgate.crt"), dir.path().join("wsgate.key"));
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // What openssl reads from it: the host named (not rcgen's default), the extra names, a
+    // validity of 825 days.
+    let text = Command::new(require_program("openssl"))
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&crt)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(!text.contains("rcgen"), "{text}");
+    assert!(text.contains("O = wsgate self-signed"), "{text}");
+    for want in [
+        "DNS:localhost",
+        "IP Address:127.0.0.1",
+        "DNS:pi.lan",
+        "IP Address:192.0.2.7",
+    ] {
+        assert!(text.contains(want), "no {want} in {text}");
+    }
+    let days = Command::new(require_program("openssl"))
+        .args([
+            "x509",
+            "-noout",
+            "-checkend",
+            &(824 * 86_400).to_string(),
+            "-in",
+        ])
+        .arg(&crt)
+        .status()
+        .unwrap();
+    assert!(days.success(), "expires within 824 days");
+    let days = Command::new(require_program("openssl"))
+        .args([
+            "x509",
+            "-noout",
+            "-checkend",
+            &(827 * 86_400).to_string(),
+            "-in",
+        ])
+        .arg(&crt)
+        .status()
+        .unwrap();
+    assert!(!days.success(), "valid for more than 827 days");
+
+    // It does not overwrite without --force, and does with it.
+    let again = run_wsgate(["cert".as_ref(), dir.path().as_os_str()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    let forced = run_wsgate(["cert".as_ref(), "--force".as_ref(), dir.path().as_os_str()]);
+    assert!(forced.status.success());
+
+    // The server serves it, and a client trusting it reaches the server as localhost.
+    let mut setup = Setup::default();
+    setup.set("tls", "cert", &crt.display().to_string()).set(
+        "tls",
+        "key",
+        &key.display().to_string(),
+    );
+    let (sdir, config, _) = setup.write();
+    let pem = std::fs::read(&crt).unwrap();
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let server = Server::spawn(sdir, &config, ca);
+    let mut ws = server.connect_as("/echo", ALICE);
+    ws.send(Message::text("lan")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("lan"));
 }

@@ -151,6 +151,38 @@ pub struct Server {
     pub dir: TempDir,
 }
 
+/// The programs black-box tests drive, and the Debian package that carries each
+/// (`scripts/test` installs them).
+const PROGRAM_PACKAGES: &[(&str, &str)] = &[
+    ("redis-server", "redis-server"),
+    ("haproxy", "haproxy"),
+    ("openssl", "openssl"),
+    ("prlimit", "util-linux"),
+    ("systemd-analyze", "systemd"),
+    ("timeout", "coreutils"),
+];
+
+/// The path of `program` (on PATH, or in /usr/sbin or /sbin, where Debian puts daemons and which a
+/// user's PATH may lack). A missing program fails the test with the package to install: a test
+/// never skips because its peer is absent.
+pub fn require_program(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        let package = PROGRAM_PACKAGES
+            .iter()
+            .find(|(p, _)| *p == program)
+            .map_or(program, |(_, pkg)| pkg);
+        panic!(
+            "{program} is not installed: this test drives it. Run `scripts/test` (it installs what \
+             the tests need) or `sudo apt-get install {package}`"
+        )
+    })
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_wsgate")
 }
@@ -174,6 +206,13 @@ impl Server {
         Server::from_command(dir, cmd, ca)
     }
 
+    /// Starts `wsgate serve CONFIG`, the config given as the command's argument.
+    pub fn spawn_positional(dir: TempDir, config: &Path, ca: CertificateDer<'static>) -> Server {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").arg(config);
+        Server::from_command(dir, cmd, ca)
+    }
+
     /// Starts the server under a wrapper command (e.g. `prlimit --nofile=64 --`, which execs
     /// wsgate, so the child's pid is the server's).
     pub fn spawn_wrapped(
@@ -182,7 +221,7 @@ impl Server {
         ca: CertificateDer<'static>,
         wrapper: &[&str],
     ) -> Server {
-        let mut cmd = Command::new(wrapper[0]);
+        let mut cmd = Command::new(require_program(wrapper[0]));
         cmd.args(&wrapper[1..])
             .arg(bin())
             .args(["serve", "--config"])

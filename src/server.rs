@@ -25,6 +25,7 @@ use crate::cluster::Bridge;
 use crate::config::{ClientAuth, Config, ConfigError, Mode};
 use crate::connection::{self, Rights};
 use crate::deadline::{Deadline, Phase, is_timeout};
+use crate::files;
 use crate::hub::{Holder, Hub, HubClosed, Membership, Waker};
 use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
@@ -156,6 +157,11 @@ impl Server {
     /// # Errors
     /// [`StartError`] naming what is wrong.
     pub fn start(config: Config) -> Result<Server, StartError> {
+        log::info!(
+            "wsgate {} starting with {}",
+            env!("CARGO_PKG_VERSION"),
+            files::shown(&config.source)
+        );
         let metrics = Arc::new(Metrics::new(
             config.channels.iter().map(|c| c.pattern.to_string()),
         ));
@@ -261,6 +267,7 @@ impl Server {
         }
         let addr = listener.local_addr()?;
         log::info!("listening on {addr}");
+        log::info!("{}", where_to_connect(&shared.current().config, addr));
         notify_or_log(&shared.notifier, Notifier::ready);
         notify_or_log(&shared.notifier, |n| {
             n.status(&format!("serving on {addr}"))
@@ -368,7 +375,7 @@ impl Shared {
                 *self.runtime.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(runtime);
                 log::info!(
                     "{why}: reloaded {} in {:?}",
-                    old.config.source.display(),
+                    files::shown(&old.config.source),
                     started.elapsed()
                 );
                 notify_or_log(&self.notifier, |n| {
@@ -421,16 +428,16 @@ fn load_credentials(config: &Config) -> Result<LoadedCredentials, StartError> {
     let a = &config.auth;
     let users = UserStore::load(&a.users_file).map_err(StartError::Users)?;
     log::info!(
-        "{} users loaded from {}",
-        users.len(),
-        a.users_file.display()
+        "{} loaded from {}",
+        files::count(users.len(), "user", "users"),
+        files::shown(&a.users_file)
     );
     let tokens = TokenStore::load(&a.tokens_file).map_err(StartError::Tokens)?;
     if !tokens.is_empty() {
         log::info!(
-            "{} API tokens loaded from {}",
-            tokens.len(),
-            a.tokens_file.display()
+            "{} loaded from {}",
+            files::count(tokens.len(), "API token", "API tokens"),
+            files::shown(&a.tokens_file)
         );
     }
     let sessions = if a.session_ttl.is_zero() {
@@ -485,8 +492,8 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
         log::warn!(
             "generated a self-signed certificate at {} (key {}, mode 0600): for trying wsgate out; \
              clients must be told to trust it",
-            tls_cfg.cert.display(),
-            tls_cfg.key.display()
+            files::shown(&tls_cfg.cert),
+            files::shown(&tls_cfg.key)
         );
     }
     let cert_stamp = stamp(&tls_cfg.cert, &tls_cfg.key);
@@ -501,7 +508,7 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
         .map_err(StartError::Cert)?;
     log::info!(
         "certificate {} sha256 fingerprint {fingerprint}",
-        tls_cfg.cert.display()
+        files::shown(&tls_cfg.cert)
     );
     Ok(Runtime {
         config: Arc::new(config),
@@ -509,6 +516,38 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
         cert_stamp,
         creds_stamp,
     })
+}
+
+/// The start-up line that says where clients connect: the URL of each channel (a prefix channel
+/// with `…` for the rest) and of the demo page. A loopback listener is named `localhost` (what
+/// the self-signed certificate is for), a wildcard one by this host's name.
+fn where_to_connect(config: &Config, addr: SocketAddr) -> String {
+    let ip = addr.ip();
+    let host = if ip.is_loopback() {
+        "localhost".to_string()
+    } else if ip.is_unspecified() {
+        certs::host_name().unwrap_or_else(|| "HOST".into())
+    } else if let std::net::IpAddr::V6(v6) = ip {
+        format!("[{v6}]")
+    } else {
+        ip.to_string()
+    };
+    let (ws, http) = if config.server.tls {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    let base = format!("{host}:{}", addr.port());
+    let channels: Vec<String> = config
+        .channels
+        .iter()
+        .map(|c| format!("{ws}://{base}{}", c.pattern.to_string().replace('*', "…")))
+        .collect();
+    let mut line = format!("clients connect to {}", channels.join(", "));
+    if config.demo.enabled {
+        line.push_str(&format!("; demo page at {http}://{base}/"));
+    }
+    line
 }
 
 /// The modification times of the certificate and key files.

@@ -334,7 +334,7 @@ fn create_key(path: &Path) -> Result<SessionKey, SessionError> {
     let key = SessionKey::from_bytes(&bytes);
     bytes.fill(0);
     if linked.map_err(write_err)? {
-        log::info!("created session key file {}", path.display());
+        log::info!("created session key file {}", crate::files::shown(path));
         Ok(key)
     } else {
         // Another instance won the race: use its key, complete since it was linked whole.

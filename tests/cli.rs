@@ -598,3 +598,39 @@ fn cert_writes_a_self_signed_pair_for_this_host_that_the_server_serves() {
     ws.send(Message::text("lan")).unwrap();
     assert_eq!(next_data(&mut ws), Message::text("lan"));
 }
+
+#[test]
+fn the_start_up_log_names_version_config_clean_paths_and_where_to_connect() {
+    let mut setup = Setup::default();
+    setup
+        .set("tls", "cert", "./sub/../cert.pem")
+        .set("demo", "enabled", "true")
+        .set("demo", "channel", "/chat/demo");
+    let (dir, config, ca) = setup.write();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    // One user, for the singular.
+    let one = users_file_text().lines().next().unwrap().to_string() + "\n";
+    std::fs::write(dir.path().join("users"), one).unwrap();
+    let root = dir.path().display().to_string();
+    let server = Server::spawn(dir, &config, ca);
+    let port = server.addr.port();
+    assert!(server.wait_log("clients connect to", IO_TIMEOUT));
+    let log = server.logs();
+    for want in [
+        format!(
+            "wsgate {} starting with {}",
+            env!("CARGO_PKG_VERSION"),
+            config.display()
+        ),
+        format!("1 user loaded from {root}/users"),
+        format!("certificate {root}/cert.pem sha256 fingerprint"),
+        format!(
+            "clients connect to wss://localhost:{port}/chat/…, wss://localhost:{port}/echo, \
+             wss://localhost:{port}/news; demo page at https://localhost:{port}/"
+        ),
+    ] {
+        assert!(log.contains(&want), "no {want:?} in:\n{log}");
+    }
+    assert!(!log.contains("/.."), "{log}");
+    assert!(!log.contains("1 users"), "{log}");
+}

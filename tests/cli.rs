@@ -4,6 +4,7 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -633,4 +634,32 @@ fn the_start_up_log_names_version_config_clean_paths_and_where_to_connect() {
     }
     assert!(!log.contains("/.."), "{log}");
     assert!(!log.contains("1 users"), "{log}");
+}
+
+#[test]
+fn the_check_access_example_in_the_docs_is_what_the_command_prints() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = std::fs::read_to_string(root.join("docs/access.md")).unwrap();
+    let command = "$ wsgate check-access --config conf/wsgate.ini demo /chat/lobby\n";
+    let start = docs
+        .find(command)
+        .expect("docs/access.md shows check-access")
+        + command.len();
+    let shown = &docs[start..start + docs[start..].find("```").unwrap()];
+    let out = Command::new(bin())
+        .current_dir(root)
+        .args([
+            "check-access",
+            "--config",
+            "conf/wsgate.ini",
+            "demo",
+            "/chat/lobby",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        shown,
+        String::from_utf8_lossy(&out.stdout),
+        "docs/access.md's check-access example is stale: paste the command's output"
+    );
 }

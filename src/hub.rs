@@ -3,7 +3,9 @@
 //! or stuck) gets the broadcast written straight into its socket by the publishing thread,
 //! through [`DirectWrite`] — no wake-up, no context switch per delivery. Any other member gets it
 //! in its bounded outbox and is woken; a full outbox is a slow consumer, handled by that
-//! consumer's own policy. Every connection joins (echo ones too), so shutdown reaches all of
+//! consumer's own policy. A broadcast larger than a member's own `max_message_size` (its
+//! [`Intake`], fixed when it joined) is dropped for that member alone and counted: a reload or
+//! another instance may send what its buffers were never sized for. Every connection joins (echo ones too), so shutdown reaches all of
 //! them by dropping their senders.
 //!
 //! With a cluster bridge attached ([`Hub::set_outlet`]), a broadcast is also `try_send` into the
@@ -21,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use rustix::event::{EventfdFlags, eventfd};
 use tungstenite::Message;
 
-use crate::config::SlowConsumer;
+use crate::config::{SlowConsumer, WsLimits};
 use crate::metrics::Metrics;
 
 /// Wakes one connection's `poll` from another thread: an eventfd, written at most once between
@@ -101,20 +103,44 @@ pub enum Handoff {
     Queue,
 }
 
+/// What one member takes from the hub, fixed when it joins from its channel's limits at the
+/// time: a reload changes the limits of new connections, never the buffers of a live one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intake {
+    /// Messages its outbox holds before it counts as slow (`outbox`).
+    pub outbox: usize,
+    /// What a full outbox gets (`slow_consumer`).
+    pub slow_consumer: SlowConsumer,
+    /// The largest broadcast it is sent (`max_message_size`). Its write buffer holds one such
+    /// message whatever else is buffered (the config checks `max_write_buffer_size`), so a
+    /// message it is sent always fits once the buffer has drained.
+    pub max_message: usize,
+}
+
+impl Intake {
+    /// The intake a connection with these channel limits gets.
+    pub fn of(limits: &WsLimits) -> Intake {
+        Intake {
+            outbox: limits.outbox.get(),
+            slow_consumer: limits.slow_consumer,
+            max_message: limits.max_message_size.get(),
+        }
+    }
+}
+
 struct Member {
     id: u64,
-    /// The outbox's sending side; at most `outbox` messages queued (counted in
+    /// The outbox's sending side; at most `intake.outbox` messages queued (counted in
     /// [`MemberShared::queued`]).
     tx: Sender<Message>,
-    outbox: usize,
+    intake: Intake,
     shared: Arc<MemberShared>,
-    policy: SlowConsumer,
 }
 
 impl Member {
-    /// Queues `msg` in the outbox unless it holds `outbox` messages already.
+    /// Queues `msg` in the outbox unless it holds `intake.outbox` messages already.
     fn try_queue(&self, msg: &Message) -> Result<(), TrySendError<()>> {
-        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.outbox {
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.intake.outbox {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(TrySendError::Full(()));
         }
@@ -240,8 +266,8 @@ impl Hub {
         })
     }
 
-    /// Adds a connection to `path` with an outbox of `outbox` messages; `receives` is false for
-    /// an echo connection, which gets no broadcasts (and no eventfd).
+    /// Adds a connection to `path` that takes broadcasts as `intake` says; `receives` is false
+    /// for an echo connection, which gets no broadcasts (and no eventfd).
     ///
     /// # Errors
     /// `Ok(Err(HubClosed))` during shutdown; `Err` if no eventfd could be made.
@@ -249,8 +275,7 @@ impl Hub {
         self: &Arc<Self>,
         path: &str,
         receives: bool,
-        outbox: usize,
-        policy: SlowConsumer,
+        intake: Intake,
         holder: Holder,
     ) -> io::Result<Result<Membership, HubClosed>> {
         let shared = Arc::new(MemberShared {
@@ -271,9 +296,8 @@ impl Hub {
         let member = Member {
             id,
             tx,
-            outbox,
+            intake,
             shared: Arc::clone(&shared),
-            policy,
         };
         self.write_groups()
             .entry(path.to_string())
@@ -316,7 +340,8 @@ impl Hub {
         self.fan_out(path, None, msg);
     }
 
-    /// Sends `msg` to every member of `path` except `from`.
+    /// Sends `msg` to every member of `path` except `from`, and to none whose own limits are
+    /// smaller than it (dropped for that member and counted).
     fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         let Some(members) = groups.get(path) else {
@@ -328,6 +353,12 @@ impl Hub {
             .iter()
             .filter(|m| Some(m.id) != from && m.shared.waker.is_some())
         {
+            if msg.len() > m.intake.max_message {
+                // Its write buffer may be too small to ever take it: retried, it would wedge
+                // the member's loop (issue 11).
+                self.metrics.broadcast_too_big();
+                continue;
+            }
             if let Some(direct) = m.shared.direct.get() {
                 if !m.shared.revoked.load(Ordering::Acquire) {
                     let frame = wire.get_or_init(|| crate::frames::wire_frame(msg));
@@ -347,7 +378,7 @@ impl Hub {
             }
             match m.try_queue(msg) {
                 Ok(()) => m.shared.wake(),
-                Err(TrySendError::Full(())) => match m.policy {
+                Err(TrySendError::Full(())) => match m.intake.slow_consumer {
                     SlowConsumer::Drop => self.metrics.broadcast_dropped(),
                     SlowConsumer::Disconnect => {
                         if !m.shared.slow.swap(true, Ordering::AcqRel) {
@@ -452,6 +483,11 @@ impl Membership {
         }
     }
 
+    /// Messages waiting in this connection's outbox now.
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// The next message in this connection's outbox. `Disconnected` means the server is
     /// shutting down.
     ///
@@ -529,10 +565,52 @@ mod tests {
         assert!(!w.pending.load(Ordering::Acquire));
     }
 
+    fn intake(outbox: usize, slow_consumer: SlowConsumer) -> Intake {
+        Intake {
+            outbox,
+            slow_consumer,
+            max_message: 1024,
+        }
+    }
+
     fn join(hub: &Arc<Hub>, path: &str, outbox: usize, policy: SlowConsumer) -> Membership {
-        hub.join(path, true, outbox, policy, Holder::default())
+        hub.join(path, true, intake(outbox, policy), Holder::default())
             .unwrap()
             .unwrap()
+    }
+
+    #[test]
+    fn a_broadcast_over_a_members_own_limit_is_dropped_for_it_alone_and_counted() {
+        let hub = hub();
+        let sender = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let small = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let large = hub
+            .join(
+                "/c",
+                true,
+                Intake {
+                    max_message: 4096,
+                    ..intake(4, SlowConsumer::Disconnect)
+                },
+                Holder::default(),
+            )
+            .unwrap()
+            .unwrap();
+        for n in [0, 1024, 1025, 4096, 4097] {
+            sender.publish(&Message::binary(vec![0u8; n]));
+        }
+        let got = |m: &Membership| {
+            std::iter::from_fn(|| m.next_queued().ok())
+                .map(|msg| msg.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(got(&small), [0, 1024]);
+        assert_eq!(got(&large), [0, 1024, 1025, 4096]);
+        assert_eq!(hub.metrics.broadcast_too_big_count(), 4);
+        assert!(
+            !small.shared.slow.load(Ordering::Acquire),
+            "dropped, not slow"
+        );
     }
 
     #[test]
@@ -552,7 +630,12 @@ mod tests {
         let hub = hub();
         let sender = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         let echo = hub
-            .join("/c", false, 4, SlowConsumer::Disconnect, Holder::default())
+            .join(
+                "/c",
+                false,
+                intake(4, SlowConsumer::Disconnect),
+                Holder::default(),
+            )
             .unwrap()
             .unwrap();
         assert!(echo.shared.waker.is_none(), "no eventfd for an echo member");
@@ -673,7 +756,7 @@ mod tests {
             Err(crossbeam_channel::TryRecvError::Disconnected)
         ));
         assert_eq!(
-            hub.join("/c", true, 1, SlowConsumer::Drop, Holder::default())
+            hub.join("/c", true, intake(1, SlowConsumer::Drop), Holder::default())
                 .unwrap()
                 .err(),
             Some(HubClosed)

@@ -25,7 +25,7 @@ use crate::cluster::Bridge;
 use crate::config::{ClientAuth, Config, ConfigError, Mode};
 use crate::connection::{self, Rights};
 use crate::deadline::{Deadline, Phase, is_timeout};
-use crate::hub::{Holder, Hub, HubClosed, Membership, Waker};
+use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Waker};
 use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
@@ -817,8 +817,7 @@ fn handshake(
         let member = match hub.join(
             &grant.path,
             grant.channel.mode == Mode::Broadcast,
-            limits.outbox.get(),
-            limits.slow_consumer,
+            Intake::of(limits),
             holder,
         ) {
             Ok(Ok(member)) => member,

@@ -1164,3 +1164,84 @@ fn bad_users_files_are_refused_at_start_with_line_numbers() {
     still_serving(&server);
     assert_clean_log(&server, &[]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 11: no connection can wedge a worker; one parse of the request target.
+
+/// A counter's value in the admin endpoint's `/metrics` (0 when absent).
+fn metric(server: &Server, name: &str) -> u64 {
+    let (status, text) = server.admin_get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `[channel:/chat/*]` with 1 KiB messages and a 10 KiB write buffer, and the admin endpoint.
+fn small_chat() -> Setup {
+    let mut setup = Setup::default();
+    setup
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("channel:/chat/*", "max_message_size", "1KiB")
+        .set("channel:/chat/*", "max_frame_size", "1KiB")
+        .set("channel:/chat/*", "max_write_buffer_size", "10KiB");
+    setup
+}
+
+/// The issue's reproduction, without the request-target trick: a subscriber joined with 1 KiB
+/// messages and a 10 KiB write buffer; a reload raises the channel's limits; a publisher that
+/// joined after the reload broadcasts a zero-length message, one of exactly the subscriber's
+/// `max_message_size`, one byte more, one whose frame is exactly the subscriber's write buffer,
+/// one byte more, and 60 KB. The subscriber gets the first two and the marker after them; the
+/// other four are dropped for it alone and counted; its worker does not spin, and idle timeout,
+/// its close and SIGTERM all still reach it.
+#[test]
+fn a_broadcast_over_a_subscribers_own_limits_is_dropped_for_it_and_its_worker_stays_free() {
+    let mut setup = small_chat();
+    setup
+        .set("limits", "idle_timeout", "60s")
+        .set("server", "shutdown_grace", "3s");
+    let mut server = setup.start();
+    let mut subscriber = server.connect_as("/chat/wedge", ALICE);
+    setup
+        .set("channel:/chat/*", "max_message_size", "64KiB")
+        .set("channel:/chat/*", "max_frame_size", "64KiB")
+        .set("channel:/chat/*", "max_write_buffer_size", "128KiB");
+    std::fs::write(server.dir.path().join("wsgate.ini"), setup.render()).unwrap();
+    server.reload_and_wait();
+    assert!(
+        server.wait_log("reloaded ", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    let mut publisher = server.connect_as("/chat/wedge", BOB);
+    let write_buffer = 10 * 1024;
+    let sizes = [0, 1024, 1025, write_buffer - 4, write_buffer - 3, 60_000];
+    for n in sizes {
+        publisher.send(Message::binary(vec![b'x'; n])).unwrap();
+    }
+    publisher.send(Message::text("marker")).unwrap();
+    for want in [Message::binary(vec![]), Message::binary(vec![b'x'; 1024])] {
+        assert_eq!(next_data(&mut subscriber), want, "{}", server.logs());
+    }
+    assert_eq!(next_data(&mut subscriber), Message::text("marker"));
+    assert_eq!(metric(&server, "wsgate_broadcast_too_big_total"), 4);
+    // No worker spins: the whole process uses well under a core over a second.
+    let before = cpu_ticks(server.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(server.pid()) - before;
+    assert!(used < 30, "{used} ticks of CPU in one idle second");
+    // The subscriber still echoes nothing of its own but closes normally, and SIGTERM finds no
+    // connection it cannot reach.
+    drop(publisher);
+    server.terminate();
+    assert_eq!(close_code(&mut subscriber), 1001);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", server.logs());
+    assert!(
+        server.logs().contains("shutdown complete"),
+        "{}",
+        server.logs()
+    );
+    assert_clean_log(&server, &[]);
+}

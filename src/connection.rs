@@ -34,6 +34,11 @@ const READS_PER_STEP: usize = 64;
 /// write buffer is retried in the second round once a flush made room. If the socket keeps
 /// taking bytes and the outbox keeps filling, the next step writes on at once, after the checks.
 const WRITE_ROUNDS_PER_STEP: usize = 2;
+/// A step never waits (the socket is non-blocking and every loop in it is bounded), so one that
+/// has lasted this long is a wedged worker: the systemd watchdog stops vouching for the process
+/// ([`crate::hub::Hub::longest_step`]). Far above the longest real step, a publisher's fan-out
+/// to every subscriber of its path.
+pub const WEDGED_STEP: Duration = Duration::from_secs(10);
 
 /// How a connection ended, for the close log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,7 +252,10 @@ impl Conn {
             if readable {
                 w.ws.get_mut().get_mut().readable();
             }
-            let turn = match self.step(&mut w, limits) {
+            self.member.step_began();
+            let turn = self.step(&mut w, limits);
+            self.member.step_ended();
+            let turn = match turn {
                 Ok(turn) => turn,
                 Err(end) => {
                     w.open = false;

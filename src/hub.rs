@@ -18,6 +18,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use rustix::event::{EventfdFlags, eventfd};
@@ -172,6 +173,10 @@ pub struct MemberShared {
     queued: AtomicUsize,
     /// The connection's direct-write path, once its loop runs (see [`DirectWrite`]).
     pub direct: OnceLock<Arc<dyn DirectWrite>>,
+    /// When the connection's loop entered the step it is in, in milliseconds after the hub's
+    /// epoch plus one; 0 while it waits in `poll` (or has not started). For the watchdog: a step
+    /// never waits, so one that lasts is a wedged worker ([`Hub::longest_step`]).
+    step_since: AtomicU64,
 }
 
 /// Who a member is, as far as a reload needs to know to re-check its access.
@@ -237,6 +242,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Serialises joins against shutdown so nobody joins a hub that is being emptied.
     gate: Mutex<()>,
+    /// The zero of [`MemberShared`]'s step clock.
+    epoch: Instant,
 }
 
 /// The hub is shutting down: no new members.
@@ -263,6 +270,7 @@ impl Hub {
             closed: AtomicBool::new(false),
             metrics,
             gate: Mutex::new(()),
+            epoch: Instant::now(),
         })
     }
 
@@ -286,6 +294,7 @@ impl Hub {
             socket: OnceLock::new(),
             queued: AtomicUsize::new(0),
             direct: OnceLock::new(),
+            step_since: AtomicU64::new(0),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -403,6 +412,27 @@ impl Hub {
         }
     }
 
+    /// How long the connection that has been in its current loop step the longest has been in
+    /// it; None when no connection is in a step. Takes the members' read lock briefly.
+    pub fn longest_step(&self) -> Option<Duration> {
+        let now = self.clock();
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups
+            .values()
+            .flatten()
+            .map(|m| m.shared.step_since.load(Ordering::Acquire))
+            .filter(|&since| since != 0)
+            .map(|since| Duration::from_millis(now.saturating_sub(since)))
+            .max()
+    }
+
+    /// Milliseconds since the epoch, plus one (0 means "not in a step").
+    fn clock(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
     /// True once shutdown began.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
@@ -486,6 +516,18 @@ impl Membership {
     /// Messages waiting in this connection's outbox now.
     pub fn queued(&self) -> usize {
         self.outbox.len()
+    }
+
+    /// The connection's loop enters a step (see [`Hub::longest_step`]).
+    pub fn step_began(&self) {
+        self.shared
+            .step_since
+            .store(self.hub.clock(), Ordering::Release);
+    }
+
+    /// The connection's loop left its step, to wait in `poll` or to end.
+    pub fn step_ended(&self) {
+        self.shared.step_since.store(0, Ordering::Release);
     }
 
     /// The next message in this connection's outbox. `Disconnected` means the server is
@@ -577,6 +619,23 @@ mod tests {
         hub.join(path, true, intake(outbox, policy), Holder::default())
             .unwrap()
             .unwrap()
+    }
+
+    #[test]
+    fn longest_step_reports_only_connections_inside_a_step() {
+        let hub = hub();
+        let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let b = join(&hub, "/d", 4, SlowConsumer::Disconnect);
+        assert_eq!(hub.longest_step(), None);
+        a.step_began();
+        std::thread::sleep(Duration::from_millis(30));
+        b.step_began();
+        let longest = hub.longest_step().unwrap();
+        assert!(longest >= Duration::from_millis(25), "{longest:?}");
+        a.step_ended();
+        assert!(hub.longest_step().unwrap() < Duration::from_millis(25));
+        b.step_ended();
+        assert_eq!(hub.longest_step(), None);
     }
 
     #[test]

@@ -330,9 +330,16 @@ impl Shared {
     }
 
     /// For the systemd watchdog: the listener and the pool still answer (the admission lock is
-    /// free and the hub is open). Never blocks for long.
+    /// free and the hub is open), and no connection loop is stuck inside one step for
+    /// [`connection::WEDGED_STEP`] or longer. Never blocks for long.
     fn is_alive(&self) -> bool {
         let _ = self.admission.in_flight();
+        if let Some(step) = self.hub.longest_step() {
+            if step >= connection::WEDGED_STEP {
+                log::error!("watchdog: a connection has been inside one loop step for {step:?}");
+                return false;
+            }
+        }
         !self.hub.is_closed()
     }
 

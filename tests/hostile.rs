@@ -1245,3 +1245,66 @@ fn a_broadcast_over_a_subscribers_own_limits_is_dropped_for_it_and_its_worker_st
     );
     assert_clean_log(&server, &[]);
 }
+
+/// Issue 11, item 2: the request target is parsed once, and that path decides the limits, the
+/// access, the hub group and the logs. With `[channel:/a/b]` at 1 KiB and `[channel:/a/*]` at
+/// 1 MiB: origin-form (with or without a query) gets /a/b's limits, so 2 KiB closes 1009; a
+/// `#fragment` and absolute-form are refused with 400 instead of getting another channel's (or
+/// the default) limits; `//host/a/b` is a path with an empty segment (404).
+#[test]
+fn every_spelling_of_a_request_target_gets_one_paths_limits_or_a_400() {
+    let mut setup = Setup::default();
+    setup
+        .set("channel:/a/b", "mode", "broadcast")
+        .set("channel:/a/b", "max_message_size", "1KiB")
+        .set("channel:/a/b", "max_frame_size", "1KiB")
+        .set("channel:/a/*", "mode", "broadcast")
+        .set("channel:/a/*", "max_message_size", "1MiB")
+        .set("channel:/a/*", "max_frame_size", "1MiB")
+        .set("channel:/a/*", "max_write_buffer_size", "2MiB")
+        .set(
+            "role:everyone",
+            "subscribe",
+            "/echo, /chat/*, /news, /a/b, /a/*",
+        )
+        .set(
+            "role:everyone",
+            "publish",
+            "/echo, /chat/*, /news, /a/b, /a/*",
+        );
+    let server = setup.start();
+    for target in ["/a/b", "/a/b?x=1", "/a/b?"] {
+        let mut tls = server.tls();
+        tls.write_all(&upgrade_head(target, &[])).unwrap();
+        tls.flush().unwrap();
+        let resp = read_head(&mut tls);
+        assert!(
+            status_line(&resp).starts_with("HTTP/1.1 101"),
+            "{target}: {resp}"
+        );
+        tls.write_all(&frame(true, 2, &[0u8; 2048])).unwrap();
+        tls.flush().unwrap();
+        assert_eq!(server_close_code(&mut tls), Some(1009), "{target}");
+    }
+    for (target, want) in [
+        ("/a/b#x", "400"),
+        ("/a/b#/../x", "400"),
+        ("/a/b?x=1#y", "400"),
+        ("https://localhost/a/b", "400"),
+        ("wss://localhost/a/b", "400"),
+        ("//localhost/a/b", "404"),
+    ] {
+        let resp = ask(&server, &upgrade_head(target, &[]));
+        assert!(
+            status_line(&resp).starts_with(&format!("HTTP/1.1 {want} ")),
+            "{target}: {resp}"
+        );
+    }
+    // The open and close lines name the one path, never a spelling of it.
+    let logs = server.logs();
+    for line in logs.lines().filter(|l| l.contains(" open peer=")) {
+        assert!(line.ends_with(" path=/a/b"), "{line}");
+    }
+    still_serving(&server);
+    assert_clean_log(&server, &[]);
+}

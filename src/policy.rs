@@ -466,14 +466,23 @@ pub fn check_head(req: &httparse::Request<'_, '_>) -> Result<(), Reason> {
     if single("host").is_none_or(|h| h.is_empty()) {
         return Err(Reason::NotUpgrade);
     }
-    let has_token = |name: &str, token: &str| {
-        header(name).iter().any(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
-    };
-    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+    // As tungstenite reads them: the first `Connection` header lists `upgrade` (split on
+    // spaces and commas), the first `Upgrade` header is `websocket` and nothing else. A second
+    // header of either, or `Upgrade: websocket, h2c`, would pass a looser check here and then
+    // get a bare close from tungstenite: it gets its 400 from us instead.
+    let connection_upgrade = single("connection").is_some_and(|v| {
+        v.split(|&b| b == b',' || b == b' ')
+            .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+    });
+    let upgrade_websocket =
+        single("upgrade").is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    if !connection_upgrade || !upgrade_websocket {
         return Err(Reason::NotUpgrade);
+    }
+    // An upgrade has no body: bytes after the head are WebSocket frames, so a body announced
+    // here would be read as frames.
+    if !header("content-length").is_empty() || !header("transfer-encoding").is_empty() {
+        return Err(Reason::Malformed);
     }
     if single("sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
         return Err(Reason::WsVersion);
@@ -754,6 +763,45 @@ mod tests {
             )),
             Err(Reason::BadKey)
         );
+        // As tungstenite reads them (issue 11): one Upgrade header that is exactly websocket,
+        // one Connection header listing upgrade, no body.
+        for (from, to, want) in [
+            (
+                "Upgrade: websocket",
+                "Upgrade: websocket, h2c",
+                Some(Reason::NotUpgrade),
+            ),
+            ("Upgrade: websocket", "Upgrade: WebSocket ", None),
+            (
+                "Upgrade: websocket",
+                "Upgrade: websocket\r\nUpgrade: websocket",
+                Some(Reason::NotUpgrade),
+            ),
+            (
+                "Connection: keep-alive, Upgrade",
+                "Connection: keep-alive\r\nConnection: Upgrade",
+                Some(Reason::NotUpgrade),
+            ),
+            (
+                "Connection: keep-alive, Upgrade",
+                "Connection: upgrade",
+                None,
+            ),
+            (
+                "Host: h",
+                "Host: h\r\nContent-Length: 0",
+                Some(Reason::Malformed),
+            ),
+            (
+                "Host: h",
+                "Host: h\r\nTransfer-Encoding: chunked",
+                Some(Reason::Malformed),
+            ),
+        ] {
+            let want = want.map_or(Ok(()), Err);
+            let raw = format!("GET / HTTP/1.1\r\n{}\r\n", UPGRADE.replace(from, to));
+            assert_eq!(head(&raw), want, "{to}");
+        }
         assert_eq!(
             Reason::WsVersion.response().headers()["sec-websocket-version"],
             "13"

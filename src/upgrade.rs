@@ -254,7 +254,13 @@ fn read_head(
             Err(e) => return Err(HeadError::Io(e)),
         };
         let scan_from = buf.len().saturating_sub(3);
+        let new_from = buf.len();
         buf.extend_from_slice(&chunk[..n]);
+        // A line ending in a bare LF would never end the head (we look for CRLF CRLF): refused
+        // at once instead of at the deadline.
+        if (new_from..buf.len()).any(|i| buf[i] == b'\n' && (i == 0 || buf[i - 1] != b'\r')) {
+            return Err(HeadError::Refuse(Reason::Malformed));
+        }
         if let Some(end) = buf[scan_from..].windows(4).position(|w| w == b"\r\n\r\n") {
             break scan_from + end + 4;
         }

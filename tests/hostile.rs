@@ -1308,3 +1308,70 @@ fn every_spelling_of_a_request_target_gets_one_paths_limits_or_a_400() {
     still_serving(&server);
     assert_clean_log(&server, &[]);
 }
+
+/// Issue 11, item 3: heads that passed our checks and then got a bare close from tungstenite,
+/// or waited for the upgrade deadline, get their status at once: `Upgrade: websocket, h2c` and
+/// a second `Connection` header (tungstenite reads only the first of each), bare-LF line endings,
+/// and a body announced by `Content-Length` or `Transfer-Encoding` (its bytes would otherwise be
+/// read as WebSocket frames).
+#[test]
+fn heads_tungstenite_would_drop_without_a_status_get_400_at_once() {
+    let mut setup = Setup::default();
+    setup.set("limits", "upgrade_timeout", "8s");
+    let server = setup.start();
+    let bare_lf = String::from_utf8(upgrade_head("/echo", &[]))
+        .unwrap()
+        .replace("\r\n", "\n")
+        .into_bytes();
+    let mut body = upgrade_head("/echo", &["Content-Length: 5".into()]);
+    body.extend_from_slice(b"hello");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "Upgrade: websocket, h2c",
+            String::from_utf8(upgrade_head("/echo", &[]))
+                .unwrap()
+                .replace("Upgrade: websocket", "Upgrade: websocket, h2c")
+                .into_bytes(),
+        ),
+        (
+            "two Connection headers",
+            String::from_utf8(upgrade_head("/echo", &[]))
+                .unwrap()
+                .replace(
+                    "Connection: Upgrade\r\n",
+                    "Connection: keep-alive\r\nConnection: Upgrade\r\n",
+                )
+                .into_bytes(),
+        ),
+        ("bare LF", bare_lf),
+        ("Content-Length with a body", body),
+        (
+            "Content-Length: 0",
+            upgrade_head("/echo", &["Content-Length: 0".into()]),
+        ),
+        (
+            "Transfer-Encoding: chunked",
+            upgrade_head("/echo", &["Transfer-Encoding: chunked".into()]),
+        ),
+    ];
+    for (name, request) in cases {
+        let started = Instant::now();
+        let resp = ask(&server, &request);
+        let took = started.elapsed();
+        assert!(
+            status_line(&resp).starts_with("HTTP/1.1 400 "),
+            "{name}: {resp:?}; log:\n{}",
+            server.logs()
+        );
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close\r\n"),
+            "{name}: {resp}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{name}: answered after {took:?}"
+        );
+    }
+    still_serving(&server);
+    assert_clean_log(&server, &[]);
+}

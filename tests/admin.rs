@@ -256,3 +256,18 @@ fn a_trickling_client_is_cut_off_at_the_deadline() {
     );
     admin.stop();
 }
+
+#[test]
+fn more_silent_clients_than_places_do_not_keep_a_probe_out() {
+    let admin = Admin::start();
+    let silent: Vec<TcpStream> = (0..2 * admin::MAX_CONNECTIONS)
+        .map(|_| admin.connect())
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    assert_eq!(admin.get("/healthz").status, 200);
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_secs(1), "probe waited {waited:?}");
+    drop(silent);
+    admin.stop();
+}

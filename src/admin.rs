@@ -1,6 +1,6 @@
 //! The admin endpoint: plain HTTP/1.1 `GET /healthz` and `GET /metrics` on its own thread and its
 //! own listener, so it answers while every worker is busy. One thread serves up to
-//! [`MAX_CONNECTIONS`] clients at once from one `poll(2)` loop on non-blocking sockets, one
+//! `[admin] max_connections` clients at once from one `poll(2)` loop on non-blocking sockets, one
 //! request per connection: a client must send its first byte within [`FIRST_BYTE`] and finish
 //! its exchange within [`DEADLINE`], and when all places are taken a new client evicts the
 //! oldest one still waiting for its request. So silent or slow clients never delay a health
@@ -8,6 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -24,10 +25,10 @@ pub const DEADLINE: Duration = Duration::from_secs(2);
 /// A new admin client must send its first byte within this long: a health probe sends its
 /// request at once, a scanner that connects and waits gives its place back quickly.
 pub const FIRST_BYTE: Duration = Duration::from_millis(500);
-/// Admin clients served at once. One more evicts the oldest client still reading its request,
-/// so a flood of idle connections cannot keep a probe out (it sends its request at once and is
-/// answered within a turn of the loop).
-pub const MAX_CONNECTIONS: usize = 32;
+/// Admin clients served at once unless `[admin] max_connections` says otherwise. One more evicts
+/// the oldest client still reading its request, so a flood of idle connections cannot keep a
+/// probe out (it sends its request at once and is answered within a turn of the loop).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
 /// The largest request head read; a longer one gets 431.
 pub const MAX_HEAD: usize = 4096;
 const MAX_HEADERS: usize = 32;
@@ -79,16 +80,21 @@ impl AdminState {
     }
 }
 
-/// Serves `listener` on a new thread until `state.stop` is woken.
+/// Serves `listener` on a new thread, up to `max_connections` clients at once, until
+/// `state.stop` is woken.
 ///
 /// # Errors
 /// If the listener cannot be made non-blocking or the thread cannot be spawned.
-pub fn spawn(listener: TcpListener, state: Arc<AdminState>) -> io::Result<JoinHandle<()>> {
+pub fn spawn(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    max_connections: NonZeroUsize,
+) -> io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("wsgate-admin".into())
         .spawn(move || {
-            if let Err(e) = run(&listener, &state) {
+            if let Err(e) = run(&listener, &state, max_connections.get()) {
                 log::error!("admin endpoint stopped: {e}");
             }
         })
@@ -206,8 +212,8 @@ fn head_too_large() -> Answer {
     Answer::text(431, "Request Header Fields Too Large", "head too large\n")
 }
 
-fn run(listener: &TcpListener, state: &AdminState) -> io::Result<()> {
-    let mut clients: Vec<Client> = Vec::with_capacity(MAX_CONNECTIONS);
+fn run(listener: &TcpListener, state: &AdminState, max: usize) -> io::Result<()> {
+    let mut clients: Vec<Client> = Vec::with_capacity(max);
     let mut last_error_log: Option<Instant> = None;
     let mut accept_paused_until: Option<Instant> = None;
     loop {
@@ -268,7 +274,7 @@ fn run(listener: &TcpListener, state: &AdminState) -> io::Result<()> {
             }
         });
         if new_clients {
-            if let Err(e) = accept_some(listener, &mut clients, state) {
+            if let Err(e) = accept_some(listener, &mut clients, max, state) {
                 let now = Instant::now();
                 if last_error_log.is_none_or(|t| now.duration_since(t) >= ERROR_LOG_EVERY) {
                     log::error!("admin accept failed: {e}");
@@ -281,8 +287,8 @@ fn run(listener: &TcpListener, state: &AdminState) -> io::Result<()> {
     }
 }
 
-/// Accepts what is waiting, at most [`MAX_CONNECTIONS`] in one turn, evicting the oldest client
-/// still reading its request when every place is taken. A new client is served at once: most
+/// Accepts what is waiting, at most `max` in one turn, evicting the oldest client still reading
+/// its request when all `max` places are taken. A new client is served at once: most
 /// send their request with the connect.
 ///
 /// # Errors
@@ -290,9 +296,10 @@ fn run(listener: &TcpListener, state: &AdminState) -> io::Result<()> {
 fn accept_some(
     listener: &TcpListener,
     clients: &mut Vec<Client>,
+    max: usize,
     state: &AdminState,
 ) -> io::Result<()> {
-    for _ in 0..MAX_CONNECTIONS {
+    for _ in 0..max {
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e)
@@ -310,7 +317,7 @@ fn accept_some(
         if stream.set_nonblocking(true).is_err() {
             continue;
         }
-        if clients.len() >= MAX_CONNECTIONS {
+        if clients.len() >= max {
             let oldest = clients
                 .iter()
                 .enumerate()

@@ -249,12 +249,13 @@ impl Server {
             listener,
             admin_listener,
         } = self;
-        if let (Some(state), Some(l)) = (&shared.admin, admin_listener) {
+        let admin_config = shared.current().config.admin.clone();
+        if let (Some(state), Some(l), Some(cfg)) = (&shared.admin, admin_listener, admin_config) {
             log::info!(
                 "admin endpoint (/healthz, /metrics) on http://{}",
                 l.local_addr()?
             );
-            admin::spawn(l, Arc::clone(state))?;
+            admin::spawn(l, Arc::clone(state), cfg.max_connections)?;
         }
         let addr = listener.local_addr()?;
         log::info!("listening on {addr}");
@@ -622,6 +623,10 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     }
     if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
         changed.push("[admin] listen");
+    }
+    let admin_max = |c: &Config| c.admin.as_ref().map(|a| a.max_connections);
+    if admin_max(old) != admin_max(new) {
+        changed.push("[admin] max_connections");
     }
     if old.cluster != new.cluster {
         changed.push("[cluster]");

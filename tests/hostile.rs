@@ -1375,3 +1375,45 @@ fn heads_tungstenite_would_drop_without_a_status_get_400_at_once() {
     still_serving(&server);
     assert_clean_log(&server, &[]);
 }
+
+/// Issue 11, the class: a client that keeps the server's socket full of tiny messages (rate
+/// limits off) must not keep its loop reading past the checks, nor its close from ending: SIGTERM
+/// reaches it, and the close handshake ends at its deadline although the flood goes on.
+#[test]
+fn a_client_flooding_without_pause_is_still_reached_by_shutdown() {
+    let mut setup = Setup::default();
+    setup
+        .set("channel:/chat/*", "max_messages_per_sec", "0")
+        .set("channel:/chat/*", "max_bytes_per_sec", "0")
+        .set("server", "shutdown_grace", "5s");
+    let mut server = setup.start();
+    let mut tls = open_raw(&server, "/chat/flood", ALICE);
+    let burst: Vec<u8> = frame(true, 2, b"xy")
+        .into_iter()
+        .cycle()
+        .take(8 * 8192)
+        .collect();
+    let flooder = std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(12) {
+            if tls.write_all(&burst).is_err() {
+                break;
+            }
+        }
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let signalled = Instant::now();
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(15));
+    let took = signalled.elapsed();
+    assert!(status.is_some_and(|s| s.success()), "{}", server.logs());
+    assert!(
+        server.logs().contains("shutdown complete"),
+        "after {took:?}: {}",
+        server.logs()
+    );
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+    let flooded = flooder.join().unwrap();
+    assert!(flooded < Duration::from_secs(12), "the flood was never cut");
+}

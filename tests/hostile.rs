@@ -1221,10 +1221,15 @@ fn a_broadcast_over_a_subscribers_own_limits_is_dropped_for_it_and_its_worker_st
         publisher.send(Message::binary(vec![b'x'; n])).unwrap();
     }
     publisher.send(Message::text("marker")).unwrap();
-    for want in [Message::binary(vec![]), Message::binary(vec![b'x'; 1024])] {
-        assert_eq!(next_data(&mut subscriber), want, "{}", server.logs());
+    // A wedged subscriber never gets the marker: its read times out.
+    let mut got = Vec::new();
+    loop {
+        match next_data(&mut subscriber) {
+            Message::Text(t) if t.as_str() == "marker" => break,
+            other => got.push(other.len()),
+        }
     }
-    assert_eq!(next_data(&mut subscriber), Message::text("marker"));
+    assert_eq!(got, [0, 1024], "sizes the subscriber got");
     assert_eq!(metric(&server, "wsgate_broadcast_too_big_total"), 4);
     // No worker spins: the whole process uses well under a core over a second.
     let before = cpu_ticks(server.pid());

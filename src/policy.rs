@@ -419,10 +419,13 @@ impl Target {
     ///
     /// # Errors
     /// [`Reason::Target`] for absolute-form (`https://host/path`: refused rather than checked
-    /// against `Host`, which no WebSocket client needs), authority- and asterisk-form, and any
-    /// `#` (a fragment is never part of a request target, RFC 9112 §3.2).
+    /// against `Host`, which no WebSocket client needs), authority- and asterisk-form, any `#`
+    /// (a fragment is never part of a request target, RFC 9112 §3.2), and bytes httparse lets
+    /// through but `http::Uri` refuses (`<`, `>`, `` ` ``).
     pub fn parse(raw: &str) -> Result<Target, Reason> {
-        if !raw.starts_with('/') || raw.contains('#') {
+        // tungstenite parses the same bytes into an `http::Uri` before our callback runs, and
+        // answers a failure with a bare close: refused here first, with its status.
+        if !raw.starts_with('/') || raw.contains('#') || raw.parse::<http::Uri>().is_err() {
             return Err(Reason::Target);
         }
         let (path, query) = match raw.split_once('?') {
@@ -1050,6 +1053,8 @@ mod tests {
             "/a/b#x",
             "/a/b#/../x",
             "/a/b?q#x",
+            "/a/<b>",
+            "/a/`b`",
             "",
         ] {
             assert_eq!(t(bad), Err(Reason::Target), "{bad}");

@@ -1297,6 +1297,7 @@ fn every_spelling_of_a_request_target_gets_one_paths_limits_or_a_400() {
         ("/a/b?x=1#y", "400"),
         ("https://localhost/a/b", "400"),
         ("wss://localhost/a/b", "400"),
+        ("/a/<b>", "400"),
         ("//localhost/a/b", "404"),
     ] {
         let resp = ask(&server, &upgrade_head(target, &[]));

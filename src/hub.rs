@@ -5,8 +5,8 @@
 //! in its bounded outbox and is woken; a full outbox is a slow consumer, handled by that
 //! consumer's own policy. A broadcast larger than a member's own `max_message_size` (its
 //! [`Intake`], fixed when it joined) is dropped for that member alone and counted: a reload or
-//! another instance may send what its buffers were never sized for. Every connection joins (echo ones too), so shutdown reaches all of
-//! them by dropping their senders.
+//! another instance may send what its buffers were never sized for. Every connection joins
+//! (echo ones too), so shutdown reaches all of them by dropping their senders.
 //!
 //! With a cluster bridge attached ([`Hub::set_outlet`]), a broadcast is also `try_send` into the
 //! bridge's bounded queue after the local fan-out, and broadcasts from other instances come in

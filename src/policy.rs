@@ -551,7 +551,8 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// The upgrade decision, in order: path (404), Origin (403), credentials (401, 429, 503),
 /// subscribe permission (403). `target` is the request target as [`Target::parse`] read it from
-/// the request line; `req`'s own URI is never looked at. `client_user` is the user a verified TLS client certificate names.
+/// the request line; `req`'s own URI is never looked at. `client_user` is the user a verified
+/// TLS client certificate names.
 ///
 /// # Errors
 /// The [`Reason`] for refusing.

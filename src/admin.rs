@@ -1,10 +1,14 @@
 //! The admin endpoint: plain HTTP/1.1 `GET /healthz` and `GET /metrics` on its own thread and its
-//! own listener, so it answers while every worker is busy. One request per connection, one
-//! connection at a time, each under [`DEADLINE`]: a slow or silent client delays the next one by
-//! at most that long. It must never serve WebSocket traffic; bind it to a private address.
+//! own listener, so it answers while every worker is busy. One thread serves up to
+//! `[admin] max_connections` clients at once from one `poll(2)` loop on non-blocking sockets, one
+//! request per connection: a client must send its first byte within [`FIRST_BYTE`] and finish
+//! its exchange within [`DEADLINE`], and when all places are taken a new client evicts the
+//! oldest one still waiting for its request. So silent or slow clients never delay a health
+//! probe (issue 11). It must never serve WebSocket traffic; bind it to a private address.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -18,6 +22,13 @@ use crate::metrics::{Gauges, Metrics};
 /// The whole exchange with one admin client (reading the head and writing the answer) must
 /// finish within this long.
 pub const DEADLINE: Duration = Duration::from_secs(2);
+/// A new admin client must send its first byte within this long: a health probe sends its
+/// request at once, a scanner that connects and waits gives its place back quickly.
+pub const FIRST_BYTE: Duration = Duration::from_millis(500);
+/// Admin clients served at once unless `[admin] max_connections` says otherwise. One more evicts
+/// the oldest client still reading its request, so a flood of idle connections cannot keep a
+/// probe out (it sends its request at once and is answered within a turn of the loop).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
 /// The largest request head read; a longer one gets 431.
 pub const MAX_HEAD: usize = 4096;
 const MAX_HEADERS: usize = 32;
@@ -26,6 +37,9 @@ const LINGER: Duration = Duration::from_millis(250);
 const LINGER_BYTES: usize = 64 * 1024;
 /// At most one accept-error log line per this interval.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long accepting pauses after an accept error (out of descriptors or memory), while the
+/// clients already in are still served.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the admin endpoint reports, shared with the server.
 pub struct AdminState {
@@ -60,162 +74,278 @@ impl AdminState {
         self.draining.store(draining, Ordering::Release);
     }
 
-    /// Stops the admin thread (it finishes the exchange in progress first).
+    /// Stops the admin thread (clients still connected are dropped).
     pub fn stop(&self) {
         self.stop.wake();
     }
 }
 
-/// Serves `listener` on a new thread until `state.stop` is woken.
+/// Serves `listener` on a new thread, up to `max_connections` clients at once, until
+/// `state.stop` is woken.
 ///
 /// # Errors
 /// If the listener cannot be made non-blocking or the thread cannot be spawned.
-pub fn spawn(listener: TcpListener, state: Arc<AdminState>) -> io::Result<JoinHandle<()>> {
+pub fn spawn(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    max_connections: NonZeroUsize,
+) -> io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("wsgate-admin".into())
         .spawn(move || {
-            if let Err(e) = run(&listener, &state) {
+            if let Err(e) = run(&listener, &state, max_connections.get()) {
                 log::error!("admin endpoint stopped: {e}");
             }
         })
 }
 
-fn run(listener: &TcpListener, state: &AdminState) -> io::Result<()> {
+/// Where one admin client's exchange is.
+enum Phase {
+    /// Reading the request head (the bytes so far).
+    Reading(Vec<u8>),
+    /// Writing the answer (`sent` bytes of `out` are out).
+    Writing { out: Vec<u8>, sent: usize },
+    /// Answer sent and our FIN with it; reading what the client still sends until it closes, so
+    /// unread bytes do not turn our close into a reset that destroys the answer.
+    Lingering { until: Instant, drained: usize },
+}
+
+struct Client {
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    phase: Phase,
+}
+
+/// What a turn did to a client.
+enum Next {
+    Stay,
+    /// Done, or given up on: drop (close) the socket.
+    Drop,
+}
+
+impl Client {
+    /// When this client is dropped unless it gets further: [`FIRST_BYTE`] while nothing came,
+    /// [`DEADLINE`] for the exchange, the linger's own end.
+    fn deadline(&self) -> Instant {
+        match &self.phase {
+            Phase::Reading(buf) if buf.is_empty() => self.accepted + FIRST_BYTE,
+            Phase::Reading(_) | Phase::Writing { .. } => self.accepted + DEADLINE,
+            Phase::Lingering { until, .. } => *until,
+        }
+    }
+
+    fn events(&self) -> PollFlags {
+        match self.phase {
+            Phase::Writing { .. } => PollFlags::OUT,
+            Phase::Reading(_) | Phase::Lingering { .. } => PollFlags::IN,
+        }
+    }
+
+    /// Does what the socket allows now without blocking; every loop here ends at `WouldBlock`
+    /// or a bound (the head size, the linger budget).
+    fn advance(&mut self, state: &AdminState) -> io::Result<Next> {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match &mut self.phase {
+                Phase::Reading(buf) => {
+                    let n = match self.stream.read(&mut chunk) {
+                        Ok(0) => return Ok(Next::Drop), // closed before a whole head
+                        Ok(n) => n,
+                        Err(e) => return would_block(e),
+                    };
+                    // Look for the end only in the new bytes (and the three before them).
+                    let from = buf.len().saturating_sub(3);
+                    buf.extend_from_slice(&chunk[..n]);
+                    let answer = match buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+                        Some(end) if from + end + 4 <= MAX_HEAD => {
+                            route(&buf[..from + end + 4], state)
+                        }
+                        Some(_) => head_too_large(),
+                        None if buf.len() >= MAX_HEAD => head_too_large(),
+                        None => continue,
+                    };
+                    self.phase = Phase::Writing {
+                        out: answer.into_bytes(),
+                        sent: 0,
+                    };
+                }
+                Phase::Writing { out, sent } => {
+                    match self.stream.write(&out[*sent..]) {
+                        Ok(0) => return Ok(Next::Drop),
+                        Ok(n) => *sent += n,
+                        Err(e) => return would_block(e),
+                    }
+                    if *sent == out.len() {
+                        self.stream.shutdown(Shutdown::Write)?;
+                        self.phase = Phase::Lingering {
+                            until: (Instant::now() + LINGER).min(self.accepted + DEADLINE),
+                            drained: 0,
+                        };
+                    }
+                }
+                Phase::Lingering { drained, .. } => {
+                    match self.stream.read(&mut chunk) {
+                        Ok(0) => return Ok(Next::Drop),
+                        Ok(n) => *drained += n,
+                        Err(e) => return would_block(e),
+                    }
+                    if *drained >= LINGER_BYTES {
+                        return Ok(Next::Drop);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `WouldBlock` (and `Interrupted`) mean "not now"; anything else ends the client.
+fn would_block(e: io::Error) -> io::Result<Next> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(Next::Stay),
+        _ => Err(e),
+    }
+}
+
+fn head_too_large() -> Answer {
+    Answer::text(431, "Request Header Fields Too Large", "head too large\n")
+}
+
+fn run(listener: &TcpListener, state: &AdminState, max: usize) -> io::Result<()> {
+    let mut clients: Vec<Client> = Vec::with_capacity(max);
     let mut last_error_log: Option<Instant> = None;
+    let mut accept_paused_until: Option<Instant> = None;
     loop {
-        let mut fds = [
-            PollFd::new(listener, PollFlags::IN),
-            PollFd::new(&state.stop, PollFlags::IN),
-        ];
-        match poll(&mut fds, None) {
+        let now = Instant::now();
+        if accept_paused_until.is_some_and(|t| now >= t) {
+            accept_paused_until = None;
+        }
+        let wake_at = clients
+            .iter()
+            .map(Client::deadline)
+            .chain(accept_paused_until)
+            .min();
+        let timeout = wake_at.map(|t| {
+            rustix::event::Timespec::try_from(t.saturating_duration_since(now)).unwrap_or_default()
+        });
+        let accepting = accept_paused_until.is_none();
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(clients.len() + 2);
+        fds.push(PollFd::new(&state.stop, PollFlags::IN));
+        fds.push(PollFd::new(
+            listener,
+            if accepting {
+                PollFlags::IN
+            } else {
+                PollFlags::empty()
+            },
+        ));
+        fds.extend(clients.iter().map(|c| PollFd::new(&c.stream, c.events())));
+        match poll(&mut fds, timeout.as_ref()) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
-        if !fds[1].revents().is_empty() {
+        if !fds[0].revents().is_empty() {
             return Ok(());
         }
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if let Err(e) = exchange(stream, state) {
-                    log::debug!("admin request from {peer} failed: {e}");
+        let ready: Vec<bool> = fds[2..].iter().map(|f| !f.revents().is_empty()).collect();
+        let new_clients = accepting && !fds[1].revents().is_empty();
+        drop(fds);
+        // Serve the clients the socket has news for; drop those past their deadline.
+        let now = Instant::now();
+        let mut ready = ready.into_iter();
+        clients.retain_mut(|c| {
+            let next = if ready.next().unwrap_or(false) {
+                c.advance(state)
+            } else {
+                Ok(Next::Stay)
+            };
+            match next {
+                Ok(Next::Stay) if now < c.deadline() => true,
+                Ok(Next::Stay) => {
+                    log::debug!("admin request from {} failed: deadline expired", c.peer);
+                    false
+                }
+                Ok(Next::Drop) => false,
+                Err(e) => {
+                    log::debug!("admin request from {} failed: {e}", c.peer);
+                    false
                 }
             }
+        });
+        if new_clients {
+            if let Err(e) = accept_some(listener, &mut clients, max, state) {
+                let now = Instant::now();
+                if last_error_log.is_none_or(|t| now.duration_since(t) >= ERROR_LOG_EVERY) {
+                    log::error!("admin accept failed: {e}");
+                    last_error_log = Some(now);
+                }
+                // Out of fds or memory: pause accepting rather than spin.
+                accept_paused_until = Some(now + ACCEPT_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Accepts what is waiting, at most `max` in one turn, evicting the oldest client still reading
+/// its request when all `max` places are taken. A new client is served at once: most
+/// send their request with the connect.
+///
+/// # Errors
+/// An accept error other than "nothing waiting" or an aborted connection.
+fn accept_some(
+    listener: &TcpListener,
+    clients: &mut Vec<Client>,
+    max: usize,
+    state: &AdminState,
+) -> io::Result<()> {
+    for _ in 0..max {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock
                         | io::ErrorKind::Interrupted
                         | io::ErrorKind::ConnectionAborted
-                ) => {}
-            Err(e) => {
-                // Out of fds or memory: wait for some to free rather than spin.
-                let now = Instant::now();
-                if last_error_log.is_none_or(|t| now.duration_since(t) >= ERROR_LOG_EVERY) {
-                    log::error!("admin accept failed: {e}");
-                    last_error_log = Some(now);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-/// One request and its answer, all within [`DEADLINE`].
-fn exchange(mut stream: TcpStream, state: &AdminState) -> io::Result<()> {
-    let deadline = Instant::now() + DEADLINE;
-    stream.set_nonblocking(false)?;
-    let answer = match read_head(&mut stream, deadline)? {
-        Head::Complete(buf) => route(&buf, state),
-        Head::TooLarge => Answer::text(431, "Request Header Fields Too Large", "head too large\n"),
-        Head::Closed => return Ok(()),
-    };
-    stream.set_write_timeout(Some(remaining(deadline)?))?;
-    stream.write_all(&answer.into_bytes())?;
-    stream.flush()?;
-    linger_close(&mut stream, deadline);
-    Ok(())
-}
-
-/// Sends our FIN, then reads what the client still sends (a body, the rest of an oversized
-/// head) until it closes, briefly: closing with unread bytes makes the kernel send a reset,
-/// which can destroy the answer before the client has read it.
-fn linger_close(stream: &mut TcpStream, deadline: Instant) {
-    if stream.shutdown(std::net::Shutdown::Write).is_err() {
-        return;
-    }
-    let until = deadline.min(Instant::now() + LINGER);
-    let mut sink = [0u8; 1024];
-    let mut drained = 0;
-    while drained < LINGER_BYTES {
-        let Ok(left) = remaining(until) else { return };
-        if stream.set_read_timeout(Some(left)).is_err() {
-            return;
-        }
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => drained += n,
-        }
-    }
-}
-
-enum Head {
-    Complete(Vec<u8>),
-    TooLarge,
-    /// The client closed before sending a whole head.
-    Closed,
-}
-
-fn remaining(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "admin request deadline expired",
-        ))
-    } else {
-        Ok(left)
-    }
-}
-
-/// Reads until the blank line ending the head, at most [`MAX_HEAD`] bytes, by `deadline`.
-fn read_head(stream: &mut TcpStream, deadline: Instant) -> io::Result<Head> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        stream.set_read_timeout(Some(remaining(deadline)?))?;
-        let n = match stream.read(&mut chunk) {
-            Ok(0) => return Ok(Head::Closed),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "admin request deadline expired",
-                ));
+                return Ok(());
             }
             Err(e) => return Err(e),
         };
-        // Look for the end only in the new bytes (and the three before them).
-        let from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-            let end = from + end + 4;
-            if end > MAX_HEAD {
-                return Ok(Head::TooLarge);
-            }
-            buf.truncate(end);
-            return Ok(Head::Complete(buf));
+        if stream.set_nonblocking(true).is_err() {
+            continue;
         }
-        if buf.len() >= MAX_HEAD {
-            return Ok(Head::TooLarge);
+        if clients.len() >= max {
+            let oldest = clients
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| matches!(c.phase, Phase::Reading(_)))
+                .min_by_key(|(_, c)| c.accepted)
+                .or_else(|| clients.iter().enumerate().min_by_key(|(_, c)| c.accepted))
+                .map(|(i, _)| i);
+            if let Some(i) = oldest {
+                let evicted = clients.swap_remove(i);
+                log::debug!(
+                    "admin request from {} dropped: too many clients",
+                    evicted.peer
+                );
+            }
+        }
+        let mut client = Client {
+            stream,
+            peer,
+            accepted: Instant::now(),
+            phase: Phase::Reading(Vec::new()),
+        };
+        match client.advance(state) {
+            Ok(Next::Stay) => clients.push(client),
+            Ok(Next::Drop) => {}
+            Err(e) => log::debug!("admin request from {peer} failed: {e}"),
         }
     }
+    Ok(())
 }
 
 /// The answer to one complete request head.

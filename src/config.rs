@@ -141,6 +141,9 @@ pub struct AuthConfig {
 pub struct AdminConfig {
     /// `listen`: the admin endpoint's address; never the same as `[server] listen`.
     pub listen: SocketAddr,
+    /// `max_connections`: admin clients served at once (default 32); one more evicts the
+    /// oldest still sending its request.
+    pub max_connections: NonZeroUsize,
 }
 
 /// `[cluster]`: the broadcast backbone shared by several instances through Redis pub/sub. All of
@@ -844,7 +847,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("log", &["level"]),
-    ("admin", &["listen"]),
+    ("admin", &["listen", "max_connections"]),
     ("demo", &["enabled", "channel"]),
     (
         "cluster",
@@ -1884,7 +1887,12 @@ fn parse_admin(s: &Section<'_>, server: &ServerConfig) -> Result<Option<AdminCon
             ),
         ));
     }
-    Ok(Some(AdminConfig { listen }))
+    let max_connections =
+        s.nonzero_count("max_connections", nz(crate::admin::DEFAULT_MAX_CONNECTIONS))?;
+    Ok(Some(AdminConfig {
+        listen,
+        max_connections,
+    }))
 }
 
 /// The default `instance_id`: the host name, `-`, the process id (unique among instances on
@@ -2341,7 +2349,8 @@ listen = [::1]:9480
         assert_eq!(
             c.admin,
             Some(AdminConfig {
-                listen: "[::1]:9480".parse().unwrap()
+                listen: "[::1]:9480".parse().unwrap(),
+                max_connections: nz(32),
             })
         );
         assert_eq!(Overflow::Drop.to_string(), "drop");
@@ -2452,6 +2461,16 @@ listen = [::1]:9480
             )));
             assert_eq!(c.admin.unwrap().listen, admin.parse().unwrap());
         }
+        let c = ok(&with(
+            "[admin]\nlisten = 127.0.0.1:9480\nmax_connections = 4\n",
+        ));
+        assert_eq!(c.admin.unwrap().max_connections, nz(4));
+        assert!(
+            err(&with(
+                "[admin]\nlisten = 127.0.0.1:9480\nmax_connections = 0\n"
+            ))
+            .contains("[admin] max_connections: ")
+        );
         // An empty [admin] section is no admin endpoint.
         assert_eq!(ok(&with("[admin]\n")).admin, None);
         assert!(

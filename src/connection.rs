@@ -19,13 +19,26 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Limits, Mode, Overflow, WsLimits};
-use crate::frames::{FrameLimit, FrameWatch};
+use crate::frames::{self, FrameLimit, FrameWatch};
 use crate::hub::{DirectWrite, Handoff, Membership};
 use crate::ratelimit::MessageLimiter;
 use crate::upgrade::WsStream;
 
 /// How long we wait for the peer's close frame after sending ours (and for the last bytes to go).
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Messages read from the client in one step at most. A client that keeps its socket full
+/// would otherwise keep the loop reading; after this many, the step goes on to the writes and
+/// the deadline, revocation and shutdown checks, and the next step reads on at once.
+const READS_PER_STEP: usize = 64;
+/// Write rounds (drain the outbox, flush) in one step at most: a message held back by a full
+/// write buffer is retried in the second round once a flush made room. If the socket keeps
+/// taking bytes and the outbox keeps filling, the next step writes on at once, after the checks.
+const WRITE_ROUNDS_PER_STEP: usize = 2;
+/// A step never waits (the socket is non-blocking and every loop in it is bounded), so one that
+/// has lasted this long is a wedged worker: the systemd watchdog stops vouching for the process
+/// ([`crate::hub::Hub::longest_step`]). Far above the longest real step, a publisher's fan-out
+/// to every subscriber of its path.
+pub const WEDGED_STEP: Duration = Duration::from_secs(10);
 
 /// How a connection ended, for the close log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +121,7 @@ pub fn run(
         sock,
         member,
         rights,
+        max_write_buffer: channel.max_write_buffer_size.get(),
         limiter: MessageLimiter::new(
             channel.max_messages_per_sec,
             channel.max_bytes_per_sec as u64,
@@ -196,6 +210,9 @@ struct Conn {
     sock: Arc<TcpStream>,
     member: Membership,
     rights: Rights,
+    /// This connection's `max_write_buffer_size`: a message whose frame is larger can never be
+    /// written, and is dropped instead of held.
+    max_write_buffer: usize,
     limiter: MessageLimiter,
     /// When we last received any frame (data, ping, pong).
     last_heard: Instant,
@@ -206,7 +223,27 @@ struct Conn {
 /// What a step of the loop decided.
 type Step = Result<(), End>;
 
+/// Whether a step stopped at its bound with work left (see [`READS_PER_STEP`] and
+/// [`WRITE_ROUNDS_PER_STEP`]): the next step then runs at once instead of waiting in `poll`,
+/// which would not report bytes already buffered in rustls or tungstenite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Left {
+    Nothing,
+    More,
+}
+
+/// What one step decided when it did not end the connection.
+struct Turn {
+    /// Wait for the socket to take writes too.
+    write_out: bool,
+    /// Wake up by then at the latest.
+    wake_at: Instant,
+    left: Left,
+}
+
 impl Conn {
+    /// Every turn of this loop goes through [`Conn::step`], which checks the end flags and the
+    /// deadlines; nothing in a step waits or loops without a bound (issue 11).
     fn serve(&mut self, limits: &Limits) -> End {
         let wire = Arc::clone(&self.wire);
         let mut readable = false;
@@ -215,15 +252,23 @@ impl Conn {
             if readable {
                 w.ws.get_mut().get_mut().readable();
             }
-            let (write_out, wake_at) = match self.step(&mut w, limits) {
-                Ok(next) => next,
+            self.member.step_began();
+            let turn = self.step(&mut w, limits);
+            self.member.step_ended();
+            let turn = match turn {
+                Ok(turn) => turn,
                 Err(end) => {
                     w.open = false;
                     return end;
                 }
             };
             drop(w);
-            match self.wait(write_out, wake_at.saturating_duration_since(Instant::now())) {
+            if turn.left == Left::More {
+                readable = true;
+                continue;
+            }
+            let timeout = turn.wake_at.saturating_duration_since(Instant::now());
+            match self.wait(turn.write_out, timeout) {
                 Ok(r) => readable = r,
                 Err(e) => {
                     lock(&wire).open = false;
@@ -234,15 +279,16 @@ impl Conn {
     }
 
     /// One turn of the loop with the wire locked: read, write, check the timers. Returns whether
-    /// to wait for the socket to take writes, and when to wake up at the latest.
-    fn step(&mut self, w: &mut Wire, limits: &Limits) -> Result<(bool, Instant), End> {
+    /// to wait for the socket to take writes, when to wake up at the latest, and whether work
+    /// was left for the next step.
+    fn step(&mut self, w: &mut Wire, limits: &Limits) -> Result<Turn, End> {
         // Before reading: a member without a waker is woken to end by a shut read side, which
         // reads as the peer vanishing.
         if let Some((code, why)) = self.member.ended() {
             return Err(End::Closed(code, why));
         }
-        self.read_available(w)?;
-        self.write_available(w)?;
+        let read_left = self.read_available(w)?;
+        let write_left = self.write_available(w)?;
         let now = Instant::now();
         let silent = now.duration_since(self.last_heard);
         if silent >= limits.idle_timeout {
@@ -272,12 +318,22 @@ impl Conn {
         if let Some(deadline) = message_deadline {
             wake_at = wake_at.min(deadline);
         }
-        Ok((w.stalled_since.is_some(), wake_at))
+        let left = if read_left == Left::More || write_left == Left::More {
+            Left::More
+        } else {
+            Left::Nothing
+        };
+        Ok(Turn {
+            write_out: w.stalled_since.is_some(),
+            wake_at,
+            left,
+        })
     }
 
-    /// Reads and handles every complete frame available without blocking.
-    fn read_available(&mut self, w: &mut Wire) -> Step {
-        loop {
+    /// Reads and handles the complete frames available without blocking, at most
+    /// [`READS_PER_STEP`] messages.
+    fn read_available(&mut self, w: &mut Wire) -> Result<Left, End> {
+        for _ in 0..READS_PER_STEP {
             match w.ws.read() {
                 Ok(msg) => {
                     self.last_heard = Instant::now();
@@ -293,11 +349,14 @@ impl Conn {
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     }
                 }
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Left::Nothing);
+                }
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(classify(e)),
             }
         }
+        Ok(Left::More)
     }
 
     /// Applies publish rights and the rate limit, then echoes or publishes.
@@ -327,20 +386,24 @@ impl Conn {
         }
     }
 
-    /// Writes queued messages until the outbox is empty or the socket is full. A message held back
-    /// by a full write buffer is retried as soon as a flush made room, not at the next wake-up.
-    fn write_available(&mut self, w: &mut Wire) -> Step {
-        loop {
+    /// Writes queued messages until the outbox is empty or the socket is full, in at most
+    /// [`WRITE_ROUNDS_PER_STEP`] rounds. A message held back by a full write buffer is retried as
+    /// soon as a flush made room, not at the next wake-up; it fits the emptied buffer, since
+    /// [`Conn::send`] drops what never could, so each round moves at least one message.
+    fn write_available(&mut self, w: &mut Wire) -> Result<Left, End> {
+        for _ in 0..WRITE_ROUNDS_PER_STEP {
             self.drain_outbox(w)?;
             flush(w)?;
             if w.held.is_none() || w.stalled_since.is_some() {
-                return Ok(());
+                return Ok(Left::Nothing);
             }
         }
+        Ok(Left::More)
     }
 
     /// Moves messages from the hub's outbox into the WebSocket write buffer until either is empty
-    /// or the write buffer is full.
+    /// or the write buffer is full. Takes at most what was queued when it started: what the hub
+    /// queues meanwhile has woken the loop again (the wake-up is reset first).
     fn drain_outbox(&mut self, w: &mut Wire) -> Step {
         // Slow-consumer and revocation flags are checked by `step` before reading; the hub wakes
         // the loop after setting one, so a flag set during this step ends the next one.
@@ -354,7 +417,7 @@ impl Conn {
                 return Ok(());
             }
         }
-        loop {
+        for _ in 0..self.member.queued() {
             match self.member.next_queued() {
                 Ok(msg) => {
                     self.send(w, msg)?;
@@ -366,6 +429,8 @@ impl Conn {
                 Err(TryRecvError::Disconnected) => return Err(End::Closed(1001, "going away")),
             }
         }
+        // Shutdown with an empty outbox is `Membership::ended`, checked at the next step.
+        Ok(())
     }
 
     /// Queues one message. A full write buffer holds it back (outbox messages) or, for an echo the
@@ -388,6 +453,20 @@ impl Conn {
                 if data {
                     self.member.metrics().message_out(len);
                 }
+                Ok(())
+            }
+            // Larger than this connection's whole write buffer: held, it would be retried
+            // forever (a broadcast sized by limits newer than this connection's). The hub
+            // already drops those (`Intake`); this is the last line.
+            Err(WsError::WriteBufferFull(msg))
+                if frames::server_frame_len(&msg) > self.max_write_buffer =>
+            {
+                self.member.metrics().broadcast_too_big();
+                log::debug!(
+                    "dropped a {}-byte message larger than the write buffer ({} bytes)",
+                    msg.len(),
+                    self.max_write_buffer
+                );
                 Ok(())
             }
             Err(WsError::WriteBufferFull(msg)) => {
@@ -455,6 +534,11 @@ impl Conn {
         let flush_deadline = Instant::now() + write_timeout;
         let mut reply_deadline = None;
         loop {
+            // Checked on every turn: a peer still sending data frames after our close must not
+            // keep this loop reading past its deadline.
+            if Instant::now() >= reply_deadline.unwrap_or(flush_deadline) {
+                break;
+            }
             let flushed = match ws.flush() {
                 Ok(()) => true,
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => false,

@@ -183,8 +183,45 @@ pub fn wire_frame(msg: &tungstenite::Message) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// How many bytes `msg` takes in a write buffer as one unmasked server frame (a held-back
+/// message comes back from tungstenite as the frame itself).
+pub fn server_frame_len(msg: &tungstenite::Message) -> usize {
+    let payload = match msg {
+        tungstenite::Message::Frame(frame) => return frame.len(),
+        // The close code's two bytes come before the reason.
+        tungstenite::Message::Close(Some(_)) => msg.len() + 2,
+        _ => msg.len(),
+    };
+    let extended_length = match payload {
+        0..=125 => 0,
+        126..=0xffff => 2,
+        _ => 8,
+    };
+    2 + extended_length + payload
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn server_frame_len_counts_the_header_tungstenite_writes() {
+        use tungstenite::Message;
+        for n in [0, 125, 126, 0xffff, 0x10000] {
+            let msg = Message::binary(vec![0u8; n]);
+            let frame = tungstenite::protocol::frame::Frame::message(
+                vec![0u8; n],
+                tungstenite::protocol::frame::coding::OpCode::Data(
+                    tungstenite::protocol::frame::coding::Data::Binary,
+                ),
+                true,
+            );
+            assert_eq!(super::server_frame_len(&msg), frame.len(), "{n}");
+            assert_eq!(
+                super::server_frame_len(&Message::Frame(frame.clone())),
+                frame.len()
+            );
+        }
+    }
+
     #[test]
     fn a_wire_frame_is_what_tungstenite_reads_back() {
         use tungstenite::protocol::frame::FrameHeader;

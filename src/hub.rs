@@ -3,8 +3,10 @@
 //! or stuck) gets the broadcast written straight into its socket by the publishing thread,
 //! through [`DirectWrite`] — no wake-up, no context switch per delivery. Any other member gets it
 //! in its bounded outbox and is woken; a full outbox is a slow consumer, handled by that
-//! consumer's own policy. Every connection joins (echo ones too), so shutdown reaches all of
-//! them by dropping their senders.
+//! consumer's own policy. A broadcast larger than a member's own `max_message_size` (its
+//! [`Intake`], fixed when it joined) is dropped for that member alone and counted: a reload or
+//! another instance may send what its buffers were never sized for. Every connection joins
+//! (echo ones too), so shutdown reaches all of them by dropping their senders.
 //!
 //! With a cluster bridge attached ([`Hub::set_outlet`]), a broadcast is also `try_send` into the
 //! bridge's bounded queue after the local fan-out, and broadcasts from other instances come in
@@ -16,12 +18,13 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use rustix::event::{EventfdFlags, eventfd};
 use tungstenite::Message;
 
-use crate::config::SlowConsumer;
+use crate::config::{SlowConsumer, WsLimits};
 use crate::metrics::Metrics;
 
 /// Wakes one connection's `poll` from another thread: an eventfd, written at most once between
@@ -101,20 +104,44 @@ pub enum Handoff {
     Queue,
 }
 
+/// What one member takes from the hub, fixed when it joins from its channel's limits at the
+/// time: a reload changes the limits of new connections, never the buffers of a live one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intake {
+    /// Messages its outbox holds before it counts as slow (`outbox`).
+    pub outbox: usize,
+    /// What a full outbox gets (`slow_consumer`).
+    pub slow_consumer: SlowConsumer,
+    /// The largest broadcast it is sent (`max_message_size`). Its write buffer holds one such
+    /// message whatever else is buffered (the config checks `max_write_buffer_size`), so a
+    /// message it is sent always fits once the buffer has drained.
+    pub max_message: usize,
+}
+
+impl Intake {
+    /// The intake a connection with these channel limits gets.
+    pub fn of(limits: &WsLimits) -> Intake {
+        Intake {
+            outbox: limits.outbox.get(),
+            slow_consumer: limits.slow_consumer,
+            max_message: limits.max_message_size.get(),
+        }
+    }
+}
+
 struct Member {
     id: u64,
-    /// The outbox's sending side; at most `outbox` messages queued (counted in
+    /// The outbox's sending side; at most `intake.outbox` messages queued (counted in
     /// [`MemberShared::queued`]).
     tx: Sender<Message>,
-    outbox: usize,
+    intake: Intake,
     shared: Arc<MemberShared>,
-    policy: SlowConsumer,
 }
 
 impl Member {
-    /// Queues `msg` in the outbox unless it holds `outbox` messages already.
+    /// Queues `msg` in the outbox unless it holds `intake.outbox` messages already.
     fn try_queue(&self, msg: &Message) -> Result<(), TrySendError<()>> {
-        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.outbox {
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.intake.outbox {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(TrySendError::Full(()));
         }
@@ -146,6 +173,10 @@ pub struct MemberShared {
     queued: AtomicUsize,
     /// The connection's direct-write path, once its loop runs (see [`DirectWrite`]).
     pub direct: OnceLock<Arc<dyn DirectWrite>>,
+    /// When the connection's loop entered the step it is in, in milliseconds after the hub's
+    /// epoch plus one; 0 while it waits in `poll` (or has not started). For the watchdog: a step
+    /// never waits, so one that lasts is a wedged worker ([`Hub::longest_step`]).
+    step_since: AtomicU64,
 }
 
 /// Who a member is, as far as a reload needs to know to re-check its access.
@@ -211,6 +242,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Serialises joins against shutdown so nobody joins a hub that is being emptied.
     gate: Mutex<()>,
+    /// The zero of [`MemberShared`]'s step clock.
+    epoch: Instant,
 }
 
 /// The hub is shutting down: no new members.
@@ -237,11 +270,12 @@ impl Hub {
             closed: AtomicBool::new(false),
             metrics,
             gate: Mutex::new(()),
+            epoch: Instant::now(),
         })
     }
 
-    /// Adds a connection to `path` with an outbox of `outbox` messages; `receives` is false for
-    /// an echo connection, which gets no broadcasts (and no eventfd).
+    /// Adds a connection to `path` that takes broadcasts as `intake` says; `receives` is false
+    /// for an echo connection, which gets no broadcasts (and no eventfd).
     ///
     /// # Errors
     /// `Ok(Err(HubClosed))` during shutdown; `Err` if no eventfd could be made.
@@ -249,8 +283,7 @@ impl Hub {
         self: &Arc<Self>,
         path: &str,
         receives: bool,
-        outbox: usize,
-        policy: SlowConsumer,
+        intake: Intake,
         holder: Holder,
     ) -> io::Result<Result<Membership, HubClosed>> {
         let shared = Arc::new(MemberShared {
@@ -261,6 +294,7 @@ impl Hub {
             socket: OnceLock::new(),
             queued: AtomicUsize::new(0),
             direct: OnceLock::new(),
+            step_since: AtomicU64::new(0),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -271,9 +305,8 @@ impl Hub {
         let member = Member {
             id,
             tx,
-            outbox,
+            intake,
             shared: Arc::clone(&shared),
-            policy,
         };
         self.write_groups()
             .entry(path.to_string())
@@ -316,7 +349,8 @@ impl Hub {
         self.fan_out(path, None, msg);
     }
 
-    /// Sends `msg` to every member of `path` except `from`.
+    /// Sends `msg` to every member of `path` except `from`, and to none whose own limits are
+    /// smaller than it (dropped for that member and counted).
     fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         let Some(members) = groups.get(path) else {
@@ -328,6 +362,12 @@ impl Hub {
             .iter()
             .filter(|m| Some(m.id) != from && m.shared.waker.is_some())
         {
+            if msg.len() > m.intake.max_message {
+                // Its write buffer may be too small to ever take it: retried, it would wedge
+                // the member's loop (issue 11).
+                self.metrics.broadcast_too_big();
+                continue;
+            }
             if let Some(direct) = m.shared.direct.get() {
                 if !m.shared.revoked.load(Ordering::Acquire) {
                     let frame = wire.get_or_init(|| crate::frames::wire_frame(msg));
@@ -347,7 +387,7 @@ impl Hub {
             }
             match m.try_queue(msg) {
                 Ok(()) => m.shared.wake(),
-                Err(TrySendError::Full(())) => match m.policy {
+                Err(TrySendError::Full(())) => match m.intake.slow_consumer {
                     SlowConsumer::Drop => self.metrics.broadcast_dropped(),
                     SlowConsumer::Disconnect => {
                         if !m.shared.slow.swap(true, Ordering::AcqRel) {
@@ -370,6 +410,27 @@ impl Hub {
                 f(path, &m.shared);
             }
         }
+    }
+
+    /// How long the connection that has been in its current loop step the longest has been in
+    /// it; None when no connection is in a step. Takes the members' read lock briefly.
+    pub fn longest_step(&self) -> Option<Duration> {
+        let now = self.clock();
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups
+            .values()
+            .flatten()
+            .map(|m| m.shared.step_since.load(Ordering::Acquire))
+            .filter(|&since| since != 0)
+            .map(|since| Duration::from_millis(now.saturating_sub(since)))
+            .max()
+    }
+
+    /// Milliseconds since the epoch, plus one (0 means "not in a step").
+    fn clock(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
     }
 
     /// True once shutdown began.
@@ -452,6 +513,23 @@ impl Membership {
         }
     }
 
+    /// Messages waiting in this connection's outbox now.
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// The connection's loop enters a step (see [`Hub::longest_step`]).
+    pub fn step_began(&self) {
+        self.shared
+            .step_since
+            .store(self.hub.clock(), Ordering::Release);
+    }
+
+    /// The connection's loop left its step, to wait in `poll` or to end.
+    pub fn step_ended(&self) {
+        self.shared.step_since.store(0, Ordering::Release);
+    }
+
     /// The next message in this connection's outbox. `Disconnected` means the server is
     /// shutting down.
     ///
@@ -529,10 +607,69 @@ mod tests {
         assert!(!w.pending.load(Ordering::Acquire));
     }
 
+    fn intake(outbox: usize, slow_consumer: SlowConsumer) -> Intake {
+        Intake {
+            outbox,
+            slow_consumer,
+            max_message: 1024,
+        }
+    }
+
     fn join(hub: &Arc<Hub>, path: &str, outbox: usize, policy: SlowConsumer) -> Membership {
-        hub.join(path, true, outbox, policy, Holder::default())
+        hub.join(path, true, intake(outbox, policy), Holder::default())
             .unwrap()
             .unwrap()
+    }
+
+    #[test]
+    fn longest_step_reports_only_connections_inside_a_step() {
+        let hub = hub();
+        let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let b = join(&hub, "/d", 4, SlowConsumer::Disconnect);
+        assert_eq!(hub.longest_step(), None);
+        a.step_began();
+        std::thread::sleep(Duration::from_millis(30));
+        b.step_began();
+        let longest = hub.longest_step().unwrap();
+        assert!(longest >= Duration::from_millis(25), "{longest:?}");
+        a.step_ended();
+        assert!(hub.longest_step().unwrap() < Duration::from_millis(25));
+        b.step_ended();
+        assert_eq!(hub.longest_step(), None);
+    }
+
+    #[test]
+    fn a_broadcast_over_a_members_own_limit_is_dropped_for_it_alone_and_counted() {
+        let hub = hub();
+        let sender = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let small = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let large = hub
+            .join(
+                "/c",
+                true,
+                Intake {
+                    max_message: 4096,
+                    ..intake(4, SlowConsumer::Disconnect)
+                },
+                Holder::default(),
+            )
+            .unwrap()
+            .unwrap();
+        for n in [0, 1024, 1025, 4096, 4097] {
+            sender.publish(&Message::binary(vec![0u8; n]));
+        }
+        let got = |m: &Membership| {
+            std::iter::from_fn(|| m.next_queued().ok())
+                .map(|msg| msg.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(got(&small), [0, 1024]);
+        assert_eq!(got(&large), [0, 1024, 1025, 4096]);
+        assert_eq!(hub.metrics.broadcast_too_big_count(), 4);
+        assert!(
+            !small.shared.slow.load(Ordering::Acquire),
+            "dropped, not slow"
+        );
     }
 
     #[test]
@@ -552,7 +689,12 @@ mod tests {
         let hub = hub();
         let sender = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         let echo = hub
-            .join("/c", false, 4, SlowConsumer::Disconnect, Holder::default())
+            .join(
+                "/c",
+                false,
+                intake(4, SlowConsumer::Disconnect),
+                Holder::default(),
+            )
             .unwrap()
             .unwrap();
         assert!(echo.shared.waker.is_none(), "no eventfd for an echo member");
@@ -673,7 +815,7 @@ mod tests {
             Err(crossbeam_channel::TryRecvError::Disconnected)
         ));
         assert_eq!(
-            hub.join("/c", true, 1, SlowConsumer::Drop, Holder::default())
+            hub.join("/c", true, intake(1, SlowConsumer::Drop), Holder::default())
                 .unwrap()
                 .err(),
             Some(HubClosed)

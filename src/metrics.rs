@@ -13,6 +13,7 @@
 //! | `wsgate_received_bytes_total` | counter | | payload bytes of messages received |
 //! | `wsgate_sent_bytes_total` | counter | | payload bytes of messages sent |
 //! | `wsgate_broadcast_dropped_total` | counter | | messages dropped for slow subscribers (`slow_consumer = drop`) |
+//! | `wsgate_broadcast_too_big_total` | counter | | broadcasts dropped for a subscriber whose own `max_message_size` (as of its upgrade) is smaller |
 //! | `wsgate_slow_consumer_closes_total` | counter | | connections closed with 1008 as slow consumers |
 //! | `wsgate_rate_limited_total` | counter | | messages or connections refused by a rate limit |
 //! | `wsgate_publish_denied_total` | counter | | messages from clients without publish rights (closed or dropped) |
@@ -156,6 +157,7 @@ pub struct Metrics {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     broadcast_dropped: AtomicU64,
+    broadcast_too_big: AtomicU64,
     slow_consumer_closes: AtomicU64,
     rate_limited: AtomicU64,
     publish_denied: AtomicU64,
@@ -192,6 +194,7 @@ impl Metrics {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             broadcast_dropped: AtomicU64::new(0),
+            broadcast_too_big: AtomicU64::new(0),
             slow_consumer_closes: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             publish_denied: AtomicU64::new(0),
@@ -263,6 +266,16 @@ impl Metrics {
     /// A broadcast message was dropped for a slow subscriber.
     pub fn broadcast_dropped(&self) {
         bump(&self.broadcast_dropped, 1);
+    }
+
+    /// A broadcast was dropped for a subscriber whose own limits do not allow its size.
+    pub fn broadcast_too_big(&self) {
+        bump(&self.broadcast_too_big, 1);
+    }
+
+    /// Broadcasts dropped as too big for their subscriber so far.
+    pub fn broadcast_too_big_count(&self) -> u64 {
+        self.broadcast_too_big.load(Ordering::Relaxed)
     }
 
     /// A slow consumer was closed with 1008.
@@ -390,7 +403,7 @@ impl Metrics {
             }
         }
 
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "wsgate_messages_received_total",
                 "WebSocket data messages received from clients.",
@@ -415,6 +428,11 @@ impl Metrics {
                 "wsgate_broadcast_dropped_total",
                 "Broadcast messages dropped for slow subscribers (slow_consumer = drop).",
                 &self.broadcast_dropped,
+            ),
+            (
+                "wsgate_broadcast_too_big_total",
+                "Broadcast messages dropped for a subscriber whose own max_message_size is smaller.",
+                &self.broadcast_too_big,
             ),
             (
                 "wsgate_slow_consumer_closes_total",
@@ -930,6 +948,7 @@ mod tests {
         m.message_out(5);
         m.message_out(7);
         m.broadcast_dropped();
+        m.broadcast_too_big();
         m.slow_consumer_closed();
         m.rate_limited();
         m.publish_denied();
@@ -961,6 +980,7 @@ mod tests {
         assert_eq!(v("wsgate_sent_bytes_total"), "12");
         for name in [
             "wsgate_broadcast_dropped_total",
+            "wsgate_broadcast_too_big_total",
             "wsgate_slow_consumer_closes_total",
             "wsgate_rate_limited_total",
             "wsgate_publish_denied_total",

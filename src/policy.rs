@@ -29,8 +29,12 @@ pub const SESSION_COOKIE: &str = "wsgate_session";
 /// Why an upgrade request is refused. Each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
-    /// Unparseable request line or headers (bare CR, NUL, bad token…). 400.
+    /// Unparseable request line or headers (bare CR, bare LF, NUL, bad token…), or a body
+    /// announced on the upgrade (`Content-Length`, `Transfer-Encoding`). 400.
     Malformed,
+    /// A request target that is not origin-form (`/path?query`): absolute-form
+    /// (`https://host/path`), authority- or asterisk-form, or one with a `#fragment`. 400.
+    Target,
     /// Request line plus headers longer than `max_request_head`. 431.
     HeadTooLarge,
     /// More header lines than `max_headers`. 431.
@@ -70,6 +74,7 @@ impl Reason {
     pub fn status(&self) -> StatusCode {
         match self {
             Reason::Malformed
+            | Reason::Target
             | Reason::HttpVersion
             | Reason::NotUpgrade
             | Reason::BadKey
@@ -127,6 +132,7 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::Malformed => f.write_str("malformed request"),
+            Reason::Target => f.write_str("request target not in origin form"),
             Reason::HeadTooLarge => f.write_str("request head too large"),
             Reason::TooManyHeaders => f.write_str("too many headers"),
             Reason::Method => f.write_str("method not GET"),
@@ -396,6 +402,43 @@ fn checked(user: String, password: String) -> Result<Offer, String> {
     Ok(Offer::Password { user, password })
 }
 
+/// The request target, parsed once (by [`crate::upgrade`], from the raw request line) into the
+/// path that routing, limits, access, the hub group, metrics and logs all use, and the query the
+/// credentials may be in. Nothing else looks at the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Everything before the `?`, as sent (no percent-decoding: `/a/%62` is not `/a/b`).
+    pub path: String,
+    /// Everything after the first `?`, if there is one.
+    pub query: Option<String>,
+}
+
+impl Target {
+    /// Parses an origin-form target, `/path` or `/path?query`: the only form a WebSocket client
+    /// sends (RFC 6455 §4.1: the /resource name/).
+    ///
+    /// # Errors
+    /// [`Reason::Target`] for absolute-form (`https://host/path`: refused rather than checked
+    /// against `Host`, which no WebSocket client needs), authority- and asterisk-form, any `#`
+    /// (a fragment is never part of a request target, RFC 9112 §3.2), and bytes httparse lets
+    /// through but `http::Uri` refuses (`<`, `>`, `` ` ``).
+    pub fn parse(raw: &str) -> Result<Target, Reason> {
+        // tungstenite parses the same bytes into an `http::Uri` before our callback runs, and
+        // answers a failure with a bare close: refused here first, with its status.
+        if !raw.starts_with('/') || raw.contains('#') || raw.parse::<http::Uri>().is_err() {
+            return Err(Reason::Target);
+        }
+        let (path, query) = match raw.split_once('?') {
+            Some((path, query)) => (path, Some(query.to_string())),
+            None => (raw, None),
+        };
+        Ok(Target {
+            path: path.to_string(),
+            query,
+        })
+    }
+}
+
 /// Checks that a parsed request head is a WebSocket upgrade tungstenite will accept, so that every
 /// malformed request gets its status from us instead of a bare reset.
 ///
@@ -426,14 +469,23 @@ pub fn check_head(req: &httparse::Request<'_, '_>) -> Result<(), Reason> {
     if single("host").is_none_or(|h| h.is_empty()) {
         return Err(Reason::NotUpgrade);
     }
-    let has_token = |name: &str, token: &str| {
-        header(name).iter().any(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
-    };
-    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+    // As tungstenite reads them: the first `Connection` header lists `upgrade` (split on
+    // spaces and commas), the first `Upgrade` header is `websocket` and nothing else. A second
+    // header of either, or `Upgrade: websocket, h2c`, would pass a looser check here and then
+    // get a bare close from tungstenite: it gets its 400 from us instead.
+    let connection_upgrade = single("connection").is_some_and(|v| {
+        v.split(|&b| b == b',' || b == b' ')
+            .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+    });
+    let upgrade_websocket =
+        single("upgrade").is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    if !connection_upgrade || !upgrade_websocket {
         return Err(Reason::NotUpgrade);
+    }
+    // An upgrade has no body: bytes after the head are WebSocket frames, so a body announced
+    // here would be read as frames.
+    if !header("content-length").is_empty() || !header("transfer-encoding").is_empty() {
+        return Err(Reason::Malformed);
     }
     if single("sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
         return Err(Reason::WsVersion);
@@ -498,17 +550,20 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// The upgrade decision, in order: path (404), Origin (403), credentials (401, 429, 503),
-/// subscribe permission (403). `client_user` is the user a verified TLS client certificate names.
+/// subscribe permission (403). `target` is the request target as [`Target::parse`] read it from
+/// the request line; `req`'s own URI is never looked at. `client_user` is the user a verified
+/// TLS client certificate names.
 ///
 /// # Errors
 /// The [`Reason`] for refusing.
 pub fn decide(
     req: &Request,
+    target: &Target,
     config: &Config,
     verifier: &dyn Verifier,
     client_user: Option<&str>,
 ) -> Result<Grant, Reason> {
-    let path = req.uri().path();
+    let path = target.path.as_str();
     let channel = route(path, config)?;
     let origins: Vec<&[u8]> = req
         .headers()
@@ -521,7 +576,7 @@ pub fn decide(
         .origins
         .check_request(&origins, host)
         .map_err(Reason::Origin)?;
-    let Offered { offer, subprotocol } = match offered(req.headers(), req.uri().query()) {
+    let Offered { offer, subprotocol } = match offered(req.headers(), target.query.as_deref()) {
         Ok(found) => found,
         Err(OfferError::Unusable(user)) => {
             return Err(Reason::BadCredentials {
@@ -668,7 +723,7 @@ mod tests {
 
     fn get(cfg: &Config, target: &str, extra: &str) -> Result<Grant, Reason> {
         let raw = format!("GET {target} HTTP/1.1\r\n{UPGRADE}{extra}\r\n");
-        decide(&request(&raw), cfg, &Fake, None)
+        decide(&request(&raw), &Target::parse(target)?, cfg, &Fake, None)
     }
 
     const ORIGIN: &str = "Origin: https://app.example.com\r\n";
@@ -712,6 +767,45 @@ mod tests {
             )),
             Err(Reason::BadKey)
         );
+        // As tungstenite reads them (issue 11): one Upgrade header that is exactly websocket,
+        // one Connection header listing upgrade, no body.
+        for (from, to, want) in [
+            (
+                "Upgrade: websocket",
+                "Upgrade: websocket, h2c",
+                Some(Reason::NotUpgrade),
+            ),
+            ("Upgrade: websocket", "Upgrade: WebSocket ", None),
+            (
+                "Upgrade: websocket",
+                "Upgrade: websocket\r\nUpgrade: websocket",
+                Some(Reason::NotUpgrade),
+            ),
+            (
+                "Connection: keep-alive, Upgrade",
+                "Connection: keep-alive\r\nConnection: Upgrade",
+                Some(Reason::NotUpgrade),
+            ),
+            (
+                "Connection: keep-alive, Upgrade",
+                "Connection: upgrade",
+                None,
+            ),
+            (
+                "Host: h",
+                "Host: h\r\nContent-Length: 0",
+                Some(Reason::Malformed),
+            ),
+            (
+                "Host: h",
+                "Host: h\r\nTransfer-Encoding: chunked",
+                Some(Reason::Malformed),
+            ),
+        ] {
+            let want = want.map_or(Ok(()), Err);
+            let raw = format!("GET / HTTP/1.1\r\n{}\r\n", UPGRADE.replace(from, to));
+            assert_eq!(head(&raw), want, "{to}");
+        }
         assert_eq!(
             Reason::WsVersion.response().headers()["sec-websocket-version"],
             "13"
@@ -851,7 +945,14 @@ mod tests {
     fn client_certificates_and_anonymous_channels() {
         let cfg = config();
         let raw = format!("GET /echo HTTP/1.1\r\n{UPGRADE}{ORIGIN}\r\n");
-        let grant = decide(&request(&raw), &cfg, &Fake, Some("alice")).unwrap();
+        let grant = decide(
+            &request(&raw),
+            &Target::parse("/echo").unwrap(),
+            &cfg,
+            &Fake,
+            Some("alice"),
+        )
+        .unwrap();
         assert_eq!(
             (grant.user.as_deref(), grant.method),
             (Some("alice"), Method::ClientCert)
@@ -936,6 +1037,37 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn only_origin_form_targets_without_a_fragment_are_parsed() {
+        let t = |raw: &str| Target::parse(raw).map(|t| (t.path, t.query));
+        assert_eq!(t("/a/b"), Ok(("/a/b".into(), None)));
+        assert_eq!(t("/a/b?x=1&y"), Ok(("/a/b".into(), Some("x=1&y".into()))));
+        assert_eq!(t("/a/b?"), Ok(("/a/b".into(), Some(String::new()))));
+        assert_eq!(t("/a/%62"), Ok(("/a/%62".into(), None)));
+        for bad in [
+            "https://localhost/a/b",
+            "wss://localhost/a/b",
+            "localhost:443",
+            "*",
+            "/a/b#x",
+            "/a/b#/../x",
+            "/a/b?q#x",
+            "/a/<b>",
+            "/a/`b`",
+            "",
+        ] {
+            assert_eq!(t(bad), Err(Reason::Target), "{bad}");
+        }
+        // The one parse feeds the decision: the path and the query both come from it.
+        let cfg = config();
+        let grant = get(&cfg, "/chat/a?user=alice&pass=pw", ORIGIN).unwrap();
+        assert_eq!(
+            (grant.path.as_str(), grant.user.as_deref()),
+            ("/chat/a", Some("alice"))
+        );
+        assert_eq!(get(&cfg, "/chat/a#x", ORIGIN).unwrap_err(), Reason::Target);
     }
 
     #[test]

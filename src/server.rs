@@ -26,7 +26,7 @@ use crate::config::{ClientAuth, Config, ConfigError, Mode};
 use crate::connection::{self, Rights};
 use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::files;
-use crate::hub::{Holder, Hub, HubClosed, Membership, Waker};
+use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Waker};
 use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
@@ -258,12 +258,13 @@ impl Server {
             listener,
             admin_listener,
         } = self;
-        if let (Some(state), Some(l)) = (&shared.admin, admin_listener) {
+        let admin_config = shared.current().config.admin.clone();
+        if let (Some(state), Some(l), Some(cfg)) = (&shared.admin, admin_listener, admin_config) {
             log::info!(
                 "admin endpoint (/healthz, /metrics) on http://{}",
                 l.local_addr()?
             );
-            admin::spawn(l, Arc::clone(state))?;
+            admin::spawn(l, Arc::clone(state), cfg.max_connections)?;
         }
         let addr = listener.local_addr()?;
         log::info!("listening on {addr}");
@@ -340,9 +341,16 @@ impl Shared {
     }
 
     /// For the systemd watchdog: the listener and the pool still answer (the admission lock is
-    /// free and the hub is open). Never blocks for long.
+    /// free and the hub is open), and no connection loop is stuck inside one step for
+    /// [`connection::WEDGED_STEP`] or longer. Never blocks for long.
     fn is_alive(&self) -> bool {
         let _ = self.admission.in_flight();
+        if let Some(step) = self.hub.longest_step() {
+            if step >= connection::WEDGED_STEP {
+                log::error!("watchdog: a connection has been inside one loop step for {step:?}");
+                return false;
+            }
+        }
         !self.hub.is_closed()
     }
 
@@ -691,6 +699,10 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
         changed.push("[admin] listen");
     }
+    let admin_max = |c: &Config| c.admin.as_ref().map(|a| a.max_connections);
+    if admin_max(old) != admin_max(new) {
+        changed.push("[admin] max_connections");
+    }
     if old.cluster != new.cluster {
         changed.push("[cluster]");
     }
@@ -892,8 +904,7 @@ fn handshake(
         let member = match hub.join(
             &grant.path,
             grant.channel.mode == Mode::Broadcast,
-            limits.outbox.get(),
-            limits.slow_consumer,
+            Intake::of(limits),
             holder,
         ) {
             Ok(Ok(member)) => member,

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::demo;
 use crate::frames::{FrameLimit, FrameWatch};
-use crate::policy::{self, Grant, Reason, Verifier};
+use crate::policy::{self, Grant, Reason, Target, Verifier};
 use crate::tls::Transport;
 
 /// How long a refused client gets to read our answer before the socket closes.
@@ -149,7 +149,7 @@ pub fn upgrade<T>(
         Instant::now(),
         config.limits.upgrade_timeout,
     );
-    let (bytes, head_len, path) = match read_head(&mut tls, config, deadline) {
+    let (bytes, head_len, target) = match read_head(&mut tls, config, deadline) {
         Ok(read) => read,
         Err(HeadError::Refuse(reason)) => {
             refuse(&mut tls, &reason);
@@ -164,8 +164,9 @@ pub fn upgrade<T>(
         }
     };
     // The channel's limits size this connection's buffers; an unknown path is refused by the
-    // callback (404), with the default limits in the meantime.
-    let ws_config = policy::route(&path, config)
+    // callback (404), with the default limits in the meantime. The same `target` decides
+    // access, the hub group, metrics and logs (in `decide`): one parse, one path.
+    let ws_config = policy::route(&target.path, config)
         .map_or(&config.limits.ws, |c| &c.limits)
         .websocket_config();
 
@@ -175,7 +176,7 @@ pub fn upgrade<T>(
         reason = "the error type is tungstenite's ErrorResponse"
     )]
     let callback = |req: &Request, mut resp: Response| {
-        let decision = policy::decide(req, config, verifier, client_user.as_deref())
+        let decision = policy::decide(req, &target, config, verifier, client_user.as_deref())
             .and_then(|grant| enter(&grant).map(|entered| (grant, entered)));
         let answer = match &decision {
             Ok((_, (_, headers))) => {
@@ -233,13 +234,13 @@ enum HeadError {
 }
 
 /// Reads until the blank line ending the head, returning every byte read (the head and anything
-/// the client sent after it), the head's length and the request path. Parses once, when the head is complete, so a
-/// head dripped one byte at a time costs linear work.
+/// the client sent after it), the head's length and the request target. Parses once, when the
+/// head is complete, so a head dripped one byte at a time costs linear work.
 fn read_head(
     tls: &mut Transport,
     config: &Config,
     deadline: Deadline,
-) -> Result<(Vec<u8>, usize, String), HeadError> {
+) -> Result<(Vec<u8>, usize, Target), HeadError> {
     let max = config.limits.max_request_head.get();
     let mut buf = Vec::with_capacity(1024.min(max));
     let mut chunk = [0u8; 1024];
@@ -253,7 +254,13 @@ fn read_head(
             Err(e) => return Err(HeadError::Io(e)),
         };
         let scan_from = buf.len().saturating_sub(3);
+        let new_from = buf.len();
         buf.extend_from_slice(&chunk[..n]);
+        // A line ending in a bare LF would never end the head (we look for CRLF CRLF): refused
+        // at once instead of at the deadline.
+        if (new_from..buf.len()).any(|i| buf[i] == b'\n' && (i == 0 || buf[i - 1] != b'\r')) {
+            return Err(HeadError::Refuse(Reason::Malformed));
+        }
         if let Some(end) = buf[scan_from..].windows(4).position(|w| w == b"\r\n\r\n") {
             break scan_from + end + 4;
         }
@@ -278,12 +285,8 @@ fn read_head(
         return Err(HeadError::DemoPage);
     }
     policy::check_head(&req).map_err(HeadError::Refuse)?;
-    let target = req.path.unwrap_or("/");
-    let path = target
-        .split_once('?')
-        .map_or(target, |(p, _)| p)
-        .to_string();
-    Ok((buf, head_len, path))
+    let target = Target::parse(req.path.unwrap_or_default()).map_err(HeadError::Refuse)?;
+    Ok((buf, head_len, target))
 }
 
 /// Writes the refusal for `reason` and closes politely.

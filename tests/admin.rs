@@ -31,7 +31,8 @@ impl Admin {
         let state = Arc::new(AdminState::new(metrics, gauges).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let thread = admin::spawn(listener, Arc::clone(&state)).unwrap();
+        let max = std::num::NonZeroUsize::new(admin::DEFAULT_MAX_CONNECTIONS).unwrap();
+        let thread = admin::spawn(listener, Arc::clone(&state), max).unwrap();
         Admin {
             addr,
             state,
@@ -254,5 +255,20 @@ fn a_trickling_client_is_cut_off_at_the_deadline() {
         dripped < Duration::from_secs(8),
         "trickling client was never cut off"
     );
+    admin.stop();
+}
+
+#[test]
+fn more_silent_clients_than_places_do_not_keep_a_probe_out() {
+    let admin = Admin::start();
+    let silent: Vec<TcpStream> = (0..2 * admin::DEFAULT_MAX_CONNECTIONS)
+        .map(|_| admin.connect())
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    assert_eq!(admin.get("/healthz").status, 200);
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_secs(1), "probe waited {waited:?}");
+    drop(silent);
     admin.stop();
 }

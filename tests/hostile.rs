@@ -1164,3 +1164,262 @@ fn bad_users_files_are_refused_at_start_with_line_numbers() {
     still_serving(&server);
     assert_clean_log(&server, &[]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 11: no connection can wedge a worker; one parse of the request target.
+
+/// A counter's value in the admin endpoint's `/metrics` (0 when absent).
+fn metric(server: &Server, name: &str) -> u64 {
+    let (status, text) = server.admin_get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `[channel:/chat/*]` with 1 KiB messages and a 10 KiB write buffer, and the admin endpoint.
+fn small_chat() -> Setup {
+    let mut setup = Setup::default();
+    setup
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("channel:/chat/*", "max_message_size", "1KiB")
+        .set("channel:/chat/*", "max_frame_size", "1KiB")
+        .set("channel:/chat/*", "max_write_buffer_size", "10KiB");
+    setup
+}
+
+/// The issue's reproduction, without the request-target trick: a subscriber joined with 1 KiB
+/// messages and a 10 KiB write buffer; a reload raises the channel's limits; a publisher that
+/// joined after the reload broadcasts a zero-length message, one of exactly the subscriber's
+/// `max_message_size`, one byte more, one whose frame is exactly the subscriber's write buffer,
+/// one byte more, and 60 KB. The subscriber gets the first two and the marker after them; the
+/// other four are dropped for it alone and counted; its worker does not spin, and idle timeout,
+/// its close and SIGTERM all still reach it.
+#[test]
+fn a_broadcast_over_a_subscribers_own_limits_is_dropped_for_it_and_its_worker_stays_free() {
+    let mut setup = small_chat();
+    setup
+        .set("limits", "idle_timeout", "60s")
+        .set("server", "shutdown_grace", "3s");
+    let mut server = setup.start();
+    let mut subscriber = server.connect_as("/chat/wedge", ALICE);
+    setup
+        .set("channel:/chat/*", "max_message_size", "64KiB")
+        .set("channel:/chat/*", "max_frame_size", "64KiB")
+        .set("channel:/chat/*", "max_write_buffer_size", "128KiB");
+    std::fs::write(server.dir.path().join("wsgate.ini"), setup.render()).unwrap();
+    server.reload_and_wait();
+    assert!(
+        server.wait_log("reloaded ", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    let mut publisher = server.connect_as("/chat/wedge", BOB);
+    let write_buffer = 10 * 1024;
+    let sizes = [0, 1024, 1025, write_buffer - 4, write_buffer - 3, 60_000];
+    for n in sizes {
+        publisher.send(Message::binary(vec![b'x'; n])).unwrap();
+    }
+    publisher.send(Message::text("marker")).unwrap();
+    // A wedged subscriber never gets the marker: its read times out.
+    let mut got = Vec::new();
+    loop {
+        match next_data(&mut subscriber) {
+            Message::Text(t) if t.as_str() == "marker" => break,
+            other => got.push(other.len()),
+        }
+    }
+    assert_eq!(got, [0, 1024], "sizes the subscriber got");
+    assert_eq!(metric(&server, "wsgate_broadcast_too_big_total"), 4);
+    // No worker spins: the whole process uses well under a core over a second.
+    let before = cpu_ticks(server.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(server.pid()) - before;
+    assert!(used < 30, "{used} ticks of CPU in one idle second");
+    // The subscriber still echoes nothing of its own but closes normally, and SIGTERM finds no
+    // connection it cannot reach.
+    drop(publisher);
+    server.terminate();
+    assert_eq!(close_code(&mut subscriber), 1001);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", server.logs());
+    assert!(
+        server.logs().contains("shutdown complete"),
+        "{}",
+        server.logs()
+    );
+    assert_clean_log(&server, &[]);
+}
+
+/// Issue 11, item 2: the request target is parsed once, and that path decides the limits, the
+/// access, the hub group and the logs. With `[channel:/a/b]` at 1 KiB and `[channel:/a/*]` at
+/// 1 MiB: origin-form (with or without a query) gets /a/b's limits, so 2 KiB closes 1009; a
+/// `#fragment` and absolute-form are refused with 400 instead of getting another channel's (or
+/// the default) limits; `//host/a/b` is a path with an empty segment (404).
+#[test]
+fn every_spelling_of_a_request_target_gets_one_paths_limits_or_a_400() {
+    let mut setup = Setup::default();
+    setup
+        .set("channel:/a/b", "mode", "broadcast")
+        .set("channel:/a/b", "max_message_size", "1KiB")
+        .set("channel:/a/b", "max_frame_size", "1KiB")
+        .set("channel:/a/*", "mode", "broadcast")
+        .set("channel:/a/*", "max_message_size", "1MiB")
+        .set("channel:/a/*", "max_frame_size", "1MiB")
+        .set("channel:/a/*", "max_write_buffer_size", "2MiB")
+        .set(
+            "role:everyone",
+            "subscribe",
+            "/echo, /chat/*, /news, /a/b, /a/*",
+        )
+        .set(
+            "role:everyone",
+            "publish",
+            "/echo, /chat/*, /news, /a/b, /a/*",
+        );
+    let server = setup.start();
+    for target in ["/a/b", "/a/b?x=1", "/a/b?"] {
+        let mut tls = server.tls();
+        tls.write_all(&upgrade_head(target, &[])).unwrap();
+        tls.flush().unwrap();
+        let resp = read_head(&mut tls);
+        assert!(
+            status_line(&resp).starts_with("HTTP/1.1 101"),
+            "{target}: {resp}"
+        );
+        tls.write_all(&frame(true, 2, &[0u8; 2048])).unwrap();
+        tls.flush().unwrap();
+        assert_eq!(server_close_code(&mut tls), Some(1009), "{target}");
+    }
+    for (target, want) in [
+        ("/a/b#x", "400"),
+        ("/a/b#/../x", "400"),
+        ("/a/b?x=1#y", "400"),
+        ("https://localhost/a/b", "400"),
+        ("wss://localhost/a/b", "400"),
+        ("/a/<b>", "400"),
+        ("//localhost/a/b", "404"),
+    ] {
+        let resp = ask(&server, &upgrade_head(target, &[]));
+        assert!(
+            status_line(&resp).starts_with(&format!("HTTP/1.1 {want} ")),
+            "{target}: {resp}"
+        );
+    }
+    // The open and close lines name the one path, never a spelling of it.
+    let logs = server.logs();
+    for line in logs.lines().filter(|l| l.contains(" open peer=")) {
+        assert!(line.ends_with(" path=/a/b"), "{line}");
+    }
+    still_serving(&server);
+    assert_clean_log(&server, &[]);
+}
+
+/// Issue 11, item 3: heads that passed our checks and then got a bare close from tungstenite,
+/// or waited for the upgrade deadline, get their status at once: `Upgrade: websocket, h2c` and
+/// a second `Connection` header (tungstenite reads only the first of each), bare-LF line endings,
+/// and a body announced by `Content-Length` or `Transfer-Encoding` (its bytes would otherwise be
+/// read as WebSocket frames).
+#[test]
+fn heads_tungstenite_would_drop_without_a_status_get_400_at_once() {
+    let mut setup = Setup::default();
+    setup.set("limits", "upgrade_timeout", "8s");
+    let server = setup.start();
+    let bare_lf = String::from_utf8(upgrade_head("/echo", &[]))
+        .unwrap()
+        .replace("\r\n", "\n")
+        .into_bytes();
+    let mut body = upgrade_head("/echo", &["Content-Length: 5".into()]);
+    body.extend_from_slice(b"hello");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "Upgrade: websocket, h2c",
+            String::from_utf8(upgrade_head("/echo", &[]))
+                .unwrap()
+                .replace("Upgrade: websocket", "Upgrade: websocket, h2c")
+                .into_bytes(),
+        ),
+        (
+            "two Connection headers",
+            String::from_utf8(upgrade_head("/echo", &[]))
+                .unwrap()
+                .replace(
+                    "Connection: Upgrade\r\n",
+                    "Connection: keep-alive\r\nConnection: Upgrade\r\n",
+                )
+                .into_bytes(),
+        ),
+        ("bare LF", bare_lf),
+        ("Content-Length with a body", body),
+        (
+            "Content-Length: 0",
+            upgrade_head("/echo", &["Content-Length: 0".into()]),
+        ),
+        (
+            "Transfer-Encoding: chunked",
+            upgrade_head("/echo", &["Transfer-Encoding: chunked".into()]),
+        ),
+    ];
+    for (name, request) in cases {
+        let started = Instant::now();
+        let resp = ask(&server, &request);
+        let took = started.elapsed();
+        assert!(
+            status_line(&resp).starts_with("HTTP/1.1 400 "),
+            "{name}: {resp:?}; log:\n{}",
+            server.logs()
+        );
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close\r\n"),
+            "{name}: {resp}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{name}: answered after {took:?}"
+        );
+    }
+    still_serving(&server);
+    assert_clean_log(&server, &[]);
+}
+
+/// Issue 11, the class: a client that keeps the server's socket full of tiny messages (rate
+/// limits off) must not keep its loop reading past the checks, nor its close from ending: SIGTERM
+/// reaches it, and the close handshake ends at its deadline although the flood goes on.
+#[test]
+fn a_client_flooding_without_pause_is_still_reached_by_shutdown() {
+    let mut setup = Setup::default();
+    setup
+        .set("channel:/chat/*", "max_messages_per_sec", "0")
+        .set("channel:/chat/*", "max_bytes_per_sec", "0")
+        .set("server", "shutdown_grace", "5s");
+    let mut server = setup.start();
+    let mut tls = open_raw(&server, "/chat/flood", ALICE);
+    let burst: Vec<u8> = frame(true, 2, b"xy")
+        .into_iter()
+        .cycle()
+        .take(8 * 8192)
+        .collect();
+    let flooder = std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(12) {
+            if tls.write_all(&burst).is_err() {
+                break;
+            }
+        }
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let signalled = Instant::now();
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(15));
+    let took = signalled.elapsed();
+    assert!(status.is_some_and(|s| s.success()), "{}", server.logs());
+    assert!(
+        server.logs().contains("shutdown complete"),
+        "after {took:?}: {}",
+        server.logs()
+    );
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+    let flooded = flooder.join().unwrap();
+    assert!(flooded < Duration::from_secs(12), "the flood was never cut");
+}

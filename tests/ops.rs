@@ -389,3 +389,48 @@ fn a_reload_closes_connections_whose_access_was_taken_away() {
     untouched.send(Message::text("still mine")).unwrap();
     assert_eq!(next_data(&mut untouched), Message::text("still mine"));
 }
+
+/// Issue 11, item 4: 50 silent TCP connections on the admin port (a scanner, a stuck prober)
+/// do not delay `/healthz`: it answers within a second, `/metrics` too, and each silent client
+/// is closed at its short first-byte deadline.
+#[test]
+fn healthz_answers_within_a_second_while_50_silent_connections_hold_the_admin_port() {
+    use std::io::Read;
+    let mut setup = Setup::default();
+    setup.set("admin", "listen", "127.0.0.1:0");
+    let server = setup.start();
+    let admin = server.admin_addr();
+    let silent: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| {
+            let s = std::net::TcpStream::connect_timeout(&admin, IO_TIMEOUT).unwrap();
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    for path in ["/healthz", "/metrics", "/healthz"] {
+        let started = Instant::now();
+        let (status, _) = server.admin_get(path);
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{path} answered after {took:?}"
+        );
+    }
+    // Every silent client is closed without an answer, well within the exchange deadline.
+    let started = Instant::now();
+    for mut s in silent {
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(n) => assert_eq!(n, 0, "a silent client got bytes"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.admin_get("/healthz").0, 200);
+}

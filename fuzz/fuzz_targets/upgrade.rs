@@ -102,13 +102,19 @@ fuzz_target!(|data: &[u8]| {
         let _ = reason.to_string();
         return;
     }
-    let target = req.path.unwrap_or("/");
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let _ = policy::route(path, config);
+    let raw_target = req.path.unwrap_or_default();
+    let target = match policy::Target::parse(raw_target) {
+        Ok(target) => target,
+        Err(reason) => {
+            let _ = reason.response();
+            return; // 400
+        }
+    };
+    let _ = policy::route(&target.path, config);
     // What tungstenite hands the callback: the same head as an `http::Request`.
     let mut builder = http::Request::builder()
         .method(req.method.unwrap_or("GET"))
-        .uri(target);
+        .uri(raw_target);
     for h in req.headers.iter() {
         builder = builder.header(h.name, h.value);
     }
@@ -116,7 +122,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for client_user in [None, Some("dave")] {
-        match policy::decide(&request, config, &Fake, client_user) {
+        match policy::decide(&request, &target, config, &Fake, client_user) {
             Ok(grant) => {
                 let _ = grant.log_user();
             }

@@ -45,6 +45,9 @@ pub enum Reason {
     HttpVersion,
     /// Missing `Host`, `Upgrade: websocket` or `Connection: Upgrade`. 400.
     NotUpgrade,
+    /// A plain `GET` with no `Upgrade` header at all: a browser or a scanner asking for a page.
+    /// 400, with a body saying this is a WebSocket endpoint and where its documentation is.
+    PlainHttp,
     /// `Sec-WebSocket-Key` missing or not 16 base64-encoded bytes. 400.
     BadKey,
     /// `Sec-WebSocket-Version` other than 13. 426.
@@ -77,6 +80,7 @@ impl Reason {
             | Reason::Target
             | Reason::HttpVersion
             | Reason::NotUpgrade
+            | Reason::PlainHttp
             | Reason::BadKey
             | Reason::Subprotocol => StatusCode::BAD_REQUEST,
             Reason::HeadTooLarge | Reason::TooManyHeaders => {
@@ -97,11 +101,14 @@ impl Reason {
     /// `Retry-After`).
     pub fn response(&self) -> ErrorResponse {
         let status = self.status();
-        let body = format!(
+        let mut body = format!(
             "{} {}\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or("")
         );
+        if *self == Reason::PlainHttp {
+            body.push_str(PLAIN_HTTP_TEXT);
+        }
         let mut builder = http::Response::builder()
             .status(status)
             .header("Connection", "close")
@@ -138,6 +145,7 @@ impl fmt::Display for Reason {
             Reason::Method => f.write_str("method not GET"),
             Reason::HttpVersion => f.write_str("not HTTP/1.1"),
             Reason::NotUpgrade => f.write_str("not a websocket upgrade"),
+            Reason::PlainHttp => f.write_str("plain HTTP request, not a websocket upgrade"),
             Reason::BadKey => f.write_str("bad Sec-WebSocket-Key"),
             Reason::WsVersion => f.write_str("unsupported Sec-WebSocket-Version"),
             Reason::Subprotocol => f.write_str("bearer subprotocol without wsgate.v1"),
@@ -158,6 +166,14 @@ impl fmt::Display for Reason {
         }
     }
 }
+
+/// What a plain HTTP `GET` (a browser opening the address, a scanner) reads below its 400.
+const PLAIN_HTTP_TEXT: &str = "\nThis is wsgate, a WebSocket server: it serves no web pages here.\n\
+Connect with a WebSocket client to wss://HOST:PORT/PATH, for example\n\
+  websocat --basic-auth USER:PASSWORD wss://HOST:PORT/echo\n\
+  new WebSocket(\"wss://HOST:PORT/chat/lobby\") in a page whose origin is allowed.\n\
+The documentation is in /usr/share/doc/wsgate/ (README.md) where wsgate was\n\
+installed as a package, and in README.md and docs/ of its source.\n";
 
 /// How a client proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -458,6 +474,9 @@ pub fn check_head(req: &httparse::Request<'_, '_>) -> Result<(), Reason> {
             .map(|h| h.value)
             .collect()
     };
+    if header("upgrade").is_empty() {
+        return Err(Reason::PlainHttp);
+    }
     let single = |name: &str| -> Option<&[u8]> {
         let values = header(name);
         if values.len() == 1 {
@@ -752,6 +771,17 @@ mod tests {
                 UPGRADE.replace("Upgrade: websocket", "Upgrade: h2c")
             )),
             Err(Reason::NotUpgrade)
+        );
+        assert_eq!(
+            head(&format!(
+                "GET / HTTP/1.1\r\n{}\r\n",
+                UPGRADE.replace("Upgrade: websocket\r\n", "")
+            )),
+            Err(Reason::PlainHttp)
+        );
+        assert_eq!(
+            head("GET /favicon.ico HTTP/1.1\r\nHost: h\r\n\r\n"),
+            Err(Reason::PlainHttp)
         );
         assert_eq!(
             head(&format!(

@@ -1008,7 +1008,9 @@ fn log_refusal(peer: SocketAddr, reason: &Reason) {
     }
     let status = reason.status().as_u16();
     match reason {
-        Reason::Throttled { .. } => {
+        // Throttled guesses were logged when the limit was crossed; plain HTTP requests are
+        // browsers and scanners, which would flood the log at info.
+        Reason::Throttled { .. } | Reason::PlainHttp => {
             log::debug!("refused peer={peer} status={status} reason={reason}");
         }
         Reason::BadCredentials { user, .. } => {

@@ -111,3 +111,44 @@ fn the_pages_own_origin_passes_with_allow_same_origin() {
     assert_eq!(attempt(&server, "https://evil.example"), 403);
     assert_eq!(attempt(&server, &own.replace("https:", "http:")), 403);
 }
+
+#[test]
+fn a_plain_get_with_the_demo_off_says_what_this_is_and_logs_below_warn() {
+    let server = Setup::default().start();
+    for request in [
+        PAGE_REQUEST,
+        b"GET /favicon.ico HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUser-Agent: scanner\r\n\r\n",
+    ] {
+        let answer = server.raw_request(request);
+        let (head, body) = head_and_body(&answer);
+        assert!(head.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain"),
+            "{head}"
+        );
+        assert!(
+            body.contains("This is wsgate, a WebSocket server")
+                && body.contains("wss://HOST:PORT/")
+                && body.contains("docs/"),
+            "{body}"
+        );
+    }
+    // A malformed upgrade still gets the short answer.
+    let bad = server.raw_request(
+        b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+    );
+    let (_, body) = head_and_body(&bad);
+    assert_eq!(body, "400 Bad Request\n");
+    // Browsers and scanners do not reach the log at warn (or info): a scanner would flood it.
+    assert!(
+        server.wait_log("reason=plain HTTP request", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    let logs = server.logs();
+    for line in logs.lines().filter(|l| l.contains("plain HTTP request")) {
+        assert!(line.starts_with("DEBUG"), "{line}");
+    }
+}

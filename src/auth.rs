@@ -6,12 +6,22 @@ use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustls::pki_types::CertificateDer;
+
 use crate::metrics::Metrics;
-use crate::policy::{Verdict, Verifier, safe_user};
+use crate::policy::{CredentialState, Proof, Verdict, Verifier, safe_user};
 use crate::session::{self, SessionKey};
 use crate::throttle::LoginThrottle;
-use crate::tokens::TokenStore;
-use crate::users::{AuthOutcome, Authenticator, Cost, UserStore};
+use crate::tokens::{self, TokenStore};
+use crate::users::{self, AuthOutcome, Authenticator, Cost, UserStore};
+
+/// Sessions as configured: the signing key, how long one token lives (`session_ttl`) and how
+/// long a session may be renewed from its login (`session_max_age`).
+pub struct SessionSettings {
+    pub key: SessionKey,
+    pub ttl: Duration,
+    pub max_age: Duration,
+}
 
 /// Everything needed to check credentials, shared by all workers. It lives as long as the
 /// server: a reload swaps the users, tokens and session settings inside it, while the Argon2
@@ -19,7 +29,7 @@ use crate::users::{AuthOutcome, Authenticator, Cost, UserStore};
 pub struct Credentials {
     pub users: Authenticator,
     tokens: RwLock<Arc<TokenStore>>,
-    sessions: RwLock<Option<Arc<(SessionKey, Duration)>>>,
+    sessions: RwLock<Option<Arc<SessionSettings>>>,
     throttle: LoginThrottle,
     metrics: Arc<Metrics>,
 }
@@ -31,11 +41,11 @@ pub struct PeerCheck<'a> {
 }
 
 impl Credentials {
-    /// `sessions`: the signing key and session lifetime, or None when sessions are off.
+    /// `sessions`: the signing key and session lifetimes, or None when sessions are off.
     pub fn new(
         users: Authenticator,
         tokens: TokenStore,
-        sessions: Option<(SessionKey, Duration)>,
+        sessions: Option<SessionSettings>,
         throttle: LoginThrottle,
         metrics: Arc<Metrics>,
     ) -> Credentials {
@@ -53,7 +63,7 @@ impl Credentials {
         &self,
         users: UserStore,
         tokens: TokenStore,
-        sessions: Option<(SessionKey, Duration)>,
+        sessions: Option<SessionSettings>,
     ) {
         self.users.replace_store(users);
         *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
@@ -61,11 +71,6 @@ impl Credentials {
             .sessions
             .write()
             .unwrap_or_else(PoisonError::into_inner) = sessions.map(Arc::new);
-    }
-
-    /// Whether `user` can still log in with a password or an API token.
-    pub fn has_account(&self, user: &str) -> bool {
-        self.users.password_hash(user).is_some() || self.tokens().hashes_for(user).next().is_some()
     }
 
     pub fn for_peer(&self, ip: IpAddr) -> PeerCheck<'_> {
@@ -77,28 +82,43 @@ impl Credentials {
     }
 
     /// The fingerprint of everything that proves `user` today: a password change, deletion or a
-    /// token revocation changes it, which invalidates the user's sessions.
-    fn fingerprint(&self, user: &str) -> [u8; 8] {
-        let hash = self.users.password_hash(user);
-        session::user_fingerprint(
-            hash.as_deref(),
+    /// token revocation changes it, which invalidates the user's sessions. None when the users
+    /// file has no such user (a deleted user's sessions, like his tokens, end with him).
+    fn fingerprint(&self, user: &str) -> Option<[u8; 8]> {
+        let hash = self.users.password_hash(user)?;
+        Some(session::user_fingerprint(
+            Some(&hash),
             self.tokens().hashes_for(user).collect::<Vec<_>>(),
-        )
-    }
-
-    /// A signed session token for `user` and `session_id`, with its lifetime; None when sessions
-    /// are off.
-    pub fn issue_session(&self, user: &str, session_id: &str) -> Option<(String, Duration)> {
-        let sessions = self.sessions()?;
-        let (key, ttl) = &*sessions;
-        let expires = unix_now() + ttl.as_secs();
-        Some((
-            key.issue(user, session_id, &self.fingerprint(user), expires),
-            *ttl,
         ))
     }
 
-    fn sessions(&self) -> Option<Arc<(SessionKey, Duration)>> {
+    /// A signed session token for `user` and `session_id`, with its lifetime; None when sessions
+    /// are off or the user has no account. `login_unix` is when the session began (a resumed
+    /// session's); None for a new login (now). The token expires `session_ttl` from now, but
+    /// never later than `session_max_age` after the login; None once that has passed.
+    pub fn issue_session(
+        &self,
+        user: &str,
+        session_id: &str,
+        login_unix: Option<u64>,
+    ) -> Option<(String, Duration)> {
+        let sessions = self.sessions()?;
+        let now = unix_now();
+        let login = login_unix.unwrap_or(now);
+        let expires = (now + sessions.ttl.as_secs()).min(login + sessions.max_age.as_secs());
+        if expires <= now {
+            return None;
+        }
+        let fingerprint = self.fingerprint(user)?;
+        Some((
+            sessions
+                .key
+                .issue(user, session_id, &fingerprint, expires, login),
+            Duration::from_secs(expires - now),
+        ))
+    }
+
+    fn sessions(&self) -> Option<Arc<SessionSettings>> {
         self.sessions
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -136,23 +156,24 @@ impl Verifier for PeerCheck<'_> {
         if let Some(throttled) = c.throttled(self.ip, Some(user)) {
             return throttled;
         }
-        let (outcome, cost) = c.users.verify_costed(user, password);
+        let (outcome, cost, stored) = c.users.verify_costed(user, password);
         match cost {
             Cost::CacheHit => c.metrics.auth_cache_hit(),
             Cost::Argon2 => c.metrics.argon2_run(),
             Cost::Nothing => {}
         }
-        let why = match outcome {
-            AuthOutcome::Ok => {
+        let why = match (outcome, stored) {
+            (AuthOutcome::Ok, Some(hash)) => {
                 c.throttle.record_success(self.ip, user, Instant::now());
                 return Verdict::Ok {
                     user: user.to_string(),
                     session_id: None,
+                    proof: Proof::Password { hash },
                 };
             }
-            AuthOutcome::Busy => return Verdict::Busy,
-            AuthOutcome::UnknownUser => "unknown user",
-            AuthOutcome::BadPassword => "bad password",
+            (AuthOutcome::Busy, _) => return Verdict::Busy,
+            (AuthOutcome::UnknownUser | AuthOutcome::Ok, _) => "unknown user",
+            (AuthOutcome::BadPassword, _) => "bad password",
         };
         c.failed(self.ip, Some(user));
         Verdict::Bad {
@@ -166,10 +187,21 @@ impl Verifier for PeerCheck<'_> {
         if let Some(throttled) = c.throttled(self.ip, None) {
             return throttled;
         }
-        match c.tokens().lookup(token) {
+        let tokens = c.tokens();
+        let found = tokens.lookup(token);
+        match found {
+            // A token whose user is no longer in the users file is orphaned: refused, like the
+            // user's password (`check-config` and `token list` name such tokens).
+            Some(found) if c.users.password_hash(found.user).is_none() => Verdict::Bad {
+                user: safe_user(found.user),
+                why: "orphaned token (user not in the users file)",
+            },
             Some(found) => Verdict::Ok {
                 user: found.user.to_string(),
                 session_id: None,
+                proof: Proof::ApiToken {
+                    digest: tokens::token_digest(token),
+                },
             },
             None => {
                 c.failed(self.ip, None);
@@ -186,26 +218,72 @@ impl Verifier for PeerCheck<'_> {
         if let Some(throttled) = c.throttled(self.ip, None) {
             return throttled;
         }
-        let claims = c
-            .sessions()
-            .and_then(|s| s.0.verify(token, unix_now()).ok());
-        match claims {
-            Some(claims) if claims.fingerprint == c.fingerprint(&claims.user) => Verdict::Ok {
-                user: claims.user,
-                session_id: Some(claims.session_id),
-            },
-            Some(claims) => Verdict::Bad {
+        let now = unix_now();
+        let sessions = c.sessions();
+        let claims = sessions.as_ref().and_then(|s| s.key.verify(token, now).ok());
+        let Some(claims) = claims else {
+            c.failed(self.ip, None);
+            return Verdict::Bad {
+                user: String::new(),
+                why: "bad session",
+            };
+        };
+        let max_age = sessions.map_or(0, |s| s.max_age.as_secs());
+        // Genuine tokens that are no longer good are not guesses: not counted as failures.
+        if claims
+            .login_unix
+            .is_some_and(|login| now >= login.saturating_add(max_age))
+        {
+            return Verdict::Bad {
+                user: safe_user(&claims.user),
+                why: "session past session_max_age",
+            };
+        }
+        if c.fingerprint(&claims.user) != Some(claims.fingerprint) {
+            return Verdict::Bad {
                 user: safe_user(&claims.user),
                 why: "revoked session",
-            },
-            None => {
-                c.failed(self.ip, None);
-                Verdict::Bad {
-                    user: String::new(),
-                    why: "bad session",
-                }
-            }
+            };
         }
+        Verdict::Ok {
+            proof: Proof::Session {
+                fingerprint: claims.fingerprint,
+                login_unix: claims.login_unix.unwrap_or(now),
+            },
+            user: claims.user,
+            session_id: Some(claims.session_id),
+        }
+    }
+}
+
+/// The credentials as loaded now, for [`crate::policy::recheck`] after a reload; the client CA
+/// check is the caller's (it holds the TLS configuration).
+pub struct CurrentCredentials<'a, F: Fn(&[CertificateDer<'static>]) -> bool> {
+    pub creds: &'a Credentials,
+    pub client_cert_trusted: F,
+}
+
+impl<F: Fn(&[CertificateDer<'static>]) -> bool> CredentialState for CurrentCredentials<'_, F> {
+    fn password_hash(&self, user: &str) -> Option<[u8; 32]> {
+        self.creds
+            .users
+            .password_hash(user)
+            .map(|phc| users::hash_digest(&phc))
+    }
+
+    fn token_owner(&self, digest: &[u8; 32]) -> Option<String> {
+        self.creds
+            .tokens()
+            .owner_of(digest)
+            .map(ToString::to_string)
+    }
+
+    fn fingerprint(&self, user: &str) -> Option<[u8; 8]> {
+        self.creds.fingerprint(user)
+    }
+
+    fn client_cert_trusted(&self, chain: &[CertificateDer<'static>]) -> bool {
+        (self.client_cert_trusted)(chain)
     }
 }
 

@@ -125,6 +125,13 @@ pub struct AuthConfig {
     pub session_key_file: PathBuf,
     /// `session_ttl`: how long a session stays valid. Zero turns sessions off. Default 12 h.
     pub session_ttl: Duration,
+    /// `session_max_age`: how long a session may be renewed, counted from the login that
+    /// started it; no renewal extends it. Greater than zero, at least `session_ttl`. Default 7 d.
+    pub session_max_age: Duration,
+    /// `trusted_address_ttl`: how long an address where a user logged in successfully stays
+    /// exempt from that user's failed-login block (not from its own). Zero turns the exemption
+    /// off. Default 24 h.
+    pub trusted_address_ttl: Duration,
     /// `max_failures`: failed logins allowed per peer IP and per user name within
     /// `failure_window` before further attempts get 429. Zero turns the throttle off. Default 5.
     pub max_failures: u32,
@@ -815,7 +822,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "tokens_file",
             "session_key_file",
             "session_ttl",
+            "session_max_age",
             "max_failures",
+            "trusted_address_ttl",
             "failure_window",
             "max_pending_hashes",
         ],
@@ -1646,6 +1655,20 @@ fn parse_auth(s: &Section<'_>, base: &Bases<'_>) -> Result<AuthConfig, ConfigErr
     s.allow_missing_file("tokens_file", &tokens_file)?;
     let session_key_file = s.path("session_key_file", DEFAULT_SESSION_KEY, base)?;
     s.allow_missing_file("session_key_file", &session_key_file)?;
+    let session_ttl = s.duration("session_ttl", Duration::from_secs(12 * 3600))?;
+    let session_max_age = s.positive_duration("session_max_age", Duration::from_secs(7 * 86400))?;
+    if !session_ttl.is_zero() && session_max_age < session_ttl {
+        let key = s
+            .first_set(&["session_max_age", "session_ttl"])
+            .unwrap_or("session_max_age");
+        return Err(s.invalid(
+            Some(key),
+            format!(
+                "session_max_age ({session_max_age:?}) must be at least session_ttl \
+                 ({session_ttl:?}): no session can outlive its absolute lifetime"
+            ),
+        ));
+    }
     Ok(AuthConfig {
         users_file,
         cache_size: s.count("cache_size", 1024)?,
@@ -1653,7 +1676,9 @@ fn parse_auth(s: &Section<'_>, base: &Bases<'_>) -> Result<AuthConfig, ConfigErr
         max_concurrent_hashes: s.nonzero_count("max_concurrent_hashes", nz(2))?,
         tokens_file,
         session_key_file,
-        session_ttl: s.duration("session_ttl", Duration::from_secs(12 * 3600))?,
+        session_ttl,
+        session_max_age,
+        trusted_address_ttl: s.duration("trusted_address_ttl", Duration::from_secs(24 * 3600))?,
         max_failures: s.count_u32("max_failures", 5)?,
         failure_window: s.positive_duration("failure_window", Duration::from_secs(300))?,
         max_pending_hashes: s.count("max_pending_hashes", 32)?,

@@ -16,10 +16,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::acl;
 use crate::admin::{self, AdminState};
 use crate::admit::{Admission, Ticket};
-use crate::auth::Credentials;
+use crate::auth::{Credentials, CurrentCredentials, SessionSettings};
 use crate::certs::{self, CertError};
 use crate::cluster::Bridge;
 use crate::config::{ClientAuth, Config, ConfigError, Mode};
@@ -29,11 +28,13 @@ use crate::hub::{Holder, Hub, HubClosed, Membership, Waker};
 use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
-use crate::policy::{Grant, Method, Reason};
+use crate::policy::{self, Grant, Method, Proof, Reason};
 use crate::pool::Pool;
 use crate::proxy;
 use crate::ratelimit::TokenBucket;
 use crate::session::{self, SessionError, SessionKey};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use crate::throttle::LoginThrottle;
 use crate::tls;
 use crate::tokens::{TokenStore, TokensError};
@@ -98,6 +99,9 @@ struct Runtime {
     config: Arc<Config>,
     /// None on a plaintext listener (`[server] tls = off`).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The client certificate verifier inside `tls`, to re-check live connections' certificates
+    /// on reload.
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// The certificate and key files' modification times when loaded (the file watcher compares).
     cert_stamp: Option<(SystemTime, SystemTime)>,
 }
@@ -360,7 +364,7 @@ impl Shared {
                 warn_about_origins(&runtime.config);
                 self.creds
                     .reload(loaded.users, loaded.tokens, loaded.sessions);
-                self.revoke_lost_access(&runtime.config);
+                self.revoke_lost_access(&runtime);
                 *self.runtime.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(runtime);
                 log::info!(
                     "{why}: reloaded {} in {:?}",
@@ -381,36 +385,61 @@ impl Shared {
 }
 
 impl Shared {
-    /// After a reload: closes (1008 `access revoked`) every connection whose user no longer has
-    /// an account, whose path no channel serves, or whose roles no longer let it subscribe — or
-    /// publish, when it was let in to publish. Everyone else keeps running untouched.
-    fn revoke_lost_access(&self, config: &Config) {
-        let mut revoked = 0;
+    /// After a reload: asks [`policy::recheck`] about every live connection and closes those it
+    /// refuses with 1008 — `credential revoked` when what proved the user no longer does
+    /// (deleted user, new password, revoked token, changed session fingerprint, client
+    /// certificate the client CA no longer trusts), `access revoked` when the path or the roles
+    /// no longer allow it. Everyone else keeps running untouched.
+    fn revoke_lost_access(&self, runtime: &Runtime) {
+        let config = &runtime.config;
+        let verifier = runtime.client_verifier.as_deref();
+        let state = CurrentCredentials {
+            creds: &self.creds,
+            client_cert_trusted: |chain: &[CertificateDer<'static>]| {
+                client_cert_trusted(verifier, chain)
+            },
+        };
+        let (mut credential, mut access) = (0, 0);
         self.hub.for_each_member(|path, member| {
-            let h = &member.holder;
-            let user = h.user.as_deref();
-            let has_account = !h.needs_account || user.is_some_and(|u| self.creds.has_account(u));
-            let served = config
-                .channel_for(path)
-                .is_some_and(|c| user.is_some() || c.anonymous);
-            let access = acl::evaluate(&config.roles, user, path);
-            let allowed = access.can_subscribe() && (!h.may_publish || access.can_publish());
-            if !(has_account && served && allowed) {
-                member.revoke();
-                revoked += 1;
+            if let Err(why) = policy::recheck(&member.holder, path, config, &state) {
+                match why {
+                    policy::Revocation::Credential => credential += 1,
+                    policy::Revocation::Access => access += 1,
+                }
+                member.revoke(why);
             }
         });
-        if revoked > 0 {
-            log::info!("reload: closing {revoked} connections whose access was taken away");
+        if credential + access > 0 {
+            log::info!(
+                "reload: closing {} connections whose access was taken away ({credential} \
+                 credential revoked, {access} access revoked)",
+                credential + access
+            );
         }
     }
+}
+
+/// Whether `verifier` (the reloaded client CA) still accepts a live connection's client
+/// certificate chain, as of now (so an expired certificate fails too).
+fn client_cert_trusted(
+    verifier: Option<&dyn ClientCertVerifier>,
+    chain: &[CertificateDer<'static>],
+) -> bool {
+    let (Some(verifier), Some((end_entity, intermediates))) = (verifier, chain.split_first())
+    else {
+        return false;
+    };
+    verifier.offer_client_auth()
+        && verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .is_ok()
 }
 
 /// Users, tokens and session settings, loaded from the files a config names.
 struct LoadedCredentials {
     users: UserStore,
     tokens: TokenStore,
-    sessions: Option<(SessionKey, Duration)>,
+    sessions: Option<SessionSettings>,
 }
 
 fn load_credentials(config: &Config) -> Result<LoadedCredentials, StartError> {
@@ -433,7 +462,11 @@ fn load_credentials(config: &Config) -> Result<LoadedCredentials, StartError> {
         None
     } else {
         let key = SessionKey::load_or_create(&a.session_key_file).map_err(StartError::Session)?;
-        Some((key, a.session_ttl))
+        Some(SessionSettings {
+            key,
+            ttl: a.session_ttl,
+            max_age: a.session_max_age,
+        })
     };
     Ok(LoadedCredentials {
         users,
@@ -470,6 +503,7 @@ fn build_runtime(config: Config) -> Result<Runtime, StartError> {
         return Ok(Runtime {
             config: Arc::new(config),
             tls: None,
+            client_verifier: None,
             cert_stamp: None,
         });
     }
@@ -492,8 +526,9 @@ fn build_runtime(config: Config) -> Result<Runtime, StartError> {
         (ClientAuth::Required, Some(ca)) => tls::ClientCerts::Required(ca),
         _ => tls::ClientCerts::Off,
     };
-    let tls = tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key, client_certs)
-        .map_err(StartError::Cert)?;
+    let (tls, client_verifier) =
+        tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key, client_certs)
+            .map_err(StartError::Cert)?;
     log::info!(
         "certificate {} sha256 fingerprint {fingerprint}",
         tls_cfg.cert.display()
@@ -501,6 +536,7 @@ fn build_runtime(config: Config) -> Result<Runtime, StartError> {
     Ok(Runtime {
         config: Arc::new(config),
         tls: Some(tls),
+        client_verifier: Some(client_verifier),
         cert_stamp,
     })
 }
@@ -802,17 +838,22 @@ fn handshake(
             return None;
         }
     };
+    // A verified client certificate chain, kept so a reload can re-check it.
+    let client_chain = transport.client_chain();
     // Joins the hub and issues the session just before the 101, so a server that is shutting
     // down still answers 503 and a client only gets a session it can use.
     let enter = |grant: &Grant| {
         let limits = &grant.channel.limits;
+        let proof = match grant.method {
+            Method::ClientCert => Proof::ClientCert {
+                chain: client_chain.clone(),
+            },
+            _ => grant.proof.clone(),
+        };
         let holder = Holder {
             user: grant.user.clone(),
             may_publish: grant.may_publish,
-            needs_account: matches!(
-                grant.method,
-                Method::Password | Method::ApiToken | Method::Session
-            ),
+            proof,
         };
         let member = match hub.join(
             &grant.path,
@@ -836,8 +877,15 @@ fn handshake(
             .unwrap_or_else(session::new_session_id);
         let mut headers = Vec::new();
         if let Some(user) = &grant.user {
-            if let Some((token, ttl)) = shared.creds.issue_session(user, &session_id) {
-                headers.push(("Set-Cookie", session_cookie(&token, ttl)));
+            let login = match grant.proof {
+                Proof::Session { login_unix, .. } => Some(login_unix),
+                _ => None,
+            };
+            if let Some((token, ttl)) = shared.creds.issue_session(user, &session_id, login) {
+                // The cookie only where a browser will send it back: a request with an Origin.
+                if grant.browser {
+                    headers.push(("Set-Cookie", session_cookie(&token, ttl)));
+                }
                 headers.push(("X-Wsgate-Session", token));
             }
         }
@@ -883,7 +931,8 @@ fn handshake(
     })
 }
 
-/// The session cookie: only sent over TLS, invisible to page scripts, never sent cross-site.
+/// The session cookie: only sent over TLS, invisible to page scripts, never sent cross-site,
+/// host-only (the `__Host-` name makes a browser insist on `Secure`, `Path=/` and no `Domain`).
 fn session_cookie(token: &str, ttl: Duration) -> String {
     format!(
         "{}={token}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",

@@ -361,6 +361,13 @@ impl TokenStore {
         })
     }
 
+    /// The owner of the token with this digest, if the file still has it.
+    #[must_use]
+    pub fn owner_of(&self, digest: &[u8; 32]) -> Option<&str> {
+        let entry = &self.entries[*self.by_digest.get(digest)?];
+        Some(&entry.user)
+    }
+
     /// The digests of `user`'s tokens, in file order (for session fingerprints, which sort them).
     pub fn hashes_for<'a>(&'a self, user: &'a str) -> impl Iterator<Item = [u8; 32]> + 'a {
         self.entries

@@ -421,6 +421,15 @@ pub fn hash_password_with(password: &str, params: Params) -> Result<String, User
         .map_err(|e| UsersError::Hash(e.to_string()))
 }
 
+/// SHA-256 of a stored PHC string: what a password login keeps to tell, after a reload, whether
+/// the user's password is still the one it proved (see `policy::Proof::Password`).
+#[must_use]
+pub fn hash_digest(phc: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, phc.as_bytes()).as_ref());
+    out
+}
+
 /// FIFO set of HMAC tags of recent successful checks, each with its insertion time. Insertions
 /// happen under the lock with `Instant::now()`, so the queue is in time order and expired entries
 /// are always a prefix of it.
@@ -542,34 +551,40 @@ impl Authenticator {
         self.verify_costed(user, password).0
     }
 
-    /// [`Authenticator::verify`], also saying what the answer cost (for metrics).
-    pub fn verify_costed(&self, user: &str, password: &str) -> (AuthOutcome, Cost) {
+    /// [`Authenticator::verify`], also saying what the answer cost (for metrics) and, on
+    /// success, the [`hash_digest`] of the stored hash it matched (so a reload can tell whether
+    /// the password changed since).
+    pub fn verify_costed(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> (AuthOutcome, Cost, Option<[u8; 32]>) {
         let state = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
         let Some(stored) = state.store.users.get(user) else {
             if let Some(dummy) = state.dummy_hash() {
                 if self.argon2_verify(dummy, password).is_none() {
-                    return (AuthOutcome::Busy, Cost::Nothing);
+                    return (AuthOutcome::Busy, Cost::Nothing, None);
                 }
             }
-            return (AuthOutcome::UnknownUser, Cost::Argon2);
+            return (AuthOutcome::UnknownUser, Cost::Argon2, None);
         };
         let tag = self
             .cache_enabled()
             .then(|| self.tag(user, stored, password));
         if let Some(tag) = &tag {
             if lock(&self.cache).hit(tag, self.cache_ttl) {
-                return (AuthOutcome::Ok, Cost::CacheHit);
+                return (AuthOutcome::Ok, Cost::CacheHit, Some(hash_digest(stored)));
             }
         }
         match self.argon2_verify(stored, password) {
-            None => return (AuthOutcome::Busy, Cost::Nothing),
-            Some(false) => return (AuthOutcome::BadPassword, Cost::Argon2),
+            None => return (AuthOutcome::Busy, Cost::Nothing, None),
+            Some(false) => return (AuthOutcome::BadPassword, Cost::Argon2, None),
             Some(true) => {}
         }
         if let Some(tag) = tag {
             lock(&self.cache).insert(tag, self.cache_ttl, self.cache_size);
         }
-        (AuthOutcome::Ok, Cost::Argon2)
+        (AuthOutcome::Ok, Cost::Argon2, Some(hash_digest(stored)))
     }
 
     /// Swaps in a newly loaded store (SIGHUP reload) and forgets every cached success.

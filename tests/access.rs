@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::{ClientConfig, RootCertStore};
 use tungstenite::Message;
 
 /// A setup with roles: everyone may use /echo and /chat/*; only alice may publish on /feed;
@@ -296,52 +294,6 @@ fn message_rate_limit_closes_a_flooder_while_others_are_unaffected() {
         }
     }
     assert!(floods <= 21, "{floods} flood messages passed a 20/s limit");
-}
-
-/// A client CA and one client certificate it signed for `cn`.
-struct ClientPki {
-    ca_pem: String,
-    leaf: CertificateDer<'static>,
-    leaf_key: Vec<u8>,
-}
-
-fn client_pki(cn: &str) -> ClientPki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test client CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let mut leaf_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
-    ClientPki {
-        ca_pem: ca.pem(),
-        leaf: leaf.der().clone(),
-        leaf_key: leaf_key.serialize_der(),
-    }
-}
-
-impl ClientPki {
-    /// A client configuration that trusts `server` and presents the client certificate.
-    fn config_for(&self, server: &Server) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(server.ca.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.clone()));
-        Arc::new(
-            ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_client_auth_cert(vec![self.leaf.clone()], key)
-                .unwrap(),
-        )
-    }
 }
 
 fn mtls_server(mode: &str, pki: &ClientPki) -> Server {

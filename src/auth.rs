@@ -59,12 +59,7 @@ impl Credentials {
     }
 
     /// Swaps in reloaded users, tokens and session settings; new checks use them at once.
-    pub fn reload(
-        &self,
-        users: UserStore,
-        tokens: TokenStore,
-        sessions: Option<SessionSettings>,
-    ) {
+    pub fn reload(&self, users: UserStore, tokens: TokenStore, sessions: Option<SessionSettings>) {
         self.users.replace_store(users);
         *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
         *self
@@ -220,7 +215,9 @@ impl Verifier for PeerCheck<'_> {
         }
         let now = unix_now();
         let sessions = c.sessions();
-        let claims = sessions.as_ref().and_then(|s| s.key.verify(token, now).ok());
+        let claims = sessions
+            .as_ref()
+            .and_then(|s| s.key.verify(token, now).ok());
         let Some(claims) = claims else {
             c.failed(self.ip, None);
             return Verdict::Bad {

@@ -246,7 +246,10 @@ pub enum Proof {
     ApiToken { digest: [u8; 32] },
     /// A session token carrying this credential fingerprint, first issued at `login_unix` (the
     /// password or token login that started the session; renewals keep it).
-    Session { fingerprint: [u8; 8], login_unix: u64 },
+    Session {
+        fingerprint: [u8; 8],
+        login_unix: u64,
+    },
     /// A TLS client certificate chain (end entity first), as verified at the handshake. `decide`
     /// leaves it empty; the server, which holds the TLS session, fills it in.
     ClientCert { chain: Vec<CertificateDer<'static>> },
@@ -1167,7 +1170,11 @@ mod tests {
         assert_eq!(grant.method, Method::Session);
         assert!(grant.browser);
         // The same token as a query or bearer is not the cookie: allow_any applies as usual.
-        let by_query = get(&cfg, "/echo?session=s1.good", "Origin: https://evil.example\r\n");
+        let by_query = get(
+            &cfg,
+            "/echo?session=s1.good",
+            "Origin: https://evil.example\r\n",
+        );
         assert!(by_query.is_ok());
         assert!(!get(&cfg, "/echo?session=s1.good", "").unwrap().browser);
     }
@@ -1207,7 +1214,11 @@ mod tests {
 
     impl CredentialState for Now {
         fn password_hash(&self, user: &str) -> Option<[u8; 32]> {
-            (!self.deleted.contains(&user)).then_some(if user == "alice" { [1; 32] } else { [9; 32] })
+            (!self.deleted.contains(&user)).then_some(if user == "alice" {
+                [1; 32]
+            } else {
+                [9; 32]
+            })
         }
         fn token_owner(&self, digest: &[u8; 32]) -> Option<String> {
             (*digest == [2; 32]).then(|| "bob".to_string())
@@ -1270,7 +1281,11 @@ mod tests {
             ),
             (Some("dave"), cert(b"good"), Ok(())),
             (Some("dave"), cert(b"other CA"), Err(Revocation::Credential)),
-            (Some("dave"), Proof::ClientCert { chain: vec![] }, Err(Revocation::Credential)),
+            (
+                Some("dave"),
+                Proof::ClientCert { chain: vec![] },
+                Err(Revocation::Credential),
+            ),
             (None, Proof::Anonymous, Err(Revocation::Access)), // /echo is not anonymous
             (Some("x"), Proof::Anonymous, Err(Revocation::Credential)),
         ];

@@ -33,13 +33,13 @@ use crate::pool::Pool;
 use crate::proxy;
 use crate::ratelimit::TokenBucket;
 use crate::session::{self, SessionError, SessionKey};
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::ClientCertVerifier;
 use crate::throttle::LoginThrottle;
 use crate::tls;
 use crate::tokens::{TokenStore, TokensError};
 use crate::upgrade::{self, UpgradeError};
 use crate::users::{Authenticator, UserStore, UsersError};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 
 /// Peer addresses and user names the failed-login throttle remembers (each map); the oldest are
 /// forgotten first, so a flood of distinct addresses cannot grow memory.

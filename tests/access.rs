@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -161,7 +160,7 @@ fn sessions_resume_without_the_password_and_keep_their_id() {
     let (ws, resp) = server
         .connect_full(
             "/echo",
-            &[("Authorization", &creds)],
+            &[("Authorization", &creds), ("Origin", ORIGIN_OK)],
             server.client_config(),
         )
         .unwrap();
@@ -172,7 +171,7 @@ fn sessions_resume_without_the_password_and_keep_their_id() {
         .to_string();
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
-        cookie.starts_with(&format!("wsgate_session={token};")),
+        cookie.starts_with(&format!("__Host-wsgate_session={token};")),
         "{cookie}"
     );
     for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
@@ -195,7 +194,10 @@ fn sessions_resume_without_the_password_and_keep_their_id() {
     let mut k = server
         .connect_with(
             "/echo",
-            &[("Cookie", &format!("a=b; wsgate_session={token}"))],
+            &[
+                ("Cookie", &format!("a=b; __Host-wsgate_session={token}")),
+                ("Origin", ORIGIN_OK),
+            ],
         )
         .unwrap();
     let mut b = server

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::net::UnixDatagram;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -11,7 +11,7 @@ use rustls::pki_types::CertificateDer;
 use crate::metrics::Metrics;
 use crate::policy::{CredentialState, Proof, Verdict, Verifier, safe_user};
 use crate::session::{self, SessionKey};
-use crate::throttle::LoginThrottle;
+use crate::throttle::{LoginThrottle, Logging};
 use crate::tokens::{self, TokenStore};
 use crate::users::{self, AuthOutcome, Authenticator, Cost, UserStore};
 
@@ -122,16 +122,24 @@ impl Credentials {
 
     /// Counts a failure; logs once per window when it trips the throttle.
     fn failed(&self, ip: IpAddr, user: Option<&str>) {
-        if self
-            .throttle
-            .record_failure(ip, user, Instant::now())
-            .tripped()
-        {
+        let logging = self.throttle.record_failure(ip, user, Instant::now());
+        self.log_trip(ip, user, logging);
+    }
+
+    /// The once-per-window line when a failure blocked the address or the name.
+    fn log_trip(&self, ip: IpAddr, user: Option<&str>, logging: Logging) {
+        if logging.tripped() {
             log::warn!(
                 "login throttled: peer={ip} user=\"{}\": too many failed logins; further attempts get 429 until the window ends",
                 user.map_or_else(String::new, safe_user)
             );
         }
+    }
+
+    /// A granted login as `user` from `ip`, by any credential: the throttle forgets the user's
+    /// failures from this address and trusts it for the user (see `throttle`).
+    pub fn logged_in(&self, ip: IpAddr, user: &str) {
+        self.throttle.record_success(ip, user, Instant::now());
     }
 
     fn throttled(&self, ip: IpAddr, user: Option<&str>) -> Option<Verdict> {
@@ -151,15 +159,31 @@ impl Verifier for PeerCheck<'_> {
         if let Some(throttled) = c.throttled(self.ip, Some(user)) {
             return throttled;
         }
-        let (outcome, cost, stored) = c.users.verify_costed(user, password);
+        // The throttle reserves a place only for a check that will run Argon2 itself (not a
+        // cache hit, not one sharing an identical check in flight), in one step with its check.
+        let (mut attempt, mut blocked) = (None, None);
+        let (outcome, cost, stored) = c.users.verify_gated(user, password, &mut || {
+            match c.throttle.begin(self.ip, Some(user), Instant::now()) {
+                Ok(reserved) => {
+                    attempt = Some(reserved);
+                    true
+                }
+                Err(b) => {
+                    blocked = Some(b);
+                    false
+                }
+            }
+        });
         match cost {
             Cost::CacheHit => c.metrics.auth_cache_hit(),
             Cost::Argon2 => c.metrics.argon2_run(),
-            Cost::Nothing => {}
+            Cost::Shared | Cost::Nothing => {}
         }
         let why = match (outcome, stored) {
             (AuthOutcome::Ok, Some(hash)) => {
-                c.throttle.record_success(self.ip, user, Instant::now());
+                if let Some(reserved) = attempt {
+                    reserved.succeeded();
+                }
                 return Verdict::Ok {
                     user: user.to_string(),
                     session_id: None,
@@ -167,10 +191,19 @@ impl Verifier for PeerCheck<'_> {
                 };
             }
             (AuthOutcome::Busy, _) => return Verdict::Busy,
+            (AuthOutcome::Declined, _) => {
+                return Verdict::Throttled {
+                    user: safe_user(user),
+                    retry_after: blocked.map_or(Duration::from_secs(1), |b| b.retry_after),
+                };
+            }
             (AuthOutcome::UnknownUser | AuthOutcome::Ok, _) => "unknown user",
             (AuthOutcome::BadPassword, _) => "bad password",
         };
-        c.failed(self.ip, Some(user));
+        // A check that shared another's run is that same guess: counted once, by the one that ran.
+        if let Some(reserved) = attempt {
+            c.log_trip(self.ip, Some(user), reserved.failed(Instant::now()));
+        }
         Verdict::Bad {
             user: safe_user(user),
             why,

@@ -41,8 +41,9 @@ use crate::users::{Authenticator, UserStore, UsersError};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 
-/// Peer addresses and user names the failed-login throttle remembers (each map); the oldest are
-/// forgotten first, so a flood of distinct addresses cannot grow memory.
+/// Peer addresses, user names and trusted (name, address) pairs the failed-login throttle
+/// remembers (each map); the oldest are forgotten first, so a flood of distinct addresses cannot
+/// grow memory.
 const THROTTLE_ENTRIES: usize = 4096;
 
 /// Why the server could not start.
@@ -170,7 +171,8 @@ impl Server {
             a.max_concurrent_hashes.get(),
         )
         .with_queue_limit(a.max_pending_hashes);
-        let throttle = LoginThrottle::new(a.max_failures, a.failure_window, THROTTLE_ENTRIES);
+        let throttle = LoginThrottle::new(a.max_failures, a.failure_window, THROTTLE_ENTRIES)
+            .with_trusted_ttl(a.trusted_address_ttl);
         let creds = Arc::new(Credentials::new(
             users,
             loaded.tokens,
@@ -662,6 +664,7 @@ fn warn_restart_needed(old: &Config, new: &Config) {
         || oa.max_pending_hashes != na.max_pending_hashes
         || oa.max_failures != na.max_failures
         || oa.failure_window != na.failure_window
+        || oa.trusted_address_ttl != na.trusted_address_ttl
     {
         changed.push("[auth] cache/hashing/throttle limits");
     }
@@ -871,6 +874,9 @@ fn handshake(
         };
         // Authenticated: leave the pre-auth budget before the client can see the 101.
         ticket.authenticated();
+        if let Some(user) = &grant.user {
+            shared.creds.logged_in(peer.ip(), user);
+        }
         let session_id = grant
             .session_id
             .clone()
@@ -1056,7 +1062,8 @@ impl MemoryBudget {
             handshakes: s.max_pre_auth.get(),
             handshake_stack: s.handshake_stack_size.get(),
             hashing: config.auth.max_concurrent_hashes.get() * 19 * 1024 * 1024,
-            caches: (config.auth.cache_size + 2 * THROTTLE_ENTRIES) * CACHE_ENTRY,
+            // The throttle's addresses, names and trusted (name, address) pairs.
+            caches: (config.auth.cache_size + 3 * THROTTLE_ENTRIES) * CACHE_ENTRY,
             cluster: if config.cluster.redis_url.is_some() {
                 config.cluster.publish_queue.get() * max_message
             } else {
@@ -1111,7 +1118,7 @@ mod tests {
         assert_eq!(b.buffers, (4 + 64 + 32) * 1024 + TLS_PER_CONNECTION);
         assert_eq!((b.handshakes, b.handshake_stack), (4, 256 * 1024));
         assert_eq!(b.hashing, 2 * 19 * 1024 * 1024);
-        assert_eq!(b.caches, (100 + 2 * THROTTLE_ENTRIES) * CACHE_ENTRY);
+        assert_eq!(b.caches, (100 + 3 * THROTTLE_ENTRIES) * CACHE_ENTRY);
         assert_eq!(b.cluster, 0);
         assert_eq!(b.per_connection(), b.stack + b.buffers + 8 * 32 * 1024);
         assert_eq!(

@@ -10,7 +10,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{self, PasswordHash, PasswordHasher, SaltString};
@@ -47,6 +47,8 @@ pub struct Authenticator {
     cache_size: usize,
     cache_ttl: Duration,
     cache_key: hmac::Key,
+    /// Checks running Argon2 now, by cache tag (single flight).
+    flights: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     /// One token per Argon2 run allowed at once; a verification takes one and gives it back.
     tokens_tx: Sender<Vec<argon2::Block>>,
     tokens_rx: Receiver<Vec<argon2::Block>>,
@@ -60,11 +62,38 @@ pub struct Authenticator {
     peak_in_flight: std::sync::atomic::AtomicUsize,
 }
 
-/// A store plus the dummy hash an unknown user is checked against (made lazily, with the same
-/// parameters as the store's hashes, so an unknown user costs what a wrong password costs).
+/// A store plus the dummy hash an unknown user is checked against (made with the store, with the
+/// same parameters as its hashes, so an unknown user costs what a wrong password costs — from the
+/// first attempt on: made lazily, the first unknown user would also pay for making it).
 struct StoreState {
     store: Arc<UserStore>,
-    dummy: OnceLock<Option<String>>,
+    dummy: Option<String>,
+}
+
+/// One Argon2 check in flight, which identical checks (same user, stored hash and password)
+/// arriving meanwhile wait for instead of running their own.
+#[derive(Default)]
+struct Flight {
+    /// None while running; then the leader's answer (None: it got no permit).
+    answer: Mutex<Option<Option<bool>>>,
+    done: Condvar,
+}
+
+/// The leader's side of a [`Flight`]: publishes the answer and leaves the table even if the run
+/// panics (then as "no answer", so followers answer busy instead of waiting forever).
+struct Leading<'a> {
+    flights: &'a Mutex<HashMap<[u8; 32], Arc<Flight>>>,
+    tag: [u8; 32],
+    flight: Arc<Flight>,
+    answer: Option<bool>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        lock(self.flights).remove(&self.tag);
+        *lock(&self.flight.answer) = Some(self.answer);
+        self.flight.done.notify_all();
+    }
 }
 
 /// The result of a credential check. Callers answer `UnknownUser` and `BadPassword` identically.
@@ -75,6 +104,8 @@ pub enum AuthOutcome {
     BadPassword,
     /// Too many password checks are already waiting for an Argon2 permit; try again shortly.
     Busy,
+    /// The caller's gate (the failed-login throttle) did not let this check run Argon2.
+    Declined,
 }
 
 /// What a password check cost.
@@ -84,6 +115,9 @@ pub enum Cost {
     CacheHit,
     /// One Argon2id run (against the user's hash, or the dummy for an unknown user).
     Argon2,
+    /// Answered by an identical check that was already running (single flight): no run of its
+    /// own.
+    Shared,
     /// Refused before any work (busy).
     Nothing,
 }
@@ -525,6 +559,7 @@ impl Authenticator {
             cache_size,
             cache_ttl,
             cache_key,
+            flights: Mutex::new(HashMap::new()),
             tokens_tx,
             tokens_rx,
             argon2_runs: AtomicU64::new(0),
@@ -559,32 +594,83 @@ impl Authenticator {
         user: &str,
         password: &str,
     ) -> (AuthOutcome, Cost, Option<[u8; 32]>) {
+        self.verify_gated(user, password, &mut || true)
+    }
+
+    /// [`Authenticator::verify_costed`], asking `gate` just before this check would run Argon2
+    /// itself — not for a cache hit, nor when it joins an identical check already running —
+    /// and answering [`AuthOutcome::Declined`] without a run when the gate says no. The failed-
+    /// login throttle reserves its place there, so only checks that cost a hash are counted in
+    /// flight.
+    ///
+    /// Identical checks in flight at once (same user, stored hash and password: every device
+    /// logging in after a restart) share one Argon2 run: the first runs it, the others wait for
+    /// its answer. Unknown users go the same way, against the dummy hash, so the two still
+    /// cost the same.
+    pub fn verify_gated(
+        &self,
+        user: &str,
+        password: &str,
+        gate: &mut dyn FnMut() -> bool,
+    ) -> (AuthOutcome, Cost, Option<[u8; 32]>) {
         let state = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
-        let Some(stored) = state.store.users.get(user) else {
-            if let Some(dummy) = state.dummy_hash() {
-                if self.argon2_verify(dummy, password).is_none() {
-                    return (AuthOutcome::Busy, Cost::Nothing, None);
-                }
-            }
-            return (AuthOutcome::UnknownUser, Cost::Argon2, None);
+        let known = state.store.users.get(user);
+        let Some(stored) = known.map(String::as_str).or(state.dummy.as_deref()) else {
+            // No dummy hash could be made (Argon2 refused its parameters): nothing to run.
+            return (AuthOutcome::UnknownUser, Cost::Nothing, None);
         };
-        let tag = self
-            .cache_enabled()
-            .then(|| self.tag(user, stored, password));
-        if let Some(tag) = &tag {
-            if lock(&self.cache).hit(tag, self.cache_ttl) {
-                return (AuthOutcome::Ok, Cost::CacheHit, Some(hash_digest(stored)));
+        let tag = self.tag(user, stored, password);
+        if known.is_some() && self.cache_enabled() && lock(&self.cache).hit(&tag, self.cache_ttl) {
+            return (AuthOutcome::Ok, Cost::CacheHit, Some(hash_digest(stored)));
+        }
+        let (matched, cost) = match self.join_or_lead(tag, gate) {
+            Role::Declined => return (AuthOutcome::Declined, Cost::Nothing, None),
+            Role::Follow(flight) => {
+                let mut answer = lock(&flight.answer);
+                while answer.is_none() {
+                    answer = flight
+                        .done
+                        .wait(answer)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                (answer.flatten(), Cost::Shared)
             }
+            Role::Lead(mut leading) => {
+                let matched = self.argon2_verify(stored, password);
+                if matched == Some(true) && known.is_some() && self.cache_enabled() {
+                    // Cached before the flight leaves the table: a check arriving in between
+                    // finds one or the other.
+                    lock(&self.cache).insert(tag, self.cache_ttl, self.cache_size);
+                }
+                leading.answer = matched;
+                (matched, Cost::Argon2)
+            }
+        };
+        match (matched, known) {
+            (None, _) => (AuthOutcome::Busy, Cost::Nothing, None),
+            (Some(_), None) => (AuthOutcome::UnknownUser, cost, None),
+            (Some(false), Some(_)) => (AuthOutcome::BadPassword, cost, None),
+            (Some(true), Some(_)) => (AuthOutcome::Ok, cost, Some(hash_digest(stored))),
         }
-        match self.argon2_verify(stored, password) {
-            None => return (AuthOutcome::Busy, Cost::Nothing, None),
-            Some(false) => return (AuthOutcome::BadPassword, Cost::Argon2, None),
-            Some(true) => {}
+    }
+
+    /// Joins the identical check in flight, or — if `gate` agrees — becomes the one that runs.
+    fn join_or_lead(&self, tag: [u8; 32], gate: &mut dyn FnMut() -> bool) -> Role<'_> {
+        let mut flights = lock(&self.flights);
+        if let Some(flight) = flights.get(&tag) {
+            return Role::Follow(Arc::clone(flight));
         }
-        if let Some(tag) = tag {
-            lock(&self.cache).insert(tag, self.cache_ttl, self.cache_size);
+        if !gate() {
+            return Role::Declined;
         }
-        (AuthOutcome::Ok, Cost::Argon2, Some(hash_digest(stored)))
+        let flight = Arc::new(Flight::default());
+        flights.insert(tag, Arc::clone(&flight));
+        Role::Lead(Leading {
+            flights: &self.flights,
+            tag,
+            flight,
+            answer: None,
+        })
     }
 
     /// Swaps in a newly loaded store (SIGHUP reload) and forgets every cached success.
@@ -677,6 +763,16 @@ impl Authenticator {
     }
 }
 
+/// What a check does about an identical one in flight.
+enum Role<'a> {
+    /// Runs Argon2 and publishes the answer.
+    Lead(Leading<'a>),
+    /// Waits for the answer of the one running.
+    Follow(Arc<Flight>),
+    /// The gate said no.
+    Declined,
+}
+
 /// Recomputes `parsed`'s Argon2 hash of `password` in `memory` (grown to the hash's m_cost if
 /// needed) and compares it with the stored output in constant time.
 fn argon2_matches(
@@ -718,20 +814,13 @@ fn argon2_matches(
 }
 
 impl StoreState {
+    /// The store and its dummy hash, made now (one Argon2 run, at start and on each reload).
     fn new(store: UserStore) -> Self {
+        let dummy = hash_password_with("wsgate-dummy-password", store.typical_params()).ok();
         StoreState {
             store: Arc::new(store),
-            dummy: OnceLock::new(),
+            dummy,
         }
-    }
-
-    /// The dummy hash for unknown users, made on first need with the store's parameters.
-    fn dummy_hash(&self) -> Option<&str> {
-        self.dummy
-            .get_or_init(|| {
-                hash_password_with("wsgate-dummy-password", self.store.typical_params()).ok()
-            })
-            .as_deref()
     }
 }
 
@@ -1074,18 +1163,58 @@ mod tests {
             .map(|i| {
                 let auth = Arc::clone(&auth);
                 std::thread::spawn(move || {
-                    let pw = if i % 2 == 0 { "pw" } else { "bad" };
-                    auth.verify("alice", pw)
+                    // Distinct wrong passwords: no two checks are identical (no sharing).
+                    let pw = if i == 0 { "pw".to_string() } else { format!("bad{i}") };
+                    auth.verify("alice", &pw)
                 })
             })
             .collect();
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        assert_eq!(results.iter().filter(|r| **r == AuthOutcome::Ok).count(), 4);
+        assert_eq!(results.iter().filter(|r| **r == AuthOutcome::Ok).count(), 1);
         assert_eq!(auth.argon2_runs(), 8);
         // All tokens came back, and never more than two runs were in flight.
         assert_eq!(auth.tokens_rx.len(), 2);
         let peak = auth.peak_in_flight.load(Ordering::SeqCst);
         assert!((1..=2).contains(&peak), "peak {peak}");
+    }
+
+    #[test]
+    fn identical_checks_in_flight_share_one_run() {
+        let phc = hash_password_with("pw", Params::new(4096, 2, 1, None).unwrap()).unwrap();
+        let store = UserStore::parse(&format!("alice:{phc}\n"), p()).unwrap();
+        let auth = Authenticator::new(store, 16, Duration::from_secs(60), 2);
+        let start = std::sync::Barrier::new(16);
+        let gated = AtomicU64::new(0);
+        let outcomes: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        auth.verify_gated("alice", "pw", &mut || {
+                            gated.fetch_add(1, Ordering::SeqCst);
+                            true
+                        })
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // One run; the others shared it or (arriving after it) hit the cache. Only the one that
+        // ran asked the gate.
+        assert_eq!(auth.argon2_runs(), 1);
+        assert_eq!(gated.load(Ordering::SeqCst), 1);
+        assert!(outcomes.iter().all(|(o, _, d)| *o == AuthOutcome::Ok && d.is_some()));
+        assert_eq!(
+            outcomes.iter().filter(|(_, c, _)| *c == Cost::Argon2).count(),
+            1
+        );
+        // A gate that says no: nothing runs, the answer says so.
+        let (outcome, cost, _) = auth.verify_gated("alice", "other", &mut || false);
+        assert_eq!((outcome, cost), (AuthOutcome::Declined, Cost::Nothing));
+        assert_eq!(auth.argon2_runs(), 1);
+        // The dummy hash was made with the store: an unknown user's first check is one run.
+        assert_eq!(auth.verify("nobody", "x"), AuthOutcome::UnknownUser);
+        assert_eq!(auth.argon2_runs(), 2);
     }
 
     #[test]

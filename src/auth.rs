@@ -11,7 +11,7 @@ use rustls::pki_types::CertificateDer;
 use crate::metrics::Metrics;
 use crate::policy::{CredentialState, Proof, Verdict, Verifier, safe_user};
 use crate::session::{self, SessionKey};
-use crate::throttle::{LoginThrottle, Logging};
+use crate::throttle::{Logging, LoginThrottle};
 use crate::tokens::{self, TokenStore};
 use crate::users::{self, AuthOutcome, Authenticator, Cost, UserStore};
 
@@ -162,16 +162,17 @@ impl Verifier for PeerCheck<'_> {
         // The throttle reserves a place only for a check that will run Argon2 itself (not a
         // cache hit, not one sharing an identical check in flight), in one step with its check.
         let (mut attempt, mut blocked) = (None, None);
-        let (outcome, cost, stored) = c.users.verify_gated(user, password, &mut || {
-            match c.throttle.begin(self.ip, Some(user), Instant::now()) {
-                Ok(reserved) => {
-                    attempt = Some(reserved);
-                    true
-                }
-                Err(b) => {
-                    blocked = Some(b);
-                    false
-                }
+        let (outcome, cost, stored) = c.users.verify_gated(user, password, &mut || match c
+            .throttle
+            .begin(self.ip, Some(user), Instant::now())
+        {
+            Ok(reserved) => {
+                attempt = Some(reserved);
+                true
+            }
+            Err(b) => {
+                blocked = Some(b);
+                false
             }
         });
         match cost {

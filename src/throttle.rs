@@ -196,7 +196,13 @@ impl<K: Hash + Eq + Clone> Counters<K> {
 
     /// `key`'s window, made (evicting when full) or restarted if it ended; attempts in flight
     /// carry over into a restarted window.
-    fn window_of(&mut self, key: K, now: Instant, window: Duration, capacity: usize) -> &mut Window {
+    fn window_of(
+        &mut self,
+        key: K,
+        now: Instant,
+        window: Duration,
+        capacity: usize,
+    ) -> &mut Window {
         if !self.map.contains_key(&key) && self.map.len() >= capacity {
             // Ended windows with nothing in flight first; if none, the oldest window. O(capacity),
             // but only when full, and failures come at most at the pace of Argon2 checks.
@@ -400,23 +406,22 @@ impl LoginThrottle {
         now: Instant,
     ) -> Result<Attempt<'_>, Blocked> {
         let user = user_key(user).map(str::to_string);
-        let attempt = Attempt {
+        if self.max_failures > 0 {
+            let mut state = self.lock();
+            self.blocked_locked(&state, ip, user.as_deref(), now)?;
+            let (window, cap) = (self.window, self.capacity);
+            state.ips.reserve(ip_key(ip), now, window, cap);
+            if let Some(u) = &user {
+                state.users.reserve(u.clone(), now, window, cap);
+            }
+        }
+        // Made only once reserved: dropping an attempt gives back a place it holds.
+        Ok(Attempt {
             throttle: self,
             ip,
             user,
             settled: false,
-        };
-        if self.max_failures == 0 {
-            return Ok(attempt);
-        }
-        let mut state = self.lock();
-        self.blocked_locked(&state, ip, attempt.user.as_deref(), now)?;
-        let (window, cap) = (self.window, self.capacity);
-        state.ips.reserve(ip_key(ip), now, window, cap);
-        if let Some(u) = &attempt.user {
-            state.users.reserve(u.clone(), now, window, cap);
-        }
-        Ok(attempt)
+        })
     }
 
     /// Counts a failed login against `ip` and `user` (when given).
@@ -440,8 +445,11 @@ impl LoginThrottle {
         let (max, window, cap) = (self.max_failures, self.window, self.capacity);
         let ip = ip_key(ip);
         let ip_tripped = state.ips.fail(ip, None, now, max, window, cap);
-        let user_tripped = user_key(user)
-            .is_some_and(|u| state.users.fail(u.to_string(), Some(ip), now, max, window, cap));
+        let user_tripped = user_key(user).is_some_and(|u| {
+            state
+                .users
+                .fail(u.to_string(), Some(ip), now, max, window, cap)
+        });
         Logging {
             ip_tripped,
             user_tripped,
@@ -733,6 +741,11 @@ mod tests {
         // From many addresses, the name's places are taken just the same.
         let b = t.begin(ip(2), Some("alice"), t0).err().unwrap();
         assert_eq!(b.key, BlockedKey::User("alice".into()));
+        // Refusals hold no place, so they give none back: still blocked after many of them.
+        for _ in 0..10 {
+            assert!(t.begin(ip(2), Some("alice"), t0).is_err());
+        }
+        assert!(t.begin(ip(5), Some("alice"), t0).is_err());
         // An attempt dropped unsettled (never checked) gives its place back uncounted.
         let mut held = held.into_iter();
         drop(held.next());

@@ -1164,7 +1164,11 @@ mod tests {
                 let auth = Arc::clone(&auth);
                 std::thread::spawn(move || {
                     // Distinct wrong passwords: no two checks are identical (no sharing).
-                    let pw = if i == 0 { "pw".to_string() } else { format!("bad{i}") };
+                    let pw = if i == 0 {
+                        "pw".to_string()
+                    } else {
+                        format!("bad{i}")
+                    };
                     auth.verify("alice", &pw)
                 })
             })
@@ -1203,9 +1207,16 @@ mod tests {
         // ran asked the gate.
         assert_eq!(auth.argon2_runs(), 1);
         assert_eq!(gated.load(Ordering::SeqCst), 1);
-        assert!(outcomes.iter().all(|(o, _, d)| *o == AuthOutcome::Ok && d.is_some()));
+        assert!(
+            outcomes
+                .iter()
+                .all(|(o, _, d)| *o == AuthOutcome::Ok && d.is_some())
+        );
         assert_eq!(
-            outcomes.iter().filter(|(_, c, _)| *c == Cost::Argon2).count(),
+            outcomes
+                .iter()
+                .filter(|(_, c, _)| *c == Cost::Argon2)
+                .count(),
             1
         );
         // A gate that says no: nothing runs, the answer says so.

@@ -671,3 +671,29 @@ pub fn echoes(ws: &mut Client, text: &str) {
     ws.send(Message::text(text)).unwrap();
     assert_eq!(next_data(ws), Message::text(text));
 }
+
+/// A PROXY protocol v1 header carrying `source` as the client's address (for a server with
+/// `[server] proxy_protocol = true`: how a test speaks from many addresses).
+pub fn proxy_v1(source: SocketAddr) -> Vec<u8> {
+    let proto = if source.is_ipv4() { "TCP4" } else { "TCP6" };
+    let dest = if source.is_ipv4() {
+        "192.0.2.1"
+    } else {
+        "2001:db8::1"
+    };
+    format!(
+        "PROXY {proto} {} {dest} {} 443\r\n",
+        source.ip(),
+        source.port()
+    )
+    .into_bytes()
+}
+
+impl Server {
+    /// A TCP connection to the server that has already sent `header`.
+    pub fn tcp_with(&self, header: &[u8]) -> TcpStream {
+        let mut tcp = self.tcp();
+        tcp.write_all(header).unwrap();
+        tcp
+    }
+}

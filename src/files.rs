@@ -1,5 +1,6 @@
 //! Files that hold secrets (users, API tokens, the session key): opening them the same careful way
-//! everywhere — a regular file only, and a warning when group or others can read it.
+//! everywhere — a regular file only, and a warning when group or others can read it — and the
+//! lock that serialises the commands rewriting them.
 
 use std::fs::{File, Metadata};
 use std::io;
@@ -30,6 +31,37 @@ pub fn open_private(path: &Path, what: &str) -> io::Result<(File, Metadata)> {
         );
     }
     Ok((file, meta))
+}
+
+/// An exclusive advisory lock (`flock(2)`) on the directory that holds a credential file, held
+/// while a command reads, changes and rewrites the file; released when dropped (or when the
+/// process dies, so a killed command never leaves it stuck).
+///
+/// The directory, not the file: every rewrite renames a new file over the old one, so a lock on
+/// the file would be on an inode the next writer never opens. Locking the directory (a symlinked
+/// file's target's directory, which is where the rename happens) serialises every `wsgate passwd`
+/// and `wsgate token` run on files there, so no printed change is lost to a concurrent one.
+/// Readers (the server) need no lock: they only ever see a whole old or a whole new file.
+pub struct UpdateLock {
+    _dir: File,
+}
+
+/// Takes the [`UpdateLock`] for `file`, waiting for another holder to finish.
+///
+/// # Errors
+/// The directory cannot be opened, or `flock` fails.
+pub fn lock_for_update(file: &Path) -> io::Result<UpdateLock> {
+    let target = match std::fs::symlink_metadata(file) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(file)?,
+        _ => file.to_path_buf(),
+    };
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let dir = File::open(dir)?;
+    rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(UpdateLock { _dir: dir })
 }
 
 /// A temporary directory for unit tests, removed on drop.

@@ -441,3 +441,99 @@ fn the_first_unknown_user_costs_what_a_wrong_password_costs() {
         "first unknown user {first_unknown:?}, wrong password {typical:?} (median of {wrong:?})"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// Files: commands run at the same moment, and files caught mid-write by a reload.
+
+/// Starts `wsgate ARGS` with `stdin` fed to it; `wait` gives its output.
+fn spawn_wsgate(args: &[&std::ffi::OsStr], stdin: &str) -> std::process::Child {
+    use std::io::Write;
+    let mut child = std::process::Command::new(bin())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child
+}
+
+fn succeeded(child: std::process::Child) -> String {
+    stdout_of_success(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn concurrent_passwd_runs_never_lose_a_change() {
+    let (dir, _config, _ca) = Setup::default().write();
+    let users = dir.path().join("users");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    // 20 pairs started together: two adds, or a delete racing an add.
+    for i in 0..20 {
+        std::fs::write(&users, users_file_text()).unwrap();
+        let victim = if i % 2 == 0 { "bob" } else { "alice" };
+        let (first, second) = (format!("new{i}a"), format!("new{i}b"));
+        let a = spawn_wsgate(&[&os("passwd"), users.as_os_str(), &os(&first)], "pw-a\n");
+        let b = if i % 4 < 2 {
+            spawn_wsgate(&[&os("passwd"), users.as_os_str(), &os(&second)], "pw-b\n")
+        } else {
+            spawn_wsgate(
+                &[
+                    &os("passwd"),
+                    &os("--delete"),
+                    users.as_os_str(),
+                    &os(victim),
+                ],
+                "",
+            )
+        };
+        succeeded(a);
+        succeeded(b);
+        let text = std::fs::read_to_string(&users).unwrap();
+        let has = |u: &str| text.lines().any(|l| l.starts_with(&format!("{u}:")));
+        assert!(has(&first), "pair {i}: {first} lost:\n{text}");
+        if i % 4 < 2 {
+            assert!(has(&second), "pair {i}: {second} lost:\n{text}");
+        } else {
+            assert!(
+                !has(victim),
+                "pair {i}: deleted {victim} came back:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn concurrent_token_runs_never_lose_a_change() {
+    let (dir, config, _ca) = Setup::default().write();
+    let tokens = dir.path().join("tokens");
+    let run = |args: &[&str]| {
+        let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        all.extend([std::ffi::OsStr::new("--config"), config.as_os_str()]);
+        spawn_wsgate(&all, "")
+    };
+    for i in 0..20 {
+        let old = format!("old{i}");
+        succeeded(run(&["token", "add", "alice", "--name", &old]));
+        let new = format!("new{i}");
+        let revoke = run(&["token", "revoke", "alice", &old]);
+        let add = run(&["token", "add", "bob", "--name", &new]);
+        succeeded(revoke);
+        let printed = succeeded(add);
+        assert!(printed.trim().starts_with("wsg_"), "{printed}");
+        let text = std::fs::read_to_string(&tokens).unwrap();
+        assert!(
+            !text.contains(&format!("alice:{old}:")),
+            "pair {i}: revoked {old} still there:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("bob:{new}:")),
+            "pair {i}: printed {new} lost:\n{text}"
+        );
+    }
+}

@@ -128,6 +128,10 @@ pub struct AuthConfig {
     /// `session_max_age`: how long a session may be renewed, counted from the login that
     /// started it; no renewal extends it. Greater than zero, at least `session_ttl`. Default 7 d.
     pub session_max_age: Duration,
+    /// `file_settle_time`: a reload reads the users and tokens files only once they have not
+    /// changed for this long (a file caught mid-write is waited for). Zero: no wait. Default
+    /// 200 ms.
+    pub file_settle_time: Duration,
     /// `trusted_address_ttl`: how long an address where a user logged in successfully stays
     /// exempt from that user's failed-login block (not from its own). Zero turns the exemption
     /// off. Default 24 h.
@@ -825,6 +829,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "session_max_age",
             "max_failures",
             "trusted_address_ttl",
+            "file_settle_time",
             "failure_window",
             "max_pending_hashes",
         ],
@@ -1679,6 +1684,7 @@ fn parse_auth(s: &Section<'_>, base: &Bases<'_>) -> Result<AuthConfig, ConfigErr
         session_ttl,
         session_max_age,
         trusted_address_ttl: s.duration("trusted_address_ttl", Duration::from_secs(24 * 3600))?,
+        file_settle_time: s.duration("file_settle_time", Duration::from_millis(200))?,
         max_failures: s.count_u32("max_failures", 5)?,
         failure_window: s.positive_duration("failure_window", Duration::from_secs(300))?,
         max_pending_hashes: s.count("max_pending_hashes", 32)?,

@@ -33,6 +33,47 @@ pub fn open_private(path: &Path, what: &str) -> io::Result<(File, Metadata)> {
     Ok((file, meta))
 }
 
+/// How many settle times a reload waits at most for a file that keeps changing; then it loads
+/// what is there (and the users file's all-users-gone check still stands guard).
+const SETTLE_ROUNDS: u32 = 10;
+
+/// What tells one version of a file from another: modification time, size and inode.
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
+/// Loads `path` with `load` once it has settled: not modified within the last `settle`, and
+/// the same (modification time, size, inode) before and after the load — else it waits and
+/// loads again, for at most [`SETTLE_ROUNDS`] settle times. A reload that lands between an
+/// editor's truncate and its write thus reads the written file, not the empty or cut one.
+/// A file written atomically (renamed into place) is settled as soon as it is old enough.
+///
+/// # Errors
+/// `load`'s error.
+pub fn load_settled<T, E>(
+    path: &Path,
+    settle: std::time::Duration,
+    load: impl Fn(&Path) -> Result<T, E>,
+) -> Result<T, E> {
+    let give_up = std::time::Instant::now() + settle * SETTLE_ROUNDS;
+    loop {
+        let before = stamp(path);
+        let age = before.and_then(|(mtime, _, _)| mtime.elapsed().ok());
+        if let Some(age) = age.filter(|age| *age < settle) {
+            if std::time::Instant::now() < give_up {
+                std::thread::sleep(settle - age);
+                continue;
+            }
+        }
+        let loaded = load(path);
+        if stamp(path) == before || std::time::Instant::now() >= give_up {
+            return loaded;
+        }
+    }
+}
+
 /// An exclusive advisory lock (`flock(2)`) on the directory that holds a credential file, held
 /// while a command reads, changes and rewrites the file; released when dropped (or when the
 /// process dies, so a killed command never leaves it stuck).

@@ -195,7 +195,19 @@ pub fn delete_user(file: &Path, user: &str) -> Result<Change, PasswdError> {
             source: io::Error::new(io::ErrorKind::NotFound, "no such file"),
         });
     };
-    let (contents, found) = rewrite(&text, user, None);
+    let (mut contents, found) = rewrite(&text, user, None);
+    if UserStore::parse(&contents, file).is_ok_and(|left| left.is_empty())
+        && !contents
+            .lines()
+            .any(|l| l.trim_end() == users::NO_USERS_MARKER)
+    {
+        // The last user: say it is meant, or a running server's reload would refuse the file.
+        if !contents.is_empty() && !contents.ends_with('\n') {
+            contents.push('\n');
+        }
+        contents.push_str(users::NO_USERS_MARKER);
+        contents.push('\n');
+    }
     if !found {
         return Err(PasswdError::NotFound {
             user: user.to_string(),

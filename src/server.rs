@@ -163,7 +163,7 @@ impl Server {
             config.channels.iter().map(|c| c.pattern.to_string()),
         ));
         let a = &config.auth;
-        let loaded = load_credentials(&config)?;
+        let loaded = load_credentials(&config, Duration::ZERO)?;
         let users = Authenticator::new(
             loaded.users,
             a.cache_size,
@@ -357,7 +357,11 @@ impl Shared {
             .and_then(|config| same_transport(&old.config, config))
             .map_err(StartError::Config)
             .and_then(|config| {
-                let loaded = load_credentials(&config)?;
+                let loaded = load_credentials(&config, config.auth.file_settle_time)?;
+                loaded
+                    .users
+                    .may_replace(self.creds.users.user_count(), &config.auth.users_file)
+                    .map_err(StartError::Users)?;
                 Ok((build_runtime(config)?, loaded))
             });
         match result {
@@ -444,15 +448,19 @@ struct LoadedCredentials {
     sessions: Option<SessionSettings>,
 }
 
-fn load_credentials(config: &Config) -> Result<LoadedCredentials, StartError> {
+/// `settle`: how long the users and tokens files must have been unchanged to be read (a reload
+/// passes `file_settle_time`; the start reads them as they are).
+fn load_credentials(config: &Config, settle: Duration) -> Result<LoadedCredentials, StartError> {
     let a = &config.auth;
-    let users = UserStore::load(&a.users_file).map_err(StartError::Users)?;
+    let users = crate::files::load_settled(&a.users_file, settle, UserStore::load)
+        .map_err(StartError::Users)?;
     log::info!(
         "{} users loaded from {}",
         users.len(),
         a.users_file.display()
     );
-    let tokens = TokenStore::load(&a.tokens_file).map_err(StartError::Tokens)?;
+    let tokens = crate::files::load_settled(&a.tokens_file, settle, TokenStore::load)
+        .map_err(StartError::Tokens)?;
     if !tokens.is_empty() {
         log::info!(
             "{} API tokens loaded from {}",

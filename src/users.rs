@@ -22,6 +22,12 @@ use ring::rand::{SecureRandom, SystemRandom};
 /// The longest user name accepted.
 pub const MAX_USER_NAME_LEN: usize = 64;
 
+/// The line that says a users file without users is meant to be empty. A reload refuses a file
+/// without users in place of one with users unless it carries this line, because an editor's
+/// truncate-then-write caught in the middle looks exactly like an empty file.
+/// `wsgate passwd --delete` writes it when it removes the last user.
+pub const NO_USERS_MARKER: &str = "# wsgate: no users";
+
 /// A loaded, validated users file.
 #[derive(Clone)]
 pub struct UserStore {
@@ -29,6 +35,8 @@ pub struct UserStore {
     users: HashMap<String, String>,
     /// Names in file order (the first one's parameters shape the dummy hash).
     order: Vec<String>,
+    /// The file has a [`NO_USERS_MARKER`] line.
+    no_users_on_purpose: bool,
 }
 
 impl fmt::Debug for UserStore {
@@ -136,6 +144,9 @@ pub enum UsersError {
     },
     /// Hashing a new password failed (random source or Argon2 parameters).
     Hash(String),
+    /// On reload: the file has no users while the running server has some, and no
+    /// [`NO_USERS_MARKER`] line says that is meant.
+    AllUsersGone { path: PathBuf, running: usize },
 }
 
 /// What is wrong with one line of a users file.
@@ -242,6 +253,13 @@ impl fmt::Display for UsersError {
                 problem,
             } => write!(f, "users: {}:{line}: {problem}", path.display()),
             UsersError::Hash(why) => write!(f, "users: cannot hash the password: {why}"),
+            UsersError::AllUsersGone { path, running } => write!(
+                f,
+                "users: {} has no users, the running server has {running}: refusing a reload \
+                 that would drop every user (a file caught mid-write looks like this); to remove \
+                 every user on purpose, write a file holding the line `{NO_USERS_MARKER}`",
+                path.display()
+            ),
         }
     }
 }
@@ -366,9 +384,13 @@ impl UserStore {
         let mut users = HashMap::new();
         let mut order = Vec::new();
         let mut first_lines: HashMap<String, usize> = HashMap::new();
+        let mut no_users_on_purpose = false;
         for (index, raw) in text.split('\n').enumerate() {
             let line_no = index + 1;
             let line = raw.strip_suffix('\r').unwrap_or(raw);
+            if line.trim_end() == NO_USERS_MARKER {
+                no_users_on_purpose = true;
+            }
             if is_blank_or_comment(line) {
                 continue;
             }
@@ -390,7 +412,26 @@ impl UserStore {
             users.insert(name.to_string(), hash.to_string());
             order.push(name.to_string());
         }
-        Ok(UserStore { users, order })
+        Ok(UserStore {
+            users,
+            order,
+            no_users_on_purpose,
+        })
+    }
+
+    /// Whether this file may replace `running` users on reload: it has users, or there were
+    /// none, or its [`NO_USERS_MARKER`] line says removing them all is meant.
+    ///
+    /// # Errors
+    /// [`UsersError::AllUsersGone`] naming `path`.
+    pub fn may_replace(&self, running: usize, path: &Path) -> Result<(), UsersError> {
+        if self.is_empty() && running > 0 && !self.no_users_on_purpose {
+            return Err(UsersError::AllUsersGone {
+                path: path.to_path_buf(),
+                running,
+            });
+        }
+        Ok(())
     }
 
     /// How many users the file defines.

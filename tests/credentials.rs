@@ -537,3 +537,76 @@ fn concurrent_token_runs_never_lose_a_change() {
         );
     }
 }
+
+#[test]
+fn a_reload_that_lands_while_the_users_file_is_being_written_waits_for_the_whole_file() {
+    use std::io::Write;
+    let server = Setup::default().start();
+    let mut bob = server.connect_as("/echo", BOB);
+    let users = server.dir.path().join("users");
+    let text = users_file_text();
+    let (first_line, rest) = text.split_at(text.find('\n').unwrap() + 1);
+    // An editor truncates the file and writes it in two steps; the reload lands in between.
+    let mut file = std::fs::File::create(&users).unwrap();
+    file.write_all(first_line.as_bytes()).unwrap();
+    file.flush().unwrap();
+    server.reload();
+    std::thread::sleep(Duration::from_millis(100));
+    file.write_all(rest.as_bytes()).unwrap();
+    drop(file);
+    server.reload_and_wait();
+    echoes(&mut bob, "bob was never dropped");
+    assert_eq!(
+        status_of(server.connect_with("/echo", &[("Authorization", &basic(BOB.0, BOB.1))])),
+        101
+    );
+    assert_eq!(
+        server.count_log("users loaded from"),
+        3,
+        "{}",
+        server.logs()
+    );
+    assert!(
+        !server.logs().contains("1 users loaded"),
+        "{}",
+        server.logs()
+    );
+}
+
+#[test]
+fn a_reload_that_would_drop_every_user_is_refused_unless_the_file_says_it_is_meant() {
+    let server = Setup::default().start();
+    let mut alice = server.connect_as("/echo", ALICE);
+    let users = server.dir.path().join("users");
+    // Caught empty (mid-write, or a botched edit): refused, at error level, naming the file.
+    std::fs::write(&users, "").unwrap();
+    server.reload_and_wait();
+    let logs = server.logs();
+    let refused = logs
+        .lines()
+        .find(|l| l.contains("reload failed"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        refused.starts_with("ERROR")
+            && refused.contains(&users.display().to_string())
+            && refused.contains("would drop every user"),
+        "{refused}"
+    );
+    echoes(&mut alice, "still in");
+    assert_eq!(
+        status_of(server.connect_with("/echo", &[("Authorization", &basic(ALICE.0, ALICE.1))])),
+        101
+    );
+    // On purpose: `wsgate passwd --delete` of the last users writes the marker line.
+    std::fs::write(&users, users_file_text()).unwrap();
+    passwd(&server, &["--delete"], "alice", "");
+    passwd(&server, &["--delete"], "bob", "");
+    let text = std::fs::read_to_string(&users).unwrap();
+    assert!(text.contains("# wsgate: no users"), "{text}");
+    server.reload_and_wait();
+    assert_eq!(close_frame(&mut alice), revoked());
+    assert_eq!(
+        status_of(server.connect_with("/echo", &[("Authorization", &basic(ALICE.0, ALICE.1))])),
+        401
+    );
+}

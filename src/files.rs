@@ -131,3 +131,43 @@ impl Drop for TestDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_settled_load_waits_for_a_file_still_being_written() {
+        let dir = TestDir::new("settle");
+        let path = dir.0.join("f");
+        std::fs::write(&path, "half").unwrap();
+        let settle = Duration::from_millis(150);
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(60));
+                std::fs::write(&path, "whole").unwrap();
+            })
+        };
+        let t = Instant::now();
+        let read = load_settled(&path, settle, |p: &Path| std::fs::read_to_string(p)).unwrap();
+        writer.join().unwrap();
+        assert_eq!(read, "whole");
+        assert!(t.elapsed() >= settle, "{:?}", t.elapsed());
+        // An old file is read at once; a missing one gives the load's error.
+        std::thread::sleep(settle);
+        let t2 = Instant::now();
+        assert_eq!(
+            load_settled(&path, settle, |p: &Path| std::fs::read_to_string(p)).unwrap(),
+            "whole"
+        );
+        assert!(t2.elapsed() < settle, "{:?}", t2.elapsed());
+        assert!(
+            load_settled(&dir.0.join("none"), settle, |p: &Path| {
+                std::fs::read_to_string(p)
+            })
+            .is_err()
+        );
+    }
+}

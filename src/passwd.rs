@@ -525,6 +525,16 @@ mod tests {
             e.to_string(),
             format!("user \"alice\" not found in {}", file.display())
         );
+        // The last user out leaves the line that says the empty file is meant; once.
+        assert_eq!(delete_user(&file, "bob").unwrap(), Change::Deleted);
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(text.matches(users::NO_USERS_MARKER).count(), 1, "{text}");
+        let empty = UserStore::load(&file).unwrap();
+        assert!(empty.is_empty() && empty.may_replace(2, &file).is_ok());
+        set(&file, "carol", "c").unwrap();
+        assert_eq!(delete_user(&file, "carol").unwrap(), Change::Deleted);
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(text.matches(users::NO_USERS_MARKER).count(), 1, "{text}");
         let missing = dir.0.join("nope");
         let e = delete_user(&missing, "bob").unwrap_err();
         assert!(matches!(e, PasswdError::Read { .. }), "{e}");

@@ -918,6 +918,19 @@ mod tests {
     }
 
     #[test]
+    fn a_file_without_users_replaces_users_only_when_it_says_so() {
+        let empty = UserStore::parse("# all gone\n", p()).unwrap();
+        assert!(empty.may_replace(0, p()).is_ok());
+        let e = empty.may_replace(3, p()).unwrap_err();
+        assert!(matches!(e, UsersError::AllUsersGone { running: 3, .. }));
+        assert!(e.to_string().contains("would drop every user"), "{e}");
+        let meant = UserStore::parse(&format!("{NO_USERS_MARKER}\r\n"), p()).unwrap();
+        assert!(meant.may_replace(3, p()).is_ok());
+        let some = UserStore::parse(&format!("alice:{}\n", h("a")), p()).unwrap();
+        assert!(some.may_replace(3, p()).is_ok());
+    }
+
+    #[test]
     fn rejections_carry_line_numbers() {
         let good = h("x");
         let cases: Vec<(String, usize, LineProblem)> = vec![

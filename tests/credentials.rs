@@ -604,3 +604,39 @@ fn a_reload_that_would_drop_every_user_is_refused_unless_the_file_says_it_is_mea
         401
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// Login storms.
+
+#[test]
+fn identical_logins_in_flight_at_once_share_one_argon2_run() {
+    let mut setup = Setup::default();
+    setup
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("server", "max_connections_per_ip", "64");
+    let server = setup.start();
+    // 30 devices of one user, cache cold (nothing logged in since the start): TLS first, then
+    // every request at once.
+    let ready: Vec<Tls> = (0..30).map(|_| server.tls()).collect();
+    let start = std::sync::Barrier::new(ready.len());
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = ready
+            .into_iter()
+            .map(|tls| {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    upgrade_over(tls, ALICE)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 101), "{statuses:?}");
+    let (_, metrics) = server.admin_get("/metrics");
+    let runs = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wsgate_argon2_runs_total "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(runs.trim(), "1", "{metrics}");
+}

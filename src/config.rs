@@ -2207,6 +2207,23 @@ mod tests {
     }
 
     #[test]
+    fn session_max_age_is_at_least_session_ttl() {
+        assert_eq!(
+            err(&with("[auth]\nsession_ttl = 2h\nsession_max_age = 1h\n")),
+            "config: F:7: [auth] session_max_age: session_max_age (3600s) must be at least \
+             session_ttl (7200s): no session can outlive its absolute lifetime"
+        );
+        assert_eq!(
+            err(&with("[auth]\nsession_max_age = 0\n")),
+            "config: F:6: [auth] session_max_age: must be greater than 0"
+        );
+        // Sessions off: no constraint; equal is fine.
+        ok(&with("[auth]\nsession_ttl = 0\nsession_max_age = 1s\n"));
+        let c = ok(&with("[auth]\nsession_ttl = 1h\nsession_max_age = 1h\n"));
+        assert_eq!(c.auth.session_max_age, c.auth.session_ttl);
+    }
+
+    #[test]
     fn defaults() {
         let dir = Dir::new();
         let c = Config::parse(MINIMAL, &dir.ini()).unwrap();
@@ -2272,6 +2289,9 @@ mod tests {
         assert_eq!(c.auth.tokens_file, dir.0.join("tokens"));
         assert_eq!(c.auth.session_key_file, dir.0.join("session.key"));
         assert_eq!(c.auth.session_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(c.auth.session_max_age, Duration::from_secs(7 * 86400));
+        assert_eq!(c.auth.trusted_address_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(c.auth.file_settle_time, Duration::from_millis(200));
         assert_eq!(c.auth.max_failures, 5);
         assert_eq!(c.auth.failure_window, Duration::from_secs(300));
         assert_eq!(c.auth.max_pending_hashes, 32);

@@ -16,6 +16,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+
 use crate::admin::{self, AdminState};
 use crate::admit::{Admission, Ticket};
 use crate::auth::{Credentials, CurrentCredentials, SessionSettings};
@@ -38,8 +41,6 @@ use crate::tls;
 use crate::tokens::{TokenStore, TokensError};
 use crate::upgrade::{self, UpgradeError};
 use crate::users::{Authenticator, UserStore, UsersError};
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::ClientCertVerifier;
 
 /// Peer addresses, user names and trusted (name, address) pairs the failed-login throttle
 /// remembers (each map); the oldest are forgotten first, so a flood of distinct addresses cannot

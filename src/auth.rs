@@ -221,7 +221,7 @@ impl Verifier for PeerCheck<'_> {
         match found {
             // A token whose user is no longer in the users file is orphaned: refused, like the
             // user's password (`check-config` and `token list` name such tokens).
-            Some(found) if c.users.password_hash(found.user).is_none() => Verdict::Bad {
+            Some(found) if !c.users.has_user(found.user) => Verdict::Bad {
                 user: safe_user(found.user),
                 why: "orphaned token (user not in the users file)",
             },

@@ -729,7 +729,6 @@ impl Authenticator {
         self.argon2_runs.load(Ordering::Relaxed)
     }
 
-    /// How many users the current store holds.
     /// The stored PHC hash of `user`, if the user exists (for session fingerprints: a password
     /// change or deletion changes it).
     pub fn password_hash(&self, user: &str) -> Option<String> {
@@ -737,6 +736,16 @@ impl Authenticator {
         state.store.users.get(user).cloned()
     }
 
+    /// Whether the current store has `user`.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .store
+            .contains(user)
+    }
+
+    /// How many users the current store holds.
     pub fn user_count(&self) -> usize {
         self.current
             .read()

@@ -172,9 +172,10 @@ fn a_session_renewed_as_often_as_it_likes_ends_at_session_max_age() {
             Err(e) => panic!("{e}"),
         }
     };
-    // Counted in whole seconds from the login: it ends 3 to 4 s after it, never later.
+    // Counted in whole seconds from the login: it ends 3 to 4 s after it (seen up to one renewal
+    // interval later). With a sliding expiry alone it would be renewed until the 8 s cut-off.
     assert!(
-        ended_at >= Duration::from_millis(2900) && ended_at < Duration::from_millis(4700),
+        ended_at >= Duration::from_millis(2900) && ended_at < Duration::from_millis(5500),
         "ended at {ended_at:?} after {renewals} renewals"
     );
     assert!(renewals >= 3, "{renewals} renewals");

@@ -259,7 +259,7 @@ impl Verifier for PeerCheck<'_> {
                 why: "bad session",
             };
         };
-        let max_age = sessions.map_or(0, |s| s.max_age.as_secs());
+        let max_age = sessions.as_ref().map_or(0, |s| s.max_age.as_secs());
         // Genuine tokens that are no longer good are not guesses: not counted as failures.
         if claims
             .login_unix
@@ -280,6 +280,7 @@ impl Verifier for PeerCheck<'_> {
             proof: Proof::Session {
                 fingerprint: claims.fingerprint,
                 login_unix: claims.login_unix.unwrap_or(now),
+                key_id: sessions.as_ref().map_or([0; 8], |s| s.key.id()),
             },
             user: claims.user,
             session_id: Some(claims.session_id),
@@ -315,6 +316,12 @@ impl<F: Fn(&[CertificateDer<'static>]) -> bool> CredentialState for CurrentCrede
 
     fn client_cert_trusted(&self, chain: &[CertificateDer<'static>]) -> bool {
         (self.client_cert_trusted)(chain)
+    }
+
+    fn session_accepted(&self, key_id: &[u8; 8], login_unix: u64) -> bool {
+        self.creds.sessions().is_some_and(|s| {
+            s.key.id() == *key_id && unix_now() < login_unix.saturating_add(s.max_age.as_secs())
+        })
     }
 }
 

@@ -245,10 +245,12 @@ pub enum Proof {
     /// The API token with this SHA-256 (as the tokens file stores it).
     ApiToken { digest: [u8; 32] },
     /// A session token carrying this credential fingerprint, first issued at `login_unix` (the
-    /// password or token login that started the session; renewals keep it).
+    /// password or token login that started the session; renewals keep it), verified with the
+    /// session key whose `SessionKey::id` is `key_id`.
     Session {
         fingerprint: [u8; 8],
         login_unix: u64,
+        key_id: [u8; 8],
     },
     /// A TLS client certificate chain (end entity first), as verified at the handshake. `decide`
     /// leaves it empty; the server, which holds the TLS session, fills it in.
@@ -278,6 +280,9 @@ pub trait CredentialState {
     fn fingerprint(&self, user: &str) -> Option<[u8; 8]>;
     /// Whether the current client CA still trusts this chain (and client certificates are on).
     fn client_cert_trusted(&self, chain: &[CertificateDer<'static>]) -> bool;
+    /// Whether a session verified with the key `key_id` and started at `login_unix` would still
+    /// be accepted: sessions on, the same key, and `session_max_age` not yet reached.
+    fn session_accepted(&self, key_id: &[u8; 8], login_unix: u64) -> bool;
 }
 
 /// Why a reload ends a live connection. Each is a 1008 close with its own reason text.
@@ -333,7 +338,8 @@ pub fn recheck(
 /// Whether `proof` still proves `user`: the same password hash; the same token, still the user's,
 /// and the user still in the users file (a deleted user's tokens are orphaned); the same
 /// credential fingerprint for a session (which a password change, deletion or any change to the
-/// user's tokens alters); a client certificate the current client CA still trusts.
+/// user's tokens alters), still signed with the current key and within `session_max_age`; a
+/// client certificate the current client CA still trusts.
 #[must_use]
 pub fn credential_holds(user: Option<&str>, proof: &Proof, state: &dyn CredentialState) -> bool {
     match (proof, user) {
@@ -343,8 +349,16 @@ pub fn credential_holds(user: Option<&str>, proof: &Proof, state: &dyn Credentia
             state.token_owner(digest).as_deref() == Some(user)
                 && state.password_hash(user).is_some()
         }
-        (Proof::Session { fingerprint, .. }, Some(user)) => {
+        (
+            Proof::Session {
+                fingerprint,
+                login_unix,
+                key_id,
+            },
+            Some(user),
+        ) => {
             state.fingerprint(user) == Some(*fingerprint)
+                && state.session_accepted(key_id, *login_unix)
         }
         (Proof::ClientCert { chain }, Some(_)) => state.client_cert_trusted(chain),
         // A user without a proof, or a proof without a user: never issued; end it.
@@ -839,6 +853,7 @@ mod tests {
                     proof: Proof::Session {
                         fingerprint: [3; 8],
                         login_unix: 100,
+                        key_id: [6; 8],
                     },
                 },
                 _ => Verdict::Bad {
@@ -1229,6 +1244,10 @@ mod tests {
         fn client_cert_trusted(&self, chain: &[CertificateDer<'static>]) -> bool {
             chain.first().is_some_and(|c| c.as_ref() == b"good")
         }
+        // Key [6;8]; sessions that started before 10 are past their max age.
+        fn session_accepted(&self, key_id: &[u8; 8], login_unix: u64) -> bool {
+            *key_id == [6; 8] && login_unix >= 10
+        }
     }
 
     fn holder(user: Option<&str>, proof: Proof) -> Holder {
@@ -1243,10 +1262,12 @@ mod tests {
     fn recheck_asks_each_credential_kind_whether_it_still_holds() {
         let cfg = config();
         let now = Now { deleted: &[] };
-        let session = Proof::Session {
+        let session_with = |login_unix, key_id| Proof::Session {
             fingerprint: [3; 8],
-            login_unix: 1,
+            login_unix,
+            key_id,
         };
+        let session = session_with(10, [6; 8]);
         let cert = |der: &'static [u8]| Proof::ClientCert {
             chain: vec![CertificateDer::from(der)],
         };
@@ -1275,8 +1296,20 @@ mod tests {
                 Some("carol"),
                 Proof::Session {
                     fingerprint: [4; 8],
-                    login_unix: 1,
+                    login_unix: 10,
+                    key_id: [6; 8],
                 },
+                Err(Revocation::Credential),
+            ),
+            // Signed with a key that was replaced since; past session_max_age.
+            (
+                Some("carol"),
+                session_with(10, [7; 8]),
+                Err(Revocation::Credential),
+            ),
+            (
+                Some("carol"),
+                session_with(9, [6; 8]),
                 Err(Revocation::Credential),
             ),
             (Some("dave"), cert(b"good"), Ok(())),

@@ -31,6 +31,8 @@ pub const MAX_SESSION_TOKEN_LEN: usize = 512;
 const VERSION_PREFIX: &str = "s1.";
 /// Random bytes in a session id (96 bits).
 const SESSION_ID_BYTES: usize = 12;
+/// The text [`SessionKey::id`] signs (never a valid session token: no `s1.` prefix).
+const KEY_ID_LABEL: &[u8] = b"wsgate session key id v1";
 /// Domain separation for [`user_fingerprint`].
 const FINGERPRINT_TAG: &[u8] = b"wsgate session fingerprint v1\0";
 
@@ -154,6 +156,17 @@ impl SessionKey {
             Some(key) => Ok(key),
             None => create_key(path),
         }
+    }
+
+    /// An identifier of this key, for telling after a reload whether sessions are still signed
+    /// with the key a live connection's session was verified with: the first 8 bytes of
+    /// HMAC-SHA256(key, a fixed label). Says nothing about the key itself.
+    #[must_use]
+    pub fn id(&self) -> [u8; 8] {
+        let tag = hmac::sign(&self.key, KEY_ID_LABEL);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&tag.as_ref()[..8]);
+        id
     }
 
     /// A session token for `user`: `s1.<payload>.<mac>`, the payload base64url (no padding) of
@@ -544,6 +557,12 @@ mod tests {
             user_fingerprint(Some("$argon2id$a"), []),
             user_fingerprint(None, [])
         );
+    }
+
+    #[test]
+    fn key_ids_tell_keys_apart() {
+        assert_eq!(key().id(), SessionKey::from_bytes(&[7u8; 32]).id());
+        assert_ne!(key().id(), SessionKey::from_bytes(&[8u8; 32]).id());
     }
 
     #[test]

@@ -113,6 +113,25 @@ fn a_reload_closes_exactly_the_connections_whose_credential_no_longer_holds() {
 }
 
 #[test]
+fn a_new_session_key_ends_the_connections_opened_with_sessions_of_the_old_one() {
+    let server = Setup::default().start();
+    let session = server.login_session(ALICE);
+    let mut by_session = server
+        .connect_with(&format!("/echo?session={session}"), &[])
+        .unwrap();
+    let mut by_password = server.connect_as("/echo", ALICE);
+    // Deleting the key file logs every session out: the reload makes a new key.
+    std::fs::remove_file(server.dir.path().join("session.key")).unwrap();
+    server.reload_and_wait();
+    assert_eq!(close_frame(&mut by_session), revoked());
+    echoes(&mut by_password, "passwords do not depend on the key");
+    assert_eq!(
+        status_of(server.connect_with(&format!("/echo?session={session}"), &[])),
+        401
+    );
+}
+
+#[test]
 fn a_client_certificate_the_reloaded_client_ca_no_longer_trusts_closes_its_connection() {
     let pki = client_pki("alice");
     let mut setup = Setup::default();

@@ -360,7 +360,7 @@ impl OriginPolicy {
         values: &[&[u8]],
         host: Option<&[u8]>,
     ) -> Result<(), OriginRefusal> {
-        self.check_with(values, host, self.allow_any, self.allow_missing)
+        self.check_with(values, host, Leniency::AsConfigured)
     }
 
     /// Like [`OriginPolicy::check_request`], but only an Origin that `allow` or
@@ -374,16 +374,19 @@ impl OriginPolicy {
         values: &[&[u8]],
         host: Option<&[u8]>,
     ) -> Result<(), OriginRefusal> {
-        self.check_with(values, host, false, false)
+        self.check_with(values, host, Leniency::NamedOnly)
     }
 
     fn check_with(
         &self,
         values: &[&[u8]],
         host: Option<&[u8]>,
-        allow_any: bool,
-        allow_missing: bool,
+        leniency: Leniency,
     ) -> Result<(), OriginRefusal> {
+        let (allow_any, allow_missing) = match leniency {
+            Leniency::AsConfigured => (self.allow_any, self.allow_missing),
+            Leniency::NamedOnly => (false, false),
+        };
         let value = match values {
             [] => {
                 return if allow_missing {
@@ -415,6 +418,15 @@ impl OriginPolicy {
             Err(OriginRefusal::NotAllowed)
         }
     }
+}
+
+/// Whether a check honours `allow_any` and `allow_missing`.
+#[derive(Debug, Clone, Copy)]
+enum Leniency {
+    /// As the configuration says (every upgrade).
+    AsConfigured,
+    /// Only origins `allow` or `allow_same_origin` name (the session cookie).
+    NamedOnly,
 }
 
 #[cfg(test)]

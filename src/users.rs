@@ -82,9 +82,18 @@ struct StoreState {
 /// arriving meanwhile wait for instead of running their own.
 #[derive(Default)]
 struct Flight {
-    /// None while running; then the leader's answer (None: it got no permit).
-    answer: Mutex<Option<Option<bool>>>,
+    answer: Mutex<FlightAnswer>,
     done: Condvar,
+}
+
+/// Where a [`Flight`] is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum FlightAnswer {
+    #[default]
+    Running,
+    /// The run ended: whether the password matched, or None when it got no Argon2 permit (or
+    /// panicked).
+    Done(Option<bool>),
 }
 
 /// The leader's side of a [`Flight`]: publishes the answer and leaves the table even if the run
@@ -99,7 +108,7 @@ struct Leading<'a> {
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
         lock(self.flights).remove(&self.tag);
-        *lock(&self.flight.answer) = Some(self.answer);
+        *lock(&self.flight.answer) = FlightAnswer::Done(self.answer);
         self.flight.done.notify_all();
     }
 }
@@ -668,13 +677,17 @@ impl Authenticator {
             Role::Declined => return (AuthOutcome::Declined, Cost::Nothing, None),
             Role::Follow(flight) => {
                 let mut answer = lock(&flight.answer);
-                while answer.is_none() {
+                while *answer == FlightAnswer::Running {
                     answer = flight
                         .done
                         .wait(answer)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
-                (answer.flatten(), Cost::Shared)
+                let matched = match *answer {
+                    FlightAnswer::Done(matched) => matched,
+                    FlightAnswer::Running => None,
+                };
+                (matched, Cost::Shared)
             }
             Role::Lead(mut leading) => {
                 let matched = self.argon2_verify(stored, password);

@@ -237,8 +237,8 @@ async function run() {
   );
   const session = /session=(\S+)/.exec(opened)[1];
   const cookies = await ctxA.cookies(site);
-  const cookie = cookies.find((c) => c.name === 'wsgate_session');
-  check(cookie, 'no wsgate_session cookie in the browser');
+  const cookie = cookies.find((c) => c.name === '__Host-wsgate_session');
+  check(cookie, 'no __Host-wsgate_session cookie in the browser');
   check(cookie.httpOnly && cookie.secure && cookie.sameSite === 'Strict', 'cookie flags');
   const beforeResume = log.length;
   await a.click('#reconnect');

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wsgate::auth::Credentials;
+use wsgate::auth::{Credentials, SessionSettings};
 use wsgate::metrics::Metrics;
 use wsgate::policy::{Verdict, Verifier};
 use wsgate::ratelimit::MessageLimiter;
@@ -59,7 +59,11 @@ fn main() {
     let creds = Credentials::new(
         users,
         tokens,
-        Some((key, Duration::from_secs(12 * 3600))),
+        Some(SessionSettings {
+            key,
+            ttl: Duration::from_secs(12 * 3600),
+            max_age: Duration::from_secs(7 * 86400),
+        }),
         LoginThrottle::new(0, Duration::from_secs(300), 4096),
         Arc::new(Metrics::new(["/echo"])),
     );
@@ -73,11 +77,11 @@ fn main() {
     let cached = measure(20_000, || ok(peer.password("alice", "correct horse")));
     let api_token = measure(20_000, || ok(peer.api_token(&token)));
     let (session, _) = creds
-        .issue_session("alice", "bench-session")
+        .issue_session("alice", "bench-session", None)
         .expect("sessions on");
     let resume = measure(20_000, || ok(peer.session(&session)));
     let issue = measure(20_000, || {
-        let _ = creds.issue_session("alice", "bench-session");
+        let _ = creds.issue_session("alice", "bench-session", None);
     });
 
     println!("credential check per upgrade (median, µs; this machine, release build)");

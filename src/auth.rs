@@ -6,12 +6,22 @@ use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustls::pki_types::CertificateDer;
+
 use crate::metrics::Metrics;
-use crate::policy::{Verdict, Verifier, safe_user};
+use crate::policy::{CredentialState, Proof, Verdict, Verifier, safe_user};
 use crate::session::{self, SessionKey};
-use crate::throttle::LoginThrottle;
-use crate::tokens::TokenStore;
-use crate::users::{AuthOutcome, Authenticator, Cost, UserStore};
+use crate::throttle::{Logging, LoginThrottle};
+use crate::tokens::{self, TokenStore};
+use crate::users::{self, AuthOutcome, Authenticator, Cost, UserStore};
+
+/// Sessions as configured: the signing key, how long one token lives (`session_ttl`) and how
+/// long a session may be renewed from its login (`session_max_age`).
+pub struct SessionSettings {
+    pub key: SessionKey,
+    pub ttl: Duration,
+    pub max_age: Duration,
+}
 
 /// Everything needed to check credentials, shared by all workers. It lives as long as the
 /// server: a reload swaps the users, tokens and session settings inside it, while the Argon2
@@ -19,7 +29,7 @@ use crate::users::{AuthOutcome, Authenticator, Cost, UserStore};
 pub struct Credentials {
     pub users: Authenticator,
     tokens: RwLock<Arc<TokenStore>>,
-    sessions: RwLock<Option<Arc<(SessionKey, Duration)>>>,
+    sessions: RwLock<Option<Arc<SessionSettings>>>,
     throttle: LoginThrottle,
     metrics: Arc<Metrics>,
 }
@@ -31,11 +41,11 @@ pub struct PeerCheck<'a> {
 }
 
 impl Credentials {
-    /// `sessions`: the signing key and session lifetime, or None when sessions are off.
+    /// `sessions`: the signing key and session lifetimes, or None when sessions are off.
     pub fn new(
         users: Authenticator,
         tokens: TokenStore,
-        sessions: Option<(SessionKey, Duration)>,
+        sessions: Option<SessionSettings>,
         throttle: LoginThrottle,
         metrics: Arc<Metrics>,
     ) -> Credentials {
@@ -49,23 +59,13 @@ impl Credentials {
     }
 
     /// Swaps in reloaded users, tokens and session settings; new checks use them at once.
-    pub fn reload(
-        &self,
-        users: UserStore,
-        tokens: TokenStore,
-        sessions: Option<(SessionKey, Duration)>,
-    ) {
+    pub fn reload(&self, users: UserStore, tokens: TokenStore, sessions: Option<SessionSettings>) {
         self.users.replace_store(users);
         *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
         *self
             .sessions
             .write()
             .unwrap_or_else(PoisonError::into_inner) = sessions.map(Arc::new);
-    }
-
-    /// Whether `user` can still log in with a password or an API token.
-    pub fn has_account(&self, user: &str) -> bool {
-        self.users.password_hash(user).is_some() || self.tokens().hashes_for(user).next().is_some()
     }
 
     pub fn for_peer(&self, ip: IpAddr) -> PeerCheck<'_> {
@@ -77,28 +77,43 @@ impl Credentials {
     }
 
     /// The fingerprint of everything that proves `user` today: a password change, deletion or a
-    /// token revocation changes it, which invalidates the user's sessions.
-    fn fingerprint(&self, user: &str) -> [u8; 8] {
-        let hash = self.users.password_hash(user);
-        session::user_fingerprint(
-            hash.as_deref(),
+    /// token revocation changes it, which invalidates the user's sessions. None when the users
+    /// file has no such user (a deleted user's sessions, like his tokens, end with him).
+    fn fingerprint(&self, user: &str) -> Option<[u8; 8]> {
+        let hash = self.users.password_hash(user)?;
+        Some(session::user_fingerprint(
+            Some(&hash),
             self.tokens().hashes_for(user).collect::<Vec<_>>(),
-        )
-    }
-
-    /// A signed session token for `user` and `session_id`, with its lifetime; None when sessions
-    /// are off.
-    pub fn issue_session(&self, user: &str, session_id: &str) -> Option<(String, Duration)> {
-        let sessions = self.sessions()?;
-        let (key, ttl) = &*sessions;
-        let expires = unix_now() + ttl.as_secs();
-        Some((
-            key.issue(user, session_id, &self.fingerprint(user), expires),
-            *ttl,
         ))
     }
 
-    fn sessions(&self) -> Option<Arc<(SessionKey, Duration)>> {
+    /// A signed session token for `user` and `session_id`, with its lifetime; None when sessions
+    /// are off or the user has no account. `login_unix` is when the session began (a resumed
+    /// session's); None for a new login (now). The token expires `session_ttl` from now, but
+    /// never later than `session_max_age` after the login; None once that has passed.
+    pub fn issue_session(
+        &self,
+        user: &str,
+        session_id: &str,
+        login_unix: Option<u64>,
+    ) -> Option<(String, Duration)> {
+        let sessions = self.sessions()?;
+        let now = unix_now();
+        let login = login_unix.unwrap_or(now);
+        let expires = (now + sessions.ttl.as_secs()).min(login + sessions.max_age.as_secs());
+        if expires <= now {
+            return None;
+        }
+        let fingerprint = self.fingerprint(user)?;
+        Some((
+            sessions
+                .key
+                .issue(user, session_id, &fingerprint, expires, login),
+            Duration::from_secs(expires - now),
+        ))
+    }
+
+    fn sessions(&self) -> Option<Arc<SessionSettings>> {
         self.sessions
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -107,16 +122,24 @@ impl Credentials {
 
     /// Counts a failure; logs once per window when it trips the throttle.
     fn failed(&self, ip: IpAddr, user: Option<&str>) {
-        if self
-            .throttle
-            .record_failure(ip, user, Instant::now())
-            .tripped()
-        {
+        let logging = self.throttle.record_failure(ip, user, Instant::now());
+        self.log_trip(ip, user, logging);
+    }
+
+    /// The once-per-window line when a failure blocked the address or the name.
+    fn log_trip(&self, ip: IpAddr, user: Option<&str>, logging: Logging) {
+        if logging.tripped() {
             log::warn!(
                 "login throttled: peer={ip} user=\"{}\": too many failed logins; further attempts get 429 until the window ends",
                 user.map_or_else(String::new, safe_user)
             );
         }
+    }
+
+    /// A granted login as `user` from `ip`, by any credential: the throttle forgets the user's
+    /// failures from this address and trusts it for the user (see `throttle`).
+    pub fn logged_in(&self, ip: IpAddr, user: &str) {
+        self.throttle.record_success(ip, user, Instant::now());
     }
 
     fn throttled(&self, ip: IpAddr, user: Option<&str>) -> Option<Verdict> {
@@ -136,25 +159,52 @@ impl Verifier for PeerCheck<'_> {
         if let Some(throttled) = c.throttled(self.ip, Some(user)) {
             return throttled;
         }
-        let (outcome, cost) = c.users.verify_costed(user, password);
+        // The throttle reserves a place only for a check that will run Argon2 itself (not a
+        // cache hit, not one sharing an identical check in flight), in one step with its check.
+        let (mut attempt, mut blocked) = (None, None);
+        let (outcome, cost, stored) = c.users.verify_gated(user, password, &mut || match c
+            .throttle
+            .begin(self.ip, Some(user), Instant::now())
+        {
+            Ok(reserved) => {
+                attempt = Some(reserved);
+                true
+            }
+            Err(b) => {
+                blocked = Some(b);
+                false
+            }
+        });
         match cost {
             Cost::CacheHit => c.metrics.auth_cache_hit(),
             Cost::Argon2 => c.metrics.argon2_run(),
-            Cost::Nothing => {}
+            Cost::Shared | Cost::Nothing => {}
         }
-        let why = match outcome {
-            AuthOutcome::Ok => {
-                c.throttle.record_success(self.ip, user, Instant::now());
+        let why = match (outcome, stored) {
+            (AuthOutcome::Ok, Some(hash)) => {
+                if let Some(reserved) = attempt {
+                    reserved.succeeded();
+                }
                 return Verdict::Ok {
                     user: user.to_string(),
                     session_id: None,
+                    proof: Proof::Password { hash },
                 };
             }
-            AuthOutcome::Busy => return Verdict::Busy,
-            AuthOutcome::UnknownUser => "unknown user",
-            AuthOutcome::BadPassword => "bad password",
+            (AuthOutcome::Busy, _) => return Verdict::Busy,
+            (AuthOutcome::Declined, _) => {
+                return Verdict::Throttled {
+                    user: safe_user(user),
+                    retry_after: blocked.map_or(Duration::from_secs(1), |b| b.retry_after),
+                };
+            }
+            (AuthOutcome::UnknownUser | AuthOutcome::Ok, _) => "unknown user",
+            (AuthOutcome::BadPassword, _) => "bad password",
         };
-        c.failed(self.ip, Some(user));
+        // A check that shared another's run is that same guess: counted once, by the one that ran.
+        if let Some(reserved) = attempt {
+            c.log_trip(self.ip, Some(user), reserved.failed(Instant::now()));
+        }
         Verdict::Bad {
             user: safe_user(user),
             why,
@@ -166,10 +216,21 @@ impl Verifier for PeerCheck<'_> {
         if let Some(throttled) = c.throttled(self.ip, None) {
             return throttled;
         }
-        match c.tokens().lookup(token) {
+        let tokens = c.tokens();
+        let found = tokens.lookup(token);
+        match found {
+            // A token whose user is no longer in the users file is orphaned: refused, like the
+            // user's password (`check-config` and `token list` name such tokens).
+            Some(found) if !c.users.has_user(found.user) => Verdict::Bad {
+                user: safe_user(found.user),
+                why: "orphaned token (user not in the users file)",
+            },
             Some(found) => Verdict::Ok {
                 user: found.user.to_string(),
                 session_id: None,
+                proof: Proof::ApiToken {
+                    digest: tokens::token_digest(token),
+                },
             },
             None => {
                 c.failed(self.ip, None);
@@ -186,26 +247,81 @@ impl Verifier for PeerCheck<'_> {
         if let Some(throttled) = c.throttled(self.ip, None) {
             return throttled;
         }
-        let claims = c
-            .sessions()
-            .and_then(|s| s.0.verify(token, unix_now()).ok());
-        match claims {
-            Some(claims) if claims.fingerprint == c.fingerprint(&claims.user) => Verdict::Ok {
-                user: claims.user,
-                session_id: Some(claims.session_id),
-            },
-            Some(claims) => Verdict::Bad {
+        let now = unix_now();
+        let sessions = c.sessions();
+        let claims = sessions
+            .as_ref()
+            .and_then(|s| s.key.verify(token, now).ok());
+        let Some(claims) = claims else {
+            c.failed(self.ip, None);
+            return Verdict::Bad {
+                user: String::new(),
+                why: "bad session",
+            };
+        };
+        let max_age = sessions.as_ref().map_or(0, |s| s.max_age.as_secs());
+        // Genuine tokens that are no longer good are not guesses: not counted as failures.
+        if claims
+            .login_unix
+            .is_some_and(|login| now >= login.saturating_add(max_age))
+        {
+            return Verdict::Bad {
+                user: safe_user(&claims.user),
+                why: "session past session_max_age",
+            };
+        }
+        if c.fingerprint(&claims.user) != Some(claims.fingerprint) {
+            return Verdict::Bad {
                 user: safe_user(&claims.user),
                 why: "revoked session",
-            },
-            None => {
-                c.failed(self.ip, None);
-                Verdict::Bad {
-                    user: String::new(),
-                    why: "bad session",
-                }
-            }
+            };
         }
+        Verdict::Ok {
+            proof: Proof::Session {
+                fingerprint: claims.fingerprint,
+                login_unix: claims.login_unix.unwrap_or(now),
+                key_id: sessions.as_ref().map_or([0; 8], |s| s.key.id()),
+            },
+            user: claims.user,
+            session_id: Some(claims.session_id),
+        }
+    }
+}
+
+/// The credentials as loaded now, for [`crate::policy::recheck`] after a reload; the client CA
+/// check is the caller's (it holds the TLS configuration).
+pub struct CurrentCredentials<'a, F: Fn(&[CertificateDer<'static>]) -> bool> {
+    pub creds: &'a Credentials,
+    pub client_cert_trusted: F,
+}
+
+impl<F: Fn(&[CertificateDer<'static>]) -> bool> CredentialState for CurrentCredentials<'_, F> {
+    fn password_hash(&self, user: &str) -> Option<[u8; 32]> {
+        self.creds
+            .users
+            .password_hash(user)
+            .map(|phc| users::hash_digest(&phc))
+    }
+
+    fn token_owner(&self, digest: &[u8; 32]) -> Option<String> {
+        self.creds
+            .tokens()
+            .owner_of(digest)
+            .map(ToString::to_string)
+    }
+
+    fn fingerprint(&self, user: &str) -> Option<[u8; 8]> {
+        self.creds.fingerprint(user)
+    }
+
+    fn client_cert_trusted(&self, chain: &[CertificateDer<'static>]) -> bool {
+        (self.client_cert_trusted)(chain)
+    }
+
+    fn session_accepted(&self, key_id: &[u8; 8], login_unix: u64) -> bool {
+        self.creds.sessions().is_some_and(|s| {
+            s.key.id() == *key_id && unix_now() < login_unix.saturating_add(s.max_age.as_secs())
+        })
     }
 }
 

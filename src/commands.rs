@@ -49,11 +49,18 @@ pub fn check_config(path: &Path) -> Result<String, CommandError> {
     let config = Config::load(path).map_err(CommandError::Config)?;
     let users = UserStore::load(&config.auth.users_file).map_err(CommandError::Users)?;
     let tokens = TokenStore::load(&config.auth.tokens_file).map_err(CommandError::Tokens)?;
-    let mut names: Vec<&str> = users.names().collect();
-    names.extend(tokens.list().map(|(user, _, _)| user));
+    let names: Vec<&str> = users.names().collect();
     let mut out = String::new();
     for warning in acl::lint(&config, &names) {
         out.push_str(&format!("warning: {warning}\n"));
+    }
+    for (user, name, _) in tokens.list().filter(|(user, _, _)| !users.contains(user)) {
+        out.push_str(&format!(
+            "warning: {}: token \"{name}\" of user \"{user}\" is orphaned: \"{user}\" is not in {}, \
+             so the token is refused; remove it with `wsgate token revoke {user} {name}`\n",
+            config.auth.tokens_file.display(),
+            config.auth.users_file.display()
+        ));
     }
     out.push_str(&format!(
         "{}: ok ({} channels, {} roles, {} users, {} API tokens)\n",
@@ -96,17 +103,30 @@ pub fn token_add(path: &Path, user: &str, name: Option<&str>) -> Result<String, 
     tokens::add(&config.auth.tokens_file, user, name).map_err(CommandError::Tokens)
 }
 
-/// `token list`: one line per token (user, name, hash prefix), optionally for one user.
+/// `token list`: one line per token (user, name, hash prefix), optionally for one user. A token
+/// whose user is not in the users file gets a fourth column, `orphaned (user not in FILE)`: the
+/// server refuses it.
 ///
 /// # Errors
-/// Config or tokens file problems.
+/// Config, users file or tokens file problems.
 pub fn token_list(path: &Path, user: Option<&str>) -> Result<String, CommandError> {
     let config = Config::load(path).map_err(CommandError::Config)?;
+    let users = UserStore::load(&config.auth.users_file).map_err(CommandError::Users)?;
     let rows = tokens::list_file(&config.auth.tokens_file).map_err(CommandError::Tokens)?;
     Ok(rows
         .into_iter()
         .filter(|(u, _, _)| user.is_none_or(|want| want == u))
-        .map(|(u, name, prefix)| format!("{u}\t{name}\tsha256:{prefix}…\n"))
+        .map(|(u, name, prefix)| {
+            let orphaned = if users.contains(&u) {
+                String::new()
+            } else {
+                format!(
+                    "\torphaned (user not in {})",
+                    config.auth.users_file.display()
+                )
+            };
+            format!("{u}\t{name}\tsha256:{prefix}…{orphaned}\n")
+        })
         .collect())
 }
 

@@ -125,6 +125,17 @@ pub struct AuthConfig {
     pub session_key_file: PathBuf,
     /// `session_ttl`: how long a session stays valid. Zero turns sessions off. Default 12 h.
     pub session_ttl: Duration,
+    /// `session_max_age`: how long a session may be renewed, counted from the login that
+    /// started it; no renewal extends it. Greater than zero, at least `session_ttl`. Default 7 d.
+    pub session_max_age: Duration,
+    /// `file_settle_time`: a reload reads the users and tokens files only once they have not
+    /// changed for this long (a file caught mid-write is waited for). Zero: no wait. Default
+    /// 200 ms.
+    pub file_settle_time: Duration,
+    /// `trusted_address_ttl`: how long an address where a user logged in successfully stays
+    /// exempt from that user's failed-login block (not from its own). Zero turns the exemption
+    /// off. Default 24 h.
+    pub trusted_address_ttl: Duration,
     /// `max_failures`: failed logins allowed per peer IP and per user name within
     /// `failure_window` before further attempts get 429. Zero turns the throttle off. Default 5.
     pub max_failures: u32,
@@ -818,7 +829,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "tokens_file",
             "session_key_file",
             "session_ttl",
+            "session_max_age",
             "max_failures",
+            "trusted_address_ttl",
+            "file_settle_time",
             "failure_window",
             "max_pending_hashes",
         ],
@@ -1649,6 +1663,20 @@ fn parse_auth(s: &Section<'_>, base: &Bases<'_>) -> Result<AuthConfig, ConfigErr
     s.allow_missing_file("tokens_file", &tokens_file)?;
     let session_key_file = s.path("session_key_file", DEFAULT_SESSION_KEY, base)?;
     s.allow_missing_file("session_key_file", &session_key_file)?;
+    let session_ttl = s.duration("session_ttl", Duration::from_secs(12 * 3600))?;
+    let session_max_age = s.positive_duration("session_max_age", Duration::from_secs(7 * 86400))?;
+    if !session_ttl.is_zero() && session_max_age < session_ttl {
+        let key = s
+            .first_set(&["session_max_age", "session_ttl"])
+            .unwrap_or("session_max_age");
+        return Err(s.invalid(
+            Some(key),
+            format!(
+                "session_max_age ({session_max_age:?}) must be at least session_ttl \
+                 ({session_ttl:?}): no session can outlive its absolute lifetime"
+            ),
+        ));
+    }
     Ok(AuthConfig {
         users_file,
         cache_size: s.count("cache_size", 1024)?,
@@ -1656,7 +1684,10 @@ fn parse_auth(s: &Section<'_>, base: &Bases<'_>) -> Result<AuthConfig, ConfigErr
         max_concurrent_hashes: s.nonzero_count("max_concurrent_hashes", nz(2))?,
         tokens_file,
         session_key_file,
-        session_ttl: s.duration("session_ttl", Duration::from_secs(12 * 3600))?,
+        session_ttl,
+        session_max_age,
+        trusted_address_ttl: s.duration("trusted_address_ttl", Duration::from_secs(24 * 3600))?,
+        file_settle_time: s.duration("file_settle_time", Duration::from_millis(200))?,
         max_failures: s.count_u32("max_failures", 5)?,
         failure_window: s.positive_duration("failure_window", Duration::from_secs(300))?,
         max_pending_hashes: s.count("max_pending_hashes", 32)?,
@@ -2192,6 +2223,23 @@ mod tests {
     }
 
     #[test]
+    fn session_max_age_is_at_least_session_ttl() {
+        assert_eq!(
+            err(&with("[auth]\nsession_ttl = 2h\nsession_max_age = 1h\n")),
+            "config: F:7: [auth] session_max_age: session_max_age (3600s) must be at least \
+             session_ttl (7200s): no session can outlive its absolute lifetime"
+        );
+        assert_eq!(
+            err(&with("[auth]\nsession_max_age = 0\n")),
+            "config: F:6: [auth] session_max_age: must be greater than 0"
+        );
+        // Sessions off: no constraint; equal is fine.
+        ok(&with("[auth]\nsession_ttl = 0\nsession_max_age = 1s\n"));
+        let c = ok(&with("[auth]\nsession_ttl = 1h\nsession_max_age = 1h\n"));
+        assert_eq!(c.auth.session_max_age, c.auth.session_ttl);
+    }
+
+    #[test]
     fn defaults() {
         let dir = Dir::new();
         let c = Config::parse(MINIMAL, &dir.ini()).unwrap();
@@ -2257,6 +2305,9 @@ mod tests {
         assert_eq!(c.auth.tokens_file, dir.0.join("tokens"));
         assert_eq!(c.auth.session_key_file, dir.0.join("session.key"));
         assert_eq!(c.auth.session_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(c.auth.session_max_age, Duration::from_secs(7 * 86400));
+        assert_eq!(c.auth.trusted_address_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(c.auth.file_settle_time, Duration::from_millis(200));
         assert_eq!(c.auth.max_failures, 5);
         assert_eq!(c.auth.failure_window, Duration::from_secs(300));
         assert_eq!(c.auth.max_pending_hashes, 32);

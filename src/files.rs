@@ -1,5 +1,6 @@
 //! Files that hold secrets (users, API tokens, the session key): opening them the same careful way
-//! everywhere — a regular file only, and a warning when group or others can read it.
+//! everywhere — a regular file only, and a warning when group or others can read it — and the
+//! lock that serialises the commands rewriting them.
 
 use std::fs::{File, Metadata};
 use std::io;
@@ -63,6 +64,82 @@ pub fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// How many settle times a reload waits at most for a file that keeps changing; then it loads
+/// what is there (and the users file's all-users-gone check still stands guard).
+const SETTLE_ROUNDS: u32 = 10;
+
+/// What tells one version of a file from another: modification time, size and inode (an
+/// atomic replace changes the inode even within one mtime tick).
+pub type Stamp = (std::time::SystemTime, u64, u64);
+
+/// The file's [`Stamp`], `None` while it is missing.
+pub fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
+/// Loads `path` with `load` once it has settled: not modified within the last `settle`, and
+/// the same (modification time, size, inode) before and after the load — else it waits and
+/// loads again, for at most [`SETTLE_ROUNDS`] settle times. A reload that lands between an
+/// editor's truncate and its write thus reads the written file, not the empty or cut one.
+/// A file written atomically (renamed into place) is settled as soon as it is old enough.
+///
+/// # Errors
+/// `load`'s error.
+pub fn load_settled<T, E>(
+    path: &Path,
+    settle: std::time::Duration,
+    load: impl Fn(&Path) -> Result<T, E>,
+) -> Result<T, E> {
+    let give_up = std::time::Instant::now() + settle * SETTLE_ROUNDS;
+    loop {
+        let before = stamp(path);
+        let age = before.and_then(|(mtime, _, _)| mtime.elapsed().ok());
+        if let Some(age) = age.filter(|age| *age < settle) {
+            if std::time::Instant::now() < give_up {
+                std::thread::sleep(settle - age);
+                continue;
+            }
+        }
+        let loaded = load(path);
+        if stamp(path) == before || std::time::Instant::now() >= give_up {
+            return loaded;
+        }
+    }
+}
+
+/// An exclusive advisory lock (`flock(2)`) on the directory that holds a credential file, held
+/// while a command reads, changes and rewrites the file; released when dropped (or when the
+/// process dies, so a killed command never leaves it stuck).
+///
+/// The directory, not the file: every rewrite renames a new file over the old one, so a lock on
+/// the file would be on an inode the next writer never opens. Locking the directory (a symlinked
+/// file's target's directory, which is where the rename happens) serialises every `wsgate passwd`
+/// and `wsgate token` run on files there, so no printed change is lost to a concurrent one.
+/// Readers (the server) need no lock: they only ever see a whole old or a whole new file.
+pub struct UpdateLock {
+    _dir: File,
+}
+
+/// Takes the [`UpdateLock`] for `file`, waiting for another holder to finish.
+///
+/// # Errors
+/// The directory cannot be opened, or `flock` fails.
+pub fn lock_for_update(file: &Path) -> io::Result<UpdateLock> {
+    let target = match std::fs::symlink_metadata(file) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(file)?,
+        _ => file.to_path_buf(),
+    };
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let dir = File::open(dir)?;
+    rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(UpdateLock { _dir: dir })
+}
+
 /// A temporary directory for unit tests, removed on drop.
 #[cfg(test)]
 pub struct TestDir(pub std::path::PathBuf);
@@ -112,5 +189,41 @@ mod tests {
         assert_eq!(count(0, "user", "users"), "0 users");
         assert_eq!(count(1, "user", "users"), "1 user");
         assert_eq!(count(2, "API token", "API tokens"), "2 API tokens");
+    }
+
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_settled_load_waits_for_a_file_still_being_written() {
+        let dir = TestDir::new("settle");
+        let path = dir.0.join("f");
+        std::fs::write(&path, "half").unwrap();
+        let settle = Duration::from_millis(150);
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(60));
+                std::fs::write(&path, "whole").unwrap();
+            })
+        };
+        let t = Instant::now();
+        let read = load_settled(&path, settle, |p: &Path| std::fs::read_to_string(p)).unwrap();
+        writer.join().unwrap();
+        assert_eq!(read, "whole");
+        assert!(t.elapsed() >= settle, "{:?}", t.elapsed());
+        // An old file is read at once; a missing one gives the load's error.
+        std::thread::sleep(settle);
+        let t2 = Instant::now();
+        assert_eq!(
+            load_settled(&path, settle, |p: &Path| std::fs::read_to_string(p)).unwrap(),
+            "whole"
+        );
+        assert!(t2.elapsed() < settle, "{:?}", t2.elapsed());
+        assert!(
+            load_settled(&dir.0.join("none"), settle, |p: &Path| {
+                std::fs::read_to_string(p)
+            })
+            .is_err()
+        );
     }
 }

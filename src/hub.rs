@@ -26,6 +26,8 @@ use tungstenite::Message;
 
 use crate::config::{SlowConsumer, WsLimits};
 use crate::metrics::Metrics;
+pub use crate::policy::Holder;
+use crate::policy::Revocation;
 
 /// Wakes one connection's `poll` from another thread: an eventfd, written at most once between
 /// two [`Waker::reset`]s (wake-ups coalesce, so a burst of messages costs one syscall).
@@ -163,8 +165,11 @@ pub struct MemberShared {
     socket: OnceLock<Arc<TcpStream>>,
     /// Set by the hub when the outbox overflowed under the `disconnect` policy.
     pub slow: AtomicBool,
-    /// Set when a reload took away this member's access; it closes with 1008.
+    /// Set when a reload took away this member's access; it closes with 1008 and the reason in
+    /// `revocation`.
     pub revoked: AtomicBool,
+    /// Why it was revoked (set before `revoked`).
+    revocation: OnceLock<Revocation>,
     /// Who holds this membership, so a reload can re-check their access.
     pub holder: Holder,
     /// Messages in the outbox. The outbox is an unbounded channel bounded by this count, so its
@@ -179,22 +184,11 @@ pub struct MemberShared {
     step_since: AtomicU64,
 }
 
-/// Who a member is, as far as a reload needs to know to re-check its access.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Holder {
-    /// None for an anonymous client.
-    pub user: Option<String>,
-    /// Whether the user was let in to publish (so a reload that takes that away closes it).
-    pub may_publish: bool,
-    /// Whether the user must still have an account (a password or an API token) to stay: true
-    /// for password, token and session logins, false for client certificates and anonymous.
-    pub needs_account: bool,
-}
-
 impl MemberShared {
-    /// Ends this member's connection with 1008 `access revoked` (at its next wake-up, which this
-    /// triggers).
-    pub fn revoke(&self) {
+    /// Ends this member's connection with 1008 and the revocation's reason (`credential revoked`,
+    /// `access revoked`) at its next wake-up, which this triggers.
+    pub fn revoke(&self, why: Revocation) {
+        let _ = self.revocation.set(why);
         if !self.revoked.swap(true, Ordering::AcqRel) {
             self.end();
         }
@@ -290,6 +284,7 @@ impl Hub {
             waker: if receives { Some(Waker::new()?) } else { None },
             slow: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
+            revocation: OnceLock::new(),
             holder,
             socket: OnceLock::new(),
             queued: AtomicUsize::new(0),
@@ -505,7 +500,8 @@ impl Membership {
         if self.shared.slow.load(Ordering::Acquire) {
             Some((1008, "slow consumer"))
         } else if self.shared.revoked.load(Ordering::Acquire) {
-            Some((1008, "access revoked"))
+            let why = self.shared.revocation.get().copied();
+            Some((1008, why.unwrap_or(Revocation::Access).close_reason()))
         } else if self.hub.is_closed() && self.outbox.is_empty() {
             Some((1001, "going away"))
         } else {
@@ -706,7 +702,7 @@ mod tests {
         assert!(matches!(echo.next_queued(), Err(TryRecvError::Empty)));
         assert_eq!(echo.ended(), None);
         // Revocation shuts the read side: the loop's poll wakes, and the flag says why.
-        echo.shared.revoke();
+        echo.shared.revoke(Revocation::Access);
         let sock = echo.shared.socket.get().unwrap();
         let mut fds = [rustix::event::PollFd::new(
             &**sock,

@@ -360,9 +360,36 @@ impl OriginPolicy {
         values: &[&[u8]],
         host: Option<&[u8]>,
     ) -> Result<(), OriginRefusal> {
+        self.check_with(values, host, Leniency::AsConfigured)
+    }
+
+    /// Like [`OriginPolicy::check_request`], but only an Origin that `allow` or
+    /// `allow_same_origin` names passes: `allow_any` and `allow_missing` do not count. For
+    /// credentials a browser sends by itself (the session cookie).
+    ///
+    /// # Errors
+    /// The reason the origin is refused.
+    pub fn check_explicit(
+        &self,
+        values: &[&[u8]],
+        host: Option<&[u8]>,
+    ) -> Result<(), OriginRefusal> {
+        self.check_with(values, host, Leniency::NamedOnly)
+    }
+
+    fn check_with(
+        &self,
+        values: &[&[u8]],
+        host: Option<&[u8]>,
+        leniency: Leniency,
+    ) -> Result<(), OriginRefusal> {
+        let (allow_any, allow_missing) = match leniency {
+            Leniency::AsConfigured => (self.allow_any, self.allow_missing),
+            Leniency::NamedOnly => (false, false),
+        };
         let value = match values {
             [] => {
-                return if self.allow_missing {
+                return if allow_missing {
                     Ok(())
                 } else {
                     Err(OriginRefusal::Missing)
@@ -377,7 +404,7 @@ impl OriginPolicy {
         let text = std::str::from_utf8(value).map_err(|_| OriginRefusal::Malformed)?;
         let text = text.trim_matches([' ', '\t']);
         if text == "null" {
-            return if self.allow_any {
+            return if allow_any {
                 Ok(())
             } else {
                 Err(OriginRefusal::NotAllowed)
@@ -385,12 +412,21 @@ impl OriginPolicy {
         }
         let origin = parse_origin(text, Flavour::Request).map_err(|_| OriginRefusal::Malformed)?;
         let same = self.allow_same_origin && host.is_some_and(|h| same_origin(&origin, h));
-        if self.allow_any || same || self.allow.iter().any(|p| p.matches(&origin)) {
+        if allow_any || same || self.allow.iter().any(|p| p.matches(&origin)) {
             Ok(())
         } else {
             Err(OriginRefusal::NotAllowed)
         }
     }
+}
+
+/// Whether a check honours `allow_any` and `allow_missing`.
+#[derive(Debug, Clone, Copy)]
+enum Leniency {
+    /// As the configuration says (every upgrade).
+    AsConfigured,
+    /// Only origins `allow` or `allow_same_origin` name (the session cookie).
+    NamedOnly,
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! no-echo terminal prompt or from stdin, never from argv; the file is rewritten atomically, 0600.
 //!
 //! The rewrite keeps every other line (comments, blank lines, other users, line endings) as it
-//! was, in order; it refuses to touch a file that does not parse. The new file is written to a
+//! was, in order; it refuses to touch a file that does not parse. The read-modify-write runs
+//! under an advisory lock ([`crate::files::lock_for_update`]), so concurrent runs never lose
+//! each other's changes. The new file is written to a
 //! temporary file in the same directory (mode 0600, same owner and group as the old file when
 //! that can be kept), fsynced, renamed over the old one, and the directory is fsynced.
 
@@ -161,8 +163,11 @@ fn set_password_hashed(
 ) -> Result<Change, PasswdError> {
     users::check_user_name(user).map_err(PasswdError::BadName)?;
     check_password(password)?;
-    let existing = read_existing(file)?;
+    read_existing(file)?;
+    // Hashed before the lock is taken (it is the slow part); the file is read again under it.
     let phc = hash(password).map_err(PasswdError::Hash)?;
+    let _lock = lock(file)?;
+    let existing = read_existing(file)?;
     let new_line = format!("{user}:{phc}");
     let (text, owner) = match &existing {
         Some((text, meta)) => (text.as_str(), Some((meta.uid(), meta.gid()))),
@@ -183,13 +188,26 @@ fn set_password_hashed(
 /// A bad name, a missing file or user, a broken file, or an I/O failure.
 pub fn delete_user(file: &Path, user: &str) -> Result<Change, PasswdError> {
     users::check_user_name(user).map_err(PasswdError::BadName)?;
+    let _lock = lock(file)?;
     let Some((text, meta)) = read_existing(file)? else {
         return Err(PasswdError::Read {
             path: file.to_path_buf(),
             source: io::Error::new(io::ErrorKind::NotFound, "no such file"),
         });
     };
-    let (contents, found) = rewrite(&text, user, None);
+    let (mut contents, found) = rewrite(&text, user, None);
+    if UserStore::parse(&contents, file).is_ok_and(|left| left.is_empty())
+        && !contents
+            .lines()
+            .any(|l| l.trim_end() == users::NO_USERS_MARKER)
+    {
+        // The last user: say it is meant, or a running server's reload would refuse the file.
+        if !contents.is_empty() && !contents.ends_with('\n') {
+            contents.push('\n');
+        }
+        contents.push_str(users::NO_USERS_MARKER);
+        contents.push('\n');
+    }
     if !found {
         return Err(PasswdError::NotFound {
             user: user.to_string(),
@@ -198,6 +216,15 @@ pub fn delete_user(file: &Path, user: &str) -> Result<Change, PasswdError> {
     }
     write_atomic(file, &contents, Some((meta.uid(), meta.gid())))?;
     Ok(Change::Deleted)
+}
+
+/// The [`crate::files::UpdateLock`] for `file`: the read-modify-write that follows is never
+/// interleaved with another `wsgate passwd` or `wsgate token` run's.
+fn lock(file: &Path) -> Result<crate::files::UpdateLock, PasswdError> {
+    crate::files::lock_for_update(file).map_err(|source| PasswdError::Write {
+        path: file.to_path_buf(),
+        source,
+    })
 }
 
 fn check_password(password: &str) -> Result<(), PasswdError> {
@@ -498,6 +525,16 @@ mod tests {
             e.to_string(),
             format!("user \"alice\" not found in {}", file.display())
         );
+        // The last user out leaves the line that says the empty file is meant; once.
+        assert_eq!(delete_user(&file, "bob").unwrap(), Change::Deleted);
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(text.matches(users::NO_USERS_MARKER).count(), 1, "{text}");
+        let empty = UserStore::load(&file).unwrap();
+        assert!(empty.is_empty() && empty.may_replace(2, &file).is_ok());
+        set(&file, "carol", "c").unwrap();
+        assert_eq!(delete_user(&file, "carol").unwrap(), Change::Deleted);
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(text.matches(users::NO_USERS_MARKER).count(), 1, "{text}");
         let missing = dir.0.join("nope");
         let e = delete_user(&missing, "bob").unwrap_err();
         assert!(matches!(e, PasswdError::Read { .. }), "{e}");

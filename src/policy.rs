@@ -6,6 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use tungstenite::handshake::server::{ErrorResponse, Request};
 use tungstenite::http::{self, HeaderMap, StatusCode};
 
@@ -23,8 +24,9 @@ pub const MAX_TOKEN_LEN: usize = 512;
 pub const SUBPROTOCOL: &str = "wsgate.v1";
 /// The subprotocol prefix that carries a bearer token from browsers, which cannot set headers.
 pub const BEARER_SUBPROTOCOL: &str = "wsgate.bearer.";
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "wsgate_session";
+/// The session cookie's name. The `__Host-` prefix makes a browser accept it only with `Secure`,
+/// `Path=/` and no `Domain`, so no sibling host or plain-http page can plant or widen it.
+pub const SESSION_COOKIE: &str = "__Host-wsgate_session";
 
 /// Why an upgrade request is refused. Each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +213,11 @@ pub struct Grant {
     pub channel: ChannelConfig,
     pub may_publish: bool,
     pub subprotocol: Option<&'static str>,
+    /// What proved the user, kept so a reload can ask whether it still holds ([`recheck`]).
+    pub proof: Proof,
+    /// The request came from a browser (it carried an allowed `Origin`): only then is the session
+    /// also set as a cookie.
+    pub browser: bool,
 }
 
 impl Grant {
@@ -225,10 +232,11 @@ impl Grant {
 /// A credential check's answer, from the server's [`Verifier`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Proven: this user (and, for a resumed session, its id).
+    /// Proven: this user (and, for a resumed session, its id), and what proved it.
     Ok {
         user: String,
         session_id: Option<String>,
+        proof: Proof,
     },
     /// Wrong: `user` as claimed (escaped for logs; empty if none), `why` for the log.
     Bad { user: String, why: &'static str },
@@ -244,6 +252,140 @@ pub trait Verifier {
     fn password(&self, user: &str, password: &str) -> Verdict;
     fn api_token(&self, token: &str) -> Verdict;
     fn session(&self, token: &str) -> Verdict;
+}
+
+/// What proved a connection's user at its upgrade, kept for the connection's life so that a
+/// reload can ask whether it still holds. Holds no secret: digests and a fingerprint only (and a
+/// client's public certificate chain).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Proof {
+    /// Nothing: an anonymous channel.
+    #[default]
+    Anonymous,
+    /// A password, checked against the stored hash with this SHA-256 (of its PHC string).
+    Password { hash: [u8; 32] },
+    /// The API token with this SHA-256 (as the tokens file stores it).
+    ApiToken { digest: [u8; 32] },
+    /// A session token carrying this credential fingerprint, first issued at `login_unix` (the
+    /// password or token login that started the session; renewals keep it), verified with the
+    /// session key whose `SessionKey::id` is `key_id`.
+    Session {
+        fingerprint: [u8; 8],
+        login_unix: u64,
+        key_id: [u8; 8],
+    },
+    /// A TLS client certificate chain (end entity first), as verified at the handshake. `decide`
+    /// leaves it empty; the server, which holds the TLS session, fills it in.
+    ClientCert { chain: Vec<CertificateDer<'static>> },
+}
+
+/// Who holds a live connection, as far as a reload needs to know to re-check it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holder {
+    /// None for an anonymous client.
+    pub user: Option<String>,
+    /// Whether the user was let in to publish (so a reload that takes that away closes it).
+    pub may_publish: bool,
+    /// What proved the user.
+    pub proof: Proof,
+}
+
+/// The credentials as they are now (after a reload), as [`recheck`] asks about them. The server
+/// implements it over its loaded users, tokens and client CA; tests with a fake.
+pub trait CredentialState {
+    /// SHA-256 of `user`'s stored password hash; None if the users file has no such user.
+    fn password_hash(&self, user: &str) -> Option<[u8; 32]>;
+    /// The owner of the API token with this digest, if the tokens file still has it.
+    fn token_owner(&self, digest: &[u8; 32]) -> Option<String>;
+    /// `user`'s credential fingerprint (see `session::user_fingerprint`); None if the users file
+    /// has no such user.
+    fn fingerprint(&self, user: &str) -> Option<[u8; 8]>;
+    /// Whether the current client CA still trusts this chain (and client certificates are on).
+    fn client_cert_trusted(&self, chain: &[CertificateDer<'static>]) -> bool;
+    /// Whether a session verified with the key `key_id` and started at `login_unix` would still
+    /// be accepted: sessions on, the same key, and `session_max_age` not yet reached.
+    fn session_accepted(&self, key_id: &[u8; 8], login_unix: u64) -> bool;
+}
+
+/// Why a reload ends a live connection. Each is a 1008 close with its own reason text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// What proved the user no longer does: user deleted, password changed, token revoked,
+    /// session fingerprint changed, client certificate no longer trusted.
+    Credential,
+    /// The credential holds, but the path is no longer served or the roles no longer allow
+    /// subscribing (or publishing, for a connection let in to publish).
+    Access,
+}
+
+impl Revocation {
+    /// The close frame's reason text.
+    #[must_use]
+    pub fn close_reason(self) -> &'static str {
+        match self {
+            Revocation::Credential => "credential revoked",
+            Revocation::Access => "access revoked",
+        }
+    }
+}
+
+/// Whether a live connection may stay after a reload: its credential must still prove its user
+/// ([`credential_holds`]), a channel must still serve its path, and the roles must still let it
+/// subscribe (and publish, if it was let in to publish). The one home of this rule; the server
+/// calls it for every live connection on each reload.
+///
+/// # Errors
+/// The [`Revocation`] that ends the connection.
+pub fn recheck(
+    holder: &Holder,
+    path: &str,
+    config: &Config,
+    state: &dyn CredentialState,
+) -> Result<(), Revocation> {
+    let user = holder.user.as_deref();
+    if !credential_holds(user, &holder.proof, state) {
+        return Err(Revocation::Credential);
+    }
+    let served = config
+        .channel_for(path)
+        .is_some_and(|c| user.is_some() || c.anonymous);
+    let access = acl::evaluate(&config.roles, user, path);
+    if served && access.can_subscribe() && (!holder.may_publish || access.can_publish()) {
+        Ok(())
+    } else {
+        Err(Revocation::Access)
+    }
+}
+
+/// Whether `proof` still proves `user`: the same password hash; the same token, still the user's,
+/// and the user still in the users file (a deleted user's tokens are orphaned); the same
+/// credential fingerprint for a session (which a password change, deletion or any change to the
+/// user's tokens alters), still signed with the current key and within `session_max_age`; a
+/// client certificate the current client CA still trusts.
+#[must_use]
+pub fn credential_holds(user: Option<&str>, proof: &Proof, state: &dyn CredentialState) -> bool {
+    match (proof, user) {
+        (Proof::Anonymous, None) => true,
+        (Proof::Password { hash }, Some(user)) => state.password_hash(user) == Some(*hash),
+        (Proof::ApiToken { digest }, Some(user)) => {
+            state.token_owner(digest).as_deref() == Some(user)
+                && state.password_hash(user).is_some()
+        }
+        (
+            Proof::Session {
+                fingerprint,
+                login_unix,
+                key_id,
+            },
+            Some(user),
+        ) => {
+            state.fingerprint(user) == Some(*fingerprint)
+                && state.session_accepted(key_id, *login_unix)
+        }
+        (Proof::ClientCert { chain }, Some(_)) => state.client_cert_trusted(chain),
+        // A user without a proof, or a proof without a user: never issued; end it.
+        _ => false,
+    }
 }
 
 /// Credentials as offered by a client. `Debug` never shows the secret.
@@ -273,10 +415,14 @@ fn bearer(value: &str) -> Offer {
     }
 }
 
-/// What a request carries: the credentials it offers (if any) and the subprotocol to answer with.
+/// What a request carries: the credentials it offers (if any), whether they came from the
+/// session cookie, and the subprotocol to answer with.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Offered {
     pub offer: Option<Offer>,
+    /// The offer is the `__Host-wsgate_session` cookie, which a browser attaches by itself, so
+    /// it needs an explicitly allowed Origin ([`decide`]).
+    pub cookie: bool,
     pub subprotocol: Option<&'static str>,
 }
 
@@ -284,7 +430,9 @@ pub struct Offered {
 #[derive(Debug, PartialEq, Eq)]
 pub enum OfferError {
     /// Present but unusable: bad base64, no colon, not UTF-8, too long, two `Authorization`
-    /// headers, a user without a password. Carries the claimed user name, escaped (or empty).
+    /// headers, a user without a password, a user name that breaks the user-name rule. Carries
+    /// the claimed user name only when it is a valid one (else empty: a malformed value may be
+    /// a misplaced secret, as in `?user=alice;pass=secret`, and is never logged).
     Unusable(String),
     /// A `wsgate.bearer.` subprotocol without `wsgate.v1` to answer with.
     Subprotocol,
@@ -305,7 +453,13 @@ pub fn offered(headers: &HeaderMap, query: Option<&str>) -> Result<Offered, Offe
         .map(str::trim)
         .collect();
     let subprotocol = protocols.contains(&SUBPROTOCOL).then_some(SUBPROTOCOL);
-    let found = |offer| Ok(Offered { offer, subprotocol });
+    let found = |offer| {
+        Ok(Offered {
+            offer,
+            cookie: false,
+            subprotocol,
+        })
+    };
     let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
     if let Some(value) = auth.next() {
         if auth.next().is_some() {
@@ -337,9 +491,11 @@ pub fn offered(headers: &HeaderMap, query: Option<&str>) -> Result<Offered, Offe
         .flat_map(|v| v.split(';'))
         .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='));
     match cookie {
-        Some(token) if !token.is_empty() && token.len() <= MAX_TOKEN_LEN => {
-            found(Some(Offer::Session(token.to_string())))
-        }
+        Some(token) if !token.is_empty() && token.len() <= MAX_TOKEN_LEN => Ok(Offered {
+            offer: Some(Offer::Session(token.to_string())),
+            cookie: true,
+            subprotocol,
+        }),
         _ => found(None),
     }
 }
@@ -387,7 +543,7 @@ fn from_query(query: Option<&str>) -> Result<Option<Offer>, String> {
     }
     match (user, password) {
         (Some(user), Some(password)) => return checked(user, password).map(Some),
-        (Some(user), None) => return Err(safe_user(&user)),
+        (Some(user), None) => return Err(loggable_user(&user)),
         (None, Some(_)) => return Err(String::new()),
         (None, None) => {}
     }
@@ -407,13 +563,11 @@ fn from_query(query: Option<&str>) -> Result<Option<Offer>, String> {
         .map(|s| s.map(Offer::Session))
 }
 
+/// A password offer whose user name follows the users file's rule and whose password is not
+/// too long; else the error carries the name only if it is valid ([`loggable_user`]).
 fn checked(user: String, password: String) -> Result<Offer, String> {
-    if user.is_empty()
-        || user.len() > MAX_USER_LEN
-        || user.chars().any(char::is_control)
-        || password.len() > MAX_PASSWORD_LEN
-    {
-        return Err(safe_user(&user));
+    if crate::users::check_user_name(&user).is_err() || password.len() > MAX_PASSWORD_LEN {
+        return Err(loggable_user(&user));
     }
     Ok(Offer::Password { user, password })
 }
@@ -452,6 +606,16 @@ impl Target {
             path: path.to_string(),
             query,
         })
+    }
+}
+
+/// The claimed user name as a log line may show it: as is when it is a valid user name, else
+/// empty. A malformed value is never logged (it may hold a secret: `?user=alice;pass=secret`).
+fn loggable_user(user: &str) -> String {
+    if crate::users::check_user_name(user).is_ok() {
+        user.to_string()
+    } else {
+        String::new()
     }
 }
 
@@ -595,7 +759,11 @@ pub fn decide(
         .origins
         .check_request(&origins, host)
         .map_err(Reason::Origin)?;
-    let Offered { offer, subprotocol } = match offered(req.headers(), target.query.as_deref()) {
+    let Offered {
+        offer,
+        cookie,
+        subprotocol,
+    } = match offered(req.headers(), target.query.as_deref()) {
         Ok(found) => found,
         Err(OfferError::Unusable(user)) => {
             return Err(Reason::BadCredentials {
@@ -605,6 +773,15 @@ pub fn decide(
         }
         Err(OfferError::Subprotocol) => return Err(Reason::Subprotocol),
     };
+    // A browser attaches the cookie to any page's request, so the cookie alone proves nothing
+    // about who asks: it counts only with an Origin the allow list (or same-origin) names
+    // explicitly, whatever `allow_any` and `allow_missing` say.
+    if cookie {
+        config
+            .origins
+            .check_explicit(&origins, host)
+            .map_err(Reason::Origin)?;
+    }
     let verdict = match &offer {
         Some(Offer::Password { user, password }) => {
             Some((verifier.password(user, password), Method::Password))
@@ -613,16 +790,28 @@ pub fn decide(
         Some(Offer::Session(token)) => Some((verifier.session(token), Method::Session)),
         None => None,
     };
-    let (user, method, session_id) = match verdict {
-        Some((Verdict::Ok { user, session_id }, method)) => (Some(user), method, session_id),
+    let (user, method, session_id, proof) = match verdict {
+        Some((
+            Verdict::Ok {
+                user,
+                session_id,
+                proof,
+            },
+            method,
+        )) => (Some(user), method, session_id, proof),
         Some((Verdict::Bad { user, why }, _)) => return Err(Reason::BadCredentials { user, why }),
         Some((Verdict::Throttled { user, retry_after }, _)) => {
             return Err(Reason::Throttled { user, retry_after });
         }
         Some((Verdict::Busy, _)) => return Err(Reason::Busy),
         None => match client_user {
-            Some(user) => (Some(user.to_string()), Method::ClientCert, None),
-            None if channel.anonymous => (None, Method::Anonymous, None),
+            Some(user) => (
+                Some(user.to_string()),
+                Method::ClientCert,
+                None,
+                Proof::ClientCert { chain: Vec::new() },
+            ),
+            None if channel.anonymous => (None, Method::Anonymous, None, Proof::Anonymous),
             None => return Err(Reason::NoCredentials),
         },
     };
@@ -640,6 +829,8 @@ pub fn decide(
         channel: channel.clone(),
         may_publish: access.can_publish(),
         subprotocol,
+        proof,
+        browser: !origins.is_empty(),
     })
 }
 
@@ -698,6 +889,7 @@ mod tests {
                 ("alice", "pw") => Verdict::Ok {
                     user: "alice".into(),
                     session_id: None,
+                    proof: Proof::Password { hash: [1; 32] },
                 },
                 ("slow", _) => Verdict::Busy,
                 ("locked", _) => Verdict::Throttled {
@@ -719,6 +911,7 @@ mod tests {
                 "wsg_good" => Verdict::Ok {
                     user: "bob".into(),
                     session_id: None,
+                    proof: Proof::ApiToken { digest: [2; 32] },
                 },
                 _ => Verdict::Bad {
                     user: String::new(),
@@ -731,6 +924,11 @@ mod tests {
                 "s1.good" => Verdict::Ok {
                     user: "carol".into(),
                     session_id: Some("sid1".into()),
+                    proof: Proof::Session {
+                        fingerprint: [3; 8],
+                        login_unix: 100,
+                        key_id: [6; 8],
+                    },
                 },
                 _ => Verdict::Bad {
                     user: String::new(),
@@ -937,7 +1135,11 @@ mod tests {
             .unwrap_err(),
             Reason::Subprotocol
         );
-        let session = ok("/echo", "Cookie: theme=dark; wsgate_session=s1.good\r\n").unwrap();
+        let session = ok(
+            "/echo",
+            "Cookie: theme=dark; __Host-wsgate_session=s1.good\r\n",
+        )
+        .unwrap();
         assert_eq!(
             (
                 session.user.as_deref(),
@@ -1001,13 +1203,18 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(offered(&h, Some("a=1")).unwrap().offer, None);
         assert_eq!(
-            offered(&h, Some("user=al%20ice&pass=p%2Bw+x"))
+            offered(&h, Some("user=al%2Bice&pass=p%2Bw+x"))
                 .unwrap()
                 .offer,
             Some(Offer::Password {
-                user: "al ice".into(),
+                user: "al+ice".into(),
                 password: "p+w x".into()
             })
+        );
+        // A name the users file could not hold is malformed, and not carried to the log.
+        assert_eq!(
+            offered(&h, Some("user=al%20ice&pass=x")),
+            Err(OfferError::Unusable(String::new()))
         );
         assert!(offered(&h, Some("user=alice")).is_err());
         assert!(offered(&h, Some("user=alice&pass=%zz")).is_err());
@@ -1117,5 +1324,197 @@ mod tests {
             assert_eq!(route(bad, &cfg).unwrap_err(), Reason::UnknownPath, "{bad}");
         }
         assert_eq!(safe_user("a\nb\u{7}"), "a\\nb\\u{7}");
+    }
+
+    #[test]
+    fn the_session_cookie_needs_an_explicitly_allowed_origin() {
+        let mut cfg = config();
+        cfg.origins.allow_any = true;
+        cfg.origins.allow_missing = true;
+        let cookie = "Cookie: __Host-wsgate_session=s1.good\r\n";
+        for origin in ["https://evil.example", "null"] {
+            assert_eq!(
+                get(&cfg, "/echo", &format!("{cookie}Origin: {origin}\r\n")).unwrap_err(),
+                Reason::Origin(OriginRefusal::NotAllowed),
+                "{origin}"
+            );
+        }
+        assert_eq!(
+            get(&cfg, "/echo", cookie).unwrap_err(),
+            Reason::Origin(OriginRefusal::Missing)
+        );
+        let grant = get(&cfg, "/echo", &format!("{cookie}{ORIGIN}")).unwrap();
+        assert_eq!(grant.method, Method::Session);
+        assert!(grant.browser);
+        // The same token as a query or bearer is not the cookie: allow_any applies as usual.
+        let by_query = get(
+            &cfg,
+            "/echo?session=s1.good",
+            "Origin: https://evil.example\r\n",
+        );
+        assert!(by_query.is_ok());
+        assert!(!get(&cfg, "/echo?session=s1.good", "").unwrap().browser);
+    }
+
+    #[test]
+    fn malformed_user_names_are_never_carried_to_the_log() {
+        let cfg = config();
+        for target in [
+            "/echo?user=alice;pass=secret",
+            "/echo?user=alice;pass=secret&pass=x",
+            "/echo?user=al%0Aice&pass=x",
+        ] {
+            assert_eq!(
+                get(&cfg, target, ORIGIN).unwrap_err(),
+                Reason::BadCredentials {
+                    user: String::new(),
+                    why: "malformed credentials"
+                },
+                "{target}"
+            );
+        }
+        // A valid name without a password is still named.
+        assert_eq!(
+            get(&cfg, "/echo?user=alice", ORIGIN).unwrap_err(),
+            Reason::BadCredentials {
+                user: "alice".into(),
+                why: "malformed credentials"
+            }
+        );
+    }
+
+    /// Credentials as a reload sees them: alice's password hash is [1;32], token [2;32] is
+    /// bob's, carol's fingerprint is [3;8], certificates signed "good" are trusted.
+    struct Now {
+        deleted: &'static [&'static str],
+    }
+
+    impl CredentialState for Now {
+        fn password_hash(&self, user: &str) -> Option<[u8; 32]> {
+            (!self.deleted.contains(&user)).then_some(if user == "alice" {
+                [1; 32]
+            } else {
+                [9; 32]
+            })
+        }
+        fn token_owner(&self, digest: &[u8; 32]) -> Option<String> {
+            (*digest == [2; 32]).then(|| "bob".to_string())
+        }
+        fn fingerprint(&self, user: &str) -> Option<[u8; 8]> {
+            self.password_hash(user).map(|_| [3; 8])
+        }
+        fn client_cert_trusted(&self, chain: &[CertificateDer<'static>]) -> bool {
+            chain.first().is_some_and(|c| c.as_ref() == b"good")
+        }
+        // Key [6;8]; sessions that started before 10 are past their max age.
+        fn session_accepted(&self, key_id: &[u8; 8], login_unix: u64) -> bool {
+            *key_id == [6; 8] && login_unix >= 10
+        }
+    }
+
+    fn holder(user: Option<&str>, proof: Proof) -> Holder {
+        Holder {
+            user: user.map(str::to_string),
+            may_publish: false,
+            proof,
+        }
+    }
+
+    #[test]
+    fn recheck_asks_each_credential_kind_whether_it_still_holds() {
+        let cfg = config();
+        let now = Now { deleted: &[] };
+        let session_with = |login_unix, key_id| Proof::Session {
+            fingerprint: [3; 8],
+            login_unix,
+            key_id,
+        };
+        let session = session_with(10, [6; 8]);
+        let cert = |der: &'static [u8]| Proof::ClientCert {
+            chain: vec![CertificateDer::from(der)],
+        };
+        let cases: &[(Option<&str>, Proof, Result<(), Revocation>)] = &[
+            (Some("alice"), Proof::Password { hash: [1; 32] }, Ok(())),
+            // A new password: the old one no longer proves alice.
+            (
+                Some("alice"),
+                Proof::Password { hash: [7; 32] },
+                Err(Revocation::Credential),
+            ),
+            (Some("bob"), Proof::ApiToken { digest: [2; 32] }, Ok(())),
+            // Revoked token; a token that is someone else's.
+            (
+                Some("bob"),
+                Proof::ApiToken { digest: [5; 32] },
+                Err(Revocation::Credential),
+            ),
+            (
+                Some("alice"),
+                Proof::ApiToken { digest: [2; 32] },
+                Err(Revocation::Credential),
+            ),
+            (Some("carol"), session.clone(), Ok(())),
+            (
+                Some("carol"),
+                Proof::Session {
+                    fingerprint: [4; 8],
+                    login_unix: 10,
+                    key_id: [6; 8],
+                },
+                Err(Revocation::Credential),
+            ),
+            // Signed with a key that was replaced since; past session_max_age.
+            (
+                Some("carol"),
+                session_with(10, [7; 8]),
+                Err(Revocation::Credential),
+            ),
+            (
+                Some("carol"),
+                session_with(9, [6; 8]),
+                Err(Revocation::Credential),
+            ),
+            (Some("dave"), cert(b"good"), Ok(())),
+            (Some("dave"), cert(b"other CA"), Err(Revocation::Credential)),
+            (
+                Some("dave"),
+                Proof::ClientCert { chain: vec![] },
+                Err(Revocation::Credential),
+            ),
+            (None, Proof::Anonymous, Err(Revocation::Access)), // /echo is not anonymous
+            (Some("x"), Proof::Anonymous, Err(Revocation::Credential)),
+        ];
+        for (user, proof, want) in cases {
+            let got = recheck(&holder(*user, proof.clone()), "/echo", &cfg, &now);
+            assert_eq!(got, *want, "{user:?} {proof:?}");
+        }
+        // Deleting bob orphans his token and ends his session; alice is untouched.
+        let gone = Now { deleted: &["bob"] };
+        let bob_token = holder(Some("bob"), Proof::ApiToken { digest: [2; 32] });
+        assert_eq!(
+            recheck(&bob_token, "/echo", &cfg, &gone),
+            Err(Revocation::Credential)
+        );
+        assert_eq!(
+            recheck(&holder(Some("bob"), session), "/echo", &cfg, &gone),
+            Err(Revocation::Credential)
+        );
+        let alice = holder(Some("alice"), Proof::Password { hash: [1; 32] });
+        assert_eq!(recheck(&alice, "/echo", &cfg, &gone), Ok(()));
+        // The credential holds but the roles no longer allow: access revoked.
+        assert_eq!(
+            recheck(&alice, "/private", &cfg, &now),
+            Err(Revocation::Access)
+        );
+        let publisher = Holder {
+            may_publish: true,
+            ..alice.clone()
+        };
+        assert_eq!(
+            recheck(&publisher, "/feed", &cfg, &now),
+            Err(Revocation::Access)
+        );
+        assert_eq!(recheck(&publisher, "/chat/a", &cfg, &now), Ok(()));
+        assert_eq!(Revocation::Credential.close_reason(), "credential revoked");
     }
 }

@@ -16,10 +16,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::acl;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+
 use crate::admin::{self, AdminState};
 use crate::admit::{Admission, Ticket};
-use crate::auth::Credentials;
+use crate::auth::{Credentials, CurrentCredentials, SessionSettings};
 use crate::certs::{self, CertError};
 use crate::cluster::Bridge;
 use crate::config::{ClientAuth, Config, ConfigError, Mode};
@@ -30,7 +32,7 @@ use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Waker};
 use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
-use crate::policy::{Grant, Method, Reason};
+use crate::policy::{self, Grant, Method, Proof, Reason};
 use crate::pool::Pool;
 use crate::proxy;
 use crate::ratelimit::TokenBucket;
@@ -41,8 +43,9 @@ use crate::tokens::{TokenStore, TokensError};
 use crate::upgrade::{self, UpgradeError};
 use crate::users::{Authenticator, UserStore, UsersError};
 
-/// Peer addresses and user names the failed-login throttle remembers (each map); the oldest are
-/// forgotten first, so a flood of distinct addresses cannot grow memory.
+/// Peer addresses, user names and trusted (name, address) pairs the failed-login throttle
+/// remembers (each map); the oldest are forgotten first, so a flood of distinct addresses cannot
+/// grow memory.
 const THROTTLE_ENTRIES: usize = 4096;
 
 /// Why the server could not start.
@@ -99,6 +102,9 @@ struct Runtime {
     config: Arc<Config>,
     /// None on a plaintext listener (`[server] tls = off`).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The client certificate verifier inside `tls`, to re-check live connections' certificates
+    /// on reload.
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// The certificate and key files' modification times when loaded (the file watcher compares).
     cert_stamp: Option<(SystemTime, SystemTime)>,
     /// The users and tokens files as they were just before they were read (the watcher compares).
@@ -167,7 +173,7 @@ impl Server {
         ));
         let a = &config.auth;
         let creds_stamp = creds_stamp(&config);
-        let loaded = load_credentials(&config)?;
+        let loaded = load_credentials(&config, Duration::ZERO)?;
         let users = Authenticator::new(
             loaded.users,
             a.cache_size,
@@ -175,7 +181,8 @@ impl Server {
             a.max_concurrent_hashes.get(),
         )
         .with_queue_limit(a.max_pending_hashes);
-        let throttle = LoginThrottle::new(a.max_failures, a.failure_window, THROTTLE_ENTRIES);
+        let throttle = LoginThrottle::new(a.max_failures, a.failure_window, THROTTLE_ENTRIES)
+            .with_trusted_ttl(a.trusted_address_ttl);
         let creds = Arc::new(Credentials::new(
             users,
             loaded.tokens,
@@ -370,7 +377,11 @@ impl Shared {
             .map_err(StartError::Config)
             .and_then(|config| {
                 let creds_stamp = creds_stamp(&config);
-                let loaded = load_credentials(&config)?;
+                let loaded = load_credentials(&config, config.auth.file_settle_time)?;
+                loaded
+                    .users
+                    .may_replace(self.creds.users.user_count(), &config.auth.users_file)
+                    .map_err(StartError::Users)?;
                 Ok((build_runtime(config, creds_stamp)?, loaded))
             });
         match result {
@@ -379,7 +390,7 @@ impl Shared {
                 warn_about_origins(&runtime.config);
                 self.creds
                     .reload(loaded.users, loaded.tokens, loaded.sessions);
-                self.revoke_lost_access(&runtime.config);
+                self.revoke_lost_access(&runtime);
                 *self.runtime.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(runtime);
                 log::info!(
                     "{why}: reloaded {} in {:?}",
@@ -400,47 +411,76 @@ impl Shared {
 }
 
 impl Shared {
-    /// After a reload: closes (1008 `access revoked`) every connection whose user no longer has
-    /// an account, whose path no channel serves, or whose roles no longer let it subscribe — or
-    /// publish, when it was let in to publish. Everyone else keeps running untouched.
-    fn revoke_lost_access(&self, config: &Config) {
-        let mut revoked = 0;
+    /// After a reload: asks [`policy::recheck`] about every live connection and closes those it
+    /// refuses with 1008 — `credential revoked` when what proved the user no longer does
+    /// (deleted user, new password, revoked token, changed session fingerprint, client
+    /// certificate the client CA no longer trusts), `access revoked` when the path or the roles
+    /// no longer allow it. Everyone else keeps running untouched.
+    fn revoke_lost_access(&self, runtime: &Runtime) {
+        let config = &runtime.config;
+        let verifier = runtime.client_verifier.as_deref();
+        let state = CurrentCredentials {
+            creds: &self.creds,
+            client_cert_trusted: |chain: &[CertificateDer<'static>]| {
+                client_cert_trusted(verifier, chain)
+            },
+        };
+        let (mut credential, mut access) = (0, 0);
         self.hub.for_each_member(|path, member| {
-            let h = &member.holder;
-            let user = h.user.as_deref();
-            let has_account = !h.needs_account || user.is_some_and(|u| self.creds.has_account(u));
-            let served = config
-                .channel_for(path)
-                .is_some_and(|c| user.is_some() || c.anonymous);
-            let access = acl::evaluate(&config.roles, user, path);
-            let allowed = access.can_subscribe() && (!h.may_publish || access.can_publish());
-            if !(has_account && served && allowed) {
-                member.revoke();
-                revoked += 1;
+            if let Err(why) = policy::recheck(&member.holder, path, config, &state) {
+                match why {
+                    policy::Revocation::Credential => credential += 1,
+                    policy::Revocation::Access => access += 1,
+                }
+                member.revoke(why);
             }
         });
-        if revoked > 0 {
-            log::info!("reload: closing {revoked} connections whose access was taken away");
+        if credential + access > 0 {
+            log::info!(
+                "reload: closing {} connections whose access was taken away ({credential} \
+                 credential revoked, {access} access revoked)",
+                credential + access
+            );
         }
     }
+}
+
+/// Whether `verifier` (the reloaded client CA) still accepts a live connection's client
+/// certificate chain, as of now (so an expired certificate fails too).
+fn client_cert_trusted(
+    verifier: Option<&dyn ClientCertVerifier>,
+    chain: &[CertificateDer<'static>],
+) -> bool {
+    let (Some(verifier), Some((end_entity, intermediates))) = (verifier, chain.split_first())
+    else {
+        return false;
+    };
+    verifier.offer_client_auth()
+        && verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .is_ok()
 }
 
 /// Users, tokens and session settings, loaded from the files a config names.
 struct LoadedCredentials {
     users: UserStore,
     tokens: TokenStore,
-    sessions: Option<(SessionKey, Duration)>,
+    sessions: Option<SessionSettings>,
 }
 
-fn load_credentials(config: &Config) -> Result<LoadedCredentials, StartError> {
+/// `settle`: how long the users and tokens files must have been unchanged to be read (a reload
+/// passes `file_settle_time`; the start reads them as they are).
+fn load_credentials(config: &Config, settle: Duration) -> Result<LoadedCredentials, StartError> {
     let a = &config.auth;
-    let users = UserStore::load(&a.users_file).map_err(StartError::Users)?;
+    let users = crate::files::load_settled(&a.users_file, settle, UserStore::load)
+        .map_err(StartError::Users)?;
     log::info!(
         "{} loaded from {}",
         files::count(users.len(), "user", "users"),
         files::shown(&a.users_file)
     );
-    let tokens = TokenStore::load(&a.tokens_file).map_err(StartError::Tokens)?;
+    let tokens = crate::files::load_settled(&a.tokens_file, settle, TokenStore::load)
+        .map_err(StartError::Tokens)?;
     if !tokens.is_empty() {
         log::info!(
             "{} loaded from {}",
@@ -452,7 +492,11 @@ fn load_credentials(config: &Config) -> Result<LoadedCredentials, StartError> {
         None
     } else {
         let key = SessionKey::load_or_create(&a.session_key_file).map_err(StartError::Session)?;
-        Some((key, a.session_ttl))
+        Some(SessionSettings {
+            key,
+            ttl: a.session_ttl,
+            max_age: a.session_max_age,
+        })
     };
     Ok(LoadedCredentials {
         users,
@@ -489,6 +533,7 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
         return Ok(Runtime {
             config: Arc::new(config),
             tls: None,
+            client_verifier: None,
             cert_stamp: None,
             creds_stamp,
         });
@@ -512,8 +557,9 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
         (ClientAuth::Required, Some(ca)) => tls::ClientCerts::Required(ca),
         _ => tls::ClientCerts::Off,
     };
-    let tls = tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key, client_certs)
-        .map_err(StartError::Cert)?;
+    let (tls, client_verifier) =
+        tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key, client_certs)
+            .map_err(StartError::Cert)?;
     log::info!(
         "certificate {} sha256 fingerprint {fingerprint}",
         files::shown(&tls_cfg.cert)
@@ -521,6 +567,7 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
     Ok(Runtime {
         config: Arc::new(config),
         tls: Some(tls),
+        client_verifier: Some(client_verifier),
         cert_stamp,
         creds_stamp,
     })
@@ -564,24 +611,13 @@ fn stamp(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
     Some((mtime(cert)?, mtime(key)?))
 }
 
-/// A file's identity and version as far as `stat` tells: modification time, inode and size (an
-/// atomic replace by `wsgate passwd` changes the inode even within one mtime tick); `None` while
-/// the file is missing.
-type FileStamp = Option<(SystemTime, u64, u64)>;
-
-/// The users and tokens files' [`FileStamp`]s.
-type CredsStamp = (FileStamp, FileStamp);
-
-fn file_stamp(path: &Path) -> FileStamp {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.ino(), m.len()))
-}
+/// The users and tokens files' [`files::stamp`]s (`None` while one is missing).
+type CredsStamp = (Option<files::Stamp>, Option<files::Stamp>);
 
 fn creds_stamp(config: &Config) -> CredsStamp {
     (
-        file_stamp(&config.auth.users_file),
-        file_stamp(&config.auth.tokens_file),
+        files::stamp(&config.auth.users_file),
+        files::stamp(&config.auth.tokens_file),
     )
 }
 
@@ -713,6 +749,7 @@ fn warn_restart_needed(old: &Config, new: &Config) {
         || oa.max_pending_hashes != na.max_pending_hashes
         || oa.max_failures != na.max_failures
         || oa.failure_window != na.failure_window
+        || oa.trusted_address_ttl != na.trusted_address_ttl
     {
         changed.push("[auth] cache/hashing/throttle limits");
     }
@@ -889,17 +926,22 @@ fn handshake(
             return None;
         }
     };
+    // A verified client certificate chain, kept so a reload can re-check it.
+    let client_chain = transport.client_chain();
     // Joins the hub and issues the session just before the 101, so a server that is shutting
     // down still answers 503 and a client only gets a session it can use.
     let enter = |grant: &Grant| {
         let limits = &grant.channel.limits;
+        let proof = match grant.method {
+            Method::ClientCert => Proof::ClientCert {
+                chain: client_chain.clone(),
+            },
+            _ => grant.proof.clone(),
+        };
         let holder = Holder {
             user: grant.user.clone(),
             may_publish: grant.may_publish,
-            needs_account: matches!(
-                grant.method,
-                Method::Password | Method::ApiToken | Method::Session
-            ),
+            proof,
         };
         let member = match hub.join(
             &grant.path,
@@ -916,14 +958,24 @@ fn handshake(
         };
         // Authenticated: leave the pre-auth budget before the client can see the 101.
         ticket.authenticated();
+        if let Some(user) = &grant.user {
+            shared.creds.logged_in(peer.ip(), user);
+        }
         let session_id = grant
             .session_id
             .clone()
             .unwrap_or_else(session::new_session_id);
         let mut headers = Vec::new();
         if let Some(user) = &grant.user {
-            if let Some((token, ttl)) = shared.creds.issue_session(user, &session_id) {
-                headers.push(("Set-Cookie", session_cookie(&token, ttl)));
+            let login = match grant.proof {
+                Proof::Session { login_unix, .. } => Some(login_unix),
+                _ => None,
+            };
+            if let Some((token, ttl)) = shared.creds.issue_session(user, &session_id, login) {
+                // The cookie only where a browser will send it back: a request with an Origin.
+                if grant.browser {
+                    headers.push(("Set-Cookie", session_cookie(&token, ttl)));
+                }
                 headers.push(("X-Wsgate-Session", token));
             }
         }
@@ -969,7 +1021,8 @@ fn handshake(
     })
 }
 
-/// The session cookie: only sent over TLS, invisible to page scripts, never sent cross-site.
+/// The session cookie: only sent over TLS, invisible to page scripts, never sent cross-site,
+/// host-only (the `__Host-` name makes a browser insist on `Secure`, `Path=/` and no `Domain`).
 fn session_cookie(token: &str, ttl: Duration) -> String {
     format!(
         "{}={token}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
@@ -1095,7 +1148,8 @@ impl MemoryBudget {
             handshakes: s.max_pre_auth.get(),
             handshake_stack: s.handshake_stack_size.get(),
             hashing: config.auth.max_concurrent_hashes.get() * 19 * 1024 * 1024,
-            caches: (config.auth.cache_size + 2 * THROTTLE_ENTRIES) * CACHE_ENTRY,
+            // The throttle's addresses, names and trusted (name, address) pairs.
+            caches: (config.auth.cache_size + 3 * THROTTLE_ENTRIES) * CACHE_ENTRY,
             cluster: if config.cluster.redis_url.is_some() {
                 config.cluster.publish_queue.get() * max_message
             } else {
@@ -1150,7 +1204,7 @@ mod tests {
         assert_eq!(b.buffers, (4 + 64 + 32) * 1024 + TLS_PER_CONNECTION);
         assert_eq!((b.handshakes, b.handshake_stack), (4, 256 * 1024));
         assert_eq!(b.hashing, 2 * 19 * 1024 * 1024);
-        assert_eq!(b.caches, (100 + 2 * THROTTLE_ENTRIES) * CACHE_ENTRY);
+        assert_eq!(b.caches, (100 + 3 * THROTTLE_ENTRIES) * CACHE_ENTRY);
         assert_eq!(b.cluster, 0);
         assert_eq!(b.per_connection(), b.stack + b.buffers + 8 * 32 * 1024);
         assert_eq!(

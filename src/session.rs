@@ -31,6 +31,8 @@ pub const MAX_SESSION_TOKEN_LEN: usize = 512;
 const VERSION_PREFIX: &str = "s1.";
 /// Random bytes in a session id (96 bits).
 const SESSION_ID_BYTES: usize = 12;
+/// The text [`SessionKey::id`] signs (never a valid session token: no `s1.` prefix).
+const KEY_ID_LABEL: &[u8] = b"wsgate session key id v1";
 /// Domain separation for [`user_fingerprint`].
 const FINGERPRINT_TAG: &[u8] = b"wsgate session fingerprint v1\0";
 
@@ -58,6 +60,10 @@ pub struct Claims {
     pub expires_unix: u64,
     /// [`user_fingerprint`] of the user's credentials when the session was issued.
     pub fingerprint: [u8; 8],
+    /// When the login that started this session happened (seconds since the Unix epoch); every
+    /// renewal carries it on unchanged, so `session_max_age` counts from it. None in tokens
+    /// issued before wsgate wrote it (their next renewal starts the clock).
+    pub login_unix: Option<u64>,
 }
 
 /// Why the key file could not be loaded or made, or why a session token is refused. The three
@@ -152,10 +158,22 @@ impl SessionKey {
         }
     }
 
+    /// An identifier of this key, for telling after a reload whether sessions are still signed
+    /// with the key a live connection's session was verified with: the first 8 bytes of
+    /// HMAC-SHA256(key, a fixed label). Says nothing about the key itself.
+    #[must_use]
+    pub fn id(&self) -> [u8; 8] {
+        let tag = hmac::sign(&self.key, KEY_ID_LABEL);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&tag.as_ref()[..8]);
+        id
+    }
+
     /// A session token for `user`: `s1.<payload>.<mac>`, the payload base64url (no padding) of
-    /// `user NUL session_id NUL expires_unix NUL hex(fingerprint)` and the MAC base64url of
-    /// HMAC-SHA256(key, `"s1." + payload`). `user` and `session_id` must not contain NUL (valid
-    /// user names and [`new_session_id`]s never do); a token made with one fails to verify.
+    /// `user NUL session_id NUL expires_unix NUL hex(fingerprint) NUL login_unix` and the MAC
+    /// base64url of HMAC-SHA256(key, `"s1." + payload`). `user` and `session_id` must not
+    /// contain NUL (valid user names and [`new_session_id`]s never do); a token made with one
+    /// fails to verify.
     #[must_use]
     pub fn issue(
         &self,
@@ -163,10 +181,11 @@ impl SessionKey {
         session_id: &str,
         fingerprint: &[u8; 8],
         expires_unix: u64,
+        login_unix: u64,
     ) -> String {
         debug_assert!(!user.contains('\0') && !session_id.contains('\0'));
         let payload = format!(
-            "{user}\0{session_id}\0{expires_unix}\0{}",
+            "{user}\0{session_id}\0{expires_unix}\0{}\0{login_unix}",
             HEXLOWER.encode(fingerprint)
         );
         let mut token = format!(
@@ -228,19 +247,29 @@ fn parse_payload(payload_b64: &str) -> Option<Claims> {
         fields.next()?,
         fields.next()?,
     );
+    // The login time is the fifth field; tokens from before it existed have four.
+    let login = fields.next();
     if fields.next().is_some() || user.is_empty() || session_id.is_empty() {
         return None;
     }
-    if expires.is_empty() || !expires.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let expires_unix = expires.parse().ok()?;
+    let number = |text: &str| -> Option<u64> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse().ok()
+    };
+    let expires_unix = number(expires)?;
+    let login_unix = match login {
+        Some(text) => Some(number(text)?),
+        None => None,
+    };
     let fingerprint: [u8; 8] = HEXLOWER.decode(fp.as_bytes()).ok()?.try_into().ok()?;
     Some(Claims {
         user: user.to_string(),
         session_id: session_id.to_string(),
         expires_unix,
         fingerprint,
+        login_unix,
     })
 }
 
@@ -410,7 +439,7 @@ mod tests {
         let id = new_session_id();
         assert_eq!(id.len(), 16);
         assert_ne!(id, new_session_id());
-        let token = k.issue("alice@example.org", &id, &FP, 1_000);
+        let token = k.issue("alice@example.org", &id, &FP, 1_000, 5);
         assert!(token.starts_with("s1.") && token.len() < MAX_SESSION_TOKEN_LEN);
         let claims = k.verify(&token, 999).unwrap();
         assert_eq!(
@@ -420,18 +449,33 @@ mod tests {
                 session_id: id,
                 expires_unix: 1_000,
                 fingerprint: FP,
+                login_unix: Some(5),
             }
         );
         // The longest user name still fits.
-        let long = k.issue(&"u".repeat(64), &new_session_id(), &FP, u64::MAX);
+        let long = k.issue(&"u".repeat(64), &new_session_id(), &FP, u64::MAX, 5);
         assert!(long.len() < MAX_SESSION_TOKEN_LEN);
         assert_eq!(k.verify(&long, 0).unwrap().expires_unix, u64::MAX);
     }
 
     #[test]
+    fn tokens_without_a_login_time_still_verify() {
+        // Issued before the login time was added: four fields, signed.
+        let k = key();
+        let signed = format!(
+            "s1.{}",
+            BASE64URL_NOPAD.encode(b"bob\0sid\x001000\x000102030405060708")
+        );
+        let tag = hmac::sign(&k.key, signed.as_bytes());
+        let token = format!("{signed}.{}", BASE64URL_NOPAD.encode(tag.as_ref()));
+        let claims = k.verify(&token, 0).unwrap();
+        assert_eq!((claims.expires_unix, claims.login_unix), (1_000, None));
+    }
+
+    #[test]
     fn expired() {
         let k = key();
-        let token = k.issue("bob", "sid", &FP, 1_000);
+        let token = k.issue("bob", "sid", &FP, 1_000, 5);
         assert!(matches!(
             k.verify(&token, 1_000),
             Err(SessionError::Expired)
@@ -444,7 +488,7 @@ mod tests {
 
     #[test]
     fn wrong_key() {
-        let token = key().issue("bob", "sid", &FP, 1_000);
+        let token = key().issue("bob", "sid", &FP, 1_000, 5);
         let other = SessionKey::from_bytes(&[8u8; 32]);
         assert!(matches!(
             other.verify(&token, 0),
@@ -455,7 +499,7 @@ mod tests {
     #[test]
     fn any_tampered_byte_is_refused() {
         let k = key();
-        let token = k.issue("bob", "sid", &FP, 1_000);
+        let token = k.issue("bob", "sid", &FP, 1_000, 5);
         let bytes = token.as_bytes();
         for i in 0..bytes.len() {
             for replacement in [b'A', b'z', b'0', b'.', b'_', b'\0'] {
@@ -516,6 +560,12 @@ mod tests {
     }
 
     #[test]
+    fn key_ids_tell_keys_apart() {
+        assert_eq!(key().id(), SessionKey::from_bytes(&[7u8; 32]).id());
+        assert_ne!(key().id(), SessionKey::from_bytes(&[8u8; 32]).id());
+    }
+
+    #[test]
     fn debug_hides_the_key() {
         let k = SessionKey::from_bytes(b"0123456789abcdef0123456789abcdef");
         let shown = format!("{k:?}");
@@ -534,7 +584,7 @@ mod tests {
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
         assert_eq!(fs::read(&path).unwrap().len(), KEY_LEN);
-        let token = k1.issue("alice", "sid", &FP, 10);
+        let token = k1.issue("alice", "sid", &FP, 10, 5);
         let k2 = SessionKey::load_or_create(&path).unwrap();
         assert_eq!(k2.verify(&token, 0).unwrap().user, "alice");
         // No temporary file left behind.
@@ -551,7 +601,7 @@ mod tests {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        let token = keys[0].issue("alice", "sid", &FP, 10);
+        let token = keys[0].issue("alice", "sid", &FP, 10, 5);
         for k in &keys {
             assert!(k.verify(&token, 0).is_ok());
         }
@@ -584,7 +634,7 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let k = SessionKey::load_or_create(&path).unwrap();
-        let token = SessionKey::from_bytes(&bytes).issue("a", "s", &FP, 10);
+        let token = SessionKey::from_bytes(&bytes).issue("a", "s", &FP, 10, 5);
         assert!(k.verify(&token, 0).is_ok());
         assert!(matches!(
             SessionKey::from_bytes(&bytes[..32]).verify(&token, 0),

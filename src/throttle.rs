@@ -1,13 +1,25 @@
 //! Failed-login throttling, asked before any Argon2 work: after `max_failures` failures within a
 //! window, from one peer address or against one user name, further attempts are refused until
-//! the window ends. Memory is bounded: at most `capacity` addresses and `capacity` names.
+//! the window ends. Memory is bounded: at most `capacity` addresses, names and trusted pairs.
 //!
-//! Windows are fixed, starting at the first failure: a key gets at most `max_failures` tries per
-//! window, and the block lifts exactly when its window ends (a sliding window would need a
-//! timestamp per failure; attempts made while blocked are refused unhashed, so they neither count
-//! nor extend anything). Counting by user name as well as by address means one user attacked
-//! from many addresses is protected — at the price that anyone can hold a known user name
-//! blocked by failing against it; a success from the right password clears only that name.
+//! Windows are fixed, starting at the first counted attempt: a key gets at most `max_failures`
+//! tries per window, and the block lifts exactly when its window ends (a sliding window would
+//! need a timestamp per failure; attempts made while blocked are refused unhashed, so they
+//! neither count nor extend anything).
+//!
+//! Three rules keep the count honest ([`LoginThrottle::begin`]):
+//! - **Attempts in flight count.** A password check reserves its place before the Argon2 run and
+//!   settles it after, so N simultaneous guesses cannot all pass a check made before any of them
+//!   failed: at most `max_failures` are hashed, failed or in flight, per key and window.
+//! - **A success forgives only its own address.** A user's count remembers which address each
+//!   failure came from; a successful login clears the failures from that address only, so the
+//!   victim's own logins do not reset what an attacker elsewhere has spent.
+//! - **A user's own devices are not locked out.** Counting by user name protects a user attacked
+//!   from many addresses — at the price that anyone could hold a known name blocked by failing
+//!   against it. An address where that user logged in successfully within `trusted_ttl` is
+//!   exempt from the *user's* block (never from its own address block), so strangers stay
+//!   blocked while the user's usual devices keep working (OWASP's "device cookie" idea, keyed by
+//!   address; a client holding a valid session resumes with it and never meets the user block).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,11 +30,16 @@ use std::time::{Duration, Instant};
 
 use crate::users::MAX_USER_NAME_LEN;
 
+/// How long a key blocked only by attempts still in flight is told to wait: they settle within
+/// one Argon2 run (tens of milliseconds), so a second is plenty.
+const IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
+
 /// Counts failed logins per peer address and per user name. Shared by all workers.
 pub struct LoginThrottle {
     max_failures: u32,
     window: Duration,
     capacity: usize,
+    trusted_ttl: Duration,
     state: Mutex<State>,
 }
 
@@ -33,6 +50,7 @@ impl fmt::Debug for LoginThrottle {
             .field("max_failures", &self.max_failures)
             .field("window", &self.window)
             .field("capacity", &self.capacity)
+            .field("trusted_ttl", &self.trusted_ttl)
             .field("tracked_ips", &ips)
             .field("tracked_users", &users)
             .finish()
@@ -43,13 +61,30 @@ impl fmt::Debug for LoginThrottle {
 struct State {
     ips: Counters<IpAddr>,
     users: Counters<String>,
+    /// `(user, address as counted) -> last successful login there`.
+    trusted: HashMap<(String, IpAddr), Instant>,
 }
 
-/// One key's window: when its first failure was, and how many there have been since.
-#[derive(Clone, Copy)]
+/// One key's window: when it started, its failures (and, for a user, the address each came
+/// from), and the attempts reserved but not yet settled.
+#[derive(Clone)]
 struct Window {
     start: Instant,
     failures: u32,
+    in_flight: u32,
+    /// The address of each failure, for user windows (empty for address windows).
+    sources: Vec<IpAddr>,
+}
+
+impl Window {
+    fn new(now: Instant) -> Window {
+        Window {
+            start: now,
+            failures: 0,
+            in_flight: 0,
+            sources: Vec::new(),
+        }
+    }
 }
 
 struct Counters<K> {
@@ -140,36 +175,39 @@ impl<K: Hash + Eq + Clone> Counters<K> {
         now.saturating_duration_since(w.start) >= window
     }
 
-    /// How long `key` stays blocked, if it is.
+    /// How long `key` stays blocked, if it is: its failures and attempts in flight together
+    /// reached `max`.
     fn blocked<Q>(&self, key: &Q, now: Instant, max: u32, window: Duration) -> Option<Duration>
     where
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let w = self.map.get(key)?;
-        if w.failures < max || Self::expired(w, now, window) {
-            return None;
+        let failures = if Self::expired(w, now, window) {
+            0
+        } else {
+            w.failures
+        };
+        if failures >= max {
+            return Some(window - now.saturating_duration_since(w.start));
         }
-        Some(window - now.saturating_duration_since(w.start))
+        (failures.saturating_add(w.in_flight) >= max).then_some(IN_FLIGHT_RETRY)
     }
 
-    /// Counts a failure; true if it is the one that reaches `max` in this window.
-    fn fail(&mut self, key: K, now: Instant, max: u32, window: Duration, capacity: usize) -> bool {
-        if let Some(w) = self.map.get_mut(&key) {
-            if Self::expired(w, now, window) {
-                *w = Window {
-                    start: now,
-                    failures: 1,
-                };
-            } else {
-                w.failures = w.failures.saturating_add(1);
-            }
-            return w.failures == max;
-        }
-        if self.map.len() >= capacity {
-            // Expired entries first; if none, the oldest window. O(capacity), but only when
-            // full, and failures come at most at the pace of Argon2 checks.
-            self.map.retain(|_, w| !Self::expired(w, now, window));
+    /// `key`'s window, made (evicting when full) or restarted if it ended; attempts in flight
+    /// carry over into a restarted window.
+    fn window_of(
+        &mut self,
+        key: K,
+        now: Instant,
+        window: Duration,
+        capacity: usize,
+    ) -> &mut Window {
+        if !self.map.contains_key(&key) && self.map.len() >= capacity {
+            // Ended windows with nothing in flight first; if none, the oldest window. O(capacity),
+            // but only when full, and failures come at most at the pace of Argon2 checks.
+            self.map
+                .retain(|_, w| w.in_flight > 0 || !Self::expired(w, now, window));
             while self.map.len() >= capacity {
                 let oldest = self
                     .map
@@ -182,56 +220,154 @@ impl<K: Hash + Eq + Clone> Counters<K> {
                 };
             }
         }
-        self.map.insert(
-            key,
-            Window {
-                start: now,
-                failures: 1,
-            },
-        );
-        max == 1
+        let w = self.map.entry(key).or_insert_with(|| Window::new(now));
+        if Self::expired(w, now, window) {
+            *w = Window {
+                in_flight: w.in_flight,
+                ..Window::new(now)
+            };
+        }
+        w
+    }
+
+    /// Counts a failure from `source`; true if it is the one that reaches `max` in this window.
+    fn fail(
+        &mut self,
+        key: K,
+        source: Option<IpAddr>,
+        now: Instant,
+        max: u32,
+        window: Duration,
+        capacity: usize,
+    ) -> bool {
+        let w = self.window_of(key, now, window, capacity);
+        w.failures = w.failures.saturating_add(1);
+        if let Some(ip) = source {
+            if w.sources.len() < max as usize {
+                w.sources.push(ip);
+            }
+        }
+        w.failures == max
+    }
+
+    /// Reserves a place for an attempt in flight.
+    fn reserve(&mut self, key: K, now: Instant, window: Duration, capacity: usize) {
+        let w = self.window_of(key, now, window, capacity);
+        w.in_flight = w.in_flight.saturating_add(1);
+    }
+
+    /// Gives back a reservation (the window may have been evicted meanwhile: then nothing).
+    fn release<Q>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some(w) = self.map.get_mut(key) {
+            w.in_flight = w.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+/// A password check in flight, counted against its address and user name until it is settled
+/// with [`Attempt::failed`] or [`Attempt::succeeded`]. Dropping it unsettled (the check never
+/// ran: too busy) gives the place back without counting anything.
+#[must_use = "an attempt counts as in flight until settled or dropped"]
+pub struct Attempt<'a> {
+    throttle: &'a LoginThrottle,
+    ip: IpAddr,
+    user: Option<String>,
+    settled: bool,
+}
+
+impl Attempt<'_> {
+    /// The check failed: counts it against the address and the name (in one step with giving
+    /// back the place, so it is never counted neither as in flight nor as failed).
+    pub fn failed(mut self, now: Instant) -> Logging {
+        self.settled = true;
+        let t = self.throttle;
+        let mut state = t.lock();
+        release(&mut state, self.ip, self.user.as_deref());
+        t.fail_locked(&mut state, self.ip, self.user.as_deref(), now)
+    }
+
+    /// The check succeeded: gives the place back. (The login itself is recorded with
+    /// [`LoginThrottle::record_success`] once it is granted, whatever the credential.)
+    pub fn succeeded(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.throttle.max_failures > 0 {
+            release(&mut self.throttle.lock(), self.ip, self.user.as_deref());
+        }
+    }
+}
+
+fn release(state: &mut State, ip: IpAddr, user: Option<&str>) {
+    state.ips.release(&ip_key(ip));
+    if let Some(u) = user_key(user) {
+        state.users.release(u);
     }
 }
 
 impl LoginThrottle {
     /// At most `max_failures` failed logins per `window`, per address and per user name, with at
-    /// most `capacity` addresses and `capacity` names tracked (0 is taken as 1).
-    /// `max_failures == 0` turns throttling off (nothing is counted or stored).
+    /// most `capacity` addresses, names and trusted pairs tracked (0 is taken as 1).
+    /// `max_failures == 0` turns throttling off (nothing is counted or stored). No address is
+    /// trusted until [`LoginThrottle::with_trusted_ttl`] says for how long.
     #[must_use]
     pub fn new(max_failures: u32, window: Duration, capacity: usize) -> Self {
         LoginThrottle {
             max_failures,
             window,
             capacity: capacity.max(1),
+            trusted_ttl: Duration::ZERO,
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// An address where a user logged in successfully is exempt from that user's block for
+    /// `ttl` after the login (zero: never).
+    #[must_use]
+    pub fn with_trusted_ttl(mut self, ttl: Duration) -> Self {
+        self.trusted_ttl = ttl;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether an attempt from `ip` for `user` may be checked at all. Call it before any
-    /// password hashing.
-    ///
-    /// # Errors
-    /// [`Blocked`] when the address or the name has reached the limit in its current window.
-    pub fn check(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Result<(), Blocked> {
-        if self.max_failures == 0 {
-            return Ok(());
-        }
-        let state = self.lock();
+    fn is_trusted(&self, state: &State, ip: IpAddr, user: &str, now: Instant) -> bool {
+        !self.trusted_ttl.is_zero()
+            && state
+                .trusted
+                .get(&(user.to_string(), ip))
+                .is_some_and(|at| now.saturating_duration_since(*at) < self.trusted_ttl)
+    }
+
+    fn blocked_locked(
+        &self,
+        state: &State,
+        ip: IpAddr,
+        user: Option<&str>,
+        now: Instant,
+    ) -> Result<(), Blocked> {
         let ip = ip_key(ip);
         let by_ip = state
             .ips
             .blocked(&ip, now, self.max_failures, self.window)
             .map(|d| (d, BlockedKey::Ip(ip)));
-        let by_user = user_key(user).and_then(|u| {
-            state
-                .users
-                .blocked(u, now, self.max_failures, self.window)
-                .map(|d| (d, BlockedKey::User(u.to_string())))
-        });
+        let by_user = user_key(user)
+            .filter(|u| !self.is_trusted(state, ip, u, now))
+            .and_then(|u| {
+                state
+                    .users
+                    .blocked(u, now, self.max_failures, self.window)
+                    .map(|d| (d, BlockedKey::User(u.to_string())))
+            });
         match (by_ip, by_user) {
             (None, None) => Ok(()),
             (Some((retry_after, key)), None) | (None, Some((retry_after, key))) => {
@@ -244,31 +380,126 @@ impl LoginThrottle {
         }
     }
 
+    /// Whether an attempt from `ip` for `user` may be checked at all (for checks without
+    /// Argon2: tokens, sessions). Password checks use [`LoginThrottle::begin`].
+    ///
+    /// # Errors
+    /// [`Blocked`] when the address or the name has reached the limit in its current window,
+    /// counting attempts in flight.
+    pub fn check(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Result<(), Blocked> {
+        if self.max_failures == 0 {
+            return Ok(());
+        }
+        self.blocked_locked(&self.lock(), ip, user, now)
+    }
+
+    /// Checks like [`LoginThrottle::check`] and, if allowed, reserves the attempt's place
+    /// against the address and the name in the same step, so simultaneous attempts cannot all
+    /// pass one check. Call it just before the Argon2 run; settle the [`Attempt`] after.
+    ///
+    /// # Errors
+    /// [`Blocked`], as for `check`.
+    pub fn begin(
+        &self,
+        ip: IpAddr,
+        user: Option<&str>,
+        now: Instant,
+    ) -> Result<Attempt<'_>, Blocked> {
+        let user = user_key(user).map(str::to_string);
+        if self.max_failures > 0 {
+            let mut state = self.lock();
+            self.blocked_locked(&state, ip, user.as_deref(), now)?;
+            let (window, cap) = (self.window, self.capacity);
+            state.ips.reserve(ip_key(ip), now, window, cap);
+            if let Some(u) = &user {
+                state.users.reserve(u.clone(), now, window, cap);
+            }
+        }
+        // Made only once reserved: dropping an attempt gives back a place it holds.
+        Ok(Attempt {
+            throttle: self,
+            ip,
+            user,
+            settled: false,
+        })
+    }
+
     /// Counts a failed login against `ip` and `user` (when given).
     pub fn record_failure(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Logging {
         if self.max_failures == 0 {
             return Logging::default();
         }
+        self.fail_locked(&mut self.lock(), ip, user, now)
+    }
+
+    fn fail_locked(
+        &self,
+        state: &mut State,
+        ip: IpAddr,
+        user: Option<&str>,
+        now: Instant,
+    ) -> Logging {
+        if self.max_failures == 0 {
+            return Logging::default();
+        }
         let (max, window, cap) = (self.max_failures, self.window, self.capacity);
-        let mut state = self.lock();
-        let ip_tripped = state.ips.fail(ip_key(ip), now, max, window, cap);
-        let user_tripped =
-            user_key(user).is_some_and(|u| state.users.fail(u.to_string(), now, max, window, cap));
+        let ip = ip_key(ip);
+        let ip_tripped = state.ips.fail(ip, None, now, max, window, cap);
+        let user_tripped = user_key(user).is_some_and(|u| {
+            state
+                .users
+                .fail(u.to_string(), Some(ip), now, max, window, cap)
+        });
         Logging {
             ip_tripped,
             user_tripped,
         }
     }
 
-    /// A successful login: clears `user`'s count (not the address's, which may be trying many
-    /// names and got one right).
+    /// A successful login as `user` from `ip` (by any credential): forgets the user's failures
+    /// that came from this address — not those from elsewhere, and not the address's own count,
+    /// which may be trying many names and got one right — and trusts the address for the user
+    /// for `trusted_ttl`.
     pub fn record_success(&self, ip: IpAddr, user: &str, now: Instant) {
-        // Same arguments as the other calls; neither is needed to forget a name.
-        let _ = (ip, now);
         if self.max_failures == 0 {
             return;
         }
-        self.lock().users.map.remove(user);
+        self.succeed_locked(&mut self.lock(), ip, user, now);
+    }
+
+    fn succeed_locked(&self, state: &mut State, ip: IpAddr, user: &str, now: Instant) {
+        let Some(user) = user_key(Some(user)) else {
+            return;
+        };
+        let ip = ip_key(ip);
+        if let Some(w) = state.users.map.get_mut(user) {
+            let before = w.sources.len();
+            w.sources.retain(|source| *source != ip);
+            let forgiven = (before - w.sources.len()) as u32;
+            w.failures = w.failures.saturating_sub(forgiven);
+        }
+        if self.trusted_ttl.is_zero() {
+            return;
+        }
+        let key = (user.to_string(), ip);
+        if !state.trusted.contains_key(&key) && state.trusted.len() >= self.capacity {
+            let ttl = self.trusted_ttl;
+            state
+                .trusted
+                .retain(|_, at| now.saturating_duration_since(*at) < ttl);
+            while state.trusted.len() >= self.capacity {
+                let oldest = state
+                    .trusted
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone());
+                match oldest {
+                    Some(k) => state.trusted.remove(&k),
+                    None => break,
+                };
+            }
+        }
+        state.trusted.insert(key, now);
     }
 
     /// How many addresses and names are tracked now (each at most `capacity`).
@@ -473,5 +704,98 @@ mod tests {
         t.record_failure(ip(5), None, late);
         assert_eq!(t.tracked().0, 2, "expired ip2 and ip3 purged together");
         assert!(t.record_failure(ip(4), None, late).ip_tripped);
+    }
+
+    #[test]
+    fn a_success_forgives_only_the_failures_from_its_own_address() {
+        let t = LoginThrottle::new(3, W, 100);
+        let t0 = Instant::now();
+        // An attacker elsewhere spends two tries; alice mistypes once, then gets in.
+        t.record_failure(ip(66), Some("alice"), t0);
+        t.record_failure(ip(67), Some("alice"), t0);
+        t.record_failure(ip(1), Some("alice"), t0);
+        t.record_success(ip(1), "alice", t0);
+        // Her mistake is forgiven; the attacker's two stand: one more blocks the name.
+        assert!(t.check(ip(68), Some("alice"), t0).is_ok());
+        assert!(t.record_failure(ip(68), Some("alice"), t0).user_tripped);
+        assert!(t.check(ip(69), Some("alice"), t0).is_err());
+        // Alice logging in again and again changes nothing for the attacker.
+        for _ in 0..10 {
+            t.record_success(ip(1), "alice", t0);
+        }
+        assert!(t.check(ip(70), Some("alice"), t0).is_err());
+    }
+
+    #[test]
+    fn attempts_in_flight_count_against_the_limit() {
+        let t = LoginThrottle::new(3, W, 100);
+        let t0 = Instant::now();
+        // Three simultaneous guesses from one address take every place; the fourth is refused
+        // before any of them has failed.
+        let held: Vec<Attempt<'_>> = (0..3)
+            .map(|_| t.begin(ip(1), Some("alice"), t0).unwrap())
+            .collect();
+        let b = t.begin(ip(1), Some("bob"), t0).err().unwrap();
+        assert_eq!(b.key, BlockedKey::Ip(ip(1)));
+        assert_eq!(b.retry_after, IN_FLIGHT_RETRY);
+        // From many addresses, the name's places are taken just the same.
+        let b = t.begin(ip(2), Some("alice"), t0).err().unwrap();
+        assert_eq!(b.key, BlockedKey::User("alice".into()));
+        // Refusals hold no place, so they give none back: still blocked after many of them.
+        for _ in 0..10 {
+            assert!(t.begin(ip(2), Some("alice"), t0).is_err());
+        }
+        assert!(t.begin(ip(5), Some("alice"), t0).is_err());
+        // An attempt dropped unsettled (never checked) gives its place back uncounted.
+        let mut held = held.into_iter();
+        drop(held.next());
+        let again = t.begin(ip(2), Some("alice"), t0).unwrap();
+        // Settled as failures, they count once each and the block is the window's.
+        let log: Vec<Logging> = held.chain([again]).map(|a| a.failed(t0)).collect();
+        assert!(log[2].user_tripped);
+        assert_eq!(
+            t.check(ip(3), Some("alice"), t0).unwrap_err().retry_after,
+            W
+        );
+        // Success settles without counting.
+        let t = LoginThrottle::new(2, W, 100);
+        for _ in 0..5 {
+            t.begin(ip(1), Some("alice"), t0).unwrap().succeeded();
+        }
+        assert!(t.check(ip(1), Some("alice"), t0).is_ok());
+    }
+
+    #[test]
+    fn an_address_that_logged_in_is_not_locked_out_by_failures_elsewhere() {
+        let t = LoginThrottle::new(3, W, 100).with_trusted_ttl(Duration::from_secs(600));
+        let t0 = Instant::now();
+        t.record_success(ip(1), "alice", t0);
+        for n in 10..13 {
+            t.record_failure(ip(n), Some("alice"), t0);
+        }
+        // Strangers are blocked on the name; alice's own address is not.
+        assert!(t.check(ip(20), Some("alice"), t0).is_err());
+        assert!(t.begin(ip(1), Some("alice"), t0).unwrap().failed(t0) == Logging::default());
+        // Its own address count still applies to it.
+        t.record_failure(ip(1), Some("alice"), t0);
+        t.record_failure(ip(1), Some("alice"), t0);
+        assert_eq!(
+            t.check(ip(1), Some("alice"), t0).unwrap_err().key,
+            BlockedKey::Ip(ip(1))
+        );
+        // Trust is per user and lapses.
+        assert!(t.check(ip(2), Some("alice"), t0).is_err());
+        t.record_success(ip(2), "alice", t0);
+        assert!(t.check(ip(2), Some("alice"), t0).is_ok());
+        let later = t0 + Duration::from_secs(601);
+        t.record_failure(ip(30), Some("alice"), later);
+        t.record_failure(ip(31), Some("alice"), later);
+        t.record_failure(ip(32), Some("alice"), later);
+        assert!(t.check(ip(2), Some("alice"), later).is_err());
+        // Off by default.
+        let plain = LoginThrottle::new(1, W, 100);
+        plain.record_success(ip(1), "alice", t0);
+        plain.record_failure(ip(9), Some("alice"), t0);
+        assert!(plain.check(ip(1), Some("alice"), t0).is_err());
     }
 }

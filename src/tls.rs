@@ -14,6 +14,7 @@ use std::path::Path;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 
 use crate::certs::{CertError, CertifiedKey};
@@ -42,7 +43,7 @@ pub fn server_config(
     cert_path: &Path,
     key_path: &Path,
     client: ClientCerts<'_>,
-) -> Result<Arc<ServerConfig>, CertError> {
+) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), CertError> {
     let rejected = |error| CertError::Rejected {
         cert: cert_path.to_path_buf(),
         key: key_path.to_path_buf(),
@@ -79,11 +80,11 @@ pub fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(rejected)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::clone(&verifier))
         .with_single_cert(pair.chain, pair.key)
         .map_err(rejected)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
 }
 
 /// A TLS session over a TCP socket, readable and writable like a plain stream.
@@ -140,6 +141,14 @@ impl TlsStream {
             .peer_certificates()?
             .first()
             .and_then(crate::certs::user_name)
+    }
+
+    /// The client's verified certificate chain (end entity first); empty without one.
+    pub fn client_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.conn
+            .peer_certificates()
+            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default()
     }
 
     /// Queues a TLS `close_notify`; the next flush sends it.
@@ -308,6 +317,14 @@ impl Transport {
         match self {
             Transport::Tls(tls) => tls.client_user(),
             Transport::Plain(_) => None,
+        }
+    }
+
+    /// See [`TlsStream::client_chain`]; empty without TLS.
+    pub fn client_chain(&self) -> Vec<CertificateDer<'static>> {
+        match self {
+            Transport::Tls(tls) => tls.client_chain(),
+            Transport::Plain(_) => Vec::new(),
         }
     }
 

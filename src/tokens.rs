@@ -361,6 +361,13 @@ impl TokenStore {
         })
     }
 
+    /// The owner of the token with this digest, if the file still has it.
+    #[must_use]
+    pub fn owner_of(&self, digest: &[u8; 32]) -> Option<&str> {
+        let entry = &self.entries[*self.by_digest.get(digest)?];
+        Some(&entry.user)
+    }
+
     /// The digests of `user`'s tokens, in file order (for session fingerprints, which sort them).
     pub fn hashes_for<'a>(&'a self, user: &'a str) -> impl Iterator<Item = [u8; 32]> + 'a {
         self.entries
@@ -423,6 +430,15 @@ fn write(file: &Path, contents: &str, meta: Option<&fs::Metadata>) -> Result<(),
     })
 }
 
+/// The [`crate::files::UpdateLock`] for `file`, held across a read-modify-write so that
+/// concurrent `wsgate token` (and `wsgate passwd`) runs never lose each other's changes.
+fn lock(file: &Path) -> Result<crate::files::UpdateLock, TokensError> {
+    crate::files::lock_for_update(file).map_err(|source| TokensError::Write {
+        path: file.to_path_buf(),
+        source,
+    })
+}
+
 /// Adds a new token for `user` to `file` (creating the file, mode 0600) and returns the token,
 /// which exists nowhere else: print it once. `name` defaults to `token-N`, the lowest N ≥ 1 that
 /// user does not have. Other lines are kept as they were. Whether `user` is in the users file is
@@ -435,6 +451,7 @@ pub fn add(file: &Path, user: &str, name: Option<&str>) -> Result<String, Tokens
     if let Some(name) = name {
         check_token_name(name)?;
     }
+    let _lock = lock(file)?;
     let existing = read_file(file)?;
     let (store, text, meta) = match &existing {
         Some((store, text, meta)) => (store, text.as_str(), Some(meta)),
@@ -480,6 +497,7 @@ pub fn revoke(file: &Path, user: &str, name: &str) -> Result<(), TokensError> {
         user: user.to_string(),
         name: name.to_string(),
     };
+    let _lock = lock(file)?;
     let Some((store, text, meta)) = read_file(file)? else {
         return Err(not_found());
     };

@@ -10,7 +10,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{self, PasswordHash, PasswordHasher, SaltString};
@@ -22,6 +22,12 @@ use ring::rand::{SecureRandom, SystemRandom};
 /// The longest user name accepted.
 pub const MAX_USER_NAME_LEN: usize = 64;
 
+/// The line that says a users file without users is meant to be empty. A reload refuses a file
+/// without users in place of one with users unless it carries this line, because an editor's
+/// truncate-then-write caught in the middle looks exactly like an empty file.
+/// `wsgate passwd --delete` writes it when it removes the last user.
+pub const NO_USERS_MARKER: &str = "# wsgate: no users";
+
 /// A loaded, validated users file.
 #[derive(Clone)]
 pub struct UserStore {
@@ -29,6 +35,8 @@ pub struct UserStore {
     users: HashMap<String, String>,
     /// Names in file order (the first one's parameters shape the dummy hash).
     order: Vec<String>,
+    /// The file has a [`NO_USERS_MARKER`] line.
+    no_users_on_purpose: bool,
 }
 
 impl fmt::Debug for UserStore {
@@ -47,6 +55,8 @@ pub struct Authenticator {
     cache_size: usize,
     cache_ttl: Duration,
     cache_key: hmac::Key,
+    /// Checks running Argon2 now, by cache tag (single flight).
+    flights: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     /// One token per Argon2 run allowed at once; a verification takes one and gives it back.
     tokens_tx: Sender<Vec<argon2::Block>>,
     tokens_rx: Receiver<Vec<argon2::Block>>,
@@ -60,11 +70,47 @@ pub struct Authenticator {
     peak_in_flight: std::sync::atomic::AtomicUsize,
 }
 
-/// A store plus the dummy hash an unknown user is checked against (made lazily, with the same
-/// parameters as the store's hashes, so an unknown user costs what a wrong password costs).
+/// A store plus the dummy hash an unknown user is checked against (made with the store, with the
+/// same parameters as its hashes, so an unknown user costs what a wrong password costs — from the
+/// first attempt on: made lazily, the first unknown user would also pay for making it).
 struct StoreState {
     store: Arc<UserStore>,
-    dummy: OnceLock<Option<String>>,
+    dummy: Option<String>,
+}
+
+/// One Argon2 check in flight, which identical checks (same user, stored hash and password)
+/// arriving meanwhile wait for instead of running their own.
+#[derive(Default)]
+struct Flight {
+    answer: Mutex<FlightAnswer>,
+    done: Condvar,
+}
+
+/// Where a [`Flight`] is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum FlightAnswer {
+    #[default]
+    Running,
+    /// The run ended: whether the password matched, or None when it got no Argon2 permit (or
+    /// panicked).
+    Done(Option<bool>),
+}
+
+/// The leader's side of a [`Flight`]: publishes the answer and leaves the table even if the run
+/// panics (then as "no answer", so followers answer busy instead of waiting forever).
+struct Leading<'a> {
+    flights: &'a Mutex<HashMap<[u8; 32], Arc<Flight>>>,
+    tag: [u8; 32],
+    flight: Arc<Flight>,
+    answer: Option<bool>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        lock(self.flights).remove(&self.tag);
+        *lock(&self.flight.answer) = FlightAnswer::Done(self.answer);
+        self.flight.done.notify_all();
+    }
 }
 
 /// The result of a credential check. Callers answer `UnknownUser` and `BadPassword` identically.
@@ -75,6 +121,8 @@ pub enum AuthOutcome {
     BadPassword,
     /// Too many password checks are already waiting for an Argon2 permit; try again shortly.
     Busy,
+    /// The caller's gate (the failed-login throttle) did not let this check run Argon2.
+    Declined,
 }
 
 /// What a password check cost.
@@ -84,6 +132,9 @@ pub enum Cost {
     CacheHit,
     /// One Argon2id run (against the user's hash, or the dummy for an unknown user).
     Argon2,
+    /// Answered by an identical check that was already running (single flight): no run of its
+    /// own.
+    Shared,
     /// Refused before any work (busy).
     Nothing,
 }
@@ -102,6 +153,9 @@ pub enum UsersError {
     },
     /// Hashing a new password failed (random source or Argon2 parameters).
     Hash(String),
+    /// On reload: the file has no users while the running server has some, and no
+    /// [`NO_USERS_MARKER`] line says that is meant.
+    AllUsersGone { path: PathBuf, running: usize },
 }
 
 /// What is wrong with one line of a users file.
@@ -208,6 +262,13 @@ impl fmt::Display for UsersError {
                 problem,
             } => write!(f, "users: {}:{line}: {problem}", path.display()),
             UsersError::Hash(why) => write!(f, "users: cannot hash the password: {why}"),
+            UsersError::AllUsersGone { path, running } => write!(
+                f,
+                "users: {} has no users, the running server has {running}: refusing a reload \
+                 that would drop every user (a file caught mid-write looks like this); to remove \
+                 every user on purpose, write a file holding the line `{NO_USERS_MARKER}`",
+                path.display()
+            ),
         }
     }
 }
@@ -332,9 +393,13 @@ impl UserStore {
         let mut users = HashMap::new();
         let mut order = Vec::new();
         let mut first_lines: HashMap<String, usize> = HashMap::new();
+        let mut no_users_on_purpose = false;
         for (index, raw) in text.split('\n').enumerate() {
             let line_no = index + 1;
             let line = raw.strip_suffix('\r').unwrap_or(raw);
+            if line.trim_end() == NO_USERS_MARKER {
+                no_users_on_purpose = true;
+            }
             if is_blank_or_comment(line) {
                 continue;
             }
@@ -356,7 +421,26 @@ impl UserStore {
             users.insert(name.to_string(), hash.to_string());
             order.push(name.to_string());
         }
-        Ok(UserStore { users, order })
+        Ok(UserStore {
+            users,
+            order,
+            no_users_on_purpose,
+        })
+    }
+
+    /// Whether this file may replace `running` users on reload: it has users, or there were
+    /// none, or its [`NO_USERS_MARKER`] line says removing them all is meant.
+    ///
+    /// # Errors
+    /// [`UsersError::AllUsersGone`] naming `path`.
+    pub fn may_replace(&self, running: usize, path: &Path) -> Result<(), UsersError> {
+        if self.is_empty() && running > 0 && !self.no_users_on_purpose {
+            return Err(UsersError::AllUsersGone {
+                path: path.to_path_buf(),
+                running,
+            });
+        }
+        Ok(())
     }
 
     /// How many users the file defines.
@@ -419,6 +503,15 @@ pub fn hash_password_with(password: &str, params: Params) -> Result<String, User
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| UsersError::Hash(e.to_string()))
+}
+
+/// SHA-256 of a stored PHC string: what a password login keeps to tell, after a reload, whether
+/// the user's password is still the one it proved (see `policy::Proof::Password`).
+#[must_use]
+pub fn hash_digest(phc: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, phc.as_bytes()).as_ref());
+    out
 }
 
 /// FIFO set of HMAC tags of recent successful checks, each with its insertion time. Insertions
@@ -516,6 +609,7 @@ impl Authenticator {
             cache_size,
             cache_ttl,
             cache_key,
+            flights: Mutex::new(HashMap::new()),
             tokens_tx,
             tokens_rx,
             argon2_runs: AtomicU64::new(0),
@@ -542,34 +636,95 @@ impl Authenticator {
         self.verify_costed(user, password).0
     }
 
-    /// [`Authenticator::verify`], also saying what the answer cost (for metrics).
-    pub fn verify_costed(&self, user: &str, password: &str) -> (AuthOutcome, Cost) {
+    /// [`Authenticator::verify`], also saying what the answer cost (for metrics) and, on
+    /// success, the [`hash_digest`] of the stored hash it matched (so a reload can tell whether
+    /// the password changed since).
+    pub fn verify_costed(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> (AuthOutcome, Cost, Option<[u8; 32]>) {
+        self.verify_gated(user, password, &mut || true)
+    }
+
+    /// [`Authenticator::verify_costed`], asking `gate` just before this check would run Argon2
+    /// itself — not for a cache hit, nor when it joins an identical check already running —
+    /// and answering [`AuthOutcome::Declined`] without a run when the gate says no. The failed-
+    /// login throttle reserves its place there, so only checks that cost a hash are counted in
+    /// flight.
+    ///
+    /// Identical checks in flight at once (same user, stored hash and password: every device
+    /// logging in after a restart) share one Argon2 run: the first runs it, the others wait for
+    /// its answer. Unknown users go the same way, against the dummy hash, so the two still
+    /// cost the same.
+    pub fn verify_gated(
+        &self,
+        user: &str,
+        password: &str,
+        gate: &mut dyn FnMut() -> bool,
+    ) -> (AuthOutcome, Cost, Option<[u8; 32]>) {
         let state = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
-        let Some(stored) = state.store.users.get(user) else {
-            if let Some(dummy) = state.dummy_hash() {
-                if self.argon2_verify(dummy, password).is_none() {
-                    return (AuthOutcome::Busy, Cost::Nothing);
-                }
-            }
-            return (AuthOutcome::UnknownUser, Cost::Argon2);
+        let known = state.store.users.get(user);
+        let Some(stored) = known.map(String::as_str).or(state.dummy.as_deref()) else {
+            // No dummy hash could be made (Argon2 refused its parameters): nothing to run.
+            return (AuthOutcome::UnknownUser, Cost::Nothing, None);
         };
-        let tag = self
-            .cache_enabled()
-            .then(|| self.tag(user, stored, password));
-        if let Some(tag) = &tag {
-            if lock(&self.cache).hit(tag, self.cache_ttl) {
-                return (AuthOutcome::Ok, Cost::CacheHit);
+        let tag = self.tag(user, stored, password);
+        if known.is_some() && self.cache_enabled() && lock(&self.cache).hit(&tag, self.cache_ttl) {
+            return (AuthOutcome::Ok, Cost::CacheHit, Some(hash_digest(stored)));
+        }
+        let (matched, cost) = match self.join_or_lead(tag, gate) {
+            Role::Declined => return (AuthOutcome::Declined, Cost::Nothing, None),
+            Role::Follow(flight) => {
+                let mut answer = lock(&flight.answer);
+                while *answer == FlightAnswer::Running {
+                    answer = flight
+                        .done
+                        .wait(answer)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                let matched = match *answer {
+                    FlightAnswer::Done(matched) => matched,
+                    FlightAnswer::Running => None,
+                };
+                (matched, Cost::Shared)
             }
+            Role::Lead(mut leading) => {
+                let matched = self.argon2_verify(stored, password);
+                if matched == Some(true) && known.is_some() && self.cache_enabled() {
+                    // Cached before the flight leaves the table: a check arriving in between
+                    // finds one or the other.
+                    lock(&self.cache).insert(tag, self.cache_ttl, self.cache_size);
+                }
+                leading.answer = matched;
+                (matched, Cost::Argon2)
+            }
+        };
+        match (matched, known) {
+            (None, _) => (AuthOutcome::Busy, Cost::Nothing, None),
+            (Some(_), None) => (AuthOutcome::UnknownUser, cost, None),
+            (Some(false), Some(_)) => (AuthOutcome::BadPassword, cost, None),
+            (Some(true), Some(_)) => (AuthOutcome::Ok, cost, Some(hash_digest(stored))),
         }
-        match self.argon2_verify(stored, password) {
-            None => return (AuthOutcome::Busy, Cost::Nothing),
-            Some(false) => return (AuthOutcome::BadPassword, Cost::Argon2),
-            Some(true) => {}
+    }
+
+    /// Joins the identical check in flight, or — if `gate` agrees — becomes the one that runs.
+    fn join_or_lead(&self, tag: [u8; 32], gate: &mut dyn FnMut() -> bool) -> Role<'_> {
+        let mut flights = lock(&self.flights);
+        if let Some(flight) = flights.get(&tag) {
+            return Role::Follow(Arc::clone(flight));
         }
-        if let Some(tag) = tag {
-            lock(&self.cache).insert(tag, self.cache_ttl, self.cache_size);
+        if !gate() {
+            return Role::Declined;
         }
-        (AuthOutcome::Ok, Cost::Argon2)
+        let flight = Arc::new(Flight::default());
+        flights.insert(tag, Arc::clone(&flight));
+        Role::Lead(Leading {
+            flights: &self.flights,
+            tag,
+            flight,
+            answer: None,
+        })
     }
 
     /// Swaps in a newly loaded store (SIGHUP reload) and forgets every cached success.
@@ -587,7 +742,6 @@ impl Authenticator {
         self.argon2_runs.load(Ordering::Relaxed)
     }
 
-    /// How many users the current store holds.
     /// The stored PHC hash of `user`, if the user exists (for session fingerprints: a password
     /// change or deletion changes it).
     pub fn password_hash(&self, user: &str) -> Option<String> {
@@ -595,6 +749,16 @@ impl Authenticator {
         state.store.users.get(user).cloned()
     }
 
+    /// Whether the current store has `user`.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .store
+            .contains(user)
+    }
+
+    /// How many users the current store holds.
     pub fn user_count(&self) -> usize {
         self.current
             .read()
@@ -662,6 +826,16 @@ impl Authenticator {
     }
 }
 
+/// What a check does about an identical one in flight.
+enum Role<'a> {
+    /// Runs Argon2 and publishes the answer.
+    Lead(Leading<'a>),
+    /// Waits for the answer of the one running.
+    Follow(Arc<Flight>),
+    /// The gate said no.
+    Declined,
+}
+
 /// Recomputes `parsed`'s Argon2 hash of `password` in `memory` (grown to the hash's m_cost if
 /// needed) and compares it with the stored output in constant time.
 fn argon2_matches(
@@ -703,20 +877,13 @@ fn argon2_matches(
 }
 
 impl StoreState {
+    /// The store and its dummy hash, made now (one Argon2 run, at start and on each reload).
     fn new(store: UserStore) -> Self {
+        let dummy = hash_password_with("wsgate-dummy-password", store.typical_params()).ok();
         StoreState {
             store: Arc::new(store),
-            dummy: OnceLock::new(),
+            dummy,
         }
-    }
-
-    /// The dummy hash for unknown users, made on first need with the store's parameters.
-    fn dummy_hash(&self) -> Option<&str> {
-        self.dummy
-            .get_or_init(|| {
-                hash_password_with("wsgate-dummy-password", self.store.typical_params()).ok()
-            })
-            .as_deref()
     }
 }
 
@@ -770,6 +937,19 @@ mod tests {
     fn empty_file_is_an_empty_store() {
         let store = UserStore::parse("", p()).unwrap();
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_file_without_users_replaces_users_only_when_it_says_so() {
+        let empty = UserStore::parse("# all gone\n", p()).unwrap();
+        assert!(empty.may_replace(0, p()).is_ok());
+        let e = empty.may_replace(3, p()).unwrap_err();
+        assert!(matches!(e, UsersError::AllUsersGone { running: 3, .. }));
+        assert!(e.to_string().contains("would drop every user"), "{e}");
+        let meant = UserStore::parse(&format!("{NO_USERS_MARKER}\r\n"), p()).unwrap();
+        assert!(meant.may_replace(3, p()).is_ok());
+        let some = UserStore::parse(&format!("alice:{}\n", h("a")), p()).unwrap();
+        assert!(some.may_replace(3, p()).is_ok());
     }
 
     #[test]
@@ -1059,18 +1239,69 @@ mod tests {
             .map(|i| {
                 let auth = Arc::clone(&auth);
                 std::thread::spawn(move || {
-                    let pw = if i % 2 == 0 { "pw" } else { "bad" };
-                    auth.verify("alice", pw)
+                    // Distinct wrong passwords: no two checks are identical (no sharing).
+                    let pw = if i == 0 {
+                        "pw".to_string()
+                    } else {
+                        format!("bad{i}")
+                    };
+                    auth.verify("alice", &pw)
                 })
             })
             .collect();
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        assert_eq!(results.iter().filter(|r| **r == AuthOutcome::Ok).count(), 4);
+        assert_eq!(results.iter().filter(|r| **r == AuthOutcome::Ok).count(), 1);
         assert_eq!(auth.argon2_runs(), 8);
         // All tokens came back, and never more than two runs were in flight.
         assert_eq!(auth.tokens_rx.len(), 2);
         let peak = auth.peak_in_flight.load(Ordering::SeqCst);
         assert!((1..=2).contains(&peak), "peak {peak}");
+    }
+
+    #[test]
+    fn identical_checks_in_flight_share_one_run() {
+        let phc = hash_password_with("pw", Params::new(4096, 2, 1, None).unwrap()).unwrap();
+        let store = UserStore::parse(&format!("alice:{phc}\n"), p()).unwrap();
+        let auth = Authenticator::new(store, 16, Duration::from_secs(60), 2);
+        let start = std::sync::Barrier::new(16);
+        let gated = AtomicU64::new(0);
+        let outcomes: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        auth.verify_gated("alice", "pw", &mut || {
+                            gated.fetch_add(1, Ordering::SeqCst);
+                            true
+                        })
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // One run; the others shared it or (arriving after it) hit the cache. Only the one that
+        // ran asked the gate.
+        assert_eq!(auth.argon2_runs(), 1);
+        assert_eq!(gated.load(Ordering::SeqCst), 1);
+        assert!(
+            outcomes
+                .iter()
+                .all(|(o, _, d)| *o == AuthOutcome::Ok && d.is_some())
+        );
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|(_, c, _)| *c == Cost::Argon2)
+                .count(),
+            1
+        );
+        // A gate that says no: nothing runs, the answer says so.
+        let (outcome, cost, _) = auth.verify_gated("alice", "other", &mut || false);
+        assert_eq!((outcome, cost), (AuthOutcome::Declined, Cost::Nothing));
+        assert_eq!(auth.argon2_runs(), 1);
+        // The dummy hash was made with the store: an unknown user's first check is one run.
+        assert_eq!(auth.verify("nobody", "x"), AuthOutcome::UnknownUser);
+        assert_eq!(auth.argon2_runs(), 2);
     }
 
     #[test]

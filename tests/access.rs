@@ -2,12 +2,9 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::{ClientConfig, RootCertStore};
 use tungstenite::Message;
 
 /// A setup with roles: everyone may use /echo and /chat/*; only alice may publish on /feed;
@@ -163,7 +160,7 @@ fn sessions_resume_without_the_password_and_keep_their_id() {
     let (ws, resp) = server
         .connect_full(
             "/echo",
-            &[("Authorization", &creds)],
+            &[("Authorization", &creds), ("Origin", ORIGIN_OK)],
             server.client_config(),
         )
         .unwrap();
@@ -174,7 +171,7 @@ fn sessions_resume_without_the_password_and_keep_their_id() {
         .to_string();
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
-        cookie.starts_with(&format!("wsgate_session={token};")),
+        cookie.starts_with(&format!("__Host-wsgate_session={token};")),
         "{cookie}"
     );
     for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
@@ -197,7 +194,10 @@ fn sessions_resume_without_the_password_and_keep_their_id() {
     let mut k = server
         .connect_with(
             "/echo",
-            &[("Cookie", &format!("a=b; wsgate_session={token}"))],
+            &[
+                ("Cookie", &format!("a=b; __Host-wsgate_session={token}")),
+                ("Origin", ORIGIN_OK),
+            ],
         )
         .unwrap();
     let mut b = server
@@ -296,52 +296,6 @@ fn message_rate_limit_closes_a_flooder_while_others_are_unaffected() {
         }
     }
     assert!(floods <= 21, "{floods} flood messages passed a 20/s limit");
-}
-
-/// A client CA and one client certificate it signed for `cn`.
-struct ClientPki {
-    ca_pem: String,
-    leaf: CertificateDer<'static>,
-    leaf_key: Vec<u8>,
-}
-
-fn client_pki(cn: &str) -> ClientPki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test client CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let mut leaf_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
-    ClientPki {
-        ca_pem: ca.pem(),
-        leaf: leaf.der().clone(),
-        leaf_key: leaf_key.serialize_der(),
-    }
-}
-
-impl ClientPki {
-    /// A client configuration that trusts `server` and presents the client certificate.
-    fn config_for(&self, server: &Server) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(server.ca.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.clone()));
-        Arc::new(
-            ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_client_auth_cert(vec![self.leaf.clone()], key)
-                .unwrap(),
-        )
-    }
 }
 
 fn mtls_server(mode: &str, pki: &ClientPki) -> Server {

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::net::UnixDatagram;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,46 +13,6 @@ use tungstenite::Message;
 
 fn config_path(server: &Server) -> std::path::PathBuf {
     server.dir.path().join("wsgate.ini")
-}
-
-/// Runs `cmd` to success with `stdin` fed to it; returns its stdout.
-fn run_ok(mut cmd: Command, stdin: &str) -> String {
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `wsgate ARGS --config CONFIG`.
-fn wsgate(args: &[&str], config: &std::path::Path) -> String {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).arg("--config").arg(config);
-    run_ok(cmd, "")
-}
-
-/// `wsgate passwd [OPTIONS] USERS_FILE USER` on the server's users file, with `stdin`.
-fn passwd(server: &Server, options: &[&str], user: &str, stdin: &str) {
-    let mut cmd = Command::new(bin());
-    cmd.arg("passwd")
-        .args(options)
-        .arg(server.dir.path().join("users"))
-        .arg(user);
-    run_ok(cmd, stdin);
 }
 
 /// A client config trusting only `ca`.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -30,28 +30,6 @@ fn tcp_to(addr: SocketAddr) -> TcpStream {
     tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     tcp
-}
-
-/// A connection to `server` that has already sent `header`.
-fn with_header(server: &Server, header: &[u8]) -> TcpStream {
-    let mut tcp = server.tcp();
-    tcp.write_all(header).unwrap();
-    tcp
-}
-
-fn v1(source: SocketAddr) -> Vec<u8> {
-    let proto = if source.is_ipv4() { "TCP4" } else { "TCP6" };
-    let dest = if source.is_ipv4() {
-        "192.0.2.1"
-    } else {
-        "2001:db8::1"
-    };
-    format!(
-        "PROXY {proto} {} {dest} {} 443\r\n",
-        source.ip(),
-        source.port()
-    )
-    .into_bytes()
 }
 
 fn v2(command: u8, family: u8, addresses: &[u8]) -> Vec<u8> {
@@ -100,22 +78,22 @@ fn v1_and_v2_headers_carry_the_client_address_into_the_log() {
     let server = proxied_setup().start();
     let v4: SocketAddr = "203.0.113.7:40001".parse().unwrap();
     let mut ws = server
-        .connect_over(with_header(&server, &v1(v4)), "/echo", ALICE)
+        .connect_over(server.tcp_with(&proxy_v1(v4)), "/echo", ALICE)
         .unwrap();
     echo(&mut ws, "over v1").unwrap();
     let v6: SocketAddr = "[2001:db8::7]:40002".parse().unwrap();
     let header = v2_tcp6("2001:db8::7".parse().unwrap(), 40002);
     let mut ws = server
-        .connect_over(with_header(&server, &header), "/echo", ALICE)
+        .connect_over(server.tcp_with(&header), "/echo", ALICE)
         .unwrap();
     echo(&mut ws, "over v2").unwrap();
     // LOCAL (a balancer's own connection): the socket's peer stands.
-    let tcp = with_header(&server, &v2(0, 0x00, &[]));
+    let tcp = server.tcp_with(&v2(0, 0x00, &[]));
     let local = tcp.local_addr().unwrap();
     let mut ws = server.connect_over(tcp, "/echo", ALICE).unwrap();
     echo(&mut ws, "local").unwrap();
     // v1 UNKNOWN: the same.
-    let tcp = with_header(&server, b"PROXY UNKNOWN\r\n");
+    let tcp = server.tcp_with(b"PROXY UNKNOWN\r\n");
     let unknown = tcp.local_addr().unwrap();
     let mut ws = server.connect_over(tcp, "/echo", ALICE).unwrap();
     echo(&mut ws, "unknown").unwrap();
@@ -132,15 +110,15 @@ fn without_a_valid_header_the_connection_is_dropped_and_with_proxy_off_a_header_
     // A plain TLS client: its ClientHello is not a PROXY header.
     assert!(server.try_tls().is_err());
     // A malformed header, then TLS.
-    let bad = with_header(&server, b"PROXY TCP4 203.0.113.7 192.0.2.1 40001\r\n");
+    let bad = server.tcp_with(b"PROXY TCP4 203.0.113.7 192.0.2.1 40001\r\n");
     assert!(server.tls_over(bad).is_err());
     assert!(server.wait_log("proxy header failed via=127.0.0.1:", IO_TIMEOUT));
     assert!(server.wait_log("malformed proxy v1 header", IO_TIMEOUT));
     assert!(!server.logs().contains("open peer="));
 
     let plain = Setup::default().start();
-    let header = v1("203.0.113.7:40001".parse().unwrap());
-    assert!(plain.tls_over(with_header(&plain, &header)).is_err());
+    let header = proxy_v1("203.0.113.7:40001".parse().unwrap());
+    assert!(plain.tls_over(plain.tcp_with(&header)).is_err());
     assert!(plain.wait_log("tls handshake failed peer=127.0.0.1:", IO_TIMEOUT));
     // And the server still serves ordinary clients.
     let mut ws = plain.connect_as("/echo", ALICE);
@@ -158,17 +136,17 @@ fn the_per_ip_cap_counts_carried_addresses() {
     );
     // Two clients, both from 127.0.0.1 on the socket, with different carried addresses: both in.
     let first = server
-        .connect_over(with_header(&server, &v1(one)), "/echo", ALICE)
+        .connect_over(server.tcp_with(&proxy_v1(one)), "/echo", ALICE)
         .unwrap();
     let mut second = server
-        .connect_over(with_header(&server, &v1(two)), "/echo", ALICE)
+        .connect_over(server.tcp_with(&proxy_v1(two)), "/echo", ALICE)
         .unwrap();
     echo(&mut second, "two").unwrap();
     // A second connection carrying the first address: refused by closing.
     let again: SocketAddr = "198.51.100.1:5003".parse().unwrap();
     assert!(
         server
-            .connect_over(with_header(&server, &v1(again)), "/echo", ALICE)
+            .connect_over(server.tcp_with(&proxy_v1(again)), "/echo", ALICE)
             .is_err()
     );
     assert!(server.wait_log("refused peer=198.51.100.1:5003 via=127.0.0.1:", IO_TIMEOUT));
@@ -177,7 +155,7 @@ fn the_per_ip_cap_counts_carried_addresses() {
     drop(first);
     let until = Instant::now() + IO_TIMEOUT;
     loop {
-        let tcp = with_header(&server, &v1(again));
+        let tcp = server.tcp_with(&proxy_v1(again));
         match server.connect_over(tcp, "/echo", ALICE) {
             Ok(mut ws) => break echo(&mut ws, "again").unwrap(),
             Err(e) => assert!(Instant::now() < until, "still refused: {e}"),
@@ -193,7 +171,7 @@ fn the_login_throttle_counts_carried_addresses() {
     let server = setup.start();
     let attacker: SocketAddr = "198.51.100.66:6000".parse().unwrap();
     let status = |from: SocketAddr, user| {
-        let tcp = with_header(&server, &v1(from));
+        let tcp = server.tcp_with(&proxy_v1(from));
         match server.connect_over(tcp, "/echo", user) {
             Ok(_) => 101,
             Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
@@ -605,4 +605,134 @@ pub fn stdout_of_success(out: std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A client CA and one client certificate it signed for `cn`.
+pub struct ClientPki {
+    pub ca_pem: String,
+    pub leaf: CertificateDer<'static>,
+    pub leaf_key: Vec<u8>,
+}
+
+pub fn client_pki(cn: &str) -> ClientPki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test client CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    ClientPki {
+        ca_pem: ca.pem(),
+        leaf: leaf.der().clone(),
+        leaf_key: leaf_key.serialize_der(),
+    }
+}
+
+impl ClientPki {
+    /// A client configuration that trusts `server` and presents the client certificate.
+    pub fn config_for(&self, server: &Server) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(server.ca.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.clone()));
+        Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![self.leaf.clone()], key)
+                .unwrap(),
+        )
+    }
+}
+
+/// Runs `cmd` to success with `stdin` fed to it; returns its stdout.
+pub fn run_ok(mut cmd: Command, stdin: &str) -> String {
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `wsgate ARGS --config CONFIG`.
+pub fn wsgate(args: &[&str], config: &std::path::Path) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).arg("--config").arg(config);
+    run_ok(cmd, "")
+}
+
+/// `wsgate passwd [OPTIONS] USERS_FILE USER` on the server's users file, with `stdin`.
+pub fn passwd(server: &Server, options: &[&str], user: &str, stdin: &str) {
+    let mut cmd = Command::new(bin());
+    cmd.arg("passwd")
+        .args(options)
+        .arg(server.dir.path().join("users"))
+        .arg(user);
+    run_ok(cmd, stdin);
+}
+
+/// Reads until the server's close frame; returns its code and reason.
+pub fn close_frame(ws: &mut Client) -> (u16, String) {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Close(None)) => return (1005, String::new()),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+/// Sends `text` and expects it echoed back: the connection is alive.
+pub fn echoes(ws: &mut Client, text: &str) {
+    ws.send(Message::text(text)).unwrap();
+    assert_eq!(next_data(ws), Message::text(text));
+}
+
+/// A PROXY protocol v1 header carrying `source` as the client's address (for a server with
+/// `[server] proxy_protocol = true`: how a test speaks from many addresses).
+pub fn proxy_v1(source: SocketAddr) -> Vec<u8> {
+    let proto = if source.is_ipv4() { "TCP4" } else { "TCP6" };
+    let dest = if source.is_ipv4() {
+        "192.0.2.1"
+    } else {
+        "2001:db8::1"
+    };
+    format!(
+        "PROXY {proto} {} {dest} {} 443\r\n",
+        source.ip(),
+        source.port()
+    )
+    .into_bytes()
+}
+
+impl Server {
+    /// A TCP connection to the server that has already sent `header`.
+    pub fn tcp_with(&self, header: &[u8]) -> TcpStream {
+        let mut tcp = self.tcp();
+        tcp.write_all(header).unwrap();
+        tcp
+    }
 }

@@ -1008,8 +1008,9 @@ impl MemoryBudget {
             handshake_stack: s.handshake_stack_size.get(),
             hashing: config.auth.max_concurrent_hashes.get() * 19 * 1024 * 1024,
             caches: (config.auth.cache_size + 2 * THROTTLE_ENTRIES) * CACHE_ENTRY,
+            // The hub's hand-over queue and the bridge's pending list, `publish_queue` each.
             cluster: if config.cluster.redis_url.is_some() {
-                config.cluster.publish_queue.get() * max_message
+                2 * config.cluster.publish_queue.get() * max_message
             } else {
                 0
             },

@@ -80,6 +80,56 @@ impl Redis {
         }
     }
 
+    /// Freezes Redis (SIGSTOP) or thaws it (SIGCONT).
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// Sends one command and returns the reply's text (a bulk string's body, or the line).
+    fn command(&self, args: &[&str]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut reader = std::io::BufReader::new(s);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        match line.strip_prefix('$') {
+            Some(n) => {
+                let n: usize = n.trim().parse().unwrap();
+                let mut body = vec![0u8; n + 2];
+                reader.read_exact(&mut body).unwrap();
+                String::from_utf8_lossy(&body[..n]).into_owned()
+            }
+            None => line.trim_end().to_string(),
+        }
+    }
+
+    /// Kills the client connections whose `CLIENT LIST` line contains every one of `marks`
+    /// (e.g. `name=wsgate-sub:a`); returns how many.
+    fn kill_clients(&self, marks: &[&str]) -> usize {
+        let list = self.command(&["CLIENT", "LIST"]);
+        let ids: Vec<String> = list
+            .lines()
+            .filter(|l| marks.iter().all(|m| l.split(' ').any(|f| f == *m)))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_string)
+            .collect();
+        for id in &ids {
+            self.command(&["CLIENT", "KILL", "ID", id]);
+        }
+        ids.len()
+    }
+
     fn answers_ping(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
@@ -488,4 +538,103 @@ fn benchmark_cross_instance_latency_and_throughput() {
 fn tail(logs: &str) -> String {
     let lines: Vec<&str> = logs.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// The fault script's measurement (scripts/cluster-faults.sh): B publishes 100 messages a second
+/// to a channel that a client on A reads, for 3 s, then the fault, then 10 s more; prints how
+/// many of them A lost, got twice or out of order. `WSGATE_FAULT` is `reconnect` (every
+/// subscriber link is killed with CLIENT KILL), `freeze` (Redis stopped with SIGSTOP for 10 s),
+/// `restart` (Redis killed and started again at once, no persistence) or `restart-idle` (the
+/// same while B publishes nothing from the kill until 5 s after the restart). A measurement, not
+/// a check; black-box, so the same run measures any version of the bridge.
+#[test]
+#[ignore = "measurement; run scripts/cluster-faults.sh"]
+fn measure_cross_instance_loss_under_a_fault() {
+    let fault = std::env::var("WSGATE_FAULT").unwrap_or_else(|_| "restart".into());
+    let mut redis = Redis::start();
+    let start = |id: &str| {
+        let mut s = Setup::default();
+        s.set("admin", "listen", "127.0.0.1:0")
+            .set("log", "level", "info")
+            .set("limits", "outbox", "65536")
+            .set("limits", "max_messages_per_sec", "0")
+            .set("limits", "max_bytes_per_sec", "0")
+            .set("cluster", "redis_url", &redis.url())
+            .set("cluster", "max_backoff", "1s")
+            .set("cluster", "instance_id", id);
+        s.start()
+    };
+    let (a, b) = (start("a"), start("b"));
+    wait_joined(&a);
+    wait_joined(&b);
+    let mut on_a = a.connect_as("/chat/f", BOB);
+    let mut publisher = b.connect_as("/chat/f", ALICE);
+    on_a.get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        loop {
+            match on_a.read() {
+                Ok(Message::Text(t)) if t.as_str() == "end" => return got,
+                Ok(Message::Text(t)) => got.push(t.as_str().parse::<u64>().unwrap()),
+                Ok(_) => {}
+                Err(_) => return got,
+            }
+        }
+    });
+    let tick = Duration::from_millis(10);
+    let mut sent = 0u64;
+    let send_for = |publisher: &mut Client, sent: &mut u64, d: Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            publisher.send(Message::text(sent.to_string())).unwrap();
+            *sent += 1;
+            std::thread::sleep(tick);
+        }
+    };
+    send_for(&mut publisher, &mut sent, Duration::from_secs(3));
+    let fault_from = sent;
+    match fault.as_str() {
+        "reconnect" => {
+            let mut killed = redis.kill_clients(&["psub=1"]);
+            killed += redis.kill_clients(&["name=wsgate-sub:a"]);
+            killed += redis.kill_clients(&["name=wsgate-sub:b"]);
+            eprintln!("killed {killed} subscriber links");
+        }
+        "freeze" => {
+            redis.signal("-STOP");
+            send_for(&mut publisher, &mut sent, Duration::from_secs(10));
+            redis.signal("-CONT");
+        }
+        "restart" | "restart-idle" => {
+            redis.kill();
+            redis.spawn();
+            if fault == "restart-idle" {
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
+        other => panic!("unknown WSGATE_FAULT {other}"),
+    }
+    let fault_to = sent;
+    send_for(&mut publisher, &mut sent, Duration::from_secs(10));
+    // Wait for the backlog to drain before the end marker.
+    std::thread::sleep(Duration::from_secs(3));
+    publisher.send(Message::text("end")).unwrap();
+    let got = reader.join().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let duplicates = got.iter().filter(|n| !seen.insert(**n)).count();
+    let out_of_order = got.windows(2).filter(|w| w[1] <= w[0]).count();
+    let lost: Vec<u64> = (0..sent).filter(|n| !seen.contains(n)).collect();
+    let during = lost.iter().filter(|n| (fault_from..fault_to).contains(*n)).count();
+    let after = lost.iter().filter(|n| **n >= fault_to).count();
+    eprintln!(
+        "fault {fault}: sent {sent} (during the fault {}), A lost {} (before the fault {}, during \
+         {during}, after {after}), duplicates {duplicates}, out of order {out_of_order}",
+        fault_to - fault_from,
+        lost.len(),
+        lost.len() - during - after,
+    );
+    eprintln!("A's log:\n{}\nB's log:\n{}", tail(&a.logs()), tail(&b.logs()));
 }

@@ -275,12 +275,19 @@ impl Watch {
         let (link, url) = (self.link, &ctx.url);
         match (self.ever_up, self.down_since) {
             (false, _) => log::info!("cluster: {link} connected to {url}{detail}"),
-            (true, Some((since, not_forwarded))) => log::info!(
-                "cluster: {link} reconnected to {url} after {:.1}s out; {} broadcasts of this \
-                 instance not forwarded meanwhile{detail}",
-                since.elapsed().as_secs_f64(),
-                ctx.metrics.cluster_not_forwarded_count() - not_forwarded,
-            ),
+            (true, Some((since, not_forwarded))) => {
+                let out = since.elapsed().as_secs_f64();
+                match link {
+                    Link::Publisher => log::info!(
+                        "cluster: {link} reconnected to {url} after {out:.1}s out; {} \
+                         broadcasts of this instance not forwarded meanwhile{detail}",
+                        ctx.metrics.cluster_not_forwarded_count() - not_forwarded,
+                    ),
+                    Link::Subscriber => log::info!(
+                        "cluster: {link} reconnected to {url} after {out:.1}s out{detail}"
+                    ),
+                }
+            }
             (true, None) => {}
         }
         self.ever_up = true;
@@ -319,7 +326,11 @@ impl Watch {
 /// Opens one link: connect and set up within `health_timeout`, every later call under the same
 /// deadline, and the connection named (`CLIENT SETNAME wsgate-<link>:<instance>`) so that
 /// `CLIENT LIST` shows whose it is. A Redis user not allowed to name itself is not a fault.
-fn connect(ctx: &Context, client: &redis::Client, link: Link) -> redis::RedisResult<redis::Connection> {
+fn connect(
+    ctx: &Context,
+    client: &redis::Client,
+    link: Link,
+) -> redis::RedisResult<redis::Connection> {
     let mut con = client.get_connection_with_timeout(ctx.health_timeout)?;
     con.set_write_timeout(Some(ctx.health_timeout))?;
     con.set_read_timeout(Some(ctx.health_timeout))?;
@@ -457,7 +468,11 @@ impl Senders {
             };
         }
         if self.last.len() >= MAX_SENDERS && !self.last.contains_key(origin.instance) {
-            let oldest = self.last.iter().min_by_key(|(_, v)| v.2).map(|(k, _)| k.clone());
+            let oldest = self
+                .last
+                .iter()
+                .min_by_key(|(_, v)| v.2)
+                .map(|(k, _)| k.clone());
             if let Some(oldest) = oldest {
                 self.last.remove(&oldest);
             }
@@ -567,7 +582,7 @@ fn publish_until_error(
         if pending.entries.is_empty() {
             let idle = ctx.health_check.saturating_sub(answered.elapsed());
             if idle.is_zero() {
-                if let Err(e) = redis::cmd("PING").exec(con) {
+                if let Err(e) = exec_within(con, redis::pipe().cmd("PING"), 1, ctx.health_timeout) {
                     return Some(e);
                 }
                 answered = Instant::now();
@@ -588,9 +603,11 @@ fn publish_until_error(
         pending.take(queue, &ctx.metrics);
         let mut pipe = redis::pipe();
         let n = pending.entries.len().min(BATCH);
+        let mut sent = 0;
         for (out, seq) in pending.number(n) {
             // Never `None`: the hub broadcasts data messages only.
             if let Some(envelope) = encode(&ctx.instance_id, ctx.epoch, seq, &out.msg) {
+                sent += 1;
                 pipe.cmd("XADD")
                     .arg(&ctx.stream)
                     .arg("MAXLEN")
@@ -600,11 +617,10 @@ fn publish_until_error(
                     .arg(FIELD_PATH)
                     .arg(&out.path)
                     .arg(FIELD_ENVELOPE)
-                    .arg(envelope)
-                    .ignore();
+                    .arg(envelope);
             }
         }
-        match pipe.exec(con) {
+        match exec_within(con, &pipe, sent, ctx.health_timeout) {
             Ok(()) => {
                 pending.entries.drain(..n);
                 ctx.metrics.cluster_forwarded(n as u64);
@@ -615,6 +631,31 @@ fn publish_until_error(
             Err(e) => return Some(e),
         }
     }
+}
+
+/// Sends `pipe` and reads its `n` answers, all within one `timeout`. (The redis crate's own
+/// pipeline applies its read timeout to each answer and reads on after one expires, so a frozen
+/// Redis would hold a batch of 64 for 64 timeouts.)
+fn exec_within(
+    con: &mut redis::Connection,
+    pipe: &redis::Pipeline,
+    n: usize,
+    timeout: Duration,
+) -> redis::RedisResult<()> {
+    let deadline = Instant::now() + timeout;
+    con.set_write_timeout(Some(timeout))?;
+    con.send_packed_command(&pipe.get_packed_pipeline())?;
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+        }
+        con.set_read_timeout(Some(left))?;
+        if let Value::ServerError(e) = con.recv_response()? {
+            return Err(e.into());
+        }
+    }
+    Ok(())
 }
 
 /// Waits `delay` while Redis is down, taking the hub's queue into the pending list meanwhile
@@ -695,11 +736,16 @@ fn listen(
         None => {
             // First connection: start after what is in the stream already.
             let last: StreamRangeReply = con.xrevrange_count(&ctx.stream, "+", "-", 1)?;
-            last.ids.first().map_or_else(|| "0-0".to_string(), |e| e.id.clone())
+            last.ids
+                .first()
+                .map_or_else(|| "0-0".to_string(), |e| e.id.clone())
         }
     };
     con.set_read_timeout(Some(POLL + ctx.health_timeout))?;
-    watch.up(ctx, &format!("; reading the stream after entry {from}"));
+    watch.up(
+        ctx,
+        &format!("; reading the stream after entry {from}, so nothing published meanwhile is lost"),
+    );
     reader.last_id = Some(from);
     let options = StreamReadOptions::default()
         .block(POLL.as_millis() as usize)
@@ -709,7 +755,8 @@ fn listen(
             return Ok(());
         }
         let last = reader.last_id.clone().unwrap_or_else(|| "0-0".into());
-        let reply: Option<StreamReadReply> = con.xread_options(&[&ctx.stream], &[last], &options)?;
+        let reply: Option<StreamReadReply> =
+            con.xread_options(&[&ctx.stream], &[last], &options)?;
         for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
             reader.last_id = Some(entry.id);
             let field = |name: &str| match entry.map.get(name) {
@@ -870,7 +917,11 @@ mod tests {
         }
         assert_eq!(s.arrive(&from(b"b", 1, 7)), Arrival::Next);
         assert_eq!(s.arrive(&from(b"b", 1, 10)), Arrival::AfterLoss(2));
-        assert_eq!(s.arrive(&from(b"b", 1, 9)), Arrival::Duplicate, "never back");
+        assert_eq!(
+            s.arrive(&from(b"b", 1, 9)),
+            Arrival::Duplicate,
+            "never back"
+        );
         // A restarted publisher (new epoch) starts a new sequence.
         assert_eq!(s.arrive(&from(b"b", 2, 1)), Arrival::Next);
         assert_eq!(s.arrive(&from(b"c", 9, 2)), Arrival::Next);
@@ -879,7 +930,9 @@ mod tests {
     #[test]
     fn senders_are_bounded_forgetting_the_least_recent() {
         let mut s = Senders::default();
-        let ids: Vec<Vec<u8>> = (0..=MAX_SENDERS).map(|i| i.to_string().into_bytes()).collect();
+        let ids: Vec<Vec<u8>> = (0..=MAX_SENDERS)
+            .map(|i| i.to_string().into_bytes())
+            .collect();
         for id in &ids[..MAX_SENDERS] {
             s.arrive(&Origin {
                 instance: id,

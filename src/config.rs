@@ -1973,7 +1973,11 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig, ConfigError> {
         d => Ok(d),
     };
     let health_check = s.get("health_check", DEFAULT_HEALTH_CHECK, at_least_min_health)?;
-    let health_timeout = s.get("health_timeout", DEFAULT_HEALTH_TIMEOUT, at_least_min_health)?;
+    let health_timeout = s.get(
+        "health_timeout",
+        DEFAULT_HEALTH_TIMEOUT,
+        at_least_min_health,
+    )?;
     let stream_length = s.nonzero_count("stream_length", nz(DEFAULT_STREAM_LENGTH))?;
     Ok(ClusterConfig {
         redis_url,

@@ -1,7 +1,9 @@
 //! The cluster backbone with real processes: two wsgate instances and a real `redis-server`, all
 //! on 127.0.0.1 with free ports. Broadcasts cross instances (text and binary, in order, never
 //! twice), survive Redis going away and coming back, and wait for a Redis that is down at start;
-//! a session issued by one instance is accepted by another.
+//! every instance notices a dead, frozen or cut link within the health-check bound, says so once
+//! each way, and loses nothing that Redis still holds; a session issued by one instance is
+//! accepted by another.
 //!
 //! `redis-server` must be on PATH (`.ci/run` installs it); without it these tests fail, they are
 //! never skipped.
@@ -19,6 +21,13 @@ use tungstenite::Message;
 
 /// How long the backbone may take to (re)connect: the backoff is capped at 300 ms in these tests.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The tests' `health_check` and `health_timeout`: a dead or frozen Redis must be noticed within
+/// their sum, [`BOUND`].
+const HEALTH_CHECK: &str = "300ms";
+const HEALTH_TIMEOUT: &str = "700ms";
+const BOUND: Duration = Duration::from_millis(1000);
+/// What a test allows on top of [`BOUND`]: log polling, a loaded machine.
+const SLACK: Duration = Duration::from_millis(700);
 
 /// A `redis-server` on a free port of 127.0.0.1, without persistence; killed on drop.
 struct Redis {
@@ -115,7 +124,7 @@ impl Redis {
     }
 
     /// Kills the client connections whose `CLIENT LIST` line contains every one of `marks`
-    /// (e.g. `name=wsgate-sub:a`); returns how many.
+    /// (e.g. `name=wsgate-subscriber:a`); returns how many.
     fn kill_clients(&self, marks: &[&str]) -> usize {
         let list = self.command(&["CLIENT", "LIST"]);
         let ids: Vec<String> = list
@@ -156,16 +165,68 @@ fn free_port() -> u16 {
 
 /// An instance on the backbone at `url`, with its admin endpoint for `/metrics`.
 fn instance(url: &str, id: Option<&str>) -> Server {
+    instance_with(url, id, &[])
+}
+
+/// [`instance`] with more `[cluster]` settings.
+fn instance_with(url: &str, id: Option<&str>, cluster: &[(&str, &str)]) -> Server {
     let mut setup = Setup::default();
     setup
         .set("admin", "listen", "127.0.0.1:0")
         .set("limits", "outbox", "1024")
         .set("cluster", "redis_url", url)
-        .set("cluster", "max_backoff", "300ms");
+        .set("cluster", "max_backoff", "300ms")
+        .set("cluster", "health_check", HEALTH_CHECK)
+        .set("cluster", "health_timeout", HEALTH_TIMEOUT);
     if let Some(id) = id {
         setup.set("cluster", "instance_id", id);
     }
+    for (key, value) in cluster {
+        setup.set("cluster", key, value);
+    }
     setup.start()
+}
+
+/// Waits for a log line containing `needle`; returns how long after `since` it was seen.
+fn seen_after(server: &Server, needle: &str, since: Instant) -> Duration {
+    assert!(
+        server.wait_log(needle, JOIN_TIMEOUT),
+        "no `{needle}` in\n{}",
+        server.logs()
+    );
+    since.elapsed()
+}
+
+/// Asserts that every one of `servers` logged each of `needles` within the bound after `since`.
+fn noticed_within_bound(servers: &[&Server], needles: &[&str], since: Instant) {
+    for s in servers {
+        for needle in needles {
+            let took = seen_after(s, needle, since);
+            eprintln!("noticed `{needle}` after {took:?}");
+            assert!(
+                took <= BOUND + SLACK,
+                "`{needle}` after {took:?}, bound {BOUND:?}; log:\n{}",
+                s.logs()
+            );
+        }
+    }
+}
+
+/// The instance's `/healthz`: 200, with the backbone's state.
+fn health(server: &Server) -> String {
+    let (status, body) = server.admin_get("/healthz");
+    assert_eq!(status, 200, "/healthz stays 200 whatever Redis does");
+    body
+}
+
+/// Reads `want` from `ws` in order, failing on anything else (a loss, a copy, a reordering).
+fn expect_in_order(ws: &mut Client, want: impl IntoIterator<Item = String>, on: &str) {
+    for w in want {
+        match try_next(ws, IO_TIMEOUT) {
+            Some(m) => assert_eq!(m, Message::text(w.clone()), "on {on}"),
+            None => panic!("on {on}: `{w}` never arrived"),
+        }
+    }
 }
 
 /// One un-labelled sample from `/metrics`.
@@ -217,27 +278,6 @@ fn try_next(ws: &mut Client, wait: Duration) -> Option<Message> {
         .set_read_timeout(Some(IO_TIMEOUT))
         .unwrap();
     got
-}
-
-/// Publishes `prefix-N` on `publisher` every 50 ms until `subscriber` receives one of them;
-/// returns how long that took. Other messages on `subscriber` are skipped.
-fn probe_until_received(publisher: &mut Client, subscriber: &mut Client, prefix: &str) -> Duration {
-    let started = Instant::now();
-    for n in 0.. {
-        assert!(
-            started.elapsed() < JOIN_TIMEOUT,
-            "no `{prefix}` message crossed instances within {JOIN_TIMEOUT:?}"
-        );
-        publisher
-            .send(Message::text(format!("{prefix}-{n}")))
-            .unwrap();
-        while let Some(m) = try_next(subscriber, Duration::from_millis(50)) {
-            if m.to_text().is_ok_and(|t| t.starts_with(prefix)) {
-                return started.elapsed();
-            }
-        }
-    }
-    unreachable!()
 }
 
 fn assert_no_panic(servers: &[&Server]) {
@@ -316,9 +356,10 @@ fn broadcasts_cross_instances_once_and_in_order() {
 }
 
 #[test]
-fn redis_restart_keeps_local_delivery_and_resumes_the_backbone() {
+fn redis_restart_keeps_local_delivery_queues_the_rest_and_resumes_the_backbone() {
     let mut redis = Redis::start();
-    let a = instance(&redis.url(), Some("a"));
+    // A queue of 8: of 20 broadcasts made while Redis is away, the 8 newest are kept.
+    let a = instance_with(&redis.url(), Some("a"), &[("publish_queue", "8")]);
     let b = instance(&redis.url(), Some("b"));
     wait_joined(&a);
     wait_joined(&b);
@@ -328,13 +369,26 @@ fn redis_restart_keeps_local_delivery_and_resumes_the_backbone() {
     publisher.send(Message::text("before")).unwrap();
     assert_eq!(next_data(&mut on_a), Message::text("before"));
     assert_eq!(next_data(&mut on_b), Message::text("before"));
+    // Acknowledged to A too (else it would stay queued, and count if dropped).
+    let until = Instant::now() + IO_TIMEOUT;
+    while metric(&a, "wsgate_cluster_forwarded_total") != 1 {
+        assert!(Instant::now() < until);
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     redis.kill();
-    assert!(
-        a.wait_log("cluster: subscriber lost redis://127.0.0.1", IO_TIMEOUT),
-        "{}",
-        a.logs()
+    let killed = Instant::now();
+    // Both links of both instances notice, B's idle publisher too (its health check).
+    noticed_within_bound(
+        &[&a, &b],
+        &[
+            "cluster: subscriber lost redis://127.0.0.1",
+            "cluster: publisher lost redis://127.0.0.1",
+        ],
+        killed,
     );
+    assert_eq!(metric(&b, "wsgate_cluster_connected"), 0);
+    assert_eq!(health(&b), "ok\ncluster: down\n");
     // Local delivery goes on, at once, while Redis is away.
     for i in 0..20 {
         publisher.send(Message::text(format!("during{i}"))).unwrap();
@@ -342,23 +396,183 @@ fn redis_restart_keeps_local_delivery_and_resumes_the_backbone() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(metric(&a, "wsgate_cluster_connected"), 0);
-    assert!(metric(&a, "wsgate_cluster_not_forwarded_total") > 0);
-    let (status, _) = a.admin_get("/healthz");
-    assert_eq!(status, 200, "/healthz stays 200 without Redis");
+    assert_eq!(health(&a), "ok\ncluster: down\n");
 
     redis.spawn();
-    let took = probe_until_received(&mut publisher, &mut on_b, "after");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
-    // Local subscribers got every probe exactly once, in order.
-    let mut n = 0;
-    while let Some(m) = try_next(&mut on_a, Duration::from_millis(100)) {
-        assert_eq!(m, Message::text(format!("after-{n}")));
-        n += 1;
+    wait_joined(&a);
+    wait_joined(&b);
+    assert_eq!(health(&a), "ok\ncluster: up\n");
+    // The 8 newest, queued while Redis was away, arrive on B in order; the 12 oldest were
+    // dropped and counted.
+    expect_in_order(&mut on_b, (12..20).map(|i| format!("during{i}")), "B");
+    assert_eq!(
+        metric(&a, "wsgate_cluster_not_forwarded_total"),
+        12,
+        "{}",
+        a.logs()
+    );
+    // B, which published nothing meanwhile, is trusted again only after a check: its first
+    // broadcasts after the restart reach A (they were lost before the health checks).
+    let mut from_b = b.connect_as("/chat/r", ALICE);
+    for i in 0..20 {
+        from_b.send(Message::text(format!("b{i}"))).unwrap();
     }
-    assert!(n >= 1);
+    expect_in_order(&mut on_a, (0..20).map(|i| format!("b{i}")), "A");
+    publisher.send(Message::text("after")).unwrap();
+    expect_in_order(&mut on_b, (0..20).map(|i| format!("b{i}")), "B, its own");
+    assert_eq!(next_data(&mut on_b), Message::text("after"));
+    assert_eq!(next_data(&mut on_a), Message::text("after"));
+    assert_eq!(
+        try_next(&mut on_a, Duration::from_millis(300)),
+        None,
+        "no copies"
+    );
+    assert_eq!(
+        try_next(&mut on_b, Duration::from_millis(10)),
+        None,
+        "no copies"
+    );
+
+    // One line each way per link, the way back with the outage and what was not forwarded.
+    assert!(a.wait_log(
+        "cluster: publisher reconnected to redis://127.0.0.1:",
+        IO_TIMEOUT
+    ));
+    for s in [&a, &b] {
+        for link in ["publisher", "subscriber"] {
+            assert_eq!(
+                s.count_log(&format!("cluster: {link} lost")),
+                1,
+                "{}",
+                s.logs()
+            );
+            assert_eq!(s.count_log(&format!("cluster: {link} reconnected")), 1);
+        }
+    }
+    assert_eq!(
+        a.count_log("s out; 12 broadcasts of this instance not forwarded meanwhile; sending 8 queued broadcasts"),
+        1,
+        "{}",
+        a.logs()
+    );
+    assert_no_panic(&[&a, &b]);
+}
+
+#[test]
+fn a_frozen_redis_is_noticed_by_every_instance_and_nothing_is_lost_or_doubled() {
+    let redis = Redis::start();
+    let a = instance(&redis.url(), Some("a"));
+    let b = instance(&redis.url(), Some("b"));
+    wait_joined(&a);
+    wait_joined(&b);
+    let mut on_a = a.connect_as("/chat/f", BOB);
+    let mut on_b = b.connect_as("/chat/f", BOB);
+    let mut publisher = a.connect_as("/chat/f", ALICE);
+    publisher.send(Message::text("0")).unwrap();
+    expect_in_order(&mut on_b, ["0".to_string()], "B");
+
+    redis.signal("-STOP");
+    let frozen = Instant::now();
+    // A publishes throughout the freeze, so a pipeline is in flight when it starts (Redis runs
+    // it on SIGCONT, and A sends it again): copies in the stream, none delivered.
+    let mut n = 1;
+    while frozen.elapsed() < Duration::from_millis(200) {
+        publisher.send(Message::text(n.to_string())).unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // B publishes nothing and still notices on both links.
+    noticed_within_bound(
+        &[&a, &b],
+        &[
+            "cluster: subscriber lost redis://127.0.0.1:",
+            "cluster: publisher lost redis://127.0.0.1:",
+        ],
+        frozen,
+    );
+    assert!(
+        b.logs().contains("(frozen or unreachable?)"),
+        "{}",
+        b.logs()
+    );
+    for s in [&a, &b] {
+        assert_eq!(metric(s, "wsgate_cluster_connected"), 0);
+        assert_eq!(health(s), "ok\ncluster: down\n");
+    }
+    for i in 0..50 {
+        publisher.send(Message::text((n + i).to_string())).unwrap();
+    }
+    n += 50;
+    redis.signal("-CONT");
+    for i in 0..50 {
+        publisher.send(Message::text((n + i).to_string())).unwrap();
+    }
+    n += 50;
+    wait_joined(&a);
+    wait_joined(&b);
+    // Everything A published reaches B once and in order.
+    expect_in_order(&mut on_b, (1..n).map(|i| i.to_string()), "B");
+    expect_in_order(&mut on_a, (0..n).map(|i| i.to_string()), "A, locally");
+    assert_eq!(
+        try_next(&mut on_b, Duration::from_millis(300)),
+        None,
+        "no copies"
+    );
+    assert_eq!(metric(&a, "wsgate_cluster_not_forwarded_total"), 0);
+    assert_eq!(metric(&b, "wsgate_cluster_lost_total"), 0);
+    for s in [&a, &b] {
+        assert_eq!(health(s), "ok\ncluster: up\n");
+        assert_eq!(s.count_log("cluster: subscriber lost"), 1, "{}", s.logs());
+        assert_eq!(s.count_log("cluster: publisher lost"), 1, "{}", s.logs());
+    }
+    let back = |link: &str, rest: &str| format!("cluster: {link} reconnected to {}", rest);
+    for s in [&a, &b] {
+        let logs = s.logs();
+        let line = |link: &str| {
+            logs.lines()
+                .find(|l| l.contains(&back(link, "")))
+                .unwrap_or_else(|| panic!("no {link} reconnected line:\n{logs}"))
+                .to_string()
+        };
+        // "... after 1.4s out; 0 broadcasts of this instance not forwarded meanwhile ..."
+        assert!(line("publisher").contains("s out; 0 broadcasts of this instance not forwarded"));
+        assert!(line("subscriber").contains("s out; reading the stream after entry "));
+    }
+    assert_no_panic(&[&a, &b]);
+}
+
+#[test]
+fn a_cut_subscriber_link_resumes_where_it_left_off() {
+    let redis = Redis::start();
+    let a = instance(&redis.url(), Some("a"));
+    let b = instance(&redis.url(), Some("b"));
+    wait_joined(&a);
+    wait_joined(&b);
+    let mut on_a = a.connect_as("/chat/k", BOB);
+    let mut publisher = b.connect_as("/chat/k", ALICE);
+    publisher.send(Message::text("0")).unwrap();
+    expect_in_order(&mut on_a, ["0".to_string()], "A");
+
+    // Cut A's subscriber link while B publishes: what B publishes meanwhile is read on resume.
+    assert_eq!(redis.kill_clients(&["name=wsgate-subscriber:a"]), 1);
+    let cut = Instant::now();
+    for i in 1..=100 {
+        publisher.send(Message::text(i.to_string())).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    noticed_within_bound(&[&a], &["cluster: subscriber lost redis://127.0.0.1:"], cut);
+    expect_in_order(&mut on_a, (1..=100).map(|i| i.to_string()), "A");
+    assert_eq!(
+        try_next(&mut on_a, Duration::from_millis(300)),
+        None,
+        "no copies"
+    );
     assert!(a.wait_log("cluster: subscriber reconnected", IO_TIMEOUT));
-    assert!(a.wait_log("cluster: publisher reconnected", IO_TIMEOUT));
     assert_eq!(a.count_log("cluster: subscriber lost"), 1, "{}", a.logs());
+    assert_eq!(a.count_log("cluster: publisher lost"), 0, "{}", a.logs());
+    assert_eq!(b.count_log("cluster: subscriber lost"), 0, "{}", b.logs());
+    assert_eq!(metric(&a, "wsgate_cluster_connected"), 1);
+    assert_eq!(metric(&a, "wsgate_cluster_lost_total"), 0);
     assert_no_panic(&[&a, &b]);
 }
 
@@ -392,9 +606,18 @@ fn redis_down_at_start_then_joins() {
     wait_joined(&b);
     assert!(a.wait_log("cluster: subscriber connected", IO_TIMEOUT));
     publisher.send(Message::text("via redis")).unwrap();
-    assert_eq!(next_data(&mut on_b), Message::text("via redis"));
+    // What was published before Redis came up was queued and sent first; B gets it if its
+    // subscriber joined before A's publisher sent it (a first join starts at the end of the
+    // stream, so that an instance never replays old broadcasts to its clients).
+    let first = next_data(&mut on_b);
+    if first == Message::text("local only") {
+        assert_eq!(next_data(&mut on_b), Message::text("via redis"));
+    } else {
+        assert_eq!(first, Message::text("via redis"));
+    }
     assert_eq!(next_data(&mut on_a), Message::text("via redis"));
-    assert!(metric(&a, "wsgate_cluster_not_forwarded_total") >= 1);
+    assert_eq!(metric(&a, "wsgate_cluster_not_forwarded_total"), 0);
+    assert_eq!(metric(&a, "wsgate_cluster_forwarded_total"), 2);
     assert_no_panic(&[&a, &b]);
 }
 
@@ -599,8 +822,8 @@ fn measure_cross_instance_loss_under_a_fault() {
     match fault.as_str() {
         "reconnect" => {
             let mut killed = redis.kill_clients(&["psub=1"]);
-            killed += redis.kill_clients(&["name=wsgate-sub:a"]);
-            killed += redis.kill_clients(&["name=wsgate-sub:b"]);
+            killed += redis.kill_clients(&["name=wsgate-subscriber:a"]);
+            killed += redis.kill_clients(&["name=wsgate-subscriber:b"]);
             eprintln!("killed {killed} subscriber links");
         }
         "freeze" => {
@@ -627,7 +850,10 @@ fn measure_cross_instance_loss_under_a_fault() {
     let duplicates = got.iter().filter(|n| !seen.insert(**n)).count();
     let out_of_order = got.windows(2).filter(|w| w[1] <= w[0]).count();
     let lost: Vec<u64> = (0..sent).filter(|n| !seen.contains(n)).collect();
-    let during = lost.iter().filter(|n| (fault_from..fault_to).contains(*n)).count();
+    let during = lost
+        .iter()
+        .filter(|n| (fault_from..fault_to).contains(*n))
+        .count();
     let after = lost.iter().filter(|n| **n >= fault_to).count();
     eprintln!(
         "fault {fault}: sent {sent} (during the fault {}), A lost {} (before the fault {}, during \
@@ -636,5 +862,9 @@ fn measure_cross_instance_loss_under_a_fault() {
         lost.len(),
         lost.len() - during - after,
     );
-    eprintln!("A's log:\n{}\nB's log:\n{}", tail(&a.logs()), tail(&b.logs()));
+    eprintln!(
+        "A's log:\n{}\nB's log:\n{}",
+        tail(&a.logs()),
+        tail(&b.logs())
+    );
 }

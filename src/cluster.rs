@@ -51,8 +51,9 @@ use crate::metrics::Metrics;
 const POLL: Duration = Duration::from_millis(250);
 /// Most broadcasts sent in one pipelined round trip.
 const BATCH: usize = 64;
-/// Most stream entries read in one `XREAD`.
-const READ_BATCH: usize = 256;
+/// Most stream entries read in one `XREAD`: the subscriber holds up to this many messages at
+/// once (counted in the memory budget).
+pub const READ_BATCH: usize = 64;
 /// How long [`Bridge::stop`] waits for the threads (one may be inside a Redis call).
 const STOP_WAIT: Duration = Duration::from_secs(2);
 /// Most publishers whose sequence the subscriber tracks; the one heard from least recently is
@@ -731,21 +732,27 @@ fn listen(
     reader: &mut Reader,
 ) -> redis::RedisResult<()> {
     let mut con = connect(ctx, client, Link::Subscriber)?;
-    let from = match &reader.last_id {
-        Some(id) => id.clone(),
+    let (from, detail) = match &reader.last_id {
+        Some(id) => (
+            id.clone(),
+            format!(
+                "; reading the stream after entry {id}, so nothing published meanwhile is lost"
+            ),
+        ),
         None => {
-            // First connection: start after what is in the stream already.
+            // First connection: start after what is in the stream already, so that old
+            // broadcasts are never replayed to this instance's clients.
             let last: StreamRangeReply = con.xrevrange_count(&ctx.stream, "+", "-", 1)?;
-            last.ids
+            let id = last
+                .ids
                 .first()
-                .map_or_else(|| "0-0".to_string(), |e| e.id.clone())
+                .map_or_else(|| "0-0".to_string(), |e| e.id.clone());
+            let detail = format!("; reading the stream `{}` after entry {id}", ctx.stream);
+            (id, detail)
         }
     };
     con.set_read_timeout(Some(POLL + ctx.health_timeout))?;
-    watch.up(
-        ctx,
-        &format!("; reading the stream after entry {from}, so nothing published meanwhile is lost"),
-    );
+    watch.up(ctx, &detail);
     reader.last_id = Some(from);
     let options = StreamReadOptions::default()
         .block(POLL.as_millis() as usize)

@@ -1044,7 +1044,7 @@ struct MemoryBudget {
     hashing: usize,
     /// Verification cache and login throttle tables.
     caches: usize,
-    /// The cluster bridge's publish queue of largest messages (0 without a cluster).
+    /// The cluster bridge's queues and read batch of largest messages (0 without a cluster).
     cluster: usize,
 }
 
@@ -1074,9 +1074,10 @@ impl MemoryBudget {
             handshake_stack: s.handshake_stack_size.get(),
             hashing: config.auth.max_concurrent_hashes.get() * 19 * 1024 * 1024,
             caches: (config.auth.cache_size + 2 * THROTTLE_ENTRIES) * CACHE_ENTRY,
-            // The hub's hand-over queue and the bridge's pending list, `publish_queue` each.
+            // The hub's hand-over queue and the bridge's pending list, `publish_queue` each, and
+            // one `XREAD` batch.
             cluster: if config.cluster.redis_url.is_some() {
-                2 * config.cluster.publish_queue.get() * max_message
+                (2 * config.cluster.publish_queue.get() + crate::cluster::READ_BATCH) * max_message
             } else {
                 0
             },

@@ -467,17 +467,19 @@ fn a_frozen_redis_is_noticed_by_every_instance_and_nothing_is_lost_or_doubled() 
     wait_joined(&b);
     let mut on_a = a.connect_as("/chat/f", BOB);
     let mut on_b = b.connect_as("/chat/f", BOB);
-    let mut publisher = a.connect_as("/chat/f", ALICE);
-    publisher.send(Message::text("0")).unwrap();
-    expect_in_order(&mut on_b, ["0".to_string()], "B");
+    let mut from_a = a.connect_as("/chat/f", ALICE);
+    let mut from_b = b.connect_as("/chat/f", ALICE);
+    from_a.send(Message::text("a0")).unwrap();
+    expect_in_order(&mut on_b, ["a0".to_string()], "B");
+    expect_in_order(&mut on_a, ["a0".to_string()], "A");
 
     redis.signal("-STOP");
     let frozen = Instant::now();
-    // A publishes throughout the freeze, so a pipeline is in flight when it starts (Redis runs
-    // it on SIGCONT, and A sends it again): copies in the stream, none delivered.
+    // A publishes through the start of the freeze: its first batch after it waits in the
+    // frozen Redis's socket, runs on SIGCONT, and is sent again by A, so the stream holds copies.
     let mut n = 1;
     while frozen.elapsed() < Duration::from_millis(200) {
-        publisher.send(Message::text(n.to_string())).unwrap();
+        from_a.send(Message::text(format!("a{n}"))).unwrap();
         n += 1;
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -499,25 +501,45 @@ fn a_frozen_redis_is_noticed_by_every_instance_and_nothing_is_lost_or_doubled() 
         assert_eq!(metric(s, "wsgate_cluster_connected"), 0);
         assert_eq!(health(s), "ok\ncluster: down\n");
     }
-    for i in 0..50 {
-        publisher.send(Message::text((n + i).to_string())).unwrap();
+    // Both publish, interleaved, while Redis is frozen and as it comes back.
+    let m = 100;
+    for i in 0..m {
+        if i == m / 2 {
+            redis.signal("-CONT");
+        }
+        from_a.send(Message::text(format!("a{}", n + i))).unwrap();
+        from_b.send(Message::text(format!("b{i}"))).unwrap();
     }
-    n += 50;
-    redis.signal("-CONT");
-    for i in 0..50 {
-        publisher.send(Message::text((n + i).to_string())).unwrap();
-    }
-    n += 50;
+    n += m;
     wait_joined(&a);
     wait_joined(&b);
-    // Everything A published reaches B once and in order.
-    expect_in_order(&mut on_b, (1..n).map(|i| i.to_string()), "B");
-    expect_in_order(&mut on_a, (0..n).map(|i| i.to_string()), "A, locally");
-    assert_eq!(
-        try_next(&mut on_b, Duration::from_millis(300)),
-        None,
-        "no copies"
-    );
+    // Every message reaches every subscriber once, each publisher's in the order it sent them.
+    for (ws, on) in [(&mut on_a, "A"), (&mut on_b, "B")] {
+        let got: Vec<String> = (0..(n - 1 + m))
+            .map(|_| match try_next(ws, IO_TIMEOUT) {
+                Some(m) => m.into_text().unwrap().to_string(),
+                None => panic!("on {on}: a message is missing"),
+            })
+            .collect();
+        let of =
+            |p: &str| -> Vec<String> { got.iter().filter(|t| t.starts_with(p)).cloned().collect() };
+        let want_a: Vec<String> = (1..n).map(|i| format!("a{i}")).collect();
+        let want_b: Vec<String> = (0..m).map(|i| format!("b{i}")).collect();
+        assert_eq!(of("a"), want_a, "on {on}");
+        assert_eq!(of("b"), want_b, "on {on}");
+        assert_eq!(
+            try_next(ws, Duration::from_millis(300)),
+            None,
+            "on {on}: no copies"
+        );
+    }
+    // The copies were there, and were dropped.
+    let entries: usize = redis
+        .command(&["XLEN", "wsgate:broadcasts"])
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!(entries > n + m, "{entries} entries for {} messages", n + m);
     assert_eq!(metric(&a, "wsgate_cluster_not_forwarded_total"), 0);
     assert_eq!(metric(&b, "wsgate_cluster_lost_total"), 0);
     for s in [&a, &b] {

@@ -591,7 +591,8 @@ fn publish_until_error(
             }
             select! {
                 recv(queue) -> out => match out {
-                    Ok(out) => { pending.push(out); }
+                    // The list is empty: nothing to make room for.
+                    Ok(out) => { let _ = pending.push(out); }
                     Err(_) => return None,
                 },
                 recv(ctx.stop) -> _ => return None,

@@ -38,8 +38,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select};
-use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
-use redis::{Commands, Value};
+use redis::Value;
 use tungstenite::{Message, Utf8Bytes};
 
 use crate::config::{ClusterConfig, MIN_BACKOFF, RedisUrl};
@@ -53,7 +52,7 @@ const POLL: Duration = Duration::from_millis(250);
 const BATCH: usize = 64;
 /// Most stream entries read in one `XREAD`: the subscriber holds up to this many messages at
 /// once (counted in the memory budget).
-pub const READ_BATCH: usize = 64;
+pub const READ_BATCH: usize = 128;
 /// How long [`Bridge::stop`] waits for the threads (one may be inside a Redis call).
 const STOP_WAIT: Duration = Duration::from_secs(2);
 /// Most publishers whose sequence the subscriber tracks; the one heard from least recently is
@@ -647,12 +646,20 @@ fn exec_within(
     let deadline = Instant::now() + timeout;
     con.set_write_timeout(Some(timeout))?;
     con.send_packed_command(&pipe.get_packed_pipeline())?;
+    // The socket's read timeout is lowered as the deadline nears, by steps of a tenth (not
+    // before every answer: most are parsed from one buffered read), so the batch takes at most
+    // `timeout` and a tenth.
+    con.set_read_timeout(Some(timeout))?;
+    let mut read_timeout = timeout;
     for _ in 0..n {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
         }
-        con.set_read_timeout(Some(left))?;
+        if read_timeout.saturating_sub(left) > timeout / 10 {
+            con.set_read_timeout(Some(left))?;
+            read_timeout = left;
+        }
         if let Value::ServerError(e) = con.recv_response()? {
             return Err(e.into());
         }
@@ -743,42 +750,118 @@ fn listen(
         None => {
             // First connection: start after what is in the stream already, so that old
             // broadcasts are never replayed to this instance's clients.
-            let last: StreamRangeReply = con.xrevrange_count(&ctx.stream, "+", "-", 1)?;
-            let id = last
-                .ids
-                .first()
-                .map_or_else(|| "0-0".to_string(), |e| e.id.clone());
+            let last: Value = redis::cmd("XREVRANGE")
+                .arg(&ctx.stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query(&mut con)?;
+            let mut id = "0-0".to_string();
+            for_each_entry(&last, |entry| id = entry.id.to_string())?;
             let detail = format!("; reading the stream `{}` after entry {id}", ctx.stream);
             (id, detail)
         }
     };
     con.set_read_timeout(Some(POLL + ctx.health_timeout))?;
     watch.up(ctx, &detail);
-    reader.last_id = Some(from);
-    let options = StreamReadOptions::default()
-        .block(POLL.as_millis() as usize)
-        .count(READ_BATCH);
+    let mut last_id = from;
     loop {
+        reader.last_id = Some(last_id.clone());
         if ctx.stopped() {
             return Ok(());
         }
-        let last = reader.last_id.clone().unwrap_or_else(|| "0-0".into());
-        let reply: Option<StreamReadReply> =
-            con.xread_options(&[&ctx.stream], &[last], &options)?;
-        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
-            reader.last_id = Some(entry.id);
-            let field = |name: &str| match entry.map.get(name) {
-                Some(Value::BulkString(b)) => Some(b.as_slice()),
-                _ => None,
-            };
-            let path = field(FIELD_PATH).and_then(|p| std::str::from_utf8(p).ok());
-            match (path, field(FIELD_ENVELOPE)) {
-                (Some(path), Some(envelope)) => reader.handle(ctx, path, envelope),
-                _ => reader.bad(ctx, "?", &BadEnvelope::Fields),
-            }
-        }
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_BATCH)
+            .arg("BLOCK")
+            .arg(POLL.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&ctx.stream)
+            .arg(&last_id)
+            .query(&mut con)?;
+        // Nil when nothing came within the block time.
+        for_each_stream(&reply, |entries| {
+            for_each_entry(entries, |entry| {
+                last_id.clear();
+                last_id.push_str(entry.id);
+                match (entry.path, entry.envelope) {
+                    (Some(path), Some(envelope)) => reader.handle(ctx, path, envelope),
+                    _ => reader.bad(ctx, "?", &BadEnvelope::Fields),
+                }
+            })
+        })?;
         reader.log_lost(ctx);
     }
+}
+
+/// One stream entry as the bridge writes it: its id, and its `p` and `m` fields if present.
+#[derive(Debug, PartialEq, Eq)]
+struct StreamEntry<'a> {
+    id: &'a str,
+    path: Option<&'a str>,
+    envelope: Option<&'a [u8]>,
+}
+
+/// The reply did not have the shape of `XREAD`'s or `XRANGE`'s.
+fn bad_reply() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "unexpected reply shape for a stream read",
+    ))
+}
+
+/// Calls `f` with each stream's entry list of an `XREAD` reply: RESP2 `[[key, entries], ...]`
+/// or RESP3 `{key: entries}`; nothing for nil (the block time passed).
+fn for_each_stream(
+    reply: &Value,
+    mut f: impl FnMut(&Value) -> redis::RedisResult<()>,
+) -> redis::RedisResult<()> {
+    match reply {
+        Value::Nil => Ok(()),
+        Value::Array(streams) => streams.iter().try_for_each(|s| match s {
+            Value::Array(pair) if pair.len() == 2 => f(&pair[1]),
+            _ => Err(bad_reply()),
+        }),
+        Value::Map(streams) => streams.iter().try_for_each(|(_, entries)| f(entries)),
+        _ => Err(bad_reply()),
+    }
+}
+
+/// Calls `f` with each entry of an entry list (`XRANGE`'s reply, or one stream's part of
+/// `XREAD`'s): `[[id, [field, value, ...]], ...]`. Read straight from the reply, without the
+/// copies the redis crate's typed stream replies make (they halved the subscriber's rate).
+fn for_each_entry(entries: &Value, mut f: impl FnMut(StreamEntry<'_>)) -> redis::RedisResult<()> {
+    let Value::Array(entries) = entries else {
+        return Err(bad_reply());
+    };
+    for entry in entries {
+        let Value::Array(parts) = entry else {
+            return Err(bad_reply());
+        };
+        let (Some(Value::BulkString(id)), fields) = (parts.first(), parts.get(1)) else {
+            return Err(bad_reply());
+        };
+        let id = std::str::from_utf8(id).map_err(|_| bad_reply())?;
+        let mut e = StreamEntry {
+            id,
+            path: None,
+            envelope: None,
+        };
+        if let Some(Value::Array(fields)) = fields {
+            for pair in fields.chunks_exact(2) {
+                if let [Value::BulkString(name), Value::BulkString(value)] = pair {
+                    match name.as_slice() {
+                        b"p" => e.path = std::str::from_utf8(value).ok(),
+                        b"m" => e.envelope = Some(value),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        f(e);
+    }
+    Ok(())
 }
 
 impl Reader {
@@ -989,6 +1072,84 @@ mod tests {
         p.entries.drain(..3);
         assert!(!p.push(outbound(4)));
         assert_eq!(p.number(1).map(|(_, seq)| seq).collect::<Vec<_>>(), [4]);
+    }
+
+    fn bulk(b: &[u8]) -> Value {
+        Value::BulkString(b.to_vec())
+    }
+
+    fn entry(id: &str, fields: &[&[u8]]) -> Value {
+        Value::Array(vec![
+            bulk(id.as_bytes()),
+            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+        ])
+    }
+
+    /// An entry's id, path and envelope, owned.
+    type Owned = (String, Option<String>, Option<Vec<u8>>);
+
+    fn entries_of(reply: &Value) -> redis::RedisResult<Vec<Owned>> {
+        let mut out = Vec::new();
+        for_each_stream(reply, |entries| {
+            for_each_entry(entries, |e| {
+                out.push((
+                    e.id.to_string(),
+                    e.path.map(str::to_string),
+                    e.envelope.map(<[u8]>::to_vec),
+                ));
+            })
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn xread_replies_are_read_in_both_protocols() {
+        let list = Value::Array(vec![
+            entry("1-0", &[b"p", b"/a", b"m", b"\x02x"]),
+            entry("1-1", &[b"m", b"y", b"p", b"/b", b"extra", b"z"]),
+            entry("2-0", &[b"other", b"v"]),
+        ]);
+        let want = vec![
+            (
+                "1-0".to_string(),
+                Some("/a".to_string()),
+                Some(b"\x02x".to_vec()),
+            ),
+            (
+                "1-1".to_string(),
+                Some("/b".to_string()),
+                Some(b"y".to_vec()),
+            ),
+            ("2-0".to_string(), None, None),
+        ];
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            bulk(b"wsgate:broadcasts"),
+            list.clone(),
+        ])]);
+        let resp3 = Value::Map(vec![(bulk(b"wsgate:broadcasts"), list)]);
+        assert_eq!(entries_of(&resp2).unwrap(), want);
+        assert_eq!(entries_of(&resp3).unwrap(), want);
+        assert_eq!(entries_of(&Value::Nil).unwrap(), []);
+        // Anything else is a broken link, not a panic.
+        for bad in [
+            Value::Int(1),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Array(vec![bulk(b"k"), Value::Int(1)])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk(b"k"),
+                Value::Array(vec![Value::Nil]),
+            ])]),
+        ] {
+            assert!(entries_of(&bad).is_err(), "{bad:?}");
+        }
+        // XREVRANGE's reply is an entry list itself; empty for a stream that does not exist.
+        let mut ids = Vec::new();
+        for_each_entry(&Value::Array(vec![entry("7-3", &[])]), |e| {
+            ids.push(e.id.to_string())
+        })
+        .unwrap();
+        for_each_entry(&Value::Array(vec![]), |e| ids.push(e.id.to_string())).unwrap();
+        assert_eq!(ids, ["7-3"]);
     }
 
     #[test]

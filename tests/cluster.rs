@@ -702,6 +702,7 @@ fn benchmark_cross_instance_latency_and_throughput() {
             .set("limits", "max_bytes_per_sec", "0")
             .set("cluster", "redis_url", &redis.url())
             .set("cluster", "publish_queue", "262144")
+            .set("cluster", "stream_length", "262144")
             .set("cluster", "instance_id", id);
         s.start()
     };

@@ -599,6 +599,60 @@ fn a_cut_subscriber_link_resumes_where_it_left_off() {
 }
 
 #[test]
+fn what_was_trimmed_from_the_stream_is_counted_and_logged_as_lost() {
+    let redis = Redis::start();
+    let short = [("stream_length", "10")];
+    let a = instance_with(&redis.url(), Some("a"), &short);
+    let b = instance_with(&redis.url(), Some("b"), &short);
+    wait_joined(&a);
+    wait_joined(&b);
+    let mut on_a = a.connect_as("/chat/t", BOB);
+    let mut from_b = b.connect_as("/chat/t", ALICE);
+    from_b.send(Message::text("first")).unwrap();
+    assert_eq!(next_data(&mut on_a), Message::text("first"));
+
+    // A stops reading (the whole process frozen) while B publishes far more than the stream
+    // keeps: what A finds trimmed when it reads on is counted and logged, never silent.
+    let stop = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &a.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    stop("-STOP");
+    const N: u64 = 1000;
+    for i in 0..N {
+        from_b.send(Message::text(i.to_string())).unwrap();
+    }
+    let until = Instant::now() + IO_TIMEOUT;
+    while metric(&b, "wsgate_cluster_forwarded_total") < N + 1 {
+        assert!(Instant::now() < until, "{}", b.logs());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop("-CONT");
+    let mut got = Vec::new();
+    while let Some(m) = try_next(&mut on_a, Duration::from_millis(1000)) {
+        got.push(m.into_text().unwrap().parse::<u64>().unwrap());
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order, no copies");
+    let lost = metric(&a, "wsgate_cluster_lost_total");
+    assert!(lost > 0, "got {} of {N}", got.len());
+    assert_eq!(
+        got.len() as u64 + lost,
+        N,
+        "each delivered or counted as lost"
+    );
+    assert!(
+        a.wait_log("no longer in the stream `wsgate:broadcasts`", IO_TIMEOUT),
+        "{}",
+        a.logs()
+    );
+    assert_no_panic(&[&a, &b]);
+}
+
+#[test]
 fn redis_down_at_start_then_joins() {
     let mut redis = Redis::on_port(free_port());
     // Default instance ids (host name and pid): distinct for the two processes.

@@ -354,8 +354,52 @@ pub struct ChannelConfig {
     /// `on_forbidden`: what happens when a connected client without publish rights sends a
     /// message: `close` (1008 "publish not allowed", the default) or `drop` (dropped and counted).
     pub on_forbidden: Overflow,
+    /// `backend` and its settings: `Some` exactly when `mode = proxy`.
+    pub backend: Option<Backend>,
     /// The section header's line in the config file (`None` if built in code).
     pub line: Option<usize>,
+}
+
+/// Where a `mode = proxy` channel's connections go: the backend WebSocket the worker opens for
+/// each client it lets in (`backend`, `backend_ca`, `backend_connect_timeout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub endpoint: Endpoint,
+    /// The path of the `backend` URL (`/` when it has none); the part of the client's path after
+    /// the channel prefix is appended to it.
+    pub base_path: String,
+    /// `backend_ca`: PEM file of the CAs a `wss://` backend's certificate must chain to. `None`:
+    /// the system's root certificates.
+    pub ca: Option<PathBuf>,
+    /// `backend_connect_timeout`, default 5 s: TCP connect, TLS and the backend's 101, together.
+    pub connect_timeout: Duration,
+}
+
+/// The transport of a [`Backend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `ws://HOST:PORT` (`tls` false, default port 80) or `wss://HOST:PORT` (default port 443).
+    /// A host name is resolved at each connect.
+    Tcp { host: String, port: u16, tls: bool },
+    /// `unix:/ABSOLUTE/PATH`: a Unix domain socket (no TLS).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Endpoint {
+    /// As the `backend` URL spells it, without the path: `ws://127.0.0.1:8080`, `unix:/run/app.sock`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port, tls } => {
+                let scheme = if *tls { "wss" } else { "ws" };
+                if host.contains(':') {
+                    write!(f, "{scheme}://[{host}]:{port}")
+                } else {
+                    write!(f, "{scheme}://{host}:{port}")
+                }
+            }
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// A channel path as written in the section name.
@@ -576,6 +620,8 @@ pub enum Mode {
     Echo,
     /// Each message goes to every other connection on the same path.
     Broadcast,
+    /// Each connection is relayed to its own connection to the channel's `backend`.
+    Proxy,
 }
 
 impl fmt::Display for Mode {
@@ -584,6 +630,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::Echo => "echo",
             Mode::Broadcast => "broadcast",
+            Mode::Proxy => "proxy",
         })
     }
 }
@@ -890,6 +937,9 @@ const CHANNEL_KEYS: &[&str] = &[
     "on_rate_limit",
     "anonymous",
     "on_forbidden",
+    "backend",
+    "backend_ca",
+    "backend_connect_timeout",
 ];
 
 const ROLE_PREFIX: &str = "role:";
@@ -1436,7 +1486,11 @@ fn parse_mode(value: &str) -> Result<Mode, String> {
     choice(
         value,
         "a mode",
-        &[("echo", Mode::Echo), ("broadcast", Mode::Broadcast)],
+        &[
+            ("echo", Mode::Echo),
+            ("broadcast", Mode::Broadcast),
+            ("proxy", Mode::Proxy),
+        ],
     )
 }
 
@@ -1826,24 +1880,152 @@ fn parse_channel(
     s: &Section<'_>,
     path: &str,
     base: &WsLimits,
+    bases: &Bases<'_>,
 ) -> Result<ChannelConfig, ConfigError> {
     let pattern = parse_channel_path(path).map_err(|m| s.invalid(None, m))?;
     if !s.is_set("mode") {
         return Err(s.invalid(
             Some("mode"),
-            "missing; every channel needs mode = echo or mode = broadcast",
+            "missing; every channel needs mode = echo, broadcast or proxy",
         ));
     }
     let mode = s.get("mode", Mode::Echo, parse_mode)?;
     let limits = parse_ws(s, base)?;
+    let backend = parse_backend(s, mode, bases)?;
     Ok(ChannelConfig {
         pattern,
         mode,
         limits,
         anonymous: s.boolean("anonymous", false)?,
         on_forbidden: s.get("on_forbidden", Overflow::Close, parse_overflow)?,
+        backend,
         line: s.line,
     })
+}
+
+/// `backend`, `backend_ca` and `backend_connect_timeout`: required (`backend`) with
+/// `mode = proxy`, refused with any other mode.
+fn parse_backend(
+    s: &Section<'_>,
+    mode: Mode,
+    bases: &Bases<'_>,
+) -> Result<Option<Backend>, ConfigError> {
+    const KEYS: [&str; 3] = ["backend", "backend_ca", "backend_connect_timeout"];
+    if mode != Mode::Proxy {
+        return match s.first_set(&KEYS) {
+            Some(key) => Err(s.invalid(
+                Some(key),
+                format!("only a mode = proxy channel has a backend; this one is mode = {mode}"),
+            )),
+            None => Ok(None),
+        };
+    }
+    if !s.is_set("backend") {
+        return Err(s.invalid(
+            Some("backend"),
+            "missing; a mode = proxy channel needs backend = ws://HOST:PORT, wss://HOST:PORT or \
+             unix:/PATH",
+        ));
+    }
+    let (endpoint, base_path) = s.get(
+        "backend",
+        (Endpoint::Unix(PathBuf::new()), String::new()),
+        parse_backend_url,
+    )?;
+    let ca = match (&endpoint, s.is_set("backend_ca")) {
+        (Endpoint::Tcp { tls: true, .. }, true) => {
+            let path = s.path("backend_ca", "", bases)?;
+            s.require_file("backend_ca", &path)?;
+            Some(path)
+        }
+        (_, true) => {
+            return Err(s.invalid(
+                Some("backend_ca"),
+                "only a wss:// backend's certificate is verified; remove backend_ca or use wss://",
+            ));
+        }
+        (_, false) => None,
+    };
+    Ok(Some(Backend {
+        endpoint,
+        base_path,
+        ca,
+        connect_timeout: s.positive_duration("backend_connect_timeout", Duration::from_secs(5))?,
+    }))
+}
+
+/// `ws://HOST[:PORT][/PATH]`, `wss://HOST[:PORT][/PATH]` or `unix:/ABSOLUTE/PATH`. No user
+/// information (credentials belong in no config URL a log may show), query or fragment.
+fn parse_backend_url(value: &str) -> Result<(Endpoint, String), String> {
+    let expected = "expected ws://HOST:PORT[/PATH], wss://HOST:PORT[/PATH] or unix:/PATH";
+    if let Some(path) = value.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "`{value}`: the socket path must be absolute; {expected}"
+            ));
+        }
+        return Ok((Endpoint::Unix(PathBuf::from(path)), "/".to_string()));
+    }
+    let (tls, rest) = if let Some(rest) = value.strip_prefix("ws://") {
+        (false, rest)
+    } else if let Some(rest) = value.strip_prefix("wss://") {
+        (true, rest)
+    } else {
+        return Err(format!("`{value}` is not a backend URL; {expected}"));
+    };
+    if rest.contains(['?', '#', '@']) || rest.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!(
+            "`{value}`: a backend URL has no user, query, fragment or spaces; {expected}"
+        ));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("`{value}`: unclosed `[` in the host; {expected}"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("`{value}`: junk after the host; {expected}")),
+        };
+        (host, port)
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("`{value}` names no host; {expected}"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return Err(format!(
+                    "`{value}`: port `{p}` is not 1 to 65535; {expected}"
+                ));
+            }
+        },
+    };
+    if path.parse::<tungstenite::http::Uri>().is_err() {
+        return Err(format!(
+            "`{value}`: the path is not a valid request path; {expected}"
+        ));
+    }
+    Ok((
+        Endpoint::Tcp {
+            host: host.to_string(),
+            port,
+            tls,
+        },
+        path.to_string(),
+    ))
 }
 
 fn parse_role(s: &Section<'_>, name: &str) -> Result<Role, ConfigError> {
@@ -2096,7 +2278,7 @@ fn parse_config(
         let Some(path) = s.name.strip_prefix(CHANNEL_PREFIX) else {
             continue;
         };
-        let channel = parse_channel(s, path, &limits.ws)?;
+        let channel = parse_channel(s, path, &limits.ws, &base)?;
         if channels.iter().any(|c| c.pattern == channel.pattern) {
             return Err(s.invalid(None, "another channel already has this path"));
         }
@@ -2127,11 +2309,16 @@ fn parse_config(
         };
         match find_channel(&channels, &demo.channel).map(|c| c.mode) {
             Some(Mode::Broadcast) => {}
-            Some(Mode::Echo) => {
+            Some(mode @ (Mode::Echo | Mode::Proxy)) => {
+                let kind = if mode == Mode::Echo {
+                    "an echo"
+                } else {
+                    "a proxy"
+                };
                 return Err(demo_section.invalid(
                     Some(key),
                     format!(
-                        "the demo channel {} is an echo channel; the page needs a broadcast channel",
+                        "the demo channel {} is {kind} channel; the page needs a broadcast channel",
                         demo.channel
                     ),
                 ));

@@ -24,7 +24,7 @@ use crate::admit::{Admission, Ticket};
 use crate::auth::{Credentials, CurrentCredentials, SessionSettings};
 use crate::certs::{self, CertError};
 use crate::cluster::Bridge;
-use crate::config::{ClientAuth, Config, ConfigError, Mode};
+use crate::config::{ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode};
 use crate::connection::{self, Rights};
 use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::files;
@@ -36,6 +36,7 @@ use crate::policy::{self, Grant, Method, Proof, Reason};
 use crate::pool::Pool;
 use crate::proxy;
 use crate::ratelimit::TokenBucket;
+use crate::relay::{self, BackendWs};
 use crate::session::{self, SessionError, SessionKey};
 use crate::throttle::LoginThrottle;
 use crate::tls;
@@ -109,6 +110,35 @@ struct Runtime {
     cert_stamp: Option<(SystemTime, SystemTime)>,
     /// The users and tokens files as they were just before they were read (the watcher compares).
     creds_stamp: CredsStamp,
+    /// The TLS settings of each `wss://` proxy backend, by channel pattern.
+    backend_tls: Vec<(String, Arc<rustls::ClientConfig>)>,
+}
+
+impl Runtime {
+    fn backend_tls(&self, channel: &ChannelConfig) -> Option<&Arc<rustls::ClientConfig>> {
+        let pattern = channel.pattern.to_string();
+        self.backend_tls
+            .iter()
+            .find(|(p, _)| *p == pattern)
+            .map(|(_, tls)| tls)
+    }
+}
+
+/// Loads the CA (or the system roots) of every `wss://` proxy backend, so a bad `backend_ca`
+/// fails the start or the reload, not the first connection.
+fn load_backend_tls(
+    config: &Config,
+) -> Result<Vec<(String, Arc<rustls::ClientConfig>)>, StartError> {
+    let mut out = Vec::new();
+    for channel in &config.channels {
+        if let Some(backend) = &channel.backend {
+            if matches!(backend.endpoint, Endpoint::Tcp { tls: true, .. }) {
+                let tls = relay::client_tls(backend.ca.as_deref()).map_err(StartError::Cert)?;
+                out.push((channel.pattern.to_string(), tls));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Everything the listener, the workers and the control thread share.
@@ -529,6 +559,7 @@ fn same_transport(old: &Config, new: Config) -> Result<Config, ConfigError> {
 /// The TLS configuration for `config`, generating a self-signed pair first where allowed; none
 /// (no certificate needed, none generated) on a plaintext listener.
 fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, StartError> {
+    let backend_tls = load_backend_tls(&config)?;
     if !config.server.tls {
         return Ok(Runtime {
             config: Arc::new(config),
@@ -536,6 +567,7 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
             client_verifier: None,
             cert_stamp: None,
             creds_stamp,
+            backend_tls,
         });
     }
     let tls_cfg = &config.tls;
@@ -570,6 +602,7 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
         client_verifier: Some(client_verifier),
         cert_stamp,
         creds_stamp,
+        backend_tls,
     })
 }
 
@@ -774,6 +807,8 @@ struct Opened {
     grant: Grant,
     member: Membership,
     session_id: String,
+    /// A proxy channel's backend WebSocket, open (it answered 101 before the client got its own).
+    backend: Option<BackendWs>,
     /// The client (the carried address behind a load balancer).
     peer: SocketAddr,
     /// The connection's place in the pool, held until the connection loop ends.
@@ -832,6 +867,7 @@ fn serve(
         grant,
         member,
         session_id,
+        backend,
         peer,
         ticket,
     }) = opened
@@ -855,7 +891,10 @@ fn serve(
         on_forbidden: channel.on_forbidden,
         on_rate_limit: channel.limits.on_rate_limit,
     };
-    let end = connection::run(ws, member, rights, &channel.limits, &config.limits);
+    let end = match backend {
+        Some(backend) => relay::run(ws, backend, member, rights, &channel.limits, &config.limits),
+        None => connection::run(ws, member, rights, &channel.limits, &config.limits),
+    };
     metrics.channel_closed(&pattern);
     log::info!(
         "close peer={peer} user=\"{user}\" session={session_id} path={} duration={:.3}s {end}",
@@ -956,6 +995,36 @@ fn handshake(
                 return Err(Reason::ShuttingDown);
             }
         };
+        // A proxy channel: the backend's 101 first, or the client gets 502/503/504 (and the
+        // member leaves the hub as it drops).
+        let backend = match &grant.channel.backend {
+            Some(backend) => {
+                let target = relay::forward_target(
+                    backend,
+                    &grant.channel.pattern,
+                    &grant.path,
+                    grant.query.as_deref(),
+                );
+                let who = relay::Identity {
+                    user: grant.user.as_deref(),
+                    method: grant.method,
+                    client: peer.ip(),
+                };
+                let tls = rt.backend_tls(&grant.channel);
+                match relay::connect(backend, tls, &target, &who, limits.websocket_config()) {
+                    Ok(ws) => Some(ws),
+                    Err(e) => {
+                        let failure = e.failure();
+                        metrics.backend_failed(failure);
+                        return Err(Reason::Backend {
+                            failure,
+                            detail: format!("{} path={}: {e}", backend.endpoint, grant.path),
+                        });
+                    }
+                }
+            }
+            None => None,
+        };
         // Authenticated: leave the pre-auth budget before the client can see the 101.
         ticket.authenticated();
         if let Some(user) = &grant.user {
@@ -982,10 +1051,10 @@ fn handshake(
         if let Some(protocol) = grant.subprotocol {
             headers.push(("Sec-WebSocket-Protocol", protocol.to_string()));
         }
-        Ok(((member, session_id), headers))
+        Ok(((member, session_id, backend), headers))
     };
     let verifier = shared.creds.for_peer(peer.ip());
-    let (ws, grant, (member, session_id)) =
+    let (ws, grant, (member, session_id, backend)) =
         match upgrade::upgrade(transport, config, &verifier, enter) {
             Ok(upgraded) => upgraded,
             Err(UpgradeError::Refused(reason)) => {
@@ -1011,11 +1080,15 @@ fn handshake(
         };
     metrics.outcome(Outcome::Accepted);
     metrics.observe_upgrade(accepted.elapsed());
+    if backend.is_some() {
+        metrics.proxy_opened();
+    }
     Some(Opened {
         ws,
         grant,
         member,
         session_id,
+        backend,
         peer,
         ticket,
     })

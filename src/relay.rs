@@ -811,25 +811,52 @@ impl Relay {
         }
     }
 
-    /// Closes both sides as `ending` says, each bounded by `write_timeout` for what is queued and
-    /// [`CLOSE_WAIT`] for the peer's reply. The backend first: it is usually local and quick.
+    /// Closes both sides as `ending` says, the backend first (it is usually local and quick).
+    /// What is queued gets `write_timeout` to go out, except to a side that already missed it;
+    /// a peer's close reply is awaited ([`CLOSE_WAIT`]) only after a polite close (1000, 1001,
+    /// 1008, as [`crate::connection`] does): after 1011 nobody reads what a flooding client still
+    /// sends.
     fn finish(&mut self, ending: &Ending, write_timeout: Duration) {
         self.client.ws.get_mut().get_mut().poll_driven(false);
-        let backend_close = match &ending.backend {
-            BackendEnd::Close(frame) => Some(frame.clone()),
-            BackendEnd::Closed => None,
+        let budget = |side_stalled: bool| {
+            if side_stalled {
+                Duration::ZERO
+            } else {
+                write_timeout
+            }
         };
-        close_side(&mut self.backend.ws, backend_close, write_timeout);
+        let backend_stuck = self.backend.stalled_since.is_some();
+        match &ending.backend {
+            BackendEnd::Close(frame) => close_side(
+                &mut self.backend.ws,
+                Some(frame.clone()),
+                budget(backend_stuck),
+                !backend_stuck,
+            ),
+            // Its close (if it sent one) is answered by the flush.
+            BackendEnd::Closed => {
+                close_side(&mut self.backend.ws, None, budget(backend_stuck), false)
+            }
+        }
         self.backend.ws.get_ref().shutdown();
-        let client_close = match &ending.client {
-            End::Closed(code, reason) => Some(Some(close(*code, reason))),
-            End::PeerClosed(_) => None,
+        let (client_close, wait_reply) = match &ending.client {
+            End::Closed(code, reason) => (
+                Some(Some(close(*code, reason))),
+                matches!(code, 1000 | 1001 | 1008),
+            ),
+            End::PeerClosed(_) => (None, false),
             End::Dropped(_) => {
                 let _ = self.sock.shutdown(Shutdown::Both);
                 return;
             }
         };
-        close_side(&mut self.client.ws, client_close, write_timeout);
+        let client_stuck = self.client.stalled_since.is_some();
+        close_side(
+            &mut self.client.ws,
+            client_close,
+            budget(client_stuck),
+            wait_reply,
+        );
         let tls = self.client.ws.get_mut().get_mut();
         tls.send_close_notify();
         let _ = Write::flush(tls);
@@ -881,19 +908,17 @@ fn backend_failed(e: WsError) -> Ending {
 }
 
 /// Sends a close (`send`: `Some(None)` is a close without a code) once what is queued has gone
-/// out, flushes tungstenite's reply to a close it received, and waits briefly for the peer's
-/// close; bounded by `write_timeout` and [`CLOSE_WAIT`].
+/// out (within `flush_budget`; one try when it is zero), and with `wait_reply` waits up to
+/// [`CLOSE_WAIT`] for the peer's close. A close the peer sent is answered by the flush.
 fn close_side<S: Read + Write + PollSocket>(
     ws: &mut WebSocket<S>,
     mut send: Option<Option<CloseFrame>>,
-    write_timeout: Duration,
+    flush_budget: Duration,
+    wait_reply: bool,
 ) {
-    let flush_deadline = Instant::now() + write_timeout;
+    let flush_deadline = Instant::now() + flush_budget;
     let mut reply_deadline = None;
     loop {
-        if Instant::now() >= reply_deadline.unwrap_or(flush_deadline) {
-            return;
-        }
         let flushed = match ws.flush() {
             Ok(()) => true,
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => false,
@@ -908,12 +933,22 @@ fn close_side<S: Read + Write + PollSocket>(
                 }
                 continue;
             }
+            if !wait_reply {
+                return;
+            }
             reply_deadline.get_or_insert_with(|| Instant::now() + CLOSE_WAIT);
         }
-        match ws.read() {
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Ok(_) => continue,
-            Err(_) => return,
+        // Checked on every turn: a peer still sending data after our close must not keep this
+        // loop reading past its deadline.
+        if Instant::now() >= reply_deadline.unwrap_or(flush_deadline) {
+            return;
+        }
+        if wait_reply {
+            match ws.read() {
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(_) => continue,
+                Err(_) => return,
+            }
         }
         let left = reply_deadline
             .unwrap_or(flush_deadline)

@@ -3607,7 +3607,7 @@ listen = [::1]:9480
             ),
             (
                 "[channel:/x]\nmode = fanout\n",
-                "[channel:/x] mode: `fanout` is not a mode; expected echo or broadcast",
+                "[channel:/x] mode: `fanout` is not a mode; expected echo, broadcast or proxy",
             ),
             (
                 "[channel:/x]\nmode = echo\noutbox = 0\n",
@@ -3704,7 +3704,7 @@ listen = [::1]:9480
         }
         assert_eq!(
             err(&with("[channel:/x]\nslow_consumer = drop\n")),
-            "config: F:5: [channel:/x] mode: missing; every channel needs mode = echo or mode = broadcast"
+            "config: F:5: [channel:/x] mode: missing; every channel needs mode = echo, broadcast or proxy"
         );
     }
 
@@ -3717,6 +3717,92 @@ listen = [::1]:9480
             "[channel:/chat/*]\nmode = broadcast\n[channel:/chat/]\nmode = echo\n",
         ));
         assert_eq!(c.channels.len(), 3);
+    }
+
+    #[test]
+    fn proxy_channels_name_their_backend() {
+        let c = ok(&with(
+            "[channel:/app/*]\nmode = proxy\nbackend = ws://127.0.0.1:8080\n\
+             [channel:/sock]\nmode = proxy\nbackend = unix:/run/app.sock\n\
+             backend_connect_timeout = 2s\n\
+             [channel:/remote]\nmode = proxy\nbackend = wss://[::1]/ws/\n",
+        ));
+        let b = |path: &str| c.channel_for(path).unwrap().backend.clone().unwrap();
+        let app = b("/app/x");
+        assert_eq!(
+            app.endpoint,
+            Endpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: 8080,
+                tls: false
+            }
+        );
+        assert_eq!(app.base_path, "/");
+        assert_eq!(app.connect_timeout, Duration::from_secs(5));
+        let sock = b("/sock");
+        assert_eq!(
+            sock.endpoint,
+            Endpoint::Unix(PathBuf::from("/run/app.sock"))
+        );
+        assert_eq!(sock.connect_timeout, Duration::from_secs(2));
+        let remote = b("/remote");
+        assert_eq!(remote.endpoint.to_string(), "wss://[::1]:443");
+        assert_eq!(
+            (remote.base_path.as_str(), remote.ca.as_ref()),
+            ("/ws/", None)
+        );
+        assert!(c.channel_for("/echo").unwrap().backend.is_none());
+    }
+
+    #[test]
+    fn bad_backends_are_refused_with_what_is_accepted() {
+        let cases = [
+            (
+                "mode = proxy\n",
+                "backend: missing; a mode = proxy channel needs backend",
+            ),
+            (
+                "mode = echo\nbackend = ws://a:1\n",
+                "backend: only a mode = proxy channel",
+            ),
+            (
+                "mode = proxy\nbackend = http://a:1\n",
+                "backend: `http://a:1` is not a backend URL",
+            ),
+            (
+                "mode = proxy\nbackend = ws://u:p@a:1\n",
+                "a backend URL has no user, query",
+            ),
+            (
+                "mode = proxy\nbackend = ws://a:1/?x=1\n",
+                "a backend URL has no user, query",
+            ),
+            (
+                "mode = proxy\nbackend = ws://a:0\n",
+                "port `0` is not 1 to 65535",
+            ),
+            ("mode = proxy\nbackend = ws://:80\n", "names no host"),
+            (
+                "mode = proxy\nbackend = unix:run/app.sock\n",
+                "the socket path must be absolute",
+            ),
+            (
+                "mode = proxy\nbackend = ws://a:1\nbackend_ca = ca.pem\n",
+                "backend_ca: only a wss:// backend's certificate is verified",
+            ),
+            (
+                "mode = proxy\nbackend = wss://a:1\nbackend_ca = missing.pem\n",
+                "backend_ca: file not found",
+            ),
+            (
+                "mode = proxy\nbackend = ws://a:1\nbackend_connect_timeout = 0s\n",
+                "backend_connect_timeout: must be greater than 0",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = err(&with(&format!("[channel:/p]\n{body}")));
+            assert!(e.contains(want), "{body}: got {e}\nwant {want}");
+        }
     }
 
     #[test]

@@ -61,10 +61,10 @@ pub enum Outcome {
     HeadersTooLarge,
     /// 502: a proxy channel's backend answered wrongly or failed TLS.
     BadGateway,
+    /// 503: shutting down, or a proxy channel's backend is down.
+    Unavailable,
     /// 504: a proxy channel's backend missed its connect deadline.
     GatewayTimeout,
-    /// 503: shutting down.
-    Unavailable,
     /// Refused by admission before any byte was read (pool full, per-IP cap).
     Busy,
     /// The TLS handshake failed.

@@ -557,3 +557,52 @@ fn without_publish_rights_nothing_reaches_the_backend() {
         "the backend saw a close command"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// A remote backend over TLS.
+
+#[test]
+fn a_wss_backend_is_verified_against_backend_ca_and_an_untrusted_one_gets_502() {
+    let dir = TempDir::new("wss-backend");
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("app.pem"), dir.path().join("app.key"));
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    let backend = Backend::start(&["--tls", cert.to_str().unwrap(), key.to_str().unwrap()]);
+
+    let mut setup = gateway(&backend.url);
+    setup.set("channel:/app/*", "backend_ca", cert.to_str().unwrap());
+    let server = setup.start();
+    let mut ws = server.connect_as("/app/secure", ALICE);
+    let h = hello(&mut ws);
+    assert!(h.contains(r#""path": "/secure""#), "{h}");
+    echoes(&mut ws, "over wss");
+
+    // Another CA: the backend's certificate is not trusted, and the client is told 502.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let other_ca = dir.path().join("other.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let mut setup = gateway(&backend.url);
+    setup.set("channel:/app/*", "backend_ca", other_ca.to_str().unwrap());
+    let server = setup.start();
+    let result = server.connect_with(
+        "/app/secure",
+        &[
+            ("Authorization", &basic(ALICE.0, ALICE.1)),
+            ("Origin", ORIGIN_OK),
+        ],
+    );
+    assert_eq!(status_of(result), 502);
+    assert!(
+        server.wait_log("backend tls failed", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    assert_eq!(
+        metric(
+            &server,
+            r#"wsgate_proxy_backend_failures_total{kind="tls"}"#
+        ),
+        1
+    );
+}

@@ -606,3 +606,51 @@ fn a_wss_backend_is_verified_against_backend_ca_and_an_untrusted_one_gets_502() 
         1
     );
 }
+
+#[test]
+fn a_reload_moves_new_connections_to_the_new_backend_and_keeps_live_ones_on_theirs() {
+    let first = Backend::start(&[]);
+    let second = Backend::start(&[]);
+    let server = gateway(&first.url).start();
+    let mut old = server.connect_as("/app/a", ALICE);
+    hello(&mut old);
+    let config = server.dir.path().join("wsgate.ini");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&first.url, &second.url)).unwrap();
+    server.reload_and_wait();
+    assert!(server.logs().contains("reloaded"), "{}", server.logs());
+
+    let mut new = server.connect_as("/app/b", BOB);
+    hello(&mut new);
+    assert_eq!(
+        second.wait_line("open "),
+        "open path=/b user=bob users=1 auth=password client=127.0.0.1"
+    );
+    echoes(&mut old, "still on the first backend");
+    echoes(&mut new, "on the second");
+    assert_eq!(
+        first
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("open "))
+            .count(),
+        1
+    );
+
+    // The channel removed: the live proxied connection loses its access.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let without: String = text
+        .split("\n\n")
+        .filter(|section| !section.starts_with("[channel:/app/*]"))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    std::fs::write(&config, without).unwrap();
+    server.reload_and_wait();
+    assert_eq!(close_frame(&mut old), (1008, "access revoked".to_string()));
+    assert_eq!(
+        first.wait_line("closed "),
+        "closed code=1001 reason=client gone"
+    );
+}

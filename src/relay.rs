@@ -621,14 +621,23 @@ impl Relay {
             return Err(Ending::both(code, why));
         }
         let mut more = false;
-        if self.backend.held.is_none() {
+        let client_paused = self.backend.held.is_some();
+        let backend_paused = self.client.held.is_some();
+        if !client_paused {
             more |= self.read_client()?;
         }
-        if self.client.held.is_none() {
+        if !backend_paused {
             more |= self.read_backend()?;
         }
         self.backend.write_out().map_err(backend_failed)?;
         self.client.write_out().map_err(client_failed)?;
+        // A side whose reads resume may have whole messages waiting in its TLS or WebSocket
+        // buffers, which `poll` does not report: the next step reads it at once.
+        if (client_paused && self.backend.held.is_none())
+            || (backend_paused && self.client.held.is_none())
+        {
+            more = true;
+        }
         let now = Instant::now();
         if let Some(since) = self.client.stalled_since {
             if now.duration_since(since) >= limits.write_timeout {

@@ -493,6 +493,33 @@ fn a_client_flooding_a_backend_that_stopped_reading_is_closed_in_bounded_time_an
     echoes(&mut bystander, "unaffected");
 }
 
+#[test]
+fn a_backend_flooding_a_client_that_stopped_reading_is_bounded_and_the_client_dropped() {
+    let backend = Backend::start(&[]);
+    let mut setup = gateway(&backend.url);
+    setup.set("limits", "write_timeout", "2s");
+    let server = setup.start();
+    let mut ws = server.connect_as("/app/slow-reader", ALICE);
+    hello(&mut ws);
+    let rss_before = rss_kib(server.pid());
+    // 64 MiB asked for; the client reads nothing from here on.
+    ws.send(Message::text("flood:4096")).unwrap();
+    assert!(
+        server.wait_log("reason=\"write timeout\"", Duration::from_secs(15)),
+        "{}",
+        server.logs()
+    );
+    let grew = rss_kib(server.pid()).saturating_sub(rss_before);
+    assert!(
+        grew < 8 * 1024,
+        "wsgate grew by {grew} KiB while the app flooded"
+    );
+    assert_eq!(
+        backend.wait_line("closed "),
+        "closed code=1001 reason=client gone"
+    );
+}
+
 // ------------------------------------------------------------------------------------------
 // State changes meeting live proxied connections.
 

@@ -13,6 +13,7 @@ it saw. Then it echoes text as text and binary as binary, except these text comm
 
     close:CODE   the backend closes with CODE (reason "backend says bye")
     drop         the backend aborts its TCP connection without a close frame
+    flood:N      the backend sends N binary messages of 16 KiB as fast as the connection takes them
 
 Options: --port N (0: any free port), --unix PATH, --tls CERT KEY (wss://), --slow (read nothing
 after the hello: a stuck app).
@@ -61,6 +62,11 @@ def handler_for(slow):
                 if msg == "drop":
                     ws.transport.abort()
                     break
+                if isinstance(msg, str) and msg.startswith("flood:"):
+                    chunk = bytes(16 * 1024)
+                    for _ in range(int(msg[6:])):
+                        await ws.send(chunk)
+                    continue
                 await ws.send(msg)
         except ConnectionClosed:
             pass

@@ -765,7 +765,7 @@ pub fn safe_user(user: &str) -> String {
 }
 
 /// Decodes `%XX` escapes and `+` (as space), as `application/x-www-form-urlencoded` does.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -98,8 +98,12 @@ pub struct Identity<'a> {
 }
 
 /// The backend request target: the backend URL's path, then the client's path after the channel
-/// prefix (nothing for an exact channel), then the client's query without its credentials
-/// ([`CREDENTIAL_KEYS`], split on `&` as [`crate::policy`] reads them).
+/// prefix (nothing for an exact channel), then the client's query without its credentials.
+/// Pairs are split on `&` as [`crate::policy`] reads them; a pair is dropped when its key is a
+/// [`CREDENTIAL_KEYS`] name in any spelling an app might decode to one — percent-encoded
+/// (`us%65r`), in another letter case (`USER`), or behind a `;` (`room=1;user=x`, which some
+/// query parsers split) — or cannot be decoded at all. A naive app reading `?user=` must never see
+/// one the client chose.
 pub fn forward_target(
     backend: &Backend,
     pattern: &ChannelPattern,
@@ -120,16 +124,27 @@ pub fn forward_target(
     let kept: Vec<&str> = query
         .into_iter()
         .flat_map(|q| q.split('&'))
-        .filter(|pair| {
-            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !pair.is_empty() && !CREDENTIAL_KEYS.contains(&key)
-        })
+        .filter(|pair| !pair.is_empty() && !names_a_credential(pair))
         .collect();
     if !kept.is_empty() {
         target.push('?');
         target.push_str(&kept.join("&"));
     }
     target
+}
+
+/// Whether a query pair's key, or that of any `;`-separated part of it, decodes to a credential
+/// key (or does not decode).
+fn names_a_credential(pair: &str) -> bool {
+    pair.split(';').any(|part| {
+        let key = part.split_once('=').map_or(part, |(k, _)| k);
+        match crate::policy::percent_decode(key) {
+            Some(key) => CREDENTIAL_KEYS
+                .iter()
+                .any(|c| key.trim().eq_ignore_ascii_case(c)),
+            None => true,
+        }
+    })
 }
 
 /// The identity headers for `who`, in order. A user name is a checked name (no control
@@ -1013,10 +1028,17 @@ mod tests {
             ("room=3&user=alice&lang=en&pass=", "/x?room=3&lang=en"),
             ("pass", "/x"),
             ("&&room=3&", "/x?room=3"),
-            // Only the exact key names are credentials, as policy reads them.
-            ("username=a&passes=b", "/x?username=a&passes=b"),
-            // `;` is not a separator for policy; the pair is kept whole and is not `user`.
-            ("room=3;user=alice", "/x?room=3;user=alice"),
+            // Other keys stay, as sent.
+            (
+                "username=a&passes=b&q=%20x",
+                "/x?username=a&passes=b&q=%20x",
+            ),
+            // Spellings an app may decode to a credential key are dropped too.
+            ("us%65r=admin&room=3", "/x?room=3"),
+            ("USER=admin&Pass=x&room=3", "/x?room=3"),
+            ("room=3;user=admin&lang=en", "/x?lang=en"),
+            ("us+er=a&user+=b&room=3", "/x?us+er=a&room=3"),
+            ("%zz=1&room=3", "/x?room=3"),
         ];
         for (query, want) in cases {
             assert_eq!(

@@ -196,7 +196,7 @@ fn the_backend_learns_who_the_client_is_from_wsgate_alone_and_messages_go_both_w
     // Password in the query, a forged identity header, and a query the app wants.
     let mut ws = server
         .connect_with(
-            "/app/room/7?user=alice&pass=alice-secret-pw&lang=en",
+            "/app/room/7?user=alice&pass=alice-secret-pw&lang=en&us%65r=mallory&TOKEN=x",
             &[
                 ("Origin", ORIGIN_OK),
                 ("X-Wsgate-User", "mallory"),

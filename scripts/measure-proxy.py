@@ -58,6 +58,7 @@ key = wsgate.key
 self_signed = true
 [origins]
 allow = https://localhost
+allow_missing = true
 [auth]
 users_file = users
 [log]
@@ -86,6 +87,8 @@ publish = /echo, /app/*
                                   "--server-pid", str(server.pid)],
                                  check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
+            if not r.get("msgs") or r.get("server_cpu_pct") is None:
+                sys.exit(f"{name}: wsload measured nothing: {json.dumps(r)}")
             server_cpu = r["server_cpu_pct"] / 100 * r["window_secs"]
             r["server_us_per_msg"] = server_cpu / r["msgs"] * 1e6
             r["backend_us_per_msg"] = (cpu_secs(backend.pid) - b0) / r["msgs"] * 1e6

@@ -879,8 +879,12 @@ fn serve(
     let pattern = channel.pattern.to_string();
     metrics.channel_opened(&pattern);
     let user = grant.log_user();
+    let via = match (&backend, &channel.backend) {
+        (Some(_), Some(b)) => format!(" backend={}", b.endpoint),
+        _ => String::new(),
+    };
     log::info!(
-        "open peer={peer} user=\"{user}\" auth={} session={session_id} path={}",
+        "open peer={peer} user=\"{user}\" auth={} session={session_id} path={}{via}",
         grant.method,
         grant.path
     );
@@ -1154,12 +1158,13 @@ fn log_memory_budget(config: &Config) {
     let b = MemoryBudget::of(config);
     log::info!(
         "memory budget (worst case the limits allow): {} connections x {} KiB (stack {} KiB, \
-         buffers {} KiB, outbox {} x {} KiB) + {} handshake stacks x {} KiB + {} MiB password \
-         hashing + {} KiB caches + {} KiB cluster queue = {} MiB",
+         buffers {} KiB, proxy backend buffers {} KiB, outbox {} x {} KiB) + {} handshake stacks \
+         x {} KiB + {} MiB password hashing + {} KiB caches + {} KiB cluster queue = {} MiB",
         b.connections,
         b.per_connection() >> 10,
         b.stack >> 10,
         b.buffers >> 10,
+        b.backend_buffers >> 10,
         b.outbox,
         b.max_message >> 10,
         b.handshakes,
@@ -1182,6 +1187,9 @@ struct MemoryBudget {
     stack: usize,
     /// Read buffer, write buffer, one message being assembled, TLS buffers and state.
     buffers: usize,
+    /// A proxy channel's second WebSocket, to its backend: the same buffers again (and TLS for a
+    /// `wss://` backend); 0 without proxy channels.
+    backend_buffers: usize,
     /// Largest `outbox` of any channel, and largest `max_message_size`.
     outbox: usize,
     max_message: usize,
@@ -1216,6 +1224,22 @@ impl MemoryBudget {
                 + max(|l| l.max_write_buffer_size.get())
                 + max_message
                 + TLS_PER_CONNECTION,
+            backend_buffers: config
+                .channels
+                .iter()
+                .filter_map(|c| c.backend.as_ref().map(|b| (&c.limits, b)))
+                .map(|(l, b)| {
+                    let tls = match b.endpoint {
+                        crate::config::Endpoint::Tcp { tls: true, .. } => TLS_PER_CONNECTION,
+                        _ => 0,
+                    };
+                    l.read_buffer_size.get()
+                        + l.max_write_buffer_size.get()
+                        + l.max_message_size.get()
+                        + tls
+                })
+                .max()
+                .unwrap_or(0),
             outbox: max(|l| l.outbox.get()),
             max_message,
             handshakes: s.max_pre_auth.get(),
@@ -1232,7 +1256,7 @@ impl MemoryBudget {
     }
 
     fn per_connection(&self) -> usize {
-        self.stack + self.buffers + self.outbox * self.max_message
+        self.stack + self.buffers + self.backend_buffers + self.outbox * self.max_message
     }
 
     fn total(&self) -> usize {
@@ -1279,10 +1303,27 @@ mod tests {
         assert_eq!(b.hashing, 2 * 19 * 1024 * 1024);
         assert_eq!(b.caches, (100 + 3 * THROTTLE_ENTRIES) * CACHE_ENTRY);
         assert_eq!(b.cluster, 0);
+        assert_eq!(b.backend_buffers, 0);
         assert_eq!(b.per_connection(), b.stack + b.buffers + 8 * 32 * 1024);
         assert_eq!(
             b.total(),
             12 * b.per_connection() + 4 * 256 * 1024 + b.hashing + b.caches
+        );
+    }
+
+    #[test]
+    fn memory_budget_counts_a_proxy_backend_s_buffers() {
+        let c = config(
+            "[limits]\nread_buffer_size = 4KiB\nwrite_buffer_size = 4KiB\n\
+             max_write_buffer_size = 64KiB\nmax_frame_size = 16KiB\nmax_message_size = 16KiB\n\
+             [channel:/a/*]\nmode = proxy\nbackend = ws://127.0.0.1:8080\n\
+             [channel:/b]\nmode = proxy\nbackend = wss://app.example:443\n",
+        );
+        let b = MemoryBudget::of(&c);
+        assert_eq!(b.backend_buffers, (4 + 64 + 16) * 1024 + TLS_PER_CONNECTION);
+        assert_eq!(
+            b.per_connection(),
+            b.stack + b.buffers + b.backend_buffers + b.outbox * b.max_message
         );
     }
 }

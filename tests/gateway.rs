@@ -245,6 +245,11 @@ fn the_backend_learns_who_the_client_is_from_wsgate_alone_and_messages_go_both_w
         }
     }
     assert_eq!(metric(&server, "wsgate_proxy_connections_total "), 1);
+    assert!(
+        server.logs().contains(&format!("path=/app/room/7 backend={}", backend.url)),
+        "{}",
+        server.logs()
+    );
     assert!(!server.logs().contains("alice-secret-pw"));
 
     // Credentials in `Authorization`: the header is not forwarded either.

@@ -246,7 +246,9 @@ fn the_backend_learns_who_the_client_is_from_wsgate_alone_and_messages_go_both_w
     }
     assert_eq!(metric(&server, "wsgate_proxy_connections_total "), 1);
     assert!(
-        server.logs().contains(&format!("path=/app/room/7 backend={}", backend.url)),
+        server
+            .logs()
+            .contains(&format!("path=/app/room/7 backend={}", backend.url)),
         "{}",
         server.logs()
     );
@@ -522,6 +524,32 @@ fn a_backend_flooding_a_client_that_stopped_reading_is_bounded_and_the_client_dr
     assert_eq!(
         backend.wait_line("closed "),
         "closed code=1001 reason=client gone"
+    );
+}
+
+#[test]
+fn a_frozen_backend_is_pinged_and_the_client_closed_with_1011_at_the_idle_timeout() {
+    let backend = Backend::start(&[]);
+    let mut setup = gateway(&backend.url);
+    setup
+        .set("limits", "ping_interval", "1s")
+        .set("limits", "idle_timeout", "2s");
+    let server = setup.start();
+    let mut ws = server.connect_as("/app/frozen", ALICE);
+    hello(&mut ws);
+    echoes(&mut ws, "alive");
+    let pid = rustix::process::Pid::from_raw(backend.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let started = Instant::now();
+    // The client keeps answering wsgate's pings (tungstenite does, on read): only the app is silent.
+    assert_eq!(close_code(&mut ws), 1011);
+    let took = started.elapsed();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        server.wait_log("reason=\"backend idle timeout\"", IO_TIMEOUT),
+        "{}",
+        server.logs()
     );
 }
 

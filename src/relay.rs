@@ -18,7 +18,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use tungstenite::error::CapacityError;
+use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -251,10 +251,16 @@ impl BackendStream {
         }
     }
 
-    fn shutdown(&self) {
+    /// Ends the transport: a TLS backend gets its `close_notify` first (one try: the socket is
+    /// non-blocking, and a backend that is not reading does not get to hold us).
+    fn shutdown(&mut self) {
         let _ = match self {
             BackendStream::Tcp(s) => s.shutdown(Shutdown::Both),
-            BackendStream::Tls(s) => s.sock.shutdown(Shutdown::Both),
+            BackendStream::Tls(s) => {
+                s.conn.send_close_notify();
+                let _ = s.conn.write_tls(&mut s.sock);
+                s.sock.shutdown(Shutdown::Both)
+            }
             BackendStream::Unix(s) => s.shutdown(Shutdown::Both),
         };
     }
@@ -862,7 +868,7 @@ impl Relay {
                 close_side(&mut self.backend.ws, None, budget(backend_stuck), false)
             }
         }
-        self.backend.ws.get_ref().shutdown();
+        self.backend.ws.get_mut().shutdown();
         let (client_close, wait_reply) = match &ending.client {
             End::Closed(code, reason) => (
                 Some(Some(close(*code, reason))),
@@ -921,6 +927,9 @@ fn backend_failed(e: WsError) -> Ending {
     let why = match e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => "backend message too big",
         WsError::ConnectionClosed | WsError::AlreadyClosed => "backend closed",
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::Io(_) => {
+            "backend vanished"
+        }
         WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_) => "backend protocol error",
         _ => "backend failed",
     };

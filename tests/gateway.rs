@@ -428,7 +428,7 @@ fn a_backend_vanishing_mid_session_closes_the_client_with_1011() {
     hello(&mut ws);
     echoes(&mut ws, "before");
     ws.send(Message::text("drop")).unwrap();
-    assert_eq!(close_code(&mut ws), 1011);
+    assert_eq!(close_frame(&mut ws), (1011, "backend vanished".to_string()));
     // The server is fine: a new proxied connection works.
     let mut again = server.connect_as("/app/y", ALICE);
     hello(&mut again);

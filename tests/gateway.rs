@@ -265,6 +265,33 @@ fn the_backend_learns_who_the_client_is_from_wsgate_alone_and_messages_go_both_w
 }
 
 #[test]
+fn an_anonymous_client_reaches_the_backend_with_no_user_even_when_it_claims_one() {
+    let backend = Backend::start(&[]);
+    let mut setup = gateway(&backend.url);
+    setup
+        .set("channel:/app/*", "anonymous", "true")
+        .set("role:anonymous", "subscribe", "/app/*")
+        .set("role:anonymous", "publish", "/app/*");
+    let server = setup.start();
+    let mut ws = server
+        .connect_with(
+            "/app/public",
+            &[("Origin", ORIGIN_OK), ("X-Wsgate-User", "admin")],
+        )
+        .unwrap_or_else(|e| panic!("connect: {e}; log:\n{}", server.logs()));
+    let h = hello(&mut ws);
+    assert!(
+        h.contains(r#""user": []"#) && h.contains(r#""auth": ["anonymous"]"#),
+        "{h}"
+    );
+    assert_eq!(
+        backend.wait_line("open "),
+        "open path=/public user=- users=0 auth=anonymous client=127.0.0.1"
+    );
+    echoes(&mut ws, "hello from nobody");
+}
+
+#[test]
 fn close_codes_pass_through_in_both_directions() {
     let backend = Backend::start(&[]);
     let server = gateway(&backend.url).start();

@@ -246,6 +246,16 @@ pub fn explain(config: &Config, user: Option<&str>, path: &str) -> String {
             forbidden_outcome(channel),
             channel.on_forbidden
         ),
+        (true, true, Mode::Proxy) => {
+            "101 Switching Protocols once the backend has answered 101: messages go both ways"
+                .into()
+        }
+        (true, false, Mode::Proxy) => format!(
+            "101 Switching Protocols once the backend has answered 101: receives what the \
+             backend sends; messages it sends {} (on_forbidden = {})",
+            forbidden_outcome(channel),
+            channel.on_forbidden
+        ),
     };
     let _ = writeln!(out, "outcome: {outcome}");
     out.push_str("(assuming the origin is allowed and the credentials are valid)\n");

@@ -364,8 +364,52 @@ pub struct ChannelConfig {
     /// `on_forbidden`: what happens when a connected client without publish rights sends a
     /// message: `close` (1008 "publish not allowed", the default) or `drop` (dropped and counted).
     pub on_forbidden: Overflow,
+    /// `backend` and its settings: `Some` exactly when `mode = proxy`.
+    pub backend: Option<Backend>,
     /// The section header's line in the config file (`None` if built in code).
     pub line: Option<usize>,
+}
+
+/// Where a `mode = proxy` channel's connections go: the backend WebSocket the worker opens for
+/// each client it lets in (`backend`, `backend_ca`, `backend_connect_timeout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub endpoint: Endpoint,
+    /// The path of the `backend` URL (`/` when it has none); the part of the client's path after
+    /// the channel prefix is appended to it.
+    pub base_path: String,
+    /// `backend_ca`: PEM file of the CAs a `wss://` backend's certificate must chain to. `None`:
+    /// the system's root certificates.
+    pub ca: Option<PathBuf>,
+    /// `backend_connect_timeout`, default 5 s: TCP connect, TLS and the backend's 101, together.
+    pub connect_timeout: Duration,
+}
+
+/// The transport of a [`Backend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `ws://HOST:PORT` (`tls` false, default port 80) or `wss://HOST:PORT` (default port 443).
+    /// A host name is resolved at each connect.
+    Tcp { host: String, port: u16, tls: bool },
+    /// `unix:/ABSOLUTE/PATH`: a Unix domain socket (no TLS).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Endpoint {
+    /// As the `backend` URL spells it, without the path: `ws://127.0.0.1:8080`, `unix:/run/app.sock`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port, tls } => {
+                let scheme = if *tls { "wss" } else { "ws" };
+                if host.contains(':') {
+                    write!(f, "{scheme}://[{host}]:{port}")
+                } else {
+                    write!(f, "{scheme}://{host}:{port}")
+                }
+            }
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// A channel path as written in the section name.
@@ -586,6 +630,8 @@ pub enum Mode {
     Echo,
     /// Each message goes to every other connection on the same path.
     Broadcast,
+    /// Each connection is relayed to its own connection to the channel's `backend`.
+    Proxy,
 }
 
 impl fmt::Display for Mode {
@@ -594,6 +640,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::Echo => "echo",
             Mode::Broadcast => "broadcast",
+            Mode::Proxy => "proxy",
         })
     }
 }
@@ -908,6 +955,9 @@ const CHANNEL_KEYS: &[&str] = &[
     "on_rate_limit",
     "anonymous",
     "on_forbidden",
+    "backend",
+    "backend_ca",
+    "backend_connect_timeout",
 ];
 
 const ROLE_PREFIX: &str = "role:";
@@ -1454,7 +1504,11 @@ fn parse_mode(value: &str) -> Result<Mode, String> {
     choice(
         value,
         "a mode",
-        &[("echo", Mode::Echo), ("broadcast", Mode::Broadcast)],
+        &[
+            ("echo", Mode::Echo),
+            ("broadcast", Mode::Broadcast),
+            ("proxy", Mode::Proxy),
+        ],
     )
 }
 
@@ -1844,24 +1898,152 @@ fn parse_channel(
     s: &Section<'_>,
     path: &str,
     base: &WsLimits,
+    bases: &Bases<'_>,
 ) -> Result<ChannelConfig, ConfigError> {
     let pattern = parse_channel_path(path).map_err(|m| s.invalid(None, m))?;
     if !s.is_set("mode") {
         return Err(s.invalid(
             Some("mode"),
-            "missing; every channel needs mode = echo or mode = broadcast",
+            "missing; every channel needs mode = echo, broadcast or proxy",
         ));
     }
     let mode = s.get("mode", Mode::Echo, parse_mode)?;
     let limits = parse_ws(s, base)?;
+    let backend = parse_backend(s, mode, bases)?;
     Ok(ChannelConfig {
         pattern,
         mode,
         limits,
         anonymous: s.boolean("anonymous", false)?,
         on_forbidden: s.get("on_forbidden", Overflow::Close, parse_overflow)?,
+        backend,
         line: s.line,
     })
+}
+
+/// `backend`, `backend_ca` and `backend_connect_timeout`: required (`backend`) with
+/// `mode = proxy`, refused with any other mode.
+fn parse_backend(
+    s: &Section<'_>,
+    mode: Mode,
+    bases: &Bases<'_>,
+) -> Result<Option<Backend>, ConfigError> {
+    const KEYS: [&str; 3] = ["backend", "backend_ca", "backend_connect_timeout"];
+    if mode != Mode::Proxy {
+        return match s.first_set(&KEYS) {
+            Some(key) => Err(s.invalid(
+                Some(key),
+                format!("only a mode = proxy channel has a backend; this one is mode = {mode}"),
+            )),
+            None => Ok(None),
+        };
+    }
+    if !s.is_set("backend") {
+        return Err(s.invalid(
+            Some("backend"),
+            "missing; a mode = proxy channel needs backend = ws://HOST:PORT, wss://HOST:PORT or \
+             unix:/PATH",
+        ));
+    }
+    let (endpoint, base_path) = s.get(
+        "backend",
+        (Endpoint::Unix(PathBuf::new()), String::new()),
+        parse_backend_url,
+    )?;
+    let ca = match (&endpoint, s.is_set("backend_ca")) {
+        (Endpoint::Tcp { tls: true, .. }, true) => {
+            let path = s.path("backend_ca", "", bases)?;
+            s.require_file("backend_ca", &path)?;
+            Some(path)
+        }
+        (_, true) => {
+            return Err(s.invalid(
+                Some("backend_ca"),
+                "only a wss:// backend's certificate is verified; remove backend_ca or use wss://",
+            ));
+        }
+        (_, false) => None,
+    };
+    Ok(Some(Backend {
+        endpoint,
+        base_path,
+        ca,
+        connect_timeout: s.positive_duration("backend_connect_timeout", Duration::from_secs(5))?,
+    }))
+}
+
+/// `ws://HOST[:PORT][/PATH]`, `wss://HOST[:PORT][/PATH]` or `unix:/ABSOLUTE/PATH`. No user
+/// information (credentials belong in no config URL a log may show), query or fragment.
+fn parse_backend_url(value: &str) -> Result<(Endpoint, String), String> {
+    let expected = "expected ws://HOST:PORT[/PATH], wss://HOST:PORT[/PATH] or unix:/PATH";
+    if let Some(path) = value.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "`{value}`: the socket path must be absolute; {expected}"
+            ));
+        }
+        return Ok((Endpoint::Unix(PathBuf::from(path)), "/".to_string()));
+    }
+    let (tls, rest) = if let Some(rest) = value.strip_prefix("ws://") {
+        (false, rest)
+    } else if let Some(rest) = value.strip_prefix("wss://") {
+        (true, rest)
+    } else {
+        return Err(format!("`{value}` is not a backend URL; {expected}"));
+    };
+    if rest.contains(['?', '#', '@']) || rest.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!(
+            "`{value}`: a backend URL has no user, query, fragment or spaces; {expected}"
+        ));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("`{value}`: unclosed `[` in the host; {expected}"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("`{value}`: junk after the host; {expected}")),
+        };
+        (host, port)
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("`{value}` names no host; {expected}"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return Err(format!(
+                    "`{value}`: port `{p}` is not 1 to 65535; {expected}"
+                ));
+            }
+        },
+    };
+    if path.parse::<tungstenite::http::Uri>().is_err() {
+        return Err(format!(
+            "`{value}`: the path is not a valid request path; {expected}"
+        ));
+    }
+    Ok((
+        Endpoint::Tcp {
+            host: host.to_string(),
+            port,
+            tls,
+        },
+        path.to_string(),
+    ))
 }
 
 fn parse_role(s: &Section<'_>, name: &str) -> Result<Role, ConfigError> {
@@ -2129,7 +2311,7 @@ fn parse_config(
         let Some(path) = s.name.strip_prefix(CHANNEL_PREFIX) else {
             continue;
         };
-        let channel = parse_channel(s, path, &limits.ws)?;
+        let channel = parse_channel(s, path, &limits.ws, &base)?;
         if channels.iter().any(|c| c.pattern == channel.pattern) {
             return Err(s.invalid(None, "another channel already has this path"));
         }
@@ -2160,11 +2342,16 @@ fn parse_config(
         };
         match find_channel(&channels, &demo.channel).map(|c| c.mode) {
             Some(Mode::Broadcast) => {}
-            Some(Mode::Echo) => {
+            Some(mode @ (Mode::Echo | Mode::Proxy)) => {
+                let kind = if mode == Mode::Echo {
+                    "an echo"
+                } else {
+                    "a proxy"
+                };
                 return Err(demo_section.invalid(
                     Some(key),
                     format!(
-                        "the demo channel {} is an echo channel; the page needs a broadcast channel",
+                        "the demo channel {} is {kind} channel; the page needs a broadcast channel",
                         demo.channel
                     ),
                 ));
@@ -3472,7 +3659,7 @@ listen = [::1]:9480
             ),
             (
                 "[channel:/x]\nmode = fanout\n",
-                "[channel:/x] mode: `fanout` is not a mode; expected echo or broadcast",
+                "[channel:/x] mode: `fanout` is not a mode; expected echo, broadcast or proxy",
             ),
             (
                 "[channel:/x]\nmode = echo\noutbox = 0\n",
@@ -3569,7 +3756,7 @@ listen = [::1]:9480
         }
         assert_eq!(
             err(&with("[channel:/x]\nslow_consumer = drop\n")),
-            "config: F:5: [channel:/x] mode: missing; every channel needs mode = echo or mode = broadcast"
+            "config: F:5: [channel:/x] mode: missing; every channel needs mode = echo, broadcast or proxy"
         );
     }
 
@@ -3582,6 +3769,92 @@ listen = [::1]:9480
             "[channel:/chat/*]\nmode = broadcast\n[channel:/chat/]\nmode = echo\n",
         ));
         assert_eq!(c.channels.len(), 3);
+    }
+
+    #[test]
+    fn proxy_channels_name_their_backend() {
+        let c = ok(&with(
+            "[channel:/app/*]\nmode = proxy\nbackend = ws://127.0.0.1:8080\n\
+             [channel:/sock]\nmode = proxy\nbackend = unix:/run/app.sock\n\
+             backend_connect_timeout = 2s\n\
+             [channel:/remote]\nmode = proxy\nbackend = wss://[::1]/ws/\n",
+        ));
+        let b = |path: &str| c.channel_for(path).unwrap().backend.clone().unwrap();
+        let app = b("/app/x");
+        assert_eq!(
+            app.endpoint,
+            Endpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: 8080,
+                tls: false
+            }
+        );
+        assert_eq!(app.base_path, "/");
+        assert_eq!(app.connect_timeout, Duration::from_secs(5));
+        let sock = b("/sock");
+        assert_eq!(
+            sock.endpoint,
+            Endpoint::Unix(PathBuf::from("/run/app.sock"))
+        );
+        assert_eq!(sock.connect_timeout, Duration::from_secs(2));
+        let remote = b("/remote");
+        assert_eq!(remote.endpoint.to_string(), "wss://[::1]:443");
+        assert_eq!(
+            (remote.base_path.as_str(), remote.ca.as_ref()),
+            ("/ws/", None)
+        );
+        assert!(c.channel_for("/echo").unwrap().backend.is_none());
+    }
+
+    #[test]
+    fn bad_backends_are_refused_with_what_is_accepted() {
+        let cases = [
+            (
+                "mode = proxy\n",
+                "backend: missing; a mode = proxy channel needs backend",
+            ),
+            (
+                "mode = echo\nbackend = ws://a:1\n",
+                "backend: only a mode = proxy channel",
+            ),
+            (
+                "mode = proxy\nbackend = http://a:1\n",
+                "backend: `http://a:1` is not a backend URL",
+            ),
+            (
+                "mode = proxy\nbackend = ws://u:p@a:1\n",
+                "a backend URL has no user, query",
+            ),
+            (
+                "mode = proxy\nbackend = ws://a:1/?x=1\n",
+                "a backend URL has no user, query",
+            ),
+            (
+                "mode = proxy\nbackend = ws://a:0\n",
+                "port `0` is not 1 to 65535",
+            ),
+            ("mode = proxy\nbackend = ws://:80\n", "names no host"),
+            (
+                "mode = proxy\nbackend = unix:run/app.sock\n",
+                "the socket path must be absolute",
+            ),
+            (
+                "mode = proxy\nbackend = ws://a:1\nbackend_ca = ca.pem\n",
+                "backend_ca: only a wss:// backend's certificate is verified",
+            ),
+            (
+                "mode = proxy\nbackend = wss://a:1\nbackend_ca = missing.pem\n",
+                "backend_ca: file not found",
+            ),
+            (
+                "mode = proxy\nbackend = ws://a:1\nbackend_connect_timeout = 0s\n",
+                "backend_connect_timeout: must be greater than 0",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = err(&with(&format!("[channel:/p]\n{body}")));
+            assert!(e.contains(want), "{body}: got {e}\nwant {want}");
+        }
     }
 
     #[test]

@@ -378,7 +378,8 @@ impl Conn {
             };
         }
         match self.rights.mode {
-            Mode::Echo => self.send(w, msg),
+            // A proxied connection runs in `relay`, never here.
+            Mode::Echo | Mode::Proxy => self.send(w, msg),
             Mode::Broadcast => {
                 self.member.publish(&msg);
                 Ok(())
@@ -604,8 +605,9 @@ fn flush(w: &mut Wire) -> Step {
     }
 }
 
-/// Maps a tungstenite error after the upgrade to how the connection ends.
-fn classify(e: WsError) -> End {
+/// Maps a tungstenite error after the upgrade to how the connection ends (also the client side
+/// of a proxied connection, [`crate::relay`]).
+pub(crate) fn classify(e: WsError) -> End {
     match e {
         WsError::ConnectionClosed | WsError::AlreadyClosed => End::PeerClosed(1005),
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {

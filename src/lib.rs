@@ -10,6 +10,8 @@
 //!    credentials via [`auth`], roles via [`acl`]), and has tungstenite answer 101 or the refusal.
 //! 5. [`connection`]: the connection's own loop — reads (frame limits by [`frames`], rates by
 //!    [`ratelimit`]), writes its outbox, pings, closes.
+//!    A `mode = proxy` channel's connection runs in [`relay`] instead, which opened the backend
+//!    WebSocket before the 101.
 //! 6. [`hub`]: channel membership and fan-out to bounded outboxes.
 //!
 //! [`config`] parses the INI file once into typed values; [`server`] wires the stages together and
@@ -47,6 +49,7 @@ pub mod policy;
 pub mod pool;
 pub mod proxy;
 pub mod ratelimit;
+pub mod relay;
 pub mod server;
 pub mod session;
 pub mod signals;

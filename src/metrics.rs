@@ -22,6 +22,8 @@
 //! | `wsgate_upgrade_duration_seconds` | histogram | | accept to 101 (TLS handshake plus upgrade) |
 //! | `wsgate_pool_workers` | gauge | `state` = busy, idle | worker threads, from [`Gauges`] |
 //! | `wsgate_pool_queued` | gauge | | admitted connections waiting for a worker, from [`Gauges`] |
+//! | `wsgate_proxy_connections_total` | counter | | proxied connections opened (the backend answered 101, then the client got its 101) |
+//! | `wsgate_proxy_backend_failures_total` | counter | `kind` = down, timeout, tls, handshake | backend connects that failed before the 101 (503, 504, 502, 502) |
 //! | `wsgate_cluster_connected` | gauge | | 1 while both Redis connections of the backbone are up, else 0 |
 //! | `wsgate_cluster_forwarded_total` | counter | | broadcasts published to Redis for the other instances |
 //! | `wsgate_cluster_not_forwarded_total` | counter | | broadcasts not published: queue full or Redis down |
@@ -33,6 +35,8 @@ use std::fmt::Write as _;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::policy::BackendFailure;
 
 /// How an accepted connection's upgrade ended: the `outcome` label of
 /// `wsgate_connections_total`. Every accepted TCP connection is counted exactly once.
@@ -56,8 +60,12 @@ pub enum Outcome {
     TooManyRequests,
     /// 431: head too large or too many headers.
     HeadersTooLarge,
-    /// 503: shutting down.
+    /// 502: a proxy channel's backend answered wrongly or failed TLS.
+    BadGateway,
+    /// 503: shutting down, or a proxy channel's backend is down.
     Unavailable,
+    /// 504: a proxy channel's backend missed its connect deadline.
+    GatewayTimeout,
     /// Refused by admission before any byte was read (pool full, per-IP cap).
     Busy,
     /// The TLS handshake failed.
@@ -70,7 +78,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in label order of the exposition.
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 16] = [
         Outcome::Accepted,
         Outcome::BadRequest,
         Outcome::Unauthorized,
@@ -80,7 +88,9 @@ impl Outcome {
         Outcome::UpgradeRequired,
         Outcome::TooManyRequests,
         Outcome::HeadersTooLarge,
+        Outcome::BadGateway,
         Outcome::Unavailable,
+        Outcome::GatewayTimeout,
         Outcome::Busy,
         Outcome::TlsError,
         Outcome::HandshakeTimeout,
@@ -99,7 +109,9 @@ impl Outcome {
             Outcome::UpgradeRequired => "426",
             Outcome::TooManyRequests => "429",
             Outcome::HeadersTooLarge => "431",
+            Outcome::BadGateway => "502",
             Outcome::Unavailable => "503",
+            Outcome::GatewayTimeout => "504",
             Outcome::Busy => "busy",
             Outcome::TlsError => "tls_error",
             Outcome::HandshakeTimeout => "handshake_timeout",
@@ -118,7 +130,9 @@ impl Outcome {
             426 => Outcome::UpgradeRequired,
             429 => Outcome::TooManyRequests,
             431 => Outcome::HeadersTooLarge,
+            502 => Outcome::BadGateway,
             503 => Outcome::Unavailable,
+            504 => Outcome::GatewayTimeout,
             _ => return None,
         })
     }
@@ -174,6 +188,9 @@ pub struct Metrics {
     cluster_lost: AtomicU64,
     /// Whether a cluster bridge runs (`/healthz` then reports the backbone's state).
     cluster_enabled: AtomicBool,
+    proxy_connections: AtomicU64,
+    /// Per [`BackendFailure::ALL`], in that order.
+    backend_failures: [AtomicU64; BackendFailure::ALL.len()],
 }
 
 impl Metrics {
@@ -212,6 +229,8 @@ impl Metrics {
             cluster_received: AtomicU64::new(0),
             cluster_lost: AtomicU64::new(0),
             cluster_enabled: AtomicBool::new(false),
+            proxy_connections: AtomicU64::new(0),
+            backend_failures: Default::default(),
         }
     }
 
@@ -282,6 +301,20 @@ impl Metrics {
     /// Broadcasts dropped as too big for their subscriber so far.
     pub fn broadcast_too_big_count(&self) -> u64 {
         self.broadcast_too_big.load(Ordering::Relaxed)
+    }
+
+    /// A proxied connection opened: its backend answered 101.
+    pub fn proxy_opened(&self) {
+        bump(&self.proxy_connections, 1);
+    }
+
+    /// A backend connect failed before the 101.
+    pub fn backend_failed(&self, failure: BackendFailure) {
+        let i = BackendFailure::ALL
+            .iter()
+            .position(|f| *f == failure)
+            .unwrap_or(0);
+        bump(&self.backend_failures[i], 1);
     }
 
     /// A slow consumer was closed with 1008.
@@ -421,6 +454,33 @@ impl Metrics {
                     &n.load(Ordering::Relaxed),
                 );
             }
+        }
+
+        family(
+            o,
+            "wsgate_proxy_connections_total",
+            "counter",
+            "Proxied connections opened (the backend answered 101).",
+        );
+        sample(
+            o,
+            "wsgate_proxy_connections_total",
+            &[],
+            &self.proxy_connections.load(Ordering::Relaxed),
+        );
+        family(
+            o,
+            "wsgate_proxy_backend_failures_total",
+            "counter",
+            "Backend connects that failed before the 101, by kind (down 503, timeout 504, tls 502, handshake 502).",
+        );
+        for (failure, n) in BackendFailure::ALL.iter().zip(&self.backend_failures) {
+            sample(
+                o,
+                "wsgate_proxy_backend_failures_total",
+                &[("kind", failure.kind())],
+                &n.load(Ordering::Relaxed),
+            );
         }
 
         let counters: [(&str, &str, &AtomicU64); 11] = [

@@ -76,6 +76,54 @@ pub enum Reason {
     Busy,
     /// The server is shutting down. 503.
     ShuttingDown,
+    /// A `mode = proxy` channel's backend did not answer 101: 503 when it is down, 504 when it
+    /// missed the `backend connect` deadline, 502 when it answered wrongly or failed TLS.
+    /// `detail` is for the log (no secret: the backend's address and error).
+    Backend {
+        failure: BackendFailure,
+        detail: String,
+    },
+}
+
+/// How a backend failed before the 101 ([`Reason::Backend`]); the `kind` label of
+/// `wsgate_proxy_backend_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendFailure {
+    /// Nothing listens: refused, no such socket, unreachable, name not resolved. 503.
+    Down,
+    /// The `backend connect` deadline passed. 504.
+    Timeout,
+    /// The TLS handshake with a `wss://` backend failed (untrusted certificate, wrong name). 502.
+    Tls,
+    /// The backend answered, but not with a valid 101. 502.
+    Handshake,
+}
+
+impl BackendFailure {
+    pub const ALL: [BackendFailure; 4] = [
+        BackendFailure::Down,
+        BackendFailure::Timeout,
+        BackendFailure::Tls,
+        BackendFailure::Handshake,
+    ];
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            BackendFailure::Down => StatusCode::SERVICE_UNAVAILABLE,
+            BackendFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            BackendFailure::Tls | BackendFailure::Handshake => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The metric label.
+    pub fn kind(self) -> &'static str {
+        match self {
+            BackendFailure::Down => "down",
+            BackendFailure::Timeout => "timeout",
+            BackendFailure::Tls => "tls",
+            BackendFailure::Handshake => "handshake",
+        }
+    }
 }
 
 impl Reason {
@@ -99,6 +147,7 @@ impl Reason {
             Reason::NoCredentials | Reason::BadCredentials { .. } => StatusCode::UNAUTHORIZED,
             Reason::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reason::Busy | Reason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Backend { failure, .. } => failure.status(),
         }
     }
 
@@ -132,6 +181,10 @@ impl Reason {
             }
             Reason::Busy => builder.header("Retry-After", "1"),
             Reason::ShuttingDown => builder.header("Retry-After", "5"),
+            Reason::Backend {
+                failure: BackendFailure::Down,
+                ..
+            } => builder.header("Retry-After", "5"),
             _ => builder,
         };
         // Every header above is a valid static name and ASCII value.
@@ -170,6 +223,7 @@ impl fmt::Display for Reason {
             Reason::Forbidden { .. } => f.write_str("no role allows subscribing"),
             Reason::Busy => f.write_str("too many logins waiting for password checks"),
             Reason::ShuttingDown => f.write_str("shutting down"),
+            Reason::Backend { detail, .. } => f.write_str(detail),
         }
     }
 }
@@ -215,6 +269,9 @@ pub struct Grant {
     /// Set when the client resumed a session; the server makes a new one otherwise.
     pub session_id: Option<String>,
     pub path: String,
+    /// The request's query, as sent: a proxy channel forwards it without its credentials
+    /// ([`crate::relay::forward_target`]).
+    pub query: Option<String>,
     pub channel: ChannelConfig,
     pub may_publish: bool,
     pub subprotocol: Option<&'static str>,
@@ -713,7 +770,7 @@ pub fn safe_user(user: &str) -> String {
 }
 
 /// Decodes `%XX` escapes and `+` (as space), as `application/x-www-form-urlencoded` does.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -831,6 +888,7 @@ pub fn decide(
         method,
         session_id,
         path: path.to_string(),
+        query: target.query.clone(),
         channel: channel.clone(),
         may_publish: access.can_publish(),
         subprotocol,

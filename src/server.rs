@@ -24,7 +24,7 @@ use crate::admit::{Admission, Ticket};
 use crate::auth::{Credentials, CurrentCredentials, SessionSettings};
 use crate::certs::{self, CertError};
 use crate::cluster::Bridge;
-use crate::config::{ClientAuth, Config, ConfigError, Mode};
+use crate::config::{ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode};
 use crate::connection::{self, Rights};
 use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::files;
@@ -37,6 +37,7 @@ use crate::policy::{self, Grant, Method, Proof, Reason};
 use crate::pool::Pool;
 use crate::proxy;
 use crate::ratelimit::TokenBucket;
+use crate::relay::{self, BackendWs};
 use crate::session::{self, SessionError, SessionKey};
 use crate::throttle::LoginThrottle;
 use crate::tls;
@@ -110,6 +111,35 @@ struct Runtime {
     cert_stamp: Option<(SystemTime, SystemTime)>,
     /// The users and tokens files as they were just before they were read (the watcher compares).
     creds_stamp: CredsStamp,
+    /// The TLS settings of each `wss://` proxy backend, by channel pattern.
+    backend_tls: Vec<(String, Arc<rustls::ClientConfig>)>,
+}
+
+impl Runtime {
+    fn backend_tls(&self, channel: &ChannelConfig) -> Option<&Arc<rustls::ClientConfig>> {
+        let pattern = channel.pattern.to_string();
+        self.backend_tls
+            .iter()
+            .find(|(p, _)| *p == pattern)
+            .map(|(_, tls)| tls)
+    }
+}
+
+/// Loads the CA (or the system roots) of every `wss://` proxy backend, so a bad `backend_ca`
+/// fails the start or the reload, not the first connection.
+fn load_backend_tls(
+    config: &Config,
+) -> Result<Vec<(String, Arc<rustls::ClientConfig>)>, StartError> {
+    let mut out = Vec::new();
+    for channel in &config.channels {
+        if let Some(backend) = &channel.backend {
+            if matches!(backend.endpoint, Endpoint::Tcp { tls: true, .. }) {
+                let tls = relay::client_tls(backend.ca.as_deref()).map_err(StartError::Cert)?;
+                out.push((channel.pattern.to_string(), tls));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Everything the listener, the workers and the control thread share.
@@ -530,6 +560,7 @@ fn same_transport(old: &Config, new: Config) -> Result<Config, ConfigError> {
 /// The TLS configuration for `config`, generating a self-signed pair first where allowed; none
 /// (no certificate needed, none generated) on a plaintext listener.
 fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, StartError> {
+    let backend_tls = load_backend_tls(&config)?;
     if !config.server.tls {
         return Ok(Runtime {
             config: Arc::new(config),
@@ -537,6 +568,7 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
             client_verifier: None,
             cert_stamp: None,
             creds_stamp,
+            backend_tls,
         });
     }
     let tls_cfg = &config.tls;
@@ -571,6 +603,7 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
         client_verifier: Some(client_verifier),
         cert_stamp,
         creds_stamp,
+        backend_tls,
     })
 }
 
@@ -784,6 +817,8 @@ struct Opened {
     grant: Grant,
     member: Membership,
     session_id: String,
+    /// A proxy channel's backend WebSocket, open (it answered 101 before the client got its own).
+    backend: Option<BackendWs>,
     /// The client (the carried address behind a load balancer).
     peer: SocketAddr,
     /// The connection's place in the pool, held until the connection loop ends.
@@ -842,6 +877,7 @@ fn serve(
         grant,
         member,
         session_id,
+        backend,
         peer,
         ticket,
     }) = opened
@@ -853,8 +889,12 @@ fn serve(
     let pattern = channel.pattern.to_string();
     metrics.channel_opened(&pattern);
     let user = grant.log_user();
+    let via = match (&backend, &channel.backend) {
+        (Some(_), Some(b)) => format!(" backend={}", b.endpoint),
+        _ => String::new(),
+    };
     log::info!(
-        "open peer={peer} user=\"{user}\" auth={} session={session_id} path={}",
+        "open peer={peer} user=\"{user}\" auth={} session={session_id} path={}{via}",
         grant.method,
         grant.path
     );
@@ -865,7 +905,10 @@ fn serve(
         on_forbidden: channel.on_forbidden,
         on_rate_limit: channel.limits.on_rate_limit,
     };
-    let end = connection::run(ws, member, rights, &channel.limits, &config.limits);
+    let end = match backend {
+        Some(backend) => relay::run(ws, backend, member, rights, &channel.limits, &config.limits),
+        None => connection::run(ws, member, rights, &channel.limits, &config.limits),
+    };
     metrics.channel_closed(&pattern);
     log::info!(
         "close peer={peer} user=\"{user}\" session={session_id} path={} duration={:.3}s {end}",
@@ -966,6 +1009,36 @@ fn handshake(
                 return Err(Reason::ShuttingDown);
             }
         };
+        // A proxy channel: the backend's 101 first, or the client gets 502/503/504 (and the
+        // member leaves the hub as it drops).
+        let backend = match &grant.channel.backend {
+            Some(backend) => {
+                let target = relay::forward_target(
+                    backend,
+                    &grant.channel.pattern,
+                    &grant.path,
+                    grant.query.as_deref(),
+                );
+                let who = relay::Identity {
+                    user: grant.user.as_deref(),
+                    method: grant.method,
+                    client: peer.ip(),
+                };
+                let tls = rt.backend_tls(&grant.channel);
+                match relay::connect(backend, tls, &target, &who, limits.websocket_config()) {
+                    Ok(ws) => Some(ws),
+                    Err(e) => {
+                        let failure = e.failure();
+                        metrics.backend_failed(failure);
+                        return Err(Reason::Backend {
+                            failure,
+                            detail: format!("{} path={}: {e}", backend.endpoint, grant.path),
+                        });
+                    }
+                }
+            }
+            None => None,
+        };
         // Authenticated: leave the pre-auth budget before the client can see the 101.
         ticket.authenticated();
         if let Some(user) = &grant.user {
@@ -992,10 +1065,10 @@ fn handshake(
         if let Some(protocol) = grant.subprotocol {
             headers.push(("Sec-WebSocket-Protocol", protocol.to_string()));
         }
-        Ok(((member, session_id), headers))
+        Ok(((member, session_id, backend), headers))
     };
     let verifier = shared.creds.for_peer(peer.ip());
-    let (ws, grant, (member, session_id)) =
+    let (ws, grant, (member, session_id, backend)) =
         match upgrade::upgrade(transport, config, &verifier, enter, |user: &str| {
             let (token, ttl) =
                 shared
@@ -1035,11 +1108,15 @@ fn handshake(
         };
     metrics.outcome(Outcome::Accepted);
     metrics.observe_upgrade(accepted.elapsed());
+    if backend.is_some() {
+        metrics.proxy_opened();
+    }
     Some(Opened {
         ws,
         grant,
         member,
         session_id,
+        backend,
         peer,
         ticket,
     })
@@ -1161,12 +1238,13 @@ fn log_memory_budget(config: &Config) {
     let b = MemoryBudget::of(config);
     log::info!(
         "memory budget (worst case the limits allow): {} connections x {} KiB (stack {} KiB, \
-         buffers {} KiB, outbox {} x {} KiB) + {} handshake stacks x {} KiB + {} MiB password \
-         hashing + {} KiB caches + {} KiB cluster queue = {} MiB",
+         buffers {} KiB, proxy backend buffers {} KiB, outbox {} x {} KiB) + {} handshake stacks \
+         x {} KiB + {} MiB password hashing + {} KiB caches + {} KiB cluster queue = {} MiB",
         b.connections,
         b.per_connection() >> 10,
         b.stack >> 10,
         b.buffers >> 10,
+        b.backend_buffers >> 10,
         b.outbox,
         b.max_message >> 10,
         b.handshakes,
@@ -1189,6 +1267,9 @@ struct MemoryBudget {
     stack: usize,
     /// Read buffer, write buffer, one message being assembled, TLS buffers and state.
     buffers: usize,
+    /// A proxy channel's second WebSocket, to its backend: the same buffers again (and TLS for a
+    /// `wss://` backend); 0 without proxy channels.
+    backend_buffers: usize,
     /// Largest `outbox` of any channel, and largest `max_message_size`.
     outbox: usize,
     max_message: usize,
@@ -1223,6 +1304,22 @@ impl MemoryBudget {
                 + max(|l| l.max_write_buffer_size.get())
                 + max_message
                 + TLS_PER_CONNECTION,
+            backend_buffers: config
+                .channels
+                .iter()
+                .filter_map(|c| c.backend.as_ref().map(|b| (&c.limits, b)))
+                .map(|(l, b)| {
+                    let tls = match b.endpoint {
+                        crate::config::Endpoint::Tcp { tls: true, .. } => TLS_PER_CONNECTION,
+                        _ => 0,
+                    };
+                    l.read_buffer_size.get()
+                        + l.max_write_buffer_size.get()
+                        + l.max_message_size.get()
+                        + tls
+                })
+                .max()
+                .unwrap_or(0),
             outbox: max(|l| l.outbox.get()),
             max_message,
             handshakes: s.max_pre_auth.get(),
@@ -1241,7 +1338,7 @@ impl MemoryBudget {
     }
 
     fn per_connection(&self) -> usize {
-        self.stack + self.buffers + self.outbox * self.max_message
+        self.stack + self.buffers + self.backend_buffers + self.outbox * self.max_message
     }
 
     fn total(&self) -> usize {
@@ -1288,10 +1385,27 @@ mod tests {
         assert_eq!(b.hashing, 2 * 19 * 1024 * 1024);
         assert_eq!(b.caches, (100 + 3 * THROTTLE_ENTRIES) * CACHE_ENTRY);
         assert_eq!(b.cluster, 0);
+        assert_eq!(b.backend_buffers, 0);
         assert_eq!(b.per_connection(), b.stack + b.buffers + 8 * 32 * 1024);
         assert_eq!(
             b.total(),
             12 * b.per_connection() + 4 * 256 * 1024 + b.hashing + b.caches
+        );
+    }
+
+    #[test]
+    fn memory_budget_counts_a_proxy_backend_s_buffers() {
+        let c = config(
+            "[limits]\nread_buffer_size = 4KiB\nwrite_buffer_size = 4KiB\n\
+             max_write_buffer_size = 64KiB\nmax_frame_size = 16KiB\nmax_message_size = 16KiB\n\
+             [channel:/a/*]\nmode = proxy\nbackend = ws://127.0.0.1:8080\n\
+             [channel:/b]\nmode = proxy\nbackend = wss://app.example:443\n",
+        );
+        let b = MemoryBudget::of(&c);
+        assert_eq!(b.backend_buffers, (4 + 64 + 16) * 1024 + TLS_PER_CONNECTION);
+        assert_eq!(
+            b.per_connection(),
+            b.stack + b.buffers + b.backend_buffers + b.outbox * b.max_message
         );
     }
 }

@@ -1,0 +1,743 @@
+//! `mode = proxy`, end to end: wsgate in front of a real plain WebSocket app (Python
+//! `websockets`, tests/gateway_backend.py, started by each test on loopback). The backend learns
+//! who the client is from wsgate's headers only; messages and close codes go both ways; a backend
+//! that is down, silent or answering wrongly gets the client a 503, 504 or 502 before any 101;
+//! a backend that fails or stops reading mid-session ends the client's connection, bounded in
+//! memory and time; reload, revocation and shutdown reach proxied connections.
+//!
+//! Python 3 with `websockets` >= 14 must be available: `scripts/test` installs it into
+//! target/test-venv (or set WSGATE_TEST_PYTHON to an interpreter that has it).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+// ------------------------------------------------------------------------------------------
+// Helpers.
+
+/// The Python interpreter with `websockets`: `WSGATE_TEST_PYTHON`, else the venv `scripts/test`
+/// makes, else `python3`. Fails (never skips) when none has it.
+fn python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python3");
+    let candidates: Vec<PathBuf> = std::env::var_os("WSGATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([venv, PathBuf::from("python3")])
+        .collect();
+    for python in candidates {
+        let ok = Command::new(&python)
+            .args([
+                "-c",
+                "import websockets, sys; sys.exit(int(websockets.__version__.split('.')[0]) < 14)",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return python;
+        }
+    }
+    panic!(
+        "no python3 with websockets >= 14: tests/gateway.rs runs a real Python backend. Run \
+         `scripts/test` (it installs websockets into target/test-venv) or set WSGATE_TEST_PYTHON"
+    )
+}
+
+/// A running tests/gateway_backend.py; killed on drop. Its stdout lines are collected.
+struct Backend {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// `ws://127.0.0.1:PORT`, `wss://localhost:PORT` or `unix:PATH`.
+    url: String,
+}
+
+impl Backend {
+    fn start(args: &[&str]) -> Backend {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway_backend.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the Python backend");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut backend = Backend {
+            child,
+            lines,
+            url: String::new(),
+        };
+        let listening = backend.wait_line("listening ");
+        let at = listening.trim_start_matches("listening ");
+        let tls = args.contains(&"--tls");
+        backend.url = match at.strip_prefix("unix:") {
+            Some(path) => format!("unix:{path}"),
+            None if tls => format!("wss://localhost:{at}"),
+            None => format!("ws://127.0.0.1:{at}"),
+        };
+        backend
+    }
+
+    /// The first line starting with `prefix` (waits for it).
+    fn wait_line(&self, prefix: &str) -> String {
+        self.wait_nth(prefix, 1)
+    }
+
+    /// The `n`th line starting with `prefix` (waits for it).
+    fn wait_nth(&self, prefix: &str, n: usize) -> String {
+        let until = Instant::now() + IO_TIMEOUT;
+        loop {
+            let found: Vec<String> = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.starts_with(prefix))
+                .cloned()
+                .collect();
+            if found.len() >= n {
+                return found[n - 1].clone();
+            }
+            assert!(
+                Instant::now() < until,
+                "backend printed no {prefix:?} line #{n}; it printed:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The default test config plus `[channel:/app/*] mode = proxy` to `backend`, open to everyone.
+fn gateway(backend: &str) -> Setup {
+    let mut setup = Setup::default();
+    setup
+        .set("channel:/app/*", "mode", "proxy")
+        .set("channel:/app/*", "backend", backend)
+        .set("admin", "listen", "127.0.0.1:0")
+        .set(
+            "role:everyone",
+            "subscribe",
+            "/echo, /chat/*, /news, /app/*",
+        )
+        .set("role:everyone", "publish", "/echo, /chat/*, /news, /app/*");
+    setup
+}
+
+/// The backend's hello: the JSON text it sends first, parsed loosely (field -> raw JSON value).
+fn hello(ws: &mut Client) -> String {
+    match next_data(ws) {
+        Message::Text(t) => t.as_str().to_string(),
+        other => panic!("expected the backend's hello, got {other:?}"),
+    }
+}
+
+fn metric(server: &Server, line_start: &str) -> u64 {
+    let (status, body) = server.admin_get("/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics:\n{body}"))
+}
+
+/// A port nothing listens on (bound, then closed).
+fn dead_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+// ------------------------------------------------------------------------------------------
+// The happy path.
+
+#[test]
+fn the_backend_learns_who_the_client_is_from_wsgate_alone_and_messages_go_both_ways() {
+    let backend = Backend::start(&[]);
+    let server = gateway(&backend.url).start();
+    // Password in the query, a forged identity header, and a query the app wants.
+    let mut ws = server
+        .connect_with(
+            "/app/room/7?user=alice&pass=alice-secret-pw&lang=en&us%65r=mallory&TOKEN=x",
+            &[
+                ("Origin", ORIGIN_OK),
+                ("X-Wsgate-User", "mallory"),
+                ("X-Wsgate-Auth", "client-cert"),
+                ("X-Forwarded-For", "203.0.113.9"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("connect: {e}; log:\n{}", server.logs()));
+    let greeting = hello(&mut ws);
+    assert!(
+        greeting.contains(r#""path": "/room/7?lang=en""#),
+        "{greeting}"
+    );
+    assert!(greeting.contains(r#""user": ["alice"]"#), "{greeting}");
+    assert!(greeting.contains(r#""auth": ["password"]"#), "{greeting}");
+    assert!(
+        greeting.contains(r#""client": ["127.0.0.1"]"#),
+        "{greeting}"
+    );
+    assert!(
+        !greeting.contains("mallory") && !greeting.contains("203.0.113.9"),
+        "{greeting}"
+    );
+    assert!(!greeting.contains("secret"), "{greeting}");
+    assert_eq!(
+        backend.wait_line("open "),
+        "open path=/room/7?lang=en user=alice users=1 auth=password client=127.0.0.1"
+    );
+
+    ws.send(Message::text("héllo")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("héllo"));
+    let blob: Vec<u8> = (0..=255u8).cycle().take(40_000).collect();
+    ws.send(Message::binary(blob.clone())).unwrap();
+    assert_eq!(next_data(&mut ws), Message::binary(blob));
+    // A ping is answered by wsgate, data still flows after it.
+    ws.send(Message::Ping(b"p".to_vec().into())).unwrap();
+    ws.send(Message::text("after ping")).unwrap();
+    loop {
+        match ws.read().unwrap() {
+            Message::Pong(p) => assert_eq!(&p[..], b"p"),
+            Message::Text(t) => {
+                assert_eq!(t.as_str(), "after ping");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(metric(&server, "wsgate_proxy_connections_total "), 1);
+    assert!(
+        server
+            .logs()
+            .contains(&format!("path=/app/room/7 backend={}", backend.url)),
+        "{}",
+        server.logs()
+    );
+    assert!(!server.logs().contains("alice-secret-pw"));
+
+    // Credentials in `Authorization`: the header is not forwarded either.
+    let mut bob = server.connect_as("/app/x", BOB);
+    let h = hello(&mut bob);
+    assert!(
+        h.contains(r#""user": ["bob"]"#) && h.contains(r#""path": "/x""#),
+        "{h}"
+    );
+    assert!(h.contains(r#""authorization": null"#), "{h}");
+}
+
+#[test]
+fn an_anonymous_client_reaches_the_backend_with_no_user_even_when_it_claims_one() {
+    let backend = Backend::start(&[]);
+    let mut setup = gateway(&backend.url);
+    setup
+        .set("channel:/app/*", "anonymous", "true")
+        .set("role:anonymous", "subscribe", "/app/*")
+        .set("role:anonymous", "publish", "/app/*");
+    let server = setup.start();
+    let mut ws = server
+        .connect_with(
+            "/app/public",
+            &[("Origin", ORIGIN_OK), ("X-Wsgate-User", "admin")],
+        )
+        .unwrap_or_else(|e| panic!("connect: {e}; log:\n{}", server.logs()));
+    let h = hello(&mut ws);
+    assert!(
+        h.contains(r#""user": []"#) && h.contains(r#""auth": ["anonymous"]"#),
+        "{h}"
+    );
+    assert_eq!(
+        backend.wait_line("open "),
+        "open path=/public user=- users=0 auth=anonymous client=127.0.0.1"
+    );
+    echoes(&mut ws, "hello from nobody");
+}
+
+#[test]
+fn close_codes_pass_through_in_both_directions() {
+    let backend = Backend::start(&[]);
+    let server = gateway(&backend.url).start();
+
+    // Client closes with 4001: the backend sees 4001.
+    let mut ws = server.connect_as("/app/a", ALICE);
+    hello(&mut ws);
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4001),
+        reason: "client says bye".into(),
+    }))
+    .unwrap();
+    let _ = ws.flush();
+    assert_eq!(
+        backend.wait_line("closed "),
+        "closed code=4001 reason=client says bye"
+    );
+
+    // Backend closes with 4002: the client sees 4002.
+    let mut ws = server.connect_as("/app/b", ALICE);
+    hello(&mut ws);
+    ws.send(Message::text("close:4002")).unwrap();
+    assert_eq!(close_code(&mut ws), 4002);
+    assert!(
+        server.wait_log("code=4002 by=server", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+}
+
+#[test]
+fn a_unix_socket_backend_works_like_a_tcp_one() {
+    let dir = TempDir::new("unix-backend");
+    let path = dir.path().join("app.sock");
+    let backend = Backend::start(&["--unix", path.to_str().unwrap()]);
+    let server = gateway(&backend.url).start();
+    let mut ws = server.connect_as("/app/u?q=1", ALICE);
+    let h = hello(&mut ws);
+    assert!(h.contains(r#""path": "/u?q=1""#), "{h}");
+    echoes(&mut ws, "over a unix socket");
+}
+
+// ------------------------------------------------------------------------------------------
+// A backend that is down, silent or wrong: an HTTP error, never a 101 then a close.
+
+#[test]
+fn a_backend_that_is_down_gets_503_before_any_101() {
+    let server = gateway(&format!("ws://127.0.0.1:{}", dead_port())).start();
+    let result = server.connect_with(
+        "/app/x",
+        &[
+            ("Authorization", &basic(ALICE.0, ALICE.1)),
+            ("Origin", ORIGIN_OK),
+        ],
+    );
+    assert_eq!(status_of(result), 503);
+    assert!(
+        server.wait_log("status=503 reason=ws://127.0.0.1:", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    assert!(server.logs().contains("backend down"), "{}", server.logs());
+    assert_eq!(
+        metric(
+            &server,
+            r#"wsgate_proxy_backend_failures_total{kind="down"}"#
+        ),
+        1
+    );
+    assert_eq!(
+        metric(&server, r#"wsgate_connections_total{outcome="503"}"#),
+        1
+    );
+
+    // A missing Unix socket is down too.
+    let server = gateway("unix:/nonexistent/wsgate-test.sock").start();
+    let result = server.connect_with(
+        "/app/x",
+        &[
+            ("Authorization", &basic(ALICE.0, ALICE.1)),
+            ("Origin", ORIGIN_OK),
+        ],
+    );
+    assert_eq!(status_of(result), 503);
+}
+
+#[test]
+fn a_backend_that_accepts_and_says_nothing_gets_504_at_the_connect_deadline() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || silent.accept().map(|(s, _)| s));
+    let mut setup = gateway(&format!("ws://{addr}"));
+    setup.set("channel:/app/*", "backend_connect_timeout", "1s");
+    let server = setup.start();
+    let started = Instant::now();
+    let result = server.connect_with(
+        "/app/x",
+        &[
+            ("Authorization", &basic(ALICE.0, ALICE.1)),
+            ("Origin", ORIGIN_OK),
+        ],
+    );
+    assert_eq!(status_of(result), 504);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(
+        metric(
+            &server,
+            r#"wsgate_proxy_backend_failures_total{kind="timeout"}"#
+        ),
+        1
+    );
+    drop(held);
+}
+
+#[test]
+fn a_backend_answering_without_101_gets_502() {
+    let wrong = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = wrong.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = wrong.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let server = gateway(&format!("ws://{addr}")).start();
+    let result = server.connect_with(
+        "/app/x",
+        &[
+            ("Authorization", &basic(ALICE.0, ALICE.1)),
+            ("Origin", ORIGIN_OK),
+        ],
+    );
+    assert_eq!(status_of(result), 502);
+    assert!(
+        server.wait_log("answered 403 Forbidden", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    assert_eq!(
+        metric(
+            &server,
+            r#"wsgate_proxy_backend_failures_total{kind="handshake"}"#
+        ),
+        1
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Mid-session failures, bounded.
+
+#[test]
+fn a_backend_vanishing_mid_session_closes_the_client_with_1011() {
+    let backend = Backend::start(&[]);
+    let server = gateway(&backend.url).start();
+    let mut ws = server.connect_as("/app/x", ALICE);
+    hello(&mut ws);
+    echoes(&mut ws, "before");
+    ws.send(Message::text("drop")).unwrap();
+    assert_eq!(close_frame(&mut ws), (1011, "backend vanished".to_string()));
+    // The server is fine: a new proxied connection works.
+    let mut again = server.connect_as("/app/y", ALICE);
+    hello(&mut again);
+    echoes(&mut again, "after");
+}
+
+#[test]
+fn a_client_flooding_a_backend_that_stopped_reading_is_closed_in_bounded_time_and_memory() {
+    let backend = Backend::start(&["--slow"]);
+    let mut setup = gateway(&backend.url);
+    setup
+        .set("limits", "write_timeout", "2s")
+        .set("channel:/app/*", "max_messages_per_sec", "0")
+        .set("channel:/app/*", "max_bytes_per_sec", "0");
+    let server = setup.start();
+    let mut bystander = server.connect_as("/echo", BOB);
+    let mut ws = server.connect_as("/app/flood", ALICE);
+    hello(&mut ws);
+    let rss_before = rss_kib(server.pid());
+    let chunk = Message::binary(vec![7u8; 16 * 1024]);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    // Blocking writes: once every buffer on the way is full the next one waits, until wsgate gives
+    // up on the backend and closes. Bounded by count and by time.
+    while sent < 64 * 1024 * 1024 && started.elapsed() < Duration::from_secs(15) {
+        if ws.send(chunk.clone()).is_err() {
+            break;
+        }
+        sent += 16 * 1024;
+    }
+    let took = started.elapsed();
+    if std::env::var_os("GATEWAY_DEBUG").is_some() {
+        eprintln!(
+            "sent {sent} took {took:?} wsgate rss {}",
+            rss_kib(server.pid())
+        );
+        let _ = Command::new("ss").args(["-tnpi"]).status();
+        let _ = Command::new("ps")
+            .args(["-o", "pid,rss,args", "-C", "python3"])
+            .status();
+        eprintln!("{}", server.logs());
+    }
+    assert!(
+        took < Duration::from_secs(12),
+        "still sending after {took:?} ({sent} bytes)"
+    );
+    // What the socket buffers on the way hold (a few MiB each on loopback), not the whole flood.
+    assert!(sent < 32 * 1024 * 1024, "{sent} bytes went somewhere");
+    let grew = rss_kib(server.pid()).saturating_sub(rss_before);
+    assert!(
+        grew < 8 * 1024,
+        "wsgate grew by {grew} KiB while a client flooded"
+    );
+    assert!(
+        server.wait_log("reason=\"backend not reading\"", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    // The stuck backend notices nothing (it reads nothing); wsgate's side of it is closed, which
+    // the `close` line (logged after both sides are done) says.
+    assert!(
+        server.wait_log(
+            "code=1011 by=server reason=\"backend not reading\"",
+            IO_TIMEOUT
+        ),
+        "{}",
+        server.logs()
+    );
+    echoes(&mut bystander, "unaffected");
+}
+
+#[test]
+fn a_backend_flooding_a_client_that_stopped_reading_is_bounded_and_the_client_dropped() {
+    let backend = Backend::start(&[]);
+    let mut setup = gateway(&backend.url);
+    setup.set("limits", "write_timeout", "2s");
+    let server = setup.start();
+    let mut ws = server.connect_as("/app/slow-reader", ALICE);
+    hello(&mut ws);
+    let rss_before = rss_kib(server.pid());
+    // 64 MiB asked for; the client reads nothing from here on.
+    ws.send(Message::text("flood:4096")).unwrap();
+    assert!(
+        server.wait_log("reason=\"write timeout\"", Duration::from_secs(15)),
+        "{}",
+        server.logs()
+    );
+    let grew = rss_kib(server.pid()).saturating_sub(rss_before);
+    assert!(
+        grew < 8 * 1024,
+        "wsgate grew by {grew} KiB while the app flooded"
+    );
+    assert_eq!(
+        backend.wait_line("closed "),
+        "closed code=1001 reason=client gone"
+    );
+}
+
+#[test]
+fn a_frozen_backend_is_pinged_and_the_client_closed_with_1011_at_the_idle_timeout() {
+    let backend = Backend::start(&[]);
+    let mut setup = gateway(&backend.url);
+    setup
+        .set("limits", "ping_interval", "1s")
+        .set("limits", "idle_timeout", "2s");
+    let server = setup.start();
+    let mut ws = server.connect_as("/app/frozen", ALICE);
+    hello(&mut ws);
+    echoes(&mut ws, "alive");
+    let pid = rustix::process::Pid::from_raw(backend.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let started = Instant::now();
+    // The client keeps answering wsgate's pings (tungstenite does, on read): only the app is silent.
+    assert_eq!(close_code(&mut ws), 1011);
+    let took = started.elapsed();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        server.wait_log("reason=\"backend idle timeout\"", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// State changes meeting live proxied connections.
+
+#[test]
+fn revocation_and_shutdown_reach_proxied_connections() {
+    let backend = Backend::start(&[]);
+    let mut server = gateway(&backend.url).start();
+    let mut alice = server.connect_as("/app/a", ALICE);
+    hello(&mut alice);
+    let mut bob = server.connect_as("/app/b", BOB);
+    hello(&mut bob);
+
+    // Alice is deleted: her proxied connection closes with 1008, the backend hears 1001.
+    passwd(&server, &["--delete"], "alice", "");
+    server.reload_and_wait();
+    assert_eq!(
+        close_frame(&mut alice),
+        (1008, "credential revoked".to_string())
+    );
+    assert_eq!(
+        backend.wait_line("closed "),
+        "closed code=1001 reason=client gone"
+    );
+    echoes(&mut bob, "bob stays");
+
+    // Shutdown: 1001 to the client, and the process exits in its grace time.
+    server.terminate();
+    assert_eq!(close_code(&mut bob), 1001);
+    assert_eq!(
+        backend.wait_nth("closed ", 2),
+        "closed code=1001 reason=client gone"
+    );
+    let status = server.wait_exit(IO_TIMEOUT).expect("wsgate did not exit");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn without_publish_rights_nothing_reaches_the_backend() {
+    let backend = Backend::start(&[]);
+    let mut setup = gateway(&backend.url);
+    setup
+        .set("role:everyone", "publish", "/echo, /chat/*, /news")
+        .set("channel:/app/*", "on_forbidden", "drop");
+    let server = setup.start();
+    let mut ws = server.connect_as("/app/ro", ALICE);
+    hello(&mut ws);
+    ws.send(Message::text("not allowed")).unwrap();
+    ws.send(Message::text("close:4003")).unwrap();
+    // Both dropped: the backend never saw the close command, so the connection stays open.
+    ws.get_ref()
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(ws.read().is_err(), "the backend answered a dropped message");
+    assert!(
+        !backend
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("closed")),
+        "the backend saw a close command"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// A remote backend over TLS.
+
+#[test]
+fn a_wss_backend_is_verified_against_backend_ca_and_an_untrusted_one_gets_502() {
+    let dir = TempDir::new("wss-backend");
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("app.pem"), dir.path().join("app.key"));
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    let backend = Backend::start(&["--tls", cert.to_str().unwrap(), key.to_str().unwrap()]);
+
+    let mut setup = gateway(&backend.url);
+    setup.set("channel:/app/*", "backend_ca", cert.to_str().unwrap());
+    let server = setup.start();
+    let mut ws = server.connect_as("/app/secure", ALICE);
+    let h = hello(&mut ws);
+    assert!(h.contains(r#""path": "/secure""#), "{h}");
+    echoes(&mut ws, "over wss");
+
+    // Another CA: the backend's certificate is not trusted, and the client is told 502.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let other_ca = dir.path().join("other.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let mut setup = gateway(&backend.url);
+    setup.set("channel:/app/*", "backend_ca", other_ca.to_str().unwrap());
+    let server = setup.start();
+    let result = server.connect_with(
+        "/app/secure",
+        &[
+            ("Authorization", &basic(ALICE.0, ALICE.1)),
+            ("Origin", ORIGIN_OK),
+        ],
+    );
+    assert_eq!(status_of(result), 502);
+    assert!(
+        server.wait_log("backend tls failed", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    assert_eq!(
+        metric(
+            &server,
+            r#"wsgate_proxy_backend_failures_total{kind="tls"}"#
+        ),
+        1
+    );
+}
+
+#[test]
+fn a_reload_moves_new_connections_to_the_new_backend_and_keeps_live_ones_on_theirs() {
+    let first = Backend::start(&[]);
+    let second = Backend::start(&[]);
+    let server = gateway(&first.url).start();
+    let mut old = server.connect_as("/app/a", ALICE);
+    hello(&mut old);
+    let config = server.dir.path().join("wsgate.ini");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&first.url, &second.url)).unwrap();
+    server.reload_and_wait();
+    assert!(server.logs().contains("reloaded"), "{}", server.logs());
+
+    let mut new = server.connect_as("/app/b", BOB);
+    hello(&mut new);
+    assert_eq!(
+        second.wait_line("open "),
+        "open path=/b user=bob users=1 auth=password client=127.0.0.1"
+    );
+    echoes(&mut old, "still on the first backend");
+    echoes(&mut new, "on the second");
+    assert_eq!(
+        first
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("open "))
+            .count(),
+        1
+    );
+
+    // The channel removed: the live proxied connection loses its access.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let without: String = text
+        .split("\n\n")
+        .filter(|section| !section.starts_with("[channel:/app/*]"))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    std::fs::write(&config, without).unwrap();
+    server.reload_and_wait();
+    assert_eq!(close_frame(&mut old), (1008, "access revoked".to_string()));
+    assert_eq!(
+        first.wait_line("closed "),
+        "closed code=1001 reason=client gone"
+    );
+}

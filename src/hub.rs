@@ -11,23 +11,26 @@
 //! With a cluster bridge attached ([`Hub::set_outlet`]), a broadcast is also `try_send` into the
 //! bridge's bounded queue after the local fan-out, and broadcasts from other instances come in
 //! through [`Hub::deliver`]. The hub never waits for the bridge: a full queue is counted.
+//!
+//! Each member carries who it is ([`Profile`], set once after joining) and what it moved
+//! ([`Traffic`]), so the admin API can list connections and end the ones it names (issue 16).
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use rustix::event::{EventfdFlags, eventfd};
 use tungstenite::Message;
 
-use crate::config::{SlowConsumer, WsLimits};
+use crate::config::{Mode, SlowConsumer, WsLimits};
 use crate::metrics::Metrics;
 pub use crate::policy::Holder;
-use crate::policy::Revocation;
+use crate::policy::{Method, Revocation};
 
 /// Wakes one connection's `poll` from another thread: an eventfd, written at most once between
 /// two [`Waker::reset`]s (wake-ups coalesce, so a burst of messages costs one syscall).
@@ -182,16 +185,57 @@ pub struct MemberShared {
     /// epoch plus one; 0 while it waits in `poll` (or has not started). For the watchdog: a step
     /// never waits, so one that lasts is a wedged worker ([`Hub::longest_step`]).
     step_since: AtomicU64,
+    /// Who the connection is, for the admin API's listing; set once, just before the 101.
+    pub profile: OnceLock<Profile>,
+    /// What the connection moved so far.
+    pub traffic: Traffic,
+}
+
+/// A connection as the admin API lists it. Holds no secret: the session id names a session,
+/// it does not prove one (the signed session token does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub method: Method,
+    pub mode: Mode,
+    pub peer: SocketAddr,
+    pub since: SystemTime,
+    pub session_id: String,
+}
+
+/// Data messages and their payload bytes, each way, of one connection.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl Traffic {
+    /// One data message of `len` bytes received.
+    pub fn received(&self, len: usize) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// One data message of `len` bytes sent.
+    pub fn sent(&self, len: usize) {
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
+    }
 }
 
 impl MemberShared {
     /// Ends this member's connection with 1008 and the revocation's reason (`credential revoked`,
-    /// `access revoked`) at its next wake-up, which this triggers.
-    pub fn revoke(&self, why: Revocation) {
+    /// `access revoked`, `disconnected by admin`) at its next wake-up, which this triggers.
+    /// Returns false when it was revoked already (the first reason stands).
+    pub fn revoke(&self, why: Revocation) -> bool {
         let _ = self.revocation.set(why);
-        if !self.revoked.swap(true, Ordering::AcqRel) {
-            self.end();
+        if self.revoked.swap(true, Ordering::AcqRel) {
+            return false;
         }
+        self.end();
+        true
     }
 
     /// Wakes the connection for queued broadcasts (members with a waker only).
@@ -290,6 +334,8 @@ impl Hub {
             queued: AtomicUsize::new(0),
             direct: OnceLock::new(),
             step_since: AtomicU64::new(0),
+            profile: OnceLock::new(),
+            traffic: Traffic::default(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -325,6 +371,20 @@ impl Hub {
     /// instances if a cluster bridge is attached. Never blocks.
     pub fn publish(&self, path: &str, from: u64, msg: &Message) {
         self.fan_out(path, Some(from), msg);
+        self.forward(path, msg);
+    }
+
+    /// Publishes `msg` on `path` from outside any connection (the admin API's `POST /publish`):
+    /// every member of `path` here, then the other instances. Returns how many members here
+    /// took it (written or queued). Never blocks.
+    pub fn inject(&self, path: &str, msg: &Message) -> usize {
+        let reached = self.fan_out(path, None, msg);
+        self.forward(path, msg);
+        reached
+    }
+
+    /// Queues `msg` for the other instances if a cluster bridge is attached.
+    fn forward(&self, path: &str, msg: &Message) {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
             let out = Outbound {
@@ -345,12 +405,13 @@ impl Hub {
     }
 
     /// Sends `msg` to every member of `path` except `from`, and to none whose own limits are
-    /// smaller than it (dropped for that member and counted).
-    fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) {
+    /// smaller than it (dropped for that member and counted). Returns how many took it.
+    fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) -> usize {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         let Some(members) = groups.get(path) else {
-            return;
+            return 0;
         };
+        let mut reached = 0;
         // Encoded once, at the first direct write, for every subscriber.
         let wire = std::cell::OnceCell::new();
         for m in members
@@ -369,11 +430,15 @@ impl Hub {
                     match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
                         Handoff::Sent => {
                             self.metrics.message_out(msg.len());
+                            m.shared.traffic.sent(msg.len());
+                            reached += 1;
                             continue;
                         }
                         Handoff::SentWake => {
                             self.metrics.message_out(msg.len());
+                            m.shared.traffic.sent(msg.len());
                             m.shared.wake();
+                            reached += 1;
                             continue;
                         }
                         Handoff::Queue => {}
@@ -381,7 +446,10 @@ impl Hub {
                 }
             }
             match m.try_queue(msg) {
-                Ok(()) => m.shared.wake(),
+                Ok(()) => {
+                    m.shared.wake();
+                    reached += 1;
+                }
                 Err(TrySendError::Full(())) => match m.intake.slow_consumer {
                     SlowConsumer::Drop => self.metrics.broadcast_dropped(),
                     SlowConsumer::Disconnect => {
@@ -395,6 +463,7 @@ impl Hub {
                 Err(TrySendError::Disconnected(_)) => {}
             }
         }
+        reached
     }
 
     /// Calls `f` with every member's path and shared state (for re-checking access on reload).

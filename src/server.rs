@@ -12,7 +12,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,7 +28,7 @@ use crate::config::{ClientAuth, Config, ConfigError, Mode};
 use crate::connection::{self, Rights};
 use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::files;
-use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Waker};
+use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Profile, Waker};
 use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
@@ -65,6 +65,11 @@ pub enum StartError {
     System(io::Error),
     /// The config file itself is invalid (on reload; at start `main` loads it first).
     Config(ConfigError),
+    /// `[admin] token_file` cannot be read or holds no usable token (a config problem: exit 2).
+    AdminToken {
+        path: PathBuf,
+        error: admin::TokenFileError,
+    },
 }
 
 impl StartError {
@@ -77,6 +82,7 @@ impl StartError {
                 | StartError::Users(_)
                 | StartError::Tokens(_)
                 | StartError::Session(_)
+                | StartError::AdminToken { .. }
         )
     }
 }
@@ -91,6 +97,9 @@ impl fmt::Display for StartError {
             StartError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             StartError::System(e) => write!(f, "system resource unavailable: {e}"),
             StartError::Config(e) => e.fmt(f),
+            StartError::AdminToken { path, error } => {
+                write!(f, "[admin] token_file {}: {error}", path.display())
+            }
         }
     }
 }
@@ -132,6 +141,8 @@ pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
+    /// SHA-256 of `[admin] token_file`'s token, read at start.
+    admin_token: Option<[u8; 32]>,
 }
 
 /// Controls a running server from another thread (the signal thread, a test): stop or reload.
@@ -199,6 +210,15 @@ impl Server {
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
         let admission = Admission::new(&config.server);
+        let admin_token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+            Some(path) => Some(admin::token_digest(&admin::read_token(path).map_err(
+                |error| StartError::AdminToken {
+                    path: path.clone(),
+                    error,
+                },
+            )?)),
+            None => None,
+        };
         let (admin, admin_listener) = match &config.admin {
             Some(admin_cfg) => {
                 let addr = admin_cfg.listen;
@@ -239,6 +259,7 @@ impl Server {
             shared,
             listener,
             admin_listener,
+            admin_token,
         })
     }
 
@@ -264,12 +285,19 @@ impl Server {
             shared,
             listener,
             admin_listener,
+            admin_token,
         } = self;
         let admin_config = shared.current().config.admin.clone();
         if let (Some(state), Some(l), Some(cfg)) = (&shared.admin, admin_listener, admin_config) {
+            attach_admin_api(&shared, state, admin_token);
             log::info!(
-                "admin endpoint (/healthz, /metrics) on http://{}",
-                l.local_addr()?
+                "admin endpoint (/healthz, /metrics, /publish, /connections, /disconnect) on http://{}{}",
+                l.local_addr()?,
+                if cfg.token_file.is_some() {
+                    " (API behind a bearer token)"
+                } else {
+                    ""
+                }
             );
             admin::spawn(l, Arc::clone(state), cfg.max_connections)?;
         }
@@ -430,7 +458,7 @@ impl Shared {
             if let Err(why) = policy::recheck(&member.holder, path, config, &state) {
                 match why {
                     policy::Revocation::Credential => credential += 1,
-                    policy::Revocation::Access => access += 1,
+                    policy::Revocation::Access | policy::Revocation::Admin => access += 1,
                 }
                 member.revoke(why);
             }
@@ -668,6 +696,26 @@ fn spawn_file_watcher(shared: &Arc<Shared>) -> io::Result<()> {
     Ok(())
 }
 
+/// Turns on the admin API over the hub and the current channels. The token was read (and
+/// checked) at start; a reload does not read it again.
+fn attach_admin_api(shared: &Arc<Shared>, state: &AdminState, token: Option<[u8; 32]>) {
+    let weak = Arc::downgrade(shared);
+    let broadcast_limit = move |path: &str| {
+        let shared = weak.upgrade()?;
+        let rt = shared.current();
+        policy::route(path, &rt.config)
+            .ok()
+            .filter(|c| c.mode == Mode::Broadcast)
+            .map(|c| c.limits.max_message_size.get())
+    };
+    state.attach_api(admin::Api {
+        hub: Arc::clone(&shared.hub),
+        broadcast_limit: Box::new(broadcast_limit),
+        token,
+        remote_disconnect: None,
+    });
+}
+
 /// Starts the Redis bridge when `[cluster] redis_url` is set. Messages from other instances are
 /// delivered only on paths a broadcast channel of the current configuration serves.
 fn start_bridge(shared: &Arc<Shared>) -> io::Result<Option<Bridge>> {
@@ -738,6 +786,10 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     let admin_max = |c: &Config| c.admin.as_ref().map(|a| a.max_connections);
     if admin_max(old) != admin_max(new) {
         changed.push("[admin] max_connections");
+    }
+    let admin_token = |c: &Config| c.admin.as_ref().and_then(|a| a.token_file.clone());
+    if admin_token(old) != admin_token(new) {
+        changed.push("[admin] token_file");
     }
     if old.cluster != new.cluster {
         changed.push("[cluster]");
@@ -965,6 +1017,13 @@ fn handshake(
             .session_id
             .clone()
             .unwrap_or_else(session::new_session_id);
+        let _ = member.shared.profile.set(Profile {
+            method: grant.method,
+            mode: grant.channel.mode,
+            peer,
+            since: SystemTime::now(),
+            session_id: session_id.clone(),
+        });
         let mut headers = Vec::new();
         if let Some(user) = &grant.user {
             let login = match grant.proof {

@@ -617,7 +617,13 @@ fn health_or_metrics(endpoint: Endpoint, state: &AdminState) -> Answer {
         if state.draining.load(Ordering::Acquire) {
             Answer::text(503, "Service Unavailable", "draining\n")
         } else {
-            Answer::text(200, "OK", "ok\n")
+            // Without Redis this instance still serves its own clients: 200 either way, and
+            // the backbone's state as a detail for whoever reads it.
+            match state.metrics.cluster_state() {
+                None => Answer::text(200, "OK", "ok\n"),
+                Some(true) => Answer::text(200, "OK", "ok\ncluster: up\n"),
+                Some(false) => Answer::text(200, "OK", "ok\ncluster: down\n"),
+            }
         }
     } else {
         let gauges = (state.gauges)();

@@ -9,9 +9,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
+use std::os::unix::fs::PermissionsExt;
+
 use crate::acl;
 use crate::admin::{self, Filter, TokenFileError};
+use crate::config::ClientAuth;
 use crate::config::{Config, ConfigError};
+use crate::files::{count, shown};
 use crate::tokens::{self, TokenStore, TokensError};
 use crate::users::{UserStore, UsersError};
 
@@ -86,6 +90,7 @@ pub fn check_config(path: &Path) -> Result<String, CommandError> {
     for warning in acl::lint(&config, &names) {
         out.push_str(&format!("warning: {warning}\n"));
     }
+    out.push_str(&first_hour_warnings(&config, &users));
     for (user, name, _) in tokens.list().filter(|(user, _, _)| !users.contains(user)) {
         out.push_str(&format!(
             "warning: {}: token \"{name}\" of user \"{user}\" is orphaned: \"{user}\" is not in {}, \
@@ -95,14 +100,49 @@ pub fn check_config(path: &Path) -> Result<String, CommandError> {
         ));
     }
     out.push_str(&format!(
-        "{}: ok ({} channels, {} roles, {} users, {} API tokens)\n",
+        "{}: ok ({}, {}, {}, {})\n",
         path.display(),
-        config.channels.len(),
-        config.roles.len(),
-        users.len(),
-        tokens.len()
+        count(config.channels.len(), "channel", "channels"),
+        count(config.roles.len(), "role", "roles"),
+        count(users.len(), "user", "users"),
+        count(tokens.len(), "API token", "API tokens")
     ));
     Ok(out)
+}
+
+/// What stops a working set-up from working that the config alone cannot show: nobody able to log
+/// in, and secret files others can read.
+fn first_hour_warnings(config: &Config, users: &UserStore) -> String {
+    let mut out = String::new();
+    let anonymous = config.channels.iter().any(|c| c.anonymous);
+    let certificates = config.tls.client_auth != ClientAuth::Off;
+    if users.is_empty() && !anonymous && !certificates {
+        out.push_str(&format!(
+            "warning: {} has no user and no channel is anonymous: nobody can log in; add a user \
+             with `wsgate passwd {} NAME`\n",
+            shown(&config.auth.users_file),
+            shown(&config.auth.users_file)
+        ));
+    }
+    for (file, what) in [
+        (&config.auth.users_file, "users file"),
+        (&config.auth.tokens_file, "tokens file"),
+        (&config.auth.session_key_file, "session key file"),
+    ] {
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            out.push_str(&format!(
+                "warning: {what} {} can be read by group or others (mode {mode:03o}); run \
+                 `chmod 600 {}`\n",
+                shown(file),
+                shown(file)
+            ));
+        }
+    }
+    out
 }
 
 /// What `user` (`-` for an unauthenticated client) may do on `path`, and which rule decided it.
@@ -112,6 +152,25 @@ pub fn check_config(path: &Path) -> Result<String, CommandError> {
 pub fn check_access(path: &Path, user: &str, channel_path: &str) -> Result<String, CommandError> {
     let config = Config::load(path).map_err(CommandError::Config)?;
     let user = (user != "-").then_some(user);
+    if let Some(name) = user {
+        let users = UserStore::load(&config.auth.users_file).map_err(CommandError::Users)?;
+        if !users.contains(name) {
+            let file = shown(&config.auth.users_file);
+            if config.tls.client_auth == ClientAuth::Off {
+                return Ok(format!(
+                    "path: {channel_path}\nclient: user `{name}`, who is not in {file}\n\
+                     outcome: 401 Unauthorized: no password, token or session of a user missing \
+                     from the users file is accepted; add them with `wsgate passwd {file} {name}`\n"
+                ));
+            }
+            let mut text = acl::explain(&config, user, channel_path);
+            text.push_str(&format!(
+                "note: `{name}` is not in {file}: only a client certificate naming them gets in; \
+                 any password, token or session of theirs gets 401\n"
+            ));
+            return Ok(text);
+        }
+    }
     let mut text = acl::explain(&config, user, channel_path);
     if !text.ends_with('\n') {
         text.push('\n');
@@ -159,7 +218,17 @@ pub fn token_list(path: &Path, user: Option<&str>) -> Result<String, CommandErro
             };
             format!("{u}\t{name}\tsha256:{prefix}…{orphaned}\n")
         })
-        .collect())
+        .collect::<String>())
+    .map(|text| {
+        if !text.is_empty() {
+            return text;
+        }
+        let whose = user.map(|u| format!(" of \"{u}\"")).unwrap_or_default();
+        format!(
+            "no API tokens{whose} in {}; add one with `wsgate token add USER`\n",
+            shown(&config.auth.tokens_file)
+        )
+    })
 }
 
 /// `token revoke`: removes the named token; the user's sessions stop working with it.

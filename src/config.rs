@@ -161,8 +161,8 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
 }
 
-/// `[cluster]`: the broadcast backbone shared by several instances through Redis pub/sub. All of
-/// it is bound at start (a reload reports a change as needing a restart).
+/// `[cluster]`: the broadcast backbone shared by several instances through a capped Redis Stream.
+/// All of it is bound at start (a reload reports a change as needing a restart).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// `redis_url`: `redis://` or `rediss://` (TLS), optionally with a user and password. `None`
@@ -171,14 +171,24 @@ pub struct ClusterConfig {
     /// `instance_id`: this instance's name on the backbone; messages carrying it are its own and
     /// are not delivered twice. Default: the host name, `-`, the process id.
     pub instance_id: String,
-    /// `channel_prefix`: prepended to a channel path to make the Redis channel. Default `wsgate:`.
+    /// `channel_prefix`: names the Redis key of the backbone's stream (`<prefix>broadcasts`).
+    /// Default `wsgate:`.
     pub channel_prefix: String,
-    /// `publish_queue`: broadcasts waiting to be published to Redis; when full, further ones are
-    /// not forwarded (counted). Default 1024.
+    /// `publish_queue`: broadcasts waiting to be published to Redis, also while it is
+    /// unreachable; when full, the oldest is dropped (counted). Default 1024.
     pub publish_queue: NonZeroUsize,
     /// `max_backoff`: the cap of the reconnect delay, which starts at 100 ms and doubles. Default
     /// 5 s.
     pub max_backoff: Duration,
+    /// `health_check`: how long an idle publisher link goes without an answer from Redis before
+    /// it sends `PING`. Default 1 s.
+    pub health_check: Duration,
+    /// `health_timeout`: how long any Redis call (connect, `PING`, a pipeline, a read beyond
+    /// its block time) may take before the link is declared down. Default 2 s.
+    pub health_timeout: Duration,
+    /// `stream_length`: about how many broadcasts the stream keeps (`XADD MAXLEN ~`), which is
+    /// how far behind a reconnecting instance may fall and still lose nothing. Default 10000.
+    pub stream_length: NonZeroUsize,
 }
 
 /// `[demo]`: the built-in demo page (see [`crate::demo`]).
@@ -775,6 +785,11 @@ const DEFAULT_CHANNEL_PREFIX: &str = "wsgate:";
 const DEFAULT_DEMO_CHANNEL: &str = "/chat/demo";
 const DEFAULT_PUBLISH_QUEUE: usize = 1024;
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+const DEFAULT_HEALTH_CHECK: Duration = Duration::from_secs(1);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_STREAM_LENGTH: usize = 10_000;
+/// The shortest `health_check` and `health_timeout`: below it a loaded Redis would look dead.
+const MIN_HEALTH: Duration = Duration::from_millis(100);
 /// The first reconnect delay; `max_backoff` may not be below it.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest `instance_id`: it travels in a one-byte length field of every message.
@@ -875,6 +890,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "channel_prefix",
             "publish_queue",
             "max_backoff",
+            "health_check",
+            "health_timeout",
+            "stream_length",
         ],
     ),
 ];
@@ -1980,7 +1998,8 @@ fn parse_channel_prefix(value: &str) -> Result<String, String> {
     if value.is_empty() || value.len() > MAX_CHANNEL_PREFIX {
         return Err(format!("must be 1 to {MAX_CHANNEL_PREFIX} bytes"));
     }
-    // The prefix is the literal part of a PSUBSCRIBE pattern: glob characters would widen it.
+    // Part of a Redis key name that operators grep and pattern-match (`SCAN MATCH wsgate:*`):
+    // keep it free of glob characters.
     if value.contains(|c: char| c.is_control() || c.is_whitespace() || "*?[]\\".contains(c)) {
         return Err(
             "must not contain spaces, control characters or the pattern characters * ? [ ] \\"
@@ -2013,12 +2032,26 @@ fn parse_cluster(s: &Section<'_>) -> Result<ClusterConfig, ConfigError> {
             d => Ok(d),
         },
     )?;
+    let at_least_min_health = |v: &str| match parse_duration(v)? {
+        d if d < MIN_HEALTH => Err(format!("must be at least {}ms", MIN_HEALTH.as_millis())),
+        d => Ok(d),
+    };
+    let health_check = s.get("health_check", DEFAULT_HEALTH_CHECK, at_least_min_health)?;
+    let health_timeout = s.get(
+        "health_timeout",
+        DEFAULT_HEALTH_TIMEOUT,
+        at_least_min_health,
+    )?;
+    let stream_length = s.nonzero_count("stream_length", nz(DEFAULT_STREAM_LENGTH))?;
     Ok(ClusterConfig {
         redis_url,
         instance_id,
         channel_prefix,
         publish_queue,
         max_backoff,
+        health_check,
+        health_timeout,
+        stream_length,
     })
 }
 
@@ -2605,10 +2638,14 @@ listen = [::1]:9480
         assert_eq!(c.cluster.channel_prefix, "wsgate:");
         assert_eq!(c.cluster.publish_queue.get(), 1024);
         assert_eq!(c.cluster.max_backoff, Duration::from_secs(5));
+        assert_eq!(c.cluster.health_check, Duration::from_secs(1));
+        assert_eq!(c.cluster.health_timeout, Duration::from_secs(2));
+        assert_eq!(c.cluster.stream_length.get(), 10_000);
 
         let c = ok(&with(
             "[cluster]\nredis_url = rediss://app:s3cret@redis.example.com:6380/2\n\
-             instance_id = pi-1\nchannel_prefix = home:\npublish_queue = 10\nmax_backoff = 250ms\n",
+             instance_id = pi-1\nchannel_prefix = home:\npublish_queue = 10\nmax_backoff = 250ms\n\
+             health_check = 500ms\nhealth_timeout = 1s\nstream_length = 50\n",
         ));
         let url = c.cluster.redis_url.as_ref().unwrap();
         assert_eq!(url.secret(), "rediss://app:s3cret@redis.example.com:6380/2");
@@ -2620,6 +2657,9 @@ listen = [::1]:9480
         assert_eq!(c.cluster.channel_prefix, "home:");
         assert_eq!(c.cluster.publish_queue.get(), 10);
         assert_eq!(c.cluster.max_backoff, Duration::from_millis(250));
+        assert_eq!(c.cluster.health_check, Duration::from_millis(500));
+        assert_eq!(c.cluster.health_timeout, Duration::from_secs(1));
+        assert_eq!(c.cluster.stream_length.get(), 50);
         let plain = ok(&with("[cluster]\nredis_url = redis://127.0.0.1\n"));
         let plain = plain.cluster.redis_url.unwrap();
         assert_eq!(plain.to_string(), "redis://127.0.0.1");
@@ -2658,6 +2698,18 @@ listen = [::1]:9480
             (
                 "max_backoff = 50ms",
                 "[cluster] max_backoff: must be at least 100ms",
+            ),
+            (
+                "health_check = 99ms",
+                "[cluster] health_check: must be at least 100ms",
+            ),
+            (
+                "health_timeout = 0s",
+                "[cluster] health_timeout: must be at least 100ms",
+            ),
+            (
+                "stream_length = 0",
+                "[cluster] stream_length: must be at least 1",
             ),
         ];
         for (line, want) in cases {

@@ -28,11 +28,12 @@
 //! | `wsgate_cluster_forwarded_total` | counter | | broadcasts published to Redis for the other instances |
 //! | `wsgate_cluster_not_forwarded_total` | counter | | broadcasts not published: queue full or Redis down |
 //! | `wsgate_cluster_received_total` | counter | | broadcasts received from other instances and delivered here |
+//! | `wsgate_cluster_lost_total` | counter | | broadcasts of other instances missing from the stream when read (trimmed, or lost in a Redis restart) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How an accepted connection's upgrade ended: the `outcome` label of
@@ -174,6 +175,9 @@ pub struct Metrics {
     cluster_forwarded: AtomicU64,
     cluster_not_forwarded: AtomicU64,
     cluster_received: AtomicU64,
+    cluster_lost: AtomicU64,
+    /// Whether a cluster bridge runs (`/healthz` then reports the backbone's state).
+    cluster_enabled: AtomicBool,
 }
 
 impl Metrics {
@@ -212,6 +216,8 @@ impl Metrics {
             cluster_forwarded: AtomicU64::new(0),
             cluster_not_forwarded: AtomicU64::new(0),
             cluster_received: AtomicU64::new(0),
+            cluster_lost: AtomicU64::new(0),
+            cluster_enabled: AtomicBool::new(false),
         }
     }
 
@@ -331,8 +337,22 @@ impl Metrics {
 
     /// Whether the cluster backbone is up (both Redis connections).
     pub fn set_cluster_connected(&self, up: bool) {
+        self.cluster_enabled.store(true, Ordering::Relaxed);
         self.cluster_connected
             .store(u64::from(up), Ordering::Relaxed);
+    }
+
+    /// The backbone's state for `/healthz`: `None` without a cluster bridge, else whether both
+    /// links are up.
+    pub fn cluster_state(&self) -> Option<bool> {
+        self.cluster_enabled
+            .load(Ordering::Relaxed)
+            .then(|| self.cluster_connected.load(Ordering::Relaxed) == 1)
+    }
+
+    /// `n` broadcasts of other instances were missing from the stream when this one read it.
+    pub fn cluster_lost(&self, n: u64) {
+        bump(&self.cluster_lost, n);
     }
 
     /// `n` broadcasts were published to Redis.
@@ -554,7 +574,7 @@ impl Metrics {
             &[],
             &self.cluster_connected.load(Ordering::Relaxed),
         );
-        let cluster: [(&str, &str, &AtomicU64); 3] = [
+        let cluster: [(&str, &str, &AtomicU64); 4] = [
             (
                 "wsgate_cluster_forwarded_total",
                 "Broadcasts published to Redis for the other instances.",
@@ -569,6 +589,12 @@ impl Metrics {
                 "wsgate_cluster_received_total",
                 "Broadcasts received from other instances through Redis and delivered here.",
                 &self.cluster_received,
+            ),
+            (
+                "wsgate_cluster_lost_total",
+                "Broadcasts of other instances missing from the Redis stream when read (trimmed \
+                 away, or lost in a Redis restart).",
+                &self.cluster_lost,
             ),
         ];
         for (name, help, value) in cluster {
@@ -986,6 +1012,7 @@ mod tests {
         m.cluster_forwarded(1);
         m.cluster_not_forwarded(1);
         m.cluster_received();
+        m.cluster_lost(1);
         m.observe_upgrade(Duration::from_micros(500)); // 0.001
         m.observe_upgrade(Duration::from_millis(30)); // 0.05
         m.observe_upgrade(Duration::from_secs(60)); // +Inf
@@ -1020,6 +1047,7 @@ mod tests {
             "wsgate_cluster_forwarded_total",
             "wsgate_cluster_not_forwarded_total",
             "wsgate_cluster_received_total",
+            "wsgate_cluster_lost_total",
         ] {
             assert_eq!(v(&format!("{name} ")), "1", "{name}");
         }

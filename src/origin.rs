@@ -63,7 +63,7 @@ enum HostPattern {
 }
 
 /// The Origin rules from `[origins]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OriginPolicy {
     /// `allow`: exact origins and `scheme://*.domain[:port]` wildcards.
     pub allow: Vec<OriginPattern>,

@@ -32,6 +32,7 @@ use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Profile, Waker};
 use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
+use crate::origin::OriginPolicy;
 use crate::policy::{self, Grant, Method, Proof, Reason};
 use crate::pool::Pool;
 use crate::proxy;
@@ -732,8 +733,17 @@ fn start_bridge(shared: &Arc<Shared>) -> io::Result<Option<Bridge>> {
     Bridge::start(config, &shared.hub, &shared.metrics, Arc::new(accepts))
 }
 
+/// Warns about a risky or empty `[origins]` section once per distinct section: a reload that
+/// leaves it as it was says nothing again (50 reloads made 50 identical lines).
 fn warn_about_origins(config: &Config) {
-    if config.origins.allow_any {
+    static WARNED_FOR: Mutex<Option<OriginPolicy>> = Mutex::new(None);
+    let mut warned_for = WARNED_FOR.lock().unwrap_or_else(PoisonError::into_inner);
+    let seen = warned_for.as_ref() == Some(&config.origins);
+    *warned_for = Some(config.origins.clone());
+    drop(warned_for);
+    if seen {
+        // Said already for this very section.
+    } else if config.origins.allow_any {
         log::warn!(
             "[origins] allow_any = true: any web page may open connections with its visitors' credentials"
         );
@@ -1091,32 +1101,88 @@ fn session_cookie(token: &str, ttl: Duration) -> String {
 }
 
 /// Refusal lines logged per second at most (and as a burst); a flood of bad requests must not
-/// fill the disk or the journal. The rest are counted, and the count is logged with the next line.
+/// fill the disk or the journal. The rest are counted, and the count is logged with the next line
+/// that gets through, or after [`REFUSAL_QUIET`] without refusals, whichever comes first.
 const REFUSAL_LINES_PER_SEC: u64 = 20;
+/// How long after the last suppressed refusal its count is logged if no refusal line follows.
+const REFUSAL_QUIET: Duration = Duration::from_secs(1);
+
+/// The refusal log's rate limit and what it has left out.
+struct RefusalBudget {
+    bucket: TokenBucket,
+    suppressed: u64,
+    last_suppressed: Instant,
+    /// A thread waits for a quiet second to log the count.
+    flusher: bool,
+}
+
+fn refusal_budget() -> &'static Mutex<RefusalBudget> {
+    static BUDGET: OnceLock<Mutex<RefusalBudget>> = OnceLock::new();
+    BUDGET.get_or_init(|| {
+        let now = Instant::now();
+        Mutex::new(RefusalBudget {
+            bucket: TokenBucket::new(REFUSAL_LINES_PER_SEC, REFUSAL_LINES_PER_SEC, now),
+            suppressed: 0,
+            last_suppressed: now,
+            flusher: false,
+        })
+    })
+}
+
+fn log_suppressed(n: u64) {
+    log::warn!(
+        "{n} refusal lines suppressed (more than {REFUSAL_LINES_PER_SEC} a second); see \
+         wsgate_connections_total in /metrics for every outcome"
+    );
+}
+
+/// The flusher: once [`REFUSAL_QUIET`] has passed since the last suppressed refusal, logs their
+/// count (unless a refusal line has done it meanwhile), then ends.
+fn flush_suppressed_when_quiet() {
+    loop {
+        std::thread::sleep(REFUSAL_QUIET);
+        let mut budget = refusal_budget()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if budget.suppressed > 0 && budget.last_suppressed.elapsed() < REFUSAL_QUIET {
+            continue;
+        }
+        budget.flusher = false;
+        let n = std::mem::take(&mut budget.suppressed);
+        drop(budget);
+        if n > 0 {
+            log_suppressed(n);
+        }
+        return;
+    }
+}
 
 /// One line per refused upgrade, at most `REFUSAL_LINES_PER_SEC` a second. Credential failures
 /// are at warn, in a fixed form fail2ban can match:
 /// `auth failed: user="NAME" peer=IP:PORT reason=REASON`. Never a password.
 fn log_refusal(peer: SocketAddr, reason: &Reason) {
-    static BUDGET: OnceLock<Mutex<(TokenBucket, u64)>> = OnceLock::new();
     let now = Instant::now();
-    let budget = BUDGET.get_or_init(|| {
-        let bucket = TokenBucket::new(REFUSAL_LINES_PER_SEC, REFUSAL_LINES_PER_SEC, now);
-        Mutex::new((bucket, 0))
-    });
     let suppressed = {
-        let mut budget = budget.lock().unwrap_or_else(PoisonError::into_inner);
-        if !budget.0.try_take(1, now) {
-            budget.1 += 1;
+        let mut budget = refusal_budget()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !budget.bucket.try_take(1, now) {
+            budget.suppressed += 1;
+            budget.last_suppressed = now;
+            if !budget.flusher {
+                let spawned = std::thread::Builder::new()
+                    .name("wsgate-logflush".into())
+                    .stack_size(64 * 1024)
+                    .spawn(flush_suppressed_when_quiet);
+                // Without the thread the count waits for the next refusal line, as it may.
+                budget.flusher = spawned.is_ok();
+            }
             return;
         }
-        std::mem::take(&mut budget.1)
+        std::mem::take(&mut budget.suppressed)
     };
     if suppressed > 0 {
-        log::warn!(
-            "{suppressed} refusal lines suppressed (more than {REFUSAL_LINES_PER_SEC} a second); \
-             see wsgate_connections_total in /metrics for every outcome"
-        );
+        log_suppressed(suppressed);
     }
     let status = reason.status().as_u16();
     match reason {
@@ -1178,7 +1244,7 @@ struct MemoryBudget {
     hashing: usize,
     /// Verification cache and login throttle tables.
     caches: usize,
-    /// The cluster bridge's publish queue of largest messages (0 without a cluster).
+    /// The cluster bridge's queues and read batch of largest messages (0 without a cluster).
     cluster: usize,
 }
 
@@ -1209,8 +1275,10 @@ impl MemoryBudget {
             hashing: config.auth.max_concurrent_hashes.get() * 19 * 1024 * 1024,
             // The throttle's addresses, names and trusted (name, address) pairs.
             caches: (config.auth.cache_size + 3 * THROTTLE_ENTRIES) * CACHE_ENTRY,
+            // The hub's hand-over queue and the bridge's pending list, `publish_queue` each, and
+            // one `XREAD` batch.
             cluster: if config.cluster.redis_url.is_some() {
-                config.cluster.publish_queue.get() * max_message
+                (2 * config.cluster.publish_queue.get() + crate::cluster::READ_BATCH) * max_message
             } else {
                 0
             },

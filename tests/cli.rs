@@ -665,3 +665,84 @@ fn the_check_access_example_in_the_docs_is_what_the_command_prints() {
         "docs/access.md's check-access example is stale: paste the command's output"
     );
 }
+
+#[test]
+fn check_access_refuses_a_user_who_is_not_in_the_users_file() {
+    let (_dir, config, _ca) = Setup::default().write();
+    let out = run_wsgate([
+        "check-access".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "nobody".as_ref(),
+        "/echo".as_ref(),
+    ]);
+    let text = stdout_of_success(out);
+    assert!(
+        text.contains("client: user `nobody`, who is not in ")
+            && text.contains("outcome: 401 Unauthorized"),
+        "{text}"
+    );
+    assert!(!text.contains("101"), "{text}");
+    // A known user still gets the roles' answer.
+    let out = run_wsgate([
+        "check-access".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        ALICE.0.as_ref(),
+        "/echo".as_ref(),
+    ]);
+    assert!(stdout_of_success(out).contains("outcome: 101 Switching Protocols"));
+}
+
+#[test]
+fn check_config_warns_when_nobody_can_log_in_and_when_secrets_are_readable() {
+    let (dir, config, _ca) = Setup::default().write();
+    let users = dir.path().join("users");
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run_wsgate(["check-config".as_ref(), config.as_os_str()]);
+    let text = stdout_of_success(out);
+    assert!(!text.contains("warning"), "{text}");
+    assert!(text.contains("2 users"), "{text}");
+
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run_wsgate(["check-config".as_ref(), config.as_os_str()]);
+    let text = stdout_of_success(out);
+    assert!(
+        text.contains("warning: users file ")
+            && text.contains("can be read by group or others (mode 644); run `chmod 600 "),
+        "{text}"
+    );
+
+    std::fs::write(&users, "").unwrap();
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run_wsgate(["check-config".as_ref(), config.as_os_str()]);
+    let text = stdout_of_success(out);
+    assert!(
+        text.contains("has no user and no channel is anonymous: nobody can log in"),
+        "{text}"
+    );
+    assert!(text.contains("0 users"), "{text}");
+}
+
+#[test]
+fn token_list_with_no_tokens_says_so() {
+    let mut setup = Setup::default();
+    setup.set("auth", "tokens_file", "tokens");
+    let (_dir, config, _ca) = setup.write();
+    let out = run_wsgate([
+        "token".as_ref(),
+        "list".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    let text = stdout_of_success(out);
+    assert!(text.starts_with("no API tokens in "), "{text}");
+    let out = run_wsgate([
+        "token".as_ref(),
+        "list".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "alice".as_ref(),
+    ]);
+    assert!(stdout_of_success(out).starts_with("no API tokens of \"alice\" in "));
+}

@@ -211,3 +211,30 @@ fn a_flood_of_bad_requests_is_logged_at_a_bounded_rate() {
     );
     still_serving(&server);
 }
+
+#[test]
+fn suppressed_refusal_lines_are_summarised_after_a_quiet_second() {
+    let server = Setup::default().start();
+    for _ in 0..60 {
+        let resp = server.raw_request(b"POST /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(status_line(&resp).starts_with("HTTP/1.1 405"), "{resp}");
+    }
+    // No refusal follows, yet within a quiet second (and a margin) the count is logged: the
+    // lines logged and the counts summarised account for every refusal.
+    let accounted = || {
+        let logs = server.logs();
+        let summarised: usize = logs
+            .lines()
+            .filter_map(|l| l.split_once(" refusal lines suppressed"))
+            .map(|(head, _)| head.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+            .sum();
+        summarised + server.count_log("status=405")
+    };
+    let until = Instant::now() + Duration::from_millis(2500);
+    while accounted() != 60 {
+        assert!(Instant::now() < until, "{}", server.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.logs().contains("refusal lines suppressed"));
+    still_serving(&server);
+}

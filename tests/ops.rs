@@ -392,3 +392,27 @@ fn healthz_answers_within_a_second_while_50_silent_connections_hold_the_admin_po
     );
     assert_eq!(server.admin_get("/healthz").0, 200);
 }
+
+#[test]
+fn the_empty_origins_warning_is_given_once_per_distinct_configuration_across_reloads() {
+    let mut setup = Setup::default();
+    setup.set("origins", "allow", "");
+    let server = setup.start();
+    let warning = "[origins] allow is empty";
+    assert!(server.wait_log(warning, IO_TIMEOUT), "{}", server.logs());
+    for _ in 0..5 {
+        server.reload_and_wait();
+    }
+    assert_eq!(server.count_log(warning), 1, "{}", server.logs());
+    // Another configuration that is still empty is warned about once more, once.
+    let config = config_path(&server);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("allow_missing = true", "allow_missing = false"),
+    )
+    .unwrap();
+    server.reload_and_wait();
+    server.reload_and_wait();
+    assert_eq!(server.count_log(warning), 2, "{}", server.logs());
+}

@@ -26,9 +26,10 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use rustix::event::{PollFd, PollFlags, poll};
 use tungstenite::Message;
 
-use crate::hub::{Hub, MemberShared, Waker};
+pub use crate::hub::Filter;
+use crate::hub::{Hub, Waker};
 use crate::metrics::{Gauges, Metrics};
-use crate::policy::{Revocation, percent_decode, safe_user};
+use crate::policy::{percent_decode, safe_user};
 use crate::ratelimit::TokenBucket;
 
 /// The whole exchange with one admin client (reading the head and writing the answer) must
@@ -83,8 +84,6 @@ pub struct Api {
     pub broadcast_limit: Box<dyn Fn(&str) -> Option<usize> + Send + Sync>,
     /// SHA-256 of `[admin] token_file`'s token; `None`: no token asked for (loopback only).
     pub token: Option<[u8; 32]>,
-    /// Carries a disconnect to the other instances (the cluster bridge), when there are any.
-    pub remote_disconnect: Option<Box<dyn Fn(&Filter) + Send + Sync>>,
 }
 
 impl AdminState {
@@ -238,7 +237,7 @@ impl Client {
                     let routed = match buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
                         Some(end) if from + end + 4 <= MAX_HEAD => {
                             let head_len = from + end + 4;
-                            match route(&buf[..head_len], state) {
+                            match route(&buf[..head_len], state, self.peer) {
                                 Routed::Body {
                                     publish,
                                     need,
@@ -535,7 +534,7 @@ impl Endpoint {
         match self {
             Endpoint::Healthz | Endpoint::Metrics => &[],
             Endpoint::Publish => &["path"],
-            Endpoint::Connections | Endpoint::Disconnect => &["user", "session", "path"],
+            Endpoint::Connections | Endpoint::Disconnect => FILTER_KEYS,
         }
     }
 }
@@ -545,7 +544,7 @@ fn bad_request(why: &str) -> Answer {
 }
 
 /// The answer to one complete request head, or the body a publish still needs.
-fn route(head: &[u8], state: &AdminState) -> Routed {
+fn route(head: &[u8], state: &AdminState, peer: SocketAddr) -> Routed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -600,13 +599,24 @@ fn route(head: &[u8], state: &AdminState) -> Routed {
             if query.is_empty() {
                 return bad_request("name the connections to end: user, session or path").into();
             }
-            let n = disconnect_local(&api.hub, &query);
+            let n = api.hub.disconnect(&query);
             state.metrics.admin_disconnected(n as u64);
-            if let Some(remote) = &api.remote_disconnect {
-                remote(&query);
-            }
-            log::info!("admin disconnect {} closed={n}", query.describe());
-            Answer::json(200, "OK", format!("{{\"disconnected\":{n}}}\n")).into()
+            let forwarded = api.hub.forward_disconnect(&query);
+            log::info!(
+                "admin disconnect {} closed={n}{} peer={peer}",
+                describe(&query),
+                if forwarded {
+                    " (sent to the other instances)"
+                } else {
+                    ""
+                }
+            );
+            Answer::json(
+                200,
+                "OK",
+                format!("{{\"disconnected\":{n},\"forwarded\":{forwarded}}}\n"),
+            )
+            .into()
         }
         Endpoint::Healthz | Endpoint::Metrics => unreachable!("answered above"),
     }
@@ -707,62 +717,59 @@ pub fn read_token(path: &Path) -> Result<String, TokenFileError> {
     Ok(token.to_string())
 }
 
-/// A parsed admin query: each key at most once, values percent-decoded as the upgrade's query
-/// values are ([`percent_decode`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// `user`: that user's connections; `-` for anonymous ones.
-    pub user: Option<String>,
-    /// `session`: the connection(s) with that session id.
-    pub session: Option<String>,
-    /// `path`: connections on that path, or under it with a trailing `/*` (`/chat/*`).
-    pub path: Option<String>,
+/// For a log line: the filter's keys, escaped.
+fn describe(f: &Filter) -> String {
+    let mut out = String::new();
+    for (key, value) in [
+        ("user", &f.user),
+        ("session", &f.session),
+        ("path", &f.path),
+    ] {
+        if let Some(v) = value {
+            let _ = write!(out, "{key}=\"{}\" ", safe_user(v));
+        }
+    }
+    out.trim_end().to_string()
 }
 
-impl Filter {
-    fn is_empty(&self) -> bool {
-        self.user.is_none() && self.session.is_none() && self.path.is_none()
-    }
-
-    /// Whether a connection of `user` (None: anonymous) on `path` with `session` matches every
-    /// given key.
-    #[must_use]
-    pub fn matches(&self, user: Option<&str>, session: Option<&str>, path: &str) -> bool {
-        let user_ok = self
-            .user
-            .as_deref()
-            .is_none_or(|want| want == user.unwrap_or("-"));
-        let session_ok = self
-            .session
-            .as_deref()
-            .is_none_or(|want| Some(want) == session);
-        let path_ok = self.path.as_deref().is_none_or(|want| {
-            match want.strip_suffix('*').filter(|p| p.ends_with('/')) {
-                Some(prefix) => path.starts_with(prefix),
-                None => want == path,
+/// The filter as a query string (`user=alice&path=%2Fchat`, without `?`), values
+/// percent-encoded but for unreserved characters, `/` and `*`: how `wsgate disconnect` asks, and
+/// how a disconnect travels to the other instances. [`parse_query`] reads it back.
+#[must_use]
+pub fn query_string(f: &Filter) -> String {
+    let mut out = String::new();
+    for (key, value) in [
+        ("user", &f.user),
+        ("session", &f.session),
+        ("path", &f.path),
+    ] {
+        if let Some(v) = value {
+            if !out.is_empty() {
+                out.push('&');
             }
-        });
-        user_ok && session_ok && path_ok
+            out.push_str(key);
+            out.push('=');
+            for b in v.bytes() {
+                if b.is_ascii_alphanumeric() || b"-._~/*".contains(&b) {
+                    out.push(char::from(b));
+                } else {
+                    let _ = write!(out, "%{b:02X}");
+                }
+            }
+        }
     }
-
-    /// For a log line: the keys given, user names escaped.
-    fn describe(&self) -> String {
-        let mut out = String::new();
-        if let Some(u) = &self.user {
-            let _ = write!(out, "user=\"{}\" ", safe_user(u));
-        }
-        if let Some(sid) = &self.session {
-            let _ = write!(out, "session=\"{}\" ", safe_user(sid));
-        }
-        if let Some(p) = &self.path {
-            let _ = write!(out, "path=\"{}\" ", safe_user(p));
-        }
-        out.trim_end().to_string()
-    }
+    out
 }
 
-/// Parses `query` (`a=1&b=2`) into a [`Filter`], taking only `keys`.
-fn parse_query(query: &str, keys: &[&str]) -> Result<Filter, String> {
+/// The keys a [`Filter`] has, for [`parse_query`].
+pub const FILTER_KEYS: &[&str] = &["user", "session", "path"];
+
+/// Parses `query` (`a=1&b=2`) into a [`Filter`], taking only `keys`: each key at most once,
+/// not empty, values percent-decoded as the upgrade's query values are ([`percent_decode`]).
+///
+/// # Errors
+/// What is wrong, for a 400.
+pub fn parse_query(query: &str, keys: &[&str]) -> Result<Filter, String> {
     let mut f = Filter::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -934,20 +941,6 @@ fn list_connections(hub: &Hub, filter: &Filter) -> String {
     out
 }
 
-/// Ends every connection here that `filter` matches with 1008 `disconnected by admin`; returns
-/// how many (not counting those already ending). Also called for a disconnect from another
-/// instance.
-pub fn disconnect_local(hub: &Hub, filter: &Filter) -> usize {
-    let mut n = 0;
-    hub.for_each_member(|path, m: &MemberShared| {
-        let session = m.profile.get().map(|p| p.session_id.as_str());
-        if filter.matches(m.holder.user.as_deref(), session, path) && m.revoke(Revocation::Admin) {
-            n += 1;
-        }
-    });
-    n
-}
-
 /// `s` as a JSON string literal.
 fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -1020,7 +1013,7 @@ mod tests {
     }
 
     fn answer(head: &[u8], st: &AdminState) -> Answer {
-        match route(head, st) {
+        match route(head, st, "127.0.0.1:1".parse().unwrap()) {
             Routed::Answer(a) => a,
             Routed::Body { .. } => panic!("wants a body"),
         }

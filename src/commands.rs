@@ -301,19 +301,10 @@ fn admin_request(
     stream
         .set_write_timeout(Some(ADMIN_ANSWER_TIMEOUT))
         .map_err(unreachable)?;
-    let mut query = String::new();
-    for (key, value) in [
-        ("user", &filter.user),
-        ("session", &filter.session),
-        ("path", &filter.path),
-    ] {
-        if let Some(v) = value {
-            query.push(if query.is_empty() { '?' } else { '&' });
-            query.push_str(key);
-            query.push('=');
-            query.push_str(&query_escape(v));
-        }
-    }
+    let query = match admin::query_string(filter) {
+        q if q.is_empty() => q,
+        q => format!("?{q}"),
+    };
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -353,27 +344,25 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Percent-encodes a query value: all but unreserved characters, `/` and `*`.
-fn query_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/*".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn query_values_are_escaped_and_wildcards_reach_loopback() {
-        assert_eq!(query_escape("/chat/*"), "/chat/*");
-        assert_eq!(query_escape("a b+c&d=é"), "a%20b%2Bc%26d%3D%C3%A9");
+    fn filters_round_trip_as_queries_and_wildcards_reach_loopback() {
+        let f = Filter {
+            user: Some("a b+c&d=é".into()),
+            session: None,
+            path: Some("/chat/*".into()),
+        };
+        assert_eq!(
+            admin::query_string(&f),
+            "user=a%20b%2Bc%26d%3D%C3%A9&path=/chat/*"
+        );
+        assert_eq!(
+            admin::parse_query(&admin::query_string(&f), admin::FILTER_KEYS),
+            Ok(f)
+        );
         assert_eq!(
             reachable("0.0.0.0:9480".parse().unwrap()),
             "127.0.0.1:9480".parse().unwrap()

@@ -262,12 +262,54 @@ impl MemberShared {
     }
 }
 
-/// A broadcast leaving this instance for the others, queued for the cluster bridge.
-#[derive(Debug, Clone)]
-pub struct Outbound {
-    /// The channel path it was published on.
-    pub path: String,
-    pub msg: Message,
+/// What leaves this instance for the others, queued for the cluster bridge.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// A broadcast published here on `path`.
+    Broadcast { path: String, msg: Message },
+    /// An admin's disconnect: every instance ends its connections that match.
+    Disconnect(Filter),
+}
+
+/// Which connections an admin means (`GET /connections`, `POST /disconnect`): every key given
+/// must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// `user`: that user's connections; `-` for anonymous ones.
+    pub user: Option<String>,
+    /// `session`: the connection(s) with that session id.
+    pub session: Option<String>,
+    /// `path`: connections on that path, or under it with a trailing `/*` (`/chat/*`).
+    pub path: Option<String>,
+}
+
+impl Filter {
+    /// True when no key is given (it would match every connection).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.user.is_none() && self.session.is_none() && self.path.is_none()
+    }
+
+    /// Whether a connection of `user` (None: anonymous) on `path` with `session` matches every
+    /// given key.
+    #[must_use]
+    pub fn matches(&self, user: Option<&str>, session: Option<&str>, path: &str) -> bool {
+        let user_ok = self
+            .user
+            .as_deref()
+            .is_none_or(|want| want == user.unwrap_or("-"));
+        let session_ok = self
+            .session
+            .as_deref()
+            .is_none_or(|want| Some(want) == session);
+        let path_ok = self.path.as_deref().is_none_or(|want| {
+            match want.strip_suffix('*').filter(|p| p.ends_with('/')) {
+                Some(prefix) => path.starts_with(prefix),
+                None => want == path,
+            }
+        });
+        user_ok && session_ok && path_ok
+    }
 }
 
 /// The registry of channel members.
@@ -387,7 +429,7 @@ impl Hub {
     fn forward(&self, path: &str, msg: &Message) {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
-            let out = Outbound {
+            let out = Outbound::Broadcast {
                 path: path.to_string(),
                 msg: msg.clone(),
             };
@@ -464,6 +506,41 @@ impl Hub {
             }
         }
         reached
+    }
+
+    /// Ends every member here that `filter` matches with 1008 `disconnected by admin`; returns
+    /// how many (not counting those already ending). An empty filter matches nobody. Also
+    /// called for a disconnect from another instance.
+    pub fn disconnect(&self, filter: &Filter) -> usize {
+        if filter.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        self.for_each_member(|path, m| {
+            let session = m.profile.get().map(|p| p.session_id.as_str());
+            if filter.matches(m.holder.user.as_deref(), session, path)
+                && m.revoke(Revocation::Admin)
+            {
+                n += 1;
+            }
+        });
+        n
+    }
+
+    /// Queues `filter` for the other instances, which end their matching members; false
+    /// without a cluster bridge, or when its queue is full (counted as not forwarded).
+    pub fn forward_disconnect(&self, filter: &Filter) -> bool {
+        let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
+        let Some(outlet) = outlet.as_ref() else {
+            return false;
+        };
+        let sent = outlet
+            .try_send(Outbound::Disconnect(filter.clone()))
+            .is_ok();
+        if !sent {
+            self.metrics.cluster_not_forwarded(1);
+        }
+        sent
     }
 
     /// Calls `f` with every member's path and shared state (for re-checking access on reload).
@@ -847,8 +924,13 @@ mod tests {
         a.publish(&text("2")); // the queue holds one: not forwarded
         assert_eq!(b.next_queued().unwrap(), text("1"));
         assert_eq!(b.next_queued().unwrap(), text("2"));
-        let out = rx.try_recv().unwrap();
-        assert_eq!((out.path.as_str(), out.msg), ("/c", text("1")));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Outbound::Broadcast {
+                path: "/c".into(),
+                msg: text("1")
+            }
+        );
         assert!(rx.try_recv().is_err());
         assert_eq!(metrics.cluster_not_forwarded_count(), 1);
 

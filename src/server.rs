@@ -713,7 +713,6 @@ fn attach_admin_api(shared: &Arc<Shared>, state: &AdminState, token: Option<[u8;
         hub: Arc::clone(&shared.hub),
         broadcast_limit: Box::new(broadcast_limit),
         token,
-        remote_disconnect: None,
     });
 }
 

@@ -292,13 +292,14 @@ impl Server {
         if let (Some(state), Some(l), Some(cfg)) = (&shared.admin, admin_listener, admin_config) {
             attach_admin_api(&shared, state, admin_token);
             log::info!(
-                "admin endpoint (/healthz, /metrics, /publish, /connections, /disconnect) on http://{}{}",
-                l.local_addr()?,
-                if cfg.token_file.is_some() {
-                    " (API behind a bearer token)"
+                "admin endpoint (/healthz, /metrics; API /publish, /connections, /disconnect {}) \
+                 on http://{}",
+                if admin_token.is_some() {
+                    "with the bearer token"
                 } else {
-                    ""
-                }
+                    "without a token"
+                },
+                l.local_addr()?
             );
             admin::spawn(l, Arc::clone(state), cfg.max_connections)?;
         }

@@ -190,6 +190,9 @@ fn a_publish_reaches_every_subscriber_of_the_channel_and_answers_202_with_their_
     assert_eq!(metric(&server, "wsgate_admin_publishes_total"), 5);
 }
 
+/// A request and the status it must get: method, target, headers, body, status.
+type Case<'a> = (&'a str, &'a str, &'a [&'a str], &'a [u8], u16);
+
 #[test]
 fn a_publish_is_refused_for_paths_no_broadcast_channel_serves_and_bodies_it_cannot_take() {
     let server = setup().start();
@@ -197,7 +200,7 @@ fn a_publish_is_refused_for_paths_no_broadcast_channel_serves_and_bodies_it_cann
     let mut alice = server.connect_as("/news", ALICE);
     let at_limit = vec![b'a'; 1024];
     let over = vec![b'a'; 1025];
-    let cases: &[(&str, &str, &[&str], &[u8], u16)] = &[
+    let cases: &[Case<'_>] = &[
         ("POST", "/publish?path=/echo", &[], b"x", 404),
         ("POST", "/publish?path=/missing", &[], b"x", 404),
         ("POST", "/publish?path=/chat/", &[], b"x", 404),

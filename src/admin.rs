@@ -39,7 +39,7 @@ pub const DEADLINE: Duration = Duration::from_secs(2);
 /// request at once, a scanner that connects and waits gives its place back quickly.
 pub const FIRST_BYTE: Duration = Duration::from_millis(500);
 /// Admin clients served at once unless `[admin] max_connections` says otherwise. One more evicts
-/// the oldest client still reading its request, so a flood of idle connections cannot keep a
+/// the oldest client still reading its request (head or publish body), so a flood of idle connections cannot keep a
 /// probe out (it sends its request at once and is answered within a turn of the loop).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
 /// The largest request head read; a longer one gets 431.
@@ -452,7 +452,7 @@ fn accept_some(
             let oldest = clients
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| matches!(c.phase, Phase::Reading(_)))
+                .filter(|(_, c)| matches!(c.phase, Phase::Reading(_) | Phase::Body { .. }))
                 .min_by_key(|(_, c)| c.accepted)
                 .or_else(|| clients.iter().enumerate().min_by_key(|(_, c)| c.accepted))
                 .map(|(i, _)| i);
@@ -781,15 +781,13 @@ pub fn parse_query(query: &str, keys: &[&str]) -> Result<Filter, String> {
             "session" if keys.contains(&"session") => &mut f.session,
             "path" if keys.contains(&"path") => &mut f.path,
             _ => {
+                // Not named: what a client puts there (a token, say) must not reach the log.
                 let known = if keys.is_empty() {
                     "none".to_string()
                 } else {
                     keys.join(", ")
                 };
-                return Err(format!(
-                    "unknown query key `{}`; this endpoint takes {known}",
-                    safe_user(key)
-                ));
+                return Err(format!("unknown query key; this endpoint takes {known}"));
             }
         };
         if slot.is_some() {

@@ -85,6 +85,12 @@ pub fn check_config(path: &Path) -> Result<String, CommandError> {
     let config = Config::load(path).map_err(CommandError::Config)?;
     let users = UserStore::load(&config.auth.users_file).map_err(CommandError::Users)?;
     let tokens = TokenStore::load(&config.auth.tokens_file).map_err(CommandError::Tokens)?;
+    if let Some(file) = config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        admin::read_token(file).map_err(|error| CommandError::AdminToken {
+            path: file.clone(),
+            error,
+        })?;
+    }
     let names: Vec<&str> = users.names().collect();
     let mut out = String::new();
     for warning in acl::lint(&config, &names) {

@@ -488,6 +488,21 @@ fn with_a_token_file_the_api_wants_the_bearer_token_and_no_token_ever_reaches_th
     // nobody learns to put it there.
     let a = request(admin, "POST", &query, &[&bearer], b"x");
     assert_eq!(a.status, 400);
+    // A token pasted as a bare key: refused, and its refusal line (the budget refilled first,
+    // so it is written) does not name it.
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = server.count_log("reason=unknown query key");
+    let bare = format!("/publish?path=/news&{TOKEN}");
+    assert_eq!(request(admin, "POST", &bare, &[&bearer], b"x").status, 400);
+    let until = Instant::now() + IO_TIMEOUT;
+    while server.count_log("reason=unknown query key") == before {
+        assert!(
+            Instant::now() < until,
+            "no refusal line:\n{}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let a = request(admin, "POST", "/publish?path=/news", &[&bearer], b"ok");
     assert_eq!(a.status, 202, "{}", a.body);
     assert_eq!(next_data(&mut alice), Message::text("ok"));
@@ -531,6 +546,12 @@ fn an_admin_listener_off_loopback_without_a_token_file_is_a_config_error() {
     setup.set("admin", "token_file", "admin.token");
     let (dir, config, _ca) = setup.write();
     std::fs::write(dir.path().join("admin.token"), "short\n").unwrap();
+    let (code, stderr) = common::check_config(&config);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("at least 16 visible characters"),
+        "{stderr}"
+    );
     let out = run_wsgate(["serve".as_ref(), config.as_os_str()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

@@ -53,6 +53,10 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Refusal lines (401, 400, 404, 413...) logged per second at most; the rest are counted and the
 /// count is logged with the next line.
 const REFUSAL_LINES_PER_SEC: u64 = 5;
+/// The longest line of a `/connections` answer: a user name (64 characters, each at most
+/// `\u00XX`), a path (1024), a session id, the peer, six numbers and the keys. The memory budget
+/// counts one answer of this much per connection per admin client.
+pub const LISTED_CONNECTION_MAX: usize = 2048;
 /// The shortest bearer token `[admin] token_file` may hold: a short one is guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
 /// How long accepting pauses after an accept error (out of descriptors or memory), while the
@@ -1043,6 +1047,86 @@ mod tests {
         st.set_draining(true);
         let a = answer(b"GET /healthz HTTP/1.1\r\n\r\n", &st);
         assert_eq!((a.status, a.body.as_str()), (503, "draining\n"));
+    }
+
+    #[test]
+    fn queries_parse_once_per_key_decoded_and_nothing_else() {
+        let f = parse_query("user=al%20ice&path=/chat/*", FILTER_KEYS).unwrap();
+        assert_eq!(
+            f,
+            Filter {
+                user: Some("al ice".into()),
+                session: None,
+                path: Some("/chat/*".into())
+            }
+        );
+        assert_eq!(parse_query(&query_string(&f), FILTER_KEYS), Ok(f));
+        assert_eq!(parse_query("", FILTER_KEYS), Ok(Filter::default()));
+        assert_eq!(parse_query("&&", FILTER_KEYS), Ok(Filter::default()));
+        for (query, why) in [
+            ("user=a&user=b", "query key `user` given twice"),
+            ("user=", "query key `user` is empty"),
+            ("path", "query key `path` is empty"),
+            ("path=%zz", "query key `path`: bad escape"),
+            (
+                "S3CRET",
+                "unknown query key; this endpoint takes user, session, path",
+            ),
+        ] {
+            assert_eq!(parse_query(query, FILTER_KEYS).unwrap_err(), why, "{query}");
+        }
+        // `;` is no separator: one value.
+        assert_eq!(
+            parse_query("user=a;path=/x", FILTER_KEYS)
+                .unwrap()
+                .user
+                .as_deref(),
+            Some("a;path=/x")
+        );
+        assert_eq!(
+            parse_query("session=x", &["path"]).unwrap_err(),
+            "unknown query key; this endpoint takes path"
+        );
+    }
+
+    #[test]
+    fn the_bearer_token_is_compared_as_a_digest() {
+        let want = token_digest("0123456789abcdef");
+        let check = |value: &str| {
+            let headers = [httparse::Header {
+                name: "Authorization",
+                value: value.as_bytes(),
+            }];
+            bearer_matches(&headers, &want)
+        };
+        assert_eq!(check("Bearer 0123456789abcdef"), Ok(()));
+        assert_eq!(check("bearer   0123456789abcdef  "), Ok(()));
+        assert_eq!(check("Bearer 0123456789abcdeF"), Err("wrong token\n"));
+        assert_eq!(
+            check("Basic 0123456789abcdef"),
+            Err("bearer token required\n")
+        );
+        assert_eq!(check("Bearer"), Err("bearer token required\n"));
+        assert_eq!(bearer_matches(&[], &want), Err("bearer token required\n"));
+        let two = [
+            httparse::Header {
+                name: "authorization",
+                value: b"Bearer 0123456789abcdef",
+            },
+            httparse::Header {
+                name: "Authorization",
+                value: b"Bearer 0123456789abcdef",
+            },
+        ];
+        assert_eq!(bearer_matches(&two, &want), Err("bearer token required\n"));
+    }
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_controls() {
+        assert_eq!(
+            json_string("a\"b\\c\u{1}\u{7f}é"),
+            "\"a\\\"b\\\\c\\u0001\\u007fé\""
+        );
     }
 
     #[test]

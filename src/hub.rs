@@ -950,6 +950,116 @@ mod tests {
     }
 
     #[test]
+    fn inject_reaches_every_member_counts_them_and_forwards_once() {
+        let metrics = Arc::new(Metrics::new(["/c"]));
+        let hub = Hub::new(Arc::clone(&metrics));
+        let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let b = join(&hub, "/c", 1, SlowConsumer::Drop);
+        let _other = join(&hub, "/d", 4, SlowConsumer::Disconnect);
+        assert_eq!(hub.inject("/c", &text("1")), 2, "both, none excluded");
+        assert_eq!(hub.inject("/c", &text("2")), 1, "b's outbox is full");
+        assert_eq!(hub.inject("/nobody", &text("3")), 0);
+        assert_eq!(a.next_queued().unwrap(), text("1"));
+        assert_eq!(b.next_queued().unwrap(), text("1"));
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        hub.set_outlet(tx);
+        hub.inject("/c", &text("4"));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Outbound::Broadcast {
+                path: "/c".into(),
+                msg: text("4")
+            }
+        );
+        assert!(rx.try_recv().is_err());
+    }
+
+    fn member_of(hub: &Arc<Hub>, path: &str, user: Option<&str>, session: &str) -> Membership {
+        let holder = Holder {
+            user: user.map(str::to_string),
+            ..Holder::default()
+        };
+        let m = hub
+            .join(path, true, intake(4, SlowConsumer::Disconnect), holder)
+            .unwrap()
+            .unwrap();
+        m.shared
+            .profile
+            .set(Profile {
+                method: Method::Password,
+                mode: Mode::Broadcast,
+                peer: "127.0.0.1:1".parse().unwrap(),
+                since: SystemTime::now(),
+                session_id: session.to_string(),
+            })
+            .unwrap();
+        m
+    }
+
+    #[test]
+    fn disconnect_ends_the_members_every_key_matches_once_and_is_forwarded() {
+        let hub = hub();
+        let alice = member_of(&hub, "/chat/a", Some("alice"), "s1");
+        let alice2 = member_of(&hub, "/news", Some("alice"), "s2");
+        let bob = member_of(&hub, "/chat/b", Some("bob"), "s3");
+        let anon = member_of(&hub, "/chat/b", None, "s4");
+        let f = |user: Option<&str>, session: Option<&str>, path: Option<&str>| Filter {
+            user: user.map(str::to_string),
+            session: session.map(str::to_string),
+            path: path.map(str::to_string),
+        };
+        assert_eq!(
+            hub.disconnect(&Filter::default()),
+            0,
+            "empty matches nobody"
+        );
+        assert_eq!(hub.disconnect(&f(Some("alice"), None, Some("/chat/*"))), 1);
+        assert_eq!(alice.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(alice2.ended(), None);
+        assert_eq!(
+            hub.disconnect(&f(Some("alice"), None, None)),
+            1,
+            "once each"
+        );
+        assert_eq!(hub.disconnect(&f(Some("-"), None, None)), 1);
+        assert_eq!(anon.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(hub.disconnect(&f(None, Some("s3"), Some("/chat"))), 0);
+        assert_eq!(hub.disconnect(&f(None, Some("s3"), None)), 1);
+        assert_eq!(bob.ended(), Some((1008, "disconnected by admin")));
+        // Only with a bridge.
+        assert!(!hub.forward_disconnect(&f(Some("x"), None, None)));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        hub.set_outlet(tx);
+        assert!(hub.forward_disconnect(&f(Some("x"), None, None)));
+        assert!(
+            !hub.forward_disconnect(&f(Some("y"), None, None)),
+            "queue full"
+        );
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Outbound::Disconnect(f(Some("x"), None, None))
+        );
+        assert_eq!(hub.metrics.cluster_not_forwarded_count(), 1);
+    }
+
+    #[test]
+    fn a_filter_path_matches_exactly_or_under_a_trailing_slash_star() {
+        let f = |p: &str| Filter {
+            path: Some(p.into()),
+            ..Filter::default()
+        };
+        assert!(f("/chat/a").matches(None, None, "/chat/a"));
+        assert!(!f("/chat/a").matches(None, None, "/chat/ab"));
+        assert!(f("/chat/*").matches(None, None, "/chat/a/b"));
+        assert!(!f("/chat/*").matches(None, None, "/chatroom"));
+        assert!(
+            !f("/chat*").matches(None, None, "/chatroom"),
+            "only after a slash"
+        );
+        assert!(f("/chat*").matches(None, None, "/chat*"));
+    }
+
+    #[test]
     fn leaving_and_shutdown() {
         let hub = hub();
         let a = join(&hub, "/c", 1, SlowConsumer::Disconnect);

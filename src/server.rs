@@ -1207,7 +1207,7 @@ fn log_memory_budget(config: &Config) {
     log::info!(
         "memory budget (worst case the limits allow): {} connections x {} KiB (stack {} KiB, \
          buffers {} KiB, outbox {} x {} KiB) + {} handshake stacks x {} KiB + {} MiB password \
-         hashing + {} KiB caches + {} KiB cluster queue = {} MiB",
+         hashing + {} KiB caches + {} KiB cluster queue + {} KiB admin API = {} MiB",
         b.connections,
         b.per_connection() >> 10,
         b.stack >> 10,
@@ -1219,6 +1219,7 @@ fn log_memory_budget(config: &Config) {
         b.hashing >> 20,
         b.caches >> 10,
         b.cluster >> 10,
+        b.admin >> 10,
         b.total() >> 20
     );
 }
@@ -1246,6 +1247,9 @@ struct MemoryBudget {
     caches: usize,
     /// The cluster bridge's queues and read batch of largest messages (0 without a cluster).
     cluster: usize,
+    /// The admin API's clients, each holding a request head and a publish body or a
+    /// `/connections` answer (0 without an admin endpoint).
+    admin: usize,
 }
 
 /// rustls's record buffers and connection state, per connection (a full 16 KiB record in, one
@@ -1282,6 +1286,10 @@ impl MemoryBudget {
             } else {
                 0
             },
+            admin: config.admin.as_ref().map_or(0, |a| {
+                let answer = (s.workers.get() + s.queue) * admin::LISTED_CONNECTION_MAX;
+                a.max_connections.get() * (admin::MAX_HEAD + max_message.max(answer))
+            }),
         }
     }
 
@@ -1295,6 +1303,7 @@ impl MemoryBudget {
             + self.hashing
             + self.caches
             + self.cluster
+            + self.admin
     }
 }
 
@@ -1333,10 +1342,21 @@ mod tests {
         assert_eq!(b.hashing, 2 * 19 * 1024 * 1024);
         assert_eq!(b.caches, (100 + 3 * THROTTLE_ENTRIES) * CACHE_ENTRY);
         assert_eq!(b.cluster, 0);
+        assert_eq!(b.admin, 0);
         assert_eq!(b.per_connection(), b.stack + b.buffers + 8 * 32 * 1024);
         assert_eq!(
             b.total(),
             12 * b.per_connection() + 4 * 256 * 1024 + b.hashing + b.caches
+        );
+        // The admin API: each client a head and the larger of a body and a connection list.
+        let c = config(
+            "[server]\nworkers = 100\nqueue = 0\n[admin]\nlisten = 127.0.0.1:9480\n\
+             max_connections = 4\n[channel:/b]\nmode = broadcast\n",
+        );
+        let b = MemoryBudget::of(&c);
+        assert_eq!(
+            b.admin,
+            4 * (admin::MAX_HEAD + 100 * admin::LISTED_CONNECTION_MAX)
         );
     }
 }

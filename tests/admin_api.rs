@@ -309,6 +309,37 @@ fn a_huge_declared_body_is_refused_at_once_and_a_slow_body_is_dropped_at_the_dea
     assert_eq!(next_data(&mut alice), Message::text("after"));
 }
 
+#[test]
+fn publish_bodies_that_never_finish_cannot_keep_a_health_probe_out() {
+    let mut setup = setup();
+    setup.set("admin", "max_connections", "3");
+    let server = setup.start();
+    let admin = server.admin_addr();
+    let mut alice = server.connect_as("/news", ALICE);
+    // Every place taken by a publish whose body stops after 3 of 100 bytes.
+    let stuck: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(admin).unwrap();
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            s.write_all(b"POST /publish?path=/news HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc")
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // A probe takes the oldest one's place at once.
+    let started = Instant::now();
+    assert_eq!(server.admin_get("/healthz").0, 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // Each stuck client is dropped (evicted, or at the deadline) without an answer.
+    for mut s in stuck {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    }
+    assert_eq!(try_next(&mut alice, Duration::from_millis(200)), None);
+}
+
 /// The connection objects of a `/connections` answer, one per line.
 fn objects(body: &str) -> Vec<String> {
     body.lines()
@@ -422,8 +453,14 @@ fn disconnect_closes_the_matching_connections_with_1008_and_answers_how_many() {
     );
     assert_eq!(a.body, "{\"disconnected\":1,\"forwarded\":false}\n");
     assert_eq!(close_frame(&mut bob).0, 1008);
-    let a = request(admin, "POST", "/disconnect?path=/news", &[], b"");
-    assert_eq!(a.body, "{\"disconnected\":1,\"forwarded\":false}\n");
+    // The recipe of docs/admin-api.md: curl -X POST, no body.
+    let (ok, body) = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{admin}/disconnect?path=/news"),
+    ]);
+    assert!(ok);
+    assert_eq!(body, "{\"disconnected\":1,\"forwarded\":false}\n");
     assert_eq!(close_frame(&mut bob_news).0, 1008);
     let a = request(admin, "POST", "/disconnect?user=alice", &[], b"");
     assert_eq!(a.body, "{\"disconnected\":0,\"forwarded\":false}\n");

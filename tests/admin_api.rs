@@ -251,6 +251,27 @@ fn a_publish_is_refused_for_paths_no_broadcast_channel_serves_and_bodies_it_cann
 }
 
 #[test]
+fn a_publish_follows_the_channels_of_the_current_config_after_a_reload() {
+    let mut setup = setup();
+    let server = setup.start();
+    let admin = server.admin_addr();
+    let mut alice = server.connect_as("/news", ALICE);
+    assert_eq!(publish(admin, "/news", &[b'a'; 1024]).status, 202);
+    assert_eq!(next_data(&mut alice).len(), 1024);
+    // /news now takes 512 bytes at most, and /chat/* becomes an echo channel.
+    setup
+        .set("channel:/news", "max_message_size", "512")
+        .set("channel:/news", "max_frame_size", "512")
+        .set("channel:/chat/*", "mode", "echo");
+    std::fs::write(server.dir.path().join("wsgate.ini"), setup.render()).unwrap();
+    server.reload_and_wait();
+    assert!(server.logs().contains("reloaded "), "{}", server.logs());
+    assert_eq!(publish(admin, "/news", &[b'a'; 513]).status, 413);
+    assert_eq!(publish(admin, "/news", &[b'a'; 512]).status, 202);
+    assert_eq!(publish(admin, "/chat/a", b"x").status, 404);
+}
+
+#[test]
 fn a_huge_declared_body_is_refused_at_once_and_a_slow_body_is_dropped_at_the_deadline() {
     let server = setup().start();
     let admin = server.admin_addr();

@@ -711,12 +711,18 @@ impl std::fmt::Display for TokenFileError {
 impl std::error::Error for TokenFileError {}
 
 /// Reads the bearer token from `[admin] token_file`: its one line, surrounding whitespace
-/// trimmed. The server keeps only its digest; `wsgate connections` sends it.
+/// trimmed, opened as every secret file is ([`crate::files::open_private`]: a regular file, a
+/// warning when group or others may read it). The server keeps only its digest; `wsgate
+/// connections` sends it.
 ///
 /// # Errors
 /// The file cannot be read, or does not hold a token fit to guard the API.
 pub fn read_token(path: &Path) -> Result<String, TokenFileError> {
-    let text = std::fs::read_to_string(path).map_err(TokenFileError::Read)?;
+    let (mut file, _) =
+        crate::files::open_private(path, "[admin] token_file").map_err(TokenFileError::Read)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(TokenFileError::Read)?;
     let token = text.trim();
     if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(TokenFileError::Unfit);

@@ -130,11 +130,16 @@ fn first_hour_warnings(config: &Config, users: &UserStore) -> String {
             shown(&config.auth.users_file)
         ));
     }
+    let admin_token = config.admin.as_ref().and_then(|a| a.token_file.as_ref());
     for (file, what) in [
-        (&config.auth.users_file, "users file"),
-        (&config.auth.tokens_file, "tokens file"),
-        (&config.auth.session_key_file, "session key file"),
+        (Some(&config.auth.users_file), "users file"),
+        (Some(&config.auth.tokens_file), "tokens file"),
+        (Some(&config.auth.session_key_file), "session key file"),
+        (admin_token, "[admin] token_file"),
     ] {
+        let Some(file) = file else {
+            continue;
+        };
         let Ok(meta) = std::fs::metadata(file) else {
             continue;
         };

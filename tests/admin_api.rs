@@ -528,6 +528,7 @@ fn with_token() -> Server {
     let (dir, config, ca) = setup.write();
     let file = dir.path().join("admin.token");
     std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     Server::spawn(dir, &config, ca)
 }
 
@@ -608,6 +609,24 @@ fn with_a_token_file_the_api_wants_the_bearer_token_and_no_token_ever_reaches_th
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"user\":\"alice\""));
 
     assert!(server.wait_log("status=401 reason=wrong token", IO_TIMEOUT));
+    // Written 0644 by this test: said once at start, like every secret file.
+    assert!(
+        server.logs().contains("[admin] token_file ")
+            && server
+                .logs()
+                .contains("is accessible by group/others (mode 644)"),
+        "{}",
+        server.logs()
+    );
+    let (code, out) = {
+        let out = run_wsgate(["check-config".as_ref(), config.as_os_str()]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0));
+    assert!(out.contains("warning: [admin] token_file "), "{out}");
     let logs = server.logs();
     assert!(logs.contains("status=401 reason=bearer token required"));
     assert!(!logs.contains("S3CRET"), "a token reached the log:\n{logs}");

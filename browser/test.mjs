@@ -6,9 +6,12 @@
 //   (b) a page from another origin (a second, plain-HTTP server on another port) opens the
 //       channel with valid credentials and is refused with 403 "origin not allowed" (cross-site
 //       WebSocket hijacking), while the same-origin page can open the same URL;
-//   (c) after a password login the page reconnects without the password, with its Reconnect
-//       button and by itself after the server closes the connection: the browser sends the
-//       HttpOnly session cookie and the server logs `auth=session` with the same session id.
+//   (c) the page logs in with POST /login and every WebSocket, first and reconnected (with its
+//       Reconnect button and by itself after the server closes the connection), rides the
+//       HttpOnly session cookie: no URL carries the password, the server logs `auth=session`
+//       with the same session id throughout;
+//   (d) a wrong password makes the page say "login failed" at once, and it opens no WebSocket
+//       and does not retry.
 //
 // Usage: node browser/test.mjs  (after `cargo build --release`). Environment: WSGATE_BIN (the
 // binary; default $CARGO_TARGET_DIR or ./target, then release/wsgate), CHROMIUM (default
@@ -230,11 +233,13 @@ async function run() {
   console.log('ok (a) two pages exchanged broadcast messages over wss://');
 
   // (c) the session cookie: reconnect without the password, same session id.
+  await waitForLog('alice logs in', /demo login peer=\S+ user="alice" status=204/, before);
   const opened = await waitForLog(
-    'alice opens with a password',
-    new RegExp(`open peer=\\S+ user="alice" auth=password session=(\\S+) path=${CHANNEL}`),
+    'alice opens with the session of her login',
+    new RegExp(`open peer=\\S+ user="alice" auth=session session=(\\S+) path=${CHANNEL}`),
     before,
   );
+  check(!socketsA[0].includes('pass='), `the first WebSocket URL carried a password`);
   const session = /session=(\S+)/.exec(opened)[1];
   const cookies = await ctxA.cookies(site);
   const cookie = cookies.find((c) => c.name === '__Host-wsgate_session');
@@ -311,12 +316,33 @@ async function run() {
   check(sameOrigin === 'open', `the same-origin page could not open the URL: ${sameOrigin}`);
   console.log(`ok (b) cross-origin page refused (${result}): ${refused.replace(/peer=\S+ /, '')}`);
 
+  // (d) a wrong password: "login failed" at once, no WebSocket, no retry loop.
+  const ctxC = await browser.newContext({ ignoreHTTPSErrors: true });
+  const c = await openDemo(ctxC, site, errors);
+  const socketsC = [];
+  c.on('websocket', (ws) => socketsC.push(ws.url()));
+  const beforeFailed = log.length;
+  await c.fill('#user', ALICE.user);
+  await c.fill('#pass', 'not-alices-password');
+  await c.click('#login-button');
+  await c.waitForSelector('body[data-state="login failed: wrong user name or password"]');
+  await waitForLog('the failed login', /auth failed: user="alice" peer=\S+/, beforeFailed);
+  await new Promise((r) => setTimeout(r, 2500)); // longer than the page's first retry delay
+  check(socketsC.length === 0, `a failed login opened ${socketsC.length} WebSockets`);
+  check(
+    (await c.getAttribute('body', 'data-state')) === 'login failed: wrong user name or password',
+    'the page left its login-failed state',
+  );
+  console.log('ok (d) a wrong password says "login failed" and opens no WebSocket');
+
   fs.mkdirSync(path.dirname(screenshot), { recursive: true });
   await a.screenshot({ path: screenshot, fullPage: true });
   console.log(`screenshot: ${screenshot}`);
 
   check(errors.length === 0, `browser errors:\n${errors.join('\n')}`);
-  const bad = log.filter((l) => /panick|alice-browser-pw|bob-browser-pw|pass=/.test(l));
+  const bad = log.filter((l) =>
+    /panick|alice-browser-pw|bob-browser-pw|not-alices-password|pass=/.test(l),
+  );
   check(bad.length === 0, `server log has a panic or a secret:\n${bad.join('\n')}`);
 }
 

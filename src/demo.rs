@@ -22,6 +22,12 @@ pub fn wants_page(req: &httparse::Request<'_, '_>) -> bool {
             .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
 }
 
+/// Whether the request is the page's login: `POST /login` (any query is refused as a plain
+/// request would be: only this exact target).
+pub fn is_login(req: &httparse::Request<'_, '_>) -> bool {
+    req.method == Some("POST") && req.path == Some("/login")
+}
+
 /// The page for `channel`: the whole HTTP response, head and body, ending with `Connection:
 /// close` (the server closes after writing it).
 pub fn response(channel: &str) -> Vec<u8> {

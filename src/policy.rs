@@ -47,6 +47,9 @@ pub enum Reason {
     HttpVersion,
     /// Missing `Host`, `Upgrade: websocket` or `Connection: Upgrade`. 400.
     NotUpgrade,
+    /// A demo login (`POST /login`) whose form body is missing its `Content-Length` or longer
+    /// than [`MAX_LOGIN_BODY`]. 413.
+    LoginTooLarge,
     /// A plain `GET` with no `Upgrade` header at all: a browser or a scanner asking for a page.
     /// 400, with a body saying this is a WebSocket endpoint and where its documentation is.
     PlainHttp,
@@ -89,6 +92,7 @@ impl Reason {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             Reason::Method => StatusCode::METHOD_NOT_ALLOWED,
+            Reason::LoginTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::WsVersion => StatusCode::UPGRADE_REQUIRED,
             Reason::UnknownPath => StatusCode::NOT_FOUND,
             Reason::Origin(_) | Reason::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -148,6 +152,7 @@ impl fmt::Display for Reason {
             Reason::HttpVersion => f.write_str("not HTTP/1.1"),
             Reason::NotUpgrade => f.write_str("not a websocket upgrade"),
             Reason::PlainHttp => f.write_str("plain HTTP request, not a websocket upgrade"),
+            Reason::LoginTooLarge => f.write_str("login form without a length or too long"),
             Reason::BadKey => f.write_str("bad Sec-WebSocket-Key"),
             Reason::WsVersion => f.write_str("unsupported Sec-WebSocket-Version"),
             Reason::Subprotocol => f.write_str("bearer subprotocol without wsgate.v1"),
@@ -836,6 +841,51 @@ pub fn decide(
         proof,
         browser: !origins.is_empty(),
     })
+}
+
+/// The longest demo login form body: a user name and a password, percent-encoded.
+pub const MAX_LOGIN_BODY: usize = 4096;
+
+/// The demo page's login (`POST /login`, `[demo] enabled`): the form body `user=NAME&pass=PASSWORD`
+/// (percent-encoded, as `encodeURIComponent` writes it) checked like a password upgrade, so the
+/// page can say "login failed" instead of watching a WebSocket close with 1006. It only ever
+/// leads to a session cookie, which counts only with an explicitly allowed Origin: the login
+/// needs one too, so a foreign page can neither log a visitor in nor probe passwords through it.
+/// Returns the user whose session the server issues.
+///
+/// # Errors
+/// The [`Reason`] to answer with: `Origin`, `BadCredentials` (malformed body included),
+/// `Throttled`, `Busy`.
+pub fn decide_login(
+    origins: &[&[u8]],
+    host: Option<&[u8]>,
+    body: &[u8],
+    config: &Config,
+    verifier: &dyn Verifier,
+) -> Result<String, Reason> {
+    if origins.is_empty() {
+        return Err(Reason::Origin(OriginRefusal::Missing));
+    }
+    config
+        .origins
+        .check_explicit(origins, host)
+        .map_err(Reason::Origin)?;
+    let malformed = |user: String| Reason::BadCredentials {
+        user,
+        why: "malformed login form",
+    };
+    let body = std::str::from_utf8(body).map_err(|_| malformed(String::new()))?;
+    let (user, password) = match from_query(Some(body.trim_end())) {
+        Ok(Some(Offer::Password { user, password })) => (user, password),
+        Ok(_) => return Err(malformed(String::new())),
+        Err(user) => return Err(malformed(user)),
+    };
+    match verifier.password(&user, &password) {
+        Verdict::Ok { user, .. } => Ok(user),
+        Verdict::Bad { user, why } => Err(Reason::BadCredentials { user, why }),
+        Verdict::Throttled { user, retry_after } => Err(Reason::Throttled { user, retry_after }),
+        Verdict::Busy => Err(Reason::Busy),
+    }
 }
 
 #[cfg(test)]

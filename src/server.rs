@@ -1055,7 +1055,14 @@ fn handshake(
     };
     let verifier = shared.creds.for_peer(peer.ip());
     let (ws, grant, (member, session_id)) =
-        match upgrade::upgrade(transport, config, &verifier, enter) {
+        match upgrade::upgrade(transport, config, &verifier, enter, |user: &str| {
+            let (token, ttl) =
+                shared
+                    .creds
+                    .issue_session(user, &session::new_session_id(), None)?;
+            shared.creds.logged_in(peer.ip(), user);
+            Some(session_cookie(&token, ttl))
+        }) {
             Ok(upgraded) => upgraded,
             Err(UpgradeError::Refused(reason)) => {
                 if let Some(outcome) = Outcome::from_status(reason.status().as_u16()) {
@@ -1066,6 +1073,13 @@ fn handshake(
             }
             Err(UpgradeError::DemoPage) => {
                 log::info!("demo page peer={peer} status=200");
+                return None;
+            }
+            Err(UpgradeError::DemoLogin(user)) => {
+                log::info!(
+                    "demo login peer={peer} user=\"{}\" status=204",
+                    crate::policy::safe_user(&user)
+                );
                 return None;
             }
             Err(UpgradeError::Io(e)) => {

@@ -125,6 +125,9 @@ pub enum UpgradeError {
     Io(io::Error),
     /// A plain `GET /` with `[demo] enabled`: the demo page was sent (and the socket closed).
     DemoPage,
+    /// The demo page's `POST /login` succeeded for this user: answered 204 with the session
+    /// cookie (and the socket closed). A failed one is `Refused`.
+    DemoLogin(String),
 }
 
 /// Headers added to the 101 response (session token, cookie, subprotocol).
@@ -137,11 +140,14 @@ pub type ExtraHeaders = Vec<(&'static str, String)>;
 ///
 /// # Errors
 /// [`UpgradeError`]; refusals have already been answered.
+/// `login` gives the `Set-Cookie` value of a new session for a user the demo page's `POST
+/// /login` proved (None when sessions are off).
 pub fn upgrade<T>(
     mut tls: Transport,
     config: &Config,
     verifier: &dyn Verifier,
     enter: impl FnOnce(&Grant) -> Result<(T, ExtraHeaders), Reason>,
+    login: impl FnOnce(&str) -> Option<String>,
 ) -> Result<(WsStream, Grant, T), UpgradeError> {
     let client_user = tls.client_user();
     let deadline = Deadline::new(
@@ -162,6 +168,7 @@ pub fn upgrade<T>(
             linger_close(&mut tls);
             return Err(sent.map_or_else(UpgradeError::Io, |()| UpgradeError::DemoPage));
         }
+        Err(HeadError::Login(form)) => return Err(demo_login(tls, config, verifier, &form, login)),
     };
     // The channel's limits size this connection's buffers; an unknown path is refused by the
     // callback (404), with the default limits in the meantime. The same `target` decides
@@ -231,6 +238,74 @@ enum HeadError {
     Io(io::Error),
     /// Not an upgrade but the demo page's `GET /`, and the page is enabled.
     DemoPage,
+    /// The demo page's `POST /login`, its body read whole.
+    Login(LoginForm),
+}
+
+/// What a demo login decides on: its Origin and Host headers and its form body.
+struct LoginForm {
+    origins: Vec<Vec<u8>>,
+    host: Option<Vec<u8>>,
+    body: Vec<u8>,
+}
+
+/// Answers the demo page's login: 204 with the session cookie, or the refusal's status and text
+/// (without `WWW-Authenticate`, which would make the browser show its own password dialog).
+fn demo_login(
+    mut tls: Transport,
+    config: &Config,
+    verifier: &dyn Verifier,
+    form: &LoginForm,
+    login: impl FnOnce(&str) -> Option<String>,
+) -> UpgradeError {
+    let origins: Vec<&[u8]> = form.origins.iter().map(Vec::as_slice).collect();
+    let decided =
+        policy::decide_login(&origins, form.host.as_deref(), &form.body, config, verifier);
+    let (answer, result) = match decided {
+        Ok(user) => match login(&user) {
+            Some(cookie) => (
+                format!(
+                    "HTTP/1.1 204 No Content\r\nSet-Cookie: {cookie}\r\nCache-Control: no-store\r\n\
+                     Connection: close\r\n\r\n"
+                ),
+                UpgradeError::DemoLogin(user),
+            ),
+            None => {
+                let body = "503 Service Unavailable\nsessions are off (session_ttl = 0): the demo \
+                            page needs them\n";
+                (
+                    format!(
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; \
+                         charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    UpgradeError::Refused(Reason::ShuttingDown),
+                )
+            }
+        },
+        Err(reason) => {
+            let mut response = reason.response();
+            response
+                .headers_mut()
+                .remove(http::header::WWW_AUTHENTICATE);
+            let mut out = Vec::with_capacity(256);
+            if write_response(&mut out, &response).is_ok() {
+                if let Some(body) = response.body() {
+                    out.extend_from_slice(body.as_bytes());
+                }
+            }
+            (
+                String::from_utf8_lossy(&out).into_owned(),
+                UpgradeError::Refused(reason),
+            )
+        }
+    };
+    let sent = tls.write_all(answer.as_bytes());
+    linger_close(&mut tls);
+    match sent {
+        Ok(()) => result,
+        Err(e) => UpgradeError::Io(e),
+    }
 }
 
 /// Reads until the blank line ending the head, returning every byte read (the head and anything
@@ -283,6 +358,46 @@ fn read_head(
     }
     if config.demo.enabled && demo::wants_page(&req) {
         return Err(HeadError::DemoPage);
+    }
+    if config.demo.enabled && demo::is_login(&req) {
+        let length = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
+            .filter(|&n| n <= policy::MAX_LOGIN_BODY)
+            .ok_or(HeadError::Refuse(Reason::LoginTooLarge))?;
+        let header = |name: &str| -> Vec<Vec<u8>> {
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value.to_vec())
+                .collect()
+        };
+        let origins = header("origin");
+        let host = header("host").into_iter().next();
+        let mut body = buf[head_len..].to_vec();
+        while body.len() < length {
+            deadline.arm(tls.socket()).map_err(HeadError::Io)?;
+            match tls.read(&mut chunk) {
+                Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted || is_timeout(&e) => {}
+                Err(e) => return Err(HeadError::Io(e)),
+            }
+        }
+        body.truncate(length);
+        return Err(HeadError::Login(LoginForm {
+            origins,
+            host,
+            body,
+        }));
     }
     policy::check_head(&req).map_err(HeadError::Refuse)?;
     let target = Target::parse(req.path.unwrap_or_default()).map_err(HeadError::Refuse)?;

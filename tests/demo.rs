@@ -152,3 +152,74 @@ fn a_plain_get_with_the_demo_off_says_what_this_is_and_logs_below_warn() {
         assert!(line.starts_with("DEBUG"), "{line}");
     }
 }
+
+fn login_request(origin: Option<&str>, body: &str) -> Vec<u8> {
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /login HTTP/1.1\r\nHost: localhost\r\n{origin}\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn the_demo_login_sets_the_session_cookie_or_says_why_not() {
+    let mut setup = Setup::default();
+    setup.set("demo", "enabled", "true");
+    let server = setup.start();
+    let good = format!("user={}&pass={}", ALICE.0, ALICE.1);
+
+    // A good login: 204 and the session cookie, which then opens the demo channel by itself.
+    let answer = server.raw_request(&login_request(Some(ORIGIN_OK), &good));
+    assert!(answer.starts_with("HTTP/1.1 204 "), "{answer}");
+    let cookie = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .unwrap_or_else(|| panic!("no cookie in {answer}"));
+    assert!(cookie.starts_with("__Host-wsgate_session=s1."), "{cookie}");
+    assert!(
+        cookie.contains("Secure; HttpOnly; SameSite=Strict; Path=/"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap();
+    let ws = server.connect_with("/chat/demo", &[("Cookie", pair), ("Origin", ORIGIN_OK)]);
+    assert_eq!(status_of(ws), 101);
+    assert!(server.wait_log("demo login peer=", IO_TIMEOUT));
+
+    // A wrong password: 401 without a Basic challenge (the browser would pop up its own dialog),
+    // and the same fail2ban line as any failed login; never the password.
+    let bad = format!("user={}&pass=wrong-password", ALICE.0);
+    let answer = server.raw_request(&login_request(Some(ORIGIN_OK), &bad));
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("www-authenticate"),
+        "{answer}"
+    );
+    assert!(!answer.contains("Set-Cookie"), "{answer}");
+    assert!(server.wait_log("auth failed: user=\"alice\"", IO_TIMEOUT));
+    assert!(!server.logs().contains("wrong-password"));
+
+    // No Origin, or a foreign one: 403 before any password check.
+    for origin in [None, Some("https://evil.example"), Some("null")] {
+        let answer = server.raw_request(&login_request(origin, &good));
+        assert!(answer.starts_with("HTTP/1.1 403 "), "{origin:?}: {answer}");
+    }
+    // A form without a length, or too long: 413; a malformed one: 401.
+    let answer = server.raw_request(
+        b"POST /login HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example.com\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    let long = format!("{good}&x={}", "a".repeat(5000));
+    let answer = server.raw_request(&login_request(Some(ORIGIN_OK), &long));
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    let answer = server.raw_request(&login_request(Some(ORIGIN_OK), "user=alice"));
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+
+    // With the demo off there is no login: a POST gets 405 as before.
+    let off = Setup::default().start();
+    let answer = off.raw_request(&login_request(Some(ORIGIN_OK), &good));
+    assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+}

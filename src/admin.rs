@@ -39,8 +39,9 @@ pub const DEADLINE: Duration = Duration::from_secs(2);
 /// request at once, a scanner that connects and waits gives its place back quickly.
 pub const FIRST_BYTE: Duration = Duration::from_millis(500);
 /// Admin clients served at once unless `[admin] max_connections` says otherwise. One more evicts
-/// the oldest client still reading its request (head or publish body), so a flood of idle connections cannot keep a
-/// probe out (it sends its request at once and is answered within a turn of the loop).
+/// the oldest client still sending its request (head or publish body), so a flood of idle or
+/// slow connections cannot keep a probe out (it sends its request at once and is answered within
+/// a turn of the loop).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
 /// The largest request head read; a longer one gets 431.
 pub const MAX_HEAD: usize = 4096;
@@ -566,11 +567,14 @@ fn route(head: &[u8], state: &AdminState, peer: SocketAddr) -> Routed {
         return bad_request("bad request").into();
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let api = state.api.get();
-    let endpoint = match Endpoint::of(path) {
-        Some(e @ (Endpoint::Healthz | Endpoint::Metrics)) => e,
-        Some(e) if api.is_some() => e,
-        _ => return Answer::text(404, "Not Found", "not found\n").into(),
+    let Some(endpoint) = Endpoint::of(path) else {
+        return Answer::text(404, "Not Found", "not found\n").into();
+    };
+    // The API's endpoints exist only once the server attached it.
+    let api = match (endpoint, state.api.get()) {
+        (Endpoint::Healthz | Endpoint::Metrics, _) => None,
+        (_, Some(api)) => Some(api),
+        (_, None) => return Answer::text(404, "Not Found", "not found\n").into(),
     };
     if method != endpoint.method() {
         let mut a = Answer::text(405, "Method Not Allowed", "method not allowed\n");
@@ -581,8 +585,7 @@ fn route(head: &[u8], state: &AdminState, peer: SocketAddr) -> Routed {
         };
         return a.into();
     }
-    let Some(api) = api.filter(|_| !matches!(endpoint, Endpoint::Healthz | Endpoint::Metrics))
-    else {
+    let Some(api) = api else {
         return health_or_metrics(endpoint, state).into();
     };
     if let Some(want) = &api.token {

@@ -208,9 +208,7 @@ impl Server {
         warn_about_plaintext(&config);
         log_memory_budget(&config);
 
-        let addr = config.server.listen;
-        let listener = TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
-        let admission = Admission::new(&config.server);
+        // The admin token before any socket: a bad one is a config error (exit 2).
         let admin_token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
             Some(path) => Some(admin::token_digest(&admin::read_token(path).map_err(
                 |error| StartError::AdminToken {
@@ -220,6 +218,9 @@ impl Server {
             )?)),
             None => None,
         };
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
+        let admission = Admission::new(&config.server);
         let (admin, admin_listener) = match &config.admin {
             Some(admin_cfg) => {
                 let addr = admin_cfg.listen;

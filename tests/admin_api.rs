@@ -294,6 +294,33 @@ fn a_publish_follows_the_channels_of_the_current_config_after_a_reload() {
 }
 
 #[test]
+fn a_subscriber_that_stops_reading_never_slows_a_publish_and_stops_being_counted() {
+    let mut setup = setup();
+    setup
+        .set("channel:/chat/*", "outbox", "4")
+        .set("channel:/chat/*", "slow_consumer", "drop");
+    let server = setup.start();
+    let admin = server.admin_addr();
+    let _stuck = server.connect_as("/chat/room", ALICE); // never reads
+    let body = vec![b'x'; 64 * 1024];
+    let mut slowest = Duration::ZERO;
+    let mut counts = Vec::new();
+    for _ in 0..400 {
+        let started = Instant::now();
+        let a = publish(admin, "/chat/room", &body);
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(a.status, 202, "{}", a.body);
+        counts.push(a.body);
+    }
+    eprintln!("figure: slowest of 400 64 KiB publishes to a stuck subscriber: {slowest:?}");
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    // First taken (socket buffers, then its outbox), then dropped for it and not counted.
+    assert_eq!(counts[0], "{\"subscribers\":1}\n");
+    assert_eq!(counts[399], "{\"subscribers\":0}\n");
+    assert!(metric(&server, "wsgate_broadcast_dropped_total") > 0);
+}
+
+#[test]
 fn a_huge_declared_body_is_refused_at_once_and_a_slow_body_is_dropped_at_the_deadline() {
     let server = setup().start();
     let admin = server.admin_addr();

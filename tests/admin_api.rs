@@ -270,6 +270,24 @@ fn a_publish_is_refused_for_paths_no_broadcast_channel_serves_and_bodies_it_cann
     assert_eq!(try_next(&mut alice, Duration::from_millis(200)), None);
     assert_eq!(metric(&server, "wsgate_admin_publishes_total"), 1);
     assert!(server.wait_log("admin request refused", IO_TIMEOUT));
+
+    // A scanner's burst: one line per refusal within the budget (5 a second), the rest counted
+    // in the next line.
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = server.count_log("admin request refused");
+    let started = Instant::now();
+    for _ in 0..100 {
+        assert_eq!(request(admin, "GET", "/wp-login.php", &[], b"").status, 404);
+    }
+    let secs = started.elapsed().as_secs();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(request(admin, "GET", "/.env", &[], b"").status, 404);
+    assert!(server.wait_log("admin refusal lines suppressed", IO_TIMEOUT));
+    let logged = server.count_log("admin request refused") - before;
+    assert!(
+        logged <= 6 + 5 * secs as usize,
+        "{logged} lines for 101 refusals"
+    );
 }
 
 #[test]

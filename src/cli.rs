@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::admin::Filter;
 use crate::suggest;
 
 /// Where `serve` and the commands look for the config when none is named.
@@ -105,6 +106,46 @@ options:
 exit status: 0, or 2",
     },
     Help {
+        name: "connections",
+        summary: "list open connections (through the admin endpoint)",
+        usage: "\
+usage: wsgate connections [--config FILE] [--user USER] [--path PATH] [--session ID]
+
+Asks the running server's admin endpoint ([admin] listen in the config FILE, default
+/etc/wsgate/wsgate.ini; with [admin] token_file's bearer token) for its open connections and
+prints them as JSON, one object per line: user, auth method, path, channel mode, peer address,
+since (Unix time), messages and bytes in and out, session id. USER `-` means anonymous
+connections; PATH ending in `/*` matches every path under it.
+
+options:
+  -c, --config FILE     the config file
+  --user USER           only USER's connections
+  --path PATH           only connections on PATH
+  --session ID          only the connection(s) of session ID
+
+exit status: 0, 2 for a config without [admin] listen, 1 if the server cannot be asked",
+    },
+    Help {
+        name: "disconnect",
+        summary: "close matching connections with 1008 (through the admin endpoint)",
+        usage: "\
+usage: wsgate disconnect [--config FILE] [--user USER] [--path PATH] [--session ID]
+
+Asks the running server's admin endpoint to close every connection matching all the given
+filters (at least one) with close code 1008 and the reason `disconnected by admin`, and prints
+how many it closed there. With [cluster] on, every other instance closes its matching
+connections too. Closing does not revoke a credential: remove the user or token to keep them
+out.
+
+options:
+  -c, --config FILE     the config file
+  --user USER           USER's connections (`-`: anonymous ones)
+  --path PATH           connections on PATH (`/chat/*`: every path under /chat/)
+  --session ID          the connection(s) of session ID
+
+exit status: 0, 2 for a usage or config error, 1 if the server cannot be asked",
+    },
+    Help {
         name: "help",
         summary: "this list, or one command's usage (wsgate help CMD)",
         usage: "usage: wsgate help [COMMAND]",
@@ -173,6 +214,14 @@ pub enum Command {
         days: u32,
         force: bool,
     },
+    Connections {
+        config: PathBuf,
+        filter: Filter,
+    },
+    Disconnect {
+        config: PathBuf,
+        filter: Filter,
+    },
     /// Print this text and exit 0 (`help`, `--help`).
     Help(String),
     Version,
@@ -202,6 +251,13 @@ fn options_of(command: &str) -> &'static [(&'static str, bool)] {
         "passwd" => &[("--delete", false)],
         "token" => &[("--config", true), ("-c", true), ("--name", true)],
         "cert" => &[("--name", true), ("--days", true), ("--force", false)],
+        "connections" | "disconnect" => &[
+            ("--config", true),
+            ("-c", true),
+            ("--user", true),
+            ("--path", true),
+            ("--session", true),
+        ],
         _ => &[],
     }
 }
@@ -396,6 +452,24 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 force: flag("--force"),
             })
         }
+        "connections" | "disconnect" => {
+            extra(0, &positional)?;
+            let filter = Filter {
+                user: value(&["--user"])?,
+                session: value(&["--session"])?,
+                path: value(&["--path"])?,
+            };
+            let config = config()?;
+            if cmd == "connections" {
+                return Ok(Command::Connections { config, filter });
+            }
+            if filter == Filter::default() {
+                return Err(fail(
+                    "name the connections to close: --user, --path or --session".into(),
+                ));
+            }
+            Ok(Command::Disconnect { config, filter })
+        }
         _ => unreachable!("every command in COMMANDS is matched above"),
     }
 }
@@ -558,5 +632,45 @@ mod tests {
             Ok(Command::Cert { days: 3650, .. })
         ));
         assert_eq!(parse_str("--version"), Ok(Command::Version));
+    }
+
+    #[test]
+    fn connections_and_disconnect_take_filters() {
+        assert_eq!(
+            parse_str("connections"),
+            Ok(Command::Connections {
+                config: DEFAULT_CONFIG.into(),
+                filter: Filter::default()
+            })
+        );
+        assert_eq!(
+            parse_str("connections -c x.ini --user alice --path /chat/*"),
+            Ok(Command::Connections {
+                config: "x.ini".into(),
+                filter: Filter {
+                    user: Some("alice".into()),
+                    session: None,
+                    path: Some("/chat/*".into())
+                }
+            })
+        );
+        assert_eq!(
+            parse_str("disconnect --session=abc --config x.ini"),
+            Ok(Command::Disconnect {
+                config: "x.ini".into(),
+                filter: Filter {
+                    session: Some("abc".into()),
+                    ..Filter::default()
+                }
+            })
+        );
+        assert!(message("disconnect").contains("name the connections to close"));
+        assert!(message("disconnect -c x.ini").contains("name the connections to close"));
+        assert!(message("disconnect alice").contains("unexpected argument \"alice\""));
+        assert_eq!(
+            message("disconnect --usr alice"),
+            "disconnect: unknown option \"--usr\" (did you mean `--user`?)"
+        );
+        assert!(message("connections --user a --user b").contains("given twice"));
     }
 }

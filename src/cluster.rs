@@ -27,8 +27,11 @@
 //! counted (`wsgate_cluster_lost_total`) and logged.
 //!
 //! The envelope (an entry's `m` field) is binary: `[version = 2][id length: u8][instance id]
-//! [epoch: u64 BE][sequence: u64 BE][kind: 0 text | 1 binary][message bytes]`; the epoch is
-//! random per process, so a restarted publisher with the same id starts a new sequence.
+//! [epoch: u64 BE][sequence: u64 BE][kind: 0 text | 1 binary | 2 disconnect][bytes]`; the epoch
+//! is random per process, so a restarted publisher with the same id starts a new sequence. A
+//! disconnect (an admin's `POST /disconnect`, issue 16) carries its filter as a query string
+//! (`user=alice&path=%2Fchat`) and travels in the same sequence as broadcasts, so it is resent,
+//! deduplicated and ordered like them; every other instance ends its matching connections.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -41,8 +44,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select
 use redis::Value;
 use tungstenite::{Message, Utf8Bytes};
 
+use crate::admin;
 use crate::config::{ClusterConfig, MIN_BACKOFF, RedisUrl};
-use crate::hub::{Hub, Outbound};
+use crate::hub::{Filter, Hub, Outbound};
 use crate::metrics::Metrics;
 
 /// How long the subscriber's `XREAD` blocks: how soon it notices shutdown while Redis is quiet.
@@ -64,6 +68,7 @@ const LOST_WARN_EVERY: Duration = Duration::from_secs(10);
 const ENVELOPE_VERSION: u8 = 2;
 const KIND_TEXT: u8 = 0;
 const KIND_BINARY: u8 = 1;
+const KIND_DISCONNECT: u8 = 2;
 /// The stream entry's fields: the channel path, and the envelope.
 const FIELD_PATH: &str = "p";
 const FIELD_ENVELOPE: &str = "m";
@@ -356,12 +361,23 @@ struct Origin<'a> {
     seq: u64,
 }
 
-/// Encodes one broadcast for Redis. `None` for control frames (never broadcast).
-fn encode(instance_id: &str, epoch: u64, seq: u64, msg: &Message) -> Option<Vec<u8>> {
-    let (kind, body): (u8, &[u8]) = match msg {
-        Message::Text(t) => (KIND_TEXT, t.as_bytes()),
-        Message::Binary(b) => (KIND_BINARY, b),
-        _ => return None,
+/// Encodes one broadcast or disconnect for Redis. `None` for control frames (never broadcast).
+fn encode(instance_id: &str, epoch: u64, seq: u64, out: &Outbound) -> Option<Vec<u8>> {
+    let query;
+    let (kind, body): (u8, &[u8]) = match out {
+        Outbound::Broadcast {
+            msg: Message::Text(t),
+            ..
+        } => (KIND_TEXT, t.as_bytes()),
+        Outbound::Broadcast {
+            msg: Message::Binary(b),
+            ..
+        } => (KIND_BINARY, b),
+        Outbound::Broadcast { .. } => return None,
+        Outbound::Disconnect(filter) => {
+            query = admin::query_string(filter);
+            (KIND_DISCONNECT, query.as_bytes())
+        }
     };
     // The config keeps instance ids at most 255 bytes.
     let id = instance_id.as_bytes();
@@ -376,6 +392,22 @@ fn encode(instance_id: &str, epoch: u64, seq: u64, msg: &Message) -> Option<Vec<
     Some(out)
 }
 
+/// The stream entry's `p` field: the broadcast's path, or for a disconnect the path it names
+/// (`*` for none), so `XRANGE` reads well.
+fn entry_path(out: &Outbound) -> &str {
+    match out {
+        Outbound::Broadcast { path, .. } => path,
+        Outbound::Disconnect(filter) => filter.path.as_deref().unwrap_or("*"),
+    }
+}
+
+/// What an envelope carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Inbound {
+    Broadcast(Message),
+    Disconnect(Filter),
+}
+
 /// Why an envelope from Redis was not delivered.
 #[derive(Debug, PartialEq, Eq)]
 enum BadEnvelope {
@@ -383,6 +415,8 @@ enum BadEnvelope {
     Version(u8),
     Kind(u8),
     NotUtf8,
+    /// A disconnect whose filter does not parse, or is empty.
+    BadFilter,
     /// The stream entry lacks the path or the envelope field.
     Fields,
 }
@@ -394,13 +428,14 @@ impl fmt::Display for BadEnvelope {
             BadEnvelope::Version(v) => write!(f, "unknown envelope version {v}"),
             BadEnvelope::Kind(k) => write!(f, "unknown message kind {k}"),
             BadEnvelope::NotUtf8 => f.write_str("text message is not valid UTF-8"),
+            BadEnvelope::BadFilter => f.write_str("disconnect without a valid filter"),
             BadEnvelope::Fields => f.write_str("entry without the `p` and `m` fields"),
         }
     }
 }
 
-/// Decodes an envelope into where it comes from and the message.
-fn decode(payload: &[u8]) -> Result<(Origin<'_>, Message), BadEnvelope> {
+/// Decodes an envelope into where it comes from and what it carries.
+fn decode(payload: &[u8]) -> Result<(Origin<'_>, Inbound), BadEnvelope> {
     let [version, id_len, rest @ ..] = payload else {
         return Err(BadEnvelope::Truncated);
     };
@@ -421,14 +456,22 @@ fn decode(payload: &[u8]) -> Result<(Origin<'_>, Message), BadEnvelope> {
         seq: number(seq),
     };
     let (kind, body) = (rest[0], &rest[1..]);
-    let msg = match kind {
-        KIND_TEXT => {
-            Message::Text(Utf8Bytes::try_from(body.to_vec()).map_err(|_| BadEnvelope::NotUtf8)?)
+    let inbound = match kind {
+        KIND_TEXT => Inbound::Broadcast(Message::Text(
+            Utf8Bytes::try_from(body.to_vec()).map_err(|_| BadEnvelope::NotUtf8)?,
+        )),
+        KIND_BINARY => Inbound::Broadcast(Message::Binary(body.to_vec().into())),
+        KIND_DISCONNECT => {
+            let query = std::str::from_utf8(body).map_err(|_| BadEnvelope::BadFilter)?;
+            let filter = admin::parse_query(query, admin::FILTER_KEYS)
+                .ok()
+                .filter(|f| !f.is_empty())
+                .ok_or(BadEnvelope::BadFilter)?;
+            Inbound::Disconnect(filter)
         }
-        KIND_BINARY => Message::Binary(body.to_vec().into()),
         other => return Err(BadEnvelope::Kind(other)),
     };
-    Ok((origin, msg))
+    Ok((origin, inbound))
 }
 
 /// What the subscriber makes of an envelope, by its origin's sequence number.
@@ -607,7 +650,7 @@ fn publish_until_error(
         let mut sent = 0;
         for (out, seq) in pending.number(n) {
             // Never `None`: the hub broadcasts data messages only.
-            if let Some(envelope) = encode(&ctx.instance_id, ctx.epoch, seq, &out.msg) {
+            if let Some(envelope) = encode(&ctx.instance_id, ctx.epoch, seq, out) {
                 sent += 1;
                 pipe.cmd("XADD")
                     .arg(&ctx.stream)
@@ -616,7 +659,7 @@ fn publish_until_error(
                     .arg(&maxlen)
                     .arg("*")
                     .arg(FIELD_PATH)
-                    .arg(&out.path)
+                    .arg(entry_path(out))
                     .arg(FIELD_ENVELOPE)
                     .arg(envelope);
             }
@@ -885,6 +928,19 @@ impl Reader {
             }
             Arrival::Next => {}
         }
+        let message = match message {
+            Inbound::Broadcast(message) => message,
+            Inbound::Disconnect(filter) => {
+                let n = ctx.hub.disconnect(&filter);
+                ctx.metrics.admin_disconnected(n as u64);
+                log::info!(
+                    "cluster: disconnect from instance `{}` ({}) closed={n}",
+                    String::from_utf8_lossy(origin.instance).escape_debug(),
+                    admin::query_string(&filter)
+                );
+                return;
+            }
+        };
         if (ctx.accepts)(path) {
             ctx.hub.deliver(path, &message);
             ctx.metrics.cluster_received();
@@ -936,7 +992,7 @@ mod tests {
         let text = Message::text("héllo");
         let binary = Message::binary(vec![0u8, 1, 255, 0]);
         for msg in [text, binary, Message::text(""), Message::binary(Vec::new())] {
-            let e = encode("pi-1", 7, u64::MAX, &msg).unwrap();
+            let e = encode("pi-1", 7, u64::MAX, &broadcast(msg.clone())).unwrap();
             let (origin, back) = decode(&e).unwrap();
             let want = Origin {
                 instance: b"pi-1",
@@ -944,15 +1000,44 @@ mod tests {
                 seq: u64::MAX,
             };
             assert_eq!(origin, want);
-            assert_eq!(back, msg);
+            assert_eq!(back, Inbound::Broadcast(msg));
         }
-        let e = encode("a", 1, 2, &Message::text("x")).unwrap();
+        let e = encode("a", 1, 2, &broadcast(Message::text("x"))).unwrap();
         let mut want = vec![2, 1, b'a'];
         want.extend_from_slice(&1u64.to_be_bytes());
         want.extend_from_slice(&2u64.to_be_bytes());
         want.extend_from_slice(&[KIND_TEXT, b'x']);
         assert_eq!(e, want);
-        assert_eq!(encode("a", 1, 1, &Message::Ping(Vec::new().into())), None);
+        assert_eq!(
+            encode("a", 1, 1, &broadcast(Message::Ping(Vec::new().into()))),
+            None
+        );
+    }
+
+    fn broadcast(msg: Message) -> Outbound {
+        Outbound::Broadcast {
+            path: "/c".into(),
+            msg,
+        }
+    }
+
+    #[test]
+    fn disconnects_travel_as_their_query_and_an_empty_one_is_refused() {
+        let filter = Filter {
+            user: Some("al ice&x".into()),
+            session: None,
+            path: Some("/chat/*".into()),
+        };
+        let out = Outbound::Disconnect(filter.clone());
+        assert_eq!(entry_path(&out), "/chat/*");
+        let e = encode("pi-1", 7, 3, &out).unwrap();
+        assert!(e.ends_with(b"\x02user=al%20ice%26x&path=/chat/*"));
+        assert_eq!(decode(&e).unwrap().1, Inbound::Disconnect(filter));
+        let numbers = [0u8; 16];
+        for body in [&b""[..], b"bogus=1", b"user=%zz", b"\xff"] {
+            let e = [&[2u8, 0][..], &numbers, &[KIND_DISCONNECT], body].concat();
+            assert_eq!(decode(&e).unwrap_err(), BadEnvelope::BadFilter, "{body:?}");
+        }
     }
 
     #[test]
@@ -984,7 +1069,7 @@ mod tests {
         );
         assert_eq!(
             decode(&with(&[2, 0], &[KIND_BINARY, 0xff])).unwrap().1,
-            Message::binary(vec![0xffu8])
+            Inbound::Broadcast(Message::binary(vec![0xffu8]))
         );
     }
 
@@ -1048,10 +1133,7 @@ mod tests {
     }
 
     fn outbound(n: usize) -> Outbound {
-        Outbound {
-            path: "/c".into(),
-            msg: Message::text(n.to_string()),
-        }
+        broadcast(Message::text(n.to_string()))
     }
 
     #[test]
@@ -1063,7 +1145,10 @@ mod tests {
         assert!(p.push(outbound(3)), "full: the oldest makes room");
         let first: Vec<(String, u64)> = p
             .number(2)
-            .map(|(o, seq)| (o.msg.to_text().unwrap().to_string(), seq))
+            .map(|(o, seq)| match o {
+                Outbound::Broadcast { msg, .. } => (msg.to_text().unwrap().to_string(), seq),
+                Outbound::Disconnect(_) => unreachable!(),
+            })
             .collect();
         assert_eq!(first, [("1".to_string(), 1), ("2".to_string(), 2)]);
         // Not acknowledged: sent again with the same numbers, the next one numbered after them.

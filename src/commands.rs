@@ -1,13 +1,18 @@
 //! The one-shot commands an admin runs next to the server: `check-config` (with access-rule
-//! warnings), `check-access` (a dry run of the roles), and `token add|list|revoke`. Each returns
-//! its output as text, or an error to print; `main` maps them to exit codes.
+//! warnings), `check-access` (a dry run of the roles), `token add|list|revoke`, and
+//! `connections` / `disconnect` (asking the running server's admin endpoint). Each returns its
+//! output as text, or an error to print; `main` maps them to exit codes.
 
 use std::fmt;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::Path;
+use std::time::Duration;
 
 use std::os::unix::fs::PermissionsExt;
 
 use crate::acl;
+use crate::admin::{self, Filter, TokenFileError};
 use crate::config::ClientAuth;
 use crate::config::{Config, ConfigError};
 use crate::files::{count, shown};
@@ -25,6 +30,24 @@ pub enum CommandError {
         user: String,
         users_file: std::path::PathBuf,
     },
+    /// `connections` / `disconnect` with a config that has no `[admin] listen`.
+    NoAdmin {
+        config: std::path::PathBuf,
+    },
+    /// `[admin] token_file` cannot be used.
+    AdminToken {
+        path: std::path::PathBuf,
+        error: TokenFileError,
+    },
+    /// The admin endpoint could not be reached, or refused the request (a runtime problem).
+    Admin(String),
+}
+
+impl CommandError {
+    /// True when the configuration is fine but the server could not be asked (exit code 1).
+    pub fn is_runtime(&self) -> bool {
+        matches!(self, CommandError::Admin(_))
+    }
 }
 
 impl fmt::Display for CommandError {
@@ -38,6 +61,15 @@ impl fmt::Display for CommandError {
                 "tokens: user \"{user}\" is not in {}; add it with `wsgate passwd` first",
                 users_file.display()
             ),
+            CommandError::NoAdmin { config } => write!(
+                f,
+                "{}: no [admin] listen: the server has no admin endpoint to ask",
+                config.display()
+            ),
+            CommandError::AdminToken { path, error } => {
+                write!(f, "[admin] token_file {}: {error}", path.display())
+            }
+            CommandError::Admin(e) => f.write_str(e),
         }
     }
 }
@@ -53,6 +85,12 @@ pub fn check_config(path: &Path) -> Result<String, CommandError> {
     let config = Config::load(path).map_err(CommandError::Config)?;
     let users = UserStore::load(&config.auth.users_file).map_err(CommandError::Users)?;
     let tokens = TokenStore::load(&config.auth.tokens_file).map_err(CommandError::Tokens)?;
+    if let Some(file) = config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        admin::read_token(file).map_err(|error| CommandError::AdminToken {
+            path: file.clone(),
+            error,
+        })?;
+    }
     let names: Vec<&str> = users.names().collect();
     let mut out = String::new();
     for warning in acl::lint(&config, &names) {
@@ -92,11 +130,16 @@ fn first_hour_warnings(config: &Config, users: &UserStore) -> String {
             shown(&config.auth.users_file)
         ));
     }
+    let admin_token = config.admin.as_ref().and_then(|a| a.token_file.as_ref());
     for (file, what) in [
-        (&config.auth.users_file, "users file"),
-        (&config.auth.tokens_file, "tokens file"),
-        (&config.auth.session_key_file, "session key file"),
+        (Some(&config.auth.users_file), "users file"),
+        (Some(&config.auth.tokens_file), "tokens file"),
+        (Some(&config.auth.session_key_file), "session key file"),
+        (admin_token, "[admin] token_file"),
     ] {
+        let Some(file) = file else {
+            continue;
+        };
         let Ok(meta) = std::fs::metadata(file) else {
             continue;
         };
@@ -206,4 +249,142 @@ pub fn token_list(path: &Path, user: Option<&str>) -> Result<String, CommandErro
 pub fn token_revoke(path: &Path, user: &str, name: &str) -> Result<(), CommandError> {
     let config = Config::load(path).map_err(CommandError::Config)?;
     tokens::revoke(&config.auth.tokens_file, user, name).map_err(CommandError::Tokens)
+}
+
+/// How long `connections` and `disconnect` wait to connect, and for the whole answer.
+const ADMIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const ADMIN_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of an answer read (a connection list of tens of thousands of connections fits).
+const ADMIN_ANSWER_MAX: u64 = 64 * 1024 * 1024;
+
+/// `connections`: the running server's open connections matching `filter`, as JSON, one object
+/// per line.
+///
+/// # Errors
+/// No admin endpoint in the config, an unusable token file, or the server cannot be asked.
+pub fn connections(path: &Path, filter: &Filter) -> Result<String, CommandError> {
+    admin_request(path, "GET", "/connections", filter)
+}
+
+/// `disconnect`: closes the matching connections (with 1008) and returns the server's count.
+///
+/// # Errors
+/// As [`connections`].
+pub fn disconnect(path: &Path, filter: &Filter) -> Result<String, CommandError> {
+    admin_request(path, "POST", "/disconnect", filter)
+}
+
+/// One request to the admin endpoint the config at `path` names, with its bearer token; the
+/// answer's body when it is a 2xx.
+fn admin_request(
+    path: &Path,
+    method: &str,
+    endpoint: &str,
+    filter: &Filter,
+) -> Result<String, CommandError> {
+    let config = Config::load(path).map_err(CommandError::Config)?;
+    let Some(admin_cfg) = &config.admin else {
+        return Err(CommandError::NoAdmin {
+            config: path.to_path_buf(),
+        });
+    };
+    let token = match &admin_cfg.token_file {
+        Some(file) => Some(
+            admin::read_token(file).map_err(|error| CommandError::AdminToken {
+                path: file.clone(),
+                error,
+            })?,
+        ),
+        None => None,
+    };
+    let addr = reachable(admin_cfg.listen);
+    let unreachable = |e: std::io::Error| {
+        CommandError::Admin(format!(
+            "cannot ask the admin endpoint at {addr}: {}",
+            e.to_string().to_lowercase()
+        ))
+    };
+    let mut stream =
+        TcpStream::connect_timeout(&addr, ADMIN_CONNECT_TIMEOUT).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(ADMIN_ANSWER_TIMEOUT))
+        .map_err(unreachable)?;
+    stream
+        .set_write_timeout(Some(ADMIN_ANSWER_TIMEOUT))
+        .map_err(unreachable)?;
+    let query = match admin::query_string(filter) {
+        q if q.is_empty() => q,
+        q => format!("?{q}"),
+    };
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {endpoint}{query} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(unreachable)?;
+    let mut answer = Vec::new();
+    stream
+        .take(ADMIN_ANSWER_MAX)
+        .read_to_end(&mut answer)
+        .map_err(unreachable)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| CommandError::Admin(format!("no HTTP answer from {addr}")))?;
+    if (200..300).contains(&status) {
+        Ok(body.to_string())
+    } else {
+        Err(CommandError::Admin(format!(
+            "the admin endpoint at {addr} answered {status}: {}",
+            body.trim()
+        )))
+    }
+}
+
+/// The address to reach a listener bound to `listen`: a wildcard address means this host.
+fn reachable(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, listen.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, listen.port()).into(),
+        _ => listen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_round_trip_as_queries_and_wildcards_reach_loopback() {
+        let f = Filter {
+            user: Some("a b+c&d=é".into()),
+            session: None,
+            path: Some("/chat/*".into()),
+        };
+        assert_eq!(
+            admin::query_string(&f),
+            "user=a%20b%2Bc%26d%3D%C3%A9&path=/chat/*"
+        );
+        assert_eq!(
+            admin::parse_query(&admin::query_string(&f), admin::FILTER_KEYS),
+            Ok(f)
+        );
+        assert_eq!(
+            reachable("0.0.0.0:9480".parse().unwrap()),
+            "127.0.0.1:9480".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("[::]:9480".parse().unwrap()),
+            "[::1]:9480".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("10.0.0.2:9480".parse().unwrap()),
+            "10.0.0.2:9480".parse().unwrap()
+        );
+    }
 }

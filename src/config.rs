@@ -155,6 +155,10 @@ pub struct AdminConfig {
     /// `max_connections`: admin clients served at once (default 32); one more evicts the
     /// oldest still sending its request.
     pub max_connections: NonZeroUsize,
+    /// `token_file`: the bearer token the admin API's `/publish`, `/connections` and
+    /// `/disconnect` require (`Authorization: Bearer TOKEN`). Relative to the config file.
+    /// Required when `listen` is not a loopback address; `None`: no token (loopback only).
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[cluster]`: the broadcast backbone shared by several instances through a capped Redis Stream.
@@ -923,7 +927,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("log", &["level"]),
-    ("admin", &["listen", "max_connections"]),
+    ("admin", &["listen", "max_connections", "token_file"]),
     ("demo", &["enabled", "channel"]),
     (
         "cluster",
@@ -2101,7 +2105,11 @@ fn parse_role(s: &Section<'_>, name: &str) -> Result<Role, ConfigError> {
     })
 }
 
-fn parse_admin(s: &Section<'_>, server: &ServerConfig) -> Result<Option<AdminConfig>, ConfigError> {
+fn parse_admin(
+    s: &Section<'_>,
+    server: &ServerConfig,
+    base: &Bases<'_>,
+) -> Result<Option<AdminConfig>, ConfigError> {
     if !s.is_set("listen") {
         return Ok(None);
     }
@@ -2120,9 +2128,26 @@ fn parse_admin(s: &Section<'_>, server: &ServerConfig) -> Result<Option<AdminCon
     }
     let max_connections =
         s.nonzero_count("max_connections", nz(crate::admin::DEFAULT_MAX_CONNECTIONS))?;
+    let token_file = if s.is_set("token_file") {
+        let path = s.path("token_file", "", base)?;
+        s.require_file("token_file", &path)?;
+        Some(path)
+    } else if listen.ip().is_loopback() {
+        None
+    } else {
+        // The admin API can publish and disconnect: off a loopback address, only with a token.
+        return Err(s.invalid(
+            Some("token_file"),
+            format!(
+                "required when listen (`{listen}`) is not a loopback address: anyone who reaches \
+                 it could publish and disconnect"
+            ),
+        ));
+    };
     Ok(Some(AdminConfig {
         listen,
         max_connections,
+        token_file,
     }))
 }
 
@@ -2301,7 +2326,7 @@ fn parse_config(
     let auth = parse_auth(&fixed("auth"), &base)?;
     let limits = parse_limits(&fixed("limits"))?;
     let log_level = fixed("log").get("level", log::LevelFilter::Info, parse_level)?;
-    let admin = parse_admin(&fixed("admin"), &server)?;
+    let admin = parse_admin(&fixed("admin"), &server, &base)?;
     let cluster = parse_cluster(&fixed("cluster"))?;
     let demo_section = fixed("demo");
     let demo = parse_demo(&demo_section)?;
@@ -2622,6 +2647,7 @@ listen = [::1]:9480
             Some(AdminConfig {
                 listen: "[::1]:9480".parse().unwrap(),
                 max_connections: nz(32),
+                token_file: None,
             })
         );
         assert_eq!(Overflow::Drop.to_string(), "drop");
@@ -2744,6 +2770,40 @@ listen = [::1]:9480
         );
         // An empty [admin] section is no admin endpoint.
         assert_eq!(ok(&with("[admin]\n")).admin, None);
+    }
+
+    #[test]
+    fn admin_off_loopback_requires_a_token_file() {
+        for listen in ["0.0.0.0:9480", "192.168.1.2:9480", "[::]:9480"] {
+            assert_eq!(
+                err(&with(&format!("[admin]\nlisten = {listen}\n"))),
+                format!(
+                    "config: F:5: [admin] token_file: required when listen (`{listen}`) is not a \
+                     loopback address: anyone who reaches it could publish and disconnect"
+                )
+            );
+        }
+        let dir = Dir::new();
+        let c = Config::parse(
+            &with("[admin]\nlisten = 0.0.0.0:9480\ntoken_file = users\n"),
+            &dir.ini(),
+        )
+        .unwrap();
+        assert_eq!(c.admin.unwrap().token_file, Some(dir.0.join("users")));
+        // Optional on loopback; a named file must exist.
+        assert_eq!(
+            ok(&with("[admin]\nlisten = [::1]:9480\n"))
+                .admin
+                .unwrap()
+                .token_file,
+            None
+        );
+        assert_eq!(
+            err(&with(
+                "[admin]\nlisten = 127.0.0.1:9480\ntoken_file = nope\n"
+            )),
+            "config: F:7: [admin] token_file: file not found: D/nope"
+        );
         assert!(
             err(&with("[admin]\nlisten = 9480\n"))
                 .starts_with("config: F:6: [admin] listen: `9480` is not an address:port")
@@ -4075,6 +4135,7 @@ listen = [::1]:9480
     const UNSET_BY_DEFAULT: &[(&str, &str)] = &[
         ("tls", "client_ca"),
         ("admin", "listen"),
+        ("admin", "token_file"),
         ("cluster", "redis_url"),
         ("cluster", "instance_id"),
     ];

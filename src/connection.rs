@@ -363,6 +363,7 @@ impl Conn {
     fn handle_data(&mut self, w: &mut Wire, msg: Message) -> Step {
         let metrics = self.member.metrics();
         metrics.message_in(msg.len());
+        self.member.shared.traffic.received(msg.len());
         if !self.rights.may_publish {
             metrics.publish_denied();
             return match self.rights.on_forbidden {
@@ -447,12 +448,14 @@ impl Conn {
             Ok(()) => {
                 if data {
                     self.member.metrics().message_out(len);
+                    self.member.shared.traffic.sent(len);
                 }
                 Ok(())
             }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 if data {
                     self.member.metrics().message_out(len);
+                    self.member.shared.traffic.sent(len);
                 }
                 Ok(())
             }

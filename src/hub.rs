@@ -11,23 +11,26 @@
 //! With a cluster bridge attached ([`Hub::set_outlet`]), a broadcast is also `try_send` into the
 //! bridge's bounded queue after the local fan-out, and broadcasts from other instances come in
 //! through [`Hub::deliver`]. The hub never waits for the bridge: a full queue is counted.
+//!
+//! Each member carries who it is ([`Profile`], set once after joining) and what it moved
+//! ([`Traffic`]), so the admin API can list connections and end the ones it names (issue 16).
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use rustix::event::{EventfdFlags, eventfd};
 use tungstenite::Message;
 
-use crate::config::{SlowConsumer, WsLimits};
+use crate::config::{Mode, SlowConsumer, WsLimits};
 use crate::metrics::Metrics;
 pub use crate::policy::Holder;
-use crate::policy::Revocation;
+use crate::policy::{Method, Revocation};
 
 /// Wakes one connection's `poll` from another thread: an eventfd, written at most once between
 /// two [`Waker::reset`]s (wake-ups coalesce, so a burst of messages costs one syscall).
@@ -182,16 +185,57 @@ pub struct MemberShared {
     /// epoch plus one; 0 while it waits in `poll` (or has not started). For the watchdog: a step
     /// never waits, so one that lasts is a wedged worker ([`Hub::longest_step`]).
     step_since: AtomicU64,
+    /// Who the connection is, for the admin API's listing; set once, just before the 101.
+    pub profile: OnceLock<Profile>,
+    /// What the connection moved so far.
+    pub traffic: Traffic,
+}
+
+/// A connection as the admin API lists it. Holds no secret: the session id names a session,
+/// it does not prove one (the signed session token does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub method: Method,
+    pub mode: Mode,
+    pub peer: SocketAddr,
+    pub since: SystemTime,
+    pub session_id: String,
+}
+
+/// Data messages and their payload bytes, each way, of one connection.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl Traffic {
+    /// One data message of `len` bytes received.
+    pub fn received(&self, len: usize) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// One data message of `len` bytes sent.
+    pub fn sent(&self, len: usize) {
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
+    }
 }
 
 impl MemberShared {
     /// Ends this member's connection with 1008 and the revocation's reason (`credential revoked`,
-    /// `access revoked`) at its next wake-up, which this triggers.
-    pub fn revoke(&self, why: Revocation) {
+    /// `access revoked`, `disconnected by admin`) at its next wake-up, which this triggers.
+    /// Returns false when it was revoked already (the first reason stands).
+    pub fn revoke(&self, why: Revocation) -> bool {
         let _ = self.revocation.set(why);
-        if !self.revoked.swap(true, Ordering::AcqRel) {
-            self.end();
+        if self.revoked.swap(true, Ordering::AcqRel) {
+            return false;
         }
+        self.end();
+        true
     }
 
     /// Wakes the connection for queued broadcasts (members with a waker only).
@@ -218,12 +262,54 @@ impl MemberShared {
     }
 }
 
-/// A broadcast leaving this instance for the others, queued for the cluster bridge.
-#[derive(Debug, Clone)]
-pub struct Outbound {
-    /// The channel path it was published on.
-    pub path: String,
-    pub msg: Message,
+/// What leaves this instance for the others, queued for the cluster bridge.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// A broadcast published here on `path`.
+    Broadcast { path: String, msg: Message },
+    /// An admin's disconnect: every instance ends its connections that match.
+    Disconnect(Filter),
+}
+
+/// Which connections an admin means (`GET /connections`, `POST /disconnect`): every key given
+/// must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// `user`: that user's connections; `-` for anonymous ones.
+    pub user: Option<String>,
+    /// `session`: the connection(s) with that session id.
+    pub session: Option<String>,
+    /// `path`: connections on that path, or under it with a trailing `/*` (`/chat/*`).
+    pub path: Option<String>,
+}
+
+impl Filter {
+    /// True when no key is given (it would match every connection).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.user.is_none() && self.session.is_none() && self.path.is_none()
+    }
+
+    /// Whether a connection of `user` (None: anonymous) on `path` with `session` matches every
+    /// given key.
+    #[must_use]
+    pub fn matches(&self, user: Option<&str>, session: Option<&str>, path: &str) -> bool {
+        let user_ok = self
+            .user
+            .as_deref()
+            .is_none_or(|want| want == user.unwrap_or("-"));
+        let session_ok = self
+            .session
+            .as_deref()
+            .is_none_or(|want| Some(want) == session);
+        let path_ok = self.path.as_deref().is_none_or(|want| {
+            match want.strip_suffix('*').filter(|p| p.ends_with('/')) {
+                Some(prefix) => path.starts_with(prefix),
+                None => want == path,
+            }
+        });
+        user_ok && session_ok && path_ok
+    }
 }
 
 /// The registry of channel members.
@@ -290,6 +376,8 @@ impl Hub {
             queued: AtomicUsize::new(0),
             direct: OnceLock::new(),
             step_since: AtomicU64::new(0),
+            profile: OnceLock::new(),
+            traffic: Traffic::default(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -325,9 +413,23 @@ impl Hub {
     /// instances if a cluster bridge is attached. Never blocks.
     pub fn publish(&self, path: &str, from: u64, msg: &Message) {
         self.fan_out(path, Some(from), msg);
+        self.forward(path, msg);
+    }
+
+    /// Publishes `msg` on `path` from outside any connection (the admin API's `POST /publish`):
+    /// every member of `path` here, then the other instances. Returns how many members here
+    /// took it (written or queued). Never blocks.
+    pub fn inject(&self, path: &str, msg: &Message) -> usize {
+        let reached = self.fan_out(path, None, msg);
+        self.forward(path, msg);
+        reached
+    }
+
+    /// Queues `msg` for the other instances if a cluster bridge is attached.
+    fn forward(&self, path: &str, msg: &Message) {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
-            let out = Outbound {
+            let out = Outbound::Broadcast {
                 path: path.to_string(),
                 msg: msg.clone(),
             };
@@ -345,12 +447,13 @@ impl Hub {
     }
 
     /// Sends `msg` to every member of `path` except `from`, and to none whose own limits are
-    /// smaller than it (dropped for that member and counted).
-    fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) {
+    /// smaller than it (dropped for that member and counted). Returns how many took it.
+    fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) -> usize {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         let Some(members) = groups.get(path) else {
-            return;
+            return 0;
         };
+        let mut reached = 0;
         // Encoded once, at the first direct write, for every subscriber.
         let wire = std::cell::OnceCell::new();
         for m in members
@@ -369,11 +472,15 @@ impl Hub {
                     match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
                         Handoff::Sent => {
                             self.metrics.message_out(msg.len());
+                            m.shared.traffic.sent(msg.len());
+                            reached += 1;
                             continue;
                         }
                         Handoff::SentWake => {
                             self.metrics.message_out(msg.len());
+                            m.shared.traffic.sent(msg.len());
                             m.shared.wake();
+                            reached += 1;
                             continue;
                         }
                         Handoff::Queue => {}
@@ -381,7 +488,10 @@ impl Hub {
                 }
             }
             match m.try_queue(msg) {
-                Ok(()) => m.shared.wake(),
+                Ok(()) => {
+                    m.shared.wake();
+                    reached += 1;
+                }
                 Err(TrySendError::Full(())) => match m.intake.slow_consumer {
                     SlowConsumer::Drop => self.metrics.broadcast_dropped(),
                     SlowConsumer::Disconnect => {
@@ -395,6 +505,42 @@ impl Hub {
                 Err(TrySendError::Disconnected(_)) => {}
             }
         }
+        reached
+    }
+
+    /// Ends every member here that `filter` matches with 1008 `disconnected by admin`; returns
+    /// how many (not counting those already ending). An empty filter matches nobody. Also
+    /// called for a disconnect from another instance.
+    pub fn disconnect(&self, filter: &Filter) -> usize {
+        if filter.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        self.for_each_member(|path, m| {
+            let session = m.profile.get().map(|p| p.session_id.as_str());
+            if filter.matches(m.holder.user.as_deref(), session, path)
+                && m.revoke(Revocation::Admin)
+            {
+                n += 1;
+            }
+        });
+        n
+    }
+
+    /// Queues `filter` for the other instances, which end their matching members; false
+    /// without a cluster bridge, or when its queue is full (counted as not forwarded).
+    pub fn forward_disconnect(&self, filter: &Filter) -> bool {
+        let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
+        let Some(outlet) = outlet.as_ref() else {
+            return false;
+        };
+        let sent = outlet
+            .try_send(Outbound::Disconnect(filter.clone()))
+            .is_ok();
+        if !sent {
+            self.metrics.cluster_not_forwarded(1);
+        }
+        sent
     }
 
     /// Calls `f` with every member's path and shared state (for re-checking access on reload).
@@ -778,8 +924,13 @@ mod tests {
         a.publish(&text("2")); // the queue holds one: not forwarded
         assert_eq!(b.next_queued().unwrap(), text("1"));
         assert_eq!(b.next_queued().unwrap(), text("2"));
-        let out = rx.try_recv().unwrap();
-        assert_eq!((out.path.as_str(), out.msg), ("/c", text("1")));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Outbound::Broadcast {
+                path: "/c".into(),
+                msg: text("1")
+            }
+        );
         assert!(rx.try_recv().is_err());
         assert_eq!(metrics.cluster_not_forwarded_count(), 1);
 
@@ -796,6 +947,116 @@ mod tests {
             rx.recv_timeout(std::time::Duration::from_secs(1)),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected)
         ));
+    }
+
+    #[test]
+    fn inject_reaches_every_member_counts_them_and_forwards_once() {
+        let metrics = Arc::new(Metrics::new(["/c"]));
+        let hub = Hub::new(Arc::clone(&metrics));
+        let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let b = join(&hub, "/c", 1, SlowConsumer::Drop);
+        let _other = join(&hub, "/d", 4, SlowConsumer::Disconnect);
+        assert_eq!(hub.inject("/c", &text("1")), 2, "both, none excluded");
+        assert_eq!(hub.inject("/c", &text("2")), 1, "b's outbox is full");
+        assert_eq!(hub.inject("/nobody", &text("3")), 0);
+        assert_eq!(a.next_queued().unwrap(), text("1"));
+        assert_eq!(b.next_queued().unwrap(), text("1"));
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        hub.set_outlet(tx);
+        hub.inject("/c", &text("4"));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Outbound::Broadcast {
+                path: "/c".into(),
+                msg: text("4")
+            }
+        );
+        assert!(rx.try_recv().is_err());
+    }
+
+    fn member_of(hub: &Arc<Hub>, path: &str, user: Option<&str>, session: &str) -> Membership {
+        let holder = Holder {
+            user: user.map(str::to_string),
+            ..Holder::default()
+        };
+        let m = hub
+            .join(path, true, intake(4, SlowConsumer::Disconnect), holder)
+            .unwrap()
+            .unwrap();
+        m.shared
+            .profile
+            .set(Profile {
+                method: Method::Password,
+                mode: Mode::Broadcast,
+                peer: "127.0.0.1:1".parse().unwrap(),
+                since: SystemTime::now(),
+                session_id: session.to_string(),
+            })
+            .unwrap();
+        m
+    }
+
+    #[test]
+    fn disconnect_ends_the_members_every_key_matches_once_and_is_forwarded() {
+        let hub = hub();
+        let alice = member_of(&hub, "/chat/a", Some("alice"), "s1");
+        let alice2 = member_of(&hub, "/news", Some("alice"), "s2");
+        let bob = member_of(&hub, "/chat/b", Some("bob"), "s3");
+        let anon = member_of(&hub, "/chat/b", None, "s4");
+        let f = |user: Option<&str>, session: Option<&str>, path: Option<&str>| Filter {
+            user: user.map(str::to_string),
+            session: session.map(str::to_string),
+            path: path.map(str::to_string),
+        };
+        assert_eq!(
+            hub.disconnect(&Filter::default()),
+            0,
+            "empty matches nobody"
+        );
+        assert_eq!(hub.disconnect(&f(Some("alice"), None, Some("/chat/*"))), 1);
+        assert_eq!(alice.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(alice2.ended(), None);
+        assert_eq!(
+            hub.disconnect(&f(Some("alice"), None, None)),
+            1,
+            "once each"
+        );
+        assert_eq!(hub.disconnect(&f(Some("-"), None, None)), 1);
+        assert_eq!(anon.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(hub.disconnect(&f(None, Some("s3"), Some("/chat"))), 0);
+        assert_eq!(hub.disconnect(&f(None, Some("s3"), None)), 1);
+        assert_eq!(bob.ended(), Some((1008, "disconnected by admin")));
+        // Only with a bridge.
+        assert!(!hub.forward_disconnect(&f(Some("x"), None, None)));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        hub.set_outlet(tx);
+        assert!(hub.forward_disconnect(&f(Some("x"), None, None)));
+        assert!(
+            !hub.forward_disconnect(&f(Some("y"), None, None)),
+            "queue full"
+        );
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Outbound::Disconnect(f(Some("x"), None, None))
+        );
+        assert_eq!(hub.metrics.cluster_not_forwarded_count(), 1);
+    }
+
+    #[test]
+    fn a_filter_path_matches_exactly_or_under_a_trailing_slash_star() {
+        let f = |p: &str| Filter {
+            path: Some(p.into()),
+            ..Filter::default()
+        };
+        assert!(f("/chat/a").matches(None, None, "/chat/a"));
+        assert!(!f("/chat/a").matches(None, None, "/chat/ab"));
+        assert!(f("/chat/*").matches(None, None, "/chat/a/b"));
+        assert!(!f("/chat/*").matches(None, None, "/chatroom"));
+        assert!(
+            !f("/chat*").matches(None, None, "/chatroom"),
+            "only after a slash"
+        );
+        assert!(f("/chat*").matches(None, None, "/chat*"));
     }
 
     #[test]

@@ -72,6 +72,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config, log_level } => serve(&config, log_level),
+        Command::Connections { config, filter } => {
+            print_or_fail(commands::connections(&config, &filter))
+        }
+        Command::Disconnect { config, filter } => {
+            print_or_fail(commands::disconnect(&config, &filter))
+        }
         Command::Cert {
             dir,
             names,
@@ -129,7 +135,7 @@ fn print_or_fail(result: Result<String, commands::CommandError>) -> ExitCode {
 
 fn fail(e: &commands::CommandError) -> ExitCode {
     eprintln!("{e}");
-    ExitCode::from(2)
+    ExitCode::from(if e.is_runtime() { 1 } else { 2 })
 }
 
 fn serve(path: &Path, log_level: Option<log::LevelFilter>) -> ExitCode {

@@ -17,6 +17,8 @@
 //! | `wsgate_slow_consumer_closes_total` | counter | | connections closed with 1008 as slow consumers |
 //! | `wsgate_rate_limited_total` | counter | | messages or connections refused by a rate limit |
 //! | `wsgate_publish_denied_total` | counter | | messages from clients without publish rights (closed or dropped) |
+//! | `wsgate_admin_publishes_total` | counter | | messages published through the admin API (`POST /publish`, answered 202) |
+//! | `wsgate_admin_disconnects_total` | counter | | connections here ended by an admin (`POST /disconnect`, here or from another instance) |
 //! | `wsgate_auth_cache_hits_total` | counter | | credential checks answered from the verification cache |
 //! | `wsgate_argon2_runs_total` | counter | | Argon2id verifications computed |
 //! | `wsgate_upgrade_duration_seconds` | histogram | | accept to 101 (TLS handshake plus upgrade) |
@@ -176,6 +178,8 @@ pub struct Metrics {
     slow_consumer_closes: AtomicU64,
     rate_limited: AtomicU64,
     publish_denied: AtomicU64,
+    admin_publishes: AtomicU64,
+    admin_disconnects: AtomicU64,
     auth_cache_hits: AtomicU64,
     argon2_runs: AtomicU64,
     /// Non-cumulative counts per bucket; the last is `+Inf`.
@@ -219,6 +223,8 @@ impl Metrics {
             slow_consumer_closes: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             publish_denied: AtomicU64::new(0),
+            admin_publishes: AtomicU64::new(0),
+            admin_disconnects: AtomicU64::new(0),
             auth_cache_hits: AtomicU64::new(0),
             argon2_runs: AtomicU64::new(0),
             upgrade_buckets: Default::default(),
@@ -330,6 +336,16 @@ impl Metrics {
     /// A client without publish rights sent a message (closed or dropped per `on_forbidden`).
     pub fn publish_denied(&self) {
         bump(&self.publish_denied, 1);
+    }
+
+    /// A message published through the admin API.
+    pub fn admin_published(&self) {
+        bump(&self.admin_publishes, 1);
+    }
+
+    /// `n` connections here ended by an admin's disconnect.
+    pub fn admin_disconnected(&self, n: u64) {
+        bump(&self.admin_disconnects, n);
     }
 
     /// Messages dropped for slow subscribers so far.
@@ -483,7 +499,7 @@ impl Metrics {
             );
         }
 
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             (
                 "wsgate_messages_received_total",
                 "WebSocket data messages received from clients.",
@@ -528,6 +544,16 @@ impl Metrics {
                 "wsgate_publish_denied_total",
                 "Messages from clients without publish rights (closed or dropped).",
                 &self.publish_denied,
+            ),
+            (
+                "wsgate_admin_publishes_total",
+                "Messages published through the admin API (POST /publish).",
+                &self.admin_publishes,
+            ),
+            (
+                "wsgate_admin_disconnects_total",
+                "Connections here ended by an admin (POST /disconnect, here or from another instance).",
+                &self.admin_disconnects,
             ),
             (
                 "wsgate_auth_cache_hits_total",
@@ -1038,6 +1064,8 @@ mod tests {
         m.slow_consumer_closed();
         m.rate_limited();
         m.publish_denied();
+        m.admin_published();
+        m.admin_disconnected(1);
         m.auth_cache_hit();
         m.argon2_run();
         m.set_cluster_connected(true);
@@ -1071,6 +1099,8 @@ mod tests {
             "wsgate_slow_consumer_closes_total",
             "wsgate_rate_limited_total",
             "wsgate_publish_denied_total",
+            "wsgate_admin_publishes_total",
+            "wsgate_admin_disconnects_total",
             "wsgate_auth_cache_hits_total",
             "wsgate_argon2_runs_total",
             "wsgate_cluster_connected",

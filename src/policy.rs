@@ -378,6 +378,8 @@ pub enum Revocation {
     /// The credential holds, but the path is no longer served or the roles no longer allow
     /// subscribing (or publishing, for a connection let in to publish).
     Access,
+    /// An admin ended it (`POST /disconnect` on the admin API, here or on another instance).
+    Admin,
 }
 
 impl Revocation {
@@ -387,6 +389,7 @@ impl Revocation {
         match self {
             Revocation::Credential => "credential revoked",
             Revocation::Access => "access revoked",
+            Revocation::Admin => "disconnected by admin",
         }
     }
 }
@@ -770,6 +773,7 @@ pub fn safe_user(user: &str) -> String {
 }
 
 /// Decodes `%XX` escapes and `+` (as space), as `application/x-www-form-urlencoded` does.
+/// The one decoder of query values: the upgrade's and the admin API's.
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

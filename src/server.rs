@@ -12,7 +12,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,7 +28,7 @@ use crate::config::{ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mo
 use crate::connection::{self, Rights};
 use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::files;
-use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Waker};
+use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Profile, Waker};
 use crate::listener;
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
@@ -67,6 +67,11 @@ pub enum StartError {
     System(io::Error),
     /// The config file itself is invalid (on reload; at start `main` loads it first).
     Config(ConfigError),
+    /// `[admin] token_file` cannot be read or holds no usable token (a config problem: exit 2).
+    AdminToken {
+        path: PathBuf,
+        error: admin::TokenFileError,
+    },
 }
 
 impl StartError {
@@ -79,6 +84,7 @@ impl StartError {
                 | StartError::Users(_)
                 | StartError::Tokens(_)
                 | StartError::Session(_)
+                | StartError::AdminToken { .. }
         )
     }
 }
@@ -93,6 +99,9 @@ impl fmt::Display for StartError {
             StartError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             StartError::System(e) => write!(f, "system resource unavailable: {e}"),
             StartError::Config(e) => e.fmt(f),
+            StartError::AdminToken { path, error } => {
+                write!(f, "[admin] token_file {}: {error}", path.display())
+            }
         }
     }
 }
@@ -163,6 +172,8 @@ pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
+    /// SHA-256 of `[admin] token_file`'s token, read at start.
+    admin_token: Option<[u8; 32]>,
 }
 
 /// Controls a running server from another thread (the signal thread, a test): stop or reload.
@@ -227,6 +238,16 @@ impl Server {
         warn_about_plaintext(&config);
         log_memory_budget(&config);
 
+        // The admin token before any socket: a bad one is a config error (exit 2).
+        let admin_token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+            Some(path) => Some(admin::token_digest(&admin::read_token(path).map_err(
+                |error| StartError::AdminToken {
+                    path: path.clone(),
+                    error,
+                },
+            )?)),
+            None => None,
+        };
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
         let admission = Admission::new(&config.server);
@@ -270,6 +291,7 @@ impl Server {
             shared,
             listener,
             admin_listener,
+            admin_token,
         })
     }
 
@@ -295,11 +317,19 @@ impl Server {
             shared,
             listener,
             admin_listener,
+            admin_token,
         } = self;
         let admin_config = shared.current().config.admin.clone();
         if let (Some(state), Some(l), Some(cfg)) = (&shared.admin, admin_listener, admin_config) {
+            attach_admin_api(&shared, state, admin_token);
             log::info!(
-                "admin endpoint (/healthz, /metrics) on http://{}",
+                "admin endpoint (/healthz, /metrics; API /publish, /connections, /disconnect {}) \
+                 on http://{}",
+                if admin_token.is_some() {
+                    "with the bearer token"
+                } else {
+                    "without a token"
+                },
                 l.local_addr()?
             );
             admin::spawn(l, Arc::clone(state), cfg.max_connections)?;
@@ -461,7 +491,7 @@ impl Shared {
             if let Err(why) = policy::recheck(&member.holder, path, config, &state) {
                 match why {
                     policy::Revocation::Credential => credential += 1,
-                    policy::Revocation::Access => access += 1,
+                    policy::Revocation::Access | policy::Revocation::Admin => access += 1,
                 }
                 member.revoke(why);
             }
@@ -702,6 +732,25 @@ fn spawn_file_watcher(shared: &Arc<Shared>) -> io::Result<()> {
     Ok(())
 }
 
+/// Turns on the admin API over the hub and the current channels. The token was read (and
+/// checked) at start; a reload does not read it again.
+fn attach_admin_api(shared: &Arc<Shared>, state: &AdminState, token: Option<[u8; 32]>) {
+    let weak = Arc::downgrade(shared);
+    let broadcast_limit = move |path: &str| {
+        let shared = weak.upgrade()?;
+        let rt = shared.current();
+        policy::route(path, &rt.config)
+            .ok()
+            .filter(|c| c.mode == Mode::Broadcast)
+            .map(|c| c.limits.max_message_size.get())
+    };
+    state.attach_api(admin::Api {
+        hub: Arc::clone(&shared.hub),
+        broadcast_limit: Box::new(broadcast_limit),
+        token,
+    });
+}
+
 /// Starts the Redis bridge when `[cluster] redis_url` is set. Messages from other instances are
 /// delivered only on paths a broadcast channel of the current configuration serves.
 fn start_bridge(shared: &Arc<Shared>) -> io::Result<Option<Bridge>> {
@@ -781,6 +830,10 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     let admin_max = |c: &Config| c.admin.as_ref().map(|a| a.max_connections);
     if admin_max(old) != admin_max(new) {
         changed.push("[admin] max_connections");
+    }
+    let admin_token = |c: &Config| c.admin.as_ref().and_then(|a| a.token_file.clone());
+    if admin_token(old) != admin_token(new) {
+        changed.push("[admin] token_file");
     }
     if old.cluster != new.cluster {
         changed.push("[cluster]");
@@ -1048,6 +1101,13 @@ fn handshake(
             .session_id
             .clone()
             .unwrap_or_else(session::new_session_id);
+        let _ = member.shared.profile.set(Profile {
+            method: grant.method,
+            mode: grant.channel.mode,
+            peer,
+            since: SystemTime::now(),
+            session_id: session_id.clone(),
+        });
         let mut headers = Vec::new();
         if let Some(user) = &grant.user {
             let login = match grant.proof {
@@ -1239,7 +1299,8 @@ fn log_memory_budget(config: &Config) {
     log::info!(
         "memory budget (worst case the limits allow): {} connections x {} KiB (stack {} KiB, \
          buffers {} KiB, proxy backend buffers {} KiB, outbox {} x {} KiB) + {} handshake stacks \
-         x {} KiB + {} MiB password hashing + {} KiB caches + {} KiB cluster queue = {} MiB",
+         x {} KiB + {} MiB password hashing + {} KiB caches + {} KiB cluster queue + {} KiB admin \
+         API = {} MiB",
         b.connections,
         b.per_connection() >> 10,
         b.stack >> 10,
@@ -1252,6 +1313,7 @@ fn log_memory_budget(config: &Config) {
         b.hashing >> 20,
         b.caches >> 10,
         b.cluster >> 10,
+        b.admin >> 10,
         b.total() >> 20
     );
 }
@@ -1282,6 +1344,9 @@ struct MemoryBudget {
     caches: usize,
     /// The cluster bridge's queues and read batch of largest messages (0 without a cluster).
     cluster: usize,
+    /// The admin API's clients, each holding a request head and a publish body or a
+    /// `/connections` answer (0 without an admin endpoint).
+    admin: usize,
 }
 
 /// rustls's record buffers and connection state, per connection (a full 16 KiB record in, one
@@ -1334,6 +1399,10 @@ impl MemoryBudget {
             } else {
                 0
             },
+            admin: config.admin.as_ref().map_or(0, |a| {
+                let answer = (s.workers.get() + s.queue) * admin::LISTED_CONNECTION_MAX;
+                a.max_connections.get() * (admin::MAX_HEAD + max_message.max(answer))
+            }),
         }
     }
 
@@ -1347,6 +1416,7 @@ impl MemoryBudget {
             + self.hashing
             + self.caches
             + self.cluster
+            + self.admin
     }
 }
 
@@ -1386,10 +1456,21 @@ mod tests {
         assert_eq!(b.caches, (100 + 3 * THROTTLE_ENTRIES) * CACHE_ENTRY);
         assert_eq!(b.cluster, 0);
         assert_eq!(b.backend_buffers, 0);
+        assert_eq!(b.admin, 0);
         assert_eq!(b.per_connection(), b.stack + b.buffers + 8 * 32 * 1024);
         assert_eq!(
             b.total(),
             12 * b.per_connection() + 4 * 256 * 1024 + b.hashing + b.caches
+        );
+        // The admin API: each client a head and the larger of a body and a connection list.
+        let c = config(
+            "[server]\nworkers = 100\nqueue = 0\n[admin]\nlisten = 127.0.0.1:9480\n\
+             max_connections = 4\n[channel:/b]\nmode = broadcast\n",
+        );
+        let b = MemoryBudget::of(&c);
+        assert_eq!(
+            b.admin,
+            4 * (admin::MAX_HEAD + 100 * admin::LISTED_CONNECTION_MAX)
         );
     }
 

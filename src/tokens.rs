@@ -249,7 +249,7 @@ pub fn generate_token() -> Result<String, TokensError> {
 /// reveal — how many leading bytes of SHA-256(guess) match a stored digest — does not help find
 /// a 256-bit preimage. The fold is defence in depth, and `black_box` keeps the optimiser from
 /// turning it back into an early exit.
-fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let diff = a
         .iter()
         .zip(b.iter())

@@ -339,6 +339,8 @@ const COMMANDS: &[&str] = &[
     "passwd",
     "token",
     "cert",
+    "connections",
+    "disconnect",
 ];
 
 #[test]

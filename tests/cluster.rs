@@ -10,13 +10,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ALICE, BOB, Client, IO_TIMEOUT, Server, Setup, TempDir, next_data, status_of};
+use common::{
+    ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, TempDir, free_port, next_data, status_of,
+};
 use tungstenite::Message;
 
 /// How long the backbone may take to (re)connect: the backoff is capped at 300 ms in these tests.
@@ -28,140 +28,6 @@ const HEALTH_TIMEOUT: &str = "700ms";
 const BOUND: Duration = Duration::from_millis(1000);
 /// What a test allows on top of [`BOUND`]: log polling, a loaded machine.
 const SLACK: Duration = Duration::from_millis(700);
-
-/// A `redis-server` on a free port of 127.0.0.1, without persistence; killed on drop.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-    dir: TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let mut redis = Redis::on_port(port);
-        redis.spawn();
-        redis
-    }
-
-    /// A Redis that is not running yet (see [`Redis::spawn`]).
-    fn on_port(port: u16) -> Redis {
-        Redis {
-            port,
-            child: None,
-            dir: TempDir::new("redis"),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "redis is already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): these tests need it on PATH; .ci/run installs \
-                     it (apt-get install redis-server)"
-                )
-            });
-        self.child = Some(child);
-        let until = Instant::now() + IO_TIMEOUT;
-        while !self.answers_ping() {
-            assert!(Instant::now() < until, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Freezes Redis (SIGSTOP) or thaws it (SIGCONT).
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("redis is running").id();
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-
-    /// Sends one command and returns the reply's text (a bulk string's body, or the line).
-    fn command(&self, args: &[&str]) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).unwrap();
-        let mut reader = std::io::BufReader::new(s);
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
-        match line.strip_prefix('$') {
-            Some(n) => {
-                let n: usize = n.trim().parse().unwrap();
-                let mut body = vec![0u8; n + 2];
-                reader.read_exact(&mut body).unwrap();
-                String::from_utf8_lossy(&body[..n]).into_owned()
-            }
-            None => line.trim_end().to_string(),
-        }
-    }
-
-    /// Kills the client connections whose `CLIENT LIST` line contains every one of `marks`
-    /// (e.g. `name=wsgate-subscriber:a`); returns how many.
-    fn kill_clients(&self, marks: &[&str]) -> usize {
-        let list = self.command(&["CLIENT", "LIST"]);
-        let ids: Vec<String> = list
-            .lines()
-            .filter(|l| marks.iter().all(|m| l.split(' ').any(|f| f == *m)))
-            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-            .map(str::to_string)
-            .collect();
-        for id in &ids {
-            self.command(&["CLIENT", "KILL", "ID", id]);
-        }
-        ids.len()
-    }
-
-    fn answers_ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An instance on the backbone at `url`, with its admin endpoint for `/metrics`.
 fn instance(url: &str, id: Option<&str>) -> Server {

@@ -21,6 +21,7 @@ use tungstenite::{Error as WsError, Message};
 use crate::config::{Limits, Mode, Overflow, WsLimits};
 use crate::frames::{self, FrameLimit, FrameWatch};
 use crate::hub::{DirectWrite, Handoff, Membership};
+use crate::memory::{Account, Room};
 use crate::ratelimit::MessageLimiter;
 use crate::upgrade::WsStream;
 
@@ -101,11 +102,17 @@ pub fn run(
         held: None,
         stalled_since: None,
         open: true,
+        unflushed: 0,
+        account: member.account().clone(),
     };
-    wire.ws.get_mut().watch_frames(FrameWatch::new(
-        limits.max_fragments.get(),
-        limits.message_timeout,
-    ));
+    wire.ws.get_mut().watch_frames(
+        FrameWatch::new(
+            limits.max_fragments.get(),
+            limits.message_timeout,
+            channel.max_frame_size.get(),
+        ),
+        member.account().clone(),
+    );
     wire.ws.get_mut().get_mut().poll_driven(true);
     let wire = Arc::new(Mutex::new(wire));
     member.attach_socket(Arc::clone(&sock));
@@ -146,6 +153,11 @@ struct Wire {
     stalled_since: Option<Instant>,
     /// False once the loop has ended: nothing more may be written but the close.
     open: bool,
+    /// Payload bytes of data messages written into the WebSocket since its buffers were last
+    /// flushed whole: charged to the memory cap (with `held`) until a flush goes through.
+    /// A bound on the write buffer beyond its base, and on rustls' buffer behind it.
+    unflushed: usize,
+    account: Account,
 }
 
 fn lock(wire: &Mutex<Wire>) -> MutexGuard<'_, Wire> {
@@ -178,6 +190,7 @@ impl DirectWrite for Mutex<Wire> {
                     // end the connection rather than send a corrupt stream on.
                     Ok(_) => {
                         w.open = false;
+                        w.unflushed += msg.len();
                         log::error!("direct write cut a frame; closing the connection");
                         let _ = w.ws.get_ref().get_ref().socket().shutdown(Shutdown::Both);
                         return Handoff::SentWake;
@@ -193,13 +206,19 @@ impl DirectWrite for Mutex<Wire> {
                 Err(_) => return Handoff::Queue,
             },
         }
+        // Sent: the socket took it all, the hub gives the charge back. Otherwise the bytes wait
+        // in the buffers, and so does their charge, until the loop's flush.
         match w.ws.flush() {
             Ok(()) => Handoff::Sent,
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 w.stalled_since.get_or_insert_with(Instant::now);
+                w.unflushed += msg.len();
                 Handoff::SentWake
             }
-            Err(_) => Handoff::SentWake,
+            Err(_) => {
+                w.unflushed += msg.len();
+                Handoff::SentWake
+            }
         }
     }
 }
@@ -339,7 +358,12 @@ impl Conn {
                     self.last_heard = Instant::now();
                     self.ping_sent = false;
                     match msg {
-                        Message::Text(_) | Message::Binary(_) => self.handle_data(w, msg)?,
+                        Message::Text(_) | Message::Binary(_) => {
+                            let len = msg.len();
+                            self.handle_data(w, msg)?;
+                            // Handled (published, echoed or dropped): its read charge goes.
+                            w.ws.get_mut().settle(len);
+                        }
                         Message::Close(frame) => {
                             // tungstenite queued the reply; the next read reports ConnectionClosed
                             // once it is flushed.
@@ -378,7 +402,14 @@ impl Conn {
             };
         }
         match self.rights.mode {
-            Mode::Echo => self.send(w, msg),
+            Mode::Echo => {
+                // The echo's bytes are charged before they are written; the read charge of the
+                // same message is given back once this returns.
+                if !self.member.account().try_charge(msg.len(), Room::Whole) {
+                    return Err(End::Closed(1013, "try again later"));
+                }
+                self.send(w, msg)
+            }
             Mode::Broadcast => {
                 self.member.publish(&msg);
                 Ok(())
@@ -437,19 +468,24 @@ impl Conn {
     /// peer is not reading, ends the connection as a slow consumer.
     fn send(&mut self, w: &mut Wire, msg: Message) -> Step {
         // Data messages, and data frames held back earlier, count as sent once accepted.
+        // They are charged to the memory cap already (by the hub, or by the echo): once
+        // written, the charge is the write buffer's, given back by the next whole flush.
         let data = matches!(
             msg,
             Message::Text(_) | Message::Binary(_) | Message::Frame(_)
         );
         let len = msg.len();
+        let charged = if data { frames::payload_len(&msg) } else { 0 };
         match w.ws.write(msg) {
             Ok(()) => {
+                w.unflushed += charged;
                 if data {
                     self.member.metrics().message_out(len);
                 }
                 Ok(())
             }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                w.unflushed += charged;
                 if data {
                     self.member.metrics().message_out(len);
                 }
@@ -462,6 +498,7 @@ impl Conn {
                 if frames::server_frame_len(&msg) > self.max_write_buffer =>
             {
                 self.member.metrics().broadcast_too_big();
+                self.member.account().release(frames::payload_len(&msg));
                 log::debug!(
                     "dropped a {}-byte message larger than the write buffer ({} bytes)",
                     msg.len(),
@@ -469,6 +506,7 @@ impl Conn {
                 );
                 Ok(())
             }
+            // Held, it stays charged (see `Wire::unflushed`).
             Err(WsError::WriteBufferFull(msg)) => {
                 if self.rights.mode == Mode::Echo {
                     return Err(End::Closed(1008, "slow consumer"));
@@ -513,6 +551,9 @@ impl Conn {
     /// everything before its 1008): only then is there sure to be room for the close frame, which
     /// tungstenite would otherwise refuse as `WriteBufferFull`.
     fn finish(&mut self, end: &End, write_timeout: Duration) {
+        // Queued broadcasts are never written now: their memory goes at once, not when the
+        // close below has finished (a slow consumer at the memory cap frees its outbox first).
+        self.member.discard_queued();
         let wire = Arc::clone(&self.wire);
         let mut w = lock(&wire);
         w.open = false;
@@ -594,6 +635,7 @@ fn flush(w: &mut Wire) -> Step {
     match w.ws.flush() {
         Ok(()) => {
             w.stalled_since = None;
+            w.account.release(std::mem::take(&mut w.unflushed));
             Ok(())
         }
         Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -620,6 +662,9 @@ fn classify(e: WsError) -> End {
             End::Closed(1002, "invalid close sequence")
         }
         WsError::Protocol(_) => End::Closed(1002, "protocol error"),
+        WsError::Io(e) if FrameLimit::from_io(&e) == Some(FrameLimit::MemoryFull) => {
+            End::Closed(1013, "try again later")
+        }
         WsError::Io(e) if FrameLimit::from_io(&e).is_some() => End::Closed(
             1008,
             FrameLimit::from_io(&e).map_or("policy violation", FrameLimit::reason),

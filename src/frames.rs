@@ -1,19 +1,23 @@
 //! Follows client frame boundaries in the raw byte stream after the upgrade, to bound what
 //! tungstenite does not: how many frames one message may be split into and how long it may take.
 //! It parses only frame headers (2 to 14 bytes) and skips payloads by count: constant memory,
-//! a few instructions per frame. Protocol errors are left to tungstenite.
+//! a few instructions per frame. Protocol errors are left to tungstenite. It also adds up the
+//! payload lengths data frames declare, which tungstenite reserves and assembles in memory: what
+//! the connection charges to the memory cap for a message being read.
 
 use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
-/// Why a sender was stopped (close 1008).
+/// Why a sender was stopped (close 1008; 1013 at the memory cap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameLimit {
     /// More than `max_fragments` frames in one message.
     TooManyFragments,
     /// A fragmented message took longer than `message_timeout`.
     TooSlow,
+    /// The frame would take the process past its memory cap (close 1013, try again later).
+    MemoryFull,
 }
 
 impl FrameLimit {
@@ -22,6 +26,7 @@ impl FrameLimit {
         match self {
             FrameLimit::TooManyFragments => "too many fragments",
             FrameLimit::TooSlow => "message too slow",
+            FrameLimit::MemoryFull => "memory limit reached",
         }
     }
 
@@ -60,11 +65,18 @@ pub struct FrameWatch {
     /// Frames so far of the message in progress, and when its first frame's header arrived.
     fragments: usize,
     started: Option<Instant>,
+    /// The most a data frame may declare (`max_frame_size`): a larger one is refused by
+    /// tungstenite from its header, so it is charged as this much at most.
+    max_frame: u64,
+    /// Payload bytes declared by data frames since [`FrameWatch::take_declared`].
+    declared: u64,
 }
 
 impl FrameWatch {
-    pub fn new(max_fragments: usize, message_timeout: Duration) -> FrameWatch {
+    pub fn new(max_fragments: usize, message_timeout: Duration, max_frame: usize) -> FrameWatch {
         FrameWatch {
+            max_frame: max_frame as u64,
+            declared: 0,
             max_fragments,
             message_timeout,
             header: [0; 14],
@@ -74,6 +86,12 @@ impl FrameWatch {
             fragments: 0,
             started: None,
         }
+    }
+
+    /// Payload bytes that data frames (text, binary, continuation) declared since the last call,
+    /// each frame counted up to `max_frame`.
+    pub fn take_declared(&mut self) -> u64 {
+        std::mem::take(&mut self.declared)
     }
 
     /// When the fragmented message in progress must be complete, if one is in progress.
@@ -134,6 +152,9 @@ impl FrameWatch {
         };
         self.header_len = 0;
         self.header_need = 2;
+        if opcode <= 2 {
+            self.declared += self.skip.min(self.max_frame);
+        }
         match opcode {
             // A text or binary frame starts a message; without FIN, more frames follow.
             1 | 2 if !fin => {
@@ -181,6 +202,15 @@ pub fn wire_frame(msg: &tungstenite::Message) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(frame.len());
     frame.format(&mut out).ok()?;
     Some(out)
+}
+
+/// A data message's payload bytes, also when tungstenite handed it back as a frame (a held-back
+/// message): what was charged for it to the memory cap.
+pub fn payload_len(msg: &tungstenite::Message) -> usize {
+    match msg {
+        tungstenite::Message::Frame(frame) => frame.payload().len(),
+        _ => msg.len(),
+    }
 }
 
 /// How many bytes `msg` takes in a write buffer as one unmasked server frame (a held-back
@@ -268,7 +298,7 @@ mod tests {
     #[test]
     fn counts_fragments_up_to_the_limit_and_one_over() {
         let now = Instant::now();
-        let mut w = FrameWatch::new(3, Duration::from_secs(10));
+        let mut w = FrameWatch::new(3, Duration::from_secs(10), 1 << 20);
         let mut bytes = frame(false, 1, 5);
         bytes.extend(frame(false, 0, 0));
         bytes.extend(frame(true, 0, 300));
@@ -284,7 +314,7 @@ mod tests {
     #[test]
     fn byte_by_byte_and_control_frames_between_fragments() {
         let now = Instant::now();
-        let mut w = FrameWatch::new(2, Duration::from_secs(10));
+        let mut w = FrameWatch::new(2, Duration::from_secs(10), 1 << 20);
         let mut bytes = frame(false, 1, 70_000);
         bytes.extend(frame(true, 9, 4)); // a ping in the middle
         bytes.extend(frame(true, 0, 2));
@@ -298,7 +328,7 @@ mod tests {
     #[test]
     fn a_fragmented_message_has_a_deadline() {
         let t0 = Instant::now();
-        let mut w = FrameWatch::new(100, Duration::from_secs(2));
+        let mut w = FrameWatch::new(100, Duration::from_secs(2), 1 << 20);
         assert_eq!(w.observe(&frame(false, 1, 1), t0), Ok(()));
         assert_eq!(w.message_deadline(), Some(t0 + Duration::from_secs(2)));
         assert_eq!(
@@ -309,6 +339,27 @@ mod tests {
             w.observe(&frame(false, 0, 1), t0 + Duration::from_secs(3)),
             Err(FrameLimit::TooSlow)
         );
+    }
+
+    #[test]
+    fn data_frames_declare_their_payload_up_to_the_frame_limit() {
+        let now = Instant::now();
+        let mut w = FrameWatch::new(8, Duration::from_secs(10), 1000);
+        let mut bytes = frame(false, 2, 300);
+        bytes.extend(frame(true, 9, 4)); // a ping: not data
+        bytes.extend(frame(true, 0, 200));
+        // The header alone declares it: counted before its payload arrives.
+        bytes.extend(&frame(true, 1, 700)[..8]);
+        assert_eq!(w.observe(&bytes, now), Ok(()));
+        assert_eq!(w.take_declared(), 1200);
+        assert_eq!(w.take_declared(), 0);
+        // A header declaring 2^62 bytes counts as the frame limit (tungstenite refuses it).
+        let mut huge = vec![0x82, 0x80 | 127];
+        huge.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        huge.extend_from_slice(&[1, 2, 3, 4]);
+        let mut w = FrameWatch::new(8, Duration::from_secs(10), 1000);
+        assert_eq!(w.observe(&huge, now), Ok(()));
+        assert_eq!(w.take_declared(), 1000);
     }
 
     #[test]

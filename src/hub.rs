@@ -11,6 +11,11 @@
 //! With a cluster bridge attached ([`Hub::set_outlet`]), a broadcast is also `try_send` into the
 //! bridge's bounded queue after the local fan-out, and broadcasts from other instances come in
 //! through [`Hub::deliver`]. The hub never waits for the bridge: a full queue is counted.
+//!
+//! Every delivery that stays in memory (an outbox entry, a direct write the socket did not take
+//! whole, a message in the bridge's queue) is charged to the process-wide [`Budget`] first. A
+//! fan-out that does not fit closes the subscribers with the largest backlog with 1008 `slow
+//! consumer` until it does ([`memory::choose_drops`]); nothing is queued past the cap.
 
 use std::collections::HashMap;
 use std::io;
@@ -25,6 +30,7 @@ use rustix::event::{EventfdFlags, eventfd};
 use tungstenite::Message;
 
 use crate::config::{SlowConsumer, WsLimits};
+use crate::memory::{self, Account, Budget, Candidate, Charged, Room};
 use crate::metrics::Metrics;
 
 /// Wakes one connection's `poll` from another thread: an eventfd, written at most once between
@@ -134,21 +140,47 @@ struct Member {
     /// The outbox's sending side; at most `intake.outbox` messages queued (counted in
     /// [`MemberShared::queued`]).
     tx: Sender<Message>,
+    /// The outbox's receiving side too, so that a member dropped at the memory cap gives its
+    /// queued bytes back at once rather than when its loop ends.
+    rx: Receiver<Message>,
     intake: Intake,
     shared: Arc<MemberShared>,
 }
 
 impl Member {
-    /// Queues `msg` in the outbox unless it holds `intake.outbox` messages already.
+    /// Queues `msg` in the outbox unless it holds `intake.outbox` messages already. The caller
+    /// has charged its bytes to the member's account; they stay charged while it is queued.
     fn try_queue(&self, msg: &Message) -> Result<(), TrySendError<()>> {
         if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.intake.outbox {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(TrySendError::Full(()));
         }
+        self.shared
+            .queued_bytes
+            .fetch_add(msg.len(), Ordering::Relaxed);
         self.tx.send(msg.clone()).map_err(|_| {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            self.shared
+                .queued_bytes
+                .fetch_sub(msg.len(), Ordering::Relaxed);
             TrySendError::Disconnected(())
         })
+    }
+}
+
+/// Takes one message off an outbox, keeping the counts in step (its bytes stay charged: they
+/// move on to the write buffer).
+fn take_queued(rx: &Receiver<Message>, shared: &MemberShared) -> Result<Message, TryRecvError> {
+    let msg = rx.try_recv()?;
+    shared.queued.fetch_sub(1, Ordering::AcqRel);
+    shared.queued_bytes.fetch_sub(msg.len(), Ordering::Relaxed);
+    Ok(msg)
+}
+
+/// Empties an outbox whose messages will never be written, giving their bytes back.
+fn discard_queued(rx: &Receiver<Message>, shared: &MemberShared) {
+    while let Ok(msg) = take_queued(rx, shared) {
+        shared.account.release(msg.len());
     }
 }
 
@@ -171,6 +203,11 @@ pub struct MemberShared {
     /// storage is allocated as messages queue (crossbeam's list flavour, blocks of 31) rather
     /// than up front: most subscribers get their broadcasts written directly and never queue.
     queued: AtomicUsize,
+    /// Payload bytes in the outbox (what dropping the member at the memory cap frees at once).
+    queued_bytes: AtomicUsize,
+    /// What this connection holds against the memory cap: its outbox, its write buffer beyond
+    /// what was flushed, the message it is reading. Released whole when the membership ends.
+    pub account: Account,
     /// The connection's direct-write path, once its loop runs (see [`DirectWrite`]).
     pub direct: OnceLock<Arc<dyn DirectWrite>>,
     /// When the connection's loop entered the step it is in, in milliseconds after the hub's
@@ -224,12 +261,15 @@ impl MemberShared {
     }
 }
 
-/// A broadcast leaving this instance for the others, queued for the cluster bridge.
-#[derive(Debug, Clone)]
+/// A broadcast leaving this instance for the others, queued for the cluster bridge. Its bytes
+/// are charged to the memory cap until it is dropped (by the bridge, once sent or discarded).
+#[derive(Debug)]
 pub struct Outbound {
     /// The channel path it was published on.
     pub path: String,
     pub msg: Message,
+    /// Released on drop; None when the cap is off.
+    _charge: Option<Charged>,
 }
 
 /// The registry of channel members.
@@ -240,6 +280,8 @@ pub struct Hub {
     next_id: AtomicU64,
     closed: AtomicBool,
     metrics: Arc<Metrics>,
+    /// The process-wide memory cap every queued delivery is charged to.
+    budget: Arc<Budget>,
     /// Serialises joins against shutdown so nobody joins a hub that is being emptied.
     gate: Mutex<()>,
     /// The zero of [`MemberShared`]'s step clock.
@@ -261,9 +303,15 @@ pub struct Membership {
 }
 
 impl Hub {
-    /// An empty hub that counts drops and slow consumers in `metrics`.
+    /// An empty hub that counts drops and slow consumers in `metrics`, without a memory cap.
     pub fn new(metrics: Arc<Metrics>) -> Arc<Hub> {
+        Hub::with_budget(metrics, Arc::new(Budget::off()))
+    }
+
+    /// An empty hub that charges what it queues to `budget`.
+    pub fn with_budget(metrics: Arc<Metrics>, budget: Arc<Budget>) -> Arc<Hub> {
         Arc::new(Hub {
+            budget,
             groups: RwLock::default(),
             outlet: RwLock::new(None),
             next_id: AtomicU64::new(0),
@@ -293,6 +341,8 @@ impl Hub {
             holder,
             socket: OnceLock::new(),
             queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            account: Account::new(Arc::clone(&self.budget)),
             direct: OnceLock::new(),
             step_since: AtomicU64::new(0),
         });
@@ -305,6 +355,7 @@ impl Hub {
         let member = Member {
             id,
             tx,
+            rx: rx.clone(),
             intake,
             shared: Arc::clone(&shared),
         };
@@ -332,9 +383,22 @@ impl Hub {
         self.fan_out(path, Some(from), msg);
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
+            // At the memory cap the message is not forwarded, as with a full queue.
+            let charge = if self.budget.cap().is_some() {
+                match Charged::try_new(&self.budget, msg.len(), Room::Deliveries) {
+                    Some(charge) => Some(charge),
+                    None => {
+                        self.metrics.cluster_not_forwarded(1);
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
             let out = Outbound {
                 path: path.to_string(),
                 msg: msg.clone(),
+                _charge: charge,
             };
             // Full: the bridge is behind (or Redis slow); Disconnected: the bridge stopped.
             if outlet.try_send(out).is_err() {
@@ -350,7 +414,9 @@ impl Hub {
     }
 
     /// Sends `msg` to every member of `path` except `from`, and to none whose own limits are
-    /// smaller than it (dropped for that member and counted).
+    /// smaller than it (dropped for that member and counted). Each delivery is charged to the
+    /// member's account first; those that do not fit under the memory cap are settled by
+    /// [`Hub::squeeze`].
     fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         let Some(members) = groups.get(path) else {
@@ -358,47 +424,142 @@ impl Hub {
         };
         // Encoded once, at the first direct write, for every subscriber.
         let wire = std::cell::OnceCell::new();
-        for m in members
-            .iter()
-            .filter(|m| Some(m.id) != from && m.shared.waker.is_some())
-        {
+        let mut short = Vec::new();
+        for (i, m) in members.iter().enumerate() {
+            // A member already closing as slow never reads its outbox again.
+            if Some(m.id) == from
+                || m.shared.waker.is_none()
+                || m.shared.slow.load(Ordering::Acquire)
+            {
+                continue;
+            }
             if msg.len() > m.intake.max_message {
                 // Its write buffer may be too small to ever take it: retried, it would wedge
                 // the member's loop (issue 11).
                 self.metrics.broadcast_too_big();
                 continue;
             }
-            if let Some(direct) = m.shared.direct.get() {
-                if !m.shared.revoked.load(Ordering::Acquire) {
-                    let frame = wire.get_or_init(|| crate::frames::wire_frame(msg));
-                    match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
-                        Handoff::Sent => {
-                            self.metrics.message_out(msg.len());
-                            continue;
-                        }
-                        Handoff::SentWake => {
-                            self.metrics.message_out(msg.len());
-                            m.shared.wake();
-                            continue;
-                        }
-                        Handoff::Queue => {}
+            if !m.shared.account.try_charge(msg.len(), Room::Deliveries) {
+                short.push(i);
+                continue;
+            }
+            self.deliver_charged(m, msg, &wire);
+        }
+        if !short.is_empty() {
+            self.squeeze(members, from, &short, msg, &wire);
+        }
+    }
+
+    /// Delivers `msg`, already charged to `m`'s account: straight into its socket when it is
+    /// idle, else into its outbox. The charge stays with whatever still holds the bytes (the
+    /// outbox, or the write buffer a direct write could not flush) and is given back otherwise.
+    fn deliver_charged(&self, m: &Member, msg: &Message, wire: &std::cell::OnceCell<Option<Vec<u8>>>) {
+        if let Some(direct) = m.shared.direct.get() {
+            if !m.shared.revoked.load(Ordering::Acquire) {
+                let frame = wire.get_or_init(|| crate::frames::wire_frame(msg));
+                match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
+                    Handoff::Sent => {
+                        m.shared.account.release(msg.len());
+                        self.metrics.message_out(msg.len());
+                        return;
+                    }
+                    Handoff::SentWake => {
+                        // The connection took over the charge (see `DirectWrite::try_write`).
+                        self.metrics.message_out(msg.len());
+                        m.shared.wake();
+                        return;
+                    }
+                    Handoff::Queue => {}
+                }
+            }
+        }
+        match m.try_queue(msg) {
+            Ok(()) => m.shared.wake(),
+            Err(TrySendError::Full(())) => {
+                m.shared.account.release(msg.len());
+                match m.intake.slow_consumer {
+                    SlowConsumer::Drop => self.metrics.broadcast_dropped(),
+                    SlowConsumer::Disconnect => {
+                        self.close_slow(m);
                     }
                 }
             }
-            match m.try_queue(msg) {
-                Ok(()) => m.shared.wake(),
-                Err(TrySendError::Full(())) => match m.intake.slow_consumer {
-                    SlowConsumer::Drop => self.metrics.broadcast_dropped(),
-                    SlowConsumer::Disconnect => {
-                        if !m.shared.slow.swap(true, Ordering::AcqRel) {
-                            self.metrics.slow_consumer_closed();
-                            m.shared.end();
-                        }
-                    }
-                },
-                // The member is leaving; its Membership drop removes it.
-                Err(TrySendError::Disconnected(_)) => {}
+            // The member is leaving; its Membership drop removes it.
+            Err(TrySendError::Disconnected(_)) => m.shared.account.release(msg.len()),
+        }
+    }
+
+    /// Ends `m` with 1008 `slow consumer` (once); true if this call did it.
+    fn close_slow(&self, m: &Member) -> bool {
+        if m.shared.slow.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.metrics.slow_consumer_closed();
+        m.shared.end();
+        true
+    }
+
+    /// A fan-out met the memory cap: the members at `short` (indices into `members`) could not be
+    /// charged. Closes the members with the largest backlog (1008 `slow consumer`, their outbox
+    /// given back at once) until the rest fit, then delivers to the rest; one that still does
+    /// not fit (another publisher took the room meanwhile) is closed too. Nothing is queued
+    /// past the cap. Members already closing are not candidates: they get nothing more.
+    fn squeeze(
+        &self,
+        members: &[Member],
+        from: Option<u64>,
+        short: &[usize],
+        msg: &Message,
+        wire: &std::cell::OnceCell<Option<Vec<u8>>>,
+    ) {
+        let len = msg.len();
+        let eligible: Vec<usize> = (0..members.len())
+            .filter(|&i| {
+                let m = &members[i];
+                Some(m.id) != from
+                    && m.shared.waker.is_some()
+                    && !m.shared.slow.load(Ordering::Acquire)
+                    && len <= m.intake.max_message
+            })
+            .collect();
+        let candidates: Vec<Candidate> = eligible
+            .iter()
+            .map(|&i| {
+                let m = &members[i];
+                Candidate {
+                    backlog: m.shared.account.held(),
+                    frees: m.shared.queued_bytes.load(Ordering::Relaxed),
+                    needs: if short.contains(&i) { len } else { 0 },
+                }
+            })
+            .collect();
+        let chosen = memory::choose_drops(&candidates, self.budget.room(Room::Deliveries));
+        let mut dropped = 0;
+        let drop_member = |m: &Member| {
+            let closed = self.close_slow(m);
+            discard_queued(&m.rx, &m.shared);
+            closed
+        };
+        let victims: Vec<usize> = chosen.iter().map(|&c| eligible[c]).collect();
+        for &i in &victims {
+            if drop_member(&members[i]) {
+                dropped += 1;
             }
+        }
+        for &i in short {
+            let m = &members[i];
+            if victims.contains(&i) || m.shared.slow.load(Ordering::Acquire) {
+                continue;
+            }
+            if m.shared.account.try_charge(len, Room::Deliveries) {
+                self.deliver_charged(m, msg, wire);
+            } else if drop_member(m) {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.metrics.memory_dropped(dropped);
+            self.budget.dropped(dropped);
         }
     }
 
@@ -431,6 +592,11 @@ impl Hub {
         u64::try_from(self.epoch.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .saturating_add(1)
+    }
+
+    /// The memory cap this hub charges to.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// True once shutdown began.
@@ -536,9 +702,18 @@ impl Membership {
     /// # Errors
     /// `Empty` when nothing is queued.
     pub fn next_queued(&self) -> Result<Message, TryRecvError> {
-        let msg = self.outbox.try_recv()?;
-        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-        Ok(msg)
+        take_queued(&self.outbox, &self.shared)
+    }
+
+    /// Empties the outbox, giving its bytes back to the memory cap: the connection is ending and
+    /// will write none of it.
+    pub fn discard_queued(&self) {
+        discard_queued(&self.outbox, &self.shared);
+    }
+
+    /// This connection's share of the memory cap.
+    pub fn account(&self) -> &Account {
+        &self.shared.account
     }
 }
 
@@ -551,6 +726,10 @@ impl Drop for Membership {
                 groups.remove(&self.path);
             }
         }
+        drop(groups);
+        // Out of the hub, so no fan-out charges it any more: whatever it still holds (outbox,
+        // write buffer, a message half read) is given back.
+        self.shared.account.release_all();
     }
 }
 

@@ -68,6 +68,8 @@ pub enum Reason {
     Busy,
     /// The server is shutting down. 503.
     ShuttingDown,
+    /// The memory cap is reached (`memory_limit`). 503 with `Retry-After`.
+    MemoryFull,
 }
 
 impl Reason {
@@ -88,7 +90,9 @@ impl Reason {
             Reason::Origin(_) | Reason::Forbidden { .. } => StatusCode::FORBIDDEN,
             Reason::NoCredentials | Reason::BadCredentials { .. } => StatusCode::UNAUTHORIZED,
             Reason::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Reason::Busy | Reason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Busy | Reason::ShuttingDown | Reason::MemoryFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -118,6 +122,7 @@ impl Reason {
                 builder.header("Retry-After", retry_after.as_secs().max(1).to_string())
             }
             Reason::Busy => builder.header("Retry-After", "1"),
+            Reason::MemoryFull => builder.header("Retry-After", "2"),
             Reason::ShuttingDown => builder.header("Retry-After", "5"),
             _ => builder,
         };
@@ -155,6 +160,7 @@ impl fmt::Display for Reason {
             Reason::Forbidden { .. } => f.write_str("no role allows subscribing"),
             Reason::Busy => f.write_str("too many logins waiting for password checks"),
             Reason::ShuttingDown => f.write_str("shutting down"),
+            Reason::MemoryFull => f.write_str("memory limit reached"),
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::files;
 use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Waker};
 use crate::listener;
+use crate::memory::{self, Budget};
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
 use crate::policy::{Grant, Method, Reason};
@@ -187,7 +188,7 @@ impl Server {
         let config = Arc::clone(&runtime.config);
         warn_about_origins(&config);
         warn_about_plaintext(&config);
-        log_memory_budget(&config);
+        let budget = start_budget(&config);
 
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
@@ -198,6 +199,7 @@ impl Server {
                 let l =
                     TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
                 let (adm, workers) = (Arc::clone(&admission), config.server.workers.get() as u64);
+                let mem = Arc::clone(&budget);
                 let state = AdminState::new(Arc::clone(&metrics), move || {
                     let in_flight = adm.in_flight() as u64;
                     let busy = in_flight.min(workers);
@@ -205,6 +207,8 @@ impl Server {
                         pool_busy: busy,
                         pool_idle: workers - busy,
                         pool_queued: in_flight - busy,
+                        memory_used: mem.used() as u64,
+                        memory_limit: mem.cap().unwrap_or(0) as u64,
                     }
                 })
                 .map_err(StartError::System)?;
@@ -215,7 +219,7 @@ impl Server {
         let shared = Arc::new(Shared {
             runtime: RwLock::new(Arc::new(runtime)),
             creds,
-            hub: Hub::new(Arc::clone(&metrics)),
+            hub: Hub::with_budget(Arc::clone(&metrics), budget),
             admission,
             handshakes: Pool::new(
                 config.server.max_pre_auth.get(),
@@ -892,6 +896,13 @@ fn handshake(
     // Joins the hub and issues the session just before the 101, so a server that is shutting
     // down still answers 503 and a client only gets a session it can use.
     let enter = |grant: &Grant| {
+        // At the memory cap a new connection would only add to the squeeze (logged once per
+        // interval by the budget, not per refusal).
+        if !hub.budget().admits() {
+            metrics.memory_refused();
+            hub.budget().refused();
+            return Err(Reason::MemoryFull);
+        }
         let limits = &grant.channel.limits;
         let holder = Holder {
             user: grant.user.clone(),
@@ -986,6 +997,9 @@ const REFUSAL_LINES_PER_SEC: u64 = 20;
 /// are at warn, in a fixed form fail2ban can match:
 /// `auth failed: user="NAME" peer=IP:PORT reason=REASON`. Never a password.
 fn log_refusal(peer: SocketAddr, reason: &Reason) {
+    if matches!(reason, Reason::MemoryFull) {
+        return; // one line per interval, with counts (`memory::Budget::refused`)
+    }
     static BUDGET: OnceLock<Mutex<(TokenBucket, u64)>> = OnceLock::new();
     let now = Instant::now();
     let budget = BUDGET.get_or_init(|| {
@@ -1021,98 +1035,36 @@ fn log_refusal(peer: SocketAddr, reason: &Reason) {
     }
 }
 
-/// Logs the worst-case memory the configured limits allow, so an admin can size a small host.
-fn log_memory_budget(config: &Config) {
-    let b = MemoryBudget::of(config);
+/// Resolves `memory_limit` on this host and logs the start-up line: the enforced cap, what it
+/// was derived from, the base cost of a connection and how many connections fit.
+fn start_budget(config: &Config) -> Arc<Budget> {
+    let (cap, host) = memory::resolve(config.server.memory_limit);
+    let base = base_per_connection(config);
+    let connections = config.server.workers.get() + config.server.queue;
     log::info!(
-        "memory budget (worst case the limits allow): {} connections x {} KiB (stack {} KiB, \
-         buffers {} KiB, outbox {} x {} KiB) + {} handshake stacks x {} KiB + {} MiB password \
-         hashing + {} KiB caches + {} KiB cluster queue = {} MiB",
-        b.connections,
-        b.per_connection() >> 10,
-        b.stack >> 10,
-        b.buffers >> 10,
-        b.outbox,
-        b.max_message >> 10,
-        b.handshakes,
-        b.handshake_stack >> 10,
-        b.hashing >> 20,
-        b.caches >> 10,
-        b.cluster >> 10,
-        b.total() >> 20
+        "{}",
+        memory::startup_line(config.server.memory_limit, cap, host, base, connections)
     );
+    Arc::new(Budget::new(cap))
 }
 
-/// The most memory the configured limits let the server use, in bytes, for the start-up log
-/// line: an admin sizing a Pi reads what each limit costs. Broadcast messages are shared between
-/// outboxes, so the outbox term is a bound that is rarely approached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MemoryBudget {
-    /// Connections the pool admits (`workers + queue`).
-    connections: usize,
-    /// `worker_stack_size` (address space; only touched pages are resident).
-    stack: usize,
-    /// Read buffer, write buffer, one message being assembled, TLS buffers and state.
-    buffers: usize,
-    /// Largest `outbox` of any channel, and largest `max_message_size`.
-    outbox: usize,
-    max_message: usize,
-    /// Handshake threads (`max_pre_auth`) and their stack.
-    handshakes: usize,
-    handshake_stack: usize,
-    /// Argon2 working memory of every hashing permit.
-    hashing: usize,
-    /// Verification cache and login throttle tables.
-    caches: usize,
-    /// The cluster bridge's publish queue of largest messages (0 without a cluster).
-    cluster: usize,
-}
+/// Stack pages an idle connection's loop has touched (measured: about 20 KiB of the
+/// `worker_stack_size` reserve).
+const STACK_TOUCHED: usize = 20 * 1024;
+/// rustls' state for an established connection with its buffers drained.
+const TLS_IDLE: usize = 4 * 1024;
 
-/// rustls's record buffers and connection state, per connection (a full 16 KiB record in, one
-/// out, and the state): generous, as a bound should be.
-const TLS_PER_CONNECTION: usize = 48 * 1024;
-/// One verification cache entry or throttle window: key, hash and bookkeeping.
-const CACHE_ENTRY: usize = 256;
-
-impl MemoryBudget {
-    fn of(config: &Config) -> MemoryBudget {
-        let s = &config.server;
-        let limits =
-            || std::iter::once(&config.limits.ws).chain(config.channels.iter().map(|c| &c.limits));
-        let max = |f: fn(&crate::config::WsLimits) -> usize| limits().map(f).max().unwrap_or(0);
-        let max_message = max(|l| l.max_message_size.get());
-        MemoryBudget {
-            connections: s.workers.get() + s.queue,
-            stack: s.worker_stack_size.get(),
-            buffers: max(|l| l.read_buffer_size.get())
-                + max(|l| l.max_write_buffer_size.get())
-                + max_message
-                + TLS_PER_CONNECTION,
-            outbox: max(|l| l.outbox.get()),
-            max_message,
-            handshakes: s.max_pre_auth.get(),
-            handshake_stack: s.handshake_stack_size.get(),
-            hashing: config.auth.max_concurrent_hashes.get() * 19 * 1024 * 1024,
-            caches: (config.auth.cache_size + 2 * THROTTLE_ENTRIES) * CACHE_ENTRY,
-            cluster: if config.cluster.redis_url.is_some() {
-                config.cluster.publish_queue.get() * max_message
-            } else {
-                0
-            },
-        }
-    }
-
-    fn per_connection(&self) -> usize {
-        self.stack + self.buffers + self.outbox * self.max_message
-    }
-
-    fn total(&self) -> usize {
-        self.connections * self.per_connection()
-            + self.handshakes * self.handshake_stack
-            + self.hashing
-            + self.caches
-            + self.cluster
-    }
+/// What an idle connection costs whatever its traffic, outside the cap: the touched stack, the
+/// base read and write buffers (largest of any channel) and the TLS state. The cap counts only
+/// what grows beyond this.
+fn base_per_connection(config: &Config) -> usize {
+    let limits =
+        || std::iter::once(&config.limits.ws).chain(config.channels.iter().map(|c| &c.limits));
+    let max = |f: fn(&crate::config::WsLimits) -> usize| limits().map(f).max().unwrap_or(0);
+    STACK_TOUCHED
+        + max(|l| l.read_buffer_size.get())
+        + max(|l| l.write_buffer_size)
+        + TLS_IDLE
 }
 
 #[cfg(test)]
@@ -1131,29 +1083,16 @@ mod tests {
     }
 
     #[test]
-    fn memory_budget_counts_every_limit() {
+    fn base_cost_is_the_touched_stack_the_base_buffers_and_tls() {
         let c = config(
-            "[server]\nworkers = 10\nqueue = 2\nmax_pre_auth = 4\nworker_stack_size = 128KiB\n\
-             handshake_stack_size = 256KiB\n\
-             [limits]\nread_buffer_size = 4KiB\nwrite_buffer_size = 4KiB\n\
-             max_write_buffer_size = 64KiB\nmax_frame_size = 16KiB\nmax_message_size = 16KiB\noutbox = 8\n\
+            "[limits]\nread_buffer_size = 4KiB\nwrite_buffer_size = 4KiB\n\
+             max_write_buffer_size = 64KiB\nmax_frame_size = 16KiB\nmax_message_size = 16KiB\n\
              [channel:/a]\nmode = echo\n\
-             [channel:/b]\nmode = broadcast\nmax_message_size = 32KiB\noutbox = 4\n",
+             [channel:/b]\nmode = broadcast\nwrite_buffer_size = 8KiB\n",
         );
-        let b = MemoryBudget::of(&c);
-        assert_eq!(b.connections, 12);
-        assert_eq!(b.stack, 128 * 1024);
-        // The largest of each limit over the defaults and every channel.
-        assert_eq!((b.outbox, b.max_message), (8, 32 * 1024));
-        assert_eq!(b.buffers, (4 + 64 + 32) * 1024 + TLS_PER_CONNECTION);
-        assert_eq!((b.handshakes, b.handshake_stack), (4, 256 * 1024));
-        assert_eq!(b.hashing, 2 * 19 * 1024 * 1024);
-        assert_eq!(b.caches, (100 + 2 * THROTTLE_ENTRIES) * CACHE_ENTRY);
-        assert_eq!(b.cluster, 0);
-        assert_eq!(b.per_connection(), b.stack + b.buffers + 8 * 32 * 1024);
         assert_eq!(
-            b.total(),
-            12 * b.per_connection() + 4 * 256 * 1024 + b.hashing + b.caches
+            base_per_connection(&c),
+            STACK_TOUCHED + 4 * 1024 + 8 * 1024 + TLS_IDLE
         );
     }
 }

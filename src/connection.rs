@@ -103,6 +103,9 @@ pub fn run(
         stalled_since: None,
         open: true,
         unflushed: 0,
+        through_ws: 0,
+        retained: 0,
+        write_base: channel.write_buffer_size,
         account: member.account().clone(),
     };
     wire.ws.get_mut().watch_frames(
@@ -112,8 +115,13 @@ pub fn run(
             channel.max_frame_size.get(),
         ),
         member.account().clone(),
+        channel.read_buffer_size.get(),
     );
     wire.ws.get_mut().get_mut().poll_driven(true);
+    if rights.mode == Mode::Broadcast {
+        let send_buffer = frames::send_buffer_for(channel.max_message_size.get());
+        wire.ws.get_mut().get_mut().set_send_buffer(send_buffer);
+    }
     let wire = Arc::new(Mutex::new(wire));
     member.attach_socket(Arc::clone(&sock));
     if rights.mode == Mode::Broadcast {
@@ -157,6 +165,15 @@ struct Wire {
     /// flushed whole: charged to the memory cap (with `held`) until a flush goes through.
     /// A bound on the write buffer beyond its base, and on rustls' buffer behind it.
     unflushed: usize,
+    /// Of `unflushed`, what went through tungstenite's write buffer (the rest went to rustls as
+    /// pre-encoded frames, whose buffer keeps nothing once sent).
+    through_ws: usize,
+    /// What stays charged after a whole flush: the most `through_ws` has been beyond
+    /// `write_base`. tungstenite's write buffer is a `Vec` that keeps the capacity it grew to,
+    /// so a connection that once buffered a 64 KiB message holds 64 KiB until it closes.
+    retained: usize,
+    /// `write_buffer_size`: the part of the write buffer that is base cost, not charged.
+    write_base: usize,
     account: Account,
 }
 
@@ -181,8 +198,8 @@ impl DirectWrite for Mutex<Wire> {
         }
         match wire {
             // Not stalled, so tungstenite's and rustls' buffers are empty (the last flush went
-            // through) and the WebSocket is open: the pre-encoded frame goes to rustls whole (it
-            // is below rustls' 64 KiB send buffer; `frames::WIRE_FRAME_MAX`).
+            // through) and the WebSocket is open: the pre-encoded frame goes to rustls whole (its
+            // send buffer takes the largest frame this member is sent; `send_buffer_for`).
             Some(frame) if w.ws.get_ref().get_ref().is_tls() => {
                 match io::Write::write(w.ws.get_mut(), frame) {
                     Ok(n) if n == frame.len() => {}
@@ -190,7 +207,7 @@ impl DirectWrite for Mutex<Wire> {
                     // end the connection rather than send a corrupt stream on.
                     Ok(_) => {
                         w.open = false;
-                        w.unflushed += msg.len();
+                        w.unflushed += msg.len(); // the connection holds the charge now
                         log::error!("direct write cut a frame; closing the connection");
                         let _ = w.ws.get_ref().get_ref().socket().shutdown(Shutdown::Both);
                         return Handoff::SentWake;
@@ -199,26 +216,28 @@ impl DirectWrite for Mutex<Wire> {
                 }
             }
             _ => match w.ws.write(msg.clone()) {
-                Ok(()) => {}
+                Ok(()) => w.through_ws += msg.len(),
                 // Queued in the write buffer; flushing below finds out how far it got.
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    w.through_ws += msg.len();
+                }
                 // Not taken (full, or the connection is failing): the loop deals with it.
                 Err(_) => return Handoff::Queue,
             },
         }
-        // Sent: the socket took it all, the hub gives the charge back. Otherwise the bytes wait
-        // in the buffers, and so does their charge, until the loop's flush.
+        // Taken: the hub's charge for it is the connection's now (`Wire::unflushed`), settled
+        // when a flush goes through, here or in the loop.
+        w.unflushed += msg.len();
         match w.ws.flush() {
-            Ok(()) => Handoff::Sent,
+            Ok(()) => {
+                settle_flushed(&mut w);
+                Handoff::Sent
+            }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 w.stalled_since.get_or_insert_with(Instant::now);
-                w.unflushed += msg.len();
                 Handoff::SentWake
             }
-            Err(_) => {
-                w.unflushed += msg.len();
-                Handoff::SentWake
-            }
+            Err(_) => Handoff::SentWake,
         }
     }
 }
@@ -479,6 +498,7 @@ impl Conn {
         match w.ws.write(msg) {
             Ok(()) => {
                 w.unflushed += charged;
+                w.through_ws += charged;
                 if data {
                     self.member.metrics().message_out(len);
                 }
@@ -486,6 +506,7 @@ impl Conn {
             }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 w.unflushed += charged;
+                w.through_ws += charged;
                 if data {
                     self.member.metrics().message_out(len);
                 }
@@ -635,7 +656,7 @@ fn flush(w: &mut Wire) -> Step {
     match w.ws.flush() {
         Ok(()) => {
             w.stalled_since = None;
-            w.account.release(std::mem::take(&mut w.unflushed));
+            settle_flushed(w);
             Ok(())
         }
         Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -644,6 +665,16 @@ fn flush(w: &mut Wire) -> Step {
         }
         Err(e) => Err(classify(e)),
     }
+}
+
+/// After a whole flush: of what the write side held (`retained` + `unflushed`), it keeps what
+/// its buffer grew to beyond the base (see [`Wire::retained`]) and gives the rest back.
+fn settle_flushed(w: &mut Wire) {
+    let held = w.retained + std::mem::take(&mut w.unflushed);
+    let grown = std::mem::take(&mut w.through_ws).saturating_sub(w.write_base);
+    let keep = w.retained.max(grown);
+    w.account.release(held - keep);
+    w.retained = keep;
 }
 
 /// Maps a tungstenite error after the upgrade to how the connection ends.

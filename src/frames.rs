@@ -70,6 +70,8 @@ pub struct FrameWatch {
     max_frame: u64,
     /// Payload bytes declared by data frames since [`FrameWatch::take_declared`].
     declared: u64,
+    /// The largest payload one data frame has declared (up to `max_frame`).
+    largest: u64,
 }
 
 impl FrameWatch {
@@ -77,6 +79,7 @@ impl FrameWatch {
         FrameWatch {
             max_frame: max_frame as u64,
             declared: 0,
+            largest: 0,
             max_fragments,
             message_timeout,
             header: [0; 14],
@@ -92,6 +95,12 @@ impl FrameWatch {
     /// each frame counted up to `max_frame`.
     pub fn take_declared(&mut self) -> u64 {
         std::mem::take(&mut self.declared)
+    }
+
+    /// The largest payload a data frame has declared so far (up to `max_frame`): tungstenite
+    /// reserved that much for it in its read buffer, which keeps the capacity.
+    pub fn largest(&self) -> u64 {
+        self.largest
     }
 
     /// When the fragmented message in progress must be complete, if one is in progress.
@@ -153,7 +162,9 @@ impl FrameWatch {
         self.header_len = 0;
         self.header_need = 2;
         if opcode <= 2 {
-            self.declared += self.skip.min(self.max_frame);
+            let charged = self.skip.min(self.max_frame);
+            self.declared += charged;
+            self.largest = self.largest.max(charged);
         }
         match opcode {
             // A text or binary frame starts a message; without FIN, more frames follow.
@@ -179,14 +190,23 @@ impl FrameWatch {
     }
 }
 
-/// Largest broadcast encoded once and written as raw bytes to every idle subscriber (see
-/// [`wire_frame`]): well under rustls' 64 KiB send buffer, so an empty buffer always takes the
-/// whole frame in one write and a frame is never split by a full socket.
-pub const WIRE_FRAME_MAX: usize = 16 * 1024;
+/// rustls' default send buffer limit.
+const RUSTLS_SEND_BUFFER: usize = 64 * 1024;
+
+/// The rustls send buffer limit of a broadcast subscriber whose `max_message_size` is
+/// `max_message`: large enough that an empty buffer takes the largest frame it is sent in one
+/// write, so a pre-encoded frame ([`wire_frame`]) is never split by a full socket. The frame goes
+/// to rustls, which encrypts it into records it frees as they are sent, rather than through
+/// tungstenite's write buffer, a `Vec` that would keep the capacity of the largest message for
+/// the connection's life (memory outside any cap). What waits in it is charged to the memory
+/// cap like the write buffer.
+pub fn send_buffer_for(max_message: usize) -> usize {
+    RUSTLS_SEND_BUFFER.max(max_message.saturating_add(14))
+}
 
 /// A broadcast as it goes on the wire to every client: one final, unmasked frame (a server's
 /// frames are the same bytes for every client), so a fan-out encodes it once instead of once per
-/// subscriber. None for anything but a text or binary message of at most [`WIRE_FRAME_MAX`].
+/// subscriber. None for anything but a text or binary message.
 pub fn wire_frame(msg: &tungstenite::Message) -> Option<Vec<u8>> {
     use tungstenite::protocol::frame::Frame;
     use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -196,9 +216,6 @@ pub fn wire_frame(msg: &tungstenite::Message) -> Option<Vec<u8>> {
         _ => return None,
     };
     let frame = Frame::message(payload, opcode, true);
-    if frame.len() > WIRE_FRAME_MAX {
-        return None;
-    }
     let mut out = Vec::with_capacity(frame.len());
     frame.format(&mut out).ok()?;
     Some(out)
@@ -267,11 +284,12 @@ mod tests {
             assert_eq!(len as usize, msg.len());
             assert_eq!(&wire[cursor.position() as usize..], &msg.into_data()[..]);
         }
-        // At the limit and one byte over (a 16,380-byte payload takes a 4-byte header).
-        let at = super::wire_frame(&tungstenite::Message::binary(vec![0u8; 16_380])).unwrap();
-        assert_eq!(at.len(), super::WIRE_FRAME_MAX);
-        assert!(super::wire_frame(&tungstenite::Message::binary(vec![0u8; 16_381])).is_none());
         assert!(super::wire_frame(&tungstenite::Message::Ping(Default::default())).is_none());
+        // The largest frame a subscriber is sent fits its send buffer whole.
+        for max in [1, 16 * 1024, 64 * 1024, 1 << 20] {
+            let frame = super::wire_frame(&tungstenite::Message::binary(vec![0u8; max])).unwrap();
+            assert!(frame.len() <= super::send_buffer_for(max), "{max}");
+        }
     }
 
     use super::*;
@@ -353,6 +371,7 @@ mod tests {
         assert_eq!(w.observe(&bytes, now), Ok(()));
         assert_eq!(w.take_declared(), 1200);
         assert_eq!(w.take_declared(), 0);
+        assert_eq!(w.largest(), 700);
         // A header declaring 2^62 bytes counts as the frame limit (tungstenite refuses it).
         let mut huge = vec![0x82, 0x80 | 127];
         huge.extend_from_slice(&(1u64 << 62).to_be_bytes());

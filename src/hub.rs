@@ -89,7 +89,8 @@ pub trait DirectWrite: Send + Sync {
     /// free (taken with `try_lock`), `outbox_empty()` holds under that lock, and nothing written
     /// earlier is still stuck in its buffers. The socket is non-blocking. `wire` is the message
     /// already encoded as a frame ([`crate::frames::wire_frame`]) when it is small enough, the
-    /// same bytes for every subscriber.
+    /// same bytes for every subscriber. The hub has charged `msg` to the member's memory account;
+    /// unless it answers [`Handoff::Queue`], the connection takes that charge over.
     fn try_write(
         &self,
         msg: &Message,
@@ -424,7 +425,7 @@ impl Hub {
         };
         // Encoded once, at the first direct write, for every subscriber.
         let wire = std::cell::OnceCell::new();
-        let mut short = Vec::new();
+        let mut dropped = 0;
         for (i, m) in members.iter().enumerate() {
             // A member already closing as slow never reads its outbox again.
             if Some(m.id) == from
@@ -440,13 +441,23 @@ impl Hub {
                 continue;
             }
             if !m.shared.account.try_charge(msg.len(), Room::Deliveries) {
-                short.push(i);
-                continue;
+                dropped += self.squeeze(members, from, i, msg.len());
+                if m.shared.slow.load(Ordering::Acquire)
+                    || !m.shared.account.try_charge(msg.len(), Room::Deliveries)
+                {
+                    // Dropped to make room, or the room went to another publisher meanwhile:
+                    // nothing is queued past the cap.
+                    if self.drop_at_cap(m) {
+                        dropped += 1;
+                    }
+                    continue;
+                }
             }
             self.deliver_charged(m, msg, &wire);
         }
-        if !short.is_empty() {
-            self.squeeze(members, from, &short, msg, &wire);
+        if dropped > 0 {
+            self.metrics.memory_dropped(dropped);
+            self.budget.dropped(dropped);
         }
     }
 
@@ -458,13 +469,13 @@ impl Hub {
             if !m.shared.revoked.load(Ordering::Acquire) {
                 let frame = wire.get_or_init(|| crate::frames::wire_frame(msg));
                 match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
+                    // Taken: the connection holds the charge now, and settles it as its
+                    // buffers drain (see `DirectWrite::try_write`).
                     Handoff::Sent => {
-                        m.shared.account.release(msg.len());
                         self.metrics.message_out(msg.len());
                         return;
                     }
                     Handoff::SentWake => {
-                        // The connection took over the charge (see `DirectWrite::try_write`).
                         self.metrics.message_out(msg.len());
                         m.shared.wake();
                         return;
@@ -499,27 +510,17 @@ impl Hub {
         true
     }
 
-    /// A fan-out met the memory cap: the members at `short` (indices into `members`) could not be
-    /// charged. Closes the members with the largest backlog (1008 `slow consumer`, their outbox
-    /// given back at once) until the rest fit, then delivers to the rest; one that still does
-    /// not fit (another publisher took the room meanwhile) is closed too. Nothing is queued
-    /// past the cap. Members already closing are not candidates: they get nothing more.
-    fn squeeze(
-        &self,
-        members: &[Member],
-        from: Option<u64>,
-        short: &[usize],
-        msg: &Message,
-        wire: &std::cell::OnceCell<Option<Vec<u8>>>,
-    ) {
-        let len = msg.len();
+    /// A delivery to `members[short]` met the memory cap: closes the members with the largest
+    /// backlog (1008 `slow consumer`, their outbox given back at once) until `len` bytes fit,
+    /// which may be `members[short]` itself. Members already closing are not candidates: they
+    /// get nothing more. Returns how many it closed.
+    fn squeeze(&self, members: &[Member], from: Option<u64>, short: usize, len: usize) -> usize {
         let eligible: Vec<usize> = (0..members.len())
             .filter(|&i| {
                 let m = &members[i];
                 Some(m.id) != from
                     && m.shared.waker.is_some()
                     && !m.shared.slow.load(Ordering::Acquire)
-                    && len <= m.intake.max_message
             })
             .collect();
         let candidates: Vec<Candidate> = eligible
@@ -529,38 +530,23 @@ impl Hub {
                 Candidate {
                     backlog: m.shared.account.held(),
                     frees: m.shared.queued_bytes.load(Ordering::Relaxed),
-                    needs: if short.contains(&i) { len } else { 0 },
+                    needs: if i == short { len } else { 0 },
                 }
             })
             .collect();
         let chosen = memory::choose_drops(&candidates, self.budget.room(Room::Deliveries));
-        let mut dropped = 0;
-        let drop_member = |m: &Member| {
-            let closed = self.close_slow(m);
-            discard_queued(&m.rx, &m.shared);
-            closed
-        };
-        let victims: Vec<usize> = chosen.iter().map(|&c| eligible[c]).collect();
-        for &i in &victims {
-            if drop_member(&members[i]) {
-                dropped += 1;
-            }
-        }
-        for &i in short {
-            let m = &members[i];
-            if victims.contains(&i) || m.shared.slow.load(Ordering::Acquire) {
-                continue;
-            }
-            if m.shared.account.try_charge(len, Room::Deliveries) {
-                self.deliver_charged(m, msg, wire);
-            } else if drop_member(m) {
-                dropped += 1;
-            }
-        }
-        if dropped > 0 {
-            self.metrics.memory_dropped(dropped);
-            self.budget.dropped(dropped);
-        }
+        chosen
+            .into_iter()
+            .filter(|&c| self.drop_at_cap(&members[eligible[c]]))
+            .count()
+    }
+
+    /// Closes `m` at the memory cap as a slow consumer and gives its outbox back now; true if
+    /// this call closed it.
+    fn drop_at_cap(&self, m: &Member) -> bool {
+        let closed = self.close_slow(m);
+        discard_queued(&m.rx, &m.shared);
+        closed
     }
 
     /// Calls `f` with every member's path and shared state (for re-checking access on reload).

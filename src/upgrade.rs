@@ -41,6 +41,11 @@ pub struct Replay<S> {
     /// it is charged now: from a frame's header until the loop has handled its message.
     account: Option<Account>,
     read_charged: usize,
+    /// Of `read_charged`, what stays charged after a message is handled: the largest frame beyond
+    /// `read_base` (tungstenite's read buffer keeps the capacity it reserved for it).
+    read_retained: usize,
+    /// `read_buffer_size`: the part of the read buffer that is base cost, not charged.
+    read_base: usize,
 }
 
 impl<S> Replay<S> {
@@ -54,6 +59,8 @@ impl<S> Replay<S> {
             watch: None,
             account: None,
             read_charged: 0,
+            read_retained: 0,
+            read_base: 0,
         }
     }
 
@@ -69,15 +76,16 @@ impl<S> Replay<S> {
     /// has too many fragments or takes too long, or when the payload a data frame declares does
     /// not fit under the memory cap (charged to `account` from the frame's header on, the
     /// moment tungstenite reserves it, until [`Replay::settle`]).
-    pub fn watch_frames(&mut self, watch: FrameWatch, account: Account) {
+    pub fn watch_frames(&mut self, watch: FrameWatch, account: Account, read_base: usize) {
         self.watch = Some(watch);
         self.account = Some(account);
+        self.read_base = read_base;
     }
 
     /// The loop has handled a message of `len` payload bytes: what its frames declared is given
     /// back (control frames are not charged).
     pub fn settle(&mut self, len: usize) {
-        let n = len.min(self.read_charged);
+        let n = len.min(self.read_charged - self.read_retained);
         self.read_charged -= n;
         if let Some(account) = &self.account {
             account.release(n);
@@ -103,6 +111,10 @@ impl<S> Replay<S> {
                     return Err(FrameLimit::MemoryFull.into_io());
                 }
                 self.read_charged += declared;
+                let largest = usize::try_from(watch.largest()).unwrap_or(usize::MAX);
+                self.read_retained = self
+                    .read_retained
+                    .max(largest.saturating_sub(self.read_base));
             }
         }
         Ok(())

@@ -2867,7 +2867,10 @@ listen = [::1]:9480
             ("5 furlongs", "unknown unit"),
         ] {
             let e = err(&with(&format!("[server]\nmemory_limit = {bad}\n")));
-            assert!(e.contains("[server] memory_limit") && e.contains(why), "{bad}: {e}");
+            assert!(
+                e.contains("[server] memory_limit") && e.contains(why),
+                "{bad}: {e}"
+            );
         }
     }
 

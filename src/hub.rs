@@ -464,7 +464,12 @@ impl Hub {
     /// Delivers `msg`, already charged to `m`'s account: straight into its socket when it is
     /// idle, else into its outbox. The charge stays with whatever still holds the bytes (the
     /// outbox, or the write buffer a direct write could not flush) and is given back otherwise.
-    fn deliver_charged(&self, m: &Member, msg: &Message, wire: &std::cell::OnceCell<Option<Vec<u8>>>) {
+    fn deliver_charged(
+        &self,
+        m: &Member,
+        msg: &Message,
+        wire: &std::cell::OnceCell<Option<Vec<u8>>>,
+    ) {
         if let Some(direct) = m.shared.direct.get() {
             if !m.shared.revoked.load(Ordering::Acquire) {
                 let frame = wire.get_or_init(|| crate::frames::wire_frame(msg));

@@ -308,7 +308,11 @@ pub fn parse_cgroup_limit(text: &str) -> Option<u64> {
 /// The host memory that bounds this process: the smallest cgroup limit on the way to the root
 /// (v2 first, then v1), unless `MemTotal` is smaller. `cgroup_v2`/`cgroup_v1` are the limit
 /// files' texts, innermost first.
-pub fn host_memory(cgroup_v2: &[String], cgroup_v1: &[String], meminfo: Option<&str>) -> Option<HostMemory> {
+pub fn host_memory(
+    cgroup_v2: &[String],
+    cgroup_v1: &[String],
+    meminfo: Option<&str>,
+) -> Option<HostMemory> {
     let total = meminfo.and_then(parse_meminfo).map(|bytes| HostMemory {
         bytes,
         source: Source::MemTotal,
@@ -320,7 +324,8 @@ pub fn host_memory(cgroup_v2: &[String], cgroup_v1: &[String], meminfo: Option<&
             .min()
             .map(|bytes| HostMemory { bytes, source })
     };
-    let cgroup = smallest(cgroup_v2, Source::CgroupV2).or_else(|| smallest(cgroup_v1, Source::CgroupV1));
+    let cgroup =
+        smallest(cgroup_v2, Source::CgroupV2).or_else(|| smallest(cgroup_v1, Source::CgroupV1));
     match (cgroup, total) {
         (Some(c), Some(t)) if t.bytes <= c.bytes => Some(t),
         (Some(c), _) => Some(c),
@@ -498,37 +503,60 @@ mod tests {
         // No cgroup limit anywhere: MemTotal.
         assert_eq!(
             host_memory(&s(&["max\n", "max\n"]), &[], meminfo),
-            Some(HostMemory { bytes: 1024 * MIB, source: Source::MemTotal })
+            Some(HostMemory {
+                bytes: 1024 * MIB,
+                source: Source::MemTotal
+            })
         );
         // A service limit under an unlimited slice; a parent's smaller limit wins.
         assert_eq!(
             host_memory(&s(&["268435456\n", "max\n"]), &[], meminfo),
-            Some(HostMemory { bytes: 256 * MIB, source: Source::CgroupV2 })
+            Some(HostMemory {
+                bytes: 256 * MIB,
+                source: Source::CgroupV2
+            })
         );
         assert_eq!(
             host_memory(&s(&["268435456\n", "134217728\n"]), &[], meminfo),
-            Some(HostMemory { bytes: 128 * MIB, source: Source::CgroupV2 })
+            Some(HostMemory {
+                bytes: 128 * MIB,
+                source: Source::CgroupV2
+            })
         );
         // v1 when there is no v2 limit; a limit above MemTotal is no limit.
         assert_eq!(
             host_memory(&[], &s(&["9223372036854771712", "402653184"]), meminfo),
-            Some(HostMemory { bytes: 384 * MIB, source: Source::CgroupV1 })
+            Some(HostMemory {
+                bytes: 384 * MIB,
+                source: Source::CgroupV1
+            })
         );
         assert_eq!(
             host_memory(&s(&["4294967296"]), &[], meminfo),
-            Some(HostMemory { bytes: 1024 * MIB, source: Source::MemTotal })
+            Some(HostMemory {
+                bytes: 1024 * MIB,
+                source: Source::MemTotal
+            })
         );
         // Nothing readable.
         assert_eq!(host_memory(&[], &[], None), None);
         assert_eq!(
             host_memory(&s(&["536870912"]), &[], None),
-            Some(HostMemory { bytes: 512 * MIB, source: Source::CgroupV2 })
+            Some(HostMemory {
+                bytes: 512 * MIB,
+                source: Source::CgroupV2
+            })
         );
     }
 
     #[test]
     fn default_cap_is_a_quarter_with_a_floor() {
-        let host = |mib| Some(HostMemory { bytes: mib * MIB, source: Source::MemTotal });
+        let host = |mib| {
+            Some(HostMemory {
+                bytes: mib * MIB,
+                source: Source::MemTotal,
+            })
+        };
         assert_eq!(default_cap(host(1024)), 256 * MIB); // a 1 GB Pi or VPS
         assert_eq!(default_cap(host(4096)), 1024 * MIB); // a Pi 4 with 4 GB
         assert_eq!(default_cap(host(512)), 128 * MIB); // a Pi Zero
@@ -543,7 +571,10 @@ mod tests {
         let b = Account::new(Arc::clone(&budget));
         // Deliveries may use 700 (the reserve is an eighth); a connection's own traffic all 800.
         assert!(a.try_charge(600, Room::Deliveries));
-        assert!(!b.try_charge(101, Room::Deliveries), "over the delivery limit");
+        assert!(
+            !b.try_charge(101, Room::Deliveries),
+            "over the delivery limit"
+        );
         assert!(b.try_charge(100, Room::Deliveries), "exactly at it");
         assert!(!budget.admits());
         assert!(b.try_charge(100, Room::Whole));
@@ -602,7 +633,10 @@ mod tests {
              limit in 1024 MiB"
         );
         let off = startup_line(MemoryLimit::Off, None, None, 32 * 1024, 80);
-        assert!(off.starts_with("memory limit off (memory_limit = 0"), "{off}");
+        assert!(
+            off.starts_with("memory limit off (memory_limit = 0"),
+            "{off}"
+        );
         let set = startup_line(
             MemoryLimit::Bytes(NonZeroUsize::new(32 << 20).unwrap()),
             NonZeroUsize::new(32 << 20),
@@ -610,17 +644,30 @@ mod tests {
             32 * 1024,
             80,
         );
-        assert!(set.starts_with("memory limit 32 MiB (set by memory_limit)"), "{set}");
+        assert!(
+            set.starts_with("memory limit 32 MiB (set by memory_limit)"),
+            "{set}"
+        );
     }
 
     fn c(backlog: usize, frees: usize, needs: usize) -> Candidate {
-        Candidate { backlog, frees, needs }
+        Candidate {
+            backlog,
+            frees,
+            needs,
+        }
     }
 
     #[test]
     fn drops_the_largest_backlogs_first_and_no_more_than_needed() {
         // Five subscribers each need 10; room for 20: a deficit of 30.
-        let cands = [c(0, 0, 10), c(500, 400, 10), c(50, 50, 10), c(900, 20, 10), c(0, 0, 10)];
+        let cands = [
+            c(0, 0, 10),
+            c(500, 400, 10),
+            c(50, 50, 10),
+            c(900, 20, 10),
+            c(0, 0, 10),
+        ];
         // The largest backlog (900) frees 20+10, which covers it.
         assert_eq!(choose_drops(&cands, 20), [3]);
         // With no room, 50 is missing: 900 (30), then 500 (410).

@@ -1061,10 +1061,7 @@ fn base_per_connection(config: &Config) -> usize {
     let limits =
         || std::iter::once(&config.limits.ws).chain(config.channels.iter().map(|c| &c.limits));
     let max = |f: fn(&crate::config::WsLimits) -> usize| limits().map(f).max().unwrap_or(0);
-    STACK_TOUCHED
-        + max(|l| l.read_buffer_size.get())
-        + max(|l| l.write_buffer_size)
-        + TLS_IDLE
+    STACK_TOUCHED + max(|l| l.read_buffer_size.get()) + max(|l| l.write_buffer_size) + TLS_IDLE
 }
 
 #[cfg(test)]

@@ -165,13 +165,19 @@ fn a_squeeze_at_a_32mib_cap_stays_under_it_closes_the_stalled_1008_and_503s_new_
         server.count_log("write timeout")
     );
     for (i, ws) in stalled.iter_mut().enumerate() {
-        ws.get_ref().sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        ws.get_ref()
+            .sock
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         let mut got = 0;
         let code = loop {
             match ws.read() {
                 Ok(Message::Close(f)) => break f.map_or(1005, |f| u16::from(f.code)),
                 Ok(_) => got += 1,
-                Err(e) => panic!("stalled #{i}: {e} after {got} messages; log:\n{}", server.logs()),
+                Err(e) => panic!(
+                    "stalled #{i}: {e} after {got} messages; log:\n{}",
+                    server.logs()
+                ),
             }
         };
         assert_eq!(code, 1008, "stalled #{i}");
@@ -191,7 +197,10 @@ fn a_squeeze_at_a_32mib_cap_stays_under_it_closes_the_stalled_1008_and_503s_new_
         }
         assert_eq!(status, 503);
         refused_after += 1;
-        assert!(Instant::now() < until, "still refused 10 s after the squeeze");
+        assert!(
+            Instant::now() < until,
+            "still refused 10 s after the squeeze"
+        );
         thread::sleep(Duration::from_millis(200));
     }
     let (_, metrics) = server.admin_get("/metrics");
@@ -211,7 +220,10 @@ fn a_squeeze_at_a_32mib_cap_stays_under_it_closes_the_stalled_1008_and_503s_new_
     // The cap closed some stalled subscribers (as many as it needed), the outbox limit the rest;
     // no healthy one was closed.
     let drops = value("wsgate_memory_drops_total");
-    assert!((1..=STALLED as u64).contains(&drops), "{drops} dropped at the cap");
+    assert!(
+        (1..=STALLED as u64).contains(&drops),
+        "{drops} dropped at the cap"
+    );
     assert_eq!(value("wsgate_slow_consumer_closes_total"), STALLED as u64);
     assert!(value("wsgate_memory_bytes") < 32 * MIB);
     assert!(server.wait_log("memory limit reached", IO_TIMEOUT));

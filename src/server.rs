@@ -700,6 +700,9 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     if o.max_connections_per_ip != n.max_connections_per_ip {
         changed.push("[server] max_connections_per_ip");
     }
+    if o.memory_limit != n.memory_limit {
+        changed.push("[server] memory_limit");
+    }
     if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
         changed.push("[admin] listen");
     }

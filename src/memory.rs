@@ -456,8 +456,9 @@ pub struct Candidate {
 
 /// The subscribers to drop (indices into `candidates`) so that what the others still need fits
 /// in `room`: the largest backlog first (ties in the given order). Dropping one frees its outbox
-/// and its own need. Subscribers without a backlog go last, and only if nothing else frees
-/// enough.
+/// at once (the rest of its backlog when its connection ends) and its own need. Subscribers
+/// without a backlog go last, and only if nothing else frees enough; one that holds nothing and
+/// needs nothing is never dropped, since that would free nothing.
 pub fn choose_drops(candidates: &[Candidate], room: usize) -> Vec<usize> {
     let need: usize = candidates.iter().map(|c| c.needs).sum();
     let mut deficit = need.saturating_sub(room);
@@ -469,6 +470,9 @@ pub fn choose_drops(candidates: &[Candidate], room: usize) -> Vec<usize> {
             break;
         }
         let c = candidates[i];
+        if c.backlog == 0 && c.needs == 0 {
+            continue;
+        }
         deficit = deficit.saturating_sub(c.frees.saturating_add(c.needs));
         drops.push(i);
     }
@@ -685,5 +689,9 @@ mod tests {
         assert_eq!(choose_drops(&cands, 10), [1, 0]);
         assert_eq!(choose_drops(&cands, 0), [1, 0, 2]);
         assert!(choose_drops(&[], 0).is_empty());
+        // Members that hold nothing and need nothing this time are never dropped, even when
+        // the rest cannot make the room.
+        let cands = [c(0, 0, 0), c(100, 0, 10), c(0, 0, 0)];
+        assert_eq!(choose_drops(&cands, 0), [1]);
     }
 }

@@ -44,29 +44,32 @@ fn start(dir: &Path, name: &str, memory_limit: &str, server_cpu: &str) -> Server
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = 127.0.0.1:{port}\nmemory_limit = {memory_limit}\n\
+            "[server]\nlisten = 127.0.0.1:{port}\nmemory_limit = {memory_limit}\nmax_connections_per_ip = 1000\n\
              [tls]\ncert = cert.pem\nkey = key.pem\n[origins]\nallow_missing = true\n\
-             [auth]\nusers_file = users\n[log]\nlevel = warn\n\
+             [auth]\nusers_file = users\n[log]\nlevel = info\n\
              [channel:/echo]\nmode = echo\nmax_messages_per_sec = 0\nmax_bytes_per_sec = 0\n\
              [role:all]\nmembers = *\nsubscribe = /echo\npublish = /echo\n"
         ),
     )
     .unwrap();
     let bin = std::env::var("WSGATE").unwrap_or_else(|_| "target/release/wsgate".into());
-    let mut child = Command::new("taskset")
+    let child = Command::new("taskset")
         .args(["-c", server_cpu, &bin, "serve", "--config"])
         .arg(&config)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start wsgate (taskset, target/release/wsgate)");
-    let stderr = child.stderr.take().unwrap();
+    let pid = child.id();
+    let mut server = Server { child, port };
+    let stderr = server.child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("memory limit") {
                 let _ = tx.send(line.clone());
             }
-            if line.contains("ERROR") {
+            if line.contains("ERROR") || line.contains("WARN") {
                 eprintln!("{line}");
             }
         }
@@ -77,10 +80,10 @@ fn start(dir: &Path, name: &str, memory_limit: &str, server_cpu: &str) -> Server
     eprintln!("{name}: {line}");
     let until = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "{name} does not listen");
+        assert!(Instant::now() < until, "{name} (pid {pid}) does not listen");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server { child, port }
+    server
 }
 
 /// User + system CPU time of the whole process, in seconds.
@@ -157,7 +160,40 @@ fn load(server: &Server, tls: &Arc<ClientConfig>, conns: usize, secs: u64) -> (u
     (n, cpu)
 }
 
+/// The counter's own cost per echoed message, in-process and without the machine's noise: an echo
+/// charges and releases its read and its write (two charges, two releases), here on two threads
+/// sharing the counter as two busy workers would. Nanoseconds per message.
+fn counter_ns_per_message() -> f64 {
+    use wsgate::memory::{Account, Budget, Room};
+    const N: u32 = 2_000_000;
+    let budget = Arc::new(Budget::new(std::num::NonZeroUsize::new(256 << 20)));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let account = Account::new(Arc::clone(&budget));
+            std::thread::spawn(move || {
+                for _ in 0..N {
+                    for _ in 0..2 {
+                        assert!(account.try_charge(std::hint::black_box(32), Room::Whole));
+                    }
+                    account.release(std::hint::black_box(32));
+                    account.release(std::hint::black_box(32));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Two threads ran N messages each at once: wall time per message of one thread.
+    start.elapsed().as_nanos() as f64 / f64::from(N)
+}
+
 fn main() {
+    let counter_ns = counter_ns_per_message();
+    println!(
+        "the counter alone: {counter_ns:.1} ns per echoed message (2 charges + 2 releases, 2 threads sharing it)"
+    );
     let args: Vec<u64> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("CONNS SECS ROUNDS"))

@@ -42,7 +42,7 @@ pub struct ServerConfig {
     /// `listen`, default `0.0.0.0:8443`.
     pub listen: SocketAddr,
     /// `workers`: threads, each serving one connection for its whole life. Default 1024: an idle
-    /// connection costs its base (~32 KiB), and what grows with traffic is bounded by
+    /// connection costs its base (~36 KiB), and what grows with traffic is bounded by
     /// `memory_limit`, not by the product of per-connection maxima.
     pub workers: NonZeroUsize,
     /// `queue`: accepted connections that may wait for a free worker. Default 16.

@@ -258,6 +258,7 @@ mod tests {
             drain_delay: Duration::ZERO,
             tls: true,
             allow_plaintext: false,
+            memory_limit: crate::config::MemoryLimit::Off,
         }
     }
 

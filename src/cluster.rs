@@ -1015,10 +1015,7 @@ mod tests {
     }
 
     fn broadcast(msg: Message) -> Outbound {
-        Outbound::Broadcast {
-            path: "/c".into(),
-            msg,
-        }
+        Outbound::broadcast("/c", msg)
     }
 
     #[test]

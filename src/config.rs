@@ -41,7 +41,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// `listen`, default `0.0.0.0:8443`.
     pub listen: SocketAddr,
-    /// `workers`: threads, each serving one connection for its whole life. Default 64.
+    /// `workers`: threads, each serving one connection for its whole life. Default 1024: an idle
+    /// connection costs its base (~36 KiB), and what grows with traffic is bounded by
+    /// `memory_limit`, not by the product of per-connection maxima.
     pub workers: NonZeroUsize,
     /// `queue`: accepted connections that may wait for a free worker. Default 16.
     pub queue: usize,
@@ -70,6 +72,21 @@ pub struct ServerConfig {
     /// `allow_plaintext`: lets `tls = off` listen on a non-loopback address. Default false, so
     /// plaintext credentials never cross a network unless the admin wrote so.
     pub allow_plaintext: bool,
+    /// `memory_limit`: the cap on the bytes that grow with traffic, process-wide
+    /// ([`crate::memory`]). Default: derived from the host at start.
+    pub memory_limit: MemoryLimit,
+}
+
+/// `[server] memory_limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    /// Not set: a fraction of the cgroup limit or `MemTotal`, with a floor
+    /// ([`crate::memory::default_cap`]), read when the server starts.
+    Host,
+    /// `0`: no cap; nothing is counted.
+    Off,
+    /// A size in bytes.
+    Bytes(NonZeroUsize),
 }
 
 /// `[tls]`.
@@ -867,6 +884,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "drain_delay",
             "tls",
             "allow_plaintext",
+            "memory_limit",
         ],
     ),
     (
@@ -1396,6 +1414,35 @@ fn parse_size(value: &str) -> Result<usize, String> {
     }
 }
 
+/// Largest `memory_limit`: sizes elsewhere stop at 1 GiB, a process-wide cap may be larger.
+const MAX_MEMORY_LIMIT: u64 = 1 << 40;
+
+/// `memory_limit`: a size (up to 1 TiB), `0` for off.
+fn parse_memory_limit(value: &str) -> Result<MemoryLimit, String> {
+    let (n, unit) = number_and_unit(value, SIZE_FORMS)?;
+    let per_unit: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => KIB as u64,
+        "m" | "mib" => MIB as u64,
+        "g" | "gib" => GIB as u64,
+        _ => {
+            return Err(format!(
+                "unknown unit in `{}`; expected {SIZE_FORMS}, or 0 for no limit",
+                value.trim()
+            ));
+        }
+    };
+    match n.checked_mul(per_unit) {
+        Some(0) => Ok(MemoryLimit::Off),
+        Some(b) if b <= MAX_MEMORY_LIMIT => usize::try_from(b)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .map(MemoryLimit::Bytes)
+            .ok_or_else(|| format!("`{}` is too large", value.trim())),
+        _ => Err(format!("`{}` is too large; at most 1024GiB", value.trim())),
+    }
+}
+
 fn parse_count(value: &str) -> Result<usize, String> {
     const WHAT: &str = "a whole number";
     let (n, unit) = number_and_unit(value, WHAT)?;
@@ -1590,7 +1637,7 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
         DEFAULT_LISTEN.parse().expect("valid default"),
         parse_listen,
     )?;
-    let workers = s.nonzero_count("workers", nz(64))?;
+    let workers = s.nonzero_count("workers", nz(1024))?;
     let queue = s.count("queue", 16)?;
     let max_connections_per_ip = s.nonzero_count("max_connections_per_ip", nz(16))?;
     let worker_stack_size =
@@ -1627,7 +1674,9 @@ fn parse_server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
             ),
         ));
     }
+    let memory_limit = s.get("memory_limit", MemoryLimit::Host, parse_memory_limit)?;
     Ok(ServerConfig {
+        memory_limit,
         listen,
         workers,
         queue,
@@ -2491,7 +2540,8 @@ mod tests {
         assert_eq!(c.source, dir.ini());
         assert_eq!(c.server.listen, "0.0.0.0:8443".parse().unwrap());
         assert!(c.server.tls && !c.server.allow_plaintext);
-        assert_eq!(c.server.workers.get(), 64);
+        assert_eq!(c.server.workers.get(), 1024);
+        assert_eq!(c.server.memory_limit, MemoryLimit::Host);
         assert_eq!(c.server.queue, 16);
         assert_eq!(c.server.max_connections_per_ip.get(), 16);
         assert_eq!(c.server.worker_stack_size.get(), 256 * 1024);
@@ -2543,7 +2593,7 @@ mod tests {
         // The defaults are a valid tungstenite configuration.
         let _ = l.ws.websocket_config();
         // Access, rate limits and the rest.
-        assert_eq!(c.server.max_pre_auth.get(), 32);
+        assert_eq!(c.server.max_pre_auth.get(), 512);
         assert_eq!(c.tls.client_auth, ClientAuth::Off);
         assert_eq!(c.tls.client_ca, None);
         assert_eq!(c.tls.reload_check_interval, Duration::from_secs(60));
@@ -2669,8 +2719,8 @@ listen = [::1]:9480
             "config: F:7: [server] max_pre_auth: max_pre_auth (5) must not exceed workers (4)"
         );
         assert_eq!(
-            err(&with("[server]\nmax_pre_auth = 65\n")),
-            "config: F:6: [server] max_pre_auth: max_pre_auth (65) must not exceed workers (64)"
+            err(&with("[server]\nmax_pre_auth = 1025\n")),
+            "config: F:6: [server] max_pre_auth: max_pre_auth (1025) must not exceed workers (1024)"
         );
         assert_eq!(
             err(&with("[server]\nmax_pre_auth = 0\n")),
@@ -3147,6 +3197,31 @@ listen = [::1]:9480
         }
         let c = ok(&with("[auth]\ncache_ttl = 1500ms\n"));
         assert_eq!(c.auth.cache_ttl, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn memory_limit_is_a_size_zero_is_off_and_unset_is_the_host() {
+        let limit = |v: &str| {
+            ok(&with(&format!("[server]\nmemory_limit = {v}\n")))
+                .server
+                .memory_limit
+        };
+        assert_eq!(limit("0"), MemoryLimit::Off);
+        assert_eq!(limit("32MiB"), MemoryLimit::Bytes(nz(32 * MIB)));
+        assert_eq!(limit("4G"), MemoryLimit::Bytes(nz(4 * GIB)));
+        assert_eq!(limit("1024GiB"), MemoryLimit::Bytes(nz(1024 * GIB)));
+        for (bad, why) in [
+            ("1025GiB", "`1025GiB` is too large; at most 1024GiB"),
+            ("-1", "must not be negative"),
+            ("lots", "is not"),
+            ("5 furlongs", "unknown unit"),
+        ] {
+            let e = err(&with(&format!("[server]\nmemory_limit = {bad}\n")));
+            assert!(
+                e.contains("[server] memory_limit") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -4132,7 +4207,10 @@ listen = [::1]:9480
     }
 
     /// Keys without a default: the example shows them with an example value, left commented out.
+    /// (`memory_limit`'s default is derived from the host at start; the example shows it for a
+    /// 1 GB host.)
     const UNSET_BY_DEFAULT: &[(&str, &str)] = &[
+        ("server", "memory_limit"),
         ("tls", "client_ca"),
         ("admin", "listen"),
         ("admin", "token_file"),

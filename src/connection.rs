@@ -21,6 +21,7 @@ use tungstenite::{Error as WsError, Message};
 use crate::config::{Limits, Mode, Overflow, WsLimits};
 use crate::frames::{self, FrameLimit, FrameWatch};
 use crate::hub::{DirectWrite, Handoff, Membership};
+use crate::memory::{Account, Room};
 use crate::ratelimit::MessageLimiter;
 use crate::upgrade::WsStream;
 
@@ -101,12 +102,26 @@ pub fn run(
         held: None,
         stalled_since: None,
         open: true,
+        unflushed: 0,
+        through_ws: 0,
+        retained: 0,
+        write_base: channel.write_buffer_size,
+        account: member.account().clone(),
     };
-    wire.ws.get_mut().watch_frames(FrameWatch::new(
-        limits.max_fragments.get(),
-        limits.message_timeout,
-    ));
+    wire.ws.get_mut().watch_frames(
+        FrameWatch::new(
+            limits.max_fragments.get(),
+            limits.message_timeout,
+            channel.max_frame_size.get(),
+        ),
+        member.account().clone(),
+        channel.read_buffer_size.get(),
+    );
     wire.ws.get_mut().get_mut().poll_driven(true);
+    if rights.mode == Mode::Broadcast {
+        let send_buffer = frames::send_buffer_for(channel.max_message_size.get());
+        wire.ws.get_mut().get_mut().set_send_buffer(send_buffer);
+    }
     let wire = Arc::new(Mutex::new(wire));
     member.attach_socket(Arc::clone(&sock));
     if rights.mode == Mode::Broadcast {
@@ -146,6 +161,20 @@ struct Wire {
     stalled_since: Option<Instant>,
     /// False once the loop has ended: nothing more may be written but the close.
     open: bool,
+    /// Payload bytes of data messages written into the WebSocket since its buffers were last
+    /// flushed whole: charged to the memory cap (with `held`) until a flush goes through.
+    /// A bound on the write buffer beyond its base, and on rustls' buffer behind it.
+    unflushed: usize,
+    /// Of `unflushed`, what went through tungstenite's write buffer (the rest went to rustls as
+    /// pre-encoded frames, whose buffer keeps nothing once sent).
+    through_ws: usize,
+    /// What stays charged after a whole flush: the most `through_ws` has been beyond
+    /// `write_base`. tungstenite's write buffer is a `Vec` that keeps the capacity it grew to,
+    /// so a connection that once buffered a 64 KiB message holds 64 KiB until it closes.
+    retained: usize,
+    /// `write_buffer_size`: the part of the write buffer that is base cost, not charged.
+    write_base: usize,
+    account: Account,
 }
 
 fn lock(wire: &Mutex<Wire>) -> MutexGuard<'_, Wire> {
@@ -169,8 +198,8 @@ impl DirectWrite for Mutex<Wire> {
         }
         match wire {
             // Not stalled, so tungstenite's and rustls' buffers are empty (the last flush went
-            // through) and the WebSocket is open: the pre-encoded frame goes to rustls whole (it
-            // is below rustls' 64 KiB send buffer; `frames::WIRE_FRAME_MAX`).
+            // through) and the WebSocket is open: the pre-encoded frame goes to rustls whole (its
+            // send buffer takes the largest frame this member is sent; `send_buffer_for`).
             Some(frame) if w.ws.get_ref().get_ref().is_tls() => {
                 match io::Write::write(w.ws.get_mut(), frame) {
                     Ok(n) if n == frame.len() => {}
@@ -178,6 +207,7 @@ impl DirectWrite for Mutex<Wire> {
                     // end the connection rather than send a corrupt stream on.
                     Ok(_) => {
                         w.open = false;
+                        w.unflushed += msg.len(); // the connection holds the charge now
                         log::error!("direct write cut a frame; closing the connection");
                         let _ = w.ws.get_ref().get_ref().socket().shutdown(Shutdown::Both);
                         return Handoff::SentWake;
@@ -186,15 +216,23 @@ impl DirectWrite for Mutex<Wire> {
                 }
             }
             _ => match w.ws.write(msg.clone()) {
-                Ok(()) => {}
+                Ok(()) => w.through_ws += msg.len(),
                 // Queued in the write buffer; flushing below finds out how far it got.
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    w.through_ws += msg.len();
+                }
                 // Not taken (full, or the connection is failing): the loop deals with it.
                 Err(_) => return Handoff::Queue,
             },
         }
+        // Taken: the hub's charge for it is the connection's now (`Wire::unflushed`), settled
+        // when a flush goes through, here or in the loop.
+        w.unflushed += msg.len();
         match w.ws.flush() {
-            Ok(()) => Handoff::Sent,
+            Ok(()) => {
+                settle_flushed(&mut w);
+                Handoff::Sent
+            }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 w.stalled_since.get_or_insert_with(Instant::now);
                 Handoff::SentWake
@@ -339,7 +377,12 @@ impl Conn {
                     self.last_heard = Instant::now();
                     self.ping_sent = false;
                     match msg {
-                        Message::Text(_) | Message::Binary(_) => self.handle_data(w, msg)?,
+                        Message::Text(_) | Message::Binary(_) => {
+                            let len = msg.len();
+                            self.handle_data(w, msg)?;
+                            // Handled (published, echoed or dropped): its read charge goes.
+                            w.ws.get_mut().settle(len);
+                        }
                         Message::Close(frame) => {
                             // tungstenite queued the reply; the next read reports ConnectionClosed
                             // once it is flushed.
@@ -380,7 +423,14 @@ impl Conn {
         }
         match self.rights.mode {
             // A proxied connection runs in `relay`, never here.
-            Mode::Echo | Mode::Proxy => self.send(w, msg),
+            Mode::Echo | Mode::Proxy => {
+                // The echo's bytes are charged before they are written; the read charge of the
+                // same message is given back once this returns.
+                if !self.member.account().try_charge(msg.len(), Room::Whole) {
+                    return Err(End::Closed(1013, "try again later"));
+                }
+                self.send(w, msg)
+            }
             Mode::Broadcast => {
                 self.member.publish(&msg);
                 Ok(())
@@ -439,13 +489,18 @@ impl Conn {
     /// peer is not reading, ends the connection as a slow consumer.
     fn send(&mut self, w: &mut Wire, msg: Message) -> Step {
         // Data messages, and data frames held back earlier, count as sent once accepted.
+        // They are charged to the memory cap already (by the hub, or by the echo): once
+        // written, the charge is the write buffer's, given back by the next whole flush.
         let data = matches!(
             msg,
             Message::Text(_) | Message::Binary(_) | Message::Frame(_)
         );
         let len = msg.len();
+        let charged = if data { frames::payload_len(&msg) } else { 0 };
         match w.ws.write(msg) {
             Ok(()) => {
+                w.unflushed += charged;
+                w.through_ws += charged;
                 if data {
                     self.member.metrics().message_out(len);
                     self.member.shared.traffic.sent(len);
@@ -453,6 +508,8 @@ impl Conn {
                 Ok(())
             }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                w.unflushed += charged;
+                w.through_ws += charged;
                 if data {
                     self.member.metrics().message_out(len);
                     self.member.shared.traffic.sent(len);
@@ -466,6 +523,7 @@ impl Conn {
                 if frames::server_frame_len(&msg) > self.max_write_buffer =>
             {
                 self.member.metrics().broadcast_too_big();
+                self.member.account().release(frames::payload_len(&msg));
                 log::debug!(
                     "dropped a {}-byte message larger than the write buffer ({} bytes)",
                     msg.len(),
@@ -473,6 +531,7 @@ impl Conn {
                 );
                 Ok(())
             }
+            // Held, it stays charged (see `Wire::unflushed`).
             Err(WsError::WriteBufferFull(msg)) => {
                 if self.rights.mode == Mode::Echo {
                     return Err(End::Closed(1008, "slow consumer"));
@@ -517,6 +576,9 @@ impl Conn {
     /// everything before its 1008): only then is there sure to be room for the close frame, which
     /// tungstenite would otherwise refuse as `WriteBufferFull`.
     fn finish(&mut self, end: &End, write_timeout: Duration) {
+        // Queued broadcasts are never written now: their memory goes at once, not when the
+        // close below has finished (a slow consumer at the memory cap frees its outbox first).
+        self.member.discard_queued();
         let wire = Arc::clone(&self.wire);
         let mut w = lock(&wire);
         w.open = false;
@@ -598,6 +660,7 @@ fn flush(w: &mut Wire) -> Step {
     match w.ws.flush() {
         Ok(()) => {
             w.stalled_since = None;
+            settle_flushed(w);
             Ok(())
         }
         Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -606,6 +669,16 @@ fn flush(w: &mut Wire) -> Step {
         }
         Err(e) => Err(classify(e)),
     }
+}
+
+/// After a whole flush: of what the write side held (`retained` + `unflushed`), it keeps what
+/// its buffer grew to beyond the base (see [`Wire::retained`]) and gives the rest back.
+fn settle_flushed(w: &mut Wire) {
+    let held = w.retained + std::mem::take(&mut w.unflushed);
+    let grown = std::mem::take(&mut w.through_ws).saturating_sub(w.write_base);
+    let keep = w.retained.max(grown);
+    w.account.release(held - keep);
+    w.retained = keep;
 }
 
 /// Maps a tungstenite error after the upgrade to how the connection ends (also the client side
@@ -625,6 +698,9 @@ pub(crate) fn classify(e: WsError) -> End {
             End::Closed(1002, "invalid close sequence")
         }
         WsError::Protocol(_) => End::Closed(1002, "protocol error"),
+        WsError::Io(e) if FrameLimit::from_io(&e) == Some(FrameLimit::MemoryFull) => {
+            End::Closed(1013, "try again later")
+        }
         WsError::Io(e) if FrameLimit::from_io(&e).is_some() => End::Closed(
             1008,
             FrameLimit::from_io(&e).map_or("policy violation", FrameLimit::reason),

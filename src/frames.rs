@@ -1,19 +1,23 @@
 //! Follows client frame boundaries in the raw byte stream after the upgrade, to bound what
 //! tungstenite does not: how many frames one message may be split into and how long it may take.
 //! It parses only frame headers (2 to 14 bytes) and skips payloads by count: constant memory,
-//! a few instructions per frame. Protocol errors are left to tungstenite.
+//! a few instructions per frame. Protocol errors are left to tungstenite. It also adds up the
+//! payload lengths data frames declare, which tungstenite reserves and assembles in memory: what
+//! the connection charges to the memory cap for a message being read.
 
 use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
-/// Why a sender was stopped (close 1008).
+/// Why a sender was stopped (close 1008; 1013 at the memory cap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameLimit {
     /// More than `max_fragments` frames in one message.
     TooManyFragments,
     /// A fragmented message took longer than `message_timeout`.
     TooSlow,
+    /// The frame would take the process past its memory cap (close 1013, try again later).
+    MemoryFull,
 }
 
 impl FrameLimit {
@@ -22,6 +26,7 @@ impl FrameLimit {
         match self {
             FrameLimit::TooManyFragments => "too many fragments",
             FrameLimit::TooSlow => "message too slow",
+            FrameLimit::MemoryFull => "memory limit reached",
         }
     }
 
@@ -60,11 +65,21 @@ pub struct FrameWatch {
     /// Frames so far of the message in progress, and when its first frame's header arrived.
     fragments: usize,
     started: Option<Instant>,
+    /// The most a data frame may declare (`max_frame_size`): a larger one is refused by
+    /// tungstenite from its header, so it is charged as this much at most.
+    max_frame: u64,
+    /// Payload bytes declared by data frames since [`FrameWatch::take_declared`].
+    declared: u64,
+    /// The largest payload one data frame has declared (up to `max_frame`).
+    largest: u64,
 }
 
 impl FrameWatch {
-    pub fn new(max_fragments: usize, message_timeout: Duration) -> FrameWatch {
+    pub fn new(max_fragments: usize, message_timeout: Duration, max_frame: usize) -> FrameWatch {
         FrameWatch {
+            max_frame: max_frame as u64,
+            declared: 0,
+            largest: 0,
             max_fragments,
             message_timeout,
             header: [0; 14],
@@ -74,6 +89,18 @@ impl FrameWatch {
             fragments: 0,
             started: None,
         }
+    }
+
+    /// Payload bytes that data frames (text, binary, continuation) declared since the last call,
+    /// each frame counted up to `max_frame`.
+    pub fn take_declared(&mut self) -> u64 {
+        std::mem::take(&mut self.declared)
+    }
+
+    /// The largest payload a data frame has declared so far (up to `max_frame`): tungstenite
+    /// reserved that much for it in its read buffer, which keeps the capacity.
+    pub fn largest(&self) -> u64 {
+        self.largest
     }
 
     /// When the fragmented message in progress must be complete, if one is in progress.
@@ -134,6 +161,11 @@ impl FrameWatch {
         };
         self.header_len = 0;
         self.header_need = 2;
+        if opcode <= 2 {
+            let charged = self.skip.min(self.max_frame);
+            self.declared += charged;
+            self.largest = self.largest.max(charged);
+        }
         match opcode {
             // A text or binary frame starts a message; without FIN, more frames follow.
             1 | 2 if !fin => {
@@ -158,14 +190,23 @@ impl FrameWatch {
     }
 }
 
-/// Largest broadcast encoded once and written as raw bytes to every idle subscriber (see
-/// [`wire_frame`]): well under rustls' 64 KiB send buffer, so an empty buffer always takes the
-/// whole frame in one write and a frame is never split by a full socket.
-pub const WIRE_FRAME_MAX: usize = 16 * 1024;
+/// rustls' default send buffer limit.
+const RUSTLS_SEND_BUFFER: usize = 64 * 1024;
+
+/// The rustls send buffer limit of a broadcast subscriber whose `max_message_size` is
+/// `max_message`: large enough that an empty buffer takes the largest frame it is sent in one
+/// write, so a pre-encoded frame ([`wire_frame`]) is never split by a full socket. The frame goes
+/// to rustls, which encrypts it into records it frees as they are sent, rather than through
+/// tungstenite's write buffer, a `Vec` that would keep the capacity of the largest message for
+/// the connection's life (memory outside any cap). What waits in it is charged to the memory
+/// cap like the write buffer.
+pub fn send_buffer_for(max_message: usize) -> usize {
+    RUSTLS_SEND_BUFFER.max(max_message.saturating_add(14))
+}
 
 /// A broadcast as it goes on the wire to every client: one final, unmasked frame (a server's
 /// frames are the same bytes for every client), so a fan-out encodes it once instead of once per
-/// subscriber. None for anything but a text or binary message of at most [`WIRE_FRAME_MAX`].
+/// subscriber. None for anything but a text or binary message.
 pub fn wire_frame(msg: &tungstenite::Message) -> Option<Vec<u8>> {
     use tungstenite::protocol::frame::Frame;
     use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -175,12 +216,18 @@ pub fn wire_frame(msg: &tungstenite::Message) -> Option<Vec<u8>> {
         _ => return None,
     };
     let frame = Frame::message(payload, opcode, true);
-    if frame.len() > WIRE_FRAME_MAX {
-        return None;
-    }
     let mut out = Vec::with_capacity(frame.len());
     frame.format(&mut out).ok()?;
     Some(out)
+}
+
+/// A data message's payload bytes, also when tungstenite handed it back as a frame (a held-back
+/// message): what was charged for it to the memory cap.
+pub fn payload_len(msg: &tungstenite::Message) -> usize {
+    match msg {
+        tungstenite::Message::Frame(frame) => frame.payload().len(),
+        _ => msg.len(),
+    }
 }
 
 /// How many bytes `msg` takes in a write buffer as one unmasked server frame (a held-back
@@ -237,11 +284,12 @@ mod tests {
             assert_eq!(len as usize, msg.len());
             assert_eq!(&wire[cursor.position() as usize..], &msg.into_data()[..]);
         }
-        // At the limit and one byte over (a 16,380-byte payload takes a 4-byte header).
-        let at = super::wire_frame(&tungstenite::Message::binary(vec![0u8; 16_380])).unwrap();
-        assert_eq!(at.len(), super::WIRE_FRAME_MAX);
-        assert!(super::wire_frame(&tungstenite::Message::binary(vec![0u8; 16_381])).is_none());
         assert!(super::wire_frame(&tungstenite::Message::Ping(Default::default())).is_none());
+        // The largest frame a subscriber is sent fits its send buffer whole.
+        for max in [1, 16 * 1024, 64 * 1024, 1 << 20] {
+            let frame = super::wire_frame(&tungstenite::Message::binary(vec![0u8; max])).unwrap();
+            assert!(frame.len() <= super::send_buffer_for(max), "{max}");
+        }
     }
 
     use super::*;
@@ -268,7 +316,7 @@ mod tests {
     #[test]
     fn counts_fragments_up_to_the_limit_and_one_over() {
         let now = Instant::now();
-        let mut w = FrameWatch::new(3, Duration::from_secs(10));
+        let mut w = FrameWatch::new(3, Duration::from_secs(10), 1 << 20);
         let mut bytes = frame(false, 1, 5);
         bytes.extend(frame(false, 0, 0));
         bytes.extend(frame(true, 0, 300));
@@ -284,7 +332,7 @@ mod tests {
     #[test]
     fn byte_by_byte_and_control_frames_between_fragments() {
         let now = Instant::now();
-        let mut w = FrameWatch::new(2, Duration::from_secs(10));
+        let mut w = FrameWatch::new(2, Duration::from_secs(10), 1 << 20);
         let mut bytes = frame(false, 1, 70_000);
         bytes.extend(frame(true, 9, 4)); // a ping in the middle
         bytes.extend(frame(true, 0, 2));
@@ -298,7 +346,7 @@ mod tests {
     #[test]
     fn a_fragmented_message_has_a_deadline() {
         let t0 = Instant::now();
-        let mut w = FrameWatch::new(100, Duration::from_secs(2));
+        let mut w = FrameWatch::new(100, Duration::from_secs(2), 1 << 20);
         assert_eq!(w.observe(&frame(false, 1, 1), t0), Ok(()));
         assert_eq!(w.message_deadline(), Some(t0 + Duration::from_secs(2)));
         assert_eq!(
@@ -309,6 +357,28 @@ mod tests {
             w.observe(&frame(false, 0, 1), t0 + Duration::from_secs(3)),
             Err(FrameLimit::TooSlow)
         );
+    }
+
+    #[test]
+    fn data_frames_declare_their_payload_up_to_the_frame_limit() {
+        let now = Instant::now();
+        let mut w = FrameWatch::new(8, Duration::from_secs(10), 1000);
+        let mut bytes = frame(false, 2, 300);
+        bytes.extend(frame(true, 9, 4)); // a ping: not data
+        bytes.extend(frame(true, 0, 200));
+        // The header alone declares it: counted before its payload arrives.
+        bytes.extend(&frame(true, 1, 700)[..8]);
+        assert_eq!(w.observe(&bytes, now), Ok(()));
+        assert_eq!(w.take_declared(), 1200);
+        assert_eq!(w.take_declared(), 0);
+        assert_eq!(w.largest(), 700);
+        // A header declaring 2^62 bytes counts as the frame limit (tungstenite refuses it).
+        let mut huge = vec![0x82, 0x80 | 127];
+        huge.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        huge.extend_from_slice(&[1, 2, 3, 4]);
+        let mut w = FrameWatch::new(8, Duration::from_secs(10), 1000);
+        assert_eq!(w.observe(&huge, now), Ok(()));
+        assert_eq!(w.take_declared(), 1000);
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //!
 //! Each member carries who it is ([`Profile`], set once after joining) and what it moved
 //! ([`Traffic`]), so the admin API can list connections and end the ones it names (issue 16).
+//! Every delivery that stays in memory (an outbox entry, a direct write the socket did not take
+//! whole, a message in the bridge's queue) is charged to the process-wide [`Budget`] first. A
+//! fan-out that does not fit closes the subscribers with the largest backlog with 1008 `slow
+//! consumer` until it does ([`memory::choose_drops`]); nothing is queued past the cap.
 
 use std::collections::HashMap;
 use std::io;
@@ -28,6 +32,7 @@ use rustix::event::{EventfdFlags, eventfd};
 use tungstenite::Message;
 
 use crate::config::{Mode, SlowConsumer, WsLimits};
+use crate::memory::{self, Account, Budget, Candidate, Charged, Room};
 use crate::metrics::Metrics;
 pub use crate::policy::Holder;
 use crate::policy::{Method, Revocation};
@@ -88,7 +93,8 @@ pub trait DirectWrite: Send + Sync {
     /// free (taken with `try_lock`), `outbox_empty()` holds under that lock, and nothing written
     /// earlier is still stuck in its buffers. The socket is non-blocking. `wire` is the message
     /// already encoded as a frame ([`crate::frames::wire_frame`]) when it is small enough, the
-    /// same bytes for every subscriber.
+    /// same bytes for every subscriber. The hub has charged `msg` to the member's memory account;
+    /// unless it answers [`Handoff::Queue`], the connection takes that charge over.
     fn try_write(
         &self,
         msg: &Message,
@@ -139,21 +145,47 @@ struct Member {
     /// The outbox's sending side; at most `intake.outbox` messages queued (counted in
     /// [`MemberShared::queued`]).
     tx: Sender<Message>,
+    /// The outbox's receiving side too, so that a member dropped at the memory cap gives its
+    /// queued bytes back at once rather than when its loop ends.
+    rx: Receiver<Message>,
     intake: Intake,
     shared: Arc<MemberShared>,
 }
 
 impl Member {
-    /// Queues `msg` in the outbox unless it holds `intake.outbox` messages already.
+    /// Queues `msg` in the outbox unless it holds `intake.outbox` messages already. The caller
+    /// has charged its bytes to the member's account; they stay charged while it is queued.
     fn try_queue(&self, msg: &Message) -> Result<(), TrySendError<()>> {
         if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.intake.outbox {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(TrySendError::Full(()));
         }
+        self.shared
+            .queued_bytes
+            .fetch_add(msg.len(), Ordering::Relaxed);
         self.tx.send(msg.clone()).map_err(|_| {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            self.shared
+                .queued_bytes
+                .fetch_sub(msg.len(), Ordering::Relaxed);
             TrySendError::Disconnected(())
         })
+    }
+}
+
+/// Takes one message off an outbox, keeping the counts in step (its bytes stay charged: they
+/// move on to the write buffer).
+fn take_queued(rx: &Receiver<Message>, shared: &MemberShared) -> Result<Message, TryRecvError> {
+    let msg = rx.try_recv()?;
+    shared.queued.fetch_sub(1, Ordering::AcqRel);
+    shared.queued_bytes.fetch_sub(msg.len(), Ordering::Relaxed);
+    Ok(msg)
+}
+
+/// Empties an outbox whose messages will never be written, giving their bytes back.
+fn discard_queued(rx: &Receiver<Message>, shared: &MemberShared) {
+    while let Ok(msg) = take_queued(rx, shared) {
+        shared.account.release(msg.len());
     }
 }
 
@@ -179,6 +211,11 @@ pub struct MemberShared {
     /// storage is allocated as messages queue (crossbeam's list flavour, blocks of 31) rather
     /// than up front: most subscribers get their broadcasts written directly and never queue.
     queued: AtomicUsize,
+    /// Payload bytes in the outbox (what dropping the member at the memory cap frees at once).
+    queued_bytes: AtomicUsize,
+    /// What this connection holds against the memory cap: its outbox, its write buffer beyond
+    /// what was flushed, the message it is reading. Released whole when the membership ends.
+    pub account: Account,
     /// The connection's direct-write path, once its loop runs (see [`DirectWrite`]).
     pub direct: OnceLock<Arc<dyn DirectWrite>>,
     /// When the connection's loop entered the step it is in, in milliseconds after the hub's
@@ -263,12 +300,44 @@ impl MemberShared {
 }
 
 /// What leaves this instance for the others, queued for the cluster bridge.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Outbound {
-    /// A broadcast published here on `path`.
-    Broadcast { path: String, msg: Message },
+    /// A broadcast published here on `path`. Its bytes are charged to the memory cap until it
+    /// is dropped (by the bridge, once sent or discarded); `charge` is None when the cap is off.
+    Broadcast {
+        path: String,
+        msg: Message,
+        charge: Option<Charged>,
+    },
     /// An admin's disconnect: every instance ends its connections that match.
     Disconnect(Filter),
+}
+
+impl Outbound {
+    /// A broadcast that carries no charge (the cap is off, or a test).
+    pub fn broadcast(path: &str, msg: Message) -> Outbound {
+        Outbound::Broadcast {
+            path: path.to_string(),
+            msg,
+            charge: None,
+        }
+    }
+}
+
+/// Equal when they carry the same thing (the charge is bookkeeping).
+impl PartialEq for Outbound {
+    fn eq(&self, other: &Outbound) -> bool {
+        match (self, other) {
+            (
+                Outbound::Broadcast { path, msg, .. },
+                Outbound::Broadcast {
+                    path: p2, msg: m2, ..
+                },
+            ) => path == p2 && msg == m2,
+            (Outbound::Disconnect(a), Outbound::Disconnect(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// Which connections an admin means (`GET /connections`, `POST /disconnect`): every key given
@@ -320,6 +389,8 @@ pub struct Hub {
     next_id: AtomicU64,
     closed: AtomicBool,
     metrics: Arc<Metrics>,
+    /// The process-wide memory cap every queued delivery is charged to.
+    budget: Arc<Budget>,
     /// Serialises joins against shutdown so nobody joins a hub that is being emptied.
     gate: Mutex<()>,
     /// The zero of [`MemberShared`]'s step clock.
@@ -341,9 +412,15 @@ pub struct Membership {
 }
 
 impl Hub {
-    /// An empty hub that counts drops and slow consumers in `metrics`.
+    /// An empty hub that counts drops and slow consumers in `metrics`, without a memory cap.
     pub fn new(metrics: Arc<Metrics>) -> Arc<Hub> {
+        Hub::with_budget(metrics, Arc::new(Budget::off()))
+    }
+
+    /// An empty hub that charges what it queues to `budget`.
+    pub fn with_budget(metrics: Arc<Metrics>, budget: Arc<Budget>) -> Arc<Hub> {
         Arc::new(Hub {
+            budget,
             groups: RwLock::default(),
             outlet: RwLock::new(None),
             next_id: AtomicU64::new(0),
@@ -374,6 +451,8 @@ impl Hub {
             holder,
             socket: OnceLock::new(),
             queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            account: Account::new(Arc::clone(&self.budget)),
             direct: OnceLock::new(),
             step_since: AtomicU64::new(0),
             profile: OnceLock::new(),
@@ -388,6 +467,7 @@ impl Hub {
         let member = Member {
             id,
             tx,
+            rx: rx.clone(),
             intake,
             shared: Arc::clone(&shared),
         };
@@ -429,9 +509,22 @@ impl Hub {
     fn forward(&self, path: &str, msg: &Message) {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
+            // At the memory cap the message is not forwarded, as with a full queue.
+            let charge = if self.budget.cap().is_some() {
+                match Charged::try_new(&self.budget, msg.len(), Room::Deliveries) {
+                    Some(charge) => Some(charge),
+                    None => {
+                        self.metrics.cluster_not_forwarded(1);
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
             let out = Outbound::Broadcast {
                 path: path.to_string(),
                 msg: msg.clone(),
+                charge,
             };
             // Full: the bridge is behind (or Redis slow); Disconnected: the bridge stopped.
             if outlet.try_send(out).is_err() {
@@ -447,7 +540,9 @@ impl Hub {
     }
 
     /// Sends `msg` to every member of `path` except `from`, and to none whose own limits are
-    /// smaller than it (dropped for that member and counted). Returns how many took it.
+    /// smaller than it (dropped for that member and counted). Each delivery is charged to the
+    /// member's account first; those that do not fit under the memory cap are settled by
+    /// [`Hub::squeeze`]. Returns how many took it (written or queued).
     fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) -> usize {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         let Some(members) = groups.get(path) else {
@@ -456,56 +551,97 @@ impl Hub {
         let mut reached = 0;
         // Encoded once, at the first direct write, for every subscriber.
         let wire = std::cell::OnceCell::new();
-        for m in members
-            .iter()
-            .filter(|m| Some(m.id) != from && m.shared.waker.is_some())
-        {
+        let mut dropped = 0;
+        for (i, m) in members.iter().enumerate() {
+            // A member already closing as slow never reads its outbox again.
+            if Some(m.id) == from
+                || m.shared.waker.is_none()
+                || m.shared.slow.load(Ordering::Acquire)
+            {
+                continue;
+            }
             if msg.len() > m.intake.max_message {
                 // Its write buffer may be too small to ever take it: retried, it would wedge
                 // the member's loop (issue 11).
                 self.metrics.broadcast_too_big();
                 continue;
             }
-            if let Some(direct) = m.shared.direct.get() {
-                if !m.shared.revoked.load(Ordering::Acquire) {
-                    let frame = wire.get_or_init(|| crate::frames::wire_frame(msg));
-                    match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
-                        Handoff::Sent => {
-                            self.metrics.message_out(msg.len());
-                            m.shared.traffic.sent(msg.len());
-                            reached += 1;
-                            continue;
-                        }
-                        Handoff::SentWake => {
-                            self.metrics.message_out(msg.len());
-                            m.shared.traffic.sent(msg.len());
-                            m.shared.wake();
-                            reached += 1;
-                            continue;
-                        }
-                        Handoff::Queue => {}
+            if !m.shared.account.try_charge(msg.len(), Room::Deliveries) {
+                dropped += self.squeeze(members, from, i, msg.len());
+                if m.shared.slow.load(Ordering::Acquire)
+                    || !m.shared.account.try_charge(msg.len(), Room::Deliveries)
+                {
+                    // Dropped to make room, or the room went to another publisher meanwhile:
+                    // nothing is queued past the cap.
+                    if self.drop_at_cap(m) {
+                        dropped += 1;
                     }
+                    continue;
                 }
             }
-            match m.try_queue(msg) {
-                Ok(()) => {
-                    m.shared.wake();
-                    reached += 1;
-                }
-                Err(TrySendError::Full(())) => match m.intake.slow_consumer {
-                    SlowConsumer::Drop => self.metrics.broadcast_dropped(),
-                    SlowConsumer::Disconnect => {
-                        if !m.shared.slow.swap(true, Ordering::AcqRel) {
-                            self.metrics.slow_consumer_closed();
-                            m.shared.end();
-                        }
-                    }
-                },
-                // The member is leaving; its Membership drop removes it.
-                Err(TrySendError::Disconnected(_)) => {}
+            if self.deliver_charged(m, msg, &wire) {
+                reached += 1;
             }
         }
+        if dropped > 0 {
+            self.metrics.memory_dropped(dropped);
+            self.budget.dropped(dropped);
+        }
         reached
+    }
+
+    /// Delivers `msg`, already charged to `m`'s account: straight into its socket when it is
+    /// idle, else into its outbox. The charge stays with whatever still holds the bytes (the
+    /// outbox, or the write buffer a direct write could not flush) and is given back otherwise.
+    /// Returns whether the member took it (written or queued).
+    fn deliver_charged(
+        &self,
+        m: &Member,
+        msg: &Message,
+        wire: &std::cell::OnceCell<Option<Vec<u8>>>,
+    ) -> bool {
+        if let Some(direct) = m.shared.direct.get() {
+            if !m.shared.revoked.load(Ordering::Acquire) {
+                let frame = wire.get_or_init(|| crate::frames::wire_frame(msg));
+                match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
+                    // Taken: the connection holds the charge now, and settles it as its
+                    // buffers drain (see `DirectWrite::try_write`).
+                    Handoff::Sent => {
+                        self.metrics.message_out(msg.len());
+                        m.shared.traffic.sent(msg.len());
+                        return true;
+                    }
+                    Handoff::SentWake => {
+                        self.metrics.message_out(msg.len());
+                        m.shared.traffic.sent(msg.len());
+                        m.shared.wake();
+                        return true;
+                    }
+                    Handoff::Queue => {}
+                }
+            }
+        }
+        match m.try_queue(msg) {
+            Ok(()) => {
+                m.shared.wake();
+                true
+            }
+            Err(TrySendError::Full(())) => {
+                m.shared.account.release(msg.len());
+                match m.intake.slow_consumer {
+                    SlowConsumer::Drop => self.metrics.broadcast_dropped(),
+                    SlowConsumer::Disconnect => {
+                        self.close_slow(m);
+                    }
+                }
+                false
+            }
+            // The member is leaving; its Membership drop removes it.
+            Err(TrySendError::Disconnected(_)) => {
+                m.shared.account.release(msg.len());
+                false
+            }
+        }
     }
 
     /// Ends every member here that `filter` matches with 1008 `disconnected by admin`; returns
@@ -543,6 +679,55 @@ impl Hub {
         sent
     }
 
+    /// Ends `m` with 1008 `slow consumer` (once); true if this call did it.
+    fn close_slow(&self, m: &Member) -> bool {
+        if m.shared.slow.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.metrics.slow_consumer_closed();
+        m.shared.end();
+        true
+    }
+
+    /// A delivery to `members[short]` met the memory cap: closes the members with the largest
+    /// backlog (1008 `slow consumer`, their outbox given back at once) until `len` bytes fit,
+    /// which may be `members[short]` itself. Members already closing are not candidates: they
+    /// get nothing more. Returns how many it closed.
+    fn squeeze(&self, members: &[Member], from: Option<u64>, short: usize, len: usize) -> usize {
+        let eligible: Vec<usize> = (0..members.len())
+            .filter(|&i| {
+                let m = &members[i];
+                Some(m.id) != from
+                    && m.shared.waker.is_some()
+                    && !m.shared.slow.load(Ordering::Acquire)
+            })
+            .collect();
+        let candidates: Vec<Candidate> = eligible
+            .iter()
+            .map(|&i| {
+                let m = &members[i];
+                Candidate {
+                    backlog: m.shared.account.held(),
+                    frees: m.shared.queued_bytes.load(Ordering::Relaxed),
+                    needs: if i == short { len } else { 0 },
+                }
+            })
+            .collect();
+        let chosen = memory::choose_drops(&candidates, self.budget.room(Room::Deliveries));
+        chosen
+            .into_iter()
+            .filter(|&c| self.drop_at_cap(&members[eligible[c]]))
+            .count()
+    }
+
+    /// Closes `m` at the memory cap as a slow consumer and gives its outbox back now; true if
+    /// this call closed it.
+    fn drop_at_cap(&self, m: &Member) -> bool {
+        let closed = self.close_slow(m);
+        discard_queued(&m.rx, &m.shared);
+        closed
+    }
+
     /// Calls `f` with every member's path and shared state (for re-checking access on reload).
     pub fn for_each_member(&self, mut f: impl FnMut(&str, &MemberShared)) {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
@@ -572,6 +757,11 @@ impl Hub {
         u64::try_from(self.epoch.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .saturating_add(1)
+    }
+
+    /// The memory cap this hub charges to.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// True once shutdown began.
@@ -678,9 +868,18 @@ impl Membership {
     /// # Errors
     /// `Empty` when nothing is queued.
     pub fn next_queued(&self) -> Result<Message, TryRecvError> {
-        let msg = self.outbox.try_recv()?;
-        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-        Ok(msg)
+        take_queued(&self.outbox, &self.shared)
+    }
+
+    /// Empties the outbox, giving its bytes back to the memory cap: the connection is ending and
+    /// will write none of it.
+    pub fn discard_queued(&self) {
+        discard_queued(&self.outbox, &self.shared);
+    }
+
+    /// This connection's share of the memory cap.
+    pub fn account(&self) -> &Account {
+        &self.shared.account
     }
 }
 
@@ -693,6 +892,10 @@ impl Drop for Membership {
                 groups.remove(&self.path);
             }
         }
+        drop(groups);
+        // Out of the hub, so no fan-out charges it any more: whatever it still holds (outbox,
+        // write buffer, a message half read) is given back.
+        self.shared.account.release_all();
     }
 }
 
@@ -924,13 +1127,7 @@ mod tests {
         a.publish(&text("2")); // the queue holds one: not forwarded
         assert_eq!(b.next_queued().unwrap(), text("1"));
         assert_eq!(b.next_queued().unwrap(), text("2"));
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            Outbound::Broadcast {
-                path: "/c".into(),
-                msg: text("1")
-            }
-        );
+        assert_eq!(rx.try_recv().unwrap(), Outbound::broadcast("/c", text("1")));
         assert!(rx.try_recv().is_err());
         assert_eq!(metrics.cluster_not_forwarded_count(), 1);
 
@@ -964,13 +1161,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(4);
         hub.set_outlet(tx);
         hub.inject("/c", &text("4"));
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            Outbound::Broadcast {
-                path: "/c".into(),
-                msg: text("4")
-            }
-        );
+        assert_eq!(rx.try_recv().unwrap(), Outbound::broadcast("/c", text("4")));
         assert!(rx.try_recv().is_err());
     }
 

@@ -20,6 +20,9 @@
 //! one-shot commands; [`certs`] loads (or generates) certificates; [`files`] opens secret files;
 //! [`demo`] is the built-in demo page that [`upgrade`] serves at `GET /` when enabled.
 //!
+//! [`memory`] is the process-wide cap on what grows with traffic, charged by [`hub`],
+//! [`connection`] and [`upgrade`] as bytes are queued.
+//!
 //! Operations, beside the pipeline: [`notify`] tells systemd about readiness, reloads and
 //! liveness; [`metrics`] counts what the stages do; [`admin`] serves `/healthz` and `/metrics` on
 //! its own thread and listener; [`signals`] turns SIGTERM/SIGHUP into a drain or a reload.
@@ -41,6 +44,7 @@ pub mod files;
 pub mod frames;
 pub mod hub;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod origin;

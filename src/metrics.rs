@@ -31,6 +31,10 @@
 //! | `wsgate_cluster_not_forwarded_total` | counter | | broadcasts not published: queue full or Redis down |
 //! | `wsgate_cluster_received_total` | counter | | broadcasts received from other instances and delivered here |
 //! | `wsgate_cluster_lost_total` | counter | | broadcasts of other instances missing from the stream when read (trimmed, or lost in a Redis restart) |
+//! | `wsgate_memory_bytes` | gauge | | bytes counted against `memory_limit` now, from [`Gauges`] |
+//! | `wsgate_memory_limit_bytes` | gauge | | the enforced `memory_limit` (0: off), from [`Gauges`] |
+//! | `wsgate_memory_refusals_total` | counter | | upgrades refused with 503 at the memory cap |
+//! | `wsgate_memory_drops_total` | counter | | subscribers closed 1008 because a fan-out met the memory cap |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -158,6 +162,10 @@ pub struct Gauges {
     pub pool_idle: u64,
     /// Admitted connections waiting for a free worker.
     pub pool_queued: u64,
+    /// Bytes counted against the memory cap.
+    pub memory_used: u64,
+    /// The memory cap (0: off).
+    pub memory_limit: u64,
 }
 
 /// The server's counters. `Send + Sync`; share it as `Arc<Metrics>`.
@@ -195,6 +203,8 @@ pub struct Metrics {
     proxy_connections: AtomicU64,
     /// Per [`BackendFailure::ALL`], in that order.
     backend_failures: [AtomicU64; BackendFailure::ALL.len()],
+    memory_refusals: AtomicU64,
+    memory_drops: AtomicU64,
 }
 
 impl Metrics {
@@ -237,6 +247,8 @@ impl Metrics {
             cluster_enabled: AtomicBool::new(false),
             proxy_connections: AtomicU64::new(0),
             backend_failures: Default::default(),
+            memory_refusals: AtomicU64::new(0),
+            memory_drops: AtomicU64::new(0),
         }
     }
 
@@ -321,6 +333,21 @@ impl Metrics {
             .position(|f| *f == failure)
             .unwrap_or(0);
         bump(&self.backend_failures[i], 1);
+    }
+
+    /// An upgrade was refused with 503 at the memory cap.
+    pub fn memory_refused(&self) {
+        bump(&self.memory_refusals, 1);
+    }
+
+    /// A fan-out that met the memory cap closed `n` subscribers.
+    pub fn memory_dropped(&self, n: usize) {
+        bump(&self.memory_drops, n as u64);
+    }
+
+    /// Subscribers closed at the memory cap so far.
+    pub fn memory_drop_count(&self) -> u64 {
+        self.memory_drops.load(Ordering::Relaxed)
     }
 
     /// A slow consumer was closed with 1008.
@@ -658,6 +685,39 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in cluster {
+            family(o, name, "counter", help);
+            sample(o, name, &[], &value.load(Ordering::Relaxed));
+        }
+
+        let memory_gauges = [
+            (
+                "wsgate_memory_bytes",
+                "Bytes counted against memory_limit: outboxes, write buffers, messages being read, the cluster queue.",
+                gauges.memory_used,
+            ),
+            (
+                "wsgate_memory_limit_bytes",
+                "The enforced memory_limit in bytes (0: off).",
+                gauges.memory_limit,
+            ),
+        ];
+        for (name, help, value) in memory_gauges {
+            family(o, name, "gauge", help);
+            sample(o, name, &[], &value);
+        }
+        let memory: [(&str, &str, &AtomicU64); 2] = [
+            (
+                "wsgate_memory_refusals_total",
+                "Upgrades refused with 503 because the memory cap was reached.",
+                &self.memory_refusals,
+            ),
+            (
+                "wsgate_memory_drops_total",
+                "Subscribers closed with 1008 because a broadcast would have exceeded the memory cap.",
+                &self.memory_drops,
+            ),
+        ];
+        for (name, help, value) in memory {
             family(o, name, "counter", help);
             sample(o, name, &[], &value.load(Ordering::Relaxed));
         }
@@ -1073,6 +1133,8 @@ mod tests {
         m.cluster_not_forwarded(1);
         m.cluster_received();
         m.cluster_lost(1);
+        m.memory_refused();
+        m.memory_dropped(1);
         m.observe_upgrade(Duration::from_micros(500)); // 0.001
         m.observe_upgrade(Duration::from_millis(30)); // 0.05
         m.observe_upgrade(Duration::from_secs(60)); // +Inf
@@ -1080,6 +1142,8 @@ mod tests {
             pool_busy: 3,
             pool_idle: 61,
             pool_queued: 2,
+            memory_used: 1,
+            memory_limit: 1,
         });
         validate_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let v = |p: &str| value_of(&text, p);
@@ -1108,6 +1172,10 @@ mod tests {
             "wsgate_cluster_not_forwarded_total",
             "wsgate_cluster_received_total",
             "wsgate_cluster_lost_total",
+            "wsgate_memory_bytes",
+            "wsgate_memory_limit_bytes",
+            "wsgate_memory_refusals_total",
+            "wsgate_memory_drops_total",
         ] {
             assert_eq!(v(&format!("{name} ")), "1", "{name}");
         }

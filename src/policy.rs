@@ -83,6 +83,8 @@ pub enum Reason {
         failure: BackendFailure,
         detail: String,
     },
+    /// The memory cap is reached (`memory_limit`). 503 with `Retry-After`.
+    MemoryFull,
 }
 
 /// How a backend failed before the 101 ([`Reason::Backend`]); the `kind` label of
@@ -146,7 +148,9 @@ impl Reason {
             Reason::Origin(_) | Reason::Forbidden { .. } => StatusCode::FORBIDDEN,
             Reason::NoCredentials | Reason::BadCredentials { .. } => StatusCode::UNAUTHORIZED,
             Reason::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Reason::Busy | Reason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Busy | Reason::ShuttingDown | Reason::MemoryFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reason::Backend { failure, .. } => failure.status(),
         }
     }
@@ -180,6 +184,7 @@ impl Reason {
                 builder.header("Retry-After", retry_after.as_secs().max(1).to_string())
             }
             Reason::Busy => builder.header("Retry-After", "1"),
+            Reason::MemoryFull => builder.header("Retry-After", "2"),
             Reason::ShuttingDown => builder.header("Retry-After", "5"),
             Reason::Backend {
                 failure: BackendFailure::Down,
@@ -224,6 +229,7 @@ impl fmt::Display for Reason {
             Reason::Busy => f.write_str("too many logins waiting for password checks"),
             Reason::ShuttingDown => f.write_str("shutting down"),
             Reason::Backend { detail, .. } => f.write_str(detail),
+            Reason::MemoryFull => f.write_str("memory limit reached"),
         }
     }
 }

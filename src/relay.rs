@@ -570,10 +570,18 @@ pub fn run(
         return End::Dropped(format!("set non-blocking: {e}"));
     }
     let mut client = Side::new(client, now);
-    client.ws.get_mut().watch_frames(FrameWatch::new(
-        limits.max_fragments.get(),
-        limits.message_timeout,
-    ));
+    // The client's frames are charged to the memory cap as a connection loop's are, and given
+    // back once each message is handed to the backend (its write buffer is bounded per
+    // connection by `max_write_buffer_size`, not by the cap).
+    client.ws.get_mut().watch_frames(
+        FrameWatch::new(
+            limits.max_fragments.get(),
+            limits.message_timeout,
+            channel.max_frame_size.get(),
+        ),
+        member.account().clone(),
+        channel.read_buffer_size.get(),
+    );
     client.ws.get_mut().get_mut().poll_driven(true);
     member.attach_socket(Arc::clone(&sock));
     let mut relay = Relay {
@@ -730,6 +738,7 @@ impl Relay {
             match msg {
                 Message::Text(_) | Message::Binary(_) => {
                     self.member.metrics().message_in(msg.len());
+                    self.client.ws.get_mut().settle(msg.len());
                     if !self.admit(&msg)? {
                         continue;
                     }

@@ -30,6 +30,7 @@ use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::files;
 use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Profile, Waker};
 use crate::listener;
+use crate::memory::{self, Budget};
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::notify::{self, Notifier};
 use crate::origin::OriginPolicy;
@@ -236,7 +237,7 @@ impl Server {
         let config = Arc::clone(&runtime.config);
         warn_about_origins(&config);
         warn_about_plaintext(&config);
-        log_memory_budget(&config);
+        let budget = start_budget(&config);
 
         // The admin token before any socket: a bad one is a config error (exit 2).
         let admin_token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
@@ -257,6 +258,7 @@ impl Server {
                 let l =
                     TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
                 let (adm, workers) = (Arc::clone(&admission), config.server.workers.get() as u64);
+                let mem = Arc::clone(&budget);
                 let state = AdminState::new(Arc::clone(&metrics), move || {
                     let in_flight = adm.in_flight() as u64;
                     let busy = in_flight.min(workers);
@@ -264,6 +266,8 @@ impl Server {
                         pool_busy: busy,
                         pool_idle: workers - busy,
                         pool_queued: in_flight - busy,
+                        memory_used: mem.used() as u64,
+                        memory_limit: mem.cap().unwrap_or(0) as u64,
                     }
                 })
                 .map_err(StartError::System)?;
@@ -274,7 +278,7 @@ impl Server {
         let shared = Arc::new(Shared {
             runtime: RwLock::new(Arc::new(runtime)),
             creds,
-            hub: Hub::new(Arc::clone(&metrics)),
+            hub: Hub::with_budget(Arc::clone(&metrics), budget),
             admission,
             handshakes: Pool::new(
                 config.server.max_pre_auth.get(),
@@ -824,6 +828,9 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     if o.max_connections_per_ip != n.max_connections_per_ip {
         changed.push("[server] max_connections_per_ip");
     }
+    if o.memory_limit != n.memory_limit {
+        changed.push("[server] memory_limit");
+    }
     if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
         changed.push("[admin] listen");
     }
@@ -1037,6 +1044,13 @@ fn handshake(
     // Joins the hub and issues the session just before the 101, so a server that is shutting
     // down still answers 503 and a client only gets a session it can use.
     let enter = |grant: &Grant| {
+        // At the memory cap a new connection would only add to the squeeze (logged once per
+        // interval by the budget, not per refusal).
+        if !hub.budget().admits() {
+            metrics.memory_refused();
+            hub.budget().refused();
+            return Err(Reason::MemoryFull);
+        }
         let limits = &grant.channel.limits;
         let proof = match grant.method {
             Method::ClientCert => Proof::ClientCert {
@@ -1253,6 +1267,9 @@ fn flush_suppressed_when_quiet() {
 /// are at warn, in a fixed form fail2ban can match:
 /// `auth failed: user="NAME" peer=IP:PORT reason=REASON`. Never a password.
 fn log_refusal(peer: SocketAddr, reason: &Reason) {
+    if matches!(reason, Reason::MemoryFull) {
+        return; // one line per interval, with counts (`memory::Budget::refused`)
+    }
     let now = Instant::now();
     let suppressed = {
         let mut budget = refusal_budget()
@@ -1293,131 +1310,52 @@ fn log_refusal(peer: SocketAddr, reason: &Reason) {
     }
 }
 
-/// Logs the worst-case memory the configured limits allow, so an admin can size a small host.
-fn log_memory_budget(config: &Config) {
-    let b = MemoryBudget::of(config);
+/// Resolves `memory_limit` on this host and logs the start-up line: the enforced cap, what it
+/// was derived from, the base cost of a connection and how many connections fit.
+fn start_budget(config: &Config) -> Arc<Budget> {
+    let (cap, host) = memory::resolve(config.server.memory_limit);
+    let base = base_per_connection(config);
+    let connections = config.server.workers.get() + config.server.queue;
     log::info!(
-        "memory budget (worst case the limits allow): {} connections x {} KiB (stack {} KiB, \
-         buffers {} KiB, proxy backend buffers {} KiB, outbox {} x {} KiB) + {} handshake stacks \
-         x {} KiB + {} MiB password hashing + {} KiB caches + {} KiB cluster queue + {} KiB admin \
-         API = {} MiB",
-        b.connections,
-        b.per_connection() >> 10,
-        b.stack >> 10,
-        b.buffers >> 10,
-        b.backend_buffers >> 10,
-        b.outbox,
-        b.max_message >> 10,
-        b.handshakes,
-        b.handshake_stack >> 10,
-        b.hashing >> 20,
-        b.caches >> 10,
-        b.cluster >> 10,
-        b.admin >> 10,
-        b.total() >> 20
+        "{}",
+        memory::startup_line(config.server.memory_limit, cap, host, base, connections)
     );
+    Arc::new(Budget::new(cap))
 }
 
-/// The most memory the configured limits let the server use, in bytes, for the start-up log
-/// line: an admin sizing a Pi reads what each limit costs. Broadcast messages are shared between
-/// outboxes, so the outbox term is a bound that is rarely approached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MemoryBudget {
-    /// Connections the pool admits (`workers + queue`).
-    connections: usize,
-    /// `worker_stack_size` (address space; only touched pages are resident).
-    stack: usize,
-    /// Read buffer, write buffer, one message being assembled, TLS buffers and state.
-    buffers: usize,
-    /// A proxy channel's second WebSocket, to its backend: the same buffers again (and TLS for a
-    /// `wss://` backend); 0 without proxy channels.
-    backend_buffers: usize,
-    /// Largest `outbox` of any channel, and largest `max_message_size`.
-    outbox: usize,
-    max_message: usize,
-    /// Handshake threads (`max_pre_auth`) and their stack.
-    handshakes: usize,
-    handshake_stack: usize,
-    /// Argon2 working memory of every hashing permit.
-    hashing: usize,
-    /// Verification cache and login throttle tables.
-    caches: usize,
-    /// The cluster bridge's queues and read batch of largest messages (0 without a cluster).
-    cluster: usize,
-    /// The admin API's clients, each holding a request head and a publish body or a
-    /// `/connections` answer (0 without an admin endpoint).
-    admin: usize,
-}
+/// Stack pages an idle connection's loop has touched (measured: about 20 KiB of the
+/// `worker_stack_size` reserve).
+const STACK_TOUCHED: usize = 20 * 1024;
+/// rustls' state for an established connection with its buffers drained.
+const TLS_IDLE: usize = 4 * 1024;
 
-/// rustls's record buffers and connection state, per connection (a full 16 KiB record in, one
-/// out, and the state): generous, as a bound should be.
-const TLS_PER_CONNECTION: usize = 48 * 1024;
-/// One verification cache entry or throttle window: key, hash and bookkeeping.
-const CACHE_ENTRY: usize = 256;
-
-impl MemoryBudget {
-    fn of(config: &Config) -> MemoryBudget {
-        let s = &config.server;
-        let limits =
-            || std::iter::once(&config.limits.ws).chain(config.channels.iter().map(|c| &c.limits));
-        let max = |f: fn(&crate::config::WsLimits) -> usize| limits().map(f).max().unwrap_or(0);
-        let max_message = max(|l| l.max_message_size.get());
-        MemoryBudget {
-            connections: s.workers.get() + s.queue,
-            stack: s.worker_stack_size.get(),
-            buffers: max(|l| l.read_buffer_size.get())
-                + max(|l| l.max_write_buffer_size.get())
-                + max_message
-                + TLS_PER_CONNECTION,
-            backend_buffers: config
-                .channels
-                .iter()
-                .filter_map(|c| c.backend.as_ref().map(|b| (&c.limits, b)))
-                .map(|(l, b)| {
-                    let tls = match b.endpoint {
-                        crate::config::Endpoint::Tcp { tls: true, .. } => TLS_PER_CONNECTION,
-                        _ => 0,
-                    };
-                    l.read_buffer_size.get()
-                        + l.max_write_buffer_size.get()
-                        + l.max_message_size.get()
-                        + tls
-                })
-                .max()
-                .unwrap_or(0),
-            outbox: max(|l| l.outbox.get()),
-            max_message,
-            handshakes: s.max_pre_auth.get(),
-            handshake_stack: s.handshake_stack_size.get(),
-            hashing: config.auth.max_concurrent_hashes.get() * 19 * 1024 * 1024,
-            // The throttle's addresses, names and trusted (name, address) pairs.
-            caches: (config.auth.cache_size + 3 * THROTTLE_ENTRIES) * CACHE_ENTRY,
-            // The hub's hand-over queue and the bridge's pending list, `publish_queue` each, and
-            // one `XREAD` batch.
-            cluster: if config.cluster.redis_url.is_some() {
-                (2 * config.cluster.publish_queue.get() + crate::cluster::READ_BATCH) * max_message
-            } else {
-                0
-            },
-            admin: config.admin.as_ref().map_or(0, |a| {
-                let answer = (s.workers.get() + s.queue) * admin::LISTED_CONNECTION_MAX;
-                a.max_connections.get() * (admin::MAX_HEAD + max_message.max(answer))
-            }),
-        }
-    }
-
-    fn per_connection(&self) -> usize {
-        self.stack + self.buffers + self.backend_buffers + self.outbox * self.max_message
-    }
-
-    fn total(&self) -> usize {
-        self.connections * self.per_connection()
-            + self.handshakes * self.handshake_stack
-            + self.hashing
-            + self.caches
-            + self.cluster
-            + self.admin
-    }
+/// What an idle connection costs whatever its traffic, outside the cap: the touched stack, the
+/// base read and write buffers (largest of any channel) and the TLS state. The cap counts only
+/// what grows beyond this.
+fn base_per_connection(config: &Config) -> usize {
+    let limits =
+        || std::iter::once(&config.limits.ws).chain(config.channels.iter().map(|c| &c.limits));
+    let max = |f: fn(&crate::config::WsLimits) -> usize| limits().map(f).max().unwrap_or(0);
+    // A proxied connection holds a second WebSocket, to its backend: its base buffers again (and
+    // TLS state for a `wss://` backend).
+    let backend = config
+        .channels
+        .iter()
+        .filter_map(|c| c.backend.as_ref().map(|b| (&c.limits, b)))
+        .map(|(l, b)| {
+            let tls = match b.endpoint {
+                crate::config::Endpoint::Tcp { tls: true, .. } => TLS_IDLE,
+                _ => 0,
+            };
+            l.read_buffer_size.get() + l.write_buffer_size + tls
+        })
+        .max()
+        .unwrap_or(0);
+    STACK_TOUCHED
+        + max(|l| l.read_buffer_size.get())
+        + max(|l| l.write_buffer_size)
+        + TLS_IDLE
+        + backend
 }
 
 #[cfg(test)]
@@ -1436,57 +1374,30 @@ mod tests {
     }
 
     #[test]
-    fn memory_budget_counts_every_limit() {
+    fn base_cost_is_the_touched_stack_the_base_buffers_and_tls() {
         let c = config(
-            "[server]\nworkers = 10\nqueue = 2\nmax_pre_auth = 4\nworker_stack_size = 128KiB\n\
-             handshake_stack_size = 256KiB\n\
-             [limits]\nread_buffer_size = 4KiB\nwrite_buffer_size = 4KiB\n\
-             max_write_buffer_size = 64KiB\nmax_frame_size = 16KiB\nmax_message_size = 16KiB\noutbox = 8\n\
+            "[limits]\nread_buffer_size = 4KiB\nwrite_buffer_size = 4KiB\n\
+             max_write_buffer_size = 64KiB\nmax_frame_size = 16KiB\nmax_message_size = 16KiB\n\
              [channel:/a]\nmode = echo\n\
-             [channel:/b]\nmode = broadcast\nmax_message_size = 32KiB\noutbox = 4\n",
+             [channel:/b]\nmode = broadcast\nwrite_buffer_size = 8KiB\n",
         );
-        let b = MemoryBudget::of(&c);
-        assert_eq!(b.connections, 12);
-        assert_eq!(b.stack, 128 * 1024);
-        // The largest of each limit over the defaults and every channel.
-        assert_eq!((b.outbox, b.max_message), (8, 32 * 1024));
-        assert_eq!(b.buffers, (4 + 64 + 32) * 1024 + TLS_PER_CONNECTION);
-        assert_eq!((b.handshakes, b.handshake_stack), (4, 256 * 1024));
-        assert_eq!(b.hashing, 2 * 19 * 1024 * 1024);
-        assert_eq!(b.caches, (100 + 3 * THROTTLE_ENTRIES) * CACHE_ENTRY);
-        assert_eq!(b.cluster, 0);
-        assert_eq!(b.backend_buffers, 0);
-        assert_eq!(b.admin, 0);
-        assert_eq!(b.per_connection(), b.stack + b.buffers + 8 * 32 * 1024);
         assert_eq!(
-            b.total(),
-            12 * b.per_connection() + 4 * 256 * 1024 + b.hashing + b.caches
-        );
-        // The admin API: each client a head and the larger of a body and a connection list.
-        let c = config(
-            "[server]\nworkers = 100\nqueue = 0\n[admin]\nlisten = 127.0.0.1:9480\n\
-             max_connections = 4\n[channel:/b]\nmode = broadcast\n",
-        );
-        let b = MemoryBudget::of(&c);
-        assert_eq!(
-            b.admin,
-            4 * (admin::MAX_HEAD + 100 * admin::LISTED_CONNECTION_MAX)
+            base_per_connection(&c),
+            STACK_TOUCHED + 4 * 1024 + 8 * 1024 + TLS_IDLE
         );
     }
 
     #[test]
-    fn memory_budget_counts_a_proxy_backend_s_buffers() {
+    fn base_cost_counts_a_proxy_backend_s_buffers() {
         let c = config(
             "[limits]\nread_buffer_size = 4KiB\nwrite_buffer_size = 4KiB\n\
              max_write_buffer_size = 64KiB\nmax_frame_size = 16KiB\nmax_message_size = 16KiB\n\
              [channel:/a/*]\nmode = proxy\nbackend = ws://127.0.0.1:8080\n\
              [channel:/b]\nmode = proxy\nbackend = wss://app.example:443\n",
         );
-        let b = MemoryBudget::of(&c);
-        assert_eq!(b.backend_buffers, (4 + 64 + 16) * 1024 + TLS_PER_CONNECTION);
         assert_eq!(
-            b.per_connection(),
-            b.stack + b.buffers + b.backend_buffers + b.outbox * b.max_message
+            base_per_connection(&c),
+            STACK_TOUCHED + 4 * 1024 + 4 * 1024 + TLS_IDLE + (4 * 1024 + 4 * 1024 + TLS_IDLE)
         );
     }
 }

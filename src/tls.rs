@@ -156,6 +156,12 @@ impl TlsStream {
         self.conn.send_close_notify();
     }
 
+    /// Sets how many bytes rustls buffers for sending before a write takes no more
+    /// ([`crate::frames::send_buffer_for`]).
+    pub fn set_send_buffer(&mut self, bytes: usize) {
+        self.conn.set_buffer_limit(Some(bytes));
+    }
+
     /// Switches reads to `poll`-driven mode (for a non-blocking socket; see the field's doc), or
     /// back to plain reads (`false`).
     pub fn poll_driven(&mut self, on: bool) {
@@ -332,6 +338,13 @@ impl Transport {
     pub fn send_close_notify(&mut self) {
         if let Transport::Tls(tls) = self {
             tls.send_close_notify();
+        }
+    }
+
+    /// See [`TlsStream::set_send_buffer`]; nothing to do without TLS.
+    pub fn set_send_buffer(&mut self, bytes: usize) {
+        if let Transport::Tls(tls) = self {
+            tls.set_send_buffer(bytes);
         }
     }
 

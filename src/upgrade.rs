@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::deadline::{Deadline, Phase, is_timeout};
 use crate::demo;
 use crate::frames::{FrameLimit, FrameWatch};
+use crate::memory::{Account, Room};
 use crate::policy::{self, Grant, Reason, Target, Verifier};
 use crate::tls::Transport;
 
@@ -36,6 +37,15 @@ pub struct Replay<S> {
     inner: S,
     /// Follows frame boundaries once the connection loop turns it on (after the handshake).
     watch: Option<FrameWatch>,
+    /// Where the payload that data frames declare is charged (the memory cap), and how much of
+    /// it is charged now: from a frame's header until the loop has handled its message.
+    account: Option<Account>,
+    read_charged: usize,
+    /// Of `read_charged`, what stays charged after a message is handled: the largest frame beyond
+    /// `read_base` (tungstenite's read buffer keeps the capacity it reserved for it).
+    read_retained: usize,
+    /// `read_buffer_size`: the part of the read buffer that is base cost, not charged.
+    read_base: usize,
 }
 
 impl<S> Replay<S> {
@@ -47,6 +57,10 @@ impl<S> Replay<S> {
             head_len,
             inner,
             watch: None,
+            account: None,
+            read_charged: 0,
+            read_retained: 0,
+            read_base: 0,
         }
     }
 
@@ -59,9 +73,23 @@ impl<S> Replay<S> {
     }
 
     /// Starts following frame boundaries: reads fail with a [`FrameLimit`] error when a message
-    /// has too many fragments or takes too long.
-    pub fn watch_frames(&mut self, watch: FrameWatch) {
+    /// has too many fragments or takes too long, or when the payload a data frame declares does
+    /// not fit under the memory cap (charged to `account` from the frame's header on, the
+    /// moment tungstenite reserves it, until [`Replay::settle`]).
+    pub fn watch_frames(&mut self, watch: FrameWatch, account: Account, read_base: usize) {
         self.watch = Some(watch);
+        self.account = Some(account);
+        self.read_base = read_base;
+    }
+
+    /// The loop has handled a message of `len` payload bytes: what its frames declared is given
+    /// back (control frames are not charged).
+    pub fn settle(&mut self, len: usize) {
+        let n = len.min(self.read_charged - self.read_retained);
+        self.read_charged -= n;
+        if let Some(account) = &self.account {
+            account.release(n);
+        }
     }
 
     /// When the fragmented message in progress must be complete.
@@ -70,12 +98,26 @@ impl<S> Replay<S> {
     }
 
     fn observe(&mut self, data: &[u8]) -> io::Result<()> {
-        match &mut self.watch {
-            Some(watch) => watch
-                .observe(data, Instant::now())
-                .map_err(FrameLimit::into_io),
-            None => Ok(()),
+        let Some(watch) = &mut self.watch else {
+            return Ok(());
+        };
+        watch
+            .observe(data, Instant::now())
+            .map_err(FrameLimit::into_io)?;
+        let declared = usize::try_from(watch.take_declared()).unwrap_or(usize::MAX);
+        if declared > 0 {
+            if let Some(account) = &self.account {
+                if !account.try_charge(declared, Room::Whole) {
+                    return Err(FrameLimit::MemoryFull.into_io());
+                }
+                self.read_charged += declared;
+                let largest = usize::try_from(watch.largest()).unwrap_or(usize::MAX);
+                self.read_retained = self
+                    .read_retained
+                    .max(largest.saturating_sub(self.read_base));
+            }
         }
+        Ok(())
     }
 }
 

@@ -27,6 +27,7 @@ impl Admin {
             pool_busy: 5,
             pool_idle: 59,
             pool_queued: 1,
+            ..Gauges::default()
         };
         let state = Arc::new(AdminState::new(metrics, gauges).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

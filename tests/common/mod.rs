@@ -870,3 +870,40 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.x: every address of
+/// 127.0.0.0/8 is the local host, and each counts as its own peer for per-IP limits), with the
+/// receive buffer set to `rcvbuf` bytes before connecting when given (the window a stalled
+/// reader offers), and the usual timeouts.
+pub fn tcp_from(from: std::net::Ipv4Addr, to: SocketAddr, rcvbuf: Option<usize>) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(n) = rcvbuf {
+        socket.set_recv_buffer_size(n).unwrap();
+    }
+    socket.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    socket.connect_timeout(&to.into(), IO_TIMEOUT).unwrap();
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    tcp
+}
+
+/// The resident set size of process `pid`, in KiB (`VmRSS` in /proc/PID/status).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Raises this process's soft limit on open files to at least `n` (up to the hard limit), so a
+/// test holding `n` sockets (and the server it spawns, which inherits the limit) does not run out.
+pub fn raise_nofile(n: u64) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|c| c < n) {
+        limit.current = Some(limit.maximum.map_or(n, |max| max.min(n)));
+        setrlimit(Resource::Nofile, limit).unwrap();
+    }
+}

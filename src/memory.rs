@@ -1,0 +1,697 @@
+//! The process-wide memory cap (`[server] memory_limit`): one shared count of the bytes that grow
+//! with traffic — outboxes, write buffers, messages being read, the cluster publish queue —
+//! checked as bytes are queued with one atomic add, never a lock. Also where the default cap
+//! comes from (the cgroup limit or `MemTotal`) and whom a fan-out that meets the cap drops first.
+//! It never allocates and never blocks; what to do when a charge fails is the caller's.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::MemoryLimit;
+
+const MIB: u64 = 1024 * 1024;
+
+/// The default cap is this fraction of the host's memory (the cgroup limit when one is set, else
+/// `MemTotal`): the rest is for the base cost of every connection (stacks, TLS state, base
+/// buffers), password hashing (19 MiB per permit), the page cache and the other processes.
+pub const HOST_FRACTION: u64 = 4;
+/// The default cap is never below this: the smallest host still carries a few full messages.
+pub const FLOOR: u64 = 16 * MIB;
+/// Deliveries (outboxes, write buffers, the cluster queue) stop at the cap less this fraction of
+/// it; the rest is kept for reading messages in, so a cap filled by slow subscribers never stops
+/// a publisher's message from being read and fanned out.
+const READ_RESERVE_FRACTION: usize = 8;
+/// After a fan-out had to drop subscribers at the cap, new connections get 503 for this long even
+/// once the count fell: the dropped clients (and the rest) reconnecting at once would walk
+/// straight back into the squeeze.
+pub const SQUEEZE_COOLDOWN: Duration = Duration::from_secs(2);
+/// Lines about the cap (refusals, drops) are logged at most once per this interval, with counts.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Which part of the cap a charge may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// Broadcast deliveries and the cluster queue: the cap less the read reserve.
+    Deliveries,
+    /// A connection's own traffic (a message being read, an echo): the whole cap.
+    Whole,
+}
+
+/// The shared count and its cap.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    /// None: the cap is off and nothing is counted.
+    cap: Option<NonZeroUsize>,
+    /// When a fan-out last dropped subscribers at the cap, in ms after `epoch` plus one (0: never).
+    squeezed_at: AtomicU64,
+    /// When the last line about the cap was logged, same clock; and what happened since.
+    logged_at: AtomicU64,
+    refused_since_log: AtomicU64,
+    dropped_since_log: AtomicU64,
+    epoch: Instant,
+}
+
+impl Budget {
+    /// A budget capped at `cap` bytes, or counting nothing when `cap` is None.
+    pub fn new(cap: Option<NonZeroUsize>) -> Budget {
+        Budget {
+            used: AtomicUsize::new(0),
+            cap,
+            squeezed_at: AtomicU64::new(0),
+            logged_at: AtomicU64::new(0),
+            refused_since_log: AtomicU64::new(0),
+            dropped_since_log: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// No cap: every charge succeeds and nothing is counted.
+    pub fn off() -> Budget {
+        Budget::new(None)
+    }
+
+    /// The cap in bytes, None when off.
+    pub fn cap(&self) -> Option<usize> {
+        self.cap.map(NonZeroUsize::get)
+    }
+
+    /// Bytes counted against the cap now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn limit(&self, room: Room) -> usize {
+        let cap = self.cap.map_or(usize::MAX, NonZeroUsize::get);
+        match room {
+            Room::Whole => cap,
+            Room::Deliveries => cap - cap / READ_RESERVE_FRACTION,
+        }
+    }
+
+    /// Bytes a charge in `room` may still take.
+    pub fn room(&self, room: Room) -> usize {
+        self.limit(room).saturating_sub(self.used())
+    }
+
+    /// Counts `bytes` if they fit under the limit of `room`; false (and nothing counted) if not.
+    /// One atomic add on the way in; a second one only when it does not fit. Two charges racing
+    /// at the cap may both fail where one would have fitted; none ever passes the cap.
+    fn try_charge(&self, bytes: usize, room: Room) -> bool {
+        if self.cap.is_none() {
+            return true;
+        }
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.limit(room) {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, bytes: usize) {
+        if self.cap.is_some() && bytes > 0 {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn clock(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    /// Whether a new connection may come in: the deliveries are below their limit and no fan-out
+    /// dropped subscribers at the cap in the last [`SQUEEZE_COOLDOWN`].
+    pub fn admits(&self) -> bool {
+        if self.cap.is_none() {
+            return true;
+        }
+        let squeezed = self.squeezed_at.load(Ordering::Relaxed);
+        let cooling = squeezed != 0
+            && self.clock().saturating_sub(squeezed) < SQUEEZE_COOLDOWN.as_millis() as u64;
+        !cooling && self.room(Room::Deliveries) > 0
+    }
+
+    /// A new connection was refused at the cap: logs one line per [`LOG_INTERVAL`] with counts.
+    pub fn refused(&self) {
+        self.refused_since_log.fetch_add(1, Ordering::Relaxed);
+        self.maybe_log();
+    }
+
+    /// A fan-out dropped `n` subscribers at the cap.
+    pub fn dropped(&self, n: usize) {
+        self.squeezed_at.store(self.clock(), Ordering::Relaxed);
+        self.dropped_since_log
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.maybe_log();
+    }
+
+    fn maybe_log(&self) {
+        let now = self.clock();
+        let last = self.logged_at.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < LOG_INTERVAL.as_millis() as u64 {
+            return;
+        }
+        if self
+            .logged_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another thread logs this interval
+        }
+        let refused = self.refused_since_log.swap(0, Ordering::Relaxed);
+        let dropped = self.dropped_since_log.swap(0, Ordering::Relaxed);
+        log::warn!(
+            "memory limit reached ({} of {} MiB counted): {refused} connections refused with 503, \
+             {dropped} subscribers closed 1008 slow consumer since the last such line (at most one \
+             line per {}s; see wsgate_memory_* in /metrics)",
+            self.used() >> 20,
+            self.cap().unwrap_or(0) >> 20,
+            LOG_INTERVAL.as_secs()
+        );
+    }
+}
+
+/// One owner's share of the count (a connection, or one queued cluster message), so that what an
+/// owner still holds is released at once when it goes ([`Account::release_all`]).
+#[derive(Debug, Clone)]
+pub struct Account {
+    budget: Arc<Budget>,
+    held: Arc<AtomicUsize>,
+}
+
+impl Account {
+    pub fn new(budget: Arc<Budget>) -> Account {
+        Account {
+            budget,
+            held: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Counts `bytes` for this owner if they fit in `room`.
+    #[must_use]
+    pub fn try_charge(&self, bytes: usize, room: Room) -> bool {
+        if self.budget.cap.is_none() {
+            return true;
+        }
+        if !self.budget.try_charge(bytes, room) {
+            return false;
+        }
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+        true
+    }
+
+    /// Gives back `bytes` this owner was charged (no more than it holds).
+    pub fn release(&self, bytes: usize) {
+        if self.budget.cap.is_none() || bytes == 0 {
+            return;
+        }
+        let prev = self.held.fetch_sub(bytes, Ordering::Relaxed);
+        debug_assert!(prev >= bytes, "released {bytes} of {prev} held");
+        self.budget.release(bytes);
+    }
+
+    /// Gives back everything this owner holds (it is going away).
+    pub fn release_all(&self) {
+        let n = self.held.swap(0, Ordering::Relaxed);
+        self.budget.release(n);
+    }
+
+    /// Bytes this owner holds now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+}
+
+/// Bytes counted for one value, released when it is dropped (a message in the cluster queue:
+/// whoever takes it off the queue releases it by dropping it, whatever it does with it).
+#[derive(Debug)]
+pub struct Charged {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Charged {
+    /// Counts `bytes` in `room`; None when they do not fit.
+    pub fn try_new(budget: &Arc<Budget>, bytes: usize, room: Room) -> Option<Charged> {
+        budget.try_charge(bytes, room).then(|| Charged {
+            budget: Arc::clone(budget),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The default cap.
+
+/// Where the default cap was derived from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    CgroupV2,
+    CgroupV1,
+    MemTotal,
+    /// Nothing readable (not Linux, no /proc): the floor.
+    Floor,
+}
+
+impl Source {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Source::CgroupV2 => "the cgroup v2 memory.max",
+            Source::CgroupV1 => "the cgroup v1 memory.limit_in_bytes",
+            Source::MemTotal => "MemTotal in /proc/meminfo",
+            Source::Floor => "no readable host memory size",
+        }
+    }
+}
+
+/// The host's memory as a limit on this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostMemory {
+    pub bytes: u64,
+    pub source: Source,
+}
+
+/// `MemTotal` from the text of `/proc/meminfo`, in bytes.
+pub fn parse_meminfo(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
+    }
+}
+
+/// A cgroup memory limit file's value (`memory.max`: a number or `max`; v1's
+/// `memory.limit_in_bytes`: a number, near 2^63 when unlimited). None for no limit.
+pub fn parse_cgroup_limit(text: &str) -> Option<u64> {
+    let n: u64 = text.trim().parse().ok()?;
+    // v1 writes "unlimited" as the largest page-aligned i64.
+    (n < (1 << 62)).then_some(n)
+}
+
+/// The host memory that bounds this process: the smallest cgroup limit on the way to the root
+/// (v2 first, then v1), unless `MemTotal` is smaller. `cgroup_v2`/`cgroup_v1` are the limit
+/// files' texts, innermost first.
+pub fn host_memory(
+    cgroup_v2: &[String],
+    cgroup_v1: &[String],
+    meminfo: Option<&str>,
+) -> Option<HostMemory> {
+    let total = meminfo.and_then(parse_meminfo).map(|bytes| HostMemory {
+        bytes,
+        source: Source::MemTotal,
+    });
+    let smallest = |texts: &[String], source| {
+        texts
+            .iter()
+            .filter_map(|t| parse_cgroup_limit(t))
+            .min()
+            .map(|bytes| HostMemory { bytes, source })
+    };
+    let cgroup =
+        smallest(cgroup_v2, Source::CgroupV2).or_else(|| smallest(cgroup_v1, Source::CgroupV1));
+    match (cgroup, total) {
+        (Some(c), Some(t)) if t.bytes <= c.bytes => Some(t),
+        (Some(c), _) => Some(c),
+        (None, t) => t,
+    }
+}
+
+/// The default cap for a host: [`HOST_FRACTION`] of it, at least [`FLOOR`].
+pub fn default_cap(host: Option<HostMemory>) -> u64 {
+    host.map_or(FLOOR, |h| (h.bytes / HOST_FRACTION).max(FLOOR))
+}
+
+/// The cap `memory_limit` asks for on this host, and what it was derived from (None when given
+/// in the config or off).
+pub fn resolve(limit: MemoryLimit) -> (Option<NonZeroUsize>, Option<HostMemory>) {
+    let host = read_host_memory();
+    let cap = match limit {
+        MemoryLimit::Off => None,
+        MemoryLimit::Bytes(n) => Some(n),
+        MemoryLimit::Host => {
+            NonZeroUsize::new(usize::try_from(default_cap(host)).unwrap_or(usize::MAX))
+        }
+    };
+    (cap, host)
+}
+
+/// Reads the cgroup limits of this process (v2 and v1, innermost first) and `/proc/meminfo`.
+pub fn read_host_memory() -> Option<HostMemory> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let cgroups = read("/proc/self/cgroup").unwrap_or_default();
+    let mut v2 = Vec::new();
+    let mut v1 = Vec::new();
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (root, file, out) = if id == "0" && controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max", &mut v2)
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", &mut v1)
+        } else {
+            continue;
+        };
+        let mut dir = std::path::PathBuf::from(root);
+        dir.push(path.trim_start_matches('/'));
+        // Innermost first, up to the mount root.
+        loop {
+            if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+                out.push(text);
+            }
+            if dir.as_os_str() == root || !dir.pop() {
+                break;
+            }
+        }
+    }
+    host_memory(&v2, &v1, read("/proc/meminfo").as_deref())
+}
+
+/// The start-up line: the enforced cap and where it came from, the base cost of a connection
+/// (outside the cap), what the configured connections take at base, and how many connections
+/// fit beside the cap in the host's memory.
+pub fn startup_line(
+    limit: MemoryLimit,
+    cap: Option<NonZeroUsize>,
+    host: Option<HostMemory>,
+    base: usize,
+    connections: usize,
+) -> String {
+    let mib = |b: u64| b >> 20;
+    let origin = match (limit, host) {
+        (MemoryLimit::Off, _) => "memory_limit = 0: nothing that grows with traffic is bounded \
+                                  process-wide"
+            .to_string(),
+        (MemoryLimit::Bytes(_), _) => "set by memory_limit".to_string(),
+        (MemoryLimit::Host, Some(h)) => format!(
+            "1/{HOST_FRACTION} of {} ({} MiB), at least {} MiB",
+            h.source.describe(),
+            mib(h.bytes),
+            mib(FLOOR)
+        ),
+        (MemoryLimit::Host, None) => format!(
+            "{}: the floor of {} MiB",
+            Source::Floor.describe(),
+            mib(FLOOR)
+        ),
+    };
+    let cap_bytes = cap.map_or(0, |c| c.get() as u64);
+    let head = match cap {
+        Some(_) => format!(
+            "memory limit {} MiB ({origin}), enforced over outboxes, write and read buffers \
+             beyond their base, messages being assembled and the cluster queue",
+            mib(cap_bytes)
+        ),
+        None => format!("memory limit off ({origin})"),
+    };
+    let base = base.max(1) as u64;
+    let fit = match host {
+        Some(h) => format!(
+            "; {} connections fit at base beside the limit in {} MiB",
+            h.bytes.saturating_sub(cap_bytes) / base,
+            mib(h.bytes)
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{head}; base cost {} KiB per connection: {connections} connections (workers + queue) \
+         take {} MiB at base{fit}",
+        base >> 10,
+        mib(base * connections as u64)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whom a fan-out drops at the cap.
+
+/// One subscriber of a fan-out that met the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// Bytes it holds against the cap (outbox, write buffer, a message being read).
+    pub backlog: usize,
+    /// Bytes dropping it gives back at once (its outbox).
+    pub frees: usize,
+    /// Bytes this delivery still needs for it (0 when it already has the message).
+    pub needs: usize,
+}
+
+/// The subscribers to drop (indices into `candidates`) so that what the others still need fits
+/// in `room`: the largest backlog first (ties in the given order). Dropping one frees its outbox
+/// at once (the rest of its backlog when its connection ends) and its own need. Subscribers
+/// without a backlog go last, and only if nothing else frees enough; one that holds nothing and
+/// needs nothing is never dropped, since that would free nothing.
+pub fn choose_drops(candidates: &[Candidate], room: usize) -> Vec<usize> {
+    let need: usize = candidates.iter().map(|c| c.needs).sum();
+    let mut deficit = need.saturating_sub(room);
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| candidates[b].backlog.cmp(&candidates[a].backlog));
+    let mut drops = Vec::new();
+    for i in order {
+        if deficit == 0 {
+            break;
+        }
+        let c = candidates[i];
+        if c.backlog == 0 && c.needs == 0 {
+            continue;
+        }
+        deficit = deficit.saturating_sub(c.frees.saturating_add(c.needs));
+        drops.push(i);
+    }
+    drops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_total_in_bytes() {
+        let text = "MemTotal:        1001428 kB\nMemFree:          123 kB\n";
+        assert_eq!(parse_meminfo(text), Some(1_001_428 * 1024));
+        assert_eq!(parse_meminfo("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_meminfo("MemTotal: lots kB\n"), None);
+        assert_eq!(parse_meminfo("MemTotal: 5 MB\n"), None);
+    }
+
+    #[test]
+    fn cgroup_limits_max_and_v1_unlimited_are_no_limit() {
+        assert_eq!(parse_cgroup_limit("536870912\n"), Some(512 * MIB));
+        assert_eq!(parse_cgroup_limit("max\n"), None);
+        assert_eq!(parse_cgroup_limit("9223372036854771712\n"), None);
+        assert_eq!(parse_cgroup_limit(""), None);
+    }
+
+    #[test]
+    fn host_memory_prefers_the_smallest_cgroup_limit_unless_memtotal_is_smaller() {
+        let meminfo = Some("MemTotal: 1048576 kB\n"); // 1 GiB
+        let s = |v: &[&str]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        // No cgroup limit anywhere: MemTotal.
+        assert_eq!(
+            host_memory(&s(&["max\n", "max\n"]), &[], meminfo),
+            Some(HostMemory {
+                bytes: 1024 * MIB,
+                source: Source::MemTotal
+            })
+        );
+        // A service limit under an unlimited slice; a parent's smaller limit wins.
+        assert_eq!(
+            host_memory(&s(&["268435456\n", "max\n"]), &[], meminfo),
+            Some(HostMemory {
+                bytes: 256 * MIB,
+                source: Source::CgroupV2
+            })
+        );
+        assert_eq!(
+            host_memory(&s(&["268435456\n", "134217728\n"]), &[], meminfo),
+            Some(HostMemory {
+                bytes: 128 * MIB,
+                source: Source::CgroupV2
+            })
+        );
+        // v1 when there is no v2 limit; a limit above MemTotal is no limit.
+        assert_eq!(
+            host_memory(&[], &s(&["9223372036854771712", "402653184"]), meminfo),
+            Some(HostMemory {
+                bytes: 384 * MIB,
+                source: Source::CgroupV1
+            })
+        );
+        assert_eq!(
+            host_memory(&s(&["4294967296"]), &[], meminfo),
+            Some(HostMemory {
+                bytes: 1024 * MIB,
+                source: Source::MemTotal
+            })
+        );
+        // Nothing readable.
+        assert_eq!(host_memory(&[], &[], None), None);
+        assert_eq!(
+            host_memory(&s(&["536870912"]), &[], None),
+            Some(HostMemory {
+                bytes: 512 * MIB,
+                source: Source::CgroupV2
+            })
+        );
+    }
+
+    #[test]
+    fn default_cap_is_a_quarter_with_a_floor() {
+        let host = |mib| {
+            Some(HostMemory {
+                bytes: mib * MIB,
+                source: Source::MemTotal,
+            })
+        };
+        assert_eq!(default_cap(host(1024)), 256 * MIB); // a 1 GB Pi or VPS
+        assert_eq!(default_cap(host(4096)), 1024 * MIB); // a Pi 4 with 4 GB
+        assert_eq!(default_cap(host(512)), 128 * MIB); // a Pi Zero
+        assert_eq!(default_cap(host(32)), FLOOR);
+        assert_eq!(default_cap(None), FLOOR);
+    }
+
+    #[test]
+    fn charges_stop_at_the_limit_of_their_room_and_release_gives_back() {
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(800)));
+        let a = Account::new(Arc::clone(&budget));
+        let b = Account::new(Arc::clone(&budget));
+        // Deliveries may use 700 (the reserve is an eighth); a connection's own traffic all 800.
+        assert!(a.try_charge(600, Room::Deliveries));
+        assert!(
+            !b.try_charge(101, Room::Deliveries),
+            "over the delivery limit"
+        );
+        assert!(b.try_charge(100, Room::Deliveries), "exactly at it");
+        assert!(!budget.admits());
+        assert!(b.try_charge(100, Room::Whole));
+        assert!(!b.try_charge(1, Room::Whole), "over the cap");
+        assert_eq!((budget.used(), a.held(), b.held()), (800, 600, 200));
+        a.release(100);
+        assert_eq!((budget.used(), a.held()), (700, 500));
+        a.release_all();
+        assert_eq!((budget.used(), a.held()), (200, 0));
+        assert!(budget.admits());
+        let q = Charged::try_new(&budget, 500, Room::Deliveries).unwrap();
+        assert!(Charged::try_new(&budget, 1, Room::Deliveries).is_none());
+        drop(q);
+        assert_eq!(budget.used(), 200);
+    }
+
+    #[test]
+    fn a_drop_at_the_cap_refuses_new_connections_for_the_cooldown() {
+        let budget = Budget::new(NonZeroUsize::new(1 << 20));
+        assert!(budget.admits());
+        budget.dropped(3);
+        assert!(!budget.admits(), "just squeezed");
+    }
+
+    #[test]
+    fn off_counts_nothing_and_refuses_nothing() {
+        let budget = Arc::new(Budget::off());
+        let a = Account::new(Arc::clone(&budget));
+        assert!(a.try_charge(usize::MAX / 2, Room::Deliveries));
+        assert!(a.try_charge(usize::MAX / 2, Room::Whole));
+        assert_eq!((budget.used(), a.held()), (0, 0));
+        a.release(5);
+        assert!(budget.admits());
+        assert_eq!(budget.cap(), None);
+    }
+
+    #[test]
+    fn the_startup_line_states_the_cap_its_origin_the_base_and_the_fit() {
+        let host = Some(HostMemory {
+            bytes: 1024 * MIB,
+            source: Source::MemTotal,
+        });
+        let line = startup_line(
+            MemoryLimit::Host,
+            NonZeroUsize::new(256 << 20),
+            host,
+            32 * 1024,
+            1040,
+        );
+        assert_eq!(
+            line,
+            "memory limit 256 MiB (1/4 of MemTotal in /proc/meminfo (1024 MiB), at least 16 MiB), \
+             enforced over outboxes, write and read buffers beyond their base, messages being \
+             assembled and the cluster queue; base cost 32 KiB per connection: 1040 connections \
+             (workers + queue) take 32 MiB at base; 24576 connections fit at base beside the \
+             limit in 1024 MiB"
+        );
+        let off = startup_line(MemoryLimit::Off, None, None, 32 * 1024, 80);
+        assert!(
+            off.starts_with("memory limit off (memory_limit = 0"),
+            "{off}"
+        );
+        let set = startup_line(
+            MemoryLimit::Bytes(NonZeroUsize::new(32 << 20).unwrap()),
+            NonZeroUsize::new(32 << 20),
+            None,
+            32 * 1024,
+            80,
+        );
+        assert!(
+            set.starts_with("memory limit 32 MiB (set by memory_limit)"),
+            "{set}"
+        );
+    }
+
+    fn c(backlog: usize, frees: usize, needs: usize) -> Candidate {
+        Candidate {
+            backlog,
+            frees,
+            needs,
+        }
+    }
+
+    #[test]
+    fn drops_the_largest_backlogs_first_and_no_more_than_needed() {
+        // Five subscribers each need 10; room for 20: a deficit of 30.
+        let cands = [
+            c(0, 0, 10),
+            c(500, 400, 10),
+            c(50, 50, 10),
+            c(900, 20, 10),
+            c(0, 0, 10),
+        ];
+        // The largest backlog (900) frees 20+10, which covers it.
+        assert_eq!(choose_drops(&cands, 20), [3]);
+        // With no room, 50 is missing: 900 (30), then 500 (410).
+        assert_eq!(choose_drops(&cands, 0), [3, 1]);
+        // Enough room: nobody.
+        assert_eq!(choose_drops(&cands, 50), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn healthy_subscribers_go_only_when_the_backlogs_do_not_free_enough() {
+        // Two healthy (no backlog) and one stalled whose backlog is all in its write buffer (it
+        // frees nothing at once): the stalled goes first; then healthy ones, in order.
+        let cands = [c(0, 0, 10), c(300, 0, 10), c(0, 0, 10)];
+        assert_eq!(choose_drops(&cands, 20), [1]);
+        assert_eq!(choose_drops(&cands, 10), [1, 0]);
+        assert_eq!(choose_drops(&cands, 0), [1, 0, 2]);
+        assert!(choose_drops(&[], 0).is_empty());
+        // Members that hold nothing and need nothing this time are never dropped, even when
+        // the rest cannot make the room.
+        let cands = [c(0, 0, 0), c(100, 0, 10), c(0, 0, 0)];
+        assert_eq!(choose_drops(&cands, 0), [1]);
+    }
+}

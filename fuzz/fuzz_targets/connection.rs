@@ -3,12 +3,15 @@
 //! a server-role `tungstenite::WebSocket` configured with the server's own `WebSocketConfig`
 //! (small limits here, so the fuzzer reaches them); data messages are echoed, and the connection
 //! is closed the way `connection.rs` closes it. Also `FrameWatch::observe` alone, with the input
-//! split at fuzzer-chosen points. Never a panic; the watch never reserves memory.
+//! split at fuzzer-chosen points. Never a panic; the watch never reserves memory; every data
+//! frame is charged to a memory cap as the server charges it, and given back as the server gives
+//! it back, so the count ends at no more than the largest frame the read buffer still reserves.
 #![no_main]
 
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
@@ -17,10 +20,11 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 use wsgate::config::Config;
 use wsgate::frames::FrameWatch;
+use wsgate::memory::{Account, Budget};
 use wsgate::upgrade::Replay;
 
 /// The server's WebSocket settings for a config with small limits.
-fn ws_config() -> (WebSocketConfig, usize, Duration) {
+fn ws_config() -> (WebSocketConfig, usize, Duration, usize, usize) {
     static CONFIG: OnceLock<Config> = OnceLock::new();
     let config = CONFIG.get_or_init(|| {
         let text = format!(
@@ -37,6 +41,8 @@ fn ws_config() -> (WebSocketConfig, usize, Duration) {
         config.limits.ws.websocket_config(),
         config.limits.max_fragments.get(),
         config.limits.message_timeout,
+        config.limits.ws.max_frame_size.get(),
+        config.limits.ws.read_buffer_size.get(),
     )
 }
 
@@ -69,7 +75,7 @@ impl Write for Peer<'_> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (config, max_fragments, message_timeout) = ws_config();
+    let (config, max_fragments, message_timeout, max_frame, read_base) = ws_config();
     let now = Instant::now();
 
     // FrameWatch alone, fed in pieces whose sizes the first byte picks.
@@ -77,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
         Some((&s, rest)) => (usize::from(s).max(1), rest),
         None => (1, data),
     };
-    let mut watch = FrameWatch::new(max_fragments, message_timeout);
+    let mut watch = FrameWatch::new(max_fragments, message_timeout, max_frame);
     for chunk in rest.chunks(step) {
         if watch.observe(chunk, now).is_err() {
             break;
@@ -93,12 +99,19 @@ fuzz_target!(|data: &[u8]| {
             output: 0,
         },
     );
-    replay.watch_frames(FrameWatch::new(max_fragments, message_timeout));
+    let budget = Arc::new(Budget::new(NonZeroUsize::new(64 << 20)));
+    let account = Account::new(Arc::clone(&budget));
+    replay.watch_frames(
+        FrameWatch::new(max_fragments, message_timeout, max_frame),
+        account,
+        read_base,
+    );
     let mut ws = WebSocket::from_raw_socket(replay, Role::Server, Some(config));
     let mut messages = 0;
     let close = loop {
         match ws.read() {
             Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
+                ws.get_mut().settle(msg.len());
                 messages += 1;
                 if messages > 10_000 || ws.send(msg).is_err() {
                     break None;
@@ -120,4 +133,13 @@ fuzz_target!(|data: &[u8]| {
         }));
         let _ = ws.flush();
     }
+    // What stays charged is bounded by the limits, however the bytes came: the frames of one
+    // unfinished message (at most max_message_size) and the largest frame the read buffer
+    // still reserves.
+    let max_message = config.max_message_size.unwrap_or(usize::MAX);
+    assert!(
+        budget.used() <= max_message + max_frame,
+        "{} bytes still charged",
+        budget.used()
+    );
 });

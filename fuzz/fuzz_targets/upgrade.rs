@@ -11,7 +11,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tungstenite::http;
 use wsgate::config::Config;
-use wsgate::policy::{self, Verdict, Verifier};
+use wsgate::policy::{self, Proof, Verdict, Verifier};
 
 fn config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -41,6 +41,7 @@ impl Verifier for Fake {
             ("alice", "pw") => Verdict::Ok {
                 user: "alice".into(),
                 session_id: None,
+                proof: Proof::Password { hash: [1; 32] },
             },
             ("slow", _) => Verdict::Busy,
             ("locked", _) => Verdict::Throttled {
@@ -58,6 +59,7 @@ impl Verifier for Fake {
             Verdict::Ok {
                 user: "bob".into(),
                 session_id: None,
+                proof: Proof::ApiToken { digest: [2; 32] },
             }
         } else {
             Verdict::Bad {
@@ -71,6 +73,11 @@ impl Verifier for Fake {
             Verdict::Ok {
                 user: "carol".into(),
                 session_id: Some("sid".into()),
+                proof: Proof::Session {
+                    fingerprint: [3; 8],
+                    login_unix: 0,
+                    key_id: [4; 8],
+                },
             }
         } else {
             Verdict::Bad {

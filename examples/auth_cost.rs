@@ -12,14 +12,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use wsgate::auth::session::SessionKey;
+use wsgate::auth::throttle::LoginThrottle;
+use wsgate::auth::tokens::{TokenStore, generate_token, token_digest};
+use wsgate::auth::users::{Authenticator, UserStore, hash_password};
 use wsgate::auth::{Credentials, SessionSettings};
-use wsgate::metrics::Metrics;
+use wsgate::ops::metrics::Metrics;
+use wsgate::pipeline::ratelimit::MessageLimiter;
 use wsgate::policy::{Verdict, Verifier};
-use wsgate::ratelimit::MessageLimiter;
-use wsgate::session::SessionKey;
-use wsgate::throttle::LoginThrottle;
-use wsgate::tokens::{TokenStore, generate_token, token_digest};
-use wsgate::users::{Authenticator, UserStore, hash_password};
 
 fn median_us(mut samples: Vec<Duration>) -> f64 {
     samples.sort();

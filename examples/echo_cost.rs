@@ -207,7 +207,7 @@ fn main() {
     let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(dir.join("cert.pem"), pair.cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), pair.signing_key.serialize_pem()).unwrap();
-    let hash = wsgate::users::hash_password(USER.1).unwrap();
+    let hash = wsgate::auth::users::hash_password(USER.1).unwrap();
     std::fs::write(dir.join("users"), format!("{}:{hash}\n", USER.0)).unwrap();
     let mut perms = std::fs::metadata(dir.join("users")).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);

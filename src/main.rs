@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use wsgate::cli::{self, Command};
-use wsgate::commands;
+use wsgate::cli::args::{self as cli, Command};
+use wsgate::cli::commands;
 use wsgate::config::Config;
 use wsgate::server::Server;
 
@@ -61,16 +61,18 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Passwd { file, user, delete } => match wsgate::passwd::run(&file, &user, delete) {
-            Ok(()) => {
-                eprintln!("{APPLY_HINT}");
-                ExitCode::SUCCESS
+        Command::Passwd { file, user, delete } => {
+            match wsgate::cli::passwd::run(&file, &user, delete) {
+                Ok(()) => {
+                    eprintln!("{APPLY_HINT}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wsgate passwd: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("wsgate passwd: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Serve { config, log_level } => serve(&config, log_level),
         Command::Connections { config, filter } => {
             print_or_fail(commands::connections(&config, &filter))
@@ -89,14 +91,14 @@ fn main() -> ExitCode {
 
 /// `wsgate cert DIR`: a self-signed pair for this host's names and any given.
 fn cert(dir: &Path, extra: Vec<String>, days: u32, force: bool) -> ExitCode {
-    let mut names = wsgate::certs::host_names();
+    let mut names = wsgate::pipeline::certs::host_names();
     for name in extra {
         if !names.contains(&name) {
             names.push(name);
         }
     }
     let (cert, key) = (dir.join("wsgate.crt"), dir.join("wsgate.key"));
-    match wsgate::certs::write_self_signed(&cert, &key, &names, days, force) {
+    match wsgate::pipeline::certs::write_self_signed(&cert, &key, &names, days, force) {
         Ok(made) => {
             println!(
                 "wrote {} and {} (mode 0600)\nnames: {}\nvalid until: {}\nsha256 fingerprint: {}",
@@ -169,7 +171,7 @@ fn serve(path: &Path, log_level: Option<log::LevelFilter>) -> ExitCode {
             return ExitCode::from(if e.is_config() { 2 } else { 1 });
         }
     };
-    if let Err(e) = wsgate::signals::handle(server.control()) {
+    if let Err(e) = wsgate::ops::signals::handle(server.control()) {
         log::error!("cannot install signal handlers: {e}");
         return ExitCode::from(1);
     }

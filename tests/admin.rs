@@ -9,8 +9,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use wsgate::admin::{self, AdminState};
-use wsgate::metrics::{Gauges, Metrics, Outcome, validate_exposition};
+use wsgate::ops::admin::{self, AdminState};
+use wsgate::ops::metrics::{Gauges, Metrics, Outcome, validate_exposition};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -19,9 +19,9 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 use wsgate::config::Config;
-use wsgate::frames::FrameWatch;
+use wsgate::pipeline::frames::FrameWatch;
 use wsgate::memory::{Account, Budget};
-use wsgate::upgrade::Replay;
+use wsgate::pipeline::upgrade::Replay;
 
 /// The server's WebSocket settings for a config with small limits.
 fn ws_config() -> (WebSocketConfig, usize, Duration, usize, usize) {

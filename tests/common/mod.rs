@@ -63,7 +63,7 @@ pub fn users_file_text() -> &'static str {
     TEXT.get_or_init(|| {
         [ALICE, BOB]
             .iter()
-            .map(|(u, p)| format!("{u}:{}\n", wsgate::users::hash_password(p).unwrap()))
+            .map(|(u, p)| format!("{u}:{}\n", wsgate::auth::users::hash_password(p).unwrap()))
             .collect()
     })
 }

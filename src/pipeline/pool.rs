@@ -3,7 +3,7 @@
 //! thread-local area (8 KiB resident each, measured; 80 MiB for a 10,000-worker server), and
 //! starting thousands at once delays start-up, so none is started before it is needed.
 //!
-//! Unbounded like `threadpool`'s queue: [`crate::admit`] bounds what is queued. A job that
+//! Unbounded like `threadpool`'s queue: [`crate::pipeline::admit`] bounds what is queued. A job that
 //! panics ends only itself; its worker logs it and takes the next job.
 
 use std::collections::VecDeque;

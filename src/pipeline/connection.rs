@@ -19,11 +19,11 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Limits, Mode, Overflow, WsLimits};
-use crate::frames::{self, FrameLimit, FrameWatch};
 use crate::hub::{DirectWrite, Handoff, Membership};
 use crate::memory::{Account, Room};
-use crate::ratelimit::MessageLimiter;
-use crate::upgrade::WsStream;
+use crate::pipeline::frames::{self, FrameLimit, FrameWatch};
+use crate::pipeline::ratelimit::MessageLimiter;
+use crate::pipeline::upgrade::WsStream;
 
 /// How long we wait for the peer's close frame after sending ours (and for the last bytes to go).
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -682,7 +682,7 @@ fn settle_flushed(w: &mut Wire) {
 }
 
 /// Maps a tungstenite error after the upgrade to how the connection ends (also the client side
-/// of a proxied connection, [`crate::relay`]).
+/// of a proxied connection, [`crate::pipeline::relay`]).
 pub(crate) fn classify(e: WsError) -> End {
     match e {
         WsError::ConnectionClosed | WsError::AlreadyClosed => End::PeerClosed(1005),

@@ -279,7 +279,7 @@ fn read_key(path: &Path) -> Result<Option<SessionKey>, SessionError> {
         path: path.to_path_buf(),
         source,
     };
-    let (file, _) = match crate::files::open_private(path, "session key file") {
+    let (file, _) = match crate::auth::files::open_private(path, "session key file") {
         Ok(opened) => opened,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_err(e)),
@@ -363,7 +363,10 @@ fn create_key(path: &Path) -> Result<SessionKey, SessionError> {
     let key = SessionKey::from_bytes(&bytes);
     bytes.fill(0);
     if linked.map_err(write_err)? {
-        log::info!("created session key file {}", crate::files::shown(path));
+        log::info!(
+            "created session key file {}",
+            crate::auth::files::shown(path)
+        );
         Ok(key)
     } else {
         // Another instance won the race: use its key, complete since it was linked whole.
@@ -425,7 +428,7 @@ pub fn user_fingerprint(
 mod tests {
     use super::*;
 
-    use crate::files::TestDir as TempDir;
+    use crate::auth::files::TestDir as TempDir;
 
     const FP: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 0xff];
 

@@ -379,7 +379,8 @@ impl UserStore {
             path: path.to_path_buf(),
             source,
         };
-        let (mut file, _) = crate::files::open_private(path, "users file").map_err(read_err)?;
+        let (mut file, _) =
+            crate::auth::files::open_private(path, "users file").map_err(read_err)?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(read_err)?;
         UserStore::parse(&text, path)

@@ -24,14 +24,14 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{ClientRequestBuilder, Error as WsError, Message, WebSocket};
 
-use crate::certs::CertError;
 use crate::config::{Backend, ChannelPattern, Endpoint, Limits, Overflow, WsLimits};
-use crate::connection::{End, Rights};
-use crate::frames::{FrameLimit, FrameWatch};
 use crate::hub::Membership;
+use crate::pipeline::certs::CertError;
+use crate::pipeline::connection::{End, Rights};
+use crate::pipeline::frames::{FrameLimit, FrameWatch};
+use crate::pipeline::ratelimit::MessageLimiter;
+use crate::pipeline::upgrade::WsStream;
 use crate::policy::{BackendFailure, Method};
-use crate::ratelimit::MessageLimiter;
-use crate::upgrade::WsStream;
 
 /// The identity headers on every backend request, set by wsgate alone: the request is built
 /// fresh, so a header of these names that a client sent never reaches the backend.
@@ -43,7 +43,7 @@ pub const CLIENT_HEADER: &str = "X-Forwarded-For";
 /// Query keys that carry credentials; never forwarded.
 pub const CREDENTIAL_KEYS: [&str; 4] = ["user", "pass", "token", "session"];
 
-/// Messages read from one side in one step at most (as [`crate::connection`] does).
+/// Messages read from one side in one step at most (as [`crate::pipeline::connection`] does).
 const READS_PER_STEP: usize = 64;
 /// How long we wait for a peer's close frame after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -309,7 +309,7 @@ fn left(at: Instant) -> Result<Duration, BackendError> {
 
 /// An I/O error during connect: a timeout is the deadline's, anything else is `kind`.
 fn io_failure(e: io::Error, at: Instant, kind: fn(io::Error) -> BackendError) -> BackendError {
-    if crate::deadline::is_timeout(&e) || Instant::now() >= at {
+    if crate::pipeline::deadline::is_timeout(&e) || Instant::now() >= at {
         BackendError::Timeout
     } else {
         kind(e)
@@ -504,7 +504,7 @@ trait PollSocket {
     fn poll_fd(&self) -> BorrowedFd<'_>;
 }
 
-impl PollSocket for crate::upgrade::Replay<crate::tls::Transport> {
+impl PollSocket for crate::pipeline::upgrade::Replay<crate::pipeline::tls::Transport> {
     fn poll_fd(&self) -> BorrowedFd<'_> {
         self.get_ref().socket().as_fd()
     }
@@ -602,7 +602,7 @@ pub fn run(
 }
 
 struct Relay {
-    client: Side<crate::upgrade::Replay<crate::tls::Transport>>,
+    client: Side<crate::pipeline::upgrade::Replay<crate::pipeline::tls::Transport>>,
     backend: Side<BackendStream>,
     /// The client's socket, shared with the hub (shutdown and revocation shut its read side).
     sock: Arc<TcpStream>,
@@ -853,7 +853,7 @@ impl Relay {
     /// Closes both sides as `ending` says, the backend first (it is usually local and quick).
     /// What is queued gets `write_timeout` to go out, except to a side that already missed it;
     /// a peer's close reply is awaited ([`CLOSE_WAIT`]) only after a polite close (1000, 1001,
-    /// 1008, as [`crate::connection`] does): after 1011 nobody reads what a flooding client still
+    /// 1008, as [`crate::pipeline::connection`] does): after 1011 nobody reads what a flooding client still
     /// sends.
     fn finish(&mut self, ending: &Ending, write_timeout: Duration) {
         self.client.ws.get_mut().get_mut().poll_driven(false);
@@ -921,11 +921,11 @@ fn ping_if_silent<S: Read + Write>(
     Ok(())
 }
 
-/// The client failed or broke the protocol: its end as [`crate::connection`] has it; the
+/// The client failed or broke the protocol: its end as [`crate::pipeline::connection`] has it; the
 /// backend gets 1001.
 fn client_failed(e: WsError) -> Ending {
     Ending {
-        client: crate::connection::classify(e),
+        client: crate::pipeline::connection::classify(e),
         backend: client_gone(),
     }
 }

@@ -2,6 +2,8 @@
 //! Owns every default, every unit, every cross-field rule; nothing downstream re-checks a value
 //! or reads the INI again. A reload builds a whole new `Config` and swaps it in.
 
+pub mod suggest;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,7 +11,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::origin::{OriginPattern, OriginPolicy};
+use crate::policy::origin::{OriginPattern, OriginPolicy};
 
 /// Everything the server needs to run, as typed values. Built only by [`Config::load`].
 #[derive(Debug, Clone)]
@@ -25,7 +27,7 @@ pub struct Config {
     /// (exact paths are tried before prefix patterns).
     pub channels: Vec<ChannelConfig>,
     /// `[role:NAME]` sections in file order: who may subscribe and publish where. Access is denied
-    /// unless a role grants it (see [`crate::acl`]).
+    /// unless a role grants it (see [`crate::policy::acl`]).
     pub roles: Vec<Role>,
     /// `[admin]`: the admin endpoint, `None` when `listen` is not set.
     pub admin: Option<AdminConfig>,
@@ -208,7 +210,7 @@ pub struct ClusterConfig {
     pub stream_length: NonZeroUsize,
 }
 
-/// `[demo]`: the built-in demo page (see [`crate::demo`]).
+/// `[demo]`: the built-in demo page (see [`crate::pipeline::demo`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DemoConfig {
     /// `enabled`: `GET /` without an `Upgrade` header answers with the demo page. Default false.
@@ -576,7 +578,7 @@ impl PathPattern {
     }
 
     /// Whether some path could match both this pattern (for some user name, `%u` standing for any
-    /// non-empty text without `/`) and `channel`. Used by [`crate::acl::lint`].
+    /// non-empty text without `/`) and `channel`. Used by [`crate::policy::acl::lint`].
     pub fn overlaps(&self, channel: &ChannelPattern) -> bool {
         use Fit::{GlobPrefix, SPrefix};
         match (self.prefix, channel) {
@@ -1524,7 +1526,7 @@ fn parse_members(value: &str) -> Result<Members, String> {
         if entry == "*" {
             return Err("`*` (every authenticated user) must stand alone".into());
         }
-        crate::users::check_user_name(entry).map_err(|e| format!("`{entry}`: {e}"))?;
+        crate::auth::users::check_user_name(entry).map_err(|e| format!("`{entry}`: {e}"))?;
         if names.iter().any(|n| n == entry) {
             return Err(format!("`{entry}` is listed twice"));
         }
@@ -2175,8 +2177,10 @@ fn parse_admin(
             ),
         ));
     }
-    let max_connections =
-        s.nonzero_count("max_connections", nz(crate::admin::DEFAULT_MAX_CONNECTIONS))?;
+    let max_connections = s.nonzero_count(
+        "max_connections",
+        nz(crate::ops::admin::DEFAULT_MAX_CONNECTIONS),
+    )?;
     let token_file = if s.is_set("token_file") {
         let path = s.path("token_file", "", base)?;
         s.require_file("token_file", &path)?;
@@ -2341,7 +2345,7 @@ fn parse_config(
                 None,
                 format!(
                     "unknown section{}; expected server, tls, origins, auth, limits, log, admin, cluster, demo, channel:/path or role:NAME",
-                    crate::suggest::hint(s.name, SECTIONS.iter().map(|(name, _)| *name))
+                    crate::config::suggest::hint(s.name, SECTIONS.iter().map(|(name, _)| *name))
                 ),
             ));
         };
@@ -2350,7 +2354,7 @@ fn parse_config(
                 Some(&k.key),
                 format!(
                     "unknown key{}; [{}] accepts {}",
-                    crate::suggest::hint(&k.key, allowed.iter().copied()),
+                    crate::config::suggest::hint(&k.key, allowed.iter().copied()),
                     s.name,
                     allowed.join(", ")
                 ),
@@ -4200,10 +4204,13 @@ listen = [::1]:9480
         assert_eq!(written(&users.publish), ["/echo", "/chat/*", "/broadcast"]);
         // Under default deny, the demo user can still use every demo channel.
         for path in ["/echo", "/chat/lobby", "/broadcast"] {
-            let a = crate::acl::evaluate(&c.roles, Some("demo"), path);
+            let a = crate::policy::acl::evaluate(&c.roles, Some("demo"), path);
             assert!(a.can_subscribe() && a.can_publish(), "{path}");
         }
-        assert_eq!(crate::acl::lint(&c, &["demo"]), Vec::<String>::new());
+        assert_eq!(
+            crate::policy::acl::lint(&c, &["demo"]),
+            Vec::<String>::new()
+        );
     }
 
     /// Keys without a default: the example shows them with an example value, left commented out.

@@ -27,10 +27,11 @@ use rustix::event::{PollFd, PollFlags, poll};
 use tungstenite::Message;
 
 pub use crate::hub::Filter;
-use crate::hub::{Hub, Waker};
-use crate::metrics::{Gauges, Metrics};
+use crate::hub::Hub;
+use crate::hub::waker::Waker;
+use crate::ops::metrics::{Gauges, Metrics};
+use crate::pipeline::ratelimit::TokenBucket;
 use crate::policy::{percent_decode, safe_user};
-use crate::ratelimit::TokenBucket;
 
 /// The whole exchange with one admin client (reading the head and writing the answer) must
 /// finish within this long.
@@ -672,7 +673,7 @@ fn bearer_matches(headers: &[httparse::Header<'_>], want: &[u8; 32]) -> Result<(
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .ok_or("bearer token required\n")?;
-    if crate::tokens::digests_equal(&token_digest(token), want) {
+    if crate::auth::tokens::digests_equal(&token_digest(token), want) {
         Ok(())
     } else {
         Err("wrong token\n")
@@ -714,15 +715,15 @@ impl std::fmt::Display for TokenFileError {
 impl std::error::Error for TokenFileError {}
 
 /// Reads the bearer token from `[admin] token_file`: its one line, surrounding whitespace
-/// trimmed, opened as every secret file is ([`crate::files::open_private`]: a regular file, a
+/// trimmed, opened as every secret file is ([`crate::auth::files::open_private`]: a regular file, a
 /// warning when group or others may read it). The server keeps only its digest; `wsgate
 /// connections` sends it.
 ///
 /// # Errors
 /// The file cannot be read, or does not hold a token fit to guard the API.
 pub fn read_token(path: &Path) -> Result<String, TokenFileError> {
-    let (mut file, _) =
-        crate::files::open_private(path, "[admin] token_file").map_err(TokenFileError::Read)?;
+    let (mut file, _) = crate::auth::files::open_private(path, "[admin] token_file")
+        .map_err(TokenFileError::Read)?;
     let mut text = String::new();
     file.read_to_string(&mut text)
         .map_err(TokenFileError::Read)?;

@@ -3,6 +3,9 @@
 //! do. No sockets, no logging, no clocks: credential checks go through the [`Verifier`] trait, and
 //! callers turn a [`Reason`] into its HTTP status and log it once.
 
+pub mod acl;
+pub mod origin;
+
 use std::fmt;
 use std::time::Duration;
 
@@ -10,9 +13,8 @@ use rustls::pki_types::CertificateDer;
 use tungstenite::handshake::server::{ErrorResponse, Request};
 use tungstenite::http::{self, HeaderMap, StatusCode};
 
-use crate::acl;
 use crate::config::{ChannelConfig, Config};
-use crate::origin::OriginRefusal;
+use crate::policy::origin::OriginRefusal;
 
 /// Longest user name we look up or log; longer ones are refused unread.
 pub const MAX_USER_LEN: usize = 64;
@@ -276,7 +278,7 @@ pub struct Grant {
     pub session_id: Option<String>,
     pub path: String,
     /// The request's query, as sent: a proxy channel forwards it without its credentials
-    /// ([`crate::relay::forward_target`]).
+    /// ([`crate::pipeline::relay::forward_target`]).
     pub query: Option<String>,
     pub channel: ChannelConfig,
     pub may_publish: bool,
@@ -637,13 +639,13 @@ fn from_query(query: Option<&str>) -> Result<Option<Offer>, String> {
 /// A password offer whose user name follows the users file's rule and whose password is not
 /// too long; else the error carries the name only if it is valid ([`loggable_user`]).
 fn checked(user: String, password: String) -> Result<Offer, String> {
-    if crate::users::check_user_name(&user).is_err() || password.len() > MAX_PASSWORD_LEN {
+    if crate::auth::users::check_user_name(&user).is_err() || password.len() > MAX_PASSWORD_LEN {
         return Err(loggable_user(&user));
     }
     Ok(Offer::Password { user, password })
 }
 
-/// The request target, parsed once (by [`crate::upgrade`], from the raw request line) into the
+/// The request target, parsed once (by [`crate::pipeline::upgrade`], from the raw request line) into the
 /// path that routing, limits, access, the hub group, metrics and logs all use, and the query the
 /// credentials may be in. Nothing else looks at the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -683,7 +685,7 @@ impl Target {
 /// The claimed user name as a log line may show it: as is when it is a valid user name, else
 /// empty. A malformed value is never logged (it may hold a secret: `?user=alice;pass=secret`).
 fn loggable_user(user: &str) -> String {
-    if crate::users::check_user_name(user).is_ok() {
+    if crate::auth::users::check_user_name(user).is_ok() {
         user.to_string()
     } else {
         String::new()

@@ -2,18 +2,24 @@
 //! users (Argon2 behind a cache), API tokens, the session signing key and failed-login throttling,
 //! and logs the once-per-window throttle line. Never logs a secret.
 
+pub mod files;
+pub mod session;
+pub mod throttle;
+pub mod tokens;
+pub mod users;
+
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::CertificateDer;
 
-use crate::metrics::Metrics;
+use crate::auth::session::SessionKey;
+use crate::auth::throttle::{Logging, LoginThrottle};
+use crate::auth::tokens::TokenStore;
+use crate::auth::users::{AuthOutcome, Authenticator, Cost, UserStore};
+use crate::ops::metrics::Metrics;
 use crate::policy::{CredentialState, Proof, Verdict, Verifier, safe_user};
-use crate::session::{self, SessionKey};
-use crate::throttle::{Logging, LoginThrottle};
-use crate::tokens::{self, TokenStore};
-use crate::users::{self, AuthOutcome, Authenticator, Cost, UserStore};
 
 /// Sessions as configured: the signing key, how long one token lives (`session_ttl`) and how
 /// long a session may be renewed from its login (`session_max_age`).

@@ -17,8 +17,7 @@ use data_encoding::{BASE64URL_NOPAD, HEXLOWER};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::passwd;
-use crate::users::{self, NameError};
+use crate::auth::users::{self, NameError};
 
 /// Every token starts with this, so a leaked one is easy to recognise (and to grep for).
 pub const TOKEN_PREFIX: &str = "wsg_";
@@ -410,7 +409,7 @@ fn read_file(path: &Path) -> Result<Option<(TokenStore, String, fs::Metadata)>, 
         path: path.to_path_buf(),
         source,
     };
-    let (mut file, meta) = match crate::files::open_private(path, "tokens file") {
+    let (mut file, meta) = match crate::auth::files::open_private(path, "tokens file") {
         Ok(opened) => opened,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_err(e)),
@@ -422,18 +421,18 @@ fn read_file(path: &Path) -> Result<Option<(TokenStore, String, fs::Metadata)>, 
 }
 
 fn write(file: &Path, contents: &str, meta: Option<&fs::Metadata>) -> Result<(), TokensError> {
-    passwd::write_file_atomic(file, contents, meta.map(|m| (m.uid(), m.gid()))).map_err(|source| {
-        TokensError::Write {
+    crate::auth::files::write_file_atomic(file, contents, meta.map(|m| (m.uid(), m.gid()))).map_err(
+        |source| TokensError::Write {
             path: file.to_path_buf(),
             source,
-        }
-    })
+        },
+    )
 }
 
-/// The [`crate::files::UpdateLock`] for `file`, held across a read-modify-write so that
+/// The [`crate::auth::files::UpdateLock`] for `file`, held across a read-modify-write so that
 /// concurrent `wsgate token` (and `wsgate passwd`) runs never lose each other's changes.
-fn lock(file: &Path) -> Result<crate::files::UpdateLock, TokensError> {
-    crate::files::lock_for_update(file).map_err(|source| TokensError::Write {
+fn lock(file: &Path) -> Result<crate::auth::files::UpdateLock, TokensError> {
+    crate::auth::files::lock_for_update(file).map_err(|source| TokensError::Write {
         path: file.to_path_buf(),
         source,
     })
@@ -533,7 +532,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    use crate::files::TestDir as TempDir;
+    use crate::auth::files::TestDir as TempDir;
 
     fn parse(text: &str) -> Result<TokenStore, TokensError> {
         TokenStore::parse(text, Path::new("t"))

@@ -22,77 +22,29 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
-use rustix::event::{EventfdFlags, eventfd};
 use tungstenite::Message;
+
+pub mod cluster;
+pub mod waker;
 
 use crate::config::{Mode, SlowConsumer, WsLimits};
 use crate::memory::{self, Account, Budget, Candidate, Charged, Room};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 pub use crate::policy::Holder;
 use crate::policy::{Method, Revocation};
-
-/// Wakes one connection's `poll` from another thread: an eventfd, written at most once between
-/// two [`Waker::reset`]s (wake-ups coalesce, so a burst of messages costs one syscall).
-pub struct Waker {
-    fd: OwnedFd,
-    pending: AtomicBool,
-}
-
-impl Waker {
-    /// # Errors
-    /// The `eventfd` error (e.g. out of file descriptors).
-    pub fn new() -> io::Result<Waker> {
-        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        Ok(Waker {
-            fd,
-            pending: AtomicBool::new(false),
-        })
-    }
-
-    pub fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            // Cannot fail short of a counter overflow at 2^64-1, which coalescing rules out.
-            let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
-        }
-    }
-
-    /// Clears the wake-up. Call before draining what the wake-up announced, so that a message
-    /// pushed after the drain wakes the connection again. The counter is read before `pending`
-    /// is cleared: the other order could consume a wake-up written after the clear, leaving
-    /// `pending` set with nothing to wake the next `poll` — a lost wake-up under load.
-    ///
-    /// Without a pending wake-up there is nothing to read (no syscall). When `pending` is set but
-    /// the waker has not written yet, the read finds nothing and `pending` stays set: the write
-    /// still comes, and the `poll` it wakes resets properly.
-    pub fn reset(&self) {
-        if !self.pending.load(Ordering::Acquire) {
-            return;
-        }
-        let mut buf = [0u8; 8];
-        if rustix::io::read(&self.fd, &mut buf).is_ok() {
-            self.pending.store(false, Ordering::Release);
-        }
-    }
-}
-
-impl AsFd for Waker {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
+use waker::Waker;
 
 /// A member's connection, as the hub may write a broadcast straight into it.
 pub trait DirectWrite: Send + Sync {
     /// Writes `msg` now if that needs no waiting and overtakes nothing: the connection's lock is
     /// free (taken with `try_lock`), `outbox_empty()` holds under that lock, and nothing written
     /// earlier is still stuck in its buffers. The socket is non-blocking. `wire` is the message
-    /// already encoded as a frame ([`crate::frames::wire_frame`]) when it is small enough, the
+    /// already encoded as a frame ([`crate::pipeline::frames::wire_frame`]) when it is small enough, the
     /// same bytes for every subscriber. The hub has charged `msg` to the member's memory account;
     /// unless it answers [`Handoff::Queue`], the connection takes that charge over.
     fn try_write(
@@ -602,7 +554,7 @@ impl Hub {
     ) -> bool {
         if let Some(direct) = m.shared.direct.get() {
             if !m.shared.revoked.load(Ordering::Acquire) {
-                let frame = wire.get_or_init(|| crate::frames::wire_frame(msg));
+                let frame = wire.get_or_init(|| crate::pipeline::frames::wire_frame(msg));
                 match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
                     // Taken: the connection holds the charge now, and settles it as its
                     // buffers drain (see `DirectWrite::try_write`).
@@ -909,47 +861,6 @@ mod tests {
 
     fn hub() -> Arc<Hub> {
         Hub::new(Arc::new(Metrics::new(["/c"])))
-    }
-
-    fn readable(waker: &Waker) -> bool {
-        let mut fds = [rustix::event::PollFd::new(
-            waker,
-            rustix::event::PollFlags::IN,
-        )];
-        let zero = rustix::event::Timespec::default();
-        rustix::event::poll(&mut fds, Some(&zero)).unwrap() == 1
-    }
-
-    #[test]
-    fn waker_coalesces_and_reset_clears() {
-        let w = Waker::new().unwrap();
-        assert!(!readable(&w));
-        w.wake();
-        w.wake();
-        assert!(readable(&w));
-        w.reset();
-        assert!(!readable(&w));
-        assert!(!w.pending.load(Ordering::Acquire));
-        w.wake();
-        assert!(readable(&w), "a wake after a reset must write again");
-    }
-
-    #[test]
-    fn reset_before_the_wakers_write_keeps_the_wake_up_pending() {
-        let w = Waker::new().unwrap();
-        // A waker has claimed the wake-up but not written yet.
-        w.pending.store(true, Ordering::Release);
-        w.reset();
-        assert!(
-            w.pending.load(Ordering::Acquire),
-            "cleared with a write still to come"
-        );
-        // Its write lands: the next poll wakes, and that reset clears it.
-        rustix::io::write(&w.fd, &1u64.to_ne_bytes()).unwrap();
-        assert!(readable(&w));
-        w.reset();
-        assert!(!readable(&w));
-        assert!(!w.pending.load(Ordering::Acquire));
     }
 
     fn intake(outbox: usize, slow_consumer: SlowConsumer) -> Intake {

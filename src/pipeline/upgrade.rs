@@ -14,12 +14,12 @@ use tungstenite::handshake::server::{Request, Response, write_response};
 use tungstenite::{WebSocket, http};
 
 use crate::config::Config;
-use crate::deadline::{Deadline, Phase, is_timeout};
-use crate::demo;
-use crate::frames::{FrameLimit, FrameWatch};
 use crate::memory::{Account, Room};
+use crate::pipeline::deadline::{Deadline, Phase, is_timeout};
+use crate::pipeline::demo;
+use crate::pipeline::frames::{FrameLimit, FrameWatch};
+use crate::pipeline::tls::Transport;
 use crate::policy::{self, Grant, Reason, Target, Verifier};
-use crate::tls::Transport;
 
 /// How long a refused client gets to read our answer before the socket closes.
 const LINGER: Duration = Duration::from_secs(2);

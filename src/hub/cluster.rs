@@ -44,10 +44,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select
 use redis::Value;
 use tungstenite::{Message, Utf8Bytes};
 
-use crate::admin;
 use crate::config::{ClusterConfig, MIN_BACKOFF, RedisUrl};
 use crate::hub::{Filter, Hub, Outbound};
-use crate::metrics::Metrics;
+use crate::ops::admin;
+use crate::ops::metrics::Metrics;
 
 /// How long the subscriber's `XREAD` blocks: how soon it notices shutdown while Redis is quiet.
 /// Redis answers (empty) at its end, which is the subscriber link's health check.

@@ -1,7 +1,7 @@
 //! Admission: the bounded worker pool. A connection gets a [`Ticket`] only if the pool (workers
 //! plus a short wait queue) and its address's share have room; otherwise it is refused at once so
 //! the listener never waits. [`Pool::execute`] queues without limit: the bound is ours. Workers
-//! are started as connections need them (see [`crate::pool`]), up to `workers`.
+//! are started as connections need them (see [`crate::pipeline::pool`]), up to `workers`.
 //! Behind a load balancer the address is known only after the PROXY header: such a ticket is
 //! issued unclaimed and the worker claims its address share with [`Ticket::claim_ip`].
 //! A worker holds its ticket for the connection's life; the ticket travels to the connection's
@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::ServerConfig;
-use crate::pool::Pool;
+use crate::pipeline::pool::Pool;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,32 +19,33 @@ use std::time::{Duration, Instant, SystemTime};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 
-use crate::admin::{self, AdminState};
-use crate::admit::{Admission, Ticket};
+use crate::auth::files;
+use crate::auth::session::{self, SessionError, SessionKey};
+use crate::auth::throttle::LoginThrottle;
+use crate::auth::tokens::{TokenStore, TokensError};
+use crate::auth::users::{Authenticator, UserStore, UsersError};
 use crate::auth::{Credentials, CurrentCredentials, SessionSettings};
-use crate::certs::{self, CertError};
-use crate::cluster::Bridge;
 use crate::config::{ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode};
-use crate::connection::{self, Rights};
-use crate::deadline::{Deadline, Phase, is_timeout};
-use crate::files;
-use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Profile, Waker};
-use crate::listener;
+use crate::hub::cluster::Bridge;
+use crate::hub::waker::Waker;
+use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Profile};
 use crate::memory::{self, Budget};
-use crate::metrics::{Gauges, Metrics, Outcome};
-use crate::notify::{self, Notifier};
-use crate::origin::OriginPolicy;
+use crate::ops::admin::{self, AdminState};
+use crate::ops::metrics::{Gauges, Metrics, Outcome};
+use crate::ops::notify::{self, Notifier};
+use crate::pipeline::admit::{Admission, Ticket};
+use crate::pipeline::certs::{self, CertError};
+use crate::pipeline::connection::{self, Rights};
+use crate::pipeline::deadline::{Deadline, Phase, is_timeout};
+use crate::pipeline::listener;
+use crate::pipeline::pool::Pool;
+use crate::pipeline::proxy_protocol;
+use crate::pipeline::ratelimit::TokenBucket;
+use crate::pipeline::relay::{self, BackendWs};
+use crate::pipeline::tls;
+use crate::pipeline::upgrade::{self, UpgradeError};
+use crate::policy::origin::OriginPolicy;
 use crate::policy::{self, Grant, Method, Proof, Reason};
-use crate::pool::Pool;
-use crate::proxy;
-use crate::ratelimit::TokenBucket;
-use crate::relay::{self, BackendWs};
-use crate::session::{self, SessionError, SessionKey};
-use crate::throttle::LoginThrottle;
-use crate::tls;
-use crate::tokens::{TokenStore, TokensError};
-use crate::upgrade::{self, UpgradeError};
-use crate::users::{Authenticator, UserStore, UsersError};
 
 /// Peer addresses, user names and trusted (name, address) pairs the failed-login throttle
 /// remembers (each map); the oldest are forgotten first, so a flood of distinct addresses cannot
@@ -537,14 +538,14 @@ struct LoadedCredentials {
 /// passes `file_settle_time`; the start reads them as they are).
 fn load_credentials(config: &Config, settle: Duration) -> Result<LoadedCredentials, StartError> {
     let a = &config.auth;
-    let users = crate::files::load_settled(&a.users_file, settle, UserStore::load)
+    let users = crate::auth::files::load_settled(&a.users_file, settle, UserStore::load)
         .map_err(StartError::Users)?;
     log::info!(
         "{} loaded from {}",
         files::count(users.len(), "user", "users"),
         files::shown(&a.users_file)
     );
-    let tokens = crate::files::load_settled(&a.tokens_file, settle, TokenStore::load)
+    let tokens = crate::auth::files::load_settled(&a.tokens_file, settle, TokenStore::load)
         .map_err(StartError::Tokens)?;
     if !tokens.is_empty() {
         log::info!(
@@ -906,7 +907,7 @@ fn serve(
     proxied: bool,
 ) {
     let metrics = &shared.metrics;
-    let (done, result) = crate::pool::reply();
+    let (done, result) = crate::pipeline::pool::reply();
     let job = {
         let (shared, rt) = (Arc::clone(shared), Arc::clone(rt));
         move || {
@@ -994,7 +995,7 @@ fn handshake(
     // From here on `peer` is the client: the carried address behind a load balancer.
     let peer = if proxied {
         let via = peer;
-        let peer = match proxy::read_header(&stream, deadline) {
+        let peer = match proxy_protocol::read_header(&stream, deadline) {
             Ok(header) => header.client(via),
             Err(e) => {
                 metrics.outcome(if e.is_timeout() {

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::acl;
-use crate::admin::{self, Filter, TokenFileError};
+use crate::auth::files::{count, shown};
+use crate::auth::tokens::{self, TokenStore, TokensError};
+use crate::auth::users::{UserStore, UsersError};
 use crate::config::ClientAuth;
 use crate::config::{Config, ConfigError};
-use crate::files::{count, shown};
-use crate::tokens::{self, TokenStore, TokensError};
-use crate::users::{UserStore, UsersError};
+use crate::ops::admin::{self, Filter, TokenFileError};
+use crate::policy::acl;
 
 /// Why a command could not run (exit code 2: something in the configuration needs fixing).
 #[derive(Debug)]

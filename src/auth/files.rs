@@ -1,11 +1,14 @@
 //! Files that hold secrets (users, API tokens, the session key): opening them the same careful way
 //! everywhere — a regular file only, and a warning when group or others can read it — and the
-//! lock that serialises the commands rewriting them.
+//! lock that serialises the commands rewriting them, and the atomic write they rewrite them with.
 
-use std::fs::{File, Metadata};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Opens the secret file `path` (`what` names it in the warning). Refuses anything but a regular
 /// file; warns, once per call, if its mode lets group or others read it.
@@ -141,6 +144,69 @@ pub fn lock_for_update(file: &Path) -> io::Result<UpdateLock> {
 }
 
 /// A temporary directory for unit tests, removed on drop.
+/// Writes `contents` to a 0600 temporary file beside `file`, fsyncs it, renames it over `file`
+/// and fsyncs the directory. `owner` (uid, gid) is given to the new file when it differs from
+/// ours, so root editing the service's file leaves it readable by the service. A symlink is
+/// followed: its target is replaced, the link kept. Used by every command that
+/// rewrites a credential file (`passwd`, `token`).
+///
+/// # Errors
+/// The I/O error; `file` is then unchanged and no temporary file is left behind.
+pub fn write_file_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> io::Result<()> {
+    let target = match fs::symlink_metadata(file) {
+        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(file)?,
+        _ => file.to_path_buf(),
+    };
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(name) = target.file_name() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a file name",
+        ));
+    };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(
+        ".{}.wsgate-passwd.{}.{nanos}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let result = (|| {
+        // The umask can only remove bits; make it exactly 0600.
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = owner {
+            let meta = f.metadata()?;
+            if meta.uid() != uid || meta.gid() != gid {
+                std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot keep its owner {uid}:{gid} (run as that user or root): {e}"
+                        ),
+                    )
+                })?;
+            }
+        }
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &target)?;
+        File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 pub struct TestDir(pub std::path::PathBuf);
 

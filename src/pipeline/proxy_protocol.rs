@@ -8,7 +8,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 
-use crate::deadline::{Deadline, is_timeout};
+use crate::pipeline::deadline::{Deadline, is_timeout};
 
 /// The longest v1 header (`PROXY UNKNOWN <39> <39> 65535 65535\r\n`), CRLF included.
 pub const V1_MAX: usize = 107;
@@ -370,7 +370,7 @@ fn read_exact(mut sock: &TcpStream, buf: &mut [u8], deadline: Deadline) -> io::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deadline::Phase;
+    use crate::pipeline::deadline::Phase;
     use std::io::Write;
     use std::net::TcpListener;
     use std::time::{Duration, Instant};

@@ -3,21 +3,21 @@
 //!
 //! The rewrite keeps every other line (comments, blank lines, other users, line endings) as it
 //! was, in order; it refuses to touch a file that does not parse. The read-modify-write runs
-//! under an advisory lock ([`crate::files::lock_for_update`]), so concurrent runs never lose
+//! under an advisory lock ([`crate::auth::files::lock_for_update`]), so concurrent runs never lose
 //! each other's changes. The new file is written to a
 //! temporary file in the same directory (mode 0600, same owner and group as the old file when
 //! that can be kept), fsynced, renamed over the old one, and the directory is fsynced.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, BufRead, IsTerminal, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::termios::{LocalModes, OptionalActions, Termios, tcgetattr, tcsetattr};
 
-use crate::users::{self, NameError, UserStore, UsersError};
+use crate::auth::files;
+use crate::auth::users::{self, NameError, UserStore, UsersError};
 
 /// The longest password accepted, in bytes.
 pub const MAX_PASSWORD_LEN: usize = 1024;
@@ -218,10 +218,10 @@ pub fn delete_user(file: &Path, user: &str) -> Result<Change, PasswdError> {
     Ok(Change::Deleted)
 }
 
-/// The [`crate::files::UpdateLock`] for `file`: the read-modify-write that follows is never
+/// The [`files::UpdateLock`] for `file`: the read-modify-write that follows is never
 /// interleaved with another `wsgate passwd` or `wsgate token` run's.
-fn lock(file: &Path) -> Result<crate::files::UpdateLock, PasswdError> {
-    crate::files::lock_for_update(file).map_err(|source| PasswdError::Write {
+fn lock(file: &Path) -> Result<files::UpdateLock, PasswdError> {
+    crate::auth::files::lock_for_update(file).map_err(|source| PasswdError::Write {
         path: file.to_path_buf(),
         source,
     })
@@ -292,75 +292,12 @@ fn rewrite(text: &str, user: &str, new_line: Option<&str>) -> (String, bool) {
     (out, found)
 }
 
-/// [`write_file_atomic`] with its error as a [`PasswdError::Write`] naming `file`.
+/// [`files::write_file_atomic`] with its error as a [`PasswdError::Write`] naming `file`.
 fn write_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result<(), PasswdError> {
-    write_file_atomic(file, contents, owner).map_err(|source| PasswdError::Write {
+    files::write_file_atomic(file, contents, owner).map_err(|source| PasswdError::Write {
         path: file.to_path_buf(),
         source,
     })
-}
-
-/// Writes `contents` to a 0600 temporary file beside `file`, fsyncs it, renames it over `file`
-/// and fsyncs the directory. `owner` (uid, gid) is given to the new file when it differs from
-/// ours, so root editing the service's file leaves it readable by the service. A symlink is
-/// followed: its target is replaced, the link kept. Shared by the other credential files
-/// (`tokens`).
-///
-/// # Errors
-/// The I/O error; `file` is then unchanged and no temporary file is left behind.
-pub fn write_file_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> io::Result<()> {
-    let target = match fs::symlink_metadata(file) {
-        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(file)?,
-        _ => file.to_path_buf(),
-    };
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let Some(name) = target.file_name() else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a file name",
-        ));
-    };
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(
-        ".{}.wsgate-passwd.{}.{nanos}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let result = (|| {
-        // The umask can only remove bits; make it exactly 0600.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        if let Some((uid, gid)) = owner {
-            let meta = f.metadata()?;
-            if meta.uid() != uid || meta.gid() != gid {
-                std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!(
-                            "cannot keep its owner {uid}:{gid} (run as that user or root): {e}"
-                        ),
-                    )
-                })?;
-            }
-        }
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &target)?;
-        File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Reads the password: a no-echo prompt twice on a terminal, else one line of stdin.
@@ -440,15 +377,16 @@ fn read_password_line(input: impl BufRead) -> Result<String, PasswdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::users::{AuthOutcome, Authenticator, hash_password_with};
+    use crate::auth::users::{AuthOutcome, Authenticator, hash_password_with};
     use std::io::Cursor;
+    use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     fn cheap(pw: &str) -> Result<String, UsersError> {
         hash_password_with(pw, argon2::Params::new(8, 1, 1, None).unwrap())
     }
 
-    use crate::files::TestDir as TempDir;
+    use crate::auth::files::TestDir as TempDir;
 
     fn set(file: &Path, user: &str, pw: &str) -> Result<Change, PasswdError> {
         set_password_hashed(file, user, pw, cheap)

@@ -17,8 +17,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 
-use crate::certs::{CertError, CertifiedKey};
-use crate::deadline::{Deadline, is_timeout};
+use crate::pipeline::certs::{CertError, CertifiedKey};
+use crate::pipeline::deadline::{Deadline, is_timeout};
 
 /// Whether and how clients present certificates (mTLS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl TlsStream {
         self.conn
             .peer_certificates()?
             .first()
-            .and_then(crate::certs::user_name)
+            .and_then(crate::pipeline::certs::user_name)
     }
 
     /// The client's verified certificate chain (end entity first); empty without one.
@@ -157,7 +157,7 @@ impl TlsStream {
     }
 
     /// Sets how many bytes rustls buffers for sending before a write takes no more
-    /// ([`crate::frames::send_buffer_for`]).
+    /// ([`crate::pipeline::frames::send_buffer_for`]).
     pub fn set_send_buffer(&mut self, bytes: usize) {
         self.conn.set_buffer_limit(Some(bytes));
     }

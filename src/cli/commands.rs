@@ -14,10 +14,10 @@ use std::os::unix::fs::PermissionsExt;
 use crate::auth::files::{count, shown};
 use crate::auth::tokens::{self, TokenStore, TokensError};
 use crate::auth::users::{UserStore, UsersError};
+use crate::cli::access_report;
 use crate::config::ClientAuth;
 use crate::config::{Config, ConfigError};
 use crate::ops::admin::{self, Filter, TokenFileError};
-use crate::policy::acl;
 
 /// Why a command could not run (exit code 2: something in the configuration needs fixing).
 #[derive(Debug)]
@@ -93,7 +93,7 @@ pub fn check_config(path: &Path) -> Result<String, CommandError> {
     }
     let names: Vec<&str> = users.names().collect();
     let mut out = String::new();
-    for warning in acl::lint(&config, &names) {
+    for warning in access_report::lint(&config, &names) {
         out.push_str(&format!("warning: {warning}\n"));
     }
     out.push_str(&first_hour_warnings(&config, &users));
@@ -174,7 +174,7 @@ pub fn check_access(path: &Path, user: &str, channel_path: &str) -> Result<Strin
                      from the users file is accepted; add them with `wsgate passwd {file} {name}`\n"
                 ));
             }
-            let mut text = acl::explain(&config, user, channel_path);
+            let mut text = access_report::explain(&config, user, channel_path);
             text.push_str(&format!(
                 "note: `{name}` is not in {file}: only a client certificate naming them gets in; \
                  any password, token or session of theirs gets 401\n"
@@ -182,7 +182,7 @@ pub fn check_access(path: &Path, user: &str, channel_path: &str) -> Result<Strin
             return Ok(text);
         }
     }
-    let mut text = acl::explain(&config, user, channel_path);
+    let mut text = access_report::explain(&config, user, channel_path);
     if !text.ends_with('\n') {
         text.push('\n');
     }

@@ -578,7 +578,7 @@ impl PathPattern {
     }
 
     /// Whether some path could match both this pattern (for some user name, `%u` standing for any
-    /// non-empty text without `/`) and `channel`. Used by [`crate::policy::acl::lint`].
+    /// non-empty text without `/`) and `channel`. Used by [`crate::cli::access_report::lint`].
     pub fn overlaps(&self, channel: &ChannelPattern) -> bool {
         use Fit::{GlobPrefix, SPrefix};
         match (self.prefix, channel) {
@@ -4208,7 +4208,7 @@ listen = [::1]:9480
             assert!(a.can_subscribe() && a.can_publish(), "{path}");
         }
         assert_eq!(
-            crate::policy::acl::lint(&c, &["demo"]),
+            crate::cli::access_report::lint(&c, &["demo"]),
             Vec::<String>::new()
         );
     }

@@ -21,7 +21,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod hub;
+pub(crate) mod hub;
 pub mod memory;
 pub mod ops;
 pub mod pipeline;

@@ -2,7 +2,7 @@
 //! users (Argon2 behind a cache), API tokens, the session signing key and failed-login throttling,
 //! and logs the once-per-window throttle line. Never logs a secret.
 
-pub mod files;
+pub(crate) mod files;
 pub mod session;
 pub mod throttle;
 pub mod tokens;

@@ -2,7 +2,7 @@
 //! `check-access`, `token`, …) and [`access_report`] writes `check-access`'s answer and the
 //! role warnings; [`passwd`] edits a users file.
 
-pub mod access_report;
+pub(crate) mod access_report;
 pub mod args;
 pub mod commands;
 pub mod passwd;

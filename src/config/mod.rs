@@ -2,7 +2,7 @@
 //! Owns every default, every unit, every cross-field rule; nothing downstream re-checks a value
 //! or reads the INI again. A reload builds a whole new `Config` and swaps it in.
 
-pub mod suggest;
+pub(crate) mod suggest;
 
 use std::collections::HashMap;
 use std::fmt;

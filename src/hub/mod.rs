@@ -29,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tungstenite::Message;
 
-pub mod cluster;
-pub mod waker;
+pub(crate) mod cluster;
+pub(crate) mod waker;
 
 use crate::config::{Mode, SlowConsumer, WsLimits};
 use crate::memory::{self, Account, Budget, Candidate, Charged, Room};

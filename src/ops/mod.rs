@@ -5,5 +5,5 @@
 
 pub mod admin;
 pub mod metrics;
-pub mod notify;
+pub(crate) mod notify;
 pub mod signals;

@@ -47,7 +47,8 @@ impl Notifier {
         Notifier { target }
     }
 
-    /// A notifier sending to the socket at `path` (tests, or a socket passed some other way).
+    /// A notifier sending to the socket at `path` (tests).
+    #[cfg(test)]
     pub fn with_socket(path: impl Into<PathBuf>) -> Notifier {
         Notifier {
             target: Target::Path(path.into()),
@@ -55,6 +56,7 @@ impl Notifier {
     }
 
     /// A notifier that sends nothing.
+    #[cfg(test)]
     pub fn disabled() -> Notifier {
         Notifier {
             target: Target::None,
@@ -62,6 +64,7 @@ impl Notifier {
     }
 
     /// True if notifications go somewhere.
+    #[cfg(test)]
     pub fn is_enabled(&self) -> bool {
         self.target != Target::None
     }

@@ -52,16 +52,6 @@ pub enum End {
     Dropped(String),
 }
 
-impl End {
-    /// The close code to log (1006 when no close frame was exchanged).
-    pub fn code(&self) -> u16 {
-        match self {
-            End::PeerClosed(c) | End::Closed(c, _) => *c,
-            End::Dropped(_) => 1006,
-        }
-    }
-}
-
 impl fmt::Display for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -15,16 +15,16 @@
 //! The hub a connection joins is [`crate::hub`]; the thread that drives one connection through
 //! these stages is in [`crate::server`].
 
-pub mod admit;
+pub(crate) mod admit;
 pub mod certs;
-pub mod connection;
-pub mod deadline;
-pub mod demo;
+pub(crate) mod connection;
+pub(crate) mod deadline;
+pub(crate) mod demo;
 pub mod frames;
-pub mod listener;
-pub mod pool;
+pub(crate) mod listener;
+pub(crate) mod pool;
 pub mod proxy_protocol;
 pub mod ratelimit;
-pub mod relay;
-pub mod tls;
+pub(crate) mod relay;
+pub(crate) mod tls;
 pub mod upgrade;

@@ -73,6 +73,7 @@ impl Pool {
     }
 
     /// Worker threads started so far.
+    #[cfg(test)]
     pub fn started(&self) -> usize {
         self.state().started
     }

@@ -3,8 +3,8 @@
 //! do. No sockets, no logging, no clocks: credential checks go through the [`Verifier`] trait, and
 //! callers turn a [`Reason`] into its HTTP status and log it once.
 
-pub mod acl;
-pub mod origin;
+pub(crate) mod acl;
+pub(crate) mod origin;
 
 use std::fmt;
 use std::time::Duration;

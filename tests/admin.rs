@@ -2,6 +2,8 @@
 //! trickling client delays others by at most the per-connection deadline. Every socket has a
 //! timeout, so a hang fails instead of stalling CI.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -9,8 +11,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::prometheus::validate_exposition;
 use wsgate::ops::admin::{self, AdminState};
-use wsgate::ops::metrics::{Gauges, Metrics, Outcome, validate_exposition};
+use wsgate::ops::metrics::{Gauges, Metrics, Outcome};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -180,7 +180,7 @@ fn metrics_count_outcomes_and_messages_in_prometheus_format() {
     assert_eq!(status_of(server.connect_with("/nope", &[])), 404);
     let (status, text) = server.admin_get("/metrics");
     assert_eq!(status, 200);
-    wsgate::ops::metrics::validate_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    common::prometheus::validate_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let value = |name: &str| {
         text.lines()
             .find(|l| l.starts_with(name))

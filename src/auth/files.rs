@@ -144,6 +144,12 @@ pub fn lock_for_update(file: &Path) -> io::Result<UpdateLock> {
 }
 
 /// A temporary directory for unit tests, removed on drop.
+/// True for a line the credential files (users, tokens) skip: blank, or a `#` comment.
+pub(crate) fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim_start();
+    t.is_empty() || t.starts_with('#')
+}
+
 /// Writes `contents` to a 0600 temporary file beside `file`, fsyncs it, renames it over `file`
 /// and fsyncs the directory. `owner` (uid, gid) is given to the new file when it differs from
 /// ours, so root editing the service's file leaves it readable by the service. A symlink is

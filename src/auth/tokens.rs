@@ -256,11 +256,6 @@ pub(crate) fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-fn is_blank_or_comment(line: &str) -> bool {
-    let t = line.trim_start();
-    t.is_empty() || t.starts_with('#')
-}
-
 /// Splits a non-comment line into its three fields, without validating them.
 fn split_fields(line: &str) -> Option<(&str, &str, &str)> {
     let mut it = line.splitn(3, ':');
@@ -300,7 +295,7 @@ impl TokenStore {
         for (index, raw) in text.split('\n').enumerate() {
             let line_no = index + 1;
             let line = raw.strip_suffix('\r').unwrap_or(raw);
-            if is_blank_or_comment(line) {
+            if crate::auth::files::is_blank_or_comment(line) {
                 continue;
             }
             let err = |user: Option<&str>, name: Option<&str>, problem| TokensError::Line {
@@ -508,7 +503,7 @@ pub fn revoke(file: &Path, user: &str, name: &str) -> Result<(), TokensError> {
         .filter(|segment| {
             let line = segment.strip_suffix('\n').unwrap_or(segment);
             let line = line.strip_suffix('\r').unwrap_or(line);
-            is_blank_or_comment(line)
+            crate::auth::files::is_blank_or_comment(line)
                 || split_fields(line).is_none_or(|(u, n, _)| (u, n) != (user, name))
         })
         .collect();

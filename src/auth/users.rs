@@ -19,7 +19,8 @@ use crossbeam_channel::{Receiver, Sender};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// The longest user name accepted.
+/// The longest user name accepted (in the users file, and in a request: longer ones are refused
+/// unread).
 pub const MAX_USER_NAME_LEN: usize = 64;
 
 /// The line that says a users file without users is meant to be empty. A reload refuses a file
@@ -57,9 +58,9 @@ pub struct Authenticator {
     cache_key: hmac::Key,
     /// Checks running Argon2 now, by cache tag (single flight).
     flights: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
-    /// One token per Argon2 run allowed at once; a verification takes one and gives it back.
-    tokens_tx: Sender<Vec<argon2::Block>>,
-    tokens_rx: Receiver<Vec<argon2::Block>>,
+    /// One permit per Argon2 run allowed at once; a verification takes one and gives it back.
+    permits_tx: Sender<Vec<argon2::Block>>,
+    permits_rx: Receiver<Vec<argon2::Block>>,
     argon2_runs: AtomicU64,
     /// Checks waiting for a permit, and how many may wait before new ones are refused as busy.
     waiting: std::sync::atomic::AtomicUsize,
@@ -310,15 +311,10 @@ pub fn check_user_name(name: &str) -> Result<(), NameError> {
 pub fn line_user(line: &str) -> Option<&str> {
     let line = line.strip_suffix('\n').unwrap_or(line);
     let line = line.strip_suffix('\r').unwrap_or(line);
-    if is_blank_or_comment(line) {
+    if crate::auth::files::is_blank_or_comment(line) {
         return None;
     }
     Some(line.split_once(':').map_or(line, |(name, _)| name))
-}
-
-fn is_blank_or_comment(line: &str) -> bool {
-    let t = line.trim_start();
-    t.is_empty() || t.starts_with('#')
 }
 
 /// Validates one hash field: a parseable `$argon2id$` PHC string with valid Argon2 parameters.
@@ -401,7 +397,7 @@ impl UserStore {
             if line.trim_end() == NO_USERS_MARKER {
                 no_users_on_purpose = true;
             }
-            if is_blank_or_comment(line) {
+            if crate::auth::files::is_blank_or_comment(line) {
                 continue;
             }
             let err = |user: Option<&str>, problem| UsersError::Line {
@@ -566,12 +562,12 @@ impl Cache {
 /// each glibc malloc arena holding ~19 MiB after its first run (a freed large block raises
 /// glibc's mmap threshold, so later ones come from, and stay in, the arenas), which grows RSS with
 /// the number of worker threads. Reuse bounds it at `max_concurrent_hashes` buffers.
-struct Token<'a> {
+struct Permit<'a> {
     home: &'a Sender<Vec<argon2::Block>>,
     memory: Vec<argon2::Block>,
 }
 
-impl Drop for Token<'_> {
+impl Drop for Permit<'_> {
     fn drop(&mut self) {
         // Never blocks: exactly as many permits exist as the channel holds.
         let _ = self.home.try_send(std::mem::take(&mut self.memory));
@@ -596,11 +592,11 @@ impl Authenticator {
         max_concurrent_hashes: usize,
     ) -> Self {
         let permits = max_concurrent_hashes.max(1);
-        let (tokens_tx, tokens_rx) = crossbeam_channel::bounded(permits);
+        let (permits_tx, permits_rx) = crossbeam_channel::bounded(permits);
         for _ in 0..permits {
-            tokens_tx
+            permits_tx
                 .send(Vec::new())
-                .expect("the token channel has room for every permit");
+                .expect("the permit channel has room for every permit");
         }
         let cache_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
             .expect("the system random source must work to key the credential cache");
@@ -611,8 +607,8 @@ impl Authenticator {
             cache_ttl,
             cache_key,
             flights: Mutex::new(HashMap::new()),
-            tokens_tx,
-            tokens_rx,
+            permits_tx,
+            permits_rx,
             argon2_runs: AtomicU64::new(0),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             max_waiting: usize::MAX,
@@ -795,7 +791,7 @@ impl Authenticator {
     /// One Argon2 run, waiting for a concurrency permit (and its memory) first. None when too
     /// many checks already wait.
     fn argon2_verify(&self, phc: &str, password: &str) -> Option<bool> {
-        let memory = match self.tokens_rx.try_recv() {
+        let memory = match self.permits_rx.try_recv() {
             Ok(memory) => memory,
             Err(_) => {
                 if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
@@ -803,13 +799,13 @@ impl Authenticator {
                     return None;
                 }
                 // The sender lives in `self`, so the channel never disconnects.
-                let memory = self.tokens_rx.recv();
+                let memory = self.permits_rx.recv();
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 memory.ok()?
             }
         };
-        let mut token = Token {
-            home: &self.tokens_tx,
+        let mut permit = Permit {
+            home: &self.permits_tx,
             memory,
         };
         self.argon2_runs.fetch_add(1, Ordering::Relaxed);
@@ -820,7 +816,7 @@ impl Authenticator {
         }
         let ok = PasswordHash::new(phc)
             .ok()
-            .is_some_and(|parsed| argon2_matches(&parsed, password.as_bytes(), &mut token.memory));
+            .is_some_and(|parsed| argon2_matches(&parsed, password.as_bytes(), &mut permit.memory));
         #[cfg(test)]
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         Some(ok)
@@ -1100,11 +1096,11 @@ mod tests {
         let store = UserStore::parse(&format!("alice:{}\n", h("right")), p()).unwrap();
         let auth = Authenticator::new(store, 0, Duration::from_secs(60), 1).with_queue_limit(0);
         // Another check holds the only permit; with no room to wait, new checks are busy.
-        let held = auth.tokens_rx.recv().unwrap();
+        let held = auth.permits_rx.recv().unwrap();
         assert_eq!(auth.verify("alice", "right"), AuthOutcome::Busy);
         assert_eq!(auth.verify("mallory", "right"), AuthOutcome::Busy);
         assert_eq!(auth.argon2_runs(), 0);
-        auth.tokens_tx.send(held).unwrap();
+        auth.permits_tx.send(held).unwrap();
         assert_eq!(auth.verify("alice", "right"), AuthOutcome::Ok);
     }
 
@@ -1253,8 +1249,8 @@ mod tests {
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         assert_eq!(results.iter().filter(|r| **r == AuthOutcome::Ok).count(), 1);
         assert_eq!(auth.argon2_runs(), 8);
-        // All tokens came back, and never more than two runs were in flight.
-        assert_eq!(auth.tokens_rx.len(), 2);
+        // All permits came back, and never more than two runs were in flight.
+        assert_eq!(auth.permits_rx.len(), 2);
         let peak = auth.peak_in_flight.load(Ordering::SeqCst);
         assert!((1..=2).contains(&peak), "peak {peak}");
     }

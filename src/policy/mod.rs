@@ -13,11 +13,10 @@ use rustls::pki_types::CertificateDer;
 use tungstenite::handshake::server::{ErrorResponse, Request};
 use tungstenite::http::{self, HeaderMap, StatusCode};
 
+use crate::auth::users::MAX_USER_NAME_LEN;
 use crate::config::{ChannelConfig, Config};
 use crate::policy::origin::OriginRefusal;
 
-/// Longest user name we look up or log; longer ones are refused unread.
-pub const MAX_USER_LEN: usize = 64;
 /// Longest password we hand to Argon2.
 pub const MAX_PASSWORD_LEN: usize = 1024;
 /// Longest bearer value (API or session token) we look at.
@@ -775,7 +774,7 @@ pub fn route<'c>(path: &str, config: &'c Config) -> Result<&'c ChannelConfig, Re
 /// A user name fit for a log line: control characters escaped, length capped.
 pub fn safe_user(user: &str) -> String {
     user.chars()
-        .take(MAX_USER_LEN)
+        .take(MAX_USER_NAME_LEN)
         .flat_map(char::escape_debug)
         .collect()
 }

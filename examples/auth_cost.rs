@@ -12,10 +12,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use wsgate::auth::password::Authenticator;
 use wsgate::auth::session::SessionKey;
 use wsgate::auth::throttle::LoginThrottle;
 use wsgate::auth::tokens::{TokenStore, generate_token, token_digest};
-use wsgate::auth::users::{Authenticator, UserStore, hash_password};
+use wsgate::auth::users::{UserStore, hash_password};
 use wsgate::auth::{Credentials, SessionSettings};
 use wsgate::ops::metrics::Metrics;
 use wsgate::pipeline::ratelimit::MessageLimiter;

@@ -3,6 +3,7 @@
 //! and logs the once-per-window throttle line. Never logs a secret.
 
 pub(crate) mod files;
+pub mod password;
 pub mod session;
 pub mod throttle;
 pub mod tokens;
@@ -14,10 +15,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::CertificateDer;
 
+use crate::auth::password::{AuthOutcome, Authenticator, Cost};
 use crate::auth::session::SessionKey;
 use crate::auth::throttle::{Logging, LoginThrottle};
 use crate::auth::tokens::TokenStore;
-use crate::auth::users::{AuthOutcome, Authenticator, Cost, UserStore};
+use crate::auth::users::UserStore;
 use crate::ops::metrics::Metrics;
 use crate::policy::{CredentialState, Proof, Verdict, Verifier, safe_user};
 

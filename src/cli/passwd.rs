@@ -377,7 +377,8 @@ fn read_password_line(input: impl BufRead) -> Result<String, PasswdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::users::{AuthOutcome, Authenticator, hash_password_with};
+    use crate::auth::password::{AuthOutcome, Authenticator};
+    use crate::auth::users::hash_password_with;
     use std::io::Cursor;
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;

@@ -20,10 +20,11 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 
 use crate::auth::files;
+use crate::auth::password::Authenticator;
 use crate::auth::session::{self, SessionError, SessionKey};
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::{TokenStore, TokensError};
-use crate::auth::users::{Authenticator, UserStore, UsersError};
+use crate::auth::users::{UserStore, UsersError};
 use crate::auth::{Credentials, CurrentCredentials, SessionSettings};
 use crate::config::{ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode};
 use crate::hub::cluster::Bridge;

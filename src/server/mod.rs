@@ -8,12 +8,22 @@
 //! `drain_delay` (a load balancer notices), hub closed (1001 to every client), wait up to the
 //! grace time. A reload builds a whole new `Runtime` from the
 //! config file and swaps it in only if every part loaded; connections keep the one they started with.
+//!
+//! Here: start-up, reload and shutdown. [`worker`] is one connection's life on its worker and its
+//! handshake thread; [`refusals`] is the server's rate-limited log of refused upgrades; [`budget`]
+//! resolves the memory cap at start-up and what one connection costs.
+
+mod budget;
+mod refusals;
+mod worker;
+
+use refusals::RefusalLog;
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -21,32 +31,27 @@ use rustls::server::danger::ClientCertVerifier;
 
 use crate::auth::files;
 use crate::auth::password::Authenticator;
-use crate::auth::session::{self, SessionError, SessionKey};
+use crate::auth::session::{SessionError, SessionKey};
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::{TokenStore, TokensError};
 use crate::auth::users::{UserStore, UsersError};
 use crate::auth::{Credentials, CurrentCredentials, SessionSettings};
 use crate::config::{ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode};
+use crate::hub::Hub;
 use crate::hub::cluster::Bridge;
 use crate::hub::waker::Waker;
-use crate::hub::{Holder, Hub, HubClosed, Intake, Membership, Profile};
-use crate::memory::{self, Budget};
 use crate::ops::admin::{self, AdminState};
 use crate::ops::metrics::{Gauges, Metrics, Outcome};
 use crate::ops::notify::{self, Notifier};
-use crate::pipeline::admit::{Admission, Ticket};
+use crate::pipeline::admit::Admission;
 use crate::pipeline::certs::{self, CertError};
-use crate::pipeline::connection::{self, Rights};
-use crate::pipeline::deadline::{Deadline, Phase, is_timeout};
+use crate::pipeline::connection::{self};
 use crate::pipeline::listener;
 use crate::pipeline::pool::Pool;
-use crate::pipeline::proxy_protocol;
-use crate::pipeline::ratelimit::TokenBucket;
-use crate::pipeline::relay::{self, BackendWs};
+use crate::pipeline::relay::{self};
 use crate::pipeline::tls;
-use crate::pipeline::upgrade::{self, UpgradeError};
 use crate::policy::origin::OriginPolicy;
-use crate::policy::{self, Grant, Method, Proof, Reason};
+use crate::policy::{self};
 
 /// Peer addresses, user names and trusted (name, address) pairs the failed-login throttle
 /// remembers (each map); the oldest are forgotten first, so a flood of distinct addresses cannot
@@ -160,7 +165,7 @@ struct Shared {
     creds: Arc<Credentials>,
     hub: Arc<Hub>,
     admission: Arc<Admission>,
-    /// The handshake threads (see [`serve`]).
+    /// The handshake threads (see [`worker::serve`]).
     handshakes: Arc<Pool>,
     metrics: Arc<Metrics>,
     notifier: Notifier,
@@ -168,6 +173,8 @@ struct Shared {
     stop: Waker,
     /// Serialises reloads (SIGHUP and the certificate watcher may race).
     reloading: Mutex<()>,
+    /// This server's rate-limited log of refused upgrades.
+    refusals: RefusalLog,
 }
 
 /// A bound, ready server.
@@ -239,7 +246,7 @@ impl Server {
         let config = Arc::clone(&runtime.config);
         warn_about_origins(&config);
         warn_about_plaintext(&config);
-        let budget = start_budget(&config);
+        let budget = budget::start_budget(&config);
 
         // The admin token before any socket: a bad one is a config error (exit 2).
         let admin_token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
@@ -292,6 +299,7 @@ impl Server {
             admin,
             stop: Waker::new().map_err(StartError::System)?,
             reloading: Mutex::new(()),
+            refusals: RefusalLog::new(),
         });
         Ok(Server {
             shared,
@@ -361,7 +369,7 @@ impl Server {
             let proxied = shared.current().config.server.proxy_protocol;
             let job = move |ticket| {
                 let rt = worker.current();
-                serve(&worker, &rt, stream, peer, accepted, ticket, proxied);
+                worker::serve(&worker, &rt, stream, peer, accepted, ticket, proxied);
             };
             let dispatched = if proxied {
                 shared.admission.dispatch_unclaimed(job)
@@ -870,536 +878,5 @@ fn warn_restart_needed(old: &Config, new: &Config) {
 fn notify_or_log(notifier: &Notifier, send: impl FnOnce(&Notifier) -> io::Result<()>) {
     if let Err(e) = send(notifier) {
         log::warn!("sd_notify failed: {e}");
-    }
-}
-
-/// A connection past its 101, handed from the handshake thread back to its worker.
-struct Opened {
-    ws: upgrade::WsStream,
-    grant: Grant,
-    member: Membership,
-    session_id: String,
-    /// A proxy channel's backend WebSocket, open (it answered 101 before the client got its own).
-    backend: Option<BackendWs>,
-    /// The client (the carried address behind a load balancer).
-    peer: SocketAddr,
-    /// The connection's place in the pool, held until the connection loop ends.
-    ticket: Ticket,
-}
-
-/// One connection's pipeline on its worker: the steps before the 101 (PROXY header, TLS,
-/// upgrade) on a handshake thread, then the connection loop on the worker itself, one log line at
-/// the end, one `wsgate_connections_total` outcome.
-///
-/// The worker owns the connection throughout: it hands the handshake to a handshake thread and
-/// waits for it, bounded by the handshake deadlines. The handshake runs deep (rustls, Argon2, the
-/// HTTP head: ~72 KiB of stack); on the worker, those pages would stay resident for the
-/// connection's life. Handshake threads are few (at most `max_pre_auth`, started on demand) and
-/// persist, so their deep stacks are paid once per thread, not per connection, and no thread is
-/// created per connection; the stack a worker keeps resident for an idle connection is only what
-/// the loop touches.
-fn serve(
-    shared: &Arc<Shared>,
-    rt: &Arc<Runtime>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    accepted: Instant,
-    ticket: Ticket,
-    proxied: bool,
-) {
-    let metrics = &shared.metrics;
-    let (done, result) = crate::pipeline::pool::reply();
-    let job = {
-        let (shared, rt) = (Arc::clone(shared), Arc::clone(rt));
-        move || {
-            done.send(handshake(
-                &shared, &rt, stream, peer, accepted, ticket, proxied,
-            ))
-        }
-    };
-    let opened = match shared.handshakes.execute(job) {
-        Ok(()) => match result.wait() {
-            Some(opened) => opened,
-            // The job panicked (the pool caught it): its socket and ticket are gone.
-            None => {
-                metrics.outcome(Outcome::IoError);
-                log::error!("handshake panicked peer={peer}; connection dropped");
-                None
-            }
-        },
-        // The job (socket and ticket) was dropped unrun: the connection is refused.
-        Err(e) => {
-            metrics.outcome(Outcome::Busy);
-            log::debug!("refused peer={peer}: cannot start a handshake thread: {e}");
-            None
-        }
-    };
-    let Some(Opened {
-        ws,
-        grant,
-        member,
-        session_id,
-        backend,
-        peer,
-        ticket,
-    }) = opened
-    else {
-        return;
-    };
-    let config = &rt.config;
-    let channel = &grant.channel;
-    let pattern = channel.pattern.to_string();
-    metrics.channel_opened(&pattern);
-    let user = grant.log_user();
-    let via = match (&backend, &channel.backend) {
-        (Some(_), Some(b)) => format!(" backend={}", b.endpoint),
-        _ => String::new(),
-    };
-    log::info!(
-        "open peer={peer} user=\"{user}\" auth={} session={session_id} path={}{via}",
-        grant.method,
-        grant.path
-    );
-    let opened = Instant::now();
-    let rights = Rights {
-        mode: channel.mode,
-        may_publish: grant.may_publish,
-        on_forbidden: channel.on_forbidden,
-        on_rate_limit: channel.limits.on_rate_limit,
-    };
-    let end = match backend {
-        Some(backend) => relay::run(ws, backend, member, rights, &channel.limits, &config.limits),
-        None => connection::run(ws, member, rights, &channel.limits, &config.limits),
-    };
-    metrics.channel_closed(&pattern);
-    log::info!(
-        "close peer={peer} user=\"{user}\" session={session_id} path={} duration={:.3}s {end}",
-        grant.path,
-        opened.elapsed().as_secs_f64()
-    );
-    drop(ticket);
-}
-
-/// The steps before the 101, on the handshake thread: the PROXY header when `proxied`, TLS, the
-/// upgrade. `None` when the connection ended here (its outcome counted and logged).
-fn handshake(
-    shared: &Shared,
-    rt: &Runtime,
-    stream: TcpStream,
-    peer: SocketAddr,
-    accepted: Instant,
-    mut ticket: Ticket,
-    proxied: bool,
-) -> Option<Opened> {
-    let (config, hub, metrics) = (&rt.config, &shared.hub, &shared.metrics);
-    let deadline = Deadline::new(Phase::TlsHandshake, accepted, config.tls.handshake_timeout);
-    // From here on `peer` is the client: the carried address behind a load balancer.
-    let peer = if proxied {
-        let via = peer;
-        let peer = match proxy_protocol::read_header(&stream, deadline) {
-            Ok(header) => header.client(via),
-            Err(e) => {
-                metrics.outcome(if e.is_timeout() {
-                    Outcome::HandshakeTimeout
-                } else {
-                    Outcome::TlsError
-                });
-                log::debug!(
-                    "proxy header failed via={via} after={:?}: {e}",
-                    accepted.elapsed()
-                );
-                return None;
-            }
-        };
-        if let Err(why) = ticket.claim_ip(peer.ip()) {
-            metrics.outcome(Outcome::Busy);
-            log::debug!("refused peer={peer} via={via}: {why}");
-            return None;
-        }
-        peer
-    } else {
-        peer
-    };
-    let handshake = match &rt.tls {
-        Some(tls_config) => {
-            tls::handshake(stream, Arc::clone(tls_config), deadline).map(tls::Transport::Tls)
-        }
-        None => Ok(tls::Transport::Plain(Arc::new(stream))),
-    };
-    let transport = match handshake {
-        Ok(transport) => transport,
-        Err(e) => {
-            metrics.outcome(if is_timeout(&e) {
-                Outcome::HandshakeTimeout
-            } else {
-                Outcome::TlsError
-            });
-            log::debug!(
-                "tls handshake failed peer={peer} after={:?}: {e}",
-                accepted.elapsed()
-            );
-            return None;
-        }
-    };
-    // A verified client certificate chain, kept so a reload can re-check it.
-    let client_chain = transport.client_chain();
-    // Joins the hub and issues the session just before the 101, so a server that is shutting
-    // down still answers 503 and a client only gets a session it can use.
-    let enter = |grant: &Grant| {
-        // At the memory cap a new connection would only add to the squeeze (logged once per
-        // interval by the budget, not per refusal).
-        if !hub.budget().admits() {
-            metrics.memory_refused();
-            hub.budget().refused();
-            return Err(Reason::MemoryFull);
-        }
-        let limits = &grant.channel.limits;
-        let proof = match grant.method {
-            Method::ClientCert => Proof::ClientCert {
-                chain: client_chain.clone(),
-            },
-            _ => grant.proof.clone(),
-        };
-        let holder = Holder {
-            user: grant.user.clone(),
-            may_publish: grant.may_publish,
-            proof,
-        };
-        let member = match hub.join(
-            &grant.path,
-            grant.channel.mode == Mode::Broadcast,
-            Intake::of(limits),
-            holder,
-        ) {
-            Ok(Ok(member)) => member,
-            Ok(Err(HubClosed)) => return Err(Reason::ShuttingDown),
-            Err(e) => {
-                log::error!("cannot create wake-up fd for peer={peer}: {e}");
-                return Err(Reason::ShuttingDown);
-            }
-        };
-        // A proxy channel: the backend's 101 first, or the client gets 502/503/504 (and the
-        // member leaves the hub as it drops).
-        let backend = match &grant.channel.backend {
-            Some(backend) => {
-                let target = relay::forward_target(
-                    backend,
-                    &grant.channel.pattern,
-                    &grant.path,
-                    grant.query.as_deref(),
-                );
-                let who = relay::Identity {
-                    user: grant.user.as_deref(),
-                    method: grant.method,
-                    client: peer.ip(),
-                };
-                let tls = rt.backend_tls(&grant.channel);
-                match relay::connect(backend, tls, &target, &who, limits.websocket_config()) {
-                    Ok(ws) => Some(ws),
-                    Err(e) => {
-                        let failure = e.failure();
-                        metrics.backend_failed(failure);
-                        return Err(Reason::Backend {
-                            failure,
-                            detail: format!("{} path={}: {e}", backend.endpoint, grant.path),
-                        });
-                    }
-                }
-            }
-            None => None,
-        };
-        // Authenticated: leave the pre-auth budget before the client can see the 101.
-        ticket.authenticated();
-        if let Some(user) = &grant.user {
-            shared.creds.logged_in(peer.ip(), user);
-        }
-        let session_id = grant
-            .session_id
-            .clone()
-            .unwrap_or_else(session::new_session_id);
-        let _ = member.shared.profile.set(Profile {
-            method: grant.method,
-            mode: grant.channel.mode,
-            peer,
-            since: SystemTime::now(),
-            session_id: session_id.clone(),
-        });
-        let mut headers = Vec::new();
-        if let Some(user) = &grant.user {
-            let login = match grant.proof {
-                Proof::Session { login_unix, .. } => Some(login_unix),
-                _ => None,
-            };
-            if let Some((token, ttl)) = shared.creds.issue_session(user, &session_id, login) {
-                // The cookie only where a browser will send it back: a request with an Origin.
-                if grant.browser {
-                    headers.push(("Set-Cookie", session_cookie(&token, ttl)));
-                }
-                headers.push(("X-Wsgate-Session", token));
-            }
-        }
-        if let Some(protocol) = grant.subprotocol {
-            headers.push(("Sec-WebSocket-Protocol", protocol.to_string()));
-        }
-        Ok(((member, session_id, backend), headers))
-    };
-    let verifier = shared.creds.for_peer(peer.ip());
-    let (ws, grant, (member, session_id, backend)) =
-        match upgrade::upgrade(transport, config, &verifier, enter, |user: &str| {
-            let (token, ttl) =
-                shared
-                    .creds
-                    .issue_session(user, &session::new_session_id(), None)?;
-            shared.creds.logged_in(peer.ip(), user);
-            Some(session_cookie(&token, ttl))
-        }) {
-            Ok(upgraded) => upgraded,
-            Err(UpgradeError::Refused(reason)) => {
-                if let Some(outcome) = Outcome::from_status(reason.status().as_u16()) {
-                    metrics.outcome(outcome);
-                }
-                log_refusal(peer, &reason);
-                return None;
-            }
-            Err(UpgradeError::DemoPage) => {
-                log::info!("demo page peer={peer} status=200");
-                return None;
-            }
-            Err(UpgradeError::DemoLogin(user)) => {
-                log::info!(
-                    "demo login peer={peer} user=\"{}\" status=204",
-                    crate::policy::safe_user(&user)
-                );
-                return None;
-            }
-            Err(UpgradeError::Io(e)) => {
-                metrics.outcome(if is_timeout(&e) {
-                    Outcome::HandshakeTimeout
-                } else {
-                    Outcome::IoError
-                });
-                log::debug!("upgrade failed peer={peer}: {e}");
-                return None;
-            }
-        };
-    metrics.outcome(Outcome::Accepted);
-    metrics.observe_upgrade(accepted.elapsed());
-    if backend.is_some() {
-        metrics.proxy_opened();
-    }
-    Some(Opened {
-        ws,
-        grant,
-        member,
-        session_id,
-        backend,
-        peer,
-        ticket,
-    })
-}
-
-/// The session cookie: only sent over TLS, invisible to page scripts, never sent cross-site,
-/// host-only (the `__Host-` name makes a browser insist on `Secure`, `Path=/` and no `Domain`).
-fn session_cookie(token: &str, ttl: Duration) -> String {
-    format!(
-        "{}={token}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        crate::policy::SESSION_COOKIE,
-        ttl.as_secs()
-    )
-}
-
-/// Refusal lines logged per second at most (and as a burst); a flood of bad requests must not
-/// fill the disk or the journal. The rest are counted, and the count is logged with the next line
-/// that gets through, or after [`REFUSAL_QUIET`] without refusals, whichever comes first.
-const REFUSAL_LINES_PER_SEC: u64 = 20;
-/// How long after the last suppressed refusal its count is logged if no refusal line follows.
-const REFUSAL_QUIET: Duration = Duration::from_secs(1);
-
-/// The refusal log's rate limit and what it has left out.
-struct RefusalBudget {
-    bucket: TokenBucket,
-    suppressed: u64,
-    last_suppressed: Instant,
-    /// A thread waits for a quiet second to log the count.
-    flusher: bool,
-}
-
-fn refusal_budget() -> &'static Mutex<RefusalBudget> {
-    static BUDGET: OnceLock<Mutex<RefusalBudget>> = OnceLock::new();
-    BUDGET.get_or_init(|| {
-        let now = Instant::now();
-        Mutex::new(RefusalBudget {
-            bucket: TokenBucket::new(REFUSAL_LINES_PER_SEC, REFUSAL_LINES_PER_SEC, now),
-            suppressed: 0,
-            last_suppressed: now,
-            flusher: false,
-        })
-    })
-}
-
-fn log_suppressed(n: u64) {
-    log::warn!(
-        "{n} refusal lines suppressed (more than {REFUSAL_LINES_PER_SEC} a second); see \
-         wsgate_connections_total in /metrics for every outcome"
-    );
-}
-
-/// The flusher: once [`REFUSAL_QUIET`] has passed since the last suppressed refusal, logs their
-/// count (unless a refusal line has done it meanwhile), then ends.
-fn flush_suppressed_when_quiet() {
-    loop {
-        std::thread::sleep(REFUSAL_QUIET);
-        let mut budget = refusal_budget()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if budget.suppressed > 0 && budget.last_suppressed.elapsed() < REFUSAL_QUIET {
-            continue;
-        }
-        budget.flusher = false;
-        let n = std::mem::take(&mut budget.suppressed);
-        drop(budget);
-        if n > 0 {
-            log_suppressed(n);
-        }
-        return;
-    }
-}
-
-/// One line per refused upgrade, at most `REFUSAL_LINES_PER_SEC` a second. Credential failures
-/// are at warn, in a fixed form fail2ban can match:
-/// `auth failed: user="NAME" peer=IP:PORT reason=REASON`. Never a password.
-fn log_refusal(peer: SocketAddr, reason: &Reason) {
-    if matches!(reason, Reason::MemoryFull) {
-        return; // one line per interval, with counts (`memory::Budget::refused`)
-    }
-    let now = Instant::now();
-    let suppressed = {
-        let mut budget = refusal_budget()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !budget.bucket.try_take(1, now) {
-            budget.suppressed += 1;
-            budget.last_suppressed = now;
-            if !budget.flusher {
-                let spawned = std::thread::Builder::new()
-                    .name("wsgate-logflush".into())
-                    .stack_size(64 * 1024)
-                    .spawn(flush_suppressed_when_quiet);
-                // Without the thread the count waits for the next refusal line, as it may.
-                budget.flusher = spawned.is_ok();
-            }
-            return;
-        }
-        std::mem::take(&mut budget.suppressed)
-    };
-    if suppressed > 0 {
-        log_suppressed(suppressed);
-    }
-    let status = reason.status().as_u16();
-    match reason {
-        // Throttled guesses were logged when the limit was crossed; plain HTTP requests are
-        // browsers and scanners, which would flood the log at info.
-        Reason::Throttled { .. } | Reason::PlainHttp => {
-            log::debug!("refused peer={peer} status={status} reason={reason}");
-        }
-        Reason::BadCredentials { user, .. } => {
-            log::warn!("auth failed: user=\"{user}\" peer={peer} reason={reason} status={status}");
-        }
-        Reason::NoCredentials | Reason::UnknownPath | Reason::ShuttingDown => {
-            log::info!("refused peer={peer} status={status} reason={reason}");
-        }
-        _ => log::warn!("refused peer={peer} status={status} reason={reason}"),
-    }
-}
-
-/// Resolves `memory_limit` on this host and logs the start-up line: the enforced cap, what it
-/// was derived from, the base cost of a connection and how many connections fit.
-fn start_budget(config: &Config) -> Arc<Budget> {
-    let (cap, host) = memory::resolve(config.server.memory_limit);
-    let base = base_per_connection(config);
-    let connections = config.server.workers.get() + config.server.queue;
-    log::info!(
-        "{}",
-        memory::startup_line(config.server.memory_limit, cap, host, base, connections)
-    );
-    Arc::new(Budget::new(cap))
-}
-
-/// Stack pages an idle connection's loop has touched (measured: about 20 KiB of the
-/// `worker_stack_size` reserve).
-const STACK_TOUCHED: usize = 20 * 1024;
-/// rustls' state for an established connection with its buffers drained.
-const TLS_IDLE: usize = 4 * 1024;
-
-/// What an idle connection costs whatever its traffic, outside the cap: the touched stack, the
-/// base read and write buffers (largest of any channel) and the TLS state. The cap counts only
-/// what grows beyond this.
-fn base_per_connection(config: &Config) -> usize {
-    let limits =
-        || std::iter::once(&config.limits.ws).chain(config.channels.iter().map(|c| &c.limits));
-    let max = |f: fn(&crate::config::WsLimits) -> usize| limits().map(f).max().unwrap_or(0);
-    // A proxied connection holds a second WebSocket, to its backend: its base buffers again (and
-    // TLS state for a `wss://` backend).
-    let backend = config
-        .channels
-        .iter()
-        .filter_map(|c| c.backend.as_ref().map(|b| (&c.limits, b)))
-        .map(|(l, b)| {
-            let tls = match b.endpoint {
-                crate::config::Endpoint::Tcp { tls: true, .. } => TLS_IDLE,
-                _ => 0,
-            };
-            l.read_buffer_size.get() + l.write_buffer_size + tls
-        })
-        .max()
-        .unwrap_or(0);
-    STACK_TOUCHED
-        + max(|l| l.read_buffer_size.get())
-        + max(|l| l.write_buffer_size)
-        + TLS_IDLE
-        + backend
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    fn config(body: &str) -> Config {
-        let text = format!(
-            "[tls]\nself_signed = true\ncert = /nonexistent/c.pem\nkey = /nonexistent/k.pem\n\
-             {body}\n[auth]\nusers_file = {}/Cargo.toml\nmax_concurrent_hashes = 2\n\
-             cache_size = 100\n",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        Config::parse(&text, Path::new("/tmp/budget-test.ini")).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    #[test]
-    fn base_cost_is_the_touched_stack_the_base_buffers_and_tls() {
-        let c = config(
-            "[limits]\nread_buffer_size = 4KiB\nwrite_buffer_size = 4KiB\n\
-             max_write_buffer_size = 64KiB\nmax_frame_size = 16KiB\nmax_message_size = 16KiB\n\
-             [channel:/a]\nmode = echo\n\
-             [channel:/b]\nmode = broadcast\nwrite_buffer_size = 8KiB\n",
-        );
-        assert_eq!(
-            base_per_connection(&c),
-            STACK_TOUCHED + 4 * 1024 + 8 * 1024 + TLS_IDLE
-        );
-    }
-
-    #[test]
-    fn base_cost_counts_a_proxy_backend_s_buffers() {
-        let c = config(
-            "[limits]\nread_buffer_size = 4KiB\nwrite_buffer_size = 4KiB\n\
-             max_write_buffer_size = 64KiB\nmax_frame_size = 16KiB\nmax_message_size = 16KiB\n\
-             [channel:/a/*]\nmode = proxy\nbackend = ws://127.0.0.1:8080\n\
-             [channel:/b]\nmode = proxy\nbackend = wss://app.example:443\n",
-        );
-        assert_eq!(
-            base_per_connection(&c),
-            STACK_TOUCHED + 4 * 1024 + 4 * 1024 + TLS_IDLE + (4 * 1024 + 4 * 1024 + TLS_IDLE)
-        );
     }
 }

@@ -27,3 +27,5 @@ pub mod ops;
 pub mod pipeline;
 pub mod policy;
 pub mod server;
+#[cfg(test)]
+mod testing;

@@ -11,11 +11,10 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::IO_TIMEOUT;
 use common::prometheus::validate_exposition;
 use wsgate::ops::admin::{self, AdminState};
 use wsgate::ops::metrics::{Gauges, Metrics, Outcome};
-
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Admin {
     addr: SocketAddr,
@@ -181,7 +180,7 @@ fn metrics_is_valid_exposition_with_live_values() {
 }
 
 #[test]
-fn refusals() {
+fn bad_paths_methods_and_heads_get_404_405_400_or_431_and_it_keeps_serving() {
     let admin = Admin::start();
     assert_eq!(admin.get("/").status, 404);
     assert_eq!(admin.get("/healthz/").status, 404);

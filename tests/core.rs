@@ -295,19 +295,6 @@ fn full_pool_refuses_at_once_then_admits_when_a_slot_frees() {
     assert_eq!(next_data(&mut c), Message::text("back"));
 }
 
-/// Connects to /echo, retrying while the server is still releasing a slot (a refused connection
-/// is reset before the TLS handshake completes).
-fn connect_retrying(server: &Server, (user, pass): (&str, &str)) -> Client {
-    let until = Instant::now() + IO_TIMEOUT;
-    loop {
-        match server.connect_with("/echo", &[("Authorization", &basic(user, pass))]) {
-            Ok(c) => return c,
-            Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("never admitted: {e}"),
-        }
-    }
-}
-
 #[test]
 fn per_ip_cap_refuses_extra_connections_from_one_address() {
     let mut setup = Setup::default();

@@ -7,9 +7,6 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tungstenite::Message;
-
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 fn request(first_line: &str, headers: &[impl AsRef<str>]) -> Vec<u8> {
     let mut out = format!("{first_line}\r\n");
@@ -31,17 +28,6 @@ fn upgrade_headers() -> Vec<String> {
         "Sec-WebSocket-Version: 13".into(),
         format!("Authorization: Basic {auth}"),
     ]
-}
-
-fn status_line(response: &str) -> &str {
-    response.lines().next().unwrap_or("")
-}
-
-/// The well-behaved client that must keep working next to each bad one.
-fn still_serving(server: &Server) {
-    let mut ws = server.connect_as("/echo", BOB);
-    ws.send(Message::text("alive")).unwrap();
-    assert_eq!(next_data(&mut ws), Message::text("alive"));
 }
 
 #[test]

@@ -18,15 +18,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use tungstenite::Message;
 
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-fn basic((user, pass): (&str, &str)) -> String {
-    format!(
-        "Basic {}",
-        data_encoding::BASE64.encode(format!("{user}:{pass}").as_bytes())
-    )
-}
-
 /// The log after a case: no panic, no ERROR line unless it contains one of `expected_errors`, and
 /// none of the secrets the tests use (passwords, Basic values, credential query strings).
 fn assert_clean_log(server: &Server, expected_errors: &[&str]) {
@@ -51,7 +42,7 @@ fn upgrade_head(path: &str, extra: &[String]) -> Vec<u8> {
     let mut out = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nAuthorization: {}\r\n",
-        basic(ALICE)
+        basic(ALICE.0, ALICE.1)
     );
     for h in extra {
         out.push_str(h);
@@ -75,10 +66,6 @@ fn ask(server: &Server, request: &[u8]) -> String {
     tls.write_all(request).unwrap();
     tls.flush().unwrap();
     read_head(&mut tls)
-}
-
-fn status_line(response: &str) -> &str {
-    response.lines().next().unwrap_or("")
 }
 
 /// Reads a response head byte by byte (never past the blank line, so frames stay unread).
@@ -107,7 +94,7 @@ fn open_raw(server: &Server, path: &str, (user, pass): (&str, &str)) -> Tls {
     };
     let head = String::from_utf8(upgrade_head(path, &[]))
         .unwrap()
-        .replace(&basic(ALICE), &basic((user, pass)));
+        .replace(&basic(ALICE.0, ALICE.1), &basic(user, pass));
     tls.write_all(head.as_bytes()).unwrap();
     tls.flush().unwrap();
     let resp = read_head(&mut tls);
@@ -199,25 +186,6 @@ fn next_data_raw(tls: &mut Tls) -> (u8, Vec<u8>) {
         assert_ne!(opcode, 8, "closed: {payload:?}");
         if opcode == 1 || opcode == 2 {
             return (opcode, payload);
-        }
-    }
-}
-
-/// The well-behaved client that must keep working next to each bad one.
-fn still_serving(server: &Server) {
-    let mut ws = server.connect_as("/echo", BOB);
-    ws.send(Message::text("alive")).unwrap();
-    assert_eq!(next_data(&mut ws), Message::text("alive"));
-}
-
-/// Connects to /echo, retrying while a slot is still being released.
-fn connect_retrying(server: &Server, who: (&str, &str)) -> Client {
-    let until = Instant::now() + IO_TIMEOUT;
-    loop {
-        match server.connect_with("/echo", &[("Authorization", &basic(who))]) {
-            Ok(c) => return c,
-            Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("never admitted: {e}; log:\n{}", server.logs()),
         }
     }
 }

@@ -4,29 +4,13 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rustls::pki_types::CertificateDer;
 use tungstenite::Message;
 
 fn config_path(server: &Server) -> std::path::PathBuf {
     server.dir.path().join("wsgate.ini")
-}
-
-/// A client config trusting only `ca`.
-fn trusting(ca: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
 }
 
 #[test]

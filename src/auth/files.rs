@@ -214,34 +214,9 @@ pub fn write_file_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>)
 }
 
 #[cfg(test)]
-pub struct TestDir(pub std::path::PathBuf);
-
-#[cfg(test)]
-impl TestDir {
-    pub fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wsgate-unit-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TestDir(dir)
-    }
-}
-
-#[cfg(test)]
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TestDir;
 
     #[test]
     fn shown_paths_resolve_dots_and_drop_the_working_directory() {

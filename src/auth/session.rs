@@ -428,7 +428,7 @@ pub fn user_fingerprint(
 mod tests {
     use super::*;
 
-    use crate::auth::files::TestDir as TempDir;
+    use crate::testing::TestDir as TempDir;
 
     const FP: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 0xff];
 

@@ -527,7 +527,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    use crate::auth::files::TestDir as TempDir;
+    use crate::testing::TestDir as TempDir;
 
     fn parse(text: &str) -> Result<TokenStore, TokensError> {
         TokenStore::parse(text, Path::new("t"))

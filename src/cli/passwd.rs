@@ -387,7 +387,7 @@ mod tests {
         hash_password_with(pw, argon2::Params::new(8, 1, 1, None).unwrap())
     }
 
-    use crate::auth::files::TestDir as TempDir;
+    use crate::testing::TestDir as TempDir;
 
     fn set(file: &Path, user: &str, pw: &str) -> Result<Change, PasswdError> {
         set_password_hashed(file, user, pw, cheap)

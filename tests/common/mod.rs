@@ -299,16 +299,7 @@ impl Server {
     }
 
     pub fn client_config(&self) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Arc::new(
-            ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
+        trusting(&self.ca)
     }
 
     /// A TCP connection to the server with timeouts.
@@ -535,6 +526,48 @@ pub fn close_code(ws: &mut Client) -> u16 {
             Err(e) => panic!("no close frame: {e}"),
         }
     }
+}
+
+/// A valid `Sec-WebSocket-Key` (RFC 6455's sample nonce), for hand-written upgrade requests.
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// The first line of an HTTP response (`HTTP/1.1 101 Switching Protocols`), or "".
+pub fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+/// The well-behaved client that must keep working next to each bad one: `bob` echoes on /echo.
+pub fn still_serving(server: &Server) {
+    let mut ws = server.connect_as("/echo", BOB);
+    ws.send(Message::text("alive")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("alive"));
+}
+
+/// Connects to /echo as `user`, retrying while the server is still releasing a slot (a refused
+/// connection is reset before the TLS handshake completes).
+pub fn connect_retrying(server: &Server, (user, pass): (&str, &str)) -> Client {
+    let until = Instant::now() + IO_TIMEOUT;
+    loop {
+        match server.connect_with("/echo", &[("Authorization", &basic(user, pass))]) {
+            Ok(c) => return c,
+            Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("never admitted: {e}; log:\n{}", server.logs()),
+        }
+    }
+}
+
+/// A TLS client configuration that trusts `ca` alone (ring provider, safe default versions).
+pub fn trusting(ca: &CertificateDer<'static>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 /// An `Authorization: Basic` value.

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::prometheus::validate_exposition;
-use wsgate::ops::metrics::{Gauges, Metrics, Outcome};
+use wsgate::ops::metrics::{Counter, Gauges, Metrics, Outcome};
 
 fn value_of(text: &str, prefix: &str) -> String {
     text.lines()
@@ -45,22 +45,22 @@ fn bumps_show_up() {
     m.message_in(10);
     m.message_out(5);
     m.message_out(7);
-    m.broadcast_dropped();
-    m.broadcast_too_big();
-    m.slow_consumer_closed();
-    m.rate_limited();
-    m.publish_denied();
-    m.admin_published();
-    m.admin_disconnected(1);
-    m.auth_cache_hit();
-    m.argon2_run();
+    m.bump(Counter::BroadcastDropped, 1);
+    m.bump(Counter::BroadcastTooBig, 1);
+    m.bump(Counter::SlowConsumerCloses, 1);
+    m.bump(Counter::RateLimited, 1);
+    m.bump(Counter::PublishDenied, 1);
+    m.bump(Counter::AdminPublishes, 1);
+    m.bump(Counter::AdminDisconnects, 1);
+    m.bump(Counter::AuthCacheHits, 1);
+    m.bump(Counter::Argon2Runs, 1);
     m.set_cluster_connected(true);
-    m.cluster_forwarded(1);
-    m.cluster_not_forwarded(1);
-    m.cluster_received();
-    m.cluster_lost(1);
-    m.memory_refused();
-    m.memory_dropped(1);
+    m.bump(Counter::ClusterForwarded, 1);
+    m.bump(Counter::ClusterNotForwarded, 1);
+    m.bump(Counter::ClusterReceived, 1);
+    m.bump(Counter::ClusterLost, 1);
+    m.bump(Counter::MemoryRefusals, 1);
+    m.bump(Counter::MemoryDrops, 1);
     m.observe_upgrade(Duration::from_micros(500)); // 0.001
     m.observe_upgrade(Duration::from_millis(30)); // 0.05
     m.observe_upgrade(Duration::from_secs(60)); // +Inf

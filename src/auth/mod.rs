@@ -20,6 +20,7 @@ use crate::auth::session::SessionKey;
 use crate::auth::throttle::{Logging, LoginThrottle};
 use crate::auth::tokens::TokenStore;
 use crate::auth::users::UserStore;
+use crate::ops::metrics::Counter;
 use crate::ops::metrics::Metrics;
 use crate::policy::{CredentialState, Proof, Verdict, Verifier, safe_user};
 
@@ -184,8 +185,8 @@ impl Verifier for PeerCheck<'_> {
             }
         });
         match cost {
-            Cost::CacheHit => c.metrics.auth_cache_hit(),
-            Cost::Argon2 => c.metrics.argon2_run(),
+            Cost::CacheHit => c.metrics.bump(Counter::AuthCacheHits, 1),
+            Cost::Argon2 => c.metrics.bump(Counter::Argon2Runs, 1),
             Cost::Shared | Cost::Nothing => {}
         }
         let why = match (outcome, stored) {

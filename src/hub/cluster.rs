@@ -47,6 +47,7 @@ use tungstenite::{Message, Utf8Bytes};
 use crate::config::{ClusterConfig, MIN_BACKOFF, RedisUrl};
 use crate::hub::{Filter, Hub, Outbound};
 use crate::ops::admin;
+use crate::ops::metrics::Counter;
 use crate::ops::metrics::Metrics;
 
 /// How long the subscriber's `XREAD` blocks: how soon it notices shutdown while Redis is quiet.
@@ -286,7 +287,7 @@ impl Watch {
                     Link::Publisher => log::info!(
                         "cluster: {link} reconnected to {url} after {out:.1}s out; {} \
                          broadcasts of this instance not forwarded meanwhile{detail}",
-                        ctx.metrics.cluster_not_forwarded_count() - not_forwarded,
+                        ctx.metrics.count(Counter::ClusterNotForwarded) - not_forwarded,
                     ),
                     Link::Subscriber => log::info!(
                         "cluster: {link} reconnected to {url} after {out:.1}s out{detail}"
@@ -305,7 +306,10 @@ impl Watch {
     fn down(&mut self, ctx: &Context, why: &redis::RedisError) -> Duration {
         let (link, url, cap) = (self.link, &ctx.url, ctx.max_backoff);
         if self.down_since.is_none() {
-            self.down_since = Some((Instant::now(), ctx.metrics.cluster_not_forwarded_count()));
+            self.down_since = Some((
+                Instant::now(),
+                ctx.metrics.count(Counter::ClusterNotForwarded),
+            ));
             let why = reason(why, ctx.health_timeout);
             if self.ever_up {
                 log::warn!(
@@ -562,7 +566,7 @@ impl Pending {
     fn take(&mut self, queue: &Receiver<Outbound>, metrics: &Metrics) {
         for out in queue.try_iter() {
             if self.push(out) {
-                metrics.cluster_not_forwarded(1);
+                metrics.bump(Counter::ClusterNotForwarded, 1);
             }
         }
     }
@@ -667,7 +671,7 @@ fn publish_until_error(
         match exec_within(con, &pipe, sent, ctx.health_timeout) {
             Ok(()) => {
                 pending.entries.drain(..n);
-                ctx.metrics.cluster_forwarded(n as u64);
+                ctx.metrics.bump(Counter::ClusterForwarded, n as u64);
                 answered = Instant::now();
             }
             // Whether Redis added some of them is unknown: all stay pending and are sent again
@@ -728,7 +732,7 @@ fn hold_for(
             recv(queue) -> out => match out {
                 Ok(out) => {
                     if pending.push(out) {
-                        ctx.metrics.cluster_not_forwarded(1);
+                        ctx.metrics.bump(Counter::ClusterNotForwarded, 1);
                     }
                 }
                 Err(_) => return false,
@@ -923,7 +927,7 @@ impl Reader {
                 return;
             }
             Arrival::AfterLoss(n) => {
-                ctx.metrics.cluster_lost(n);
+                ctx.metrics.bump(Counter::ClusterLost, n);
                 self.lost_unlogged += n;
             }
             Arrival::Next => {}
@@ -932,7 +936,7 @@ impl Reader {
             Inbound::Broadcast(message) => message,
             Inbound::Disconnect(filter) => {
                 let n = ctx.hub.disconnect(&filter);
-                ctx.metrics.admin_disconnected(n as u64);
+                ctx.metrics.bump(Counter::AdminDisconnects, n as u64);
                 log::info!(
                     "cluster: disconnect from instance `{}` ({}) closed={n}",
                     String::from_utf8_lossy(origin.instance).escape_debug(),
@@ -943,7 +947,7 @@ impl Reader {
         };
         if (ctx.accepts)(path) {
             ctx.hub.deliver(path, &message);
-            ctx.metrics.cluster_received();
+            ctx.metrics.bump(Counter::ClusterReceived, 1);
         } else {
             log::debug!("cluster: no broadcast channel here serves `{path}`; ignored");
         }

@@ -34,6 +34,7 @@ pub(crate) mod waker;
 
 use crate::config::{Mode, SlowConsumer, WsLimits};
 use crate::memory::{self, Account, Budget, Candidate, Charged, Room};
+use crate::ops::metrics::Counter;
 use crate::ops::metrics::Metrics;
 pub use crate::policy::Holder;
 use crate::policy::{Method, Revocation};
@@ -466,7 +467,7 @@ impl Hub {
                 match Charged::try_new(&self.budget, msg.len(), Room::Deliveries) {
                     Some(charge) => Some(charge),
                     None => {
-                        self.metrics.cluster_not_forwarded(1);
+                        self.metrics.bump(Counter::ClusterNotForwarded, 1);
                         return;
                     }
                 }
@@ -480,7 +481,7 @@ impl Hub {
             };
             // Full: the bridge is behind (or Redis slow); Disconnected: the bridge stopped.
             if outlet.try_send(out).is_err() {
-                self.metrics.cluster_not_forwarded(1);
+                self.metrics.bump(Counter::ClusterNotForwarded, 1);
             }
         }
     }
@@ -515,7 +516,7 @@ impl Hub {
             if msg.len() > m.intake.max_message {
                 // Its write buffer may be too small to ever take it: retried, it would wedge
                 // the member's loop (issue 11).
-                self.metrics.broadcast_too_big();
+                self.metrics.bump(Counter::BroadcastTooBig, 1);
                 continue;
             }
             if !m.shared.account.try_charge(msg.len(), Room::Deliveries) {
@@ -536,7 +537,7 @@ impl Hub {
             }
         }
         if dropped > 0 {
-            self.metrics.memory_dropped(dropped);
+            self.metrics.bump(Counter::MemoryDrops, dropped as u64);
             self.budget.dropped(dropped);
         }
         reached
@@ -581,7 +582,7 @@ impl Hub {
             Err(TrySendError::Full(())) => {
                 m.shared.account.release(msg.len());
                 match m.intake.slow_consumer {
-                    SlowConsumer::Drop => self.metrics.broadcast_dropped(),
+                    SlowConsumer::Drop => self.metrics.bump(Counter::BroadcastDropped, 1),
                     SlowConsumer::Disconnect => {
                         self.close_slow(m);
                     }
@@ -626,7 +627,7 @@ impl Hub {
             .try_send(Outbound::Disconnect(filter.clone()))
             .is_ok();
         if !sent {
-            self.metrics.cluster_not_forwarded(1);
+            self.metrics.bump(Counter::ClusterNotForwarded, 1);
         }
         sent
     }
@@ -636,7 +637,7 @@ impl Hub {
         if m.shared.slow.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.metrics.slow_consumer_closed();
+        self.metrics.bump(Counter::SlowConsumerCloses, 1);
         m.shared.end();
         true
     }
@@ -921,7 +922,7 @@ mod tests {
         };
         assert_eq!(got(&small), [0, 1024]);
         assert_eq!(got(&large), [0, 1024, 1025, 4096]);
-        assert_eq!(hub.metrics.broadcast_too_big_count(), 4);
+        assert_eq!(hub.metrics.count(Counter::BroadcastTooBig), 4);
         assert!(
             !small.shared.slow.load(Ordering::Acquire),
             "dropped, not slow"
@@ -1016,8 +1017,8 @@ mod tests {
         a.publish(&text("2"));
         assert!(slow.shared.slow.load(Ordering::Acquire));
         assert!(!dropper.shared.slow.load(Ordering::Acquire));
-        assert_eq!(hub.metrics.broadcast_dropped_count(), 1);
-        assert_eq!(hub.metrics.slow_consumer_close_count(), 1);
+        assert_eq!(hub.metrics.count(Counter::BroadcastDropped), 1);
+        assert_eq!(hub.metrics.count(Counter::SlowConsumerCloses), 1);
         assert_eq!(dropper.next_queued().unwrap(), text("1"));
     }
 
@@ -1030,7 +1031,7 @@ mod tests {
         // No bridge: local only, nothing counted.
         a.publish(&text("local"));
         assert_eq!(b.next_queued().unwrap(), text("local"));
-        assert_eq!(metrics.cluster_not_forwarded_count(), 0);
+        assert_eq!(metrics.count(Counter::ClusterNotForwarded), 0);
 
         let (tx, rx) = crossbeam_channel::bounded(1);
         hub.set_outlet(tx);
@@ -1040,7 +1041,7 @@ mod tests {
         assert_eq!(b.next_queued().unwrap(), text("2"));
         assert_eq!(rx.try_recv().unwrap(), Outbound::broadcast("/c", text("1")));
         assert!(rx.try_recv().is_err());
-        assert_eq!(metrics.cluster_not_forwarded_count(), 1);
+        assert_eq!(metrics.count(Counter::ClusterNotForwarded), 1);
 
         // From another instance: every member here gets it (the publisher is elsewhere), and
         // it is not queued for Redis again.
@@ -1141,7 +1142,7 @@ mod tests {
             rx.try_recv().unwrap(),
             Outbound::Disconnect(f(Some("x"), None, None))
         );
-        assert_eq!(hub.metrics.cluster_not_forwarded_count(), 1);
+        assert_eq!(hub.metrics.count(Counter::ClusterNotForwarded), 1);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use tungstenite::Message;
 pub use crate::hub::Filter;
 use crate::hub::Hub;
 use crate::hub::waker::Waker;
+use crate::ops::metrics::Counter;
 use crate::ops::metrics::{Gauges, Metrics};
 use crate::pipeline::ratelimit::TokenBucket;
 use crate::policy::{percent_decode, safe_user};
@@ -611,7 +612,7 @@ fn route(head: &[u8], state: &AdminState, peer: SocketAddr) -> Routed {
                 return bad_request("name the connections to end: user, session or path").into();
             }
             let n = api.hub.disconnect(&query);
-            state.metrics.admin_disconnected(n as u64);
+            state.metrics.bump(Counter::AdminDisconnects, n as u64);
             let forwarded = api.hub.forward_disconnect(&query);
             log::info!(
                 "admin disconnect {} closed={n}{} peer={peer}",
@@ -907,7 +908,7 @@ fn publish_now(state: &AdminState, publish: &Publish, body: Vec<u8>, peer: Socke
         }
     };
     let reached = api.hub.inject(&publish.path, &msg);
-    state.metrics.admin_published();
+    state.metrics.bump(Counter::AdminPublishes, 1);
     log::debug!(
         "admin publish path={} bytes={len} subscribers={reached} peer={peer}",
         publish.path

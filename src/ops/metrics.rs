@@ -168,43 +168,164 @@ pub struct Gauges {
     pub memory_limit: u64,
 }
 
+/// The plain counters (no labels): each is one row here, its name and help in [`Counter::describe`];
+/// [`Metrics::bump`] adds to one, [`Metrics::count`] reads it, and `render` writes them all in
+/// [`Counter::ALL`]'s order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    MessagesReceived,
+    MessagesSent,
+    ReceivedBytes,
+    SentBytes,
+    BroadcastDropped,
+    BroadcastTooBig,
+    SlowConsumerCloses,
+    RateLimited,
+    PublishDenied,
+    AdminPublishes,
+    AdminDisconnects,
+    AuthCacheHits,
+    Argon2Runs,
+    ProxyConnections,
+    ClusterForwarded,
+    ClusterNotForwarded,
+    ClusterReceived,
+    ClusterLost,
+    MemoryRefusals,
+    MemoryDrops,
+}
+
+impl Counter {
+    /// Every counter, in declaration order (the index of its atomic).
+    pub const ALL: [Counter; 20] = [
+        Counter::MessagesReceived,
+        Counter::MessagesSent,
+        Counter::ReceivedBytes,
+        Counter::SentBytes,
+        Counter::BroadcastDropped,
+        Counter::BroadcastTooBig,
+        Counter::SlowConsumerCloses,
+        Counter::RateLimited,
+        Counter::PublishDenied,
+        Counter::AdminPublishes,
+        Counter::AdminDisconnects,
+        Counter::AuthCacheHits,
+        Counter::Argon2Runs,
+        Counter::ProxyConnections,
+        Counter::ClusterForwarded,
+        Counter::ClusterNotForwarded,
+        Counter::ClusterReceived,
+        Counter::ClusterLost,
+        Counter::MemoryRefusals,
+        Counter::MemoryDrops,
+    ];
+
+    /// The metric's name and its `# HELP` text.
+    pub fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            Counter::MessagesReceived => (
+                "wsgate_messages_received_total",
+                "WebSocket data messages received from clients.",
+            ),
+            Counter::MessagesSent => (
+                "wsgate_messages_sent_total",
+                "WebSocket data messages sent to clients.",
+            ),
+            Counter::ReceivedBytes => (
+                "wsgate_received_bytes_total",
+                "Payload bytes of WebSocket messages received from clients.",
+            ),
+            Counter::SentBytes => (
+                "wsgate_sent_bytes_total",
+                "Payload bytes of WebSocket messages sent to clients.",
+            ),
+            Counter::BroadcastDropped => (
+                "wsgate_broadcast_dropped_total",
+                "Broadcast messages dropped for slow subscribers (slow_consumer = drop).",
+            ),
+            Counter::BroadcastTooBig => (
+                "wsgate_broadcast_too_big_total",
+                "Broadcast messages dropped for a subscriber whose own max_message_size is smaller.",
+            ),
+            Counter::SlowConsumerCloses => (
+                "wsgate_slow_consumer_closes_total",
+                "Connections closed with 1008 as slow consumers.",
+            ),
+            Counter::RateLimited => (
+                "wsgate_rate_limited_total",
+                "Requests or messages refused by a rate limit.",
+            ),
+            Counter::PublishDenied => (
+                "wsgate_publish_denied_total",
+                "Messages from clients without publish rights (closed or dropped).",
+            ),
+            Counter::AdminPublishes => (
+                "wsgate_admin_publishes_total",
+                "Messages published through the admin API (POST /publish).",
+            ),
+            Counter::AdminDisconnects => (
+                "wsgate_admin_disconnects_total",
+                "Connections here ended by an admin (POST /disconnect, here or from another instance).",
+            ),
+            Counter::AuthCacheHits => (
+                "wsgate_auth_cache_hits_total",
+                "Credential checks answered from the verification cache.",
+            ),
+            Counter::Argon2Runs => (
+                "wsgate_argon2_runs_total",
+                "Argon2id password verifications computed.",
+            ),
+            Counter::ProxyConnections => (
+                "wsgate_proxy_connections_total",
+                "Proxied connections opened (the backend answered 101).",
+            ),
+            Counter::ClusterForwarded => (
+                "wsgate_cluster_forwarded_total",
+                "Broadcasts published to Redis for the other instances.",
+            ),
+            Counter::ClusterNotForwarded => (
+                "wsgate_cluster_not_forwarded_total",
+                "Broadcasts not published to Redis (publish queue full or Redis down).",
+            ),
+            Counter::ClusterReceived => (
+                "wsgate_cluster_received_total",
+                "Broadcasts received from other instances through Redis and delivered here.",
+            ),
+            Counter::ClusterLost => (
+                "wsgate_cluster_lost_total",
+                "Broadcasts of other instances missing from the Redis stream when read (trimmed away, or lost in a Redis restart).",
+            ),
+            Counter::MemoryRefusals => (
+                "wsgate_memory_refusals_total",
+                "Upgrades refused with 503 because the memory cap was reached.",
+            ),
+            Counter::MemoryDrops => (
+                "wsgate_memory_drops_total",
+                "Subscribers closed with 1008 because a broadcast would have exceeded the memory cap.",
+            ),
+        }
+    }
+}
+
 /// The server's counters. `Send + Sync`; share it as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
     version: String,
     start_time: f64,
     outcomes: [AtomicU64; Outcome::ALL.len()],
+    /// Per [`Counter::ALL`], in that order.
+    counters: [AtomicU64; Counter::ALL.len()],
     /// Open connections per channel pattern. The patterns are registered at start; a pattern
     /// first seen later (after a reload) takes the write lock once.
     open: RwLock<BTreeMap<String, AtomicI64>>,
-    messages_in: AtomicU64,
-    messages_out: AtomicU64,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-    broadcast_dropped: AtomicU64,
-    broadcast_too_big: AtomicU64,
-    slow_consumer_closes: AtomicU64,
-    rate_limited: AtomicU64,
-    publish_denied: AtomicU64,
-    admin_publishes: AtomicU64,
-    admin_disconnects: AtomicU64,
-    auth_cache_hits: AtomicU64,
-    argon2_runs: AtomicU64,
     /// Non-cumulative counts per bucket; the last is `+Inf`.
     upgrade_buckets: [AtomicU64; UPGRADE_BUCKETS.len() + 1],
     upgrade_sum_ns: AtomicU64,
     cluster_connected: AtomicU64,
-    cluster_forwarded: AtomicU64,
-    cluster_not_forwarded: AtomicU64,
-    cluster_received: AtomicU64,
-    cluster_lost: AtomicU64,
     /// Whether a cluster bridge runs (`/healthz` then reports the backbone's state).
     cluster_enabled: AtomicBool,
-    proxy_connections: AtomicU64,
     /// Per [`BackendFailure::ALL`], in that order.
     backend_failures: [AtomicU64; BackendFailure::ALL.len()],
-    memory_refusals: AtomicU64,
-    memory_drops: AtomicU64,
 }
 
 impl Metrics {
@@ -218,37 +339,18 @@ impl Metrics {
             version: env!("CARGO_PKG_VERSION").to_string(),
             start_time,
             outcomes: Default::default(),
+            counters: Default::default(),
             open: RwLock::new(
                 channels
                     .into_iter()
                     .map(|c| (c.into(), AtomicI64::new(0)))
                     .collect(),
             ),
-            messages_in: AtomicU64::new(0),
-            messages_out: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            broadcast_dropped: AtomicU64::new(0),
-            broadcast_too_big: AtomicU64::new(0),
-            slow_consumer_closes: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
-            publish_denied: AtomicU64::new(0),
-            admin_publishes: AtomicU64::new(0),
-            admin_disconnects: AtomicU64::new(0),
-            auth_cache_hits: AtomicU64::new(0),
-            argon2_runs: AtomicU64::new(0),
             upgrade_buckets: Default::default(),
             upgrade_sum_ns: AtomicU64::new(0),
             cluster_connected: AtomicU64::new(0),
-            cluster_forwarded: AtomicU64::new(0),
-            cluster_not_forwarded: AtomicU64::new(0),
-            cluster_received: AtomicU64::new(0),
-            cluster_lost: AtomicU64::new(0),
             cluster_enabled: AtomicBool::new(false),
-            proxy_connections: AtomicU64::new(0),
             backend_failures: Default::default(),
-            memory_refusals: AtomicU64::new(0),
-            memory_drops: AtomicU64::new(0),
         }
     }
 
@@ -294,36 +396,26 @@ impl Metrics {
             .fetch_add(delta, Ordering::Relaxed);
     }
 
+    /// Adds `n` to one counter.
+    pub fn bump(&self, counter: Counter, n: u64) {
+        bump(&self.counters[counter as usize], n);
+    }
+
+    /// One counter's value so far (tests, logs, the cluster bridge's accounting).
+    pub fn count(&self, counter: Counter) -> u64 {
+        self.counters[counter as usize].load(Ordering::Relaxed)
+    }
+
     /// A data message of `bytes` payload bytes was read from a client.
     pub fn message_in(&self, bytes: usize) {
-        bump(&self.messages_in, 1);
-        bump(&self.bytes_in, bytes as u64);
+        self.bump(Counter::MessagesReceived, 1);
+        self.bump(Counter::ReceivedBytes, bytes as u64);
     }
 
     /// A data message of `bytes` payload bytes was written to a client.
     pub fn message_out(&self, bytes: usize) {
-        bump(&self.messages_out, 1);
-        bump(&self.bytes_out, bytes as u64);
-    }
-
-    /// A broadcast message was dropped for a slow subscriber.
-    pub fn broadcast_dropped(&self) {
-        bump(&self.broadcast_dropped, 1);
-    }
-
-    /// A broadcast was dropped for a subscriber whose own limits do not allow its size.
-    pub fn broadcast_too_big(&self) {
-        bump(&self.broadcast_too_big, 1);
-    }
-
-    /// Broadcasts dropped as too big for their subscriber so far.
-    pub fn broadcast_too_big_count(&self) -> u64 {
-        self.broadcast_too_big.load(Ordering::Relaxed)
-    }
-
-    /// A proxied connection opened: its backend answered 101.
-    pub fn proxy_opened(&self) {
-        bump(&self.proxy_connections, 1);
+        self.bump(Counter::MessagesSent, 1);
+        self.bump(Counter::SentBytes, bytes as u64);
     }
 
     /// A backend connect failed before the 101.
@@ -333,66 +425,6 @@ impl Metrics {
             .position(|f| *f == failure)
             .unwrap_or(0);
         bump(&self.backend_failures[i], 1);
-    }
-
-    /// An upgrade was refused with 503 at the memory cap.
-    pub fn memory_refused(&self) {
-        bump(&self.memory_refusals, 1);
-    }
-
-    /// A fan-out that met the memory cap closed `n` subscribers.
-    pub fn memory_dropped(&self, n: usize) {
-        bump(&self.memory_drops, n as u64);
-    }
-
-    /// Subscribers closed at the memory cap so far.
-    pub fn memory_drop_count(&self) -> u64 {
-        self.memory_drops.load(Ordering::Relaxed)
-    }
-
-    /// A slow consumer was closed with 1008.
-    pub fn slow_consumer_closed(&self) {
-        bump(&self.slow_consumer_closes, 1);
-    }
-
-    /// A rate limit refused something.
-    pub fn rate_limited(&self) {
-        bump(&self.rate_limited, 1);
-    }
-
-    /// A client without publish rights sent a message (closed or dropped per `on_forbidden`).
-    pub fn publish_denied(&self) {
-        bump(&self.publish_denied, 1);
-    }
-
-    /// A message published through the admin API.
-    pub fn admin_published(&self) {
-        bump(&self.admin_publishes, 1);
-    }
-
-    /// `n` connections here ended by an admin's disconnect.
-    pub fn admin_disconnected(&self, n: u64) {
-        bump(&self.admin_disconnects, n);
-    }
-
-    /// Messages dropped for slow subscribers so far.
-    pub fn broadcast_dropped_count(&self) -> u64 {
-        self.broadcast_dropped.load(Ordering::Relaxed)
-    }
-
-    /// Slow-consumer closes so far.
-    pub fn slow_consumer_close_count(&self) -> u64 {
-        self.slow_consumer_closes.load(Ordering::Relaxed)
-    }
-
-    /// A credential check was answered from the cache.
-    pub fn auth_cache_hit(&self) {
-        bump(&self.auth_cache_hits, 1);
-    }
-
-    /// An Argon2id verification was computed.
-    pub fn argon2_run(&self) {
-        bump(&self.argon2_runs, 1);
     }
 
     /// Whether the cluster backbone is up (both Redis connections).
@@ -408,31 +440,6 @@ impl Metrics {
         self.cluster_enabled
             .load(Ordering::Relaxed)
             .then(|| self.cluster_connected.load(Ordering::Relaxed) == 1)
-    }
-
-    /// `n` broadcasts of other instances were missing from the stream when this one read it.
-    pub fn cluster_lost(&self, n: u64) {
-        bump(&self.cluster_lost, n);
-    }
-
-    /// `n` broadcasts were published to Redis.
-    pub fn cluster_forwarded(&self, n: u64) {
-        bump(&self.cluster_forwarded, n);
-    }
-
-    /// `n` broadcasts could not be published to Redis (queue full, Redis down).
-    pub fn cluster_not_forwarded(&self, n: u64) {
-        bump(&self.cluster_not_forwarded, n);
-    }
-
-    /// A broadcast from another instance was delivered to this instance's subscribers.
-    pub fn cluster_received(&self) {
-        bump(&self.cluster_received, 1);
-    }
-
-    /// Broadcasts not published to Redis so far.
-    pub fn cluster_not_forwarded_count(&self) -> u64 {
-        self.cluster_not_forwarded.load(Ordering::Relaxed)
     }
 
     /// The current count for one outcome (tests, logs).
@@ -501,18 +508,6 @@ impl Metrics {
 
         family(
             o,
-            "wsgate_proxy_connections_total",
-            "counter",
-            "Proxied connections opened (the backend answered 101).",
-        );
-        sample(
-            o,
-            "wsgate_proxy_connections_total",
-            &[],
-            &self.proxy_connections.load(Ordering::Relaxed),
-        );
-        family(
-            o,
             "wsgate_proxy_backend_failures_total",
             "counter",
             "Backend connects that failed before the 101, by kind (down 503, timeout 504, tls 502, handshake 502).",
@@ -526,76 +521,10 @@ impl Metrics {
             );
         }
 
-        let counters: [(&str, &str, &AtomicU64); 13] = [
-            (
-                "wsgate_messages_received_total",
-                "WebSocket data messages received from clients.",
-                &self.messages_in,
-            ),
-            (
-                "wsgate_messages_sent_total",
-                "WebSocket data messages sent to clients.",
-                &self.messages_out,
-            ),
-            (
-                "wsgate_received_bytes_total",
-                "Payload bytes of WebSocket messages received from clients.",
-                &self.bytes_in,
-            ),
-            (
-                "wsgate_sent_bytes_total",
-                "Payload bytes of WebSocket messages sent to clients.",
-                &self.bytes_out,
-            ),
-            (
-                "wsgate_broadcast_dropped_total",
-                "Broadcast messages dropped for slow subscribers (slow_consumer = drop).",
-                &self.broadcast_dropped,
-            ),
-            (
-                "wsgate_broadcast_too_big_total",
-                "Broadcast messages dropped for a subscriber whose own max_message_size is smaller.",
-                &self.broadcast_too_big,
-            ),
-            (
-                "wsgate_slow_consumer_closes_total",
-                "Connections closed with 1008 as slow consumers.",
-                &self.slow_consumer_closes,
-            ),
-            (
-                "wsgate_rate_limited_total",
-                "Requests or messages refused by a rate limit.",
-                &self.rate_limited,
-            ),
-            (
-                "wsgate_publish_denied_total",
-                "Messages from clients without publish rights (closed or dropped).",
-                &self.publish_denied,
-            ),
-            (
-                "wsgate_admin_publishes_total",
-                "Messages published through the admin API (POST /publish).",
-                &self.admin_publishes,
-            ),
-            (
-                "wsgate_admin_disconnects_total",
-                "Connections here ended by an admin (POST /disconnect, here or from another instance).",
-                &self.admin_disconnects,
-            ),
-            (
-                "wsgate_auth_cache_hits_total",
-                "Credential checks answered from the verification cache.",
-                &self.auth_cache_hits,
-            ),
-            (
-                "wsgate_argon2_runs_total",
-                "Argon2id password verifications computed.",
-                &self.argon2_runs,
-            ),
-        ];
-        for (name, help, value) in counters {
+        for counter in Counter::ALL {
+            let (name, help) = counter.describe();
             family(o, name, "counter", help);
-            sample(o, name, &[], &value.load(Ordering::Relaxed));
+            sample(o, name, &[], &self.count(counter));
         }
 
         let name = "wsgate_upgrade_duration_seconds";
@@ -661,34 +590,6 @@ impl Metrics {
             &[],
             &self.cluster_connected.load(Ordering::Relaxed),
         );
-        let cluster: [(&str, &str, &AtomicU64); 4] = [
-            (
-                "wsgate_cluster_forwarded_total",
-                "Broadcasts published to Redis for the other instances.",
-                &self.cluster_forwarded,
-            ),
-            (
-                "wsgate_cluster_not_forwarded_total",
-                "Broadcasts not published to Redis (publish queue full or Redis down).",
-                &self.cluster_not_forwarded,
-            ),
-            (
-                "wsgate_cluster_received_total",
-                "Broadcasts received from other instances through Redis and delivered here.",
-                &self.cluster_received,
-            ),
-            (
-                "wsgate_cluster_lost_total",
-                "Broadcasts of other instances missing from the Redis stream when read (trimmed \
-                 away, or lost in a Redis restart).",
-                &self.cluster_lost,
-            ),
-        ];
-        for (name, help, value) in cluster {
-            family(o, name, "counter", help);
-            sample(o, name, &[], &value.load(Ordering::Relaxed));
-        }
-
         let memory_gauges = [
             (
                 "wsgate_memory_bytes",
@@ -704,22 +605,6 @@ impl Metrics {
         for (name, help, value) in memory_gauges {
             family(o, name, "gauge", help);
             sample(o, name, &[], &value);
-        }
-        let memory: [(&str, &str, &AtomicU64); 2] = [
-            (
-                "wsgate_memory_refusals_total",
-                "Upgrades refused with 503 because the memory cap was reached.",
-                &self.memory_refusals,
-            ),
-            (
-                "wsgate_memory_drops_total",
-                "Subscribers closed with 1008 because a broadcast would have exceeded the memory cap.",
-                &self.memory_drops,
-            ),
-        ];
-        for (name, help, value) in memory {
-            family(o, name, "counter", help);
-            sample(o, name, &[], &value.load(Ordering::Relaxed));
         }
         out
     }

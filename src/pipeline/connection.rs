@@ -21,6 +21,7 @@ use tungstenite::{Error as WsError, Message};
 use crate::config::{Limits, Mode, Overflow, WsLimits};
 use crate::hub::{DirectWrite, Handoff, Membership};
 use crate::memory::{Account, Room};
+use crate::ops::metrics::Counter;
 use crate::pipeline::frames::{self, FrameLimit, FrameWatch};
 use crate::pipeline::ratelimit::MessageLimiter;
 use crate::pipeline::upgrade::WsStream;
@@ -398,14 +399,14 @@ impl Conn {
         metrics.message_in(msg.len());
         self.member.shared.traffic.received(msg.len());
         if !self.rights.may_publish {
-            metrics.publish_denied();
+            metrics.bump(Counter::PublishDenied, 1);
             return match self.rights.on_forbidden {
                 Overflow::Close => Err(End::Closed(1008, "publish not allowed")),
                 Overflow::Drop => Ok(()),
             };
         }
         if !self.limiter.allow(msg.len(), Instant::now()) {
-            metrics.rate_limited();
+            metrics.bump(Counter::RateLimited, 1);
             return match self.rights.on_rate_limit {
                 Overflow::Close => Err(End::Closed(1008, "rate limit")),
                 Overflow::Drop => Ok(()),
@@ -512,7 +513,7 @@ impl Conn {
             Err(WsError::WriteBufferFull(msg))
                 if frames::server_frame_len(&msg) > self.max_write_buffer =>
             {
-                self.member.metrics().broadcast_too_big();
+                self.member.metrics().bump(Counter::BroadcastTooBig, 1);
                 self.member.account().release(frames::payload_len(&msg));
                 log::debug!(
                     "dropped a {}-byte message larger than the write buffer ({} bytes)",

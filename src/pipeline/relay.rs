@@ -26,6 +26,7 @@ use tungstenite::{ClientRequestBuilder, Error as WsError, Message, WebSocket};
 
 use crate::config::{Backend, ChannelPattern, Endpoint, Limits, Overflow, WsLimits};
 use crate::hub::Membership;
+use crate::ops::metrics::Counter;
 use crate::pipeline::certs::CertError;
 use crate::pipeline::connection::{End, Rights};
 use crate::pipeline::frames::{FrameLimit, FrameWatch};
@@ -764,14 +765,14 @@ impl Relay {
     fn admit(&mut self, msg: &Message) -> Result<bool, Ending> {
         let metrics = self.member.metrics();
         if !self.rights.may_publish {
-            metrics.publish_denied();
+            metrics.bump(Counter::PublishDenied, 1);
             return match self.rights.on_forbidden {
                 Overflow::Close => Err(Ending::both(1008, "publish not allowed")),
                 Overflow::Drop => Ok(false),
             };
         }
         if !self.limiter.allow(msg.len(), Instant::now()) {
-            metrics.rate_limited();
+            metrics.bump(Counter::RateLimited, 1);
             return match self.rights.on_rate_limit {
                 Overflow::Close => Err(Ending::both(1008, "rate limit")),
                 Overflow::Drop => Ok(false),

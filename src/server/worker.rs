@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::auth::session::{self};
 use crate::config::Mode;
 use crate::hub::{Holder, HubClosed, Intake, Membership, Profile};
+use crate::ops::metrics::Counter;
 use crate::ops::metrics::Outcome;
 use crate::pipeline::admit::Ticket;
 use crate::pipeline::connection::{self, Rights};
@@ -197,7 +198,7 @@ fn handshake(
         // At the memory cap a new connection would only add to the squeeze (logged once per
         // interval by the budget, not per refusal).
         if !hub.budget().admits() {
-            metrics.memory_refused();
+            metrics.bump(Counter::MemoryRefusals, 1);
             hub.budget().refused();
             return Err(Reason::MemoryFull);
         }
@@ -333,7 +334,7 @@ fn handshake(
     metrics.outcome(Outcome::Accepted);
     metrics.observe_upgrade(accepted.elapsed());
     if backend.is_some() {
-        metrics.proxy_opened();
+        metrics.bump(Counter::ProxyConnections, 1);
     }
     Some(Opened {
         ws,

@@ -850,6 +850,8 @@ const DEFAULT_SESSION_KEY: &str = "session.key";
 const DEFAULT_CHANNEL_PREFIX: &str = "wsgate:";
 const DEFAULT_DEMO_CHANNEL: &str = "/chat/demo";
 const DEFAULT_PUBLISH_QUEUE: usize = 1024;
+/// `[admin] max_connections` when unset (see [`crate::ops::admin::DEFAULT_MAX_CONNECTIONS`]).
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 32;
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 const DEFAULT_HEALTH_CHECK: Duration = Duration::from_secs(1);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -2177,10 +2179,7 @@ fn parse_admin(
             ),
         ));
     }
-    let max_connections = s.nonzero_count(
-        "max_connections",
-        nz(crate::ops::admin::DEFAULT_MAX_CONNECTIONS),
-    )?;
+    let max_connections = s.nonzero_count("max_connections", nz(DEFAULT_ADMIN_MAX_CONNECTIONS))?;
     let token_file = if s.is_set("token_file") {
         let path = s.path("token_file", "", base)?;
         s.require_file("token_file", &path)?;

@@ -44,7 +44,7 @@ pub const FIRST_BYTE: Duration = Duration::from_millis(500);
 /// the oldest client still sending its request (head or publish body), so a flood of idle or
 /// slow connections cannot keep a probe out (it sends its request at once and is answered within
 /// a turn of the loop).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+pub const DEFAULT_MAX_CONNECTIONS: usize = crate::config::DEFAULT_ADMIN_MAX_CONNECTIONS;
 /// The largest request head read; a longer one gets 431.
 pub const MAX_HEAD: usize = 4096;
 const MAX_HEADERS: usize = 32;

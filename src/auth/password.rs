@@ -485,21 +485,7 @@ impl StoreState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use std::path::Path;
-
-    /// Cheap parameters so the tests run fast even unoptimized.
-    fn cheap() -> Params {
-        Params::new(8, 1, 1, None).unwrap()
-    }
-
-    fn h(pw: &str) -> String {
-        hash_password_with(pw, cheap()).unwrap()
-    }
-
-    fn p() -> &'static Path {
-        Path::new("conf/users")
-    }
+    use crate::auth::users::tests::{h, p};
 
     #[test]
     fn verify_outcomes() {

@@ -416,22 +416,24 @@ pub fn hash_digest(phc: &str) -> [u8; 32] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::auth::password::{AuthOutcome, Authenticator};
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     /// Cheap parameters so the tests run fast even unoptimized.
-    fn cheap() -> Params {
+    pub(crate) fn cheap() -> Params {
         Params::new(8, 1, 1, None).unwrap()
     }
 
-    fn h(pw: &str) -> String {
+    /// A hash of `pw` with [`cheap`] parameters.
+    pub(crate) fn h(pw: &str) -> String {
         hash_password_with(pw, cheap()).unwrap()
     }
 
-    fn p() -> &'static Path {
+    /// The path the parsed test files claim to come from.
+    pub(crate) fn p() -> &'static Path {
         Path::new("conf/users")
     }
 

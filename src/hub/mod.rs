@@ -152,10 +152,10 @@ pub struct MemberShared {
     /// The connection's socket, once its loop runs (see [`MemberShared::end`]).
     socket: OnceLock<Arc<TcpStream>>,
     /// Set by the hub when the outbox overflowed under the `disconnect` policy.
-    pub slow: AtomicBool,
+    slow: AtomicBool,
     /// Set when a reload took away this member's access; it closes with 1008 and the reason in
     /// `revocation`.
-    pub revoked: AtomicBool,
+    revoked: AtomicBool,
     /// Why it was revoked (set before `revoked`).
     revocation: OnceLock<Revocation>,
     /// Who holds this membership, so a reload can re-check their access.

@@ -207,12 +207,13 @@ fn sessions_resume_without_the_password_and_keep_their_id() {
         ws.send(Message::text("resumed")).unwrap();
         assert_eq!(next_data(ws), Message::text("resumed"));
     }
-    assert_eq!(
-        server.count_log(&format!("auth=session session={sid}")),
-        3,
-        "{}",
-        server.logs()
-    );
+    // The log is read on another thread: wait for the third line before counting.
+    let resumed = format!("auth=session session={sid}");
+    let until = Instant::now() + IO_TIMEOUT;
+    while server.count_log(&resumed) < 3 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.count_log(&resumed), 3, "{}", server.logs());
     assert!(!server.logs().contains(&token), "session token in log");
 }
 

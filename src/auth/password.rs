@@ -265,11 +265,15 @@ impl Authenticator {
             return (AuthOutcome::UnknownUser, Cost::Nothing, None);
         };
         let tag = self.tag(user, stored, password);
-        if known.is_some() && self.cache_enabled() && lock(&self.cache).hit(&tag, self.cache_ttl) {
+        let cached = || {
+            known.is_some() && self.cache_enabled() && lock(&self.cache).hit(&tag, self.cache_ttl)
+        };
+        if cached() {
             return (AuthOutcome::Ok, Cost::CacheHit, Some(hash_digest(stored)));
         }
-        let (matched, cost) = match self.join_or_lead(tag, gate) {
+        let (matched, cost) = match self.join_or_lead(tag, gate, &cached) {
             Role::Declined => return (AuthOutcome::Declined, Cost::Nothing, None),
+            Role::Cached => return (AuthOutcome::Ok, Cost::CacheHit, Some(hash_digest(stored))),
             Role::Follow(flight) => {
                 let mut answer = lock(&flight.answer);
                 while *answer == FlightAnswer::Running {
@@ -304,10 +308,21 @@ impl Authenticator {
     }
 
     /// Joins the identical check in flight, or — if `gate` agrees — becomes the one that runs.
-    fn join_or_lead(&self, tag: [u8; 32], gate: &mut dyn FnMut() -> bool) -> Role<'_> {
+    /// With no flight, the cache is asked again under the flights lock: a leader that finished
+    /// between the caller's cache miss and now cached its success before leaving the table, so
+    /// the caller finds one or the other and never runs Argon2 a second time.
+    fn join_or_lead(
+        &self,
+        tag: [u8; 32],
+        gate: &mut dyn FnMut() -> bool,
+        cached: &dyn Fn() -> bool,
+    ) -> Role<'_> {
         let mut flights = lock(&self.flights);
         if let Some(flight) = flights.get(&tag) {
             return Role::Follow(Arc::clone(flight));
+        }
+        if cached() {
+            return Role::Cached;
         }
         if !gate() {
             return Role::Declined;
@@ -429,6 +444,8 @@ enum Role<'a> {
     Follow(Arc<Flight>),
     /// The gate said no.
     Declined,
+    /// A leader finished meanwhile and cached the success.
+    Cached,
 }
 
 /// Recomputes `parsed`'s Argon2 hash of `password` in `memory` (grown to the hash's m_cost if

@@ -200,7 +200,17 @@ fn sigterm_turns_healthz_503_first_then_closes_1001_and_exits_0() {
         assert!(Instant::now() < until, "healthz never turned 503");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(close_code(&mut client), 1001);
+    let code = loop {
+        match client.read() {
+            Ok(Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(Message::Close(None)) => break 1005,
+            Ok(_) => {}
+            // Rare under load (seen twice in full CI-like runs, never alone): say what the server
+            // did, so the next occurrence can be traced.
+            Err(e) => panic!("no close frame: {e}; server log:\n{}", server.logs()),
+        }
+    };
+    assert_eq!(code, 1001);
     let status = server.wait_exit(Duration::from_secs(10)).expect("no exit");
     assert!(status.success(), "{status:?}");
 }

@@ -454,6 +454,12 @@ impl Conn {
             return Ok(()); // an echo connection: nothing is ever queued for it
         };
         waker.reset();
+        // The wake-up just consumed may have announced an end flag set after `step` looked (the
+        // hub closing, a revocation, a slow-consumer close): look again now, or the loop would
+        // sleep in `poll` with nothing left to wake it, and never send its close frame.
+        if let Some((code, why)) = self.member.ended() {
+            return Err(End::Closed(code, why));
+        }
         if let Some(msg) = w.held.take() {
             self.send(w, msg)?;
             if w.held.is_some() {
@@ -468,12 +474,16 @@ impl Conn {
                         return Ok(());
                     }
                 }
-                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return Err(End::Closed(1001, "going away")),
             }
         }
-        // Shutdown with an empty outbox is `Membership::ended`, checked at the next step.
-        Ok(())
+        // Shutdown announced by a wake-up consumed above ends once the outbox it let drain is
+        // empty: no later wake-up is coming for it.
+        match self.member.ended() {
+            Some((code, why)) => Err(End::Closed(code, why)),
+            None => Ok(()),
+        }
     }
 
     /// Queues one message. A full write buffer holds it back (outbox messages) or, for an echo the

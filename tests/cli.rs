@@ -2,10 +2,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -109,21 +108,12 @@ fn passwd_creates_a_file_the_server_accepts() {
     let (dir, config, ca) = setup.write();
     let users = dir.path().join("users");
     std::fs::remove_file(&users).unwrap();
-    let mut child = Command::new(bin())
-        .arg("passwd")
-        .arg(&users)
-        .arg("carol")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"carol-new-password\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = spawn_with_stdin(
+        Command::new(bin()).arg("passwd").arg(&users).arg("carol"),
+        "carol-new-password\n",
+    )
+    .wait_with_output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -450,21 +440,12 @@ fn users_and_tokens_changed_by_the_commands_apply_without_a_reload() {
     );
 
     // passwd: carol can log in once the watcher saw the file change, with no SIGHUP.
-    let mut child = Command::new(bin())
-        .arg("passwd")
-        .arg(&users)
-        .arg("carol")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"carol-password\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = spawn_with_stdin(
+        Command::new(bin()).arg("passwd").arg(&users).arg("carol"),
+        "carol-password\n",
+    )
+    .wait_with_output()
+    .unwrap();
     assert!(out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("applies this by itself"),

@@ -475,21 +475,7 @@ fn the_first_unknown_user_costs_what_a_wrong_password_costs() {
 
 /// Starts `wsgate ARGS` with `stdin` fed to it; `wait` gives its output.
 fn spawn_wsgate(args: &[&std::ffi::OsStr], stdin: &str) -> std::process::Child {
-    use std::io::Write;
-    let mut child = std::process::Command::new(bin())
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child
+    spawn_with_stdin(std::process::Command::new(bin()).args(args), stdin)
 }
 
 fn succeeded(child: std::process::Child) -> String {

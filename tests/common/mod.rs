@@ -688,8 +688,9 @@ impl ClientPki {
     }
 }
 
-/// Runs `cmd` to success with `stdin` fed to it; returns its stdout.
-pub fn run_ok(mut cmd: Command, stdin: &str) -> String {
+/// Starts `cmd` with its output captured and `stdin` fed to it (then closed); `wait_with_output`
+/// gives the result. The one way tests run a command that reads stdin (`wsgate passwd`).
+pub fn spawn_with_stdin(cmd: &mut Command, stdin: &str) -> Child {
     let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -702,7 +703,14 @@ pub fn run_ok(mut cmd: Command, stdin: &str) -> String {
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child
+}
+
+/// Runs `cmd` to success with `stdin` fed to it; returns its stdout.
+pub fn run_ok(mut cmd: Command, stdin: &str) -> String {
+    let out = spawn_with_stdin(&mut cmd, stdin)
+        .wait_with_output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{cmd:?}: {}",

@@ -99,16 +99,7 @@ pub fn run(
         write_base: channel.write_buffer_size,
         account: member.account().clone(),
     };
-    wire.ws.get_mut().watch_frames(
-        FrameWatch::new(
-            limits.max_fragments.get(),
-            limits.message_timeout,
-            channel.max_frame_size.get(),
-        ),
-        member.account().clone(),
-        channel.read_buffer_size.get(),
-    );
-    wire.ws.get_mut().get_mut().poll_driven(true);
+    watch_client(&mut wire.ws, &member, channel, limits);
     if rights.mode == Mode::Broadcast {
         let send_buffer = frames::send_buffer_for(channel.max_message_size.get());
         wire.ws.get_mut().get_mut().set_send_buffer(send_buffer);
@@ -139,6 +130,27 @@ pub fn run(
     let end = conn.serve(limits);
     conn.finish(&end, limits.write_timeout);
     end
+}
+
+/// Sets a client's WebSocket up for its loop (this one, or a proxy relay's): frames watched for
+/// the fragment cap and the message deadline and charged to the member's share of the memory cap
+/// as they arrive, and reads driven by `poll`.
+pub(crate) fn watch_client(
+    ws: &mut WsStream,
+    member: &Membership,
+    channel: &WsLimits,
+    limits: &Limits,
+) {
+    ws.get_mut().watch_frames(
+        FrameWatch::new(
+            limits.max_fragments.get(),
+            limits.message_timeout,
+            channel.max_frame_size.get(),
+        ),
+        member.account().clone(),
+        channel.read_buffer_size.get(),
+    );
+    ws.get_mut().get_mut().poll_driven(true);
 }
 
 /// The WebSocket and what its writes owe. The loop holds its lock while it works and lets go

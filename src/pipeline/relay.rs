@@ -28,8 +28,8 @@ use crate::config::{Backend, ChannelPattern, Endpoint, Limits, Overflow, WsLimit
 use crate::hub::Membership;
 use crate::ops::metrics::Counter;
 use crate::pipeline::certs::CertError;
-use crate::pipeline::connection::{End, Rights};
-use crate::pipeline::frames::{FrameLimit, FrameWatch};
+use crate::pipeline::connection::{self, End, Rights};
+use crate::pipeline::frames::FrameLimit;
 use crate::pipeline::ratelimit::MessageLimiter;
 use crate::pipeline::upgrade::WsStream;
 use crate::policy::{BackendFailure, Method};
@@ -574,16 +574,7 @@ pub fn run(
     // The client's frames are charged to the memory cap as a connection loop's are, and given
     // back once each message is handed to the backend (its write buffer is bounded per
     // connection by `max_write_buffer_size`, not by the cap).
-    client.ws.get_mut().watch_frames(
-        FrameWatch::new(
-            limits.max_fragments.get(),
-            limits.message_timeout,
-            channel.max_frame_size.get(),
-        ),
-        member.account().clone(),
-        channel.read_buffer_size.get(),
-    );
-    client.ws.get_mut().get_mut().poll_driven(true);
+    connection::watch_client(&mut client.ws, &member, channel, limits);
     member.attach_socket(Arc::clone(&sock));
     let mut relay = Relay {
         client,
@@ -926,7 +917,7 @@ fn ping_if_silent<S: Read + Write>(
 /// backend gets 1001.
 fn client_failed(e: WsError) -> Ending {
     Ending {
-        client: crate::pipeline::connection::classify(e),
+        client: connection::classify(e),
         backend: client_gone(),
     }
 }

@@ -315,6 +315,28 @@ pub enum Verdict {
     Busy,
 }
 
+impl Verdict {
+    /// The proven user, session id and proof, or the refusal a failed check gets (one mapping for
+    /// the upgrade and the demo login).
+    ///
+    /// # Errors
+    /// `BadCredentials`, `Throttled` or `Busy`, as the verdict says.
+    fn proven(self) -> Result<(String, Option<String>, Proof), Reason> {
+        match self {
+            Verdict::Ok {
+                user,
+                session_id,
+                proof,
+            } => Ok((user, session_id, proof)),
+            Verdict::Bad { user, why } => Err(Reason::BadCredentials { user, why }),
+            Verdict::Throttled { user, retry_after } => {
+                Err(Reason::Throttled { user, retry_after })
+            }
+            Verdict::Busy => Err(Reason::Busy),
+        }
+    }
+}
+
 /// The server's credential checks. Implementations own the users file, API tokens, session key
 /// and failed-login throttling; `decide` stays pure by asking through this trait.
 pub trait Verifier {
@@ -864,19 +886,10 @@ pub fn decide(
         None => None,
     };
     let (user, method, session_id, proof) = match verdict {
-        Some((
-            Verdict::Ok {
-                user,
-                session_id,
-                proof,
-            },
-            method,
-        )) => (Some(user), method, session_id, proof),
-        Some((Verdict::Bad { user, why }, _)) => return Err(Reason::BadCredentials { user, why }),
-        Some((Verdict::Throttled { user, retry_after }, _)) => {
-            return Err(Reason::Throttled { user, retry_after });
+        Some((verdict, method)) => {
+            let (user, session_id, proof) = verdict.proven()?;
+            (Some(user), method, session_id, proof)
         }
-        Some((Verdict::Busy, _)) => return Err(Reason::Busy),
         None => match client_user {
             Some(user) => (
                 Some(user.to_string()),
@@ -945,12 +958,10 @@ pub fn decide_login(
         Ok(_) => return Err(malformed(String::new())),
         Err(user) => return Err(malformed(user)),
     };
-    match verifier.password(&user, &password) {
-        Verdict::Ok { user, .. } => Ok(user),
-        Verdict::Bad { user, why } => Err(Reason::BadCredentials { user, why }),
-        Verdict::Throttled { user, retry_after } => Err(Reason::Throttled { user, retry_after }),
-        Verdict::Busy => Err(Reason::Busy),
-    }
+    verifier
+        .password(&user, &password)
+        .proven()
+        .map(|(user, _, _)| user)
 }
 
 #[cfg(test)]

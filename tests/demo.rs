@@ -217,6 +217,17 @@ fn the_demo_login_sets_the_session_cookie_or_says_why_not() {
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
     let answer = server.raw_request(&login_request(Some(ORIGIN_OK), "user=alice"));
     assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    // The form limit (4096 bytes): a form of exactly that length is read and checked (its long
+    // password is refused as malformed, 401); one byte more is 413 unread.
+    let at_limit = |extra: usize| {
+        let head = format!("user={}&pass=", ALICE.0);
+        format!("{head}{}", "p".repeat(4096 - head.len() + extra))
+    };
+    assert_eq!(at_limit(0).len(), 4096);
+    let answer = server.raw_request(&login_request(Some(ORIGIN_OK), &at_limit(0)));
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    let answer = server.raw_request(&login_request(Some(ORIGIN_OK), &at_limit(1)));
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
 
     // With the demo off there is no login: a POST gets 405 as before.
     let off = Setup::default().start();

@@ -1,0 +1,219 @@
+//! The cluster bridge: carries broadcasts between wsgate instances through one capped Redis
+//! Stream, so a subscriber on any instance gets what is published on any other, and a link that
+//! drops resumes where it left off. Two threads, one Redis connection each; it never runs on a
+//! connection thread and never makes one wait.
+//!
+//! - The **publisher** moves the hub's bounded queue ([`Outbound`]) into its pending list (at
+//!   most `publish_queue`; when full the oldest is dropped and counted) and sends
+//!   `XADD <prefix>broadcasts MAXLEN ~ <stream_length> * p <path> m <envelope>`, pipelining up
+//!   to [`BATCH`](publisher::BATCH). An entry leaves the pending list only when Redis has acknowledged it, so what
+//!   was pending while the link was down, or in flight when it failed, is sent on reconnect.
+//! - The **subscriber** reads with `XREAD BLOCK` after the last entry id it has seen (kept across
+//!   reconnects) and hands each message of *another* instance to [`Hub::deliver`]; its own are
+//!   skipped, as the hub already delivered them locally.
+//!
+//! Every link is health-checked, so a dead or frozen Redis is noticed within `health_check +
+//! health_timeout` whether this instance publishes or not: every call has `health_timeout` to
+//! answer, an idle publisher sends `PING` after `health_check` without an answer, and the
+//! subscriber's `XREAD` blocks for [`POLL`](subscriber::POLL) only. A link found down is logged once (lost: reason),
+//! retried with a capped exponential backoff, and logged once more when it is back (how long it
+//! was out, how many broadcasts were not forwarded); `wsgate_cluster_connected` is 1 only while
+//! both are up. Meanwhile the hub keeps serving locally.
+//!
+//! No duplicates, per-publisher order: an entry sent again (its first `XADD` may have landed
+//! before the link failed) carries the same sequence number, and the subscriber drops anything
+//! at or below the last number it delivered from that publisher. A jump in the numbers is a
+//! loss the stream could not prevent (trimmed away, or Redis restarted without persistence):
+//! counted (`wsgate_cluster_lost_total`) and logged.
+//!
+//! The envelope (an entry's `m` field) is binary: `[version = 2][id length: u8][instance id]
+//! [epoch: u64 BE][sequence: u64 BE][kind: 0 text | 1 binary | 2 disconnect][bytes]`; the epoch
+//! is random per process, so a restarted publisher with the same id starts a new sequence. A
+//! disconnect (an admin's `POST /disconnect`, issue 16) carries its filter as a query string
+//! (`user=alice&path=%2Fchat`) and travels in the same sequence as broadcasts, so it is resent,
+//! deduplicated and ordered like them; every other instance ends its matching connections.
+//!
+//! This file starts and stops the bridge; [`publisher`] and [`subscriber`] are the two links,
+//! [`link`] what they share (health, backoff, the connection), [`wire`] the envelope and the
+//! stream replies.
+
+mod link;
+mod publisher;
+mod subscriber;
+mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+
+use self::link::Link;
+use crate::config::{ClusterConfig, RedisUrl};
+use crate::hub::Hub;
+use crate::ops::metrics::Metrics;
+
+/// How long [`Bridge::stop`] waits for the threads (one may be inside a Redis call).
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Decides whether a path received from Redis may be delivered here (a broadcast channel of the
+/// current configuration serves it).
+pub type Accepts = dyn Fn(&str) -> bool + Send + Sync;
+
+/// The running bridge; [`Bridge::stop`] ends it.
+pub struct Bridge {
+    /// Never sent on: dropping it disconnects the channel, which both threads watch.
+    stop: Sender<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Bridge {
+    /// Starts the bridge if `config` names a Redis server, attaching its queue to `hub`; `None`
+    /// for a purely local hub. Returns at once: connecting happens on the bridge's threads.
+    ///
+    /// # Errors
+    /// The thread could not be spawned, or the URL is refused by the redis crate (config
+    /// validation makes that unlikely); the message never contains the password.
+    pub fn start(
+        config: &ClusterConfig,
+        hub: &Arc<Hub>,
+        metrics: &Arc<Metrics>,
+        accepts: Arc<Accepts>,
+    ) -> std::io::Result<Option<Bridge>> {
+        let Some(url) = &config.redis_url else {
+            return Ok(None);
+        };
+        let client = redis::Client::open(url.secret())
+            .map_err(|e| std::io::Error::other(format!("[cluster] redis_url {url}: {e}")))?;
+        let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.publish_queue.get());
+        let (stop, stop_rx) = crossbeam_channel::bounded(0);
+        let ctx = Arc::new(Context {
+            url: url.clone(),
+            instance_id: config.instance_id.clone(),
+            epoch: new_epoch(),
+            stream: stream_key(&config.channel_prefix),
+            publish_queue: config.publish_queue.get(),
+            stream_length: config.stream_length.get(),
+            max_backoff: config.max_backoff,
+            health_check: config.health_check,
+            health_timeout: config.health_timeout,
+            hub: Arc::clone(hub),
+            metrics: Arc::clone(metrics),
+            accepts,
+            publisher_up: AtomicBool::new(false),
+            subscriber_up: AtomicBool::new(false),
+            stop: stop_rx,
+        });
+        log::info!(
+            "cluster: instance `{}` joins the backbone at {url} (stream `{}` of about {} \
+             entries, publish queue {}, a dead link noticed within {:?})",
+            ctx.instance_id,
+            ctx.stream,
+            ctx.stream_length,
+            ctx.publish_queue,
+            ctx.health_check + ctx.health_timeout,
+        );
+        metrics.set_cluster_connected(false);
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .stack_size(256 * 1024)
+                .spawn(run)
+        };
+        let (c, p) = (Arc::clone(&ctx), client.clone());
+        let publisher = spawn(
+            "wsgate-cluster-pub",
+            Box::new(move || publisher::run(&c, &p, &queue_rx)),
+        )?;
+        let (c, s) = (Arc::clone(&ctx), client);
+        let subscriber = spawn(
+            "wsgate-cluster-sub",
+            Box::new(move || subscriber::run(&c, &s)),
+        )?;
+        hub.set_outlet(queue_tx);
+        Ok(Some(Bridge {
+            stop,
+            threads: vec![publisher, subscriber],
+        }))
+    }
+
+    /// Stops both threads: closes the stop channel and waits a moment for them (a thread inside
+    /// a Redis call finishes it first, within its deadline; after [`STOP_WAIT`] it is left to end
+    /// with the process).
+    pub fn stop(self) {
+        drop(self.stop);
+        let until = Instant::now() + STOP_WAIT;
+        while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for t in self.threads {
+            if t.is_finished() && t.join().is_err() {
+                log::error!("cluster: a bridge thread panicked");
+            }
+        }
+    }
+}
+
+/// The Redis key of the backbone's stream.
+fn stream_key(prefix: &str) -> String {
+    format!("{prefix}broadcasts")
+}
+
+/// A random number naming this process's sequence of envelopes.
+fn new_epoch() -> u64 {
+    ring::rand::generate::<[u8; 8]>(&ring::rand::SystemRandom::new()).map_or_else(
+        // No randomness: the clock still tells two runs of one instance apart.
+        |_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        },
+        |r| u64::from_be_bytes(r.expose()),
+    )
+}
+
+/// What both threads share.
+struct Context {
+    url: RedisUrl,
+    instance_id: String,
+    epoch: u64,
+    stream: String,
+    publish_queue: usize,
+    stream_length: usize,
+    max_backoff: Duration,
+    health_check: Duration,
+    health_timeout: Duration,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    accepts: Arc<Accepts>,
+    publisher_up: AtomicBool,
+    subscriber_up: AtomicBool,
+    /// Disconnected when the bridge stops.
+    stop: Receiver<()>,
+}
+
+impl Context {
+    fn stopped(&self) -> bool {
+        matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
+    }
+
+    /// Records one link's state; the gauge is 1 only while both links are up.
+    fn set_up(&self, link: Link, up: bool) {
+        match link {
+            Link::Publisher => self.publisher_up.store(up, Ordering::Release),
+            Link::Subscriber => self.subscriber_up.store(up, Ordering::Release),
+        }
+        let both =
+            self.publisher_up.load(Ordering::Acquire) && self.subscriber_up.load(Ordering::Acquire);
+        self.metrics.set_cluster_connected(both);
+    }
+
+    /// Waits `delay`, or less if the bridge stops (then false).
+    fn sleep(&self, delay: Duration) -> bool {
+        !matches!(
+            self.stop.recv_timeout(delay),
+            Err(RecvTimeoutError::Disconnected)
+        )
+    }
+}

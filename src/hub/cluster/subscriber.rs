@@ -1,0 +1,318 @@
+//! The subscriber link: `XREAD BLOCK` after the last entry seen (kept across reconnects), each
+//! other instance's message delivered to the hub once and in order ([`Senders`] drops copies
+//! and counts gaps), its disconnects carried out, and bad entries and losses logged sparingly.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use super::Context;
+use super::link::{Link, Watch, connect};
+use super::wire::{BadEnvelope, Inbound, Origin, decode, for_each_entry, for_each_stream};
+use crate::ops::admin;
+use crate::ops::metrics::Counter;
+
+/// How long the subscriber's `XREAD` blocks: how soon it notices shutdown while Redis is quiet.
+/// Redis answers (empty) at its end, which is the subscriber link's health check.
+const POLL: Duration = Duration::from_millis(250);
+/// Most stream entries read in one `XREAD`: the subscriber holds up to this many messages at
+/// once (counted in the memory budget).
+const READ_BATCH: usize = 128;
+/// Most publishers whose sequence the subscriber tracks; the one heard from least recently is
+/// forgotten first (each restart of a publisher with a default instance id is a new one).
+const MAX_SENDERS: usize = 1024;
+/// At most one "lost" warning per this long; the rest are summed into the next one.
+const LOST_WARN_EVERY: Duration = Duration::from_secs(10);
+#[derive(Debug, PartialEq, Eq)]
+enum Arrival {
+    /// The next one from that publisher (or the first heard from it): deliver.
+    Next,
+    /// Deliver; this many before it never arrived.
+    AfterLoss(u64),
+    /// At or below the last one delivered from that publisher: an entry sent again, drop it.
+    Duplicate,
+}
+
+/// The last sequence number delivered from each publisher process (bounded: [`MAX_SENDERS`]).
+#[derive(Default)]
+struct Senders {
+    /// Instance id -> (epoch, last sequence number, when last heard from on `clock`).
+    last: HashMap<Vec<u8>, (u64, u64, u64)>,
+    clock: u64,
+}
+
+impl Senders {
+    fn arrive(&mut self, origin: &Origin<'_>) -> Arrival {
+        self.clock += 1;
+        if let Some((epoch, seq, heard)) = self.last.get_mut(origin.instance)
+            && *epoch == origin.epoch
+        {
+            if origin.seq <= *seq {
+                return Arrival::Duplicate;
+            }
+            let lost = origin.seq - *seq - 1;
+            (*seq, *heard) = (origin.seq, self.clock);
+            return if lost == 0 {
+                Arrival::Next
+            } else {
+                Arrival::AfterLoss(lost)
+            };
+        }
+        if self.last.len() >= MAX_SENDERS && !self.last.contains_key(origin.instance) {
+            let oldest = self
+                .last
+                .iter()
+                .min_by_key(|(_, v)| v.2)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.last.remove(&oldest);
+            }
+        }
+        self.last.insert(
+            origin.instance.to_vec(),
+            (origin.epoch, origin.seq, self.clock),
+        );
+        Arrival::Next
+    }
+}
+
+/// One broadcast waiting for Redis; its sequence number is fixed when it is first sent, so a
+/// What the subscriber keeps across reconnects.
+struct Reader {
+    /// The id of the last stream entry read; `None` until the first connection finds the end of
+    /// the stream.
+    last_id: Option<String>,
+    senders: Senders,
+    warned_bad: bool,
+    /// Losses not yet logged, and when the last warning was.
+    lost_unlogged: u64,
+    lost_logged_at: Option<Instant>,
+}
+
+/// The subscriber thread: read the stream, deliver, and on failure retry with backoff.
+pub(super) fn run(ctx: &Context, client: &redis::Client) {
+    let mut watch = Watch::new(Link::Subscriber);
+    let mut reader = Reader {
+        last_id: None,
+        senders: Senders::default(),
+        warned_bad: false,
+        lost_unlogged: 0,
+        lost_logged_at: None,
+    };
+    loop {
+        match listen(ctx, client, &mut watch, &mut reader) {
+            Ok(()) => return,
+            Err(e) => {
+                let delay = watch.down(ctx, &e);
+                if !ctx.sleep(delay) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One connection's reading: `Ok` when the bridge stops, the error when Redis fails. Every
+/// `XREAD` blocks for [`POLL`] at most and must be answered within `health_timeout` after that.
+fn listen(
+    ctx: &Context,
+    client: &redis::Client,
+    watch: &mut Watch,
+    reader: &mut Reader,
+) -> redis::RedisResult<()> {
+    let mut con = connect(ctx, client, Link::Subscriber)?;
+    let (from, detail) = match &reader.last_id {
+        Some(id) => (
+            id.clone(),
+            format!(
+                "; reading the stream after entry {id}, so nothing published meanwhile is lost"
+            ),
+        ),
+        None => {
+            // First connection: start after what is in the stream already, so that old
+            // broadcasts are never replayed to this instance's clients.
+            let last: Value = redis::cmd("XREVRANGE")
+                .arg(&ctx.stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query(&mut con)?;
+            let mut id = "0-0".to_string();
+            for_each_entry(&last, |entry| id = entry.id.to_string())?;
+            let detail = format!("; reading the stream `{}` after entry {id}", ctx.stream);
+            (id, detail)
+        }
+    };
+    con.set_read_timeout(Some(POLL + ctx.health_timeout))?;
+    watch.up(ctx, &detail);
+    let mut last_id = from;
+    loop {
+        reader.last_id = Some(last_id.clone());
+        if ctx.stopped() {
+            return Ok(());
+        }
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_BATCH)
+            .arg("BLOCK")
+            .arg(POLL.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&ctx.stream)
+            .arg(&last_id)
+            .query(&mut con)?;
+        // Nil when nothing came within the block time.
+        for_each_stream(&reply, |entries| {
+            for_each_entry(entries, |entry| {
+                last_id.clear();
+                last_id.push_str(entry.id);
+                match (entry.path, entry.envelope) {
+                    (Some(path), Some(envelope)) => reader.handle(ctx, path, envelope),
+                    _ => reader.bad(ctx, "?", &BadEnvelope::Fields),
+                }
+            })
+        })?;
+        reader.log_lost(ctx);
+    }
+}
+
+impl Reader {
+    /// Delivers one entry unless it is this instance's own, a copy, or for no channel here.
+    fn handle(&mut self, ctx: &Context, path: &str, envelope: &[u8]) {
+        let (origin, message) = match decode(envelope) {
+            Ok(decoded) => decoded,
+            Err(why) => return self.bad(ctx, path, &why),
+        };
+        if origin.instance == ctx.instance_id.as_bytes() {
+            return; // ours: delivered locally already
+        }
+        match self.senders.arrive(&origin) {
+            Arrival::Duplicate => {
+                log::debug!("cluster: dropped a copy of a broadcast on `{path}`");
+                return;
+            }
+            Arrival::AfterLoss(n) => {
+                ctx.metrics.bump(Counter::ClusterLost, n);
+                self.lost_unlogged += n;
+            }
+            Arrival::Next => {}
+        }
+        let message = match message {
+            Inbound::Broadcast(message) => message,
+            Inbound::Disconnect(filter) => {
+                let n = ctx.hub.disconnect(&filter);
+                ctx.metrics.bump(Counter::AdminDisconnects, n as u64);
+                log::info!(
+                    "cluster: disconnect from instance `{}` ({}) closed={n}",
+                    String::from_utf8_lossy(origin.instance).escape_debug(),
+                    admin::query_string(&filter)
+                );
+                return;
+            }
+        };
+        if (ctx.accepts)(path) {
+            ctx.hub.deliver(path, &message);
+            ctx.metrics.bump(Counter::ClusterReceived, 1);
+        } else {
+            log::debug!("cluster: no broadcast channel here serves `{path}`; ignored");
+        }
+    }
+
+    /// Something else writes to our stream: say so once, then at debug.
+    fn bad(&mut self, ctx: &Context, path: &str, why: &BadEnvelope) {
+        if self.warned_bad {
+            log::debug!("cluster: ignored an entry for `{path}`: {why}");
+        } else {
+            self.warned_bad = true;
+            log::warn!(
+                "cluster: ignored an entry for `{path}`: {why} (is another program, or an older \
+                 wsgate, writing to the stream `{}`?)",
+                ctx.stream
+            );
+        }
+    }
+
+    /// Logs the losses found since the last warning, at most once per [`LOST_WARN_EVERY`].
+    fn log_lost(&mut self, ctx: &Context) {
+        if self.lost_unlogged == 0
+            || self
+                .lost_logged_at
+                .is_some_and(|at| at.elapsed() < LOST_WARN_EVERY)
+        {
+            return;
+        }
+        log::warn!(
+            "cluster: {} broadcasts of other instances were no longer in the stream `{}` when \
+             read (trimmed: raise stream_length; or lost in a Redis restart)",
+            self.lost_unlogged,
+            ctx.stream
+        );
+        self.lost_unlogged = 0;
+        self.lost_logged_at = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(instance: &'static [u8], epoch: u64, seq: u64) -> Origin<'static> {
+        Origin {
+            instance,
+            epoch,
+            seq,
+        }
+    }
+
+    #[test]
+    fn copies_are_dropped_and_gaps_counted_per_publisher() {
+        let mut s = Senders::default();
+        assert_eq!(s.arrive(&from(b"b", 1, 5)), Arrival::Next, "first heard");
+        assert_eq!(s.arrive(&from(b"b", 1, 6)), Arrival::Next);
+        assert_eq!(s.arrive(&from(b"c", 9, 1)), Arrival::Next, "another one");
+        // A batch sent again after a failed link: every copy dropped, then on in order.
+        for seq in [5, 6] {
+            assert_eq!(s.arrive(&from(b"b", 1, seq)), Arrival::Duplicate);
+        }
+        assert_eq!(s.arrive(&from(b"b", 1, 7)), Arrival::Next);
+        assert_eq!(s.arrive(&from(b"b", 1, 10)), Arrival::AfterLoss(2));
+        assert_eq!(
+            s.arrive(&from(b"b", 1, 9)),
+            Arrival::Duplicate,
+            "never back"
+        );
+        // A restarted publisher (new epoch) starts a new sequence.
+        assert_eq!(s.arrive(&from(b"b", 2, 1)), Arrival::Next);
+        assert_eq!(s.arrive(&from(b"c", 9, 2)), Arrival::Next);
+    }
+
+    #[test]
+    fn senders_are_bounded_forgetting_the_least_recent() {
+        let mut s = Senders::default();
+        let ids: Vec<Vec<u8>> = (0..=MAX_SENDERS)
+            .map(|i| i.to_string().into_bytes())
+            .collect();
+        for id in &ids[..MAX_SENDERS] {
+            s.arrive(&Origin {
+                instance: id,
+                epoch: 1,
+                seq: 1,
+            });
+        }
+        // "0" heard again: "1" is now the least recent and makes room.
+        s.arrive(&Origin {
+            instance: &ids[0],
+            epoch: 1,
+            seq: 2,
+        });
+        s.arrive(&Origin {
+            instance: &ids[MAX_SENDERS],
+            epoch: 1,
+            seq: 1,
+        });
+        assert_eq!(s.last.len(), MAX_SENDERS);
+        assert!(s.last.contains_key(&ids[0]));
+        assert!(!s.last.contains_key(&ids[1]));
+    }
+}

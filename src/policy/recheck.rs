@@ -1,0 +1,286 @@
+//! A reload's decision for a live connection ([`recheck`]): what proved its user ([`Proof`])
+//! must still prove it ([`credential_holds`]), and the channel and roles must still let it in
+//! ([`access_holds`], the rule [`super::decide`] applies at the upgrade).
+
+use rustls::pki_types::CertificateDer;
+
+use super::acl;
+use crate::config::Config;
+
+/// What proved a connection's user at its upgrade, kept for the connection's life so that a
+/// reload can ask whether it still holds. Holds no secret: digests and a fingerprint only (and a
+/// client's public certificate chain).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Proof {
+    /// Nothing: an anonymous channel.
+    #[default]
+    Anonymous,
+    /// A password, checked against the stored hash with this SHA-256 (of its PHC string).
+    Password { hash: [u8; 32] },
+    /// The API token with this SHA-256 (as the tokens file stores it).
+    ApiToken { digest: [u8; 32] },
+    /// A session token carrying this credential fingerprint, first issued at `login_unix` (the
+    /// password or token login that started the session; renewals keep it), verified with the
+    /// session key whose `SessionKey::id` is `key_id`.
+    Session {
+        fingerprint: [u8; 8],
+        login_unix: u64,
+        key_id: [u8; 8],
+    },
+    /// A TLS client certificate chain (end entity first), as verified at the handshake. `decide`
+    /// leaves it empty; the server, which holds the TLS session, fills it in.
+    ClientCert { chain: Vec<CertificateDer<'static>> },
+}
+
+/// Who holds a live connection, as far as a reload needs to know to re-check it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holder {
+    /// None for an anonymous client.
+    pub user: Option<String>,
+    /// Whether the user was let in to publish (so a reload that takes that away closes it).
+    pub may_publish: bool,
+    /// What proved the user.
+    pub proof: Proof,
+}
+
+/// The credentials as they are now (after a reload), as [`recheck`] asks about them. The server
+/// implements it over its loaded users, tokens and client CA; tests with a fake.
+pub trait CredentialState {
+    /// SHA-256 of `user`'s stored password hash; None if the users file has no such user.
+    fn password_hash(&self, user: &str) -> Option<[u8; 32]>;
+    /// The owner of the API token with this digest, if the tokens file still has it.
+    fn token_owner(&self, digest: &[u8; 32]) -> Option<String>;
+    /// `user`'s credential fingerprint (see `session::user_fingerprint`); None if the users file
+    /// has no such user.
+    fn fingerprint(&self, user: &str) -> Option<[u8; 8]>;
+    /// Whether the current client CA still trusts this chain (and client certificates are on).
+    fn client_cert_trusted(&self, chain: &[CertificateDer<'static>]) -> bool;
+    /// Whether a session verified with the key `key_id` and started at `login_unix` would still
+    /// be accepted: sessions on, the same key, and `session_max_age` not yet reached.
+    fn session_accepted(&self, key_id: &[u8; 8], login_unix: u64) -> bool;
+}
+
+/// Why a reload ends a live connection. Each is a 1008 close with its own reason text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// What proved the user no longer does: user deleted, password changed, token revoked,
+    /// session fingerprint changed, client certificate no longer trusted.
+    Credential,
+    /// The credential holds, but the path is no longer served or the roles no longer allow
+    /// subscribing (or publishing, for a connection let in to publish).
+    Access,
+    /// An admin ended it (`POST /disconnect` on the admin API, here or on another instance).
+    Admin,
+}
+
+impl Revocation {
+    /// The close frame's reason text.
+    #[must_use]
+    pub fn close_reason(self) -> &'static str {
+        match self {
+            Revocation::Credential => "credential revoked",
+            Revocation::Access => "access revoked",
+            Revocation::Admin => "disconnected by admin",
+        }
+    }
+}
+
+/// Whether a live connection may stay after a reload: its credential must still prove its user
+/// ([`credential_holds`]), a channel must still serve its path, and the roles must still let it
+/// subscribe (and publish, if it was let in to publish). The one home of this rule; the server
+/// calls it for every live connection on each reload.
+///
+/// # Errors
+/// The [`Revocation`] that ends the connection.
+pub fn recheck(
+    holder: &Holder,
+    path: &str,
+    config: &Config,
+    state: &dyn CredentialState,
+) -> Result<(), Revocation> {
+    let user = holder.user.as_deref();
+    if !credential_holds(user, &holder.proof, state) {
+        return Err(Revocation::Credential);
+    }
+    let served = config
+        .channel_for(path)
+        .is_some_and(|c| user.is_some() || c.anonymous);
+    let access = acl::evaluate(&config.roles, user, path);
+    if served && access.can_subscribe() && (!holder.may_publish || access.can_publish()) {
+        Ok(())
+    } else {
+        Err(Revocation::Access)
+    }
+}
+
+/// Whether `proof` still proves `user`: the same password hash; the same token, still the user's,
+/// and the user still in the users file (a deleted user's tokens are orphaned); the same
+/// credential fingerprint for a session (which a password change, deletion or any change to the
+/// user's tokens alters), still signed with the current key and within `session_max_age`; a
+/// client certificate the current client CA still trusts.
+#[must_use]
+pub fn credential_holds(user: Option<&str>, proof: &Proof, state: &dyn CredentialState) -> bool {
+    match (proof, user) {
+        (Proof::Anonymous, None) => true,
+        (Proof::Password { hash }, Some(user)) => state.password_hash(user) == Some(*hash),
+        (Proof::ApiToken { digest }, Some(user)) => {
+            state.token_owner(digest).as_deref() == Some(user)
+                && state.password_hash(user).is_some()
+        }
+        (
+            Proof::Session {
+                fingerprint,
+                login_unix,
+                key_id,
+            },
+            Some(user),
+        ) => {
+            state.fingerprint(user) == Some(*fingerprint)
+                && state.session_accepted(key_id, *login_unix)
+        }
+        (Proof::ClientCert { chain }, Some(_)) => state.client_cert_trusted(chain),
+        // A user without a proof, or a proof without a user: never issued; end it.
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::fixtures::*;
+
+    /// Credentials as a reload sees them: alice's password hash is [1;32], token [2;32] is
+    /// bob's, carol's fingerprint is [3;8], certificates signed "good" are trusted.
+    struct Now {
+        deleted: &'static [&'static str],
+    }
+
+    impl CredentialState for Now {
+        fn password_hash(&self, user: &str) -> Option<[u8; 32]> {
+            (!self.deleted.contains(&user)).then_some(if user == "alice" {
+                [1; 32]
+            } else {
+                [9; 32]
+            })
+        }
+        fn token_owner(&self, digest: &[u8; 32]) -> Option<String> {
+            (*digest == [2; 32]).then(|| "bob".to_string())
+        }
+        fn fingerprint(&self, user: &str) -> Option<[u8; 8]> {
+            self.password_hash(user).map(|_| [3; 8])
+        }
+        fn client_cert_trusted(&self, chain: &[CertificateDer<'static>]) -> bool {
+            chain.first().is_some_and(|c| c.as_ref() == b"good")
+        }
+        // Key [6;8]; sessions that started before 10 are past their max age.
+        fn session_accepted(&self, key_id: &[u8; 8], login_unix: u64) -> bool {
+            *key_id == [6; 8] && login_unix >= 10
+        }
+    }
+
+    fn holder(user: Option<&str>, proof: Proof) -> Holder {
+        Holder {
+            user: user.map(str::to_string),
+            may_publish: false,
+            proof,
+        }
+    }
+
+    #[test]
+    fn recheck_asks_each_credential_kind_whether_it_still_holds() {
+        let cfg = config();
+        let now = Now { deleted: &[] };
+        let session_with = |login_unix, key_id| Proof::Session {
+            fingerprint: [3; 8],
+            login_unix,
+            key_id,
+        };
+        let session = session_with(10, [6; 8]);
+        let cert = |der: &'static [u8]| Proof::ClientCert {
+            chain: vec![CertificateDer::from(der)],
+        };
+        let cases: &[(Option<&str>, Proof, Result<(), Revocation>)] = &[
+            (Some("alice"), Proof::Password { hash: [1; 32] }, Ok(())),
+            // A new password: the old one no longer proves alice.
+            (
+                Some("alice"),
+                Proof::Password { hash: [7; 32] },
+                Err(Revocation::Credential),
+            ),
+            (Some("bob"), Proof::ApiToken { digest: [2; 32] }, Ok(())),
+            // Revoked token; a token that is someone else's.
+            (
+                Some("bob"),
+                Proof::ApiToken { digest: [5; 32] },
+                Err(Revocation::Credential),
+            ),
+            (
+                Some("alice"),
+                Proof::ApiToken { digest: [2; 32] },
+                Err(Revocation::Credential),
+            ),
+            (Some("carol"), session.clone(), Ok(())),
+            (
+                Some("carol"),
+                Proof::Session {
+                    fingerprint: [4; 8],
+                    login_unix: 10,
+                    key_id: [6; 8],
+                },
+                Err(Revocation::Credential),
+            ),
+            // Signed with a key that was replaced since; past session_max_age.
+            (
+                Some("carol"),
+                session_with(10, [7; 8]),
+                Err(Revocation::Credential),
+            ),
+            (
+                Some("carol"),
+                session_with(9, [6; 8]),
+                Err(Revocation::Credential),
+            ),
+            (Some("dave"), cert(b"good"), Ok(())),
+            (Some("dave"), cert(b"other CA"), Err(Revocation::Credential)),
+            (
+                Some("dave"),
+                Proof::ClientCert { chain: vec![] },
+                Err(Revocation::Credential),
+            ),
+            (None, Proof::Anonymous, Err(Revocation::Access)), // /echo is not anonymous
+            (Some("x"), Proof::Anonymous, Err(Revocation::Credential)),
+        ];
+        for (user, proof, want) in cases {
+            let got = recheck(&holder(*user, proof.clone()), "/echo", &cfg, &now);
+            assert_eq!(got, *want, "{user:?} {proof:?}");
+        }
+        // Deleting bob orphans his token and ends his session; alice is untouched.
+        let gone = Now { deleted: &["bob"] };
+        let bob_token = holder(Some("bob"), Proof::ApiToken { digest: [2; 32] });
+        assert_eq!(
+            recheck(&bob_token, "/echo", &cfg, &gone),
+            Err(Revocation::Credential)
+        );
+        assert_eq!(
+            recheck(&holder(Some("bob"), session), "/echo", &cfg, &gone),
+            Err(Revocation::Credential)
+        );
+        let alice = holder(Some("alice"), Proof::Password { hash: [1; 32] });
+        assert_eq!(recheck(&alice, "/echo", &cfg, &gone), Ok(()));
+        // The credential holds but the roles no longer allow: access revoked.
+        assert_eq!(
+            recheck(&alice, "/private", &cfg, &now),
+            Err(Revocation::Access)
+        );
+        let publisher = Holder {
+            may_publish: true,
+            ..alice.clone()
+        };
+        assert_eq!(
+            recheck(&publisher, "/feed", &cfg, &now),
+            Err(Revocation::Access)
+        );
+        assert_eq!(recheck(&publisher, "/chat/a", &cfg, &now), Ok(()));
+        assert_eq!(Revocation::Credential.close_reason(), "credential revoked");
+    }
+}

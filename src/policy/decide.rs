@@ -109,6 +109,48 @@ pub fn route<'c>(path: &str, config: &'c Config) -> Result<&'c ChannelConfig, Re
     }
     config.channel_for(path).ok_or(Reason::UnknownPath)
 }
+
+/// What `user` may do on `channel` (the one serving `path`), the roles being `config`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Allowed {
+    pub(crate) may_publish: bool,
+}
+
+/// Why [`channel_rights`] keeps a user off a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// An anonymous client on a channel without `anonymous = true`.
+    NeedsUser,
+    /// No role lets this user (or the `anonymous` role) subscribe to the path.
+    NoRole,
+}
+
+/// Who may use a channel: an anonymous client (`user` None) only a channel with
+/// `anonymous = true`, and anyone only with a role that lets them subscribe to `path`; publishing
+/// takes a role that lets them publish. The one home of this rule: the upgrade applies it
+/// ([`decide`]) and every reload applies it again to each live connection
+/// ([`super::access_holds`]).
+///
+/// # Errors
+/// The [`Denied`] that keeps the user off.
+pub(crate) fn channel_rights(
+    config: &Config,
+    channel: &ChannelConfig,
+    user: Option<&str>,
+    path: &str,
+) -> Result<Allowed, Denied> {
+    if user.is_none() && !channel.anonymous {
+        return Err(Denied::NeedsUser);
+    }
+    let access = acl::evaluate(&config.roles, user, path);
+    if !access.can_subscribe() {
+        return Err(Denied::NoRole);
+    }
+    Ok(Allowed {
+        may_publish: access.can_publish(),
+    })
+}
+
 /// The upgrade decision, in order: path (404), Origin (403), credentials (401, 429, 503),
 /// subscribe permission (403). `target` is the request target as [`Target::parse`] read it from
 /// the request line; `req`'s own URI is never looked at. `client_user` is the user a verified
@@ -179,16 +221,17 @@ pub fn decide(
                 None,
                 Proof::ClientCert { chain: Vec::new() },
             ),
-            None if channel.anonymous => (None, Method::Anonymous, None, Proof::Anonymous),
-            None => return Err(Reason::NoCredentials),
+            // Let in only where the channel takes anonymous clients ([`channel_rights`]).
+            None => (None, Method::Anonymous, None, Proof::Anonymous),
         },
     };
-    let access = acl::evaluate(&config.roles, user.as_deref(), path);
-    if !access.can_subscribe() {
-        return Err(Reason::Forbidden {
-            user: user.as_deref().map_or_else(String::new, safe_user),
-        });
-    }
+    let allowed =
+        channel_rights(config, channel, user.as_deref(), path).map_err(|denied| match denied {
+            Denied::NeedsUser => Reason::NoCredentials,
+            Denied::NoRole => Reason::Forbidden {
+                user: user.as_deref().map_or_else(String::new, safe_user),
+            },
+        })?;
     Ok(Grant {
         user,
         method,
@@ -196,7 +239,7 @@ pub fn decide(
         path: path.to_string(),
         query: target.query.clone(),
         channel: channel.clone(),
-        may_publish: access.can_publish(),
+        may_publish: allowed.may_publish,
         subprotocol,
         proof,
         browser: !origins.is_empty(),

@@ -19,7 +19,9 @@ pub use self::decide::{Grant, MAX_LOGIN_BODY, Verdict, Verifier, decide, decide_
 pub use self::head::{Target, check_head};
 pub(crate) use self::offer::percent_decode;
 pub use self::offer::{Offer, OfferError, Offered, offered};
-pub use self::recheck::{CredentialState, Holder, Proof, Revocation, credential_holds, recheck};
+pub use self::recheck::{
+    CredentialState, Holder, Proof, Revocation, access_holds, credential_holds, recheck,
+};
 
 use std::fmt;
 use std::time::Duration;
@@ -299,21 +301,29 @@ mod fixtures {
     use super::*;
     use crate::config::Config;
 
+    /// The channels and roles of [`config`].
+    pub(super) const CHANNELS_AND_ROLES: &str = "\
+        [channel:/echo]\nmode = echo\n[channel:/chat/*]\nmode = broadcast\n\
+        [channel:/feed]\nmode = broadcast\n[channel:/private]\nmode = broadcast\n\
+        [channel:/public]\nmode = broadcast\nanonymous = true\n\
+        [role:everyone]\nmembers = *\nsubscribe = /echo, /chat/*, /feed\npublish = /echo, /chat/*\n\
+        [role:operators]\nmembers = root\nsubscribe = /private\n\
+        [role:anonymous]\nsubscribe = /public\n";
+
     pub(super) fn config() -> Config {
+        config_with(CHANNELS_AND_ROLES)
+    }
+
+    /// A config allowing [`ORIGIN`] with these channels and roles.
+    pub(super) fn config_with(channels_and_roles: &str) -> Config {
         // Any existing regular file will do as the users file: policy never reads it.
         let text = format!(
             "[tls]\nself_signed = true\ncert = /nonexistent/c.pem\nkey = /nonexistent/k.pem\n\
              [auth]\nusers_file = {}/Cargo.toml\n\
-             [origins]\nallow = https://app.example.com\n\
-             [channel:/echo]\nmode = echo\n[channel:/chat/*]\nmode = broadcast\n\
-             [channel:/feed]\nmode = broadcast\n[channel:/private]\nmode = broadcast\n\
-             [channel:/public]\nmode = broadcast\nanonymous = true\n\
-             [role:everyone]\nmembers = *\nsubscribe = /echo, /chat/*, /feed\npublish = /echo, /chat/*\n\
-             [role:operators]\nmembers = root\nsubscribe = /private\n\
-             [role:anonymous]\nsubscribe = /public\n",
+             [origins]\nallow = https://app.example.com\n{channels_and_roles}",
             env!("CARGO_MANIFEST_DIR")
         );
-        Config::parse(&text, Path::new("/tmp/policy-test.ini")).unwrap()
+        Config::parse(&text, Path::new("/tmp/policy-test.ini")).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Parses a raw request head into tungstenite's request type, as the callback sees it.

@@ -201,6 +201,7 @@ fn loggable_user(user: &str) -> String {
         String::new()
     }
 }
+
 /// Decodes `%XX` escapes and `+` (as space), as `application/x-www-form-urlencoded` does.
 /// The one decoder of query values: the upgrade's and the admin API's.
 pub(crate) fn percent_decode(s: &str) -> Option<String> {

@@ -4,7 +4,7 @@
 
 use rustls::pki_types::CertificateDer;
 
-use super::acl;
+use super::decide::{channel_rights, route};
 use crate::config::Config;
 
 /// What proved a connection's user at its upgrade, kept for the connection's life so that a
@@ -86,9 +86,8 @@ impl Revocation {
 }
 
 /// Whether a live connection may stay after a reload: its credential must still prove its user
-/// ([`credential_holds`]), a channel must still serve its path, and the roles must still let it
-/// subscribe (and publish, if it was let in to publish). The one home of this rule; the server
-/// calls it for every live connection on each reload.
+/// ([`credential_holds`]), and the channel and roles must still let it in ([`access_holds`]).
+/// The server calls it for every live connection on each reload.
 ///
 /// # Errors
 /// The [`Revocation`] that ends the connection.
@@ -98,19 +97,25 @@ pub fn recheck(
     config: &Config,
     state: &dyn CredentialState,
 ) -> Result<(), Revocation> {
-    let user = holder.user.as_deref();
-    if !credential_holds(user, &holder.proof, state) {
+    if !credential_holds(holder.user.as_deref(), &holder.proof, state) {
         return Err(Revocation::Credential);
     }
-    let served = config
-        .channel_for(path)
-        .is_some_and(|c| user.is_some() || c.anonymous);
-    let access = acl::evaluate(&config.roles, user, path);
-    if served && access.can_subscribe() && (!holder.may_publish || access.can_publish()) {
-        Ok(())
-    } else {
-        Err(Revocation::Access)
+    if !access_holds(holder, path, config) {
+        return Err(Revocation::Access);
     }
+    Ok(())
+}
+
+/// Whether `config` still lets `holder` use `path`: a channel still serves it, and the rule the
+/// upgrade applied ([`channel_rights`]: anonymous only where the channel allows it, a role to
+/// subscribe) still lets the holder in; a connection let in to publish must still be allowed to
+/// publish (it is closed, not quietly made read-only).
+#[must_use]
+pub fn access_holds(holder: &Holder, path: &str, config: &Config) -> bool {
+    route(path, config)
+        .ok()
+        .and_then(|channel| channel_rights(config, channel, holder.user.as_deref(), path).ok())
+        .is_some_and(|allowed| allowed.may_publish || !holder.may_publish)
 }
 
 /// Whether `proof` still proves `user`: the same password hash; the same token, still the user's,
@@ -282,5 +287,68 @@ mod tests {
         );
         assert_eq!(recheck(&publisher, "/chat/a", &cfg, &now), Ok(()));
         assert_eq!(Revocation::Credential.close_reason(), "credential revoked");
+    }
+
+    /// A reload's access check against the upgrade's, case by case: under the config a reload
+    /// brings, a connection stays exactly when [`decide`] would let it in again (and, for one let
+    /// in to publish, let it publish).
+    #[test]
+    fn access_holds_where_decide_would_let_the_connection_in_again() {
+        let base = CHANNELS_AND_ROLES;
+        let no_feed_role = base.replace(
+            "subscribe = /echo, /chat/*, /feed",
+            "subscribe = /echo, /chat/*",
+        );
+        let no_feed_channel = no_feed_role.replace("[channel:/feed]\nmode = broadcast\n", "");
+        let public_needs_user = base.replace("anonymous = true\n", "");
+        let own = "[channel:/user/*]\nmode = broadcast\n\
+                   [role:users]\nmembers = *\nsubscribe = /user/%u/*\npublish = /user/%u/inbox\n";
+        // (channels and roles, user, path, let in to publish, stays)
+        let cases: &[(&str, Option<&str>, &str, bool, bool)] = &[
+            (base, Some("alice"), "/feed", false, true),
+            (base, Some("alice"), "/chat/a", true, true),
+            // Lost publish: /feed may still be read, no longer written.
+            (base, Some("alice"), "/feed", true, false),
+            // Lost subscribe: the role no longer names /feed.
+            (no_feed_role.as_str(), Some("alice"), "/feed", false, false),
+            // The channel removed.
+            (
+                no_feed_channel.as_str(),
+                Some("alice"),
+                "/feed",
+                false,
+                false,
+            ),
+            // No role at all.
+            (base, Some("alice"), "/private", false, false),
+            // Anonymous: only on an anonymous channel, under the `anonymous` role.
+            (base, None, "/public", false, true),
+            (base, None, "/echo", false, false),
+            (public_needs_user.as_str(), None, "/public", false, false),
+            // %u: one's own paths only.
+            (own, Some("alice"), "/user/alice/feed", false, true),
+            (own, Some("alice"), "/user/alice/inbox", true, true),
+            (own, Some("alice"), "/user/alice/feed", true, false),
+            (own, Some("alice"), "/user/bob/feed", false, false),
+        ];
+        for &(channels_and_roles, user, path, may_publish, stays) in cases {
+            let cfg = config_with(channels_and_roles);
+            let holder = Holder {
+                user: user.map(str::to_string),
+                may_publish,
+                proof: Proof::Anonymous,
+            };
+            let case = format!("{user:?} {path} publish={may_publish}");
+            assert_eq!(access_holds(&holder, path, &cfg), stays, "{case}");
+            // The upgrade, under the same config (alice proves herself with her password).
+            let credentials = if user.is_some() {
+                "Authorization: Basic YWxpY2U6cHc=\r\n"
+            } else {
+                ""
+            };
+            let upgrade = get(&cfg, path, &format!("{credentials}{ORIGIN}"));
+            let let_in = upgrade.is_ok_and(|grant| grant.may_publish || !may_publish);
+            assert_eq!(let_in, stays, "decide: {case}");
+        }
     }
 }

@@ -78,6 +78,7 @@ impl Endpoint {
         }
     }
 }
+
 /// The answer to one complete request head, or the body a publish still needs.
 pub(super) fn route(head: &[u8], state: &AdminState, peer: SocketAddr) -> Routed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -183,6 +184,7 @@ fn health_or_metrics(endpoint: Endpoint, state: &AdminState) -> Answer {
         }
     }
 }
+
 /// A publish head's checks: a path a broadcast channel serves (404), a declared length
 /// (411; no chunked bodies) within that channel's `max_message_size` (413).
 fn route_publish(headers: &[httparse::Header<'_>], query: &Filter, api: &Api) -> Routed {

@@ -1,0 +1,404 @@
+//! Fan-out: a broadcast to every member of a path, charged to the memory cap first and written
+//! straight into an idle connection or queued in its outbox; a member too slow or over the cap
+//! closed; and what leaves for the other instances ([`Outbound`]). Never blocks.
+
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::TrySendError;
+use tungstenite::Message;
+
+use super::member::{Handoff, Member, discard_queued};
+use super::{Filter, Hub};
+use crate::config::SlowConsumer;
+use crate::memory::{self, Candidate, Charged, Room};
+use crate::ops::metrics::Counter;
+
+/// What leaves this instance for the others, queued for the cluster bridge.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A broadcast published here on `path`. Its bytes are charged to the memory cap until it
+    /// is dropped (by the bridge, once sent or discarded); `charge` is None when the cap is off.
+    Broadcast {
+        path: String,
+        msg: Message,
+        charge: Option<Charged>,
+    },
+    /// An admin's disconnect: every instance ends its connections that match.
+    Disconnect(Filter),
+}
+
+impl Outbound {
+    /// A broadcast that carries no charge (the cap is off, or a test).
+    pub fn broadcast(path: &str, msg: Message) -> Outbound {
+        Outbound::Broadcast {
+            path: path.to_string(),
+            msg,
+            charge: None,
+        }
+    }
+}
+
+/// Equal when they carry the same thing (the charge is bookkeeping).
+impl PartialEq for Outbound {
+    fn eq(&self, other: &Outbound) -> bool {
+        match (self, other) {
+            (
+                Outbound::Broadcast { path, msg, .. },
+                Outbound::Broadcast {
+                    path: p2, msg: m2, ..
+                },
+            ) => path == p2 && msg == m2,
+            (Outbound::Disconnect(a), Outbound::Disconnect(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+impl Hub {
+    /// Sends `msg` to every member of `path` except `from`, then queues it for the other
+    /// instances if a cluster bridge is attached. Never blocks.
+    pub fn publish(&self, path: &str, from: u64, msg: &Message) {
+        self.fan_out(path, Some(from), msg);
+        self.forward(path, msg);
+    }
+
+    /// Publishes `msg` on `path` from outside any connection (the admin API's `POST /publish`):
+    /// every member of `path` here, then the other instances. Returns how many members here
+    /// took it (written or queued). Never blocks.
+    pub fn inject(&self, path: &str, msg: &Message) -> usize {
+        let reached = self.fan_out(path, None, msg);
+        self.forward(path, msg);
+        reached
+    }
+
+    /// Queues `msg` for the other instances if a cluster bridge is attached.
+    fn forward(&self, path: &str, msg: &Message) {
+        let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(outlet) = outlet.as_ref() {
+            // At the memory cap the message is not forwarded, as with a full queue.
+            let charge = if self.budget.cap().is_some() {
+                match Charged::try_new(&self.budget, msg.len(), Room::Deliveries) {
+                    Some(charge) => Some(charge),
+                    None => {
+                        self.metrics.bump(Counter::ClusterNotForwarded, 1);
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            let out = Outbound::Broadcast {
+                path: path.to_string(),
+                msg: msg.clone(),
+                charge,
+            };
+            // Full: the bridge is behind (or Redis slow); Disconnected: the bridge stopped.
+            if outlet.try_send(out).is_err() {
+                self.metrics.bump(Counter::ClusterNotForwarded, 1);
+            }
+        }
+    }
+
+    /// Delivers a broadcast that another instance published to every member of `path` here.
+    /// It is never queued for the bridge again. Never blocks.
+    pub fn deliver(&self, path: &str, msg: &Message) {
+        self.fan_out(path, None, msg);
+    }
+
+    /// Sends `msg` to every member of `path` except `from`, and to none whose own limits are
+    /// smaller than it (dropped for that member and counted). Each delivery is charged to the
+    /// member's account first; those that do not fit under the memory cap are settled by
+    /// [`Hub::squeeze`]. Returns how many took it (written or queued).
+    fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) -> usize {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        let Some(members) = groups.get(path) else {
+            return 0;
+        };
+        let mut reached = 0;
+        // Encoded once, at the first direct write, for every subscriber.
+        let wire = std::cell::OnceCell::new();
+        let mut dropped = 0;
+        for (i, m) in members.iter().enumerate() {
+            // A member already closing as slow never reads its outbox again.
+            if Some(m.id) == from
+                || m.shared.waker.is_none()
+                || m.shared.slow.load(Ordering::Acquire)
+            {
+                continue;
+            }
+            if msg.len() > m.intake.max_message {
+                // Its write buffer may be too small to ever take it: retried, it would wedge
+                // the member's loop (issue 11).
+                self.metrics.bump(Counter::BroadcastTooBig, 1);
+                continue;
+            }
+            if !m.shared.account.try_charge(msg.len(), Room::Deliveries) {
+                dropped += self.squeeze(members, from, i, msg.len());
+                if m.shared.slow.load(Ordering::Acquire)
+                    || !m.shared.account.try_charge(msg.len(), Room::Deliveries)
+                {
+                    // Dropped to make room, or the room went to another publisher meanwhile:
+                    // nothing is queued past the cap.
+                    if self.drop_at_cap(m) {
+                        dropped += 1;
+                    }
+                    continue;
+                }
+            }
+            if self.deliver_charged(m, msg, &wire) {
+                reached += 1;
+            }
+        }
+        if dropped > 0 {
+            self.metrics.bump(Counter::MemoryDrops, dropped as u64);
+            self.budget.dropped(dropped);
+        }
+        reached
+    }
+
+    /// Delivers `msg`, already charged to `m`'s account: straight into its socket when it is
+    /// idle, else into its outbox. The charge stays with whatever still holds the bytes (the
+    /// outbox, or the write buffer a direct write could not flush) and is given back otherwise.
+    /// Returns whether the member took it (written or queued).
+    fn deliver_charged(
+        &self,
+        m: &Member,
+        msg: &Message,
+        wire: &std::cell::OnceCell<Option<Vec<u8>>>,
+    ) -> bool {
+        if let Some(direct) = m.shared.direct.get() {
+            if !m.shared.revoked.load(Ordering::Acquire) {
+                let frame = wire.get_or_init(|| crate::pipeline::frames::wire_frame(msg));
+                match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
+                    // Taken: the connection holds the charge now, and settles it as its
+                    // buffers drain (see `DirectWrite::try_write`).
+                    Handoff::Sent => {
+                        self.metrics.message_out(msg.len());
+                        m.shared.traffic.sent(msg.len());
+                        return true;
+                    }
+                    Handoff::SentWake => {
+                        self.metrics.message_out(msg.len());
+                        m.shared.traffic.sent(msg.len());
+                        m.shared.wake();
+                        return true;
+                    }
+                    Handoff::Queue => {}
+                }
+            }
+        }
+        match m.try_queue(msg) {
+            Ok(()) => {
+                m.shared.wake();
+                true
+            }
+            Err(TrySendError::Full(())) => {
+                m.shared.account.release(msg.len());
+                match m.intake.slow_consumer {
+                    SlowConsumer::Drop => self.metrics.bump(Counter::BroadcastDropped, 1),
+                    SlowConsumer::Disconnect => {
+                        self.close_slow(m);
+                    }
+                }
+                false
+            }
+            // The member is leaving; its Membership drop removes it.
+            Err(TrySendError::Disconnected(_)) => {
+                m.shared.account.release(msg.len());
+                false
+            }
+        }
+    }
+    /// Ends `m` with 1008 `slow consumer` (once); true if this call did it.
+    fn close_slow(&self, m: &Member) -> bool {
+        if m.shared.slow.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.metrics.bump(Counter::SlowConsumerCloses, 1);
+        m.shared.end();
+        true
+    }
+
+    /// A delivery to `members[short]` met the memory cap: closes the members with the largest
+    /// backlog (1008 `slow consumer`, their outbox given back at once) until `len` bytes fit,
+    /// which may be `members[short]` itself. Members already closing are not candidates: they
+    /// get nothing more. Returns how many it closed.
+    fn squeeze(&self, members: &[Member], from: Option<u64>, short: usize, len: usize) -> usize {
+        let eligible: Vec<usize> = (0..members.len())
+            .filter(|&i| {
+                let m = &members[i];
+                Some(m.id) != from
+                    && m.shared.waker.is_some()
+                    && !m.shared.slow.load(Ordering::Acquire)
+            })
+            .collect();
+        let candidates: Vec<Candidate> = eligible
+            .iter()
+            .map(|&i| {
+                let m = &members[i];
+                Candidate {
+                    backlog: m.shared.account.held(),
+                    frees: m.shared.queued_bytes.load(Ordering::Relaxed),
+                    needs: if i == short { len } else { 0 },
+                }
+            })
+            .collect();
+        let chosen = memory::choose_drops(&candidates, self.budget.room(Room::Deliveries));
+        chosen
+            .into_iter()
+            .filter(|&c| self.drop_at_cap(&members[eligible[c]]))
+            .count()
+    }
+
+    /// Closes `m` at the memory cap as a slow consumer and gives its outbox back now; true if
+    /// this call closed it.
+    fn drop_at_cap(&self, m: &Member) -> bool {
+        let closed = self.close_slow(m);
+        discard_queued(&m.rx, &m.shared);
+        closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crossbeam_channel::TryRecvError;
+
+    use super::*;
+    use crate::hub::fixtures::*;
+    use crate::hub::{Intake, Membership};
+    use crate::ops::metrics::Metrics;
+    use crate::policy::Holder;
+
+    #[test]
+    fn a_broadcast_over_a_members_own_limit_is_dropped_for_it_alone_and_counted() {
+        let hub = hub();
+        let sender = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let small = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let large = hub
+            .join(
+                "/c",
+                true,
+                Intake {
+                    max_message: 4096,
+                    ..intake(4, SlowConsumer::Disconnect)
+                },
+                Holder::default(),
+            )
+            .unwrap()
+            .unwrap();
+        for n in [0, 1024, 1025, 4096, 4097] {
+            sender.publish(&Message::binary(vec![0u8; n]));
+        }
+        let got = |m: &Membership| {
+            std::iter::from_fn(|| m.next_queued().ok())
+                .map(|msg| msg.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(got(&small), [0, 1024]);
+        assert_eq!(got(&large), [0, 1024, 1025, 4096]);
+        assert_eq!(hub.metrics.count(Counter::BroadcastTooBig), 4);
+        assert!(
+            !small.shared.slow.load(Ordering::Acquire),
+            "dropped, not slow"
+        );
+    }
+
+    #[test]
+    fn broadcast_reaches_others_not_sender() {
+        let hub = hub();
+        let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let other = join(&hub, "/d", 4, SlowConsumer::Disconnect);
+        a.publish(&text("hi"));
+        assert_eq!(b.next_queued().unwrap(), text("hi"));
+        assert!(a.next_queued().is_err());
+        assert!(other.next_queued().is_err());
+    }
+
+    #[test]
+    fn outbox_bound_counts_only_what_is_still_queued() {
+        let hub = hub();
+        let sender = join(&hub, "/c", 1, SlowConsumer::Drop);
+        let b = join(&hub, "/c", 2, SlowConsumer::Drop);
+        for round in 0..3 {
+            for i in 0..3 {
+                hub.publish("/c", sender.id, &text(&format!("{round}.{i}")));
+            }
+            // Two fit, the third is dropped; draining makes room for the next round.
+            assert_eq!(b.next_queued().unwrap(), text(&format!("{round}.0")));
+            assert_eq!(b.next_queued().unwrap(), text(&format!("{round}.1")));
+            assert!(matches!(b.next_queued(), Err(TryRecvError::Empty)));
+        }
+    }
+
+    #[test]
+    fn full_outbox_marks_slow_or_drops() {
+        let hub = hub();
+        let a = join(&hub, "/c", 1, SlowConsumer::Disconnect);
+        let slow = join(&hub, "/c", 1, SlowConsumer::Disconnect);
+        let dropper = join(&hub, "/c", 1, SlowConsumer::Drop);
+        a.publish(&text("1"));
+        a.publish(&text("2"));
+        assert!(slow.shared.slow.load(Ordering::Acquire));
+        assert!(!dropper.shared.slow.load(Ordering::Acquire));
+        assert_eq!(hub.metrics.count(Counter::BroadcastDropped), 1);
+        assert_eq!(hub.metrics.count(Counter::SlowConsumerCloses), 1);
+        assert_eq!(dropper.next_queued().unwrap(), text("1"));
+    }
+
+    #[test]
+    fn outlet_gets_broadcasts_once_and_counts_a_full_queue() {
+        let metrics = Arc::new(Metrics::new(["/c"]));
+        let hub = Hub::new(Arc::clone(&metrics));
+        let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        // No bridge: local only, nothing counted.
+        a.publish(&text("local"));
+        assert_eq!(b.next_queued().unwrap(), text("local"));
+        assert_eq!(metrics.count(Counter::ClusterNotForwarded), 0);
+
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        hub.set_outlet(tx);
+        a.publish(&text("1"));
+        a.publish(&text("2")); // the queue holds one: not forwarded
+        assert_eq!(b.next_queued().unwrap(), text("1"));
+        assert_eq!(b.next_queued().unwrap(), text("2"));
+        assert_eq!(rx.try_recv().unwrap(), Outbound::broadcast("/c", text("1")));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(metrics.count(Counter::ClusterNotForwarded), 1);
+
+        // From another instance: every member here gets it (the publisher is elsewhere), and
+        // it is not queued for Redis again.
+        hub.deliver("/c", &Message::binary(vec![0u8, 255]));
+        assert_eq!(a.next_queued().unwrap(), Message::binary(vec![0u8, 255]));
+        assert_eq!(b.next_queued().unwrap(), Message::binary(vec![0u8, 255]));
+        assert!(rx.try_recv().is_err());
+
+        // Shutdown detaches the bridge.
+        hub.shutdown();
+        assert!(matches!(
+            rx.recv_timeout(std::time::Duration::from_secs(1)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn inject_reaches_every_member_counts_them_and_forwards_once() {
+        let metrics = Arc::new(Metrics::new(["/c"]));
+        let hub = Hub::new(Arc::clone(&metrics));
+        let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let b = join(&hub, "/c", 1, SlowConsumer::Drop);
+        let _other = join(&hub, "/d", 4, SlowConsumer::Disconnect);
+        assert_eq!(hub.inject("/c", &text("1")), 2, "both, none excluded");
+        assert_eq!(hub.inject("/c", &text("2")), 1, "b's outbox is full");
+        assert_eq!(hub.inject("/nobody", &text("3")), 0);
+        assert_eq!(a.next_queued().unwrap(), text("1"));
+        assert_eq!(b.next_queued().unwrap(), text("1"));
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        hub.set_outlet(tx);
+        hub.inject("/c", &text("4"));
+        assert_eq!(rx.try_recv().unwrap(), Outbound::broadcast("/c", text("4")));
+        assert!(rx.try_recv().is_err());
+    }
+}

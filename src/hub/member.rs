@@ -1,0 +1,233 @@
+//! A member's state, shared by the hub and its connection: the outbox and its counts, the end
+//! flags (slow, revoked), the waker or socket that ends it, who it is and what it moved; the
+//! [`Intake`] fixed when it joined; and the [`DirectWrite`] path a broadcast takes into an idle
+//! connection.
+
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use tungstenite::Message;
+
+use super::waker::Waker;
+use crate::config::{Mode, SlowConsumer, WsLimits};
+use crate::memory::Account;
+use crate::policy::Holder;
+use crate::policy::{Method, Revocation};
+
+/// A member's connection, as the hub may write a broadcast straight into it.
+pub trait DirectWrite: Send + Sync {
+    /// Writes `msg` now if that needs no waiting and overtakes nothing: the connection's lock is
+    /// free (taken with `try_lock`), `outbox_empty()` holds under that lock, and nothing written
+    /// earlier is still stuck in its buffers. The socket is non-blocking. `wire` is the message
+    /// already encoded as a frame ([`crate::pipeline::frames::wire_frame`]) when it is small enough, the
+    /// same bytes for every subscriber. The hub has charged `msg` to the member's memory account;
+    /// unless it answers [`Handoff::Queue`], the connection takes that charge over.
+    fn try_write(
+        &self,
+        msg: &Message,
+        wire: Option<&[u8]>,
+        outbox_empty: &dyn Fn() -> bool,
+    ) -> Handoff;
+}
+
+/// What [`DirectWrite::try_write`] did with a broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// Written to the socket.
+    Sent,
+    /// Accepted, but the socket was full (or failed): the connection must be woken to finish
+    /// the write (or to find the error).
+    SentWake,
+    /// Not taken: queue it in the outbox as usual.
+    Queue,
+}
+
+/// What one member takes from the hub, fixed when it joins from its channel's limits at the
+/// time: a reload changes the limits of new connections, never the buffers of a live one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intake {
+    /// Messages its outbox holds before it counts as slow (`outbox`).
+    pub outbox: usize,
+    /// What a full outbox gets (`slow_consumer`).
+    pub slow_consumer: SlowConsumer,
+    /// The largest broadcast it is sent (`max_message_size`). Its write buffer holds one such
+    /// message whatever else is buffered (the config checks `max_write_buffer_size`), so a
+    /// message it is sent always fits once the buffer has drained.
+    pub max_message: usize,
+}
+
+impl Intake {
+    /// The intake a connection with these channel limits gets.
+    pub fn of(limits: &WsLimits) -> Intake {
+        Intake {
+            outbox: limits.outbox.get(),
+            slow_consumer: limits.slow_consumer,
+            max_message: limits.max_message_size.get(),
+        }
+    }
+}
+
+pub(super) struct Member {
+    pub(super) id: u64,
+    /// The outbox's sending side; at most `intake.outbox` messages queued (counted in
+    /// [`MemberShared::queued`]).
+    pub(super) tx: Sender<Message>,
+    /// The outbox's receiving side too, so that a member dropped at the memory cap gives its
+    /// queued bytes back at once rather than when its loop ends.
+    pub(super) rx: Receiver<Message>,
+    pub(super) intake: Intake,
+    pub(super) shared: Arc<MemberShared>,
+}
+
+impl Member {
+    /// Queues `msg` in the outbox unless it holds `intake.outbox` messages already. The caller
+    /// has charged its bytes to the member's account; they stay charged while it is queued.
+    pub(super) fn try_queue(&self, msg: &Message) -> Result<(), TrySendError<()>> {
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.intake.outbox {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(TrySendError::Full(()));
+        }
+        self.shared
+            .queued_bytes
+            .fetch_add(msg.len(), Ordering::Relaxed);
+        self.tx.send(msg.clone()).map_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            self.shared
+                .queued_bytes
+                .fetch_sub(msg.len(), Ordering::Relaxed);
+            TrySendError::Disconnected(())
+        })
+    }
+}
+
+/// Takes one message off an outbox, keeping the counts in step (its bytes stay charged: they
+/// move on to the write buffer).
+pub(super) fn take_queued(
+    rx: &Receiver<Message>,
+    shared: &MemberShared,
+) -> Result<Message, TryRecvError> {
+    let msg = rx.try_recv()?;
+    shared.queued.fetch_sub(1, Ordering::AcqRel);
+    shared.queued_bytes.fetch_sub(msg.len(), Ordering::Relaxed);
+    Ok(msg)
+}
+
+/// Empties an outbox whose messages will never be written, giving their bytes back.
+pub(super) fn discard_queued(rx: &Receiver<Message>, shared: &MemberShared) {
+    while let Ok(msg) = take_queued(rx, shared) {
+        shared.account.release(msg.len());
+    }
+}
+
+/// State the hub and the connection both see.
+pub struct MemberShared {
+    /// Wakes the connection's `poll` for queued broadcasts; only members of broadcast channels
+    /// have one (an eventfd). An echo connection receives nothing from the hub, so it spends no
+    /// descriptor on it: its one wake-up, the end (shutdown, revocation), shuts the read side of
+    /// its socket instead ([`MemberShared::end`]).
+    pub waker: Option<Waker>,
+    /// The connection's socket, once its loop runs (see [`MemberShared::end`]).
+    pub(super) socket: OnceLock<Arc<TcpStream>>,
+    /// Set by the hub when the outbox overflowed under the `disconnect` policy.
+    pub(super) slow: AtomicBool,
+    /// Set when a reload took away this member's access; it closes with 1008 and the reason in
+    /// `revocation`.
+    pub(super) revoked: AtomicBool,
+    /// Why it was revoked (set before `revoked`).
+    pub(super) revocation: OnceLock<Revocation>,
+    /// Who holds this membership, so a reload can re-check their access.
+    pub holder: Holder,
+    /// Messages in the outbox. The outbox is an unbounded channel bounded by this count, so its
+    /// storage is allocated as messages queue (crossbeam's list flavour, blocks of 31) rather
+    /// than up front: most subscribers get their broadcasts written directly and never queue.
+    pub(super) queued: AtomicUsize,
+    /// Payload bytes in the outbox (what dropping the member at the memory cap frees at once).
+    pub(super) queued_bytes: AtomicUsize,
+    /// What this connection holds against the memory cap: its outbox, its write buffer beyond
+    /// what was flushed, the message it is reading. Released whole when the membership ends.
+    pub account: Account,
+    /// The connection's direct-write path, once its loop runs (see [`DirectWrite`]).
+    pub direct: OnceLock<Arc<dyn DirectWrite>>,
+    /// When the connection's loop entered the step it is in, in milliseconds after the hub's
+    /// epoch plus one; 0 while it waits in `poll` (or has not started). For the watchdog: a step
+    /// never waits, so one that lasts is a wedged worker ([`Hub::longest_step`]).
+    pub(super) step_since: AtomicU64,
+    /// Who the connection is, for the admin API's listing; set once, just before the 101.
+    pub profile: OnceLock<Profile>,
+    /// What the connection moved so far.
+    pub traffic: Traffic,
+}
+
+/// A connection as the admin API lists it. Holds no secret: the session id names a session,
+/// it does not prove one (the signed session token does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub method: Method,
+    pub mode: Mode,
+    pub peer: SocketAddr,
+    pub since: SystemTime,
+    pub session_id: String,
+}
+
+/// Data messages and their payload bytes, each way, of one connection.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl Traffic {
+    /// One data message of `len` bytes received.
+    pub fn received(&self, len: usize) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// One data message of `len` bytes sent.
+    pub fn sent(&self, len: usize) {
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
+    }
+}
+
+impl MemberShared {
+    /// Ends this member's connection with 1008 and the revocation's reason (`credential revoked`,
+    /// `access revoked`, `disconnected by admin`) at its next wake-up, which this triggers.
+    /// Returns false when it was revoked already (the first reason stands).
+    pub fn revoke(&self, why: Revocation) -> bool {
+        let _ = self.revocation.set(why);
+        if self.revoked.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.end();
+        true
+    }
+
+    /// Wakes the connection for queued broadcasts (members with a waker only).
+    pub(super) fn wake(&self) {
+        if let Some(waker) = &self.waker {
+            waker.wake();
+        }
+    }
+
+    /// Wakes the connection to end it: the flag saying why (`slow`, `revoked`, the hub closed) is
+    /// set before this. Without a waker, shutting the socket's read side makes its `poll` return;
+    /// the loop checks the flags before reading, and can still write its close frame.
+    pub(super) fn end(&self) {
+        if self.waker.is_some() {
+            self.wake();
+            return;
+        }
+        // Pairs with the fence in `attach_socket`: either the loop sees the flag, or we see the
+        // socket.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let Some(socket) = self.socket.get() {
+            let _ = socket.shutdown(Shutdown::Read);
+        }
+    }
+}

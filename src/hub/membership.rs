@@ -1,0 +1,236 @@
+//! Joining and leaving: [`Hub::join`] adds a connection to its path, and the [`Membership`] it
+//! returns is the connection's handle (its outbox, its end flags, its step clock) until dropping
+//! it leaves the channel and gives its memory back.
+
+use std::io;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use tungstenite::Message;
+
+use super::member::{Intake, Member, MemberShared, Traffic, discard_queued, take_queued};
+use super::waker::Waker;
+use super::{Hub, HubClosed};
+use crate::memory::Account;
+use crate::ops::metrics::Metrics;
+use crate::policy::Holder;
+use crate::policy::Revocation;
+
+/// A connection's membership; leaving the channel is dropping it.
+pub struct Membership {
+    hub: Arc<Hub>,
+    path: String,
+    pub id: u64,
+    /// This connection's outbox (see [`Membership::next_queued`]).
+    outbox: Receiver<Message>,
+    pub shared: Arc<MemberShared>,
+}
+impl Hub {
+    /// Adds a connection to `path` that takes broadcasts as `intake` says; `receives` is false
+    /// for an echo connection, which gets no broadcasts (and no eventfd).
+    ///
+    /// # Errors
+    /// `Ok(Err(HubClosed))` during shutdown; `Err` if no eventfd could be made.
+    pub fn join(
+        self: &Arc<Self>,
+        path: &str,
+        receives: bool,
+        intake: Intake,
+        holder: Holder,
+    ) -> io::Result<Result<Membership, HubClosed>> {
+        let shared = Arc::new(MemberShared {
+            waker: if receives { Some(Waker::new()?) } else { None },
+            slow: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
+            revocation: OnceLock::new(),
+            holder,
+            socket: OnceLock::new(),
+            queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            account: Account::new(Arc::clone(&self.budget)),
+            direct: OnceLock::new(),
+            step_since: AtomicU64::new(0),
+            profile: OnceLock::new(),
+            traffic: Traffic::default(),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(Err(HubClosed));
+        }
+        let member = Member {
+            id,
+            tx,
+            rx: rx.clone(),
+            intake,
+            shared: Arc::clone(&shared),
+        };
+        self.write_groups()
+            .entry(path.to_string())
+            .or_default()
+            .push(member);
+        Ok(Ok(Membership {
+            hub: Arc::clone(self),
+            path: path.to_string(),
+            id,
+            outbox: rx,
+            shared,
+        }))
+    }
+}
+
+impl Membership {
+    /// The server's counters, for the connection loop's per-message figures.
+    pub fn metrics(&self) -> &Metrics {
+        &self.hub.metrics
+    }
+
+    /// Broadcasts `msg` to the other members of this path.
+    pub fn publish(&self, msg: &Message) {
+        self.hub.publish(&self.path, self.id, msg);
+    }
+
+    /// Gives the hub the connection's socket, so that ending a member without a waker can wake
+    /// its `poll` (see [`MemberShared::end`]). Check the end flags after this.
+    pub fn attach_socket(&self, socket: Arc<TcpStream>) {
+        let _ = self.shared.socket.set(socket);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Why the hub wants this connection to end, if it does: a slow consumer or revoked access
+    /// (1008), or shutdown with nothing left to deliver (1001).
+    pub fn ended(&self) -> Option<(u16, &'static str)> {
+        if self.shared.slow.load(Ordering::Acquire) {
+            Some((1008, "slow consumer"))
+        } else if self.shared.revoked.load(Ordering::Acquire) {
+            let why = self.shared.revocation.get().copied();
+            Some((1008, why.unwrap_or(Revocation::Access).close_reason()))
+        } else if self.hub.is_closed() && self.outbox.is_empty() {
+            Some((1001, "going away"))
+        } else {
+            None
+        }
+    }
+
+    /// Messages waiting in this connection's outbox now.
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// The connection's loop enters a step (see [`Hub::longest_step`]).
+    pub fn step_began(&self) {
+        self.shared
+            .step_since
+            .store(self.hub.clock(), Ordering::Release);
+    }
+
+    /// The connection's loop left its step, to wait in `poll` or to end.
+    pub fn step_ended(&self) {
+        self.shared.step_since.store(0, Ordering::Release);
+    }
+
+    /// The next message in this connection's outbox. `Disconnected` means the server is
+    /// shutting down.
+    ///
+    /// # Errors
+    /// `Empty` when nothing is queued.
+    pub fn next_queued(&self) -> Result<Message, TryRecvError> {
+        take_queued(&self.outbox, &self.shared)
+    }
+
+    /// Empties the outbox, giving its bytes back to the memory cap: the connection is ending and
+    /// will write none of it.
+    pub fn discard_queued(&self) {
+        discard_queued(&self.outbox, &self.shared);
+    }
+
+    /// This connection's share of the memory cap.
+    pub fn account(&self) -> &Account {
+        &self.shared.account
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut groups = self.hub.write_groups();
+        if let Some(members) = groups.get_mut(&self.path) {
+            members.retain(|m| m.id != self.id);
+            if members.is_empty() {
+                groups.remove(&self.path);
+            }
+        }
+        drop(groups);
+        // Out of the hub, so no fan-out charges it any more: whatever it still holds (outbox,
+        // write buffer, a message half read) is given back.
+        self.shared.account.release_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SlowConsumer;
+    use crate::hub::fixtures::*;
+
+    #[test]
+    fn an_echo_member_gets_no_broadcasts_and_is_ended_through_its_socket() {
+        let hub = hub();
+        let sender = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let echo = hub
+            .join(
+                "/c",
+                false,
+                intake(4, SlowConsumer::Disconnect),
+                Holder::default(),
+            )
+            .unwrap()
+            .unwrap();
+        assert!(echo.shared.waker.is_none(), "no eventfd for an echo member");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        echo.attach_socket(Arc::new(server_side));
+        hub.publish("/c", sender.id, &text("x"));
+        assert!(matches!(echo.next_queued(), Err(TryRecvError::Empty)));
+        assert_eq!(echo.ended(), None);
+        // Revocation shuts the read side: the loop's poll wakes, and the flag says why.
+        echo.shared.revoke(Revocation::Access);
+        let sock = echo.shared.socket.get().unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &**sock,
+            rustix::event::PollFlags::IN,
+        )];
+        let second = rustix::event::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        assert_eq!(rustix::event::poll(&mut fds, Some(&second)).unwrap(), 1);
+        assert_eq!(echo.ended(), Some((1008, "access revoked")));
+        drop(client);
+    }
+
+    #[test]
+    fn leaving_and_shutdown() {
+        let hub = hub();
+        let a = join(&hub, "/c", 1, SlowConsumer::Disconnect);
+        let b = join(&hub, "/c", 1, SlowConsumer::Disconnect);
+        drop(a);
+        assert_eq!(hub.members("/c"), 1);
+        hub.shutdown();
+        assert!(matches!(
+            b.next_queued(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        ));
+        assert_eq!(
+            hub.join("/c", true, intake(1, SlowConsumer::Drop), Holder::default())
+                .unwrap()
+                .err(),
+            Some(HubClosed)
+        );
+        drop(b);
+        assert_eq!(hub.total_members(), 0);
+    }
+}

@@ -7,27 +7,23 @@
 use std::fmt;
 use std::io;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::TryRecvError;
 use rustix::event::{PollFd, PollFlags, poll};
 use tungstenite::error::{CapacityError, ProtocolError};
-use tungstenite::protocol::CloseFrame;
-use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Limits, Mode, Overflow, WsLimits};
 use crate::hub::{DirectWrite, Handoff, Membership};
 use crate::memory::{Account, Room};
 use crate::ops::metrics::Counter;
+use crate::pipeline::close;
 use crate::pipeline::frames::{self, FrameLimit, FrameWatch};
 use crate::pipeline::ratelimit::MessageLimiter;
 use crate::pipeline::upgrade::WsStream;
 
-/// How long we wait for the peer's close frame after sending ours (and for the last bytes to go).
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Messages read from the client in one step at most. A client that keeps its socket full
 /// would otherwise keep the loop reading; after this many, the step goes on to the writes and
 /// the deadline, revocation and shutdown checks, and the next step reads on at once.
@@ -510,17 +506,13 @@ impl Conn {
         );
         let len = msg.len();
         let charged = if data { frames::payload_len(&msg) } else { 0 };
-        match w.ws.write(msg) {
+        let written = match w.ws.write(msg) {
+            // The frame is in the write buffer; only flushing it would have blocked.
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            other => other,
+        };
+        match written {
             Ok(()) => {
-                w.unflushed += charged;
-                w.through_ws += charged;
-                if data {
-                    self.member.metrics().message_out(len);
-                    self.member.shared.traffic.sent(len);
-                }
-                Ok(())
-            }
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 w.unflushed += charged;
                 w.through_ws += charged;
                 if data {
@@ -596,75 +588,17 @@ impl Conn {
         let mut w = lock(&wire);
         w.open = false;
         w.ws.get_mut().get_mut().poll_driven(false);
-        let ws = &mut w.ws;
-        let mut close_frame = match end {
-            End::Closed(code, reason) => Some(CloseFrame {
-                code: CloseCode::from(*code),
-                reason: (*reason).into(),
-            }),
-            End::PeerClosed(_) => None,
+        let (send, wait_reply) = match end {
+            End::Closed(code, reason) => (
+                Some(Some(close::frame(*code, reason))),
+                close::waits_for_reply(*code),
+            ),
+            // Its close is answered by the flush; then the close handshake is complete.
+            End::PeerClosed(_) => (None, true),
             End::Dropped(_) => return,
         };
-        // A protocol violation ends the conversation: no point waiting for the peer's reply.
-        let wait_reply = match end {
-            End::Closed(code, _) => matches!(code, 1000 | 1001 | 1008),
-            _ => true,
-        };
-        let flush_deadline = Instant::now() + write_timeout;
-        let mut reply_deadline = None;
-        loop {
-            // Checked on every turn: a peer still sending data frames after our close must not
-            // keep this loop reading past its deadline.
-            if Instant::now() >= reply_deadline.unwrap_or(flush_deadline) {
-                break;
-            }
-            let flushed = match ws.flush() {
-                Ok(()) => true,
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => false,
-                Err(_) => break, // close handshake complete, or the transport is gone
-            };
-            if flushed {
-                if let Some(frame) = close_frame.take() {
-                    match ws.close(Some(frame)) {
-                        Ok(()) => {}
-                        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => break,
-                    }
-                    continue;
-                }
-                if !wait_reply {
-                    break;
-                }
-                reply_deadline.get_or_insert_with(|| Instant::now() + CLOSE_WAIT);
-            }
-            if wait_reply {
-                match ws.read() {
-                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Ok(_) => continue,
-                    Err(_) => break,
-                }
-            }
-            let left = reply_deadline
-                .unwrap_or(flush_deadline)
-                .saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let sock = self.sock.as_fd();
-            let events = if flushed {
-                PollFlags::IN
-            } else {
-                PollFlags::IN | PollFlags::OUT
-            };
-            let mut fds = [PollFd::new(&sock, events)];
-            let t = rustix::event::Timespec::try_from(left).unwrap_or_default();
-            if poll(&mut fds, Some(&t)).is_err() {
-                break;
-            }
-        }
-        let tls = ws.get_mut().get_mut();
-        tls.send_close_notify();
-        let _ = std::io::Write::flush(tls);
+        close::close(&mut w.ws, send, write_timeout, wait_reply);
+        close::end_tls(&mut w.ws);
     }
 }
 

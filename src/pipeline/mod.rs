@@ -17,6 +17,7 @@
 
 pub(crate) mod admit;
 pub mod certs;
+pub(crate) mod close;
 pub(crate) mod connection;
 pub(crate) mod deadline;
 pub(crate) mod demo;

@@ -16,7 +16,7 @@ pub use self::forward::{Identity, forward_target};
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 use crate::config::{Limits, Overflow, WsLimits};
 use crate::hub::Membership;
 use crate::ops::metrics::Counter;
+use crate::pipeline::close::{self, PollSocket};
 use crate::pipeline::connection::{self, End, Rights};
 use crate::pipeline::frames::FrameLimit;
 use crate::pipeline::ratelimit::MessageLimiter;
@@ -36,8 +37,6 @@ use crate::pipeline::upgrade::WsStream;
 
 /// Messages read from one side in one step at most (as [`crate::pipeline::connection`] does).
 const READS_PER_STEP: usize = 64;
-/// How long we wait for a peer's close frame after sending ours.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// A side of the relay: one WebSocket, its write state and its silence.
 struct Side<S> {
@@ -100,17 +99,6 @@ impl<S: Read + Write> Side<S> {
     }
 }
 
-/// The socket under a side, for `poll`.
-trait PollSocket {
-    fn poll_fd(&self) -> BorrowedFd<'_>;
-}
-
-impl PollSocket for crate::pipeline::upgrade::Replay<crate::pipeline::tls::Transport> {
-    fn poll_fd(&self) -> BorrowedFd<'_> {
-        self.get_ref().socket().as_fd()
-    }
-}
-
 impl PollSocket for BackendStream {
     fn poll_fd(&self) -> BorrowedFd<'_> {
         self.fd()
@@ -142,14 +130,7 @@ impl Ending {
 }
 
 fn client_gone() -> BackendEnd {
-    BackendEnd::Close(Some(close(1001, "client gone")))
-}
-
-fn close(code: u16, reason: &'static str) -> CloseFrame {
-    CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    }
+    BackendEnd::Close(Some(close::frame(1001, "client gone")))
 }
 
 /// Runs a proxied connection until either side ends, then closes the other. Consumes both.
@@ -279,7 +260,7 @@ impl Relay {
         if now.duration_since(self.backend.last_heard) >= limits.idle_timeout {
             return Err(Ending {
                 client: End::Closed(1011, "backend idle timeout"),
-                backend: BackendEnd::Close(Some(close(1001, "idle timeout"))),
+                backend: BackendEnd::Close(Some(close::frame(1001, "idle timeout"))),
             });
         }
         let message_deadline = self.client.ws.get_ref().message_deadline();
@@ -444,7 +425,7 @@ impl Relay {
 
     /// Closes both sides as `ending` says, the backend first (it is usually local and quick).
     /// What is queued gets `write_timeout` to go out, except to a side that already missed it;
-    /// a peer's close reply is awaited ([`CLOSE_WAIT`]) only after a polite close (1000, 1001,
+    /// a peer's close reply is awaited ([`close::CLOSE_WAIT`]) only after a polite close (1000, 1001,
     /// 1008, as [`crate::pipeline::connection`] does): after 1011 nobody reads what a flooding client still
     /// sends.
     fn finish(&mut self, ending: &Ending, write_timeout: Duration) {
@@ -458,7 +439,7 @@ impl Relay {
         };
         let backend_stuck = self.backend.stalled_since.is_some();
         match &ending.backend {
-            BackendEnd::Close(frame) => close_side(
+            BackendEnd::Close(frame) => close::close(
                 &mut self.backend.ws,
                 Some(frame.clone()),
                 budget(backend_stuck),
@@ -466,14 +447,14 @@ impl Relay {
             ),
             // Its close (if it sent one) is answered by the flush.
             BackendEnd::Closed => {
-                close_side(&mut self.backend.ws, None, budget(backend_stuck), false)
+                close::close(&mut self.backend.ws, None, budget(backend_stuck), false)
             }
         }
         self.backend.ws.get_mut().shutdown();
         let (client_close, wait_reply) = match &ending.client {
             End::Closed(code, reason) => (
-                Some(Some(close(*code, reason))),
-                matches!(code, 1000 | 1001 | 1008),
+                Some(Some(close::frame(*code, reason))),
+                close::waits_for_reply(*code),
             ),
             End::PeerClosed(_) => (None, false),
             End::Dropped(_) => {
@@ -482,15 +463,13 @@ impl Relay {
             }
         };
         let client_stuck = self.client.stalled_since.is_some();
-        close_side(
+        close::close(
             &mut self.client.ws,
             client_close,
             budget(client_stuck),
             wait_reply,
         );
-        let tls = self.client.ws.get_mut().get_mut();
-        tls.send_close_notify();
-        let _ = Write::flush(tls);
+        close::end_tls(&mut self.client.ws);
     }
 }
 
@@ -538,65 +517,5 @@ fn backend_failed(e: WsError) -> Ending {
     Ending {
         client: End::Closed(1011, why),
         backend: BackendEnd::Closed,
-    }
-}
-
-/// Sends a close (`send`: `Some(None)` is a close without a code) once what is queued has gone
-/// out (within `flush_budget`; one try when it is zero), and with `wait_reply` waits up to
-/// [`CLOSE_WAIT`] for the peer's close. A close the peer sent is answered by the flush.
-fn close_side<S: Read + Write + PollSocket>(
-    ws: &mut WebSocket<S>,
-    mut send: Option<Option<CloseFrame>>,
-    flush_budget: Duration,
-    wait_reply: bool,
-) {
-    let flush_deadline = Instant::now() + flush_budget;
-    let mut reply_deadline = None;
-    loop {
-        let flushed = match ws.flush() {
-            Ok(()) => true,
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => false,
-            Err(_) => return,
-        };
-        if flushed {
-            if let Some(frame) = send.take() {
-                match ws.close(frame) {
-                    Ok(()) => {}
-                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
-                continue;
-            }
-            if !wait_reply {
-                return;
-            }
-            reply_deadline.get_or_insert_with(|| Instant::now() + CLOSE_WAIT);
-        }
-        // Checked on every turn: a peer still sending data after our close must not keep this
-        // loop reading past its deadline.
-        if Instant::now() >= reply_deadline.unwrap_or(flush_deadline) {
-            return;
-        }
-        if wait_reply {
-            match ws.read() {
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Ok(_) => continue,
-                Err(_) => return,
-            }
-        }
-        let left = reply_deadline
-            .unwrap_or(flush_deadline)
-            .saturating_duration_since(Instant::now());
-        let events = if flushed {
-            PollFlags::IN
-        } else {
-            PollFlags::IN | PollFlags::OUT
-        };
-        let fd = ws.get_ref().poll_fd();
-        let mut fds = [PollFd::new(&fd, events)];
-        let t = rustix::event::Timespec::try_from(left).unwrap_or_default();
-        if poll(&mut fds, Some(&t)).is_err() {
-            return;
-        }
     }
 }

@@ -316,7 +316,11 @@ fn a_connection_in_its_handshake_holds_no_worker_thread() {
     let _stalled = [server.tcp(), server.tcp()];
     let until = Instant::now() + IO_TIMEOUT;
     while threads_named(server.pid(), "wsgate-handshak") < 2 {
-        assert!(Instant::now() < until, "no handshake threads; log:\n{}", server.logs());
+        assert!(
+            Instant::now() < until,
+            "no handshake threads; log:\n{}",
+            server.logs()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
@@ -337,10 +341,17 @@ fn a_client_waiting_for_a_worker_gets_its_101_when_one_frees_or_503_at_the_upgra
     setup
         .set("server", "workers", "1")
         .set("server", "queue", "1")
-        .set("limits", "upgrade_timeout", "1s");
+        .set("limits", "upgrade_timeout", "2s")
+        .set("admin", "listen", "127.0.0.1:0");
     let server = setup.start();
+    let gauge = |name: &str| {
+        let (_, text) = server.admin_get("/metrics");
+        let line = text.lines().find(|l| l.starts_with(name));
+        line.and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
     let mut a = server.connect_as("/echo", ALICE);
     echoes(&mut a, "first");
+    assert_eq!(gauge("wsgate_pool_workers{state=\"busy\"}"), Some(1));
     // The one worker is taken: the next client is admitted (the queue has room), completes TLS
     // and its request, and waits for a worker; none frees, so it hears 503 at the deadline.
     let t0 = Instant::now();
@@ -354,7 +365,7 @@ fn a_client_waiting_for_a_worker_gets_its_101_when_one_frees_or_503_at_the_upgra
     }
     let waited = t0.elapsed();
     assert!(
-        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        waited >= Duration::from_millis(1800) && waited < Duration::from_secs(6),
         "503 after {waited:?}"
     );
     echoes(&mut a, "still served");
@@ -364,7 +375,12 @@ fn a_client_waiting_for_a_worker_gets_its_101_when_one_frees_or_503_at_the_upgra
             let mut ws = server.connect_as("/echo", BOB);
             echoes(&mut ws, "second");
         });
-        std::thread::sleep(Duration::from_millis(300));
+        // It is counted as waiting for a worker while it waits.
+        let until = Instant::now() + Duration::from_millis(1500);
+        while gauge("wsgate_pool_queued") != Some(1) {
+            assert!(Instant::now() < until, "never counted as waiting");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         drop(a);
         waiting.join().expect("the waiting client was served");
     });

@@ -171,7 +171,10 @@ impl Pool {
         loop {
             if let Some(job) = job.take() {
                 if catch_unwind(AssertUnwindSafe(job)).is_err() {
-                    log::error!("a job panicked on its {} thread; the thread goes on", self.name);
+                    log::error!(
+                        "a job panicked on its {} thread; the thread goes on",
+                        self.name
+                    );
                 }
             }
             let mut state = self.state();

@@ -233,6 +233,10 @@ impl fmt::Display for Who {
 
 /// The steps before the 101, on the handshake thread: the PROXY header when `proxied`, TLS, the
 /// upgrade, which takes a place on a worker before it answers 101.
+#[allow(
+    clippy::result_large_err,
+    reason = "returned once per connection and moved once; boxing would allocate per refusal"
+)]
 fn handshake(
     shared: &Shared,
     rt: &Runtime,
@@ -249,6 +253,7 @@ fn handshake(
         via: proxied.then_some(peer),
         known: !proxied,
     };
+    #[allow(clippy::result_large_err, reason = "as `handshake`'s own result")]
     let fail = |step, kind, who| Err((Unopened::failed(step, kind), who));
     // From here on `peer` is the client: the carried address behind a load balancer.
     let peer = if proxied {

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -81,6 +82,17 @@ impl fmt::Display for Step {
     }
 }
 
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::Io(e) => write!(f, "{e}"),
+            Kind::Proxy(e) => write!(f, "{e}"),
+            Kind::Refused(reason) => write!(f, "{reason}"),
+            Kind::Admission(why) => write!(f, "{why}"),
+        }
+    }
+}
+
 impl Unopened {
     fn failed(step: Step, kind: Kind) -> Self {
         Unopened::Failed { step, kind }
@@ -119,14 +131,9 @@ impl Unopened {
                 kind: Kind::Admission(why),
                 ..
             } => log::debug!("refused {who}: {why}"),
-            Unopened::Failed {
-                step,
-                kind: Kind::Io(e),
-            } => log::debug!("{step} failed {who} after={after:?}: {e}"),
-            Unopened::Failed {
-                step,
-                kind: Kind::Proxy(e),
-            } => log::debug!("{step} failed {who} after={after:?}: {e}"),
+            Unopened::Failed { step, kind } => {
+                log::debug!("{step} failed {who} after={after:?}: {kind}");
+            }
             Unopened::DemoPage => log::info!("demo page peer={peer} status=200"),
             Unopened::DemoLogin(user) => log::info!(
                 "demo login peer={peer} user=\"{}\" status=204",
@@ -156,12 +163,21 @@ pub(super) fn serve(
     ticket: Ticket,
     proxied: bool,
 ) {
-    match handshake(shared, rt, stream, peer, accepted, ticket, proxied) {
-        Ok((opened, worker)) => {
+    let handshake = || handshake(shared, rt, stream, peer, accepted, ticket, proxied);
+    match catch_unwind(AssertUnwindSafe(handshake)) {
+        Ok(Ok((opened, worker))) => {
             let (shared, rt) = (Arc::clone(shared), Arc::clone(rt));
             worker.run(move || run(&shared, &rt, opened));
         }
-        Err((unopened, who)) => unopened.report(shared, &who, accepted),
+        Ok(Err(ended)) => {
+            let (unopened, who) = *ended;
+            unopened.report(shared, &who, accepted);
+        }
+        // Its socket, ticket and any worker place were dropped while unwinding.
+        Err(_) => {
+            shared.metrics.outcome(Outcome::IoError);
+            log::error!("handshake panicked peer={peer}; connection dropped");
+        }
     }
 }
 
@@ -233,10 +249,6 @@ impl fmt::Display for Who {
 
 /// The steps before the 101, on the handshake thread: the PROXY header when `proxied`, TLS, the
 /// upgrade, which takes a place on a worker before it answers 101.
-#[allow(
-    clippy::result_large_err,
-    reason = "returned once per connection and moved once; boxing would allocate per refusal"
-)]
 fn handshake(
     shared: &Shared,
     rt: &Runtime,
@@ -245,7 +257,7 @@ fn handshake(
     accepted: Instant,
     mut ticket: Ticket,
     proxied: bool,
-) -> Result<(Opened, Slot), (Unopened, Who)> {
+) -> Result<(Opened, Slot), Box<(Unopened, Who)>> {
     let (config, hub, metrics) = (&rt.config, &shared.hub, &shared.metrics);
     let deadline = Deadline::new(Phase::TlsHandshake, accepted, config.tls.handshake_timeout);
     let mut who = Who {
@@ -253,8 +265,7 @@ fn handshake(
         via: proxied.then_some(peer),
         known: !proxied,
     };
-    #[allow(clippy::result_large_err, reason = "as `handshake`'s own result")]
-    let fail = |step, kind, who| Err((Unopened::failed(step, kind), who));
+    let fail = |step, kind, who| Err(Box::new((Unopened::failed(step, kind), who)));
     // From here on `peer` is the client: the carried address behind a load balancer.
     let peer = if proxied {
         let peer = match proxy_protocol::read_header(&stream, deadline) {
@@ -407,8 +418,10 @@ fn handshake(
                 return fail(Step::Upgrade, Kind::Refused(reason), who);
             }
             Err(UpgradeError::Io(e)) => return fail(Step::Upgrade, Kind::Io(e), who),
-            Err(UpgradeError::DemoPage) => return Err((Unopened::DemoPage, who)),
-            Err(UpgradeError::DemoLogin(user)) => return Err((Unopened::DemoLogin(user), who)),
+            Err(UpgradeError::DemoPage) => return Err(Box::new((Unopened::DemoPage, who))),
+            Err(UpgradeError::DemoLogin(user)) => {
+                return Err(Box::new((Unopened::DemoLogin(user), who)));
+            }
         };
     metrics.outcome(Outcome::Accepted);
     metrics.observe_upgrade(accepted.elapsed());

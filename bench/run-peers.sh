@@ -122,7 +122,7 @@ startup() {
 }
 
 run wsgate "$ROOT/bench/wsgate-peer.sh"
-[[ -z $BEFORE_BIN ]] || run wsgate-before "WSGATE_BIN=$BEFORE_BIN $ROOT/bench/wsgate-peer.sh"
+[[ -z $BEFORE_BIN ]] || run wsgate-before "env WSGATE_BIN=$BEFORE_BIN $ROOT/bench/wsgate-peer.sh"
 run node-ws "node $NODE_PEER/server.js --port \$PORT --cert \$CERT --key \$KEY"
 run tokio-ws "$CARGO_TARGET_DIR/release/tokio-ws --port \$PORT --cert \$CERT --key \$KEY"
 if ((EXTRA)); then
@@ -131,7 +131,7 @@ if ((EXTRA)); then
   handshakes node-ws "node $NODE_PEER/server.js --port \$PORT --cert \$CERT --key \$KEY"
   handshakes tokio-ws "$CARGO_TARGET_DIR/release/tokio-ws --port \$PORT --cert \$CERT --key \$KEY"
   [[ -z $BEFORE_BIN ]] ||
-    handshakes wsgate-before "WSGATE_BIN=$BEFORE_BIN $ROOT/bench/wsgate-peer.sh"
+    handshakes wsgate-before "env WSGATE_BIN=$BEFORE_BIN $ROOT/bench/wsgate-peer.sh"
 fi
 if ((EXTRA && SCALE)); then
   startup

@@ -387,6 +387,41 @@ fn a_client_waiting_for_a_worker_gets_its_101_when_one_frees_or_503_at_the_upgra
 }
 
 #[test]
+fn a_client_waiting_for_a_worker_at_shutdown_hears_503_at_once() {
+    let mut setup = Setup::default();
+    setup
+        .set("server", "workers", "1")
+        .set("server", "queue", "1")
+        .set("limits", "upgrade_timeout", "30s")
+        .set("admin", "listen", "127.0.0.1:0");
+    let server = setup.start();
+    let mut a = server.connect_as("/echo", ALICE);
+    echoes(&mut a, "first");
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            let result = server.connect_with("/echo", &[("Authorization", &basic(BOB.0, BOB.1))]);
+            (status_of(result), Instant::now())
+        });
+        let until = Instant::now() + IO_TIMEOUT;
+        while !server
+            .admin_get("/metrics")
+            .1
+            .contains("\nwsgate_pool_queued 1\n")
+        {
+            assert!(Instant::now() < until, "never counted as waiting");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stopped = Instant::now();
+        server.terminate();
+        assert_eq!(close_code(&mut a), 1001);
+        let (status, answered) = waiting.join().unwrap();
+        assert_eq!(status, 503);
+        let took = answered - stopped;
+        assert!(took < Duration::from_secs(5), "503 only after {took:?}");
+    });
+}
+
+#[test]
 fn per_ip_cap_refuses_extra_connections_from_one_address() {
     let mut setup = Setup::default();
     setup.set("server", "max_connections_per_ip", "1");

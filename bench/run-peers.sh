@@ -3,7 +3,13 @@
 # its two peers (Node.js `ws`, tokio-tungstenite), runs the shared scenario set against all three
 # (server pinned to CPU 0, load to CPU 1, spinners on), and prints one comparison table.
 #
-#   bench/run-peers.sh [--repeat N] [--only REGEX] [--no-extra]     defaults: --repeat 2
+#   bench/run-peers.sh [--repeat N] [--only REGEX] [--no-extra] [--no-scale] [--baseline REV]
+#                                                                    defaults: --repeat 2
+#
+# --baseline REV also builds wsgate as of git revision REV (a commit, a tag, `main`) in a
+# throw-away worktree and measures it as `wsgate-before` in the same run, beside today's tree:
+# a before/after table closes the report. --no-scale skips the start-up footprint and the
+# 10,000-connection run (the long handshake runs stay).
 #
 # Besides run.sh's scenario set, each server also runs `connect-20000-c16` (20,000 full handshakes
 # at concurrency 16: long enough for the server's CPU to be sampled, which run.sh's 2000 are not),
@@ -19,13 +25,16 @@ BENCH=${BENCH:-$(cd "$ROOT/../shared/bench" && pwd)}
 export CARGO_TARGET_DIR=$ROOT/target/bench
 export BENCH_RESULTS=$CARGO_TARGET_DIR/results
 mkdir -p "$BENCH_RESULTS"
-REPEAT=2 ONLY=() EXTRA=1
+REPEAT=2 ONLY=() EXTRA=1 SCALE=1 BASELINE=''
 while (($#)); do
   case $1 in
     --repeat) REPEAT=$2; shift 2 ;;
     --only) ONLY=(--only "$2"); shift 2 ;;
     --no-extra) EXTRA=0; shift ;;
-    *) echo "usage: $0 [--repeat N] [--only REGEX] [--no-extra]" >&2; exit 2 ;;
+    --no-scale) SCALE=0; shift ;;
+    --baseline) BASELINE=$2; shift 2 ;;
+    *) echo "usage: $0 [--repeat N] [--only REGEX] [--no-extra] [--no-scale] [--baseline REV]" >&2
+       exit 2 ;;
   esac
 done
 
@@ -36,6 +45,17 @@ NODE_PEER=$CARGO_TARGET_DIR/node-ws
 if [[ ! -d $NODE_PEER/node_modules ]]; then
   rm -rf "$NODE_PEER" && cp -r "$BENCH/peers/node-ws" "$NODE_PEER"
   (cd "$NODE_PEER" && npm ci --silent --no-audit --no-fund)
+fi
+
+BEFORE_BIN=''
+if [[ -n $BASELINE ]]; then
+  echo "building wsgate at $BASELINE (the baseline)" >&2
+  BASE_TREE=$(mktemp -d /tmp/wsgate-baseline.XXXXXX)
+  git -C "$ROOT" worktree add -q --detach "$BASE_TREE" "$BASELINE"
+  (cd "$BASE_TREE" && CARGO_TARGET_DIR=$ROOT/target/bench-baseline cargo build --release -q) ||
+    { git -C "$ROOT" worktree remove --force "$BASE_TREE"; exit 1; }
+  git -C "$ROOT" worktree remove --force "$BASE_TREE"
+  BEFORE_BIN=$ROOT/target/bench-baseline/release/wsgate
 fi
 
 stamp=$(date +%Y%m%d-%H%M%S)
@@ -102,6 +122,7 @@ startup() {
 }
 
 run wsgate "$ROOT/bench/wsgate-peer.sh"
+[[ -z $BEFORE_BIN ]] || run wsgate-before "env WSGATE_BIN=$BEFORE_BIN $ROOT/bench/wsgate-peer.sh"
 run node-ws "node $NODE_PEER/server.js --port \$PORT --cert \$CERT --key \$KEY"
 run tokio-ws "$CARGO_TARGET_DIR/release/tokio-ws --port \$PORT --cert \$CERT --key \$KEY"
 if ((EXTRA)); then
@@ -109,12 +130,20 @@ if ((EXTRA)); then
   handshakes wsgate "$ROOT/bench/wsgate-peer.sh"
   handshakes node-ws "node $NODE_PEER/server.js --port \$PORT --cert \$CERT --key \$KEY"
   handshakes tokio-ws "$CARGO_TARGET_DIR/release/tokio-ws --port \$PORT --cert \$CERT --key \$KEY"
+  [[ -z $BEFORE_BIN ]] ||
+    handshakes wsgate-before "env WSGATE_BIN=$BEFORE_BIN $ROOT/bench/wsgate-peer.sh"
+fi
+if ((EXTRA && SCALE)); then
   startup
   if [[ -x $ROOT/scripts/measure-scale.sh ]]; then
     "$ROOT/scripts/measure-scale.sh" --json 10000 >>"$EXTRA_OUT" ||
       echo "measure-scale.sh failed; the scale target is reported as not measured" >&2
   fi
 fi
-python3 "$BENCH/report.py" --compare "$BENCH_RESULTS"/{wsgate,node-ws,tokio-ws}-"$stamp".jsonl
+BEFORE_OUT=()
+[[ -z $BEFORE_BIN ]] || BEFORE_OUT=("$BENCH_RESULTS/wsgate-before-$stamp.jsonl")
+python3 "$BENCH/report.py" --compare "$BENCH_RESULTS"/{wsgate,node-ws,tokio-ws}-"$stamp".jsonl \
+  "${BEFORE_OUT[@]}"
 echo
-python3 "$ROOT/bench/targets.py" "$BENCH_RESULTS"/{wsgate,node-ws,tokio-ws}-"$stamp".jsonl "$EXTRA_OUT"
+python3 "$ROOT/bench/targets.py" "$BENCH_RESULTS"/{wsgate,node-ws,tokio-ws}-"$stamp".jsonl "$EXTRA_OUT" \
+  "${BEFORE_OUT[@]}"

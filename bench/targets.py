@@ -167,12 +167,38 @@ def main(argv):
                f"file-backed code (RssFile) {fmt(s.get('rss_file_kib', 0) / 1024, 2)} MiB")
         target("start-up: stripped binary ≤ 3 MiB", f"{fmt(s.get('binary_bytes', 0) / 2**20, 2)} MiB",
                s.get("binary_bytes", 1e12) <= 3 * 2**20, "target/release/wsgate")
+    before_after(rows)
     print("\nTargets (server pinned to one core, TLS 1.3, same run)\n")
     print("| target | measured | result | note |")
     print("|---|---|---|---|")
     for name, value, result, detail in targets:
         print(f"| {name} | {value} | {result} | {detail} |")
     return 0
+
+
+def before_after(rows):
+    """With a `wsgate-before` server in the run (run-peers.sh --baseline REV): the same figures
+    for the baseline and today's tree, and their ratio (after / before; below 1 is better)."""
+    if not any(r.get("server") == "wsgate-before" for r in rows):
+        return
+    print("\nBefore and after (wsgate-before = the --baseline revision, same run)\n")
+    print("| figure | before | after | after / before | tokio-ws | after / tokio |")
+    print("|---|--:|--:|--:|--:|--:|")
+    idle = lambda r: r.get("per_conn_kib") if r.get("rep") == 1 else None
+    for scenario, what, fn in [("connect-20000-c16", "CPU-µs per handshake", cpu_us),
+                               ("connect-2000-c16", "CPU-µs per handshake", cpu_us),
+                               ("idle-1000", "KiB per idle connection", idle),
+                               ("echo-1c-32B", "CPU-µs per message", cpu_us),
+                               ("echo-1c-4KiB", "CPU-µs per message", cpu_us),
+                               ("echo-50c-32B", "CPU-µs per message", cpu_us),
+                               ("echo-50c-4KiB", "CPU-µs per message", cpu_us),
+                               ("bcast-100s-100r", "CPU-µs per delivery", cpu_us),
+                               ("bcast-1000s-100r", "CPU-µs per delivery", cpu_us)]:
+        b, a, t = (metric(rows, s, scenario, fn) for s in ("wsgate-before", "wsgate", "tokio-ws"))
+        if a is None and b is None:
+            continue
+        print(f"| {scenario}: {what} | {fmt(b, 2)} | {fmt(a, 2)} | {fmt(ratio(a, b), 3)} | "
+              f"{fmt(t, 2)} | {fmt(ratio(a, t), 3)} |")
 
 
 if __name__ == "__main__":

@@ -295,6 +295,132 @@ fn full_pool_refuses_at_once_then_admits_when_a_slot_frees() {
     assert_eq!(next_data(&mut c), Message::text("back"));
 }
 
+/// The threads of process `pid` whose name is `name` (as /proc shows it: at most 15 bytes).
+fn threads_named(pid: i32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+#[test]
+fn a_connection_in_its_handshake_holds_no_worker_thread() {
+    let mut setup = Setup::default();
+    setup
+        .set("server", "workers", "4")
+        .set("server", "queue", "0")
+        .set("server", "max_pre_auth", "3");
+    let server = setup.start();
+    // Two clients connect and stall before TLS: each holds a handshake thread, and nothing else.
+    let _stalled = [server.tcp(), server.tcp()];
+    let until = Instant::now() + IO_TIMEOUT;
+    while threads_named(server.pid(), "wsgate-handshak") < 2 {
+        assert!(
+            Instant::now() < until,
+            "no handshake threads; log:\n{}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        threads_named(server.pid(), "wsgate-worker"),
+        0,
+        "a worker waits for a handshake"
+    );
+    // An upgraded connection runs on a worker, handed over by its handshake thread.
+    let mut ws = server.connect_as("/echo", ALICE);
+    ws.send(Message::text("on a worker")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("on a worker"));
+    assert_eq!(threads_named(server.pid(), "wsgate-worker"), 1);
+}
+
+#[test]
+fn a_client_waiting_for_a_worker_gets_its_101_when_one_frees_or_503_at_the_upgrade_deadline() {
+    let mut setup = Setup::default();
+    setup
+        .set("server", "workers", "1")
+        .set("server", "queue", "1")
+        .set("limits", "upgrade_timeout", "2s")
+        .set("admin", "listen", "127.0.0.1:0");
+    let server = setup.start();
+    let gauge = |name: &str| {
+        let (_, text) = server.admin_get("/metrics");
+        let line = text.lines().find(|l| l.starts_with(name));
+        line.and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    let mut a = server.connect_as("/echo", ALICE);
+    echoes(&mut a, "first");
+    assert_eq!(gauge("wsgate_pool_workers{state=\"busy\"}"), Some(1));
+    // The one worker is taken: the next client is admitted (the queue has room), completes TLS
+    // and its request, and waits for a worker; none frees, so it hears 503 at the deadline.
+    let t0 = Instant::now();
+    match server.connect_with("/echo", &[("Authorization", &basic(BOB.0, BOB.1))]) {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503);
+            assert_eq!(resp.headers()["Retry-After"], "1");
+        }
+        Ok(_) => panic!("upgraded without a free worker"),
+        Err(e) => panic!("no status for a client that found no worker: {e}"),
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1800) && waited < Duration::from_secs(6),
+        "503 after {waited:?}"
+    );
+    echoes(&mut a, "still served");
+    // A client that waits while the worker frees gets its 101 then, and is served.
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            let mut ws = server.connect_as("/echo", BOB);
+            echoes(&mut ws, "second");
+        });
+        // It is counted as waiting for a worker while it waits.
+        let until = Instant::now() + Duration::from_millis(1500);
+        while gauge("wsgate_pool_queued") != Some(1) {
+            assert!(Instant::now() < until, "never counted as waiting");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(a);
+        waiting.join().expect("the waiting client was served");
+    });
+}
+
+#[test]
+fn a_client_waiting_for_a_worker_at_shutdown_hears_503_at_once() {
+    let mut setup = Setup::default();
+    setup
+        .set("server", "workers", "1")
+        .set("server", "queue", "1")
+        .set("limits", "upgrade_timeout", "30s")
+        .set("admin", "listen", "127.0.0.1:0");
+    let server = setup.start();
+    let mut a = server.connect_as("/echo", ALICE);
+    echoes(&mut a, "first");
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            let result = server.connect_with("/echo", &[("Authorization", &basic(BOB.0, BOB.1))]);
+            (status_of(result), Instant::now())
+        });
+        let until = Instant::now() + IO_TIMEOUT;
+        while !server
+            .admin_get("/metrics")
+            .1
+            .contains("\nwsgate_pool_queued 1\n")
+        {
+            assert!(Instant::now() < until, "never counted as waiting");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stopped = Instant::now();
+        server.terminate();
+        assert_eq!(close_code(&mut a), 1001);
+        let (status, answered) = waiting.join().unwrap();
+        assert_eq!(status, 503);
+        let took = answered - stopped;
+        assert!(took < Duration::from_secs(5), "503 only after {took:?}");
+    });
+}
+
 #[test]
 fn per_ip_cap_refuses_extra_connections_from_one_address() {
     let mut setup = Setup::default();

@@ -1,12 +1,14 @@
-//! Admission: the bounded worker pool. A connection gets a [`Ticket`] only if the pool (workers
-//! plus a short wait queue) and its address's share have room; otherwise it is refused at once so
-//! the listener never waits. [`Pool::execute`] queues without limit: the bound is ours. Workers
-//! are started as connections need them (see [`crate::pipeline::pool`]), up to `workers`.
+//! Admission: the bounds on connections. A connection gets a [`Ticket`] only if the pool
+//! (workers plus a short wait queue), the pre-authentication budget and its address's share have
+//! room; otherwise it is refused at once so the listener never waits. The admitted connection
+//! goes to a handshake thread (at most `max_pre_auth`, started as connections need them: see
+//! [`crate::pipeline::pool`]); once its upgrade is decided it takes a place on a worker thread
+//! with [`Ticket::worker`] (at most `workers`, waiting for one up to the upgrade deadline) and is
+//! handed over to it: the connection flows one way, listener → handshake thread → worker.
 //! Behind a load balancer the address is known only after the PROXY header: such a ticket is
-//! issued unclaimed and the worker claims its address share with [`Ticket::claim_ip`].
-//! A worker holds its ticket for the connection's life; the ticket travels to the connection's
-//! handshake thread and back (see `server::serve`), and dropping it anywhere, a
-//! panic included, gives the place back.
+//! issued unclaimed and the handshake claims its address share with [`Ticket::claim_ip`].
+//! The ticket travels with the connection to its worker and is held for the connection's life;
+//! dropping it anywhere, a panic included, gives the place back.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::ServerConfig;
-use crate::pipeline::pool::Pool;
+use crate::pipeline::pool::{NoPlace, Pool, Slot};
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +28,7 @@ pub enum Refused {
     PreAuthFull,
     /// This address already has `max_connections_per_ip` connections.
     PerIpCap,
-    /// No idle worker, and a new worker thread could not be started (thread or memory limits).
+    /// No idle handshake thread, and a new one could not be started (thread or memory limits).
     NoThread,
 }
 
@@ -36,7 +38,7 @@ impl fmt::Display for Refused {
             Refused::PoolFull => "pool full",
             Refused::PreAuthFull => "too many connections not yet authenticated",
             Refused::PerIpCap => "per-ip connection cap reached",
-            Refused::NoThread => "cannot start a worker thread",
+            Refused::NoThread => "cannot start a handshake thread",
         })
     }
 }
@@ -49,9 +51,10 @@ struct Counts {
     per_ip: HashMap<IpAddr, usize>,
 }
 
-/// The worker pool and its admission bounds.
+/// The handshake threads, the worker threads and the admission bounds.
 pub struct Admission {
-    pool: Arc<Pool>,
+    handshakes: Arc<Pool>,
+    workers: Arc<Pool>,
     capacity: usize,
     pre_auth_cap: usize,
     per_ip_cap: usize,
@@ -69,15 +72,20 @@ pub struct Ticket {
 }
 
 impl Admission {
-    /// A pool of up to `workers` threads with `worker_stack_size` stacks, started as needed.
+    /// Up to `max_pre_auth` handshake threads with `handshake_stack_size` stacks and up to
+    /// `workers` worker threads with `worker_stack_size` stacks, started as needed.
     pub fn new(server: &ServerConfig) -> Arc<Admission> {
-        let pool = Pool::new(
-            server.workers.get(),
-            server.worker_stack_size.get(),
-            "wsgate-worker",
-        );
         Arc::new(Admission {
-            pool,
+            handshakes: Pool::new(
+                server.max_pre_auth.get(),
+                server.handshake_stack_size.get(),
+                "wsgate-handshake",
+            ),
+            workers: Pool::new(
+                server.workers.get(),
+                server.worker_stack_size.get(),
+                "wsgate-worker",
+            ),
             capacity: server.workers.get() + server.queue,
             pre_auth_cap: server.max_pre_auth.get(),
             per_ip_cap: server.max_connections_per_ip.get(),
@@ -86,7 +94,7 @@ impl Admission {
         })
     }
 
-    /// Runs `job` on a worker if there is room for a connection from `ip`: in the pool, in the
+    /// Runs `job` on a handshake thread if there is room for a connection from `ip`: in the pool, in the
     /// pre-authentication budget (connections still in TLS or upgrade, a smaller share of the
     /// pool, so clients that stall before authenticating cannot hold every worker) and in the
     /// address's share.
@@ -140,10 +148,20 @@ impl Admission {
             pre_auth: true,
         };
         // On failure the job and its ticket were dropped: the counts are already given back.
-        self.pool.execute(move || job(ticket)).map_err(|e| {
-            log::debug!("cannot start a worker thread: {e}");
+        self.handshakes.execute(move || job(ticket)).map_err(|e| {
+            log::debug!("cannot start a handshake thread: {e}");
             Refused::NoThread
         })
+    }
+
+    /// Worker threads serving a connection (or about to: their place is held).
+    pub fn serving(&self) -> usize {
+        self.workers.reserved()
+    }
+
+    /// Admitted connections whose upgrade is decided and that wait for a free worker.
+    pub fn waiting_for_worker(&self) -> usize {
+        self.workers.waiting()
     }
 
     /// Connections admitted and not yet finished.
@@ -210,6 +228,15 @@ impl Ticket {
         self.admission.take_ip_share(&mut counts, ip)?;
         self.ip = Some(ip);
         Ok(())
+    }
+
+    /// Holds a place on a worker thread for this connection, waiting up to `until` for one to
+    /// free; the connection is handed over with [`Slot::run`], on a thread already started.
+    ///
+    /// # Errors
+    /// [`NoPlace`]: no worker freed in time, or a worker thread could not be started.
+    pub fn worker(&self, until: Instant) -> Result<Slot, NoPlace> {
+        self.admission.workers.reserve(until)
     }
 
     /// The connection finished its upgrade: it no longer counts against `max_pre_auth`.

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 /// The phases of a connection that have a deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Waiting in the admission queue plus the TLS handshake (`[tls] handshake_timeout`).
+    /// The PROXY header and the TLS handshake (`[tls] handshake_timeout`, from accept).
     TlsHandshake,
-    /// Reading the HTTP upgrade request (`[limits] upgrade_timeout`).
+    /// Reading the HTTP upgrade request and waiting for a free worker (`[limits]
+    /// upgrade_timeout`).
     Upgrade,
     /// Writing a refusal and letting the client read it before the socket closes.
     Linger,

@@ -1,22 +1,29 @@
-//! The worker threads: at most `max` of them, each started when a job finds no idle worker and
-//! kept afterwards. A worker that never ran a job would still cost its first stack pages and its
-//! thread-local area (8 KiB resident each, measured; 80 MiB for a 10,000-worker server), and
+//! The thread pools: at most `max` threads each, each started when a job finds no idle thread
+//! and kept afterwards. A thread that never ran a job would still cost its first stack pages and
+//! its thread-local area (8 KiB resident each, measured; 80 MiB for a 10,000-worker server), and
 //! starting thousands at once delays start-up, so none is started before it is needed.
 //!
-//! Unbounded like `threadpool`'s queue: [`crate::pipeline::admit`] bounds what is queued. A job that
-//! panics ends only itself; its worker logs it and takes the next job.
+//! Two ways in, one per pool: [`Pool::execute`] runs a job now or queues it without limit (the
+//! handshake threads: [`crate::pipeline::admit`] bounds what is queued); [`Pool::reserve`] waits,
+//! up to a deadline, for a thread to be free for one more long job and starts it then, so the job
+//! handed over later with [`Slot::run`] neither waits nor fails (the connection workers: each runs
+//! one connection for its whole life). A job that panics ends only itself; its thread logs it and
+//! takes the next job.
 
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// A pool of at most `max` worker threads, started on demand.
+/// A pool of at most `max` threads, started on demand.
 pub struct Pool {
     state: Mutex<State>,
     work: Condvar,
+    /// Signalled when a reserved place is given back.
+    freed: Condvar,
     max: usize,
     stack_size: usize,
     name: String,
@@ -25,10 +32,40 @@ pub struct Pool {
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
-    /// Workers waiting for a job.
+    /// Threads waiting for a job.
     idle: usize,
-    /// Workers started (and not failed to start).
+    /// Threads started (and not failed to start).
     started: usize,
+    /// Places held by [`Slot`]s and the jobs they ran, until those jobs end.
+    reserved: usize,
+    /// Callers of [`Pool::reserve`] waiting for a place.
+    waiting: usize,
+}
+
+/// Why [`Pool::reserve`] holds no place.
+#[derive(Debug)]
+pub enum NoPlace {
+    /// Every thread stayed busy until the deadline.
+    Timeout,
+    /// A thread was needed and could not be started (`EAGAIN`: thread, memory or map limits).
+    Thread(io::Error),
+}
+
+/// One place on a thread of a [`Pool`], held for the job [`Slot::run`] hands over; dropping the
+/// slot unused gives the place back.
+pub struct Slot {
+    place: Place,
+}
+
+/// Gives a reserved place back when dropped: after its job ended (also by a panic), or with an
+/// unused [`Slot`].
+struct Place(Arc<Pool>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.state().reserved -= 1;
+        self.0.freed.notify_one();
+    }
 }
 
 impl Pool {
@@ -37,14 +74,15 @@ impl Pool {
         Arc::new(Pool {
             state: Mutex::default(),
             work: Condvar::new(),
+            freed: Condvar::new(),
             max,
             stack_size,
             name: name.to_string(),
         })
     }
 
-    /// Runs `job` on an idle worker, on a new one if none is idle and fewer than `max` run, or
-    /// else queues it for the next worker that finishes.
+    /// Runs `job` on an idle thread, on a new one if none is idle and fewer than `max` run, or
+    /// else queues it for the next thread that finishes.
     ///
     /// # Errors
     /// The thread could not be started (`EAGAIN`: thread, memory or map limits); `job` was
@@ -60,11 +98,61 @@ impl Pool {
         }
         state.started += 1;
         drop(state);
+        self.spawn(Some(job))
+    }
+
+    /// Holds a place for one job: waits until fewer than `max` places are held (or `until`
+    /// passes), then starts a thread if every started one is held, so the job [`Slot::run`]
+    /// hands over finds its thread at once. A pool is used either this way or with
+    /// [`Pool::execute`], not both.
+    ///
+    /// # Errors
+    /// [`NoPlace`]: the deadline passed, or the thread could not be started.
+    pub fn reserve(self: &Arc<Self>, until: Instant) -> Result<Slot, NoPlace> {
+        let mut state = self.state();
+        state.waiting += 1;
+        while state.reserved >= self.max {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                state.waiting -= 1;
+                return Err(NoPlace::Timeout);
+            }
+            state = self
+                .freed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.waiting -= 1;
+        state.reserved += 1;
+        let place = Place(Arc::clone(self));
+        if state.started < state.reserved {
+            state.started += 1;
+            drop(state);
+            // On failure `place` drops here and gives the place back.
+            self.spawn(None).map_err(NoPlace::Thread)?;
+        }
+        Ok(Slot { place })
+    }
+
+    /// Places held by slots and their running jobs.
+    pub fn reserved(&self) -> usize {
+        self.state().reserved
+    }
+
+    /// Callers of [`Pool::reserve`] waiting for a place.
+    pub fn waiting(&self) -> usize {
+        self.state().waiting
+    }
+
+    /// Starts one thread, running `first` if given, then queued jobs; counted in `started`
+    /// already, which a failure takes back.
+    fn spawn(self: &Arc<Self>, first: Option<Job>) -> io::Result<()> {
         let pool = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name(self.name.clone())
             .stack_size(self.stack_size)
-            .spawn(move || pool.work(job));
+            .spawn(move || pool.work(first));
         if let Err(e) = spawned {
             self.state().started -= 1;
             return Err(e);
@@ -72,27 +160,32 @@ impl Pool {
         Ok(())
     }
 
-    /// Worker threads started so far.
+    /// Threads started so far.
     #[cfg(test)]
     pub fn started(&self) -> usize {
         self.state().started
     }
 
-    fn work(&self, first: Job) {
+    fn work(&self, first: Option<Job>) {
         let mut job = first;
         loop {
-            if catch_unwind(AssertUnwindSafe(job)).is_err() {
-                log::error!("a job panicked on its worker thread; the worker goes on");
+            if let Some(job) = job.take() {
+                if catch_unwind(AssertUnwindSafe(job)).is_err() {
+                    log::error!(
+                        "a job panicked on its {} thread; the thread goes on",
+                        self.name
+                    );
+                }
             }
             let mut state = self.state();
-            job = loop {
+            job = Some(loop {
                 if let Some(job) = state.jobs.pop_front() {
                     break job;
                 }
                 state.idle += 1;
                 state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
                 state.idle -= 1;
-            };
+            });
         }
     }
 
@@ -101,58 +194,16 @@ impl Pool {
     }
 }
 
-/// A job's result handed back to the thread waiting for it. The waiter sleeps on a futex until
-/// the job is done, without the spinning and `sched_yield` of a channel's blocking receive (on a
-/// one-core host those steal the CPU the job needs). Dropping the sender unsent — the job
-/// panicked — wakes the waiter with `None`.
-pub fn reply<T>() -> (ReplySender<T>, ReplyReceiver<T>) {
-    let slot = Arc::new(Slot {
-        state: Mutex::new((None, false)),
-        ready: Condvar::new(),
-    });
-    (ReplySender(Arc::clone(&slot)), ReplyReceiver(slot))
-}
-
-struct Slot<T> {
-    /// The value, and whether the sender is done (sent or dropped).
-    state: Mutex<(Option<T>, bool)>,
-    ready: Condvar,
-}
-
-impl<T> Slot<T> {
-    fn lock(&self) -> MutexGuard<'_, (Option<T>, bool)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The job's end of [`reply`].
-pub struct ReplySender<T>(Arc<Slot<T>>);
-
-impl<T> ReplySender<T> {
-    pub fn send(self, value: T) {
-        self.0.lock().0 = Some(value);
-        // Drop marks it done and wakes the waiter.
-    }
-}
-
-impl<T> Drop for ReplySender<T> {
-    fn drop(&mut self) {
-        self.0.lock().1 = true;
-        self.0.ready.notify_one();
-    }
-}
-
-/// The waiting end of [`reply`].
-pub struct ReplyReceiver<T>(Arc<Slot<T>>);
-
-impl<T> ReplyReceiver<T> {
-    /// Waits until the sender sent (`Some`) or was dropped unsent (`None`).
-    pub fn wait(self) -> Option<T> {
-        let mut state = self.0.lock();
-        while !state.1 {
-            state = self.0.ready.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
-        state.0.take()
+impl Slot {
+    /// Runs `job` on the thread this slot holds; the place is given back when the job ends.
+    pub fn run(self, job: impl FnOnce() + Send + 'static) {
+        let Slot { place } = self;
+        let pool = Arc::clone(&place.0);
+        pool.state().jobs.push_back(Box::new(move || {
+            let _place = place;
+            job();
+        }));
+        pool.work.notify_one();
     }
 }
 
@@ -203,18 +254,49 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_arrives_or_says_the_job_died() {
-        let pool = Pool::new(1, 64 * 1024, "test-pool");
-        let (tx, rx) = reply();
-        pool.execute(move || tx.send(42)).unwrap();
-        assert_eq!(rx.wait(), Some(42));
-        let (tx, rx) = reply::<u32>();
-        pool.execute(move || {
-            let _tx = tx;
+    fn a_reserved_place_starts_its_thread_and_is_given_back_when_its_job_ends() {
+        let pool = Pool::new(2, 64 * 1024, "test-pool");
+        let soon = || Instant::now() + Duration::from_millis(200);
+        let a = pool.reserve(soon()).unwrap();
+        // The thread is started with the reservation, before any job is handed over.
+        assert_eq!((pool.started(), pool.reserved()), (1, 1));
+        let b = pool.reserve(soon()).unwrap();
+        assert_eq!((pool.started(), pool.reserved()), (2, 2));
+        // Full: a third waits until its deadline.
+        let t0 = Instant::now();
+        assert!(matches!(pool.reserve(soon()), Err(NoPlace::Timeout)));
+        assert!(t0.elapsed() >= Duration::from_millis(150));
+        // An unused slot gives its place back; a used one when its job ends, a panic included.
+        drop(b);
+        assert_eq!(pool.reserved(), 1);
+        let (tx, rx) = mpsc::channel();
+        a.run(move || {
+            tx.send(()).unwrap();
             panic!("on purpose");
-        })
-        .unwrap();
-        assert_eq!(rx.wait(), None);
+        });
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while pool.reserved() > 0 {
+            assert!(Instant::now() < until, "the place was never given back");
+            std::thread::yield_now();
+        }
+        // A waiter gets the place as soon as a job ends, and reuses the started threads.
+        let held = pool.reserve(soon()).unwrap();
+        let other = pool.reserve(soon()).unwrap();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        held.run(move || {
+            let _ = release_rx.recv();
+        });
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| pool.reserve(Instant::now() + Duration::from_secs(5)));
+            while pool.waiting() == 0 {
+                std::thread::yield_now();
+            }
+            release_tx.send(()).unwrap();
+            assert!(waiter.join().unwrap().is_ok());
+        });
+        drop(other);
+        assert_eq!(pool.started(), 2);
     }
 
     #[test]

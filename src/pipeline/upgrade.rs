@@ -188,7 +188,7 @@ pub fn upgrade<T>(
     mut tls: Transport,
     config: &Config,
     verifier: &dyn Verifier,
-    enter: impl FnOnce(&Grant) -> Result<(T, ExtraHeaders), Reason>,
+    enter: impl FnOnce(&Grant, Deadline) -> Result<(T, ExtraHeaders), Reason>,
     login: impl FnOnce(&str) -> Option<String>,
 ) -> Result<(WsStream, Grant, T), UpgradeError> {
     let client_user = tls.client_user();
@@ -226,7 +226,7 @@ pub fn upgrade<T>(
     )]
     let callback = |req: &Request, mut resp: Response| {
         let decision = policy::decide(req, &target, config, verifier, client_user.as_deref())
-            .and_then(|grant| enter(&grant).map(|entered| (grant, entered)));
+            .and_then(|grant| enter(&grant, deadline).map(|entered| (grant, entered)));
         let answer = match &decision {
             Ok((_, (_, headers))) => {
                 for (name, value) in headers {

@@ -101,6 +101,9 @@ pub enum Reason {
     },
     /// The memory cap is reached (`memory_limit`). 503 with `Retry-After`.
     MemoryFull,
+    /// Every worker stayed busy until the upgrade deadline (the connection waited in the
+    /// `queue`), or a worker thread could not be started. 503 with `Retry-After`.
+    NoWorker,
 }
 
 /// How a backend failed before the 101 ([`Reason::Backend`]); the `kind` label of
@@ -164,7 +167,7 @@ impl Reason {
             Reason::Origin(_) | Reason::Forbidden { .. } => StatusCode::FORBIDDEN,
             Reason::NoCredentials | Reason::BadCredentials { .. } => StatusCode::UNAUTHORIZED,
             Reason::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Reason::Busy | Reason::ShuttingDown | Reason::MemoryFull => {
+            Reason::Busy | Reason::ShuttingDown | Reason::MemoryFull | Reason::NoWorker => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Reason::Backend { failure, .. } => failure.status(),
@@ -199,7 +202,7 @@ impl Reason {
             Reason::Throttled { retry_after, .. } => {
                 builder.header("Retry-After", retry_after.as_secs().max(1).to_string())
             }
-            Reason::Busy => builder.header("Retry-After", "1"),
+            Reason::Busy | Reason::NoWorker => builder.header("Retry-After", "1"),
             Reason::MemoryFull => builder.header("Retry-After", "2"),
             Reason::ShuttingDown => builder.header("Retry-After", "5"),
             Reason::Backend {
@@ -246,6 +249,7 @@ impl fmt::Display for Reason {
             Reason::ShuttingDown => f.write_str("shutting down"),
             Reason::Backend { detail, .. } => f.write_str(detail),
             Reason::MemoryFull => f.write_str("memory limit reached"),
+            Reason::NoWorker => f.write_str("no worker free"),
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Start-up, reload, the per-connection pipeline and shutdown. A connection belongs to its worker
-//! from admission to close; the steps before the 101 (PROXY header, TLS, upgrade) run on a
-//! handshake thread the worker spawns and joins, a sub-step whose life the handshake deadlines
-//! bound, so its deep stack is released when it ends and the worker keeps only the loop's.
+//! Start-up, reload, the per-connection pipeline and shutdown. A connection flows one way: the
+//! listener admits it to a handshake thread, which runs the steps before the 101 (PROXY header,
+//! TLS, upgrade) under the handshake deadlines and hands the upgraded connection to a worker for
+//! its loop; no thread waits for another, and the deep handshake stack stays on the few
+//! handshake threads while a worker keeps only the loop's.
 //! `start` prepares everything that
 //! can fail on a bad config (certificate, users, tokens, session key, bind) before serving; `run`
 //! accepts until stopped, then drains: `/healthz` 503 and `STOPPING=1` first, still accepting for
@@ -10,7 +11,7 @@
 //! config file and swaps it in only if every part loaded; connections keep the one they started with.
 //!
 //! Here: start-up and shutdown. [`reload`] swaps in a new runtime and watches the files it is built
-//! from; [`worker`] is one connection's life on its worker and its handshake thread; [`refusals`] is the server's rate-limited log of refused upgrades; [`budget`]
+//! from; [`worker`] is one connection's life on its handshake thread and its worker; [`refusals`] is the server's rate-limited log of refused upgrades; [`budget`]
 //! resolves the memory cap at start-up and what one connection costs.
 
 mod budget;
@@ -47,7 +48,6 @@ use crate::pipeline::admit::Admission;
 use crate::pipeline::certs::{self, CertError};
 use crate::pipeline::connection::{self};
 use crate::pipeline::listener;
-use crate::pipeline::pool::Pool;
 use crate::pipeline::relay::{self};
 use crate::pipeline::tls;
 use crate::policy::origin::OriginPolicy;
@@ -165,8 +165,6 @@ struct Shared {
     creds: Arc<Credentials>,
     hub: Arc<Hub>,
     admission: Arc<Admission>,
-    /// The handshake threads (see [`worker::serve`]).
-    handshakes: Arc<Pool>,
     metrics: Arc<Metrics>,
     notifier: Notifier,
     admin: Option<Arc<AdminState>>,
@@ -269,12 +267,11 @@ impl Server {
                 let (adm, workers) = (Arc::clone(&admission), config.server.workers.get() as u64);
                 let mem = Arc::clone(&budget);
                 let state = AdminState::new(Arc::clone(&metrics), move || {
-                    let in_flight = adm.in_flight() as u64;
-                    let busy = in_flight.min(workers);
+                    let busy = (adm.serving() as u64).min(workers);
                     Gauges {
                         pool_busy: busy,
                         pool_idle: workers - busy,
-                        pool_queued: in_flight - busy,
+                        pool_queued: adm.waiting_for_worker() as u64,
                         memory_used: mem.used() as u64,
                         memory_limit: mem.cap().unwrap_or(0) as u64,
                     }
@@ -289,11 +286,6 @@ impl Server {
             creds,
             hub: Hub::with_budget(Arc::clone(&metrics), budget),
             admission,
-            handshakes: Pool::new(
-                config.server.max_pre_auth.get(),
-                config.server.handshake_stack_size.get(),
-                "wsgate-handshake",
-            ),
             metrics,
             notifier: Notifier::from_env(),
             admin,
@@ -365,7 +357,7 @@ impl Server {
         let accept = |stream, peer: SocketAddr, accepted| {
             let worker = Arc::clone(&shared);
             // Behind a load balancer the socket's peer is the balancer: the per-IP share is
-            // claimed on the worker, once the PROXY header has named the client.
+            // claimed on the handshake thread, once the PROXY header has named the client.
             let proxied = shared.current().config.server.proxy_protocol;
             let job = move |ticket| {
                 let rt = worker.current();

@@ -1,8 +1,12 @@
-//! One connection's life on its worker: the handshake (PROXY header, TLS, upgrade) on a handshake
-//! thread, then the connection loop (or the proxy relay) on the worker, one log line when it opens
-//! and one when it closes.
+//! One connection's life, flowing one way: the handshake (PROXY header, TLS, upgrade) on a
+//! handshake thread, which hands the upgraded connection to a worker for its loop (or the proxy
+//! relay); one log line and one `wsgate_connections_total` outcome for a connection that ends
+//! before its 101 ([`Unopened`]), one line when a connection opens and one when it closes.
 
+use std::fmt;
+use std::io;
 use std::net::{SocketAddr, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,9 +15,10 @@ use crate::config::Mode;
 use crate::hub::{Holder, HubClosed, Intake, Membership, Profile};
 use crate::ops::metrics::Counter;
 use crate::ops::metrics::Outcome;
-use crate::pipeline::admit::Ticket;
+use crate::pipeline::admit::{self, Ticket};
 use crate::pipeline::connection::{self, Rights};
 use crate::pipeline::deadline::{Deadline, Phase, is_timeout};
+use crate::pipeline::pool::{NoPlace, Slot};
 use crate::pipeline::proxy_protocol;
 use crate::pipeline::relay::{self, BackendWs};
 use crate::pipeline::tls;
@@ -22,7 +27,7 @@ use crate::policy::{Grant, Method, Proof, Reason};
 
 use super::{Runtime, Shared};
 
-/// A connection past its 101, handed from the handshake thread back to its worker.
+/// A connection past its 101, handed from its handshake thread to its worker.
 struct Opened {
     ws: upgrade::WsStream,
     grant: Grant,
@@ -36,17 +41,119 @@ struct Opened {
     ticket: Ticket,
 }
 
-/// One connection's pipeline on its worker: the steps before the 101 (PROXY header, TLS,
-/// upgrade) on a handshake thread, then the connection loop on the worker itself, one log line at
-/// the end, one `wsgate_connections_total` outcome.
+/// How a connection ended before its 101: the step it reached and what happened there. Each
+/// such connection gets one outcome counted and one log line ([`Unopened::report`]).
+enum Unopened {
+    /// It failed at `step`.
+    Failed { step: Step, kind: Kind },
+    /// It was the demo page's `GET /`, answered 200.
+    DemoPage,
+    /// It was the demo page's login, answered 204 with a session for this user.
+    DemoLogin(String),
+}
+
+/// The steps before the 101, in order.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    ProxyHeader,
+    Tls,
+    Upgrade,
+}
+
+/// What went wrong at a [`Step`].
+enum Kind {
+    /// A read or write failed or missed its deadline.
+    Io(io::Error),
+    /// The PROXY header was missing, malformed or late.
+    Proxy(proxy_protocol::ProxyError),
+    /// Refused with an HTTP status (already answered and logged by the refusal log).
+    Refused(Reason),
+    /// The address carried in the PROXY header has its `max_connections_per_ip` already.
+    Admission(admit::Refused),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::ProxyHeader => "proxy header",
+            Step::Tls => "tls handshake",
+            Step::Upgrade => "upgrade",
+        })
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::Io(e) => write!(f, "{e}"),
+            Kind::Proxy(e) => write!(f, "{e}"),
+            Kind::Refused(reason) => write!(f, "{reason}"),
+            Kind::Admission(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl Unopened {
+    fn failed(step: Step, kind: Kind) -> Self {
+        Unopened::Failed { step, kind }
+    }
+
+    /// The `wsgate_connections_total` outcome; `None` for the demo page's answers.
+    fn outcome(&self) -> Option<Outcome> {
+        let Unopened::Failed { step, kind } = self else {
+            return None;
+        };
+        Some(match (step, kind) {
+            (_, Kind::Io(e)) if is_timeout(e) => Outcome::HandshakeTimeout,
+            (_, Kind::Proxy(e)) if e.is_timeout() => Outcome::HandshakeTimeout,
+            (_, Kind::Proxy(_)) => Outcome::TlsError,
+            (Step::ProxyHeader | Step::Tls, Kind::Io(_)) => Outcome::TlsError,
+            (Step::Upgrade, Kind::Io(_)) => Outcome::IoError,
+            (_, Kind::Refused(reason)) => Outcome::from_status(reason.status().as_u16())?,
+            (_, Kind::Admission(_)) => Outcome::Busy,
+        })
+    }
+
+    /// Counts the outcome and writes the one log line (refusals through the server's
+    /// rate-limited refusal log).
+    fn report(self, shared: &Shared, who: &Who, accepted: Instant) {
+        if let Some(outcome) = self.outcome() {
+            shared.metrics.outcome(outcome);
+        }
+        let after = accepted.elapsed();
+        let peer = who.peer;
+        match self {
+            Unopened::Failed {
+                kind: Kind::Refused(reason),
+                ..
+            } => shared.refusals.log(peer, &reason),
+            Unopened::Failed {
+                kind: Kind::Admission(why),
+                ..
+            } => log::debug!("refused {who}: {why}"),
+            Unopened::Failed { step, kind } => {
+                log::debug!("{step} failed {who} after={after:?}: {kind}");
+            }
+            Unopened::DemoPage => log::info!("demo page peer={peer} status=200"),
+            Unopened::DemoLogin(user) => log::info!(
+                "demo login peer={peer} user=\"{}\" status=204",
+                crate::policy::safe_user(&user)
+            ),
+        }
+    }
+}
+
+/// One connection's pipeline, called on its handshake thread: the steps before the 101
+/// (PROXY header, TLS, upgrade) here, then the connection loop on the worker whose place the
+/// upgrade took before answering 101. The connection flows one way and no thread waits for
+/// another: the worker is idle until the connection arrives, and the handshake thread takes the
+/// next connection at once.
 ///
-/// The worker owns the connection throughout: it hands the handshake to a handshake thread and
-/// waits for it, bounded by the handshake deadlines. The handshake runs deep (rustls, Argon2, the
-/// HTTP head: ~72 KiB of stack); on the worker, those pages would stay resident for the
-/// connection's life. Handshake threads are few (at most `max_pre_auth`, started on demand) and
-/// persist, so their deep stacks are paid once per thread, not per connection, and no thread is
-/// created per connection; the stack a worker keeps resident for an idle connection is only what
-/// the loop touches.
+/// The handshake runs deep (rustls, Argon2, the HTTP head: ~72 KiB of stack); on the worker,
+/// those pages would stay resident for the connection's life. Handshake threads are few (at most
+/// `max_pre_auth`, started on demand) and persist, so their deep stacks are paid once per thread,
+/// not per connection, and no thread is created per connection; the stack a worker keeps
+/// resident for an idle connection is only what the loop touches.
 pub(super) fn serve(
     shared: &Arc<Shared>,
     rt: &Arc<Runtime>,
@@ -56,34 +163,28 @@ pub(super) fn serve(
     ticket: Ticket,
     proxied: bool,
 ) {
+    let handshake = || handshake(shared, rt, stream, peer, accepted, ticket, proxied);
+    match catch_unwind(AssertUnwindSafe(handshake)) {
+        Ok(Ok((opened, worker))) => {
+            let (shared, rt) = (Arc::clone(shared), Arc::clone(rt));
+            worker.run(move || run(&shared, &rt, opened));
+        }
+        Ok(Err(ended)) => {
+            let (unopened, who) = *ended;
+            unopened.report(shared, &who, accepted);
+        }
+        // Its socket, ticket and any worker place were dropped while unwinding.
+        Err(_) => {
+            shared.metrics.outcome(Outcome::IoError);
+            log::error!("handshake panicked peer={peer}; connection dropped");
+        }
+    }
+}
+
+/// The connection loop on its worker, with its open and close log lines.
+fn run(shared: &Shared, rt: &Runtime, opened: Opened) {
     let metrics = &shared.metrics;
-    let (done, result) = crate::pipeline::pool::reply();
-    let job = {
-        let (shared, rt) = (Arc::clone(shared), Arc::clone(rt));
-        move || {
-            done.send(handshake(
-                &shared, &rt, stream, peer, accepted, ticket, proxied,
-            ))
-        }
-    };
-    let opened = match shared.handshakes.execute(job) {
-        Ok(()) => match result.wait() {
-            Some(opened) => opened,
-            // The job panicked (the pool caught it): its socket and ticket are gone.
-            None => {
-                metrics.outcome(Outcome::IoError);
-                log::error!("handshake panicked peer={peer}; connection dropped");
-                None
-            }
-        },
-        // The job (socket and ticket) was dropped unrun: the connection is refused.
-        Err(e) => {
-            metrics.outcome(Outcome::Busy);
-            log::debug!("refused peer={peer}: cannot start a handshake thread: {e}");
-            None
-        }
-    };
-    let Some(Opened {
+    let Opened {
         ws,
         grant,
         member,
@@ -91,10 +192,7 @@ pub(super) fn serve(
         backend,
         peer,
         ticket,
-    }) = opened
-    else {
-        return;
-    };
+    } = opened;
     let config = &rt.config;
     let channel = &grant.channel;
     let pattern = channel.pattern.to_string();
@@ -129,8 +227,28 @@ pub(super) fn serve(
     drop(ticket);
 }
 
+/// Who a connection that ended before its 101 was: the client once known, and the load
+/// balancer it came through behind one.
+struct Who {
+    peer: SocketAddr,
+    /// The socket's peer when a PROXY header was expected: the balancer.
+    via: Option<SocketAddr>,
+    /// False while the PROXY header is unread: `peer` is then the balancer too.
+    known: bool,
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.known, self.via) {
+            (true, Some(via)) => write!(f, "peer={} via={via}", self.peer),
+            (false, Some(via)) => write!(f, "via={via}"),
+            (_, None) => write!(f, "peer={}", self.peer),
+        }
+    }
+}
+
 /// The steps before the 101, on the handshake thread: the PROXY header when `proxied`, TLS, the
-/// upgrade. `None` when the connection ended here (its outcome counted and logged).
+/// upgrade, which takes a place on a worker before it answers 101.
 fn handshake(
     shared: &Shared,
     rt: &Runtime,
@@ -139,31 +257,25 @@ fn handshake(
     accepted: Instant,
     mut ticket: Ticket,
     proxied: bool,
-) -> Option<Opened> {
+) -> Result<(Opened, Slot), Box<(Unopened, Who)>> {
     let (config, hub, metrics) = (&rt.config, &shared.hub, &shared.metrics);
     let deadline = Deadline::new(Phase::TlsHandshake, accepted, config.tls.handshake_timeout);
+    let mut who = Who {
+        peer,
+        via: proxied.then_some(peer),
+        known: !proxied,
+    };
+    let fail = |step, kind, who| Err(Box::new((Unopened::failed(step, kind), who)));
     // From here on `peer` is the client: the carried address behind a load balancer.
     let peer = if proxied {
-        let via = peer;
         let peer = match proxy_protocol::read_header(&stream, deadline) {
-            Ok(header) => header.client(via),
-            Err(e) => {
-                metrics.outcome(if e.is_timeout() {
-                    Outcome::HandshakeTimeout
-                } else {
-                    Outcome::TlsError
-                });
-                log::debug!(
-                    "proxy header failed via={via} after={:?}: {e}",
-                    accepted.elapsed()
-                );
-                return None;
-            }
+            Ok(header) => header.client(peer),
+            Err(e) => return fail(Step::ProxyHeader, Kind::Proxy(e), who),
         };
+        who.peer = peer;
+        who.known = true;
         if let Err(why) = ticket.claim_ip(peer.ip()) {
-            metrics.outcome(Outcome::Busy);
-            log::debug!("refused peer={peer} via={via}: {why}");
-            return None;
+            return fail(Step::ProxyHeader, Kind::Admission(why), who);
         }
         peer
     } else {
@@ -177,24 +289,13 @@ fn handshake(
     };
     let transport = match handshake {
         Ok(transport) => transport,
-        Err(e) => {
-            metrics.outcome(if is_timeout(&e) {
-                Outcome::HandshakeTimeout
-            } else {
-                Outcome::TlsError
-            });
-            log::debug!(
-                "tls handshake failed peer={peer} after={:?}: {e}",
-                accepted.elapsed()
-            );
-            return None;
-        }
+        Err(e) => return fail(Step::Tls, Kind::Io(e), who),
     };
     // A verified client certificate chain, kept so a reload can re-check it.
     let client_chain = transport.client_chain();
-    // Joins the hub and issues the session just before the 101, so a server that is shutting
-    // down still answers 503 and a client only gets a session it can use.
-    let enter = |grant: &Grant| {
+    // Takes a worker, joins the hub and issues the session just before the 101, so a server
+    // that is shutting down still answers 503 and a client only gets a session it can use.
+    let enter = |grant: &Grant, deadline: Deadline| {
         // At the memory cap a new connection would only add to the squeeze (logged once per
         // interval by the budget, not per refusal).
         if !hub.budget().admits() {
@@ -202,6 +303,16 @@ fn handshake(
             hub.budget().refused();
             return Err(Reason::MemoryFull);
         }
+        // The worker this connection will run on, waited for (the `queue`) up to the upgrade
+        // deadline; its thread is started now, so the hand-over after the 101 cannot fail.
+        let worker = match ticket.worker(deadline.at) {
+            Ok(slot) => slot,
+            Err(NoPlace::Timeout) => return Err(Reason::NoWorker),
+            Err(NoPlace::Thread(e)) => {
+                log::error!("cannot start a worker thread for peer={peer}: {e}");
+                return Err(Reason::NoWorker);
+            }
+        };
         let limits = &grant.channel.limits;
         let proof = match grant.method {
             Method::ClientCert => Proof::ClientCert {
@@ -290,45 +401,26 @@ fn handshake(
         if let Some(protocol) = grant.subprotocol {
             headers.push(("Sec-WebSocket-Protocol", protocol.to_string()));
         }
-        Ok(((member, session_id, backend), headers))
+        Ok(((member, session_id, backend, worker), headers))
     };
     let verifier = shared.creds.for_peer(peer.ip());
-    let (ws, grant, (member, session_id, backend)) =
-        match upgrade::upgrade(transport, config, &verifier, enter, |user: &str| {
-            let (token, ttl) =
-                shared
-                    .creds
-                    .issue_session(user, &session::new_session_id(), None)?;
-            shared.creds.logged_in(peer.ip(), user);
-            Some(session_cookie(&token, ttl))
-        }) {
+    let login = |user: &str| {
+        let (token, ttl) = shared
+            .creds
+            .issue_session(user, &session::new_session_id(), None)?;
+        shared.creds.logged_in(peer.ip(), user);
+        Some(session_cookie(&token, ttl))
+    };
+    let (ws, grant, (member, session_id, backend, worker)) =
+        match upgrade::upgrade(transport, config, &verifier, enter, login) {
             Ok(upgraded) => upgraded,
             Err(UpgradeError::Refused(reason)) => {
-                if let Some(outcome) = Outcome::from_status(reason.status().as_u16()) {
-                    metrics.outcome(outcome);
-                }
-                shared.refusals.log(peer, &reason);
-                return None;
+                return fail(Step::Upgrade, Kind::Refused(reason), who);
             }
-            Err(UpgradeError::DemoPage) => {
-                log::info!("demo page peer={peer} status=200");
-                return None;
-            }
+            Err(UpgradeError::Io(e)) => return fail(Step::Upgrade, Kind::Io(e), who),
+            Err(UpgradeError::DemoPage) => return Err(Box::new((Unopened::DemoPage, who))),
             Err(UpgradeError::DemoLogin(user)) => {
-                log::info!(
-                    "demo login peer={peer} user=\"{}\" status=204",
-                    crate::policy::safe_user(&user)
-                );
-                return None;
-            }
-            Err(UpgradeError::Io(e)) => {
-                metrics.outcome(if is_timeout(&e) {
-                    Outcome::HandshakeTimeout
-                } else {
-                    Outcome::IoError
-                });
-                log::debug!("upgrade failed peer={peer}: {e}");
-                return None;
+                return Err(Box::new((Unopened::DemoLogin(user), who)));
             }
         };
     metrics.outcome(Outcome::Accepted);
@@ -336,7 +428,7 @@ fn handshake(
     if backend.is_some() {
         metrics.bump(Counter::ProxyConnections, 1);
     }
-    Some(Opened {
+    let opened = Opened {
         ws,
         grant,
         member,
@@ -344,7 +436,8 @@ fn handshake(
         backend,
         peer,
         ticket,
-    })
+    };
+    Ok((opened, worker))
 }
 
 /// The session cookie: only sent over TLS, invisible to page scripts, never sent cross-site,

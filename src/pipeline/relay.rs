@@ -24,7 +24,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{ClientRequestBuilder, Error as WsError, Message, WebSocket};
 
-use crate::config::{Backend, ChannelPattern, Endpoint, Limits, Overflow, WsLimits};
+use crate::config::{Backend, Endpoint, Limits, Overflow, WsLimits};
 use crate::hub::Membership;
 use crate::ops::metrics::Counter;
 use crate::pipeline::certs::CertError;
@@ -32,6 +32,7 @@ use crate::pipeline::connection::{self, End, Rights};
 use crate::pipeline::frames::FrameLimit;
 use crate::pipeline::ratelimit::MessageLimiter;
 use crate::pipeline::upgrade::WsStream;
+use crate::policy::acl::ChannelPattern;
 use crate::policy::{BackendFailure, Method};
 
 /// The identity headers on every backend request, set by wsgate alone: the request is built

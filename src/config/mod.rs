@@ -802,13 +802,17 @@ fn default_ws_limits() -> WsLimits {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The locator: a line scan that finds every section header and key with its line number, and
-// rejects what rust-ini would silently accept or misread (keys outside sections, repeated
-// sections and keys, unterminated headers, lines that are neither).
+// The scanner: the one parse of the file. It splits lines into sections and keys with their
+// values and line numbers, and rejects what an INI reader would silently accept or misread (keys
+// outside sections, repeated sections and keys, unterminated headers, line continuations, lines
+// that are neither). Quotes and escapes are not interpreted, so `C:\certs\a.pem` and `"` survive
+// as written; `#` and `;` start a comment only at the start of a line.
 
 /// A key as found by the scan.
 struct ScannedKey {
     key: String,
+    /// Trimmed of surrounding whitespace, otherwise as written.
+    value: String,
     line: usize,
 }
 
@@ -819,9 +823,8 @@ struct ScannedSection {
     keys: Vec<ScannedKey>,
 }
 
-/// Scans `text`, returning the sections and a cleaned copy for rust-ini (comments and blank
-/// lines emptied, indentation removed, same line numbers).
-fn scan(text: &str, source: &Path) -> Result<(Vec<ScannedSection>, String), ConfigError> {
+/// Scans `text` into its sections, keys and values (see above for the rules).
+fn scan(text: &str, source: &Path) -> Result<Vec<ScannedSection>, ConfigError> {
     let syntax = |line: usize, message: String| ConfigError::Syntax {
         path: source.to_path_buf(),
         line: Some(line),
@@ -838,7 +841,6 @@ fn scan(text: &str, source: &Path) -> Result<(Vec<ScannedSection>, String), Conf
 
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut sections: Vec<ScannedSection> = Vec::new();
-    let mut clean = String::with_capacity(text.len());
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         if let Some(c) = raw.chars().find(|&c| c.is_control() && c != '\t') {
@@ -846,7 +848,6 @@ fn scan(text: &str, source: &Path) -> Result<(Vec<ScannedSection>, String), Conf
         }
         let trimmed = raw.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
-            clean.push('\n');
             continue;
         }
         if let Some(rest) = trimmed.strip_prefix('[') {
@@ -858,6 +859,14 @@ fn scan(text: &str, source: &Path) -> Result<(Vec<ScannedSection>, String), Conf
             };
             if name.contains(['[', ']']) {
                 return Err(syntax(line, "section header has a stray `[` or `]`".into()));
+            }
+            // rust-ini, the reader before this one, took `\]` for a `]` inside the name and read
+            // on into the next lines; such a file never loaded, and must not now.
+            if name.ends_with('\\') {
+                return Err(syntax(
+                    line,
+                    "section header must not end with `\\]`".into(),
+                ));
             }
             let name = name.trim();
             if name.is_empty() {
@@ -917,13 +926,12 @@ fn scan(text: &str, source: &Path) -> Result<(Vec<ScannedSection>, String), Conf
             }
             section.keys.push(ScannedKey {
                 key: key.to_string(),
+                value: value.to_string(),
                 line,
             });
         }
-        clean.push_str(trimmed);
-        clean.push('\n');
     }
-    Ok((sections, clean))
+    Ok(sections)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2060,40 +2068,20 @@ fn parse_config(
     source: &Path,
     credentials: Option<&Path>,
 ) -> Result<Config, ConfigError> {
-    let (scanned, clean) = scan(text, source)?;
-
-    // rust-ini does the key/value split on the cleaned text (escapes and quotes off, so
-    // `C:\certs\a.pem` and `"` survive as written); the scan supplies lines and structure.
-    let option = ini::ParseOption {
-        enabled_quote: false,
-        enabled_escape: false,
-        enabled_indented_mutiline_value: false,
-        enabled_preserve_key_leading_whitespace: false,
-    };
-    let ini = ini::Ini::load_from_str_opt(&clean, option).map_err(|e| ConfigError::Syntax {
-        path: source.to_path_buf(),
-        line: Some(e.line),
-        message: e.msg.to_lowercase(),
-    })?;
-
-    let mut sections: Vec<Section<'_>> = Vec::with_capacity(scanned.len());
-    for sc in &scanned {
-        let props = ini.section(Some(sc.name.as_str()));
-        let mut section = Section {
+    let scanned = scan(text, source)?;
+    let sections: Vec<Section<'_>> = scanned
+        .iter()
+        .map(|sc| Section {
             source,
             name: &sc.name,
             line: Some(sc.line),
-            values: HashMap::new(),
-        };
-        for k in &sc.keys {
-            let mut all = props.into_iter().flat_map(|p| p.get_all(&k.key));
-            let (Some(value), None) = (all.next(), all.next()) else {
-                return Err(section.invalid(Some(&k.key), "could not read this key's value"));
-            };
-            section.values.insert(&k.key, (value, k.line));
-        }
-        sections.push(section);
-    }
+            values: sc
+                .keys
+                .iter()
+                .map(|k| (k.key.as_str(), (k.value.as_str(), k.line)))
+                .collect(),
+        })
+        .collect();
 
     // Unknown sections and keys first, in file order.
     for (s, sc) in sections.iter().zip(&scanned) {
@@ -3371,6 +3359,114 @@ listen = [::1]:9480
                 "{bad}: {e}"
             );
         }
+    }
+
+    /// `(section, key, value, line)` of every key `scan` finds in `text`.
+    fn scanned(text: &str) -> Vec<(String, String, String, usize)> {
+        let sections = scan(text, Path::new("F")).unwrap_or_else(|e| panic!("{e}"));
+        sections
+            .into_iter()
+            .flat_map(|s| {
+                s.keys
+                    .into_iter()
+                    .map(move |k| (s.name.clone(), k.key, k.value, k.line))
+            })
+            .collect()
+    }
+
+    /// The scan reads every accepted file as rust-ini (escapes, quotes and multi-line values
+    /// off) read the scan's cleaned copy of it, before the scan became the only parser.
+    #[test]
+    fn the_scan_reads_values_as_written() {
+        let one = |text: &str| {
+            let keys = scanned(text);
+            assert_eq!(keys.len(), 1, "{text:?}");
+            keys[0].2.clone()
+        };
+        // Quotes are kept, single or double, matched or not.
+        assert_eq!(one("[a]\nk = \"x y\"\n"), "\"x y\"");
+        assert_eq!(one("[a]\nk = 'x'\n"), "'x'");
+        assert_eq!(one("[a]\nk = \"x\n"), "\"x");
+        // Escapes are kept as written.
+        assert_eq!(
+            one("[a]\nk = C:\\certs\\n\\t\\x41\\\\b\n"),
+            "C:\\certs\\n\\t\\x41\\\\b"
+        );
+        // `#` and `;` after the start of a line are part of the value.
+        assert_eq!(one("[a]\nk = 2 # two\n"), "2 # two");
+        assert_eq!(one("[a]\nk = x;y ; z\n"), "x;y ; z");
+        // Whitespace around keys and values goes (tabs too); inside, it stays.
+        assert_eq!(
+            scanned("  [a]  \n\t key one \t=\t x  y \t\n"),
+            [("a".into(), "key one".into(), "x  y".into(), 2)]
+        );
+        // The first `=` or `:` splits; the rest is the value.
+        assert_eq!(
+            scanned("[a]\nk: v = w\nl = 127.0.0.1:9\nm :=x\n"),
+            [
+                ("a".into(), "k".into(), "v = w".into(), 2),
+                ("a".into(), "l".into(), "127.0.0.1:9".into(), 3),
+                ("a".into(), "m".into(), "=x".into(), 4),
+            ]
+        );
+        // An empty value is the empty string.
+        assert_eq!(one("[a]\nk =\n"), "");
+        // Section names are trimmed and keep their case; keys keep theirs.
+        assert_eq!(
+            scanned("[ Server ]\nWorkers = 1\nworkers = 2\n"),
+            [
+                ("Server".into(), "Workers".into(), "1".into(), 2),
+                ("Server".into(), "workers".into(), "2".into(), 3),
+            ]
+        );
+        // A backslash inside a section name or key is kept.
+        assert_eq!(
+            scanned("[channel:/a\\b]\nk\\l = 1\n"),
+            [("channel:/a\\b".into(), "k\\l".into(), "1".into(), 2)]
+        );
+        // Comments, blank lines, a byte-order mark and CRLF line ends are skipped.
+        assert_eq!(
+            scanned("\u{feff}# c\n; c\n\n  # c\n[a]\r\nk = v\r\n"),
+            [("a".into(), "k".into(), "v".into(), 6)]
+        );
+    }
+
+    /// What rust-ini would have misread, or merged silently, is refused with its line.
+    #[test]
+    fn the_scan_refuses_what_an_ini_reader_would_misread() {
+        let refused = |text: &str| match scan(text, Path::new("F")) {
+            Ok(_) => panic!("accepted: {text:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            refused("[a]\nk = 1\nk = 2\n"),
+            "config: F:3: [a] k: repeated key (first set on line 2); keep one"
+        );
+        assert_eq!(
+            refused("[a]\n[a]\n"),
+            "config: F:2: [a]: repeated section (first on line 1); merge the two"
+        );
+        assert_eq!(
+            refused("k = 1\n[a]\n"),
+            "config: F:1: k: key outside any section; put it under a `[section]` header"
+        );
+        assert_eq!(
+            refused("[a]\nk = C:\\\n"),
+            "config: F:2: [a] k: a value must not end with `\\` (it would continue on the next line)"
+        );
+        // rust-ini read `\]` as part of the name and the following lines with it.
+        assert_eq!(
+            refused("[channel:/a\\]\nmode = echo\n"),
+            "config: F:1: section header must not end with `\\]`"
+        );
+        assert_eq!(
+            refused("[a] # c\n"),
+            "config: F:1: section header must end with `]` (comments go on their own line)"
+        );
+        assert_eq!(
+            refused("[a]\n\u{b}k = 1\n"),
+            "config: F:2: control character '\\u{b}' in the line"
+        );
     }
 
     #[test]

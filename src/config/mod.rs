@@ -2,12 +2,11 @@
 //! Owns every default, every unit, every cross-field rule; nothing downstream re-checks a value
 //! or reads the INI again. A reload builds a whole new `Config` and swaps it in.
 //!
-//! Here: the typed [`Config`], its lookups and [`Config::load`], which runs the steps in order —
-//! [`scan`] (the one parse), the tables of [`tables`] (every key, its default, parser and doc;
-//! [`keys`] says what a row is and checks names against them),
-//! [`sections`] (each section into its typed part, with [`values`]' parsers and [`validate`]'s
-//! rules between keys). [`ConfigError`] is in [`error`], the "did you mean" of unknown names in
-//! [`suggest`].
+//! Here: the typed [`Config`], its lookups and [`Config::load`], which runs the steps in order:
+//! `scan.rs` (the one parse), the tables of `tables.rs` (every key, its default, parser and doc;
+//! `keys.rs` says what a row is and checks names against them), `sections.rs` (each section into
+//! its typed part, with the parsers of `values.rs` and the rules between keys of `validate.rs`).
+//! [`ConfigError`] is in `error.rs`, the "did you mean" of unknown names in `suggest.rs`.
 
 mod error;
 mod keys;

@@ -1,4 +1,4 @@
-//! The section readers: each turns one scanned section into its typed part of the [`Config`],
+//! The section readers: each turns one scanned section into its typed part of the [`super::Config`],
 //! reading every key through its row in [`super::tables`] and calling the rules of
 //! [`super::validate`] as soon as the values they compare are read. Paths are resolved here, and
 //! the files they name checked.

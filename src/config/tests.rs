@@ -1173,7 +1173,7 @@ fn comments_and_whitespace() {
         "{:?}",
         c.tls.cert
     );
-    // `key: value` is rust-ini's other separator.
+    // `key: value` is the other separator (rust-ini, the reader before the scan, had it too).
     assert_eq!(ok(&with("[server]\nworkers: 7\n")).server.workers.get(), 7);
     // A byte-order mark is ignored.
     ok(&format!("\u{feff}{MINIMAL}"));

@@ -5,7 +5,8 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{ChannelConfig, Config, Members, Mode, Overflow, PathPattern, Role};
+use crate::config::{ChannelConfig, Config, Mode, Overflow};
+use crate::policy::acl::{Members, PathPattern, Role};
 use crate::policy::acl::{Rule, evaluate};
 
 /// `file:line: ` (or `file: `) for a message about something at `line` of `config`.

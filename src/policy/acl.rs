@@ -6,10 +6,252 @@
 //! publish (so an echo channel is useful only with both). Whether a client without credentials
 //! may reach a channel at all is the channel's `anonymous` key, checked by the caller; here such a
 //! client has only the rights of the role named `anonymous`.
+//!
+//! Also the vocabulary the config parses into and the rules read: [`Role`], its [`Members`], the
+//! [`PathPattern`]s it grants (with `%u`) and the [`ChannelPattern`] of a `[channel:PATH]`, which
+//! share the path rules of [`check_path`]. Nothing here imports the config.
 
 use std::fmt;
 
-use crate::config::{PathPattern, Role};
+/// A channel path as written in the section name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelPattern {
+    /// `[channel:/echo]` serves exactly `/echo`.
+    Exact(String),
+    /// `[channel:/chat/*]` serves `/chat/` followed by one or more characters; stored as `/chat/`.
+    /// Each distinct path is its own broadcast group.
+    Prefix(String),
+}
+
+impl fmt::Display for ChannelPattern {
+    /// As written in the section name: `/echo`, `/chat/*`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChannelPattern::Exact(p) => f.write_str(p),
+            ChannelPattern::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// `[role:NAME]`: a set of users and the paths they may subscribe and publish to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    /// NAME: 1 to 64 of `A-Z a-z 0-9 _ . -`. The role named `anonymous` is special.
+    pub name: String,
+    pub members: Members,
+    /// `subscribe`: paths whose channel a member may connect to and receive from.
+    pub subscribe: Vec<PathPattern>,
+    /// `publish`: paths a member may send messages to.
+    pub publish: Vec<PathPattern>,
+    /// The section header's line in the config file (`None` if built in code).
+    pub line: Option<usize>,
+}
+
+/// `members` of a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Members {
+    /// The role named `anonymous`, which has no `members` key: clients without credentials,
+    /// on channels with `anonymous = true`.
+    Anonymous,
+    /// `members = *`: every authenticated user.
+    Everyone,
+    /// `members = alice, bob`: these users (valid user names, no repeats).
+    Users(Vec<String>),
+}
+
+impl Members {
+    /// Whether the role applies to `user` (`None`: a client without credentials).
+    pub fn includes(&self, user: Option<&str>) -> bool {
+        match (self, user) {
+            (Members::Anonymous, None) => true,
+            (Members::Everyone, Some(_)) => true,
+            (Members::Users(names), Some(user)) => names.iter().any(|n| n == user),
+            _ => false,
+        }
+    }
+}
+
+/// A path pattern in a role: an exact path (`/echo`) or a prefix (`/chat/*`, which matches
+/// `/chat/x` and `/chat/x/y` but not `/chat/` or `/chat`, like a channel pattern), where `%u`
+/// stands for the user's own name (`/inbox/%u`, `/user/%u/*`, `/u-%u/*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    /// As written.
+    text: String,
+    /// The part that must match (for a prefix, up to and including the last `/`), split at `%u`.
+    parts: Vec<PatternPart>,
+    prefix: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatternPart {
+    /// Never empty.
+    Literal(String),
+    /// `%u`.
+    User,
+}
+
+/// The placeholder for the user's own name in a role's path pattern.
+pub const USER_PLACEHOLDER: &str = "%u";
+
+impl PathPattern {
+    /// Parses a pattern with the character rules of channel paths, plus `%u`.
+    ///
+    /// # Errors
+    /// A lower-case message saying what is wrong with `text`.
+    pub fn parse(text: &str) -> Result<PathPattern, String> {
+        let (body, prefix) = check_path(text, "pattern")?;
+        let mut parts = Vec::new();
+        for (i, literal) in body.split(USER_PLACEHOLDER).enumerate() {
+            if i > 0 {
+                parts.push(PatternPart::User);
+            }
+            if !literal.is_empty() {
+                parts.push(PatternPart::Literal(literal.to_string()));
+            }
+        }
+        Ok(PathPattern {
+            text: text.to_string(),
+            parts,
+            prefix,
+        })
+    }
+
+    /// Whether `path` matches, with `%u` standing for `user`. A pattern with `%u` never matches
+    /// for `None` (no credentials), for an empty name, `.` or `..`, or a name containing `/`:
+    /// the name is substituted literally and must fill whole characters of the path.
+    pub fn matches(&self, path: &str, user: Option<&str>) -> bool {
+        let mut expanded = String::with_capacity(path.len());
+        for part in &self.parts {
+            match part {
+                PatternPart::Literal(l) => expanded.push_str(l),
+                PatternPart::User => match user {
+                    Some(u) if !u.is_empty() && u != "." && u != ".." && !u.contains('/') => {
+                        expanded.push_str(u);
+                    }
+                    _ => return false,
+                },
+            }
+        }
+        if self.prefix {
+            path.len() > expanded.len() && path.starts_with(&expanded)
+        } else {
+            path == expanded
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether this is a `/*` prefix pattern.
+    pub fn is_prefix(&self) -> bool {
+        self.prefix
+    }
+
+    /// Whether the pattern contains `%u`.
+    pub fn has_user(&self) -> bool {
+        self.parts.contains(&PatternPart::User)
+    }
+
+    /// Whether some path could match both this pattern (for some user name, `%u` standing for any
+    /// non-empty text without `/`) and `channel`. Used by [`crate::cli::access_report::lint`].
+    pub fn overlaps(&self, channel: &ChannelPattern) -> bool {
+        use Fit::{GlobPrefix, SPrefix};
+        match (self.prefix, channel) {
+            (false, ChannelPattern::Exact(c)) => fit(&self.parts, c, Fit::Full),
+            // Some instance is `c` followed by at least one more character.
+            (false, ChannelPattern::Prefix(c)) => fit(&self.parts, c, SPrefix { proper: true }),
+            // Some instance followed by at least one character is `c`.
+            (true, ChannelPattern::Exact(c)) => fit(&self.parts, c, GlobPrefix { proper: true }),
+            // Some instance and `c` are prefix-comparable; extend the longer by one character.
+            (true, ChannelPattern::Prefix(c)) => {
+                fit(&self.parts, c, GlobPrefix { proper: false })
+                    || fit(&self.parts, c, SPrefix { proper: false })
+            }
+        }
+    }
+}
+
+/// How a glob (literals and `%u` = one or more characters other than `/`) must fit a string `s`.
+#[derive(Clone, Copy)]
+enum Fit {
+    /// Some instance equals `s`.
+    Full,
+    /// Some instance is a prefix of `s` (a proper one if `proper`).
+    GlobPrefix { proper: bool },
+    /// `s` is a prefix of some instance (a proper one if `proper`).
+    SPrefix { proper: bool },
+}
+
+fn fit(parts: &[PatternPart], s: &str, how: Fit) -> bool {
+    let Some((first, rest)) = parts.split_first() else {
+        return match how {
+            Fit::Full => s.is_empty(),
+            Fit::GlobPrefix { proper } => !proper || !s.is_empty(),
+            Fit::SPrefix { proper } => s.is_empty() && !proper,
+        };
+    };
+    if s.is_empty() {
+        // Every remaining part produces at least one character.
+        return matches!(how, Fit::SPrefix { .. });
+    }
+    match first {
+        PatternPart::Literal(l) => {
+            if let Some(after) = s.strip_prefix(l.as_str()) {
+                fit(rest, after, how)
+            } else {
+                matches!(how, Fit::SPrefix { .. }) && l.starts_with(s)
+            }
+        }
+        PatternPart::User => {
+            let run = s.find('/').unwrap_or(s.len());
+            if run == s.len() && matches!(how, Fit::SPrefix { .. }) {
+                // `%u` can take all of `s` and more.
+                return true;
+            }
+            (1..=run)
+                .filter(|&k| s.is_char_boundary(k))
+                .any(|k| fit(rest, &s[k..], how))
+        }
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The role that applies to clients without credentials.
+pub const ANONYMOUS_ROLE: &str = "anonymous";
+
+/// The rules shared by channel paths and role patterns (`what` names which, for messages):
+/// returns the part before a trailing `*` (so `/chat/` for `/chat/*`) and whether it was there.
+pub(crate) fn check_path<'p>(path: &'p str, what: &str) -> Result<(&'p str, bool), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{what} `{path}` must start with `/`"));
+    }
+    if let Some(c) = path.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "{what} `{path}` contains {c:?}; only visible ascii, no spaces"
+        ));
+    }
+    if let Some(c) = path.chars().find(|c| matches!(c, '?' | '#')) {
+        return Err(format!("{what} `{path}` must not contain `{c}`"));
+    }
+    let (prefix, is_prefix) = match path.strip_suffix("/*") {
+        Some(head) => (&path[..=head.len()], true),
+        None => (path, false),
+    };
+    if prefix.contains('*') {
+        return Err(format!(
+            "{what} `{path}`: `*` is only allowed as a single trailing `/*` (e.g. /chat/*)"
+        ));
+    }
+    Ok((prefix, is_prefix))
+}
 
 /// The rule that granted a right: the role and its pattern as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,9 +490,8 @@ pub(crate) mod tests {
 
     #[test]
     fn overlaps() {
-        use crate::config::ChannelPattern::{Exact, Prefix};
-        let o =
-            |p: &str, c: &crate::config::ChannelPattern| PathPattern::parse(p).unwrap().overlaps(c);
+        use ChannelPattern::{Exact, Prefix};
+        let o = |p: &str, c: &ChannelPattern| PathPattern::parse(p).unwrap().overlaps(c);
         let e = |s: &str| Exact(s.into());
         let pre = |s: &str| Prefix(s.into());
         // exact vs exact
@@ -284,5 +525,14 @@ pub(crate) mod tests {
         assert!(o("/user/%u/*", &pre("/user/")));
         assert!(o("/user/%u/*", &pre("/user/bob/x/")));
         assert!(!o("/user/%u/*", &pre("/users/")));
+    }
+
+    #[test]
+    fn members_include() {
+        assert!(Members::Anonymous.includes(None));
+        assert!(!Members::Anonymous.includes(Some("a")));
+        assert!(Members::Everyone.includes(Some("a")));
+        assert!(!Members::Everyone.includes(None));
+        assert!(!Members::Users(vec!["a".into()]).includes(Some("b")));
     }
 }

@@ -1,0 +1,185 @@
+//! What a row of the key tables is ([`Key`]: the key, its default as the file would write it, its
+//! parser and so the typed value it produces, one line of doc) and how the tables are read: which
+//! table a section has, and the unknown-section and unknown-key check with its "did you mean"
+//! suggestions. The rows themselves are in [`super::tables`]; [`Section::get`] reads a value
+//! through its row, default included.
+
+use super::ConfigError;
+use super::scan::Section;
+use super::tables::{FIXED, channel, role};
+
+/// A row: one key of a section.
+pub(super) struct Key<T> {
+    pub(super) name: &'static str,
+    /// The value used when the key is not set, as the file would write it. `None`: the key has
+    /// no fixed default; its doc says what being unset means (off, required, or worked out from
+    /// other keys or the host).
+    pub(super) default: Option<&'static str>,
+    /// The key's value into its typed form, or what was expected.
+    pub(super) parse: fn(&str) -> Result<T, String>,
+    /// One line saying what the key does (the paragraph is in `conf/wsgate.ini`). Read by the
+    /// tests that hold the tables and the shipped file to each other; the server never prints it.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the rows' documentation, read by the tests only")
+    )]
+    pub(super) doc: &'static str,
+}
+
+/// A row whatever its value's type: what the tables list.
+pub(super) trait Row: Sync {
+    fn name(&self) -> &'static str;
+    #[cfg(test)]
+    fn default(&self) -> Option<&'static str>;
+    #[cfg(test)]
+    fn doc(&self) -> &'static str;
+    /// Whether `value` parses to the row's default (false without one, or when it does not
+    /// parse).
+    #[cfg(test)]
+    fn is_default(&self, value: &str) -> bool;
+    /// Whether `value` parses.
+    #[cfg(test)]
+    fn accepts(&self, value: &str) -> bool;
+}
+
+impl<T: PartialEq> Row for Key<T> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    #[cfg(test)]
+    fn default(&self) -> Option<&'static str> {
+        self.default
+    }
+
+    #[cfg(test)]
+    fn doc(&self) -> &'static str {
+        self.doc
+    }
+
+    #[cfg(test)]
+    fn is_default(&self, value: &str) -> bool {
+        match (self.default.map(self.parse), (self.parse)(value)) {
+            (Some(Ok(default)), Ok(value)) => default == value,
+            _ => false,
+        }
+    }
+
+    #[cfg(test)]
+    fn accepts(&self, value: &str) -> bool {
+        (self.parse)(value).is_ok()
+    }
+}
+
+/// A section's keys, in groups so that `[limits]` and `[channel:…]` share the WebSocket rows.
+pub(super) struct Table {
+    /// The section's name, or for `[channel:…]` and `[role:…]` the prefix without the `:`.
+    pub(super) name: &'static str,
+    pub(super) groups: &'static [&'static [&'static dyn Row]],
+}
+
+impl Table {
+    pub(super) fn rows(&self) -> impl Iterator<Item = &'static dyn Row> + '_ {
+        self.groups.iter().flat_map(|group| group.iter().copied())
+    }
+
+    fn row(&self, key: &str) -> Option<&'static dyn Row> {
+        self.rows().find(|row| row.name() == key)
+    }
+}
+
+/// `[channel:PATH]`: a channel, one section per path.
+pub(super) const CHANNEL_PREFIX: &str = "channel:";
+/// `[role:NAME]`: a role, one section per name.
+pub(super) const ROLE_PREFIX: &str = "role:";
+
+/// The table of the section named `name`, if it is one the config knows.
+pub(super) fn table(name: &str) -> Option<&'static Table> {
+    if name.starts_with(CHANNEL_PREFIX) {
+        Some(&channel::TABLE)
+    } else if name.starts_with(ROLE_PREFIX) {
+        Some(&role::TABLE)
+    } else {
+        FIXED.iter().copied().find(|t| t.name == name)
+    }
+}
+
+/// Refuses the first unknown section or key, in file order, naming the nearest known word.
+pub(super) fn check_names(sections: &[Section<'_>]) -> Result<(), ConfigError> {
+    for s in sections {
+        let Some(table) = table(s.name) else {
+            let names: Vec<&str> = FIXED.iter().map(|t| t.name).collect();
+            return Err(s.invalid(
+                None,
+                format!(
+                    "unknown section{}; expected {}, {CHANNEL_PREFIX}/path or {ROLE_PREFIX}NAME",
+                    super::suggest::hint(s.name, names.iter().copied()),
+                    names.join(", ")
+                ),
+            ));
+        };
+        if let Some(unknown) = s.keys.iter().find(|k| table.row(&k.key).is_none()) {
+            let key = unknown.key.as_str();
+            let names: Vec<&str> = table.rows().map(|row| row.name()).collect();
+            return Err(s.invalid(
+                Some(key),
+                format!(
+                    "unknown key{}; [{}] accepts {}",
+                    super::suggest::hint(key, names.iter().copied()),
+                    s.name,
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::config::tables::ws;
+
+    fn every_table() -> impl Iterator<Item = &'static Table> {
+        FIXED.iter().copied().chain([&channel::TABLE, &role::TABLE])
+    }
+
+    #[test]
+    fn every_row_has_a_default_its_parser_accepts_and_one_line_of_doc() {
+        for table in every_table() {
+            let mut seen: Vec<&str> = Vec::new();
+            for row in table.rows() {
+                let what = format!("[{}] {}", table.name, row.name());
+                assert!(!seen.contains(&row.name()), "{what} is listed twice");
+                seen.push(row.name());
+                if let Some(default) = row.default() {
+                    assert!(row.is_default(default), "{what}: default {default:?}");
+                }
+                let doc = row.doc();
+                assert!(
+                    !doc.is_empty() && !doc.contains('\n') && doc.ends_with('.'),
+                    "{what}: doc {doc:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sections_are_found_by_name_or_prefix() {
+        assert_eq!(table("server").map(|t| t.name), Some("server"));
+        assert_eq!(table("channel:/x").map(|t| t.name), Some("channel"));
+        assert_eq!(table("role:ops").map(|t| t.name), Some("role"));
+        assert!(table("Server").is_none() && table("channel").is_none());
+        // [limits] and channels share the WebSocket rows.
+        let limits: Vec<_> = table("limits").unwrap().rows().map(|r| r.name()).collect();
+        assert!(ws::ROWS.iter().all(|r| limits.contains(&r.name())));
+        assert!(
+            table("channel:/x")
+                .unwrap()
+                .row("max_message_size")
+                .is_some()
+        );
+        assert_eq!(crate::config::DEFAULT_ADMIN_MAX_CONNECTIONS, 32);
+    }
+}

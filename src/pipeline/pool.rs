@@ -63,8 +63,13 @@ struct Place(Arc<Pool>);
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.0.state().reserved -= 1;
-        self.0.freed.notify_one();
+        let mut state = self.0.state();
+        state.reserved -= 1;
+        // A notify is a futex syscall even with nobody waiting: only when someone waits.
+        if state.waiting > 0 {
+            drop(state);
+            self.0.freed.notify_one();
+        }
     }
 }
 
@@ -92,8 +97,7 @@ impl Pool {
         let mut state = self.state();
         if state.jobs.len() < state.idle || state.started >= self.max {
             state.jobs.push_back(job);
-            drop(state);
-            self.work.notify_one();
+            self.wake_idle(state);
             return Ok(());
         }
         state.started += 1;
@@ -189,6 +193,16 @@ impl Pool {
         }
     }
 
+    /// Wakes one idle thread for a job just queued, if any thread is idle (a thread that is not
+    /// looks at the queue before it waits).
+    fn wake_idle(&self, state: MutexGuard<'_, State>) {
+        let idle = state.idle > 0;
+        drop(state);
+        if idle {
+            self.work.notify_one();
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -199,11 +213,14 @@ impl Slot {
     pub fn run(self, job: impl FnOnce() + Send + 'static) {
         let Slot { place } = self;
         let pool = Arc::clone(&place.0);
-        pool.state().jobs.push_back(Box::new(move || {
+        let mut state = pool.state();
+        state.jobs.push_back(Box::new(move || {
             let _place = place;
             job();
         }));
-        pool.work.notify_one();
+        // Without an idle thread, the reserved one is starting or finishing a job, and looks at
+        // the queue before it waits.
+        pool.wake_idle(state);
     }
 }
 

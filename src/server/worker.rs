@@ -186,7 +186,10 @@ pub(super) fn serve(
 }
 
 /// Moves `boxed`'s value out and frees its allocation now, not when the caller's scope ends.
-#[allow(clippy::boxed_local, reason = "taking the box is the point: it is freed on return")]
+#[allow(
+    clippy::boxed_local,
+    reason = "taking the box is the point: it is freed on return"
+)]
 fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }

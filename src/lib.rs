@@ -2,8 +2,9 @@
 //!
 //! Where the code is, one folder per concern:
 //!
-//! - [`pipeline`]: the stages a connection meets, in order — listener, admission and worker
-//!   pool, PROXY header, TLS, HTTP upgrade, then the connection loop (or the proxy relay).
+//! - [`pipeline`]: the stages a connection meets, in order — listener, admission, then on a
+//!   handshake thread the PROXY header, TLS and the HTTP upgrade, then on its worker the
+//!   connection loop (or the proxy relay).
 //! - [`hub`]: channel membership and fan-out to bounded outboxes; the eventfd waker; the Redis
 //!   cluster bridge.
 //! - [`policy`]: the pure upgrade decisions — route, Origin, credentials, roles ([`policy::acl`]).

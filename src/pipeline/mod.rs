@@ -1,19 +1,22 @@
 //! The stages a connection meets, in order, each a module:
 //!
 //! 1. [`listener`]: one thread, blocking `poll`/`accept`; never touches client bytes.
-//! 2. [`admit`]: the pre-auth budget and the per-IP cap, in front of [`pool`], the bounded
-//!    worker pool; refuses at once.
+//! 2. [`admit`]: the bounds (pool and queue, the pre-auth budget, the per-IP cap); refuses at
+//!    once, or hands the connection to a handshake thread ([`pool`]).
 //! 3. [`tls`]: the rustls handshake, under its deadline ([`deadline`]), with [`certs`] loaded
 //!    (or generated) at start. Behind a load balancer, [`proxy_protocol`] first reads its PROXY
 //!    header, under the same deadline.
 //! 4. [`upgrade`]: reads the HTTP head (bounded), lets [`crate::policy`] decide, and has
-//!    tungstenite answer 101 or the refusal; serves [`demo`] at `GET /` when enabled.
+//!    tungstenite answer 101 or the refusal; serves [`demo`] at `GET /` when enabled. Before
+//!    its 101 an admitted connection takes a place on a worker thread ([`pool`]), which it is
+//!    then handed to: the data flows one way.
 //! 5. [`connection`]: the connection's own loop — reads (frame limits by [`frames`], rates by
 //!    [`ratelimit`]), writes its outbox, pings, closes. A `mode = proxy` channel's connection
 //!    runs in [`relay`] instead, which opened the backend WebSocket before the 101.
 //!
 //! The hub a connection joins is [`crate::hub`]; the thread that drives one connection through
-//! these stages is in [`crate::server`].
+//! these stages is in [`crate::server`]. [`close`] is the close loop the connection loop and the
+//! relay share.
 
 pub(crate) mod admit;
 pub mod certs;

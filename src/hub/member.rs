@@ -175,13 +175,34 @@ pub struct Profile {
 /// Data messages and their payload bytes, each way, of one connection.
 #[derive(Debug, Default)]
 pub struct Traffic {
-    pub messages_in: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub messages_out: AtomicU64,
-    pub bytes_out: AtomicU64,
+    messages_in: AtomicU64,
+    bytes_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// What a connection moved so far, read at one moment ([`Traffic::moved`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
 }
 
 impl Traffic {
+    /// The counts now (each read on its own: a message in flight may show in one and not yet
+    /// in another).
+    pub fn moved(&self) -> Moved {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Moved {
+            messages_in: n(&self.messages_in),
+            bytes_in: n(&self.bytes_in),
+            messages_out: n(&self.messages_out),
+            bytes_out: n(&self.bytes_out),
+        }
+    }
+
     /// One data message of `len` bytes received.
     pub fn received(&self, len: usize) {
         self.messages_in.fetch_add(1, Ordering::Relaxed);

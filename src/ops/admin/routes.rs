@@ -300,8 +300,7 @@ fn list_connections(hub: &Hub, filter: &Filter) -> String {
         if !filter.matches(user, Some(&p.session_id), path) {
             return;
         }
-        let t = &m.traffic;
-        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let t = m.traffic.moved();
         let since = p
             .since
             .duration_since(UNIX_EPOCH)
@@ -318,10 +317,10 @@ fn list_connections(hub: &Hub, filter: &Filter) -> String {
             json_string(path),
             p.mode,
             p.peer,
-            n(&t.messages_in),
-            n(&t.bytes_in),
-            n(&t.messages_out),
-            n(&t.bytes_out),
+            t.messages_in,
+            t.bytes_in,
+            t.messages_out,
+            t.bytes_out,
             json_string(&p.session_id),
         );
     });

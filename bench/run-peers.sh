@@ -52,6 +52,8 @@ if [[ -n $BASELINE ]]; then
   echo "building wsgate at $BASELINE (the baseline)" >&2
   BASE_TREE=$(mktemp -d /tmp/wsgate-baseline.XXXXXX)
   git -C "$ROOT" worktree add -q --detach "$BASE_TREE" "$BASELINE"
+  # Removed below once built; this covers an interrupted build (the later trap replaces it).
+  trap 'git -C "$ROOT" worktree remove --force "$BASE_TREE" 2>/dev/null || true' EXIT
   (cd "$BASE_TREE" && CARGO_TARGET_DIR=$ROOT/target/bench-baseline cargo build --release -q) ||
     { git -C "$ROOT" worktree remove --force "$BASE_TREE"; exit 1; }
   git -C "$ROOT" worktree remove --force "$BASE_TREE"

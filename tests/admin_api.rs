@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, close_frame, echoes, free_port,
+    ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, close_frame, echoes, free_port, metric,
     next_data, run_wsgate,
 };
 use tungstenite::Message;
@@ -100,18 +100,6 @@ fn try_next(ws: &mut Client, wait: Duration) -> Option<Message> {
         .set_read_timeout(Some(IO_TIMEOUT))
         .unwrap();
     got
-}
-
-/// One un-labelled sample from `/metrics`.
-fn metric(server: &Server, name: &str) -> u64 {
-    let (status, text) = server.admin_get("/metrics");
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// `curl` with a deadline; returns (exit status success, stdout).

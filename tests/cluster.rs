@@ -15,7 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, TempDir, free_port, next_data, status_of,
+    ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, TempDir, free_port, metric, next_data,
+    status_of,
 };
 use tungstenite::Message;
 
@@ -93,18 +94,6 @@ fn expect_in_order(ws: &mut Client, want: impl IntoIterator<Item = String>, on: 
             None => panic!("on {on}: `{w}` never arrived"),
         }
     }
-}
-
-/// One un-labelled sample from `/metrics`.
-fn metric(server: &Server, name: &str) -> u64 {
-    let (status, text) = server.admin_get("/metrics");
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Waits until both of the instance's Redis connections are up.

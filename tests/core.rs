@@ -344,14 +344,9 @@ fn a_client_waiting_for_a_worker_gets_its_101_when_one_frees_or_503_at_the_upgra
         .set("limits", "upgrade_timeout", "2s")
         .set("admin", "listen", "127.0.0.1:0");
     let server = setup.start();
-    let gauge = |name: &str| {
-        let (_, text) = server.admin_get("/metrics");
-        let line = text.lines().find(|l| l.starts_with(name));
-        line.and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-    };
     let mut a = server.connect_as("/echo", ALICE);
     echoes(&mut a, "first");
-    assert_eq!(gauge("wsgate_pool_workers{state=\"busy\"}"), Some(1));
+    assert_eq!(metric(&server, r#"wsgate_pool_workers{state="busy"}"#), 1);
     // The one worker is taken: the next client is admitted (the queue has room), completes TLS
     // and its request, and waits for a worker; none frees, so it hears 503 at the deadline.
     let t0 = Instant::now();
@@ -377,7 +372,7 @@ fn a_client_waiting_for_a_worker_gets_its_101_when_one_frees_or_503_at_the_upgra
         });
         // It is counted as waiting for a worker while it waits.
         let until = Instant::now() + Duration::from_millis(1500);
-        while gauge("wsgate_pool_queued") != Some(1) {
+        while metric(&server, "wsgate_pool_queued") != 1 {
             assert!(Instant::now() < until, "never counted as waiting");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -403,11 +398,7 @@ fn a_client_waiting_for_a_worker_at_shutdown_hears_503_at_once() {
             (status_of(result), Instant::now())
         });
         let until = Instant::now() + IO_TIMEOUT;
-        while !server
-            .admin_get("/metrics")
-            .1
-            .contains("\nwsgate_pool_queued 1\n")
-        {
+        while metric(&server, "wsgate_pool_queued") != 1 {
             assert!(Instant::now() < until, "never counted as waiting");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -157,16 +157,6 @@ fn hello(ws: &mut Client) -> String {
     }
 }
 
-fn metric(server: &Server, line_start: &str) -> u64 {
-    let (status, body) = server.admin_get("/metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in /metrics:\n{body}"))
-}
-
 /// A port nothing listens on (bound, then closed).
 fn dead_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -174,16 +164,6 @@ fn dead_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 // ------------------------------------------------------------------------------------------

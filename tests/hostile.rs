@@ -872,17 +872,6 @@ fn connections_stalled_inside_a_max_size_frame_are_dropped_at_the_idle_timeout()
     assert_clean_log(&server, &[]);
 }
 
-/// The server's resident memory in KiB, from /proc.
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// The server's CPU time so far (user + system), in clock ticks, from /proc.
 fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -1135,15 +1124,6 @@ fn bad_users_files_are_refused_at_start_with_line_numbers() {
 
 // ---------------------------------------------------------------------------------------------
 // Issue 11: no connection can wedge a worker; one parse of the request target.
-
-/// A counter's value in the admin endpoint's `/metrics` (0 when absent).
-fn metric(server: &Server, name: &str) -> u64 {
-    let (status, text) = server.admin_get("/metrics");
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// `[channel:/chat/*]` with 1 KiB messages and a 10 KiB write buffer, and the admin endpoint.
 fn small_chat() -> Setup {

@@ -229,13 +229,7 @@ fn a_squeeze_at_a_32mib_cap_stays_under_it_closes_the_stalled_1008_and_503s_new_
     // back (the publisher keeps what its read buffer reserved for a 64 KiB frame).
     let until = Instant::now() + IO_TIMEOUT;
     loop {
-        let (_, text) = server.admin_get("/metrics");
-        let held = text
-            .lines()
-            .find_map(|l| l.strip_prefix("wsgate_memory_bytes "))
-            .unwrap()
-            .parse::<u64>()
-            .unwrap();
+        let held = metric(&server, "wsgate_memory_bytes");
         if held <= 128 * 1024 {
             break;
         }

@@ -930,6 +930,18 @@ pub fn tcp_from(from: std::net::Ipv4Addr, to: SocketAddr, rcvbuf: Option<usize>)
     tcp
 }
 
+/// One sample of the server's `/metrics`, named as it is written there (`name` or
+/// `name{label="value"}`); panics, with the whole exposition, when it is absent.
+pub fn metric(server: &Server, sample: &str) -> u64 {
+    let sample = sample.trim_end();
+    let (status, text) = server.admin_get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{text}"))
+}
+
 /// The resident set size of process `pid`, in KiB (`VmRSS` in /proc/PID/status).
 pub fn rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -382,6 +382,48 @@ fn a_client_waiting_for_a_worker_gets_its_101_when_one_frees_or_503_at_the_upgra
 }
 
 #[test]
+fn a_client_waiting_for_a_worker_fills_the_queue_and_holds_a_pre_auth_place() {
+    // Two workers, both serving. The next client is admitted and waits (the queue's N); one more
+    // is refused at once, by the queue when it holds one, by the pre-auth budget when that has
+    // one place (the queue has room then): the waiting client holds both places.
+    for (queue, max_pre_auth, bound) in [("1", "2", "queue"), ("2", "1", "pre-auth budget")] {
+        let mut setup = Setup::default();
+        setup
+            .set("server", "workers", "2")
+            .set("server", "queue", queue)
+            .set("server", "max_pre_auth", max_pre_auth)
+            .set("limits", "upgrade_timeout", "30s")
+            .set("admin", "listen", "127.0.0.1:0");
+        let server = setup.start();
+        let mut a = server.connect_as("/echo", ALICE);
+        let mut b = server.connect_as("/echo", ALICE);
+        echoes(&mut a, "a");
+        echoes(&mut b, "b");
+        std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| {
+                let mut ws = server.connect_as("/echo", BOB);
+                echoes(&mut ws, "served");
+            });
+            let until = Instant::now() + IO_TIMEOUT;
+            while metric(&server, "wsgate_pool_queued") != 1 {
+                assert!(Instant::now() < until, "never counted as waiting");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let t0 = Instant::now();
+            let mut refused = server.tcp();
+            let mut buf = [0u8; 16];
+            assert_eq!(refused.read(&mut buf).unwrap_or(0), 0, "{bound}: admitted");
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "{bound}: not at once"
+            );
+            drop(a);
+            waiting.join().expect("the waiting client was served");
+        });
+    }
+}
+
+#[test]
 fn a_client_waiting_for_a_worker_at_shutdown_hears_503_at_once() {
     let mut setup = Setup::default();
     setup

@@ -367,11 +367,13 @@ fn a_client_waiting_for_a_worker_gets_its_101_when_one_frees_or_503_at_the_upgra
     // A client that waits while the worker frees gets its 101 then, and is served.
     std::thread::scope(|scope| {
         let waiting = scope.spawn(|| {
-            let mut ws = server.connect_as("/echo", BOB);
+            // Retried while the refused client's place is still being given back (its socket
+            // lingers until it has read the 503).
+            let mut ws = connect_retrying(&server, BOB);
             echoes(&mut ws, "second");
         });
         // It is counted as waiting for a worker while it waits.
-        let until = Instant::now() + Duration::from_millis(1500);
+        let until = Instant::now() + IO_TIMEOUT;
         while metric(&server, "wsgate_pool_queued") != 1 {
             assert!(Instant::now() < until, "never counted as waiting");
             std::thread::sleep(Duration::from_millis(20));

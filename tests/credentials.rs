@@ -113,6 +113,40 @@ fn a_reload_closes_exactly_the_connections_whose_credential_no_longer_holds() {
 }
 
 #[test]
+fn a_password_changed_while_its_login_waits_for_a_worker_is_refused_when_one_frees() {
+    // One worker, taken by alice: bob's login is checked and waits for a worker (the queue).
+    // His password changes meanwhile; the reload re-checks the live connections, which his is
+    // not yet, so his own upgrade asks the same question once it has its worker.
+    let mut setup = Setup::default();
+    setup
+        .set("server", "workers", "1")
+        .set("server", "queue", "1")
+        .set("limits", "upgrade_timeout", "30s")
+        .set("admin", "listen", "127.0.0.1:0");
+    let server = setup.start();
+    let mut alice = server.connect_as("/echo", ALICE);
+    echoes(&mut alice, "holding the worker");
+    std::thread::scope(|scope| {
+        let bob = scope.spawn(|| {
+            let result = server.connect_with("/echo", &[("Authorization", &basic(BOB.0, BOB.1))]);
+            status_of(result)
+        });
+        let until = Instant::now() + IO_TIMEOUT;
+        while metric(&server, "wsgate_pool_queued") != 1 {
+            assert!(Instant::now() < until, "bob never waited for a worker");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        passwd(&server, &[], "bob", "a-new-password\n");
+        server.reload_and_wait();
+        drop(alice);
+        assert_eq!(bob.join().unwrap(), 401, "{}", server.logs());
+    });
+    // With the new password he gets in.
+    let mut bob = server.connect_as("/echo", (BOB.0, "a-new-password"));
+    echoes(&mut bob, "in");
+}
+
+#[test]
 fn a_new_session_key_ends_the_connections_opened_with_sessions_of_the_old_one() {
     let server = Setup::default().start();
     let session = server.login_session(ALICE);

@@ -13,6 +13,7 @@ use rustls::server::danger::ClientCertVerifier;
 use crate::auth::CurrentCredentials;
 use crate::auth::files;
 use crate::config::{Config, ConfigError};
+use crate::hub::Holder;
 use crate::ops::notify::Notifier;
 use crate::policy::{self};
 
@@ -51,8 +52,13 @@ impl Shared {
                 warn_about_origins(&runtime.config);
                 self.creds
                     .reload(loaded.users, loaded.tokens, loaded.sessions);
+                // Swapped before the live connections are asked: an upgrade that joins the hub
+                // after this scan then sees a runtime other than the one it was decided with,
+                // and asks the same question itself (`Shared::still_holds`).
+                let runtime = Arc::new(runtime);
+                *self.runtime.write().unwrap_or_else(PoisonError::into_inner) =
+                    Arc::clone(&runtime);
                 self.revoke_lost_access(&runtime);
-                *self.runtime.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(runtime);
                 log::info!(
                     "{why}: reloaded {} in {:?}",
                     files::shown(&old.config.source),
@@ -78,17 +84,9 @@ impl Shared {
     /// certificate the client CA no longer trusts), `access revoked` when the path or the roles
     /// no longer allow it. Everyone else keeps running untouched.
     fn revoke_lost_access(&self, runtime: &Runtime) {
-        let config = &runtime.config;
-        let verifier = runtime.client_verifier.as_deref();
-        let state = CurrentCredentials {
-            creds: &self.creds,
-            client_cert_trusted: |chain: &[CertificateDer<'static>]| {
-                client_cert_trusted(verifier, chain)
-            },
-        };
         let (mut credential, mut access) = (0, 0);
         self.hub.for_each_member(|path, member| {
-            if let Err(why) = policy::recheck(&member.holder, path, config, &state) {
+            if let Err(why) = self.still_holds(runtime, &member.holder, path) {
                 match why {
                     policy::Revocation::Credential => credential += 1,
                     policy::Revocation::Access | policy::Revocation::Admin => access += 1,
@@ -103,6 +101,24 @@ impl Shared {
                 credential + access
             );
         }
+    }
+
+    /// Whether `holder`'s connection on `path` would still be let in under `runtime` and the
+    /// credentials loaded now ([`policy::recheck`]).
+    pub(super) fn still_holds(
+        &self,
+        runtime: &Runtime,
+        holder: &Holder,
+        path: &str,
+    ) -> Result<(), policy::Revocation> {
+        let verifier = runtime.client_verifier.as_deref();
+        let state = CurrentCredentials {
+            creds: &self.creds,
+            client_cert_trusted: |chain: &[CertificateDer<'static>]| {
+                client_cert_trusted(verifier, chain)
+            },
+        };
+        policy::recheck(holder, path, &runtime.config, &state)
     }
 }
 

@@ -23,7 +23,7 @@ use crate::pipeline::proxy_protocol;
 use crate::pipeline::relay::{self, BackendWs};
 use crate::pipeline::tls;
 use crate::pipeline::upgrade::{self, UpgradeError};
-use crate::policy::{Grant, Method, Proof, Reason};
+use crate::policy::{Grant, Method, Proof, Reason, Revocation};
 
 use super::{Runtime, Shared};
 
@@ -264,7 +264,7 @@ impl fmt::Display for Who {
 /// upgrade, which takes a place on a worker before it answers 101.
 fn handshake(
     shared: &Shared,
-    rt: &Runtime,
+    rt: &Arc<Runtime>,
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
@@ -351,6 +351,22 @@ fn handshake(
                 return Err(Reason::ShuttingDown);
             }
         };
+        // A reload that swapped the runtime since this connection's was read (while it waited
+        // for a worker, say) re-checked the connections in the hub then, not this one, which
+        // joined after: it asks the same question here. A reload that comes later finds it.
+        let now = shared.current();
+        if !Arc::ptr_eq(&now, rt) {
+            if let Err(why) = shared.still_holds(&now, &member.shared.holder, &grant.path) {
+                let user = grant.user.clone().unwrap_or_default();
+                return Err(match why {
+                    Revocation::Credential => Reason::BadCredentials {
+                        user,
+                        why: "credential revoked",
+                    },
+                    Revocation::Access | Revocation::Admin => Reason::Forbidden { user },
+                });
+            }
+        }
         // A proxy channel: the backend's 101 first, or the client gets 502/503/504 (and the
         // member leaves the hub as it drops).
         let backend = match &grant.channel.backend {

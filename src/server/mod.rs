@@ -272,7 +272,7 @@ impl Server {
                         pool_busy: busy,
                         pool_idle: workers - busy,
                         pool_queued: adm.waiting_for_worker() as u64,
-                        memory_used: mem.used() as u64,
+                        memory_used: mem.counted() as u64,
                         memory_limit: mem.cap().unwrap_or(0) as u64,
                     }
                 })

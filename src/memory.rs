@@ -1089,6 +1089,9 @@ mod tests {
         let budget = Arc::new(Budget::off());
         let (a, _) = reader(&budget, "a");
         assert!(a.try_charge(usize::MAX / 2));
-        assert_eq!((a.held(), budget.reading_used(), budget.counted()), (0, 0, 0));
+        assert_eq!(
+            (a.held(), budget.reading_used(), budget.counted()),
+            (0, 0, 0)
+        );
     }
 }

@@ -327,7 +327,11 @@ impl Conn {
             // A proxied connection runs in `relay`, never here.
             Mode::Echo | Mode::Proxy => {
                 // The echo's bytes are charged to the write share before they are written.
-                if !self.member.account().try_charge(msg.len(), Room::Deliveries) {
+                if !self
+                    .member
+                    .account()
+                    .try_charge(msg.len(), Room::Deliveries)
+                {
                     return Err(End::Closed(1013, "try again later"));
                 }
                 self.send(w, msg)

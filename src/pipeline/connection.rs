@@ -56,7 +56,7 @@ impl fmt::Display for End {
 
 /// Runs the connection until it ends. Consumes the socket and the membership.
 pub fn run(
-    ws: WsStream,
+    mut ws: Box<WsStream>,
     member: Membership,
     rights: Rights,
     channel: &WsLimits,
@@ -67,7 +67,6 @@ pub fn run(
     if let Err(e) = sock.set_nonblocking(true) {
         return End::Dropped(format!("set non-blocking: {e}"));
     }
-    let mut ws = ws;
     let inbound = Inbound::new(&mut ws, &member, rights, channel, limits, now);
     let mut wire = Wire {
         ws,
@@ -109,7 +108,8 @@ pub fn run(
 /// while it sleeps in `poll`, so a publisher on another thread can write a broadcast straight
 /// into the socket of an idle subscriber (see the [`DirectWrite`] impl).
 struct Wire {
-    ws: WsStream,
+    /// Boxed (see the worker's `Opened`): the loop's stack never holds the WebSocket itself.
+    ws: Box<WsStream>,
     /// A message the write buffer had no room for; sent before anything else from the outbox.
     held: Option<Message>,
     /// Since when our writes have been blocked by a full socket.

@@ -35,7 +35,8 @@ use crate::pipeline::upgrade::WsStream;
 
 /// A side of the relay: one WebSocket and its write state.
 struct Side<S> {
-    ws: WebSocket<S>,
+    /// Boxed, as the connection loop's: the worker's stack never holds a WebSocket itself.
+    ws: Box<WebSocket<S>>,
     /// A message this side's write buffer had no room for; reading the other side waits for it.
     held: Option<Message>,
     /// Since when writes to this side have been blocked by a full socket.
@@ -43,7 +44,7 @@ struct Side<S> {
 }
 
 impl<S: Read + Write> Side<S> {
-    fn new(ws: WebSocket<S>) -> Self {
+    fn new(ws: Box<WebSocket<S>>) -> Self {
         Side {
             ws,
             held: None,
@@ -125,7 +126,7 @@ fn client_gone() -> BackendEnd {
 
 /// Runs a proxied connection until either side ends, then closes the other. Consumes both.
 pub fn run(
-    client: WsStream,
+    mut client: Box<WsStream>,
     backend: BackendWs,
     member: Membership,
     rights: Rights,
@@ -141,7 +142,6 @@ pub fn run(
     {
         return End::Dropped(format!("set non-blocking: {e}"));
     }
-    let mut client = client;
     // The client's messages take the connection loop's inbound path: their read charge is given
     // back once each is handed to the backend (its write buffer is bounded per connection by
     // `max_write_buffer_size`, not by the cap).
@@ -149,7 +149,7 @@ pub fn run(
     member.attach_socket(Arc::clone(&sock));
     let mut relay = Relay {
         client: Side::new(client),
-        backend: Side::new(backend),
+        backend: Side::new(Box::new(backend)),
         backend_silence: Silence::new(now),
         sock,
         member,

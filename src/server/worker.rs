@@ -38,7 +38,8 @@ struct Opened {
     member: Membership,
     session_id: String,
     /// A proxy channel's backend WebSocket, open (it answered 101 before the client got its own).
-    backend: Option<BackendWs>,
+    /// Boxed like `ws`: inline, it would make every connection's hand-over as large.
+    backend: Option<Box<BackendWs>>,
     /// The client (the carried address behind a load balancer).
     peer: SocketAddr,
     /// The connection's place in the pool, held until the connection loop ends.
@@ -466,7 +467,7 @@ fn handshake(
         grant,
         member,
         session_id,
-        backend,
+        backend: backend.map(Box::new),
         peer,
         ticket,
     };

@@ -127,7 +127,7 @@ fn client_gone() -> BackendEnd {
 /// Runs a proxied connection until either side ends, then closes the other. Consumes both.
 pub fn run(
     mut client: Box<WsStream>,
-    backend: BackendWs,
+    backend: Box<BackendWs>,
     member: Membership,
     rights: Rights,
     channel: &WsLimits,
@@ -149,7 +149,7 @@ pub fn run(
     member.attach_socket(Arc::clone(&sock));
     let mut relay = Relay {
         client: Side::new(client),
-        backend: Side::new(Box::new(backend)),
+        backend: Side::new(backend),
         backend_silence: Silence::new(now),
         sock,
         member,

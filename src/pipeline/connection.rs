@@ -284,11 +284,11 @@ impl Conn {
                 return Err(End::Dropped("write timeout".into()));
             }
         }
-        if self.inbound.check(&w.ws, now, limits)? == Due::Ping {
+        if self.inbound.check(&w.ws, now)? == Due::Ping {
             self.send(w, Message::Ping(Default::default()))?;
             flush(w)?;
         }
-        let mut wake_at = self.inbound.wake_at(&w.ws, limits);
+        let mut wake_at = self.inbound.wake_at(&w.ws);
         if let Some(since) = w.stalled_since {
             wake_at = wake_at.min(since + limits.write_timeout);
         }

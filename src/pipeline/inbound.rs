@@ -51,13 +51,15 @@ pub enum Read {
     Empty,
 }
 
-/// When a silent peer is pinged and given up on.
+/// When a silent peer is pinged (`ping_interval`) and given up on (`idle_timeout`).
 #[derive(Debug, Clone, Copy)]
 pub struct Silence {
     /// When it last sent us any frame (data, ping, pong).
-    pub last_heard: Instant,
+    last_heard: Instant,
     /// A ping is out and unanswered.
-    pub ping_sent: bool,
+    ping_sent: bool,
+    ping_interval: Duration,
+    idle_timeout: Duration,
 }
 
 /// What [`Silence::check`] found due.
@@ -71,10 +73,12 @@ pub enum Due {
 }
 
 impl Silence {
-    pub fn new(now: Instant) -> Silence {
+    pub fn new(now: Instant, limits: &Limits) -> Silence {
         Silence {
             last_heard: now,
             ping_sent: false,
+            ping_interval: limits.ping_interval,
+            idle_timeout: limits.idle_timeout,
         }
     }
 
@@ -85,11 +89,11 @@ impl Silence {
     }
 
     /// What is due now; a ping is marked sent when it is.
-    pub fn check(&mut self, now: Instant, limits: &Limits) -> Due {
+    pub fn check(&mut self, now: Instant) -> Due {
         let silent = now.duration_since(self.last_heard);
-        if silent >= limits.idle_timeout {
+        if silent >= self.idle_timeout {
             Due::Idle
-        } else if silent >= limits.ping_interval && !self.ping_sent {
+        } else if silent >= self.ping_interval && !self.ping_sent {
             self.ping_sent = true;
             Due::Ping
         } else {
@@ -98,12 +102,12 @@ impl Silence {
     }
 
     /// When the next ping or the idle timeout falls due.
-    pub fn wake_at(&self, limits: &Limits) -> Instant {
-        let idle = self.last_heard + limits.idle_timeout;
+    pub fn wake_at(&self) -> Instant {
+        let idle = self.last_heard + self.idle_timeout;
         if self.ping_sent {
             idle
         } else {
-            idle.min(self.last_heard + limits.ping_interval)
+            idle.min(self.last_heard + self.ping_interval)
         }
     }
 }
@@ -158,7 +162,7 @@ impl Inbound {
                 channel.max_bytes_per_sec as u64,
                 now,
             ),
-            silence: Silence::new(now),
+            silence: Silence::new(now, limits),
         }
     }
 
@@ -218,22 +222,22 @@ impl Inbound {
     ///
     /// # Errors
     /// How the connection ends when one has passed.
-    pub fn check(&mut self, ws: &WsStream, now: Instant, limits: &Limits) -> Result<Due, End> {
+    pub fn check(&mut self, ws: &WsStream, now: Instant) -> Result<Due, End> {
         if ws.get_ref().read_share_closed() {
             return Err(End::Closed(1009, FrameLimit::MemoryFull.reason()));
         }
         if ws.get_ref().message_deadline().is_some_and(|d| now >= d) {
             return Err(End::Closed(1008, FrameLimit::TooSlow.reason()));
         }
-        match self.silence.check(now, limits) {
+        match self.silence.check(now) {
             Due::Idle => Err(End::Closed(1001, "idle timeout")),
             due => Ok(due),
         }
     }
 
     /// When the client's next timer falls due.
-    pub fn wake_at(&self, ws: &WsStream, limits: &Limits) -> Instant {
-        let at = self.silence.wake_at(limits);
+    pub fn wake_at(&self, ws: &WsStream) -> Instant {
+        let at = self.silence.wake_at();
         ws.get_ref().message_deadline().map_or(at, |d| at.min(d))
     }
 }
@@ -260,5 +264,35 @@ pub fn wait(fds: &mut [PollFd<'_>], timeout: Duration) -> io::Result<bool> {
         Ok(_) => Ok(!fds[0].revents().is_empty()),
         Err(rustix::io::Errno::INTR) => Ok(true),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn silence(now: Instant) -> Silence {
+        Silence {
+            last_heard: now,
+            ping_sent: false,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+        }
+    }
+
+    #[test]
+    fn a_silent_peer_is_pinged_once_then_given_up_on_and_a_frame_starts_over() {
+        let t0 = Instant::now();
+        let s = |secs| t0 + Duration::from_secs(secs);
+        let mut quiet = silence(t0);
+        assert_eq!(quiet.wake_at(), s(30));
+        assert_eq!(quiet.check(s(29)), Due::Nothing);
+        assert_eq!(quiet.check(s(30)), Due::Ping);
+        assert_eq!(quiet.check(s(31)), Due::Nothing, "one ping until it answers");
+        assert_eq!(quiet.wake_at(), s(75));
+        assert_eq!(quiet.check(s(75)), Due::Idle);
+        quiet.heard(s(40));
+        assert_eq!((quiet.check(s(69)), quiet.wake_at()), (Due::Nothing, s(70)));
+        assert_eq!(quiet.check(s(70)), Due::Ping);
     }
 }

@@ -150,7 +150,7 @@ pub fn run(
     let mut relay = Relay {
         client: Side::new(client),
         backend: Side::new(backend),
-        backend_silence: Silence::new(now),
+        backend_silence: Silence::new(now, limits),
         sock,
         member,
         inbound,
@@ -243,9 +243,9 @@ impl Relay {
         }
         let client_due = self
             .inbound
-            .check(&self.client.ws, now, limits)
+            .check(&self.client.ws, now)
             .map_err(client_ended)?;
-        let backend_due = match self.backend_silence.check(now, limits) {
+        let backend_due = match self.backend_silence.check(now) {
             Due::Idle => {
                 return Err(Ending {
                     client: End::Closed(1011, "backend idle timeout"),
@@ -262,8 +262,8 @@ impl Relay {
         }
         let mut wake_at = self
             .inbound
-            .wake_at(&self.client.ws, limits)
-            .min(self.backend_silence.wake_at(limits));
+            .wake_at(&self.client.ws)
+            .min(self.backend_silence.wake_at());
         for since in [self.client.stalled_since, self.backend.stalled_since]
             .into_iter()
             .flatten()

@@ -365,12 +365,14 @@ impl Budget {
         true
     }
 
-    /// Gives back up to `n` of what `slot` holds.
+    /// Gives back up to `n` of what `slot` holds. The part's and the share's counts are never
+    /// below the sum of their slots' (a slot's bytes are added there first and taken from the
+    /// slot first), so they give back what the slot gave.
     fn read_release(&self, slot: &Slot, n: usize) {
         let t = take(&slot.held, n);
         if t > 0 {
-            take(&slot.part.held, t);
-            take(&self.reading.used, t);
+            slot.part.held.fetch_sub(t, Ordering::AcqRel);
+            self.reading.used.fetch_sub(t, Ordering::AcqRel);
         }
     }
 

@@ -266,7 +266,7 @@ fn production_lines(text: &str) -> Vec<Line> {
         let indent = line.len() - line.trim_start().len();
         let trimmed = line.trim();
         if let Some(at) = skipping {
-            if indent == at && trimmed.starts_with('}') {
+            if indent == at && trimmed.starts_with(['}', ']', ')']) {
                 skipping = None;
             }
             continue;

@@ -4,7 +4,6 @@
 //! connection costs no CPU and a broadcast reaches it at once. It never blocks on another
 //! connection: the hub only ever `try_send`s into this connection's bounded outbox.
 
-use std::fmt;
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::TryRecvError;
 use rustix::event::{PollFd, PollFlags};
-use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Limits, Mode, WsLimits};
@@ -20,7 +18,8 @@ use crate::hub::{DirectWrite, Handoff, Membership};
 use crate::memory::{Account, Room};
 use crate::ops::metrics::Counter;
 use crate::pipeline::close;
-use crate::pipeline::frames::{self, FrameLimit};
+use crate::pipeline::end::{End, classify};
+use crate::pipeline::frames;
 use crate::pipeline::inbound::{self, Due, Inbound, READS_PER_STEP, Read, Rights};
 use crate::pipeline::upgrade::WsStream;
 /// Write rounds (drain the outbox, flush) in one step at most: a message held back by a full
@@ -32,27 +31,6 @@ const WRITE_ROUNDS_PER_STEP: usize = 2;
 /// ([`crate::hub::Hub::longest_step`]). Far above the longest real step, a publisher's fan-out
 /// to every subscriber of its path.
 pub const WEDGED_STEP: Duration = Duration::from_secs(10);
-
-/// How a connection ended, for the close log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum End {
-    /// The peer started the close handshake with this code (1005: no code given).
-    PeerClosed(u16),
-    /// We closed with this code and reason.
-    Closed(u16, &'static str),
-    /// The transport failed or the peer vanished without a close frame.
-    Dropped(String),
-}
-
-impl fmt::Display for End {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            End::PeerClosed(c) => write!(f, "code={c} by=peer"),
-            End::Closed(c, why) => write!(f, "code={c} by=server reason=\"{why}\""),
-            End::Dropped(why) => write!(f, "code=1006 reason=\"{why}\""),
-        }
-    }
-}
 
 /// Runs the connection until it ends. Consumes the socket and the membership.
 pub fn run(
@@ -521,37 +499,4 @@ fn settle_flushed(w: &mut Wire) {
     let keep = w.retained.max(grown);
     w.account.release(held - keep);
     w.retained = keep;
-}
-
-/// Maps a tungstenite error after the upgrade to how the connection ends (also the client side
-/// of a proxied connection, [`crate::pipeline::relay`]).
-pub(crate) fn classify(e: WsError) -> End {
-    match e {
-        WsError::ConnectionClosed | WsError::AlreadyClosed => End::PeerClosed(1005),
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            End::Closed(1009, "message too big")
-        }
-        WsError::Capacity(CapacityError::TooManyHeaders) => End::Closed(1002, "protocol error"),
-        WsError::Utf8(_) => End::Closed(1007, "invalid utf-8"),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            End::Dropped("reset without closing handshake".into())
-        }
-        WsError::Protocol(ProtocolError::InvalidCloseSequence) => {
-            End::Closed(1002, "invalid close sequence")
-        }
-        WsError::Protocol(_) => End::Closed(1002, "protocol error"),
-        WsError::Io(e) if FrameLimit::from_io(&e) == Some(FrameLimit::MemoryFull) => {
-            End::Closed(1009, FrameLimit::MemoryFull.reason())
-        }
-        WsError::Io(e) if FrameLimit::from_io(&e).is_some() => End::Closed(
-            1008,
-            FrameLimit::from_io(&e).map_or("policy violation", FrameLimit::reason),
-        ),
-        WsError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            End::Dropped("closed without close_notify".into())
-        }
-        WsError::Io(e) => End::Dropped(e.to_string()),
-        WsError::AttackAttempt => End::Closed(1008, "policy violation"),
-        other => End::Dropped(other.to_string()),
-    }
 }

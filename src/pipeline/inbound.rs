@@ -15,7 +15,7 @@ use crate::config::{Limits, Mode, Overflow, WsLimits};
 use crate::hub::Membership;
 use crate::memory::ReaderKey;
 use crate::ops::metrics::Counter;
-use crate::pipeline::connection::{End, classify};
+use crate::pipeline::end::{End, classify};
 use crate::pipeline::frames::{FrameLimit, FrameWatch};
 use crate::pipeline::ratelimit::MessageLimiter;
 use crate::pipeline::upgrade::WsStream;
@@ -288,7 +288,11 @@ mod tests {
         assert_eq!(quiet.wake_at(), s(30));
         assert_eq!(quiet.check(s(29)), Due::Nothing);
         assert_eq!(quiet.check(s(30)), Due::Ping);
-        assert_eq!(quiet.check(s(31)), Due::Nothing, "one ping until it answers");
+        assert_eq!(
+            quiet.check(s(31)),
+            Due::Nothing,
+            "one ping until it answers"
+        );
         assert_eq!(quiet.wake_at(), s(75));
         assert_eq!(quiet.check(s(75)), Due::Idle);
         quiet.heard(s(40));

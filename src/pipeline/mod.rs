@@ -26,6 +26,7 @@ pub(crate) mod close;
 pub(crate) mod connection;
 pub(crate) mod deadline;
 pub(crate) mod demo;
+pub(crate) mod end;
 pub mod frames;
 pub(crate) mod inbound;
 pub(crate) mod listener;

@@ -29,7 +29,7 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 use crate::config::{Limits, WsLimits};
 use crate::hub::Membership;
 use crate::pipeline::close::{self, PollSocket};
-use crate::pipeline::connection::{self, End};
+use crate::pipeline::end::{End, classify};
 use crate::pipeline::inbound::{self, Due, Inbound, READS_PER_STEP, Rights, Silence};
 use crate::pipeline::upgrade::WsStream;
 
@@ -431,10 +431,10 @@ fn client_ended(client: End) -> Ending {
     }
 }
 
-/// The client failed or broke the protocol: its end as [`crate::pipeline::connection`] has it; the
+/// The client failed or broke the protocol: its end as [`classify`] has it; the
 /// backend gets 1001.
 fn client_failed(e: WsError) -> Ending {
-    client_ended(connection::classify(e))
+    client_ended(classify(e))
 }
 
 /// The backend failed (vanished without a close, broke the protocol, sent more than the

@@ -764,7 +764,7 @@ pub fn startup_line(
 /// One subscriber of a fan-out that met the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
-    /// Bytes it holds against the cap (outbox, write buffer, a message being read).
+    /// Bytes it holds against the cap in the write share (outbox, write buffer).
     pub backlog: usize,
     /// Bytes dropping it gives back at once (its outbox).
     pub frees: usize,

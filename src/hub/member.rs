@@ -146,8 +146,9 @@ pub struct MemberShared {
     pub(super) queued: AtomicUsize,
     /// Payload bytes in the outbox (what dropping the member at the memory cap frees at once).
     pub(super) queued_bytes: AtomicUsize,
-    /// What this connection holds against the memory cap: its outbox, its write buffer beyond
-    /// what was flushed, the message it is reading. Released whole when the membership ends.
+    /// What this connection holds against the write share of the memory cap: its outbox, its
+    /// write buffer beyond what was flushed, its echoes (what it is reading is its `Reader`'s).
+    /// Released whole when the membership ends.
     pub account: Account,
     /// The connection's direct-write path, once its loop runs (see [`DirectWrite`]).
     pub direct: OnceLock<Arc<dyn DirectWrite>>,

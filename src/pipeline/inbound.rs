@@ -116,7 +116,7 @@ impl Silence {
 pub struct Inbound {
     rights: Rights,
     limiter: MessageLimiter,
-    pub silence: Silence,
+    silence: Silence,
 }
 
 impl Inbound {

@@ -145,7 +145,7 @@ fn defaults() {
     assert_eq!(c.server.max_pre_auth.get(), 512);
     assert_eq!(c.tls.client_auth, ClientAuth::Off);
     assert_eq!(c.tls.client_ca, None);
-    assert_eq!(c.tls.reload_check_interval, Duration::from_secs(60));
+    assert_eq!(c.tls.reload_check_interval, Duration::from_secs(1));
     assert_eq!(c.auth.tokens_file, dir.0.join("tokens"));
     assert_eq!(c.auth.session_key_file, dir.0.join("session.key"));
     assert_eq!(c.auth.session_ttl, Duration::from_secs(12 * 3600));

@@ -10,7 +10,7 @@ use tungstenite::http::{self};
 use super::head::Target;
 use super::offer::{Offer, OfferError, Offered, from_query, offered};
 use super::recheck::Proof;
-use super::{Method, Reason, acl, safe_user};
+use super::{Method, Reason, acl, safe_origin, safe_path, safe_user};
 use crate::config::{ChannelConfig, Config};
 use crate::policy::origin::OriginRefusal;
 
@@ -174,10 +174,14 @@ pub fn decide(
         .map(|v| v.as_bytes())
         .collect();
     let host = req.headers().get(http::header::HOST).map(|h| h.as_bytes());
+    let refused = |refusal| Reason::Origin {
+        refusal,
+        origin: safe_origin(&origins),
+    };
     config
         .origins
         .check_request(&origins, host)
-        .map_err(Reason::Origin)?;
+        .map_err(refused)?;
     let Offered {
         offer,
         cookie,
@@ -199,7 +203,7 @@ pub fn decide(
         config
             .origins
             .check_explicit(&origins, host)
-            .map_err(Reason::Origin)?;
+            .map_err(refused)?;
     }
     let verdict = match &offer {
         Some(Offer::Password { user, password }) => {
@@ -230,6 +234,7 @@ pub fn decide(
             Denied::NeedsUser => Reason::NoCredentials,
             Denied::NoRole => Reason::Forbidden {
                 user: user.as_deref().map_or_else(String::new, safe_user),
+                path: safe_path(path),
             },
         })?;
     Ok(Grant {
@@ -266,13 +271,17 @@ pub fn decide_login(
     config: &Config,
     verifier: &dyn Verifier,
 ) -> Result<String, Reason> {
+    let refused = |refusal| Reason::Origin {
+        refusal,
+        origin: safe_origin(origins),
+    };
     if origins.is_empty() {
-        return Err(Reason::Origin(OriginRefusal::Missing));
+        return Err(refused(OriginRefusal::Missing));
     }
     config
         .origins
         .check_explicit(origins, host)
-        .map_err(Reason::Origin)?;
+        .map_err(refused)?;
     let malformed = |user: String| Reason::BadCredentials {
         user,
         why: "malformed login form",
@@ -310,12 +319,18 @@ mod tests {
                 &format!("{basic}Origin: https://evil.example\r\n")
             )
             .unwrap_err(),
-            Reason::Origin(OriginRefusal::NotAllowed)
+            Reason::Origin {
+                refusal: OriginRefusal::NotAllowed,
+                origin: "\"https://evil.example\"".into()
+            }
         );
         // allow_missing defaults to false: no Origin is refused.
         assert_eq!(
             get(&cfg, "/echo", basic).unwrap_err(),
-            Reason::Origin(OriginRefusal::Missing)
+            Reason::Origin {
+                refusal: OriginRefusal::Missing,
+                origin: String::new()
+            }
         );
         assert_eq!(
             get(&cfg, "/echo", ORIGIN).unwrap_err(),
@@ -358,7 +373,8 @@ mod tests {
         assert_eq!(
             get(&cfg, "/private", &format!("{basic}{ORIGIN}")).unwrap_err(),
             Reason::Forbidden {
-                user: "alice".into()
+                user: "alice".into(),
+                path: "/private".into()
             }
         );
     }
@@ -461,17 +477,26 @@ mod tests {
         let own = "Authorization: Basic YWxpY2U6cHc=\r\nOrigin: https://h\r\n";
         assert_eq!(
             get(&cfg, "/echo", own).unwrap_err(),
-            Reason::Origin(OriginRefusal::NotAllowed)
+            Reason::Origin {
+                refusal: OriginRefusal::NotAllowed,
+                origin: "\"https://h\"".into()
+            }
         );
         cfg.origins.allow_same_origin = true;
         assert!(get(&cfg, "/echo", own).is_ok());
         assert_eq!(
             get(&cfg, "/echo", &own.replace("https://h", "https://h:8443")).unwrap_err(),
-            Reason::Origin(OriginRefusal::NotAllowed)
+            Reason::Origin {
+                refusal: OriginRefusal::NotAllowed,
+                origin: "\"https://h:8443\"".into()
+            }
         );
         assert_eq!(
             get(&cfg, "/echo", &own.replace("https://h", "http://h")).unwrap_err(),
-            Reason::Origin(OriginRefusal::NotAllowed)
+            Reason::Origin {
+                refusal: OriginRefusal::NotAllowed,
+                origin: "\"http://h\"".into()
+            }
         );
         // The allow list still works beside it.
         assert!(
@@ -512,13 +537,19 @@ mod tests {
         for origin in ["https://evil.example", "null"] {
             assert_eq!(
                 get(&cfg, "/echo", &format!("{cookie}Origin: {origin}\r\n")).unwrap_err(),
-                Reason::Origin(OriginRefusal::NotAllowed),
+                Reason::Origin {
+                    refusal: OriginRefusal::NotAllowed,
+                    origin: format!("\"{origin}\"")
+                },
                 "{origin}"
             );
         }
         assert_eq!(
             get(&cfg, "/echo", cookie).unwrap_err(),
-            Reason::Origin(OriginRefusal::Missing)
+            Reason::Origin {
+                refusal: OriginRefusal::Missing,
+                origin: String::new()
+            }
         );
         let grant = get(&cfg, "/echo", &format!("{cookie}{ORIGIN}")).unwrap();
         assert_eq!(grant.method, Method::Session);

@@ -363,7 +363,10 @@ fn handshake(
                         user,
                         why: "credential revoked",
                     },
-                    Revocation::Access | Revocation::Admin => Reason::Forbidden { user },
+                    Revocation::Access | Revocation::Admin => Reason::Forbidden {
+                        user: crate::policy::safe_user(&user),
+                        path: crate::policy::safe_path(&grant.path),
+                    },
                 });
             }
         }

@@ -90,6 +90,9 @@ impl Default for Setup {
             )
             .set("origins", "allow_missing", "true")
             .set("auth", "users_file", "users")
+            // The file watcher off the tests' path: a test that rewrites a file and reloads
+            // sends SIGHUP and counts its line; the tests of the watcher set their own interval.
+            .set("tls", "reload_check_interval", "60s")
             .set("log", "level", "debug")
             .set("channel:/echo", "mode", "echo")
             .set("channel:/chat/*", "mode", "broadcast")
@@ -107,6 +110,14 @@ impl Setup {
             .entry(section.into())
             .or_default()
             .insert(key.into(), value.into());
+        self
+    }
+
+    /// Removes a key, so the server takes its default.
+    pub fn unset(&mut self, section: &str, key: &str) -> &mut Self {
+        if let Some(keys) = self.sections.get_mut(section) {
+            keys.remove(key);
+        }
         self
     }
 

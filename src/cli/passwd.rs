@@ -543,7 +543,13 @@ mod tests {
                 Err(PasswdError::BadName(_))
             ));
             assert!(matches!(
-                run(&file, name, false),
+                run(
+                    &file,
+                    name,
+                    Action::Set {
+                        min_length: MIN_PASSWORD_LEN
+                    }
+                ),
                 Err(PasswdError::BadName(_))
             ));
         }
@@ -551,6 +557,12 @@ mod tests {
             set(&file, "alice", ""),
             Err(PasswdError::EmptyPassword)
         ));
+        assert!(matches!(
+            check_length("seven77", MIN_PASSWORD_LEN),
+            Err(PasswdError::PasswordTooShort { min: 8 })
+        ));
+        assert!(check_length("eight888", MIN_PASSWORD_LEN).is_ok());
+        assert!(check_length("ü", 1).is_ok());
         assert!(matches!(
             set(&file, "alice", &"x".repeat(MAX_PASSWORD_LEN + 1)),
             Err(PasswdError::PasswordTooLong)

@@ -951,11 +951,14 @@ fn credential_paths_resolve_in_the_credentials_directory() {
         let e = parse_config(text, &dir.ini(), unset)
             .unwrap_err()
             .to_string();
+        let shown_dir = dir.ini().parent().unwrap().display().to_string();
         assert_eq!(
-            e.replace(&dir.ini().display().to_string(), "F"),
-            "config: F:3: [tls] key: credential: paths need \
-                 $CREDENTIALS_DIRECTORY, which systemd sets for LoadCredential= (to run wsgate \
-                 by hand, set it to the directory holding the credential files)"
+            e.replace(&dir.ini().display().to_string(), "F")
+                .replace(&shown_dir, "D"),
+            "config: F:3: [tls] key: credential: paths need $CREDENTIALS_DIRECTORY, which \
+             systemd sets for the service's LoadCredential=; to run wsgate by hand, set it to \
+             the directory holding the credential files: `CREDENTIALS_DIRECTORY=D wsgate ...` \
+             where they sit beside the config, as the packaged unit's do"
         );
     }
 

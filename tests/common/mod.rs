@@ -142,7 +142,11 @@ impl Setup {
         ])
         .unwrap();
         std::fs::write(dir.path().join("cert.pem"), pair.cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), pair.signing_key.serialize_pem()).unwrap();
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+        // As `wsgate cert` writes it: a key others can read is warned about.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(dir.path().join("users"), users_file_text()).unwrap();
         let config = dir.path().join("wsgate.ini");
         std::fs::write(&config, self.render()).unwrap();

@@ -348,7 +348,15 @@ fn refusal_lines_name_the_origin_to_allow_and_the_user_and_path_a_role_lacks() {
         server.logs()
     );
 
-    // No Origin at all (websocat, a script): the line says which key lets such clients in.
+    // No Origin at all (websocat, a script): said at start, and the line says which key lets
+    // such clients in.
+    assert!(
+        server
+            .logs()
+            .contains("[origins] allow_missing = false: clients that send no Origin header"),
+        "{}",
+        server.logs()
+    );
     assert_eq!(
         status_of(server.connect_with("/echo", &[("Authorization", &auth)])),
         403

@@ -803,6 +803,13 @@ fn warn_about_origins(config: &Config) {
     let seen = warned_for.as_ref() == Some(&config.origins);
     *warned_for = Some(config.origins.clone());
     drop(warned_for);
+    if !seen && !config.origins.allow_any && !config.origins.allow_missing {
+        log::info!(
+            "[origins] allow_missing = false: clients that send no Origin header (websocat, curl, \
+             scripts, devices; browsers always send one) are refused with 403; set \
+             allow_missing = true to let them in"
+        );
+    }
     if seen {
         // Said already for this very section.
     } else if config.origins.allow_any {

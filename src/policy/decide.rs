@@ -251,6 +251,30 @@ pub fn decide(
     })
 }
 
+/// The demo page's log-out (`POST /logout`, `[demo] enabled`): the server answers by clearing the
+/// session cookie in the browser. Like the login, only from an Origin the allow list (or
+/// same-origin) names, so a foreign page cannot log a visitor out.
+///
+/// # Errors
+/// [`Reason::Origin`].
+pub fn decide_logout(
+    origins: &[&[u8]],
+    host: Option<&[u8]>,
+    config: &Config,
+) -> Result<(), Reason> {
+    let refused = |refusal| Reason::Origin {
+        refusal,
+        origin: safe_origin(origins),
+    };
+    if origins.is_empty() {
+        return Err(refused(OriginRefusal::Missing));
+    }
+    config
+        .origins
+        .check_explicit(origins, host)
+        .map_err(refused)
+}
+
 /// The longest demo login form body: a user name and a password, percent-encoded.
 pub const MAX_LOGIN_BODY: usize = 4096;
 

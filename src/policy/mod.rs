@@ -15,7 +15,9 @@ mod offer;
 pub(crate) mod origin;
 mod recheck;
 
-pub use self::decide::{Grant, MAX_LOGIN_BODY, Verdict, Verifier, decide, decide_login, route};
+pub use self::decide::{
+    Grant, MAX_LOGIN_BODY, Verdict, Verifier, decide, decide_login, decide_logout, route,
+};
 pub use self::head::{Target, check_head};
 pub(crate) use self::offer::percent_decode;
 pub use self::offer::{Offer, OfferError, Offered, offered};
@@ -281,6 +283,17 @@ Connect with a WebSocket client to wss://HOST:PORT/PATH, for example\n\
   new WebSocket(\"wss://HOST:PORT/chat/lobby\") in a page whose origin is allowed.\n\
 The documentation is in /usr/share/doc/wsgate/ (README.md) where wsgate was\n\
 installed as a package, and in README.md and docs/ of its source.\n";
+
+/// The `Set-Cookie` value carrying a session `token` for `max_age`: only sent over TLS,
+/// invisible to page scripts, never sent cross-site, host-only (the `__Host-` name makes a
+/// browser insist on `Secure`, `Path=/` and no `Domain`). An empty token with a zero age is the
+/// log-out: the browser drops the cookie.
+pub fn session_cookie(token: &str, max_age: Duration) -> String {
+    format!(
+        "{SESSION_COOKIE}={token}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        max_age.as_secs()
+    )
+}
 
 /// How a client proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -264,18 +264,10 @@ fn a_token_tried_before_the_server_loaded_it_locks_nobody_out() {
             401
         );
     }
-    match server.connect_with("/echo", &[("Authorization", &basic(ALICE.0, ALICE.1))]) {
-        Err(tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status(), 429);
-            let retry: u64 = resp.headers()["retry-after"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
-            assert!((1..=300).contains(&retry), "Retry-After {retry}");
-        }
-        other => panic!("expected 429, got {:?}", other.map(|_| ())),
-    }
+    let retry = retry_after_of_429(
+        server.connect_with("/echo", &[("Authorization", &basic(ALICE.0, ALICE.1))]),
+    );
+    assert!((1..=300).contains(&retry), "Retry-After {retry}");
     assert!(
         server.wait_log("further attempts get 429 for ", IO_TIMEOUT),
         "{}",
@@ -477,6 +469,21 @@ fn passwd_refuses_a_password_shorter_than_the_minimum_unless_lowered() {
     );
     let text = std::fs::read_to_string(&users).unwrap();
     assert_eq!(text.lines().filter(|l| l.starts_with("carol:")).count(), 1);
+}
+
+#[test]
+fn cert_tells_how_to_trust_the_certificate_with_the_clients_of_the_docs() {
+    let dir = TempDir::new("certhint");
+    let out = run_wsgate(["cert".as_ref(), dir.path().as_os_str()]);
+    let text = stdout_of_success(out);
+    let cert = dir.path().join("wsgate.crt");
+    // websocat has no CA-file option; it reads the CA from SSL_CERT_FILE.
+    assert!(
+        text.contains(&format!("SSL_CERT_FILE={} websocat", cert.display())),
+        "{text}"
+    );
+    assert!(!text.contains("--cafile"), "{text}");
+    assert!(text.contains("set [tls] cert = "), "{text}");
 }
 
 #[test]

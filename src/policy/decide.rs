@@ -262,6 +262,12 @@ pub fn decide_logout(
     host: Option<&[u8]>,
     config: &Config,
 ) -> Result<(), Reason> {
+    named_origin(origins, host, config)
+}
+
+/// What the demo page's own requests need, as the session cookie does: an Origin that `allow`
+/// or `allow_same_origin` names (`allow_any` and `allow_missing` do not count).
+fn named_origin(origins: &[&[u8]], host: Option<&[u8]>, config: &Config) -> Result<(), Reason> {
     let refused = |refusal| Reason::Origin {
         refusal,
         origin: safe_origin(origins),
@@ -295,17 +301,7 @@ pub fn decide_login(
     config: &Config,
     verifier: &dyn Verifier,
 ) -> Result<String, Reason> {
-    let refused = |refusal| Reason::Origin {
-        refusal,
-        origin: safe_origin(origins),
-    };
-    if origins.is_empty() {
-        return Err(refused(OriginRefusal::Missing));
-    }
-    config
-        .origins
-        .check_explicit(origins, host)
-        .map_err(refused)?;
+    named_origin(origins, host, config)?;
     let malformed = |user: String| Reason::BadCredentials {
         user,
         why: "malformed login form",

@@ -598,17 +598,15 @@ fn load_credentials(
         None
     } else {
         let key = match run {
-            Run::Serve => Some(SessionKey::load_or_create(&a.session_key_file)),
-            Run::Check => SessionKey::load_existing(&a.session_key_file).transpose(),
+            Run::Serve => SessionKey::load_or_create(&a.session_key_file).map(Some),
+            Run::Check => SessionKey::load_existing(&a.session_key_file),
         };
-        match key.transpose().map_err(StartError::Session)? {
-            Some(key) => Some(SessionSettings {
+        key.map_err(StartError::Session)?
+            .map(|key| SessionSettings {
                 key,
                 ttl: a.session_ttl,
                 max_age: a.session_max_age,
-            }),
-            None => None,
-        }
+            })
     };
     Ok(LoadedCredentials {
         users,
@@ -850,5 +848,36 @@ fn warn_about_plaintext(config: &Config) {
 fn notify_or_log(notifier: &Notifier, send: impl FnOnce(&Notifier) -> io::Result<()>) {
     if let Err(e) = send(notifier) {
         log::warn!("sd_notify failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bind_error_names_the_key_and_what_to_change() {
+        let said = |addr: &str, kind: io::ErrorKind| {
+            StartError::Bind {
+                key: "[server] listen",
+                addr: addr.parse().unwrap(),
+                error: io::Error::from(kind),
+            }
+            .to_string()
+        };
+        let denied = said("[::]:443", io::ErrorKind::PermissionDenied);
+        assert!(
+            denied.starts_with("[server] listen = [::]:443: cannot listen: ")
+                && denied.contains("CAP_NET_BIND_SERVICE")
+                && denied.contains("choose a port from 1024 up"),
+            "{denied}"
+        );
+        // Above 1024, a permission error is not the port's: no capability advice.
+        assert!(!said("[::]:8443", io::ErrorKind::PermissionDenied).contains("CAP_NET"));
+        assert!(said("127.0.0.1:8443", io::ErrorKind::AddrInUse).contains("`ss -ltnp`"));
+        assert!(
+            said("192.0.2.1:8443", io::ErrorKind::AddrNotAvailable)
+                .contains("no interface of this host has that address")
+        );
     }
 }

@@ -520,6 +520,21 @@ pub fn status_of(result: Result<Client, tungstenite::Error>) -> u16 {
     }
 }
 
+/// The `Retry-After` seconds of a refused handshake that must be a 429.
+pub fn retry_after_of_429(result: Result<Client, tungstenite::Error>) -> u64 {
+    match result {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429);
+            resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+}
+
 /// Reads the next data message, skipping pings/pongs.
 pub fn next_data(ws: &mut Client) -> Message {
     loop {

@@ -856,6 +856,9 @@ fn load_reads_the_file() {
     ));
 }
 
+/// What a missing certificate and key (both) are answered with, after the path.
+const CERT_HINT: &str = "; no certificate yet? `wsgate cert DIR` writes DIR/wsgate.crt and DIR/wsgate.key, a self-signed pair for this host's names (or set self_signed = true and serve writes one)";
+
 #[test]
 fn tls_files() {
     // Present files are accepted, relative to the config file's directory.
@@ -872,11 +875,11 @@ fn tls_files() {
     // Missing defaults are reported against the section header, or without a line.
     assert_eq!(
         err("[tls]\n[channel:/a]\nmode = echo\n"),
-        "config: F:1: [tls] cert: file not found: D/wsgate.crt"
+        format!("config: F:1: [tls] cert: file not found: D/wsgate.crt{CERT_HINT}")
     );
     assert_eq!(
         err("[channel:/a]\nmode = echo\n"),
-        "config: F: [tls] cert: file not found: D/wsgate.crt"
+        format!("config: F: [tls] cert: file not found: D/wsgate.crt{CERT_HINT}")
     );
     assert_eq!(
         err("[tls]\ncert = c.crt\n[channel:/a]\nmode = echo\n"),
@@ -1379,7 +1382,7 @@ fn nothing_to_serve() {
     );
     assert_eq!(
         err(""),
-        "config: F: [tls] cert: file not found: D/wsgate.crt"
+        format!("config: F: [tls] cert: file not found: D/wsgate.crt{CERT_HINT}")
     );
 }
 

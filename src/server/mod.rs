@@ -4,7 +4,8 @@
 //! its loop; no thread waits for another, and the deep handshake stack stays on the few
 //! handshake threads while a worker keeps only the loop's.
 //! `start` prepares everything that
-//! can fail on a bad config (certificate, users, tokens, session key, bind) before serving; `run`
+//! can fail on a bad config (certificate, users, tokens, session key, bind) before serving, and
+//! [`check`] runs those same steps without writing or keeping anything (`check-config`); `run`
 //! accepts until stopped, then drains: `/healthz` 503 and `STOPPING=1` first, still accepting for
 //! `drain_delay` (a load balancer notices), hub closed (1001 to every client), wait up to the
 //! grace time. A reload builds a whole new `Runtime` from the

@@ -413,13 +413,16 @@ fn admin_off_loopback_requires_a_token_file() {
 fn cluster_settings() {
     let c = ok(&with(""));
     assert_eq!(c.cluster.redis_url, None);
-    assert_eq!(
+    // Host name, process id, eight random hex digits drawn at each start.
+    let (front, random) = c.cluster.instance_id.rsplit_once('-').unwrap();
+    let (host, pid) = front.rsplit_once('-').unwrap();
+    assert!(!host.is_empty());
+    assert_eq!(pid, std::process::id().to_string());
+    assert!(random.len() == 8 && random.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(
+        ok(&with("")).cluster.instance_id,
         c.cluster.instance_id,
-        format!(
-            "{}-{}",
-            c.cluster.instance_id.rsplit_once('-').unwrap().0,
-            std::process::id()
-        )
+        "a new id at each start, even with the same host name and pid"
     );
     assert_eq!(c.cluster.channel_prefix, "wsgate:");
     assert_eq!(c.cluster.publish_queue.get(), 1024);
@@ -1855,7 +1858,9 @@ fn shipped_example_documents_the_defaults() {
         uncommented.push('\n');
     }
     let a = Config::parse(&text, &dir.ini()).unwrap();
-    let b = Config::parse(&uncommented, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+    let mut b = Config::parse(&uncommented, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+    // The default instance_id draws its random part at each parse.
+    b.cluster.instance_id.clone_from(&a.cluster.instance_id);
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
     // A default worked out from other keys: the example shows it for the default workers.
     let shown = |section: &str, key: &str| {

@@ -470,8 +470,11 @@ pub(super) fn parse_backend_url(value: &str) -> Result<(Endpoint, String), Strin
     ))
 }
 
-/// The default `instance_id`: the host name, `-`, the process id (unique among instances on
-/// one host, and recognisable in Redis' `CLIENT LIST` and our logs).
+/// The default `instance_id`: the host name, `-`, the process id, `-`, eight random hex digits
+/// drawn at each start. Host name and pid make it recognisable in Redis' `CLIENT LIST` and our
+/// logs; the random part keeps it unique where they repeat (containers that share a host name
+/// and each run wsgate as PID 1). Nothing depends on it staying the same across restarts; an
+/// operator who wants a stable name sets `instance_id`.
 pub(super) fn default_instance_id() -> String {
     let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
         .iter()
@@ -482,7 +485,16 @@ pub(super) fn default_instance_id() -> String {
                 .filter(|h| !h.is_empty() && h.len() < 200 && !h.contains(char::is_control))
         })
         .unwrap_or_else(|| "wsgate".to_string());
-    format!("{host}-{}", std::process::id())
+    let random = ring::rand::generate::<[u8; 4]>(&ring::rand::SystemRandom::new()).map_or_else(
+        // No randomness: the clock's nanoseconds still differ between two starts.
+        |_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        },
+        |r| u32::from_be_bytes(r.expose()),
+    );
+    format!("{host}-{}-{random:08x}", std::process::id())
 }
 
 pub(super) fn parse_instance_id(value: &str) -> Result<String, String> {

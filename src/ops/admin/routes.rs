@@ -166,12 +166,21 @@ fn health_or_metrics(endpoint: Endpoint, state: &AdminState) -> Answer {
             Answer::text(503, "Service Unavailable", "draining\n")
         } else {
             // Without Redis this instance still serves its own clients: 200 either way, and
-            // the backbone's state as a detail for whoever reads it.
-            match state.metrics.cluster_state() {
-                None => Answer::text(200, "OK", "ok\n"),
-                Some(true) => Answer::text(200, "OK", "ok\ncluster: up\n"),
-                Some(false) => Answer::text(200, "OK", "ok\ncluster: down\n"),
+            // the backbone's state as a detail for whoever reads it, read from the links now.
+            let Some(cluster) = state.metrics.cluster_state() else {
+                return Answer::text(200, "OK", "ok\n");
+            };
+            let mut body = String::from(if cluster.connected {
+                "ok\ncluster: up\n"
+            } else {
+                "ok\ncluster: down\n"
+            });
+            if cluster.clash {
+                body.push_str(
+                    "cluster: instance id clash (another process uses this instance_id)\n",
+                );
             }
+            Answer::text(200, "OK", &body)
         }
     } else {
         let gauges = (state.gauges)();

@@ -280,6 +280,8 @@ pub(super) fn admin(
         listen,
         max_connections,
         token_file,
+        allow_hosts: s.get(&admin::ALLOW_HOSTS)?,
+        allow_origins: s.get(&admin::ALLOW_ORIGINS)?,
     }))
 }
 

@@ -324,6 +324,24 @@ pub(super) fn parse_allow(value: &str) -> Result<Vec<OriginPattern>, String> {
         .collect()
 }
 
+/// A comma-separated list of host names or IP addresses, without ports, normalised as a `Host`
+/// header's host is ([`crate::policy::origin::request_host`]).
+pub(super) fn parse_host_names(value: &str) -> Result<Vec<String>, String> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(str::trim)
+        .map(|entry| match crate::policy::origin::request_host(entry.as_bytes()) {
+            _ if entry.is_empty() => Err("empty entry in the list (a stray comma?)".to_string()),
+            Some((_, true)) => Err(format!("`{entry}`: a host name without a port")),
+            Some((host, false)) => Ok(host),
+            None => Err(format!("`{entry}`: not a host name or an IP address")),
+        })
+        .collect()
+}
+
 pub(super) fn parse_members(value: &str) -> Result<Members, String> {
     if value.trim() == "*" {
         return Ok(Members::Everyone);

@@ -97,14 +97,16 @@ impl Watch {
 
     /// Records that the link is up; `detail` ends the log line.
     pub(super) fn up(&mut self, ctx: &Context, detail: &str) {
+        // The state first: whoever reads the log line finds `/healthz` saying it too.
+        ctx.set_up(self.link, true);
         let (link, url) = (self.link, &ctx.url);
         // Only the publisher forwards: its lines account for every broadcast not forwarded.
-        let dropped = match link {
-            Link::Publisher => match self.unreported(ctx) {
-                0 => String::new(),
-                n => format!("; {n} broadcasts of this instance not forwarded meanwhile"),
-            },
-            Link::Subscriber => String::new(),
+        let dropped = match (link, self.unreported(ctx)) {
+            (Link::Subscriber, _) | (Link::Publisher, 0) if !self.ever_up => String::new(),
+            (Link::Subscriber, _) => String::new(),
+            (Link::Publisher, n) => {
+                format!("; {n} broadcasts of this instance not forwarded meanwhile")
+            }
         };
         match (self.ever_up, self.down_since) {
             (false, _) => log::info!("cluster: {link} connected to {url}{dropped}{detail}"),
@@ -119,11 +121,11 @@ impl Watch {
         self.ever_up = true;
         self.down_since = None;
         self.backoff = MIN_BACKOFF;
-        ctx.set_up(self.link, true);
     }
 
     /// Records a failure and returns how long to wait before the next attempt.
     pub(super) fn down(&mut self, ctx: &Context, why: &redis::RedisError) -> Duration {
+        ctx.set_up(self.link, false);
         let (link, url, cap) = (self.link, &ctx.url, ctx.max_backoff);
         if self.down_since.is_none() {
             self.down_since = Some(Instant::now());
@@ -142,7 +144,6 @@ impl Watch {
         } else {
             log::debug!("cluster: {link} still cannot reach {url}: {why}");
         }
-        ctx.set_up(self.link, false);
         let delay = self.backoff;
         self.backoff = (self.backoff * 2).min(cap);
         delay

@@ -541,13 +541,13 @@ pub(super) mod admin {
 
     pub(in crate::config) const ALLOW_HOSTS: Key<Vec<String>> = Key {
         name: "allow_hosts",
-        default: Some(""),
+        default: None,
         parse: parse_host_names,
-        doc: "Host names the admin API answers besides listen's address (and localhost on loopback).",
+        doc: "Host names the admin API answers besides listen's address; unset: none.",
     };
     pub(in crate::config) const ALLOW_ORIGINS: Key<Vec<OriginPattern>> = Key {
         name: "allow_origins",
-        default: Some(""),
+        default: None,
         parse: parse_allow,
         doc: "Web page origins allowed to call the admin API; unset: no browser page may.",
     };

@@ -247,6 +247,8 @@ listen = [::1]:9480
             listen: "[::1]:9480".parse().unwrap(),
             max_connections: nz(32),
             token_file: None,
+            allow_hosts: Vec::new(),
+            allow_origins: Vec::new(),
         })
     );
     assert_eq!(Overflow::Drop.to_string(), "drop");
@@ -514,6 +516,41 @@ fn cluster_settings() {
         err(&with(&format!("[cluster]\ninstance_id = {long}\n")))
             .contains("must be 1 to 255 bytes")
     );
+}
+
+#[test]
+fn admin_names_hosts_without_ports_and_origins_as_origins_does() {
+    let admin = |lines: &str| with(&format!("[admin]\nlisten = 127.0.0.1:9480\n{lines}\n"));
+    let c = ok(&admin(
+        "allow_hosts = Admin.Internal, 10.0.0.5, [0::1]\nallow_origins = https://ops.example",
+    ));
+    let a = c.admin.unwrap();
+    assert_eq!(a.allow_hosts, ["admin.internal", "10.0.0.5", "[::1]"]);
+    assert_eq!(a.allow_origins.len(), 1);
+    for (line, want) in [
+        (
+            "allow_hosts = admin.internal:9480",
+            "[admin] allow_hosts: `admin.internal:9480`: a host name without a port",
+        ),
+        (
+            "allow_hosts = a b",
+            "[admin] allow_hosts: `a b`: not a host name or an IP address",
+        ),
+        (
+            "allow_hosts = a,,b",
+            "[admin] allow_hosts: empty entry in the list",
+        ),
+        (
+            "allow_origins = ops.example",
+            "[admin] allow_origins: `ops.example`: ",
+        ),
+    ] {
+        let e = err(&admin(line));
+        assert!(
+            e.starts_with(&format!("config: F:7: {want}")),
+            "{line}: {e}"
+        );
+    }
 }
 
 #[test]

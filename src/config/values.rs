@@ -333,12 +333,16 @@ pub(super) fn parse_host_names(value: &str) -> Result<Vec<String>, String> {
     value
         .split(',')
         .map(str::trim)
-        .map(|entry| match crate::policy::origin::request_host(entry.as_bytes()) {
-            _ if entry.is_empty() => Err("empty entry in the list (a stray comma?)".to_string()),
-            Some((_, true)) => Err(format!("`{entry}`: a host name without a port")),
-            Some((host, false)) => Ok(host),
-            None => Err(format!("`{entry}`: not a host name or an IP address")),
-        })
+        .map(
+            |entry| match crate::policy::origin::request_host(entry.as_bytes()) {
+                _ if entry.is_empty() => {
+                    Err("empty entry in the list (a stray comma?)".to_string())
+                }
+                Some((_, true)) => Err(format!("`{entry}`: a host name without a port")),
+                Some((host, false)) => Ok(host),
+                None => Err(format!("`{entry}`: not a host name or an IP address")),
+            },
+        )
         .collect()
 }
 

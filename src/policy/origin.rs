@@ -331,7 +331,9 @@ pub fn request_host(value: &[u8]) -> Option<(String, bool)> {
     }
     let text = std::str::from_utf8(value).ok()?.trim_matches([' ', '\t']);
     let has_port = match text.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').is_some_and(|(_, after)| !after.is_empty()),
+        Some(v6) => v6
+            .split_once(']')
+            .is_some_and(|(_, after)| !after.is_empty()),
         None => text.contains(':'),
     };
     let parsed = parse_origin(&format!("http://{text}"), Flavour::Request).ok()?;
@@ -840,11 +842,23 @@ mod tests {
     #[test]
     fn a_host_header_is_normalised_like_an_origin() {
         let host = |v: &str| request_host(v.as_bytes());
-        assert_eq!(host("Admin.Example:9000"), Some(("admin.example".into(), true)));
+        assert_eq!(
+            host("Admin.Example:9000"),
+            Some(("admin.example".into(), true))
+        );
         assert_eq!(host("127.0.0.1"), Some(("127.0.0.1".into(), false)));
         assert_eq!(host("[0:0::1]:9"), Some(("[::1]".into(), true)));
         assert_eq!(host("[::1]"), Some(("[::1]".into(), false)));
-        for bad in ["", "a b", "user@host", "host/x", "host:0", "host:x", "*.example.com", "[::1"] {
+        for bad in [
+            "",
+            "a b",
+            "user@host",
+            "host/x",
+            "host:0",
+            "host:x",
+            "*.example.com",
+            "[::1",
+        ] {
             assert_eq!(host(bad), None, "{bad}");
         }
     }

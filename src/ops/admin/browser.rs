@@ -236,10 +236,7 @@ mod tests {
             ),
             Err(Refusal::Origin)
         );
-        assert_eq!(
-            check(&g, &[host, ("Origin", "null")]),
-            Err(Refusal::Origin)
-        );
+        assert_eq!(check(&g, &[host, ("Origin", "null")]), Err(Refusal::Origin));
         assert_eq!(
             check(&g, &[host, ("Sec-Fetch-Site", "same-origin")]),
             Err(Refusal::FetchSite),

@@ -308,17 +308,24 @@ pub(super) fn parse_listen(value: &str) -> Result<SocketAddr, String> {
 }
 
 pub(super) fn parse_allow(value: &str) -> Result<Vec<OriginPattern>, String> {
+    parse_list(value, |entry| {
+        OriginPattern::parse(entry).map_err(|m| format!("`{entry}`: {m}"))
+    })
+}
+
+/// A comma-separated list, each entry trimmed and read by `entry`; an empty value is none.
+fn parse_list<T>(value: &str, entry: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
     if value.trim().is_empty() {
         return Ok(Vec::new());
     }
     value
         .split(',')
         .map(str::trim)
-        .map(|entry| {
-            if entry.is_empty() {
+        .map(|e| {
+            if e.is_empty() {
                 Err("empty entry in the list (a stray comma?)".to_string())
             } else {
-                OriginPattern::parse(entry).map_err(|m| format!("`{entry}`: {m}"))
+                entry(e)
             }
         })
         .collect()
@@ -327,23 +334,13 @@ pub(super) fn parse_allow(value: &str) -> Result<Vec<OriginPattern>, String> {
 /// A comma-separated list of host names or IP addresses, without ports, normalised as a `Host`
 /// header's host is ([`crate::policy::origin::request_host`]).
 pub(super) fn parse_host_names(value: &str) -> Result<Vec<String>, String> {
-    if value.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    value
-        .split(',')
-        .map(str::trim)
-        .map(
-            |entry| match crate::policy::origin::request_host(entry.as_bytes()) {
-                _ if entry.is_empty() => {
-                    Err("empty entry in the list (a stray comma?)".to_string())
-                }
-                Some((_, true)) => Err(format!("`{entry}`: a host name without a port")),
-                Some((host, false)) => Ok(host),
-                None => Err(format!("`{entry}`: not a host name or an IP address")),
-            },
-        )
-        .collect()
+    parse_list(value, |entry| {
+        match crate::policy::origin::request_host(entry.as_bytes()) {
+            Some((_, true)) => Err(format!("`{entry}`: a host name without a port")),
+            Some((host, false)) => Ok(host),
+            None => Err(format!("`{entry}`: not a host name or an IP address")),
+        }
+    })
 }
 
 pub(super) fn parse_members(value: &str) -> Result<Members, String> {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{ClientAuth, Endpoint, MemoryLimit, Mode, Overflow, SlowConsumer};
-use crate::policy::acl::{ChannelPattern, Members, PathPattern, check_path};
-use crate::policy::origin::OriginPattern;
+use crate::rules::acl::{ChannelPattern, Members, PathPattern, check_path};
+use crate::rules::origin::OriginPattern;
 
 const KIB: usize = 1024;
 pub(super) const MIB: usize = 1024 * KIB;
@@ -332,10 +332,10 @@ fn parse_list<T>(value: &str, entry: impl Fn(&str) -> Result<T, String>) -> Resu
 }
 
 /// A comma-separated list of host names or IP addresses, without ports, normalised as a `Host`
-/// header's host is ([`crate::policy::origin::request_host`]).
+/// header's host is ([`crate::rules::origin::request_host`]).
 pub(super) fn parse_host_names(value: &str) -> Result<Vec<String>, String> {
     parse_list(value, |entry| {
-        match crate::policy::origin::request_host(entry.as_bytes()) {
+        match crate::rules::origin::request_host(entry.as_bytes()) {
             Some((_, true)) => Err(format!("`{entry}`: a host name without a port")),
             Some((host, false)) => Ok(host),
             None => Err(format!("`{entry}`: not a host name or an IP address")),
@@ -359,7 +359,7 @@ pub(super) fn parse_members(value: &str) -> Result<Members, String> {
         if entry == "*" {
             return Err("`*` (every authenticated user) must stand alone".into());
         }
-        crate::auth::users::check_user_name(entry).map_err(|e| format!("`{entry}`: {e}"))?;
+        crate::rules::user_name::check_user_name(entry).map_err(|e| format!("`{entry}`: {e}"))?;
         if names.iter().any(|n| n == entry) {
             return Err(format!("`{entry}` is listed twice"));
         }

@@ -16,7 +16,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::answer::Answer;
-use crate::policy::origin::{OriginPattern, OriginPolicy, request_host};
+use crate::rules::origin::{OriginPattern, OriginPolicy, request_host};
 
 /// The rules, from `[admin]`.
 pub struct BrowserGuard {

@@ -221,22 +221,7 @@ mod tests {
     fn backoff_doubles_to_the_cap_and_resets() {
         let hub = Hub::new(Arc::new(Metrics::new(["/c"])));
         let (_stop, stop) = crossbeam_channel::bounded(0);
-        let ctx = Context {
-            url: test_url(),
-            instance_id: "i".into(),
-            epoch: new_epoch(),
-            stream: stream_key("wsgate:"),
-            publish_queue: 1,
-            stream_length: 1,
-            max_backoff: Duration::from_millis(500),
-            health_check: Duration::from_secs(1),
-            health_timeout: Duration::from_secs(2),
-            metrics: Arc::new(Metrics::new(["/c"])),
-            hub,
-            accepts: Arc::new(|_: &str| true),
-            links: Arc::default(),
-            stop,
-        };
+        let ctx = context(hub, stop);
         let mut w = Watch::new(Link::Publisher);
         let err = redis::RedisError::from(std::io::Error::other("down"));
         let delays: Vec<u128> = (0..5).map(|_| w.down(&ctx, &err).as_millis()).collect();
@@ -254,11 +239,50 @@ mod tests {
     }
 
     #[test]
+    fn every_broadcast_not_forwarded_is_reported_in_exactly_one_line() {
+        let hub = Hub::new(Arc::new(Metrics::new(["/c"])));
+        let (_stop, stop) = crossbeam_channel::bounded(0);
+        let ctx = context(hub, stop);
+        let mut w = Watch::new(Link::Publisher);
+        w.up(&ctx, "");
+        ctx.metrics.bump(Counter::ClusterNotForwarded, 3);
+        w.report_drops(&ctx);
+        assert_eq!(w.reported, 3, "a line while up");
+        ctx.metrics.bump(Counter::ClusterNotForwarded, 2);
+        w.report_drops(&ctx);
+        assert_eq!(w.reported, 3, "within 10s: left for the next line");
+        let err = redis::RedisError::from(std::io::Error::other("down"));
+        w.down(&ctx, &err);
+        ctx.metrics.bump(Counter::ClusterNotForwarded, 4);
+        w.up(&ctx, "");
+        assert_eq!(w.reported, 9, "the reconnect line says the rest");
+    }
+
+    #[test]
     fn only_an_eintr_is_an_interrupted_read() {
         let io = |e: std::io::Error| redis::RedisError::from(e);
         assert!(interrupted(&io(rustix::io::Errno::INTR.into())));
         assert!(!interrupted(&io(std::io::ErrorKind::TimedOut.into())));
         assert!(!interrupted(&io(rustix::io::Errno::CONNRESET.into())));
+    }
+
+    fn context(hub: Arc<Hub>, stop: crossbeam_channel::Receiver<()>) -> Context {
+        Context {
+            url: test_url(),
+            instance_id: "i".into(),
+            epoch: new_epoch(),
+            stream: stream_key("wsgate:"),
+            publish_queue: 1,
+            stream_length: 1,
+            max_backoff: Duration::from_millis(500),
+            health_check: Duration::from_secs(1),
+            health_timeout: Duration::from_secs(2),
+            metrics: Arc::new(Metrics::new(["/c"])),
+            hub,
+            accepts: Arc::new(|_: &str| true),
+            links: Arc::default(),
+            stop,
+        }
     }
 
     fn test_url() -> RedisUrl {

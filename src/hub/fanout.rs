@@ -74,7 +74,7 @@ impl Hub {
     fn forward(&self, path: &str, msg: &Message) {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
-            // At the memory cap the message is not forwarded, as with a full queue.
+            // At the memory cap the message is not forwarded (counted).
             let charge = if self.budget.cap().is_some() {
                 match Charged::try_new(&self.budget, msg.len(), Room::Deliveries) {
                     Some(charge) => Some(charge),

@@ -29,7 +29,7 @@
 //! | `wsgate_cluster_connected` | gauge | | 1 while both Redis connections of the backbone are up, else 0 (read from the links' own states, [`ClusterLinks`]) |
 //! | `wsgate_cluster_id_clash` | gauge | | 1 while another process uses this instance's `instance_id` on the backbone, else 0 |
 //! | `wsgate_cluster_forwarded_total` | counter | | broadcasts published to Redis for the other instances |
-//! | `wsgate_cluster_not_forwarded_total` | counter | | broadcasts not published: queue full or Redis down |
+//! | `wsgate_cluster_not_forwarded_total` | counter | | broadcasts never published: the oldest dropped from a full publish queue (Redis slow or away), or refused at the memory cap |
 //! | `wsgate_cluster_received_total` | counter | | broadcasts received from other instances and delivered here |
 //! | `wsgate_cluster_lost_total` | counter | | broadcasts of other instances missing from the stream when read (trimmed, or lost in a Redis restart) |
 //! | `wsgate_memory_bytes` | gauge | | bytes counted against `memory_limit` now, from [`Gauges`] |
@@ -286,7 +286,7 @@ impl Counter {
             ),
             Counter::ClusterNotForwarded => (
                 "wsgate_cluster_not_forwarded_total",
-                "Broadcasts not published to Redis (publish queue full or Redis down).",
+                "Broadcasts never published to Redis: the oldest dropped from a full publish queue, or refused at the memory cap.",
             ),
             Counter::ClusterReceived => (
                 "wsgate_cluster_received_total",

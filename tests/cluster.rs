@@ -879,7 +879,7 @@ fn two_instances_with_one_id_are_reported_and_still_get_each_others_broadcasts()
         wait_until(s, "the clash reported", JOIN_TIMEOUT, || {
             metric(s, "wsgate_cluster_id_clash") == 1
         });
-        assert!(s.logs().contains(clash), "{}", s.logs());
+        assert!(s.wait_log(clash, IO_TIMEOUT), "{}", s.logs());
         assert_eq!(
             health(s),
             "ok\ncluster: up\ncluster: instance id clash (another process uses this instance_id)\n"
@@ -969,6 +969,7 @@ fn a_full_publish_queue_keeps_the_newest_broadcasts_and_its_log_matches_the_coun
     assert_eq!(got, want);
     // The counter, and the one line that reports the same broadcasts.
     assert_eq!(metric(&a, "wsgate_cluster_not_forwarded_total"), dropped);
+    assert!(a.wait_log("cluster: publisher reconnected", IO_TIMEOUT));
     let logs = a.logs();
     let line = logs
         .lines()
@@ -1046,5 +1047,36 @@ fn stopping_and_continuing_an_instance_keeps_its_redis_links() {
     }
     assert_eq!(links_of_a(), before, "the same two connections");
     assert_eq!(health(&a), "ok\ncluster: up\n");
+    assert_no_panic(&[&a, &b]);
+}
+
+#[test]
+fn a_redis_user_without_client_commands_still_shows_a_clash_in_the_stream() {
+    let redis = Redis::start();
+    // CLIENT SETNAME, CLIENT ID and CLIENT LIST refused: only the stream can tell.
+    assert_eq!(
+        redis.command(&[
+            "ACL", "SETUSER", "wsgate", "on", ">pw", "~*", "+@all", "-client"
+        ]),
+        "+OK"
+    );
+    let url = format!("redis://wsgate:pw@127.0.0.1:{}/", redis.port);
+    let a = instance(&url, Some("same"));
+    let b = instance(&url, Some("same"));
+    wait_joined(&a);
+    wait_joined(&b);
+    let mut on_b = b.connect_as("/chat/x", BOB);
+    let mut from_a = a.connect_as("/chat/x", ALICE);
+    from_a.send(Message::text("a0")).unwrap();
+    expect_in_order(&mut on_b, ["a0".to_string()], "B");
+    // B has read an entry with its own id and another process's epoch.
+    assert_eq!(metric(&b, "wsgate_cluster_id_clash"), 1);
+    assert!(
+        b.wait_log("(its broadcasts are in the stream)", IO_TIMEOUT),
+        "{}",
+        b.logs()
+    );
+    // A has seen nothing of B: B never published, and CLIENT LIST is not A's to read.
+    assert_eq!(metric(&a, "wsgate_cluster_id_clash"), 0);
     assert_no_panic(&[&a, &b]);
 }

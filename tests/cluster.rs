@@ -815,6 +815,14 @@ fn measure_cross_instance_loss_under_a_fault() {
     );
 }
 
+/// Two instances on the backbone at `url`, both joined.
+fn joined_pair(url: &str, a: &str, b: &str) -> (Server, Server) {
+    let (a, b) = (instance(url, Some(a)), instance(url, Some(b)));
+    wait_joined(&a);
+    wait_joined(&b);
+    (a, b)
+}
+
 /// Waits until `cond` holds, polling; fails with `what` and the instance's log after
 /// [`JOIN_TIMEOUT`] (or `wait`, when longer).
 fn wait_until(server: &Server, what: &str, wait: Duration, mut cond: impl FnMut() -> bool) {
@@ -869,10 +877,7 @@ fn healthz_says_cluster_up_once_both_links_said_connected() {
 #[test]
 fn two_instances_with_one_id_are_reported_and_still_get_each_others_broadcasts() {
     let redis = Redis::start();
-    let a = instance(&redis.url(), Some("same"));
-    let b = instance(&redis.url(), Some("same"));
-    wait_joined(&a);
-    wait_joined(&b);
+    let (a, b) = joined_pair(&redis.url(), "same", "same");
     // CLIENT LIST shows the other subscriber connection before anyone publishes.
     let clash = "cluster: another process uses this instance's id `same`";
     for s in [&a, &b] {
@@ -997,10 +1002,7 @@ fn process_state(pid: i32) -> char {
 #[test]
 fn stopping_and_continuing_an_instance_keeps_its_redis_links() {
     let redis = Redis::start();
-    let a = instance(&redis.url(), Some("a"));
-    let b = instance(&redis.url(), Some("b"));
-    wait_joined(&a);
-    wait_joined(&b);
+    let (a, b) = joined_pair(&redis.url(), "a", "b");
     let links_of_a = || {
         let list = redis.command(&["CLIENT", "LIST"]);
         let mut ids: Vec<String> = list
@@ -1061,10 +1063,7 @@ fn a_redis_user_without_client_commands_still_shows_a_clash_in_the_stream() {
         "+OK"
     );
     let url = format!("redis://wsgate:pw@127.0.0.1:{}/", redis.port);
-    let a = instance(&url, Some("same"));
-    let b = instance(&url, Some("same"));
-    wait_joined(&a);
-    wait_joined(&b);
+    let (a, b) = joined_pair(&url, "same", "same");
     let mut on_b = b.connect_as("/chat/x", BOB);
     let mut from_a = a.connect_as("/chat/x", ALICE);
     from_a.send(Message::text("a0")).unwrap();

@@ -219,9 +219,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_the_cap_and_resets() {
-        let hub = Hub::new(Arc::new(Metrics::new(["/c"])));
-        let (_stop, stop) = crossbeam_channel::bounded(0);
-        let ctx = context(hub, stop);
+        let (ctx, _stop) = context();
         let mut w = Watch::new(Link::Publisher);
         let err = redis::RedisError::from(std::io::Error::other("down"));
         let delays: Vec<u128> = (0..5).map(|_| w.down(&ctx, &err).as_millis()).collect();
@@ -240,9 +238,7 @@ mod tests {
 
     #[test]
     fn every_broadcast_not_forwarded_is_reported_in_exactly_one_line() {
-        let hub = Hub::new(Arc::new(Metrics::new(["/c"])));
-        let (_stop, stop) = crossbeam_channel::bounded(0);
-        let ctx = context(hub, stop);
+        let (ctx, _stop) = context();
         let mut w = Watch::new(Link::Publisher);
         w.up(&ctx, "");
         ctx.metrics.bump(Counter::ClusterNotForwarded, 3);
@@ -266,8 +262,10 @@ mod tests {
         assert!(!interrupted(&io(rustix::io::Errno::CONNRESET.into())));
     }
 
-    fn context(hub: Arc<Hub>, stop: crossbeam_channel::Receiver<()>) -> Context {
-        Context {
+    /// A bridge's context without Redis, and the sender whose drop stops it.
+    fn context() -> (Context, crossbeam_channel::Sender<()>) {
+        let (keep, stop) = crossbeam_channel::bounded(0);
+        let ctx = Context {
             url: test_url(),
             instance_id: "i".into(),
             epoch: new_epoch(),
@@ -278,11 +276,12 @@ mod tests {
             health_check: Duration::from_secs(1),
             health_timeout: Duration::from_secs(2),
             metrics: Arc::new(Metrics::new(["/c"])),
-            hub,
+            hub: Hub::new(Arc::new(Metrics::new(["/c"]))),
             accepts: Arc::new(|_: &str| true),
             links: Arc::default(),
             stop,
-        }
+        };
+        (ctx, keep)
     }
 
     fn test_url() -> RedisUrl {

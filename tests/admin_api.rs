@@ -904,10 +904,17 @@ fn what_a_web_page_sends_the_api_is_refused_and_curl_is_served() {
         for path in ["/healthz", "/metrics"] {
             assert_eq!(send(&rebound, "GET", path, &[], b"").status, 200, "{path}");
         }
-        let logs = server.logs();
-        assert!(logs.contains("status=421"), "{logs}");
-        assert!(logs.contains("status=403"), "{logs}");
-        assert!(!logs.contains("forged"), "{logs}");
+        assert!(
+            server.wait_log("status=421", IO_TIMEOUT),
+            "{}",
+            server.logs()
+        );
+        assert!(
+            server.wait_log("status=403", IO_TIMEOUT),
+            "{}",
+            server.logs()
+        );
+        assert!(!server.logs().contains("forged"), "{}", server.logs());
     }
 }
 

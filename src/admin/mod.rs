@@ -1,7 +1,7 @@
 //! The admin endpoint: plain HTTP/1.1 `GET /healthz` and `GET /metrics` on its own thread and its
 //! own listener, so it answers while every worker is busy, and the admin API (issue 16):
 //! `POST /publish`, `GET /connections`, `POST /disconnect`, behind the optional bearer token of
-//! `[admin] token_file` and refused to what a web page sends ([`browser`]: a foreign `Host`, an
+//! `[admin] token_file`, and closed to what a web page sends ([`browser`]: a foreign `Host`, an
 //! `Origin` or `Sec-Fetch-Site` not allowed in `[admin]`). One thread serves up to
 //! `[admin] max_connections` clients at once from one `poll(2)` loop on non-blocking sockets, one
 //! request per connection: a client must send its first byte within [`FIRST_BYTE`] and finish

@@ -124,10 +124,11 @@ pub(super) fn discard_queued(rx: &Receiver<Message>, shared: &MemberShared) {
 
 /// State the hub and the connection both see.
 pub struct MemberShared {
-    /// Wakes the connection's `poll` for queued broadcasts; only members of broadcast channels
-    /// have one (an eventfd). An echo connection receives nothing from the hub, so it spends no
-    /// descriptor on it: its one wake-up, the end (shutdown, revocation), shuts the read side of
-    /// its socket instead ([`MemberShared::end`]).
+    /// Wakes the connection's `poll` for queued broadcasts, or a proxied connection to end; only
+    /// members of broadcast and proxy channels have one (an eventfd). An echo connection
+    /// receives nothing from the hub, so it spends no descriptor on it: its one wake-up, the end
+    /// (shutdown, revocation), shuts the read side of its socket instead
+    /// ([`MemberShared::end`]).
     pub waker: Option<Waker>,
     /// The connection's socket, once its loop runs (see [`MemberShared::end`]).
     pub(super) socket: OnceLock<Arc<TcpStream>>,

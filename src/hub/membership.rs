@@ -28,20 +28,22 @@ pub struct Membership {
     pub shared: Arc<MemberShared>,
 }
 impl Hub {
-    /// Adds a connection to `path` that takes broadcasts as `intake` says; `receives` is false
-    /// for an echo connection, which gets no broadcasts (and no eventfd).
+    /// Adds a connection to `path` that takes broadcasts as `intake` says. `woken` gives it an
+    /// eventfd ([`Waker`]): a broadcast member is woken for its outbox, a proxied one to end (its
+    /// reads of the client pause under back-pressure, so a shut read side would not wake it). An
+    /// echo connection gets none: it always polls its socket, so a shut read side ends it.
     ///
     /// # Errors
     /// `Ok(Err(HubClosed))` during shutdown; `Err` if no eventfd could be made.
     pub fn join(
         self: &Arc<Self>,
         path: &str,
-        receives: bool,
+        woken: bool,
         intake: Intake,
         holder: Holder,
     ) -> io::Result<Result<Membership, HubClosed>> {
         let shared = Arc::new(MemberShared {
-            waker: if receives { Some(Waker::new()?) } else { None },
+            waker: if woken { Some(Waker::new()?) } else { None },
             slow: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             revocation: OnceLock::new(),

@@ -340,7 +340,7 @@ fn handshake(
         };
         let member = match hub.join(
             &grant.path,
-            grant.channel.mode == Mode::Broadcast,
+            grant.channel.mode != Mode::Echo,
             Intake::of(limits),
             holder,
         ) {

@@ -1100,3 +1100,57 @@ fn an_admin_disconnect_a_revocation_and_shutdown_end_a_relay_held_back_by_full_b
     );
     flooder.join().unwrap();
 }
+
+/// Node's `URLSearchParams` with `toLowerCase`/`toUpperCase` and `qs`-style brackets cut, on the
+/// query of each backend hello (one a line): prints the keys that read as a credential.
+const NODE_QUERY_READER: &str = r#"
+const names = ['user', 'pass', 'token', 'session'];
+for (const line of require('fs').readFileSync(0, 'utf8').split('\n').filter(Boolean)) {
+  const url = new URL(JSON.parse(line).path, 'http://app');
+  for (const key of url.searchParams.keys()) {
+    let k = key;
+    for (let i = 0; i < 3; i++) { try { k = decodeURIComponent(k); } catch (e) {} }
+    const base = k.split('[')[0].split('\0')[0].replace(/[\x00-\x1f\x7f]/g, '').trim();
+    for (const form of [base.toLowerCase(), base.toUpperCase().toLowerCase(), base.normalize('NFKC').toLowerCase()]) {
+      if (names.includes(form)) console.log(key);
+    }
+  }
+}
+"#;
+
+#[test]
+fn credential_like_query_keys_never_reach_the_backend_in_any_spelling_an_app_folds() {
+    let backend = Backend::start(&[]);
+    let server = gateway(&backend.url).start();
+    // Each key reads as `user`, `pass`, `token` or `session` to some app's parser: bracket
+    // suffixes (PHP, Rails, Node's qs), double encoding, Unicode case mapping and compatibility
+    // folding (Kelvin sign, long s, fullwidth), NUL and control characters.
+    let hostile = [
+        "user[]=mallory",
+        "pass[]=x",
+        "PASS[a]=x",
+        "to%E2%84%AAen=t",
+        "%C5%BFession=s",
+        "%EF%BD%95ser=mallory",
+        "us%2565r=mallory",
+        "user%00=mallory",
+        "us%01er=mallory",
+    ];
+    let target = format!("/app/q?room=3&{}&lang=en&user_id=7", hostile.join("&"));
+    let mut ws = server.connect_as(&target, ALICE);
+    let greeting = hello(&mut ws);
+    assert!(
+        greeting.contains(r#""path": "/q?room=3&lang=en&user_id=7""#),
+        "{greeting}"
+    );
+    assert_eq!(
+        backend.wait_line("open "),
+        "open path=/q?room=3&lang=en&user_id=7 user=alice users=1 auth=password client=127.0.0.1"
+    );
+    let node = require_program("node");
+    let read = readings(&node, &["-e", NODE_QUERY_READER], &format!("{greeting}\n"));
+    assert!(
+        read.is_empty(),
+        "node reads credentials in {greeting}: {read:?}"
+    );
+}

@@ -945,6 +945,10 @@ fn closing_backend() -> String {
             let Ok(stream) = stream else { break };
             std::thread::spawn(move || {
                 let mut path = String::new();
+                #[allow(
+                    clippy::result_large_err,
+                    reason = "the error type is tungstenite's ErrorResponse"
+                )]
                 let callback =
                     |req: &tungstenite::handshake::server::Request,
                      resp: tungstenite::handshake::server::Response| {

@@ -72,6 +72,9 @@ impl Intake {
 
 pub(super) struct Member {
     pub(super) id: u64,
+    /// Whether broadcasts on its path are delivered to it: members of broadcast channels only
+    /// (an echo or proxied connection on a path gets none, and is never squeezed for them).
+    pub(super) receives: bool,
     /// The outbox's sending side; at most `intake.outbox` messages queued (counted in
     /// [`MemberShared::queued`]).
     pub(super) tx: Sender<Message>,

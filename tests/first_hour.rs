@@ -167,6 +167,51 @@ fn check_config_tries_each_listen_address() {
 }
 
 #[test]
+fn check_config_says_a_privileged_port_needs_the_capability() {
+    // The highest privileged port of this kernel, asked by a user without the capability (root
+    // has it: the test runs the command as `nobody` then, through setpriv).
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let port = start
+        .checked_sub(1)
+        .expect("every port is unprivileged on this kernel: the case cannot be made");
+    let mut setup = Setup::default();
+    setup.set("server", "listen", &format!("127.0.0.1:{port}"));
+    let (dir, config, _ca) = setup.write();
+    let mut cmd = if rustix::process::geteuid().is_root() {
+        // nobody must read the test's files; the key's mode gets its own warning, no error.
+        for name in ["key.pem", "users", "wsgate.ini", "cert.pem"] {
+            let path = dir.path().join(name);
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .unwrap();
+        }
+        let mut cmd = Command::new(require_program("setpriv"));
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(bin());
+        cmd
+    } else {
+        Command::new(bin())
+    };
+    let out = cmd.arg("check-config").arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "[server] listen = 127.0.0.1:{port}: cannot listen"
+        )) && err.contains("CAP_NET_BIND_SERVICE"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_config_reads_credential_paths_beside_the_config_as_the_packaged_unit_does() {
     // The packaged layout: the key and the users file named `credential:ID`, each ID a file
     // beside the config (the unit's LoadCredential=ID:/etc/wsgate/ID).

@@ -175,6 +175,7 @@ const PROGRAM_PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     ("openssl", "openssl"),
     ("prlimit", "util-linux"),
+    ("setpriv", "util-linux"),
     ("systemd-analyze", "systemd"),
     ("timeout", "coreutils"),
 ];

@@ -25,6 +25,9 @@ use crate::policy::{self, Grant, Reason, Target, Verifier};
 const LINGER: Duration = Duration::from_secs(2);
 /// How much a refused client may still send while we linger.
 const LINGER_DRAIN: usize = 64 * 1024;
+/// How long a demo login's form body may take once its head is in (at most what is left of the
+/// upgrade deadline): a few hundred bytes a browser sends with the head.
+const LOGIN_BODY: Duration = Duration::from_secs(2);
 
 /// The stream a WebSocket runs on: bytes already read while parsing the head, then the socket.
 /// A read never returns head and post-head bytes together: tungstenite's handshake refuses a
@@ -187,6 +190,9 @@ pub enum UpgradeError {
     /// The demo page's `POST /login` succeeded for this user: answered 204 with the session
     /// cookie (and the socket closed). A failed one is `Refused`.
     DemoLogin(String),
+    /// The demo page's `POST /logout`: answered 204 clearing the session cookie (and the socket
+    /// closed). One from a foreign origin is `Refused`.
+    DemoLogout,
 }
 
 /// Headers added to the 101 response (session token, cookie, subprotocol).
@@ -228,6 +234,7 @@ pub fn upgrade<T>(
             return Err(sent.map_or_else(UpgradeError::Io, |()| UpgradeError::DemoPage));
         }
         Err(HeadError::Login(form)) => return Err(demo_login(tls, config, verifier, &form, login)),
+        Err(HeadError::Logout(form)) => return Err(demo_logout(tls, config, &form)),
     };
     // The channel's limits size this connection's buffers; an unknown path is refused by the
     // callback (404), with the default limits in the meantime. The same `target` decides
@@ -298,11 +305,13 @@ enum HeadError {
     /// Not an upgrade but the demo page's `GET /`, and the page is enabled.
     DemoPage,
     /// The demo page's `POST /login`, its body read whole.
-    Login(LoginForm),
+    Login(DemoForm),
+    /// The demo page's `POST /logout` (its body, if any, is not read).
+    Logout(DemoForm),
 }
 
-/// What a demo login decides on: its Origin and Host headers and its form body.
-struct LoginForm {
+/// What a demo login or log-out decides on: its Origin and Host headers and its form body.
+struct DemoForm {
     origins: Vec<Vec<u8>>,
     host: Option<Vec<u8>>,
     body: Vec<u8>,
@@ -314,7 +323,7 @@ fn demo_login(
     mut tls: Transport,
     config: &Config,
     verifier: &dyn Verifier,
-    form: &LoginForm,
+    form: &DemoForm,
     login: impl FnOnce(&str) -> Option<String>,
 ) -> UpgradeError {
     let origins: Vec<&[u8]> = form.origins.iter().map(Vec::as_slice).collect();
@@ -342,24 +351,51 @@ fn demo_login(
                 )
             }
         },
-        Err(reason) => {
-            let mut response = reason.response();
-            response
-                .headers_mut()
-                .remove(http::header::WWW_AUTHENTICATE);
-            let mut out = Vec::with_capacity(256);
-            if write_response(&mut out, &response).is_ok() {
-                if let Some(body) = response.body() {
-                    out.extend_from_slice(body.as_bytes());
-                }
-            }
-            (
-                String::from_utf8_lossy(&out).into_owned(),
-                UpgradeError::Refused(reason),
-            )
-        }
+        Err(reason) => (
+            String::from_utf8_lossy(&refusal_bytes(&reason)).into_owned(),
+            UpgradeError::Refused(reason),
+        ),
     };
     let sent = tls.write_all(answer.as_bytes());
+    linger_close(&mut tls);
+    match sent {
+        Ok(()) => result,
+        Err(e) => UpgradeError::Io(e),
+    }
+}
+
+/// A refusal of the demo page's login or log-out, as bytes: the status and its text, without
+/// `WWW-Authenticate`, which would make the browser show its own password dialog.
+fn refusal_bytes(reason: &Reason) -> Vec<u8> {
+    let mut response = reason.response();
+    response
+        .headers_mut()
+        .remove(http::header::WWW_AUTHENTICATE);
+    let mut out = Vec::with_capacity(256);
+    if write_response(&mut out, &response).is_ok() {
+        if let Some(body) = response.body() {
+            out.extend_from_slice(body.as_bytes());
+        }
+    }
+    out
+}
+
+/// Answers the demo page's log-out: 204 with the session cookie cleared, or the refusal.
+fn demo_logout(mut tls: Transport, config: &Config, form: &DemoForm) -> UpgradeError {
+    let origins: Vec<&[u8]> = form.origins.iter().map(Vec::as_slice).collect();
+    let (answer, result) = match policy::decide_logout(&origins, form.host.as_deref(), config) {
+        Ok(()) => (
+            format!(
+                "HTTP/1.1 204 No Content\r\nSet-Cookie: {}\r\nCache-Control: no-store\r\n\
+                 Connection: close\r\n\r\n",
+                policy::session_cookie("", Duration::ZERO)
+            )
+            .into_bytes(),
+            UpgradeError::DemoLogout,
+        ),
+        Err(reason) => (refusal_bytes(&reason), UpgradeError::Refused(reason)),
+    };
+    let sent = tls.write_all(&answer);
     linger_close(&mut tls);
     match sent {
         Ok(()) => result,
@@ -379,7 +415,15 @@ fn read_head(
     let mut buf = Vec::with_capacity(1024.min(max));
     let mut chunk = [0u8; 1024];
     let head_len = loop {
-        deadline.arm(tls.socket()).map_err(HeadError::Io)?;
+        // A head begun and not finished gets its 408; a client that sent nothing is dropped.
+        deadline
+            .arm(tls.socket())
+            .map_err(|e| match buf.is_empty() {
+                false if is_timeout(&e) => HeadError::Refuse(Reason::Unfinished {
+                    what: "request head",
+                }),
+                _ => HeadError::Io(e),
+            })?;
         let n = match tls.read(&mut chunk) {
             Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => n,
@@ -418,41 +462,48 @@ fn read_head(
     if config.demo.enabled && demo::wants_page(&req) {
         return Err(HeadError::DemoPage);
     }
-    if config.demo.enabled && demo::is_login(&req) {
-        let length = req
-            .headers
+    let header = |name: &str| -> Vec<Vec<u8>> {
+        req.headers
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| {
-                std::str::from_utf8(h.value)
-                    .ok()?
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-            })
-            .filter(|&n| n <= policy::MAX_LOGIN_BODY)
-            .ok_or(HeadError::Refuse(Reason::LoginTooLarge))?;
-        let header = |name: &str| -> Vec<Vec<u8>> {
-            req.headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| h.value.to_vec())
-                .collect()
-        };
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.to_vec())
+            .collect()
+    };
+    if config.demo.enabled && demo::is_logout(&req) {
+        return Err(HeadError::Logout(DemoForm {
+            origins: header("origin"),
+            host: header("host").into_iter().next(),
+            body: Vec::new(),
+        }));
+    }
+    if config.demo.enabled && demo::is_login(&req) {
+        let length = login_length(&req).map_err(HeadError::Refuse)?;
         let origins = header("origin");
         let host = header("host").into_iter().next();
         let mut body = buf[head_len..].to_vec();
+        let body_deadline = Deadline::new(
+            Phase::LoginBody,
+            Instant::now(),
+            LOGIN_BODY.min(deadline.at.saturating_duration_since(Instant::now())),
+        );
         while body.len() < length {
-            deadline.arm(tls.socket()).map_err(HeadError::Io)?;
+            body_deadline.arm(tls.socket()).map_err(|e| {
+                if is_timeout(&e) {
+                    HeadError::Refuse(Reason::Unfinished { what: "login body" })
+                } else {
+                    HeadError::Io(e)
+                }
+            })?;
             match tls.read(&mut chunk) {
-                Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
+                // The client shut its side with the body short: it can still read our answer.
+                Ok(0) => return Err(HeadError::Refuse(Reason::Malformed)),
                 Ok(n) => body.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted || is_timeout(&e) => {}
                 Err(e) => return Err(HeadError::Io(e)),
             }
         }
         body.truncate(length);
-        return Err(HeadError::Login(LoginForm {
+        return Err(HeadError::Login(DemoForm {
             origins,
             host,
             body,
@@ -461,6 +512,38 @@ fn read_head(
     policy::check_head(&req).map_err(HeadError::Refuse)?;
     let target = Target::parse(req.path.unwrap_or_default()).map_err(HeadError::Refuse)?;
     Ok((buf, head_len, target))
+}
+
+/// A demo login's body length: its one `Content-Length`, at most [`policy::MAX_LOGIN_BODY`].
+///
+/// # Errors
+/// 411 without a `Content-Length` or with `Transfer-Encoding` (the form is read by its length
+/// alone), 400 for a length that is not one number, 413 for one too long.
+fn login_length(req: &httparse::Request<'_, '_>) -> Result<usize, Reason> {
+    let values = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect::<Vec<_>>()
+    };
+    let lengths = values("content-length");
+    if !values("transfer-encoding").is_empty() || lengths.is_empty() {
+        return Err(Reason::LengthRequired);
+    }
+    let [length] = lengths[..] else {
+        return Err(Reason::Malformed);
+    };
+    let digits = std::str::from_utf8(length)
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or(Reason::Malformed)?;
+    // Too many digits for a usize is too long as well.
+    match digits.parse::<usize>() {
+        Ok(n) if n <= policy::MAX_LOGIN_BODY => Ok(n),
+        _ => Err(Reason::LoginTooLarge),
+    }
 }
 
 /// Writes the refusal for `reason` and closes politely.

@@ -14,7 +14,7 @@ mod offer;
 mod recheck;
 
 pub use self::decide::{
-    Grant, MAX_LOGIN_BODY, Proof, Verdict, Verifier, decide, decide_login, route,
+    Grant, MAX_LOGIN_BODY, Proof, Verdict, Verifier, decide, decide_login, decide_logout, route,
 };
 pub use self::head::{Target, check_head};
 pub(crate) use self::offer::percent_decode;
@@ -53,6 +53,10 @@ pub enum Reason {
     /// A request target that is not origin-form (`/path?query`): absolute-form
     /// (`https://host/path`), authority- or asterisk-form, or one with a `#fragment`. 400.
     Target,
+    /// A request path that some common reader (an app's URL parser, a file server) could resolve
+    /// to other segments than wsgate reads: an encoded `.`, `/`, `\` or `%`, a backslash, an
+    /// encoded control character or invalid UTF-8 ([`head::readers_may_differ`]). 400.
+    AmbiguousPath,
     /// Request line plus headers longer than `max_request_head`. 431.
     HeadTooLarge,
     /// More header lines than `max_headers`. 431.
@@ -63,9 +67,14 @@ pub enum Reason {
     HttpVersion,
     /// Missing `Host`, `Upgrade: websocket` or `Connection: Upgrade`. 400.
     NotUpgrade,
-    /// A demo login (`POST /login`) whose form body is missing its `Content-Length` or longer
-    /// than [`MAX_LOGIN_BODY`]. 413.
+    /// A demo login (`POST /login`) whose `Content-Length` is larger than [`MAX_LOGIN_BODY`]. 413.
     LoginTooLarge,
+    /// A demo login without a `Content-Length`, or with `Transfer-Encoding` (the form is read by
+    /// its length alone). 411.
+    LengthRequired,
+    /// The request head, or a demo login's body, was not complete at its deadline (`what` names
+    /// which: `request head`, `login body`). 408.
+    Unfinished { what: &'static str },
     /// A plain `GET` with no `Upgrade` header at all: a browser or a scanner asking for a page.
     /// 400, with a body saying this is a WebSocket endpoint and where its documentation is.
     PlainHttp,
@@ -77,8 +86,12 @@ pub enum Reason {
     Subprotocol,
     /// No channel serves this path. 404.
     UnknownPath,
-    /// The Origin is not allowed. 403.
-    Origin(OriginRefusal),
+    /// The Origin is not allowed. 403. `origin` is the header as a log line may show it
+    /// ([`safe_origin`]; empty when there was none), so the admin reads what to add.
+    Origin {
+        refusal: OriginRefusal,
+        origin: String,
+    },
     /// No credentials were offered and the channel is not anonymous. 401.
     NoCredentials,
     /// Credentials were offered and are wrong. `why` says which kind failed, for the log only:
@@ -86,8 +99,9 @@ pub enum Reason {
     BadCredentials { user: String, why: &'static str },
     /// Too many failed logins from this address or for this user. 429 with `Retry-After`.
     Throttled { user: String, retry_after: Duration },
-    /// Authenticated, but no role lets this user subscribe to this path. 403.
-    Forbidden { user: String },
+    /// Authenticated, but no role lets this user subscribe to this path. 403. Both are as a log
+    /// line may show them ([`safe_user`], [`safe_path`]).
+    Forbidden { user: String, path: String },
     /// Too many password checks are waiting for Argon2. 503 with `Retry-After`.
     Busy,
     /// The server is shutting down. 503.
@@ -152,6 +166,7 @@ impl Reason {
         match self {
             Reason::Malformed
             | Reason::Target
+            | Reason::AmbiguousPath
             | Reason::HttpVersion
             | Reason::NotUpgrade
             | Reason::PlainHttp
@@ -162,9 +177,11 @@ impl Reason {
             }
             Reason::Method => StatusCode::METHOD_NOT_ALLOWED,
             Reason::LoginTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            Reason::Unfinished { .. } => StatusCode::REQUEST_TIMEOUT,
             Reason::WsVersion => StatusCode::UPGRADE_REQUIRED,
             Reason::UnknownPath => StatusCode::NOT_FOUND,
-            Reason::Origin(_) | Reason::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Reason::Origin { .. } | Reason::Forbidden { .. } => StatusCode::FORBIDDEN,
             Reason::NoCredentials | Reason::BadCredentials { .. } => StatusCode::UNAUTHORIZED,
             Reason::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reason::Busy | Reason::ShuttingDown | Reason::MemoryFull | Reason::NoWorker => {
@@ -223,18 +240,34 @@ impl fmt::Display for Reason {
         match self {
             Reason::Malformed => f.write_str("malformed request"),
             Reason::Target => f.write_str("request target not in origin form"),
+            Reason::AmbiguousPath => {
+                f.write_str("request path other readers could resolve differently")
+            }
             Reason::HeadTooLarge => f.write_str("request head too large"),
             Reason::TooManyHeaders => f.write_str("too many headers"),
             Reason::Method => f.write_str("method not GET"),
             Reason::HttpVersion => f.write_str("not HTTP/1.1"),
             Reason::NotUpgrade => f.write_str("not a websocket upgrade"),
             Reason::PlainHttp => f.write_str("plain HTTP request, not a websocket upgrade"),
-            Reason::LoginTooLarge => f.write_str("login form without a length or too long"),
+            Reason::LoginTooLarge => f.write_str("login form too long"),
+            Reason::LengthRequired => f.write_str("login form without a Content-Length"),
+            Reason::Unfinished { what } => write!(f, "{what} not complete at its deadline"),
             Reason::BadKey => f.write_str("bad Sec-WebSocket-Key"),
             Reason::WsVersion => f.write_str("unsupported Sec-WebSocket-Version"),
             Reason::Subprotocol => f.write_str("bearer subprotocol without wsgate.v1"),
             Reason::UnknownPath => f.write_str("unknown path"),
-            Reason::Origin(r) => write!(f, "{r}"),
+            Reason::Origin { refusal, origin } => match refusal {
+                OriginRefusal::Missing => f.write_str(
+                    "no origin header (clients other than browsers send none: set [origins] \
+                     allow_missing = true to let them in)",
+                ),
+                OriginRefusal::NotAllowed => write!(
+                    f,
+                    "origin not allowed: {origin} (add it to [origins] allow if it is yours)"
+                ),
+                OriginRefusal::Malformed => write!(f, "malformed origin: {origin}"),
+                OriginRefusal::Multiple | OriginRefusal::TooLong => write!(f, "{refusal}"),
+            },
             Reason::NoCredentials => f.write_str("no credentials"),
             Reason::BadCredentials { why, .. } => f.write_str(why),
             Reason::Throttled { retry_after, .. } => {
@@ -244,7 +277,11 @@ impl fmt::Display for Reason {
                     retry_after.as_secs().max(1)
                 )
             }
-            Reason::Forbidden { .. } => f.write_str("no role allows subscribing"),
+            Reason::Forbidden { user, path } => write!(
+                f,
+                "no role lets user \"{user}\" subscribe to {path} (see `wsgate check-access \
+                 {user} {path}`)"
+            ),
             Reason::Busy => f.write_str("too many logins waiting for password checks"),
             Reason::ShuttingDown => f.write_str("shutting down"),
             Reason::Backend { detail, .. } => f.write_str(detail),
@@ -261,6 +298,17 @@ Connect with a WebSocket client to wss://HOST:PORT/PATH, for example\n\
   new WebSocket(\"wss://HOST:PORT/chat/lobby\") in a page whose origin is allowed.\n\
 The documentation is in /usr/share/doc/wsgate/ (README.md) where wsgate was\n\
 installed as a package, and in README.md and docs/ of its source.\n";
+
+/// The `Set-Cookie` value carrying a session `token` for `max_age`: only sent over TLS,
+/// invisible to page scripts, never sent cross-site, host-only (the `__Host-` name makes a
+/// browser insist on `Secure`, `Path=/` and no `Domain`). An empty token with a zero age is the
+/// log-out: the browser drops the cookie.
+pub fn session_cookie(token: &str, max_age: Duration) -> String {
+    format!(
+        "{SESSION_COOKIE}={token}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        max_age.as_secs()
+    )
+}
 
 /// How a client proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,10 +335,43 @@ impl fmt::Display for Method {
 
 /// A user name fit for a log line: control characters escaped, length capped.
 pub fn safe_user(user: &str) -> String {
-    user.chars()
-        .take(MAX_USER_NAME_LEN)
+    bounded(user, MAX_USER_NAME_LEN)
+}
+
+/// The longest request path or Origin a log line shows, in characters; the rest is cut with `…`.
+const MAX_LOGGED_LEN: usize = 128;
+
+/// A request path fit for a log line: control characters and quotes escaped, length capped.
+pub fn safe_path(path: &str) -> String {
+    bounded(path, MAX_LOGGED_LEN)
+}
+
+/// The Origin header value(s) of a refused request as a log line shows them: each quoted, not
+/// UTF-8 bytes replaced, control characters escaped, length capped; empty when there is none.
+pub fn safe_origin(values: &[&[u8]]) -> String {
+    values
+        .iter()
+        .map(|v| {
+            format!(
+                "\"{}\"",
+                bounded(&String::from_utf8_lossy(v), MAX_LOGGED_LEN)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `text` with control characters, quotes and backslashes escaped, cut after `max` characters.
+fn bounded(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
         .flat_map(char::escape_debug)
-        .collect()
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// What the tests of the decision files share: a config, requests, a fake [`Verifier`].

@@ -224,13 +224,9 @@ impl Server {
         let a = &config.auth;
         let creds_stamp = creds_stamp(&config);
         let loaded = load_credentials(&config, Duration::ZERO)?;
-        let users = Authenticator::new(
-            loaded.users,
-            a.cache_size,
-            a.cache_ttl,
-            a.max_concurrent_hashes.get(),
-        )
-        .with_queue_limit(a.max_pending_hashes);
+        let (plan, budget) = budget::start(&config, loaded.users.hashing_memory_kib());
+        let users = Authenticator::new(loaded.users, a.cache_size, a.cache_ttl, plan.hashes.get())
+            .with_queue_limit(a.max_pending_hashes);
         let throttle = LoginThrottle::new(a.max_failures, a.failure_window, THROTTLE_ENTRIES)
             .with_trusted_ttl(a.trusted_address_ttl);
         let creds = Arc::new(Credentials::new(
@@ -244,7 +240,6 @@ impl Server {
         let config = Arc::clone(&runtime.config);
         warn_about_origins(&config);
         warn_about_plaintext(&config);
-        let budget = budget::start_budget(&config);
 
         // The admin token before any socket: a bad one is a config error (exit 2).
         let admin_token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
@@ -258,13 +253,13 @@ impl Server {
         };
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
-        let admission = Admission::new(&config.server);
+        let admission = Admission::new(&config.server, plan.workers, plan.max_pre_auth);
         let (admin, admin_listener) = match &config.admin {
             Some(admin_cfg) => {
                 let addr = admin_cfg.listen;
                 let l =
                     TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
-                let (adm, workers) = (Arc::clone(&admission), config.server.workers.get() as u64);
+                let (adm, workers) = (Arc::clone(&admission), plan.workers.get() as u64);
                 let mem = Arc::clone(&budget);
                 let state = AdminState::new(Arc::clone(&metrics), move || {
                     let busy = (adm.serving() as u64).min(workers);
@@ -440,15 +435,20 @@ struct LoadedCredentials {
 /// passes `file_settle_time`; the start reads them as they are).
 fn load_credentials(config: &Config, settle: Duration) -> Result<LoadedCredentials, StartError> {
     let a = &config.auth;
-    let users = crate::auth::files::load_settled(&a.users_file, settle, UserStore::load)
-        .map_err(StartError::Users)?;
+    let max = a.max_file_size.get();
+    let users = crate::auth::files::load_settled(&a.users_file, settle, |p| {
+        UserStore::load_bounded(p, max)
+    })
+    .map_err(StartError::Users)?;
     log::info!(
         "{} loaded from {}",
         files::count(users.len(), "user", "users"),
         files::shown(&a.users_file)
     );
-    let tokens = crate::auth::files::load_settled(&a.tokens_file, settle, TokenStore::load)
-        .map_err(StartError::Tokens)?;
+    let tokens = crate::auth::files::load_settled(&a.tokens_file, settle, |p| {
+        TokenStore::load_bounded(p, max)
+    })
+    .map_err(StartError::Tokens)?;
     if !tokens.is_empty() {
         log::info!(
             "{} loaded from {}",

@@ -43,6 +43,9 @@ impl Shared {
                 loaded
                     .users
                     .may_replace(self.creds.users.user_count(), &config.auth.users_file)
+                    .and_then(|()| {
+                        (self.creds.users).check_fits(&loaded.users, &config.auth.users_file)
+                    })
                     .map_err(StartError::Users)?;
                 Ok((build_runtime(config, creds_stamp)?, loaded))
             });

@@ -57,7 +57,9 @@ pub fn read_private(path: &Path, what: &str, max: usize) -> io::Result<(String, 
     if meta.len() > bound {
         return Err(too_large(meta.len()));
     }
-    let mut text = String::new();
+    // Sized once from the file's length: no chain of growing buffers freed behind it (each
+    // large free raises glibc's mmap threshold, after which such buffers stay in the heap).
+    let mut text = String::with_capacity(usize::try_from(meta.len()).unwrap_or(0) + 1);
     io::Read::read_to_string(
         &mut io::Read::take(file, bound.saturating_add(1)),
         &mut text,

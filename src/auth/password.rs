@@ -266,8 +266,8 @@ impl Authenticator {
         gate: &mut dyn FnMut() -> bool,
     ) -> (AuthOutcome, Cost, Option<[u8; 32]>) {
         let state = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
-        let known = state.store.users.get(user);
-        let Some(stored) = known.map(String::as_str).or(state.dummy.as_deref()) else {
+        let known = state.store.hash(user);
+        let Some(stored) = known.or(state.dummy.as_deref()) else {
             // No dummy hash could be made (Argon2 refused its parameters): nothing to run.
             return (AuthOutcome::UnknownUser, Cost::Nothing, None);
         };
@@ -380,7 +380,7 @@ impl Authenticator {
     /// change or deletion changes it).
     pub fn password_hash(&self, user: &str) -> Option<String> {
         let state = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        state.store.users.get(user).cloned()
+        state.store.hash(user).map(str::to_string)
     }
 
     /// Whether the current store has `user`.

@@ -5,7 +5,6 @@
 //! Nothing here logs or displays a password or a stored hash: errors name the file, the line and
 //! the user only, and [`UserStore`]'s `Debug` lists names, not hashes.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,24 +33,39 @@ pub const MAX_P_COST: u32 = 16;
 /// `wsgate passwd --delete` writes it when it removes the last user.
 pub const NO_USERS_MARKER: &str = "# wsgate: no users";
 
-/// A loaded, validated users file.
+/// A loaded, validated users file. Held in three allocations whatever its size — the text, the
+/// users sorted by name, their file order — rather than two or three per user: a large file's
+/// memory is then a few large blocks that the allocator gives back to the system when a reload
+/// replaces it, instead of thousands of small ones it keeps.
 #[derive(Clone)]
 pub struct UserStore {
-    /// `name -> Argon2id PHC string`, each validated at parse time.
-    pub(super) users: HashMap<String, String>,
-    /// Names in file order (the first one's parameters shape the dummy hash).
-    order: Vec<String>,
+    /// The file's text; every name and hash is a range of it.
+    text: String,
+    /// Each user's name and Argon2id PHC string (validated at parse time), sorted by name.
+    users: Vec<Entry>,
+    /// Indices into `users` in file order (the first one's parameters shape the dummy hash).
+    order: Vec<usize>,
     /// The file has a [`NO_USERS_MARKER`] line.
     no_users_on_purpose: bool,
     /// The largest `m` (KiB) of its hashes.
     max_m_cost: u32,
 }
 
+/// One user of a [`UserStore`]: `text[name..colon]` is the name, `text[colon + 1..end]` the hash,
+/// from line `line`.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    name: usize,
+    colon: usize,
+    end: usize,
+    line: usize,
+}
+
 impl fmt::Debug for UserStore {
     /// Names only: a stored hash is offline-crackable and must not reach a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserStore")
-            .field("users", &self.order)
+            .field("users", &self.names().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -341,13 +355,17 @@ impl UserStore {
     /// # Errors
     /// A [`UsersError::Line`] for the first bad line.
     pub fn parse(text: &str, path: &Path) -> Result<UserStore, UsersError> {
-        let mut users = HashMap::new();
-        let mut order = Vec::new();
-        let mut first_lines: HashMap<String, usize> = HashMap::new();
+        // Each allocation made once at its size, none freed behind the store: a chain of growing
+        // or temporary buffers freed here would raise glibc's mmap threshold and leave the
+        // store's own blocks in the heap, kept after a reload replaces it.
+        let lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
+        let mut users = Vec::with_capacity(lines);
         let mut no_users_on_purpose = false;
         let mut max_m_cost = 0;
+        let mut at = 0;
         for (index, raw) in text.split('\n').enumerate() {
-            let line_no = index + 1;
+            let (line_no, start) = (index + 1, at);
+            at += raw.len() + 1;
             let line = raw.strip_suffix('\r').unwrap_or(raw);
             if line.trim_end() == NO_USERS_MARKER {
                 no_users_on_purpose = true;
@@ -367,19 +385,54 @@ impl UserStore {
             check_user_name(name).map_err(|e| err(None, LineProblem::BadName(e)))?;
             let m_cost = check_hash(hash).map_err(|p| err(Some(name), p))?;
             max_m_cost = max_m_cost.max(m_cost);
-            if let Some(&first_line) = first_lines.get(name) {
-                return Err(err(Some(name), LineProblem::Duplicate { first_line }));
-            }
-            first_lines.insert(name.to_string(), line_no);
-            users.insert(name.to_string(), hash.to_string());
-            order.push(name.to_string());
+            users.push(Entry {
+                name: start,
+                colon: start + name.len(),
+                end: start + line.len(),
+                line: line_no,
+            });
         }
+        let name = |e: &Entry| &text[e.name..e.colon];
+        // Sorted by name, then line, without a buffer: a name's repeats are neighbours, its
+        // first line first.
+        users.sort_unstable_by(|a, b| name(a).cmp(name(b)).then(a.line.cmp(&b.line)));
+        let repeat = users
+            .windows(2)
+            .filter(|pair| name(&pair[0]) == name(&pair[1]))
+            .min_by_key(|pair| pair[1].line);
+        if let Some(pair) = repeat {
+            return Err(UsersError::Line {
+                path: path.to_path_buf(),
+                line: pair[1].line,
+                user: Some(name(&pair[1]).to_string()),
+                problem: LineProblem::Duplicate {
+                    first_line: pair[0].line,
+                },
+            });
+        }
+        let mut order: Vec<usize> = (0..users.len()).collect();
+        order.sort_unstable_by_key(|&i| users[i].line);
         Ok(UserStore {
+            text: text.to_string(),
             users,
             order,
             no_users_on_purpose,
             max_m_cost,
         })
+    }
+
+    fn name_of(&self, e: &Entry) -> &str {
+        &self.text[e.name..e.colon]
+    }
+
+    /// `name`'s stored Argon2id PHC string.
+    pub(super) fn hash(&self, name: &str) -> Option<&str> {
+        let place = self
+            .users
+            .binary_search_by(|e| self.name_of(e).cmp(name))
+            .ok()?;
+        let e = &self.users[place];
+        Some(&self.text[e.colon + 1..e.end])
     }
 
     /// Whether this file may replace `running` users on reload: it has users, or there were
@@ -412,12 +465,12 @@ impl UserStore {
     /// Whether `name` is a user.
     #[must_use]
     pub fn contains(&self, name: &str) -> bool {
-        self.users.contains_key(name)
+        self.hash(name).is_some()
     }
 
     /// User names in file order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.order.iter().map(String::as_str)
+        self.order.iter().map(|&i| self.name_of(&self.users[i]))
     }
 
     /// The Argon2 memory one check against this file may need, in KiB: the largest `m` of its
@@ -429,9 +482,9 @@ impl UserStore {
 
     /// Argon2 parameters of the first user's hash (the dummy hash uses them), else the defaults.
     pub(super) fn typical_params(&self) -> Params {
-        self.order
-            .first()
-            .and_then(|name| self.users.get(name))
+        self.names()
+            .next()
+            .and_then(|name| self.hash(name))
             .and_then(|hash| {
                 let parsed = PasswordHash::new(hash).ok()?;
                 let p = Params::try_from(&parsed).ok()?;

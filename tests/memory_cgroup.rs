@@ -365,6 +365,28 @@ fn rss_comes_back_after_a_large_users_file_is_replaced_and_an_oversized_one_is_r
         .to_string();
     assert!(line.contains(&users.display().to_string()), "{line}");
     echoes(&mut server.connect_as("/echo", BOB), "kept");
+    // The bound is the one the budget was sized with: a reload keeps it, and says a raise needs
+    // a restart.
+    std::fs::write(&users, &original).unwrap();
+    setup.set("auth", "max_file_size", "16MiB");
+    std::fs::write(server.dir.path().join("wsgate.ini"), setup.render()).unwrap();
+    reload_slowly(&server);
+    assert!(
+        server.wait_log(
+            "max_file_size changed; these take effect only after a restart",
+            IO_TIMEOUT
+        ),
+        "{}",
+        server.logs()
+    );
+    std::fs::write(&users, &over).unwrap();
+    reload_slowly(&server);
+    assert_eq!(
+        server.count_log("more than [auth] max_file_size (8388608 bytes)"),
+        2,
+        "{}",
+        server.logs()
+    );
     alive(&mut server, &cgroup);
 }
 

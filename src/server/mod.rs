@@ -174,6 +174,9 @@ struct Shared {
     reloading: Mutex<()>,
     /// This server's rate-limited log of refused upgrades.
     refusals: RefusalLog,
+    /// `[auth] max_file_size` as read at start: the memory budget was sized for it, so every
+    /// reload loads the users and tokens files under it.
+    max_file_size: usize,
 }
 
 /// A bound, ready server.
@@ -224,7 +227,7 @@ impl Server {
         ));
         let a = &config.auth;
         let creds_stamp = creds_stamp(&config);
-        let loaded = load_credentials(&config, Duration::ZERO)?;
+        let loaded = load_credentials(&config, Duration::ZERO, a.max_file_size.get())?;
         let (plan, budget) = budget::start(&config, loaded.users.hashing_memory_kib());
         let users = Authenticator::new(loaded.users, a.cache_size, a.cache_ttl, plan.hashes.get())
             .with_queue_limit(a.max_pending_hashes);
@@ -288,6 +291,7 @@ impl Server {
             stop: Waker::new().map_err(StartError::System)?,
             reloading: Mutex::new(()),
             refusals: RefusalLog::new(),
+            max_file_size: config.auth.max_file_size.get(),
         });
         Ok(Server {
             shared,
@@ -434,9 +438,15 @@ struct LoadedCredentials {
 
 /// `settle`: how long the users and tokens files must have been unchanged to be read (a reload
 /// passes `file_settle_time`; the start reads them as they are).
-fn load_credentials(config: &Config, settle: Duration) -> Result<LoadedCredentials, StartError> {
+/// The users and tokens files (each at most `max_file_size` bytes, the running value on a
+/// reload: the memory budget was sized for it at start), and the session key.
+fn load_credentials(
+    config: &Config,
+    settle: Duration,
+    max_file_size: usize,
+) -> Result<LoadedCredentials, StartError> {
     let a = &config.auth;
-    let max = a.max_file_size.get();
+    let max = max_file_size;
     let users = crate::auth::files::load_settled(&a.users_file, settle, |p| {
         UserStore::load_bounded(p, max)
     })

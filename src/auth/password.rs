@@ -268,7 +268,7 @@ impl Authenticator {
         let state = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
         let known = state.store.hash(user);
         let Some(stored) = known.or(state.dummy.as_deref()) else {
-            // No dummy hash could be made (Argon2 refused its parameters): nothing to run.
+            // No dummy hash could be made (the system random source failed): nothing to run.
             return (AuthOutcome::UnknownUser, Cost::Nothing, None);
         };
         let tag = self.tag(user, stored, password);

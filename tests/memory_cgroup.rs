@@ -147,10 +147,13 @@ fn a_hundred_reloads_in_a_64mib_unit_keep_rss_within_2mib_of_the_first() {
 }
 
 /// 180 simultaneous password logins by 4 users, from 12 loopback addresses (15 each, under the
-/// per-address cap), against the default sizing in a 64 MiB unit: every client gets an answer —
-/// 101, or 503/429 — retrying only when it was turned away before TLS (the pre-auth bound, as a
-/// real client would reconnect); nothing is OOM-killed, the cgroup's peak stays under 58 MiB
-/// (the previous sizing peaked at 60–62 MiB when it was not killed) and the 101s still echo.
+/// per-address cap), against the default sizing in a 64 MiB unit (116 workers): every client
+/// gets an answer — 101, or 503 once no worker freed within the upgrade deadline, or 429 —
+/// retrying only when it was turned away before TLS (the pre-auth and pool bounds, as a real
+/// client would reconnect) while the 101s stay open; nothing is OOM-killed, the cgroup's peak
+/// stays under 58 MiB (the previous sizing peaked at 60–62 MiB when it was not killed) and the
+/// 101s still echo. The upgrade deadline is 2 s here, so the clients without a worker have their
+/// 503 within seconds.
 #[test]
 fn a_wave_of_180_password_logins_in_a_64mib_unit_gets_answers_and_no_oom_kill() {
     const CLIENTS: usize = 180;
@@ -159,7 +162,9 @@ fn a_wave_of_180_password_logins_in_a_64mib_unit_gets_answers_and_no_oom_kill() 
         .collect();
     let cgroup = MemoryCgroup::new("wave", UNIT);
     let mut setup = Setup::default();
-    setup.set("log", "level", "info");
+    setup
+        .set("limits", "upgrade_timeout", "2s")
+        .set("log", "level", "info");
     let (dir, config, ca) = setup.write();
     let mut text = std::fs::read_to_string(dir.path().join("users")).unwrap();
     for (user, pass) in &users {
@@ -200,7 +205,7 @@ fn a_wave_of_180_password_logins_in_a_64mib_unit_gets_answers_and_no_oom_kill() 
                             // Closed before TLS: at the pre-auth bound. Try again.
                             Err(_) if Instant::now() < until => {
                                 door += 1;
-                                thread::sleep(Duration::from_millis(20));
+                                thread::sleep(Duration::from_millis(50));
                             }
                             Err(e) => panic!("client {i} got no answer in 60 s: {e}"),
                         }
@@ -226,7 +231,7 @@ fn a_wave_of_180_password_logins_in_a_64mib_unit_gets_answers_and_no_oom_kill() 
         "{:?}",
         results.iter().map(|(s, _, _)| s).collect::<Vec<_>>()
     );
-    assert!(count(101) > 0);
+    assert!(count(101) > 100, "{} x 101", count(101));
     // Well inside the unit: the budget holds a full cap and every worker beside these.
     assert!(
         cgroup.peak() < 58 * MIB,

@@ -1,6 +1,6 @@
 //! The memory budget at start-up: `memory_limit` resolved on this host, every other part of the
 //! process that grows with load sized beside it (Argon2 permits, handshake threads, connections,
-//! the users and tokens files, the admin listing), the defaults of `workers`, `max_pre_auth` and
+//! the users and tokens files, the admin listing) and a share kept for the kernel, the defaults of `workers`, `max_pre_auth` and
 //! `max_concurrent_hashes` derived so that the whole fits the host, and the start-up line that
 //! adds it up.
 
@@ -18,6 +18,9 @@ const MIB: usize = 1024 * 1024;
 /// verification cache and login throttle tables at their bounds. Measured at 4 MiB RSS at start
 /// (release build); the rest is the tables filling up.
 const PROCESS_BASE: usize = 6 * MIB;
+/// The share of the host kept for what the kernel charges to the same cgroup: the connections'
+/// socket buffers and the page cache of the files the server reads.
+const KERNEL_SHARE: usize = 8;
 /// Stack pages an idle connection's loop has touched (measured: about 20 KiB of the
 /// `worker_stack_size` reserve).
 const STACK_TOUCHED: usize = 20 * KIB;
@@ -62,6 +65,8 @@ pub(super) struct Plan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Costs {
     pub process: usize,
+    /// The host's share kept for the kernel (0 without a readable host).
+    pub kernel: usize,
     /// One Argon2 permit's working memory.
     pub permit: usize,
     /// One connection on its handshake thread, before its 101.
@@ -96,6 +101,7 @@ impl Plan {
     /// Every part added up.
     pub fn total(&self) -> usize {
         self.costs.process
+            + self.costs.kernel
             + self.argon2()
             + self.handshakes()
             + self.at_base()
@@ -137,14 +143,18 @@ pub(super) fn plan(
     let files = 2 * config.auth.max_file_size.get() * FILE_FACTOR;
     let cap_bytes = cap.map_or(0, NonZeroUsize::get);
     let host_bytes = host.map(|h| usize::try_from(h.bytes).unwrap_or(usize::MAX));
-    let fixed = PROCESS_BASE + files + cap_bytes;
+    let kernel = host_bytes.map_or(0, |h| h / KERNEL_SHARE);
+    let fixed = PROCESS_BASE + kernel + files + cap_bytes;
     let left = host_bytes.map(|h| h.saturating_sub(fixed));
     let hashes = config.auth.max_concurrent_hashes.unwrap_or_else(|| {
         let fits_two = left.is_none_or(|l| l >= 2 * DERIVED_HASHES * permit);
         NonZeroUsize::new(if fits_two { DERIVED_HASHES } else { 1 }).unwrap_or(NonZeroUsize::MIN)
     });
     let workers = s.workers.unwrap_or_else(|| {
-        let room = left.map_or(usize::MAX, |l| l.saturating_sub(hashes.get() * permit));
+        // Less one handshake: `max_pre_auth` is half the workers rounded up.
+        let room = left.map_or(usize::MAX, |l| {
+            l.saturating_sub(hashes.get() * permit + handshake)
+        });
         let each = connection + handshake / 2 + LISTING_ENTRY;
         let fit = (room / each).clamp(1, MAX_DERIVED_WORKERS);
         // A configured max_pre_auth asks for at least that many workers.
@@ -163,6 +173,7 @@ pub(super) fn plan(
         connections: workers.get(),
         costs: Costs {
             process: PROCESS_BASE,
+            kernel,
             permit,
             handshake,
             connection,
@@ -236,13 +247,15 @@ fn startup_line(limit: MemoryLimit, plan: &Plan) -> String {
         ),
     };
     format!(
-        "memory budget {} MiB of host {host}: process {} + Argon2 {} x {} MiB = {} \
+        "memory budget {} MiB of host {host}: kernel (socket buffers, page cache) {} + process {} \
+         + Argon2 {} x {} MiB = {} \
          (max_concurrent_hashes) + handshakes {} x {} KiB = {} (max_pre_auth) + connections {} x \
          {} KiB = {} (workers, at base after the 101) + users and tokens files {} (2 x \
          max_file_size, old and new) + admin listing {} + {cap}, enforced over outboxes, write \
          and read buffers beyond their base, messages being assembled and the cluster queue; \
          workers {}, max_pre_auth {}, max_concurrent_hashes {}",
         mib(plan.total()),
+        mib(c.kernel),
         mib(c.process),
         plan.hashes,
         mib(c.permit),
@@ -347,7 +360,7 @@ mod tests {
         assert_eq!(small.hashes.get(), 1);
         assert!(small.total() <= 64 * MIB, "{small:?}");
         assert!(small.total() > 60 * MIB, "{small:?} leaves room unused");
-        assert!((100..1024).contains(&small.workers.get()), "{small:?}");
+        assert!((100..200).contains(&small.workers.get()), "{small:?}");
         assert_eq!(small.max_pre_auth.get(), small.workers.get().div_ceil(2));
         assert!(overrun(&small).is_none());
         // A Pi Zero (512 MB): two permits, 1024 workers, well inside.
@@ -397,8 +410,9 @@ mod tests {
         let total = format!("{:.1}", p.total() as f64 / MIB as f64);
         assert!(
             line.starts_with(&format!(
-                "memory budget {total} MiB of host 64 MiB (the cgroup v2 memory.max): process 6.0 \
-                 + Argon2 1 x 19.0 MiB = 19.0 (max_concurrent_hashes) + handshakes {} x 136 KiB",
+                "memory budget {total} MiB of host 64 MiB (the cgroup v2 memory.max): kernel \
+                 (socket buffers, page cache) 8.0 + process 6.0 + Argon2 1 x 19.0 MiB = 19.0 \
+                 (max_concurrent_hashes) + handshakes {} x 136 KiB",
                 p.max_pre_auth
             )),
             "{line}"

@@ -386,60 +386,6 @@ pub fn read_host_memory() -> Option<HostMemory> {
     host_memory(&v2, &v1, read("/proc/meminfo").as_deref())
 }
 
-/// The start-up line: the enforced cap and where it came from, the base cost of a connection
-/// (outside the cap), what the configured connections take at base, and how many connections
-/// fit beside the cap in the host's memory.
-pub fn startup_line(
-    limit: MemoryLimit,
-    cap: Option<NonZeroUsize>,
-    host: Option<HostMemory>,
-    base: usize,
-    connections: usize,
-) -> String {
-    let mib = |b: u64| b >> 20;
-    let origin = match (limit, host) {
-        (MemoryLimit::Off, _) => "memory_limit = 0: nothing that grows with traffic is bounded \
-                                  process-wide"
-            .to_string(),
-        (MemoryLimit::Bytes(_), _) => "set by memory_limit".to_string(),
-        (MemoryLimit::Host, Some(h)) => format!(
-            "1/{HOST_FRACTION} of {} ({} MiB), at least {} MiB",
-            h.source.describe(),
-            mib(h.bytes),
-            mib(FLOOR)
-        ),
-        (MemoryLimit::Host, None) => format!(
-            "{}: the floor of {} MiB",
-            Source::Floor.describe(),
-            mib(FLOOR)
-        ),
-    };
-    let cap_bytes = cap.map_or(0, |c| c.get() as u64);
-    let head = match cap {
-        Some(_) => format!(
-            "memory limit {} MiB ({origin}), enforced over outboxes, write and read buffers \
-             beyond their base, messages being assembled and the cluster queue",
-            mib(cap_bytes)
-        ),
-        None => format!("memory limit off ({origin})"),
-    };
-    let base = base.max(1) as u64;
-    let fit = match host {
-        Some(h) => format!(
-            "; {} connections fit at base beside the limit in {} MiB",
-            h.bytes.saturating_sub(cap_bytes) / base,
-            mib(h.bytes)
-        ),
-        None => String::new(),
-    };
-    format!(
-        "{head}; base cost {} KiB per connection: {connections} connections (workers + queue) \
-         take {} MiB at base{fit}",
-        base >> 10,
-        mib(base * connections as u64)
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // Whom a fan-out drops at the cap.
 
@@ -613,45 +559,6 @@ mod tests {
         a.release(5);
         assert!(budget.admits());
         assert_eq!(budget.cap(), None);
-    }
-
-    #[test]
-    fn the_startup_line_states_the_cap_its_origin_the_base_and_the_fit() {
-        let host = Some(HostMemory {
-            bytes: 1024 * MIB,
-            source: Source::MemTotal,
-        });
-        let line = startup_line(
-            MemoryLimit::Host,
-            NonZeroUsize::new(256 << 20),
-            host,
-            32 * 1024,
-            1040,
-        );
-        assert_eq!(
-            line,
-            "memory limit 256 MiB (1/4 of MemTotal in /proc/meminfo (1024 MiB), at least 16 MiB), \
-             enforced over outboxes, write and read buffers beyond their base, messages being \
-             assembled and the cluster queue; base cost 32 KiB per connection: 1040 connections \
-             (workers + queue) take 32 MiB at base; 24576 connections fit at base beside the \
-             limit in 1024 MiB"
-        );
-        let off = startup_line(MemoryLimit::Off, None, None, 32 * 1024, 80);
-        assert!(
-            off.starts_with("memory limit off (memory_limit = 0"),
-            "{off}"
-        );
-        let set = startup_line(
-            MemoryLimit::Bytes(NonZeroUsize::new(32 << 20).unwrap()),
-            NonZeroUsize::new(32 << 20),
-            None,
-            32 * 1024,
-            80,
-        );
-        assert!(
-            set.starts_with("memory limit 32 MiB (set by memory_limit)"),
-            "{set}"
-        );
     }
 
     fn c(backlog: usize, frees: usize, needs: usize) -> Candidate {

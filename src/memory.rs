@@ -175,12 +175,21 @@ impl Budget {
     }
 }
 
-/// One owner's share of the count (a connection, or one queued cluster message), so that what an
-/// owner still holds is released at once when it goes ([`Account::release_all`]).
+/// One connection's share of the count. What it holds for deliveries (its outbox, its write
+/// buffer) is in [`Charge`]s that travel with the bytes they count and give them back when
+/// dropped; the account only sums them ([`Account::held`]). What it is charged by count
+/// ([`Account::try_charge`], a message being read) it gives back by count, and whatever of that
+/// is left when the connection goes with [`Account::release_all`].
 #[derive(Debug, Clone)]
 pub struct Account {
     budget: Arc<Budget>,
+    /// Everything this owner holds: its charges and its counted bytes.
     held: Arc<AtomicUsize>,
+    /// Of `held`, what was charged by count rather than as a [`Charge`].
+    counted: Arc<AtomicUsize>,
+    /// Of `held`, buffer capacity its writes keep after their bytes went out
+    /// ([`Account::keeps`]): held, but owed to nobody.
+    kept: Arc<AtomicUsize>,
 }
 
 impl Account {
@@ -188,10 +197,55 @@ impl Account {
         Account {
             budget,
             held: Arc::new(AtomicUsize::new(0)),
+            counted: Arc::new(AtomicUsize::new(0)),
+            kept: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Counts `bytes` for this owner if they fit in `room`.
+    /// Says that `bytes` of what its charges hold are buffer capacity kept after the bytes went
+    /// out (a write buffer that grew), not messages still owed to the client.
+    pub fn keeps(&self, bytes: usize) {
+        self.kept.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of deliveries it holds that the client has not taken yet (its outbox and what its
+    /// socket has not accepted): what it holds, less what it is reading and what is only kept
+    /// capacity. Whom the squeeze closes first.
+    pub fn backlog(&self) -> usize {
+        let held = self.held.load(Ordering::Relaxed);
+        let other = self.counted.load(Ordering::Relaxed) + self.kept.load(Ordering::Relaxed);
+        held.saturating_sub(other)
+    }
+
+    /// Counts `bytes` for this owner if they fit in `room`, as a [`Charge`] that gives them back
+    /// when dropped.
+    pub fn charge(&self, bytes: usize, room: Room) -> Option<Charge> {
+        if self.budget.cap.is_none() {
+            return Some(self.nothing());
+        }
+        if !self.budget.try_charge(bytes, room) {
+            return None;
+        }
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+        Some(Charge {
+            budget: Arc::clone(&self.budget),
+            holder: Some(Arc::clone(&self.held)),
+            bytes,
+        })
+    }
+
+    /// A charge of nothing yet, for others of this owner to be merged into
+    /// ([`Charge::absorb`]).
+    pub fn nothing(&self) -> Charge {
+        Charge {
+            budget: Arc::clone(&self.budget),
+            holder: Some(Arc::clone(&self.held)),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `bytes` for this owner if they fit in `room`; given back with
+    /// [`Account::release`].
     #[must_use]
     pub fn try_charge(&self, bytes: usize, room: Room) -> bool {
         if self.budget.cap.is_none() {
@@ -201,22 +255,26 @@ impl Account {
             return false;
         }
         self.held.fetch_add(bytes, Ordering::Relaxed);
+        self.counted.fetch_add(bytes, Ordering::Relaxed);
         true
     }
 
-    /// Gives back `bytes` this owner was charged (no more than it holds).
+    /// Gives back `bytes` this owner was charged by count (no more than it holds so).
     pub fn release(&self, bytes: usize) {
         if self.budget.cap.is_none() || bytes == 0 {
             return;
         }
-        let prev = self.held.fetch_sub(bytes, Ordering::Relaxed);
-        debug_assert!(prev >= bytes, "released {bytes} of {prev} held");
+        let prev = self.counted.fetch_sub(bytes, Ordering::Relaxed);
+        debug_assert!(prev >= bytes, "released {bytes} of {prev} counted");
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
         self.budget.release(bytes);
     }
 
-    /// Gives back everything this owner holds (it is going away).
+    /// Gives back everything this owner was charged by count (it is going away); its
+    /// [`Charge`]s give theirs back as they are dropped.
     pub fn release_all(&self) {
-        let n = self.held.swap(0, Ordering::Relaxed);
+        let n = self.counted.swap(0, Ordering::Relaxed);
+        self.held.fetch_sub(n, Ordering::Relaxed);
         self.budget.release(n);
     }
 
@@ -230,27 +288,73 @@ impl Account {
     }
 }
 
-/// Bytes counted for one value, released when it is dropped (a message in the cluster queue:
-/// whoever takes it off the queue releases it by dropping it, whatever it does with it).
+/// Bytes counted against the cap for the value that holds them (a queued broadcast, a
+/// connection's write buffer, a message in the cluster queue): it moves with them and gives them
+/// back when dropped, whoever drops it and wherever. Charges of one owner merge
+/// ([`Charge::absorb`]) and shrink ([`Charge::shrink_to`]) as the bytes they count do. With the
+/// cap off a charge counts nothing.
+#[must_use]
 #[derive(Debug)]
-pub struct Charged {
+pub struct Charge {
     budget: Arc<Budget>,
+    /// The owner's [`Account::held`], when the bytes are a connection's.
+    holder: Option<Arc<AtomicUsize>>,
     bytes: usize,
 }
 
-impl Charged {
-    /// Counts `bytes` in `room`; None when they do not fit.
-    pub fn try_new(budget: &Arc<Budget>, bytes: usize, room: Room) -> Option<Charged> {
-        budget.try_charge(bytes, room).then(|| Charged {
+impl Charge {
+    /// Counts `bytes` in `room` for no connection (the cluster queue); None when they do not
+    /// fit.
+    pub fn try_new(budget: &Arc<Budget>, bytes: usize, room: Room) -> Option<Charge> {
+        let counted = if budget.cap.is_some() { bytes } else { 0 };
+        budget.try_charge(bytes, room).then(|| Charge {
             budget: Arc::clone(budget),
-            bytes,
+            holder: None,
+            bytes: counted,
         })
+    }
+
+    /// Bytes it counts.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Takes `other`, of the same owner, into this one: one charge for both sets of bytes.
+    pub fn absorb(&mut self, mut other: Charge) {
+        debug_assert!(
+            match (&self.holder, &other.holder) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            },
+            "charges of two owners merged"
+        );
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+
+    /// Gives back what it counts beyond `keep` bytes.
+    pub fn shrink_to(&mut self, keep: usize) {
+        if self.bytes > keep {
+            let freed = self.bytes - keep;
+            self.bytes = keep;
+            self.give_back(freed);
+        }
+    }
+
+    fn give_back(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        if let Some(holder) = &self.holder {
+            holder.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        self.budget.release(bytes);
     }
 }
 
-impl Drop for Charged {
+impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.release(self.bytes);
+        self.give_back(self.bytes);
     }
 }
 
@@ -589,8 +693,8 @@ mod tests {
         a.release_all();
         assert_eq!((budget.used(), a.held()), (200, 0));
         assert!(budget.admits());
-        let q = Charged::try_new(&budget, 500, Room::Deliveries).unwrap();
-        assert!(Charged::try_new(&budget, 1, Room::Deliveries).is_none());
+        let q = Charge::try_new(&budget, 500, Room::Deliveries).unwrap();
+        assert!(Charge::try_new(&budget, 1, Room::Deliveries).is_none());
         drop(q);
         assert_eq!(budget.used(), 200);
     }

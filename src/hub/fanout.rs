@@ -2,6 +2,7 @@
 //! straight into an idle connection or queued in its outbox; a member too slow or over the cap
 //! closed; and what leaves for the other instances ([`Outbound`]). Never blocks.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::TrySendError;
@@ -10,25 +11,25 @@ use tungstenite::Message;
 use super::member::{Handoff, Member, discard_queued};
 use super::{Filter, Hub};
 use crate::config::SlowConsumer;
-use crate::memory::{self, Candidate, Charged, Room};
+use crate::memory::{self, Candidate, Charge, Room};
 use crate::ops::metrics::Counter;
 
 /// What leaves this instance for the others, queued for the cluster bridge.
 #[derive(Debug)]
 pub enum Outbound {
     /// A broadcast published here on `path`. Its bytes are charged to the memory cap until it
-    /// is dropped (by the bridge, once sent or discarded); `charge` is None when the cap is off.
+    /// is dropped (by the bridge, once sent or discarded); `charge` is None in tests.
     Broadcast {
         path: String,
         msg: Message,
-        charge: Option<Charged>,
+        charge: Option<Charge>,
     },
     /// An admin's disconnect: every instance ends its connections that match.
     Disconnect(Filter),
 }
 
 impl Outbound {
-    /// A broadcast that carries no charge (the cap is off, or a test).
+    /// A broadcast that carries no charge (a test's).
     pub fn broadcast(path: &str, msg: Message) -> Outbound {
         Outbound::Broadcast {
             path: path.to_string(),
@@ -75,21 +76,14 @@ impl Hub {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
             // At the memory cap the message is not forwarded, as with a full queue.
-            let charge = if self.budget.cap().is_some() {
-                match Charged::try_new(&self.budget, msg.len(), Room::Deliveries) {
-                    Some(charge) => Some(charge),
-                    None => {
-                        self.metrics.bump(Counter::ClusterNotForwarded, 1);
-                        return;
-                    }
-                }
-            } else {
-                None
+            let Some(charge) = Charge::try_new(&self.budget, msg.len(), Room::Deliveries) else {
+                self.metrics.bump(Counter::ClusterNotForwarded, 1);
+                return;
             };
             let out = Outbound::Broadcast {
                 path: path.to_string(),
                 msg: msg.clone(),
-                charge,
+                charge: Some(charge),
             };
             // Full: the bridge is behind (or Redis slow); Disconnected: the bridge stopped.
             if outlet.try_send(out).is_err() {
@@ -108,9 +102,12 @@ impl Hub {
     /// smaller than it (dropped for that member and counted). Each delivery is charged to the
     /// member's account first; those that do not fit under the memory cap are settled by
     /// [`Hub::squeeze`]. Returns how many took it (written or queued).
+    ///
+    /// It works on a snapshot of the path's members and holds no lock while it writes: a
+    /// member that joins meanwhile gets the next broadcast, one that leaves may still get this
+    /// one (its charge is given back with the member).
     fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) -> usize {
-        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
-        let Some(members) = groups.get(path) else {
+        let Some(members) = self.roster.snapshot(path) else {
             return 0;
         };
         let mut reached = 0;
@@ -131,20 +128,29 @@ impl Hub {
                 self.metrics.bump(Counter::BroadcastTooBig, 1);
                 continue;
             }
-            if !m.shared.account.try_charge(msg.len(), Room::Deliveries) {
-                dropped += self.squeeze(members, from, i, msg.len());
-                if m.shared.slow.load(Ordering::Acquire)
-                    || !m.shared.account.try_charge(msg.len(), Room::Deliveries)
-                {
-                    // Dropped to make room, or the room went to another publisher meanwhile:
-                    // nothing is queued past the cap.
-                    if self.drop_at_cap(m) {
-                        dropped += 1;
+            let charge = match m.shared.account.charge(msg.len(), Room::Deliveries) {
+                Some(charge) => charge,
+                None => {
+                    dropped += self.squeeze(&members, from, i, msg.len());
+                    let retried = if m.shared.slow.load(Ordering::Acquire) {
+                        None
+                    } else {
+                        m.shared.account.charge(msg.len(), Room::Deliveries)
+                    };
+                    match retried {
+                        Some(charge) => charge,
+                        // Dropped to make room, or the room went to another publisher
+                        // meanwhile: nothing is queued past the cap.
+                        None => {
+                            if self.drop_at_cap(m) {
+                                dropped += 1;
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 }
-            }
-            if self.deliver_charged(m, msg, &wire) {
+            };
+            if self.deliver_charged(m, msg, charge, &wire) {
                 reached += 1;
             }
         }
@@ -155,20 +161,21 @@ impl Hub {
         reached
     }
 
-    /// Delivers `msg`, already charged to `m`'s account: straight into its socket when it is
-    /// idle, else into its outbox. The charge stays with whatever still holds the bytes (the
-    /// outbox, or the write buffer a direct write could not flush) and is given back otherwise.
-    /// Returns whether the member took it (written or queued).
+    /// Delivers `msg` with its `charge` (on `m`'s account): straight into its socket when it is
+    /// idle, else into its outbox. The charge goes with whatever still holds the bytes (the
+    /// outbox, or the write buffer a direct write could not flush) and is dropped, giving them
+    /// back, otherwise. Returns whether the member took it (written or queued).
     fn deliver_charged(
         &self,
         m: &Member,
         msg: &Message,
+        mut charge: Charge,
         wire: &std::cell::OnceCell<Option<Vec<u8>>>,
     ) -> bool {
         if let Some(direct) = m.shared.direct.get() {
             if !m.shared.revoked.load(Ordering::Acquire) {
                 let frame = wire.get_or_init(|| crate::pipeline::frames::wire_frame(msg));
-                match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
+                match direct.try_write(msg, frame.as_deref(), charge, &|| m.tx.is_empty()) {
                     // Taken: the connection holds the charge now, and settles it as its
                     // buffers drain (see `DirectWrite::try_write`).
                     Handoff::Sent => {
@@ -182,17 +189,16 @@ impl Hub {
                         m.shared.wake();
                         return true;
                     }
-                    Handoff::Queue => {}
+                    Handoff::Queue(back) => charge = back,
                 }
             }
         }
-        match m.try_queue(msg) {
+        match m.try_queue(msg, charge) {
             Ok(()) => {
                 m.shared.wake();
                 true
             }
             Err(TrySendError::Full(())) => {
-                m.shared.account.release(msg.len());
                 match m.intake.slow_consumer {
                     SlowConsumer::Drop => self.metrics.bump(Counter::BroadcastDropped, 1),
                     SlowConsumer::Disconnect => {
@@ -202,10 +208,7 @@ impl Hub {
                 false
             }
             // The member is leaving; its Membership drop removes it.
-            Err(TrySendError::Disconnected(_)) => {
-                m.shared.account.release(msg.len());
-                false
-            }
+            Err(TrySendError::Disconnected(_)) => false,
         }
     }
     /// Ends `m` with 1008 `slow consumer` (once); true if this call did it.
@@ -219,10 +222,16 @@ impl Hub {
     }
 
     /// A delivery to `members[short]` met the memory cap: closes the members with the largest
-    /// backlog (1008 `slow consumer`, their outbox given back at once) until `len` bytes fit,
+    /// backlog (1008 `slow consumer`, what they hold given back at once) until `len` bytes fit,
     /// which may be `members[short]` itself. Members already closing are not candidates: they
     /// get nothing more. Returns how many it closed.
-    fn squeeze(&self, members: &[Member], from: Option<u64>, short: usize, len: usize) -> usize {
+    fn squeeze(
+        &self,
+        members: &[Arc<Member>],
+        from: Option<u64>,
+        short: usize,
+        len: usize,
+    ) -> usize {
         let eligible: Vec<usize> = (0..members.len())
             .filter(|&i| {
                 let m = &members[i];
@@ -236,8 +245,8 @@ impl Hub {
             .map(|&i| {
                 let m = &members[i];
                 Candidate {
-                    backlog: m.shared.account.held(),
-                    frees: m.shared.queued_bytes.load(Ordering::Relaxed),
+                    backlog: m.shared.account.backlog(),
+                    frees: m.shared.account.held(),
                     needs: if i == short { len } else { 0 },
                 }
             })
@@ -249,11 +258,16 @@ impl Hub {
             .count()
     }
 
-    /// Closes `m` at the memory cap as a slow consumer and gives its outbox back now; true if
-    /// this call closed it.
+    /// Closes `m` at the memory cap as a slow consumer and gives back now what it holds for
+    /// deliveries: its outbox, and its write side unless its loop is working
+    /// ([`super::DirectWrite::abandon`]). True if this call closed it.
     fn drop_at_cap(&self, m: &Member) -> bool {
+        m.shared.squeezed.store(true, Ordering::Release);
         let closed = self.close_slow(m);
         discard_queued(&m.rx, &m.shared);
+        if let Some(direct) = m.shared.direct.get() {
+            direct.abandon();
+        }
         closed
     }
 }
@@ -291,7 +305,7 @@ mod tests {
             sender.publish(&Message::binary(vec![0u8; n]));
         }
         let got = |m: &Membership| {
-            std::iter::from_fn(|| m.next_queued().ok())
+            std::iter::from_fn(|| m.next_queued().ok().map(|q| q.msg))
                 .map(|msg| msg.len())
                 .collect::<Vec<_>>()
         };
@@ -311,7 +325,7 @@ mod tests {
         let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         let other = join(&hub, "/d", 4, SlowConsumer::Disconnect);
         a.publish(&text("hi"));
-        assert_eq!(b.next_queued().unwrap(), text("hi"));
+        assert_eq!(b.next_queued().unwrap().msg, text("hi"));
         assert!(a.next_queued().is_err());
         assert!(other.next_queued().is_err());
     }
@@ -326,8 +340,8 @@ mod tests {
                 hub.publish("/c", sender.id, &text(&format!("{round}.{i}")));
             }
             // Two fit, the third is dropped; draining makes room for the next round.
-            assert_eq!(b.next_queued().unwrap(), text(&format!("{round}.0")));
-            assert_eq!(b.next_queued().unwrap(), text(&format!("{round}.1")));
+            assert_eq!(b.next_queued().unwrap().msg, text(&format!("{round}.0")));
+            assert_eq!(b.next_queued().unwrap().msg, text(&format!("{round}.1")));
             assert!(matches!(b.next_queued(), Err(TryRecvError::Empty)));
         }
     }
@@ -344,7 +358,7 @@ mod tests {
         assert!(!dropper.shared.slow.load(Ordering::Acquire));
         assert_eq!(hub.metrics.count(Counter::BroadcastDropped), 1);
         assert_eq!(hub.metrics.count(Counter::SlowConsumerCloses), 1);
-        assert_eq!(dropper.next_queued().unwrap(), text("1"));
+        assert_eq!(dropper.next_queued().unwrap().msg, text("1"));
     }
 
     #[test]
@@ -355,15 +369,15 @@ mod tests {
         let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         // No bridge: local only, nothing counted.
         a.publish(&text("local"));
-        assert_eq!(b.next_queued().unwrap(), text("local"));
+        assert_eq!(b.next_queued().unwrap().msg, text("local"));
         assert_eq!(metrics.count(Counter::ClusterNotForwarded), 0);
 
         let (tx, rx) = crossbeam_channel::bounded(1);
         hub.set_outlet(tx);
         a.publish(&text("1"));
         a.publish(&text("2")); // the queue holds one: not forwarded
-        assert_eq!(b.next_queued().unwrap(), text("1"));
-        assert_eq!(b.next_queued().unwrap(), text("2"));
+        assert_eq!(b.next_queued().unwrap().msg, text("1"));
+        assert_eq!(b.next_queued().unwrap().msg, text("2"));
         assert_eq!(rx.try_recv().unwrap(), Outbound::broadcast("/c", text("1")));
         assert!(rx.try_recv().is_err());
         assert_eq!(metrics.count(Counter::ClusterNotForwarded), 1);
@@ -371,8 +385,14 @@ mod tests {
         // From another instance: every member here gets it (the publisher is elsewhere), and
         // it is not queued for Redis again.
         hub.deliver("/c", &Message::binary(vec![0u8, 255]));
-        assert_eq!(a.next_queued().unwrap(), Message::binary(vec![0u8, 255]));
-        assert_eq!(b.next_queued().unwrap(), Message::binary(vec![0u8, 255]));
+        assert_eq!(
+            a.next_queued().unwrap().msg,
+            Message::binary(vec![0u8, 255])
+        );
+        assert_eq!(
+            b.next_queued().unwrap().msg,
+            Message::binary(vec![0u8, 255])
+        );
         assert!(rx.try_recv().is_err());
 
         // Shutdown detaches the bridge.
@@ -393,8 +413,8 @@ mod tests {
         assert_eq!(hub.inject("/c", &text("1")), 2, "both, none excluded");
         assert_eq!(hub.inject("/c", &text("2")), 1, "b's outbox is full");
         assert_eq!(hub.inject("/nobody", &text("3")), 0);
-        assert_eq!(a.next_queued().unwrap(), text("1"));
-        assert_eq!(b.next_queued().unwrap(), text("1"));
+        assert_eq!(a.next_queued().unwrap().msg, text("1"));
+        assert_eq!(b.next_queued().unwrap().msg, text("1"));
         let (tx, rx) = crossbeam_channel::bounded(4);
         hub.set_outlet(tx);
         hub.inject("/c", &text("4"));

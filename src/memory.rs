@@ -700,6 +700,38 @@ mod tests {
     }
 
     #[test]
+    fn a_charge_moves_merges_shrinks_and_gives_back_when_dropped() {
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(8000)));
+        let a = Account::new(Arc::clone(&budget));
+        let mut write_side = a.nothing();
+        let queued = a.charge(1000, Room::Deliveries).unwrap();
+        let echo = a.charge(500, Room::Whole).unwrap();
+        assert!(
+            a.try_charge(300, Room::Whole),
+            "a message being read, by count"
+        );
+        assert_eq!((budget.used(), a.held(), a.backlog()), (1800, 1800, 1500));
+        // Moved to another owner (a thread, a queue), still counted; merged into one.
+        let queued = std::thread::spawn(move || queued).join().unwrap();
+        write_side.absorb(queued);
+        write_side.absorb(echo);
+        assert_eq!((write_side.bytes(), budget.used()), (1500, 1800));
+        // Flushed: the buffer keeps 200 of capacity, owed to nobody.
+        write_side.shrink_to(200);
+        a.keeps(200);
+        assert_eq!((budget.used(), a.held(), a.backlog()), (500, 500, 0));
+        // The connection goes: its counted bytes with `release_all`, its charges as dropped.
+        a.release_all();
+        assert_eq!((budget.used(), a.held()), (200, 200));
+        drop(write_side);
+        assert_eq!((budget.used(), a.held()), (0, 0));
+        // With the cap off a charge counts nothing.
+        let off = Account::new(Arc::new(Budget::off()));
+        let c = off.charge(usize::MAX / 2, Room::Deliveries).unwrap();
+        assert_eq!((c.bytes(), off.held()), (0, 0));
+    }
+
+    #[test]
     fn a_drop_at_the_cap_refuses_new_connections_for_the_cooldown() {
         let budget = Budget::new(NonZeroUsize::new(1 << 20));
         assert!(budget.admits());

@@ -422,3 +422,228 @@ mod tests {
         assert!(rx.try_recv().is_err());
     }
 }
+
+/// The fan-out beside joins, leaves and the memory cap, with connections that are fakes of
+/// [`DirectWrite`](super::DirectWrite).
+#[cfg(test)]
+mod snapshot_tests {
+    use std::num::NonZeroUsize;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use crossbeam_channel::{Receiver, Sender};
+
+    use super::*;
+    use crate::hub::fixtures::*;
+    use crate::hub::{DirectWrite, Membership};
+    use crate::memory::Budget;
+    use crate::ops::metrics::Metrics;
+
+    /// How long a fake waits for the test's go-ahead before it gives up (a watchdog, not a
+    /// measurement: the test fails when it fires).
+    const WATCHDOG: Duration = Duration::from_secs(10);
+
+    /// A connection whose socket takes nothing: it keeps every charge it is handed until it is
+    /// abandoned (a subscriber that never reads), or, with `flushes`, drops each at once (one
+    /// that keeps up).
+    #[derive(Default)]
+    struct Fake {
+        flushes: bool,
+        kept: Mutex<Vec<Charge>>,
+        abandoned: std::sync::atomic::AtomicBool,
+    }
+
+    impl DirectWrite for Fake {
+        fn try_write(
+            &self,
+            _msg: &Message,
+            _wire: Option<&[u8]>,
+            charge: Charge,
+            _outbox_empty: &dyn Fn() -> bool,
+        ) -> Handoff {
+            if !self.flushes {
+                self.kept.lock().unwrap().push(charge);
+            }
+            Handoff::Sent
+        }
+
+        fn abandon(&self) -> bool {
+            self.abandoned.store(true, Ordering::Release);
+            self.kept.lock().unwrap().clear();
+            true
+        }
+    }
+
+    fn attach(m: &Membership, fake: Arc<dyn DirectWrite>) {
+        assert!(m.shared.direct.set(fake).is_ok());
+    }
+
+    /// The first time, writes nothing until the test says so, after telling it that a fan-out
+    /// is inside it.
+    struct Paused {
+        inside: Sender<()>,
+        go: Receiver<()>,
+        went: std::sync::atomic::AtomicBool,
+    }
+
+    impl DirectWrite for Paused {
+        fn try_write(
+            &self,
+            _msg: &Message,
+            _wire: Option<&[u8]>,
+            _charge: Charge,
+            _outbox_empty: &dyn Fn() -> bool,
+        ) -> Handoff {
+            if !self.went.load(Ordering::Acquire) {
+                self.inside.send(()).unwrap();
+                let went = self.go.recv_timeout(WATCHDOG).is_ok();
+                self.went.store(went, Ordering::Release);
+            }
+            Handoff::Sent
+        }
+
+        fn abandon(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_join_and_a_leave_complete_while_a_fan_out_is_inside_a_write() {
+        let hub = hub();
+        let publisher = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let writing = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let leaving = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let (inside_tx, inside) = crossbeam_channel::bounded(1);
+        let (go, go_rx) = crossbeam_channel::bounded(1);
+        let paused = Arc::new(Paused {
+            inside: inside_tx,
+            go: go_rx,
+            went: Default::default(),
+        });
+        attach(&writing, Arc::clone(&paused) as Arc<dyn DirectWrite>);
+        let fan_out = {
+            let hub = Arc::clone(&hub);
+            std::thread::spawn(move || hub.publish("/c", publisher.id, &text("x")))
+        };
+        inside.recv_timeout(WATCHDOG).unwrap();
+        // The fan-out is inside a subscriber's write: a join and a leave on its path, and a
+        // listing of every member, go through now.
+        let joined = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        drop(leaving);
+        let mut listed = 0;
+        hub.for_each_member(|_, _| listed += 1);
+        go.send(()).unwrap();
+        fan_out.join().unwrap();
+        assert!(paused.went.load(Ordering::Acquire), "the write was let go");
+        assert_eq!((hub.members("/c"), listed), (3, 3));
+        // The one that joined during the fan-out gets the next broadcast.
+        hub.inject("/c", &text("y"));
+        assert_eq!(joined.next_queued().unwrap().msg, text("y"));
+    }
+
+    #[test]
+    fn a_join_inside_a_listing_does_not_wait_for_it() {
+        let hub = hub();
+        let _a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let (done, finished) = crossbeam_channel::bounded(1);
+        let lister = {
+            let hub = Arc::clone(&hub);
+            std::thread::spawn(move || {
+                let mut joined = Vec::new();
+                hub.for_each_member(|_, _| {
+                    joined.push(join(&hub, "/c", 4, SlowConsumer::Disconnect));
+                });
+                done.send(hub.members("/c")).unwrap();
+            })
+        };
+        assert_eq!(finished.recv_timeout(WATCHDOG), Ok(2));
+        lister.join().unwrap();
+    }
+
+    #[test]
+    fn the_squeeze_closes_the_stalled_and_gives_back_what_they_held_at_once() {
+        // Deliveries may use 7/8 of 8 KiB: seven 1 KiB messages.
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(8 * 1024)));
+        let hub = Hub::with_budget(Arc::new(Metrics::new(["/c"])), Arc::clone(&budget));
+        let publisher = join(&hub, "/c", 64, SlowConsumer::Disconnect);
+        let reader = join(&hub, "/c", 64, SlowConsumer::Disconnect);
+        attach(
+            &reader,
+            Arc::new(Fake {
+                flushes: true,
+                ..Fake::default()
+            }),
+        );
+        let stalled: Vec<(Membership, Arc<Fake>)> = (0..3)
+            .map(|_| {
+                let m = join(&hub, "/c", 64, SlowConsumer::Disconnect);
+                let fake = Arc::new(Fake::default());
+                attach(&m, Arc::clone(&fake) as Arc<dyn DirectWrite>);
+                (m, fake)
+            })
+            .collect();
+        let msg = Message::binary(vec![0u8; 1024]);
+        // Three stalled members hold 1 KiB a message each: the third message does not fit.
+        for _ in 0..3 {
+            publisher.publish(&msg);
+        }
+        let closed: Vec<bool> = stalled
+            .iter()
+            .map(|(m, _)| m.shared.slow.load(Ordering::Acquire))
+            .collect();
+        assert!(closed.iter().any(|&c| c), "someone stalled was closed");
+        assert!(
+            !reader.shared.slow.load(Ordering::Acquire),
+            "not the reader"
+        );
+        for ((m, fake), closed) in stalled.iter().zip(closed) {
+            if closed {
+                assert!(fake.abandoned.load(Ordering::Acquire));
+                assert_eq!(m.ended(), Some((1008, "slow consumer")));
+                assert!(m.closed_at_cap());
+                assert_eq!(m.account().held(), 0, "given back at once");
+            }
+        }
+        // What is counted is what the open stalled members still hold, and nothing else.
+        let open: usize = stalled
+            .iter()
+            .map(|(_, fake)| {
+                fake.kept
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(Charge::bytes)
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(budget.used(), open);
+        assert!(budget.used() <= 7 * 1024);
+    }
+
+    #[test]
+    fn an_outbox_entry_gives_its_charge_back_with_the_member_a_snapshot_kept() {
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(1 << 20)));
+        let hub = Hub::with_budget(Arc::new(Metrics::new(["/c"])), Arc::clone(&budget));
+        let publisher = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let member = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        publisher.publish(&Message::binary(vec![0u8; 1000]));
+        assert_eq!((budget.used(), member.account().held()), (1000, 1000));
+        // Taken off the outbox, the charge travels with the message.
+        let queued = member.next_queued().unwrap();
+        assert_eq!((queued.charge.bytes(), budget.used()), (1000, 1000));
+        drop(queued);
+        assert_eq!(budget.used(), 0);
+        // Left while a fan-out's snapshot still holds it: what that fan-out queued goes with
+        // the snapshot.
+        publisher.publish(&Message::binary(vec![0u8; 500]));
+        let snapshot = hub.roster.snapshot("/c").unwrap();
+        drop(member);
+        assert_eq!(
+            budget.used(),
+            500,
+            "still queued in the member the snapshot holds"
+        );
+        drop(snapshot);
+        assert_eq!(budget.used(), 0);
+    }
+}

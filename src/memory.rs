@@ -550,19 +550,19 @@ pub fn startup_line(
 /// One subscriber of a fan-out that met the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
-    /// Bytes it holds against the cap (outbox, write buffer, a message being read).
+    /// Bytes it has been sent and not taken ([`Account::backlog`]): the ranking.
     pub backlog: usize,
-    /// Bytes dropping it gives back at once (its outbox).
+    /// Bytes dropping it gives back at once (what it holds for deliveries).
     pub frees: usize,
     /// Bytes this delivery still needs for it (0 when it already has the message).
     pub needs: usize,
 }
 
 /// The subscribers to drop (indices into `candidates`) so that what the others still need fits
-/// in `room`: the largest backlog first (ties in the given order). Dropping one frees its outbox
-/// at once (the rest of its backlog when its connection ends) and its own need. Subscribers
-/// without a backlog go last, and only if nothing else frees enough; one that holds nothing and
-/// needs nothing is never dropped, since that would free nothing.
+/// in `room`: the largest backlog first (ties in the given order). Dropping one frees what it
+/// holds at once, and its own need. Subscribers without a backlog go last, and only if nothing
+/// else frees enough; one without a backlog that needs nothing this time is never dropped: it
+/// keeps up (what it holds is buffer capacity, or nothing).
 pub fn choose_drops(candidates: &[Candidate], room: usize) -> Vec<usize> {
     let need: usize = candidates.iter().map(|c| c.needs).sum();
     let mut deficit = need.saturating_sub(room);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # churn.sh — broadcast latency to 1,000 subscribers while connections join and leave the same
-# path: the shared harness's `wsload broadcast --subs 1000 --rate 100 --size 64` (10 s), once on
+# path: the shared harness's `wsload broadcast --subs 1000 --rate 100 --size 64` (10 s; BCAST_RATE
+# sets another rate, for a machine where wsload cannot take 100,000 deliveries a second), once on
 # a quiet server and once while bench/churn.py opens 50 connections a second that each stay 1 s
 # and leave (50 joins and 50 leaves a second). Server pinned to CPU 0, load (wsload and the churn)
 # to CPU 1, as run.sh does; no idle spinners (compare only runs made the same way).
@@ -27,7 +28,7 @@ while (($#)); do
     *) echo "usage: $0 [--repeat N] [--baseline REV] [--peer node-ws]" >&2; exit 2 ;;
   esac
 done
-SUBS=1000 RATE=100 SIZE=64 DURATION=10 CHURN_RATE=50 CHURN_HOLD=1
+SUBS=1000 RATE=${BCAST_RATE:-100} SIZE=64 DURATION=10 CHURN_RATE=50 CHURN_HOLD=1
 # The churn covers wsload's whole run: its subscribers' ramp, 10 s of publishing, the drain.
 CHURN_SECS=20
 
@@ -35,19 +36,11 @@ echo "building wsgate and wsload" >&2
 (cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target cargo build --release -q)
 (cd "$BENCH" && cargo build --release -q -p wsload)
 WSLOAD=$CARGO_TARGET_DIR/release/wsload
-SERVERS=("wsgate=WSGATE_BIN=$ROOT/target/release/wsgate $ROOT/bench/wsgate-peer.sh")
+SERVERS=("wsgate=env WSGATE_BIN=$ROOT/target/release/wsgate $ROOT/bench/wsgate-peer.sh")
 if [[ -n ${WSGATE_BEFORE_BIN:-} ]]; then
-  SERVERS+=("wsgate-before=WSGATE_BIN=$WSGATE_BEFORE_BIN $ROOT/bench/wsgate-peer.sh")
+  SERVERS+=("wsgate-before=env WSGATE_BIN=$WSGATE_BEFORE_BIN $ROOT/bench/wsgate-peer.sh")
 elif [[ -n $BASELINE ]]; then
-  echo "building wsgate at $BASELINE (the baseline)" >&2
-  BASE_TREE=$(mktemp -d /tmp/wsgate-baseline.XXXXXX)
-  git -C "$ROOT" worktree add -q --detach "$BASE_TREE" "$BASELINE"
-  trap 'git -C "$ROOT" worktree remove --force "$BASE_TREE" 2>/dev/null || true' EXIT
-  (cd "$BASE_TREE" && CARGO_TARGET_DIR=$ROOT/target/bench-baseline cargo build --release -q) ||
-    { git -C "$ROOT" worktree remove --force "$BASE_TREE"; exit 1; }
-  git -C "$ROOT" worktree remove --force "$BASE_TREE"
-  trap - EXIT
-  SERVERS+=("wsgate-before=WSGATE_BIN=$ROOT/target/bench-baseline/release/wsgate $ROOT/bench/wsgate-peer.sh")
+  SERVERS+=("wsgate-before=env WSGATE_BIN=$("$ROOT/bench/baseline.sh" "$BASELINE") $ROOT/bench/wsgate-peer.sh")
 fi
 for peer in "${PEERS[@]}"; do
   case $peer in
@@ -80,7 +73,7 @@ stop_churn() {
   CHURN_PID=''
 }
 trap 'stop_churn; stop_server; rm -rf "$TMP"' EXIT
-ulimit -n 65536
+ulimit -Sn "$(ulimit -Hn)" # 1,000 subscribers, the churn and the publisher
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
   -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null

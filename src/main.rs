@@ -171,7 +171,7 @@ fn serve(path: &Path, log_level: Option<log::LevelFilter>) -> ExitCode {
             return ExitCode::from(if e.is_config() { 2 } else { 1 });
         }
     };
-    if let Err(e) = wsgate::ops::signals::handle(server.control()) {
+    if let Err(e) = wsgate::server::signals::handle(server.control()) {
         log::error!("cannot install signal handlers: {e}");
         return ExitCode::from(1);
     }

@@ -17,7 +17,7 @@ use data_encoding::{BASE64URL_NOPAD, HEXLOWER};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::auth::users::{self, NameError};
+use crate::rules::user_name::{NameError, check_user_name};
 
 /// Every token starts with this, so a leaked one is easy to recognise (and to grep for).
 pub const TOKEN_PREFIX: &str = "wsg_";
@@ -308,8 +308,7 @@ impl TokenStore {
             let Some((user, name, hex)) = split_fields(line) else {
                 return Err(err(None, None, TokenLineProblem::Fields));
             };
-            users::check_user_name(user)
-                .map_err(|e| err(None, None, TokenLineProblem::BadUser(e)))?;
+            check_user_name(user).map_err(|e| err(None, None, TokenLineProblem::BadUser(e)))?;
             check_token_name(name).map_err(|_| err(Some(user), None, TokenLineProblem::BadName))?;
             let Some(digest) = parse_digest(hex) else {
                 return Err(err(Some(user), Some(name), TokenLineProblem::BadHash));
@@ -415,13 +414,17 @@ fn read_file(path: &Path) -> Result<Option<(TokenStore, String, fs::Metadata)>, 
     Ok(Some((store, text, meta)))
 }
 
-fn write(file: &Path, contents: &str, meta: Option<&fs::Metadata>) -> Result<(), TokensError> {
-    crate::auth::files::write_file_atomic(file, contents, meta.map(|m| (m.uid(), m.gid()))).map_err(
-        |source| TokensError::Write {
+fn write(
+    held: &crate::auth::files::UpdateLock,
+    file: &Path,
+    contents: &str,
+    meta: Option<&fs::Metadata>,
+) -> Result<(), TokensError> {
+    crate::auth::files::write_file_atomic(held, file, contents, meta.map(|m| (m.uid(), m.gid())))
+        .map_err(|source| TokensError::Write {
             path: file.to_path_buf(),
             source,
-        },
-    )
+        })
 }
 
 /// The [`crate::auth::files::UpdateLock`] for `file`, held across a read-modify-write so that
@@ -441,11 +444,11 @@ fn lock(file: &Path) -> Result<crate::auth::files::UpdateLock, TokensError> {
 /// # Errors
 /// A bad user or token name, a name the user already has, a broken file, or an I/O failure.
 pub fn add(file: &Path, user: &str, name: Option<&str>) -> Result<String, TokensError> {
-    users::check_user_name(user).map_err(TokensError::BadUser)?;
+    check_user_name(user).map_err(TokensError::BadUser)?;
     if let Some(name) = name {
         check_token_name(name)?;
     }
-    let _lock = lock(file)?;
+    let held = lock(file)?;
     let existing = read_file(file)?;
     let (store, text, meta) = match &existing {
         Some((store, text, meta)) => (store, text.as_str(), Some(meta)),
@@ -475,7 +478,7 @@ pub fn add(file: &Path, user: &str, name: Option<&str>) -> Result<String, Tokens
         "{user}:{name}:{}\n",
         HEXLOWER.encode(&token_digest(&token))
     ));
-    write(file, &contents, meta)?;
+    write(&held, file, &contents, meta)?;
     Ok(token)
 }
 
@@ -484,14 +487,14 @@ pub fn add(file: &Path, user: &str, name: Option<&str>) -> Result<String, Tokens
 /// # Errors
 /// A bad name, a token (or file) that is not there, a broken file, or an I/O failure.
 pub fn revoke(file: &Path, user: &str, name: &str) -> Result<(), TokensError> {
-    users::check_user_name(user).map_err(TokensError::BadUser)?;
+    check_user_name(user).map_err(TokensError::BadUser)?;
     check_token_name(name)?;
     let not_found = || TokensError::NotFound {
         path: file.to_path_buf(),
         user: user.to_string(),
         name: name.to_string(),
     };
-    let _lock = lock(file)?;
+    let held = lock(file)?;
     let Some((store, text, meta)) = read_file(file)? else {
         return Err(not_found());
     };
@@ -507,7 +510,7 @@ pub fn revoke(file: &Path, user: &str, name: &str) -> Result<(), TokensError> {
                 || split_fields(line).is_none_or(|(u, n, _)| (u, n) != (user, name))
         })
         .collect();
-    write(file, &contents, Some(&meta))
+    write(&held, file, &contents, Some(&meta))
 }
 
 /// `(user, name, first 8 hex digits of the digest)` for each token in `file`, in file order; a

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use rustix::termios::{LocalModes, OptionalActions, Termios, tcgetattr, tcsetattr};
 
 use crate::auth::files;
-use crate::auth::users::{self, NameError, UserStore, UsersError};
+use crate::auth::users::{self, UserStore, UsersError};
+use crate::rules::user_name::{NameError, check_user_name};
 
 /// The longest password accepted, in bytes.
 pub const MAX_PASSWORD_LEN: usize = 1024;
@@ -132,7 +133,7 @@ impl fmt::Display for Change {
 /// # Errors
 /// A [`PasswdError`] a user can act on.
 pub fn run(file: &Path, user: &str, delete: bool) -> Result<(), PasswdError> {
-    users::check_user_name(user).map_err(PasswdError::BadName)?;
+    check_user_name(user).map_err(PasswdError::BadName)?;
     let change = if delete {
         delete_user(file, user)?
     } else {
@@ -161,12 +162,12 @@ fn set_password_hashed(
     password: &str,
     hash: impl FnOnce(&str) -> Result<String, UsersError>,
 ) -> Result<Change, PasswdError> {
-    users::check_user_name(user).map_err(PasswdError::BadName)?;
+    check_user_name(user).map_err(PasswdError::BadName)?;
     check_password(password)?;
     read_existing(file)?;
     // Hashed before the lock is taken (it is the slow part); the file is read again under it.
     let phc = hash(password).map_err(PasswdError::Hash)?;
-    let _lock = lock(file)?;
+    let held = lock(file)?;
     let existing = read_existing(file)?;
     let new_line = format!("{user}:{phc}");
     let (text, owner) = match &existing {
@@ -174,7 +175,7 @@ fn set_password_hashed(
         None => ("", None),
     };
     let (contents, found) = rewrite(text, user, Some(&new_line));
-    write_atomic(file, &contents, owner)?;
+    write_atomic(&held, file, &contents, owner)?;
     Ok(if found {
         Change::Updated
     } else {
@@ -187,8 +188,8 @@ fn set_password_hashed(
 /// # Errors
 /// A bad name, a missing file or user, a broken file, or an I/O failure.
 pub fn delete_user(file: &Path, user: &str) -> Result<Change, PasswdError> {
-    users::check_user_name(user).map_err(PasswdError::BadName)?;
-    let _lock = lock(file)?;
+    check_user_name(user).map_err(PasswdError::BadName)?;
+    let held = lock(file)?;
     let Some((text, meta)) = read_existing(file)? else {
         return Err(PasswdError::Read {
             path: file.to_path_buf(),
@@ -214,7 +215,7 @@ pub fn delete_user(file: &Path, user: &str) -> Result<Change, PasswdError> {
             path: file.to_path_buf(),
         });
     }
-    write_atomic(file, &contents, Some((meta.uid(), meta.gid())))?;
+    write_atomic(&held, file, &contents, Some((meta.uid(), meta.gid())))?;
     Ok(Change::Deleted)
 }
 
@@ -293,8 +294,13 @@ fn rewrite(text: &str, user: &str, new_line: Option<&str>) -> (String, bool) {
 }
 
 /// [`files::write_file_atomic`] with its error as a [`PasswdError::Write`] naming `file`.
-fn write_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result<(), PasswdError> {
-    files::write_file_atomic(file, contents, owner).map_err(|source| PasswdError::Write {
+fn write_atomic(
+    held: &files::UpdateLock,
+    file: &Path,
+    contents: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), PasswdError> {
+    files::write_file_atomic(held, file, contents, owner).map_err(|source| PasswdError::Write {
         path: file.to_path_buf(),
         source,
     })

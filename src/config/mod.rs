@@ -4,12 +4,14 @@
 //!
 //! Here: the typed [`Config`], its lookups and [`Config::load`], which runs the steps in order:
 //! `scan.rs` (the one parse), the tables of `tables.rs` (every key, its default, parser and doc;
-//! `keys.rs` says what a row is and checks names against them), `sections.rs` (each section into
+//! `keys.rs` says what a row is, `lookup.rs` finds a section's table and checks names against
+//! them), `sections.rs` (each section into
 //! its typed part, with the parsers of `values.rs` and the rules between keys of `validate.rs`).
 //! [`ConfigError`] is in `error.rs`, the "did you mean" of unknown names in `suggest.rs`.
 
 mod error;
 mod keys;
+mod lookup;
 mod scan;
 mod sections;
 pub(crate) mod suggest;
@@ -29,8 +31,8 @@ use self::scan::Section;
 pub use self::tables::DEFAULT_ADMIN_MAX_CONNECTIONS;
 pub use self::values::MIN_BACKOFF;
 use self::values::{Bases, CREDENTIALS_ENV};
-use crate::policy::acl::{ChannelPattern, Role};
-use crate::policy::origin::OriginPolicy;
+use crate::rules::acl::{ChannelPattern, Role};
+use crate::rules::origin::{OriginPattern, OriginPolicy};
 
 /// Everything the server needs to run, as typed values. Built only by [`Config::load`].
 #[derive(Debug, Clone)]
@@ -46,7 +48,7 @@ pub struct Config {
     /// (exact paths are tried before prefix patterns).
     pub channels: Vec<ChannelConfig>,
     /// `[role:NAME]` sections in file order: who may subscribe and publish where. Access is denied
-    /// unless a role grants it (see [`crate::policy::acl`]).
+    /// unless a role grants it (see [`crate::rules::acl`]).
     pub roles: Vec<Role>,
     /// `[admin]`: the admin endpoint, `None` when `listen` is not set.
     pub admin: Option<AdminConfig>,
@@ -197,6 +199,12 @@ pub struct AdminConfig {
     /// `/disconnect` require (`Authorization: Bearer TOKEN`). Relative to the config file.
     /// Required when `listen` is not a loopback address; `None`: no token (loopback only).
     pub token_file: Option<PathBuf>,
+    /// `allow_hosts`: host names (normalised, no port) a request's `Host` may name besides the
+    /// listen address (and `localhost` on a loopback or wildcard listen address).
+    pub allow_hosts: Vec<String>,
+    /// `allow_origins`: web page origins whose requests (`Origin`, `Sec-Fetch-Site`) the admin
+    /// API takes; empty: none.
+    pub allow_origins: Vec<OriginPattern>,
 }
 
 /// `[cluster]`: the broadcast backbone shared by several instances through a capped Redis Stream.
@@ -206,8 +214,9 @@ pub struct ClusterConfig {
     /// `redis_url`: `redis://` or `rediss://` (TLS), optionally with a user and password. `None`
     /// (the default): a purely local hub, no Redis.
     pub redis_url: Option<RedisUrl>,
-    /// `instance_id`: this instance's name on the backbone; messages carrying it are its own and
-    /// are not delivered twice. Default: the host name, `-`, the process id.
+    /// `instance_id`: this instance's name on the backbone (with the process's random epoch, a
+    /// message's origin). Default: the host name, the process id and a random part drawn at
+    /// each start, joined by `-`.
     pub instance_id: String,
     /// `channel_prefix`: names the Redis key of the backbone's stream (`<prefix>broadcasts`).
     /// Default `wsgate:`.
@@ -550,7 +559,7 @@ fn parse_config(
 ) -> Result<Config, ConfigError> {
     let scanned = scan::scan(text, source)?;
     let sections: Vec<Section<'_>> = scanned.iter().map(|s| Section::new(source, s)).collect();
-    keys::check_names(&sections)?;
+    lookup::check_names(&sections)?;
 
     let base = Bases {
         dir: source.parent().unwrap_or(Path::new("")),

@@ -16,8 +16,8 @@ use super::{
     AdminConfig, AuthConfig, Backend, ChannelConfig, ClusterConfig, ConfigError, DemoConfig,
     Limits, MemoryLimit, Mode, ServerConfig, TlsConfig, WsLimits,
 };
-use crate::policy::acl::{ANONYMOUS_ROLE, Members, Role};
-use crate::policy::origin::OriginPolicy;
+use crate::rules::acl::{ANONYMOUS_ROLE, Members, Role};
+use crate::rules::origin::OriginPolicy;
 
 /// Longest role name.
 const MAX_ROLE_NAME: usize = 64;
@@ -280,6 +280,8 @@ pub(super) fn admin(
         listen,
         max_connections,
         token_file,
+        allow_hosts: s.optional(&admin::ALLOW_HOSTS)?.unwrap_or_default(),
+        allow_origins: s.optional(&admin::ALLOW_ORIGINS)?.unwrap_or_default(),
     }))
 }
 

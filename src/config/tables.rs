@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::keys::{Key, Row, Table};
 use super::values::*;
 use super::{ClientAuth, Endpoint, MemoryLimit, Mode, Overflow, RedisUrl, SlowConsumer};
-use crate::policy::acl::{Members, PathPattern};
-use crate::policy::origin::OriginPattern;
+use crate::rules::acl::{Members, PathPattern};
+use crate::rules::origin::OriginPattern;
 
 /// The sections with a fixed name, in the order errors list them.
 pub(super) static FIXED: [&Table; 9] = [
@@ -28,7 +28,7 @@ pub(super) static FIXED: [&Table; 9] = [
 ];
 
 /// `[admin] max_connections`' default as a number, for code that builds an admin endpoint without
-/// a config (see [`crate::ops::admin::DEFAULT_MAX_CONNECTIONS`]).
+/// a config (see [`crate::admin::DEFAULT_MAX_CONNECTIONS`]).
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = whole_number(admin::MAX_CONNECTIONS.default);
 
 /// A default that is a whole number, read at compile time.
@@ -539,9 +539,28 @@ pub(super) mod admin {
         doc: "The bearer token the admin API requires; required off a loopback listen.",
     };
 
+    pub(in crate::config) const ALLOW_HOSTS: Key<Vec<String>> = Key {
+        name: "allow_hosts",
+        default: None,
+        parse: parse_host_names,
+        doc: "Host names the admin API answers besides listen's address; unset: none.",
+    };
+    pub(in crate::config) const ALLOW_ORIGINS: Key<Vec<OriginPattern>> = Key {
+        name: "allow_origins",
+        default: None,
+        parse: parse_allow,
+        doc: "Web page origins allowed to call the admin API; unset: no browser page may.",
+    };
+
     pub(in crate::config) static TABLE: Table = Table {
         name: "admin",
-        groups: &[&[&LISTEN, &MAX_CONNECTIONS, &TOKEN_FILE]],
+        groups: &[&[
+            &LISTEN,
+            &MAX_CONNECTIONS,
+            &TOKEN_FILE,
+            &ALLOW_HOSTS,
+            &ALLOW_ORIGINS,
+        ]],
     };
 }
 
@@ -559,7 +578,7 @@ pub(super) mod cluster {
         name: "instance_id",
         default: None,
         parse: parse_instance_id,
-        doc: "This instance's name on the backbone; unset: host name, `-`, process id.",
+        doc: "This instance's name on the backbone; unset: host name, process id, a random part.",
     };
     pub(in crate::config) const CHANNEL_PREFIX: Key<String> = Key {
         name: "channel_prefix",

@@ -75,7 +75,7 @@ impl Hub {
     fn forward(&self, path: &str, msg: &Message) {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
-            // At the memory cap the message is not forwarded, as with a full queue.
+            // At the memory cap the message is not forwarded (counted).
             let Some(charge) = Charge::try_new(&self.budget, msg.len(), Room::Deliveries) else {
                 self.metrics.bump(Counter::ClusterNotForwarded, 1);
                 return;
@@ -85,10 +85,8 @@ impl Hub {
                 msg: msg.clone(),
                 charge: Some(charge),
             };
-            // Full: the bridge is behind (or Redis slow); Disconnected: the bridge stopped.
-            if outlet.try_send(out).is_err() {
-                self.metrics.bump(Counter::ClusterNotForwarded, 1);
-            }
+            // At a full queue the oldest waiting entry makes room (counted there).
+            outlet.push(out);
         }
     }
 
@@ -116,10 +114,7 @@ impl Hub {
         let mut dropped = 0;
         for (i, m) in members.iter().enumerate() {
             // A member already closing as slow never reads its outbox again.
-            if Some(m.id) == from
-                || m.shared.waker.is_none()
-                || m.shared.slow.load(Ordering::Acquire)
-            {
+            if Some(m.id) == from || !m.receives || m.shared.slow.load(Ordering::Acquire) {
                 continue;
             }
             if msg.len() > m.intake.max_message {
@@ -174,7 +169,7 @@ impl Hub {
     ) -> bool {
         if let Some(direct) = m.shared.direct.get() {
             if !m.shared.revoked.load(Ordering::Acquire) {
-                let frame = wire.get_or_init(|| crate::pipeline::frames::wire_frame(msg));
+                let frame = wire.get_or_init(|| wire_frame(msg));
                 match direct.try_write(msg, frame.as_deref(), charge, &|| m.tx.is_empty()) {
                     // Taken: the connection holds the charge now, and settles it as its
                     // buffers drain (see `DirectWrite::try_write`).
@@ -235,9 +230,7 @@ impl Hub {
         let eligible: Vec<usize> = (0..members.len())
             .filter(|&i| {
                 let m = &members[i];
-                Some(m.id) != from
-                    && m.shared.waker.is_some()
-                    && !m.shared.slow.load(Ordering::Acquire)
+                Some(m.id) != from && m.receives && !m.shared.slow.load(Ordering::Acquire)
             })
             .collect();
         let candidates: Vec<Candidate> = eligible
@@ -272,6 +265,23 @@ impl Hub {
     }
 }
 
+/// A broadcast as it goes on the wire to every client: one final, unmasked frame (a server's
+/// frames are the same bytes for every client), so a fan-out encodes it once instead of once per
+/// subscriber. None for anything but a text or binary message.
+pub(super) fn wire_frame(msg: &tungstenite::Message) -> Option<Vec<u8>> {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let (opcode, payload): (OpCode, tungstenite::Bytes) = match msg {
+        tungstenite::Message::Text(text) => (OpCode::Data(Data::Text), text.clone().into()),
+        tungstenite::Message::Binary(bytes) => (OpCode::Data(Data::Binary), bytes.clone()),
+        _ => return None,
+    };
+    let frame = Frame::message(payload, opcode, true);
+    let mut out = Vec::with_capacity(frame.len());
+    frame.format(&mut out).ok()?;
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -279,10 +289,30 @@ mod tests {
     use crossbeam_channel::TryRecvError;
 
     use super::*;
+    use crate::config::Mode;
+    use crate::hub::cluster::Outlet;
     use crate::hub::fixtures::*;
     use crate::hub::{Intake, Membership};
     use crate::ops::metrics::Metrics;
     use crate::policy::Holder;
+
+    #[test]
+    fn a_wire_frame_is_what_tungstenite_reads_back() {
+        use tungstenite::protocol::frame::FrameHeader;
+        for msg in [
+            tungstenite::Message::text("hello"),
+            tungstenite::Message::binary(vec![7u8; 300]),
+            tungstenite::Message::binary(vec![1u8; 16_000]),
+        ] {
+            let wire = wire_frame(&msg).unwrap();
+            let mut cursor = std::io::Cursor::new(&wire[..]);
+            let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final && header.mask.is_none());
+            assert_eq!(len as usize, msg.len());
+            assert_eq!(&wire[cursor.position() as usize..], &msg.into_data()[..]);
+        }
+        assert!(wire_frame(&tungstenite::Message::Ping(Default::default())).is_none());
+    }
 
     #[test]
     fn a_broadcast_over_a_members_own_limit_is_dropped_for_it_alone_and_counted() {
@@ -292,7 +322,7 @@ mod tests {
         let large = hub
             .join(
                 "/c",
-                true,
+                Mode::Broadcast,
                 Intake {
                     max_message: 4096,
                     ..intake(4, SlowConsumer::Disconnect)
@@ -372,14 +402,13 @@ mod tests {
         assert_eq!(b.next_queued().unwrap().msg, text("local"));
         assert_eq!(metrics.count(Counter::ClusterNotForwarded), 0);
 
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        hub.set_outlet(tx);
+        let (outlet, queue) = Outlet::new(1, Arc::clone(&metrics));
+        hub.set_outlet(outlet);
         a.publish(&text("1"));
-        a.publish(&text("2")); // the queue holds one: not forwarded
+        a.publish(&text("2")); // the queue holds one: the oldest makes room
         assert_eq!(b.next_queued().unwrap().msg, text("1"));
         assert_eq!(b.next_queued().unwrap().msg, text("2"));
-        assert_eq!(rx.try_recv().unwrap(), Outbound::broadcast("/c", text("1")));
-        assert!(rx.try_recv().is_err());
+        assert_eq!(queue.drain(), [Outbound::broadcast("/c", text("2"))]);
         assert_eq!(metrics.count(Counter::ClusterNotForwarded), 1);
 
         // From another instance: every member here gets it (the publisher is elsewhere), and
@@ -393,14 +422,12 @@ mod tests {
             b.next_queued().unwrap().msg,
             Message::binary(vec![0u8, 255])
         );
-        assert!(rx.try_recv().is_err());
+        assert_eq!(queue.drain(), []);
 
         // Shutdown detaches the bridge.
+        assert!(!queue.closed());
         hub.shutdown();
-        assert!(matches!(
-            rx.recv_timeout(std::time::Duration::from_secs(1)),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
-        ));
+        assert!(queue.closed());
     }
 
     #[test]
@@ -415,11 +442,10 @@ mod tests {
         assert_eq!(hub.inject("/nobody", &text("3")), 0);
         assert_eq!(a.next_queued().unwrap().msg, text("1"));
         assert_eq!(b.next_queued().unwrap().msg, text("1"));
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        hub.set_outlet(tx);
+        let (outlet, queue) = Outlet::new(4, Arc::clone(&metrics));
+        hub.set_outlet(outlet);
         hub.inject("/c", &text("4"));
-        assert_eq!(rx.try_recv().unwrap(), Outbound::broadcast("/c", text("4")));
-        assert!(rx.try_recv().is_err());
+        assert_eq!(queue.drain(), [Outbound::broadcast("/c", text("4"))]);
     }
 }
 

@@ -22,7 +22,7 @@ pub trait DirectWrite: Send + Sync {
     /// Writes `msg` now if that needs no waiting and overtakes nothing: the connection's lock is
     /// free (taken with `try_lock`), `outbox_empty()` holds under that lock, and nothing written
     /// earlier is still stuck in its buffers. The socket is non-blocking. `wire` is the message
-    /// already encoded as a frame ([`crate::pipeline::frames::wire_frame`]) when it is small enough, the
+    /// already encoded as a frame ([`super::fanout::wire_frame`]) when it is small enough, the
     /// same bytes for every subscriber. `charge` counts `msg` against the member's share of the
     /// memory cap: the connection keeps it with the bytes it took, or hands it back with
     /// [`Handoff::Queue`].
@@ -89,6 +89,9 @@ impl Intake {
 
 pub(super) struct Member {
     pub(super) id: u64,
+    /// Whether broadcasts on its path are delivered to it: members of broadcast channels only
+    /// (an echo or proxied connection on a path gets none, and is never squeezed for them).
+    pub(super) receives: bool,
     /// The outbox's sending side; at most `intake.outbox` messages queued (counted in
     /// [`MemberShared::queued`]).
     pub(super) tx: Sender<Queued>,
@@ -146,10 +149,11 @@ pub(super) fn discard_queued(rx: &Receiver<Queued>, shared: &MemberShared) {
 
 /// State the hub and the connection both see.
 pub struct MemberShared {
-    /// Wakes the connection's `poll` for queued broadcasts; only members of broadcast channels
-    /// have one (an eventfd). An echo connection receives nothing from the hub, so it spends no
-    /// descriptor on it: its one wake-up, the end (shutdown, revocation), shuts the read side of
-    /// its socket instead ([`MemberShared::end`]).
+    /// Wakes the connection's `poll` for queued broadcasts, or a proxied connection to end; only
+    /// members of broadcast and proxy channels have one (an eventfd). An echo connection
+    /// receives nothing from the hub, so it spends no descriptor on it: its one wake-up, the end
+    /// (shutdown, revocation), shuts the read side of its socket instead
+    /// ([`MemberShared::end`]).
     pub waker: Option<Waker>,
     /// The connection's socket, once its loop runs (see [`MemberShared::end`]).
     pub(super) socket: OnceLock<Arc<TcpStream>>,

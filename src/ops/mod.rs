@@ -1,9 +1,7 @@
-//! Operations, beside the pipeline: [`notify`] tells systemd about readiness, reloads and
-//! liveness; [`metrics`] counts what the stages do; [`admin`] serves `/healthz`, `/metrics` and
-//! the admin API on its own thread and listener; [`signals`] turns SIGTERM/SIGHUP into a drain or
-//! a reload.
+//! The instruments every layer above reads or writes, using nothing but the decisions' names:
+//! [`metrics`] counts what the stages do; [`notify`] tells systemd about readiness, reloads and
+//! liveness. Who serves them is above: `/metrics` is [`crate::admin`], the signals
+//! [`crate::server::signals`].
 
-pub mod admin;
 pub mod metrics;
 pub(crate) mod notify;
-pub mod signals;

@@ -11,12 +11,13 @@
 //! config file and swaps it in only if every part loaded; connections keep the one they started with.
 //!
 //! Here: start-up and shutdown. [`reload`] swaps in a new runtime and watches the files it is built
-//! from; [`worker`] is one connection's life on its handshake thread and its worker; [`refusals`] is the server's rate-limited log of refused upgrades; [`budget`]
+//! from; [`worker`] is one connection's life on its handshake thread and its worker; [`refusals`] is the server's rate-limited log of refused upgrades; [`signals`] turns SIGTERM/SIGHUP into a drain or a reload; [`budget`]
 //! resolves the memory cap at start-up and what one connection costs.
 
 mod budget;
 mod refusals;
 mod reload;
+pub mod signals;
 mod worker;
 
 use refusals::RefusalLog;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls::server::danger::ClientCertVerifier;
 
+use crate::admin::{self, AdminState};
 use crate::auth::files;
 use crate::auth::password::Authenticator;
 use crate::auth::session::{SessionError, SessionKey};
@@ -37,11 +39,10 @@ use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::{TokenStore, TokensError};
 use crate::auth::users::{UserStore, UsersError};
 use crate::auth::{Credentials, SessionSettings};
-use crate::config::{ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode};
+use crate::config::{AdminConfig, ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode};
 use crate::hub::Hub;
 use crate::hub::cluster::Bridge;
 use crate::hub::waker::Waker;
-use crate::ops::admin::{self, AdminState};
 use crate::ops::metrics::{Gauges, Metrics, Outcome};
 use crate::ops::notify::{self, Notifier};
 use crate::pipeline::admit::Admission;
@@ -50,8 +51,8 @@ use crate::pipeline::connection::{self};
 use crate::pipeline::listener;
 use crate::pipeline::relay::{self};
 use crate::pipeline::tls;
-use crate::policy::origin::OriginPolicy;
 use crate::policy::{self};
+use crate::rules::origin::OriginPolicy;
 
 /// Peer addresses, user names and trusted (name, address) pairs the failed-login throttle
 /// remembers (each map); the oldest are forgotten first, so a flood of distinct addresses cannot
@@ -327,7 +328,7 @@ impl Server {
         } = self;
         let admin_config = shared.current().config.admin.clone();
         if let (Some(state), Some(l), Some(cfg)) = (&shared.admin, admin_listener, admin_config) {
-            attach_admin_api(&shared, state, admin_token);
+            attach_admin_api(&shared, state, admin_token, &cfg);
             log::info!(
                 "admin endpoint (/healthz, /metrics; API /publish, /connections, /disconnect {}) \
                  on http://{}",
@@ -572,8 +573,13 @@ fn creds_stamp(config: &Config) -> CredsStamp {
 }
 
 /// Turns on the admin API over the hub and the current channels. The token was read (and
-/// checked) at start; a reload does not read it again.
-fn attach_admin_api(shared: &Arc<Shared>, state: &AdminState, token: Option<[u8; 32]>) {
+/// checked) at start; a reload does not read it again, nor the names and origins `config` allows.
+fn attach_admin_api(
+    shared: &Arc<Shared>,
+    state: &AdminState,
+    token: Option<[u8; 32]>,
+    config: &AdminConfig,
+) {
     let weak = Arc::downgrade(shared);
     let broadcast_limit = move |path: &str| {
         let shared = weak.upgrade()?;
@@ -583,10 +589,16 @@ fn attach_admin_api(shared: &Arc<Shared>, state: &AdminState, token: Option<[u8;
             .filter(|c| c.mode == Mode::Broadcast)
             .map(|c| c.limits.max_message_size.get())
     };
+    let browser = admin::BrowserGuard::new(
+        config.listen,
+        config.allow_hosts.clone(),
+        config.allow_origins.clone(),
+    );
     state.attach_api(admin::Api {
         hub: Arc::clone(&shared.hub),
         broadcast_limit: Box::new(broadcast_limit),
         token,
+        browser,
     });
 }
 

@@ -184,12 +184,18 @@ impl Budget {
     }
 }
 
-/// One owner's share of the count (a connection, or one queued cluster message), so that what an
-/// owner still holds is released at once when it goes ([`Account::release_all`]).
+/// One connection's share of the write count. What it holds (its outbox, its write buffer, its
+/// echoes) is in [`Charge`]s that travel with the bytes they count and give them back when
+/// dropped; the account only sums them ([`Account::held`]). What it is reading is not here: that
+/// is its [`Reader`], in the read share.
 #[derive(Debug, Clone)]
 pub struct Account {
     budget: Arc<Budget>,
+    /// What its charges hold together.
     held: Arc<AtomicUsize>,
+    /// Of `held`, buffer capacity its writes keep after their bytes went out
+    /// ([`Account::keeps`]): held, but owed to nobody.
+    kept: Arc<AtomicUsize>,
 }
 
 impl Account {
@@ -197,36 +203,49 @@ impl Account {
         Account {
             budget,
             held: Arc::new(AtomicUsize::new(0)),
+            kept: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Counts `bytes` for this owner if they fit in `room`.
-    #[must_use]
-    pub fn try_charge(&self, bytes: usize, room: Room) -> bool {
+    /// Says that `bytes` of what its charges hold are buffer capacity kept after the bytes went
+    /// out (a write buffer that grew), not messages still owed to the client.
+    pub fn keeps(&self, bytes: usize) {
+        self.kept.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of deliveries it holds that the client has not taken yet (its outbox and what its
+    /// socket has not accepted): what it holds less what is only kept capacity. Whom the squeeze
+    /// closes first.
+    pub fn backlog(&self) -> usize {
+        let held = self.held.load(Ordering::Relaxed);
+        held.saturating_sub(self.kept.load(Ordering::Relaxed))
+    }
+
+    /// Counts `bytes` for this owner if they fit in `room`, as a [`Charge`] that gives them back
+    /// when dropped.
+    pub fn charge(&self, bytes: usize, room: Room) -> Option<Charge> {
         if self.budget.cap.is_none() {
-            return true;
+            return Some(self.nothing());
         }
         if !self.budget.try_charge(bytes, room) {
-            return false;
+            return None;
         }
         self.held.fetch_add(bytes, Ordering::Relaxed);
-        true
+        Some(Charge {
+            budget: Arc::clone(&self.budget),
+            holder: Some(Arc::clone(&self.held)),
+            bytes,
+        })
     }
 
-    /// Gives back `bytes` this owner was charged (no more than it holds).
-    pub fn release(&self, bytes: usize) {
-        if self.budget.cap.is_none() || bytes == 0 {
-            return;
+    /// A charge of nothing yet, for others of this owner to be merged into
+    /// ([`Charge::absorb`]).
+    pub fn nothing(&self) -> Charge {
+        Charge {
+            budget: Arc::clone(&self.budget),
+            holder: Some(Arc::clone(&self.held)),
+            bytes: 0,
         }
-        let prev = self.held.fetch_sub(bytes, Ordering::Relaxed);
-        debug_assert!(prev >= bytes, "released {bytes} of {prev} held");
-        self.budget.release(bytes);
-    }
-
-    /// Gives back everything this owner holds (it is going away).
-    pub fn release_all(&self) {
-        let n = self.held.swap(0, Ordering::Relaxed);
-        self.budget.release(n);
     }
 
     /// Bytes this owner holds now.
@@ -239,27 +258,73 @@ impl Account {
     }
 }
 
-/// Bytes counted for one value, released when it is dropped (a message in the cluster queue:
-/// whoever takes it off the queue releases it by dropping it, whatever it does with it).
+/// Bytes counted against the write share for the value that holds them (a queued broadcast, an
+/// echo, a connection's write buffer, a message in the cluster queue): it moves with them and
+/// gives them back when dropped, whoever drops it and wherever. Charges of one owner merge
+/// ([`Charge::absorb`]) and shrink ([`Charge::shrink_to`]) as the bytes they count do. With the
+/// cap off a charge counts nothing.
+#[must_use]
 #[derive(Debug)]
-pub struct Charged {
+pub struct Charge {
     budget: Arc<Budget>,
+    /// The owner's [`Account::held`], when the bytes are a connection's.
+    holder: Option<Arc<AtomicUsize>>,
     bytes: usize,
 }
 
-impl Charged {
-    /// Counts `bytes` in `room`; None when they do not fit.
-    pub fn try_new(budget: &Arc<Budget>, bytes: usize, room: Room) -> Option<Charged> {
-        budget.try_charge(bytes, room).then(|| Charged {
+impl Charge {
+    /// Counts `bytes` in `room` for no connection (the cluster queue); None when they do not
+    /// fit.
+    pub fn try_new(budget: &Arc<Budget>, bytes: usize, room: Room) -> Option<Charge> {
+        let counted = if budget.cap.is_some() { bytes } else { 0 };
+        budget.try_charge(bytes, room).then(|| Charge {
             budget: Arc::clone(budget),
-            bytes,
+            holder: None,
+            bytes: counted,
         })
+    }
+
+    /// Bytes it counts.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Takes `other`, of the same owner, into this one: one charge for both sets of bytes.
+    pub fn absorb(&mut self, mut other: Charge) {
+        debug_assert!(
+            match (&self.holder, &other.holder) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            },
+            "charges of two owners merged"
+        );
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+
+    /// Gives back what it counts beyond `keep` bytes.
+    pub fn shrink_to(&mut self, keep: usize) {
+        if self.bytes > keep {
+            let freed = self.bytes - keep;
+            self.bytes = keep;
+            self.give_back(freed);
+        }
+    }
+
+    fn give_back(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        if let Some(holder) = &self.holder {
+            holder.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        self.budget.release(bytes);
     }
 }
 
-impl Drop for Charged {
+impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.release(self.bytes);
+        self.give_back(self.bytes);
     }
 }
 
@@ -704,79 +769,26 @@ pub fn read_host_memory() -> Option<HostMemory> {
     host_memory(&v2, &v1, read("/proc/meminfo").as_deref())
 }
 
-/// The start-up line: the enforced cap and where it came from, the base cost of a connection
-/// (outside the cap), what the configured connections take at base, and how many connections
-/// fit beside the cap in the host's memory.
-pub fn startup_line(
-    limit: MemoryLimit,
-    cap: Option<NonZeroUsize>,
-    host: Option<HostMemory>,
-    base: usize,
-    connections: usize,
-) -> String {
-    let mib = |b: u64| b >> 20;
-    let origin = match (limit, host) {
-        (MemoryLimit::Off, _) => "memory_limit = 0: nothing that grows with traffic is bounded \
-                                  process-wide"
-            .to_string(),
-        (MemoryLimit::Bytes(_), _) => "set by memory_limit".to_string(),
-        (MemoryLimit::Host, Some(h)) => format!(
-            "1/{HOST_FRACTION} of {} ({} MiB), at least {} MiB",
-            h.source.describe(),
-            mib(h.bytes),
-            mib(FLOOR)
-        ),
-        (MemoryLimit::Host, None) => format!(
-            "{}: the floor of {} MiB",
-            Source::Floor.describe(),
-            mib(FLOOR)
-        ),
-    };
-    let cap_bytes = cap.map_or(0, |c| c.get() as u64);
-    let head = match cap {
-        Some(_) => format!(
-            "memory limit {} MiB ({origin}), enforced over outboxes, write and read buffers \
-             beyond their base, messages being assembled and the cluster queue",
-            mib(cap_bytes)
-        ),
-        None => format!("memory limit off ({origin})"),
-    };
-    let base = base.max(1) as u64;
-    let fit = match host {
-        Some(h) => format!(
-            "; {} connections fit at base beside the limit in {} MiB",
-            h.bytes.saturating_sub(cap_bytes) / base,
-            mib(h.bytes)
-        ),
-        None => String::new(),
-    };
-    format!(
-        "{head}; base cost {} KiB per connection: {connections} connections (workers + queue) \
-         take {} MiB at base{fit}",
-        base >> 10,
-        mib(base * connections as u64)
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // Whom a fan-out drops at the cap.
 
 /// One subscriber of a fan-out that met the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
-    /// Bytes it holds against the cap in the write share (outbox, write buffer).
+    /// Bytes of the write share it has been sent and not taken ([`Account::backlog`]): the
+    /// ranking. What it is reading is in the read share and plays no part.
     pub backlog: usize,
-    /// Bytes dropping it gives back at once (its outbox).
+    /// Bytes dropping it gives back at once (what it holds for deliveries).
     pub frees: usize,
     /// Bytes this delivery still needs for it (0 when it already has the message).
     pub needs: usize,
 }
 
 /// The subscribers to drop (indices into `candidates`) so that what the others still need fits
-/// in `room`: the largest backlog first (ties in the given order). Dropping one frees its outbox
-/// at once (the rest of its backlog when its connection ends) and its own need. Subscribers
-/// without a backlog go last, and only if nothing else frees enough; one that holds nothing and
-/// needs nothing is never dropped, since that would free nothing.
+/// in `room`: the largest backlog first (ties in the given order). Dropping one frees what it
+/// holds at once, and its own need. Subscribers without a backlog go last, and only if nothing
+/// else frees enough; one without a backlog that needs nothing this time is never dropped: it
+/// keeps up (what it holds is buffer capacity, or nothing).
 pub fn choose_drops(candidates: &[Candidate], room: usize) -> Vec<usize> {
     let need: usize = candidates.iter().map(|c| c.needs).sum();
     let mut deficit = need.saturating_sub(room);
@@ -887,28 +899,61 @@ mod tests {
     }
 
     #[test]
-    fn charges_stop_at_the_limit_of_their_room_and_release_gives_back() {
+    fn charges_stop_at_the_limit_of_their_room_and_give_back_when_dropped() {
         let budget = Arc::new(Budget::new(NonZeroUsize::new(800)));
         let a = Account::new(Arc::clone(&budget));
         let b = Account::new(Arc::clone(&budget));
         // Deliveries may use 700 (the read share is an eighth).
-        assert!(a.try_charge(600, Room::Deliveries));
+        let a1 = a.charge(500, Room::Deliveries).unwrap();
+        let a2 = a.charge(100, Room::Deliveries).unwrap();
         assert!(
-            !b.try_charge(101, Room::Deliveries),
+            b.charge(101, Room::Deliveries).is_none(),
             "over the delivery limit"
         );
-        assert!(b.try_charge(100, Room::Deliveries), "exactly at it");
-        assert!(!budget.admits());
+        let b1 = b.charge(100, Room::Deliveries).unwrap();
+        assert!(!budget.admits(), "exactly at it");
         assert_eq!((budget.used(), a.held(), b.held()), (700, 600, 100));
-        a.release(100);
+        drop(a2);
         assert_eq!((budget.used(), a.held()), (600, 500));
-        a.release_all();
+        drop(a1);
         assert_eq!((budget.used(), a.held()), (100, 0));
         assert!(budget.admits());
-        let q = Charged::try_new(&budget, 600, Room::Deliveries).unwrap();
-        assert!(Charged::try_new(&budget, 1, Room::Deliveries).is_none());
+        let q = Charge::try_new(&budget, 600, Room::Deliveries).unwrap();
+        assert!(Charge::try_new(&budget, 1, Room::Deliveries).is_none());
         drop(q);
-        assert_eq!(budget.used(), 100);
+        drop(b1);
+        assert_eq!((budget.used(), b.held()), (0, 0));
+    }
+
+    #[test]
+    fn a_charge_moves_merges_shrinks_and_gives_back_when_dropped() {
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(8000)));
+        let a = Account::new(Arc::clone(&budget));
+        let mut write_side = a.nothing();
+        let queued = a.charge(1000, Room::Deliveries).unwrap();
+        let echo = a.charge(500, Room::Deliveries).unwrap();
+        // What it is reading is in the read share: not held, not backlog.
+        let reading = budget.reader(ReaderKey::User("a".into()), Box::new(|| {}));
+        assert!(reading.try_charge(300));
+        assert_eq!((budget.used(), a.held(), a.backlog()), (1500, 1500, 1500));
+        assert_eq!(budget.counted(), 1800);
+        // Moved to another owner (a thread, a queue), still counted; merged into one.
+        let queued = std::thread::spawn(move || queued).join().unwrap();
+        write_side.absorb(queued);
+        write_side.absorb(echo);
+        assert_eq!((write_side.bytes(), budget.used()), (1500, 1500));
+        // Flushed: the buffer keeps 200 of capacity, owed to nobody.
+        write_side.shrink_to(200);
+        a.keeps(200);
+        assert_eq!((budget.used(), a.held(), a.backlog()), (200, 200, 0));
+        // The connection goes: its reader and its charges give back as they are dropped.
+        drop(reading);
+        drop(write_side);
+        assert_eq!((budget.counted(), a.held()), (0, 0));
+        // With the cap off a charge counts nothing.
+        let off = Account::new(Arc::new(Budget::off()));
+        let c = off.charge(usize::MAX / 2, Room::Deliveries).unwrap();
+        assert_eq!((c.bytes(), off.held()), (0, 0));
     }
 
     #[test]
@@ -923,51 +968,15 @@ mod tests {
     fn off_counts_nothing_and_refuses_nothing() {
         let budget = Arc::new(Budget::off());
         let a = Account::new(Arc::clone(&budget));
-        assert!(a.try_charge(usize::MAX / 2, Room::Deliveries));
-        assert!(a.try_charge(usize::MAX / 2, Room::Deliveries));
-        assert_eq!((budget.used(), a.held()), (0, 0));
-        a.release(5);
+        let c1 = a.charge(usize::MAX / 2, Room::Deliveries).unwrap();
+        let c2 = a.charge(usize::MAX / 2, Room::Deliveries).unwrap();
+        assert!(Charge::try_new(&budget, usize::MAX / 2, Room::Deliveries).is_some());
+        assert_eq!(
+            (budget.used(), a.held(), c1.bytes() + c2.bytes()),
+            (0, 0, 0)
+        );
         assert!(budget.admits());
         assert_eq!(budget.cap(), None);
-    }
-
-    #[test]
-    fn the_startup_line_states_the_cap_its_origin_the_base_and_the_fit() {
-        let host = Some(HostMemory {
-            bytes: 1024 * MIB,
-            source: Source::MemTotal,
-        });
-        let line = startup_line(
-            MemoryLimit::Host,
-            NonZeroUsize::new(256 << 20),
-            host,
-            32 * 1024,
-            1040,
-        );
-        assert_eq!(
-            line,
-            "memory limit 256 MiB (1/4 of MemTotal in /proc/meminfo (1024 MiB), at least 16 MiB), \
-             enforced over outboxes, write and read buffers beyond their base, messages being \
-             assembled and the cluster queue; base cost 32 KiB per connection: 1040 connections \
-             (workers + queue) take 32 MiB at base; 24576 connections fit at base beside the \
-             limit in 1024 MiB"
-        );
-        let off = startup_line(MemoryLimit::Off, None, None, 32 * 1024, 80);
-        assert!(
-            off.starts_with("memory limit off (memory_limit = 0"),
-            "{off}"
-        );
-        let set = startup_line(
-            MemoryLimit::Bytes(NonZeroUsize::new(32 << 20).unwrap()),
-            NonZeroUsize::new(32 << 20),
-            None,
-            32 * 1024,
-            80,
-        );
-        assert!(
-            set.starts_with("memory limit 32 MiB (set by memory_limit)"),
-            "{set}"
-        );
     }
 
     fn c(backlog: usize, frees: usize, needs: usize) -> Candidate {
@@ -1032,8 +1041,8 @@ mod tests {
         assert_eq!(budget.reading_used(), 1000);
         assert!(budget.admits(), "a full read share refuses no connection");
         let writes = Account::new(Arc::clone(&budget));
-        assert!(writes.try_charge(7000, Room::Deliveries));
-        assert!(!writes.try_charge(1, Room::Deliveries));
+        let _w = writes.charge(7000, Room::Deliveries).unwrap();
+        assert!(writes.charge(1, Room::Deliveries).is_none());
         assert_eq!(budget.counted(), 8000);
         // What is given back is what was held, no more.
         a.release(200);

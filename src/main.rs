@@ -17,7 +17,7 @@ reload_check_interval (60 s by default), or at once on `systemctl reload wsgate`
 packaged unit, whose users and tokens are credentials copied at start, `systemctl restart wsgate`";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let command = match cli::parse(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -80,6 +80,13 @@ fn main() -> ExitCode {
         Command::Disconnect { config, filter } => {
             print_or_fail(commands::disconnect(&config, &filter))
         }
+        Command::Client(options) => match wsgate::cli::client::run(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wsgate client: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
         Command::Cert {
             dir,
             names,

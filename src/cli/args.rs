@@ -309,8 +309,10 @@ out.",
     Spec {
         name: "client",
         aliases: &[],
-        synopsis: &["[--user NAME [--password-file FILE] | --token-file FILE | --session-file FILE]
-                     [--ca FILE] [--origin ORIGIN] [--send FILE | --no-send] URL"],
+        synopsis: &[
+            "[--user NAME [--password-file FILE] | --token-file FILE | --session-file FILE]
+                     [--ca FILE] [--origin ORIGIN] [--send FILE | --no-send] URL",
+        ],
         summary: "connect to a wss:// (or ws://) channel: print what arrives, send what is typed",
         about: "\
 Connects to URL (wss://HOST[:PORT]/PATH, or ws:// for a plaintext listener), prints every
@@ -573,7 +575,9 @@ impl Args {
 
     /// `--config FILE`, else the default.
     fn config(&self) -> Result<PathBuf, String> {
-        Ok(self.path("--config")?.unwrap_or_else(|| DEFAULT_CONFIG.into()))
+        Ok(self
+            .path("--config")?
+            .unwrap_or_else(|| DEFAULT_CONFIG.into()))
     }
 
     /// The config as `--config FILE` or as the only argument (`serve`, `check-config`).
@@ -911,9 +915,8 @@ mod tests {
     #[test]
     fn paths_keep_their_bytes_and_text_must_be_utf8() {
         let bad = OsStr::from_bytes(b"\xff.ini").to_os_string();
-        let args = |list: &[&OsStr]| -> Vec<OsString> {
-            list.iter().map(|a| a.to_os_string()).collect()
-        };
+        let args =
+            |list: &[&OsStr]| -> Vec<OsString> { list.iter().map(|a| a.to_os_string()).collect() };
         assert_eq!(
             parse(&args(&["check-config".as_ref(), &bad])),
             Ok(Command::CheckConfig {
@@ -937,7 +940,10 @@ mod tests {
         let e = parse(&args(&[&bad])).unwrap_err();
         assert_eq!(e.message, "unknown command \"\\xFF.ini\"");
         let e = parse(&args(&["disconnect".as_ref(), "--user".as_ref(), &bad])).unwrap_err();
-        assert!(e.message.contains("--user \"\\xFF.ini\" is not UTF-8"), "{e:?}");
+        assert!(
+            e.message.contains("--user \"\\xFF.ini\" is not UTF-8"),
+            "{e:?}"
+        );
     }
 
     #[test]

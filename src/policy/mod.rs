@@ -187,6 +187,9 @@ impl Reason {
         if *self == Reason::PlainHttp {
             body.push_str(PLAIN_HTTP_TEXT);
         }
+        if let Some(told) = self.told() {
+            body.push_str(&format!("{told}\n"));
+        }
         let mut builder = http::Response::builder()
             .status(status)
             .header("Connection", "close")
@@ -250,6 +253,26 @@ impl fmt::Display for Reason {
             Reason::Backend { detail, .. } => f.write_str(detail),
             Reason::MemoryFull => f.write_str("memory limit reached"),
             Reason::NoWorker => f.write_str("no worker free"),
+        }
+    }
+}
+
+impl Reason {
+    /// The refusal's reason as the client may read it below the status line, where it tells the
+    /// client only about its own request: the Origin, the path, the role, the throttle, the load.
+    /// Never for a credential (every wrong one gets the same 401) nor a backend (its address is
+    /// the operator's).
+    fn told(&self) -> Option<String> {
+        match self {
+            Reason::UnknownPath
+            | Reason::Origin(_)
+            | Reason::Forbidden { .. }
+            | Reason::Throttled { .. }
+            | Reason::Busy
+            | Reason::ShuttingDown
+            | Reason::MemoryFull
+            | Reason::NoWorker => Some(self.to_string()),
+            _ => None,
         }
     }
 }

@@ -48,7 +48,11 @@ impl Target {
         let secure = match uri.scheme_str() {
             Some("wss") => true,
             Some("ws") => false,
-            _ => return Err(bad("give wss://HOST[:PORT]/PATH (or ws:// for a plaintext listener)")),
+            _ => {
+                return Err(bad(
+                    "give wss://HOST[:PORT]/PATH (or ws:// for a plaintext listener)",
+                ));
+            }
         };
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
         if authority.as_str().contains('@') {
@@ -108,9 +112,9 @@ pub(super) fn read_credential(credential: &Credential) -> Result<Option<String>,
         }
         Credential::TokenFile(file) => Ok(bearer(first_line(file, "token")?)),
         Credential::SessionFile(file) => Ok(bearer(first_line(file, "session")?)),
-        Credential::FromEnvironment => {
-            Ok(env("WSGATE_TOKEN")?.or(env("WSGATE_SESSION")?).and_then(bearer))
-        }
+        Credential::FromEnvironment => Ok(env("WSGATE_TOKEN")?
+            .or(env("WSGATE_SESSION")?)
+            .and_then(bearer)),
     }
 }
 
@@ -120,9 +124,9 @@ fn env(name: &str) -> Result<Option<String>, ClientError> {
         Ok(v) if v.is_empty() => Ok(None),
         Ok(v) => Ok(Some(v)),
         Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => Err(ClientError::Setup(format!(
-            "{name} is not UTF-8 text"
-        ))),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(ClientError::Setup(format!("{name} is not UTF-8 text")))
+        }
     }
 }
 
@@ -231,7 +235,10 @@ pub(super) fn connect(
     let mut request = (&target.uri)
         .into_client_request()
         .map_err(|e| ClientError::Setup(format!("URL: {e}")))?;
-    let headers = [("Authorization", authorization), ("Origin", options.origin.as_ref())];
+    let headers = [
+        ("Authorization", authorization),
+        ("Origin", options.origin.as_ref()),
+    ];
     for (name, value) in headers {
         if let Some(value) = value {
             let value = HeaderValue::from_str(value).map_err(|_| {
@@ -249,7 +256,9 @@ pub(super) fn connect(
                 attempt = mid.handshake();
             }
             Err(HandshakeError::Failure(WsError::Http(response))) => {
-                return Err(ClientError::Refused(refusal(&response, target, options)));
+                return Err(ClientError::Refused(Box::new(refusal(
+                    &response, target, options,
+                ))));
             }
             Err(HandshakeError::Failure(e)) => {
                 return Err(ClientError::Network(format!(
@@ -281,7 +290,10 @@ fn set_timeouts(tcp: &TcpStream, target: &Target, at: Instant) -> Result<(), Cli
 
 fn open_tcp(target: &Target, at: Instant) -> Result<TcpStream, ClientError> {
     let failed = |e: io::Error| {
-        ClientError::Network(format!("cannot connect to {}:{}: {e}", target.host, target.port))
+        ClientError::Network(format!(
+            "cannot connect to {}:{}: {e}",
+            target.host, target.port
+        ))
     };
     let addrs = (target.host.as_str(), target.port)
         .to_socket_addrs()
@@ -309,8 +321,8 @@ fn handshake_tls(
 ) -> Result<StreamOwned<ClientConnection, TcpStream>, ClientError> {
     let name = ServerName::try_from(target.host.clone())
         .map_err(|e| ClientError::Setup(format!("host {:?}: {e}", target.host)))?;
-    let conn = ClientConnection::new(config, name)
-        .map_err(|e| ClientError::Setup(format!("tls: {e}")))?;
+    let conn =
+        ClientConnection::new(config, name).map_err(|e| ClientError::Setup(format!("tls: {e}")))?;
     let mut tls = StreamOwned::new(conn, tcp);
     while tls.conn.is_handshaking() {
         set_timeouts(&tls.sock, target, at)?;
@@ -365,7 +377,13 @@ fn refusal(response: &Response<Option<Vec<u8>>>, target: &Target, options: &Opti
             .headers()
             .get("Retry-After")
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.chars().filter(char::is_ascii_digit).take(10).collect()),
+            .map(|v| {
+                v.chars()
+                    .filter(char::is_ascii_digit)
+                    .take(10)
+                    .collect::<String>()
+            })
+            .filter(|v| !v.is_empty()),
         detail,
         path: target.path().to_string(),
         user: match &options.credential {
@@ -383,7 +401,10 @@ mod tests {
     #[test]
     fn the_url_holds_no_secret_and_names_its_port() {
         let t = Target::parse("wss://localhost/echo").unwrap();
-        assert_eq!((t.secure, t.host.as_str(), t.port), (true, "localhost", 443));
+        assert_eq!(
+            (t.secure, t.host.as_str(), t.port),
+            (true, "localhost", 443)
+        );
         let t = Target::parse("ws://[::1]:8080/chat/x?since=1").unwrap();
         assert_eq!((t.secure, t.host.as_str(), t.port), (false, "::1", 8080));
         assert_eq!(t.path(), "/chat/x");
@@ -409,6 +430,9 @@ mod tests {
         assert_eq!(line("").unwrap(), None);
         assert_eq!(line("\n").unwrap(), None);
         assert!(line(&"x".repeat(MAX_SECRET + 1)).is_err());
-        assert_eq!(line(&"x".repeat(MAX_SECRET)).unwrap().unwrap().len(), MAX_SECRET);
+        assert_eq!(
+            line(&"x".repeat(MAX_SECRET)).unwrap().unwrap().len(),
+            MAX_SECRET
+        );
     }
 }

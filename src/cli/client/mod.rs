@@ -57,7 +57,7 @@ pub enum ClientError {
     /// (exit 1).
     Network(String),
     /// The server answered the upgrade with an HTTP status other than 101 (exit 3 to 7).
-    Refused(Refusal),
+    Refused(Box<Refusal>),
     /// The server closed the connection with a code other than 1000 (exit 8).
     Closed { code: u16, reason: String },
 }
@@ -112,43 +112,48 @@ impl fmt::Display for ClientError {
 }
 
 impl fmt::Display for Refusal {
+    /// `refused: STATUS PHRASE: the server's reason (or ours)`, then a line saying what to change.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "refused: {} {}: ", self.status, self.phrase)?;
-        let path = &self.path;
-        match self.status {
+        let (path, who) = (&self.path, self.user.as_deref().unwrap_or("-"));
+        let said = self.detail.to_ascii_lowercase();
+        let origin = || match &self.origin {
+            Some(o) => format!("the Origin {o} is not in the server's [origins] allow"),
+            None => "no Origin was sent: give the one the server allows with --origin".into(),
+        };
+        let role = || {
+            format!(
+                "no role lets {who} subscribe to {path} (the server's admin can ask \
+                 `wsgate check-access {who} {path}`)"
+            )
+        };
+        let fix = match self.status {
             401 => match &self.user {
-                Some(user) => write!(
-                    f,
-                    "the server did not accept the password of \"{user}\" (wrong password or \
-                     unknown user)"
-                )?,
-                None => f.write_str(
-                    "no valid credential: give --user NAME, --token-file or --session-file (a \
-                     token or session may have expired or been revoked)",
-                )?,
+                Some(user) => format!("the password of \"{user}\" (or the user) is wrong"),
+                None => "give --user NAME, --token-file or --session-file (a token or session \
+                         may have expired or been revoked)"
+                    .into(),
             },
-            403 => {
-                let origin = self.origin.as_deref().map_or_else(
-                    || "no Origin was sent (try --origin)".to_string(),
-                    |o| format!("the Origin {o} is not allowed"),
-                );
-                let who = self.user.as_deref().unwrap_or("-");
-                write!(
-                    f,
-                    "{origin}, or no role lets this client subscribe to {path} (the server's \
-                     admin can ask `wsgate check-access {who} {path}`)"
-                )?;
-            }
-            404 => write!(f, "no channel serves {path}")?,
-            429 => f.write_str("too many failed logins from this address or for this user")?,
-            503 => f.write_str("the server is busy or shutting down")?,
-            _ => f.write_str("the server refused the upgrade")?,
-        }
-        if let Some(after) = &self.retry_after {
+            403 if said.contains("origin") => origin(),
+            403 if said.contains("role") => role(),
+            403 => format!("{}; or {}", origin(), role()),
+            404 => format!("no channel serves {path}"),
+            _ => String::new(),
+        };
+        let reason = match (self.detail.is_empty(), self.status) {
+            (false, _) => self.detail.as_str(),
+            (true, 401) => "credentials not accepted",
+            (true, 429) => "too many failed logins",
+            (true, 503) => "the server is busy or shutting down",
+            (true, _) => "the server refused the upgrade",
+        };
+        f.write_str(reason)?;
+        let retry_said = said.contains("retry after");
+        if let Some(after) = self.retry_after.as_ref().filter(|_| !retry_said) {
             write!(f, "; try again in {after} s (Retry-After)")?;
         }
-        if !self.detail.is_empty() {
-            write!(f, "\n{}", self.detail)?;
+        if !fix.is_empty() {
+            write!(f, "\n  {fix}")?;
         }
         Ok(())
     }

@@ -34,9 +34,10 @@ impl Source {
     pub(super) fn open(input: &Input) -> Result<Source, ClientError> {
         Ok(match input {
             Input::Stdin => Source::Stdin(io::stdin()),
-            Input::File(path) => Source::File(File::open(path).map_err(|e| {
-                ClientError::Setup(format!("--send {}: {e}", path.display()))
-            })?),
+            Input::File(path) => Source::File(
+                File::open(path)
+                    .map_err(|e| ClientError::Setup(format!("--send {}: {e}", path.display())))?,
+            ),
             Input::Nothing => Source::Nothing,
         })
     }

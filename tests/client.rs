@@ -133,6 +133,19 @@ fn client_trusts_the_system_roots_from_ssl_cert_file_and_says_how_to_trust_a_cer
 }
 
 #[test]
+fn client_speaks_ws_to_a_plaintext_listener() {
+    let mut setup = Setup::default();
+    setup.set("server", "tls", "off");
+    let server = setup.start();
+    let password = password_file(&server, ALICE);
+    let url = format!("ws://127.0.0.1:{}/echo", server.addr.port());
+    let mut cmd = bare_client(&["--user", ALICE.0, "--password-file", &password], &url);
+    let out = run(&mut cmd, "in clear\n");
+    assert_ended(&out, 0, &[], &server);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in clear\n");
+}
+
+#[test]
 fn client_broadcasts_between_two_clients_with_env_password_and_session() {
     let server = Setup::default().start();
     let mut subscriber = client(&server, &["--no-send", "--user", BOB.0], "/chat/lobby");

@@ -280,6 +280,7 @@ impl Reason {
 /// What a plain HTTP `GET` (a browser opening the address, a scanner) reads below its 400.
 const PLAIN_HTTP_TEXT: &str = "\nThis is wsgate, a WebSocket server: it serves no web pages here.\n\
 Connect with a WebSocket client to wss://HOST:PORT/PATH, for example\n\
+  wsgate client --user USER wss://HOST:PORT/echo\n\
   websocat --basic-auth USER:PASSWORD wss://HOST:PORT/echo\n\
   new WebSocket(\"wss://HOST:PORT/chat/lobby\") in a page whose origin is allowed.\n\
 The documentation is in /usr/share/doc/wsgate/ (README.md) where wsgate was\n\

@@ -329,6 +329,12 @@ fn handshake_tls(
         match tls.conn.complete_io(&mut tls.sock) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // The socket's timeout, set to the deadline: the next turn says it passed.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(tls_failure(&e, target)),
         }
     }

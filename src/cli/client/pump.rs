@@ -68,8 +68,11 @@ struct Pump {
     out: Stdout,
     /// The socket did not take everything queued: input waits, the socket is polled for space.
     blocked: bool,
-    /// When our close was sent.
-    closed_at: Option<Instant>,
+    /// When the close handshake began (our close sent, or the server's received): the other
+    /// side has [`CLOSE_WAIT`] from then to finish it.
+    closing_since: Option<Instant>,
+    /// The close handshake began with ours.
+    we_closed: bool,
     /// The server's close frame, once it came.
     their_close: Option<Option<CloseFrame>>,
 }
@@ -90,7 +93,8 @@ pub(super) fn run(ws: WebSocket<Transport>, source: Source) -> Result<(), Client
         line: Vec::new(),
         out: io::stdout(),
         blocked: false,
-        closed_at: None,
+        closing_since: None,
+        we_closed: false,
         their_close: None,
     };
     loop {
@@ -98,7 +102,13 @@ pub(super) fn run(ws: WebSocket<Transport>, source: Source) -> Result<(), Client
             return ending;
         }
         pump.flush()?;
-        if pump.closed_at.is_some_and(|t| t.elapsed() >= CLOSE_WAIT) {
+        if pump
+            .closing_since
+            .is_some_and(|t| t.elapsed() >= CLOSE_WAIT)
+        {
+            if pump.their_close.is_some() {
+                return pump.ending();
+            }
             return Err(ClientError::Network(format!(
                 "the server did not answer the close within {} s",
                 CLOSE_WAIT.as_secs()
@@ -121,7 +131,10 @@ impl Pump {
             match self.ws.read() {
                 Ok(Message::Text(text)) => self.print(text.as_bytes()),
                 Ok(Message::Binary(bytes)) => self.print(&bytes),
-                Ok(Message::Close(frame)) => self.their_close = Some(frame),
+                Ok(Message::Close(frame)) => {
+                    self.their_close = Some(frame);
+                    self.closing_since.get_or_insert_with(Instant::now);
+                }
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -143,7 +156,7 @@ impl Pump {
     fn ending(&self) -> Result<(), ClientError> {
         match &self.their_close {
             Some(Some(frame)) if frame.code == CloseCode::Normal => Ok(()),
-            Some(None) if self.closed_at.is_some() => Ok(()),
+            Some(None) if self.we_closed => Ok(()),
             Some(Some(frame)) => Err(ClientError::Closed {
                 code: frame.code.into(),
                 reason: frame.reason.to_string(),
@@ -185,7 +198,7 @@ impl Pump {
             fds.push(PollFd::new(fd, PollFlags::IN));
         }
         let timeout = self
-            .closed_at
+            .closing_since
             .map(|t| CLOSE_WAIT.saturating_sub(t.elapsed()))
             .and_then(|left| Timespec::try_from(left).ok());
         match poll(&mut fds, timeout.as_ref()) {
@@ -253,8 +266,9 @@ impl Pump {
     /// The input is over: send our close (1000).
     fn end_input(&mut self) {
         self.reading = Reading::Done;
-        if self.their_close.is_none() && self.closed_at.is_none() {
-            self.closed_at = Some(Instant::now());
+        if self.closing_since.is_none() {
+            self.closing_since = Some(Instant::now());
+            self.we_closed = true;
             let frame = CloseFrame {
                 code: CloseCode::Normal,
                 reason: "".into(),

@@ -518,7 +518,7 @@ fn disconnect_closes_the_matching_connections_with_1008_and_answers_how_many() {
     let a = request(admin, "POST", "/disconnect?user=alice", &[], b"");
     assert_eq!(
         (a.status, a.body.as_str()),
-        (200, "{\"disconnected\":2,\"forwarded\":false}\n")
+        (200, "{\"closing\":2,\"forwarded\":false}\n")
     );
     for ws in [&mut alice1, &mut alice2] {
         assert_eq!(close_frame(ws), (1008, "disconnected by admin".to_string()));
@@ -534,7 +534,7 @@ fn disconnect_closes_the_matching_connections_with_1008_and_answers_how_many() {
         &[],
         b"",
     );
-    assert_eq!(a.body, "{\"disconnected\":1,\"forwarded\":false}\n");
+    assert_eq!(a.body, "{\"closing\":1,\"forwarded\":false}\n");
     assert_eq!(close_frame(&mut bob).0, 1008);
     // The recipe of docs/admin-api.md: curl -X POST, no body.
     let (ok, body) = curl(&[
@@ -543,12 +543,12 @@ fn disconnect_closes_the_matching_connections_with_1008_and_answers_how_many() {
         &format!("http://{admin}/disconnect?path=/news"),
     ]);
     assert!(ok);
-    assert_eq!(body, "{\"disconnected\":1,\"forwarded\":false}\n");
+    assert_eq!(body, "{\"closing\":1,\"forwarded\":false}\n");
     assert_eq!(close_frame(&mut bob_news).0, 1008);
     let a = request(admin, "POST", "/disconnect?user=alice", &[], b"");
-    assert_eq!(a.body, "{\"disconnected\":0,\"forwarded\":false}\n");
+    assert_eq!(a.body, "{\"closing\":0,\"forwarded\":false}\n");
     assert_eq!(metric(&server, "wsgate_admin_disconnects_total"), 4);
-    assert!(server.wait_log("admin disconnect user=\"alice\" closed=2", IO_TIMEOUT));
+    assert!(server.wait_log("admin disconnect user=\"alice\" closing=2", IO_TIMEOUT));
     // A disconnect is not a ban: alice comes back.
     let mut again = server.connect_as("/echo", ALICE);
     echoes(&mut again, "back");
@@ -731,7 +731,7 @@ fn the_connections_and_disconnect_commands_ask_the_admin_endpoint_named_in_the_c
     assert_eq!((code, objects(&out).len()), (0, 0));
     let (code, out, err) = cli(&["disconnect", "--user", "alice"], &config);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "{\"disconnected\":1,\"forwarded\":false}\n");
+    assert_eq!(out, "{\"closing\":1,\"forwarded\":false}\n");
     assert_eq!(close_frame(&mut alice).0, 1008);
     echoes(&mut bob, "fine");
     // No filter: a usage error before anything is asked.
@@ -793,7 +793,7 @@ fn with_a_cluster_a_publish_and_a_disconnect_reach_every_instance() {
 
     // Disconnected on a: alice is closed on a and on b.
     let answer = request(a.admin_addr(), "POST", "/disconnect?user=alice", &[], b"");
-    assert_eq!(answer.body, "{\"disconnected\":1,\"forwarded\":true}\n");
+    assert_eq!(answer.body, "{\"closing\":1,\"forwarded\":true}\n");
     assert_eq!(
         close_frame(&mut alice_a),
         (1008, "disconnected by admin".into())

@@ -141,7 +141,7 @@ pub(super) fn route(head: &[u8], state: &AdminState, peer: SocketAddr) -> Routed
             state.metrics.bump(Counter::AdminDisconnects, n as u64);
             let forwarded = api.hub.forward_disconnect(&query);
             log::info!(
-                "admin disconnect {} closed={n}{} peer={peer}",
+                "admin disconnect {} closing={n}{} peer={peer}",
                 describe(&query),
                 if forwarded {
                     " (sent to the other instances)"
@@ -149,10 +149,12 @@ pub(super) fn route(head: &[u8], state: &AdminState, peer: SocketAddr) -> Routed
                     ""
                 }
             );
+            // Each one is told to close and is gone within a second (a proxied one too, its
+            // buffers full or not); the answer does not wait for that, so it says `closing`.
             Answer::json(
                 200,
                 "OK",
-                format!("{{\"disconnected\":{n},\"forwarded\":{forwarded}}}\n"),
+                format!("{{\"closing\":{n},\"forwarded\":{forwarded}}}\n"),
             )
             .into()
         }

@@ -299,8 +299,8 @@ since (Unix time), messages and bytes in and out, session id. The filters narrow
         about: "\
 Asks the running server's admin endpoint to close every connection matching all the given
 filters (at least one) with close code 1008 and the reason `disconnected by admin`, and prints
-how many it closed there. With [cluster] on, every other instance closes its matching
-connections too. Closing does not revoke a credential: remove the user or token to keep them
+how many it is closing there (each is gone within a second). With [cluster] on, every other
+instance closes its matching connections too. Closing does not revoke a credential: remove the user or token to keep them
 out.",
         options: &[CONFIG, USER_FILTER, PATH_FILTER, SESSION_FILTER],
         exit: "0, 2 for a usage or config error, 1 if the server cannot be asked",

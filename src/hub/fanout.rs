@@ -119,10 +119,7 @@ impl Hub {
         let mut dropped = 0;
         for (i, m) in members.iter().enumerate() {
             // A member already closing as slow never reads its outbox again.
-            if Some(m.id) == from
-                || m.shared.waker.is_none()
-                || m.shared.slow.load(Ordering::Acquire)
-            {
+            if Some(m.id) == from || !m.receives || m.shared.slow.load(Ordering::Acquire) {
                 continue;
             }
             if msg.len() > m.intake.max_message {
@@ -226,9 +223,7 @@ impl Hub {
         let eligible: Vec<usize> = (0..members.len())
             .filter(|&i| {
                 let m = &members[i];
-                Some(m.id) != from
-                    && m.shared.waker.is_some()
-                    && !m.shared.slow.load(Ordering::Acquire)
+                Some(m.id) != from && m.receives && !m.shared.slow.load(Ordering::Acquire)
             })
             .collect();
         let candidates: Vec<Candidate> = eligible
@@ -282,6 +277,7 @@ mod tests {
     use crossbeam_channel::TryRecvError;
 
     use super::*;
+    use crate::config::Mode;
     use crate::hub::fixtures::*;
     use crate::hub::{Intake, Membership};
     use crate::ops::metrics::Metrics;
@@ -313,7 +309,7 @@ mod tests {
         let large = hub
             .join(
                 "/c",
-                true,
+                Mode::Broadcast,
                 Intake {
                     max_message: 4096,
                     ..intake(4, SlowConsumer::Disconnect)

@@ -259,7 +259,7 @@ mod fixtures {
     use tungstenite::Message;
 
     use super::*;
-    use crate::config::SlowConsumer;
+    use crate::config::{Mode, SlowConsumer};
 
     pub(super) fn text(s: &str) -> Message {
         Message::text(s)
@@ -283,9 +283,14 @@ mod fixtures {
         outbox: usize,
         policy: SlowConsumer,
     ) -> Membership {
-        hub.join(path, true, intake(outbox, policy), Holder::default())
-            .unwrap()
-            .unwrap()
+        hub.join(
+            path,
+            Mode::Broadcast,
+            intake(outbox, policy),
+            Holder::default(),
+        )
+        .unwrap()
+        .unwrap()
     }
 }
 
@@ -334,7 +339,12 @@ mod tests {
             ..Holder::default()
         };
         let m = hub
-            .join(path, true, intake(4, SlowConsumer::Disconnect), holder)
+            .join(
+                path,
+                Mode::Broadcast,
+                intake(4, SlowConsumer::Disconnect),
+                holder,
+            )
             .unwrap()
             .unwrap();
         m.shared

@@ -139,6 +139,9 @@ impl Outcome {
             502 => Outcome::BadGateway,
             503 => Outcome::Unavailable,
             504 => Outcome::GatewayTimeout,
+            // A head not complete at the upgrade deadline: a timeout of the handshake, as one
+            // that sent nothing is.
+            408 => Outcome::HandshakeTimeout,
             _ => return None,
         })
     }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::auth::session::{self};
-use crate::config::Mode;
 use crate::hub::{Holder, HubClosed, Intake, Membership, Profile};
 use crate::ops::metrics::Counter;
 use crate::ops::metrics::Outcome;
@@ -338,12 +337,7 @@ fn handshake(
             may_publish: grant.may_publish,
             proof,
         };
-        let member = match hub.join(
-            &grant.path,
-            grant.channel.mode == Mode::Broadcast,
-            Intake::of(limits),
-            holder,
-        ) {
+        let member = match hub.join(&grant.path, grant.channel.mode, Intake::of(limits), holder) {
             Ok(Ok(member)) => member,
             Ok(Err(HubClosed)) => return Err(Reason::ShuttingDown),
             Err(e) => {

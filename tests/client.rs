@@ -109,6 +109,47 @@ fn client_echoes_what_is_typed_with_a_password_from_a_file() {
 }
 
 #[test]
+fn client_sends_a_files_lines_and_what_is_not_utf8_as_binary() {
+    let server = Setup::default().start();
+    let lines = server.dir.path().join("lines");
+    std::fs::write(&lines, b"first\r\n\xff\xfe raw\nlast without newline").unwrap();
+    let password = password_file(&server, ALICE);
+    let args = [
+        "--user",
+        ALICE.0,
+        "--password-file",
+        &password,
+        "--send",
+        lines.to_str().unwrap(),
+    ];
+    // stdin stays open: the file's end is the input's end.
+    let mut child = client(&server, &args, "/echo")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take();
+    let out = child.wait_with_output().unwrap();
+    assert_ended(&out, 0, &[], &server);
+    assert_eq!(out.stdout, b"first\n\xff\xfe raw\nlast without newline\n");
+}
+
+#[test]
+fn client_gives_up_on_a_silent_server_at_its_deadline() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "wss://127.0.0.1:{}/echo",
+        silent.local_addr().unwrap().port()
+    );
+    let out = run(&mut bare_client(&["--no-send"], &url), "");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no answer within 10 s"), "{err}");
+    drop(silent);
+}
+
+#[test]
 fn client_trusts_the_system_roots_from_ssl_cert_file_and_says_how_to_trust_a_certificate() {
     let server = Setup::default().start();
     let cert = server.dir.path().join("cert.pem");

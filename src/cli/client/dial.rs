@@ -112,9 +112,13 @@ pub(super) fn read_credential(credential: &Credential) -> Result<Option<String>,
         }
         Credential::TokenFile(file) => Ok(bearer(first_line(file, "token")?)),
         Credential::SessionFile(file) => Ok(bearer(first_line(file, "session")?)),
-        Credential::FromEnvironment => Ok(env("WSGATE_TOKEN")?
-            .or(env("WSGATE_SESSION")?)
-            .and_then(bearer)),
+        Credential::FromEnvironment => match env("WSGATE_TOKEN")?.or(env("WSGATE_SESSION")?) {
+            Some(token) => Ok(bearer(token)),
+            None if env("WSGATE_PASSWORD")?.is_some() => Err(ClientError::Setup(
+                "WSGATE_PASSWORD is set: name its user with --user NAME".into(),
+            )),
+            None => Ok(None),
+        },
     }
 }
 

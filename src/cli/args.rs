@@ -611,7 +611,7 @@ impl Args {
         <[&OsStr; N]>::try_from(all).map_err(|_| missing.to_string())
     }
 
-    /// The positional arguments as text, each named for the error by `names`.
+    /// The positional arguments, each as text.
     fn words(&self) -> Result<Vec<String>, String> {
         self.positional
             .iter()
@@ -701,22 +701,21 @@ fn build_token(args: &Args) -> Result<Command, String> {
     if name.is_some() && words.first() != Some(&"add") {
         return Err("--name goes with `token add`".into());
     }
-    let (user, token) = (|u: &str| u.to_string(), |n: &str| n.to_string());
     match words.as_slice() {
-        ["add", u] => Ok(Command::TokenAdd {
+        ["add", user] => Ok(Command::TokenAdd {
             config,
-            user: user(u),
+            user: user.to_string(),
             name,
         }),
         ["list"] => Ok(Command::TokenList { config, user: None }),
-        ["list", u] => Ok(Command::TokenList {
+        ["list", user] => Ok(Command::TokenList {
             config,
-            user: Some(user(u)),
+            user: Some(user.to_string()),
         }),
-        ["revoke", u, n] => Ok(Command::TokenRevoke {
+        ["revoke", user, name] => Ok(Command::TokenRevoke {
             config,
-            user: user(u),
-            name: token(n),
+            user: user.to_string(),
+            name: name.to_string(),
         }),
         [verb, ..] if !ACTIONS.contains(verb) => Err(format!(
             "unknown action {verb:?}{}; one of add, list, revoke",

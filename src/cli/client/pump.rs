@@ -55,7 +55,7 @@ impl Source {
 #[derive(PartialEq, Eq)]
 enum Reading {
     Open,
-    /// Ended (or never read): no close is sent for it.
+    /// Ended (our close is sent), or never read (`--no-send`: the server ends the connection).
     Done,
 }
 
@@ -139,10 +139,9 @@ impl Pump {
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(WsError::ConnectionClosed) => return Some(self.ending()),
-                Err(e) if self.their_close.is_some() => {
-                    log::debug!("after the close: {e}");
-                    return Some(self.ending());
-                }
+                // After the server's close frame, how the transport ends (a reset, no TLS
+                // close_notify) changes nothing: the frame said why.
+                Err(_) if self.their_close.is_some() => return Some(self.ending()),
                 Err(e) => {
                     return Some(Err(ClientError::Network(format!(
                         "connection lost without a close frame: {e}"

@@ -9,6 +9,7 @@ mod common;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 
 use common::*;
@@ -205,9 +206,28 @@ fn client_broadcasts_between_two_clients_with_env_password_and_session() {
         server.logs()
     );
 
-    let session = secret_file(&server, "session", &server.login_session(ALICE));
+    // Alice logs in once with her password and keeps the session the 101 carried.
+    let session = server.dir.path().join("session");
+    let password = password_file(&server, ALICE);
+    let login = [
+        "--user",
+        ALICE.0,
+        "--password-file",
+        &password,
+        "--save-session",
+        session.to_str().unwrap(),
+    ];
+    assert_ended(
+        &run(&mut client(&server, &login, "/echo"), ""),
+        0,
+        &[],
+        &server,
+    );
+    let mode = std::fs::metadata(&session).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let session = session.to_str().unwrap();
     let out = run(
-        &mut client(&server, &["--session-file", &session], "/chat/lobby"),
+        &mut client(&server, &["--session-file", session], "/chat/lobby"),
         "to everyone\n",
     );
     assert_ended(&out, 0, &[], &server);

@@ -311,7 +311,8 @@ out.",
         aliases: &[],
         synopsis: &[
             "[--user NAME [--password-file FILE] | --token-file FILE | --session-file FILE]
-                     [--ca FILE] [--origin ORIGIN] [--send FILE | --no-send] URL",
+                     [--save-session FILE] [--ca FILE] [--origin ORIGIN]
+                     [--send FILE | --no-send] URL",
         ],
         summary: "connect to a wss:// (or ws://) channel: print what arrives, send what is typed",
         about: "\
@@ -322,9 +323,9 @@ server has answered, so `echo hi | wsgate client … wss://host:8443/echo` print
 
 Credentials are never arguments. With --user, the password is read from --password-file (its
 first line), else from the environment variable WSGATE_PASSWORD, else asked on the terminal
-without echo. An API token or a session token (the X-Wsgate-Session a login returned) is read
-from --token-file or --session-file, else from WSGATE_TOKEN or WSGATE_SESSION; with none of
-these the client connects without credentials.
+without echo. An API token, or a session token (what --save-session wrote, or a browser's
+__Host-wsgate_session cookie), is read from --token-file or --session-file, else from WSGATE_TOKEN
+or WSGATE_SESSION; with none of these the client connects without credentials.
 
 The server's certificate is checked against --ca FILE, else the system's roots (SSL_CERT_FILE,
 or /etc/ssl/certs). Every refusal is said on stderr with its status, reason and Retry-After.",
@@ -352,6 +353,12 @@ or /etc/ssl/certs). Every refusal is said on stderr with its status, reason and 
                 short: None,
                 value: Some("FILE"),
                 help: "a session token (s1.…) from FILE",
+            },
+            Opt {
+                long: "--save-session",
+                short: None,
+                value: Some("FILE"),
+                help: "write the session the server issued to FILE (0600)",
             },
             Opt {
                 long: "--ca",
@@ -797,6 +804,7 @@ fn build_client(args: &Args) -> Result<Command, String> {
     Ok(Command::Client(client::Options {
         url,
         credential,
+        save_session: args.path("--save-session")?,
         ca: args.path("--ca")?,
         origin: args.text("--origin")?,
         input,
@@ -1011,7 +1019,8 @@ mod tests {
         let o = client("client -n --token-file t wss://h/x");
         assert_eq!(o.credential, Credential::TokenFile("t".into()));
         assert_eq!(o.input, Input::Nothing);
-        let o = client("client --session-file s --send lines.txt wss://h/x");
+        let o = client("client --session-file s --send lines.txt --save-session n wss://h/x");
+        assert_eq!(o.save_session, Some("n".into()));
         assert_eq!(o.credential, Credential::SessionFile("s".into()));
         assert_eq!(o.input, Input::File("lines.txt".into()));
         assert_eq!(

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,12 +218,13 @@ impl Write for Transport {
     }
 }
 
-/// Connects, handshakes TLS and upgrades, all before [`HANDSHAKE_DEADLINE`].
+/// Connects, handshakes TLS and upgrades, all before [`HANDSHAKE_DEADLINE`]. Returns the
+/// connection and the session token the server issued with its 101, if any.
 pub(super) fn connect(
     target: &Target,
     options: &Options,
     authorization: Option<&String>,
-) -> Result<WebSocket<Transport>, ClientError> {
+) -> Result<(WebSocket<Transport>, Option<String>), ClientError> {
     let at = Instant::now() + HANDSHAKE_DEADLINE;
     let tls = match target.secure {
         true => Some(
@@ -254,7 +256,14 @@ pub(super) fn connect(
     let mut attempt = tungstenite::client::client_with_config(request, stream, None);
     loop {
         match attempt {
-            Ok((ws, _)) => return Ok(ws),
+            Ok((ws, response)) => {
+                let session = response
+                    .headers()
+                    .get("X-Wsgate-Session")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                return Ok((ws, session));
+            }
             Err(HandshakeError::Interrupted(mid)) => {
                 set_timeouts(mid.get_ref().get_ref().tcp(), target, at)?;
                 attempt = mid.handshake();
@@ -272,6 +281,26 @@ pub(super) fn connect(
             }
         }
     }
+}
+
+/// Writes the session token to `path`, readable by its owner only.
+pub(super) fn save_session(path: &Path, session: Option<&str>) -> Result<(), ClientError> {
+    let failed =
+        |why: String| ClientError::Setup(format!("--save-session {}: {why}", path.display()));
+    let session = session.ok_or_else(|| {
+        failed(
+            "the server issued no session (a token or anonymous login, or session_ttl = 0)".into(),
+        )
+    })?;
+    let mut file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| failed(e.to_string()))?;
+    file.write_all(format!("{session}\n").as_bytes())
+        .map_err(|e| failed(e.to_string()))
 }
 
 /// The time left before `at`, set as the socket's read and write timeouts.

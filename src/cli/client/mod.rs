@@ -16,6 +16,8 @@ pub struct Options {
     /// `wss://HOST[:PORT]/PATH` or `ws://…`.
     pub url: String,
     pub credential: Credential,
+    /// `--save-session FILE`: where the session token of the 101 is written.
+    pub save_session: Option<PathBuf>,
     /// `--ca FILE`: the only certificates trusted; `None`: the system's roots.
     pub ca: Option<PathBuf>,
     /// `--origin`: sent as the `Origin` header.
@@ -169,6 +171,9 @@ pub fn run(options: &Options) -> Result<(), ClientError> {
     let target = dial::Target::parse(&options.url)?;
     let credential = dial::read_credential(&options.credential)?;
     let source = pump::Source::open(&options.input)?;
-    let ws = dial::connect(&target, options, credential.as_ref())?;
+    let (ws, session) = dial::connect(&target, options, credential.as_ref())?;
+    if let Some(path) = &options.save_session {
+        dial::save_session(path, session.as_deref())?;
+    }
     pump::run(ws, source)
 }

@@ -318,7 +318,7 @@ out.",
         about: "\
 Connects to URL (wss://HOST[:PORT]/PATH, or ws:// for a plaintext listener), prints every
 message that arrives on stdout, one per line, and sends each line of stdin (or of --send FILE)
-as a text message. When the input ends it closes the connection (1000) and exits once the
+as a message: text, or binary for a line that is not UTF-8. When the input ends it closes the connection (1000) and exits once the
 server has answered, so `echo hi | wsgate client … wss://host:8443/echo` prints `hi`.
 
 Credentials are never arguments. With --user, the password is read from --password-file (its

@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use crate::admin::Filter;
 use crate::cli::client::{self, Credential, Input};
+use crate::cli::passwd;
 use crate::config::suggest;
 
 /// Where `serve` and the commands look for the config when none is named.
@@ -32,7 +33,7 @@ pub enum Command {
     Passwd {
         file: PathBuf,
         user: String,
-        delete: bool,
+        action: passwd::Action,
     },
     CheckAccess {
         config: PathBuf,
@@ -178,8 +179,11 @@ SIGHUP reloads the config, users, tokens and certificate.",
         synopsis: &["[FILE | --config FILE]"],
         summary: "validate a config file and exit (like nginx -t)",
         about: "\
-Loads the config FILE (default /etc/wsgate/wsgate.ini), its users and tokens files and its
-certificate as `serve` would, prints warnings about access rules that cannot work, and exits.",
+Loads the config FILE (default /etc/wsgate/wsgate.ini), its users, tokens and session key files,
+its certificate and key (paired as `serve` pairs them), and tries to bind each listen address,
+as `serve` would; prints warnings about access rules that cannot work and set-ups that are not
+safe, and exits. Without $CREDENTIALS_DIRECTORY, credential: paths are read from the config's
+directory, where the packaged unit's LoadCredential= takes them from.",
         options: &[Opt {
             help: "the config file (or give it as the only argument)",
             ..CONFIG
@@ -202,19 +206,27 @@ for PATH: the channel that serves it, the roles that let it subscribe and publis
     Spec {
         name: "passwd",
         aliases: &[],
-        synopsis: &["FILE USER", "--delete FILE USER"],
+        synopsis: &["[--min-length N] FILE USER", "--delete FILE USER"],
         summary: "add a user, change a password, or remove a user",
         about: "\
 Adds USER to the users FILE or changes the password (Argon2id). The password is read from the
 terminal without echo, or as one line from stdin; never from the command line. The file is
-rewritten atomically, mode 0600. A running server picks the change up by itself (see
-reload_check_interval), or at once with `systemctl reload wsgate`.",
-        options: &[Opt {
-            long: "--delete",
-            short: None,
-            value: None,
-            help: "remove USER instead",
-        }],
+rewritten atomically, mode 0600. A running server picks the change up by itself within a second
+(see reload_check_interval), or at once on SIGHUP (`systemctl reload wsgate`).",
+        options: &[
+            Opt {
+                long: "--min-length",
+                short: None,
+                value: Some("N"),
+                help: "refuse a password shorter than N characters (default 8)",
+            },
+            Opt {
+                long: "--delete",
+                short: None,
+                value: None,
+                help: "remove USER instead",
+            },
+        ],
         exit: "0, or 2 (the file or the input was refused)",
         build: build_passwd,
     },
@@ -230,8 +242,8 @@ reload_check_interval), or at once with `systemctl reload wsgate`.",
         about: "\
 API tokens for devices and services. `add` prints a new token once (only its SHA-256 is stored
 in the tokens file); `list` shows names and hash prefixes; `revoke` removes one. A running server
-picks the change up by itself (see reload_check_interval), or at once with `systemctl reload
-wsgate`.",
+picks the change up by itself within a second (see reload_check_interval), or at once on SIGHUP
+(`systemctl reload wsgate`).",
         options: &[
             CONFIG,
             Opt {
@@ -691,11 +703,23 @@ fn build_check_access(args: &Args) -> Result<Command, String> {
 }
 
 fn build_passwd(args: &Args) -> Result<Command, String> {
+    let action = match (args.flag("--delete"), args.text("--min-length")?) {
+        (true, Some(_)) => return Err("--min-length applies to a password, not --delete".into()),
+        (true, None) => passwd::Action::Delete,
+        (false, None) => passwd::Action::Set {
+            min_length: passwd::MIN_PASSWORD_LEN,
+        },
+        (false, Some(n)) => passwd::Action::Set {
+            min_length: n
+                .parse()
+                .map_err(|_| format!("--min-length {n:?} is not a number of characters"))?,
+        },
+    };
     let [file, user] = args.exactly("needs FILE and USER")?;
     Ok(Command::Passwd {
         file: file.into(),
         user: text(user, "USER")?,
-        delete: args.flag("--delete"),
+        action,
     })
 }
 
@@ -960,9 +984,18 @@ mod tests {
             Ok(Command::Passwd {
                 file: "users".into(),
                 user: "bob".into(),
-                delete: true
+                action: passwd::Action::Delete
             })
         );
+        assert_eq!(
+            parse_str("passwd --min-length 1 users bob"),
+            Ok(Command::Passwd {
+                file: "users".into(),
+                user: "bob".into(),
+                action: passwd::Action::Set { min_length: 1 }
+            })
+        );
+        assert!(message("passwd --delete --min-length 3 f u").contains("not --delete"));
         assert_eq!(
             parse_str("check-access -c x.ini - /pub"),
             Ok(Command::CheckAccess {

@@ -145,7 +145,7 @@ fn defaults() {
     assert_eq!(c.server.max_pre_auth.get(), 512);
     assert_eq!(c.tls.client_auth, ClientAuth::Off);
     assert_eq!(c.tls.client_ca, None);
-    assert_eq!(c.tls.reload_check_interval, Duration::from_secs(60));
+    assert_eq!(c.tls.reload_check_interval, Duration::from_secs(1));
     assert_eq!(c.auth.tokens_file, dir.0.join("tokens"));
     assert_eq!(c.auth.session_key_file, dir.0.join("session.key"));
     assert_eq!(c.auth.session_ttl, Duration::from_secs(12 * 3600));
@@ -247,6 +247,8 @@ listen = [::1]:9480
             listen: "[::1]:9480".parse().unwrap(),
             max_connections: nz(32),
             token_file: None,
+            allow_hosts: Vec::new(),
+            allow_origins: Vec::new(),
         })
     );
     assert_eq!(Overflow::Drop.to_string(), "drop");
@@ -413,13 +415,16 @@ fn admin_off_loopback_requires_a_token_file() {
 fn cluster_settings() {
     let c = ok(&with(""));
     assert_eq!(c.cluster.redis_url, None);
-    assert_eq!(
+    // Host name, process id, eight random hex digits drawn at each start.
+    let (front, random) = c.cluster.instance_id.rsplit_once('-').unwrap();
+    let (host, pid) = front.rsplit_once('-').unwrap();
+    assert!(!host.is_empty());
+    assert_eq!(pid, std::process::id().to_string());
+    assert!(random.len() == 8 && random.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(
+        ok(&with("")).cluster.instance_id,
         c.cluster.instance_id,
-        format!(
-            "{}-{}",
-            c.cluster.instance_id.rsplit_once('-').unwrap().0,
-            std::process::id()
-        )
+        "a new id at each start, even with the same host name and pid"
     );
     assert_eq!(c.cluster.channel_prefix, "wsgate:");
     assert_eq!(c.cluster.publish_queue.get(), 1024);
@@ -511,6 +516,41 @@ fn cluster_settings() {
         err(&with(&format!("[cluster]\ninstance_id = {long}\n")))
             .contains("must be 1 to 255 bytes")
     );
+}
+
+#[test]
+fn admin_names_hosts_without_ports_and_origins_as_origins_does() {
+    let admin = |lines: &str| with(&format!("[admin]\nlisten = 127.0.0.1:9480\n{lines}\n"));
+    let c = ok(&admin(
+        "allow_hosts = Admin.Internal, 10.0.0.5, [0::1]\nallow_origins = https://ops.example",
+    ));
+    let a = c.admin.unwrap();
+    assert_eq!(a.allow_hosts, ["admin.internal", "10.0.0.5", "[::1]"]);
+    assert_eq!(a.allow_origins.len(), 1);
+    for (line, want) in [
+        (
+            "allow_hosts = admin.internal:9480",
+            "[admin] allow_hosts: `admin.internal:9480`: a host name without a port",
+        ),
+        (
+            "allow_hosts = a b",
+            "[admin] allow_hosts: `a b`: not a host name or an IP address",
+        ),
+        (
+            "allow_hosts = a,,b",
+            "[admin] allow_hosts: empty entry in the list",
+        ),
+        (
+            "allow_origins = ops.example",
+            "[admin] allow_origins: `ops.example`: ",
+        ),
+    ] {
+        let e = err(&admin(line));
+        assert!(
+            e.starts_with(&format!("config: F:7: {want}")),
+            "{line}: {e}"
+        );
+    }
 }
 
 #[test]
@@ -856,6 +896,9 @@ fn load_reads_the_file() {
     ));
 }
 
+/// What a missing certificate and key (both) are answered with, after the path.
+const CERT_HINT: &str = "; no certificate yet? `wsgate cert DIR` writes DIR/wsgate.crt and DIR/wsgate.key, a self-signed pair for this host's names (or set self_signed = true and serve writes one)";
+
 #[test]
 fn tls_files() {
     // Present files are accepted, relative to the config file's directory.
@@ -872,11 +915,11 @@ fn tls_files() {
     // Missing defaults are reported against the section header, or without a line.
     assert_eq!(
         err("[tls]\n[channel:/a]\nmode = echo\n"),
-        "config: F:1: [tls] cert: file not found: D/wsgate.crt"
+        format!("config: F:1: [tls] cert: file not found: D/wsgate.crt{CERT_HINT}")
     );
     assert_eq!(
         err("[channel:/a]\nmode = echo\n"),
-        "config: F: [tls] cert: file not found: D/wsgate.crt"
+        format!("config: F: [tls] cert: file not found: D/wsgate.crt{CERT_HINT}")
     );
     assert_eq!(
         err("[tls]\ncert = c.crt\n[channel:/a]\nmode = echo\n"),
@@ -951,11 +994,14 @@ fn credential_paths_resolve_in_the_credentials_directory() {
         let e = parse_config(text, &dir.ini(), unset)
             .unwrap_err()
             .to_string();
+        let shown_dir = dir.ini().parent().unwrap().display().to_string();
         assert_eq!(
-            e.replace(&dir.ini().display().to_string(), "F"),
-            "config: F:3: [tls] key: credential: paths need \
-                 $CREDENTIALS_DIRECTORY, which systemd sets for LoadCredential= (to run wsgate \
-                 by hand, set it to the directory holding the credential files)"
+            e.replace(&dir.ini().display().to_string(), "F")
+                .replace(&shown_dir, "D"),
+            "config: F:3: [tls] key: credential: paths need $CREDENTIALS_DIRECTORY, which \
+             systemd sets for the service's LoadCredential=; to run wsgate by hand, set it to \
+             the directory holding the credential files: `CREDENTIALS_DIRECTORY=D wsgate ...` \
+             where they sit beside the config, as the packaged unit's do"
         );
     }
 
@@ -1376,7 +1422,7 @@ fn nothing_to_serve() {
     );
     assert_eq!(
         err(""),
-        "config: F: [tls] cert: file not found: D/wsgate.crt"
+        format!("config: F: [tls] cert: file not found: D/wsgate.crt{CERT_HINT}")
     );
 }
 
@@ -1855,7 +1901,9 @@ fn shipped_example_documents_the_defaults() {
         uncommented.push('\n');
     }
     let a = Config::parse(&text, &dir.ini()).unwrap();
-    let b = Config::parse(&uncommented, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+    let mut b = Config::parse(&uncommented, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+    // The default instance_id draws its random part at each parse.
+    b.cluster.instance_id.clone_from(&a.cluster.instance_id);
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
     // A default worked out from other keys: the example shows it for the default workers.
     let shown = |section: &str, key: &str| {

@@ -18,7 +18,7 @@ use crate::ops::notify::Notifier;
 use crate::policy::{self};
 
 use super::{
-    Runtime, Shared, StartError, build_runtime, creds_stamp, load_credentials, notify_or_log,
+    Run, Runtime, Shared, StartError, build_runtime, creds_stamp, load_credentials, notify_or_log,
     stamp, warn_about_origins,
 };
 
@@ -39,7 +39,7 @@ impl Shared {
             .map_err(StartError::Config)
             .and_then(|config| {
                 let creds_stamp = creds_stamp(&config);
-                let loaded = load_credentials(&config, config.auth.file_settle_time)?;
+                let loaded = load_credentials(&config, config.auth.file_settle_time, Run::Serve)?;
                 loaded
                     .users
                     .may_replace(self.creds.users.user_count(), &config.auth.users_file)
@@ -232,6 +232,14 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     let admin_token = |c: &Config| c.admin.as_ref().and_then(|a| a.token_file.clone());
     if admin_token(old) != admin_token(new) {
         changed.push("[admin] token_file");
+    }
+    let admin_hosts = |c: &Config| c.admin.as_ref().map(|a| a.allow_hosts.clone());
+    if admin_hosts(old) != admin_hosts(new) {
+        changed.push("[admin] allow_hosts");
+    }
+    let admin_origins = |c: &Config| c.admin.as_ref().map(|a| a.allow_origins.clone());
+    if admin_origins(old) != admin_origins(new) {
+        changed.push("[admin] allow_origins");
     }
     if old.cluster != new.cluster {
         changed.push("[cluster]");

@@ -90,6 +90,9 @@ impl Default for Setup {
             )
             .set("origins", "allow_missing", "true")
             .set("auth", "users_file", "users")
+            // The file watcher off the tests' path: a test that rewrites a file and reloads
+            // sends SIGHUP and counts its line; the tests of the watcher set their own interval.
+            .set("tls", "reload_check_interval", "60s")
             .set("log", "level", "debug")
             .set("channel:/echo", "mode", "echo")
             .set("channel:/chat/*", "mode", "broadcast")
@@ -107,6 +110,14 @@ impl Setup {
             .entry(section.into())
             .or_default()
             .insert(key.into(), value.into());
+        self
+    }
+
+    /// Removes a key, so the server takes its default.
+    pub fn unset(&mut self, section: &str, key: &str) -> &mut Self {
+        if let Some(keys) = self.sections.get_mut(section) {
+            keys.remove(key);
+        }
         self
     }
 
@@ -131,7 +142,11 @@ impl Setup {
         ])
         .unwrap();
         std::fs::write(dir.path().join("cert.pem"), pair.cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), pair.signing_key.serialize_pem()).unwrap();
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+        // As `wsgate cert` writes it: a key others can read is warned about.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(dir.path().join("users"), users_file_text()).unwrap();
         let config = dir.path().join("wsgate.ini");
         std::fs::write(&config, self.render()).unwrap();
@@ -160,6 +175,7 @@ const PROGRAM_PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     ("openssl", "openssl"),
     ("prlimit", "util-linux"),
+    ("setpriv", "util-linux"),
     ("systemd-analyze", "systemd"),
     ("timeout", "coreutils"),
 ];
@@ -505,6 +521,21 @@ pub fn status_of(result: Result<Client, tungstenite::Error>) -> u16 {
     }
 }
 
+/// The `Retry-After` seconds of a refused handshake that must be a 429.
+pub fn retry_after_of_429(result: Result<Client, tungstenite::Error>) -> u64 {
+    match result {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429);
+            resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+}
+
 /// Reads the next data message, skipping pings/pongs.
 pub fn next_data(ws: &mut Client) -> Message {
     loop {
@@ -581,9 +612,11 @@ pub fn basic(user: &str, pass: &str) -> String {
 impl Server {
     /// A plain HTTP GET to the admin endpoint: (status, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.admin_addr()).unwrap();
+        let addr = self.admin_addr();
+        let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        // The listener's own address as `Host`, as curl sends it.
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let status = out

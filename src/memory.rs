@@ -436,7 +436,7 @@ pub fn startup_line(
         "{head}; base cost {} KiB per connection: {connections} connections (workers + queue) \
          take {} MiB at base{fit}",
         base >> 10,
-        mib(base * connections as u64)
+        mib(base.saturating_mul(connections as u64))
     )
 }
 

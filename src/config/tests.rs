@@ -1857,6 +1857,11 @@ fn shipped_example_documents_the_defaults() {
     let a = Config::parse(&text, &dir.ini()).unwrap();
     let b = Config::parse(&uncommented, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    assert_eq!(
+        b.changes_since(&a),
+        vec![],
+        "a reload would see these as changed"
+    );
     // A default worked out from other keys: the example shows it for the default workers.
     let shown = |section: &str, key: &str| {
         lines
@@ -1890,4 +1895,24 @@ fn shipped_example_documents_the_defaults() {
     );
     let c = Config::parse(&mtls, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.tls.client_ca, Some(dir.0.join("clients-ca.pem")));
+}
+
+#[test]
+fn a_huge_count_is_refused_at_its_line_and_no_sum_of_counts_wraps() {
+    assert_eq!(
+        err(&format!(
+            "{MINIMAL}[server]\nworkers = 18446744073709551615\nqueue = 16\n"
+        )),
+        "config: F:6: [server] workers: `18446744073709551615` is too large; at most 1000000"
+    );
+    assert_eq!(
+        err(&format!(
+            "{MINIMAL}[limits]\noutbox = 99999999999999999999999\n"
+        )),
+        "config: F:6: [limits] outbox: `99999999999999999999999` is too large; at most 1000000"
+    );
+    let c = ok(&format!(
+        "{MINIMAL}[server]\nworkers = 1000000\nqueue = 1000000\nmax_pre_auth = 1000000\n"
+    ));
+    assert_eq!(c.server.workers.get() + c.server.queue, 2_000_000);
 }

@@ -86,7 +86,7 @@ impl Admission {
                 server.worker_stack_size.get(),
                 "wsgate-worker",
             ),
-            capacity: server.workers.get() + server.queue,
+            capacity: server.workers.get().saturating_add(server.queue),
             pre_auth_cap: server.max_pre_auth.get(),
             per_ip_cap: server.max_connections_per_ip.get(),
             counts: Mutex::default(),

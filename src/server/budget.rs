@@ -11,7 +11,11 @@ use crate::memory::{self, Budget};
 pub(super) fn start_budget(config: &Config) -> Arc<Budget> {
     let (cap, host) = memory::resolve(config.server.memory_limit);
     let base = base_per_connection(config);
-    let connections = config.server.workers.get() + config.server.queue;
+    let connections = config
+        .server
+        .workers
+        .get()
+        .saturating_add(config.server.queue);
     log::info!(
         "{}",
         memory::startup_line(config.server.memory_limit, cap, host, base, connections)

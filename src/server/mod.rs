@@ -25,6 +25,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -173,6 +174,11 @@ struct Shared {
     reloading: Mutex<()>,
     /// This server's rate-limited log of refused upgrades.
     refusals: RefusalLog,
+    /// The configuration the process started with: what a key that needs a restart still
+    /// runs with, whatever reloads read since.
+    started: Arc<Config>,
+    /// The command line set the log level: a reload leaves it as it is.
+    log_level_pinned: AtomicBool,
 }
 
 /// A bound, ready server.
@@ -292,6 +298,8 @@ impl Server {
             stop: Waker::new().map_err(StartError::System)?,
             reloading: Mutex::new(()),
             refusals: RefusalLog::new(),
+            started: Arc::clone(&config),
+            log_level_pinned: AtomicBool::new(false),
         });
         Ok(Server {
             shared,
@@ -307,6 +315,11 @@ impl Server {
     /// The `getsockname` error.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Keeps the log level as it is now through reloads (the command line set it).
+    pub fn pin_log_level(&self) {
+        self.shared.log_level_pinned.store(true, Ordering::Relaxed);
     }
 
     pub fn control(&self) -> Control {

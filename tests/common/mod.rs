@@ -208,6 +208,18 @@ impl Server {
         Server::from_command(dir, cmd, ca)
     }
 
+    /// Starts `wsgate serve OPTIONS --config CONFIG`.
+    pub fn spawn_with_options(
+        dir: TempDir,
+        config: &Path,
+        ca: CertificateDer<'static>,
+        options: &[&str],
+    ) -> Server {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").args(options).arg("--config").arg(config);
+        Server::from_command(dir, cmd, ca)
+    }
+
     /// Starts `wsgate serve CONFIG`, the config given as the command's argument.
     pub fn spawn_positional(dir: TempDir, config: &Path, ca: CertificateDer<'static>) -> Server {
         let mut cmd = Command::new(bin());

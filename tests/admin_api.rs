@@ -11,11 +11,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
     ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, close_frame, echoes, free_port, metric,
-    next_data, run_wsgate,
+    next_data, run_wsgate, wait_until,
 };
 use tungstenite::Message;
 
@@ -318,8 +320,9 @@ fn a_subscriber_that_stops_reading_never_slows_a_publish_and_stops_being_counted
         assert_eq!(a.status, 202, "{}", a.body);
         counts.push(a.body);
     }
+    // A publish that waited for the stuck subscriber would never be answered: `publish` reads
+    // under IO_TIMEOUT, and its 202 is asserted above. The time is a figure, not a bound.
     eprintln!("figure: slowest of 400 64 KiB publishes to a stuck subscriber: {slowest:?}");
-    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
     // First taken (socket buffers, then its outbox), then dropped for it and not counted.
     assert_eq!(counts[0], "{\"subscribers\":1}\n");
     assert_eq!(counts[399], "{\"subscribers\":0}\n");
@@ -337,10 +340,10 @@ fn a_huge_declared_body_is_refused_at_once_and_a_slow_body_is_dropped_at_the_dea
         admin,
         b"POST /publish?path=/news HTTP/1.1\r\nContent-Length: 1000000000000000\r\n\r\n",
     );
+    // Answered from the head alone: no body byte was ever sent.
     assert_eq!(a.status, 413);
     let took = started.elapsed();
     eprintln!("figure: 1 PB declared body refused with 413 in {took:?}");
-    assert!(took < Duration::from_millis(500));
     let a = raw(
         admin,
         b"POST /publish?path=/news HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n",
@@ -354,28 +357,34 @@ fn a_huge_declared_body_is_refused_at_once_and_a_slow_body_is_dropped_at_the_dea
     slow.write_all(b"POST /publish?path=/news HTTP/1.1\r\nContent-Length: 20\r\n\r\n")
         .unwrap();
     let started = Instant::now();
+    let dripped = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&dripped);
     let dripper = std::thread::spawn(move || {
         for _ in 0..20 {
             std::thread::sleep(Duration::from_millis(300));
             if slow.write_all(b"x").is_err() {
                 break;
             }
+            counted.fetch_add(1, Ordering::SeqCst);
         }
         let mut rest = Vec::new();
         let _ = slow.read_to_end(&mut rest);
         rest
     });
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(wait_until(IO_TIMEOUT, || dripped.load(Ordering::SeqCst) > 0));
     let probe = Instant::now();
     assert_eq!(server.admin_get("/healthz").0, 200);
     let probed = probe.elapsed();
     eprintln!("figure: /healthz during a dripped body answered in {probed:?}");
-    assert!(probed < Duration::from_millis(500));
+    // Answered while the body was still dripping, not after its exchange ended.
+    assert!(!dripper.is_finished() && dripped.load(Ordering::SeqCst) < 20);
     let rest = dripper.join().unwrap();
     let took = started.elapsed();
     eprintln!("figure: body dripped 1 byte/300 ms dropped after {took:?}");
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
-    assert!(took < Duration::from_millis(3500), "dropped after {took:?}");
+    // Dropped at the exchange's deadline: the client could not send its whole body.
+    let sent = dripped.load(Ordering::SeqCst);
+    assert!(sent < 20, "all {sent} bytes sent; dropped after {took:?}");
     assert_eq!(try_next(&mut alice, Duration::from_millis(200)), None);
     // A body that stops short (the client closes) publishes nothing either.
     let mut short = TcpStream::connect(admin).unwrap();
@@ -413,7 +422,22 @@ fn publish_bodies_that_never_finish_cannot_keep_a_health_probe_out() {
     assert_eq!(server.admin_get("/healthz").0, 200);
     let took = started.elapsed();
     eprintln!("figure: /healthz with every admin place held by a stuck body answered in {took:?}");
-    assert!(took < Duration::from_millis(500));
+    // By taking the oldest's place, not by waiting for the stuck bodies' deadline: the other
+    // two are still held.
+    let held = stuck
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let open =
+                matches!(s.peek(&mut [0]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            s.set_nonblocking(false).unwrap();
+            open
+        })
+        .count();
+    assert_eq!(
+        held, 2,
+        "stuck bodies still held when the probe was answered"
+    );
     // Each stuck client is dropped (evicted, or at the deadline) without an answer.
     for mut s in stuck {
         let mut rest = Vec::new();

@@ -605,15 +605,29 @@ fn a_reload_that_lands_while_the_users_file_is_being_written_waits_for_the_whole
     assert!(server.wait_log("received SIGHUP", IO_TIMEOUT));
     file.write_all(rest.as_bytes()).unwrap();
     drop(file);
-    assert!(server.wait_log("reloaded ", IO_TIMEOUT), "{}", server.logs());
+    assert!(
+        server.wait_log("reloaded ", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
     echoes(&mut bob, "bob was never dropped");
     assert_eq!(
         status_of(server.connect_with("/echo", &[("Authorization", &basic(BOB.0, BOB.1))])),
         101
     );
     // Read whole at the start and by the reload; never cut to alice alone.
-    assert_eq!(server.count_log("2 users loaded from"), 2, "{}", server.logs());
-    assert_eq!(server.count_log("1 user loaded from"), 0, "{}", server.logs());
+    assert_eq!(
+        server.count_log("2 users loaded from"),
+        2,
+        "{}",
+        server.logs()
+    );
+    assert_eq!(
+        server.count_log("1 user loaded from"),
+        0,
+        "{}",
+        server.logs()
+    );
 }
 
 #[test]

@@ -954,6 +954,33 @@ pub fn metric(server: &Server, sample: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{text}"))
 }
 
+/// Waits until `done` holds, checking every 20 ms, for at most `timeout`; false if it never
+/// did. The one polling loop of the tests: they wait for a condition, never for a time.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the `/metrics` sample `sample` satisfies `ok`, and returns its value then;
+/// panics with the last value after [`IO_TIMEOUT`].
+pub fn wait_metric(server: &Server, sample: &str, ok: impl Fn(u64) -> bool) -> u64 {
+    let mut last = 0;
+    let met = wait_until(IO_TIMEOUT, || {
+        last = metric(server, sample);
+        ok(last)
+    });
+    assert!(met, "{sample} stayed at {last}; log:\n{}", server.logs());
+    last
+}
+
 /// The resident set size of process `pid`, in KiB (`VmRSS` in /proc/PID/status).
 pub fn rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -290,14 +290,9 @@ impl Server {
 
     /// Waits until a log line contains `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_until(timeout, || {
+            self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        })
     }
 
     /// Counts log lines containing `needle`.
@@ -477,27 +472,20 @@ impl Server {
     pub fn reload_and_wait(&self) {
         let before = self.count_log("reloaded ") + self.count_log("reload failed");
         self.reload();
-        let until = Instant::now() + IO_TIMEOUT;
-        while self.count_log("reloaded ") + self.count_log("reload failed") == before {
-            assert!(
-                Instant::now() < until,
-                "no reload line; log:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let done = wait_until(IO_TIMEOUT, || {
+            self.count_log("reloaded ") + self.count_log("reload failed") > before
+        });
+        assert!(done, "no reload line; log:\n{}", self.logs());
     }
 
     /// Waits for the process to exit, returning its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        let mut exited = None;
+        wait_until(timeout, || {
+            exited = self.child.try_wait().unwrap();
+            exited.is_some()
+        });
+        exited
     }
 }
 
@@ -558,14 +546,16 @@ pub fn still_serving(server: &Server) {
 /// Connects to /echo as `user`, retrying while the server is still releasing a slot (a refused
 /// connection is reset before the TLS handshake completes).
 pub fn connect_retrying(server: &Server, (user, pass): (&str, &str)) -> Client {
-    let until = Instant::now() + IO_TIMEOUT;
-    loop {
+    let mut last = None;
+    let mut client = None;
+    wait_until(IO_TIMEOUT, || {
         match server.connect_with("/echo", &[("Authorization", &basic(user, pass))]) {
-            Ok(c) => return c,
-            Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("never admitted: {e}; log:\n{}", server.logs()),
+            Ok(c) => client = Some(c),
+            Err(e) => last = Some(e),
         }
-    }
+        client.is_some()
+    });
+    client.unwrap_or_else(|| panic!("never admitted: {last:?}; log:\n{}", server.logs()))
 }
 
 /// A TLS client configuration that trusts `ca` alone (ring provider, safe default versions).

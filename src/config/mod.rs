@@ -6,7 +6,8 @@
 //! `scan.rs` (the one parse), the tables of `tables.rs` (every key, its default, parser and doc;
 //! `keys.rs` says what a row is and checks names against them), `sections.rs` (each section into
 //! its typed part, with the parsers of `values.rs` and the rules between keys of `validate.rs`).
-//! [`ConfigError`] is in `error.rs`, the "did you mean" of unknown names in `suggest.rs`.
+//! [`ConfigError`] is in `error.rs`, the "did you mean" of unknown names in `suggest.rs`;
+//! `changes.rs` tells a reload which keys changed and what each row says a reload does with it.
 
 mod changes;
 mod error;

@@ -1,6 +1,6 @@
 //! The key tables, one per section: every key the config accepts, in the order
-//! `[section] accepts …` lists them, each row naming its default, its parser and its doc line (see
-//! [`Key`]). Bounds of a single key are in its parser ([`super::values`]); rules between keys are
+//! `[section] accepts …` lists them, each row naming its default, its parser, its doc line and
+//! what a reload does when its value changed (see [`Key`] and [`Reload`]). Bounds of a single key are in its parser ([`super::values`]); rules between keys are
 //! in [`super::validate`]. `conf/wsgate.ini` documents exactly these rows (a test holds them to
 //! each other).
 

@@ -424,16 +424,7 @@ fn publish_bodies_that_never_finish_cannot_keep_a_health_probe_out() {
     eprintln!("figure: /healthz with every admin place held by a stuck body answered in {took:?}");
     // By taking the oldest's place, not by waiting for the stuck bodies' deadline: the other
     // two are still held.
-    let held = stuck
-        .iter()
-        .filter(|s| {
-            s.set_nonblocking(true).unwrap();
-            let open =
-                matches!(s.peek(&mut [0]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-            s.set_nonblocking(false).unwrap();
-            open
-        })
-        .count();
+    let held = stuck.iter().filter(|s| common::still_open(s)).count();
     assert_eq!(
         held, 2,
         "stuck bodies still held when the probe was answered"

@@ -48,18 +48,9 @@ fn a_connection_without_a_wake_up_fd_gets_503_retry_after_1_named_for_the_fd() {
     };
     assert_eq!(response.status().as_u16(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
-    assert!(
-        server.wait_log(
-            "status=503 reason=cannot create the wake-up fd (eventfd)",
-            IO_TIMEOUT
-        ),
-        "{}",
-        server.logs()
-    );
-    assert!(
-        !server.logs().contains("shutting down"),
-        "{}",
-        server.logs()
+    logged_as(
+        &server,
+        "status=503 reason=cannot create the wake-up fd (eventfd)",
     );
     prlimit(Pid::from_raw(server.pid()), Resource::Nofile, old).unwrap();
     assert_eq!(
@@ -69,6 +60,16 @@ fn a_connection_without_a_wake_up_fd_gets_503_retry_after_1_named_for_the_fd() {
     // The descriptor came back with the refused socket: the next client is served.
     let mut ws = server.connect_as("/chat/room", ALICE);
     ws.send(tungstenite::Message::text("after")).unwrap();
+}
+
+/// The refusal's one log line says `line`, and nothing says "shutting down".
+fn logged_as(server: &Server, line: &str) {
+    assert!(server.wait_log(line, IO_TIMEOUT), "{}", server.logs());
+    assert!(
+        !server.logs().contains("shutting down"),
+        "{}",
+        server.logs()
+    );
 }
 
 fn login_request(body: &str) -> Vec<u8> {
@@ -103,18 +104,9 @@ fn a_demo_login_with_sessions_off_gets_501_named_sessions_off() {
         answer.contains("sessions are off ([auth] session_ttl = 0)"),
         "{answer}"
     );
-    assert!(
-        server.wait_log(
-            "status=501 reason=demo login with sessions off ([auth] session_ttl = 0)",
-            IO_TIMEOUT
-        ),
-        "{}",
-        server.logs()
-    );
-    assert!(
-        !server.logs().contains("shutting down"),
-        "{}",
-        server.logs()
+    logged_as(
+        &server,
+        "status=501 reason=demo login with sessions off ([auth] session_ttl = 0)",
     );
     assert_eq!(
         metric(&server, r#"wsgate_connections_total{outcome="501"}"#),

@@ -944,6 +944,14 @@ pub fn metric(server: &Server, sample: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{text}"))
 }
 
+/// Whether the peer still holds `s` open: nothing to read yet, neither data nor its end.
+pub fn still_open(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let open = matches!(s.peek(&mut [0]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    s.set_nonblocking(false).unwrap();
+    open
+}
+
 /// Waits until `done` holds, checking every 20 ms, for at most `timeout`; false if it never
 /// did. The one polling loop of the tests: they wait for a condition, never for a time.
 pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {

@@ -72,15 +72,6 @@ fn logged_as(server: &Server, line: &str) {
     );
 }
 
-fn login_request(body: &str) -> Vec<u8> {
-    format!(
-        "POST /login HTTP/1.1\r\nHost: localhost\r\nOrigin: {ORIGIN_OK}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 #[test]
 fn a_demo_login_with_sessions_off_gets_501_named_sessions_off() {
     let mut setup = Setup::default();
@@ -89,10 +80,8 @@ fn a_demo_login_with_sessions_off_gets_501_named_sessions_off() {
         .set("auth", "session_ttl", "0")
         .set("admin", "listen", "127.0.0.1:0");
     let server = setup.start();
-    let answer = server.raw_request(&login_request(&format!(
-        "user={}&pass={}",
-        ALICE.0, ALICE.1
-    )));
+    let form = format!("user={}&pass={}", ALICE.0, ALICE.1);
+    let answer = server.raw_request(&login_request(Some(ORIGIN_OK), &form));
     assert_eq!(
         status_line(&answer),
         "HTTP/1.1 501 Not Implemented",

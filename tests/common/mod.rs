@@ -944,6 +944,19 @@ pub fn metric(server: &Server, sample: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{text}"))
 }
 
+/// The demo page's `POST /login` with `body` as its form, from `origin`.
+pub fn login_request(origin: Option<&str>, body: &str) -> Vec<u8> {
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /login HTTP/1.1\r\nHost: localhost\r\n{origin}\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// Whether the peer still holds `s` open: nothing to read yet, neither data nor its end.
 pub fn still_open(s: &TcpStream) -> bool {
     s.set_nonblocking(true).unwrap();

@@ -164,7 +164,7 @@ fn serve(path: &Path, log_level: Option<log::LevelFilter>) -> ExitCode {
         // The command line's level outlasts reloads: the file's `[log] level` is not applied.
         server.pin_log_level();
     }
-    if let Err(e) = wsgate::ops::signals::handle(server.control()) {
+    if let Err(e) = wsgate::server::signals::handle(server.control()) {
         log::error!("cannot install signal handlers: {e}");
         return ExitCode::from(1);
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::IO_TIMEOUT;
 use common::prometheus::validate_exposition;
-use wsgate::ops::admin::{self, AdminState};
+use wsgate::admin::{self, AdminState};
 use wsgate::ops::metrics::{Gauges, Metrics, Outcome};
 
 struct Admin {

@@ -28,7 +28,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::auth::users::MAX_USER_NAME_LEN;
+use crate::rules::user_name::MAX_USER_NAME_LEN;
 
 /// How long a key blocked only by attempts still in flight is told to wait: they settle within
 /// one Argon2 run (tens of milliseconds), so a second is plenty.

@@ -17,7 +17,7 @@ use data_encoding::{BASE64URL_NOPAD, HEXLOWER};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::auth::users::{self, NameError};
+use crate::rules::user_name::{NameError, check_user_name};
 
 /// Every token starts with this, so a leaked one is easy to recognise (and to grep for).
 pub const TOKEN_PREFIX: &str = "wsg_";
@@ -308,8 +308,7 @@ impl TokenStore {
             let Some((user, name, hex)) = split_fields(line) else {
                 return Err(err(None, None, TokenLineProblem::Fields));
             };
-            users::check_user_name(user)
-                .map_err(|e| err(None, None, TokenLineProblem::BadUser(e)))?;
+            check_user_name(user).map_err(|e| err(None, None, TokenLineProblem::BadUser(e)))?;
             check_token_name(name).map_err(|_| err(Some(user), None, TokenLineProblem::BadName))?;
             let Some(digest) = parse_digest(hex) else {
                 return Err(err(Some(user), Some(name), TokenLineProblem::BadHash));
@@ -441,7 +440,7 @@ fn lock(file: &Path) -> Result<crate::auth::files::UpdateLock, TokensError> {
 /// # Errors
 /// A bad user or token name, a name the user already has, a broken file, or an I/O failure.
 pub fn add(file: &Path, user: &str, name: Option<&str>) -> Result<String, TokensError> {
-    users::check_user_name(user).map_err(TokensError::BadUser)?;
+    check_user_name(user).map_err(TokensError::BadUser)?;
     if let Some(name) = name {
         check_token_name(name)?;
     }
@@ -484,7 +483,7 @@ pub fn add(file: &Path, user: &str, name: Option<&str>) -> Result<String, Tokens
 /// # Errors
 /// A bad name, a token (or file) that is not there, a broken file, or an I/O failure.
 pub fn revoke(file: &Path, user: &str, name: &str) -> Result<(), TokensError> {
-    users::check_user_name(user).map_err(TokensError::BadUser)?;
+    check_user_name(user).map_err(TokensError::BadUser)?;
     check_token_name(name)?;
     let not_found = || TokensError::NotFound {
         path: file.to_path_buf(),

@@ -1,6 +1,7 @@
-//! The users file (`name:argon2id-PHC` lines): parsing with line-numbered errors, the user-name
-//! rules, and hashing a new password for `wsgate passwd`. Verifying a password against it (Argon2id
-//! bounded in concurrency, the cache, single flight) is [`crate::auth::password`].
+//! The users file (`name:argon2id-PHC` lines): parsing with line-numbered errors (a name must
+//! pass [`crate::rules::user_name`]), and hashing a new password for `wsgate passwd`. Verifying a
+//! password against it (Argon2id bounded in concurrency, the cache, single flight) is
+//! [`crate::auth::password`].
 //!
 //! Nothing here logs or displays a password or a stored hash: errors name the file, the line and
 //! the user only, and [`UserStore`]'s `Debug` lists names, not hashes.
@@ -14,9 +15,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// The longest user name accepted (in the users file, and in a request: longer ones are refused
-/// unread).
-pub const MAX_USER_NAME_LEN: usize = 64;
+use crate::rules::user_name::{NameError, check_user_name};
 
 /// The line that says a users file without users is meant to be empty. A reload refuses a file
 /// without users in place of one with users unless it carries this line, because an editor's
@@ -82,37 +81,6 @@ pub enum LineProblem {
     /// The name was already defined on an earlier line.
     Duplicate { first_line: usize },
 }
-
-/// Why a user name is invalid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NameError {
-    Empty,
-    TooLong {
-        len: usize,
-    },
-    /// The name as written (escaped when shown), containing a character outside
-    /// `[A-Za-z0-9._@+-]`.
-    BadCharacter(String),
-}
-
-impl fmt::Display for NameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NameError::Empty => write!(f, "empty user name"),
-            NameError::TooLong { len } => write!(
-                f,
-                "user name is {len} bytes long, the limit is {MAX_USER_NAME_LEN}"
-            ),
-            NameError::BadCharacter(name) => write!(
-                f,
-                "user name \"{}\" has characters outside A-Z a-z 0-9 . _ @ + -",
-                name.escape_debug()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for NameError {}
 
 impl fmt::Display for LineProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -185,28 +153,6 @@ impl std::error::Error for UsersError {
             _ => None,
         }
     }
-}
-
-/// Checks a user name: 1 to 64 bytes of `[A-Za-z0-9._@+-]`.
-///
-/// # Errors
-/// The [`NameError`] saying what is wrong.
-pub fn check_user_name(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'-'))
-    {
-        // Shown escaped and cut short: it is a name field, but keep the message bounded.
-        let shown: String = name.chars().take(MAX_USER_NAME_LEN).collect();
-        return Err(NameError::BadCharacter(shown));
-    }
-    if name.len() > MAX_USER_NAME_LEN {
-        return Err(NameError::TooLong { len: name.len() });
-    }
-    Ok(())
 }
 
 /// The name part of a users-file line, or `None` for a blank or comment line. A trailing `\r`

@@ -1,13 +1,13 @@
 //! The text of `wsgate check-access`: [`explain`] answers what a client would get on a path and
 //! why, and [`lint`] warns about roles and channels that are valid but probably not what was
-//! meant. Report text over the pure decisions of [`crate::policy::acl`] and
+//! meant. Report text over the pure decisions of [`crate::rules::acl`] and
 //! [`crate::policy::route`]; kept here so the policy does not depend on its own reports.
 
 use std::fmt::Write as _;
 
 use crate::config::{ChannelConfig, Config, Mode, Overflow};
-use crate::policy::acl::{Members, PathPattern, Role};
-use crate::policy::acl::{Rule, evaluate};
+use crate::rules::acl::{Members, PathPattern, Role};
+use crate::rules::acl::{Rule, evaluate};
 
 /// `file:line: ` (or `file: `) for a message about something at `line` of `config`.
 fn at(config: &Config, line: Option<usize>) -> String {
@@ -205,7 +205,7 @@ pub fn explain(config: &Config, user: Option<&str>, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::acl::tests::{CHANNELS, config, demo};
+    use crate::rules::acl::tests::{CHANNELS, config, demo};
 
     #[test]
     fn lint_cases() {

@@ -6,8 +6,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::admin::Filter;
 use crate::config::suggest;
-use crate::ops::admin::Filter;
 
 /// Where `serve` and the commands look for the config when none is named.
 pub const DEFAULT_CONFIG: &str = "/etc/wsgate/wsgate.ini";

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use std::os::unix::fs::PermissionsExt;
 
+use crate::admin::{self, Filter, TokenFileError};
 use crate::auth::files::{count, shown};
 use crate::auth::tokens::{self, TokenStore, TokensError};
 use crate::auth::users::{UserStore, UsersError};
 use crate::cli::access_report;
 use crate::config::ClientAuth;
 use crate::config::{Config, ConfigError};
-use crate::ops::admin::{self, Filter, TokenFileError};
 
 /// Why a command could not run (exit code 2: something in the configuration needs fixing).
 #[derive(Debug)]

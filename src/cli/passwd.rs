@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use rustix::termios::{LocalModes, OptionalActions, Termios, tcgetattr, tcsetattr};
 
 use crate::auth::files;
-use crate::auth::users::{self, NameError, UserStore, UsersError};
+use crate::auth::users::{self, UserStore, UsersError};
+use crate::rules::user_name::{NameError, check_user_name};
 
 /// The longest password accepted, in bytes.
 pub const MAX_PASSWORD_LEN: usize = 1024;
@@ -132,7 +133,7 @@ impl fmt::Display for Change {
 /// # Errors
 /// A [`PasswdError`] a user can act on.
 pub fn run(file: &Path, user: &str, delete: bool) -> Result<(), PasswdError> {
-    users::check_user_name(user).map_err(PasswdError::BadName)?;
+    check_user_name(user).map_err(PasswdError::BadName)?;
     let change = if delete {
         delete_user(file, user)?
     } else {
@@ -161,7 +162,7 @@ fn set_password_hashed(
     password: &str,
     hash: impl FnOnce(&str) -> Result<String, UsersError>,
 ) -> Result<Change, PasswdError> {
-    users::check_user_name(user).map_err(PasswdError::BadName)?;
+    check_user_name(user).map_err(PasswdError::BadName)?;
     check_password(password)?;
     read_existing(file)?;
     // Hashed before the lock is taken (it is the slow part); the file is read again under it.
@@ -187,7 +188,7 @@ fn set_password_hashed(
 /// # Errors
 /// A bad name, a missing file or user, a broken file, or an I/O failure.
 pub fn delete_user(file: &Path, user: &str) -> Result<Change, PasswdError> {
-    users::check_user_name(user).map_err(PasswdError::BadName)?;
+    check_user_name(user).map_err(PasswdError::BadName)?;
     let _lock = lock(file)?;
     let Some((text, meta)) = read_existing(file)? else {
         return Err(PasswdError::Read {

@@ -4,7 +4,8 @@
 
 use std::fmt;
 
-use super::keys::{self, Reload};
+use super::keys::Reload;
+use super::lookup;
 use super::scan::ScannedSection;
 use super::tables::FIXED;
 use super::{Config, ConfigError};
@@ -65,7 +66,7 @@ impl Config {
         }
         let mut changes = Vec::new();
         for name in names {
-            let Some(table) = keys::table(name) else {
+            let Some(table) = lookup::table(name) else {
                 continue;
             };
             let (old, new) = (
@@ -180,7 +181,7 @@ mod tests {
     }
 
     fn changes(old: &str, new: &str) -> Vec<Change> {
-        let mut a = crate::policy::acl::tests::config("[channel:/echo]\nmode = echo\n");
+        let mut a = crate::rules::acl::tests::config("[channel:/echo]\nmode = echo\n");
         let mut b = a.clone();
         a.written = super::super::Written(sections(old));
         b.written = super::super::Written(sections(new));

@@ -1,12 +1,8 @@
 //! What a row of the key tables is ([`Key`]: the key, its default as the file would write it, its
-//! parser and so the typed value it produces, one line of doc) and how the tables are read: which
-//! table a section has, and the unknown-section and unknown-key check with its "did you mean"
-//! suggestions. The rows themselves are in [`super::tables`]; [`Section::get`] reads a value
-//! through its row, default included.
-
-use super::ConfigError;
-use super::scan::Section;
-use super::tables::{FIXED, channel, role};
+//! parser and so the typed value it produces, one line of doc, what a reload does when it
+//! changed: [`Reload`]) and what a table is. The rows
+//! themselves are in [`super::tables`]; which table a section has, and the unknown-name check, in
+//! [`super::lookup`]; `Section::get` reads a value through its row, default included.
 
 /// A row: one key of a section.
 pub(super) struct Key<T> {
@@ -126,7 +122,7 @@ impl Table {
         self.groups.iter().flat_map(|group| group.iter().copied())
     }
 
-    fn row(&self, key: &str) -> Option<&'static dyn Row> {
+    pub(super) fn row(&self, key: &str) -> Option<&'static dyn Row> {
         self.rows().find(|row| row.name() == key)
     }
 }
@@ -136,53 +132,10 @@ pub(super) const CHANNEL_PREFIX: &str = "channel:";
 /// `[role:NAME]`: a role, one section per name.
 pub(super) const ROLE_PREFIX: &str = "role:";
 
-/// The table of the section named `name`, if it is one the config knows.
-pub(super) fn table(name: &str) -> Option<&'static Table> {
-    if name.starts_with(CHANNEL_PREFIX) {
-        Some(&channel::TABLE)
-    } else if name.starts_with(ROLE_PREFIX) {
-        Some(&role::TABLE)
-    } else {
-        FIXED.iter().copied().find(|t| t.name == name)
-    }
-}
-
-/// Refuses the first unknown section or key, in file order, naming the nearest known word.
-pub(super) fn check_names(sections: &[Section<'_>]) -> Result<(), ConfigError> {
-    for s in sections {
-        let Some(table) = table(s.name) else {
-            let names: Vec<&str> = FIXED.iter().map(|t| t.name).collect();
-            return Err(s.invalid(
-                None,
-                format!(
-                    "unknown section{}; expected {}, {CHANNEL_PREFIX}/path or {ROLE_PREFIX}NAME",
-                    super::suggest::hint(s.name, names.iter().copied()),
-                    names.join(", ")
-                ),
-            ));
-        };
-        if let Some(unknown) = s.keys.iter().find(|k| table.row(&k.key).is_none()) {
-            let key = unknown.key.as_str();
-            let names: Vec<&str> = table.rows().map(|row| row.name()).collect();
-            return Err(s.invalid(
-                Some(key),
-                format!(
-                    "unknown key{}; [{}] accepts {}",
-                    super::suggest::hint(key, names.iter().copied()),
-                    s.name,
-                    names.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use crate::config::tables::ws;
+    use crate::config::tables::{FIXED, channel, role};
 
     fn every_table() -> impl Iterator<Item = &'static Table> {
         FIXED.iter().copied().chain([&channel::TABLE, &role::TABLE])
@@ -232,23 +185,5 @@ mod tests {
         // max_fragments, outbox and max_messages_per_sec (in [limits] and [channel:…]),
         // max_connections, publish_queue, stream_length.
         assert_eq!(counts.len(), 17, "{counts:?}");
-    }
-
-    #[test]
-    fn sections_are_found_by_name_or_prefix() {
-        assert_eq!(table("server").map(|t| t.name), Some("server"));
-        assert_eq!(table("channel:/x").map(|t| t.name), Some("channel"));
-        assert_eq!(table("role:ops").map(|t| t.name), Some("role"));
-        assert!(table("Server").is_none() && table("channel").is_none());
-        // [limits] and channels share the WebSocket rows.
-        let limits: Vec<_> = table("limits").unwrap().rows().map(|r| r.name()).collect();
-        assert!(ws::ROWS.iter().all(|r| limits.contains(&r.name())));
-        assert!(
-            table("channel:/x")
-                .unwrap()
-                .row("max_message_size")
-                .is_some()
-        );
-        assert_eq!(crate::config::DEFAULT_ADMIN_MAX_CONNECTIONS, 32);
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Here: the typed [`Config`], its lookups and [`Config::load`], which runs the steps in order:
 //! `scan.rs` (the one parse), the tables of `tables.rs` (every key, its default, parser and doc;
-//! `keys.rs` says what a row is and checks names against them), `sections.rs` (each section into
+//! `keys.rs` says what a row is, `lookup.rs` finds a section's table and checks names against
+//! them), `sections.rs` (each section into
 //! its typed part, with the parsers of `values.rs` and the rules between keys of `validate.rs`).
 //! [`ConfigError`] is in `error.rs`, the "did you mean" of unknown names in `suggest.rs`;
 //! `changes.rs` tells a reload which keys changed and what each row says a reload does with it.
@@ -12,6 +13,7 @@
 mod changes;
 mod error;
 mod keys;
+mod lookup;
 mod scan;
 mod sections;
 pub(crate) mod suggest;
@@ -33,8 +35,8 @@ use self::scan::Section;
 pub use self::tables::DEFAULT_ADMIN_MAX_CONNECTIONS;
 pub use self::values::MIN_BACKOFF;
 use self::values::{Bases, CREDENTIALS_ENV};
-use crate::policy::acl::{ChannelPattern, Role};
-use crate::policy::origin::OriginPolicy;
+use crate::rules::acl::{ChannelPattern, Role};
+use crate::rules::origin::OriginPolicy;
 
 /// Everything the server needs to run, as typed values. Built only by [`Config::load`].
 #[derive(Debug, Clone)]
@@ -50,7 +52,7 @@ pub struct Config {
     /// (exact paths are tried before prefix patterns).
     pub channels: Vec<ChannelConfig>,
     /// `[role:NAME]` sections in file order: who may subscribe and publish where. Access is denied
-    /// unless a role grants it (see [`crate::policy::acl`]).
+    /// unless a role grants it (see [`crate::rules::acl`]).
     pub roles: Vec<Role>,
     /// `[admin]`: the admin endpoint, `None` when `listen` is not set.
     pub admin: Option<AdminConfig>,
@@ -567,7 +569,7 @@ fn parse_config(
 ) -> Result<Config, ConfigError> {
     let scanned = scan::scan(text, source)?;
     let sections: Vec<Section<'_>> = scanned.iter().map(|s| Section::new(source, s)).collect();
-    keys::check_names(&sections)?;
+    lookup::check_names(&sections)?;
 
     let base = Bases {
         dir: source.parent().unwrap_or(Path::new("")),

@@ -16,8 +16,8 @@ use super::{
     AdminConfig, AuthConfig, Backend, ChannelConfig, ClusterConfig, ConfigError, DemoConfig,
     Limits, MemoryLimit, Mode, ServerConfig, TlsConfig, WsLimits,
 };
-use crate::policy::acl::{ANONYMOUS_ROLE, Members, Role};
-use crate::policy::origin::OriginPolicy;
+use crate::rules::acl::{ANONYMOUS_ROLE, Members, Role};
+use crate::rules::origin::OriginPolicy;
 
 /// Longest role name.
 const MAX_ROLE_NAME: usize = 64;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::keys::{Key, Reload, Row, Table};
 use super::values::*;
 use super::{ClientAuth, Endpoint, MemoryLimit, Mode, Overflow, RedisUrl, SlowConsumer};
-use crate::policy::acl::{Members, PathPattern};
-use crate::policy::origin::OriginPattern;
+use crate::rules::acl::{Members, PathPattern};
+use crate::rules::origin::OriginPattern;
 
 /// The sections with a fixed name, in the order errors list them.
 pub(super) static FIXED: [&Table; 9] = [
@@ -28,7 +28,7 @@ pub(super) static FIXED: [&Table; 9] = [
 ];
 
 /// `[admin] max_connections`' default as a number, for code that builds an admin endpoint without
-/// a config (see [`crate::ops::admin::DEFAULT_MAX_CONNECTIONS`]).
+/// a config (see [`crate::admin::DEFAULT_MAX_CONNECTIONS`]).
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = whole_number(admin::MAX_CONNECTIONS.default);
 
 /// A default that is a whole number, read at compile time.

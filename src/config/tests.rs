@@ -5,8 +5,8 @@ use super::values::{
     Bases, GIB, MAX_DURATION, MIB, parse_bool, parse_duration, parse_size, resolve_path,
 };
 use super::*;
-use crate::policy::acl::{Members, PathPattern};
-use crate::policy::origin::OriginPattern;
+use crate::rules::acl::{Members, PathPattern};
+use crate::rules::origin::OriginPattern;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A temporary directory holding `wsgate.ini`'s neighbours (`users`, `c.crt`, `c.key`).
@@ -1738,7 +1738,7 @@ fn shipped_example_parses() {
     assert_eq!(written(&users.publish), ["/echo", "/chat/*", "/broadcast"]);
     // Under default deny, the demo user can still use every demo channel.
     for path in ["/echo", "/chat/lobby", "/broadcast"] {
-        let a = crate::policy::acl::evaluate(&c.roles, Some("demo"), path);
+        let a = crate::rules::acl::evaluate(&c.roles, Some("demo"), path);
         assert!(a.can_subscribe() && a.can_publish(), "{path}");
     }
     assert_eq!(
@@ -1789,7 +1789,7 @@ fn shipped_example_documents_the_defaults() {
     let (text, dir) = shipped();
     let lines = shipped_lines(&text);
     for (section, key, value, commented) in &lines {
-        let row = keys::table(section)
+        let row = lookup::table(section)
             .and_then(|t| t.rows().find(|row| row.name() == key))
             .unwrap_or_else(|| panic!("[{section}] {key} in conf/wsgate.ini is not a key"));
         if *commented {
@@ -1815,7 +1815,7 @@ fn shipped_example_documents_the_defaults() {
         }
     }
     for prefix in [keys::CHANNEL_PREFIX, keys::ROLE_PREFIX] {
-        for row in keys::table(prefix).unwrap().rows() {
+        for row in lookup::table(prefix).unwrap().rows() {
             let key = row.name();
             assert!(
                 text.lines()
@@ -1842,7 +1842,7 @@ fn shipped_example_documents_the_defaults() {
             .and_then(|rest| rest.split_once(" = "))
             .map(|(key, _)| key);
         let has_default = |key: &str| {
-            keys::table(section)
+            lookup::table(section)
                 .and_then(|t| t.rows().find(|row| row.name() == key))
                 .is_some_and(|row| row.default().is_some())
         };

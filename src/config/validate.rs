@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::scan::Section;
 use super::{ChannelConfig, ClientAuth, ConfigError, DemoConfig, Endpoint, Mode, WsLimits};
-use crate::policy::acl::{PathPattern, USER_PLACEHOLDER};
+use crate::rules::acl::{PathPattern, USER_PLACEHOLDER};
 
 /// The largest WebSocket frame header: what must fit beside a full write buffer and a message.
 const FRAME_HEADER_MAX: usize = 14;

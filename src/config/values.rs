@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{ClientAuth, Endpoint, MemoryLimit, Mode, Overflow, SlowConsumer};
-use crate::policy::acl::{ChannelPattern, Members, PathPattern, check_path};
-use crate::policy::origin::OriginPattern;
+use crate::rules::acl::{ChannelPattern, Members, PathPattern, check_path};
+use crate::rules::origin::OriginPattern;
 
 const KIB: usize = 1024;
 pub(super) const MIB: usize = 1024 * KIB;
@@ -351,7 +351,7 @@ pub(super) fn parse_members(value: &str) -> Result<Members, String> {
         if entry == "*" {
             return Err("`*` (every authenticated user) must stand alone".into());
         }
-        crate::auth::users::check_user_name(entry).map_err(|e| format!("`{entry}`: {e}"))?;
+        crate::rules::user_name::check_user_name(entry).map_err(|e| format!("`{entry}`: {e}"))?;
         if names.iter().any(|n| n == entry) {
             return Err(format!("`{entry}` is listed twice"));
         }

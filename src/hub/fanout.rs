@@ -167,7 +167,7 @@ impl Hub {
     ) -> bool {
         if let Some(direct) = m.shared.direct.get() {
             if !m.shared.revoked.load(Ordering::Acquire) {
-                let frame = wire.get_or_init(|| crate::pipeline::frames::wire_frame(msg));
+                let frame = wire.get_or_init(|| wire_frame(msg));
                 match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
                     // Taken: the connection holds the charge now, and settles it as its
                     // buffers drain (see `DirectWrite::try_write`).
@@ -258,6 +258,23 @@ impl Hub {
     }
 }
 
+/// A broadcast as it goes on the wire to every client: one final, unmasked frame (a server's
+/// frames are the same bytes for every client), so a fan-out encodes it once instead of once per
+/// subscriber. None for anything but a text or binary message.
+pub(super) fn wire_frame(msg: &tungstenite::Message) -> Option<Vec<u8>> {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let (opcode, payload): (OpCode, tungstenite::Bytes) = match msg {
+        tungstenite::Message::Text(text) => (OpCode::Data(Data::Text), text.clone().into()),
+        tungstenite::Message::Binary(bytes) => (OpCode::Data(Data::Binary), bytes.clone()),
+        _ => return None,
+    };
+    let frame = Frame::message(payload, opcode, true);
+    let mut out = Vec::with_capacity(frame.len());
+    frame.format(&mut out).ok()?;
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -269,6 +286,24 @@ mod tests {
     use crate::hub::{Intake, Membership};
     use crate::ops::metrics::Metrics;
     use crate::policy::Holder;
+
+    #[test]
+    fn a_wire_frame_is_what_tungstenite_reads_back() {
+        use tungstenite::protocol::frame::FrameHeader;
+        for msg in [
+            tungstenite::Message::text("hello"),
+            tungstenite::Message::binary(vec![7u8; 300]),
+            tungstenite::Message::binary(vec![1u8; 16_000]),
+        ] {
+            let wire = wire_frame(&msg).unwrap();
+            let mut cursor = std::io::Cursor::new(&wire[..]);
+            let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final && header.mask.is_none());
+            assert_eq!(len as usize, msg.len());
+            assert_eq!(&wire[cursor.position() as usize..], &msg.into_data()[..]);
+        }
+        assert!(wire_frame(&tungstenite::Message::Ping(Default::default())).is_none());
+    }
 
     #[test]
     fn a_broadcast_over_a_members_own_limit_is_dropped_for_it_alone_and_counted() {

@@ -22,7 +22,7 @@ pub trait DirectWrite: Send + Sync {
     /// Writes `msg` now if that needs no waiting and overtakes nothing: the connection's lock is
     /// free (taken with `try_lock`), `outbox_empty()` holds under that lock, and nothing written
     /// earlier is still stuck in its buffers. The socket is non-blocking. `wire` is the message
-    /// already encoded as a frame ([`crate::pipeline::frames::wire_frame`]) when it is small enough, the
+    /// already encoded as a frame ([`super::fanout::wire_frame`]) when it is small enough, the
     /// same bytes for every subscriber. The hub has charged `msg` to the member's memory account;
     /// unless it answers [`Handoff::Queue`], the connection takes that charge over.
     fn try_write(

@@ -21,7 +21,7 @@
 //!
 //! This file holds the registry (the members by path), shutdown and the admin's [`Filter`];
 //! [`member`] is a member's shared state, [`membership`] joining and leaving, [`fanout`] the
-//! delivery of a broadcast.
+//! delivery of a broadcast, [`query`] the filter as a query string.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +34,7 @@ pub(crate) mod cluster;
 mod fanout;
 mod member;
 mod membership;
+pub(crate) mod query;
 pub(crate) mod waker;
 
 pub use self::fanout::Outbound;

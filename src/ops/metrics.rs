@@ -1,6 +1,6 @@
 //! Counters any thread can bump (relaxed atomics, no locks on the hot path) and their rendering
 //! in the Prometheus text exposition format 0.0.4. It owns no sockets and reads no config: the
-//! server bumps it, [`crate::ops::admin`] renders it.
+//! server bumps it, [`crate::admin`] renders it.
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|

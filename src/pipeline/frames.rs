@@ -195,30 +195,13 @@ const RUSTLS_SEND_BUFFER: usize = 64 * 1024;
 
 /// The rustls send buffer limit of a broadcast subscriber whose `max_message_size` is
 /// `max_message`: large enough that an empty buffer takes the largest frame it is sent in one
-/// write, so a pre-encoded frame ([`wire_frame`]) is never split by a full socket. The frame goes
-/// to rustls, which encrypts it into records it frees as they are sent, rather than through
-/// tungstenite's write buffer, a `Vec` that would keep the capacity of the largest message for
-/// the connection's life (memory outside any cap). What waits in it is charged to the memory
-/// cap like the write buffer.
+/// write, so a frame the hub encoded once for every subscriber is never split by a full socket.
+/// The frame goes to rustls, which encrypts it into records it frees as they are sent, rather
+/// than through tungstenite's write buffer, a `Vec` that would keep the capacity of the largest
+/// message for the connection's life (memory outside any cap). What waits in it is charged to
+/// the memory cap like the write buffer.
 pub fn send_buffer_for(max_message: usize) -> usize {
     RUSTLS_SEND_BUFFER.max(max_message.saturating_add(14))
-}
-
-/// A broadcast as it goes on the wire to every client: one final, unmasked frame (a server's
-/// frames are the same bytes for every client), so a fan-out encodes it once instead of once per
-/// subscriber. None for anything but a text or binary message.
-pub fn wire_frame(msg: &tungstenite::Message) -> Option<Vec<u8>> {
-    use tungstenite::protocol::frame::Frame;
-    use tungstenite::protocol::frame::coding::{Data, OpCode};
-    let (opcode, payload): (OpCode, tungstenite::Bytes) = match msg {
-        tungstenite::Message::Text(text) => (OpCode::Data(Data::Text), text.clone().into()),
-        tungstenite::Message::Binary(bytes) => (OpCode::Data(Data::Binary), bytes.clone()),
-        _ => return None,
-    };
-    let frame = Frame::message(payload, opcode, true);
-    let mut out = Vec::with_capacity(frame.len());
-    frame.format(&mut out).ok()?;
-    Some(out)
 }
 
 /// A data message's payload bytes, also when tungstenite handed it back as a frame (a held-back
@@ -270,25 +253,10 @@ mod tests {
     }
 
     #[test]
-    fn a_wire_frame_is_what_tungstenite_reads_back() {
-        use tungstenite::protocol::frame::FrameHeader;
-        for msg in [
-            tungstenite::Message::text("hello"),
-            tungstenite::Message::binary(vec![7u8; 300]),
-            tungstenite::Message::binary(vec![1u8; 16_000]),
-        ] {
-            let wire = super::wire_frame(&msg).unwrap();
-            let mut cursor = std::io::Cursor::new(&wire[..]);
-            let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
-            assert!(header.is_final && header.mask.is_none());
-            assert_eq!(len as usize, msg.len());
-            assert_eq!(&wire[cursor.position() as usize..], &msg.into_data()[..]);
-        }
-        assert!(super::wire_frame(&tungstenite::Message::Ping(Default::default())).is_none());
-        // The largest frame a subscriber is sent fits its send buffer whole.
+    fn the_largest_frame_a_subscriber_is_sent_fits_its_send_buffer_whole() {
         for max in [1, 16 * 1024, 64 * 1024, 1 << 20] {
-            let frame = super::wire_frame(&tungstenite::Message::binary(vec![0u8; max])).unwrap();
-            assert!(frame.len() <= super::send_buffer_for(max), "{max}");
+            let frame = super::server_frame_len(&tungstenite::Message::binary(vec![0u8; max]));
+            assert!(frame <= super::send_buffer_for(max), "{max}");
         }
     }
 

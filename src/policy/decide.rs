@@ -1,18 +1,44 @@
 //! The upgrade decision ([`decide`]): path, Origin, credentials (asked through the
-//! [`Verifier`]), roles; the [`Grant`] it gives; the channel [`route`]; and the demo page's
-//! login ([`decide_login`]), checked like a password upgrade.
+//! [`Verifier`]), roles; the [`Grant`] it gives and the [`Proof`] it keeps; the channel
+//! [`route`]; and the demo page's login ([`decide_login`]), checked like a password upgrade.
 
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use tungstenite::handshake::server::Request;
 use tungstenite::http::{self};
 
 use super::head::Target;
 use super::offer::{Offer, OfferError, Offered, from_query, offered};
-use super::recheck::Proof;
-use super::{Method, Reason, acl, safe_user};
+use super::{Method, Reason, safe_user};
 use crate::config::{ChannelConfig, Config};
-use crate::policy::origin::OriginRefusal;
+use crate::rules::acl;
+use crate::rules::origin::OriginRefusal;
+
+/// What proved a connection's user at its upgrade, kept for the connection's life so that a
+/// reload can ask whether it still holds. Holds no secret: digests and a fingerprint only (and a
+/// client's public certificate chain).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Proof {
+    /// Nothing: an anonymous channel.
+    #[default]
+    Anonymous,
+    /// A password, checked against the stored hash with this SHA-256 (of its PHC string).
+    Password { hash: [u8; 32] },
+    /// The API token with this SHA-256 (as the tokens file stores it).
+    ApiToken { digest: [u8; 32] },
+    /// A session token carrying this credential fingerprint, first issued at `login_unix` (the
+    /// password or token login that started the session; renewals keep it), verified with the
+    /// session key whose `SessionKey::id` is `key_id`.
+    Session {
+        fingerprint: [u8; 8],
+        login_unix: u64,
+        key_id: [u8; 8],
+    },
+    /// A TLS client certificate chain (end entity first), as verified at the handshake. `decide`
+    /// leaves it empty; the server, which holds the TLS session, fills it in.
+    ClientCert { chain: Vec<CertificateDer<'static>> },
+}
 
 /// What an accepted upgrade is allowed: who, how they proved it, which channel and path (the
 /// broadcast group), whether they may publish, and the subprotocol to answer with.

@@ -5,22 +5,22 @@
 //!
 //! This file holds the refusals ([`Reason`]) and the shared names; [`head`] checks the request
 //! head and parses its target, [`offer`] finds the credentials a request offers, [`decide`] is
-//! the upgrade decision, [`recheck`] a reload's decision for a live connection, [`origin`] the
-//! Origin checks and [`acl`] the roles.
+//! the upgrade decision, [`recheck`] a reload's decision for a live connection. The rules they
+//! apply (roles, Origin patterns, user names) are values in [`crate::rules`].
 
-pub(crate) mod acl;
 mod decide;
 mod head;
 mod offer;
-pub(crate) mod origin;
 mod recheck;
 
-pub use self::decide::{Grant, MAX_LOGIN_BODY, Verdict, Verifier, decide, decide_login, route};
+pub use self::decide::{
+    Grant, MAX_LOGIN_BODY, Proof, Verdict, Verifier, decide, decide_login, route,
+};
 pub use self::head::{Target, check_head};
 pub(crate) use self::offer::percent_decode;
 pub use self::offer::{Offer, OfferError, Offered, offered};
 pub use self::recheck::{
-    CredentialState, Holder, Proof, Revocation, access_holds, credential_holds, recheck,
+    CredentialState, Holder, Revocation, access_holds, credential_holds, recheck,
 };
 
 use std::fmt;
@@ -29,8 +29,8 @@ use std::time::Duration;
 use tungstenite::handshake::server::ErrorResponse;
 use tungstenite::http::{self, StatusCode};
 
-use crate::auth::users::MAX_USER_NAME_LEN;
-use crate::policy::origin::OriginRefusal;
+use crate::rules::origin::OriginRefusal;
+use crate::rules::user_name::MAX_USER_NAME_LEN;
 
 /// Longest password we hand to Argon2.
 pub const MAX_PASSWORD_LEN: usize = 1024;

@@ -186,7 +186,8 @@ pub(super) fn from_query(query: Option<&str>) -> Result<Option<Offer>, String> {
 /// A password offer whose user name follows the users file's rule and whose password is not
 /// too long; else the error carries the name only if it is valid ([`loggable_user`]).
 fn checked(user: String, password: String) -> Result<Offer, String> {
-    if crate::auth::users::check_user_name(&user).is_err() || password.len() > MAX_PASSWORD_LEN {
+    if crate::rules::user_name::check_user_name(&user).is_err() || password.len() > MAX_PASSWORD_LEN
+    {
         return Err(loggable_user(&user));
     }
     Ok(Offer::Password { user, password })
@@ -195,7 +196,7 @@ fn checked(user: String, password: String) -> Result<Offer, String> {
 /// The claimed user name as a log line may show it: as is when it is a valid user name, else
 /// empty. A malformed value is never logged (it may hold a secret: `?user=alice;pass=secret`).
 fn loggable_user(user: &str) -> String {
-    if crate::auth::users::check_user_name(user).is_ok() {
+    if crate::rules::user_name::check_user_name(user).is_ok() {
         user.to_string()
     } else {
         String::new()

@@ -4,33 +4,8 @@
 
 use rustls::pki_types::CertificateDer;
 
-use super::decide::{channel_rights, route};
+use super::decide::{Proof, channel_rights, route};
 use crate::config::Config;
-
-/// What proved a connection's user at its upgrade, kept for the connection's life so that a
-/// reload can ask whether it still holds. Holds no secret: digests and a fingerprint only (and a
-/// client's public certificate chain).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Proof {
-    /// Nothing: an anonymous channel.
-    #[default]
-    Anonymous,
-    /// A password, checked against the stored hash with this SHA-256 (of its PHC string).
-    Password { hash: [u8; 32] },
-    /// The API token with this SHA-256 (as the tokens file stores it).
-    ApiToken { digest: [u8; 32] },
-    /// A session token carrying this credential fingerprint, first issued at `login_unix` (the
-    /// password or token login that started the session; renewals keep it), verified with the
-    /// session key whose `SessionKey::id` is `key_id`.
-    Session {
-        fingerprint: [u8; 8],
-        login_unix: u64,
-        key_id: [u8; 8],
-    },
-    /// A TLS client certificate chain (end entity first), as verified at the handshake. `decide`
-    /// leaves it empty; the server, which holds the TLS session, fills it in.
-    ClientCert { chain: Vec<CertificateDer<'static>> },
-}
 
 /// Who holds a live connection, as far as a reload needs to know to re-check it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

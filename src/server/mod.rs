@@ -11,12 +11,13 @@
 //! config file and swaps it in only if every part loaded; connections keep the one they started with.
 //!
 //! Here: start-up and shutdown. [`reload`] swaps in a new runtime and watches the files it is built
-//! from; [`worker`] is one connection's life on its handshake thread and its worker; [`refusals`] is the server's rate-limited log of refused upgrades; [`budget`]
+//! from; [`worker`] is one connection's life on its handshake thread and its worker; [`refusals`] is the server's rate-limited log of refused upgrades; [`signals`] turns SIGTERM/SIGHUP into a drain or a reload; [`budget`]
 //! resolves the memory cap at start-up and what one connection costs.
 
 mod budget;
 mod refusals;
 mod reload;
+pub mod signals;
 mod worker;
 
 use refusals::RefusalLog;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls::server::danger::ClientCertVerifier;
 
+use crate::admin::{self, AdminState};
 use crate::auth::files;
 use crate::auth::password::Authenticator;
 use crate::auth::session::{SessionError, SessionKey};
@@ -42,7 +44,6 @@ use crate::config::{ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mo
 use crate::hub::Hub;
 use crate::hub::cluster::Bridge;
 use crate::hub::waker::Waker;
-use crate::ops::admin::{self, AdminState};
 use crate::ops::metrics::{Gauges, Metrics, Outcome};
 use crate::ops::notify::{self, Notifier};
 use crate::pipeline::admit::Admission;
@@ -51,8 +52,8 @@ use crate::pipeline::connection::{self};
 use crate::pipeline::listener;
 use crate::pipeline::relay::{self};
 use crate::pipeline::tls;
-use crate::policy::origin::OriginPolicy;
 use crate::policy::{self};
+use crate::rules::origin::OriginPolicy;
 
 /// Peer addresses, user names and trusted (name, address) pairs the failed-login throttle
 /// remembers (each map); the oldest are forgotten first, so a flood of distinct addresses cannot

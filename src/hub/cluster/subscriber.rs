@@ -10,7 +10,7 @@ use redis::Value;
 use super::Context;
 use super::link::{Link, Watch, connect};
 use super::wire::{BadEnvelope, Inbound, Origin, decode, for_each_entry, for_each_stream};
-use crate::ops::admin;
+use crate::hub::query::query_string;
 use crate::ops::metrics::Counter;
 
 /// How long the subscriber's `XREAD` blocks: how soon it notices shutdown while Redis is quiet.
@@ -206,7 +206,7 @@ impl Reader {
                 log::info!(
                     "cluster: disconnect from instance `{}` ({}) closed={n}",
                     String::from_utf8_lossy(origin.instance).escape_debug(),
-                    admin::query_string(&filter)
+                    query_string(&filter)
                 );
                 return;
             }

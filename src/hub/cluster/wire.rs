@@ -7,8 +7,8 @@ use std::fmt;
 use redis::Value;
 use tungstenite::{Message, Utf8Bytes};
 
+use crate::hub::query::{FILTER_KEYS, parse_query, query_string};
 use crate::hub::{Filter, Outbound};
-use crate::ops::admin;
 
 const ENVELOPE_VERSION: u8 = 2;
 const KIND_TEXT: u8 = 0;
@@ -39,7 +39,7 @@ pub(super) fn encode(instance_id: &str, epoch: u64, seq: u64, out: &Outbound) ->
         } => (KIND_BINARY, b),
         Outbound::Broadcast { .. } => return None,
         Outbound::Disconnect(filter) => {
-            query = admin::query_string(filter);
+            query = query_string(filter);
             (KIND_DISCONNECT, query.as_bytes())
         }
     };
@@ -127,7 +127,7 @@ pub(super) fn decode(payload: &[u8]) -> Result<(Origin<'_>, Inbound), BadEnvelop
         KIND_BINARY => Inbound::Broadcast(Message::Binary(body.to_vec().into())),
         KIND_DISCONNECT => {
             let query = std::str::from_utf8(body).map_err(|_| BadEnvelope::BadFilter)?;
-            let filter = admin::parse_query(query, admin::FILTER_KEYS)
+            let filter = parse_query(query, FILTER_KEYS)
                 .ok()
                 .filter(|f| !f.is_empty())
                 .ok_or(BadEnvelope::BadFilter)?;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use crate::config::Backend;
 use crate::policy::Method;
-use crate::policy::acl::ChannelPattern;
+use crate::rules::acl::ChannelPattern;
 
 /// The identity headers on every backend request, set by wsgate alone: the request is built
 /// fresh, so a header of these names that a client sent never reaches the backend.

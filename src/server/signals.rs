@@ -6,7 +6,7 @@ use std::io;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::server::Control;
+use super::Control;
 
 /// Drains on the first SIGTERM or SIGINT; reloads on every SIGHUP until then.
 ///

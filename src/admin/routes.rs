@@ -10,9 +10,9 @@ use std::time::UNIX_EPOCH;
 use tungstenite::Message;
 
 use super::answer::{Answer, bad_request, json_string};
-use super::query::{FILTER_KEYS, describe, parse_query};
 use super::token::bearer_matches;
 use super::{AdminState, Api, MAX_HEADERS};
+use crate::hub::query::{FILTER_KEYS, describe, parse_query};
 use crate::hub::{Filter, Hub};
 use crate::ops::metrics::Counter;
 

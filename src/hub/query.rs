@@ -16,7 +16,7 @@ fn given(f: &Filter) -> impl Iterator<Item = (&'static str, &str)> {
 }
 
 /// For a log line: the filter's keys, escaped.
-pub(super) fn describe(f: &Filter) -> String {
+pub(crate) fn describe(f: &Filter) -> String {
     let mut out = String::new();
     for (key, v) in given(f) {
         let _ = write!(out, "{key}=\"{}\" ", safe_user(v));

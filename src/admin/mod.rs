@@ -15,10 +15,9 @@
 //!
 //! This file holds the shared state, the limits and the thread; [`serve`] is the poll loop and
 //! its client slots, [`routes`] what each request means, [`answer`] the HTTP answer,
-//! [`token`] the bearer token, [`query`] a connection filter as a query string.
+//! [`token`] the bearer token; a connection filter as a query string is [`crate::hub::query`].
 
 mod answer;
-mod query;
 mod routes;
 mod serve;
 mod token;
@@ -31,10 +30,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use self::query::{FILTER_KEYS, parse_query, query_string};
 pub use self::token::{TokenFileError, read_token, token_digest};
 pub use crate::hub::Filter;
 use crate::hub::Hub;
+pub use crate::hub::query::{FILTER_KEYS, parse_query, query_string};
 use crate::hub::waker::Waker;
 use crate::ops::metrics::{Gauges, Metrics};
 use crate::pipeline::ratelimit::TokenBucket;

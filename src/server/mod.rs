@@ -339,7 +339,8 @@ impl Server {
             admin_listener,
             admin_token,
         } = self;
-        let admin_config = shared.current().config.admin.clone();
+        // Bound at start: what the process started with, whatever a reload read since.
+        let admin_config = shared.started.admin.clone();
         if let (Some(state), Some(l), Some(cfg)) = (&shared.admin, admin_listener, admin_config) {
             attach_admin_api(&shared, state, admin_token);
             log::info!(
@@ -616,7 +617,8 @@ fn start_bridge(shared: &Arc<Shared>) -> io::Result<Option<Bridge>> {
                 .is_some_and(|c| c.mode == Mode::Broadcast)
         })
     };
-    let config = &shared.current().config.cluster;
+    // Bound at start: what the process started with, whatever a reload read since.
+    let config = &shared.started.cluster;
     Bridge::start(config, &shared.hub, &shared.metrics, Arc::new(accepts))
 }
 

@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tungstenite::Message;
@@ -211,10 +211,7 @@ fn sessions_resume_without_the_password_and_keep_their_id() {
     }
     // The log is read on another thread: wait for the third line before counting.
     let resumed = format!("auth=session session={sid}");
-    let until = Instant::now() + IO_TIMEOUT;
-    while server.count_log(&resumed) < 3 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(IO_TIMEOUT, || server.count_log(&resumed) >= 3);
     assert_eq!(server.count_log(&resumed), 3, "{}", server.logs());
     assert!(!server.logs().contains(&token), "session token in log");
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, close_frame, echoes, free_port, metric,
-    next_data, run_wsgate, wait_until,
+    next_data, run_wsgate, wait_metric, wait_until,
 };
 use tungstenite::Message;
 
@@ -646,15 +646,10 @@ fn with_a_token_file_the_api_wants_the_bearer_token_and_no_token_ever_reaches_th
     let before = server.count_log("reason=unknown query key");
     let bare = format!("/publish?path=/news&{TOKEN}");
     assert_eq!(request(admin, "POST", &bare, &[&bearer], b"x").status, 400);
-    let until = Instant::now() + IO_TIMEOUT;
-    while server.count_log("reason=unknown query key") == before {
-        assert!(
-            Instant::now() < until,
-            "no refusal line:\n{}",
-            server.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let logged = wait_until(IO_TIMEOUT, || {
+        server.count_log("reason=unknown query key") > before
+    });
+    assert!(logged, "no refusal line:\n{}", server.logs());
     let a = request(admin, "POST", "/publish?path=/news", &[&bearer], b"ok");
     assert_eq!(a.status, 202, "{}", a.body);
     assert_eq!(next_data(&mut alice), Message::text("ok"));
@@ -797,11 +792,7 @@ fn instance(url: &str, id: &str) -> Server {
 
 /// Waits until both of the instance's Redis links are up.
 fn wait_joined(server: &Server) {
-    let until = Instant::now() + IO_TIMEOUT;
-    while metric(server, "wsgate_cluster_connected") != 1 {
-        assert!(Instant::now() < until, "not joined:\n{}", server.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_metric(server, "wsgate_cluster_connected", |n| n == 1);
 }
 
 #[test]

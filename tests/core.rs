@@ -317,15 +317,10 @@ fn a_connection_in_its_handshake_holds_no_worker_thread() {
     let server = setup.start();
     // Two clients connect and stall before TLS: each holds a handshake thread, and nothing else.
     let _stalled = [server.tcp(), server.tcp()];
-    let until = Instant::now() + IO_TIMEOUT;
-    while threads_named(server.pid(), "wsgate-handshak") < 2 {
-        assert!(
-            Instant::now() < until,
-            "no handshake threads; log:\n{}",
-            server.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let started = wait_until(IO_TIMEOUT, || {
+        threads_named(server.pid(), "wsgate-handshak") >= 2
+    });
+    assert!(started, "no handshake threads; log:\n{}", server.logs());
     assert_eq!(
         threads_named(server.pid(), "wsgate-worker"),
         0,

@@ -131,11 +131,7 @@ fn a_password_changed_while_its_login_waits_for_a_worker_is_refused_when_one_fre
             let result = server.connect_with("/echo", &[("Authorization", &basic(BOB.0, BOB.1))]);
             status_of(result)
         });
-        let until = Instant::now() + IO_TIMEOUT;
-        while metric(&server, "wsgate_pool_queued") != 1 {
-            assert!(Instant::now() < until, "bob never waited for a worker");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_metric(&server, "wsgate_pool_queued", |n| n == 1);
         passwd(&server, &[], "bob", "a-new-password\n");
         server.reload_and_wait();
         drop(alice);
@@ -304,11 +300,10 @@ fn a_malformed_user_value_is_never_logged() {
         )),
         401
     );
-    let until = Instant::now() + IO_TIMEOUT;
-    while server.count_log("malformed credentials") < 2 {
-        assert!(Instant::now() < until, "{}", server.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let logged = wait_until(IO_TIMEOUT, || {
+        server.count_log("malformed credentials") >= 2
+    });
+    assert!(logged, "{}", server.logs());
     let logs = server.logs();
     assert!(!logs.contains("s3cr3t"), "{logs}");
 }

@@ -39,17 +39,6 @@ pub enum Reload {
     Refused(&'static str),
 }
 
-impl Reload {
-    /// The words docs/operations.md's table gives this answer.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Reload::Applies => "applied",
-            Reload::Restart => "restart",
-            Reload::Refused(_) => "reload refused",
-        }
-    }
-}
-
 /// A row whatever its value's type: what the tables list.
 pub(super) trait Row: Sync {
     fn name(&self) -> &'static str;

@@ -208,29 +208,30 @@ impl Shared {
     /// that need a restart (changed since the configuration the process started with, so every
     /// reload says it again until the restart).
     fn report_changes(&self, old: &Config, new: &Config) {
-        let pinned = self.log_level_pinned.load(Ordering::Relaxed);
-        let named = |changes: Vec<Change>, pick: &dyn Fn(&Change) -> bool| {
-            let names: Vec<String> = changes
+        let names = |changes: &[Change], pick: &dyn Fn(&Change) -> bool| {
+            let picked: Vec<String> = changes
                 .iter()
                 .filter(|c| pick(c))
                 .map(ToString::to_string)
                 .collect();
-            names.join(", ")
+            picked.join(", ")
         };
+        let pinned = self.log_level_pinned.load(Ordering::Relaxed);
         let is_log_level = |c: &Change| c.section == "log" && c.key == "level";
-        let applied = named(new.changes_since(old), &|c| {
+        let since_running = new.changes_since(old);
+        let applied = names(&since_running, &|c| {
             c.reload == Reload::Applies && !(pinned && is_log_level(c))
         });
         if !applied.is_empty() {
             log::info!("reload: applied {applied}");
         }
-        if pinned && new.changes_since(old).iter().any(is_log_level) {
+        if pinned && since_running.iter().any(is_log_level) {
             log::info!(
                 "reload: [log] level changed; the --log-level given on the command line stays in \
                  force"
             );
         }
-        let restart = named(new.changes_since(&self.started), &|c| {
+        let restart = names(&new.changes_since(&self.started), &|c| {
             c.reload == Reload::Restart
         });
         if !restart.is_empty() {

@@ -694,3 +694,97 @@ fn identical_logins_in_flight_at_once_share_one_argon2_run() {
     assert!(statuses.iter().all(|s| *s == 101), "{statuses:?}");
     assert_eq!(metric(&server, "wsgate_argon2_runs_total"), 1);
 }
+
+#[test]
+fn a_client_certificate_naming_no_valid_user_is_refused_at_the_upgrade_and_logged_escaped() {
+    let good = client_pki("alice");
+    let mut setup = Setup::default();
+    setup
+        .set("tls", "client_auth", "optional")
+        .set("tls", "client_ca", "client-ca.pem");
+    let bad: Vec<(ClientPki, &str)> = [
+        ("mallory\n", "mallory\\n"),
+        ("eve\u{1b}[31m", "eve\\u{1b}[31m"),
+        ("two words", "two words"),
+        ("quo\"te", "quo\\\"te"),
+    ]
+    .into_iter()
+    .map(|(cn, logged)| (client_pki(cn), logged))
+    .collect();
+    let (dir, config, ca) = setup.write();
+    // Every CA is trusted: only the names differ.
+    let bundle: String = std::iter::once(&good)
+        .chain(bad.iter().map(|(pki, _)| pki))
+        .map(|pki| pki.ca_pem.as_str())
+        .collect();
+    std::fs::write(dir.path().join("client-ca.pem"), bundle).unwrap();
+    let server = Server::spawn(dir, &config, ca);
+    let (mut ws, _) = server
+        .connect_full("/echo", &[], good.config_for(&server))
+        .unwrap_or_else(|e| panic!("certificate login: {e}; log:\n{}", server.logs()));
+    echoes(&mut ws, "a valid name");
+
+    for (pki, logged) in &bad {
+        let status = status_of(
+            server
+                .connect_full("/echo", &[], pki.config_for(&server))
+                .map(|(ws, _)| ws),
+        );
+        assert_eq!(status, 401, "{logged}");
+        let line = format!("auth failed: user=\"{logged}\" peer=127.0.0.1");
+        assert!(
+            server.wait_log(&line, IO_TIMEOUT),
+            "{logged}: {}",
+            server.logs()
+        );
+    }
+    let logs = server.logs();
+    assert!(!logs.contains('\u{1b}'), "{logs}");
+    assert!(!logs.contains("mallory\n"), "{logs}");
+}
+
+#[test]
+fn passwd_and_token_runs_killed_at_any_moment_leave_no_temporary_file() {
+    let (dir, config, _ca) = Setup::default().write();
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".wsgate-passwd."))
+            .collect()
+    };
+    let passwd_args: Vec<std::ffi::OsString> = vec![
+        os("passwd"),
+        dir.path().join("users").into_os_string(),
+        os("carol"),
+    ];
+    let token_args: Vec<std::ffi::OsString> = vec![
+        os("token"),
+        os("add"),
+        os("alice"),
+        os("--config"),
+        config.clone().into_os_string(),
+    ];
+    for (args, stdin, kills) in [(&passwd_args, "carol-pw\n", 30u32), (&token_args, "", 100)] {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        // How long one whole run takes; the kills below land at every point of one.
+        let started = Instant::now();
+        succeeded(spawn_wsgate(&args, stdin));
+        let run = started.elapsed();
+        for i in 0..kills {
+            let mut child = spawn_wsgate(&args, stdin);
+            // Not a wait for something to happen: the moment of the kill, spread over a run.
+            std::thread::sleep(run * i / kills);
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+        // Written unnamed and named only to be renamed at once: a kill leaves a copy only if
+        // it lands between those two calls.
+        let left = leftovers();
+        assert!(left.len() <= 1, "{} kills left {left:?}", kills);
+        // The next run removes what killed runs left, and leaves nothing itself.
+        succeeded(spawn_wsgate(&args, stdin));
+        assert_eq!(leftovers(), Vec::<String>::new());
+    }
+}

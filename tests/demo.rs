@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+
 use common::*;
 use tungstenite::Message;
 
@@ -195,11 +197,11 @@ fn the_demo_login_sets_the_session_cookie_or_says_why_not() {
         let answer = server.raw_request(&login_request(origin, &good));
         assert!(answer.starts_with("HTTP/1.1 403 "), "{origin:?}: {answer}");
     }
-    // A form without a length, or too long: 413; a malformed one: 401.
+    // A form without a length: 411; too long: 413; a malformed one: 401.
     let answer = server.raw_request(
         b"POST /login HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example.com\r\n\r\n",
     );
-    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 411 "), "{answer}");
     let long = format!("{good}&x={}", "a".repeat(5000));
     let answer = server.raw_request(&login_request(Some(ORIGIN_OK), &long));
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
@@ -221,4 +223,68 @@ fn the_demo_login_sets_the_session_cookie_or_says_why_not() {
     let off = Setup::default().start();
     let answer = off.raw_request(&login_request(Some(ORIGIN_OK), &good));
     assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+}
+
+#[test]
+fn a_login_body_short_of_its_length_or_chunked_gets_its_status_at_once_or_at_its_deadline() {
+    // The upgrade deadline is far off: the short body's 408 comes from the login body's own.
+    let mut setup = Setup::default();
+    setup
+        .set("demo", "enabled", "true")
+        .set("limits", "upgrade_timeout", "60s");
+    let server = setup.start();
+    let head = |length: &str| {
+        format!(
+            "POST /login HTTP/1.1\r\nHost: localhost\r\nOrigin: {ORIGIN_OK}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n{length}\r\n"
+        )
+    };
+    let read_answer = |tls: &mut Tls| {
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+
+    // Ten bytes of a hundred, and the client waits: 408 at the login body deadline.
+    let mut tls = server.tls();
+    tls.write_all(format!("{}user=alice", head("Content-Length: 100\r\n")).as_bytes())
+        .unwrap();
+    tls.flush().unwrap();
+    let answer = read_answer(&mut tls);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(
+        server.wait_log("reason=login body not complete at its deadline", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+
+    // Ten bytes of a hundred, and the client shuts its side: 400 at once.
+    let mut tls = server.tls();
+    tls.write_all(format!("{}user=alice", head("Content-Length: 100\r\n")).as_bytes())
+        .unwrap();
+    tls.flush().unwrap();
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let answer = read_answer(&mut tls);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+
+    // Chunked, with or without a length: 411, the form is read by its length alone.
+    for framing in [
+        "Transfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 10\r\n",
+    ] {
+        let answer =
+            server.raw_request(format!("{}a\r\nuser=alice\r\n0\r\n\r\n", head(framing)).as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 411 "), "{framing:?}: {answer}");
+    }
+    // Two lengths, or one that is not a number: 400.
+    for framing in [
+        "Content-Length: 10\r\nContent-Length: 10\r\n",
+        "Content-Length: 1e3\r\n",
+    ] {
+        let answer = server.raw_request(format!("{}user=alice", head(framing)).as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{framing:?}: {answer}");
+    }
+    still_serving(&server);
 }

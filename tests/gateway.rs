@@ -721,3 +721,440 @@ fn a_reload_moves_new_connections_to_the_new_backend_and_keeps_live_ones_on_thei
         "closed code=1001 reason=client gone"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// Paths, close codes and ends that a backend or a hostile client could turn.
+
+/// Sends an upgrade for `target` as alice (raw bytes: a client library might rewrite the
+/// target) and returns the status and, after a 101, the backend's hello (its first message).
+fn raw_upgrade(server: &Server, target: &str) -> (u16, Option<String>) {
+    let mut tls = server.tls();
+    let head = format!(
+        "GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nAuthorization: {}\r\n\
+         Origin: {ORIGIN_OK}\r\n\r\n",
+        basic(ALICE.0, ALICE.1)
+    );
+    tls.write_all(head.as_bytes()).unwrap();
+    tls.flush().unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        match tls.read(&mut byte) {
+            Ok(1) => answer.push(byte[0]),
+            _ => break,
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = status_line(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if status != 101 {
+        return (status, None);
+    }
+    // The backend's hello: one unmasked text frame from the server.
+    let mut header = [0u8; 2];
+    tls.read_exact(&mut header).unwrap();
+    let mut len = usize::from(header[1] & 0x7f);
+    if len == 126 {
+        let mut ext = [0u8; 2];
+        tls.read_exact(&mut ext).unwrap();
+        len = usize::from(u16::from_be_bytes(ext));
+    }
+    let mut payload = vec![0u8; len];
+    tls.read_exact(&mut payload).unwrap();
+    (101, Some(String::from_utf8(payload).unwrap()))
+}
+
+/// What an app's own reading makes of the paths the backend saw: `program` reads one backend
+/// hello (JSON) a line on stdin and prints, for each, `in` when every reading of its path is
+/// `prefix` or below it, else `out` and the readings.
+fn readings(program: &Path, args: &[&str], hellos: &str) -> Vec<String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(hellos.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{} failed", program.display());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Node's WHATWG `URL` (what the recipe in docs/gateway.md reads), then the path decoded and
+/// normalised as `path.posix` does.
+const NODE_READER: &str = r#"
+const path = require('path');
+const prefix = process.argv[1];
+const under = p => p === prefix || p.startsWith(prefix + '/');
+for (const line of require('fs').readFileSync(0, 'utf8').split('\n').filter(Boolean)) {
+  const raw = JSON.parse(line).path;
+  const seen = new URL(raw, 'http://app').pathname;
+  let decoded = seen;
+  for (let i = 0; i < 3; i++) { try { decoded = decodeURIComponent(decoded); } catch (e) {} }
+  const readings = [raw, seen, path.posix.normalize(decoded.replace(/\\/g, '/'))];
+  console.log(readings.every(under) ? 'in' : 'out ' + JSON.stringify(readings));
+}
+"#;
+
+/// Python's `urllib.parse` (decoded until it stops changing, as an app that decodes twice
+/// would) and `posixpath.normpath`, backslashes read as separators.
+const PYTHON_READER: &str = r#"
+import json, posixpath, sys, urllib.parse
+prefix = sys.argv[1]
+under = lambda p: p == prefix or p.startswith(prefix + "/")
+for line in sys.stdin:
+    raw = json.loads(line)["path"]
+    path = urllib.parse.urlsplit(raw).path
+    for _ in range(3):
+        path = urllib.parse.unquote(path)
+    readings = [raw, posixpath.normpath(path.replace("\\", "/"))]
+    print("in" if all(map(under, readings)) else "out " + json.dumps(readings))
+"#;
+
+#[test]
+fn every_spelling_of_a_path_reaches_the_backend_under_its_channels_path_or_is_refused() {
+    let backend = Backend::start(&[]);
+    let mut setup = Setup::default();
+    setup
+        .set("channel:/pub/*", "mode", "proxy")
+        .set(
+            "channel:/pub/*",
+            "backend",
+            &format!("{}/public", backend.url),
+        )
+        .set("channel:/priv/*", "mode", "proxy")
+        .set(
+            "channel:/priv/*",
+            "backend",
+            &format!("{}/private", backend.url),
+        )
+        .set("role:everyone", "subscribe", "/echo, /pub/*")
+        .set("role:everyone", "publish", "/echo, /pub/*")
+        .set("role:admins", "members", "root")
+        .set("role:admins", "subscribe", "/priv/*");
+    let server = setup.start();
+
+    // Served: what any reader reads as the same path below /public.
+    let served = [
+        "/pub/room",
+        "/pub/caf%C3%A9",
+        "/pub/a%20b",
+        "/pub/v1.2/x..y/.z",
+        "/pub/a;b",
+    ];
+    // Refused with 400 before any backend is dialled: each one some reader resolves outside
+    // /public, or otherwise than wsgate, which never decodes a path.
+    let ambiguous = [
+        "/pub/%2e%2e/private/secret",
+        "/pub/.%2e/private/secret",
+        "/pub/%2E%2E/private/secret",
+        "/pub/%2e%2E/private/secret",
+        "/pub/%2e",
+        "/pub/..\\private\\x",
+        "/pub/x/..\\..\\private",
+        "/pub/%5c..%5cprivate",
+        "/pub/%5C..%5Cprivate",
+        "/pub/..%2fprivate",
+        "/pub/..%2Fprivate",
+        "/pub/x/%2e%2e%2f%2e%2e/private",
+        "/pub/%252e%252e/private",
+        "/pub/%25252e%25252e/private",
+        "/pub/%c0%ae%c0%ae/private",
+        "/pub/%e0%80%ae%e0%80%ae/private",
+        "/pub/%ef%bc%8e%ef%bc%8e/private",
+        "/pub/..;/private",
+        "/pub/x%00/../../private",
+    ];
+    // Literal dot and empty segments: no channel serves them (404), as before.
+    let unserved = ["/pub/../private/secret", "/pub/./x", "/pub//private"];
+
+    let mut hellos = String::new();
+    for target in served {
+        let (status, hello) = raw_upgrade(&server, target);
+        assert_eq!(status, 101, "{target}: {}", server.logs());
+        hellos.push_str(&hello.unwrap());
+        hellos.push('\n');
+    }
+    for target in ambiguous {
+        let (status, hello) = raw_upgrade(&server, target);
+        if let Some(hello) = hello {
+            hellos.push_str(&hello);
+            hellos.push('\n');
+        }
+        assert_eq!(status, 400, "{target}");
+    }
+    for target in unserved {
+        assert_eq!(raw_upgrade(&server, target).0, 404, "{target}");
+    }
+
+    // Every path a backend saw, as the backend itself, Node and Python read it.
+    let node = require_program("node");
+    let by_node = readings(&node, &["-e", NODE_READER, "/public"], &hellos);
+    let by_python = readings(&python(), &["-c", PYTHON_READER, "/public"], &hellos);
+    let seen = hellos.lines().count();
+    assert_eq!(
+        seen,
+        served.len(),
+        "a refused path reached the backend:\n{hellos}"
+    );
+    for (reader, verdicts) in [("node", &by_node), ("python", &by_python)] {
+        assert_eq!(verdicts.len(), seen, "{reader}");
+        for (verdict, hello) in verdicts.iter().zip(hellos.lines()) {
+            assert_eq!(verdict, "in", "{reader} reads {hello} outside /public");
+        }
+    }
+    let lines = backend.lines.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("open "))
+            .all(|l| l.starts_with("open path=/public/")),
+        "{lines:?}"
+    );
+    assert!(
+        server.wait_log(
+            "reason=request path other readers could resolve differently",
+            IO_TIMEOUT
+        ),
+        "{}",
+        server.logs()
+    );
+}
+
+/// A backend that answers every upgrade, then closes with the close code its request path
+/// ends in (`/app/1005` -> code 1005), written as raw bytes: no library sends a forbidden code.
+fn closing_backend() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            std::thread::spawn(move || {
+                let mut path = String::new();
+                #[allow(
+                    clippy::result_large_err,
+                    reason = "the error type is tungstenite's ErrorResponse"
+                )]
+                let callback =
+                    |req: &tungstenite::handshake::server::Request,
+                     resp: tungstenite::handshake::server::Response| {
+                        path = req.uri().path().to_string();
+                        Ok(resp)
+                    };
+                let Ok(mut ws) = tungstenite::accept_hdr(stream, callback) else {
+                    return;
+                };
+                let code: u16 = path.rsplit('/').next().unwrap().parse().unwrap();
+                let sock = ws.get_mut();
+                let [hi, lo] = code.to_be_bytes();
+                sock.write_all(&[0x88, 0x02, hi, lo]).unwrap();
+                sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                let mut sink = [0u8; 1024];
+                while sock.read(&mut sink).is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_backend_close_code_no_endpoint_may_send_reaches_the_client_as_1011() {
+    let server = gateway(&closing_backend()).start();
+    for code in [
+        0, 999, 1002, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000, 65535,
+    ] {
+        let mut ws = server.connect_as(&format!("/app/{code}"), ALICE);
+        assert_eq!(
+            close_frame(&mut ws),
+            (1011, "backend protocol error".to_string()),
+            "backend code {code}"
+        );
+    }
+    // Codes an endpoint may send pass as they are.
+    for code in [1000, 1001, 1003, 1008, 1011, 3000, 4002] {
+        let mut ws = server.connect_as(&format!("/app/{code}"), ALICE);
+        assert_eq!(close_frame(&mut ws), (code, "backend".to_string()));
+    }
+}
+
+/// Floods `ws` with 16 KiB messages from a thread until a write fails, and returns once the
+/// flood is held back: no write has completed for half a second (wsgate stopped reading the
+/// client because the backend reads nothing).
+fn flood_until_held_back(mut ws: Client) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    ws.get_ref()
+        .sock
+        .set_write_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&sent);
+    let flooder = std::thread::spawn(move || {
+        let chunk = Message::binary(vec![7u8; 16 * 1024]);
+        while ws.send(chunk.clone()).is_ok() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut last = (0, Instant::now());
+    loop {
+        assert!(Instant::now() < until, "the flood was never held back");
+        let now = sent.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if now > 0 && last.1.elapsed() >= Duration::from_millis(500) {
+            return flooder;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `/connections` no longer lists `path`.
+fn wait_gone(server: &Server, path: &str) {
+    let until = Instant::now() + IO_TIMEOUT;
+    while server.admin_get("/connections").1.contains(path) {
+        assert!(
+            Instant::now() < until,
+            "{path} still open after {IO_TIMEOUT:?}: {}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_admin_disconnect_a_revocation_and_shutdown_end_a_relay_held_back_by_full_buffers() {
+    // Every deadline that could end the relay by itself is a minute away: only the end asked
+    // for can end it within the test's wait.
+    let backend = Backend::start(&["--slow"]);
+    let mut setup = gateway(&backend.url);
+    setup
+        .set("limits", "write_timeout", "60s")
+        .set("limits", "ping_interval", "60s")
+        .set("limits", "idle_timeout", "120s")
+        .set("server", "shutdown_grace", "60s")
+        .set("channel:/app/*", "max_messages_per_sec", "0")
+        .set("channel:/app/*", "max_bytes_per_sec", "0");
+    let mut server = setup.start();
+    let mut bystander = server.connect_as("/echo", BOB);
+
+    // An admin's disconnect: the answer says it is closing, and it is gone at once.
+    let mut ws = server.connect_as("/app/by-admin", ALICE);
+    hello(&mut ws);
+    let flooder = flood_until_held_back(ws);
+    let admin = server.admin_addr();
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "POST /disconnect?path=/app/by-admin HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.ends_with("{\"closing\":1,\"forwarded\":false}\n"),
+        "{answer}"
+    );
+    wait_gone(&server, "/app/by-admin");
+    flooder.join().unwrap();
+    assert!(
+        server.wait_log(
+            "code=1008 by=server reason=\"disconnected by admin\"",
+            IO_TIMEOUT
+        ),
+        "{}",
+        server.logs()
+    );
+
+    // A revocation: alice is deleted, her relay ends at the reload.
+    let mut ws = server.connect_as("/app/revoked", ALICE);
+    hello(&mut ws);
+    let flooder = flood_until_held_back(ws);
+    passwd(&server, &["--delete"], "alice", "");
+    server.reload_and_wait();
+    wait_gone(&server, "/app/revoked");
+    flooder.join().unwrap();
+    echoes(&mut bystander, "unaffected");
+
+    // Shutdown: the process exits in its own time, not at a deadline of the relay's.
+    let mut ws = server.connect_as("/app/shutdown", BOB);
+    hello(&mut ws);
+    let flooder = flood_until_held_back(ws);
+    server.terminate();
+    let status = server.wait_exit(IO_TIMEOUT).expect("wsgate did not exit");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        server.logs().contains("shutdown complete"),
+        "{}",
+        server.logs()
+    );
+    flooder.join().unwrap();
+}
+
+/// Node's `URLSearchParams` with `toLowerCase`/`toUpperCase` and `qs`-style brackets cut, on the
+/// query of each backend hello (one a line): prints the keys that read as a credential.
+const NODE_QUERY_READER: &str = r#"
+const names = ['user', 'pass', 'token', 'session'];
+for (const line of require('fs').readFileSync(0, 'utf8').split('\n').filter(Boolean)) {
+  const url = new URL(JSON.parse(line).path, 'http://app');
+  for (const key of url.searchParams.keys()) {
+    let k = key;
+    for (let i = 0; i < 3; i++) { try { k = decodeURIComponent(k); } catch (e) {} }
+    const base = k.split('[')[0].split('\0')[0].replace(/[\x00-\x1f\x7f]/g, '').trim();
+    for (const form of [base.toLowerCase(), base.toUpperCase().toLowerCase(), base.normalize('NFKC').toLowerCase()]) {
+      if (names.includes(form)) console.log(key);
+    }
+  }
+}
+"#;
+
+#[test]
+fn credential_like_query_keys_never_reach_the_backend_in_any_spelling_an_app_folds() {
+    let backend = Backend::start(&[]);
+    let server = gateway(&backend.url).start();
+    // Each key reads as `user`, `pass`, `token` or `session` to some app's parser: bracket
+    // suffixes (PHP, Rails, Node's qs), double encoding, Unicode case mapping and compatibility
+    // folding (Kelvin sign, long s, fullwidth), NUL and control characters.
+    let hostile = [
+        "user[]=mallory",
+        "pass[]=x",
+        "PASS[a]=x",
+        "to%E2%84%AAen=t",
+        "%C5%BFession=s",
+        "%EF%BD%95ser=mallory",
+        "us%2565r=mallory",
+        "user%00=mallory",
+        "us%01er=mallory",
+    ];
+    let target = format!("/app/q?room=3&{}&lang=en&user_id=7", hostile.join("&"));
+    let mut ws = server.connect_as(&target, ALICE);
+    let greeting = hello(&mut ws);
+    assert!(
+        greeting.contains(r#""path": "/q?room=3&lang=en&user_id=7""#),
+        "{greeting}"
+    );
+    assert_eq!(
+        backend.wait_line("open "),
+        "open path=/q?room=3&lang=en&user_id=7 user=alice users=1 auth=password client=127.0.0.1"
+    );
+    let node = require_program("node");
+    let read = readings(&node, &["-e", NODE_QUERY_READER], &format!("{greeting}\n"));
+    assert!(
+        read.is_empty(),
+        "node reads credentials in {greeting}: {read:?}"
+    );
+}

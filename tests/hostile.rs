@@ -295,8 +295,9 @@ fn junk_oversized_and_malformed_heads_get_their_status_from_us() {
     assert_clean_log(&server, &[]);
 }
 
-/// Row 4 (a head dripped byte by byte, faster than any per-read timeout) and row 5 (a
-/// ClientHello and then nothing): each dropped at its deadline, the worker freed.
+/// Row 4 (a head dripped byte by byte, faster than any per-read timeout: 408 at the upgrade
+/// deadline) and row 5 (a ClientHello and then nothing): each dropped at its deadline, the
+/// worker freed.
 #[test]
 fn dripped_heads_and_stalled_client_hellos_are_dropped_at_their_deadlines() {
     let mut setup = Setup::default();
@@ -307,7 +308,8 @@ fn dripped_heads_and_stalled_client_hellos_are_dropped_at_their_deadlines() {
         .set("limits", "upgrade_timeout", "1s");
     let server = setup.start();
 
-    // Row 4: one byte every 100 ms; the 1 s deadline covers the whole head.
+    // Row 4: one byte every 100 ms; the 1 s deadline covers the whole head, and a head begun
+    // and not finished gets 408 then.
     let head = upgrade_head("/echo", &[]);
     let mut tls = server.tls();
     tls.sock
@@ -319,24 +321,33 @@ fn dripped_heads_and_stalled_client_hellos_are_dropped_at_their_deadlines() {
     let dropped_after = loop {
         assert!(t0.elapsed() < Duration::from_secs(5), "never dropped");
         if sent < head.len() - 1 {
-            if tls
-                .write_all(&head[sent..=sent])
+            // The server reads until it answers, so a write never fails before the answer.
+            tls.write_all(&head[sent..=sent])
                 .and_then(|()| tls.flush())
-                .is_err()
-            {
-                break t0.elapsed();
-            }
+                .unwrap_or_else(|e| panic!("dropped without a status: {e}"));
             sent += 1;
         }
         match tls.read(&mut byte) {
-            Ok(0) => break t0.elapsed(),
-            Ok(_) => panic!("the server answered a partial head"),
+            Ok(0) => panic!("closed without a status"),
+            Ok(_) => {
+                let at = t0.elapsed();
+                let mut answer = vec![byte[0]];
+                tls.sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                let _ = tls.read_to_end(&mut answer);
+                let answer = String::from_utf8_lossy(&answer);
+                assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+                assert!(
+                    answer.to_ascii_lowercase().contains("connection: close"),
+                    "{answer}"
+                );
+                break at;
+            }
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) => {}
-            Err(_) => break t0.elapsed(),
+            Err(e) => panic!("dropped without a status: {e}"),
         }
     };
     assert!(

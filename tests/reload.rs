@@ -107,6 +107,8 @@ fn change_of(section: &str, key: &str) -> Option<&'static [(&'static str, &'stat
         ("admin", "listen") => &[("listen", "127.0.0.1:1")],
         ("admin", "max_connections") => &[("max_connections", "8")],
         ("admin", "token_file") => &[("token_file", "admin.token")],
+        ("admin", "allow_hosts") => &[("allow_hosts", "wsgate.example.com")],
+        ("admin", "allow_origins") => &[("allow_origins", "https://ops.example.com")],
         ("cluster", "redis_url") => &[("redis_url", "redis://127.0.0.1:1")],
         ("cluster", "instance_id") => &[("instance_id", "other-instance")],
         ("cluster", "channel_prefix") => &[("channel_prefix", "other:")],

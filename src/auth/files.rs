@@ -150,15 +150,32 @@ pub(crate) fn is_blank_or_comment(line: &str) -> bool {
     t.is_empty() || t.starts_with('#')
 }
 
-/// Writes `contents` to a 0600 temporary file beside `file`, fsyncs it, renames it over `file`
-/// and fsyncs the directory. `owner` (uid, gid) is given to the new file when it differs from
-/// ours, so root editing the service's file leaves it readable by the service. A symlink is
-/// followed: its target is replaced, the link kept. Used by every command that
-/// rewrites a credential file (`passwd`, `token`).
+/// What the temporary files of a rewrite of `name` are called, before their run's pid and a
+/// nonce: `.users.wsgate-passwd.`.
+fn temporary_prefix(name: &std::ffi::OsStr) -> String {
+    format!(".{}.wsgate-passwd.", name.to_string_lossy())
+}
+
+/// Writes `contents` to a new 0600 file beside `file`, fsyncs it, renames it over `file` and
+/// fsyncs the directory. `owner` (uid, gid) is given to the new file when it differs from ours,
+/// so root editing the service's file leaves it readable by the service. A symlink is followed:
+/// its target is replaced, the link kept. Used by every command that rewrites a credential file
+/// (`passwd`, `token`), holding `file`'s [`UpdateLock`].
+///
+/// A run killed at any moment leaves no copy of the file behind. The new file is written
+/// unnamed (`O_TMPFILE`) and gets a name only to be renamed over `file` at once; a run killed
+/// between those two steps (or one on a file system without `O_TMPFILE`, which writes a named
+/// temporary file) leaves a `.NAME.wsgate-passwd.PID.NONCE` file, and the next run removes
+/// every such file before it writes: it holds the lock, so no live run is writing one.
 ///
 /// # Errors
 /// The I/O error; `file` is then unchanged and no temporary file is left behind.
-pub fn write_file_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> io::Result<()> {
+pub fn write_file_atomic(
+    _held: &UpdateLock,
+    file: &Path,
+    contents: &str,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let target = match fs::symlink_metadata(file) {
         Ok(m) if m.file_type().is_symlink() => fs::canonicalize(file)?,
         _ => file.to_path_buf(),
@@ -173,19 +190,23 @@ pub fn write_file_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>)
             "not a file name",
         ));
     };
+    let prefix = temporary_prefix(name);
+    remove_stale_temporaries(&dir, &prefix);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(
-        ".{}.wsgate-passwd.{}.{nanos}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let tmp = dir.join(format!("{prefix}{}.{nanos}", std::process::id()));
+    let (mut f, named) = match unnamed_file(&dir) {
+        Some(f) => (f, false),
+        None => {
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            (f, true)
+        }
+    };
     let result = (|| {
         // The umask can only remove bits; make it exactly 0600.
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
@@ -204,6 +225,9 @@ pub fn write_file_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>)
         }
         f.write_all(contents.as_bytes())?;
         f.sync_all()?;
+        if !named {
+            give_a_name(&f, &tmp)?;
+        }
         fs::rename(&tmp, &target)?;
         File::open(&dir)?.sync_all()
     })();
@@ -211,6 +235,45 @@ pub fn write_file_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>)
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// An unnamed 0600 file in `dir` (`O_TMPFILE`): a crash before it is linked leaves nothing.
+/// None where the file system or kernel does not have them.
+fn unnamed_file(dir: &Path) -> Option<File> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::openat(
+        rustix::fs::CWD,
+        dir,
+        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )
+    .ok()
+    .map(File::from)
+}
+
+/// Links the unnamed file `f` at `path`: through `/proc/self/fd` (what an unprivileged process
+/// may do), else by its descriptor (`AT_EMPTY_PATH`, which takes `CAP_DAC_READ_SEARCH`).
+fn give_a_name(f: &File, path: &Path) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, linkat};
+    use std::os::fd::AsRawFd;
+    let by_proc = format!("/proc/self/fd/{}", f.as_raw_fd());
+    linkat(CWD, by_proc.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW)
+        .or_else(|_| linkat(f, "", CWD, path, AtFlags::EMPTY_PATH))
+        .map_err(io::Error::from)
+}
+
+/// Removes the temporary files (`prefix` followed by anything) that killed runs left in `dir`.
+/// Only a holder of the directory's [`UpdateLock`] may call this: no other run is writing one.
+/// A file that cannot be removed is left; the write goes on.
+fn remove_stale_temporaries(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -239,6 +302,30 @@ mod tests {
     }
 
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_rewrite_leaves_only_the_file_and_removes_what_killed_runs_left() {
+        let dir = TestDir::new("atomic");
+        let file = dir.0.join("users");
+        std::fs::write(&file, "old\n").unwrap();
+        let stale = dir.0.join(".users.wsgate-passwd.4242.17");
+        std::fs::write(&stale, "a dead run's copy\n").unwrap();
+        let other = dir.0.join(".tokens.wsgate-passwd.4242.17");
+        std::fs::write(&other, "another file's\n").unwrap();
+        let held = lock_for_update(&file).unwrap();
+        write_file_atomic(&held, &file, "new\n", None).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "new\n");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".tokens.wsgate-passwd.4242.17", "users"]);
+    }
 
     #[test]
     fn a_settled_load_waits_for_a_file_still_being_written() {

@@ -414,13 +414,17 @@ fn read_file(path: &Path) -> Result<Option<(TokenStore, String, fs::Metadata)>, 
     Ok(Some((store, text, meta)))
 }
 
-fn write(file: &Path, contents: &str, meta: Option<&fs::Metadata>) -> Result<(), TokensError> {
-    crate::auth::files::write_file_atomic(file, contents, meta.map(|m| (m.uid(), m.gid()))).map_err(
-        |source| TokensError::Write {
+fn write(
+    held: &crate::auth::files::UpdateLock,
+    file: &Path,
+    contents: &str,
+    meta: Option<&fs::Metadata>,
+) -> Result<(), TokensError> {
+    crate::auth::files::write_file_atomic(held, file, contents, meta.map(|m| (m.uid(), m.gid())))
+        .map_err(|source| TokensError::Write {
             path: file.to_path_buf(),
             source,
-        },
-    )
+        })
 }
 
 /// The [`crate::auth::files::UpdateLock`] for `file`, held across a read-modify-write so that
@@ -444,7 +448,7 @@ pub fn add(file: &Path, user: &str, name: Option<&str>) -> Result<String, Tokens
     if let Some(name) = name {
         check_token_name(name)?;
     }
-    let _lock = lock(file)?;
+    let held = lock(file)?;
     let existing = read_file(file)?;
     let (store, text, meta) = match &existing {
         Some((store, text, meta)) => (store, text.as_str(), Some(meta)),
@@ -474,7 +478,7 @@ pub fn add(file: &Path, user: &str, name: Option<&str>) -> Result<String, Tokens
         "{user}:{name}:{}\n",
         HEXLOWER.encode(&token_digest(&token))
     ));
-    write(file, &contents, meta)?;
+    write(&held, file, &contents, meta)?;
     Ok(token)
 }
 
@@ -490,7 +494,7 @@ pub fn revoke(file: &Path, user: &str, name: &str) -> Result<(), TokensError> {
         user: user.to_string(),
         name: name.to_string(),
     };
-    let _lock = lock(file)?;
+    let held = lock(file)?;
     let Some((store, text, meta)) = read_file(file)? else {
         return Err(not_found());
     };
@@ -506,7 +510,7 @@ pub fn revoke(file: &Path, user: &str, name: &str) -> Result<(), TokensError> {
                 || split_fields(line).is_none_or(|(u, n, _)| (u, n) != (user, name))
         })
         .collect();
-    write(file, &contents, Some(&meta))
+    write(&held, file, &contents, Some(&meta))
 }
 
 /// `(user, name, first 8 hex digits of the digest)` for each token in `file`, in file order; a

@@ -133,7 +133,7 @@ usage: wsgate disconnect [--config FILE] [--user USER] [--path PATH] [--session 
 
 Asks the running server's admin endpoint to close every connection matching all the given
 filters (at least one) with close code 1008 and the reason `disconnected by admin`, and prints
-how many it closed there. With [cluster] on, every other instance closes its matching
+how many it is closing there (each is gone within a second). With [cluster] on, every other instance closes its matching
 connections too. Closing does not revoke a credential: remove the user or token to keep them
 out.
 

@@ -167,7 +167,7 @@ fn set_password_hashed(
     read_existing(file)?;
     // Hashed before the lock is taken (it is the slow part); the file is read again under it.
     let phc = hash(password).map_err(PasswdError::Hash)?;
-    let _lock = lock(file)?;
+    let held = lock(file)?;
     let existing = read_existing(file)?;
     let new_line = format!("{user}:{phc}");
     let (text, owner) = match &existing {
@@ -175,7 +175,7 @@ fn set_password_hashed(
         None => ("", None),
     };
     let (contents, found) = rewrite(text, user, Some(&new_line));
-    write_atomic(file, &contents, owner)?;
+    write_atomic(&held, file, &contents, owner)?;
     Ok(if found {
         Change::Updated
     } else {
@@ -189,7 +189,7 @@ fn set_password_hashed(
 /// A bad name, a missing file or user, a broken file, or an I/O failure.
 pub fn delete_user(file: &Path, user: &str) -> Result<Change, PasswdError> {
     check_user_name(user).map_err(PasswdError::BadName)?;
-    let _lock = lock(file)?;
+    let held = lock(file)?;
     let Some((text, meta)) = read_existing(file)? else {
         return Err(PasswdError::Read {
             path: file.to_path_buf(),
@@ -215,7 +215,7 @@ pub fn delete_user(file: &Path, user: &str) -> Result<Change, PasswdError> {
             path: file.to_path_buf(),
         });
     }
-    write_atomic(file, &contents, Some((meta.uid(), meta.gid())))?;
+    write_atomic(&held, file, &contents, Some((meta.uid(), meta.gid())))?;
     Ok(Change::Deleted)
 }
 
@@ -294,8 +294,13 @@ fn rewrite(text: &str, user: &str, new_line: Option<&str>) -> (String, bool) {
 }
 
 /// [`files::write_file_atomic`] with its error as a [`PasswdError::Write`] naming `file`.
-fn write_atomic(file: &Path, contents: &str, owner: Option<(u32, u32)>) -> Result<(), PasswdError> {
-    files::write_file_atomic(file, contents, owner).map_err(|source| PasswdError::Write {
+fn write_atomic(
+    held: &files::UpdateLock,
+    file: &Path,
+    contents: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), PasswdError> {
+    files::write_file_atomic(held, file, contents, owner).map_err(|source| PasswdError::Write {
         path: file.to_path_buf(),
         source,
     })

@@ -174,6 +174,7 @@ mod tests {
         "ws://127.0.0.1:1",
         "alice",
         "/news",
+        "wsgate.example.com",
     ];
 
     fn sections(text: &str) -> Vec<ScannedSection> {

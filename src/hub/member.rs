@@ -72,6 +72,9 @@ impl Intake {
 
 pub(super) struct Member {
     pub(super) id: u64,
+    /// Whether broadcasts on its path are delivered to it: members of broadcast channels only
+    /// (an echo or proxied connection on a path gets none, and is never squeezed for them).
+    pub(super) receives: bool,
     /// The outbox's sending side; at most `intake.outbox` messages queued (counted in
     /// [`MemberShared::queued`]).
     pub(super) tx: Sender<Message>,
@@ -124,10 +127,11 @@ pub(super) fn discard_queued(rx: &Receiver<Message>, shared: &MemberShared) {
 
 /// State the hub and the connection both see.
 pub struct MemberShared {
-    /// Wakes the connection's `poll` for queued broadcasts; only members of broadcast channels
-    /// have one (an eventfd). An echo connection receives nothing from the hub, so it spends no
-    /// descriptor on it: its one wake-up, the end (shutdown, revocation), shuts the read side of
-    /// its socket instead ([`MemberShared::end`]).
+    /// Wakes the connection's `poll` for queued broadcasts, or a proxied connection to end; only
+    /// members of broadcast and proxy channels have one (an eventfd). An echo connection
+    /// receives nothing from the hub, so it spends no descriptor on it: its one wake-up, the end
+    /// (shutdown, revocation), shuts the read side of its socket instead
+    /// ([`MemberShared::end`]).
     pub waker: Option<Waker>,
     /// The connection's socket, once its loop runs (see [`MemberShared::end`]).
     pub(super) socket: OnceLock<Arc<TcpStream>>,

@@ -13,6 +13,7 @@ use tungstenite::Message;
 use super::member::{Intake, Member, MemberShared, Traffic, discard_queued, take_queued};
 use super::waker::Waker;
 use super::{Hub, HubClosed};
+use crate::config::Mode;
 use crate::memory::Account;
 use crate::ops::metrics::Metrics;
 use crate::policy::Holder;
@@ -28,20 +29,26 @@ pub struct Membership {
     pub shared: Arc<MemberShared>,
 }
 impl Hub {
-    /// Adds a connection to `path` that takes broadcasts as `intake` says; `receives` is false
-    /// for an echo connection, which gets no broadcasts (and no eventfd).
+    /// Adds a connection of a `mode` channel to `path`. A broadcast member takes broadcasts as
+    /// `intake` says and has an eventfd ([`Waker`]) for its outbox. A proxied member takes no
+    /// broadcasts but has an eventfd too, to be woken to end: its reads of the client pause under
+    /// back-pressure, so a shut read side would not wake it. An echo member takes no broadcasts
+    /// and has none: it always polls its socket, so a shut read side ends it.
     ///
     /// # Errors
     /// `Ok(Err(HubClosed))` during shutdown; `Err` if no eventfd could be made.
     pub fn join(
         self: &Arc<Self>,
         path: &str,
-        receives: bool,
+        mode: Mode,
         intake: Intake,
         holder: Holder,
     ) -> io::Result<Result<Membership, HubClosed>> {
         let shared = Arc::new(MemberShared {
-            waker: if receives { Some(Waker::new()?) } else { None },
+            waker: match mode {
+                Mode::Echo => None,
+                Mode::Broadcast | Mode::Proxy => Some(Waker::new()?),
+            },
             slow: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             revocation: OnceLock::new(),
@@ -63,6 +70,7 @@ impl Hub {
         }
         let member = Member {
             id,
+            receives: mode == Mode::Broadcast,
             tx,
             rx: rx.clone(),
             intake,
@@ -182,7 +190,7 @@ mod tests {
         let echo = hub
             .join(
                 "/c",
-                false,
+                Mode::Echo,
                 intake(4, SlowConsumer::Disconnect),
                 Holder::default(),
             )
@@ -213,6 +221,34 @@ mod tests {
     }
 
     #[test]
+    fn a_proxied_member_gets_no_broadcasts_and_is_woken_to_end_through_its_eventfd() {
+        let hub = hub();
+        let sender = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let proxied = hub
+            .join(
+                "/c",
+                Mode::Proxy,
+                intake(4, SlowConsumer::Disconnect),
+                Holder::default(),
+            )
+            .unwrap()
+            .unwrap();
+        hub.publish("/c", sender.id, &text("x"));
+        assert!(matches!(proxied.next_queued(), Err(TryRecvError::Empty)));
+        let waker = proxied.shared.waker.as_ref().expect("an eventfd to end it");
+        let mut fds = [rustix::event::PollFd::new(
+            waker,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec::default();
+        assert_eq!(rustix::event::poll(&mut fds, Some(&zero)).unwrap(), 0);
+        // No socket is attached: the eventfd alone wakes its poll.
+        proxied.shared.revoke(Revocation::Admin);
+        assert_eq!(rustix::event::poll(&mut fds, Some(&zero)).unwrap(), 1);
+        assert_eq!(proxied.ended(), Some((1008, "disconnected by admin")));
+    }
+
+    #[test]
     fn leaving_and_shutdown() {
         let hub = hub();
         let a = join(&hub, "/c", 1, SlowConsumer::Disconnect);
@@ -225,9 +261,14 @@ mod tests {
             Err(crossbeam_channel::TryRecvError::Disconnected)
         ));
         assert_eq!(
-            hub.join("/c", true, intake(1, SlowConsumer::Drop), Holder::default())
-                .unwrap()
-                .err(),
+            hub.join(
+                "/c",
+                Mode::Broadcast,
+                intake(1, SlowConsumer::Drop),
+                Holder::default(),
+            )
+            .unwrap()
+            .err(),
             Some(HubClosed)
         );
         drop(b);

@@ -15,6 +15,9 @@ pub enum Phase {
     /// Reading the HTTP upgrade request and waiting for a free worker (`[limits]
     /// upgrade_timeout`).
     Upgrade,
+    /// Reading the demo page's `POST /login` form body, once its head is in
+    /// ([`crate::pipeline::upgrade`]'s `LOGIN_BODY`, within the upgrade deadline).
+    LoginBody,
     /// Writing a refusal and letting the client read it before the socket closes.
     Linger,
 }
@@ -24,6 +27,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Phase::TlsHandshake => "tls handshake",
             Phase::Upgrade => "upgrade request",
+            Phase::LoginBody => "login body",
             Phase::Linger => "lingering close",
         })
     }

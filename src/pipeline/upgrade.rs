@@ -25,6 +25,9 @@ use crate::policy::{self, Grant, Reason, Target, Verifier};
 const LINGER: Duration = Duration::from_secs(2);
 /// How much a refused client may still send while we linger.
 const LINGER_DRAIN: usize = 64 * 1024;
+/// How long a demo login's form body may take once its head is in (at most what is left of the
+/// upgrade deadline): a few hundred bytes a browser sends with the head.
+const LOGIN_BODY: Duration = Duration::from_secs(2);
 
 /// The stream a WebSocket runs on: bytes already read while parsing the head, then the socket.
 /// A read never returns head and post-head bytes together: tungstenite's handshake refuses a
@@ -348,7 +351,15 @@ fn read_head(
     let mut buf = Vec::with_capacity(1024.min(max));
     let mut chunk = [0u8; 1024];
     let head_len = loop {
-        deadline.arm(tls.socket()).map_err(HeadError::Io)?;
+        // A head begun and not finished gets its 408; a client that sent nothing is dropped.
+        deadline
+            .arm(tls.socket())
+            .map_err(|e| match buf.is_empty() {
+                false if is_timeout(&e) => HeadError::Refuse(Reason::Unfinished {
+                    what: "request head",
+                }),
+                _ => HeadError::Io(e),
+            })?;
         let n = match tls.read(&mut chunk) {
             Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => n,
@@ -388,19 +399,7 @@ fn read_head(
         return Err(HeadError::DemoPage);
     }
     if config.demo.enabled && demo::is_login(&req) {
-        let length = req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| {
-                std::str::from_utf8(h.value)
-                    .ok()?
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-            })
-            .filter(|&n| n <= policy::MAX_LOGIN_BODY)
-            .ok_or(HeadError::Refuse(Reason::LoginTooLarge))?;
+        let length = login_length(&req).map_err(HeadError::Refuse)?;
         let header = |name: &str| -> Vec<Vec<u8>> {
             req.headers
                 .iter()
@@ -411,10 +410,22 @@ fn read_head(
         let origins = header("origin");
         let host = header("host").into_iter().next();
         let mut body = buf[head_len..].to_vec();
+        let body_deadline = Deadline::new(
+            Phase::LoginBody,
+            Instant::now(),
+            LOGIN_BODY.min(deadline.at.saturating_duration_since(Instant::now())),
+        );
         while body.len() < length {
-            deadline.arm(tls.socket()).map_err(HeadError::Io)?;
+            body_deadline.arm(tls.socket()).map_err(|e| {
+                if is_timeout(&e) {
+                    HeadError::Refuse(Reason::Unfinished { what: "login body" })
+                } else {
+                    HeadError::Io(e)
+                }
+            })?;
             match tls.read(&mut chunk) {
-                Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
+                // The client shut its side with the body short: it can still read our answer.
+                Ok(0) => return Err(HeadError::Refuse(Reason::Malformed)),
                 Ok(n) => body.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted || is_timeout(&e) => {}
                 Err(e) => return Err(HeadError::Io(e)),
@@ -430,6 +441,38 @@ fn read_head(
     policy::check_head(&req).map_err(HeadError::Refuse)?;
     let target = Target::parse(req.path.unwrap_or_default()).map_err(HeadError::Refuse)?;
     Ok((buf, head_len, target))
+}
+
+/// A demo login's body length: its one `Content-Length`, at most [`policy::MAX_LOGIN_BODY`].
+///
+/// # Errors
+/// 411 without a `Content-Length` or with `Transfer-Encoding` (the form is read by its length
+/// alone), 400 for a length that is not one number, 413 for one too long.
+fn login_length(req: &httparse::Request<'_, '_>) -> Result<usize, Reason> {
+    let values = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect::<Vec<_>>()
+    };
+    let lengths = values("content-length");
+    if !values("transfer-encoding").is_empty() || lengths.is_empty() {
+        return Err(Reason::LengthRequired);
+    }
+    let [length] = lengths[..] else {
+        return Err(Reason::Malformed);
+    };
+    let digits = std::str::from_utf8(length)
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or(Reason::Malformed)?;
+    // Too many digits for a usize is too long as well.
+    match digits.parse::<usize>() {
+        Ok(n) if n <= policy::MAX_LOGIN_BODY => Ok(n),
+        _ => Err(Reason::LoginTooLarge),
+    }
 }
 
 /// Writes the refusal for `reason` and closes politely.

@@ -241,6 +241,15 @@ pub fn decide(
             (Some(user), method, session_id, proof)
         }
         None => match client_user {
+            // A certificate's name is a user name like any other: the users file's rule holds
+            // for it too, so no name with a control character, a space or a quote is ever let
+            // in, forwarded to a backend or written unescaped to a log.
+            Some(user) if crate::rules::user_name::check_user_name(user).is_err() => {
+                return Err(Reason::BadCredentials {
+                    user: safe_user(user),
+                    why: "client certificate names no valid user",
+                });
+            }
             Some(user) => (
                 Some(user.to_string()),
                 Method::ClientCert,
@@ -471,6 +480,30 @@ mod tests {
             (grant.user.as_deref(), grant.method),
             (Some("alice"), Method::ClientCert)
         );
+        // A certificate's name passes the users file's rule or is refused, escaped for the log.
+        for (name, logged) in [
+            ("ali\nce", "ali\\nce"),
+            ("al ice", "al ice"),
+            ("a\"b", "a\\\"b"),
+            ("", ""),
+        ] {
+            let refused = decide(
+                &request(&raw),
+                &Target::parse("/echo").unwrap(),
+                &cfg,
+                &Fake,
+                Some(name),
+            )
+            .unwrap_err();
+            assert_eq!(
+                refused,
+                Reason::BadCredentials {
+                    user: logged.into(),
+                    why: "client certificate names no valid user"
+                },
+                "{name:?}"
+            );
+        }
         let anon = get(&cfg, "/public", ORIGIN).unwrap();
         assert_eq!(
             (anon.user, anon.method, anon.may_publish),

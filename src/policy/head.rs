@@ -24,7 +24,8 @@ impl Target {
     /// [`Reason::Target`] for absolute-form (`https://host/path`: refused rather than checked
     /// against `Host`, which no WebSocket client needs), authority- and asterisk-form, any `#`
     /// (a fragment is never part of a request target, RFC 9112 §3.2), and bytes httparse lets
-    /// through but `http::Uri` refuses (`<`, `>`, `` ` ``).
+    /// through but `http::Uri` refuses (`<`, `>`, `` ` ``); [`Reason::AmbiguousPath`] for a path
+    /// another reader could resolve differently ([`readers_may_differ`]).
     pub fn parse(raw: &str) -> Result<Target, Reason> {
         // tungstenite parses the same bytes into an `http::Uri` before our callback runs, and
         // answers a failure with a bare close: refused here first, with its status.
@@ -35,10 +36,69 @@ impl Target {
             Some((path, query)) => (path, Some(query.to_string())),
             None => (raw, None),
         };
+        if readers_may_differ(path) {
+            return Err(Reason::AmbiguousPath);
+        }
         Ok(Target {
             path: path.to_string(),
             query,
         })
+    }
+}
+
+/// Code points that Unicode compatibility folding (NFKC, as some frameworks apply to paths)
+/// turns into `.`, `/` or `\`: one dot leader, two dot leader, ellipsis, small full stop, small
+/// reverse solidus, fullwidth full stop, solidus and reverse solidus.
+const FOLDS_TO_A_SEPARATOR: [char; 8] = [
+    '\u{2024}', '\u{2025}', '\u{2026}', '\u{FE52}', '\u{FE68}', '\u{FF0E}', '\u{FF0F}', '\u{FF3C}',
+];
+
+/// Whether some common reader of a path (a WHATWG URL parser such as Node's `new URL`, Python's
+/// `urllib.parse.unquote` with `posixpath.normpath`, a servlet container, a static file server)
+/// could resolve `path` to other segments than wsgate reads, which never decodes it: a
+/// backslash (a segment separator to WHATWG URLs and Windows), a percent-encoded `.`, `/`, `\` or
+/// `%` in any case (dot segments and separators after decoding; `%25` is double encoding), an
+/// escape that is not two hex digits, an encoded control character, encoded bytes that are not
+/// valid UTF-8 (overlong forms included) or that fold to a separator ([`FOLDS_TO_A_SEPARATOR`]),
+/// and a segment that is a dot segment once its `;parameters` are cut (`..;x`, as servlet
+/// containers read it). A path wsgate would refuse anyway (literal dot or empty segments: 404)
+/// is left to [`super::route`].
+pub fn readers_may_differ(path: &str) -> bool {
+    if path.contains('\\') {
+        return true;
+    }
+    let dot_with_parameters = path.split('/').any(|seg| {
+        seg.split_once(';')
+            .is_some_and(|(name, _)| name == "." || name == "..")
+    });
+    if dot_with_parameters {
+        return true;
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            decoded.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let Some(byte) = bytes
+            .get(i + 1..i + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        else {
+            return true;
+        };
+        if matches!(byte, b'.' | b'/' | b'\\' | b'%') || byte.is_ascii_control() {
+            return true;
+        }
+        decoded.push(byte);
+        i += 3;
+    }
+    match std::str::from_utf8(&decoded) {
+        Ok(text) => text.contains(FOLDS_TO_A_SEPARATOR),
+        Err(_) => true,
     }
 }
 
@@ -186,6 +246,59 @@ mod tests {
             "13"
         );
         assert_eq!(Reason::Method.status(), 405);
+    }
+
+    #[test]
+    fn paths_other_readers_could_resolve_differently_are_refused() {
+        for bad in [
+            "/pub/%2e%2e/private/secret",
+            "/pub/.%2e/private",
+            "/pub/%2E%2E/private",
+            "/pub/%2e",
+            "/pub/a%2fb",
+            "/pub/a%2Fb",
+            "/pub/a%5cb",
+            "/pub/a%5Cb",
+            "/pub/..\\private\\x",
+            "/pub/x/..\\..\\private",
+            "/pub/%252e%252e/private",
+            "/pub/%25",
+            "/pub/%zz",
+            "/pub/%2",
+            "/pub/a%00b",
+            "/pub/a%0a",
+            "/pub/a%7f",
+            "/pub/%c0%ae%c0%ae/private",
+            "/pub/%e0%80%ae",
+            "/pub/%ff",
+            "/pub/%ef%bc%8e%ef%bc%8e/private",
+            "/pub/%e2%80%a5/private",
+            "/pub/..;x/private",
+            "/pub/.;/private",
+        ] {
+            assert_eq!(
+                Target::parse(bad).map(|t| t.path),
+                Err(Reason::AmbiguousPath),
+                "{bad}"
+            );
+            assert_eq!(Reason::AmbiguousPath.status(), 400);
+        }
+        for good in [
+            "/pub/a",
+            "/a/%62",
+            "/chat/caf%C3%A9",
+            "/pub/a;b",
+            "/pub/a.b/..c/c..",
+            "/pub/%20x",
+        ] {
+            assert_eq!(
+                Target::parse(good).map(|t| t.path),
+                Ok(good.into()),
+                "{good}"
+            );
+        }
+        // The query is not a path: it is left as sent.
+        assert!(Target::parse("/pub/a?x=%2e%2e%2f%5c").is_ok());
     }
 
     #[test]

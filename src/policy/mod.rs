@@ -53,6 +53,10 @@ pub enum Reason {
     /// A request target that is not origin-form (`/path?query`): absolute-form
     /// (`https://host/path`), authority- or asterisk-form, or one with a `#fragment`. 400.
     Target,
+    /// A request path that some common reader (an app's URL parser, a file server) could resolve
+    /// to other segments than wsgate reads: an encoded `.`, `/`, `\` or `%`, a backslash, an
+    /// encoded control character or invalid UTF-8 ([`head::readers_may_differ`]). 400.
+    AmbiguousPath,
     /// Request line plus headers longer than `max_request_head`. 431.
     HeadTooLarge,
     /// More header lines than `max_headers`. 431.
@@ -63,9 +67,14 @@ pub enum Reason {
     HttpVersion,
     /// Missing `Host`, `Upgrade: websocket` or `Connection: Upgrade`. 400.
     NotUpgrade,
-    /// A demo login (`POST /login`) whose form body is missing its `Content-Length` or longer
-    /// than [`MAX_LOGIN_BODY`]. 413.
+    /// A demo login (`POST /login`) whose `Content-Length` is larger than [`MAX_LOGIN_BODY`]. 413.
     LoginTooLarge,
+    /// A demo login without a `Content-Length`, or with `Transfer-Encoding` (the form is read by
+    /// its length alone). 411.
+    LengthRequired,
+    /// The request head, or a demo login's body, was not complete at its deadline (`what` names
+    /// which: `request head`, `login body`). 408.
+    Unfinished { what: &'static str },
     /// A plain `GET` with no `Upgrade` header at all: a browser or a scanner asking for a page.
     /// 400, with a body saying this is a WebSocket endpoint and where its documentation is.
     PlainHttp,
@@ -160,6 +169,7 @@ impl Reason {
         match self {
             Reason::Malformed
             | Reason::Target
+            | Reason::AmbiguousPath
             | Reason::HttpVersion
             | Reason::NotUpgrade
             | Reason::PlainHttp
@@ -170,6 +180,8 @@ impl Reason {
             }
             Reason::Method => StatusCode::METHOD_NOT_ALLOWED,
             Reason::LoginTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            Reason::Unfinished { .. } => StatusCode::REQUEST_TIMEOUT,
             Reason::WsVersion => StatusCode::UPGRADE_REQUIRED,
             Reason::UnknownPath => StatusCode::NOT_FOUND,
             Reason::Origin(_) | Reason::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -242,13 +254,18 @@ impl fmt::Display for Reason {
         match self {
             Reason::Malformed => f.write_str("malformed request"),
             Reason::Target => f.write_str("request target not in origin form"),
+            Reason::AmbiguousPath => {
+                f.write_str("request path other readers could resolve differently")
+            }
             Reason::HeadTooLarge => f.write_str("request head too large"),
             Reason::TooManyHeaders => f.write_str("too many headers"),
             Reason::Method => f.write_str("method not GET"),
             Reason::HttpVersion => f.write_str("not HTTP/1.1"),
             Reason::NotUpgrade => f.write_str("not a websocket upgrade"),
             Reason::PlainHttp => f.write_str("plain HTTP request, not a websocket upgrade"),
-            Reason::LoginTooLarge => f.write_str("login form without a length or too long"),
+            Reason::LoginTooLarge => f.write_str("login form too long"),
+            Reason::LengthRequired => f.write_str("login form without a Content-Length"),
+            Reason::Unfinished { what } => write!(f, "{what} not complete at its deadline"),
             Reason::BadKey => f.write_str("bad Sec-WebSocket-Key"),
             Reason::WsVersion => f.write_str("unsupported Sec-WebSocket-Version"),
             Reason::Subprotocol => f.write_str("bearer subprotocol without wsgate.v1"),

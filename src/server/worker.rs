@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::auth::NoSession;
 use crate::auth::session::{self};
-use crate::config::Mode;
 use crate::hub::{Holder, HubClosed, Intake, Membership, Profile};
 use crate::ops::metrics::Counter;
 use crate::ops::metrics::Outcome;
@@ -339,12 +338,7 @@ fn handshake(
             may_publish: grant.may_publish,
             proof,
         };
-        let member = match hub.join(
-            &grant.path,
-            grant.channel.mode == Mode::Broadcast,
-            Intake::of(limits),
-            holder,
-        ) {
+        let member = match hub.join(&grant.path, grant.channel.mode, Intake::of(limits), holder) {
             Ok(Ok(member)) => member,
             Ok(Err(HubClosed)) => return Err(Reason::ShuttingDown),
             Err(e) => return Err(Reason::NoWakeFd(e.to_string())),

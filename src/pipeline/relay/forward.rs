@@ -29,10 +29,12 @@ pub struct Identity<'a> {
 /// The backend request target: the backend URL's path, then the client's path after the channel
 /// prefix (nothing for an exact channel), then the client's query without its credentials.
 /// Pairs are split on `&` as [`crate::policy`] reads them; a pair is dropped when its key is a
-/// [`CREDENTIAL_KEYS`] name in any spelling an app might decode to one — percent-encoded
-/// (`us%65r`), in another letter case (`USER`), or behind a `;` (`room=1;user=x`, which some
-/// query parsers split) — or cannot be decoded at all. A naive app reading `?user=` must never see
-/// one the client chose.
+/// [`CREDENTIAL_KEYS`] name in any spelling an app might read as one — percent-encoded once or
+/// more (`us%65r`, `us%2565r`), in another letter case (`USER`), with a bracket suffix
+/// (`user[]`), a NUL or control character, a non-ASCII letter that folds to ASCII (`to%E2%84%AAen`),
+/// or behind a `;` (`room=1;user=x`, which some query parsers split) — or cannot be decoded at all
+/// ([`may_read_as_a_credential`]). A naive app reading `?user=` must never see one the client
+/// chose.
 pub fn forward_target(
     backend: &Backend,
     pattern: &ChannelPattern,
@@ -62,18 +64,45 @@ pub fn forward_target(
     target
 }
 
-/// Whether a query pair's key, or that of any `;`-separated part of it, decodes to a credential
-/// key (or does not decode).
+/// How many times a key is percent-decoded at most, as apps that decode more than once would: a
+/// key still changing after that is taken for a credential.
+const DECODE_ROUNDS: usize = 4;
+
+/// Whether a query pair's key, or that of any `;`-separated part of it, may read as a credential
+/// key in some app ([`may_read_as_a_credential`]).
 fn names_a_credential(pair: &str) -> bool {
     pair.split(';').any(|part| {
         let key = part.split_once('=').map_or(part, |(k, _)| k);
-        match crate::policy::percent_decode(key) {
-            Some(key) => CREDENTIAL_KEYS
-                .iter()
-                .any(|c| key.trim().eq_ignore_ascii_case(c)),
-            None => true,
-        }
+        may_read_as_a_credential(key)
     })
+}
+
+/// Whether an app's query parser could read `key` as one of [`CREDENTIAL_KEYS`]: after
+/// percent-decoding it until it stops changing (`us%2565r` is `user` to an app that decodes
+/// twice), in any letter case, with a bracket suffix cut (`user[]`, `PASS[a]`: PHP, Rails and
+/// Node's `qs` read the value under `user`), cut at a NUL (C strings) or with its control
+/// characters dropped, and with surrounding whitespace trimmed. A key that does not decode, or
+/// that decodes to anything but ASCII, counts too: Unicode case mapping and compatibility
+/// folding make `to\u{212A}en` (Kelvin sign) `token` and `\u{17F}ession` (long s) `session`, and
+/// fullwidth letters ASCII, so rather than follow every table no such key reaches an app.
+fn may_read_as_a_credential(key: &str) -> bool {
+    let mut key = key.to_string();
+    for _ in 0..DECODE_ROUNDS {
+        match crate::policy::percent_decode(&key) {
+            None => return true,
+            Some(decoded) if decoded == key => break,
+            Some(decoded) => key = decoded,
+        }
+    }
+    if crate::policy::percent_decode(&key).is_none_or(|more| more != key) || !key.is_ascii() {
+        return true;
+    }
+    let names = |k: &str| {
+        let name = k.split('[').next().unwrap_or(k).trim();
+        CREDENTIAL_KEYS.iter().any(|c| name.eq_ignore_ascii_case(c))
+    };
+    let without_controls: String = key.chars().filter(|c| !c.is_ascii_control()).collect();
+    names(&key) || names(key.split('\0').next().unwrap_or("")) || names(&without_controls)
 }
 
 /// The identity headers for `who`, in order. A user name is a checked name (no control
@@ -139,6 +168,25 @@ mod tests {
             ("room=3;user=admin&lang=en", "/x?lang=en"),
             ("us+er=a&user+=b&room=3", "/x?us+er=a&room=3"),
             ("%zz=1&room=3", "/x?room=3"),
+            // Through every normalisation an app might apply.
+            ("user[]=a&pass[]=b&room=3", "/x?room=3"),
+            ("PASS[a]=x&Token[0][1]=t&room=3", "/x?room=3"),
+            ("us%2565r=a&%2575ser=b&us%252565r=c&room=3", "/x?room=3"),
+            (
+                "to%E2%84%AAen=t&%C5%BFession=s&%EF%BD%95ser=u&room=3",
+                "/x?room=3",
+            ),
+            (
+                "user%00=a&user%00x=b&us%01er=c&%09pass=d&room=3",
+                "/x?room=3",
+            ),
+            ("us%25252525252565r=a&room=3", "/x?room=3"),
+            // A non-ASCII key is dropped whatever it is; near misses stay.
+            ("caf%C3%A9=1&room=3", "/x?room=3"),
+            (
+                "user_id=1&users[]=2&passport=3&us%20er=4",
+                "/x?user_id=1&users[]=2&passport=3&us%20er=4",
+            ),
         ];
         for (query, want) in cases {
             assert_eq!(

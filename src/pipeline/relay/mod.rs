@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, poll};
 use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::protocol::CloseFrame;
-use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message, WebSocket};
 
 use crate::config::{Limits, Overflow, WsLimits};
@@ -37,6 +36,10 @@ use crate::pipeline::upgrade::WsStream;
 
 /// Messages read from one side in one step at most (as [`crate::pipeline::connection`] does).
 const READS_PER_STEP: usize = 64;
+/// What each side gets, when the server ends a relay (revocation, an admin's disconnect,
+/// shutdown), to take what is queued for it and the close frame; then both sockets are shut
+/// down, whatever their buffers still hold. Backend then client: under a second in all.
+const IMPOSED_END: Duration = Duration::from_millis(400);
 
 /// A side of the relay: one WebSocket, its write state and its silence.
 struct Side<S> {
@@ -113,10 +116,13 @@ enum BackendEnd {
     Closed,
 }
 
-/// How the relay ended: the client's [`End`], and the close the backend gets.
+/// How the relay ended: the client's [`End`], the close the backend gets, and whether the hub
+/// ended it (revocation, an admin's disconnect, shutdown): then each side gets at most
+/// [`IMPOSED_END`] for its close.
 struct Ending {
     client: End,
     backend: BackendEnd,
+    imposed: bool,
 }
 
 impl Ending {
@@ -125,6 +131,17 @@ impl Ending {
         Ending {
             client: End::Closed(code, why),
             backend: client_gone(),
+            imposed: false,
+        }
+    }
+
+    /// The client or the backend ended it, or broke something: the server's close (if any) gets
+    /// the usual budget.
+    fn by_peer(client: End, backend: BackendEnd) -> Ending {
+        Ending {
+            client,
+            backend,
+            imposed: false,
         }
     }
 }
@@ -206,10 +223,7 @@ impl Relay {
             match self.wait(timeout) {
                 Ok(r) => client_readable = r,
                 Err(e) => {
-                    return Ending {
-                        client: End::Dropped(format!("poll: {e}")),
-                        backend: client_gone(),
-                    };
+                    return Ending::by_peer(End::Dropped(format!("poll: {e}")), client_gone());
                 }
             }
         }
@@ -219,8 +233,15 @@ impl Relay {
     /// holds a message), writes, timers. Returns when to wake at the latest and whether a read
     /// stopped at its bound with more to read.
     fn step(&mut self, limits: &Limits) -> Result<(Instant, bool), Ending> {
+        // Reset before the flags are read: an end flagged after this wakes the next poll.
+        if let Some(waker) = &self.member.shared.waker {
+            waker.reset();
+        }
         if let Some((code, why)) = self.member.ended() {
-            return Err(Ending::both(code, why));
+            return Err(Ending {
+                imposed: true,
+                ..Ending::both(code, why)
+            });
         }
         let mut more = false;
         let client_paused = self.backend.held.is_some();
@@ -243,10 +264,10 @@ impl Relay {
         let now = Instant::now();
         if let Some(since) = self.client.stalled_since {
             if now.duration_since(since) >= limits.write_timeout {
-                return Err(Ending {
-                    client: End::Dropped("write timeout".into()),
-                    backend: client_gone(),
-                });
+                return Err(Ending::by_peer(
+                    End::Dropped("write timeout".into()),
+                    client_gone(),
+                ));
             }
         }
         if let Some(since) = self.backend.stalled_since {
@@ -258,10 +279,10 @@ impl Relay {
             return Err(Ending::both(1001, "idle timeout"));
         }
         if now.duration_since(self.backend.last_heard) >= limits.idle_timeout {
-            return Err(Ending {
-                client: End::Closed(1011, "backend idle timeout"),
-                backend: BackendEnd::Close(Some(close::frame(1001, "idle timeout"))),
-            });
+            return Err(Ending::by_peer(
+                End::Closed(1011, "backend idle timeout"),
+                BackendEnd::Close(Some(close::frame(1001, "idle timeout"))),
+            ));
         }
         let message_deadline = self.client.ws.get_ref().message_deadline();
         if message_deadline.is_some_and(|d| now >= d) {
@@ -322,10 +343,10 @@ impl Relay {
                 }
                 Message::Close(frame) => {
                     let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
-                    return Err(Ending {
-                        client: End::PeerClosed(code),
-                        backend: BackendEnd::Close(frame),
-                    });
+                    return Err(Ending::by_peer(
+                        End::PeerClosed(code),
+                        BackendEnd::Close(frame),
+                    ));
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
@@ -373,14 +394,10 @@ impl Relay {
                     }
                 }
                 Message::Close(frame) => {
-                    let end = match &frame {
-                        Some(f) if sendable(f.code) => End::Closed(u16::from(f.code), "backend"),
-                        _ => End::Closed(1000, "backend closed"),
-                    };
-                    return Err(Ending {
-                        client: end,
-                        backend: BackendEnd::Closed,
-                    });
+                    return Err(Ending::by_peer(
+                        backend_close(frame.as_ref()),
+                        BackendEnd::Closed,
+                    ));
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
@@ -407,9 +424,15 @@ impl Relay {
             backend_events |= PollFlags::OUT;
         }
         let backend_fd = self.backend.ws.get_ref().fd();
+        // The hub's wake-up to end is watched whatever else is paused.
+        let waker = self.member.shared.waker.as_ref();
         let mut fds = [
             PollFd::new(&*self.sock, client_events),
             PollFd::new(&backend_fd, backend_events),
+            match waker {
+                Some(waker) => PollFd::new(waker, PollFlags::IN),
+                None => PollFd::new(&*self.sock, PollFlags::empty()),
+            },
         ];
         let timeout =
             rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
@@ -424,15 +447,18 @@ impl Relay {
     }
 
     /// Closes both sides as `ending` says, the backend first (it is usually local and quick).
-    /// What is queued gets `write_timeout` to go out, except to a side that already missed it;
-    /// a peer's close reply is awaited ([`close::CLOSE_WAIT`]) only after a polite close (1000, 1001,
-    /// 1008, as [`crate::pipeline::connection`] does): after 1011 nobody reads what a flooding client still
-    /// sends.
+    /// What is queued gets `write_timeout` to go out ([`IMPOSED_END`] when the hub ended the
+    /// relay), except to a side that already missed it; a peer's close reply is awaited
+    /// ([`close::CLOSE_WAIT`]) only after a polite close (1000, 1001, 1008, as
+    /// [`crate::pipeline::connection`] does) that no one imposed: after 1011 nobody reads what a
+    /// flooding client still sends, and an imposed end does not wait on either peer.
     fn finish(&mut self, ending: &Ending, write_timeout: Duration) {
         self.client.ws.get_mut().get_mut().poll_driven(false);
         let budget = |side_stalled: bool| {
             if side_stalled {
                 Duration::ZERO
+            } else if ending.imposed {
+                IMPOSED_END.min(write_timeout)
             } else {
                 write_timeout
             }
@@ -443,7 +469,7 @@ impl Relay {
                 &mut self.backend.ws,
                 Some(frame.clone()),
                 budget(backend_stuck),
-                !backend_stuck,
+                !backend_stuck && !ending.imposed,
             ),
             // Its close (if it sent one) is answered by the flush.
             BackendEnd::Closed => {
@@ -454,7 +480,7 @@ impl Relay {
         let (client_close, wait_reply) = match &ending.client {
             End::Closed(code, reason) => (
                 Some(Some(close::frame(*code, reason))),
-                close::waits_for_reply(*code),
+                close::waits_for_reply(*code) && !ending.imposed,
             ),
             End::PeerClosed(_) => (None, false),
             End::Dropped(_) => {
@@ -470,12 +496,27 @@ impl Relay {
             wait_reply,
         );
         close::end_tls(&mut self.client.ws);
+        if ending.imposed {
+            // Done with it at once, whatever the client still sends or has not read yet.
+            let _ = self.sock.shutdown(Shutdown::Both);
+        }
     }
 }
 
-/// Whether a close code a backend sent may be sent to the client as it is.
-fn sendable(code: CloseCode) -> bool {
-    code.is_allowed() && u16::from(code) != 1005
+/// What the client gets when the backend closes with `frame`: its code as it is, 1000 `backend
+/// closed` for a close without a code, and 1011 `backend protocol error` for a code no endpoint
+/// may send (1004, 1005, 1006, 1015, below 1000, 1016–2999, 5000 and above) and for 1002.
+/// tungstenite hands such a code to us as 1002 (and answers the backend with 1002 itself); a
+/// 1002 the backend sent says the link between wsgate and it broke the protocol. Either way the
+/// client broke nothing, and a 1002 would tell it that it did.
+fn backend_close(frame: Option<&CloseFrame>) -> End {
+    match frame.map(|f| f.code) {
+        None => End::Closed(1000, "backend closed"),
+        Some(code) if code.is_allowed() && !matches!(u16::from(code), 1002 | 1005) => {
+            End::Closed(u16::from(code), "backend")
+        }
+        Some(_) => End::Closed(1011, "backend protocol error"),
+    }
 }
 
 /// Pings a side silent for `ping_interval` (once until it answers).
@@ -495,10 +536,7 @@ fn ping_if_silent<S: Read + Write>(
 /// The client failed or broke the protocol: its end as [`crate::pipeline::connection`] has it; the
 /// backend gets 1001.
 fn client_failed(e: WsError) -> Ending {
-    Ending {
-        client: connection::classify(e),
-        backend: client_gone(),
-    }
+    Ending::by_peer(connection::classify(e), client_gone())
 }
 
 /// The backend failed (vanished without a close, broke the protocol, sent more than the
@@ -514,8 +552,30 @@ fn backend_failed(e: WsError) -> Ending {
         _ => "backend failed",
     };
     log::debug!("backend side ended: {e}");
-    Ending {
-        client: End::Closed(1011, why),
-        backend: BackendEnd::Closed,
+    Ending::by_peer(End::Closed(1011, why), BackendEnd::Closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_close_the_client_may_not_receive_becomes_1011() {
+        let end = |code: u16| match backend_close(Some(&close::frame(code, "x"))) {
+            End::Closed(code, why) => (code, why),
+            other => panic!("{other:?}"),
+        };
+        for code in [1000, 1001, 1003, 1007, 1008, 1011, 3000, 4001, 4999] {
+            assert_eq!(end(code), (code, "backend"), "{code}");
+        }
+        for code in [
+            0, 999, 1002, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000, 65535,
+        ] {
+            assert_eq!(end(code), (1011, "backend protocol error"), "{code}");
+        }
+        assert!(matches!(
+            backend_close(None),
+            End::Closed(1000, "backend closed")
+        ));
     }
 }

@@ -195,11 +195,11 @@ fn a_publish_reaches_every_subscriber_of_the_channel_and_answers_202_with_their_
     // before a byte of the body.
     let mut s = TcpStream::connect_timeout(&admin, IO_TIMEOUT).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.write_all(
-        b"POST /publish?path=/news HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
-          Content-Length: 2\r\n\r\n",
-    )
-    .unwrap();
+    let head = format!(
+        "POST /publish?path=/news HTTP/1.1\r\nHost: {admin}\r\nExpect: 100-continue\r\n\
+         Content-Length: 2\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
     let mut interim = [0u8; 25];
     s.read_exact(&mut interim).unwrap();
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");

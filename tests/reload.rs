@@ -85,6 +85,7 @@ fn change_of(section: &str, key: &str) -> Option<&'static [(&'static str, &'stat
         ("auth", "file_settle_time") => &[("file_settle_time", "100ms")],
         ("auth", "failure_window") => &[("failure_window", "1m")],
         ("auth", "max_pending_hashes") => &[("max_pending_hashes", "4")],
+        ("auth", "max_file_size") => &[("max_file_size", "128KiB")],
         ("limits", "upgrade_timeout") => &[("upgrade_timeout", "5s")],
         ("limits", "max_request_head") => &[("max_request_head", "16KiB")],
         ("limits", "max_headers") => &[("max_headers", "40")],

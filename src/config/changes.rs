@@ -232,8 +232,8 @@ mod tests {
 
     #[test]
     fn two_spellings_of_one_value_and_a_default_written_out_are_no_change() {
-        let old = "[server]\nworkers = 1024\nqueue = 16\n[limits]\nmax_message_size = 64KiB\n";
-        let new = "[server]\nqueue = 16\n[limits]\nmax_message_size = 65536\n[log]\nlevel = INFO\n";
+        let old = "[server]\nqueue = 16\n[limits]\nmax_message_size = 64KiB\n";
+        let new = "[server]\n[limits]\nmax_message_size = 65536\n[log]\nlevel = INFO\n";
         assert_eq!(changes(old, new), vec![]);
     }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use crossbeam_channel::{Receiver, TryRecvError};
 use tungstenite::Message;
 
-use super::member::{Intake, Member, MemberShared, Traffic, discard_queued, take_queued};
+use super::member::{Intake, Member, MemberShared, Queued, Traffic, discard_queued, take_queued};
 use super::waker::Waker;
 use super::{Hub, HubClosed};
 use crate::config::Mode;
@@ -25,7 +25,7 @@ pub struct Membership {
     path: String,
     pub id: u64,
     /// This connection's outbox (see [`Membership::next_queued`]).
-    outbox: Receiver<Message>,
+    outbox: Receiver<Queued>,
     pub shared: Arc<MemberShared>,
 }
 impl Hub {
@@ -50,6 +50,7 @@ impl Hub {
                 Mode::Broadcast | Mode::Proxy => Some(Waker::new()?),
             },
             slow: AtomicBool::new(false),
+            squeezed: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             revocation: OnceLock::new(),
             holder,
@@ -76,10 +77,7 @@ impl Hub {
             intake,
             shared: Arc::clone(&shared),
         };
-        self.write_groups()
-            .entry(path.to_string())
-            .or_default()
-            .push(member);
+        self.roster.insert(path, Arc::new(member));
         Ok(Ok(Membership {
             hub: Arc::clone(self),
             path: path.to_string(),
@@ -123,6 +121,12 @@ impl Membership {
         }
     }
 
+    /// Whether the memory cap closed this connection (it then ends without waiting for its
+    /// buffers to drain).
+    pub fn closed_at_cap(&self) -> bool {
+        self.shared.squeezed.load(Ordering::Acquire)
+    }
+
     /// Messages waiting in this connection's outbox now.
     pub fn queued(&self) -> usize {
         self.outbox.len()
@@ -140,12 +144,12 @@ impl Membership {
         self.shared.step_since.store(0, Ordering::Release);
     }
 
-    /// The next message in this connection's outbox. `Disconnected` means the server is
-    /// shutting down.
+    /// The next message in this connection's outbox, with its charge. `Disconnected` means the
+    /// server is shutting down.
     ///
     /// # Errors
     /// `Empty` when nothing is queued.
-    pub fn next_queued(&self) -> Result<Message, TryRecvError> {
+    pub fn next_queued(&self) -> Result<Queued, TryRecvError> {
         take_queued(&self.outbox, &self.shared)
     }
 
@@ -163,16 +167,13 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        let mut groups = self.hub.write_groups();
-        if let Some(members) = groups.get_mut(&self.path) {
-            members.retain(|m| m.id != self.id);
-            if members.is_empty() {
-                groups.remove(&self.path);
-            }
+        {
+            let _gate = self.hub.gate.lock().unwrap_or_else(|p| p.into_inner());
+            self.hub.roster.remove(&self.path, |m| m.id == self.id);
         }
-        drop(groups);
-        // Out of the hub, so no fan-out charges it any more: whatever it still holds (outbox,
-        // write buffer, a message half read) is given back.
+        // Out of the hub: a message half read is given back here; the outbox and the write
+        // buffer give theirs back as their charges are dropped (with the last snapshot holding
+        // this member, and with the connection).
         self.shared.account.release_all();
     }
 }

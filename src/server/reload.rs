@@ -41,10 +41,18 @@ impl Shared {
             .map_err(StartError::Config)
             .and_then(|config| {
                 let creds_stamp = creds_stamp(&config);
-                let loaded = load_credentials(&config, config.auth.file_settle_time, Run::Serve)?;
+                let loaded = load_credentials(
+                    &config,
+                    config.auth.file_settle_time,
+                    Run::Serve,
+                    self.max_file_size,
+                )?;
                 loaded
                     .users
                     .may_replace(self.creds.users.user_count(), &config.auth.users_file)
+                    .and_then(|()| {
+                        (self.creds.users).check_fits(&loaded.users, &config.auth.users_file)
+                    })
                     .map_err(StartError::Users)?;
                 Ok((build_runtime(config, creds_stamp)?, loaded))
             });

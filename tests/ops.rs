@@ -162,6 +162,11 @@ fn metrics_count_outcomes_and_messages_in_prometheus_format() {
     assert_eq!(next_data(&mut ws), Message::text("count me"));
     assert_eq!(status_of(server.connect_with("/echo", &[])), 401);
     assert_eq!(status_of(server.connect_with("/nope", &[])), 404);
+    // A refusal is counted as its connection ends, just after the client read its answer.
+    for outcome in ["401", "404"] {
+        let sample = format!("wsgate_connections_total{{outcome=\"{outcome}\"}}");
+        common::wait_metric(&server, &sample, |n| n >= 1);
+    }
     let (status, text) = server.admin_get("/metrics");
     assert_eq!(status, 200);
     common::prometheus::validate_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));

@@ -38,6 +38,8 @@ pub(super) struct Publish {
     path: String,
     /// `Content-Type: application/octet-stream`: a binary message; otherwise text.
     binary: bool,
+    /// What the channel keeps of it.
+    history: Option<crate::config::Retention>,
 }
 
 /// The endpoints, by request path.
@@ -193,7 +195,7 @@ fn route_publish(headers: &[httparse::Header<'_>], query: &Filter, api: &Api) ->
     let Some(path) = &query.path else {
         return bad_request("name the channel: /publish?path=/CHANNEL").into();
     };
-    let Some(limit) = (api.broadcast_limit)(path) else {
+    let Some(channel) = (api.broadcast_limit)(path) else {
         return Answer::text(404, "Not Found", "no broadcast channel serves this path\n").into();
     };
     let header = |name: &'static str| {
@@ -231,6 +233,7 @@ fn route_publish(headers: &[httparse::Header<'_>], query: &Filter, api: &Api) ->
         },
         (Some(_), Some(_)) => return bad_request("Content-Length given twice").into(),
     };
+    let limit = channel.max_message;
     let Some(need) = usize::try_from(need).ok().filter(|&n| n <= limit) else {
         return Answer::text(
             413,
@@ -252,6 +255,7 @@ fn route_publish(headers: &[httparse::Header<'_>], query: &Filter, api: &Api) ->
         publish: Publish {
             path: path.clone(),
             binary,
+            history: channel.history,
         },
         need,
         expect_continue,
@@ -281,7 +285,7 @@ pub(super) fn publish_now(
             }
         }
     };
-    let reached = api.hub.inject(&publish.path, &msg);
+    let reached = api.hub.inject(&publish.path, &msg, publish.history);
     state.metrics.bump(Counter::AdminPublishes, 1);
     log::debug!(
         "admin publish path={} bytes={len} subscribers={reached} peer={peer}",

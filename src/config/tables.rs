@@ -676,6 +676,18 @@ pub(super) mod channel {
         parse: parse_positive_duration,
         doc: "TCP connect, TLS and the backend's 101, together.",
     };
+    pub(in crate::config) const HISTORY_SIZE: Key<usize> = Key {
+        name: "history_size",
+        default: Some("0"),
+        parse: parse_count,
+        doc: "Broadcasts a mode = broadcast channel keeps per path for late joiners and recovery; 0: none; at most outbox.",
+    };
+    pub(in crate::config) const HISTORY_TTL: Key<Duration> = Key {
+        name: "history_ttl",
+        default: Some("0s"),
+        parse: parse_duration,
+        doc: "How long a kept broadcast stays in the history; 0s: until history_size pushes it out.",
+    };
 
     pub(in crate::config) static TABLE: Table = Table {
         name: "channel",
@@ -688,6 +700,8 @@ pub(super) mod channel {
                 &BACKEND,
                 &BACKEND_CA,
                 &BACKEND_CONNECT_TIMEOUT,
+                &HISTORY_SIZE,
+                &HISTORY_TTL,
             ],
         ],
     };

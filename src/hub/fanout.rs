@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 use crossbeam_channel::TrySendError;
 use tungstenite::Message;
 
+use super::history::{Sender, Stamp};
 use super::member::{Handoff, Member, discard_queued};
 use super::{Filter, Hub};
-use crate::config::SlowConsumer;
+use crate::config::{Retention, SlowConsumer};
 use crate::memory::{self, Candidate, Charged, Room};
 use crate::ops::metrics::Counter;
 
@@ -54,20 +55,51 @@ impl PartialEq for Outbound {
     }
 }
 impl Hub {
-    /// Sends `msg` to every member of `path` except `from`, then queues it for the other
-    /// instances if a cluster bridge is attached. Never blocks.
-    pub fn publish(&self, path: &str, from: u64, msg: &Message) {
-        self.fan_out(path, Some(from), msg);
+    /// Sends `msg` from member `from` (whose user is `sender`) to every other member of
+    /// `path`, keeping it in the path's history when `history` says so; then queues it for the
+    /// other instances if a cluster bridge is attached. Never blocks.
+    pub fn publish(
+        &self,
+        path: &str,
+        from: u64,
+        sender: &Sender,
+        history: Option<Retention>,
+        msg: &Message,
+    ) {
+        self.keep_and_fan_out(path, Some(from), sender, history, msg);
         self.forward(path, msg);
     }
 
-    /// Publishes `msg` on `path` from outside any connection (the admin API's `POST /publish`):
-    /// every member of `path` here, then the other instances. Returns how many members here
-    /// took it (written or queued). Never blocks.
-    pub fn inject(&self, path: &str, msg: &Message) -> usize {
-        let reached = self.fan_out(path, None, msg);
+    /// Publishes `msg` on `path` from outside any connection (the admin API's `POST /publish`),
+    /// kept as `history` says: every member of `path` here, then the other instances. Returns
+    /// how many members here took it (written or queued). Never blocks.
+    pub fn inject(&self, path: &str, msg: &Message, history: Option<Retention>) -> usize {
+        let reached = self.keep_and_fan_out(path, None, &Sender::Admin, history, msg);
         self.forward(path, msg);
         reached
+    }
+
+    /// Gives `msg` its position and keeps it when `history` says so, then fans it out, with the
+    /// path's ring locked throughout: broadcasts on one path reach every member in the order
+    /// of their positions, and a join's replay (under the same lock) ends where live traffic
+    /// begins. Without a history, or at the cap for a new ring, it goes out without a position.
+    fn keep_and_fan_out(
+        &self,
+        path: &str,
+        from: Option<u64>,
+        sender: &Sender,
+        history: Option<Retention>,
+        msg: &Message,
+    ) -> usize {
+        let ring = history.and_then(|_| self.histories.ring(path));
+        match (ring, history) {
+            (Some(ring), Some(keep)) => {
+                let mut ring = ring.lock().unwrap_or_else(|p| p.into_inner());
+                let stamp = self.histories.keep(&mut ring, keep, sender.clone(), msg);
+                self.fan_out(path, from, msg, &stamp)
+            }
+            _ => self.fan_out(path, from, msg, &Stamp::now(sender.clone())),
+        }
     }
 
     /// Queues `msg` for the other instances if a cluster bridge is attached.
@@ -101,27 +133,38 @@ impl Hub {
     /// Delivers a broadcast that another instance published to every member of `path` here.
     /// It is never queued for the bridge again. Never blocks.
     pub fn deliver(&self, path: &str, msg: &Message) {
-        self.fan_out(path, None, msg);
+        self.fan_out(path, None, msg, &Stamp::now(Sender::Elsewhere));
     }
 
-    /// Sends `msg` to every member of `path` except `from`, and to none whose own limits are
-    /// smaller than it (dropped for that member and counted). Each delivery is charged to the
-    /// member's account first; those that do not fit under the memory cap are settled by
-    /// [`Hub::squeeze`]. Returns how many took it (written or queued).
-    fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) -> usize {
+    /// Sends `msg` to every member of `path` except `from` (in the envelope `stamp` makes to
+    /// those that asked for it), and to none whose own limits are smaller than what it gets
+    /// (dropped for that member and counted). Each delivery is charged to the member's account
+    /// first; those that do not fit under the memory cap are settled by [`Hub::squeeze`].
+    /// Returns how many took it (written or queued).
+    fn fan_out(&self, path: &str, from: Option<u64>, plain: &Message, stamp: &Stamp) -> usize {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         let Some(members) = groups.get(path) else {
             return 0;
         };
         let mut reached = 0;
-        // Encoded once, at the first direct write, for every subscriber.
-        let wire = std::cell::OnceCell::new();
+        // Each form encoded once, at its first use, for every subscriber that takes it.
+        let plain_wire = std::cell::OnceCell::new();
+        let enveloped = std::cell::OnceCell::new();
+        let enveloped_wire = std::cell::OnceCell::new();
         let mut dropped = 0;
         for (i, m) in members.iter().enumerate() {
             // A member already closing as slow never reads its outbox again.
             if Some(m.id) == from || !m.receives || m.shared.slow.load(Ordering::Acquire) {
                 continue;
             }
+            let (msg, wire) = if m.intake.envelope {
+                (
+                    enveloped.get_or_init(|| self.histories.envelope(stamp, plain)),
+                    &enveloped_wire,
+                )
+            } else {
+                (plain, &plain_wire)
+            };
             if msg.len() > m.intake.max_message {
                 // Its write buffer may be too small to ever take it: retried, it would wedge
                 // the member's loop (issue 11).
@@ -141,7 +184,7 @@ impl Hub {
                     continue;
                 }
             }
-            if self.deliver_charged(m, msg, &wire) {
+            if self.deliver_charged(m, msg, wire) {
                 reached += 1;
             }
         }
@@ -354,7 +397,7 @@ mod tests {
         let b = join(&hub, "/c", 2, SlowConsumer::Drop);
         for round in 0..3 {
             for i in 0..3 {
-                hub.publish("/c", sender.id, &text(&format!("{round}.{i}")));
+                sender.publish(&text(&format!("{round}.{i}")));
             }
             // Two fit, the third is dropped; draining makes room for the next round.
             assert_eq!(b.next_queued().unwrap(), text(&format!("{round}.0")));
@@ -421,14 +464,14 @@ mod tests {
         let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         let b = join(&hub, "/c", 1, SlowConsumer::Drop);
         let _other = join(&hub, "/d", 4, SlowConsumer::Disconnect);
-        assert_eq!(hub.inject("/c", &text("1")), 2, "both, none excluded");
-        assert_eq!(hub.inject("/c", &text("2")), 1, "b's outbox is full");
-        assert_eq!(hub.inject("/nobody", &text("3")), 0);
+        assert_eq!(hub.inject("/c", &text("1"), None), 2, "both, none excluded");
+        assert_eq!(hub.inject("/c", &text("2"), None), 1, "b's outbox is full");
+        assert_eq!(hub.inject("/nobody", &text("3"), None), 0);
         assert_eq!(a.next_queued().unwrap(), text("1"));
         assert_eq!(b.next_queued().unwrap(), text("1"));
         let (tx, rx) = crossbeam_channel::bounded(4);
         hub.set_outlet(tx);
-        hub.inject("/c", &text("4"));
+        hub.inject("/c", &text("4"), None);
         assert_eq!(rx.try_recv().unwrap(), Outbound::broadcast("/c", text("4")));
         assert!(rx.try_recv().is_err());
     }

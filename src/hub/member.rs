@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tungstenite::Message;
 
 use super::waker::Waker;
-use crate::config::{Mode, SlowConsumer, WsLimits};
+use crate::config::{ChannelConfig, Mode, Retention, SlowConsumer};
 use crate::memory::Account;
 use crate::policy::Holder;
 use crate::policy::{Method, Revocation};
@@ -57,15 +57,22 @@ pub struct Intake {
     /// message whatever else is buffered (the config checks `max_write_buffer_size`), so a
     /// message it is sent always fits once the buffer has drained.
     pub max_message: usize,
+    /// Broadcasts reach it in the envelope (`wsgate.v1.json`), not as plain payloads.
+    pub envelope: bool,
+    /// What its channel keeps of the broadcasts on its path (`history_size`, `history_ttl`):
+    /// what it publishes is kept so.
+    pub history: Option<Retention>,
 }
 
 impl Intake {
-    /// The intake a connection with these channel limits gets.
-    pub fn of(limits: &WsLimits) -> Intake {
+    /// The intake a connection of this channel gets; `envelope` when it asked for it.
+    pub fn of(channel: &ChannelConfig, envelope: bool) -> Intake {
         Intake {
-            outbox: limits.outbox.get(),
-            slow_consumer: limits.slow_consumer,
-            max_message: limits.max_message_size.get(),
+            outbox: channel.limits.outbox.get(),
+            slow_consumer: channel.limits.slow_consumer,
+            max_message: channel.limits.max_message_size.get(),
+            envelope,
+            history: channel.history,
         }
     }
 }

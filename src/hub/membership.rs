@@ -10,14 +10,15 @@ use std::sync::{Arc, OnceLock};
 use crossbeam_channel::{Receiver, TryRecvError};
 use tungstenite::Message;
 
+use super::history::{RecallRefused, Sender};
 use super::member::{Intake, Member, MemberShared, Traffic, discard_queued, take_queued};
 use super::waker::Waker;
 use super::{Hub, HubClosed};
 use crate::config::Mode;
-use crate::memory::Account;
+use crate::memory::{Account, Room};
 use crate::ops::metrics::Metrics;
-use crate::policy::Holder;
 use crate::policy::Revocation;
+use crate::policy::{Holder, Recall};
 
 /// A connection's membership; leaving the channel is dropping it.
 pub struct Membership {
@@ -27,6 +28,18 @@ pub struct Membership {
     /// This connection's outbox (see [`Membership::next_queued`]).
     outbox: Receiver<Message>,
     pub shared: Arc<MemberShared>,
+    /// Who its broadcasts are from, as the upgrade authenticated it.
+    from: Sender,
+    intake: Intake,
+}
+
+/// Why a connection could not join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefused {
+    /// The hub is shutting down.
+    Closed(HubClosed),
+    /// Its history request does not fit under the memory cap.
+    Recall(RecallRefused),
 }
 impl Hub {
     /// Adds a connection of a `mode` channel to `path`. A broadcast member takes broadcasts as
@@ -36,14 +49,32 @@ impl Hub {
     /// and has none: it always polls its socket, so a shut read side ends it.
     ///
     /// # Errors
-    /// `Ok(Err(HubClosed))` during shutdown; `Err` if no eventfd could be made.
+    /// `Ok(Err(JoinRefused::Closed))` during shutdown; `Err` if no eventfd could be made.
     pub fn join(
         self: &Arc<Self>,
         path: &str,
         mode: Mode,
         intake: Intake,
         holder: Holder,
-    ) -> io::Result<Result<Membership, HubClosed>> {
+    ) -> io::Result<Result<Membership, JoinRefused>> {
+        self.join_recalling(path, mode, intake, holder, &Recall::Live)
+    }
+
+    /// [`Hub::join`], with the kept broadcasts `recall` asks for queued in the outbox before
+    /// any live one: the path's ring stays locked from the replay until the member is in the
+    /// registry, so the next broadcast is the first the replay did not hold. The replay is
+    /// charged to the member's account; at the memory cap it is refused whole.
+    ///
+    /// # Errors
+    /// `Ok(Err(..))` during shutdown or at the cap; `Err` if no eventfd could be made.
+    pub fn join_recalling(
+        self: &Arc<Self>,
+        path: &str,
+        mode: Mode,
+        intake: Intake,
+        holder: Holder,
+        recall: &Recall,
+    ) -> io::Result<Result<Membership, JoinRefused>> {
         let shared = Arc::new(MemberShared {
             waker: match mode {
                 Mode::Echo => None,
@@ -62,12 +93,27 @@ impl Hub {
             profile: OnceLock::new(),
             traffic: Traffic::default(),
         });
+        let from = match &shared.holder.user {
+            Some(user) => Sender::User(user.clone()),
+            None => Sender::Anonymous,
+        };
         let (tx, rx) = crossbeam_channel::unbounded();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         if self.closed.load(Ordering::Acquire) {
-            return Ok(Err(HubClosed));
+            return Ok(Err(JoinRefused::Closed(HubClosed)));
         }
+        // Held until the member is in the registry (see above).
+        let ring = match (intake.history, recall) {
+            (Some(_), Recall::Last(_) | Recall::Since { .. }) => match self.histories.ring(path) {
+                Some(ring) => Some(ring),
+                None => return Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))),
+            },
+            _ => None,
+        };
+        let mut ring_guard = ring
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
         let member = Member {
             id,
             receives: mode == Mode::Broadcast,
@@ -76,16 +122,33 @@ impl Hub {
             intake,
             shared: Arc::clone(&shared),
         };
+        if let (Some(ring), Some(keep)) = (ring_guard.as_deref_mut(), intake.history) {
+            let replay = self.histories.replay(ring, keep, recall, intake.envelope);
+            let bytes = replay.iter().map(Message::len).sum();
+            if !shared.account.try_charge(bytes, Room::Deliveries) {
+                return Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull)));
+            }
+            // The outbox is empty and holds `outbox` messages, at least `history_size` (the
+            // config checks it), and the replay is at most that.
+            for msg in &replay {
+                if member.try_queue(msg).is_err() {
+                    shared.account.release(msg.len());
+                }
+            }
+        }
         self.write_groups()
             .entry(path.to_string())
             .or_default()
             .push(member);
+        drop(ring_guard);
         Ok(Ok(Membership {
             hub: Arc::clone(self),
             path: path.to_string(),
             id,
             outbox: rx,
             shared,
+            from,
+            intake,
         }))
     }
 }
@@ -96,9 +159,11 @@ impl Membership {
         &self.hub.metrics
     }
 
-    /// Broadcasts `msg` to the other members of this path.
+    /// Broadcasts `msg` to the other members of this path, from this connection's user, kept
+    /// as its channel says.
     pub fn publish(&self, msg: &Message) {
-        self.hub.publish(&self.path, self.id, msg);
+        self.hub
+            .publish(&self.path, self.id, &self.from, self.intake.history, msg);
     }
 
     /// Gives the hub the connection's socket, so that ending a member without a waker can wake
@@ -201,7 +266,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, _) = listener.accept().unwrap();
         echo.attach_socket(Arc::new(server_side));
-        hub.publish("/c", sender.id, &text("x"));
+        sender.publish(&text("x"));
         assert!(matches!(echo.next_queued(), Err(TryRecvError::Empty)));
         assert_eq!(echo.ended(), None);
         // Revocation shuts the read side: the loop's poll wakes, and the flag says why.
@@ -233,7 +298,7 @@ mod tests {
             )
             .unwrap()
             .unwrap();
-        hub.publish("/c", sender.id, &text("x"));
+        sender.publish(&text("x"));
         assert!(matches!(proxied.next_queued(), Err(TryRecvError::Empty)));
         let waker = proxied.shared.waker.as_ref().expect("an eventfd to end it");
         let mut fds = [rustix::event::PollFd::new(
@@ -269,7 +334,7 @@ mod tests {
             )
             .unwrap()
             .err(),
-            Some(HubClosed)
+            Some(JoinRefused::Closed(HubClosed))
         );
         drop(b);
         assert_eq!(hub.total_members(), 0);

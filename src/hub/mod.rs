@@ -21,7 +21,8 @@
 //!
 //! This file holds the registry (the members by path), shutdown and the admin's [`Filter`];
 //! [`member`] is a member's shared state, [`membership`] joining and leaving, [`fanout`] the
-//! delivery of a broadcast, [`query`] the filter as a query string.
+//! delivery of a broadcast, [`history`] the broadcasts kept per path and the envelope,
+//! [`query`] the filter as a query string.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,15 +33,17 @@ use crossbeam_channel::Sender;
 
 pub(crate) mod cluster;
 mod fanout;
+mod history;
 mod member;
 mod membership;
 pub(crate) mod query;
 pub(crate) mod waker;
 
 pub use self::fanout::Outbound;
+pub use self::history::{Histories, RecallRefused};
 use self::member::Member;
 pub use self::member::{DirectWrite, Handoff, Intake, MemberShared, Profile};
-pub use self::membership::Membership;
+pub use self::membership::{JoinRefused, Membership};
 
 use crate::memory::Budget;
 use crate::ops::metrics::Counter;
@@ -103,6 +106,8 @@ pub struct Hub {
     gate: Mutex<()>,
     /// The zero of [`MemberShared`]'s step clock.
     epoch: Instant,
+    /// The broadcasts kept per path, for channels with a history.
+    histories: Histories,
 }
 
 /// The hub is shutting down: no new members.
@@ -118,6 +123,7 @@ impl Hub {
     /// An empty hub that charges what it queues to `budget`.
     pub fn with_budget(metrics: Arc<Metrics>, budget: Arc<Budget>) -> Arc<Hub> {
         Arc::new(Hub {
+            histories: Histories::new(Arc::clone(&budget)),
             budget,
             groups: RwLock::default(),
             outlet: RwLock::new(None),
@@ -200,6 +206,11 @@ impl Hub {
             .saturating_add(1)
     }
 
+    /// The broadcasts kept per path.
+    pub fn histories(&self) -> &Histories {
+        &self.histories
+    }
+
     /// The memory cap this hub charges to.
     pub fn budget(&self) -> &Arc<Budget> {
         &self.budget
@@ -274,6 +285,8 @@ mod fixtures {
             outbox,
             slow_consumer,
             max_message: 1024,
+            envelope: false,
+            history: None,
         }
     }
 
@@ -325,7 +338,7 @@ mod tests {
         let hub = hub();
         let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
-        hub.publish("/c", a.id, &text("last"));
+        a.publish(&text("last"));
         hub.shutdown();
         assert_eq!(b.ended(), None, "a queued message goes out first");
         assert_eq!(b.next_queued().unwrap(), text("last"));

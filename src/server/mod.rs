@@ -582,7 +582,10 @@ fn attach_admin_api(shared: &Arc<Shared>, state: &AdminState, token: Option<[u8;
         policy::route(path, &rt.config)
             .ok()
             .filter(|c| c.mode == Mode::Broadcast)
-            .map(|c| c.limits.max_message_size.get())
+            .map(|c| admin::BroadcastChannel {
+                max_message: c.limits.max_message_size.get(),
+                history: c.history,
+            })
     };
     state.attach_api(admin::Api {
         hub: Arc::clone(&shared.hub),

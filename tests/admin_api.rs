@@ -56,7 +56,19 @@ fn read_answer(s: &mut TcpStream) -> Answer {
 
 /// `METHOD target` with `headers` and `body` (Content-Length added when there is a body).
 fn request(addr: SocketAddr, method: &str, target: &str, headers: &[&str], body: &[u8]) -> Answer {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n");
+    request_to(addr, "localhost", method, target, headers, body)
+}
+
+/// [`request`] with `host` as the `Host` header.
+fn request_to(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    target: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> Answer {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n");
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
@@ -812,4 +824,159 @@ fn with_a_cluster_a_publish_and_a_disconnect_reach_every_instance() {
     );
     assert_eq!(metric(&b, "wsgate_admin_disconnects_total"), 1);
     assert_eq!(metric(&a, "wsgate_admin_disconnects_total"), 1);
+}
+
+/// What a page in a browser on this host can send without any preflight: a cross-site "simple"
+/// POST, a no-cors GET, and a DNS-rebinding page's requests (its own host name in `Host`, which
+/// the browser then deems same-origin). Each is refused, with a token configured too; curl,
+/// which sends no `Origin`, is served; `/healthz` and `/metrics` stay open to any scraper.
+#[test]
+fn what_a_web_page_sends_the_api_is_refused_and_curl_is_served() {
+    for token in [false, true] {
+        let server = if token { with_token() } else { setup().start() };
+        let admin = server.admin_addr();
+        let here = admin.to_string();
+        let bearer = format!("Authorization: Bearer {TOKEN}");
+        let with_auth = |headers: &[&'static str]| -> Vec<String> {
+            let mut all: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+            if token {
+                all.push(bearer.clone());
+            }
+            all
+        };
+        let send = |host: &str, method: &str, target: &str, headers: &[String], body: &[u8]| {
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            request_to(admin, host, method, target, &headers, body)
+        };
+        let mut bob = server.connect_as("/news", BOB);
+
+        let cross_site = with_auth(&[
+            "Origin: https://evil.example",
+            "Sec-Fetch-Site: cross-site",
+            "Content-Type: text/plain",
+        ]);
+        let a = send(&here, "POST", "/publish?path=/news", &cross_site, b"forged");
+        assert_eq!(a.status, 403, "token={token}: {}", a.body);
+        let a = send(&here, "POST", "/disconnect?path=/*", &cross_site, b"");
+        assert_eq!(a.status, 403, "token={token}: {}", a.body);
+        let a = send(&here, "GET", "/connections", &cross_site, b"");
+        assert_eq!(a.status, 403, "token={token}: {}", a.body);
+        // A page's no-cors GET carries no Origin, but Sec-Fetch-Site.
+        let no_cors = with_auth(&["Sec-Fetch-Site: same-site"]);
+        let a = send(&here, "GET", "/connections", &no_cors, b"");
+        assert_eq!(a.status, 403, "token={token}: {}", a.body);
+        // A DNS-rebinding page: its host name resolves to 127.0.0.1 by now.
+        let rebound = format!("rebind.evil.example:{}", admin.port());
+        let same_origin = with_auth(&["Sec-Fetch-Site: same-origin"]);
+        let a = send(&rebound, "GET", "/connections", &same_origin, b"");
+        assert_eq!(a.status, 421, "token={token}: {}", a.body);
+        assert!(!a.body.contains("bob"), "{}", a.body);
+        let a = send(
+            &rebound,
+            "POST",
+            "/disconnect?user=bob",
+            &with_auth(&[]),
+            b"",
+        );
+        assert_eq!(a.status, 421, "token={token}: {}", a.body);
+
+        // curl: no Origin, the listener's address as Host. The forged message never came:
+        // the first Bob gets is curl's.
+        let mut args = vec![
+            "-w".to_string(),
+            " %{http_code}".into(),
+            "-d".into(),
+            "from curl".into(),
+        ];
+        if token {
+            args.extend(["-H".to_string(), bearer.clone()]);
+        }
+        args.push(format!("http://{admin}/publish?path=/news"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, body) = curl(&args);
+        assert!(ok);
+        assert_eq!(body, "{\"subscribers\":1}\n 202");
+        assert_eq!(next_data(&mut bob), Message::text("from curl"));
+        let a = send("localhost", "GET", "/connections", &with_auth(&[]), b"");
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert!(a.body.contains("\"user\":\"bob\""), "{}", a.body);
+        // Read-only health and metrics answer whatever the Host.
+        for path in ["/healthz", "/metrics"] {
+            assert_eq!(send(&rebound, "GET", path, &[], b"").status, 200, "{path}");
+        }
+        assert!(
+            server.wait_log("status=421", IO_TIMEOUT),
+            "{}",
+            server.logs()
+        );
+        assert!(
+            server.wait_log("status=403", IO_TIMEOUT),
+            "{}",
+            server.logs()
+        );
+        assert!(!server.logs().contains("forged"), "{}", server.logs());
+    }
+}
+
+/// An operator may let a page of a named origin use the API, and a host name reach it: the page
+/// gets its preflight answered and the CORS headers that let it read the answers.
+#[test]
+fn an_origin_and_a_host_named_in_admin_are_served_with_cors_headers() {
+    let mut setup = setup();
+    setup
+        .set("admin", "allow_origins", "https://ops.example")
+        .set("admin", "allow_hosts", "Admin.Internal");
+    let server = setup.start();
+    let admin = server.admin_addr();
+    let host = format!("admin.internal:{}", admin.port());
+    let mut bob = server.connect_as("/news", BOB);
+    let page = [
+        "Origin: https://ops.example",
+        "Sec-Fetch-Site: cross-site",
+        "Access-Control-Request-Method: POST",
+        "Access-Control-Request-Headers: content-type",
+    ];
+    let a = request_to(admin, &host, "OPTIONS", "/publish?path=/news", &page, b"");
+    assert_eq!(a.status, 204, "{}", a.body);
+    assert!(
+        a.head
+            .contains("Access-Control-Allow-Origin: https://ops.example\r\n")
+    );
+    assert!(a.head.contains("Access-Control-Allow-Methods: POST\r\n"));
+    assert!(a.head.contains("Vary: Origin\r\n"));
+    let a = request_to(
+        admin,
+        &host,
+        "POST",
+        "/publish?path=/news",
+        &page[..2],
+        b"hello",
+    );
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert!(
+        a.head
+            .contains("Access-Control-Allow-Origin: https://ops.example\r\n")
+    );
+    assert_eq!(next_data(&mut bob), Message::text("hello"));
+    let a = request_to(admin, &host, "GET", "/connections", &page[..2], b"");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        a.head
+            .contains("Access-Control-Allow-Origin: https://ops.example\r\n")
+    );
+    // Another origin, its preflight, and an unnamed host are still refused.
+    let other = [
+        "Origin: https://ops.example.evil",
+        "Sec-Fetch-Site: cross-site",
+    ];
+    for method in ["OPTIONS", "POST"] {
+        let a = request_to(admin, &host, method, "/publish?path=/news", &other, b"x");
+        assert_eq!(a.status, 403, "{method}: {}", a.body);
+        assert!(!a.head.contains("Access-Control-Allow-Origin"));
+    }
+    let a = request_to(admin, "other.internal", "GET", "/connections", &[], b"");
+    assert_eq!(a.status, 421, "{}", a.body);
+    // Without an allowed Origin, OPTIONS is a method the API does not take.
+    let a = request_to(admin, &host, "OPTIONS", "/connections", &[], b"");
+    assert_eq!(a.status, 405, "{}", a.body);
 }

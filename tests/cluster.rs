@@ -814,3 +814,268 @@ fn measure_cross_instance_loss_under_a_fault() {
         tail(&b.logs())
     );
 }
+
+/// Two instances on the backbone at `url`, both joined.
+fn joined_pair(url: &str, a: &str, b: &str) -> (Server, Server) {
+    let (a, b) = (instance(url, Some(a)), instance(url, Some(b)));
+    wait_joined(&a);
+    wait_joined(&b);
+    (a, b)
+}
+
+/// Waits until `cond` holds, polling; fails with `what` and the instance's log after
+/// [`JOIN_TIMEOUT`] (or `wait`, when longer).
+fn wait_until(server: &Server, what: &str, wait: Duration, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + wait.max(JOIN_TIMEOUT);
+    while !cond() {
+        assert!(
+            Instant::now() < until,
+            "{what} never happened; log:\n{}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A log line of `server` that is written after every line logged so far: an admin refusal
+/// (404), waited for. What a check of the log then misses was never logged.
+fn log_barrier(server: &Server) {
+    let before = server.count_log("status=404");
+    assert_eq!(server.admin_get("/log-barrier").0, 404);
+    wait_until(server, "the barrier's log line", JOIN_TIMEOUT, || {
+        server.count_log("status=404") > before
+    });
+}
+
+#[test]
+fn healthz_says_cluster_up_once_both_links_said_connected() {
+    let mut redis = Redis::on_port(free_port());
+    // Redis comes up while both links of both instances are retrying: they connect together.
+    let a = instance(&redis.url(), Some("a"));
+    let b = instance(&redis.url(), Some("b"));
+    for s in [&a, &b] {
+        assert!(s.wait_log("cluster: publisher cannot reach", JOIN_TIMEOUT));
+        assert!(s.wait_log("cluster: subscriber cannot reach", JOIN_TIMEOUT));
+    }
+    redis.spawn();
+    for s in [&a, &b] {
+        for link in ["publisher", "subscriber"] {
+            assert!(
+                s.wait_log(&format!("cluster: {link} connected to"), JOIN_TIMEOUT),
+                "{}",
+                s.logs()
+            );
+        }
+        // Read at once, not waited for: the links' states are read when asked.
+        assert_eq!(health(s), "ok\ncluster: up\n");
+        assert_eq!(metric(s, "wsgate_cluster_connected"), 1);
+        assert_eq!(metric(s, "wsgate_cluster_id_clash"), 0);
+    }
+    assert_no_panic(&[&a, &b]);
+}
+
+#[test]
+fn two_instances_with_one_id_are_reported_and_still_get_each_others_broadcasts() {
+    let redis = Redis::start();
+    let (a, b) = joined_pair(&redis.url(), "same", "same");
+    // CLIENT LIST shows the other subscriber connection before anyone publishes.
+    let clash = "cluster: another process uses this instance's id `same`";
+    for s in [&a, &b] {
+        wait_until(s, "the clash reported", JOIN_TIMEOUT, || {
+            metric(s, "wsgate_cluster_id_clash") == 1
+        });
+        assert!(s.wait_log(clash, IO_TIMEOUT), "{}", s.logs());
+        assert_eq!(
+            health(s),
+            "ok\ncluster: up\ncluster: instance id clash (another process uses this instance_id)\n"
+        );
+    }
+    // The broadcasts of the other process are delivered all the same, once, in order.
+    let mut on_b = b.connect_as("/chat/same", BOB);
+    let mut on_a = a.connect_as("/chat/same", BOB);
+    let mut from_a = a.connect_as("/chat/same", ALICE);
+    let mut from_b = b.connect_as("/chat/same", ALICE);
+    let want: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+    for w in &want {
+        from_a.send(Message::text(w.clone())).unwrap();
+    }
+    expect_in_order(&mut on_b, want.clone(), "B");
+    expect_in_order(&mut on_a, want, "A (local)");
+    from_b.send(Message::text("b0")).unwrap();
+    expect_in_order(&mut on_a, ["b0".to_string()], "A");
+    expect_in_order(&mut on_b, ["b0".to_string()], "B (local)");
+    assert_eq!(metric(&b, "wsgate_cluster_received_total"), 20);
+    assert_eq!(metric(&a, "wsgate_cluster_received_total"), 1);
+    // Once B is gone, A says the clash is over: one line each way.
+    drop((on_b, from_b));
+    drop(b);
+    wait_until(&a, "the clash over", Duration::from_secs(30), || {
+        metric(&a, "wsgate_cluster_id_clash") == 0
+    });
+    assert!(a.wait_log("the clash is over", IO_TIMEOUT), "{}", a.logs());
+    assert_eq!(health(&a), "ok\ncluster: up\n");
+    assert_eq!(a.count_log(clash), 1, "{}", a.logs());
+    assert_eq!(a.count_log("the clash is over"), 1, "{}", a.logs());
+    assert_no_panic(&[&a]);
+}
+
+#[test]
+fn a_full_publish_queue_keeps_the_newest_broadcasts_and_its_log_matches_the_counter() {
+    const QUEUE: usize = 20;
+    const SENT: usize = 60;
+    let redis = Redis::start();
+    let a = instance_with(
+        &redis.url(),
+        Some("a"),
+        &[("publish_queue", &QUEUE.to_string())],
+    );
+    let b = instance(&redis.url(), Some("b"));
+    wait_joined(&a);
+    wait_joined(&b);
+    let mut on_b = b.connect_as("/chat/q", BOB);
+    let mut from_a = a.connect_as("/chat/q", ALICE);
+    from_a.send(Message::text("before")).unwrap();
+    expect_in_order(&mut on_b, ["before".to_string()], "B");
+
+    redis.signal("-STOP");
+    // The publisher finds Redis frozen (its idle PING goes unanswered) and keeps trying.
+    assert!(
+        a.wait_log("cluster: publisher lost", JOIN_TIMEOUT),
+        "{}",
+        a.logs()
+    );
+    // Published at 50 a second, as a sensor would, across several of its attempts to reconnect.
+    for i in 0..SENT {
+        from_a.send(Message::text(format!("m{i}"))).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The oldest made room for the newest QUEUE.
+    let dropped = (SENT - QUEUE) as u64;
+    let mut counted = 0;
+    wait_until(&a, "the overflow counted", JOIN_TIMEOUT, || {
+        counted = metric(&a, "wsgate_cluster_not_forwarded_total");
+        counted >= dropped
+    });
+    assert_eq!(counted, dropped);
+    redis.signal("-CONT");
+    wait_joined(&a);
+    from_a.send(Message::text("after")).unwrap();
+
+    // Exactly the newest QUEUE, in order, then what was published after.
+    let mut got: Vec<String> = Vec::new();
+    while got.last().map(String::as_str) != Some("after") {
+        match try_next(&mut on_b, IO_TIMEOUT) {
+            Some(m) => got.push(m.into_text().unwrap().to_string()),
+            None => panic!("`after` never arrived; got {got:?}"),
+        }
+    }
+    let mut want: Vec<String> = (SENT - QUEUE..SENT).map(|i| format!("m{i}")).collect();
+    want.push("after".into());
+    assert_eq!(got, want);
+    // The counter, and the one line that reports the same broadcasts.
+    assert_eq!(metric(&a, "wsgate_cluster_not_forwarded_total"), dropped);
+    assert!(a.wait_log("cluster: publisher reconnected", IO_TIMEOUT));
+    let logs = a.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("cluster: publisher reconnected"))
+        .unwrap_or_else(|| panic!("no reconnect line:\n{logs}"));
+    assert!(
+        line.contains(&format!(
+            "; {dropped} broadcasts of this instance not forwarded meanwhile"
+        )),
+        "{line}"
+    );
+    assert_eq!(a.count_log("not forwarded"), 1, "{logs}");
+    assert_no_panic(&[&a, &b]);
+}
+
+/// The process state letter of `/proc/PID/stat` (`T` while stopped).
+fn process_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name is in parentheses and may hold spaces: the state follows the last `)`.
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .unwrap()
+}
+
+#[test]
+fn stopping_and_continuing_an_instance_keeps_its_redis_links() {
+    let redis = Redis::start();
+    let (a, b) = joined_pair(&redis.url(), "a", "b");
+    let links_of_a = || {
+        let list = redis.command(&["CLIENT", "LIST"]);
+        let mut ids: Vec<String> = list
+            .lines()
+            .filter(|l| {
+                l.split(' ')
+                    .any(|f| f == "name=wsgate-subscriber:a" || f == "name=wsgate-publisher:a")
+            })
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_string)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = links_of_a();
+    assert_eq!(before.len(), 2, "{before:?}");
+    let mut on_a = a.connect_as("/chat/s", BOB);
+    let mut from_b = b.connect_as("/chat/s", ALICE);
+
+    // Its subscriber sleeps in a read with a timeout (XREAD BLOCK): SIGCONT ends that read
+    // with EINTR.
+    for round in 0..3 {
+        let pid = a.pid();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::STOP,
+        )
+        .unwrap();
+        wait_until(&a, "the stop", IO_TIMEOUT, || process_state(pid) == 'T');
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::CONT,
+        )
+        .unwrap();
+        wait_until(&a, "the continue", IO_TIMEOUT, || process_state(pid) != 'T');
+        let text = format!("after stop {round}");
+        from_b.send(Message::text(text.clone())).unwrap();
+        expect_in_order(&mut on_a, [text], "A");
+    }
+    log_barrier(&a);
+    let logs = a.logs();
+    for never in ["lost", "reconnected", "Interrupted"] {
+        assert!(!logs.contains(never), "`{never}` in:\n{logs}");
+    }
+    assert_eq!(links_of_a(), before, "the same two connections");
+    assert_eq!(health(&a), "ok\ncluster: up\n");
+    assert_no_panic(&[&a, &b]);
+}
+
+#[test]
+fn a_redis_user_without_client_commands_still_shows_a_clash_in_the_stream() {
+    let redis = Redis::start();
+    // CLIENT SETNAME, CLIENT ID and CLIENT LIST refused: only the stream can tell.
+    assert_eq!(
+        redis.command(&[
+            "ACL", "SETUSER", "wsgate", "on", ">pw", "~*", "+@all", "-client"
+        ]),
+        "+OK"
+    );
+    let url = format!("redis://wsgate:pw@127.0.0.1:{}/", redis.port);
+    let (a, b) = joined_pair(&url, "same", "same");
+    let mut on_b = b.connect_as("/chat/x", BOB);
+    let mut from_a = a.connect_as("/chat/x", ALICE);
+    from_a.send(Message::text("a0")).unwrap();
+    expect_in_order(&mut on_b, ["a0".to_string()], "B");
+    // B has read an entry with its own id and another process's epoch.
+    assert_eq!(metric(&b, "wsgate_cluster_id_clash"), 1);
+    assert!(
+        b.wait_log("(its broadcasts are in the stream)", IO_TIMEOUT),
+        "{}",
+        b.logs()
+    );
+    // A has seen nothing of B: B never published, and CLIENT LIST is not A's to read.
+    assert_eq!(metric(&a, "wsgate_cluster_id_clash"), 0);
+    assert_no_panic(&[&a, &b]);
+}

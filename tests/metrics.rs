@@ -4,10 +4,11 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::prometheus::validate_exposition;
-use wsgate::ops::metrics::{Counter, Gauges, Metrics, Outcome};
+use wsgate::ops::metrics::{ClusterLinks, Counter, Gauges, Metrics, Outcome};
 
 fn value_of(text: &str, prefix: &str) -> String {
     text.lines()
@@ -54,7 +55,11 @@ fn bumps_show_up() {
     m.bump(Counter::AdminDisconnects, 1);
     m.bump(Counter::AuthCacheHits, 1);
     m.bump(Counter::Argon2Runs, 1);
-    m.set_cluster_connected(true);
+    let links = std::sync::Arc::new(ClusterLinks::default());
+    m.attach_cluster(std::sync::Arc::clone(&links));
+    links.publisher.store(true, Ordering::Release);
+    links.subscriber.store(true, Ordering::Release);
+    links.clash.store(true, Ordering::Release);
     m.bump(Counter::ClusterForwarded, 1);
     m.bump(Counter::ClusterNotForwarded, 1);
     m.bump(Counter::ClusterReceived, 1);
@@ -94,6 +99,7 @@ fn bumps_show_up() {
         "wsgate_auth_cache_hits_total",
         "wsgate_argon2_runs_total",
         "wsgate_cluster_connected",
+        "wsgate_cluster_id_clash",
         "wsgate_cluster_forwarded_total",
         "wsgate_cluster_not_forwarded_total",
         "wsgate_cluster_received_total",

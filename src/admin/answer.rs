@@ -30,7 +30,8 @@ pub(super) struct Answer {
     pub(super) status: u16,
     pub(super) reason: &'static str,
     pub(super) content_type: &'static str,
-    pub(super) extra: &'static str,
+    /// More header lines, each ending in CRLF.
+    pub(super) extra: String,
     pub(super) body: String,
 }
 
@@ -40,7 +41,7 @@ impl Answer {
             status,
             reason,
             content_type: "text/plain; charset=utf-8",
-            extra: "",
+            extra: String::new(),
             body: body.to_string(),
         }
     }
@@ -50,7 +51,7 @@ impl Answer {
             status,
             reason,
             content_type: "application/json",
-            extra: "",
+            extra: String::new(),
             body,
         }
     }

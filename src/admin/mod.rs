@@ -1,7 +1,8 @@
 //! The admin endpoint: plain HTTP/1.1 `GET /healthz` and `GET /metrics` on its own thread and its
 //! own listener, so it answers while every worker is busy, and the admin API (issue 16):
 //! `POST /publish`, `GET /connections`, `POST /disconnect`, behind the optional bearer token of
-//! `[admin] token_file`. One thread serves up to
+//! `[admin] token_file`, and closed to what a web page sends ([`browser`]: a foreign `Host`, an
+//! `Origin` or `Sec-Fetch-Site` not allowed in `[admin]`). One thread serves up to
 //! `[admin] max_connections` clients at once from one `poll(2)` loop on non-blocking sockets, one
 //! request per connection: a client must send its first byte within [`FIRST_BYTE`] and finish
 //! its exchange within [`DEADLINE`], and when all places are taken a new client evicts the
@@ -14,10 +15,12 @@
 //! so a token sent in a query string or a header reaches no log.
 //!
 //! This file holds the shared state, the limits and the thread; [`serve`] is the poll loop and
-//! its client slots, [`routes`] what each request means, [`answer`] the HTTP answer,
-//! [`token`] the bearer token; a connection filter as a query string is [`crate::hub::query`].
+//! its client slots, [`routes`] what each request means, [`browser`] what a web page may send,
+//! [`answer`] the HTTP answer, [`token`] the bearer token; a connection filter as a query string
+//! is [`crate::hub::query`].
 
 mod answer;
+mod browser;
 mod routes;
 mod serve;
 mod token;
@@ -30,6 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use self::browser::BrowserGuard;
 pub use self::token::{TokenFileError, read_token, token_digest};
 pub use crate::hub::Filter;
 use crate::hub::Hub;
@@ -108,6 +112,8 @@ pub struct Api {
     pub broadcast_limit: Box<BroadcastLimit>,
     /// SHA-256 of `[admin] token_file`'s token; `None`: no token asked for (loopback only).
     pub token: Option<[u8; 32]>,
+    /// What a web browser may send the API (`Host`, `Origin`, `Sec-Fetch-Site`).
+    pub browser: BrowserGuard,
 }
 
 impl AdminState {

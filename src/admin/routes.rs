@@ -10,6 +10,7 @@ use std::time::UNIX_EPOCH;
 use tungstenite::Message;
 
 use super::answer::{Answer, bad_request, json_string};
+use super::browser;
 use super::token::bearer_matches;
 use super::{AdminState, Api, MAX_HEADERS};
 use crate::hub::query::{FILTER_KEYS, describe, parse_query};
@@ -33,6 +34,17 @@ impl From<Answer> for Routed {
     }
 }
 
+impl Routed {
+    /// The answer, now or after the body, names `origin` in its CORS headers.
+    fn with_cors(mut self, origin: &str) -> Routed {
+        match &mut self {
+            Routed::Answer(a) => a.extra.push_str(&browser::cors_headers(origin)),
+            Routed::Body { publish, .. } => publish.cors = Some(browser::cors_headers(origin)),
+        }
+        self
+    }
+}
+
 /// A publish waiting for its body.
 pub(super) struct Publish {
     path: String,
@@ -40,6 +52,8 @@ pub(super) struct Publish {
     binary: bool,
     /// What the channel keeps of it.
     history: Option<crate::config::Retention>,
+    /// The CORS header lines for an allowed page, added to the answer.
+    cors: Option<String>,
 }
 
 /// The endpoints, by request path.
@@ -106,22 +120,47 @@ pub(super) fn route(head: &[u8], state: &AdminState, peer: SocketAddr) -> Routed
         (_, Some(api)) => Some(api),
         (_, None) => return Answer::text(404, "Not Found", "not found\n").into(),
     };
+    // What a web page sends is refused unless `[admin]` allowed it; an allowed page's origin
+    // is named in the answer's CORS headers, and its preflight answered.
+    let cors = match api.map(|api| api.browser.check(req.headers)) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(origin))) => Some(origin),
+        Some(Err(refusal)) => return refusal.answer().into(),
+    };
+    if let Some(origin) = cors
+        && method == "OPTIONS"
+    {
+        return browser::preflight(origin, endpoint.method()).into();
+    }
+    let routed = answer_request(method, endpoint, query, req.headers, api, state, peer);
+    match cors {
+        Some(origin) => routed.with_cors(origin),
+        None => routed,
+    }
+}
+
+/// The answer to a request that passed the browser checks.
+fn answer_request(
+    method: &str,
+    endpoint: Endpoint,
+    query: &str,
+    headers: &[httparse::Header<'_>],
+    api: Option<&Api>,
+    state: &AdminState,
+    peer: SocketAddr,
+) -> Routed {
     if method != endpoint.method() {
         let mut a = Answer::text(405, "Method Not Allowed", "method not allowed\n");
-        a.extra = if endpoint.method() == "GET" {
-            "Allow: GET\r\n"
-        } else {
-            "Allow: POST\r\n"
-        };
+        a.extra = format!("Allow: {}\r\n", endpoint.method());
         return a.into();
     }
     let Some(api) = api else {
         return health_or_metrics(endpoint, state).into();
     };
     if let Some(want) = &api.token {
-        if let Err(why) = bearer_matches(req.headers, want) {
+        if let Err(why) = bearer_matches(headers, want) {
             let mut a = Answer::text(401, "Unauthorized", why);
-            a.extra = "WWW-Authenticate: Bearer realm=\"wsgate-admin\"\r\n";
+            a.extra = "WWW-Authenticate: Bearer realm=\"wsgate-admin\"\r\n".into();
             return a.into();
         }
     }
@@ -130,7 +169,7 @@ pub(super) fn route(head: &[u8], state: &AdminState, peer: SocketAddr) -> Routed
         Err(why) => return bad_request(&why).into(),
     };
     match endpoint {
-        Endpoint::Publish => route_publish(req.headers, &query, api),
+        Endpoint::Publish => route_publish(headers, &query, api),
         Endpoint::Connections => {
             let list = list_connections(&api.hub, &query);
             Answer::json(200, "OK", list).into()
@@ -170,12 +209,21 @@ fn health_or_metrics(endpoint: Endpoint, state: &AdminState) -> Answer {
             Answer::text(503, "Service Unavailable", "draining\n")
         } else {
             // Without Redis this instance still serves its own clients: 200 either way, and
-            // the backbone's state as a detail for whoever reads it.
-            match state.metrics.cluster_state() {
-                None => Answer::text(200, "OK", "ok\n"),
-                Some(true) => Answer::text(200, "OK", "ok\ncluster: up\n"),
-                Some(false) => Answer::text(200, "OK", "ok\ncluster: down\n"),
+            // the backbone's state as a detail for whoever reads it, read from the links now.
+            let Some(cluster) = state.metrics.cluster_state() else {
+                return Answer::text(200, "OK", "ok\n");
+            };
+            let mut body = String::from(if cluster.connected {
+                "ok\ncluster: up\n"
+            } else {
+                "ok\ncluster: down\n"
+            });
+            if cluster.clash {
+                body.push_str(
+                    "cluster: instance id clash (another process uses this instance_id)\n",
+                );
             }
+            Answer::text(200, "OK", &body)
         }
     } else {
         let gauges = (state.gauges)();
@@ -183,7 +231,7 @@ fn health_or_metrics(endpoint: Endpoint, state: &AdminState) -> Answer {
             status: 200,
             reason: "OK",
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            extra: "",
+            extra: String::new(),
             body: state.metrics.render(&gauges),
         }
     }
@@ -256,6 +304,7 @@ fn route_publish(headers: &[httparse::Header<'_>], query: &Filter, api: &Api) ->
             path: path.clone(),
             binary,
             history: channel.history,
+            cors: None,
         },
         need,
         expect_continue,
@@ -269,6 +318,14 @@ pub(super) fn publish_now(
     body: Vec<u8>,
     peer: SocketAddr,
 ) -> Answer {
+    let mut answer = publish_body(state, publish, body, peer);
+    if let Some(cors) = &publish.cors {
+        answer.extra.push_str(cors);
+    }
+    answer
+}
+
+fn publish_body(state: &AdminState, publish: &Publish, body: Vec<u8>, peer: SocketAddr) -> Answer {
     let Some(api) = state.api.get() else {
         return Answer::text(404, "Not Found", "not found\n");
     };

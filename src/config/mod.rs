@@ -32,7 +32,7 @@ pub use self::tables::DEFAULT_ADMIN_MAX_CONNECTIONS;
 pub use self::values::MIN_BACKOFF;
 use self::values::{Bases, CREDENTIALS_ENV};
 use crate::rules::acl::{ChannelPattern, Role};
-use crate::rules::origin::OriginPolicy;
+use crate::rules::origin::{OriginPattern, OriginPolicy};
 
 /// Everything the server needs to run, as typed values. Built only by [`Config::load`].
 #[derive(Debug, Clone)]
@@ -199,6 +199,12 @@ pub struct AdminConfig {
     /// `/disconnect` require (`Authorization: Bearer TOKEN`). Relative to the config file.
     /// Required when `listen` is not a loopback address; `None`: no token (loopback only).
     pub token_file: Option<PathBuf>,
+    /// `allow_hosts`: host names (normalised, no port) a request's `Host` may name besides the
+    /// listen address (and `localhost` on a loopback or wildcard listen address).
+    pub allow_hosts: Vec<String>,
+    /// `allow_origins`: web page origins whose requests (`Origin`, `Sec-Fetch-Site`) the admin
+    /// API takes; empty: none.
+    pub allow_origins: Vec<OriginPattern>,
 }
 
 /// `[cluster]`: the broadcast backbone shared by several instances through a capped Redis Stream.
@@ -208,8 +214,9 @@ pub struct ClusterConfig {
     /// `redis_url`: `redis://` or `rediss://` (TLS), optionally with a user and password. `None`
     /// (the default): a purely local hub, no Redis.
     pub redis_url: Option<RedisUrl>,
-    /// `instance_id`: this instance's name on the backbone; messages carrying it are its own and
-    /// are not delivered twice. Default: the host name, `-`, the process id.
+    /// `instance_id`: this instance's name on the backbone (with the process's random epoch, a
+    /// message's origin). Default: the host name, the process id and a random part drawn at
+    /// each start, joined by `-`.
     pub instance_id: String,
     /// `channel_prefix`: names the Redis key of the backbone's stream (`<prefix>broadcasts`).
     /// Default `wsgate:`.

@@ -299,6 +299,8 @@ pub(super) fn admin(
         listen,
         max_connections,
         token_file,
+        allow_hosts: s.optional(&admin::ALLOW_HOSTS)?.unwrap_or_default(),
+        allow_origins: s.optional(&admin::ALLOW_ORIGINS)?.unwrap_or_default(),
     }))
 }
 

@@ -539,9 +539,28 @@ pub(super) mod admin {
         doc: "The bearer token the admin API requires; required off a loopback listen.",
     };
 
+    pub(in crate::config) const ALLOW_HOSTS: Key<Vec<String>> = Key {
+        name: "allow_hosts",
+        default: None,
+        parse: parse_host_names,
+        doc: "Host names the admin API answers besides listen's address; unset: none.",
+    };
+    pub(in crate::config) const ALLOW_ORIGINS: Key<Vec<OriginPattern>> = Key {
+        name: "allow_origins",
+        default: None,
+        parse: parse_allow,
+        doc: "Web page origins allowed to call the admin API; unset: no browser page may.",
+    };
+
     pub(in crate::config) static TABLE: Table = Table {
         name: "admin",
-        groups: &[&[&LISTEN, &MAX_CONNECTIONS, &TOKEN_FILE]],
+        groups: &[&[
+            &LISTEN,
+            &MAX_CONNECTIONS,
+            &TOKEN_FILE,
+            &ALLOW_HOSTS,
+            &ALLOW_ORIGINS,
+        ]],
     };
 }
 
@@ -559,7 +578,7 @@ pub(super) mod cluster {
         name: "instance_id",
         default: None,
         parse: parse_instance_id,
-        doc: "This instance's name on the backbone; unset: host name, `-`, process id.",
+        doc: "This instance's name on the backbone; unset: host name, process id, a random part.",
     };
     pub(in crate::config) const CHANNEL_PREFIX: Key<String> = Key {
         name: "channel_prefix",

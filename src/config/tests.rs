@@ -247,6 +247,8 @@ listen = [::1]:9480
             listen: "[::1]:9480".parse().unwrap(),
             max_connections: nz(32),
             token_file: None,
+            allow_hosts: Vec::new(),
+            allow_origins: Vec::new(),
         })
     );
     assert_eq!(Overflow::Drop.to_string(), "drop");
@@ -413,13 +415,16 @@ fn admin_off_loopback_requires_a_token_file() {
 fn cluster_settings() {
     let c = ok(&with(""));
     assert_eq!(c.cluster.redis_url, None);
-    assert_eq!(
+    // Host name, process id, eight random hex digits drawn at each start.
+    let (front, random) = c.cluster.instance_id.rsplit_once('-').unwrap();
+    let (host, pid) = front.rsplit_once('-').unwrap();
+    assert!(!host.is_empty());
+    assert_eq!(pid, std::process::id().to_string());
+    assert!(random.len() == 8 && random.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(
+        ok(&with("")).cluster.instance_id,
         c.cluster.instance_id,
-        format!(
-            "{}-{}",
-            c.cluster.instance_id.rsplit_once('-').unwrap().0,
-            std::process::id()
-        )
+        "a new id at each start, even with the same host name and pid"
     );
     assert_eq!(c.cluster.channel_prefix, "wsgate:");
     assert_eq!(c.cluster.publish_queue.get(), 1024);
@@ -511,6 +516,41 @@ fn cluster_settings() {
         err(&with(&format!("[cluster]\ninstance_id = {long}\n")))
             .contains("must be 1 to 255 bytes")
     );
+}
+
+#[test]
+fn admin_names_hosts_without_ports_and_origins_as_origins_does() {
+    let admin = |lines: &str| with(&format!("[admin]\nlisten = 127.0.0.1:9480\n{lines}\n"));
+    let c = ok(&admin(
+        "allow_hosts = Admin.Internal, 10.0.0.5, [0::1]\nallow_origins = https://ops.example",
+    ));
+    let a = c.admin.unwrap();
+    assert_eq!(a.allow_hosts, ["admin.internal", "10.0.0.5", "[::1]"]);
+    assert_eq!(a.allow_origins.len(), 1);
+    for (line, want) in [
+        (
+            "allow_hosts = admin.internal:9480",
+            "[admin] allow_hosts: `admin.internal:9480`: a host name without a port",
+        ),
+        (
+            "allow_hosts = a b",
+            "[admin] allow_hosts: `a b`: not a host name or an IP address",
+        ),
+        (
+            "allow_hosts = a,,b",
+            "[admin] allow_hosts: empty entry in the list",
+        ),
+        (
+            "allow_origins = ops.example",
+            "[admin] allow_origins: `ops.example`: ",
+        ),
+    ] {
+        let e = err(&admin(line));
+        assert!(
+            e.starts_with(&format!("config: F:7: {want}")),
+            "{line}: {e}"
+        );
+    }
 }
 
 #[test]
@@ -1855,7 +1895,9 @@ fn shipped_example_documents_the_defaults() {
         uncommented.push('\n');
     }
     let a = Config::parse(&text, &dir.ini()).unwrap();
-    let b = Config::parse(&uncommented, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+    let mut b = Config::parse(&uncommented, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
+    // The default instance_id draws its random part at each parse.
+    b.cluster.instance_id.clone_from(&a.cluster.instance_id);
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
     // A default worked out from other keys: the example shows it for the default workers.
     let shown = |section: &str, key: &str| {

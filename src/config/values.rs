@@ -308,20 +308,39 @@ pub(super) fn parse_listen(value: &str) -> Result<SocketAddr, String> {
 }
 
 pub(super) fn parse_allow(value: &str) -> Result<Vec<OriginPattern>, String> {
+    parse_list(value, |entry| {
+        OriginPattern::parse(entry).map_err(|m| format!("`{entry}`: {m}"))
+    })
+}
+
+/// A comma-separated list, each entry trimmed and read by `entry`; an empty value is none.
+fn parse_list<T>(value: &str, entry: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
     if value.trim().is_empty() {
         return Ok(Vec::new());
     }
     value
         .split(',')
         .map(str::trim)
-        .map(|entry| {
-            if entry.is_empty() {
+        .map(|e| {
+            if e.is_empty() {
                 Err("empty entry in the list (a stray comma?)".to_string())
             } else {
-                OriginPattern::parse(entry).map_err(|m| format!("`{entry}`: {m}"))
+                entry(e)
             }
         })
         .collect()
+}
+
+/// A comma-separated list of host names or IP addresses, without ports, normalised as a `Host`
+/// header's host is ([`crate::rules::origin::request_host`]).
+pub(super) fn parse_host_names(value: &str) -> Result<Vec<String>, String> {
+    parse_list(value, |entry| {
+        match crate::rules::origin::request_host(entry.as_bytes()) {
+            Some((_, true)) => Err(format!("`{entry}`: a host name without a port")),
+            Some((host, false)) => Ok(host),
+            None => Err(format!("`{entry}`: not a host name or an IP address")),
+        }
+    })
 }
 
 pub(super) fn parse_members(value: &str) -> Result<Members, String> {
@@ -470,8 +489,11 @@ pub(super) fn parse_backend_url(value: &str) -> Result<(Endpoint, String), Strin
     ))
 }
 
-/// The default `instance_id`: the host name, `-`, the process id (unique among instances on
-/// one host, and recognisable in Redis' `CLIENT LIST` and our logs).
+/// The default `instance_id`: the host name, `-`, the process id, `-`, eight random hex digits
+/// drawn at each start. Host name and pid make it recognisable in Redis' `CLIENT LIST` and our
+/// logs; the random part keeps it unique where they repeat (containers that share a host name
+/// and each run wsgate as PID 1). Nothing depends on it staying the same across restarts; an
+/// operator who wants a stable name sets `instance_id`.
 pub(super) fn default_instance_id() -> String {
     let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
         .iter()
@@ -482,7 +504,16 @@ pub(super) fn default_instance_id() -> String {
                 .filter(|h| !h.is_empty() && h.len() < 200 && !h.contains(char::is_control))
         })
         .unwrap_or_else(|| "wsgate".to_string());
-    format!("{host}-{}", std::process::id())
+    let random = ring::rand::generate::<[u8; 4]>(&ring::rand::SystemRandom::new()).map_or_else(
+        // No randomness: the clock's nanoseconds still differ between two starts.
+        |_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        },
+        |r| u32::from_be_bytes(r.expose()),
+    );
+    format!("{host}-{}-{random:08x}", std::process::id())
 }
 
 pub(super) fn parse_instance_id(value: &str) -> Result<String, String> {

@@ -106,7 +106,7 @@ impl Hub {
     fn forward(&self, path: &str, msg: &Message) {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
-            // At the memory cap the message is not forwarded, as with a full queue.
+            // At the memory cap the message is not forwarded (counted).
             let charge = if self.budget.cap().is_some() {
                 match Charged::try_new(&self.budget, msg.len(), Room::Deliveries) {
                     Some(charge) => Some(charge),
@@ -123,10 +123,8 @@ impl Hub {
                 msg: msg.clone(),
                 charge,
             };
-            // Full: the bridge is behind (or Redis slow); Disconnected: the bridge stopped.
-            if outlet.try_send(out).is_err() {
-                self.metrics.bump(Counter::ClusterNotForwarded, 1);
-            }
+            // At a full queue the oldest waiting entry makes room (counted there).
+            outlet.push(out);
         }
     }
 
@@ -321,6 +319,7 @@ mod tests {
 
     use super::*;
     use crate::config::Mode;
+    use crate::hub::cluster::Outlet;
     use crate::hub::fixtures::*;
     use crate::hub::{Intake, Membership};
     use crate::ops::metrics::Metrics;
@@ -432,14 +431,13 @@ mod tests {
         assert_eq!(b.next_queued().unwrap(), text("local"));
         assert_eq!(metrics.count(Counter::ClusterNotForwarded), 0);
 
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        hub.set_outlet(tx);
+        let (outlet, queue) = Outlet::new(1, Arc::clone(&metrics));
+        hub.set_outlet(outlet);
         a.publish(&text("1"));
-        a.publish(&text("2")); // the queue holds one: not forwarded
+        a.publish(&text("2")); // the queue holds one: the oldest makes room
         assert_eq!(b.next_queued().unwrap(), text("1"));
         assert_eq!(b.next_queued().unwrap(), text("2"));
-        assert_eq!(rx.try_recv().unwrap(), Outbound::broadcast("/c", text("1")));
-        assert!(rx.try_recv().is_err());
+        assert_eq!(queue.drain(), [Outbound::broadcast("/c", text("2"))]);
         assert_eq!(metrics.count(Counter::ClusterNotForwarded), 1);
 
         // From another instance: every member here gets it (the publisher is elsewhere), and
@@ -447,14 +445,12 @@ mod tests {
         hub.deliver("/c", &Message::binary(vec![0u8, 255]));
         assert_eq!(a.next_queued().unwrap(), Message::binary(vec![0u8, 255]));
         assert_eq!(b.next_queued().unwrap(), Message::binary(vec![0u8, 255]));
-        assert!(rx.try_recv().is_err());
+        assert_eq!(queue.drain(), []);
 
         // Shutdown detaches the bridge.
+        assert!(!queue.closed());
         hub.shutdown();
-        assert!(matches!(
-            rx.recv_timeout(std::time::Duration::from_secs(1)),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
-        ));
+        assert!(queue.closed());
     }
 
     #[test]
@@ -469,10 +465,9 @@ mod tests {
         assert_eq!(hub.inject("/nobody", &text("3"), None), 0);
         assert_eq!(a.next_queued().unwrap(), text("1"));
         assert_eq!(b.next_queued().unwrap(), text("1"));
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        hub.set_outlet(tx);
+        let (outlet, queue) = Outlet::new(4, Arc::clone(&metrics));
+        hub.set_outlet(outlet);
         hub.inject("/c", &text("4"), None);
-        assert_eq!(rx.try_recv().unwrap(), Outbound::broadcast("/c", text("4")));
-        assert!(rx.try_recv().is_err());
+        assert_eq!(queue.drain(), [Outbound::broadcast("/c", text("4"))]);
     }
 }

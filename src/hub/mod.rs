@@ -8,9 +8,10 @@
 //! another instance may send what its buffers were never sized for. Every connection joins
 //! (echo ones too), so shutdown reaches all of them by dropping their senders.
 //!
-//! With a cluster bridge attached ([`Hub::set_outlet`]), a broadcast is also `try_send` into the
+//! With a cluster bridge attached ([`Hub::set_outlet`]), a broadcast is also pushed into the
 //! bridge's bounded queue after the local fan-out, and broadcasts from other instances come in
-//! through [`Hub::deliver`]. The hub never waits for the bridge: a full queue is counted.
+//! through [`Hub::deliver`]. The hub never waits for the bridge: a full queue drops its oldest
+//! entry (counted) to keep the newest.
 //!
 //! Each member carries who it is ([`Profile`], set once after joining) and what it moved
 //! ([`Traffic`]), so the admin API can list connections and end the ones it names (issue 16).
@@ -29,8 +30,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-
 pub(crate) mod cluster;
 mod fanout;
 mod history;
@@ -46,7 +45,6 @@ pub use self::member::{DirectWrite, Handoff, Intake, MemberShared, Profile};
 pub use self::membership::{JoinRefused, Membership};
 
 use crate::memory::Budget;
-use crate::ops::metrics::Counter;
 use crate::ops::metrics::Metrics;
 pub use crate::policy::Holder;
 use crate::policy::Revocation;
@@ -96,7 +94,7 @@ impl Filter {
 pub struct Hub {
     groups: RwLock<HashMap<String, Vec<Member>>>,
     /// The cluster bridge's queue, while one is attached; taken (dropped) at shutdown.
-    outlet: RwLock<Option<Sender<Outbound>>>,
+    outlet: RwLock<Option<cluster::Outlet>>,
     next_id: AtomicU64,
     closed: AtomicBool,
     metrics: Arc<Metrics>,
@@ -136,7 +134,7 @@ impl Hub {
     }
 
     /// Attaches the cluster bridge: from now on every broadcast is also queued on `outlet`.
-    pub fn set_outlet(&self, outlet: Sender<Outbound>) {
+    pub fn set_outlet(&self, outlet: cluster::Outlet) {
         *self.outlet.write().unwrap_or_else(|p| p.into_inner()) = Some(outlet);
     }
 
@@ -160,19 +158,14 @@ impl Hub {
     }
 
     /// Queues `filter` for the other instances, which end their matching members; false
-    /// without a cluster bridge, or when its queue is full (counted as not forwarded).
+    /// without a cluster bridge. (A full queue makes room by dropping its oldest entry.)
     pub fn forward_disconnect(&self, filter: &Filter) -> bool {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         let Some(outlet) = outlet.as_ref() else {
             return false;
         };
-        let sent = outlet
-            .try_send(Outbound::Disconnect(filter.clone()))
-            .is_ok();
-        if !sent {
-            self.metrics.bump(Counter::ClusterNotForwarded, 1);
-        }
-        sent
+        outlet.push(Outbound::Disconnect(filter.clone()));
+        true
     }
 
     /// Calls `f` with every member's path and shared state (for re-checking access on reload).
@@ -314,6 +307,7 @@ mod tests {
     use super::fixtures::*;
     use super::*;
     use crate::config::{Mode, SlowConsumer};
+    use crate::ops::metrics::Counter;
     use crate::policy::Method;
 
     #[test]
@@ -405,16 +399,14 @@ mod tests {
         assert_eq!(bob.ended(), Some((1008, "disconnected by admin")));
         // Only with a bridge.
         assert!(!hub.forward_disconnect(&f(Some("x"), None, None)));
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        hub.set_outlet(tx);
+        let (outlet, queue) = cluster::Outlet::new(1, Arc::clone(&hub.metrics));
+        hub.set_outlet(outlet);
         assert!(hub.forward_disconnect(&f(Some("x"), None, None)));
-        assert!(
-            !hub.forward_disconnect(&f(Some("y"), None, None)),
-            "queue full"
-        );
+        assert!(hub.forward_disconnect(&f(Some("y"), None, None)));
         assert_eq!(
-            rx.try_recv().unwrap(),
-            Outbound::Disconnect(f(Some("x"), None, None))
+            queue.drain(),
+            [Outbound::Disconnect(f(Some("y"), None, None))],
+            "a full queue keeps the newest"
         );
         assert_eq!(hub.metrics.count(Counter::ClusterNotForwarded), 1);
     }

@@ -26,9 +26,10 @@
 //! | `wsgate_pool_queued` | gauge | | admitted connections waiting for a worker, from [`Gauges`] |
 //! | `wsgate_proxy_connections_total` | counter | | proxied connections opened (the backend answered 101, then the client got its 101) |
 //! | `wsgate_proxy_backend_failures_total` | counter | `kind` = down, timeout, tls, handshake | backend connects that failed before the 101 (503, 504, 502, 502) |
-//! | `wsgate_cluster_connected` | gauge | | 1 while both Redis connections of the backbone are up, else 0 |
+//! | `wsgate_cluster_connected` | gauge | | 1 while both Redis connections of the backbone are up, else 0 (read from the links' own states, [`ClusterLinks`]) |
+//! | `wsgate_cluster_id_clash` | gauge | | 1 while another process uses this instance's `instance_id` on the backbone, else 0 |
 //! | `wsgate_cluster_forwarded_total` | counter | | broadcasts published to Redis for the other instances |
-//! | `wsgate_cluster_not_forwarded_total` | counter | | broadcasts not published: queue full or Redis down |
+//! | `wsgate_cluster_not_forwarded_total` | counter | | broadcasts never published: the oldest dropped from a full publish queue (Redis slow or away), or refused at the memory cap |
 //! | `wsgate_cluster_received_total` | counter | | broadcasts received from other instances and delivered here |
 //! | `wsgate_cluster_lost_total` | counter | | broadcasts of other instances missing from the stream when read (trimmed, or lost in a Redis restart) |
 //! | `wsgate_memory_bytes` | gauge | | bytes counted against `memory_limit` now, from [`Gauges`] |
@@ -38,8 +39,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::policy::BackendFailure;
@@ -288,7 +289,7 @@ impl Counter {
             ),
             Counter::ClusterNotForwarded => (
                 "wsgate_cluster_not_forwarded_total",
-                "Broadcasts not published to Redis (publish queue full or Redis down).",
+                "Broadcasts never published to Redis: the oldest dropped from a full publish queue, or refused at the memory cap.",
             ),
             Counter::ClusterReceived => (
                 "wsgate_cluster_received_total",
@@ -310,6 +311,38 @@ impl Counter {
     }
 }
 
+/// The cluster bridge's links as each of them last saw itself, written by the link alone; the
+/// backbone's state is derived from them whenever it is read.
+#[derive(Debug, Default)]
+pub struct ClusterLinks {
+    /// The publisher link is connected.
+    pub publisher: AtomicBool,
+    /// The subscriber link is connected.
+    pub subscriber: AtomicBool,
+    /// Another process uses this instance's id (seen in the stream or in `CLIENT LIST`).
+    pub clash: AtomicBool,
+}
+
+impl ClusterLinks {
+    /// Both links up, and whether an id clash is reported, read now.
+    pub fn state(&self) -> ClusterState {
+        ClusterState {
+            connected: self.publisher.load(Ordering::Acquire)
+                && self.subscriber.load(Ordering::Acquire),
+            clash: self.clash.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// The backbone's state at one read of [`ClusterLinks`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterState {
+    /// Both Redis links are up.
+    pub connected: bool,
+    /// Another process uses this instance's id.
+    pub clash: bool,
+}
+
 /// The server's counters. `Send + Sync`; share it as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -324,9 +357,8 @@ pub struct Metrics {
     /// Non-cumulative counts per bucket; the last is `+Inf`.
     upgrade_buckets: [AtomicU64; UPGRADE_BUCKETS.len() + 1],
     upgrade_sum_ns: AtomicU64,
-    cluster_connected: AtomicU64,
-    /// Whether a cluster bridge runs (`/healthz` then reports the backbone's state).
-    cluster_enabled: AtomicBool,
+    /// The cluster bridge's link states, once a bridge runs (`/healthz` then reports them).
+    cluster: OnceLock<Arc<ClusterLinks>>,
     /// Per [`BackendFailure::ALL`], in that order.
     backend_failures: [AtomicU64; BackendFailure::ALL.len()],
 }
@@ -351,8 +383,7 @@ impl Metrics {
             ),
             upgrade_buckets: Default::default(),
             upgrade_sum_ns: AtomicU64::new(0),
-            cluster_connected: AtomicU64::new(0),
-            cluster_enabled: AtomicBool::new(false),
+            cluster: OnceLock::new(),
             backend_failures: Default::default(),
         }
     }
@@ -430,19 +461,15 @@ impl Metrics {
         bump(&self.backend_failures[i], 1);
     }
 
-    /// Whether the cluster backbone is up (both Redis connections).
-    pub fn set_cluster_connected(&self, up: bool) {
-        self.cluster_enabled.store(true, Ordering::Relaxed);
-        self.cluster_connected
-            .store(u64::from(up), Ordering::Relaxed);
+    /// Attaches the cluster bridge's link states (once; a second call is ignored). The gauges
+    /// and `/healthz` read them when asked, so no writer ever stores a state derived from both.
+    pub fn attach_cluster(&self, links: Arc<ClusterLinks>) {
+        let _ = self.cluster.set(links);
     }
 
-    /// The backbone's state for `/healthz`: `None` without a cluster bridge, else whether both
-    /// links are up.
-    pub fn cluster_state(&self) -> Option<bool> {
-        self.cluster_enabled
-            .load(Ordering::Relaxed)
-            .then(|| self.cluster_connected.load(Ordering::Relaxed) == 1)
+    /// The backbone's state for `/healthz`: `None` without a cluster bridge.
+    pub fn cluster_state(&self) -> Option<ClusterState> {
+        self.cluster.get().map(|links| links.state())
     }
 
     /// The current count for one outcome (tests, logs).
@@ -587,12 +614,20 @@ impl Metrics {
             "gauge",
             "1 while both Redis connections of the cluster backbone are up, else 0.",
         );
+        let cluster = self.cluster_state().unwrap_or_default();
         sample(
             o,
             "wsgate_cluster_connected",
             &[],
-            &self.cluster_connected.load(Ordering::Relaxed),
+            &u8::from(cluster.connected),
         );
+        family(
+            o,
+            "wsgate_cluster_id_clash",
+            "gauge",
+            "1 while another process uses this instance's instance_id on the cluster backbone, else 0.",
+        );
+        sample(o, "wsgate_cluster_id_clash", &[], &u8::from(cluster.clash));
         let memory_gauges = [
             (
                 "wsgate_memory_bytes",

@@ -321,6 +321,28 @@ impl fmt::Display for OriginPattern {
     }
 }
 
+/// The host of a `Host` header value (`host[:port]`), normalised as origins are: a lower-case
+/// DNS name, a dotted IPv4 address, or `[canonical IPv6]`; and whether it named a port. `None`
+/// for anything else (user info, a path, a bad port, invalid characters, too long).
+#[must_use]
+pub fn request_host(value: &[u8]) -> Option<(String, bool)> {
+    if value.len() > MAX_ORIGIN_LEN {
+        return None;
+    }
+    let text = std::str::from_utf8(value).ok()?.trim_matches([' ', '\t']);
+    let has_port = match text.strip_prefix('[') {
+        Some(v6) => v6
+            .split_once(']')
+            .is_some_and(|(_, after)| !after.is_empty()),
+        None => text.contains(':'),
+    };
+    let parsed = parse_origin(&format!("http://{text}"), Flavour::Request).ok()?;
+    match parsed.host {
+        ParsedHost::Name(h) | ParsedHost::Ip(h) => Some((h, has_port)),
+        ParsedHost::Wildcard(_) => None,
+    }
+}
+
 /// Whether `origin` is `https` with the host and port of the `Host` header value `host` (port
 /// 443 when the header has none). A `Host` that is not a plain `host[:port]` never matches.
 fn same_origin(origin: &Origin, host: &[u8]) -> bool {
@@ -815,5 +837,29 @@ mod tests {
             p.check_request(&[], Some(b"localhost:8443")),
             Err(OriginRefusal::Missing)
         );
+    }
+
+    #[test]
+    fn a_host_header_is_normalised_like_an_origin() {
+        let host = |v: &str| request_host(v.as_bytes());
+        assert_eq!(
+            host("Admin.Example:9000"),
+            Some(("admin.example".into(), true))
+        );
+        assert_eq!(host("127.0.0.1"), Some(("127.0.0.1".into(), false)));
+        assert_eq!(host("[0:0::1]:9"), Some(("[::1]".into(), true)));
+        assert_eq!(host("[::1]"), Some(("[::1]".into(), false)));
+        for bad in [
+            "",
+            "a b",
+            "user@host",
+            "host/x",
+            "host:0",
+            "host:x",
+            "*.example.com",
+            "[::1",
+        ] {
+            assert_eq!(host(bad), None, "{bad}");
+        }
     }
 }

@@ -39,7 +39,7 @@ use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::{TokenStore, TokensError};
 use crate::auth::users::{UserStore, UsersError};
 use crate::auth::{Credentials, SessionSettings};
-use crate::config::{ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode};
+use crate::config::{AdminConfig, ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode};
 use crate::hub::Hub;
 use crate::hub::cluster::Bridge;
 use crate::hub::waker::Waker;
@@ -328,7 +328,7 @@ impl Server {
         } = self;
         let admin_config = shared.current().config.admin.clone();
         if let (Some(state), Some(l), Some(cfg)) = (&shared.admin, admin_listener, admin_config) {
-            attach_admin_api(&shared, state, admin_token);
+            attach_admin_api(&shared, state, admin_token, &cfg);
             log::info!(
                 "admin endpoint (/healthz, /metrics; API /publish, /connections, /disconnect {}) \
                  on http://{}",
@@ -573,8 +573,13 @@ fn creds_stamp(config: &Config) -> CredsStamp {
 }
 
 /// Turns on the admin API over the hub and the current channels. The token was read (and
-/// checked) at start; a reload does not read it again.
-fn attach_admin_api(shared: &Arc<Shared>, state: &AdminState, token: Option<[u8; 32]>) {
+/// checked) at start; a reload does not read it again, nor the names and origins `config` allows.
+fn attach_admin_api(
+    shared: &Arc<Shared>,
+    state: &AdminState,
+    token: Option<[u8; 32]>,
+    config: &AdminConfig,
+) {
     let weak = Arc::downgrade(shared);
     let broadcast_limit = move |path: &str| {
         let shared = weak.upgrade()?;
@@ -587,10 +592,16 @@ fn attach_admin_api(shared: &Arc<Shared>, state: &AdminState, token: Option<[u8;
                 history: c.history,
             })
     };
+    let browser = admin::BrowserGuard::new(
+        config.listen,
+        config.allow_hosts.clone(),
+        config.allow_origins.clone(),
+    );
     state.attach_api(admin::Api {
         hub: Arc::clone(&shared.hub),
         broadcast_limit: Box::new(broadcast_limit),
         token,
+        browser,
     });
 }
 

@@ -233,6 +233,14 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     if admin_token(old) != admin_token(new) {
         changed.push("[admin] token_file");
     }
+    let admin_hosts = |c: &Config| c.admin.as_ref().map(|a| a.allow_hosts.clone());
+    if admin_hosts(old) != admin_hosts(new) {
+        changed.push("[admin] allow_hosts");
+    }
+    let admin_origins = |c: &Config| c.admin.as_ref().map(|a| a.allow_origins.clone());
+    if admin_origins(old) != admin_origins(new) {
+        changed.push("[admin] allow_origins");
+    }
     if old.cluster != new.cluster {
         changed.push("[cluster]");
     }

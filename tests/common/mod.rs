@@ -581,9 +581,11 @@ pub fn basic(user: &str, pass: &str) -> String {
 impl Server {
     /// A plain HTTP GET to the admin endpoint: (status, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.admin_addr()).unwrap();
+        let addr = self.admin_addr();
+        let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        // The listener's own address as `Host`, as curl sends it.
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let status = out

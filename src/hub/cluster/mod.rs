@@ -3,56 +3,70 @@
 //! drops resumes where it left off. Two threads, one Redis connection each; it never runs on a
 //! connection thread and never makes one wait.
 //!
-//! - The **publisher** moves the hub's bounded queue ([`Outbound`]) into its pending list (at
-//!   most `publish_queue`; when full the oldest is dropped and counted) and sends
+//! - The **publish queue** ([`Outlet`], [`queue`]) holds at most `publish_queue` broadcasts
+//!   waiting for Redis, one list for the hub and the publisher; a new one at a full queue drops
+//!   the oldest (counted), so the newest are kept however long Redis is away.
+//! - The **publisher** takes batches from the queue's front and sends
 //!   `XADD <prefix>broadcasts MAXLEN ~ <stream_length> * p <path> m <envelope>`, pipelining up
-//!   to [`BATCH`](publisher::BATCH). An entry leaves the pending list only when Redis has acknowledged it, so what
-//!   was pending while the link was down, or in flight when it failed, is sent on reconnect.
+//!   to [`BATCH`](publisher::BATCH). A batch Redis did not acknowledge goes back to the queue's
+//!   front, so what was in flight when the link failed is sent again on reconnect.
 //! - The **subscriber** reads with `XREAD BLOCK` after the last entry id it has seen (kept across
-//!   reconnects) and hands each message of *another* instance to [`Hub::deliver`]; its own are
-//!   skipped, as the hub already delivered them locally.
+//!   reconnects) and hands each message of *another* process to [`Hub::deliver`]; this process's
+//!   own (its instance id and epoch) are skipped, as the hub already delivered them locally.
 //!
 //! Every link is health-checked, so a dead or frozen Redis is noticed within `health_check +
 //! health_timeout` whether this instance publishes or not: every call has `health_timeout` to
 //! answer, an idle publisher sends `PING` after `health_check` without an answer, and the
-//! subscriber's `XREAD` blocks for [`POLL`](subscriber::POLL) only. A link found down is logged once (lost: reason),
-//! retried with a capped exponential backoff, and logged once more when it is back (how long it
-//! was out, how many broadcasts were not forwarded); `wsgate_cluster_connected` is 1 only while
-//! both are up. Meanwhile the hub keeps serving locally.
+//! subscriber's `XREAD` blocks for [`POLL`](subscriber::POLL) only. A read interrupted by a
+//! signal (EINTR: SIGSTOP and SIGCONT of this process) is retried, never a lost link. A link
+//! found down is logged once (lost: reason), retried with a capped exponential backoff, and
+//! logged once more when it is back (how long it was out, how many broadcasts were not
+//! forwarded); each link records only its own state ([`ClusterLinks`]), and
+//! `wsgate_cluster_connected` and `/healthz` read both when asked. Meanwhile the hub keeps
+//! serving locally.
 //!
 //! No duplicates, per-publisher order: an entry sent again (its first `XADD` may have landed
 //! before the link failed) carries the same sequence number, and the subscriber drops anything
-//! at or below the last number it delivered from that publisher. A jump in the numbers is a
-//! loss the stream could not prevent (trimmed away, or Redis restarted without persistence):
-//! counted (`wsgate_cluster_lost_total`) and logged.
+//! at or below the last number it delivered from that publisher process. A jump in the numbers
+//! is a loss the stream could not prevent (trimmed away, or Redis restarted without
+//! persistence): counted (`wsgate_cluster_lost_total`) and logged.
+//!
+//! Instance ids are meant to be unique. Another process with this one's id is detected two ways:
+//! its entries in the stream (same id, another epoch) and its subscriber connection in
+//! `CLIENT LIST` (same name, checked every [`CLIENT_LIST_EVERY`](subscriber::CLIENT_LIST_EVERY)).
+//! It is reported (one warning, `wsgate_cluster_id_clash` 1, a line in `/healthz`) until no
+//! sign of it is seen for [`CLASH_CLEAR`](subscriber::CLASH_CLEAR) (one line again); its
+//! broadcasts are delivered all the same, as those of any other process.
 //!
 //! The envelope (an entry's `m` field) is binary: `[version = 2][id length: u8][instance id]
 //! [epoch: u64 BE][sequence: u64 BE][kind: 0 text | 1 binary | 2 disconnect][bytes]`; the epoch
 //! is random per process, so a restarted publisher with the same id starts a new sequence. A
-//! disconnect (an admin's `POST /disconnect`, issue 16) carries its filter as a query string
+//! disconnect (an admin's `POST /disconnect`) carries its filter as a query string
 //! (`user=alice&path=%2Fchat`) and travels in the same sequence as broadcasts, so it is resent,
 //! deduplicated and ordered like them; every other instance ends its matching connections.
 //!
-//! This file starts and stops the bridge; [`publisher`] and [`subscriber`] are the two links,
-//! [`link`] what they share (health, backoff, the connection), [`wire`] the envelope and the
-//! stream replies.
+//! This file starts and stops the bridge; [`queue`] is the publish queue, [`publisher`] and
+//! [`subscriber`] the two links, [`link`] what they share (health, backoff, the connection,
+//! interrupted reads), [`wire`] the envelope and the stream replies.
 
 mod link;
 mod publisher;
+mod queue;
 mod subscriber;
 mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use self::link::Link;
+pub use self::queue::Outlet;
 use crate::config::{ClusterConfig, RedisUrl};
 use crate::hub::Hub;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{ClusterLinks, Metrics};
 
 /// How long [`Bridge::stop`] waits for the threads (one may be inside a Redis call).
 const STOP_WAIT: Duration = Duration::from_secs(2);
@@ -86,7 +100,8 @@ impl Bridge {
         };
         let client = redis::Client::open(url.secret())
             .map_err(|e| std::io::Error::other(format!("[cluster] redis_url {url}: {e}")))?;
-        let (queue_tx, queue_rx) = crossbeam_channel::bounded(config.publish_queue.get());
+        let (outlet, queue) = Outlet::new(config.publish_queue.get(), Arc::clone(metrics));
+        let links = Arc::new(ClusterLinks::default());
         let (stop, stop_rx) = crossbeam_channel::bounded(0);
         let ctx = Arc::new(Context {
             url: url.clone(),
@@ -101,8 +116,7 @@ impl Bridge {
             hub: Arc::clone(hub),
             metrics: Arc::clone(metrics),
             accepts,
-            publisher_up: AtomicBool::new(false),
-            subscriber_up: AtomicBool::new(false),
+            links: Arc::clone(&links),
             stop: stop_rx,
         });
         log::info!(
@@ -114,7 +128,7 @@ impl Bridge {
             ctx.publish_queue,
             ctx.health_check + ctx.health_timeout,
         );
-        metrics.set_cluster_connected(false);
+        metrics.attach_cluster(links);
         let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -124,14 +138,14 @@ impl Bridge {
         let (c, p) = (Arc::clone(&ctx), client.clone());
         let publisher = spawn(
             "wsgate-cluster-pub",
-            Box::new(move || publisher::run(&c, &p, &queue_rx)),
+            Box::new(move || publisher::run(&c, &p, &queue)),
         )?;
         let (c, s) = (Arc::clone(&ctx), client);
         let subscriber = spawn(
             "wsgate-cluster-sub",
             Box::new(move || subscriber::run(&c, &s)),
         )?;
-        hub.set_outlet(queue_tx);
+        hub.set_outlet(outlet);
         Ok(Some(Bridge {
             stop,
             threads: vec![publisher, subscriber],
@@ -187,8 +201,8 @@ struct Context {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     accepts: Arc<Accepts>,
-    publisher_up: AtomicBool,
-    subscriber_up: AtomicBool,
+    /// Each link's own state, and the id clash; read by `/metrics` and `/healthz`.
+    links: Arc<ClusterLinks>,
     /// Disconnected when the bridge stops.
     stop: Receiver<()>,
 }
@@ -198,15 +212,13 @@ impl Context {
         matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
     }
 
-    /// Records one link's state; the gauge is 1 only while both links are up.
+    /// Records one link's own state; nothing here derives the backbone's (readers do).
     fn set_up(&self, link: Link, up: bool) {
-        match link {
-            Link::Publisher => self.publisher_up.store(up, Ordering::Release),
-            Link::Subscriber => self.subscriber_up.store(up, Ordering::Release),
-        }
-        let both =
-            self.publisher_up.load(Ordering::Acquire) && self.subscriber_up.load(Ordering::Acquire);
-        self.metrics.set_cluster_connected(both);
+        let flag = match link {
+            Link::Publisher => &self.links.publisher,
+            Link::Subscriber => &self.links.subscriber,
+        };
+        flag.store(up, Ordering::Release);
     }
 
     /// Waits `delay`, or less if the bridge stops (then false).

@@ -1,91 +1,35 @@
-//! The publisher link: the pending list it moves the hub's queue into (bounded, the oldest
-//! dropped and counted, sequence numbers fixed at first send), pipelined `XADD`s under one
-//! deadline, `PING` while idle, and holding the queue while Redis is down.
+//! The publisher link: batches from the front of the publish queue ([`Queue`]), numbered at
+//! first send, in pipelined `XADD`s under one deadline; `PING` while idle; a batch Redis did not
+//! acknowledge goes back to the queue's front. A read interrupted by a signal keeps the link.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, select};
+use crossbeam_channel::select;
 use redis::Value;
 
 use super::Context;
-use super::link::{Link, Watch, connect};
+use super::link::{Link, MAX_INTERRUPTS, Watch, connect, interrupted};
+use super::queue::Queue;
 use super::wire::{FIELD_ENVELOPE, FIELD_PATH, encode, entry_path};
-use crate::hub::Outbound;
 use crate::ops::metrics::Counter;
-use crate::ops::metrics::Metrics;
 
 /// Most broadcasts sent in one pipelined round trip.
-const BATCH: usize = 64;
-/// resend carries the same one.
-struct Entry {
-    out: Outbound,
-    seq: Option<u64>,
-}
+pub(super) const BATCH: usize = 64;
 
-/// The publisher's backlog: at most `cap` entries, the oldest dropped (and counted) first.
-struct Pending {
-    entries: VecDeque<Entry>,
-    cap: usize,
-    next_seq: u64,
-}
-
-impl Pending {
-    fn new(cap: usize) -> Pending {
-        Pending {
-            entries: VecDeque::new(),
-            cap,
-            next_seq: 1,
-        }
-    }
-
-    /// Queues `out`; returns whether the oldest entry had to make room.
-    fn push(&mut self, out: Outbound) -> bool {
-        let dropped = self.entries.len() >= self.cap && self.entries.pop_front().is_some();
-        self.entries.push_back(Entry { out, seq: None });
-        dropped
-    }
-
-    /// Moves what waits in the hub's queue here (without blocking).
-    fn take(&mut self, queue: &Receiver<Outbound>, metrics: &Metrics) {
-        for out in queue.try_iter() {
-            if self.push(out) {
-                metrics.bump(Counter::ClusterNotForwarded, 1);
-            }
-        }
-    }
-
-    /// The first `n` entries' sequence numbers, numbering those sent for the first time.
-    fn number(&mut self, n: usize) -> impl Iterator<Item = (&Outbound, u64)> {
-        for e in self.entries.iter_mut().take(n) {
-            if e.seq.is_none() {
-                e.seq = Some(self.next_seq);
-                self.next_seq += 1;
-            }
-        }
-        self.entries
-            .iter()
-            .take(n)
-            .map(|e| (&e.out, e.seq.unwrap_or_default()))
-    }
-}
-
-/// The publisher thread: connect, send the pending entries in pipelined `XADD`s, keep the link
-/// checked while idle, and while Redis is unreachable keep taking the hub's queue into the
-/// pending list.
-pub(super) fn run(ctx: &Context, client: &redis::Client, queue: &Receiver<Outbound>) {
+/// The publisher thread: connect, send the queue in pipelined `XADD`s, keep the link checked
+/// while idle; while Redis is unreachable the queue keeps the newest broadcasts.
+pub(super) fn run(ctx: &Context, client: &redis::Client, queue: &Queue) {
     let mut watch = Watch::new(Link::Publisher);
-    let mut pending = Pending::new(ctx.publish_queue);
+    let mut next_seq = 1;
     loop {
         let error = match connect(ctx, client, Link::Publisher) {
             Ok(mut con) => {
-                pending.take(queue, &ctx.metrics);
-                let detail = match pending.entries.len() {
+                let detail = match queue.len() {
                     0 => String::new(),
                     n => format!("; sending {n} queued broadcasts"),
                 };
                 watch.up(ctx, &detail);
-                match publish_until_error(ctx, &mut con, queue, &mut pending) {
+                match publish_until_error(ctx, &mut con, queue, &mut next_seq, &mut watch) {
                     Some(e) => e,
                     None => return,
                 }
@@ -93,7 +37,7 @@ pub(super) fn run(ctx: &Context, client: &redis::Client, queue: &Receiver<Outbou
             Err(e) => e,
         };
         let delay = watch.down(ctx, &error);
-        if !hold_for(ctx, queue, &mut pending, delay) {
+        if !hold_for(ctx, queue, delay) {
             return;
         }
     }
@@ -104,13 +48,19 @@ pub(super) fn run(ctx: &Context, client: &redis::Client, queue: &Receiver<Outbou
 fn publish_until_error(
     ctx: &Context,
     con: &mut redis::Connection,
-    queue: &Receiver<Outbound>,
-    pending: &mut Pending,
+    queue: &Queue,
+    next_seq: &mut u64,
+    watch: &mut Watch,
 ) -> Option<redis::RedisError> {
     let mut answered = Instant::now();
     let maxlen = ctx.stream_length.to_string();
     loop {
-        if pending.entries.is_empty() {
+        if ctx.stopped() {
+            return None;
+        }
+        let mut batch = queue.take(BATCH);
+        if batch.is_empty() {
+            watch.report_drops(ctx);
             let idle = ctx.health_check.saturating_sub(answered.elapsed());
             if idle.is_zero() {
                 if let Err(e) = exec_within(con, redis::pipe().cmd("PING"), 1, ctx.health_timeout) {
@@ -120,61 +70,73 @@ fn publish_until_error(
                 continue;
             }
             select! {
-                recv(queue) -> out => match out {
-                    // The list is empty: nothing to make room for.
-                    Ok(out) => { let _ = pending.push(out); }
-                    Err(_) => return None,
-                },
+                recv(queue.rung()) -> rung => if rung.is_err() { return None },
                 recv(ctx.stop) -> _ => return None,
-                default(idle) => continue,
+                default(idle) => {}
             }
+            continue;
         }
-        if ctx.stopped() {
-            return None;
-        }
-        pending.take(queue, &ctx.metrics);
         let mut pipe = redis::pipe();
-        let n = pending.entries.len().min(BATCH);
-        let mut sent = 0;
-        for (out, seq) in pending.number(n) {
-            // Never `None`: the hub broadcasts data messages only.
-            if let Some(envelope) = encode(&ctx.instance_id, ctx.epoch, seq, out) {
-                sent += 1;
-                pipe.cmd("XADD")
-                    .arg(&ctx.stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(&maxlen)
-                    .arg("*")
-                    .arg(FIELD_PATH)
-                    .arg(entry_path(out))
-                    .arg(FIELD_ENVELOPE)
-                    .arg(envelope);
-            }
-        }
-        match exec_within(con, &pipe, sent, ctx.health_timeout) {
-            Ok(()) => {
-                pending.entries.drain(..n);
-                ctx.metrics.bump(Counter::ClusterForwarded, n as u64);
+        // Never dropped: the hub queues data messages only, and instance ids fit the envelope.
+        batch.retain_mut(|e| {
+            let seq = *e.seq.get_or_insert_with(|| {
+                let seq = *next_seq;
+                *next_seq += 1;
+                seq
+            });
+            let Some(envelope) = encode(&ctx.instance_id, ctx.epoch, seq, &e.out) else {
+                ctx.metrics.bump(Counter::ClusterNotForwarded, 1);
+                return false;
+            };
+            pipe.cmd("XADD")
+                .arg(&ctx.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(&maxlen)
+                .arg("*")
+                .arg(FIELD_PATH)
+                .arg(entry_path(&e.out))
+                .arg(FIELD_ENVELOPE)
+                .arg(envelope);
+            true
+        });
+        match exec_within(con, &pipe, batch.len(), ctx.health_timeout) {
+            Ok(acked) => {
+                ctx.metrics.bump(Counter::ClusterForwarded, acked as u64);
+                batch.drain(..acked);
                 answered = Instant::now();
+                if !batch.is_empty() {
+                    queue.give_back(batch);
+                }
+                watch.report_drops(ctx);
             }
-            // Whether Redis added some of them is unknown: all stay pending and are sent again
-            // with the same sequence numbers, which subscribers use to drop the copies.
-            Err(e) => return Some(e),
+            // Whether Redis added some of them is unknown: all go back and are sent again with
+            // the same sequence numbers, which subscribers use to drop the copies.
+            Err(e) => {
+                queue.give_back(batch);
+                return Some(e);
+            }
         }
     }
 }
 
-/// Sends `pipe` and reads its `n` answers, all within one `timeout`. (The redis crate's own
-/// pipeline applies its read timeout to each answer and reads on after one expires, so a frozen
-/// Redis would hold a batch of 64 for 64 timeouts.)
+/// Sends `pipe` and reads its `n` answers, all within one `timeout`; returns how many of its
+/// first commands Redis is known to have done (all `n` unless a read was interrupted). (The
+/// redis crate's own pipeline applies its read timeout to each answer and reads on after one
+/// expires, so a frozen Redis would hold a batch of 64 for 64 timeouts.)
+///
+/// A read interrupted by a signal (EINTR: this process was stopped and continued) is no failure
+/// of the link. The redis crate then skips the next reply it reads, so a `PING` goes out whose
+/// reply takes the skipped one's place in the count; the command whose reply was skipped, and
+/// those after it, count as not known to be done and are sent again (the subscribers drop
+/// copies by sequence number). The deadline starts again: the time stopped is not Redis's.
 fn exec_within(
     con: &mut redis::Connection,
     pipe: &redis::Pipeline,
     n: usize,
     timeout: Duration,
-) -> redis::RedisResult<()> {
-    let deadline = Instant::now() + timeout;
+) -> redis::RedisResult<usize> {
+    let mut deadline = Instant::now() + timeout;
     con.set_write_timeout(Some(timeout))?;
     con.send_packed_command(&pipe.get_packed_pipeline())?;
     // The socket's read timeout is lowered as the deadline nears, by steps of a tenth (not
@@ -182,7 +144,8 @@ fn exec_within(
     // `timeout` and a tenth.
     con.set_read_timeout(Some(timeout))?;
     let mut read_timeout = timeout;
-    for _ in 0..n {
+    let (mut read, mut known_done, mut interrupts) = (0, n, 0);
+    while read < n {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
@@ -191,21 +154,26 @@ fn exec_within(
             con.set_read_timeout(Some(left))?;
             read_timeout = left;
         }
-        if let Value::ServerError(e) = con.recv_response()? {
-            return Err(e.into());
+        match con.recv_response() {
+            Ok(Value::ServerError(e)) => return Err(e.into()),
+            Ok(_) => read += 1,
+            Err(e) if interrupted(&e) && interrupts < MAX_INTERRUPTS => {
+                interrupts += 1;
+                known_done = known_done.min(read);
+                con.send_packed_command(&redis::cmd("PING").get_packed_command())?;
+                deadline = Instant::now() + timeout;
+                con.set_read_timeout(Some(timeout))?;
+                read_timeout = timeout;
+            }
+            Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(known_done)
 }
 
-/// Waits `delay` while Redis is down, taking the hub's queue into the pending list meanwhile
-/// (the oldest dropped and counted when it is full). False when the bridge stops.
-fn hold_for(
-    ctx: &Context,
-    queue: &Receiver<Outbound>,
-    pending: &mut Pending,
-    delay: Duration,
-) -> bool {
+/// Waits `delay` while Redis is down (the queue keeps taking broadcasts meanwhile). False when
+/// the bridge stops or the hub let go of the queue.
+fn hold_for(ctx: &Context, queue: &Queue, delay: Duration) -> bool {
     let until = Instant::now() + delay;
     loop {
         let left = until.saturating_duration_since(Instant::now());
@@ -213,50 +181,9 @@ fn hold_for(
             return true;
         }
         select! {
-            recv(queue) -> out => match out {
-                Ok(out) => {
-                    if pending.push(out) {
-                        ctx.metrics.bump(Counter::ClusterNotForwarded, 1);
-                    }
-                }
-                Err(_) => return false,
-            },
+            recv(queue.rung()) -> rung => if rung.is_err() { return false },
             recv(ctx.stop) -> _ => return false,
             default(left) => return true,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tungstenite::Message;
-
-    use super::*;
-
-    fn outbound(n: usize) -> Outbound {
-        Outbound::broadcast("/c", Message::text(n.to_string()))
-    }
-
-    #[test]
-    fn pending_drops_the_oldest_and_keeps_sequence_numbers_for_resends() {
-        let mut p = Pending::new(3);
-        for n in 0..3 {
-            assert!(!p.push(outbound(n)));
-        }
-        assert!(p.push(outbound(3)), "full: the oldest makes room");
-        let first: Vec<(String, u64)> = p
-            .number(2)
-            .map(|(o, seq)| match o {
-                Outbound::Broadcast { msg, .. } => (msg.to_text().unwrap().to_string(), seq),
-                Outbound::Disconnect(_) => unreachable!(),
-            })
-            .collect();
-        assert_eq!(first, [("1".to_string(), 1), ("2".to_string(), 2)]);
-        // Not acknowledged: sent again with the same numbers, the next one numbered after them.
-        let again: Vec<u64> = p.number(3).map(|(_, seq)| seq).collect();
-        assert_eq!(again, [1, 2, 3]);
-        p.entries.drain(..3);
-        assert!(!p.push(outbound(4)));
-        assert_eq!(p.number(1).map(|(_, seq)| seq).collect::<Vec<_>>(), [4]);
     }
 }

@@ -1,14 +1,16 @@
 //! The subscriber link: `XREAD BLOCK` after the last entry seen (kept across reconnects), each
-//! other instance's message delivered to the hub once and in order ([`Senders`] drops copies
-//! and counts gaps), its disconnects carried out, and bad entries and losses logged sparingly.
+//! other process's message delivered to the hub once and in order ([`Senders`] drops copies
+//! and counts gaps), its disconnects carried out, bad entries and losses logged sparingly, and
+//! another process using this instance's id reported ([`Clash`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use redis::Value;
 
 use super::Context;
-use super::link::{Link, Watch, connect};
+use super::link::{Link, Watch, connect, connection_name, query};
 use super::wire::{BadEnvelope, Inbound, Origin, decode, for_each_entry, for_each_stream};
 use crate::hub::query::query_string;
 use crate::ops::metrics::Counter;
@@ -24,6 +26,14 @@ const READ_BATCH: usize = 128;
 const MAX_SENDERS: usize = 1024;
 /// At most one "lost" warning per this long; the rest are summed into the next one.
 const LOST_WARN_EVERY: Duration = Duration::from_secs(10);
+/// How often `CLIENT LIST` is read for another subscriber connection with this instance's name.
+pub(super) const CLIENT_LIST_EVERY: Duration = Duration::from_secs(3);
+/// A reported id clash ends when no sign of the other process was seen for this long (several
+/// `CLIENT LIST` reads).
+pub(super) const CLASH_CLEAR: Duration = Duration::from_secs(10);
+/// A subscriber connection idle longer than this is a dead one Redis has not noticed yet (a
+/// live subscriber's `XREAD` blocks for [`POLL`] at a time), not another process.
+const STALE_IDLE_SECS: u64 = 10;
 #[derive(Debug, PartialEq, Eq)]
 enum Arrival {
     /// The next one from that publisher (or the first heard from it): deliver.
@@ -34,20 +44,20 @@ enum Arrival {
     Duplicate,
 }
 
-/// The last sequence number delivered from each publisher process (bounded: [`MAX_SENDERS`]).
+/// The last sequence number delivered from each publisher process (instance id and epoch),
+/// bounded: [`MAX_SENDERS`].
 #[derive(Default)]
 struct Senders {
-    /// Instance id -> (epoch, last sequence number, when last heard from on `clock`).
-    last: HashMap<Vec<u8>, (u64, u64, u64)>,
+    /// (Instance id, epoch) -> (last sequence number, when last heard from on `clock`).
+    last: HashMap<(Vec<u8>, u64), (u64, u64)>,
     clock: u64,
 }
 
 impl Senders {
     fn arrive(&mut self, origin: &Origin<'_>) -> Arrival {
         self.clock += 1;
-        if let Some((epoch, seq, heard)) = self.last.get_mut(origin.instance)
-            && *epoch == origin.epoch
-        {
+        let key = (origin.instance.to_vec(), origin.epoch);
+        if let Some((seq, heard)) = self.last.get_mut(&key) {
             if origin.seq <= *seq {
                 return Arrival::Duplicate;
             }
@@ -59,25 +69,124 @@ impl Senders {
                 Arrival::AfterLoss(lost)
             };
         }
-        if self.last.len() >= MAX_SENDERS && !self.last.contains_key(origin.instance) {
+        if self.last.len() >= MAX_SENDERS {
             let oldest = self
                 .last
                 .iter()
-                .min_by_key(|(_, v)| v.2)
+                .min_by_key(|(_, v)| v.1)
                 .map(|(k, _)| k.clone());
             if let Some(oldest) = oldest {
                 self.last.remove(&oldest);
             }
         }
-        self.last.insert(
-            origin.instance.to_vec(),
-            (origin.epoch, origin.seq, self.clock),
-        );
+        self.last.insert(key, (origin.seq, self.clock));
         Arrival::Next
     }
 }
 
-/// One broadcast waiting for Redis; its sequence number is fixed when it is first sent, so a
+/// Another process using this instance's id: when a sign of it was last seen, and whether it is
+/// reported now.
+#[derive(Default)]
+struct Clash {
+    last_seen: Option<Instant>,
+    reported: bool,
+    /// When `CLIENT LIST` was last read on this connection; `None` when Redis refuses it (an
+    /// ACL), so only the stream can tell.
+    listed_at: Option<Instant>,
+    /// This connection's own `CLIENT ID`.
+    own_id: Option<i64>,
+}
+
+impl Clash {
+    /// A sign of the other process (`how`); the first of a clash is reported.
+    fn seen(&mut self, ctx: &Context, how: &str) {
+        self.last_seen = Some(Instant::now());
+        if !self.reported {
+            self.reported = true;
+            ctx.links.clash.store(true, Ordering::Release);
+            log::warn!(
+                "cluster: another process uses this instance's id `{}` ({how}); its broadcasts \
+                 are still delivered here, but give every instance its own [cluster] \
+                 instance_id (or leave it unset for a unique default)",
+                ctx.instance_id.escape_debug()
+            );
+        }
+    }
+
+    /// Ends a reported clash once no sign of it was seen for [`CLASH_CLEAR`].
+    fn expire(&mut self, ctx: &Context) {
+        if self.reported && self.last_seen.is_none_or(|t| t.elapsed() >= CLASH_CLEAR) {
+            self.reported = false;
+            ctx.links.clash.store(false, Ordering::Release);
+            log::info!(
+                "cluster: no other process seen with this instance's id `{}` for {}s; the clash \
+                 is over",
+                ctx.instance_id.escape_debug(),
+                CLASH_CLEAR.as_secs()
+            );
+        }
+    }
+
+    /// Reads `CLIENT LIST` when it is due and counts the other live subscriber connections named
+    /// as this instance's.
+    fn check_client_list(
+        &mut self,
+        ctx: &Context,
+        con: &mut redis::Connection,
+    ) -> redis::RedisResult<()> {
+        let (Some(listed_at), Some(own_id)) = (self.listed_at, self.own_id) else {
+            return Ok(());
+        };
+        if listed_at.elapsed() < CLIENT_LIST_EVERY {
+            return Ok(());
+        }
+        self.listed_at = Some(Instant::now());
+        let mut list = redis::cmd("CLIENT");
+        list.arg("LIST").arg("TYPE").arg("normal");
+        let text = match query(con, &list) {
+            Ok(Value::BulkString(text)) => String::from_utf8_lossy(&text).into_owned(),
+            Ok(Value::VerbatimString { text, .. }) => text,
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                return Err(e);
+            }
+            Err(e) => {
+                log::debug!(
+                    "cluster: cannot read CLIENT LIST ({e}); id clashes are seen in the stream only"
+                );
+                self.listed_at = None;
+                return Ok(());
+            }
+        };
+        let name = connection_name(Link::Subscriber, &ctx.instance_id);
+        let others = others_named(&text, &name, own_id);
+        if others > 0 {
+            self.seen(
+                ctx,
+                &format!("CLIENT LIST shows {others} more subscriber connection(s) named `{name}`"),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How many live connections in a `CLIENT LIST` text are named `name` and are not `own_id`.
+fn others_named(list: &str, name: &str, own_id: i64) -> usize {
+    list.lines()
+        .filter(|line| {
+            let field = |key: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+            };
+            field("name") == Some(name)
+                && field("id").and_then(|id| id.parse::<i64>().ok()) != Some(own_id)
+                && field("idle")
+                    .and_then(|idle| idle.parse::<u64>().ok())
+                    .is_some_and(|idle| idle <= STALE_IDLE_SECS)
+        })
+        .count()
+}
+
 /// What the subscriber keeps across reconnects.
 struct Reader {
     /// The id of the last stream entry read; `None` until the first connection finds the end of
@@ -88,6 +197,7 @@ struct Reader {
     /// Losses not yet logged, and when the last warning was.
     lost_unlogged: u64,
     lost_logged_at: Option<Instant>,
+    clash: Clash,
 }
 
 /// The subscriber thread: read the stream, deliver, and on failure retry with backoff.
@@ -99,6 +209,7 @@ pub(super) fn run(ctx: &Context, client: &redis::Client) {
         warned_bad: false,
         lost_unlogged: 0,
         lost_logged_at: None,
+        clash: Clash::default(),
     };
     loop {
         match listen(ctx, client, &mut watch, &mut reader) {
@@ -132,19 +243,27 @@ fn listen(
         None => {
             // First connection: start after what is in the stream already, so that old
             // broadcasts are never replayed to this instance's clients.
-            let last: Value = redis::cmd("XREVRANGE")
+            let mut newest = redis::cmd("XREVRANGE");
+            newest
                 .arg(&ctx.stream)
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
-                .arg(1)
-                .query(&mut con)?;
+                .arg(1);
+            let last = query(&mut con, &newest)?;
             let mut id = "0-0".to_string();
             for_each_entry(&last, |entry| id = entry.id.to_string())?;
             let detail = format!("; reading the stream `{}` after entry {id}", ctx.stream);
             (id, detail)
         }
     };
+    // This connection's id, so that `CLIENT LIST` can tell it from another process's.
+    reader.clash.own_id = match query(&mut con, redis::cmd("CLIENT").arg("ID")) {
+        Ok(Value::Int(id)) => Some(id),
+        Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => return Err(e),
+        _ => None,
+    };
+    reader.clash.listed_at = Some(Instant::now());
     con.set_read_timeout(Some(POLL + ctx.health_timeout))?;
     watch.up(ctx, &detail);
     let mut last_id = from;
@@ -153,15 +272,17 @@ fn listen(
         if ctx.stopped() {
             return Ok(());
         }
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
+        reader.clash.check_client_list(ctx, &mut con)?;
+        reader.clash.expire(ctx);
+        let mut read = redis::cmd("XREAD");
+        read.arg("COUNT")
             .arg(READ_BATCH)
             .arg("BLOCK")
             .arg(POLL.as_millis() as u64)
             .arg("STREAMS")
             .arg(&ctx.stream)
-            .arg(&last_id)
-            .query(&mut con)?;
+            .arg(&last_id);
+        let reply = query(&mut con, &read)?;
         // Nil when nothing came within the block time.
         for_each_stream(&reply, |entries| {
             for_each_entry(entries, |entry| {
@@ -185,7 +306,10 @@ impl Reader {
             Err(why) => return self.bad(ctx, path, &why),
         };
         if origin.instance == ctx.instance_id.as_bytes() {
-            return; // ours: delivered locally already
+            if origin.epoch == ctx.epoch {
+                return; // ours: delivered locally already
+            }
+            self.clash.seen(ctx, "its broadcasts are in the stream");
         }
         match self.senders.arrive(&origin) {
             Arrival::Duplicate => {
@@ -312,7 +436,32 @@ mod tests {
             seq: 1,
         });
         assert_eq!(s.last.len(), MAX_SENDERS);
-        assert!(s.last.contains_key(&ids[0]));
-        assert!(!s.last.contains_key(&ids[1]));
+        assert!(s.last.contains_key(&(ids[0].clone(), 1)));
+        assert!(!s.last.contains_key(&(ids[1].clone(), 1)));
+    }
+
+    #[test]
+    fn two_processes_with_one_id_keep_their_own_sequences() {
+        let mut s = Senders::default();
+        for seq in 1..=3 {
+            assert_eq!(s.arrive(&from(b"a", 1, seq)), Arrival::Next);
+            assert_eq!(s.arrive(&from(b"a", 2, seq)), Arrival::Next);
+        }
+        assert_eq!(s.arrive(&from(b"a", 1, 3)), Arrival::Duplicate);
+        assert_eq!(s.arrive(&from(b"a", 2, 2)), Arrival::Duplicate);
+    }
+
+    #[test]
+    fn client_list_counts_other_live_connections_with_the_name() {
+        let list = "id=3 addr=127.0.0.1:1 name=wsgate-subscriber:a age=9 idle=0 flags=b\n\
+                    id=4 addr=127.0.0.1:2 name=wsgate-subscriber:a age=9 idle=1 flags=b\n\
+                    id=5 addr=127.0.0.1:3 name=wsgate-subscriber:a age=99 idle=60 flags=b\n\
+                    id=6 addr=127.0.0.1:4 name=wsgate-subscriber:ab age=9 idle=0 flags=b\n\
+                    id=7 addr=127.0.0.1:5 name=wsgate-publisher:a age=9 idle=0 flags=N\n";
+        let name = connection_name(Link::Subscriber, "a");
+        assert_eq!(others_named(list, &name, 3), 1, "4: 3 is ours, 5 is stale");
+        assert_eq!(others_named(list, &name, 4), 1);
+        assert_eq!(others_named(list, &name, 8), 2);
+        assert_eq!(others_named("", &name, 3), 0);
     }
 }

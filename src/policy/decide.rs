@@ -57,8 +57,8 @@ pub struct Grant {
     pub channel: ChannelConfig,
     pub may_publish: bool,
     pub subprotocol: Option<&'static str>,
-    /// Broadcasts reach this client in the envelope (`wsgate.v1.json`, answered only on a
-    /// channel that keeps a history).
+    /// Broadcasts reach this client in the envelope (`wsgate.v1.json`, answered on broadcast
+    /// channels only).
     pub envelope: bool,
     /// What the client asked of the channel's history (`Live` on a channel without one).
     pub recall: Recall,
@@ -274,9 +274,9 @@ pub fn decide(
                 user: user.as_deref().map_or_else(String::new, safe_user),
             },
         })?;
-    // The envelope and history requests exist only where a history is kept: elsewhere
-    // `wsgate.v1.json` is not answered and `last`/`since` are the app's query keys.
-    let envelope = envelope && channel.history.is_some();
+    // The envelope wraps broadcasts: it is answered on broadcast channels only. History
+    // requests exist only where a history is kept: elsewhere `last`/`since` are the app's keys.
+    let envelope = envelope && channel.mode == crate::config::Mode::Broadcast;
     let recall = match channel.history {
         Some(_) => recall(target.query.as_deref(), envelope).map_err(Reason::Recall)?,
         None => Recall::Live,

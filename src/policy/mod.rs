@@ -41,8 +41,9 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const MAX_TOKEN_LEN: usize = 512;
 /// The subprotocol a browser lists next to `wsgate.bearer.<token>`; the server answers with it.
 pub const SUBPROTOCOL: &str = "wsgate.v1";
-/// The subprotocol that asks for the envelope (position, epoch, time, sender) around each
-/// broadcast, on a channel that keeps a history (docs/history.md).
+/// The subprotocol that asks for the envelope around each broadcast (the sender as the server
+/// authenticated it, the time, and the position where the channel keeps a history), answered on
+/// broadcast channels (docs/history.md).
 pub const ENVELOPE_SUBPROTOCOL: &str = "wsgate.v1.json";
 /// The subprotocol prefix that carries a bearer token from browsers, which cannot set headers.
 pub const BEARER_SUBPROTOCOL: &str = "wsgate.bearer.";

@@ -47,8 +47,8 @@ pub struct Offered {
     /// it needs an explicitly allowed Origin ([`decide`]).
     pub cookie: bool,
     pub subprotocol: Option<&'static str>,
-    /// `wsgate.v1.json` was listed: the client asks for the envelope (answered only on a channel
-    /// that keeps a history; the decision knows the channel).
+    /// `wsgate.v1.json` was listed: the client asks for the envelope (answered on broadcast
+    /// channels only; the decision knows the channel).
     pub envelope: bool,
 }
 

@@ -3,6 +3,7 @@
 //! closed; and what leaves for the other instances ([`Outbound`]). Never blocks.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crossbeam_channel::TrySendError;
 use tungstenite::Message;
@@ -95,7 +96,9 @@ impl Hub {
         match (ring, history) {
             (Some(ring), Some(keep)) => {
                 let mut ring = ring.lock().unwrap_or_else(|p| p.into_inner());
-                let stamp = self.histories.keep(&mut ring, keep, sender.clone(), msg);
+                let stamp =
+                    self.histories
+                        .keep(&mut ring, keep, sender.clone(), msg, Instant::now());
                 self.fan_out(path, from, msg, &stamp)
             }
             _ => self.fan_out(path, from, msg, &Stamp::now(sender.clone())),

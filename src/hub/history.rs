@@ -157,13 +157,14 @@ impl Histories {
         keep: Retention,
         from: Sender,
         msg: &Message,
+        now: Instant,
     ) -> Stamp {
         ring.last_pos += 1;
         let stamp = Stamp {
             pos: Some(ring.last_pos),
             ..Stamp::now(from)
         };
-        self.expire(ring, keep);
+        self.expire(ring, keep, now);
         while ring.kept.len() >= keep.size.get() {
             self.forget_oldest(ring);
         }
@@ -173,7 +174,7 @@ impl Histories {
                 self.held.fetch_add(len, Ordering::Relaxed);
                 ring.kept.push_back(Kept {
                     stamp: stamp.clone(),
-                    at: Instant::now(),
+                    at: now,
                     msg: msg.clone(),
                 });
                 break;
@@ -201,12 +202,16 @@ impl Histories {
         }
     }
 
-    /// Drops what is older than `keep.ttl`.
-    fn expire(&self, ring: &mut Ring, keep: Retention) {
+    /// Drops what is older than `keep.ttl` at `now`.
+    fn expire(&self, ring: &mut Ring, keep: Retention, now: Instant) {
         let Some(ttl) = keep.ttl else {
             return;
         };
-        while ring.kept.front().is_some_and(|k| k.at.elapsed() >= ttl) {
+        while ring
+            .kept
+            .front()
+            .is_some_and(|k| now.saturating_duration_since(k.at) >= ttl)
+        {
             self.forget_oldest(ring);
         }
     }
@@ -220,9 +225,10 @@ impl Histories {
         keep: Retention,
         recall: &crate::policy::Recall,
         envelope: bool,
+        now: Instant,
     ) -> Replay {
         use crate::policy::Recall;
-        self.expire(ring, keep);
+        self.expire(ring, keep, now);
         let render = |k: &Kept| {
             if envelope {
                 self.envelope(&k.stamp, &k.msg)
@@ -358,6 +364,7 @@ mod tests {
                 keep(3),
                 Sender::Anonymous,
                 &Message::text(i.to_string()),
+                Instant::now(),
             );
         }
         let since = |pos| Recall::Since {
@@ -365,19 +372,19 @@ mod tests {
             pos,
         };
         assert_eq!(
-            texts(&h.replay(&mut ring, keep(3), &Recall::Last(2), false)),
+            texts(&h.replay(&mut ring, keep(3), &Recall::Last(2), false, Instant::now())),
             ["4", "5"]
         );
         assert_eq!(
-            texts(&h.replay(&mut ring, keep(3), &Recall::Last(9), false)),
+            texts(&h.replay(&mut ring, keep(3), &Recall::Last(9), false, Instant::now())),
             ["3", "4", "5"]
         );
         assert_eq!(
-            texts(&h.replay(&mut ring, keep(3), &since(2), false)),
+            texts(&h.replay(&mut ring, keep(3), &since(2), false, Instant::now())),
             ["3", "4", "5"]
         );
         assert_eq!(
-            texts(&h.replay(&mut ring, keep(3), &since(5), false)),
+            texts(&h.replay(&mut ring, keep(3), &since(5), false, Instant::now())),
             Vec::<String>::new()
         );
         let reset = |why: &str| {
@@ -387,11 +394,11 @@ mod tests {
             )]
         };
         assert_eq!(
-            texts(&h.replay(&mut ring, keep(3), &since(1), false)),
+            texts(&h.replay(&mut ring, keep(3), &since(1), false, Instant::now())),
             reset("trimmed")
         );
         assert_eq!(
-            texts(&h.replay(&mut ring, keep(3), &since(6), false)),
+            texts(&h.replay(&mut ring, keep(3), &since(6), false, Instant::now())),
             reset("unknown position")
         );
         let other = Recall::Since {
@@ -399,9 +406,41 @@ mod tests {
             pos: 4,
         };
         assert_eq!(
-            texts(&h.replay(&mut ring, keep(3), &other, false)),
+            texts(&h.replay(&mut ring, keep(3), &other, false, Instant::now())),
             reset("epoch")
         );
+    }
+
+    #[test]
+    fn broadcasts_older_than_the_ttl_are_dropped_and_a_position_among_them_reset() {
+        let h = Histories::new(Arc::new(Budget::off()));
+        let ring = h.ring("/c").unwrap();
+        let mut ring = lock(&ring);
+        let keep = Retention {
+            size: NonZeroUsize::new(10).unwrap(),
+            ttl: Some(std::time::Duration::from_secs(60)),
+        };
+        let t0 = Instant::now();
+        let at = |s| t0 + std::time::Duration::from_secs(s);
+        for (i, t) in [(1, 0), (2, 30), (3, 50)] {
+            h.keep(
+                &mut ring,
+                keep,
+                Sender::Anonymous,
+                &Message::text(format!("{i}")),
+                at(t),
+            );
+        }
+        let last =
+            |ring: &mut Ring, n, now| texts(&h.replay(ring, keep, &Recall::Last(n), false, now));
+        assert_eq!(last(&mut ring, 10, at(59)), ["1", "2", "3"]);
+        assert_eq!(last(&mut ring, 10, at(60)), ["2", "3"]);
+        let since = Recall::Since {
+            epoch: h.epoch().to_string(),
+            pos: 1,
+        };
+        assert!(texts(&h.replay(&mut ring, keep, &since, false, at(95)))[0].contains("trimmed"));
+        assert_eq!(last(&mut ring, 10, at(200)), Vec::<String>::new());
     }
 
     #[test]
@@ -448,6 +487,7 @@ mod tests {
                 keep(10),
                 Sender::Anonymous,
                 &Message::binary(vec![0u8; 400]),
+                Instant::now(),
             );
         }
         assert_eq!(ring.kept.len(), 2);
@@ -460,6 +500,7 @@ mod tests {
             keep(10),
             Sender::Anonymous,
             &Message::binary(vec![0u8; 2000]),
+            Instant::now(),
         );
         assert_eq!(s.pos, Some(4));
         assert!(ring.kept.is_empty());
@@ -468,6 +509,9 @@ mod tests {
             epoch: h.epoch().to_string(),
             pos: 3,
         };
-        assert!(texts(&h.replay(&mut ring, keep(10), &since, false))[0].contains("trimmed"));
+        assert!(
+            texts(&h.replay(&mut ring, keep(10), &since, false, Instant::now()))[0]
+                .contains("trimmed")
+        );
     }
 }

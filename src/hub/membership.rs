@@ -6,6 +6,7 @@ use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use tungstenite::Message;
@@ -123,7 +124,9 @@ impl Hub {
             shared: Arc::clone(&shared),
         };
         if let (Some(ring), Some(keep)) = (ring_guard.as_deref_mut(), intake.history) {
-            let replay = self.histories.replay(ring, keep, recall, intake.envelope);
+            let replay = self
+                .histories
+                .replay(ring, keep, recall, intake.envelope, Instant::now());
             let bytes = replay.iter().map(Message::len).sum();
             if !shared.account.try_charge(bytes, Room::Deliveries) {
                 return Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull)));

@@ -296,3 +296,90 @@ fn kept_broadcasts_stay_within_their_share_of_the_memory_cap() {
         assert_eq!(next_data(&mut late), Message::binary(vec![i; 60 << 10]));
     }
 }
+
+#[test]
+fn a_subscriber_whose_access_is_revoked_is_refused_its_recovery_like_its_connection() {
+    let mut s = setup(4);
+    s.set("role:readers", "members", "bob")
+        .set("role:readers", "subscribe", "/chat/*")
+        .set("role:everyone", "members", "alice");
+    let server = s.start();
+    let mut alice = server.connect_as("/chat/room", ALICE);
+    let mut bob = enveloped(&server, "/chat/room", BOB);
+    alice.send(Message::text("before")).unwrap();
+    let got = next_text(&mut bob);
+    let epoch = field(&got, "epoch").trim_matches('"').to_string();
+    // Bob loses the role: his connection ends, and so does his way back to what he missed.
+    s.set("role:readers", "members", "nobody");
+    std::fs::write(server.dir.path().join("wsgate.ini"), s.render()).unwrap();
+    server.reload_and_wait();
+    assert_eq!(close_code(&mut bob), 1008);
+    alice.send(Message::text("after")).unwrap();
+    let again = server.connect_with(
+        &format!("/chat/room?since={epoch}:1"),
+        &[
+            ("Authorization", &basic(BOB.0, BOB.1)),
+            ("Sec-WebSocket-Protocol", ENVELOPE),
+        ],
+    );
+    assert_eq!(status_of(again), 403);
+}
+
+#[test]
+fn an_admin_publish_is_kept_and_enveloped_as_from_the_admin() {
+    let mut s = setup(4);
+    s.set("admin", "listen", "127.0.0.1:0");
+    let server = s.start();
+    let admin = server.admin_addr();
+    // Nobody is subscribed: the reading is kept for whoever comes.
+    let mut tcp = std::net::TcpStream::connect(admin).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let request = format!(
+        "POST /publish?path=/chat/pi HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 4\r\n\r\n21.5"
+    );
+    std::io::Write::write_all(&mut tcp, request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut tcp, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let mut late = enveloped(&server, "/chat/pi?last=1", BOB);
+    let got = next_text(&mut late);
+    assert_eq!(field(&got, "from"), "{\"admin\":true}", "{got}");
+    assert_eq!(field(&got, "data"), "\"21.5\"");
+    assert_eq!(field(&got, "pos"), "1");
+}
+
+#[test]
+fn presence_tells_enveloped_subscribers_who_joins_and_leaves_and_the_admin_lists_them() {
+    let mut s = setup(4);
+    s.set("channel:/chat/*", "presence", "on")
+        .set("admin", "listen", "127.0.0.1:0");
+    let server = s.start();
+    let mut watcher = enveloped(&server, "/chat/room", BOB);
+    let mut alice = server.connect_as("/chat/room", ALICE);
+    let joined = next_text(&mut watcher);
+    assert_eq!(field(&joined, "type"), "\"join\"", "{joined}");
+    assert_eq!(field(&joined, "user"), "\"alice\"");
+    let (status, body) = server.admin_get("/presence?path=/chat/room");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body.trim(),
+        r#"{"path":"/chat/room","subscribers":[{"user":"alice","connections":1},{"user":"bob","connections":1}]}"#
+    );
+    // A plain subscriber gets no notices: its first message is the next broadcast.
+    let mut plain = server.connect_as("/chat/room", BOB);
+    assert_eq!(field(&next_text(&mut watcher), "type"), "\"join\"");
+    alice.send(Message::text("hi")).unwrap();
+    assert_eq!(next_text(&mut plain), "hi");
+    assert_eq!(field(&next_text(&mut watcher), "data"), "\"hi\"");
+    alice.close(None).unwrap();
+    let left = next_text(&mut watcher);
+    assert_eq!(field(&left, "type"), "\"leave\"", "{left}");
+    assert_eq!(field(&left, "user"), "\"alice\"");
+    let (_, body) = server.admin_get("/presence?path=/chat/room");
+    assert_eq!(
+        body.trim(),
+        r#"{"path":"/chat/room","subscribers":[{"user":"bob","connections":2}]}"#
+    );
+    assert_eq!(server.admin_get("/presence?path=/echo").0, 404);
+    assert_eq!(server.admin_get("/presence").0, 400);
+}

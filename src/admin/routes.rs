@@ -1,5 +1,5 @@
 //! What one admin request means: the endpoints by path and method (`/healthz`, `/metrics`,
-//! `/publish`, `/connections`, `/disconnect`), the bearer check, and each endpoint's answer. A
+//! `/publish`, `/connections`, `/disconnect`, `/presence`), the bearer check, and each endpoint's answer. A
 //! publish head passes its checks here before [`super::serve`] reads its body.
 
 use std::fmt::Write as _;
@@ -64,6 +64,7 @@ enum Endpoint {
     Publish,
     Connections,
     Disconnect,
+    Presence,
 }
 
 impl Endpoint {
@@ -74,13 +75,16 @@ impl Endpoint {
             "/publish" => Endpoint::Publish,
             "/connections" => Endpoint::Connections,
             "/disconnect" => Endpoint::Disconnect,
+            "/presence" => Endpoint::Presence,
             _ => return None,
         })
     }
 
     fn method(self) -> &'static str {
         match self {
-            Endpoint::Healthz | Endpoint::Metrics | Endpoint::Connections => "GET",
+            Endpoint::Healthz | Endpoint::Metrics | Endpoint::Connections | Endpoint::Presence => {
+                "GET"
+            }
             Endpoint::Publish | Endpoint::Disconnect => "POST",
         }
     }
@@ -89,7 +93,7 @@ impl Endpoint {
     fn keys(self) -> &'static [&'static str] {
         match self {
             Endpoint::Healthz | Endpoint::Metrics => &[],
-            Endpoint::Publish => &["path"],
+            Endpoint::Publish | Endpoint::Presence => &["path"],
             Endpoint::Connections | Endpoint::Disconnect => FILTER_KEYS,
         }
     }
@@ -173,6 +177,16 @@ fn answer_request(
         Endpoint::Connections => {
             let list = list_connections(&api.hub, &query);
             Answer::json(200, "OK", list).into()
+        }
+        Endpoint::Presence => {
+            let Some(path) = &query.path else {
+                return bad_request("name the channel: /presence?path=/CHANNEL").into();
+            };
+            if (api.broadcast_limit)(path).is_none() {
+                return Answer::text(404, "Not Found", "no broadcast channel serves this path\n")
+                    .into();
+            }
+            Answer::json(200, "OK", list_presence(&api.hub, path)).into()
         }
         Endpoint::Disconnect => {
             if query.is_empty() {
@@ -389,6 +403,27 @@ fn list_connections(hub: &Hub, filter: &Filter) -> String {
     });
     out.push_str(if first { "]\n" } else { "\n]\n" });
     out
+}
+
+/// Who is subscribed to `path` now, as JSON: each user (`null`: anonymous) and their open
+/// connections there.
+fn list_presence(hub: &Hub, path: &str) -> String {
+    let entries: Vec<String> = hub
+        .presence(path)
+        .into_iter()
+        .map(|(user, n)| {
+            format!(
+                "{{\"user\":{},\"connections\":{n}}}",
+                user.as_deref()
+                    .map_or_else(|| "null".to_string(), json_string)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"path\":{},\"subscribers\":[{}]}}\n",
+        json_string(path),
+        entries.join(",")
+    )
 }
 
 #[cfg(test)]

@@ -420,6 +420,9 @@ pub struct ChannelConfig {
     /// `history_size` and `history_ttl`: `Some` when a broadcast channel keeps its last
     /// broadcasts per path (see docs/history.md).
     pub history: Option<Retention>,
+    /// `presence`: enveloped subscribers get a notice when someone joins or leaves their path.
+    /// Default off; broadcast channels only.
+    pub presence: bool,
     /// The section header's line in the config file (`None` if built in code).
     pub line: Option<usize>,
 }

@@ -200,6 +200,8 @@ pub(super) fn channel(
     let limits = ws(s, Some(base))?;
     let backend = backend(s, mode, bases)?;
     let history = history(s, mode, &limits, cluster)?;
+    let presence = s.get(&channel::PRESENCE)?;
+    validate::presence(s, mode, presence)?;
     Ok(ChannelConfig {
         pattern,
         mode,
@@ -208,6 +210,7 @@ pub(super) fn channel(
         on_forbidden: s.get(&channel::ON_FORBIDDEN)?,
         backend,
         history,
+        presence,
         line: s.line,
     })
 }

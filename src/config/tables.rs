@@ -708,6 +708,13 @@ pub(super) mod channel {
         doc: "How long a kept broadcast stays in the history; 0s: until history_size pushes it out.",
     };
 
+    pub(in crate::config) const PRESENCE: Key<bool> = Key {
+        name: "presence",
+        default: Some("off"),
+        parse: parse_bool,
+        doc: "On a mode = broadcast channel: enveloped subscribers are told who joins and leaves their path.",
+    };
+
     pub(in crate::config) static TABLE: Table = Table {
         name: "channel",
         groups: &[
@@ -721,6 +728,7 @@ pub(super) mod channel {
                 &BACKEND_CONNECT_TIMEOUT,
                 &HISTORY_SIZE,
                 &HISTORY_TTL,
+                &PRESENCE,
             ],
         ],
     };

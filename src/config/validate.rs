@@ -357,6 +357,17 @@ pub(super) fn history(
     Ok(())
 }
 
+/// `presence` on broadcast channels only (the notices travel in the broadcast envelope).
+pub(super) fn presence(s: &Section<'_>, mode: Mode, presence: bool) -> Result<(), ConfigError> {
+    if presence && mode != Mode::Broadcast {
+        return Err(s.invalid(
+            Some("presence"),
+            format!("only a mode = broadcast channel has presence; this one is mode = {mode}"),
+        ));
+    }
+    Ok(())
+}
+
 /// At least one channel.
 pub(super) fn something_to_serve(
     source: &Path,

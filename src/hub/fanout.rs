@@ -15,6 +15,15 @@ use crate::config::{Retention, SlowConsumer};
 use crate::memory::{self, Candidate, Charged, Room};
 use crate::ops::metrics::Counter;
 
+/// What a fan-out delivers.
+#[derive(Clone, Copy)]
+enum Delivery<'a> {
+    /// A broadcast: the payload to plain members, the envelope `stamp` makes to enveloped ones.
+    Broadcast(&'a Message, &'a Stamp),
+    /// A presence notice, to enveloped members only.
+    Notice(&'a Message),
+}
+
 /// What leaves this instance for the others, queued for the cluster bridge.
 #[derive(Debug)]
 pub enum Outbound {
@@ -99,10 +108,19 @@ impl Hub {
                 let stamp =
                     self.histories
                         .keep(&mut ring, keep, sender.clone(), msg, Instant::now());
-                self.fan_out(path, from, msg, &stamp)
+                self.fan_out(path, from, Delivery::Broadcast(msg, &stamp))
             }
-            _ => self.fan_out(path, from, msg, &Stamp::now(sender.clone())),
+            _ => self.fan_out(
+                path,
+                from,
+                Delivery::Broadcast(msg, &Stamp::now(sender.clone())),
+            ),
         }
+    }
+
+    /// Sends a presence notice to the enveloped members of `path` but `from`.
+    pub(super) fn notify(&self, path: &str, from: u64, notice: &Message) {
+        self.fan_out(path, Some(from), Delivery::Notice(notice));
     }
 
     /// Queues `msg` for the other instances if a cluster bridge is attached.
@@ -134,15 +152,19 @@ impl Hub {
     /// Delivers a broadcast that another instance published to every member of `path` here.
     /// It is never queued for the bridge again. Never blocks.
     pub fn deliver(&self, path: &str, msg: &Message) {
-        self.fan_out(path, None, msg, &Stamp::now(Sender::Elsewhere));
+        self.fan_out(
+            path,
+            None,
+            Delivery::Broadcast(msg, &Stamp::now(Sender::Elsewhere)),
+        );
     }
 
-    /// Sends `msg` to every member of `path` except `from` (in the envelope `stamp` makes to
-    /// those that asked for it), and to none whose own limits are smaller than what it gets
-    /// (dropped for that member and counted). Each delivery is charged to the member's account
+    /// Sends `what` to every member of `path` except `from` (a broadcast to all, in the
+    /// envelope to those that asked for it; a notice to those only), and to none whose own
+    /// limits are smaller than what it gets (dropped for that member and counted). Each delivery is charged to the member's account
     /// first; those that do not fit under the memory cap are settled by [`Hub::squeeze`].
     /// Returns how many took it (written or queued).
-    fn fan_out(&self, path: &str, from: Option<u64>, plain: &Message, stamp: &Stamp) -> usize {
+    fn fan_out(&self, path: &str, from: Option<u64>, what: Delivery<'_>) -> usize {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         let Some(members) = groups.get(path) else {
             return 0;
@@ -158,13 +180,14 @@ impl Hub {
             if Some(m.id) == from || !m.receives || m.shared.slow.load(Ordering::Acquire) {
                 continue;
             }
-            let (msg, wire) = if m.intake.envelope {
-                (
+            let (msg, wire) = match (what, m.intake.envelope) {
+                (Delivery::Broadcast(plain, stamp), true) => (
                     enveloped.get_or_init(|| self.histories.envelope(stamp, plain)),
                     &enveloped_wire,
-                )
-            } else {
-                (plain, &plain_wire)
+                ),
+                (Delivery::Broadcast(plain, _), false) => (plain, &plain_wire),
+                (Delivery::Notice(notice), true) => (notice, &plain_wire),
+                (Delivery::Notice(_), false) => continue,
             };
             if msg.len() > m.intake.max_message {
                 // Its write buffer may be too small to ever take it: retried, it would wedge

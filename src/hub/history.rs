@@ -280,12 +280,7 @@ impl Histories {
             out.push_str(&format!(",\"pos\":{pos},\"epoch\":\"{}\"", self.epoch));
         }
         out.push_str(&format!(",\"time\":{},\"from\":", stamp.time_ms));
-        match &stamp.from {
-            Sender::User(name) => json_string(&mut out, name),
-            Sender::Anonymous => out.push_str("{\"anonymous\":true}"),
-            Sender::Admin => out.push_str("{\"admin\":true}"),
-            Sender::Elsewhere => out.push_str("null"),
-        }
+        sender_json(&mut out, &stamp.from);
         match msg {
             Message::Binary(bytes) => {
                 out.push_str(",\"binary\":true,\"data\":\"");
@@ -312,6 +307,37 @@ impl Histories {
     /// Bytes kept over all paths.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// Who joined or left a path, for `presence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Join,
+    Leave,
+}
+
+/// `{"type":"join",…}` or `{"type":"leave",…}`: `who` opened or closed a connection on the path.
+pub fn notice(what: Presence, who: &Sender) -> Message {
+    let mut out = String::with_capacity(96);
+    out.push_str(match what {
+        Presence::Join => "{\"type\":\"join\"",
+        Presence::Leave => "{\"type\":\"leave\"",
+    });
+    out.push_str(&format!(",\"time\":{},\"user\":", unix_ms()));
+    sender_json(&mut out, who);
+    out.push('}');
+    Message::text(out)
+}
+
+/// Appends a sender as the envelope names it: the user's name as a string, or an object for
+/// the anonymous and the admin API, `null` for another instance.
+fn sender_json(out: &mut String, from: &Sender) {
+    match from {
+        Sender::User(name) => json_string(out, name),
+        Sender::Anonymous => out.push_str("{\"anonymous\":true}"),
+        Sender::Admin => out.push_str("{\"admin\":true}"),
+        Sender::Elsewhere => out.push_str("null"),
     }
 }
 

@@ -62,17 +62,34 @@ pub struct Intake {
     /// What its channel keeps of the broadcasts on its path (`history_size`, `history_ttl`):
     /// what it publishes is kept so.
     pub history: Option<Retention>,
+    /// Its path's enveloped members are told when it joins and leaves (`presence`).
+    pub presence: bool,
 }
 
+/// The longest header of a server frame (no mask): 2 bytes, and 8 of extended length.
+const MAX_FRAME_HEADER: usize = 14;
+
 impl Intake {
-    /// The intake a connection of this channel gets; `envelope` when it asked for it.
+    /// The intake a connection of this channel gets; `envelope` when it asked for it. An
+    /// enveloped member is sent envelopes larger than the payloads inside them: its bound is
+    /// what its write buffer always takes (`max_write_buffer_size` less `write_buffer_size` and
+    /// a frame header, which the config holds to at least `max_message_size`).
     pub fn of(channel: &ChannelConfig, envelope: bool) -> Intake {
+        let limits = &channel.limits;
+        let max_message = if envelope {
+            (limits.max_write_buffer_size.get())
+                .saturating_sub(limits.write_buffer_size + MAX_FRAME_HEADER)
+                .max(limits.max_message_size.get())
+        } else {
+            limits.max_message_size.get()
+        };
         Intake {
-            outbox: channel.limits.outbox.get(),
-            slow_consumer: channel.limits.slow_consumer,
-            max_message: channel.limits.max_message_size.get(),
+            outbox: limits.outbox.get(),
+            slow_consumer: limits.slow_consumer,
+            max_message,
             envelope,
             history: channel.history,
+            presence: channel.presence,
         }
     }
 }

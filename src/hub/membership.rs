@@ -11,7 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, TryRecvError};
 use tungstenite::Message;
 
-use super::history::{RecallRefused, Sender};
+use super::history::{Presence, RecallRefused, Sender, notice};
 use super::member::{Intake, Member, MemberShared, Traffic, discard_queued, take_queued};
 use super::waker::Waker;
 use super::{Hub, HubClosed};
@@ -32,6 +32,8 @@ pub struct Membership {
     /// Who its broadcasts are from, as the upgrade authenticated it.
     from: Sender,
     intake: Intake,
+    /// Its path was told it joined ([`Membership::announce`]): it is told it left.
+    announced: AtomicBool,
 }
 
 /// Why a connection could not join.
@@ -152,6 +154,7 @@ impl Hub {
             shared,
             from,
             intake,
+            announced: AtomicBool::new(false),
         }))
     }
 }
@@ -167,6 +170,20 @@ impl Membership {
     pub fn publish(&self, msg: &Message) {
         self.hub
             .publish(&self.path, self.id, &self.from, self.intake.history, msg);
+    }
+
+    /// What this member takes from the hub.
+    pub fn intake(&self) -> Intake {
+        self.intake
+    }
+
+    /// The connection is open (its loop runs): on a channel with `presence`, its path's
+    /// enveloped members are told it joined, and they will be told when it leaves.
+    pub fn announce(&self) {
+        if self.intake.presence && !self.announced.swap(true, Ordering::AcqRel) {
+            self.hub
+                .notify(&self.path, self.id, &notice(Presence::Join, &self.from));
+        }
     }
 
     /// Gives the hub the connection's socket, so that ending a member without a waker can wake
@@ -239,6 +256,10 @@ impl Drop for Membership {
             }
         }
         drop(groups);
+        if self.announced.load(Ordering::Acquire) {
+            self.hub
+                .notify(&self.path, self.id, &notice(Presence::Leave, &self.from));
+        }
         // Out of the hub, so no fan-out charges it any more: whatever it still holds (outbox,
         // write buffer, a message half read) is given back.
         self.shared.account.release_all();

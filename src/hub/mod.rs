@@ -223,6 +223,22 @@ impl Hub {
             .map_or(0, Vec::len)
     }
 
+    /// Who is subscribed to `path` now: each user (None: anonymous) with their open
+    /// connections, in name order. Members still in their handshake, and those that take no
+    /// broadcasts, are not subscribers.
+    pub fn presence(&self, path: &str) -> Vec<(Option<String>, usize)> {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        let mut who: std::collections::BTreeMap<Option<&str>, usize> = Default::default();
+        for m in groups.get(path).into_iter().flatten() {
+            if m.receives && m.shared.profile.get().is_some() {
+                *who.entry(m.shared.holder.user.as_deref()).or_default() += 1;
+            }
+        }
+        who.into_iter()
+            .map(|(user, n)| (user.map(str::to_string), n))
+            .collect()
+    }
+
     /// Members on all paths.
     pub fn total_members(&self) -> usize {
         self.groups
@@ -280,6 +296,7 @@ mod fixtures {
             max_message: 1024,
             envelope: false,
             history: None,
+            presence: false,
         }
     }
 

@@ -97,7 +97,8 @@ pub fn run(
     };
     watch_client(&mut wire.ws, &member, channel, limits);
     if rights.mode == Mode::Broadcast {
-        let send_buffer = frames::send_buffer_for(channel.max_message_size.get());
+        // The largest message the hub sends it: an envelope may be larger than a payload.
+        let send_buffer = frames::send_buffer_for(member.intake().max_message);
         wire.ws.get_mut().get_mut().set_send_buffer(send_buffer);
     }
     let wire = Arc::new(Mutex::new(wire));
@@ -108,6 +109,7 @@ pub fn run(
             .shared
             .direct
             .set(Arc::clone(&wire) as Arc<dyn DirectWrite>);
+        member.announce();
     }
     let mut conn = Conn {
         wire,

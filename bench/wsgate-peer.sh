@@ -10,7 +10,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${WSGATE_BIN:-$ROOT/target/release/wsgate}
 DIR=${WSGATE_PEER_DIR:-$(mktemp -d /tmp/wsgate-peer.XXXXXX)}
 mkdir -p "$DIR"
-[[ -s $DIR/users ]] || printf 'bench\n' | "$BIN" passwd "$DIR/users" bench 2>/dev/null
+# The harness's password is shorter than `wsgate passwd`'s minimum: --min-length 1 (a baseline
+# binary older than that option takes the password as it is).
+[[ -s $DIR/users ]] || printf 'bench\n' | "$BIN" passwd --min-length 1 "$DIR/users" bench 2>/dev/null \
+  || printf 'bench\n' | "$BIN" passwd "$DIR/users" bench 2>/dev/null
 cat >"$DIR/wsgate.ini" <<INI
 [server]
 listen = 127.0.0.1:$PORT

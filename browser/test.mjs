@@ -11,7 +11,11 @@
 //       HttpOnly session cookie: no URL carries the password, the server logs `auth=session`
 //       with the same session id throughout;
 //   (d) a wrong password makes the page say "login failed" at once, and it opens no WebSocket
-//       and does not retry.
+//       and does not retry;
+//   (e) a second tab of a logged-in browser connects with the session cookie, without a second
+//       login, and "Log out" in it ends the session in both tabs: the server clears the cookie
+//       (POST /logout), and a reloaded page stays signed out;
+//   (f) once failed logins reach the throttle, the page says how long to wait (Retry-After).
 //
 // Usage: node browser/test.mjs  (after `cargo build --release`). Environment: WSGATE_BIN (the
 // binary; default $CARGO_TARGET_DIR or ./target, then release/wsgate), CHROMIUM (default
@@ -335,13 +339,58 @@ async function run() {
   );
   console.log('ok (d) a wrong password says "login failed" and opens no WebSocket');
 
+  // (e) a second tab in alice's browser: connected by the cookie alone, no second login.
+  const beforeTab = log.length;
+  const a2 = await openDemo(ctxA, site, errors);
+  await a2.waitForSelector('body[data-state="connected"]');
+  check((await a2.textContent('#who')).includes('as alice'), 'the second tab does not say who');
+  await waitForLog(
+    'the second tab opens with alice\'s session cookie',
+    new RegExp(`open peer=\\S+ user="alice" auth=session session=\\S+ path=${CHANNEL}`),
+    beforeTab,
+  );
+  check(
+    !log.slice(beforeTab).some((l) => /demo login/.test(l)),
+    'the second tab logged in again',
+  );
+  await send(b, 'to both of alice\'s tabs');
+  await received(a2, 'to both of alice\'s tabs');
+  // Log out in the second tab: both tabs sign out, the cookie is gone, a reload stays out.
+  await a2.click('#logout');
+  await a2.waitForSelector('body[data-state="signed out"]');
+  await a.waitForSelector('body[data-state="signed out"]');
+  await waitForLog('the log-out', /demo logout peer=\S+ status=204/, beforeTab);
+  const left = (await ctxA.cookies(site)).find((c) => c.name === '__Host-wsgate_session');
+  check(!left, 'the session cookie survived the log-out');
+  const socketsA2 = [];
+  a2.on('websocket', (ws) => socketsA2.push(ws.url()));
+  await a2.reload();
+  await a2.waitForSelector('body[data-state="signed out"]');
+  check(socketsA2.length === 0, 'the page opened a WebSocket after the log-out');
+  console.log('ok (e) a second tab rode the cookie without a login; log-out ended both tabs');
+
+  // (f) wrong passwords until the throttle: the page says how long to wait.
+  for (let i = 0; i < 8; i += 1) {
+    await c.fill('#user', ALICE.user);
+    await c.fill('#pass', `wrong-${i}`);
+    const said = await c.locator('#messages li.info').count();
+    await c.click('#login-button');
+    await c.waitForFunction((n) => document.querySelectorAll('#messages li.info').length > n, said);
+    const state = await c.getAttribute('body', 'data-state');
+    if (/too many failed logins; try again in \d+ s/.test(state)) {
+      console.log(`ok (f) the throttled page says: ${state}`);
+      break;
+    }
+    check(i < 7, `never throttled; the page says: ${state}`);
+  }
+
   fs.mkdirSync(path.dirname(screenshot), { recursive: true });
   await a.screenshot({ path: screenshot, fullPage: true });
   console.log(`screenshot: ${screenshot}`);
 
   check(errors.length === 0, `browser errors:\n${errors.join('\n')}`);
   const bad = log.filter((l) =>
-    /panick|alice-browser-pw|bob-browser-pw|not-alices-password|pass=/.test(l),
+    /panick|alice-browser-pw|bob-browser-pw|not-alices-password|wrong-\d|pass=/.test(l),
   );
   check(bad.length === 0, `server log has a panic or a secret:\n${bad.join('\n')}`);
 }

@@ -24,7 +24,7 @@ BIN=${WSGATE_BIN:-$ROOT/target/release/wsgate}
 
 DIR=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
-echo bench | "$BIN" passwd "$DIR/users" bench 2>/dev/null
+echo bench | "$BIN" passwd --min-length 1 "$DIR/users" bench 2>/dev/null
 PORT=$((20000 + RANDOM % 20000))
 . "$ROOT/scripts/idle-config.sh"
 write_idle_config "$DIR/wsgate.ini" "listen = 127.0.0.1:$PORT

@@ -28,7 +28,7 @@ run(["cargo", "build", "--release", "-q"], cwd=ROOT)
 binary = os.path.join(ROOT, "target", "release", "wsgate")
 
 with tempfile.TemporaryDirectory() as d:
-    subprocess.run([binary, "passwd", os.path.join(d, "users"), "bench"], input=b"bench\n", check=True,
+    subprocess.run([binary, "passwd", "--min-length", "1", os.path.join(d, "users"), "bench"], input=b"bench\n", check=True,
                    stderr=subprocess.DEVNULL)
     port = 20000 + os.getpid() % 20000
     with open(os.path.join(d, "wsgate.ini"), "w") as f:

@@ -12,9 +12,13 @@ use wsgate::config::Config;
 use wsgate::server::Server;
 
 /// What a change to the users or tokens file needs before clients see it.
-const APPLY_HINT: &str = "a running wsgate applies this by itself within [tls] \
-reload_check_interval (60 s by default), or at once on `systemctl reload wsgate`; under the \
-packaged unit, whose users and tokens are credentials copied at start, `systemctl restart wsgate`";
+const APPLY_HINT: &str = "a running wsgate, in the foreground or as a service, applies this by \
+itself within a second ([tls] reload_check_interval), or at once on SIGHUP (`systemctl reload \
+wsgate`); under the packaged unit, whose users and tokens are credentials copied at start, run \
+`systemctl restart wsgate`";
+
+/// Where the Debian package keeps its configuration; `wsgate cert` there fits its config.
+const PACKAGED_DIR: &str = "/etc/wsgate";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,8 +65,8 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Passwd { file, user, delete } => {
-            match wsgate::cli::passwd::run(&file, &user, delete) {
+        Command::Passwd { file, user, action } => {
+            match wsgate::cli::passwd::run(&file, &user, action) {
                 Ok(()) => {
                     eprintln!("{APPLY_HINT}");
                     ExitCode::SUCCESS
@@ -108,11 +112,24 @@ fn cert(dir: &Path, extra: Vec<String>, days: u32, force: bool) -> ExitCode {
                 made.expires,
                 made.fingerprint
             );
+            if dir == Path::new(PACKAGED_DIR) {
+                println!(
+                    "the packaged {PACKAGED_DIR}/wsgate.ini names them already (cert = {}, key = \
+                     credential:wsgate.key, which the unit loads from {}); `systemctl restart \
+                     wsgate` serves them",
+                    cert.display(),
+                    key.display()
+                );
+            } else {
+                println!(
+                    "set [tls] cert = {} and key = {} (and self_signed = false)",
+                    cert.display(),
+                    key.display()
+                );
+            }
             println!(
-                "set [tls] cert = {} and key = {} (and self_signed = false); clients must be told \
-                 to trust this certificate, e.g. `websocat --cafile {}` or by importing it",
-                cert.display(),
-                key.display(),
+                "clients must be told to trust this certificate, e.g. `SSL_CERT_FILE={} websocat \
+                 wss://…` or by importing it",
                 cert.display()
             );
             ExitCode::SUCCESS

@@ -677,7 +677,7 @@ fn check_access_refuses_a_user_who_is_not_in_the_users_file() {
 
 #[test]
 fn check_config_warns_when_nobody_can_log_in_and_when_secrets_are_readable() {
-    let (dir, config, _ca) = Setup::default().write();
+    let (dir, config, ca) = Setup::default().write();
     let users = dir.path().join("users");
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = run_wsgate(["check-config".as_ref(), config.as_os_str()]);
@@ -694,8 +694,29 @@ fn check_config_warns_when_nobody_can_log_in_and_when_secrets_are_readable() {
         "{text}"
     );
 
-    std::fs::write(&users, "").unwrap();
+    // The TLS key too: serve warns as it loads it, check-config says so.
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = run_wsgate(["check-config".as_ref(), config.as_os_str()]);
+    let text = stdout_of_success(out);
+    assert!(
+        text.contains("warning: TLS private key ")
+            && text.contains("can be read by group or others (mode 640)"),
+        "{text}"
+    );
+    let server = Server::spawn(dir, &config, ca);
+    assert!(
+        server.logs().contains("TLS private key ")
+            && server
+                .logs()
+                .contains("is accessible by group/others (mode 640)"),
+        "{}",
+        server.logs()
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    std::fs::write(&users, "").unwrap();
     let out = run_wsgate(["check-config".as_ref(), config.as_os_str()]);
     let text = stdout_of_success(out);
     assert!(

@@ -526,9 +526,15 @@ fn concurrent_passwd_runs_never_lose_a_change() {
         std::fs::write(&users, users_file_text()).unwrap();
         let victim = if i % 2 == 0 { "bob" } else { "alice" };
         let (first, second) = (format!("new{i}a"), format!("new{i}b"));
-        let a = spawn_wsgate(&[&os("passwd"), users.as_os_str(), &os(&first)], "pw-a\n");
+        let a = spawn_wsgate(
+            &[&os("passwd"), users.as_os_str(), &os(&first)],
+            "pw-a-long-enough\n",
+        );
         let b = if i % 4 < 2 {
-            spawn_wsgate(&[&os("passwd"), users.as_os_str(), &os(&second)], "pw-b\n")
+            spawn_wsgate(
+                &[&os("passwd"), users.as_os_str(), &os(&second)],
+                "pw-b-long-enough\n",
+            )
         } else {
             spawn_wsgate(
                 &[

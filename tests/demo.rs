@@ -238,6 +238,51 @@ fn the_demo_login_sets_the_session_cookie_or_says_why_not() {
 }
 
 #[test]
+fn the_demo_logout_clears_the_cookie_only_for_the_pages_own_origins() {
+    let mut setup = Setup::default();
+    setup.set("demo", "enabled", "true");
+    let server = setup.start();
+    let logout = |origin: Option<&str>| {
+        let origin = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        server.raw_request(
+            format!(
+                "POST /logout HTTP/1.1\r\nHost: localhost\r\n{origin}Content-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    // From an allowed origin: 204, the cookie set empty and expired, one info line.
+    let answer = logout(Some(ORIGIN_OK));
+    assert!(answer.starts_with("HTTP/1.1 204 "), "{answer}");
+    let cookie = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .unwrap_or_else(|| panic!("no cookie in {answer}"));
+    assert!(
+        cookie.starts_with("__Host-wsgate_session=;")
+            && cookie.contains("Secure; HttpOnly; SameSite=Strict; Path=/")
+            && cookie.ends_with("Max-Age=0"),
+        "{cookie}"
+    );
+    assert!(server.wait_log("demo logout peer=", IO_TIMEOUT));
+    // No Origin, or a foreign one: 403, nothing cleared (a foreign page cannot log anyone out).
+    for origin in [None, Some("https://evil.example")] {
+        let answer = logout(origin);
+        assert!(answer.starts_with("HTTP/1.1 403 "), "{origin:?}: {answer}");
+        assert!(!answer.contains("Set-Cookie"), "{answer}");
+    }
+    // With the demo off there is no log-out: 405 as for any POST.
+    let off = Setup::default().start();
+    let answer = off.raw_request(
+        format!("POST /logout HTTP/1.1\r\nHost: localhost\r\nOrigin: {ORIGIN_OK}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+}
+
+#[test]
 fn a_login_body_short_of_its_length_or_chunked_gets_its_status_at_once_or_at_its_deadline() {
     // The upgrade deadline is far off: the short body's 408 comes from the login body's own.
     let mut setup = Setup::default();

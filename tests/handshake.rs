@@ -121,20 +121,45 @@ fn oversized_head_is_431_quickly_even_dripped_byte_by_byte() {
 }
 
 #[test]
-fn plain_http_on_the_tls_port_is_dropped_with_a_debug_line() {
+fn plain_http_on_the_tls_port_gets_a_plain_400_saying_to_use_https() {
     let server = Setup::default().start();
-    let mut tcp = server.tcp();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let t0 = Instant::now();
-    let mut sink = Vec::new();
-    let _ = tcp.read_to_end(&mut sink);
-    assert!(t0.elapsed() < Duration::from_secs(3), "not dropped at once");
+    // What a browser sends for http://localhost:PORT/ and a client for ws://.
+    for request in [
+        "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_string(),
+        format!(
+            "GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
+        ),
+    ] {
+        let mut tcp = server.tcp();
+        tcp.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer)
+            .unwrap_or_else(|e| panic!("no plain answer: {e}; log:\n{}", server.logs()));
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("Connection: close\r\n"), "{answer}");
+        assert!(
+            answer.contains("use https:// (or wss:// for a WebSocket) instead of http://"),
+            "{answer}"
+        );
+    }
+    // One debug line each (browsers and scanners would flood the log at a higher level).
     assert!(
-        server.wait_log("tls handshake failed", IO_TIMEOUT),
+        server.wait_log("plain HTTP on the TLS port", IO_TIMEOUT),
         "{}",
         server.logs()
     );
+    assert!(
+        server
+            .logs()
+            .lines()
+            .any(|l| l.contains("plain HTTP on the TLS port") && l.contains("DEBUG"))
+    );
+    // A TLS client is not mistaken for one.
     still_serving(&server);
     assert!(!server.logs().contains("panicked"));
 }

@@ -237,6 +237,9 @@ fn settings_of(config: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The packaged config's listen line.
+const PACKAGED_LISTEN: &str = "listen = [::]:443";
+
 /// The packaged config with /etc/wsgate and /var/lib/wsgate moved into `dir`, next to a
 /// certificate, key, users file (alice) and tokens file: `dir` then stands for /etc/wsgate and
 /// for `$CREDENTIALS_DIRECTORY`, whose files have the same names.
@@ -244,20 +247,27 @@ fn installed_copy(dir: &TempDir) -> PathBuf {
     let etc = format!("{}/", dir.path().display());
     let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(dir.path().join("wsgate.crt"), pair.cert.pem()).unwrap();
-    std::fs::write(
-        dir.path().join("wsgate.key"),
-        pair.signing_key.serialize_pem(),
-    )
-    .unwrap();
+    let key = dir.path().join("wsgate.key");
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    // As `wsgate cert` writes it (check-config warns about a key others can read).
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     for f in ["users", "tokens"] {
         let to = dir.path().join(f);
         std::fs::copy(repo(&format!("packaging/{f}")), &to).unwrap();
         // As the package installs them (git keeps no modes but the executable bit).
         std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     }
-    let config = read("packaging/wsgate.ini")
+    // Port 0 on loopback: check-config binds the listen address to try it, and 443 may be taken
+    // on the test machine or need root.
+    let packaged = read("packaging/wsgate.ini");
+    assert!(
+        packaged.contains(PACKAGED_LISTEN),
+        "the packaged listen line moved"
+    );
+    let config = packaged
         .replace(ETC, &etc)
-        .replace(STATE, &format!("{etc}state/"));
+        .replace(STATE, &format!("{etc}state/"))
+        .replace(PACKAGED_LISTEN, "listen = 127.0.0.1:0");
     let path = dir.path().join("wsgate.ini");
     std::fs::write(&path, config).unwrap();
     path
@@ -330,11 +340,27 @@ fn packaged_config_passes_check_config() {
         );
     }
 
-    // Outside the service, without $CREDENTIALS_DIRECTORY, the error says what is missing.
+    // README's Pi block runs `sudo wsgate check-config /etc/wsgate/wsgate.ini` by hand, without
+    // $CREDENTIALS_DIRECTORY: it reads the credentials where the unit's LoadCredential= takes
+    // them from, the config's directory, and says so.
     let (out, text) = wsgate(&["check-config", config], None);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "credential: paths read from {}, where the packaged unit's LoadCredential= takes them from",
+            dir.path().display()
+        )) && text.contains("1 user, 1 API token"),
+        "{text}"
+    );
+    // serve by hand says which variable to set, and to what.
+    let (out, text) = wsgate(&["serve", config], None);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
-        text.contains("[tls] key: credential: paths need $CREDENTIALS_DIRECTORY"),
+        text.contains("[tls] key: credential: paths need $CREDENTIALS_DIRECTORY")
+            && text.contains(&format!(
+                "`CREDENTIALS_DIRECTORY={} wsgate ...`",
+                dir.path().display()
+            )),
         "{text}"
     );
 }

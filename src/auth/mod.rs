@@ -67,7 +67,9 @@ impl Credentials {
         }
     }
 
-    /// Swaps in reloaded users, tokens and session settings; new checks use them at once.
+    /// Swaps in reloaded users, tokens and session settings; new checks use them at once. The
+    /// failed logins counted so far are forgiven ([`LoginThrottle::forgive_all`]): they were
+    /// checked against what the reload replaced.
     pub fn reload(&self, users: UserStore, tokens: TokenStore, sessions: Option<SessionSettings>) {
         self.users.replace_store(users);
         *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
@@ -75,6 +77,7 @@ impl Credentials {
             .sessions
             .write()
             .unwrap_or_else(PoisonError::into_inner) = sessions.map(Arc::new);
+        self.throttle.forgive_all();
     }
 
     pub fn for_peer(&self, ip: IpAddr) -> PeerCheck<'_> {
@@ -138,8 +141,14 @@ impl Credentials {
     /// The once-per-window line when a failure blocked the address or the name.
     fn log_trip(&self, ip: IpAddr, user: Option<&str>, logging: Logging) {
         if logging.tripped() {
+            let secs = self
+                .throttle
+                .blocked_for(ip, user, Instant::now())
+                .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
             log::warn!(
-                "login throttled: peer={ip} user=\"{}\": too many failed logins; further attempts get 429 until the window ends",
+                "login throttled: peer={ip} user=\"{}\": too many failed logins; further attempts \
+                 get 429 for {secs} s (a reload, `systemctl reload wsgate` or SIGHUP, lifts it \
+                 at once)",
                 user.map_or_else(String::new, safe_user)
             );
         }

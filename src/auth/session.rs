@@ -158,6 +158,15 @@ impl SessionKey {
         }
     }
 
+    /// Reads the key file as [`SessionKey::load_or_create`] does, without creating it: `None`
+    /// while there is none (what `check-config` asks; `serve` would create it).
+    ///
+    /// # Errors
+    /// As [`SessionKey::load_or_create`], for a file that exists.
+    pub fn load_existing(path: &Path) -> Result<Option<SessionKey>, SessionError> {
+        read_key(path)
+    }
+
     /// An identifier of this key, for telling after a reload whether sessions are still signed
     /// with the key a live connection's session was verified with: the first 8 bytes of
     /// HMAC-SHA256(key, a fixed label). Says nothing about the key itself.

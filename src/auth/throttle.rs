@@ -256,6 +256,15 @@ impl<K: Hash + Eq + Clone> Counters<K> {
         w.in_flight = w.in_flight.saturating_add(1);
     }
 
+    /// Forgets every counted failure; windows with attempts in flight keep them.
+    fn forgive(&mut self) {
+        self.map.retain(|_, w| w.in_flight > 0);
+        for w in self.map.values_mut() {
+            w.failures = 0;
+            w.sources.clear();
+        }
+    }
+
     /// Gives back a reservation (the window may have been evicted meanwhile: then nothing).
     fn release<Q>(&mut self, key: &Q)
     where
@@ -500,6 +509,23 @@ impl LoginThrottle {
             }
         }
         state.trusted.insert(key, now);
+    }
+
+    /// Forgets every failure counted so far, from every address and against every name, and so
+    /// lifts every block (attempts in flight still settle; trusted addresses stay trusted).
+    /// Called on reload: the admin changed the credentials or the config, and failures against
+    /// what was there before — a token tried before the server had loaded it, a password typed
+    /// before `wsgate passwd` ran — must not keep the admin out of their own server.
+    pub fn forgive_all(&self) {
+        let mut state = self.lock();
+        state.ips.forgive();
+        state.users.forgive();
+    }
+
+    /// How long `ip` (and `user`, when given) stays blocked, if it is.
+    #[must_use]
+    pub fn blocked_for(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> Option<Duration> {
+        self.check(ip, user, now).err().map(|b| b.retry_after)
     }
 
     /// How many addresses and names are tracked now (each at most `capacity`).

@@ -11,7 +11,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -306,6 +306,19 @@ impl UserStore {
     #[must_use]
     pub fn contains(&self, name: &str) -> bool {
         self.users.contains_key(name)
+    }
+
+    /// Whether `password` is `user`'s password here (one Argon2 run; false for an unknown user).
+    /// For start-up checks, not for logins: those go through [`crate::auth::password`].
+    #[must_use]
+    pub fn accepts(&self, user: &str, password: &str) -> bool {
+        self.users.get(user).is_some_and(|hash| {
+            PasswordHash::new(hash).is_ok_and(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
     }
 
     /// User names in file order.

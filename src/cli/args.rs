@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::admin::Filter;
+use crate::cli::passwd;
 use crate::config::suggest;
 
 /// Where `serve` and the commands look for the config when none is named.
@@ -42,8 +43,11 @@ exit status: 0 after a clean shutdown, 2 for a configuration error, 1 for a runt
         usage: "\
 usage: wsgate check-config [FILE | --config FILE]
 
-Loads the config FILE (default /etc/wsgate/wsgate.ini), its users and tokens files and its
-certificate as `serve` would, prints warnings about access rules that cannot work, and exits.
+Loads the config FILE (default /etc/wsgate/wsgate.ini), its users, tokens and session key files,
+its certificate and key (paired as `serve` pairs them), and tries to bind each listen address,
+as `serve` would; prints warnings about access rules that cannot work and set-ups that are not
+safe, and exits. Without $CREDENTIALS_DIRECTORY, credential: paths are read from the config's
+directory, where the packaged unit's LoadCredential= takes them from.
 
 exit status: 0 if the server would start with it, 2 with the first error (file, line and key)",
     },
@@ -62,13 +66,16 @@ exit status: 0, or 2 if the config cannot be loaded",
         name: "passwd",
         summary: "add a user, change a password, or remove a user",
         usage: "\
-usage: wsgate passwd FILE USER
+usage: wsgate passwd [--min-length N] FILE USER
        wsgate passwd --delete FILE USER
 
 Adds USER to the users FILE or changes the password (Argon2id). The password is read from the
 terminal without echo, or as one line from stdin; never from the command line. The file is
-rewritten atomically, mode 0600. A running server picks the change up by itself (see
-reload_check_interval), or at once with `systemctl reload wsgate`.
+rewritten atomically, mode 0600. A running server picks the change up by itself within a second
+(see reload_check_interval), or at once on SIGHUP (`systemctl reload wsgate`).
+
+options:
+  --min-length N  refuse a password shorter than N characters (default 8)
 
 exit status: 0, or 2 (the file or the input was refused)",
     },
@@ -82,8 +89,8 @@ usage: wsgate token add [--config FILE] USER [--name NAME]
 
 API tokens for devices and services. `add` prints a new token once (only its SHA-256 is stored
 in the tokens file); `list` shows names and hash prefixes; `revoke` removes one. A running server
-picks the change up by itself (see reload_check_interval), or at once with `systemctl reload
-wsgate`.
+picks the change up by itself within a second (see reload_check_interval), or at once on SIGHUP
+(`systemctl reload wsgate`).
 
 exit status: 0, or 2",
     },
@@ -187,7 +194,7 @@ pub enum Command {
     Passwd {
         file: PathBuf,
         user: String,
-        delete: bool,
+        action: crate::cli::passwd::Action,
     },
     CheckAccess {
         config: PathBuf,
@@ -248,7 +255,7 @@ fn options_of(command: &str) -> &'static [(&'static str, bool)] {
     match command {
         "serve" => &[("--config", true), ("-c", true), ("--log-level", true)],
         "check-config" | "check-access" => &[("--config", true), ("-c", true)],
-        "passwd" => &[("--delete", false)],
+        "passwd" => &[("--delete", false), ("--min-length", true)],
         "token" => &[("--config", true), ("-c", true), ("--name", true)],
         "cert" => &[("--name", true), ("--days", true), ("--force", false)],
         "connections" | "disconnect" => &[
@@ -380,14 +387,33 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             };
             Ok(Command::Serve { config, log_level })
         }
-        "passwd" => match positional.as_slice() {
-            [file, user] => Ok(Command::Passwd {
-                file: file.into(),
-                user: user.clone(),
-                delete: flag("--delete"),
-            }),
-            _ => Err(fail("needs FILE and USER".into())),
-        },
+        "passwd" => {
+            let min_length = value(&["--min-length"])?;
+            let action = match (flag("--delete"), min_length) {
+                (true, Some(_)) => {
+                    return Err(fail(
+                        "--min-length applies to a password, not --delete".into(),
+                    ));
+                }
+                (true, None) => passwd::Action::Delete,
+                (false, None) => passwd::Action::Set {
+                    min_length: passwd::MIN_PASSWORD_LEN,
+                },
+                (false, Some(n)) => passwd::Action::Set {
+                    min_length: n.parse().map_err(|_| {
+                        fail(format!("--min-length {n:?} is not a number of characters"))
+                    })?,
+                },
+            };
+            match positional.as_slice() {
+                [file, user] => Ok(Command::Passwd {
+                    file: file.into(),
+                    user: user.clone(),
+                    action,
+                }),
+                _ => Err(fail("needs FILE and USER".into())),
+            }
+        }
         "check-access" => match positional.as_slice() {
             [user, path] => Ok(Command::CheckAccess {
                 config: config()?,
@@ -597,7 +623,15 @@ mod tests {
             Ok(Command::Passwd {
                 file: "users".into(),
                 user: "bob".into(),
-                delete: true
+                action: passwd::Action::Delete
+            })
+        );
+        assert_eq!(
+            parse_str("passwd --min-length 1 users bob"),
+            Ok(Command::Passwd {
+                file: "users".into(),
+                user: "bob".into(),
+                action: passwd::Action::Set { min_length: 1 }
             })
         );
         assert_eq!(

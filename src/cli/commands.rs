@@ -13,11 +13,12 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::admin::{self, Filter, TokenFileError};
 use crate::auth::files::{count, shown};
-use crate::auth::tokens::{self, TokenStore, TokensError};
+use crate::auth::tokens::{self, TokensError};
 use crate::auth::users::{UserStore, UsersError};
 use crate::cli::access_report;
 use crate::config::ClientAuth;
-use crate::config::{Config, ConfigError};
+use crate::config::{CREDENTIALS_ENV, Config, ConfigError};
+use crate::server;
 
 /// Why a command could not run (exit code 2: something in the configuration needs fixing).
 #[derive(Debug)]
@@ -41,6 +42,8 @@ pub enum CommandError {
     },
     /// The admin endpoint could not be reached, or refused the request (a runtime problem).
     Admin(String),
+    /// `check-config`: what `serve` would stop with (certificate, key, bind, ...).
+    Start(crate::server::StartError),
 }
 
 impl CommandError {
@@ -70,33 +73,52 @@ impl fmt::Display for CommandError {
                 write!(f, "[admin] token_file {}: {error}", path.display())
             }
             CommandError::Admin(e) => f.write_str(e),
+            CommandError::Start(e) => e.fmt(f),
         }
     }
 }
 
 impl std::error::Error for CommandError {}
 
-/// Validates the config, the users file and the tokens file, and lists access-rule warnings
-/// (roles naming unknown users, patterns that match no channel, channels no role can use).
+/// Checks a config the way `serve` starts from it ([`server::check`]: users, tokens and session
+/// key files, certificate and key paired, listen addresses tried), and lists access-rule warnings
+/// (roles naming unknown users, patterns that match no channel, channels no role can use) and
+/// what stops a first set-up from working.
+///
+/// `credential:` paths need `$CREDENTIALS_DIRECTORY`, which systemd sets only for the service.
+/// Without it, they are looked up in the config file's directory, where the packaged unit's
+/// `LoadCredential=` lines take them from (`/etc/wsgate`), and a note says so.
 ///
 /// # Errors
 /// The first hard error, naming file, line and key.
 pub fn check_config(path: &Path) -> Result<String, CommandError> {
-    let config = Config::load(path).map_err(CommandError::Config)?;
-    let users = UserStore::load(&config.auth.users_file).map_err(CommandError::Users)?;
-    let tokens = TokenStore::load(&config.auth.tokens_file).map_err(CommandError::Tokens)?;
-    if let Some(file) = config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
-        admin::read_token(file).map_err(|error| CommandError::AdminToken {
-            path: file.clone(),
-            error,
-        })?;
-    }
-    let names: Vec<&str> = users.names().collect();
     let mut out = String::new();
+    let config = match Config::load(path) {
+        Err(_) if std::env::var_os(CREDENTIALS_ENV).is_none() => {
+            let dir = config_dir(path);
+            let config =
+                Config::load_with_credentials(path, Some(&dir)).map_err(CommandError::Config)?;
+            out.push_str(&format!(
+                "note: ${CREDENTIALS_ENV} is not set (systemd sets it for the service only): \
+                 credential: paths read from {}, where the packaged unit's LoadCredential= takes \
+                 them from; to run serve by hand, set {CREDENTIALS_ENV}={}\n",
+                dir.display(),
+                dir.display()
+            ));
+            config
+        }
+        loaded => loaded.map_err(CommandError::Config)?,
+    };
+    let checked = server::check(config.clone()).map_err(CommandError::Start)?;
+    let (users, tokens) = (&checked.users, &checked.tokens);
+    let names: Vec<&str> = users.names().collect();
     for warning in access_report::lint(&config, &names) {
         out.push_str(&format!("warning: {warning}\n"));
     }
-    out.push_str(&first_hour_warnings(&config, &users));
+    out.push_str(&first_hour_warnings(&config, users));
+    for warning in &checked.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
     for (user, name, _) in tokens.list().filter(|(user, _, _)| !users.contains(user)) {
         out.push_str(&format!(
             "warning: {}: token \"{name}\" of user \"{user}\" is orphaned: \"{user}\" is not in {}, \
@@ -104,6 +126,9 @@ pub fn check_config(path: &Path) -> Result<String, CommandError> {
             config.auth.tokens_file.display(),
             config.auth.users_file.display()
         ));
+    }
+    for note in &checked.notes {
+        out.push_str(&format!("note: {note}\n"));
     }
     out.push_str(&format!(
         "{}: ok ({}, {}, {}, {})\n",
@@ -114,6 +139,12 @@ pub fn check_config(path: &Path) -> Result<String, CommandError> {
         count(tokens.len(), "API token", "API tokens")
     ));
     Ok(out)
+}
+
+/// The directory of the config file `path`, absolute.
+fn config_dir(path: &Path) -> std::path::PathBuf {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// What stops a working set-up from working that the config alone cannot show: nobody able to log
@@ -131,7 +162,9 @@ fn first_hour_warnings(config: &Config, users: &UserStore) -> String {
         ));
     }
     let admin_token = config.admin.as_ref().and_then(|a| a.token_file.as_ref());
+    let tls_key = config.server.tls.then_some(&config.tls.key);
     for (file, what) in [
+        (tls_key, "TLS private key"),
         (Some(&config.auth.users_file), "users file"),
         (Some(&config.auth.tokens_file), "tokens file"),
         (Some(&config.auth.session_key_file), "session key file"),

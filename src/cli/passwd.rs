@@ -23,6 +23,10 @@ use crate::rules::user_name::{NameError, check_user_name};
 /// The longest password accepted, in bytes.
 pub const MAX_PASSWORD_LEN: usize = 1024;
 
+/// The shortest password `wsgate passwd` accepts by default, in characters (NIST SP 800-63B's
+/// minimum for a password a user chooses); `--min-length` sets another.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
 /// Why `wsgate passwd` failed. `Display` has no prefix: `main` prints `wsgate passwd: {error}`.
 #[derive(Debug)]
 pub enum PasswdError {
@@ -47,6 +51,10 @@ pub enum PasswdError {
     },
     EmptyPassword,
     PasswordTooLong,
+    /// Shorter than the minimum (`--min-length`, default [`MIN_PASSWORD_LEN`]).
+    PasswordTooShort {
+        min: usize,
+    },
     /// The two terminal entries differ.
     Mismatch,
     /// Stdin ended before a password line.
@@ -81,6 +89,11 @@ impl fmt::Display for PasswdError {
                 write!(f, "user \"{user}\" not found in {}", path.display())
             }
             PasswdError::EmptyPassword => write!(f, "empty password refused"),
+            PasswdError::PasswordTooShort { min } => write!(
+                f,
+                "password shorter than {min} characters refused, nothing changed (a test \
+                 set-up may lower the minimum with --min-length)"
+            ),
             PasswdError::PasswordTooLong => {
                 write!(f, "password longer than {MAX_PASSWORD_LEN} bytes refused")
             }
@@ -128,19 +141,29 @@ impl fmt::Display for Change {
     }
 }
 
+/// What `wsgate passwd` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Sets the password, refusing one shorter than `min_length` characters.
+    Set {
+        min_length: usize,
+    },
+    Delete,
+}
+
 /// Sets `user`'s password in `file` (creating the file if needed), or deletes the user.
 ///
 /// # Errors
 /// A [`PasswdError`] a user can act on.
-pub fn run(file: &Path, user: &str, delete: bool) -> Result<(), PasswdError> {
+pub fn run(file: &Path, user: &str, action: Action) -> Result<(), PasswdError> {
     check_user_name(user).map_err(PasswdError::BadName)?;
-    let change = if delete {
-        delete_user(file, user)?
-    } else {
+    let change = if let Action::Set { min_length } = action {
         // Refuse a broken file before asking for a password.
         read_existing(file)?;
-        let password = read_password(user)?;
+        let password = read_password(user, min_length)?;
         set_password(file, user, &password)?
+    } else {
+        delete_user(file, user)?
     };
     eprintln!("{change} user \"{user}\" in {}", file.display());
     Ok(())
@@ -238,6 +261,14 @@ fn check_password(password: &str) -> Result<(), PasswdError> {
     Ok(())
 }
 
+/// Refuses a password shorter than `min` characters (an empty one is refused on its own).
+fn check_length(password: &str, min: usize) -> Result<(), PasswdError> {
+    if !password.is_empty() && password.chars().count() < min {
+        return Err(PasswdError::PasswordTooShort { min });
+    }
+    Ok(())
+}
+
 /// The file's text and metadata, `None` if it does not exist; a file that does not parse is an
 /// error.
 fn read_existing(file: &Path) -> Result<Option<(String, fs::Metadata)>, PasswdError> {
@@ -307,13 +338,16 @@ fn write_atomic(
 }
 
 /// Reads the password: a no-echo prompt twice on a terminal, else one line of stdin.
-fn read_password(user: &str) -> Result<String, PasswdError> {
+fn read_password(user: &str, min_length: usize) -> Result<String, PasswdError> {
     let stdin = io::stdin();
     if !stdin.is_terminal() {
-        return read_password_line(stdin.lock());
+        let password = read_password_line(stdin.lock())?;
+        check_length(&password, min_length)?;
+        return Ok(password);
     }
     let first = prompt(&format!("Password for {user}: "))?;
     check_password(&first)?;
+    check_length(&first, min_length)?;
     let second = prompt("Retype password: ")?;
     if first != second {
         return Err(PasswdError::Mismatch);
@@ -515,7 +549,13 @@ mod tests {
                 Err(PasswdError::BadName(_))
             ));
             assert!(matches!(
-                run(&file, name, false),
+                run(
+                    &file,
+                    name,
+                    Action::Set {
+                        min_length: MIN_PASSWORD_LEN
+                    }
+                ),
                 Err(PasswdError::BadName(_))
             ));
         }
@@ -523,6 +563,12 @@ mod tests {
             set(&file, "alice", ""),
             Err(PasswdError::EmptyPassword)
         ));
+        assert!(matches!(
+            check_length("seven77", MIN_PASSWORD_LEN),
+            Err(PasswdError::PasswordTooShort { min: 8 })
+        ));
+        assert!(check_length("eight888", MIN_PASSWORD_LEN).is_ok());
+        assert!(check_length("ü", 1).is_ok());
         assert!(matches!(
             set(&file, "alice", &"x".repeat(MAX_PASSWORD_LEN + 1)),
             Err(PasswdError::PasswordTooLong)

@@ -29,8 +29,9 @@ pub use self::error::ConfigError;
 use self::keys::{CHANNEL_PREFIX, ROLE_PREFIX};
 use self::scan::Section;
 pub use self::tables::DEFAULT_ADMIN_MAX_CONNECTIONS;
+use self::values::Bases;
+pub use self::values::CREDENTIALS_ENV;
 pub use self::values::MIN_BACKOFF;
-use self::values::{Bases, CREDENTIALS_ENV};
 use crate::rules::acl::{ChannelPattern, Role};
 use crate::rules::origin::{OriginPattern, OriginPolicy};
 
@@ -525,6 +526,22 @@ impl Config {
     pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
         let credentials = std::env::var_os(CREDENTIALS_ENV).map(PathBuf::from);
         parse_config(text, source, credentials.as_deref())
+    }
+
+    /// [`Config::load`] with `credentials` standing for `$CREDENTIALS_DIRECTORY` (what
+    /// `credential:` paths are relative to), whatever the environment says.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_with_credentials(
+        path: &Path,
+        credentials: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        parse_config(&text, path, credentials)
     }
 
     /// The channel serving `path`, if any (exact first, then the longest prefix).

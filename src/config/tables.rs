@@ -192,7 +192,7 @@ pub(super) mod tls {
     };
     pub(in crate::config) const RELOAD_CHECK_INTERVAL: Key<Duration> = Key {
         name: "reload_check_interval",
-        default: Some("60s"),
+        default: Some("1s"),
         parse: parse_duration,
         doc: "How often changed cert, key, users and tokens files are reloaded; 0: never.",
     };

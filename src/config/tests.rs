@@ -145,7 +145,7 @@ fn defaults() {
     assert_eq!(c.server.max_pre_auth.get(), 512);
     assert_eq!(c.tls.client_auth, ClientAuth::Off);
     assert_eq!(c.tls.client_ca, None);
-    assert_eq!(c.tls.reload_check_interval, Duration::from_secs(60));
+    assert_eq!(c.tls.reload_check_interval, Duration::from_secs(1));
     assert_eq!(c.auth.tokens_file, dir.0.join("tokens"));
     assert_eq!(c.auth.session_key_file, dir.0.join("session.key"));
     assert_eq!(c.auth.session_ttl, Duration::from_secs(12 * 3600));
@@ -896,6 +896,9 @@ fn load_reads_the_file() {
     ));
 }
 
+/// What a missing certificate and key (both) are answered with, after the path.
+const CERT_HINT: &str = "; no certificate yet? `wsgate cert DIR` writes DIR/wsgate.crt and DIR/wsgate.key, a self-signed pair for this host's names (or set self_signed = true and serve writes one)";
+
 #[test]
 fn tls_files() {
     // Present files are accepted, relative to the config file's directory.
@@ -912,11 +915,11 @@ fn tls_files() {
     // Missing defaults are reported against the section header, or without a line.
     assert_eq!(
         err("[tls]\n[channel:/a]\nmode = echo\n"),
-        "config: F:1: [tls] cert: file not found: D/wsgate.crt"
+        format!("config: F:1: [tls] cert: file not found: D/wsgate.crt{CERT_HINT}")
     );
     assert_eq!(
         err("[channel:/a]\nmode = echo\n"),
-        "config: F: [tls] cert: file not found: D/wsgate.crt"
+        format!("config: F: [tls] cert: file not found: D/wsgate.crt{CERT_HINT}")
     );
     assert_eq!(
         err("[tls]\ncert = c.crt\n[channel:/a]\nmode = echo\n"),
@@ -991,11 +994,14 @@ fn credential_paths_resolve_in_the_credentials_directory() {
         let e = parse_config(text, &dir.ini(), unset)
             .unwrap_err()
             .to_string();
+        let shown_dir = dir.ini().parent().unwrap().display().to_string();
         assert_eq!(
-            e.replace(&dir.ini().display().to_string(), "F"),
-            "config: F:3: [tls] key: credential: paths need \
-                 $CREDENTIALS_DIRECTORY, which systemd sets for LoadCredential= (to run wsgate \
-                 by hand, set it to the directory holding the credential files)"
+            e.replace(&dir.ini().display().to_string(), "F")
+                .replace(&shown_dir, "D"),
+            "config: F:3: [tls] key: credential: paths need $CREDENTIALS_DIRECTORY, which \
+             systemd sets for the service's LoadCredential=; to run wsgate by hand, set it to \
+             the directory holding the credential files: `CREDENTIALS_DIRECTORY=D wsgate ...` \
+             where they sit beside the config, as the packaged unit's do"
         );
     }
 
@@ -1416,7 +1422,7 @@ fn nothing_to_serve() {
     );
     assert_eq!(
         err(""),
-        "config: F: [tls] cert: file not found: D/wsgate.crt"
+        format!("config: F: [tls] cert: file not found: D/wsgate.crt{CERT_HINT}")
     );
 }
 

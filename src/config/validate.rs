@@ -66,6 +66,17 @@ pub(super) fn certificate_files(
     key: &Path,
 ) -> Result<(), ConfigError> {
     if enabled && !self_signed {
+        if !cert.exists() && !key.exists() {
+            return Err(s.invalid(
+                Some("cert"),
+                format!(
+                    "file not found: {}; no certificate yet? `wsgate cert DIR` writes \
+                     DIR/wsgate.crt and DIR/wsgate.key, a self-signed pair for this host's \
+                     names (or set self_signed = true and serve writes one)",
+                    cert.display()
+                ),
+            ));
+        }
         s.require_file("cert", cert)?;
         s.require_file("key", key)?;
     }

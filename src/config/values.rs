@@ -27,7 +27,7 @@ pub(super) const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 const CREDENTIAL_PREFIX: &str = "credential:";
 
 /// The environment variable systemd sets to the service's credentials directory.
-pub(super) const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
+pub const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
 
 /// Longest `instance_id`: it travels in a one-byte length field of every message.
 const MAX_INSTANCE_ID: usize = 255;
@@ -66,9 +66,13 @@ pub(super) fn resolve_path(value: &str, base: &Bases<'_>) -> Result<PathBuf, Str
                 Some(dir) => dir.join(name),
                 None => {
                     return Err(format!(
-                        "credential: paths need ${CREDENTIALS_ENV}, which systemd sets for \
-                         LoadCredential= (to run wsgate by hand, set it to the directory \
-                         holding the credential files)"
+                        "credential: paths need ${CREDENTIALS_ENV}, which systemd sets for the \
+                         service's LoadCredential=; to run wsgate by hand, set it to the directory \
+                         holding the credential files: `{CREDENTIALS_ENV}={} wsgate ...` where \
+                         they sit beside the config, as the packaged unit's do",
+                        std::path::absolute(base.dir)
+                            .unwrap_or_else(|_| base.dir.to_path_buf())
+                            .display()
                     ));
                 }
             }

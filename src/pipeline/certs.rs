@@ -3,12 +3,14 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::auth::files;
 
 /// Why the certificate or key could not be used.
 #[derive(Debug)]
@@ -21,6 +23,9 @@ pub enum CertError {
     },
     /// Generating or writing the self-signed pair failed.
     Generate { path: PathBuf, error: String },
+    /// `self_signed`: one half of the pair exists and the other is missing; generating would
+    /// overwrite the half that exists.
+    HalfPair { missing: PathBuf, present: PathBuf },
     /// rustls refused the pair (e.g. the key does not match the certificate).
     Rejected {
         cert: PathBuf,
@@ -42,6 +47,13 @@ impl fmt::Display for CertError {
                     path.display()
                 )
             }
+            CertError::HalfPair { missing, present } => write!(
+                f,
+                "tls: {} is missing but {} exists: self_signed generates a pair only when both \
+                 are missing; restore the missing file, or remove the other to generate a new pair",
+                missing.display(),
+                present.display()
+            ),
             CertError::Rejected { cert, key, error } => write!(
                 f,
                 "tls: {} / {}: certificate and key are not usable together: {error}",
@@ -60,7 +72,8 @@ pub struct CertifiedKey {
     pub key: PrivateKeyDer<'static>,
 }
 
-/// Loads the chain and key from PEM files.
+/// Loads the chain and key from PEM files. The key is opened as every secret file is
+/// ([`files::open_private`]): a regular file only, with a warning when group or others can read it.
 ///
 /// # Errors
 /// [`CertError::Pem`] naming the file that is missing, unreadable or empty.
@@ -81,7 +94,9 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
             "no CERTIFICATE block found".into(),
         ));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
+    let (file, _) = files::open_private(key, "TLS private key")
+        .map_err(|e| pem_err(key, "private key", e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_reader(io::BufReader::new(file))
         .map_err(|e| pem_err(key, "private key", e.to_string()))?;
     Ok(CertifiedKey {
         chain,
@@ -93,22 +108,35 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
 /// devices accept for a TLS server certificate, so one generated pair serves a LAN for two years.
 pub const SELF_SIGNED_DAYS: u32 = 825;
 
+/// Whether `self_signed` has a pair to generate at `cert`/`key`: true when both are missing,
+/// false when both exist (they are loaded as any pair).
+///
+/// # Errors
+/// [`CertError::HalfPair`] when only one exists: generating would overwrite it.
+pub fn needs_self_signed(cert: &Path, key: &Path) -> Result<bool, CertError> {
+    match (cert.exists(), key.exists()) {
+        (true, true) => Ok(false),
+        (false, false) => Ok(true),
+        (true, false) => Err(CertError::HalfPair {
+            missing: key.to_path_buf(),
+            present: cert.to_path_buf(),
+        }),
+        (false, true) => Err(CertError::HalfPair {
+            missing: cert.to_path_buf(),
+            present: key.to_path_buf(),
+        }),
+    }
+}
+
 /// Writes a fresh self-signed certificate for this host ([`host_names`]) and its key (mode 0600),
 /// unless both files exist. Returns true if it generated them.
 ///
 /// # Errors
-/// [`CertError::Generate`] if generation or writing fails; refuses to overwrite one half of a pair.
+/// [`CertError::HalfPair`] when only one exists ([`needs_self_signed`]); [`CertError::Generate`]
+/// if generation or writing fails.
 pub fn ensure_self_signed(cert: &Path, key: &Path) -> Result<bool, CertError> {
-    match (cert.exists(), key.exists()) {
-        (true, true) => return Ok(false),
-        (true, false) | (false, true) => {
-            let missing = if cert.exists() { key } else { cert };
-            return Err(CertError::Generate {
-                path: missing.to_path_buf(),
-                error: "only one of cert/key exists; refusing to overwrite the other".into(),
-            });
-        }
-        (false, false) => {}
+    if !needs_self_signed(cert, key)? {
+        return Ok(false);
     }
     write_self_signed(cert, key, &host_names(), SELF_SIGNED_DAYS, false)?;
     Ok(true)

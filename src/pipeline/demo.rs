@@ -1,5 +1,5 @@
 //! The built-in demo page (`[demo] enabled`): one HTML file embedded in the binary, served at
-//! `GET /` to show wsgate working in a browser. Decides whether a request head asks for it and
+//! `GET /` to show wsgate working in a browser, with its `POST /login` and `POST /logout`. Decides whether a request head asks for it and
 //! builds the whole response; pure, no sockets. Never serves any other path or file.
 
 use std::fmt::Write as _;
@@ -26,6 +26,11 @@ pub fn wants_page(req: &httparse::Request<'_, '_>) -> bool {
 /// request would be: only this exact target).
 pub fn is_login(req: &httparse::Request<'_, '_>) -> bool {
     req.method == Some("POST") && req.path == Some("/login")
+}
+
+/// Whether the request is the page's log-out: `POST /logout`, this exact target.
+pub fn is_logout(req: &httparse::Request<'_, '_>) -> bool {
+    req.method == Some("POST") && req.path == Some("/logout")
 }
 
 /// The page for `channel`: the whole HTTP response, head and body, ending with `Connection:

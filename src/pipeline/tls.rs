@@ -100,16 +100,25 @@ pub struct TlsStream {
     drained: bool,
 }
 
-/// Runs the server side of the TLS handshake, giving up at `deadline`.
+/// Runs the server side of the TLS handshake, giving up at `deadline`. A client that speaks
+/// plain HTTP instead (`http://` typed for `https://`) gets a plain-HTTP 400 saying so.
 ///
 /// # Errors
 /// `TimedOut` naming the phase when the client stalls; `InvalidData` for a client that does not
-/// speak TLS or offers nothing acceptable (rustls has already sent the alert); other I/O errors.
+/// speak TLS or offers nothing acceptable (rustls has already sent the alert, or we the 400);
+/// other I/O errors.
 pub fn handshake(
     sock: TcpStream,
     config: Arc<ServerConfig>,
     deadline: Deadline,
 ) -> io::Result<TlsStream> {
+    if speaks_plain_http(&sock, deadline)? {
+        answer_plain_http(&sock, deadline);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "plain HTTP on the TLS port (answered 400: use https:// or wss://)",
+        ));
+    }
     let conn = ServerConnection::new(config).map_err(io::Error::other)?;
     let mut tls = TlsStream {
         conn,
@@ -126,6 +135,71 @@ pub fn handshake(
         }
     }
     Ok(tls)
+}
+
+/// The first byte of every TLS connection: a handshake record (`ClientHello`).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Whether the client's first byte starts an HTTP request line (a method is upper-case ASCII)
+/// instead of a TLS record. Peeks without consuming; a client that sends nothing before the
+/// deadline, or closes, is left to the handshake to report.
+fn speaks_plain_http(sock: &TcpStream, deadline: Deadline) -> io::Result<bool> {
+    let mut first = [0u8; 1];
+    loop {
+        deadline.arm(sock)?;
+        match sock.peek(&mut first) {
+            Ok(0) => return Ok(false),
+            Ok(_) => {
+                return Ok(first[0] != TLS_HANDSHAKE_RECORD && first[0].is_ascii_uppercase());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What a browser shows for `http://` typed to the TLS port.
+const PLAIN_HTTP_ON_TLS: &str = "400 Bad Request\n\nThis port speaks TLS: use https:// (or wss:// \
+for a WebSocket) instead of http:// (or ws://).\n";
+
+/// The most of a plain-HTTP request read before its 400, so the close does not reset the
+/// connection under the answer.
+const PLAIN_HTTP_DRAIN: usize = 16 * 1024;
+
+/// Reads what the client has sent (bounded), answers the 400, and closes our side; under
+/// `deadline`. Errors only mean the client is gone: there is nothing more to tell it.
+fn answer_plain_http(sock: &TcpStream, deadline: Deadline) {
+    let mut reader = sock;
+    let mut buf = [0u8; 2048];
+    let mut read = 0;
+    // The request head arrives in one segment or few; stop at its end or the bound.
+    let mut tail = Vec::with_capacity(4);
+    while read < PLAIN_HTTP_DRAIN && deadline.arm(sock).is_ok() {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                read += n;
+                tail.extend_from_slice(&buf[..n]);
+                let keep = tail.len().saturating_sub(4);
+                tail.drain(..keep);
+                if tail.ends_with(b"\r\n\r\n") || tail.ends_with(b"\n\n") {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{PLAIN_HTTP_ON_TLS}",
+        PLAIN_HTTP_ON_TLS.len()
+    );
+    let mut writer = sock;
+    if deadline.arm(sock).is_ok() && writer.write_all(answer.as_bytes()).is_ok() {
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+    }
 }
 
 impl TlsStream {

@@ -173,6 +173,9 @@ pub enum UpgradeError {
     /// The demo page's `POST /login` succeeded for this user: answered 204 with the session
     /// cookie (and the socket closed). A failed one is `Refused`.
     DemoLogin(String),
+    /// The demo page's `POST /logout`: answered 204 clearing the session cookie (and the socket
+    /// closed). One from a foreign origin is `Refused`.
+    DemoLogout,
 }
 
 /// Headers added to the 101 response (session token, cookie, subprotocol).
@@ -214,6 +217,7 @@ pub fn upgrade<T>(
             return Err(sent.map_or_else(UpgradeError::Io, |()| UpgradeError::DemoPage));
         }
         Err(HeadError::Login(form)) => return Err(demo_login(tls, config, verifier, &form, login)),
+        Err(HeadError::Logout(form)) => return Err(demo_logout(tls, config, &form)),
     };
     // The channel's limits size this connection's buffers; an unknown path is refused by the
     // callback (404), with the default limits in the meantime. The same `target` decides
@@ -284,11 +288,13 @@ enum HeadError {
     /// Not an upgrade but the demo page's `GET /`, and the page is enabled.
     DemoPage,
     /// The demo page's `POST /login`, its body read whole.
-    Login(LoginForm),
+    Login(DemoForm),
+    /// The demo page's `POST /logout` (its body, if any, is not read).
+    Logout(DemoForm),
 }
 
-/// What a demo login decides on: its Origin and Host headers and its form body.
-struct LoginForm {
+/// What a demo login or log-out decides on: its Origin and Host headers and its form body.
+struct DemoForm {
     origins: Vec<Vec<u8>>,
     host: Option<Vec<u8>>,
     body: Vec<u8>,
@@ -300,7 +306,7 @@ fn demo_login(
     mut tls: Transport,
     config: &Config,
     verifier: &dyn Verifier,
-    form: &LoginForm,
+    form: &DemoForm,
     login: impl FnOnce(&str) -> Option<String>,
 ) -> UpgradeError {
     let origins: Vec<&[u8]> = form.origins.iter().map(Vec::as_slice).collect();
@@ -328,24 +334,51 @@ fn demo_login(
                 )
             }
         },
-        Err(reason) => {
-            let mut response = reason.response();
-            response
-                .headers_mut()
-                .remove(http::header::WWW_AUTHENTICATE);
-            let mut out = Vec::with_capacity(256);
-            if write_response(&mut out, &response).is_ok() {
-                if let Some(body) = response.body() {
-                    out.extend_from_slice(body.as_bytes());
-                }
-            }
-            (
-                String::from_utf8_lossy(&out).into_owned(),
-                UpgradeError::Refused(reason),
-            )
-        }
+        Err(reason) => (
+            String::from_utf8_lossy(&refusal_bytes(&reason)).into_owned(),
+            UpgradeError::Refused(reason),
+        ),
     };
     let sent = tls.write_all(answer.as_bytes());
+    linger_close(&mut tls);
+    match sent {
+        Ok(()) => result,
+        Err(e) => UpgradeError::Io(e),
+    }
+}
+
+/// A refusal of the demo page's login or log-out, as bytes: the status and its text, without
+/// `WWW-Authenticate`, which would make the browser show its own password dialog.
+fn refusal_bytes(reason: &Reason) -> Vec<u8> {
+    let mut response = reason.response();
+    response
+        .headers_mut()
+        .remove(http::header::WWW_AUTHENTICATE);
+    let mut out = Vec::with_capacity(256);
+    if write_response(&mut out, &response).is_ok() {
+        if let Some(body) = response.body() {
+            out.extend_from_slice(body.as_bytes());
+        }
+    }
+    out
+}
+
+/// Answers the demo page's log-out: 204 with the session cookie cleared, or the refusal.
+fn demo_logout(mut tls: Transport, config: &Config, form: &DemoForm) -> UpgradeError {
+    let origins: Vec<&[u8]> = form.origins.iter().map(Vec::as_slice).collect();
+    let (answer, result) = match policy::decide_logout(&origins, form.host.as_deref(), config) {
+        Ok(()) => (
+            format!(
+                "HTTP/1.1 204 No Content\r\nSet-Cookie: {}\r\nCache-Control: no-store\r\n\
+                 Connection: close\r\n\r\n",
+                policy::session_cookie("", Duration::ZERO)
+            )
+            .into_bytes(),
+            UpgradeError::DemoLogout,
+        ),
+        Err(reason) => (refusal_bytes(&reason), UpgradeError::Refused(reason)),
+    };
+    let sent = tls.write_all(&answer);
     linger_close(&mut tls);
     match sent {
         Ok(()) => result,
@@ -412,15 +445,22 @@ fn read_head(
     if config.demo.enabled && demo::wants_page(&req) {
         return Err(HeadError::DemoPage);
     }
+    let header = |name: &str| -> Vec<Vec<u8>> {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.to_vec())
+            .collect()
+    };
+    if config.demo.enabled && demo::is_logout(&req) {
+        return Err(HeadError::Logout(DemoForm {
+            origins: header("origin"),
+            host: header("host").into_iter().next(),
+            body: Vec::new(),
+        }));
+    }
     if config.demo.enabled && demo::is_login(&req) {
         let length = login_length(&req).map_err(HeadError::Refuse)?;
-        let header = |name: &str| -> Vec<Vec<u8>> {
-            req.headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| h.value.to_vec())
-                .collect()
-        };
         let origins = header("origin");
         let host = header("host").into_iter().next();
         let mut body = buf[head_len..].to_vec();
@@ -446,7 +486,7 @@ fn read_head(
             }
         }
         body.truncate(length);
-        return Err(HeadError::Login(LoginForm {
+        return Err(HeadError::Login(DemoForm {
             origins,
             host,
             body,

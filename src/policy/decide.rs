@@ -11,7 +11,7 @@ use tungstenite::http::{self};
 use super::head::Target;
 use super::offer::{Offer, OfferError, Offered, from_query, offered};
 use super::recall::{Recall, recall};
-use super::{ENVELOPE_SUBPROTOCOL, Method, Reason, safe_user};
+use super::{ENVELOPE_SUBPROTOCOL, Method, Reason, safe_origin, safe_path, safe_user};
 use crate::config::{ChannelConfig, Config};
 use crate::rules::acl;
 use crate::rules::origin::OriginRefusal;
@@ -206,10 +206,14 @@ pub fn decide(
         .map(|v| v.as_bytes())
         .collect();
     let host = req.headers().get(http::header::HOST).map(|h| h.as_bytes());
+    let refused = |refusal| Reason::Origin {
+        refusal,
+        origin: safe_origin(&origins),
+    };
     config
         .origins
         .check_request(&origins, host)
-        .map_err(Reason::Origin)?;
+        .map_err(refused)?;
     let Offered {
         offer,
         cookie,
@@ -232,7 +236,7 @@ pub fn decide(
         config
             .origins
             .check_explicit(&origins, host)
-            .map_err(Reason::Origin)?;
+            .map_err(refused)?;
     }
     let verdict = match &offer {
         Some(Offer::Password { user, password }) => {
@@ -272,6 +276,7 @@ pub fn decide(
             Denied::NeedsUser => Reason::NoCredentials,
             Denied::NoRole => Reason::Forbidden {
                 user: user.as_deref().map_or_else(String::new, safe_user),
+                path: safe_path(path),
             },
         })?;
     // The envelope wraps broadcasts: it is answered on broadcast channels only. History
@@ -301,6 +306,36 @@ pub fn decide(
     })
 }
 
+/// The demo page's log-out (`POST /logout`, `[demo] enabled`): the server answers by clearing the
+/// session cookie in the browser. Like the login, only from an Origin the allow list (or
+/// same-origin) names, so a foreign page cannot log a visitor out.
+///
+/// # Errors
+/// [`Reason::Origin`].
+pub fn decide_logout(
+    origins: &[&[u8]],
+    host: Option<&[u8]>,
+    config: &Config,
+) -> Result<(), Reason> {
+    named_origin(origins, host, config)
+}
+
+/// What the demo page's own requests need, as the session cookie does: an Origin that `allow`
+/// or `allow_same_origin` names (`allow_any` and `allow_missing` do not count).
+fn named_origin(origins: &[&[u8]], host: Option<&[u8]>, config: &Config) -> Result<(), Reason> {
+    let refused = |refusal| Reason::Origin {
+        refusal,
+        origin: safe_origin(origins),
+    };
+    if origins.is_empty() {
+        return Err(refused(OriginRefusal::Missing));
+    }
+    config
+        .origins
+        .check_explicit(origins, host)
+        .map_err(refused)
+}
+
 /// The longest demo login form body: a user name and a password, percent-encoded.
 pub const MAX_LOGIN_BODY: usize = 4096;
 
@@ -321,13 +356,7 @@ pub fn decide_login(
     config: &Config,
     verifier: &dyn Verifier,
 ) -> Result<String, Reason> {
-    if origins.is_empty() {
-        return Err(Reason::Origin(OriginRefusal::Missing));
-    }
-    config
-        .origins
-        .check_explicit(origins, host)
-        .map_err(Reason::Origin)?;
+    named_origin(origins, host, config)?;
     let malformed = |user: String| Reason::BadCredentials {
         user,
         why: "malformed login form",
@@ -365,12 +394,18 @@ mod tests {
                 &format!("{basic}Origin: https://evil.example\r\n")
             )
             .unwrap_err(),
-            Reason::Origin(OriginRefusal::NotAllowed)
+            Reason::Origin {
+                refusal: OriginRefusal::NotAllowed,
+                origin: "\"https://evil.example\"".into()
+            }
         );
         // allow_missing defaults to false: no Origin is refused.
         assert_eq!(
             get(&cfg, "/echo", basic).unwrap_err(),
-            Reason::Origin(OriginRefusal::Missing)
+            Reason::Origin {
+                refusal: OriginRefusal::Missing,
+                origin: String::new()
+            }
         );
         assert_eq!(
             get(&cfg, "/echo", ORIGIN).unwrap_err(),
@@ -413,7 +448,8 @@ mod tests {
         assert_eq!(
             get(&cfg, "/private", &format!("{basic}{ORIGIN}")).unwrap_err(),
             Reason::Forbidden {
-                user: "alice".into()
+                user: "alice".into(),
+                path: "/private".into()
             }
         );
     }
@@ -540,17 +576,26 @@ mod tests {
         let own = "Authorization: Basic YWxpY2U6cHc=\r\nOrigin: https://h\r\n";
         assert_eq!(
             get(&cfg, "/echo", own).unwrap_err(),
-            Reason::Origin(OriginRefusal::NotAllowed)
+            Reason::Origin {
+                refusal: OriginRefusal::NotAllowed,
+                origin: "\"https://h\"".into()
+            }
         );
         cfg.origins.allow_same_origin = true;
         assert!(get(&cfg, "/echo", own).is_ok());
         assert_eq!(
             get(&cfg, "/echo", &own.replace("https://h", "https://h:8443")).unwrap_err(),
-            Reason::Origin(OriginRefusal::NotAllowed)
+            Reason::Origin {
+                refusal: OriginRefusal::NotAllowed,
+                origin: "\"https://h:8443\"".into()
+            }
         );
         assert_eq!(
             get(&cfg, "/echo", &own.replace("https://h", "http://h")).unwrap_err(),
-            Reason::Origin(OriginRefusal::NotAllowed)
+            Reason::Origin {
+                refusal: OriginRefusal::NotAllowed,
+                origin: "\"http://h\"".into()
+            }
         );
         // The allow list still works beside it.
         assert!(
@@ -591,13 +636,19 @@ mod tests {
         for origin in ["https://evil.example", "null"] {
             assert_eq!(
                 get(&cfg, "/echo", &format!("{cookie}Origin: {origin}\r\n")).unwrap_err(),
-                Reason::Origin(OriginRefusal::NotAllowed),
+                Reason::Origin {
+                    refusal: OriginRefusal::NotAllowed,
+                    origin: format!("\"{origin}\"")
+                },
                 "{origin}"
             );
         }
         assert_eq!(
             get(&cfg, "/echo", cookie).unwrap_err(),
-            Reason::Origin(OriginRefusal::Missing)
+            Reason::Origin {
+                refusal: OriginRefusal::Missing,
+                origin: String::new()
+            }
         );
         let grant = get(&cfg, "/echo", &format!("{cookie}{ORIGIN}")).unwrap();
         assert_eq!(grant.method, Method::Session);

@@ -16,7 +16,7 @@ mod recall;
 mod recheck;
 
 pub use self::decide::{
-    Grant, MAX_LOGIN_BODY, Proof, Verdict, Verifier, decide, decide_login, route,
+    Grant, MAX_LOGIN_BODY, Proof, Verdict, Verifier, decide, decide_login, decide_logout, route,
 };
 pub use self::head::{Target, check_head};
 pub(crate) use self::offer::percent_decode;
@@ -95,8 +95,12 @@ pub enum Reason {
     Recall(RecallError),
     /// No channel serves this path. 404.
     UnknownPath,
-    /// The Origin is not allowed. 403.
-    Origin(OriginRefusal),
+    /// The Origin is not allowed. 403. `origin` is the header as a log line may show it
+    /// ([`safe_origin`]; empty when there was none), so the admin reads what to add.
+    Origin {
+        refusal: OriginRefusal,
+        origin: String,
+    },
     /// No credentials were offered and the channel is not anonymous. 401.
     NoCredentials,
     /// Credentials were offered and are wrong. `why` says which kind failed, for the log only:
@@ -104,8 +108,9 @@ pub enum Reason {
     BadCredentials { user: String, why: &'static str },
     /// Too many failed logins from this address or for this user. 429 with `Retry-After`.
     Throttled { user: String, retry_after: Duration },
-    /// Authenticated, but no role lets this user subscribe to this path. 403.
-    Forbidden { user: String },
+    /// Authenticated, but no role lets this user subscribe to this path. 403. Both are as a log
+    /// line may show them ([`safe_user`], [`safe_path`]).
+    Forbidden { user: String, path: String },
     /// Too many password checks are waiting for Argon2. 503 with `Retry-After`.
     Busy,
     /// The server is shutting down. 503.
@@ -186,7 +191,7 @@ impl Reason {
             Reason::Unfinished { .. } => StatusCode::REQUEST_TIMEOUT,
             Reason::WsVersion => StatusCode::UPGRADE_REQUIRED,
             Reason::UnknownPath => StatusCode::NOT_FOUND,
-            Reason::Origin(_) | Reason::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Reason::Origin { .. } | Reason::Forbidden { .. } => StatusCode::FORBIDDEN,
             Reason::NoCredentials | Reason::BadCredentials { .. } => StatusCode::UNAUTHORIZED,
             Reason::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reason::Busy | Reason::ShuttingDown | Reason::MemoryFull | Reason::NoWorker => {
@@ -264,7 +269,18 @@ impl fmt::Display for Reason {
             Reason::Subprotocol => f.write_str("bearer subprotocol without wsgate.v1"),
             Reason::Recall(why) => write!(f, "history request: {why}"),
             Reason::UnknownPath => f.write_str("unknown path"),
-            Reason::Origin(r) => write!(f, "{r}"),
+            Reason::Origin { refusal, origin } => match refusal {
+                OriginRefusal::Missing => f.write_str(
+                    "no origin header (clients other than browsers send none: set [origins] \
+                     allow_missing = true to let them in)",
+                ),
+                OriginRefusal::NotAllowed => write!(
+                    f,
+                    "origin not allowed: {origin} (add it to [origins] allow if it is yours)"
+                ),
+                OriginRefusal::Malformed => write!(f, "malformed origin: {origin}"),
+                OriginRefusal::Multiple | OriginRefusal::TooLong => write!(f, "{refusal}"),
+            },
             Reason::NoCredentials => f.write_str("no credentials"),
             Reason::BadCredentials { why, .. } => f.write_str(why),
             Reason::Throttled { retry_after, .. } => {
@@ -274,7 +290,11 @@ impl fmt::Display for Reason {
                     retry_after.as_secs().max(1)
                 )
             }
-            Reason::Forbidden { .. } => f.write_str("no role allows subscribing"),
+            Reason::Forbidden { user, path } => write!(
+                f,
+                "no role lets user \"{user}\" subscribe to {path} (see `wsgate check-access \
+                 {user} {path}`)"
+            ),
             Reason::Busy => f.write_str("too many logins waiting for password checks"),
             Reason::ShuttingDown => f.write_str("shutting down"),
             Reason::Backend { detail, .. } => f.write_str(detail),
@@ -291,6 +311,17 @@ Connect with a WebSocket client to wss://HOST:PORT/PATH, for example\n\
   new WebSocket(\"wss://HOST:PORT/chat/lobby\") in a page whose origin is allowed.\n\
 The documentation is in /usr/share/doc/wsgate/ (README.md) where wsgate was\n\
 installed as a package, and in README.md and docs/ of its source.\n";
+
+/// The `Set-Cookie` value carrying a session `token` for `max_age`: only sent over TLS,
+/// invisible to page scripts, never sent cross-site, host-only (the `__Host-` name makes a
+/// browser insist on `Secure`, `Path=/` and no `Domain`). An empty token with a zero age is the
+/// log-out: the browser drops the cookie.
+pub fn session_cookie(token: &str, max_age: Duration) -> String {
+    format!(
+        "{SESSION_COOKIE}={token}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        max_age.as_secs()
+    )
+}
 
 /// How a client proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,10 +348,43 @@ impl fmt::Display for Method {
 
 /// A user name fit for a log line: control characters escaped, length capped.
 pub fn safe_user(user: &str) -> String {
-    user.chars()
-        .take(MAX_USER_NAME_LEN)
+    bounded(user, MAX_USER_NAME_LEN)
+}
+
+/// The longest request path or Origin a log line shows, in characters; the rest is cut with `…`.
+const MAX_LOGGED_LEN: usize = 128;
+
+/// A request path fit for a log line: control characters and quotes escaped, length capped.
+pub fn safe_path(path: &str) -> String {
+    bounded(path, MAX_LOGGED_LEN)
+}
+
+/// The Origin header value(s) of a refused request as a log line shows them: each quoted, not
+/// UTF-8 bytes replaced, control characters escaped, length capped; empty when there is none.
+pub fn safe_origin(values: &[&[u8]]) -> String {
+    values
+        .iter()
+        .map(|v| {
+            format!(
+                "\"{}\"",
+                bounded(&String::from_utf8_lossy(v), MAX_LOGGED_LEN)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `text` with control characters, quotes and backslashes escaped, cut after `max` characters.
+fn bounded(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
         .flat_map(char::escape_debug)
-        .collect()
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// What the tests of the decision files share: a config, requests, a fake [`Verifier`].

@@ -4,7 +4,8 @@
 //! its loop; no thread waits for another, and the deep handshake stack stays on the few
 //! handshake threads while a worker keeps only the loop's.
 //! `start` prepares everything that
-//! can fail on a bad config (certificate, users, tokens, session key, bind) before serving; `run`
+//! can fail on a bad config (certificate, users, tokens, session key, bind) before serving, and
+//! [`check`] runs those same steps without writing or keeping anything (`check-config`); `run`
 //! accepts until stopped, then drains: `/healthz` 503 and `STOPPING=1` first, still accepting for
 //! `drain_delay` (a load balancer notices), hub closed (1001 to every client), wait up to the
 //! grace time. A reload builds a whole new `Runtime` from the
@@ -39,7 +40,9 @@ use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::{TokenStore, TokensError};
 use crate::auth::users::{UserStore, UsersError};
 use crate::auth::{Credentials, SessionSettings};
-use crate::config::{AdminConfig, ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode};
+use crate::config::{
+    AdminConfig, ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode, TlsConfig,
+};
 use crate::hub::Hub;
 use crate::hub::cluster::Bridge;
 use crate::hub::waker::Waker;
@@ -70,8 +73,13 @@ pub enum StartError {
     Tokens(TokensError),
     /// The session key file cannot be read or created (a config problem: exit 2).
     Session(SessionError),
-    /// The listen address could not be bound (a runtime problem: exit 1).
-    Bind { addr: SocketAddr, error: io::Error },
+    /// A listen address could not be bound (a runtime problem: exit 1). `key` is the config key
+    /// that names it.
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        error: io::Error,
+    },
     /// Some other system resource (eventfd, signal handler) was not available.
     System(io::Error),
     /// The config file itself is invalid (on reload; at start `main` loads it first).
@@ -105,7 +113,11 @@ impl fmt::Display for StartError {
             StartError::Users(e) => e.fmt(f),
             StartError::Tokens(e) => e.fmt(f),
             StartError::Session(e) => e.fmt(f),
-            StartError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            StartError::Bind { key, addr, error } => write!(
+                f,
+                "{key} = {addr}: cannot listen: {error}{}",
+                bind_hint(*addr, error)
+            ),
             StartError::System(e) => write!(f, "system resource unavailable: {e}"),
             StartError::Config(e) => e.fmt(f),
             StartError::AdminToken { path, error } => {
@@ -116,6 +128,136 @@ impl fmt::Display for StartError {
 }
 
 impl std::error::Error for StartError {}
+
+/// What to do about a listen address that cannot be bound.
+fn bind_hint(addr: SocketAddr, error: &io::Error) -> &'static str {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "; ports below 1024 need root or the CAP_NET_BIND_SERVICE capability (the packaged \
+             systemd unit grants it with AmbientCapabilities=), or choose a port from 1024 up"
+        }
+        io::ErrorKind::AddrInUse => {
+            "; another process listens there (`ss -ltnp` names it): stop it or choose another port"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "; no interface of this host has that address: use one it has, or 0.0.0.0 or [::] \
+             for every address"
+        }
+        _ => "",
+    }
+}
+
+/// What preparing a server may do. `Serve` writes what is missing (a self-signed pair where
+/// `self_signed` allows it, the session key) and binds its listeners; `Check` (`wsgate
+/// check-config`) runs the same steps but only reads, and binds each address only to release it
+/// at once, so it says whether `Serve` would succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Serve,
+    Check,
+}
+
+/// What [`check`] found in a config `serve` would start with: the users and tokens files as
+/// loaded, and what is worth saying (`warning:` and `note:` lines, without the prefix).
+pub struct Checked {
+    pub users: UserStore,
+    pub tokens: TokenStore,
+    pub warnings: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// The dry run of [`Server::start`] for `wsgate check-config`, through the same functions: the
+/// users, tokens and session key files loaded; every `wss://` backend's CA; the certificate and
+/// key loaded and paired by rustls (a pair `self_signed` would generate is a note instead); the
+/// admin token read; each listen address bound and released at once. Nothing is written.
+///
+/// # Errors
+/// The [`StartError`] `serve` would stop with. An address in use is a warning instead (it may be
+/// this very server, running).
+pub fn check(config: Config) -> Result<Checked, StartError> {
+    let loaded = load_credentials(&config, Duration::ZERO, Run::Check)?;
+    load_backend_tls(&config)?;
+    let mut notes = Vec::new();
+    if config.server.tls {
+        let tls_cfg = &config.tls;
+        match self_signed_pair(tls_cfg, Run::Check)? {
+            Pair::Present => {
+                server_tls(tls_cfg, Run::Check)?;
+            }
+            Pair::ToGenerate => notes.push(format!(
+                "[tls] self_signed: serve will generate a self-signed certificate at {} (key {})",
+                files::shown(&tls_cfg.cert),
+                files::shown(&tls_cfg.key)
+            )),
+        }
+    }
+    read_admin_token(&config)?;
+    let mut warnings = Vec::new();
+    let mut addresses = vec![("[server] listen", config.server.listen)];
+    if let Some(admin_cfg) = &config.admin {
+        addresses.push(("[admin] listen", admin_cfg.listen));
+    }
+    for (key, addr) in addresses {
+        match bind(key, addr) {
+            Ok(_released) => {}
+            Err(StartError::Bind { error, .. }) if error.kind() == io::ErrorKind::AddrInUse => {
+                warnings.push(format!(
+                    "{key} = {addr} is in use now: by this wsgate, running, that is fine \
+                     (`systemctl reload wsgate` applies a changed config); by any other program, \
+                     serve will fail (`ss -ltnp` names it)"
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    warnings.extend(demo_credential_warning(&config, &loaded.users));
+    Ok(Checked {
+        users: loaded.users,
+        tokens: loaded.tokens,
+        warnings,
+        notes,
+    })
+}
+
+/// The user and password README.md publishes for trying wsgate out.
+const DEMO_CREDENTIAL: (&str, &str) = ("demo", "demo-password");
+
+/// The warning when the listener reaches beyond this host and the users file still lets anyone
+/// who read README.md in: `serve` logs it at start, `check-config` prints it.
+pub fn demo_credential_warning(config: &Config, users: &UserStore) -> Option<String> {
+    let listen = config.server.listen;
+    if listen.ip().is_loopback() || !users.accepts(DEMO_CREDENTIAL.0, DEMO_CREDENTIAL.1) {
+        return None;
+    }
+    Some(format!(
+        "[server] listen = {listen} is reachable from other machines and {} still holds the \
+         README's demo user (\"{}\", password \"{}\"), which anyone can read: delete it with \
+         `wsgate passwd --delete {} {}` or give it another password",
+        files::shown(&config.auth.users_file),
+        DEMO_CREDENTIAL.0,
+        DEMO_CREDENTIAL.1,
+        files::shown(&config.auth.users_file),
+        DEMO_CREDENTIAL.0
+    ))
+}
+
+/// Binds `addr`, the value of the config key `key`.
+fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|error| StartError::Bind { key, addr, error })
+}
+
+/// The SHA-256 of `[admin] token_file`'s token, when one is configured.
+fn read_admin_token(config: &Config) -> Result<Option<[u8; 32]>, StartError> {
+    match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        Some(path) => Ok(Some(admin::token_digest(
+            &admin::read_token(path).map_err(|error| StartError::AdminToken {
+                path: path.clone(),
+                error,
+            })?,
+        ))),
+        None => Ok(None),
+    }
+}
 
 /// What every connection shares, read-only: built whole at start and on each reload.
 struct Runtime {
@@ -224,7 +366,10 @@ impl Server {
         ));
         let a = &config.auth;
         let creds_stamp = creds_stamp(&config);
-        let loaded = load_credentials(&config, Duration::ZERO)?;
+        let loaded = load_credentials(&config, Duration::ZERO, Run::Serve)?;
+        if let Some(warning) = demo_credential_warning(&config, &loaded.users) {
+            log::warn!("{warning}");
+        }
         let users = Authenticator::new(
             loaded.users,
             a.cache_size,
@@ -248,23 +393,12 @@ impl Server {
         let budget = budget::start_budget(&config);
 
         // The admin token before any socket: a bad one is a config error (exit 2).
-        let admin_token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
-            Some(path) => Some(admin::token_digest(&admin::read_token(path).map_err(
-                |error| StartError::AdminToken {
-                    path: path.clone(),
-                    error,
-                },
-            )?)),
-            None => None,
-        };
-        let addr = config.server.listen;
-        let listener = TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
+        let admin_token = read_admin_token(&config)?;
+        let listener = bind("[server] listen", config.server.listen)?;
         let admission = Admission::new(&config.server);
         let (admin, admin_listener) = match &config.admin {
             Some(admin_cfg) => {
-                let addr = admin_cfg.listen;
-                let l =
-                    TcpListener::bind(addr).map_err(|error| StartError::Bind { addr, error })?;
+                let l = bind("[admin] listen", admin_cfg.listen)?;
                 let (adm, workers) = (Arc::clone(&admission), config.server.workers.get() as u64);
                 let mem = Arc::clone(&budget);
                 let state = AdminState::new(Arc::clone(&metrics), move || {
@@ -438,19 +572,26 @@ struct LoadedCredentials {
 }
 
 /// `settle`: how long the users and tokens files must have been unchanged to be read (a reload
-/// passes `file_settle_time`; the start reads them as they are).
-fn load_credentials(config: &Config, settle: Duration) -> Result<LoadedCredentials, StartError> {
+/// passes `file_settle_time`; the start reads them as they are). Under `Run::Check` a missing
+/// session key file stays missing (`serve` creates it).
+fn load_credentials(
+    config: &Config,
+    settle: Duration,
+    run: Run,
+) -> Result<LoadedCredentials, StartError> {
     let a = &config.auth;
     let users = crate::auth::files::load_settled(&a.users_file, settle, UserStore::load)
         .map_err(StartError::Users)?;
-    log::info!(
-        "{} loaded from {}",
-        files::count(users.len(), "user", "users"),
-        files::shown(&a.users_file)
-    );
+    if run == Run::Serve {
+        log::info!(
+            "{} loaded from {}",
+            files::count(users.len(), "user", "users"),
+            files::shown(&a.users_file)
+        );
+    }
     let tokens = crate::auth::files::load_settled(&a.tokens_file, settle, TokenStore::load)
         .map_err(StartError::Tokens)?;
-    if !tokens.is_empty() {
+    if !tokens.is_empty() && run == Run::Serve {
         log::info!(
             "{} loaded from {}",
             files::count(tokens.len(), "API token", "API tokens"),
@@ -460,12 +601,16 @@ fn load_credentials(config: &Config, settle: Duration) -> Result<LoadedCredentia
     let sessions = if a.session_ttl.is_zero() {
         None
     } else {
-        let key = SessionKey::load_or_create(&a.session_key_file).map_err(StartError::Session)?;
-        Some(SessionSettings {
-            key,
-            ttl: a.session_ttl,
-            max_age: a.session_max_age,
-        })
+        let key = match run {
+            Run::Serve => SessionKey::load_or_create(&a.session_key_file).map(Some),
+            Run::Check => SessionKey::load_existing(&a.session_key_file),
+        };
+        key.map_err(StartError::Session)?
+            .map(|key| SessionSettings {
+                key,
+                ttl: a.session_ttl,
+                max_age: a.session_max_age,
+            })
     };
     Ok(LoadedCredentials {
         users,
@@ -488,17 +633,63 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
             backend_tls,
         });
     }
-    let tls_cfg = &config.tls;
-    if tls_cfg.self_signed
-        && certs::ensure_self_signed(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?
-    {
+    self_signed_pair(&config.tls, Run::Serve)?;
+    let server_tls = server_tls(&config.tls, Run::Serve)?;
+    Ok(Runtime {
+        config: Arc::new(config),
+        tls: Some(server_tls.config),
+        client_verifier: Some(server_tls.client_verifier),
+        cert_stamp: server_tls.cert_stamp,
+        creds_stamp,
+        backend_tls,
+    })
+}
+
+/// The TLS side of a runtime.
+struct ServerTls {
+    config: Arc<rustls::ServerConfig>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    /// The certificate and key files' modification times when loaded.
+    cert_stamp: Option<(SystemTime, SystemTime)>,
+}
+
+/// Whether the certificate and key are there to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pair {
+    /// Both files exist (or were just generated).
+    Present,
+    /// Both are missing and `self_signed` allows generating them: `Run::Check` found what
+    /// `Run::Serve` would generate.
+    ToGenerate,
+}
+
+/// `[tls] self_signed`: where both files are missing, `Run::Serve` generates the pair and
+/// `Run::Check` says it would. One file without the other is an error either way.
+fn self_signed_pair(tls_cfg: &TlsConfig, run: Run) -> Result<Pair, StartError> {
+    if !tls_cfg.self_signed {
+        return Ok(Pair::Present);
+    }
+    if run == Run::Check {
+        return match certs::needs_self_signed(&tls_cfg.cert, &tls_cfg.key) {
+            Ok(true) => Ok(Pair::ToGenerate),
+            Ok(false) => Ok(Pair::Present),
+            Err(e) => Err(StartError::Cert(e)),
+        };
+    }
+    if certs::ensure_self_signed(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)? {
         log::warn!(
-            "generated a self-signed certificate at {} (key {}, mode 0600): for trying wsgate out; \
-             clients must be told to trust it",
+            "generated a self-signed certificate at {} (key {}, mode 0600): for trying wsgate \
+             out; clients must be told to trust it",
             files::shown(&tls_cfg.cert),
             files::shown(&tls_cfg.key)
         );
     }
+    Ok(Pair::Present)
+}
+
+/// Loads the certificate and key and has rustls pair them, with the client CA when client
+/// certificates are on: what serving TLS needs, and what `check-config` tries.
+fn server_tls(tls_cfg: &TlsConfig, run: Run) -> Result<ServerTls, StartError> {
     let cert_stamp = stamp(&tls_cfg.cert, &tls_cfg.key);
     let pair = certs::load(&tls_cfg.cert, &tls_cfg.key).map_err(StartError::Cert)?;
     let fingerprint = certs::fingerprint(&pair.chain[0]);
@@ -507,20 +698,19 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
         (ClientAuth::Required, Some(ca)) => tls::ClientCerts::Required(ca),
         _ => tls::ClientCerts::Off,
     };
-    let (tls, client_verifier) =
+    let (config, client_verifier) =
         tls::server_config(pair, &tls_cfg.cert, &tls_cfg.key, client_certs)
             .map_err(StartError::Cert)?;
-    log::info!(
-        "certificate {} sha256 fingerprint {fingerprint}",
-        files::shown(&tls_cfg.cert)
-    );
-    Ok(Runtime {
-        config: Arc::new(config),
-        tls: Some(tls),
-        client_verifier: Some(client_verifier),
+    if run == Run::Serve {
+        log::info!(
+            "certificate {} sha256 fingerprint {fingerprint}",
+            files::shown(&tls_cfg.cert)
+        );
+    }
+    Ok(ServerTls {
+        config,
+        client_verifier,
         cert_stamp,
-        creds_stamp,
-        backend_tls,
     })
 }
 
@@ -629,6 +819,13 @@ fn warn_about_origins(config: &Config) {
     let seen = warned_for.as_ref() == Some(&config.origins);
     *warned_for = Some(config.origins.clone());
     drop(warned_for);
+    if !seen && !config.origins.allow_any && !config.origins.allow_missing {
+        log::info!(
+            "[origins] allow_missing = false: clients that send no Origin header (websocat, curl, \
+             scripts, devices; browsers always send one) are refused with 403; set \
+             allow_missing = true to let them in"
+        );
+    }
     if seen {
         // Said already for this very section.
     } else if config.origins.allow_any {
@@ -669,5 +866,36 @@ fn warn_about_plaintext(config: &Config) {
 fn notify_or_log(notifier: &Notifier, send: impl FnOnce(&Notifier) -> io::Result<()>) {
     if let Err(e) = send(notifier) {
         log::warn!("sd_notify failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bind_error_names_the_key_and_what_to_change() {
+        let said = |addr: &str, kind: io::ErrorKind| {
+            StartError::Bind {
+                key: "[server] listen",
+                addr: addr.parse().unwrap(),
+                error: io::Error::from(kind),
+            }
+            .to_string()
+        };
+        let denied = said("[::]:443", io::ErrorKind::PermissionDenied);
+        assert!(
+            denied.starts_with("[server] listen = [::]:443: cannot listen: ")
+                && denied.contains("CAP_NET_BIND_SERVICE")
+                && denied.contains("choose a port from 1024 up"),
+            "{denied}"
+        );
+        // Above 1024, a permission error is not the port's: no capability advice.
+        assert!(!said("[::]:8443", io::ErrorKind::PermissionDenied).contains("CAP_NET"));
+        assert!(said("127.0.0.1:8443", io::ErrorKind::AddrInUse).contains("`ss -ltnp`"));
+        assert!(
+            said("192.0.2.1:8443", io::ErrorKind::AddrNotAvailable)
+                .contains("no interface of this host has that address")
+        );
     }
 }

@@ -18,7 +18,7 @@ use crate::ops::notify::Notifier;
 use crate::policy::{self};
 
 use super::{
-    Runtime, Shared, StartError, build_runtime, creds_stamp, load_credentials, notify_or_log,
+    Run, Runtime, Shared, StartError, build_runtime, creds_stamp, load_credentials, notify_or_log,
     stamp, warn_about_origins,
 };
 
@@ -39,7 +39,7 @@ impl Shared {
             .map_err(StartError::Config)
             .and_then(|config| {
                 let creds_stamp = creds_stamp(&config);
-                let loaded = load_credentials(&config, config.auth.file_settle_time)?;
+                let loaded = load_credentials(&config, config.auth.file_settle_time, Run::Serve)?;
                 loaded
                     .users
                     .may_replace(self.creds.users.user_count(), &config.auth.users_file)

@@ -8,7 +8,7 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use crate::auth::session::{self};
 use crate::hub::{Holder, HubClosed, Intake, JoinRefused, Membership, Profile, RecallRefused};
@@ -49,6 +49,8 @@ enum Unopened {
     DemoPage,
     /// It was the demo page's login, answered 204 with a session for this user.
     DemoLogin(String),
+    /// It was the demo page's log-out, answered 204 with the session cookie cleared.
+    DemoLogout,
 }
 
 /// The steps before the 101, in order.
@@ -138,6 +140,7 @@ impl Unopened {
                 "demo login peer={peer} user=\"{}\" status=204",
                 crate::policy::safe_user(&user)
             ),
+            Unopened::DemoLogout => log::info!("demo logout peer={peer} status=204"),
         }
     }
 }
@@ -371,7 +374,10 @@ fn handshake(
                         user,
                         why: "credential revoked",
                     },
-                    Revocation::Access | Revocation::Admin => Reason::Forbidden { user },
+                    Revocation::Access | Revocation::Admin => Reason::Forbidden {
+                        user: crate::policy::safe_user(&user),
+                        path: crate::policy::safe_path(&grant.path),
+                    },
                 });
             }
         }
@@ -430,7 +436,7 @@ fn handshake(
             if let Some((token, ttl)) = shared.creds.issue_session(user, &session_id, login) {
                 // The cookie only where a browser will send it back: a request with an Origin.
                 if grant.browser {
-                    headers.push(("Set-Cookie", session_cookie(&token, ttl)));
+                    headers.push(("Set-Cookie", crate::policy::session_cookie(&token, ttl)));
                 }
                 headers.push(("X-Wsgate-Session", token));
             }
@@ -446,7 +452,7 @@ fn handshake(
             .creds
             .issue_session(user, &session::new_session_id(), None)?;
         shared.creds.logged_in(peer.ip(), user);
-        Some(session_cookie(&token, ttl))
+        Some(crate::policy::session_cookie(&token, ttl))
     };
     let (ws, grant, (member, session_id, backend, worker)) =
         match upgrade::upgrade(transport, config, &verifier, enter, login) {
@@ -459,6 +465,7 @@ fn handshake(
             Err(UpgradeError::DemoLogin(user)) => {
                 return Err(Box::new((Unopened::DemoLogin(user), who)));
             }
+            Err(UpgradeError::DemoLogout) => return Err(Box::new((Unopened::DemoLogout, who))),
         };
     metrics.outcome(Outcome::Accepted);
     metrics.observe_upgrade(accepted.elapsed());
@@ -475,14 +482,4 @@ fn handshake(
         ticket,
     };
     Ok((opened, worker))
-}
-
-/// The session cookie: only sent over TLS, invisible to page scripts, never sent cross-site,
-/// host-only (the `__Host-` name makes a browser insist on `Secure`, `Path=/` and no `Domain`).
-fn session_cookie(token: &str, ttl: Duration) -> String {
-    format!(
-        "{}={token}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        crate::policy::SESSION_COOKIE,
-        ttl.as_secs()
-    )
 }

@@ -90,6 +90,9 @@ impl Default for Setup {
             )
             .set("origins", "allow_missing", "true")
             .set("auth", "users_file", "users")
+            // The file watcher off the tests' path: a test that rewrites a file and reloads
+            // sends SIGHUP and counts its line; the tests of the watcher set their own interval.
+            .set("tls", "reload_check_interval", "60s")
             .set("log", "level", "debug")
             .set("channel:/echo", "mode", "echo")
             .set("channel:/chat/*", "mode", "broadcast")
@@ -107,6 +110,14 @@ impl Setup {
             .entry(section.into())
             .or_default()
             .insert(key.into(), value.into());
+        self
+    }
+
+    /// Removes a key, so the server takes its default.
+    pub fn unset(&mut self, section: &str, key: &str) -> &mut Self {
+        if let Some(keys) = self.sections.get_mut(section) {
+            keys.remove(key);
+        }
         self
     }
 
@@ -131,7 +142,11 @@ impl Setup {
         ])
         .unwrap();
         std::fs::write(dir.path().join("cert.pem"), pair.cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), pair.signing_key.serialize_pem()).unwrap();
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+        // As `wsgate cert` writes it: a key others can read is warned about.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(dir.path().join("users"), users_file_text()).unwrap();
         let config = dir.path().join("wsgate.ini");
         std::fs::write(&config, self.render()).unwrap();
@@ -160,6 +175,7 @@ const PROGRAM_PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     ("openssl", "openssl"),
     ("prlimit", "util-linux"),
+    ("setpriv", "util-linux"),
     ("systemd-analyze", "systemd"),
     ("timeout", "coreutils"),
 ];
@@ -502,6 +518,21 @@ pub fn status_of(result: Result<Client, tungstenite::Error>) -> u16 {
         Ok(_) => 101,
         Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
         Err(e) => panic!("expected an HTTP refusal, got {e}"),
+    }
+}
+
+/// The `Retry-After` seconds of a refused handshake that must be a 429.
+pub fn retry_after_of_429(result: Result<Client, tungstenite::Error>) -> u64 {
+    match result {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429);
+            resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
     }
 }
 

@@ -54,18 +54,19 @@ fn field<'a>(json: &'a str, key: &str) -> &'a str {
         + key.len()
         + 3;
     let rest = &json[start..];
-    let end = if rest.starts_with('"') {
-        1 + rest[1..]
+    let end = if let Some(inside) = rest.strip_prefix('"') {
+        // The closing quote: the first one no backslash escapes.
+        let mut escaped = false;
+        let close = inside
             .char_indices()
-            .scan(false, |escaped, (i, c)| {
-                let end = !*escaped && c == '"';
-                *escaped = !*escaped && c == '\\';
-                Some((i, end))
+            .find(|&(_, c)| {
+                let end = !escaped && c == '"';
+                escaped = !escaped && c == '\\';
+                end
             })
-            .find(|&(_, end)| end)
             .unwrap()
-            .0
-            + 1
+            .0;
+        close + 2
     } else if rest.starts_with('{') {
         rest.find('}').unwrap() + 1
     } else {

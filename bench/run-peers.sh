@@ -48,17 +48,7 @@ if [[ ! -d $NODE_PEER/node_modules ]]; then
 fi
 
 BEFORE_BIN=''
-if [[ -n $BASELINE ]]; then
-  echo "building wsgate at $BASELINE (the baseline)" >&2
-  BASE_TREE=$(mktemp -d /tmp/wsgate-baseline.XXXXXX)
-  git -C "$ROOT" worktree add -q --detach "$BASE_TREE" "$BASELINE"
-  # Removed below once built; this covers an interrupted build (the later trap replaces it).
-  trap 'git -C "$ROOT" worktree remove --force "$BASE_TREE" 2>/dev/null || true' EXIT
-  (cd "$BASE_TREE" && CARGO_TARGET_DIR=$ROOT/target/bench-baseline cargo build --release -q) ||
-    { git -C "$ROOT" worktree remove --force "$BASE_TREE"; exit 1; }
-  git -C "$ROOT" worktree remove --force "$BASE_TREE"
-  BEFORE_BIN=$ROOT/target/bench-baseline/release/wsgate
-fi
+[[ -z $BASELINE ]] || BEFORE_BIN=$("$ROOT/bench/baseline.sh" "$BASELINE")
 
 stamp=$(date +%Y%m%d-%H%M%S)
 run() {  # NAME COMMAND

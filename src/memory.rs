@@ -175,12 +175,21 @@ impl Budget {
     }
 }
 
-/// One owner's share of the count (a connection, or one queued cluster message), so that what an
-/// owner still holds is released at once when it goes ([`Account::release_all`]).
+/// One connection's share of the count. What it holds for deliveries (its outbox, its write
+/// buffer) is in [`Charge`]s that travel with the bytes they count and give them back when
+/// dropped; the account only sums them ([`Account::held`]). What it is charged by count
+/// ([`Account::try_charge`], a message being read) it gives back by count, and whatever of that
+/// is left when the connection goes with [`Account::release_all`].
 #[derive(Debug, Clone)]
 pub struct Account {
     budget: Arc<Budget>,
+    /// Everything this owner holds: its charges and its counted bytes.
     held: Arc<AtomicUsize>,
+    /// Of `held`, what was charged by count rather than as a [`Charge`].
+    counted: Arc<AtomicUsize>,
+    /// Of `held`, buffer capacity its writes keep after their bytes went out
+    /// ([`Account::keeps`]): held, but owed to nobody.
+    kept: Arc<AtomicUsize>,
 }
 
 impl Account {
@@ -188,10 +197,55 @@ impl Account {
         Account {
             budget,
             held: Arc::new(AtomicUsize::new(0)),
+            counted: Arc::new(AtomicUsize::new(0)),
+            kept: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Counts `bytes` for this owner if they fit in `room`.
+    /// Says that `bytes` of what its charges hold are buffer capacity kept after the bytes went
+    /// out (a write buffer that grew), not messages still owed to the client.
+    pub fn keeps(&self, bytes: usize) {
+        self.kept.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of deliveries it holds that the client has not taken yet (its outbox and what its
+    /// socket has not accepted): what it holds, less what it is reading and what is only kept
+    /// capacity. Whom the squeeze closes first.
+    pub fn backlog(&self) -> usize {
+        let held = self.held.load(Ordering::Relaxed);
+        let other = self.counted.load(Ordering::Relaxed) + self.kept.load(Ordering::Relaxed);
+        held.saturating_sub(other)
+    }
+
+    /// Counts `bytes` for this owner if they fit in `room`, as a [`Charge`] that gives them back
+    /// when dropped.
+    pub fn charge(&self, bytes: usize, room: Room) -> Option<Charge> {
+        if self.budget.cap.is_none() {
+            return Some(self.nothing());
+        }
+        if !self.budget.try_charge(bytes, room) {
+            return None;
+        }
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+        Some(Charge {
+            budget: Arc::clone(&self.budget),
+            holder: Some(Arc::clone(&self.held)),
+            bytes,
+        })
+    }
+
+    /// A charge of nothing yet, for others of this owner to be merged into
+    /// ([`Charge::absorb`]).
+    pub fn nothing(&self) -> Charge {
+        Charge {
+            budget: Arc::clone(&self.budget),
+            holder: Some(Arc::clone(&self.held)),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `bytes` for this owner if they fit in `room`; given back with
+    /// [`Account::release`].
     #[must_use]
     pub fn try_charge(&self, bytes: usize, room: Room) -> bool {
         if self.budget.cap.is_none() {
@@ -201,22 +255,26 @@ impl Account {
             return false;
         }
         self.held.fetch_add(bytes, Ordering::Relaxed);
+        self.counted.fetch_add(bytes, Ordering::Relaxed);
         true
     }
 
-    /// Gives back `bytes` this owner was charged (no more than it holds).
+    /// Gives back `bytes` this owner was charged by count (no more than it holds so).
     pub fn release(&self, bytes: usize) {
         if self.budget.cap.is_none() || bytes == 0 {
             return;
         }
-        let prev = self.held.fetch_sub(bytes, Ordering::Relaxed);
-        debug_assert!(prev >= bytes, "released {bytes} of {prev} held");
+        let prev = self.counted.fetch_sub(bytes, Ordering::Relaxed);
+        debug_assert!(prev >= bytes, "released {bytes} of {prev} counted");
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
         self.budget.release(bytes);
     }
 
-    /// Gives back everything this owner holds (it is going away).
+    /// Gives back everything this owner was charged by count (it is going away); its
+    /// [`Charge`]s give theirs back as they are dropped.
     pub fn release_all(&self) {
-        let n = self.held.swap(0, Ordering::Relaxed);
+        let n = self.counted.swap(0, Ordering::Relaxed);
+        self.held.fetch_sub(n, Ordering::Relaxed);
         self.budget.release(n);
     }
 
@@ -230,27 +288,73 @@ impl Account {
     }
 }
 
-/// Bytes counted for one value, released when it is dropped (a message in the cluster queue:
-/// whoever takes it off the queue releases it by dropping it, whatever it does with it).
+/// Bytes counted against the cap for the value that holds them (a queued broadcast, a
+/// connection's write buffer, a message in the cluster queue): it moves with them and gives them
+/// back when dropped, whoever drops it and wherever. Charges of one owner merge
+/// ([`Charge::absorb`]) and shrink ([`Charge::shrink_to`]) as the bytes they count do. With the
+/// cap off a charge counts nothing.
+#[must_use]
 #[derive(Debug)]
-pub struct Charged {
+pub struct Charge {
     budget: Arc<Budget>,
+    /// The owner's [`Account::held`], when the bytes are a connection's.
+    holder: Option<Arc<AtomicUsize>>,
     bytes: usize,
 }
 
-impl Charged {
-    /// Counts `bytes` in `room`; None when they do not fit.
-    pub fn try_new(budget: &Arc<Budget>, bytes: usize, room: Room) -> Option<Charged> {
-        budget.try_charge(bytes, room).then(|| Charged {
+impl Charge {
+    /// Counts `bytes` in `room` for no connection (the cluster queue); None when they do not
+    /// fit.
+    pub fn try_new(budget: &Arc<Budget>, bytes: usize, room: Room) -> Option<Charge> {
+        let counted = if budget.cap.is_some() { bytes } else { 0 };
+        budget.try_charge(bytes, room).then(|| Charge {
             budget: Arc::clone(budget),
-            bytes,
+            holder: None,
+            bytes: counted,
         })
+    }
+
+    /// Bytes it counts.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Takes `other`, of the same owner, into this one: one charge for both sets of bytes.
+    pub fn absorb(&mut self, mut other: Charge) {
+        debug_assert!(
+            match (&self.holder, &other.holder) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            },
+            "charges of two owners merged"
+        );
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+
+    /// Gives back what it counts beyond `keep` bytes.
+    pub fn shrink_to(&mut self, keep: usize) {
+        if self.bytes > keep {
+            let freed = self.bytes - keep;
+            self.bytes = keep;
+            self.give_back(freed);
+        }
+    }
+
+    fn give_back(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        if let Some(holder) = &self.holder {
+            holder.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        self.budget.release(bytes);
     }
 }
 
-impl Drop for Charged {
+impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.release(self.bytes);
+        self.give_back(self.bytes);
     }
 }
 
@@ -386,79 +490,25 @@ pub fn read_host_memory() -> Option<HostMemory> {
     host_memory(&v2, &v1, read("/proc/meminfo").as_deref())
 }
 
-/// The start-up line: the enforced cap and where it came from, the base cost of a connection
-/// (outside the cap), what the configured connections take at base, and how many connections
-/// fit beside the cap in the host's memory.
-pub fn startup_line(
-    limit: MemoryLimit,
-    cap: Option<NonZeroUsize>,
-    host: Option<HostMemory>,
-    base: usize,
-    connections: usize,
-) -> String {
-    let mib = |b: u64| b >> 20;
-    let origin = match (limit, host) {
-        (MemoryLimit::Off, _) => "memory_limit = 0: nothing that grows with traffic is bounded \
-                                  process-wide"
-            .to_string(),
-        (MemoryLimit::Bytes(_), _) => "set by memory_limit".to_string(),
-        (MemoryLimit::Host, Some(h)) => format!(
-            "1/{HOST_FRACTION} of {} ({} MiB), at least {} MiB",
-            h.source.describe(),
-            mib(h.bytes),
-            mib(FLOOR)
-        ),
-        (MemoryLimit::Host, None) => format!(
-            "{}: the floor of {} MiB",
-            Source::Floor.describe(),
-            mib(FLOOR)
-        ),
-    };
-    let cap_bytes = cap.map_or(0, |c| c.get() as u64);
-    let head = match cap {
-        Some(_) => format!(
-            "memory limit {} MiB ({origin}), enforced over outboxes, write and read buffers \
-             beyond their base, messages being assembled and the cluster queue",
-            mib(cap_bytes)
-        ),
-        None => format!("memory limit off ({origin})"),
-    };
-    let base = base.max(1) as u64;
-    let fit = match host {
-        Some(h) => format!(
-            "; {} connections fit at base beside the limit in {} MiB",
-            h.bytes.saturating_sub(cap_bytes) / base,
-            mib(h.bytes)
-        ),
-        None => String::new(),
-    };
-    format!(
-        "{head}; base cost {} KiB per connection: {connections} connections (workers + queue) \
-         take {} MiB at base{fit}",
-        base >> 10,
-        mib(base * connections as u64)
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // Whom a fan-out drops at the cap.
 
 /// One subscriber of a fan-out that met the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
-    /// Bytes it holds against the cap (outbox, write buffer, a message being read).
+    /// Bytes it has been sent and not taken ([`Account::backlog`]): the ranking.
     pub backlog: usize,
-    /// Bytes dropping it gives back at once (its outbox).
+    /// Bytes dropping it gives back at once (what it holds for deliveries).
     pub frees: usize,
     /// Bytes this delivery still needs for it (0 when it already has the message).
     pub needs: usize,
 }
 
 /// The subscribers to drop (indices into `candidates`) so that what the others still need fits
-/// in `room`: the largest backlog first (ties in the given order). Dropping one frees its outbox
-/// at once (the rest of its backlog when its connection ends) and its own need. Subscribers
-/// without a backlog go last, and only if nothing else frees enough; one that holds nothing and
-/// needs nothing is never dropped, since that would free nothing.
+/// in `room`: the largest backlog first (ties in the given order). Dropping one frees what it
+/// holds at once, and its own need. Subscribers without a backlog go last, and only if nothing
+/// else frees enough; one without a backlog that needs nothing this time is never dropped: it
+/// keeps up (what it holds is buffer capacity, or nothing).
 pub fn choose_drops(candidates: &[Candidate], room: usize) -> Vec<usize> {
     let need: usize = candidates.iter().map(|c| c.needs).sum();
     let mut deficit = need.saturating_sub(room);
@@ -589,10 +639,42 @@ mod tests {
         a.release_all();
         assert_eq!((budget.used(), a.held()), (200, 0));
         assert!(budget.admits());
-        let q = Charged::try_new(&budget, 500, Room::Deliveries).unwrap();
-        assert!(Charged::try_new(&budget, 1, Room::Deliveries).is_none());
+        let q = Charge::try_new(&budget, 500, Room::Deliveries).unwrap();
+        assert!(Charge::try_new(&budget, 1, Room::Deliveries).is_none());
         drop(q);
         assert_eq!(budget.used(), 200);
+    }
+
+    #[test]
+    fn a_charge_moves_merges_shrinks_and_gives_back_when_dropped() {
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(8000)));
+        let a = Account::new(Arc::clone(&budget));
+        let mut write_side = a.nothing();
+        let queued = a.charge(1000, Room::Deliveries).unwrap();
+        let echo = a.charge(500, Room::Whole).unwrap();
+        assert!(
+            a.try_charge(300, Room::Whole),
+            "a message being read, by count"
+        );
+        assert_eq!((budget.used(), a.held(), a.backlog()), (1800, 1800, 1500));
+        // Moved to another owner (a thread, a queue), still counted; merged into one.
+        let queued = std::thread::spawn(move || queued).join().unwrap();
+        write_side.absorb(queued);
+        write_side.absorb(echo);
+        assert_eq!((write_side.bytes(), budget.used()), (1500, 1800));
+        // Flushed: the buffer keeps 200 of capacity, owed to nobody.
+        write_side.shrink_to(200);
+        a.keeps(200);
+        assert_eq!((budget.used(), a.held(), a.backlog()), (500, 500, 0));
+        // The connection goes: its counted bytes with `release_all`, its charges as dropped.
+        a.release_all();
+        assert_eq!((budget.used(), a.held()), (200, 200));
+        drop(write_side);
+        assert_eq!((budget.used(), a.held()), (0, 0));
+        // With the cap off a charge counts nothing.
+        let off = Account::new(Arc::new(Budget::off()));
+        let c = off.charge(usize::MAX / 2, Room::Deliveries).unwrap();
+        assert_eq!((c.bytes(), off.held()), (0, 0));
     }
 
     #[test]
@@ -613,45 +695,6 @@ mod tests {
         a.release(5);
         assert!(budget.admits());
         assert_eq!(budget.cap(), None);
-    }
-
-    #[test]
-    fn the_startup_line_states_the_cap_its_origin_the_base_and_the_fit() {
-        let host = Some(HostMemory {
-            bytes: 1024 * MIB,
-            source: Source::MemTotal,
-        });
-        let line = startup_line(
-            MemoryLimit::Host,
-            NonZeroUsize::new(256 << 20),
-            host,
-            32 * 1024,
-            1040,
-        );
-        assert_eq!(
-            line,
-            "memory limit 256 MiB (1/4 of MemTotal in /proc/meminfo (1024 MiB), at least 16 MiB), \
-             enforced over outboxes, write and read buffers beyond their base, messages being \
-             assembled and the cluster queue; base cost 32 KiB per connection: 1040 connections \
-             (workers + queue) take 32 MiB at base; 24576 connections fit at base beside the \
-             limit in 1024 MiB"
-        );
-        let off = startup_line(MemoryLimit::Off, None, None, 32 * 1024, 80);
-        assert!(
-            off.starts_with("memory limit off (memory_limit = 0"),
-            "{off}"
-        );
-        let set = startup_line(
-            MemoryLimit::Bytes(NonZeroUsize::new(32 << 20).unwrap()),
-            NonZeroUsize::new(32 << 20),
-            None,
-            32 * 1024,
-            80,
-        );
-        assert!(
-            set.starts_with("memory limit 32 MiB (set by memory_limit)"),
-            "{set}"
-        );
     }
 
     fn c(backlog: usize, frees: usize, needs: usize) -> Candidate {

@@ -36,6 +36,40 @@ pub fn open_private(path: &Path, what: &str) -> io::Result<(File, Metadata)> {
     Ok((file, meta))
 }
 
+/// [`open_private`], then the whole file as text, refusing one larger than `max` bytes without
+/// reading it (and one that grew past `max` while it was read).
+///
+/// # Errors
+/// Opening or reading fails, the file is not UTF-8, or it is too large (`FileTooLarge`, the
+/// message naming both sizes and `[auth] max_file_size`).
+pub fn read_private(path: &Path, what: &str, max: usize) -> io::Result<(String, Metadata)> {
+    let (file, meta) = open_private(path, what)?;
+    let too_large = |size: u64| {
+        io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!(
+                "the file is {size} bytes, more than [auth] max_file_size ({max} bytes); raise \
+                 it if the file is meant to be this large"
+            ),
+        )
+    };
+    let bound = u64::try_from(max).unwrap_or(u64::MAX);
+    if meta.len() > bound {
+        return Err(too_large(meta.len()));
+    }
+    // Sized once from the file's length: no chain of growing buffers freed behind it (each
+    // large free raises glibc's mmap threshold, after which such buffers stay in the heap).
+    let mut text = String::with_capacity(usize::try_from(meta.len()).unwrap_or(0) + 1);
+    io::Read::read_to_string(
+        &mut io::Read::take(file, bound.saturating_add(1)),
+        &mut text,
+    )?;
+    if text.len() > max {
+        return Err(too_large(text.len() as u64));
+    }
+    Ok((text, meta))
+}
+
 /// A path as a log line shows it: `.` and `..` resolved on the text alone and, under the working
 /// directory, relative to it (`certs/wsgate.crt`, not `/srv/x/conf/../certs/wsgate.crt`). Only
 /// for showing: the server opens the path as configured (symlinks make `a/..` differ from `.`).

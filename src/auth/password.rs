@@ -6,6 +6,7 @@
 //! Nothing here logs or displays a password or a stored hash.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -14,9 +15,9 @@ use argon2::password_hash::{self, PasswordHash};
 use argon2::{Algorithm, Argon2, Params, Version};
 use crossbeam_channel::{Receiver, Sender};
 use ring::hmac;
-use ring::rand::SystemRandom;
+use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::auth::users::{UserStore, hash_digest, hash_password_with};
+use crate::auth::users::{UserStore, UsersError, hash_digest};
 
 /// Verifies credentials against a [`UserStore`]; shared by all workers.
 pub struct Authenticator {
@@ -34,15 +35,19 @@ pub struct Authenticator {
     /// Checks waiting for a permit, and how many may wait before new ones are refused as busy.
     waiting: std::sync::atomic::AtomicUsize,
     max_waiting: usize,
+    /// The Argon2 memory (KiB) one check may use, fixed at start: the permits and the memory
+    /// budget were sized for it.
+    memory_kib: u32,
     #[cfg(test)]
     in_flight: std::sync::atomic::AtomicUsize,
     #[cfg(test)]
     peak_in_flight: std::sync::atomic::AtomicUsize,
 }
 
-/// A store plus the dummy hash an unknown user is checked against (made with the store, with the
-/// same parameters as its hashes, so an unknown user costs what a wrong password costs — from the
-/// first attempt on: made lazily, the first unknown user would also pay for making it).
+/// A store plus the dummy hash an unknown user is checked against: the parameters of the store's
+/// first hash (bounded by the users file's rules), a random salt and a random output that no
+/// password produces. Checking against it is one Argon2 run inside a permit, as a wrong password
+/// costs; making it is no run at all, so a start or a reload allocates no Argon2 memory.
 struct StoreState {
     store: Arc<UserStore>,
     dummy: Option<String>,
@@ -198,7 +203,9 @@ impl Authenticator {
         }
         let cache_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
             .expect("the system random source must work to key the credential cache");
+        let memory_kib = store.hashing_memory_kib();
         Authenticator {
+            memory_kib,
             current: RwLock::new(Arc::new(StoreState::new(store))),
             cache: Mutex::new(Cache::default()),
             cache_size,
@@ -259,9 +266,9 @@ impl Authenticator {
         gate: &mut dyn FnMut() -> bool,
     ) -> (AuthOutcome, Cost, Option<[u8; 32]>) {
         let state = Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
-        let known = state.store.users.get(user);
-        let Some(stored) = known.map(String::as_str).or(state.dummy.as_deref()) else {
-            // No dummy hash could be made (Argon2 refused its parameters): nothing to run.
+        let known = state.store.hash(user);
+        let Some(stored) = known.or(state.dummy.as_deref()) else {
+            // No dummy hash could be made (the system random source failed): nothing to run.
             return (AuthOutcome::UnknownUser, Cost::Nothing, None);
         };
         let tag = self.tag(user, stored, password);
@@ -337,6 +344,23 @@ impl Authenticator {
         })
     }
 
+    /// Whether `store` (loaded from `path` by a reload) fits the Argon2 memory the permits were
+    /// sized for at start: a hash asking for more would grow every permit beyond the budget.
+    ///
+    /// # Errors
+    /// [`UsersError::HashingMemory`] naming the file and both sizes.
+    pub fn check_fits(&self, store: &UserStore, path: &Path) -> Result<(), UsersError> {
+        let needs = store.hashing_memory_kib();
+        if needs > self.memory_kib {
+            return Err(UsersError::HashingMemory {
+                path: path.to_path_buf(),
+                needs,
+                sized: self.memory_kib,
+            });
+        }
+        Ok(())
+    }
+
     /// Swaps in a newly loaded store (SIGHUP reload) and forgets every cached success.
     pub fn replace_store(&self, store: UserStore) {
         let state = Arc::new(StoreState::new(store));
@@ -356,7 +380,7 @@ impl Authenticator {
     /// change or deletion changes it).
     pub fn password_hash(&self, user: &str) -> Option<String> {
         let state = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        state.store.users.get(user).cloned()
+        state.store.hash(user).map(str::to_string)
     }
 
     /// Whether the current store has `user`.
@@ -489,9 +513,9 @@ fn argon2_matches(
 }
 
 impl StoreState {
-    /// The store and its dummy hash, made now (one Argon2 run, at start and on each reload).
+    /// The store and its dummy hash.
     fn new(store: UserStore) -> Self {
-        let dummy = hash_password_with("wsgate-dummy-password", store.typical_params()).ok();
+        let dummy = dummy_hash(&store.typical_params());
         StoreState {
             store: Arc::new(store),
             dummy,
@@ -499,10 +523,72 @@ impl StoreState {
     }
 }
 
+/// A PHC string with `params`, a random salt and a random 32-byte output: verifying any password
+/// against it runs Argon2 with `params` and fails (a match is a 2^-256 chance). None only when
+/// the system random source fails.
+fn dummy_hash(params: &Params) -> Option<String> {
+    let rng = SystemRandom::new();
+    let (mut salt, mut output) = ([0u8; 16], [0u8; 32]);
+    rng.fill(&mut salt).ok()?;
+    rng.fill(&mut output).ok()?;
+    let salt = password_hash::SaltString::encode_b64(&salt).ok()?;
+    let output = password_hash::Output::new(&output).ok()?;
+    Some(format!(
+        "$argon2id$v=19$m={},t={},p={}${}${output}",
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+        salt.as_str()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::users::hash_password_with;
     use crate::auth::users::tests::{h, p};
+
+    #[test]
+    fn a_reload_asking_more_argon2_memory_than_the_permits_were_sized_for_is_refused() {
+        let with_m = |m| {
+            let phc = hash_password_with("pw", Params::new(m, 1, 1, None).unwrap()).unwrap();
+            UserStore::parse(&format!("alice:{phc}\n"), p()).unwrap()
+        };
+        let auth = Authenticator::new(with_m(64), 0, Duration::ZERO, 1);
+        assert!(auth.check_fits(&with_m(64), p()).is_ok());
+        assert!(auth.check_fits(&with_m(32), p()).is_ok());
+        let e = auth.check_fits(&with_m(65), p()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "users: conf/users: a hash asks Argon2 for m=65 KiB, more than the 64 KiB the \
+             server's hashing permits were sized for at start; the running users are kept \
+             (restart wsgate to size the permits for it)"
+        );
+    }
+
+    #[test]
+    fn the_dummy_hash_costs_no_run_to_make_and_one_run_to_check() {
+        let phc = hash_password_with("pw", Params::new(64, 3, 2, None).unwrap()).unwrap();
+        let store = UserStore::parse(&format!("alice:{phc}\n"), p()).unwrap();
+        let auth = Authenticator::new(store.clone(), 0, Duration::ZERO, 1);
+        for _ in 0..100 {
+            auth.replace_store(store.clone());
+        }
+        assert_eq!(auth.argon2_runs(), 0, "making the dummy ran Argon2");
+        let dummy = auth.current.read().unwrap().dummy.clone().unwrap();
+        let parsed = PasswordHash::new(&dummy).unwrap();
+        let params = Params::try_from(&parsed).unwrap();
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (64, 3, 2)
+        );
+        assert_eq!(parsed.hash.unwrap().len(), 32);
+        assert_eq!(auth.verify("mallory", "pw"), AuthOutcome::UnknownUser);
+        assert_eq!(auth.argon2_runs(), 1);
+        // Every reload draws a new salt and output.
+        auth.replace_store(store);
+        assert_ne!(auth.current.read().unwrap().dummy.as_ref(), Some(&dummy));
+    }
 
     #[test]
     fn verify_outcomes() {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -281,7 +281,16 @@ impl TokenStore {
     /// # Errors
     /// A [`TokensError`] naming the file (and line).
     pub fn load(path: &Path) -> Result<TokenStore, TokensError> {
-        Ok(read_file(path)?.map_or_else(TokenStore::default, |(store, _, _)| store))
+        TokenStore::load_bounded(path, usize::MAX)
+    }
+
+    /// [`TokenStore::load`], refusing a file larger than `max` bytes before reading it (the
+    /// server's `[auth] max_file_size`).
+    ///
+    /// # Errors
+    /// A [`TokensError`] naming the file (and line).
+    pub fn load_bounded(path: &Path, max: usize) -> Result<TokenStore, TokensError> {
+        Ok(read_file(path, max)?.map_or_else(TokenStore::default, |(store, _, _)| store))
     }
 
     /// Parses tokens-file text; `path` is only used in error messages.
@@ -398,18 +407,19 @@ impl TokenStore {
 }
 
 /// The parsed store, its text and its metadata; `None` when the file does not exist.
-fn read_file(path: &Path) -> Result<Option<(TokenStore, String, fs::Metadata)>, TokensError> {
+fn read_file(
+    path: &Path,
+    max: usize,
+) -> Result<Option<(TokenStore, String, fs::Metadata)>, TokensError> {
     let read_err = |source| TokensError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let (mut file, meta) = match crate::auth::files::open_private(path, "tokens file") {
-        Ok(opened) => opened,
+    let (text, meta) = match crate::auth::files::read_private(path, "tokens file", max) {
+        Ok(read) => read,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_err(e)),
     };
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(read_err)?;
     let store = TokenStore::parse(&text, path)?;
     Ok(Some((store, text, meta)))
 }
@@ -449,7 +459,7 @@ pub fn add(file: &Path, user: &str, name: Option<&str>) -> Result<String, Tokens
         check_token_name(name)?;
     }
     let held = lock(file)?;
-    let existing = read_file(file)?;
+    let existing = read_file(file, usize::MAX)?;
     let (store, text, meta) = match &existing {
         Some((store, text, meta)) => (store, text.as_str(), Some(meta)),
         None => (&TokenStore::default(), "", None),
@@ -495,7 +505,7 @@ pub fn revoke(file: &Path, user: &str, name: &str) -> Result<(), TokensError> {
         name: name.to_string(),
     };
     let held = lock(file)?;
-    let Some((store, text, meta)) = read_file(file)? else {
+    let Some((store, text, meta)) = read_file(file, usize::MAX)? else {
         return Err(not_found());
     };
     if !store.has(user, name) {

@@ -6,9 +6,8 @@
 //! Nothing here logs or displays a password or a stored hash: errors name the file, the line and
 //! the user only, and [`UserStore`]'s `Debug` lists names, not hashes.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -17,28 +16,55 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::rules::user_name::{NameError, check_user_name};
 
+/// The largest Argon2 memory cost (`m`, in KiB) a users file may ask for: 64 MiB, RFC 9106's
+/// second recommended setting. Every check holds this much in its permit, so a larger `m` would
+/// grow the server by that much per permit, outside every limit.
+pub const MAX_M_COST_KIB: u32 = 64 * 1024;
+/// The most Argon2 passes (`t`) a users file may ask for: each pass holds a permit for another
+/// full walk over `m` (OWASP's settings use 1 to 5).
+pub const MAX_T_COST: u32 = 10;
+/// The most Argon2 lanes (`p`) a users file may ask for (wsgate runs them one after the other).
+pub const MAX_P_COST: u32 = 16;
+
 /// The line that says a users file without users is meant to be empty. A reload refuses a file
 /// without users in place of one with users unless it carries this line, because an editor's
 /// truncate-then-write caught in the middle looks exactly like an empty file.
 /// `wsgate passwd --delete` writes it when it removes the last user.
 pub const NO_USERS_MARKER: &str = "# wsgate: no users";
 
-/// A loaded, validated users file.
+/// A loaded, validated users file. Held in three allocations whatever its size — the text, the
+/// users sorted by name, their file order — rather than two or three per user: a large file's
+/// memory is then a few large blocks that the allocator gives back to the system when a reload
+/// replaces it, instead of thousands of small ones it keeps.
 #[derive(Clone)]
 pub struct UserStore {
-    /// `name -> Argon2id PHC string`, each validated at parse time.
-    pub(super) users: HashMap<String, String>,
-    /// Names in file order (the first one's parameters shape the dummy hash).
-    order: Vec<String>,
+    /// The file's text; every name and hash is a range of it.
+    text: String,
+    /// Each user's name and Argon2id PHC string (validated at parse time), sorted by name.
+    users: Vec<Entry>,
+    /// Indices into `users` in file order (the first one's parameters shape the dummy hash).
+    order: Vec<usize>,
     /// The file has a [`NO_USERS_MARKER`] line.
     no_users_on_purpose: bool,
+    /// The largest `m` (KiB) of its hashes.
+    max_m_cost: u32,
+}
+
+/// One user of a [`UserStore`]: `text[name..colon]` is the name, `text[colon + 1..end]` the hash,
+/// from line `line`.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    name: usize,
+    colon: usize,
+    end: usize,
+    line: usize,
 }
 
 impl fmt::Debug for UserStore {
     /// Names only: a stored hash is offline-crackable and must not reach a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserStore")
-            .field("users", &self.order)
+            .field("users", &self.names().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -60,6 +86,12 @@ pub enum UsersError {
     /// On reload: the file has no users while the running server has some, and no
     /// [`NO_USERS_MARKER`] line says that is meant.
     AllUsersGone { path: PathBuf, running: usize },
+    /// On reload: a hash asks for more Argon2 memory (KiB) than the permits were sized for.
+    HashingMemory {
+        path: PathBuf,
+        needs: u32,
+        sized: u32,
+    },
 }
 
 /// What is wrong with one line of a users file.
@@ -80,6 +112,8 @@ pub enum LineProblem {
     InvalidHash,
     /// The name was already defined on an earlier line.
     Duplicate { first_line: usize },
+    /// An Argon2 parameter (`m`, `t` or `p`) above wsgate's bound for it.
+    AboveBound { param: char, value: u32, max: u32 },
 }
 
 impl fmt::Display for LineProblem {
@@ -108,6 +142,12 @@ impl fmt::Display for LineProblem {
             LineProblem::Duplicate { first_line } => {
                 write!(f, "duplicate user (first defined on line {first_line})")
             }
+            LineProblem::AboveBound { param, value, max } => write!(
+                f,
+                "Argon2 parameter {param}={value} is above the bound of {max} (wsgate accepts \
+                 m <= {MAX_M_COST_KIB} KiB, t <= {MAX_T_COST}, p <= {MAX_P_COST}; reset it with \
+                 `wsgate passwd`)"
+            ),
         }
     }
 }
@@ -135,6 +175,13 @@ impl fmt::Display for UsersError {
                 problem,
             } => write!(f, "users: {}:{line}: {problem}", path.display()),
             UsersError::Hash(why) => write!(f, "users: cannot hash the password: {why}"),
+            UsersError::HashingMemory { path, needs, sized } => write!(
+                f,
+                "users: {}: a hash asks Argon2 for m={needs} KiB, more than the {sized} KiB the \
+                 server's hashing permits were sized for at start; the running users are kept \
+                 (restart wsgate to size the permits for it)",
+                path.display()
+            ),
             UsersError::AllUsersGone { path, running } => write!(
                 f,
                 "users: {} has no users, the running server has {running}: refusing a reload \
@@ -167,8 +214,9 @@ pub fn line_user(line: &str) -> Option<&str> {
     Some(line.split_once(':').map_or(line, |(name, _)| name))
 }
 
-/// Validates one hash field: a parseable `$argon2id$` PHC string with valid Argon2 parameters.
-fn check_hash(hash: &str) -> Result<(), LineProblem> {
+/// Validates one hash field: a parseable `$argon2id$` PHC string with valid Argon2 parameters
+/// within wsgate's bounds. Returns its memory cost `m` (KiB).
+fn check_hash(hash: &str) -> Result<u32, LineProblem> {
     if hash.is_empty() {
         return Err(LineProblem::EmptyHash);
     }
@@ -197,21 +245,29 @@ fn check_hash(hash: &str) -> Result<(), LineProblem> {
     if let Some(v) = parsed.version {
         Version::try_from(v).map_err(|_| LineProblem::InvalidHash)?;
     }
-    // A parameter given twice is invalid (argon2 would take the last, a reader the first). And
-    // argon2 0.5 multiplies `p` by 8 in a u32 before it checks `p`'s range, so a huge `p`
-    // overflows (a panic where overflow checks are on); out of range is invalid anyway.
+    // A parameter given twice is invalid (argon2 would take the last, a reader the first). The
+    // bounds are checked before argon2 reads the parameters: argon2 0.5 multiplies `p` by 8 in a
+    // u32 before it checks `p`'s range, so a huge `p` would overflow.
     let mut seen: Vec<&str> = Vec::new();
     for (ident, value) in parsed.params.iter() {
         if seen.contains(&ident.as_str()) {
             return Err(LineProblem::InvalidHash);
         }
         seen.push(ident.as_str());
-        if ident.as_str() == "p" && value.decimal().map_or(true, |p| p > Params::MAX_P_COST) {
-            return Err(LineProblem::InvalidHash);
+        let max = match ident.as_str() {
+            "m" => MAX_M_COST_KIB,
+            "t" => MAX_T_COST,
+            "p" => MAX_P_COST,
+            _ => continue,
+        };
+        let value = value.decimal().map_err(|_| LineProblem::InvalidHash)?;
+        if value > max {
+            let param = ident.as_str().chars().next().unwrap_or('?');
+            return Err(LineProblem::AboveBound { param, value, max });
         }
     }
-    Params::try_from(&parsed).map_err(|_| LineProblem::InvalidHash)?;
-    Ok(())
+    let params = Params::try_from(&parsed).map_err(|_| LineProblem::InvalidHash)?;
+    Ok(params.m_cost())
 }
 
 impl UserStore {
@@ -221,14 +277,22 @@ impl UserStore {
     /// # Errors
     /// A [`UsersError`] naming the file and line.
     pub fn load(path: &Path) -> Result<UserStore, UsersError> {
-        let read_err = |source| UsersError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let (mut file, _) =
-            crate::auth::files::open_private(path, "users file").map_err(read_err)?;
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(read_err)?;
+        UserStore::load_bounded(path, usize::MAX)
+    }
+
+    /// [`UserStore::load`], refusing a file larger than `max` bytes before reading it (the
+    /// server's `[auth] max_file_size`).
+    ///
+    /// # Errors
+    /// A [`UsersError`] naming the file (and the line).
+    pub fn load_bounded(path: &Path, max: usize) -> Result<UserStore, UsersError> {
+        let (text, _) =
+            crate::auth::files::read_private(path, "users file", max).map_err(|source| {
+                UsersError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
         UserStore::parse(&text, path)
     }
 
@@ -237,12 +301,17 @@ impl UserStore {
     /// # Errors
     /// A [`UsersError::Line`] for the first bad line.
     pub fn parse(text: &str, path: &Path) -> Result<UserStore, UsersError> {
-        let mut users = HashMap::new();
-        let mut order = Vec::new();
-        let mut first_lines: HashMap<String, usize> = HashMap::new();
+        // Each allocation made once at its size, none freed behind the store: a chain of growing
+        // or temporary buffers freed here would raise glibc's mmap threshold and leave the
+        // store's own blocks in the heap, kept after a reload replaces it.
+        let lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
+        let mut users = Vec::with_capacity(lines);
         let mut no_users_on_purpose = false;
+        let mut max_m_cost = 0;
+        let mut at = 0;
         for (index, raw) in text.split('\n').enumerate() {
-            let line_no = index + 1;
+            let (line_no, start) = (index + 1, at);
+            at += raw.len() + 1;
             let line = raw.strip_suffix('\r').unwrap_or(raw);
             if line.trim_end() == NO_USERS_MARKER {
                 no_users_on_purpose = true;
@@ -260,19 +329,56 @@ impl UserStore {
                 return Err(err(None, LineProblem::MissingColon));
             };
             check_user_name(name).map_err(|e| err(None, LineProblem::BadName(e)))?;
-            check_hash(hash).map_err(|p| err(Some(name), p))?;
-            if let Some(&first_line) = first_lines.get(name) {
-                return Err(err(Some(name), LineProblem::Duplicate { first_line }));
-            }
-            first_lines.insert(name.to_string(), line_no);
-            users.insert(name.to_string(), hash.to_string());
-            order.push(name.to_string());
+            let m_cost = check_hash(hash).map_err(|p| err(Some(name), p))?;
+            max_m_cost = max_m_cost.max(m_cost);
+            users.push(Entry {
+                name: start,
+                colon: start + name.len(),
+                end: start + line.len(),
+                line: line_no,
+            });
         }
+        let name = |e: &Entry| &text[e.name..e.colon];
+        // Sorted by name, then line, without a buffer: a name's repeats are neighbours, its
+        // first line first.
+        users.sort_unstable_by(|a, b| name(a).cmp(name(b)).then(a.line.cmp(&b.line)));
+        let repeat = users
+            .windows(2)
+            .filter(|pair| name(&pair[0]) == name(&pair[1]))
+            .min_by_key(|pair| pair[1].line);
+        if let Some(pair) = repeat {
+            return Err(UsersError::Line {
+                path: path.to_path_buf(),
+                line: pair[1].line,
+                user: Some(name(&pair[1]).to_string()),
+                problem: LineProblem::Duplicate {
+                    first_line: pair[0].line,
+                },
+            });
+        }
+        let mut order: Vec<usize> = (0..users.len()).collect();
+        order.sort_unstable_by_key(|&i| users[i].line);
         Ok(UserStore {
+            text: text.to_string(),
             users,
             order,
             no_users_on_purpose,
+            max_m_cost,
         })
+    }
+
+    fn name_of(&self, e: &Entry) -> &str {
+        &self.text[e.name..e.colon]
+    }
+
+    /// `name`'s stored Argon2id PHC string.
+    pub(super) fn hash(&self, name: &str) -> Option<&str> {
+        let place = self
+            .users
+            .binary_search_by(|e| self.name_of(e).cmp(name))
+            .ok()?;
+        let e = &self.users[place];
+        Some(&self.text[e.colon + 1..e.end])
     }
 
     /// Whether this file may replace `running` users on reload: it has users, or there were
@@ -305,14 +411,14 @@ impl UserStore {
     /// Whether `name` is a user.
     #[must_use]
     pub fn contains(&self, name: &str) -> bool {
-        self.users.contains_key(name)
+        self.hash(name).is_some()
     }
 
     /// Whether `password` is `user`'s password here (one Argon2 run; false for an unknown user).
     /// For start-up checks, not for logins: those go through [`crate::auth::password`].
     #[must_use]
     pub fn accepts(&self, user: &str, password: &str) -> bool {
-        self.users.get(user).is_some_and(|hash| {
+        self.hash(user).is_some_and(|hash| {
             PasswordHash::new(hash).is_ok_and(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
@@ -323,14 +429,21 @@ impl UserStore {
 
     /// User names in file order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.order.iter().map(String::as_str)
+        self.order.iter().map(|&i| self.name_of(&self.users[i]))
+    }
+
+    /// The Argon2 memory one check against this file may need, in KiB: the largest `m` of its
+    /// hashes and of the dummy hash (the defaults' when the file has no users).
+    #[must_use]
+    pub fn hashing_memory_kib(&self) -> u32 {
+        self.max_m_cost.max(self.typical_params().m_cost())
     }
 
     /// Argon2 parameters of the first user's hash (the dummy hash uses them), else the defaults.
     pub(super) fn typical_params(&self) -> Params {
-        self.order
-            .first()
-            .and_then(|name| self.users.get(name))
+        self.names()
+            .next()
+            .and_then(|name| self.hash(name))
             .and_then(|hash| {
                 let parsed = PasswordHash::new(hash).ok()?;
                 let p = Params::try_from(&parsed).ok()?;
@@ -495,17 +608,31 @@ pub(crate) mod tests {
                 LineProblem::InvalidHash,
             ),
             // p above argon2's range, large enough to overflow its `p * 8` (found by fuzzing):
-            // at N = MAX_P_COST + 1, and far beyond.
+            // at N = argon2's MAX_P_COST + 1, and far beyond; both above wsgate's bound first.
             (
                 format!(
                     "bob:$argon2id$v=19$m=19456,t=2,p={}$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n",
                     Params::MAX_P_COST + 1
                 ),
                 1,
-                LineProblem::InvalidHash,
+                LineProblem::AboveBound {
+                    param: 'p',
+                    value: Params::MAX_P_COST + 1,
+                    max: MAX_P_COST,
+                },
             ),
             (
                 "bob:$argon2id$v=19$m=19456,t=2,p=942125181$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n"
+                    .to_string(),
+                1,
+                LineProblem::AboveBound {
+                    param: 'p',
+                    value: 942_125_181,
+                    max: MAX_P_COST,
+                },
+            ),
+            (
+                "bob:$argon2id$v=19$m=19456,t=2,p=99999999999$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n"
                     .to_string(),
                 1,
                 LineProblem::InvalidHash,
@@ -539,6 +666,64 @@ pub(crate) mod tests {
         // 64 characters and the whole allowed alphabet are fine.
         let ok = format!("{}:{good}\nA-z.0_9@x+y:{good}\n", "a".repeat(64));
         assert_eq!(UserStore::parse(&ok, p()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn argon2_parameters_above_their_bounds_are_refused_at_n_plus_one() {
+        let line = |m: u32, t: u32, p: u32| {
+            format!("# c\nbob:$argon2id$v=19$m={m},t={t},p={p}$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n")
+        };
+        let at_bounds = UserStore::parse(&line(MAX_M_COST_KIB, MAX_T_COST, MAX_P_COST), p());
+        assert_eq!(at_bounds.unwrap().hashing_memory_kib(), MAX_M_COST_KIB);
+        for (text, param, value, max) in [
+            (
+                line(MAX_M_COST_KIB + 1, 2, 1),
+                'm',
+                MAX_M_COST_KIB + 1,
+                MAX_M_COST_KIB,
+            ),
+            (line(4_194_304, 2, 1), 'm', 4_194_304, MAX_M_COST_KIB),
+            (
+                line(19456, MAX_T_COST + 1, 1),
+                't',
+                MAX_T_COST + 1,
+                MAX_T_COST,
+            ),
+            (
+                line(19456, 2, MAX_P_COST + 1),
+                'p',
+                MAX_P_COST + 1,
+                MAX_P_COST,
+            ),
+        ] {
+            let e = parse_err(&text);
+            assert_eq!(
+                line_of(&e),
+                (2, LineProblem::AboveBound { param, value, max })
+            );
+            let shown = e.to_string();
+            assert!(
+                shown.starts_with(&format!(
+                    "users: conf/users:2: user \"bob\": Argon2 parameter {param}={value} is \
+                     above the bound of {max}"
+                )),
+                "{shown}"
+            );
+        }
+        // The largest m of the file is what a check may need; an empty file, the defaults'.
+        let two = format!(
+            "a:{}\nb:{}\n",
+            hash_password_with("x", Params::new(64, 1, 1, None).unwrap()).unwrap(),
+            hash_password_with("y", Params::new(256, 1, 1, None).unwrap()).unwrap()
+        );
+        assert_eq!(
+            UserStore::parse(&two, p()).unwrap().hashing_memory_kib(),
+            256
+        );
+        assert_eq!(
+            UserStore::parse("", p()).unwrap().hashing_memory_kib(),
+            Params::DEFAULT_M_COST
+        );
     }
 
     #[test]

@@ -65,10 +65,11 @@ pub struct Config {
 pub struct ServerConfig {
     /// `listen`, default `0.0.0.0:8443`.
     pub listen: SocketAddr,
-    /// `workers`: threads, each serving one connection for its whole life. Default 1024: an idle
-    /// connection costs its base (~36 KiB), and what grows with traffic is bounded by
-    /// `memory_limit`, not by the product of per-connection maxima.
-    pub workers: NonZeroUsize,
+    /// `workers`: threads, each serving one connection for its whole life. None (unset): as many
+    /// as the host's memory holds beside everything else, at most 1024 (see
+    /// `server::budget`); what grows with traffic is bounded by `memory_limit`, not by the
+    /// product of per-connection maxima.
+    pub workers: Option<NonZeroUsize>,
     /// `queue`: accepted connections that may wait for a free worker. Default 16.
     pub queue: usize,
     /// `max_connections_per_ip`: concurrent connections (waiting or served) from one address. Default 16.
@@ -82,8 +83,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// `max_pre_auth`: connections that may be in the TLS handshake or the HTTP upgrade at once.
     /// Smaller than the pool, so clients that stall before authenticating cannot hold every
-    /// worker. Default: half of `workers`, rounded up; never more than `workers`.
-    pub max_pre_auth: NonZeroUsize,
+    /// worker. None (unset): half of `workers`, rounded up; never more than `workers`.
+    pub max_pre_auth: Option<NonZeroUsize>,
     /// `proxy_protocol`: every connection starts with a PROXY protocol (v1 or v2) header from a
     /// load balancer, whose client address then stands for the peer everywhere. Default false.
     pub proxy_protocol: bool,
@@ -155,8 +156,12 @@ pub struct AuthConfig {
     pub cache_size: usize,
     /// `cache_ttl`: how long a remembered verification is trusted. Default 10 min.
     pub cache_ttl: Duration,
-    /// `max_concurrent_hashes`: Argon2 runs at once (each takes ~19 MiB). Default 2.
-    pub max_concurrent_hashes: NonZeroUsize,
+    /// `max_concurrent_hashes`: Argon2 runs at once (each takes the users file's `m`, ~19 MiB).
+    /// None (unset): 2, or 1 where the host's memory is small (see `server::budget`).
+    pub max_concurrent_hashes: Option<NonZeroUsize>,
+    /// `max_file_size`: the largest users or tokens file loaded (at start, a larger one fails;
+    /// on reload, the running one is kept). Default 256 KiB.
+    pub max_file_size: NonZeroUsize,
     /// `tokens_file`: API tokens (`wsgate token add` creates it). Relative to the config file.
     /// May be missing, meaning no tokens; if it exists it must be a regular file.
     /// Default `tokens` next to the config.

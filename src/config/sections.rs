@@ -24,15 +24,16 @@ const MAX_ROLE_NAME: usize = 64;
 
 pub(super) fn server(s: &Section<'_>) -> Result<ServerConfig, ConfigError> {
     let listen = s.get(&server::LISTEN)?;
-    let workers = s.get(&server::WORKERS)?;
+    let workers = s.optional(&server::WORKERS)?;
     let queue = s.get(&server::QUEUE)?;
     let max_connections_per_ip = s.get(&server::MAX_CONNECTIONS_PER_IP)?;
     let worker_stack_size = s.get(&server::WORKER_STACK_SIZE)?;
     let handshake_stack_size = s.get(&server::HANDSHAKE_STACK_SIZE)?;
     let shutdown_grace = s.get(&server::SHUTDOWN_GRACE)?;
-    let half_the_workers = NonZeroUsize::new(workers.get().div_ceil(2)).unwrap_or(workers);
-    let max_pre_auth = s.get_or(&server::MAX_PRE_AUTH, half_the_workers)?;
-    validate::pre_auth_within_workers(s, max_pre_auth, workers)?;
+    let max_pre_auth = s.optional(&server::MAX_PRE_AUTH)?;
+    if let (Some(max_pre_auth), Some(workers)) = (max_pre_auth, workers) {
+        validate::pre_auth_within_workers(s, max_pre_auth, workers)?;
+    }
     let proxy_protocol = s.get(&server::PROXY_PROTOCOL)?;
     let drain_delay = s.get(&server::DRAIN_DELAY)?;
     let tls = s.get(&server::TLS)?;
@@ -115,7 +116,8 @@ pub(super) fn auth(s: &Section<'_>, base: &Bases<'_>) -> Result<AuthConfig, Conf
         users_file,
         cache_size: s.get(&auth::CACHE_SIZE)?,
         cache_ttl: s.get(&auth::CACHE_TTL)?,
-        max_concurrent_hashes: s.get(&auth::MAX_CONCURRENT_HASHES)?,
+        max_concurrent_hashes: s.optional(&auth::MAX_CONCURRENT_HASHES)?,
+        max_file_size: s.get(&auth::MAX_FILE_SIZE)?,
         tokens_file,
         session_key_file,
         session_ttl,

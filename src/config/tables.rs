@@ -59,9 +59,9 @@ pub(super) mod server {
     };
     pub(in crate::config) const WORKERS: Key<NonZeroUsize> = Key {
         name: "workers",
-        default: Some("1024"),
+        default: None,
         parse: parse_nonzero_count,
-        doc: "Worker threads, each serving one connection for its whole life.",
+        doc: "Worker threads, each serving one connection; unset: what the host's memory holds, at most 1024.",
     };
     pub(in crate::config) const QUEUE: Key<usize> = Key {
         name: "queue",
@@ -270,9 +270,15 @@ pub(super) mod auth {
     };
     pub(in crate::config) const MAX_CONCURRENT_HASHES: Key<NonZeroUsize> = Key {
         name: "max_concurrent_hashes",
-        default: Some("2"),
+        default: None,
         parse: parse_nonzero_count,
-        doc: "Argon2 runs at once (each takes ~19 MiB).",
+        doc: "Argon2 runs at once (each takes ~19 MiB); unset: 2, or 1 where the host's memory is small.",
+    };
+    pub(in crate::config) const MAX_FILE_SIZE: Key<NonZeroUsize> = Key {
+        name: "max_file_size",
+        default: Some("256KiB"),
+        parse: parse_nonzero_size,
+        doc: "The largest users or tokens file loaded; a larger one is refused.",
     };
     pub(in crate::config) const TOKENS_FILE: Key<String> = Key {
         name: "tokens_file",
@@ -345,6 +351,7 @@ pub(super) mod auth {
             &FILE_SETTLE_TIME,
             &FAILURE_WINDOW,
             &MAX_PENDING_HASHES,
+            &MAX_FILE_SIZE,
         ]],
     };
 }

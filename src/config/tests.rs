@@ -90,7 +90,7 @@ fn defaults() {
     assert_eq!(c.source, dir.ini());
     assert_eq!(c.server.listen, "0.0.0.0:8443".parse().unwrap());
     assert!(c.server.tls && !c.server.allow_plaintext);
-    assert_eq!(c.server.workers.get(), 1024);
+    assert_eq!(c.server.workers, None);
     assert_eq!(c.server.memory_limit, MemoryLimit::Host);
     assert_eq!(c.server.queue, 16);
     assert_eq!(c.server.max_connections_per_ip.get(), 16);
@@ -117,7 +117,8 @@ fn defaults() {
     assert_eq!(c.auth.users_file, dir.0.join("users"));
     assert_eq!(c.auth.cache_size, 1024);
     assert_eq!(c.auth.cache_ttl, Duration::from_secs(600));
-    assert_eq!(c.auth.max_concurrent_hashes.get(), 2);
+    assert_eq!(c.auth.max_concurrent_hashes, None);
+    assert_eq!(c.auth.max_file_size.get(), 256 * 1024);
     let l = &c.limits;
     assert_eq!(l.upgrade_timeout, Duration::from_secs(10));
     assert_eq!(l.max_request_head.get(), 8192);
@@ -142,7 +143,7 @@ fn defaults() {
     // The defaults are a valid tungstenite configuration.
     let _ = l.ws.websocket_config();
     // Access, rate limits and the rest.
-    assert_eq!(c.server.max_pre_auth.get(), 512);
+    assert_eq!(c.server.max_pre_auth, None);
     assert_eq!(c.tls.client_auth, ClientAuth::Off);
     assert_eq!(c.tls.client_ca, None);
     assert_eq!(c.tls.reload_check_interval, Duration::from_secs(1));
@@ -196,7 +197,7 @@ client_ca = ca.pem
         &dir.ini(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.server.max_pre_auth.get(), 5);
+    assert_eq!(c.server.max_pre_auth, NonZeroUsize::new(5));
     assert_eq!(c.tls.client_auth, ClientAuth::Required);
     assert_eq!(c.tls.client_ca, Some(dir.0.join("ca.pem")));
     assert_eq!(c.tls.reload_check_interval, Duration::ZERO);
@@ -260,18 +261,19 @@ listen = [::1]:9480
 }
 
 #[test]
-fn max_pre_auth_defaults_to_half_the_workers() {
-    for (workers, want) in [(1, 1), (2, 1), (3, 2), (64, 32), (65, 33)] {
-        let c = ok(&with(&format!("[server]\nworkers = {workers}\n")));
-        assert_eq!(c.server.max_pre_auth.get(), want, "{workers}");
-    }
+fn max_pre_auth_is_at_most_the_workers_when_both_are_set() {
+    // Unset, both are sized by the memory budget at start (server::budget).
+    let c = ok(&with("[server]\nworkers = 65\n"));
+    assert_eq!(c.server.max_pre_auth, None);
     assert_eq!(
         err(&with("[server]\nworkers = 4\nmax_pre_auth = 5\n")),
         "config: F:7: [server] max_pre_auth: max_pre_auth (5) must not exceed workers (4)"
     );
     assert_eq!(
-        err(&with("[server]\nmax_pre_auth = 1025\n")),
-        "config: F:6: [server] max_pre_auth: max_pre_auth (1025) must not exceed workers (1024)"
+        ok(&with("[server]\nmax_pre_auth = 1025\n"))
+            .server
+            .max_pre_auth,
+        NonZeroUsize::new(1025)
     );
     assert_eq!(
         err(&with("[server]\nmax_pre_auth = 0\n")),
@@ -726,7 +728,7 @@ fn set_values() {
              [origins]\nallow = https://a.com , https://*.b.com:8443\nallow_missing = yes\nallow_any = off\n",
     ));
     assert_eq!(c.server.listen, "[::1]:9000".parse().unwrap());
-    assert_eq!(c.server.workers.get(), 3);
+    assert_eq!(c.server.workers, NonZeroUsize::new(3));
     assert_eq!(c.server.queue, 0);
     assert_eq!(c.server.worker_stack_size.get(), 65536);
     assert_eq!(c.server.handshake_stack_size.get(), 1024 * 1024);
@@ -1220,7 +1222,10 @@ fn comments_and_whitespace() {
         c.tls.cert
     );
     // `key: value` is the other separator (rust-ini, the reader before the scan, had it too).
-    assert_eq!(ok(&with("[server]\nworkers: 7\n")).server.workers.get(), 7);
+    assert_eq!(
+        ok(&with("[server]\nworkers: 7\n")).server.workers,
+        NonZeroUsize::new(7)
+    );
     // A byte-order mark is ignored.
     ok(&format!("\u{feff}{MINIMAL}"));
 }
@@ -1905,18 +1910,6 @@ fn shipped_example_documents_the_defaults() {
     // The default instance_id draws its random part at each parse.
     b.cluster.instance_id.clone_from(&a.cluster.instance_id);
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
-    // A default worked out from other keys: the example shows it for the default workers.
-    let shown = |section: &str, key: &str| {
-        lines
-            .iter()
-            .find(|(s, k, _, c)| s == section && k == key && *c)
-            .map(|(_, _, v, _)| v.clone())
-            .unwrap()
-    };
-    assert_eq!(
-        shown("server", "max_pre_auth"),
-        a.server.max_pre_auth.to_string()
-    );
     // The example values of keys without a default are valid.
     let admin = text.replace("#listen = 127.0.0.1:9480", "listen = 127.0.0.1:9480");
     let c = Config::parse(&admin, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));

@@ -2,6 +2,7 @@
 //! straight into an idle connection or queued in its outbox; a member too slow or over the cap
 //! closed; and what leaves for the other instances ([`Outbound`]). Never blocks.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use super::history::{Sender, Stamp};
 use super::member::{Handoff, Member, discard_queued};
 use super::{Filter, Hub};
 use crate::config::{Retention, SlowConsumer};
-use crate::memory::{self, Candidate, Charged, Room};
+use crate::memory::{self, Candidate, Charge, Room};
 use crate::ops::metrics::Counter;
 
 /// What a fan-out delivers.
@@ -28,18 +29,18 @@ enum Delivery<'a> {
 #[derive(Debug)]
 pub enum Outbound {
     /// A broadcast published here on `path`. Its bytes are charged to the memory cap until it
-    /// is dropped (by the bridge, once sent or discarded); `charge` is None when the cap is off.
+    /// is dropped (by the bridge, once sent or discarded); `charge` is None in tests.
     Broadcast {
         path: String,
         msg: Message,
-        charge: Option<Charged>,
+        charge: Option<Charge>,
     },
     /// An admin's disconnect: every instance ends its connections that match.
     Disconnect(Filter),
 }
 
 impl Outbound {
-    /// A broadcast that carries no charge (the cap is off, or a test).
+    /// A broadcast that carries no charge (a test's).
     pub fn broadcast(path: &str, msg: Message) -> Outbound {
         Outbound::Broadcast {
             path: path.to_string(),
@@ -91,8 +92,10 @@ impl Hub {
 
     /// Gives `msg` its position and keeps it when `history` says so, then fans it out, with the
     /// path's ring locked throughout: broadcasts on one path reach every member in the order
-    /// of their positions, and a join's replay (under the same lock) ends where live traffic
-    /// begins. Without a history, or at the cap for a new ring, it goes out without a position.
+    /// of their positions, and a join's replay (under the same lock, with its entry into the
+    /// roster) ends where live traffic begins: a broadcast either is in the replay or finds the
+    /// member in its snapshot. Without a history, or at the cap for a new ring, it goes out
+    /// without a position.
     fn keep_and_fan_out(
         &self,
         path: &str,
@@ -128,21 +131,14 @@ impl Hub {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
             // At the memory cap the message is not forwarded (counted).
-            let charge = if self.budget.cap().is_some() {
-                match Charged::try_new(&self.budget, msg.len(), Room::Deliveries) {
-                    Some(charge) => Some(charge),
-                    None => {
-                        self.metrics.bump(Counter::ClusterNotForwarded, 1);
-                        return;
-                    }
-                }
-            } else {
-                None
+            let Some(charge) = Charge::try_new(&self.budget, msg.len(), Room::Deliveries) else {
+                self.metrics.bump(Counter::ClusterNotForwarded, 1);
+                return;
             };
             let out = Outbound::Broadcast {
                 path: path.to_string(),
                 msg: msg.clone(),
-                charge,
+                charge: Some(charge),
             };
             // At a full queue the oldest waiting entry makes room (counted there).
             outlet.push(out);
@@ -161,12 +157,15 @@ impl Hub {
 
     /// Sends `what` to every member of `path` except `from` (a broadcast to all, in the
     /// envelope to those that asked for it; a notice to those only), and to none whose own
-    /// limits are smaller than what it gets (dropped for that member and counted). Each delivery is charged to the member's account
-    /// first; those that do not fit under the memory cap are settled by [`Hub::squeeze`].
-    /// Returns how many took it (written or queued).
+    /// limits are smaller than what it gets (dropped for that member and counted). Each delivery
+    /// is charged to the member's account first; those that do not fit under the memory cap are settled by
+    /// [`Hub::squeeze`]. Returns how many took it (written or queued).
+    ///
+    /// It works on a snapshot of the path's members and holds no lock while it writes: a
+    /// member that joins meanwhile gets the next broadcast, one that leaves may still get this
+    /// one (its charge is given back with the member).
     fn fan_out(&self, path: &str, from: Option<u64>, what: Delivery<'_>) -> usize {
-        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
-        let Some(members) = groups.get(path) else {
+        let Some(members) = self.roster.snapshot(path) else {
             return 0;
         };
         let mut reached = 0;
@@ -195,20 +194,29 @@ impl Hub {
                 self.metrics.bump(Counter::BroadcastTooBig, 1);
                 continue;
             }
-            if !m.shared.account.try_charge(msg.len(), Room::Deliveries) {
-                dropped += self.squeeze(members, from, i, msg.len());
-                if m.shared.slow.load(Ordering::Acquire)
-                    || !m.shared.account.try_charge(msg.len(), Room::Deliveries)
-                {
-                    // Dropped to make room, or the room went to another publisher meanwhile:
-                    // nothing is queued past the cap.
-                    if self.drop_at_cap(m) {
-                        dropped += 1;
+            let charge = match m.shared.account.charge(msg.len(), Room::Deliveries) {
+                Some(charge) => charge,
+                None => {
+                    dropped += self.squeeze(&members, from, i, msg.len());
+                    let retried = if m.shared.slow.load(Ordering::Acquire) {
+                        None
+                    } else {
+                        m.shared.account.charge(msg.len(), Room::Deliveries)
+                    };
+                    match retried {
+                        Some(charge) => charge,
+                        // Dropped to make room, or the room went to another publisher
+                        // meanwhile: nothing is queued past the cap.
+                        None => {
+                            if self.drop_at_cap(m) {
+                                dropped += 1;
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 }
-            }
-            if self.deliver_charged(m, msg, wire) {
+            };
+            if self.deliver_charged(m, msg, charge, wire) {
                 reached += 1;
             }
         }
@@ -219,20 +227,21 @@ impl Hub {
         reached
     }
 
-    /// Delivers `msg`, already charged to `m`'s account: straight into its socket when it is
-    /// idle, else into its outbox. The charge stays with whatever still holds the bytes (the
-    /// outbox, or the write buffer a direct write could not flush) and is given back otherwise.
-    /// Returns whether the member took it (written or queued).
+    /// Delivers `msg` with its `charge` (on `m`'s account): straight into its socket when it is
+    /// idle, else into its outbox. The charge goes with whatever still holds the bytes (the
+    /// outbox, or the write buffer a direct write could not flush) and is dropped, giving them
+    /// back, otherwise. Returns whether the member took it (written or queued).
     fn deliver_charged(
         &self,
         m: &Member,
         msg: &Message,
+        mut charge: Charge,
         wire: &std::cell::OnceCell<Option<Vec<u8>>>,
     ) -> bool {
         if let Some(direct) = m.shared.direct.get() {
             if !m.shared.revoked.load(Ordering::Acquire) {
                 let frame = wire.get_or_init(|| wire_frame(msg));
-                match direct.try_write(msg, frame.as_deref(), &|| m.tx.is_empty()) {
+                match direct.try_write(msg, frame.as_deref(), charge, &|| m.tx.is_empty()) {
                     // Taken: the connection holds the charge now, and settles it as its
                     // buffers drain (see `DirectWrite::try_write`).
                     Handoff::Sent => {
@@ -246,17 +255,16 @@ impl Hub {
                         m.shared.wake();
                         return true;
                     }
-                    Handoff::Queue => {}
+                    Handoff::Queue(back) => charge = back,
                 }
             }
         }
-        match m.try_queue(msg) {
+        match m.try_queue(msg, charge) {
             Ok(()) => {
                 m.shared.wake();
                 true
             }
             Err(TrySendError::Full(())) => {
-                m.shared.account.release(msg.len());
                 match m.intake.slow_consumer {
                     SlowConsumer::Drop => self.metrics.bump(Counter::BroadcastDropped, 1),
                     SlowConsumer::Disconnect => {
@@ -266,10 +274,7 @@ impl Hub {
                 false
             }
             // The member is leaving; its Membership drop removes it.
-            Err(TrySendError::Disconnected(_)) => {
-                m.shared.account.release(msg.len());
-                false
-            }
+            Err(TrySendError::Disconnected(_)) => false,
         }
     }
     /// Ends `m` with 1008 `slow consumer` (once); true if this call did it.
@@ -283,10 +288,16 @@ impl Hub {
     }
 
     /// A delivery to `members[short]` met the memory cap: closes the members with the largest
-    /// backlog (1008 `slow consumer`, their outbox given back at once) until `len` bytes fit,
+    /// backlog (1008 `slow consumer`, what they hold given back at once) until `len` bytes fit,
     /// which may be `members[short]` itself. Members already closing are not candidates: they
     /// get nothing more. Returns how many it closed.
-    fn squeeze(&self, members: &[Member], from: Option<u64>, short: usize, len: usize) -> usize {
+    fn squeeze(
+        &self,
+        members: &[Arc<Member>],
+        from: Option<u64>,
+        short: usize,
+        len: usize,
+    ) -> usize {
         let eligible: Vec<usize> = (0..members.len())
             .filter(|&i| {
                 let m = &members[i];
@@ -298,8 +309,8 @@ impl Hub {
             .map(|&i| {
                 let m = &members[i];
                 Candidate {
-                    backlog: m.shared.account.held(),
-                    frees: m.shared.queued_bytes.load(Ordering::Relaxed),
+                    backlog: m.shared.account.backlog(),
+                    frees: m.shared.account.held(),
                     needs: if i == short { len } else { 0 },
                 }
             })
@@ -311,11 +322,16 @@ impl Hub {
             .count()
     }
 
-    /// Closes `m` at the memory cap as a slow consumer and gives its outbox back now; true if
-    /// this call closed it.
+    /// Closes `m` at the memory cap as a slow consumer and gives back now what it holds for
+    /// deliveries: its outbox, and its write side unless its loop is working
+    /// ([`super::DirectWrite::abandon`]). True if this call closed it.
     fn drop_at_cap(&self, m: &Member) -> bool {
+        m.shared.squeezed.store(true, Ordering::Release);
         let closed = self.close_slow(m);
         discard_queued(&m.rx, &m.shared);
+        if let Some(direct) = m.shared.direct.get() {
+            direct.abandon();
+        }
         closed
     }
 }
@@ -390,7 +406,7 @@ mod tests {
             sender.publish(&Message::binary(vec![0u8; n]));
         }
         let got = |m: &Membership| {
-            std::iter::from_fn(|| m.next_queued().ok())
+            std::iter::from_fn(|| m.next_queued().ok().map(|q| q.msg))
                 .map(|msg| msg.len())
                 .collect::<Vec<_>>()
         };
@@ -410,7 +426,7 @@ mod tests {
         let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         let other = join(&hub, "/d", 4, SlowConsumer::Disconnect);
         a.publish(&text("hi"));
-        assert_eq!(b.next_queued().unwrap(), text("hi"));
+        assert_eq!(b.next_queued().unwrap().msg, text("hi"));
         assert!(a.next_queued().is_err());
         assert!(other.next_queued().is_err());
     }
@@ -425,8 +441,8 @@ mod tests {
                 sender.publish(&text(&format!("{round}.{i}")));
             }
             // Two fit, the third is dropped; draining makes room for the next round.
-            assert_eq!(b.next_queued().unwrap(), text(&format!("{round}.0")));
-            assert_eq!(b.next_queued().unwrap(), text(&format!("{round}.1")));
+            assert_eq!(b.next_queued().unwrap().msg, text(&format!("{round}.0")));
+            assert_eq!(b.next_queued().unwrap().msg, text(&format!("{round}.1")));
             assert!(matches!(b.next_queued(), Err(TryRecvError::Empty)));
         }
     }
@@ -443,7 +459,7 @@ mod tests {
         assert!(!dropper.shared.slow.load(Ordering::Acquire));
         assert_eq!(hub.metrics.count(Counter::BroadcastDropped), 1);
         assert_eq!(hub.metrics.count(Counter::SlowConsumerCloses), 1);
-        assert_eq!(dropper.next_queued().unwrap(), text("1"));
+        assert_eq!(dropper.next_queued().unwrap().msg, text("1"));
     }
 
     #[test]
@@ -454,23 +470,29 @@ mod tests {
         let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         // No bridge: local only, nothing counted.
         a.publish(&text("local"));
-        assert_eq!(b.next_queued().unwrap(), text("local"));
+        assert_eq!(b.next_queued().unwrap().msg, text("local"));
         assert_eq!(metrics.count(Counter::ClusterNotForwarded), 0);
 
         let (outlet, queue) = Outlet::new(1, Arc::clone(&metrics));
         hub.set_outlet(outlet);
         a.publish(&text("1"));
         a.publish(&text("2")); // the queue holds one: the oldest makes room
-        assert_eq!(b.next_queued().unwrap(), text("1"));
-        assert_eq!(b.next_queued().unwrap(), text("2"));
+        assert_eq!(b.next_queued().unwrap().msg, text("1"));
+        assert_eq!(b.next_queued().unwrap().msg, text("2"));
         assert_eq!(queue.drain(), [Outbound::broadcast("/c", text("2"))]);
         assert_eq!(metrics.count(Counter::ClusterNotForwarded), 1);
 
         // From another instance: every member here gets it (the publisher is elsewhere), and
         // it is not queued for Redis again.
         hub.deliver("/c", &Message::binary(vec![0u8, 255]));
-        assert_eq!(a.next_queued().unwrap(), Message::binary(vec![0u8, 255]));
-        assert_eq!(b.next_queued().unwrap(), Message::binary(vec![0u8, 255]));
+        assert_eq!(
+            a.next_queued().unwrap().msg,
+            Message::binary(vec![0u8, 255])
+        );
+        assert_eq!(
+            b.next_queued().unwrap().msg,
+            Message::binary(vec![0u8, 255])
+        );
         assert_eq!(queue.drain(), []);
 
         // Shutdown detaches the bridge.
@@ -489,11 +511,244 @@ mod tests {
         assert_eq!(hub.inject("/c", &text("1"), None), 2, "both, none excluded");
         assert_eq!(hub.inject("/c", &text("2"), None), 1, "b's outbox is full");
         assert_eq!(hub.inject("/nobody", &text("3"), None), 0);
-        assert_eq!(a.next_queued().unwrap(), text("1"));
-        assert_eq!(b.next_queued().unwrap(), text("1"));
+        assert_eq!(a.next_queued().unwrap().msg, text("1"));
+        assert_eq!(b.next_queued().unwrap().msg, text("1"));
         let (outlet, queue) = Outlet::new(4, Arc::clone(&metrics));
         hub.set_outlet(outlet);
         hub.inject("/c", &text("4"), None);
         assert_eq!(queue.drain(), [Outbound::broadcast("/c", text("4"))]);
+    }
+}
+
+/// The fan-out beside joins, leaves and the memory cap, with connections that are fakes of
+/// [`DirectWrite`](super::DirectWrite).
+#[cfg(test)]
+mod snapshot_tests {
+    use std::num::NonZeroUsize;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use crossbeam_channel::{Receiver, Sender};
+
+    use super::*;
+    use crate::hub::fixtures::*;
+    use crate::hub::{DirectWrite, Membership};
+    use crate::memory::Budget;
+    use crate::ops::metrics::Metrics;
+
+    /// How long a fake waits for the test's go-ahead before it gives up (a watchdog, not a
+    /// measurement: the test fails when it fires).
+    const WATCHDOG: Duration = Duration::from_secs(10);
+
+    /// A connection whose socket takes nothing: it keeps every charge it is handed until it is
+    /// abandoned (a subscriber that never reads), or, with `flushes`, drops each at once (one
+    /// that keeps up).
+    #[derive(Default)]
+    struct Fake {
+        flushes: bool,
+        kept: Mutex<Vec<Charge>>,
+        abandoned: std::sync::atomic::AtomicBool,
+    }
+
+    impl DirectWrite for Fake {
+        fn try_write(
+            &self,
+            _msg: &Message,
+            _wire: Option<&[u8]>,
+            charge: Charge,
+            _outbox_empty: &dyn Fn() -> bool,
+        ) -> Handoff {
+            if !self.flushes {
+                self.kept.lock().unwrap().push(charge);
+            }
+            Handoff::Sent
+        }
+
+        fn abandon(&self) -> bool {
+            self.abandoned.store(true, Ordering::Release);
+            self.kept.lock().unwrap().clear();
+            true
+        }
+    }
+
+    fn attach(m: &Membership, fake: Arc<dyn DirectWrite>) {
+        assert!(m.shared.direct.set(fake).is_ok());
+    }
+
+    /// The first time, writes nothing until the test says so, after telling it that a fan-out
+    /// is inside it.
+    struct Paused {
+        inside: Sender<()>,
+        go: Receiver<()>,
+        went: std::sync::atomic::AtomicBool,
+    }
+
+    impl DirectWrite for Paused {
+        fn try_write(
+            &self,
+            _msg: &Message,
+            _wire: Option<&[u8]>,
+            _charge: Charge,
+            _outbox_empty: &dyn Fn() -> bool,
+        ) -> Handoff {
+            if !self.went.load(Ordering::Acquire) {
+                self.inside.send(()).unwrap();
+                let went = self.go.recv_timeout(WATCHDOG).is_ok();
+                self.went.store(went, Ordering::Release);
+            }
+            Handoff::Sent
+        }
+
+        fn abandon(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_join_and_a_leave_complete_while_a_fan_out_is_inside_a_write() {
+        let hub = hub();
+        let publisher = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let writing = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let leaving = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let (inside_tx, inside) = crossbeam_channel::bounded(1);
+        let (go, go_rx) = crossbeam_channel::bounded(1);
+        let paused = Arc::new(Paused {
+            inside: inside_tx,
+            go: go_rx,
+            went: Default::default(),
+        });
+        attach(&writing, Arc::clone(&paused) as Arc<dyn DirectWrite>);
+        let fan_out = {
+            let hub = Arc::clone(&hub);
+            std::thread::spawn(move || {
+                hub.publish(
+                    "/c",
+                    publisher.id,
+                    &super::Sender::Anonymous,
+                    None,
+                    &text("x"),
+                )
+            })
+        };
+        inside.recv_timeout(WATCHDOG).unwrap();
+        // The fan-out is inside a subscriber's write: a join and a leave on its path, and a
+        // listing of every member, go through now.
+        let joined = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        drop(leaving);
+        let mut listed = 0;
+        hub.for_each_member(|_, _| listed += 1);
+        go.send(()).unwrap();
+        fan_out.join().unwrap();
+        assert!(paused.went.load(Ordering::Acquire), "the write was let go");
+        assert_eq!((hub.members("/c"), listed), (3, 3));
+        // The one that joined during the fan-out gets the next broadcast.
+        hub.inject("/c", &text("y"), None);
+        assert_eq!(joined.next_queued().unwrap().msg, text("y"));
+    }
+
+    #[test]
+    fn a_join_inside_a_listing_does_not_wait_for_it() {
+        let hub = hub();
+        let _a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let (done, finished) = crossbeam_channel::bounded(1);
+        let lister = {
+            let hub = Arc::clone(&hub);
+            std::thread::spawn(move || {
+                let mut joined = Vec::new();
+                hub.for_each_member(|_, _| {
+                    joined.push(join(&hub, "/c", 4, SlowConsumer::Disconnect));
+                });
+                done.send(hub.members("/c")).unwrap();
+            })
+        };
+        assert_eq!(finished.recv_timeout(WATCHDOG), Ok(2));
+        lister.join().unwrap();
+    }
+
+    #[test]
+    fn the_squeeze_closes_the_stalled_and_gives_back_what_they_held_at_once() {
+        // Deliveries may use 7/8 of 8 KiB: seven 1 KiB messages.
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(8 * 1024)));
+        let hub = Hub::with_budget(Arc::new(Metrics::new(["/c"])), Arc::clone(&budget));
+        let publisher = join(&hub, "/c", 64, SlowConsumer::Disconnect);
+        let reader = join(&hub, "/c", 64, SlowConsumer::Disconnect);
+        attach(
+            &reader,
+            Arc::new(Fake {
+                flushes: true,
+                ..Fake::default()
+            }),
+        );
+        let stalled: Vec<(Membership, Arc<Fake>)> = (0..3)
+            .map(|_| {
+                let m = join(&hub, "/c", 64, SlowConsumer::Disconnect);
+                let fake = Arc::new(Fake::default());
+                attach(&m, Arc::clone(&fake) as Arc<dyn DirectWrite>);
+                (m, fake)
+            })
+            .collect();
+        let msg = Message::binary(vec![0u8; 1024]);
+        // Three stalled members hold 1 KiB a message each: the third message does not fit.
+        for _ in 0..3 {
+            publisher.publish(&msg);
+        }
+        let closed: Vec<bool> = stalled
+            .iter()
+            .map(|(m, _)| m.shared.slow.load(Ordering::Acquire))
+            .collect();
+        assert!(closed.iter().any(|&c| c), "someone stalled was closed");
+        assert!(
+            !reader.shared.slow.load(Ordering::Acquire),
+            "not the reader"
+        );
+        for ((m, fake), closed) in stalled.iter().zip(closed) {
+            if closed {
+                assert!(fake.abandoned.load(Ordering::Acquire));
+                assert_eq!(m.ended(), Some((1008, "slow consumer")));
+                assert!(m.closed_at_cap());
+                assert_eq!(m.account().held(), 0, "given back at once");
+            }
+        }
+        // What is counted is what the open stalled members still hold, and nothing else.
+        let open: usize = stalled
+            .iter()
+            .map(|(_, fake)| {
+                fake.kept
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(Charge::bytes)
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(budget.used(), open);
+        assert!(budget.used() <= 7 * 1024);
+    }
+
+    #[test]
+    fn an_outbox_entry_gives_its_charge_back_with_the_member_a_snapshot_kept() {
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(1 << 20)));
+        let hub = Hub::with_budget(Arc::new(Metrics::new(["/c"])), Arc::clone(&budget));
+        let publisher = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        let member = join(&hub, "/c", 4, SlowConsumer::Disconnect);
+        publisher.publish(&Message::binary(vec![0u8; 1000]));
+        assert_eq!((budget.used(), member.account().held()), (1000, 1000));
+        // Taken off the outbox, the charge travels with the message.
+        let queued = member.next_queued().unwrap();
+        assert_eq!((queued.charge.bytes(), budget.used()), (1000, 1000));
+        drop(queued);
+        assert_eq!(budget.used(), 0);
+        // Left while a fan-out's snapshot still holds it: what that fan-out queued goes with
+        // the snapshot.
+        publisher.publish(&Message::binary(vec![0u8; 500]));
+        let snapshot = hub.roster.snapshot("/c").unwrap();
+        drop(member);
+        assert_eq!(
+            budget.used(),
+            500,
+            "still queued in the member the snapshot holds"
+        );
+        drop(snapshot);
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -1,7 +1,7 @@
 //! A member's state, shared by the hub and its connection: the outbox and its counts, the end
 //! flags (slow, revoked), the waker or socket that ends it, who it is and what it moved; the
-//! [`Intake`] fixed when it joined; and the [`DirectWrite`] path a broadcast takes into an idle
-//! connection.
+//! [`Intake`] fixed when it joined; a broadcast on its way to it with its memory [`Charge`]
+//! ([`Queued`]); and the [`DirectWrite`] path a broadcast takes into an idle connection.
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -13,7 +13,7 @@ use tungstenite::Message;
 
 use super::waker::Waker;
 use crate::config::{ChannelConfig, Mode, Retention, SlowConsumer};
-use crate::memory::Account;
+use crate::memory::{Account, Charge};
 use crate::policy::Holder;
 use crate::policy::{Method, Revocation};
 
@@ -23,26 +23,43 @@ pub trait DirectWrite: Send + Sync {
     /// free (taken with `try_lock`), `outbox_empty()` holds under that lock, and nothing written
     /// earlier is still stuck in its buffers. The socket is non-blocking. `wire` is the message
     /// already encoded as a frame ([`super::fanout::wire_frame`]) when it is small enough, the
-    /// same bytes for every subscriber. The hub has charged `msg` to the member's memory account;
-    /// unless it answers [`Handoff::Queue`], the connection takes that charge over.
+    /// same bytes for every subscriber. `charge` counts `msg` against the member's share of the
+    /// memory cap: the connection keeps it with the bytes it took, or hands it back with
+    /// [`Handoff::Queue`].
     fn try_write(
         &self,
         msg: &Message,
         wire: Option<&[u8]>,
+        charge: Charge,
         outbox_empty: &dyn Fn() -> bool,
     ) -> Handoff;
+
+    /// The member was closed at the memory cap: gives back now what the connection's write side
+    /// holds against the cap, and writes nothing more but, when the socket takes it at once, its
+    /// close. The bytes themselves are freed as the connection ends, at the wake-up the close
+    /// sent it. False when the connection's loop holds its lock (it is working): it gives them
+    /// back as it ends, at its next step.
+    fn abandon(&self) -> bool;
 }
 
 /// What [`DirectWrite::try_write`] did with a broadcast.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Handoff {
     /// Written to the socket.
     Sent,
     /// Accepted, but the socket was full (or failed): the connection must be woken to finish
     /// the write (or to find the error).
     SentWake,
-    /// Not taken: queue it in the outbox as usual.
-    Queue,
+    /// Not taken: queue it in the outbox as usual, with its charge.
+    Queue(Charge),
+}
+
+/// A broadcast on its way to one member (in its outbox, or held back by its full write buffer)
+/// with the charge for its bytes: whoever drops it unsent gives them back.
+#[derive(Debug)]
+pub struct Queued {
+    pub msg: Message,
+    pub charge: Charge,
 }
 
 /// What one member takes from the hub, fixed when it joins from its channel's limits at the
@@ -101,18 +118,19 @@ pub(super) struct Member {
     pub(super) receives: bool,
     /// The outbox's sending side; at most `intake.outbox` messages queued (counted in
     /// [`MemberShared::queued`]).
-    pub(super) tx: Sender<Message>,
+    pub(super) tx: Sender<Queued>,
     /// The outbox's receiving side too, so that a member dropped at the memory cap gives its
     /// queued bytes back at once rather than when its loop ends.
-    pub(super) rx: Receiver<Message>,
+    pub(super) rx: Receiver<Queued>,
     pub(super) intake: Intake,
     pub(super) shared: Arc<MemberShared>,
 }
 
 impl Member {
-    /// Queues `msg` in the outbox unless it holds `intake.outbox` messages already. The caller
-    /// has charged its bytes to the member's account; they stay charged while it is queued.
-    pub(super) fn try_queue(&self, msg: &Message) -> Result<(), TrySendError<()>> {
+    /// Queues `msg` with its `charge` in the outbox unless it holds `intake.outbox` messages
+    /// already; the charge stays with it while it is queued. Not queued, the charge is dropped:
+    /// its bytes are given back.
+    pub(super) fn try_queue(&self, msg: &Message, charge: Charge) -> Result<(), TrySendError<()>> {
         if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.intake.outbox {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(TrySendError::Full(()));
@@ -120,7 +138,11 @@ impl Member {
         self.shared
             .queued_bytes
             .fetch_add(msg.len(), Ordering::Relaxed);
-        self.tx.send(msg.clone()).map_err(|_| {
+        let queued = Queued {
+            msg: msg.clone(),
+            charge,
+        };
+        self.tx.send(queued).map_err(|_| {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             self.shared
                 .queued_bytes
@@ -130,23 +152,23 @@ impl Member {
     }
 }
 
-/// Takes one message off an outbox, keeping the counts in step (its bytes stay charged: they
-/// move on to the write buffer).
+/// Takes one message off an outbox, keeping the counts in step; its charge comes with it.
 pub(super) fn take_queued(
-    rx: &Receiver<Message>,
+    rx: &Receiver<Queued>,
     shared: &MemberShared,
-) -> Result<Message, TryRecvError> {
-    let msg = rx.try_recv()?;
+) -> Result<Queued, TryRecvError> {
+    let queued = rx.try_recv()?;
     shared.queued.fetch_sub(1, Ordering::AcqRel);
-    shared.queued_bytes.fetch_sub(msg.len(), Ordering::Relaxed);
-    Ok(msg)
+    shared
+        .queued_bytes
+        .fetch_sub(queued.msg.len(), Ordering::Relaxed);
+    Ok(queued)
 }
 
-/// Empties an outbox whose messages will never be written, giving their bytes back.
-pub(super) fn discard_queued(rx: &Receiver<Message>, shared: &MemberShared) {
-    while let Ok(msg) = take_queued(rx, shared) {
-        shared.account.release(msg.len());
-    }
+/// Empties an outbox whose messages will never be written: dropped, their charges give their
+/// bytes back.
+pub(super) fn discard_queued(rx: &Receiver<Queued>, shared: &MemberShared) {
+    while take_queued(rx, shared).is_ok() {}
 }
 
 /// State the hub and the connection both see.
@@ -159,8 +181,12 @@ pub struct MemberShared {
     pub waker: Option<Waker>,
     /// The connection's socket, once its loop runs (see [`MemberShared::end`]).
     pub(super) socket: OnceLock<Arc<TcpStream>>,
-    /// Set by the hub when the outbox overflowed under the `disconnect` policy.
+    /// Set by the hub when the outbox overflowed under the `disconnect` policy, or at the memory
+    /// cap.
     pub(super) slow: AtomicBool,
+    /// Set (before `slow`) when the memory cap closed it: it ends without waiting for its
+    /// buffers to drain.
+    pub(super) squeezed: AtomicBool,
     /// Set when a reload took away this member's access; it closes with 1008 and the reason in
     /// `revocation`.
     pub(super) revoked: AtomicBool,
@@ -174,8 +200,8 @@ pub struct MemberShared {
     pub(super) queued: AtomicUsize,
     /// Payload bytes in the outbox (what dropping the member at the memory cap frees at once).
     pub(super) queued_bytes: AtomicUsize,
-    /// What this connection holds against the memory cap: its outbox, its write buffer beyond
-    /// what was flushed, the message it is reading. Released whole when the membership ends.
+    /// What this connection holds against the memory cap: the sum of its charges (its outbox,
+    /// its write buffer beyond what was flushed) and the message it is reading.
     pub account: Account,
     /// The connection's direct-write path, once its loop runs (see [`DirectWrite`]).
     pub direct: OnceLock<Arc<dyn DirectWrite>>,

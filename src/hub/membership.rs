@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use tungstenite::Message;
 
 use super::history::{Presence, RecallRefused, Sender, notice};
-use super::member::{Intake, Member, MemberShared, Traffic, discard_queued, take_queued};
+use super::member::{Intake, Member, MemberShared, Queued, Traffic, discard_queued, take_queued};
 use super::waker::Waker;
 use super::{Hub, HubClosed};
 use crate::config::Mode;
@@ -27,7 +27,7 @@ pub struct Membership {
     path: String,
     pub id: u64,
     /// This connection's outbox (see [`Membership::next_queued`]).
-    outbox: Receiver<Message>,
+    outbox: Receiver<Queued>,
     pub shared: Arc<MemberShared>,
     /// Who its broadcasts are from, as the upgrade authenticated it.
     from: Sender,
@@ -65,7 +65,7 @@ impl Hub {
 
     /// [`Hub::join`], with the kept broadcasts `recall` asks for queued in the outbox before
     /// any live one: the path's ring stays locked from the replay until the member is in the
-    /// registry, so the next broadcast is the first the replay did not hold. The replay is
+    /// roster, so the next broadcast is the first the replay did not hold. The replay is
     /// charged to the member's account; at the memory cap it is refused whole.
     ///
     /// # Errors
@@ -84,6 +84,7 @@ impl Hub {
                 Mode::Broadcast | Mode::Proxy => Some(Waker::new()?),
             },
             slow: AtomicBool::new(false),
+            squeezed: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
             revocation: OnceLock::new(),
             holder,
@@ -102,11 +103,8 @@ impl Hub {
         };
         let (tx, rx) = crossbeam_channel::unbounded();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
-        if self.closed.load(Ordering::Acquire) {
-            return Ok(Err(JoinRefused::Closed(HubClosed)));
-        }
-        // Held until the member is in the registry (see above).
+        // The ring before the gate: a leave takes the gate alone, and a fan-out holding the
+        // ring (which may drop a snapshot's last hold on a member) never waits for the gate.
         let ring = match (intake.history, recall) {
             (Some(_), Recall::Last(_) | Recall::Since { .. }) => match self.histories.ring(path) {
                 Some(ring) => Some(ring),
@@ -117,6 +115,10 @@ impl Hub {
         let mut ring_guard = ring
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
+        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(Err(JoinRefused::Closed(HubClosed)));
+        }
         let member = Member {
             id,
             receives: mode == Mode::Broadcast,
@@ -129,22 +131,22 @@ impl Hub {
             let replay = self
                 .histories
                 .replay(ring, keep, recall, intake.envelope, Instant::now());
-            let bytes = replay.iter().map(Message::len).sum();
-            if !shared.account.try_charge(bytes, Room::Deliveries) {
-                return Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull)));
+            // All or nothing: the charges taken so far are given back if one does not fit.
+            let mut charged = Vec::with_capacity(replay.len());
+            for msg in replay {
+                match shared.account.charge(msg.len(), Room::Deliveries) {
+                    Some(charge) => charged.push((msg, charge)),
+                    None => return Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))),
+                }
             }
             // The outbox is empty and holds `outbox` messages, at least `history_size` (the
             // config checks it), and the replay is at most that.
-            for msg in &replay {
-                if member.try_queue(msg).is_err() {
-                    shared.account.release(msg.len());
-                }
+            for (msg, charge) in charged {
+                let _ = member.try_queue(&msg, charge);
             }
         }
-        self.write_groups()
-            .entry(path.to_string())
-            .or_default()
-            .push(member);
+        self.roster.insert(path, Arc::new(member));
+        drop(_gate);
         drop(ring_guard);
         Ok(Ok(Membership {
             hub: Arc::clone(self),
@@ -208,6 +210,12 @@ impl Membership {
         }
     }
 
+    /// Whether the memory cap closed this connection (it then ends without waiting for its
+    /// buffers to drain).
+    pub fn closed_at_cap(&self) -> bool {
+        self.shared.squeezed.load(Ordering::Acquire)
+    }
+
     /// Messages waiting in this connection's outbox now.
     pub fn queued(&self) -> usize {
         self.outbox.len()
@@ -225,12 +233,12 @@ impl Membership {
         self.shared.step_since.store(0, Ordering::Release);
     }
 
-    /// The next message in this connection's outbox. `Disconnected` means the server is
-    /// shutting down.
+    /// The next message in this connection's outbox, with its charge. `Disconnected` means the
+    /// server is shutting down.
     ///
     /// # Errors
     /// `Empty` when nothing is queued.
-    pub fn next_queued(&self) -> Result<Message, TryRecvError> {
+    pub fn next_queued(&self) -> Result<Queued, TryRecvError> {
         take_queued(&self.outbox, &self.shared)
     }
 
@@ -248,20 +256,17 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        let mut groups = self.hub.write_groups();
-        if let Some(members) = groups.get_mut(&self.path) {
-            members.retain(|m| m.id != self.id);
-            if members.is_empty() {
-                groups.remove(&self.path);
-            }
+        {
+            let _gate = self.hub.gate.lock().unwrap_or_else(|p| p.into_inner());
+            self.hub.roster.remove(&self.path, |m| m.id == self.id);
         }
-        drop(groups);
         if self.announced.load(Ordering::Acquire) {
             self.hub
                 .notify(&self.path, self.id, &notice(Presence::Leave, &self.from));
         }
-        // Out of the hub, so no fan-out charges it any more: whatever it still holds (outbox,
-        // write buffer, a message half read) is given back.
+        // Out of the hub: a message half read is given back here; the outbox and the write
+        // buffer give theirs back as their charges are dropped (with the last snapshot holding
+        // this member, and with the connection).
         self.shared.account.release_all();
     }
 }

@@ -20,12 +20,15 @@
 //! fan-out that does not fit closes the subscribers with the largest backlog with 1008 `slow
 //! consumer` until it does ([`memory::choose_drops`]); nothing is queued past the cap.
 //!
-//! This file holds the registry (the members by path), shutdown and the admin's [`Filter`];
-//! [`member`] is a member's shared state, [`membership`] joining and leaving, [`fanout`] the
-//! delivery of a broadcast, [`history`] the broadcasts kept per path and the envelope,
-//! [`query`] the filter as a query string.
+//! No lock is held while a broadcast is written: the members of a path are a copy-on-write
+//! snapshot ([`roster`]), swapped whole on join and leave, so a fan-out to a thousand sockets,
+//! the admin listing and a reload's re-check run beside joins and leaves on any path.
+//!
+//! This file holds the hub, shutdown and the admin's [`Filter`]; [`roster`] is the registry (the
+//! members by path), [`member`] a member's shared state, [`membership`] joining and leaving,
+//! [`fanout`] the delivery of a broadcast, [`history`] the broadcasts kept per path, the
+//! envelope and the presence notices, [`query`] the filter as a query string.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -36,13 +39,15 @@ mod history;
 mod member;
 mod membership;
 pub(crate) mod query;
+mod roster;
 pub(crate) mod waker;
 
 pub use self::fanout::Outbound;
 pub use self::history::{Histories, RecallRefused};
 use self::member::Member;
-pub use self::member::{DirectWrite, Handoff, Intake, MemberShared, Profile};
+pub use self::member::{DirectWrite, Handoff, Intake, MemberShared, Profile, Queued};
 pub use self::membership::{JoinRefused, Membership};
+use self::roster::Roster;
 
 use crate::memory::Budget;
 use crate::ops::metrics::Metrics;
@@ -92,7 +97,8 @@ impl Filter {
 
 /// The registry of channel members.
 pub struct Hub {
-    groups: RwLock<HashMap<String, Vec<Member>>>,
+    /// The members by path, each path a snapshot replaced whole on join and leave.
+    roster: Roster<Member>,
     /// The cluster bridge's queue, while one is attached; taken (dropped) at shutdown.
     outlet: RwLock<Option<cluster::Outlet>>,
     next_id: AtomicU64,
@@ -100,7 +106,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// The process-wide memory cap every queued delivery is charged to.
     budget: Arc<Budget>,
-    /// Serialises joins against shutdown so nobody joins a hub that is being emptied.
+    /// Serialises joins and leaves among themselves (each replaces its path's snapshot) and
+    /// against shutdown, so nobody joins a hub that is being emptied. Never held by a fan-out.
     gate: Mutex<()>,
     /// The zero of [`MemberShared`]'s step clock.
     epoch: Instant,
@@ -123,7 +130,7 @@ impl Hub {
         Arc::new(Hub {
             histories: Histories::new(Arc::clone(&budget)),
             budget,
-            groups: RwLock::default(),
+            roster: Roster::default(),
             outlet: RwLock::new(None),
             next_id: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -168,24 +175,25 @@ impl Hub {
         true
     }
 
-    /// Calls `f` with every member's path and shared state (for re-checking access on reload).
+    /// Calls `f` with every member's path and shared state (a reload's re-check, the admin
+    /// listing), on a snapshot: no lock is held while `f` runs, so joins and leaves go on. A
+    /// member that joins meanwhile is not seen; one that leaves may still be.
     pub fn for_each_member(&self, mut f: impl FnMut(&str, &MemberShared)) {
-        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
-        for (path, members) in groups.iter() {
-            for m in members {
-                f(path, &m.shared);
+        for (path, members) in self.roster.snapshots() {
+            for m in members.iter() {
+                f(&path, &m.shared);
             }
         }
     }
 
     /// How long the connection that has been in its current loop step the longest has been in
-    /// it; None when no connection is in a step. Takes the members' read lock briefly.
+    /// it; None when no connection is in a step.
     pub fn longest_step(&self) -> Option<Duration> {
         let now = self.clock();
-        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
-        groups
-            .values()
-            .flatten()
+        self.roster
+            .snapshots()
+            .iter()
+            .flat_map(|(_, members)| members.iter())
             .map(|m| m.shared.step_since.load(Ordering::Acquire))
             .filter(|&since| since != 0)
             .map(|since| Duration::from_millis(now.saturating_sub(since)))
@@ -216,20 +224,18 @@ impl Hub {
 
     /// Members currently on `path`.
     pub fn members(&self, path: &str) -> usize {
-        self.groups
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(path)
-            .map_or(0, Vec::len)
+        self.roster.count(path)
     }
 
     /// Who is subscribed to `path` now: each user (None: anonymous) with their open
     /// connections, in name order. Members still in their handshake, and those that take no
     /// broadcasts, are not subscribers.
     pub fn presence(&self, path: &str) -> Vec<(Option<String>, usize)> {
-        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        let Some(members) = self.roster.snapshot(path) else {
+            return Vec::new();
+        };
         let mut who: std::collections::BTreeMap<Option<&str>, usize> = Default::default();
-        for m in groups.get(path).into_iter().flatten() {
+        for m in members.iter() {
             if m.receives && m.shared.profile.get().is_some() {
                 *who.entry(m.shared.holder.user.as_deref()).or_default() += 1;
             }
@@ -241,12 +247,7 @@ impl Hub {
 
     /// Members on all paths.
     pub fn total_members(&self) -> usize {
-        self.groups
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(Vec::len)
-            .sum()
+        self.roster.total()
     }
 
     /// Refuses new members and disconnects every outbox, waking each member so that it closes
@@ -260,16 +261,13 @@ impl Hub {
                 .unwrap_or_else(|p| p.into_inner())
                 .take(),
         );
-        let groups = std::mem::take(&mut *self.write_groups());
-        for member in groups.into_values().flatten() {
-            let shared = Arc::clone(&member.shared);
-            drop(member); // drops the sender: the outbox reports Disconnected
-            shared.end();
+        for members in self.roster.take_all().into_values() {
+            for member in members.iter() {
+                member.shared.end();
+            }
+            // The last holder drops the senders: each outbox reports Disconnected once what it
+            // holds is read (a fan-out still holding a snapshot keeps them until it ends).
         }
-    }
-
-    fn write_groups(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<Member>>> {
-        self.groups.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -352,7 +350,7 @@ mod tests {
         a.publish(&text("last"));
         hub.shutdown();
         assert_eq!(b.ended(), None, "a queued message goes out first");
-        assert_eq!(b.next_queued().unwrap(), text("last"));
+        assert_eq!(b.next_queued().unwrap().msg, text("last"));
         assert_eq!(b.ended(), Some((1001, "going away")));
         assert_eq!(a.ended(), Some((1001, "going away")));
     }

@@ -13,11 +13,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::ServerConfig;
-use crate::pipeline::pool::{NoPlace, Pool, Slot};
+use crate::pipeline::pool::{IDLE_EXIT, NoPlace, Pool, Slot};
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,21 +74,28 @@ pub struct Ticket {
 
 impl Admission {
     /// Up to `max_pre_auth` handshake threads with `handshake_stack_size` stacks and up to
-    /// `workers` worker threads with `worker_stack_size` stacks, started as needed.
-    pub fn new(server: &ServerConfig) -> Arc<Admission> {
+    /// `workers` worker threads with `worker_stack_size` stacks, started as needed (the two
+    /// sizes as the server's memory budget resolved them).
+    pub fn new(
+        server: &ServerConfig,
+        workers: NonZeroUsize,
+        max_pre_auth: NonZeroUsize,
+    ) -> Arc<Admission> {
         Arc::new(Admission {
             handshakes: Pool::new(
-                server.max_pre_auth.get(),
+                max_pre_auth.get(),
                 server.handshake_stack_size.get(),
+                IDLE_EXIT,
                 "wsgate-handshake",
             ),
             workers: Pool::new(
-                server.workers.get(),
+                workers.get(),
                 server.worker_stack_size.get(),
+                IDLE_EXIT,
                 "wsgate-worker",
             ),
-            capacity: server.workers.get() + server.queue,
-            pre_auth_cap: server.max_pre_auth.get(),
+            capacity: workers.get() + server.queue,
+            pre_auth_cap: max_pre_auth.get(),
             per_ip_cap: server.max_connections_per_ip.get(),
             counts: Mutex::default(),
             drained: Condvar::new(),
@@ -267,20 +275,19 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
-    use std::num::NonZeroUsize;
     use std::sync::mpsc;
 
     fn server(workers: usize, queue: usize, per_ip: usize) -> ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            workers: NonZeroUsize::new(workers).unwrap(),
+            workers: NonZeroUsize::new(workers),
             queue,
             max_connections_per_ip: NonZeroUsize::new(per_ip).unwrap(),
             worker_stack_size: NonZeroUsize::new(256 * 1024).unwrap(),
             handshake_stack_size: NonZeroUsize::new(192 * 1024).unwrap(),
             shutdown_grace: Duration::from_secs(1),
             // As large as the pool unless a test narrows it.
-            max_pre_auth: NonZeroUsize::new(workers + queue).unwrap(),
+            max_pre_auth: NonZeroUsize::new(workers + queue),
             proxy_protocol: false,
             drain_delay: Duration::ZERO,
             tls: true,
@@ -289,9 +296,17 @@ mod tests {
         }
     }
 
+    fn admission_for(server: &ServerConfig) -> Arc<Admission> {
+        Admission::new(
+            server,
+            server.workers.unwrap(),
+            server.max_pre_auth.unwrap(),
+        )
+    }
+
     #[test]
     fn pool_and_queue_bound_admission_and_free_on_drop() {
-        let admission = Admission::new(&server(1, 1, 10));
+        let admission = admission_for(&server(1, 1, 10));
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let release_rx = Arc::new(Mutex::new(release_rx));
@@ -313,8 +328,8 @@ mod tests {
     #[test]
     fn the_pre_auth_budget_bounds_unauthenticated_connections_only() {
         let mut config = server(4, 0, 10);
-        config.max_pre_auth = NonZeroUsize::new(2).unwrap();
-        let admission = Admission::new(&config);
+        config.max_pre_auth = NonZeroUsize::new(2);
+        let admission = admission_for(&config);
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let (tx, rx) = mpsc::channel::<()>();
         let rx = Arc::new(Mutex::new(rx));
@@ -348,7 +363,7 @@ mod tests {
 
     #[test]
     fn per_ip_cap_counts_v4_mapped_as_v4() {
-        let admission = Admission::new(&server(4, 0, 1));
+        let admission = admission_for(&server(4, 0, 1));
         let (tx, rx) = mpsc::channel::<()>();
         let rx = Arc::new(Mutex::new(rx));
         let r = Arc::clone(&rx);
@@ -370,7 +385,7 @@ mod tests {
 
     #[test]
     fn claims_are_counted_per_address() {
-        let admission = Admission::new(&server(4, 0, 1));
+        let admission = admission_for(&server(4, 0, 1));
         let (tx, rx) = mpsc::channel();
         let (hold_tx, hold_rx) = mpsc::channel::<()>();
         let hold = Arc::new(Mutex::new(hold_rx));

@@ -16,8 +16,8 @@ use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Limits, Mode, Overflow, WsLimits};
-use crate::hub::{DirectWrite, Handoff, Membership};
-use crate::memory::{Account, Room};
+use crate::hub::{DirectWrite, Handoff, Membership, Queued};
+use crate::memory::{Account, Charge, Room};
 use crate::ops::metrics::Counter;
 use crate::pipeline::close;
 use crate::pipeline::frames::{self, FrameLimit, FrameWatch};
@@ -89,7 +89,7 @@ pub fn run(
         held: None,
         stalled_since: None,
         open: true,
-        unflushed: 0,
+        charge: member.account().nothing(),
         through_ws: 0,
         retained: 0,
         write_base: channel.write_buffer_size,
@@ -156,18 +156,21 @@ pub(crate) fn watch_client(
 /// into the socket of an idle subscriber (see the [`DirectWrite`] impl).
 struct Wire {
     ws: WsStream,
-    /// A message the write buffer had no room for; sent before anything else from the outbox.
-    held: Option<Message>,
+    /// A message the write buffer had no room for, with its charge; sent before anything else
+    /// from the outbox.
+    held: Option<Queued>,
     /// Since when our writes have been blocked by a full socket.
     stalled_since: Option<Instant>,
     /// False once the loop has ended: nothing more may be written but the close.
     open: bool,
-    /// Payload bytes of data messages written into the WebSocket since its buffers were last
-    /// flushed whole: charged to the memory cap (with `held`) until a flush goes through.
-    /// A bound on the write buffer beyond its base, and on rustls' buffer behind it.
-    unflushed: usize,
-    /// Of `unflushed`, what went through tungstenite's write buffer (the rest went to rustls as
-    /// pre-encoded frames, whose buffer keeps nothing once sent).
+    /// What the write side holds against the memory cap: the charges of the data messages
+    /// written into the WebSocket since its buffers were last flushed whole (a bound on the
+    /// write buffer beyond its base, and on rustls' buffer behind it), merged as they are taken,
+    /// plus `retained`. Shrunk to `retained` when a flush goes through; dropped with the wire.
+    charge: Charge,
+    /// Payload bytes of data messages that went through tungstenite's write buffer since the
+    /// last whole flush (the rest went to rustls as pre-encoded frames, whose buffer keeps
+    /// nothing once sent).
     through_ws: usize,
     /// What stays charged after a whole flush: the most `through_ws` has been beyond
     /// `write_base`. tungstenite's write buffer is a `Vec` that keeps the capacity it grew to,
@@ -175,6 +178,7 @@ struct Wire {
     retained: usize,
     /// `write_buffer_size`: the part of the write buffer that is base cost, not charged.
     write_base: usize,
+    /// The member's account, told how much of `charge` is `retained` ([`Account::keeps`]).
     account: Account,
 }
 
@@ -189,13 +193,15 @@ impl DirectWrite for Mutex<Wire> {
         &self,
         msg: &Message,
         wire: Option<&[u8]>,
+        charge: Charge,
         outbox_empty: &dyn Fn() -> bool,
     ) -> Handoff {
         let Ok(mut w) = self.try_lock() else {
-            return Handoff::Queue; // the loop is working (it drains the outbox) or poisoned
+            // The loop is working (it drains the outbox) or poisoned.
+            return Handoff::Queue(charge);
         };
         if !w.open || w.held.is_some() || w.stalled_since.is_some() || !outbox_empty() {
-            return Handoff::Queue;
+            return Handoff::Queue(charge);
         }
         match wire {
             // Not stalled, so tungstenite's and rustls' buffers are empty (the last flush went
@@ -208,12 +214,12 @@ impl DirectWrite for Mutex<Wire> {
                     // end the connection rather than send a corrupt stream on.
                     Ok(_) => {
                         w.open = false;
-                        w.unflushed += msg.len(); // the connection holds the charge now
+                        w.charge.absorb(charge); // the connection holds the charge now
                         log::error!("direct write cut a frame; closing the connection");
                         let _ = w.ws.get_ref().get_ref().socket().shutdown(Shutdown::Both);
                         return Handoff::SentWake;
                     }
-                    Err(_) => return Handoff::Queue,
+                    Err(_) => return Handoff::Queue(charge),
                 }
             }
             _ => match w.ws.write(msg.clone()) {
@@ -223,12 +229,12 @@ impl DirectWrite for Mutex<Wire> {
                     w.through_ws += msg.len();
                 }
                 // Not taken (full, or the connection is failing): the loop deals with it.
-                Err(_) => return Handoff::Queue,
+                Err(_) => return Handoff::Queue(charge),
             },
         }
-        // Taken: the hub's charge for it is the connection's now (`Wire::unflushed`), settled
+        // Taken: the hub's charge for it is the connection's now (`Wire::charge`), settled
         // when a flush goes through, here or in the loop.
-        w.unflushed += msg.len();
+        w.charge.absorb(charge);
         match w.ws.flush() {
             Ok(()) => {
                 settle_flushed(&mut w);
@@ -240,6 +246,18 @@ impl DirectWrite for Mutex<Wire> {
             }
             Err(_) => Handoff::SentWake,
         }
+    }
+
+    fn abandon(&self) -> bool {
+        let Ok(mut w) = self.try_lock() else {
+            return false; // the loop is working: it ends at its next step
+        };
+        w.open = false;
+        w.held = None;
+        w.charge.shrink_to(0);
+        w.retained = 0;
+        w.account.keeps(0);
+        true
     }
 }
 
@@ -344,7 +362,8 @@ impl Conn {
         }
         if silent >= limits.ping_interval && !self.ping_sent {
             self.ping_sent = true;
-            self.send(w, Message::Ping(Default::default()))?;
+            let nothing = self.member.account().nothing();
+            self.send(w, Message::Ping(Default::default()), nothing)?;
             flush(w)?;
         }
         let mut wake_at = self.last_heard + limits.idle_timeout;
@@ -427,10 +446,10 @@ impl Conn {
             Mode::Echo | Mode::Proxy => {
                 // The echo's bytes are charged before they are written; the read charge of the
                 // same message is given back once this returns.
-                if !self.member.account().try_charge(msg.len(), Room::Whole) {
+                let Some(charge) = self.member.account().charge(msg.len(), Room::Whole) else {
                     return Err(End::Closed(1013, "try again later"));
-                }
-                self.send(w, msg)
+                };
+                self.send(w, msg, charge)
             }
             Mode::Broadcast => {
                 self.member.publish(&msg);
@@ -470,16 +489,16 @@ impl Conn {
         if let Some((code, why)) = self.member.ended() {
             return Err(End::Closed(code, why));
         }
-        if let Some(msg) = w.held.take() {
-            self.send(w, msg)?;
+        if let Some(Queued { msg, charge }) = w.held.take() {
+            self.send(w, msg, charge)?;
             if w.held.is_some() {
                 return Ok(());
             }
         }
         for _ in 0..self.member.queued() {
             match self.member.next_queued() {
-                Ok(msg) => {
-                    self.send(w, msg)?;
+                Ok(Queued { msg, charge }) => {
+                    self.send(w, msg, charge)?;
                     if w.held.is_some() {
                         return Ok(());
                     }
@@ -496,18 +515,18 @@ impl Conn {
         }
     }
 
-    /// Queues one message. A full write buffer holds it back (outbox messages) or, for an echo the
-    /// peer is not reading, ends the connection as a slow consumer.
-    fn send(&mut self, w: &mut Wire, msg: Message) -> Step {
-        // Data messages, and data frames held back earlier, count as sent once accepted.
-        // They are charged to the memory cap already (by the hub, or by the echo): once
+    /// Queues one message with its `charge` (the hub's, the echo's, or nothing for a control
+    /// frame). A full write buffer holds it back (outbox messages) or, for an echo the peer is not
+    /// reading, ends the connection as a slow consumer.
+    fn send(&mut self, w: &mut Wire, msg: Message, charge: Charge) -> Step {
+        // Data messages, and data frames held back earlier, count as sent once accepted. Once
         // written, the charge is the write buffer's, given back by the next whole flush.
         let data = matches!(
             msg,
             Message::Text(_) | Message::Binary(_) | Message::Frame(_)
         );
         let len = msg.len();
-        let charged = if data { frames::payload_len(&msg) } else { 0 };
+        let through_ws = if data { frames::payload_len(&msg) } else { 0 };
         let written = match w.ws.write(msg) {
             // The frame is in the write buffer; only flushing it would have blocked.
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -515,8 +534,8 @@ impl Conn {
         };
         match written {
             Ok(()) => {
-                w.unflushed += charged;
-                w.through_ws += charged;
+                w.charge.absorb(charge);
+                w.through_ws += through_ws;
                 if data {
                     self.member.metrics().message_out(len);
                     self.member.shared.traffic.sent(len);
@@ -530,7 +549,7 @@ impl Conn {
                 if frames::server_frame_len(&msg) > self.max_write_buffer =>
             {
                 self.member.metrics().bump(Counter::BroadcastTooBig, 1);
-                self.member.account().release(frames::payload_len(&msg));
+                drop(charge); // its bytes are given back
                 log::debug!(
                     "dropped a {}-byte message larger than the write buffer ({} bytes)",
                     msg.len(),
@@ -538,12 +557,12 @@ impl Conn {
                 );
                 Ok(())
             }
-            // Held, it stays charged (see `Wire::unflushed`).
+            // Held, it keeps its charge.
             Err(WsError::WriteBufferFull(msg)) => {
                 if self.rights.mode == Mode::Echo {
                     return Err(End::Closed(1008, "slow consumer"));
                 }
-                w.held = Some(*msg);
+                w.held = Some(Queued { msg: *msg, charge });
                 Ok(())
             }
             Err(e) => Err(classify(e)),
@@ -599,6 +618,13 @@ impl Conn {
             End::PeerClosed(_) => (None, true),
             End::Dropped(_) => return,
         };
+        if self.member.closed_at_cap() {
+            // Its buffers were given back to the cap when it was closed: they are freed now,
+            // not kept for a client that is not reading. The close goes only if the socket
+            // takes what is buffered and the close frame at once.
+            close::close(&mut w.ws, send, Duration::ZERO, false);
+            return;
+        }
         close::close(&mut w.ws, send, write_timeout, wait_reply);
         close::end_tls(&mut w.ws);
     }
@@ -620,14 +646,15 @@ fn flush(w: &mut Wire) -> Step {
     }
 }
 
-/// After a whole flush: of what the write side held (`retained` + `unflushed`), it keeps what
-/// its buffer grew to beyond the base (see [`Wire::retained`]) and gives the rest back.
+/// After a whole flush: of what the write side held ([`Wire::charge`]), it keeps what its
+/// buffer grew to beyond the base (see [`Wire::retained`]) and gives the rest back.
 fn settle_flushed(w: &mut Wire) {
-    let held = w.retained + std::mem::take(&mut w.unflushed);
     let grown = std::mem::take(&mut w.through_ws).saturating_sub(w.write_base);
-    let keep = w.retained.max(grown);
-    w.account.release(held - keep);
-    w.retained = keep;
+    if grown > w.retained {
+        w.retained = grown;
+        w.account.keeps(grown);
+    }
+    w.charge.shrink_to(w.retained);
 }
 
 /// Maps a tungstenite error after the upgrade to how the connection ends (also the client side

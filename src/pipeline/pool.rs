@@ -1,7 +1,9 @@
-//! The thread pools: at most `max` threads each, each started when a job finds no idle thread
-//! and kept afterwards. A thread that never ran a job would still cost its first stack pages and
-//! its thread-local area (8 KiB resident each, measured; 80 MiB for a 10,000-worker server), and
-//! starting thousands at once delays start-up, so none is started before it is needed.
+//! The thread pools: at most `max` threads each, each started when a job finds no idle thread,
+//! and ended once it has waited [`IDLE_EXIT`] for a job in vain. A thread that never ran a job
+//! would still cost its first stack pages and its thread-local area (8 KiB resident each,
+//! measured; 80 MiB for a 10,000-worker server), and starting thousands at once delays start-up,
+//! so none is started before it is needed; and a spike's threads (each keeping the stack pages
+//! its jobs touched) are given back once it is over.
 //!
 //! Two ways in, one per pool: [`Pool::execute`] runs a job now or queues it without limit (the
 //! handshake threads: [`crate::pipeline::admit`] bounds what is queued); [`Pool::reserve`] waits,
@@ -14,9 +16,15 @@ use std::collections::VecDeque;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// How long an idle thread waits for a job before it ends. Long enough that clients reconnecting
+/// after a restart, a squeeze's cool-down (2 s) or a 503's `Retry-After` find the threads of the
+/// connections they replace; short enough that a spike's threads and their stacks are given back
+/// within seconds of its end. Restarting a thread costs about 30 µs and its stack's page faults.
+pub const IDLE_EXIT: Duration = Duration::from_secs(10);
 
 /// A pool of at most `max` threads, started on demand.
 pub struct Pool {
@@ -26,6 +34,7 @@ pub struct Pool {
     freed: Condvar,
     max: usize,
     stack_size: usize,
+    idle_exit: Duration,
     name: String,
 }
 
@@ -74,14 +83,16 @@ impl Drop for Place {
 }
 
 impl Pool {
-    /// A pool of up to `max` threads named `name` with `stack_size`-byte stacks; none started yet.
-    pub fn new(max: usize, stack_size: usize, name: &str) -> Arc<Pool> {
+    /// A pool of up to `max` threads named `name` with `stack_size`-byte stacks, each ending
+    /// after `idle_exit` without a job ([`IDLE_EXIT`] in the server); none started yet.
+    pub fn new(max: usize, stack_size: usize, idle_exit: Duration, name: &str) -> Arc<Pool> {
         Arc::new(Pool {
             state: Mutex::default(),
             work: Condvar::new(),
             freed: Condvar::new(),
             max,
             stack_size,
+            idle_exit,
             name: name.to_string(),
         })
     }
@@ -164,7 +175,7 @@ impl Pool {
         Ok(())
     }
 
-    /// Threads started so far.
+    /// Threads running now (busy or idle).
     #[cfg(test)]
     pub fn started(&self) -> usize {
         self.state().started
@@ -182,12 +193,29 @@ impl Pool {
                 }
             }
             let mut state = self.state();
+            let mut idle_since = Instant::now();
             job = Some(loop {
                 if let Some(job) = state.jobs.pop_front() {
                     break job;
                 }
+                let left = self.idle_exit.saturating_sub(idle_since.elapsed());
+                // Ends only while more threads run than places are held, so every held place
+                // (a slot whose job is still to come, or one running) keeps a thread; decided
+                // under the lock, so a job queued meanwhile is seen above instead.
+                if left.is_zero() && state.started > state.reserved {
+                    state.started -= 1;
+                    return;
+                }
+                if left.is_zero() {
+                    idle_since = Instant::now();
+                    continue;
+                }
                 state.idle += 1;
-                state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
+                state = self
+                    .work
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
                 state.idle -= 1;
             });
         }
@@ -232,7 +260,7 @@ mod tests {
 
     #[test]
     fn starts_workers_only_when_none_is_idle_and_never_more_than_max() {
-        let pool = Pool::new(2, 64 * 1024, "test-pool");
+        let pool = Pool::new(2, 64 * 1024, IDLE_EXIT, "test-pool");
         assert_eq!(pool.started(), 0);
         let (done_tx, done_rx) = mpsc::channel();
         // One job at a time: the first worker is reused.
@@ -272,7 +300,7 @@ mod tests {
 
     #[test]
     fn a_reserved_place_starts_its_thread_and_is_given_back_when_its_job_ends() {
-        let pool = Pool::new(2, 64 * 1024, "test-pool");
+        let pool = Pool::new(2, 64 * 1024, IDLE_EXIT, "test-pool");
         let soon = || Instant::now() + Duration::from_millis(200);
         let a = pool.reserve(soon()).unwrap();
         // The thread is started with the reservation, before any job is handed over.
@@ -316,9 +344,61 @@ mod tests {
         assert_eq!(pool.started(), 2);
     }
 
+    /// Waits (up to 5 s) until `pool` runs `n` threads.
+    fn wait_started(pool: &Pool, n: usize) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while pool.started() != n {
+            assert!(
+                Instant::now() < until,
+                "{} threads, not {n}",
+                pool.started()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn idle_threads_end_after_the_idle_time_and_held_places_keep_theirs() {
+        let idle = Duration::from_millis(50);
+        // execute: three threads for three held jobs; once done, all three end.
+        let pool = Pool::new(3, 64 * 1024, idle, "test-pool");
+        let (hold_tx, hold_rx) = mpsc::channel::<()>();
+        let hold = Arc::new(Mutex::new(hold_rx));
+        for _ in 0..3 {
+            let hold = Arc::clone(&hold);
+            pool.execute(move || {
+                let _ = hold.lock().unwrap().recv();
+            })
+            .unwrap();
+        }
+        assert_eq!(pool.started(), 3);
+        for _ in 0..3 {
+            hold_tx.send(()).unwrap();
+        }
+        wait_started(&pool, 0);
+        // And the pool starts threads again as jobs need them.
+        let (tx, rx) = mpsc::channel();
+        pool.execute(move || tx.send(()).unwrap()).unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        wait_started(&pool, 0);
+        // reserve: a held place keeps its thread past the idle time, until its job has run.
+        let pool = Pool::new(2, 64 * 1024, idle, "test-pool");
+        let soon = || Instant::now() + Duration::from_secs(1);
+        let (a, b) = (pool.reserve(soon()).unwrap(), pool.reserve(soon()).unwrap());
+        assert_eq!(pool.started(), 2);
+        drop(b);
+        wait_started(&pool, 1);
+        std::thread::sleep(idle * 4);
+        assert_eq!(pool.started(), 1, "the held place lost its thread");
+        let (tx, rx) = mpsc::channel();
+        a.run(move || tx.send(()).unwrap());
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        wait_started(&pool, 0);
+    }
+
     #[test]
     fn a_panicking_job_leaves_its_worker_serving() {
-        let pool = Pool::new(1, 64 * 1024, "test-pool");
+        let pool = Pool::new(1, 64 * 1024, IDLE_EXIT, "test-pool");
         pool.execute(|| panic!("on purpose")).unwrap();
         let (tx, rx) = mpsc::channel();
         pool.execute(move || tx.send(()).unwrap()).unwrap();

@@ -175,7 +175,12 @@ pub struct Checked {
 /// The [`StartError`] `serve` would stop with. An address in use is a warning instead (it may be
 /// this very server, running).
 pub fn check(config: Config) -> Result<Checked, StartError> {
-    let loaded = load_credentials(&config, Duration::ZERO, Run::Check)?;
+    let loaded = load_credentials(
+        &config,
+        Duration::ZERO,
+        Run::Check,
+        config.auth.max_file_size.get(),
+    )?;
     load_backend_tls(&config)?;
     let mut notes = Vec::new();
     if config.server.tls {
@@ -316,6 +321,9 @@ struct Shared {
     reloading: Mutex<()>,
     /// This server's rate-limited log of refused upgrades.
     refusals: RefusalLog,
+    /// `[auth] max_file_size` as read at start: the memory budget was sized for it, so every
+    /// reload loads the users and tokens files under it.
+    max_file_size: usize,
 }
 
 /// A bound, ready server.
@@ -366,17 +374,13 @@ impl Server {
         ));
         let a = &config.auth;
         let creds_stamp = creds_stamp(&config);
-        let loaded = load_credentials(&config, Duration::ZERO, Run::Serve)?;
+        let loaded = load_credentials(&config, Duration::ZERO, Run::Serve, a.max_file_size.get())?;
         if let Some(warning) = demo_credential_warning(&config, &loaded.users) {
             log::warn!("{warning}");
         }
-        let users = Authenticator::new(
-            loaded.users,
-            a.cache_size,
-            a.cache_ttl,
-            a.max_concurrent_hashes.get(),
-        )
-        .with_queue_limit(a.max_pending_hashes);
+        let (plan, budget) = budget::start(&config, loaded.users.hashing_memory_kib());
+        let users = Authenticator::new(loaded.users, a.cache_size, a.cache_ttl, plan.hashes.get())
+            .with_queue_limit(a.max_pending_hashes);
         let throttle = LoginThrottle::new(a.max_failures, a.failure_window, THROTTLE_ENTRIES)
             .with_trusted_ttl(a.trusted_address_ttl);
         let creds = Arc::new(Credentials::new(
@@ -390,16 +394,15 @@ impl Server {
         let config = Arc::clone(&runtime.config);
         warn_about_origins(&config);
         warn_about_plaintext(&config);
-        let budget = budget::start_budget(&config);
 
         // The admin token before any socket: a bad one is a config error (exit 2).
         let admin_token = read_admin_token(&config)?;
         let listener = bind("[server] listen", config.server.listen)?;
-        let admission = Admission::new(&config.server);
+        let admission = Admission::new(&config.server, plan.workers, plan.max_pre_auth);
         let (admin, admin_listener) = match &config.admin {
             Some(admin_cfg) => {
                 let l = bind("[admin] listen", admin_cfg.listen)?;
-                let (adm, workers) = (Arc::clone(&admission), config.server.workers.get() as u64);
+                let (adm, workers) = (Arc::clone(&admission), plan.workers.get() as u64);
                 let mem = Arc::clone(&budget);
                 let state = AdminState::new(Arc::clone(&metrics), move || {
                     let busy = (adm.serving() as u64).min(workers);
@@ -427,6 +430,7 @@ impl Server {
             stop: Waker::new().map_err(StartError::System)?,
             reloading: Mutex::new(()),
             refusals: RefusalLog::new(),
+            max_file_size: config.auth.max_file_size.get(),
         });
         Ok(Server {
             shared,
@@ -573,15 +577,21 @@ struct LoadedCredentials {
 
 /// `settle`: how long the users and tokens files must have been unchanged to be read (a reload
 /// passes `file_settle_time`; the start reads them as they are). Under `Run::Check` a missing
-/// session key file stays missing (`serve` creates it).
+/// session key file stays missing (`serve` creates it). The users and tokens files are each at
+/// most `max_file_size` bytes (the running value on a reload: the memory budget was sized for it
+/// at start).
 fn load_credentials(
     config: &Config,
     settle: Duration,
     run: Run,
+    max_file_size: usize,
 ) -> Result<LoadedCredentials, StartError> {
     let a = &config.auth;
-    let users = crate::auth::files::load_settled(&a.users_file, settle, UserStore::load)
-        .map_err(StartError::Users)?;
+    let max = max_file_size;
+    let users = crate::auth::files::load_settled(&a.users_file, settle, |p| {
+        UserStore::load_bounded(p, max)
+    })
+    .map_err(StartError::Users)?;
     if run == Run::Serve {
         log::info!(
             "{} loaded from {}",
@@ -589,8 +599,10 @@ fn load_credentials(
             files::shown(&a.users_file)
         );
     }
-    let tokens = crate::auth::files::load_settled(&a.tokens_file, settle, TokenStore::load)
-        .map_err(StartError::Tokens)?;
+    let tokens = crate::auth::files::load_settled(&a.tokens_file, settle, |p| {
+        TokenStore::load_bounded(p, max)
+    })
+    .map_err(StartError::Tokens)?;
     if !tokens.is_empty() && run == Run::Serve {
         log::info!(
             "{} loaded from {}",

@@ -39,10 +39,18 @@ impl Shared {
             .map_err(StartError::Config)
             .and_then(|config| {
                 let creds_stamp = creds_stamp(&config);
-                let loaded = load_credentials(&config, config.auth.file_settle_time, Run::Serve)?;
+                let loaded = load_credentials(
+                    &config,
+                    config.auth.file_settle_time,
+                    Run::Serve,
+                    self.max_file_size,
+                )?;
                 loaded
                     .users
                     .may_replace(self.creds.users.user_count(), &config.auth.users_file)
+                    .and_then(|()| {
+                        (self.creds.users).check_fits(&loaded.users, &config.auth.users_file)
+                    })
                     .map_err(StartError::Users)?;
                 Ok((build_runtime(config, creds_stamp)?, loaded))
             });
@@ -213,8 +221,12 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     if o.listen != n.listen {
         changed.push("[server] listen");
     }
-    if o.workers != n.workers || o.queue != n.queue || o.worker_stack_size != n.worker_stack_size {
-        changed.push("[server] workers/queue/worker_stack_size");
+    if o.workers != n.workers
+        || o.queue != n.queue
+        || o.worker_stack_size != n.worker_stack_size
+        || o.max_pre_auth != n.max_pre_auth
+    {
+        changed.push("[server] workers/queue/worker_stack_size/max_pre_auth");
     }
     if o.max_connections_per_ip != n.max_connections_per_ip {
         changed.push("[server] max_connections_per_ip");
@@ -252,8 +264,9 @@ fn warn_restart_needed(old: &Config, new: &Config) {
         || oa.max_failures != na.max_failures
         || oa.failure_window != na.failure_window
         || oa.trusted_address_ttl != na.trusted_address_ttl
+        || oa.max_file_size != na.max_file_size
     {
-        changed.push("[auth] cache/hashing/throttle limits");
+        changed.push("[auth] cache/hashing/throttle limits/max_file_size");
     }
     if !changed.is_empty() {
         log::warn!(

@@ -4,6 +4,7 @@
 //! stalling CI.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod cgroup;
 pub mod prometheus;
 
 use std::collections::BTreeMap;

@@ -274,8 +274,58 @@ impl Drop for Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SlowConsumer;
+    use crate::config::{Retention, SlowConsumer};
     use crate::hub::fixtures::*;
+
+    #[test]
+    fn joins_that_recall_while_broadcasts_go_on_miss_none_and_repeat_none() {
+        let hub = hub();
+        let keep = Retention {
+            size: std::num::NonZeroUsize::new(16).unwrap(),
+            ttl: None,
+        };
+        let kept = Intake {
+            history: Some(keep),
+            ..intake(10_000, SlowConsumer::Disconnect)
+        };
+        let publisher = hub
+            .join("/c", Mode::Broadcast, kept, Holder::default())
+            .unwrap()
+            .unwrap();
+        const N: usize = 2000;
+        let publishing = std::thread::spawn(move || {
+            for i in 1..=N {
+                publisher.publish(&text(&i.to_string()));
+            }
+        });
+        // Each join lands somewhere in the stream: its replay (the latest kept) and the live
+        // broadcasts after it must be one unbroken run.
+        let mut joined = Vec::new();
+        while !publishing.is_finished() && joined.len() < 50 {
+            let m = hub
+                .join_recalling(
+                    "/c",
+                    Mode::Broadcast,
+                    kept,
+                    Holder::default(),
+                    &Recall::Last(16),
+                )
+                .unwrap()
+                .unwrap();
+            joined.push(m);
+        }
+        publishing.join().unwrap();
+        assert!(!joined.is_empty());
+        for m in &joined {
+            let got: Vec<usize> = std::iter::from_fn(|| m.next_queued().ok())
+                .map(|q| q.msg.to_text().unwrap().parse().unwrap())
+                .collect();
+            if let Some(&first) = got.first() {
+                let want: Vec<usize> = (first..=N).collect();
+                assert_eq!(got, want, "a gap or a repeat");
+            }
+        }
+    }
 
     #[test]
     fn an_echo_member_gets_no_broadcasts_and_is_ended_through_its_socket() {

@@ -339,6 +339,12 @@ pub(super) fn history(
 ) -> Result<(), ConfigError> {
     const KEYS: [&str; 2] = ["history_size", "history_ttl"];
     if size == 0 {
+        if s.is_set("history_ttl") {
+            return Err(s.invalid(
+                Some("history_ttl"),
+                "keeps nothing without history_size; set history_size too",
+            ));
+        }
         return Ok(());
     }
     if mode != Mode::Broadcast {

@@ -4,7 +4,7 @@
 //! ones listed below it (`tests/layers.rs` holds the crate to this order; the drawing is in
 //! docs/design.md).
 //!
-//! - [`cli`]: the command line and the admin's one-shot commands.
+//! - [`cli`]: the command line, the admin's one-shot commands and `wsgate client`.
 //! - [`server`]: wires the stages together; start-up, reload, shutdown, the signals and the
 //!   per-connection worker.
 //! - [`admin`]: `/healthz`, `/metrics` and the admin API, on their own thread and listener.

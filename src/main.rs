@@ -21,7 +21,7 @@ wsgate`); under the packaged unit, whose users and tokens are credentials copied
 const PACKAGED_DIR: &str = "/etc/wsgate";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let command = match cli::parse(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -84,6 +84,13 @@ fn main() -> ExitCode {
         Command::Disconnect { config, filter } => {
             print_or_fail(commands::disconnect(&config, &filter))
         }
+        Command::Client(options) => match wsgate::cli::client::run(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wsgate client: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
         Command::Cert {
             dir,
             names,
@@ -128,8 +135,9 @@ fn cert(dir: &Path, extra: Vec<String>, days: u32, force: bool) -> ExitCode {
                 );
             }
             println!(
-                "clients must be told to trust this certificate, e.g. `SSL_CERT_FILE={} websocat \
-                 wss://…` or by importing it",
+                "clients must be told to trust this certificate, e.g. `wsgate client --ca {} \
+                 wss://…`, `SSL_CERT_FILE={} websocat wss://…` or by importing it",
+                cert.display(),
                 cert.display()
             );
             ExitCode::SUCCESS

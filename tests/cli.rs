@@ -321,7 +321,8 @@ fn check_access_explains_the_deciding_rule_without_a_server() {
     assert!(ask("-", "/echo").contains("401"));
 }
 
-/// Each command's usage, as `wsgate CMD --help`, `wsgate CMD -h` and `wsgate help CMD` print it.
+/// Each command's usage, as `wsgate CMD --help`, `wsgate CMD -h` and `wsgate help CMD` print it:
+/// every command there is, in the order `wsgate help` lists them.
 const COMMANDS: &[&str] = &[
     "serve",
     "check-config",
@@ -331,6 +332,9 @@ const COMMANDS: &[&str] = &[
     "cert",
     "connections",
     "disconnect",
+    "client",
+    "help",
+    "version",
 ];
 
 #[test]
@@ -344,18 +348,22 @@ fn every_command_prints_its_usage_for_help_and_exits_0() {
                 stdout.starts_with(&format!("usage: wsgate {cmd}")),
                 "{args:?}: {stdout}"
             );
+            assert!(stdout.contains("\nexit status:"), "{args:?}: {stdout}");
         }
     }
     for args in [vec!["help"], vec!["--help"], vec!["-h"]] {
         let out = run_wsgate(&args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
-        for cmd in COMMANDS {
-            assert!(
-                stdout.contains(cmd),
-                "{args:?} does not list {cmd}: {stdout}"
-            );
-        }
+        // The list under `commands:`, one command a line, is exactly COMMANDS.
+        let listed: Vec<&str> = stdout
+            .lines()
+            .skip_while(|l| *l != "commands:")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(listed, COMMANDS, "{args:?}: {stdout}");
     }
 }
 

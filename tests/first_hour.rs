@@ -527,6 +527,10 @@ fn cert_tells_how_to_trust_the_certificate_with_the_clients_of_the_docs() {
         text.contains(&format!("SSL_CERT_FILE={} websocat", cert.display())),
         "{text}"
     );
+    assert!(
+        text.contains(&format!("wsgate client --ca {} wss://", cert.display())),
+        "{text}"
+    );
     assert!(!text.contains("--cafile"), "{text}");
     assert!(text.contains("set [tls] cert = "), "{text}");
 }

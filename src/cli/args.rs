@@ -1,185 +1,24 @@
-//! The command line, parsed once into a [`Command`]: every subcommand with its own usage text
-//! (`wsgate CMD --help`, `wsgate help CMD`), and errors that say what was meant (`serv` → did you
-//! mean `serve`?). Pure: `main` runs the command and maps errors to exit codes (usage: 2).
+//! The command line, parsed once into a [`Command`] from one table, [`COMMANDS`]: each row is a
+//! command's name, synopsis, summary, text, options and exit status, and the function that turns
+//! its arguments into a [`Command`]. `wsgate help`, every command's usage (`wsgate CMD --help`,
+//! `wsgate help CMD`), the usage errors (`serv` → did you mean `serve`?) and the dispatch all read
+//! that table. Arguments are `OsString`s: a path stays a path whatever its bytes, and text that is
+//! not UTF-8 where text is needed is a usage error naming the argument. Pure: `main` runs the
+//! command and maps errors to exit codes (usage: 2).
 
+use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::admin::Filter;
+use crate::cli::client::{self, Credential, Input};
 use crate::cli::passwd;
 use crate::config::suggest;
 
 /// Where `serve` and the commands look for the config when none is named.
 pub const DEFAULT_CONFIG: &str = "/etc/wsgate/wsgate.ini";
-
-/// One subcommand's name, one-line summary and usage text.
-struct Help {
-    name: &'static str,
-    summary: &'static str,
-    usage: &'static str,
-}
-
-/// Every subcommand, in the order `wsgate help` lists them.
-const COMMANDS: &[Help] = &[
-    Help {
-        name: "serve",
-        summary: "run the server",
-        usage: "\
-usage: wsgate serve [FILE | --config FILE] [--log-level LEVEL]
-
-Runs the server on the config FILE (default /etc/wsgate/wsgate.ini) until SIGTERM or SIGINT;
-SIGHUP reloads the config, users, tokens and certificate.
-
-options:
-  -c, --config FILE     the config file (or give it as the only argument)
-  --log-level LEVEL     off, error, warn, info, debug or trace (default: [log] level)
-
-exit status: 0 after a clean shutdown, 2 for a configuration error, 1 for a runtime fault",
-    },
-    Help {
-        name: "check-config",
-        summary: "validate a config file and exit (like nginx -t)",
-        usage: "\
-usage: wsgate check-config [FILE | --config FILE]
-
-Loads the config FILE (default /etc/wsgate/wsgate.ini), its users, tokens and session key files,
-its certificate and key (paired as `serve` pairs them), and tries to bind each listen address,
-as `serve` would; prints warnings about access rules that cannot work and set-ups that are not
-safe, and exits. Without $CREDENTIALS_DIRECTORY, credential: paths are read from the config's
-directory, where the packaged unit's LoadCredential= takes them from.
-
-exit status: 0 if the server would start with it, 2 with the first error (file, line and key)",
-    },
-    Help {
-        name: "check-access",
-        summary: "what a user may do on a path, and which rule decides it",
-        usage: "\
-usage: wsgate check-access [--config FILE] USER PATH
-
-Explains, without a server, what USER (`-` for a client without credentials) gets when it asks
-for PATH: the channel that serves it, the roles that let it subscribe and publish, the status.
-
-exit status: 0, or 2 if the config cannot be loaded",
-    },
-    Help {
-        name: "passwd",
-        summary: "add a user, change a password, or remove a user",
-        usage: "\
-usage: wsgate passwd [--min-length N] FILE USER
-       wsgate passwd --delete FILE USER
-
-Adds USER to the users FILE or changes the password (Argon2id). The password is read from the
-terminal without echo, or as one line from stdin; never from the command line. The file is
-rewritten atomically, mode 0600. A running server picks the change up by itself within a second
-(see reload_check_interval), or at once on SIGHUP (`systemctl reload wsgate`).
-
-options:
-  --min-length N  refuse a password shorter than N characters (default 8)
-
-exit status: 0, or 2 (the file or the input was refused)",
-    },
-    Help {
-        name: "token",
-        summary: "add, list or revoke API tokens",
-        usage: "\
-usage: wsgate token add [--config FILE] USER [--name NAME]
-       wsgate token list [--config FILE] [USER]
-       wsgate token revoke [--config FILE] USER NAME
-
-API tokens for devices and services. `add` prints a new token once (only its SHA-256 is stored
-in the tokens file); `list` shows names and hash prefixes; `revoke` removes one. A running server
-picks the change up by itself within a second (see reload_check_interval), or at once on SIGHUP
-(`systemctl reload wsgate`).
-
-exit status: 0, or 2",
-    },
-    Help {
-        name: "cert",
-        summary: "write a self-signed certificate for this host (LAN use, no domain)",
-        usage: "\
-usage: wsgate cert [--name NAME]... [--days N] [--force] DIR
-
-Writes DIR/wsgate.crt and DIR/wsgate.key (mode 0600): a self-signed certificate for localhost,
-127.0.0.1, ::1, this host's name and NAME.local, and every --name given (host names or IP
-addresses), valid for N days (default 825). Point [tls] cert and key at them. Clients must be told
-to trust the certificate; its SHA-256 fingerprint is printed so they can check it.
-
-options:
-  --name NAME   another host name or address the certificate is for (repeatable)
-  --days N      validity in days, 1 to 3650 (default 825, the most Apple devices accept)
-  --force       replace existing files
-
-exit status: 0, or 2",
-    },
-    Help {
-        name: "connections",
-        summary: "list open connections (through the admin endpoint)",
-        usage: "\
-usage: wsgate connections [--config FILE] [--user USER] [--path PATH] [--session ID]
-
-Asks the running server's admin endpoint ([admin] listen in the config FILE, default
-/etc/wsgate/wsgate.ini; with [admin] token_file's bearer token) for its open connections and
-prints them as JSON, one object per line: user, auth method, path, channel mode, peer address,
-since (Unix time), messages and bytes in and out, session id. USER `-` means anonymous
-connections; PATH ending in `/*` matches every path under it.
-
-options:
-  -c, --config FILE     the config file
-  --user USER           only USER's connections
-  --path PATH           only connections on PATH
-  --session ID          only the connection(s) of session ID
-
-exit status: 0, 2 for a config without [admin] listen, 1 if the server cannot be asked",
-    },
-    Help {
-        name: "disconnect",
-        summary: "close matching connections with 1008 (through the admin endpoint)",
-        usage: "\
-usage: wsgate disconnect [--config FILE] [--user USER] [--path PATH] [--session ID]
-
-Asks the running server's admin endpoint to close every connection matching all the given
-filters (at least one) with close code 1008 and the reason `disconnected by admin`, and prints
-how many it is closing there (each is gone within a second). With [cluster] on, every other instance closes its matching
-connections too. Closing does not revoke a credential: remove the user or token to keep them
-out.
-
-options:
-  -c, --config FILE     the config file
-  --user USER           USER's connections (`-`: anonymous ones)
-  --path PATH           connections on PATH (`/chat/*`: every path under /chat/)
-  --session ID          the connection(s) of session ID
-
-exit status: 0, 2 for a usage or config error, 1 if the server cannot be asked",
-    },
-    Help {
-        name: "help",
-        summary: "this list, or one command's usage (wsgate help CMD)",
-        usage: "usage: wsgate help [COMMAND]",
-    },
-    Help {
-        name: "version",
-        summary: "print the version",
-        usage: "usage: wsgate --version",
-    },
-];
-
-/// `wsgate help`: every command with its summary.
-pub fn overview() -> String {
-    let mut out = String::from(
-        "wsgate: a small, secure WebSocket (wss://) server\n\nusage: wsgate COMMAND [ARGS]\n\ncommands:\n",
-    );
-    for c in COMMANDS {
-        out.push_str(&format!("  {:<14}{}\n", c.name, c.summary));
-    }
-    out.push_str("\n`wsgate help COMMAND` or `wsgate COMMAND --help` shows one command's usage.\n");
-    out
-}
-
-/// One command's usage text.
-fn usage_of(name: &str) -> Option<&'static str> {
-    COMMANDS.iter().find(|c| c.name == name).map(|c| c.usage)
-}
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +33,7 @@ pub enum Command {
     Passwd {
         file: PathBuf,
         user: String,
-        action: crate::cli::passwd::Action,
+        action: passwd::Action,
     },
     CheckAccess {
         config: PathBuf,
@@ -229,6 +68,7 @@ pub enum Command {
         config: PathBuf,
         filter: Filter,
     },
+    Client(client::Options),
     /// Print this text and exit 0 (`help`, `--help`).
     Help(String),
     Version,
@@ -250,274 +90,765 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// The options each command takes (the value-taking ones marked), for parsing and for hints.
-fn options_of(command: &str) -> &'static [(&'static str, bool)] {
-    match command {
-        "serve" => &[("--config", true), ("-c", true), ("--log-level", true)],
-        "check-config" | "check-access" => &[("--config", true), ("-c", true)],
-        "passwd" => &[("--delete", false), ("--min-length", true)],
-        "token" => &[("--config", true), ("-c", true), ("--name", true)],
-        "cert" => &[("--name", true), ("--days", true), ("--force", false)],
-        "connections" | "disconnect" => &[
-            ("--config", true),
-            ("-c", true),
-            ("--user", true),
-            ("--path", true),
-            ("--session", true),
+/// One option a command takes.
+struct Opt {
+    /// `--config`.
+    long: &'static str,
+    /// `-c`, if it has a one-letter spelling.
+    short: Option<&'static str>,
+    /// The value's name in the usage (`FILE`); `None` for a flag.
+    value: Option<&'static str>,
+    /// One line for the usage's option list.
+    help: &'static str,
+}
+
+/// One command: everything `help`, the usage errors and the parser know about it.
+struct Spec {
+    name: &'static str,
+    /// Other spellings of the command itself (`--help`, `-V`).
+    aliases: &'static [&'static str],
+    /// One line per form, what follows `wsgate NAME` in the usage.
+    synopsis: &'static [&'static str],
+    /// The line `wsgate help` shows.
+    summary: &'static str,
+    /// The usage's text between the synopsis and the options.
+    about: &'static str,
+    options: &'static [Opt],
+    /// The usage's last line, after `exit status: `.
+    exit: &'static str,
+    /// The command the parsed arguments ask for, or what is wrong with them.
+    build: fn(&Args) -> Result<Command, String>,
+}
+
+const CONFIG: Opt = Opt {
+    long: "--config",
+    short: Some("-c"),
+    value: Some("FILE"),
+    help: "the config file (default /etc/wsgate/wsgate.ini)",
+};
+
+const USER_FILTER: Opt = Opt {
+    long: "--user",
+    short: None,
+    value: Some("USER"),
+    help: "USER's connections (`-`: anonymous ones)",
+};
+
+const PATH_FILTER: Opt = Opt {
+    long: "--path",
+    short: None,
+    value: Some("PATH"),
+    help: "connections on PATH (`/chat/*`: every path under /chat/)",
+};
+
+const SESSION_FILTER: Opt = Opt {
+    long: "--session",
+    short: None,
+    value: Some("ID"),
+    help: "the connection(s) of session ID",
+};
+
+/// Every command, in the order `wsgate help` lists them.
+const COMMANDS: &[Spec] = &[
+    Spec {
+        name: "serve",
+        aliases: &[],
+        synopsis: &["[FILE | --config FILE] [--log-level LEVEL]"],
+        summary: "run the server",
+        about: "\
+Runs the server on the config FILE (default /etc/wsgate/wsgate.ini) until SIGTERM or SIGINT;
+SIGHUP reloads the config, users, tokens and certificate.",
+        options: &[
+            Opt {
+                help: "the config file (or give it as the only argument)",
+                ..CONFIG
+            },
+            Opt {
+                long: "--log-level",
+                short: None,
+                value: Some("LEVEL"),
+                help: "off, error, warn, info, debug or trace (default: [log] level)",
+            },
         ],
-        _ => &[],
+        exit: "0 after a clean shutdown, 2 for a configuration error, 1 for a runtime fault",
+        build: build_serve,
+    },
+    Spec {
+        name: "check-config",
+        aliases: &[],
+        synopsis: &["[FILE | --config FILE]"],
+        summary: "validate a config file and exit (like nginx -t)",
+        about: "\
+Loads the config FILE (default /etc/wsgate/wsgate.ini), its users, tokens and session key files,
+its certificate and key (paired as `serve` pairs them), and tries to bind each listen address,
+as `serve` would; prints warnings about access rules that cannot work and set-ups that are not
+safe, and exits. Without $CREDENTIALS_DIRECTORY, credential: paths are read from the config's
+directory, where the packaged unit's LoadCredential= takes them from.",
+        options: &[Opt {
+            help: "the config file (or give it as the only argument)",
+            ..CONFIG
+        }],
+        exit: "0 if the server would start with it, 2 with the first error (file, line and key)",
+        build: build_check_config,
+    },
+    Spec {
+        name: "check-access",
+        aliases: &[],
+        synopsis: &["[--config FILE] USER PATH"],
+        summary: "what a user may do on a path, and which rule decides it",
+        about: "\
+Explains, without a server, what USER (`-` for a client without credentials) gets when it asks
+for PATH: the channel that serves it, the roles that let it subscribe and publish, the status.",
+        options: &[CONFIG],
+        exit: "0, or 2 if the config cannot be loaded",
+        build: build_check_access,
+    },
+    Spec {
+        name: "passwd",
+        aliases: &[],
+        synopsis: &["[--min-length N] FILE USER", "--delete FILE USER"],
+        summary: "add a user, change a password, or remove a user",
+        about: "\
+Adds USER to the users FILE or changes the password (Argon2id). The password is read from the
+terminal without echo, or as one line from stdin; never from the command line. The file is
+rewritten atomically, mode 0600. A running server picks the change up by itself within a second
+(see reload_check_interval), or at once on SIGHUP (`systemctl reload wsgate`).",
+        options: &[
+            Opt {
+                long: "--min-length",
+                short: None,
+                value: Some("N"),
+                help: "refuse a password shorter than N characters (default 8)",
+            },
+            Opt {
+                long: "--delete",
+                short: None,
+                value: None,
+                help: "remove USER instead",
+            },
+        ],
+        exit: "0, or 2 (the file or the input was refused)",
+        build: build_passwd,
+    },
+    Spec {
+        name: "token",
+        aliases: &[],
+        synopsis: &[
+            "add [--config FILE] USER [--name NAME]",
+            "list [--config FILE] [USER]",
+            "revoke [--config FILE] USER NAME",
+        ],
+        summary: "add, list or revoke API tokens",
+        about: "\
+API tokens for devices and services. `add` prints a new token once (only its SHA-256 is stored
+in the tokens file); `list` shows names and hash prefixes; `revoke` removes one. A running server
+picks the change up by itself within a second (see reload_check_interval), or at once on SIGHUP
+(`systemctl reload wsgate`).",
+        options: &[
+            CONFIG,
+            Opt {
+                long: "--name",
+                short: None,
+                value: Some("NAME"),
+                help: "the new token's name (`token add` only)",
+            },
+        ],
+        exit: "0, or 2",
+        build: build_token,
+    },
+    Spec {
+        name: "cert",
+        aliases: &[],
+        synopsis: &["[--name NAME]... [--days N] [--force] DIR"],
+        summary: "write a self-signed certificate for this host (LAN use, no domain)",
+        about: "\
+Writes DIR/wsgate.crt and DIR/wsgate.key (mode 0600): a self-signed certificate for localhost,
+127.0.0.1, ::1, this host's name and NAME.local, and every --name given (host names or IP
+addresses), valid for N days (default 825). Point [tls] cert and key at them. Clients must be told
+to trust the certificate; its SHA-256 fingerprint is printed so they can check it.",
+        options: &[
+            Opt {
+                long: "--name",
+                short: None,
+                value: Some("NAME"),
+                help: "another host name or address the certificate is for (repeatable)",
+            },
+            Opt {
+                long: "--days",
+                short: None,
+                value: Some("N"),
+                help: "validity in days, 1 to 3650 (default 825, the most Apple devices accept)",
+            },
+            Opt {
+                long: "--force",
+                short: None,
+                value: None,
+                help: "replace existing files",
+            },
+        ],
+        exit: "0, or 2",
+        build: build_cert,
+    },
+    Spec {
+        name: "connections",
+        aliases: &[],
+        synopsis: &["[--config FILE] [--user USER] [--path PATH] [--session ID]"],
+        summary: "list open connections (through the admin endpoint)",
+        about: "\
+Asks the running server's admin endpoint ([admin] listen in the config FILE, default
+/etc/wsgate/wsgate.ini; with [admin] token_file's bearer token) for its open connections and
+prints them as JSON, one object per line: user, auth method, path, channel mode, peer address,
+since (Unix time), messages and bytes in and out, session id. The filters narrow the list.",
+        options: &[CONFIG, USER_FILTER, PATH_FILTER, SESSION_FILTER],
+        exit: "0, 2 for a config without [admin] listen, 1 if the server cannot be asked",
+        build: build_connections,
+    },
+    Spec {
+        name: "disconnect",
+        aliases: &[],
+        synopsis: &["[--config FILE] [--user USER] [--path PATH] [--session ID]"],
+        summary: "close matching connections with 1008 (through the admin endpoint)",
+        about: "\
+Asks the running server's admin endpoint to close every connection matching all the given
+filters (at least one) with close code 1008 and the reason `disconnected by admin`, and prints
+how many it is closing there (each is gone within a second). With [cluster] on, every other
+instance closes its matching connections too. Closing does not revoke a credential: remove the user or token to keep them
+out.",
+        options: &[CONFIG, USER_FILTER, PATH_FILTER, SESSION_FILTER],
+        exit: "0, 2 for a usage or config error, 1 if the server cannot be asked",
+        build: build_disconnect,
+    },
+    Spec {
+        name: "client",
+        aliases: &[],
+        synopsis: &[
+            "[--user NAME [--password-file FILE] | --token-file FILE | --session-file FILE]
+                     [--save-session FILE] [--ca FILE] [--origin ORIGIN]
+                     [--send FILE | --no-send] URL",
+        ],
+        summary: "connect to a wss:// (or ws://) channel: print what arrives, send what is typed",
+        about: "\
+Connects to URL (wss://HOST[:PORT]/PATH, or ws:// for a plaintext listener), prints every
+message that arrives on stdout, one per line, and sends each line of stdin (or of --send FILE)
+as a message: text, or binary for a line that is not UTF-8. When the input ends it closes the connection (1000) and exits once the
+server has answered, so `echo hi | wsgate client … wss://host:8443/echo` prints `hi`.
+
+Credentials are never arguments. With --user, the password is read from --password-file (its
+first line), else from the environment variable WSGATE_PASSWORD, else asked on the terminal
+without echo. An API token, or a session token (what --save-session wrote, or a browser's
+__Host-wsgate_session cookie), is read from --token-file or --session-file, else from WSGATE_TOKEN
+or WSGATE_SESSION; with none of these the client connects without credentials.
+
+The server's certificate is checked against --ca FILE, else the system's roots (SSL_CERT_FILE,
+or /etc/ssl/certs). Every refusal is said on stderr with its status, reason and Retry-After.",
+        options: &[
+            Opt {
+                long: "--user",
+                short: Some("-u"),
+                value: Some("NAME"),
+                help: "log in as NAME with a password",
+            },
+            Opt {
+                long: "--password-file",
+                short: None,
+                value: Some("FILE"),
+                help: "read the password from FILE's first line",
+            },
+            Opt {
+                long: "--token-file",
+                short: None,
+                value: Some("FILE"),
+                help: "an API token (wsg_…) from FILE",
+            },
+            Opt {
+                long: "--session-file",
+                short: None,
+                value: Some("FILE"),
+                help: "a session token (s1.…) from FILE",
+            },
+            Opt {
+                long: "--save-session",
+                short: None,
+                value: Some("FILE"),
+                help: "write the session the server issued to FILE (0600)",
+            },
+            Opt {
+                long: "--ca",
+                short: None,
+                value: Some("FILE"),
+                help: "trust the certificates in FILE (PEM) instead of the system's",
+            },
+            Opt {
+                long: "--origin",
+                short: None,
+                value: Some("ORIGIN"),
+                help: "send `Origin: ORIGIN` (for a server that requires one)",
+            },
+            Opt {
+                long: "--send",
+                short: None,
+                value: Some("FILE"),
+                help: "send FILE's lines instead of stdin's",
+            },
+            Opt {
+                long: "--no-send",
+                short: Some("-n"),
+                value: None,
+                help: "only print what arrives; stdin is not read",
+            },
+        ],
+        exit: "
+  0  the connection ended with 1000 (its close, or the answer to ours)
+  1  the connection, its TLS or its handshake failed, or it was lost without a close
+  2  a usage error, or a file, the terminal or the URL could not be used
+  3  refused with 401: the credential was not accepted
+  4  refused with 403: the Origin is not allowed, or no role lets this client subscribe
+  5  refused with 404: no channel serves the path
+  6  refused with 429 or 503: try again after Retry-After
+  7  refused with another status
+  8  closed by the server with a code other than 1000 (the code and reason are said)",
+        build: build_client,
+    },
+    Spec {
+        name: "help",
+        aliases: &["--help", "-h"],
+        synopsis: &["[COMMAND]"],
+        summary: "this list, or one command's usage (wsgate help CMD)",
+        about: "Lists the commands, or shows COMMAND's usage (the same as `wsgate COMMAND --help`).",
+        options: &[],
+        exit: "0, or 2 for an unknown command",
+        build: build_help,
+    },
+    Spec {
+        name: "version",
+        aliases: &["--version", "-V"],
+        synopsis: &[""],
+        summary: "print the version",
+        about: "Prints `wsgate VERSION`.",
+        options: &[],
+        exit: "0",
+        build: |_| Ok(Command::Version),
+    },
+];
+
+/// `wsgate help`: every command with its summary.
+pub fn overview() -> String {
+    let mut out = String::from(
+        "wsgate: a small, secure WebSocket (wss://) server\n\nusage: wsgate COMMAND [ARGS]\n\ncommands:\n",
+    );
+    for c in COMMANDS {
+        out.push_str(&format!("  {:<14}{}\n", c.name, c.summary));
+    }
+    out.push_str("\n`wsgate help COMMAND` or `wsgate COMMAND --help` shows one command's usage.\n");
+    out
+}
+
+impl Spec {
+    /// The command's usage: synopsis, text, options and exit status.
+    fn usage(&self) -> String {
+        let mut out = String::new();
+        for (i, form) in self.synopsis.iter().enumerate() {
+            let lead = if i == 0 { "usage:" } else { "      " };
+            out.push_str(format!("{lead} wsgate {} {form}", self.name).trim_end());
+            out.push('\n');
+        }
+        out.push('\n');
+        out.push_str(self.about);
+        out.push('\n');
+        if !self.options.is_empty() {
+            out.push_str("\noptions:\n");
+            for o in self.options {
+                let mut label = o.short.map_or_else(String::new, |s| format!("{s}, "));
+                label.push_str(o.long);
+                if let Some(v) = o.value {
+                    label.push(' ');
+                    label.push_str(v);
+                }
+                out.push_str(&format!("  {label:<24}{}\n", o.help));
+            }
+        }
+        out.push_str(&format!("\nexit status: {}", self.exit));
+        out
+    }
+
+    fn option(&self, spelled: &str) -> Option<&'static Opt> {
+        let options: &'static [Opt] = self.options;
+        options
+            .iter()
+            .find(|o| o.long == spelled || o.short == Some(spelled))
     }
 }
 
-/// The log levels `--log-level` accepts.
-const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+/// The row for `name` (or one of its aliases).
+fn spec(name: &str) -> Option<&'static Spec> {
+    COMMANDS
+        .iter()
+        .find(|c| c.name == name || c.aliases.contains(&name))
+}
 
 /// Parses the arguments after the program name.
 ///
 /// # Errors
 /// A [`UsageError`] naming what is wrong (with a "did you mean" where one is near).
-pub fn parse(args: &[String]) -> Result<Command, UsageError> {
-    let Some((cmd, rest)) = args.split_first() else {
+pub fn parse(args: &[OsString]) -> Result<Command, UsageError> {
+    let Some((first, rest)) = args.split_first() else {
         return Err(UsageError {
             message: "no command given".into(),
             usage: overview(),
         });
     };
-    let cmd = cmd.as_str();
-    match cmd {
-        "help" | "--help" | "-h" => return help(rest),
-        "version" | "--version" | "-V" => return Ok(Command::Version),
-        _ => {}
-    }
-    let Some(usage) = usage_of(cmd) else {
+    let Some(spec) = first.to_str().and_then(spec) else {
+        let shown = shown(first);
         return Err(UsageError {
             message: format!(
-                "unknown command {cmd:?}{}",
-                suggest::hint(cmd, COMMANDS.iter().map(|c| c.name))
+                "unknown command \"{shown}\"{}",
+                suggest::hint(&shown, COMMANDS.iter().map(|c| c.name))
             ),
             usage: overview(),
         });
     };
     let fail = |message: String| UsageError {
-        message: format!("{cmd}: {message}"),
-        usage: usage.to_string(),
+        message: format!("{}: {message}", spec.name),
+        usage: spec.usage(),
     };
     if rest.iter().any(|a| a == "--help" || a == "-h") {
-        return Ok(Command::Help(usage.to_string()));
+        return Ok(Command::Help(spec.usage()));
     }
+    let args = Args::read(spec, rest).map_err(fail)?;
+    (spec.build)(&args).map_err(fail)
+}
 
-    // Options anywhere, in either `--opt value` or `--opt=value` form; the rest positional.
-    let known = options_of(cmd);
-    let mut options: Vec<(&'static str, Option<String>)> = Vec::new();
-    let mut positional: Vec<String> = Vec::new();
-    let mut it = rest.iter();
-    while let Some(arg) = it.next() {
-        if arg == "-" || !arg.starts_with('-') {
-            positional.push(arg.clone());
-            continue;
-        }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f, Some(v.to_string())),
-            None => (arg.as_str(), None),
+/// A command's arguments: its options (either `--opt value` or `--opt=value`, anywhere) and the
+/// rest, in order. `--` ends the options.
+struct Args {
+    options: Vec<(&'static Opt, Option<OsString>)>,
+    positional: Vec<OsString>,
+}
+
+impl Args {
+    fn read(spec: &Spec, rest: &[OsString]) -> Result<Args, String> {
+        let mut args = Args {
+            options: Vec::new(),
+            positional: Vec::new(),
         };
-        let Some(&(name, takes_value)) = known.iter().find(|(n, _)| *n == flag) else {
-            return Err(fail(format!(
-                "unknown option {flag:?}{}",
-                suggest::hint(flag, known.iter().map(|(n, _)| *n))
-            )));
-        };
-        let value = if takes_value {
-            match inline {
-                Some(v) => Some(v),
-                None => Some(
+        let mut it = rest.iter();
+        while let Some(arg) = it.next() {
+            let bytes = arg.as_bytes();
+            if bytes == b"--" {
+                args.positional.extend(it.cloned());
+                break;
+            }
+            if bytes == b"-" || !bytes.starts_with(b"-") {
+                args.positional.push(arg.clone());
+                continue;
+            }
+            let (flag, inline) = match bytes.iter().position(|&b| b == b'=') {
+                Some(i) => (&bytes[..i], Some(OsStr::from_bytes(&bytes[i + 1..]))),
+                None => (bytes, None),
+            };
+            let flag = String::from_utf8_lossy(flag);
+            let Some(opt) = spec.option(&flag) else {
+                let names = spec.options.iter().map(|o| o.long);
+                return Err(format!(
+                    "unknown option \"{flag}\"{}",
+                    suggest::hint(&flag, names)
+                ));
+            };
+            let value = match (opt.value, inline) {
+                (Some(_), Some(v)) => Some(v.to_os_string()),
+                (Some(_), None) => Some(
                     it.next()
-                        .ok_or_else(|| fail(format!("{name} needs a value")))?
+                        .ok_or_else(|| format!("{} needs a value", opt.long))?
                         .clone(),
                 ),
-            }
-        } else if inline.is_some() {
-            return Err(fail(format!("{name} takes no value")));
-        } else {
-            None
-        };
-        options.push((name, value));
+                (None, Some(_)) => return Err(format!("{} takes no value", opt.long)),
+                (None, None) => None,
+            };
+            args.options.push((opt, value));
+        }
+        Ok(args)
     }
-    let value = |names: &[&str]| -> Result<Option<String>, UsageError> {
-        let mut found = options.iter().filter(|(n, _)| names.contains(n));
-        let first = found.next().and_then(|(_, v)| v.clone());
+
+    /// The value of option `long`, if given (once).
+    fn value(&self, long: &str) -> Result<Option<&OsStr>, String> {
+        let mut found = self.options.iter().filter(|(o, _)| o.long == long);
+        let first = found.next().and_then(|(_, v)| v.as_deref());
         if found.next().is_some() {
-            return Err(fail(format!("{} given twice", names[0])));
+            return Err(format!("{long} given twice"));
         }
         Ok(first)
-    };
-    let flag = |name: &str| options.iter().any(|(n, _)| *n == name);
-    let config = || -> Result<PathBuf, UsageError> {
-        Ok(value(&["--config", "-c"])?.map_or_else(|| DEFAULT_CONFIG.into(), PathBuf::from))
-    };
-    let extra = |n: usize, positional: &[String]| match positional.get(n) {
-        Some(p) => Err(fail(format!("unexpected argument {p:?}"))),
-        None => Ok(()),
-    };
+    }
 
-    match cmd {
-        "serve" | "check-config" => {
-            let config = match (value(&["--config", "-c"])?, positional.first()) {
-                (Some(c), None) => PathBuf::from(c),
-                (None, Some(p)) => PathBuf::from(p),
-                (None, None) => DEFAULT_CONFIG.into(),
-                (Some(_), Some(p)) => {
-                    return Err(fail(format!(
-                        "unexpected argument {p:?} (the config is already given with --config)"
-                    )));
-                }
-            };
-            extra(1, &positional)?;
-            if cmd == "check-config" {
-                return Ok(Command::CheckConfig { config });
-            }
-            let log_level = match value(&["--log-level"])? {
-                None => None,
-                Some(v) => Some(log::LevelFilter::from_str(&v).map_err(|_| {
-                    fail(format!(
-                        "unknown log level {v:?}{}; one of {}",
-                        suggest::hint(&v, LOG_LEVELS.iter().copied()),
-                        LOG_LEVELS.join(", ")
-                    ))
-                })?),
-            };
-            Ok(Command::Serve { config, log_level })
-        }
-        "passwd" => {
-            let min_length = value(&["--min-length"])?;
-            let action = match (flag("--delete"), min_length) {
-                (true, Some(_)) => {
-                    return Err(fail(
-                        "--min-length applies to a password, not --delete".into(),
-                    ));
-                }
-                (true, None) => passwd::Action::Delete,
-                (false, None) => passwd::Action::Set {
-                    min_length: passwd::MIN_PASSWORD_LEN,
-                },
-                (false, Some(n)) => passwd::Action::Set {
-                    min_length: n.parse().map_err(|_| {
-                        fail(format!("--min-length {n:?} is not a number of characters"))
-                    })?,
-                },
-            };
-            match positional.as_slice() {
-                [file, user] => Ok(Command::Passwd {
-                    file: file.into(),
-                    user: user.clone(),
-                    action,
-                }),
-                _ => Err(fail("needs FILE and USER".into())),
-            }
-        }
-        "check-access" => match positional.as_slice() {
-            [user, path] => Ok(Command::CheckAccess {
-                config: config()?,
-                user: user.clone(),
-                path: path.clone(),
-            }),
-            _ => Err(fail("needs USER and PATH".into())),
-        },
-        "token" => {
-            let config = config()?;
-            let name = value(&["--name"])?;
-            let words: Vec<&str> = positional.iter().map(String::as_str).collect();
-            if name.is_some() && words.first() != Some(&"add") {
-                return Err(fail("--name goes with `token add`".into()));
-            }
-            match words.as_slice() {
-                ["add", user] => Ok(Command::TokenAdd {
-                    config,
-                    user: user.to_string(),
-                    name,
-                }),
-                ["list"] => Ok(Command::TokenList { config, user: None }),
-                ["list", user] => Ok(Command::TokenList {
-                    config,
-                    user: Some(user.to_string()),
-                }),
-                ["revoke", user, name] => Ok(Command::TokenRevoke {
-                    config,
-                    user: user.to_string(),
-                    name: name.to_string(),
-                }),
-                [verb, ..] if !["add", "list", "revoke"].contains(verb) => Err(fail(format!(
-                    "unknown action {verb:?}{}; one of add, list, revoke",
-                    suggest::hint(verb, ["add", "list", "revoke"])
-                ))),
-                _ => Err(fail(
-                    "needs add USER, list [USER] or revoke USER NAME".into(),
-                )),
-            }
-        }
-        "cert" => {
-            let [dir] = positional.as_slice() else {
-                return Err(fail("needs the directory DIR to write into".into()));
-            };
-            let days = match value(&["--days"])? {
-                None => 825,
-                Some(v) => v
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|d| (1..=3650).contains(d))
-                    .ok_or_else(|| fail(format!("--days {v:?}: a number of days, 1 to 3650")))?,
-            };
-            let names = options
-                .iter()
-                .filter(|(n, _)| *n == "--name")
-                .filter_map(|(_, v)| v.clone())
-                .collect();
-            Ok(Command::Cert {
-                dir: dir.into(),
-                names,
-                days,
-                force: flag("--force"),
-            })
-        }
-        "connections" | "disconnect" => {
-            extra(0, &positional)?;
-            let filter = Filter {
-                user: value(&["--user"])?,
-                session: value(&["--session"])?,
-                path: value(&["--path"])?,
-            };
-            let config = config()?;
-            if cmd == "connections" {
-                return Ok(Command::Connections { config, filter });
-            }
-            if filter == Filter::default() {
-                return Err(fail(
-                    "name the connections to close: --user, --path or --session".into(),
+    /// The value of option `long` as text.
+    fn text(&self, long: &str) -> Result<Option<String>, String> {
+        self.value(long)?.map(|v| text(v, long)).transpose()
+    }
+
+    fn path(&self, long: &str) -> Result<Option<PathBuf>, String> {
+        Ok(self.value(long)?.map(PathBuf::from))
+    }
+
+    fn flag(&self, long: &str) -> bool {
+        self.options.iter().any(|(o, _)| o.long == long)
+    }
+
+    /// `--config FILE`, else the default.
+    fn config(&self) -> Result<PathBuf, String> {
+        Ok(self
+            .path("--config")?
+            .unwrap_or_else(|| DEFAULT_CONFIG.into()))
+    }
+
+    /// The config as `--config FILE` or as the only argument (`serve`, `check-config`).
+    fn config_or_argument(&self) -> Result<PathBuf, String> {
+        let config = match (self.path("--config")?, self.positional.as_slice()) {
+            (Some(c), []) => c,
+            (None, [p]) => PathBuf::from(p),
+            (None, []) => DEFAULT_CONFIG.into(),
+            (Some(_), [p, ..]) => {
+                return Err(format!(
+                    "unexpected argument \"{}\" (the config is already given with --config)",
+                    shown(p)
                 ));
             }
-            Ok(Command::Disconnect { config, filter })
+            (None, [_, p, ..]) => return Err(format!("unexpected argument \"{}\"", shown(p))),
+        };
+        Ok(config)
+    }
+
+    /// No positional argument.
+    fn none(&self) -> Result<(), String> {
+        match self.positional.first() {
+            Some(p) => Err(format!("unexpected argument \"{}\"", shown(p))),
+            None => Ok(()),
         }
-        _ => unreachable!("every command in COMMANDS is matched above"),
+    }
+
+    /// Exactly `N` positional arguments, or `missing` as the error.
+    fn exactly<const N: usize>(&self, missing: &str) -> Result<[&OsStr; N], String> {
+        let all: Vec<&OsStr> = self.positional.iter().map(OsString::as_os_str).collect();
+        <[&OsStr; N]>::try_from(all).map_err(|_| missing.to_string())
+    }
+
+    /// The positional arguments, each as text.
+    fn words(&self) -> Result<Vec<String>, String> {
+        self.positional
+            .iter()
+            .map(|p| text(p, "argument"))
+            .collect()
+    }
+
+    /// The connection filters of `connections` and `disconnect`.
+    fn filter(&self) -> Result<Filter, String> {
+        self.none()?;
+        Ok(Filter {
+            user: self.text("--user")?,
+            session: self.text("--session")?,
+            path: self.text("--path")?,
+        })
     }
 }
 
-/// `wsgate help [COMMAND]`.
-fn help(rest: &[String]) -> Result<Command, UsageError> {
-    match rest {
-        [] => Ok(Command::Help(overview())),
-        [name] => match usage_of(name) {
-            Some(usage) => Ok(Command::Help(usage.to_string())),
-            None => Err(UsageError {
-                message: format!(
-                    "help: unknown command {name:?}{}",
-                    suggest::hint(name, COMMANDS.iter().map(|c| c.name))
-                ),
-                usage: overview(),
-            }),
+/// `value` as text, or an error naming `what` and showing the bytes that are not UTF-8.
+fn text(value: &OsStr, what: &str) -> Result<String, String> {
+    value
+        .to_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("{what} \"{}\" is not UTF-8 text", shown(value)))
+}
+
+/// An argument for an error line: its text, with each byte that is not UTF-8 as `\xNN`.
+fn shown(value: &OsStr) -> String {
+    let mut out = String::new();
+    for chunk in value.as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The log levels `--log-level` accepts.
+const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+fn build_serve(args: &Args) -> Result<Command, String> {
+    let config = args.config_or_argument()?;
+    let log_level = match args.text("--log-level")? {
+        None => None,
+        Some(v) => Some(log::LevelFilter::from_str(&v).map_err(|_| {
+            format!(
+                "unknown log level {v:?}{}; one of {}",
+                suggest::hint(&v, LOG_LEVELS.iter().copied()),
+                LOG_LEVELS.join(", ")
+            )
+        })?),
+    };
+    Ok(Command::Serve { config, log_level })
+}
+
+fn build_check_config(args: &Args) -> Result<Command, String> {
+    Ok(Command::CheckConfig {
+        config: args.config_or_argument()?,
+    })
+}
+
+fn build_check_access(args: &Args) -> Result<Command, String> {
+    let [user, path] = args.exactly("needs USER and PATH")?;
+    Ok(Command::CheckAccess {
+        config: args.config()?,
+        user: text(user, "USER")?,
+        path: text(path, "PATH")?,
+    })
+}
+
+fn build_passwd(args: &Args) -> Result<Command, String> {
+    let action = match (args.flag("--delete"), args.text("--min-length")?) {
+        (true, Some(_)) => return Err("--min-length applies to a password, not --delete".into()),
+        (true, None) => passwd::Action::Delete,
+        (false, None) => passwd::Action::Set {
+            min_length: passwd::MIN_PASSWORD_LEN,
         },
-        [_, extra, ..] => Err(UsageError {
-            message: format!("help: unexpected argument {extra:?}"),
-            usage: overview(),
+        (false, Some(n)) => passwd::Action::Set {
+            min_length: n
+                .parse()
+                .map_err(|_| format!("--min-length {n:?} is not a number of characters"))?,
+        },
+    };
+    let [file, user] = args.exactly("needs FILE and USER")?;
+    Ok(Command::Passwd {
+        file: file.into(),
+        user: text(user, "USER")?,
+        action,
+    })
+}
+
+fn build_token(args: &Args) -> Result<Command, String> {
+    const ACTIONS: [&str; 3] = ["add", "list", "revoke"];
+    let config = args.config()?;
+    let name = args.text("--name")?;
+    let words = args.words()?;
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    if name.is_some() && words.first() != Some(&"add") {
+        return Err("--name goes with `token add`".into());
+    }
+    match words.as_slice() {
+        ["add", user] => Ok(Command::TokenAdd {
+            config,
+            user: user.to_string(),
+            name,
         }),
+        ["list"] => Ok(Command::TokenList { config, user: None }),
+        ["list", user] => Ok(Command::TokenList {
+            config,
+            user: Some(user.to_string()),
+        }),
+        ["revoke", user, name] => Ok(Command::TokenRevoke {
+            config,
+            user: user.to_string(),
+            name: name.to_string(),
+        }),
+        [verb, ..] if !ACTIONS.contains(verb) => Err(format!(
+            "unknown action {verb:?}{}; one of add, list, revoke",
+            suggest::hint(verb, ACTIONS)
+        )),
+        _ => Err("needs add USER, list [USER] or revoke USER NAME".into()),
+    }
+}
+
+fn build_cert(args: &Args) -> Result<Command, String> {
+    let [dir] = args.exactly("needs the directory DIR to write into")?;
+    let days = match args.text("--days")? {
+        None => 825,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|d| (1..=3650).contains(d))
+            .ok_or_else(|| format!("--days {v:?}: a number of days, 1 to 3650"))?,
+    };
+    let names = args
+        .options
+        .iter()
+        .filter(|(o, _)| o.long == "--name")
+        .filter_map(|(_, v)| v.as_deref())
+        .map(|v| text(v, "--name"))
+        .collect::<Result<_, _>>()?;
+    Ok(Command::Cert {
+        dir: dir.into(),
+        names,
+        days,
+        force: args.flag("--force"),
+    })
+}
+
+fn build_connections(args: &Args) -> Result<Command, String> {
+    Ok(Command::Connections {
+        filter: args.filter()?,
+        config: args.config()?,
+    })
+}
+
+fn build_disconnect(args: &Args) -> Result<Command, String> {
+    let filter = args.filter()?;
+    if filter == Filter::default() {
+        return Err("name the connections to close: --user, --path or --session".into());
+    }
+    Ok(Command::Disconnect {
+        config: args.config()?,
+        filter,
+    })
+}
+
+fn build_client(args: &Args) -> Result<Command, String> {
+    let [url] = args.exactly("needs the URL to connect to (wss://HOST:PORT/PATH)")?;
+    let url = text(url, "URL")?;
+    let password_file = args.path("--password-file")?;
+    let given = [
+        args.text("--user")?.map(|user| Credential::Password {
+            user,
+            file: password_file.clone(),
+        }),
+        args.path("--token-file")?.map(Credential::TokenFile),
+        args.path("--session-file")?.map(Credential::SessionFile),
+    ];
+    let mut given = given.into_iter().flatten();
+    let credential = given.next().unwrap_or(Credential::FromEnvironment);
+    if given.next().is_some() {
+        return Err("give one of --user, --token-file and --session-file".into());
+    }
+    if password_file.is_some() && !matches!(credential, Credential::Password { .. }) {
+        return Err("--password-file goes with --user NAME".into());
+    }
+    let input = match (args.path("--send")?, args.flag("--no-send")) {
+        (Some(_), true) => return Err("give --send FILE or --no-send, not both".into()),
+        (Some(file), false) => Input::File(file),
+        (None, true) => Input::Nothing,
+        (None, false) => Input::Stdin,
+    };
+    Ok(Command::Client(client::Options {
+        url,
+        credential,
+        save_session: args.path("--save-session")?,
+        ca: args.path("--ca")?,
+        origin: args.text("--origin")?,
+        input,
+    }))
+}
+
+fn build_help(args: &Args) -> Result<Command, String> {
+    match args.positional.as_slice() {
+        [] => Ok(Command::Help(overview())),
+        [name] => {
+            let shown = shown(name);
+            match name.to_str().and_then(spec) {
+                Some(spec) => Ok(Command::Help(spec.usage())),
+                None => Err(format!(
+                    "unknown command \"{shown}\"{}",
+                    suggest::hint(&shown, COMMANDS.iter().map(|c| c.name))
+                )),
+            }
+        }
+        [_, extra, ..] => Err(format!("unexpected argument \"{}\"", shown(extra))),
     }
 }
 
@@ -526,7 +857,7 @@ mod tests {
     use super::*;
 
     fn parse_str(line: &str) -> Result<Command, UsageError> {
-        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
+        let args: Vec<OsString> = line.split_whitespace().map(OsString::from).collect();
         parse(&args)
     }
 
@@ -537,20 +868,14 @@ mod tests {
     #[test]
     fn every_command_has_help_in_both_spellings() {
         for c in COMMANDS {
-            if c.name == "help" || c.name == "version" {
-                continue;
-            }
             for line in [format!("{} --help", c.name), format!("help {}", c.name)] {
-                assert_eq!(
-                    parse_str(&line),
-                    Ok(Command::Help(c.usage.to_string())),
-                    "{line}"
-                );
+                assert_eq!(parse_str(&line), Ok(Command::Help(c.usage())), "{line}");
             }
-            assert!(
-                c.usage.starts_with(&format!("usage: wsgate {}", c.name)) || c.name == "version"
-            );
-            assert!(overview().contains(c.name));
+            assert!(c.usage().starts_with(&format!("usage: wsgate {}", c.name)));
+            assert!(overview().contains(&format!("  {:<14}{}\n", c.name, c.summary)));
+            for o in c.options {
+                assert!(c.usage().contains(o.long), "{} lacks {}", c.name, o.long);
+            }
         }
         // `-h` anywhere after the command, even with other arguments.
         assert!(matches!(
@@ -558,7 +883,8 @@ mod tests {
             Ok(Command::Help(u)) if u.contains("token add")
         ));
         assert!(matches!(parse_str("help"), Ok(Command::Help(u)) if u == overview()));
-        assert!(matches!(parse_str("--help"), Ok(Command::Help(_))));
+        assert!(matches!(parse_str("--help"), Ok(Command::Help(u)) if u == overview()));
+        assert!(matches!(parse_str("-h"), Ok(Command::Help(u)) if u == overview()));
     }
 
     #[test]
@@ -573,6 +899,7 @@ mod tests {
         assert_eq!(parse_str("serve --config conf/x.ini"), want("conf/x.ini"));
         assert_eq!(parse_str("serve -c conf/x.ini"), want("conf/x.ini"));
         assert_eq!(parse_str("serve --config=conf/x.ini"), want("conf/x.ini"));
+        assert_eq!(parse_str("serve -- -odd.ini"), want("-odd.ini"));
         assert_eq!(parse_str("serve"), want(DEFAULT_CONFIG));
         assert!(message("serve a.ini --config b.ini").contains("already given"));
         assert!(message("serve a.ini b.ini").contains("unexpected argument \"b.ini\""));
@@ -617,6 +944,40 @@ mod tests {
     }
 
     #[test]
+    fn paths_keep_their_bytes_and_text_must_be_utf8() {
+        let bad = OsStr::from_bytes(b"\xff.ini").to_os_string();
+        let args =
+            |list: &[&OsStr]| -> Vec<OsString> { list.iter().map(|a| a.to_os_string()).collect() };
+        assert_eq!(
+            parse(&args(&["check-config".as_ref(), &bad])),
+            Ok(Command::CheckConfig {
+                config: PathBuf::from(&bad)
+            })
+        );
+        let mut with_eq = OsString::from("--config=");
+        with_eq.push(&bad);
+        assert_eq!(
+            parse(&args(&["serve".as_ref(), &with_eq])),
+            Ok(Command::Serve {
+                config: PathBuf::from(&bad),
+                log_level: None
+            })
+        );
+        let e = parse(&args(&["check-access".as_ref(), &bad, "/p".as_ref()])).unwrap_err();
+        assert_eq!(
+            e.message,
+            "check-access: USER \"\\xFF.ini\" is not UTF-8 text"
+        );
+        let e = parse(&args(&[&bad])).unwrap_err();
+        assert_eq!(e.message, "unknown command \"\\xFF.ini\"");
+        let e = parse(&args(&["disconnect".as_ref(), "--user".as_ref(), &bad])).unwrap_err();
+        assert!(
+            e.message.contains("--user \"\\xFF.ini\" is not UTF-8"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn commands_parse_into_their_values() {
         assert_eq!(
             parse_str("passwd --delete users bob"),
@@ -634,6 +995,7 @@ mod tests {
                 action: passwd::Action::Set { min_length: 1 }
             })
         );
+        assert!(message("passwd --delete --min-length 3 f u").contains("not --delete"));
         assert_eq!(
             parse_str("check-access -c x.ini - /pub"),
             Ok(Command::CheckAccess {
@@ -666,6 +1028,43 @@ mod tests {
             Ok(Command::Cert { days: 3650, .. })
         ));
         assert_eq!(parse_str("--version"), Ok(Command::Version));
+        assert_eq!(parse_str("version"), Ok(Command::Version));
+    }
+
+    #[test]
+    fn client_takes_one_credential_source_and_never_a_secret() {
+        let client = |line: &str| match parse_str(line) {
+            Ok(Command::Client(o)) => o,
+            other => panic!("{line}: {other:?}"),
+        };
+        let o = client("client --user demo --ca ca.pem --origin https://a.example wss://h/echo");
+        assert_eq!(o.url, "wss://h/echo");
+        assert_eq!(
+            o.credential,
+            Credential::Password {
+                user: "demo".into(),
+                file: None
+            }
+        );
+        assert_eq!(o.ca, Some("ca.pem".into()));
+        assert_eq!(o.origin.as_deref(), Some("https://a.example"));
+        assert_eq!(o.input, Input::Stdin);
+        let o = client("client -n --token-file t wss://h/x");
+        assert_eq!(o.credential, Credential::TokenFile("t".into()));
+        assert_eq!(o.input, Input::Nothing);
+        let o = client("client --session-file s --send lines.txt --save-session n wss://h/x");
+        assert_eq!(o.save_session, Some("n".into()));
+        assert_eq!(o.credential, Credential::SessionFile("s".into()));
+        assert_eq!(o.input, Input::File("lines.txt".into()));
+        assert_eq!(
+            client("client wss://h/x").credential,
+            Credential::FromEnvironment
+        );
+        assert!(message("client --user a --token-file t wss://h/x").contains("give one of"));
+        assert!(message("client --password-file p wss://h/x").contains("goes with --user"));
+        assert!(message("client --send f -n wss://h/x").contains("not both"));
+        assert!(message("client").contains("needs the URL"));
+        assert!(message("client --password secret wss://h/x").contains("unknown option"));
     }
 
     #[test]

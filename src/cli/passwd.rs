@@ -14,10 +14,9 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rustix::termios::{LocalModes, OptionalActions, Termios, tcgetattr, tcsetattr};
-
 use crate::auth::files;
 use crate::auth::users::{self, UserStore, UsersError};
+use crate::cli::terminal::EchoOff;
 use crate::rules::user_name::{NameError, check_user_name};
 
 /// The longest password accepted, in bytes.
@@ -361,34 +360,12 @@ fn prompt(message: &str) -> Result<String, PasswdError> {
     let _ = stderr.write_all(message.as_bytes());
     let _ = stderr.flush();
     let line = {
-        let _echo_off = EchoOff::new().map_err(PasswdError::Terminal)?;
+        let _echo_off = EchoOff::new(io::stdin()).map_err(PasswdError::Terminal)?;
         read_password_line(io::stdin().lock())
     };
     // The user's Enter was not echoed.
     let _ = stderr.write_all(b"\n");
     line
-}
-
-/// Terminal echo turned off on stdin until dropped (also on error or panic).
-struct EchoOff {
-    saved: Termios,
-}
-
-impl EchoOff {
-    fn new() -> io::Result<Self> {
-        let stdin = io::stdin();
-        let saved = tcgetattr(&stdin)?;
-        let mut quiet = saved.clone();
-        quiet.local_modes.remove(LocalModes::ECHO);
-        tcsetattr(&stdin, OptionalActions::Flush, &quiet)?;
-        Ok(EchoOff { saved })
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        let _ = tcsetattr(io::stdin(), OptionalActions::Now, &self.saved);
-    }
 }
 
 /// One line, without its `\n` or `\r\n`; end of input before any byte is [`PasswdError::NoPassword`].

@@ -216,6 +216,9 @@ impl Reason {
             Reason::Recall(why) => body.push_str(&format!("{why}\n")),
             _ => {}
         }
+        if let Some(told) = self.told() {
+            body.push_str(&format!("{told}\n"));
+        }
         let mut builder = http::Response::builder()
             .status(status)
             .header("Connection", "close")
@@ -304,9 +307,31 @@ impl fmt::Display for Reason {
     }
 }
 
+impl Reason {
+    /// The refusal's reason as the client may read it below the status line, where it tells the
+    /// client only about its own request: the Origin, the path, the role, the throttle, the load.
+    /// Shorter than the log's line, which tells the operator what to change. Never for a
+    /// credential (every wrong one gets the same 401) nor a backend (its address is the
+    /// operator's).
+    fn told(&self) -> Option<String> {
+        match self {
+            Reason::Origin { refusal, .. } => Some(refusal.to_string()),
+            Reason::Forbidden { .. } => Some("no role allows subscribing".into()),
+            Reason::UnknownPath
+            | Reason::Throttled { .. }
+            | Reason::Busy
+            | Reason::ShuttingDown
+            | Reason::MemoryFull
+            | Reason::NoWorker => Some(self.to_string()),
+            _ => None,
+        }
+    }
+}
+
 /// What a plain HTTP `GET` (a browser opening the address, a scanner) reads below its 400.
 const PLAIN_HTTP_TEXT: &str = "\nThis is wsgate, a WebSocket server: it serves no web pages here.\n\
 Connect with a WebSocket client to wss://HOST:PORT/PATH, for example\n\
+  wsgate client --user USER wss://HOST:PORT/echo\n\
   websocat --basic-auth USER:PASSWORD wss://HOST:PORT/echo\n\
   new WebSocket(\"wss://HOST:PORT/chat/lobby\") in a page whose origin is allowed.\n\
 The documentation is in /usr/share/doc/wsgate/ (README.md) where wsgate was\n\

@@ -299,7 +299,8 @@ fn load_backend_tls(
     for channel in &config.channels {
         if let Some(backend) = &channel.backend {
             if matches!(backend.endpoint, Endpoint::Tcp { tls: true, .. }) {
-                let tls = relay::client_tls(backend.ca.as_deref()).map_err(StartError::Cert)?;
+                let tls = relay::client_tls(backend.ca.as_deref(), "backend_ca")
+                    .map_err(StartError::Cert)?;
                 out.push((channel.pattern.to_string(), tls));
             }
         }

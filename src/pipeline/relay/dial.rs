@@ -63,17 +63,19 @@ impl fmt::Display for BackendError {
 }
 
 impl std::error::Error for BackendError {}
-/// The TLS settings for a `wss://` backend: `backend_ca`'s certificates, or the system's roots.
+/// The TLS settings for a `wss://` peer (a backend, or `wsgate client`'s server): the certificates
+/// in `ca`, or the system's roots (`SSL_CERT_FILE`, `SSL_CERT_DIR`, else the distribution's
+/// store). `what` names the setting that gives `ca` (`backend_ca`, `--ca`).
 ///
 /// # Errors
 /// [`CertError::Pem`] when the CA file or the system store holds no usable certificate.
-pub fn client_tls(ca: Option<&Path>) -> Result<Arc<ClientConfig>, CertError> {
+pub fn client_tls(ca: Option<&Path>, what: &'static str) -> Result<Arc<ClientConfig>, CertError> {
     let mut roots = RootCertStore::empty();
     match ca {
         Some(path) => {
             let ca_err = |error: String| CertError::Pem {
                 path: path.to_path_buf(),
-                what: "backend CA",
+                what,
                 error,
             };
             for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))? {
@@ -88,8 +90,8 @@ pub fn client_tls(ca: Option<&Path>) -> Result<Arc<ClientConfig>, CertError> {
             if added == 0 {
                 return Err(CertError::Pem {
                     path: "system root store".into(),
-                    what: "backend CA",
-                    error: "no system root certificates found; set backend_ca".into(),
+                    what,
+                    error: format!("no system root certificates found; set {what}"),
                 });
             }
         }
@@ -97,7 +99,7 @@ pub fn client_tls(ca: Option<&Path>) -> Result<Arc<ClientConfig>, CertError> {
     if roots.is_empty() {
         return Err(CertError::Pem {
             path: ca.map_or_else(|| "system root store".into(), Path::to_path_buf),
-            what: "backend CA",
+            what,
             error: "no CERTIFICATE block found".into(),
         });
     }
@@ -106,7 +108,7 @@ pub fn client_tls(ca: Option<&Path>) -> Result<Arc<ClientConfig>, CertError> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| CertError::Pem {
             path: ca.map_or_else(|| "system root store".into(), Path::to_path_buf),
-            what: "backend CA",
+            what,
             error: e.to_string(),
         })?
         .with_root_certificates(roots)

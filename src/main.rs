@@ -174,18 +174,7 @@ fn serve(path: &Path, log_level: Option<log::LevelFilter>) -> ExitCode {
         }
     };
     let level = log_level.unwrap_or(config.log_level);
-    // rustls logs every failed handshake at warn; at our info level keep it to errors.
-    let rustls_level = if level >= log::LevelFilter::Debug {
-        level
-    } else {
-        log::LevelFilter::Error
-    };
-    if let Err(e) = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_module_level("rustls", rustls_level)
-        .with_module_level("tungstenite", level.min(log::LevelFilter::Info))
-        .init()
-    {
+    if let Err(e) = wsgate::ops::logging::init(level) {
         eprintln!("wsgate: cannot start logging: {e}");
         return ExitCode::from(1);
     }
@@ -196,6 +185,10 @@ fn serve(path: &Path, log_level: Option<log::LevelFilter>) -> ExitCode {
             return ExitCode::from(if e.is_config() { 2 } else { 1 });
         }
     };
+    if log_level.is_some() {
+        // The command line's level outlasts reloads: the file's `[log] level` is not applied.
+        server.pin_log_level();
+    }
     if let Err(e) = wsgate::server::signals::handle(server.control()) {
         log::error!("cannot install signal handlers: {e}");
         return ExitCode::from(1);

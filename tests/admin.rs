@@ -267,11 +267,15 @@ fn more_silent_clients_than_places_do_not_keep_a_probe_out() {
     let silent: Vec<TcpStream> = (0..2 * admin::DEFAULT_MAX_CONNECTIONS)
         .map(|_| admin.connect())
         .collect();
-    std::thread::sleep(Duration::from_millis(50));
-    let start = Instant::now();
     assert_eq!(admin.get("/healthz").status, 200);
-    let waited = start.elapsed();
-    assert!(waited < Duration::from_secs(1), "probe waited {waited:?}");
+    // The probe took the place of an evicted client; it did not wait for the silent ones'
+    // first-byte deadline: the newest of them are still held. (A place freed by that deadline
+    // would come only once every silent client had been dropped.)
+    let held = silent.iter().filter(|s| common::still_open(s)).count();
+    assert!(
+        held > 0,
+        "every silent client was dropped before the probe got in"
+    );
     drop(silent);
     admin.stop();
 }

@@ -11,11 +11,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
     ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, close_frame, echoes, free_port, metric,
-    next_data, run_wsgate,
+    next_data, run_wsgate, wait_metric, wait_until,
 };
 use tungstenite::Message;
 
@@ -186,9 +188,25 @@ fn a_publish_reaches_every_subscriber_of_the_channel_and_answers_202_with_their_
     assert!(ok && body == "{\"subscribers\":2}\n", "{body}");
     let took = started.elapsed();
     eprintln!("figure: 1 KiB publish with Expect: 100-continue answered in {took:?}");
-    assert!(took < Duration::from_millis(900), "waited for 100-continue");
     for ws in [&mut alice, &mut bob] {
         assert_eq!(next_data(ws), Message::text(big.clone()));
+    }
+    // curl gets on without the interim answer after a second; the server sends it at once,
+    // before a byte of the body.
+    let mut s = TcpStream::connect_timeout(&admin, IO_TIMEOUT).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let head = format!(
+        "POST /publish?path=/news HTTP/1.1\r\nHost: {admin}\r\nExpect: 100-continue\r\n\
+         Content-Length: 2\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hi").unwrap();
+    assert_eq!(read_answer(&mut s).status, 202);
+    for ws in [&mut alice, &mut bob] {
+        assert_eq!(next_data(ws), Message::text("hi"));
     }
     // 200 publishes one after the other: every one arrives, in order.
     let started = Instant::now();
@@ -209,7 +227,7 @@ fn a_publish_reaches_every_subscriber_of_the_channel_and_answers_202_with_their_
             assert_eq!(next_data(ws), Message::text(format!("{i}")));
         }
     }
-    assert_eq!(metric(&server, "wsgate_admin_publishes_total"), 205);
+    assert_eq!(metric(&server, "wsgate_admin_publishes_total"), 206);
 }
 
 /// A request and the status it must get: method, target, headers, body, status.
@@ -330,8 +348,9 @@ fn a_subscriber_that_stops_reading_never_slows_a_publish_and_stops_being_counted
         assert_eq!(a.status, 202, "{}", a.body);
         counts.push(a.body);
     }
+    // A publish that waited for the stuck subscriber would never be answered: `publish` reads
+    // under IO_TIMEOUT, and its 202 is asserted above. The time is a figure, not a bound.
     eprintln!("figure: slowest of 400 64 KiB publishes to a stuck subscriber: {slowest:?}");
-    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
     // First taken (socket buffers, then its outbox), then dropped for it and not counted.
     assert_eq!(counts[0], "{\"subscribers\":1}\n");
     assert_eq!(counts[399], "{\"subscribers\":0}\n");
@@ -349,10 +368,10 @@ fn a_huge_declared_body_is_refused_at_once_and_a_slow_body_is_dropped_at_the_dea
         admin,
         b"POST /publish?path=/news HTTP/1.1\r\nContent-Length: 1000000000000000\r\n\r\n",
     );
+    // Answered from the head alone: no body byte was ever sent.
     assert_eq!(a.status, 413);
     let took = started.elapsed();
     eprintln!("figure: 1 PB declared body refused with 413 in {took:?}");
-    assert!(took < Duration::from_millis(500));
     let a = raw(
         admin,
         b"POST /publish?path=/news HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n",
@@ -366,28 +385,34 @@ fn a_huge_declared_body_is_refused_at_once_and_a_slow_body_is_dropped_at_the_dea
     slow.write_all(b"POST /publish?path=/news HTTP/1.1\r\nContent-Length: 20\r\n\r\n")
         .unwrap();
     let started = Instant::now();
+    let dripped = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&dripped);
     let dripper = std::thread::spawn(move || {
         for _ in 0..20 {
             std::thread::sleep(Duration::from_millis(300));
             if slow.write_all(b"x").is_err() {
                 break;
             }
+            counted.fetch_add(1, Ordering::SeqCst);
         }
         let mut rest = Vec::new();
         let _ = slow.read_to_end(&mut rest);
         rest
     });
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(wait_until(IO_TIMEOUT, || dripped.load(Ordering::SeqCst) > 0));
     let probe = Instant::now();
     assert_eq!(server.admin_get("/healthz").0, 200);
     let probed = probe.elapsed();
     eprintln!("figure: /healthz during a dripped body answered in {probed:?}");
-    assert!(probed < Duration::from_millis(500));
+    // Answered while the body was still dripping, not after its exchange ended.
+    assert!(!dripper.is_finished() && dripped.load(Ordering::SeqCst) < 20);
     let rest = dripper.join().unwrap();
     let took = started.elapsed();
     eprintln!("figure: body dripped 1 byte/300 ms dropped after {took:?}");
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
-    assert!(took < Duration::from_millis(3500), "dropped after {took:?}");
+    // Dropped at the exchange's deadline: the client could not send its whole body.
+    let sent = dripped.load(Ordering::SeqCst);
+    assert!(sent < 20, "all {sent} bytes sent; dropped after {took:?}");
     assert_eq!(try_next(&mut alice, Duration::from_millis(200)), None);
     // A body that stops short (the client closes) publishes nothing either.
     let mut short = TcpStream::connect(admin).unwrap();
@@ -425,7 +450,13 @@ fn publish_bodies_that_never_finish_cannot_keep_a_health_probe_out() {
     assert_eq!(server.admin_get("/healthz").0, 200);
     let took = started.elapsed();
     eprintln!("figure: /healthz with every admin place held by a stuck body answered in {took:?}");
-    assert!(took < Duration::from_millis(500));
+    // By taking the oldest's place, not by waiting for the stuck bodies' deadline: the other
+    // two are still held.
+    let held = stuck.iter().filter(|s| common::still_open(s)).count();
+    assert_eq!(
+        held, 2,
+        "stuck bodies still held when the probe was answered"
+    );
     // Each stuck client is dropped (evicted, or at the deadline) without an answer.
     for mut s in stuck {
         let mut rest = Vec::new();
@@ -627,15 +658,10 @@ fn with_a_token_file_the_api_wants_the_bearer_token_and_no_token_ever_reaches_th
     let before = server.count_log("reason=unknown query key");
     let bare = format!("/publish?path=/news&{TOKEN}");
     assert_eq!(request(admin, "POST", &bare, &[&bearer], b"x").status, 400);
-    let until = Instant::now() + IO_TIMEOUT;
-    while server.count_log("reason=unknown query key") == before {
-        assert!(
-            Instant::now() < until,
-            "no refusal line:\n{}",
-            server.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let logged = wait_until(IO_TIMEOUT, || {
+        server.count_log("reason=unknown query key") > before
+    });
+    assert!(logged, "no refusal line:\n{}", server.logs());
     let a = request(admin, "POST", "/publish?path=/news", &[&bearer], b"ok");
     assert_eq!(a.status, 202, "{}", a.body);
     assert_eq!(next_data(&mut alice), Message::text("ok"));
@@ -778,11 +804,7 @@ fn instance(url: &str, id: &str) -> Server {
 
 /// Waits until both of the instance's Redis links are up.
 fn wait_joined(server: &Server) {
-    let until = Instant::now() + IO_TIMEOUT;
-    while metric(server, "wsgate_cluster_connected") != 1 {
-        assert!(Instant::now() < until, "not joined:\n{}", server.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_metric(server, "wsgate_cluster_connected", |n| n == 1);
 }
 
 #[test]

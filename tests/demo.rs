@@ -155,18 +155,6 @@ fn a_plain_get_with_the_demo_off_says_what_this_is_and_logs_below_warn() {
     }
 }
 
-fn login_request(origin: Option<&str>, body: &str) -> Vec<u8> {
-    let origin = origin
-        .map(|o| format!("Origin: {o}\r\n"))
-        .unwrap_or_default();
-    format!(
-        "POST /login HTTP/1.1\r\nHost: localhost\r\n{origin}\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 #[test]
 fn the_demo_login_sets_the_session_cookie_or_says_why_not() {
     let mut setup = Setup::default();

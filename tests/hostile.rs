@@ -560,7 +560,8 @@ fn connections_dropped_without_close_notify_free_their_slot() {
     let mut setup = Setup::default();
     setup
         .set("server", "workers", "1")
-        .set("server", "queue", "0");
+        .set("server", "queue", "0")
+        .set("admin", "listen", "127.0.0.1:0");
     let server = setup.start();
     // Idle.
     let ws = server.connect_as("/echo", ALICE);
@@ -571,10 +572,12 @@ fn connections_dropped_without_close_notify_free_their_slot() {
     vanish(next.get_ref());
     // Mid-message: the header of a 100-byte frame and 10 bytes of it.
     let mut tls = open_raw(&server, "/echo", ALICE);
+    let charged = metric(&server, "wsgate_memory_bytes");
     let whole = frame(true, 2, &[7u8; 100]);
     tls.write_all(&whole[..16]).unwrap();
     tls.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // The frame's declared 100 bytes are charged once the server has read its header.
+    wait_metric(&server, "wsgate_memory_bytes", |b| b >= charged + 100);
     vanish(&tls);
     let mut last = connect_retrying(&server, BOB);
     last.send(Message::text("two")).unwrap();
@@ -843,7 +846,8 @@ fn connections_stalled_inside_a_max_size_frame_are_dropped_at_the_idle_timeout()
     setup
         .set("limits", "max_frame_size", "64KiB")
         .set("limits", "ping_interval", "500ms")
-        .set("limits", "idle_timeout", "1500ms");
+        .set("limits", "idle_timeout", "1500ms")
+        .set("admin", "listen", "127.0.0.1:0");
     let server = setup.start();
     let mut stalled: Vec<Tls> = (0..8).map(|_| open_raw(&server, "/echo", ALICE)).collect();
     still_serving(&server); // both password-hashing buffers are allocated before we measure
@@ -854,7 +858,9 @@ fn connections_stalled_inside_a_max_size_frame_are_dropped_at_the_idle_timeout()
         tls.write_all(&whole[..14 + 100]).unwrap();
         tls.flush().unwrap();
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Each frame's declared payload is charged from its header on: once all eight are, the
+    // server has read every header.
+    wait_metric(&server, "wsgate_memory_bytes", |b| b >= 8 * 64 * 1024);
     let grown = rss_kib(server.pid()).saturating_sub(before);
     assert!(
         grown < 8 * 1024,
@@ -869,10 +875,9 @@ fn connections_stalled_inside_a_max_size_frame_are_dropped_at_the_idle_timeout()
         "{waited:?}"
     );
     // Each close line follows the close handshake's wait for our (never sent) reply.
-    let until = Instant::now() + IO_TIMEOUT;
-    while server.count_log("reason=\"idle timeout\"") < 8 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(IO_TIMEOUT, || {
+        server.count_log("reason=\"idle timeout\"") >= 8
+    });
     assert_eq!(
         server.count_log("reason=\"idle timeout\""),
         8,
@@ -945,13 +950,17 @@ fn a_ping_flood_costs_bounded_memory_and_disturbs_no_one() {
 /// partial message, and the next whole message is the next thing they get.
 #[test]
 fn a_publisher_reset_mid_message_broadcasts_nothing_partial() {
-    let server = Setup::default().start();
+    let mut setup = Setup::default();
+    setup.set("admin", "listen", "127.0.0.1:0");
+    let server = setup.start();
     let mut subscriber = server.connect_as("/chat/r38", ALICE);
     let mut publisher = open_raw(&server, "/chat/r38", BOB);
+    let charged = metric(&server, "wsgate_memory_bytes");
     publisher.write_all(&frame(false, 1, b"partial-")).unwrap();
     publisher.write_all(&frame(false, 0, b"more-")).unwrap();
     publisher.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Both fragments are read (and charged while the message is assembled) before the reset.
+    wait_metric(&server, "wsgate_memory_bytes", |b| b >= charged + 13);
     vanish(&publisher);
     assert!(
         server.wait_log("code=1006", IO_TIMEOUT),

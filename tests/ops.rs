@@ -162,6 +162,11 @@ fn metrics_count_outcomes_and_messages_in_prometheus_format() {
     assert_eq!(next_data(&mut ws), Message::text("count me"));
     assert_eq!(status_of(server.connect_with("/echo", &[])), 401);
     assert_eq!(status_of(server.connect_with("/nope", &[])), 404);
+    // A refusal is counted as its connection ends, just after the client read its answer.
+    for outcome in ["401", "404"] {
+        let sample = format!("wsgate_connections_total{{outcome=\"{outcome}\"}}");
+        common::wait_metric(&server, &sample, |n| n >= 1);
+    }
     let (status, text) = server.admin_get("/metrics");
     assert_eq!(status, 200);
     common::prometheus::validate_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -276,15 +281,24 @@ fn a_renewed_certificate_is_noticed_without_a_reload_signal() {
     let mut setup = Setup::default();
     setup.set("tls", "reload_check_interval", "1s");
     let server = setup.start();
-    // Modification times have a granularity: make sure the rewrite is a later time.
-    std::thread::sleep(Duration::from_millis(1100));
     let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(
-        server.dir.path().join("key.pem"),
-        pair.signing_key.serialize_pem(),
-    )
-    .unwrap();
-    std::fs::write(server.dir.path().join("cert.pem"), pair.cert.pem()).unwrap();
+    let renewed = [
+        ("key.pem", pair.signing_key.serialize_pem()),
+        ("cert.pem", pair.cert.pem()),
+    ];
+    for (name, pem) in renewed {
+        let path = server.dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        // Modification times have a granularity: the rewrite is dated later than the start
+        // outright instead of waiting for the clock to move.
+        let later = std::time::SystemTime::now() + Duration::from_secs(2);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+    }
     assert!(
         server.wait_log(
             "certificate or key file changed: reloaded",

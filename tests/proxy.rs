@@ -380,7 +380,13 @@ fn through_haproxy_the_instances_see_the_clients_own_addresses() {
     let clients: Vec<SocketAddr> = (0..6)
         .map(|i| through(&lb, &a, &format!("hello {i}")).unwrap_or_else(|e| panic!("{e}")))
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // The instances' log lines are read on other threads: wait for each client's.
+    wait_until(IO_TIMEOUT, || {
+        let (log_a, log_b) = (a.logs(), b.logs());
+        clients
+            .iter()
+            .all(|c| opened(&log_a, *c) || opened(&log_b, *c))
+    });
     let (log_a, log_b) = (a.logs(), b.logs());
     for client in &clients {
         assert!(

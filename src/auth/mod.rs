@@ -32,6 +32,17 @@ pub struct SessionSettings {
     pub max_age: Duration,
 }
 
+/// Why no session was issued ([`Credentials::issue_session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSession {
+    /// `[auth] session_ttl = 0`.
+    Off,
+    /// The user has no account (deleted since the login was checked).
+    NoAccount,
+    /// The session's `session_max_age` has passed.
+    Ended,
+}
+
 /// Everything needed to check credentials, shared by all workers. It lives as long as the
 /// server: a reload swaps the users, tokens and session settings inside it, while the Argon2
 /// permits (and their memory), the cache key and the throttle's counts carry over.
@@ -99,25 +110,28 @@ impl Credentials {
         ))
     }
 
-    /// A signed session token for `user` and `session_id`, with its lifetime; None when sessions
-    /// are off or the user has no account. `login_unix` is when the session began (a resumed
-    /// session's); None for a new login (now). The token expires `session_ttl` from now, but
-    /// never later than `session_max_age` after the login; None once that has passed.
+    /// A signed session token for `user` and `session_id`, with its lifetime. `login_unix` is
+    /// when the session began (a resumed session's); None for a new login (now). The token
+    /// expires `session_ttl` from now, but never later than `session_max_age` after the login.
+    ///
+    /// # Errors
+    /// [`NoSession`]: sessions are off, the user has no account, or the session's
+    /// `session_max_age` has passed.
     pub fn issue_session(
         &self,
         user: &str,
         session_id: &str,
         login_unix: Option<u64>,
-    ) -> Option<(String, Duration)> {
-        let sessions = self.sessions()?;
+    ) -> Result<(String, Duration), NoSession> {
+        let sessions = self.sessions().ok_or(NoSession::Off)?;
         let now = unix_now();
         let login = login_unix.unwrap_or(now);
         let expires = (now + sessions.ttl.as_secs()).min(login + sessions.max_age.as_secs());
         if expires <= now {
-            return None;
+            return Err(NoSession::Ended);
         }
-        let fingerprint = self.fingerprint(user)?;
-        Some((
+        let fingerprint = self.fingerprint(user).ok_or(NoSession::NoAccount)?;
+        Ok((
             sessions
                 .key
                 .issue(user, session_id, &fingerprint, expires, login),

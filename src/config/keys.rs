@@ -1,5 +1,6 @@
 //! What a row of the key tables is ([`Key`]: the key, its default as the file would write it, its
-//! parser and so the typed value it produces, one line of doc) and what a table is. The rows
+//! parser and so the typed value it produces, one line of doc, what a reload does when it
+//! changed: [`Reload`]) and what a table is. The rows
 //! themselves are in [`super::tables`]; which table a section has, and the unknown-name check, in
 //! [`super::lookup`]; `Section::get` reads a value through its row, default included.
 
@@ -19,13 +20,33 @@ pub(super) struct Key<T> {
         expect(dead_code, reason = "the rows' documentation, read by the tests only")
     )]
     pub(super) doc: &'static str,
+    /// What a reload does when the key's value changed.
+    pub(super) reload: Reload,
+}
+
+/// What a reload does with a key whose value changed: the column of the key tables that the
+/// reload's report, the table in docs/operations.md and the reload tests are all read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The reload applies it: new connections, and the parts that read it when they act (the
+    /// logger, the file watcher, shutdown), use the new value.
+    Applies,
+    /// Bound at start (a listening socket, a pool, a cache, a link): the process keeps its
+    /// value, and every reload names the key as needing a restart while the file differs from
+    /// what the process started with.
+    Restart,
+    /// A reload that changes it fails and keeps the running configuration; the text says why.
+    Refused(&'static str),
 }
 
 /// A row whatever its value's type: what the tables list.
 pub(super) trait Row: Sync {
     fn name(&self) -> &'static str;
-    #[cfg(test)]
+    fn reload(&self) -> Reload;
     fn default(&self) -> Option<&'static str>;
+    /// Whether two values as written (`None`: not set) mean the same: both parse to the same
+    /// value, an unset one read as the row's default.
+    fn same(&self, a: Option<&str>, b: Option<&str>) -> bool;
     #[cfg(test)]
     fn doc(&self) -> &'static str;
     /// Whether `value` parses to the row's default (false without one, or when it does not
@@ -42,7 +63,19 @@ impl<T: PartialEq> Row for Key<T> {
         self.name
     }
 
-    #[cfg(test)]
+    fn reload(&self) -> Reload {
+        self.reload
+    }
+
+    fn same(&self, a: Option<&str>, b: Option<&str>) -> bool {
+        let value = |written: Option<&str>| written.or(self.default).map(self.parse);
+        match (value(a), value(b)) {
+            (None, None) => true,
+            (Some(Ok(a)), Some(Ok(b))) => a == b,
+            _ => a == b,
+        }
+    }
+
     fn default(&self) -> Option<&'static str> {
         self.default
     }
@@ -115,5 +148,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_count_key_has_an_upper_bound() {
+        let mut counts = Vec::new();
+        for table in every_table() {
+            // A count: a bare number, no unit (sizes take `K`, durations `s`).
+            for row in table
+                .rows()
+                .filter(|r| r.accepts("7") && !r.accepts("7s") && !r.accepts("7K"))
+            {
+                for huge in ["1000001", "18446744073709551615", "99999999999999999999999"] {
+                    assert!(
+                        !row.accepts(huge),
+                        "[{}] {} = {huge}",
+                        table.name,
+                        row.name()
+                    );
+                }
+                counts.push(row.name());
+            }
+        }
+        // workers, queue, max_connections_per_ip, max_pre_auth, the [auth] four, max_headers,
+        // max_fragments, outbox and max_messages_per_sec (in [limits] and [channel:…]),
+        // max_connections, publish_queue, stream_length, history_size.
+        assert_eq!(counts.len(), 18, "{counts:?}");
     }
 }

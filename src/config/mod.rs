@@ -7,8 +7,10 @@
 //! `keys.rs` says what a row is, `lookup.rs` finds a section's table and checks names against
 //! them), `sections.rs` (each section into
 //! its typed part, with the parsers of `values.rs` and the rules between keys of `validate.rs`).
-//! [`ConfigError`] is in `error.rs`, the "did you mean" of unknown names in `suggest.rs`.
+//! [`ConfigError`] is in `error.rs`, the "did you mean" of unknown names in `suggest.rs`;
+//! `changes.rs` tells a reload which keys changed and what each row says a reload does with it.
 
+mod changes;
 mod error;
 mod keys;
 mod lookup;
@@ -25,7 +27,9 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use self::changes::{Change, reload_table};
 pub use self::error::ConfigError;
+pub use self::keys::Reload;
 use self::keys::{CHANNEL_PREFIX, ROLE_PREFIX};
 use self::scan::Section;
 pub use self::tables::DEFAULT_ADMIN_MAX_CONNECTIONS;
@@ -58,6 +62,19 @@ pub struct Config {
     /// `[demo]`: the built-in demo page at `GET /` (off by default).
     pub demo: DemoConfig,
     pub log_level: log::LevelFilter,
+    /// The file's sections and keys as written, for [`Config::changes_since`].
+    written: Written,
+}
+
+/// The sections and keys as written. `Debug` shows only how many: the values may hold secrets
+/// (a Redis password), which the typed fields keep out of `Debug`.
+#[derive(Clone)]
+struct Written(Vec<scan::ScannedSection>);
+
+impl fmt::Debug for Written {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Written({} sections)", self.0.len())
+    }
 }
 
 /// `[server]`: the listener, the worker pool and its admission bounds.
@@ -646,6 +663,7 @@ fn parse_config(
         cluster,
         demo,
         log_level,
+        written: Written(scanned),
     })
 }
 

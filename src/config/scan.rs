@@ -18,6 +18,7 @@ use super::values::{Bases, resolve_path};
 // as written; `#` and `;` start a comment only at the start of a line.
 
 /// A key as found by the scan.
+#[derive(Debug, Clone)]
 pub(super) struct ScannedKey {
     pub(super) key: String,
     /// Trimmed of surrounding whitespace, otherwise as written.
@@ -26,6 +27,7 @@ pub(super) struct ScannedKey {
 }
 
 /// A section as found by the scan, keys in file order.
+#[derive(Debug, Clone)]
 pub(super) struct ScannedSection {
     pub(super) name: String,
     pub(super) line: usize,

@@ -1910,6 +1910,11 @@ fn shipped_example_documents_the_defaults() {
     // The default instance_id draws its random part at each parse.
     b.cluster.instance_id.clone_from(&a.cluster.instance_id);
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    assert_eq!(
+        b.changes_since(&a),
+        vec![],
+        "a reload would see these as changed"
+    );
     // The example values of keys without a default are valid.
     let admin = text.replace("#listen = 127.0.0.1:9480", "listen = 127.0.0.1:9480");
     let c = Config::parse(&admin, &dir.ini()).unwrap_or_else(|e| panic!("{e}"));
@@ -1976,4 +1981,24 @@ fn history_and_presence_on_broadcast_channels_only_and_history_within_the_outbox
         let e = err(&with(&format!("[channel:/p]\n{body}")));
         assert!(e.contains(want), "{body}: {e}");
     }
+}
+
+#[test]
+fn a_huge_count_is_refused_at_its_line_and_no_sum_of_counts_wraps() {
+    assert_eq!(
+        err(&format!(
+            "{MINIMAL}[server]\nworkers = 18446744073709551615\nqueue = 16\n"
+        )),
+        "config: F:6: [server] workers: `18446744073709551615` is too large; at most 1000000"
+    );
+    assert_eq!(
+        err(&format!(
+            "{MINIMAL}[limits]\noutbox = 99999999999999999999999\n"
+        )),
+        "config: F:6: [limits] outbox: `99999999999999999999999` is too large; at most 1000000"
+    );
+    let c = ok(&format!(
+        "{MINIMAL}[server]\nworkers = 1000000\nqueue = 1000000\nmax_pre_auth = 1000000\n"
+    ));
+    assert_eq!(c.server.workers.unwrap().get() + c.server.queue, 2_000_000);
 }

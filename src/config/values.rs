@@ -98,9 +98,9 @@ fn number_and_unit(value: &str, what: &str) -> Result<(u64, String), String> {
     if digits.is_empty() {
         return Err(format!("`{value}` is not a number; expected {what}"));
     }
-    let n = digits
-        .parse::<u64>()
-        .map_err(|_| format!("`{value}` is too large"))?;
+    // Only digits: the parse fails only past u64::MAX, which each caller's bound then refuses
+    // with what it accepts.
+    let n = digits.parse::<u64>().unwrap_or(u64::MAX);
     Ok((n, value[end..].trim().to_ascii_lowercase()))
 }
 
@@ -180,13 +180,24 @@ pub(super) fn parse_memory_limit(value: &str) -> Result<MemoryLimit, String> {
     }
 }
 
+/// The largest count any key accepts: past every thread, connection, queue or rate a small
+/// host can hold, and small enough that sums of counts (`workers + queue`) cannot wrap even in a
+/// 32-bit `usize`. `max_fragments = 1000000` is what the Autobahn run sets.
+pub(super) const MAX_COUNT: u64 = 1_000_000;
+
 pub(super) fn parse_count(value: &str) -> Result<usize, String> {
     const WHAT: &str = "a whole number";
     let (n, unit) = number_and_unit(value, WHAT)?;
     if !unit.is_empty() {
         return Err(format!("`{}` is not a whole number", value.trim()));
     }
-    usize::try_from(n).map_err(|_| format!("`{}` is too large", value.trim()))
+    match usize::try_from(n) {
+        Ok(n) if n as u64 <= MAX_COUNT => Ok(n),
+        _ => Err(format!(
+            "`{}` is too large; at most {MAX_COUNT}",
+            value.trim()
+        )),
+    }
 }
 
 /// A duration that must not be zero.
@@ -227,8 +238,8 @@ pub(super) fn parse_nonzero_count(value: &str) -> Result<NonZeroUsize, String> {
 
 /// A whole number that fits in a `u32`.
 pub(super) fn parse_count_u32(value: &str) -> Result<u32, String> {
-    u32::try_from(parse_count(value)?)
-        .map_err(|_| format!("`{value}` is too large; at most {}", u32::MAX))
+    // At most MAX_COUNT, which fits.
+    parse_count(value).map(|n| n as u32)
 }
 
 pub(super) fn parse_bool(value: &str) -> Result<bool, String> {

@@ -67,9 +67,12 @@ pub enum Outcome {
     TooManyRequests,
     /// 431: head too large or too many headers.
     HeadersTooLarge,
+    /// 501: the demo page's login while sessions are off.
+    NotImplemented,
     /// 502: a proxy channel's backend answered wrongly or failed TLS.
     BadGateway,
-    /// 503: shutting down, or a proxy channel's backend is down.
+    /// 503: shutting down, out of a resource (Argon2 queue, memory cap, workers, wake-up fds),
+    /// or a proxy channel's backend is down.
     Unavailable,
     /// 504: a proxy channel's backend missed its connect deadline.
     GatewayTimeout,
@@ -85,7 +88,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in label order of the exposition.
-    pub const ALL: [Outcome; 16] = [
+    pub const ALL: [Outcome; 17] = [
         Outcome::Accepted,
         Outcome::BadRequest,
         Outcome::Unauthorized,
@@ -95,6 +98,7 @@ impl Outcome {
         Outcome::UpgradeRequired,
         Outcome::TooManyRequests,
         Outcome::HeadersTooLarge,
+        Outcome::NotImplemented,
         Outcome::BadGateway,
         Outcome::Unavailable,
         Outcome::GatewayTimeout,
@@ -116,6 +120,7 @@ impl Outcome {
             Outcome::UpgradeRequired => "426",
             Outcome::TooManyRequests => "429",
             Outcome::HeadersTooLarge => "431",
+            Outcome::NotImplemented => "501",
             Outcome::BadGateway => "502",
             Outcome::Unavailable => "503",
             Outcome::GatewayTimeout => "504",
@@ -137,6 +142,7 @@ impl Outcome {
             426 => Outcome::UpgradeRequired,
             429 => Outcome::TooManyRequests,
             431 => Outcome::HeadersTooLarge,
+            501 => Outcome::NotImplemented,
             502 => Outcome::BadGateway,
             503 => Outcome::Unavailable,
             504 => Outcome::GatewayTimeout,

@@ -94,7 +94,7 @@ impl Admission {
                 IDLE_EXIT,
                 "wsgate-worker",
             ),
-            capacity: workers.get() + server.queue,
+            capacity: workers.get().saturating_add(server.queue),
             pre_auth_cap: max_pre_auth.get(),
             per_ip_cap: server.max_connections_per_ip.get(),
             counts: Mutex::default(),

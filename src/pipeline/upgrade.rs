@@ -189,13 +189,13 @@ pub type ExtraHeaders = Vec<(&'static str, String)>;
 /// # Errors
 /// [`UpgradeError`]; refusals have already been answered.
 /// `login` gives the `Set-Cookie` value of a new session for a user the demo page's `POST
-/// /login` proved (None when sessions are off).
+/// /login` proved, or the refusal when none can be issued (sessions off, the user deleted).
 pub fn upgrade<T>(
     mut tls: Transport,
     config: &Config,
     verifier: &dyn Verifier,
     enter: impl FnOnce(&Grant, Deadline) -> Result<(T, ExtraHeaders), Reason>,
-    login: impl FnOnce(&str) -> Option<String>,
+    login: impl FnOnce(&str) -> Result<String, Reason>,
 ) -> Result<(WsStream, Grant, T), UpgradeError> {
     let client_user = tls.client_user();
     let deadline = Deadline::new(
@@ -307,33 +307,19 @@ fn demo_login(
     config: &Config,
     verifier: &dyn Verifier,
     form: &DemoForm,
-    login: impl FnOnce(&str) -> Option<String>,
+    login: impl FnOnce(&str) -> Result<String, Reason>,
 ) -> UpgradeError {
     let origins: Vec<&[u8]> = form.origins.iter().map(Vec::as_slice).collect();
     let decided =
         policy::decide_login(&origins, form.host.as_deref(), &form.body, config, verifier);
-    let (answer, result) = match decided {
-        Ok(user) => match login(&user) {
-            Some(cookie) => (
-                format!(
-                    "HTTP/1.1 204 No Content\r\nSet-Cookie: {cookie}\r\nCache-Control: no-store\r\n\
-                     Connection: close\r\n\r\n"
-                ),
-                UpgradeError::DemoLogin(user),
+    let (answer, result) = match decided.and_then(|user| Ok((login(&user)?, user))) {
+        Ok((cookie, user)) => (
+            format!(
+                "HTTP/1.1 204 No Content\r\nSet-Cookie: {cookie}\r\nCache-Control: no-store\r\n\
+                 Connection: close\r\n\r\n"
             ),
-            None => {
-                let body = "503 Service Unavailable\nsessions are off (session_ttl = 0): the demo \
-                            page needs them\n";
-                (
-                    format!(
-                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; \
-                         charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    ),
-                    UpgradeError::Refused(Reason::ShuttingDown),
-                )
-            }
-        },
+            UpgradeError::DemoLogin(user),
+        ),
         Err(reason) => (
             String::from_utf8_lossy(&refusal_bytes(&reason)).into_owned(),
             UpgradeError::Refused(reason),

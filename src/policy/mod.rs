@@ -127,6 +127,14 @@ pub enum Reason {
     /// Every worker stayed busy until the upgrade deadline (the connection waited in the
     /// `queue`), or a worker thread could not be started. 503 with `Retry-After`.
     NoWorker,
+    /// The connection's wake-up eventfd could not be created (the process is out of file
+    /// descriptors, or the system out of memory): 503 with `Retry-After`, as descriptors free
+    /// when connections end. The text is the system's error, for the log.
+    NoWakeFd(String),
+    /// The demo page's login with sessions off (`[auth] session_ttl = 0`): the page logs in only
+    /// through a session, which this server does not issue. 501, without `Retry-After`: trying
+    /// again does not help until the configuration changes.
+    SessionsOff,
 }
 
 /// How a backend failed before the 101 ([`Reason::Backend`]); the `kind` label of
@@ -194,9 +202,12 @@ impl Reason {
             Reason::Origin { .. } | Reason::Forbidden { .. } => StatusCode::FORBIDDEN,
             Reason::NoCredentials | Reason::BadCredentials { .. } => StatusCode::UNAUTHORIZED,
             Reason::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Reason::Busy | Reason::ShuttingDown | Reason::MemoryFull | Reason::NoWorker => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Reason::Busy
+            | Reason::ShuttingDown
+            | Reason::MemoryFull
+            | Reason::NoWorker
+            | Reason::NoWakeFd(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::SessionsOff => StatusCode::NOT_IMPLEMENTED,
             Reason::Backend { failure, .. } => failure.status(),
         }
     }
@@ -214,6 +225,11 @@ impl Reason {
         match self {
             Reason::PlainHttp => body.push_str(PLAIN_HTTP_TEXT),
             Reason::Recall(why) => body.push_str(&format!("{why}\n")),
+            Reason::SessionsOff => {
+                body.push_str(
+                    "sessions are off ([auth] session_ttl = 0): the demo page needs them\n",
+                );
+            }
             _ => {}
         }
         if let Some(told) = self.told() {
@@ -234,7 +250,9 @@ impl Reason {
             Reason::Throttled { retry_after, .. } => {
                 builder.header("Retry-After", retry_after.as_secs().max(1).to_string())
             }
-            Reason::Busy | Reason::NoWorker => builder.header("Retry-After", "1"),
+            Reason::Busy | Reason::NoWorker | Reason::NoWakeFd(_) => {
+                builder.header("Retry-After", "1")
+            }
             Reason::MemoryFull => builder.header("Retry-After", "2"),
             Reason::ShuttingDown => builder.header("Retry-After", "5"),
             Reason::Backend {
@@ -303,6 +321,10 @@ impl fmt::Display for Reason {
             Reason::Backend { detail, .. } => f.write_str(detail),
             Reason::MemoryFull => f.write_str("memory limit reached"),
             Reason::NoWorker => f.write_str("no worker free"),
+            Reason::NoWakeFd(error) => write!(f, "cannot create the wake-up fd (eventfd): {error}"),
+            Reason::SessionsOff => f.write_str(
+                "demo login with sessions off ([auth] session_ttl = 0); the page needs them",
+            ),
         }
     }
 }

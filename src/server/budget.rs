@@ -79,35 +79,39 @@ pub(super) struct Costs {
 
 impl Plan {
     fn argon2(&self) -> usize {
-        self.hashes.get() * self.costs.permit
+        self.hashes.get().saturating_mul(self.costs.permit)
     }
 
     fn handshakes(&self) -> usize {
-        self.max_pre_auth.get() * self.costs.handshake
+        self.max_pre_auth.get().saturating_mul(self.costs.handshake)
     }
 
     fn at_base(&self) -> usize {
-        self.connections * self.costs.connection
+        self.connections.saturating_mul(self.costs.connection)
     }
 
     fn listing(&self) -> usize {
-        self.connections * LISTING_ENTRY
+        self.connections.saturating_mul(LISTING_ENTRY)
     }
 
     fn cap_bytes(&self) -> usize {
         self.cap.map_or(0, NonZeroUsize::get)
     }
 
-    /// Every part added up.
+    /// Every part added up (saturating: counts and sizes from the config never wrap it).
     pub fn total(&self) -> usize {
-        self.costs.process
-            + self.costs.kernel
-            + self.argon2()
-            + self.handshakes()
-            + self.at_base()
-            + self.costs.files
-            + self.listing()
-            + self.cap_bytes()
+        [
+            self.costs.process,
+            self.costs.kernel,
+            self.argon2(),
+            self.handshakes(),
+            self.at_base(),
+            self.costs.files,
+            self.listing(),
+            self.cap_bytes(),
+        ]
+        .into_iter()
+        .fold(0, usize::saturating_add)
     }
 }
 
@@ -140,11 +144,17 @@ pub(super) fn plan(
     let permit = hashing_kib as usize * KIB;
     let handshake = per_handshake(config);
     let connection = per_connection(config);
-    let files = 2 * config.auth.max_file_size.get() * FILE_FACTOR;
+    let files = config
+        .auth
+        .max_file_size
+        .get()
+        .saturating_mul(2 * FILE_FACTOR);
     let cap_bytes = cap.map_or(0, NonZeroUsize::get);
     let host_bytes = host.map(|h| usize::try_from(h.bytes).unwrap_or(usize::MAX));
     let kernel = host_bytes.map_or(0, |h| h / KERNEL_SHARE);
-    let fixed = PROCESS_BASE + kernel + files + cap_bytes;
+    let fixed = [PROCESS_BASE, kernel, files, cap_bytes]
+        .into_iter()
+        .fold(0, usize::saturating_add);
     let left = host_bytes.map(|h| h.saturating_sub(fixed));
     let hashes = config.auth.max_concurrent_hashes.unwrap_or_else(|| {
         let fits_two = left.is_none_or(|l| l >= 2 * DERIVED_HASHES * permit);
@@ -153,9 +163,14 @@ pub(super) fn plan(
     let workers = s.workers.unwrap_or_else(|| {
         // Less one handshake: `max_pre_auth` is half the workers rounded up.
         let room = left.map_or(usize::MAX, |l| {
-            l.saturating_sub(hashes.get() * permit + handshake)
+            l.saturating_sub(
+                hashes
+                    .get()
+                    .saturating_mul(permit)
+                    .saturating_add(handshake),
+            )
         });
-        let each = connection + handshake / 2 + LISTING_ENTRY;
+        let each = connection.saturating_add(handshake / 2 + LISTING_ENTRY);
         let fit = (room / each).clamp(1, MAX_DERIVED_WORKERS);
         // A configured max_pre_auth asks for at least that many workers.
         let fit = fit.max(s.max_pre_auth.map_or(1, NonZeroUsize::get));
@@ -206,15 +221,22 @@ fn per_connection(config: &Config) -> usize {
                 crate::config::Endpoint::Tcp { tls: true, .. } => TLS_IDLE,
                 _ => 0,
             };
-            l.read_buffer_size.get() + l.write_buffer_size + tls
+            l.read_buffer_size
+                .get()
+                .saturating_add(l.write_buffer_size)
+                .saturating_add(tls)
         })
         .max()
         .unwrap_or(0);
-    STACK_TOUCHED
-        + max(|l| l.read_buffer_size.get())
-        + max(|l| l.write_buffer_size)
-        + TLS_IDLE
-        + backend
+    [
+        STACK_TOUCHED,
+        max(|l| l.read_buffer_size.get()),
+        max(|l| l.write_buffer_size),
+        TLS_IDLE,
+        backend,
+    ]
+    .into_iter()
+    .fold(0, usize::saturating_add)
 }
 
 /// The start-up line: the host, each part of the budget with its count and unit cost, the total,

@@ -27,6 +27,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -322,6 +323,11 @@ struct Shared {
     reloading: Mutex<()>,
     /// This server's rate-limited log of refused upgrades.
     refusals: RefusalLog,
+    /// The configuration the process started with: what a key that needs a restart still
+    /// runs with, whatever reloads read since.
+    started: Arc<Config>,
+    /// The command line set the log level: a reload leaves it as it is.
+    log_level_pinned: AtomicBool,
     /// `[auth] max_file_size` as read at start: the memory budget was sized for it, so every
     /// reload loads the users and tokens files under it.
     max_file_size: usize,
@@ -431,6 +437,8 @@ impl Server {
             stop: Waker::new().map_err(StartError::System)?,
             reloading: Mutex::new(()),
             refusals: RefusalLog::new(),
+            started: Arc::clone(&config),
+            log_level_pinned: AtomicBool::new(false),
             max_file_size: config.auth.max_file_size.get(),
         });
         Ok(Server {
@@ -449,6 +457,11 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Keeps the log level as it is now through reloads (the command line set it).
+    pub fn pin_log_level(&self) {
+        self.shared.log_level_pinned.store(true, Ordering::Relaxed);
+    }
+
     pub fn control(&self) -> Control {
         Control(Arc::clone(&self.shared))
     }
@@ -465,7 +478,8 @@ impl Server {
             admin_listener,
             admin_token,
         } = self;
-        let admin_config = shared.current().config.admin.clone();
+        // Bound at start: what the process started with, whatever a reload read since.
+        let admin_config = shared.started.admin.clone();
         if let (Some(state), Some(l), Some(cfg)) = (&shared.admin, admin_listener, admin_config) {
             attach_admin_api(&shared, state, admin_token, &cfg);
             log::info!(
@@ -820,7 +834,8 @@ fn start_bridge(shared: &Arc<Shared>) -> io::Result<Option<Bridge>> {
                 .is_some_and(|c| c.mode == Mode::Broadcast)
         })
     };
-    let config = &shared.current().config.cluster;
+    // Bound at start: what the process started with, whatever a reload read since.
+    let config = &shared.started.cluster;
     Bridge::start(config, &shared.hub, &shared.metrics, Arc::new(accepts))
 }
 

@@ -1,9 +1,11 @@
 //! Reload: a new `Runtime` built whole from the config file and swapped in only if every part
-//! loaded, the connections whose access the new one no longer grants closed, the settings that
-//! need a restart named; and the watcher that reloads by itself when a certificate, key, users or
+//! loaded, the connections whose access the new one no longer grants closed, the changed keys
+//! named as the key tables' reload column answers for each (applied, needs a restart, or the
+//! reload refused); and the watcher that reloads by itself when a certificate, key, users or
 //! tokens file changes.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use rustls::server::danger::ClientCertVerifier;
 
 use crate::auth::CurrentCredentials;
 use crate::auth::files;
-use crate::config::{Config, ConfigError};
+use crate::config::{Change, Config, ConfigError, Reload};
 use crate::hub::Holder;
 use crate::ops::notify::Notifier;
 use crate::policy::{self};
@@ -24,8 +26,8 @@ use super::{
 
 impl Shared {
     /// Builds a new runtime from the config file and swaps it in, or keeps the running one and
-    /// says why. Settings that need a restart (listen address, pool sizes, admin address,
-    /// password cache and hashing limits) are reported, and the rest applies.
+    /// says why. A changed key is applied, or named as needing a restart, or fails the reload,
+    /// as its row in the key tables says ([`Reload`]).
     pub(super) fn reload(&self, why: &str) {
         let _one_at_a_time = self
             .reloading
@@ -35,7 +37,7 @@ impl Shared {
         notify_or_log(&self.notifier, Notifier::reloading);
         let old = self.current();
         let result = Config::load(&old.config.source)
-            .and_then(|config| same_transport(&old.config, config))
+            .and_then(|config| refuse_unreloadable(&self.started, config))
             .map_err(StartError::Config)
             .and_then(|config| {
                 let creds_stamp = creds_stamp(&config);
@@ -56,7 +58,7 @@ impl Shared {
             });
         match result {
             Ok((runtime, loaded)) => {
-                warn_restart_needed(&old.config, &runtime.config);
+                self.report_changes(&old.config, &runtime.config);
                 warn_about_origins(&runtime.config);
                 self.creds
                     .reload(loaded.users, loaded.tokens, loaded.sessions);
@@ -67,6 +69,9 @@ impl Shared {
                 *self.runtime.write().unwrap_or_else(PoisonError::into_inner) =
                     Arc::clone(&runtime);
                 self.revoke_lost_access(&runtime);
+                if !self.log_level_pinned.load(Ordering::Relaxed) {
+                    log::set_max_level(runtime.config.log_level);
+                }
                 log::info!(
                     "{why}: reloaded {} in {:?}",
                     files::shown(&old.config.source),
@@ -146,25 +151,17 @@ fn client_cert_trusted(
             .is_ok()
 }
 
-/// A reload may not switch between TLS and plaintext: clients, the proxy in front and the
-/// firewall were set up for one of them. Changing `[server] tls` needs a restart.
-fn same_transport(old: &Config, new: Config) -> Result<Config, ConfigError> {
-    if old.server.tls == new.server.tls {
-        return Ok(new);
+/// Fails the reload on the first key it changes whose row says a reload cannot take it
+/// ([`Reload::Refused`]: `[server] tls`), compared with the file the process started with.
+fn refuse_unreloadable(started: &Config, new: Config) -> Result<Config, ConfigError> {
+    match new
+        .changes_since(started)
+        .iter()
+        .find_map(|change| change.refusal(&new.source))
+    {
+        Some(refused) => Err(refused),
+        None => Ok(new),
     }
-    let on_off = |tls: bool| if tls { "on" } else { "off" };
-    Err(ConfigError::Invalid {
-        path: new.source.clone(),
-        line: None,
-        section: "server".into(),
-        key: Some("tls".into()),
-        message: format!(
-            "changed from {} to {}; a reload cannot switch between TLS and plaintext, restart \
-             wsgate to apply it",
-            on_off(old.server.tls),
-            on_off(new.server.tls)
-        ),
-    })
 }
 
 /// Reloads by itself when the certificate or key file changes (a renewal whose deploy hook
@@ -214,64 +211,39 @@ pub(super) fn spawn_file_watcher(shared: &Arc<Shared>) -> io::Result<()> {
     Ok(())
 }
 
-/// Names the changed settings a reload cannot apply to a running process.
-fn warn_restart_needed(old: &Config, new: &Config) {
-    let (o, n) = (&old.server, &new.server);
-    let mut changed = Vec::new();
-    if o.listen != n.listen {
-        changed.push("[server] listen");
-    }
-    if o.workers != n.workers
-        || o.queue != n.queue
-        || o.worker_stack_size != n.worker_stack_size
-        || o.max_pre_auth != n.max_pre_auth
-    {
-        changed.push("[server] workers/queue/worker_stack_size/max_pre_auth");
-    }
-    if o.max_connections_per_ip != n.max_connections_per_ip {
-        changed.push("[server] max_connections_per_ip");
-    }
-    if o.memory_limit != n.memory_limit {
-        changed.push("[server] memory_limit");
-    }
-    if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
-        changed.push("[admin] listen");
-    }
-    let admin_max = |c: &Config| c.admin.as_ref().map(|a| a.max_connections);
-    if admin_max(old) != admin_max(new) {
-        changed.push("[admin] max_connections");
-    }
-    let admin_token = |c: &Config| c.admin.as_ref().and_then(|a| a.token_file.clone());
-    if admin_token(old) != admin_token(new) {
-        changed.push("[admin] token_file");
-    }
-    let admin_hosts = |c: &Config| c.admin.as_ref().map(|a| a.allow_hosts.clone());
-    if admin_hosts(old) != admin_hosts(new) {
-        changed.push("[admin] allow_hosts");
-    }
-    let admin_origins = |c: &Config| c.admin.as_ref().map(|a| a.allow_origins.clone());
-    if admin_origins(old) != admin_origins(new) {
-        changed.push("[admin] allow_origins");
-    }
-    if old.cluster != new.cluster {
-        changed.push("[cluster]");
-    }
-    let (oa, na) = (&old.auth, &new.auth);
-    if oa.cache_size != na.cache_size
-        || oa.cache_ttl != na.cache_ttl
-        || oa.max_concurrent_hashes != na.max_concurrent_hashes
-        || oa.max_pending_hashes != na.max_pending_hashes
-        || oa.max_failures != na.max_failures
-        || oa.failure_window != na.failure_window
-        || oa.trusted_address_ttl != na.trusted_address_ttl
-        || oa.max_file_size != na.max_file_size
-    {
-        changed.push("[auth] cache/hashing/throttle limits/max_file_size");
-    }
-    if !changed.is_empty() {
-        log::warn!(
-            "reload: {} changed; these take effect only after a restart",
-            changed.join(", ")
-        );
+impl Shared {
+    /// Names the keys this reload applies (changed since the running configuration) and those
+    /// that need a restart (changed since the configuration the process started with, so every
+    /// reload says it again until the restart).
+    fn report_changes(&self, old: &Config, new: &Config) {
+        let names = |changes: &[Change], pick: &dyn Fn(&Change) -> bool| {
+            let picked: Vec<String> = changes
+                .iter()
+                .filter(|c| pick(c))
+                .map(ToString::to_string)
+                .collect();
+            picked.join(", ")
+        };
+        let pinned = self.log_level_pinned.load(Ordering::Relaxed);
+        let is_log_level = |c: &Change| c.section == "log" && c.key == "level";
+        let since_running = new.changes_since(old);
+        let applied = names(&since_running, &|c| {
+            c.reload == Reload::Applies && !(pinned && is_log_level(c))
+        });
+        if !applied.is_empty() {
+            log::info!("reload: applied {applied}");
+        }
+        if pinned && since_running.iter().any(is_log_level) {
+            log::info!(
+                "reload: [log] level changed; the --log-level given on the command line stays in \
+                 force"
+            );
+        }
+        let restart = names(&new.changes_since(&self.started), &|c| {
+            c.reload == Reload::Restart
+        });
+        if !restart.is_empty() {
+            log::warn!("reload: {restart} changed; these take effect only after a restart");
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::auth::NoSession;
 use crate::auth::session::{self};
 use crate::hub::{Holder, HubClosed, Intake, JoinRefused, Membership, Profile, RecallRefused};
 use crate::ops::metrics::Counter;
@@ -357,10 +358,7 @@ fn handshake(
                 hub.budget().refused();
                 return Err(Reason::MemoryFull);
             }
-            Err(e) => {
-                log::error!("cannot create wake-up fd for peer={peer}: {e}");
-                return Err(Reason::ShuttingDown);
-            }
+            Err(e) => return Err(Reason::NoWakeFd(e.to_string())),
         };
         // A reload that swapped the runtime since this connection's was read (while it waited
         // for a worker, say) re-checked the connections in the hub then, not this one, which
@@ -433,7 +431,7 @@ fn handshake(
                 Proof::Session { login_unix, .. } => Some(login_unix),
                 _ => None,
             };
-            if let Some((token, ttl)) = shared.creds.issue_session(user, &session_id, login) {
+            if let Ok((token, ttl)) = shared.creds.issue_session(user, &session_id, login) {
                 // The cookie only where a browser will send it back: a request with an Origin.
                 if grant.browser {
                     headers.push(("Set-Cookie", crate::policy::session_cookie(&token, ttl)));
@@ -450,9 +448,16 @@ fn handshake(
     let login = |user: &str| {
         let (token, ttl) = shared
             .creds
-            .issue_session(user, &session::new_session_id(), None)?;
+            .issue_session(user, &session::new_session_id(), None)
+            .map_err(|why| match why {
+                NoSession::Off => Reason::SessionsOff,
+                NoSession::NoAccount | NoSession::Ended => Reason::BadCredentials {
+                    user: user.to_string(),
+                    why: "credential revoked",
+                },
+            })?;
         shared.creds.logged_in(peer.ip(), user);
-        Some(crate::policy::session_cookie(&token, ttl))
+        Ok(crate::policy::session_cookie(&token, ttl))
     };
     let (ws, grant, (member, session_id, backend, worker)) =
         match upgrade::upgrade(transport, config, &verifier, enter, login) {

@@ -225,6 +225,18 @@ impl Server {
         Server::from_command(dir, cmd, ca)
     }
 
+    /// Starts `wsgate serve OPTIONS --config CONFIG`.
+    pub fn spawn_with_options(
+        dir: TempDir,
+        config: &Path,
+        ca: CertificateDer<'static>,
+        options: &[&str],
+    ) -> Server {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").args(options).arg("--config").arg(config);
+        Server::from_command(dir, cmd, ca)
+    }
+
     /// Starts `wsgate serve CONFIG`, the config given as the command's argument.
     pub fn spawn_positional(dir: TempDir, config: &Path, ca: CertificateDer<'static>) -> Server {
         let mut cmd = Command::new(bin());
@@ -295,14 +307,9 @@ impl Server {
 
     /// Waits until a log line contains `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_until(timeout, || {
+            self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        })
     }
 
     /// Counts log lines containing `needle`.
@@ -482,27 +489,20 @@ impl Server {
     pub fn reload_and_wait(&self) {
         let before = self.count_log("reloaded ") + self.count_log("reload failed");
         self.reload();
-        let until = Instant::now() + IO_TIMEOUT;
-        while self.count_log("reloaded ") + self.count_log("reload failed") == before {
-            assert!(
-                Instant::now() < until,
-                "no reload line; log:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let done = wait_until(IO_TIMEOUT, || {
+            self.count_log("reloaded ") + self.count_log("reload failed") > before
+        });
+        assert!(done, "no reload line; log:\n{}", self.logs());
     }
 
     /// Waits for the process to exit, returning its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        let mut exited = None;
+        wait_until(timeout, || {
+            exited = self.child.try_wait().unwrap();
+            exited.is_some()
+        });
+        exited
     }
 }
 
@@ -578,14 +578,16 @@ pub fn still_serving(server: &Server) {
 /// Connects to /echo as `user`, retrying while the server is still releasing a slot (a refused
 /// connection is reset before the TLS handshake completes).
 pub fn connect_retrying(server: &Server, (user, pass): (&str, &str)) -> Client {
-    let until = Instant::now() + IO_TIMEOUT;
-    loop {
+    let mut last = None;
+    let mut client = None;
+    wait_until(IO_TIMEOUT, || {
         match server.connect_with("/echo", &[("Authorization", &basic(user, pass))]) {
-            Ok(c) => return c,
-            Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("never admitted: {e}; log:\n{}", server.logs()),
+            Ok(c) => client = Some(c),
+            Err(e) => last = Some(e),
         }
-    }
+        client.is_some()
+    });
+    client.unwrap_or_else(|| panic!("never admitted: {last:?}; log:\n{}", server.logs()))
 }
 
 /// A TLS client configuration that trusts `ca` alone (ring provider, safe default versions).
@@ -974,6 +976,54 @@ pub fn metric(server: &Server, sample: &str) -> u64 {
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{text}"))
+}
+
+/// The demo page's `POST /login` with `body` as its form, from `origin`.
+pub fn login_request(origin: Option<&str>, body: &str) -> Vec<u8> {
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /login HTTP/1.1\r\nHost: localhost\r\n{origin}\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Whether the peer still holds `s` open: nothing to read yet, neither data nor its end.
+pub fn still_open(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let open = matches!(s.peek(&mut [0]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    s.set_nonblocking(false).unwrap();
+    open
+}
+
+/// Waits until `done` holds, checking every 20 ms, for at most `timeout`; false if it never
+/// did. The one polling loop of the tests: they wait for a condition, never for a time.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the `/metrics` sample `sample` satisfies `ok`, and returns its value then;
+/// panics with the last value after [`IO_TIMEOUT`].
+pub fn wait_metric(server: &Server, sample: &str, ok: impl Fn(u64) -> bool) -> u64 {
+    let mut last = 0;
+    let met = wait_until(IO_TIMEOUT, || {
+        last = metric(server, sample);
+        ok(last)
+    });
+    assert!(met, "{sample} stayed at {last}; log:\n{}", server.logs());
+    last
 }
 
 /// The resident set size of process `pid`, in KiB (`VmRSS` in /proc/PID/status).

@@ -58,7 +58,8 @@ pub fn run(
         account: member.account().clone(),
     };
     if rights.mode == Mode::Broadcast {
-        let send_buffer = frames::send_buffer_for(channel.max_message_size.get());
+        // The largest message the hub sends it: an envelope may be larger than a payload.
+        let send_buffer = frames::send_buffer_for(member.intake().max_message);
         wire.ws.get_mut().get_mut().set_send_buffer(send_buffer);
     }
     let wire = Arc::new(Mutex::new(wire));
@@ -69,6 +70,7 @@ pub fn run(
             .shared
             .direct
             .set(Arc::clone(&wire) as Arc<dyn DirectWrite>);
+        member.announce();
     }
     let mut conn = Conn {
         wire,

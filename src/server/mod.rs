@@ -804,7 +804,10 @@ fn attach_admin_api(
         policy::route(path, &rt.config)
             .ok()
             .filter(|c| c.mode == Mode::Broadcast)
-            .map(|c| c.limits.max_message_size.get())
+            .map(|c| admin::BroadcastChannel {
+                max_message: c.limits.max_message_size.get(),
+                history: c.history,
+            })
     };
     let browser = admin::BrowserGuard::new(
         config.listen,

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::auth::NoSession;
 use crate::auth::session::{self};
-use crate::hub::{Holder, HubClosed, Intake, Membership, Profile};
+use crate::hub::{Holder, HubClosed, Intake, JoinRefused, Membership, Profile, RecallRefused};
 use crate::ops::metrics::Counter;
 use crate::ops::metrics::Outcome;
 use crate::pipeline::admit::{self, Ticket};
@@ -346,9 +346,23 @@ fn handshake(
             may_publish: grant.may_publish,
             proof,
         };
-        let member = match hub.join(&grant.path, grant.channel.mode, Intake::of(limits), holder) {
+        let intake = Intake::of(&grant.channel, grant.envelope);
+        let joined = hub.join_recalling(
+            &grant.path,
+            grant.channel.mode,
+            intake,
+            holder,
+            &grant.recall,
+        );
+        let member = match joined {
             Ok(Ok(member)) => member,
-            Ok(Err(HubClosed)) => return Err(Reason::ShuttingDown),
+            Ok(Err(JoinRefused::Closed(HubClosed))) => return Err(Reason::ShuttingDown),
+            // Its history request is what would not fit: the client that asks pays.
+            Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))) => {
+                metrics.bump(Counter::MemoryRefusals, 1);
+                hub.budget().refused();
+                return Err(Reason::MemoryFull);
+            }
             Err(e) => return Err(Reason::NoWakeFd(e.to_string())),
         };
         // A reload that swapped the runtime since this connection's was read (while it waited

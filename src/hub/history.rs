@@ -34,8 +34,9 @@ pub enum Sender {
     Anonymous,
     /// The admin API's `POST /publish`.
     Admin,
-    /// Another instance (only without a history: history and `[cluster]` exclude each other).
-    Elsewhere,
+    /// Not known: another instance's broadcast in the older cluster wire format, which does not
+    /// carry its sender.
+    Unknown,
 }
 
 /// What an enveloped client learns of a broadcast besides its payload.
@@ -337,7 +338,7 @@ fn sender_json(out: &mut String, from: &Sender) {
         Sender::User(name) => json_string(out, name),
         Sender::Anonymous => out.push_str("{\"anonymous\":true}"),
         Sender::Admin => out.push_str("{\"admin\":true}"),
-        Sender::Elsewhere => out.push_str("null"),
+        Sender::Unknown => out.push_str("null"),
     }
 }
 

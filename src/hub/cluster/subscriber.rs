@@ -322,8 +322,8 @@ impl Reader {
             }
             Arrival::Next => {}
         }
-        let message = match message {
-            Inbound::Broadcast(message) => message,
+        let (message, sender) = match message {
+            Inbound::Broadcast(message, sender) => (message, sender),
             Inbound::Disconnect(filter) => {
                 let n = ctx.hub.disconnect(&filter);
                 ctx.metrics.bump(Counter::AdminDisconnects, n as u64);
@@ -336,7 +336,7 @@ impl Reader {
             }
         };
         if (ctx.accepts)(path) {
-            ctx.hub.deliver(path, &message);
+            ctx.hub.deliver(path, sender, &message);
             ctx.metrics.bump(Counter::ClusterReceived, 1);
         } else {
             log::debug!("cluster: no broadcast channel here serves `{path}`; ignored");

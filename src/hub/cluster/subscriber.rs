@@ -289,7 +289,9 @@ fn listen(
                 last_id.clear();
                 last_id.push_str(entry.id);
                 match (entry.path, entry.envelope) {
-                    (Some(path), Some(envelope)) => reader.handle(ctx, path, envelope),
+                    (Some(path), Some(envelope)) => {
+                        reader.handle(ctx, path, envelope, entry.sender)
+                    }
                     _ => reader.bad(ctx, "?", &BadEnvelope::Fields),
                 }
             })
@@ -300,8 +302,8 @@ fn listen(
 
 impl Reader {
     /// Delivers one entry unless it is this instance's own, a copy, or for no channel here.
-    fn handle(&mut self, ctx: &Context, path: &str, envelope: &[u8]) {
-        let (origin, message) = match decode(envelope) {
+    fn handle(&mut self, ctx: &Context, path: &str, envelope: &[u8], sender: Option<&[u8]>) {
+        let (origin, message) = match decode(envelope, sender) {
             Ok(decoded) => decoded,
             Err(why) => return self.bad(ctx, path, &why),
         };

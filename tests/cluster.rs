@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    ALICE, BOB, Client, ENVELOPE, IO_TIMEOUT, Redis, Server, Setup, TempDir, enveloped, field,
-    free_port, metric, next_data, next_text, status_of,
+    ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, TempDir, enveloped, field, free_port,
+    metric, next_data, next_text, status_of,
 };
 use tungstenite::Message;
 

@@ -34,8 +34,8 @@ pub enum Sender {
     Anonymous,
     /// The admin API's `POST /publish`.
     Admin,
-    /// Not known: another instance's broadcast in the older cluster wire format, which does not
-    /// carry its sender.
+    /// Not known: another instance's broadcast from a stream entry without the sender field
+    /// (written by an older release).
     Unknown,
 }
 
@@ -332,7 +332,7 @@ pub fn notice(what: Presence, who: &Sender) -> Message {
 }
 
 /// Appends a sender as the envelope names it: the user's name as a string, or an object for
-/// the anonymous and the admin API, `null` for another instance.
+/// the anonymous and the admin API, `null` when not known.
 fn sender_json(out: &mut String, from: &Sender) {
     match from {
         Sender::User(name) => json_string(out, name),

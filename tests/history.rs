@@ -8,71 +8,11 @@ mod common;
 use common::*;
 use tungstenite::Message;
 
-const ENVELOPE: &str = "wsgate.v1.json";
-
 /// The default setup with a history of `size` broadcasts on `/chat/*` (the outbox holds it).
 fn setup(size: usize) -> Setup {
     let mut s = Setup::default();
     s.set("channel:/chat/*", "history_size", &size.to_string());
     s
-}
-
-/// Connects as `who` to `path_query`, asking for the envelope; checks the 101 answered it.
-fn enveloped(server: &Server, path_query: &str, (user, pass): (&str, &str)) -> Client {
-    let (ws, resp) = server
-        .connect_full(
-            path_query,
-            &[
-                ("Authorization", &basic(user, pass)),
-                ("Sec-WebSocket-Protocol", ENVELOPE),
-            ],
-            server.client_config(),
-        )
-        .unwrap_or_else(|e| panic!("connect {path_query}: {e}; log:\n{}", server.logs()));
-    assert_eq!(
-        resp.headers()
-            .get("sec-websocket-protocol")
-            .map(|v| v.to_str().unwrap()),
-        Some(ENVELOPE)
-    );
-    ws
-}
-
-/// The text of the next data message.
-fn next_text(ws: &mut Client) -> String {
-    match next_data(ws) {
-        Message::Text(t) => t.to_string(),
-        other => panic!("expected text, got {other:?}"),
-    }
-}
-
-/// The raw JSON value of `key` in a flat envelope (a string keeps its quotes).
-fn field<'a>(json: &'a str, key: &str) -> &'a str {
-    let start = json
-        .find(&format!("\"{key}\":"))
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + key.len()
-        + 3;
-    let rest = &json[start..];
-    let end = if let Some(inside) = rest.strip_prefix('"') {
-        // The closing quote: the first one no backslash escapes.
-        let mut escaped = false;
-        let close = inside
-            .char_indices()
-            .find(|&(_, c)| {
-                let end = !escaped && c == '"';
-                escaped = !escaped && c == '\\';
-                end
-            })
-            .unwrap()
-            .0;
-        close + 2
-    } else if rest.starts_with('{') {
-        rest.find('}').unwrap() + 1
-    } else {
-        rest.find([',', '}']).unwrap()
-    };
-    &rest[..end]
 }
 
 /// Publishes `texts` as alice on `path` and waits until `witness` (subscribed there) has them
@@ -331,17 +271,9 @@ fn an_admin_publish_is_kept_and_enveloped_as_from_the_admin() {
     let mut s = setup(4);
     s.set("admin", "listen", "127.0.0.1:0");
     let server = s.start();
-    let admin = server.admin_addr();
     // Nobody is subscribed: the reading is kept for whoever comes.
-    let mut tcp = std::net::TcpStream::connect(admin).unwrap();
-    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let request = format!(
-        "POST /publish?path=/chat/pi HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 4\r\n\r\n21.5"
-    );
-    std::io::Write::write_all(&mut tcp, request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    let _ = std::io::Read::read_to_string(&mut tcp, &mut answer);
-    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let (status, answer) = server.admin_publish("/chat/pi", "21.5");
+    assert_eq!(status, 202, "{answer}");
     let mut late = enveloped(&server, "/chat/pi?last=1", BOB);
     let got = next_text(&mut late);
     assert_eq!(field(&got, "from"), "{\"admin\":true}", "{got}");

@@ -28,10 +28,11 @@ enum Delivery<'a> {
 /// What leaves this instance for the others, queued for the cluster bridge.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A broadcast published here on `path`. Its bytes are charged to the memory cap until it
-    /// is dropped (by the bridge, once sent or discarded); `charge` is None in tests.
+    /// A broadcast published here on `path` by `from`. Its bytes are charged to the memory cap
+    /// until it is dropped (by the bridge, once sent or discarded); `charge` is None in tests.
     Broadcast {
         path: String,
+        from: Sender,
         msg: Message,
         charge: Option<Charge>,
     },
@@ -40,10 +41,11 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    /// A broadcast that carries no charge (a test's).
-    pub fn broadcast(path: &str, msg: Message) -> Outbound {
+    /// A broadcast from `from` that carries no charge (a test's).
+    pub fn broadcast(path: &str, from: Sender, msg: Message) -> Outbound {
         Outbound::Broadcast {
             path: path.to_string(),
+            from,
             msg,
             charge: None,
         }
@@ -55,11 +57,16 @@ impl PartialEq for Outbound {
     fn eq(&self, other: &Outbound) -> bool {
         match (self, other) {
             (
-                Outbound::Broadcast { path, msg, .. },
                 Outbound::Broadcast {
-                    path: p2, msg: m2, ..
+                    path, from, msg, ..
                 },
-            ) => path == p2 && msg == m2,
+                Outbound::Broadcast {
+                    path: p2,
+                    from: f2,
+                    msg: m2,
+                    ..
+                },
+            ) => path == p2 && from == f2 && msg == m2,
             (Outbound::Disconnect(a), Outbound::Disconnect(b)) => a == b,
             _ => false,
         }
@@ -78,7 +85,7 @@ impl Hub {
         msg: &Message,
     ) {
         self.keep_and_fan_out(path, Some(from), sender, history, msg);
-        self.forward(path, msg);
+        self.forward(path, sender, msg);
     }
 
     /// Publishes `msg` on `path` from outside any connection (the admin API's `POST /publish`),
@@ -86,7 +93,7 @@ impl Hub {
     /// how many members here took it (written or queued). Never blocks.
     pub fn inject(&self, path: &str, msg: &Message, history: Option<Retention>) -> usize {
         let reached = self.keep_and_fan_out(path, None, &Sender::Admin, history, msg);
-        self.forward(path, msg);
+        self.forward(path, &Sender::Admin, msg);
         reached
     }
 
@@ -126,8 +133,8 @@ impl Hub {
         self.fan_out(path, Some(from), Delivery::Notice(notice));
     }
 
-    /// Queues `msg` for the other instances if a cluster bridge is attached.
-    fn forward(&self, path: &str, msg: &Message) {
+    /// Queues `msg` from `sender` for the other instances if a cluster bridge is attached.
+    fn forward(&self, path: &str, sender: &Sender, msg: &Message) {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
             // At the memory cap the message is not forwarded (counted).
@@ -137,6 +144,7 @@ impl Hub {
             };
             let out = Outbound::Broadcast {
                 path: path.to_string(),
+                from: sender.clone(),
                 msg: msg.clone(),
                 charge: Some(charge),
             };
@@ -145,14 +153,11 @@ impl Hub {
         }
     }
 
-    /// Delivers a broadcast that another instance published to every member of `path` here.
-    /// It is never queued for the bridge again. Never blocks.
-    pub fn deliver(&self, path: &str, msg: &Message) {
-        self.fan_out(
-            path,
-            None,
-            Delivery::Broadcast(msg, &Stamp::now(Sender::Elsewhere)),
-        );
+    /// Delivers a broadcast that another instance published (from `sender`, as that instance
+    /// authenticated it) to every member of `path` here. It is never queued for the bridge
+    /// again. Never blocks.
+    pub fn deliver(&self, path: &str, sender: Sender, msg: &Message) {
+        self.fan_out(path, None, Delivery::Broadcast(msg, &Stamp::now(sender)));
     }
 
     /// Sends `what` to every member of `path` except `from` (a broadcast to all, in the
@@ -479,12 +484,19 @@ mod tests {
         a.publish(&text("2")); // the queue holds one: the oldest makes room
         assert_eq!(b.next_queued().unwrap().msg, text("1"));
         assert_eq!(b.next_queued().unwrap().msg, text("2"));
-        assert_eq!(queue.drain(), [Outbound::broadcast("/c", text("2"))]);
+        assert_eq!(
+            queue.drain(),
+            [Outbound::broadcast("/c", Sender::Anonymous, text("2"))]
+        );
         assert_eq!(metrics.count(Counter::ClusterNotForwarded), 1);
 
         // From another instance: every member here gets it (the publisher is elsewhere), and
         // it is not queued for Redis again.
-        hub.deliver("/c", &Message::binary(vec![0u8, 255]));
+        hub.deliver(
+            "/c",
+            Sender::User("al".into()),
+            &Message::binary(vec![0u8, 255]),
+        );
         assert_eq!(
             a.next_queued().unwrap().msg,
             Message::binary(vec![0u8, 255])
@@ -516,7 +528,10 @@ mod tests {
         let (outlet, queue) = Outlet::new(4, Arc::clone(&metrics));
         hub.set_outlet(outlet);
         hub.inject("/c", &text("4"), None);
-        assert_eq!(queue.drain(), [Outbound::broadcast("/c", text("4"))]);
+        assert_eq!(
+            queue.drain(),
+            [Outbound::broadcast("/c", Sender::Admin, text("4"))]
+        );
     }
 }
 

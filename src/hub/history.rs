@@ -34,8 +34,9 @@ pub enum Sender {
     Anonymous,
     /// The admin API's `POST /publish`.
     Admin,
-    /// Another instance (only without a history: history and `[cluster]` exclude each other).
-    Elsewhere,
+    /// Not known: another instance's broadcast from a stream entry without the sender field
+    /// (written by an older release).
+    Unknown,
 }
 
 /// What an enveloped client learns of a broadcast besides its payload.
@@ -340,13 +341,13 @@ pub fn notice(what: Presence, who: &Sender) -> Message {
 }
 
 /// Appends a sender as the envelope names it: the user's name as a string, or an object for
-/// the anonymous and the admin API, `null` for another instance.
+/// the anonymous and the admin API, `null` when not known.
 fn sender_json(out: &mut String, from: &Sender) {
     match from {
         Sender::User(name) => json_string(out, name),
         Sender::Anonymous => out.push_str("{\"anonymous\":true}"),
         Sender::Admin => out.push_str("{\"admin\":true}"),
-        Sender::Elsewhere => out.push_str("null"),
+        Sender::Unknown => out.push_str("null"),
     }
 }
 

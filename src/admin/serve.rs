@@ -71,6 +71,8 @@ impl Client {
     /// Does what the socket allows now without blocking; every loop here ends at `WouldBlock`
     /// or a bound (the head size, the linger budget).
     fn advance(&mut self, state: &AdminState) -> io::Result<Next> {
+        // One piece: one loop whose arms are the connection's phases; a phase that ends hands over
+        // to the next in the same pass, and the arms share one read chunk.
         let mut chunk = [0u8; 8192];
         loop {
             match &mut self.phase {

@@ -36,6 +36,8 @@ pub(super) struct ScannedSection {
 
 /// Scans `text` into its sections, keys and values (see above for the rules).
 pub(super) fn scan(text: &str, source: &Path) -> Result<Vec<ScannedSection>, ConfigError> {
+    // One piece: one pass over the lines, a branch per kind of line (header, key), each
+    // reporting through the same two error builders.
     let syntax = |line: usize, message: String| ConfigError::Syntax {
         path: source.to_path_buf(),
         line: Some(line),

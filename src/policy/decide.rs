@@ -191,6 +191,8 @@ pub fn decide(
     verifier: &dyn Verifier,
     client_user: Option<&str>,
 ) -> Result<Grant, Reason> {
+    // One piece: the checks in the order their statuses take precedence (404, 403, then
+    // 401/429/503, then 403), read top to bottom.
     let path = target.path.as_str();
     let channel = route(path, config)?;
     let origins: Vec<&[u8]> = req

@@ -23,7 +23,7 @@ use crate::pipeline::proxy_protocol;
 use crate::pipeline::relay::{self, BackendWs};
 use crate::pipeline::tls;
 use crate::pipeline::upgrade::{self, UpgradeError};
-use crate::policy::{Grant, Method, Proof, Reason, Revocation};
+use crate::policy::{Grant, LogSafeUser, Method, Proof, Reason, Revocation};
 
 use super::{Runtime, Shared};
 
@@ -139,7 +139,7 @@ impl Unopened {
             Unopened::DemoPage => log::info!("demo page peer={peer} status=200"),
             Unopened::DemoLogin(user) => log::info!(
                 "demo login peer={peer} user=\"{}\" status=204",
-                crate::policy::safe_user(&user)
+                LogSafeUser::new(&user)
             ),
             Unopened::DemoLogout => log::info!("demo logout peer={peer} status=204"),
         }
@@ -384,7 +384,7 @@ fn demo_login(shared: &Shared, peer: SocketAddr, user: &str) -> Result<String, R
         .map_err(|why| match why {
             NoSession::Off => Reason::SessionsOff,
             NoSession::NoAccount | NoSession::Ended => Reason::BadCredentials {
-                user: user.to_string(),
+                user: LogSafeUser::new(user),
                 why: "credential revoked",
             },
         })?;
@@ -500,11 +500,11 @@ impl Entrance<'_> {
         let user = grant.user.clone().unwrap_or_default();
         Err(match why {
             Revocation::Credential => Reason::BadCredentials {
-                user,
+                user: LogSafeUser::new(&user),
                 why: "credential revoked",
             },
             Revocation::Access | Revocation::Admin => Reason::Forbidden {
-                user: crate::policy::safe_user(&user),
+                user: LogSafeUser::new(&user),
                 path: crate::policy::safe_path(&grant.path),
             },
         })

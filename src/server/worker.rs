@@ -45,7 +45,7 @@ struct Opened {
 /// such connection gets one outcome counted and one log line ([`Unopened::report`]).
 enum Unopened {
     /// It failed at `step`.
-    Failed { step: Step, kind: Kind },
+    Failed { step: Stage, kind: Kind },
     /// It was the demo page's `GET /`, answered 200.
     DemoPage,
     /// It was the demo page's login, answered 204 with a session for this user.
@@ -56,13 +56,13 @@ enum Unopened {
 
 /// The steps before the 101, in order.
 #[derive(Debug, Clone, Copy)]
-enum Step {
+enum Stage {
     ProxyHeader,
     Tls,
     Upgrade,
 }
 
-/// What went wrong at a [`Step`].
+/// What went wrong at a [`Stage`].
 enum Kind {
     /// A read or write failed or missed its deadline.
     Io(io::Error),
@@ -74,12 +74,12 @@ enum Kind {
     Admission(admit::Refused),
 }
 
-impl fmt::Display for Step {
+impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Step::ProxyHeader => "proxy header",
-            Step::Tls => "tls handshake",
-            Step::Upgrade => "upgrade",
+            Stage::ProxyHeader => "proxy header",
+            Stage::Tls => "tls handshake",
+            Stage::Upgrade => "upgrade",
         })
     }
 }
@@ -96,7 +96,7 @@ impl fmt::Display for Kind {
 }
 
 impl Unopened {
-    fn failed(step: Step, kind: Kind) -> Self {
+    fn failed(step: Stage, kind: Kind) -> Self {
         Unopened::Failed { step, kind }
     }
 
@@ -109,8 +109,8 @@ impl Unopened {
             (_, Kind::Io(e)) if is_timeout(e) => Outcome::HandshakeTimeout,
             (_, Kind::Proxy(e)) if e.is_timeout() => Outcome::HandshakeTimeout,
             (_, Kind::Proxy(_)) => Outcome::TlsError,
-            (Step::ProxyHeader | Step::Tls, Kind::Io(_)) => Outcome::TlsError,
-            (Step::Upgrade, Kind::Io(_)) => Outcome::IoError,
+            (Stage::ProxyHeader | Stage::Tls, Kind::Io(_)) => Outcome::TlsError,
+            (Stage::Upgrade, Kind::Io(_)) => Outcome::IoError,
             (_, Kind::Refused(reason)) => Outcome::from_status(reason.status().as_u16())?,
             (_, Kind::Admission(_)) => Outcome::Busy,
         })
@@ -295,7 +295,7 @@ fn handshake(
                     who.peer = client;
                     who.known = true;
                 }
-                return fail(Step::ProxyHeader, kind, who);
+                return fail(Stage::ProxyHeader, kind, who);
             }
         }
     } else {
@@ -303,7 +303,7 @@ fn handshake(
     };
     let transport = match secure(rt, stream, deadline) {
         Ok(transport) => transport,
-        Err(e) => return fail(Step::Tls, Kind::Io(e), who),
+        Err(e) => return fail(Stage::Tls, Kind::Io(e), who),
     };
     let mut entrance = Entrance {
         shared,
@@ -320,9 +320,9 @@ fn handshake(
         match upgrade::upgrade(transport, config, &verifier, enter, login) {
             Ok(upgraded) => upgraded,
             Err(UpgradeError::Refused(reason)) => {
-                return fail(Step::Upgrade, Kind::Refused(reason), who);
+                return fail(Stage::Upgrade, Kind::Refused(reason), who);
             }
-            Err(UpgradeError::Io(e)) => return fail(Step::Upgrade, Kind::Io(e), who),
+            Err(UpgradeError::Io(e)) => return fail(Stage::Upgrade, Kind::Io(e), who),
             Err(UpgradeError::DemoPage) => return Err(Box::new((Unopened::DemoPage, who))),
             Err(UpgradeError::DemoLogin(user)) => {
                 return Err(Box::new((Unopened::DemoLogin(user), who)));

@@ -19,7 +19,7 @@ pub(super) const FIELD_PATH: &str = "p";
 pub(super) const FIELD_ENVELOPE: &str = "m";
 /// The instance, process and place in its sequence of one envelope.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Origin<'a> {
+pub(super) struct Stamp<'a> {
     pub(super) instance: &'a [u8],
     pub(super) epoch: u64,
     pub(super) seq: u64,
@@ -99,7 +99,7 @@ impl fmt::Display for BadEnvelope {
 }
 
 /// Decodes an envelope into where it comes from and what it carries.
-pub(super) fn decode(payload: &[u8]) -> Result<(Origin<'_>, Inbound), BadEnvelope> {
+pub(super) fn decode(payload: &[u8]) -> Result<(Stamp<'_>, Inbound), BadEnvelope> {
     let [version, id_len, rest @ ..] = payload else {
         return Err(BadEnvelope::Truncated);
     };
@@ -114,7 +114,7 @@ pub(super) fn decode(payload: &[u8]) -> Result<(Origin<'_>, Inbound), BadEnvelop
     let (epoch, rest) = rest.split_at(8);
     let (seq, rest) = rest.split_at(8);
     let number = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or_default());
-    let origin = Origin {
+    let origin = Stamp {
         instance,
         epoch: number(epoch),
         seq: number(seq),
@@ -222,7 +222,7 @@ mod tests {
         for msg in [text, binary, Message::text(""), Message::binary(Vec::new())] {
             let e = encode("pi-1", 7, u64::MAX, &broadcast(msg.clone())).unwrap();
             let (origin, back) = decode(&e).unwrap();
-            let want = Origin {
+            let want = Stamp {
                 instance: b"pi-1",
                 epoch: 7,
                 seq: u64::MAX,

@@ -4,6 +4,7 @@
 # Origin https://localhost) and execs the release binary. Limits that would refuse the harness's
 # load on purpose (per-IP cap: every client is 127.0.0.1; message rates; the pre-auth budget for
 # 2000 handshakes at concurrency 16) are opened up; everything else is at its default.
+# WSGATE_HISTORY=N keeps the last N broadcasts of /broadcast (docs/history.md; default 0: none).
 set -euo pipefail
 : "${PORT:?} ${CERT:?} ${KEY:?}"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +39,8 @@ level = warn
 mode = echo
 [channel:/broadcast]
 mode = broadcast
+history_size = ${WSGATE_HISTORY:-0}
+outbox = $(( ${WSGATE_HISTORY:-0} > 64 ? ${WSGATE_HISTORY:-0} : 64 ))
 [role:bench]
 members = *
 subscribe = /echo, /broadcast

@@ -15,7 +15,11 @@
 //   (e) a second tab of a logged-in browser connects with the session cookie, without a second
 //       login, and "Log out" in it ends the session in both tabs: the server clears the cookie
 //       (POST /logout), and a reloaded page stays signed out;
-//   (f) once failed logins reach the throttle, the page says how long to wait (Retry-After).
+//   (f) once failed logins reach the throttle, the page says how long to wait (Retry-After);
+//   (g) a page opened late shows the earlier messages with their senders (the channel keeps a
+//       history; the page asks for the envelope and the last 20);
+//   (h) a page whose socket is cut while three messages go by shows exactly those three, in
+//       order, once it reconnects (?since=EPOCH:POS).
 //
 // Usage: node browser/test.mjs  (after `cargo build --release`). Environment: WSGATE_BIN (the
 // binary; default $CARGO_TARGET_DIR or ./target, then release/wsgate), CHROMIUM (default
@@ -99,6 +103,7 @@ enabled = true
 channel = ${CHANNEL}
 [channel:/chat/*]
 mode = broadcast
+history_size = 20
 # Small, so the test can make the server close a connection (1009) with one long message.
 max_message_size = 1K
 max_frame_size = 1K
@@ -188,10 +193,12 @@ async function send(page, text) {
   await page.click('#send-button');
 }
 
-async function received(page, text) {
+/// Waits until `page` shows `text` received from `sender` (the envelope's, as the server
+/// authenticated it).
+async function received(page, sender, text) {
   await page.waitForFunction(
     (t) => [...document.querySelectorAll('#messages li.in')].some((li) => li.textContent === t),
-    text,
+    `${sender}: ${text}`,
   );
 }
 
@@ -231,9 +238,9 @@ async function run() {
   await login(a, ALICE);
   await login(b, BOB);
   await send(a, 'hello from alice');
-  await received(b, 'hello from alice');
+  await received(b, 'alice', 'hello from alice');
   await send(b, 'hello from bob');
-  await received(a, 'hello from bob');
+  await received(a, 'bob', 'hello from bob');
   console.log('ok (a) two pages exchanged broadcast messages over wss://');
 
   // (c) the session cookie: reconnect without the password, same session id.
@@ -262,9 +269,9 @@ async function run() {
   check(socketsA.length === 2, `expected 2 sockets from page A, saw ${socketsA.length}`);
   // The resumed connection still works both ways.
   await send(b, 'after the reconnect');
-  await received(a, 'after the reconnect');
+  await received(a, 'bob', 'after the reconnect');
   await send(a, 'alice is back');
-  await received(b, 'alice is back');
+  await received(b, 'alice', 'alice is back');
   // The server closes the connection (a message over max_message_size: 1009); the page
   // reconnects by itself, again with the cookie.
   const beforeClose = log.length;
@@ -283,7 +290,7 @@ async function run() {
   check(!socketsA.at(-1).includes('pass='), `automatic reconnect URL carried a password`);
   check(socketsA.length === 3, `expected 3 sockets from page A, saw ${socketsA.length}`);
   await send(b, 'after the automatic reconnect');
-  await received(a, 'after the automatic reconnect');
+  await received(a, 'bob', 'after the automatic reconnect');
   console.log(
     `ok (c) reconnected without a password (button, then by itself after a 1009): ${resumed.replace(/peer=\S+ /, '')}`,
   );
@@ -354,7 +361,7 @@ async function run() {
     'the second tab logged in again',
   );
   await send(b, 'to both of alice\'s tabs');
-  await received(a2, 'to both of alice\'s tabs');
+  await received(a2, 'bob', 'to both of alice\'s tabs');
   // Log out in the second tab: both tabs sign out, the cookie is gone, a reload stays out.
   await a2.click('#logout');
   await a2.waitForSelector('body[data-state="signed out"]');
@@ -368,6 +375,40 @@ async function run() {
   await a2.waitForSelector('body[data-state="signed out"]');
   check(socketsA2.length === 0, 'the page opened a WebSocket after the log-out');
   console.log('ok (e) a second tab rode the cookie without a login; log-out ended both tabs');
+
+  // (g) a third browser opened late shows the earlier messages with their senders (the
+  // channel keeps a history; the page asks for the last 20).
+  const ctxD = await browser.newContext({ ignoreHTTPSErrors: true });
+  const d = await openDemo(ctxD, site, errors);
+  const socketsD = [];
+  d.on('websocket', (ws) => socketsD.push(ws.url()));
+  await login(d, BOB);
+  await received(d, 'alice', 'hello from alice');
+  await received(d, 'bob', 'hello from bob');
+  await received(d, 'bob', 'to both of alice\'s tabs');
+  console.log('ok (g) a page opened late shows the earlier messages with their senders');
+
+  // (h) a page whose socket is cut misses three messages, and shows them once it reconnects.
+  const ctxE = await browser.newContext({ ignoreHTTPSErrors: true });
+  const witness = await openDemo(ctxE, site, errors);
+  await login(witness, BOB);
+  await d.evaluate(() => {
+    ws.onclose = null;
+    ws.close();
+  });
+  for (const n of [1, 2, 3]) await send(b, `missed ${n}`);
+  await received(witness, 'bob', 'missed 3');
+  await d.click('#reconnect');
+  await d.waitForSelector('body[data-state="connected"]');
+  check(socketsD.at(-1).includes('?since='), `the reconnect did not ask to recover: ${socketsD.at(-1)}`);
+  for (const n of [1, 2, 3]) await received(d, 'bob', `missed ${n}`);
+  const shown = await d.$$eval('#messages li.in', (lis) => lis.map((li) => li.textContent));
+  const missed = shown.filter((t) => t.startsWith('bob: missed '));
+  check(
+    missed.join('|') === 'bob: missed 1|bob: missed 2|bob: missed 3',
+    `recovered out of order or twice: ${missed.join(' | ')}`,
+  );
+  console.log('ok (h) a page cut off and restored shows exactly what it missed, in order');
 
   // (f) wrong passwords until the throttle: the page says how long to wait.
   for (let i = 0; i < 8; i += 1) {

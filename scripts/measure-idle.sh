@@ -5,6 +5,10 @@
 #   scripts/measure-idle.sh [CONNS [WORKERS]]        defaults: 200 connections, 210 workers
 #   WSGATE_BIN=path/to/wsgate scripts/measure-idle.sh  measure that binary (no build)
 #   SMAPS=1 scripts/measure-idle.sh                    also where the RSS is (scripts/smaps-summary.py)
+#   CONCURRENCY=8 scripts/measure-idle.sh              at most 8 handshakes in flight (wsload's
+#                                                      default is 200): the burst then starts few
+#                                                      handshake threads, whose 52 KiB stacks are
+#                                                      otherwise part of the figure per connection
 #
 # Uses the shared harness's load generator (../shared/bench/wsload, built here on first use) to
 # open and hold the connections, and reads the server's /proc/PID/status and /proc/PID/stat.
@@ -41,7 +45,7 @@ echo "start: RSS $(rss) KiB with $WORKERS workers"
   --user bench --pass bench >/dev/null 2>&1
 echo "after one login: RSS $(rss) KiB"
 "$WSLOAD" idle --url "wss://127.0.0.1:$PORT/echo" --conns "$CONNS" --hold 13 --origin https://localhost \
-  --user bench --pass bench --server-pid $PID >"$DIR/idle.json" 2>"$DIR/wsload.log" &
+  --user bench --pass bench --server-pid $PID ${CONCURRENCY:+--concurrency $CONCURRENCY} >"$DIR/idle.json" 2>"$DIR/wsload.log" &
 LOAD=$!
 until grep -q READY "$DIR/wsload.log" 2>/dev/null; do sleep 0.2; done
 sleep 1

@@ -1,12 +1,15 @@
-//! The process-wide memory cap (`[server] memory_limit`): one shared count of the bytes that grow
-//! with traffic — outboxes, write buffers, messages being read, the cluster publish queue —
-//! checked as bytes are queued with one atomic add, never a lock. Also where the default cap
-//! comes from (the cgroup limit or `MemTotal`) and whom a fan-out that meets the cap drops first.
-//! It never allocates and never blocks; what to do when a charge fails is the caller's.
+//! The process-wide memory cap (`[server] memory_limit`): shared counts of the bytes that grow
+//! with traffic, checked as bytes are queued with one atomic add — the write share (outboxes,
+//! write buffers, echoes, the cluster publish queue) and reading's own share (messages being
+//! read, [`Reader`]). Also where the default cap comes from (the cgroup limit or `MemTotal`),
+//! whom a fan-out that meets the cap drops first and whom a full read share closes. A charge
+//! never blocks; what to do when a write charge fails is the caller's.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::config::MemoryLimit;
@@ -19,10 +22,11 @@ const MIB: u64 = 1024 * 1024;
 pub const HOST_FRACTION: u64 = 4;
 /// The default cap is never below this: the smallest host still carries a few full messages.
 pub const FLOOR: u64 = 16 * MIB;
-/// Deliveries (outboxes, write buffers, the cluster queue) stop at the cap less this fraction of
-/// it; the rest is kept for reading messages in, so a cap filled by slow subscribers never stops
-/// a publisher's message from being read and fanned out.
-const READ_RESERVE_FRACTION: usize = 8;
+/// Reading's share of the cap is this fraction of it ([`Reader`]); deliveries (outboxes, write
+/// buffers, echoes, the cluster queue) stop at the cap less it. Neither share can take the
+/// other's room: a cap filled by slow subscribers never stops a publisher's message from being
+/// read, and messages being read never stop deliveries or new connections.
+pub const READ_SHARE_FRACTION: usize = 8;
 /// After a fan-out had to drop subscribers at the cap, new connections get 503 for this long even
 /// once the count fell: the dropped clients (and the rest) reconnecting at once would walk
 /// straight back into the squeeze.
@@ -33,10 +37,8 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Which part of the cap a charge may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Room {
-    /// Broadcast deliveries and the cluster queue: the cap less the read reserve.
+    /// Broadcast deliveries, echoes and the cluster queue: the cap less the read share.
     Deliveries,
-    /// A connection's own traffic (a message being read, an echo): the whole cap.
-    Whole,
 }
 
 /// The shared count and its cap.
@@ -52,6 +54,8 @@ pub struct Budget {
     refused_since_log: AtomicU64,
     dropped_since_log: AtomicU64,
     epoch: Instant,
+    /// Reading's own share (see [`Reader`]).
+    reading: Reading,
 }
 
 impl Budget {
@@ -65,6 +69,7 @@ impl Budget {
             refused_since_log: AtomicU64::new(0),
             dropped_since_log: AtomicU64::new(0),
             epoch: Instant::now(),
+            reading: Reading::default(),
         }
     }
 
@@ -78,16 +83,20 @@ impl Budget {
         self.cap.map(NonZeroUsize::get)
     }
 
-    /// Bytes counted against the cap now.
+    /// Bytes counted against the write share now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes counted against the whole cap now: the write share and the read share.
+    pub fn counted(&self) -> usize {
+        self.used().saturating_add(self.reading_used())
     }
 
     fn limit(&self, room: Room) -> usize {
         let cap = self.cap.map_or(usize::MAX, NonZeroUsize::get);
         match room {
-            Room::Whole => cap,
-            Room::Deliveries => cap - cap / READ_RESERVE_FRACTION,
+            Room::Deliveries => cap - cap / READ_SHARE_FRACTION,
         }
     }
 
@@ -175,18 +184,15 @@ impl Budget {
     }
 }
 
-/// One connection's share of the count. What it holds for deliveries (its outbox, its write
-/// buffer) is in [`Charge`]s that travel with the bytes they count and give them back when
-/// dropped; the account only sums them ([`Account::held`]). What it is charged by count
-/// ([`Account::try_charge`], a message being read) it gives back by count, and whatever of that
-/// is left when the connection goes with [`Account::release_all`].
+/// One connection's share of the write count. What it holds (its outbox, its write buffer, its
+/// echoes) is in [`Charge`]s that travel with the bytes they count and give them back when
+/// dropped; the account only sums them ([`Account::held`]). What it is reading is not here: that
+/// is its [`Reader`], in the read share.
 #[derive(Debug, Clone)]
 pub struct Account {
     budget: Arc<Budget>,
-    /// Everything this owner holds: its charges and its counted bytes.
+    /// What its charges hold together.
     held: Arc<AtomicUsize>,
-    /// Of `held`, what was charged by count rather than as a [`Charge`].
-    counted: Arc<AtomicUsize>,
     /// Of `held`, buffer capacity its writes keep after their bytes went out
     /// ([`Account::keeps`]): held, but owed to nobody.
     kept: Arc<AtomicUsize>,
@@ -197,7 +203,6 @@ impl Account {
         Account {
             budget,
             held: Arc::new(AtomicUsize::new(0)),
-            counted: Arc::new(AtomicUsize::new(0)),
             kept: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -209,12 +214,11 @@ impl Account {
     }
 
     /// Bytes of deliveries it holds that the client has not taken yet (its outbox and what its
-    /// socket has not accepted): what it holds, less what it is reading and what is only kept
-    /// capacity. Whom the squeeze closes first.
+    /// socket has not accepted): what it holds less what is only kept capacity. Whom the squeeze
+    /// closes first.
     pub fn backlog(&self) -> usize {
         let held = self.held.load(Ordering::Relaxed);
-        let other = self.counted.load(Ordering::Relaxed) + self.kept.load(Ordering::Relaxed);
-        held.saturating_sub(other)
+        held.saturating_sub(self.kept.load(Ordering::Relaxed))
     }
 
     /// Counts `bytes` for this owner if they fit in `room`, as a [`Charge`] that gives them back
@@ -244,40 +248,6 @@ impl Account {
         }
     }
 
-    /// Counts `bytes` for this owner if they fit in `room`; given back with
-    /// [`Account::release`].
-    #[must_use]
-    pub fn try_charge(&self, bytes: usize, room: Room) -> bool {
-        if self.budget.cap.is_none() {
-            return true;
-        }
-        if !self.budget.try_charge(bytes, room) {
-            return false;
-        }
-        self.held.fetch_add(bytes, Ordering::Relaxed);
-        self.counted.fetch_add(bytes, Ordering::Relaxed);
-        true
-    }
-
-    /// Gives back `bytes` this owner was charged by count (no more than it holds so).
-    pub fn release(&self, bytes: usize) {
-        if self.budget.cap.is_none() || bytes == 0 {
-            return;
-        }
-        let prev = self.counted.fetch_sub(bytes, Ordering::Relaxed);
-        debug_assert!(prev >= bytes, "released {bytes} of {prev} counted");
-        self.held.fetch_sub(bytes, Ordering::Relaxed);
-        self.budget.release(bytes);
-    }
-
-    /// Gives back everything this owner was charged by count (it is going away); its
-    /// [`Charge`]s give theirs back as they are dropped.
-    pub fn release_all(&self) {
-        let n = self.counted.swap(0, Ordering::Relaxed);
-        self.held.fetch_sub(n, Ordering::Relaxed);
-        self.budget.release(n);
-    }
-
     /// Bytes this owner holds now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
@@ -288,9 +258,9 @@ impl Account {
     }
 }
 
-/// Bytes counted against the cap for the value that holds them (a queued broadcast, a
-/// connection's write buffer, a message in the cluster queue): it moves with them and gives them
-/// back when dropped, whoever drops it and wherever. Charges of one owner merge
+/// Bytes counted against the write share for the value that holds them (a queued broadcast, an
+/// echo, a connection's write buffer, a message in the cluster queue): it moves with them and
+/// gives them back when dropped, whoever drops it and wherever. Charges of one owner merge
 /// ([`Charge::absorb`]) and shrink ([`Charge::shrink_to`]) as the bytes they count do. With the
 /// cap off a charge counts nothing.
 #[must_use]
@@ -355,6 +325,315 @@ impl Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         self.give_back(self.bytes);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading: the read share, and whom it closes when it is full.
+
+/// What one reader — a user, or an anonymous client's address — may hold of the read share at
+/// most: this fraction of it. One party filling its part is refused its own bytes; the other
+/// parties still have the rest.
+pub const READER_PART_FRACTION: usize = 2;
+
+/// Who a connection reads for: the party whose connections share a part of the read share.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReaderKey {
+    User(String),
+    /// An anonymous client, by its address.
+    Address(IpAddr),
+}
+
+/// The read share's count and the connections reading, for the scan that picks whom to close.
+#[derive(Default)]
+struct Reading {
+    used: AtomicUsize,
+    registry: Mutex<Registry>,
+    /// Connections closed because the share or their reader's part was full, since the last line
+    /// about it; and when that line was logged (the [`Budget`] clock, 0: never).
+    closed_since_log: AtomicU64,
+    logged_at: AtomicU64,
+}
+
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reading")
+            .field("used", &self.used.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    slots: HashMap<u64, Arc<Slot>>,
+    parts: HashMap<ReaderKey, Weak<Part>>,
+}
+
+/// One reader's part: what its connections hold together.
+struct Part {
+    key: ReaderKey,
+    held: AtomicUsize,
+}
+
+/// One connection's place in the read share.
+struct Slot {
+    held: AtomicUsize,
+    part: Arc<Part>,
+    /// Set when the share closed this connection; its charges fail from then on.
+    closed: AtomicBool,
+    /// Wakes the connection's loop so that it sees `closed` and ends.
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+/// Takes up to `n` from `held` (no more than it holds); returns what it took.
+fn take(held: &AtomicUsize, n: usize) -> usize {
+    let mut taken = 0;
+    let _ = held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+        taken = h.min(n);
+        Some(h - taken)
+    });
+    taken
+}
+
+impl Budget {
+    /// The read share's size: [`READ_SHARE_FRACTION`] of the cap (`usize::MAX` when off).
+    pub fn read_share(&self) -> usize {
+        self.cap
+            .map_or(usize::MAX, |c| c.get() / READ_SHARE_FRACTION)
+    }
+
+    /// What one reader may hold of the read share: [`READER_PART_FRACTION`] of it.
+    pub fn reader_part(&self) -> usize {
+        self.read_share() / READER_PART_FRACTION
+    }
+
+    /// Bytes counted against the read share now.
+    pub fn reading_used(&self) -> usize {
+        self.reading.used.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` for `slot` if it fits in its reader's part and in the share; no lock.
+    fn try_read_charge(&self, slot: &Slot, n: usize) -> bool {
+        let part = slot.part.held.fetch_add(n, Ordering::AcqRel);
+        if part.saturating_add(n) > self.reader_part() {
+            slot.part.held.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        let used = self.reading.used.fetch_add(n, Ordering::AcqRel);
+        if used.saturating_add(n) > self.read_share() {
+            self.reading.used.fetch_sub(n, Ordering::AcqRel);
+            slot.part.held.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        slot.held.fetch_add(n, Ordering::AcqRel);
+        true
+    }
+
+    /// Gives back up to `n` of what `slot` holds. The part's and the share's counts are never
+    /// below the sum of their slots' (a slot's bytes are added there first and taken from the
+    /// slot first), so they give back what the slot gave.
+    fn read_release(&self, slot: &Slot, n: usize) {
+        let t = take(&slot.held, n);
+        if t > 0 {
+            slot.part.held.fetch_sub(t, Ordering::AcqRel);
+            self.reading.used.fetch_sub(t, Ordering::AcqRel);
+        }
+    }
+
+    /// The share (or the reader's part) has no room for `n` more bytes of `slot`'s: closes
+    /// whoever holds the most — among the reader's own connections when its part is what is
+    /// full — until the bytes fit. Returns false when `slot` itself, with the `n` bytes it asks
+    /// for, would hold the most: it is the one to close.
+    fn make_read_room(&self, slot: &Arc<Slot>, n: usize) -> bool {
+        let registry = self
+            .reading
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Each turn closes one connection that holds something: bounded by their number.
+        for _ in 0..=registry.slots.len() {
+            if self.try_read_charge(slot, n) {
+                return true;
+            }
+            let part_full =
+                slot.part.held.load(Ordering::Acquire).saturating_add(n) > self.reader_part();
+            let mine = slot.held.load(Ordering::Acquire).saturating_add(n);
+            let victim = registry
+                .slots
+                .values()
+                .filter(|s| !Arc::ptr_eq(s, slot) && !s.closed.load(Ordering::Acquire))
+                .filter(|s| !part_full || Arc::ptr_eq(&s.part, &slot.part))
+                .max_by_key(|s| s.held.load(Ordering::Acquire));
+            match victim {
+                Some(v) if v.held.load(Ordering::Acquire) > mine => self.close_reader(v),
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Closes a connection for the read share: its charges fail from now on, what it holds is
+    /// given back at once (its buffers go when its loop, woken here, ends), and one line per
+    /// [`LOG_INTERVAL`] says how many were closed.
+    fn close_reader(&self, slot: &Slot) {
+        slot.closed.store(true, Ordering::Release);
+        self.read_release(slot, usize::MAX);
+        (slot.wake)();
+        self.reader_closed();
+    }
+
+    fn reader_closed(&self) {
+        let reading = &self.reading;
+        reading.closed_since_log.fetch_add(1, Ordering::Relaxed);
+        let now = self.clock();
+        let last = reading.logged_at.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < LOG_INTERVAL.as_millis() as u64 {
+            return;
+        }
+        if reading
+            .logged_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another thread logs this interval
+        }
+        let closed = reading.closed_since_log.swap(0, Ordering::Relaxed);
+        log::warn!(
+            "memory limit: the read share ({} KiB, a reader's part {} KiB) was full: {closed} \
+             connections holding the most unfinished bytes closed 1009 since the last such line \
+             (at most one line per {}s)",
+            self.read_share() >> 10,
+            self.reader_part() >> 10,
+            LOG_INTERVAL.as_secs()
+        );
+    }
+
+    /// A connection's place in the read share, for `key`'s part. `wake` wakes its loop when the
+    /// share closes it ([`Reader::closed`]).
+    pub fn reader(self: &Arc<Self>, key: ReaderKey, wake: Box<dyn Fn() + Send + Sync>) -> Reader {
+        let slot = |part| {
+            Arc::new(Slot {
+                held: AtomicUsize::new(0),
+                part,
+                closed: AtomicBool::new(false),
+                wake,
+            })
+        };
+        if self.cap.is_none() {
+            // Nothing is counted: no registry, no scan.
+            let part = Arc::new(Part {
+                key,
+                held: AtomicUsize::new(0),
+            });
+            return Reader {
+                budget: Arc::clone(self),
+                id: 0,
+                slot: slot(part),
+            };
+        }
+        let mut registry = self
+            .reading
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let part = match registry.parts.get(&key).and_then(Weak::upgrade) {
+            Some(part) => part,
+            None => {
+                let part = Arc::new(Part {
+                    key: key.clone(),
+                    held: AtomicUsize::new(0),
+                });
+                registry.parts.insert(key, Arc::downgrade(&part));
+                part
+            }
+        };
+        let id = registry.next_id;
+        registry.next_id += 1;
+        let slot = slot(part);
+        registry.slots.insert(id, Arc::clone(&slot));
+        Reader {
+            budget: Arc::clone(self),
+            id,
+            slot,
+        }
+    }
+}
+
+impl Account {
+    /// A place in the read share of this account's budget (see [`Budget::reader`]).
+    pub fn reader(&self, key: ReaderKey, wake: Box<dyn Fn() + Send + Sync>) -> Reader {
+        self.budget.reader(key, wake)
+    }
+}
+
+/// One connection's charge for what it is reading: the bytes of messages it has really
+/// received and not yet handled, and what its read buffer keeps beyond its base — never what
+/// a frame header declares. Charged against the read share, within its reader's part; when
+/// that has no room, the connection holding the most is closed (1009), which is this one when
+/// it would. Dropping it gives everything back.
+pub struct Reader {
+    budget: Arc<Budget>,
+    id: u64,
+    slot: Arc<Slot>,
+}
+
+impl Reader {
+    /// Counts `n` more bytes; false when this connection is the one to close (or was closed).
+    #[must_use]
+    pub fn try_charge(&self, n: usize) -> bool {
+        if self.budget.cap.is_none() || n == 0 {
+            return true;
+        }
+        if self.closed() {
+            return false;
+        }
+        self.budget.try_read_charge(&self.slot, n) || self.budget.make_read_room(&self.slot, n)
+    }
+
+    /// Gives back `n` bytes (no more than it holds).
+    pub fn release(&self, n: usize) {
+        self.budget.read_release(&self.slot, n);
+    }
+
+    /// Bytes it holds now.
+    pub fn held(&self) -> usize {
+        self.slot.held.load(Ordering::Acquire)
+    }
+
+    /// Whether the read share closed this connection.
+    pub fn closed(&self) -> bool {
+        self.slot.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if self.budget.cap.is_none() {
+            return;
+        }
+        self.release(usize::MAX);
+        let mut registry = self
+            .budget
+            .reading
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        registry.slots.remove(&self.id);
+        // The map holds a weak reference: this slot is the part's last connection.
+        if Arc::strong_count(&self.slot.part) == 1 {
+            registry.parts.remove(&self.slot.part.key);
+        }
+    }
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("key", &self.slot.part.key)
+            .field("held", &self.held())
+            .field("closed", &self.closed())
+            .finish()
     }
 }
 
@@ -496,7 +775,8 @@ pub fn read_host_memory() -> Option<HostMemory> {
 /// One subscriber of a fan-out that met the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
-    /// Bytes it has been sent and not taken ([`Account::backlog`]): the ranking.
+    /// Bytes of the write share it has been sent and not taken ([`Account::backlog`]): the
+    /// ranking. What it is reading is in the read share and plays no part.
     pub backlog: usize,
     /// Bytes dropping it gives back at once (what it holds for deliveries).
     pub frees: usize,
@@ -619,30 +899,30 @@ mod tests {
     }
 
     #[test]
-    fn charges_stop_at_the_limit_of_their_room_and_release_gives_back() {
+    fn charges_stop_at_the_limit_of_their_room_and_give_back_when_dropped() {
         let budget = Arc::new(Budget::new(NonZeroUsize::new(800)));
         let a = Account::new(Arc::clone(&budget));
         let b = Account::new(Arc::clone(&budget));
-        // Deliveries may use 700 (the reserve is an eighth); a connection's own traffic all 800.
-        assert!(a.try_charge(600, Room::Deliveries));
+        // Deliveries may use 700 (the read share is an eighth).
+        let a1 = a.charge(500, Room::Deliveries).unwrap();
+        let a2 = a.charge(100, Room::Deliveries).unwrap();
         assert!(
-            !b.try_charge(101, Room::Deliveries),
+            b.charge(101, Room::Deliveries).is_none(),
             "over the delivery limit"
         );
-        assert!(b.try_charge(100, Room::Deliveries), "exactly at it");
-        assert!(!budget.admits());
-        assert!(b.try_charge(100, Room::Whole));
-        assert!(!b.try_charge(1, Room::Whole), "over the cap");
-        assert_eq!((budget.used(), a.held(), b.held()), (800, 600, 200));
-        a.release(100);
-        assert_eq!((budget.used(), a.held()), (700, 500));
-        a.release_all();
-        assert_eq!((budget.used(), a.held()), (200, 0));
+        let b1 = b.charge(100, Room::Deliveries).unwrap();
+        assert!(!budget.admits(), "exactly at it");
+        assert_eq!((budget.used(), a.held(), b.held()), (700, 600, 100));
+        drop(a2);
+        assert_eq!((budget.used(), a.held()), (600, 500));
+        drop(a1);
+        assert_eq!((budget.used(), a.held()), (100, 0));
         assert!(budget.admits());
-        let q = Charge::try_new(&budget, 500, Room::Deliveries).unwrap();
+        let q = Charge::try_new(&budget, 600, Room::Deliveries).unwrap();
         assert!(Charge::try_new(&budget, 1, Room::Deliveries).is_none());
         drop(q);
-        assert_eq!(budget.used(), 200);
+        drop(b1);
+        assert_eq!((budget.used(), b.held()), (0, 0));
     }
 
     #[test]
@@ -651,26 +931,25 @@ mod tests {
         let a = Account::new(Arc::clone(&budget));
         let mut write_side = a.nothing();
         let queued = a.charge(1000, Room::Deliveries).unwrap();
-        let echo = a.charge(500, Room::Whole).unwrap();
-        assert!(
-            a.try_charge(300, Room::Whole),
-            "a message being read, by count"
-        );
-        assert_eq!((budget.used(), a.held(), a.backlog()), (1800, 1800, 1500));
+        let echo = a.charge(500, Room::Deliveries).unwrap();
+        // What it is reading is in the read share: not held, not backlog.
+        let reading = budget.reader(ReaderKey::User("a".into()), Box::new(|| {}));
+        assert!(reading.try_charge(300));
+        assert_eq!((budget.used(), a.held(), a.backlog()), (1500, 1500, 1500));
+        assert_eq!(budget.counted(), 1800);
         // Moved to another owner (a thread, a queue), still counted; merged into one.
         let queued = std::thread::spawn(move || queued).join().unwrap();
         write_side.absorb(queued);
         write_side.absorb(echo);
-        assert_eq!((write_side.bytes(), budget.used()), (1500, 1800));
+        assert_eq!((write_side.bytes(), budget.used()), (1500, 1500));
         // Flushed: the buffer keeps 200 of capacity, owed to nobody.
         write_side.shrink_to(200);
         a.keeps(200);
-        assert_eq!((budget.used(), a.held(), a.backlog()), (500, 500, 0));
-        // The connection goes: its counted bytes with `release_all`, its charges as dropped.
-        a.release_all();
-        assert_eq!((budget.used(), a.held()), (200, 200));
+        assert_eq!((budget.used(), a.held(), a.backlog()), (200, 200, 0));
+        // The connection goes: its reader and its charges give back as they are dropped.
+        drop(reading);
         drop(write_side);
-        assert_eq!((budget.used(), a.held()), (0, 0));
+        assert_eq!((budget.counted(), a.held()), (0, 0));
         // With the cap off a charge counts nothing.
         let off = Account::new(Arc::new(Budget::off()));
         let c = off.charge(usize::MAX / 2, Room::Deliveries).unwrap();
@@ -689,10 +968,13 @@ mod tests {
     fn off_counts_nothing_and_refuses_nothing() {
         let budget = Arc::new(Budget::off());
         let a = Account::new(Arc::clone(&budget));
-        assert!(a.try_charge(usize::MAX / 2, Room::Deliveries));
-        assert!(a.try_charge(usize::MAX / 2, Room::Whole));
-        assert_eq!((budget.used(), a.held()), (0, 0));
-        a.release(5);
+        let c1 = a.charge(usize::MAX / 2, Room::Deliveries).unwrap();
+        let c2 = a.charge(usize::MAX / 2, Room::Deliveries).unwrap();
+        assert!(Charge::try_new(&budget, usize::MAX / 2, Room::Deliveries).is_some());
+        assert_eq!(
+            (budget.used(), a.held(), c1.bytes() + c2.bytes()),
+            (0, 0, 0)
+        );
         assert!(budget.admits());
         assert_eq!(budget.cap(), None);
     }
@@ -736,5 +1018,91 @@ mod tests {
         // the rest cannot make the room.
         let cands = [c(0, 0, 0), c(100, 0, 10), c(0, 0, 0)];
         assert_eq!(choose_drops(&cands, 0), [1]);
+    }
+
+    /// A reader for `user` on `budget`, and how often the share woke it to close.
+    fn reader(budget: &Arc<Budget>, user: &str) -> (Reader, Arc<AtomicUsize>) {
+        let woken = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&woken);
+        let wake = Box::new(move || {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        (budget.reader(ReaderKey::User(user.into()), wake), woken)
+    }
+
+    #[test]
+    fn reading_has_its_own_share_which_takes_nothing_from_deliveries_or_admission() {
+        // A cap of 8000: reading 1000 (a reader's part 500), deliveries 7000.
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(8000)));
+        assert_eq!((budget.read_share(), budget.reader_part()), (1000, 500));
+        let (a, _) = reader(&budget, "a");
+        let (b, _) = reader(&budget, "b");
+        assert!(a.try_charge(500) && b.try_charge(500));
+        assert_eq!(budget.reading_used(), 1000);
+        assert!(budget.admits(), "a full read share refuses no connection");
+        let writes = Account::new(Arc::clone(&budget));
+        let _w = writes.charge(7000, Room::Deliveries).unwrap();
+        assert!(writes.charge(1, Room::Deliveries).is_none());
+        assert_eq!(budget.counted(), 8000);
+        // What is given back is what was held, no more.
+        a.release(200);
+        a.release(10_000);
+        assert_eq!((a.held(), budget.reading_used()), (0, 500));
+        drop(b);
+        assert_eq!(budget.reading_used(), 0);
+    }
+
+    #[test]
+    fn a_full_part_closes_the_readers_own_largest_connection() {
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(8000)));
+        let (a1, a1_woken) = reader(&budget, "a");
+        let (a2, _) = reader(&budget, "a");
+        let (b, b_woken) = reader(&budget, "b");
+        assert!(a1.try_charge(300) && a2.try_charge(150) && b.try_charge(400));
+        // a's part (500) has no room for 100 more of a2's: a1 holds the most of a's, not b.
+        assert!(a2.try_charge(100));
+        assert!(a1.closed() && !a2.closed() && !b.closed());
+        assert_eq!(a1_woken.load(Ordering::Relaxed), 1);
+        assert_eq!(b_woken.load(Ordering::Relaxed), 0);
+        assert_eq!((a1.held(), a2.held(), b.held()), (0, 250, 400));
+        assert_eq!(budget.reading_used(), 650);
+        assert!(!a1.try_charge(1), "a closed reader is refused from then on");
+        // A connection that would hold the most itself is refused, and closes nobody.
+        assert!(!a2.try_charge(300));
+        assert!(!a2.closed(), "the caller closes it");
+        assert_eq!((a2.held(), b.held()), (250, 400));
+    }
+
+    #[test]
+    fn a_full_share_closes_whoever_holds_the_most_never_a_smaller_reader() {
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(8000)));
+        let (a, _) = reader(&budget, "a");
+        let (b, _) = reader(&budget, "b");
+        let (c, _) = reader(&budget, "c");
+        assert!(a.try_charge(450) && b.try_charge(400) && c.try_charge(100));
+        // 50 left: an honest 120 closes the largest (a), not b or c.
+        let (d, _) = reader(&budget, "d");
+        assert!(d.try_charge(120));
+        assert!(a.closed() && !b.closed() && !c.closed() && !d.closed());
+        assert_eq!(budget.reading_used(), 620);
+        // b asking for 500 more would hold the most (900 > its part): b is refused, no one else.
+        assert!(!b.try_charge(500));
+        assert!(!c.closed() && !d.closed());
+        // Closed readers and dropped ones give their part back to their reader.
+        drop(a);
+        let (a_again, _) = reader(&budget, "a");
+        assert!(a_again.try_charge(380));
+        assert!(!b.closed() && !c.closed() && !d.closed());
+    }
+
+    #[test]
+    fn reading_off_counts_nothing() {
+        let budget = Arc::new(Budget::off());
+        let (a, _) = reader(&budget, "a");
+        assert!(a.try_charge(usize::MAX / 2));
+        assert_eq!(
+            (a.held(), budget.reading_used(), budget.counted()),
+            (0, 0, 0)
+        );
     }
 }

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, TempDir, free_port, metric, next_data,
-    status_of,
+    ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, TempDir, enveloped, field, free_port,
+    metric, next_data, next_text, status_of,
 };
 use tungstenite::Message;
 
@@ -37,6 +37,11 @@ fn instance(url: &str, id: Option<&str>) -> Server {
 
 /// [`instance`] with more `[cluster]` settings.
 fn instance_with(url: &str, id: Option<&str>, cluster: &[(&str, &str)]) -> Server {
+    cluster_setup(url, id, cluster).start()
+}
+
+/// The setup of [`instance_with`], to add to before it starts.
+fn cluster_setup(url: &str, id: Option<&str>, cluster: &[(&str, &str)]) -> Setup {
     let mut setup = Setup::default();
     setup
         .set("admin", "listen", "127.0.0.1:0")
@@ -51,7 +56,7 @@ fn instance_with(url: &str, id: Option<&str>, cluster: &[(&str, &str)]) -> Serve
     for (key, value) in cluster {
         setup.set("cluster", key, value);
     }
-    setup.start()
+    setup
 }
 
 /// Waits for a log line containing `needle`; returns how long after `since` it was seen.
@@ -207,6 +212,54 @@ fn broadcasts_cross_instances_once_and_in_order() {
     echo_a.send(Message::text("ping")).unwrap();
     assert_eq!(next_data(&mut echo_a), Message::text("ping"));
     assert_eq!(try_next(&mut echo, Duration::from_millis(200)), None);
+    assert_no_panic(&[&a, &b]);
+}
+
+#[test]
+fn the_envelope_on_another_instance_names_the_sender_its_instance_authenticated() {
+    let redis = Redis::start();
+    let on = |id| {
+        let mut s = cluster_setup(&redis.url(), Some(id), &[]);
+        s.set("channel:/public", "mode", "broadcast")
+            .set("channel:/public", "anonymous", "true")
+            .set("role:everyone", "subscribe", "/chat/*, /public")
+            .set("role:everyone", "publish", "/chat/*, /public")
+            .set("role:anonymous", "subscribe", "/public")
+            .set("role:anonymous", "publish", "/public");
+        s.start()
+    };
+    let (a, b) = (on("a"), on("b"));
+    wait_joined(&a);
+    wait_joined(&b);
+    let mut reader = enveloped(&b, "/public", BOB);
+    let mut plain = b.connect_as("/public", BOB);
+    let mut alice = a.connect_as("/public", ALICE);
+    let mut anonymous = a.connect_with("/public", &[]).unwrap();
+
+    // A payload that claims a sender is data; the envelope says who the instance let in.
+    let claim = r#"{"from":"admin"}"#;
+    alice.send(Message::text(claim)).unwrap();
+    let got = next_text(&mut reader);
+    assert_eq!(field(&got, "from"), "\"alice\"", "{got}");
+    assert_eq!(field(&got, "data"), r#""{\"from\":\"admin\"}""#, "{got}");
+    assert_eq!(
+        next_text(&mut plain),
+        claim,
+        "plain clients get the payload as sent"
+    );
+
+    anonymous.send(Message::text("anon")).unwrap();
+    let got = next_text(&mut reader);
+    assert_eq!(field(&got, "from"), r#"{"anonymous":true}"#, "{got}");
+    assert_eq!(field(&got, "data"), "\"anon\"", "{got}");
+    assert_eq!(next_text(&mut plain), "anon");
+
+    let (status, answer) = a.admin_publish("/public", "from the admin");
+    assert_eq!(status, 202, "{answer}");
+    let got = next_text(&mut reader);
+    assert_eq!(field(&got, "from"), r#"{"admin":true}"#, "{got}");
+    assert_eq!(next_text(&mut plain), "from the admin");
+    assert_eq!(metric(&b, "wsgate_cluster_received_total"), 3);
     assert_no_panic(&[&a, &b]);
 }
 

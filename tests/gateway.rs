@@ -244,6 +244,34 @@ fn the_backend_learns_who_the_client_is_from_wsgate_alone_and_messages_go_both_w
     assert!(h.contains(r#""authorization": null"#), "{h}");
 }
 
+/// `GET /connections` on the admin API shows a proxied connection's traffic as it shows any
+/// other's: what the client sent on to the backend (in) and what the backend sent it (out).
+#[test]
+fn the_admin_listing_shows_a_proxied_connections_traffic_both_ways() {
+    let backend = Backend::start(&[]);
+    let server = gateway(&backend.url).start();
+    let mut ws = server.connect_as("/app/room", ALICE);
+    let greeting = hello(&mut ws);
+    ws.send(Message::text("four")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("four"));
+    ws.send(Message::binary(vec![7u8; 300])).unwrap();
+    assert_eq!(next_data(&mut ws), Message::binary(vec![7u8; 300]));
+    let (status, body) = server.admin_get("/connections");
+    assert_eq!(status, 200, "{body}");
+    let listed = body
+        .lines()
+        .find(|l| l.contains(r#""path":"/app/room""#))
+        .unwrap_or_else(|| panic!("no /app/room in {body}"));
+    let traffic = format!(
+        r#""messages_in":2,"bytes_in":304,"messages_out":3,"bytes_out":{},"#,
+        greeting.len() + 304
+    );
+    assert!(
+        listed.contains(r#""mode":"proxy""#) && listed.contains(&traffic),
+        "want {traffic} in {listed}"
+    );
+}
+
 #[test]
 fn an_anonymous_client_reaches_the_backend_with_no_user_even_when_it_claims_one() {
     let backend = Backend::start(&[]);

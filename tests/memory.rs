@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -315,6 +316,135 @@ fn a_thousand_idle_tls_connections_from_63_addresses_open_with_the_default_confi
     assert_eq!(server.count_log("status=503"), 0);
     assert_eq!(server.count_log("refused"), 0, "log:\n{}", server.logs());
     drop(open);
+}
+
+/// A masked binary frame's header declaring `len` payload bytes, and `sent` of them.
+fn declared_frame(len: u64, sent: usize) -> Vec<u8> {
+    let mut out = vec![0x82, 0x80 | 127];
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[0x11, 0x22, 0x33, 0x44]);
+    out.extend(std::iter::repeat_n(0x5a, sent));
+    out
+}
+
+/// Every one of `subscribers` gets the next broadcast `publisher` sends.
+fn all_receive(publisher: &mut Client, subscribers: &mut [Client], text: &str) {
+    publisher.send(Message::text(text)).unwrap();
+    for (i, ws) in subscribers.iter_mut().enumerate() {
+        match next_data(ws) {
+            Message::Text(t) => assert_eq!(t.as_str(), text, "subscriber #{i}"),
+            other => panic!("subscriber #{i} got {other:?}"),
+        }
+    }
+}
+
+/// The unfinished-frame attack under `memory_limit = 8MiB` (a read share of 1 MiB, half of it
+/// a user's part): one user opens 112 connections to the echo channel and on each sends a
+/// header declaring 64 KiB, then 100 bytes of it. Charged by what arrived, that is 11 KiB:
+/// upgrades from others get 101 and all 50 honest subscribers receive the next broadcast. Then
+/// the attacker really sends 40 KiB more on each (4.4 MiB): its own part fills, and its
+/// connections holding the most are closed 1009 — only its — while the honest subscribers keep
+/// receiving and upgrades still get 101.
+#[test]
+fn declared_frames_cost_what_arrived_and_a_full_read_share_closes_the_attackers_never_the_honest() {
+    const ATTACKERS: usize = 112;
+    const SUBSCRIBERS: usize = 50;
+    const MORE: usize = 40 * 1024;
+    let mut setup = Setup::default();
+    setup
+        .set("server", "memory_limit", "8MiB")
+        .set("server", "max_connections_per_ip", "400")
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("log", "level", "info");
+    let server = setup.start();
+    assert!(
+        server.wait_log("memory limit 8 MiB (set by memory_limit)", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+    let mut subscribers: Vec<Client> = (0..SUBSCRIBERS)
+        .map(|_| server.connect_as("/chat/room", ALICE))
+        .collect();
+    let mut publisher = server.connect_as("/chat/room", ALICE);
+    let upgrade = || {
+        let key = basic(ALICE.0, ALICE.1);
+        status_of(server.connect_with(
+            "/chat/probe",
+            &[("Authorization", &key), ("Origin", ORIGIN_OK)],
+        ))
+    };
+
+    let mut attackers: Vec<Client> = (0..ATTACKERS)
+        .map(|_| {
+            let mut ws = server.connect_as("/echo", BOB);
+            ws.get_mut()
+                .write_all(&declared_frame(64 * 1024, 100))
+                .unwrap();
+            ws.get_mut().flush().unwrap();
+            ws
+        })
+        .collect();
+    // Every 100 bytes have arrived once this many are counted (the count is the read share's
+    // and the write share's together).
+    let until = Instant::now() + IO_TIMEOUT;
+    let counted = loop {
+        let counted = metric(&server, "wsgate_memory_bytes");
+        if counted >= (ATTACKERS * 100) as u64 {
+            break counted;
+        }
+        assert!(Instant::now() < until, "{counted} bytes counted");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        counted < 64 * 1024,
+        "{counted} bytes counted for {ATTACKERS} x 100 bytes received"
+    );
+    assert_eq!(upgrade(), 101, "an honest upgrade; log:\n{}", server.logs());
+    all_receive(&mut publisher, &mut subscribers, "after the headers");
+
+    // The attacker sends for real: 4.4 MiB against a 1 MiB read share, 512 KiB of it bob's.
+    for ws in &mut attackers {
+        // A connection closed meanwhile may refuse the bytes.
+        let _ = ws.get_mut().write_all(&[0x5a; MORE]);
+        let _ = ws.get_mut().flush();
+    }
+    // At most 12 of bob's connections fit his part with 40 KiB each; the rest are closed.
+    let part = 512 * 1024;
+    let kept = part / (MORE + 100);
+    let until = Instant::now() + IO_TIMEOUT;
+    while server.count_log("code=1009 by=server") < ATTACKERS - kept - 1 {
+        assert!(
+            Instant::now() < until,
+            "{} closed 1009; log:\n{}",
+            server.count_log("code=1009 by=server"),
+            server.logs()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let logs = server.logs();
+    let closes: Vec<&str> = logs.lines().filter(|l| l.contains("code=1009")).collect();
+    assert!(
+        closes.iter().all(|l| l.contains("user=\"bob\"")
+            && l.contains("path=/echo")
+            && l.contains("reason=\"memory limit reached\"")),
+        "{closes:#?}"
+    );
+    assert!(
+        logs.contains("the read share (1024 KiB, a reader's part 512 KiB) was full"),
+        "{logs}"
+    );
+    let counted = metric(&server, "wsgate_memory_bytes");
+    assert!(
+        counted <= part as u64 + 64 * 1024,
+        "{counted} bytes counted"
+    );
+    assert_eq!(upgrade(), 101, "an honest upgrade; log:\n{}", server.logs());
+    all_receive(&mut publisher, &mut subscribers, "after the attack");
+    assert!(
+        !server.logs().contains("slow consumer"),
+        "{}",
+        server.logs()
+    );
 }
 
 /// The squeeze closes whoever holds the largest backlog: 30 subscribers that never read (a

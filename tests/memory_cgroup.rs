@@ -147,7 +147,7 @@ fn a_hundred_reloads_in_a_64mib_unit_keep_rss_within_2mib_of_the_first() {
 }
 
 /// 180 simultaneous password logins by 4 users, from 12 loopback addresses (15 each, under the
-/// per-address cap), against the default sizing in a 64 MiB unit (116 workers): every client
+/// per-address cap), against the default sizing in a 64 MiB unit (124 workers): every client
 /// gets an answer — 101, or 503 once no worker freed within the upgrade deadline, or 429 —
 /// retrying only when it was turned away before TLS (the pre-auth and pool bounds, as a real
 /// client would reconnect) while the 101s stay open; nothing is OOM-killed, the cgroup's peak

@@ -20,7 +20,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 use wsgate::config::Config;
 use wsgate::pipeline::frames::FrameWatch;
-use wsgate::memory::{Account, Budget};
+use wsgate::memory::{Budget, ReaderKey};
 use wsgate::pipeline::upgrade::Replay;
 
 /// The server's WebSocket settings for a config with small limits.
@@ -83,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
         Some((&s, rest)) => (usize::from(s).max(1), rest),
         None => (1, data),
     };
-    let mut watch = FrameWatch::new(max_fragments, message_timeout, max_frame);
+    let mut watch = FrameWatch::new(max_fragments, message_timeout);
     for chunk in rest.chunks(step) {
         if watch.observe(chunk, now).is_err() {
             break;
@@ -100,10 +100,10 @@ fuzz_target!(|data: &[u8]| {
         },
     );
     let budget = Arc::new(Budget::new(NonZeroUsize::new(64 << 20)));
-    let account = Account::new(Arc::clone(&budget));
+    let reader = budget.reader(ReaderKey::User("fuzz".into()), Box::new(|| {}));
     replay.watch_frames(
-        FrameWatch::new(max_fragments, message_timeout, max_frame),
-        account,
+        FrameWatch::new(max_fragments, message_timeout),
+        reader,
         read_base,
     );
     let mut ws = WebSocket::from_raw_socket(replay, Role::Server, Some(config));
@@ -133,13 +133,12 @@ fuzz_target!(|data: &[u8]| {
         }));
         let _ = ws.flush();
     }
-    // What stays charged is bounded by the limits, however the bytes came: the frames of one
-    // unfinished message (at most max_message_size) and the largest frame the read buffer
-    // still reserves.
+    // What stays charged is bounded by the limits, however the bytes came: the frames received
+    // of one unfinished message (at most max_message_size and one frame).
     let max_message = config.max_message_size.unwrap_or(usize::MAX);
     assert!(
-        budget.used() <= max_message + max_frame,
+        budget.counted() <= max_message + max_frame,
         "{} bytes still charged",
-        budget.used()
+        budget.counted()
     );
 });

@@ -91,14 +91,24 @@ pub struct AdminState {
     refusals: Mutex<(TokenBucket, u64)>,
 }
 
-/// The largest message the broadcast channel serving a path takes (see [`Api::broadcast_limit`]).
-pub type BroadcastLimit = dyn Fn(&str) -> Option<usize> + Send + Sync;
+/// What the broadcast channel serving a path takes and keeps (see [`Api::broadcast_limit`]).
+pub type BroadcastLimit = dyn Fn(&str) -> Option<BroadcastChannel> + Send + Sync;
+
+/// What the admin API's publish needs of the broadcast channel serving a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BroadcastChannel {
+    /// Its `max_message_size`.
+    pub max_message: usize,
+    /// What it keeps of its broadcasts (`history_size`, `history_ttl`).
+    pub history: Option<crate::config::Retention>,
+}
 
 /// What the admin API acts on: the hub, the current channels, the bearer token.
 pub struct Api {
     pub hub: Arc<Hub>,
-    /// The `max_message_size` of the broadcast channel serving a path under the current config;
-    /// `None` when no broadcast channel serves it (no channel, an echo channel, a bad path).
+    /// The `max_message_size` and history of the broadcast channel serving a path under the
+    /// current config; `None` when no broadcast channel serves it (no channel, an echo channel,
+    /// a bad path).
     pub broadcast_limit: Box<BroadcastLimit>,
     /// SHA-256 of `[admin] token_file`'s token; `None`: no token asked for (loopback only).
     pub token: Option<[u8; 32]>,

@@ -1,5 +1,5 @@
 //! What one admin request means: the endpoints by path and method (`/healthz`, `/metrics`,
-//! `/publish`, `/connections`, `/disconnect`), the bearer check, and each endpoint's answer. A
+//! `/publish`, `/connections`, `/disconnect`, `/presence`), the bearer check, and each endpoint's answer. A
 //! publish head passes its checks here before [`super::serve`] reads its body.
 
 use std::fmt::Write as _;
@@ -50,6 +50,8 @@ pub(super) struct Publish {
     path: String,
     /// `Content-Type: application/octet-stream`: a binary message; otherwise text.
     binary: bool,
+    /// What the channel keeps of it.
+    history: Option<crate::config::Retention>,
     /// The CORS header lines for an allowed page, added to the answer.
     cors: Option<String>,
 }
@@ -62,6 +64,7 @@ enum Route {
     Publish,
     Connections,
     Disconnect,
+    Presence,
 }
 
 impl Route {
@@ -72,13 +75,14 @@ impl Route {
             "/publish" => Route::Publish,
             "/connections" => Route::Connections,
             "/disconnect" => Route::Disconnect,
+            "/presence" => Route::Presence,
             _ => return None,
         })
     }
 
     fn method(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Metrics | Route::Connections => "GET",
+            Route::Healthz | Route::Metrics | Route::Connections | Route::Presence => "GET",
             Route::Publish | Route::Disconnect => "POST",
         }
     }
@@ -87,7 +91,7 @@ impl Route {
     fn keys(self) -> &'static [&'static str] {
         match self {
             Route::Healthz | Route::Metrics => &[],
-            Route::Publish => &["path"],
+            Route::Publish | Route::Presence => &["path"],
             Route::Connections | Route::Disconnect => FILTER_KEYS,
         }
     }
@@ -172,6 +176,16 @@ fn answer_request(
             let list = list_connections(&api.hub, &query);
             Answer::json(200, "OK", list).into()
         }
+        Route::Presence => {
+            let Some(path) = &query.path else {
+                return bad_request("name the channel: /presence?path=/CHANNEL").into();
+            };
+            if (api.broadcast_limit)(path).is_none() {
+                return Answer::text(404, "Not Found", "no broadcast channel serves this path\n")
+                    .into();
+            }
+            Answer::json(200, "OK", list_presence(&api.hub, path)).into()
+        }
         Route::Disconnect => {
             if query.is_empty() {
                 return bad_request("name the connections to end: user, session or path").into();
@@ -241,7 +255,7 @@ fn route_publish(headers: &[httparse::Header<'_>], query: &Filter, api: &Api) ->
     let Some(path) = &query.path else {
         return bad_request("name the channel: /publish?path=/CHANNEL").into();
     };
-    let Some(limit) = (api.broadcast_limit)(path) else {
+    let Some(channel) = (api.broadcast_limit)(path) else {
         return Answer::text(404, "Not Found", "no broadcast channel serves this path\n").into();
     };
     let header = |name: &'static str| {
@@ -279,6 +293,7 @@ fn route_publish(headers: &[httparse::Header<'_>], query: &Filter, api: &Api) ->
         },
         (Some(_), Some(_)) => return bad_request("Content-Length given twice").into(),
     };
+    let limit = channel.max_message;
     let Some(need) = usize::try_from(need).ok().filter(|&n| n <= limit) else {
         return Answer::text(
             413,
@@ -300,6 +315,7 @@ fn route_publish(headers: &[httparse::Header<'_>], query: &Filter, api: &Api) ->
         publish: Publish {
             path: path.clone(),
             binary,
+            history: channel.history,
             cors: None,
         },
         need,
@@ -338,7 +354,7 @@ fn publish_body(state: &AdminState, publish: &Publish, body: Vec<u8>, peer: Sock
             }
         }
     };
-    let reached = api.hub.inject(&publish.path, &msg);
+    let reached = api.hub.inject(&publish.path, &msg, publish.history);
     state.metrics.bump(Counter::AdminPublishes, 1);
     log::debug!(
         "admin publish path={} bytes={len} subscribers={reached} peer={peer}",
@@ -385,6 +401,27 @@ fn list_connections(hub: &Hub, filter: &Filter) -> String {
     });
     out.push_str(if first { "]\n" } else { "\n]\n" });
     out
+}
+
+/// Who is subscribed to `path` now, as JSON: each user (`null`: anonymous) and their open
+/// connections there.
+fn list_presence(hub: &Hub, path: &str) -> String {
+    let entries: Vec<String> = hub
+        .presence(path)
+        .into_iter()
+        .map(|(user, n)| {
+            format!(
+                "{{\"user\":{},\"connections\":{n}}}",
+                user.as_deref()
+                    .map_or_else(|| "null".to_string(), json_string)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"path\":{},\"subscribers\":[{}]}}\n",
+        json_string(path),
+        entries.join(",")
+    )
 }
 
 #[cfg(test)]

@@ -172,7 +172,7 @@ mod tests {
         }
         // workers, queue, max_connections_per_ip, max_pre_auth, the [auth] four, max_headers,
         // max_fragments, outbox and max_messages_per_sec (in [limits] and [channel:…]),
-        // max_connections, publish_queue, stream_length.
-        assert_eq!(counts.len(), 17, "{counts:?}");
+        // max_connections, publish_queue, stream_length, history_size.
+        assert_eq!(counts.len(), 18, "{counts:?}");
     }
 }

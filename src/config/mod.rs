@@ -440,8 +440,25 @@ pub struct ChannelConfig {
     pub on_forbidden: Overflow,
     /// `backend` and its settings: `Some` exactly when `mode = proxy`.
     pub backend: Option<Backend>,
+    /// `history_size` and `history_ttl`: `Some` when a broadcast channel keeps its last
+    /// broadcasts per path (see docs/history.md).
+    pub history: Option<Retention>,
+    /// `presence`: enveloped subscribers get a notice when someone joins or leaves their path.
+    /// Default off; broadcast channels only.
+    pub presence: bool,
     /// The section header's line in the config file (`None` if built in code).
     pub line: Option<usize>,
+}
+
+/// What a broadcast channel keeps of its broadcasts, per path (`history_size`, `history_ttl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// `history_size`: the most broadcasts kept; at most the channel's `outbox`, since a
+    /// recovery is queued in the outbox whole.
+    pub size: NonZeroUsize,
+    /// `history_ttl`: a kept broadcast older than this is dropped; `None` (`0s`, the default):
+    /// only `size` pushes broadcasts out.
+    pub ttl: Option<Duration>,
 }
 
 /// Where a `mode = proxy` channel's connections go: the backend WebSocket the worker opens for
@@ -619,7 +636,7 @@ fn parse_config(
     let mut channels: Vec<ChannelConfig> = Vec::new();
     for s in &sections {
         if let Some(path) = s.name.strip_prefix(CHANNEL_PREFIX) {
-            let channel = sections::channel(s, path, &limits.ws, &base)?;
+            let channel = sections::channel(s, path, &limits.ws, &base, &cluster)?;
             validate::channel_is_new(s, &channels, &channel)?;
             channels.push(channel);
         }

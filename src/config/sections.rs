@@ -3,6 +3,7 @@
 //! [`super::validate`] as soon as the values they compare are read. Paths are resolved here, and
 //! the files they name checked.
 
+use std::num::NonZeroUsize;
 use std::path::Path;
 
 use super::scan::Section;
@@ -13,7 +14,7 @@ use super::validate;
 use super::values::{Bases, default_instance_id, parse_channel_path};
 use super::{
     AdminConfig, AuthConfig, Backend, ChannelConfig, ClusterConfig, ConfigError, DemoConfig,
-    Limits, MemoryLimit, Mode, ServerConfig, TlsConfig, WsLimits,
+    Limits, MemoryLimit, Mode, Retention, ServerConfig, TlsConfig, WsLimits,
 };
 use crate::rules::acl::{ANONYMOUS_ROLE, Members, Role};
 use crate::rules::origin::OriginPolicy;
@@ -188,6 +189,7 @@ pub(super) fn channel(
     path: &str,
     base: &WsLimits,
     bases: &Bases<'_>,
+    cluster: &ClusterConfig,
 ) -> Result<ChannelConfig, ConfigError> {
     let pattern = parse_channel_path(path).map_err(|m| s.invalid(None, m))?;
     if !s.is_set(channel::MODE.name) {
@@ -199,6 +201,9 @@ pub(super) fn channel(
     let mode = s.get(&channel::MODE)?;
     let limits = ws(s, Some(base))?;
     let backend = backend(s, mode, bases)?;
+    let history = history(s, mode, &limits, cluster)?;
+    let presence = s.get(&channel::PRESENCE)?;
+    validate::presence(s, mode, presence)?;
     Ok(ChannelConfig {
         pattern,
         mode,
@@ -206,8 +211,26 @@ pub(super) fn channel(
         anonymous: s.get(&channel::ANONYMOUS)?,
         on_forbidden: s.get(&channel::ON_FORBIDDEN)?,
         backend,
+        history,
+        presence,
         line: s.line,
     })
+}
+
+/// `history_size` and `history_ttl`: `Some` when `history_size` is above 0.
+fn history(
+    s: &Section<'_>,
+    mode: Mode,
+    limits: &WsLimits,
+    cluster: &ClusterConfig,
+) -> Result<Option<Retention>, ConfigError> {
+    let size = s.get(&channel::HISTORY_SIZE)?;
+    let ttl = s.get(&channel::HISTORY_TTL)?;
+    validate::history(s, mode, size, limits, cluster)?;
+    Ok(NonZeroUsize::new(size).map(|size| Retention {
+        size,
+        ttl: (!ttl.is_zero()).then_some(ttl),
+    }))
 }
 
 /// `backend`, `backend_ca` and `backend_connect_timeout`: `Some` exactly with `mode = proxy`.

@@ -783,6 +783,28 @@ pub(super) mod channel {
         doc: "TCP connect, TLS and the backend's 101, together.",
         reload: Reload::Applies,
     };
+    pub(in crate::config) const HISTORY_SIZE: Key<usize> = Key {
+        name: "history_size",
+        default: Some("0"),
+        parse: parse_count,
+        doc: "Broadcasts a mode = broadcast channel keeps per path for late joiners and recovery; 0: none; at most outbox.",
+        reload: Reload::Applies,
+    };
+    pub(in crate::config) const HISTORY_TTL: Key<Duration> = Key {
+        name: "history_ttl",
+        default: Some("0s"),
+        parse: parse_duration,
+        doc: "How long a kept broadcast stays in the history; 0s: until history_size pushes it out.",
+        reload: Reload::Applies,
+    };
+
+    pub(in crate::config) const PRESENCE: Key<bool> = Key {
+        name: "presence",
+        default: Some("off"),
+        parse: parse_bool,
+        doc: "On a mode = broadcast channel: enveloped subscribers are told who joins and leaves their path.",
+        reload: Reload::Applies,
+    };
 
     pub(in crate::config) static TABLE: Table = Table {
         name: "channel",
@@ -795,6 +817,9 @@ pub(super) mod channel {
                 &BACKEND,
                 &BACKEND_CA,
                 &BACKEND_CONNECT_TIMEOUT,
+                &HISTORY_SIZE,
+                &HISTORY_TTL,
+                &PRESENCE,
             ],
         ],
     };

@@ -1939,6 +1939,51 @@ fn shipped_example_documents_the_defaults() {
 }
 
 #[test]
+fn history_and_presence_on_broadcast_channels_only_and_history_within_the_outbox() {
+    let c = ok(&with(
+        "[channel:/chat/*]\nmode = broadcast\nhistory_size = 20\nhistory_ttl = 10m\n\
+         presence = on\n[channel:/news]\nmode = broadcast\n",
+    ));
+    let chat = c.channel_for("/chat/a").unwrap();
+    assert_eq!(
+        chat.history,
+        Some(Retention {
+            size: nz(20),
+            ttl: Some(Duration::from_secs(600)),
+        })
+    );
+    assert!(chat.presence);
+    let news = c.channel_for("/news").unwrap();
+    assert_eq!((news.history, news.presence), (None, false));
+    let cases = [
+        (
+            "mode = echo\nhistory_size = 5\n",
+            "F:7: [channel:/p] history_size: only a mode = broadcast channel keeps a history",
+        ),
+        (
+            "mode = broadcast\nhistory_size = 65\n",
+            "F:7: [channel:/p] history_size: 65 is more than this channel's outbox (64)",
+        ),
+        (
+            "mode = broadcast\nhistory_ttl = 1m\n",
+            "F:7: [channel:/p] history_ttl: keeps nothing without history_size",
+        ),
+        (
+            "mode = proxy\nbackend = ws://a:1\npresence = on\n",
+            "F:8: [channel:/p] presence: only a mode = broadcast channel has presence",
+        ),
+        (
+            "mode = broadcast\nhistory_size = 5\n[cluster]\nredis_url = redis://127.0.0.1/\n",
+            "F:7: [channel:/p] history_size: history is kept in this instance's memory",
+        ),
+    ];
+    for (body, want) in cases {
+        let e = err(&with(&format!("[channel:/p]\n{body}")));
+        assert!(e.contains(want), "{body}: {e}");
+    }
+}
+
+#[test]
 fn a_huge_count_is_refused_at_its_line_and_no_sum_of_counts_wraps() {
     assert_eq!(
         err(&format!(

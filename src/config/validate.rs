@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::scan::Section;
-use super::{ChannelConfig, ClientAuth, ConfigError, DemoConfig, Endpoint, Mode, WsLimits};
+use super::{
+    ChannelConfig, ClientAuth, ClusterConfig, ConfigError, DemoConfig, Endpoint, Mode, WsLimits,
+};
 use crate::rules::acl::{PathPattern, USER_PLACEHOLDER};
 
 /// The largest WebSocket frame header: what must fit beside a full write buffer and a message.
@@ -321,6 +323,64 @@ pub(super) fn channel_is_new(
 ) -> Result<(), ConfigError> {
     if channels.iter().any(|c| c.pattern == channel.pattern) {
         return Err(s.invalid(None, "another channel already has this path"));
+    }
+    Ok(())
+}
+
+/// A channel's history: on broadcast channels only, no larger than the outbox (a recovery is
+/// queued there whole), and not with `[cluster]` (history is kept in this instance's memory,
+/// which the other instances would not share).
+pub(super) fn history(
+    s: &Section<'_>,
+    mode: Mode,
+    size: usize,
+    limits: &WsLimits,
+    cluster: &ClusterConfig,
+) -> Result<(), ConfigError> {
+    const KEYS: [&str; 2] = ["history_size", "history_ttl"];
+    if size == 0 {
+        if s.is_set("history_ttl") {
+            return Err(s.invalid(
+                Some("history_ttl"),
+                "keeps nothing without history_size; set history_size too",
+            ));
+        }
+        return Ok(());
+    }
+    if mode != Mode::Broadcast {
+        let key = s.first_set(&KEYS);
+        return Err(s.invalid(
+            key,
+            format!("only a mode = broadcast channel keeps a history; this one is mode = {mode}"),
+        ));
+    }
+    if size > limits.outbox.get() {
+        return Err(s.invalid(
+            Some("history_size"),
+            format!(
+                "{size} is more than this channel's outbox ({}): a recovery is queued in the \
+                 outbox whole; raise outbox or lower history_size",
+                limits.outbox
+            ),
+        ));
+    }
+    if cluster.redis_url.is_some() {
+        return Err(s.invalid(
+            Some("history_size"),
+            "history is kept in this instance's memory and is not shared through [cluster]; \
+             unset history_size or redis_url",
+        ));
+    }
+    Ok(())
+}
+
+/// `presence` on broadcast channels only (the notices travel in the broadcast envelope).
+pub(super) fn presence(s: &Section<'_>, mode: Mode, presence: bool) -> Result<(), ConfigError> {
+    if presence && mode != Mode::Broadcast {
+        return Err(s.invalid(
+            Some("presence"),
+            format!("only a mode = broadcast channel has presence; this one is mode = {mode}"),
+        ));
     }
     Ok(())
 }

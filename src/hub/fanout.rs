@@ -4,23 +4,35 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crossbeam_channel::TrySendError;
 use tungstenite::Message;
 
+use super::history::{Sender, Stamp};
 use super::member::{Handoff, Member, discard_queued};
 use super::{Filter, Hub};
-use crate::config::SlowConsumer;
+use crate::config::{Retention, SlowConsumer};
 use crate::memory::{self, Candidate, Charge, Room};
 use crate::ops::metrics::Counter;
+
+/// What a fan-out delivers.
+#[derive(Clone, Copy)]
+enum Delivery<'a> {
+    /// A broadcast: the payload to plain members, the envelope `stamp` makes to enveloped ones.
+    Broadcast(&'a Message, &'a Stamp),
+    /// A presence notice, to enveloped members only.
+    Notice(&'a Message),
+}
 
 /// What leaves this instance for the others, queued for the cluster bridge.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A broadcast published here on `path`. Its bytes are charged to the memory cap until it
-    /// is dropped (by the bridge, once sent or discarded); `charge` is None in tests.
+    /// A broadcast published here on `path` by `from`. Its bytes are charged to the memory cap
+    /// until it is dropped (by the bridge, once sent or discarded); `charge` is None in tests.
     Broadcast {
         path: String,
+        from: Sender,
         msg: Message,
         charge: Option<Charge>,
     },
@@ -29,10 +41,11 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    /// A broadcast that carries no charge (a test's).
-    pub fn broadcast(path: &str, msg: Message) -> Outbound {
+    /// A broadcast from `from` that carries no charge (a test's).
+    pub fn broadcast(path: &str, from: Sender, msg: Message) -> Outbound {
         Outbound::Broadcast {
             path: path.to_string(),
+            from,
             msg,
             charge: None,
         }
@@ -44,35 +57,84 @@ impl PartialEq for Outbound {
     fn eq(&self, other: &Outbound) -> bool {
         match (self, other) {
             (
-                Outbound::Broadcast { path, msg, .. },
                 Outbound::Broadcast {
-                    path: p2, msg: m2, ..
+                    path, from, msg, ..
                 },
-            ) => path == p2 && msg == m2,
+                Outbound::Broadcast {
+                    path: p2,
+                    from: f2,
+                    msg: m2,
+                    ..
+                },
+            ) => path == p2 && from == f2 && msg == m2,
             (Outbound::Disconnect(a), Outbound::Disconnect(b)) => a == b,
             _ => false,
         }
     }
 }
 impl Hub {
-    /// Sends `msg` to every member of `path` except `from`, then queues it for the other
-    /// instances if a cluster bridge is attached. Never blocks.
-    pub fn publish(&self, path: &str, from: u64, msg: &Message) {
-        self.fan_out(path, Some(from), msg);
-        self.forward(path, msg);
+    /// Sends `msg` from member `from` (whose user is `sender`) to every other member of
+    /// `path`, keeping it in the path's history when `history` says so; then queues it for the
+    /// other instances if a cluster bridge is attached. Never blocks.
+    pub fn publish(
+        &self,
+        path: &str,
+        from: u64,
+        sender: &Sender,
+        history: Option<Retention>,
+        msg: &Message,
+    ) {
+        self.keep_and_fan_out(path, Some(from), sender, history, msg);
+        self.forward(path, sender, msg);
     }
 
-    /// Publishes `msg` on `path` from outside any connection (the admin API's `POST /publish`):
-    /// every member of `path` here, then the other instances. Returns how many members here
-    /// took it (written or queued). Never blocks.
-    pub fn inject(&self, path: &str, msg: &Message) -> usize {
-        let reached = self.fan_out(path, None, msg);
-        self.forward(path, msg);
+    /// Publishes `msg` on `path` from outside any connection (the admin API's `POST /publish`),
+    /// kept as `history` says: every member of `path` here, then the other instances. Returns
+    /// how many members here took it (written or queued). Never blocks.
+    pub fn inject(&self, path: &str, msg: &Message, history: Option<Retention>) -> usize {
+        let reached = self.keep_and_fan_out(path, None, &Sender::Admin, history, msg);
+        self.forward(path, &Sender::Admin, msg);
         reached
     }
 
-    /// Queues `msg` for the other instances if a cluster bridge is attached.
-    fn forward(&self, path: &str, msg: &Message) {
+    /// Gives `msg` its position and keeps it when `history` says so, then fans it out, with the
+    /// path's ring locked throughout: broadcasts on one path reach every member in the order
+    /// of their positions, and a join's replay (under the same lock, with its entry into the
+    /// roster) ends where live traffic begins: a broadcast either is in the replay or finds the
+    /// member in its snapshot. Without a history, or at the cap for a new ring, it goes out
+    /// without a position.
+    fn keep_and_fan_out(
+        &self,
+        path: &str,
+        from: Option<u64>,
+        sender: &Sender,
+        history: Option<Retention>,
+        msg: &Message,
+    ) -> usize {
+        let ring = history.and_then(|_| self.histories.ring(path));
+        match (ring, history) {
+            (Some(ring), Some(keep)) => {
+                let mut ring = ring.lock().unwrap_or_else(|p| p.into_inner());
+                let stamp =
+                    self.histories
+                        .keep(&mut ring, keep, sender.clone(), msg, Instant::now());
+                self.fan_out(path, from, Delivery::Broadcast(msg, &stamp))
+            }
+            _ => self.fan_out(
+                path,
+                from,
+                Delivery::Broadcast(msg, &Stamp::now(sender.clone())),
+            ),
+        }
+    }
+
+    /// Sends a presence notice to the enveloped members of `path` but `from`.
+    pub(super) fn notify(&self, path: &str, from: u64, notice: &Message) {
+        self.fan_out(path, Some(from), Delivery::Notice(notice));
+    }
+
+    /// Queues `msg` from `sender` for the other instances if a cluster bridge is attached.
+    fn forward(&self, path: &str, sender: &Sender, msg: &Message) {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
             // At the memory cap the message is not forwarded (counted).
@@ -82,6 +144,7 @@ impl Hub {
             };
             let out = Outbound::Broadcast {
                 path: path.to_string(),
+                from: sender.clone(),
                 msg: msg.clone(),
                 charge: Some(charge),
             };
@@ -90,33 +153,46 @@ impl Hub {
         }
     }
 
-    /// Delivers a broadcast that another instance published to every member of `path` here.
-    /// It is never queued for the bridge again. Never blocks.
-    pub fn deliver(&self, path: &str, msg: &Message) {
-        self.fan_out(path, None, msg);
+    /// Delivers a broadcast that another instance published (from `sender`, as that instance
+    /// authenticated it) to every member of `path` here. It is never queued for the bridge
+    /// again. Never blocks.
+    pub fn deliver(&self, path: &str, sender: Sender, msg: &Message) {
+        self.fan_out(path, None, Delivery::Broadcast(msg, &Stamp::now(sender)));
     }
 
-    /// Sends `msg` to every member of `path` except `from`, and to none whose own limits are
-    /// smaller than it (dropped for that member and counted). Each delivery is charged to the
-    /// member's account first; those that do not fit under the memory cap are settled by
+    /// Sends `what` to every member of `path` except `from` (a broadcast to all, in the
+    /// envelope to those that asked for it; a notice to those only), and to none whose own
+    /// limits are smaller than what it gets (dropped for that member and counted). Each delivery
+    /// is charged to the member's account first; those that do not fit under the memory cap are settled by
     /// [`Hub::squeeze`]. Returns how many took it (written or queued).
     ///
     /// It works on a snapshot of the path's members and holds no lock while it writes: a
     /// member that joins meanwhile gets the next broadcast, one that leaves may still get this
     /// one (its charge is given back with the member).
-    fn fan_out(&self, path: &str, from: Option<u64>, msg: &Message) -> usize {
+    fn fan_out(&self, path: &str, from: Option<u64>, what: Delivery<'_>) -> usize {
         let Some(members) = self.roster.snapshot(path) else {
             return 0;
         };
         let mut reached = 0;
-        // Encoded once, at the first direct write, for every subscriber.
-        let wire = std::cell::OnceCell::new();
+        // Each form encoded once, at its first use, for every subscriber that takes it.
+        let plain_wire = std::cell::OnceCell::new();
+        let enveloped = std::cell::OnceCell::new();
+        let enveloped_wire = std::cell::OnceCell::new();
         let mut dropped = 0;
         for (i, m) in members.iter().enumerate() {
             // A member already closing as slow never reads its outbox again.
             if Some(m.id) == from || !m.receives || m.shared.slow.load(Ordering::Acquire) {
                 continue;
             }
+            let (msg, wire) = match (what, m.intake.envelope) {
+                (Delivery::Broadcast(plain, stamp), true) => (
+                    enveloped.get_or_init(|| self.histories.envelope(stamp, plain)),
+                    &enveloped_wire,
+                ),
+                (Delivery::Broadcast(plain, _), false) => (plain, &plain_wire),
+                (Delivery::Notice(notice), true) => (notice, &plain_wire),
+                (Delivery::Notice(_), false) => continue,
+            };
             if msg.len() > m.intake.max_message {
                 // Its write buffer may be too small to ever take it: retried, it would wedge
                 // the member's loop.
@@ -145,7 +221,7 @@ impl Hub {
                     }
                 }
             };
-            if self.deliver_charged(m, msg, charge, &wire) {
+            if self.deliver_charged(m, msg, charge, wire) {
                 reached += 1;
             }
         }
@@ -367,7 +443,7 @@ mod tests {
         let b = join(&hub, "/c", 2, SlowConsumer::Drop);
         for round in 0..3 {
             for i in 0..3 {
-                hub.publish("/c", sender.id, &text(&format!("{round}.{i}")));
+                sender.publish(&text(&format!("{round}.{i}")));
             }
             // Two fit, the third is dropped; draining makes room for the next round.
             assert_eq!(b.next_queued().unwrap().msg, text(&format!("{round}.0")));
@@ -408,12 +484,19 @@ mod tests {
         a.publish(&text("2")); // the queue holds one: the oldest makes room
         assert_eq!(b.next_queued().unwrap().msg, text("1"));
         assert_eq!(b.next_queued().unwrap().msg, text("2"));
-        assert_eq!(queue.drain(), [Outbound::broadcast("/c", text("2"))]);
+        assert_eq!(
+            queue.drain(),
+            [Outbound::broadcast("/c", Sender::Anonymous, text("2"))]
+        );
         assert_eq!(metrics.count(Counter::ClusterNotForwarded), 1);
 
         // From another instance: every member here gets it (the publisher is elsewhere), and
         // it is not queued for Redis again.
-        hub.deliver("/c", &Message::binary(vec![0u8, 255]));
+        hub.deliver(
+            "/c",
+            Sender::User("al".into()),
+            &Message::binary(vec![0u8, 255]),
+        );
         assert_eq!(
             a.next_queued().unwrap().msg,
             Message::binary(vec![0u8, 255])
@@ -437,15 +520,18 @@ mod tests {
         let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         let b = join(&hub, "/c", 1, SlowConsumer::Drop);
         let _other = join(&hub, "/d", 4, SlowConsumer::Disconnect);
-        assert_eq!(hub.inject("/c", &text("1")), 2, "both, none excluded");
-        assert_eq!(hub.inject("/c", &text("2")), 1, "b's outbox is full");
-        assert_eq!(hub.inject("/nobody", &text("3")), 0);
+        assert_eq!(hub.inject("/c", &text("1"), None), 2, "both, none excluded");
+        assert_eq!(hub.inject("/c", &text("2"), None), 1, "b's outbox is full");
+        assert_eq!(hub.inject("/nobody", &text("3"), None), 0);
         assert_eq!(a.next_queued().unwrap().msg, text("1"));
         assert_eq!(b.next_queued().unwrap().msg, text("1"));
         let (outlet, queue) = Outlet::new(4, Arc::clone(&metrics));
         hub.set_outlet(outlet);
-        hub.inject("/c", &text("4"));
-        assert_eq!(queue.drain(), [Outbound::broadcast("/c", text("4"))]);
+        hub.inject("/c", &text("4"), None);
+        assert_eq!(
+            queue.drain(),
+            [Outbound::broadcast("/c", Sender::Admin, text("4"))]
+        );
     }
 }
 
@@ -549,7 +635,15 @@ mod snapshot_tests {
         attach(&writing, Arc::clone(&paused) as Arc<dyn DirectWrite>);
         let fan_out = {
             let hub = Arc::clone(&hub);
-            std::thread::spawn(move || hub.publish("/c", publisher.id, &text("x")))
+            std::thread::spawn(move || {
+                hub.publish(
+                    "/c",
+                    publisher.id,
+                    &super::Sender::Anonymous,
+                    None,
+                    &text("x"),
+                )
+            })
         };
         inside.recv_timeout(WATCHDOG).unwrap();
         // The fan-out is inside a subscriber's write: a join and a leave on its path, and a
@@ -563,7 +657,7 @@ mod snapshot_tests {
         assert!(paused.went.load(Ordering::Acquire), "the write was let go");
         assert_eq!((hub.members("/c"), listed), (3, 3));
         // The one that joined during the fan-out gets the next broadcast.
-        hub.inject("/c", &text("y"));
+        hub.inject("/c", &text("y"), None);
         assert_eq!(joined.next_queued().unwrap().msg, text("y"));
     }
 

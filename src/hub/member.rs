@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tungstenite::Message;
 
 use super::waker::Waker;
-use crate::config::{Mode, SlowConsumer, WsLimits};
+use crate::config::{ChannelConfig, Mode, Retention, SlowConsumer};
 use crate::memory::{Account, Charge};
 use crate::policy::Holder;
 use crate::policy::{Method, Revocation};
@@ -74,15 +74,39 @@ pub struct Intake {
     /// message whatever else is buffered (the config checks `max_write_buffer_size`), so a
     /// message it is sent always fits once the buffer has drained.
     pub max_message: usize,
+    /// Broadcasts reach it in the envelope (`wsgate.v1.json`), not as plain payloads.
+    pub envelope: bool,
+    /// What its channel keeps of the broadcasts on its path (`history_size`, `history_ttl`):
+    /// what it publishes is kept so.
+    pub history: Option<Retention>,
+    /// Its path's enveloped members are told when it joins and leaves (`presence`).
+    pub presence: bool,
 }
 
+/// The longest header of a server frame (no mask): 2 bytes, and 8 of extended length.
+const MAX_FRAME_HEADER: usize = 14;
+
 impl Intake {
-    /// The intake a connection with these channel limits gets.
-    pub fn of(limits: &WsLimits) -> Intake {
+    /// The intake a connection of this channel gets; `envelope` when it asked for it. An
+    /// enveloped member is sent envelopes larger than the payloads inside them: its bound is
+    /// what its write buffer always takes (`max_write_buffer_size` less `write_buffer_size` and
+    /// a frame header, which the config holds to at least `max_message_size`).
+    pub fn of(channel: &ChannelConfig, envelope: bool) -> Intake {
+        let limits = &channel.limits;
+        let max_message = if envelope {
+            (limits.max_write_buffer_size.get())
+                .saturating_sub(limits.write_buffer_size + MAX_FRAME_HEADER)
+                .max(limits.max_message_size.get())
+        } else {
+            limits.max_message_size.get()
+        };
         Intake {
             outbox: limits.outbox.get(),
             slow_consumer: limits.slow_consumer,
-            max_message: limits.max_message_size.get(),
+            max_message,
+            envelope,
+            history: channel.history,
+            presence: channel.presence,
         }
     }
 }
@@ -176,8 +200,9 @@ pub struct MemberShared {
     pub(super) queued: AtomicUsize,
     /// Payload bytes in the outbox (what dropping the member at the memory cap frees at once).
     pub(super) queued_bytes: AtomicUsize,
-    /// What this connection holds against the memory cap: the sum of its charges (its outbox,
-    /// its write buffer beyond what was flushed) and the message it is reading.
+    /// What this connection holds against the write share of the memory cap: the sum of its
+    /// charges (its outbox, its write buffer beyond what was flushed, its echoes). What it is
+    /// reading is its `Reader`'s, in the read share.
     pub account: Account,
     /// The connection's direct-write path, once its loop runs (see [`DirectWrite`]).
     pub direct: OnceLock<Arc<dyn DirectWrite>>,

@@ -6,18 +6,20 @@ use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use tungstenite::Message;
 
+use super::history::{Presence, RecallRefused, Sender, notice};
 use super::member::{Intake, Member, MemberShared, Queued, Traffic, discard_queued, take_queued};
 use super::waker::Waker;
 use super::{Hub, HubClosed};
 use crate::config::Mode;
-use crate::memory::Account;
+use crate::memory::{Account, Room};
 use crate::ops::metrics::Metrics;
-use crate::policy::Holder;
 use crate::policy::Revocation;
+use crate::policy::{Holder, Recall};
 
 /// A connection's membership; leaving the channel is dropping it.
 pub struct Membership {
@@ -27,6 +29,20 @@ pub struct Membership {
     /// This connection's outbox (see [`Membership::next_queued`]).
     outbox: Receiver<Queued>,
     pub shared: Arc<MemberShared>,
+    /// Who its broadcasts are from, as the upgrade authenticated it.
+    from: Sender,
+    intake: Intake,
+    /// Its path was told it joined ([`Membership::announce`]): it is told it left.
+    announced: AtomicBool,
+}
+
+/// Why a connection could not join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefused {
+    /// The hub is shutting down.
+    Closed(HubClosed),
+    /// Its history request does not fit under the memory cap.
+    Recall(RecallRefused),
 }
 impl Hub {
     /// Adds a connection of a `mode` channel to `path`. A broadcast member takes broadcasts as
@@ -36,14 +52,32 @@ impl Hub {
     /// and has none: it always polls its socket, so a shut read side ends it.
     ///
     /// # Errors
-    /// `Ok(Err(HubClosed))` during shutdown; `Err` if no eventfd could be made.
+    /// `Ok(Err(JoinRefused::Closed))` during shutdown; `Err` if no eventfd could be made.
     pub fn join(
         self: &Arc<Self>,
         path: &str,
         mode: Mode,
         intake: Intake,
         holder: Holder,
-    ) -> io::Result<Result<Membership, HubClosed>> {
+    ) -> io::Result<Result<Membership, JoinRefused>> {
+        self.join_recalling(path, mode, intake, holder, &Recall::Live)
+    }
+
+    /// [`Hub::join`], with the kept broadcasts `recall` asks for queued in the outbox before
+    /// any live one: the path's ring stays locked from the replay until the member is in the
+    /// roster, so the next broadcast is the first the replay did not hold. The replay is
+    /// charged to the member's account; at the memory cap it is refused whole.
+    ///
+    /// # Errors
+    /// `Ok(Err(..))` during shutdown or at the cap; `Err` if no eventfd could be made.
+    pub fn join_recalling(
+        self: &Arc<Self>,
+        path: &str,
+        mode: Mode,
+        intake: Intake,
+        holder: Holder,
+        recall: &Recall,
+    ) -> io::Result<Result<Membership, JoinRefused>> {
         let shared = Arc::new(MemberShared {
             waker: match mode {
                 Mode::Echo => None,
@@ -63,11 +97,27 @@ impl Hub {
             profile: OnceLock::new(),
             traffic: Traffic::default(),
         });
+        let from = match &shared.holder.user {
+            Some(user) => Sender::User(user.clone()),
+            None => Sender::Anonymous,
+        };
         let (tx, rx) = crossbeam_channel::unbounded();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // The ring before the gate: a leave takes the gate alone, and a fan-out holding the
+        // ring (which may drop a snapshot's last hold on a member) never waits for the gate.
+        let ring = match (intake.history, recall) {
+            (Some(_), Recall::Last(_) | Recall::Since { .. }) => match self.histories.ring(path) {
+                Some(ring) => Some(ring),
+                None => return Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))),
+            },
+            _ => None,
+        };
+        let mut ring_guard = ring
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         if self.closed.load(Ordering::Acquire) {
-            return Ok(Err(HubClosed));
+            return Ok(Err(JoinRefused::Closed(HubClosed)));
         }
         let member = Member {
             id,
@@ -77,13 +127,36 @@ impl Hub {
             intake,
             shared: Arc::clone(&shared),
         };
+        if let (Some(ring), Some(keep)) = (ring_guard.as_deref_mut(), intake.history) {
+            let replay = self
+                .histories
+                .replay(ring, keep, recall, intake.envelope, Instant::now());
+            // All or nothing: the charges taken so far are given back if one does not fit.
+            let mut charged = Vec::with_capacity(replay.len());
+            for msg in replay {
+                match shared.account.charge(msg.len(), Room::Deliveries) {
+                    Some(charge) => charged.push((msg, charge)),
+                    None => return Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))),
+                }
+            }
+            // The outbox is empty and holds `outbox` messages, at least `history_size` (the
+            // config checks it), and the replay is at most that.
+            for (msg, charge) in charged {
+                let _ = member.try_queue(&msg, charge);
+            }
+        }
         self.roster.insert(path, Arc::new(member));
+        drop(_gate);
+        drop(ring_guard);
         Ok(Ok(Membership {
             hub: Arc::clone(self),
             path: path.to_string(),
             id,
             outbox: rx,
             shared,
+            from,
+            intake,
+            announced: AtomicBool::new(false),
         }))
     }
 }
@@ -94,9 +167,25 @@ impl Membership {
         &self.hub.metrics
     }
 
-    /// Broadcasts `msg` to the other members of this path.
+    /// Broadcasts `msg` to the other members of this path, from this connection's user, kept
+    /// as its channel says.
     pub fn publish(&self, msg: &Message) {
-        self.hub.publish(&self.path, self.id, msg);
+        self.hub
+            .publish(&self.path, self.id, &self.from, self.intake.history, msg);
+    }
+
+    /// What this member takes from the hub.
+    pub fn intake(&self) -> Intake {
+        self.intake
+    }
+
+    /// The connection is open (its loop runs): on a channel with `presence`, its path's
+    /// enveloped members are told it joined, and they will be told when it leaves.
+    pub fn announce(&self) {
+        if self.intake.presence && !self.announced.swap(true, Ordering::AcqRel) {
+            self.hub
+                .notify(&self.path, self.id, &notice(Presence::Join, &self.from));
+        }
     }
 
     /// Gives the hub the connection's socket, so that ending a member without a waker can wake
@@ -171,18 +260,70 @@ impl Drop for Membership {
             let _gate = self.hub.gate.lock().unwrap_or_else(|p| p.into_inner());
             self.hub.roster.remove(&self.path, |m| m.id == self.id);
         }
-        // Out of the hub: a message half read is given back here; the outbox and the write
-        // buffer give theirs back as their charges are dropped (with the last snapshot holding
-        // this member, and with the connection).
-        self.shared.account.release_all();
+        if self.announced.load(Ordering::Acquire) {
+            self.hub
+                .notify(&self.path, self.id, &notice(Presence::Leave, &self.from));
+        }
+        // Out of the hub. Its outbox and write buffer give their bytes back as their charges are
+        // dropped (with the last snapshot holding this member, and with the connection).
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SlowConsumer;
+    use crate::config::{Retention, SlowConsumer};
     use crate::hub::fixtures::*;
+
+    #[test]
+    fn joins_that_recall_while_broadcasts_go_on_miss_none_and_repeat_none() {
+        let hub = hub();
+        let keep = Retention {
+            size: std::num::NonZeroUsize::new(16).unwrap(),
+            ttl: None,
+        };
+        let kept = Intake {
+            history: Some(keep),
+            ..intake(10_000, SlowConsumer::Disconnect)
+        };
+        let publisher = hub
+            .join("/c", Mode::Broadcast, kept, Holder::default())
+            .unwrap()
+            .unwrap();
+        const N: usize = 2000;
+        let publishing = std::thread::spawn(move || {
+            for i in 1..=N {
+                publisher.publish(&text(&i.to_string()));
+            }
+        });
+        // Each join lands somewhere in the stream: its replay (the latest kept) and the live
+        // broadcasts after it must be one unbroken run.
+        let mut joined = Vec::new();
+        while !publishing.is_finished() && joined.len() < 50 {
+            let m = hub
+                .join_recalling(
+                    "/c",
+                    Mode::Broadcast,
+                    kept,
+                    Holder::default(),
+                    &Recall::Last(16),
+                )
+                .unwrap()
+                .unwrap();
+            joined.push(m);
+        }
+        publishing.join().unwrap();
+        assert!(!joined.is_empty());
+        for m in &joined {
+            let got: Vec<usize> = std::iter::from_fn(|| m.next_queued().ok())
+                .map(|q| q.msg.to_text().unwrap().parse().unwrap())
+                .collect();
+            if let Some(&first) = got.first() {
+                let want: Vec<usize> = (first..=N).collect();
+                assert_eq!(got, want, "a gap or a repeat");
+            }
+        }
+    }
 
     #[test]
     fn an_echo_member_gets_no_broadcasts_and_is_ended_through_its_socket() {
@@ -202,7 +343,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, _) = listener.accept().unwrap();
         echo.attach_socket(Arc::new(server_side));
-        hub.publish("/c", sender.id, &text("x"));
+        sender.publish(&text("x"));
         assert!(matches!(echo.next_queued(), Err(TryRecvError::Empty)));
         assert_eq!(echo.ended(), None);
         // Revocation shuts the read side: the loop's poll wakes, and the flag says why.
@@ -234,7 +375,7 @@ mod tests {
             )
             .unwrap()
             .unwrap();
-        hub.publish("/c", sender.id, &text("x"));
+        sender.publish(&text("x"));
         assert!(matches!(proxied.next_queued(), Err(TryRecvError::Empty)));
         let waker = proxied.shared.waker.as_ref().expect("an eventfd to end it");
         let mut fds = [rustix::event::PollFd::new(
@@ -270,7 +411,7 @@ mod tests {
             )
             .unwrap()
             .err(),
-            Some(HubClosed)
+            Some(JoinRefused::Closed(HubClosed))
         );
         drop(b);
         assert_eq!(hub.total_members(), 0);

@@ -26,7 +26,8 @@
 //!
 //! This file holds the hub, shutdown and the admin's [`Filter`]; [`roster`] is the registry (the
 //! members by path), [`member`] a member's shared state, [`membership`] joining and leaving,
-//! [`fanout`] the delivery of a broadcast, [`query`] the filter as a query string.
+//! [`fanout`] the delivery of a broadcast, [`history`] the broadcasts kept per path, the
+//! envelope and the presence notices, [`query`] the filter as a query string.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) mod cluster;
 mod fanout;
+mod history;
 mod member;
 mod membership;
 pub(crate) mod query;
@@ -41,9 +43,10 @@ mod roster;
 pub(crate) mod waker;
 
 pub use self::fanout::Outbound;
+pub use self::history::{Histories, RecallRefused};
 use self::member::Member;
 pub use self::member::{DirectWrite, Handoff, Intake, MemberShared, Profile, Queued};
-pub use self::membership::Membership;
+pub use self::membership::{JoinRefused, Membership};
 use self::roster::Roster;
 
 use crate::memory::Budget;
@@ -108,6 +111,8 @@ pub struct Hub {
     gate: Mutex<()>,
     /// The zero of [`MemberShared`]'s step clock.
     epoch: Instant,
+    /// The broadcasts kept per path, for channels with a history.
+    histories: Histories,
 }
 
 /// The hub is shutting down: no new members.
@@ -123,6 +128,7 @@ impl Hub {
     /// An empty hub that charges what it queues to `budget`.
     pub fn with_budget(metrics: Arc<Metrics>, budget: Arc<Budget>) -> Arc<Hub> {
         Arc::new(Hub {
+            histories: Histories::new(Arc::clone(&budget)),
             budget,
             roster: Roster::default(),
             outlet: RwLock::new(None),
@@ -201,6 +207,11 @@ impl Hub {
             .saturating_add(1)
     }
 
+    /// The broadcasts kept per path.
+    pub fn histories(&self) -> &Histories {
+        &self.histories
+    }
+
     /// The memory cap this hub charges to.
     pub fn budget(&self) -> &Arc<Budget> {
         &self.budget
@@ -214,6 +225,24 @@ impl Hub {
     /// Members currently on `path`.
     pub fn members(&self, path: &str) -> usize {
         self.roster.count(path)
+    }
+
+    /// Who is subscribed to `path` now: each user (None: anonymous) with their open
+    /// connections, in name order. Members still in their handshake, and those that take no
+    /// broadcasts, are not subscribers.
+    pub fn presence(&self, path: &str) -> Vec<(Option<String>, usize)> {
+        let Some(members) = self.roster.snapshot(path) else {
+            return Vec::new();
+        };
+        let mut who: std::collections::BTreeMap<Option<&str>, usize> = Default::default();
+        for m in members.iter() {
+            if m.receives && m.shared.profile.get().is_some() {
+                *who.entry(m.shared.holder.user.as_deref()).or_default() += 1;
+            }
+        }
+        who.into_iter()
+            .map(|(user, n)| (user.map(str::to_string), n))
+            .collect()
     }
 
     /// Members on all paths.
@@ -263,6 +292,9 @@ mod fixtures {
             outbox,
             slow_consumer,
             max_message: 1024,
+            envelope: false,
+            history: None,
+            presence: false,
         }
     }
 
@@ -315,7 +347,7 @@ mod tests {
         let hub = hub();
         let a = join(&hub, "/c", 4, SlowConsumer::Disconnect);
         let b = join(&hub, "/c", 4, SlowConsumer::Disconnect);
-        hub.publish("/c", a.id, &text("last"));
+        a.publish(&text("last"));
         hub.shutdown();
         assert_eq!(b.ended(), None, "a queued message goes out first");
         assert_eq!(b.next_queued().unwrap().msg, text("last"));

@@ -4,30 +4,24 @@
 //! connection costs no CPU and a broadcast reaches it at once. It never blocks on another
 //! connection: the hub only ever `try_send`s into this connection's bounded outbox.
 
-use std::fmt;
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::TryRecvError;
-use rustix::event::{PollFd, PollFlags, poll};
-use tungstenite::error::{CapacityError, ProtocolError};
+use rustix::event::{PollFd, PollFlags};
 use tungstenite::{Error as WsError, Message};
 
-use crate::config::{Limits, Mode, Overflow, WsLimits};
+use crate::config::{Limits, Mode, WsLimits};
 use crate::hub::{DirectWrite, Handoff, Membership, Queued};
 use crate::memory::{Account, Charge, Room};
 use crate::ops::metrics::Counter;
 use crate::pipeline::close;
-use crate::pipeline::frames::{self, FrameLimit, FrameWatch};
-use crate::pipeline::ratelimit::MessageLimiter;
+use crate::pipeline::end::{End, classify};
+use crate::pipeline::frames;
+use crate::pipeline::inbound::{self, Due, Inbound, READS_PER_STEP, Read, Rights};
 use crate::pipeline::upgrade::WsStream;
-
-/// Messages read from the client in one step at most. A client that keeps its socket full
-/// would otherwise keep the loop reading; after this many, the step goes on to the writes and
-/// the deadline, revocation and shutdown checks, and the next step reads on at once.
-const READS_PER_STEP: usize = 64;
 /// Write rounds (drain the outbox, flush) in one step at most: a message held back by a full
 /// write buffer is retried in the second round once a flush made room. If the socket keeps
 /// taking bytes and the outbox keeps filling, the next step writes on at once, after the checks.
@@ -38,42 +32,9 @@ const WRITE_ROUNDS_PER_STEP: usize = 2;
 /// to every subscriber of its path.
 pub const WEDGED_STEP: Duration = Duration::from_secs(10);
 
-/// How a connection ended, for the close log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum End {
-    /// The peer started the close handshake with this code (1005: no code given).
-    PeerClosed(u16),
-    /// We closed with this code and reason.
-    Closed(u16, &'static str),
-    /// The transport failed or the peer vanished without a close frame.
-    Dropped(String),
-}
-
-impl fmt::Display for End {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            End::PeerClosed(c) => write!(f, "code={c} by=peer"),
-            End::Closed(c, why) => write!(f, "code={c} by=server reason=\"{why}\""),
-            End::Dropped(why) => write!(f, "code=1006 reason=\"{why}\""),
-        }
-    }
-}
-
-/// What this connection may send, decided at upgrade.
-#[derive(Debug, Clone, Copy)]
-pub struct Rights {
-    pub mode: Mode,
-    /// Whether a role lets this user publish on this path.
-    pub may_publish: bool,
-    /// What a message without publish rights gets.
-    pub on_forbidden: Overflow,
-    /// What a message over the rate limit gets.
-    pub on_rate_limit: Overflow,
-}
-
 /// Runs the connection until it ends. Consumes the socket and the membership.
 pub fn run(
-    ws: WsStream,
+    mut ws: Box<WsStream>,
     member: Membership,
     rights: Rights,
     channel: &WsLimits,
@@ -84,6 +45,7 @@ pub fn run(
     if let Err(e) = sock.set_nonblocking(true) {
         return End::Dropped(format!("set non-blocking: {e}"));
     }
+    let inbound = Inbound::new(&mut ws, &member, rights, channel, limits, now);
     let mut wire = Wire {
         ws,
         held: None,
@@ -95,9 +57,9 @@ pub fn run(
         write_base: channel.write_buffer_size,
         account: member.account().clone(),
     };
-    watch_client(&mut wire.ws, &member, channel, limits);
     if rights.mode == Mode::Broadcast {
-        let send_buffer = frames::send_buffer_for(channel.max_message_size.get());
+        // The largest message the hub sends it: an envelope may be larger than a payload.
+        let send_buffer = frames::send_buffer_for(member.intake().max_message);
         wire.ws.get_mut().get_mut().set_send_buffer(send_buffer);
     }
     let wire = Arc::new(Mutex::new(wire));
@@ -108,52 +70,26 @@ pub fn run(
             .shared
             .direct
             .set(Arc::clone(&wire) as Arc<dyn DirectWrite>);
+        member.announce();
     }
     let mut conn = Conn {
         wire,
         sock,
         member,
-        rights,
+        inbound,
         max_write_buffer: channel.max_write_buffer_size.get(),
-        limiter: MessageLimiter::new(
-            channel.max_messages_per_sec,
-            channel.max_bytes_per_sec as u64,
-            now,
-        ),
-        last_heard: now,
-        ping_sent: false,
     };
     let end = conn.serve(limits);
     conn.finish(&end, limits.write_timeout);
     end
 }
 
-/// Sets a client's WebSocket up for its loop (this one, or a proxy relay's): frames watched for
-/// the fragment cap and the message deadline and charged to the member's share of the memory cap
-/// as they arrive, and reads driven by `poll`.
-pub(crate) fn watch_client(
-    ws: &mut WsStream,
-    member: &Membership,
-    channel: &WsLimits,
-    limits: &Limits,
-) {
-    ws.get_mut().watch_frames(
-        FrameWatch::new(
-            limits.max_fragments.get(),
-            limits.message_timeout,
-            channel.max_frame_size.get(),
-        ),
-        member.account().clone(),
-        channel.read_buffer_size.get(),
-    );
-    ws.get_mut().get_mut().poll_driven(true);
-}
-
 /// The WebSocket and what its writes owe. The loop holds its lock while it works and lets go
 /// while it sleeps in `poll`, so a publisher on another thread can write a broadcast straight
 /// into the socket of an idle subscriber (see the [`DirectWrite`] impl).
 struct Wire {
-    ws: WsStream,
+    /// Boxed (see the worker's `Opened`): the loop's stack never holds the WebSocket itself.
+    ws: Box<WsStream>,
     /// A message the write buffer had no room for, with its charge; sent before anything else
     /// from the outbox.
     held: Option<Queued>,
@@ -264,15 +200,11 @@ struct Conn {
     /// The socket, for `poll` while the wire is unlocked.
     sock: Arc<TcpStream>,
     member: Membership,
-    rights: Rights,
+    /// Reads, rights, rate limit, the client's silence.
+    inbound: Inbound,
     /// This connection's `max_write_buffer_size`: a message whose frame is larger can never be
     /// written, and is dropped instead of held.
     max_write_buffer: usize,
-    limiter: MessageLimiter,
-    /// When we last received any frame (data, ping, pong).
-    last_heard: Instant,
-    /// A ping is out and unanswered.
-    ping_sent: bool,
 }
 
 /// What a step of the loop decided.
@@ -345,34 +277,19 @@ impl Conn {
         let read_left = self.read_available(w)?;
         let write_left = self.write_available(w)?;
         let now = Instant::now();
-        let silent = now.duration_since(self.last_heard);
-        if silent >= limits.idle_timeout {
-            return Err(End::Closed(1001, "idle timeout"));
-        }
         if let Some(since) = w.stalled_since {
             if now.duration_since(since) >= limits.write_timeout {
                 return Err(End::Dropped("write timeout".into()));
             }
         }
-        let message_deadline = w.ws.get_ref().message_deadline();
-        if message_deadline.is_some_and(|d| now >= d) {
-            return Err(End::Closed(1008, FrameLimit::TooSlow.reason()));
-        }
-        if silent >= limits.ping_interval && !self.ping_sent {
-            self.ping_sent = true;
+        if self.inbound.check(&w.ws, now)? == Due::Ping {
             let nothing = self.member.account().nothing();
             self.send(w, Message::Ping(Default::default()), nothing)?;
             flush(w)?;
         }
-        let mut wake_at = self.last_heard + limits.idle_timeout;
-        if !self.ping_sent {
-            wake_at = wake_at.min(self.last_heard + limits.ping_interval);
-        }
+        let mut wake_at = self.inbound.wake_at(&w.ws);
         if let Some(since) = w.stalled_since {
             wake_at = wake_at.min(since + limits.write_timeout);
-        }
-        if let Some(deadline) = message_deadline {
-            wake_at = wake_at.min(deadline);
         }
         let left = if read_left == Left::More || write_left == Left::More {
             Left::More
@@ -386,65 +303,31 @@ impl Conn {
         })
     }
 
-    /// Reads and handles the complete frames available without blocking, at most
-    /// [`READS_PER_STEP`] messages.
+    /// Reads and handles the messages available without blocking, at most [`READS_PER_STEP`].
     fn read_available(&mut self, w: &mut Wire) -> Result<Left, End> {
         for _ in 0..READS_PER_STEP {
-            match w.ws.read() {
-                Ok(msg) => {
-                    self.last_heard = Instant::now();
-                    self.ping_sent = false;
-                    match msg {
-                        Message::Text(_) | Message::Binary(_) => {
-                            let len = msg.len();
-                            self.handle_data(w, msg)?;
-                            // Handled (published, echoed or dropped): its read charge goes.
-                            w.ws.get_mut().settle(len);
-                        }
-                        Message::Close(frame) => {
-                            // tungstenite queued the reply; the next read reports ConnectionClosed
-                            // once it is flushed.
-                            return Err(End::PeerClosed(frame.map_or(1005, |f| u16::from(f.code))));
-                        }
-                        // Pongs to pings are queued by tungstenite; pongs and raw frames need nothing.
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                    }
+            match self.inbound.next(&mut w.ws, &self.member)? {
+                Read::Data(msg) => self.deliver(w, msg)?,
+                // tungstenite queued the reply; the next read reports ConnectionClosed once it
+                // is flushed.
+                Read::Closed(frame) => {
+                    return Err(End::PeerClosed(frame.map_or(1005, |f| u16::from(f.code))));
                 }
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Left::Nothing);
-                }
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(classify(e)),
+                Read::Other => {}
+                Read::Empty => return Ok(Left::Nothing),
             }
         }
         Ok(Left::More)
     }
 
-    /// Applies publish rights and the rate limit, then echoes or publishes.
-    fn handle_data(&mut self, w: &mut Wire, msg: Message) -> Step {
-        let metrics = self.member.metrics();
-        metrics.message_in(msg.len());
-        self.member.shared.traffic.received(msg.len());
-        if !self.rights.may_publish {
-            metrics.bump(Counter::PublishDenied, 1);
-            return match self.rights.on_forbidden {
-                Overflow::Close => Err(End::Closed(1008, "publish not allowed")),
-                Overflow::Drop => Ok(()),
-            };
-        }
-        if !self.limiter.allow(msg.len(), Instant::now()) {
-            metrics.bump(Counter::RateLimited, 1);
-            return match self.rights.on_rate_limit {
-                Overflow::Close => Err(End::Closed(1008, "rate limit")),
-                Overflow::Drop => Ok(()),
-            };
-        }
-        match self.rights.mode {
+    /// Echoes or publishes a message [`Inbound`] let through.
+    fn deliver(&mut self, w: &mut Wire, msg: Message) -> Step {
+        match self.inbound.mode() {
             // A proxied connection runs in `relay`, never here.
             Mode::Echo | Mode::Proxy => {
-                // The echo's bytes are charged before they are written; the read charge of the
-                // same message is given back once this returns.
-                let Some(charge) = self.member.account().charge(msg.len(), Room::Whole) else {
+                // The echo's bytes are charged to the write share before they are written; the
+                // read share's charge of the same message is given back once this returns.
+                let Some(charge) = self.member.account().charge(msg.len(), Room::Deliveries) else {
                     return Err(End::Closed(1013, "try again later"));
                 };
                 self.send(w, msg, charge)
@@ -535,8 +418,7 @@ impl Conn {
                 w.charge.absorb(charge);
                 w.through_ws += through_ws;
                 if data {
-                    self.member.metrics().message_out(len);
-                    self.member.shared.traffic.sent(len);
+                    inbound::sent(&self.member, len);
                 }
                 Ok(())
             }
@@ -557,7 +439,7 @@ impl Conn {
             }
             // Held, it keeps its charge.
             Err(WsError::WriteBufferFull(msg)) => {
-                if self.rights.mode == Mode::Echo {
+                if self.inbound.mode() == Mode::Echo {
                     return Err(End::Closed(1008, "slow consumer"));
                 }
                 w.held = Some(Queued { msg: *msg, charge });
@@ -582,17 +464,7 @@ impl Conn {
                 None => PollFd::new(&*self.sock, PollFlags::empty()), // not polled
             },
         ];
-        let fds = &mut fds[..if waker.is_some() { 2 } else { 1 }];
-        let timeout =
-            rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
-                tv_sec: i64::MAX,
-                tv_nsec: 0,
-            });
-        match poll(fds, Some(&timeout)) {
-            Ok(_) => Ok(!fds[0].revents().is_empty()),
-            Err(rustix::io::Errno::INTR) => Ok(true),
-            Err(e) => Err(e.into()),
-        }
+        inbound::wait(&mut fds[..if waker.is_some() { 2 } else { 1 }], timeout)
     }
 
     /// Sends our close frame where one is due, waits briefly for the peer's, and ends TLS cleanly.
@@ -653,37 +525,4 @@ fn settle_flushed(w: &mut Wire) {
         w.account.keeps(grown);
     }
     w.charge.shrink_to(w.retained);
-}
-
-/// Maps a tungstenite error after the upgrade to how the connection ends (also the client side
-/// of a proxied connection, [`crate::pipeline::relay`]).
-pub(crate) fn classify(e: WsError) -> End {
-    match e {
-        WsError::ConnectionClosed | WsError::AlreadyClosed => End::PeerClosed(1005),
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            End::Closed(1009, "message too big")
-        }
-        WsError::Capacity(CapacityError::TooManyHeaders) => End::Closed(1002, "protocol error"),
-        WsError::Utf8(_) => End::Closed(1007, "invalid utf-8"),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            End::Dropped("reset without closing handshake".into())
-        }
-        WsError::Protocol(ProtocolError::InvalidCloseSequence) => {
-            End::Closed(1002, "invalid close sequence")
-        }
-        WsError::Protocol(_) => End::Closed(1002, "protocol error"),
-        WsError::Io(e) if FrameLimit::from_io(&e) == Some(FrameLimit::MemoryFull) => {
-            End::Closed(1013, "try again later")
-        }
-        WsError::Io(e) if FrameLimit::from_io(&e).is_some() => End::Closed(
-            1008,
-            FrameLimit::from_io(&e).map_or("policy violation", FrameLimit::reason),
-        ),
-        WsError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            End::Dropped("closed without close_notify".into())
-        }
-        WsError::Io(e) => End::Dropped(e.to_string()),
-        WsError::AttackAttempt => End::Closed(1008, "policy violation"),
-        other => End::Dropped(other.to_string()),
-    }
 }

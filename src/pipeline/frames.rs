@@ -1,27 +1,29 @@
 //! Follows client frame boundaries in the raw byte stream after the upgrade, to bound what
 //! tungstenite does not: how many frames one message may be split into and how long it may take.
 //! It parses only frame headers (2 to 14 bytes) and skips payloads by count: constant memory,
-//! a few instructions per frame. Protocol errors are left to tungstenite. It also adds up the
-//! payload lengths data frames declare, which tungstenite reserves and assembles in memory: what
-//! the connection charges to the memory cap for a message being read.
+//! a few instructions per frame. Protocol errors are left to tungstenite. It also counts the
+//! payload bytes of data frames as they arrive — what tungstenite really buffers and assembles,
+//! never what a header declares: what the connection charges to the read share of the memory
+//! cap for a message being read.
 
 use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
-/// Why a sender was stopped (close 1008; 1013 at the memory cap).
+/// Why a sender was stopped (close 1008; 1009 when the read share closes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameLimit {
     /// More than `max_fragments` frames in one message.
     TooManyFragments,
     /// A fragmented message took longer than `message_timeout`.
     TooSlow,
-    /// The frame would take the process past its memory cap (close 1013, try again later).
+    /// The read share of the memory cap had no room, and this connection held the most of it
+    /// (close 1009: its message in progress is too big to be read now).
     MemoryFull,
 }
 
 impl FrameLimit {
-    /// The close reason sent with 1008.
+    /// The close reason sent with the close code.
     pub fn reason(self) -> &'static str {
         match self {
             FrameLimit::TooManyFragments => "too many fragments",
@@ -65,20 +67,22 @@ pub struct FrameWatch {
     /// Frames so far of the message in progress, and when its first frame's header arrived.
     fragments: usize,
     started: Option<Instant>,
-    /// The most a data frame may declare (`max_frame_size`): a larger one is refused by
-    /// tungstenite from its header, so it is charged as this much at most.
-    max_frame: u64,
-    /// Payload bytes declared by data frames since [`FrameWatch::take_declared`].
-    declared: u64,
-    /// The largest payload one data frame has declared (up to `max_frame`).
+    /// Whether the payload being skipped is a data frame's (text, binary, continuation).
+    in_data: bool,
+    /// Payload bytes of the current data frame received so far.
+    frame_received: u64,
+    /// Data payload bytes received since [`FrameWatch::take_received`].
+    received: u64,
+    /// The most payload bytes one data frame has had received.
     largest: u64,
 }
 
 impl FrameWatch {
-    pub fn new(max_fragments: usize, message_timeout: Duration, max_frame: usize) -> FrameWatch {
+    pub fn new(max_fragments: usize, message_timeout: Duration) -> FrameWatch {
         FrameWatch {
-            max_frame: max_frame as u64,
-            declared: 0,
+            in_data: false,
+            frame_received: 0,
+            received: 0,
             largest: 0,
             max_fragments,
             message_timeout,
@@ -91,14 +95,14 @@ impl FrameWatch {
         }
     }
 
-    /// Payload bytes that data frames (text, binary, continuation) declared since the last call,
-    /// each frame counted up to `max_frame`.
-    pub fn take_declared(&mut self) -> u64 {
-        std::mem::take(&mut self.declared)
+    /// Payload bytes of data frames (text, binary, continuation) received since the last call.
+    pub fn take_received(&mut self) -> u64 {
+        std::mem::take(&mut self.received)
     }
 
-    /// The largest payload a data frame has declared so far (up to `max_frame`): tungstenite
-    /// reserved that much for it in its read buffer, which keeps the capacity.
+    /// The most payload bytes one data frame has had received so far: tungstenite's read buffer
+    /// holds a frame whole and keeps the capacity it grew to (it reserves what the header
+    /// declares, but only the bytes written into it take memory).
     pub fn largest(&self) -> u64 {
         self.largest
     }
@@ -120,6 +124,11 @@ impl FrameWatch {
                     .min(data.len());
                 self.skip -= take as u64;
                 data = &data[take..];
+                if self.in_data {
+                    self.received += take as u64;
+                    self.frame_received += take as u64;
+                    self.largest = self.largest.max(self.frame_received);
+                }
                 continue;
             }
             self.header[self.header_len] = data[0];
@@ -161,11 +170,8 @@ impl FrameWatch {
         };
         self.header_len = 0;
         self.header_need = 2;
-        if opcode <= 2 {
-            let charged = self.skip.min(self.max_frame);
-            self.declared += charged;
-            self.largest = self.largest.max(charged);
-        }
+        self.in_data = opcode <= 2;
+        self.frame_received = 0;
         match opcode {
             // A text or binary frame starts a message; without FIN, more frames follow.
             1 | 2 if !fin => {
@@ -284,7 +290,7 @@ mod tests {
     #[test]
     fn counts_fragments_up_to_the_limit_and_one_over() {
         let now = Instant::now();
-        let mut w = FrameWatch::new(3, Duration::from_secs(10), 1 << 20);
+        let mut w = FrameWatch::new(3, Duration::from_secs(10));
         let mut bytes = frame(false, 1, 5);
         bytes.extend(frame(false, 0, 0));
         bytes.extend(frame(true, 0, 300));
@@ -300,7 +306,7 @@ mod tests {
     #[test]
     fn byte_by_byte_and_control_frames_between_fragments() {
         let now = Instant::now();
-        let mut w = FrameWatch::new(2, Duration::from_secs(10), 1 << 20);
+        let mut w = FrameWatch::new(2, Duration::from_secs(10));
         let mut bytes = frame(false, 1, 70_000);
         bytes.extend(frame(true, 9, 4)); // a ping in the middle
         bytes.extend(frame(true, 0, 2));
@@ -314,7 +320,7 @@ mod tests {
     #[test]
     fn a_fragmented_message_has_a_deadline() {
         let t0 = Instant::now();
-        let mut w = FrameWatch::new(100, Duration::from_secs(2), 1 << 20);
+        let mut w = FrameWatch::new(100, Duration::from_secs(2));
         assert_eq!(w.observe(&frame(false, 1, 1), t0), Ok(()));
         assert_eq!(w.message_deadline(), Some(t0 + Duration::from_secs(2)));
         assert_eq!(
@@ -328,25 +334,29 @@ mod tests {
     }
 
     #[test]
-    fn data_frames_declare_their_payload_up_to_the_frame_limit() {
+    fn data_frames_count_the_payload_received_never_what_they_declare() {
         let now = Instant::now();
-        let mut w = FrameWatch::new(8, Duration::from_secs(10), 1000);
+        let mut w = FrameWatch::new(8, Duration::from_secs(10));
         let mut bytes = frame(false, 2, 300);
         bytes.extend(frame(true, 9, 4)); // a ping: not data
         bytes.extend(frame(true, 0, 200));
-        // The header alone declares it: counted before its payload arrives.
-        bytes.extend(&frame(true, 1, 700)[..8]);
         assert_eq!(w.observe(&bytes, now), Ok(()));
-        assert_eq!(w.take_declared(), 1200);
-        assert_eq!(w.take_declared(), 0);
-        assert_eq!(w.largest(), 700);
-        // A header declaring 2^62 bytes counts as the frame limit (tungstenite refuses it).
+        assert_eq!(w.take_received(), 500);
+        assert_eq!(w.take_received(), 0);
+        // A header declaring 700 with 100 of its bytes: 100 received.
+        let big = frame(true, 1, 700);
+        assert_eq!(w.observe(&big[..8 + 100], now), Ok(()));
+        assert_eq!((w.take_received(), w.largest()), (100, 300));
+        assert_eq!(w.observe(&big[8 + 100..], now), Ok(()));
+        assert_eq!((w.take_received(), w.largest()), (600, 700));
+        // A header declaring 2^62 bytes with 10 of them: 10.
         let mut huge = vec![0x82, 0x80 | 127];
         huge.extend_from_slice(&(1u64 << 62).to_be_bytes());
         huge.extend_from_slice(&[1, 2, 3, 4]);
-        let mut w = FrameWatch::new(8, Duration::from_secs(10), 1000);
+        huge.extend_from_slice(&[0; 10]);
+        let mut w = FrameWatch::new(8, Duration::from_secs(10));
         assert_eq!(w.observe(&huge, now), Ok(()));
-        assert_eq!(w.take_declared(), 1000);
+        assert_eq!((w.take_received(), w.largest()), (10, 10));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tungstenite::handshake::server::{Request, Response, write_response};
 use tungstenite::{WebSocket, http};
 
 use crate::config::Config;
-use crate::memory::{Account, Room};
+use crate::memory::Reader;
 use crate::pipeline::deadline::{Deadline, Phase, is_timeout};
 use crate::pipeline::demo;
 use crate::pipeline::frames::{FrameLimit, FrameWatch};
@@ -40,13 +40,16 @@ pub struct Replay<S> {
     inner: S,
     /// Follows frame boundaries once the connection loop turns it on (after the handshake).
     watch: Option<FrameWatch>,
-    /// Where the payload that data frames declare is charged (the memory cap), and how much of
-    /// it is charged now: from a frame's header until the loop has handled its message.
-    account: Option<Account>,
+    /// The connection's place in the read share of the memory cap, and what it is charged there
+    /// now: the larger of `unfinished` and `retained`.
+    reader: Option<Reader>,
     read_charged: usize,
-    /// Of `read_charged`, what stays charged after a message is handled: the largest frame beyond
-    /// `read_base` (tungstenite's read buffer keeps the capacity it reserved for it).
-    read_retained: usize,
+    /// Data payload bytes received and not yet handled by the loop (the message being read,
+    /// and any read behind it).
+    unfinished: usize,
+    /// What the read buffer keeps after a message is handled: the largest frame received beyond
+    /// `read_base` (tungstenite's read buffer keeps the capacity it grew to).
+    retained: usize,
     /// `read_buffer_size`: the part of the read buffer that is base cost, not charged.
     read_base: usize,
 }
@@ -60,9 +63,10 @@ impl<S> Replay<S> {
             head_len,
             inner,
             watch: None,
-            account: None,
+            reader: None,
             read_charged: 0,
-            read_retained: 0,
+            unfinished: 0,
+            retained: 0,
             read_base: 0,
         }
     }
@@ -76,28 +80,37 @@ impl<S> Replay<S> {
     }
 
     /// Starts following frame boundaries: reads fail with a [`FrameLimit`] error when a message
-    /// has too many fragments or takes too long, or when the payload a data frame declares does
-    /// not fit under the memory cap (charged to `account` from the frame's header on, the
-    /// moment tungstenite reserves it, until [`Replay::settle`]).
-    pub fn watch_frames(&mut self, watch: FrameWatch, account: Account, read_base: usize) {
+    /// has too many fragments or takes too long, or when the read share of the memory cap
+    /// closes this connection ([`FrameLimit::MemoryFull`]: it had no room for the bytes that
+    /// arrived, and this connection held the most, or another connection's charge chose it).
+    /// Data payload bytes are charged to `reader` as they arrive until [`Replay::settle`].
+    pub fn watch_frames(&mut self, watch: FrameWatch, reader: Reader, read_base: usize) {
         self.watch = Some(watch);
-        self.account = Some(account);
+        self.reader = Some(reader);
         self.read_base = read_base;
     }
 
-    /// The loop has handled a message of `len` payload bytes: what its frames declared is given
-    /// back (control frames are not charged).
+    /// The loop has handled a message of `len` payload bytes: they are given back, but for what
+    /// the read buffer keeps (control frames are not charged).
     pub fn settle(&mut self, len: usize) {
-        let n = len.min(self.read_charged - self.read_retained);
-        self.read_charged -= n;
-        if let Some(account) = &self.account {
-            account.release(n);
+        self.unfinished = self.unfinished.saturating_sub(len);
+        let target = self.unfinished.max(self.retained);
+        if let Some(reader) = &self.reader {
+            if target < self.read_charged {
+                reader.release(self.read_charged - target);
+                self.read_charged = target;
+            }
         }
     }
 
     /// When the fragmented message in progress must be complete.
     pub fn message_deadline(&self) -> Option<Instant> {
         self.watch.as_ref().and_then(FrameWatch::message_deadline)
+    }
+
+    /// Whether the read share has closed this connection.
+    pub fn read_share_closed(&self) -> bool {
+        self.reader.as_ref().is_some_and(Reader::closed)
     }
 
     fn observe(&mut self, data: &[u8]) -> io::Result<()> {
@@ -107,18 +120,19 @@ impl<S> Replay<S> {
         watch
             .observe(data, Instant::now())
             .map_err(FrameLimit::into_io)?;
-        let declared = usize::try_from(watch.take_declared()).unwrap_or(usize::MAX);
-        if declared > 0 {
-            if let Some(account) = &self.account {
-                if !account.try_charge(declared, Room::Whole) {
-                    return Err(FrameLimit::MemoryFull.into_io());
-                }
-                self.read_charged += declared;
-                let largest = usize::try_from(watch.largest()).unwrap_or(usize::MAX);
-                self.read_retained = self
-                    .read_retained
-                    .max(largest.saturating_sub(self.read_base));
+        let received = usize::try_from(watch.take_received()).unwrap_or(usize::MAX);
+        let largest = usize::try_from(watch.largest()).unwrap_or(usize::MAX);
+        let Some(reader) = &self.reader else {
+            return Ok(());
+        };
+        self.unfinished = self.unfinished.saturating_add(received);
+        self.retained = largest.saturating_sub(self.read_base);
+        let target = self.unfinished.max(self.retained);
+        if target > self.read_charged {
+            if !reader.try_charge(target - self.read_charged) {
+                return Err(FrameLimit::MemoryFull.into_io());
             }
+            self.read_charged = target;
         }
         Ok(())
     }
@@ -126,6 +140,9 @@ impl<S> Replay<S> {
 
 impl<S: Read> Read for Replay<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.read_share_closed() {
+            return Err(FrameLimit::MemoryFull.into_io());
+        }
         if self.pos < self.prefix.len() {
             let end = if self.pos < self.head_len {
                 self.head_len

@@ -10,7 +10,8 @@ use tungstenite::http::{self};
 
 use super::head::Target;
 use super::offer::{Offer, OfferError, Offered, from_query, offered};
-use super::{LogSafeUser, Method, Reason, safe_origin, safe_path};
+use super::recall::{Recall, recall};
+use super::{ENVELOPE_SUBPROTOCOL, LogSafeUser, Method, Reason, safe_origin, safe_path};
 use crate::config::{ChannelConfig, Config};
 use crate::rules::acl;
 use crate::rules::origin::OriginRefusal;
@@ -56,6 +57,11 @@ pub struct Grant {
     pub channel: ChannelConfig,
     pub may_publish: bool,
     pub subprotocol: Option<&'static str>,
+    /// Broadcasts reach this client in the envelope (`wsgate.v1.json`, answered on broadcast
+    /// channels only).
+    pub envelope: bool,
+    /// What the client asked of the channel's history (`Live` on a channel without one).
+    pub recall: Recall,
     /// What proved the user, kept so a reload can ask whether it still holds ([`recheck`]).
     pub proof: Proof,
     /// The request came from a browser (it carried an allowed `Origin`): only then is the session
@@ -218,6 +224,7 @@ pub fn decide(
         offer,
         cookie,
         subprotocol,
+        envelope,
     } = match offered(req.headers(), target.query.as_deref()) {
         Ok(found) => found,
         Err(OfferError::Unusable(user)) => {
@@ -278,6 +285,13 @@ pub fn decide(
                 path: safe_path(path),
             },
         })?;
+    // The envelope wraps broadcasts: it is answered on broadcast channels only. History
+    // requests exist only where a history is kept: elsewhere `last`/`since` are the app's keys.
+    let envelope = envelope && channel.mode == crate::config::Mode::Broadcast;
+    let recall = match channel.history {
+        Some(_) => recall(target.query.as_deref(), envelope).map_err(Reason::Recall)?,
+        None => Recall::Live,
+    };
     Ok(Grant {
         user,
         method,
@@ -286,7 +300,13 @@ pub fn decide(
         query: target.query.clone(),
         channel: channel.clone(),
         may_publish: allowed.may_publish,
-        subprotocol,
+        subprotocol: if envelope {
+            Some(ENVELOPE_SUBPROTOCOL)
+        } else {
+            subprotocol
+        },
+        envelope,
+        recall,
         proof,
         browser: !origins.is_empty(),
     })

@@ -4,13 +4,15 @@
 //! callers turn a [`Reason`] into its HTTP status and log it once.
 //!
 //! This file holds the refusals ([`Reason`]) and the shared names; [`head`] checks the request
-//! head and parses its target, [`offer`] finds the credentials a request offers, [`decide`] is
+//! head and parses its target, [`offer`] finds the credentials a request offers, [`recall`] the history a client asks for,
+//! [`decide`] is
 //! the upgrade decision, [`recheck`] a reload's decision for a live connection. The rules they
 //! apply (roles, Origin patterns, user names) are values in [`crate::rules`].
 
 mod decide;
 mod head;
 mod offer;
+mod recall;
 mod recheck;
 
 pub use self::decide::{
@@ -19,6 +21,7 @@ pub use self::decide::{
 pub use self::head::{Target, check_head};
 pub(crate) use self::offer::percent_decode;
 pub use self::offer::{Offer, OfferError, Offered, offered};
+pub use self::recall::{MAX_EPOCH_LEN, Recall, RecallError, recall};
 pub use self::recheck::{
     CredentialState, Holder, Revocation, access_holds, credential_holds, recheck,
 };
@@ -38,6 +41,10 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const MAX_TOKEN_LEN: usize = 512;
 /// The subprotocol a browser lists next to `wsgate.bearer.<token>`; the server answers with it.
 pub const SUBPROTOCOL: &str = "wsgate.v1";
+/// The subprotocol that asks for the envelope around each broadcast (the sender as the server
+/// authenticated it, the time, and the position where the channel keeps a history), answered on
+/// broadcast channels (docs/history.md).
+pub const ENVELOPE_SUBPROTOCOL: &str = "wsgate.v1.json";
 /// The subprotocol prefix that carries a bearer token from browsers, which cannot set headers.
 pub const BEARER_SUBPROTOCOL: &str = "wsgate.bearer.";
 /// The session cookie's name. The `__Host-` prefix makes a browser accept it only with `Secure`,
@@ -84,6 +91,8 @@ pub enum Reason {
     WsVersion,
     /// A `wsgate.bearer.` subprotocol without `wsgate.v1` beside it to answer with. 400.
     Subprotocol,
+    /// A history request (`last`, `since`) on a channel that keeps one, malformed. 400.
+    Recall(RecallError),
     /// No channel serves this path. 404.
     UnknownPath,
     /// The Origin is not allowed. 403. `origin` is the header as a log line may show it
@@ -185,7 +194,8 @@ impl Reason {
             | Reason::NotUpgrade
             | Reason::PlainHttp
             | Reason::BadKey
-            | Reason::Subprotocol => StatusCode::BAD_REQUEST,
+            | Reason::Subprotocol
+            | Reason::Recall(_) => StatusCode::BAD_REQUEST,
             Reason::HeadTooLarge | Reason::TooManyHeaders => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
@@ -220,6 +230,7 @@ impl Reason {
         );
         match self {
             Reason::PlainHttp => body.push_str(PLAIN_HTTP_TEXT),
+            Reason::Recall(why) => body.push_str(&format!("{why}\n")),
             Reason::SessionsOff => {
                 body.push_str(
                     "sessions are off ([auth] session_ttl = 0): the demo page needs them\n",
@@ -283,6 +294,7 @@ impl fmt::Display for Reason {
             Reason::BadKey => f.write_str("bad Sec-WebSocket-Key"),
             Reason::WsVersion => f.write_str("unsupported Sec-WebSocket-Version"),
             Reason::Subprotocol => f.write_str("bearer subprotocol without wsgate.v1"),
+            Reason::Recall(why) => write!(f, "history request: {why}"),
             Reason::UnknownPath => f.write_str("unknown path"),
             Reason::Origin { refusal, origin } => match refusal {
                 OriginRefusal::Missing => f.write_str(

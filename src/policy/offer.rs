@@ -6,7 +6,10 @@ use std::fmt;
 
 use tungstenite::http::{self, HeaderMap};
 
-use super::{BEARER_SUBPROTOCOL, MAX_PASSWORD_LEN, MAX_TOKEN_LEN, SESSION_COOKIE, SUBPROTOCOL};
+use super::{
+    BEARER_SUBPROTOCOL, ENVELOPE_SUBPROTOCOL, MAX_PASSWORD_LEN, MAX_TOKEN_LEN, SESSION_COOKIE,
+    SUBPROTOCOL,
+};
 
 /// Credentials as offered by a client. `Debug` never shows the secret.
 #[derive(PartialEq, Eq)]
@@ -44,6 +47,9 @@ pub struct Offered {
     /// it needs an explicitly allowed Origin ([`decide`]).
     pub cookie: bool,
     pub subprotocol: Option<&'static str>,
+    /// `wsgate.v1.json` was listed: the client asks for the envelope (answered on broadcast
+    /// channels only; the decision knows the channel).
+    pub envelope: bool,
 }
 
 /// Why the offered credentials cannot even be checked.
@@ -73,11 +79,13 @@ pub fn offered(headers: &HeaderMap, query: Option<&str>) -> Result<Offered, Offe
         .map(str::trim)
         .collect();
     let subprotocol = protocols.contains(&SUBPROTOCOL).then_some(SUBPROTOCOL);
+    let envelope = protocols.contains(&ENVELOPE_SUBPROTOCOL);
     let found = |offer| {
         Ok(Offered {
             offer,
             cookie: false,
             subprotocol,
+            envelope,
         })
     };
     let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
@@ -93,7 +101,7 @@ pub fn offered(headers: &HeaderMap, query: Option<&str>) -> Result<Offered, Offe
         .iter()
         .find_map(|p| p.strip_prefix(BEARER_SUBPROTOCOL))
     {
-        if subprotocol.is_none() {
+        if subprotocol.is_none() && !envelope {
             return Err(OfferError::Subprotocol);
         }
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
@@ -115,6 +123,7 @@ pub fn offered(headers: &HeaderMap, query: Option<&str>) -> Result<Offered, Offe
             offer: Some(Offer::Session(token.to_string())),
             cookie: true,
             subprotocol,
+            envelope,
         }),
         _ => found(None),
     }

@@ -21,9 +21,14 @@ const PROCESS_BASE: usize = 6 * MIB;
 /// The share of the host kept for what the kernel charges to the same cgroup: the connections'
 /// socket buffers and the page cache of the files the server reads.
 const KERNEL_SHARE: usize = 8;
-/// Stack pages an idle connection's loop has touched (measured: about 20 KiB of the
-/// `worker_stack_size` reserve).
-const STACK_TOUCHED: usize = 20 * KIB;
+/// Stack pages an idle connection's loop has touched (measured: 12 KiB of the
+/// `worker_stack_size` reserve, 8 of them what a thread costs before it runs anything).
+const STACK_TOUCHED: usize = 12 * KIB;
+/// What an idle connection keeps beside its stack, base buffers and TLS state: its boxed
+/// WebSocket, hub membership and read-share place, and malloc's overhead. With the default
+/// buffers the base cost adds up to 29 KiB, the measured 28.6 KiB per idle TLS connection
+/// (docs/benchmarks.md) rounded up.
+const CONNECTION_STATE: usize = KIB;
 /// rustls' state for an established connection with its buffers drained.
 const TLS_IDLE: usize = 4 * KIB;
 /// A handshake thread's stack pages touched by the deepest handshake (rustls, Argon2's caller,
@@ -230,6 +235,7 @@ fn per_connection(config: &Config) -> usize {
         .unwrap_or(0);
     [
         STACK_TOUCHED,
+        CONNECTION_STATE,
         max(|l| l.read_buffer_size.get()),
         max(|l| l.write_buffer_size),
         TLS_IDLE,
@@ -356,7 +362,7 @@ mod tests {
         );
         assert_eq!(
             per_connection(&c),
-            STACK_TOUCHED + 4 * 1024 + 8 * 1024 + TLS_IDLE
+            STACK_TOUCHED + CONNECTION_STATE + 4 * 1024 + 8 * 1024 + TLS_IDLE
         );
     }
 
@@ -370,7 +376,12 @@ mod tests {
         );
         assert_eq!(
             per_connection(&c),
-            STACK_TOUCHED + 4 * 1024 + 4 * 1024 + TLS_IDLE + (4 * 1024 + 4 * 1024 + TLS_IDLE)
+            STACK_TOUCHED
+                + CONNECTION_STATE
+                + 4 * 1024
+                + 4 * 1024
+                + TLS_IDLE
+                + (4 * 1024 + 4 * 1024 + TLS_IDLE)
         );
     }
 
@@ -440,7 +451,7 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.contains(&format!("+ connections {} x 36 KiB = ", p.workers)),
+            line.contains(&format!("+ connections {} x 29 KiB = ", p.workers)),
             "{line}"
         );
         assert!(

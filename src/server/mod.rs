@@ -417,7 +417,7 @@ impl Server {
                         pool_busy: busy,
                         pool_idle: workers - busy,
                         pool_queued: adm.waiting_for_worker() as u64,
-                        memory_used: mem.used() as u64,
+                        memory_used: mem.counted() as u64,
                         memory_limit: mem.cap().unwrap_or(0) as u64,
                     }
                 })
@@ -820,7 +820,10 @@ fn attach_admin_api(
         policy::route(path, &rt.config)
             .ok()
             .filter(|c| c.mode == Mode::Broadcast)
-            .map(|c| c.limits.max_message_size.get())
+            .map(|c| admin::BroadcastChannel {
+                max_message: c.limits.max_message_size.get(),
+                history: c.history,
+            })
     };
     let browser = admin::BrowserGuard::new(
         config.listen,

@@ -12,12 +12,13 @@ use std::time::{Instant, SystemTime};
 
 use crate::auth::NoSession;
 use crate::auth::session::{self};
-use crate::hub::{Holder, HubClosed, Intake, Membership, Profile};
+use crate::hub::{Holder, HubClosed, Intake, JoinRefused, Membership, Profile, RecallRefused};
 use crate::ops::metrics::Counter;
 use crate::ops::metrics::Outcome;
 use crate::pipeline::admit::{self, Ticket};
-use crate::pipeline::connection::{self, Rights};
+use crate::pipeline::connection;
 use crate::pipeline::deadline::{Deadline, Phase, is_timeout};
+use crate::pipeline::inbound::Rights;
 use crate::pipeline::pool::{NoPlace, Slot};
 use crate::pipeline::proxy_protocol;
 use crate::pipeline::relay::{self, BackendWs};
@@ -29,12 +30,16 @@ use super::{Runtime, Shared};
 
 /// A connection past its 101, handed from its handshake thread to its worker.
 struct Opened {
-    ws: upgrade::WsStream,
+    /// Boxed on the handshake thread: the WebSocket with its TLS state is 1.6 KiB, and each
+    /// move of it by value on the worker's way into its loop would touch another stretch of the
+    /// worker's stack, resident for the connection's life (measured: 8 KiB per idle connection).
+    ws: Box<upgrade::WsStream>,
     grant: Grant,
     member: Membership,
     session_id: String,
     /// A proxy channel's backend WebSocket, open (it answered 101 before the client got its own).
-    backend: Option<BackendWs>,
+    /// Boxed like `ws`: inline, it would make every connection's hand-over as large.
+    backend: Option<Box<BackendWs>>,
     /// The client (the carried address behind a load balancer).
     peer: SocketAddr,
     /// The connection's place in the pool, held until the connection loop ends.
@@ -335,11 +340,11 @@ fn handshake(
         metrics.bump(Counter::ProxyConnections, 1);
     }
     let opened = Opened {
-        ws,
+        ws: Box::new(ws),
         grant,
         member,
         session_id,
-        backend,
+        backend: backend.map(Box::new),
         peer,
         ticket,
     };
@@ -458,7 +463,8 @@ impl Entrance<'_> {
     }
 
     /// Joins the hub on the grant's path, holding what a reload re-checks: the user, the right
-    /// to publish and the proof (for a client certificate, the verified chain).
+    /// to publish and the proof (for a client certificate, the verified chain); with the
+    /// history the client asked for, refused (503) when that would not fit in memory.
     fn join(&self, grant: &Grant) -> Result<Membership, Reason> {
         let proof = match grant.method {
             Method::ClientCert => Proof::ClientCert {
@@ -471,14 +477,24 @@ impl Entrance<'_> {
             may_publish: grant.may_publish,
             proof,
         };
-        let intake = Intake::of(&grant.channel.limits);
-        match self
-            .shared
-            .hub
-            .join(&grant.path, grant.channel.mode, intake, holder)
-        {
+        let hub = &self.shared.hub;
+        let intake = Intake::of(&grant.channel, grant.envelope);
+        let joined = hub.join_recalling(
+            &grant.path,
+            grant.channel.mode,
+            intake,
+            holder,
+            &grant.recall,
+        );
+        match joined {
             Ok(Ok(member)) => Ok(member),
-            Ok(Err(HubClosed)) => Err(Reason::ShuttingDown),
+            Ok(Err(JoinRefused::Closed(HubClosed))) => Err(Reason::ShuttingDown),
+            // Its history request is what would not fit: the client that asks pays.
+            Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))) => {
+                self.shared.metrics.bump(Counter::MemoryRefusals, 1);
+                hub.budget().refused();
+                Err(Reason::MemoryFull)
+            }
             Err(e) => Err(Reason::NoWakeFd(e.to_string())),
         }
     }

@@ -615,11 +615,27 @@ pub fn basic(user: &str, pass: &str) -> String {
 impl Server {
     /// A plain HTTP GET to the admin endpoint: (status, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
+        // The listener's own address as `Host`, as curl sends it.
+        self.admin_exchange(|addr| format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"))
+    }
+
+    /// The admin API's `POST /publish?path=PATH` with `body`: (status, answer body).
+    pub fn admin_publish(&self, path: &str, body: &str) -> (u16, String) {
+        self.admin_exchange(|addr| {
+            format!(
+                "POST /publish?path={path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        })
+    }
+
+    /// Sends the request `request` makes for the admin address and reads the answer to its
+    /// end: (status, body).
+    fn admin_exchange(&self, request: impl FnOnce(SocketAddr) -> String) -> (u16, String) {
         let addr = self.admin_addr();
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        // The listener's own address as `Host`, as curl sends it.
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        s.write_all(request(addr).as_bytes()).unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let status = out
@@ -1045,4 +1061,65 @@ pub fn raise_nofile(n: u64) {
         limit.current = Some(limit.maximum.map_or(n, |max| max.min(n)));
         setrlimit(Resource::Nofile, limit).unwrap();
     }
+}
+
+/// The envelope subprotocol (docs/history.md).
+pub const ENVELOPE: &str = "wsgate.v1.json";
+
+/// Connects as `who` to `path_query`, asking for the envelope; checks the 101 answered it.
+pub fn enveloped(server: &Server, path_query: &str, (user, pass): (&str, &str)) -> Client {
+    let (ws, resp) = server
+        .connect_full(
+            path_query,
+            &[
+                ("Authorization", &basic(user, pass)),
+                ("Sec-WebSocket-Protocol", ENVELOPE),
+            ],
+            server.client_config(),
+        )
+        .unwrap_or_else(|e| panic!("connect {path_query}: {e}; log:\n{}", server.logs()));
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap()),
+        Some(ENVELOPE)
+    );
+    ws
+}
+
+/// The text of the next data message.
+pub fn next_text(ws: &mut Client) -> String {
+    match next_data(ws) {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// The raw JSON value of `key` in a flat envelope (a string keeps its quotes).
+pub fn field<'a>(json: &'a str, key: &str) -> &'a str {
+    let start = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + key.len()
+        + 3;
+    let rest = &json[start..];
+    let end = if let Some(inside) = rest.strip_prefix('"') {
+        // The closing quote: the first one no backslash escapes.
+        let mut escaped = false;
+        let close = inside
+            .char_indices()
+            .find(|&(_, c)| {
+                let end = !escaped && c == '"';
+                escaped = !escaped && c == '\\';
+                end
+            })
+            .unwrap()
+            .0;
+        close + 2
+    } else if rest.starts_with('{') {
+        rest.find('}').unwrap() + 1
+    } else {
+        rest.find([',', '}']).unwrap()
+    };
+    &rest[..end]
 }

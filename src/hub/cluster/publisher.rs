@@ -10,7 +10,7 @@ use redis::Value;
 use super::Context;
 use super::link::{Link, MAX_INTERRUPTS, Watch, connect, interrupted};
 use super::queue::Queue;
-use super::wire::{FIELD_ENVELOPE, FIELD_PATH, encode, entry_path};
+use super::wire::{FIELD_ENVELOPE, FIELD_PATH, FIELD_SENDER, encode, encode_sender, entry_path};
 use crate::ops::metrics::Counter;
 
 /// Most broadcasts sent in one pipelined round trip.
@@ -98,6 +98,9 @@ fn publish_until_error(
                 .arg(entry_path(&e.out))
                 .arg(FIELD_ENVELOPE)
                 .arg(envelope);
+            if let Some(sender) = encode_sender(&e.out) {
+                pipe.arg(FIELD_SENDER).arg(sender);
+            }
             true
         });
         match exec_within(con, &pipe, batch.len(), ctx.health_timeout) {

@@ -139,9 +139,10 @@ mod tests {
     use tungstenite::Message;
 
     use super::*;
+    use crate::hub::history::Sender;
 
     fn text(n: usize) -> Outbound {
-        Outbound::broadcast("/c", Message::text(n.to_string()))
+        Outbound::broadcast("/c", Sender::Anonymous, Message::text(n.to_string()))
     }
 
     #[test]

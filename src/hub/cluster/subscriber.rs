@@ -289,7 +289,9 @@ fn listen(
                 last_id.clear();
                 last_id.push_str(entry.id);
                 match (entry.path, entry.envelope) {
-                    (Some(path), Some(envelope)) => reader.handle(ctx, path, envelope),
+                    (Some(path), Some(envelope)) => {
+                        reader.handle(ctx, path, envelope, entry.sender)
+                    }
                     _ => reader.bad(ctx, "?", &BadEnvelope::Fields),
                 }
             })
@@ -300,8 +302,8 @@ fn listen(
 
 impl Reader {
     /// Delivers one entry unless it is this instance's own, a copy, or for no channel here.
-    fn handle(&mut self, ctx: &Context, path: &str, envelope: &[u8]) {
-        let (origin, message) = match decode(envelope) {
+    fn handle(&mut self, ctx: &Context, path: &str, envelope: &[u8], sender: Option<&[u8]>) {
+        let (origin, message) = match decode(envelope, sender) {
             Ok(decoded) => decoded,
             Err(why) => return self.bad(ctx, path, &why),
         };
@@ -322,8 +324,8 @@ impl Reader {
             }
             Arrival::Next => {}
         }
-        let message = match message {
-            Inbound::Broadcast(message) => message,
+        let (message, sender) = match message {
+            Inbound::Broadcast(message, sender) => (message, sender),
             Inbound::Disconnect(filter) => {
                 let n = ctx.hub.disconnect(&filter);
                 ctx.metrics.bump(Counter::AdminDisconnects, n as u64);
@@ -336,7 +338,7 @@ impl Reader {
             }
         };
         if (ctx.accepts)(path) {
-            ctx.hub.deliver(path, &message);
+            ctx.hub.deliver(path, sender, &message);
             ctx.metrics.bump(Counter::ClusterReceived, 1);
         } else {
             log::debug!("cluster: no broadcast channel here serves `{path}`; ignored");

@@ -1,12 +1,18 @@
 //! The backbone's wire format: the envelope in an entry's `m` field (origin, sequence number,
-//! kind, bytes), the entry's `p` field, and reading stream entries out of an `XREAD` or
-//! `XRANGE` reply in either protocol. Pure: no Redis connection here.
+//! kind, bytes), the entry's `p` field, a broadcast's sender as its instance authenticated it in
+//! the `f` field, and reading stream entries out of an `XREAD` or `XRANGE` reply in either
+//! protocol. Pure: no Redis connection here.
+//!
+//! The sender has a field of its own, beside an envelope that is unchanged, so instances with and
+//! without it read each other's entries (during a rolling upgrade): one without reads past the
+//! field, one with it takes an entry without the field as of unknown sender.
 
 use std::fmt;
 
 use redis::Value;
 use tungstenite::{Message, Utf8Bytes};
 
+use crate::hub::history::Sender;
 use crate::hub::query::{FILTER_KEYS, parse_query, query_string};
 use crate::hub::{Filter, Outbound};
 
@@ -14,9 +20,14 @@ const ENVELOPE_VERSION: u8 = 2;
 const KIND_TEXT: u8 = 0;
 const KIND_BINARY: u8 = 1;
 const KIND_DISCONNECT: u8 = 2;
-/// The stream entry's fields: the channel path, and the envelope.
+/// The sender field's first byte: a user (its name follows), anonymous, the admin API.
+const SENDER_USER: u8 = 0;
+const SENDER_ANONYMOUS: u8 = 1;
+const SENDER_ADMIN: u8 = 2;
+/// The stream entry's fields: the channel path, the envelope, and a broadcast's sender.
 pub(super) const FIELD_PATH: &str = "p";
 pub(super) const FIELD_ENVELOPE: &str = "m";
+pub(super) const FIELD_SENDER: &str = "f";
 /// The instance, process and place in its sequence of one envelope.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Stamp<'a> {
@@ -56,6 +67,33 @@ pub(super) fn encode(instance_id: &str, epoch: u64, seq: u64, out: &Outbound) ->
     Some(out)
 }
 
+/// The stream entry's `f` field: a broadcast's sender. None for a disconnect, and for a
+/// broadcast of unknown sender (one from another instance, which is never sent on).
+pub(super) fn encode_sender(out: &Outbound) -> Option<Vec<u8>> {
+    match out {
+        Outbound::Broadcast { from, .. } => match from {
+            Sender::User(name) => Some([&[SENDER_USER][..], name.as_bytes()].concat()),
+            Sender::Anonymous => Some(vec![SENDER_ANONYMOUS]),
+            Sender::Admin => Some(vec![SENDER_ADMIN]),
+            Sender::Unknown => None,
+        },
+        Outbound::Disconnect(_) => None,
+    }
+}
+
+/// A broadcast's sender from its entry's `f` field; unknown without one.
+fn decode_sender(field: Option<&[u8]>) -> Result<Sender, BadEnvelope> {
+    match field {
+        None => Ok(Sender::Unknown),
+        Some([SENDER_USER, name @ ..]) => std::str::from_utf8(name)
+            .map(|n| Sender::User(n.to_string()))
+            .map_err(|_| BadEnvelope::BadSender),
+        Some([SENDER_ANONYMOUS]) => Ok(Sender::Anonymous),
+        Some([SENDER_ADMIN]) => Ok(Sender::Admin),
+        Some(_) => Err(BadEnvelope::BadSender),
+    }
+}
+
 /// The stream entry's `p` field: the broadcast's path, or for a disconnect the path it names
 /// (`*` for none), so `XRANGE` reads well.
 pub(super) fn entry_path(out: &Outbound) -> &str {
@@ -68,7 +106,8 @@ pub(super) fn entry_path(out: &Outbound) -> &str {
 /// What an envelope carries.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Inbound {
-    Broadcast(Message),
+    /// A broadcast, and its sender as its instance authenticated it.
+    Broadcast(Message, Sender),
     Disconnect(Filter),
 }
 
@@ -83,6 +122,8 @@ pub(super) enum BadEnvelope {
     BadFilter,
     /// The stream entry lacks the path or the envelope field.
     Fields,
+    /// The sender field is none of the known forms.
+    BadSender,
 }
 
 impl fmt::Display for BadEnvelope {
@@ -94,12 +135,17 @@ impl fmt::Display for BadEnvelope {
             BadEnvelope::NotUtf8 => f.write_str("text message is not valid UTF-8"),
             BadEnvelope::BadFilter => f.write_str("disconnect without a valid filter"),
             BadEnvelope::Fields => f.write_str("entry without the `p` and `m` fields"),
+            BadEnvelope::BadSender => f.write_str("entry with a malformed sender field `f`"),
         }
     }
 }
 
-/// Decodes an envelope into where it comes from and what it carries.
-pub(super) fn decode(payload: &[u8]) -> Result<(Stamp<'_>, Inbound), BadEnvelope> {
+/// Decodes an envelope, with its entry's sender field, into where it comes from and what it
+/// carries.
+pub(super) fn decode<'a>(
+    payload: &'a [u8],
+    sender: Option<&[u8]>,
+) -> Result<(Stamp<'a>, Inbound), BadEnvelope> {
     let [version, id_len, rest @ ..] = payload else {
         return Err(BadEnvelope::Truncated);
     };
@@ -121,10 +167,14 @@ pub(super) fn decode(payload: &[u8]) -> Result<(Stamp<'_>, Inbound), BadEnvelope
     };
     let (kind, body) = (rest[0], &rest[1..]);
     let inbound = match kind {
-        KIND_TEXT => Inbound::Broadcast(Message::Text(
-            Utf8Bytes::try_from(body.to_vec()).map_err(|_| BadEnvelope::NotUtf8)?,
-        )),
-        KIND_BINARY => Inbound::Broadcast(Message::Binary(body.to_vec().into())),
+        KIND_TEXT => Inbound::Broadcast(
+            Message::Text(Utf8Bytes::try_from(body.to_vec()).map_err(|_| BadEnvelope::NotUtf8)?),
+            decode_sender(sender)?,
+        ),
+        KIND_BINARY => Inbound::Broadcast(
+            Message::Binary(body.to_vec().into()),
+            decode_sender(sender)?,
+        ),
         KIND_DISCONNECT => {
             let query = std::str::from_utf8(body).map_err(|_| BadEnvelope::BadFilter)?;
             let filter = parse_query(query, FILTER_KEYS)
@@ -138,13 +188,14 @@ pub(super) fn decode(payload: &[u8]) -> Result<(Stamp<'_>, Inbound), BadEnvelope
     Ok((origin, inbound))
 }
 
-/// What the subscriber makes of an envelope, by its origin's sequence number.
-/// One stream entry as the bridge writes it: its id, and its `p` and `m` fields if present.
+/// One stream entry as the bridge writes it: its id, and its `p`, `m` and `f` fields if
+/// present.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct StreamEntry<'a> {
     pub(super) id: &'a str,
     pub(super) path: Option<&'a str>,
     pub(super) envelope: Option<&'a [u8]>,
+    pub(super) sender: Option<&'a [u8]>,
 }
 
 /// The reply did not have the shape of `XREAD`'s or `XRANGE`'s.
@@ -194,6 +245,7 @@ pub(super) fn for_each_entry(
             id,
             path: None,
             envelope: None,
+            sender: None,
         };
         if let Some(Value::Array(fields)) = fields {
             for pair in fields.chunks_exact(2) {
@@ -201,6 +253,7 @@ pub(super) fn for_each_entry(
                     match name.as_slice() {
                         b"p" => e.path = std::str::from_utf8(value).ok(),
                         b"m" => e.envelope = Some(value),
+                        b"f" => e.sender = Some(value),
                         _ => {}
                     }
                 }
@@ -221,14 +274,14 @@ mod tests {
         let binary = Message::binary(vec![0u8, 1, 255, 0]);
         for msg in [text, binary, Message::text(""), Message::binary(Vec::new())] {
             let e = encode("pi-1", 7, u64::MAX, &broadcast(msg.clone())).unwrap();
-            let (origin, back) = decode(&e).unwrap();
+            let (origin, back) = decode(&e, None).unwrap();
             let want = Stamp {
                 instance: b"pi-1",
                 epoch: 7,
                 seq: u64::MAX,
             };
             assert_eq!(origin, want);
-            assert_eq!(back, Inbound::Broadcast(msg));
+            assert_eq!(back, Inbound::Broadcast(msg, Sender::Unknown));
         }
         let e = encode("a", 1, 2, &broadcast(Message::text("x"))).unwrap();
         let mut want = vec![2, 1, b'a'];
@@ -243,7 +296,45 @@ mod tests {
     }
 
     fn broadcast(msg: Message) -> Outbound {
-        Outbound::broadcast("/c", msg)
+        Outbound::broadcast("/c", Sender::Anonymous, msg)
+    }
+
+    #[test]
+    fn a_broadcast_carries_its_sender_and_an_entry_without_one_is_of_unknown_sender() {
+        let senders = [
+            Sender::User("al\"ice ✓".into()),
+            Sender::User(String::new()),
+            Sender::Anonymous,
+            Sender::Admin,
+        ];
+        for from in senders {
+            let out = Outbound::broadcast("/c", from.clone(), Message::text("x"));
+            let (e, f) = (encode("a", 1, 1, &out).unwrap(), encode_sender(&out));
+            let (_, back) = decode(&e, f.as_deref()).unwrap();
+            assert_eq!(back, Inbound::Broadcast(Message::text("x"), from));
+        }
+        let out = Outbound::broadcast("/c", Sender::User("bob".into()), Message::binary(vec![1u8]));
+        assert_eq!(encode_sender(&out).unwrap(), b"\x00bob");
+        // An entry from an instance that does not write the field.
+        let e = encode("a", 1, 1, &out).unwrap();
+        assert_eq!(
+            decode(&e, None).unwrap().1,
+            Inbound::Broadcast(Message::binary(vec![1u8]), Sender::Unknown)
+        );
+        // A broadcast from another instance is never sent on; a disconnect has no sender.
+        let unknown = Outbound::broadcast("/c", Sender::Unknown, Message::text("x"));
+        assert_eq!(encode_sender(&unknown), None);
+        assert_eq!(
+            encode_sender(&Outbound::Disconnect(Filter::default())),
+            None
+        );
+        for bad in [&b""[..], b"\x01x", b"\x02\x00", b"\x03", b"\x00\xff"] {
+            assert_eq!(
+                decode(&e, Some(bad)).unwrap_err(),
+                BadEnvelope::BadSender,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
@@ -257,11 +348,15 @@ mod tests {
         assert_eq!(entry_path(&out), "/chat/*");
         let e = encode("pi-1", 7, 3, &out).unwrap();
         assert!(e.ends_with(b"\x02user=al%20ice%26x&path=/chat/*"));
-        assert_eq!(decode(&e).unwrap().1, Inbound::Disconnect(filter));
+        assert_eq!(decode(&e, None).unwrap().1, Inbound::Disconnect(filter));
         let numbers = [0u8; 16];
         for body in [&b""[..], b"bogus=1", b"user=%zz", b"\xff"] {
             let e = [&[2u8, 0][..], &numbers, &[KIND_DISCONNECT], body].concat();
-            assert_eq!(decode(&e).unwrap_err(), BadEnvelope::BadFilter, "{body:?}");
+            assert_eq!(
+                decode(&e, None).unwrap_err(),
+                BadEnvelope::BadFilter,
+                "{body:?}"
+            );
         }
     }
 
@@ -269,32 +364,34 @@ mod tests {
     fn bad_envelopes_are_refused() {
         let numbers = [0u8; 16];
         let with = |head: &[u8], tail: &[u8]| [head, &numbers, tail].concat();
-        assert_eq!(decode(b"").unwrap_err(), BadEnvelope::Truncated);
-        assert_eq!(decode(&[2]).unwrap_err(), BadEnvelope::Truncated);
+        assert_eq!(decode(b"", None).unwrap_err(), BadEnvelope::Truncated);
+        assert_eq!(decode(&[2], None).unwrap_err(), BadEnvelope::Truncated);
         assert_eq!(
-            decode(&with(&[2, 3, b'a', b'b'], &[])).unwrap_err(),
+            decode(&with(&[2, 3, b'a', b'b'], &[]), None).unwrap_err(),
             BadEnvelope::Truncated
         );
         assert_eq!(
-            decode(&with(&[2, 1, b'a'], &[])).unwrap_err(),
+            decode(&with(&[2, 1, b'a'], &[]), None).unwrap_err(),
             BadEnvelope::Truncated
         );
         // Version 1 (pub/sub, no sequence numbers) is not understood.
         assert_eq!(
-            decode(&[1, 1, b'a', KIND_TEXT, b'x']).unwrap_err(),
+            decode(&[1, 1, b'a', KIND_TEXT, b'x'], None).unwrap_err(),
             BadEnvelope::Version(1)
         );
         assert_eq!(
-            decode(&with(&[2, 0], &[7, 1])).unwrap_err(),
+            decode(&with(&[2, 0], &[7, 1]), None).unwrap_err(),
             BadEnvelope::Kind(7)
         );
         assert_eq!(
-            decode(&with(&[2, 0], &[KIND_TEXT, 0xff])).unwrap_err(),
+            decode(&with(&[2, 0], &[KIND_TEXT, 0xff]), None).unwrap_err(),
             BadEnvelope::NotUtf8
         );
         assert_eq!(
-            decode(&with(&[2, 0], &[KIND_BINARY, 0xff])).unwrap().1,
-            Inbound::Broadcast(Message::binary(vec![0xffu8]))
+            decode(&with(&[2, 0], &[KIND_BINARY, 0xff]), None)
+                .unwrap()
+                .1,
+            Inbound::Broadcast(Message::binary(vec![0xffu8]), Sender::Unknown)
         );
     }
 
@@ -330,7 +427,10 @@ mod tests {
     fn xread_replies_are_read_in_both_protocols() {
         let list = Value::Array(vec![
             entry("1-0", &[b"p", b"/a", b"m", b"\x02x"]),
-            entry("1-1", &[b"m", b"y", b"p", b"/b", b"extra", b"z"]),
+            entry(
+                "1-1",
+                &[b"m", b"y", b"p", b"/b", b"extra", b"z", b"f", b"\x01"],
+            ),
             entry("2-0", &[b"other", b"v"]),
         ]);
         let want = vec![

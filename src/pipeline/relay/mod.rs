@@ -20,47 +20,39 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, poll};
+use rustix::event::{PollFd, PollFlags};
 use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-use crate::config::{Limits, Overflow, WsLimits};
+use crate::config::{Limits, WsLimits};
 use crate::hub::Membership;
-use crate::ops::metrics::Counter;
 use crate::pipeline::close::{self, PollSocket};
-use crate::pipeline::connection::{self, End, Rights};
-use crate::pipeline::frames::FrameLimit;
-use crate::pipeline::ratelimit::MessageLimiter;
+use crate::pipeline::end::{End, classify};
+use crate::pipeline::inbound::{self, Due, Inbound, READS_PER_STEP, Rights, Silence};
 use crate::pipeline::upgrade::WsStream;
 
-/// Messages read from one side in one step at most (as [`crate::pipeline::connection`] does).
-const READS_PER_STEP: usize = 64;
 /// What each side gets, when the server ends a relay (revocation, an admin's disconnect,
 /// shutdown), to take what is queued for it and the close frame; then both sockets are shut
 /// down, whatever their buffers still hold. Backend then client: under a second in all.
 const IMPOSED_END: Duration = Duration::from_millis(400);
 
-/// A side of the relay: one WebSocket, its write state and its silence.
+/// A side of the relay: one WebSocket and its write state.
 struct Side<S> {
-    ws: WebSocket<S>,
+    /// Boxed, as the connection loop's: the worker's stack never holds a WebSocket itself.
+    ws: Box<WebSocket<S>>,
     /// A message this side's write buffer had no room for; reading the other side waits for it.
     held: Option<Message>,
     /// Since when writes to this side have been blocked by a full socket.
     stalled_since: Option<Instant>,
-    /// When this side last sent us any frame.
-    last_heard: Instant,
-    ping_sent: bool,
 }
 
 impl<S: Read + Write> Side<S> {
-    fn new(ws: WebSocket<S>, now: Instant) -> Self {
+    fn new(ws: Box<WebSocket<S>>) -> Self {
         Side {
             ws,
             held: None,
             stalled_since: None,
-            last_heard: now,
-            ping_sent: false,
         }
     }
 
@@ -152,8 +144,8 @@ fn client_gone() -> BackendEnd {
 
 /// Runs a proxied connection until either side ends, then closes the other. Consumes both.
 pub fn run(
-    client: WsStream,
-    backend: BackendWs,
+    mut client: Box<WsStream>,
+    backend: Box<BackendWs>,
     member: Membership,
     rights: Rights,
     channel: &WsLimits,
@@ -168,23 +160,18 @@ pub fn run(
     {
         return End::Dropped(format!("set non-blocking: {e}"));
     }
-    let mut client = Side::new(client, now);
-    // The client's frames are charged to the memory cap as a connection loop's are, and given
-    // back once each message is handed to the backend (its write buffer is bounded per
-    // connection by `max_write_buffer_size`, not by the cap).
-    connection::watch_client(&mut client.ws, &member, channel, limits);
+    // The client's messages take the connection loop's inbound path: their read charge is given
+    // back once each is handed to the backend (its write buffer is bounded per connection by
+    // `max_write_buffer_size`, not by the cap).
+    let inbound = Inbound::new(&mut client, &member, rights, channel, limits, now);
     member.attach_socket(Arc::clone(&sock));
     let mut relay = Relay {
-        client,
-        backend: Side::new(backend, now),
+        client: Side::new(client),
+        backend: Side::new(backend),
+        backend_silence: Silence::new(now, limits),
         sock,
         member,
-        rights,
-        limiter: MessageLimiter::new(
-            channel.max_messages_per_sec,
-            channel.max_bytes_per_sec as u64,
-            now,
-        ),
+        inbound,
     };
     let ending = relay.serve(limits);
     relay.finish(&ending, limits.write_timeout);
@@ -194,11 +181,12 @@ pub fn run(
 struct Relay {
     client: Side<crate::pipeline::upgrade::Replay<crate::pipeline::tls::Transport>>,
     backend: Side<BackendStream>,
+    backend_silence: Silence,
     /// The client's socket, shared with the hub (shutdown and revocation shut its read side).
     sock: Arc<TcpStream>,
     member: Membership,
-    rights: Rights,
-    limiter: MessageLimiter,
+    /// The client's reads, rights, rate limit and silence.
+    inbound: Inbound,
 }
 
 impl Relay {
@@ -275,44 +263,34 @@ impl Relay {
                 return Err(Ending::both(1011, "backend not reading"));
             }
         }
-        if now.duration_since(self.client.last_heard) >= limits.idle_timeout {
-            return Err(Ending::both(1001, "idle timeout"));
-        }
-        if now.duration_since(self.backend.last_heard) >= limits.idle_timeout {
-            return Err(Ending::by_peer(
-                End::Closed(1011, "backend idle timeout"),
-                BackendEnd::Close(Some(close::frame(1001, "idle timeout"))),
-            ));
-        }
-        let message_deadline = self.client.ws.get_ref().message_deadline();
-        if message_deadline.is_some_and(|d| now >= d) {
-            return Err(Ending::both(1008, FrameLimit::TooSlow.reason()));
-        }
-        ping_if_silent(&mut self.client, limits, now).map_err(client_failed)?;
-        ping_if_silent(&mut self.backend, limits, now).map_err(backend_failed)?;
-        let mut wake_at = now + limits.idle_timeout;
-        for (heard, pinged, stalled) in [
-            (
-                self.client.last_heard,
-                self.client.ping_sent,
-                self.client.stalled_since,
-            ),
-            (
-                self.backend.last_heard,
-                self.backend.ping_sent,
-                self.backend.stalled_since,
-            ),
-        ] {
-            wake_at = wake_at.min(heard + limits.idle_timeout);
-            if !pinged {
-                wake_at = wake_at.min(heard + limits.ping_interval);
+        let client_due = self
+            .inbound
+            .check(&self.client.ws, now)
+            .map_err(client_ended)?;
+        let backend_due = match self.backend_silence.check(now) {
+            Due::Idle => {
+                return Err(Ending::by_peer(
+                    End::Closed(1011, "backend idle timeout"),
+                    BackendEnd::Close(Some(close::frame(1001, "idle timeout"))),
+                ));
             }
-            if let Some(since) = stalled {
-                wake_at = wake_at.min(since + limits.write_timeout);
-            }
+            due => due,
+        };
+        if client_due == Due::Ping {
+            ping(&mut self.client).map_err(client_failed)?;
         }
-        if let Some(deadline) = message_deadline {
-            wake_at = wake_at.min(deadline);
+        if backend_due == Due::Ping {
+            ping(&mut self.backend).map_err(backend_failed)?;
+        }
+        let mut wake_at = self
+            .inbound
+            .wake_at(&self.client.ws)
+            .min(self.backend_silence.wake_at());
+        for since in [self.client.stalled_since, self.backend.stalled_since]
+            .into_iter()
+            .flatten()
+        {
+            wake_at = wake_at.min(since + limits.write_timeout);
         }
         Ok((wake_at, more))
     }
@@ -321,55 +299,27 @@ impl Relay {
     /// passed on. Pings are answered by tungstenite.
     fn read_client(&mut self) -> Result<bool, Ending> {
         for _ in 0..READS_PER_STEP {
-            let msg = match self.client.ws.read() {
-                Ok(msg) => msg,
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(client_failed(e)),
-            };
-            self.client.last_heard = Instant::now();
-            self.client.ping_sent = false;
-            match msg {
-                Message::Text(_) | Message::Binary(_) => {
-                    self.member.metrics().message_in(msg.len());
-                    self.client.ws.get_mut().settle(msg.len());
-                    if !self.admit(&msg)? {
-                        continue;
-                    }
+            match self
+                .inbound
+                .next(&mut self.client.ws, &self.member)
+                .map_err(client_ended)?
+            {
+                inbound::Read::Data(msg) => {
                     self.backend.send(msg).map_err(backend_failed)?;
                     if self.backend.held.is_some() {
                         return Ok(false);
                     }
                 }
-                Message::Close(frame) => {
+                inbound::Read::Closed(frame) => {
                     let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
                     return Err(Ending::by_peer(
                         End::PeerClosed(code),
                         BackendEnd::Close(frame),
                     ));
                 }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                inbound::Read::Other => {}
+                inbound::Read::Empty => return Ok(false),
             }
-        }
-        Ok(true)
-    }
-
-    /// Publish rights and the rate limit, as on an echo channel: whether `msg` goes on.
-    fn admit(&mut self, msg: &Message) -> Result<bool, Ending> {
-        let metrics = self.member.metrics();
-        if !self.rights.may_publish {
-            metrics.bump(Counter::PublishDenied, 1);
-            return match self.rights.on_forbidden {
-                Overflow::Close => Err(Ending::both(1008, "publish not allowed")),
-                Overflow::Drop => Ok(false),
-            };
-        }
-        if !self.limiter.allow(msg.len(), Instant::now()) {
-            metrics.bump(Counter::RateLimited, 1);
-            return match self.rights.on_rate_limit {
-                Overflow::Close => Err(Ending::both(1008, "rate limit")),
-                Overflow::Drop => Ok(false),
-            };
         }
         Ok(true)
     }
@@ -383,11 +333,10 @@ impl Relay {
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(backend_failed(e)),
             };
-            self.backend.last_heard = Instant::now();
-            self.backend.ping_sent = false;
+            self.backend_silence.heard(Instant::now());
             match msg {
                 Message::Text(_) | Message::Binary(_) => {
-                    self.member.metrics().message_out(msg.len());
+                    inbound::sent(&self.member, msg.len());
                     self.client.send(msg).map_err(client_failed)?;
                     if self.client.held.is_some() {
                         return Ok(false);
@@ -434,16 +383,7 @@ impl Relay {
                 None => PollFd::new(&*self.sock, PollFlags::empty()),
             },
         ];
-        let timeout =
-            rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
-                tv_sec: i64::MAX,
-                tv_nsec: 0,
-            });
-        match poll(&mut fds, Some(&timeout)) {
-            Ok(_) => Ok(!fds[0].revents().is_empty()),
-            Err(rustix::io::Errno::INTR) => Ok(true),
-            Err(e) => Err(e.into()),
-        }
+        inbound::wait(&mut fds, timeout)
     }
 
     /// Closes both sides as `ending` says, the backend first (it is usually local and quick).
@@ -519,24 +459,21 @@ fn backend_close(frame: Option<&CloseFrame>) -> End {
     }
 }
 
-/// Pings a side silent for `ping_interval` (once until it answers).
-fn ping_if_silent<S: Read + Write>(
-    side: &mut Side<S>,
-    limits: &Limits,
-    now: Instant,
-) -> Result<(), WsError> {
-    if !side.ping_sent && now.duration_since(side.last_heard) >= limits.ping_interval {
-        side.ping_sent = true;
-        side.send(Message::Ping(Default::default()))?;
-        side.write_out()?;
-    }
-    Ok(())
+/// Pings a side whose silence made one due.
+fn ping<S: Read + Write>(side: &mut Side<S>) -> Result<(), WsError> {
+    side.send(Message::Ping(Default::default()))?;
+    side.write_out()
 }
 
-/// The client failed or broke the protocol: its end as [`crate::pipeline::connection`] has it; the
+/// The client's side ended the relay (a limit, a refusal, its timers): the backend gets 1001.
+fn client_ended(client: End) -> Ending {
+    Ending::by_peer(client, client_gone())
+}
+
+/// The client failed or broke the protocol: its end as [`classify`] has it; the
 /// backend gets 1001.
 fn client_failed(e: WsError) -> Ending {
-    Ending::by_peer(connection::classify(e), client_gone())
+    client_ended(classify(e))
 }
 
 /// The backend failed (vanished without a close, broke the protocol, sent more than the

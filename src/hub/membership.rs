@@ -78,25 +78,7 @@ impl Hub {
         holder: Holder,
         recall: &Recall,
     ) -> io::Result<Result<Membership, JoinRefused>> {
-        let shared = Arc::new(MemberShared {
-            waker: match mode {
-                Mode::Echo => None,
-                Mode::Broadcast | Mode::Proxy => Some(Waker::new()?),
-            },
-            slow: AtomicBool::new(false),
-            squeezed: AtomicBool::new(false),
-            revoked: AtomicBool::new(false),
-            revocation: OnceLock::new(),
-            holder,
-            socket: OnceLock::new(),
-            queued: AtomicUsize::new(0),
-            queued_bytes: AtomicUsize::new(0),
-            account: Account::new(Arc::clone(&self.budget)),
-            direct: OnceLock::new(),
-            step_since: AtomicU64::new(0),
-            profile: OnceLock::new(),
-            traffic: Traffic::default(),
-        });
+        let shared = self.member_state(mode, holder)?;
         let from = match &shared.holder.user {
             Some(user) => Sender::User(user.clone()),
             None => Sender::Anonymous,
@@ -157,6 +139,33 @@ impl Hub {
             from,
             intake,
             announced: AtomicBool::new(false),
+        }))
+    }
+
+    /// A new member's shared state: a waker for a member that receives (broadcast, proxy), its
+    /// holder, an empty account on the hub's budget.
+    ///
+    /// # Errors
+    /// If no eventfd could be made for the waker.
+    fn member_state(&self, mode: Mode, holder: Holder) -> io::Result<Arc<MemberShared>> {
+        Ok(Arc::new(MemberShared {
+            waker: match mode {
+                Mode::Echo => None,
+                Mode::Broadcast | Mode::Proxy => Some(Waker::new()?),
+            },
+            slow: AtomicBool::new(false),
+            squeezed: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
+            revocation: OnceLock::new(),
+            holder,
+            socket: OnceLock::new(),
+            queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            account: Account::new(Arc::clone(&self.budget)),
+            direct: OnceLock::new(),
+            step_since: AtomicU64::new(0),
+            profile: OnceLock::new(),
+            traffic: Traffic::default(),
         }))
     }
 }

@@ -14,7 +14,7 @@
 //! entry (counted) to keep the newest.
 //!
 //! Each member carries who it is ([`Profile`], set once after joining) and what it moved
-//! ([`Traffic`]), so the admin API can list connections and end the ones it names (issue 16).
+//! ([`Traffic`]), so the admin API can list connections and end the ones it names.
 //! Every delivery that stays in memory (an outbox entry, a direct write the socket did not take
 //! whole, a message in the bridge's queue) is charged to the process-wide [`Budget`] first. A
 //! fan-out that does not fit closes the subscribers with the largest backlog with 1008 `slow

@@ -11,7 +11,7 @@ use redis::Value;
 
 use super::Context;
 use super::link::{Link, Watch, connect, connection_name, query};
-use super::wire::{BadEnvelope, Inbound, Origin, decode, for_each_entry, for_each_stream};
+use super::wire::{BadEnvelope, Inbound, Stamp, decode, for_each_entry, for_each_stream};
 use crate::hub::query::query_string;
 use crate::ops::metrics::Counter;
 
@@ -54,7 +54,7 @@ struct Senders {
 }
 
 impl Senders {
-    fn arrive(&mut self, origin: &Origin<'_>) -> Arrival {
+    fn arrive(&mut self, origin: &Stamp<'_>) -> Arrival {
         self.clock += 1;
         let key = (origin.instance.to_vec(), origin.epoch);
         if let Some((seq, heard)) = self.last.get_mut(&key) {
@@ -383,8 +383,8 @@ impl Reader {
 mod tests {
     use super::*;
 
-    fn from(instance: &'static [u8], epoch: u64, seq: u64) -> Origin<'static> {
-        Origin {
+    fn from(instance: &'static [u8], epoch: u64, seq: u64) -> Stamp<'static> {
+        Stamp {
             instance,
             epoch,
             seq,
@@ -420,19 +420,19 @@ mod tests {
             .map(|i| i.to_string().into_bytes())
             .collect();
         for id in &ids[..MAX_SENDERS] {
-            s.arrive(&Origin {
+            s.arrive(&Stamp {
                 instance: id,
                 epoch: 1,
                 seq: 1,
             });
         }
         // "0" heard again: "1" is now the least recent and makes room.
-        s.arrive(&Origin {
+        s.arrive(&Stamp {
             instance: &ids[0],
             epoch: 1,
             seq: 2,
         });
-        s.arrive(&Origin {
+        s.arrive(&Stamp {
             instance: &ids[MAX_SENDERS],
             epoch: 1,
             seq: 1,

@@ -115,6 +115,18 @@ impl Hub {
         let mut ring_guard = ring
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
+        // With the history in Redis: read under the path's lock, which its deliveries take, so
+        // a live broadcast is either in what is read or delivered after the member is in.
+        let recalled = match (&ring_guard, intake.history, self.store.get()) {
+            (Some(_), Some(keep), Some(store)) => match store.recall(path, recall, keep) {
+                Ok(recalled) => Some(recalled),
+                Err(e) => {
+                    log::warn!("history of {path}: cannot read it from Redis: {e}");
+                    return Ok(Err(JoinRefused::Recall(RecallRefused::Unavailable)));
+                }
+            },
+            _ => None,
+        };
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         if self.closed.load(Ordering::Acquire) {
             return Ok(Err(JoinRefused::Closed(HubClosed)));
@@ -126,11 +138,17 @@ impl Hub {
             rx: rx.clone(),
             intake,
             shared: Arc::clone(&shared),
+            replayed: recalled.as_ref().map(|r| (r.epoch.clone(), r.last_pos)),
         };
         if let (Some(ring), Some(keep)) = (ring_guard.as_deref_mut(), intake.history) {
-            let replay = self
-                .histories
-                .replay(ring, keep, recall, intake.envelope, Instant::now());
+            let replay = match &recalled {
+                Some(recalled) => self
+                    .histories
+                    .replay_recalled(recalled, recall, intake.envelope),
+                None => self
+                    .histories
+                    .replay(ring, keep, recall, intake.envelope, Instant::now()),
+            };
             // All or nothing: the charges taken so far are given back if one does not fit.
             let mut charged = Vec::with_capacity(replay.len());
             for msg in replay {

@@ -30,7 +30,7 @@
 //! envelope and the presence notices, [`query`] the filter as a query string.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 pub(crate) mod cluster;
@@ -113,6 +113,8 @@ pub struct Hub {
     epoch: Instant,
     /// The broadcasts kept per path, for channels with a history.
     histories: Histories,
+    /// Where the history is read from when Redis keeps it (`[cluster]`), once the bridge runs.
+    store: OnceLock<Arc<cluster::Store>>,
 }
 
 /// The hub is shutting down: no new members.
@@ -137,12 +139,18 @@ impl Hub {
             metrics,
             gate: Mutex::new(()),
             epoch: Instant::now(),
+            store: OnceLock::new(),
         })
     }
 
     /// Attaches the cluster bridge: from now on every broadcast is also queued on `outlet`.
     pub fn set_outlet(&self, outlet: cluster::Outlet) {
         *self.outlet.write().unwrap_or_else(|p| p.into_inner()) = Some(outlet);
+    }
+
+    /// Attaches the bridge's history reads: from now on channel history is kept in Redis.
+    pub(crate) fn set_store(&self, store: Arc<cluster::Store>) {
+        let _ = self.store.set(store);
     }
 
     /// Ends every member here that `filter` matches with 1008 `disconnected by admin`; returns

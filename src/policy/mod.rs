@@ -124,6 +124,9 @@ pub enum Reason {
     },
     /// The memory cap is reached (`memory_limit`). 503 with `Retry-After`.
     MemoryFull,
+    /// A history request (`last`, `since`) on a channel whose history Redis keeps (`[cluster]`),
+    /// and Redis did not answer it within `health_timeout`. 503 with `Retry-After`.
+    HistoryUnavailable,
     /// Every worker stayed busy until the upgrade deadline (the connection waited in the
     /// `queue`), or a worker thread could not be started. 503 with `Retry-After`.
     NoWorker,
@@ -205,6 +208,7 @@ impl Reason {
             Reason::Busy
             | Reason::ShuttingDown
             | Reason::MemoryFull
+            | Reason::HistoryUnavailable
             | Reason::NoWorker
             | Reason::NoWakeFd(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reason::SessionsOff => StatusCode::NOT_IMPLEMENTED,
@@ -253,7 +257,7 @@ impl Reason {
             Reason::Busy | Reason::NoWorker | Reason::NoWakeFd(_) => {
                 builder.header("Retry-After", "1")
             }
-            Reason::MemoryFull => builder.header("Retry-After", "2"),
+            Reason::MemoryFull | Reason::HistoryUnavailable => builder.header("Retry-After", "2"),
             Reason::ShuttingDown => builder.header("Retry-After", "5"),
             Reason::Backend {
                 failure: BackendFailure::Down,
@@ -321,6 +325,9 @@ impl fmt::Display for Reason {
             Reason::Backend { detail, .. } => f.write_str(detail),
             Reason::MemoryFull => f.write_str("memory limit reached"),
             Reason::NoWorker => f.write_str("no worker free"),
+            Reason::HistoryUnavailable => {
+                f.write_str("the channel's history (in Redis) is unavailable")
+            }
             Reason::NoWakeFd(error) => write!(f, "cannot create the wake-up fd (eventfd): {error}"),
             Reason::SessionsOff => f.write_str(
                 "demo login with sessions off ([auth] session_ttl = 0); the page needs them",
@@ -344,6 +351,7 @@ impl Reason {
             | Reason::Busy
             | Reason::ShuttingDown
             | Reason::MemoryFull
+            | Reason::HistoryUnavailable
             | Reason::NoWorker => Some(self.to_string()),
             _ => None,
         }

@@ -358,6 +358,9 @@ fn handshake(
             Ok(Ok(member)) => member,
             Ok(Err(JoinRefused::Closed(HubClosed))) => return Err(Reason::ShuttingDown),
             // Its history request is what would not fit: the client that asks pays.
+            Ok(Err(JoinRefused::Recall(RecallRefused::Unavailable))) => {
+                return Err(Reason::HistoryUnavailable);
+            }
             Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))) => {
                 metrics.bump(Counter::MemoryRefusals, 1);
                 hub.budget().refused();

@@ -49,6 +49,7 @@
 //! [`subscriber`] the two links, [`link`] what they share (health, backoff, the connection,
 //! interrupted reads), [`wire`] the envelope and the stream replies.
 
+mod kept;
 mod link;
 mod publisher;
 mod queue;
@@ -62,6 +63,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
+pub use self::kept::Store;
 use self::link::Link;
 pub use self::queue::Outlet;
 use crate::config::{ClusterConfig, RedisUrl};
@@ -108,6 +110,7 @@ impl Bridge {
             instance_id: config.instance_id.clone(),
             epoch: new_epoch(),
             stream: stream_key(&config.channel_prefix),
+            prefix: config.channel_prefix.clone(),
             publish_queue: config.publish_queue.get(),
             stream_length: config.stream_length.get(),
             max_backoff: config.max_backoff,
@@ -140,6 +143,9 @@ impl Bridge {
             "wsgate-cluster-pub",
             Box::new(move || publisher::run(&c, &p, &queue)),
         )?;
+        let (store, serve) = Store::new(Arc::clone(&ctx), client.clone());
+        let history = spawn("wsgate-cluster-history", Box::new(serve))?;
+        hub.set_store(Arc::new(store));
         let (c, s) = (Arc::clone(&ctx), client);
         let subscriber = spawn(
             "wsgate-cluster-sub",
@@ -148,7 +154,7 @@ impl Bridge {
         hub.set_outlet(outlet);
         Ok(Some(Bridge {
             stop,
-            threads: vec![publisher, subscriber],
+            threads: vec![publisher, subscriber, history],
         }))
     }
 
@@ -193,6 +199,8 @@ struct Context {
     instance_id: String,
     epoch: u64,
     stream: String,
+    /// `channel_prefix`: the history's keys begin with it (see [`kept`]).
+    prefix: String,
     publish_queue: usize,
     stream_length: usize,
     max_backoff: Duration,
@@ -217,6 +225,8 @@ impl Context {
         let flag = match link {
             Link::Publisher => &self.links.publisher,
             Link::Subscriber => &self.links.subscriber,
+            // Opened by joins when needed: its failures are their 503s.
+            Link::History => return,
         };
         flag.store(up, Ordering::Release);
     }

@@ -495,6 +495,51 @@ mod tests {
     }
 
     #[test]
+    fn a_history_read_from_redis_is_replayed_or_reset_by_the_same_rules() {
+        let h = Histories::new(Arc::new(Budget::off()));
+        // Positions 3 to 5 kept of 5, in epoch "0e".
+        let recalled = Recalled {
+            epoch: "0e".into(),
+            last_pos: 5,
+            kept: (3..=5)
+                .map(|p| {
+                    let stamp = Stamp {
+                        pos: Some(p),
+                        epoch: Some("0e".into()),
+                        ..Stamp::now(Sender::Anonymous)
+                    };
+                    (stamp, Message::text(p.to_string()))
+                })
+                .collect(),
+        };
+        let since = |epoch: &str, pos| Recall::Since {
+            epoch: epoch.into(),
+            pos,
+        };
+        let replay = |recall: &Recall| texts(&h.replay_recalled(&recalled, recall, false));
+        assert_eq!(replay(&Recall::Last(2)), ["4", "5"]);
+        assert_eq!(replay(&since("0e", 2)), ["3", "4", "5"]);
+        assert_eq!(replay(&since("0e", 4)), ["5"]);
+        assert_eq!(replay(&since("0e", 5)), Vec::<String>::new());
+        let reset = |why: &str| {
+            vec![format!(
+                "{{\"type\":\"reset\",\"epoch\":\"0e\",\"pos\":5,\"reason\":\"{why}\"}}"
+            )]
+        };
+        assert_eq!(replay(&since("0e", 1)), reset("trimmed"));
+        assert_eq!(replay(&since("0e", 6)), reset("unknown position"));
+        assert_eq!(replay(&since("0f", 4)), reset("epoch"));
+        // The envelope carries Redis's epoch, not this process's.
+        let enveloped = h.replay_recalled(&recalled, &Recall::Last(1), true);
+        assert!(
+            enveloped[0]
+                .to_text()
+                .unwrap()
+                .contains("\"pos\":5,\"epoch\":\"0e\"")
+        );
+    }
+
+    #[test]
     fn broadcasts_older_than_the_ttl_are_dropped_and_a_position_among_them_reset() {
         let h = Histories::new(Arc::new(Budget::off()));
         let ring = h.ring("/c").unwrap();

@@ -12,7 +12,11 @@
 //!   front, so what was in flight when the link failed is sent again on reconnect.
 //! - The **subscriber** reads with `XREAD BLOCK` after the last entry id it has seen (kept across
 //!   reconnects) and hands each message of *another* process to [`Hub::deliver`]; this process's
-//!   own (its instance id and epoch) are skipped, as the hub already delivered them locally.
+//!   own (its instance id and epoch) are skipped, as the hub already delivered them locally;
+//!   but not a broadcast kept in Redis (a channel with a history), which every instance, this
+//!   one too, delivers from the stream in the order of its positions ([`kept`]).
+//! - The **history thread** answers the joins' reads of the history kept in Redis, each under
+//!   a deadline ([`Store`]).
 //!
 //! Every link is health-checked, so a dead or frozen Redis is noticed within `health_check +
 //! health_timeout` whether this instance publishes or not: every call has `health_timeout` to
@@ -46,7 +50,7 @@
 //! deduplicated and ordered like them; every other instance ends its matching connections.
 //!
 //! This file starts and stops the bridge; [`queue`] is the publish queue, [`publisher`] and
-//! [`subscriber`] the two links, [`link`] what they share (health, backoff, the connection,
+//! [`subscriber`] the two links, [`kept`] the history kept in Redis, [`link`] what they share (health, backoff, the connection,
 //! interrupted reads), [`wire`] the envelope and the stream replies.
 
 mod kept;

@@ -26,7 +26,9 @@ use redis::Value;
 /// (used if none is set), `history_size`, the backbone's length, the path, the envelope, the
 /// sender field (empty: none), the time (ms), the sequence number, the publishing member's id
 /// in its process (empty: the admin API), which its own instance does not deliver to. Returns the position, or 0
-/// for a resend of one already kept (its sequence number is not above the last kept).
+/// for a resend of one already kept (its sequence number is not above the last kept). A counter
+/// behind the stream (evicted, deleted) goes on from the stream's newest position, so the
+/// position is always above every kept one.
 pub(super) const KEEP: &str = r"
 local last = tonumber(redis.call('GET', KEYS[5]) or '0')
 if tonumber(ARGV[8]) <= last then return 0 end
@@ -34,6 +36,14 @@ redis.call('SET', KEYS[5], ARGV[8], 'EX', 86400)
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 local epoch = redis.call('GET', KEYS[1])
 local pos = redis.call('INCR', KEYS[2])
+local top = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+if top then
+  local newest = tonumber(string.match(top[1], '^(%d+)'))
+  if newest and pos <= newest then
+    pos = newest + 1
+    redis.call('SET', KEYS[2], pos)
+  end
+end
 local kept = {'XADD', KEYS[3], 'MAXLEN', ARGV[2], pos .. '-1', 'm', ARGV[5], 't', ARGV[7]}
 local live = {'XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'p', ARGV[4], 'm', ARGV[5],
   'n', pos, 'e', epoch, 't', ARGV[7]}

@@ -9,6 +9,9 @@
 //! declared under `#[cfg(test)]`) may reach any layer for its fixtures and is not read. A folder's
 //! `mod.rs` and its own files may use each other (the `mod.rs` declares and re-exports its files,
 //! they use what it defines); every other pair of files is held to "no cycle".
+//!
+//! It also holds every function outside tests to [`LONGEST_FUNCTION`] lines, unless the comment
+//! at its top (its doc comment, or the first comment in its body) says why it must be one piece.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -18,6 +21,13 @@ const LAYERS: &[&str] = &[
     "cli", "server", "admin", "pipeline", "hub", "auth", "ops", "policy", "memory", "config",
     "rules",
 ];
+
+/// The most lines a function outside tests may span, from its `fn` line to its closing brace,
+/// unless the comment at its top says why it must be [`ONE_PIECE`].
+const LONGEST_FUNCTION: usize = 80;
+
+/// The words that excuse a long function, in the comment at its top: why it must be one piece.
+const ONE_PIECE: &str = "one piece";
 
 /// A module's path below the crate root: `["hub", "cluster", "wire"]`; the root is empty.
 type ModPath = Vec<String>;
@@ -252,6 +262,8 @@ fn module_of(path: &str) -> ModPath {
 struct Line {
     code: String,
     inline: bool,
+    /// Its index among the file's lines.
+    number: usize,
 }
 
 /// The file's code without comments, string and character contents, and test items.
@@ -262,7 +274,7 @@ fn production_lines(text: &str) -> Vec<Line> {
     // While skipping a test item: the indentation of the line that ends it.
     let mut skipping: Option<usize> = None;
     let mut inline = false;
-    for line in code.lines() {
+    for (number, line) in code.lines().enumerate() {
         let indent = line.len() - line.trim_start().len();
         let trimmed = line.trim();
         if let Some(at) = skipping {
@@ -280,7 +292,8 @@ fn production_lines(text: &str) -> Vec<Line> {
                 continue;
             }
             test_attribute = None;
-            if !trimmed.ends_with(';') {
+            // A test-only item that ends on its line: `mod x;`, `use …;`, a field `f: T,`.
+            if !trimmed.ends_with([';', ',']) {
                 skipping = Some(at);
             }
             continue;
@@ -293,6 +306,7 @@ fn production_lines(text: &str) -> Vec<Line> {
         out.push(Line {
             code: line.to_string(),
             inline,
+            number,
         });
     }
     out
@@ -619,6 +633,93 @@ fn blank_comments_and_strings(text: &str) -> String {
     out
 }
 
+/// Each function in `text` (outside tests) longer than `longest` lines whose comment at its top
+/// does not say why it must be one piece: `path:line: fn name is N lines`.
+fn long_functions(path: &str, text: &str, longest: usize) -> Vec<String> {
+    let original: Vec<&str> = text.lines().collect();
+    let lines = production_lines(text);
+    let mut out = Vec::new();
+    for (at, line) in lines.iter().enumerate() {
+        let Some(name) = function_name(&line.code) else {
+            continue;
+        };
+        let Some(end) = body_end(&lines[at..]) else {
+            continue;
+        };
+        let first = line.number;
+        let last = lines[at + end].number;
+        let span = last - first + 1;
+        if span <= longest {
+            continue;
+        }
+        // The doc comment and attributes above the `fn`, and the comment that opens its body.
+        let above = original[..first]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .take_while(|l| l.starts_with("//") || l.starts_with("#["));
+        let body_start = lines[at..]
+            .iter()
+            .position(|l| l.code.contains('{'))
+            .map_or(first, |k| lines[at + k].number + 1);
+        let inside = original[body_start..=last]
+            .iter()
+            .map(|l| l.trim())
+            .take_while(|l| l.starts_with("//"));
+        let excused = above
+            .chain(inside)
+            .any(|l| l.to_lowercase().contains(ONE_PIECE));
+        if !excused {
+            out.push(format!(
+                "src/{path}:{}: fn {name} is {span} lines",
+                first + 1
+            ));
+        }
+    }
+    out
+}
+
+/// The name of the function a line of code declares, with any visibility and qualifiers.
+fn function_name(code: &str) -> Option<&str> {
+    let mut rest = strip_visibility(code.trim());
+    for qualifier in ["const ", "async ", "unsafe ", "extern \"C\" "] {
+        rest = rest.strip_prefix(qualifier).unwrap_or(rest);
+    }
+    let rest = rest.strip_prefix("fn ")?;
+    let end = rest
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|name| !name.is_empty())
+}
+
+/// The index (among `lines`, which start at a `fn` line) of the line that closes its body;
+/// `None` for a declaration without one (`fn f();` in a trait).
+fn body_end(lines: &[Line]) -> Option<usize> {
+    // Braces, and the brackets and parentheses a `;` of the signature may sit in.
+    let (mut braces, mut nested, mut opened) = (0usize, 0usize, false);
+    for (k, line) in lines.iter().enumerate() {
+        for c in line.code.chars() {
+            match c {
+                '(' | '[' => nested += 1,
+                ')' | ']' => nested = nested.saturating_sub(1),
+                ';' if !opened && nested == 0 => return None,
+                '{' => {
+                    braces += 1;
+                    opened = true;
+                }
+                '}' => {
+                    braces = braces.saturating_sub(1);
+                    if opened && braces == 0 {
+                        return Some(k);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
 fn src() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
@@ -651,6 +752,42 @@ fn no_files_import_each_other_round_a_cycle() {
         cycles.is_empty(),
         "files that import each other: {cycles:?}"
     );
+}
+
+#[test]
+fn no_function_is_too_long_to_hold_in_the_head() {
+    let mut sources = Vec::new();
+    collect(&src(), &src(), &mut sources);
+    let compiled: BTreeSet<String> = Crate::from_sources(&sources).files.into_values().collect();
+    let long: Vec<String> = sources
+        .iter()
+        .filter(|(path, _)| path == "main.rs" || compiled.contains(path))
+        .flat_map(|(path, text)| long_functions(path, text, LONGEST_FUNCTION))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "functions over {LONGEST_FUNCTION} lines (split them into steps with one job each, or \
+         say at the function's top why it must be {ONE_PIECE:?}):\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_length_check_measures_bodies_and_reads_the_excuse() {
+    let body = "    let x = 1;\n".repeat(4);
+    let text = format!(
+        "trait T {{\n    fn declared(&self) -> [u8; 2];\n}}\n\
+         pub(crate) fn long(a: [u8; 2]) {{\n{body}}}\n\
+         /// Must be one piece: the steps share every local.\nfn excused() {{\n{body}}}\n\
+         fn opens_with_it() {{\n    // One piece: a single match.\n{body}}}\n\
+         fn short() {{\n    let s = \"}}\";\n}}\n\
+         #[cfg(test)]\nmod tests {{\n    fn in_a_test() {{\n{body}    }}\n}}\n"
+    );
+    assert_eq!(
+        long_functions("x.rs", &text, 5),
+        ["src/x.rs:4: fn long is 6 lines"]
+    );
+    assert_eq!(long_functions("x.rs", &text, 6), Vec::<String>::new());
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The admin endpoint: plain HTTP/1.1 `GET /healthz` and `GET /metrics` on its own thread and its
-//! own listener, so it answers while every worker is busy, and the admin API (issue 16):
+//! own listener, so it answers while every worker is busy, and the admin API:
 //! `POST /publish`, `GET /connections`, `POST /disconnect`, behind the optional bearer token of
 //! `[admin] token_file`, and closed to what a web page sends ([`browser`]: a foreign `Host`, an
 //! `Origin` or `Sec-Fetch-Site` not allowed in `[admin]`). One thread serves up to
@@ -7,7 +7,7 @@
 //! request per connection: a client must send its first byte within [`FIRST_BYTE`] and finish
 //! its exchange within [`DEADLINE`], and when all places are taken a new client evicts the
 //! oldest one still waiting for its request. So silent or slow clients never delay a health
-//! probe (issue 11). It must never serve WebSocket traffic; bind it to a private address.
+//! probe. It must never serve WebSocket traffic; bind it to a private address.
 //!
 //! A publish body is read only after its head passed every check (route, token, channel, size):
 //! at most the channel's `max_message_size`, within the same [`DEADLINE`]. Refusals are logged

@@ -58,7 +58,7 @@ pub(super) struct Publish {
 
 /// The endpoints, by request path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
+enum Route {
     Healthz,
     Metrics,
     Publish,
@@ -67,34 +67,32 @@ enum Endpoint {
     Presence,
 }
 
-impl Endpoint {
-    fn of(path: &str) -> Option<Endpoint> {
+impl Route {
+    fn of(path: &str) -> Option<Route> {
         Some(match path {
-            "/healthz" => Endpoint::Healthz,
-            "/metrics" => Endpoint::Metrics,
-            "/publish" => Endpoint::Publish,
-            "/connections" => Endpoint::Connections,
-            "/disconnect" => Endpoint::Disconnect,
-            "/presence" => Endpoint::Presence,
+            "/healthz" => Route::Healthz,
+            "/metrics" => Route::Metrics,
+            "/publish" => Route::Publish,
+            "/connections" => Route::Connections,
+            "/disconnect" => Route::Disconnect,
+            "/presence" => Route::Presence,
             _ => return None,
         })
     }
 
     fn method(self) -> &'static str {
         match self {
-            Endpoint::Healthz | Endpoint::Metrics | Endpoint::Connections | Endpoint::Presence => {
-                "GET"
-            }
-            Endpoint::Publish | Endpoint::Disconnect => "POST",
+            Route::Healthz | Route::Metrics | Route::Connections | Route::Presence => "GET",
+            Route::Publish | Route::Disconnect => "POST",
         }
     }
 
     /// The query keys it takes (anything else is a 400: a typo must not widen a disconnect).
     fn keys(self) -> &'static [&'static str] {
         match self {
-            Endpoint::Healthz | Endpoint::Metrics => &[],
-            Endpoint::Publish | Endpoint::Presence => &["path"],
-            Endpoint::Connections | Endpoint::Disconnect => FILTER_KEYS,
+            Route::Healthz | Route::Metrics => &[],
+            Route::Publish | Route::Presence => &["path"],
+            Route::Connections | Route::Disconnect => FILTER_KEYS,
         }
     }
 }
@@ -115,12 +113,12 @@ pub(super) fn route(head: &[u8], state: &AdminState, peer: SocketAddr) -> Routed
         return bad_request("bad request").into();
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let Some(endpoint) = Endpoint::of(path) else {
+    let Some(endpoint) = Route::of(path) else {
         return Answer::text(404, "Not Found", "not found\n").into();
     };
     // The API's endpoints exist only once the server attached it.
     let api = match (endpoint, state.api.get()) {
-        (Endpoint::Healthz | Endpoint::Metrics, _) => None,
+        (Route::Healthz | Route::Metrics, _) => None,
         (_, Some(api)) => Some(api),
         (_, None) => return Answer::text(404, "Not Found", "not found\n").into(),
     };
@@ -146,7 +144,7 @@ pub(super) fn route(head: &[u8], state: &AdminState, peer: SocketAddr) -> Routed
 /// The answer to a request that passed the browser checks.
 fn answer_request(
     method: &str,
-    endpoint: Endpoint,
+    endpoint: Route,
     query: &str,
     headers: &[httparse::Header<'_>],
     api: Option<&Api>,
@@ -173,12 +171,12 @@ fn answer_request(
         Err(why) => return bad_request(&why).into(),
     };
     match endpoint {
-        Endpoint::Publish => route_publish(headers, &query, api),
-        Endpoint::Connections => {
+        Route::Publish => route_publish(headers, &query, api),
+        Route::Connections => {
             let list = list_connections(&api.hub, &query);
             Answer::json(200, "OK", list).into()
         }
-        Endpoint::Presence => {
+        Route::Presence => {
             let Some(path) = &query.path else {
                 return bad_request("name the channel: /presence?path=/CHANNEL").into();
             };
@@ -188,7 +186,7 @@ fn answer_request(
             }
             Answer::json(200, "OK", list_presence(&api.hub, path)).into()
         }
-        Endpoint::Disconnect => {
+        Route::Disconnect => {
             if query.is_empty() {
                 return bad_request("name the connections to end: user, session or path").into();
             }
@@ -213,12 +211,12 @@ fn answer_request(
             )
             .into()
         }
-        Endpoint::Healthz | Endpoint::Metrics => unreachable!("answered above"),
+        Route::Healthz | Route::Metrics => unreachable!("answered above"),
     }
 }
 
-fn health_or_metrics(endpoint: Endpoint, state: &AdminState) -> Answer {
-    if endpoint == Endpoint::Healthz {
+fn health_or_metrics(endpoint: Route, state: &AdminState) -> Answer {
+    if endpoint == Route::Healthz {
         if state.draining.load(Ordering::Acquire) {
             Answer::text(503, "Service Unavailable", "draining\n")
         } else {

@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Where one admin client's exchange is.
-enum Phase {
+enum Exchange {
     /// Reading the request head (the bytes so far).
     Reading(Vec<u8>),
     /// Reading a publish body of `need` bytes (the head passed every check).
@@ -38,7 +38,7 @@ struct Client {
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
-    phase: Phase,
+    phase: Exchange,
 }
 
 /// What a turn did to a client.
@@ -53,28 +53,32 @@ impl Client {
     /// [`DEADLINE`] for the exchange, the linger's own end.
     fn deadline(&self) -> Instant {
         match &self.phase {
-            Phase::Reading(buf) if buf.is_empty() => self.accepted + FIRST_BYTE,
-            Phase::Reading(_) | Phase::Body { .. } | Phase::Writing { .. } => {
+            Exchange::Reading(buf) if buf.is_empty() => self.accepted + FIRST_BYTE,
+            Exchange::Reading(_) | Exchange::Body { .. } | Exchange::Writing { .. } => {
                 self.accepted + DEADLINE
             }
-            Phase::Lingering { until, .. } => *until,
+            Exchange::Lingering { until, .. } => *until,
         }
     }
 
     fn events(&self) -> PollFlags {
         match self.phase {
-            Phase::Writing { .. } => PollFlags::OUT,
-            Phase::Reading(_) | Phase::Body { .. } | Phase::Lingering { .. } => PollFlags::IN,
+            Exchange::Writing { .. } => PollFlags::OUT,
+            Exchange::Reading(_) | Exchange::Body { .. } | Exchange::Lingering { .. } => {
+                PollFlags::IN
+            }
         }
     }
 
     /// Does what the socket allows now without blocking; every loop here ends at `WouldBlock`
     /// or a bound (the head size, the linger budget).
     fn advance(&mut self, state: &AdminState) -> io::Result<Next> {
+        // One piece: one loop whose arms are the connection's phases; a phase that ends hands over
+        // to the next in the same pass, and the arms share one read chunk.
         let mut chunk = [0u8; 8192];
         loop {
             match &mut self.phase {
-                Phase::Reading(buf) => {
+                Exchange::Reading(buf) => {
                     let want = (MAX_HEAD + 3)
                         .saturating_sub(buf.len())
                         .clamp(1, chunk.len());
@@ -104,7 +108,7 @@ impl Client {
                                     }
                                     let mut body = buf.split_off(head_len);
                                     body.truncate(need);
-                                    self.phase = Phase::Body {
+                                    self.phase = Exchange::Body {
                                         publish,
                                         body,
                                         need,
@@ -120,7 +124,7 @@ impl Client {
                     };
                     self.answer(routed, state);
                 }
-                Phase::Body {
+                Exchange::Body {
                     publish,
                     body,
                     need,
@@ -138,7 +142,7 @@ impl Client {
                         self.answer(answer, state);
                     }
                 }
-                Phase::Writing { out, sent } => {
+                Exchange::Writing { out, sent } => {
                     match self.stream.write(&out[*sent..]) {
                         Ok(0) => return Ok(Next::Drop),
                         Ok(n) => *sent += n,
@@ -146,13 +150,13 @@ impl Client {
                     }
                     if *sent == out.len() {
                         self.stream.shutdown(Shutdown::Write)?;
-                        self.phase = Phase::Lingering {
+                        self.phase = Exchange::Lingering {
                             until: (Instant::now() + LINGER).min(self.accepted + DEADLINE),
                             drained: 0,
                         };
                     }
                 }
-                Phase::Lingering { drained, .. } => {
+                Exchange::Lingering { drained, .. } => {
                     match self.stream.read(&mut chunk) {
                         Ok(0) => return Ok(Next::Drop),
                         Ok(n) => *drained += n,
@@ -173,7 +177,7 @@ impl Client {
         if (400..500).contains(&answer.status) {
             state.log_refusal(self.peer, answer.status, &answer.body);
         }
-        self.phase = Phase::Writing {
+        self.phase = Exchange::Writing {
             out: answer.into_bytes(),
             sent: 0,
         };
@@ -301,7 +305,7 @@ fn accept_some(
             let oldest = clients
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| matches!(c.phase, Phase::Reading(_) | Phase::Body { .. }))
+                .filter(|(_, c)| matches!(c.phase, Exchange::Reading(_) | Exchange::Body { .. }))
                 .min_by_key(|(_, c)| c.accepted)
                 .or_else(|| clients.iter().enumerate().min_by_key(|(_, c)| c.accepted))
                 .map(|(i, _)| i);
@@ -317,7 +321,7 @@ fn accept_some(
             stream,
             peer,
             accepted: Instant::now(),
-            phase: Phase::Reading(Vec::new()),
+            phase: Exchange::Reading(Vec::new()),
         };
         match client.advance(state) {
             Ok(Next::Stay) => clients.push(client),

@@ -22,7 +22,7 @@ use crate::auth::tokens::TokenStore;
 use crate::auth::users::UserStore;
 use crate::ops::metrics::Counter;
 use crate::ops::metrics::Metrics;
-use crate::policy::{CredentialState, Proof, Verdict, Verifier, safe_user};
+use crate::policy::{CredentialState, LogSafeUser, Proof, Verdict, Verifier};
 
 /// Sessions as configured: the signing key, how long one token lives (`session_ttl`) and how
 /// long a session may be renewed from its login (`session_max_age`).
@@ -163,7 +163,7 @@ impl Credentials {
                 "login throttled: peer={ip} user=\"{}\": too many failed logins; further attempts \
                  get 429 for {secs} s (a reload, `systemctl reload wsgate` or SIGHUP, lifts it \
                  at once)",
-                user.map_or_else(String::new, safe_user)
+                user.map(LogSafeUser::new).unwrap_or_default()
             );
         }
     }
@@ -179,7 +179,7 @@ impl Credentials {
             .check(ip, user, Instant::now())
             .err()
             .map(|blocked| Verdict::Throttled {
-                user: user.map_or_else(String::new, safe_user),
+                user: user.map(LogSafeUser::new).unwrap_or_default(),
                 retry_after: blocked.retry_after,
             })
     }
@@ -226,7 +226,7 @@ impl Verifier for PeerCheck<'_> {
             (AuthOutcome::Busy, _) => return Verdict::Busy,
             (AuthOutcome::Declined, _) => {
                 return Verdict::Throttled {
-                    user: safe_user(user),
+                    user: LogSafeUser::new(user),
                     retry_after: blocked.map_or(Duration::from_secs(1), |b| b.retry_after),
                 };
             }
@@ -238,7 +238,7 @@ impl Verifier for PeerCheck<'_> {
             c.log_trip(self.ip, Some(user), reserved.failed(Instant::now()));
         }
         Verdict::Bad {
-            user: safe_user(user),
+            user: LogSafeUser::new(user),
             why,
         }
     }
@@ -254,7 +254,7 @@ impl Verifier for PeerCheck<'_> {
             // A token whose user is no longer in the users file is orphaned: refused, like the
             // user's password (`check-config` and `token list` name such tokens).
             Some(found) if !c.users.has_user(found.user) => Verdict::Bad {
-                user: safe_user(found.user),
+                user: LogSafeUser::new(found.user),
                 why: "orphaned token (user not in the users file)",
             },
             Some(found) => Verdict::Ok {
@@ -267,7 +267,7 @@ impl Verifier for PeerCheck<'_> {
             None => {
                 c.failed(self.ip, None);
                 Verdict::Bad {
-                    user: String::new(),
+                    user: LogSafeUser::default(),
                     why: "bad token",
                 }
             }
@@ -287,7 +287,7 @@ impl Verifier for PeerCheck<'_> {
         let Some(claims) = claims else {
             c.failed(self.ip, None);
             return Verdict::Bad {
-                user: String::new(),
+                user: LogSafeUser::default(),
                 why: "bad session",
             };
         };
@@ -298,13 +298,13 @@ impl Verifier for PeerCheck<'_> {
             .is_some_and(|login| now >= login.saturating_add(max_age))
         {
             return Verdict::Bad {
-                user: safe_user(&claims.user),
+                user: LogSafeUser::new(&claims.user),
                 why: "session past session_max_age",
             };
         }
         if c.fingerprint(&claims.user) != Some(claims.fingerprint) {
             return Verdict::Bad {
-                user: safe_user(&claims.user),
+                user: LogSafeUser::new(&claims.user),
                 why: "revoked session",
             };
         }

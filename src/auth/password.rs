@@ -279,9 +279,9 @@ impl Authenticator {
             return (AuthOutcome::Ok, Cost::CacheHit, Some(hash_digest(stored)));
         }
         let (matched, cost) = match self.join_or_lead(tag, gate, &cached) {
-            Role::Declined => return (AuthOutcome::Declined, Cost::Nothing, None),
-            Role::Cached => return (AuthOutcome::Ok, Cost::CacheHit, Some(hash_digest(stored))),
-            Role::Follow(flight) => {
+            Part::Declined => return (AuthOutcome::Declined, Cost::Nothing, None),
+            Part::Cached => return (AuthOutcome::Ok, Cost::CacheHit, Some(hash_digest(stored))),
+            Part::Follow(flight) => {
                 let mut answer = lock(&flight.answer);
                 while *answer == FlightAnswer::Running {
                     answer = flight
@@ -295,7 +295,7 @@ impl Authenticator {
                 };
                 (matched, Cost::Shared)
             }
-            Role::Lead(mut leading) => {
+            Part::Lead(mut leading) => {
                 let matched = self.argon2_verify(stored, password);
                 if matched == Some(true) && known.is_some() && self.cache_enabled() {
                     // Cached before the flight leaves the table: a check arriving in between
@@ -323,20 +323,20 @@ impl Authenticator {
         tag: [u8; 32],
         gate: &mut dyn FnMut() -> bool,
         cached: &dyn Fn() -> bool,
-    ) -> Role<'_> {
+    ) -> Part<'_> {
         let mut flights = lock(&self.flights);
         if let Some(flight) = flights.get(&tag) {
-            return Role::Follow(Arc::clone(flight));
+            return Part::Follow(Arc::clone(flight));
         }
         if cached() {
-            return Role::Cached;
+            return Part::Cached;
         }
         if !gate() {
-            return Role::Declined;
+            return Part::Declined;
         }
         let flight = Arc::new(Flight::default());
         flights.insert(tag, Arc::clone(&flight));
-        Role::Lead(Leading {
+        Part::Lead(Leading {
             flights: &self.flights,
             tag,
             flight,
@@ -461,7 +461,7 @@ impl Authenticator {
 }
 
 /// What a check does about an identical one in flight.
-enum Role<'a> {
+enum Part<'a> {
     /// Runs Argon2 and publishes the answer.
     Lead(Leading<'a>),
     /// Waits for the answer of the one running.

@@ -40,7 +40,7 @@ pub struct LoginThrottle {
     window: Duration,
     capacity: usize,
     trusted_ttl: Duration,
-    state: Mutex<State>,
+    state: Mutex<Tallies>,
 }
 
 impl fmt::Debug for LoginThrottle {
@@ -58,7 +58,7 @@ impl fmt::Debug for LoginThrottle {
 }
 
 #[derive(Default)]
-struct State {
+struct Tallies {
     ips: Counters<IpAddr>,
     users: Counters<String>,
     /// `(user, address as counted) -> last successful login there`.
@@ -314,7 +314,7 @@ impl Drop for Attempt<'_> {
     }
 }
 
-fn release(state: &mut State, ip: IpAddr, user: Option<&str>) {
+fn release(state: &mut Tallies, ip: IpAddr, user: Option<&str>) {
     state.ips.release(&ip_key(ip));
     if let Some(u) = user_key(user) {
         state.users.release(u);
@@ -333,7 +333,7 @@ impl LoginThrottle {
             window,
             capacity: capacity.max(1),
             trusted_ttl: Duration::ZERO,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Tallies::default()),
         }
     }
 
@@ -345,11 +345,11 @@ impl LoginThrottle {
         self
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Tallies> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn is_trusted(&self, state: &State, ip: IpAddr, user: &str, now: Instant) -> bool {
+    fn is_trusted(&self, state: &Tallies, ip: IpAddr, user: &str, now: Instant) -> bool {
         !self.trusted_ttl.is_zero()
             && state
                 .trusted
@@ -359,7 +359,7 @@ impl LoginThrottle {
 
     fn blocked_locked(
         &self,
-        state: &State,
+        state: &Tallies,
         ip: IpAddr,
         user: Option<&str>,
         now: Instant,
@@ -443,7 +443,7 @@ impl LoginThrottle {
 
     fn fail_locked(
         &self,
-        state: &mut State,
+        state: &mut Tallies,
         ip: IpAddr,
         user: Option<&str>,
         now: Instant,
@@ -476,7 +476,7 @@ impl LoginThrottle {
         self.succeed_locked(&mut self.lock(), ip, user, now);
     }
 
-    fn succeed_locked(&self, state: &mut State, ip: IpAddr, user: &str, now: Instant) {
+    fn succeed_locked(&self, state: &mut Tallies, ip: IpAddr, user: &str, now: Instant) {
         let Some(user) = user_key(Some(user)) else {
             return;
         };

@@ -32,7 +32,7 @@ const SHORT_HEX_LEN: usize = 8;
 
 /// One token line: its owner, its name and the SHA-256 of the token.
 #[derive(Clone)]
-struct Entry {
+struct TokenEntry {
     user: String,
     name: String,
     digest: [u8; 32],
@@ -44,7 +44,7 @@ pub struct TokenStore {
     /// `SHA-256(token) -> index into entries`.
     by_digest: HashMap<[u8; 32], usize>,
     /// Lines in file order.
-    entries: Vec<Entry>,
+    entries: Vec<TokenEntry>,
 }
 
 impl fmt::Debug for TokenStore {
@@ -339,7 +339,7 @@ impl TokenStore {
             name_lines.insert((user, name), line_no);
             digest_lines.insert(digest, line_no);
             store.by_digest.insert(digest, store.entries.len());
-            store.entries.push(Entry {
+            store.entries.push(TokenEntry {
                 user: user.to_string(),
                 name: name.to_string(),
                 digest,

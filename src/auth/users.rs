@@ -41,7 +41,7 @@ pub struct UserStore {
     /// The file's text; every name and hash is a range of it.
     text: String,
     /// Each user's name and Argon2id PHC string (validated at parse time), sorted by name.
-    users: Vec<Entry>,
+    users: Vec<UserEntry>,
     /// Indices into `users` in file order (the first one's parameters shape the dummy hash).
     order: Vec<usize>,
     /// The file has a [`NO_USERS_MARKER`] line.
@@ -53,7 +53,7 @@ pub struct UserStore {
 /// One user of a [`UserStore`]: `text[name..colon]` is the name, `text[colon + 1..end]` the hash,
 /// from line `line`.
 #[derive(Debug, Clone, Copy)]
-struct Entry {
+struct UserEntry {
     name: usize,
     colon: usize,
     end: usize,
@@ -331,14 +331,14 @@ impl UserStore {
             check_user_name(name).map_err(|e| err(None, LineProblem::BadName(e)))?;
             let m_cost = check_hash(hash).map_err(|p| err(Some(name), p))?;
             max_m_cost = max_m_cost.max(m_cost);
-            users.push(Entry {
+            users.push(UserEntry {
                 name: start,
                 colon: start + name.len(),
                 end: start + line.len(),
                 line: line_no,
             });
         }
-        let name = |e: &Entry| &text[e.name..e.colon];
+        let name = |e: &UserEntry| &text[e.name..e.colon];
         // Sorted by name, then line, without a buffer: a name's repeats are neighbours, its
         // first line first.
         users.sort_unstable_by(|a, b| name(a).cmp(name(b)).then(a.line.cmp(&b.line)));
@@ -367,7 +367,7 @@ impl UserStore {
         })
     }
 
-    fn name_of(&self, e: &Entry) -> &str {
+    fn name_of(&self, e: &UserEntry) -> &str {
         &self.text[e.name..e.colon]
     }
 

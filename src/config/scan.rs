@@ -36,6 +36,8 @@ pub(super) struct ScannedSection {
 
 /// Scans `text` into its sections, keys and values (see above for the rules).
 pub(super) fn scan(text: &str, source: &Path) -> Result<Vec<ScannedSection>, ConfigError> {
+    // One piece: one pass over the lines, a branch per kind of line (header, key), each
+    // reporting through the same two error builders.
     let syntax = |line: usize, message: String| ConfigError::Syntax {
         path: source.to_path_buf(),
         line: Some(line),
@@ -71,8 +73,8 @@ pub(super) fn scan(text: &str, source: &Path) -> Result<Vec<ScannedSection>, Con
             if name.contains(['[', ']']) {
                 return Err(syntax(line, "section header has a stray `[` or `]`".into()));
             }
-            // rust-ini, the reader before this one, took `\]` for a `]` inside the name and read
-            // on into the next lines; such a file never loaded, and must not now.
+            // `\]` would read as a `]` escaped inside the name, the header running on into the
+            // next lines; a name cannot end with it.
             if name.ends_with('\\') {
                 return Err(syntax(
                     line,
@@ -316,8 +318,8 @@ mod tests {
             .collect()
     }
 
-    /// The scan reads every accepted file as rust-ini (escapes, quotes and multi-line values
-    /// off) read the scan's cleaned copy of it, before the scan became the only parser.
+    /// Values are read as written: escapes, quotes and line continuations are not
+    /// interpreted.
     #[test]
     fn the_scan_reads_values_as_written() {
         let one = |text: &str| {
@@ -373,7 +375,7 @@ mod tests {
         );
     }
 
-    /// What rust-ini would have misread, or merged silently, is refused with its line.
+    /// What an INI reader could misread, or merge silently, is refused with its line.
     #[test]
     fn the_scan_refuses_what_an_ini_reader_would_misread() {
         let refused = |text: &str| match scan(text, Path::new("F")) {
@@ -396,7 +398,7 @@ mod tests {
             refused("[a]\nk = C:\\\n"),
             "config: F:2: [a] k: a value must not end with `\\` (it would continue on the next line)"
         );
-        // rust-ini read `\]` as part of the name and the following lines with it.
+        // `\]` would make the following lines part of the name.
         assert_eq!(
             refused("[channel:/a\\]\nmode = echo\n"),
             "config: F:1: section header must not end with `\\]`"

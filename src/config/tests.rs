@@ -1221,7 +1221,7 @@ fn comments_and_whitespace() {
         "{:?}",
         c.tls.cert
     );
-    // `key: value` is the other separator (rust-ini, the reader before the scan, had it too).
+    // `key: value` is the other separator.
     assert_eq!(
         ok(&with("[server]\nworkers: 7\n")).server.workers,
         NonZeroUsize::new(7)

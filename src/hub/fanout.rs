@@ -261,7 +261,7 @@ impl Hub {
             };
             if msg.len() > m.intake.max_message {
                 // Its write buffer may be too small to ever take it: retried, it would wedge
-                // the member's loop (issue 11).
+                // the member's loop.
                 self.metrics.bump(Counter::BroadcastTooBig, 1);
                 continue;
             }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, TryRecvError};
 use tungstenite::Message;
 
-use super::history::{Presence, RecallRefused, Sender, notice};
+use super::history::{Presence, RecallRefused, Recalled, Sender, notice};
 use super::member::{Intake, Member, MemberShared, Queued, Traffic, discard_queued, take_queued};
 use super::waker::Waker;
 use super::{Hub, HubClosed};
@@ -63,6 +63,29 @@ impl Hub {
         self.join_recalling(path, mode, intake, holder, &Recall::Live)
     }
 
+    /// With the history in Redis (`[cluster]`), what `recall` gets of `path`'s, read while the
+    /// caller holds the path's ring, which its deliveries take: a live broadcast is either in
+    /// what is read or delivered after the member is in. None without it, or when the caller
+    /// holds no ring (`held`: the join asks for no history).
+    fn recall_from_redis(
+        &self,
+        path: &str,
+        held: bool,
+        intake: Intake,
+        recall: &Recall,
+    ) -> Result<Option<Recalled>, JoinRefused> {
+        let (true, Some(keep), Some(store)) = (held, intake.history, self.store.get()) else {
+            return Ok(None);
+        };
+        match store.recall(path, recall, keep) {
+            Ok(recalled) => Ok(Some(recalled)),
+            Err(e) => {
+                log::warn!("history of {path}: cannot read it from Redis: {e}");
+                Err(JoinRefused::Recall(RecallRefused::Unavailable))
+            }
+        }
+    }
+
     /// [`Hub::join`], with the kept broadcasts `recall` asks for queued in the outbox before
     /// any live one: the path's ring stays locked from the replay until the member is in the
     /// roster, so the next broadcast is the first the replay did not hold. The replay is
@@ -78,25 +101,7 @@ impl Hub {
         holder: Holder,
         recall: &Recall,
     ) -> io::Result<Result<Membership, JoinRefused>> {
-        let shared = Arc::new(MemberShared {
-            waker: match mode {
-                Mode::Echo => None,
-                Mode::Broadcast | Mode::Proxy => Some(Waker::new()?),
-            },
-            slow: AtomicBool::new(false),
-            squeezed: AtomicBool::new(false),
-            revoked: AtomicBool::new(false),
-            revocation: OnceLock::new(),
-            holder,
-            socket: OnceLock::new(),
-            queued: AtomicUsize::new(0),
-            queued_bytes: AtomicUsize::new(0),
-            account: Account::new(Arc::clone(&self.budget)),
-            direct: OnceLock::new(),
-            step_since: AtomicU64::new(0),
-            profile: OnceLock::new(),
-            traffic: Traffic::default(),
-        });
+        let shared = self.member_state(mode, holder)?;
         let from = match &shared.holder.user {
             Some(user) => Sender::User(user.clone()),
             None => Sender::Anonymous,
@@ -115,17 +120,9 @@ impl Hub {
         let mut ring_guard = ring
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
-        // With the history in Redis: read under the path's lock, which its deliveries take, so
-        // a live broadcast is either in what is read or delivered after the member is in.
-        let recalled = match (&ring_guard, intake.history, self.store.get()) {
-            (Some(_), Some(keep), Some(store)) => match store.recall(path, recall, keep) {
-                Ok(recalled) => Some(recalled),
-                Err(e) => {
-                    log::warn!("history of {path}: cannot read it from Redis: {e}");
-                    return Ok(Err(JoinRefused::Recall(RecallRefused::Unavailable)));
-                }
-            },
-            _ => None,
+        let recalled = match self.recall_from_redis(path, ring_guard.is_some(), intake, recall) {
+            Ok(recalled) => recalled,
+            Err(refused) => return Ok(Err(refused)),
         };
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         if self.closed.load(Ordering::Acquire) {
@@ -141,13 +138,10 @@ impl Hub {
             replayed: recalled.as_ref().map(|r| (r.epoch.clone(), r.last_pos)),
         };
         if let (Some(ring), Some(keep)) = (ring_guard.as_deref_mut(), intake.history) {
+            let h = &self.histories;
             let replay = match &recalled {
-                Some(recalled) => self
-                    .histories
-                    .replay_recalled(recalled, recall, intake.envelope),
-                None => self
-                    .histories
-                    .replay(ring, keep, recall, intake.envelope, Instant::now()),
+                Some(r) => h.replay_recalled(r, recall, intake.envelope),
+                None => h.replay(ring, keep, recall, intake.envelope, Instant::now()),
             };
             // All or nothing: the charges taken so far are given back if one does not fit.
             let mut charged = Vec::with_capacity(replay.len());
@@ -175,6 +169,33 @@ impl Hub {
             from,
             intake,
             announced: AtomicBool::new(false),
+        }))
+    }
+
+    /// A new member's shared state: a waker for a member that receives (broadcast, proxy), its
+    /// holder, an empty account on the hub's budget.
+    ///
+    /// # Errors
+    /// If no eventfd could be made for the waker.
+    fn member_state(&self, mode: Mode, holder: Holder) -> io::Result<Arc<MemberShared>> {
+        Ok(Arc::new(MemberShared {
+            waker: match mode {
+                Mode::Echo => None,
+                Mode::Broadcast | Mode::Proxy => Some(Waker::new()?),
+            },
+            slow: AtomicBool::new(false),
+            squeezed: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
+            revocation: OnceLock::new(),
+            holder,
+            socket: OnceLock::new(),
+            queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            account: Account::new(Arc::clone(&self.budget)),
+            direct: OnceLock::new(),
+            step_since: AtomicU64::new(0),
+            profile: OnceLock::new(),
+            traffic: Traffic::default(),
         }))
     }
 }

@@ -14,7 +14,7 @@
 //! entry (counted) to keep the newest.
 //!
 //! Each member carries who it is ([`Profile`], set once after joining) and what it moved
-//! ([`Traffic`]), so the admin API can list connections and end the ones it names (issue 16).
+//! ([`Traffic`]), so the admin API can list connections and end the ones it names.
 //! Every delivery that stays in memory (an outbox entry, a direct write the socket did not take
 //! whole, a message in the bridge's queue) is charged to the process-wide [`Budget`] first. A
 //! fan-out that does not fit closes the subscribers with the largest backlog with 1008 `slow
@@ -43,7 +43,7 @@ mod roster;
 pub(crate) mod waker;
 
 pub use self::fanout::Outbound;
-pub use self::history::{Histories, RecallRefused};
+pub use self::history::{Histories, RecallRefused, SharedHistory};
 use self::member::Member;
 pub use self::member::{DirectWrite, Handoff, Intake, MemberShared, Profile, Queued};
 pub use self::membership::{JoinRefused, Membership};
@@ -114,7 +114,7 @@ pub struct Hub {
     /// The broadcasts kept per path, for channels with a history.
     histories: Histories,
     /// Where the history is read from when Redis keeps it (`[cluster]`), once the bridge runs.
-    store: OnceLock<Arc<cluster::Store>>,
+    store: OnceLock<Arc<dyn SharedHistory>>,
 }
 
 /// The hub is shutting down: no new members.
@@ -149,7 +149,7 @@ impl Hub {
     }
 
     /// Attaches the bridge's history reads: from now on channel history is kept in Redis.
-    pub(crate) fn set_store(&self, store: Arc<cluster::Store>) {
+    pub(crate) fn set_store(&self, store: Arc<dyn SharedHistory>) {
         let _ = self.store.set(store);
     }
 

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::hub::Filter;
-use crate::policy::{percent_decode, safe_user};
+use crate::policy::{LogSafeUser, percent_decode};
 
 /// The keys `f` sets and their values, in [`FILTER_KEYS`]' order.
 fn given(f: &Filter) -> impl Iterator<Item = (&'static str, &str)> {
@@ -15,11 +15,11 @@ fn given(f: &Filter) -> impl Iterator<Item = (&'static str, &str)> {
         .filter_map(|(&key, value)| Some((key, value.as_deref()?)))
 }
 
-/// For a log line: the filter's keys, escaped.
+/// For a log line: the filter's keys, each value escaped and capped as a user name is.
 pub(crate) fn describe(f: &Filter) -> String {
     let mut out = String::new();
     for (key, v) in given(f) {
-        let _ = write!(out, "{key}=\"{}\" ", safe_user(v));
+        let _ = write!(out, "{key}=\"{}\" ", LogSafeUser::new(v));
     }
     out.trim_end().to_string()
 }

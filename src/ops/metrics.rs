@@ -232,6 +232,7 @@ impl Counter {
 
     /// The metric's name and its `# HELP` text.
     pub fn describe(self) -> (&'static str, &'static str) {
+        // One piece: a table, one arm per counter.
         match self {
             Counter::MessagesReceived => (
                 "wsgate_messages_received_total",
@@ -492,6 +493,8 @@ impl Metrics {
     /// The exposition, Prometheus text format 0.0.4. Each counter is read once, so a histogram's
     /// buckets, `+Inf` and `_count` always agree even while workers keep bumping.
     pub fn render(&self, gauges: &Gauges) -> String {
+        // One piece: the exposition in the order it is printed, each family beside the counters it
+        // reads (once each).
         let mut out = String::with_capacity(4096);
         let o = &mut out;
         family(

@@ -17,7 +17,7 @@ use rustix::time::{ClockId, clock_gettime};
 
 /// Where notifications go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Target {
+enum Destination {
     /// `$NOTIFY_SOCKET` unset or empty: not run by systemd (or no notification wanted).
     None,
     /// A socket path.
@@ -31,7 +31,7 @@ enum Target {
 /// Sends service state to systemd. Cheap to clone; `Send + Sync`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notifier {
-    target: Target,
+    target: Destination,
 }
 
 impl Notifier {
@@ -41,7 +41,7 @@ impl Notifier {
     /// wsgate starts no children, and the unit sets `NotifyAccess=main` anyway.
     pub fn from_env() -> Notifier {
         let target = match std::env::var_os("NOTIFY_SOCKET") {
-            None => Target::None,
+            None => Destination::None,
             Some(v) => parse_target(&v.to_string_lossy()),
         };
         Notifier { target }
@@ -51,7 +51,7 @@ impl Notifier {
     #[cfg(test)]
     pub fn with_socket(path: impl Into<PathBuf>) -> Notifier {
         Notifier {
-            target: Target::Path(path.into()),
+            target: Destination::Path(path.into()),
         }
     }
 
@@ -59,14 +59,14 @@ impl Notifier {
     #[cfg(test)]
     pub fn disabled() -> Notifier {
         Notifier {
-            target: Target::None,
+            target: Destination::None,
         }
     }
 
     /// True if notifications go somewhere.
     #[cfg(test)]
     pub fn is_enabled(&self) -> bool {
-        self.target != Target::None
+        self.target != Destination::None
     }
 
     /// `READY=1`: start-up (or a reload) is complete and the server is serving.
@@ -121,10 +121,10 @@ impl Notifier {
     /// As [`Notifier::ready`].
     pub fn send(&self, state: &str) -> io::Result<()> {
         let addr = match &self.target {
-            Target::None => return Ok(()),
-            Target::Path(p) => SocketAddr::from_pathname(p)?,
-            Target::Abstract(name) => SocketAddr::from_abstract_name(name)?,
-            Target::Unsupported(a) => {
+            Destination::None => return Ok(()),
+            Destination::Path(p) => SocketAddr::from_pathname(p)?,
+            Destination::Abstract(name) => SocketAddr::from_abstract_name(name)?,
+            Destination::Unsupported(a) => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
                     format!(
@@ -145,15 +145,15 @@ impl Notifier {
     }
 }
 
-fn parse_target(v: &str) -> Target {
+fn parse_target(v: &str) -> Destination {
     if v.is_empty() {
-        Target::None
+        Destination::None
     } else if let Some(name) = v.strip_prefix('@') {
-        Target::Abstract(name.as_bytes().to_vec())
+        Destination::Abstract(name.as_bytes().to_vec())
     } else if v.starts_with('/') {
-        Target::Path(PathBuf::from(v))
+        Destination::Path(PathBuf::from(v))
     } else {
-        Target::Unsupported(v.to_string())
+        Destination::Unsupported(v.to_string())
     }
 }
 
@@ -312,7 +312,7 @@ mod tests {
         let n = Notifier::disabled();
         assert!(!n.is_enabled());
         n.ready().unwrap();
-        assert_eq!(parse_target(""), Target::None);
+        assert_eq!(parse_target(""), Destination::None);
         let n = Notifier {
             target: parse_target("vsock:2:1234"),
         };

@@ -230,7 +230,7 @@ struct Turn {
 
 impl Conn {
     /// Every turn of this loop goes through [`Conn::step`], which checks the end flags and the
-    /// deadlines; nothing in a step waits or loops without a bound (issue 11).
+    /// deadlines; nothing in a step waits or loops without a bound.
     fn serve(&mut self, limits: &Limits) -> End {
         let wire = Arc::clone(&self.wire);
         let mut readable = false;

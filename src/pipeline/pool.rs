@@ -28,7 +28,7 @@ pub const IDLE_EXIT: Duration = Duration::from_secs(10);
 
 /// A pool of at most `max` threads, started on demand.
 pub struct Pool {
-    state: Mutex<State>,
+    state: Mutex<PoolState>,
     work: Condvar,
     /// Signalled when a reserved place is given back.
     freed: Condvar,
@@ -39,7 +39,7 @@ pub struct Pool {
 }
 
 #[derive(Default)]
-struct State {
+struct PoolState {
     jobs: VecDeque<Job>,
     /// Threads waiting for a job.
     idle: usize,
@@ -223,7 +223,7 @@ impl Pool {
 
     /// Wakes one idle thread for a job just queued, if any thread is idle (a thread that is not
     /// looks at the queue before it waits).
-    fn wake_idle(&self, state: MutexGuard<'_, State>) {
+    fn wake_idle(&self, state: MutexGuard<'_, PoolState>) {
         let idle = state.idle > 0;
         drop(state);
         if idle {
@@ -231,7 +231,7 @@ impl Pool {
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

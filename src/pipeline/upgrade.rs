@@ -214,6 +214,8 @@ pub fn upgrade<T>(
     enter: impl FnOnce(&Grant, Deadline) -> Result<(T, ExtraHeaders), Reason>,
     login: impl FnOnce(&str) -> Result<String, Reason>,
 ) -> Result<(WsStream, Grant, T), UpgradeError> {
+    // One piece: the callback tungstenite runs and the decision it leaves in `outcome` are
+    // read in the one scope that owns the cell between them.
     let client_user = tls.client_user();
     let deadline = Deadline::new(
         Phase::Upgrade,
@@ -397,6 +399,8 @@ fn read_head(
     config: &Config,
     deadline: Deadline,
 ) -> Result<(Vec<u8>, usize, Target), HeadError> {
+    // One piece: the bytes read, the one parse of them and the demo requests it recognises
+    // share the buffer the parsed request borrows.
     let max = config.limits.max_request_head.get();
     let mut buf = Vec::with_capacity(1024.min(max));
     let mut chunk = [0u8; 1024];

@@ -11,7 +11,7 @@ use tungstenite::http::{self};
 use super::head::Target;
 use super::offer::{Offer, OfferError, Offered, from_query, offered};
 use super::recall::{Recall, recall};
-use super::{ENVELOPE_SUBPROTOCOL, Method, Reason, safe_origin, safe_path, safe_user};
+use super::{ENVELOPE_SUBPROTOCOL, LogSafeUser, Method, Reason, safe_origin, safe_path};
 use crate::config::{ChannelConfig, Config};
 use crate::rules::acl;
 use crate::rules::origin::OriginRefusal;
@@ -71,10 +71,8 @@ pub struct Grant {
 
 impl Grant {
     /// The user name for log lines (`-` when anonymous), control characters escaped.
-    pub fn log_user(&self) -> String {
-        self.user
-            .as_deref()
-            .map_or_else(|| "-".to_string(), safe_user)
+    pub fn log_user(&self) -> LogSafeUser {
+        LogSafeUser::new(self.user.as_deref().unwrap_or("-"))
     }
 }
 
@@ -88,9 +86,15 @@ pub enum Verdict {
         proof: Proof,
     },
     /// Wrong: `user` as claimed (escaped for logs; empty if none), `why` for the log.
-    Bad { user: String, why: &'static str },
+    Bad {
+        user: LogSafeUser,
+        why: &'static str,
+    },
     /// Too many recent failures: answered without checking anything.
-    Throttled { user: String, retry_after: Duration },
+    Throttled {
+        user: LogSafeUser,
+        retry_after: Duration,
+    },
     /// Too many password checks waiting.
     Busy,
 }
@@ -197,6 +201,8 @@ pub fn decide(
     verifier: &dyn Verifier,
     client_user: Option<&str>,
 ) -> Result<Grant, Reason> {
+    // One piece: the checks in the order their statuses take precedence (404, 403, then
+    // 401/429/503, then 403), read top to bottom.
     let path = target.path.as_str();
     let channel = route(path, config)?;
     let origins: Vec<&[u8]> = req
@@ -223,7 +229,7 @@ pub fn decide(
         Ok(found) => found,
         Err(OfferError::Unusable(user)) => {
             return Err(Reason::BadCredentials {
-                user,
+                user: LogSafeUser::new(&user),
                 why: "malformed credentials",
             });
         }
@@ -257,7 +263,7 @@ pub fn decide(
             // in, forwarded to a backend or written unescaped to a log.
             Some(user) if crate::rules::user_name::check_user_name(user).is_err() => {
                 return Err(Reason::BadCredentials {
-                    user: safe_user(user),
+                    user: LogSafeUser::new(user),
                     why: "client certificate names no valid user",
                 });
             }
@@ -275,7 +281,7 @@ pub fn decide(
         channel_rights(config, channel, user.as_deref(), path).map_err(|denied| match denied {
             Denied::NeedsUser => Reason::NoCredentials,
             Denied::NoRole => Reason::Forbidden {
-                user: user.as_deref().map_or_else(String::new, safe_user),
+                user: user.as_deref().map(LogSafeUser::new).unwrap_or_default(),
                 path: safe_path(path),
             },
         })?;
@@ -357,15 +363,15 @@ pub fn decide_login(
     verifier: &dyn Verifier,
 ) -> Result<String, Reason> {
     named_origin(origins, host, config)?;
-    let malformed = |user: String| Reason::BadCredentials {
-        user,
+    let malformed = |user: &str| Reason::BadCredentials {
+        user: LogSafeUser::new(user),
         why: "malformed login form",
     };
-    let body = std::str::from_utf8(body).map_err(|_| malformed(String::new()))?;
+    let body = std::str::from_utf8(body).map_err(|_| malformed(""))?;
     let (user, password) = match from_query(Some(body.trim_end())) {
         Ok(Some(Offer::Password { user, password })) => (user, password),
-        Ok(_) => return Err(malformed(String::new())),
-        Err(user) => return Err(malformed(user)),
+        Ok(_) => return Err(malformed("")),
+        Err(user) => return Err(malformed(&user)),
     };
     verifier
         .password(&user, &password)
@@ -428,7 +434,7 @@ mod tests {
         assert_eq!(
             get(&cfg, "/echo?user=alice&pass=bad", ORIGIN).unwrap_err(),
             Reason::BadCredentials {
-                user: "alice".into(),
+                user: LogSafeUser::new("alice"),
                 why: "bad password"
             }
         );
@@ -448,7 +454,7 @@ mod tests {
         assert_eq!(
             get(&cfg, "/private", &format!("{basic}{ORIGIN}")).unwrap_err(),
             Reason::Forbidden {
-                user: "alice".into(),
+                user: LogSafeUser::new("alice"),
                 path: "/private".into()
             }
         );
@@ -508,7 +514,7 @@ mod tests {
         assert_eq!(
             ok("/echo", "Authorization: Bearer wsg_bad\r\n").unwrap_err(),
             Reason::BadCredentials {
-                user: String::new(),
+                user: LogSafeUser::default(),
                 why: "bad token"
             }
         );
@@ -551,12 +557,12 @@ mod tests {
                 Some(name),
             )
             .unwrap_err();
+            let Reason::BadCredentials { user, why } = refused else {
+                panic!("{name:?}: {refused:?}");
+            };
             assert_eq!(
-                refused,
-                Reason::BadCredentials {
-                    user: logged.into(),
-                    why: "client certificate names no valid user"
-                },
+                (user.as_str(), why),
+                (logged, "client certificate names no valid user"),
                 "{name:?}"
             );
         }
@@ -624,7 +630,7 @@ mod tests {
         ] {
             assert_eq!(route(bad, &cfg).unwrap_err(), Reason::UnknownPath, "{bad}");
         }
-        assert_eq!(safe_user("a\nb\u{7}"), "a\\nb\\u{7}");
+        assert_eq!(LogSafeUser::new("a\nb\u{7}").as_str(), "a\\nb\\u{7}");
     }
 
     #[test]

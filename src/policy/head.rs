@@ -193,7 +193,7 @@ mod tests {
             Err(Reason::PlainHttp)
         );
         // One header changed in a good upgrade: what each change gets. As tungstenite reads
-        // them (issue 11): one Upgrade header that is exactly websocket, one Connection header
+        // them: one Upgrade header that is exactly websocket, one Connection header
         // listing upgrade, no body.
         for (from, to, want) in [
             ("Host: h\r\n", "", Some(Reason::NotUpgrade)),

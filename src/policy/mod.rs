@@ -105,12 +105,18 @@ pub enum Reason {
     NoCredentials,
     /// Credentials were offered and are wrong. `why` says which kind failed, for the log only:
     /// the client gets the same 401 whatever it was.
-    BadCredentials { user: String, why: &'static str },
+    BadCredentials {
+        user: LogSafeUser,
+        why: &'static str,
+    },
     /// Too many failed logins from this address or for this user. 429 with `Retry-After`.
-    Throttled { user: String, retry_after: Duration },
+    Throttled {
+        user: LogSafeUser,
+        retry_after: Duration,
+    },
     /// Authenticated, but no role lets this user subscribe to this path. 403. Both are as a log
-    /// line may show them ([`safe_user`], [`safe_path`]).
-    Forbidden { user: String, path: String },
+    /// line may show them ([`LogSafeUser`], [`safe_path`]).
+    Forbidden { user: LogSafeUser, path: String },
     /// Too many password checks are waiting for Argon2. 503 with `Retry-After`.
     Busy,
     /// The server is shutting down. 503.
@@ -401,9 +407,29 @@ impl fmt::Display for Method {
     }
 }
 
-/// A user name fit for a log line: control characters escaped, length capped.
-pub fn safe_user(user: &str) -> String {
-    bounded(user, MAX_USER_NAME_LEN)
+/// A user name fit for a log line or a header: control characters and quotes escaped, length
+/// capped. Only [`LogSafeUser::new`] makes one, so a name of this type
+/// has been through the check wherever it goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSafeUser(String);
+
+impl LogSafeUser {
+    /// `user` escaped and capped for a log line.
+    #[must_use]
+    pub fn new(user: &str) -> Self {
+        LogSafeUser(bounded(user, MAX_USER_NAME_LEN))
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LogSafeUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// The longest request path or Origin a log line shows, in characters; the rest is cut with `…`.
@@ -509,15 +535,15 @@ mod fixtures {
                 },
                 ("slow", _) => Verdict::Busy,
                 ("locked", _) => Verdict::Throttled {
-                    user: user.into(),
+                    user: LogSafeUser::new(user),
                     retry_after: Duration::from_secs(30),
                 },
                 ("alice", _) => Verdict::Bad {
-                    user: user.into(),
+                    user: LogSafeUser::new(user),
                     why: "bad password",
                 },
                 _ => Verdict::Bad {
-                    user: user.into(),
+                    user: LogSafeUser::new(user),
                     why: "unknown user",
                 },
             }
@@ -530,7 +556,7 @@ mod fixtures {
                     proof: Proof::ApiToken { digest: [2; 32] },
                 },
                 _ => Verdict::Bad {
-                    user: String::new(),
+                    user: LogSafeUser::default(),
                     why: "bad token",
                 },
             }
@@ -547,7 +573,7 @@ mod fixtures {
                     },
                 },
                 _ => Verdict::Bad {
-                    user: String::new(),
+                    user: LogSafeUser::default(),
                     why: "bad session",
                 },
             }

@@ -303,7 +303,7 @@ mod tests {
             assert_eq!(
                 get(&cfg, target, ORIGIN).unwrap_err(),
                 Reason::BadCredentials {
-                    user: String::new(),
+                    user: crate::policy::LogSafeUser::default(),
                     why: "malformed credentials"
                 },
                 "{target}"
@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(
             get(&cfg, "/echo?user=alice", ORIGIN).unwrap_err(),
             Reason::BadCredentials {
-                user: "alice".into(),
+                user: crate::policy::LogSafeUser::new("alice"),
                 why: "malformed credentials"
             }
         );

@@ -478,36 +478,7 @@ impl Server {
             admin_listener,
             admin_token,
         } = self;
-        // Bound at start: what the process started with, whatever a reload read since.
-        let admin_config = shared.started.admin.clone();
-        if let (Some(state), Some(l), Some(cfg)) = (&shared.admin, admin_listener, admin_config) {
-            attach_admin_api(&shared, state, admin_token, &cfg);
-            log::info!(
-                "admin endpoint (/healthz, /metrics; API /publish, /connections, /disconnect {}) \
-                 on http://{}",
-                if admin_token.is_some() {
-                    "with the bearer token"
-                } else {
-                    "without a token"
-                },
-                l.local_addr()?
-            );
-            admin::spawn(l, Arc::clone(state), cfg.max_connections)?;
-        }
-        let addr = listener.local_addr()?;
-        log::info!("listening on {addr}");
-        log::info!("{}", where_to_connect(&shared.current().config, addr));
-        notify_or_log(&shared.notifier, Notifier::ready);
-        notify_or_log(&shared.notifier, |n| {
-            n.status(&format!("serving on {addr}"))
-        });
-        if let Some(interval) = notify::watchdog_interval() {
-            let alive = Arc::clone(&shared);
-            notify::spawn_watchdog(shared.notifier.clone(), interval, move || alive.is_alive())?;
-        }
-        reload::spawn_file_watcher(&shared)?;
-        let bridge = start_bridge(&shared)?;
-
+        let bridge = start_services(&shared, &listener, admin_listener, admin_token)?;
         let accept = |stream, peer: SocketAddr, accepted| {
             let worker = Arc::clone(&shared);
             // Behind a load balancer the socket's peer is the balancer: the per-IP share is
@@ -538,28 +509,7 @@ impl Server {
             listener::run_until(&listener, Instant::now() + delay, accept)?;
         }
         drop(listener);
-        let grace = shared.current().config.server.shutdown_grace;
-        log::info!(
-            "shutting down: closing {} connections (grace {grace:?})",
-            shared.hub.total_members()
-        );
-        shared.hub.shutdown();
-        if let Some(bridge) = bridge {
-            bridge.stop();
-        }
-        let drained = shared.admission.wait_drained(grace);
-        if drained {
-            log::info!("shutdown complete");
-        } else {
-            log::warn!(
-                "shutdown grace expired with {} connections still open",
-                shared.admission.in_flight()
-            );
-        }
-        if let Some(admin) = &shared.admin {
-            admin.stop();
-        }
-        Ok(drained)
+        Ok(shut_down(&shared, bridge))
     }
 }
 
@@ -787,6 +737,72 @@ fn creds_stamp(config: &Config) -> CredsStamp {
         files::stamp(&config.auth.users_file),
         files::stamp(&config.auth.tokens_file),
     )
+}
+
+/// The services beside the listener: the admin endpoint (bound at start: what the process
+/// started with, whatever a reload read since), the readiness notice, the watchdog, the file
+/// watcher and the cluster bridge (returned, for the shutdown to stop).
+fn start_services(
+    shared: &Arc<Shared>,
+    listener: &TcpListener,
+    admin_listener: Option<TcpListener>,
+    admin_token: Option<[u8; 32]>,
+) -> io::Result<Option<Bridge>> {
+    let admin_config = shared.started.admin.clone();
+    if let (Some(state), Some(l), Some(cfg)) = (&shared.admin, admin_listener, admin_config) {
+        attach_admin_api(shared, state, admin_token, &cfg);
+        log::info!(
+            "admin endpoint (/healthz, /metrics; API /publish, /connections, /disconnect {}) \
+             on http://{}",
+            if admin_token.is_some() {
+                "with the bearer token"
+            } else {
+                "without a token"
+            },
+            l.local_addr()?
+        );
+        admin::spawn(l, Arc::clone(state), cfg.max_connections)?;
+    }
+    let addr = listener.local_addr()?;
+    log::info!("listening on {addr}");
+    log::info!("{}", where_to_connect(&shared.current().config, addr));
+    notify_or_log(&shared.notifier, Notifier::ready);
+    notify_or_log(&shared.notifier, |n| {
+        n.status(&format!("serving on {addr}"))
+    });
+    if let Some(interval) = notify::watchdog_interval() {
+        let alive = Arc::clone(shared);
+        notify::spawn_watchdog(shared.notifier.clone(), interval, move || alive.is_alive())?;
+    }
+    reload::spawn_file_watcher(shared)?;
+    start_bridge(shared)
+}
+
+/// Closes every connection, stops the bridge, waits up to `shutdown_grace` for the
+/// connections to finish and stops the admin endpoint. True if every connection finished in time.
+fn shut_down(shared: &Shared, bridge: Option<Bridge>) -> bool {
+    let grace = shared.current().config.server.shutdown_grace;
+    log::info!(
+        "shutting down: closing {} connections (grace {grace:?})",
+        shared.hub.total_members()
+    );
+    shared.hub.shutdown();
+    if let Some(bridge) = bridge {
+        bridge.stop();
+    }
+    let drained = shared.admission.wait_drained(grace);
+    if drained {
+        log::info!("shutdown complete");
+    } else {
+        log::warn!(
+            "shutdown grace expired with {} connections still open",
+            shared.admission.in_flight()
+        );
+    }
+    if let Some(admin) = &shared.admin {
+        admin.stop();
+    }
+    drained
 }
 
 /// Turns on the admin API over the hub and the current channels. The token was read (and

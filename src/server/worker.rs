@@ -24,7 +24,7 @@ use crate::pipeline::proxy_protocol;
 use crate::pipeline::relay::{self, BackendWs};
 use crate::pipeline::tls;
 use crate::pipeline::upgrade::{self, UpgradeError};
-use crate::policy::{Grant, Method, Proof, Reason, Revocation};
+use crate::policy::{Grant, LogSafeUser, Method, Proof, Reason, Revocation};
 
 use super::{Runtime, Shared};
 
@@ -50,7 +50,7 @@ struct Opened {
 /// such connection gets one outcome counted and one log line ([`Unopened::report`]).
 enum Unopened {
     /// It failed at `step`.
-    Failed { step: Step, kind: Kind },
+    Failed { step: Stage, kind: Kind },
     /// It was the demo page's `GET /`, answered 200.
     DemoPage,
     /// It was the demo page's login, answered 204 with a session for this user.
@@ -61,13 +61,13 @@ enum Unopened {
 
 /// The steps before the 101, in order.
 #[derive(Debug, Clone, Copy)]
-enum Step {
+enum Stage {
     ProxyHeader,
     Tls,
     Upgrade,
 }
 
-/// What went wrong at a [`Step`].
+/// What went wrong at a [`Stage`].
 enum Kind {
     /// A read or write failed or missed its deadline.
     Io(io::Error),
@@ -79,12 +79,12 @@ enum Kind {
     Admission(admit::Refused),
 }
 
-impl fmt::Display for Step {
+impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Step::ProxyHeader => "proxy header",
-            Step::Tls => "tls handshake",
-            Step::Upgrade => "upgrade",
+            Stage::ProxyHeader => "proxy header",
+            Stage::Tls => "tls handshake",
+            Stage::Upgrade => "upgrade",
         })
     }
 }
@@ -101,7 +101,7 @@ impl fmt::Display for Kind {
 }
 
 impl Unopened {
-    fn failed(step: Step, kind: Kind) -> Self {
+    fn failed(step: Stage, kind: Kind) -> Self {
         Unopened::Failed { step, kind }
     }
 
@@ -114,8 +114,8 @@ impl Unopened {
             (_, Kind::Io(e)) if is_timeout(e) => Outcome::HandshakeTimeout,
             (_, Kind::Proxy(e)) if e.is_timeout() => Outcome::HandshakeTimeout,
             (_, Kind::Proxy(_)) => Outcome::TlsError,
-            (Step::ProxyHeader | Step::Tls, Kind::Io(_)) => Outcome::TlsError,
-            (Step::Upgrade, Kind::Io(_)) => Outcome::IoError,
+            (Stage::ProxyHeader | Stage::Tls, Kind::Io(_)) => Outcome::TlsError,
+            (Stage::Upgrade, Kind::Io(_)) => Outcome::IoError,
             (_, Kind::Refused(reason)) => Outcome::from_status(reason.status().as_u16())?,
             (_, Kind::Admission(_)) => Outcome::Busy,
         })
@@ -144,7 +144,7 @@ impl Unopened {
             Unopened::DemoPage => log::info!("demo page peer={peer} status=200"),
             Unopened::DemoLogin(user) => log::info!(
                 "demo login peer={peer} user=\"{}\" status=204",
-                crate::policy::safe_user(&user)
+                LogSafeUser::new(&user)
             ),
             Unopened::DemoLogout => log::info!("demo logout peer={peer} status=204"),
         }
@@ -269,7 +269,7 @@ impl fmt::Display for Who {
 }
 
 /// The steps before the 101, on the handshake thread: the PROXY header when `proxied`, TLS, the
-/// upgrade, which takes a place on a worker before it answers 101.
+/// upgrade, whose [`Entrance::enter`] takes a place on a worker before it answers 101.
 fn handshake(
     shared: &Shared,
     rt: &Arc<Runtime>,
@@ -279,7 +279,7 @@ fn handshake(
     mut ticket: Ticket,
     proxied: bool,
 ) -> Result<(Opened, Slot), Box<(Unopened, Who)>> {
-    let (config, hub, metrics) = (&rt.config, &shared.hub, &shared.metrics);
+    let (config, metrics) = (&rt.config, &shared.metrics);
     let deadline = Deadline::new(Phase::TlsHandshake, accepted, config.tls.handshake_timeout);
     let mut who = Who {
         peer,
@@ -289,191 +289,45 @@ fn handshake(
     let fail = |step, kind, who| Err(Box::new((Unopened::failed(step, kind), who)));
     // From here on `peer` is the client: the carried address behind a load balancer.
     let peer = if proxied {
-        let peer = match proxy_protocol::read_header(&stream, deadline) {
-            Ok(header) => header.client(peer),
-            Err(e) => return fail(Step::ProxyHeader, Kind::Proxy(e), who),
-        };
-        who.peer = peer;
-        who.known = true;
-        if let Err(why) = ticket.claim_ip(peer.ip()) {
-            return fail(Step::ProxyHeader, Kind::Admission(why), who);
+        match read_proxy_header(&stream, peer, deadline, &mut ticket) {
+            Ok(client) => {
+                who.peer = client;
+                who.known = true;
+                client
+            }
+            Err((kind, known)) => {
+                if let Some(client) = known {
+                    who.peer = client;
+                    who.known = true;
+                }
+                return fail(Stage::ProxyHeader, kind, who);
+            }
         }
-        peer
     } else {
         peer
     };
-    let handshake = match &rt.tls {
-        Some(tls_config) => {
-            tls::handshake(stream, Arc::clone(tls_config), deadline).map(tls::Transport::Tls)
-        }
-        None => Ok(tls::Transport::Plain(Arc::new(stream))),
-    };
-    let transport = match handshake {
+    let transport = match secure(rt, stream, deadline) {
         Ok(transport) => transport,
-        Err(e) => return fail(Step::Tls, Kind::Io(e), who),
+        Err(e) => return fail(Stage::Tls, Kind::Io(e), who),
     };
-    // A verified client certificate chain, kept so a reload can re-check it.
-    let client_chain = transport.client_chain();
-    // Takes a worker, joins the hub and issues the session just before the 101, so a server
-    // that is shutting down still answers 503 and a client only gets a session it can use.
-    let enter = |grant: &Grant, deadline: Deadline| {
-        // At the memory cap a new connection would only add to the squeeze (logged once per
-        // interval by the budget, not per refusal).
-        if !hub.budget().admits() {
-            metrics.bump(Counter::MemoryRefusals, 1);
-            hub.budget().refused();
-            return Err(Reason::MemoryFull);
-        }
-        // The worker this connection will run on, waited for (the `queue`) up to the upgrade
-        // deadline; its thread is started now, so the hand-over after the 101 cannot fail.
-        let worker = match ticket.worker(deadline.at) {
-            Ok(slot) => slot,
-            Err(NoPlace::Timeout) => return Err(Reason::NoWorker),
-            Err(NoPlace::Thread(e)) => {
-                log::error!("cannot start a worker thread for peer={peer}: {e}");
-                return Err(Reason::NoWorker);
-            }
-        };
-        let limits = &grant.channel.limits;
-        let proof = match grant.method {
-            Method::ClientCert => Proof::ClientCert {
-                chain: client_chain.clone(),
-            },
-            _ => grant.proof.clone(),
-        };
-        let holder = Holder {
-            user: grant.user.clone(),
-            may_publish: grant.may_publish,
-            proof,
-        };
-        let intake = Intake::of(&grant.channel, grant.envelope);
-        let joined = hub.join_recalling(
-            &grant.path,
-            grant.channel.mode,
-            intake,
-            holder,
-            &grant.recall,
-        );
-        let member = match joined {
-            Ok(Ok(member)) => member,
-            Ok(Err(JoinRefused::Closed(HubClosed))) => return Err(Reason::ShuttingDown),
-            // Its history request is what would not fit: the client that asks pays.
-            Ok(Err(JoinRefused::Recall(RecallRefused::Unavailable))) => {
-                return Err(Reason::HistoryUnavailable);
-            }
-            Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))) => {
-                metrics.bump(Counter::MemoryRefusals, 1);
-                hub.budget().refused();
-                return Err(Reason::MemoryFull);
-            }
-            Err(e) => return Err(Reason::NoWakeFd(e.to_string())),
-        };
-        // A reload that swapped the runtime since this connection's was read (while it waited
-        // for a worker, say) re-checked the connections in the hub then, not this one, which
-        // joined after: it asks the same question here. A reload that comes later finds it.
-        let now = shared.current();
-        if !Arc::ptr_eq(&now, rt) {
-            if let Err(why) = shared.still_holds(&now, &member.shared.holder, &grant.path) {
-                let user = grant.user.clone().unwrap_or_default();
-                return Err(match why {
-                    Revocation::Credential => Reason::BadCredentials {
-                        user,
-                        why: "credential revoked",
-                    },
-                    Revocation::Access | Revocation::Admin => Reason::Forbidden {
-                        user: crate::policy::safe_user(&user),
-                        path: crate::policy::safe_path(&grant.path),
-                    },
-                });
-            }
-        }
-        // A proxy channel: the backend's 101 first, or the client gets 502/503/504 (and the
-        // member leaves the hub as it drops).
-        let backend = match &grant.channel.backend {
-            Some(backend) => {
-                let target = relay::forward_target(
-                    backend,
-                    &grant.channel.pattern,
-                    &grant.path,
-                    grant.query.as_deref(),
-                );
-                let who = relay::Identity {
-                    user: grant.user.as_deref(),
-                    method: grant.method,
-                    client: peer.ip(),
-                };
-                let tls = rt.backend_tls(&grant.channel);
-                match relay::connect(backend, tls, &target, &who, limits.websocket_config()) {
-                    Ok(ws) => Some(ws),
-                    Err(e) => {
-                        let failure = e.failure();
-                        metrics.backend_failed(failure);
-                        return Err(Reason::Backend {
-                            failure,
-                            detail: format!("{} path={}: {e}", backend.endpoint, grant.path),
-                        });
-                    }
-                }
-            }
-            None => None,
-        };
-        // Authenticated: leave the pre-auth budget before the client can see the 101.
-        ticket.authenticated();
-        if let Some(user) = &grant.user {
-            shared.creds.logged_in(peer.ip(), user);
-        }
-        let session_id = grant
-            .session_id
-            .clone()
-            .unwrap_or_else(session::new_session_id);
-        let _ = member.shared.profile.set(Profile {
-            method: grant.method,
-            mode: grant.channel.mode,
-            peer,
-            since: SystemTime::now(),
-            session_id: session_id.clone(),
-        });
-        let mut headers = Vec::new();
-        if let Some(user) = &grant.user {
-            let login = match grant.proof {
-                Proof::Session { login_unix, .. } => Some(login_unix),
-                _ => None,
-            };
-            if let Ok((token, ttl)) = shared.creds.issue_session(user, &session_id, login) {
-                // The cookie only where a browser will send it back: a request with an Origin.
-                if grant.browser {
-                    headers.push(("Set-Cookie", crate::policy::session_cookie(&token, ttl)));
-                }
-                headers.push(("X-Wsgate-Session", token));
-            }
-        }
-        if let Some(protocol) = grant.subprotocol {
-            headers.push(("Sec-WebSocket-Protocol", protocol.to_string()));
-        }
-        Ok(((member, session_id, backend, worker), headers))
+    let mut entrance = Entrance {
+        shared,
+        rt,
+        peer,
+        ticket: &mut ticket,
+        // A verified client certificate chain, kept so a reload can re-check it.
+        client_chain: transport.client_chain(),
     };
     let verifier = shared.creds.for_peer(peer.ip());
-    let login = |user: &str| {
-        let (token, ttl) = shared
-            .creds
-            .issue_session(user, &session::new_session_id(), None)
-            .map_err(|why| match why {
-                NoSession::Off => Reason::SessionsOff,
-                NoSession::NoAccount | NoSession::Ended => Reason::BadCredentials {
-                    user: user.to_string(),
-                    why: "credential revoked",
-                },
-            })?;
-        shared.creds.logged_in(peer.ip(), user);
-        Ok(crate::policy::session_cookie(&token, ttl))
-    };
+    let enter = |grant: &Grant, deadline: Deadline| entrance.enter(grant, deadline);
+    let login = |user: &str| demo_login(shared, peer, user);
     let (ws, grant, (member, session_id, backend, worker)) =
         match upgrade::upgrade(transport, config, &verifier, enter, login) {
             Ok(upgraded) => upgraded,
             Err(UpgradeError::Refused(reason)) => {
-                return fail(Step::Upgrade, Kind::Refused(reason), who);
+                return fail(Stage::Upgrade, Kind::Refused(reason), who);
             }
-            Err(UpgradeError::Io(e)) => return fail(Step::Upgrade, Kind::Io(e), who),
+            Err(UpgradeError::Io(e)) => return fail(Stage::Upgrade, Kind::Io(e), who),
             Err(UpgradeError::DemoPage) => return Err(Box::new((Unopened::DemoPage, who))),
             Err(UpgradeError::DemoLogin(user)) => {
                 return Err(Box::new((Unopened::DemoLogin(user), who)));
@@ -495,4 +349,259 @@ fn handshake(
         ticket,
     };
     Ok((opened, worker))
+}
+
+/// Reads the PROXY header the load balancer at `balancer` sends first and claims the carried
+/// client's place under `max_connections_per_ip`. Returns the client's address; on failure,
+/// what went wrong and the client's address when the header was read.
+fn read_proxy_header(
+    stream: &TcpStream,
+    balancer: SocketAddr,
+    deadline: Deadline,
+    ticket: &mut Ticket,
+) -> Result<SocketAddr, (Kind, Option<SocketAddr>)> {
+    let client = match proxy_protocol::read_header(stream, deadline) {
+        Ok(header) => header.client(balancer),
+        Err(e) => return Err((Kind::Proxy(e), None)),
+    };
+    ticket
+        .claim_ip(client.ip())
+        .map_err(|why| (Kind::Admission(why), Some(client)))?;
+    Ok(client)
+}
+
+/// The TLS handshake when the listener has TLS; the plain socket otherwise.
+fn secure(rt: &Runtime, stream: TcpStream, deadline: Deadline) -> io::Result<tls::Transport> {
+    match &rt.tls {
+        Some(tls_config) => {
+            tls::handshake(stream, Arc::clone(tls_config), deadline).map(tls::Transport::Tls)
+        }
+        None => Ok(tls::Transport::Plain(Arc::new(stream))),
+    }
+}
+
+/// The demo page's login: a session for `user`, whose password the upgrade has just checked,
+/// as the cookie that carries it.
+fn demo_login(shared: &Shared, peer: SocketAddr, user: &str) -> Result<String, Reason> {
+    let (token, ttl) = shared
+        .creds
+        .issue_session(user, &session::new_session_id(), None)
+        .map_err(|why| match why {
+            NoSession::Off => Reason::SessionsOff,
+            NoSession::NoAccount | NoSession::Ended => Reason::BadCredentials {
+                user: LogSafeUser::new(user),
+                why: "credential revoked",
+            },
+        })?;
+    shared.creds.logged_in(peer.ip(), user);
+    Ok(crate::policy::session_cookie(&token, ttl))
+}
+
+/// What an authorised request's entry needs: the server, the runtime its request was checked
+/// against, the client, its pool place and its verified certificate chain.
+struct Entrance<'a> {
+    shared: &'a Shared,
+    rt: &'a Arc<Runtime>,
+    peer: SocketAddr,
+    ticket: &'a mut Ticket,
+    client_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// What an entered connection carries to its 101: its membership, session id, the proxy
+/// backend's open WebSocket, and its worker.
+type Entered = (Membership, String, Option<BackendWs>, Slot);
+
+impl Entrance<'_> {
+    /// Takes an authorised request from its grant to the moment before its 101, step by step.
+    /// The order is what the rest relies on:
+    /// 1. the memory check and the worker first, so a full server answers 503 before any
+    ///    state is made for the connection;
+    /// 2. the join next, so a server that is shutting down answers 503 ([`HubClosed`]);
+    /// 3. the reload re-check after the join: a reload that swapped the runtime before the join
+    ///    re-checked the hub without this connection, so it is asked here; a reload after the
+    ///    join finds the member in the hub. Joined first and checked second, no reload misses it;
+    /// 4. the backend's 101 before the client's (a refused backend answers 502/503/504; the
+    ///    member leaves the hub as it drops);
+    /// 5. the session last, so a client only gets a session for a connection that opens.
+    fn enter(
+        &mut self,
+        grant: &Grant,
+        deadline: Deadline,
+    ) -> Result<(Entered, upgrade::ExtraHeaders), Reason> {
+        self.admit_memory()?;
+        let worker = self.reserve_worker(deadline)?;
+        let member = self.join(grant)?;
+        self.recheck(grant, &member)?;
+        let backend = self.dial_backend(grant)?;
+        let (session_id, headers) = self.issue_session(grant, &member);
+        Ok(((member, session_id, backend, worker), headers))
+    }
+
+    /// Refuses a new connection at the memory cap, where it would only add to the squeeze
+    /// (logged once per interval by the budget, not per refusal).
+    fn admit_memory(&self) -> Result<(), Reason> {
+        let hub = &self.shared.hub;
+        if hub.budget().admits() {
+            return Ok(());
+        }
+        self.shared.metrics.bump(Counter::MemoryRefusals, 1);
+        hub.budget().refused();
+        Err(Reason::MemoryFull)
+    }
+
+    /// The worker this connection will run on, waited for (the `queue`) up to the upgrade
+    /// deadline; its thread is started now, so the hand-over after the 101 cannot fail.
+    fn reserve_worker(&mut self, deadline: Deadline) -> Result<Slot, Reason> {
+        match self.ticket.worker(deadline.at) {
+            Ok(slot) => Ok(slot),
+            Err(NoPlace::Timeout) => Err(Reason::NoWorker),
+            Err(NoPlace::Thread(e)) => {
+                log::error!("cannot start a worker thread for peer={}: {e}", self.peer);
+                Err(Reason::NoWorker)
+            }
+        }
+    }
+
+    /// Joins the hub on the grant's path, holding what a reload re-checks: the user, the right
+    /// to publish and the proof (for a client certificate, the verified chain); with the
+    /// history the client asked for, refused (503) when that would not fit in memory.
+    fn join(&self, grant: &Grant) -> Result<Membership, Reason> {
+        let proof = match grant.method {
+            Method::ClientCert => Proof::ClientCert {
+                chain: self.client_chain.clone(),
+            },
+            _ => grant.proof.clone(),
+        };
+        let holder = Holder {
+            user: grant.user.clone(),
+            may_publish: grant.may_publish,
+            proof,
+        };
+        let hub = &self.shared.hub;
+        let intake = Intake::of(&grant.channel, grant.envelope);
+        let joined = hub.join_recalling(
+            &grant.path,
+            grant.channel.mode,
+            intake,
+            holder,
+            &grant.recall,
+        );
+        match joined {
+            Ok(Ok(member)) => Ok(member),
+            Ok(Err(JoinRefused::Closed(HubClosed))) => Err(Reason::ShuttingDown),
+            // Its history request is what would not fit: the client that asks pays.
+            Ok(Err(JoinRefused::Recall(RecallRefused::Unavailable))) => {
+                Err(Reason::HistoryUnavailable)
+            }
+            Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))) => {
+                self.shared.metrics.bump(Counter::MemoryRefusals, 1);
+                hub.budget().refused();
+                Err(Reason::MemoryFull)
+            }
+            Err(e) => Err(Reason::NoWakeFd(e.to_string())),
+        }
+    }
+
+    /// Asks a reload's question of a connection that joined after the reload's sweep: whether
+    /// the runtime in force now (when it is not the one the request was checked against) still
+    /// grants it.
+    fn recheck(&self, grant: &Grant, member: &Membership) -> Result<(), Reason> {
+        let now = self.shared.current();
+        if Arc::ptr_eq(&now, self.rt) {
+            return Ok(());
+        }
+        let Err(why) = self
+            .shared
+            .still_holds(&now, &member.shared.holder, &grant.path)
+        else {
+            return Ok(());
+        };
+        let user = grant.user.clone().unwrap_or_default();
+        Err(match why {
+            Revocation::Credential => Reason::BadCredentials {
+                user: LogSafeUser::new(&user),
+                why: "credential revoked",
+            },
+            Revocation::Access | Revocation::Admin => Reason::Forbidden {
+                user: LogSafeUser::new(&user),
+                path: crate::policy::safe_path(&grant.path),
+            },
+        })
+    }
+
+    /// A proxy channel's backend WebSocket, open: the backend's 101 comes before the client's,
+    /// or the client gets 502/503/504. `None` for a channel without a backend.
+    fn dial_backend(&self, grant: &Grant) -> Result<Option<BackendWs>, Reason> {
+        let Some(backend) = &grant.channel.backend else {
+            return Ok(None);
+        };
+        let target = relay::forward_target(
+            backend,
+            &grant.channel.pattern,
+            &grant.path,
+            grant.query.as_deref(),
+        );
+        let who = relay::Identity {
+            user: grant.user.as_deref(),
+            method: grant.method,
+            client: self.peer.ip(),
+        };
+        let tls = self.rt.backend_tls(&grant.channel);
+        let ws_config = grant.channel.limits.websocket_config();
+        match relay::connect(backend, tls, &target, &who, ws_config) {
+            Ok(ws) => Ok(Some(ws)),
+            Err(e) => {
+                let failure = e.failure();
+                self.shared.metrics.backend_failed(failure);
+                Err(Reason::Backend {
+                    failure,
+                    detail: format!("{} path={}: {e}", backend.endpoint, grant.path),
+                })
+            }
+        }
+    }
+
+    /// Leaves the pre-auth budget (authenticated, before the client can see the 101), records
+    /// the member's profile, and issues the session: its id, and the headers of the 101 (the
+    /// session token, the cookie for a browser, the chosen subprotocol).
+    fn issue_session(
+        &mut self,
+        grant: &Grant,
+        member: &Membership,
+    ) -> (String, upgrade::ExtraHeaders) {
+        let creds = &self.shared.creds;
+        self.ticket.authenticated();
+        if let Some(user) = &grant.user {
+            creds.logged_in(self.peer.ip(), user);
+        }
+        let session_id = grant
+            .session_id
+            .clone()
+            .unwrap_or_else(session::new_session_id);
+        let _ = member.shared.profile.set(Profile {
+            method: grant.method,
+            mode: grant.channel.mode,
+            peer: self.peer,
+            since: SystemTime::now(),
+            session_id: session_id.clone(),
+        });
+        let mut headers = Vec::new();
+        if let Some(user) = &grant.user {
+            let login = match grant.proof {
+                Proof::Session { login_unix, .. } => Some(login_unix),
+                _ => None,
+            };
+            if let Ok((token, ttl)) = creds.issue_session(user, &session_id, login) {
+                // The cookie only where a browser will send it back: a request with an Origin.
+                if grant.browser {
+                    headers.push(("Set-Cookie", crate::policy::session_cookie(&token, ttl)));
+                }
+                headers.push(("X-Wsgate-Session", token));
+            }
+        }
+        if let Some(protocol) = grant.subprotocol {
+            headers.push(("Sec-WebSocket-Protocol", protocol.to_string()));
+        }
+        (session_id, headers)
+    }
 }

@@ -1,4 +1,4 @@
-//! Opening the client's connection: the URL read once into a [`Target`], the credential read
+//! Opening the client's connection: the URL read once into a [`ServerUrl`], the credential read
 //! from a file, the environment or the terminal, and the TCP connect, TLS handshake and the
 //! server's 101 (or its refusal) under one deadline, [`HANDSHAKE_DEADLINE`].
 
@@ -34,7 +34,7 @@ const MAX_DETAIL: usize = 512;
 const SECRET_KEYS: [&str; 3] = ["pass", "token", "session"];
 
 /// Where to connect, read once from the URL.
-pub(super) struct Target {
+pub(super) struct ServerUrl {
     uri: Uri,
     secure: bool,
     /// Without the brackets of an IPv6 address.
@@ -42,8 +42,8 @@ pub(super) struct Target {
     port: u16,
 }
 
-impl Target {
-    pub(super) fn parse(url: &str) -> Result<Target, ClientError> {
+impl ServerUrl {
+    pub(super) fn parse(url: &str) -> Result<ServerUrl, ClientError> {
         let bad = |why: &str| ClientError::Setup(format!("URL {url:?}: {why}"));
         let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
         let secure = match uri.scheme_str() {
@@ -79,7 +79,7 @@ impl Target {
             .unwrap_or(host)
             .to_string();
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        Ok(Target {
+        Ok(ServerUrl {
             uri,
             secure,
             host,
@@ -221,7 +221,7 @@ impl Write for Transport {
 /// Connects, handshakes TLS and upgrades, all before [`HANDSHAKE_DEADLINE`]. Returns the
 /// connection and the session token the server issued with its 101, if any.
 pub(super) fn connect(
-    target: &Target,
+    target: &ServerUrl,
     options: &Options,
     authorization: Option<&String>,
 ) -> Result<(WebSocket<Transport>, Option<String>), ClientError> {
@@ -304,7 +304,7 @@ pub(super) fn save_session(path: &Path, session: Option<&str>) -> Result<(), Cli
 }
 
 /// The time left before `at`, set as the socket's read and write timeouts.
-fn set_timeouts(tcp: &TcpStream, target: &Target, at: Instant) -> Result<(), ClientError> {
+fn set_timeouts(tcp: &TcpStream, target: &ServerUrl, at: Instant) -> Result<(), ClientError> {
     let left = at
         .checked_duration_since(Instant::now())
         .filter(|d| !d.is_zero())
@@ -321,7 +321,7 @@ fn set_timeouts(tcp: &TcpStream, target: &Target, at: Instant) -> Result<(), Cli
         .map_err(|e| ClientError::Network(e.to_string()))
 }
 
-fn open_tcp(target: &Target, at: Instant) -> Result<TcpStream, ClientError> {
+fn open_tcp(target: &ServerUrl, at: Instant) -> Result<TcpStream, ClientError> {
     let failed = |e: io::Error| {
         ClientError::Network(format!(
             "cannot connect to {}:{}: {e}",
@@ -348,7 +348,7 @@ fn open_tcp(target: &Target, at: Instant) -> Result<TcpStream, ClientError> {
 
 fn handshake_tls(
     config: Arc<ClientConfig>,
-    target: &Target,
+    target: &ServerUrl,
     tcp: TcpStream,
     at: Instant,
 ) -> Result<StreamOwned<ClientConnection, TcpStream>, ClientError> {
@@ -375,7 +375,7 @@ fn handshake_tls(
 }
 
 /// A failed TLS handshake, with what to do when the certificate is not trusted.
-fn tls_failure(e: &io::Error, target: &Target) -> ClientError {
+fn tls_failure(e: &io::Error, target: &ServerUrl) -> ClientError {
     let untrusted = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -392,7 +392,7 @@ fn tls_failure(e: &io::Error, target: &Target) -> ClientError {
 }
 
 /// What the refusal says, with the client's own request beside it.
-fn refusal(response: &Response<Option<Vec<u8>>>, target: &Target, options: &Options) -> Refusal {
+fn refusal(response: &Response<Option<Vec<u8>>>, target: &ServerUrl, options: &Options) -> Refusal {
     let status = response.status();
     let body = response
         .body()
@@ -439,12 +439,12 @@ mod tests {
 
     #[test]
     fn the_url_holds_no_secret_and_names_its_port() {
-        let t = Target::parse("wss://localhost/echo").unwrap();
+        let t = ServerUrl::parse("wss://localhost/echo").unwrap();
         assert_eq!(
             (t.secure, t.host.as_str(), t.port),
             (true, "localhost", 443)
         );
-        let t = Target::parse("ws://[::1]:8080/chat/x?since=1").unwrap();
+        let t = ServerUrl::parse("ws://[::1]:8080/chat/x?since=1").unwrap();
         assert_eq!((t.secure, t.host.as_str(), t.port), (false, "::1", 8080));
         assert_eq!(t.path(), "/chat/x");
         for bad in [
@@ -455,7 +455,7 @@ mod tests {
             "wss://h/echo?session=s1.x",
         ] {
             assert!(
-                matches!(Target::parse(bad), Err(ClientError::Setup(_))),
+                matches!(ServerUrl::parse(bad), Err(ClientError::Setup(_))),
                 "{bad}"
             );
         }

@@ -168,7 +168,7 @@ impl std::error::Error for ClientError {}
 /// # Errors
 /// A [`ClientError`] for every other ending, with its exit code.
 pub fn run(options: &Options) -> Result<(), ClientError> {
-    let target = dial::Target::parse(&options.url)?;
+    let target = dial::ServerUrl::parse(&options.url)?;
     let credential = dial::read_credential(&options.credential)?;
     let source = pump::Source::open(&options.input)?;
     let (ws, session) = dial::connect(&target, options, credential.as_ref())?;

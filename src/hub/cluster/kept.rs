@@ -16,7 +16,7 @@ use super::Context;
 use super::link::{Link, connect, query};
 use super::wire::{Inbound, decode, for_each_entry};
 use crate::config::Retention;
-use crate::hub::history::{Recalled, Stamp, unix_ms};
+use crate::hub::history::{Recalled, SharedHistory, Stamp, unix_ms};
 use crate::policy::Recall;
 use crossbeam_channel::{Receiver, Sender, select};
 use redis::Value;
@@ -124,19 +124,12 @@ impl Store {
         let deadline = ctx.health_timeout * 2;
         (Store { asks, deadline }, move || serve(&ctx, &client, &rx))
     }
+}
 
-    /// What `path` keeps that `recall` may get: its epoch, its last position, and its kept
-    /// broadcasts from the one `recall` starts at (none older than `keep.ttl`), oldest first.
-    ///
-    /// # Errors
-    /// Redis did not answer within the deadline (`health_timeout` to connect, then as much to
-    /// read), too many joins are waiting for it, or it answered what the bridge did not write.
-    pub fn recall(
-        &self,
-        path: &str,
-        recall: &Recall,
-        keep: Retention,
-    ) -> redis::RedisResult<Recalled> {
+impl SharedHistory for Store {
+    /// Asks the history thread, and waits at most [`Store`]'s deadline (`health_timeout` to
+    /// connect, then as much to read); refused at once when too many joins are waiting.
+    fn recall(&self, path: &str, recall: &Recall, keep: Retention) -> Result<Recalled, String> {
         let (answer, rx) = crossbeam_channel::bounded(1);
         let ask = Ask {
             path: path.to_string(),
@@ -144,18 +137,12 @@ impl Store {
             keep,
             answer,
         };
-        let unavailable = |what: &str| {
-            Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                what.to_string(),
-            )))
-        };
         if self.asks.try_send(ask).is_err() {
-            return unavailable("too many history reads waiting for Redis");
+            return Err("too many history reads waiting for Redis".into());
         }
         match rx.recv_timeout(self.deadline) {
-            Ok(answer) => answer,
-            Err(_) => unavailable("no answer from Redis within the deadline"),
+            Ok(answer) => answer.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer from Redis within {:?}", self.deadline)),
         }
     }
 }

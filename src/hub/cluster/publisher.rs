@@ -91,31 +91,7 @@ fn publish_until_error(
                 ctx.metrics.bump(Counter::ClusterNotForwarded, 1);
                 return false;
             };
-            if let Outbound::Broadcast {
-                path,
-                kept: Some(kept),
-                ..
-            } = &e.out
-            {
-                // Kept in the path's history and sent on the backbone together (see `kept`).
-                let prefix = &ctx.prefix;
-                pipe.cmd("EVAL")
-                    .arg(KEEP)
-                    .arg(5)
-                    .arg(epoch_key(prefix))
-                    .arg(pos_key(prefix, path))
-                    .arg(history_key(prefix, path))
-                    .arg(&ctx.stream)
-                    .arg(sent_key(prefix, &ctx.instance_id, ctx.epoch))
-                    .arg(fresh_epoch())
-                    .arg(kept.size)
-                    .arg(&maxlen)
-                    .arg(path)
-                    .arg(envelope)
-                    .arg(encode_sender(&e.out).unwrap_or_default())
-                    .arg(kept.time_ms)
-                    .arg(seq)
-                    .arg(kept.member.map(|m| m.to_string()).unwrap_or_default());
+            if keep(&mut pipe, ctx, &e.out, &envelope, seq, &maxlen) {
                 return true;
             }
             pipe.cmd("XADD")
@@ -151,6 +127,46 @@ fn publish_until_error(
             }
         }
     }
+}
+
+/// Adds the `kept` script to `pipe` for a broadcast on a channel whose history Redis keeps: it is
+/// kept in the path's history and sent on the backbone together. False (nothing added) for any
+/// other entry.
+fn keep(
+    pipe: &mut redis::Pipeline,
+    ctx: &Context,
+    out: &Outbound,
+    envelope: &[u8],
+    seq: u64,
+    maxlen: &str,
+) -> bool {
+    let Outbound::Broadcast {
+        path,
+        kept: Some(kept),
+        ..
+    } = out
+    else {
+        return false;
+    };
+    let prefix = &ctx.prefix;
+    pipe.cmd("EVAL")
+        .arg(KEEP)
+        .arg(5)
+        .arg(epoch_key(prefix))
+        .arg(pos_key(prefix, path))
+        .arg(history_key(prefix, path))
+        .arg(&ctx.stream)
+        .arg(sent_key(prefix, &ctx.instance_id, ctx.epoch))
+        .arg(fresh_epoch())
+        .arg(kept.size)
+        .arg(maxlen)
+        .arg(path)
+        .arg(envelope)
+        .arg(encode_sender(out).unwrap_or_default())
+        .arg(kept.time_ms)
+        .arg(seq)
+        .arg(kept.member.map(|m| m.to_string()).unwrap_or_default());
+    true
 }
 
 /// Sends `pipe` and reads its `n` answers, all within one `timeout`; returns how many of its

@@ -15,25 +15,25 @@ use crate::ops::metrics::{Counter, Metrics};
 
 /// One entry waiting for Redis; its sequence number is fixed when it is first sent, so a resend
 /// carries the same one.
-pub(super) struct Entry {
+pub(super) struct Queued {
     pub(super) out: Outbound,
     pub(super) seq: Option<u64>,
 }
 
 /// The list both sides share.
 struct Backlog {
-    entries: Mutex<VecDeque<Entry>>,
+    entries: Mutex<VecDeque<Queued>>,
     cap: usize,
     metrics: Arc<Metrics>,
 }
 
 impl Backlog {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Entry>> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Queued>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Drops the oldest entries beyond the cap, counting each as not forwarded.
-    fn trim(&self, entries: &mut VecDeque<Entry>) {
+    fn trim(&self, entries: &mut VecDeque<Queued>) {
         let over = entries.len().saturating_sub(self.cap);
         if over > 0 {
             entries.drain(..over);
@@ -72,7 +72,7 @@ impl Outlet {
     pub fn push(&self, out: Outbound) {
         {
             let mut entries = self.backlog.lock();
-            entries.push_back(Entry { out, seq: None });
+            entries.push_back(Queued { out, seq: None });
             self.backlog.trim(&mut entries);
         }
         // Full: a ring is already waiting. Disconnected: the bridge stopped; the entry waits,
@@ -94,7 +94,7 @@ impl Queue {
     }
 
     /// Takes up to `max` entries from the front (the oldest first).
-    pub(super) fn take(&self, max: usize) -> VecDeque<Entry> {
+    pub(super) fn take(&self, max: usize) -> VecDeque<Queued> {
         let mut entries = self.backlog.lock();
         let n = entries.len().min(max);
         entries.drain(..n).collect()
@@ -102,7 +102,7 @@ impl Queue {
 
     /// Puts back a batch Redis did not acknowledge, before everything queued since, then drops
     /// the oldest beyond the cap (counted as not forwarded).
-    pub(super) fn give_back(&self, batch: VecDeque<Entry>) {
+    pub(super) fn give_back(&self, batch: VecDeque<Queued>) {
         let mut entries = self.backlog.lock();
         for e in batch.into_iter().rev() {
             entries.push_front(e);

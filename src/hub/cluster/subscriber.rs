@@ -12,9 +12,8 @@ use redis::Value;
 use super::Context;
 use super::link::{Link, Watch, connect, connection_name, query};
 use super::wire::{
-    BadEnvelope, Inbound, Origin, StreamEntry, decode, for_each_entry, for_each_stream,
+    BadEnvelope, Inbound, Stamp, StreamEntry, decode, for_each_entry, for_each_stream,
 };
-use crate::hub::history::Stamp;
 use crate::hub::query::query_string;
 use crate::ops::metrics::Counter;
 
@@ -57,7 +56,7 @@ struct Senders {
 }
 
 impl Senders {
-    fn arrive(&mut self, origin: &Origin<'_>) -> Arrival {
+    fn arrive(&mut self, origin: &Stamp<'_>) -> Arrival {
         self.clock += 1;
         let key = (origin.instance.to_vec(), origin.epoch);
         if let Some((seq, heard)) = self.last.get_mut(&key) {
@@ -359,7 +358,7 @@ impl Reader {
         if (ctx.accepts)(path) {
             match kept {
                 Some((pos, epoch, time_ms)) => {
-                    let stamp = Stamp {
+                    let stamp = crate::hub::history::Stamp {
                         pos: Some(pos),
                         epoch: Some(epoch),
                         time_ms,
@@ -413,8 +412,8 @@ impl Reader {
 mod tests {
     use super::*;
 
-    fn from(instance: &'static [u8], epoch: u64, seq: u64) -> Origin<'static> {
-        Origin {
+    fn from(instance: &'static [u8], epoch: u64, seq: u64) -> Stamp<'static> {
+        Stamp {
             instance,
             epoch,
             seq,
@@ -450,19 +449,19 @@ mod tests {
             .map(|i| i.to_string().into_bytes())
             .collect();
         for id in &ids[..MAX_SENDERS] {
-            s.arrive(&Origin {
+            s.arrive(&Stamp {
                 instance: id,
                 epoch: 1,
                 seq: 1,
             });
         }
         // "0" heard again: "1" is now the least recent and makes room.
-        s.arrive(&Origin {
+        s.arrive(&Stamp {
             instance: &ids[0],
             epoch: 1,
             seq: 2,
         });
-        s.arrive(&Origin {
+        s.arrive(&Stamp {
             instance: &ids[MAX_SENDERS],
             epoch: 1,
             seq: 1,

@@ -30,7 +30,7 @@ pub(super) const FIELD_ENVELOPE: &str = "m";
 pub(super) const FIELD_SENDER: &str = "f";
 /// The instance, process and place in its sequence of one envelope.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Origin<'a> {
+pub(super) struct Stamp<'a> {
     pub(super) instance: &'a [u8],
     pub(super) epoch: u64,
     pub(super) seq: u64,
@@ -145,7 +145,7 @@ impl fmt::Display for BadEnvelope {
 pub(super) fn decode<'a>(
     payload: &'a [u8],
     sender: Option<&[u8]>,
-) -> Result<(Origin<'a>, Inbound), BadEnvelope> {
+) -> Result<(Stamp<'a>, Inbound), BadEnvelope> {
     let [version, id_len, rest @ ..] = payload else {
         return Err(BadEnvelope::Truncated);
     };
@@ -160,7 +160,7 @@ pub(super) fn decode<'a>(
     let (epoch, rest) = rest.split_at(8);
     let (seq, rest) = rest.split_at(8);
     let number = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or_default());
-    let origin = Origin {
+    let origin = Stamp {
         instance,
         epoch: number(epoch),
         seq: number(seq),
@@ -290,7 +290,7 @@ mod tests {
         for msg in [text, binary, Message::text(""), Message::binary(Vec::new())] {
             let e = encode("pi-1", 7, u64::MAX, &broadcast(msg.clone())).unwrap();
             let (origin, back) = decode(&e, None).unwrap();
-            let want = Origin {
+            let want = Stamp {
                 instance: b"pi-1",
                 epoch: 7,
                 seq: u64::MAX,

@@ -248,23 +248,7 @@ pub fn connect(
             port,
             tls: secure,
         } => {
-            let addrs: Vec<_> = (host.as_str(), *port)
-                .to_socket_addrs()
-                .map_err(BackendError::Down)?
-                .collect();
-            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address for the host");
-            let mut sock = None;
-            for addr in addrs {
-                match TcpStream::connect_timeout(&addr, left(at)?) {
-                    Ok(s) => {
-                        sock = Some(s);
-                        break;
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            let sock = sock.ok_or_else(|| io_failure(last, at, BackendError::Down))?;
-            let _ = sock.set_nodelay(true);
+            let sock = dial_tcp(host, *port, at)?;
             let host_header = if host.contains(':') {
                 format!("[{host}]:{port}")
             } else {
@@ -274,24 +258,7 @@ pub fn connect(
                 let config = tls.ok_or_else(|| {
                     BackendError::Tls(io::Error::other("no TLS settings for a wss:// backend"))
                 })?;
-                let name = ServerName::try_from(host.clone())
-                    .map_err(|e| BackendError::Tls(io::Error::other(e)))?;
-                let conn = ClientConnection::new(Arc::clone(config), name)
-                    .map_err(|e| BackendError::Tls(io::Error::other(e)))?;
-                let mut s = StreamOwned::new(conn, sock);
-                while s.conn.is_handshaking() {
-                    let t = left(at)?;
-                    s.sock
-                        .set_read_timeout(Some(t))
-                        .and_then(|()| s.sock.set_write_timeout(Some(t)))
-                        .map_err(BackendError::Down)?;
-                    match s.conn.complete_io(&mut s.sock) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(io_failure(e, at, BackendError::Tls)),
-                    }
-                }
-                (BackendStream::Tls(Box::new(s)), host_header)
+                (secure_backend(config, host, sock, at)?, host_header)
             } else {
                 (BackendStream::Tcp(sock), host_header)
             }
@@ -322,6 +289,56 @@ pub fn connect(
             Err(HandshakeError::Failure(e)) => return Err(handshake_failure(e, at)),
         }
     }
+}
+
+/// A TCP connection to the first of `host`'s addresses that answers before `at`, with Nagle
+/// off.
+fn dial_tcp(host: &str, port: u16, at: Instant) -> Result<TcpStream, BackendError> {
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(BackendError::Down)?
+        .collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address for the host");
+    let mut sock = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, left(at)?) {
+            Ok(s) => {
+                sock = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let sock = sock.ok_or_else(|| io_failure(last, at, BackendError::Down))?;
+    let _ = sock.set_nodelay(true);
+    Ok(sock)
+}
+
+/// The TLS handshake with a `wss://` backend named `host` on `sock`, finished before `at`.
+fn secure_backend(
+    config: &Arc<ClientConfig>,
+    host: &str,
+    sock: TcpStream,
+    at: Instant,
+) -> Result<BackendStream, BackendError> {
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| BackendError::Tls(io::Error::other(e)))?;
+    let conn = ClientConnection::new(Arc::clone(config), name)
+        .map_err(|e| BackendError::Tls(io::Error::other(e)))?;
+    let mut s = StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        let t = left(at)?;
+        s.sock
+            .set_read_timeout(Some(t))
+            .and_then(|()| s.sock.set_write_timeout(Some(t)))
+            .map_err(BackendError::Down)?;
+        match s.conn.complete_io(&mut s.sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_failure(e, at, BackendError::Tls)),
+        }
+    }
+    Ok(BackendStream::Tls(Box::new(s)))
 }
 
 fn handshake_failure(e: WsError, at: Instant) -> BackendError {

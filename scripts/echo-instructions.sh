@@ -26,7 +26,7 @@ BIN=${WSGATE_BIN:-$ROOT/target/release/wsgate}
 run() {
   local dir port pid ir n
   dir=$(mktemp -d)
-  echo bench | "$BIN" passwd "$dir/users" bench 2>/dev/null
+  echo bench | "$BIN" passwd --min-length 1 "$dir/users" bench 2>/dev/null
   port=$((20000 + RANDOM % 20000))
   write_idle_config "$dir/wsgate.ini" "listen = 127.0.0.1:$port
 workers = 8"

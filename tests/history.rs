@@ -316,3 +316,32 @@ fn presence_tells_enveloped_subscribers_who_joins_and_leaves_and_the_admin_lists
     assert_eq!(server.admin_get("/presence?path=/echo").0, 404);
     assert_eq!(server.admin_get("/presence").0, 400);
 }
+
+#[test]
+fn joins_that_recall_on_new_paths_cannot_fill_the_memory_cap_for_everyone() {
+    let mut s = setup(4);
+    s.set("server", "memory_limit", "1MiB");
+    let server = s.start();
+    // Each join with ?last=1 on a path never seen makes that path's ring, which stays until
+    // the process ends: ~1.2 KB with a 1000-byte path, then ~200 bytes with a short one; more
+    // than the whole cap in all.
+    let bob = [("Authorization", basic(BOB.0, BOB.1))];
+    let bob = [(bob[0].0, bob[0].1.as_str())];
+    let long = "x".repeat(1000);
+    let paths = (0..900)
+        .map(|i| format!("/chat/{long}{i}"))
+        .chain((0..600).map(|i| format!("/chat/{i}")));
+    for path in paths {
+        if let Ok(mut ws) = server.connect_with(&format!("{path}?last=1"), &bob) {
+            let _ = ws.close(None);
+            while ws.read().is_ok() {}
+        }
+    }
+    // The rings stay within the histories' share of the cap: honest clients that ask for no
+    // history still get their broadcasts.
+    let mut alice = server.connect_as("/chat/room", ALICE);
+    let mut bob = server.connect_as("/chat/room", BOB);
+    let news = "still served ".repeat(100);
+    alice.send(Message::text(news.clone())).unwrap();
+    assert_eq!(next_text(&mut bob), news);
+}

@@ -368,7 +368,7 @@ pub struct WsLimits {
     pub max_message_size: NonZeroUsize,
     /// `max_frame_size`, default 64 KiB; never more than `max_message_size`.
     pub max_frame_size: NonZeroUsize,
-    /// `read_buffer_size`, default 4 KiB.
+    /// `read_buffer_size`, default 1 KiB.
     pub read_buffer_size: NonZeroUsize,
     /// `write_buffer_size`, default 8 KiB (0 allowed: write each frame at once).
     pub write_buffer_size: usize,

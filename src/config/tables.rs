@@ -496,7 +496,7 @@ pub(super) mod ws {
     };
     pub(in crate::config) const READ_BUFFER_SIZE: Key<NonZeroUsize> = Key {
         name: "read_buffer_size",
-        default: Some("4KiB"),
+        default: Some("1KiB"),
         parse: parse_nonzero_size,
         doc: "The read buffer of each connection.",
         reload: Reload::Applies,

@@ -130,7 +130,7 @@ fn defaults() {
     assert_eq!(l.message_timeout, Duration::from_secs(30));
     assert_eq!(l.ws.max_message_size.get(), 65536);
     assert_eq!(l.ws.max_frame_size.get(), 65536);
-    assert_eq!(l.ws.read_buffer_size.get(), 4096);
+    assert_eq!(l.ws.read_buffer_size.get(), 1024);
     assert_eq!(l.ws.write_buffer_size, 8192);
     assert_eq!(l.ws.max_write_buffer_size.get(), 131072);
     assert_eq!(l.ws.outbox.get(), 64);
@@ -1634,7 +1634,7 @@ fn channel_limits_inherit_and_override() {
     assert_eq!(big.max_frame_size.get(), 1 << 20);
     assert_eq!(big.max_write_buffer_size.get(), 2 << 20);
     assert_eq!(big.outbox.get(), 8);
-    assert_eq!(big.read_buffer_size.get(), 4096);
+    assert_eq!(big.read_buffer_size.get(), 1024);
     assert_eq!(big.slow_consumer, SlowConsumer::Drop);
     let _ = big.websocket_config();
 }

@@ -103,7 +103,7 @@ pub struct Histories {
     /// 16 hex digits, random per process: a restart loses the rings, and a client's position
     /// from before it names another epoch.
     epoch: String,
-    /// Bytes kept over all paths (see [`HISTORY_SHARE`]).
+    /// Bytes kept over all paths and the rings' own costs (see [`HISTORY_SHARE`]).
     held: AtomicUsize,
     budget: Arc<Budget>,
 }
@@ -132,16 +132,23 @@ impl Histories {
         &self.epoch
     }
 
-    /// `path`'s ring, made on first use; None when the memory cap has no room for a new one.
-    /// A ring stays until the process ends: its positions must never start again within an
-    /// epoch, or a client's old position would name a different broadcast.
+    /// `path`'s ring, made on first use; None when the memory cap or the histories' share of it
+    /// has no room for a new one. A ring stays until the process ends: its positions must never
+    /// start again within an epoch, or a client's old position would name a different
+    /// broadcast. So its cost counts within [`HISTORY_SHARE`], or joins on ever new paths would
+    /// hold the whole cap for good.
     pub(super) fn ring(&self, path: &str) -> Option<Arc<Mutex<Ring>>> {
         let mut rings = lock(&self.rings);
         if let Some(ring) = rings.get(path) {
             return Some(Arc::clone(ring));
         }
+        let cost = RING_COST + path.len();
+        if !self.fits(cost) {
+            return None;
+        }
         let account = Account::new(Arc::clone(&self.budget));
-        let own = account.charge(RING_COST + path.len(), Room::Deliveries)?;
+        let own = account.charge(cost, Room::Deliveries)?;
+        self.held.fetch_add(cost, Ordering::Relaxed);
         let ring = Arc::new(Mutex::new(Ring {
             kept: VecDeque::new(),
             last_pos: 0,
@@ -314,7 +321,7 @@ impl Histories {
         ))
     }
 
-    /// Bytes kept over all paths.
+    /// Bytes kept over all paths, with the rings' own costs.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }
@@ -509,6 +516,22 @@ mod tests {
     }
 
     #[test]
+    fn rings_of_new_paths_stop_at_the_histories_share() {
+        let budget = Arc::new(Budget::new(NonZeroUsize::new(4000)));
+        let h = Histories::new(Arc::clone(&budget));
+        let made = (0..100)
+            .filter(|i| h.ring(&format!("/c/{i:03}")).is_some())
+            .count();
+        // 197 bytes each within the 1000-byte share: five.
+        assert_eq!(made, 1000 / (RING_COST + 5));
+        assert!(budget.used() <= 1000);
+        assert!(
+            h.ring("/c/000").is_some(),
+            "an existing ring is still found"
+        );
+    }
+
+    #[test]
     fn kept_bytes_are_charged_and_a_full_share_drops_the_rings_own_oldest() {
         let budget = Arc::new(Budget::new(NonZeroUsize::new(4000)));
         let h = Histories::new(Arc::clone(&budget));
@@ -516,19 +539,20 @@ mod tests {
         let mut ring = lock(&ring);
         let ring_cost = RING_COST + 2;
         assert_eq!(budget.used(), ring_cost);
-        // The share is 1000 bytes: three 400-byte messages do not fit, two do.
+        // The share is 1000 bytes, the ring's own cost in it: three 300-byte messages do not
+        // fit beside it, two do.
         for _ in 0..3 {
             h.keep(
                 &mut ring,
                 keep(10),
                 Sender::Anonymous,
-                &Message::binary(vec![0u8; 400]),
+                &Message::binary(vec![0u8; 300]),
                 Instant::now(),
             );
         }
         assert_eq!(ring.kept.len(), 2);
-        assert_eq!(h.held(), 2 * (400 + KEPT_COST));
-        assert_eq!(ring.account.held(), ring_cost + 2 * (400 + KEPT_COST));
+        assert_eq!(h.held(), ring_cost + 2 * (300 + KEPT_COST));
+        assert_eq!(ring.account.held(), ring_cost + 2 * (300 + KEPT_COST));
         // Larger than the share: positioned, not kept, and the ring emptied trying, so a
         // recovery from before it is told so.
         let s = h.keep(

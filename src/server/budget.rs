@@ -26,9 +26,9 @@ const KERNEL_SHARE: usize = 8;
 const STACK_TOUCHED: usize = 12 * KIB;
 /// What an idle connection keeps beside its stack, base buffers and TLS state: its boxed
 /// WebSocket, hub membership and read-share place, and malloc's overhead. With the default
-/// buffers the base cost adds up to 29 KiB, the measured 28.6 KiB per idle TLS connection
+/// buffers the base cost adds up to 27 KiB, the measured 26.3 KiB per idle TLS connection
 /// (docs/benchmarks.md) rounded up.
-const CONNECTION_STATE: usize = KIB;
+const CONNECTION_STATE: usize = 2 * KIB;
 /// rustls' state for an established connection with its buffers drained.
 const TLS_IDLE: usize = 4 * KIB;
 /// A handshake thread's stack pages touched by the deepest handshake (rustls, Argon2's caller,
@@ -451,7 +451,7 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.contains(&format!("+ connections {} x 29 KiB = ", p.workers)),
+            line.contains(&format!("+ connections {} x 27 KiB = ", p.workers)),
             "{line}"
         );
         assert!(

@@ -785,7 +785,7 @@ mod snapshot_tests {
         for ((m, fake), closed) in stalled.iter().zip(closed) {
             if closed {
                 assert!(fake.abandoned.load(Ordering::Acquire));
-                assert_eq!(m.ended(), Some((1008, "slow consumer")));
+                assert_eq!(m.ended(), Some(crate::policy::CloseReason::SLOW_CONSUMER));
                 assert!(m.closed_at_cap());
                 assert_eq!(m.account().held(), 0, "given back at once");
             }

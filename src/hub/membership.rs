@@ -18,8 +18,7 @@ use super::{Hub, HubClosed};
 use crate::config::Mode;
 use crate::memory::{Account, Room};
 use crate::ops::metrics::Metrics;
-use crate::policy::Revocation;
-use crate::policy::{Holder, Recall};
+use crate::policy::{CloseReason, Holder, Recall, Revocation};
 
 /// A connection's membership; leaving the channel is dropping it.
 pub struct Membership {
@@ -236,14 +235,14 @@ impl Membership {
 
     /// Why the hub wants this connection to end, if it does: a slow consumer or revoked access
     /// (1008), or shutdown with nothing left to deliver (1001).
-    pub fn ended(&self) -> Option<(u16, &'static str)> {
+    pub fn ended(&self) -> Option<CloseReason> {
         if self.shared.slow.load(Ordering::Acquire) {
-            Some((1008, "slow consumer"))
+            Some(CloseReason::SLOW_CONSUMER)
         } else if self.shared.revoked.load(Ordering::Acquire) {
             let why = self.shared.revocation.get().copied();
-            Some((1008, why.unwrap_or(Revocation::Access).close_reason()))
+            Some(why.unwrap_or(Revocation::Access).close_reason())
         } else if self.hub.is_closed() && self.outbox.is_empty() {
-            Some((1001, "going away"))
+            Some(CloseReason::GOING_AWAY)
         } else {
             None
         }
@@ -397,7 +396,7 @@ mod tests {
             tv_nsec: 0,
         };
         assert_eq!(rustix::event::poll(&mut fds, Some(&second)).unwrap(), 1);
-        assert_eq!(echo.ended(), Some((1008, "access revoked")));
+        assert_eq!(echo.ended(), Some(CloseReason::ACCESS_REVOKED));
         drop(client);
     }
 
@@ -426,7 +425,7 @@ mod tests {
         // No socket is attached: the eventfd alone wakes its poll.
         proxied.shared.revoke(Revocation::Admin);
         assert_eq!(rustix::event::poll(&mut fds, Some(&zero)).unwrap(), 1);
-        assert_eq!(proxied.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(proxied.ended(), Some(CloseReason::DISCONNECTED_BY_ADMIN));
     }
 
     #[test]

@@ -359,8 +359,8 @@ mod tests {
         hub.shutdown();
         assert_eq!(b.ended(), None, "a queued message goes out first");
         assert_eq!(b.next_queued().unwrap().msg, text("last"));
-        assert_eq!(b.ended(), Some((1001, "going away")));
-        assert_eq!(a.ended(), Some((1001, "going away")));
+        assert_eq!(b.ended(), Some(crate::policy::CloseReason::GOING_AWAY));
+        assert_eq!(a.ended(), Some(crate::policy::CloseReason::GOING_AWAY));
     }
 
     fn member_of(hub: &Arc<Hub>, path: &str, user: Option<&str>, session: &str) -> Membership {
@@ -408,7 +408,10 @@ mod tests {
             "empty matches nobody"
         );
         assert_eq!(hub.disconnect(&f(Some("alice"), None, Some("/chat/*"))), 1);
-        assert_eq!(alice.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(
+            alice.ended(),
+            Some(crate::policy::CloseReason::DISCONNECTED_BY_ADMIN)
+        );
         assert_eq!(alice2.ended(), None);
         assert_eq!(
             hub.disconnect(&f(Some("alice"), None, None)),
@@ -416,10 +419,16 @@ mod tests {
             "once each"
         );
         assert_eq!(hub.disconnect(&f(Some("-"), None, None)), 1);
-        assert_eq!(anon.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(
+            anon.ended(),
+            Some(crate::policy::CloseReason::DISCONNECTED_BY_ADMIN)
+        );
         assert_eq!(hub.disconnect(&f(None, Some("s3"), Some("/chat"))), 0);
         assert_eq!(hub.disconnect(&f(None, Some("s3"), None)), 1);
-        assert_eq!(bob.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(
+            bob.ended(),
+            Some(crate::policy::CloseReason::DISCONNECTED_BY_ADMIN)
+        );
         // Only with a bridge.
         assert!(!hub.forward_disconnect(&f(Some("x"), None, None)));
         let (outlet, queue) = cluster::Outlet::new(1, Arc::clone(&hub.metrics));

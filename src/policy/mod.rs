@@ -6,15 +6,18 @@
 //! This file holds the refusals ([`Reason`]) and the shared names; [`head`] checks the request
 //! head and parses its target, [`offer`] finds the credentials a request offers, [`recall`] the history a client asks for,
 //! [`decide`] is
-//! the upgrade decision, [`recheck`] a reload's decision for a live connection. The rules they
+//! the upgrade decision, [`recheck`] a reload's decision for a live connection, [`close`] every
+//! close sent after the upgrade ([`CloseReason`]). The rules they
 //! apply (roles, Origin patterns, user names) are values in [`crate::rules`].
 
+mod close;
 mod decide;
 mod head;
 mod offer;
 mod recall;
 mod recheck;
 
+pub use self::close::CloseReason;
 pub use self::decide::{
     Grant, MAX_LOGIN_BODY, Proof, Verdict, Verifier, decide, decide_login, decide_logout, route,
 };

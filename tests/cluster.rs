@@ -1217,6 +1217,11 @@ fn redis_down_refuses_a_history_request_and_redis_restarted_empty_is_a_new_epoch
     alice.send(Message::text("m1")).unwrap();
     let (_, pos, epoch) = message(&next_text(&mut phone));
     drop(phone);
+    // Acknowledged to A too (else A sends it again to the Redis that comes back, and it is kept
+    // there in the new epoch).
+    wait_until(&a, "m1 acknowledged", IO_TIMEOUT, || {
+        metric(&a, "wsgate_cluster_forwarded_total") == 1
+    });
 
     redis.kill();
     let since = format!("/chat/room?since={epoch}:{pos}");

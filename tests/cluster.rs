@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    ALICE, BOB, Client, IO_TIMEOUT, Redis, Server, Setup, TempDir, enveloped, field, free_port,
-    metric, next_data, next_text, status_of,
+    ALICE, BOB, Client, ENVELOPE, IO_TIMEOUT, Redis, Server, Setup, TempDir, basic, enveloped,
+    field, free_port, metric, next_data, next_text, status_of,
 };
 use tungstenite::Message;
 
@@ -1131,4 +1131,127 @@ fn a_redis_user_without_client_commands_still_shows_a_clash_in_the_stream() {
     // A has seen nothing of B: B never published, and CLIENT LIST is not A's to read.
     assert_eq!(metric(&a, "wsgate_cluster_id_clash"), 0);
     assert_no_panic(&[&a, &b]);
+}
+
+/// An instance on `url` whose `/chat/*` channels keep their last 8 broadcasts (in Redis).
+fn history_instance(url: &str, id: &str) -> Server {
+    let mut s = cluster_setup(url, Some(id), &[]);
+    s.set("channel:/chat/*", "history_size", "8");
+    let server = s.start();
+    wait_joined(&server);
+    server
+}
+
+/// The envelope's `data`, `pos` and `epoch` (unquoted), after checking it is a message.
+fn message(got: &str) -> (String, u64, String) {
+    assert_eq!(field(got, "type"), "\"message\"", "{got}");
+    (
+        field(got, "data").trim_matches('"').to_string(),
+        field(got, "pos").parse().unwrap(),
+        field(got, "epoch").trim_matches('"').to_string(),
+    )
+}
+
+#[test]
+fn history_in_redis_is_recovered_on_another_instance_in_order_then_live_and_outlives_a_restart() {
+    let redis = Redis::start();
+    let a = history_instance(&redis.url(), "a");
+    let mut b = history_instance(&redis.url(), "b");
+    let mut alice = a.connect_as("/chat/room", ALICE);
+    let mut near = a.connect_as("/chat/room", BOB);
+    let mut phone = enveloped(&b, "/chat/room", BOB);
+    alice.send(Message::text("m1")).unwrap();
+    let (data, pos, epoch) = message(&next_text(&mut phone));
+    assert_eq!(data, "m1");
+    assert_eq!(
+        next_text(&mut near),
+        "m1",
+        "the publisher's own instance delivers it"
+    );
+    // The phone loses its connection; three broadcasts go by (kept once `near` has them: an
+    // instance delivers a kept broadcast after Redis gave it its position).
+    phone.close(None).unwrap();
+    for m in ["m2", "m3", "m4"] {
+        alice.send(Message::text(m)).unwrap();
+    }
+    for m in ["m2", "m3", "m4"] {
+        assert_eq!(next_text(&mut near), m);
+    }
+    let mut phone = enveloped(&b, &format!("/chat/room?since={epoch}:{pos}"), BOB);
+    for (i, want) in ["m2", "m3", "m4"].iter().enumerate() {
+        let got = message(&next_text(&mut phone));
+        assert_eq!(got, (want.to_string(), pos + 1 + i as u64, epoch.clone()));
+    }
+    // Then live, nothing repeated in between; and the publisher is not sent its own.
+    alice.send(Message::text("m5")).unwrap();
+    assert_eq!(
+        message(&next_text(&mut phone)),
+        ("m5".into(), pos + 4, epoch.clone())
+    );
+    near.send(Message::text("from bob")).unwrap();
+    assert_eq!(next_text(&mut alice), "from bob");
+    assert_eq!(message(&next_text(&mut phone)).0, "from bob");
+
+    // A restarted instance serves the same history, in the same epoch.
+    drop(phone);
+    drop(b);
+    b = history_instance(&redis.url(), "b");
+    let mut late = b.connect_as("/chat/room?last=2", BOB);
+    assert_eq!(next_text(&mut late), "m5");
+    assert_eq!(next_text(&mut late), "from bob");
+    let mut phone = enveloped(&b, &format!("/chat/room?since={epoch}:{}", pos + 3), BOB);
+    assert_eq!(
+        message(&next_text(&mut phone)),
+        ("m5".into(), pos + 4, epoch.clone())
+    );
+    assert_eq!(message(&next_text(&mut phone)).1, pos + 5);
+    assert_no_panic(&[&a, &b]);
+}
+
+#[test]
+fn redis_down_refuses_a_history_request_and_redis_restarted_empty_is_a_new_epoch() {
+    let mut redis = Redis::start();
+    let a = history_instance(&redis.url(), "a");
+    let mut alice = a.connect_as("/chat/room", ALICE);
+    let mut phone = enveloped(&a, "/chat/room", BOB);
+    alice.send(Message::text("m1")).unwrap();
+    let (_, pos, epoch) = message(&next_text(&mut phone));
+    drop(phone);
+    // Acknowledged to A too (else A sends it again to the Redis that comes back, and it is kept
+    // there in the new epoch).
+    wait_until(&a, "m1 acknowledged", IO_TIMEOUT, || {
+        metric(&a, "wsgate_cluster_forwarded_total") == 1
+    });
+
+    redis.kill();
+    let since = format!("/chat/room?since={epoch}:{pos}");
+    let auth = basic(BOB.0, BOB.1);
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Sec-WebSocket-Protocol", ENVELOPE),
+    ];
+    assert_eq!(status_of(a.connect_with(&since, &headers)), 503);
+    // A client that asks for no history is let in as ever.
+    let mut live = enveloped(&a, "/chat/room", BOB);
+
+    redis.spawn();
+    wait_joined(&a);
+    let mut phone = enveloped(&a, &since, BOB);
+    let reset = next_text(&mut phone);
+    assert_eq!(field(&reset, "type"), "\"reset\"", "{reset}");
+    assert_eq!(field(&reset, "reason"), "\"epoch\"", "{reset}");
+    let new_epoch = field(&reset, "epoch").trim_matches('"').to_string();
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(field(&reset, "pos"), "0", "{reset}");
+    // Positions start again in the new epoch, for every subscriber.
+    alice.send(Message::text("after")).unwrap();
+    assert_eq!(
+        message(&next_text(&mut phone)),
+        ("after".into(), 1, new_epoch.clone())
+    );
+    assert_eq!(
+        message(&next_text(&mut live)),
+        ("after".into(), 1, new_epoch)
+    );
+    assert_no_panic(&[&a]);
 }

@@ -636,7 +636,7 @@ fn parse_config(
     let mut channels: Vec<ChannelConfig> = Vec::new();
     for s in &sections {
         if let Some(path) = s.name.strip_prefix(CHANNEL_PREFIX) {
-            let channel = sections::channel(s, path, &limits.ws, &base, &cluster)?;
+            let channel = sections::channel(s, path, &limits.ws, &base)?;
             validate::channel_is_new(s, &channels, &channel)?;
             channels.push(channel);
         }

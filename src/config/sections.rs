@@ -189,7 +189,6 @@ pub(super) fn channel(
     path: &str,
     base: &WsLimits,
     bases: &Bases<'_>,
-    cluster: &ClusterConfig,
 ) -> Result<ChannelConfig, ConfigError> {
     let pattern = parse_channel_path(path).map_err(|m| s.invalid(None, m))?;
     if !s.is_set(channel::MODE.name) {
@@ -201,7 +200,7 @@ pub(super) fn channel(
     let mode = s.get(&channel::MODE)?;
     let limits = ws(s, Some(base))?;
     let backend = backend(s, mode, bases)?;
-    let history = history(s, mode, &limits, cluster)?;
+    let history = history(s, mode, &limits)?;
     let presence = s.get(&channel::PRESENCE)?;
     validate::presence(s, mode, presence)?;
     Ok(ChannelConfig {
@@ -222,11 +221,10 @@ fn history(
     s: &Section<'_>,
     mode: Mode,
     limits: &WsLimits,
-    cluster: &ClusterConfig,
 ) -> Result<Option<Retention>, ConfigError> {
     let size = s.get(&channel::HISTORY_SIZE)?;
     let ttl = s.get(&channel::HISTORY_TTL)?;
-    validate::history(s, mode, size, limits, cluster)?;
+    validate::history(s, mode, size, limits)?;
     Ok(NonZeroUsize::new(size).map(|size| Retention {
         size,
         ttl: (!ttl.is_zero()).then_some(ttl),

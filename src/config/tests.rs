@@ -1972,10 +1972,6 @@ fn history_and_presence_on_broadcast_channels_only_and_history_within_the_outbox
             "mode = proxy\nbackend = ws://a:1\npresence = on\n",
             "F:8: [channel:/p] presence: only a mode = broadcast channel has presence",
         ),
-        (
-            "mode = broadcast\nhistory_size = 5\n[cluster]\nredis_url = redis://127.0.0.1/\n",
-            "F:7: [channel:/p] history_size: history is kept in this instance's memory",
-        ),
     ];
     for (body, want) in cases {
         let e = err(&with(&format!("[channel:/p]\n{body}")));

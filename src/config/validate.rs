@@ -9,9 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::scan::Section;
-use super::{
-    ChannelConfig, ClientAuth, ClusterConfig, ConfigError, DemoConfig, Endpoint, Mode, WsLimits,
-};
+use super::{ChannelConfig, ClientAuth, ConfigError, DemoConfig, Endpoint, Mode, WsLimits};
 use crate::rules::acl::{PathPattern, USER_PLACEHOLDER};
 
 /// The largest WebSocket frame header: what must fit beside a full write buffer and a message.
@@ -328,14 +326,12 @@ pub(super) fn channel_is_new(
 }
 
 /// A channel's history: on broadcast channels only, no larger than the outbox (a recovery is
-/// queued there whole), and not with `[cluster]` (history is kept in this instance's memory,
-/// which the other instances would not share).
+/// queued there whole).
 pub(super) fn history(
     s: &Section<'_>,
     mode: Mode,
     size: usize,
     limits: &WsLimits,
-    cluster: &ClusterConfig,
 ) -> Result<(), ConfigError> {
     const KEYS: [&str; 2] = ["history_size", "history_ttl"];
     if size == 0 {
@@ -362,13 +358,6 @@ pub(super) fn history(
                  outbox whole; raise outbox or lower history_size",
                 limits.outbox
             ),
-        ));
-    }
-    if cluster.redis_url.is_some() {
-        return Err(s.invalid(
-            Some("history_size"),
-            "history is kept in this instance's memory and is not shared through [cluster]; \
-             unset history_size or redis_url",
         ));
     }
     Ok(())

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crossbeam_channel::TrySendError;
 use tungstenite::Message;
 
-use super::history::{Sender, Stamp};
+use super::history::{Sender, Stamp, unix_ms};
 use super::member::{Handoff, Member, discard_queued};
 use super::{Filter, Hub};
 use crate::config::{Retention, SlowConsumer};
@@ -35,9 +35,23 @@ pub enum Outbound {
         from: Sender,
         msg: Message,
         charge: Option<Charge>,
+        /// Set on a channel whose history Redis keeps: the publisher keeps it there.
+        kept: Option<KeepIn>,
     },
     /// An admin's disconnect: every instance ends its connections that match.
     Disconnect(Filter),
+}
+
+/// How a broadcast on a channel whose history Redis keeps (`[cluster]`) is kept there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepIn {
+    /// The channel's `history_size`.
+    pub size: usize,
+    /// When the server took it (ms since the Unix epoch).
+    pub time_ms: u64,
+    /// The publishing member, which its own instance does not deliver it to; None for the
+    /// admin API.
+    pub member: Option<u64>,
 }
 
 impl Outbound {
@@ -48,6 +62,7 @@ impl Outbound {
             from,
             msg,
             charge: None,
+            kept: None,
         }
     }
 }
@@ -84,17 +99,49 @@ impl Hub {
         history: Option<Retention>,
         msg: &Message,
     ) {
-        self.keep_and_fan_out(path, Some(from), sender, history, msg);
-        self.forward(path, sender, msg);
+        if !self.keep_in_redis(path, Some(from), sender, history, msg) {
+            self.keep_and_fan_out(path, Some(from), sender, history, msg);
+            self.forward(path, sender, msg, None);
+        }
     }
 
     /// Publishes `msg` on `path` from outside any connection (the admin API's `POST /publish`),
     /// kept as `history` says: every member of `path` here, then the other instances. Returns
-    /// how many members here took it (written or queued). Never blocks.
+    /// how many members here took it (written or queued); on a channel whose history Redis
+    /// keeps, how many members here it goes to once Redis has kept it. Never blocks.
     pub fn inject(&self, path: &str, msg: &Message, history: Option<Retention>) -> usize {
+        if self.keep_in_redis(path, None, &Sender::Admin, history, msg) {
+            return self
+                .roster
+                .snapshot(path)
+                .map_or(0, |members| members.iter().filter(|m| m.receives).count());
+        }
         let reached = self.keep_and_fan_out(path, None, &Sender::Admin, history, msg);
-        self.forward(path, &Sender::Admin, msg);
+        self.forward(path, &Sender::Admin, msg, None);
         reached
+    }
+
+    /// With a history kept in Redis (`[cluster]` and `history`): queues `msg` for the publisher,
+    /// which keeps it there and gives it its position; every instance, this one too, delivers it
+    /// from the backbone in the order of the positions. False (nothing done) otherwise.
+    fn keep_in_redis(
+        &self,
+        path: &str,
+        from: Option<u64>,
+        sender: &Sender,
+        history: Option<Retention>,
+        msg: &Message,
+    ) -> bool {
+        let Some(keep) = history.filter(|_| self.store.get().is_some()) else {
+            return false;
+        };
+        let kept = KeepIn {
+            size: keep.size.get(),
+            time_ms: unix_ms(),
+            member: from,
+        };
+        self.forward(path, sender, msg, Some(kept));
+        true
     }
 
     /// Gives `msg` its position and keeps it when `history` says so, then fans it out, with the
@@ -133,8 +180,9 @@ impl Hub {
         self.fan_out(path, Some(from), Delivery::Notice(notice));
     }
 
-    /// Queues `msg` from `sender` for the other instances if a cluster bridge is attached.
-    fn forward(&self, path: &str, sender: &Sender, msg: &Message) {
+    /// Queues `msg` from `sender` for the other instances if a cluster bridge is attached (and
+    /// for Redis to keep, with `kept`).
+    fn forward(&self, path: &str, sender: &Sender, msg: &Message, kept: Option<KeepIn>) {
         let outlet = self.outlet.read().unwrap_or_else(|p| p.into_inner());
         if let Some(outlet) = outlet.as_ref() {
             // At the memory cap the message is not forwarded (counted).
@@ -147,6 +195,7 @@ impl Hub {
                 from: sender.clone(),
                 msg: msg.clone(),
                 charge: Some(charge),
+                kept,
             };
             // At a full queue the oldest waiting entry makes room (counted there).
             outlet.push(out);
@@ -158,6 +207,18 @@ impl Hub {
     /// again. Never blocks.
     pub fn deliver(&self, path: &str, sender: Sender, msg: &Message) {
         self.fan_out(path, None, Delivery::Broadcast(msg, &Stamp::now(sender)));
+    }
+
+    /// Delivers a broadcast Redis kept (`stamp` has its position and epoch) to every member of
+    /// `path` here but `from` (its publisher, when it is of this process), under the path's
+    /// lock that a join holds while it reads the history: a member whose replay already held
+    /// this position skips it. Never blocks longer than a join's read of Redis.
+    pub fn deliver_kept(&self, path: &str, from: Option<u64>, stamp: &Stamp, msg: &Message) {
+        let ring = self.histories.ring(path);
+        let _held = ring
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
+        self.fan_out(path, from, Delivery::Broadcast(msg, stamp));
     }
 
     /// Sends `what` to every member of `path` except `from` (a broadcast to all, in the
@@ -183,6 +244,11 @@ impl Hub {
             // A member already closing as slow never reads its outbox again.
             if Some(m.id) == from || !m.receives || m.shared.slow.load(Ordering::Acquire) {
                 continue;
+            }
+            if let (Delivery::Broadcast(_, stamp), Some((epoch, through))) = (what, &m.replayed) {
+                if stamp.epoch.as_ref() == Some(epoch) && stamp.pos.is_some_and(|p| p <= *through) {
+                    continue;
+                }
             }
             let (msg, wire) = match (what, m.intake.envelope) {
                 (Delivery::Broadcast(plain, stamp), true) => (
@@ -719,7 +785,7 @@ mod snapshot_tests {
         for ((m, fake), closed) in stalled.iter().zip(closed) {
             if closed {
                 assert!(fake.abandoned.load(Ordering::Acquire));
-                assert_eq!(m.ended(), Some((1008, "slow consumer")));
+                assert_eq!(m.ended(), Some(crate::policy::CloseReason::SLOW_CONSUMER));
                 assert!(m.closed_at_cap());
                 assert_eq!(m.account().held(), 0, "given back at once");
             }

@@ -42,8 +42,10 @@ pub enum Sender {
 /// What an enveloped client learns of a broadcast besides its payload.
 #[derive(Debug, Clone)]
 pub struct Stamp {
-    /// The position in this process's epoch; None where no history is kept.
+    /// The position; None where no history is kept.
     pub pos: Option<u64>,
+    /// The epoch of `pos` when it is not this process's: one Redis gave (`[cluster]`).
+    pub epoch: Option<String>,
     /// Milliseconds since the Unix epoch, when the server took the broadcast.
     pub time_ms: u64,
     pub from: Sender,
@@ -54,13 +56,15 @@ impl Stamp {
     pub fn now(from: Sender) -> Stamp {
         Stamp {
             pos: None,
+            epoch: None,
             time_ms: unix_ms(),
             from,
         }
     }
 }
 
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -92,6 +96,8 @@ pub(super) struct Ring {
 pub enum RecallRefused {
     /// The memory cap has no room for the replay.
     MemoryFull,
+    /// Redis, which keeps the channel's history (`[cluster]`), did not answer in time.
+    Unavailable,
 }
 
 /// What a join's replay puts in the outbox, in order.
@@ -244,7 +250,6 @@ impl Histories {
         envelope: bool,
         now: Instant,
     ) -> Replay {
-        use crate::policy::Recall;
         self.expire(ring, keep, now);
         let render = |k: &Kept| {
             if envelope {
@@ -253,39 +258,41 @@ impl Histories {
                 k.msg.clone()
             }
         };
-        match recall {
-            Recall::Live => Vec::new(),
-            Recall::Last(n) => {
-                let skip = ring.kept.len().saturating_sub(*n);
-                ring.kept.iter().skip(skip).map(render).collect()
-            }
-            Recall::Since { epoch, pos } => {
-                // The oldest position still kept minus one is the earliest one a client may
-                // have seen and still miss nothing; with nothing kept, only the last one.
-                let first_kept = ring
-                    .kept
-                    .front()
-                    .and_then(|k| k.stamp.pos)
-                    .unwrap_or(ring.last_pos + 1);
-                let reason = if *epoch != self.epoch {
-                    Some("epoch")
-                } else if *pos > ring.last_pos {
-                    Some("unknown position")
-                } else if *pos + 1 < first_kept {
-                    Some("trimmed")
-                } else {
-                    None
-                };
-                match reason {
-                    Some(reason) => vec![self.reset(ring.last_pos, reason)],
-                    None => ring
-                        .kept
-                        .iter()
-                        .filter(|k| k.stamp.pos.is_some_and(|p| p > *pos))
-                        .map(render)
-                        .collect(),
-                }
-            }
+        let first_kept = ring.kept.front().and_then(|k| k.stamp.pos);
+        match pick(
+            recall,
+            &self.epoch,
+            ring.last_pos,
+            first_kept,
+            ring.kept.len(),
+        ) {
+            Ok(skip) => ring.kept.iter().skip(skip).map(render).collect(),
+            Err(reason) => vec![reset(&self.epoch, ring.last_pos, reason)],
+        }
+    }
+
+    /// What a client joining with `recall` is sent before live broadcasts, from a path's
+    /// history as Redis keeps it (`[cluster]`): as [`Histories::replay`].
+    pub(super) fn replay_recalled(
+        &self,
+        recalled: &Recalled,
+        recall: &crate::policy::Recall,
+        envelope: bool,
+    ) -> Replay {
+        let first_kept = recalled.kept.first().and_then(|(s, _)| s.pos);
+        let len = recalled.kept.len();
+        match pick(recall, &recalled.epoch, recalled.last_pos, first_kept, len) {
+            Ok(skip) => recalled.kept[skip..]
+                .iter()
+                .map(|(stamp, msg)| {
+                    if envelope {
+                        self.envelope(stamp, msg)
+                    } else {
+                        msg.clone()
+                    }
+                })
+                .collect(),
+            Err(reason) => vec![reset(&recalled.epoch, recalled.last_pos, reason)],
         }
     }
 
@@ -294,7 +301,8 @@ impl Histories {
         let mut out = String::with_capacity(msg.len() + 128);
         out.push_str("{\"type\":\"message\"");
         if let Some(pos) = stamp.pos {
-            out.push_str(&format!(",\"pos\":{pos},\"epoch\":\"{}\"", self.epoch));
+            let epoch = stamp.epoch.as_deref().unwrap_or(&self.epoch);
+            out.push_str(&format!(",\"pos\":{pos},\"epoch\":\"{epoch}\""));
         }
         out.push_str(&format!(",\"time\":{},\"from\":", stamp.time_ms));
         sender_json(&mut out, &stamp.from);
@@ -313,18 +321,72 @@ impl Histories {
         Message::text(out)
     }
 
-    /// `{"type":"reset",…}`: the history does not reach back to the client's position.
-    fn reset(&self, last_pos: u64, reason: &str) -> Message {
-        Message::text(format!(
-            "{{\"type\":\"reset\",\"epoch\":\"{}\",\"pos\":{last_pos},\"reason\":\"{reason}\"}}",
-            self.epoch
-        ))
-    }
-
     /// Bytes kept over all paths, with the rings' own costs.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }
+}
+
+/// A path's history as Redis keeps it (`[cluster]`): its epoch, the last position given on it,
+/// and the kept broadcasts a recall may get, oldest first, with consecutive positions.
+pub struct Recalled {
+    pub epoch: String,
+    pub last_pos: u64,
+    pub kept: Vec<(Stamp, Message)>,
+}
+
+/// Where a channel's history is kept when another process keeps it: Redis, with `[cluster]`.
+pub trait SharedHistory: Send + Sync {
+    /// What `path` keeps that `recall` may get: its epoch, its last position, and its kept
+    /// broadcasts from the one `recall` starts at (none older than `keep.ttl`), oldest first.
+    ///
+    /// # Errors
+    /// Why it could not be read in time, for the log.
+    fn recall(
+        &self,
+        path: &str,
+        recall: &crate::policy::Recall,
+        keep: Retention,
+    ) -> Result<Recalled, String>;
+}
+
+/// Which of a path's kept broadcasts `recall` gets: those from the `Ok`th on (positions
+/// `first_kept`, `first_kept + 1`, … `len` of them), or a `reset` for the `Err` reason when
+/// the history does not reach back to its position. `epoch` and `last_pos` are the path's now.
+fn pick(
+    recall: &crate::policy::Recall,
+    epoch: &str,
+    last_pos: u64,
+    first_kept: Option<u64>,
+    len: usize,
+) -> Result<usize, &'static str> {
+    use crate::policy::Recall;
+    match recall {
+        Recall::Live => Ok(len),
+        Recall::Last(n) => Ok(len.saturating_sub(*n)),
+        Recall::Since { epoch: asked, pos } => {
+            // The oldest position still kept minus one is the earliest one a client may have
+            // seen and still miss nothing; with nothing kept, only the last one.
+            let first = first_kept.unwrap_or(last_pos.saturating_add(1));
+            if asked != epoch {
+                Err("epoch")
+            } else if *pos > last_pos {
+                Err("unknown position")
+            } else if pos.saturating_add(1) < first {
+                Err("trimmed")
+            } else {
+                let seen = (pos + 1).saturating_sub(first);
+                Ok(usize::try_from(seen).unwrap_or(usize::MAX).min(len))
+            }
+        }
+    }
+}
+
+/// `{"type":"reset",…}`: the history does not reach back to the client's position.
+fn reset(epoch: &str, last_pos: u64, reason: &str) -> Message {
+    Message::text(format!(
+        "{{\"type\":\"reset\",\"epoch\":\"{epoch}\",\"pos\":{last_pos},\"reason\":\"{reason}\"}}"
+    ))
 }
 
 /// Who joined or left a path, for `presence`.
@@ -455,6 +517,51 @@ mod tests {
     }
 
     #[test]
+    fn a_history_read_from_redis_is_replayed_or_reset_by_the_same_rules() {
+        let h = Histories::new(Arc::new(Budget::off()));
+        // Positions 3 to 5 kept of 5, in epoch "0e".
+        let recalled = Recalled {
+            epoch: "0e".into(),
+            last_pos: 5,
+            kept: (3..=5)
+                .map(|p| {
+                    let stamp = Stamp {
+                        pos: Some(p),
+                        epoch: Some("0e".into()),
+                        ..Stamp::now(Sender::Anonymous)
+                    };
+                    (stamp, Message::text(p.to_string()))
+                })
+                .collect(),
+        };
+        let since = |epoch: &str, pos| Recall::Since {
+            epoch: epoch.into(),
+            pos,
+        };
+        let replay = |recall: &Recall| texts(&h.replay_recalled(&recalled, recall, false));
+        assert_eq!(replay(&Recall::Last(2)), ["4", "5"]);
+        assert_eq!(replay(&since("0e", 2)), ["3", "4", "5"]);
+        assert_eq!(replay(&since("0e", 4)), ["5"]);
+        assert_eq!(replay(&since("0e", 5)), Vec::<String>::new());
+        let reset = |why: &str| {
+            vec![format!(
+                "{{\"type\":\"reset\",\"epoch\":\"0e\",\"pos\":5,\"reason\":\"{why}\"}}"
+            )]
+        };
+        assert_eq!(replay(&since("0e", 1)), reset("trimmed"));
+        assert_eq!(replay(&since("0e", 6)), reset("unknown position"));
+        assert_eq!(replay(&since("0f", 4)), reset("epoch"));
+        // The envelope carries Redis's epoch, not this process's.
+        let enveloped = h.replay_recalled(&recalled, &Recall::Last(1), true);
+        assert!(
+            enveloped[0]
+                .to_text()
+                .unwrap()
+                .contains("\"pos\":5,\"epoch\":\"0e\"")
+        );
+    }
+
+    #[test]
     fn broadcasts_older_than_the_ttl_are_dropped_and_a_position_among_them_reset() {
         let h = Histories::new(Arc::new(Budget::off()));
         let ring = h.ring("/c").unwrap();
@@ -491,6 +598,7 @@ mod tests {
         let h = Histories::new(Arc::new(Budget::off()));
         let stamp = Stamp {
             pos: Some(7),
+            epoch: None,
             time_ms: 1000,
             from: Sender::User("al\"ice".into()),
         };
@@ -504,6 +612,7 @@ mod tests {
         );
         let admin = Stamp {
             pos: None,
+            epoch: None,
             time_ms: 1,
             from: Sender::Admin,
         };

@@ -124,6 +124,9 @@ pub(super) struct Member {
     pub(super) rx: Receiver<Queued>,
     pub(super) intake: Intake,
     pub(super) shared: Arc<MemberShared>,
+    /// The epoch and last position of the history Redis replayed to it at its join: live
+    /// broadcasts up to there are skipped, being in the replay already.
+    pub(super) replayed: Option<(String, u64)>,
 }
 
 impl Member {

@@ -11,15 +11,14 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, TryRecvError};
 use tungstenite::Message;
 
-use super::history::{Presence, RecallRefused, Sender, notice};
+use super::history::{Presence, RecallRefused, Recalled, Sender, notice};
 use super::member::{Intake, Member, MemberShared, Queued, Traffic, discard_queued, take_queued};
 use super::waker::Waker;
 use super::{Hub, HubClosed};
 use crate::config::Mode;
 use crate::memory::{Account, Room};
 use crate::ops::metrics::Metrics;
-use crate::policy::Revocation;
-use crate::policy::{Holder, Recall};
+use crate::policy::{CloseReason, Holder, Recall, Revocation};
 
 /// A connection's membership; leaving the channel is dropping it.
 pub struct Membership {
@@ -63,6 +62,29 @@ impl Hub {
         self.join_recalling(path, mode, intake, holder, &Recall::Live)
     }
 
+    /// With the history in Redis (`[cluster]`), what `recall` gets of `path`'s, read while the
+    /// caller holds the path's ring, which its deliveries take: a live broadcast is either in
+    /// what is read or delivered after the member is in. None without it, or when the caller
+    /// holds no ring (`held`: the join asks for no history).
+    fn recall_from_redis(
+        &self,
+        path: &str,
+        held: bool,
+        intake: Intake,
+        recall: &Recall,
+    ) -> Result<Option<Recalled>, JoinRefused> {
+        let (true, Some(keep), Some(store)) = (held, intake.history, self.store.get()) else {
+            return Ok(None);
+        };
+        match store.recall(path, recall, keep) {
+            Ok(recalled) => Ok(Some(recalled)),
+            Err(e) => {
+                log::warn!("history of {path}: cannot read it from Redis: {e}");
+                Err(JoinRefused::Recall(RecallRefused::Unavailable))
+            }
+        }
+    }
+
     /// [`Hub::join`], with the kept broadcasts `recall` asks for queued in the outbox before
     /// any live one: the path's ring stays locked from the replay until the member is in the
     /// roster, so the next broadcast is the first the replay did not hold. The replay is
@@ -97,6 +119,10 @@ impl Hub {
         let mut ring_guard = ring
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
+        let recalled = match self.recall_from_redis(path, ring_guard.is_some(), intake, recall) {
+            Ok(recalled) => recalled,
+            Err(refused) => return Ok(Err(refused)),
+        };
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         if self.closed.load(Ordering::Acquire) {
             return Ok(Err(JoinRefused::Closed(HubClosed)));
@@ -108,11 +134,14 @@ impl Hub {
             rx: rx.clone(),
             intake,
             shared: Arc::clone(&shared),
+            replayed: recalled.as_ref().map(|r| (r.epoch.clone(), r.last_pos)),
         };
         if let (Some(ring), Some(keep)) = (ring_guard.as_deref_mut(), intake.history) {
-            let replay = self
-                .histories
-                .replay(ring, keep, recall, intake.envelope, Instant::now());
+            let h = &self.histories;
+            let replay = match &recalled {
+                Some(r) => h.replay_recalled(r, recall, intake.envelope),
+                None => h.replay(ring, keep, recall, intake.envelope, Instant::now()),
+            };
             // All or nothing: the charges taken so far are given back if one does not fit.
             let mut charged = Vec::with_capacity(replay.len());
             for msg in replay {
@@ -206,14 +235,14 @@ impl Membership {
 
     /// Why the hub wants this connection to end, if it does: a slow consumer or revoked access
     /// (1008), or shutdown with nothing left to deliver (1001).
-    pub fn ended(&self) -> Option<(u16, &'static str)> {
+    pub fn ended(&self) -> Option<CloseReason> {
         if self.shared.slow.load(Ordering::Acquire) {
-            Some((1008, "slow consumer"))
+            Some(CloseReason::SLOW_CONSUMER)
         } else if self.shared.revoked.load(Ordering::Acquire) {
             let why = self.shared.revocation.get().copied();
-            Some((1008, why.unwrap_or(Revocation::Access).close_reason()))
+            Some(why.unwrap_or(Revocation::Access).close_reason())
         } else if self.hub.is_closed() && self.outbox.is_empty() {
-            Some((1001, "going away"))
+            Some(CloseReason::GOING_AWAY)
         } else {
             None
         }
@@ -367,7 +396,7 @@ mod tests {
             tv_nsec: 0,
         };
         assert_eq!(rustix::event::poll(&mut fds, Some(&second)).unwrap(), 1);
-        assert_eq!(echo.ended(), Some((1008, "access revoked")));
+        assert_eq!(echo.ended(), Some(CloseReason::ACCESS_REVOKED));
         drop(client);
     }
 
@@ -396,7 +425,7 @@ mod tests {
         // No socket is attached: the eventfd alone wakes its poll.
         proxied.shared.revoke(Revocation::Admin);
         assert_eq!(rustix::event::poll(&mut fds, Some(&zero)).unwrap(), 1);
-        assert_eq!(proxied.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(proxied.ended(), Some(CloseReason::DISCONNECTED_BY_ADMIN));
     }
 
     #[test]

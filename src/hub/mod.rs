@@ -30,7 +30,7 @@
 //! envelope and the presence notices, [`query`] the filter as a query string.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 pub(crate) mod cluster;
@@ -43,7 +43,7 @@ mod roster;
 pub(crate) mod waker;
 
 pub use self::fanout::Outbound;
-pub use self::history::{Histories, RecallRefused};
+pub use self::history::{Histories, RecallRefused, SharedHistory};
 use self::member::Member;
 pub use self::member::{DirectWrite, Handoff, Intake, MemberShared, Profile, Queued};
 pub use self::membership::{JoinRefused, Membership};
@@ -113,6 +113,8 @@ pub struct Hub {
     epoch: Instant,
     /// The broadcasts kept per path, for channels with a history.
     histories: Histories,
+    /// Where the history is read from when Redis keeps it (`[cluster]`), once the bridge runs.
+    store: OnceLock<Arc<dyn SharedHistory>>,
 }
 
 /// The hub is shutting down: no new members.
@@ -137,12 +139,18 @@ impl Hub {
             metrics,
             gate: Mutex::new(()),
             epoch: Instant::now(),
+            store: OnceLock::new(),
         })
     }
 
     /// Attaches the cluster bridge: from now on every broadcast is also queued on `outlet`.
     pub fn set_outlet(&self, outlet: cluster::Outlet) {
         *self.outlet.write().unwrap_or_else(|p| p.into_inner()) = Some(outlet);
+    }
+
+    /// Attaches the bridge's history reads: from now on channel history is kept in Redis.
+    pub(crate) fn set_store(&self, store: Arc<dyn SharedHistory>) {
+        let _ = self.store.set(store);
     }
 
     /// Ends every member here that `filter` matches with 1008 `disconnected by admin`; returns
@@ -351,8 +359,8 @@ mod tests {
         hub.shutdown();
         assert_eq!(b.ended(), None, "a queued message goes out first");
         assert_eq!(b.next_queued().unwrap().msg, text("last"));
-        assert_eq!(b.ended(), Some((1001, "going away")));
-        assert_eq!(a.ended(), Some((1001, "going away")));
+        assert_eq!(b.ended(), Some(crate::policy::CloseReason::GOING_AWAY));
+        assert_eq!(a.ended(), Some(crate::policy::CloseReason::GOING_AWAY));
     }
 
     fn member_of(hub: &Arc<Hub>, path: &str, user: Option<&str>, session: &str) -> Membership {
@@ -400,7 +408,10 @@ mod tests {
             "empty matches nobody"
         );
         assert_eq!(hub.disconnect(&f(Some("alice"), None, Some("/chat/*"))), 1);
-        assert_eq!(alice.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(
+            alice.ended(),
+            Some(crate::policy::CloseReason::DISCONNECTED_BY_ADMIN)
+        );
         assert_eq!(alice2.ended(), None);
         assert_eq!(
             hub.disconnect(&f(Some("alice"), None, None)),
@@ -408,10 +419,16 @@ mod tests {
             "once each"
         );
         assert_eq!(hub.disconnect(&f(Some("-"), None, None)), 1);
-        assert_eq!(anon.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(
+            anon.ended(),
+            Some(crate::policy::CloseReason::DISCONNECTED_BY_ADMIN)
+        );
         assert_eq!(hub.disconnect(&f(None, Some("s3"), Some("/chat"))), 0);
         assert_eq!(hub.disconnect(&f(None, Some("s3"), None)), 1);
-        assert_eq!(bob.ended(), Some((1008, "disconnected by admin")));
+        assert_eq!(
+            bob.ended(),
+            Some(crate::policy::CloseReason::DISCONNECTED_BY_ADMIN)
+        );
         // Only with a bridge.
         assert!(!hub.forward_disconnect(&f(Some("x"), None, None)));
         let (outlet, queue) = cluster::Outlet::new(1, Arc::clone(&hub.metrics));

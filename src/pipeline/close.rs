@@ -15,6 +15,7 @@ use tungstenite::{Error as WsError, WebSocket};
 
 use crate::pipeline::tls::Transport;
 use crate::pipeline::upgrade::{Replay, WsStream};
+use crate::policy::CloseReason;
 
 /// How long we wait for the peer's close frame after sending ours (and for the last bytes to go).
 pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -30,19 +31,12 @@ impl PollSocket for Replay<Transport> {
     }
 }
 
-/// Our close frame with `code` and `reason`.
-pub(crate) fn frame(code: u16, reason: &'static str) -> CloseFrame {
+/// Our close frame for `why`.
+pub(crate) fn frame(why: CloseReason) -> CloseFrame {
     CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
+        code: CloseCode::from(why.code()),
+        reason: why.reason().into(),
     }
-}
-
-/// Whether a close with `code` waits for the peer's reply: after a polite close (1000, 1001,
-/// 1008) the peer is still worth hearing; after a protocol violation or a failure (1002, 1007,
-/// 1009, 1011…) nobody reads what a flooding peer still sends.
-pub(crate) fn waits_for_reply(code: u16) -> bool {
-    matches!(code, 1000 | 1001 | 1008)
 }
 
 /// Sends a close (`send`: `Some(None)` is a close without a code) once what is queued has gone

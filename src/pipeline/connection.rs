@@ -22,6 +22,7 @@ use crate::pipeline::end::{End, classify};
 use crate::pipeline::frames;
 use crate::pipeline::inbound::{self, Due, Inbound, READS_PER_STEP, Read, Rights};
 use crate::pipeline::upgrade::WsStream;
+use crate::policy::CloseReason;
 /// Write rounds (drain the outbox, flush) in one step at most: a message held back by a full
 /// write buffer is retried in the second round once a flush made room. If the socket keeps
 /// taking bytes and the outbox keeps filling, the next step writes on at once, after the checks.
@@ -271,8 +272,8 @@ impl Conn {
     fn step(&mut self, w: &mut Wire, limits: &Limits) -> Result<Turn, End> {
         // Before reading: a member without a waker is woken to end by a shut read side, which
         // reads as the peer vanishing.
-        if let Some((code, why)) = self.member.ended() {
-            return Err(End::Closed(code, why));
+        if let Some(why) = self.member.ended() {
+            return Err(End::Closed(why));
         }
         let read_left = self.read_available(w)?;
         let write_left = self.write_available(w)?;
@@ -328,7 +329,7 @@ impl Conn {
                 // The echo's bytes are charged to the write share before they are written; the
                 // read share's charge of the same message is given back once this returns.
                 let Some(charge) = self.member.account().charge(msg.len(), Room::Deliveries) else {
-                    return Err(End::Closed(1013, "try again later"));
+                    return Err(End::Closed(CloseReason::TRY_AGAIN_LATER));
                 };
                 self.send(w, msg, charge)
             }
@@ -367,8 +368,8 @@ impl Conn {
         // The wake-up just consumed may have announced an end flag set after `step` looked (the
         // hub closing, a revocation, a slow-consumer close): look again now, or the loop would
         // sleep in `poll` with nothing left to wake it, and never send its close frame.
-        if let Some((code, why)) = self.member.ended() {
-            return Err(End::Closed(code, why));
+        if let Some(why) = self.member.ended() {
+            return Err(End::Closed(why));
         }
         if let Some(Queued { msg, charge }) = w.held.take() {
             self.send(w, msg, charge)?;
@@ -385,13 +386,15 @@ impl Conn {
                     }
                 }
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Err(End::Closed(1001, "going away")),
+                Err(TryRecvError::Disconnected) => {
+                    return Err(End::Closed(CloseReason::GOING_AWAY));
+                }
             }
         }
         // Shutdown announced by a wake-up consumed above ends once the outbox it let drain is
         // empty: no later wake-up is coming for it.
         match self.member.ended() {
-            Some((code, why)) => Err(End::Closed(code, why)),
+            Some(why) => Err(End::Closed(why)),
             None => Ok(()),
         }
     }
@@ -440,7 +443,7 @@ impl Conn {
             // Held, it keeps its charge.
             Err(WsError::WriteBufferFull(msg)) => {
                 if self.inbound.mode() == Mode::Echo {
-                    return Err(End::Closed(1008, "slow consumer"));
+                    return Err(End::Closed(CloseReason::SLOW_CONSUMER));
                 }
                 w.held = Some(Queued { msg: *msg, charge });
                 Ok(())
@@ -480,10 +483,7 @@ impl Conn {
         w.open = false;
         w.ws.get_mut().get_mut().poll_driven(false);
         let (send, wait_reply) = match end {
-            End::Closed(code, reason) => (
-                Some(Some(close::frame(*code, reason))),
-                close::waits_for_reply(*code),
-            ),
+            End::Closed(why) => (Some(Some(close::frame(*why))), why.waits_for_reply()),
             // Its close is answered by the flush; then the close handshake is complete.
             End::PeerClosed(_) => (None, true),
             End::Dropped(_) => return,

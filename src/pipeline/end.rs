@@ -9,6 +9,7 @@ use tungstenite::Error as WsError;
 use tungstenite::error::{CapacityError, ProtocolError};
 
 use crate::pipeline::frames::FrameLimit;
+use crate::policy::CloseReason;
 
 /// How a connection ended, for the close log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +17,7 @@ pub enum End {
     /// The peer started the close handshake with this code (1005: no code given).
     PeerClosed(u16),
     /// We closed with this code and reason.
-    Closed(u16, &'static str),
+    Closed(CloseReason),
     /// The transport failed or the peer vanished without a close frame.
     Dropped(String),
 }
@@ -25,7 +26,7 @@ impl fmt::Display for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             End::PeerClosed(c) => write!(f, "code={c} by=peer"),
-            End::Closed(c, why) => write!(f, "code={c} by=server reason=\"{why}\""),
+            End::Closed(c) => write!(f, "code={} by=server reason=\"{}\"", c.code(), c.reason()),
             End::Dropped(why) => write!(f, "code=1006 reason=\"{why}\""),
         }
     }
@@ -37,29 +38,27 @@ pub(crate) fn classify(e: WsError) -> End {
     match e {
         WsError::ConnectionClosed | WsError::AlreadyClosed => End::PeerClosed(1005),
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            End::Closed(1009, "message too big")
+            End::Closed(CloseReason::MESSAGE_TOO_BIG)
         }
-        WsError::Capacity(CapacityError::TooManyHeaders) => End::Closed(1002, "protocol error"),
-        WsError::Utf8(_) => End::Closed(1007, "invalid utf-8"),
+        WsError::Capacity(CapacityError::TooManyHeaders) => {
+            End::Closed(CloseReason::PROTOCOL_ERROR)
+        }
+        WsError::Utf8(_) => End::Closed(CloseReason::INVALID_UTF8),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             End::Dropped("reset without closing handshake".into())
         }
         WsError::Protocol(ProtocolError::InvalidCloseSequence) => {
-            End::Closed(1002, "invalid close sequence")
+            End::Closed(CloseReason::INVALID_CLOSE_SEQUENCE)
         }
-        WsError::Protocol(_) => End::Closed(1002, "protocol error"),
-        WsError::Io(e) if FrameLimit::from_io(&e) == Some(FrameLimit::MemoryFull) => {
-            End::Closed(1009, FrameLimit::MemoryFull.reason())
-        }
+        WsError::Protocol(_) => End::Closed(CloseReason::PROTOCOL_ERROR),
         WsError::Io(e) if FrameLimit::from_io(&e).is_some() => End::Closed(
-            1008,
-            FrameLimit::from_io(&e).map_or("policy violation", FrameLimit::reason),
+            FrameLimit::from_io(&e).map_or(CloseReason::POLICY_VIOLATION, FrameLimit::reason),
         ),
         WsError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             End::Dropped("closed without close_notify".into())
         }
         WsError::Io(e) => End::Dropped(e.to_string()),
-        WsError::AttackAttempt => End::Closed(1008, "policy violation"),
+        WsError::AttackAttempt => End::Closed(CloseReason::POLICY_VIOLATION),
         other => End::Dropped(other.to_string()),
     }
 }

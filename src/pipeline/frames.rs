@@ -10,6 +10,8 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::policy::CloseReason;
+
 /// Why a sender was stopped (close 1008; 1009 when the read share closes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameLimit {
@@ -23,12 +25,12 @@ pub enum FrameLimit {
 }
 
 impl FrameLimit {
-    /// The close reason sent with the close code.
-    pub fn reason(self) -> &'static str {
+    /// The close this limit ends the connection with.
+    pub fn reason(self) -> CloseReason {
         match self {
-            FrameLimit::TooManyFragments => "too many fragments",
-            FrameLimit::TooSlow => "message too slow",
-            FrameLimit::MemoryFull => "memory limit reached",
+            FrameLimit::TooManyFragments => CloseReason::TOO_MANY_FRAGMENTS,
+            FrameLimit::TooSlow => CloseReason::MESSAGE_TOO_SLOW,
+            FrameLimit::MemoryFull => CloseReason::MEMORY_LIMIT,
         }
     }
 
@@ -47,7 +49,7 @@ impl FrameLimit {
 
 impl fmt::Display for FrameLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.reason())
+        f.write_str(self.reason().reason())
     }
 }
 

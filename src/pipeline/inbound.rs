@@ -19,6 +19,7 @@ use crate::pipeline::end::{End, classify};
 use crate::pipeline::frames::{FrameLimit, FrameWatch};
 use crate::pipeline::ratelimit::MessageLimiter;
 use crate::pipeline::upgrade::WsStream;
+use crate::policy::CloseReason;
 
 /// Messages read from one side in one step at most. A client that keeps its socket full would
 /// otherwise keep the loop reading; after this many, the step goes on to the writes and the
@@ -198,14 +199,14 @@ impl Inbound {
                 if !self.rights.may_publish {
                     metrics.bump(Counter::PublishDenied, 1);
                     return match self.rights.on_forbidden {
-                        Overflow::Close => Err(End::Closed(1008, "publish not allowed")),
+                        Overflow::Close => Err(End::Closed(CloseReason::PUBLISH_NOT_ALLOWED)),
                         Overflow::Drop => Ok(Read::Other),
                     };
                 }
                 if !self.limiter.allow(len, Instant::now()) {
                     metrics.bump(Counter::RateLimited, 1);
                     return match self.rights.on_rate_limit {
-                        Overflow::Close => Err(End::Closed(1008, "rate limit")),
+                        Overflow::Close => Err(End::Closed(CloseReason::RATE_LIMIT)),
                         Overflow::Drop => Ok(Read::Other),
                     };
                 }
@@ -224,13 +225,13 @@ impl Inbound {
     /// How the connection ends when one has passed.
     pub fn check(&mut self, ws: &WsStream, now: Instant) -> Result<Due, End> {
         if ws.get_ref().read_share_closed() {
-            return Err(End::Closed(1009, FrameLimit::MemoryFull.reason()));
+            return Err(End::Closed(FrameLimit::MemoryFull.reason()));
         }
         if ws.get_ref().message_deadline().is_some_and(|d| now >= d) {
-            return Err(End::Closed(1008, FrameLimit::TooSlow.reason()));
+            return Err(End::Closed(FrameLimit::TooSlow.reason()));
         }
         match self.silence.check(now) {
-            Due::Idle => Err(End::Closed(1001, "idle timeout")),
+            Due::Idle => Err(End::Closed(CloseReason::IDLE_TIMEOUT)),
             due => Ok(due),
         }
     }

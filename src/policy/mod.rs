@@ -6,15 +6,18 @@
 //! This file holds the refusals ([`Reason`]) and the shared names; [`head`] checks the request
 //! head and parses its target, [`offer`] finds the credentials a request offers, [`recall`] the history a client asks for,
 //! [`decide`] is
-//! the upgrade decision, [`recheck`] a reload's decision for a live connection. The rules they
+//! the upgrade decision, [`recheck`] a reload's decision for a live connection, [`close`] every
+//! close sent after the upgrade ([`CloseReason`]). The rules they
 //! apply (roles, Origin patterns, user names) are values in [`crate::rules`].
 
+mod close;
 mod decide;
 mod head;
 mod offer;
 mod recall;
 mod recheck;
 
+pub use self::close::CloseReason;
 pub use self::decide::{
     Grant, MAX_LOGIN_BODY, Proof, Verdict, Verifier, decide, decide_login, decide_logout, route,
 };
@@ -130,6 +133,9 @@ pub enum Reason {
     },
     /// The memory cap is reached (`memory_limit`). 503 with `Retry-After`.
     MemoryFull,
+    /// A history request (`last`, `since`) on a channel whose history Redis keeps (`[cluster]`),
+    /// and Redis did not answer it within `health_timeout`. 503 with `Retry-After`.
+    HistoryUnavailable,
     /// Every worker stayed busy until the upgrade deadline (the connection waited in the
     /// `queue`), or a worker thread could not be started. 503 with `Retry-After`.
     NoWorker,
@@ -211,6 +217,7 @@ impl Reason {
             Reason::Busy
             | Reason::ShuttingDown
             | Reason::MemoryFull
+            | Reason::HistoryUnavailable
             | Reason::NoWorker
             | Reason::NoWakeFd(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reason::SessionsOff => StatusCode::NOT_IMPLEMENTED,
@@ -259,7 +266,7 @@ impl Reason {
             Reason::Busy | Reason::NoWorker | Reason::NoWakeFd(_) => {
                 builder.header("Retry-After", "1")
             }
-            Reason::MemoryFull => builder.header("Retry-After", "2"),
+            Reason::MemoryFull | Reason::HistoryUnavailable => builder.header("Retry-After", "2"),
             Reason::ShuttingDown => builder.header("Retry-After", "5"),
             Reason::Backend {
                 failure: BackendFailure::Down,
@@ -327,6 +334,9 @@ impl fmt::Display for Reason {
             Reason::Backend { detail, .. } => f.write_str(detail),
             Reason::MemoryFull => f.write_str("memory limit reached"),
             Reason::NoWorker => f.write_str("no worker free"),
+            Reason::HistoryUnavailable => {
+                f.write_str("the channel's history (in Redis) is unavailable")
+            }
             Reason::NoWakeFd(error) => write!(f, "cannot create the wake-up fd (eventfd): {error}"),
             Reason::SessionsOff => f.write_str(
                 "demo login with sessions off ([auth] session_ttl = 0); the page needs them",
@@ -350,6 +360,7 @@ impl Reason {
             | Reason::Busy
             | Reason::ShuttingDown
             | Reason::MemoryFull
+            | Reason::HistoryUnavailable
             | Reason::NoWorker => Some(self.to_string()),
             _ => None,
         }

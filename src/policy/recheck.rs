@@ -4,6 +4,7 @@
 
 use rustls::pki_types::CertificateDer;
 
+use super::close::CloseReason;
 use super::decide::{Proof, channel_rights, route};
 use crate::config::Config;
 
@@ -51,11 +52,11 @@ pub enum Revocation {
 impl Revocation {
     /// The close frame's reason text.
     #[must_use]
-    pub fn close_reason(self) -> &'static str {
+    pub fn close_reason(self) -> CloseReason {
         match self {
-            Revocation::Credential => "credential revoked",
-            Revocation::Access => "access revoked",
-            Revocation::Admin => "disconnected by admin",
+            Revocation::Credential => CloseReason::CREDENTIAL_REVOKED,
+            Revocation::Access => CloseReason::ACCESS_REVOKED,
+            Revocation::Admin => CloseReason::DISCONNECTED_BY_ADMIN,
         }
     }
 }
@@ -261,7 +262,10 @@ mod tests {
             Err(Revocation::Access)
         );
         assert_eq!(recheck(&publisher, "/chat/a", &cfg, &now), Ok(()));
-        assert_eq!(Revocation::Credential.close_reason(), "credential revoked");
+        assert_eq!(
+            Revocation::Credential.close_reason(),
+            CloseReason::CREDENTIAL_REVOKED
+        );
     }
 
     /// A reload's access check against the upgrade's, case by case: under the config a reload

@@ -490,6 +490,9 @@ impl Entrance<'_> {
             Ok(Ok(member)) => Ok(member),
             Ok(Err(JoinRefused::Closed(HubClosed))) => Err(Reason::ShuttingDown),
             // Its history request is what would not fit: the client that asks pays.
+            Ok(Err(JoinRefused::Recall(RecallRefused::Unavailable))) => {
+                Err(Reason::HistoryUnavailable)
+            }
             Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))) => {
                 self.shared.metrics.bump(Counter::MemoryRefusals, 1);
                 hub.budget().refused();

@@ -17,6 +17,8 @@ use crate::ops::metrics::Counter;
 pub(super) enum Link {
     Publisher,
     Subscriber,
+    /// The joins' reads of the history kept in Redis.
+    History,
 }
 
 impl fmt::Display for Link {
@@ -24,6 +26,7 @@ impl fmt::Display for Link {
         f.write_str(match self {
             Link::Publisher => "publisher",
             Link::Subscriber => "subscriber",
+            Link::History => "history",
         })
     }
 }
@@ -103,7 +106,7 @@ impl Watch {
         // Only the publisher forwards: its lines account for every broadcast not forwarded.
         let dropped = match (link, self.unreported(ctx)) {
             (Link::Subscriber, _) | (Link::Publisher, 0) if !self.ever_up => String::new(),
-            (Link::Subscriber, _) => String::new(),
+            (Link::Subscriber | Link::History, _) => String::new(),
             (Link::Publisher, n) => {
                 format!("; {n} broadcasts of this instance not forwarded meanwhile")
             }
@@ -270,6 +273,7 @@ mod tests {
             instance_id: "i".into(),
             epoch: new_epoch(),
             stream: stream_key("wsgate:"),
+            prefix: "wsgate:".into(),
             publish_queue: 1,
             stream_length: 1,
             max_backoff: Duration::from_millis(500),

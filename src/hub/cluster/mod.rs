@@ -12,7 +12,11 @@
 //!   front, so what was in flight when the link failed is sent again on reconnect.
 //! - The **subscriber** reads with `XREAD BLOCK` after the last entry id it has seen (kept across
 //!   reconnects) and hands each message of *another* process to [`Hub::deliver`]; this process's
-//!   own (its instance id and epoch) are skipped, as the hub already delivered them locally.
+//!   own (its instance id and epoch) are skipped, as the hub already delivered them locally;
+//!   but not a broadcast kept in Redis (a channel with a history), which every instance, this
+//!   one too, delivers from the stream in the order of its positions ([`kept`]).
+//! - The **history thread** answers the joins' reads of the history kept in Redis, each under
+//!   a deadline ([`Store`]).
 //!
 //! Every link is health-checked, so a dead or frozen Redis is noticed within `health_check +
 //! health_timeout` whether this instance publishes or not: every call has `health_timeout` to
@@ -46,9 +50,10 @@
 //! deduplicated and ordered like them; every other instance ends its matching connections.
 //!
 //! This file starts and stops the bridge; [`queue`] is the publish queue, [`publisher`] and
-//! [`subscriber`] the two links, [`link`] what they share (health, backoff, the connection,
+//! [`subscriber`] the two links, [`kept`] the history kept in Redis, [`link`] what they share (health, backoff, the connection,
 //! interrupted reads), [`wire`] the envelope and the stream replies.
 
+mod kept;
 mod link;
 mod publisher;
 mod queue;
@@ -62,6 +67,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
+pub use self::kept::Store;
 use self::link::Link;
 pub use self::queue::Outlet;
 use crate::config::{ClusterConfig, RedisUrl};
@@ -108,6 +114,7 @@ impl Bridge {
             instance_id: config.instance_id.clone(),
             epoch: new_epoch(),
             stream: stream_key(&config.channel_prefix),
+            prefix: config.channel_prefix.clone(),
             publish_queue: config.publish_queue.get(),
             stream_length: config.stream_length.get(),
             max_backoff: config.max_backoff,
@@ -140,6 +147,9 @@ impl Bridge {
             "wsgate-cluster-pub",
             Box::new(move || publisher::run(&c, &p, &queue)),
         )?;
+        let (store, serve) = Store::new(Arc::clone(&ctx), client.clone());
+        let history = spawn("wsgate-cluster-history", Box::new(serve))?;
+        hub.set_store(Arc::new(store));
         let (c, s) = (Arc::clone(&ctx), client);
         let subscriber = spawn(
             "wsgate-cluster-sub",
@@ -148,7 +158,7 @@ impl Bridge {
         hub.set_outlet(outlet);
         Ok(Some(Bridge {
             stop,
-            threads: vec![publisher, subscriber],
+            threads: vec![publisher, subscriber, history],
         }))
     }
 
@@ -193,6 +203,8 @@ struct Context {
     instance_id: String,
     epoch: u64,
     stream: String,
+    /// `channel_prefix`: the history's keys begin with it (see [`kept`]).
+    prefix: String,
     publish_queue: usize,
     stream_length: usize,
     max_backoff: Duration,
@@ -217,6 +229,8 @@ impl Context {
         let flag = match link {
             Link::Publisher => &self.links.publisher,
             Link::Subscriber => &self.links.subscriber,
+            // Opened by joins when needed: its failures are their 503s.
+            Link::History => return,
         };
         flag.store(up, Ordering::Release);
     }

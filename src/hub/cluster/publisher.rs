@@ -1,5 +1,6 @@
 //! The publisher link: batches from the front of the publish queue ([`Queue`]), numbered at
-//! first send, in pipelined `XADD`s under one deadline; `PING` while idle; a batch Redis did not
+//! first send, in pipelined `XADD`s (a broadcast kept in Redis: the `kept` script) under one
+//! deadline; `PING` while idle; a batch Redis did not
 //! acknowledge goes back to the queue's front. A read interrupted by a signal keeps the link.
 
 use std::time::{Duration, Instant};
@@ -8,9 +9,11 @@ use crossbeam_channel::select;
 use redis::Value;
 
 use super::Context;
+use super::kept::{KEEP, epoch_key, fresh_epoch, pos_key, sent_key, stream_key as history_key};
 use super::link::{Link, MAX_INTERRUPTS, Watch, connect, interrupted};
 use super::queue::Queue;
 use super::wire::{FIELD_ENVELOPE, FIELD_PATH, FIELD_SENDER, encode, encode_sender, entry_path};
+use crate::hub::Outbound;
 use crate::ops::metrics::Counter;
 
 /// Most broadcasts sent in one pipelined round trip.
@@ -88,6 +91,9 @@ fn publish_until_error(
                 ctx.metrics.bump(Counter::ClusterNotForwarded, 1);
                 return false;
             };
+            if keep(&mut pipe, ctx, &e.out, &envelope, seq, &maxlen) {
+                return true;
+            }
             pipe.cmd("XADD")
                 .arg(&ctx.stream)
                 .arg("MAXLEN")
@@ -121,6 +127,46 @@ fn publish_until_error(
             }
         }
     }
+}
+
+/// Adds the `kept` script to `pipe` for a broadcast on a channel whose history Redis keeps: it is
+/// kept in the path's history and sent on the backbone together. False (nothing added) for any
+/// other entry.
+fn keep(
+    pipe: &mut redis::Pipeline,
+    ctx: &Context,
+    out: &Outbound,
+    envelope: &[u8],
+    seq: u64,
+    maxlen: &str,
+) -> bool {
+    let Outbound::Broadcast {
+        path,
+        kept: Some(kept),
+        ..
+    } = out
+    else {
+        return false;
+    };
+    let prefix = &ctx.prefix;
+    pipe.cmd("EVAL")
+        .arg(KEEP)
+        .arg(5)
+        .arg(epoch_key(prefix))
+        .arg(pos_key(prefix, path))
+        .arg(history_key(prefix, path))
+        .arg(&ctx.stream)
+        .arg(sent_key(prefix, &ctx.instance_id, ctx.epoch))
+        .arg(fresh_epoch())
+        .arg(kept.size)
+        .arg(maxlen)
+        .arg(path)
+        .arg(envelope)
+        .arg(encode_sender(out).unwrap_or_default())
+        .arg(kept.time_ms)
+        .arg(seq)
+        .arg(kept.member.map(|m| m.to_string()).unwrap_or_default());
+    true
 }
 
 /// Sends `pipe` and reads its `n` answers, all within one `timeout`; returns how many of its

@@ -11,7 +11,9 @@ use redis::Value;
 
 use super::Context;
 use super::link::{Link, Watch, connect, connection_name, query};
-use super::wire::{BadEnvelope, Inbound, Stamp, decode, for_each_entry, for_each_stream};
+use super::wire::{
+    BadEnvelope, Inbound, Stamp, StreamEntry, decode, for_each_entry, for_each_stream,
+};
 use crate::hub::query::query_string;
 use crate::ops::metrics::Counter;
 
@@ -289,9 +291,7 @@ fn listen(
                 last_id.clear();
                 last_id.push_str(entry.id);
                 match (entry.path, entry.envelope) {
-                    (Some(path), Some(envelope)) => {
-                        reader.handle(ctx, path, envelope, entry.sender)
-                    }
+                    (Some(path), Some(envelope)) => reader.handle(ctx, path, envelope, &entry),
                     _ => reader.bad(ctx, "?", &BadEnvelope::Fields),
                 }
             })
@@ -300,18 +300,36 @@ fn listen(
     }
 }
 
+/// A kept broadcast's position, epoch and time from its backbone entry (`n`, `e`, `t`).
+fn kept_position(entry: &StreamEntry<'_>) -> Option<(u64, String, u64)> {
+    let number = |f: Option<&[u8]>| std::str::from_utf8(f?).ok()?.parse::<u64>().ok();
+    let epoch = std::str::from_utf8(entry.epoch?).ok()?.to_string();
+    Some((number(entry.pos)?, epoch, number(entry.time)?))
+}
+
 impl Reader {
     /// Delivers one entry unless it is this instance's own, a copy, or for no channel here.
-    fn handle(&mut self, ctx: &Context, path: &str, envelope: &[u8], sender: Option<&[u8]>) {
-        let (origin, message) = match decode(envelope, sender) {
+    /// A broadcast kept in Redis (its entry has a position) is delivered here too when it is
+    /// this process's own, but not to the member that published it.
+    fn handle(&mut self, ctx: &Context, path: &str, envelope: &[u8], entry: &StreamEntry<'_>) {
+        let (origin, message) = match decode(envelope, entry.sender) {
             Ok(decoded) => decoded,
             Err(why) => return self.bad(ctx, path, &why),
         };
+        let kept = kept_position(entry);
+        let mut publisher = None;
         if origin.instance == ctx.instance_id.as_bytes() {
             if origin.epoch == ctx.epoch {
-                return; // ours: delivered locally already
+                if kept.is_none() {
+                    return; // ours: delivered locally already
+                }
+                publisher = entry
+                    .member
+                    .and_then(|m| std::str::from_utf8(m).ok())
+                    .and_then(|m| m.parse().ok());
+            } else {
+                self.clash.seen(ctx, "its broadcasts are in the stream");
             }
-            self.clash.seen(ctx, "its broadcasts are in the stream");
         }
         match self.senders.arrive(&origin) {
             Arrival::Duplicate => {
@@ -338,7 +356,18 @@ impl Reader {
             }
         };
         if (ctx.accepts)(path) {
-            ctx.hub.deliver(path, sender, &message);
+            match kept {
+                Some((pos, epoch, time_ms)) => {
+                    let stamp = crate::hub::history::Stamp {
+                        pos: Some(pos),
+                        epoch: Some(epoch),
+                        time_ms,
+                        from: sender,
+                    };
+                    ctx.hub.deliver_kept(path, publisher, &stamp, &message);
+                }
+                None => ctx.hub.deliver(path, sender, &message),
+            }
             ctx.metrics.bump(Counter::ClusterReceived, 1);
         } else {
             log::debug!("cluster: no broadcast channel here serves `{path}`; ignored");

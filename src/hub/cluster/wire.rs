@@ -196,6 +196,13 @@ pub(super) struct StreamEntry<'a> {
     pub(super) path: Option<&'a str>,
     pub(super) envelope: Option<&'a [u8]>,
     pub(super) sender: Option<&'a [u8]>,
+    /// A kept broadcast's time (ms), on the path's stream and the backbone (`t`).
+    pub(super) time: Option<&'a [u8]>,
+    /// A kept broadcast's position and epoch, on the backbone (`n`, `e`).
+    pub(super) pos: Option<&'a [u8]>,
+    pub(super) epoch: Option<&'a [u8]>,
+    /// The publishing member's id in its process (`w`), on the backbone.
+    pub(super) member: Option<&'a [u8]>,
 }
 
 /// The reply did not have the shape of `XREAD`'s or `XRANGE`'s.
@@ -246,6 +253,10 @@ pub(super) fn for_each_entry(
             path: None,
             envelope: None,
             sender: None,
+            time: None,
+            pos: None,
+            epoch: None,
+            member: None,
         };
         if let Some(Value::Array(fields)) = fields {
             for pair in fields.chunks_exact(2) {
@@ -254,6 +265,10 @@ pub(super) fn for_each_entry(
                         b"p" => e.path = std::str::from_utf8(value).ok(),
                         b"m" => e.envelope = Some(value),
                         b"f" => e.sender = Some(value),
+                        b"t" => e.time = Some(value),
+                        b"n" => e.pos = Some(value),
+                        b"e" => e.epoch = Some(value),
+                        b"w" => e.member = Some(value),
                         _ => {}
                     }
                 }

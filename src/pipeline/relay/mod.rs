@@ -31,6 +31,7 @@ use crate::pipeline::close::{self, PollSocket};
 use crate::pipeline::end::{End, classify};
 use crate::pipeline::inbound::{self, Due, Inbound, READS_PER_STEP, Rights, Silence};
 use crate::pipeline::upgrade::WsStream;
+use crate::policy::CloseReason;
 
 /// What each side gets, when the server ends a relay (revocation, an admin's disconnect,
 /// shutdown), to take what is queued for it and the close frame; then both sockets are shut
@@ -118,10 +119,10 @@ struct Ending {
 }
 
 impl Ending {
-    /// wsgate ends it: the client gets `code`, the backend 1001.
-    fn both(code: u16, why: &'static str) -> Ending {
+    /// wsgate ends it: the client gets `why`, the backend 1001.
+    fn both(why: CloseReason) -> Ending {
         Ending {
-            client: End::Closed(code, why),
+            client: End::Closed(why),
             backend: client_gone(),
             imposed: false,
         }
@@ -139,7 +140,7 @@ impl Ending {
 }
 
 fn client_gone() -> BackendEnd {
-    BackendEnd::Close(Some(close::frame(1001, "client gone")))
+    BackendEnd::Close(Some(close::frame(CloseReason::CLIENT_GONE)))
 }
 
 /// Runs a proxied connection until either side ends, then closes the other. Consumes both.
@@ -225,10 +226,10 @@ impl Relay {
         if let Some(waker) = &self.member.shared.waker {
             waker.reset();
         }
-        if let Some((code, why)) = self.member.ended() {
+        if let Some(why) = self.member.ended() {
             return Err(Ending {
                 imposed: true,
-                ..Ending::both(code, why)
+                ..Ending::both(why)
             });
         }
         let mut more = false;
@@ -260,7 +261,7 @@ impl Relay {
         }
         if let Some(since) = self.backend.stalled_since {
             if now.duration_since(since) >= limits.write_timeout {
-                return Err(Ending::both(1011, "backend not reading"));
+                return Err(Ending::both(CloseReason::BACKEND_NOT_READING));
             }
         }
         let client_due = self
@@ -270,8 +271,8 @@ impl Relay {
         let backend_due = match self.backend_silence.check(now) {
             Due::Idle => {
                 return Err(Ending::by_peer(
-                    End::Closed(1011, "backend idle timeout"),
-                    BackendEnd::Close(Some(close::frame(1001, "idle timeout"))),
+                    End::Closed(CloseReason::BACKEND_IDLE_TIMEOUT),
+                    BackendEnd::Close(Some(close::frame(CloseReason::IDLE_TIMEOUT))),
                 ));
             }
             due => due,
@@ -418,9 +419,9 @@ impl Relay {
         }
         self.backend.ws.get_mut().shutdown();
         let (client_close, wait_reply) = match &ending.client {
-            End::Closed(code, reason) => (
-                Some(Some(close::frame(*code, reason))),
-                close::waits_for_reply(*code) && !ending.imposed,
+            End::Closed(why) => (
+                Some(Some(close::frame(*why))),
+                why.waits_for_reply() && !ending.imposed,
             ),
             End::PeerClosed(_) => (None, false),
             End::Dropped(_) => {
@@ -451,11 +452,11 @@ impl Relay {
 /// client broke nothing, and a 1002 would tell it that it did.
 fn backend_close(frame: Option<&CloseFrame>) -> End {
     match frame.map(|f| f.code) {
-        None => End::Closed(1000, "backend closed"),
+        None => End::Closed(CloseReason::BACKEND_CLOSED),
         Some(code) if code.is_allowed() && !matches!(u16::from(code), 1002 | 1005) => {
-            End::Closed(u16::from(code), "backend")
+            End::Closed(CloseReason::backend(u16::from(code)))
         }
-        Some(_) => End::Closed(1011, "backend protocol error"),
+        Some(_) => End::Closed(CloseReason::BACKEND_PROTOCOL_ERROR),
     }
 }
 
@@ -480,16 +481,20 @@ fn client_failed(e: WsError) -> Ending {
 /// channel's message size): the client gets 1011.
 fn backend_failed(e: WsError) -> Ending {
     let why = match e {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => "backend message too big",
-        WsError::ConnectionClosed | WsError::AlreadyClosed => "backend closed",
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::Io(_) => {
-            "backend vanished"
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            CloseReason::BACKEND_MESSAGE_TOO_BIG
         }
-        WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_) => "backend protocol error",
-        _ => "backend failed",
+        WsError::ConnectionClosed | WsError::AlreadyClosed => CloseReason::BACKEND_CLOSED_ABRUPTLY,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::Io(_) => {
+            CloseReason::BACKEND_VANISHED
+        }
+        WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_) => {
+            CloseReason::BACKEND_PROTOCOL_ERROR
+        }
+        _ => CloseReason::BACKEND_FAILED,
     };
     log::debug!("backend side ended: {e}");
-    Ending::by_peer(End::Closed(1011, why), BackendEnd::Closed)
+    Ending::by_peer(End::Closed(why), BackendEnd::Closed)
 }
 
 #[cfg(test)]
@@ -498,9 +503,15 @@ mod tests {
 
     #[test]
     fn a_backend_close_the_client_may_not_receive_becomes_1011() {
-        let end = |code: u16| match backend_close(Some(&close::frame(code, "x"))) {
-            End::Closed(code, why) => (code, why),
-            other => panic!("{other:?}"),
+        let end = |code: u16| {
+            let frame = CloseFrame {
+                code: code.into(),
+                reason: "x".into(),
+            };
+            match backend_close(Some(&frame)) {
+                End::Closed(why) => (why.code(), why.reason()),
+                other => panic!("{other:?}"),
+            }
         };
         for code in [1000, 1001, 1003, 1007, 1008, 1011, 3000, 4001, 4999] {
             assert_eq!(end(code), (code, "backend"), "{code}");
@@ -512,7 +523,7 @@ mod tests {
         }
         assert!(matches!(
             backend_close(None),
-            End::Closed(1000, "backend closed")
+            End::Closed(CloseReason::BACKEND_CLOSED)
         ));
     }
 }

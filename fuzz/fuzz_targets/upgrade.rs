@@ -45,11 +45,11 @@ impl Verifier for Fake {
             },
             ("slow", _) => Verdict::Busy,
             ("locked", _) => Verdict::Throttled {
-                user: policy::safe_user(user),
+                user: policy::LogSafeUser::new(user),
                 retry_after: Duration::from_secs(30),
             },
             _ => Verdict::Bad {
-                user: policy::safe_user(user),
+                user: policy::LogSafeUser::new(user),
                 why: "bad password",
             },
         }
@@ -63,7 +63,7 @@ impl Verifier for Fake {
             }
         } else {
             Verdict::Bad {
-                user: String::new(),
+                user: policy::LogSafeUser::default(),
                 why: "bad token",
             }
         }
@@ -81,7 +81,7 @@ impl Verifier for Fake {
             }
         } else {
             Verdict::Bad {
-                user: String::new(),
+                user: policy::LogSafeUser::default(),
                 why: "bad session",
             }
         }

@@ -840,11 +840,17 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// A Redis on a free port. The port is free when chosen, but another test's listener may
+    /// take it before redis-server binds it; a redis-server that exits at once is started again
+    /// on another port.
     pub fn start() -> Redis {
-        let port = free_port();
-        let mut redis = Redis::on_port(port);
-        redis.spawn();
-        redis
+        for _ in 0..5 {
+            let mut redis = Redis::on_port(free_port());
+            if redis.try_spawn() {
+                return redis;
+            }
+        }
+        panic!("redis-server exited at once on five free ports in a row");
     }
 
     /// A Redis that is not running yet (see [`Redis::spawn`]).
@@ -861,6 +867,16 @@ impl Redis {
     }
 
     pub fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "redis-server exited at once (port {} taken?)",
+            self.port
+        );
+    }
+
+    /// Starts redis-server and waits until it answers PING; false if it exited first (its
+    /// port was taken).
+    fn try_spawn(&mut self) -> bool {
         assert!(self.child.is_none(), "redis is already running");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
@@ -880,9 +896,18 @@ impl Redis {
         self.child = Some(child);
         let until = Instant::now() + IO_TIMEOUT;
         while !self.answers_ping() {
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                self.child = None;
+                return false;
+            }
             assert!(Instant::now() < until, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     pub fn kill(&mut self) {

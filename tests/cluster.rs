@@ -1255,3 +1255,173 @@ fn redis_down_refuses_a_history_request_and_redis_restarted_empty_is_a_new_epoch
     );
     assert_no_panic(&[&a]);
 }
+
+/// A TCP relay in front of Redis that can hold back the answers to the history reads (the
+/// `EVAL` of the read script) while the rest of the traffic flows: a Redis slow to answer one
+/// join's read, and only that.
+struct HistoryGate {
+    port: u16,
+    state: std::sync::Arc<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// True while answers to history reads are held back.
+    closed: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+    /// Answers held back so far.
+    held: std::sync::atomic::AtomicUsize,
+}
+
+/// A marker of the history read script (`RECALL` in src/hub/cluster/kept.rs).
+const READ_SCRIPT: &[u8] = b"ARGV[2] == 'last'";
+
+impl HistoryGate {
+    fn new(redis_port: u16) -> HistoryGate {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(GateState::default());
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)) else {
+                    continue;
+                };
+                // Set once this connection asked for a history read: its answers wait at a
+                // closed gate (the request is forwarded first, so its answer comes after).
+                let reads = Arc::new(AtomicBool::new(false));
+                let (up_from, up_to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let flag = Arc::clone(&reads);
+                std::thread::spawn(move || {
+                    relay(up_from, up_to, |chunk| {
+                        if chunk.windows(READ_SCRIPT.len()).any(|w| w == READ_SCRIPT) {
+                            flag.store(true, Ordering::Release);
+                        }
+                    });
+                });
+                let state = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    relay(server, client, |_| {
+                        if reads.load(Ordering::Acquire) {
+                            state.wait_open();
+                        }
+                    });
+                });
+            }
+        });
+        HistoryGate { port, state }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn close(&self) {
+        *self.state.closed.lock().unwrap() = true;
+    }
+
+    fn open(&self) {
+        *self.state.closed.lock().unwrap() = false;
+        self.state.changed.notify_all();
+    }
+
+    /// Waits until an answer to a history read is held back.
+    fn wait_held(&self) {
+        let until = Instant::now() + IO_TIMEOUT;
+        while self.state.held.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            assert!(Instant::now() < until, "no history read reached Redis");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl GateState {
+    /// Returns once the gate is open (counting an answer held back if it was not).
+    fn wait_open(&self) {
+        let mut closed = self.closed.lock().unwrap();
+        if *closed {
+            self.held.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        while *closed {
+            closed = self.changed.wait(closed).unwrap();
+        }
+    }
+}
+
+impl Drop for HistoryGate {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+/// Copies `from` to `to` until either end closes, calling `before` with each chunk before it
+/// is forwarded.
+fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream, before: impl Fn(&[u8])) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                before(&buf[..n]);
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn a_join_waiting_for_its_history_from_redis_holds_back_no_delivery_on_any_path() {
+    let redis = Redis::start();
+    let gate = HistoryGate::new(redis.port);
+    // A read may wait far longer than this test: only the gate ends it.
+    let mut setup = cluster_setup(&gate.url(), Some("a"), &[("health_timeout", "60s")]);
+    setup.set("channel:/chat/*", "history_size", "8");
+    let a = setup.start();
+    wait_joined(&a);
+    let mut alice = a.connect_as("/chat/room", ALICE);
+    let mut near = a.connect_as("/chat/room", BOB);
+    let mut other_from = a.connect_as("/chat/other", ALICE);
+    let mut other = a.connect_as("/chat/other", BOB);
+    alice.send(Message::text("m1")).unwrap();
+    assert_eq!(next_text(&mut near), "m1");
+
+    gate.close();
+    std::thread::scope(|s| {
+        let joining = s.spawn(|| enveloped(&a, "/chat/room?last=1", BOB));
+        gate.wait_held();
+        // Redis has read the history, its answer is held: broadcasts on the join's path and
+        // on another one, kept after that read, reach their subscribers meanwhile.
+        alice.send(Message::text("m2")).unwrap();
+        other_from.send(Message::text("o1")).unwrap();
+        assert_eq!(next_text(&mut other), "o1", "another path is not held back");
+        assert_eq!(next_text(&mut near), "m2", "nor the join's own path");
+        assert!(
+            !joining.is_finished(),
+            "the join still waits for its history"
+        );
+        gate.open();
+        let mut phone = joining.join().unwrap();
+        // Its replay (what the read found), then what came meanwhile, then live: each once.
+        let (data, pos, epoch) = message(&next_text(&mut phone));
+        assert_eq!(data, "m1");
+        assert_eq!(
+            message(&next_text(&mut phone)),
+            ("m2".into(), pos + 1, epoch.clone())
+        );
+        alice.send(Message::text("m3")).unwrap();
+        assert_eq!(
+            message(&next_text(&mut phone)),
+            ("m3".into(), pos + 2, epoch)
+        );
+    });
+    assert_no_panic(&[&a]);
+}

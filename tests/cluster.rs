@@ -1425,3 +1425,148 @@ fn a_join_waiting_for_its_history_from_redis_holds_back_no_delivery_on_any_path(
     });
     assert_no_panic(&[&a]);
 }
+
+/// An instance on `url` whose `/chat/*` channels tell who joins and leaves.
+fn presence_instance(url: &str, id: &str) -> Server {
+    let mut s = cluster_setup(url, Some(id), &[]);
+    s.set("channel:/chat/*", "presence", "on");
+    let server = s.start();
+    wait_joined(&server);
+    server
+}
+
+/// The instance's `/presence?path=PATH`: its status and body.
+fn presence_of(server: &Server, path: &str) -> (u16, String) {
+    let (status, body) = server.admin_get(&format!("/presence?path={path}"));
+    (status, body.trim().to_string())
+}
+
+/// `/presence` of `/chat/room` listing `subscribers` (`{"user":…,"connections":…}` objects).
+fn listing(subscribers: &[&str]) -> (u16, String) {
+    let list = subscribers.join(",");
+    (
+        200,
+        format!(r#"{{"path":"/chat/room","subscribers":[{list}]}}"#),
+    )
+}
+
+const ALICE_ONE: &str = r#"{"user":"alice","connections":1}"#;
+const BOB_ONE: &str = r#"{"user":"bob","connections":1}"#;
+
+/// How long a killed instance's subscribers stay listed elsewhere, at most (docs/history.md):
+/// its hash expires 2 × `health_check` + `health_timeout` after its last write, and the others
+/// read every `health_check`.
+const PRESENCE_BOUND: Duration = Duration::from_millis(3 * 300 + 700);
+
+/// The next notice on `ws`: its type and user.
+fn notice(ws: &mut Client) -> (String, String) {
+    let got = next_text(ws);
+    (
+        field(&got, "type").to_string(),
+        field(&got, "user").to_string(),
+    )
+}
+
+#[test]
+fn presence_crosses_instances_in_the_admin_list_and_in_join_and_leave_notices() {
+    let redis = Redis::start();
+    let a = presence_instance(&redis.url(), "a");
+    let b = presence_instance(&redis.url(), "b");
+    let mut watcher = enveloped(&a, "/chat/room", ALICE);
+    wait_until(&a, "A lists its own subscriber", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == listing(&[ALICE_ONE])
+    });
+    let bob = b.connect_as("/chat/room", BOB);
+    assert_eq!(notice(&mut watcher), ("\"join\"".into(), "\"bob\"".into()));
+    for s in [&a, &b] {
+        wait_until(s, "bob and alice listed", JOIN_TIMEOUT, || {
+            presence_of(s, "/chat/room") == listing(&[ALICE_ONE, BOB_ONE])
+        });
+    }
+    drop(bob);
+    assert_eq!(notice(&mut watcher), ("\"leave\"".into(), "\"bob\"".into()));
+    wait_until(&a, "bob gone from A's list", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == listing(&[ALICE_ONE])
+    });
+    assert_no_panic(&[&a, &b]);
+}
+
+#[test]
+fn a_killed_instances_subscribers_leave_every_presence_within_the_bound() {
+    let redis = Redis::start();
+    let a = presence_instance(&redis.url(), "a");
+    let b = presence_instance(&redis.url(), "b");
+    let mut watcher = enveloped(&a, "/chat/room", ALICE);
+    let _bob = b.connect_as("/chat/room", BOB);
+    assert_eq!(notice(&mut watcher), ("\"join\"".into(), "\"bob\"".into()));
+    wait_until(&a, "bob listed on A", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == listing(&[ALICE_ONE, BOB_ONE])
+    });
+    let killed = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-9", &b.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -9 B");
+    let until = killed + PRESENCE_BOUND + SLACK;
+    while presence_of(&a, "/chat/room") != listing(&[ALICE_ONE]) {
+        assert!(
+            Instant::now() < until,
+            "bob still listed {:?} after B was killed; A's log:\n{}",
+            killed.elapsed(),
+            a.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("B's subscribers gone from A after {:?}", killed.elapsed());
+    // A tells its enveloped subscribers that B's left.
+    assert_eq!(notice(&mut watcher), ("\"leave\"".into(), "\"bob\"".into()));
+    assert_no_panic(&[&a]);
+}
+
+#[test]
+fn presence_answers_503_while_redis_is_away_and_live_traffic_goes_on() {
+    let mut redis = Redis::start();
+    let a = presence_instance(&redis.url(), "a");
+    let mut watcher = enveloped(&a, "/chat/room", ALICE);
+    let mut bob = a.connect_as("/chat/room", BOB);
+    assert_eq!(notice(&mut watcher), ("\"join\"".into(), "\"bob\"".into()));
+    wait_until(&a, "both listed", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == listing(&[ALICE_ONE, BOB_ONE])
+    });
+    redis.kill();
+    let refused = (
+        503,
+        "the other instances' subscribers are not known: Redis does not answer".to_string(),
+    );
+    wait_until(&a, "/presence refused", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == refused
+    });
+    let answer = String::from_utf8_lossy(&raw_admin(&a, "/presence?path=/chat/room")).to_string();
+    assert!(answer.contains("\r\nRetry-After: 2\r\n"), "{answer}");
+    // Broadcasts and notices on this instance go on.
+    bob.send(Message::text("hi")).unwrap();
+    assert_eq!(field(&next_text(&mut watcher), "data"), "\"hi\"");
+    let bob_again = a.connect_as("/chat/room", BOB);
+    assert_eq!(notice(&mut watcher), ("\"join\"".into(), "\"bob\"".into()));
+    drop(bob_again);
+    assert_eq!(notice(&mut watcher), ("\"leave\"".into(), "\"bob\"".into()));
+    redis.spawn();
+    wait_until(&a, "listed again", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == listing(&[ALICE_ONE, BOB_ONE])
+    });
+    assert_no_panic(&[&a]);
+}
+
+/// The admin endpoint's whole answer to `GET target`, headers included.
+fn raw_admin(server: &Server, target: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let addr = server.admin_addr();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    out
+}

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crossbeam_channel::TrySendError;
 use tungstenite::Message;
 
-use super::history::{Sender, Stamp, unix_ms};
+use super::history::{Presence, Sender, Stamp, unix_ms};
 use super::member::{Handoff, Hold, Member, discard_queued};
 use super::{Filter, Hub};
 use crate::config::{Retention, SlowConsumer};
@@ -21,7 +21,7 @@ use crate::ops::metrics::Counter;
 enum Delivery<'a> {
     /// A broadcast: the payload to plain members, the envelope `stamp` makes to enveloped ones.
     Broadcast(&'a Message, &'a Stamp),
-    /// A presence notice, to enveloped members only.
+    /// A presence notice, to enveloped members of channels with `presence` only.
     Notice(&'a Message),
 }
 
@@ -40,6 +40,12 @@ pub enum Outbound {
     },
     /// An admin's disconnect: every instance ends its connections that match.
     Disconnect(Filter),
+    /// A subscriber here, `from`, joined or left `path`: the other instances tell theirs.
+    Presence {
+        path: String,
+        from: Sender,
+        what: Presence,
+    },
 }
 
 /// How a broadcast on a channel whose history Redis keeps (`[cluster]`) is kept there.
@@ -83,6 +89,14 @@ impl PartialEq for Outbound {
                 },
             ) => path == p2 && from == f2 && msg == m2,
             (Outbound::Disconnect(a), Outbound::Disconnect(b)) => a == b,
+            (
+                Outbound::Presence { path, from, what },
+                Outbound::Presence {
+                    path: p2,
+                    from: f2,
+                    what: w2,
+                },
+            ) => path == p2 && from == f2 && what == w2,
             _ => false,
         }
     }
@@ -175,9 +189,10 @@ impl Hub {
         }
     }
 
-    /// Sends a presence notice to the enveloped members of `path` but `from`.
-    pub(super) fn notify(&self, path: &str, from: u64, notice: &Message) {
-        self.fan_out(path, Some(from), Delivery::Notice(notice));
+    /// Sends a presence notice to the enveloped members of `path` but `from` whose channel
+    /// has `presence`.
+    pub(super) fn notify(&self, path: &str, from: Option<u64>, notice: &Message) {
+        self.fan_out(path, from, Delivery::Notice(notice));
     }
 
     /// Queues `msg` from `sender` for the other instances if a cluster bridge is attached (and
@@ -255,8 +270,8 @@ impl Hub {
                     &enveloped_wire,
                 ),
                 (Delivery::Broadcast(plain, _), false) => (plain, &plain_wire),
-                (Delivery::Notice(notice), true) => (notice, &plain_wire),
-                (Delivery::Notice(_), false) => continue,
+                (Delivery::Notice(notice), true) if m.intake.presence => (notice, &plain_wire),
+                (Delivery::Notice(_), _) => continue,
             };
             if msg.len() > m.intake.max_message {
                 // Its write buffer may be too small to ever take it: retried, it would wedge

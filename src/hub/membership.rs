@@ -11,7 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, TryRecvError};
 use tungstenite::Message;
 
-use super::history::{Presence, RecallRefused, Replay, Sender, SharedHistory, notice};
+use super::history::{Presence, RecallRefused, Replay, Sender, SharedHistory};
 use super::member::{Intake, Member, MemberShared, Queued, Traffic, discard_queued, take_queued};
 use super::waker::Waker;
 use super::{Hub, HubClosed};
@@ -31,7 +31,7 @@ pub struct Membership {
     /// Who its broadcasts are from, as the upgrade authenticated it.
     from: Sender,
     intake: Intake,
-    /// Its path was told it joined ([`Membership::announce`]): it is told it left.
+    /// Its connection opened ([`Membership::announce`]): its path is told when it leaves.
     announced: AtomicBool,
 }
 
@@ -244,13 +244,18 @@ impl Membership {
         self.intake
     }
 
-    /// The connection is open (its loop runs): on a channel with `presence`, its path's
-    /// enveloped members are told it joined, and they will be told when it leaves.
+    /// The connection is open (its loop runs): it counts as a subscriber; on a channel with
+    /// `presence`, its path's enveloped members, here and on the other instances, are told it
+    /// joined, and they will be told when it leaves.
     pub fn announce(&self) {
-        if self.intake.presence && !self.announced.swap(true, Ordering::AcqRel) {
-            self.hub
-                .notify(&self.path, self.id, &notice(Presence::Join, &self.from));
+        if self.announced.swap(true, Ordering::AcqRel) {
+            return;
         }
+        if self.intake.presence {
+            self.hub
+                .tell(&self.path, self.id, &self.from, Presence::Join);
+        }
+        self.hub.presence_changed();
     }
 
     /// Gives the hub the connection's socket, so that ending a member without a waker can wake
@@ -326,8 +331,11 @@ impl Drop for Membership {
             self.hub.roster.remove(&self.path, |m| m.id == self.id);
         }
         if self.announced.load(Ordering::Acquire) {
-            self.hub
-                .notify(&self.path, self.id, &notice(Presence::Leave, &self.from));
+            if self.intake.presence {
+                self.hub
+                    .tell(&self.path, self.id, &self.from, Presence::Leave);
+            }
+            self.hub.presence_changed();
         }
         // Out of the hub. Its outbox and write buffer give their bytes back as their charges are
         // dropped (with the last snapshot holding this member, and with the connection).

@@ -19,6 +19,8 @@ pub(super) enum Link {
     Subscriber,
     /// The joins' reads of the history kept in Redis.
     History,
+    /// Who is subscribed on each instance.
+    Presence,
 }
 
 impl fmt::Display for Link {
@@ -27,6 +29,7 @@ impl fmt::Display for Link {
             Link::Publisher => "publisher",
             Link::Subscriber => "subscriber",
             Link::History => "history",
+            Link::Presence => "presence",
         })
     }
 }
@@ -106,7 +109,7 @@ impl Watch {
         // Only the publisher forwards: its lines account for every broadcast not forwarded.
         let dropped = match (link, self.unreported(ctx)) {
             (Link::Subscriber, _) | (Link::Publisher, 0) if !self.ever_up => String::new(),
-            (Link::Subscriber | Link::History, _) => String::new(),
+            (Link::Subscriber | Link::History | Link::Presence, _) => String::new(),
             (Link::Publisher, n) => {
                 format!("; {n} broadcasts of this instance not forwarded meanwhile")
             }

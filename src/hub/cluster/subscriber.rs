@@ -354,6 +354,12 @@ impl Reader {
                 );
                 return;
             }
+            Inbound::Presence(what, who) => {
+                if (ctx.accepts)(path) {
+                    ctx.hub.deliver_notice(path, &who, what);
+                }
+                return;
+            }
         };
         if (ctx.accepts)(path) {
             match kept {

@@ -29,7 +29,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use rustls::server::danger::ClientCertVerifier;
 
@@ -176,12 +176,7 @@ pub struct Checked {
 /// The [`StartError`] `serve` would stop with. An address in use is a warning instead (it may be
 /// this very server, running).
 pub fn check(config: Config) -> Result<Checked, StartError> {
-    let loaded = load_credentials(
-        &config,
-        Duration::ZERO,
-        Run::Check,
-        config.auth.max_file_size.get(),
-    )?;
+    let loaded = load_credentials(&config, Run::Check, config.auth.max_file_size.get())?;
     load_backend_tls(&config)?;
     let mut notes = Vec::new();
     if config.server.tls {
@@ -381,7 +376,7 @@ impl Server {
         ));
         let a = &config.auth;
         let creds_stamp = creds_stamp(&config);
-        let loaded = load_credentials(&config, Duration::ZERO, Run::Serve, a.max_file_size.get())?;
+        let loaded = load_credentials(&config, Run::Serve, a.max_file_size.get())?;
         if let Some(warning) = demo_credential_warning(&config, &loaded.users) {
             log::warn!("{warning}");
         }
@@ -540,19 +535,19 @@ struct LoadedCredentials {
     sessions: Option<SessionSettings>,
 }
 
-/// `settle`: how long the users and tokens files must have been unchanged to be read (a reload
-/// passes `file_settle_time`; the start reads them as they are). Under `Run::Check` a missing
+/// The users and tokens files are read once settled (`[auth] file_settle_time`,
+/// [`files::load_settled`]) — at start and by `check-config` as on a reload, so a file an editor
+/// or a provisioning script is still writing is read whole, not cut. Under `Run::Check` a missing
 /// session key file stays missing (`serve` creates it). The users and tokens files are each at
 /// most `max_file_size` bytes (the running value on a reload: the memory budget was sized for it
 /// at start).
 fn load_credentials(
     config: &Config,
-    settle: Duration,
     run: Run,
     max_file_size: usize,
 ) -> Result<LoadedCredentials, StartError> {
     let a = &config.auth;
-    let max = max_file_size;
+    let (max, settle) = (max_file_size, a.file_settle_time);
     let users = crate::auth::files::load_settled(&a.users_file, settle, |p| {
         UserStore::load_bounded(p, max)
     })

@@ -570,28 +570,58 @@ impl Config {
     pub fn channel_for(&self, path: &str) -> Option<&ChannelConfig> {
         find_channel(&self.channels, path)
     }
+
+    /// Which channel serves `path`, if any, as [`Config::channel_for`] finds it.
+    pub fn channel_id_for(&self, path: &str) -> Option<ChannelId> {
+        find_channel_index(&self.channels, path).map(ChannelId)
+    }
+
+    /// The channel `id` names: `id` must come from this config ([`Config::channel_id_for`]).
+    pub fn channel(&self, id: ChannelId) -> &ChannelConfig {
+        &self.channels[id.0]
+    }
+}
+
+/// One of a [`Config`]'s channels: its place in `channels`, made only by
+/// [`Config::channel_id_for`]. It means something only with the config that gave it (and with
+/// what was built from that config in the same order, channel by channel); a reload's config is
+/// another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelId(usize);
+
+impl ChannelId {
+    /// The channel's place in `channels`, for a list built from them in order.
+    pub fn index(self) -> usize {
+        self.0
+    }
 }
 
 /// The channel of `channels` serving `path`: an exact path first, else the longest matching
 /// prefix pattern.
 fn find_channel<'c>(channels: &'c [ChannelConfig], path: &str) -> Option<&'c ChannelConfig> {
-    channels
+    find_channel_index(channels, path).map(|i| &channels[i])
+}
+
+/// [`find_channel`]'s answer as a place in `channels`.
+fn find_channel_index(channels: &[ChannelConfig], path: &str) -> Option<usize> {
+    let exact = channels
         .iter()
-        .find(|c| matches!(&c.pattern, ChannelPattern::Exact(p) if p == path))
-        .or_else(|| {
-            channels
-                .iter()
-                .filter(|c| match &c.pattern {
-                    ChannelPattern::Prefix(p) => {
-                        path.len() > p.len() && path.starts_with(p.as_str())
-                    }
-                    ChannelPattern::Exact(_) => false,
-                })
-                .max_by_key(|c| match &c.pattern {
-                    ChannelPattern::Prefix(p) => p.len(),
-                    ChannelPattern::Exact(p) => p.len(),
-                })
-        })
+        .position(|c| matches!(&c.pattern, ChannelPattern::Exact(p) if p == path));
+    exact.or_else(|| {
+        channels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match &c.pattern {
+                ChannelPattern::Prefix(p)
+                    if path.len() > p.len() && path.starts_with(p.as_str()) =>
+                {
+                    Some((i, p.len()))
+                }
+                _ => None,
+            })
+            .max_by_key(|&(_, len)| len)
+            .map(|(i, _)| i)
+    })
 }
 
 impl WsLimits {

@@ -430,7 +430,8 @@ pub enum SlowConsumer {
 #[derive(Debug, Clone)]
 pub struct ChannelConfig {
     pub pattern: ChannelPattern,
-    pub mode: Mode,
+    /// `mode`, with a proxy channel's `backend` and its settings.
+    pub serving: Serving,
     pub limits: WsLimits,
     /// `anonymous`: clients without credentials may connect, with the rights of the role named
     /// `anonymous` (none if there is no such role). Default false.
@@ -438,8 +439,6 @@ pub struct ChannelConfig {
     /// `on_forbidden`: what happens when a connected client without publish rights sends a
     /// message: `close` (1008 "publish not allowed", the default) or `drop` (dropped and counted).
     pub on_forbidden: Overflow,
-    /// `backend` and its settings: `Some` exactly when `mode = proxy`.
-    pub backend: Option<Backend>,
     /// `history_size` and `history_ttl`: `Some` when a broadcast channel keeps its last
     /// broadcasts per path (see docs/history.md).
     pub history: Option<Retention>,
@@ -448,6 +447,36 @@ pub struct ChannelConfig {
     pub presence: bool,
     /// The section header's line in the config file (`None` if built in code).
     pub line: Option<usize>,
+}
+
+impl ChannelConfig {
+    /// Its `mode`, without what a proxy channel's carries.
+    pub fn mode(&self) -> Mode {
+        match self.serving {
+            Serving::Echo => Mode::Echo,
+            Serving::Broadcast => Mode::Broadcast,
+            Serving::Proxy(_) => Mode::Proxy,
+        }
+    }
+
+    /// A proxy channel's backend; `None` for the other modes.
+    pub fn backend(&self) -> Option<&Backend> {
+        match &self.serving {
+            Serving::Proxy(backend) => Some(backend),
+            Serving::Echo | Serving::Broadcast => None,
+        }
+    }
+}
+
+/// What a channel does with its connections: its `mode`, a proxy channel's with its backend.
+#[derive(Debug, Clone)]
+pub enum Serving {
+    /// `mode = echo`.
+    Echo,
+    /// `mode = broadcast`.
+    Broadcast,
+    /// `mode = proxy`, to this backend.
+    Proxy(Backend),
 }
 
 /// What a broadcast channel keeps of its broadcasts, per path (`history_size`, `history_ttl`).

@@ -299,7 +299,7 @@ pub fn decide(
         })?;
     // The envelope wraps broadcasts: it is answered on broadcast channels only. History
     // requests exist only where a history is kept: elsewhere `last`/`since` are the app's keys.
-    let envelope = envelope && channel.mode == crate::config::Mode::Broadcast;
+    let envelope = envelope && channel.mode() == crate::config::Mode::Broadcast;
     let recall = match channel.history {
         Some(_) => recall(target.query.as_deref(), envelope).map_err(Reason::Recall)?,
         None => Recall::Live,

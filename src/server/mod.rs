@@ -42,7 +42,8 @@ use crate::auth::tokens::{TokenStore, TokensError};
 use crate::auth::users::{UserStore, UsersError};
 use crate::auth::{Credentials, SessionSettings};
 use crate::config::{
-    AdminConfig, ChannelConfig, ChannelId, ClientAuth, Config, ConfigError, Mode, TlsConfig,
+    AdminConfig, ChannelConfig, ChannelId, ClientAuth, Config, ConfigError, Mode, Serving,
+    TlsConfig,
 };
 use crate::hub::Hub;
 use crate::hub::cluster::Bridge;
@@ -302,13 +303,12 @@ enum Loop<B> {
 /// dial, its CA (or the system roots) loaded, so a bad `backend_ca` fails the start or the reload,
 /// not the first connection.
 fn channel_loops(config: &Config) -> Result<Vec<Loop<relay::Dialer>>, StartError> {
-    let channel_loop = |channel: &ChannelConfig| match (&channel.backend, channel.mode) {
-        (Some(backend), _) => relay::Dialer::new(backend)
+    let channel_loop = |channel: &ChannelConfig| match &channel.serving {
+        Serving::Echo => Ok(Loop::Connection(Audience::Echo)),
+        Serving::Broadcast => Ok(Loop::Connection(Audience::Broadcast)),
+        Serving::Proxy(backend) => relay::Dialer::new(backend)
             .map(Loop::Relay)
             .map_err(StartError::Cert),
-        (None, Mode::Broadcast) => Ok(Loop::Connection(Audience::Broadcast)),
-        // The config gives a backend exactly to a proxy channel.
-        (None, Mode::Echo | Mode::Proxy) => Ok(Loop::Connection(Audience::Echo)),
     };
     config.channels.iter().map(channel_loop).collect()
 }
@@ -823,7 +823,7 @@ fn attach_admin_api(
         let rt = shared.current();
         policy::route(path, &rt.config)
             .ok()
-            .filter(|c| c.mode == Mode::Broadcast)
+            .filter(|c| c.mode() == Mode::Broadcast)
             .map(|c| admin::BroadcastChannel {
                 max_message: c.limits.max_message_size.get(),
                 history: c.history,
@@ -851,7 +851,7 @@ fn start_bridge(shared: &Arc<Shared>) -> io::Result<Option<Bridge>> {
             s.current()
                 .config
                 .channel_for(path)
-                .is_some_and(|c| c.mode == Mode::Broadcast)
+                .is_some_and(|c| c.mode() == Mode::Broadcast)
         })
     };
     // Bound at start: what the process started with, whatever a reload read since.

@@ -483,7 +483,7 @@ impl Entrance<'_> {
         let hub = &self.shared.hub;
         let channel = self.rt.config.channel(grant.channel);
         let intake = Intake::of(channel, grant.envelope);
-        let joined = hub.join_recalling(&grant.path, channel.mode, intake, holder, &grant.recall);
+        let joined = hub.join_recalling(&grant.path, channel.mode(), intake, holder, &grant.recall);
         match joined {
             Ok(Ok(member)) => Ok(member),
             Ok(Err(JoinRefused::Closed(HubClosed))) => Err(Reason::ShuttingDown),
@@ -581,7 +581,7 @@ impl Entrance<'_> {
             .unwrap_or_else(session::new_session_id);
         let _ = member.shared.profile.set(Profile {
             method: grant.method,
-            mode: self.rt.config.channel(grant.channel).mode,
+            mode: self.rt.config.channel(grant.channel).mode(),
             peer: self.peer,
             since: SystemTime::now(),
             session_id: session_id.clone(),

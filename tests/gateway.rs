@@ -656,14 +656,21 @@ fn without_publish_rights_nothing_reaches_the_backend() {
 // ------------------------------------------------------------------------------------------
 // A remote backend over TLS.
 
-#[test]
-fn a_wss_backend_is_verified_against_backend_ca_and_an_untrusted_one_gets_502() {
-    let dir = TempDir::new("wss-backend");
+/// A `wss://` backend serving a new self-signed certificate for `localhost`, which it writes to
+/// `dir` (`app.pem`, the path returned with it).
+fn wss_backend(dir: &TempDir) -> (Backend, PathBuf) {
     let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert, key) = (dir.path().join("app.pem"), dir.path().join("app.key"));
     std::fs::write(&cert, pair.cert.pem()).unwrap();
     std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
     let backend = Backend::start(&["--tls", cert.to_str().unwrap(), key.to_str().unwrap()]);
+    (backend, cert)
+}
+
+#[test]
+fn a_wss_backend_is_verified_against_backend_ca_and_an_untrusted_one_gets_502() {
+    let dir = TempDir::new("wss-backend");
+    let (backend, cert) = wss_backend(&dir);
 
     let mut setup = gateway(&backend.url);
     setup.set("channel:/app/*", "backend_ca", cert.to_str().unwrap());
@@ -753,11 +760,7 @@ fn a_reload_moves_new_connections_to_the_new_backend_and_keeps_live_ones_on_thei
 #[test]
 fn a_reload_adds_a_wss_backend_and_reads_its_backend_ca_again_and_a_bad_ca_keeps_the_running_one() {
     let dir = TempDir::new("wss-reload");
-    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.path().join("app.pem"), dir.path().join("app.key"));
-    std::fs::write(&cert, pair.cert.pem()).unwrap();
-    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
-    let secure = Backend::start(&["--tls", cert.to_str().unwrap(), key.to_str().unwrap()]);
+    let (secure, cert) = wss_backend(&dir);
     let plain = Backend::start(&[]);
     let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     // The file `backend_ca` names: first a CA that did not sign the backend's certificate.
@@ -793,7 +796,7 @@ fn a_reload_adds_a_wss_backend_and_reads_its_backend_ca_again_and_a_bad_ca_keeps
     );
 
     // The same config, the CA file now holding the backend's own: a reload reads it again.
-    std::fs::write(&ca, pair.cert.pem()).unwrap();
+    std::fs::copy(&cert, &ca).unwrap();
     server.reload_and_wait();
     let mut live = server.connect_as("/secure/b", ALICE);
     let h = hello(&mut live);

@@ -26,7 +26,7 @@ use crate::pipeline::tls;
 use crate::pipeline::upgrade::{self, UpgradeError};
 use crate::policy::{Grant, LogSafeUser, Method, Proof, Reason, Revocation};
 
-use super::{Runtime, Shared};
+use super::{Loop, Runtime, Shared};
 
 /// A connection past its 101, handed from its handshake thread to its worker.
 struct Opened {
@@ -37,9 +37,10 @@ struct Opened {
     grant: Grant,
     member: Membership,
     session_id: String,
-    /// A proxy channel's backend WebSocket, open (it answered 101 before the client got its own).
-    /// Boxed like `ws`: inline, it would make every connection's hand-over as large.
-    backend: Option<Box<BackendWs>>,
+    /// The loop it runs: a proxy channel's with its backend WebSocket open (it answered 101
+    /// before the client got its own), boxed like `ws`: inline, it would make every
+    /// connection's hand-over as large.
+    then: Loop<Box<BackendWs>>,
     /// The client (the carried address behind a load balancer).
     peer: SocketAddr,
     /// The connection's place in the pool, held until the connection loop ends.
@@ -210,18 +211,18 @@ fn run(shared: &Shared, rt: &Runtime, opened: Opened) {
         grant,
         member,
         session_id,
-        backend,
+        then,
         peer,
         ticket,
     } = opened;
     let config = &rt.config;
-    let channel = &grant.channel;
+    let channel = config.channel(grant.channel);
     let pattern = channel.pattern.to_string();
     metrics.channel_opened(&pattern);
     let user = grant.log_user();
-    let via = match (&backend, &channel.backend) {
-        (Some(_), Some(b)) => format!(" backend={}", b.endpoint),
-        _ => String::new(),
+    let via = match rt.channel_loop(grant.channel) {
+        Loop::Relay(dialer) => format!(" backend={}", dialer.backend().endpoint),
+        Loop::Connection(_) => String::new(),
     };
     log::info!(
         "open peer={peer} user=\"{user}\" auth={} session={session_id} path={}{via}",
@@ -230,14 +231,16 @@ fn run(shared: &Shared, rt: &Runtime, opened: Opened) {
     );
     let opened = Instant::now();
     let rights = Rights {
-        mode: channel.mode,
         may_publish: grant.may_publish,
         on_forbidden: channel.on_forbidden,
         on_rate_limit: channel.limits.on_rate_limit,
     };
-    let end = match backend {
-        Some(backend) => relay::run(ws, backend, member, rights, &channel.limits, &config.limits),
-        None => connection::run(ws, member, rights, &channel.limits, &config.limits),
+    let (limits, channel_limits) = (&config.limits, &channel.limits);
+    let end = match then {
+        Loop::Relay(backend) => relay::run(ws, backend, member, rights, channel_limits, limits),
+        Loop::Connection(audience) => {
+            connection::run(ws, member, audience, rights, channel_limits, limits)
+        }
     };
     metrics.channel_closed(&pattern);
     log::info!(
@@ -321,7 +324,7 @@ fn handshake(
     let verifier = shared.creds.for_peer(peer.ip());
     let enter = |grant: &Grant, deadline: Deadline| entrance.enter(grant, deadline);
     let login = |user: &str| demo_login(shared, peer, user);
-    let (ws, grant, (member, session_id, backend, worker)) =
+    let (ws, grant, (member, session_id, then, worker)) =
         match upgrade::upgrade(transport, config, &verifier, enter, login) {
             Ok(upgraded) => upgraded,
             Err(UpgradeError::Refused(reason)) => {
@@ -336,7 +339,7 @@ fn handshake(
         };
     metrics.outcome(Outcome::Accepted);
     metrics.observe_upgrade(accepted.elapsed());
-    if backend.is_some() {
+    if let Loop::Relay(_) = then {
         metrics.bump(Counter::ProxyConnections, 1);
     }
     let opened = Opened {
@@ -344,7 +347,7 @@ fn handshake(
         grant,
         member,
         session_id,
-        backend: backend.map(Box::new),
+        then,
         peer,
         ticket,
     };
@@ -407,9 +410,9 @@ struct Entrance<'a> {
     client_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
-/// What an entered connection carries to its 101: its membership, session id, the proxy
-/// backend's open WebSocket, and its worker.
-type Entered = (Membership, String, Option<BackendWs>, Slot);
+/// What an entered connection carries to its 101: its membership, session id, the loop it will
+/// run (a proxy channel's with the backend's open WebSocket), and its worker.
+type Entered = (Membership, String, Loop<Box<BackendWs>>, Slot);
 
 impl Entrance<'_> {
     /// Takes an authorised request from its grant to the moment before its 101, step by step.
@@ -432,9 +435,9 @@ impl Entrance<'_> {
         let worker = self.reserve_worker(deadline)?;
         let member = self.join(grant)?;
         self.recheck(grant, &member)?;
-        let backend = self.dial_backend(grant)?;
+        let then = self.dial_backend(grant)?;
         let (session_id, headers) = self.issue_session(grant, &member);
-        Ok(((member, session_id, backend, worker), headers))
+        Ok(((member, session_id, then, worker), headers))
     }
 
     /// Refuses a new connection at the memory cap, where it would only add to the squeeze
@@ -478,14 +481,9 @@ impl Entrance<'_> {
             proof,
         };
         let hub = &self.shared.hub;
-        let intake = Intake::of(&grant.channel, grant.envelope);
-        let joined = hub.join_recalling(
-            &grant.path,
-            grant.channel.mode,
-            intake,
-            holder,
-            &grant.recall,
-        );
+        let channel = self.rt.config.channel(grant.channel);
+        let intake = Intake::of(channel, grant.envelope);
+        let joined = hub.join_recalling(&grant.path, channel.mode(), intake, holder, &grant.recall);
         match joined {
             Ok(Ok(member)) => Ok(member),
             Ok(Err(JoinRefused::Closed(HubClosed))) => Err(Reason::ShuttingDown),
@@ -529,15 +527,19 @@ impl Entrance<'_> {
         })
     }
 
-    /// A proxy channel's backend WebSocket, open: the backend's 101 comes before the client's,
-    /// or the client gets 502/503/504. `None` for a channel without a backend.
-    fn dial_backend(&self, grant: &Grant) -> Result<Option<BackendWs>, Reason> {
-        let Some(backend) = &grant.channel.backend else {
-            return Ok(None);
+    /// The loop the connection will run: a proxy channel's with its backend WebSocket open (the
+    /// backend's 101 comes before the client's, or the client gets 502/503/504), dialed with the
+    /// backend's settings of the runtime the request was decided against.
+    fn dial_backend(&self, grant: &Grant) -> Result<Loop<Box<BackendWs>>, Reason> {
+        let dialer = match self.rt.channel_loop(grant.channel) {
+            Loop::Connection(audience) => return Ok(Loop::Connection(*audience)),
+            Loop::Relay(dialer) => dialer,
         };
+        let channel = self.rt.config.channel(grant.channel);
+        let backend = dialer.backend();
         let target = relay::forward_target(
             backend,
-            &grant.channel.pattern,
+            &channel.pattern,
             &grant.path,
             grant.query.as_deref(),
         );
@@ -546,10 +548,9 @@ impl Entrance<'_> {
             method: grant.method,
             client: self.peer.ip(),
         };
-        let tls = self.rt.backend_tls(&grant.channel);
-        let ws_config = grant.channel.limits.websocket_config();
-        match relay::connect(backend, tls, &target, &who, ws_config) {
-            Ok(ws) => Ok(Some(ws)),
+        let ws_config = channel.limits.websocket_config();
+        match dialer.connect(&target, &who, ws_config) {
+            Ok(ws) => Ok(Loop::Relay(Box::new(ws))),
             Err(e) => {
                 let failure = e.failure();
                 self.shared.metrics.backend_failed(failure);
@@ -580,7 +581,7 @@ impl Entrance<'_> {
             .unwrap_or_else(session::new_session_id);
         let _ = member.shared.profile.set(Profile {
             method: grant.method,
-            mode: grant.channel.mode,
+            mode: self.rt.config.channel(grant.channel).mode(),
             peer: self.peer,
             since: SystemTime::now(),
             session_id: session_id.clone(),

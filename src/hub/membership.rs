@@ -348,6 +348,7 @@ mod tests {
     use crate::config::SlowConsumer;
     use crate::hub::fixtures::*;
     use crate::hub::history::{Recalled, Stamp};
+    use crate::ops::metrics::Counter;
 
     #[test]
     fn joins_that_recall_while_broadcasts_go_on_miss_none_and_repeat_none() {
@@ -483,6 +484,60 @@ mod tests {
         hub.deliver_kept("/c", None, &kept_at(5), &text("m5"));
         assert_eq!(got(&joined), ["m2", "m3", "m4", "m5"]);
         assert_eq!(got(&near), ["m5"]);
+    }
+
+    #[test]
+    fn a_join_reading_its_history_holds_what_its_outbox_takes_and_beyond_it_is_a_slow_consumer() {
+        let hub = hub();
+        let (asked, asked_rx) = crossbeam_channel::bounded(1);
+        let (answer, answers) = crossbeam_channel::bounded(1);
+        hub.set_store(Arc::new(Gated { asked, answers }));
+        let kept = Intake {
+            history: Some(Retention {
+                size: std::num::NonZeroUsize::new(2).unwrap(),
+                ttl: None,
+            }),
+            ..intake(2, SlowConsumer::Disconnect)
+        };
+        let joining = {
+            let hub = Arc::clone(&hub);
+            std::thread::spawn(move || {
+                hub.join_recalling(
+                    "/c",
+                    Mode::Broadcast,
+                    kept,
+                    Holder::default(),
+                    &Recall::Last(2),
+                )
+                .unwrap()
+                .unwrap()
+            })
+        };
+        asked_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        for pos in [3, 4] {
+            hub.deliver_kept("/c", None, &kept_at(pos), &text(&format!("m{pos}")));
+        }
+        assert_eq!(
+            hub.metrics.count(Counter::SlowConsumerCloses),
+            0,
+            "two are held"
+        );
+        hub.deliver_kept("/c", None, &kept_at(5), &text("m5"));
+        assert_eq!(
+            hub.metrics.count(Counter::SlowConsumerCloses),
+            1,
+            "the third is not"
+        );
+        let recalled = Recalled {
+            epoch: "e".into(),
+            last_pos: 2,
+            kept: [1, 2].map(|p| (kept_at(p), text(&format!("m{p}")))).into(),
+        };
+        answer.send(recalled).unwrap();
+        let joined = joining.join().unwrap();
+        assert_eq!(joined.ended(), Some(CloseReason::SLOW_CONSUMER));
     }
 
     #[test]

@@ -50,7 +50,9 @@
 //! is random per process, so a restarted publisher with the same id starts a new sequence. A
 //! disconnect (an admin's `POST /disconnect`) carries its filter as a query string
 //! (`user=alice&path=%2Fchat`) and travels in the same sequence as broadcasts, so it is resent,
-//! deduplicated and ordered like them; every other instance ends its matching connections.
+//! deduplicated and ordered like them; every other instance ends its matching connections. A
+//! presence notice (who, in `f`, joined or left the entry's path) has a sequence of its own, so
+//! an older instance, which ignores its kind, sees no gap in the broadcasts.
 //!
 //! This file starts and stops the bridge; [`queue`] is the publish queue, [`publisher`] and
 //! [`subscriber`] the two links, [`kept`] the history kept in Redis, [`presence`] who is

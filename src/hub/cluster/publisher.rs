@@ -19,11 +19,22 @@ use crate::ops::metrics::Counter;
 /// Most broadcasts sent in one pipelined round trip.
 pub(super) const BATCH: usize = 64;
 
+/// The next sequence numbers of this process's entries: broadcasts and disconnects are one
+/// sequence, presence notices another, so an instance that does not know the notices (an older
+/// wsgate, which ignores them) sees no gap in the broadcasts.
+struct Sequences {
+    broadcasts: u64,
+    notices: u64,
+}
+
 /// The publisher thread: connect, send the queue in pipelined `XADD`s, keep the link checked
 /// while idle; while Redis is unreachable the queue keeps the newest broadcasts.
 pub(super) fn run(ctx: &Context, client: &redis::Client, queue: &Queue) {
     let mut watch = Watch::new(Link::Publisher);
-    let mut next_seq = 1;
+    let mut next_seq = Sequences {
+        broadcasts: 1,
+        notices: 1,
+    };
     loop {
         let error = match connect(ctx, client, Link::Publisher) {
             Ok(mut con) => {
@@ -52,7 +63,7 @@ fn publish_until_error(
     ctx: &Context,
     con: &mut redis::Connection,
     queue: &Queue,
-    next_seq: &mut u64,
+    next_seq: &mut Sequences,
     watch: &mut Watch,
 ) -> Option<redis::RedisError> {
     let mut answered = Instant::now();
@@ -83,8 +94,12 @@ fn publish_until_error(
         // Never dropped: the hub queues data messages only, and instance ids fit the envelope.
         batch.retain_mut(|e| {
             let seq = *e.seq.get_or_insert_with(|| {
-                let seq = *next_seq;
-                *next_seq += 1;
+                let next = match e.out {
+                    Outbound::Presence { .. } => &mut next_seq.notices,
+                    _ => &mut next_seq.broadcasts,
+                };
+                let seq = *next;
+                *next += 1;
                 seq
             });
             let Some(envelope) = encode(&ctx.instance_id, ctx.epoch, seq, &e.out) else {

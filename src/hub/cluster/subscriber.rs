@@ -195,6 +195,8 @@ struct Reader {
     /// the stream.
     last_id: Option<String>,
     senders: Senders,
+    /// The presence notices' own sequences (see [`super::publisher`]).
+    notices: Senders,
     warned_bad: bool,
     /// Losses not yet logged, and when the last warning was.
     lost_unlogged: u64,
@@ -208,6 +210,7 @@ pub(super) fn run(ctx: &Context, client: &redis::Client) {
     let mut reader = Reader {
         last_id: None,
         senders: Senders::default(),
+        notices: Senders::default(),
         warned_bad: false,
         lost_unlogged: 0,
         lost_logged_at: None,
@@ -331,6 +334,13 @@ impl Reader {
                 self.clash.seen(ctx, "its broadcasts are in the stream");
             }
         }
+        if let Inbound::Presence(what, who) = &message {
+            // On a sequence of their own: a copy is dropped, a gap (trimmed) is no loss counted.
+            if self.notices.arrive(&origin) != Arrival::Duplicate && (ctx.accepts)(path) {
+                ctx.hub.deliver_notice(path, who, *what);
+            }
+            return;
+        }
         match self.senders.arrive(&origin) {
             Arrival::Duplicate => {
                 log::debug!("cluster: dropped a copy of a broadcast on `{path}`");
@@ -354,12 +364,8 @@ impl Reader {
                 );
                 return;
             }
-            Inbound::Presence(what, who) => {
-                if (ctx.accepts)(path) {
-                    ctx.hub.deliver_notice(path, &who, what);
-                }
-                return;
-            }
+            // Told above.
+            Inbound::Presence(..) => return,
         };
         if (ctx.accepts)(path) {
             match kept {

@@ -255,3 +255,27 @@ impl Context {
         )
     }
 }
+
+/// A bridge's context without Redis, for the bridge's tests, and the sender whose drop stops it.
+#[cfg(test)]
+fn test_context() -> (Context, Sender<()>) {
+    let (keep, stop) = crossbeam_channel::bounded(0);
+    let ctx = Context {
+        url: RedisUrl::parse("redis://:pw@127.0.0.1:1/").unwrap(),
+        instance_id: "i".into(),
+        epoch: new_epoch(),
+        stream: stream_key("wsgate:"),
+        prefix: "wsgate:".into(),
+        publish_queue: 1,
+        stream_length: 1,
+        max_backoff: Duration::from_millis(500),
+        health_check: Duration::from_secs(1),
+        health_timeout: Duration::from_secs(2),
+        metrics: Arc::new(Metrics::new(["/c"])),
+        hub: Hub::new(Arc::new(Metrics::new(["/c"]))),
+        accepts: Arc::new(|_: &str| true),
+        links: Arc::default(),
+        stop,
+    };
+    (ctx, keep)
+}

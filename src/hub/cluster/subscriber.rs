@@ -423,6 +423,84 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Mode, SlowConsumer};
+    use crate::hub::history::{Presence, Sender};
+    use crate::hub::{Holder, Intake, Outbound};
+    use tungstenite::Message;
+
+    #[test]
+    fn presence_notices_are_told_once_and_leave_the_broadcasts_sequence_alone() {
+        let (ctx, _keep) = super::super::test_context();
+        let intake = Intake {
+            outbox: 8,
+            slow_consumer: SlowConsumer::Disconnect,
+            max_message: 1024,
+            envelope: true,
+            history: None,
+            presence: true,
+        };
+        let here = ctx
+            .hub
+            .join("/c", Mode::Broadcast, intake, Holder::default())
+            .unwrap()
+            .unwrap();
+        let mut reader = Reader {
+            last_id: None,
+            senders: Senders::default(),
+            notices: Senders::default(),
+            warned_bad: false,
+            lost_unlogged: 0,
+            lost_logged_at: None,
+            clash: Clash::default(),
+        };
+        let bob = Sender::User("bob".into());
+        let joined = Outbound::Presence {
+            path: "/c".into(),
+            from: bob.clone(),
+            what: Presence::Join,
+        };
+        // As instance `b` numbers them: broadcasts 1 and 2, the notice 1 of its own sequence,
+        // sent twice (a batch Redis did not acknowledge goes again).
+        let entries = [
+            (
+                Outbound::broadcast("/c", bob.clone(), Message::text("one")),
+                1,
+            ),
+            (joined, 1),
+            (
+                Outbound::Presence {
+                    path: "/c".into(),
+                    from: bob.clone(),
+                    what: Presence::Join,
+                },
+                1,
+            ),
+            (Outbound::broadcast("/c", bob, Message::text("two")), 2),
+        ];
+        for (out, seq) in &entries {
+            let envelope = super::super::wire::encode("b", 7, *seq, out).unwrap();
+            let sender = super::super::wire::encode_sender(out);
+            let entry = StreamEntry {
+                id: "1-1",
+                path: Some("/c"),
+                envelope: Some(&envelope),
+                sender: sender.as_deref(),
+                time: None,
+                pos: None,
+                epoch: None,
+                member: None,
+            };
+            reader.handle(&ctx, "/c", &envelope, &entry);
+        }
+        let types: Vec<String> = std::iter::from_fn(|| here.next_queued().ok())
+            .map(|q| {
+                let text = q.msg.to_text().unwrap().to_string();
+                text.split('"').nth(3).unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(types, ["message", "join", "message"]);
+        assert_eq!(ctx.metrics.count(Counter::ClusterLost), 0);
+    }
 
     fn from(instance: &'static [u8], epoch: u64, seq: u64) -> Stamp<'static> {
         Stamp {

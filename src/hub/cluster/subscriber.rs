@@ -207,15 +207,7 @@ struct Reader {
 /// The subscriber thread: read the stream, deliver, and on failure retry with backoff.
 pub(super) fn run(ctx: &Context, client: &redis::Client) {
     let mut watch = Watch::new(Link::Subscriber);
-    let mut reader = Reader {
-        last_id: None,
-        senders: Senders::default(),
-        notices: Senders::default(),
-        warned_bad: false,
-        lost_unlogged: 0,
-        lost_logged_at: None,
-        clash: Clash::default(),
-    };
+    let mut reader = Reader::new();
     loop {
         match listen(ctx, client, &mut watch, &mut reader) {
             Ok(()) => return,
@@ -311,6 +303,19 @@ fn kept_position(entry: &StreamEntry<'_>) -> Option<(u64, String, u64)> {
 }
 
 impl Reader {
+    /// A reader that has read nothing yet.
+    fn new() -> Reader {
+        Reader {
+            last_id: None,
+            senders: Senders::default(),
+            notices: Senders::default(),
+            warned_bad: false,
+            lost_unlogged: 0,
+            lost_logged_at: None,
+            clash: Clash::default(),
+        }
+    }
+
     /// Delivers one entry unless it is this instance's own, a copy, or for no channel here.
     /// A broadcast kept in Redis (its entry has a position) is delivered here too when it is
     /// this process's own, but not to the member that published it.
@@ -444,15 +449,7 @@ mod tests {
             .join("/c", Mode::Broadcast, intake, Holder::default())
             .unwrap()
             .unwrap();
-        let mut reader = Reader {
-            last_id: None,
-            senders: Senders::default(),
-            notices: Senders::default(),
-            warned_bad: false,
-            lost_unlogged: 0,
-            lost_logged_at: None,
-            clash: Clash::default(),
-        };
+        let mut reader = Reader::new();
         let bob = Sender::User("bob".into());
         let joined = Outbound::Presence {
             path: "/c".into(),

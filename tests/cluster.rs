@@ -1556,6 +1556,9 @@ fn presence_answers_503_while_redis_is_away_and_live_traffic_goes_on() {
     wait_until(&a, "listed again", JOIN_TIMEOUT, || {
         presence_of(&a, "/chat/room") == listing(&[ALICE_ONE, BOB_ONE])
     });
+    // One line each way.
+    assert!(a.wait_log("cluster: presence syncs with Redis again", IO_TIMEOUT));
+    assert_eq!(a.count_log("cluster: presence cannot sync with Redis"), 1);
     assert_no_panic(&[&a]);
 }
 

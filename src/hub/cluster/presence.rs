@@ -202,8 +202,8 @@ impl PresenceSync {
                     if self.up {
                         self.up = false;
                         log::warn!(
-                            "cluster: presence cannot reach Redis ({e}): /presence answers 503 \
-                             until it can"
+                            "cluster: presence cannot sync with Redis ({e}): /presence answers \
+                             503 until it can"
                         );
                     }
                     return;
@@ -212,7 +212,7 @@ impl PresenceSync {
         }
         if !self.up {
             self.up = true;
-            log::info!("cluster: presence reaches Redis again");
+            log::info!("cluster: presence syncs with Redis again");
         }
         let mut seen = shared.seen();
         seen.by_path = self.merged();

@@ -261,6 +261,7 @@ impl Hub {
             if Some(m.id) == from || !m.receives || m.shared.slow.load(Ordering::Acquire) {
                 continue;
             }
+            // Not charged for what its replay had (checked again as it is delivered).
             if m.replayed_already(at) {
                 continue;
             }
@@ -336,6 +337,11 @@ impl Hub {
                 }
                 Hold::Released(back) => charge = back,
             }
+        }
+        // Its hold over (or never held): its replay may have had this one. (The fan-out's
+        // check before the charge may have come while it was still reading.)
+        if m.replayed_already(at) {
+            return false;
         }
         if let Some(direct) = m.shared.direct.get() {
             if !m.shared.revoked.load(Ordering::Acquire) {

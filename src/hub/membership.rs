@@ -486,6 +486,78 @@ mod tests {
         assert_eq!(got(&near), ["m5"]);
     }
 
+    /// A history kept elsewhere as one list: a read sees what was kept before it, as Redis's
+    /// script does.
+    #[derive(Default)]
+    struct Kept(std::sync::Mutex<u64>);
+
+    impl SharedHistory for Kept {
+        fn recall(&self, _: &str, recall: &Recall, _: Retention) -> Result<Recalled, String> {
+            let last_pos = *self.0.lock().unwrap();
+            let n = match recall {
+                Recall::Last(n) => *n as u64,
+                _ => 0,
+            };
+            let kept = (last_pos.saturating_sub(n) + 1..=last_pos)
+                .map(|p| (kept_at(p), text(&p.to_string())))
+                .collect();
+            Ok(Recalled {
+                epoch: "e".into(),
+                last_pos,
+                kept,
+            })
+        }
+    }
+
+    #[test]
+    fn joins_that_read_their_history_from_redis_while_broadcasts_go_on_miss_none_and_repeat_none() {
+        let hub = hub();
+        let kept = Arc::new(Kept::default());
+        hub.set_store(Arc::clone(&kept) as Arc<dyn SharedHistory>);
+        let intake = Intake {
+            history: Some(Retention {
+                size: std::num::NonZeroUsize::new(16).unwrap(),
+                ttl: None,
+            }),
+            ..intake(10_000, SlowConsumer::Disconnect)
+        };
+        const N: u64 = 2000;
+        let publishing = {
+            let hub = Arc::clone(&hub);
+            std::thread::spawn(move || {
+                for p in 1..=N {
+                    // Kept first, delivered after, as the bridge does.
+                    *kept.0.lock().unwrap() = p;
+                    hub.deliver_kept("/c", None, &kept_at(p), &text(&p.to_string()));
+                }
+            })
+        };
+        let mut joined = Vec::new();
+        while joined.is_empty() || (!publishing.is_finished() && joined.len() < 50) {
+            let m = hub
+                .join_recalling(
+                    "/c",
+                    Mode::Broadcast,
+                    intake,
+                    Holder::default(),
+                    &Recall::Last(16),
+                )
+                .unwrap()
+                .unwrap();
+            joined.push(m);
+        }
+        publishing.join().unwrap();
+        for m in &joined {
+            let got: Vec<u64> = std::iter::from_fn(|| m.next_queued().ok())
+                .map(|q| q.msg.to_text().unwrap().parse().unwrap())
+                .collect();
+            if let Some(&first) = got.first() {
+                let want: Vec<u64> = (first..=N).collect();
+                assert_eq!(got, want, "a gap or a repeat");
+            }
+        }
+    }
+
     #[test]
     fn a_join_reading_its_history_holds_what_its_outbox_takes_and_beyond_it_is_a_slow_consumer() {
         let hub = hub();

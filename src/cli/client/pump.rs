@@ -215,7 +215,7 @@ impl Pump {
                 Due::Ping(_) => {
                     self.pinged = true;
                     let written = self.ws.write(Message::Ping(Default::default()));
-                    if let Err(e) = self.queued(written).and_then(|()| self.flush()) {
+                    if let Err(e) = self.queued(written, false).and_then(|()| self.flush()) {
                         return Some(Err(e));
                     }
                 }
@@ -364,7 +364,7 @@ impl Pump {
             Err(e) => Message::binary(e.into_bytes()),
         };
         let written = self.ws.write(message);
-        self.queued(written)
+        self.queued(written, false)
     }
 
     /// The input is over: send our close (1000).
@@ -385,14 +385,23 @@ impl Pump {
     /// Writes what is queued, as far as the socket takes it.
     fn flush(&mut self) -> Result<(), ClientError> {
         let flushed = self.ws.flush();
-        self.queued(flushed)
+        self.queued(flushed, true)
     }
 
-    /// A write's result: done, or queued behind a full socket (`blocked`), or the end.
-    fn queued(&mut self, result: tungstenite::Result<()>) -> Result<(), ClientError> {
+    /// A write's or a `flush`'s result: done, or queued behind a full socket (`blocked`), or the
+    /// end. Only a flush that wrote everything (`flushed`) unblocks: a write that only queued
+    /// a frame (a ping, a line) says nothing of the socket, and must not restart the write
+    /// deadline.
+    fn queued(
+        &mut self,
+        result: tungstenite::Result<()>,
+        flushed: bool,
+    ) -> Result<(), ClientError> {
         match result {
             Ok(()) => {
-                self.blocked = false;
+                if flushed {
+                    self.blocked = false;
+                }
                 Ok(())
             }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -327,6 +327,9 @@ impl Conn {
                 Read::Closed(frame) => {
                     return Err(End::PeerClosed(frame.map_or(1005, |f| u16::from(f.code))));
                 }
+                // The pong goes out now, from the loop's frame: tungstenite's next read would
+                // write it from 0.6 KiB deeper in the worker's stack (docs/benchmarks.md).
+                Read::Pinged => flush(w)?,
                 Read::Other => {}
                 Read::Empty => return Ok(Left::Nothing),
             }

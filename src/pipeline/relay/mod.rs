@@ -331,7 +331,7 @@ impl Relay {
                         BackendEnd::Close(frame),
                     ));
                 }
-                inbound::Read::Other => {}
+                inbound::Read::Pinged | inbound::Read::Other => {}
                 inbound::Read::Empty => return Ok(false),
             }
         }

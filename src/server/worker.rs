@@ -234,6 +234,11 @@ struct Opening {
 }
 
 /// A connection's loop: set up and ready to run, or ended (or failed to be set up) like this.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per connection, on its worker's stack within the pages the loop touches \
+              anyway; boxing the direct loop's state would add a heap allocation per connection"
+)]
 enum Loop {
     Direct(connection::Conn),
     /// Boxed: inline, it would make every connection's frame as large (0.2 KiB more).

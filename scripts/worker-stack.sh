@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # worker-stack.sh — holds an idle connection's worker to two stack pages (docs/benchmarks.md,
-# "The worker's stack"): starts the release binary, opens one TLS connection and closes it (its
-# worker then runs the close and takes a later connection), opens CONNS more, each echoing one
-# small message and answering the server's ping (ping_interval = 1s), and fails when any worker's
-# stack has more than 8 KiB resident (scripts/stack-depth.py --max-kib 8). .ci/run runs it.
+# "The worker's stack"): starts the release binary, opens one TLS connection that the server
+# closes (over the rate limit: its close frame, the client's reply read; the worker then takes a
+# later connection), opens CONNS more, each echoing one small message, pinging the server and
+# answering the server's ping (ping_interval = 1s), and fails when any worker's stack has more
+# than 8 KiB resident (scripts/stack-depth.py --max-kib 8). .ci/run runs it.
 #
 #   scripts/worker-stack.sh [CONNS]                 default 20; builds the release binary
 #   WSGATE_BIN=path/to/wsgate scripts/worker-stack.sh   that binary (no build)
@@ -27,7 +28,7 @@ echo bench | "$BIN" passwd --min-length 1 "$DIR/users" bench 2>/dev/null
 write_idle_config "$DIR/wsgate.ini" "listen = 127.0.0.1:0
 workers = $((CONNS + 10))
 max_connections_per_ip = $((CONNS + 10))"
-printf '[limits]\nping_interval = 1s\nidle_timeout = 60s\n' >>"$DIR/wsgate.ini"
+printf '[limits]\nping_interval = 1s\nidle_timeout = 60s\nmax_messages_per_sec = 2\n' >>"$DIR/wsgate.ini"
 sed -i 's/^level = warn$/level = info/' "$DIR/wsgate.ini"
 "$BIN" serve --config "$DIR/wsgate.ini" 2>"$DIR/server.log" &
 PID=$!
@@ -38,6 +39,7 @@ PORT=$(grep -o 'listening on [^ ]*' "$DIR/server.log" | head -1 | grep -o '[0-9]
 # The connections, held until this script closes the client's stdin.
 cat >"$DIR/client.py" <<'PY'
 import base64, contextlib, ssl, sys, threading
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 from websockets.sync.client import ClientConnection, connect
 
@@ -69,7 +71,14 @@ def open_one():
     assert ws.ping().wait(10), "no pong"  # our ping read, the server's pong written
     return ws
 
-open_one().close()  # its worker runs a close, then takes a later connection
+first = open_one()  # over the rate limit: the server closes it, then takes a later connection
+try:
+    for _ in range(10):
+        first.send("x")
+    while True:
+        first.recv(timeout=10)
+except ConnectionClosed as e:
+    assert e.rcvd is not None and e.rcvd.code == 1008, e
 held = [open_one() for _ in range(conns)]
 for ws in held:  # the server's ping written (ping_interval), our pong read
     assert ws.pinged.wait(10), "no ping from the server"

@@ -234,8 +234,11 @@ struct Turn {
 }
 
 impl Conn {
-    /// Runs the connection until it ends, and closes it.
-    #[inline(never)]
+    /// Runs the connection until it ends, and closes it. Inlined into its caller, so that the
+    /// loop and the close each run in their own frame right under the caller's: the close's
+    /// reads (the peer's close frame, its `close_notify`) then decrypt no deeper than the
+    /// loop's (docs/benchmarks.md, "The worker's stack").
+    #[inline(always)]
     pub fn run(&mut self, limits: &Limits) -> End {
         let end = self.serve(limits);
         self.finish(&end, limits.write_timeout);
@@ -244,6 +247,7 @@ impl Conn {
 
     /// Every turn of this loop goes through [`Conn::step`], which checks the end flags and the
     /// deadlines; nothing in a step waits or loops without a bound.
+    #[inline(never)]
     fn serve(&mut self, limits: &Limits) -> End {
         let wire = Arc::clone(&self.wire);
         // The first step asks the socket: the client may have written before the loop began.
@@ -499,7 +503,7 @@ impl Conn {
         let wire = Arc::clone(&self.wire);
         let mut w = lock(&wire);
         w.open = false;
-        w.ws.get_mut().get_mut().poll_driven(false);
+        // Reads stay `poll`-driven: the close loop tells the stream when `poll` returned.
         let (send, wait_reply) = match end {
             End::Closed(why) => (Some(Some(close::frame(*why))), why.waits_for_reply()),
             // Its close is answered by the flush; then the close handshake is complete.

@@ -4,7 +4,8 @@
 # Origin https://localhost) and execs the release binary. Limits that would refuse the harness's
 # load on purpose (per-IP cap: every client is 127.0.0.1; message rates; the pre-auth budget for
 # 2000 handshakes at concurrency 16) are opened up; everything else is at its default.
-# WSGATE_HISTORY=N keeps the last N broadcasts of /broadcast (docs/history.md; default 0: none).
+# WSGATE_HISTORY=N keeps the last N broadcasts of /broadcast (docs/history.md; default 0: none,
+# and then the key is left out so that a baseline older than history reads the config).
 set -euo pipefail
 : "${PORT:?} ${CERT:?} ${KEY:?}"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,7 +40,7 @@ level = warn
 mode = echo
 [channel:/broadcast]
 mode = broadcast
-history_size = ${WSGATE_HISTORY:-0}
+$( [[ ${WSGATE_HISTORY:-0} -gt 0 ]] && echo "history_size = $WSGATE_HISTORY" )
 outbox = $(( ${WSGATE_HISTORY:-0} > 64 ? ${WSGATE_HISTORY:-0} : 64 ))
 [role:bench]
 members = *

@@ -12,14 +12,9 @@
 set -euo pipefail
 D1=${1:-2} D2=${2:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH=${BENCH:-$ROOT/../shared/bench}
-export CARGO_TARGET_DIR=${BENCH_TARGET:-$ROOT/target/bench}
-WSLOAD=$CARGO_TARGET_DIR/release/wsload
-[[ -x $WSLOAD ]] || (cd "$BENCH" && cargo build --release -q -p wsload)
-if [[ -z ${WSGATE_BIN:-} ]]; then
-  (cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target cargo build --release -q)
-fi
-BIN=${WSGATE_BIN:-$ROOT/target/release/wsgate}
+. "$ROOT/scripts/lib.sh"
+wsload_bin
+wsgate_bin
 . "$ROOT/scripts/idle-config.sh"
 
 # One fresh server under callgrind, echoed at for $1 seconds: "INSTRUCTIONS MESSAGES".

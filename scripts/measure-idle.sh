@@ -17,14 +17,9 @@
 set -euo pipefail
 CONNS=${1:-200} WORKERS=${2:-210}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH=${BENCH:-$ROOT/../shared/bench}
-export CARGO_TARGET_DIR=${BENCH_TARGET:-$ROOT/target/bench}
-WSLOAD=$CARGO_TARGET_DIR/release/wsload
-[[ -x $WSLOAD ]] || (cd "$BENCH" && cargo build --release -q -p wsload)
-if [[ -z ${WSGATE_BIN:-} ]]; then
-  (cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target cargo build --release -q)
-fi
-BIN=${WSGATE_BIN:-$ROOT/target/release/wsgate}
+. "$ROOT/scripts/lib.sh"
+wsload_bin
+wsgate_bin
 
 DIR=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT

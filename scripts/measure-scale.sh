@@ -27,9 +27,7 @@ WORKERS=$((N + 100))
 RAMP=${RAMP:-1000}
 WORKER_STACK=${WORKER_STACK:-64KiB} HANDSHAKE_STACK=${HANDSHAKE_STACK:-192KiB}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH=${BENCH:-$ROOT/../shared/bench}
-export CARGO_TARGET_DIR=${BENCH_TARGET:-$ROOT/target/bench}
-WSLOAD=$CARGO_TARGET_DIR/release/wsload
+. "$ROOT/scripts/lib.sh"
 
 fail() { echo "measure-scale: $*" >&2; exit 1; }
 warn() { echo "measure-scale: warning: $*" >&2; }
@@ -76,11 +74,8 @@ read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
 ((ok)) || fail "kernel limits too low for $N connections (see the warnings above)"
 
 # --- binaries -----------------------------------------------------------------------------
-[[ -x $WSLOAD ]] || (cd "$BENCH" && timeout 900 cargo build --release -q -p wsload)
-if [[ -z ${WSGATE_BIN:-} ]]; then
-  (cd "$ROOT" && CARGO_TARGET_DIR=$ROOT/target timeout 900 cargo build --release -q)
-fi
-BIN=${WSGATE_BIN:-$ROOT/target/release/wsgate}
+wsload_bin
+wsgate_bin
 
 DIR=$(mktemp -d)
 PID=

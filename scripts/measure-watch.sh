@@ -8,10 +8,8 @@
 # Needs strace (Debian: strace), which counts the server's system calls while attached.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-if [[ -z ${WSGATE_BIN:-} ]]; then
-  (cd "$ROOT" && cargo build --release -q)
-fi
-BIN=${WSGATE_BIN:-$ROOT/target/release/wsgate}
+. "$ROOT/scripts/lib.sh"
+wsgate_bin
 command -v strace >/dev/null || { echo "measure-watch.sh needs strace (apt-get install strace)" >&2; exit 1; }
 DIR=$(mktemp -d)
 PID=

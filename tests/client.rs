@@ -441,3 +441,76 @@ fn a_non_utf8_argument_is_a_usage_error_not_a_panic() {
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
 }
+
+/// Alice's client on `/echo` under a `timeout` of `limit` seconds (longer than [`RUN_LIMIT`]: the
+/// deadlines below are that long), `args` added, stdin piped, started and joined.
+fn alice_running(server: &Server, args: &[&str], limit: &str) -> Child {
+    let password = password_file(server, ALICE);
+    let cert = server.dir.path().join("cert.pem");
+    let all = [
+        "--ca",
+        cert.to_str().unwrap(),
+        "--user",
+        ALICE.0,
+        "--password-file",
+        &password,
+    ];
+    let child = Command::new(require_program("timeout"))
+        .arg(limit)
+        .arg(bin())
+        .arg("client")
+        .args(all.iter().chain(args))
+        .arg(url(server, "/echo"))
+        .env_remove("WSGATE_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        server.wait_log("user=\"alice\" auth=password", IO_TIMEOUT),
+        "the client did not join; log:\n{}",
+        server.logs()
+    );
+    child
+}
+
+/// SIGSTOP or SIGCONT to the server.
+fn signal(server: &Server, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A server frozen (SIGSTOP) while the client sends ends the run at the write deadline: its
+/// socket takes nothing for 10 s; exit 1, the deadline named — not a client blocked for ever.
+#[test]
+fn client_gives_up_on_a_frozen_server_that_takes_nothing_at_its_write_deadline() {
+    let server = Setup::default().start();
+    let mut child = alice_running(&server, &[], "60");
+    signal(&server, "-STOP");
+    // Input without end, until the client stops taking it (it exited).
+    let mut input = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let line = format!("{}\n", "x".repeat(60_000));
+        while std::io::Write::write_all(&mut input, line.as_bytes()).is_ok() {}
+    });
+    let out = child.wait_with_output().unwrap();
+    signal(&server, "-CONT");
+    feeder.join().unwrap();
+    assert_ended(&out, 1, &["write deadline"], &server);
+}
+
+/// A server frozen while the client only listens: pinged after 20 s of silence, given up on 10 s
+/// later; exit 1, the deadline named.
+#[test]
+fn client_gives_up_on_a_frozen_server_that_sends_nothing_at_its_silence_deadline() {
+    let server = Setup::default().start();
+    let child = alice_running(&server, &["--no-send"], "60");
+    signal(&server, "-STOP");
+    let out = child.wait_with_output().unwrap();
+    signal(&server, "-CONT");
+    assert_ended(&out, 1, &["silence deadline"], &server);
+}

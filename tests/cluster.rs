@@ -1255,3 +1255,321 @@ fn redis_down_refuses_a_history_request_and_redis_restarted_empty_is_a_new_epoch
     );
     assert_no_panic(&[&a]);
 }
+
+/// A TCP relay in front of Redis that can hold back the answers to the history reads (the
+/// `EVAL` of the read script) while the rest of the traffic flows: a Redis slow to answer one
+/// join's read, and only that.
+struct HistoryGate {
+    port: u16,
+    state: std::sync::Arc<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// True while answers to history reads are held back.
+    closed: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+    /// Answers held back so far.
+    held: std::sync::atomic::AtomicUsize,
+}
+
+/// A marker of the history read script (`RECALL` in src/hub/cluster/kept.rs).
+const READ_SCRIPT: &[u8] = b"ARGV[2] == 'last'";
+
+impl HistoryGate {
+    fn new(redis_port: u16) -> HistoryGate {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(GateState::default());
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)) else {
+                    continue;
+                };
+                // Set once this connection asked for a history read: its answers wait at a
+                // closed gate (the request is forwarded first, so its answer comes after).
+                let reads = Arc::new(AtomicBool::new(false));
+                let (up_from, up_to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let flag = Arc::clone(&reads);
+                std::thread::spawn(move || {
+                    relay(up_from, up_to, |chunk| {
+                        if chunk.windows(READ_SCRIPT.len()).any(|w| w == READ_SCRIPT) {
+                            flag.store(true, Ordering::Release);
+                        }
+                    });
+                });
+                let state = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    relay(server, client, |_| {
+                        if reads.load(Ordering::Acquire) {
+                            state.wait_open();
+                        }
+                    });
+                });
+            }
+        });
+        HistoryGate { port, state }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn close(&self) {
+        *self.state.closed.lock().unwrap() = true;
+    }
+
+    fn open(&self) {
+        *self.state.closed.lock().unwrap() = false;
+        self.state.changed.notify_all();
+    }
+
+    /// Waits until an answer to a history read is held back.
+    fn wait_held(&self) {
+        let until = Instant::now() + IO_TIMEOUT;
+        while self.state.held.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            assert!(Instant::now() < until, "no history read reached Redis");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl GateState {
+    /// Returns once the gate is open (counting an answer held back if it was not).
+    fn wait_open(&self) {
+        let mut closed = self.closed.lock().unwrap();
+        if *closed {
+            self.held.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        while *closed {
+            closed = self.changed.wait(closed).unwrap();
+        }
+    }
+}
+
+impl Drop for HistoryGate {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+/// Copies `from` to `to` until either end closes, calling `before` with each chunk before it
+/// is forwarded.
+fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream, before: impl Fn(&[u8])) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                before(&buf[..n]);
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn a_join_waiting_for_its_history_from_redis_holds_back_no_delivery_on_any_path() {
+    let redis = Redis::start();
+    let gate = HistoryGate::new(redis.port);
+    // A read may wait far longer than this test: only the gate ends it.
+    let mut setup = cluster_setup(&gate.url(), Some("a"), &[("health_timeout", "60s")]);
+    setup.set("channel:/chat/*", "history_size", "8");
+    let a = setup.start();
+    wait_joined(&a);
+    let mut alice = a.connect_as("/chat/room", ALICE);
+    let mut near = a.connect_as("/chat/room", BOB);
+    let mut other_from = a.connect_as("/chat/other", ALICE);
+    let mut other = a.connect_as("/chat/other", BOB);
+    alice.send(Message::text("m1")).unwrap();
+    assert_eq!(next_text(&mut near), "m1");
+
+    gate.close();
+    std::thread::scope(|s| {
+        let joining = s.spawn(|| enveloped(&a, "/chat/room?last=1", BOB));
+        gate.wait_held();
+        // Redis has read the history, its answer is held: broadcasts on the join's path and
+        // on another one, kept after that read, reach their subscribers meanwhile.
+        alice.send(Message::text("m2")).unwrap();
+        other_from.send(Message::text("o1")).unwrap();
+        assert_eq!(next_text(&mut other), "o1", "another path is not held back");
+        assert_eq!(next_text(&mut near), "m2", "nor the join's own path");
+        assert!(
+            !joining.is_finished(),
+            "the join still waits for its history"
+        );
+        gate.open();
+        let mut phone = joining.join().unwrap();
+        // Its replay (what the read found), then what came meanwhile, then live: each once.
+        let (data, pos, epoch) = message(&next_text(&mut phone));
+        assert_eq!(data, "m1");
+        assert_eq!(
+            message(&next_text(&mut phone)),
+            ("m2".into(), pos + 1, epoch.clone())
+        );
+        alice.send(Message::text("m3")).unwrap();
+        assert_eq!(
+            message(&next_text(&mut phone)),
+            ("m3".into(), pos + 2, epoch)
+        );
+    });
+    assert_no_panic(&[&a]);
+}
+
+/// An instance on `url` whose `/chat/*` channels tell who joins and leaves.
+fn presence_instance(url: &str, id: &str) -> Server {
+    let mut s = cluster_setup(url, Some(id), &[]);
+    s.set("channel:/chat/*", "presence", "on");
+    let server = s.start();
+    wait_joined(&server);
+    server
+}
+
+/// The instance's `/presence?path=PATH`: its status and body.
+fn presence_of(server: &Server, path: &str) -> (u16, String) {
+    let (status, body) = server.admin_get(&format!("/presence?path={path}"));
+    (status, body.trim().to_string())
+}
+
+/// `/presence` of `/chat/room` listing `subscribers` (`{"user":…,"connections":…}` objects).
+fn listing(subscribers: &[&str]) -> (u16, String) {
+    let list = subscribers.join(",");
+    (
+        200,
+        format!(r#"{{"path":"/chat/room","subscribers":[{list}]}}"#),
+    )
+}
+
+const ALICE_ONE: &str = r#"{"user":"alice","connections":1}"#;
+const BOB_ONE: &str = r#"{"user":"bob","connections":1}"#;
+
+/// How long a killed instance's subscribers stay listed elsewhere, at most (docs/history.md):
+/// its hash expires 2 × `health_check` + `health_timeout` after its last write, and the others
+/// read every `health_check`.
+const PRESENCE_BOUND: Duration = Duration::from_millis(3 * 300 + 700);
+
+/// The next notice on `ws`: its type and user.
+fn notice(ws: &mut Client) -> (String, String) {
+    let got = next_text(ws);
+    (
+        field(&got, "type").to_string(),
+        field(&got, "user").to_string(),
+    )
+}
+
+#[test]
+fn presence_crosses_instances_in_the_admin_list_and_in_join_and_leave_notices() {
+    let redis = Redis::start();
+    let a = presence_instance(&redis.url(), "a");
+    let b = presence_instance(&redis.url(), "b");
+    let mut watcher = enveloped(&a, "/chat/room", ALICE);
+    wait_until(&a, "A lists its own subscriber", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == listing(&[ALICE_ONE])
+    });
+    let bob = b.connect_as("/chat/room", BOB);
+    assert_eq!(notice(&mut watcher), ("\"join\"".into(), "\"bob\"".into()));
+    for s in [&a, &b] {
+        wait_until(s, "bob and alice listed", JOIN_TIMEOUT, || {
+            presence_of(s, "/chat/room") == listing(&[ALICE_ONE, BOB_ONE])
+        });
+    }
+    drop(bob);
+    assert_eq!(notice(&mut watcher), ("\"leave\"".into(), "\"bob\"".into()));
+    wait_until(&a, "bob gone from A's list", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == listing(&[ALICE_ONE])
+    });
+    assert_no_panic(&[&a, &b]);
+}
+
+#[test]
+fn a_killed_instances_subscribers_leave_every_presence_within_the_bound() {
+    let redis = Redis::start();
+    let a = presence_instance(&redis.url(), "a");
+    let b = presence_instance(&redis.url(), "b");
+    let mut watcher = enveloped(&a, "/chat/room", ALICE);
+    let _bob = b.connect_as("/chat/room", BOB);
+    assert_eq!(notice(&mut watcher), ("\"join\"".into(), "\"bob\"".into()));
+    wait_until(&a, "bob listed on A", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == listing(&[ALICE_ONE, BOB_ONE])
+    });
+    let killed = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-9", &b.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -9 B");
+    let until = killed + PRESENCE_BOUND + SLACK;
+    while presence_of(&a, "/chat/room") != listing(&[ALICE_ONE]) {
+        assert!(
+            Instant::now() < until,
+            "bob still listed {:?} after B was killed; A's log:\n{}",
+            killed.elapsed(),
+            a.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("B's subscribers gone from A after {:?}", killed.elapsed());
+    // A tells its enveloped subscribers that B's left.
+    assert_eq!(notice(&mut watcher), ("\"leave\"".into(), "\"bob\"".into()));
+    assert_no_panic(&[&a]);
+}
+
+#[test]
+fn presence_answers_503_while_redis_is_away_and_live_traffic_goes_on() {
+    let mut redis = Redis::start();
+    let a = presence_instance(&redis.url(), "a");
+    let mut watcher = enveloped(&a, "/chat/room", ALICE);
+    let mut bob = a.connect_as("/chat/room", BOB);
+    assert_eq!(notice(&mut watcher), ("\"join\"".into(), "\"bob\"".into()));
+    wait_until(&a, "both listed", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == listing(&[ALICE_ONE, BOB_ONE])
+    });
+    redis.kill();
+    let refused = (
+        503,
+        "the other instances' subscribers are not known: Redis does not answer".to_string(),
+    );
+    wait_until(&a, "/presence refused", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == refused
+    });
+    let answer = String::from_utf8_lossy(&raw_admin(&a, "/presence?path=/chat/room")).to_string();
+    assert!(answer.contains("\r\nRetry-After: 2\r\n"), "{answer}");
+    // Broadcasts and notices on this instance go on.
+    bob.send(Message::text("hi")).unwrap();
+    assert_eq!(field(&next_text(&mut watcher), "data"), "\"hi\"");
+    let bob_again = a.connect_as("/chat/room", BOB);
+    assert_eq!(notice(&mut watcher), ("\"join\"".into(), "\"bob\"".into()));
+    drop(bob_again);
+    assert_eq!(notice(&mut watcher), ("\"leave\"".into(), "\"bob\"".into()));
+    redis.spawn();
+    wait_until(&a, "listed again", JOIN_TIMEOUT, || {
+        presence_of(&a, "/chat/room") == listing(&[ALICE_ONE, BOB_ONE])
+    });
+    // One line each way.
+    assert!(a.wait_log("cluster: presence syncs with Redis again", IO_TIMEOUT));
+    assert_eq!(a.count_log("cluster: presence cannot sync with Redis"), 1);
+    assert_no_panic(&[&a]);
+}
+
+/// The admin endpoint's whole answer to `GET target`, headers included.
+fn raw_admin(server: &Server, target: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let addr = server.admin_addr();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    out
+}

@@ -252,6 +252,67 @@ fn check_config_reads_credential_paths_beside_the_config_as_the_packaged_unit_do
     );
 }
 
+/// Writes `text` into `path` as an editor or a provisioning script does, not atomically: the file
+/// is cut short (mid-line) for a moment, during which `during` runs; then the rest is written.
+fn write_slowly<T>(path: &Path, text: &str, during: impl FnOnce() -> T) -> T {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let cut = text.len() / 2;
+    file.write_all(&text.as_bytes()[..cut]).unwrap();
+    file.sync_data().unwrap();
+    let started = during();
+    // The writer's pause between its two writes; a reader that read the cut file has read it.
+    std::thread::sleep(Duration::from_millis(300));
+    file.write_all(&text.as_bytes()[cut..]).unwrap();
+    started
+}
+
+/// `check-config` (the unit's `ExecStartPre=`) and the start read a users file still being
+/// written once it is whole, as a reload does: started while the file is cut mid-line, both
+/// wait for it to settle, then `check-config` says ok with both users and `serve` starts with
+/// them — not exit 2 on a line cut short, which `RestartPreventExitStatus=2` would leave stopped.
+#[test]
+fn check_config_and_the_start_read_a_users_file_still_being_written_once_it_is_whole() {
+    let mut setup = Setup::default();
+    setup.set("auth", "file_settle_time", "1s");
+    let (dir, config, ca) = setup.write();
+    let users = dir.path().join("users");
+    let checking = write_slowly(&users, users_file_text(), || {
+        Command::new(bin())
+            .arg("check-config")
+            .arg(&config)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
+    let out = checking.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("ok (") && stdout.contains("2 users"),
+        "{stdout}"
+    );
+
+    let serving = std::thread::scope(|scope| {
+        write_slowly(&users, users_file_text(), || {
+            scope.spawn(move || Server::spawn(dir, &config, ca))
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(
+        serving.wait_log("2 users loaded", Duration::from_secs(5)),
+        "{}",
+        serving.logs()
+    );
+    echoes(&mut serving.connect_as("/echo", BOB), "bob is in");
+}
+
 /// `wsgate token add --config CONFIG USER`: the token.
 fn token_add(config: &Path, user: &str) -> String {
     let out = run_wsgate([

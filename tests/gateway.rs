@@ -656,14 +656,21 @@ fn without_publish_rights_nothing_reaches_the_backend() {
 // ------------------------------------------------------------------------------------------
 // A remote backend over TLS.
 
-#[test]
-fn a_wss_backend_is_verified_against_backend_ca_and_an_untrusted_one_gets_502() {
-    let dir = TempDir::new("wss-backend");
+/// A `wss://` backend serving a new self-signed certificate for `localhost`, which it writes to
+/// `dir` (`app.pem`, the path returned with it).
+fn wss_backend(dir: &TempDir) -> (Backend, PathBuf) {
     let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert, key) = (dir.path().join("app.pem"), dir.path().join("app.key"));
     std::fs::write(&cert, pair.cert.pem()).unwrap();
     std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
     let backend = Backend::start(&["--tls", cert.to_str().unwrap(), key.to_str().unwrap()]);
+    (backend, cert)
+}
+
+#[test]
+fn a_wss_backend_is_verified_against_backend_ca_and_an_untrusted_one_gets_502() {
+    let dir = TempDir::new("wss-backend");
+    let (backend, cert) = wss_backend(&dir);
 
     let mut setup = gateway(&backend.url);
     setup.set("channel:/app/*", "backend_ca", cert.to_str().unwrap());
@@ -748,6 +755,74 @@ fn a_reload_moves_new_connections_to_the_new_backend_and_keeps_live_ones_on_thei
         first.wait_line("closed "),
         "closed code=1001 reason=client gone"
     );
+}
+
+#[test]
+fn a_reload_adds_a_wss_backend_and_reads_its_backend_ca_again_and_a_bad_ca_keeps_the_running_one() {
+    let dir = TempDir::new("wss-reload");
+    let (secure, cert) = wss_backend(&dir);
+    let plain = Backend::start(&[]);
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    // The file `backend_ca` names: first a CA that did not sign the backend's certificate.
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, other.cert.pem()).unwrap();
+
+    let mut setup = gateway(&plain.url);
+    let everything = "/echo, /chat/*, /news, /app/*, /secure/*";
+    setup
+        .set("role:everyone", "subscribe", everything)
+        .set("role:everyone", "publish", everything);
+    let server = setup.start();
+    let config = server.dir.path().join("wsgate.ini");
+    let status = |path: &str| {
+        let auth = basic(ALICE.0, ALICE.1);
+        status_of(server.connect_with(path, &[("Authorization", &auth), ("Origin", ORIGIN_OK)]))
+    };
+    assert_eq!(status("/secure/a"), 404);
+
+    // Added by a reload: the new channel's backend is verified against its backend_ca.
+    setup
+        .set("channel:/secure/*", "mode", "proxy")
+        .set("channel:/secure/*", "backend", &secure.url)
+        .set("channel:/secure/*", "backend_ca", ca.to_str().unwrap());
+    std::fs::write(&config, setup.render()).unwrap();
+    server.reload_and_wait();
+    assert!(server.logs().contains("reloaded"), "{}", server.logs());
+    assert_eq!(status("/secure/a"), 502);
+    assert!(
+        server.wait_log("backend tls failed", IO_TIMEOUT),
+        "{}",
+        server.logs()
+    );
+
+    // The same config, the CA file now holding the backend's own: a reload reads it again.
+    std::fs::copy(&cert, &ca).unwrap();
+    server.reload_and_wait();
+    let mut live = server.connect_as("/secure/b", ALICE);
+    let h = hello(&mut live);
+    assert!(h.contains(r#""path": "/b""#), "{h}");
+    echoes(&mut live, "over wss after a reload");
+
+    // A CA file that holds no certificate fails the reload: the running configuration, whose
+    // backend settings trust the backend, keeps serving old and new connections.
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let failed = server.count_log("reload failed");
+    server.reload_and_wait();
+    assert_eq!(
+        server.count_log("reload failed"),
+        failed + 1,
+        "{}",
+        server.logs()
+    );
+    assert!(
+        server.logs().contains(ca.to_str().unwrap()),
+        "{}",
+        server.logs()
+    );
+    let mut new = server.connect_as("/secure/c", BOB);
+    hello(&mut new);
+    echoes(&mut new, "still trusted");
+    echoes(&mut live, "still open");
 }
 
 // ------------------------------------------------------------------------------------------

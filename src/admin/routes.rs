@@ -14,7 +14,7 @@ use super::browser;
 use super::token::bearer_matches;
 use super::{AdminState, Api, MAX_HEADERS};
 use crate::hub::query::{FILTER_KEYS, describe, parse_query};
-use crate::hub::{Filter, Hub};
+use crate::hub::{Filter, Hub, Tally};
 use crate::ops::metrics::Counter;
 
 /// What a complete request head leads to.
@@ -184,7 +184,14 @@ fn answer_request(
                 return Answer::text(404, "Not Found", "no broadcast channel serves this path\n")
                     .into();
             }
-            Answer::json(200, "OK", list_presence(&api.hub, path)).into()
+            match api.hub.presence_everywhere(path) {
+                Ok(tally) => Answer::json(200, "OK", list_presence(path, tally)).into(),
+                Err(why) => {
+                    let mut answer = Answer::text(503, "Service Unavailable", &format!("{why}\n"));
+                    answer.extra.push_str("Retry-After: 2\r\n");
+                    answer.into()
+                }
+            }
         }
         Route::Disconnect => {
             if query.is_empty() {
@@ -403,11 +410,10 @@ fn list_connections(hub: &Hub, filter: &Filter) -> String {
     out
 }
 
-/// Who is subscribed to `path` now, as JSON: each user (`null`: anonymous) and their open
-/// connections there.
-fn list_presence(hub: &Hub, path: &str) -> String {
-    let entries: Vec<String> = hub
-        .presence(path)
+/// Who is subscribed to `path` (`tally`), as JSON: each user (`null`: anonymous) and their
+/// open connections there.
+fn list_presence(path: &str, tally: Tally) -> String {
+    let entries: Vec<String> = tally
         .into_iter()
         .map(|(user, n)| {
             format!(

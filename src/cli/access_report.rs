@@ -79,7 +79,7 @@ pub fn lint(config: &Config, user_names: &[&str]) -> Vec<String> {
                  subscribe pattern for it, so clients without credentials get 403"
             ));
         }
-        if channel.mode == Mode::Echo
+        if channel.mode() == Mode::Echo
             && !grants(false, |r| &r.publish)
             && !(channel.anonymous && grants(true, |r| &r.publish))
         {
@@ -144,7 +144,7 @@ pub fn explain(config: &Config, user: Option<&str>, path: &str) -> String {
             .line
             .map(|l| format!(" (line {l})"))
             .unwrap_or_default(),
-        channel.mode,
+        channel.mode(),
         if channel.anonymous {
             "allowed (anonymous = true)"
         } else {
@@ -168,7 +168,7 @@ pub fn explain(config: &Config, user: Option<&str>, path: &str) -> String {
         "{}",
         describe("publish", access.publish.as_ref(), config)
     );
-    let outcome = match (access.can_subscribe(), access.can_publish(), channel.mode) {
+    let outcome = match (access.can_subscribe(), access.can_publish(), channel.mode()) {
         (false, _, _) => "403 Forbidden: connecting needs subscribe".to_string(),
         (true, true, Mode::Echo) => "101 Switching Protocols: its messages are echoed back".into(),
         (true, true, Mode::Broadcast) => {

@@ -340,7 +340,12 @@ __Host-wsgate_session cookie), is read from --token-file or --session-file, else
 or WSGATE_SESSION; with none of these the client connects without credentials.
 
 The server's certificate is checked against --ca FILE, else the system's roots (SSL_CERT_FILE,
-or /etc/ssl/certs). Every refusal is said on stderr with its status, reason and Retry-After.",
+or /etc/ssl/certs). Every refusal is said on stderr with its status, reason and Retry-After.
+
+A server that stops answering (frozen, its host gone) ends the run with exit 1 and the deadline
+named: 10 s for the connect, TLS handshake and 101 together; 10 s in which the socket takes
+nothing of what is sent; 20 s without a frame from the server, then a ping and 10 s more; 10 s
+for the server to answer the close.",
         options: &[
             Opt {
                 long: "--user",

@@ -430,7 +430,8 @@ pub enum SlowConsumer {
 #[derive(Debug, Clone)]
 pub struct ChannelConfig {
     pub pattern: ChannelPattern,
-    pub mode: Mode,
+    /// `mode`, with a proxy channel's `backend` and its settings.
+    pub serving: Serving,
     pub limits: WsLimits,
     /// `anonymous`: clients without credentials may connect, with the rights of the role named
     /// `anonymous` (none if there is no such role). Default false.
@@ -438,8 +439,6 @@ pub struct ChannelConfig {
     /// `on_forbidden`: what happens when a connected client without publish rights sends a
     /// message: `close` (1008 "publish not allowed", the default) or `drop` (dropped and counted).
     pub on_forbidden: Overflow,
-    /// `backend` and its settings: `Some` exactly when `mode = proxy`.
-    pub backend: Option<Backend>,
     /// `history_size` and `history_ttl`: `Some` when a broadcast channel keeps its last
     /// broadcasts per path (see docs/history.md).
     pub history: Option<Retention>,
@@ -448,6 +447,36 @@ pub struct ChannelConfig {
     pub presence: bool,
     /// The section header's line in the config file (`None` if built in code).
     pub line: Option<usize>,
+}
+
+impl ChannelConfig {
+    /// Its `mode`, without what a proxy channel's carries.
+    pub fn mode(&self) -> Mode {
+        match self.serving {
+            Serving::Echo => Mode::Echo,
+            Serving::Broadcast => Mode::Broadcast,
+            Serving::Proxy(_) => Mode::Proxy,
+        }
+    }
+
+    /// A proxy channel's backend; `None` for the other modes.
+    pub fn backend(&self) -> Option<&Backend> {
+        match &self.serving {
+            Serving::Proxy(backend) => Some(backend),
+            Serving::Echo | Serving::Broadcast => None,
+        }
+    }
+}
+
+/// What a channel does with its connections: its `mode`, a proxy channel's with its backend.
+#[derive(Debug, Clone)]
+pub enum Serving {
+    /// `mode = echo`.
+    Echo,
+    /// `mode = broadcast`.
+    Broadcast,
+    /// `mode = proxy`, to this backend.
+    Proxy(Backend),
 }
 
 /// What a broadcast channel keeps of its broadcasts, per path (`history_size`, `history_ttl`).
@@ -570,28 +599,58 @@ impl Config {
     pub fn channel_for(&self, path: &str) -> Option<&ChannelConfig> {
         find_channel(&self.channels, path)
     }
+
+    /// Which channel serves `path`, if any, as [`Config::channel_for`] finds it.
+    pub fn channel_id_for(&self, path: &str) -> Option<ChannelId> {
+        find_channel_index(&self.channels, path).map(ChannelId)
+    }
+
+    /// The channel `id` names: `id` must come from this config ([`Config::channel_id_for`]).
+    pub fn channel(&self, id: ChannelId) -> &ChannelConfig {
+        &self.channels[id.0]
+    }
+}
+
+/// One of a [`Config`]'s channels: its place in `channels`, made only by
+/// [`Config::channel_id_for`]. It means something only with the config that gave it (and with
+/// what was built from that config in the same order, channel by channel); a reload's config is
+/// another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelId(usize);
+
+impl ChannelId {
+    /// The channel's place in `channels`, for a list built from them in order.
+    pub fn index(self) -> usize {
+        self.0
+    }
 }
 
 /// The channel of `channels` serving `path`: an exact path first, else the longest matching
 /// prefix pattern.
 fn find_channel<'c>(channels: &'c [ChannelConfig], path: &str) -> Option<&'c ChannelConfig> {
-    channels
+    find_channel_index(channels, path).map(|i| &channels[i])
+}
+
+/// [`find_channel`]'s answer as a place in `channels`.
+fn find_channel_index(channels: &[ChannelConfig], path: &str) -> Option<usize> {
+    let exact = channels
         .iter()
-        .find(|c| matches!(&c.pattern, ChannelPattern::Exact(p) if p == path))
-        .or_else(|| {
-            channels
-                .iter()
-                .filter(|c| match &c.pattern {
-                    ChannelPattern::Prefix(p) => {
-                        path.len() > p.len() && path.starts_with(p.as_str())
-                    }
-                    ChannelPattern::Exact(_) => false,
-                })
-                .max_by_key(|c| match &c.pattern {
-                    ChannelPattern::Prefix(p) => p.len(),
-                    ChannelPattern::Exact(p) => p.len(),
-                })
-        })
+        .position(|c| matches!(&c.pattern, ChannelPattern::Exact(p) if p == path));
+    exact.or_else(|| {
+        channels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match &c.pattern {
+                ChannelPattern::Prefix(p)
+                    if path.len() > p.len() && path.starts_with(p.as_str()) =>
+                {
+                    Some((i, p.len()))
+                }
+                _ => None,
+            })
+            .max_by_key(|&(_, len)| len)
+            .map(|(i, _)| i)
+    })
 }
 
 impl WsLimits {

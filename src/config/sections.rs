@@ -14,7 +14,7 @@ use super::validate;
 use super::values::{Bases, default_instance_id, parse_channel_path};
 use super::{
     AdminConfig, AuthConfig, Backend, ChannelConfig, ClusterConfig, ConfigError, DemoConfig,
-    Limits, MemoryLimit, Mode, Retention, ServerConfig, TlsConfig, WsLimits,
+    Limits, MemoryLimit, Mode, Retention, ServerConfig, Serving, TlsConfig, WsLimits,
 };
 use crate::rules::acl::{ANONYMOUS_ROLE, Members, Role};
 use crate::rules::origin::OriginPolicy;
@@ -199,17 +199,16 @@ pub(super) fn channel(
     }
     let mode = s.get(&channel::MODE)?;
     let limits = ws(s, Some(base))?;
-    let backend = backend(s, mode, bases)?;
+    let serving = serving(s, mode, bases)?;
     let history = history(s, mode, &limits)?;
     let presence = s.get(&channel::PRESENCE)?;
     validate::presence(s, mode, presence)?;
     Ok(ChannelConfig {
         pattern,
-        mode,
+        serving,
         limits,
         anonymous: s.get(&channel::ANONYMOUS)?,
         on_forbidden: s.get(&channel::ON_FORBIDDEN)?,
-        backend,
         history,
         presence,
         line: s.line,
@@ -231,23 +230,36 @@ fn history(
     }))
 }
 
-/// `backend`, `backend_ca` and `backend_connect_timeout`: `Some` exactly with `mode = proxy`.
-fn backend(s: &Section<'_>, mode: Mode, bases: &Bases<'_>) -> Result<Option<Backend>, ConfigError> {
-    validate::backend_with_proxy(s, mode)?;
+/// `mode`, with a proxy channel's backend; the backend keys are refused on the other modes.
+fn serving(s: &Section<'_>, mode: Mode, bases: &Bases<'_>) -> Result<Serving, ConfigError> {
+    validate::backend_only_with_proxy(s, mode)?;
+    match mode {
+        Mode::Echo => Ok(Serving::Echo),
+        Mode::Broadcast => Ok(Serving::Broadcast),
+        Mode::Proxy => backend(s, bases).map(Serving::Proxy),
+    }
+}
+
+/// A proxy channel's `backend`, `backend_ca` and `backend_connect_timeout`.
+fn backend(s: &Section<'_>, bases: &Bases<'_>) -> Result<Backend, ConfigError> {
     let Some((endpoint, base_path)) = s.optional(&channel::BACKEND)? else {
-        return Ok(None);
+        return Err(s.invalid(
+            Some(channel::BACKEND.name),
+            "missing; a mode = proxy channel needs backend = ws://HOST:PORT, wss://HOST:PORT or \
+             unix:/PATH",
+        ));
     };
     validate::backend_ca_with_wss(s, &endpoint)?;
     let ca = s.optional_path(&channel::BACKEND_CA, bases)?;
     if let Some(path) = &ca {
         s.require_file(channel::BACKEND_CA.name, path)?;
     }
-    Ok(Some(Backend {
+    Ok(Backend {
         endpoint,
         base_path,
         ca,
         connect_timeout: s.get(&channel::BACKEND_CONNECT_TIMEOUT)?,
-    }))
+    })
 }
 
 /// `[role:NAME]`.

@@ -358,7 +358,7 @@ pub(super) mod auth {
         name: "file_settle_time",
         default: Some("200ms"),
         parse: parse_duration,
-        doc: "How long the users and tokens files must be unchanged before a reload reads them.",
+        doc: "How long the users and tokens files must be unchanged before they are read.",
         reload: Reload::Applies,
     };
     pub(in crate::config) const FAILURE_WINDOW: Key<Duration> = Key {

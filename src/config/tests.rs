@@ -138,7 +138,7 @@ fn defaults() {
     assert_eq!(c.log_level, log::LevelFilter::Info);
     assert_eq!(c.channels.len(), 1);
     assert_eq!(c.channels[0].pattern, ChannelPattern::Exact("/echo".into()));
-    assert_eq!(c.channels[0].mode, Mode::Echo);
+    assert_eq!(c.channels[0].mode(), Mode::Echo);
     assert_eq!(c.channels[0].limits, l.ws);
     // The defaults are a valid tungstenite configuration.
     let _ = l.ws.websocket_config();
@@ -1440,7 +1440,7 @@ fn channel_paths() {
         c.channels[1].pattern,
         ChannelPattern::Prefix("/chat/".into())
     );
-    assert_eq!(c.channels[1].mode, Mode::Broadcast);
+    assert_eq!(c.channels[1].mode(), Mode::Broadcast);
     assert_eq!(c.channels[2].pattern, ChannelPattern::Prefix("/".into()));
     assert_eq!(
         c.channels[3].pattern,
@@ -1504,7 +1504,7 @@ fn proxy_channels_name_their_backend() {
              backend_connect_timeout = 2s\n\
              [channel:/remote]\nmode = proxy\nbackend = wss://[::1]/ws/\n",
     ));
-    let b = |path: &str| c.channel_for(path).unwrap().backend.clone().unwrap();
+    let b = |path: &str| c.channel_for(path).unwrap().backend().cloned().unwrap();
     let app = b("/app/x");
     assert_eq!(
         app.endpoint,
@@ -1528,7 +1528,7 @@ fn proxy_channels_name_their_backend() {
         (remote.base_path.as_str(), remote.ca.as_ref()),
         ("/ws/", None)
     );
-    assert!(c.channel_for("/echo").unwrap().backend.is_none());
+    assert!(c.channel_for("/echo").unwrap().backend().is_none());
 }
 
 #[test]
@@ -1766,7 +1766,7 @@ fn shipped_example_parses() {
     let patterns: Vec<_> = c
         .channels
         .iter()
-        .map(|c| (c.pattern.clone(), c.mode))
+        .map(|c| (c.pattern.clone(), c.mode()))
         .collect();
     assert_eq!(
         patterns,

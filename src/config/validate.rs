@@ -205,27 +205,20 @@ pub(super) fn ws_limits(s: &Section<'_>, ws: &WsLimits) -> Result<(), ConfigErro
     Ok(())
 }
 
-/// A channel's `backend` keys: `backend` is set exactly with `mode = proxy`, and the others only
-/// with it.
-pub(super) fn backend_with_proxy(s: &Section<'_>, mode: Mode) -> Result<(), ConfigError> {
+/// A channel's `backend` keys are set only with `mode = proxy` (which needs `backend`: the
+/// proxy channel's parser says so).
+pub(super) fn backend_only_with_proxy(s: &Section<'_>, mode: Mode) -> Result<(), ConfigError> {
     const KEYS: [&str; 3] = ["backend", "backend_ca", "backend_connect_timeout"];
-    if mode != Mode::Proxy {
-        return match s.first_set(&KEYS) {
-            Some(key) => Err(s.invalid(
-                Some(key),
-                format!("only a mode = proxy channel has a backend; this one is mode = {mode}"),
-            )),
-            None => Ok(()),
-        };
+    if mode == Mode::Proxy {
+        return Ok(());
     }
-    if !s.is_set("backend") {
-        return Err(s.invalid(
-            Some("backend"),
-            "missing; a mode = proxy channel needs backend = ws://HOST:PORT, wss://HOST:PORT or \
-             unix:/PATH",
-        ));
+    match s.first_set(&KEYS) {
+        Some(key) => Err(s.invalid(
+            Some(key),
+            format!("only a mode = proxy channel has a backend; this one is mode = {mode}"),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// `backend_ca` only with a `wss://` backend, whose certificate it verifies.
@@ -406,7 +399,7 @@ pub(super) fn demo_channel_served(
     } else {
         "enabled"
     };
-    match super::find_channel(channels, &demo.channel).map(|c| c.mode) {
+    match super::find_channel(channels, &demo.channel).map(ChannelConfig::mode) {
         Some(Mode::Broadcast) => Ok(()),
         Some(mode @ (Mode::Echo | Mode::Proxy)) => {
             let kind = if mode == Mode::Echo {

@@ -9,8 +9,8 @@ use std::time::Instant;
 use crossbeam_channel::TrySendError;
 use tungstenite::Message;
 
-use super::history::{Sender, Stamp, unix_ms};
-use super::member::{Handoff, Member, discard_queued};
+use super::history::{Presence, Sender, Stamp, unix_ms};
+use super::member::{Handoff, Hold, Member, discard_queued};
 use super::{Filter, Hub};
 use crate::config::{Retention, SlowConsumer};
 use crate::memory::{self, Candidate, Charge, Room};
@@ -21,7 +21,7 @@ use crate::ops::metrics::Counter;
 enum Delivery<'a> {
     /// A broadcast: the payload to plain members, the envelope `stamp` makes to enveloped ones.
     Broadcast(&'a Message, &'a Stamp),
-    /// A presence notice, to enveloped members only.
+    /// A presence notice, to enveloped members of channels with `presence` only.
     Notice(&'a Message),
 }
 
@@ -40,6 +40,12 @@ pub enum Outbound {
     },
     /// An admin's disconnect: every instance ends its connections that match.
     Disconnect(Filter),
+    /// A subscriber here, `from`, joined or left `path`: the other instances tell theirs.
+    Presence {
+        path: String,
+        from: Sender,
+        what: Presence,
+    },
 }
 
 /// How a broadcast on a channel whose history Redis keeps (`[cluster]`) is kept there.
@@ -83,6 +89,14 @@ impl PartialEq for Outbound {
                 },
             ) => path == p2 && from == f2 && msg == m2,
             (Outbound::Disconnect(a), Outbound::Disconnect(b)) => a == b,
+            (
+                Outbound::Presence { path, from, what },
+                Outbound::Presence {
+                    path: p2,
+                    from: f2,
+                    what: w2,
+                },
+            ) => path == p2 && from == f2 && what == w2,
             _ => false,
         }
     }
@@ -175,9 +189,10 @@ impl Hub {
         }
     }
 
-    /// Sends a presence notice to the enveloped members of `path` but `from`.
-    pub(super) fn notify(&self, path: &str, from: u64, notice: &Message) {
-        self.fan_out(path, Some(from), Delivery::Notice(notice));
+    /// Sends a presence notice to the enveloped members of `path` but `from` whose channel
+    /// has `presence`.
+    pub(super) fn notify(&self, path: &str, from: Option<u64>, notice: &Message) {
+        self.fan_out(path, from, Delivery::Notice(notice));
     }
 
     /// Queues `msg` from `sender` for the other instances if a cluster bridge is attached (and
@@ -210,14 +225,10 @@ impl Hub {
     }
 
     /// Delivers a broadcast Redis kept (`stamp` has its position and epoch) to every member of
-    /// `path` here but `from` (its publisher, when it is of this process), under the path's
-    /// lock that a join holds while it reads the history: a member whose replay already held
-    /// this position skips it. Never blocks longer than a join's read of Redis.
+    /// `path` here but `from` (its publisher, when it is of this process); called by the bridge
+    /// in the order of the positions. A member whose replay already held this position skips
+    /// it; one whose join is still reading the history holds it. Never blocks.
     pub fn deliver_kept(&self, path: &str, from: Option<u64>, stamp: &Stamp, msg: &Message) {
-        let ring = self.histories.ring(path);
-        let _held = ring
-            .as_ref()
-            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
         self.fan_out(path, from, Delivery::Broadcast(msg, stamp));
     }
 
@@ -240,15 +251,19 @@ impl Hub {
         let enveloped = std::cell::OnceCell::new();
         let enveloped_wire = std::cell::OnceCell::new();
         let mut dropped = 0;
+        // Where Redis kept it (epoch, position): a member whose join replayed it skips it.
+        let at = match what {
+            Delivery::Broadcast(_, stamp) => stamp.epoch.as_deref().zip(stamp.pos),
+            Delivery::Notice(_) => None,
+        };
         for (i, m) in members.iter().enumerate() {
             // A member already closing as slow never reads its outbox again.
             if Some(m.id) == from || !m.receives || m.shared.slow.load(Ordering::Acquire) {
                 continue;
             }
-            if let (Delivery::Broadcast(_, stamp), Some((epoch, through))) = (what, &m.replayed) {
-                if stamp.epoch.as_ref() == Some(epoch) && stamp.pos.is_some_and(|p| p <= *through) {
-                    continue;
-                }
+            // Not charged for what its replay had (checked again as it is delivered).
+            if m.replayed_already(at) {
+                continue;
             }
             let (msg, wire) = match (what, m.intake.envelope) {
                 (Delivery::Broadcast(plain, stamp), true) => (
@@ -256,8 +271,8 @@ impl Hub {
                     &enveloped_wire,
                 ),
                 (Delivery::Broadcast(plain, _), false) => (plain, &plain_wire),
-                (Delivery::Notice(notice), true) => (notice, &plain_wire),
-                (Delivery::Notice(_), false) => continue,
+                (Delivery::Notice(notice), true) if m.intake.presence => (notice, &plain_wire),
+                (Delivery::Notice(_), _) => continue,
             };
             if msg.len() > m.intake.max_message {
                 // Its write buffer may be too small to ever take it: retried, it would wedge
@@ -287,7 +302,7 @@ impl Hub {
                     }
                 }
             };
-            if self.deliver_charged(m, msg, charge, wire) {
+            if self.deliver_charged(m, msg, charge, wire, at) {
                 reached += 1;
             }
         }
@@ -298,8 +313,9 @@ impl Hub {
         reached
     }
 
-    /// Delivers `msg` with its `charge` (on `m`'s account): straight into its socket when it is
-    /// idle, else into its outbox. The charge goes with whatever still holds the bytes (the
+    /// Delivers `msg` (at `at`, where Redis kept it) with its `charge` (on `m`'s account):
+    /// held while its join reads its history, else straight into its socket when it is idle,
+    /// else into its outbox. The charge goes with whatever still holds the bytes (the
     /// outbox, or the write buffer a direct write could not flush) and is dropped, giving them
     /// back, otherwise. Returns whether the member took it (written or queued).
     fn deliver_charged(
@@ -308,7 +324,25 @@ impl Hub {
         msg: &Message,
         mut charge: Charge,
         wire: &std::cell::OnceCell<Option<Vec<u8>>>,
+        at: Option<(&str, u64)>,
     ) -> bool {
+        // A member whose join is reading its history holds what it gets until its replay is
+        // queued (see `Hub::join_reading`).
+        if m.holding.load(Ordering::Acquire) {
+            match m.hold(msg, charge, at) {
+                Hold::Taken => return true,
+                Hold::Full => {
+                    self.outbox_full(m);
+                    return false;
+                }
+                Hold::Released(back) => charge = back,
+            }
+        }
+        // Its hold over (or never held): its replay may have had this one. (The fan-out's
+        // check before the charge may have come while it was still reading.)
+        if m.replayed_already(at) {
+            return false;
+        }
         if let Some(direct) = m.shared.direct.get() {
             if !m.shared.revoked.load(Ordering::Acquire) {
                 let frame = wire.get_or_init(|| wire_frame(msg));
@@ -336,18 +370,24 @@ impl Hub {
                 true
             }
             Err(TrySendError::Full(())) => {
-                match m.intake.slow_consumer {
-                    SlowConsumer::Drop => self.metrics.bump(Counter::BroadcastDropped, 1),
-                    SlowConsumer::Disconnect => {
-                        self.close_slow(m);
-                    }
-                }
+                self.outbox_full(m);
                 false
             }
             // The member is leaving; its Membership drop removes it.
             Err(TrySendError::Disconnected(_)) => false,
         }
     }
+    /// A delivery found `m`'s outbox full: dropped (counted) or the member closed as slow, as
+    /// its `slow_consumer` says.
+    pub(super) fn outbox_full(&self, m: &Member) {
+        match m.intake.slow_consumer {
+            SlowConsumer::Drop => self.metrics.bump(Counter::BroadcastDropped, 1),
+            SlowConsumer::Disconnect => {
+                self.close_slow(m);
+            }
+        }
+    }
+
     /// Ends `m` with 1008 `slow consumer` (once); true if this call did it.
     fn close_slow(&self, m: &Member) -> bool {
         if m.shared.slow.swap(true, Ordering::AcqRel) {
@@ -400,6 +440,7 @@ impl Hub {
         m.shared.squeezed.store(true, Ordering::Release);
         let closed = self.close_slow(m);
         discard_queued(&m.rx, &m.shared);
+        m.discard_held();
         if let Some(direct) = m.shared.direct.get() {
             direct.abandon();
         }

@@ -5,7 +5,7 @@
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
@@ -125,11 +125,129 @@ pub(super) struct Member {
     pub(super) intake: Intake,
     pub(super) shared: Arc<MemberShared>,
     /// The epoch and last position of the history Redis replayed to it at its join: live
-    /// broadcasts up to there are skipped, being in the replay already.
-    pub(super) replayed: Option<(String, u64)>,
+    /// broadcasts up to there are skipped, being in the replay already. Set once, when its
+    /// replay is queued.
+    pub(super) replayed: OnceLock<(String, u64)>,
+    /// While its join reads the history from Redis (the member is in the roster already, so no
+    /// live broadcast passes it by): what is delivered to it meanwhile, queued after its replay
+    /// once the read is done ([`Member::release`]). `holding` is set until then, so a fan-out
+    /// takes the lock only for such a member.
+    pub(super) holding: AtomicBool,
+    pub(super) held: Mutex<Option<Vec<Held>>>,
+}
+
+/// A delivery held for a member whose join is reading the history from Redis: the message as
+/// the member gets it, its charge, and its position (epoch, pos) when Redis kept it.
+pub(super) struct Held {
+    msg: Message,
+    charge: Charge,
+    at: Option<(String, u64)>,
+}
+
+/// What [`Member::hold`] did with a delivery.
+pub(super) enum Hold {
+    /// Held until the member's replay is queued.
+    Taken,
+    /// Its join holds as many as its outbox takes: a full outbox (the member's `slow_consumer`
+    /// policy applies).
+    Full,
+    /// The member's replay is queued already: deliver it as usual.
+    Released(Charge),
 }
 
 impl Member {
+    /// A member of a `mode` channel on `intake`, with the outbox `tx`/`rx`.
+    pub(super) fn new(
+        id: u64,
+        mode: Mode,
+        (tx, rx): (Sender<Queued>, Receiver<Queued>),
+        intake: Intake,
+        shared: Arc<MemberShared>,
+    ) -> Member {
+        Member {
+            id,
+            receives: mode == Mode::Broadcast,
+            tx,
+            rx,
+            intake,
+            shared,
+            replayed: OnceLock::new(),
+            holding: AtomicBool::new(false),
+            held: Mutex::new(None),
+        }
+    }
+
+    /// This member, holding what is delivered to it until [`Member::release`]: its join reads
+    /// its history from Redis.
+    pub(super) fn holding(self) -> Member {
+        Member {
+            holding: AtomicBool::new(true),
+            held: Mutex::new(Some(Vec::new())),
+            ..self
+        }
+    }
+
+    /// Whether a broadcast at `at` (epoch, position) was in this member's replay.
+    pub(super) fn replayed_already(&self, at: Option<(&str, u64)>) -> bool {
+        match (at, self.replayed.get()) {
+            (Some((epoch, pos)), Some((replayed, through))) => epoch == replayed && pos <= *through,
+            _ => false,
+        }
+    }
+
+    /// Holds `msg` (with its `charge`, at position `at`) while this member's join reads its
+    /// history; at most `intake.outbox` of them, as its outbox would.
+    pub(super) fn hold(&self, msg: &Message, charge: Charge, at: Option<(&str, u64)>) -> Hold {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(held) = held.as_mut() else {
+            return Hold::Released(charge);
+        };
+        if held.len() >= self.intake.outbox {
+            return Hold::Full;
+        }
+        held.push(Held {
+            msg: msg.clone(),
+            charge,
+            at: at.map(|(e, p)| (e.to_string(), p)),
+        });
+        Hold::Taken
+    }
+
+    /// Ends the hold: queues `replay` (charged; it fits the empty outbox, being at most
+    /// `history_size`), then what was held meanwhile that the replay (through `replayed`) did
+    /// not have, all under the hold's lock, so no delivery overtakes them. Returns how many
+    /// held deliveries found the outbox full.
+    pub(super) fn release(&self, replay: Vec<(Message, Charge)>, replayed: (String, u64)) -> usize {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for (msg, charge) in replay {
+            let _ = self.try_queue(&msg, charge);
+        }
+        let _ = self.replayed.set(replayed);
+        let mut full = 0;
+        for h in held.take().unwrap_or_default() {
+            let at = h.at.as_ref().map(|(e, p)| (e.as_str(), *p));
+            if !self.replayed_already(at)
+                && matches!(
+                    self.try_queue(&h.msg, h.charge),
+                    Err(TrySendError::Full(()))
+                )
+            {
+                full += 1;
+            }
+        }
+        self.holding.store(false, Ordering::Release);
+        full
+    }
+
+    /// Gives back at once what is held for this member (it was closed at the memory cap): its
+    /// release queues nothing of it.
+    pub(super) fn discard_held(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = held.as_mut() {
+            held.clear();
+        }
+    }
+
     /// Queues `msg` with its `charge` in the outbox unless it holds `intake.outbox` messages
     /// already; the charge stays with it while it is queued. Not queued, the charge is dropped:
     /// its bytes are given back.

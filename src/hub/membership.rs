@@ -11,12 +11,12 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, TryRecvError};
 use tungstenite::Message;
 
-use super::history::{Presence, RecallRefused, Recalled, Sender, notice};
+use super::history::{Presence, RecallRefused, Replay, Sender, SharedHistory};
 use super::member::{Intake, Member, MemberShared, Queued, Traffic, discard_queued, take_queued};
 use super::waker::Waker;
 use super::{Hub, HubClosed};
-use crate::config::Mode;
-use crate::memory::{Account, Room};
+use crate::config::{Mode, Retention};
+use crate::memory::{Account, Charge, Room};
 use crate::ops::metrics::Metrics;
 use crate::policy::{CloseReason, Holder, Recall, Revocation};
 
@@ -31,7 +31,7 @@ pub struct Membership {
     /// Who its broadcasts are from, as the upgrade authenticated it.
     from: Sender,
     intake: Intake,
-    /// Its path was told it joined ([`Membership::announce`]): it is told it left.
+    /// Its connection opened ([`Membership::announce`]): its path is told when it leaves.
     announced: AtomicBool,
 }
 
@@ -62,36 +62,15 @@ impl Hub {
         self.join_recalling(path, mode, intake, holder, &Recall::Live)
     }
 
-    /// With the history in Redis (`[cluster]`), what `recall` gets of `path`'s, read while the
-    /// caller holds the path's ring, which its deliveries take: a live broadcast is either in
-    /// what is read or delivered after the member is in. None without it, or when the caller
-    /// holds no ring (`held`: the join asks for no history).
-    fn recall_from_redis(
-        &self,
-        path: &str,
-        held: bool,
-        intake: Intake,
-        recall: &Recall,
-    ) -> Result<Option<Recalled>, JoinRefused> {
-        let (true, Some(keep), Some(store)) = (held, intake.history, self.store.get()) else {
-            return Ok(None);
-        };
-        match store.recall(path, recall, keep) {
-            Ok(recalled) => Ok(Some(recalled)),
-            Err(e) => {
-                log::warn!("history of {path}: cannot read it from Redis: {e}");
-                Err(JoinRefused::Recall(RecallRefused::Unavailable))
-            }
-        }
-    }
-
     /// [`Hub::join`], with the kept broadcasts `recall` asks for queued in the outbox before
-    /// any live one: the path's ring stays locked from the replay until the member is in the
-    /// roster, so the next broadcast is the first the replay did not hold. The replay is
-    /// charged to the member's account; at the memory cap it is refused whole.
+    /// any live one. The replay is charged to the member's account; at the memory cap it is
+    /// refused whole. With the history in this process, the path's ring stays locked from the
+    /// replay until the member is in the roster, so the next broadcast is the first the replay
+    /// did not hold. With the history in Redis (`[cluster]`), see [`Hub::join_reading`].
     ///
     /// # Errors
-    /// `Ok(Err(..))` during shutdown or at the cap; `Err` if no eventfd could be made.
+    /// `Ok(Err(..))` during shutdown, at the cap, or when Redis does not answer; `Err` if no
+    /// eventfd could be made.
     pub fn join_recalling(
         self: &Arc<Self>,
         path: &str,
@@ -101,74 +80,110 @@ impl Hub {
         recall: &Recall,
     ) -> io::Result<Result<Membership, JoinRefused>> {
         let shared = self.member_state(mode, holder)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = crossbeam_channel::unbounded();
+        let membership = self.membership(path, id, &outbox.1, &shared, intake);
+        let asks = matches!(recall, Recall::Last(_) | Recall::Since { .. });
+        let (Some(keep), true) = (intake.history, asks) else {
+            let member = Member::new(id, mode, outbox, intake, shared);
+            return Ok(self.enter(path, member).map(|()| membership));
+        };
+        if let Some(store) = self.store.get() {
+            let member = Member::new(id, mode, outbox, intake, shared).holding();
+            return Ok(self.join_reading(path, member, store.as_ref(), recall, keep, membership));
+        }
+        // The ring before the gate: a leave takes the gate alone, and a fan-out holding the
+        // ring (which may drop a snapshot's last hold on a member) never waits for the gate.
+        let Some(ring) = self.histories.ring(path) else {
+            return Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull)));
+        };
+        let mut ring = ring.lock().unwrap_or_else(|p| p.into_inner());
+        let replay =
+            self.histories
+                .replay(&mut ring, keep, recall, intake.envelope, Instant::now());
+        let Some(replay) = charge_all(replay, &shared) else {
+            return Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull)));
+        };
+        let member = Member::new(id, mode, outbox, intake, shared);
+        // The outbox is empty and holds `outbox` messages, at least `history_size` (the
+        // config checks it), and the replay is at most that.
+        for (msg, charge) in replay {
+            let _ = member.try_queue(&msg, charge);
+        }
+        Ok(self.enter(path, member).map(|()| membership))
+    }
+
+    /// The join of a `member` whose history Redis keeps (`[cluster]`): it enters the roster
+    /// first, holding what is delivered to it ([`Member::hold`]); then its history is read
+    /// with no lock held, so the deliveries of every path, its own too, go on meanwhile; then
+    /// its replay is queued, and after it what it held that the replay did not have
+    /// ([`Member::release`]). A live broadcast is either in what is read or kept after the read,
+    /// and then delivered to the member, which is in the roster since before it: none is
+    /// missed, and one in both is skipped by its position.
+    fn join_reading(
+        &self,
+        path: &str,
+        member: Member,
+        store: &dyn SharedHistory,
+        recall: &Recall,
+        keep: Retention,
+        membership: Membership,
+    ) -> Result<Membership, JoinRefused> {
+        let member = Arc::new(member);
+        self.enter(path, Arc::clone(&member))?;
+        // From here a refusal drops `membership`, which takes the member out again.
+        let recalled = match store.recall(path, recall, keep) {
+            Ok(recalled) => recalled,
+            Err(e) => {
+                log::warn!("history of {path}: cannot read it from Redis: {e}");
+                return Err(JoinRefused::Recall(RecallRefused::Unavailable));
+            }
+        };
+        let replay = self
+            .histories
+            .replay_recalled(&recalled, recall, member.intake.envelope);
+        let replay = charge_all(replay, &member.shared)
+            .ok_or(JoinRefused::Recall(RecallRefused::MemoryFull))?;
+        let full = member.release(replay, (recalled.epoch, recalled.last_pos));
+        for _ in 0..full {
+            self.outbox_full(&member);
+        }
+        Ok(membership)
+    }
+
+    /// Puts `member` in the roster of `path`, unless the hub is shutting down.
+    fn enter(&self, path: &str, member: impl Into<Arc<Member>>) -> Result<(), JoinRefused> {
+        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            return Err(JoinRefused::Closed(HubClosed));
+        }
+        self.roster.insert(path, member.into());
+        Ok(())
+    }
+
+    /// The handle of member `id` on `path`: dropping it takes the member out of the roster.
+    fn membership(
+        self: &Arc<Self>,
+        path: &str,
+        id: u64,
+        outbox: &Receiver<Queued>,
+        shared: &Arc<MemberShared>,
+        intake: Intake,
+    ) -> Membership {
         let from = match &shared.holder.user {
             Some(user) => Sender::User(user.clone()),
             None => Sender::Anonymous,
         };
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        // The ring before the gate: a leave takes the gate alone, and a fan-out holding the
-        // ring (which may drop a snapshot's last hold on a member) never waits for the gate.
-        let ring = match (intake.history, recall) {
-            (Some(_), Recall::Last(_) | Recall::Since { .. }) => match self.histories.ring(path) {
-                Some(ring) => Some(ring),
-                None => return Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))),
-            },
-            _ => None,
-        };
-        let mut ring_guard = ring
-            .as_ref()
-            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
-        let recalled = match self.recall_from_redis(path, ring_guard.is_some(), intake, recall) {
-            Ok(recalled) => recalled,
-            Err(refused) => return Ok(Err(refused)),
-        };
-        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
-        if self.closed.load(Ordering::Acquire) {
-            return Ok(Err(JoinRefused::Closed(HubClosed)));
-        }
-        let member = Member {
-            id,
-            receives: mode == Mode::Broadcast,
-            tx,
-            rx: rx.clone(),
-            intake,
-            shared: Arc::clone(&shared),
-            replayed: recalled.as_ref().map(|r| (r.epoch.clone(), r.last_pos)),
-        };
-        if let (Some(ring), Some(keep)) = (ring_guard.as_deref_mut(), intake.history) {
-            let h = &self.histories;
-            let replay = match &recalled {
-                Some(r) => h.replay_recalled(r, recall, intake.envelope),
-                None => h.replay(ring, keep, recall, intake.envelope, Instant::now()),
-            };
-            // All or nothing: the charges taken so far are given back if one does not fit.
-            let mut charged = Vec::with_capacity(replay.len());
-            for msg in replay {
-                match shared.account.charge(msg.len(), Room::Deliveries) {
-                    Some(charge) => charged.push((msg, charge)),
-                    None => return Ok(Err(JoinRefused::Recall(RecallRefused::MemoryFull))),
-                }
-            }
-            // The outbox is empty and holds `outbox` messages, at least `history_size` (the
-            // config checks it), and the replay is at most that.
-            for (msg, charge) in charged {
-                let _ = member.try_queue(&msg, charge);
-            }
-        }
-        self.roster.insert(path, Arc::new(member));
-        drop(_gate);
-        drop(ring_guard);
-        Ok(Ok(Membership {
+        Membership {
             hub: Arc::clone(self),
             path: path.to_string(),
             id,
-            outbox: rx,
-            shared,
+            outbox: outbox.clone(),
+            shared: Arc::clone(shared),
             from,
             intake,
             announced: AtomicBool::new(false),
-        }))
+        }
     }
 
     /// A new member's shared state: a waker for a member that receives (broadcast, proxy), its
@@ -199,6 +214,18 @@ impl Hub {
     }
 }
 
+/// `replay` charged to `shared`'s account, all or nothing: None (the charges taken so far given
+/// back) when one does not fit under the memory cap.
+fn charge_all(replay: Replay, shared: &MemberShared) -> Option<Vec<(Message, Charge)>> {
+    replay
+        .into_iter()
+        .map(|msg| {
+            let charge = shared.account.charge(msg.len(), Room::Deliveries)?;
+            Some((msg, charge))
+        })
+        .collect()
+}
+
 impl Membership {
     /// The server's counters, for the connection loop's per-message figures.
     pub fn metrics(&self) -> &Metrics {
@@ -217,13 +244,18 @@ impl Membership {
         self.intake
     }
 
-    /// The connection is open (its loop runs): on a channel with `presence`, its path's
-    /// enveloped members are told it joined, and they will be told when it leaves.
+    /// The connection is open (its loop runs): it counts as a subscriber; on a channel with
+    /// `presence`, its path's enveloped members, here and on the other instances, are told it
+    /// joined, and they will be told when it leaves.
     pub fn announce(&self) {
-        if self.intake.presence && !self.announced.swap(true, Ordering::AcqRel) {
-            self.hub
-                .notify(&self.path, self.id, &notice(Presence::Join, &self.from));
+        if self.announced.swap(true, Ordering::AcqRel) {
+            return;
         }
+        if self.intake.presence {
+            self.hub
+                .tell(&self.path, self.id, &self.from, Presence::Join);
+        }
+        self.hub.presence_changed();
     }
 
     /// Gives the hub the connection's socket, so that ending a member without a waker can wake
@@ -299,8 +331,11 @@ impl Drop for Membership {
             self.hub.roster.remove(&self.path, |m| m.id == self.id);
         }
         if self.announced.load(Ordering::Acquire) {
-            self.hub
-                .notify(&self.path, self.id, &notice(Presence::Leave, &self.from));
+            if self.intake.presence {
+                self.hub
+                    .tell(&self.path, self.id, &self.from, Presence::Leave);
+            }
+            self.hub.presence_changed();
         }
         // Out of the hub. Its outbox and write buffer give their bytes back as their charges are
         // dropped (with the last snapshot holding this member, and with the connection).
@@ -310,8 +345,10 @@ impl Drop for Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Retention, SlowConsumer};
+    use crate::config::SlowConsumer;
     use crate::hub::fixtures::*;
+    use crate::hub::history::{Recalled, Stamp};
+    use crate::ops::metrics::Counter;
 
     #[test]
     fn joins_that_recall_while_broadcasts_go_on_miss_none_and_repeat_none() {
@@ -361,6 +398,218 @@ mod tests {
                 assert_eq!(got, want, "a gap or a repeat");
             }
         }
+    }
+
+    /// A history kept elsewhere (as in Redis) whose reads are answered when the test says so.
+    struct Gated {
+        asked: crossbeam_channel::Sender<()>,
+        answers: Receiver<Recalled>,
+    }
+
+    impl SharedHistory for Gated {
+        fn recall(&self, _: &str, _: &Recall, _: Retention) -> Result<Recalled, String> {
+            self.asked.send(()).map_err(|e| e.to_string())?;
+            let watchdog = std::time::Duration::from_secs(10);
+            self.answers
+                .recv_timeout(watchdog)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    fn kept_at(pos: u64) -> Stamp {
+        Stamp {
+            pos: Some(pos),
+            epoch: Some("e".into()),
+            time_ms: 0,
+            from: Sender::Anonymous,
+        }
+    }
+
+    #[test]
+    fn a_join_reading_its_history_holds_no_delivery_back_and_misses_or_repeats_none() {
+        let hub = hub();
+        let (asked, asked_rx) = crossbeam_channel::bounded(1);
+        let (answer, answers) = crossbeam_channel::bounded(1);
+        hub.set_store(Arc::new(Gated { asked, answers }));
+        let kept = Intake {
+            history: Some(Retention {
+                size: std::num::NonZeroUsize::new(4).unwrap(),
+                ttl: None,
+            }),
+            ..intake(8, SlowConsumer::Disconnect)
+        };
+        let near = hub
+            .join("/c", Mode::Broadcast, kept, Holder::default())
+            .unwrap()
+            .unwrap();
+        let elsewhere = join(&hub, "/d", 8, SlowConsumer::Disconnect);
+        let joining = {
+            let hub = Arc::clone(&hub);
+            std::thread::spawn(move || {
+                hub.join_recalling(
+                    "/c",
+                    Mode::Broadcast,
+                    kept,
+                    Holder::default(),
+                    &Recall::Last(2),
+                )
+                .unwrap()
+                .unwrap()
+            })
+        };
+        asked_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        // The read is waiting: deliveries on every path go on, its own path's too.
+        for (path, pos, text_) in [("/c", 3, "m3"), ("/d", 1, "d1"), ("/c", 4, "m4")] {
+            hub.deliver_kept(path, None, &kept_at(pos), &text(text_));
+        }
+        let got = |m: &Membership| -> Vec<String> {
+            std::iter::from_fn(|| m.next_queued().ok())
+                .map(|q| q.msg.to_text().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(got(&near), ["m3", "m4"]);
+        assert_eq!(got(&elsewhere), ["d1"]);
+        assert!(!joining.is_finished(), "the read is still waiting");
+        // Read before m4 was kept: the replay ends at m3, the held m4 follows it, the held m3
+        // (replayed already) is skipped, and live ones come after.
+        let recalled = Recalled {
+            epoch: "e".into(),
+            last_pos: 3,
+            kept: [2, 3].map(|p| (kept_at(p), text(&format!("m{p}")))).into(),
+        };
+        answer.send(recalled).unwrap();
+        let joined = joining.join().unwrap();
+        hub.deliver_kept("/c", None, &kept_at(5), &text("m5"));
+        assert_eq!(got(&joined), ["m2", "m3", "m4", "m5"]);
+        assert_eq!(got(&near), ["m5"]);
+    }
+
+    /// A history kept elsewhere as one list: a read sees what was kept before it, as Redis's
+    /// script does.
+    #[derive(Default)]
+    struct Kept(std::sync::Mutex<u64>);
+
+    impl SharedHistory for Kept {
+        fn recall(&self, _: &str, recall: &Recall, _: Retention) -> Result<Recalled, String> {
+            let last_pos = *self.0.lock().unwrap();
+            let n = match recall {
+                Recall::Last(n) => *n as u64,
+                _ => 0,
+            };
+            let kept = (last_pos.saturating_sub(n) + 1..=last_pos)
+                .map(|p| (kept_at(p), text(&p.to_string())))
+                .collect();
+            Ok(Recalled {
+                epoch: "e".into(),
+                last_pos,
+                kept,
+            })
+        }
+    }
+
+    #[test]
+    fn joins_that_read_their_history_from_redis_while_broadcasts_go_on_miss_none_and_repeat_none() {
+        let hub = hub();
+        let kept = Arc::new(Kept::default());
+        hub.set_store(Arc::clone(&kept) as Arc<dyn SharedHistory>);
+        let intake = Intake {
+            history: Some(Retention {
+                size: std::num::NonZeroUsize::new(16).unwrap(),
+                ttl: None,
+            }),
+            ..intake(10_000, SlowConsumer::Disconnect)
+        };
+        const N: u64 = 2000;
+        let publishing = {
+            let hub = Arc::clone(&hub);
+            std::thread::spawn(move || {
+                for p in 1..=N {
+                    // Kept first, delivered after, as the bridge does.
+                    *kept.0.lock().unwrap() = p;
+                    hub.deliver_kept("/c", None, &kept_at(p), &text(&p.to_string()));
+                }
+            })
+        };
+        let mut joined = Vec::new();
+        while joined.is_empty() || (!publishing.is_finished() && joined.len() < 50) {
+            let m = hub
+                .join_recalling(
+                    "/c",
+                    Mode::Broadcast,
+                    intake,
+                    Holder::default(),
+                    &Recall::Last(16),
+                )
+                .unwrap()
+                .unwrap();
+            joined.push(m);
+        }
+        publishing.join().unwrap();
+        for m in &joined {
+            let got: Vec<u64> = std::iter::from_fn(|| m.next_queued().ok())
+                .map(|q| q.msg.to_text().unwrap().parse().unwrap())
+                .collect();
+            if let Some(&first) = got.first() {
+                let want: Vec<u64> = (first..=N).collect();
+                assert_eq!(got, want, "a gap or a repeat");
+            }
+        }
+    }
+
+    #[test]
+    fn a_join_reading_its_history_holds_what_its_outbox_takes_and_beyond_it_is_a_slow_consumer() {
+        let hub = hub();
+        let (asked, asked_rx) = crossbeam_channel::bounded(1);
+        let (answer, answers) = crossbeam_channel::bounded(1);
+        hub.set_store(Arc::new(Gated { asked, answers }));
+        let kept = Intake {
+            history: Some(Retention {
+                size: std::num::NonZeroUsize::new(2).unwrap(),
+                ttl: None,
+            }),
+            ..intake(2, SlowConsumer::Disconnect)
+        };
+        let joining = {
+            let hub = Arc::clone(&hub);
+            std::thread::spawn(move || {
+                hub.join_recalling(
+                    "/c",
+                    Mode::Broadcast,
+                    kept,
+                    Holder::default(),
+                    &Recall::Last(2),
+                )
+                .unwrap()
+                .unwrap()
+            })
+        };
+        asked_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        for pos in [3, 4] {
+            hub.deliver_kept("/c", None, &kept_at(pos), &text(&format!("m{pos}")));
+        }
+        assert_eq!(
+            hub.metrics.count(Counter::SlowConsumerCloses),
+            0,
+            "two are held"
+        );
+        hub.deliver_kept("/c", None, &kept_at(5), &text("m5"));
+        assert_eq!(
+            hub.metrics.count(Counter::SlowConsumerCloses),
+            1,
+            "the third is not"
+        );
+        let recalled = Recalled {
+            epoch: "e".into(),
+            last_pos: 2,
+            kept: [1, 2].map(|p| (kept_at(p), text(&format!("m{p}")))).into(),
+        };
+        answer.send(recalled).unwrap();
+        let joined = joining.join().unwrap();
+        assert_eq!(joined.ended(), Some(CloseReason::SLOW_CONSUMER));
     }
 
     #[test]

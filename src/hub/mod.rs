@@ -27,7 +27,8 @@
 //! This file holds the hub, shutdown and the admin's [`Filter`]; [`roster`] is the registry (the
 //! members by path), [`member`] a member's shared state, [`membership`] joining and leaving,
 //! [`fanout`] the delivery of a broadcast, [`history`] the broadcasts kept per path, the
-//! envelope and the presence notices, [`query`] the filter as a query string.
+//! envelope and the presence notices, [`presence`] who is subscribed here and on the other
+//! instances, [`query`] the filter as a query string.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -38,6 +39,7 @@ mod fanout;
 mod history;
 mod member;
 mod membership;
+mod presence;
 pub(crate) mod query;
 mod roster;
 pub(crate) mod waker;
@@ -47,6 +49,7 @@ pub use self::history::{Histories, RecallRefused, SharedHistory};
 use self::member::Member;
 pub use self::member::{DirectWrite, Handoff, Intake, MemberShared, Profile, Queued};
 pub use self::membership::{JoinRefused, Membership};
+pub use self::presence::{PresenceUnavailable, SharedPresence, Tally};
 use self::roster::Roster;
 
 use crate::memory::Budget;
@@ -115,6 +118,8 @@ pub struct Hub {
     histories: Histories,
     /// Where the history is read from when Redis keeps it (`[cluster]`), once the bridge runs.
     store: OnceLock<Arc<dyn SharedHistory>>,
+    /// The other instances' subscribers (`[cluster]`), once the bridge runs.
+    shared_presence: OnceLock<Arc<dyn SharedPresence>>,
 }
 
 /// The hub is shutting down: no new members.
@@ -140,6 +145,7 @@ impl Hub {
             gate: Mutex::new(()),
             epoch: Instant::now(),
             store: OnceLock::new(),
+            shared_presence: OnceLock::new(),
         })
     }
 
@@ -233,24 +239,6 @@ impl Hub {
     /// Members currently on `path`.
     pub fn members(&self, path: &str) -> usize {
         self.roster.count(path)
-    }
-
-    /// Who is subscribed to `path` now: each user (None: anonymous) with their open
-    /// connections, in name order. Members still in their handshake, and those that take no
-    /// broadcasts, are not subscribers.
-    pub fn presence(&self, path: &str) -> Vec<(Option<String>, usize)> {
-        let Some(members) = self.roster.snapshot(path) else {
-            return Vec::new();
-        };
-        let mut who: std::collections::BTreeMap<Option<&str>, usize> = Default::default();
-        for m in members.iter() {
-            if m.receives && m.shared.profile.get().is_some() {
-                *who.entry(m.shared.holder.user.as_deref()).or_default() += 1;
-            }
-        }
-        who.into_iter()
-            .map(|(user, n)| (user.map(str::to_string), n))
-            .collect()
     }
 
     /// Members on all paths.

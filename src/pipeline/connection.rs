@@ -13,7 +13,7 @@ use crossbeam_channel::TryRecvError;
 use rustix::event::{PollFd, PollFlags};
 use tungstenite::{Error as WsError, Message};
 
-use crate::config::{Limits, Mode, WsLimits};
+use crate::config::{Limits, WsLimits};
 use crate::hub::{DirectWrite, Handoff, Membership, Queued};
 use crate::memory::{Account, Charge, Room};
 use crate::ops::metrics::Counter;
@@ -33,6 +33,16 @@ const WRITE_ROUNDS_PER_STEP: usize = 2;
 /// to every subscriber of its path.
 pub const WEDGED_STEP: Duration = Duration::from_secs(10);
 
+/// Who hears what a client of the connection loop sends: the channel's `mode`, less `proxy` (a
+/// proxied connection runs in [`crate::pipeline::relay`] instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Back to its sender (`mode = echo`).
+    Echo,
+    /// To every other connection on its path (`mode = broadcast`).
+    Broadcast,
+}
+
 /// Sets the connection up for its loop ([`Conn::run`]): the socket non-blocking, the read path
 /// watched and charged, the hub told where to write. Consumes the socket and the membership.
 /// Not inlined: its temporaries would stay in the frame the loop runs under.
@@ -43,6 +53,7 @@ pub const WEDGED_STEP: Duration = Duration::from_secs(10);
 pub fn open(
     mut ws: Box<WsStream>,
     member: Membership,
+    audience: Audience,
     rights: Rights,
     channel: &WsLimits,
     limits: &Limits,
@@ -64,14 +75,14 @@ pub fn open(
         write_base: channel.write_buffer_size,
         account: member.account().clone(),
     };
-    if rights.mode == Mode::Broadcast {
+    if audience == Audience::Broadcast {
         // The largest message the hub sends it: an envelope may be larger than a payload.
         let send_buffer = frames::send_buffer_for(member.intake().max_message);
         wire.ws.get_mut().get_mut().set_send_buffer(send_buffer);
     }
     let wire = Arc::new(Mutex::new(wire));
     member.attach_socket(Arc::clone(&sock));
-    if rights.mode == Mode::Broadcast {
+    if audience == Audience::Broadcast {
         // Only this loop sets it, once; a second set cannot happen.
         let _ = member
             .shared
@@ -83,6 +94,7 @@ pub fn open(
         wire,
         sock,
         member,
+        audience,
         inbound,
         max_write_buffer: channel.max_write_buffer_size.get(),
     })
@@ -205,6 +217,8 @@ pub struct Conn {
     /// The socket, for `poll` while the wire is unlocked.
     sock: Arc<TcpStream>,
     member: Membership,
+    /// Who hears what the client sends.
+    audience: Audience,
     /// Reads, rights, rate limit, the client's silence.
     inbound: Inbound,
     /// This connection's `max_write_buffer_size`: a message whose frame is larger can never be
@@ -343,9 +357,8 @@ impl Conn {
 
     /// Echoes or publishes a message [`Inbound`] let through.
     fn deliver(&mut self, w: &mut Wire, msg: Message) -> Step {
-        match self.inbound.mode() {
-            // A proxied connection runs in `relay`, never here.
-            Mode::Echo | Mode::Proxy => {
+        match self.audience {
+            Audience::Echo => {
                 // The echo's bytes are charged to the write share before they are written; the
                 // read share's charge of the same message is given back once this returns.
                 let Some(charge) = self.member.account().charge(msg.len(), Room::Deliveries) else {
@@ -353,7 +366,7 @@ impl Conn {
                 };
                 self.send(w, msg, charge)
             }
-            Mode::Broadcast => {
+            Audience::Broadcast => {
                 self.member.publish(&msg);
                 Ok(())
             }
@@ -462,7 +475,7 @@ impl Conn {
             }
             // Held, it keeps its charge.
             Err(WsError::WriteBufferFull(msg)) => {
-                if self.inbound.mode() == Mode::Echo {
+                if self.audience == Audience::Echo {
                     return Err(End::Closed(CloseReason::SLOW_CONSUMER));
                 }
                 w.held = Some(Queued { msg: *msg, charge });

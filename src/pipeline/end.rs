@@ -11,7 +11,9 @@ use tungstenite::error::{CapacityError, ProtocolError};
 use crate::pipeline::frames::FrameLimit;
 use crate::policy::CloseReason;
 
-/// How a connection ended, for the close log line.
+/// How a connection ended, for the close log line. Only [`End::Closed`] is a close wsgate sends,
+/// so only it is a [`CloseReason`] (held to docs/security.md's table); the peer's code is
+/// whatever the peer chose, and a dropped connection had no close at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     /// The peer started the close handshake with this code (1005: no code given).

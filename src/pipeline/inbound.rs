@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, poll};
 use tungstenite::{Error as WsError, Message};
 
-use crate::config::{Limits, Mode, Overflow, WsLimits};
+use crate::config::{Limits, Overflow, WsLimits};
 use crate::hub::Membership;
 use crate::memory::ReaderKey;
 use crate::ops::metrics::Counter;
@@ -29,7 +29,6 @@ pub const READS_PER_STEP: usize = 64;
 /// What this connection may send, decided at upgrade.
 #[derive(Debug, Clone, Copy)]
 pub struct Rights {
-    pub mode: Mode,
     /// Whether a role lets this user publish on this path.
     pub may_publish: bool,
     /// What a message without publish rights gets.
@@ -167,10 +166,6 @@ impl Inbound {
             ),
             silence: Silence::new(now, limits),
         }
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.rights.mode
     }
 
     /// Reads the next message without blocking and applies the rights and the rate limit to a

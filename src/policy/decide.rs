@@ -12,7 +12,7 @@ use super::head::Target;
 use super::offer::{Offer, OfferError, Offered, from_query, offered};
 use super::recall::{Recall, recall};
 use super::{ENVELOPE_SUBPROTOCOL, LogSafeUser, Method, Reason, safe_origin, safe_path};
-use crate::config::{ChannelConfig, Config};
+use crate::config::{ChannelConfig, ChannelId, Config};
 use crate::rules::acl;
 use crate::rules::origin::OriginRefusal;
 
@@ -54,7 +54,10 @@ pub struct Grant {
     /// The request's query, as sent: a proxy channel forwards it without its credentials
     /// ([`crate::pipeline::relay::forward_target`]).
     pub query: Option<String>,
-    pub channel: ChannelConfig,
+    /// The channel serving `path`, in the config the upgrade was decided against: whatever was
+    /// built from that config for the channel (a proxy channel's backend, ready to dial) is
+    /// found by it, with no second lookup.
+    pub channel: ChannelId,
     pub may_publish: bool,
     pub subprotocol: Option<&'static str>,
     /// Broadcasts reach this client in the envelope (`wsgate.v1.json`, answered on broadcast
@@ -134,6 +137,14 @@ pub trait Verifier {
 /// # Errors
 /// [`Reason::UnknownPath`].
 pub fn route<'c>(path: &str, config: &'c Config) -> Result<&'c ChannelConfig, Reason> {
+    route_id(path, config).map(|id| config.channel(id))
+}
+
+/// [`route`]'s channel as its [`ChannelId`] in `config`.
+///
+/// # Errors
+/// [`Reason::UnknownPath`].
+fn route_id(path: &str, config: &Config) -> Result<ChannelId, Reason> {
     let clean = path.starts_with('/')
         && path.len() <= 1024
         && !path[1..]
@@ -143,7 +154,7 @@ pub fn route<'c>(path: &str, config: &'c Config) -> Result<&'c ChannelConfig, Re
     if !clean {
         return Err(Reason::UnknownPath);
     }
-    config.channel_for(path).ok_or(Reason::UnknownPath)
+    config.channel_id_for(path).ok_or(Reason::UnknownPath)
 }
 
 /// What `user` may do on `channel` (the one serving `path`), the roles being `config`'s.
@@ -204,7 +215,8 @@ pub fn decide(
     // One piece: the checks in the order their statuses take precedence (404, 403, then
     // 401/429/503, then 403), read top to bottom.
     let path = target.path.as_str();
-    let channel = route(path, config)?;
+    let channel_id = route_id(path, config)?;
+    let channel = config.channel(channel_id);
     let origins: Vec<&[u8]> = req
         .headers()
         .get_all(http::header::ORIGIN)
@@ -287,7 +299,7 @@ pub fn decide(
         })?;
     // The envelope wraps broadcasts: it is answered on broadcast channels only. History
     // requests exist only where a history is kept: elsewhere `last`/`since` are the app's keys.
-    let envelope = envelope && channel.mode == crate::config::Mode::Broadcast;
+    let envelope = envelope && channel.mode() == crate::config::Mode::Broadcast;
     let recall = match channel.history {
         Some(_) => recall(target.query.as_deref(), envelope).map_err(Reason::Recall)?,
         None => Recall::Live,
@@ -298,7 +310,7 @@ pub fn decide(
         session_id,
         path: path.to_string(),
         query: target.query.clone(),
-        channel: channel.clone(),
+        channel: channel_id,
         may_publish: allowed.may_publish,
         subprotocol: if envelope {
             Some(ENVELOPE_SUBPROTOCOL)

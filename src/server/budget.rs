@@ -222,7 +222,7 @@ fn per_connection(config: &Config) -> usize {
     let backend = config
         .channels
         .iter()
-        .filter_map(|c| c.backend.as_ref().map(|b| (&c.limits, b)))
+        .filter_map(|c| c.backend().map(|b| (&c.limits, b)))
         .map(|(l, b)| {
             let tls = match b.endpoint {
                 crate::config::Endpoint::Tcp { tls: true, .. } => TLS_IDLE,

@@ -29,7 +29,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use rustls::server::danger::ClientCertVerifier;
 
@@ -42,7 +42,8 @@ use crate::auth::tokens::{TokenStore, TokensError};
 use crate::auth::users::{UserStore, UsersError};
 use crate::auth::{Credentials, SessionSettings};
 use crate::config::{
-    AdminConfig, ChannelConfig, ClientAuth, Config, ConfigError, Endpoint, Mode, TlsConfig,
+    AdminConfig, ChannelConfig, ChannelId, ClientAuth, Config, ConfigError, Mode, Serving,
+    TlsConfig,
 };
 use crate::hub::Hub;
 use crate::hub::cluster::Bridge;
@@ -51,7 +52,7 @@ use crate::ops::metrics::{Gauges, Metrics, Outcome};
 use crate::ops::notify::{self, Notifier};
 use crate::pipeline::admit::Admission;
 use crate::pipeline::certs::{self, CertError};
-use crate::pipeline::connection::{self};
+use crate::pipeline::connection::{self, Audience};
 use crate::pipeline::listener;
 use crate::pipeline::relay::{self};
 use crate::pipeline::tls;
@@ -176,13 +177,8 @@ pub struct Checked {
 /// The [`StartError`] `serve` would stop with. An address in use is a warning instead (it may be
 /// this very server, running).
 pub fn check(config: Config) -> Result<Checked, StartError> {
-    let loaded = load_credentials(
-        &config,
-        Duration::ZERO,
-        Run::Check,
-        config.auth.max_file_size.get(),
-    )?;
-    load_backend_tls(&config)?;
+    let loaded = load_credentials(&config, Run::Check, config.auth.max_file_size.get())?;
+    channel_loops(&config)?;
     let mut notes = Vec::new();
     if config.server.tls {
         let tls_cfg = &config.tls;
@@ -277,36 +273,39 @@ struct Runtime {
     cert_stamp: Option<(SystemTime, SystemTime)>,
     /// The users and tokens files as they were just before they were read (the watcher compares).
     creds_stamp: CredsStamp,
-    /// The TLS settings of each `wss://` proxy backend, by channel pattern.
-    backend_tls: Vec<(String, Arc<rustls::ClientConfig>)>,
+    /// The loop that serves each of `config`'s channels, in its order (a channel's
+    /// [`ChannelId`] finds its own), a proxy channel's with its backend ready to dial.
+    loops: Vec<Loop<relay::Dialer>>,
 }
 
 impl Runtime {
-    fn backend_tls(&self, channel: &ChannelConfig) -> Option<&Arc<rustls::ClientConfig>> {
-        let pattern = channel.pattern.to_string();
-        self.backend_tls
-            .iter()
-            .find(|(p, _)| *p == pattern)
-            .map(|(_, tls)| tls)
+    /// The loop that serves the channel `id` names (`id` from this runtime's config).
+    fn channel_loop(&self, id: ChannelId) -> &Loop<relay::Dialer> {
+        &self.loops[id.index()]
     }
 }
 
-/// Loads the CA (or the system roots) of every `wss://` proxy backend, so a bad `backend_ca`
-/// fails the start or the reload, not the first connection.
-fn load_backend_tls(
-    config: &Config,
-) -> Result<Vec<(String, Arc<rustls::ClientConfig>)>, StartError> {
-    let mut out = Vec::new();
-    for channel in &config.channels {
-        if let Some(backend) = &channel.backend {
-            if matches!(backend.endpoint, Endpoint::Tcp { tls: true, .. }) {
-                let tls = relay::client_tls(backend.ca.as_deref(), "backend_ca")
-                    .map_err(StartError::Cert)?;
-                out.push((channel.pattern.to_string(), tls));
-            }
-        }
-    }
-    Ok(out)
+/// Which loop serves a channel's connections after their 101: the connection loop, echoing or
+/// publishing, or the relay to the channel's backend. `B` is that backend: the runtime holds a
+/// [`relay::Dialer`] for each proxy channel (its `wss://` TLS settings built once, swapped whole
+/// with the rest on reload); a connection whose upgrade dialed it carries the open WebSocket.
+enum Loop<B> {
+    Connection(Audience),
+    Relay(B),
+}
+
+/// The loop of each of `config`'s channels, in its order: a proxy channel's backend ready to
+/// dial, its CA (or the system roots) loaded, so a bad `backend_ca` fails the start or the reload,
+/// not the first connection.
+fn channel_loops(config: &Config) -> Result<Vec<Loop<relay::Dialer>>, StartError> {
+    let channel_loop = |channel: &ChannelConfig| match &channel.serving {
+        Serving::Echo => Ok(Loop::Connection(Audience::Echo)),
+        Serving::Broadcast => Ok(Loop::Connection(Audience::Broadcast)),
+        Serving::Proxy(backend) => relay::Dialer::new(backend)
+            .map(Loop::Relay)
+            .map_err(StartError::Cert),
+    };
+    config.channels.iter().map(channel_loop).collect()
 }
 
 /// Everything the listener, the workers and the control thread share.
@@ -381,7 +380,7 @@ impl Server {
         ));
         let a = &config.auth;
         let creds_stamp = creds_stamp(&config);
-        let loaded = load_credentials(&config, Duration::ZERO, Run::Serve, a.max_file_size.get())?;
+        let loaded = load_credentials(&config, Run::Serve, a.max_file_size.get())?;
         if let Some(warning) = demo_credential_warning(&config, &loaded.users) {
             log::warn!("{warning}");
         }
@@ -540,19 +539,19 @@ struct LoadedCredentials {
     sessions: Option<SessionSettings>,
 }
 
-/// `settle`: how long the users and tokens files must have been unchanged to be read (a reload
-/// passes `file_settle_time`; the start reads them as they are). Under `Run::Check` a missing
+/// The users and tokens files are read once settled (`[auth] file_settle_time`,
+/// [`files::load_settled`]) — at start and by `check-config` as on a reload, so a file an editor
+/// or a provisioning script is still writing is read whole, not cut. Under `Run::Check` a missing
 /// session key file stays missing (`serve` creates it). The users and tokens files are each at
 /// most `max_file_size` bytes (the running value on a reload: the memory budget was sized for it
 /// at start).
 fn load_credentials(
     config: &Config,
-    settle: Duration,
     run: Run,
     max_file_size: usize,
 ) -> Result<LoadedCredentials, StartError> {
     let a = &config.auth;
-    let max = max_file_size;
+    let (max, settle) = (max_file_size, a.file_settle_time);
     let users = crate::auth::files::load_settled(&a.users_file, settle, |p| {
         UserStore::load_bounded(p, max)
     })
@@ -599,7 +598,7 @@ fn load_credentials(
 /// The TLS configuration for `config`, generating a self-signed pair first where allowed; none
 /// (no certificate needed, none generated) on a plaintext listener.
 fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, StartError> {
-    let backend_tls = load_backend_tls(&config)?;
+    let loops = channel_loops(&config)?;
     if !config.server.tls {
         return Ok(Runtime {
             config: Arc::new(config),
@@ -607,7 +606,7 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
             client_verifier: None,
             cert_stamp: None,
             creds_stamp,
-            backend_tls,
+            loops,
         });
     }
     self_signed_pair(&config.tls, Run::Serve)?;
@@ -618,7 +617,7 @@ fn build_runtime(config: Config, creds_stamp: CredsStamp) -> Result<Runtime, Sta
         client_verifier: Some(server_tls.client_verifier),
         cert_stamp: server_tls.cert_stamp,
         creds_stamp,
-        backend_tls,
+        loops,
     })
 }
 
@@ -819,7 +818,7 @@ fn attach_admin_api(
         let rt = shared.current();
         policy::route(path, &rt.config)
             .ok()
-            .filter(|c| c.mode == Mode::Broadcast)
+            .filter(|c| c.mode() == Mode::Broadcast)
             .map(|c| admin::BroadcastChannel {
                 max_message: c.limits.max_message_size.get(),
                 history: c.history,
@@ -847,7 +846,7 @@ fn start_bridge(shared: &Arc<Shared>) -> io::Result<Option<Bridge>> {
             s.current()
                 .config
                 .channel_for(path)
-                .is_some_and(|c| c.mode == Mode::Broadcast)
+                .is_some_and(|c| c.mode() == Mode::Broadcast)
         })
     };
     // Bound at start: what the process started with, whatever a reload read since.

@@ -41,12 +41,7 @@ impl Shared {
             .map_err(StartError::Config)
             .and_then(|config| {
                 let creds_stamp = creds_stamp(&config);
-                let loaded = load_credentials(
-                    &config,
-                    config.auth.file_settle_time,
-                    Run::Serve,
-                    self.max_file_size,
-                )?;
+                let loaded = load_credentials(&config, Run::Serve, self.max_file_size)?;
                 loaded
                     .users
                     .may_replace(self.creds.users.user_count(), &config.auth.users_file)

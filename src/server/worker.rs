@@ -28,7 +28,7 @@ use crate::pipeline::tls;
 use crate::pipeline::upgrade::{self, UpgradeError};
 use crate::policy::{Grant, LogSafeUser, Method, Proof, Reason, Revocation};
 
-use super::{Runtime, Shared};
+use super::{Loop, Runtime, Shared};
 
 /// A connection past its 101, on its handshake thread, before its loop is set up ([`start`]).
 struct Opened {
@@ -40,9 +40,10 @@ struct Opened {
     grant: Grant,
     member: Membership,
     session_id: String,
-    /// A proxy channel's backend WebSocket, open (it answered 101 before the client got its own).
-    /// Boxed like `ws`: inline, it would make every connection's hand-over as large.
-    backend: Option<Box<BackendWs>>,
+    /// The loop it runs: a proxy channel's with its backend WebSocket open (it answered 101
+    /// before the client got its own), boxed like `ws`: inline, it would make every
+    /// connection's hand-over as large.
+    then: Loop<Box<BackendWs>>,
     /// The client (the carried address behind a load balancer).
     peer: SocketAddr,
     /// The connection's place in the pool, held until the connection loop ends.
@@ -218,13 +219,13 @@ fn run(shared: &Shared, rt: &Runtime, mut open: Opening) {
     // The loop's state goes before the close line, dropped where it lies (moved out, it would
     // need room for a copy in this frame, the one under the loop): its socket closed, its place
     // in the hub left.
-    open.state = Loop::Ended(end.clone());
+    open.state = Running::Ended(end.clone());
     open.report(&shared.metrics, &end);
 }
 
 /// A connection past its open line: its loop, and what its close line will need.
 struct Opening {
-    state: Loop,
+    state: Running,
     /// The names the close line starts with (peer, user, session, path), one string.
     names: Box<str>,
     pattern: String,
@@ -239,20 +240,20 @@ struct Opening {
     reason = "one per connection, on its worker's stack within the pages the loop touches \
               anyway; boxing the direct loop's state would add a heap allocation per connection"
 )]
-enum Loop {
+enum Running {
     Direct(connection::Conn),
     /// Boxed: inline, it would make every connection's frame as large (0.2 KiB more).
     Relay(Box<relay::Relay>),
     Ended(End),
 }
 
-impl Loop {
+impl Running {
     /// Runs the loop until the connection ends.
     fn run(&mut self, limits: &Limits) -> End {
         match self {
-            Loop::Direct(conn) => conn.run(limits),
-            Loop::Relay(relay) => relay.run(limits),
-            Loop::Ended(end) => end.clone(),
+            Running::Direct(conn) => conn.run(limits),
+            Running::Relay(relay) => relay.run(limits),
+            Running::Ended(end) => end.clone(),
         }
     }
 }
@@ -283,18 +284,18 @@ fn start(shared: &Shared, rt: &Runtime, opened: Opened) -> Opening {
         grant,
         member,
         session_id,
-        backend,
+        then,
         peer,
         ticket,
     } = opened;
     let config = &rt.config;
-    let channel = &grant.channel;
+    let channel = config.channel(grant.channel);
     let pattern = channel.pattern.to_string();
     shared.metrics.channel_opened(&pattern);
     let user = grant.log_user();
-    let via = match (&backend, &channel.backend) {
-        (Some(_), Some(b)) => format!(" backend={}", b.endpoint),
-        _ => String::new(),
+    let via = match rt.channel_loop(grant.channel) {
+        Loop::Relay(dialer) => format!(" backend={}", dialer.backend().endpoint),
+        Loop::Connection(_) => String::new(),
     };
     log::info!(
         "open peer={peer} user=\"{user}\" auth={} session={session_id} path={}{via}",
@@ -302,16 +303,17 @@ fn start(shared: &Shared, rt: &Runtime, opened: Opened) -> Opening {
         grant.path
     );
     let rights = Rights {
-        mode: channel.mode,
         may_publish: grant.may_publish,
         on_forbidden: channel.on_forbidden,
         on_rate_limit: channel.limits.on_rate_limit,
     };
-    let opened = match backend {
-        Some(backend) => relay::open(ws, backend, member, rights, &channel.limits, &config.limits)
-            .map(|relay| Loop::Relay(Box::new(relay))),
-        None => {
-            connection::open(ws, member, rights, &channel.limits, &config.limits).map(Loop::Direct)
+    let (limits, channel_limits) = (&config.limits, &channel.limits);
+    let opened = match then {
+        Loop::Relay(backend) => relay::open(ws, backend, member, rights, channel_limits, limits)
+            .map(|relay| Running::Relay(Box::new(relay))),
+        Loop::Connection(audience) => {
+            connection::open(ws, member, audience, rights, channel_limits, limits)
+                .map(Running::Direct)
         }
     };
     let names = format!(
@@ -319,7 +321,7 @@ fn start(shared: &Shared, rt: &Runtime, opened: Opened) -> Opening {
         grant.path
     );
     Opening {
-        state: opened.unwrap_or_else(Loop::Ended),
+        state: opened.unwrap_or_else(Running::Ended),
         names: names.into_boxed_str(),
         pattern,
         opened: Instant::now(),
@@ -400,7 +402,7 @@ fn handshake(
     let verifier = shared.creds.for_peer(peer.ip());
     let enter = |grant: &Grant, deadline: Deadline| entrance.enter(grant, deadline);
     let login = |user: &str| demo_login(shared, peer, user);
-    let (ws, grant, (member, session_id, backend, worker)) =
+    let (ws, grant, (member, session_id, then, worker)) =
         match upgrade::upgrade(transport, config, &verifier, enter, login) {
             Ok(upgraded) => upgraded,
             Err(UpgradeError::Refused(reason)) => {
@@ -415,7 +417,7 @@ fn handshake(
         };
     metrics.outcome(Outcome::Accepted);
     metrics.observe_upgrade(accepted.elapsed());
-    if backend.is_some() {
+    if let Loop::Relay(_) = then {
         metrics.bump(Counter::ProxyConnections, 1);
     }
     let opened = Opened {
@@ -423,7 +425,7 @@ fn handshake(
         grant,
         member,
         session_id,
-        backend: backend.map(Box::new),
+        then,
         peer,
         ticket,
     };
@@ -486,9 +488,9 @@ struct Entrance<'a> {
     client_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
-/// What an entered connection carries to its 101: its membership, session id, the proxy
-/// backend's open WebSocket, and its worker.
-type Entered = (Membership, String, Option<BackendWs>, Slot);
+/// What an entered connection carries to its 101: its membership, session id, the loop it will
+/// run (a proxy channel's with the backend's open WebSocket), and its worker.
+type Entered = (Membership, String, Loop<Box<BackendWs>>, Slot);
 
 impl Entrance<'_> {
     /// Takes an authorised request from its grant to the moment before its 101, step by step.
@@ -511,9 +513,9 @@ impl Entrance<'_> {
         let worker = self.reserve_worker(deadline)?;
         let member = self.join(grant)?;
         self.recheck(grant, &member)?;
-        let backend = self.dial_backend(grant)?;
+        let then = self.dial_backend(grant)?;
         let (session_id, headers) = self.issue_session(grant, &member);
-        Ok(((member, session_id, backend, worker), headers))
+        Ok(((member, session_id, then, worker), headers))
     }
 
     /// Refuses a new connection at the memory cap, where it would only add to the squeeze
@@ -557,14 +559,9 @@ impl Entrance<'_> {
             proof,
         };
         let hub = &self.shared.hub;
-        let intake = Intake::of(&grant.channel, grant.envelope);
-        let joined = hub.join_recalling(
-            &grant.path,
-            grant.channel.mode,
-            intake,
-            holder,
-            &grant.recall,
-        );
+        let channel = self.rt.config.channel(grant.channel);
+        let intake = Intake::of(channel, grant.envelope);
+        let joined = hub.join_recalling(&grant.path, channel.mode(), intake, holder, &grant.recall);
         match joined {
             Ok(Ok(member)) => Ok(member),
             Ok(Err(JoinRefused::Closed(HubClosed))) => Err(Reason::ShuttingDown),
@@ -608,15 +605,19 @@ impl Entrance<'_> {
         })
     }
 
-    /// A proxy channel's backend WebSocket, open: the backend's 101 comes before the client's,
-    /// or the client gets 502/503/504. `None` for a channel without a backend.
-    fn dial_backend(&self, grant: &Grant) -> Result<Option<BackendWs>, Reason> {
-        let Some(backend) = &grant.channel.backend else {
-            return Ok(None);
+    /// The loop the connection will run: a proxy channel's with its backend WebSocket open (the
+    /// backend's 101 comes before the client's, or the client gets 502/503/504), dialed with the
+    /// backend's settings of the runtime the request was decided against.
+    fn dial_backend(&self, grant: &Grant) -> Result<Loop<Box<BackendWs>>, Reason> {
+        let dialer = match self.rt.channel_loop(grant.channel) {
+            Loop::Connection(audience) => return Ok(Loop::Connection(*audience)),
+            Loop::Relay(dialer) => dialer,
         };
+        let channel = self.rt.config.channel(grant.channel);
+        let backend = dialer.backend();
         let target = relay::forward_target(
             backend,
-            &grant.channel.pattern,
+            &channel.pattern,
             &grant.path,
             grant.query.as_deref(),
         );
@@ -625,10 +626,9 @@ impl Entrance<'_> {
             method: grant.method,
             client: self.peer.ip(),
         };
-        let tls = self.rt.backend_tls(&grant.channel);
-        let ws_config = grant.channel.limits.websocket_config();
-        match relay::connect(backend, tls, &target, &who, ws_config) {
-            Ok(ws) => Ok(Some(ws)),
+        let ws_config = channel.limits.websocket_config();
+        match dialer.connect(&target, &who, ws_config) {
+            Ok(ws) => Ok(Loop::Relay(Box::new(ws))),
             Err(e) => {
                 let failure = e.failure();
                 self.shared.metrics.backend_failed(failure);
@@ -659,7 +659,7 @@ impl Entrance<'_> {
             .unwrap_or_else(session::new_session_id);
         let _ = member.shared.profile.set(Profile {
             method: grant.method,
-            mode: grant.channel.mode,
+            mode: self.rt.config.channel(grant.channel).mode(),
             peer: self.peer,
             since: SystemTime::now(),
             session_id: session_id.clone(),

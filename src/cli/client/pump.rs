@@ -3,6 +3,9 @@
 //! (text when it is UTF-8, binary otherwise). Input is read only while the socket takes what was
 //! queued, so a server that stops reading stops the client reading, and memory stays bounded.
 //! The end of the input sends a close (1000); the server's answer, or its own close, ends the run.
+//! A server that stops answering ends it too, at a named deadline: [`WRITE_STALL`] while the
+//! socket takes nothing of what is queued, [`QUIET`] then [`PONG_WAIT`] while nothing arrives
+//! (the server is pinged in between), [`CLOSE_WAIT`] for the close handshake.
 
 use std::fs::File;
 use std::io::{self, Stdout, Write};
@@ -22,6 +25,17 @@ const MAX_LINE: usize = 1 << 20;
 
 /// How long the server has to answer our close.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long the socket may take nothing of what is queued for the server (a frozen server or
+/// host: its receive buffer stays full) before the client gives up.
+const WRITE_STALL: Duration = Duration::from_secs(10);
+
+/// A server that sent no frame for this long is pinged (a live wsgate also pings a silent client,
+/// every `ping_interval`, 30 s by default)...
+const QUIET: Duration = Duration::from_secs(20);
+
+/// ...and given up on when no frame at all arrived this long after the ping.
+const PONG_WAIT: Duration = Duration::from_secs(10);
 
 /// What the client sends from.
 pub(super) enum Source {
@@ -75,6 +89,12 @@ struct Pump {
     we_closed: bool,
     /// The server's close frame, once it came.
     their_close: Option<Option<CloseFrame>>,
+    /// When the last frame (of any kind) arrived, or the connection opened.
+    heard: Instant,
+    /// A ping went out after [`QUIET`] and nothing arrived since.
+    pinged: bool,
+    /// While `blocked`: when the socket last took some of what is queued, or blocked began.
+    writable: Instant,
 }
 
 /// Runs the connection until it ends: `Ok` for a close with 1000 (or our close answered).
@@ -96,39 +116,123 @@ pub(super) fn run(ws: WebSocket<Transport>, source: Source) -> Result<(), Client
         closing_since: None,
         we_closed: false,
         their_close: None,
+        heard: Instant::now(),
+        pinged: false,
+        writable: Instant::now(),
     };
     loop {
         if let Some(ending) = pump.receive() {
             return ending;
         }
         pump.flush()?;
-        if pump
-            .closing_since
-            .is_some_and(|t| t.elapsed() >= CLOSE_WAIT)
-        {
-            if pump.their_close.is_some() {
-                return pump.ending();
-            }
-            return Err(ClientError::Network(format!(
-                "the server did not answer the close within {} s",
-                CLOSE_WAIT.as_secs()
-            )));
+        if let Some(ending) = pump.deadlines(Instant::now()) {
+            return ending;
         }
-        let (socket_ready, input_ready) = pump.wait().map_err(lost)?;
+        let (socket, input_ready) = pump.wait().map_err(lost)?;
         if input_ready {
             pump.send_input()?;
         }
-        if socket_ready && pump.blocked {
+        if pump.blocked && socket.contains(PollFlags::OUT) {
+            pump.writable = Instant::now();
+        }
+        if !socket.is_empty() && pump.blocked {
             pump.flush()?;
         }
     }
 }
 
+/// Which deadline a [`Pump`] is waiting on, and when it falls due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Our close or the server's is being answered: [`CLOSE_WAIT`] from its start.
+    Close(Instant),
+    /// The socket takes nothing: [`WRITE_STALL`] after it last did.
+    WriteStall(Instant),
+    /// Nothing arrived for [`QUIET`]: a ping goes out.
+    Ping(Instant),
+    /// Nothing arrived for [`PONG_WAIT`] after the ping.
+    Silence(Instant),
+}
+
+impl Due {
+    fn at(self) -> Instant {
+        match self {
+            Due::Close(at) | Due::WriteStall(at) | Due::Ping(at) | Due::Silence(at) => at,
+        }
+    }
+}
+
 impl Pump {
+    /// The deadlines running now: the close handshake's alone once it began; else the write
+    /// stall's while the socket is blocked, and the silence's (the ping, then the give-up).
+    fn due(&self) -> Vec<Due> {
+        if let Some(since) = self.closing_since {
+            return vec![Due::Close(since + CLOSE_WAIT)];
+        }
+        let mut due = Vec::with_capacity(2);
+        if self.blocked {
+            due.push(Due::WriteStall(self.writable + WRITE_STALL));
+        }
+        due.push(if self.pinged {
+            Due::Silence(self.heard + QUIET + PONG_WAIT)
+        } else {
+            Due::Ping(self.heard + QUIET)
+        });
+        due
+    }
+
+    /// Acts on the deadlines passed at `now`: a ping sent, or `Some` ending of the run: the
+    /// error that names the deadline (or, in a close handshake the server began, its close).
+    fn deadlines(&mut self, now: Instant) -> Option<Result<(), ClientError>> {
+        for due in self.due() {
+            if now < due.at() {
+                continue;
+            }
+            let network = |message: String| Some(Err(ClientError::Network(message)));
+            match due {
+                Due::Close(_) if self.their_close.is_some() => return Some(self.ending()),
+                Due::Close(_) => {
+                    return network(format!(
+                        "the server did not answer the close within {} s",
+                        CLOSE_WAIT.as_secs()
+                    ));
+                }
+                Due::WriteStall(_) => {
+                    return network(format!(
+                        "the server took nothing of what was sent for {} s (write deadline): it \
+                         or its host stopped reading",
+                        WRITE_STALL.as_secs()
+                    ));
+                }
+                Due::Silence(_) => {
+                    return network(format!(
+                        "the server sent nothing for {} s and did not answer a ping within {} s \
+                         (silence deadline): it or its host stopped answering",
+                        QUIET.as_secs(),
+                        PONG_WAIT.as_secs()
+                    ));
+                }
+                Due::Ping(_) => {
+                    self.pinged = true;
+                    let written = self.ws.write(Message::Ping(Default::default()));
+                    if let Err(e) = self.queued(written).and_then(|()| self.flush()) {
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// Reads and prints every message the socket holds; `Some` once the connection has ended.
     fn receive(&mut self) -> Option<Result<(), ClientError>> {
         loop {
-            match self.ws.read() {
+            let read = self.ws.read();
+            if read.is_ok() {
+                self.heard = Instant::now();
+                self.pinged = false;
+            }
+            match read {
                 Ok(Message::Text(text)) => self.print(text.as_bytes()),
                 Ok(Message::Binary(bytes)) => self.print(&bytes),
                 Ok(Message::Close(frame)) => {
@@ -184,8 +288,9 @@ impl Pump {
     }
 
     /// Waits for the socket (to read, or to write when blocked) and the input (when it may be
-    /// read). Returns which are ready.
-    fn wait(&self) -> io::Result<(bool, bool)> {
+    /// read), until the next deadline. Returns the socket's events and whether the input is
+    /// ready.
+    fn wait(&self) -> io::Result<(PollFlags, bool)> {
         let mut socket = PollFlags::IN;
         if self.blocked {
             socket |= PollFlags::OUT;
@@ -196,17 +301,17 @@ impl Pump {
         if let Some(fd) = &input_fd {
             fds.push(PollFd::new(fd, PollFlags::IN));
         }
-        let timeout = self
-            .closing_since
-            .map(|t| CLOSE_WAIT.saturating_sub(t.elapsed()))
+        let next = self.due().into_iter().map(Due::at).min();
+        let timeout = next
+            .map(|at| at.saturating_duration_since(Instant::now()))
             .and_then(|left| Timespec::try_from(left).ok());
         match poll(&mut fds, timeout.as_ref()) {
             Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => return Ok((false, false)),
+            Err(rustix::io::Errno::INTR) => return Ok((PollFlags::empty(), false)),
             Err(e) => return Err(e.into()),
         }
         let ready = |fd: &PollFd<'_>| !fd.revents().is_empty();
-        Ok((ready(&fds[0]), fds.get(1).is_some_and(ready)))
+        Ok((fds[0].revents(), fds.get(1).is_some_and(ready)))
     }
 
     fn may_read_input(&self) -> bool {
@@ -291,6 +396,9 @@ impl Pump {
                 Ok(())
             }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !self.blocked {
+                    self.writable = Instant::now();
+                }
                 self.blocked = true;
                 Ok(())
             }

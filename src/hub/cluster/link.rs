@@ -19,6 +19,8 @@ pub(super) enum Link {
     Subscriber,
     /// The joins' reads of the history kept in Redis.
     History,
+    /// Who is subscribed on each instance.
+    Presence,
 }
 
 impl fmt::Display for Link {
@@ -27,6 +29,7 @@ impl fmt::Display for Link {
             Link::Publisher => "publisher",
             Link::Subscriber => "subscriber",
             Link::History => "history",
+            Link::Presence => "presence",
         })
     }
 }
@@ -106,7 +109,7 @@ impl Watch {
         // Only the publisher forwards: its lines account for every broadcast not forwarded.
         let dropped = match (link, self.unreported(ctx)) {
             (Link::Subscriber, _) | (Link::Publisher, 0) if !self.ever_up => String::new(),
-            (Link::Subscriber | Link::History, _) => String::new(),
+            (Link::Subscriber | Link::History | Link::Presence, _) => String::new(),
             (Link::Publisher, n) => {
                 format!("; {n} broadcasts of this instance not forwarded meanwhile")
             }
@@ -212,17 +215,11 @@ pub(super) fn interrupted(e: &redis::RedisError) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use super::super::{new_epoch, stream_key};
     use super::*;
-    use crate::config::RedisUrl;
-    use crate::hub::Hub;
-    use crate::ops::metrics::Metrics;
 
     #[test]
     fn backoff_doubles_to_the_cap_and_resets() {
-        let (ctx, _stop) = context();
+        let (ctx, _stop) = super::super::test_context();
         let mut w = Watch::new(Link::Publisher);
         let err = redis::RedisError::from(std::io::Error::other("down"));
         let delays: Vec<u128> = (0..5).map(|_| w.down(&ctx, &err).as_millis()).collect();
@@ -241,7 +238,7 @@ mod tests {
 
     #[test]
     fn every_broadcast_not_forwarded_is_reported_in_exactly_one_line() {
-        let (ctx, _stop) = context();
+        let (ctx, _stop) = super::super::test_context();
         let mut w = Watch::new(Link::Publisher);
         w.up(&ctx, "");
         ctx.metrics.bump(Counter::ClusterNotForwarded, 3);
@@ -263,32 +260,5 @@ mod tests {
         assert!(interrupted(&io(rustix::io::Errno::INTR.into())));
         assert!(!interrupted(&io(std::io::ErrorKind::TimedOut.into())));
         assert!(!interrupted(&io(rustix::io::Errno::CONNRESET.into())));
-    }
-
-    /// A bridge's context without Redis, and the sender whose drop stops it.
-    fn context() -> (Context, crossbeam_channel::Sender<()>) {
-        let (keep, stop) = crossbeam_channel::bounded(0);
-        let ctx = Context {
-            url: test_url(),
-            instance_id: "i".into(),
-            epoch: new_epoch(),
-            stream: stream_key("wsgate:"),
-            prefix: "wsgate:".into(),
-            publish_queue: 1,
-            stream_length: 1,
-            max_backoff: Duration::from_millis(500),
-            health_check: Duration::from_secs(1),
-            health_timeout: Duration::from_secs(2),
-            metrics: Arc::new(Metrics::new(["/c"])),
-            hub: Hub::new(Arc::new(Metrics::new(["/c"]))),
-            accepts: Arc::new(|_: &str| true),
-            links: Arc::default(),
-            stop,
-        };
-        (ctx, keep)
-    }
-
-    fn test_url() -> RedisUrl {
-        RedisUrl::parse("redis://:pw@127.0.0.1:1/").unwrap()
     }
 }

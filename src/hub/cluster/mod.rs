@@ -1,7 +1,7 @@
 //! The cluster bridge: carries broadcasts between wsgate instances through one capped Redis
 //! Stream, so a subscriber on any instance gets what is published on any other, and a link that
-//! drops resumes where it left off. Two threads, one Redis connection each; it never runs on a
-//! connection thread and never makes one wait.
+//! drops resumes where it left off. Four threads (publisher, subscriber, history, presence), one
+//! Redis connection each; it never runs on a connection thread and never makes one wait.
 //!
 //! - The **publish queue** ([`Outlet`], [`queue`]) holds at most `publish_queue` broadcasts
 //!   waiting for Redis, one list for the hub and the publisher; a new one at a full queue drops
@@ -17,6 +17,9 @@
 //!   one too, delivers from the stream in the order of its positions ([`kept`]).
 //! - The **history thread** answers the joins' reads of the history kept in Redis, each under
 //!   a deadline ([`Store`]).
+//! - The **presence thread** keeps this process's subscribers in Redis and reads the other
+//!   instances' ([`presence`]); the join and leave notices travel on the backbone as entries
+//!   of their own kind.
 //!
 //! Every link is health-checked, so a dead or frozen Redis is noticed within `health_check +
 //! health_timeout` whether this instance publishes or not: every call has `health_timeout` to
@@ -43,18 +46,22 @@
 //! broadcasts are delivered all the same, as those of any other process.
 //!
 //! The envelope (an entry's `m` field) is binary: `[version = 2][id length: u8][instance id]
-//! [epoch: u64 BE][sequence: u64 BE][kind: 0 text | 1 binary | 2 disconnect][bytes]`; the epoch
+//! [epoch: u64 BE][sequence: u64 BE][kind: 0 text | 1 binary | 2 disconnect | 3 join | 4 leave][bytes]`; the epoch
 //! is random per process, so a restarted publisher with the same id starts a new sequence. A
 //! disconnect (an admin's `POST /disconnect`) carries its filter as a query string
 //! (`user=alice&path=%2Fchat`) and travels in the same sequence as broadcasts, so it is resent,
-//! deduplicated and ordered like them; every other instance ends its matching connections.
+//! deduplicated and ordered like them; every other instance ends its matching connections. A
+//! presence notice (who, in `f`, joined or left the entry's path) has a sequence of its own, so
+//! an older instance, which ignores its kind, sees no gap in the broadcasts.
 //!
 //! This file starts and stops the bridge; [`queue`] is the publish queue, [`publisher`] and
-//! [`subscriber`] the two links, [`kept`] the history kept in Redis, [`link`] what they share (health, backoff, the connection,
+//! [`subscriber`] the two links, [`kept`] the history kept in Redis, [`presence`] who is
+//! subscribed on each instance, [`link`] what they share (health, backoff, the connection,
 //! interrupted reads), [`wire`] the envelope and the stream replies.
 
 mod kept;
 mod link;
+mod presence;
 mod publisher;
 mod queue;
 mod subscriber;
@@ -150,6 +157,9 @@ impl Bridge {
         let (store, serve) = Store::new(Arc::clone(&ctx), client.clone());
         let history = spawn("wsgate-cluster-history", Box::new(serve))?;
         hub.set_store(Arc::new(store));
+        let (presences, serve) = presence::Presences::new(Arc::clone(&ctx), client.clone());
+        let presence = spawn("wsgate-cluster-presence", Box::new(serve))?;
+        hub.set_presence(presences);
         let (c, s) = (Arc::clone(&ctx), client);
         let subscriber = spawn(
             "wsgate-cluster-sub",
@@ -158,7 +168,7 @@ impl Bridge {
         hub.set_outlet(outlet);
         Ok(Some(Bridge {
             stop,
-            threads: vec![publisher, subscriber, history],
+            threads: vec![publisher, subscriber, history, presence],
         }))
     }
 
@@ -231,6 +241,8 @@ impl Context {
             Link::Subscriber => &self.links.subscriber,
             // Opened by joins when needed: its failures are their 503s.
             Link::History => return,
+            // Its failures are `/presence`'s 503s, and logged by it.
+            Link::Presence => return,
         };
         flag.store(up, Ordering::Release);
     }
@@ -242,4 +254,28 @@ impl Context {
             Err(RecvTimeoutError::Disconnected)
         )
     }
+}
+
+/// A bridge's context without Redis, for the bridge's tests, and the sender whose drop stops it.
+#[cfg(test)]
+fn test_context() -> (Context, Sender<()>) {
+    let (keep, stop) = crossbeam_channel::bounded(0);
+    let ctx = Context {
+        url: RedisUrl::parse("redis://:pw@127.0.0.1:1/").unwrap(),
+        instance_id: "i".into(),
+        epoch: new_epoch(),
+        stream: stream_key("wsgate:"),
+        prefix: "wsgate:".into(),
+        publish_queue: 1,
+        stream_length: 1,
+        max_backoff: Duration::from_millis(500),
+        health_check: Duration::from_secs(1),
+        health_timeout: Duration::from_secs(2),
+        metrics: Arc::new(Metrics::new(["/c"])),
+        hub: Hub::new(Arc::new(Metrics::new(["/c"]))),
+        accepts: Arc::new(|_: &str| true),
+        links: Arc::default(),
+        stop,
+    };
+    (ctx, keep)
 }

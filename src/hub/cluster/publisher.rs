@@ -19,11 +19,35 @@ use crate::ops::metrics::Counter;
 /// Most broadcasts sent in one pipelined round trip.
 pub(super) const BATCH: usize = 64;
 
+/// The next sequence numbers of this process's entries: broadcasts and disconnects are one
+/// sequence, presence notices another, so an instance that does not know the notices (an older
+/// wsgate, which ignores them) sees no gap in the broadcasts.
+struct Sequences {
+    broadcasts: u64,
+    notices: u64,
+}
+
+impl Sequences {
+    /// The number of `out`, sent the first time.
+    fn number(&mut self, out: &Outbound) -> u64 {
+        let next = match out {
+            Outbound::Presence { .. } => &mut self.notices,
+            Outbound::Broadcast { .. } | Outbound::Disconnect(_) => &mut self.broadcasts,
+        };
+        let seq = *next;
+        *next += 1;
+        seq
+    }
+}
+
 /// The publisher thread: connect, send the queue in pipelined `XADD`s, keep the link checked
 /// while idle; while Redis is unreachable the queue keeps the newest broadcasts.
 pub(super) fn run(ctx: &Context, client: &redis::Client, queue: &Queue) {
     let mut watch = Watch::new(Link::Publisher);
-    let mut next_seq = 1;
+    let mut next_seq = Sequences {
+        broadcasts: 1,
+        notices: 1,
+    };
     loop {
         let error = match connect(ctx, client, Link::Publisher) {
             Ok(mut con) => {
@@ -52,7 +76,7 @@ fn publish_until_error(
     ctx: &Context,
     con: &mut redis::Connection,
     queue: &Queue,
-    next_seq: &mut u64,
+    next_seq: &mut Sequences,
     watch: &mut Watch,
 ) -> Option<redis::RedisError> {
     let mut answered = Instant::now();
@@ -82,11 +106,7 @@ fn publish_until_error(
         let mut pipe = redis::pipe();
         // Never dropped: the hub queues data messages only, and instance ids fit the envelope.
         batch.retain_mut(|e| {
-            let seq = *e.seq.get_or_insert_with(|| {
-                let seq = *next_seq;
-                *next_seq += 1;
-                seq
-            });
+            let seq = *e.seq.get_or_insert_with(|| next_seq.number(&e.out));
             let Some(envelope) = encode(&ctx.instance_id, ctx.epoch, seq, &e.out) else {
                 ctx.metrics.bump(Counter::ClusterNotForwarded, 1);
                 return false;
@@ -234,5 +254,35 @@ fn hold_for(ctx: &Context, queue: &Queue, delay: Duration) -> bool {
             recv(ctx.stop) -> _ => return false,
             default(left) => return true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Filter;
+    use crate::hub::history::{Presence, Sender};
+
+    #[test]
+    fn presence_notices_are_numbered_apart_from_broadcasts_and_disconnects() {
+        let mut seq = Sequences {
+            broadcasts: 1,
+            notices: 1,
+        };
+        let broadcast =
+            Outbound::broadcast("/c", Sender::Anonymous, tungstenite::Message::text("x"));
+        let notice = Outbound::Presence {
+            path: "/c".into(),
+            from: Sender::Anonymous,
+            what: Presence::Leave,
+        };
+        let numbers = [
+            seq.number(&broadcast),
+            seq.number(&notice),
+            seq.number(&Outbound::Disconnect(Filter::default())),
+            seq.number(&notice),
+            seq.number(&broadcast),
+        ];
+        assert_eq!(numbers, [1, 1, 2, 2, 3]);
     }
 }

@@ -1,7 +1,8 @@
-//! The publish queue between the hub and the publisher link: at most `publish_queue` broadcasts
-//! and disconnects waiting for Redis, one list for both sides. A push to a full queue drops the
-//! oldest waiting entry (counted as not forwarded), so what is kept is always the newest
-//! `publish_queue`. The hub pushes ([`Outlet::push`], never blocks); the publisher takes batches
+//! The publish queue between the hub and the publisher link: at most `publish_queue` broadcasts,
+//! disconnects and presence notices waiting for Redis, one list for both sides. A push to a full
+//! queue drops the oldest waiting presence notice, or else the oldest waiting entry (counted as
+//! not forwarded), so what is kept is always the newest `publish_queue` — and a user whose
+//! connections come and go faster than Redis answers pushes only notices out, never a broadcast. The hub pushes ([`Outlet::push`], never blocks); the publisher takes batches
 //! from the front and gives back a batch Redis did not acknowledge, which goes before everything
 //! newer and is trimmed by the same rule.
 
@@ -32,13 +33,22 @@ impl Backlog {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops the oldest entries beyond the cap, counting each as not forwarded.
+    /// Drops entries beyond the cap, counting each as not forwarded: the oldest presence notices
+    /// first, then the oldest entries.
     fn trim(&self, entries: &mut VecDeque<Queued>) {
         let over = entries.len().saturating_sub(self.cap);
-        if over > 0 {
-            entries.drain(..over);
-            self.metrics.bump(Counter::ClusterNotForwarded, over as u64);
+        if over == 0 {
+            return;
         }
+        let mut notices = over;
+        entries.retain(|e| {
+            let drop = notices > 0 && matches!(e.out, Outbound::Presence { .. });
+            notices -= usize::from(drop);
+            !drop
+        });
+        let rest = entries.len().saturating_sub(self.cap);
+        entries.drain(..rest);
+        self.metrics.bump(Counter::ClusterNotForwarded, over as u64);
     }
 }
 
@@ -156,6 +166,42 @@ mod tests {
         assert_eq!(queue.drain(), [text(2), text(3), text(4)]);
         assert!(queue.rung().try_recv().is_ok(), "rung once for the burst");
         assert!(queue.rung().try_recv().is_err());
+    }
+
+    fn joined(user: &str) -> Outbound {
+        Outbound::Presence {
+            path: "/c".into(),
+            from: Sender::User(user.into()),
+            what: crate::hub::history::Presence::Join,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_presence_notices_before_any_broadcast() {
+        let metrics = Arc::new(Metrics::new(["/c"]));
+        let (outlet, queue) = Outlet::new(3, Arc::clone(&metrics));
+        outlet.push(text(0));
+        // A user coming and going while Redis is away: its notices fill the queue...
+        for _ in 0..10 {
+            outlet.push(joined("mallory"));
+        }
+        // ...and push out only notices, of its own, and then broadcasts make room the same way.
+        outlet.push(text(1));
+        outlet.push(text(2));
+        assert_eq!(metrics.count(Counter::ClusterNotForwarded), 10);
+        assert_eq!(queue.drain(), [text(0), text(1), text(2)]);
+        // Without notices waiting, the oldest entry goes, as always.
+        for n in 3..7 {
+            outlet.push(text(n));
+        }
+        assert_eq!(metrics.count(Counter::ClusterNotForwarded), 11);
+        assert_eq!(queue.drain(), [text(4), text(5), text(6)]);
+        // A notice older than the broadcasts waiting goes before them.
+        outlet.push(joined("alice"));
+        for n in 7..10 {
+            outlet.push(text(n));
+        }
+        assert_eq!(queue.drain(), [text(7), text(8), text(9)]);
     }
 
     #[test]

@@ -195,6 +195,8 @@ struct Reader {
     /// the stream.
     last_id: Option<String>,
     senders: Senders,
+    /// The presence notices' own sequences (see [`super::publisher`]).
+    notices: Senders,
     warned_bad: bool,
     /// Losses not yet logged, and when the last warning was.
     lost_unlogged: u64,
@@ -205,14 +207,7 @@ struct Reader {
 /// The subscriber thread: read the stream, deliver, and on failure retry with backoff.
 pub(super) fn run(ctx: &Context, client: &redis::Client) {
     let mut watch = Watch::new(Link::Subscriber);
-    let mut reader = Reader {
-        last_id: None,
-        senders: Senders::default(),
-        warned_bad: false,
-        lost_unlogged: 0,
-        lost_logged_at: None,
-        clash: Clash::default(),
-    };
+    let mut reader = Reader::new();
     loop {
         match listen(ctx, client, &mut watch, &mut reader) {
             Ok(()) => return,
@@ -308,6 +303,19 @@ fn kept_position(entry: &StreamEntry<'_>) -> Option<(u64, String, u64)> {
 }
 
 impl Reader {
+    /// A reader that has read nothing yet.
+    fn new() -> Reader {
+        Reader {
+            last_id: None,
+            senders: Senders::default(),
+            notices: Senders::default(),
+            warned_bad: false,
+            lost_unlogged: 0,
+            lost_logged_at: None,
+            clash: Clash::default(),
+        }
+    }
+
     /// Delivers one entry unless it is this instance's own, a copy, or for no channel here.
     /// A broadcast kept in Redis (its entry has a position) is delivered here too when it is
     /// this process's own, but not to the member that published it.
@@ -330,6 +338,13 @@ impl Reader {
             } else {
                 self.clash.seen(ctx, "its broadcasts are in the stream");
             }
+        }
+        if let Inbound::Presence(what, who) = &message {
+            // On a sequence of their own: a copy is dropped, a gap (trimmed) is no loss counted.
+            if self.notices.arrive(&origin) != Arrival::Duplicate && (ctx.accepts)(path) {
+                ctx.hub.deliver_notice(path, who, *what);
+            }
+            return;
         }
         match self.senders.arrive(&origin) {
             Arrival::Duplicate => {
@@ -354,6 +369,8 @@ impl Reader {
                 );
                 return;
             }
+            // Told above.
+            Inbound::Presence(..) => return,
         };
         if (ctx.accepts)(path) {
             match kept {
@@ -411,6 +428,76 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Mode, SlowConsumer};
+    use crate::hub::history::{Presence, Sender};
+    use crate::hub::{Holder, Intake, Outbound};
+    use tungstenite::Message;
+
+    #[test]
+    fn presence_notices_are_told_once_and_leave_the_broadcasts_sequence_alone() {
+        let (ctx, _keep) = super::super::test_context();
+        let intake = Intake {
+            outbox: 8,
+            slow_consumer: SlowConsumer::Disconnect,
+            max_message: 1024,
+            envelope: true,
+            history: None,
+            presence: true,
+        };
+        let here = ctx
+            .hub
+            .join("/c", Mode::Broadcast, intake, Holder::default())
+            .unwrap()
+            .unwrap();
+        let mut reader = Reader::new();
+        let bob = Sender::User("bob".into());
+        let joined = Outbound::Presence {
+            path: "/c".into(),
+            from: bob.clone(),
+            what: Presence::Join,
+        };
+        // As instance `b` numbers them: broadcasts 1 and 2, the notice 1 of its own sequence,
+        // sent twice (a batch Redis did not acknowledge goes again).
+        let entries = [
+            (
+                Outbound::broadcast("/c", bob.clone(), Message::text("one")),
+                1,
+            ),
+            (joined, 1),
+            (
+                Outbound::Presence {
+                    path: "/c".into(),
+                    from: bob.clone(),
+                    what: Presence::Join,
+                },
+                1,
+            ),
+            (Outbound::broadcast("/c", bob, Message::text("two")), 2),
+        ];
+        for (out, seq) in &entries {
+            let envelope = super::super::wire::encode("b", 7, *seq, out).unwrap();
+            let sender = super::super::wire::encode_sender(out);
+            let entry = StreamEntry {
+                id: "1-1",
+                path: Some("/c"),
+                envelope: Some(&envelope),
+                sender: sender.as_deref(),
+                time: None,
+                pos: None,
+                epoch: None,
+                member: None,
+            };
+            reader.handle(&ctx, "/c", &envelope, &entry);
+        }
+        let types: Vec<String> = std::iter::from_fn(|| here.next_queued().ok())
+            .map(|q| {
+                let text = q.msg.to_text().unwrap().to_string();
+                text.split('"').nth(3).unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(types, ["message", "join", "message"]);
+        assert_eq!(ctx.metrics.count(Counter::ClusterLost), 0);
+    }
 
     fn from(instance: &'static [u8], epoch: u64, seq: u64) -> Stamp<'static> {
         Stamp {

@@ -1,6 +1,6 @@
 //! The backbone's wire format: the envelope in an entry's `m` field (origin, sequence number,
-//! kind, bytes), the entry's `p` field, a broadcast's sender as its instance authenticated it in
-//! the `f` field, and reading stream entries out of an `XREAD` or `XRANGE` reply in either
+//! kind, bytes), the entry's `p` field, a broadcast's sender (or who joined or left) as its
+//! instance authenticated it in the `f` field, and reading stream entries out of an `XREAD` or `XRANGE` reply in either
 //! protocol. Pure: no Redis connection here.
 //!
 //! The sender has a field of its own, beside an envelope that is unchanged, so instances with and
@@ -12,7 +12,7 @@ use std::fmt;
 use redis::Value;
 use tungstenite::{Message, Utf8Bytes};
 
-use crate::hub::history::Sender;
+use crate::hub::history::{Presence, Sender};
 use crate::hub::query::{FILTER_KEYS, parse_query, query_string};
 use crate::hub::{Filter, Outbound};
 
@@ -20,6 +20,9 @@ const ENVELOPE_VERSION: u8 = 2;
 const KIND_TEXT: u8 = 0;
 const KIND_BINARY: u8 = 1;
 const KIND_DISCONNECT: u8 = 2;
+/// A presence notice: its sender joined or left the entry's path (no bytes follow).
+const KIND_JOIN: u8 = 3;
+const KIND_LEAVE: u8 = 4;
 /// The sender field's first byte: a user (its name follows), anonymous, the admin API.
 const SENDER_USER: u8 = 0;
 const SENDER_ANONYMOUS: u8 = 1;
@@ -53,6 +56,10 @@ pub(super) fn encode(instance_id: &str, epoch: u64, seq: u64, out: &Outbound) ->
             query = query_string(filter);
             (KIND_DISCONNECT, query.as_bytes())
         }
+        Outbound::Presence { what, .. } => match what {
+            Presence::Join => (KIND_JOIN, &[][..]),
+            Presence::Leave => (KIND_LEAVE, &[][..]),
+        },
     };
     // The config keeps instance ids at most 255 bytes.
     let id = instance_id.as_bytes();
@@ -67,17 +74,19 @@ pub(super) fn encode(instance_id: &str, epoch: u64, seq: u64, out: &Outbound) ->
     Some(out)
 }
 
-/// The stream entry's `f` field: a broadcast's sender. None for a disconnect, and for a
-/// broadcast of unknown sender (one from another instance, which is never sent on).
+/// The stream entry's `f` field: a broadcast's sender, or who joined or left. None for a
+/// disconnect, and for a broadcast of unknown sender (one from another instance, which is
+/// never sent on).
 pub(super) fn encode_sender(out: &Outbound) -> Option<Vec<u8>> {
-    match out {
-        Outbound::Broadcast { from, .. } => match from {
-            Sender::User(name) => Some([&[SENDER_USER][..], name.as_bytes()].concat()),
-            Sender::Anonymous => Some(vec![SENDER_ANONYMOUS]),
-            Sender::Admin => Some(vec![SENDER_ADMIN]),
-            Sender::Unknown => None,
-        },
-        Outbound::Disconnect(_) => None,
+    let from = match out {
+        Outbound::Broadcast { from, .. } | Outbound::Presence { from, .. } => from,
+        Outbound::Disconnect(_) => return None,
+    };
+    match from {
+        Sender::User(name) => Some([&[SENDER_USER][..], name.as_bytes()].concat()),
+        Sender::Anonymous => Some(vec![SENDER_ANONYMOUS]),
+        Sender::Admin => Some(vec![SENDER_ADMIN]),
+        Sender::Unknown => None,
     }
 }
 
@@ -98,7 +107,7 @@ fn decode_sender(field: Option<&[u8]>) -> Result<Sender, BadEnvelope> {
 /// (`*` for none), so `XRANGE` reads well.
 pub(super) fn entry_path(out: &Outbound) -> &str {
     match out {
-        Outbound::Broadcast { path, .. } => path,
+        Outbound::Broadcast { path, .. } | Outbound::Presence { path, .. } => path,
         Outbound::Disconnect(filter) => filter.path.as_deref().unwrap_or("*"),
     }
 }
@@ -109,6 +118,8 @@ pub(super) enum Inbound {
     /// A broadcast, and its sender as its instance authenticated it.
     Broadcast(Message, Sender),
     Disconnect(Filter),
+    /// A presence notice: who joined or left the entry's path.
+    Presence(Presence, Sender),
 }
 
 /// Why an envelope from Redis was not delivered.
@@ -183,6 +194,8 @@ pub(super) fn decode<'a>(
                 .ok_or(BadEnvelope::BadFilter)?;
             Inbound::Disconnect(filter)
         }
+        KIND_JOIN => Inbound::Presence(Presence::Join, decode_sender(sender)?),
+        KIND_LEAVE => Inbound::Presence(Presence::Leave, decode_sender(sender)?),
         other => return Err(BadEnvelope::Kind(other)),
     };
     Ok((origin, inbound))
@@ -349,6 +362,24 @@ mod tests {
                 BadEnvelope::BadSender,
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn presence_notices_travel_with_who_joined_or_left() {
+        for what in [Presence::Join, Presence::Leave] {
+            for from in [Sender::User("bob".into()), Sender::Anonymous] {
+                let out = Outbound::Presence {
+                    path: "/chat/room".into(),
+                    from: from.clone(),
+                    what,
+                };
+                assert_eq!(entry_path(&out), "/chat/room");
+                let (e, f) = (encode("a", 1, 1, &out).unwrap(), encode_sender(&out));
+                assert_eq!(e.len(), 3 + 16 + 1, "the kind alone");
+                let (_, back) = decode(&e, f.as_deref()).unwrap();
+                assert_eq!(back, Inbound::Presence(what, from));
+            }
         }
     }
 

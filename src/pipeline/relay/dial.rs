@@ -1,6 +1,7 @@
-//! Dialing the backend of a `mode = proxy` channel, before the client's 101: the transport (TCP,
-//! Unix socket or verified TLS, [`client_tls`]), then the WebSocket handshake, all of it under the
-//! named `backend connect` deadline; a failure is a [`BackendError`] with the client's status.
+//! Dialing the backend of a `mode = proxy` channel, before the client's 101: a [`Dialer`] holds
+//! the backend with its TLS settings ([`client_tls`]) built once; it opens the transport (TCP,
+//! Unix socket or verified TLS), then the WebSocket handshake, all of it under the named
+//! `backend connect` deadline; a failure is a [`BackendError`] with the client's status.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -222,48 +223,85 @@ fn io_failure(e: io::Error, at: Instant, kind: fn(io::Error) -> BackendError) ->
     }
 }
 
-/// Opens the backend WebSocket for one client, all of it (connect, TLS, the 101) under
-/// `backend.connect_timeout`. `tls` is the channel's [`client_tls`] for a `wss://` backend.
-/// Host names are resolved by the system resolver, whose own timeout applies.
-///
-/// # Errors
-/// [`BackendError`], with the status the client gets.
-pub fn connect(
-    backend: &Backend,
-    tls: Option<&Arc<ClientConfig>>,
+/// A proxy channel's backend, ready to dial: its settings and, for a `wss://` backend, the TLS
+/// client settings built from `backend_ca` (or the system's roots) once, when the configuration
+/// is loaded, and used by every connection that configuration lets in.
+pub struct Dialer {
+    backend: Backend,
+    /// Some exactly for a `wss://` backend: [`Dialer::new`] builds it from the endpoint.
+    tls: Option<Arc<ClientConfig>>,
+}
+
+impl Dialer {
+    /// `backend`, with its TLS settings loaded when it is `wss://`, so a bad `backend_ca` fails
+    /// the start or the reload, not the first connection.
+    ///
+    /// # Errors
+    /// [`CertError::Pem`] from [`client_tls`].
+    pub fn new(backend: &Backend) -> Result<Dialer, CertError> {
+        let tls = match backend.endpoint {
+            Endpoint::Tcp { tls: true, .. } => {
+                Some(client_tls(backend.ca.as_deref(), "backend_ca")?)
+            }
+            Endpoint::Tcp { tls: false, .. } | Endpoint::Unix(_) => None,
+        };
+        Ok(Dialer {
+            backend: backend.clone(),
+            tls,
+        })
+    }
+
+    /// The backend's settings, as configured.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Opens the backend WebSocket for one client, all of it (connect, TLS, the 101) under
+    /// `backend.connect_timeout`. Host names are resolved by the system resolver, whose own
+    /// timeout applies.
+    ///
+    /// # Errors
+    /// [`BackendError`], with the status the client gets.
+    pub fn connect(
+        &self,
+        target: &str,
+        who: &Identity<'_>,
+        ws_config: WebSocketConfig,
+    ) -> Result<BackendWs, BackendError> {
+        let at = Instant::now() + self.backend.connect_timeout;
+        let (stream, host) = match &self.backend.endpoint {
+            Endpoint::Unix(path) => {
+                // A Unix socket connect does not wait for the backend to accept: it fails at
+                // once or lands in the listen queue.
+                let s = UnixStream::connect(path).map_err(BackendError::Down)?;
+                (BackendStream::Unix(s), "localhost".to_string())
+            }
+            Endpoint::Tcp { host, port, .. } => {
+                let sock = dial_tcp(host, *port, at)?;
+                let host_header = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                match &self.tls {
+                    Some(config) => (secure_backend(config, host, sock, at)?, host_header),
+                    None => (BackendStream::Tcp(sock), host_header),
+                }
+            }
+        };
+        upgrade_backend(stream, &host, target, who, ws_config, at)
+    }
+}
+
+/// The backend's 101 over `stream`, asked for `target` with the client's identity, before `at`.
+fn upgrade_backend(
+    stream: BackendStream,
+    host: &str,
     target: &str,
     who: &Identity<'_>,
     ws_config: WebSocketConfig,
+    at: Instant,
 ) -> Result<BackendWs, BackendError> {
-    let at = Instant::now() + backend.connect_timeout;
-    let (stream, host) = match &backend.endpoint {
-        Endpoint::Unix(path) => {
-            // A Unix socket connect does not wait for the backend to accept: it fails at once or
-            // lands in the listen queue.
-            let s = UnixStream::connect(path).map_err(BackendError::Down)?;
-            (BackendStream::Unix(s), "localhost".to_string())
-        }
-        Endpoint::Tcp {
-            host,
-            port,
-            tls: secure,
-        } => {
-            let sock = dial_tcp(host, *port, at)?;
-            let host_header = if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            };
-            if *secure {
-                let config = tls.ok_or_else(|| {
-                    BackendError::Tls(io::Error::other("no TLS settings for a wss:// backend"))
-                })?;
-                (secure_backend(config, host, sock, at)?, host_header)
-            } else {
-                (BackendStream::Tcp(sock), host_header)
-            }
-        }
-    };
     let uri: tungstenite::http::Uri = format!("ws://{host}{target}")
         .parse()
         .map_err(|e| BackendError::Handshake(format!("request target: {e}")))?;

@@ -1,9 +1,10 @@
-//! `mode = proxy`: the backend side of a proxied connection. Before the client's 101, [`connect`]
-//! opens the backend WebSocket (TCP, Unix socket or verified TLS) under the named
-//! `backend connect` deadline; after it, [`run`] relays messages both ways on the worker thread,
-//! `poll(2)` over both sockets, with the client's limits on the client side and the same buffer
-//! bounds and deadlines on both. It never decides access ([`crate::policy`] did) and never
-//! forwards a client header or a query credential to the backend.
+//! `mode = proxy`: the backend side of a proxied connection. Before the client's 101, the
+//! channel's [`Dialer`] (built with the configuration) opens the backend WebSocket (TCP, Unix
+//! socket or verified TLS) under the named `backend connect` deadline; after it, [`run`] relays
+//! messages both ways on the worker thread, `poll(2)` over both sockets, with the client's limits
+//! on the client side and the same buffer bounds and deadlines on both. It never decides access
+//! ([`crate::policy`] did) and never forwards a client header or a query credential to the
+//! backend.
 //!
 //! This file is the relay loop; [`dial`] opens the backend, [`forward`] says what its request
 //! carries from the client's.
@@ -11,7 +12,7 @@
 mod dial;
 mod forward;
 
-pub use self::dial::{BackendStream, BackendWs, client_tls, connect};
+pub use self::dial::{BackendStream, BackendWs, Dialer, client_tls};
 pub use self::forward::{Identity, forward_target};
 
 use std::io::{self, Read, Write};

@@ -14,10 +14,8 @@
 set -euo pipefail
 CONNS=${1:-20}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-if [[ -z ${WSGATE_BIN:-} ]]; then
-  (cd "$ROOT" && cargo build --release -q)
-fi
-BIN=${WSGATE_BIN:-$ROOT/target/release/wsgate}
+. "$ROOT/scripts/lib.sh"
+wsgate_bin
 PYTHON=${WSGATE_TEST_PYTHON:-$ROOT/target/test-venv/bin/python3}
 [[ -x $PYTHON ]] || PYTHON=python3
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""stack-depth.py PID [SIZE_KIB] — how deep a process's thread stacks have ever been used.
+"""stack-depth.py PID [SIZE_KIB] [--max-kib N] — how deep a process's thread stacks have ever been used.
 
 For each thread stack of SIZE_KIB (default 256, `worker_stack_size`), reads its pages from
 /proc/PID/pagemap and /proc/PID/mem (root) and prints, grouped: the resident pages and the
 deepest non-zero word, in bytes from the stack's top. A fresh stack page is zero-filled, so the
 deepest non-zero word is the deepest any call has reached; a page is resident once touched.
 Thread stacks are told apart by size only; an approximation, not an accounting.
+With --max-kib N, exits 1 when any of those stacks has more than N KiB resident.
 """
 import collections
 import struct
@@ -41,11 +42,21 @@ def depth(pid, start, end):
 
 
 def main():
-    pid, size = int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 256
+    args, max_kib = sys.argv[1:], None
+    if "--max-kib" in args:
+        i = args.index("--max-kib")
+        max_kib = int(args[i + 1])
+        del args[i : i + 2]
+    pid, size = int(args[0]), int(args[1]) if len(args) > 1 else 256
     seen = collections.Counter(depth(pid, s, e) for s, e in stacks(pid, size << 10))
     print(f"{size} KiB thread stacks: count x (resident KiB, deepest use in bytes from the top)")
     for (kib, deepest), n in sorted(seen.items()):
         print(f"  {n:6} x ({kib}, {deepest})")
+    if max_kib is not None:
+        over = sum(n for (kib, _), n in seen.items() if kib > max_kib)
+        if not seen or over:
+            print(f"{over} of {sum(seen.values())} stacks have more than {max_kib} KiB resident")
+            sys.exit(1)
 
 
 main()

@@ -23,11 +23,19 @@ pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The socket under a WebSocket, for `poll`.
 pub(crate) trait PollSocket {
     fn poll_fd(&self) -> BorrowedFd<'_>;
+
+    /// `poll` returned: a stream whose reads are `poll`-driven asks its socket again (and may
+    /// read it now, see [`Transport::readable`]).
+    fn readable(&mut self) {}
 }
 
 impl PollSocket for Replay<Transport> {
     fn poll_fd(&self) -> BorrowedFd<'_> {
         self.get_ref().socket().as_fd()
+    }
+
+    fn readable(&mut self) {
+        self.get_mut().readable();
     }
 }
 
@@ -101,6 +109,7 @@ pub(crate) fn close<S: Read + Write + PollSocket>(
         if poll(&mut fds, Some(&t)).is_err() {
             return;
         }
+        ws.get_mut().readable();
     }
 }
 

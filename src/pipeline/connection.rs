@@ -43,19 +43,25 @@ pub enum Audience {
     Broadcast,
 }
 
-/// Runs the connection until it ends. Consumes the socket and the membership.
-pub fn run(
+/// Sets the connection up for its loop ([`Conn::run`]): the socket non-blocking, the read path
+/// watched and charged, the hub told where to write. Consumes the socket and the membership.
+/// Not inlined: its temporaries would stay in the frame the loop runs under.
+///
+/// # Errors
+/// How the connection ends when the socket cannot be made non-blocking.
+#[inline(never)]
+pub fn open(
     mut ws: Box<WsStream>,
     member: Membership,
     audience: Audience,
     rights: Rights,
     channel: &WsLimits,
     limits: &Limits,
-) -> End {
+) -> Result<Conn, End> {
     let now = Instant::now();
     let sock = ws.get_ref().get_ref().shared_socket();
     if let Err(e) = sock.set_nonblocking(true) {
-        return End::Dropped(format!("set non-blocking: {e}"));
+        return Err(End::Dropped(format!("set non-blocking: {e}")));
     }
     let inbound = Inbound::new(&mut ws, &member, rights, channel, limits, now);
     let mut wire = Wire {
@@ -84,17 +90,14 @@ pub fn run(
             .set(Arc::clone(&wire) as Arc<dyn DirectWrite>);
         member.announce();
     }
-    let mut conn = Conn {
+    Ok(Conn {
         wire,
         sock,
         member,
         audience,
         inbound,
         max_write_buffer: channel.max_write_buffer_size.get(),
-    };
-    let end = conn.serve(limits);
-    conn.finish(&end, limits.write_timeout);
-    end
+    })
 }
 
 /// The WebSocket and what its writes owe. The loop holds its lock while it works and lets go
@@ -208,7 +211,8 @@ impl DirectWrite for Mutex<Wire> {
     }
 }
 
-struct Conn {
+/// A connection in its loop (see [`open`]).
+pub struct Conn {
     wire: Arc<Mutex<Wire>>,
     /// The socket, for `poll` while the wire is unlocked.
     sock: Arc<TcpStream>,
@@ -244,11 +248,24 @@ struct Turn {
 }
 
 impl Conn {
+    /// Runs the connection until it ends, and closes it. Inlined into its caller, so that the
+    /// loop and the close each run in their own frame right under the caller's: the close's
+    /// reads (the peer's close frame, its `close_notify`) then decrypt no deeper than the
+    /// loop's (docs/benchmarks.md, "The worker's stack").
+    #[inline(always)]
+    pub fn run(&mut self, limits: &Limits) -> End {
+        let end = self.serve(limits);
+        self.finish(&end, limits.write_timeout);
+        end
+    }
+
     /// Every turn of this loop goes through [`Conn::step`], which checks the end flags and the
     /// deadlines; nothing in a step waits or loops without a bound.
+    #[inline(never)]
     fn serve(&mut self, limits: &Limits) -> End {
         let wire = Arc::clone(&self.wire);
-        let mut readable = false;
+        // The first step asks the socket: the client may have written before the loop began.
+        let mut readable = true;
         loop {
             let mut w = lock(&wire);
             if readable {
@@ -328,6 +345,9 @@ impl Conn {
                 Read::Closed(frame) => {
                     return Err(End::PeerClosed(frame.map_or(1005, |f| u16::from(f.code))));
                 }
+                // The pong goes out now, from the loop's frame: tungstenite's next read would
+                // write it from 0.6 KiB deeper in the worker's stack (docs/benchmarks.md).
+                Read::Pinged => flush(w)?,
                 Read::Other => {}
                 Read::Empty => return Ok(Left::Nothing),
             }
@@ -486,7 +506,9 @@ impl Conn {
     /// Sends our close frame where one is due, waits briefly for the peer's, and ends TLS cleanly.
     /// Bytes already queued go out first (up to `write_timeout`, so a slow consumer still gets
     /// everything before its 1008): only then is there sure to be room for the close frame, which
-    /// tungstenite would otherwise refuse as `WriteBufferFull`.
+    /// tungstenite would otherwise refuse as `WriteBufferFull`. Not inlined: the loop's frame
+    /// need not hold what closing takes.
+    #[inline(never)]
     fn finish(&mut self, end: &End, write_timeout: Duration) {
         // Queued broadcasts are never written now: their memory goes at once, not when the
         // close below has finished (a slow consumer at the memory cap frees its outbox first).
@@ -494,7 +516,7 @@ impl Conn {
         let wire = Arc::clone(&self.wire);
         let mut w = lock(&wire);
         w.open = false;
-        w.ws.get_mut().get_mut().poll_driven(false);
+        // Reads stay `poll`-driven: the close loop tells the stream when `poll` returned.
         let (send, wait_reply) = match end {
             End::Closed(why) => (Some(Some(close::frame(*why))), why.waits_for_reply()),
             // Its close is answered by the flush; then the close handshake is complete.

@@ -45,7 +45,9 @@ pub enum Read {
     Data(Message),
     /// The peer's close frame (tungstenite has queued the reply).
     Closed(Option<tungstenite::protocol::CloseFrame>),
-    /// A control frame, or a data message dropped by the rights or the rate limit.
+    /// A ping: tungstenite has queued the pong, which the next flush (or read) sends.
+    Pinged,
+    /// A pong or a raw frame, or a data message dropped by the rights or the rate limit.
     Other,
     /// Nothing more without blocking.
     Empty,
@@ -209,7 +211,8 @@ impl Inbound {
             }
             Message::Close(frame) => Ok(Read::Closed(frame)),
             // Pings are answered by tungstenite; pongs and raw frames need nothing.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(Read::Other),
+            Message::Ping(_) => Ok(Read::Pinged),
+            Message::Pong(_) | Message::Frame(_) => Ok(Read::Other),
         }
     }
 

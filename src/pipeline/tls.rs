@@ -98,6 +98,8 @@ pub struct TlsStream {
     poll_driven: bool,
     /// The last socket read came back short (see `poll_driven`).
     drained: bool,
+    /// What went wrong in a fetch [`TlsStream::readable`] made: the next read returns it.
+    pending: Option<io::Error>,
 }
 
 /// Runs the server side of the TLS handshake, giving up at `deadline`. A client that speaks
@@ -125,6 +127,7 @@ pub fn handshake(
         sock: Arc::new(sock),
         poll_driven: false,
         drained: false,
+        pending: None,
     };
     while tls.conn.is_handshaking() {
         deadline.arm(&tls.sock)?;
@@ -243,9 +246,48 @@ impl TlsStream {
         self.drained = false;
     }
 
-    /// `poll` reported the socket readable (or failed): the next read asks the socket again.
+    /// `poll` reported the socket readable (or failed): what the socket holds is read and
+    /// decrypted now, unless rustls still holds plaintext to be read first; a failure is kept
+    /// for the next read. Decrypting here, in the loop's own frame, rather than under
+    /// tungstenite's read and our stream's layers, keeps the worker's stack about 1 KiB
+    /// shallower: an idle connection's pong or a small message then stays within the stack
+    /// pages its loop already touched (docs/benchmarks.md, "The worker's stack").
+    #[inline]
     pub fn readable(&mut self) {
         self.drained = false;
+        if self.poll_driven && self.pending.is_none() && self.conn.wants_read() {
+            match self.fetch() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained = true,
+                Err(e) => self.pending = Some(e),
+            }
+        }
+    }
+
+    /// One socket read into rustls and the records it completes decrypted; replies rustls
+    /// queued meanwhile (key updates, alerts) are sent as far as the socket takes them.
+    /// `WouldBlock` and `TimedOut` pass to the caller.
+    #[inline(never)]
+    fn fetch(&mut self) -> io::Result<()> {
+        let mut sock = ShortReads {
+            sock: &self.sock,
+            short: false,
+        };
+        self.conn.read_tls(&mut sock)?;
+        self.drained = sock.short;
+        if let Err(e) = self.conn.process_new_packets() {
+            // Best effort to tell the peer why (the alert is queued by rustls).
+            let _ = self.write_records();
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        if self.conn.wants_write() {
+            // Handshake-layer replies (key updates, alerts). A full socket is fine: flush retries.
+            match self.write_records() {
+                Err(e) if !is_timeout(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn write_records(&mut self) -> io::Result<()> {
@@ -260,6 +302,9 @@ impl TlsStream {
 
 impl Read for TlsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
         loop {
             match self.conn.reader().read(buf) {
                 // Ok(0) here is a clean close_notify; a TCP close without one is UnexpectedEof.
@@ -271,24 +316,7 @@ impl Read for TlsStream {
             if self.poll_driven && self.drained {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let mut sock = ShortReads {
-                sock: &self.sock,
-                short: false,
-            };
-            self.conn.read_tls(&mut sock)?;
-            self.drained = sock.short;
-            if let Err(e) = self.conn.process_new_packets() {
-                // Best effort to tell the peer why (the alert is queued by rustls).
-                let _ = self.write_records();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-            if self.conn.wants_write() {
-                // Handshake-layer replies (key updates, alerts). A full socket is fine: flush retries.
-                match self.write_records() {
-                    Err(e) if !is_timeout(&e) => return Err(e),
-                    _ => {}
-                }
-            }
+            self.fetch()?;
         }
     }
 }

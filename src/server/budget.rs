@@ -21,13 +21,15 @@ const PROCESS_BASE: usize = 6 * MIB;
 /// The share of the host kept for what the kernel charges to the same cgroup: the connections'
 /// socket buffers and the page cache of the files the server reads.
 const KERNEL_SHARE: usize = 8;
-/// Stack pages an idle connection's loop has touched (measured: 12 KiB of the
-/// `worker_stack_size` reserve, 8 of them what a thread costs before it runs anything).
+/// Stack pages a connection's loop has touched, whatever its traffic: 8 KiB of the
+/// `worker_stack_size` reserve while it has only been idle (pings, small messages; measured),
+/// 12 once a read of more than rustls' 4 KiB socket read decrypted under tungstenite's read
+/// (docs/benchmarks.md, "The worker's stack").
 const STACK_TOUCHED: usize = 12 * KIB;
 /// What an idle connection keeps beside its stack, base buffers and TLS state: its boxed
 /// WebSocket, hub membership and read-share place, and malloc's overhead. With the default
-/// buffers the base cost adds up to 27 KiB, the measured 26.3 KiB per idle TLS connection
-/// (docs/benchmarks.md) rounded up.
+/// buffers the base cost adds up to 27 KiB; an idle TLS connection was measured at 22.0 KiB
+/// (docs/benchmarks.md), 4 KiB of the difference the stack page it has not touched.
 const CONNECTION_STATE: usize = 2 * KIB;
 /// rustls' state for an established connection with its buffers drained.
 const TLS_IDLE: usize = 4 * KIB;

@@ -12,12 +12,14 @@ use std::time::{Instant, SystemTime};
 
 use crate::auth::NoSession;
 use crate::auth::session::{self};
+use crate::config::Limits;
 use crate::hub::{Holder, HubClosed, Intake, JoinRefused, Membership, Profile, RecallRefused};
 use crate::ops::metrics::Counter;
-use crate::ops::metrics::Outcome;
+use crate::ops::metrics::{Metrics, Outcome};
 use crate::pipeline::admit::{self, Ticket};
 use crate::pipeline::connection;
 use crate::pipeline::deadline::{Deadline, Phase, is_timeout};
+use crate::pipeline::end::End;
 use crate::pipeline::inbound::Rights;
 use crate::pipeline::pool::{NoPlace, Slot};
 use crate::pipeline::proxy_protocol;
@@ -28,11 +30,12 @@ use crate::policy::{Grant, LogSafeUser, Method, Proof, Reason, Revocation};
 
 use super::{Loop, Runtime, Shared};
 
-/// A connection past its 101, handed from its handshake thread to its worker.
+/// A connection past its 101, on its handshake thread, before its loop is set up ([`start`]).
 struct Opened {
-    /// Boxed on the handshake thread: the WebSocket with its TLS state is 1.6 KiB, and each
-    /// move of it by value on the worker's way into its loop would touch another stretch of the
-    /// worker's stack, resident for the connection's life (measured: 8 KiB per idle connection).
+    /// Boxed on the handshake thread and never unboxed: the WebSocket with its TLS state is
+    /// 1.6 KiB, and each move of it by value on the worker's way into its loop would touch
+    /// another stretch of the worker's stack, resident for the connection's life (measured:
+    /// 8 KiB per idle connection).
     ws: Box<upgrade::WsStream>,
     grant: Grant,
     member: Membership,
@@ -153,16 +156,17 @@ impl Unopened {
 }
 
 /// One connection's pipeline, called on its handshake thread: the steps before the 101
-/// (PROXY header, TLS, upgrade) here, then the connection loop on the worker whose place the
-/// upgrade took before answering 101. The connection flows one way and no thread waits for
-/// another: the worker is idle until the connection arrives, and the handshake thread takes the
-/// next connection at once.
+/// (PROXY header, TLS, upgrade) and the loop's setup ([`start`]) here, then the connection loop
+/// on the worker whose place the upgrade took before answering 101. The connection flows one way
+/// and no thread waits for another: the worker is idle until the connection arrives, and the
+/// handshake thread takes the next connection at once.
 ///
-/// The handshake runs deep (rustls, Argon2, the HTTP head: ~72 KiB of stack); on the worker,
-/// those pages would stay resident for the connection's life. Handshake threads are few (at most
-/// `max_pre_auth`, started on demand) and persist, so their deep stacks are paid once per thread,
-/// not per connection, and no thread is created per connection; the stack a worker keeps
-/// resident for an idle connection is only what the loop touches.
+/// The handshake runs deep (rustls, Argon2, the HTTP head: ~72 KiB of stack), and so does the
+/// loop's setup (the grant taken apart, the open line, the read share's place: 3.5 KiB); on the
+/// worker, those pages would stay resident for the connection's life. Handshake threads are few
+/// (at most `max_pre_auth`, started on demand) and persist, so their deep stacks are paid once
+/// per thread, not per connection, and no thread is created per connection; the stack a worker
+/// keeps resident for an idle connection is only what the loop touches.
 pub(super) fn serve(
     shared: &Arc<Shared>,
     rt: &Arc<Runtime>,
@@ -172,15 +176,18 @@ pub(super) fn serve(
     ticket: Ticket,
     proxied: bool,
 ) {
-    let handshake = || handshake(shared, rt, stream, peer, accepted, ticket, proxied);
+    let handshake = || {
+        handshake(shared, rt, stream, peer, accepted, ticket, proxied)
+            .map(|(opened, worker)| (start(shared, rt, opened), worker))
+    };
     match catch_unwind(AssertUnwindSafe(handshake)) {
-        Ok(Ok((opened, worker))) => {
+        Ok(Ok((opening, worker))) => {
             let (shared, rt) = (Arc::clone(shared), Arc::clone(rt));
             // The connection travels boxed and is unboxed onto the worker's stack at once: a
             // queued job's captures stay allocated until the job returns, which for a connection
             // is its whole life (measured: ~2 KiB per idle connection when moved unboxed).
-            let opened = Box::new(opened);
-            worker.run(move || run(&shared, &rt, unbox(opened)));
+            let opening = Box::new(opening);
+            worker.run(move || run(&shared, &rt, unbox(opening)));
         }
         Ok(Err(ended)) => {
             let (unopened, who) = *ended;
@@ -203,9 +210,75 @@ fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }
 
-/// The connection loop on its worker, with its open and close log lines.
-fn run(shared: &Shared, rt: &Runtime, opened: Opened) {
-    let metrics = &shared.metrics;
+/// The connection loop on its worker, then its close line. The frame under the loop holds only
+/// the loop's state and what the close line needs ([`Opening`]): every byte of stack the loop
+/// reaches is resident for the connection's life, a page at a time (docs/benchmarks.md, "The
+/// worker's stack").
+fn run(shared: &Shared, rt: &Runtime, mut open: Opening) {
+    let end = open.state.run(&rt.config.limits);
+    // The loop's state goes before the close line, dropped where it lies (moved out, it would
+    // need room for a copy in this frame, the one under the loop): its socket closed, its place
+    // in the hub left.
+    open.state = Running::Ended(end.clone());
+    open.report(&shared.metrics, &end);
+}
+
+/// A connection past its open line: its loop, and what its close line will need.
+struct Opening {
+    state: Running,
+    /// The names the close line starts with (peer, user, session, path), one string.
+    names: Box<str>,
+    pattern: String,
+    opened: Instant,
+    /// The connection's place in the pool, given back after the close line.
+    _ticket: Ticket,
+}
+
+/// A connection's loop: set up and ready to run, or ended (or failed to be set up) like this.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per connection, on its worker's stack within the pages the loop touches \
+              anyway; boxing the direct loop's state would add a heap allocation per connection"
+)]
+enum Running {
+    Direct(connection::Conn),
+    /// Boxed: inline, it would make every connection's frame as large (0.2 KiB more).
+    Relay(Box<relay::Relay>),
+    Ended(End),
+}
+
+impl Running {
+    /// Runs the loop until the connection ends.
+    fn run(&mut self, limits: &Limits) -> End {
+        match self {
+            Running::Direct(conn) => conn.run(limits),
+            Running::Relay(relay) => relay.run(limits),
+            Running::Ended(end) => end.clone(),
+        }
+    }
+}
+
+impl Opening {
+    /// Counts the connection out of its channel and writes the close line.
+    #[inline(never)]
+    fn report(&self, metrics: &Metrics, end: &End) {
+        metrics.channel_closed(&self.pattern);
+        // In whole milliseconds: a float's formatting went 0.7 KiB deeper into the worker's stack
+        // (a worker keeps the pages its earlier connections touched).
+        let duration = self.opened.elapsed();
+        log::info!(
+            "close {} duration={}.{:03}s {end}",
+            self.names,
+            duration.as_secs(),
+            duration.subsec_millis()
+        );
+    }
+}
+
+/// Sets the connection up for its loop, on its handshake thread: the open line, the channel
+/// counted, the loop's state made (the relay's for a proxy channel), the grant dropped but for
+/// what the close line will need.
+fn start(shared: &Shared, rt: &Runtime, opened: Opened) -> Opening {
     let Opened {
         ws,
         grant,
@@ -218,7 +291,7 @@ fn run(shared: &Shared, rt: &Runtime, opened: Opened) {
     let config = &rt.config;
     let channel = config.channel(grant.channel);
     let pattern = channel.pattern.to_string();
-    metrics.channel_opened(&pattern);
+    shared.metrics.channel_opened(&pattern);
     let user = grant.log_user();
     let via = match rt.channel_loop(grant.channel) {
         Loop::Relay(dialer) => format!(" backend={}", dialer.backend().endpoint),
@@ -229,26 +302,31 @@ fn run(shared: &Shared, rt: &Runtime, opened: Opened) {
         grant.method,
         grant.path
     );
-    let opened = Instant::now();
     let rights = Rights {
         may_publish: grant.may_publish,
         on_forbidden: channel.on_forbidden,
         on_rate_limit: channel.limits.on_rate_limit,
     };
     let (limits, channel_limits) = (&config.limits, &channel.limits);
-    let end = match then {
-        Loop::Relay(backend) => relay::run(ws, backend, member, rights, channel_limits, limits),
+    let opened = match then {
+        Loop::Relay(backend) => relay::open(ws, backend, member, rights, channel_limits, limits)
+            .map(|relay| Running::Relay(Box::new(relay))),
         Loop::Connection(audience) => {
-            connection::run(ws, member, audience, rights, channel_limits, limits)
+            connection::open(ws, member, audience, rights, channel_limits, limits)
+                .map(Running::Direct)
         }
     };
-    metrics.channel_closed(&pattern);
-    log::info!(
-        "close peer={peer} user=\"{user}\" session={session_id} path={} duration={:.3}s {end}",
-        grant.path,
-        opened.elapsed().as_secs_f64()
+    let names = format!(
+        "peer={peer} user=\"{user}\" session={session_id} path={}",
+        grant.path
     );
-    drop(ticket);
+    Opening {
+        state: opened.unwrap_or_else(Running::Ended),
+        names: names.into_boxed_str(),
+        pattern,
+        opened: Instant::now(),
+        _ticket: ticket,
+    }
 }
 
 /// Who a connection that ended before its 101 was: the client once known, and the load

@@ -144,15 +144,21 @@ fn client_gone() -> BackendEnd {
     BackendEnd::Close(Some(close::frame(CloseReason::CLIENT_GONE)))
 }
 
-/// Runs a proxied connection until either side ends, then closes the other. Consumes both.
-pub fn run(
+/// Sets a proxied connection up for its loop ([`Relay::run`]): both sockets non-blocking, the
+/// client's read path watched and charged. Consumes both. Not inlined: its temporaries would
+/// stay in the frame the loop runs under.
+///
+/// # Errors
+/// How the connection ends when a socket cannot be made non-blocking.
+#[inline(never)]
+pub fn open(
     mut client: Box<WsStream>,
     backend: Box<BackendWs>,
     member: Membership,
     rights: Rights,
     channel: &WsLimits,
     limits: &Limits,
-) -> End {
+) -> Result<Relay, End> {
     let now = Instant::now();
     let sock = client.get_ref().get_ref().shared_socket();
     if let Err(e) = sock
@@ -160,27 +166,25 @@ pub fn run(
         .and_then(|()| backend.get_ref().set_nonblocking(true))
         .and_then(|()| backend.get_ref().set_timeouts(None))
     {
-        return End::Dropped(format!("set non-blocking: {e}"));
+        return Err(End::Dropped(format!("set non-blocking: {e}")));
     }
     // The client's messages take the connection loop's inbound path: their read charge is given
     // back once each is handed to the backend (its write buffer is bounded per connection by
     // `max_write_buffer_size`, not by the cap).
     let inbound = Inbound::new(&mut client, &member, rights, channel, limits, now);
     member.attach_socket(Arc::clone(&sock));
-    let mut relay = Relay {
+    Ok(Relay {
         client: Side::new(client),
         backend: Side::new(backend),
         backend_silence: Silence::new(now, limits),
         sock,
         member,
         inbound,
-    };
-    let ending = relay.serve(limits);
-    relay.finish(&ending, limits.write_timeout);
-    ending.client
+    })
 }
 
-struct Relay {
+/// A proxied connection in its loop (see [`open`]).
+pub struct Relay {
     client: Side<crate::pipeline::upgrade::Replay<crate::pipeline::tls::Transport>>,
     backend: Side<BackendStream>,
     backend_silence: Silence,
@@ -192,8 +196,17 @@ struct Relay {
 }
 
 impl Relay {
+    /// Runs a proxied connection until either side ends, then closes the other.
+    #[inline(never)]
+    pub fn run(&mut self, limits: &Limits) -> End {
+        let ending = self.serve(limits);
+        self.finish(&ending, limits.write_timeout);
+        ending.client
+    }
+
     fn serve(&mut self, limits: &Limits) -> Ending {
-        let mut client_readable = false;
+        // The first step asks the client's socket: it may have written before the loop began.
+        let mut client_readable = true;
         loop {
             if client_readable {
                 self.client.ws.get_mut().get_mut().readable();
@@ -319,7 +332,7 @@ impl Relay {
                         BackendEnd::Close(frame),
                     ));
                 }
-                inbound::Read::Other => {}
+                inbound::Read::Pinged | inbound::Read::Other => {}
                 inbound::Read::Empty => return Ok(false),
             }
         }

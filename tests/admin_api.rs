@@ -230,6 +230,43 @@ fn a_publish_reaches_every_subscriber_of_the_channel_and_answers_202_with_their_
     assert_eq!(metric(&server, "wsgate_admin_publishes_total"), 206);
 }
 
+#[test]
+fn presence_answers_for_the_one_spelling_a_client_is_served_on_and_404_for_the_others() {
+    let server = setup().start();
+    let _alice = server.connect_as("/chat/a", ALICE);
+    let listed = r#"{"path":"/chat/a","subscribers":[{"user":"alice","connections":1}]}"#;
+    let presence = |query: &str| {
+        let (status, body) = server.admin_get(&format!("/presence?path={query}"));
+        (status, body.trim().to_string())
+    };
+    assert!(
+        wait_until(IO_TIMEOUT, || presence("/chat/a")
+            == (200, listed.to_string())),
+        "alice listed on /chat/a: {:?}",
+        presence("/chat/a")
+    );
+    // The query's own encoding of the same path.
+    assert_eq!(presence("%2Fchat%2Fa"), (200, listed.to_string()));
+    for other in [
+        "/chat//a",
+        "/chat/a/",
+        "/chat/./a",
+        "/chat/a%252Fb",
+        "/chat/%252E%252E/news",
+        "/chat/a%5Cb",
+        "/chat/a%3Fx",
+        "/chat/a%23x",
+        "/missing",
+        "/echo",
+    ] {
+        assert_eq!(
+            presence(other),
+            (404, "no broadcast channel serves this path".to_string()),
+            "{other}"
+        );
+    }
+}
+
 /// A request and the status it must get: method, target, headers, body, status.
 type Case<'a> = (&'a str, &'a str, &'a [&'a str], &'a [u8], u16);
 
@@ -246,6 +283,12 @@ fn a_publish_is_refused_for_paths_no_broadcast_channel_serves_and_bodies_it_cann
         ("POST", "/publish?path=/chat/", &[], b"x", 404),
         ("POST", "/publish?path=/chat/../news", &[], b"x", 404),
         ("POST", "/publish?path=/chat/%2E%2E/x", &[], b"x", 404),
+        // Decoded, these are paths the upgrade refuses as ambiguous (400): no client is there.
+        ("POST", "/publish?path=/chat/%252E%252E/x", &[], b"x", 404),
+        ("POST", "/publish?path=/chat/a%252Fb", &[], b"x", 404),
+        ("POST", "/publish?path=/chat/a%5Cb", &[], b"x", 404),
+        ("POST", "/publish?path=/chat/a%3Fb", &[], b"x", 404),
+        ("POST", "/publish?path=/chat/a%23b", &[], b"x", 404),
         ("POST", "/publish?path=news", &[], b"x", 404),
         ("POST", "/publish?path=%zz", &[], b"x", 400),
         ("POST", "/publish", &[], b"x", 400),

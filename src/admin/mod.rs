@@ -108,7 +108,7 @@ pub struct Api {
     pub hub: Arc<Hub>,
     /// The `max_message_size` and history of the broadcast channel serving a path under the
     /// current config; `None` when no broadcast channel serves it (no channel, an echo channel,
-    /// a bad path).
+    /// a path an upgrade would refuse).
     pub broadcast_limit: Box<BroadcastLimit>,
     /// SHA-256 of `[admin] token_file`'s token; `None`: no token asked for (loopback only).
     pub token: Option<[u8; 32]>,

@@ -814,6 +814,12 @@ fn attach_admin_api(
 ) {
     let weak = Arc::downgrade(shared);
     let broadcast_limit = move |path: &str| {
+        // Only a path an upgrade could be served on: one the request target parses to whole,
+        // with no query, fragment or spelling another reader may resolve differently.
+        let whole = policy::Target::parse(path).is_ok_and(|t| t.query.is_none());
+        if !whole {
+            return None;
+        }
         let shared = weak.upgrade()?;
         let rt = shared.current();
         policy::route(path, &rt.config)

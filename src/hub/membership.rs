@@ -353,14 +353,7 @@ mod tests {
     #[test]
     fn joins_that_recall_while_broadcasts_go_on_miss_none_and_repeat_none() {
         let hub = hub();
-        let keep = Retention {
-            size: std::num::NonZeroUsize::new(16).unwrap(),
-            ttl: None,
-        };
-        let kept = Intake {
-            history: Some(keep),
-            ..intake(10_000, SlowConsumer::Disconnect)
-        };
+        let kept = keeping(16, 10_000);
         let publisher = hub
             .join("/c", Mode::Broadcast, kept, Holder::default())
             .unwrap()
@@ -425,38 +418,50 @@ mod tests {
         }
     }
 
+    /// An intake keeping `size` broadcasts with an outbox of `outbox`.
+    fn keeping(size: usize, outbox: usize) -> Intake {
+        Intake {
+            history: Some(Retention {
+                size: std::num::NonZeroUsize::new(size).unwrap(),
+                ttl: None,
+            }),
+            ..intake(outbox, SlowConsumer::Disconnect)
+        }
+    }
+
+    /// A join of `/c` asking for its last 2 kept broadcasts, on a thread of its own (its read
+    /// from the store waits for the test's answer).
+    fn join_asking_for_the_last_two(
+        hub: &Arc<Hub>,
+        kept: Intake,
+    ) -> std::thread::JoinHandle<Membership> {
+        let hub = Arc::clone(hub);
+        std::thread::spawn(move || {
+            hub.join_recalling(
+                "/c",
+                Mode::Broadcast,
+                kept,
+                Holder::default(),
+                &Recall::Last(2),
+            )
+            .unwrap()
+            .unwrap()
+        })
+    }
+
     #[test]
     fn a_join_reading_its_history_holds_no_delivery_back_and_misses_or_repeats_none() {
         let hub = hub();
         let (asked, asked_rx) = crossbeam_channel::bounded(1);
         let (answer, answers) = crossbeam_channel::bounded(1);
         hub.set_store(Arc::new(Gated { asked, answers }));
-        let kept = Intake {
-            history: Some(Retention {
-                size: std::num::NonZeroUsize::new(4).unwrap(),
-                ttl: None,
-            }),
-            ..intake(8, SlowConsumer::Disconnect)
-        };
+        let kept = keeping(4, 8);
         let near = hub
             .join("/c", Mode::Broadcast, kept, Holder::default())
             .unwrap()
             .unwrap();
         let elsewhere = join(&hub, "/d", 8, SlowConsumer::Disconnect);
-        let joining = {
-            let hub = Arc::clone(&hub);
-            std::thread::spawn(move || {
-                hub.join_recalling(
-                    "/c",
-                    Mode::Broadcast,
-                    kept,
-                    Holder::default(),
-                    &Recall::Last(2),
-                )
-                .unwrap()
-                .unwrap()
-            })
-        };
+        let joining = join_asking_for_the_last_two(&hub, kept);
         asked_rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .unwrap();
@@ -514,13 +519,7 @@ mod tests {
         let hub = hub();
         let kept = Arc::new(Kept::default());
         hub.set_store(Arc::clone(&kept) as Arc<dyn SharedHistory>);
-        let intake = Intake {
-            history: Some(Retention {
-                size: std::num::NonZeroUsize::new(16).unwrap(),
-                ttl: None,
-            }),
-            ..intake(10_000, SlowConsumer::Disconnect)
-        };
+        let intake = keeping(16, 10_000);
         const N: u64 = 2000;
         let publishing = {
             let hub = Arc::clone(&hub);
@@ -564,27 +563,8 @@ mod tests {
         let (asked, asked_rx) = crossbeam_channel::bounded(1);
         let (answer, answers) = crossbeam_channel::bounded(1);
         hub.set_store(Arc::new(Gated { asked, answers }));
-        let kept = Intake {
-            history: Some(Retention {
-                size: std::num::NonZeroUsize::new(2).unwrap(),
-                ttl: None,
-            }),
-            ..intake(2, SlowConsumer::Disconnect)
-        };
-        let joining = {
-            let hub = Arc::clone(&hub);
-            std::thread::spawn(move || {
-                hub.join_recalling(
-                    "/c",
-                    Mode::Broadcast,
-                    kept,
-                    Holder::default(),
-                    &Recall::Last(2),
-                )
-                .unwrap()
-                .unwrap()
-            })
-        };
+        let kept = keeping(2, 2);
+        let joining = join_asking_for_the_last_two(&hub, kept);
         asked_rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .unwrap();

@@ -1135,6 +1135,16 @@ fn bad_users_files_are_refused_at_start_with_line_numbers() {
         "{}",
         server.logs()
     );
+    // Said once: reloads reading the same file with the same mode do not repeat it.
+    for _ in 0..3 {
+        server.reload_and_wait();
+    }
+    assert_eq!(
+        server.count_log("accessible by group/others"),
+        1,
+        "{}",
+        server.logs()
+    );
     let mut ws = server.connect_as("/echo", ALICE);
     ws.send(Message::text("crlf")).unwrap();
     assert_eq!(next_data(&mut ws), Message::text("crlf"));

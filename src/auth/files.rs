@@ -8,10 +8,33 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The secret files warned about, each with the mode it was warned for: a reload (or the
+/// re-reads of a settling file) reading the same file with the same mode says nothing again.
+static WARNED: Mutex<Vec<(PathBuf, u32)>> = Mutex::new(Vec::new());
+
+/// Whether the open mode `mode` of `path` is news: not the mode last warned about for it.
+/// Remembers it (one entry per path: the secret files are few).
+fn first_warning(path: &Path, mode: u32) -> bool {
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    match warned.iter_mut().find(|(p, _)| p == path) {
+        Some((_, last)) if *last == mode => false,
+        Some((_, last)) => {
+            *last = mode;
+            true
+        }
+        None => {
+            warned.push((path.to_path_buf(), mode));
+            true
+        }
+    }
+}
+
 /// Opens the secret file `path` (`what` names it in the warning). Refuses anything but a regular
-/// file; warns, once per call, if its mode lets group or others read it.
+/// file; warns if its mode lets group or others read it — once per process for a path and
+/// mode, so that reloads do not repeat it (a mode changed to another open one is warned again).
 ///
 /// # Errors
 /// The open error (including `NotFound`, which some callers treat as "none yet"), or
@@ -26,7 +49,7 @@ pub fn open_private(path: &Path, what: &str) -> io::Result<(File, Metadata)> {
         ));
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if mode & 0o077 != 0 && first_warning(path, mode) {
         log::warn!(
             "{what} {} is accessible by group/others (mode {mode:03o}); run `chmod 600 {}`",
             shown(path),

@@ -368,17 +368,7 @@ mod tests {
         // broadcasts after it must be one unbroken run.
         let mut joined = Vec::new();
         while !publishing.is_finished() && joined.len() < 50 {
-            let m = hub
-                .join_recalling(
-                    "/c",
-                    Mode::Broadcast,
-                    kept,
-                    Holder::default(),
-                    &Recall::Last(16),
-                )
-                .unwrap()
-                .unwrap();
-            joined.push(m);
+            joined.push(join_asking_for_the_last(&hub, kept, 16));
         }
         publishing.join().unwrap();
         assert!(!joined.is_empty());
@@ -429,24 +419,27 @@ mod tests {
         }
     }
 
-    /// A join of `/c` asking for its last 2 kept broadcasts, on a thread of its own (its read
-    /// from the store waits for the test's answer).
+    /// A join of `/c` asking for its last `n` kept broadcasts.
+    fn join_asking_for_the_last(hub: &Arc<Hub>, kept: Intake, n: usize) -> Membership {
+        hub.join_recalling(
+            "/c",
+            Mode::Broadcast,
+            kept,
+            Holder::default(),
+            &Recall::Last(n),
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    /// [`join_asking_for_the_last`] 2, on a thread of its own (its read from the store waits
+    /// for the test's answer).
     fn join_asking_for_the_last_two(
         hub: &Arc<Hub>,
         kept: Intake,
     ) -> std::thread::JoinHandle<Membership> {
         let hub = Arc::clone(hub);
-        std::thread::spawn(move || {
-            hub.join_recalling(
-                "/c",
-                Mode::Broadcast,
-                kept,
-                Holder::default(),
-                &Recall::Last(2),
-            )
-            .unwrap()
-            .unwrap()
-        })
+        std::thread::spawn(move || join_asking_for_the_last(&hub, kept, 2))
     }
 
     #[test]
@@ -533,17 +526,7 @@ mod tests {
         };
         let mut joined = Vec::new();
         while joined.is_empty() || (!publishing.is_finished() && joined.len() < 50) {
-            let m = hub
-                .join_recalling(
-                    "/c",
-                    Mode::Broadcast,
-                    intake,
-                    Holder::default(),
-                    &Recall::Last(16),
-                )
-                .unwrap()
-                .unwrap();
-            joined.push(m);
+            joined.push(join_asking_for_the_last(&hub, intake, 16));
         }
         publishing.join().unwrap();
         for m in &joined {

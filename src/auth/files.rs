@@ -15,10 +15,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// re-reads of a settling file) reading the same file with the same mode says nothing again.
 static WARNED: Mutex<Vec<(PathBuf, u32)>> = Mutex::new(Vec::new());
 
-/// Whether the open mode `mode` of `path` is news: not the mode last warned about for it.
-/// Remembers it (one entry per path: the secret files are few).
+/// Whether the mode `mode` of `path` is an open one not yet warned about: not the mode last
+/// warned about for it. Remembers it (one entry per path: the secret files are few); a private
+/// mode forgets the path, so that opening the file again is warned again.
 fn first_warning(path: &Path, mode: u32) -> bool {
     let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if mode & 0o077 == 0 {
+        warned.retain(|(p, _)| p != path);
+        return false;
+    }
     match warned.iter_mut().find(|(p, _)| p == path) {
         Some((_, last)) if *last == mode => false,
         Some((_, last)) => {
@@ -34,7 +39,8 @@ fn first_warning(path: &Path, mode: u32) -> bool {
 
 /// Opens the secret file `path` (`what` names it in the warning). Refuses anything but a regular
 /// file; warns if its mode lets group or others read it — once per process for a path and
-/// mode, so that reloads do not repeat it (a mode changed to another open one is warned again).
+/// mode, so that reloads do not repeat it (a mode changed to another open one, or opened again
+/// after it was private, is warned again).
 ///
 /// # Errors
 /// The open error (including `NotFound`, which some callers treat as "none yet"), or
@@ -49,7 +55,7 @@ pub fn open_private(path: &Path, what: &str) -> io::Result<(File, Metadata)> {
         ));
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 && first_warning(path, mode) {
+    if first_warning(path, mode) {
         log::warn!(
             "{what} {} is accessible by group/others (mode {mode:03o}); run `chmod 600 {}`",
             shown(path),
@@ -416,5 +422,16 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn an_open_mode_is_warned_once_until_it_changes_or_the_file_was_private_between() {
+        let path = Path::new("/nonexistent/warned-test-users");
+        assert!(first_warning(path, 0o644));
+        assert!(!first_warning(path, 0o644), "a reload repeats nothing");
+        assert!(first_warning(path, 0o640), "another open mode is news");
+        assert!(!first_warning(path, 0o600), "private: nothing to say");
+        assert!(first_warning(path, 0o640), "open again after private");
+        assert!(!first_warning(path, 0o640));
     }
 }

@@ -377,6 +377,7 @@ impl Hub {
             Err(TrySendError::Disconnected(_)) => false,
         }
     }
+
     /// A delivery found `m`'s outbox full: dropped (counted) or the member closed as slow, as
     /// its `slow_consumer` says.
     pub(super) fn outbox_full(&self, m: &Member) {

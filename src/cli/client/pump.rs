@@ -165,20 +165,21 @@ impl Due {
 impl Pump {
     /// The deadlines running now: the close handshake's alone once it began; else the write
     /// stall's while the socket is blocked, and the silence's (the ping, then the give-up).
-    fn due(&self) -> Vec<Due> {
+    fn due(&self) -> impl Iterator<Item = Due> + use<> {
         if let Some(since) = self.closing_since {
-            return vec![Due::Close(since + CLOSE_WAIT)];
+            return [Some(Due::Close(since + CLOSE_WAIT)), None]
+                .into_iter()
+                .flatten();
         }
-        let mut due = Vec::with_capacity(2);
-        if self.blocked {
-            due.push(Due::WriteStall(self.writable + WRITE_STALL));
-        }
-        due.push(if self.pinged {
+        let stall = self
+            .blocked
+            .then(|| Due::WriteStall(self.writable + WRITE_STALL));
+        let silence = if self.pinged {
             Due::Silence(self.heard + QUIET + PONG_WAIT)
         } else {
             Due::Ping(self.heard + QUIET)
-        });
-        due
+        };
+        [stall, Some(silence)].into_iter().flatten()
     }
 
     /// Acts on the deadlines passed at `now`: a ping sent, or `Some` ending of the run: the
@@ -301,7 +302,7 @@ impl Pump {
         if let Some(fd) = &input_fd {
             fds.push(PollFd::new(fd, PollFlags::IN));
         }
-        let next = self.due().into_iter().map(Due::at).min();
+        let next = self.due().map(Due::at).min();
         let timeout = next
             .map(|at| at.saturating_duration_since(Instant::now()))
             .and_then(|left| Timespec::try_from(left).ok());
